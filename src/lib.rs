@@ -1,0 +1,8 @@
+//! sipadmit: a SIP registration admission filter.
+//!
+//! ```text
+//! bytes ─► sip::framing ─► sip::SipView ─► classify ─► policy::decide ─► act ─► log
+//! ```
+#![forbid(unsafe_code)]
+
+pub mod classify;

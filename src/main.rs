@@ -1,0 +1,3 @@
+//! The `sipadmit` binary.
+
+fn main() {}
