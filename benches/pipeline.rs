@@ -1,0 +1,2 @@
+//! Criterion benches of the pure pipeline stages (filled in with the stages).
+fn main() {}
