@@ -1,0 +1,62 @@
+//! Why a message was refused: precise enough for a 400 reason phrase and a log line.
+
+use super::header::HeaderName;
+
+/// A reason to refuse a SIP message. Small and `Copy`: it is built on the hot path.
+///
+/// The `Display` text is used as the reason phrase of the 400 (or 505) response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SipError {
+    /// The first line is neither a Request-Line nor a Status-Line.
+    #[error("Malformed start line")]
+    MalformedStartLine,
+    /// The Request-URI holds whitespace or angle brackets, or no scheme.
+    #[error("Malformed Request-URI")]
+    MalformedRequestUri,
+    /// The version is `SIP/x.y` other than `SIP/2.0`.
+    #[error("SIP version not supported")]
+    VersionNotSupported,
+    /// The status code is not three digits between 100 and 699.
+    #[error("Malformed status code")]
+    MalformedStatusCode,
+    /// A header line has no name, a non-token name or no colon.
+    #[error("Malformed header line")]
+    MalformedHeaderLine,
+    /// The empty line that ends the header section is missing.
+    #[error("Header section not terminated")]
+    UnterminatedHeaders,
+    /// A mandatory header is missing.
+    #[error("Missing {0} header")]
+    MissingHeader(HeaderName),
+    /// A single-valued header appears more than once.
+    #[error("Several {0} headers")]
+    DuplicateHeader(HeaderName),
+    /// A header value does not follow its grammar.
+    #[error("Malformed {0} header")]
+    MalformedHeader(HeaderName),
+    /// A numeric header value is out of its range (Max-Forwards > 255, CSeq >= 2^31, ...).
+    #[error("{0} value out of range")]
+    ValueOutOfRange(HeaderName),
+    /// Content-Length is not a non-negative decimal number.
+    #[error("Malformed Content-Length")]
+    MalformedContentLength,
+    /// Several Content-Length headers or values.
+    #[error("Several Content-Length values")]
+    SeveralContentLengths,
+    /// The body is shorter than Content-Length says (RFC 3261 18.3).
+    #[error("Body shorter than Content-Length")]
+    BodyTruncated,
+    /// The CSeq method differs from the request method.
+    #[error("CSeq method does not match the request method")]
+    CSeqMethodMismatch,
+}
+
+impl SipError {
+    /// The status code a request refused for this reason is answered with.
+    pub fn status_code(self) -> u16 {
+        match self {
+            Self::VersionNotSupported => 505,
+            _ => 400,
+        }
+    }
+}

@@ -1,0 +1,479 @@
+//! Typed views of single header values: Via, CSeq, name-addr (From, To,
+//! Contact, Route), SIP URI host parts and `;param` lists. All borrow from
+//! the message bytes; nothing is copied.
+
+use std::net::Ipv6Addr;
+
+use super::error::SipError;
+use super::header::HeaderName;
+
+/// `true` for SP, HTAB, CR and LF: linear white space once lines are folded.
+pub(crate) fn is_lws(b: u8) -> bool {
+    matches!(b, b' ' | b'\t' | b'\r' | b'\n')
+}
+
+/// Trim linear white space on both ends.
+pub fn trim_lws(mut s: &[u8]) -> &[u8] {
+    while let [first, rest @ ..] = s {
+        if !is_lws(*first) {
+            break;
+        }
+        s = rest;
+    }
+    while let [rest @ .., last] = s {
+        if !is_lws(*last) {
+            break;
+        }
+        s = rest;
+    }
+    s
+}
+
+/// RFC 3261 `token` characters.
+pub(crate) fn is_token_char(b: u8) -> bool {
+    b.is_ascii_alphanumeric()
+        || matches!(
+            b,
+            b'-' | b'.' | b'!' | b'%' | b'*' | b'_' | b'+' | b'`' | b'\'' | b'~'
+        )
+}
+
+/// Whether `s` is a non-empty RFC 3261 token.
+pub fn is_token(s: &[u8]) -> bool {
+    !s.is_empty() && s.iter().all(|&b| is_token_char(b))
+}
+
+/// Position of the first `delim` outside quoted strings and `<...>`.
+fn find_unquoted(s: &[u8], delim: u8) -> Option<usize> {
+    let mut in_quotes = false;
+    let mut in_angle = false;
+    let mut escaped = false;
+    for (i, &b) in s.iter().enumerate() {
+        if in_quotes {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_quotes = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_quotes = true,
+            b'<' => in_angle = true,
+            b'>' => in_angle = false,
+            _ if b == delim && !in_angle => return Some(i),
+            _ => {}
+        }
+    }
+    None
+}
+
+/// Split a header value into its comma-separated elements (commas inside
+/// quoted strings and `<...>` do not split). Elements are trimmed.
+pub fn split_list(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut rest = Some(value);
+    std::iter::from_fn(move || {
+        let s = rest?;
+        match find_unquoted(s, b',') {
+            Some(i) => {
+                rest = Some(&s[i + 1..]);
+                Some(trim_lws(&s[..i]))
+            }
+            None => {
+                rest = None;
+                Some(trim_lws(s))
+            }
+        }
+    })
+}
+
+/// A `;name[=value]` parameter list, e.g. the tail of a Via or name-addr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Params<'a>(&'a [u8]);
+
+impl<'a> Params<'a> {
+    /// Wrap raw parameter bytes (starting at the first `;`, or empty).
+    pub fn new(raw: &'a [u8]) -> Self {
+        Self(raw)
+    }
+
+    /// The raw bytes, starting at the first `;`.
+    pub fn as_bytes(&self) -> &'a [u8] {
+        self.0
+    }
+
+    /// Every parameter as (name, optional value), trimmed. Empty names are
+    /// yielded as empty slices so that [`Params::check`] can refuse them.
+    pub fn iter(&self) -> impl Iterator<Item = (&'a [u8], Option<&'a [u8]>)> {
+        let mut rest = self.0;
+        std::iter::from_fn(move || {
+            let s = trim_lws(rest);
+            let s = s.strip_prefix(b";")?;
+            let end = find_unquoted(s, b';').unwrap_or(s.len());
+            let item = &s[..end];
+            rest = &s[end..];
+            Some(match item.iter().position(|&b| b == b'=') {
+                Some(eq) => (trim_lws(&item[..eq]), Some(trim_lws(&item[eq + 1..]))),
+                None => (trim_lws(item), None),
+            })
+        })
+    }
+
+    /// Look up a parameter by case-insensitive name: `None` if absent,
+    /// `Some(None)` for a flag such as `;lr` or `;rport`.
+    pub fn get(&self, name: &[u8]) -> Option<Option<&'a [u8]>> {
+        self.iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v)
+    }
+
+    /// Refuse empty names, non-token names and empty values (`;;`, `;=x`, `;a=`).
+    pub fn check(&self) -> bool {
+        let s = trim_lws(self.0);
+        if !s.is_empty() && s[0] != b';' {
+            return false;
+        }
+        self.iter()
+            .all(|(name, value)| is_token(name) && value.is_none_or(|v| !v.is_empty()))
+    }
+}
+
+/// The parsed top (or any) Via value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Via<'a> {
+    /// Transport token as sent: `UDP`, `TCP`, `TLS`, ...
+    pub transport: &'a [u8],
+    /// sent-by host, IPv6 references keep their brackets.
+    pub host: &'a [u8],
+    /// sent-by port, if given.
+    pub port: Option<u16>,
+    /// The parameters after sent-by.
+    pub params: Params<'a>,
+}
+
+impl<'a> Via<'a> {
+    /// Parse one Via value (`SIP/2.0/UDP host:port;params`).
+    pub fn parse(value: &'a [u8]) -> Result<Self, SipError> {
+        const BAD: SipError = SipError::MalformedHeader(HeaderName::Via);
+        let mut s = trim_lws(value);
+        // sent-protocol: name / version / transport, LWS allowed around '/'.
+        let mut parts = [&b""[..]; 3];
+        for (i, part) in parts.iter_mut().enumerate() {
+            let end = s.iter().position(|&b| !is_token_char(b)).unwrap_or(s.len());
+            if end == 0 {
+                return Err(BAD);
+            }
+            *part = &s[..end];
+            s = trim_lws(&s[end..]);
+            if i < 2 {
+                s = trim_lws(s.strip_prefix(b"/").ok_or(BAD)?);
+            }
+        }
+        if !parts[0].eq_ignore_ascii_case(b"SIP") || parts[1] != b"2.0" {
+            return Err(BAD);
+        }
+        let (host, port, rest) = parse_hostport(s).ok_or(BAD)?;
+        let mut rest = trim_lws(rest);
+        // RFC 2543 allowed a trailing comment; tolerate it.
+        if let Some(p) = rest.iter().position(|&b| b == b'(') {
+            rest = trim_lws(&rest[..p]);
+        }
+        let params = Params::new(rest);
+        if !params.check() {
+            return Err(BAD);
+        }
+        Ok(Self {
+            transport: parts[2],
+            host,
+            port,
+            params,
+        })
+    }
+
+    /// The `branch` parameter.
+    pub fn branch(&self) -> Option<&'a [u8]> {
+        self.params.get(b"branch").flatten()
+    }
+
+    /// The `received` parameter.
+    pub fn received(&self) -> Option<&'a [u8]> {
+        self.params.get(b"received").flatten()
+    }
+
+    /// The `rport` parameter: `Some(None)` when present without a value.
+    pub fn rport(&self) -> Option<Option<u16>> {
+        self.params
+            .get(b"rport")
+            .map(|v| v.and_then(|v| std::str::from_utf8(v).ok()?.parse().ok()))
+    }
+}
+
+/// Parse `host[:port]` at the start of `s`; returns host, port and the rest.
+/// Hosts are hostnames, IPv4 addresses or bracketed IPv6 references.
+pub(crate) fn parse_hostport(s: &[u8]) -> Option<(&[u8], Option<u16>, &[u8])> {
+    let host_end = if s.first() == Some(&b'[') {
+        let close = s.iter().position(|&b| b == b']')?;
+        let inner = std::str::from_utf8(&s[1..close]).ok()?;
+        inner.parse::<Ipv6Addr>().ok()?;
+        close + 1
+    } else {
+        let end = s
+            .iter()
+            .position(|&b| !(b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_'))
+            .unwrap_or(s.len());
+        if end == 0 {
+            return None;
+        }
+        end
+    };
+    let host = &s[..host_end];
+    let after = trim_lws(&s[host_end..]);
+    let Some(port_part) = after.strip_prefix(b":") else {
+        return Some((host, None, &s[host_end..]));
+    };
+    let port_part = trim_lws(port_part);
+    let digits = port_part
+        .iter()
+        .position(|b| !b.is_ascii_digit())
+        .unwrap_or(port_part.len());
+    if digits == 0 || digits > 5 {
+        return None;
+    }
+    let port: u16 = std::str::from_utf8(&port_part[..digits])
+        .ok()?
+        .parse()
+        .ok()?;
+    Some((host, Some(port), &port_part[digits..]))
+}
+
+/// Check a Request-URI: no whitespace or `<>`, a scheme, and for `sip:` and
+/// `sips:` a well-formed host (bracketed IPv6, numeric port).
+pub fn check_request_uri(uri: &[u8]) -> Result<(), SipError> {
+    const BAD: SipError = SipError::MalformedRequestUri;
+    if uri.iter().any(|&b| is_lws(b) || b == b'<' || b == b'>') {
+        return Err(BAD);
+    }
+    let colon = uri.iter().position(|&b| b == b':').ok_or(BAD)?;
+    let scheme = &uri[..colon];
+    if scheme.is_empty()
+        || !scheme[0].is_ascii_alphabetic()
+        || !scheme
+            .iter()
+            .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.'))
+    {
+        return Err(BAD);
+    }
+    if scheme.eq_ignore_ascii_case(b"sip") || scheme.eq_ignore_ascii_case(b"sips") {
+        sip_uri_host(uri).ok_or(BAD)?;
+    }
+    Ok(())
+}
+
+/// The `host[:port]` part of a `sip:`/`sips:` URI, checked.
+pub fn sip_uri_host(uri: &[u8]) -> Option<(&[u8], Option<u16>)> {
+    let colon = uri.iter().position(|&b| b == b':')?;
+    let mut rest = &uri[colon + 1..];
+    // '@' is not allowed unescaped in URI parameters or headers, so the
+    // first one ends the userinfo (which may itself hold ';' and '?').
+    if let Some(at) = rest.iter().position(|&b| b == b'@') {
+        rest = &rest[at + 1..];
+    }
+    let (host, port, tail) = parse_hostport(rest)?;
+    (tail.is_empty() || tail[0] == b';' || tail[0] == b'?').then_some((host, port))
+}
+
+/// The parsed CSeq value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CSeq<'a> {
+    /// Sequence number, below 2^31 (RFC 3261 8.1.1.5).
+    pub number: u32,
+    /// Method token.
+    pub method: &'a [u8],
+}
+
+impl<'a> CSeq<'a> {
+    /// Parse `number LWS method`.
+    pub fn parse(value: &'a [u8]) -> Result<Self, SipError> {
+        const BAD: SipError = SipError::MalformedHeader(HeaderName::CSeq);
+        let s = trim_lws(value);
+        let digits = s.iter().position(|b| !b.is_ascii_digit()).ok_or(BAD)?;
+        if digits == 0 {
+            return Err(BAD);
+        }
+        let number = parse_decimal(&s[..digits])
+            .filter(|&n| n < 1 << 31)
+            .ok_or(SipError::ValueOutOfRange(HeaderName::CSeq))?;
+        let method = trim_lws(&s[digits..]);
+        if digits == s.len() || !is_lws(s[digits]) || !is_token(method) {
+            return Err(BAD);
+        }
+        Ok(Self {
+            number: number as u32,
+            method,
+        })
+    }
+}
+
+/// Parse an unsigned decimal of at most 19 digits.
+pub(crate) fn parse_decimal(digits: &[u8]) -> Option<u64> {
+    if digits.is_empty() || digits.len() > 19 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    Some(
+        digits
+            .iter()
+            .fold(0u64, |n, &d| n * 10 + u64::from(d - b'0')),
+    )
+}
+
+/// A `name-addr` or `addr-spec` with its header parameters (From, To,
+/// Contact, Route, Record-Route, Path).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NameAddr<'a> {
+    /// Display name as sent (quotes kept), if any.
+    pub display: Option<&'a [u8]>,
+    /// The URI, without `<>`.
+    pub uri: &'a [u8],
+    /// Header parameters after the URI.
+    pub params: Params<'a>,
+}
+
+impl<'a> NameAddr<'a> {
+    /// Parse one name-addr / addr-spec value; `header` names the error.
+    pub fn parse(value: &'a [u8], header: HeaderName) -> Result<Self, SipError> {
+        let bad = SipError::MalformedHeader(header);
+        let s = trim_lws(value);
+        let (display, rest) = if s.first() == Some(&b'"') {
+            let mut escaped = false;
+            let close = s[1..]
+                .iter()
+                .position(|&b| {
+                    let end = !escaped && b == b'"';
+                    escaped = !escaped && b == b'\\';
+                    end
+                })
+                .ok_or(bad)?
+                + 1;
+            let rest = trim_lws(&s[close + 1..]);
+            if rest.first() != Some(&b'<') {
+                return Err(bad);
+            }
+            (Some(&s[..=close]), rest)
+        } else if let Some(lt) = s.iter().position(|&b| b == b'<') {
+            let display = trim_lws(&s[..lt]);
+            ((!display.is_empty()).then_some(display), &s[lt..])
+        } else {
+            // addr-spec: the URI runs to the first ';', the rest are header params.
+            let end = s.iter().position(|&b| b == b';').unwrap_or(s.len());
+            let uri = trim_lws(&s[..end]);
+            if uri.is_empty() || (uri != b"*" && !uri.contains(&b':')) {
+                return Err(bad);
+            }
+            return Ok(Self {
+                display: None,
+                uri,
+                params: Params::new(&s[end..]),
+            });
+        };
+        let close = rest.iter().position(|&b| b == b'>').ok_or(bad)?;
+        let uri = trim_lws(&rest[1..close]);
+        if uri.is_empty() || !uri.contains(&b':') {
+            return Err(bad);
+        }
+        let params = Params::new(&rest[close + 1..]);
+        let tail = trim_lws(params.as_bytes());
+        if !tail.is_empty() && tail[0] != b';' {
+            return Err(bad);
+        }
+        Ok(Self {
+            display,
+            uri,
+            params,
+        })
+    }
+
+    /// The `tag` parameter.
+    pub fn tag(&self) -> Option<&'a [u8]> {
+        self.params.get(b"tag").flatten()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn via_with_lws_ipv6_and_params() {
+        let via = Via::parse(b"SIP / 2.0 / UDP [2001:db8::9:1]:6050;branch=z9hG4bKas3;rport;received=2001:db8::9:255").unwrap();
+        assert_eq!(via.transport, b"UDP");
+        assert_eq!(via.host, b"[2001:db8::9:1]");
+        assert_eq!(via.port, Some(6050));
+        assert_eq!(via.branch(), Some(&b"z9hG4bKas3"[..]));
+        assert_eq!(via.rport(), Some(None));
+        assert_eq!(via.received(), Some(&b"2001:db8::9:255"[..]));
+    }
+
+    #[test]
+    fn via_refuses_empty_params_and_bad_ports() {
+        assert!(Via::parse(b"SIP/2.0/UDP 192.0.2.15;;,;,,").is_err());
+        assert!(Via::parse(b"SIP/2.0/UDP host:99999").is_err());
+        assert!(Via::parse(b"SIP/2.0/UDP").is_err());
+        assert!(Via::parse(b"SIP/2.0 host").is_err());
+        assert!(Via::parse(b"").is_err());
+    }
+
+    #[test]
+    fn cseq_range_and_shape() {
+        let c = CSeq::parse(b"8 INVITE").unwrap();
+        assert_eq!((c.number, c.method), (8, &b"INVITE"[..]));
+        assert_eq!(
+            CSeq::parse(b"36893488147419103232 REGISTER"),
+            Err(SipError::ValueOutOfRange(HeaderName::CSeq))
+        );
+        assert!(CSeq::parse(b"2147483648 INVITE").is_err());
+        assert!(CSeq::parse(b"INVITE").is_err());
+        assert!(CSeq::parse(b"12").is_err());
+    }
+
+    #[test]
+    fn name_addr_forms() {
+        let n = NameAddr::parse(
+            br#""Joe \"J\" User" <sip:j@example.com>;tag=abc"#,
+            HeaderName::From,
+        )
+        .unwrap();
+        assert_eq!(n.uri, b"sip:j@example.com");
+        assert_eq!(n.tag(), Some(&b"abc"[..]));
+        let n =
+            NameAddr::parse(b"sip:caller@example.net;tag=134161461246", HeaderName::From).unwrap();
+        assert_eq!(n.uri, b"sip:caller@example.net");
+        assert_eq!(n.tag(), Some(&b"134161461246"[..]));
+        let n =
+            NameAddr::parse(b"caller<sip:caller@example.com>;tag=323", HeaderName::From).unwrap();
+        assert_eq!(n.display, Some(&b"caller"[..]));
+        assert!(
+            NameAddr::parse(br#""Mr. J. User <sip:j.user@example.com>"#, HeaderName::To).is_err()
+        );
+        assert!(NameAddr::parse(b"<sip:x@y", HeaderName::To).is_err());
+    }
+
+    #[test]
+    fn list_split_respects_quotes_and_brackets() {
+        let v: Vec<_> = split_list(br#""a,b" <sip:x@y;p=1,2>, <sip:z@w>"#).collect();
+        assert_eq!(v.len(), 2);
+        assert_eq!(v[1], b"<sip:z@w>");
+    }
+
+    #[test]
+    fn request_uri_checks() {
+        assert!(check_request_uri(b"sip:user@example.com").is_ok());
+        assert!(check_request_uri(b"sip:user;par=u%40example.net@example.com").is_ok());
+        assert!(check_request_uri(b"sip:[2001:db8::10]:5070").is_ok());
+        assert!(check_request_uri(b"tel:+1-201-555-0123").is_ok());
+        assert!(check_request_uri(b"sip:2001:db8::10").is_err());
+        assert!(check_request_uri(b"sip:user@[2001:db8:::192.0.2.1]").is_err());
+        assert!(check_request_uri(b"<sip:user@example.com>").is_err());
+        assert!(check_request_uri(b"nocolon").is_err());
+    }
+}

@@ -1,0 +1,271 @@
+//! Framing: where one SIP message ends on a stream, and what a datagram is.
+//!
+//! Pure functions over buffers, no I/O. Stream framing follows RFC 3261
+//! 18.3 (Content-Length, compact form `l`), skips CRLFs between messages and
+//! reports RFC 5626 3.5.1 keep-alive pings so the transport can answer them.
+
+use bytes::{Bytes, BytesMut};
+use memchr::memmem;
+
+use super::fields::{is_token_char, parse_decimal, trim_lws};
+
+/// What a UDP datagram holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Datagram {
+    /// Only CR and LF octets (or nothing): a NAT keep-alive, not an error.
+    KeepAlive,
+    /// A STUN message (RFC 5389 magic cookie), e.g. RFC 5626 keep-alives.
+    Stun,
+    /// Anything else: parse it as SIP.
+    Sip,
+}
+
+/// STUN magic cookie (RFC 5389 section 6).
+const STUN_MAGIC_COOKIE: [u8; 4] = [0x21, 0x12, 0xA4, 0x42];
+
+/// Classify a datagram by its first bytes.
+pub fn classify_datagram(data: &[u8]) -> Datagram {
+    if data.iter().all(|&b| b == b'\r' || b == b'\n') {
+        Datagram::KeepAlive
+    } else if data.len() >= 20 && data[0] & 0xC0 == 0 && data[4..8] == STUN_MAGIC_COOKIE {
+        Datagram::Stun
+    } else {
+        Datagram::Sip
+    }
+}
+
+/// One item cut from a stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Frame {
+    /// A CRLFCRLF keep-alive ping: answer with a single CRLF (RFC 5626 3.5.1).
+    Ping,
+    /// One complete message (headers plus Content-Length bytes of body).
+    Message(Bytes),
+}
+
+/// Why a stream cannot be framed any further; the connection must close.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum FramingError {
+    /// The message (or its unterminated header section) exceeds the size cap.
+    #[error("message larger than {limit} bytes")]
+    TooLarge {
+        /// The configured cap in bytes.
+        limit: usize,
+    },
+    /// Content-Length is missing a number, negative or overflowing.
+    #[error("malformed Content-Length")]
+    MalformedContentLength,
+    /// Several Content-Length values: the message boundary is ambiguous.
+    #[error("several Content-Length values")]
+    SeveralContentLengths,
+}
+
+/// Incremental framer for stream transports (TCP, TLS).
+///
+/// Keeps how far it already searched for the end of the header section, so
+/// a message arriving in many reads is scanned once.
+#[derive(Debug)]
+pub struct StreamFramer {
+    max_message_bytes: usize,
+    /// Bytes at the buffer start already searched for CRLFCRLF.
+    scanned: usize,
+    /// Total length of the pending message once its header section is complete.
+    pending_total: Option<usize>,
+}
+
+impl StreamFramer {
+    /// A framer refusing messages larger than `max_message_bytes`.
+    pub fn new(max_message_bytes: usize) -> Self {
+        Self {
+            max_message_bytes,
+            scanned: 0,
+            pending_total: None,
+        }
+    }
+
+    /// Cut the next frame off `buf`: `Ok(None)` means more bytes are needed.
+    pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Frame>, FramingError> {
+        if let Some(total) = self.pending_total {
+            return Ok(self.take(buf, total));
+        }
+        loop {
+            if buf.starts_with(b"\r\n\r\n") {
+                let _ = buf.split_to(4);
+                self.scanned = 0;
+                return Ok(Some(Frame::Ping));
+            }
+            // A lone CRLF (a pong, or padding between messages) is skipped;
+            // wait if it may be the first half of a ping.
+            if buf.starts_with(b"\r\n") {
+                if buf.len() < 4 && b"\r\n\r\n".starts_with(&buf[..]) {
+                    return Ok(None);
+                }
+                let _ = buf.split_to(2);
+                self.scanned = 0;
+                continue;
+            }
+            if buf.starts_with(b"\n") {
+                let _ = buf.split_to(1);
+                continue;
+            }
+            break;
+        }
+        let from = self.scanned.min(buf.len()).saturating_sub(3);
+        let Some(end) = memmem::find(&buf[from..], b"\r\n\r\n").map(|p| from + p + 4) else {
+            self.scanned = buf.len();
+            if buf.len() > self.max_message_bytes {
+                return Err(FramingError::TooLarge {
+                    limit: self.max_message_bytes,
+                });
+            }
+            return Ok(None);
+        };
+        let body_len = content_length(&buf[..end])?;
+        let total = end + body_len;
+        if total > self.max_message_bytes {
+            return Err(FramingError::TooLarge {
+                limit: self.max_message_bytes,
+            });
+        }
+        Ok(self.take(buf, total))
+    }
+
+    /// Split off a message of `total` bytes once it is all buffered.
+    fn take(&mut self, buf: &mut BytesMut, total: usize) -> Option<Frame> {
+        if buf.len() < total {
+            self.pending_total = Some(total);
+            return None;
+        }
+        self.pending_total = None;
+        self.scanned = 0;
+        Some(Frame::Message(buf.split_to(total).freeze()))
+    }
+}
+
+/// The Content-Length of a header section (0 when absent).
+fn content_length(head: &[u8]) -> Result<usize, FramingError> {
+    let mut found: Option<u64> = None;
+    for line in head.split(|&b| b == b'\n').skip(1) {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let name_len = line.iter().position(|&b| !is_token_char(b)).unwrap_or(0);
+        let name = &line[..name_len];
+        if !(name.eq_ignore_ascii_case(b"content-length") || name.eq_ignore_ascii_case(b"l")) {
+            continue;
+        }
+        let Some(value) = trim_lws(&line[name_len..]).strip_prefix(b":") else {
+            continue;
+        };
+        let n = parse_decimal(trim_lws(value)).ok_or(FramingError::MalformedContentLength)?;
+        if found.replace(n).is_some() {
+            return Err(FramingError::SeveralContentLengths);
+        }
+    }
+    usize::try_from(found.unwrap_or(0)).map_err(|_| FramingError::MalformedContentLength)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MSG: &[u8] = b"OPTIONS sip:a@b SIP/2.0\r\nl: 5\r\nCall-ID: x\r\n\r\nhello";
+
+    fn framer() -> StreamFramer {
+        StreamFramer::new(65_535)
+    }
+
+    #[test]
+    fn decode_returns_none_when_headers_incomplete() {
+        let mut buf = BytesMut::from(&MSG[..20]);
+        assert_eq!(framer().decode(&mut buf), Ok(None));
+    }
+
+    #[test]
+    fn decode_returns_none_when_body_incomplete() {
+        let mut f = framer();
+        let mut buf = BytesMut::from(&MSG[..MSG.len() - 2]);
+        assert_eq!(f.decode(&mut buf), Ok(None));
+        buf.extend_from_slice(&MSG[MSG.len() - 2..]);
+        assert_eq!(
+            f.decode(&mut buf),
+            Ok(Some(Frame::Message(Bytes::from_static(MSG))))
+        );
+        assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn decode_byte_by_byte() {
+        let mut f = framer();
+        let mut buf = BytesMut::new();
+        for (i, b) in MSG.iter().enumerate() {
+            buf.extend_from_slice(&[*b]);
+            let got = f.decode(&mut buf).unwrap();
+            assert_eq!(got.is_some(), i == MSG.len() - 1, "at byte {i}");
+        }
+    }
+
+    #[test]
+    fn decode_two_back_to_back_messages_and_keepalives() {
+        let mut f = framer();
+        let mut buf = BytesMut::new();
+        buf.extend_from_slice(b"\r\n\r\n");
+        buf.extend_from_slice(MSG);
+        buf.extend_from_slice(b"\r\n");
+        buf.extend_from_slice(MSG);
+        assert_eq!(f.decode(&mut buf), Ok(Some(Frame::Ping)));
+        assert!(matches!(f.decode(&mut buf), Ok(Some(Frame::Message(_)))));
+        assert!(matches!(f.decode(&mut buf), Ok(Some(Frame::Message(_)))));
+        assert_eq!(f.decode(&mut buf), Ok(None));
+    }
+
+    #[test]
+    fn decode_short_content_length_header() {
+        let mut buf =
+            BytesMut::from(&b"BYE sip:a@b SIP/2.0\r\nContent-Length : 2\r\n\r\nhiNEXT"[..]);
+        let Ok(Some(Frame::Message(m))) = framer().decode(&mut buf) else {
+            panic!("no frame")
+        };
+        assert!(m.ends_with(b"\r\n\r\nhi"));
+        assert_eq!(&buf[..], b"NEXT");
+    }
+
+    #[test]
+    fn decode_rejects_oversized_buffer() {
+        let mut f = StreamFramer::new(64);
+        let mut buf = BytesMut::from(&[b'a'; 100][..]);
+        assert_eq!(
+            f.decode(&mut buf),
+            Err(FramingError::TooLarge { limit: 64 })
+        );
+        let mut buf = BytesMut::from(&b"INVITE sip:a@b SIP/2.0\r\nl: 1000\r\n\r\n"[..]);
+        assert_eq!(
+            StreamFramer::new(64).decode(&mut buf),
+            Err(FramingError::TooLarge { limit: 64 })
+        );
+    }
+
+    #[test]
+    fn decode_rejects_ambiguous_lengths() {
+        let mut buf =
+            BytesMut::from(&b"A sip:a SIP/2.0\r\nl: 1\r\nContent-Length: 2\r\n\r\nxx"[..]);
+        assert_eq!(
+            framer().decode(&mut buf),
+            Err(FramingError::SeveralContentLengths)
+        );
+        let mut buf = BytesMut::from(&b"A sip:a SIP/2.0\r\nl: -1\r\n\r\n"[..]);
+        assert_eq!(
+            framer().decode(&mut buf),
+            Err(FramingError::MalformedContentLength)
+        );
+    }
+
+    #[test]
+    fn datagram_kinds() {
+        assert_eq!(classify_datagram(b"\r\n\r\n"), Datagram::KeepAlive);
+        assert_eq!(classify_datagram(b""), Datagram::KeepAlive);
+        let mut stun = [0u8; 20];
+        stun[1] = 1;
+        stun[4..8].copy_from_slice(&STUN_MAGIC_COOKIE);
+        assert_eq!(classify_datagram(&stun), Datagram::Stun);
+        assert_eq!(classify_datagram(MSG), Datagram::Sip);
+    }
+}

@@ -1,0 +1,738 @@
+//! The message view: a zero-copy index over the bytes of one SIP message.
+//!
+//! Parsing records where the start line, each header and the body sit in
+//! the buffer; the bytes themselves are never copied or rewritten, so what
+//! the filter does not own is relayed exactly as received. No I/O here.
+
+use std::ops::Range;
+
+use bytes::Bytes;
+use memchr::memchr;
+
+use super::error::SipError;
+use super::fields::{
+    check_request_uri, is_lws, is_token, is_token_char, parse_decimal, split_list, CSeq, NameAddr,
+    Via,
+};
+use super::header::HeaderName;
+
+/// A byte range inside the message buffer (u32 keeps the index small).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Span {
+    /// First byte.
+    pub start: u32,
+    /// One past the last byte.
+    pub end: u32,
+}
+
+impl Span {
+    fn new(start: usize, end: usize) -> Self {
+        Self {
+            start: start as u32,
+            end: end as u32,
+        }
+    }
+
+    /// As a `usize` range for slicing.
+    pub fn range(self) -> Range<usize> {
+        self.start as usize..self.end as usize
+    }
+}
+
+/// The request methods the filter treats specially.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Method {
+    /// INVITE.
+    Invite,
+    /// ACK.
+    Ack,
+    /// BYE.
+    Bye,
+    /// CANCEL.
+    Cancel,
+    /// REGISTER.
+    Register,
+    /// OPTIONS.
+    Options,
+    /// Any other (extension) method; its bytes are in the view.
+    Other,
+}
+
+impl Method {
+    /// Recognise a method token (methods are case-sensitive, RFC 3261 7.1).
+    pub fn from_bytes(token: &[u8]) -> Self {
+        match token {
+            b"INVITE" => Self::Invite,
+            b"ACK" => Self::Ack,
+            b"BYE" => Self::Bye,
+            b"CANCEL" => Self::Cancel,
+            b"REGISTER" => Self::Register,
+            b"OPTIONS" => Self::Options,
+            _ => Self::Other,
+        }
+    }
+}
+
+/// One header line of the message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeaderField {
+    /// The recognised name.
+    pub name: HeaderName,
+    /// The name as sent.
+    pub name_span: Span,
+    /// The value, trimmed; folded continuation lines stay inside it.
+    pub value_span: Span,
+    /// The whole line(s) including the final line break, for splicing.
+    pub line_span: Span,
+}
+
+/// Request-Line or Status-Line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartLine {
+    /// A request.
+    Request {
+        /// Recognised method.
+        method: Method,
+        /// Method token as sent.
+        method_span: Span,
+        /// Request-URI.
+        uri_span: Span,
+    },
+    /// A response.
+    Response {
+        /// Status code, 100 to 699.
+        code: u16,
+        /// Reason phrase (may be empty).
+        reason_span: Span,
+    },
+}
+
+/// A parsed SIP message: the raw bytes plus an index into them.
+#[derive(Debug, Clone)]
+pub struct SipView {
+    raw: Bytes,
+    start_line: StartLine,
+    /// Where the start line ends (after its line break).
+    start_line_end: u32,
+    headers: Vec<HeaderField>,
+    /// Where the blank line that ends the header section starts.
+    headers_end: u32,
+    body: Span,
+}
+
+/// Typical header count of a Lync REGISTER; avoids regrowing the index.
+const HEADER_CAPACITY: usize = 24;
+
+/// End of the line starting at `from`: (content end, next line start).
+/// Accepts CRLF and bare LF.
+fn line_end(raw: &[u8], from: usize) -> Option<(usize, usize)> {
+    let nl = from + memchr(b'\n', &raw[from..])?;
+    let end = if nl > from && raw[nl - 1] == b'\r' {
+        nl - 1
+    } else {
+        nl
+    };
+    Some((end, nl + 1))
+}
+
+impl SipView {
+    /// Index a message. `raw` may hold trailing octets after the body
+    /// (a datagram with extra data): they are cut off (RFC 3261 18.3).
+    ///
+    /// This checks structure and framing only; [`SipView::check`] checks the
+    /// header values a proxy relies on.
+    pub fn parse(raw: Bytes) -> Result<Self, SipError> {
+        let buf = &raw[..];
+        // Stream transports may carry CRLFs before the start line (RFC 3261 7.5).
+        let mut pos = 0;
+        while buf[pos..].starts_with(b"\r\n") {
+            pos += 2;
+        }
+        let (line_stop, next) = line_end(buf, pos).ok_or(SipError::UnterminatedHeaders)?;
+        let start_line = parse_start_line(buf, pos, line_stop)?;
+
+        let mut headers: Vec<HeaderField> = Vec::with_capacity(HEADER_CAPACITY);
+        let mut pos = next;
+        let headers_end;
+        loop {
+            let (stop, next) = line_end(buf, pos).ok_or(SipError::UnterminatedHeaders)?;
+            if stop == pos {
+                headers_end = pos;
+                pos = next;
+                break;
+            }
+            if matches!(buf[pos], b' ' | b'\t') {
+                // Folded continuation of the previous header.
+                let last = headers.last_mut().ok_or(SipError::MalformedHeaderLine)?;
+                let value_end = pos + trim_end(&buf[pos..stop]);
+                if value_end > pos {
+                    if last.value_span.start == last.value_span.end {
+                        last.value_span.start = (pos + leading_ws(&buf[pos..stop])) as u32;
+                    }
+                    last.value_span.end = value_end as u32;
+                }
+                last.line_span.end = next as u32;
+            } else {
+                headers.push(parse_header_line(buf, pos, stop, next)?);
+            }
+            pos = next;
+        }
+
+        let body_start = pos;
+        let mut content_length = None;
+        for h in headers
+            .iter()
+            .filter(|h| h.name == HeaderName::ContentLength)
+        {
+            if content_length.is_some() {
+                return Err(SipError::SeveralContentLengths);
+            }
+            let value = &buf[h.value_span.range()];
+            if value.contains(&b',') {
+                return Err(SipError::SeveralContentLengths);
+            }
+            let n = parse_decimal(value)
+                .filter(|&n| n <= u64::from(u32::MAX))
+                .ok_or(SipError::MalformedContentLength)?;
+            content_length = Some(n as usize);
+        }
+        let available = buf.len() - body_start;
+        let body_len = match content_length {
+            Some(n) if n > available => return Err(SipError::BodyTruncated),
+            Some(n) => n,
+            None => available,
+        };
+        let end = body_start + body_len;
+        let start_line_end = next_after_start(buf);
+        Ok(Self {
+            raw: if end == raw.len() {
+                raw
+            } else {
+                raw.slice(..end)
+            },
+            start_line,
+            start_line_end,
+            headers,
+            headers_end: headers_end as u32,
+            body: Span::new(body_start, end),
+        })
+    }
+
+    /// Check the values a stateless proxy relies on: mandatory headers,
+    /// single-valued headers, CSeq, Max-Forwards, Expires, every Via, From
+    /// and To, and the Request-URI.
+    pub fn check(&self) -> Result<(), SipError> {
+        for name in [
+            HeaderName::Via,
+            HeaderName::From,
+            HeaderName::To,
+            HeaderName::CallId,
+            HeaderName::CSeq,
+        ] {
+            if self.header(name).is_none() {
+                return Err(SipError::MissingHeader(name));
+            }
+        }
+        for (i, h) in self.headers.iter().enumerate() {
+            if h.name.is_single() && self.headers[i + 1..].iter().any(|o| o.name == h.name) {
+                return Err(SipError::DuplicateHeader(h.name));
+            }
+        }
+        let cseq = self.cseq()?;
+        if let StartLine::Request {
+            method_span,
+            uri_span,
+            ..
+        } = self.start_line
+        {
+            if cseq.method != &self.raw[method_span.range()] {
+                return Err(SipError::CSeqMethodMismatch);
+            }
+            check_request_uri(&self.raw[uri_span.range()])?;
+            self.max_forwards()?;
+            self.expires()?;
+        }
+        if self
+            .call_id()
+            .is_none_or(|id| id.iter().any(|&b| is_lws(b)))
+        {
+            return Err(SipError::MalformedHeader(HeaderName::CallId));
+        }
+        for value in self.values(HeaderName::Via) {
+            Via::parse(value)?;
+        }
+        self.from()?;
+        self.to()?;
+        Ok(())
+    }
+
+    // === raw access ===
+
+    /// The message bytes (trailing octets beyond the body already cut off).
+    pub fn raw(&self) -> &Bytes {
+        &self.raw
+    }
+
+    /// The bytes of a span.
+    pub fn slice(&self, span: Span) -> &[u8] {
+        &self.raw[span.range()]
+    }
+
+    /// The start line.
+    pub fn start_line(&self) -> StartLine {
+        self.start_line
+    }
+
+    /// Offset just past the start line's line break (where headers begin).
+    pub fn start_line_end(&self) -> usize {
+        self.start_line_end as usize
+    }
+
+    /// Offset of the blank line ending the header section.
+    pub fn headers_end(&self) -> usize {
+        self.headers_end as usize
+    }
+
+    /// Every header line in order.
+    pub fn header_fields(&self) -> &[HeaderField] {
+        &self.headers
+    }
+
+    /// The body bytes, bounded by Content-Length.
+    pub fn body(&self) -> &[u8] {
+        &self.raw[self.body.range()]
+    }
+
+    // === start line ===
+
+    /// The request method, or `None` for a response.
+    pub fn method(&self) -> Option<Method> {
+        match self.start_line {
+            StartLine::Request { method, .. } => Some(method),
+            StartLine::Response { .. } => None,
+        }
+    }
+
+    /// The method token as sent (for requests).
+    pub fn method_bytes(&self) -> Option<&[u8]> {
+        match self.start_line {
+            StartLine::Request { method_span, .. } => Some(&self.raw[method_span.range()]),
+            StartLine::Response { .. } => None,
+        }
+    }
+
+    /// The Request-URI (for requests).
+    pub fn request_uri(&self) -> Option<&[u8]> {
+        match self.start_line {
+            StartLine::Request { uri_span, .. } => Some(&self.raw[uri_span.range()]),
+            StartLine::Response { .. } => None,
+        }
+    }
+
+    /// The status code (for responses).
+    pub fn status(&self) -> Option<u16> {
+        match self.start_line {
+            StartLine::Response { code, .. } => Some(code),
+            StartLine::Request { .. } => None,
+        }
+    }
+
+    /// Whether this is a request.
+    pub fn is_request(&self) -> bool {
+        matches!(self.start_line, StartLine::Request { .. })
+    }
+
+    // === headers ===
+
+    /// The first value of a known header.
+    pub fn header(&self, name: HeaderName) -> Option<&[u8]> {
+        self.headers
+            .iter()
+            .find(|h| h.name == name)
+            .map(|h| &self.raw[h.value_span.range()])
+    }
+
+    /// The first value of any header by its name as written (full form,
+    /// case-insensitive); works for extension headers too.
+    pub fn header_named(&self, name: &str) -> Option<&[u8]> {
+        let known = HeaderName::from_bytes(name.as_bytes());
+        self.headers
+            .iter()
+            .find(|h| {
+                if known == HeaderName::Other {
+                    h.name == HeaderName::Other
+                        && self.raw[h.name_span.range()].eq_ignore_ascii_case(name.as_bytes())
+                } else {
+                    h.name == known
+                }
+            })
+            .map(|h| &self.raw[h.value_span.range()])
+    }
+
+    /// Every header line value of a known header, in order.
+    pub fn headers(&self, name: HeaderName) -> impl Iterator<Item = &[u8]> {
+        self.headers
+            .iter()
+            .filter(move |h| h.name == name)
+            .map(|h| &self.raw[h.value_span.range()])
+    }
+
+    /// Every comma-separated value of a list header across all its lines.
+    pub fn values(&self, name: HeaderName) -> impl Iterator<Item = &[u8]> {
+        self.headers(name).flat_map(split_list)
+    }
+
+    /// The top Via, parsed.
+    pub fn top_via(&self) -> Result<Via<'_>, SipError> {
+        Via::parse(
+            self.values(HeaderName::Via)
+                .next()
+                .ok_or(SipError::MissingHeader(HeaderName::Via))?,
+        )
+    }
+
+    /// Call-ID.
+    pub fn call_id(&self) -> Option<&[u8]> {
+        self.header(HeaderName::CallId)
+    }
+
+    /// CSeq, parsed.
+    pub fn cseq(&self) -> Result<CSeq<'_>, SipError> {
+        CSeq::parse(
+            self.header(HeaderName::CSeq)
+                .ok_or(SipError::MissingHeader(HeaderName::CSeq))?,
+        )
+    }
+
+    /// From, parsed.
+    pub fn from(&self) -> Result<NameAddr<'_>, SipError> {
+        self.name_addr(HeaderName::From)
+    }
+
+    /// To, parsed.
+    pub fn to(&self) -> Result<NameAddr<'_>, SipError> {
+        self.name_addr(HeaderName::To)
+    }
+
+    fn name_addr(&self, name: HeaderName) -> Result<NameAddr<'_>, SipError> {
+        NameAddr::parse(
+            self.header(name).ok_or(SipError::MissingHeader(name))?,
+            name,
+        )
+    }
+
+    /// Every Contact value, parsed (`*` is a valid URI here).
+    pub fn contacts(&self) -> impl Iterator<Item = Result<NameAddr<'_>, SipError>> {
+        self.values(HeaderName::Contact)
+            .map(|v| NameAddr::parse(v, HeaderName::Contact))
+    }
+
+    /// Every Route value, parsed, top first.
+    pub fn routes(&self) -> impl Iterator<Item = Result<NameAddr<'_>, SipError>> {
+        self.values(HeaderName::Route)
+            .map(|v| NameAddr::parse(v, HeaderName::Route))
+    }
+
+    /// Expires in seconds (0 to 2^32-1), if present.
+    pub fn expires(&self) -> Result<Option<u32>, SipError> {
+        self.header(HeaderName::Expires)
+            .map(|v| {
+                parse_decimal(v)
+                    .ok_or(SipError::MalformedHeader(HeaderName::Expires))
+                    .and_then(|n| {
+                        u32::try_from(n).map_err(|_| SipError::ValueOutOfRange(HeaderName::Expires))
+                    })
+            })
+            .transpose()
+            .map_err(|e| match (e, self.header(HeaderName::Expires)) {
+                // An all-digit value too long for u64 is out of range, not malformed.
+                (_, Some(v)) if !v.is_empty() && v.iter().all(u8::is_ascii_digit) => {
+                    SipError::ValueOutOfRange(HeaderName::Expires)
+                }
+                (e, _) => e,
+            })
+    }
+
+    /// Max-Forwards (0 to 255), if present.
+    pub fn max_forwards(&self) -> Result<Option<u8>, SipError> {
+        let Some(v) = self.header(HeaderName::MaxForwards) else {
+            return Ok(None);
+        };
+        if v.is_empty() || !v.iter().all(u8::is_ascii_digit) {
+            return Err(SipError::MalformedHeader(HeaderName::MaxForwards));
+        }
+        parse_decimal(v)
+            .and_then(|n| u8::try_from(n).ok())
+            .map(Some)
+            .ok_or(SipError::ValueOutOfRange(HeaderName::MaxForwards))
+    }
+
+    /// Content-Length as sent (already checked by [`SipView::parse`]).
+    pub fn content_length(&self) -> Option<usize> {
+        self.header(HeaderName::ContentLength)
+            .and_then(parse_decimal)
+            .map(|n| n as usize)
+    }
+
+    /// User-Agent, if present.
+    pub fn user_agent(&self) -> Option<&[u8]> {
+        self.header(HeaderName::UserAgent)
+    }
+
+    /// Every Proxy-Require option tag.
+    pub fn proxy_require(&self) -> impl Iterator<Item = &[u8]> {
+        self.values(HeaderName::ProxyRequire)
+            .filter(|v| !v.is_empty())
+    }
+}
+
+/// Offset just past the start line.
+fn next_after_start(buf: &[u8]) -> u32 {
+    let mut pos = 0;
+    while buf[pos..].starts_with(b"\r\n") {
+        pos += 2;
+    }
+    line_end(buf, pos).map_or(0, |(_, next)| next as u32)
+}
+
+fn leading_ws(s: &[u8]) -> usize {
+    s.iter().position(|&b| !is_lws(b)).unwrap_or(s.len())
+}
+
+/// Length of `s` without trailing white space.
+fn trim_end(s: &[u8]) -> usize {
+    s.iter().rposition(|&b| !is_lws(b)).map_or(0, |p| p + 1)
+}
+
+fn parse_start_line(buf: &[u8], start: usize, stop: usize) -> Result<StartLine, SipError> {
+    let line = &buf[start..stop];
+    let sp1 = memchr(b' ', line).ok_or(SipError::MalformedStartLine)?;
+    if line.starts_with(b"SIP/") {
+        check_version(&line[..sp1])?;
+        let rest = &line[sp1 + 1..];
+        let code_len = rest.iter().position(|&b| b == b' ').unwrap_or(rest.len());
+        if code_len != 3 || !rest[..3].iter().all(u8::is_ascii_digit) {
+            return Err(SipError::MalformedStatusCode);
+        }
+        let code = parse_decimal(&rest[..3]).unwrap_or(0) as u16;
+        if !(100..=699).contains(&code) {
+            return Err(SipError::MalformedStatusCode);
+        }
+        let reason_start = start + sp1 + 1 + (3 + 1).min(rest.len());
+        return Ok(StartLine::Response {
+            code,
+            reason_span: Span::new(reason_start, stop),
+        });
+    }
+    let method = &line[..sp1];
+    if !is_token(method) {
+        return Err(SipError::MalformedStartLine);
+    }
+    let rest = &line[sp1 + 1..];
+    let sp2 = memchr(b' ', rest).ok_or(SipError::MalformedStartLine)?;
+    let uri = &rest[..sp2];
+    let version = &rest[sp2 + 1..];
+    if uri.is_empty() {
+        return Err(SipError::MalformedStartLine);
+    }
+    if !version.starts_with(b"SIP/") && !version.starts_with(b"sip/") {
+        // A space inside the Request-URI shifts the version.
+        return Err(SipError::MalformedRequestUri);
+    }
+    check_version(version)?;
+    let uri_start = start + sp1 + 1;
+    Ok(StartLine::Request {
+        method: Method::from_bytes(method),
+        method_span: Span::new(start, start + sp1),
+        uri_span: Span::new(uri_start, uri_start + sp2),
+    })
+}
+
+fn check_version(v: &[u8]) -> Result<(), SipError> {
+    if v.eq_ignore_ascii_case(b"SIP/2.0") {
+        return Ok(());
+    }
+    let number = v.get(4..).unwrap_or_default();
+    if number.iter().all(|&b| b.is_ascii_digit() || b == b'.') && !number.is_empty() {
+        Err(SipError::VersionNotSupported)
+    } else {
+        Err(SipError::MalformedStartLine)
+    }
+}
+
+fn parse_header_line(
+    buf: &[u8],
+    start: usize,
+    stop: usize,
+    next: usize,
+) -> Result<HeaderField, SipError> {
+    let line = &buf[start..stop];
+    let colon = memchr(b':', line).ok_or(SipError::MalformedHeaderLine)?;
+    let name_len = line[..colon]
+        .iter()
+        .position(|&b| !is_token_char(b))
+        .unwrap_or(colon);
+    // Only white space may sit between the name and the colon.
+    if name_len == 0
+        || line[name_len..colon]
+            .iter()
+            .any(|&b| !matches!(b, b' ' | b'\t'))
+    {
+        return Err(SipError::MalformedHeaderLine);
+    }
+    let name = &line[..name_len];
+    let value_start = start + colon + 1 + leading_ws(&line[colon + 1..]);
+    let value_end = (start + trim_end(line)).max(value_start);
+    Ok(HeaderField {
+        name: HeaderName::from_bytes(name),
+        name_span: Span::new(start, start + name_len),
+        value_span: Span::new(value_start, value_end),
+        line_span: Span::new(start, next),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn view(s: &str) -> Result<SipView, SipError> {
+        let v = SipView::parse(Bytes::copy_from_slice(s.as_bytes()))?;
+        v.check()?;
+        Ok(v)
+    }
+
+    const REGISTER: &str = "REGISTER sip:example.com SIP/2.0\r\n\
+        v: SIP/2.0/TLS 10.0.0.5:51234;branch=z9hG4bKabc;ms-received-port=51234\r\n\
+        Max-Forwards: 70\r\n\
+        f: <sip:alice@example.com>;tag=1\r\n\
+        t: <sip:alice@example.com>\r\n\
+        i: abc@10.0.0.5\r\n\
+        CSeq: 1 REGISTER\r\n\
+        m: <sip:10.0.0.5:51234;transport=tls>;+sip.instance=\"<urn:uuid:1>\"\r\n\
+        User-Agent: UCCAPI/15.0.4481.1000\r\n OC/15.0.4481.1000 (Microsoft Lync)\r\n\
+        Supported : gruu-10, adhoclist\r\n\
+        Expires: 3600\r\n\
+        l: 4\r\n\
+        \r\n\
+        bodyEXTRA";
+
+    #[test]
+    fn indexes_compact_folded_and_spaced_headers() {
+        let v = view(REGISTER).unwrap();
+        assert_eq!(v.method(), Some(Method::Register));
+        assert_eq!(v.request_uri(), Some(&b"sip:example.com"[..]));
+        assert_eq!(v.call_id(), Some(&b"abc@10.0.0.5"[..]));
+        assert_eq!(
+            v.user_agent(),
+            Some(&b"UCCAPI/15.0.4481.1000\r\n OC/15.0.4481.1000 (Microsoft Lync)"[..])
+        );
+        let sup: Vec<_> = v.values(HeaderName::Supported).collect();
+        assert_eq!(sup, [&b"gruu-10"[..], b"adhoclist"]);
+        let via = v.top_via().unwrap();
+        assert_eq!(via.transport, b"TLS");
+        assert_eq!(via.port, Some(51234));
+        assert_eq!(v.expires(), Ok(Some(3600)));
+        assert_eq!(v.max_forwards(), Ok(Some(70)));
+        assert_eq!(v.body(), b"body");
+        assert!(v.raw().ends_with(b"\r\n\r\nbody"), "trailing octets cut");
+        assert_eq!(
+            v.header_named("supported"),
+            Some(&b"gruu-10, adhoclist"[..])
+        );
+        assert_eq!(v.contacts().count(), 1);
+    }
+
+    #[test]
+    fn refusals_name_the_problem() {
+        let base = REGISTER.replace("bodyEXTRA", "body");
+        let cases: &[(&str, &str, SipError)] = &[
+            ("SIP/2.0\r\n", "SIP/7.0\r\n", SipError::VersionNotSupported),
+            (
+                "CSeq: 1 REGISTER",
+                "CSeq: 1 INVITE",
+                SipError::CSeqMethodMismatch,
+            ),
+            (
+                "i: abc@10.0.0.5\r\n",
+                "",
+                SipError::MissingHeader(HeaderName::CallId),
+            ),
+            ("l: 4", "l: 40", SipError::BodyTruncated),
+            ("l: 4", "l: -4", SipError::MalformedContentLength),
+            ("l: 4", "l: 4, 4", SipError::SeveralContentLengths),
+            (
+                "l: 4\r\n",
+                "l: 4\r\nContent-Length: 4\r\n",
+                SipError::SeveralContentLengths,
+            ),
+            (
+                "Max-Forwards: 70",
+                "Max-Forwards: 300",
+                SipError::ValueOutOfRange(HeaderName::MaxForwards),
+            ),
+            (
+                "Expires: 3600",
+                "Expires: 99999999999",
+                SipError::ValueOutOfRange(HeaderName::Expires),
+            ),
+            (
+                "t: <sip:alice@example.com>",
+                "t: \"Alice <sip:alice@example.com>",
+                SipError::MalformedHeader(HeaderName::To),
+            ),
+            (
+                "i: abc@10.0.0.5\r\n",
+                "i: abc@10.0.0.5\r\ni: other\r\n",
+                SipError::DuplicateHeader(HeaderName::CallId),
+            ),
+            (
+                "Max-Forwards: 70\r\n",
+                "Max-Forwards: 70\r\nBad Header: x\r\n",
+                SipError::MalformedHeaderLine,
+            ),
+            (
+                "REGISTER sip:example.com SIP",
+                "REGISTER  sip:example.com SIP",
+                SipError::MalformedStartLine,
+            ),
+            (
+                "REGISTER sip:example.com SIP",
+                "REGISTER <sip:example.com> SIP",
+                SipError::MalformedRequestUri,
+            ),
+        ];
+        for (from, to, want) in cases {
+            let msg = base.replacen(from, to, 1);
+            assert_ne!(msg, base, "case {to:?} did not apply");
+            assert_eq!(view(&msg).unwrap_err(), *want, "case {to:?}");
+        }
+    }
+
+    #[test]
+    fn responses_and_bad_status_codes() {
+        let ok = "SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\nFrom: <sip:a@b>;tag=1\r\nTo: <sip:a@b>;tag=2\r\nCall-ID: x\r\nCSeq: 1 REGISTER\r\nContent-Length: 0\r\n\r\n";
+        let v = view(ok).unwrap();
+        assert_eq!(v.status(), Some(200));
+        assert!(view(&ok.replace("200", "4294967301")).is_err());
+        assert!(view(&ok.replace("200", "099")).is_err());
+        assert!(view("SIP/2.0 100\r\nVia: SIP/2.0/UDP h\r\nFrom: <sip:a@b>\r\nTo: <sip:a@b>\r\nCall-ID: x\r\nCSeq: 1 INVITE\r\n\r\n").is_ok());
+    }
+
+    #[test]
+    fn garbage_never_panics() {
+        for input in [
+            &b""[..],
+            b"\r\n",
+            b"\r\n\r\n",
+            b"INVITE",
+            b"INVITE \r\n",
+            b"SIP/",
+            b"SIP/2.0 \r\n\r\n",
+            b" :\r\n\r\n",
+            b"A B SIP/\r\n\r\n",
+            b"\xff\xfe \x00 SIP/2.0\r\n \r\n\r\n",
+        ] {
+            let _ = SipView::parse(Bytes::copy_from_slice(input)).map(|v| v.check());
+        }
+    }
+}
