@@ -6,4 +6,5 @@
 #![forbid(unsafe_code)]
 
 pub mod classify;
+pub mod policy;
 pub mod sip;

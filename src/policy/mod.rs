@@ -1,0 +1,557 @@
+//! Stage 4, decide: what the filter does with a classified message.
+//!
+//! Pure and deterministic: [`decide`] maps (role, client support, policy)
+//! to a typed [`Decision`] with the id of the rule that decided. No I/O, no
+//! clock. Role recognition ([`SessionMatchers::role_of`]) is pure as well.
+
+pub mod pattern;
+
+use std::net::IpAddr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::classify::Support;
+use crate::sip::Method;
+use pattern::{Network, UriPattern};
+
+/// What the filter does with a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Action {
+    /// Relay unchanged (apart from the proxy's own edits).
+    Allow,
+    /// Relay with a flag header, and log a warning.
+    Flag,
+    /// Answer locally with the role's configured response.
+    Reject,
+    /// Discard silently (logged and counted).
+    Drop,
+}
+
+impl Action {
+    /// The name used in config files and decision records.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Allow => "allow",
+            Self::Flag => "flag",
+            Self::Reject => "reject",
+            Self::Drop => "drop",
+        }
+    }
+}
+
+/// Enforce the policy, or only watch it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mode {
+    /// Rejects are answered.
+    #[default]
+    Enforce,
+    /// Rejects become flags marked `would_reject`.
+    Monitor,
+}
+
+impl Mode {
+    /// The name used in config files and decision records.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Enforce => "enforce",
+            Self::Monitor => "monitor",
+        }
+    }
+}
+
+/// The part a message plays in a Response Group session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SessionRole {
+    /// An INVITE to a workflow URI.
+    Caller,
+    /// An INVITE from the Response Group application to an agent endpoint.
+    AgentOffer,
+    /// A REGISTER of a configured agent address of record.
+    AgentRegistration,
+    /// Not part of a Response Group session.
+    None,
+}
+
+impl SessionRole {
+    /// The name used in decision records.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Caller => "caller",
+            Self::AgentOffer => "agent-offer",
+            Self::AgentRegistration => "agent-registration",
+            Self::None => "none",
+        }
+    }
+}
+
+/// The response a reject answers with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    /// Status code (400 to 699; below 600 for agent offers).
+    pub status: u16,
+    /// Reason phrase.
+    pub reason: String,
+    /// Warning header value; `{client}` is replaced by the client's display name.
+    pub warning: Option<String>,
+    /// Extra header lines (name, value), e.g. `ms-diagnostics`.
+    pub headers: Vec<(String, String)>,
+}
+
+impl Reply {
+    /// The Warning value with the client's name filled in.
+    pub fn warning_for(&self, client_name: &str) -> Option<String> {
+        self.warning
+            .as_ref()
+            .map(|w| w.replace("{client}", client_name))
+    }
+}
+
+/// What to do, per support class, for one role.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RolePolicy {
+    /// Clients the Response Group application does not support.
+    pub unsupported: Action,
+    /// Non-Microsoft clients.
+    pub third_party: Action,
+    /// Unknown and missing User-Agents.
+    pub unknown: Action,
+    /// The response of a reject.
+    pub reply: Reply,
+}
+
+/// The whole admission policy, compiled from config.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Policy {
+    /// Enforce or monitor.
+    pub mode: Mode,
+    /// Scanners, whatever the role (default drop).
+    pub scanner: Action,
+    /// INVITEs to workflow URIs.
+    pub caller: RolePolicy,
+    /// Offers from the Response Group application to agents.
+    pub agent_offer: RolePolicy,
+    /// REGISTERs of agents.
+    pub agent_registration: RolePolicy,
+}
+
+/// The outcome of [`decide`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Decision<'p> {
+    /// What to do (after monitor mode is applied).
+    pub action: Action,
+    /// Monitor mode turned a reject into this flag.
+    pub would_reject: bool,
+    /// Id of the policy rule that decided, e.g. `caller.unsupported`.
+    pub rule: &'static str,
+    /// The response to send when `action` is [`Action::Reject`].
+    pub reply: Option<&'p Reply>,
+}
+
+/// Decide what to do with a message of `role` from a client of `support`.
+pub fn decide(policy: &Policy, role: SessionRole, support: Support) -> Decision<'_> {
+    let (action, rule, role_policy) = match (support, role) {
+        (Support::Scanner, _) => (policy.scanner, "scanner", None),
+        (Support::Service, _) => (Action::Allow, "service", None),
+        (Support::Supported, _) => (Action::Allow, "supported", None),
+        (_, SessionRole::None) => (Action::Allow, "no-session", None),
+        (support, role) => {
+            let rp = match role {
+                SessionRole::Caller => &policy.caller,
+                SessionRole::AgentOffer => &policy.agent_offer,
+                _ => &policy.agent_registration,
+            };
+            let (action, class) = match support {
+                Support::Unsupported => (rp.unsupported, 0),
+                Support::ThirdParty => (rp.third_party, 1),
+                _ => (rp.unknown, 2),
+            };
+            (action, RULES[role_index(role)][class], Some(rp))
+        }
+    };
+    let reply = role_policy
+        .map(|rp| &rp.reply)
+        .filter(|_| action == Action::Reject);
+    match (action, policy.mode) {
+        (Action::Reject, Mode::Monitor) => Decision {
+            action: Action::Flag,
+            would_reject: true,
+            rule,
+            reply,
+        },
+        (Action::Reject, Mode::Enforce) if reply.is_none() => Decision {
+            // A scanner rule set to reject has no role reply: answer 403.
+            action,
+            would_reject: false,
+            rule,
+            reply: Some(&SCANNER_REPLY),
+        },
+        _ => Decision {
+            action,
+            would_reject: false,
+            rule,
+            reply,
+        },
+    }
+}
+
+static SCANNER_REPLY: Reply = Reply {
+    status: 403,
+    reason: String::new(),
+    warning: None,
+    headers: Vec::new(),
+};
+
+const RULES: [[&str; 3]; 3] = [
+    ["caller.unsupported", "caller.third-party", "caller.unknown"],
+    [
+        "agent-offer.unsupported",
+        "agent-offer.third-party",
+        "agent-offer.unknown",
+    ],
+    [
+        "agent-registration.unsupported",
+        "agent-registration.third-party",
+        "agent-registration.unknown",
+    ],
+];
+
+fn role_index(role: SessionRole) -> usize {
+    match role {
+        SessionRole::Caller => 0,
+        SessionRole::AgentOffer => 1,
+        _ => 2,
+    }
+}
+
+/// How Response Group sessions are recognised (from `[response_group]`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SessionMatchers {
+    /// Workflow URIs: an INVITE to one is a caller.
+    pub workflows: Vec<UriPattern>,
+    /// Lowercased substrings of the Response Group application's User-Agent.
+    pub application_user_agents: Vec<String>,
+    /// From URIs of the Response Group application.
+    pub application_from_uris: Vec<UriPattern>,
+    /// Source networks of the Response Group application.
+    pub application_sources: Vec<Network>,
+    /// Agent addresses of record: a REGISTER of one is an agent registration.
+    pub agents: Vec<UriPattern>,
+}
+
+/// The facts about a request that decide its role.
+#[derive(Debug, Clone, Copy)]
+pub struct SessionFacts<'a> {
+    /// Request method.
+    pub method: Method,
+    /// Request-URI.
+    pub request_uri: &'a [u8],
+    /// To URI.
+    pub to_uri: &'a [u8],
+    /// From URI.
+    pub from_uri: &'a [u8],
+    /// User-Agent value, if any.
+    pub user_agent: Option<&'a [u8]>,
+    /// Source address of the message.
+    pub source: IpAddr,
+}
+
+impl SessionMatchers {
+    /// Whether the request comes from the Response Group application.
+    pub fn is_application(&self, facts: &SessionFacts<'_>) -> bool {
+        facts.user_agent.is_some_and(|ua| {
+            self.application_user_agents
+                .iter()
+                .any(|needle| contains_ignore_case(ua, needle.as_bytes()))
+        }) || self
+            .application_from_uris
+            .iter()
+            .any(|p| p.matches(facts.from_uri))
+            || self
+                .application_sources
+                .iter()
+                .any(|n| n.contains(facts.source))
+    }
+
+    /// The role of a request.
+    pub fn role_of(&self, facts: &SessionFacts<'_>) -> SessionRole {
+        match facts.method {
+            Method::Invite if self.workflows.iter().any(|p| p.matches(facts.request_uri)) => {
+                SessionRole::Caller
+            }
+            Method::Invite if self.is_application(facts) => SessionRole::AgentOffer,
+            Method::Register if self.agents.iter().any(|p| p.matches(facts.to_uri)) => {
+                SessionRole::AgentRegistration
+            }
+            _ => SessionRole::None,
+        }
+    }
+}
+
+/// ASCII case-insensitive substring search (`needle` lowercased).
+fn contains_ignore_case(haystack: &[u8], needle: &[u8]) -> bool {
+    needle.is_empty()
+        || haystack
+            .windows(needle.len())
+            .any(|w| w.eq_ignore_ascii_case(needle))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reply(status: u16) -> Reply {
+        Reply {
+            status,
+            reason: "R".into(),
+            warning: Some("399 sipadmit \"{client} not supported\"".into()),
+            headers: vec![],
+        }
+    }
+
+    fn policy(mode: Mode) -> Policy {
+        let rp = |unsupported, status| RolePolicy {
+            unsupported,
+            third_party: Action::Allow,
+            unknown: Action::Flag,
+            reply: reply(status),
+        };
+        Policy {
+            mode,
+            scanner: Action::Drop,
+            caller: rp(Action::Reject, 403),
+            agent_offer: rp(Action::Reject, 480),
+            agent_registration: rp(Action::Flag, 403),
+        }
+    }
+
+    #[test]
+    fn table_over_role_support_and_mode() {
+        use Action::*;
+        use SessionRole as R;
+        use Support as S;
+        // (role, support, enforce action, enforce status, monitor action, would_reject, rule)
+        let rows: &[(R, S, Action, Option<u16>, Action, bool, &str)] = &[
+            (
+                R::Caller,
+                S::Unsupported,
+                Reject,
+                Some(403),
+                Flag,
+                true,
+                "caller.unsupported",
+            ),
+            (
+                R::Caller,
+                S::Supported,
+                Allow,
+                None,
+                Allow,
+                false,
+                "supported",
+            ),
+            (R::Caller, S::Service, Allow, None, Allow, false, "service"),
+            (
+                R::Caller,
+                S::ThirdParty,
+                Allow,
+                None,
+                Allow,
+                false,
+                "caller.third-party",
+            ),
+            (
+                R::Caller,
+                S::Unknown,
+                Flag,
+                None,
+                Flag,
+                false,
+                "caller.unknown",
+            ),
+            (R::Caller, S::Scanner, Drop, None, Drop, false, "scanner"),
+            (
+                R::AgentOffer,
+                S::Unsupported,
+                Reject,
+                Some(480),
+                Flag,
+                true,
+                "agent-offer.unsupported",
+            ),
+            (
+                R::AgentOffer,
+                S::Supported,
+                Allow,
+                None,
+                Allow,
+                false,
+                "supported",
+            ),
+            (
+                R::AgentOffer,
+                S::Unknown,
+                Flag,
+                None,
+                Flag,
+                false,
+                "agent-offer.unknown",
+            ),
+            (
+                R::AgentOffer,
+                S::ThirdParty,
+                Allow,
+                None,
+                Allow,
+                false,
+                "agent-offer.third-party",
+            ),
+            (
+                R::AgentOffer,
+                S::Scanner,
+                Drop,
+                None,
+                Drop,
+                false,
+                "scanner",
+            ),
+            (
+                R::AgentRegistration,
+                S::Unsupported,
+                Flag,
+                None,
+                Flag,
+                false,
+                "agent-registration.unsupported",
+            ),
+            (
+                R::AgentRegistration,
+                S::Supported,
+                Allow,
+                None,
+                Allow,
+                false,
+                "supported",
+            ),
+            (
+                R::AgentRegistration,
+                S::Unknown,
+                Flag,
+                None,
+                Flag,
+                false,
+                "agent-registration.unknown",
+            ),
+            (
+                R::AgentRegistration,
+                S::Service,
+                Allow,
+                None,
+                Allow,
+                false,
+                "service",
+            ),
+            (
+                R::None,
+                S::Unsupported,
+                Allow,
+                None,
+                Allow,
+                false,
+                "no-session",
+            ),
+            (R::None, S::Unknown, Allow, None, Allow, false, "no-session"),
+            (R::None, S::Scanner, Drop, None, Drop, false, "scanner"),
+        ];
+        let (enforce, monitor) = (policy(Mode::Enforce), policy(Mode::Monitor));
+        for &(role, support, e_action, e_status, m_action, would, rule) in rows {
+            let d = decide(&enforce, role, support);
+            assert_eq!(d.action, e_action, "{role:?} {support:?} enforce");
+            assert_eq!(d.reply.map(|r| r.status), e_status, "{role:?} {support:?}");
+            assert_eq!(d.rule, rule);
+            assert!(!d.would_reject);
+            let m = decide(&monitor, role, support);
+            assert_eq!(
+                (m.action, m.would_reject, m.rule),
+                (m_action, would, rule),
+                "{role:?} {support:?} monitor"
+            );
+        }
+    }
+
+    #[test]
+    fn agent_registration_reject_when_configured_and_warning_names_client() {
+        let mut p = policy(Mode::Enforce);
+        p.agent_registration.unsupported = Action::Reject;
+        let d = decide(&p, SessionRole::AgentRegistration, Support::Unsupported);
+        assert_eq!(d.action, Action::Reject);
+        let r = d.reply.unwrap();
+        assert_eq!(r.status, 403);
+        assert_eq!(
+            r.warning_for("Lync mobile").unwrap(),
+            "399 sipadmit \"Lync mobile not supported\""
+        );
+    }
+
+    #[test]
+    fn scanner_reject_gets_a_reply() {
+        let mut p = policy(Mode::Enforce);
+        p.scanner = Action::Reject;
+        let d = decide(&p, SessionRole::None, Support::Scanner);
+        assert_eq!(d.reply.map(|r| r.status), Some(403));
+    }
+
+    fn facts<'a>(method: Method, ruri: &'a [u8], ua: Option<&'a [u8]>) -> SessionFacts<'a> {
+        SessionFacts {
+            method,
+            request_uri: ruri,
+            to_uri: ruri,
+            from_uri: b"sip:someone@contoso.com",
+            user_agent: ua,
+            source: "192.0.2.1".parse().unwrap(),
+        }
+    }
+
+    #[test]
+    fn roles() {
+        let m = SessionMatchers {
+            workflows: vec![UriPattern::new("sip:helpdesk@contoso.com").unwrap()],
+            application_user_agents: vec!["response_group_service".into()],
+            application_from_uris: vec![UriPattern::new("sip:rgs@contoso.com").unwrap()],
+            application_sources: vec![Network::parse("10.0.0.0/8").unwrap()],
+            agents: vec![UriPattern::new("sip:agent-*@contoso.com").unwrap()],
+        };
+        let rg = Some(&b"RTCC/5.0.0.0 Response_Group_Service/5.0.0.0"[..]);
+        assert_eq!(
+            m.role_of(&facts(Method::Invite, b"sip:helpdesk@contoso.com", None)),
+            SessionRole::Caller
+        );
+        assert_eq!(
+            m.role_of(&facts(Method::Invite, b"sip:agent-1@contoso.com", rg)),
+            SessionRole::AgentOffer
+        );
+        assert_eq!(
+            m.role_of(&facts(Method::Invite, b"sip:agent-1@contoso.com", None)),
+            SessionRole::None
+        );
+        let mut f = facts(Method::Invite, b"sip:x@contoso.com", None);
+        f.source = "10.1.1.1".parse().unwrap();
+        assert_eq!(m.role_of(&f), SessionRole::AgentOffer);
+        let mut f = facts(Method::Invite, b"sip:x@contoso.com", None);
+        f.from_uri = b"sip:rgs@contoso.com";
+        assert_eq!(m.role_of(&f), SessionRole::AgentOffer);
+        assert_eq!(
+            m.role_of(&facts(Method::Register, b"sip:agent-7@contoso.com", None)),
+            SessionRole::AgentRegistration
+        );
+        assert_eq!(
+            m.role_of(&facts(Method::Register, b"sip:bob@contoso.com", None)),
+            SessionRole::None
+        );
+        assert_eq!(
+            m.role_of(&facts(Method::Options, b"sip:helpdesk@contoso.com", None)),
+            SessionRole::None
+        );
+    }
+}

@@ -1,0 +1,165 @@
+//! Address patterns used to recognise Response Group sessions: SIP URI
+//! globs (`sip:*@rgs.contoso.com`) and IP networks (`10.0.0.0/8`).
+//! Compiled once from config; matching allocates nothing.
+
+use std::fmt;
+use std::net::IpAddr;
+
+/// A SIP URI pattern. Only `user@host` is compared (scheme, port,
+/// parameters and headers are ignored), ASCII case-insensitively; `*`
+/// matches any run of characters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UriPattern {
+    text: String,
+    /// `user@host`, lowercased.
+    key: Vec<u8>,
+}
+
+/// The `user@host` part of a `sip:`/`sips:` URI (also accepts `<...>`
+/// around it): what patterns are compared against.
+pub fn uri_key(uri: &[u8]) -> Option<&[u8]> {
+    let uri = uri.strip_prefix(b"<").unwrap_or(uri);
+    let colon = uri.iter().position(|&b| b == b':')?;
+    let scheme = &uri[..colon];
+    if !(scheme.eq_ignore_ascii_case(b"sip") || scheme.eq_ignore_ascii_case(b"sips")) {
+        return None;
+    }
+    let rest = &uri[colon + 1..];
+    let host_start = rest.iter().position(|&b| b == b'@').map_or(0, |at| at + 1);
+    let host = &rest[host_start..];
+    let host_len = if host.first() == Some(&b'[') {
+        host.iter().position(|&b| b == b']').map(|p| p + 1)?
+    } else {
+        host.iter()
+            .position(|&b| matches!(b, b';' | b'?' | b':' | b'>'))
+            .unwrap_or(host.len())
+    };
+    (host_len > 0).then(|| &rest[..host_start + host_len])
+}
+
+impl UriPattern {
+    /// Compile a pattern; `None` if it is not a `sip:`/`sips:` URI with a host.
+    pub fn new(text: &str) -> Option<Self> {
+        let key = uri_key(text.as_bytes())?;
+        if key.iter().any(|b| b.is_ascii_whitespace()) {
+            return None;
+        }
+        Some(Self {
+            text: text.to_owned(),
+            key: key.to_ascii_lowercase(),
+        })
+    }
+
+    /// Whether a URI matches.
+    pub fn matches(&self, uri: &[u8]) -> bool {
+        uri_key(uri).is_some_and(|key| glob_match(&self.key, key))
+    }
+}
+
+impl fmt::Display for UriPattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+/// Glob match with `*`, ASCII case-insensitive (`pattern` is lowercase).
+fn glob_match(pattern: &[u8], text: &[u8]) -> bool {
+    let (mut p, mut t) = (0, 0);
+    let mut backtrack: Option<(usize, usize)> = None;
+    while t < text.len() {
+        if p < pattern.len() && pattern[p] == b'*' {
+            backtrack = Some((p, t));
+            p += 1;
+        } else if p < pattern.len() && pattern[p] == text[t].to_ascii_lowercase() {
+            p += 1;
+            t += 1;
+        } else if let Some((bp, bt)) = backtrack {
+            p = bp + 1;
+            t = bt + 1;
+            backtrack = Some((bp, bt + 1));
+        } else {
+            return false;
+        }
+    }
+    pattern[p..].iter().all(|&b| b == b'*')
+}
+
+/// An IP network in CIDR notation (a bare address is a /32 or /128).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Network {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+impl Network {
+    /// Parse `10.0.0.0/8`, `::1`, `2001:db8::/32`; `None` if invalid.
+    pub fn parse(text: &str) -> Option<Self> {
+        let (addr, prefix) = match text.split_once('/') {
+            Some((a, p)) => (a.parse::<IpAddr>().ok()?, Some(p.parse::<u8>().ok()?)),
+            None => (text.parse::<IpAddr>().ok()?, None),
+        };
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = prefix.unwrap_or(max);
+        (prefix <= max).then_some(Self { addr, prefix })
+    }
+
+    /// Whether `ip` is inside this network (IPv4-mapped IPv6 counts as IPv4).
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        match (self.addr, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uri_patterns_ignore_scheme_port_params_and_case() {
+        let p = UriPattern::new("sip:helpdesk@contoso.com").unwrap();
+        assert!(p.matches(b"sip:helpdesk@contoso.com"));
+        assert!(p.matches(b"sips:HelpDesk@Contoso.COM:5061;transport=tls"));
+        assert!(p.matches(b"<sip:helpdesk@contoso.com>"));
+        assert!(!p.matches(b"sip:helpdesk2@contoso.com"));
+        assert!(!p.matches(b"tel:+15550100"));
+        let w = UriPattern::new("sip:*-rg@contoso.com").unwrap();
+        assert!(w.matches(b"sip:sales-rg@contoso.com"));
+        assert!(!w.matches(b"sip:sales@contoso.com"));
+        assert!(UriPattern::new("sip:*@*").unwrap().matches(b"sip:a@b"));
+        assert!(UriPattern::new("helpdesk").is_none());
+        assert!(UriPattern::new("mailto:x@y").is_none());
+    }
+
+    #[test]
+    fn networks() {
+        let n = Network::parse("10.1.0.0/16").unwrap();
+        assert!(n.contains("10.1.2.3".parse().unwrap()));
+        assert!(n.contains("::ffff:10.1.2.3".parse().unwrap()));
+        assert!(!n.contains("10.2.0.1".parse().unwrap()));
+        assert!(Network::parse("::1")
+            .unwrap()
+            .contains("::1".parse().unwrap()));
+        assert!(Network::parse("0.0.0.0/0")
+            .unwrap()
+            .contains("8.8.8.8".parse().unwrap()));
+        assert!(Network::parse("10.0.0.0/33").is_none());
+        assert!(Network::parse("nonsense").is_none());
+    }
+}
