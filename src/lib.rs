@@ -6,5 +6,9 @@
 #![forbid(unsafe_code)]
 
 pub mod classify;
+pub mod cli;
+pub mod config;
+pub mod observe;
 pub mod policy;
+pub mod proxy;
 pub mod sip;

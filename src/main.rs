@@ -1,3 +1,76 @@
-//! The `sipadmit` binary.
+//! The `sipadmit` binary: parse the command line, set up logging, dispatch.
 
-fn main() {}
+use std::io::{BufRead, Write};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+use sipadmit::cli::{self, Cli, Command};
+use sipadmit::classify::Catalog;
+use sipadmit::config::{Config, ConfigError, Overrides, SHIPPED_CATALOG};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match dispatch(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("sipadmit: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::CheckConfig { config } => match Config::load(&config, &Overrides::default()) {
+            Ok(c) => {
+                println!(
+                    "{}: ok ({} clients in catalog {}, {} workflows, mode {})",
+                    config.display(),
+                    c.catalog.clients().count(),
+                    c.catalog_source,
+                    c.sessions.workflows.len(),
+                    c.policy.mode.as_str()
+                );
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(e @ (ConfigError::Invalid { .. } | ConfigError::Syntax { .. } | ConfigError::Read { .. })) => {
+                eprintln!("{e}");
+                Ok(ExitCode::FAILURE)
+            }
+        },
+        Command::Classify {
+            config,
+            json,
+            user_agents,
+        } => {
+            let catalog = match config {
+                Some(path) => Config::load(&path, &Overrides::default())?.catalog,
+                None => Catalog::from_toml_str(SHIPPED_CATALOG).context("built-in catalog")?,
+            };
+            let inputs: Vec<String> = if user_agents.is_empty() {
+                std::io::stdin()
+                    .lock()
+                    .lines()
+                    .collect::<Result<_, _>>()
+                    .context("reading User-Agents from stdin")?
+            } else {
+                user_agents
+            };
+            let mut out = std::io::stdout().lock();
+            if json {
+                for ua in &inputs {
+                    let c = catalog.classify(Some(ua.as_bytes()));
+                    writeln!(out, "{}", cli::classification_json(ua, &c))?;
+                }
+            } else {
+                let rows: Vec<_> = inputs
+                    .iter()
+                    .map(|ua| cli::classification_row(ua, &catalog.classify(Some(ua.as_bytes()))))
+                    .collect();
+                out.write_all(cli::render_table(&rows).as_bytes())?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

@@ -112,6 +112,8 @@ pub enum StartLine {
 pub struct SipView {
     raw: Bytes,
     start_line: StartLine,
+    /// A problem with the Request-URI, version or Content-Length, reported by `check`.
+    problem: Option<SipError>,
     /// Where the start line ends (after its line break).
     start_line_end: u32,
     headers: Vec<HeaderField>,
@@ -149,7 +151,7 @@ impl SipView {
             pos += 2;
         }
         let (line_stop, next) = line_end(buf, pos).ok_or(SipError::UnterminatedHeaders)?;
-        let start_line = parse_start_line(buf, pos, line_stop)?;
+        let (start_line, start_line_problem) = parse_start_line(buf, pos, line_stop)?;
 
         let mut headers: Vec<HeaderField> = Vec::with_capacity(HEADER_CAPACITY);
         let mut pos = next;
@@ -179,28 +181,21 @@ impl SipView {
         }
 
         let body_start = pos;
-        let mut content_length = None;
-        for h in headers
-            .iter()
-            .filter(|h| h.name == HeaderName::ContentLength)
-        {
-            if content_length.is_some() {
-                return Err(SipError::SeveralContentLengths);
-            }
-            let value = &buf[h.value_span.range()];
-            if value.contains(&b',') {
-                return Err(SipError::SeveralContentLengths);
-            }
-            let n = parse_decimal(value)
-                .filter(|&n| n <= u64::from(u32::MAX))
-                .ok_or(SipError::MalformedContentLength)?;
-            content_length = Some(n as usize);
-        }
         let available = buf.len() - body_start;
-        let body_len = match content_length {
-            Some(n) if n > available => return Err(SipError::BodyTruncated),
-            Some(n) => n,
-            None => available,
+        // Content-Length problems keep the view (so a 400 can copy its
+        // headers); `check` reports them.
+        let mut problem = start_line_problem;
+        let body_len = match content_length(buf, &headers) {
+            Ok(Some(n)) if n > available => {
+                problem = problem.or(Some(SipError::BodyTruncated));
+                available
+            }
+            Ok(Some(n)) => n,
+            Ok(None) => available,
+            Err(e) => {
+                problem = problem.or(Some(e));
+                available
+            }
         };
         let end = body_start + body_len;
         let start_line_end = next_after_start(buf);
@@ -211,6 +206,7 @@ impl SipView {
                 raw.slice(..end)
             },
             start_line,
+            problem,
             start_line_end,
             headers,
             headers_end: headers_end as u32,
@@ -222,6 +218,9 @@ impl SipView {
     /// single-valued headers, CSeq, Max-Forwards, Expires, every Via, From
     /// and To, and the Request-URI.
     pub fn check(&self) -> Result<(), SipError> {
+        if let Some(problem) = self.problem {
+            return Err(problem);
+        }
         for name in [
             HeaderName::Via,
             HeaderName::From,
@@ -486,6 +485,22 @@ impl SipView {
     }
 }
 
+/// The Content-Length value: `None` when absent.
+fn content_length(buf: &[u8], headers: &[HeaderField]) -> Result<Option<usize>, SipError> {
+    let mut found = None;
+    for h in headers.iter().filter(|h| h.name == HeaderName::ContentLength) {
+        let value = &buf[h.value_span.range()];
+        if found.is_some() || value.contains(&b',') {
+            return Err(SipError::SeveralContentLengths);
+        }
+        let n = parse_decimal(value)
+            .filter(|&n| n <= u64::from(u32::MAX))
+            .ok_or(SipError::MalformedContentLength)?;
+        found = Some(n as usize);
+    }
+    Ok(found)
+}
+
 /// Offset just past the start line.
 fn next_after_start(buf: &[u8]) -> u32 {
     let mut pos = 0;
@@ -504,7 +519,14 @@ fn trim_end(s: &[u8]) -> usize {
     s.iter().rposition(|&b| !is_lws(b)).map_or(0, |p| p + 1)
 }
 
-fn parse_start_line(buf: &[u8], start: usize, stop: usize) -> Result<StartLine, SipError> {
+/// Parse the start line. A request line whose method is readable but whose
+/// URI or version is wrong still yields a view (so a 400 or 505 can copy its
+/// headers); the problem is returned beside it and reported by `check`.
+fn parse_start_line(
+    buf: &[u8],
+    start: usize,
+    stop: usize,
+) -> Result<(StartLine, Option<SipError>), SipError> {
     let line = &buf[start..stop];
     let sp1 = memchr(b' ', line).ok_or(SipError::MalformedStartLine)?;
     if line.starts_with(b"SIP/") {
@@ -519,33 +541,37 @@ fn parse_start_line(buf: &[u8], start: usize, stop: usize) -> Result<StartLine, 
             return Err(SipError::MalformedStatusCode);
         }
         let reason_start = start + sp1 + 1 + (3 + 1).min(rest.len());
-        return Ok(StartLine::Response {
+        let response = StartLine::Response {
             code,
             reason_span: Span::new(reason_start, stop),
-        });
+        };
+        return Ok((response, None));
     }
     let method = &line[..sp1];
     if !is_token(method) {
         return Err(SipError::MalformedStartLine);
     }
-    let rest = &line[sp1 + 1..];
-    let sp2 = memchr(b' ', rest).ok_or(SipError::MalformedStartLine)?;
-    let uri = &rest[..sp2];
-    let version = &rest[sp2 + 1..];
-    if uri.is_empty() {
+    let last_sp = memchr::memrchr(b' ', line).ok_or(SipError::MalformedStartLine)?;
+    if last_sp == sp1 {
         return Err(SipError::MalformedStartLine);
     }
-    if !version.starts_with(b"SIP/") && !version.starts_with(b"sip/") {
-        // A space inside the Request-URI shifts the version.
-        return Err(SipError::MalformedRequestUri);
-    }
-    check_version(version)?;
-    let uri_start = start + sp1 + 1;
-    Ok(StartLine::Request {
+    let uri = &line[sp1 + 1..last_sp];
+    let version = &line[last_sp + 1..];
+    let problem = if uri.first() == Some(&b' ') || uri.last() == Some(&b' ') || version.is_empty() {
+        Some(SipError::MalformedStartLine)
+    } else if uri.iter().any(|&b| is_lws(b)) {
+        Some(SipError::MalformedRequestUri)
+    } else if !version.starts_with(b"SIP/") && !version.starts_with(b"sip/") {
+        Some(SipError::MalformedStartLine)
+    } else {
+        check_version(version).err()
+    };
+    let request = StartLine::Request {
         method: Method::from_bytes(method),
         method_span: Span::new(start, start + sp1),
-        uri_span: Span::new(uri_start, uri_start + sp2),
-    })
+        uri_span: Span::new(start + sp1 + 1, start + last_sp),
+    };
+    Ok((request, problem))
 }
 
 fn check_version(v: &[u8]) -> Result<(), SipError> {

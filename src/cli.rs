@@ -1,0 +1,133 @@
+//! Command line (clap): `run`, `check-config`, `classify`.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::policy::Mode;
+
+/// sipadmit: SIP registration admission filter for Response Group client support.
+#[derive(Debug, Parser)]
+#[command(name = "sipadmit", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Validate a config file: exit 0, or exit 1 listing every problem with its key path.
+    CheckConfig {
+        /// Config file.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Classify User-Agent strings (arguments, or one per line on stdin).
+    Classify {
+        /// Config file whose catalog to use (default: the shipped catalog).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// One JSON object per line instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// User-Agent values; none reads stdin.
+        user_agents: Vec<String>,
+    },
+}
+
+/// `sipadmit run` arguments.
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// Config file.
+    #[arg(long, short)]
+    pub config: PathBuf,
+    /// Listener `udp:IP:PORT` or `tcp:IP:PORT` (repeatable; replaces `proxy.listen`).
+    #[arg(long)]
+    pub listen: Vec<String>,
+    /// Registrar `udp:IP:PORT` or `tcp:IP:PORT` (replaces `proxy.upstream`).
+    #[arg(long)]
+    pub upstream: Option<String>,
+    /// `enforce` or `monitor` (replaces `proxy.mode`).
+    #[arg(long, value_enum)]
+    pub mode: Option<ModeArg>,
+    /// Decision log path, `-` for stdout (replaces `proxy.decision_log`).
+    #[arg(long)]
+    pub decision_log: Option<String>,
+}
+
+/// `--mode` values.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum ModeArg {
+    /// Answer rejects.
+    Enforce,
+    /// Relay rejects flagged `would_reject`.
+    Monitor,
+}
+
+impl From<ModeArg> for Mode {
+    fn from(m: ModeArg) -> Self {
+        match m {
+            ModeArg::Enforce => Self::Enforce,
+            ModeArg::Monitor => Self::Monitor,
+        }
+    }
+}
+
+// === classify output ===
+
+use crate::classify::Classification;
+
+/// One `classify --json` line: at least user_agent, client, product,
+/// version, category, support and roles.
+pub fn classification_json(user_agent: &str, c: &Classification<'_>) -> String {
+    serde_json::json!({
+        "user_agent": user_agent,
+        "client": c.client.id,
+        "product": c.client.name,
+        "version": c.version.map(|v| v.to_string()),
+        "category": c.client.category.as_str(),
+        "support": c.client.support.as_str(),
+        "roles": c.client.roles.iter().map(|r| r.as_str()).collect::<Vec<_>>(),
+        "rule": c.rule,
+    })
+    .to_string()
+}
+
+/// The header of the `classify` table.
+pub const TABLE_HEADER: [&str; 6] = ["CLIENT", "VERSION", "CATEGORY", "SUPPORT", "RULE", "USER-AGENT"];
+
+/// One row of the `classify` table.
+pub fn classification_row(user_agent: &str, c: &Classification<'_>) -> [String; 6] {
+    [
+        c.client.id.clone(),
+        c.version.map_or_else(|| "-".to_owned(), |v| v.to_string()),
+        c.client.category.as_str().to_owned(),
+        c.client.support.as_str().to_owned(),
+        c.rule.to_owned(),
+        user_agent.to_owned(),
+    ]
+}
+
+/// Render rows as an aligned table (last column unpadded).
+pub fn render_table(rows: &[[String; 6]]) -> String {
+    let mut widths = [0usize; 6];
+    for row in std::iter::once(&TABLE_HEADER.map(str::to_owned)).chain(rows) {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for row in std::iter::once(&TABLE_HEADER.map(str::to_owned)).chain(rows) {
+        for (i, cell) in row.iter().enumerate() {
+            if i == 5 {
+                out.push_str(cell);
+            } else {
+                out.push_str(&format!("{cell:<w$}  ", w = widths[i]));
+            }
+        }
+        out.push('\n');
+    }
+    out
+}

@@ -1,0 +1,484 @@
+//! Config: TOML file → [`RawConfig`] (serde, unknown keys refused) →
+//! validation that collects every problem with its key path → [`Config`].
+//!
+//! `config/sipadmit.toml` documents every key and its default.
+
+pub mod endpoint;
+pub mod raw;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::classify::{Catalog, CatalogError};
+use crate::policy::pattern::{Network, UriPattern};
+use crate::policy::{Action, Mode, Policy, Reply, RolePolicy, SessionMatchers};
+pub use endpoint::{Endpoint, Transport};
+pub use raw::RawConfig;
+
+/// The client catalog shipped in `config/clients.toml`, used when
+/// `[catalog] path` is not set.
+pub const SHIPPED_CATALOG: &str = include_str!("../../config/clients.toml");
+
+/// One problem found in a config file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// Dotted key path, e.g. `response_group.workflows[2]`.
+    pub key: String,
+    /// What is wrong, naming the value.
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.key, self.message)
+    }
+}
+
+/// Why a config could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{path}: cannot read: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or has unknown keys or wrong types.
+    #[error("{path}: {key}: {message}")]
+    Syntax {
+        /// The file.
+        path: PathBuf,
+        /// Key path where the error was found (`.` for the top level).
+        key: String,
+        /// The parser's message.
+        message: String,
+    },
+    /// Values are invalid; every problem is listed.
+    #[error("{path}: {} problem(s):\n{}", problems.len(), problems.iter().map(|p| format!("  {p}")).collect::<Vec<_>>().join("\n"))]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// Every problem found.
+        problems: Vec<Problem>,
+    },
+}
+
+/// Command-line overrides, applied before validation.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    /// Replaces `proxy.listen` when not empty.
+    pub listen: Vec<String>,
+    /// Replaces `proxy.upstream`.
+    pub upstream: Option<String>,
+    /// Replaces `proxy.mode`.
+    pub mode: Option<Mode>,
+    /// Replaces `proxy.decision_log`.
+    pub decision_log: Option<String>,
+}
+
+/// Validated limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest message accepted, bytes.
+    pub max_message_bytes: usize,
+    /// Most header lines in one message.
+    pub max_headers: usize,
+    /// Most concurrent TCP client connections.
+    pub max_connections: usize,
+    /// Idle time after which a TCP connection is closed.
+    pub tcp_idle_timeout: Duration,
+    /// Most registrations remembered.
+    pub max_registrations: usize,
+    /// Retry-After of 503 responses when the upstream is unreachable, seconds.
+    pub upstream_retry_after_secs: u32,
+}
+
+/// A validated config: nothing in it can be invalid.
+#[derive(Debug)]
+pub struct Config {
+    /// The file it came from.
+    pub path: PathBuf,
+    /// Listeners.
+    pub listen: Vec<Endpoint>,
+    /// The registrar, if configured (required by `run`).
+    pub upstream: Option<Endpoint>,
+    /// Decision log destination (`-` = stdout).
+    pub decision_log: String,
+    /// Flow token secret, if configured.
+    pub flow_secret: Option<String>,
+    /// Limits.
+    pub limits: Limits,
+    /// Client catalog.
+    pub catalog: Catalog,
+    /// Where the catalog came from (a path, or `built-in`).
+    pub catalog_source: String,
+    /// Response Group session recognition.
+    pub sessions: SessionMatchers,
+    /// Admission policy.
+    pub policy: Policy,
+    /// Name of the header added to flagged requests.
+    pub flag_header: String,
+}
+
+impl Config {
+    /// Load and validate a config file.
+    pub fn load(path: &Path, overrides: &Overrides) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_toml_str(&text, path, overrides)
+    }
+
+    /// Parse and validate config text; `path` names it in errors and
+    /// anchors the relative catalog path.
+    pub fn from_toml_str(
+        text: &str,
+        path: &Path,
+        overrides: &Overrides,
+    ) -> Result<Self, ConfigError> {
+        let de = toml::Deserializer::parse(text).map_err(|e| ConfigError::Syntax {
+            path: path.to_owned(),
+            key: ".".into(),
+            message: e.to_string().trim().to_owned(),
+        })?;
+        let mut raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
+            ConfigError::Syntax {
+                path: path.to_owned(),
+                key: e.path().to_string(),
+                message: e.inner().to_string().trim().to_owned(),
+            }
+        })?;
+        if !overrides.listen.is_empty() {
+            raw.proxy.listen.clone_from(&overrides.listen);
+        }
+        if let Some(up) = &overrides.upstream {
+            raw.proxy.upstream = Some(up.clone());
+        }
+        if let Some(mode) = overrides.mode {
+            raw.proxy.mode = mode;
+        }
+        if let Some(log) = &overrides.decision_log {
+            raw.proxy.decision_log.clone_from(log);
+        }
+        validate(raw, path)
+    }
+}
+
+/// Turn a raw config into a [`Config`], collecting every problem.
+pub fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigError> {
+    let mut problems = Vec::new();
+    let mut problem = |key: String, message: String| problems.push(Problem { key, message });
+
+    let mut listen = Vec::new();
+    if raw.proxy.listen.is_empty() {
+        problem("proxy.listen".into(), "at least one listener is needed".into());
+    }
+    for (i, l) in raw.proxy.listen.iter().enumerate() {
+        match l.parse::<Endpoint>() {
+            Ok(e) => listen.push(e),
+            Err(m) => problem(format!("proxy.listen[{i}]"), m),
+        }
+    }
+    let upstream = raw
+        .proxy
+        .upstream
+        .as_deref()
+        .and_then(|u| match u.parse::<Endpoint>() {
+            Ok(e) => Some(e),
+            Err(m) => {
+                problem("proxy.upstream".into(), m);
+                None
+            }
+        });
+    if raw.proxy.decision_log.trim().is_empty() {
+        problem(
+            "proxy.decision_log".into(),
+            "empty; use a file path or \"-\" for stdout".into(),
+        );
+    }
+    if let Some(secret) = &raw.proxy.flow_secret {
+        if secret.len() < 16 {
+            problem(
+                "proxy.flow_secret".into(),
+                format!("{} characters; at least 16 are needed", secret.len()),
+            );
+        }
+    }
+
+    let l = &raw.limits;
+    for (key, value, min) in [
+        ("limits.max_message_bytes", l.max_message_bytes, 1024),
+        ("limits.max_headers", l.max_headers, 16),
+        ("limits.max_connections", l.max_connections, 1),
+        ("limits.max_registrations", l.max_registrations, 1),
+    ] {
+        if value < min {
+            problem(key.into(), format!("{value} is below the minimum {min}"));
+        }
+    }
+    if l.max_message_bytes > 1 << 20 {
+        problem(
+            "limits.max_message_bytes".into(),
+            format!("{} is above the maximum 1048576", l.max_message_bytes),
+        );
+    }
+    if l.tcp_idle_timeout_secs < 30 {
+        problem(
+            "limits.tcp_idle_timeout_secs".into(),
+            format!(
+                "{} s is below 30 s; Lync clients keep connections alive every 300 s",
+                l.tcp_idle_timeout_secs
+            ),
+        );
+    }
+
+    let uri_list = |key: &str, list: &[String], problem: &mut dyn FnMut(String, String)| {
+        list.iter()
+            .enumerate()
+            .filter_map(|(i, u)| {
+                UriPattern::new(u).or_else(|| {
+                    problem(
+                        format!("{key}[{i}]"),
+                        format!("not a SIP URI: {u:?} (expected sip:user@host, * allowed)"),
+                    );
+                    None
+                })
+            })
+            .collect::<Vec<_>>()
+    };
+    let rg = &raw.response_group;
+    let workflows = uri_list("response_group.workflows", &rg.workflows, &mut problem);
+    let application_from_uris = uri_list(
+        "response_group.application_from_uris",
+        &rg.application_from_uris,
+        &mut problem,
+    );
+    let agents = uri_list("response_group.agents", &rg.agents, &mut problem);
+    let mut application_user_agents = Vec::new();
+    for (i, ua) in rg.application_user_agents.iter().enumerate() {
+        if ua.trim().is_empty() {
+            problem(
+                format!("response_group.application_user_agents[{i}]"),
+                "empty string would match every User-Agent".into(),
+            );
+        } else {
+            application_user_agents.push(ua.trim().to_ascii_lowercase());
+        }
+    }
+    let mut application_sources = Vec::new();
+    for (i, net) in rg.application_sources.iter().enumerate() {
+        match Network::parse(net) {
+            Some(n) => application_sources.push(n),
+            None => problem(
+                format!("response_group.application_sources[{i}]"),
+                format!("not an IP network: {net:?} (expected e.g. 10.0.0.0/8 or 192.0.2.7)"),
+            ),
+        }
+    }
+
+    let p = &raw.policy;
+    if !is_header_name(&p.flag_header) {
+        problem(
+            "policy.flag_header".into(),
+            format!("not a header name: {:?}", p.flag_header),
+        );
+    }
+    let caller = role_policy("policy.caller", &p.caller, RoleDefaults::CALLER, &mut problem);
+    let agent_offer = role_policy(
+        "policy.agent_offer",
+        &p.agent_offer,
+        RoleDefaults::AGENT_OFFER,
+        &mut problem,
+    );
+    let agent_registration = role_policy(
+        "policy.agent_registration",
+        &p.agent_registration,
+        RoleDefaults::AGENT_REGISTRATION,
+        &mut problem,
+    );
+
+    let base = path.parent().unwrap_or(Path::new("."));
+    let (catalog, catalog_source) = match &raw.catalog.path {
+        None => (Catalog::from_toml_str(SHIPPED_CATALOG), "built-in".to_owned()),
+        Some(rel) => {
+            let file = base.join(rel);
+            (Catalog::load(&file), file.display().to_string())
+        }
+    };
+    let catalog = match catalog {
+        Ok(c) => Some(c),
+        Err(e) => {
+            catalog_problems(&e, &catalog_source, &mut problem);
+            None
+        }
+    };
+
+    match (catalog, problems.is_empty()) {
+        (Some(catalog), true) => Ok(Config {
+            path: path.to_owned(),
+            listen,
+            upstream,
+            decision_log: raw.proxy.decision_log,
+            flow_secret: raw.proxy.flow_secret,
+            limits: Limits {
+                max_message_bytes: l.max_message_bytes,
+                max_headers: l.max_headers,
+                max_connections: l.max_connections,
+                tcp_idle_timeout: Duration::from_secs(l.tcp_idle_timeout_secs),
+                max_registrations: l.max_registrations,
+                upstream_retry_after_secs: l.upstream_retry_after_secs,
+            },
+            catalog,
+            catalog_source,
+            sessions: SessionMatchers {
+                workflows,
+                application_user_agents,
+                application_from_uris,
+                application_sources,
+                agents,
+            },
+            policy: Policy {
+                mode: raw.proxy.mode,
+                scanner: p.scanner,
+                caller: caller.expect("no problems"),
+                agent_offer: agent_offer.expect("no problems"),
+                agent_registration: agent_registration.expect("no problems"),
+            },
+            flag_header: p.flag_header.clone(),
+        }),
+        _ => Err(ConfigError::Invalid {
+            path: path.to_owned(),
+            problems,
+        }),
+    }
+}
+
+fn catalog_problems(e: &CatalogError, source: &str, problem: &mut dyn FnMut(String, String)) {
+    match e {
+        CatalogError::Invalid { problems, .. } => {
+            for p in problems {
+                problem(format!("catalog({source}).{}", p.key), p.message.clone());
+            }
+        }
+        other => problem("catalog.path".into(), other.to_string()),
+    }
+}
+
+/// Role defaults; documented in `config/sipadmit.toml`.
+struct RoleDefaults {
+    unsupported: Action,
+    third_party: Action,
+    unknown: Action,
+    status: u16,
+    reason: &'static str,
+    warning: &'static str,
+    headers: &'static [&'static str],
+    /// Highest status allowed (agent offers never get 6xx).
+    max_status: u16,
+}
+
+impl RoleDefaults {
+    const CALLER: Self = Self {
+        unsupported: Action::Reject,
+        third_party: Action::Allow,
+        unknown: Action::Flag,
+        status: 403,
+        reason: "Forbidden",
+        warning: "399 sipadmit \"The Response Group does not support this client: {client}\"",
+        headers: &[],
+        max_status: 699,
+    };
+    const AGENT_OFFER: Self = Self {
+        unsupported: Action::Reject,
+        third_party: Action::Flag,
+        unknown: Action::Flag,
+        status: 480,
+        reason: "Temporarily Unavailable",
+        warning: "399 sipadmit \"Response Group calls are not offered to {client}\"",
+        headers: &[],
+        max_status: 599,
+    };
+    const AGENT_REGISTRATION: Self = Self {
+        unsupported: Action::Flag,
+        third_party: Action::Flag,
+        unknown: Action::Flag,
+        status: 403,
+        reason: "Forbidden",
+        warning: "310 lcs.microsoft.com \"You are currently not using the recommended version of the client\"",
+        headers: &["ms-diagnostics: 17002;reason=\"Client is not supported by the Response Group application\";source=\"sipadmit\""],
+        max_status: 699,
+    };
+}
+
+fn role_policy(
+    key: &str,
+    raw: &raw::RawRolePolicy,
+    d: RoleDefaults,
+    problem: &mut dyn FnMut(String, String),
+) -> Option<RolePolicy> {
+    let mut ok = true;
+    let status = raw.status.unwrap_or(d.status);
+    if !(400..=d.max_status).contains(&status) {
+        ok = false;
+        let why = if d.max_status < 600 {
+            "; a 6xx would cancel every fork of the Response Group call (RFC 3261 16.7)"
+        } else {
+            ""
+        };
+        problem(
+            format!("{key}.status"),
+            format!("{status} is not between 400 and {}{why}", d.max_status),
+        );
+    }
+    let reason = raw.reason.clone().unwrap_or_else(|| d.reason.into());
+    if reason.bytes().any(|b| b == b'\r' || b == b'\n') {
+        ok = false;
+        problem(format!("{key}.reason"), "line breaks are not allowed".into());
+    }
+    let warning = raw.warning.clone().unwrap_or_else(|| d.warning.into());
+    if warning.bytes().any(|b| b == b'\r' || b == b'\n') {
+        ok = false;
+        problem(format!("{key}.warning"), "line breaks are not allowed".into());
+    }
+    let mut headers = Vec::new();
+    let raw_headers: Vec<String> = raw
+        .headers
+        .clone()
+        .unwrap_or_else(|| d.headers.iter().map(|h| (*h).to_owned()).collect());
+    for (i, h) in raw_headers.iter().enumerate() {
+        match h.split_once(':') {
+            Some((name, value))
+                if is_header_name(name.trim())
+                    && !value.bytes().any(|b| b == b'\r' || b == b'\n') =>
+            {
+                headers.push((name.trim().to_owned(), value.trim().to_owned()));
+            }
+            _ => {
+                ok = false;
+                problem(
+                    format!("{key}.headers[{i}]"),
+                    format!("expected \"Name: value\" on one line, got {h:?}"),
+                );
+            }
+        }
+    }
+    ok.then(|| RolePolicy {
+        unsupported: raw.unsupported.unwrap_or(d.unsupported),
+        third_party: raw.third_party.unwrap_or(d.third_party),
+        unknown: raw.unknown.unwrap_or(d.unknown),
+        reply: Reply {
+            status,
+            reason,
+            warning: (!warning.is_empty()).then_some(warning),
+            headers,
+        },
+    })
+}
+
+fn is_header_name(name: &str) -> bool {
+    crate::sip::fields::is_token(name.as_bytes())
+}

@@ -1,0 +1,129 @@
+//! Counters with bounded labels (never a Call-ID or a User-Agent string).
+//! Every drop is counted by reason; the totals are logged at shutdown and
+//! rendered in the Prometheus text format by [`Metrics::render`].
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Why a message was not relayed and not answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DropReason {
+    /// Unparsable and no response could be formed.
+    Malformed,
+    /// A response whose top Via is not this proxy's (RFC 3261 18.1.2).
+    ForeignResponse,
+    /// A malformed response.
+    MalformedResponse,
+    /// The policy said drop (scanners).
+    Policy,
+    /// ACK for a response this filter sent itself.
+    AbsorbedAck,
+    /// A request that must not be answered (ACK) could not be relayed.
+    Unanswerable,
+    /// The flow a message should go to is gone.
+    FlowGone,
+    /// Sending failed.
+    SendFailed,
+    /// STUN datagram (not handled).
+    Stun,
+}
+
+impl DropReason {
+    /// Every reason, in render order.
+    pub const ALL: [Self; 9] = [
+        Self::Malformed,
+        Self::ForeignResponse,
+        Self::MalformedResponse,
+        Self::Policy,
+        Self::AbsorbedAck,
+        Self::Unanswerable,
+        Self::FlowGone,
+        Self::SendFailed,
+        Self::Stun,
+    ];
+
+    /// Label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Malformed => "malformed",
+            Self::ForeignResponse => "foreign_response",
+            Self::MalformedResponse => "malformed_response",
+            Self::Policy => "policy",
+            Self::AbsorbedAck => "absorbed_ack",
+            Self::Unanswerable => "unanswerable",
+            Self::FlowGone => "flow_gone",
+            Self::SendFailed => "send_failed",
+            Self::Stun => "stun",
+        }
+    }
+}
+
+/// Process-wide counters.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// Messages received (keep-alives excluded).
+    pub received: AtomicU64,
+    /// Keep-alives received (CRLF, CRLFCRLF).
+    pub keepalives: AtomicU64,
+    /// Requests relayed.
+    pub requests_relayed: AtomicU64,
+    /// Responses relayed.
+    pub responses_relayed: AtomicU64,
+    /// Responses the filter sent itself.
+    pub local_responses: AtomicU64,
+    /// Requests flagged.
+    pub flagged: AtomicU64,
+    /// Requests rejected by policy.
+    pub rejected: AtomicU64,
+    drops: [AtomicU64; DropReason::ALL.len()],
+}
+
+impl Metrics {
+    /// Count one drop.
+    pub fn drop(&self, reason: DropReason) {
+        let i = DropReason::ALL
+            .iter()
+            .position(|r| *r == reason)
+            .expect("every reason is listed");
+        self.drops[i].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Drops counted for a reason.
+    pub fn drops(&self, reason: DropReason) -> u64 {
+        let i = DropReason::ALL
+            .iter()
+            .position(|r| *r == reason)
+            .expect("every reason is listed");
+        self.drops[i].load(Ordering::Relaxed)
+    }
+
+    /// Add one to a counter.
+    pub fn inc(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        for (name, c) in [
+            ("sipadmit_received_total", &self.received),
+            ("sipadmit_keepalives_total", &self.keepalives),
+            ("sipadmit_requests_relayed_total", &self.requests_relayed),
+            ("sipadmit_responses_relayed_total", &self.responses_relayed),
+            ("sipadmit_local_responses_total", &self.local_responses),
+            ("sipadmit_flagged_total", &self.flagged),
+            ("sipadmit_rejected_total", &self.rejected),
+        ] {
+            let _ = writeln!(out, "{name} {}", c.load(Ordering::Relaxed));
+        }
+        for r in DropReason::ALL {
+            let _ = writeln!(
+                out,
+                "sipadmit_dropped_total{{reason=\"{}\"}} {}",
+                r.as_str(),
+                self.drops(r)
+            );
+        }
+        out
+    }
+}

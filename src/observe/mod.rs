@@ -1,0 +1,7 @@
+//! Stage 6, observe: decision records, counters and console logging.
+
+pub mod decision_log;
+pub mod metrics;
+
+pub use decision_log::{DecisionLog, DecisionRecord};
+pub use metrics::Metrics;

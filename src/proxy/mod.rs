@@ -1,0 +1,717 @@
+//! Stage 5, act: the stateless proxy core (RFC 3261 section 16.11).
+//!
+//! [`Core::handle`] takes one inbound message and returns what to send
+//! where, plus the decision record. It does no I/O: the transports in
+//! [`crate::transport`] feed it and carry out the outcome. State is limited
+//! to the registration table; flows are named by signed tokens.
+
+pub mod flow;
+pub mod registrations;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tracing::{debug, warn};
+
+use crate::classify::{Category, ClientProduct, Support};
+use crate::config::{Config, Transport};
+use crate::observe::decision_log::{now_rfc3339, DecisionRecord};
+use crate::observe::metrics::{DropReason, Metrics};
+use crate::policy::{decide, Action, SessionFacts, SessionRole};
+use crate::sip::edit::{before_first, first_value, Edits};
+use crate::sip::fields::{parse_hostport, sip_uri_host, trim_lws};
+use crate::sip::{response, HeaderName, Method, NameAddr, SipError, SipView, Via};
+use flow::{Flow, FlowSigner};
+use registrations::{contact_key, Registrations};
+
+/// Via parameter of the proxy's own Via that carries the client flow token.
+const FLOW_PARAM: &str = "sipadmit-flow";
+/// Prefix of the branches this proxy generates.
+const BRANCH_PREFIX: &str = "z9hG4bKsa";
+/// Max-Forwards added to requests that carry none (RFC 3261 8.1.1.6).
+const DEFAULT_MAX_FORWARDS: u8 = 70;
+/// Registration expiry when neither the Contact nor Expires says (RFC 3261 10.2.1.1).
+const DEFAULT_EXPIRES_SECS: u64 = 3600;
+
+/// One message as it arrived.
+#[derive(Debug, Clone)]
+pub struct Inbound {
+    /// The message bytes (one datagram, or one framed stream message).
+    pub bytes: Bytes,
+    /// Transport it arrived on.
+    pub transport: Transport,
+    /// Sender address.
+    pub source: SocketAddr,
+    /// TCP connection id (0 for UDP).
+    pub connection: u64,
+    /// It came from the upstream registrar (its UDP address or our connection to it).
+    pub from_upstream: bool,
+}
+
+/// Where an outbound message goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Destination {
+    /// The configured registrar.
+    Upstream,
+    /// A client flow: a UDP address or a TCP connection.
+    Flow(Flow),
+    /// Back to the sender of the inbound message (local responses).
+    Source,
+}
+
+/// A message to send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outbound {
+    /// Where.
+    pub to: Destination,
+    /// What.
+    pub bytes: Bytes,
+}
+
+/// The result of handling one message.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    /// What to send, if anything.
+    pub send: Option<Outbound>,
+    /// The decision record, for REGISTER and INVITE and every policy drop or reject.
+    pub record: Option<DecisionRecord>,
+    /// Why nothing was sent, when nothing was.
+    pub dropped: Option<DropReason>,
+}
+
+impl Outcome {
+    fn drop(reason: DropReason) -> Self {
+        Self {
+            dropped: Some(reason),
+            ..Self::default()
+        }
+    }
+
+    fn reply(bytes: Bytes) -> Self {
+        Self {
+            send: Some(Outbound {
+                to: Destination::Source,
+                bytes,
+            }),
+            ..Self::default()
+        }
+    }
+}
+
+/// The client a decision is about, and how it was identified.
+struct Subject<'c> {
+    client: &'c ClientProduct,
+    rule: String,
+}
+
+/// The proxy core: config, signer, registration table, own addresses.
+#[derive(Debug)]
+pub struct Core {
+    config: Arc<Config>,
+    signer: FlowSigner,
+    registrations: Registrations,
+    /// (transport, address) this proxy is reachable at, as put in Via/Path.
+    advertised: Vec<(Transport, SocketAddr)>,
+    metrics: Arc<Metrics>,
+    /// Stand-in for clients that match nothing (agent offers to unknown endpoints).
+    unknown: ClientProduct,
+}
+
+impl Core {
+    /// A core for `config`, reachable at `advertised` (bound listener addresses).
+    pub fn new(
+        config: Arc<Config>,
+        signer: FlowSigner,
+        advertised: Vec<(Transport, SocketAddr)>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let unknown = config.catalog.classify(Some(&[0u8][..])).client.clone();
+        Self {
+            registrations: Registrations::new(config.limits.max_registrations),
+            config,
+            signer,
+            advertised,
+            metrics,
+            unknown,
+        }
+    }
+
+    /// The registration table (for sweeping and tests).
+    pub fn registrations(&self) -> &Registrations {
+        &self.registrations
+    }
+
+    /// The metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Handle one inbound message. `flow_alive` tells whether a TCP
+    /// connection still exists.
+    pub fn handle(&self, inbound: &Inbound, now: Instant, flow_alive: &dyn Fn(&Flow) -> bool) -> Outcome {
+        Metrics::inc(&self.metrics.received);
+        let view = match SipView::parse(inbound.bytes.clone()) {
+            Ok(v) => v,
+            Err(e) => {
+                let reason = if inbound.bytes.starts_with(b"SIP/") {
+                    DropReason::MalformedResponse
+                } else {
+                    DropReason::Malformed
+                };
+                warn!(source = %inbound.source, error = %e, "unparsable message dropped");
+                self.metrics.drop(reason);
+                return Outcome::drop(reason);
+            }
+        };
+        if view.is_request() {
+            self.request(inbound, &view, now, flow_alive)
+        } else {
+            self.response(inbound, &view, now, flow_alive)
+        }
+    }
+
+    /// A 503 for a request that could not be sent upstream (the I/O layer
+    /// calls this when the registrar is unreachable).
+    pub fn upstream_unavailable(&self, request: &Bytes) -> Option<Bytes> {
+        let view = SipView::parse(request.clone()).ok()?;
+        if view.method()? == Method::Ack {
+            return None;
+        }
+        let retry = self.config.limits.upstream_retry_after_secs.to_string();
+        Metrics::inc(&self.metrics.local_responses);
+        Some(response::build(
+            &view,
+            503,
+            "Service Unavailable",
+            &self.local_tag(&view),
+            &[("Retry-After", &retry)],
+        ))
+    }
+
+    // === requests ===
+
+    fn request(&self, inb: &Inbound, view: &SipView, now: Instant, flow_alive: &dyn Fn(&Flow) -> bool) -> Outcome {
+        let method = view.method().unwrap_or(Method::Other);
+        if let Err(e) = view.check() {
+            return self.refuse(inb, view, e);
+        }
+        if view.header_fields().len() > self.config.limits.max_headers {
+            return self.local(view, 400, "Too Many Headers", &[]);
+        }
+        if method == Method::Ack
+            && view.to().ok().and_then(|t| t.tag()) == Some(self.local_tag(view).as_bytes())
+        {
+            debug!(call_id = %lossy(view.call_id()), "ACK of a local response absorbed");
+            self.metrics.drop(DropReason::AbsorbedAck);
+            return Outcome::drop(DropReason::AbsorbedAck);
+        }
+        if view.max_forwards() == Ok(Some(0)) {
+            return self.local(view, 483, "Too Many Hops", &[]);
+        }
+        let unsupported: Vec<&[u8]> = view.proxy_require().collect();
+        if !unsupported.is_empty() {
+            let list = unsupported
+                .iter()
+                .map(|t| String::from_utf8_lossy(t))
+                .collect::<Vec<_>>()
+                .join(", ");
+            return self.local(view, 420, "Bad Extension", &[("Unsupported", &list)]);
+        }
+
+        // Where does it go? Our own Route (a flow token) wins.
+        let route = self.own_route(view);
+        let toward: Option<Flow> = match &route {
+            Some((_, flow)) if !self.came_from(flow, inb) => Some(flow.clone()),
+            Some(_) => None,
+            None if inb.from_upstream => match self.flow_by_request_uri(view, now) {
+                Some(flow) => Some(flow),
+                None => return self.local(view, 404, "Not Found", &[]),
+            },
+            None => None,
+        };
+
+        // Who is it, what part does it play, what does the policy say?
+        let user_agent = view.user_agent();
+        let from_uri = view.from().map(|f| f.uri).unwrap_or_default();
+        let to_uri = view.to().map(|t| t.uri).unwrap_or_default();
+        let facts = SessionFacts {
+            method,
+            request_uri: view.request_uri().unwrap_or_default(),
+            to_uri,
+            from_uri,
+            user_agent,
+            source: inb.source.ip(),
+        };
+        let role = self.config.sessions.role_of(&facts);
+        let sender = self.config.catalog.classify(user_agent);
+        let subject = match (role, &toward) {
+            (SessionRole::AgentOffer, Some(flow)) => Subject {
+                client: self.config.catalog.client(&flow.client).unwrap_or(&self.unknown),
+                rule: format!("registered:{}", flow.client),
+            },
+            (SessionRole::AgentOffer, None) => Subject {
+                client: &self.unknown,
+                rule: "registered:none".into(),
+            },
+            _ => Subject {
+                client: sender.client,
+                rule: sender.rule.to_owned(),
+            },
+        };
+        let decision = decide(&self.config.policy, role, subject.client.support);
+        let recorded = matches!(method, Method::Register | Method::Invite)
+            || matches!(decision.action, Action::Drop | Action::Reject);
+        let record = |action: Action, status: Option<u16>| {
+            recorded.then(|| self.record(inb, view, &subject, role, action, decision.rule, status, decision.would_reject))
+        };
+
+        match decision.action {
+            Action::Drop => {
+                debug!(source = %inb.source, client = %subject.client.id, rule = decision.rule, "dropped by policy");
+                self.metrics.drop(DropReason::Policy);
+                return Outcome {
+                    record: record(Action::Drop, None),
+                    ..Outcome::drop(DropReason::Policy)
+                };
+            }
+            Action::Reject if method == Method::Ack => {
+                self.metrics.drop(DropReason::Policy);
+                return Outcome {
+                    record: record(Action::Drop, None),
+                    ..Outcome::drop(DropReason::Policy)
+                };
+            }
+            Action::Reject => {
+                let reply = decision.reply.expect("a reject carries its reply");
+                let warning = reply.warning_for(&subject.client.name);
+                let mut extra: Vec<(&str, &str)> = Vec::new();
+                if let Some(w) = &warning {
+                    extra.push(("Warning", w));
+                }
+                extra.extend(reply.headers.iter().map(|(n, v)| (n.as_str(), v.as_str())));
+                Metrics::inc(&self.metrics.rejected);
+                warn!(source = %inb.source, client = %subject.client.id, role = role.as_str(), rule = decision.rule, status = reply.status, "rejected");
+                let mut out = self.local(view, reply.status, &reply.reason, &extra);
+                out.record = record(Action::Reject, Some(reply.status));
+                return out;
+            }
+            Action::Flag => {
+                Metrics::inc(&self.metrics.flagged);
+                warn!(source = %inb.source, client = %subject.client.id, role = role.as_str(), rule = decision.rule, would_reject = decision.would_reject, "flagged");
+            }
+            Action::Allow => {}
+        }
+
+        // Relay.
+        let (out_transport, destination) = match &toward {
+            Some(flow) => (flow.transport, Destination::Flow(flow.clone())),
+            None => (self.upstream_transport(), Destination::Upstream),
+        };
+        if let Destination::Flow(flow) = &destination {
+            if flow.transport == Transport::Tcp && !flow_alive(flow) {
+                self.metrics.drop(DropReason::FlowGone);
+                return Outcome {
+                    record: record(decision.action, Some(430)),
+                    ..self.local(view, 430, "Flow Failed", &[])
+                };
+            }
+        }
+        let Ok(top_via) = view.top_via() else {
+            return self.refuse(inb, view, SipError::MalformedHeader(HeaderName::Via));
+        };
+        let branch = self.branch(view, &top_via);
+        let Some(own_addr) = self.address_for(out_transport) else {
+            return self.local(view, 500, "No Listener For Transport", &[]);
+        };
+        if self.is_loop(view, &branch) {
+            return self.local(view, 482, "Loop Detected", &[]);
+        }
+
+        // The flow this request came in on, named for the way back.
+        let inbound_flow = Flow {
+            transport: inb.transport,
+            peer: inb.source,
+            connection: inb.connection,
+            client: sender.client.id.clone(),
+        };
+        let mut edits = Edits::new();
+        let mut via = format!(
+            "Via: SIP/2.0/{} {};branch={branch}",
+            out_transport.via_name(),
+            own_addr
+        );
+        if toward.is_none() {
+            via.push_str(&format!(";{FLOW_PARAM}={}", self.signer.encode(&inbound_flow)));
+        }
+        via.push_str("\r\n");
+        edits.insert(before_first(view, HeaderName::Via), via);
+        self.mark_received(view, &top_via, inb.source, &mut edits);
+        match view.header_fields().iter().find(|h| h.name == HeaderName::MaxForwards) {
+            Some(h) => {
+                let n = view.max_forwards().ok().flatten().unwrap_or(DEFAULT_MAX_FORWARDS);
+                edits.replace(h.value_span.range(), (n - 1).to_string());
+            }
+            None => {
+                edits.insert(
+                    view.headers_end(),
+                    format!("Max-Forwards: {}\r\n", DEFAULT_MAX_FORWARDS - 1),
+                );
+            }
+        }
+        if route.is_some() {
+            if let Some((_, removal)) = first_value(view, HeaderName::Route) {
+                edits.remove(removal);
+            }
+        }
+        if toward.is_none() {
+            let token = self.signer.encode(&inbound_flow);
+            let uri = format!("<sip:{token}@{own_addr};transport={};lr>", out_transport.as_str());
+            let to_tag = view.to().ok().and_then(|t| t.tag()).is_some();
+            if method == Method::Register {
+                edits.insert(before_first(view, HeaderName::Path), format!("Path: {uri}\r\n"));
+                self.expect_registration(view, now);
+            } else if !to_tag && is_dialog_creating(view) {
+                edits.insert(
+                    before_first(view, HeaderName::RecordRoute),
+                    format!("Record-Route: {uri}\r\n"),
+                );
+            }
+        }
+        if decision.action == Action::Flag {
+            let mut value = format!("flagged; client={}; reason={}", subject.client.id, decision.rule);
+            if decision.would_reject {
+                value.push_str("; would-reject");
+            }
+            edits.insert(
+                view.headers_end(),
+                format!("{}: {value}\r\n", self.config.flag_header),
+            );
+        }
+        Metrics::inc(&self.metrics.requests_relayed);
+        Outcome {
+            send: Some(Outbound {
+                to: destination,
+                bytes: edits.apply(view.raw()),
+            }),
+            record: record(decision.action, None),
+            dropped: None,
+        }
+    }
+
+    /// Answer a request that failed validation (400 or 505), or drop it when
+    /// it is an ACK (never answered).
+    fn refuse(&self, inb: &Inbound, view: &SipView, e: SipError) -> Outcome {
+        warn!(source = %inb.source, error = %e, "malformed request refused");
+        if view.method() == Some(Method::Ack) {
+            self.metrics.drop(DropReason::Unanswerable);
+            return Outcome::drop(DropReason::Unanswerable);
+        }
+        self.local(view, e.status_code(), &e.to_string(), &[])
+    }
+
+    /// A local response to the sender.
+    fn local(&self, view: &SipView, status: u16, reason: &str, extra: &[(&str, &str)]) -> Outcome {
+        if view.method() == Some(Method::Ack) {
+            self.metrics.drop(DropReason::Unanswerable);
+            return Outcome::drop(DropReason::Unanswerable);
+        }
+        Metrics::inc(&self.metrics.local_responses);
+        Outcome::reply(response::build(view, status, reason, &self.local_tag(view), extra))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn record(
+        &self,
+        inb: &Inbound,
+        view: &SipView,
+        subject: &Subject<'_>,
+        role: SessionRole,
+        action: Action,
+        rule: &'static str,
+        status: Option<u16>,
+        would_reject: bool,
+    ) -> DecisionRecord {
+        let text = |b: Option<&[u8]>| b.map(|b| String::from_utf8_lossy(b).into_owned()).unwrap_or_default();
+        DecisionRecord {
+            ts: now_rfc3339(),
+            transport: inb.transport.as_str(),
+            source: inb.source.to_string(),
+            method: text(view.method_bytes()),
+            call_id: text(view.call_id()),
+            from: text(view.from().ok().map(|f| f.uri)),
+            to: text(view.to().ok().map(|t| t.uri)),
+            request_uri: text(view.request_uri()),
+            user_agent: view.user_agent().map(|u| String::from_utf8_lossy(u).into_owned()),
+            client: subject.client.id.clone(),
+            category: category_str(subject.client.category),
+            support: support_str(subject.client.support),
+            role: role.as_str(),
+            action: action.as_str(),
+            rule,
+            client_rule: subject.rule.clone(),
+            status,
+            mode: self.config.policy.mode.as_str(),
+            would_reject,
+        }
+    }
+
+    // === responses ===
+
+    fn response(&self, inb: &Inbound, view: &SipView, now: Instant, flow_alive: &dyn Fn(&Flow) -> bool) -> Outcome {
+        if let Err(e) = view.check() {
+            debug!(source = %inb.source, error = %e, "malformed response dropped");
+            self.metrics.drop(DropReason::MalformedResponse);
+            return Outcome::drop(DropReason::MalformedResponse);
+        }
+        let Ok(via) = view.top_via() else {
+            self.metrics.drop(DropReason::MalformedResponse);
+            return Outcome::drop(DropReason::MalformedResponse);
+        };
+        if !self.is_own(&via) {
+            debug!(source = %inb.source, "response not addressed to this proxy discarded");
+            self.metrics.drop(DropReason::ForeignResponse);
+            return Outcome::drop(DropReason::ForeignResponse);
+        }
+        let destination = match via.params.get(FLOW_PARAM.as_bytes()) {
+            Some(Some(token)) => match self.signer.decode(token) {
+                Ok(flow) => Destination::Flow(flow),
+                Err(e) => {
+                    warn!(source = %inb.source, error = %e, "response with a bad flow token discarded");
+                    self.metrics.drop(DropReason::ForeignResponse);
+                    return Outcome::drop(DropReason::ForeignResponse);
+                }
+            },
+            _ => Destination::Upstream,
+        };
+        if let Destination::Flow(flow) = &destination {
+            if flow.transport == Transport::Tcp && !flow_alive(flow) {
+                self.metrics.drop(DropReason::FlowGone);
+                return Outcome::drop(DropReason::FlowGone);
+            }
+            self.learn_registration(view, flow, now);
+        }
+        let Some((_, removal)) = first_value(view, HeaderName::Via) else {
+            self.metrics.drop(DropReason::MalformedResponse);
+            return Outcome::drop(DropReason::MalformedResponse);
+        };
+        let mut edits = Edits::new();
+        edits.remove(removal);
+        Metrics::inc(&self.metrics.responses_relayed);
+        Outcome {
+            send: Some(Outbound {
+                to: destination,
+                bytes: edits.apply(view.raw()),
+            }),
+            ..Outcome::default()
+        }
+    }
+
+    // === registrations ===
+
+    fn expect_registration(&self, view: &SipView, now: Instant) {
+        let (Some(call_id), Ok(cseq)) = (view.call_id(), view.cseq()) else {
+            return;
+        };
+        let contacts: Vec<Vec<u8>> = view
+            .contacts()
+            .filter_map(Result::ok)
+            .filter(|c| c.uri != b"*")
+            .map(|c| contact_key(c.uri))
+            .collect();
+        if !contacts.is_empty() {
+            self.registrations.expect(call_id, cseq.number, contacts, now);
+        }
+    }
+
+    fn learn_registration(&self, view: &SipView, flow: &Flow, now: Instant) {
+        let (Some(status), Some(call_id), Ok(cseq)) = (view.status(), view.call_id(), view.cseq()) else {
+            return;
+        };
+        if !(200..300).contains(&status) || cseq.method != b"REGISTER" {
+            return;
+        }
+        let default = view
+            .expires()
+            .ok()
+            .flatten()
+            .map_or(DEFAULT_EXPIRES_SECS, u64::from);
+        let granted: Vec<(Vec<u8>, Duration)> = view
+            .contacts()
+            .filter_map(Result::ok)
+            .map(|c| {
+                let secs = c
+                    .params
+                    .get(b"expires")
+                    .flatten()
+                    .and_then(|v| std::str::from_utf8(v).ok()?.parse().ok())
+                    .unwrap_or(default);
+                (contact_key(c.uri), Duration::from_secs(secs))
+            })
+            .collect();
+        let stored = self.registrations.complete(call_id, cseq.number, &granted, flow, now);
+        debug!(client = %flow.client, stored, "registration learned");
+    }
+
+    // === routing helpers ===
+
+    /// The top Route, if it is this proxy's (a valid flow token in the user part).
+    fn own_route(&self, view: &SipView) -> Option<(NameAddr<'_>, Flow)> {
+        let top = view.routes().next()?.ok()?;
+        let user = route_user(top.uri)?;
+        let flow = self.signer.decode(user).ok()?;
+        Some((top, flow))
+    }
+
+    /// Whether `inb` arrived on `flow` (a request going back the way it came).
+    fn came_from(&self, flow: &Flow, inb: &Inbound) -> bool {
+        flow.transport == inb.transport
+            && flow.peer == inb.source
+            && (flow.transport == Transport::Udp || flow.connection == inb.connection)
+    }
+
+    /// For requests from the registrar without our Route: the registration
+    /// table, else a literal IP Request-URI over UDP.
+    fn flow_by_request_uri(&self, view: &SipView, now: Instant) -> Option<Flow> {
+        let uri = view.request_uri()?;
+        if let Some(r) = self.registrations.lookup(uri, now) {
+            return Some(r.flow);
+        }
+        let (host, port) = sip_uri_host(uri)?;
+        let host = std::str::from_utf8(host).ok()?;
+        let ip = host.trim_start_matches('[').trim_end_matches(']').parse().ok()?;
+        Some(Flow {
+            transport: Transport::Udp,
+            peer: SocketAddr::new(ip, port.unwrap_or(5060)),
+            connection: 0,
+            client: self.unknown.id.clone(),
+        })
+    }
+
+    fn upstream_transport(&self) -> Transport {
+        self.config.upstream.map_or(Transport::Udp, |u| u.transport)
+    }
+
+    fn address_for(&self, transport: Transport) -> Option<SocketAddr> {
+        self.advertised
+            .iter()
+            .find(|(t, _)| *t == transport)
+            .map(|(_, a)| *a)
+    }
+
+    /// Whether a Via names this proxy.
+    fn is_own(&self, via: &Via<'_>) -> bool {
+        self.advertised.iter().any(|(_, addr)| {
+            via.port.unwrap_or(5060) == addr.port() && host_matches(via.host, addr)
+        })
+    }
+
+    /// RFC 3261 16.11 branch: from the incoming top Via branch when it is
+    /// RFC 3261 style (so CANCEL and ACK for non-2xx map to the INVITE's
+    /// branch), else from the fields of 16.6 step 8 minus the method.
+    fn branch(&self, view: &SipView, top_via: &Via<'_>) -> String {
+        let port = top_via.port.unwrap_or(5060).to_be_bytes();
+        let hash = match top_via.branch() {
+            Some(b) if b.len() > 7 && b.starts_with(b"z9hG4bK") => {
+                self.signer.hash64(&[b"b", b, top_via.host, &port])
+            }
+            _ => {
+                let cseq = view.cseq().map(|c| c.number).unwrap_or(0).to_be_bytes();
+                self.signer.hash64(&[
+                    b"o",
+                    view.request_uri().unwrap_or_default(),
+                    view.to().ok().and_then(|t| t.tag()).unwrap_or_default(),
+                    view.from().ok().and_then(|f| f.tag()).unwrap_or_default(),
+                    view.call_id().unwrap_or_default(),
+                    &cseq,
+                    top_via.host,
+                    &port,
+                ])
+            }
+        };
+        format!("{BRANCH_PREFIX}{hash:016x}")
+    }
+
+    /// RFC 3261 16.3 step 4: one of our Vias with the branch we would add.
+    fn is_loop(&self, view: &SipView, branch: &str) -> bool {
+        view.values(HeaderName::Via)
+            .filter_map(|v| Via::parse(v).ok())
+            .any(|v| self.is_own(&v) && v.branch() == Some(branch.as_bytes()))
+    }
+
+    /// The stable To-tag of local responses to this request.
+    fn local_tag(&self, view: &SipView) -> String {
+        let cseq = view.cseq().map(|c| c.number).unwrap_or(0).to_be_bytes();
+        let branch = view.top_via().ok().and_then(|v| v.branch()).unwrap_or_default();
+        let hash = self.signer.hash64(&[
+            b"t",
+            view.call_id().unwrap_or_default(),
+            view.from().ok().and_then(|f| f.tag()).unwrap_or_default(),
+            &cseq,
+            branch,
+        ]);
+        format!("sa{hash:016x}")
+    }
+
+    /// RFC 3261 18.2.1 `received` and RFC 3581 `rport` on the sender's Via.
+    fn mark_received(&self, view: &SipView, via: &Via<'_>, source: SocketAddr, edits: &mut Edits) {
+        let Some((range, _)) = first_value(view, HeaderName::Via) else {
+            return;
+        };
+        let value = &view.raw()[range.clone()];
+        if !host_matches(via.host, &source) && via.received().is_none() {
+            edits.insert(range.end, format!(";received={}", source.ip()));
+        }
+        if via.rport() == Some(None) {
+            // Find the valueless `rport` flag and give it the source port.
+            let lower = value.to_ascii_lowercase();
+            let mut from = 0;
+            while let Some(p) = memchr::memmem::find(&lower[from..], b";rport").map(|p| p + from) {
+                let end = p + b";rport".len();
+                let next = lower.get(end).copied();
+                if matches!(next, None | Some(b';' | b' ' | b'\t' | b'\r' | b'\n' | b',')) {
+                    edits.insert(range.start + end, format!("={}", source.port()));
+                    break;
+                }
+                from = end;
+            }
+        }
+    }
+}
+
+/// Whether a sent-by host (as written) is this socket address's IP.
+fn host_matches(host: &[u8], addr: &SocketAddr) -> bool {
+    let Ok(host) = std::str::from_utf8(host) else {
+        return false;
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.parse::<std::net::IpAddr>()
+        .is_ok_and(|ip| ip == addr.ip())
+}
+
+/// The user part of a Route URI (`sip:USER@host;lr`).
+fn route_user(uri: &[u8]) -> Option<&[u8]> {
+    let rest = uri.strip_prefix(b"sip:").or_else(|| uri.strip_prefix(b"sips:"))?;
+    let at = rest.iter().position(|&b| b == b'@')?;
+    parse_hostport(&rest[at + 1..])?;
+    Some(trim_lws(&rest[..at]))
+}
+
+/// Requests that create dialogs and so get a Record-Route (RFC 3261 16.6 step 4).
+fn is_dialog_creating(view: &SipView) -> bool {
+    matches!(view.method(), Some(Method::Invite))
+        || matches!(view.method_bytes(), Some(b"SUBSCRIBE" | b"REFER"))
+}
+
+fn category_str(c: Category) -> &'static str {
+    c.as_str()
+}
+
+fn support_str(s: Support) -> &'static str {
+    s.as_str()
+}
+
+fn lossy(b: Option<&[u8]>) -> String {
+    b.map(|b| String::from_utf8_lossy(b).into_owned()).unwrap_or_default()
+}
