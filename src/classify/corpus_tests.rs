@@ -1,0 +1,1 @@
+//! Shipped catalog against the User-Agent corpus.
