@@ -163,6 +163,35 @@ struct RawRule {
     regex: Option<String>,
 }
 
+/// Expected TOML type of a known key.
+#[derive(Clone, Copy)]
+enum Kind {
+    Str,
+    StrArray,
+    TableArray,
+    /// A string, or an integer major version.
+    Version,
+}
+
+const CLIENT_KEYS: &[(&str, Kind)] = &[
+    ("id", Kind::Str),
+    ("name", Kind::Str),
+    ("category", Kind::Str),
+    ("support", Kind::Str),
+    ("roles", Kind::StrArray),
+    ("version_token", Kind::Str),
+    ("match", Kind::TableArray),
+];
+
+const RULE_KEYS: &[(&str, Kind)] = &[
+    ("id", Kind::Str),
+    ("token", Kind::Str),
+    ("op", Kind::Str),
+    ("version", Kind::Version),
+    ("comment", Kind::Str),
+    ("regex", Kind::Str),
+];
+
 // === compiled form ===
 
 /// A compiled product-token condition.
@@ -449,6 +478,9 @@ impl Builder {
 
     fn client(&mut self, index: usize, value: toml::Value) {
         let base = format!("clients[{index}]");
+        if !self.check_types(&base, &value, CLIENT_KEYS) {
+            return;
+        }
         let raw: RawClient = match value.try_into() {
             Ok(raw) => raw,
             Err(e) => return self.problems.push(serde_problem(&base, &e)),
@@ -516,6 +548,47 @@ impl Builder {
         self.version_tokens.push(version_token);
     }
 
+    /// Checks the value types of the known keys of a table, so that a type
+    /// error names its key (serde's message does not). Unknown keys are
+    /// left to serde. Returns `false` if there was a problem.
+    fn check_types(&mut self, base: &str, value: &toml::Value, spec: &[(&str, Kind)]) -> bool {
+        let Some(table) = value.as_table() else {
+            let found = value.type_str();
+            self.problem(base, format!("expected a table, found {found}"));
+            return false;
+        };
+        let before = self.problems.len();
+        for (key, kind) in spec {
+            let Some(value) = table.get(*key) else {
+                continue;
+            };
+            let ok = match kind {
+                Kind::Str => value.is_str(),
+                Kind::StrArray => value
+                    .as_array()
+                    .is_some_and(|a| a.iter().all(toml::Value::is_str)),
+                Kind::TableArray => value
+                    .as_array()
+                    .is_some_and(|a| a.iter().all(toml::Value::is_table)),
+                Kind::Version => value.is_str() || value.is_integer(),
+            };
+            if !ok {
+                let expected = match kind {
+                    Kind::Str => "a string",
+                    Kind::StrArray => "an array of strings",
+                    Kind::TableArray => "an array of tables ([[clients.match]])",
+                    Kind::Version => "a version string such as \"4.0.7577\"",
+                };
+                let found = value.type_str();
+                self.problem(
+                    format!("{base}.{key}"),
+                    format!("expected {expected}, found {found}"),
+                );
+            }
+        }
+        self.problems.len() == before
+    }
+
     fn check_id(&mut self, base: &str, id: &str) {
         let key = format!("{base}.id");
         if id.is_empty() {
@@ -552,6 +625,9 @@ impl Builder {
         value: toml::Value,
     ) {
         let base = format!("{client_base}.match[{r}]");
+        if !self.check_types(&base, &value, RULE_KEYS) {
+            return;
+        }
         let raw: RawRule = match value.try_into() {
             Ok(raw) => raw,
             Err(e) => return self.problems.push(serde_problem(&base, &e)),
@@ -1165,13 +1241,34 @@ token = "OC"
             "{got:#?}"
         );
 
-        let wrong_type =
-            "[[clients]]\nid = 3\nname = \"A\"\ncategory = \"web\"\nsupport = \"unknown\"\n";
-        let got = problems(wrong_type);
-        assert_eq!(got.len(), 1, "{got:#?}");
-        assert!(
-            got[0].starts_with("clients[0]: invalid type: integer `3`"),
-            "{got:#?}"
+        let wrong_types = r#"
+[[clients]]
+id = 3
+name = "A"
+category = "web"
+support = "unknown"
+roles = "caller"
+[[clients.match]]
+token = "X"
+
+[[clients]]
+id = "b"
+name = "B"
+category = "web"
+support = "unknown"
+[[clients.match]]
+token = ["X"]
+version = 1.5
+"#;
+        let got = problems(wrong_types);
+        assert_eq!(
+            got,
+            [
+                "clients[0].id: expected a string, found integer",
+                "clients[0].roles: expected an array of strings, found string",
+                "clients[1].match[0].token: expected a string, found array",
+                r#"clients[1].match[0].version: expected a version string such as "4.0.7577", found float"#,
+            ]
         );
 
         // Top level: serde refuses it with its line.
