@@ -2,12 +2,73 @@
 //!
 //! Maps a User-Agent (or Server) header value to a client product of the
 //! catalog (`config/clients.toml`). Pure: no I/O on the per-message path,
-//! nothing compiled per message. The catalog is compiled once per config
-//! generation.
+//! nothing compiled or allocated per message. The catalog is compiled once
+//! per config generation.
+//!
+//! - [`tokenize`]: RFC 3261 `server-val` tokenizer over bytes.
+//! - [`Version`], [`CompareOp`]: `major.minor.build.qfe` and Lync's EQL..LEQ.
+//! - [`Catalog`]: TOML → validated, compiled rules; [`Catalog::classify`].
+//!
+//! The User-Agent is self-reported and can be spoofed: classification is a
+//! compatibility and policy control, not a security boundary.
 
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
+
+mod catalog;
+#[cfg(test)]
+mod corpus_tests;
+mod tokenize;
+mod version;
+
+pub use catalog::{Catalog, CatalogError, CatalogProblem, MAX_UA_ITEMS};
+pub use tokenize::{tokenize, Item, Tokens};
+pub use version::{CompareOp, InvalidVersion, Version, MAX_VERSION_PARTS};
+
+/// Id of the built-in client for an absent, empty or whitespace-only User-Agent.
+pub const CLIENT_MISSING: &str = "missing";
+/// Id of the built-in client for a User-Agent that no catalog rule matches.
+pub const CLIENT_UNKNOWN: &str = "unknown";
+/// Rule id reported with [`CLIENT_MISSING`].
+pub const RULE_MISSING: &str = "builtin:missing";
+/// Rule id reported with [`CLIENT_UNKNOWN`].
+pub const RULE_UNKNOWN: &str = "builtin:unknown";
+
+/// A client product of the catalog (or one of the built-ins `missing`, `unknown`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ClientProduct {
+    /// Stable id used in policies and logs, e.g. `lync-2013`.
+    pub id: String,
+    /// Display name, e.g. `Lync 2013`.
+    pub name: String,
+    /// What kind of client it is.
+    pub category: Category,
+    /// Whether the Response Group application supports it.
+    pub support: Support,
+    /// The Response Group roles the application supports it in (empty for
+    /// unsupported clients, services, scanners and built-ins).
+    pub roles: Vec<Role>,
+}
+
+impl ClientProduct {
+    /// Whether the client may take `role` in a Response Group session.
+    pub fn has_role(&self, role: Role) -> bool {
+        self.roles.contains(&role)
+    }
+}
+
+/// The result of classifying one User-Agent; borrows from the [`Catalog`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Classification<'c> {
+    /// The client product.
+    pub client: &'c ClientProduct,
+    /// Version of the client's `version_token` if present in the value,
+    /// else of the token the rule matched, else `None`.
+    pub version: Option<Version>,
+    /// Id of the rule that matched, or `builtin:missing` / `builtin:unknown`.
+    pub rule: &'c str,
+}
 
 /// What kind of client a product is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

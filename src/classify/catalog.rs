@@ -1,0 +1,1336 @@
+//! The client catalog: TOML (`config/clients.toml`) → serde → validate →
+//! compiled matchers.
+//!
+//! Loading collects every problem with its key path before failing.
+//! Classifying borrows from the compiled catalog and allocates nothing.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use regex::bytes::{Regex, RegexBuilder};
+use serde::Deserialize;
+
+use super::tokenize::{tokenize, trim_lws, Item};
+use super::version::{CompareOp, Version};
+use super::{
+    Category, Classification, ClientProduct, Role, Support, CLIENT_MISSING, CLIENT_UNKNOWN,
+    RULE_MISSING, RULE_UNKNOWN,
+};
+
+/// At most this many products and comments of one User-Agent are looked at
+/// by token and comment rules (regex rules always see the whole value).
+/// Real User-Agents have fewer than 10; the cap keeps classification on the
+/// stack.
+pub const MAX_UA_ITEMS: usize = 32;
+
+/// Compiled regexes larger than this are refused at load (bytes).
+const REGEX_SIZE_LIMIT_BYTES: usize = 1 << 20;
+
+/// Prefix reserved for the ids of built-in rules.
+const BUILTIN_RULE_PREFIX: &str = "builtin:";
+
+// === errors ===
+
+/// One problem found while validating a catalog.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CatalogProblem {
+    /// Key path of the offending value, e.g. `clients[3].match[1].regex`.
+    pub key: String,
+    /// What is wrong with it.
+    pub message: String,
+}
+
+impl fmt::Display for CatalogProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.key, self.message)
+    }
+}
+
+/// Why a catalog could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogError {
+    /// The file could not be read.
+    #[error("{}: cannot read client catalog: {source}", path.display())]
+    Io {
+        /// The catalog file.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// The text is not valid TOML, or its top level has an unknown key.
+    #[error("{}line {line}, column {column}: {message}", origin(path.as_deref()))]
+    Parse {
+        /// The catalog file, if loaded from a file.
+        path: Option<PathBuf>,
+        /// 1-based line of the error.
+        line: usize,
+        /// 1-based column (in characters) of the error.
+        column: usize,
+        /// What the TOML parser or serde reported (names the key).
+        message: String,
+    },
+    /// The TOML is well-formed but its content is not a valid catalog.
+    #[error("{}invalid client catalog ({} problem(s)):{}", origin(path.as_deref()), problems.len(), ProblemList(problems))]
+    Invalid {
+        /// The catalog file, if loaded from a file.
+        path: Option<PathBuf>,
+        /// Every problem found, in file order.
+        problems: Vec<CatalogProblem>,
+    },
+}
+
+impl CatalogError {
+    /// The problems of an [`CatalogError::Invalid`] error (empty otherwise).
+    pub fn problems(&self) -> &[CatalogProblem] {
+        match self {
+            Self::Invalid { problems, .. } => problems,
+            _ => &[],
+        }
+    }
+
+    fn with_path(self, file: &Path) -> Self {
+        match self {
+            Self::Parse {
+                line,
+                column,
+                message,
+                ..
+            } => Self::Parse {
+                path: Some(file.to_owned()),
+                line,
+                column,
+                message,
+            },
+            Self::Invalid { problems, .. } => Self::Invalid {
+                path: Some(file.to_owned()),
+                problems,
+            },
+            io @ Self::Io { .. } => io,
+        }
+    }
+}
+
+/// `"<path>: "` or nothing.
+fn origin(path: Option<&Path>) -> String {
+    path.map(|p| format!("{}: ", p.display()))
+        .unwrap_or_default()
+}
+
+struct ProblemList<'a>(&'a [CatalogProblem]);
+
+impl fmt::Display for ProblemList<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for problem in self.0 {
+            write!(f, "\n  {problem}")?;
+        }
+        Ok(())
+    }
+}
+
+// === raw (serde) form ===
+
+/// The file: only the `[[clients]]` array. Entries stay TOML values so that
+/// each one is deserialized on its own and its errors get a key path.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCatalog {
+    #[serde(default)]
+    clients: Vec<toml::Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawClient {
+    id: String,
+    name: String,
+    category: String,
+    support: String,
+    #[serde(default)]
+    roles: Vec<String>,
+    version_token: Option<String>,
+    #[serde(rename = "match", default)]
+    rules: Vec<toml::Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRule {
+    id: Option<String>,
+    token: Option<String>,
+    op: Option<String>,
+    version: Option<toml::Value>,
+    comment: Option<String>,
+    regex: Option<String>,
+}
+
+/// Expected TOML type of a known key.
+#[derive(Clone, Copy)]
+enum Kind {
+    Str,
+    StrArray,
+    TableArray,
+    /// A string, or an integer major version.
+    Version,
+}
+
+const CLIENT_KEYS: &[(&str, Kind)] = &[
+    ("id", Kind::Str),
+    ("name", Kind::Str),
+    ("category", Kind::Str),
+    ("support", Kind::Str),
+    ("roles", Kind::StrArray),
+    ("version_token", Kind::Str),
+    ("match", Kind::TableArray),
+];
+
+const RULE_KEYS: &[(&str, Kind)] = &[
+    ("id", Kind::Str),
+    ("token", Kind::Str),
+    ("op", Kind::Str),
+    ("version", Kind::Version),
+    ("comment", Kind::Str),
+    ("regex", Kind::Str),
+];
+
+// === compiled form ===
+
+/// A compiled product-token condition.
+#[derive(Debug)]
+struct TokenCond {
+    /// Lowercase product name (without the trailing `*` of a prefix rule).
+    name: Box<[u8]>,
+    /// `true` for `Name*`: any product whose name starts with `name`.
+    prefix: bool,
+    /// Optional version comparison: `token-version <op> version`.
+    compare: Option<(CompareOp, Version)>,
+}
+
+impl TokenCond {
+    fn name_matches(&self, name: &[u8]) -> bool {
+        if self.prefix {
+            name.len() >= self.name.len()
+                && name[..self.name.len()].eq_ignore_ascii_case(&self.name)
+        } else {
+            name.eq_ignore_ascii_case(&self.name)
+        }
+    }
+
+    /// Scans every product token; returns `Some(version of the matching
+    /// token)` for the first token that satisfies the condition.
+    fn find(&self, items: &[Item<'_>]) -> Option<Option<Version>> {
+        items.iter().find_map(|item| {
+            let Item::Product { name, version } = *item else {
+                return None;
+            };
+            if !self.name_matches(name) {
+                return None;
+            }
+            let parsed = version.and_then(Version::parse);
+            match self.compare {
+                None => Some(parsed),
+                Some((op, wanted)) => match parsed {
+                    Some(actual) if op.holds(actual, wanted) => Some(parsed),
+                    _ => None,
+                },
+            }
+        })
+    }
+}
+
+/// One compiled match rule.
+#[derive(Debug)]
+struct Rule {
+    id: String,
+    client: usize,
+    token: Option<TokenCond>,
+    /// Lowercase comment substring.
+    comment: Option<Box<[u8]>>,
+    regex: Option<Regex>,
+}
+
+impl Rule {
+    /// `Some(version of the matched token)` if the rule matches.
+    fn eval(&self, value: &[u8], items: &[Item<'_>]) -> Option<Option<Version>> {
+        if let Some(regex) = &self.regex {
+            if !regex.is_match(value) {
+                return None;
+            }
+        }
+        if let Some(needle) = &self.comment {
+            let found = items.iter().any(|item| match item {
+                Item::Comment(text) => contains_ignore_case(text, needle),
+                Item::Product { .. } => false,
+            });
+            if !found {
+                return None;
+            }
+        }
+        match &self.token {
+            Some(token) => token.find(items),
+            None => Some(None),
+        }
+    }
+}
+
+/// Case-insensitive (ASCII) substring search; `needle` is lowercase and non-empty.
+fn contains_ignore_case(haystack: &[u8], needle: &[u8]) -> bool {
+    let Some(&first) = needle.first() else {
+        return true;
+    };
+    let upper = first.to_ascii_uppercase();
+    let mut start = 0;
+    while let Some(offset) = memchr::memchr2(first, upper, &haystack[start..]) {
+        let at = start + offset;
+        match haystack.get(at..at + needle.len()) {
+            Some(window) if window.eq_ignore_ascii_case(needle) => return true,
+            Some(_) => start = at + 1,
+            None => return false,
+        }
+    }
+    false
+}
+
+/// The items of one User-Agent, on the stack.
+struct ItemBuf<'a> {
+    items: [Item<'a>; MAX_UA_ITEMS],
+    len: usize,
+}
+
+impl<'a> ItemBuf<'a> {
+    fn new(value: &'a [u8]) -> Self {
+        let mut buf = Self {
+            items: [Item::Comment(&[]); MAX_UA_ITEMS],
+            len: 0,
+        };
+        for item in tokenize(value).take(MAX_UA_ITEMS) {
+            buf.items[buf.len] = item;
+            buf.len += 1;
+        }
+        buf
+    }
+
+    fn as_slice(&self) -> &[Item<'a>] {
+        &self.items[..self.len]
+    }
+}
+
+// === impl Catalog ===
+
+/// The compiled client catalog.
+#[derive(Debug)]
+pub struct Catalog {
+    clients: Vec<ClientProduct>,
+    /// Per client: lowercase `version_token`.
+    version_tokens: Vec<Option<Box<[u8]>>>,
+    /// Every rule of every client, in file order.
+    rules: Vec<Rule>,
+    missing: ClientProduct,
+    unknown: ClientProduct,
+}
+
+impl Catalog {
+    /// Parses, validates and compiles a catalog from TOML text.
+    pub fn from_toml_str(text: &str) -> Result<Self, CatalogError> {
+        let raw: RawCatalog = toml::from_str(text).map_err(|e| parse_error(text, &e))?;
+        let mut builder = Builder::default();
+        for (i, value) in raw.clients.into_iter().enumerate() {
+            builder.client(i, value);
+        }
+        builder.finish()
+    }
+
+    /// Reads and compiles a catalog file; errors name the file.
+    pub fn load(path: &Path) -> Result<Self, CatalogError> {
+        let text = std::fs::read_to_string(path).map_err(|source| CatalogError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_toml_str(&text).map_err(|e| e.with_path(path))
+    }
+
+    /// Classifies a User-Agent (or Server) header value.
+    ///
+    /// `None` (header absent) or an empty / whitespace-only value gives the
+    /// built-in client `missing` (rule `builtin:missing`); a value that no
+    /// rule matches gives `unknown` (rule `builtin:unknown`). Otherwise the
+    /// first matching rule in file order wins. Allocates nothing.
+    pub fn classify(&self, user_agent: Option<&[u8]>) -> Classification<'_> {
+        let value = user_agent.map(trim_lws).unwrap_or_default();
+        if value.is_empty() {
+            return Classification {
+                client: &self.missing,
+                version: None,
+                rule: RULE_MISSING,
+            };
+        }
+        let buf = ItemBuf::new(value);
+        let items = buf.as_slice();
+        for rule in &self.rules {
+            if let Some(matched_version) = rule.eval(value, items) {
+                let version = self.version_tokens[rule.client]
+                    .as_deref()
+                    .and_then(|name| token_version(items, name))
+                    .or(matched_version);
+                return Classification {
+                    client: &self.clients[rule.client],
+                    version,
+                    rule: &rule.id,
+                };
+            }
+        }
+        Classification {
+            client: &self.unknown,
+            version: None,
+            rule: RULE_UNKNOWN,
+        }
+    }
+
+    /// Looks a client up by id (built-ins `missing` and `unknown` included).
+    pub fn client(&self, id: &str) -> Option<&ClientProduct> {
+        self.clients().find(|c| c.id == id)
+    }
+
+    /// Every client in file order, then the built-ins `missing` and `unknown`.
+    pub fn clients(&self) -> impl Iterator<Item = &ClientProduct> {
+        self.clients.iter().chain([&self.missing, &self.unknown])
+    }
+
+    /// Every rule id with its client, in evaluation order (built-ins excluded).
+    pub fn rules(&self) -> impl Iterator<Item = (&str, &ClientProduct)> {
+        self.rules
+            .iter()
+            .map(|rule| (rule.id.as_str(), &self.clients[rule.client]))
+    }
+}
+
+/// Version of the first product named `name` (lowercase) that has one.
+fn token_version(items: &[Item<'_>], name: &[u8]) -> Option<Version> {
+    items.iter().find_map(|item| match *item {
+        Item::Product {
+            name: n,
+            version: Some(v),
+        } if n.eq_ignore_ascii_case(name) => Version::parse(v),
+        _ => None,
+    })
+}
+
+fn builtin(id: &str, name: &str) -> ClientProduct {
+    ClientProduct {
+        id: id.to_owned(),
+        name: name.to_owned(),
+        category: Category::Unknown,
+        support: Support::Unknown,
+        roles: Vec::new(),
+    }
+}
+
+/// Maps a TOML/serde error to line and column.
+fn parse_error(text: &str, error: &toml::de::Error) -> CatalogError {
+    let offset = error.span().map_or(0, |s| s.start).min(text.len());
+    let before = text.get(..offset).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let column = before[line_start..].chars().count() + 1;
+    CatalogError::Parse {
+        path: None,
+        line,
+        column,
+        message: error.message().trim().to_owned(),
+    }
+}
+
+/// Key path for a serde error inside the entry at `base`: names the field
+/// when serde does (unknown / missing / duplicate field).
+fn serde_problem(base: &str, error: &toml::de::Error) -> CatalogProblem {
+    let message = error.message().trim().to_owned();
+    let field = ["unknown field `", "missing field `", "duplicate field `"]
+        .iter()
+        .find_map(|prefix| message.strip_prefix(prefix))
+        .and_then(|rest| rest.split('`').next());
+    let key = match field {
+        Some(field) => format!("{base}.{field}"),
+        None => base.to_owned(),
+    };
+    CatalogProblem { key, message }
+}
+
+// === validation and compilation ===
+
+#[derive(Default)]
+struct Builder {
+    clients: Vec<ClientProduct>,
+    version_tokens: Vec<Option<Box<[u8]>>>,
+    rules: Vec<Rule>,
+    problems: Vec<CatalogProblem>,
+    /// Client id → key of its first definition.
+    client_ids: std::collections::HashMap<String, String>,
+    /// Rule id → key of its first definition.
+    rule_ids: std::collections::HashMap<String, String>,
+}
+
+impl Builder {
+    fn problem(&mut self, key: impl Into<String>, message: impl Into<String>) {
+        self.problems.push(CatalogProblem {
+            key: key.into(),
+            message: message.into(),
+        });
+    }
+
+    fn client(&mut self, index: usize, value: toml::Value) {
+        let base = format!("clients[{index}]");
+        if !self.check_types(&base, &value, CLIENT_KEYS) {
+            return;
+        }
+        let raw: RawClient = match value.try_into() {
+            Ok(raw) => raw,
+            Err(e) => return self.problems.push(serde_problem(&base, &e)),
+        };
+
+        self.check_id(&base, &raw.id);
+        if raw.name.trim().is_empty() {
+            self.problem(format!("{base}.name"), "must not be empty");
+        }
+        let category = match parse_category(&raw.category) {
+            Ok(c) => c,
+            Err(message) => {
+                self.problem(format!("{base}.category"), message);
+                Category::Unknown
+            }
+        };
+        let support = match parse_support(&raw.support) {
+            Ok(s) => s,
+            Err(message) => {
+                self.problem(format!("{base}.support"), message);
+                Support::Unknown
+            }
+        };
+        let mut roles = Vec::with_capacity(raw.roles.len());
+        for (r, name) in raw.roles.iter().enumerate() {
+            match parse_role(name) {
+                Ok(role) if roles.contains(&role) => {
+                    self.problem(
+                        format!("{base}.roles[{r}]"),
+                        format!("duplicate role {name:?}"),
+                    );
+                }
+                Ok(role) => roles.push(role),
+                Err(message) => self.problem(format!("{base}.roles[{r}]"), message),
+            }
+        }
+        let version_token =
+            raw.version_token
+                .as_deref()
+                .and_then(|token| match check_token_name(token, false) {
+                    Ok(()) => Some(token.to_ascii_lowercase().into_bytes().into_boxed_slice()),
+                    Err(message) => {
+                        self.problem(format!("{base}.version_token"), message);
+                        None
+                    }
+                });
+        if raw.rules.is_empty() {
+            self.problem(
+                format!("{base}.match"),
+                "at least one [[clients.match]] rule is required",
+            );
+        }
+
+        let client = self.clients.len();
+        for (r, value) in raw.rules.into_iter().enumerate() {
+            self.rule(&base, &raw.id, client, r, value);
+        }
+        self.clients.push(ClientProduct {
+            id: raw.id,
+            name: raw.name,
+            category,
+            support,
+            roles,
+        });
+        self.version_tokens.push(version_token);
+    }
+
+    /// Checks the value types of the known keys of a table, so that a type
+    /// error names its key (serde's message does not). Unknown keys are
+    /// left to serde. Returns `false` if there was a problem.
+    fn check_types(&mut self, base: &str, value: &toml::Value, spec: &[(&str, Kind)]) -> bool {
+        let Some(table) = value.as_table() else {
+            let found = value.type_str();
+            self.problem(base, format!("expected a table, found {found}"));
+            return false;
+        };
+        let before = self.problems.len();
+        for (key, kind) in spec {
+            let Some(value) = table.get(*key) else {
+                continue;
+            };
+            let ok = match kind {
+                Kind::Str => value.is_str(),
+                Kind::StrArray => value
+                    .as_array()
+                    .is_some_and(|a| a.iter().all(toml::Value::is_str)),
+                Kind::TableArray => value
+                    .as_array()
+                    .is_some_and(|a| a.iter().all(toml::Value::is_table)),
+                Kind::Version => value.is_str() || value.is_integer(),
+            };
+            if !ok {
+                let expected = match kind {
+                    Kind::Str => "a string",
+                    Kind::StrArray => "an array of strings",
+                    Kind::TableArray => "an array of tables ([[clients.match]])",
+                    Kind::Version => "a version string such as \"4.0.7577\"",
+                };
+                let found = value.type_str();
+                self.problem(
+                    format!("{base}.{key}"),
+                    format!("expected {expected}, found {found}"),
+                );
+            }
+        }
+        self.problems.len() == before
+    }
+
+    fn check_id(&mut self, base: &str, id: &str) {
+        let key = format!("{base}.id");
+        if id.is_empty() {
+            return self.problem(key, "must not be empty");
+        }
+        if !id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        {
+            return self.problem(
+                key,
+                format!("invalid id {id:?}: use letters, digits, '-', '_' and '.'"),
+            );
+        }
+        if id == CLIENT_MISSING || id == CLIENT_UNKNOWN {
+            return self.problem(
+                key,
+                format!("id {id:?} is reserved for the built-in client"),
+            );
+        }
+        if let Some(first) = self.client_ids.get(id) {
+            let message = format!("duplicate id {id:?} (first defined at {first})");
+            return self.problem(key, message);
+        }
+        self.client_ids.insert(id.to_owned(), base.to_owned());
+    }
+
+    fn rule(
+        &mut self,
+        client_base: &str,
+        client_id: &str,
+        client: usize,
+        r: usize,
+        value: toml::Value,
+    ) {
+        let base = format!("{client_base}.match[{r}]");
+        if !self.check_types(&base, &value, RULE_KEYS) {
+            return;
+        }
+        let raw: RawRule = match value.try_into() {
+            Ok(raw) => raw,
+            Err(e) => return self.problems.push(serde_problem(&base, &e)),
+        };
+        let before = self.problems.len();
+
+        let id = match raw.id.clone() {
+            Some(id) => {
+                if id.is_empty()
+                    || id
+                        .bytes()
+                        .any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
+                {
+                    self.problem(
+                        format!("{base}.id"),
+                        "must be non-empty, without whitespace",
+                    );
+                } else if id.starts_with(BUILTIN_RULE_PREFIX) {
+                    self.problem(
+                        format!("{base}.id"),
+                        format!("ids starting with {BUILTIN_RULE_PREFIX:?} are reserved"),
+                    );
+                }
+                id
+            }
+            None => format!("{client_id}#{}", r + 1),
+        };
+        if let Some(first) = self.rule_ids.get(&id) {
+            let message = format!("duplicate rule id {id:?} (first used at {first})");
+            self.problem(format!("{base}.id"), message);
+        } else {
+            self.rule_ids.insert(id.clone(), base.clone());
+        }
+
+        let compare = self.compare(&base, &raw);
+        let token = raw
+            .token
+            .as_deref()
+            .and_then(|token| match check_token_name(token, true) {
+                Ok(()) => {
+                    let prefix = token.ends_with('*');
+                    let name = token.trim_end_matches('*').to_ascii_lowercase();
+                    Some(TokenCond {
+                        name: name.into_bytes().into_boxed_slice(),
+                        prefix,
+                        compare,
+                    })
+                }
+                Err(message) => {
+                    self.problem(format!("{base}.token"), message);
+                    None
+                }
+            });
+        let comment = raw.comment.as_deref().and_then(|comment| {
+            if comment.is_empty() {
+                self.problem(format!("{base}.comment"), "must not be empty");
+                None
+            } else {
+                Some(comment.to_ascii_lowercase().into_bytes().into_boxed_slice())
+            }
+        });
+        let regex = raw.regex.as_deref().and_then(|pattern| {
+            if pattern.is_empty() {
+                self.problem(format!("{base}.regex"), "must not be empty");
+                return None;
+            }
+            let built = RegexBuilder::new(pattern)
+                .case_insensitive(true)
+                .size_limit(REGEX_SIZE_LIMIT_BYTES)
+                .build();
+            match built {
+                Ok(regex) => Some(regex),
+                Err(e) => {
+                    let detail = e
+                        .to_string()
+                        .split_whitespace()
+                        .collect::<Vec<_>>()
+                        .join(" ");
+                    self.problem(format!("{base}.regex"), format!("invalid regex: {detail}"));
+                    None
+                }
+            }
+        });
+
+        let has_regex = raw.regex.is_some();
+        let has_text = raw.token.is_some() || raw.comment.is_some();
+        if !has_regex && !has_text {
+            self.problem(
+                base.clone(),
+                "a rule needs a condition: token, comment or regex",
+            );
+        } else if has_regex && has_text {
+            self.problem(
+                base.clone(),
+                "regex cannot be combined with token or comment (use one rule kind)",
+            );
+        }
+        if raw.token.is_none() && (raw.op.is_some() || raw.version.is_some()) {
+            self.problem(base.clone(), "op and version need a token");
+        }
+
+        if self.problems.len() == before {
+            self.rules.push(Rule {
+                id,
+                client,
+                token,
+                comment,
+                regex,
+            });
+        }
+    }
+
+    /// Validates `op` + `version` (both or neither).
+    fn compare(&mut self, base: &str, raw: &RawRule) -> Option<(CompareOp, Version)> {
+        let op = raw.op.as_deref().map(|name| {
+            CompareOp::from_name(name).ok_or_else(|| {
+                format!("unknown op {name:?}: expected EQL, NEQ, GTR, GEQ, LSS or LEQ")
+            })
+        });
+        let version = raw.version.as_ref().map(|value| match value {
+            toml::Value::String(text) => text.parse::<Version>().map_err(|e| e.to_string()),
+            toml::Value::Integer(n) => u32::try_from(*n)
+                .map(|n| Version::new(n, 0, 0, 0))
+                .map_err(|_| format!("invalid version {n}: must be 0 to {}", u32::MAX)),
+            other => Err(format!(
+                "invalid version: expected a string such as \"4.0.7577\", found {}",
+                other.type_str()
+            )),
+        });
+        match (op, version) {
+            (None, None) => None,
+            (Some(op), Some(version)) => {
+                let op = op.map_err(|m| self.problem(format!("{base}.op"), m)).ok();
+                let version = version
+                    .map_err(|m| self.problem(format!("{base}.version"), m))
+                    .ok();
+                op.zip(version)
+            }
+            (Some(op), None) => {
+                if let Err(m) = op {
+                    self.problem(format!("{base}.op"), m);
+                }
+                self.problem(format!("{base}.version"), "required when op is set");
+                None
+            }
+            (None, Some(version)) => {
+                if let Err(m) = version {
+                    self.problem(format!("{base}.version"), m);
+                }
+                self.problem(format!("{base}.op"), "required when version is set");
+                None
+            }
+        }
+    }
+
+    fn finish(self) -> Result<Catalog, CatalogError> {
+        if !self.problems.is_empty() {
+            return Err(CatalogError::Invalid {
+                path: None,
+                problems: self.problems,
+            });
+        }
+        Ok(Catalog {
+            clients: self.clients,
+            version_tokens: self.version_tokens,
+            rules: self.rules,
+            missing: builtin(CLIENT_MISSING, "Missing or empty User-Agent"),
+            unknown: builtin(CLIENT_UNKNOWN, "Unknown client"),
+        })
+    }
+}
+
+/// A product name as written in a rule (`allow_prefix`: may end in `*`).
+fn check_token_name(token: &str, allow_prefix: bool) -> Result<(), String> {
+    let name = if allow_prefix {
+        token.strip_suffix('*').unwrap_or(token)
+    } else {
+        token
+    };
+    if name.is_empty() {
+        return Err("empty token".to_owned());
+    }
+    if let Some(bad) = name
+        .chars()
+        .find(|&c| c.is_whitespace() || matches!(c, '/' | '(' | ')' | '*'))
+    {
+        let hint = if allow_prefix {
+            " ('*' only at the end)"
+        } else {
+            ""
+        };
+        return Err(format!(
+            "invalid token {token:?}: a product name cannot contain {bad:?}{hint}"
+        ));
+    }
+    Ok(())
+}
+
+fn parse_category(name: &str) -> Result<Category, String> {
+    const ALL: [Category; 9] = [
+        Category::Desktop,
+        Category::Attendant,
+        Category::Phone,
+        Category::Mobile,
+        Category::Web,
+        Category::Service,
+        Category::Gateway,
+        Category::ThirdParty,
+        Category::Scanner,
+    ];
+    ALL.into_iter().find(|c| c.as_str() == name).ok_or_else(|| {
+        format!(
+            "unknown category {name:?}: expected one of {}",
+            names(ALL.map(Category::as_str))
+        )
+    })
+}
+
+fn parse_support(name: &str) -> Result<Support, String> {
+    const ALL: [Support; 6] = [
+        Support::Supported,
+        Support::Unsupported,
+        Support::Service,
+        Support::ThirdParty,
+        Support::Scanner,
+        Support::Unknown,
+    ];
+    ALL.into_iter().find(|s| s.as_str() == name).ok_or_else(|| {
+        format!(
+            "unknown support {name:?}: expected one of {}",
+            names(ALL.map(Support::as_str))
+        )
+    })
+}
+
+fn parse_role(name: &str) -> Result<Role, String> {
+    const ALL: [Role; 3] = [Role::Caller, Role::InformalAgent, Role::FormalAgent];
+    ALL.into_iter().find(|r| r.as_str() == name).ok_or_else(|| {
+        format!(
+            "unknown role {name:?}: expected one of {}",
+            names(ALL.map(Role::as_str))
+        )
+    })
+}
+
+fn names<const N: usize>(all: [&str; N]) -> String {
+    all.join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SMALL: &str = r#"
+[[clients]]
+id = "lync-2013"
+name = "Lync 2013"
+category = "desktop"
+support = "supported"
+roles = ["caller", "informal-agent", "formal-agent"]
+version_token = "OC"
+[[clients.match]]
+token = "OC"
+op = "GEQ"
+version = "15"
+
+[[clients]]
+id = "lync-2010-attendant"
+name = "Lync 2010 Attendant"
+category = "attendant"
+support = "supported"
+roles = ["caller", "informal-agent", "formal-agent"]
+version_token = "OC"
+[[clients.match]]
+id = "attendant"
+token = "oc"
+op = "GEQ"
+version = 4
+comment = "attendant"
+
+[[clients]]
+id = "lync-2010"
+name = "Lync 2010"
+category = "desktop"
+support = "supported"
+roles = ["caller", "informal-agent"]
+version_token = "OC"
+[[clients.match]]
+token = "OC"
+op = "GEQ"
+version = "4"
+
+[[clients]]
+id = "rgs"
+name = "Response Group application"
+category = "service"
+support = "service"
+version_token = "RTCC"
+[[clients.match]]
+token = "Response_Group_Service"
+
+[[clients]]
+id = "ms-server"
+name = "Microsoft server"
+category = "service"
+support = "service"
+[[clients.match]]
+token = "RTCC"
+[[clients.match]]
+token = "RTC"
+op = "GEQ"
+version = "3"
+
+[[clients]]
+id = "polycom"
+name = "Polycom"
+category = "phone"
+support = "third-party"
+[[clients.match]]
+token = "PolycomVVX-*"
+[[clients.match]]
+regex = '^Polycom (HDX|VSX)\b'
+
+[[clients]]
+id = "scanner"
+name = "Scanners"
+category = "scanner"
+support = "scanner"
+[[clients.match]]
+token = "friendly-scanner"
+[[clients.match]]
+comment = "scanner"
+"#;
+
+    fn catalog() -> Catalog {
+        Catalog::from_toml_str(SMALL).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn problems(text: &str) -> Vec<String> {
+        match Catalog::from_toml_str(text) {
+            Ok(_) => panic!("catalog unexpectedly valid"),
+            Err(e) => e.problems().iter().map(ToString::to_string).collect(),
+        }
+    }
+
+    fn which(c: &Catalog, ua: &str) -> (String, String, Option<String>) {
+        let got = c.classify(Some(ua.as_bytes()));
+        (
+            got.client.id.clone(),
+            got.rule.to_owned(),
+            got.version.map(|v| v.to_string()),
+        )
+    }
+
+    fn s(x: &str) -> String {
+        x.to_owned()
+    }
+
+    #[test]
+    fn first_match_wins_in_file_order() {
+        let c = catalog();
+        assert_eq!(
+            which(
+                &c,
+                "UCCAPI/15.0.4420.1017 OC/15.0.4420.1017 (Microsoft Lync)"
+            ),
+            (s("lync-2013"), s("lync-2013#1"), Some(s("15.0.4420.1017")))
+        );
+        // The attendant rule comes before the generic Lync 2010 rule.
+        assert_eq!(
+            which(
+                &c,
+                "UCCAPI/4.0.7577.0 OC/4.0.7577.0 (Microsoft Lync 2010 Attendant)"
+            ),
+            (
+                s("lync-2010-attendant"),
+                s("attendant"),
+                Some(s("4.0.7577.0"))
+            )
+        );
+        assert_eq!(
+            which(
+                &c,
+                "UCCAPI/4.0.7577.314 OC/4.0.7577.314 (Microsoft Lync 2010)"
+            ),
+            (s("lync-2010"), s("lync-2010#1"), Some(s("4.0.7577.314")))
+        );
+        // Classified by the OC version, not the comment.
+        assert_eq!(
+            which(&c, "UCCAPI/4.0.7400.0 OC/4.0.7400.0 (Microsoft Lync 2013)").0,
+            "lync-2010"
+        );
+        // Response Group before the generic RTCC rule; version from version_token.
+        assert_eq!(
+            which(
+                &c,
+                "RTCC/5.0.0.0 Response_Group_Service Announcement_Service"
+            ),
+            (s("rgs"), s("rgs#1"), Some(s("5.0.0.0")))
+        );
+        assert_eq!(
+            which(&c, "RTCC/5.0.0.0 MediationServer"),
+            (s("ms-server"), s("ms-server#1"), Some(s("5.0.0.0")))
+        );
+        assert_eq!(
+            which(&c, "RTC/5.0"),
+            (s("ms-server"), s("ms-server#2"), Some(s("5.0")))
+        );
+        // A version condition that fails falls through to later rules.
+        assert_eq!(which(&c, "RTC/1.3.5470 (Messenger 5.1)").0, "unknown");
+        assert_eq!(which(&c, "UCCAPI/3.5.6907.0 OC/3.5.6907.0").0, "unknown");
+        // A token without a version never satisfies a version condition.
+        assert_eq!(which(&c, "OC (Microsoft Lync)").0, "unknown");
+    }
+
+    #[test]
+    fn token_rules_scan_every_token_case_insensitively() {
+        let c = catalog();
+        assert_eq!(which(&c, "foo/1 bar oc/15.0.1.2").0, "lync-2013");
+        assert_eq!(which(&c, "x/1 FRIENDLY-SCANNER").0, "scanner");
+        // Exact names: OCPhone is not OC.
+        assert_eq!(which(&c, "OCPhone/15.0.1.1").0, "unknown");
+        // Prefix tokens, and version of the matched token.
+        assert_eq!(
+            which(&c, "PolycomVVX-VVX_500-UA/5.0.0.6874"),
+            (s("polycom"), s("polycom#1"), Some(s("5.0.0.6874")))
+        );
+        // Regex on the whole value, case-insensitive, no token version.
+        assert_eq!(
+            which(&c, "polycom hdx 8000 HD (Release - 2.5.0.8_ne-4035)"),
+            (s("polycom"), s("polycom#2"), None)
+        );
+        // Comment rules look inside comments only.
+        assert_eq!(which(&c, "Foo/1 (Some SCANNER tool)").0, "scanner");
+        assert_eq!(which(&c, "scanner/1").0, "unknown");
+    }
+
+    #[test]
+    fn missing_empty_and_unknown_are_explicit() {
+        let c = catalog();
+        for ua in [None, Some(&b""[..]), Some(&b"  \t\r\n"[..])] {
+            let got = c.classify(ua);
+            assert_eq!(got.client.id, CLIENT_MISSING);
+            assert_eq!(got.rule, RULE_MISSING);
+            assert_eq!(got.client.category, Category::Unknown);
+            assert_eq!(got.client.support, Support::Unknown);
+            assert!(got.client.roles.is_empty());
+            assert_eq!(got.version, None);
+        }
+        for ua in [&b"Nothing/1.0 (matches)"[..], b"\xff\xfe((", b")"] {
+            let got = c.classify(Some(ua));
+            assert_eq!(got.client.id, CLIENT_UNKNOWN);
+            assert_eq!(got.rule, RULE_UNKNOWN);
+            assert_eq!(got.client.support, Support::Unknown);
+            assert!(got.client.roles.is_empty());
+        }
+        assert_eq!(
+            c.client("missing").map(|x| x.support),
+            Some(Support::Unknown)
+        );
+        assert_eq!(
+            c.client("unknown").map(|x| x.category),
+            Some(Category::Unknown)
+        );
+        assert!(c.client("nope").is_none());
+        let ids: Vec<_> = c.clients().map(|x| x.id.as_str()).collect();
+        assert_eq!(ids.first(), Some(&"lync-2013"));
+        assert_eq!(ids[ids.len() - 2..], ["missing", "unknown"]);
+        assert_eq!(c.rules().count(), 10);
+    }
+
+    #[test]
+    fn empty_catalog_is_valid() {
+        let c = Catalog::from_toml_str("").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.classify(Some(b"OC/15")).rule, RULE_UNKNOWN);
+    }
+
+    #[test]
+    fn collects_every_problem_with_key_paths() {
+        let text = r#"
+[[clients]]
+id = "a"
+name = "A"
+category = "desktop"
+support = "supported"
+[[clients.match]]
+token = "OC"
+op = "GEQQ"
+version = "4.x"
+[[clients.match]]
+regex = "(unclosed"
+[[clients.match]]
+token = ""
+[[clients.match]]
+id = "shared"
+token = "X"
+comment = "y"
+regex = "z"
+[[clients.match]]
+op = "EQL"
+
+[[clients]]
+id = "a"
+name = ""
+category = "laptop"
+support = "maybe"
+roles = ["caller", "boss", "caller"]
+version_token = "O C"
+[[clients.match]]
+id = "shared"
+token = "Y"
+version = "1"
+[[clients.match]]
+token = "a*b"
+comment = ""
+
+[[clients]]
+id = "missing"
+name = "M"
+category = "web"
+support = "unknown"
+[[clients.match]]
+id = "builtin:x"
+token = "M"
+op = "LEQ"
+
+[[clients]]
+id = "no-rules"
+name = "N"
+category = "web"
+support = "unsupported"
+"#;
+        let got = problems(text);
+        let expected = [
+            r#"clients[0].match[0].op: unknown op "GEQQ": expected EQL, NEQ, GTR, GEQ, LSS or LEQ"#,
+            r#"clients[0].match[0].version: invalid version "4.x": expected 1 to 4 dot-separated numbers, e.g. "15" or "4.0.7577.4363""#,
+            "clients[0].match[1].regex: invalid regex: regex parse error: (unclosed ^ error: unclosed group",
+            "clients[0].match[2].token: empty token",
+            "clients[0].match[3]: regex cannot be combined with token or comment (use one rule kind)",
+            "clients[0].match[4].version: required when op is set",
+            "clients[0].match[4]: a rule needs a condition: token, comment or regex",
+            "clients[0].match[4]: op and version need a token",
+            r#"clients[1].id: duplicate id "a" (first defined at clients[0])"#,
+            "clients[1].name: must not be empty",
+            r#"clients[1].category: unknown category "laptop": expected one of desktop, attendant, phone, mobile, web, service, gateway, third-party, scanner"#,
+            r#"clients[1].support: unknown support "maybe""#,
+            r#"clients[1].roles[1]: unknown role "boss""#,
+            r#"clients[1].roles[2]: duplicate role "caller""#,
+            r#"clients[1].version_token: invalid token "O C": a product name cannot contain ' '"#,
+            r#"clients[1].match[0].id: duplicate rule id "shared" (first used at clients[0].match[3])"#,
+            "clients[1].match[0].op: required when version is set",
+            // Default rule ids repeat because the client id does.
+            r#"clients[1].match[1].id: duplicate rule id "a#2""#,
+            r#"clients[1].match[1].token: invalid token "a*b": a product name cannot contain '*'"#,
+            "clients[1].match[1].comment: must not be empty",
+            r#"clients[2].id: id "missing" is reserved for the built-in client"#,
+            r#"clients[2].match[0].id: ids starting with "builtin:" are reserved"#,
+            "clients[2].match[0].version: required when op is set",
+            "clients[3].match: at least one [[clients.match]] rule is required",
+        ];
+        for (i, want) in expected.iter().enumerate() {
+            let Some(line) = got.get(i) else {
+                panic!("missing problem {i}: {want}\nall: {got:#?}");
+            };
+            assert!(
+                line.starts_with(want),
+                "problem {i}:\n got: {line}\nwant: {want}\nall: {got:#?}"
+            );
+        }
+        assert_eq!(got.len(), expected.len(), "{got:#?}");
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_with_their_path() {
+        let rule_key = r#"
+[[clients]]
+id = "a"
+name = "A"
+category = "desktop"
+support = "supported"
+[[clients.match]]
+tokn = "OC"
+"#;
+        let got = problems(rule_key);
+        assert_eq!(got.len(), 1, "{got:#?}");
+        assert!(
+            got[0].starts_with("clients[0].match[0].tokn: unknown field `tokn`"),
+            "{got:#?}"
+        );
+
+        let client_key = r#"
+[[clients]]
+id = "a"
+name = "A"
+category = "desktop"
+support = "supported"
+colour = "blue"
+[[clients.match]]
+token = "OC"
+"#;
+        let got = problems(client_key);
+        assert!(
+            got[0].starts_with("clients[0].colour: unknown field `colour`"),
+            "{got:#?}"
+        );
+
+        let missing = "[[clients]]\nid = \"a\"\n";
+        let got = problems(missing);
+        assert!(
+            got[0].starts_with("clients[0].name: missing field `name`"),
+            "{got:#?}"
+        );
+
+        let wrong_types = r#"
+[[clients]]
+id = 3
+name = "A"
+category = "web"
+support = "unknown"
+roles = "caller"
+[[clients.match]]
+token = "X"
+
+[[clients]]
+id = "b"
+name = "B"
+category = "web"
+support = "unknown"
+[[clients.match]]
+token = ["X"]
+version = 1.5
+"#;
+        let got = problems(wrong_types);
+        assert_eq!(
+            got,
+            [
+                "clients[0].id: expected a string, found integer",
+                "clients[0].roles: expected an array of strings, found string",
+                "clients[1].match[0].token: expected a string, found array",
+                r#"clients[1].match[0].version: expected a version string such as "4.0.7577", found float"#,
+            ]
+        );
+
+        // Top level: serde refuses it with its line.
+        match Catalog::from_toml_str("\n\n[settings]\nx = 1\n") {
+            Err(CatalogError::Parse { line, message, .. }) => {
+                assert_eq!(line, 3, "{message}");
+                assert!(message.contains("unknown field `settings`"), "{message}");
+            }
+            other => panic!("expected a parse error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn syntax_errors_name_the_line_and_file() {
+        let err = Catalog::from_toml_str("[[clients]]\nid = \"a\nname = 1\n").err();
+        let Some(CatalogError::Parse { line, .. }) = err else {
+            panic!("expected a parse error, got {err:?}");
+        };
+        assert_eq!(line, 2);
+
+        let dir = std::env::temp_dir().join(format!("sipadmit-classify-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
+        let file = dir.join("bad.toml");
+        std::fs::write(&file, "[[clients]]\nid = \"a\"\n").unwrap_or_else(|e| panic!("{e}"));
+        let shown = Catalog::load(&file)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            shown.starts_with(&format!("{}: invalid client catalog", file.display())),
+            "{shown}"
+        );
+        assert!(
+            shown.contains("\n  clients[0].name: missing field `name`"),
+            "{shown}"
+        );
+        let absent = dir.join("absent.toml");
+        let shown = Catalog::load(&absent)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(shown.starts_with(&absent.display().to_string()), "{shown}");
+        std::fs::remove_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    #[test]
+    fn case_insensitive_substring() {
+        assert!(contains_ignore_case(
+            b"Microsoft Lync 2010 ATTENDANT",
+            b"attendant"
+        ));
+        assert!(contains_ignore_case(b"aaab", b"ab"));
+        assert!(!contains_ignore_case(b"attendan", b"attendant"));
+        assert!(!contains_ignore_case(b"", b"a"));
+    }
+
+    #[test]
+    fn item_cap_keeps_classification_on_the_stack() {
+        let c = catalog();
+        let many = "x/1 ".repeat(MAX_UA_ITEMS) + "OC/15.0.1.1";
+        assert_eq!(c.classify(Some(many.as_bytes())).rule, RULE_UNKNOWN);
+        let fits = "x/1 ".repeat(MAX_UA_ITEMS - 1) + "OC/15.0.1.1";
+        assert_eq!(c.classify(Some(fits.as_bytes())).client.id, "lync-2013");
+    }
+}

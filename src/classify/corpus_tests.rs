@@ -1,0 +1,362 @@
+//! The shipped catalog (`config/clients.toml`) against the User-Agent corpus
+//! (`../shared/corpus/user-agents.tsv`) and the Response Group expectations.
+
+use std::path::PathBuf;
+
+use super::{Catalog, Category, Role, Support, CLIENT_UNKNOWN};
+
+/// Rows where the shipped catalog deliberately differs from `rg_support`:
+/// (user agent, support the catalog gives, why).
+const DEVIATIONS: &[(&str, Support, &str)] = &[(
+    "CSipSimple_mako-22/r2457",
+    Support::Unsupported,
+    "CSipSimple is an Android softphone: the catalog puts third-party mobile softphones in \
+     category mobile, support unsupported (like Lync mobile), so a policy on mobile clients \
+     covers it; the TSV files it under third-party",
+)];
+
+fn manifest_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn shipped() -> Catalog {
+    let path = manifest_dir().join("config/clients.toml");
+    Catalog::load(&path).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// (user_agent, rg_support) of every corpus row. Panics if the file is missing.
+fn corpus() -> Vec<(Vec<u8>, String)> {
+    let path = manifest_dir().join("../shared/corpus/user-agents.tsv");
+    let bytes = std::fs::read(&path)
+        .unwrap_or_else(|e| panic!("User-Agent corpus {} is required: {e}", path.display()));
+    let mut lines = bytes
+        .split(|&b| b == b'\n')
+        .map(|l| l.strip_suffix(b"\r").unwrap_or(l));
+    let header: Vec<&[u8]> = lines
+        .next()
+        .map(|h| h.split(|&b| b == b'\t').collect())
+        .unwrap_or_default();
+    let column = |name: &str| {
+        header
+            .iter()
+            .position(|h| *h == name.as_bytes())
+            .unwrap_or_else(|| panic!("corpus has no {name} column"))
+    };
+    let (ua, support) = (column("user_agent"), column("rg_support"));
+    lines
+        .filter(|l| !l.is_empty())
+        .map(|line| {
+            let fields: Vec<&[u8]> = line.split(|&b| b == b'\t').collect();
+            let field = |i: usize| fields.get(i).copied().unwrap_or_default();
+            (
+                field(ua).to_vec(),
+                String::from_utf8_lossy(field(support)).into_owned(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn shipped_catalog_matches_every_corpus_row() {
+    let catalog = shipped();
+    let rows = corpus();
+    assert!(rows.len() >= 100, "corpus has only {} rows", rows.len());
+    let mut failures = Vec::new();
+    for (ua, expected) in &rows {
+        let got = catalog.classify(Some(ua));
+        let text = String::from_utf8_lossy(ua);
+        let deviation = DEVIATIONS.iter().find(|(d, _, _)| *d == text);
+        let ok = match deviation {
+            Some((_, support, _)) => got.client.support == *support,
+            None if expected == "third-party" => {
+                matches!(got.client.support, Support::ThirdParty | Support::Unknown)
+            }
+            None => got.client.support.as_str() == expected,
+        };
+        if !ok {
+            failures.push(format!(
+                "{text:?}: expected {expected}, got {} ({} via {})",
+                got.client.support, got.client.id, got.rule
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    for (ua, _, why) in DEVIATIONS {
+        assert!(
+            rows.iter().any(|(row, _)| row == ua.as_bytes()),
+            "deviation {ua:?} ({why}) is not in the corpus any more"
+        );
+    }
+}
+
+#[test]
+fn corpus_rows_are_not_left_unknown() {
+    // Third-party rows may be unknown by the contract; the shipped catalog
+    // still knows every one of them.
+    let catalog = shipped();
+    let unknown: Vec<String> = corpus()
+        .iter()
+        .filter(|(ua, _)| catalog.classify(Some(ua)).client.id == CLIENT_UNKNOWN)
+        .map(|(ua, _)| String::from_utf8_lossy(ua).into_owned())
+        .collect();
+    assert!(unknown.is_empty(), "unknown: {unknown:#?}");
+}
+
+/// (user agent, client id, reported version).
+const EXAMPLES: &[(&str, &str, Option<&str>)] = &[
+    (
+        "UCCAPI/15.0.4420.1017 OC/15.0.4420.1017 (Microsoft Lync)",
+        "lync-2013",
+        Some("15.0.4420.1017"),
+    ),
+    (
+        "UCCAPI/15.0.4971.1000 OC/15.0.4971.1000 (Skype for Business)",
+        "lync-2013",
+        Some("15.0.4971.1000"),
+    ),
+    (
+        "UCCAPI/4.0.7400.0 OC/4.0.7400.0 (Microsoft Lync 2013)",
+        "lync-2010",
+        Some("4.0.7400.0"),
+    ),
+    (
+        "UCCAPI/16.0.4591.1000 OC/16.0.4600.1000 (Skype for Business)",
+        "skype-for-business-2016",
+        Some("16.0.4600.1000"),
+    ),
+    (
+        "UCCAPI/4.0.7577.0 OC/4.0.7577.0 (Microsoft Lync 2010 Attendant)",
+        "lync-2010-attendant",
+        Some("4.0.7577.0"),
+    ),
+    (
+        "UCCAPI/3.5.6907.0 OC/3.5.6907.0 (Microsoft Office Communications Server 2007 R2 Attendant)",
+        "ocs-2007r2-attendant",
+        Some("3.5.6907.0"),
+    ),
+    (
+        "UCCAPI/3.5.6907.0 OC/3.5.6907.0 (Microsoft Office Communicator 2007 R2)",
+        "communicator-2007r2",
+        Some("3.5.6907.0"),
+    ),
+    (
+        "UCCP/2.0.6362.111 OC/2.0.6362.111 (Microsoft Office Communicator)",
+        "communicator-2007",
+        Some("2.0.6362.111"),
+    ),
+    ("OC/1.0.559.0 (Microsoft Office Communicator 2005)", "communicator-2005", Some("1.0.559.0")),
+    (
+        "CPE/4.0.7577.4363 OCPhone/4.0.7577.4363 (Microsoft Lync 2010 Phone Edition)",
+        "lync-phone-edition",
+        Some("4.0.7577.4363"),
+    ),
+    ("AOC/4.0.7577.0", "lync-attendee", Some("4.0.7577.0")),
+    ("MC/14.0.0 (Microsoft Lync for Mac 2011)", "lync-mac", Some("14.0.0")),
+    ("MC/13.0.0 (Microsoft Communicator for Mac 2011)", "lync-mac", Some("13.0.0")),
+    ("RTCC/5.0.0.0 LWA/5.0.0.0", "lync-web-app", Some("5.0.0.0")),
+    ("RTCC/4.0.0.0 CWA/4.0.0.0", "lync-web-app", Some("4.0.0.0")),
+    ("RTCC/7.0.0.0 UCWA/7.0.0.0", "ucwa-client", Some("7.0.0.0")),
+    (
+        "RTCC/7.0.0.0 UCWA/7.0.0.0 AndroidLync/6.25.0.27 (SM-G930U Android 8.0.0)",
+        "lync-mobile",
+        Some("6.25.0.27"),
+    ),
+    ("RTCC/4.0.0.0 McxService/4.0.0.0 iPhoneLync/4.0.0.0", "lync-mobile", Some("4.0.0.0")),
+    ("RTCC/5.0.0.0 UCWA/5.0.0.0 iPadLync/5.0.0.0 (iPad iOS 7.0)", "lync-mobile", Some("5.0.0.0")),
+    ("RTCC/5.0.0.0 UCWA/5.0.0.0 WPLync/5.0.0.0 (Windows Phone 8.0)", "lync-mobile", Some("5.0.0.0")),
+    ("RTCC/4.0.0.0 McxService/4.0.0.0 NokiaLync/4.0.0.0", "lync-mobile", Some("4.0.0.0")),
+    (
+        "RTCC/3.5.0.0 MCXService/3.5.0.0 communicator.NOKIAS60R2.JVP.EN_US/1.0.6875.0",
+        "lync-mobile",
+        Some("1.0.6875.0"),
+    ),
+    ("RTCC/4.0.0.0 McxService/4.0.0.0", "lync-mobile", Some("4.0.0.0")),
+    (
+        "RTCC/5.0.0.0 Response_Group_Service/5.0.0.0",
+        "response-group-service",
+        Some("5.0.0.0"),
+    ),
+    (
+        "RTCC/5.0.0.0 Response_Group_Service Announcement_Service",
+        "response-group-service",
+        Some("5.0.0.0"),
+    ),
+    ("RTCC/5.0.0.0 MediationServer", "microsoft-server", Some("5.0.0.0")),
+    ("RTCC/5.0.0.0 MSExchangeUM/15.01.0231.021", "microsoft-server", Some("5.0.0.0")),
+    ("RTC/5.0", "microsoft-server", Some("5.0")),
+    ("RTC/1.3.5470 (Messenger 5.1.0701)", "windows-messenger", Some("1.3.5470")),
+    ("friendly-scanner", "sip-scanner", None),
+    ("sipcli/v1.8", "sip-scanner", Some("1.8")),
+    ("sipvicious/0.3.4", "sip-scanner", Some("0.3.4")),
+    ("Mozilla/5.0 (sipvicious)", "sip-scanner", None),
+    ("Z 3.14.38765 rv2.8.3", "sip-scanner", None),
+    ("Bria iOS release 5.1.1 stamp 88946", "bria-mobile", None),
+    ("Bria Android release 5.4.2 stamp 100135", "bria-mobile", None),
+    ("Bria 5 release 5.6.1 stamp 96218", "bria", None),
+    ("X-Lite release 5.8.3 stamp 102651", "bria", None),
+    ("Zoiper for iPhone rev.10862", "zoiper-mobile", None),
+    ("Zoiper rv2.8.20", "zoiper", None),
+    ("Z 5.3.8 rv2.10.11.1", "zoiper", None),
+    ("LinphoneiOS/4.4.0 (iPhone) LinphoneSDK/4.5.0", "linphone-mobile", Some("4.4.0")),
+    ("LinphoneAndroid/4.5.2 (Pixel 4) LinphoneSDK/4.5.0", "linphone-mobile", Some("4.5.2")),
+    ("Linphone Desktop/4.2.5 (Debian GNU/Linux 11) LinphoneCore/4.4.10", "linphone", None),
+    ("CSipSimple_mako-22/r2457", "csipsimple", None),
+    ("Groundwire/5.3.1 (build 890; Acrobits)", "groundwire", None),
+    ("Acrobits Softphone/6.4 (build 1234)", "acrobits", None),
+    ("Purple/2.10.12 Sipe/1.20.1 (linux-x86_64)", "pidgin-sipe", Some("1.20.1")),
+    ("MicroSIP/3.19.10", "microsip", Some("3.19.10")),
+    ("PolycomVVX-VVX_500-UA/5.0.0.6874", "polycom-phone", Some("5.0.0.6874")),
+    ("Polycom/5.5.0.20556 PolycomVVX-VVX_500-UA/5.5.0.20556", "polycom-phone", Some("5.5.0.20556")),
+    ("PolycomRealPresenceGroup500/4.1.5", "polycom-video", Some("4.1.5")),
+    ("Polycom HDX 8000 HD (Release - 2.5.0.8_ne-4035)", "polycom-video", None),
+    ("Yealink VC400 30.10.0.27", "yealink-video", None),
+    ("Yealink SIP-T27G 69.86.0.15", "yealink-phone", None),
+    ("Mediant 2000/v.6.60A.228.011", "audiocodes-gateway", None),
+    ("AUDC-IPPhone/2.2.8.61 (420HD-Rev1; 00908F4867AF)", "audiocodes-phone", Some("2.2.8.61")),
+    ("Cisco-CUCM10.5", "cisco-gateway", None),
+    ("Cisco-CP8845/12.8.1", "cisco-phone", Some("12.8.1")),
+    ("Linksys/SPA2102-5.2.10", "cisco-phone", None),
+    ("TANDBERG/81 (F9.1 PAL)", "tandberg", Some("81")),
+    ("Grandstream GVC3200 1.0.3.8", "grandstream", None),
+    ("snom320/8.7.3.25", "snom", Some("8.7.3.25")),
+    ("Avaya one-X Deskphone", "avaya", None),
+    ("Mitel-6869i-SIP-Phone 5.1.1.2024", "mitel", None),
+    ("Aastra 6757i/3.3.1.4053", "mitel", None),
+    ("Huawei eSpace 7910", "huawei-phone", None),
+    ("Huawei-MC850/V100R001C02B120", "huawei-video", None),
+    ("C610A IP/42.076.00.000.000", "gigaset", None),
+    ("AVer, EVC130 00.01.12.81", "aver", None),
+    ("Asterisk PBX 11.13.1~dfsg-2+deb8u2", "pbx", None),
+    ("FreeSWITCH-mod_sofia/1.10.7-release", "pbx", Some("1.10.7")),
+    ("OmniPCX Enterprise R11.2 l2.300.20.e", "pbx", None),
+];
+
+#[test]
+fn shipped_examples_and_every_client_is_reachable() {
+    let catalog = shipped();
+    for (ua, id, version) in EXAMPLES {
+        let got = catalog.classify(Some(ua.as_bytes()));
+        assert_eq!(
+            (got.client.id.as_str(), got.version.map(|v| v.to_string())),
+            (*id, version.map(str::to_owned)),
+            "{ua:?} via {}",
+            got.rule
+        );
+    }
+    // Every catalog entry is reached by an example or a corpus row (an entry
+    // shadowed by an earlier rule would fail here).
+    let rows = corpus();
+    let mut reached: Vec<String> = EXAMPLES.iter().map(|(_, id, _)| (*id).to_owned()).collect();
+    reached.extend(
+        rows.iter()
+            .map(|(ua, _)| catalog.classify(Some(ua)).client.id.clone()),
+    );
+    let unreached: Vec<&str> = catalog
+        .clients()
+        .map(|c| c.id.as_str())
+        .filter(|id| !["missing", "unknown"].contains(id) && !reached.iter().any(|r| r == id))
+        .collect();
+    assert!(unreached.is_empty(), "never reached: {unreached:?}");
+}
+
+#[test]
+fn response_group_expectations() {
+    let catalog = shipped();
+    let check = |ua: &str, id: &str, support: Support| {
+        let got = catalog.classify(Some(ua.as_bytes()));
+        assert_eq!(
+            (got.client.id.as_str(), got.client.support),
+            (id, support),
+            "{ua:?}"
+        );
+        got
+    };
+    let lync = check(
+        "UCCAPI/15.0.4481.1000 OC/15.0.4481.1000 (Microsoft Lync)",
+        "lync-2013",
+        Support::Supported,
+    );
+    assert_eq!(lync.rule, "lync-2013-oc15");
+    assert!(lync.client.has_role(Role::FormalAgent));
+    let lync2010 = check(
+        "UCCAPI/4.0.7400.0 OC/4.0.7400.0 (Microsoft Lync 2013)",
+        "lync-2010",
+        Support::Supported,
+    );
+    assert_eq!(lync2010.client.roles, [Role::Caller, Role::InformalAgent]);
+    let rgs = check(
+        "RTCC/5.0.0.0 Response_Group_Service/5.0.0.0",
+        "response-group-service",
+        Support::Service,
+    );
+    assert_eq!(rgs.client.category, Category::Service);
+    let mobile = check(
+        "RTCC/7.0.0.0 UCWA/7.0.0.0 AndroidLync/6.25.0.27 (SM-G930U Android 8.0.0)",
+        "lync-mobile",
+        Support::Unsupported,
+    );
+    assert_eq!(mobile.client.category, Category::Mobile);
+    assert!(mobile.client.roles.is_empty());
+    let scanner = check("friendly-scanner", "sip-scanner", Support::Scanner);
+    assert_eq!(scanner.client.category, Category::Scanner);
+    let attendant = check(
+        "UCCAPI/4.0.7577.0 OC/4.0.7577.0 (Microsoft Lync 2010 Attendant)",
+        "lync-2010-attendant",
+        Support::Supported,
+    );
+    assert_eq!(attendant.client.category, Category::Attendant);
+    assert!(attendant.client.has_role(Role::FormalAgent));
+    let phone = check(
+        "CPE/4.0.7423.1 OCPhone/4.0.7423.1 (Microsoft Lync 2010 (Beta) Phone Edition)",
+        "lync-phone-edition",
+        Support::Supported,
+    );
+    assert!(
+        phone.client.has_role(Role::InformalAgent) && !phone.client.has_role(Role::FormalAgent)
+    );
+    check(
+        "UCCAPI/3.5.6907.0 OC/3.5.6907.0 (Microsoft Office Communicator 2007 R2)",
+        "communicator-2007r2",
+        Support::Unsupported,
+    );
+    assert_eq!(catalog.classify(None).rule, "builtin:missing");
+    assert_eq!(
+        catalog.classify(Some(b"Totally/1.0 (new)")).rule,
+        "builtin:unknown"
+    );
+}
+
+#[test]
+fn shipped_catalog_roles_follow_support() {
+    // Only supported clients take Response Group roles; every supported
+    // client can at least call a workflow.
+    for client in shipped().clients() {
+        match client.support {
+            Support::Supported => assert!(client.has_role(Role::Caller), "{}", client.id),
+            _ => assert!(client.roles.is_empty(), "{}", client.id),
+        }
+    }
+}
+
+/// Rough cost of one classification; meaningful only with `--release`:
+/// `cargo test --release --lib classify_speed -- --ignored --nocapture`.
+#[test]
+#[ignore = "timing; run with --release"]
+fn classify_speed() {
+    let catalog = shipped();
+    let uas: [&[u8]; 4] = [
+        b"UCCAPI/15.0.4420.1017 OC/15.0.4420.1017 (Microsoft Lync)",
+        b"UCCAPI/16.0.7967.5277 OC/16.0.7967.2139 (Skype for Business)",
+        b"RTCC/7.0.0.0 UCWA/7.0.0.0 AndroidLync/6.25.0.27 (SM-G930U Android 8.0.0)",
+        b"Yealink SIP-T27G 69.86.0.15",
+    ];
+    for ua in uas {
+        let rounds = 200_000u32;
+        let start = std::time::Instant::now();
+        for _ in 0..rounds {
+            std::hint::black_box(catalog.classify(Some(std::hint::black_box(ua))));
+        }
+        let per = start.elapsed() / rounds;
+        println!("{per:?} per classify: {}", String::from_utf8_lossy(ua));
+    }
+}
