@@ -80,7 +80,7 @@ pub struct Metrics {
 
 impl Metrics {
     /// Count one drop.
-    pub fn drop(&self, reason: DropReason) {
+    pub fn count_drop(&self, reason: DropReason) {
         let i = DropReason::ALL
             .iter()
             .position(|r| *r == reason)

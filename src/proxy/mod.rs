@@ -127,7 +127,11 @@ impl Core {
         advertised: Vec<(Transport, SocketAddr)>,
         metrics: Arc<Metrics>,
     ) -> Self {
-        let unknown = config.catalog.classify(Some(&[0u8][..])).client.clone();
+        let unknown = config
+            .catalog
+            .client("unknown")
+            .expect("the catalog has a built-in unknown client")
+            .clone();
         Self {
             registrations: Registrations::new(config.limits.max_registrations),
             config,
@@ -161,7 +165,7 @@ impl Core {
                     DropReason::Malformed
                 };
                 warn!(source = %inbound.source, error = %e, "unparsable message dropped");
-                self.metrics.drop(reason);
+                self.metrics.count_drop(reason);
                 return Outcome::drop(reason);
             }
         };
@@ -204,7 +208,7 @@ impl Core {
             && view.to().ok().and_then(|t| t.tag()) == Some(self.local_tag(view).as_bytes())
         {
             debug!(call_id = %lossy(view.call_id()), "ACK of a local response absorbed");
-            self.metrics.drop(DropReason::AbsorbedAck);
+            self.metrics.count_drop(DropReason::AbsorbedAck);
             return Outcome::drop(DropReason::AbsorbedAck);
         }
         if view.max_forwards() == Ok(Some(0)) {
@@ -270,14 +274,14 @@ impl Core {
         match decision.action {
             Action::Drop => {
                 debug!(source = %inb.source, client = %subject.client.id, rule = decision.rule, "dropped by policy");
-                self.metrics.drop(DropReason::Policy);
+                self.metrics.count_drop(DropReason::Policy);
                 return Outcome {
                     record: record(Action::Drop, None),
                     ..Outcome::drop(DropReason::Policy)
                 };
             }
             Action::Reject if method == Method::Ack => {
-                self.metrics.drop(DropReason::Policy);
+                self.metrics.count_drop(DropReason::Policy);
                 return Outcome {
                     record: record(Action::Drop, None),
                     ..Outcome::drop(DropReason::Policy)
@@ -311,7 +315,7 @@ impl Core {
         };
         if let Destination::Flow(flow) = &destination {
             if flow.transport == Transport::Tcp && !flow_alive(flow) {
-                self.metrics.drop(DropReason::FlowGone);
+                self.metrics.count_drop(DropReason::FlowGone);
                 return Outcome {
                     record: record(decision.action, Some(430)),
                     ..self.local(view, 430, "Flow Failed", &[])
@@ -405,7 +409,7 @@ impl Core {
     fn refuse(&self, inb: &Inbound, view: &SipView, e: SipError) -> Outcome {
         warn!(source = %inb.source, error = %e, "malformed request refused");
         if view.method() == Some(Method::Ack) {
-            self.metrics.drop(DropReason::Unanswerable);
+            self.metrics.count_drop(DropReason::Unanswerable);
             return Outcome::drop(DropReason::Unanswerable);
         }
         self.local(view, e.status_code(), &e.to_string(), &[])
@@ -414,7 +418,7 @@ impl Core {
     /// A local response to the sender.
     fn local(&self, view: &SipView, status: u16, reason: &str, extra: &[(&str, &str)]) -> Outcome {
         if view.method() == Some(Method::Ack) {
-            self.metrics.drop(DropReason::Unanswerable);
+            self.metrics.count_drop(DropReason::Unanswerable);
             return Outcome::drop(DropReason::Unanswerable);
         }
         Metrics::inc(&self.metrics.local_responses);
@@ -462,16 +466,16 @@ impl Core {
     fn response(&self, inb: &Inbound, view: &SipView, now: Instant, flow_alive: &dyn Fn(&Flow) -> bool) -> Outcome {
         if let Err(e) = view.check() {
             debug!(source = %inb.source, error = %e, "malformed response dropped");
-            self.metrics.drop(DropReason::MalformedResponse);
+            self.metrics.count_drop(DropReason::MalformedResponse);
             return Outcome::drop(DropReason::MalformedResponse);
         }
         let Ok(via) = view.top_via() else {
-            self.metrics.drop(DropReason::MalformedResponse);
+            self.metrics.count_drop(DropReason::MalformedResponse);
             return Outcome::drop(DropReason::MalformedResponse);
         };
         if !self.is_own(&via) {
             debug!(source = %inb.source, "response not addressed to this proxy discarded");
-            self.metrics.drop(DropReason::ForeignResponse);
+            self.metrics.count_drop(DropReason::ForeignResponse);
             return Outcome::drop(DropReason::ForeignResponse);
         }
         let destination = match via.params.get(FLOW_PARAM.as_bytes()) {
@@ -479,7 +483,7 @@ impl Core {
                 Ok(flow) => Destination::Flow(flow),
                 Err(e) => {
                     warn!(source = %inb.source, error = %e, "response with a bad flow token discarded");
-                    self.metrics.drop(DropReason::ForeignResponse);
+                    self.metrics.count_drop(DropReason::ForeignResponse);
                     return Outcome::drop(DropReason::ForeignResponse);
                 }
             },
@@ -487,13 +491,13 @@ impl Core {
         };
         if let Destination::Flow(flow) = &destination {
             if flow.transport == Transport::Tcp && !flow_alive(flow) {
-                self.metrics.drop(DropReason::FlowGone);
+                self.metrics.count_drop(DropReason::FlowGone);
                 return Outcome::drop(DropReason::FlowGone);
             }
             self.learn_registration(view, flow, now);
         }
         let Some((_, removal)) = first_value(view, HeaderName::Via) else {
-            self.metrics.drop(DropReason::MalformedResponse);
+            self.metrics.count_drop(DropReason::MalformedResponse);
             return Outcome::drop(DropReason::MalformedResponse);
         };
         let mut edits = Edits::new();
@@ -557,7 +561,7 @@ impl Core {
     // === routing helpers ===
 
     /// The top Route, if it is this proxy's (a valid flow token in the user part).
-    fn own_route(&self, view: &SipView) -> Option<(NameAddr<'_>, Flow)> {
+    fn own_route<'v>(&self, view: &'v SipView) -> Option<(NameAddr<'v>, Flow)> {
         let top = view.routes().next()?.ok()?;
         let user = route_user(top.uri)?;
         let flow = self.signer.decode(user).ok()?;

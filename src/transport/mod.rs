@@ -1,0 +1,139 @@
+//! Stage 1, transport: sockets in and out. Knows framing, not SIP
+//! semantics: every message goes to [`crate::app`]'s dispatcher, and every
+//! outbound message comes back through [`Senders`].
+
+pub mod tcp;
+pub mod udp;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+
+use crate::config::{Endpoint, Transport};
+
+/// Why a message could not be sent.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    /// No socket of the needed transport and address family.
+    #[error("no {transport} socket for {addr}")]
+    NoSocket {
+        /// Transport wanted.
+        transport: Transport,
+        /// Destination.
+        addr: SocketAddr,
+    },
+    /// The TCP connection is gone.
+    #[error("TCP connection {0} is gone")]
+    ConnectionGone(u64),
+    /// The socket reported an error.
+    #[error("sending to {addr}: {source}")]
+    Io {
+        /// Destination.
+        addr: SocketAddr,
+        /// The error.
+        source: std::io::Error,
+    },
+}
+
+/// Live TCP connections: id → writer queue.
+#[derive(Debug, Default)]
+pub struct Connections {
+    writers: Mutex<HashMap<u64, mpsc::Sender<Bytes>>>,
+    next_id: AtomicU64,
+}
+
+impl Connections {
+    /// A fresh connection id (never 0, which means UDP).
+    pub fn next_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// Register a connection's writer.
+    pub fn insert(&self, id: u64, writer: mpsc::Sender<Bytes>) {
+        self.writers.lock().expect("connections lock").insert(id, writer);
+    }
+
+    /// Forget a connection.
+    pub fn remove(&self, id: u64) {
+        self.writers.lock().expect("connections lock").remove(&id);
+    }
+
+    /// Whether a connection is still open.
+    pub fn alive(&self, id: u64) -> bool {
+        self.writers
+            .lock()
+            .expect("connections lock")
+            .get(&id)
+            .is_some_and(|w| !w.is_closed())
+    }
+
+    /// Number of open connections.
+    pub fn len(&self) -> usize {
+        self.writers.lock().expect("connections lock").len()
+    }
+
+    /// Whether no connection is open.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Queue bytes on a connection.
+    pub async fn send(&self, id: u64, bytes: Bytes) -> Result<(), SendError> {
+        let writer = self
+            .writers
+            .lock()
+            .expect("connections lock")
+            .get(&id)
+            .cloned()
+            .ok_or(SendError::ConnectionGone(id))?;
+        writer
+            .send(bytes)
+            .await
+            .map_err(|_| SendError::ConnectionGone(id))
+    }
+}
+
+/// Everything that can send: UDP sockets, client connections, the upstream link.
+#[derive(Debug)]
+pub struct Senders {
+    /// Bound UDP listener sockets.
+    pub udp: Vec<Arc<UdpSocket>>,
+    /// Client TCP connections.
+    pub connections: Arc<Connections>,
+    /// The upstream registrar.
+    pub upstream: Endpoint,
+    /// The TCP link to the upstream (when it is TCP).
+    pub upstream_tcp: Option<tcp::UpstreamLink>,
+}
+
+impl Senders {
+    /// Send a datagram from the UDP socket of the destination's address family.
+    pub async fn send_udp(&self, addr: SocketAddr, bytes: &[u8]) -> Result<(), SendError> {
+        let socket = self
+            .udp
+            .iter()
+            .find(|s| s.local_addr().is_ok_and(|l| l.is_ipv4() == addr.is_ipv4()))
+            .ok_or(SendError::NoSocket {
+                transport: Transport::Udp,
+                addr,
+            })?;
+        socket
+            .send_to(bytes, addr)
+            .await
+            .map(|_| ())
+            .map_err(|source| SendError::Io { addr, source })
+    }
+
+    /// Send to the upstream registrar.
+    pub async fn send_upstream(&self, bytes: Bytes) -> Result<(), SendError> {
+        match (&self.upstream_tcp, self.upstream.transport) {
+            (Some(link), Transport::Tcp) => link.send(bytes).await,
+            _ => self.send_udp(self.upstream.addr, &bytes).await,
+        }
+    }
+}
