@@ -7,7 +7,7 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use regex::bytes::{Regex, RegexBuilder};
+use regex::bytes::{Regex, RegexBuilder, RegexSet, RegexSetBuilder};
 use serde::Deserialize;
 
 use super::tokenize::{tokenize, trim_lws, Item};
@@ -324,6 +324,9 @@ pub struct Catalog {
     version_tokens: Vec<Option<Box<[u8]>>>,
     /// Every rule of every client, in file order.
     rules: Vec<Rule>,
+    /// All regexes of `rules` in one set: when none matches the value, the
+    /// regex rules are skipped without running them one by one.
+    any_regex: RegexSet,
     missing: ClientProduct,
     unknown: ClientProduct,
 }
@@ -365,7 +368,14 @@ impl Catalog {
         }
         let buf = ItemBuf::new(value);
         let items = buf.as_slice();
+        // Computed at the first regex rule reached, at most once.
+        let mut regex_possible = None;
         for rule in &self.rules {
+            if rule.regex.is_some()
+                && !*regex_possible.get_or_insert_with(|| self.any_regex.is_match(value))
+            {
+                continue;
+            }
             if let Some(matched_version) = rule.eval(value, items) {
                 let version = self.version_tokens[rule.client]
                     .as_deref()
@@ -696,6 +706,7 @@ impl Builder {
             }
             let built = RegexBuilder::new(pattern)
                 .case_insensitive(true)
+                .unicode(false)
                 .size_limit(REGEX_SIZE_LIMIT_BYTES)
                 .build();
             match built {
@@ -790,7 +801,25 @@ impl Builder {
                 problems: self.problems,
             });
         }
+        let patterns: Vec<&str> = self
+            .rules
+            .iter()
+            .filter_map(|rule| rule.regex.as_ref().map(Regex::as_str))
+            .collect();
+        let any_regex = RegexSetBuilder::new(&patterns)
+            .case_insensitive(true)
+            .unicode(false)
+            .size_limit(REGEX_SIZE_LIMIT_BYTES.saturating_mul(patterns.len().max(1)))
+            .build()
+            .map_err(|e| CatalogError::Invalid {
+                path: None,
+                problems: vec![CatalogProblem {
+                    key: "clients".to_owned(),
+                    message: format!("the regexes together are too large: {e}"),
+                }],
+            })?;
         Ok(Catalog {
+            any_regex,
             clients: self.clients,
             version_tokens: self.version_tokens,
             rules: self.rules,
@@ -1312,6 +1341,31 @@ version = 1.5
             .unwrap_or_default();
         assert!(shown.starts_with(&absent.display().to_string()), "{shown}");
         std::fs::remove_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    #[test]
+    fn regexes_are_byte_oriented_and_case_insensitive() {
+        let text = r#"
+[[clients]]
+id = "r"
+name = "R"
+category = "third-party"
+support = "third-party"
+[[clients.match]]
+regex = '^acme\b.\xFF'
+[[clients.match]]
+regex = '(?-i)^Exact$'
+"#;
+        let c = Catalog::from_toml_str(text).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.classify(Some(b"ACME\xfe\xff")).rule, "r#1");
+        assert_eq!(c.classify(Some(b"  Exact\r\n")).rule, "r#2");
+        assert_eq!(c.classify(Some(b"exact")).rule, RULE_UNKNOWN);
+    }
+
+    #[test]
+    fn catalog_is_shareable_across_threads() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<Catalog>();
     }
 
     #[test]

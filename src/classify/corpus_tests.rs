@@ -360,3 +360,39 @@ fn classify_speed() {
         println!("{per:?} per classify: {}", String::from_utf8_lossy(ua));
     }
 }
+
+#[test]
+fn garbage_and_truncated_values_never_panic() {
+    let catalog = shipped();
+    // Every prefix of every corpus row.
+    for (ua, _) in corpus() {
+        for end in 0..=ua.len() {
+            let got = catalog.classify(Some(&ua[..end]));
+            assert!(!got.rule.is_empty());
+        }
+    }
+    // Pseudo-random bytes biased towards the tokenizer's special characters.
+    let special = b"()/\\ \t\r\n\"abcOC15.0\xff\x00";
+    let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut value = Vec::new();
+    for _ in 0..5_000 {
+        value.clear();
+        state = state
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1);
+        let len = (state >> 58) as usize;
+        for _ in 0..len {
+            state = state
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1);
+            let pick = (state >> 33) as usize;
+            value.push(if pick % 4 == 0 {
+                (pick >> 8) as u8
+            } else {
+                special[(pick >> 8) % special.len()]
+            });
+        }
+        let got = catalog.classify(Some(&value));
+        assert!(!got.rule.is_empty());
+    }
+}
