@@ -18,6 +18,8 @@ pub struct Cli {
 /// Subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the filter in front of a registrar.
+    Run(RunArgs),
     /// Validate a config file: exit 0, or exit 1 listing every problem with its key path.
     CheckConfig {
         /// Config file.
@@ -96,7 +98,14 @@ pub fn classification_json(user_agent: &str, c: &Classification<'_>) -> String {
 }
 
 /// The header of the `classify` table.
-pub const TABLE_HEADER: [&str; 6] = ["CLIENT", "VERSION", "CATEGORY", "SUPPORT", "RULE", "USER-AGENT"];
+pub const TABLE_HEADER: [&str; 6] = [
+    "CLIENT",
+    "VERSION",
+    "CATEGORY",
+    "SUPPORT",
+    "RULE",
+    "USER-AGENT",
+];
 
 /// One row of the `classify` table.
 pub fn classification_row(user_agent: &str, c: &Classification<'_>) -> [String; 6] {

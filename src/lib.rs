@@ -5,6 +5,7 @@
 //! ```
 #![forbid(unsafe_code)]
 
+pub mod app;
 pub mod classify;
 pub mod cli;
 pub mod config;
@@ -12,3 +13,4 @@ pub mod observe;
 pub mod policy;
 pub mod proxy;
 pub mod sip;
+pub mod transport;

@@ -5,8 +5,8 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
-use sipadmit::cli::{self, Cli, Command};
 use sipadmit::classify::Catalog;
+use sipadmit::cli::{self, Cli, Command};
 use sipadmit::config::{Config, ConfigError, Overrides, SHIPPED_CATALOG};
 
 fn main() -> ExitCode {
@@ -20,8 +20,36 @@ fn main() -> ExitCode {
     }
 }
 
+/// Console logs on stderr; `RUST_LOG` filters (default `info`).
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
 fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
+        Command::Run(args) => {
+            init_logging();
+            let overrides = Overrides {
+                listen: args.listen,
+                upstream: args.upstream,
+                mode: args.mode.map(Into::into),
+                decision_log: args.decision_log,
+            };
+            let config = Config::load(&args.config, &overrides)?;
+            tracing::info!(
+                config = %args.config.display(),
+                catalog = %config.catalog_source,
+                "configuration loaded"
+            );
+            let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+            runtime.block_on(sipadmit::app::run(config))?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::CheckConfig { config } => match Config::load(&config, &Overrides::default()) {
             Ok(c) => {
                 println!(
@@ -34,7 +62,11 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 );
                 Ok(ExitCode::SUCCESS)
             }
-            Err(e @ (ConfigError::Invalid { .. } | ConfigError::Syntax { .. } | ConfigError::Read { .. })) => {
+            Err(
+                e @ (ConfigError::Invalid { .. }
+                | ConfigError::Syntax { .. }
+                | ConfigError::Read { .. }),
+            ) => {
                 eprintln!("{e}");
                 Ok(ExitCode::FAILURE)
             }

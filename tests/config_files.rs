@@ -50,7 +50,10 @@ fn unknown_keys_are_refused_with_their_path() {
     let text = err.to_string();
     assert!(text.contains("response_group.workflowz"), "{text}");
     let err = load_str("[policy.agent_offer]\nstatuss = 480\n").unwrap_err();
-    assert!(err.to_string().contains("policy.agent_offer.statuss"), "{err}");
+    assert!(
+        err.to_string().contains("policy.agent_offer.statuss"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -89,7 +92,10 @@ headers = ["no colon here"]
     let text = err.to_string();
     assert!(text.contains("test.toml"), "names the file: {text}");
     assert!(text.contains("\"helpdesk\""), "names the value: {text}");
-    assert!(text.contains("RFC 3261 16.7"), "explains the 6xx ban: {text}");
+    assert!(
+        text.contains("RFC 3261 16.7"),
+        "explains the 6xx ban: {text}"
+    );
 }
 
 #[test]
@@ -102,7 +108,9 @@ fn a_broken_catalog_is_reported_with_its_path() {
     .unwrap();
     let cfg = dir.path().join("sipadmit.toml");
     std::fs::write(&cfg, "[catalog]\npath = \"clients.toml\"\n").unwrap();
-    let err = Config::load(&cfg, &Overrides::default()).unwrap_err().to_string();
+    let err = Config::load(&cfg, &Overrides::default())
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("clients[0]"), "{err}");
 }
 

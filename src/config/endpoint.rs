@@ -56,8 +56,16 @@ impl FromStr for Endpoint {
         let transport = match scheme.to_ascii_lowercase().as_str() {
             "udp" => Transport::Udp,
             "tcp" => Transport::Tcp,
-            "tls" => return Err(format!("{s:?}: TLS is not implemented yet; use udp: or tcp:")),
-            _ => return Err(format!("unknown transport {scheme:?} in {s:?} (udp or tcp)")),
+            "tls" => {
+                return Err(format!(
+                    "{s:?}: TLS is not implemented yet; use udp: or tcp:"
+                ))
+            }
+            _ => {
+                return Err(format!(
+                    "unknown transport {scheme:?} in {s:?} (udp or tcp)"
+                ))
+            }
         };
         let addr = rest
             .parse()
@@ -85,7 +93,10 @@ mod tests {
         assert_eq!(e.to_string(), "tcp:[::1]:5070");
         assert!("sctp:1.2.3.4:5".parse::<Endpoint>().is_err());
         assert!("udp:localhost:5060".parse::<Endpoint>().is_err());
-        assert!("tls:1.2.3.4:5061".parse::<Endpoint>().unwrap_err().contains("TLS"));
+        assert!("tls:1.2.3.4:5061"
+            .parse::<Endpoint>()
+            .unwrap_err()
+            .contains("TLS"));
         assert!("nonsense".parse::<Endpoint>().is_err());
     }
 }

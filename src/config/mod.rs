@@ -145,13 +145,12 @@ impl Config {
             key: ".".into(),
             message: e.to_string().trim().to_owned(),
         })?;
-        let mut raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
-            ConfigError::Syntax {
+        let mut raw: RawConfig =
+            serde_path_to_error::deserialize(de).map_err(|e| ConfigError::Syntax {
                 path: path.to_owned(),
                 key: e.path().to_string(),
                 message: e.inner().to_string().trim().to_owned(),
-            }
-        })?;
+            })?;
         if !overrides.listen.is_empty() {
             raw.proxy.listen.clone_from(&overrides.listen);
         }
@@ -175,7 +174,10 @@ pub fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigError> {
 
     let mut listen = Vec::new();
     if raw.proxy.listen.is_empty() {
-        problem("proxy.listen".into(), "at least one listener is needed".into());
+        problem(
+            "proxy.listen".into(),
+            "at least one listener is needed".into(),
+        );
     }
     for (i, l) in raw.proxy.listen.iter().enumerate() {
         match l.parse::<Endpoint>() {
@@ -287,7 +289,12 @@ pub fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigError> {
             format!("not a header name: {:?}", p.flag_header),
         );
     }
-    let caller = role_policy("policy.caller", &p.caller, RoleDefaults::CALLER, &mut problem);
+    let caller = role_policy(
+        "policy.caller",
+        &p.caller,
+        RoleDefaults::CALLER,
+        &mut problem,
+    );
     let agent_offer = role_policy(
         "policy.agent_offer",
         &p.agent_offer,
@@ -303,7 +310,10 @@ pub fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigError> {
 
     let base = path.parent().unwrap_or(Path::new("."));
     let (catalog, catalog_source) = match &raw.catalog.path {
-        None => (Catalog::from_toml_str(SHIPPED_CATALOG), "built-in".to_owned()),
+        None => (
+            Catalog::from_toml_str(SHIPPED_CATALOG),
+            "built-in".to_owned(),
+        ),
         Some(rel) => {
             let file = base.join(rel);
             (Catalog::load(&file), file.display().to_string())
@@ -437,12 +447,18 @@ fn role_policy(
     let reason = raw.reason.clone().unwrap_or_else(|| d.reason.into());
     if reason.bytes().any(|b| b == b'\r' || b == b'\n') {
         ok = false;
-        problem(format!("{key}.reason"), "line breaks are not allowed".into());
+        problem(
+            format!("{key}.reason"),
+            "line breaks are not allowed".into(),
+        );
     }
     let warning = raw.warning.clone().unwrap_or_else(|| d.warning.into());
     if warning.bytes().any(|b| b == b'\r' || b == b'\n') {
         ok = false;
-        problem(format!("{key}.warning"), "line breaks are not allowed".into());
+        problem(
+            format!("{key}.warning"),
+            "line breaks are not allowed".into(),
+        );
     }
     let mut headers = Vec::new();
     let raw_headers: Vec<String> = raw

@@ -134,7 +134,9 @@ impl FlowSigner {
         };
         let (ip, rest): (IpAddr, &[u8]) = match payload[1] {
             4 => {
-                let o: [u8; 4] = payload[2..6].try_into().map_err(|_| TokenError::Malformed)?;
+                let o: [u8; 4] = payload[2..6]
+                    .try_into()
+                    .map_err(|_| TokenError::Malformed)?;
                 (o.into(), &payload[6..])
             }
             6 if payload.len() >= 2 + 16 + 10 => {

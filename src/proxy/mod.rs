@@ -154,7 +154,12 @@ impl Core {
 
     /// Handle one inbound message. `flow_alive` tells whether a TCP
     /// connection still exists.
-    pub fn handle(&self, inbound: &Inbound, now: Instant, flow_alive: &dyn Fn(&Flow) -> bool) -> Outcome {
+    pub fn handle(
+        &self,
+        inbound: &Inbound,
+        now: Instant,
+        flow_alive: &dyn Fn(&Flow) -> bool,
+    ) -> Outcome {
         Metrics::inc(&self.metrics.received);
         let view = match SipView::parse(inbound.bytes.clone()) {
             Ok(v) => v,
@@ -196,7 +201,13 @@ impl Core {
 
     // === requests ===
 
-    fn request(&self, inb: &Inbound, view: &SipView, now: Instant, flow_alive: &dyn Fn(&Flow) -> bool) -> Outcome {
+    fn request(
+        &self,
+        inb: &Inbound,
+        view: &SipView,
+        now: Instant,
+        flow_alive: &dyn Fn(&Flow) -> bool,
+    ) -> Outcome {
         let method = view.method().unwrap_or(Method::Other);
         if let Err(e) = view.check() {
             return self.refuse(inb, view, e);
@@ -252,7 +263,11 @@ impl Core {
         let sender = self.config.catalog.classify(user_agent);
         let subject = match (role, &toward) {
             (SessionRole::AgentOffer, Some(flow)) => Subject {
-                client: self.config.catalog.client(&flow.client).unwrap_or(&self.unknown),
+                client: self
+                    .config
+                    .catalog
+                    .client(&flow.client)
+                    .unwrap_or(&self.unknown),
                 rule: format!("registered:{}", flow.client),
             },
             (SessionRole::AgentOffer, None) => Subject {
@@ -268,7 +283,18 @@ impl Core {
         let recorded = matches!(method, Method::Register | Method::Invite)
             || matches!(decision.action, Action::Drop | Action::Reject);
         let record = |action: Action, status: Option<u16>| {
-            recorded.then(|| self.record(inb, view, &subject, role, action, decision.rule, status, decision.would_reject))
+            recorded.then(|| {
+                self.record(
+                    inb,
+                    view,
+                    &subject,
+                    role,
+                    action,
+                    decision.rule,
+                    status,
+                    decision.would_reject,
+                )
+            })
         };
 
         match decision.action {
@@ -347,14 +373,25 @@ impl Core {
             own_addr
         );
         if toward.is_none() {
-            via.push_str(&format!(";{FLOW_PARAM}={}", self.signer.encode(&inbound_flow)));
+            via.push_str(&format!(
+                ";{FLOW_PARAM}={}",
+                self.signer.encode(&inbound_flow)
+            ));
         }
         via.push_str("\r\n");
         edits.insert(before_first(view, HeaderName::Via), via);
         self.mark_received(view, &top_via, inb.source, &mut edits);
-        match view.header_fields().iter().find(|h| h.name == HeaderName::MaxForwards) {
+        match view
+            .header_fields()
+            .iter()
+            .find(|h| h.name == HeaderName::MaxForwards)
+        {
             Some(h) => {
-                let n = view.max_forwards().ok().flatten().unwrap_or(DEFAULT_MAX_FORWARDS);
+                let n = view
+                    .max_forwards()
+                    .ok()
+                    .flatten()
+                    .unwrap_or(DEFAULT_MAX_FORWARDS);
                 edits.replace(h.value_span.range(), (n - 1).to_string());
             }
             None => {
@@ -371,10 +408,16 @@ impl Core {
         }
         if toward.is_none() {
             let token = self.signer.encode(&inbound_flow);
-            let uri = format!("<sip:{token}@{own_addr};transport={};lr>", out_transport.as_str());
+            let uri = format!(
+                "<sip:{token}@{own_addr};transport={};lr>",
+                out_transport.as_str()
+            );
             let to_tag = view.to().ok().and_then(|t| t.tag()).is_some();
             if method == Method::Register {
-                edits.insert(before_first(view, HeaderName::Path), format!("Path: {uri}\r\n"));
+                edits.insert(
+                    before_first(view, HeaderName::Path),
+                    format!("Path: {uri}\r\n"),
+                );
                 self.expect_registration(view, now);
             } else if !to_tag && is_dialog_creating(view) {
                 edits.insert(
@@ -384,7 +427,10 @@ impl Core {
             }
         }
         if decision.action == Action::Flag {
-            let mut value = format!("flagged; client={}; reason={}", subject.client.id, decision.rule);
+            let mut value = format!(
+                "flagged; client={}; reason={}",
+                subject.client.id, decision.rule
+            );
             if decision.would_reject {
                 value.push_str("; would-reject");
             }
@@ -422,7 +468,13 @@ impl Core {
             return Outcome::drop(DropReason::Unanswerable);
         }
         Metrics::inc(&self.metrics.local_responses);
-        Outcome::reply(response::build(view, status, reason, &self.local_tag(view), extra))
+        Outcome::reply(response::build(
+            view,
+            status,
+            reason,
+            &self.local_tag(view),
+            extra,
+        ))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -437,7 +489,10 @@ impl Core {
         status: Option<u16>,
         would_reject: bool,
     ) -> DecisionRecord {
-        let text = |b: Option<&[u8]>| b.map(|b| String::from_utf8_lossy(b).into_owned()).unwrap_or_default();
+        let text = |b: Option<&[u8]>| {
+            b.map(|b| String::from_utf8_lossy(b).into_owned())
+                .unwrap_or_default()
+        };
         DecisionRecord {
             ts: now_rfc3339(),
             transport: inb.transport.as_str(),
@@ -447,7 +502,9 @@ impl Core {
             from: text(view.from().ok().map(|f| f.uri)),
             to: text(view.to().ok().map(|t| t.uri)),
             request_uri: text(view.request_uri()),
-            user_agent: view.user_agent().map(|u| String::from_utf8_lossy(u).into_owned()),
+            user_agent: view
+                .user_agent()
+                .map(|u| String::from_utf8_lossy(u).into_owned()),
             client: subject.client.id.clone(),
             category: category_str(subject.client.category),
             support: support_str(subject.client.support),
@@ -463,7 +520,13 @@ impl Core {
 
     // === responses ===
 
-    fn response(&self, inb: &Inbound, view: &SipView, now: Instant, flow_alive: &dyn Fn(&Flow) -> bool) -> Outcome {
+    fn response(
+        &self,
+        inb: &Inbound,
+        view: &SipView,
+        now: Instant,
+        flow_alive: &dyn Fn(&Flow) -> bool,
+    ) -> Outcome {
         if let Err(e) = view.check() {
             debug!(source = %inb.source, error = %e, "malformed response dropped");
             self.metrics.count_drop(DropReason::MalformedResponse);
@@ -525,12 +588,14 @@ impl Core {
             .map(|c| contact_key(c.uri))
             .collect();
         if !contacts.is_empty() {
-            self.registrations.expect(call_id, cseq.number, contacts, now);
+            self.registrations
+                .expect(call_id, cseq.number, contacts, now);
         }
     }
 
     fn learn_registration(&self, view: &SipView, flow: &Flow, now: Instant) {
-        let (Some(status), Some(call_id), Ok(cseq)) = (view.status(), view.call_id(), view.cseq()) else {
+        let (Some(status), Some(call_id), Ok(cseq)) = (view.status(), view.call_id(), view.cseq())
+        else {
             return;
         };
         if !(200..300).contains(&status) || cseq.method != b"REGISTER" {
@@ -554,7 +619,9 @@ impl Core {
                 (contact_key(c.uri), Duration::from_secs(secs))
             })
             .collect();
-        let stored = self.registrations.complete(call_id, cseq.number, &granted, flow, now);
+        let stored = self
+            .registrations
+            .complete(call_id, cseq.number, &granted, flow, now);
         debug!(client = %flow.client, stored, "registration learned");
     }
 
@@ -584,7 +651,11 @@ impl Core {
         }
         let (host, port) = sip_uri_host(uri)?;
         let host = std::str::from_utf8(host).ok()?;
-        let ip = host.trim_start_matches('[').trim_end_matches(']').parse().ok()?;
+        let ip = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse()
+            .ok()?;
         Some(Flow {
             transport: Transport::Udp,
             peer: SocketAddr::new(ip, port.unwrap_or(5060)),
@@ -647,7 +718,11 @@ impl Core {
     /// The stable To-tag of local responses to this request.
     fn local_tag(&self, view: &SipView) -> String {
         let cseq = view.cseq().map(|c| c.number).unwrap_or(0).to_be_bytes();
-        let branch = view.top_via().ok().and_then(|v| v.branch()).unwrap_or_default();
+        let branch = view
+            .top_via()
+            .ok()
+            .and_then(|v| v.branch())
+            .unwrap_or_default();
         let hash = self.signer.hash64(&[
             b"t",
             view.call_id().unwrap_or_default(),
@@ -674,7 +749,10 @@ impl Core {
             while let Some(p) = memchr::memmem::find(&lower[from..], b";rport").map(|p| p + from) {
                 let end = p + b";rport".len();
                 let next = lower.get(end).copied();
-                if matches!(next, None | Some(b';' | b' ' | b'\t' | b'\r' | b'\n' | b',')) {
+                if matches!(
+                    next,
+                    None | Some(b';' | b' ' | b'\t' | b'\r' | b'\n' | b',')
+                ) {
                     edits.insert(range.start + end, format!("={}", source.port()));
                     break;
                 }
@@ -696,7 +774,9 @@ fn host_matches(host: &[u8], addr: &SocketAddr) -> bool {
 
 /// The user part of a Route URI (`sip:USER@host;lr`).
 fn route_user(uri: &[u8]) -> Option<&[u8]> {
-    let rest = uri.strip_prefix(b"sip:").or_else(|| uri.strip_prefix(b"sips:"))?;
+    let rest = uri
+        .strip_prefix(b"sip:")
+        .or_else(|| uri.strip_prefix(b"sips:"))?;
     let at = rest.iter().position(|&b| b == b'@')?;
     parse_hostport(&rest[at + 1..])?;
     Some(trim_lws(&rest[..at]))
@@ -717,5 +797,6 @@ fn support_str(s: Support) -> &'static str {
 }
 
 fn lossy(b: Option<&[u8]>) -> String {
-    b.map(|b| String::from_utf8_lossy(b).into_owned()).unwrap_or_default()
+    b.map(|b| String::from_utf8_lossy(b).into_owned())
+        .unwrap_or_default()
 }

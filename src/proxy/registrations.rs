@@ -172,10 +172,18 @@ mod tests {
         let t = Registrations::new(2);
         let now = Instant::now();
         let hour = Duration::from_secs(3600);
-        assert!(t.learn(b"<sip:a@127.0.0.1:5062;transport=udp>", &flow("lync-2013"), hour, now));
+        assert!(t.learn(
+            b"<sip:a@127.0.0.1:5062;transport=udp>",
+            &flow("lync-2013"),
+            hour,
+            now
+        ));
         let r = t.lookup(b"sip:A@127.0.0.1:5062", now).unwrap();
         assert_eq!(r.flow.client, "lync-2013");
-        assert!(t.lookup(b"sip:a@127.0.0.1:5062", now + hour).is_none(), "expired");
+        assert!(
+            t.lookup(b"sip:a@127.0.0.1:5062", now + hour).is_none(),
+            "expired"
+        );
         assert!(t.learn(b"sip:b@h", &flow("x"), Duration::from_secs(1), now));
         assert!(!t.learn(b"sip:c@h", &flow("x"), hour, now), "full");
         assert_eq!(t.sweep(now + Duration::from_secs(2)), 1);
@@ -188,14 +196,38 @@ mod tests {
     fn a_2xx_binds_only_the_contacts_of_its_register() {
         let t = Registrations::new(10);
         let now = Instant::now();
-        t.expect(b"call-1", 7, vec![contact_key(b"<sip:mobile@127.0.0.1:5064>")], now);
+        t.expect(
+            b"call-1",
+            7,
+            vec![contact_key(b"<sip:mobile@127.0.0.1:5064>")],
+            now,
+        );
         let granted = [
-            (contact_key(b"sip:mobile@127.0.0.1:5064"), Duration::from_secs(600)),
-            (contact_key(b"sip:desktop@127.0.0.1:5062"), Duration::from_secs(600)),
+            (
+                contact_key(b"sip:mobile@127.0.0.1:5064"),
+                Duration::from_secs(600),
+            ),
+            (
+                contact_key(b"sip:desktop@127.0.0.1:5062"),
+                Duration::from_secs(600),
+            ),
         ];
-        assert_eq!(t.complete(b"call-1", 7, &granted, &flow("lync-mobile"), now), 1);
+        assert_eq!(
+            t.complete(b"call-1", 7, &granted, &flow("lync-mobile"), now),
+            1
+        );
         assert!(t.lookup(b"sip:desktop@127.0.0.1:5062", now).is_none());
-        assert_eq!(t.lookup(b"sip:mobile@127.0.0.1:5064", now).unwrap().flow.client, "lync-mobile");
-        assert_eq!(t.complete(b"call-1", 7, &granted, &flow("x"), now), 0, "answered once");
+        assert_eq!(
+            t.lookup(b"sip:mobile@127.0.0.1:5064", now)
+                .unwrap()
+                .flow
+                .client,
+            "lync-mobile"
+        );
+        assert_eq!(
+            t.complete(b"call-1", 7, &granted, &flow("x"), now),
+            0,
+            "answered once"
+        );
     }
 }

@@ -106,7 +106,10 @@ mod tests {
         let (first, removal) = first_value(&v, HeaderName::Via).unwrap();
         assert_eq!(&raw[first.clone()], b"SIP/2.0/UDP a;branch=z9hG4bK1");
         let mut e = Edits::new();
-        e.insert(before_first(&v, HeaderName::Via), "Via: SIP/2.0/UDP p;branch=z9hG4bKp\r\n");
+        e.insert(
+            before_first(&v, HeaderName::Via),
+            "Via: SIP/2.0/UDP p;branch=z9hG4bKp\r\n",
+        );
         e.insert(first.end, ";received=1.2.3.4");
         let out = e.apply(raw);
         assert_eq!(
@@ -128,6 +131,9 @@ mod tests {
         let (_, removal) = first_value(&v, HeaderName::Route).unwrap();
         let mut e = Edits::new();
         e.remove(removal);
-        assert_eq!(&e.apply(raw)[..], b"A sip:x SIP/2.0\r\nVia: SIP/2.0/UDP a\r\n\r\n");
+        assert_eq!(
+            &e.apply(raw)[..],
+            b"A sip:x SIP/2.0\r\nVia: SIP/2.0/UDP a\r\n\r\n"
+        );
     }
 }

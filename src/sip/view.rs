@@ -488,7 +488,10 @@ impl SipView {
 /// The Content-Length value: `None` when absent.
 fn content_length(buf: &[u8], headers: &[HeaderField]) -> Result<Option<usize>, SipError> {
     let mut found = None;
-    for h in headers.iter().filter(|h| h.name == HeaderName::ContentLength) {
+    for h in headers
+        .iter()
+        .filter(|h| h.name == HeaderName::ContentLength)
+    {
         let value = &buf[h.value_span.range()];
         if found.is_some() || value.contains(&b',') {
             return Err(SipError::SeveralContentLengths);

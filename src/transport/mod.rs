@@ -55,7 +55,10 @@ impl Connections {
 
     /// Register a connection's writer.
     pub fn insert(&self, id: u64, writer: mpsc::Sender<Bytes>) {
-        self.writers.lock().expect("connections lock").insert(id, writer);
+        self.writers
+            .lock()
+            .expect("connections lock")
+            .insert(id, writer);
     }
 
     /// Forget a connection.

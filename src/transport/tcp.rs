@@ -89,7 +89,13 @@ fn spawn_writer(ctx: &ConnectionContext, id: u64, mut write: OwnedWriteHalf) {
 }
 
 /// Read and frame one connection until EOF, error, idle timeout or shutdown.
-async fn read_loop(mut read: OwnedReadHalf, peer: SocketAddr, id: u64, from_upstream: bool, ctx: &ConnectionContext) {
+async fn read_loop(
+    mut read: OwnedReadHalf,
+    peer: SocketAddr,
+    id: u64,
+    from_upstream: bool,
+    ctx: &ConnectionContext,
+) {
     let mut framer = StreamFramer::new(ctx.limits.max_message_bytes);
     let mut buf = BytesMut::with_capacity(8192);
     debug!(%peer, connection = id, "TCP connection open");

@@ -1,0 +1,282 @@
+//! The one place that wires the stages: bind sockets, start the transport
+//! tasks, run the dispatcher (view → classify → decide → act), write
+//! decision records, sweep registrations, stop on shutdown.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::net::{TcpListener, UdpSocket};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::config::{Config, Endpoint, Transport};
+use crate::observe::metrics::{DropReason, Metrics};
+use crate::observe::DecisionLog;
+use crate::proxy::flow::FlowSigner;
+use crate::proxy::{Core, Destination, Inbound, Outbound};
+use crate::transport::tcp::{self, ConnectionContext, UpstreamLink};
+use crate::transport::{udp, Connections, Senders};
+
+/// Inbound messages queued between transports and the dispatcher.
+const INBOUND_QUEUE: usize = 4096;
+/// How often expired registrations are swept.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(30);
+
+/// Why the filter could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    /// No upstream configured.
+    #[error("no upstream registrar: set proxy.upstream or pass --upstream udp:IP:PORT")]
+    NoUpstream,
+    /// A listener could not be bound.
+    #[error("cannot listen on {endpoint}: {source}")]
+    Bind {
+        /// The listener.
+        endpoint: Endpoint,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The upstream's transport has no listener, so the registrar could
+    /// not reach the proxy's Path.
+    #[error("upstream {0} needs a {1} listener (requests from the registrar come back to it)")]
+    NoListenerForUpstream(Endpoint, Transport),
+    /// The decision log could not be opened.
+    #[error("cannot open decision log {path}: {source}")]
+    DecisionLog {
+        /// The path.
+        path: String,
+        /// The error.
+        source: std::io::Error,
+    },
+}
+
+/// Sockets bound for the listeners.
+#[derive(Debug)]
+pub struct Bound {
+    /// UDP sockets.
+    pub udp: Vec<Arc<UdpSocket>>,
+    /// TCP listeners.
+    pub tcp: Vec<TcpListener>,
+}
+
+impl Bound {
+    /// Actual local addresses (ports resolved when 0 was asked for).
+    pub fn addresses(&self) -> Vec<(Transport, SocketAddr)> {
+        let udp = self
+            .udp
+            .iter()
+            .filter_map(|s| s.local_addr().ok())
+            .map(|a| (Transport::Udp, a));
+        let tcp = self
+            .tcp
+            .iter()
+            .filter_map(|l| l.local_addr().ok())
+            .map(|a| (Transport::Tcp, a));
+        udp.chain(tcp).collect()
+    }
+}
+
+/// Bind every configured listener.
+pub async fn bind(config: &Config) -> Result<Bound, AppError> {
+    let mut bound = Bound {
+        udp: Vec::new(),
+        tcp: Vec::new(),
+    };
+    for endpoint in &config.listen {
+        let err = |source| AppError::Bind {
+            endpoint: *endpoint,
+            source,
+        };
+        match endpoint.transport {
+            Transport::Udp => bound
+                .udp
+                .push(Arc::new(UdpSocket::bind(endpoint.addr).await.map_err(err)?)),
+            Transport::Tcp => bound
+                .tcp
+                .push(TcpListener::bind(endpoint.addr).await.map_err(err)?),
+        }
+    }
+    Ok(bound)
+}
+
+/// The address to advertise for a listener: its own, or, when bound to the
+/// unspecified address, the local address the kernel uses toward `upstream`.
+fn advertised(local: SocketAddr, upstream: SocketAddr) -> SocketAddr {
+    if !local.ip().is_unspecified() {
+        return local;
+    }
+    let probe_bind: SocketAddr = match upstream.ip() {
+        IpAddr::V4(_) => "0.0.0.0:0".parse().expect("literal"),
+        IpAddr::V6(_) => "[::]:0".parse().expect("literal"),
+    };
+    std::net::UdpSocket::bind(probe_bind)
+        .and_then(|s| s.connect(upstream).and_then(|()| s.local_addr()))
+        .map_or(local, |probe| SocketAddr::new(probe.ip(), local.port()))
+}
+
+/// Serve until `shutdown` is cancelled. Takes already-bound sockets so
+/// tests can bind port 0.
+pub async fn serve(
+    config: Arc<Config>,
+    bound: Bound,
+    decision_log: DecisionLog,
+    shutdown: CancellationToken,
+) -> Result<Arc<Metrics>, AppError> {
+    let upstream = config.upstream.ok_or(AppError::NoUpstream)?;
+    let addresses: Vec<(Transport, SocketAddr)> = bound
+        .addresses()
+        .into_iter()
+        .map(|(t, a)| (t, advertised(a, upstream.addr)))
+        .collect();
+    if !addresses.iter().any(|(t, _)| *t == upstream.transport) {
+        return Err(AppError::NoListenerForUpstream(
+            upstream,
+            upstream.transport,
+        ));
+    }
+    let signer = match &config.flow_secret {
+        Some(secret) => FlowSigner::new(secret.as_bytes()),
+        None => {
+            warn!("proxy.flow_secret is not set: using a random secret; flow tokens in Path and Record-Route will not survive a restart and will not work across instances");
+            FlowSigner::random()
+        }
+    };
+    let metrics = Arc::new(Metrics::default());
+    let core = Core::new(config.clone(), signer, addresses.clone(), metrics.clone());
+    let (inbound_tx, mut inbound_rx) = mpsc::channel::<Inbound>(INBOUND_QUEUE);
+    let connections = Arc::new(Connections::default());
+    let ctx = ConnectionContext {
+        connections: connections.clone(),
+        inbound: inbound_tx.clone(),
+        limits: config.limits,
+        metrics: metrics.clone(),
+        shutdown: shutdown.clone(),
+    };
+    let senders = Senders {
+        udp: bound.udp.clone(),
+        connections: connections.clone(),
+        upstream,
+        upstream_tcp: (upstream.transport == Transport::Tcp)
+            .then(|| UpstreamLink::new(upstream.addr, ctx.clone())),
+    };
+
+    let mut tasks = JoinSet::new();
+    for socket in bound.udp {
+        tasks.spawn(udp::serve(
+            socket,
+            upstream.addr,
+            inbound_tx.clone(),
+            metrics.clone(),
+            shutdown.clone(),
+        ));
+    }
+    for listener in bound.tcp {
+        tasks.spawn(tcp::serve(listener, ctx.clone()));
+    }
+    drop(inbound_tx);
+    for (transport, addr) in &addresses {
+        info!(%transport, %addr, upstream = %upstream, mode = config.policy.mode.as_str(), "listening");
+    }
+
+    let mut sweep = tokio::time::interval(SWEEP_INTERVAL);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            _ = sweep.tick() => {
+                let removed = core.registrations().sweep(Instant::now());
+                if removed > 0 {
+                    info!(removed, "expired registrations swept");
+                }
+            }
+            message = inbound_rx.recv() => match message {
+                Some(message) => dispatch(&core, &senders, &decision_log, message).await,
+                None => break,
+            },
+        }
+    }
+    tasks.shutdown().await;
+    info!(counters = %metrics.render().replace('\n', "; "), "stopped");
+    Ok(metrics)
+}
+
+/// Run one message through the core and carry out the outcome.
+async fn dispatch(core: &Core, senders: &Senders, log: &DecisionLog, inbound: Inbound) {
+    let outcome = core.handle(&inbound, Instant::now(), &|flow| {
+        senders.connections.alive(flow.connection)
+    });
+    if let Some(record) = &outcome.record {
+        if let Err(e) = log.write(record) {
+            warn!(error = %e, "decision record could not be written");
+        }
+    }
+    let Some(Outbound { to, bytes }) = outcome.send else {
+        return;
+    };
+    let result = match &to {
+        Destination::Source => match inbound.transport {
+            Transport::Udp => senders.send_udp(inbound.source, &bytes).await,
+            Transport::Tcp => senders.connections.send(inbound.connection, bytes).await,
+        },
+        Destination::Flow(flow) => match flow.transport {
+            Transport::Udp => senders.send_udp(flow.peer, &bytes).await,
+            Transport::Tcp => senders.connections.send(flow.connection, bytes).await,
+        },
+        Destination::Upstream => senders.send_upstream(bytes).await,
+    };
+    if let Err(e) = result {
+        warn!(error = %e, destination = ?to, "send failed");
+        core.metrics().count_drop(DropReason::SendFailed);
+        if to == Destination::Upstream {
+            if let Some(reply) = core.upstream_unavailable(&inbound.bytes) {
+                let _ = match inbound.transport {
+                    Transport::Udp => senders.send_udp(inbound.source, &reply).await,
+                    Transport::Tcp => senders.connections.send(inbound.connection, reply).await,
+                };
+            }
+        }
+    }
+}
+
+/// Bind, then serve until SIGINT or SIGTERM.
+pub async fn run(config: Config) -> Result<(), AppError> {
+    let decision_log =
+        DecisionLog::open(&config.decision_log).map_err(|source| AppError::DecisionLog {
+            path: config.decision_log.clone(),
+            source,
+        })?;
+    let bound = bind(&config).await?;
+    let shutdown = CancellationToken::new();
+    let signal = shutdown.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        info!("shutting down");
+        signal.cancel();
+    });
+    serve(Arc::new(config), bound, decision_log, shutdown).await?;
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
