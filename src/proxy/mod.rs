@@ -406,25 +406,27 @@ impl Core {
                 edits.remove(removal);
             }
         }
-        if toward.is_none() {
-            let token = self.signer.encode(&inbound_flow);
-            let uri = format!(
-                "<sip:{token}@{own_addr};transport={};lr>",
-                out_transport.as_str()
+        // Path on REGISTER (RFC 3327) and Record-Route on dialog-creating
+        // requests, both naming the client flow, so later requests from the
+        // registrar side come back through this proxy to that flow.
+        let client_flow = toward.as_ref().unwrap_or(&inbound_flow);
+        let token = self.signer.encode(client_flow);
+        let uri = format!(
+            "<sip:{token}@{own_addr};transport={};lr>",
+            out_transport.as_str()
+        );
+        let in_dialog = view.to().ok().and_then(|t| t.tag()).is_some();
+        if method == Method::Register && toward.is_none() {
+            edits.insert(
+                before_first(view, HeaderName::Path),
+                format!("Path: {uri}\r\n"),
             );
-            let to_tag = view.to().ok().and_then(|t| t.tag()).is_some();
-            if method == Method::Register {
-                edits.insert(
-                    before_first(view, HeaderName::Path),
-                    format!("Path: {uri}\r\n"),
-                );
-                self.expect_registration(view, now);
-            } else if !to_tag && is_dialog_creating(view) {
-                edits.insert(
-                    before_first(view, HeaderName::RecordRoute),
-                    format!("Record-Route: {uri}\r\n"),
-                );
-            }
+            self.expect_registration(view, now);
+        } else if !in_dialog && is_dialog_creating(view) {
+            edits.insert(
+                before_first(view, HeaderName::RecordRoute),
+                format!("Record-Route: {uri}\r\n"),
+            );
         }
         if decision.action == Action::Flag {
             let mut value = format!(

@@ -1,0 +1,104 @@
+//! Shared test support: an in-process sipadmit on ephemeral loopback
+//! ports, and (in `external`) the Kamailio and SIPp harness.
+#![allow(dead_code)]
+
+pub mod external;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use sipadmit::app;
+use sipadmit::config::{Config, Overrides, Transport};
+use sipadmit::observe::DecisionLog;
+use tokio_util::sync::CancellationToken;
+
+/// A running in-process sipadmit. Stops on drop.
+pub struct TestProxy {
+    /// UDP listener address.
+    pub udp: SocketAddr,
+    /// TCP listener address.
+    pub tcp: SocketAddr,
+    /// Decision log file.
+    pub decision_log: PathBuf,
+    shutdown: CancellationToken,
+    thread: Option<std::thread::JoinHandle<()>>,
+    _dir: tempfile::TempDir,
+}
+
+impl TestProxy {
+    /// Start with `toml` (a sipadmit config), listening on `ip` port 0 (UDP
+    /// and TCP), relaying to `upstream` (`udp:IP:PORT` / `tcp:IP:PORT`).
+    pub fn start(toml: &str, ip: &str, upstream: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let decision_log = dir.path().join("decisions.jsonl");
+        let host = if ip.contains(':') {
+            format!("[{ip}]")
+        } else {
+            ip.to_owned()
+        };
+        let overrides = Overrides {
+            listen: vec![format!("udp:{host}:0"), format!("tcp:{host}:0")],
+            upstream: Some(upstream.to_owned()),
+            mode: None,
+            decision_log: Some(decision_log.display().to_string()),
+        };
+        let config = Config::from_toml_str(toml, &config_dir().join("test.toml"), &overrides)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+        let shutdown = CancellationToken::new();
+        let stop = shutdown.clone();
+        let log_path = decision_log.clone();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let bound = app::bind(&config).await.unwrap();
+                addr_tx.send(bound.addresses()).unwrap();
+                let log = DecisionLog::open(&log_path.display().to_string()).unwrap();
+                app::serve(Arc::new(config), bound, log, stop)
+                    .await
+                    .unwrap();
+            });
+        });
+        let addrs = addr_rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("proxy started");
+        let find = |t: Transport| addrs.iter().find(|(tt, _)| *tt == t).unwrap().1;
+        Self {
+            udp: find(Transport::Udp),
+            tcp: find(Transport::Tcp),
+            decision_log,
+            shutdown,
+            thread: Some(thread),
+            _dir: dir,
+        }
+    }
+
+    /// Every decision record written so far.
+    pub fn records(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(&self.decision_log)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("a JSON line"))
+            .collect()
+    }
+}
+
+impl Drop for TestProxy {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The repository's `config/` directory.
+pub fn config_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("config")
+}
