@@ -1,0 +1,578 @@
+//! The running proxy on ephemeral loopback ports, with plain sockets as
+//! client and upstream: Via, branch and rport; Max-Forwards and 483; 420;
+//! response routing and foreign responses; local rejects, retransmissions
+//! and ACK absorption; CANCEL; flow tokens across instances; IPv6; TCP
+//! framing and keep-alives; an unreachable upstream.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::time::Duration;
+
+use common::TestProxy;
+
+const WAIT: Duration = Duration::from_millis(1500);
+const QUIET: Duration = Duration::from_millis(300);
+
+const CONFIG: &str = r#"
+[proxy]
+flow_secret = "shared-secret-for-tests-0123456789"
+[response_group]
+workflows = ["sip:helpdesk@contoso.com"]
+agents = ["sip:agent-*@contoso.com"]
+"#;
+
+const LYNC: &str = "UCCAPI/15.0.4481.1000 OC/15.0.4481.1000 (Microsoft Lync)";
+const MOBILE: &str = "RTCC/7.0.0.0 UCWA/7.0.0.0 AndroidLync/6.25.0.27 (SM-G930U Android 8.0.0)";
+const RGS: &str = "RTCC/5.0.0.0 Response_Group_Service/5.0.0.0";
+
+fn udp(ip: &str) -> UdpSocket {
+    let s = UdpSocket::bind(format!("{ip}:0").replace("::1:0", "[::1]:0")).unwrap();
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    s
+}
+
+fn recv(s: &UdpSocket) -> (String, SocketAddr) {
+    let mut buf = [0u8; 65536];
+    let (n, from) = s.recv_from(&mut buf).expect("a message within the wait");
+    (String::from_utf8_lossy(&buf[..n]).into_owned(), from)
+}
+
+fn quiet(s: &UdpSocket) -> bool {
+    s.set_read_timeout(Some(QUIET)).unwrap();
+    let mut buf = [0u8; 65536];
+    let got = s.recv_from(&mut buf);
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    got.is_err()
+}
+
+fn header<'a>(msg: &'a str, name: &str) -> Vec<&'a str> {
+    msg.split("\r\n")
+        .filter_map(|l| l.split_once(':'))
+        .filter(|(n, _)| n.trim().eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.trim())
+        .collect()
+}
+
+struct Msg {
+    method: &'static str,
+    ruri: String,
+    user: String,
+    ua: String,
+    branch: String,
+    call_id: String,
+    to_tag: Option<String>,
+    extra: String,
+    cseq: u32,
+}
+
+impl Msg {
+    fn new(method: &'static str, ruri: &str, user: &str, ua: &str) -> Self {
+        Self {
+            method,
+            ruri: ruri.into(),
+            user: user.into(),
+            ua: ua.into(),
+            branch: format!("z9hG4bK-{user}-{method}"),
+            call_id: format!("{user}-{method}@test"),
+            to_tag: None,
+            extra: String::new(),
+            cseq: 1,
+        }
+    }
+
+    fn render(&self, from: SocketAddr) -> String {
+        let to_tag = self
+            .to_tag
+            .as_ref()
+            .map(|t| format!(";tag={t}"))
+            .unwrap_or_default();
+        let cseq_method = self.method;
+        format!(
+            "{m} {ruri} SIP/2.0\r\nVia: SIP/2.0/UDP {from};branch={b};rport\r\nMax-Forwards: 70\r\nFrom: <sip:{u}@contoso.com>;tag=f-{u}\r\nTo: <{to}>{to_tag}\r\nCall-ID: {cid}\r\nCSeq: {cseq} {cseq_method}\r\nContact: <sip:{u}@{from}>\r\nUser-Agent: {ua}\r\n{extra}Content-Length: 0\r\n\r\n",
+            m = self.method,
+            ruri = self.ruri,
+            b = self.branch,
+            u = self.user,
+            to = if self.method == "REGISTER" { format!("sip:{}@contoso.com", self.user) } else { self.ruri.clone() },
+            cid = self.call_id,
+            cseq = self.cseq,
+            ua = self.ua,
+            extra = self.extra,
+        )
+    }
+}
+
+/// Answer a relayed request as the registrar would (a response through the proxy).
+fn answer(upstream: &UdpSocket, request: &str, proxy: SocketAddr, status: &str, extra: &str) {
+    let mut out = format!("SIP/2.0 {status}\r\n");
+    for line in request.split("\r\n").skip(1) {
+        let name = line
+            .split(':')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
+        if ["via", "from", "to", "call-id", "cseq"].contains(&name.as_str()) {
+            out.push_str(line);
+            if name == "to" && !line.contains("tag=") {
+                out.push_str(";tag=reg");
+            }
+            out.push_str("\r\n");
+        }
+    }
+    out.push_str(extra);
+    out.push_str("Content-Length: 0\r\n\r\n");
+    upstream.send_to(out.as_bytes(), proxy).unwrap();
+}
+
+fn start(upstream: &UdpSocket, extra: &str) -> TestProxy {
+    let ip = upstream.local_addr().unwrap();
+    TestProxy::start(
+        &format!("{extra}\n{CONFIG}"),
+        &ip.ip().to_string(),
+        &format!("udp:{ip}"),
+    )
+}
+
+#[test]
+fn register_gets_via_rport_path_and_response_routing() {
+    let upstream = udp("127.0.0.1");
+    let proxy = start(&upstream, "");
+    let client = udp("127.0.0.1");
+    let me = client.local_addr().unwrap();
+    let register = Msg::new("REGISTER", "sip:contoso.com", "alice", LYNC).render(me);
+    client.send_to(register.as_bytes(), proxy.udp).unwrap();
+    let (relayed, from) = recv(&upstream);
+    assert_eq!(from, proxy.udp, "relayed from the listener socket");
+    let vias = header(&relayed, "Via");
+    assert_eq!(vias.len(), 2, "{relayed}");
+    assert!(
+        vias[0].starts_with(&format!("SIP/2.0/UDP {};branch=z9hG4bKsa", proxy.udp)),
+        "{relayed}"
+    );
+    assert!(
+        vias[1].ends_with(&format!(";rport={}", me.port())),
+        "rport filled: {}",
+        vias[1]
+    );
+    assert_eq!(header(&relayed, "Max-Forwards"), ["69"]);
+    let path = header(&relayed, "Path");
+    assert_eq!(path.len(), 1);
+    assert!(
+        path[0].starts_with("<sip:")
+            && path[0].ends_with(&format!("@{};transport=udp;lr>", proxy.udp)),
+        "{relayed}"
+    );
+    // Everything else is byte for byte.
+    for h in ["From", "To", "Call-ID", "CSeq", "Contact", "User-Agent"] {
+        assert_eq!(header(&relayed, h), header(&register, h), "{h}");
+    }
+
+    // A retransmission maps to the same branch (RFC 3261 16.11).
+    client.send_to(register.as_bytes(), proxy.udp).unwrap();
+    let (again, _) = recv(&upstream);
+    assert_eq!(header(&again, "Via")[0], vias[0]);
+
+    // The 200 comes back with the proxy's Via popped, to the client's port.
+    answer(
+        &upstream,
+        &relayed,
+        proxy.udp,
+        "200 OK",
+        &format!("Contact: <sip:alice@{me}>;expires=300\r\n"),
+    );
+    let (resp, from) = recv(&client);
+    assert_eq!(from, proxy.udp);
+    assert!(resp.starts_with("SIP/2.0 200 OK\r\n"));
+    assert_eq!(header(&resp, "Via").len(), 1);
+    assert!(header(&resp, "Via")[0].contains("branch=z9hG4bK-alice-REGISTER"));
+
+    // The record of the REGISTER.
+    let r = &proxy.records()[0];
+    assert_eq!(r["method"], "REGISTER");
+    assert_eq!(r["client"], "lync-2013");
+    assert_eq!(r["role"], "none");
+    assert_eq!(r["action"], "allow");
+}
+
+#[test]
+fn max_forwards_zero_gets_483_and_proxy_require_gets_420() {
+    let upstream = udp("127.0.0.1");
+    let proxy = start(&upstream, "");
+    let client = udp("127.0.0.1");
+    let me = client.local_addr().unwrap();
+    let msg = Msg::new("OPTIONS", "sip:bob@contoso.com", "mf", LYNC)
+        .render(me)
+        .replace("Max-Forwards: 70", "Max-Forwards: 0");
+    client.send_to(msg.as_bytes(), proxy.udp).unwrap();
+    let (resp, _) = recv(&client);
+    assert!(resp.starts_with("SIP/2.0 483 "), "{resp}");
+    let mut m = Msg::new("OPTIONS", "sip:bob@contoso.com", "pr", LYNC);
+    m.extra = "Proxy-Require: foo, bar\r\n".into();
+    client.send_to(m.render(me).as_bytes(), proxy.udp).unwrap();
+    let (resp, _) = recv(&client);
+    assert!(resp.starts_with("SIP/2.0 420 "), "{resp}");
+    assert_eq!(header(&resp, "Unsupported"), ["foo, bar"]);
+    assert!(quiet(&upstream), "nothing relayed");
+}
+
+#[test]
+fn foreign_responses_are_discarded_and_serving_goes_on() {
+    let upstream = udp("127.0.0.1");
+    let proxy = start(&upstream, "");
+    let client = udp("127.0.0.1");
+    let me = client.local_addr().unwrap();
+    let foreign = "SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP 192.0.2.1;branch=z9hG4bKx\r\nFrom: <sip:a@b>;tag=1\r\nTo: <sip:a@b>;tag=2\r\nCall-ID: f\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n";
+    upstream.send_to(foreign.as_bytes(), proxy.udp).unwrap();
+    client.send_to(foreign.as_bytes(), proxy.udp).unwrap();
+    assert!(quiet(&client) && quiet(&upstream));
+    let m = Msg::new("OPTIONS", "sip:bob@contoso.com", "next", LYNC).render(me);
+    client.send_to(m.as_bytes(), proxy.udp).unwrap();
+    let (relayed, _) = recv(&upstream);
+    assert!(relayed.starts_with("OPTIONS sip:bob@contoso.com SIP/2.0"));
+}
+
+#[test]
+fn mobile_caller_rejected_retransmission_same_answer_ack_absorbed() {
+    let upstream = udp("127.0.0.1");
+    let proxy = start(&upstream, "");
+    let client = udp("127.0.0.1");
+    let me = client.local_addr().unwrap();
+    let invite = Msg::new("INVITE", "sip:helpdesk@contoso.com", "mob", MOBILE);
+    client
+        .send_to(invite.render(me).as_bytes(), proxy.udp)
+        .unwrap();
+    let (first, _) = recv(&client);
+    assert!(first.starts_with("SIP/2.0 403 Forbidden\r\n"), "{first}");
+    assert!(header(&first, "Warning")[0].starts_with("399 sipadmit \""));
+    assert!(
+        header(&first, "Warning")[0].contains("Lync"),
+        "names the client: {first}"
+    );
+    let to = header(&first, "To")[0];
+    let tag = to.split("tag=").nth(1).expect("To-tag added").to_owned();
+    client
+        .send_to(invite.render(me).as_bytes(), proxy.udp)
+        .unwrap();
+    let (second, _) = recv(&client);
+    assert_eq!(first, second, "a retransmission gets the same answer");
+    let mut ack = Msg::new("ACK", "sip:helpdesk@contoso.com", "mob", MOBILE);
+    ack.branch = invite.branch.clone();
+    ack.call_id = invite.call_id.clone();
+    ack.to_tag = Some(tag);
+    client
+        .send_to(ack.render(me).as_bytes(), proxy.udp)
+        .unwrap();
+    assert!(
+        quiet(&upstream),
+        "neither the INVITE nor its ACK reached the registrar"
+    );
+    assert!(quiet(&client));
+    let records = proxy.records();
+    assert_eq!(
+        records.len(),
+        2,
+        "one record per INVITE, none for the absorbed ACK"
+    );
+    assert_eq!(records[0]["status"], 403);
+}
+
+#[test]
+fn monitor_mode_relays_with_the_flag_header() {
+    let upstream = udp("127.0.0.1");
+    let ip = upstream.local_addr().unwrap();
+    let config = CONFIG.replace("[proxy]", "[proxy]\nmode = \"monitor\"")
+        + "[policy]\nflag_header = \"X-Admission\"\n";
+    let proxy = TestProxy::start(&config, "127.0.0.1", &format!("udp:{ip}"));
+    let client = udp("127.0.0.1");
+    let me = client.local_addr().unwrap();
+    let invite = Msg::new("INVITE", "sip:helpdesk@contoso.com", "mob", MOBILE);
+    client
+        .send_to(invite.render(me).as_bytes(), proxy.udp)
+        .unwrap();
+    let (relayed, _) = recv(&upstream);
+    assert_eq!(
+        header(&relayed, "X-Admission"),
+        ["flagged; client=lync-mobile; reason=caller.unsupported; would-reject"]
+    );
+    assert_eq!(header(&relayed, "Record-Route").len(), 1);
+    let r = &proxy.records()[0];
+    assert_eq!(
+        (r["action"].as_str(), r["would_reject"].as_bool()),
+        (Some("flag"), Some(true))
+    );
+    assert_eq!(r["mode"], "monitor");
+}
+
+#[test]
+fn cancel_of_a_relayed_invite_is_relayed_with_the_same_branch() {
+    let upstream = udp("127.0.0.1");
+    let proxy = start(&upstream, "");
+    let client = udp("127.0.0.1");
+    let me = client.local_addr().unwrap();
+    let invite = Msg::new("INVITE", "sip:helpdesk@contoso.com", "desk", LYNC);
+    client
+        .send_to(invite.render(me).as_bytes(), proxy.udp)
+        .unwrap();
+    let (relayed_invite, _) = recv(&upstream);
+    let mut cancel = Msg::new("CANCEL", "sip:helpdesk@contoso.com", "desk", LYNC);
+    cancel.branch = invite.branch.clone();
+    cancel.call_id = invite.call_id.clone();
+    client
+        .send_to(cancel.render(me).as_bytes(), proxy.udp)
+        .unwrap();
+    let (relayed_cancel, _) = recv(&upstream);
+    assert!(relayed_cancel.starts_with("CANCEL "));
+    assert_eq!(
+        header(&relayed_cancel, "Via")[0]
+            .split(";sipadmit-flow")
+            .next(),
+        header(&relayed_invite, "Via")[0]
+            .split(";sipadmit-flow")
+            .next()
+    );
+}
+
+/// REGISTER an agent through `proxy`, answered 200 by `upstream`; returns its Path URI.
+fn register_agent(
+    proxy: &TestProxy,
+    upstream: &UdpSocket,
+    agent: &UdpSocket,
+    user: &str,
+    ua: &str,
+) -> String {
+    let me = agent.local_addr().unwrap();
+    agent
+        .send_to(
+            Msg::new("REGISTER", "sip:contoso.com", user, ua)
+                .render(me)
+                .as_bytes(),
+            proxy.udp,
+        )
+        .unwrap();
+    let (relayed, _) = recv(upstream);
+    answer(
+        upstream,
+        &relayed,
+        proxy.udp,
+        "200 OK",
+        &format!("Contact: <sip:{user}@{me}>;expires=300\r\n"),
+    );
+    let (ok, _) = recv(agent);
+    assert!(ok.starts_with("SIP/2.0 200"));
+    header(&relayed, "Path")[0]
+        .trim_matches(|c| c == '<' || c == '>')
+        .to_owned()
+}
+
+/// The registrar offers a Response Group call to `user` along `route`.
+fn offer(
+    upstream: &UdpSocket,
+    to: SocketAddr,
+    user: &str,
+    contact: SocketAddr,
+    route: Option<&str>,
+) {
+    let route = route
+        .map(|r| format!("Route: <{r}>\r\n"))
+        .unwrap_or_default();
+    let me = upstream.local_addr().unwrap();
+    let invite = format!(
+        "INVITE sip:{user}@{contact} SIP/2.0\r\n{route}Via: SIP/2.0/UDP {me};branch=z9hG4bK-kam-{user}\r\nVia: SIP/2.0/UDP 127.0.0.1:5071;branch=z9hG4bK-rgs\r\nMax-Forwards: 69\r\nFrom: <sip:helpdesk@contoso.com>;tag=rgs\r\nTo: <sip:{user}@contoso.com>\r\nCall-ID: offer-{user}\r\nCSeq: 1 INVITE\r\nContact: <sip:rgs@127.0.0.1:5071>\r\nUser-Agent: {RGS}\r\nContent-Length: 0\r\n\r\n"
+    );
+    upstream.send_to(invite.as_bytes(), to).unwrap();
+}
+
+#[test]
+fn agent_offers_follow_the_flow_token_and_mobile_forks_get_480() {
+    let upstream = udp("127.0.0.1");
+    let proxy = start(&upstream, "");
+    let desk = udp("127.0.0.1");
+    let mobile = udp("127.0.0.1");
+    let desk_path = register_agent(&proxy, &upstream, &desk, "agent-desk", LYNC);
+    let mobile_path = register_agent(&proxy, &upstream, &mobile, "agent-mob", MOBILE);
+
+    offer(
+        &upstream,
+        proxy.udp,
+        "agent-desk",
+        desk.local_addr().unwrap(),
+        Some(&desk_path),
+    );
+    let (invite, _) = recv(&desk);
+    assert!(invite.starts_with("INVITE sip:agent-desk@"), "{invite}");
+    assert!(header(&invite, "Route").is_empty(), "own Route consumed");
+    assert_eq!(header(&invite, "Record-Route").len(), 1);
+    assert_eq!(header(&invite, "Via").len(), 3);
+
+    offer(
+        &upstream,
+        proxy.udp,
+        "agent-mob",
+        mobile.local_addr().unwrap(),
+        Some(&mobile_path),
+    );
+    let (resp, _) = recv(&upstream);
+    assert!(
+        resp.starts_with("SIP/2.0 480 Temporarily Unavailable\r\n"),
+        "{resp}"
+    );
+    assert!(quiet(&mobile), "the offer never reached the mobile agent");
+
+    // Without the Path route, the registration table answers the same.
+    offer(
+        &upstream,
+        proxy.udp,
+        "agent-mob",
+        mobile.local_addr().unwrap(),
+        None,
+    );
+    let (resp, _) = recv(&upstream);
+    assert!(resp.starts_with("SIP/2.0 480 "), "{resp}");
+    let records = proxy.records();
+    let rules: Vec<&str> = records
+        .iter()
+        .filter_map(|r| r["client_rule"].as_str())
+        .collect();
+    assert!(rules.contains(&"registered:lync-mobile"), "{rules:?}");
+}
+
+#[test]
+fn flow_tokens_work_across_instances_and_tampering_is_refused() {
+    let upstream = udp("127.0.0.1");
+    let a = start(&upstream, "");
+    let b = start(&upstream, "");
+    let mobile = udp("127.0.0.1");
+    let desk = udp("127.0.0.1");
+    let mobile_path = register_agent(&a, &upstream, &mobile, "agent-mob", MOBILE);
+    let desk_path = register_agent(&a, &upstream, &desk, "agent-desk", LYNC);
+    // Instance B, sharing the secret, decides from A's token alone.
+    offer(
+        &upstream,
+        b.udp,
+        "agent-mob",
+        mobile.local_addr().unwrap(),
+        Some(&mobile_path),
+    );
+    let (resp, _) = recv(&upstream);
+    assert!(resp.starts_with("SIP/2.0 480 "), "{resp}");
+    offer(
+        &upstream,
+        b.udp,
+        "agent-desk",
+        desk.local_addr().unwrap(),
+        Some(&desk_path),
+    );
+    let (invite, _) = recv(&desk);
+    assert!(invite.starts_with("INVITE "));
+    // A tampered token is not this proxy's route: B has no registration for
+    // the contact either, so the offer is neither delivered nor decided as mobile.
+    let tampered = mobile_path.replacen("sip:", "sip:00", 1);
+    offer(
+        &upstream,
+        b.udp,
+        "agent-mob",
+        "127.0.0.1:9".parse().unwrap(),
+        Some(&tampered),
+    );
+    assert!(quiet(&mobile));
+    let records = b.records();
+    assert_eq!(records.last().unwrap()["client"], "unknown", "{records:#?}");
+}
+
+#[test]
+fn ipv6_loopback_relays() {
+    let Ok(upstream) = UdpSocket::bind("[::1]:0") else {
+        eprintln!("skipping: no IPv6 loopback");
+        return;
+    };
+    upstream.set_read_timeout(Some(WAIT)).unwrap();
+    let proxy = start(&upstream, "");
+    let client = udp("::1");
+    let me = client.local_addr().unwrap();
+    client
+        .send_to(
+            Msg::new("REGISTER", "sip:contoso.com", "v6", LYNC)
+                .render(me)
+                .as_bytes(),
+            proxy.udp,
+        )
+        .unwrap();
+    let (relayed, _) = recv(&upstream);
+    assert!(
+        header(&relayed, "Via")[0].starts_with(&format!("SIP/2.0/UDP {}", proxy.udp)),
+        "{relayed}"
+    );
+    assert!(proxy.udp.is_ipv6());
+    answer(&upstream, &relayed, proxy.udp, "200 OK", "");
+    let (resp, _) = recv(&client);
+    assert!(resp.starts_with("SIP/2.0 200"));
+}
+
+#[test]
+fn tcp_framing_keepalives_and_responses_on_the_same_connection() {
+    let upstream = udp("127.0.0.1");
+    let proxy = start(&upstream, "");
+    let mut conn = TcpStream::connect(proxy.tcp).unwrap();
+    conn.set_read_timeout(Some(WAIT)).unwrap();
+    let me = conn.local_addr().unwrap();
+    // CRLFCRLF ping → CRLF pong (RFC 5626 3.5.1).
+    conn.write_all(b"\r\n\r\n").unwrap();
+    let mut pong = [0u8; 2];
+    conn.read_exact(&mut pong).unwrap();
+    assert_eq!(&pong, b"\r\n");
+    // Two messages in one write, the second split across two writes.
+    let one = Msg::new("OPTIONS", "sip:one@contoso.com", "t1", LYNC)
+        .render(me)
+        .replace("SIP/2.0/UDP", "SIP/2.0/TCP");
+    let two = Msg::new("REGISTER", "sip:contoso.com", "t2", LYNC)
+        .render(me)
+        .replace("SIP/2.0/UDP", "SIP/2.0/TCP");
+    let three = Msg::new("OPTIONS", "sip:three@contoso.com", "t3", LYNC)
+        .render(me)
+        .replace("SIP/2.0/UDP", "SIP/2.0/TCP");
+    conn.write_all(format!("{one}{two}").as_bytes()).unwrap();
+    conn.write_all(&three.as_bytes()[..40]).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    conn.write_all(&three.as_bytes()[40..]).unwrap();
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        got.push(recv(&upstream).0);
+    }
+    assert!(got[0].starts_with("OPTIONS sip:one@"));
+    assert!(got[1].starts_with("REGISTER "));
+    assert!(got[2].starts_with("OPTIONS sip:three@"));
+    assert!(header(&got[1], "Path")[0].contains(";transport=udp;lr>"));
+    // The response goes back on the client's connection.
+    answer(&upstream, &got[1], proxy.udp, "200 OK", "");
+    let mut buf = vec![0u8; 4096];
+    let n = conn.read(&mut buf).unwrap();
+    let resp = String::from_utf8_lossy(&buf[..n]);
+    assert!(resp.starts_with("SIP/2.0 200 OK"), "{resp}");
+    assert_eq!(header(&resp, "Via").len(), 1);
+}
+
+#[test]
+fn unreachable_tcp_upstream_gets_503_with_retry_after() {
+    // A port nobody listens on.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let proxy = TestProxy::start(CONFIG, "127.0.0.1", &format!("tcp:{closed}"));
+    let client = udp("127.0.0.1");
+    let me = client.local_addr().unwrap();
+    client
+        .send_to(
+            Msg::new("REGISTER", "sip:contoso.com", "u", LYNC)
+                .render(me)
+                .as_bytes(),
+            proxy.udp,
+        )
+        .unwrap();
+    let (resp, _) = recv(&client);
+    assert!(resp.starts_with("SIP/2.0 503 "), "{resp}");
+    assert_eq!(header(&resp, "Retry-After"), ["30"]);
+}
