@@ -226,3 +226,24 @@ fn two_kamailio_instances_side_by_side() {
     assert!(!std::path::Path::new(&format!("/proc/{pid_b}")).exists());
     assert!(a.options_ping(Duration::from_secs(2)));
 }
+
+#[test]
+fn register_over_ipv6_loopback() {
+    let Some(kam) = (|| {
+        require_tool("sipp")?;
+        Kamailio::try_start(KamailioOptions {
+            ipv6: true,
+            ..KamailioOptions::default()
+        })
+    })() else {
+        return;
+    };
+    let v6 = kam.udp6_addr().expect("listening on [::1]");
+    let out = Sipp::register("dave", UA_LYNC_2013, 200)
+        .local_ip(v6.ip())
+        .remote(v6)
+        .run_with_timeout(RUN);
+    out.assert_success();
+    let ok = out.received("SIP/2.0 200");
+    assert!(ok[0].contains("[::1]"), "{}", out.report());
+}
