@@ -45,6 +45,10 @@ pub fn is_token(s: &[u8]) -> bool {
 
 /// Position of the first `delim` outside quoted strings and `<...>`.
 fn find_unquoted(s: &[u8], delim: u8) -> Option<usize> {
+    // Most values hold neither quotes nor angle brackets: one SIMD scan.
+    if memchr::memchr2(b'"', b'<', s).is_none() {
+        return memchr::memchr(delim, s);
+    }
     let mut in_quotes = false;
     let mut in_angle = false;
     let mut escaped = false;

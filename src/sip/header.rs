@@ -96,42 +96,49 @@ impl HeaderName {
                 _ => Self::Other,
             };
         }
-        const FULL: [(&str, HeaderName); 29] = [
-            ("via", HeaderName::Via),
-            ("from", HeaderName::From),
-            ("to", HeaderName::To),
-            ("call-id", HeaderName::CallId),
-            ("cseq", HeaderName::CSeq),
-            ("contact", HeaderName::Contact),
-            ("content-length", HeaderName::ContentLength),
-            ("content-type", HeaderName::ContentType),
-            ("content-encoding", HeaderName::ContentEncoding),
-            ("max-forwards", HeaderName::MaxForwards),
-            ("expires", HeaderName::Expires),
-            ("user-agent", HeaderName::UserAgent),
-            ("server", HeaderName::Server),
-            ("route", HeaderName::Route),
-            ("record-route", HeaderName::RecordRoute),
-            ("path", HeaderName::Path),
-            ("proxy-require", HeaderName::ProxyRequire),
-            ("require", HeaderName::Require),
-            ("supported", HeaderName::Supported),
-            ("subject", HeaderName::Subject),
-            ("event", HeaderName::Event),
-            ("refer-to", HeaderName::ReferTo),
-            ("referred-by", HeaderName::ReferredBy),
-            ("allow-events", HeaderName::AllowEvents),
-            ("session-expires", HeaderName::SessionExpires),
-            ("accept-contact", HeaderName::AcceptContact),
-            ("reject-contact", HeaderName::RejectContact),
-            ("request-disposition", HeaderName::RequestDisposition),
-            ("identity", HeaderName::Identity),
-        ];
-        FULL.iter()
-            .find(|(full, _)| {
-                full.len() == name.len() && full.as_bytes().eq_ignore_ascii_case(name)
-            })
-            .map_or(Self::Other, |&(_, known)| known)
+        // Lowercase once into a stack buffer, then one match: the compiler
+        // turns byte-string arms into a length switch plus a compare. This
+        // runs for every header line of every message.
+        const LONGEST: usize = "request-disposition".len();
+        if name.len() > LONGEST {
+            return Self::Other;
+        }
+        let mut lower = [0u8; LONGEST];
+        for (l, b) in lower.iter_mut().zip(name) {
+            *l = b.to_ascii_lowercase();
+        }
+        match &lower[..name.len()] {
+            b"via" => Self::Via,
+            b"from" => Self::From,
+            b"to" => Self::To,
+            b"call-id" => Self::CallId,
+            b"cseq" => Self::CSeq,
+            b"contact" => Self::Contact,
+            b"content-length" => Self::ContentLength,
+            b"content-type" => Self::ContentType,
+            b"content-encoding" => Self::ContentEncoding,
+            b"max-forwards" => Self::MaxForwards,
+            b"expires" => Self::Expires,
+            b"user-agent" => Self::UserAgent,
+            b"server" => Self::Server,
+            b"route" => Self::Route,
+            b"record-route" => Self::RecordRoute,
+            b"path" => Self::Path,
+            b"proxy-require" => Self::ProxyRequire,
+            b"require" => Self::Require,
+            b"supported" => Self::Supported,
+            b"subject" => Self::Subject,
+            b"event" => Self::Event,
+            b"refer-to" => Self::ReferTo,
+            b"referred-by" => Self::ReferredBy,
+            b"allow-events" => Self::AllowEvents,
+            b"session-expires" => Self::SessionExpires,
+            b"accept-contact" => Self::AcceptContact,
+            b"reject-contact" => Self::RejectContact,
+            b"request-disposition" => Self::RequestDisposition,
+            b"identity" => Self::Identity,
+            _ => Self::Other,
+        }
     }
 
     /// The canonical (full) spelling, or `"(other)"` for [`HeaderName::Other`].

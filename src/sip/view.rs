@@ -117,6 +117,10 @@ pub struct SipView {
     /// Where the start line ends (after its line break).
     start_line_end: u32,
     headers: Vec<HeaderField>,
+    /// Bit `name as u32` set for every known header present.
+    seen: u64,
+    /// The first single-valued header that appears twice.
+    duplicate: Option<HeaderName>,
     /// Where the blank line that ends the header section starts.
     headers_end: u32,
     body: Span,
@@ -154,6 +158,8 @@ impl SipView {
         let (start_line, start_line_problem) = parse_start_line(buf, pos, line_stop)?;
 
         let mut headers: Vec<HeaderField> = Vec::with_capacity(HEADER_CAPACITY);
+        let mut seen = 0u64;
+        let mut duplicate = None;
         let mut pos = next;
         let headers_end;
         loop {
@@ -175,7 +181,13 @@ impl SipView {
                 }
                 last.line_span.end = next as u32;
             } else {
-                headers.push(parse_header_line(buf, pos, stop, next)?);
+                let field = parse_header_line(buf, pos, stop, next)?;
+                let bit = name_bit(field.name);
+                if seen & bit != 0 && field.name.is_single() && duplicate.is_none() {
+                    duplicate = Some(field.name);
+                }
+                seen |= bit;
+                headers.push(field);
             }
             pos = next;
         }
@@ -209,6 +221,8 @@ impl SipView {
             problem,
             start_line_end,
             headers,
+            seen,
+            duplicate,
             headers_end: headers_end as u32,
             body: Span::new(body_start, end),
         })
@@ -228,14 +242,12 @@ impl SipView {
             HeaderName::CallId,
             HeaderName::CSeq,
         ] {
-            if self.header(name).is_none() {
+            if self.seen & name_bit(name) == 0 {
                 return Err(SipError::MissingHeader(name));
             }
         }
-        for (i, h) in self.headers.iter().enumerate() {
-            if h.name.is_single() && self.headers[i + 1..].iter().any(|o| o.name == h.name) {
-                return Err(SipError::DuplicateHeader(h.name));
-            }
+        if let Some(name) = self.duplicate {
+            return Err(SipError::DuplicateHeader(name));
         }
         let cseq = self.cseq()?;
         if let StartLine::Request {
@@ -345,6 +357,9 @@ impl SipView {
 
     /// The first value of a known header.
     pub fn header(&self, name: HeaderName) -> Option<&[u8]> {
+        if self.seen & name_bit(name) == 0 {
+            return None;
+        }
         self.headers
             .iter()
             .find(|h| h.name == name)
@@ -483,6 +498,11 @@ impl SipView {
         self.values(HeaderName::ProxyRequire)
             .filter(|v| !v.is_empty())
     }
+}
+
+/// The presence bit of a header name.
+fn name_bit(name: HeaderName) -> u64 {
+    1 << (name as u32)
 }
 
 /// The Content-Length value: `None` when absent.
