@@ -332,7 +332,8 @@ mod tests {
         use SessionRole as R;
         use Support as S;
         // (role, support, enforce action, enforce status, monitor action, would_reject, rule)
-        let rows: &[(R, S, Action, Option<u16>, Action, bool, &str)] = &[
+        type Row = (R, S, Action, Option<u16>, Action, bool, &'static str);
+        let rows: &[Row] = &[
             (
                 R::Caller,
                 S::Unsupported,

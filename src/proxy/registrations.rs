@@ -22,10 +22,16 @@ pub struct Registration {
 #[derive(Debug)]
 pub struct Registrations {
     entries: Mutex<HashMap<Vec<u8>, Registration>>,
-    /// REGISTERs relayed and not yet answered: (Call-ID, CSeq) → contact keys.
-    pending: Mutex<HashMap<(Vec<u8>, u32), (Vec<Vec<u8>>, Instant)>>,
+    /// REGISTERs relayed and not yet answered.
+    pending: Mutex<HashMap<PendingKey, PendingRegister>>,
     max_entries: usize,
 }
+
+/// (Call-ID, CSeq number) of a relayed REGISTER.
+type PendingKey = (Vec<u8>, u32);
+
+/// The contact keys a relayed REGISTER named, and when it was relayed.
+type PendingRegister = (Vec<Vec<u8>>, Instant);
 
 /// How long a relayed REGISTER waits for its response (64 * T1, RFC 3261 Timer F).
 const PENDING_TIMEOUT: Duration = Duration::from_secs(32);
