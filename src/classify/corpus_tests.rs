@@ -338,29 +338,6 @@ fn shipped_catalog_roles_follow_support() {
     }
 }
 
-/// Rough cost of one classification; meaningful only with `--release`:
-/// `cargo test --release --lib classify_speed -- --ignored --nocapture`.
-#[test]
-#[ignore = "timing; run with --release"]
-fn classify_speed() {
-    let catalog = shipped();
-    let uas: [&[u8]; 4] = [
-        b"UCCAPI/15.0.4420.1017 OC/15.0.4420.1017 (Microsoft Lync)",
-        b"UCCAPI/16.0.7967.5277 OC/16.0.7967.2139 (Skype for Business)",
-        b"RTCC/7.0.0.0 UCWA/7.0.0.0 AndroidLync/6.25.0.27 (SM-G930U Android 8.0.0)",
-        b"Yealink SIP-T27G 69.86.0.15",
-    ];
-    for ua in uas {
-        let rounds = 200_000u32;
-        let start = std::time::Instant::now();
-        for _ in 0..rounds {
-            std::hint::black_box(catalog.classify(Some(std::hint::black_box(ua))));
-        }
-        let per = start.elapsed() / rounds;
-        println!("{per:?} per classify: {}", String::from_utf8_lossy(ua));
-    }
-}
-
 #[test]
 fn garbage_and_truncated_values_never_panic() {
     let catalog = shipped();
