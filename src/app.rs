@@ -154,6 +154,7 @@ pub async fn serve(
         limits: config.limits,
         metrics: metrics.clone(),
         shutdown: shutdown.clone(),
+        slots: Arc::new(tokio::sync::Semaphore::new(config.limits.max_connections)),
     };
     let senders = Senders {
         udp: bound.udp.clone(),
@@ -218,11 +219,11 @@ async fn dispatch(core: &Core, senders: &Senders, log: &DecisionLog, inbound: In
     let result = match &to {
         Destination::Source => match inbound.transport {
             Transport::Udp => senders.send_udp(inbound.source, &bytes).await,
-            Transport::Tcp => senders.connections.send(inbound.connection, bytes).await,
+            Transport::Tcp => senders.connections.send(inbound.connection, bytes),
         },
         Destination::Flow(flow) => match flow.transport {
             Transport::Udp => senders.send_udp(flow.peer, &bytes).await,
-            Transport::Tcp => senders.connections.send(flow.connection, bytes).await,
+            Transport::Tcp => senders.connections.send(flow.connection, bytes),
         },
         Destination::Upstream => senders.send_upstream(bytes).await,
     };
@@ -233,7 +234,7 @@ async fn dispatch(core: &Core, senders: &Senders, log: &DecisionLog, inbound: In
             if let Some(reply) = core.upstream_unavailable(&inbound.bytes) {
                 let _ = match inbound.transport {
                     Transport::Udp => senders.send_udp(inbound.source, &reply).await,
-                    Transport::Tcp => senders.connections.send(inbound.connection, reply).await,
+                    Transport::Tcp => senders.connections.send(inbound.connection, reply),
                 };
             }
         }

@@ -153,8 +153,8 @@ fn register_gets_via_rport_path_and_response_routing() {
         "{relayed}"
     );
     assert!(
-        vias[1].ends_with(&format!(";rport={}", me.port())),
-        "rport filled: {}",
+        vias[1].ends_with(&format!(";rport={};received=127.0.0.1", me.port())),
+        "rport filled, received added (RFC 3581): {}",
         vias[1]
     );
     assert_eq!(header(&relayed, "Max-Forwards"), ["69"]);
@@ -467,19 +467,21 @@ fn flow_tokens_work_across_instances_and_tampering_is_refused() {
     );
     let (invite, _) = recv(&desk);
     assert!(invite.starts_with("INVITE "));
-    // A tampered token is not this proxy's route: B has no registration for
-    // the contact either, so the offer is neither delivered nor decided as mobile.
-    let tampered = mobile_path.replacen("sip:", "sip:00", 1);
+    // A tampered token in a Route addressed to this proxy is refused
+    // (RFC 5626 5.3), and the agent never sees the offer.
+    let tampered = mobile_path
+        .replacen("sip:", "sip:00", 1)
+        .replace(&a.udp.to_string(), &b.udp.to_string());
     offer(
         &upstream,
         b.udp,
         "agent-mob",
-        "127.0.0.1:9".parse().unwrap(),
+        mobile.local_addr().unwrap(),
         Some(&tampered),
     );
+    let (resp, _) = recv(&upstream);
+    assert!(resp.starts_with("SIP/2.0 403 Invalid Flow Token"), "{resp}");
     assert!(quiet(&mobile));
-    let records = b.records();
-    assert_eq!(records.last().unwrap()["client"], "unknown", "{records:#?}");
 }
 
 #[test]
@@ -575,4 +577,97 @@ fn unreachable_tcp_upstream_gets_503_with_retry_after() {
     let (resp, _) = recv(&client);
     assert!(resp.starts_with("SIP/2.0 503 "), "{resp}");
     assert_eq!(header(&resp, "Retry-After"), ["30"]);
+}
+
+#[test]
+fn in_dialog_requests_follow_the_record_route_direction() {
+    let upstream = udp("127.0.0.1");
+    let proxy = start(&upstream, "");
+    let caller = udp("127.0.0.1");
+    let me = caller.local_addr().unwrap();
+    let invite = Msg::new("INVITE", "sip:bob@contoso.com", "caller", LYNC);
+    caller
+        .send_to(invite.render(me).as_bytes(), proxy.udp)
+        .unwrap();
+    let (relayed, _) = recv(&upstream);
+    let rr = header(&relayed, "Record-Route")[0].to_owned();
+    assert!(rr.contains(";ftag=f-caller>"), "{rr}");
+    // Record-Route sits after the Via lines, not between them.
+    let lines: Vec<&str> = relayed.split("\r\n").collect();
+    let rr_at = lines
+        .iter()
+        .position(|l| l.starts_with("Record-Route"))
+        .unwrap();
+    let last_via = lines.iter().rposition(|l| l.starts_with("Via")).unwrap();
+    assert!(rr_at > last_via, "{relayed}");
+    let route = rr.trim_matches(|c| c == '<' || c == '>');
+
+    // The callee hangs up: its BYE (From = callee) comes from the registrar
+    // side with the route set and goes to the caller's flow.
+    let bye_from_callee = format!(
+        "BYE sip:caller@{me} SIP/2.0\r\nRoute: <{route}>\r\nVia: SIP/2.0/UDP {up};branch=z9hG4bK-bye1\r\nMax-Forwards: 70\r\nFrom: <sip:bob@contoso.com>;tag=callee\r\nTo: <sip:caller@contoso.com>;tag=f-caller\r\nCall-ID: {cid}\r\nCSeq: 5 BYE\r\nContent-Length: 0\r\n\r\n",
+        up = upstream.local_addr().unwrap(),
+        cid = invite.call_id
+    );
+    upstream
+        .send_to(bye_from_callee.as_bytes(), proxy.udp)
+        .unwrap();
+    let (bye, _) = recv(&caller);
+    assert!(bye.starts_with("BYE sip:caller@"), "{bye}");
+
+    // The caller hangs up from a new port (NAT rebinding): From = initiator,
+    // so it goes upstream, not back to the old flow.
+    let moved = udp("127.0.0.1");
+    let bye_from_caller = format!(
+        "BYE sip:bob@contoso.com SIP/2.0\r\nRoute: <{route}>\r\nVia: SIP/2.0/UDP {m};branch=z9hG4bK-bye2\r\nMax-Forwards: 70\r\nFrom: <sip:caller@contoso.com>;tag=f-caller\r\nTo: <sip:bob@contoso.com>;tag=callee\r\nCall-ID: {cid}\r\nCSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n",
+        m = moved.local_addr().unwrap(),
+        cid = invite.call_id
+    );
+    moved
+        .send_to(bye_from_caller.as_bytes(), proxy.udp)
+        .unwrap();
+    let (up_bye, _) = recv(&upstream);
+    assert!(up_bye.starts_with("BYE sip:bob@contoso.com"), "{up_bye}");
+    assert!(header(&up_bye, "Route").is_empty(), "own Route consumed");
+    assert!(quiet(&caller));
+}
+
+#[test]
+fn hostile_responses_and_oversized_datagrams_do_not_hurt() {
+    let upstream = udp("127.0.0.1");
+    let proxy = start(&upstream, "[limits]\nmax_message_bytes = 2048\n");
+    let client = udp("127.0.0.1");
+    let me = client.local_addr().unwrap();
+    // A registrar answer granting an absurd expiry must not crash the table.
+    let register = Msg::new("REGISTER", "sip:contoso.com", "huge", LYNC).render(me);
+    client.send_to(register.as_bytes(), proxy.udp).unwrap();
+    let (relayed, _) = recv(&upstream);
+    answer(
+        &upstream,
+        &relayed,
+        proxy.udp,
+        "200 OK",
+        &format!("Contact: <sip:huge@{me}>;expires=18446744073709551615\r\n"),
+    );
+    let (ok, _) = recv(&client);
+    assert!(ok.starts_with("SIP/2.0 200"));
+    // A response whose only Via is ours has nowhere to go.
+    let only_ours = format!(
+        "SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP {};branch=z9hG4bKsa0\r\nFrom: <sip:a@b>;tag=1\r\nTo: <sip:a@b>;tag=2\r\nCall-ID: x\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n",
+        proxy.udp
+    );
+    client.send_to(only_ours.as_bytes(), proxy.udp).unwrap();
+    assert!(quiet(&upstream));
+    // Over limits.max_message_bytes: 513.
+    let mut big = Msg::new("OPTIONS", "sip:bob@contoso.com", "big", LYNC);
+    big.extra = format!("X-Pad: {}\r\n", "a".repeat(3000));
+    client
+        .send_to(big.render(me).as_bytes(), proxy.udp)
+        .unwrap();
+    let (resp, _) = recv(&client);
+    assert!(resp.starts_with("SIP/2.0 513 "), "{resp}");
+    assert!(quiet(&upstream));
+    // Still serving.
+    client.send_to(register.as_bytes(), proxy.udp).unwrap();
+    assert!(recv(&upstream).0.starts_with("REGISTER "));
 }

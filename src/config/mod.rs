@@ -222,6 +222,12 @@ pub fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigError> {
             problem(key.into(), format!("{value} is below the minimum {min}"));
         }
     }
+    if l.max_connections > 1_000_000 {
+        problem(
+            "limits.max_connections".into(),
+            format!("{} is above the maximum 1000000", l.max_connections),
+        );
+    }
     if l.max_message_bytes > 1 << 20 {
         problem(
             "limits.max_message_bytes".into(),

@@ -21,6 +21,42 @@ const MAC_BYTES: usize = 10;
 /// Longest client id carried in a token, bytes.
 const MAX_CLIENT_ID_BYTES: usize = 64;
 
+/// What a token is for: each use gets its own token, so one cannot be
+/// replayed as another (a Record-Route token a client sees is not a valid
+/// Via token, for example).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    /// In the proxy's own Via: the response goes to this flow.
+    Via,
+    /// In Path: requests from the registrar go to this flow.
+    Path,
+    /// In Record-Route of a dialog the client on this flow started.
+    DialogFromClient,
+    /// In Record-Route of a dialog the registrar side started toward this flow.
+    DialogFromUpstream,
+}
+
+impl Purpose {
+    fn byte(self) -> u8 {
+        match self {
+            Self::Via => b'v',
+            Self::Path => b'p',
+            Self::DialogFromClient => b'c',
+            Self::DialogFromUpstream => b'r',
+        }
+    }
+
+    fn from_byte(b: u8) -> Option<Self> {
+        Some(match b {
+            b'v' => Self::Via,
+            b'p' => Self::Path,
+            b'c' => Self::DialogFromClient,
+            b'r' => Self::DialogFromUpstream,
+            _ => return None,
+        })
+    }
+}
+
 /// The client flow a token names.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Flow {
@@ -72,12 +108,20 @@ impl FlowSigner {
     }
 
     fn mac(&self, payload: &[u8]) -> [u8; MAC_BYTES] {
+        // Only encoding needs the tag itself; decoding verifies in constant time.
         let mut mac = self.key.clone();
         mac.update(payload);
         let full = mac.finalize().into_bytes();
         let mut out = [0; MAC_BYTES];
         out.copy_from_slice(&full[..MAC_BYTES]);
         out
+    }
+
+    /// Constant-time check of a truncated MAC.
+    fn verify(&self, payload: &[u8], tag: &[u8]) -> bool {
+        let mut mac = self.key.clone();
+        mac.update(payload);
+        mac.verify_truncated_left(tag).is_ok()
     }
 
     /// A 64-bit keyed hash (for branches and To-tags).
@@ -91,9 +135,10 @@ impl FlowSigner {
         u64::from_be_bytes(full[..8].try_into().expect("8 bytes"))
     }
 
-    /// Encode a flow as a lowercase hex token.
-    pub fn encode(&self, flow: &Flow) -> String {
+    /// Encode a flow for `purpose` as a lowercase hex token.
+    pub fn encode(&self, purpose: Purpose, flow: &Flow) -> String {
         let mut payload = Vec::with_capacity(40);
+        payload.push(purpose.byte());
         payload.push(match flow.transport {
             Transport::Udp => b'u',
             Transport::Tcp => b't',
@@ -118,15 +163,17 @@ impl FlowSigner {
     }
 
     /// Decode and verify a token.
-    pub fn decode(&self, token: &[u8]) -> Result<Flow, TokenError> {
+    pub fn decode(&self, token: &[u8]) -> Result<(Purpose, Flow), TokenError> {
         let bytes = hex_decode(token).ok_or(TokenError::Malformed)?;
-        if bytes.len() < 1 + 1 + 4 + 2 + 8 + MAC_BYTES {
+        if bytes.len() < 1 + 1 + 1 + 4 + 2 + 8 + MAC_BYTES {
             return Err(TokenError::Malformed);
         }
         let (payload, mac) = bytes.split_at(bytes.len() - MAC_BYTES);
-        if self.mac(payload) != mac {
+        if !self.verify(payload, mac) {
             return Err(TokenError::BadSignature);
         }
+        let purpose = Purpose::from_byte(payload[0]).ok_or(TokenError::Malformed)?;
+        let payload = &payload[1..];
         let transport = match payload[0] {
             b'u' => Transport::Udp,
             b't' => Transport::Tcp,
@@ -153,12 +200,13 @@ impl FlowSigner {
         let port = u16::from_be_bytes([rest[0], rest[1]]);
         let connection = u64::from_be_bytes(rest[2..10].try_into().expect("8 bytes"));
         let client = String::from_utf8(rest[10..].to_vec()).map_err(|_| TokenError::Malformed)?;
-        Ok(Flow {
+        let flow = Flow {
             transport,
             peer: SocketAddr::new(ip, port),
             connection,
             client,
-        })
+        };
+        Ok((purpose, flow))
     }
 }
 
@@ -200,7 +248,8 @@ mod tests {
         let s = FlowSigner::new(b"0123456789abcdef");
         for peer in ["192.0.2.1:5060", "[2001:db8::1]:5061"] {
             let f = flow(peer);
-            assert_eq!(s.decode(s.encode(&f).as_bytes()), Ok(f));
+            let token = s.encode(Purpose::Path, &f);
+            assert_eq!(s.decode(token.as_bytes()), Ok((Purpose::Path, f)));
         }
     }
 
@@ -208,7 +257,7 @@ mod tests {
     fn tampering_and_other_secrets_are_refused() {
         let a = FlowSigner::new(b"0123456789abcdef");
         let b = FlowSigner::new(b"another-secret-xx");
-        let token = a.encode(&flow("192.0.2.1:5060"));
+        let token = a.encode(Purpose::Via, &flow("192.0.2.1:5060"));
         assert_eq!(b.decode(token.as_bytes()), Err(TokenError::BadSignature));
         let mut t = token.into_bytes();
         t[5] = if t[5] == b'0' { b'1' } else { b'0' };
@@ -217,7 +266,11 @@ mod tests {
         assert_eq!(a.decode(b"abcd"), Err(TokenError::Malformed));
         // Same secret, another instance: same answer.
         let a2 = FlowSigner::new(b"0123456789abcdef");
-        let token = a.encode(&flow("192.0.2.1:5060"));
-        assert_eq!(a2.decode(token.as_bytes()).unwrap().client, "lync-mobile");
+        let token = a.encode(Purpose::DialogFromClient, &flow("192.0.2.1:5060"));
+        let (purpose, decoded) = a2.decode(token.as_bytes()).unwrap();
+        assert_eq!(
+            (purpose, decoded.client.as_str()),
+            (Purpose::DialogFromClient, "lync-mobile")
+        );
     }
 }

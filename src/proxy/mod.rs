@@ -22,8 +22,8 @@ use crate::observe::metrics::{DropReason, Metrics};
 use crate::policy::{decide, Action, SessionFacts, SessionRole};
 use crate::sip::edit::{before_first, first_value, Edits};
 use crate::sip::fields::{parse_hostport, sip_uri_host, trim_lws};
-use crate::sip::{response, HeaderName, Method, NameAddr, SipError, SipView, Via};
-use flow::{Flow, FlowSigner};
+use crate::sip::{response, HeaderName, Method, Params, SipError, SipView, Via};
+use flow::{Flow, FlowSigner, Purpose, TokenError};
 use registrations::{contact_key, Registrations};
 
 /// Via parameter of the proxy's own Via that carries the client flow token.
@@ -34,6 +34,8 @@ const BRANCH_PREFIX: &str = "z9hG4bKsa";
 const DEFAULT_MAX_FORWARDS: u8 = 70;
 /// Registration expiry when neither the Contact nor Expires says (RFC 3261 10.2.1.1).
 const DEFAULT_EXPIRES_SECS: u64 = 3600;
+/// Longest registration the table keeps, whatever the registrar granted (2^31 - 1 s).
+const MAX_EXPIRES_SECS: u64 = (1 << 31) - 1;
 
 /// One message as it arrived.
 #[derive(Debug, Clone)]
@@ -161,6 +163,7 @@ impl Core {
         flow_alive: &dyn Fn(&Flow) -> bool,
     ) -> Outcome {
         Metrics::inc(&self.metrics.received);
+        let oversized = inbound.bytes.len() > self.config.limits.max_message_bytes;
         let view = match SipView::parse(inbound.bytes.clone()) {
             Ok(v) => v,
             Err(e) => {
@@ -174,6 +177,14 @@ impl Core {
                 return Outcome::drop(reason);
             }
         };
+        if oversized {
+            warn!(source = %inbound.source, bytes = inbound.bytes.len(), "message over limits.max_message_bytes");
+            if view.is_request() {
+                return self.refuse(inbound, &view, 513, "Message Too Large");
+            }
+            self.metrics.count_drop(DropReason::Malformed);
+            return Outcome::drop(DropReason::Malformed);
+        }
         if view.is_request() {
             self.request(inbound, &view, now, flow_alive)
         } else {
@@ -210,10 +221,11 @@ impl Core {
     ) -> Outcome {
         let method = view.method().unwrap_or(Method::Other);
         if let Err(e) = view.check() {
-            return self.refuse(inb, view, e);
+            warn!(source = %inb.source, error = %e, "malformed request");
+            return self.refuse(inb, view, e.status_code(), &e.to_string());
         }
         if view.header_fields().len() > self.config.limits.max_headers {
-            return self.local(view, 400, "Too Many Headers", &[]);
+            return self.refuse(inb, view, 400, "Too Many Headers");
         }
         if method == Method::Ack
             && view.to().ok().and_then(|t| t.tag()) == Some(self.local_tag(view).as_bytes())
@@ -235,11 +247,20 @@ impl Core {
             return self.local(view, 420, "Bad Extension", &[("Unsupported", &list)]);
         }
 
-        // Where does it go? Our own Route (a flow token) wins.
-        let route = self.own_route(view);
+        // Where does it go? Our own Route (a flow token) decides; else the
+        // registrar's requests are looked up and clients' go upstream.
+        let route = match self.own_route(view) {
+            Ok(route) => route,
+            Err(e) => {
+                warn!(source = %inb.source, error = %e, "request with an invalid flow token in its Route");
+                return self.local(view, 403, "Invalid Flow Token", &[]);
+            }
+        };
         let toward: Option<Flow> = match &route {
-            Some((_, flow)) if !self.came_from(flow, inb) => Some(flow.clone()),
-            Some(_) => None,
+            Some(r) => r
+                .toward_client(view)
+                .filter(|f| !self.came_from(f, inb))
+                .cloned(),
             None if inb.from_upstream => match self.flow_by_request_uri(view, now) {
                 Some(flow) => Some(flow),
                 None => return self.local(view, 404, "Not Found", &[]),
@@ -349,9 +370,10 @@ impl Core {
             }
         }
         let Ok(top_via) = view.top_via() else {
-            return self.refuse(inb, view, SipError::MalformedHeader(HeaderName::Via));
+            let e = SipError::MalformedHeader(HeaderName::Via);
+            return self.refuse(inb, view, e.status_code(), &e.to_string());
         };
-        let branch = self.branch(view, &top_via);
+        let branch = self.branch(view);
         let Some(own_addr) = self.address_for(out_transport) else {
             return self.local(view, 500, "No Listener For Transport", &[]);
         };
@@ -368,15 +390,12 @@ impl Core {
         };
         let mut edits = Edits::new();
         let mut via = format!(
-            "Via: SIP/2.0/{} {};branch={branch}",
-            out_transport.via_name(),
-            own_addr
+            "Via: SIP/2.0/{} {own_addr};branch={branch}",
+            out_transport.via_name()
         );
         if toward.is_none() {
-            via.push_str(&format!(
-                ";{FLOW_PARAM}={}",
-                self.signer.encode(&inbound_flow)
-            ));
+            let token = self.signer.encode(Purpose::Via, &inbound_flow);
+            via.push_str(&format!(";{FLOW_PARAM}={token}"));
         }
         via.push_str("\r\n");
         edits.insert(before_first(view, HeaderName::Via), via);
@@ -402,30 +421,50 @@ impl Core {
             }
         }
         if route.is_some() {
+            // RFC 3261 16.4: a proxy removes its own Route value.
             if let Some((_, removal)) = first_value(view, HeaderName::Route) {
                 edits.remove(removal);
             }
         }
         // Path on REGISTER (RFC 3327) and Record-Route on dialog-creating
-        // requests, both naming the client flow, so later requests from the
-        // registrar side come back through this proxy to that flow.
-        let client_flow = toward.as_ref().unwrap_or(&inbound_flow);
-        let token = self.signer.encode(client_flow);
-        let uri = format!(
-            "<sip:{token}@{own_addr};transport={};lr>",
-            out_transport.as_str()
-        );
+        // requests name the client flow, so requests from the registrar side
+        // come back through this proxy to that flow. Record-Route also
+        // carries the From-tag of the dialog's initiator (`ftag`), which
+        // tells the two directions of later requests apart.
         let in_dialog = view.to().ok().and_then(|t| t.tag()).is_some();
+        let scheme_addr = |token: String| {
+            format!(
+                "sip:{token}@{own_addr};transport={};lr",
+                out_transport.as_str()
+            )
+        };
         if method == Method::Register && toward.is_none() {
+            let uri = scheme_addr(self.signer.encode(Purpose::Path, &inbound_flow));
             edits.insert(
-                before_first(view, HeaderName::Path),
-                format!("Path: {uri}\r\n"),
+                after_vias(view, HeaderName::Path),
+                format!("Path: <{uri}>\r\n"),
             );
             self.expect_registration(view, now);
         } else if !in_dialog && is_dialog_creating(view) {
+            let (purpose, flow) = match &toward {
+                None => (Purpose::DialogFromClient, &inbound_flow),
+                Some(flow) => (Purpose::DialogFromUpstream, flow),
+            };
+            let ftag = view.from().ok().and_then(|f| f.tag()).unwrap_or_default();
+            let uri = scheme_addr(self.signer.encode(purpose, flow));
             edits.insert(
-                before_first(view, HeaderName::RecordRoute),
-                format!("Record-Route: {uri}\r\n"),
+                after_vias(view, HeaderName::RecordRoute),
+                format!(
+                    "Record-Route: <{uri};ftag={}>\r\n",
+                    String::from_utf8_lossy(ftag)
+                ),
+            );
+        }
+        if view.content_length().is_none() {
+            // RFC 3261 18.3 / 20.14: required on streams; harmless on UDP.
+            edits.insert(
+                view.headers_end(),
+                format!("Content-Length: {}\r\n", view.body().len()),
             );
         }
         if decision.action == Action::Flag {
@@ -452,15 +491,27 @@ impl Core {
         }
     }
 
-    /// Answer a request that failed validation (400 or 505), or drop it when
-    /// it is an ACK (never answered).
-    fn refuse(&self, inb: &Inbound, view: &SipView, e: SipError) -> Outcome {
-        warn!(source = %inb.source, error = %e, "malformed request refused");
-        if view.method() == Some(Method::Ack) {
-            self.metrics.count_drop(DropReason::Unanswerable);
-            return Outcome::drop(DropReason::Unanswerable);
+    /// Answer a request that failed validation (400, 505, 513) when a
+    /// response can be formed (RFC 3261 8.2.6 needs Via, From, To, Call-ID
+    /// and CSeq to copy); otherwise, and for ACK, drop and count it.
+    fn refuse(&self, inb: &Inbound, view: &SipView, status: u16, reason: &str) -> Outcome {
+        // The response goes back to the source address, so the header lines
+        // only need to be present to be copied, even if malformed.
+        let formable = [
+            HeaderName::Via,
+            HeaderName::From,
+            HeaderName::To,
+            HeaderName::CallId,
+            HeaderName::CSeq,
+        ]
+        .iter()
+        .all(|&h| view.header(h).is_some());
+        if !formable || view.method() == Some(Method::Ack) {
+            debug!(source = %inb.source, status, "no response can be formed; dropped");
+            self.metrics.count_drop(DropReason::Malformed);
+            return Outcome::drop(DropReason::Malformed);
         }
-        self.local(view, e.status_code(), &e.to_string(), &[])
+        self.local(view, status, reason, &[])
     }
 
     /// A local response to the sender.
@@ -544,16 +595,29 @@ impl Core {
             return Outcome::drop(DropReason::ForeignResponse);
         }
         let destination = match via.params.get(FLOW_PARAM.as_bytes()) {
-            Some(Some(token)) => match self.signer.decode(token) {
-                Ok(flow) => Destination::Flow(flow),
-                Err(e) => {
-                    warn!(source = %inb.source, error = %e, "response with a bad flow token discarded");
+            // Only the registrar answers requests we sent upstream with a
+            // flow token in our Via.
+            Some(Some(token)) if inb.from_upstream => match self.signer.decode(token) {
+                Ok((Purpose::Via, flow)) => Destination::Flow(flow),
+                Ok(_) | Err(_) => {
+                    warn!(source = %inb.source, "response with a bad flow token discarded");
                     self.metrics.count_drop(DropReason::ForeignResponse);
                     return Outcome::drop(DropReason::ForeignResponse);
                 }
             },
-            _ => Destination::Upstream,
+            Some(_) => {
+                warn!(source = %inb.source, "flow-token response not from the registrar discarded");
+                self.metrics.count_drop(DropReason::ForeignResponse);
+                return Outcome::drop(DropReason::ForeignResponse);
+            }
+            None => Destination::Upstream,
         };
+        if view.values(HeaderName::Via).nth(1).is_none() {
+            // RFC 3261 16.7 step 3: nothing left to send it to.
+            debug!(source = %inb.source, "response with only our Via discarded");
+            self.metrics.count_drop(DropReason::ForeignResponse);
+            return Outcome::drop(DropReason::ForeignResponse);
+        }
         if let Destination::Flow(flow) = &destination {
             if flow.transport == Transport::Tcp && !flow_alive(flow) {
                 self.metrics.count_drop(DropReason::FlowGone);
@@ -567,6 +631,12 @@ impl Core {
         };
         let mut edits = Edits::new();
         edits.remove(removal);
+        if view.content_length().is_none() {
+            edits.insert(
+                view.headers_end(),
+                format!("Content-Length: {}\r\n", view.body().len()),
+            );
+        }
         Metrics::inc(&self.metrics.responses_relayed);
         Outcome {
             send: Some(Outbound {
@@ -616,8 +686,9 @@ impl Core {
                     .params
                     .get(b"expires")
                     .flatten()
-                    .and_then(|v| std::str::from_utf8(v).ok()?.parse().ok())
-                    .unwrap_or(default);
+                    .and_then(|v| std::str::from_utf8(v).ok()?.parse::<u64>().ok())
+                    .unwrap_or(default)
+                    .min(MAX_EXPIRES_SECS);
                 (contact_key(c.uri), Duration::from_secs(secs))
             })
             .collect();
@@ -629,12 +700,31 @@ impl Core {
 
     // === routing helpers ===
 
-    /// The top Route, if it is this proxy's (a valid flow token in the user part).
-    fn own_route<'v>(&self, view: &'v SipView) -> Option<(NameAddr<'v>, Flow)> {
-        let top = view.routes().next()?.ok()?;
-        let user = route_user(top.uri)?;
-        let flow = self.signer.decode(user).ok()?;
-        Some((top, flow))
+    /// The top Route, if it is this proxy's: its host and port are one of
+    /// ours, or its user part is a valid flow token. A Route to this proxy
+    /// whose token does not verify is an error (RFC 5626 5.3: 403).
+    fn own_route(&self, view: &SipView) -> Result<Option<OwnRoute>, TokenError> {
+        let Some(Ok(top)) = view.routes().next() else {
+            return Ok(None);
+        };
+        let Some((user, host, port)) = route_parts(top.uri) else {
+            return Ok(None);
+        };
+        let addressed_here = self
+            .advertised
+            .iter()
+            .any(|(_, addr)| port.unwrap_or(5060) == addr.port() && host_matches(host, addr));
+        match user.map(|u| self.signer.decode(u)) {
+            Some(Ok((Purpose::Via, _))) => Err(TokenError::Malformed),
+            Some(Ok((purpose, flow))) => Ok(Some(OwnRoute {
+                purpose,
+                flow,
+                ftag: uri_param(top.uri, b"ftag").map(<[u8]>::to_vec),
+            })),
+            Some(Err(e)) if addressed_here => Err(e),
+            None if addressed_here => Err(TokenError::Malformed),
+            _ => Ok(None),
+        }
     }
 
     /// Whether `inb` arrived on `flow` (a request going back the way it came).
@@ -684,29 +774,20 @@ impl Core {
         })
     }
 
-    /// RFC 3261 16.11 branch: from the incoming top Via branch when it is
-    /// RFC 3261 style (so CANCEL and ACK for non-2xx map to the INVITE's
-    /// branch), else from the fields of 16.6 step 8 minus the method.
-    fn branch(&self, view: &SipView, top_via: &Via<'_>) -> String {
-        let port = top_via.port.unwrap_or(5060).to_be_bytes();
-        let hash = match top_via.branch() {
-            Some(b) if b.len() > 7 && b.starts_with(b"z9hG4bK") => {
-                self.signer.hash64(&[b"b", b, top_via.host, &port])
-            }
-            _ => {
-                let cseq = view.cseq().map(|c| c.number).unwrap_or(0).to_be_bytes();
-                self.signer.hash64(&[
-                    b"o",
-                    view.request_uri().unwrap_or_default(),
-                    view.to().ok().and_then(|t| t.tag()).unwrap_or_default(),
-                    view.from().ok().and_then(|f| f.tag()).unwrap_or_default(),
-                    view.call_id().unwrap_or_default(),
-                    &cseq,
-                    top_via.host,
-                    &port,
-                ])
-            }
-        };
+    /// RFC 3261 16.11 branch, from the fields of 16.6 step 8 that a loop
+    /// does not change (Request-URI, From and To tags, Call-ID, CSeq
+    /// number). Retransmissions, CANCEL and the ACK of a non-2xx response get
+    /// the INVITE's branch, and a request coming round again is detected.
+    fn branch(&self, view: &SipView) -> String {
+        let cseq = view.cseq().map(|c| c.number).unwrap_or(0).to_be_bytes();
+        let hash = self.signer.hash64(&[
+            b"b",
+            view.request_uri().unwrap_or_default(),
+            view.to().ok().and_then(|t| t.tag()).unwrap_or_default(),
+            view.from().ok().and_then(|f| f.tag()).unwrap_or_default(),
+            view.call_id().unwrap_or_default(),
+            &cseq,
+        ]);
         format!("{BRANCH_PREFIX}{hash:016x}")
     }
 
@@ -741,9 +822,8 @@ impl Core {
             return;
         };
         let value = &view.raw()[range.clone()];
-        if !host_matches(via.host, &source) && via.received().is_none() {
-            edits.insert(range.end, format!(";received={}", source.ip()));
-        }
+        // The rport value goes in first: when `rport` ends the value, both
+        // edits insert at the same offset and keep this order.
         if via.rport() == Some(None) {
             // Find the valueless `rport` flag and give it the source port.
             let lower = value.to_ascii_lowercase();
@@ -761,6 +841,11 @@ impl Core {
                 from = end;
             }
         }
+        // RFC 3581 4: with rport, received is added even when the host matches.
+        let rport = via.rport().is_some();
+        if (rport || !host_matches(via.host, &source)) && via.received().is_none() {
+            edits.insert(range.end, format!(";received={}", source.ip()));
+        }
     }
 }
 
@@ -774,14 +859,64 @@ fn host_matches(host: &[u8], addr: &SocketAddr) -> bool {
         .is_ok_and(|ip| ip == addr.ip())
 }
 
-/// The user part of a Route URI (`sip:USER@host;lr`).
-fn route_user(uri: &[u8]) -> Option<&[u8]> {
+/// A Route to this proxy, decoded.
+#[derive(Debug)]
+struct OwnRoute {
+    purpose: Purpose,
+    flow: Flow,
+    /// `ftag` of a Record-Route: the From-tag of the dialog's initiator.
+    ftag: Option<Vec<u8>>,
+}
+
+impl OwnRoute {
+    /// The client flow the request goes to, or `None` when it goes upstream.
+    fn toward_client(&self, view: &SipView) -> Option<&Flow> {
+        let from_tag = view.from().ok().and_then(|f| f.tag());
+        let from_initiator = from_tag == self.ftag.as_deref();
+        let to_client = match self.purpose {
+            Purpose::Path => true,
+            Purpose::DialogFromClient => !from_initiator,
+            Purpose::DialogFromUpstream => from_initiator,
+            Purpose::Via => false,
+        };
+        to_client.then_some(&self.flow)
+    }
+}
+
+/// (user, host, port) of a Route URI.
+type RouteParts<'a> = (Option<&'a [u8]>, &'a [u8], Option<u16>);
+
+/// (user, host, port) of a `sip:`/`sips:` Route URI.
+fn route_parts(uri: &[u8]) -> Option<RouteParts<'_>> {
     let rest = uri
         .strip_prefix(b"sip:")
         .or_else(|| uri.strip_prefix(b"sips:"))?;
-    let at = rest.iter().position(|&b| b == b'@')?;
-    parse_hostport(&rest[at + 1..])?;
-    Some(trim_lws(&rest[..at]))
+    let (user, hostport) = match rest.iter().position(|&b| b == b'@') {
+        Some(at) => (Some(trim_lws(&rest[..at])), &rest[at + 1..]),
+        None => (None, rest),
+    };
+    let (host, port, _) = parse_hostport(hostport)?;
+    Some((user, host, port))
+}
+
+/// A `;name=value` URI parameter.
+fn uri_param<'a>(uri: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
+    let params = &uri[uri.iter().position(|&b| b == b';')?..];
+    Params::new(params).get(name).flatten()
+}
+
+/// Where a new Path or Record-Route line goes: before the first header of
+/// that name, else right after the last Via line.
+fn after_vias(view: &SipView, name: HeaderName) -> usize {
+    let fields = view.header_fields();
+    if let Some(h) = fields.iter().find(|h| h.name == name) {
+        return h.line_span.start as usize;
+    }
+    fields
+        .iter()
+        .rev()
+        .find(|h| h.name == HeaderName::Via)
+        .map_or(view.start_line_end(), |h| h.line_span.end as usize)
 }
 
 /// Requests that create dialogs and so get a Record-Route (RFC 3261 16.6 step 4).

@@ -117,11 +117,14 @@ impl Registrations {
                 return false;
             }
         }
+        let Some(expires_at) = now.checked_add(expires) else {
+            return false;
+        };
         entries.insert(
             key,
             Registration {
                 flow: flow.clone(),
-                expires_at: now + expires,
+                expires_at,
             },
         );
         true

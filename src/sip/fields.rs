@@ -29,13 +29,25 @@ pub fn trim_lws(mut s: &[u8]) -> &[u8] {
     s
 }
 
+/// RFC 3261 `token` characters, as a lookup table (hot: every header name).
+const TOKEN_CHARS: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut i = 0;
+    while i < 256 {
+        let b = i as u8;
+        table[i] = b.is_ascii_alphanumeric()
+            || matches!(
+                b,
+                b'-' | b'.' | b'!' | b'%' | b'*' | b'_' | b'+' | b'`' | b'\'' | b'~'
+            );
+        i += 1;
+    }
+    table
+};
+
 /// RFC 3261 `token` characters.
 pub(crate) fn is_token_char(b: u8) -> bool {
-    b.is_ascii_alphanumeric()
-        || matches!(
-            b,
-            b'-' | b'.' | b'!' | b'%' | b'*' | b'_' | b'+' | b'`' | b'\'' | b'~'
-        )
+    TOKEN_CHARS[usize::from(b)]
 }
 
 /// Whether `s` is a non-empty RFC 3261 token.
@@ -111,10 +123,17 @@ impl<'a> Params<'a> {
     /// yielded as empty slices so that [`Params::check`] can refuse them.
     pub fn iter(&self) -> impl Iterator<Item = (&'a [u8], Option<&'a [u8]>)> {
         let mut rest = self.0;
+        // Without quoted strings a plain scan for ';' splits correctly.
+        let quoted = memchr::memchr(b'"', self.0).is_some();
         std::iter::from_fn(move || {
             let s = trim_lws(rest);
             let s = s.strip_prefix(b";")?;
-            let end = find_unquoted(s, b';').unwrap_or(s.len());
+            let end = if quoted {
+                find_unquoted(s, b';')
+            } else {
+                memchr::memchr(b';', s)
+            }
+            .unwrap_or(s.len());
             let item = &s[..end];
             rest = &s[end..];
             Some(match item.iter().position(|&b| b == b'=') {

@@ -5,7 +5,6 @@
 //! reports RFC 5626 3.5.1 keep-alive pings so the transport can answer them.
 
 use bytes::{Bytes, BytesMut};
-use memchr::memmem;
 
 use super::fields::{is_token_char, parse_decimal, trim_lws};
 
@@ -111,7 +110,7 @@ impl StreamFramer {
             break;
         }
         let from = self.scanned.min(buf.len()).saturating_sub(3);
-        let Some(end) = memmem::find(&buf[from..], b"\r\n\r\n").map(|p| from + p + 4) else {
+        let Some(end) = header_end(buf, from) else {
             self.scanned = buf.len();
             if buf.len() > self.max_message_bytes {
                 return Err(FramingError::TooLarge {
@@ -140,6 +139,19 @@ impl StreamFramer {
         self.scanned = 0;
         Some(Frame::Message(buf.split_to(total).freeze()))
     }
+}
+
+/// End of the header section: after the first empty line, ending in CRLF
+/// or bare LF exactly as the message view reads lines (so framing and view
+/// always agree on where a message's headers end).
+fn header_end(buf: &[u8], from: usize) -> Option<usize> {
+    memchr::memchr_iter(b'\n', &buf[from..])
+        .map(|p| from + p)
+        .find_map(|nl| match (buf.get(nl + 1), buf.get(nl + 2)) {
+            (Some(b'\n'), _) => Some(nl + 2),
+            (Some(b'\r'), Some(b'\n')) => Some(nl + 3),
+            _ => None,
+        })
 }
 
 /// The Content-Length of a header section (0 when absent).
@@ -255,6 +267,22 @@ mod tests {
         assert_eq!(
             framer().decode(&mut buf),
             Err(FramingError::MalformedContentLength)
+        );
+    }
+
+    #[test]
+    fn bare_lf_header_end_is_seen_like_the_view_sees_it() {
+        // A REGISTER ending its headers with LF LF must not swallow the next message.
+        let mut buf = BytesMut::from(
+            &b"REGISTER sip:a SIP/2.0\nCall-ID: 1\n\nINVITE sip:b SIP/2.0\r\nl: 0\r\n\r\n"[..],
+        );
+        let mut f = framer();
+        let Ok(Some(Frame::Message(first))) = f.decode(&mut buf) else {
+            panic!("no frame")
+        };
+        assert_eq!(&first[..], b"REGISTER sip:a SIP/2.0\nCall-ID: 1\n\n");
+        assert!(
+            matches!(f.decode(&mut buf), Ok(Some(Frame::Message(m))) if m.starts_with(b"INVITE"))
         );
     }
 

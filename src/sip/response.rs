@@ -57,8 +57,9 @@ pub fn build(
                 out.extend_from_slice(request.slice(h.line_span));
             }
             HeaderName::To => {
-                let has_tag = request.to().is_ok_and(|t| t.tag().is_some());
-                if has_tag {
+                // Tag a To we can read and that has none; copy anything else as is.
+                let add_tag = request.to().is_ok_and(|t| t.tag().is_none());
+                if !add_tag {
                     out.extend_from_slice(request.slice(h.line_span));
                 } else {
                     let end = h.value_span.end as usize;

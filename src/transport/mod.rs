@@ -30,6 +30,9 @@ pub enum SendError {
     /// The TCP connection is gone.
     #[error("TCP connection {0} is gone")]
     ConnectionGone(u64),
+    /// The peer stopped reading; the connection was closed.
+    #[error("TCP connection {0} stopped reading; closed")]
+    QueueFull(u64),
     /// The socket reported an error.
     #[error("sending to {addr}: {source}")]
     Io {
@@ -85,19 +88,24 @@ impl Connections {
         self.len() == 0
     }
 
-    /// Queue bytes on a connection.
-    pub async fn send(&self, id: u64, bytes: Bytes) -> Result<(), SendError> {
-        let writer = self
-            .writers
-            .lock()
-            .expect("connections lock")
-            .get(&id)
-            .cloned()
-            .ok_or(SendError::ConnectionGone(id))?;
-        writer
-            .send(bytes)
-            .await
-            .map_err(|_| SendError::ConnectionGone(id))
+    /// Queue bytes on a connection without waiting: a connection whose
+    /// queue is full (a peer that stopped reading) is closed rather than
+    /// allowed to stall the dispatcher.
+    pub fn send(&self, id: u64, bytes: Bytes) -> Result<(), SendError> {
+        let mut writers = self.writers.lock().expect("connections lock");
+        let writer = writers.get(&id).ok_or(SendError::ConnectionGone(id))?;
+        match writer.try_send(bytes) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                // Dropping the sender ends the writer task, which closes the socket.
+                writers.remove(&id);
+                Err(SendError::QueueFull(id))
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                writers.remove(&id);
+                Err(SendError::ConnectionGone(id))
+            }
+        }
     }
 }
 

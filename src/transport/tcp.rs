@@ -20,10 +20,14 @@ use crate::observe::metrics::{DropReason, Metrics};
 use crate::proxy::Inbound;
 use crate::sip::framing::{Frame, StreamFramer};
 
-/// Messages queued per connection before senders wait.
+/// Messages queued per connection; a peer that lets more pile up is closed.
 const WRITE_QUEUE: usize = 256;
+/// A write that makes no progress for this long closes the connection.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// After a failed connect to the upstream, fail fast for this long.
+const UPSTREAM_RETRY_DELAY: Duration = Duration::from_secs(2);
 /// How long connecting to the upstream may take.
-const UPSTREAM_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+const UPSTREAM_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// What every connection task shares.
 #[derive(Debug, Clone)]
@@ -38,11 +42,12 @@ pub struct ConnectionContext {
     pub metrics: Arc<Metrics>,
     /// Stop signal.
     pub shutdown: CancellationToken,
+    /// Connection slots shared by every listener (`limits.max_connections`).
+    pub slots: Arc<Semaphore>,
 }
 
 /// Accept connections until `shutdown`.
 pub async fn serve(listener: TcpListener, ctx: ConnectionContext) {
-    let permits = Arc::new(Semaphore::new(ctx.limits.max_connections));
     let mut backoff = Duration::from_millis(10);
     loop {
         let (stream, peer) = tokio::select! {
@@ -58,7 +63,7 @@ pub async fn serve(listener: TcpListener, ctx: ConnectionContext) {
             },
         };
         backoff = Duration::from_millis(10);
-        let Ok(permit) = permits.clone().try_acquire_owned() else {
+        let Ok(permit) = ctx.slots.clone().try_acquire_owned() else {
             warn!(%peer, limit = ctx.limits.max_connections, "connection limit reached; closing new connection");
             continue;
         };
@@ -79,9 +84,16 @@ fn spawn_writer(ctx: &ConnectionContext, id: u64, mut write: OwnedWriteHalf) {
     ctx.connections.insert(id, tx);
     tokio::spawn(async move {
         while let Some(bytes) = rx.recv().await {
-            if let Err(e) = write.write_all(&bytes).await {
-                debug!(connection = id, error = %e, "TCP write failed");
-                break;
+            match tokio::time::timeout(WRITE_TIMEOUT, write.write_all(&bytes)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    debug!(connection = id, error = %e, "TCP write failed");
+                    break;
+                }
+                Err(_) => {
+                    warn!(connection = id, "TCP write stalled; closing");
+                    break;
+                }
             }
         }
         let _ = write.shutdown().await;
@@ -121,7 +133,7 @@ async fn read_loop(
                 Ok(None) => break,
                 Ok(Some(Frame::Ping)) => {
                     Metrics::inc(&ctx.metrics.keepalives);
-                    let _ = ctx.connections.send(id, Bytes::from_static(b"\r\n")).await;
+                    let _ = ctx.connections.send(id, Bytes::from_static(b"\r\n"));
                 }
                 Ok(Some(Frame::Message(bytes))) => {
                     let message = Inbound {
@@ -153,8 +165,15 @@ async fn read_loop(
 #[derive(Debug)]
 pub struct UpstreamLink {
     addr: SocketAddr,
-    current: tokio::sync::Mutex<Option<u64>>,
+    current: tokio::sync::Mutex<LinkState>,
     ctx: ConnectionContext,
+}
+
+/// The upstream connection, or when connecting last failed.
+#[derive(Debug, Default)]
+struct LinkState {
+    connection: Option<u64>,
+    failed_at: Option<tokio::time::Instant>,
 }
 
 impl UpstreamLink {
@@ -162,29 +181,49 @@ impl UpstreamLink {
     pub fn new(addr: SocketAddr, ctx: ConnectionContext) -> Self {
         Self {
             addr,
-            current: tokio::sync::Mutex::new(None),
+            current: tokio::sync::Mutex::new(LinkState::default()),
             ctx,
         }
     }
 
     /// Send on the link, connecting first when needed.
     pub async fn send(&self, bytes: Bytes) -> Result<(), SendError> {
-        let mut current = self.current.lock().await;
-        if let Some(id) = *current {
+        let mut state = self.current.lock().await;
+        if let Some(id) = state.connection {
             if self.ctx.connections.alive(id) {
-                return self.ctx.connections.send(id, bytes).await;
+                return self.ctx.connections.send(id, bytes);
             }
         }
-        let stream = tokio::time::timeout(UPSTREAM_CONNECT_TIMEOUT, TcpStream::connect(self.addr))
-            .await
-            .map_err(|_| SendError::Io {
-                addr: self.addr,
-                source: std::io::ErrorKind::TimedOut.into(),
-            })?
-            .map_err(|source| SendError::Io {
-                addr: self.addr,
-                source,
-            })?;
+        let refused = || SendError::Io {
+            addr: self.addr,
+            source: std::io::ErrorKind::ConnectionRefused.into(),
+        };
+        if state
+            .failed_at
+            .is_some_and(|at| at.elapsed() < UPSTREAM_RETRY_DELAY)
+        {
+            return Err(refused());
+        }
+        let connected =
+            tokio::time::timeout(UPSTREAM_CONNECT_TIMEOUT, TcpStream::connect(self.addr)).await;
+        let stream = match connected {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(source)) => {
+                state.failed_at = Some(tokio::time::Instant::now());
+                return Err(SendError::Io {
+                    addr: self.addr,
+                    source,
+                });
+            }
+            Err(_) => {
+                state.failed_at = Some(tokio::time::Instant::now());
+                return Err(SendError::Io {
+                    addr: self.addr,
+                    source: std::io::ErrorKind::TimedOut.into(),
+                });
+            }
+        };
+        state.failed_at = None;
         let _ = stream.set_nodelay(true);
         let id = self.ctx.connections.next_id();
         let (read, write) = stream.into_split();
@@ -192,8 +231,8 @@ impl UpstreamLink {
         let ctx = self.ctx.clone();
         let addr = self.addr;
         tokio::spawn(async move { read_loop(read, addr, id, true, &ctx).await });
-        *current = Some(id);
+        state.connection = Some(id);
         info!(upstream = %self.addr, connection = id, "connected to upstream");
-        self.ctx.connections.send(id, bytes).await
+        self.ctx.connections.send(id, bytes)
     }
 }

@@ -31,6 +31,14 @@ impl TestProxy {
     /// Start with `toml` (a sipadmit config), listening on `ip` port 0 (UDP
     /// and TCP), relaying to `upstream` (`udp:IP:PORT` / `tcp:IP:PORT`).
     pub fn start(toml: &str, ip: &str, upstream: &str) -> Self {
+        // Console logs in the test output (shown for failing tests); RUST_LOG filters.
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_default_env()
+                    .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("debug")),
+            )
+            .with_test_writer()
+            .try_init();
         let dir = tempfile::tempdir().unwrap();
         let decision_log = dir.path().join("decisions.jsonl");
         let host = if ip.contains(':') {
