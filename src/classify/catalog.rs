@@ -199,6 +199,8 @@ const RULE_KEYS: &[(&str, Kind)] = &[
 struct TokenCond {
     /// Lowercase product name (without the trailing `*` of a prefix rule).
     name: Box<[u8]>,
+    /// [`name_bit`] of `name`; 0 for prefix rules (never skipped).
+    bit: u64,
     /// `true` for `Name*`: any product whose name starts with `name`.
     prefix: bool,
     /// Optional version comparison: `token-version <op> version`.
@@ -249,8 +251,15 @@ struct Rule {
 }
 
 impl Rule {
-    /// `Some(version of the matched token)` if the rule matches.
-    fn eval(&self, value: &[u8], items: &[Item<'_>]) -> Option<Option<Version>> {
+    /// `Some(version of the matched token)` if the rule matches. `names` is
+    /// the [`ItemBuf::names`] mask of the value.
+    fn eval(&self, value: &[u8], items: &[Item<'_>], names: u64) -> Option<Option<Version>> {
+        // A token rule whose name is certainly absent is skipped cheaply.
+        if let Some(token) = &self.token {
+            if token.bit != 0 && names & token.bit == 0 {
+                return None;
+            }
+        }
         if let Some(regex) = &self.regex {
             if !regex.is_match(value) {
                 return None;
@@ -294,6 +303,17 @@ fn contains_ignore_case(haystack: &[u8], needle: &[u8]) -> bool {
 struct ItemBuf<'a> {
     items: [Item<'a>; MAX_UA_ITEMS],
     len: usize,
+    /// OR of [`name_bit`] over the product names: a rule whose name's bit is
+    /// missing cannot match.
+    names: u64,
+}
+
+/// One bit (of 64) chosen by an FNV-1a hash of a lowercased product name.
+fn name_bit(name: &[u8]) -> u64 {
+    let hash = name.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b.to_ascii_lowercase())).wrapping_mul(0x0100_0000_01b3)
+    });
+    1 << (hash & 63)
 }
 
 impl<'a> ItemBuf<'a> {
@@ -301,8 +321,12 @@ impl<'a> ItemBuf<'a> {
         let mut buf = Self {
             items: [Item::Comment(&[]); MAX_UA_ITEMS],
             len: 0,
+            names: 0,
         };
         for item in tokenize(value).take(MAX_UA_ITEMS) {
+            if let Item::Product { name, .. } = item {
+                buf.names |= name_bit(name);
+            }
             buf.items[buf.len] = item;
             buf.len += 1;
         }
@@ -376,7 +400,7 @@ impl Catalog {
             {
                 continue;
             }
-            if let Some(matched_version) = rule.eval(value, items) {
+            if let Some(matched_version) = rule.eval(value, items, buf.names) {
                 let version = self.version_tokens[rule.client]
                     .as_deref()
                     .and_then(|name| token_version(items, name))
@@ -681,6 +705,7 @@ impl Builder {
                     let prefix = token.ends_with('*');
                     let name = token.trim_end_matches('*').to_ascii_lowercase();
                     Some(TokenCond {
+                        bit: if prefix { 0 } else { name_bit(name.as_bytes()) },
                         name: name.into_bytes().into_boxed_slice(),
                         prefix,
                         compare,

@@ -55,6 +55,20 @@ pub fn is_token(s: &[u8]) -> bool {
     !s.is_empty() && s.iter().all(|&b| is_token_char(b))
 }
 
+/// Index of the closing quote of a quoted string starting at `s[0] == '"'`.
+fn quoted_end(s: &[u8]) -> Option<usize> {
+    let mut escaped = false;
+    for (i, &b) in s.iter().enumerate().skip(1) {
+        match (escaped, b) {
+            (true, _) => escaped = false,
+            (false, b'\\') => escaped = true,
+            (false, b'"') => return Some(i),
+            _ => {}
+        }
+    }
+    None
+}
+
 /// Position of the first `delim` outside quoted strings and `<...>`.
 fn find_unquoted(s: &[u8], delim: u8) -> Option<usize> {
     // Most values hold neither quotes nor angle brackets: one SIMD scan.
@@ -151,14 +165,50 @@ impl<'a> Params<'a> {
             .map(|(_, v)| v)
     }
 
-    /// Refuse empty names, non-token names and empty values (`;;`, `;=x`, `;a=`).
+    /// Refuse empty names, non-token names, empty values and junk between
+    /// parameters (`;;`, `;=x`, `;a=`, `;a b`). One pass, no allocation.
     pub fn check(&self) -> bool {
-        let s = trim_lws(self.0);
-        if !s.is_empty() && s[0] != b';' {
-            return false;
+        let s = self.0;
+        let skip_lws = |mut i: usize| {
+            while i < s.len() && is_lws(s[i]) {
+                i += 1;
+            }
+            i
+        };
+        let mut i = skip_lws(0);
+        while i < s.len() {
+            if s[i] != b';' {
+                return false;
+            }
+            i = skip_lws(i + 1);
+            let name_start = i;
+            while i < s.len() && is_token_char(s[i]) {
+                i += 1;
+            }
+            if i == name_start {
+                return false;
+            }
+            i = skip_lws(i);
+            if s.get(i) == Some(&b'=') {
+                i = skip_lws(i + 1);
+                if s.get(i) == Some(&b'"') {
+                    let Some(close) = quoted_end(&s[i..]) else {
+                        return false;
+                    };
+                    i += close + 1;
+                } else {
+                    let value_start = i;
+                    while i < s.len() && !matches!(s[i], b';' | b',') && !is_lws(s[i]) {
+                        i += 1;
+                    }
+                    if i == value_start {
+                        return false;
+                    }
+                }
+                i = skip_lws(i);
+            }
         }
-        self.iter()
-            .all(|(name, value)| is_token(name) && value.is_none_or(|v| !v.is_empty()))
+        true
     }
 }
 
@@ -181,21 +231,36 @@ impl<'a> Via<'a> {
         const BAD: SipError = SipError::MalformedHeader(HeaderName::Via);
         let mut s = trim_lws(value);
         // sent-protocol: name / version / transport, LWS allowed around '/'.
-        let mut parts = [&b""[..]; 3];
-        for (i, part) in parts.iter_mut().enumerate() {
-            let end = s.iter().position(|&b| !is_token_char(b)).unwrap_or(s.len());
-            if end == 0 {
+        // Nearly every Via starts with a plain "SIP/2.0/": skip the general parse.
+        let transport = if s.len() > 8 && s[..8].eq_ignore_ascii_case(b"SIP/2.0/") {
+            let end = 8 + s[8..]
+                .iter()
+                .position(|&b| !is_token_char(b))
+                .unwrap_or(s.len() - 8);
+            let transport = &s[8..end];
+            if transport.is_empty() {
                 return Err(BAD);
             }
-            *part = &s[..end];
             s = trim_lws(&s[end..]);
-            if i < 2 {
-                s = trim_lws(s.strip_prefix(b"/").ok_or(BAD)?);
+            transport
+        } else {
+            let mut parts = [&b""[..]; 3];
+            for (i, part) in parts.iter_mut().enumerate() {
+                let end = s.iter().position(|&b| !is_token_char(b)).unwrap_or(s.len());
+                if end == 0 {
+                    return Err(BAD);
+                }
+                *part = &s[..end];
+                s = trim_lws(&s[end..]);
+                if i < 2 {
+                    s = trim_lws(s.strip_prefix(b"/").ok_or(BAD)?);
+                }
             }
-        }
-        if !parts[0].eq_ignore_ascii_case(b"SIP") || parts[1] != b"2.0" {
-            return Err(BAD);
-        }
+            if !parts[0].eq_ignore_ascii_case(b"SIP") || parts[1] != b"2.0" {
+                return Err(BAD);
+            }
+            parts[2]
+        };
         let (host, port, rest) = parse_hostport(s).ok_or(BAD)?;
         let mut rest = trim_lws(rest);
         // RFC 2543 allowed a trailing comment; tolerate it.
@@ -207,7 +272,7 @@ impl<'a> Via<'a> {
             return Err(BAD);
         }
         Ok(Self {
-            transport: parts[2],
+            transport,
             host,
             port,
             params,

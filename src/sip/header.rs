@@ -99,6 +99,24 @@ impl HeaderName {
         // Lowercase once into a stack buffer, then one match: the compiler
         // turns byte-string arms into a length switch plus a compare. This
         // runs for every header line of every message.
+        // Senders nearly always use the canonical spelling: try it as is first.
+        match name {
+            b"Via" => return Self::Via,
+            b"From" => return Self::From,
+            b"To" => return Self::To,
+            b"Call-ID" => return Self::CallId,
+            b"CSeq" => return Self::CSeq,
+            b"Contact" => return Self::Contact,
+            b"Content-Length" => return Self::ContentLength,
+            b"Content-Type" => return Self::ContentType,
+            b"Max-Forwards" => return Self::MaxForwards,
+            b"Expires" => return Self::Expires,
+            b"User-Agent" => return Self::UserAgent,
+            b"Route" => return Self::Route,
+            b"Record-Route" => return Self::RecordRoute,
+            b"Supported" => return Self::Supported,
+            _ => {}
+        }
         const LONGEST: usize = "request-disposition".len();
         if name.len() > LONGEST {
             return Self::Other;

@@ -12,7 +12,7 @@ use memchr::memchr;
 use super::error::SipError;
 use super::fields::{
     check_request_uri, is_lws, is_token, is_token_char, parse_decimal, split_list, CSeq, NameAddr,
-    Via,
+    Params, Via,
 };
 use super::header::HeaderName;
 
@@ -107,6 +107,28 @@ pub enum StartLine {
     },
 }
 
+/// Where the parts of a parsed name-addr sit in the buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct AddrSpans {
+    display: Option<Span>,
+    uri: Span,
+    params: Span,
+}
+
+impl AddrSpans {
+    fn of(buf: &[u8], addr: &NameAddr<'_>) -> Self {
+        let span = |s: &[u8]| {
+            let start = s.as_ptr() as usize - buf.as_ptr() as usize;
+            Span::new(start, start + s.len())
+        };
+        Self {
+            display: addr.display.map(span),
+            uri: span(addr.uri),
+            params: span(addr.params.as_bytes()),
+        }
+    }
+}
+
 /// A parsed SIP message: the raw bytes plus an index into them.
 #[derive(Debug, Clone)]
 pub struct SipView {
@@ -121,13 +143,16 @@ pub struct SipView {
     seen: u64,
     /// The first single-valued header that appears twice.
     duplicate: Option<HeaderName>,
+    /// From and To, parsed once (the filter reads them several times).
+    from: Result<AddrSpans, SipError>,
+    to: Result<AddrSpans, SipError>,
     /// Where the blank line that ends the header section starts.
     headers_end: u32,
     body: Span,
 }
 
-/// Typical header count of a Lync REGISTER; avoids regrowing the index.
-const HEADER_CAPACITY: usize = 24;
+/// Room for the headers of a Lync INVITE (about 26) without regrowing the index.
+const HEADER_CAPACITY: usize = 32;
 
 /// End of the line starting at `from`: (content end, next line start).
 /// Accepts CRLF and bare LF.
@@ -192,6 +217,15 @@ impl SipView {
             pos = next;
         }
 
+        let addr = |name: HeaderName| {
+            let h = headers
+                .iter()
+                .find(|h| h.name == name)
+                .ok_or(SipError::MissingHeader(name))?;
+            NameAddr::parse(&buf[h.value_span.range()], name).map(|a| AddrSpans::of(buf, &a))
+        };
+        let (from, to) = (addr(HeaderName::From), addr(HeaderName::To));
+
         let body_start = pos;
         let available = buf.len() - body_start;
         // Content-Length problems keep the view (so a 400 can copy its
@@ -223,6 +257,8 @@ impl SipView {
             headers,
             seen,
             duplicate,
+            from,
+            to,
             headers_end: headers_end as u32,
             body: Span::new(body_start, end),
         })
@@ -429,10 +465,16 @@ impl SipView {
     }
 
     fn name_addr(&self, name: HeaderName) -> Result<NameAddr<'_>, SipError> {
-        NameAddr::parse(
-            self.header(name).ok_or(SipError::MissingHeader(name))?,
-            name,
-        )
+        let spans = if name == HeaderName::From {
+            self.from
+        } else {
+            self.to
+        }?;
+        Ok(NameAddr {
+            display: spans.display.map(|s| self.slice(s)),
+            uri: self.slice(spans.uri),
+            params: Params::new(self.slice(spans.params)),
+        })
     }
 
     /// Every Contact value, parsed (`*` is a valid URI here).
@@ -616,17 +658,17 @@ fn parse_header_line(
     next: usize,
 ) -> Result<HeaderField, SipError> {
     let line = &buf[start..stop];
-    let colon = memchr(b':', line).ok_or(SipError::MalformedHeaderLine)?;
-    let name_len = line[..colon]
+    let name_len = line
         .iter()
         .position(|&b| !is_token_char(b))
-        .unwrap_or(colon);
+        .unwrap_or(line.len());
     // Only white space may sit between the name and the colon.
-    if name_len == 0
-        || line[name_len..colon]
+    let colon = name_len
+        + line[name_len..]
             .iter()
-            .any(|&b| !matches!(b, b' ' | b'\t'))
-    {
+            .position(|&b| !matches!(b, b' ' | b'\t'))
+            .unwrap_or(line.len() - name_len);
+    if name_len == 0 || line.get(colon) != Some(&b':') {
         return Err(SipError::MalformedHeaderLine);
     }
     let name = &line[..name_len];
