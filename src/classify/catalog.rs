@@ -219,15 +219,15 @@ impl TokenCond {
 
     /// Scans every product token; returns `Some(version of the matching
     /// token)` for the first token that satisfies the condition.
-    fn find(&self, items: &[Item<'_>]) -> Option<Option<Version>> {
-        items.iter().find_map(|item| {
+    fn find(&self, items: &[Item<'_>], memo: &mut VersionMemo) -> Option<Option<Version>> {
+        items.iter().enumerate().find_map(|(index, item)| {
             let Item::Product { name, version } = *item else {
                 return None;
             };
             if !self.name_matches(name) {
                 return None;
             }
-            let parsed = version.and_then(Version::parse);
+            let parsed = memo.get(index, version);
             match self.compare {
                 None => Some(parsed),
                 Some((op, wanted)) => match parsed {
@@ -253,7 +253,13 @@ struct Rule {
 impl Rule {
     /// `Some(version of the matched token)` if the rule matches. `names` is
     /// the [`ItemBuf::names`] mask of the value.
-    fn eval(&self, value: &[u8], items: &[Item<'_>], names: u64) -> Option<Option<Version>> {
+    fn eval(
+        &self,
+        value: &[u8],
+        items: &[Item<'_>],
+        names: u64,
+        memo: &mut VersionMemo,
+    ) -> Option<Option<Version>> {
         // A token rule whose name is certainly absent is skipped cheaply.
         if let Some(token) = &self.token {
             if token.bit != 0 && names & token.bit == 0 {
@@ -275,7 +281,7 @@ impl Rule {
             }
         }
         match &self.token {
-            Some(token) => token.find(items),
+            Some(token) => token.find(items, memo),
             None => Some(None),
         }
     }
@@ -394,16 +400,17 @@ impl Catalog {
         let items = buf.as_slice();
         // Computed at the first regex rule reached, at most once.
         let mut regex_possible = None;
+        let mut memo = VersionMemo::new();
         for rule in &self.rules {
             if rule.regex.is_some()
                 && !*regex_possible.get_or_insert_with(|| self.any_regex.is_match(value))
             {
                 continue;
             }
-            if let Some(matched_version) = rule.eval(value, items, buf.names) {
+            if let Some(matched_version) = rule.eval(value, items, buf.names, &mut memo) {
                 let version = self.version_tokens[rule.client]
                     .as_deref()
-                    .and_then(|name| token_version(items, name))
+                    .and_then(|name| token_version(items, name, &mut memo))
                     .or(matched_version);
                 return Classification {
                     client: &self.clients[rule.client],
@@ -438,14 +445,48 @@ impl Catalog {
 }
 
 /// Version of the first product named `name` (lowercase) that has one.
-fn token_version(items: &[Item<'_>], name: &[u8]) -> Option<Version> {
-    items.iter().find_map(|item| match *item {
-        Item::Product {
-            name: n,
-            version: Some(v),
-        } if n.eq_ignore_ascii_case(name) => Version::parse(v),
-        _ => None,
-    })
+fn token_version(items: &[Item<'_>], name: &[u8], memo: &mut VersionMemo) -> Option<Version> {
+    items
+        .iter()
+        .enumerate()
+        .find_map(|(index, item)| match *item {
+            Item::Product {
+                name: n,
+                version: Some(v),
+            } if n.eq_ignore_ascii_case(name) => memo.get(index, Some(v)),
+            _ => None,
+        })
+}
+
+/// Product tokens whose parsed versions are remembered during one classification.
+const VERSION_MEMO_ITEMS: usize = 8;
+
+/// Versions of the first product tokens, parsed at most once while the
+/// rules run (several rules look at the same `OC/` token).
+struct VersionMemo {
+    versions: [Option<Version>; VERSION_MEMO_ITEMS],
+    parsed: u8,
+}
+
+impl VersionMemo {
+    fn new() -> Self {
+        Self {
+            versions: [None; VERSION_MEMO_ITEMS],
+            parsed: 0,
+        }
+    }
+
+    fn get(&mut self, index: usize, text: Option<&[u8]>) -> Option<Version> {
+        if index >= VERSION_MEMO_ITEMS {
+            return text.and_then(Version::parse);
+        }
+        let bit = 1 << index;
+        if self.parsed & bit == 0 {
+            self.versions[index] = text.and_then(Version::parse);
+            self.parsed |= bit;
+        }
+        self.versions[index]
+    }
 }
 
 fn builtin(id: &str, name: &str) -> ClientProduct {
