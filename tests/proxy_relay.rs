@@ -671,3 +671,28 @@ fn hostile_responses_and_oversized_datagrams_do_not_hurt() {
     client.send_to(register.as_bytes(), proxy.udp).unwrap();
     assert!(recv(&upstream).0.starts_with("REGISTER "));
 }
+
+#[test]
+fn a_request_coming_round_again_is_a_loop() {
+    let upstream = udp("127.0.0.1");
+    let proxy = start(&upstream, "");
+    let client = udp("127.0.0.1");
+    let me = client.local_addr().unwrap();
+    let invite = Msg::new("INVITE", "sip:bob@contoso.com", "looper", LYNC);
+    client
+        .send_to(invite.render(me).as_bytes(), proxy.udp)
+        .unwrap();
+    let (relayed, _) = recv(&upstream);
+    // The registrar routes it straight back: its own Via on top of ours.
+    let back = relayed.replacen(
+        "Via: ",
+        &format!(
+            "Via: SIP/2.0/UDP {};branch=z9hG4bK-reg-1\r\nVia: ",
+            upstream.local_addr().unwrap()
+        ),
+        1,
+    );
+    upstream.send_to(back.as_bytes(), proxy.udp).unwrap();
+    let (resp, _) = recv(&upstream);
+    assert!(resp.starts_with("SIP/2.0 482 Loop Detected"), "{resp}");
+}

@@ -247,6 +247,13 @@ impl Core {
             return self.local(view, 420, "Bad Extension", &[("Unsupported", &list)]);
         }
 
+        // RFC 3261 16.3 step 4: our own Via with the branch we would add
+        // means this request has been here before.
+        let branch = self.branch(view);
+        if self.is_loop(view, &branch) {
+            return self.local(view, 482, "Loop Detected", &[]);
+        }
+
         // Where does it go? Our own Route (a flow token) decides; else the
         // registrar's requests are looked up and clients' go upstream.
         let route = match self.own_route(view) {
@@ -373,13 +380,9 @@ impl Core {
             let e = SipError::MalformedHeader(HeaderName::Via);
             return self.refuse(inb, view, e.status_code(), &e.to_string());
         };
-        let branch = self.branch(view);
         let Some(own_addr) = self.address_for(out_transport) else {
             return self.local(view, 500, "No Listener For Transport", &[]);
         };
-        if self.is_loop(view, &branch) {
-            return self.local(view, 482, "Loop Detected", &[]);
-        }
 
         // The flow this request came in on, named for the way back.
         let inbound_flow = Flow {

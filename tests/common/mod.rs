@@ -59,8 +59,8 @@ impl TestProxy {
         let stop = shutdown.clone();
         let log_path = decision_log.clone();
         let thread = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
+            // The same single-threaded runtime as `sipadmit run`.
+            let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .unwrap();
