@@ -208,3 +208,41 @@ fn response_group_session_enforced() {
 fn response_group_session_monitored() {
     response_group_session(true);
 }
+
+#[test]
+fn tcp_agent_gets_its_offer_on_its_own_connection() {
+    let Some(kam) = Kamailio::try_start(KamailioOptions::default()) else {
+        return;
+    };
+    let proxy = TestProxy::start(CONFIG, "127.0.0.1", &kam.upstream_udp());
+    // A Lync 2013 agent registers over TCP through sipadmit (UDP to Kamailio).
+    let agent = Sipp::agent("agent-tcp", UA_LYNC_2013)
+        .tcp()
+        .remote(proxy.tcp)
+        .wait(Duration::from_secs(10))
+        .label("tcp-agent")
+        .spawn();
+    assert!(
+        kam.wait_for_log("REQ REGISTER", Duration::from_secs(8)),
+        "{}",
+        kam.log()
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    // The Response Group application's offer comes back along the Path
+    // token and is written to the agent's TCP connection.
+    Sipp::call("sip:agent-tcp@contoso.com", UA_RESPONSE_GROUP, 200)
+        .remote(kam.udp_addr())
+        .label("rg-to-tcp-agent")
+        .run_with_timeout(RUN)
+        .assert_success();
+    let agent = agent.join_timeout(RUN);
+    agent.assert_success();
+    let offers = agent.received("INVITE ");
+    assert_eq!(offers.len(), 1, "{}", agent.report());
+    let records = proxy.records();
+    let offer = record(&records, "INVITE", "agent-tcp", "lync-2013");
+    assert_eq!(offer["role"], "agent-offer");
+    assert_eq!(offer["action"], "allow");
+    let registration = record(&records, "REGISTER", "contoso.com", "lync-2013");
+    assert_eq!(registration["transport"], "tcp");
+}

@@ -1,0 +1,187 @@
+//! The `sipadmit` binary as operators' scripts use it: exit codes, output
+//! formats, and `run` stopping cleanly on SIGTERM and SIGINT.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn sipadmit() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_sipadmit"))
+}
+
+#[test]
+fn check_config_exit_codes_and_key_paths() {
+    let ok = sipadmit()
+        .args(["check-config", "--config", "config/sipadmit.toml"])
+        .output()
+        .unwrap();
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        "[response_group]\nworkflows = [\"helpdesk\"]\n[limits]\nmax_connections = 0\n",
+    )
+    .unwrap();
+    let out = sipadmit()
+        .args(["check-config", "--config", bad.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("response_group.workflows[0]"), "{err}");
+    assert!(err.contains("limits.max_connections"), "{err}");
+    assert!(err.contains("bad.toml"), "{err}");
+}
+
+#[test]
+fn classify_json_from_arguments_and_stdin() {
+    let out = sipadmit()
+        .args([
+            "classify",
+            "--json",
+            "RTCC/5.0.0.0 Response_Group_Service/5.0.0.0",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for key in [
+        "user_agent",
+        "client",
+        "product",
+        "version",
+        "category",
+        "support",
+        "roles",
+    ] {
+        assert!(v.get(key).is_some(), "missing {key}: {v}");
+    }
+    assert_eq!(v["client"], "response-group-service");
+    assert_eq!(v["support"], "service");
+
+    let mut child = sipadmit()
+        .args(["classify", "--json"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(
+            b"UCCAPI/4.0.7577.314 OC/4.0.7577.314 (Microsoft Lync 2010)\nfriendly-scanner\n\n",
+        )
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3);
+    assert_eq!(lines[0]["client"], "lync-2010");
+    assert_eq!(lines[0]["version"], "4.0.7577.314");
+    assert_eq!(lines[1]["support"], "scanner");
+    assert_eq!(lines[2]["client"], "missing");
+
+    let table = sipadmit()
+        .args([
+            "classify",
+            "UCCAPI/15.0.4481.1000 OC/15.0.4481.1000 (Microsoft Lync)",
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&table.stdout);
+    assert!(text.starts_with("CLIENT"), "{text}");
+    assert!(text.contains("lync-2013"), "{text}");
+}
+
+fn free_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn run_and_signal(signal: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("min.toml");
+    // Only the contract keys of design.md section 3; the rest on the command line.
+    std::fs::write(
+        &config,
+        "[response_group]\nworkflows = [\"sip:helpdesk@contoso.com\"]\napplication_user_agents = [\"Response_Group_Service\"]\n",
+    )
+    .unwrap();
+    let port = free_port();
+    let log = dir.path().join("decisions.jsonl");
+    let mut child = sipadmit()
+        .args(["run", "--config", config.to_str().unwrap()])
+        .args(["--listen", &format!("udp:127.0.0.1:{port}")])
+        .args(["--listen", &format!("tcp:127.0.0.1:{port}")])
+        .args(["--upstream", "udp:127.0.0.1:9", "--mode", "monitor"])
+        .args(["--decision-log", log.to_str().unwrap()])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until it accepts TCP connections, then signal it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "sipadmit did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let status = Command::new("kill")
+        .args([signal, &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let exit = loop {
+        if let Some(exit) = child.try_wait().unwrap() {
+            break exit;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "sipadmit did not stop on {signal}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    assert!(exit.success(), "exit {exit:?}: {stderr}");
+    assert!(stderr.contains("shutting down"), "{stderr}");
+    assert!(stderr.contains("stopped"), "{stderr}");
+    assert!(log.exists(), "decision log opened");
+}
+
+#[test]
+fn run_stops_cleanly_on_sigterm() {
+    run_and_signal("-TERM");
+}
+
+#[test]
+fn run_stops_cleanly_on_sigint() {
+    run_and_signal("-INT");
+}
+
+#[test]
+fn run_without_upstream_says_how_to_fix_it() {
+    let out = sipadmit()
+        .args([
+            "run",
+            "--config",
+            "config/sipadmit.toml",
+            "--upstream",
+            "udp:nowhere",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("proxy.upstream"), "{err}");
+}
