@@ -14,6 +14,8 @@
 //! unterminated comment runs to the end of the value; a stray `)` or `/` is
 //! skipped.
 
+pub(crate) use crate::sip::fields::{is_lws, trim_lws};
+
 /// One element of a `server-val` list.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Item<'a> {
@@ -39,28 +41,6 @@ pub struct Tokens<'a> {
 /// Splits a User-Agent (or Server) header value into products and comments.
 pub fn tokenize(value: &[u8]) -> Tokens<'_> {
     Tokens { rest: value }
-}
-
-/// Linear white space inside a header value (folding already removed or not).
-pub(crate) fn is_lws(b: u8) -> bool {
-    matches!(b, b' ' | b'\t' | b'\r' | b'\n')
-}
-
-/// Removes leading and trailing LWS.
-pub(crate) fn trim_lws(mut value: &[u8]) -> &[u8] {
-    while let [first, rest @ ..] = value {
-        if !is_lws(*first) {
-            break;
-        }
-        value = rest;
-    }
-    while let [rest @ .., last] = value {
-        if !is_lws(*last) {
-            break;
-        }
-        value = rest;
-    }
-    value
 }
 
 fn skip_lws(value: &[u8]) -> &[u8] {
