@@ -696,3 +696,95 @@ fn a_request_coming_round_again_is_a_loop() {
     let (resp, _) = recv(&upstream);
     assert!(resp.starts_with("SIP/2.0 482 Loop Detected"), "{resp}");
 }
+
+/// Read one SIP message (headers + Content-Length body) from a stream.
+fn read_message(conn: &mut TcpStream) -> String {
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    while !buf.ends_with(b"\r\n\r\n") {
+        conn.read_exact(&mut byte)
+            .expect("a message within the wait");
+        buf.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&buf).into_owned();
+    let len: usize = header(&head, "Content-Length")
+        .first()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let mut body = vec![0u8; len];
+    conn.read_exact(&mut body).unwrap();
+    head + &String::from_utf8_lossy(&body)
+}
+
+#[test]
+fn tcp_upstream_carries_requests_responses_and_registrar_requests() {
+    let registrar = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let reg_addr = registrar.local_addr().unwrap();
+    let proxy = TestProxy::start(CONFIG, "127.0.0.1", &format!("tcp:{reg_addr}"));
+    let agent = udp("127.0.0.1");
+    let me = agent.local_addr().unwrap();
+    agent
+        .send_to(
+            Msg::new("REGISTER", "sip:contoso.com", "agent-mob", MOBILE)
+                .render(me)
+                .as_bytes(),
+            proxy.udp,
+        )
+        .unwrap();
+    let (mut up, _) = registrar.accept().unwrap();
+    up.set_read_timeout(Some(WAIT)).unwrap();
+    let relayed = read_message(&mut up);
+    assert!(relayed.starts_with("REGISTER "), "{relayed}");
+    assert!(
+        header(&relayed, "Via")[0].starts_with("SIP/2.0/TCP "),
+        "{relayed}"
+    );
+    let path = header(&relayed, "Path")[0]
+        .trim_matches(|c| c == '<' || c == '>')
+        .to_owned();
+    assert!(path.contains(";transport=tcp;lr"), "{path}");
+    // The 200 comes back on the same connection and reaches the agent over UDP.
+    let mut ok = String::from("SIP/2.0 200 OK\r\n");
+    for line in relayed.split("\r\n").skip(1) {
+        let name = line.split(':').next().unwrap_or("").to_ascii_lowercase();
+        if ["via", "from", "to", "call-id", "cseq"].contains(&name.as_str()) {
+            ok.push_str(line);
+            ok.push_str("\r\n");
+        }
+    }
+    ok.push_str(&format!(
+        "Contact: <sip:agent-mob@{me}>;expires=300\r\nContent-Length: 0\r\n\r\n"
+    ));
+    up.write_all(ok.as_bytes()).unwrap();
+    assert!(recv(&agent).0.starts_with("SIP/2.0 200"));
+    // A Response Group offer from the registrar on that connection is decided
+    // from the Path token: the mobile agent's fork is answered 480.
+    let offer = format!(
+        "INVITE sip:agent-mob@{me} SIP/2.0\r\nRoute: <{path}>\r\nVia: SIP/2.0/TCP {reg_addr};branch=z9hG4bK-tcp-offer\r\nMax-Forwards: 69\r\nFrom: <sip:helpdesk@contoso.com>;tag=rgs\r\nTo: <sip:agent-mob@contoso.com>\r\nCall-ID: tcp-offer\r\nCSeq: 1 INVITE\r\nUser-Agent: {RGS}\r\nContent-Length: 0\r\n\r\n"
+    );
+    up.write_all(offer.as_bytes()).unwrap();
+    let resp = read_message(&mut up);
+    assert!(resp.starts_with("SIP/2.0 480 "), "{resp}");
+    assert!(quiet(&agent));
+}
+
+#[test]
+fn a_gone_tcp_flow_gets_430() {
+    let upstream = udp("127.0.0.1");
+    let proxy = start(&upstream, "");
+    let mut conn = TcpStream::connect(proxy.tcp).unwrap();
+    let me = conn.local_addr().unwrap();
+    let register = Msg::new("REGISTER", "sip:contoso.com", "agent-desk", LYNC)
+        .render(me)
+        .replace("SIP/2.0/UDP", "SIP/2.0/TCP");
+    conn.write_all(register.as_bytes()).unwrap();
+    let (relayed, _) = recv(&upstream);
+    let path = header(&relayed, "Path")[0]
+        .trim_matches(|c| c == '<' || c == '>')
+        .to_owned();
+    drop(conn);
+    std::thread::sleep(Duration::from_millis(200));
+    offer(&upstream, proxy.udp, "agent-desk", me, Some(&path));
+    let (resp, _) = recv(&upstream);
+    assert!(resp.starts_with("SIP/2.0 430 Flow Failed"), "{resp}");
+}
