@@ -41,10 +41,18 @@ fuzz_target!(|data: &[u8]| {
     };
     let inbound = Inbound {
         bytes: Bytes::copy_from_slice(message),
-        transport: if selector & 1 == 0 { Transport::Udp } else { Transport::Tcp },
-        source: if selector & 2 == 0 { "127.0.0.1:5070" } else { "127.0.0.1:40000" }
-            .parse()
-            .expect("literal"),
+        transport: if selector & 1 == 0 {
+            Transport::Udp
+        } else {
+            Transport::Tcp
+        },
+        source: if selector & 2 == 0 {
+            "127.0.0.1:5070"
+        } else {
+            "127.0.0.1:40000"
+        }
+        .parse()
+        .expect("literal"),
         connection: u64::from(selector & 1),
         from_upstream: selector & 2 == 0,
     };
