@@ -82,6 +82,14 @@ fn response_group_session(monitor: bool) {
         .label("desktop-caller")
         .run_with_timeout(RUN)
         .assert_success();
+    // Its ACK, relayed by sipadmit, matched Kamailio's INVITE transaction
+    // (same branch, RFC 3261 17.1.1.3 / 16.11), so tm absorbed it.
+    assert!(
+        kam.wait_for_log("ACK-CHECK", Duration::from_secs(3)),
+        "{}",
+        kam.log()
+    );
+    assert!(kam.log_lines("ACK-NO-TRANS").is_empty(), "{}", kam.log());
     let mobile_caller = Sipp::call(
         "sip:helpdesk@contoso.com",
         UA_LYNC_MOBILE,

@@ -324,6 +324,25 @@ fn cancel_of_a_relayed_invite_is_relayed_with_the_same_branch() {
         .send_to(cancel.render(me).as_bytes(), proxy.udp)
         .unwrap();
     let (relayed_cancel, _) = recv(&upstream);
+    // The ACK of a non-2xx final response (To tag from the response) gets the
+    // INVITE's branch too (RFC 3261 17.1.1.3).
+    let mut ack = Msg::new("ACK", "sip:helpdesk@contoso.com", "desk", LYNC);
+    ack.branch = invite.branch.clone();
+    ack.call_id = invite.call_id.clone();
+    ack.to_tag = Some("upstream-486".into());
+    client
+        .send_to(ack.render(me).as_bytes(), proxy.udp)
+        .unwrap();
+    let (relayed_ack, _) = recv(&upstream);
+    assert!(relayed_ack.starts_with("ACK "));
+    let branch_of = |m: &str| {
+        header(m, "Via")[0]
+            .split(";sipadmit-flow")
+            .next()
+            .unwrap()
+            .to_owned()
+    };
+    assert_eq!(branch_of(&relayed_ack), branch_of(&relayed_invite));
     assert!(relayed_cancel.starts_with("CANCEL "));
     assert_eq!(
         header(&relayed_cancel, "Via")[0]

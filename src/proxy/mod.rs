@@ -778,15 +778,15 @@ impl Core {
     }
 
     /// RFC 3261 16.11 branch, from the fields of 16.6 step 8 that a loop
-    /// does not change (Request-URI, From and To tags, Call-ID, CSeq
-    /// number). Retransmissions, CANCEL and the ACK of a non-2xx response get
-    /// the INVITE's branch, and a request coming round again is detected.
+    /// does not change (Request-URI, From tag, Call-ID, CSeq number), so a
+    /// request coming round again is detected. The To tag is left out: the
+    /// ACK of a non-2xx response carries the response's To tag but must get
+    /// its INVITE's branch (17.1.1.3), like CANCEL and retransmissions do.
     fn branch(&self, view: &SipView) -> String {
         let cseq = view.cseq().map(|c| c.number).unwrap_or(0).to_be_bytes();
         let hash = self.signer.hash64(&[
             b"b",
             view.request_uri().unwrap_or_default(),
-            view.to().ok().and_then(|t| t.tag()).unwrap_or_default(),
             view.from().ok().and_then(|f| f.tag()).unwrap_or_default(),
             view.call_id().unwrap_or_default(),
             &cseq,
