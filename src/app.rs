@@ -155,6 +155,7 @@ pub async fn serve(
         metrics: metrics.clone(),
         shutdown: shutdown.clone(),
         slots: Arc::new(tokio::sync::Semaphore::new(config.limits.max_connections)),
+        upstream_ip: (upstream.transport == Transport::Tcp).then(|| upstream.addr.ip()),
     };
     let senders = Senders {
         udp: bound.udp.clone(),

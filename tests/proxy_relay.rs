@@ -807,3 +807,94 @@ fn a_gone_tcp_flow_gets_430() {
     let (resp, _) = recv(&upstream);
     assert!(resp.starts_with("SIP/2.0 430 Flow Failed"), "{resp}");
 }
+
+#[test]
+fn a_dialog_between_two_local_clients_spirals_without_a_false_loop() {
+    let upstream = udp("127.0.0.1");
+    let proxy = start(&upstream, "");
+    let alice = udp("127.0.0.1");
+    let bob = udp("127.0.0.1");
+    let bob_path = register_agent(&proxy, &upstream, &bob, "bob", LYNC);
+    let a = alice.local_addr().unwrap();
+    let b = bob.local_addr().unwrap();
+    let up = upstream.local_addr().unwrap();
+    // Alice calls Bob: client -> proxy -> registrar ...
+    let invite = Msg::new("INVITE", "sip:bob@contoso.com", "alice", LYNC);
+    alice
+        .send_to(invite.render(a).as_bytes(), proxy.udp)
+        .unwrap();
+    let (first, _) = recv(&upstream);
+    let rr1 = header(&first, "Record-Route")[0]
+        .trim_matches(|c| c == '<' || c == '>')
+        .to_owned();
+    // ... -> proxy -> Bob along Bob's Path.
+    let second = first
+        .replacen(
+            "INVITE sip:bob@contoso.com",
+            &format!("INVITE sip:bob@{b}"),
+            1,
+        )
+        .replacen(
+            "Via: ",
+            &format!(
+                "Route: <{bob_path}>\r\nVia: SIP/2.0/UDP {up};branch=z9hG4bK-reg-inv\r\nVia: "
+            ),
+            1,
+        );
+    upstream.send_to(second.as_bytes(), proxy.udp).unwrap();
+    let (at_bob, _) = recv(&bob);
+    assert!(at_bob.starts_with("INVITE "), "{at_bob}");
+    let rrs = header(&at_bob, "Record-Route");
+    assert_eq!(rrs.len(), 2, "{at_bob}");
+    let rr2 = rrs[0].trim_matches(|c| c == '<' || c == '>').to_owned();
+    // Alice hangs up with the whole route set: RR1 (hers), then RR2 (Bob's).
+    let bye = format!(
+        "BYE sip:bob@{b} SIP/2.0\r\nRoute: <{rr1}>, <{rr2}>\r\nVia: SIP/2.0/UDP {a};branch=z9hG4bK-alice-bye\r\nMax-Forwards: 70\r\nFrom: <sip:alice@contoso.com>;tag=f-alice\r\nTo: <sip:bob@contoso.com>;tag=bob-tag\r\nCall-ID: {cid}\r\nCSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n",
+        cid = invite.call_id
+    );
+    alice.send_to(bye.as_bytes(), proxy.udp).unwrap();
+    let (bye1, _) = recv(&upstream);
+    assert!(bye1.starts_with("BYE "), "{bye1}");
+    // The registrar sends it back along the remaining route: a spiral, not a loop.
+    let bye2 = bye1.replacen(
+        "Via: ",
+        &format!("Via: SIP/2.0/UDP {up};branch=z9hG4bK-reg-bye\r\nVia: "),
+        1,
+    );
+    upstream.send_to(bye2.as_bytes(), proxy.udp).unwrap();
+    let (at_bob, _) = recv(&bob);
+    assert!(at_bob.starts_with("BYE "), "{at_bob}");
+}
+
+#[test]
+fn a_plain_outbound_proxy_route_is_consumed_and_2xx_acks_get_a_new_branch() {
+    let upstream = udp("127.0.0.1");
+    let proxy = start(&upstream, "");
+    let client = udp("127.0.0.1");
+    let me = client.local_addr().unwrap();
+    let mut invite = Msg::new("INVITE", "sip:bob@contoso.com", "preload", LYNC);
+    invite.extra = format!("Route: <sip:{};lr>\r\n", proxy.udp);
+    client
+        .send_to(invite.render(me).as_bytes(), proxy.udp)
+        .unwrap();
+    let (relayed, _) = recv(&upstream);
+    assert!(relayed.starts_with("INVITE "), "{relayed}");
+    assert!(header(&relayed, "Route").is_empty(), "{relayed}");
+    // The ACK of a 2xx is a new transaction (new client branch): new branch.
+    let mut ack = Msg::new("ACK", "sip:bob@contoso.com", "preload", LYNC);
+    ack.branch = "z9hG4bK-new-ack-branch".into();
+    ack.call_id = invite.call_id.clone();
+    ack.to_tag = Some("callee".into());
+    client
+        .send_to(ack.render(me).as_bytes(), proxy.udp)
+        .unwrap();
+    let (relayed_ack, _) = recv(&upstream);
+    assert_ne!(header(&relayed_ack, "Via")[0], header(&relayed, "Via")[0]);
+    // Tags are tokens: one that would break our Record-Route is refused.
+    let mut bad = Msg::new("INVITE", "sip:bob@contoso.com", "badtag", LYNC);
+    bad.branch = "z9hG4bK-bad".into();
+    let text = bad.render(me).replace(";tag=f-badtag", ";tag=x>,<sip:evil");
+    client.send_to(text.as_bytes(), proxy.udp).unwrap();
+    let (resp, _) = recv(&client);
+    assert!(resp.starts_with("SIP/2.0 400 "), "{resp}");
+}

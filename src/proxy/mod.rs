@@ -247,13 +247,6 @@ impl Core {
             return self.local(view, 420, "Bad Extension", &[("Unsupported", &list)]);
         }
 
-        // RFC 3261 16.3 step 4: our own Via with the branch we would add
-        // means this request has been here before.
-        let branch = self.branch(view);
-        if self.is_loop(view, &branch) {
-            return self.local(view, 482, "Loop Detected", &[]);
-        }
-
         // Where does it go? Our own Route (a flow token) decides; else the
         // registrar's requests are looked up and clients' go upstream.
         let route = match self.own_route(view) {
@@ -263,7 +256,13 @@ impl Core {
                 return self.local(view, 403, "Invalid Flow Token", &[]);
             }
         };
-        let toward: Option<Flow> = match &route {
+        // RFC 3261 16.3 step 4: our own Via with the loop mark we would add
+        // means this request has been here before on the same route.
+        if self.is_loop(view, route.as_ref()) {
+            return self.local(view, 482, "Loop Detected", &[]);
+        }
+        let branch = self.branch(view, route.as_ref());
+        let toward: Option<Flow> = match route.as_ref().filter(|r| r.token.is_some()) {
             Some(r) => r
                 .toward_client(view)
                 .filter(|f| !self.came_from(f, inb))
@@ -717,15 +716,22 @@ impl Core {
             .advertised
             .iter()
             .any(|(_, addr)| port.unwrap_or(5060) == addr.port() && host_matches(host, addr));
+        let ftag = || uri_param(top.uri, b"ftag").map(<[u8]>::to_vec);
         match user.map(|u| self.signer.decode(u)) {
             Some(Ok((Purpose::Via, _))) => Err(TokenError::Malformed),
-            Some(Ok((purpose, flow))) => Ok(Some(OwnRoute {
-                purpose,
-                flow,
-                ftag: uri_param(top.uri, b"ftag").map(<[u8]>::to_vec),
+            Some(Ok(token)) => Ok(Some(OwnRoute {
+                token: Some(token),
+                ftag: ftag(),
+                value: top.uri.to_vec(),
             })),
             Some(Err(e)) if addressed_here => Err(e),
-            None if addressed_here => Err(TokenError::Malformed),
+            // A plain Route to this proxy (an outbound-proxy setting): removed,
+            // and the request is routed as if it had none (RFC 3261 16.4).
+            None if addressed_here => Ok(Some(OwnRoute {
+                token: None,
+                ftag: None,
+                value: top.uri.to_vec(),
+            })),
             _ => Ok(None),
         }
     }
@@ -777,28 +783,64 @@ impl Core {
         })
     }
 
-    /// RFC 3261 16.11 branch, from the fields of 16.6 step 8 that a loop
-    /// does not change (Request-URI, From tag, Call-ID, CSeq number), so a
-    /// request coming round again is detected. The To tag is left out: the
-    /// ACK of a non-2xx response carries the response's To tag but must get
-    /// its INVITE's branch (17.1.1.3), like CANCEL and retransmissions do.
-    fn branch(&self, view: &SipView) -> String {
+    /// RFC 3261 16.11 branch: a transaction part, then a loop part.
+    ///
+    /// The transaction part hashes the received top Via branch when it is
+    /// RFC 3261 style, so retransmissions, CANCEL and the ACK of a non-2xx
+    /// response get their INVITE's branch while the ACK of a 2xx gets a new
+    /// one; for RFC 2543 requests it hashes the 16.6 step 8 fields instead.
+    /// The loop part hashes what a loop does not change (Request-URI, From
+    /// tag, Call-ID, CSeq number) plus the Route this proxy consumes, so a
+    /// spiral through this proxy on another route is no loop. It leaves the
+    /// To tag out, so the ACK of a non-2xx keeps its INVITE's whole branch.
+    fn branch(&self, view: &SipView, route: Option<&OwnRoute>) -> String {
+        let top_via = view.top_via().ok();
+        let cseq = view.cseq().map(|c| c.number).unwrap_or(0).to_be_bytes();
+        let from_tag = view.from().ok().and_then(|f| f.tag()).unwrap_or_default();
+        let to_tag = view.to().ok().and_then(|t| t.tag()).unwrap_or_default();
+        let request_uri = view.request_uri().unwrap_or_default();
+        let call_id = view.call_id().unwrap_or_default();
+        let transaction = match top_via.as_ref().and_then(|v| Some((v, v.branch()?))) {
+            Some((via, b)) if b.len() > 7 && b.starts_with(b"z9hG4bK") => {
+                let port = via.port.unwrap_or(5060).to_be_bytes();
+                self.signer.hash64(&[b"t", b, via.host, &port])
+            }
+            _ => self
+                .signer
+                .hash64(&[b"o", request_uri, to_tag, from_tag, call_id, &cseq]),
+        };
+        format!(
+            "{BRANCH_PREFIX}{transaction:016x}{}",
+            self.loop_mark(view, route)
+        )
+    }
+
+    /// The loop part of this proxy's branch for a request (8 hex digits).
+    fn loop_mark(&self, view: &SipView, route: Option<&OwnRoute>) -> String {
         let cseq = view.cseq().map(|c| c.number).unwrap_or(0).to_be_bytes();
         let hash = self.signer.hash64(&[
-            b"b",
+            b"l",
             view.request_uri().unwrap_or_default(),
             view.from().ok().and_then(|f| f.tag()).unwrap_or_default(),
             view.call_id().unwrap_or_default(),
             &cseq,
+            route.map_or(&[][..], |r| &r.value),
         ]);
-        format!("{BRANCH_PREFIX}{hash:016x}")
+        format!("{:08x}", hash >> 32)
     }
 
-    /// RFC 3261 16.3 step 4: one of our Vias with the branch we would add.
-    fn is_loop(&self, view: &SipView, branch: &str) -> bool {
+    /// RFC 3261 16.3 step 4: one of our Vias carries the loop part this
+    /// request would get.
+    fn is_loop(&self, view: &SipView, route: Option<&OwnRoute>) -> bool {
+        let mark = self.loop_mark(view, route);
         view.values(HeaderName::Via)
             .filter_map(|v| Via::parse(v).ok())
-            .any(|v| self.is_own(&v) && v.branch() == Some(branch.as_bytes()))
+            .any(|v| {
+                self.is_own(&v)
+                    && v.branch().is_some_and(|b| {
+                        b.starts_with(BRANCH_PREFIX.as_bytes()) && b.ends_with(mark.as_bytes())
+                    })
+            })
     }
 
     /// The stable To-tag of local responses to this request.
@@ -862,27 +904,30 @@ fn host_matches(host: &[u8], addr: &SocketAddr) -> bool {
         .is_ok_and(|ip| ip == addr.ip())
 }
 
-/// A Route to this proxy, decoded.
+/// A Route to this proxy.
 #[derive(Debug)]
 struct OwnRoute {
-    purpose: Purpose,
-    flow: Flow,
+    /// The flow token in its user part, if it has one.
+    token: Option<(Purpose, Flow)>,
     /// `ftag` of a Record-Route: the From-tag of the dialog's initiator.
     ftag: Option<Vec<u8>>,
+    /// The Route URI (it tells the passes of a spiral apart).
+    value: Vec<u8>,
 }
 
 impl OwnRoute {
     /// The client flow the request goes to, or `None` when it goes upstream.
     fn toward_client(&self, view: &SipView) -> Option<&Flow> {
+        let (purpose, flow) = self.token.as_ref()?;
         let from_tag = view.from().ok().and_then(|f| f.tag());
         let from_initiator = from_tag == self.ftag.as_deref();
-        let to_client = match self.purpose {
+        let to_client = match purpose {
             Purpose::Path => true,
             Purpose::DialogFromClient => !from_initiator,
             Purpose::DialogFromUpstream => from_initiator,
             Purpose::Via => false,
         };
-        to_client.then_some(&self.flow)
+        to_client.then_some(flow)
     }
 }
 

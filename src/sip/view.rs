@@ -308,8 +308,15 @@ impl SipView {
         for value in self.values(HeaderName::Via) {
             Via::parse(value)?;
         }
-        self.from()?;
-        self.to()?;
+        // Tags are tokens (RFC 3261 25.1); the proxy copies them into Record-Route.
+        for (name, addr) in [
+            (HeaderName::From, self.from()?),
+            (HeaderName::To, self.to()?),
+        ] {
+            if addr.tag().is_some_and(|t| !is_token(t)) {
+                return Err(SipError::MalformedHeader(name));
+            }
+        }
         Ok(())
     }
 

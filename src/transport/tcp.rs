@@ -44,6 +44,9 @@ pub struct ConnectionContext {
     pub shutdown: CancellationToken,
     /// Connection slots shared by every listener (`limits.max_connections`).
     pub slots: Arc<Semaphore>,
+    /// With a TCP upstream: its address. Connections the registrar opens to
+    /// a listener (to send requests) come from this IP and count as upstream.
+    pub upstream_ip: Option<std::net::IpAddr>,
 }
 
 /// Accept connections until `shutdown`.
@@ -72,8 +75,9 @@ pub async fn serve(listener: TcpListener, ctx: ConnectionContext) {
         let (read, write) = stream.into_split();
         spawn_writer(&ctx, id, write);
         let ctx = ctx.clone();
+        let from_upstream = ctx.upstream_ip == Some(peer.ip());
         tokio::spawn(async move {
-            read_loop(read, peer, id, false, &ctx).await;
+            read_loop(read, peer, id, from_upstream, &ctx).await;
             drop(permit);
         });
     }
