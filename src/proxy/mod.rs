@@ -258,10 +258,11 @@ impl Core {
         };
         // RFC 3261 16.3 step 4: our own Via with the loop mark we would add
         // means this request has been here before on the same route.
-        if self.is_loop(view, route.as_ref()) {
+        let loop_mark = self.loop_mark(view, route.as_ref());
+        if self.is_loop(view, &loop_mark) {
             return self.local(view, 482, "Loop Detected", &[]);
         }
-        let branch = self.branch(view, route.as_ref());
+        let branch = self.branch(view, &loop_mark);
         let toward: Option<Flow> = match route.as_ref().filter(|r| r.token.is_some()) {
             Some(r) => r
                 .toward_client(view)
@@ -793,7 +794,7 @@ impl Core {
     /// tag, Call-ID, CSeq number) plus the Route this proxy consumes, so a
     /// spiral through this proxy on another route is no loop. It leaves the
     /// To tag out, so the ACK of a non-2xx keeps its INVITE's whole branch.
-    fn branch(&self, view: &SipView, route: Option<&OwnRoute>) -> String {
+    fn branch(&self, view: &SipView, loop_mark: &str) -> String {
         let top_via = view.top_via().ok();
         let cseq = view.cseq().map(|c| c.number).unwrap_or(0).to_be_bytes();
         let from_tag = view.from().ok().and_then(|f| f.tag()).unwrap_or_default();
@@ -809,10 +810,7 @@ impl Core {
                 .signer
                 .hash64(&[b"o", request_uri, to_tag, from_tag, call_id, &cseq]),
         };
-        format!(
-            "{BRANCH_PREFIX}{transaction:016x}{}",
-            self.loop_mark(view, route)
-        )
+        format!("{BRANCH_PREFIX}{transaction:016x}{}", loop_mark)
     }
 
     /// The loop part of this proxy's branch for a request (8 hex digits).
@@ -831,8 +829,7 @@ impl Core {
 
     /// RFC 3261 16.3 step 4: one of our Vias carries the loop part this
     /// request would get.
-    fn is_loop(&self, view: &SipView, route: Option<&OwnRoute>) -> bool {
-        let mark = self.loop_mark(view, route);
+    fn is_loop(&self, view: &SipView, mark: &str) -> bool {
         view.values(HeaderName::Via)
             .filter_map(|v| Via::parse(v).ok())
             .any(|v| {
