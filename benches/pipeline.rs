@@ -16,7 +16,7 @@ use sipadmit::sip::SipView;
 
 const REGISTER: &[u8] = include_bytes!("../tests/fixtures/lync2013-register-tls.sip");
 const INVITE: &[u8] = include_bytes!("../tests/fixtures/lync2013-invite-6k-multipart.sip");
-const USER_AGENTS: &str = include_str!("../../shared/corpus/user-agents.tsv");
+const USER_AGENTS: &str = include_str!("../tests/corpus/user-agents.tsv");
 
 fn config() -> Config {
     Config::from_toml_str(

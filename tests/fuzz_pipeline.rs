@@ -44,8 +44,8 @@ fn seeds() -> Vec<Vec<u8>> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let mut out = Vec::new();
     for dir in [
-        root.join("../shared/corpus/rfc4475"),
-        root.join("../shared/corpus/rfc5118"),
+        root.join("tests/corpus/rfc4475"),
+        root.join("tests/corpus/rfc5118"),
         root.join("tests/fixtures"),
     ] {
         for entry in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {

@@ -13,7 +13,7 @@ use common::TestProxy;
 
 fn corpus(set: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/corpus")
+        .join("tests/corpus")
         .join(set)
 }
 

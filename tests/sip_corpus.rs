@@ -9,7 +9,7 @@ use sipadmit::sip::{SipError, SipView};
 
 fn corpus_dir(set: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/corpus")
+        .join("tests/corpus")
         .join(set)
 }
 
@@ -23,7 +23,7 @@ fn view(bytes: Vec<u8>) -> Result<SipView, SipError> {
 fn rfc4475_manifest_holds_in_the_view() {
     let dir = corpus_dir("rfc4475");
     let manifest = std::fs::read_to_string(dir.join("MANIFEST.tsv"))
-        .expect("../shared/corpus/rfc4475/MANIFEST.tsv must exist beside the checkout");
+        .expect("tests/corpus/rfc4475/MANIFEST.tsv must exist");
     let mut rows = 0;
     for line in manifest
         .lines()
@@ -74,7 +74,7 @@ fn dblreq_yields_only_the_first_request() {
 fn rfc5118_ipv6_messages() {
     let dir = corpus_dir("rfc5118");
     let mut files = 0;
-    for entry in std::fs::read_dir(&dir).expect("../shared/corpus/rfc5118") {
+    for entry in std::fs::read_dir(&dir).expect("tests/corpus/rfc5118") {
         let path = entry.unwrap().path();
         let name = path.file_name().unwrap().to_string_lossy().into_owned();
         let result = view(std::fs::read(&path).unwrap());

@@ -1,5 +1,5 @@
 //! The shipped catalog (`config/clients.toml`) against the User-Agent corpus
-//! (`../shared/corpus/user-agents.tsv`) and the Response Group expectations.
+//! (`tests/corpus/user-agents.tsv`) and the Response Group expectations.
 
 use std::path::PathBuf;
 
@@ -26,7 +26,7 @@ fn shipped() -> Catalog {
 
 /// (user_agent, rg_support) of every corpus row. Panics if the file is missing.
 fn corpus() -> Vec<(Vec<u8>, String)> {
-    let path = manifest_dir().join("../shared/corpus/user-agents.tsv");
+    let path = manifest_dir().join("tests/corpus/user-agents.tsv");
     let bytes = std::fs::read(&path)
         .unwrap_or_else(|e| panic!("User-Agent corpus {} is required: {e}", path.display()));
     let mut lines = bytes
