@@ -11,6 +11,7 @@ pub mod cli;
 pub mod config;
 pub mod observe;
 pub mod policy;
+pub mod problem;
 pub mod proxy;
 pub mod sip;
 pub mod transport;

@@ -16,6 +16,8 @@ use super::{
     Category, Classification, ClientProduct, Role, Support, CLIENT_MISSING, CLIENT_UNKNOWN,
     RULE_MISSING, RULE_UNKNOWN,
 };
+use crate::problem::Problem;
+use crate::sip::fields::contains_ignore_case;
 
 /// At most this many products and comments of one User-Agent are looked at
 /// by token and comment rules (regex rules always see the whole value).
@@ -30,21 +32,6 @@ const REGEX_SIZE_LIMIT_BYTES: usize = 1 << 20;
 const BUILTIN_RULE_PREFIX: &str = "builtin:";
 
 // === errors ===
-
-/// One problem found while validating a catalog.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CatalogProblem {
-    /// Key path of the offending value, e.g. `clients[3].match[1].regex`.
-    pub key: String,
-    /// What is wrong with it.
-    pub message: String,
-}
-
-impl fmt::Display for CatalogProblem {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.key, self.message)
-    }
-}
 
 /// Why a catalog could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -75,13 +62,13 @@ pub enum CatalogError {
         /// The catalog file, if loaded from a file.
         path: Option<PathBuf>,
         /// Every problem found, in file order.
-        problems: Vec<CatalogProblem>,
+        problems: Vec<Problem>,
     },
 }
 
 impl CatalogError {
     /// The problems of an [`CatalogError::Invalid`] error (empty otherwise).
-    pub fn problems(&self) -> &[CatalogProblem] {
+    pub fn problems(&self) -> &[Problem] {
         match self {
             Self::Invalid { problems, .. } => problems,
             _ => &[],
@@ -116,7 +103,7 @@ fn origin(path: Option<&Path>) -> String {
         .unwrap_or_default()
 }
 
-struct ProblemList<'a>(&'a [CatalogProblem]);
+struct ProblemList<'a>(&'a [Problem]);
 
 impl fmt::Display for ProblemList<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -285,24 +272,6 @@ impl Rule {
             None => Some(None),
         }
     }
-}
-
-/// Case-insensitive (ASCII) substring search; `needle` is lowercase and non-empty.
-fn contains_ignore_case(haystack: &[u8], needle: &[u8]) -> bool {
-    let Some(&first) = needle.first() else {
-        return true;
-    };
-    let upper = first.to_ascii_uppercase();
-    let mut start = 0;
-    while let Some(offset) = memchr::memchr2(first, upper, &haystack[start..]) {
-        let at = start + offset;
-        match haystack.get(at..at + needle.len()) {
-            Some(window) if window.eq_ignore_ascii_case(needle) => return true,
-            Some(_) => start = at + 1,
-            None => return false,
-        }
-    }
-    false
 }
 
 /// The items of one User-Agent, on the stack.
@@ -516,7 +485,7 @@ fn parse_error(text: &str, error: &toml::de::Error) -> CatalogError {
 
 /// Key path for a serde error inside the entry at `base`: names the field
 /// when serde does (unknown / missing / duplicate field).
-fn serde_problem(base: &str, error: &toml::de::Error) -> CatalogProblem {
+fn serde_problem(base: &str, error: &toml::de::Error) -> Problem {
     let message = error.message().trim().to_owned();
     let field = ["unknown field `", "missing field `", "duplicate field `"]
         .iter()
@@ -526,7 +495,7 @@ fn serde_problem(base: &str, error: &toml::de::Error) -> CatalogProblem {
         Some(field) => format!("{base}.{field}"),
         None => base.to_owned(),
     };
-    CatalogProblem { key, message }
+    Problem { key, message }
 }
 
 // === validation and compilation ===
@@ -536,7 +505,7 @@ struct Builder {
     clients: Vec<ClientProduct>,
     version_tokens: Vec<Option<Box<[u8]>>>,
     rules: Vec<Rule>,
-    problems: Vec<CatalogProblem>,
+    problems: Vec<Problem>,
     /// Client id → key of its first definition.
     client_ids: std::collections::HashMap<String, String>,
     /// Rule id → key of its first definition.
@@ -545,7 +514,7 @@ struct Builder {
 
 impl Builder {
     fn problem(&mut self, key: impl Into<String>, message: impl Into<String>) {
-        self.problems.push(CatalogProblem {
+        self.problems.push(Problem {
             key: key.into(),
             message: message.into(),
         });
@@ -879,7 +848,7 @@ impl Builder {
             .build()
             .map_err(|e| CatalogError::Invalid {
                 path: None,
-                problems: vec![CatalogProblem {
+                problems: vec![Problem {
                     key: "clients".to_owned(),
                     message: format!("the regexes together are too large: {e}"),
                 }],
@@ -1432,17 +1401,6 @@ regex = '(?-i)^Exact$'
     fn catalog_is_shareable_across_threads() {
         fn assert_send_sync<T: Send + Sync>() {}
         assert_send_sync::<Catalog>();
-    }
-
-    #[test]
-    fn case_insensitive_substring() {
-        assert!(contains_ignore_case(
-            b"Microsoft Lync 2010 ATTENDANT",
-            b"attendant"
-        ));
-        assert!(contains_ignore_case(b"aaab", b"ab"));
-        assert!(!contains_ignore_case(b"attendan", b"attendant"));
-        assert!(!contains_ignore_case(b"", b"a"));
     }
 
     #[test]

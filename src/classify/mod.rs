@@ -22,7 +22,7 @@ mod corpus_tests;
 mod tokenize;
 mod version;
 
-pub use catalog::{Catalog, CatalogError, CatalogProblem, MAX_UA_ITEMS};
+pub use catalog::{Catalog, CatalogError, MAX_UA_ITEMS};
 pub use tokenize::{tokenize, Item, Tokens};
 pub use version::{CompareOp, InvalidVersion, Version, MAX_VERSION_PARTS};
 

@@ -6,34 +6,19 @@
 pub mod endpoint;
 pub mod raw;
 
-use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::classify::{Catalog, CatalogError};
 use crate::policy::pattern::{Network, UriPattern};
 use crate::policy::{Action, Mode, Policy, Reply, RolePolicy, SessionMatchers};
+use crate::problem::Problem;
 pub use endpoint::{Endpoint, Transport};
 pub use raw::RawConfig;
 
 /// The client catalog shipped in `config/clients.toml`, used when
 /// `[catalog] path` is not set.
 pub const SHIPPED_CATALOG: &str = include_str!("../../config/clients.toml");
-
-/// One problem found in a config file.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Problem {
-    /// Dotted key path, e.g. `response_group.workflows[2]`.
-    pub key: String,
-    /// What is wrong, naming the value.
-    pub message: String,
-}
-
-impl fmt::Display for Problem {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.key, self.message)
-    }
-}
 
 /// Why a config could not be loaded.
 #[derive(Debug, thiserror::Error)]

@@ -11,6 +11,7 @@ use std::net::IpAddr;
 use serde::{Deserialize, Serialize};
 
 use crate::classify::Support;
+use crate::sip::fields::contains_ignore_case;
 use crate::sip::Method;
 use pattern::{Network, UriPattern};
 
@@ -287,14 +288,6 @@ impl SessionMatchers {
             _ => SessionRole::None,
         }
     }
-}
-
-/// ASCII case-insensitive substring search (`needle` lowercased).
-fn contains_ignore_case(haystack: &[u8], needle: &[u8]) -> bool {
-    needle.is_empty()
-        || haystack
-            .windows(needle.len())
-            .any(|w| w.eq_ignore_ascii_case(needle))
 }
 
 #[cfg(test)]

@@ -29,6 +29,26 @@ pub fn trim_lws(mut s: &[u8]) -> &[u8] {
     s
 }
 
+/// Whether `needle` occurs in `haystack`, ASCII case-insensitively (an
+/// empty needle always does). Finds candidate positions of the needle's
+/// first byte, in either case, with `memchr2`, then compares the window.
+pub fn contains_ignore_case(haystack: &[u8], needle: &[u8]) -> bool {
+    let Some(&first) = needle.first() else {
+        return true;
+    };
+    let (lower, upper) = (first.to_ascii_lowercase(), first.to_ascii_uppercase());
+    let mut start = 0;
+    while let Some(offset) = memchr::memchr2(lower, upper, &haystack[start..]) {
+        let at = start + offset;
+        match haystack.get(at..at + needle.len()) {
+            Some(window) if window.eq_ignore_ascii_case(needle) => return true,
+            Some(_) => start = at + 1,
+            None => return false,
+        }
+    }
+    false
+}
+
 /// RFC 3261 `token` characters, as a lookup table (hot: every header name).
 const TOKEN_CHARS: [bool; 256] = {
     let mut table = [false; 256];
@@ -490,6 +510,27 @@ impl<'a> NameAddr<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn case_insensitive_substring() {
+        assert!(contains_ignore_case(
+            b"Microsoft Lync 2010 ATTENDANT",
+            b"attendant"
+        ));
+        // Needle case does not matter either, nor does a non-letter first byte.
+        assert!(contains_ignore_case(
+            b"RTCC/5.0 response_group_service/5.0",
+            b"Response_Group_Service"
+        ));
+        assert!(contains_ignore_case(b"x (OC/4.0)", b"(oc/"));
+        // A failed candidate does not hide a later match that overlaps it.
+        assert!(contains_ignore_case(b"aaab", b"ab"));
+        assert!(contains_ignore_case(b"Attendant", b""));
+        assert!(contains_ignore_case(b"", b""));
+        assert!(!contains_ignore_case(b"attendan", b"attendant"));
+        assert!(!contains_ignore_case(b"", b"a"));
+        assert!(!contains_ignore_case(b"lync", b"lyncx"));
+    }
 
     #[test]
     fn via_with_lws_ipv6_and_params() {
