@@ -12,12 +12,13 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::config::{Config, Endpoint, Transport};
+use crate::config::{Config, Endpoint};
 use crate::observe::metrics::{DropReason, Metrics};
 use crate::observe::DecisionLog;
 use crate::proxy::flow::FlowSigner;
 use crate::proxy::{Core, Destination, Inbound, Outbound};
 use crate::transport::tcp::{self, ConnectionContext, UpstreamLink};
+use crate::transport::Transport;
 use crate::transport::{udp, Connections, Senders};
 
 /// Inbound messages queued between transports and the dispatcher.

@@ -10,12 +10,13 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
-use sipadmit::config::{Config, Overrides, Transport};
+use sipadmit::config::{Config, Overrides};
 use sipadmit::observe::Metrics;
 use sipadmit::proxy::flow::FlowSigner;
 use sipadmit::proxy::{Core, Inbound};
 use sipadmit::sip::framing::StreamFramer;
 use sipadmit::sip::{HeaderName, SipView};
+use sipadmit::transport::Transport;
 
 /// Iterations per run; raise with SIPADMIT_FUZZ_ITERATIONS for a long soak.
 fn iterations() -> usize {

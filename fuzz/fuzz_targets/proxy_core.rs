@@ -7,7 +7,8 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
-use sipadmit::config::{Config, Overrides, Transport};
+use sipadmit::config::{Config, Overrides};
+use sipadmit::transport::Transport;
 use sipadmit::observe::Metrics;
 use sipadmit::proxy::flow::FlowSigner;
 use sipadmit::proxy::{Core, Inbound};

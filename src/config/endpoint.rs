@@ -4,38 +4,7 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::str::FromStr;
 
-/// A SIP transport.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Transport {
-    /// UDP (RFC 3261 18.1).
-    Udp,
-    /// TCP (RFC 3261 18.1).
-    Tcp,
-}
-
-impl Transport {
-    /// Lowercase name, as in decision records and `transport=` URI parameters.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Udp => "udp",
-            Self::Tcp => "tcp",
-        }
-    }
-
-    /// Uppercase name, as in Via headers.
-    pub fn via_name(self) -> &'static str {
-        match self {
-            Self::Udp => "UDP",
-            Self::Tcp => "TCP",
-        }
-    }
-}
-
-impl fmt::Display for Transport {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+use crate::transport::Transport;
 
 /// A transport plus socket address.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -13,7 +13,7 @@ use crate::classify::{Catalog, CatalogError};
 use crate::policy::pattern::{Network, UriPattern};
 use crate::policy::{Action, Mode, Policy, Reply, RolePolicy, SessionMatchers};
 use crate::problem::Problem;
-pub use endpoint::{Endpoint, Transport};
+pub use endpoint::Endpoint;
 pub use raw::RawConfig;
 
 /// The client catalog shipped in `config/clients.toml`, used when

@@ -12,7 +12,7 @@ use std::net::{IpAddr, SocketAddr};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-use crate::config::Transport;
+use crate::transport::Transport;
 
 type HmacSha256 = Hmac<Sha256>;
 

@@ -16,13 +16,14 @@ use bytes::Bytes;
 use tracing::{debug, warn};
 
 use crate::classify::{Category, ClientProduct, Support};
-use crate::config::{Config, Transport};
+use crate::config::Config;
 use crate::observe::decision_log::{now_rfc3339, DecisionRecord};
 use crate::observe::metrics::{DropReason, Metrics};
 use crate::policy::{decide, Action, SessionFacts, SessionRole};
 use crate::sip::edit::{before_first, first_value, Edits};
 use crate::sip::fields::{parse_hostport, sip_uri_host, trim_lws};
 use crate::sip::{response, HeaderName, Method, Params, SipError, SipView, Via};
+use crate::transport::Transport;
 use flow::{Flow, FlowSigner, Purpose, TokenError};
 use registrations::{contact_key, Registrations};
 

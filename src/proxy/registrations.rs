@@ -165,7 +165,7 @@ impl Registrations {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Transport;
+    use crate::transport::Transport;
 
     fn flow(client: &str) -> Flow {
         Flow {

@@ -6,6 +6,7 @@ pub mod tcp;
 pub mod udp;
 
 use std::collections::HashMap;
+use std::fmt;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -14,7 +15,53 @@ use bytes::Bytes;
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
-use crate::config::{Endpoint, Transport};
+use serde::{Deserialize, Serialize};
+
+use crate::config::Endpoint;
+
+/// A SIP transport (RFC 3261 18). Serialized in lowercase (`"udp"`), as in
+/// decision records and config endpoints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    /// UDP (RFC 3261 18.1): one message per datagram.
+    Udp,
+    /// TCP (RFC 3261 18.1): a byte stream framed by Content-Length.
+    Tcp,
+}
+
+impl Transport {
+    /// Whether messages travel over a connection-oriented byte stream
+    /// (framed by Content-Length, answered on the same connection).
+    pub fn is_stream(self) -> bool {
+        match self {
+            Self::Udp => false,
+            Self::Tcp => true,
+        }
+    }
+
+    /// Lowercase name, as in decision records and `transport=` URI parameters.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Udp => "udp",
+            Self::Tcp => "tcp",
+        }
+    }
+
+    /// Uppercase name, as in Via headers.
+    pub fn via_name(self) -> &'static str {
+        match self {
+            Self::Udp => "UDP",
+            Self::Tcp => "TCP",
+        }
+    }
+}
+
+impl fmt::Display for Transport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
 /// Why a message could not be sent.
 #[derive(Debug, thiserror::Error)]
@@ -146,5 +193,25 @@ impl Senders {
             (Some(link), Transport::Tcp) => link.send(bytes).await,
             _ => self.send_udp(self.upstream.addr, &bytes).await,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transport_names_and_serde_form() {
+        assert!(!Transport::Udp.is_stream());
+        assert!(Transport::Tcp.is_stream());
+        assert_eq!(Transport::Tcp.as_str(), "tcp");
+        assert_eq!(Transport::Tcp.via_name(), "TCP");
+        assert_eq!(Transport::Udp.to_string(), "udp");
+        for t in [Transport::Udp, Transport::Tcp] {
+            let json = serde_json::to_string(&t).unwrap();
+            assert_eq!(json, format!("\"{}\"", t.as_str()));
+            assert_eq!(serde_json::from_str::<Transport>(&json).unwrap(), t);
+        }
+        assert!(serde_json::from_str::<Transport>("\"UDP\"").is_err());
     }
 }

@@ -14,8 +14,9 @@ use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use super::Transport;
 use super::{Connections, SendError};
-use crate::config::{Limits, Transport};
+use crate::config::Limits;
 use crate::observe::metrics::{DropReason, Metrics};
 use crate::proxy::Inbound;
 use crate::sip::framing::{Frame, StreamFramer};

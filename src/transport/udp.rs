@@ -10,7 +10,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use crate::config::Transport;
+use super::Transport;
 use crate::observe::metrics::{DropReason, Metrics};
 use crate::proxy::Inbound;
 use crate::sip::framing::{classify_datagram, Datagram};

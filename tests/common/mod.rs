@@ -10,8 +10,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sipadmit::app;
-use sipadmit::config::{Config, Overrides, Transport};
+use sipadmit::config::{Config, Overrides};
 use sipadmit::observe::DecisionLog;
+use sipadmit::transport::Transport;
 use tokio_util::sync::CancellationToken;
 
 /// A running in-process sipadmit. Stops on drop.
