@@ -171,17 +171,42 @@ fn run_stops_cleanly_on_sigint() {
 
 #[test]
 fn run_without_upstream_says_how_to_fix_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("min.toml");
+    std::fs::write(&config, "[proxy]\nlisten = [\"udp:127.0.0.1:0\"]\n").unwrap();
     let out = sipadmit()
+        .args(["run", "--config", config.to_str().unwrap()])
         .args([
-            "run",
-            "--config",
-            "config/sipadmit.toml",
-            "--upstream",
-            "udp:nowhere",
+            "--decision-log",
+            dir.path().join("d.jsonl").to_str().unwrap(),
         ])
         .output()
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("proxy.upstream"), "{err}");
+    assert!(
+        err.contains("set proxy.upstream or pass --upstream"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_bad_command_line_value_is_named_by_its_flag() {
+    let out = sipadmit()
+        .args(["run", "--config", "config/sipadmit.toml"])
+        .args([
+            "--listen",
+            "udp:127.0.0.1:0",
+            "--listen",
+            "tls:127.0.0.1:5061",
+        ])
+        .args(["--upstream", "udp:nowhere"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--listen[1]: \"tls:127.0.0.1:5061\""), "{err}");
+    assert!(err.contains("--upstream: \"nowhere\""), "{err}");
+    assert!(!err.contains("proxy.listen"), "{err}");
+    assert!(!err.contains("proxy.upstream"), "{err}");
 }

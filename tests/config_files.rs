@@ -98,6 +98,144 @@ headers = ["no colon here"]
     );
 }
 
+fn problem_keys(err: &ConfigError) -> Vec<&str> {
+    let ConfigError::Invalid { problems, .. } = err else {
+        panic!("expected Invalid, got {err}");
+    };
+    problems.iter().map(|p| p.key.as_str()).collect()
+}
+
+#[test]
+fn an_unknown_key_and_an_invalid_value_are_both_reported() {
+    let err = load_str(
+        "[response_group]\nworkflowz = []\nworkflows = [\"helpdesk\"]\n[proxy]\nlisen = []\n",
+    )
+    .unwrap_err();
+    assert_eq!(
+        problem_keys(&err),
+        [
+            "proxy.lisen",
+            "response_group.workflowz",
+            "response_group.workflows[0]"
+        ]
+    );
+    let text = err.to_string();
+    assert!(
+        text.contains("proxy.lisen: unknown key (known: listen, upstream,"),
+        "{text}"
+    );
+    assert!(
+        text.contains("response_group.workflows[0]: not a SIP URI: \"helpdesk\""),
+        "{text}"
+    );
+}
+
+#[test]
+fn wrong_typed_values_are_reported_together_with_invalid_ones() {
+    let err = load_str(
+        r#"
+[proxy]
+listen = "udp:127.0.0.1:5060"
+flow_secret = "short"
+[limits]
+max_headers = "lots"
+tcp_idle_timeout_secs = 1.5
+max_connections = 0
+[policy]
+scanner = "ignore"
+"#,
+    )
+    .unwrap_err();
+    assert_eq!(
+        problem_keys(&err),
+        [
+            "proxy.listen",
+            "limits.max_headers",
+            "limits.tcp_idle_timeout_secs",
+            "policy.scanner",
+            "proxy.flow_secret",
+            "limits.max_connections",
+        ]
+    );
+    let text = err.to_string();
+    assert!(
+        text.contains("limits.max_headers: expected a non-negative integer, got \"lots\""),
+        "{text}"
+    );
+    assert!(text.contains("6 problem(s)"), "{text}");
+}
+
+#[test]
+fn duplicate_and_overlapping_listeners_are_refused() {
+    let err = load_str(
+        r#"
+[proxy]
+listen = [
+    "udp:0.0.0.0:5060",
+    "udp:127.0.0.1:5060",
+    "tcp:127.0.0.1:5060",
+    "tcp:127.0.0.1:5060",
+    "tcp:[::]:5062",
+    "tcp:127.0.0.1:5062",
+    "udp:[::1]:5060",
+]
+"#,
+    )
+    .unwrap_err();
+    assert_eq!(
+        problem_keys(&err),
+        ["proxy.listen[1]", "proxy.listen[3]", "proxy.listen[5]"]
+    );
+    let text = err.to_string();
+    assert!(
+        text.contains(
+            "proxy.listen[1]: udp:127.0.0.1:5060 overlaps proxy.listen[0] (udp:0.0.0.0:5060)"
+        ),
+        "{text}"
+    );
+    assert!(text.contains("Address already in use"), "{text}");
+
+    // Different transports, addresses or ports, and port 0, are fine.
+    load_str(
+        r#"
+[proxy]
+listen = ["udp:127.0.0.1:5060", "tcp:127.0.0.1:5060", "udp:127.0.0.2:5060",
+          "udp:0.0.0.0:5061", "udp:127.0.0.1:0", "udp:127.0.0.1:0"]
+"#,
+    )
+    .unwrap();
+}
+
+#[test]
+fn command_line_values_are_named_by_their_flag() {
+    let err = Config::from_toml_str(
+        "[proxy]\nlisten = [\"udp:127.0.0.1:5060\"]\nupstream = \"udp:127.0.0.1:5070\"\n",
+        &config_dir().join("x.toml"),
+        &Overrides {
+            listen: vec!["udp:127.0.0.1:0".into(), "tls:127.0.0.1:5061".into()],
+            upstream: Some("udp:nowhere".into()),
+            mode: None,
+            decision_log: Some(" ".into()),
+        },
+    )
+    .unwrap_err();
+    assert_eq!(
+        problem_keys(&err),
+        ["--listen[1]", "--upstream", "--decision-log"]
+    );
+    // The file's own problems keep their key paths.
+    let err = Config::from_toml_str(
+        "[proxy]\nlisten = [\"udp:x\"]\n",
+        &config_dir().join("x.toml"),
+        &Overrides {
+            upstream: Some("udp:nowhere".into()),
+            ..Overrides::default()
+        },
+    )
+    .unwrap_err();
+    assert_eq!(problem_keys(&err), ["proxy.listen[0]", "--upstream"]);
+}
+
 #[test]
 fn a_broken_catalog_is_reported_with_its_path() {
     let dir = tempfile::tempdir().unwrap();

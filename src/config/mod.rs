@@ -1,5 +1,6 @@
-//! Config: TOML file → [`RawConfig`] (serde, unknown keys refused) →
-//! validation that collects every problem with its key path → [`Config`].
+//! Config: TOML file → [`RawConfig`] (read key by key: wrong types and
+//! unknown keys collected) → validation that adds every invalid value →
+//! [`Config`]; all problems are reported together, each with its key path.
 //!
 //! `config/sipadmit.toml` documents every key and its default.
 
@@ -31,17 +32,16 @@ pub enum ConfigError {
         /// The I/O error.
         source: std::io::Error,
     },
-    /// The file is not valid TOML or has unknown keys or wrong types.
-    #[error("{path}: {key}: {message}")]
+    /// The file is not valid TOML (nothing else can be checked then).
+    #[error("{path}: {message}")]
     Syntax {
         /// The file.
         path: PathBuf,
-        /// Key path where the error was found (`.` for the top level).
-        key: String,
-        /// The parser's message.
+        /// The TOML parser's message, with line and column.
         message: String,
     },
-    /// Values are invalid; every problem is listed.
+    /// Keys are unknown, values have the wrong type or are invalid; every
+    /// problem is listed.
     #[error("{path}: {} problem(s):\n{}", problems.len(), problems.iter().map(|p| format!("  {p}")).collect::<Vec<_>>().join("\n"))]
     Invalid {
         /// The file.
@@ -51,7 +51,9 @@ pub enum ConfigError {
     },
 }
 
-/// Command-line overrides, applied before validation.
+/// Command-line values: each replaces the file's value before validation,
+/// and a problem in it is named by its flag (`--listen[0]`, `--upstream`,
+/// `--decision-log`), not by the file's key.
 #[derive(Debug, Clone, Default)]
 pub struct Overrides {
     /// Replaces `proxy.listen` when not empty.
@@ -125,68 +127,137 @@ impl Config {
         path: &Path,
         overrides: &Overrides,
     ) -> Result<Self, ConfigError> {
-        let de = toml::Deserializer::parse(text).map_err(|e| ConfigError::Syntax {
-            path: path.to_owned(),
-            key: ".".into(),
-            message: e.to_string().trim().to_owned(),
-        })?;
-        let mut raw: RawConfig =
-            serde_path_to_error::deserialize(de).map_err(|e| ConfigError::Syntax {
-                path: path.to_owned(),
-                key: e.path().to_string(),
-                message: e.inner().to_string().trim().to_owned(),
-            })?;
-        if !overrides.listen.is_empty() {
-            raw.proxy.listen.clone_from(&overrides.listen);
-        }
-        if let Some(up) = &overrides.upstream {
-            raw.proxy.upstream = Some(up.clone());
-        }
-        if let Some(mode) = overrides.mode {
-            raw.proxy.mode = mode;
-        }
-        if let Some(log) = &overrides.decision_log {
-            raw.proxy.decision_log.clone_from(log);
-        }
-        validate(raw, path)
+        let document: toml::Table =
+            text.parse()
+                .map_err(|e: toml::de::Error| ConfigError::Syntax {
+                    path: path.to_owned(),
+                    message: e.to_string().trim().to_owned(),
+                })?;
+        let mut problems = Vec::new();
+        let raw = RawConfig::read(document, &mut problems);
+        validate(raw, overrides, path, problems)
     }
 }
 
-/// Turn a raw config into a [`Config`], collecting every problem.
-pub fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigError> {
-    let mut problems = Vec::new();
-    let mut problem = |key: String, message: String| problems.push(Problem { key, message });
+/// A value to validate and the key that names it in a problem: the file's
+/// key path, or the command-line flag that replaced it.
+struct Given<'a> {
+    key: String,
+    value: &'a str,
+}
 
-    let mut listen = Vec::new();
-    if raw.proxy.listen.is_empty() {
-        problem(
-            "proxy.listen".into(),
-            "at least one listener is needed".into(),
-        );
-    }
-    for (i, l) in raw.proxy.listen.iter().enumerate() {
-        match l.parse::<Endpoint>() {
-            Ok(e) => listen.push(e),
-            Err(m) => problem(format!("proxy.listen[{i}]"), m),
+impl<'a> Given<'a> {
+    /// The command-line value if there is one, else the file's.
+    fn pick(
+        flag: &str,
+        flag_value: Option<&'a str>,
+        file_key: &str,
+        file_value: Option<&'a str>,
+    ) -> Option<Self> {
+        match (flag_value, file_value) {
+            (Some(value), _) => Some(Self {
+                key: flag.to_owned(),
+                value,
+            }),
+            (None, Some(value)) => Some(Self {
+                key: file_key.to_owned(),
+                value,
+            }),
+            (None, None) => None,
         }
     }
-    let upstream = raw
-        .proxy
-        .upstream
-        .as_deref()
-        .and_then(|u| match u.parse::<Endpoint>() {
-            Ok(e) => Some(e),
-            Err(m) => {
-                problem("proxy.upstream".into(), m);
-                None
-            }
-        });
-    if raw.proxy.decision_log.trim().is_empty() {
+}
+
+/// Turn a raw config into a [`Config`]: apply the command-line overrides and
+/// collect every problem, after those `problems` already found while reading.
+/// A problem in a value given on the command line is named by its flag
+/// (`--listen[0]`, `--upstream`, `--decision-log`).
+fn validate(
+    raw: RawConfig,
+    overrides: &Overrides,
+    path: &Path,
+    mut problems: Vec<Problem>,
+) -> Result<Config, ConfigError> {
+    let mut problem = |key: String, message: String| problems.push(Problem { key, message });
+
+    let listen_given: Vec<Given<'_>> = if overrides.listen.is_empty() {
+        if raw.proxy.listen.is_empty() {
+            problem(
+                "proxy.listen".into(),
+                "at least one listener is needed".into(),
+            );
+        }
+        raw.proxy
+            .listen
+            .iter()
+            .enumerate()
+            .map(|(i, value)| Given {
+                key: format!("proxy.listen[{i}]"),
+                value,
+            })
+            .collect()
+    } else {
+        overrides
+            .listen
+            .iter()
+            .enumerate()
+            .map(|(i, value)| Given {
+                key: format!("--listen[{i}]"),
+                value,
+            })
+            .collect()
+    };
+    let mut listeners: Vec<(String, Endpoint)> = Vec::new();
+    for given in listen_given {
+        match given.value.parse::<Endpoint>() {
+            Ok(endpoint) => listeners.push((given.key, endpoint)),
+            Err(m) => problem(given.key, m),
+        }
+    }
+    for (i, (key, endpoint)) in listeners.iter().enumerate() {
+        let earlier = listeners[..i]
+            .iter()
+            .find_map(|(k, e)| listener_clash(e, endpoint).map(|why| (k, e, why)));
+        if let Some((earlier_key, earlier_endpoint, why)) = earlier {
+            problem(
+                key.clone(),
+                format!(
+                    "{endpoint} overlaps {earlier_key} ({earlier_endpoint}): {why}; \
+                     `run` would fail with \"Address already in use\""
+                ),
+            );
+        }
+    }
+    let listen = listeners.into_iter().map(|(_, e)| e).collect();
+
+    let upstream = Given::pick(
+        "--upstream",
+        overrides.upstream.as_deref(),
+        "proxy.upstream",
+        raw.proxy.upstream.as_deref(),
+    )
+    .and_then(|given| match given.value.parse::<Endpoint>() {
+        Ok(e) => Some(e),
+        Err(m) => {
+            problem(given.key, m);
+            None
+        }
+    });
+    let decision_log = Given::pick(
+        "--decision-log",
+        overrides.decision_log.as_deref(),
+        "proxy.decision_log",
+        Some(&raw.proxy.decision_log),
+    )
+    .expect("the file value always exists");
+    if decision_log.value.trim().is_empty() {
         problem(
-            "proxy.decision_log".into(),
+            decision_log.key,
             "empty; use a file path or \"-\" for stdout".into(),
         );
     }
+    let decision_log = decision_log.value.to_owned();
+    let mode = overrides.mode.unwrap_or(raw.proxy.mode);
     if let Some(secret) = &raw.proxy.flow_secret {
         if secret.len() < 16 {
             problem(
@@ -323,7 +394,7 @@ pub fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigError> {
             path: path.to_owned(),
             listen,
             upstream,
-            decision_log: raw.proxy.decision_log,
+            decision_log,
             flow_secret: raw.proxy.flow_secret,
             limits: Limits {
                 max_message_bytes: l.max_message_bytes,
@@ -343,7 +414,7 @@ pub fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigError> {
                 agents,
             },
             policy: Policy {
-                mode: raw.proxy.mode,
+                mode,
                 scanner: p.scanner,
                 caller: caller.expect("no problems"),
                 agent_offer: agent_offer.expect("no problems"),
@@ -355,6 +426,25 @@ pub fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigError> {
             path: path.to_owned(),
             problems,
         }),
+    }
+}
+
+/// Why two listeners cannot both be bound (`None` if they can). Port 0
+/// asks the kernel for a free port, so it never clashes.
+fn listener_clash(a: &Endpoint, b: &Endpoint) -> Option<&'static str> {
+    let port = a.addr.port();
+    if a.transport != b.transport || port != b.addr.port() || port == 0 {
+        return None;
+    }
+    let (a, b) = (a.addr.ip(), b.addr.ip());
+    if a == b {
+        Some("the same listener twice")
+    } else if a.is_ipv4() == b.is_ipv4() && (a.is_unspecified() || b.is_unspecified()) {
+        Some("the unspecified address already takes every address of its family on that port")
+    } else if (a.is_ipv6() && a.is_unspecified()) || (b.is_ipv6() && b.is_unspecified()) {
+        Some("[::] also takes the IPv4 addresses on that port (IPv6 sockets are dual-stack by default)")
+    } else {
+        None
     }
 }
 

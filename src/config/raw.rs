@@ -1,14 +1,20 @@
-//! The config file as written: serde structs with documented defaults.
-//! Unknown keys are refused. [`super::validate`] turns this into a
-//! [`super::Config`] that cannot be invalid.
+//! The config file as written, read leniently: every key of every section
+//! is taken on its own, so one run reports every wrong-typed value and every
+//! unknown key (with its key path) instead of stopping at the first.
+//! [`super::validate`] then turns this into a [`super::Config`] that cannot
+//! be invalid.
+//!
+//! A key that is missing, or present with the wrong type, keeps its default
+//! here; the wrong type is recorded as a [`Problem`], so the file is still
+//! refused.
 
-use serde::Deserialize;
+use serde::de::DeserializeOwned;
 
 use crate::policy::{Action, Mode};
+use crate::problem::Problem;
 
 /// The whole file (`config/sipadmit.toml` documents every key).
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[derive(Debug, Clone, Default)]
 pub struct RawConfig {
     /// `[proxy]`: listeners, upstream, mode, logs.
     pub proxy: RawProxy,
@@ -23,8 +29,7 @@ pub struct RawConfig {
 }
 
 /// `[proxy]`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[derive(Debug, Clone)]
 pub struct RawProxy {
     /// Listeners, `udp:IP:PORT` or `tcp:IP:PORT` (IPv6 as `udp:[::1]:5060`).
     /// Default: `udp:0.0.0.0:5060` and `tcp:0.0.0.0:5060`.
@@ -53,8 +58,7 @@ impl Default for RawProxy {
 }
 
 /// `[limits]`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[derive(Debug, Clone)]
 pub struct RawLimits {
     /// Largest message accepted, bytes. Default 65535.
     pub max_message_bytes: usize,
@@ -85,8 +89,7 @@ impl Default for RawLimits {
 }
 
 /// `[catalog]`.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[derive(Debug, Clone, Default)]
 pub struct RawCatalog {
     /// Client catalog file, relative to this config file. Default: the
     /// catalog shipped in `config/clients.toml`, built into the binary.
@@ -94,8 +97,7 @@ pub struct RawCatalog {
 }
 
 /// `[response_group]`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[derive(Debug, Clone)]
 pub struct RawResponseGroup {
     /// Workflow URIs (`sip:helpdesk@contoso.com`, `*` wildcards). Default none.
     pub workflows: Vec<String>,
@@ -123,8 +125,7 @@ impl Default for RawResponseGroup {
 }
 
 /// `[policy]`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[derive(Debug, Clone)]
 pub struct RawPolicy {
     /// Action for scanners, whatever the role. Default `drop`.
     pub scanner: Action,
@@ -152,8 +153,7 @@ impl Default for RawPolicy {
 
 /// `[policy.<role>]`: every key is optional; a missing key takes the role's
 /// default (see `config/sipadmit.toml` and [`super::validate`]).
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, Default)]
 pub struct RawRolePolicy {
     /// Action for clients the Response Group does not support.
     pub unsupported: Option<Action>,
@@ -169,4 +169,308 @@ pub struct RawRolePolicy {
     pub warning: Option<String>,
     /// Extra header lines of a reject, `"Name: value"`.
     pub headers: Option<Vec<String>>,
+}
+
+// === reading ===
+
+impl RawConfig {
+    /// Read a parsed TOML document. Every wrong-typed value and every
+    /// unknown key is added to `problems`; such keys keep their defaults.
+    pub fn read(document: toml::Table, problems: &mut Vec<Problem>) -> Self {
+        let mut root = Section::new(String::new(), document, problems);
+        let raw = Self {
+            proxy: RawProxy::read(root.section("proxy")),
+            limits: RawLimits::read(root.section("limits")),
+            catalog: RawCatalog::read(root.section("catalog")),
+            response_group: RawResponseGroup::read(root.section("response_group")),
+            policy: RawPolicy::read(root.section("policy")),
+        };
+        root.finish();
+        raw
+    }
+}
+
+impl RawProxy {
+    fn read(mut s: Section<'_>) -> Self {
+        let d = Self::default();
+        let raw = Self {
+            listen: s.get("listen").unwrap_or(d.listen),
+            upstream: s.get("upstream"),
+            mode: s.get("mode").unwrap_or(d.mode),
+            decision_log: s.get("decision_log").unwrap_or(d.decision_log),
+            flow_secret: s.get("flow_secret"),
+        };
+        s.finish();
+        raw
+    }
+}
+
+impl RawLimits {
+    fn read(mut s: Section<'_>) -> Self {
+        let d = Self::default();
+        let raw = Self {
+            max_message_bytes: s.get("max_message_bytes").unwrap_or(d.max_message_bytes),
+            max_headers: s.get("max_headers").unwrap_or(d.max_headers),
+            max_connections: s.get("max_connections").unwrap_or(d.max_connections),
+            tcp_idle_timeout_secs: s
+                .get("tcp_idle_timeout_secs")
+                .unwrap_or(d.tcp_idle_timeout_secs),
+            max_registrations: s.get("max_registrations").unwrap_or(d.max_registrations),
+            upstream_retry_after_secs: s
+                .get("upstream_retry_after_secs")
+                .unwrap_or(d.upstream_retry_after_secs),
+        };
+        s.finish();
+        raw
+    }
+}
+
+impl RawCatalog {
+    fn read(mut s: Section<'_>) -> Self {
+        let raw = Self {
+            path: s.get("path"),
+        };
+        s.finish();
+        raw
+    }
+}
+
+impl RawResponseGroup {
+    fn read(mut s: Section<'_>) -> Self {
+        let d = Self::default();
+        let raw = Self {
+            workflows: s.get("workflows").unwrap_or(d.workflows),
+            application_user_agents: s
+                .get("application_user_agents")
+                .unwrap_or(d.application_user_agents),
+            application_from_uris: s
+                .get("application_from_uris")
+                .unwrap_or(d.application_from_uris),
+            application_sources: s
+                .get("application_sources")
+                .unwrap_or(d.application_sources),
+            agents: s.get("agents").unwrap_or(d.agents),
+        };
+        s.finish();
+        raw
+    }
+}
+
+impl RawPolicy {
+    fn read(mut s: Section<'_>) -> Self {
+        let d = Self::default();
+        let raw = Self {
+            scanner: s.get("scanner").unwrap_or(d.scanner),
+            flag_header: s.get("flag_header").unwrap_or(d.flag_header),
+            caller: RawRolePolicy::read(s.section("caller")),
+            agent_offer: RawRolePolicy::read(s.section("agent_offer")),
+            agent_registration: RawRolePolicy::read(s.section("agent_registration")),
+        };
+        s.finish();
+        raw
+    }
+}
+
+impl RawRolePolicy {
+    fn read(mut s: Section<'_>) -> Self {
+        let raw = Self {
+            unsupported: s.get("unsupported"),
+            third_party: s.get("third_party"),
+            unknown: s.get("unknown"),
+            status: s.get("status"),
+            reason: s.get("reason"),
+            warning: s.get("warning"),
+            headers: s.get("headers"),
+        };
+        s.finish();
+        raw
+    }
+}
+
+/// One table of the file: hands out its keys one at a time, each
+/// deserialized on its own, and at [`Section::finish`] reports every key
+/// nobody asked for.
+struct Section<'p> {
+    /// Key path of the table (`""` for the top level, `policy.caller`).
+    path: String,
+    /// Keys not taken yet.
+    table: toml::Table,
+    /// Keys asked for so far, in the order of the documentation.
+    known: Vec<&'static str>,
+    problems: &'p mut Vec<Problem>,
+}
+
+impl<'p> Section<'p> {
+    fn new(path: String, table: toml::Table, problems: &'p mut Vec<Problem>) -> Self {
+        Self {
+            path,
+            table,
+            known: Vec::new(),
+            problems,
+        }
+    }
+
+    fn key_path(&self, key: &str) -> String {
+        if self.path.is_empty() {
+            key.to_owned()
+        } else {
+            format!("{}.{key}", self.path)
+        }
+    }
+
+    /// The value of `key`, if present and of type `T`; a value of another
+    /// type is recorded as a problem.
+    fn get<T: ConfigValue>(&mut self, key: &'static str) -> Option<T> {
+        self.known.push(key);
+        let value = self.table.remove(key)?;
+        match value.clone().try_into::<T>() {
+            Ok(v) => Some(v),
+            Err(_) => {
+                let problem = Problem::new(
+                    self.key_path(key),
+                    format!("expected {}, got {value}", T::EXPECTED),
+                );
+                self.problems.push(problem);
+                None
+            }
+        }
+    }
+
+    /// The sub-table `key` (empty when absent, or when not a table, which
+    /// is recorded as a problem).
+    #[must_use = "a section reports its unknown keys at finish()"]
+    fn section(&mut self, key: &'static str) -> Section<'_> {
+        self.known.push(key);
+        let path = self.key_path(key);
+        let table = match self.table.remove(key) {
+            None => toml::Table::new(),
+            Some(toml::Value::Table(table)) => table,
+            Some(other) => {
+                let message = format!("expected a table ([{path}]), got {other}");
+                self.problems.push(Problem::new(path.clone(), message));
+                toml::Table::new()
+            }
+        };
+        Section::new(path, table, self.problems)
+    }
+
+    /// Record every key that was not asked for.
+    fn finish(self) {
+        for key in self.table.keys() {
+            let message = format!("unknown key (known: {})", self.known.join(", "));
+            self.problems
+                .push(Problem::new(self.key_path(key), message));
+        }
+    }
+}
+
+/// A type a config key can hold, with the words for it in a problem.
+trait ConfigValue: DeserializeOwned {
+    /// What a value of this type looks like, completing "expected ...".
+    const EXPECTED: &'static str;
+}
+
+impl ConfigValue for String {
+    const EXPECTED: &'static str = "a string";
+}
+
+impl ConfigValue for Vec<String> {
+    const EXPECTED: &'static str = "an array of strings";
+}
+
+impl ConfigValue for usize {
+    const EXPECTED: &'static str = "a non-negative integer";
+}
+
+impl ConfigValue for u64 {
+    const EXPECTED: &'static str = "a non-negative integer";
+}
+
+impl ConfigValue for u32 {
+    const EXPECTED: &'static str = "an integer from 0 to 4294967295";
+}
+
+impl ConfigValue for u16 {
+    const EXPECTED: &'static str = "an integer from 0 to 65535";
+}
+
+impl ConfigValue for Mode {
+    const EXPECTED: &'static str = "\"enforce\" or \"monitor\"";
+}
+
+impl ConfigValue for Action {
+    const EXPECTED: &'static str = "\"allow\", \"flag\", \"reject\" or \"drop\"";
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read(text: &str) -> (RawConfig, Vec<String>) {
+        let mut problems = Vec::new();
+        let raw = RawConfig::read(text.parse().unwrap(), &mut problems);
+        (raw, problems.iter().map(ToString::to_string).collect())
+    }
+
+    #[test]
+    fn every_wrong_type_is_reported_with_its_key_path() {
+        let (raw, problems) = read(
+            "[limits]\nmax_headers = \"lots\"\nmax_connections = -1\n\
+             [proxy]\nmode = \"enforc\"\nlisten = \"udp:127.0.0.1:5060\"\n\
+             [policy.caller]\nstatus = 70000\nunknown = 3\n",
+        );
+        assert_eq!(
+            problems,
+            [
+                "proxy.listen: expected an array of strings, got \"udp:127.0.0.1:5060\"",
+                "proxy.mode: expected \"enforce\" or \"monitor\", got \"enforc\"",
+                "limits.max_headers: expected a non-negative integer, got \"lots\"",
+                "limits.max_connections: expected a non-negative integer, got -1",
+                "policy.caller.unknown: expected \"allow\", \"flag\", \"reject\" or \"drop\", got 3",
+                "policy.caller.status: expected an integer from 0 to 65535, got 70000",
+            ]
+        );
+        // Wrong-typed keys keep their defaults.
+        assert_eq!(raw.limits.max_headers, RawLimits::default().max_headers);
+        assert_eq!(raw.policy.caller.status, None);
+    }
+
+    #[test]
+    fn every_unknown_key_is_reported_with_the_known_ones() {
+        let (raw, problems) = read(
+            "extra = 1\n[proxy]\nlisen = []\nupstream = \"udp:127.0.0.1:5070\"\n\
+             [policy.agent_offer]\nstatuss = 480\n[proxi]\n",
+        );
+        assert_eq!(
+            problems,
+            [
+                "proxy.lisen: unknown key (known: listen, upstream, mode, decision_log, flow_secret)",
+                "policy.agent_offer.statuss: unknown key (known: unsupported, third_party, unknown, status, reason, warning, headers)",
+                "extra: unknown key (known: proxy, limits, catalog, response_group, policy)",
+                "proxi: unknown key (known: proxy, limits, catalog, response_group, policy)",
+            ]
+        );
+        // Known keys beside unknown ones are still read.
+        assert_eq!(raw.proxy.upstream.as_deref(), Some("udp:127.0.0.1:5070"));
+    }
+
+    #[test]
+    fn a_section_that_is_not_a_table_is_reported() {
+        let (_, problems) = read("proxy = 3\n[policy]\ncaller = \"reject\"\n");
+        assert_eq!(
+            problems,
+            [
+                "proxy: expected a table ([proxy]), got 3",
+                "policy.caller: expected a table ([policy.caller]), got \"reject\"",
+            ]
+        );
+    }
+
+    #[test]
+    fn an_empty_document_is_all_defaults() {
+        let (raw, problems) = read("");
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(raw.proxy.listen, RawProxy::default().listen);
+        assert_eq!(raw.policy.flag_header, "X-Sipadmit");
+    }
 }
