@@ -31,7 +31,7 @@ fn config() -> Config {
 fn admit(config: &Config, raw: &Bytes) -> bool {
     let view = SipView::parse(raw.clone()).expect("valid");
     view.check().expect("valid");
-    let class = config.catalog.classify(view.user_agent());
+    let class = config.runtime.catalog.classify(view.user_agent());
     let facts = SessionFacts {
         method: view.method().expect("request"),
         request_uri: view.request_uri().unwrap_or_default(),
@@ -40,8 +40,8 @@ fn admit(config: &Config, raw: &Bytes) -> bool {
         user_agent: view.user_agent(),
         source: IpAddr::V4(Ipv4Addr::LOCALHOST),
     };
-    let role = config.sessions.role_of(&facts);
-    let decision = decide(&config.policy, role, class.client.support);
+    let role = config.runtime.sessions.role_of(&facts);
+    let decision = decide(&config.runtime.policy, role, class.client.support);
     decision.reply.is_some()
 }
 
@@ -102,7 +102,7 @@ fn pipeline(c: &mut Criterion) {
     g.bench_function("decide", |b| {
         b.iter(|| {
             black_box(decide(
-                &config.policy,
+                &config.runtime.policy,
                 black_box(sipadmit::policy::SessionRole::Caller),
                 black_box(sipadmit::classify::Support::Unsupported),
             ))

@@ -86,7 +86,7 @@ pub async fn bind(config: &Config) -> Result<Bound, AppError> {
         udp: Vec::new(),
         tcp: Vec::new(),
     };
-    for endpoint in &config.listen {
+    for endpoint in &config.settings.listen {
         let err = |source| AppError::Bind {
             endpoint: *endpoint,
             source,
@@ -126,7 +126,7 @@ pub async fn serve(
     decision_log: DecisionLog,
     shutdown: CancellationToken,
 ) -> Result<Arc<Metrics>, AppError> {
-    let upstream = config.upstream.ok_or(AppError::NoUpstream)?;
+    let upstream = config.settings.upstream.ok_or(AppError::NoUpstream)?;
     let addresses: Vec<(Transport, SocketAddr)> = bound
         .addresses()
         .into_iter()
@@ -138,7 +138,7 @@ pub async fn serve(
             upstream.transport,
         ));
     }
-    let signer = match &config.flow_secret {
+    let signer = match &config.settings.flow_secret {
         Some(secret) => FlowSigner::new(secret.as_bytes()),
         None => {
             warn!("proxy.flow_secret is not set: using a random secret; flow tokens in Path and Record-Route will not survive a restart and will not work across instances");
@@ -152,10 +152,12 @@ pub async fn serve(
     let ctx = ConnectionContext {
         connections: connections.clone(),
         inbound: inbound_tx.clone(),
-        limits: config.limits,
+        limits: config.settings.limits,
         metrics: metrics.clone(),
         shutdown: shutdown.clone(),
-        slots: Arc::new(tokio::sync::Semaphore::new(config.limits.max_connections)),
+        slots: Arc::new(tokio::sync::Semaphore::new(
+            config.settings.limits.max_connections,
+        )),
         upstream_ip: (upstream.transport == Transport::Tcp).then(|| upstream.addr.ip()),
     };
     let senders = Senders {
@@ -181,7 +183,7 @@ pub async fn serve(
     }
     drop(inbound_tx);
     for (transport, addr) in &addresses {
-        info!(%transport, %addr, upstream = %upstream, mode = config.policy.mode.as_str(), "listening");
+        info!(%transport, %addr, upstream = %upstream, mode = config.runtime.policy.mode.as_str(), "listening");
     }
 
     let mut sweep = tokio::time::interval(SWEEP_INTERVAL);
@@ -245,11 +247,12 @@ async fn dispatch(core: &Core, senders: &Senders, log: &DecisionLog, inbound: In
 
 /// Bind, then serve until SIGINT or SIGTERM.
 pub async fn run(config: Config) -> Result<(), AppError> {
-    let decision_log =
-        DecisionLog::open(&config.decision_log).map_err(|source| AppError::DecisionLog {
-            path: config.decision_log.clone(),
+    let decision_log = DecisionLog::open(&config.settings.decision_log).map_err(|source| {
+        AppError::DecisionLog {
+            path: config.settings.decision_log.clone(),
             source,
-        })?;
+        }
+    })?;
     let bound = bind(&config).await?;
     let shutdown = CancellationToken::new();
     let signal = shutdown.clone();

@@ -43,7 +43,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             let config = Config::load(&args.config, &overrides)?;
             tracing::info!(
                 config = %args.config.display(),
-                catalog = %config.catalog_source,
+                catalog = %config.runtime.catalog_source,
                 "configuration loaded"
             );
             // One event loop: the proxy core is a few microseconds per message,
@@ -62,10 +62,10 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 println!(
                     "{}: ok ({} clients in catalog {}, {} workflows, mode {})",
                     config.display(),
-                    c.catalog.clients().count(),
-                    c.catalog_source,
-                    c.sessions.workflows.len(),
-                    c.policy.mode.as_str()
+                    c.runtime.catalog.clients().count(),
+                    c.runtime.catalog_source,
+                    c.runtime.sessions.workflows.len(),
+                    c.runtime.policy.mode.as_str()
                 );
                 Ok(ExitCode::SUCCESS)
             }
@@ -84,7 +84,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             user_agents,
         } => {
             let catalog = match config {
-                Some(path) => Config::load(&path, &Overrides::default())?.catalog,
+                Some(path) => Config::load(&path, &Overrides::default())?.runtime.catalog,
                 None => Catalog::from_toml_str(SHIPPED_CATALOG).context("built-in catalog")?,
             };
             let inputs: Vec<String> = if user_agents.is_empty() {

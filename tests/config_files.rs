@@ -33,15 +33,42 @@ fn every_file_in_config_loads() {
 }
 
 #[test]
+fn settings_hold_the_restart_keys_and_runtime_the_swappable_ones() {
+    fn swappable<T: Send + Sync + 'static>() {}
+    swappable::<sipadmit::config::RuntimeConfig>();
+    let c = Config::load(&config_dir().join("sipadmit.toml"), &Overrides::default()).unwrap();
+    let sipadmit::config::Settings {
+        listen,
+        upstream,
+        decision_log,
+        flow_secret,
+        limits,
+    } = &c.settings;
+    assert_eq!(listen.len(), 2);
+    assert_eq!(upstream.unwrap().to_string(), "udp:127.0.0.1:5070");
+    assert_eq!((decision_log.as_str(), flow_secret), ("-", &None));
+    assert_eq!(limits.max_headers, 256);
+    let sipadmit::config::RuntimeConfig {
+        catalog_source,
+        sessions,
+        flag_header,
+        ..
+    } = &c.runtime;
+    assert!(catalog_source.ends_with("clients.toml"), "{catalog_source}");
+    assert_eq!(sessions.workflows.len(), 2);
+    assert_eq!(flag_header, "X-Sipadmit");
+}
+
+#[test]
 fn response_group_keys_alone_are_enough() {
     let c = load_str(
         "[response_group]\nworkflows = [\"sip:helpdesk@contoso.com\"]\napplication_user_agents = [\"Response_Group_Service\"]\n",
     )
     .unwrap();
-    assert_eq!(c.catalog_source, "built-in");
-    assert_eq!(c.policy.agent_offer.reply.status, 480);
-    assert_eq!(c.policy.caller.reply.status, 403);
-    assert!(c.upstream.is_none());
+    assert_eq!(c.runtime.catalog_source, "built-in");
+    assert_eq!(c.runtime.policy.agent_offer.reply.status, 480);
+    assert_eq!(c.runtime.policy.caller.reply.status, 403);
+    assert!(c.settings.upstream.is_none());
 }
 
 #[test]
@@ -265,8 +292,11 @@ fn overrides_replace_file_values() {
         },
     )
     .unwrap();
-    assert_eq!(c.listen.len(), 1);
-    assert!(c.listen[0].addr.is_ipv6());
-    assert_eq!(c.upstream.unwrap().to_string(), "tcp:127.0.0.1:5070");
-    assert_eq!(c.policy.mode, sipadmit::policy::Mode::Monitor);
+    assert_eq!(c.settings.listen.len(), 1);
+    assert!(c.settings.listen[0].addr.is_ipv6());
+    assert_eq!(
+        c.settings.upstream.unwrap().to_string(),
+        "tcp:127.0.0.1:5070"
+    );
+    assert_eq!(c.runtime.policy.mode, sipadmit::policy::Mode::Monitor);
 }

@@ -2,6 +2,11 @@
 //! unknown keys collected) → validation that adds every invalid value →
 //! [`Config`]; all problems are reported together, each with its key path.
 //!
+//! A [`Config`] has two parts: [`Settings`], which only a restart can change
+//! (sockets, upstream, decision log, flow secret, limits), and
+//! [`RuntimeConfig`], which a live reload may swap (catalog, Response Group
+//! matchers, policy, flag header).
+//!
 //! `config/sipadmit.toml` documents every key and its default.
 
 pub mod endpoint;
@@ -88,7 +93,17 @@ pub struct Limits {
 pub struct Config {
     /// The file it came from.
     pub path: PathBuf,
-    /// Listeners.
+    /// What only a restart can change.
+    pub settings: Settings,
+    /// What a live reload may swap while the proxy runs.
+    pub runtime: RuntimeConfig,
+}
+
+/// The part of the config that only a restart can change: sockets, the
+/// upstream, the decision log, the flow secret and the limits.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Listeners (`proxy.listen` or `--listen`).
     pub listen: Vec<Endpoint>,
     /// The registrar, if configured (required by `run`).
     pub upstream: Option<Endpoint>,
@@ -98,6 +113,12 @@ pub struct Config {
     pub flow_secret: Option<String>,
     /// Limits.
     pub limits: Limits,
+}
+
+/// The part of the config a live reload may swap: how clients are
+/// classified and what the policy does with them.
+#[derive(Debug)]
+pub struct RuntimeConfig {
     /// Client catalog.
     pub catalog: Catalog,
     /// Where the catalog came from (a path, or `built-in`).
@@ -392,35 +413,39 @@ fn validate(
     match (catalog, problems.is_empty()) {
         (Some(catalog), true) => Ok(Config {
             path: path.to_owned(),
-            listen,
-            upstream,
-            decision_log,
-            flow_secret: raw.proxy.flow_secret,
-            limits: Limits {
-                max_message_bytes: l.max_message_bytes,
-                max_headers: l.max_headers,
-                max_connections: l.max_connections,
-                tcp_idle_timeout: Duration::from_secs(l.tcp_idle_timeout_secs),
-                max_registrations: l.max_registrations,
-                upstream_retry_after_secs: l.upstream_retry_after_secs,
+            settings: Settings {
+                listen,
+                upstream,
+                decision_log,
+                flow_secret: raw.proxy.flow_secret,
+                limits: Limits {
+                    max_message_bytes: l.max_message_bytes,
+                    max_headers: l.max_headers,
+                    max_connections: l.max_connections,
+                    tcp_idle_timeout: Duration::from_secs(l.tcp_idle_timeout_secs),
+                    max_registrations: l.max_registrations,
+                    upstream_retry_after_secs: l.upstream_retry_after_secs,
+                },
             },
-            catalog,
-            catalog_source,
-            sessions: SessionMatchers {
-                workflows,
-                application_user_agents,
-                application_from_uris,
-                application_sources,
-                agents,
+            runtime: RuntimeConfig {
+                catalog,
+                catalog_source,
+                sessions: SessionMatchers {
+                    workflows,
+                    application_user_agents,
+                    application_from_uris,
+                    application_sources,
+                    agents,
+                },
+                policy: Policy {
+                    mode,
+                    scanner: p.scanner,
+                    caller: caller.expect("no problems"),
+                    agent_offer: agent_offer.expect("no problems"),
+                    agent_registration: agent_registration.expect("no problems"),
+                },
+                flag_header: p.flag_header.clone(),
             },
-            policy: Policy {
-                mode,
-                scanner: p.scanner,
-                caller: caller.expect("no problems"),
-                agent_offer: agent_offer.expect("no problems"),
-                agent_registration: agent_registration.expect("no problems"),
-            },
-            flag_header: p.flag_header.clone(),
         }),
         _ => Err(ConfigError::Invalid {
             path: path.to_owned(),

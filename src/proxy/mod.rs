@@ -131,12 +131,13 @@ impl Core {
         metrics: Arc<Metrics>,
     ) -> Self {
         let unknown = config
+            .runtime
             .catalog
             .client("unknown")
             .expect("the catalog has a built-in unknown client")
             .clone();
         Self {
-            registrations: Registrations::new(config.limits.max_registrations),
+            registrations: Registrations::new(config.settings.limits.max_registrations),
             config,
             signer,
             advertised,
@@ -164,7 +165,7 @@ impl Core {
         flow_alive: &dyn Fn(&Flow) -> bool,
     ) -> Outcome {
         Metrics::inc(&self.metrics.received);
-        let oversized = inbound.bytes.len() > self.config.limits.max_message_bytes;
+        let oversized = inbound.bytes.len() > self.config.settings.limits.max_message_bytes;
         let view = match SipView::parse(inbound.bytes.clone()) {
             Ok(v) => v,
             Err(e) => {
@@ -200,7 +201,12 @@ impl Core {
         if view.method()? == Method::Ack {
             return None;
         }
-        let retry = self.config.limits.upstream_retry_after_secs.to_string();
+        let retry = self
+            .config
+            .settings
+            .limits
+            .upstream_retry_after_secs
+            .to_string();
         Metrics::inc(&self.metrics.local_responses);
         Some(response::build(
             &view,
@@ -225,7 +231,7 @@ impl Core {
             warn!(source = %inb.source, error = %e, "malformed request");
             return self.refuse(inb, view, e.status_code(), &e.to_string());
         }
-        if view.header_fields().len() > self.config.limits.max_headers {
+        if view.header_fields().len() > self.config.settings.limits.max_headers {
             return self.refuse(inb, view, 400, "Too Many Headers");
         }
         if method == Method::Ack
@@ -288,12 +294,13 @@ impl Core {
             user_agent,
             source: inb.source.ip(),
         };
-        let role = self.config.sessions.role_of(&facts);
-        let sender = self.config.catalog.classify(user_agent);
+        let role = self.config.runtime.sessions.role_of(&facts);
+        let sender = self.config.runtime.catalog.classify(user_agent);
         let subject = match (role, &toward) {
             (SessionRole::AgentOffer, Some(flow)) => Subject {
                 client: self
                     .config
+                    .runtime
                     .catalog
                     .client(&flow.client)
                     .unwrap_or(&self.unknown),
@@ -308,7 +315,7 @@ impl Core {
                 rule: sender.rule.to_owned(),
             },
         };
-        let decision = decide(&self.config.policy, role, subject.client.support);
+        let decision = decide(&self.config.runtime.policy, role, subject.client.support);
         let recorded = matches!(method, Method::Register | Method::Invite)
             || matches!(decision.action, Action::Drop | Action::Reject);
         let record = |action: Action, status: Option<u16>| {
@@ -481,7 +488,7 @@ impl Core {
             }
             edits.insert(
                 view.headers_end(),
-                format!("{}: {value}\r\n", self.config.flag_header),
+                format!("{}: {value}\r\n", self.config.runtime.flag_header),
             );
         }
         Metrics::inc(&self.metrics.requests_relayed);
@@ -570,7 +577,7 @@ impl Core {
             rule,
             client_rule: subject.rule.clone(),
             status,
-            mode: self.config.policy.mode.as_str(),
+            mode: self.config.runtime.policy.mode.as_str(),
             would_reject,
         }
     }
@@ -768,7 +775,10 @@ impl Core {
     }
 
     fn upstream_transport(&self) -> Transport {
-        self.config.upstream.map_or(Transport::Udp, |u| u.transport)
+        self.config
+            .settings
+            .upstream
+            .map_or(Transport::Udp, |u| u.transport)
     }
 
     fn address_for(&self, transport: Transport) -> Option<SocketAddr> {
