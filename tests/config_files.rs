@@ -40,12 +40,14 @@ fn settings_hold_the_restart_keys_and_runtime_the_swappable_ones() {
     let sipadmit::config::Settings {
         listen,
         upstream,
+        upstream_sources,
         decision_log,
         flow_secret,
         limits,
     } = &c.settings;
     assert_eq!(listen.len(), 2);
     assert_eq!(upstream.unwrap().to_string(), "udp:127.0.0.1:5070");
+    assert!(upstream_sources.matches("127.0.0.1:5070".parse().unwrap()));
     assert_eq!((decision_log.as_str(), flow_secret), ("-", &None));
     assert_eq!(limits.max_headers, 256);
     let sipadmit::config::RuntimeConfig {
@@ -57,6 +59,50 @@ fn settings_hold_the_restart_keys_and_runtime_the_swappable_ones() {
     assert!(catalog_source.ends_with("clients.toml"), "{catalog_source}");
     assert_eq!(sessions.workflows.len(), 2);
     assert_eq!(flag_header, "X-Sipadmit");
+}
+
+/// The keys the reader knows in `[section]`, as its unknown-key problem lists them.
+fn known_keys(section: &str) -> Vec<String> {
+    let err = load_str(&format!("[{section}]\nnot_a_key = 1\n")).unwrap_err();
+    let text = err.to_string();
+    let list = text
+        .split_once("unknown key (known: ")
+        .and_then(|(_, rest)| rest.split_once(')'))
+        .unwrap_or_else(|| panic!("no known-key list in {text}"))
+        .0;
+    list.split(", ").map(str::to_owned).collect()
+}
+
+#[test]
+fn every_key_is_documented_in_the_shipped_config() {
+    let shipped = std::fs::read_to_string(config_dir().join("sipadmit.toml")).unwrap();
+    let documented = |key: &str| {
+        shipped.lines().any(|line| {
+            let line = line.trim_start_matches(['#', ' ']);
+            line.strip_prefix(key)
+                .is_some_and(|rest| rest.trim_start().starts_with('='))
+        })
+    };
+    let roles = ["caller", "agent_offer", "agent_registration"];
+    let mut checked = 0;
+    for section in ["proxy", "limits", "catalog", "response_group", "policy"]
+        .into_iter()
+        .map(str::to_owned)
+        .chain(roles.iter().map(|r| format!("policy.{r}")))
+    {
+        assert!(shipped.contains(&format!("[{section}]")), "[{section}]");
+        for key in known_keys(&section) {
+            if section == "policy" && roles.contains(&key.as_str()) {
+                continue;
+            }
+            assert!(
+                documented(&key),
+                "{section}.{key} is not in config/sipadmit.toml"
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 30, "{checked}");
 }
 
 #[test]
@@ -261,6 +307,58 @@ fn command_line_values_are_named_by_their_flag() {
     )
     .unwrap_err();
     assert_eq!(problem_keys(&err), ["proxy.listen[0]", "--upstream"]);
+}
+
+#[test]
+fn upstream_sources_default_to_the_upstream_address_and_are_checked() {
+    let upstream_only = Overrides {
+        upstream: Some("tcp:127.0.0.1:5070".into()),
+        ..Overrides::default()
+    };
+    let c = Config::from_toml_str("", &config_dir().join("x.toml"), &upstream_only).unwrap();
+    let sources = &c.settings.upstream_sources;
+    assert!(sources.matches("127.0.0.1:5070".parse().unwrap()));
+    assert!(!sources.matches("127.0.0.1:40000".parse().unwrap()));
+    assert!(load_str("")
+        .unwrap()
+        .settings
+        .upstream_sources
+        .patterns()
+        .is_empty());
+
+    let c = Config::from_toml_str(
+        "[proxy]\nupstream_sources = [\"10.0.0.0/24\", \"192.0.2.7\", \"[2001:db8::7]:5060\"]\n",
+        &config_dir().join("x.toml"),
+        &upstream_only,
+    )
+    .unwrap();
+    let sources = &c.settings.upstream_sources;
+    assert!(sources.matches("10.0.0.9:5060".parse().unwrap()));
+    assert!(sources.matches("192.0.2.7:1234".parse().unwrap()));
+    assert!(sources.matches("[2001:db8::7]:5060".parse().unwrap()));
+    // The list replaces the default.
+    assert!(!sources.matches("127.0.0.1:5070".parse().unwrap()));
+
+    let err = load_str(
+        "[proxy]\nupstream_sources = [\"10.0.0.0/24\", \"registrar.example.com\", \"192.0.2.7:0\"]\n",
+    )
+    .unwrap_err();
+    assert_eq!(
+        problem_keys(&err),
+        ["proxy.upstream_sources[1]", "proxy.upstream_sources[2]"]
+    );
+    assert!(
+        err.to_string().contains("\"registrar.example.com\""),
+        "{err}"
+    );
+    let err = load_str("[proxy]\nupstream_sources = []\n").unwrap_err();
+    assert_eq!(problem_keys(&err), ["proxy.upstream_sources"]);
+    let err = load_str("[proxy]\nupstream_sources = \"10.0.0.1\"\n").unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("proxy.upstream_sources: expected an array of strings"),
+        "{err}"
+    );
 }
 
 #[test]

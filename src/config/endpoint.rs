@@ -1,9 +1,11 @@
-//! `udp:IP:PORT` / `tcp:IP:PORT` endpoint strings of listeners and the upstream.
+//! Addresses in the config: `udp:IP:PORT` / `tcp:IP:PORT` endpoints of
+//! listeners and the upstream, and the `proxy.upstream_sources` patterns.
 
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::str::FromStr;
 
+use crate::policy::pattern::Network;
 use crate::transport::Transport;
 
 /// A transport plus socket address.
@@ -49,6 +51,94 @@ impl fmt::Display for Endpoint {
     }
 }
 
+/// The source addresses whose messages count as coming from the registrar
+/// (`proxy.upstream_sources`). Default: exactly the upstream's address.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct UpstreamSources(Vec<SourcePattern>);
+
+impl UpstreamSources {
+    /// Sources matching any of `patterns`.
+    pub fn new(patterns: Vec<SourcePattern>) -> Self {
+        Self(patterns)
+    }
+
+    /// Only `addr`, port included: the default, with the upstream's address.
+    pub fn exactly(addr: SocketAddr) -> Self {
+        Self(vec![SourcePattern::Address(addr)])
+    }
+
+    /// Whether a message from `source` comes from the registrar.
+    /// IPv4-mapped IPv6 addresses count as IPv4.
+    pub fn matches(&self, source: SocketAddr) -> bool {
+        self.0.iter().any(|p| p.matches(source))
+    }
+
+    /// The patterns, in configuration order.
+    pub fn patterns(&self) -> &[SourcePattern] {
+        &self.0
+    }
+}
+
+/// One entry of `proxy.upstream_sources`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SourcePattern {
+    /// Any address of a network, any port: `192.0.2.7`, `10.0.0.0/24`,
+    /// `2001:db8::/32` (a bare IP is a /32 or /128).
+    Network(Network),
+    /// Exactly one address and port: `192.0.2.7:5060`, `[2001:db8::7]:5060`.
+    Address(SocketAddr),
+}
+
+impl SourcePattern {
+    /// Whether `source` is matched (IPv4-mapped IPv6 counts as IPv4).
+    pub fn matches(&self, source: SocketAddr) -> bool {
+        match self {
+            Self::Network(network) => network.contains(source.ip()),
+            Self::Address(addr) => unmapped(*addr) == unmapped(source),
+        }
+    }
+}
+
+/// `addr` with an IPv4-mapped IPv6 address (`::ffff:a.b.c.d`) turned into IPv4.
+fn unmapped(addr: SocketAddr) -> SocketAddr {
+    match addr.ip() {
+        IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .map_or(addr, |v4| SocketAddr::new(IpAddr::V4(v4), addr.port())),
+        IpAddr::V4(_) => addr,
+    }
+}
+
+impl FromStr for SourcePattern {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if let Ok(addr) = s.parse::<SocketAddr>() {
+            return if addr.port() == 0 {
+                Err(format!("{s:?}: port 0 never sends; give the port messages come from, or the IP alone for any port"))
+            } else {
+                Ok(Self::Address(addr))
+            };
+        }
+        Network::parse(s).map(Self::Network).ok_or_else(|| {
+            format!(
+                "not an address or network: {s:?} (expected an IP such as 192.0.2.7, \
+                 a network such as 10.0.0.0/24, or IP:PORT such as 192.0.2.7:5060 \
+                 or [2001:db8::7]:5060)"
+            )
+        })
+    }
+}
+
+impl fmt::Display for SourcePattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Network(network) => network.fmt(f),
+            Self::Address(addr) => addr.fmt(f),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -67,5 +157,60 @@ mod tests {
             .unwrap_err()
             .contains("TLS"));
         assert!("nonsense".parse::<Endpoint>().is_err());
+    }
+
+    fn sources(patterns: &[&str]) -> UpstreamSources {
+        UpstreamSources::new(patterns.iter().map(|p| p.parse().unwrap()).collect())
+    }
+
+    fn addr(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn an_exact_address_matches_its_port_only() {
+        let s = UpstreamSources::exactly(addr("192.0.2.7:5070"));
+        assert!(s.matches(addr("192.0.2.7:5070")));
+        assert!(s.matches(addr("[::ffff:192.0.2.7]:5070")));
+        assert!(!s.matches(addr("192.0.2.7:5071")));
+        assert!(!s.matches(addr("192.0.2.8:5070")));
+        let s = sources(&["[2001:db8::7]:5060"]);
+        assert!(s.matches(addr("[2001:db8::7]:5060")));
+        assert!(!s.matches(addr("[2001:db8::7]:40000")));
+    }
+
+    #[test]
+    fn an_ip_or_network_matches_any_port() {
+        let s = sources(&["192.0.2.7", "10.0.0.0/24", "2001:db8::/32"]);
+        assert!(s.matches(addr("192.0.2.7:40000")));
+        assert!(s.matches(addr("10.0.0.200:5060")));
+        assert!(s.matches(addr("[::ffff:10.0.0.1]:1")));
+        assert!(s.matches(addr("[2001:db8:1::9]:5060")));
+        assert!(!s.matches(addr("10.0.1.1:5060")));
+        assert!(!s.matches(addr("192.0.2.8:5060")));
+        assert!(!UpstreamSources::default().matches(addr("192.0.2.7:5060")));
+    }
+
+    #[test]
+    fn source_patterns_parse_and_display() {
+        for (text, shown) in [
+            ("192.0.2.7", "192.0.2.7/32"),
+            ("10.0.0.0/24", "10.0.0.0/24"),
+            ("::1", "::1/128"),
+            ("192.0.2.7:5060", "192.0.2.7:5060"),
+            ("[2001:db8::7]:5060", "[2001:db8::7]:5060"),
+        ] {
+            let p: SourcePattern = text.parse().unwrap();
+            assert_eq!(p.to_string(), shown);
+        }
+        for bad in [
+            "registrar.example.com",
+            "10.0.0.0/33",
+            "192.0.2.7:0",
+            "[::1]",
+            "",
+        ] {
+            assert!(bad.parse::<SourcePattern>().is_err(), "{bad}");
+        }
     }
 }

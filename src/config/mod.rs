@@ -19,7 +19,7 @@ use crate::classify::{Catalog, CatalogError};
 use crate::policy::pattern::{Network, UriPattern};
 use crate::policy::{Action, Mode, Policy, Reply, RolePolicy, SessionMatchers};
 use crate::problem::Problem;
-pub use endpoint::Endpoint;
+pub use endpoint::{Endpoint, SourcePattern, UpstreamSources};
 pub use raw::RawConfig;
 
 /// The client catalog shipped in `config/clients.toml`, used when
@@ -107,6 +107,10 @@ pub struct Settings {
     pub listen: Vec<Endpoint>,
     /// The registrar, if configured (required by `run`).
     pub upstream: Option<Endpoint>,
+    /// Sources whose messages count as coming from the registrar
+    /// (`proxy.upstream_sources`; default: exactly the upstream's address,
+    /// none without an upstream).
+    pub upstream_sources: UpstreamSources,
     /// Decision log destination (`-` = stdout).
     pub decision_log: String,
     /// Flow token secret, if configured.
@@ -264,6 +268,29 @@ fn validate(
             None
         }
     });
+    let upstream_sources = match &raw.proxy.upstream_sources {
+        None => upstream.map_or_else(UpstreamSources::default, |u| {
+            UpstreamSources::exactly(u.addr)
+        }),
+        Some(list) => {
+            if list.is_empty() {
+                problem(
+                    "proxy.upstream_sources".into(),
+                    "empty: nothing would count as the registrar; leave the key out \
+                     for the default (the upstream's address)"
+                        .into(),
+                );
+            }
+            let mut patterns = Vec::new();
+            for (i, text) in list.iter().enumerate() {
+                match text.parse::<SourcePattern>() {
+                    Ok(p) => patterns.push(p),
+                    Err(m) => problem(format!("proxy.upstream_sources[{i}]"), m),
+                }
+            }
+            UpstreamSources::new(patterns)
+        }
+    };
     let decision_log = Given::pick(
         "--decision-log",
         overrides.decision_log.as_deref(),
@@ -416,6 +443,7 @@ fn validate(
             settings: Settings {
                 listen,
                 upstream,
+                upstream_sources,
                 decision_log,
                 flow_secret: raw.proxy.flow_secret,
                 limits: Limits {

@@ -36,6 +36,10 @@ pub struct RawProxy {
     pub listen: Vec<String>,
     /// The registrar, `udp:IP:PORT` or `tcp:IP:PORT`. Required to run.
     pub upstream: Option<String>,
+    /// Sources whose messages count as the registrar's: IPs (any port),
+    /// CIDR networks, or exact `IP:PORT` / `[v6]:PORT`. Default (`None`):
+    /// exactly the upstream's address.
+    pub upstream_sources: Option<Vec<String>>,
     /// `enforce` (default) or `monitor`.
     pub mode: Mode,
     /// Decision records (JSON lines): a file path, or `-` for stdout. Default `-`.
@@ -50,6 +54,7 @@ impl Default for RawProxy {
         Self {
             listen: vec!["udp:0.0.0.0:5060".into(), "tcp:0.0.0.0:5060".into()],
             upstream: None,
+            upstream_sources: None,
             mode: Mode::Enforce,
             decision_log: "-".into(),
             flow_secret: None,
@@ -196,6 +201,7 @@ impl RawProxy {
         let raw = Self {
             listen: s.get("listen").unwrap_or(d.listen),
             upstream: s.get("upstream"),
+            upstream_sources: s.get("upstream_sources"),
             mode: s.get("mode").unwrap_or(d.mode),
             decision_log: s.get("decision_log").unwrap_or(d.decision_log),
             flow_secret: s.get("flow_secret"),
@@ -444,7 +450,7 @@ mod tests {
         assert_eq!(
             problems,
             [
-                "proxy.lisen: unknown key (known: listen, upstream, mode, decision_log, flow_secret)",
+                "proxy.lisen: unknown key (known: listen, upstream, upstream_sources, mode, decision_log, flow_secret)",
                 "policy.agent_offer.statuss: unknown key (known: unsupported, third_party, unknown, status, reason, warning, headers)",
                 "extra: unknown key (known: proxy, limits, catalog, response_group, policy)",
                 "proxi: unknown key (known: proxy, limits, catalog, response_group, policy)",

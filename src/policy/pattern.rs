@@ -127,6 +127,12 @@ impl Network {
     }
 }
 
+impl fmt::Display for Network {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -160,6 +166,10 @@ mod tests {
             .unwrap()
             .contains("8.8.8.8".parse().unwrap()));
         assert!(Network::parse("10.0.0.0/33").is_none());
+        assert_eq!(
+            Network::parse("192.0.2.7").unwrap().to_string(),
+            "192.0.2.7/32"
+        );
         assert!(Network::parse("nonsense").is_none());
     }
 }
