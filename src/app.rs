@@ -33,11 +33,12 @@ pub enum AppError {
     #[error("no upstream registrar: set proxy.upstream or pass --upstream udp:IP:PORT")]
     NoUpstream,
     /// A listener could not be bound.
-    #[error("cannot listen on {endpoint}: {source}")]
+    #[error("cannot listen on {endpoint}")]
     Bind {
         /// The listener.
         endpoint: Endpoint,
-        /// The error.
+        /// The error (the source, not repeated in this message).
+        #[source]
         source: std::io::Error,
     },
     /// The upstream's transport has no listener, so the registrar could
@@ -45,11 +46,12 @@ pub enum AppError {
     #[error("upstream {0} needs a {1} listener (requests from the registrar come back to it)")]
     NoListenerForUpstream(Endpoint, Transport),
     /// The decision log could not be opened.
-    #[error("cannot open decision log {path}: {source}")]
+    #[error("cannot open decision log {path}")]
     DecisionLog {
         /// The path.
         path: String,
-        /// The error.
+        /// The error (the source, not repeated in this message).
+        #[source]
         source: std::io::Error,
     },
 }

@@ -7,7 +7,7 @@ use anyhow::Context;
 use clap::Parser;
 use sipadmit::classify::Catalog;
 use sipadmit::cli::{self, Cli, Command};
-use sipadmit::config::{Config, ConfigError, Overrides, SHIPPED_CATALOG};
+use sipadmit::config::{Config, Overrides, SHIPPED_CATALOG};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -57,27 +57,19 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             runtime.block_on(sipadmit::app::run(config))?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::CheckConfig { config } => match Config::load(&config, &Overrides::default()) {
-            Ok(c) => {
-                println!(
-                    "{}: ok ({} clients in catalog {}, {} workflows, mode {})",
-                    config.display(),
-                    c.runtime.catalog.clients().count(),
-                    c.runtime.catalog_source,
-                    c.runtime.sessions.workflows.len(),
-                    c.runtime.policy.mode.as_str()
-                );
-                Ok(ExitCode::SUCCESS)
-            }
-            Err(
-                e @ (ConfigError::Invalid { .. }
-                | ConfigError::Syntax { .. }
-                | ConfigError::Read { .. }),
-            ) => {
-                eprintln!("{e}");
-                Ok(ExitCode::FAILURE)
-            }
-        },
+        Command::CheckConfig { config } => {
+            // An error goes up to main, which prints it with its causes once and exits 1.
+            let c = Config::load(&config, &Overrides::default())?;
+            println!(
+                "{}: ok ({} clients in catalog {}, {} workflows, mode {})",
+                config.display(),
+                c.runtime.catalog.clients().count(),
+                c.runtime.catalog_source,
+                c.runtime.sessions.workflows.len(),
+                c.runtime.policy.mode.as_str()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Classify {
             config,
             json,

@@ -210,3 +210,67 @@ fn a_bad_command_line_value_is_named_by_its_flag() {
     assert!(!err.contains("proxy.listen"), "{err}");
     assert!(!err.contains("proxy.upstream"), "{err}");
 }
+
+/// How many OS error messages (`... (os error N)`) `stderr` holds.
+fn os_error_count(stderr: &str) -> usize {
+    stderr.matches("(os error").count()
+}
+
+#[test]
+fn a_missing_config_file_gives_the_os_message_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing.toml");
+    let missing = missing.to_str().unwrap();
+    for args in [
+        vec!["check-config", "--config", missing],
+        vec!["classify", "--config", missing, "x"],
+        vec!["run", "--config", missing],
+    ] {
+        let out = sipadmit().args(&args).output().unwrap();
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("missing.toml: cannot read"), "{args:?}: {err}");
+        assert!(err.contains("(os error 2)"), "{args:?}: {err}");
+        assert_eq!(os_error_count(&err), 1, "{args:?}: {err}");
+    }
+}
+
+#[test]
+fn a_missing_catalog_gives_the_os_message_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("c.toml");
+    std::fs::write(&config, "[catalog]\npath = \"nowhere.toml\"\n").unwrap();
+    let out = sipadmit()
+        .args(["check-config", "--config", config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("catalog.path: "), "{err}");
+    assert!(err.contains("nowhere.toml"), "{err}");
+    assert_eq!(os_error_count(&err), 1, "{err}");
+}
+
+#[test]
+fn a_busy_listen_port_gives_the_os_message_once() {
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = busy.local_addr().unwrap().port();
+    let dir = tempfile::tempdir().unwrap();
+    let out = sipadmit()
+        .args(["run", "--config", "config/sipadmit.toml"])
+        .args(["--listen", &format!("tcp:127.0.0.1:{port}")])
+        .args(["--upstream", "tcp:127.0.0.1:9"])
+        .args([
+            "--decision-log",
+            dir.path().join("d.jsonl").to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("cannot listen on tcp:127.0.0.1:{port}")),
+        "{err}"
+    );
+    assert_eq!(os_error_count(&err), 1, "{err}");
+}

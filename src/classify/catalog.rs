@@ -37,11 +37,12 @@ const BUILTIN_RULE_PREFIX: &str = "builtin:";
 #[derive(Debug, thiserror::Error)]
 pub enum CatalogError {
     /// The file could not be read.
-    #[error("{}: cannot read client catalog: {source}", path.display())]
+    #[error("{}: cannot read client catalog", path.display())]
     Io {
         /// The catalog file.
         path: PathBuf,
-        /// The underlying error.
+        /// The underlying error (the source, not repeated in this message).
+        #[source]
         source: std::io::Error,
     },
     /// The text is not valid TOML, or its top level has an unknown key.

@@ -30,11 +30,12 @@ pub const SHIPPED_CATALOG: &str = include_str!("../../config/clients.toml");
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file could not be read.
-    #[error("{path}: cannot read: {source}")]
+    #[error("{path}: cannot read")]
     Read {
         /// The file.
         path: PathBuf,
-        /// The I/O error.
+        /// The I/O error (the source, not repeated in this message).
+        #[source]
         source: std::io::Error,
     },
     /// The file is not valid TOML (nothing else can be checked then).
@@ -508,7 +509,10 @@ fn catalog_problems(e: &CatalogError, source: &str, problem: &mut dyn FnMut(Stri
                 problem(format!("catalog({source}).{}", p.key), p.message.clone());
             }
         }
-        other => problem("catalog.path".into(), other.to_string()),
+        other => {
+            let Problem { key, message } = Problem::from_error("catalog.path", other);
+            problem(key, message);
+        }
     }
 }
 
