@@ -61,9 +61,9 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             // An error goes up to main, which prints it with its causes once and exits 1.
             let c = Config::load(&config, &Overrides::default())?;
             println!(
-                "{}: ok ({} clients in catalog {}, {} workflows, mode {})",
+                "{}: ok ({} products in catalog {}, {} workflows, mode {})",
                 config.display(),
-                c.runtime.catalog.clients().count(),
+                c.runtime.catalog.products().count(),
                 c.runtime.catalog_source,
                 c.runtime.sessions.workflows.len(),
                 c.runtime.policy.mode.as_str()

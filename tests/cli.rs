@@ -274,3 +274,42 @@ fn a_busy_listen_port_gives_the_os_message_once() {
     );
     assert_eq!(os_error_count(&err), 1, "{err}");
 }
+
+/// The product count the README states: "(`config/clients.toml`, N products".
+fn readme_product_count() -> usize {
+    let readme = std::fs::read_to_string("README.md").unwrap();
+    let marker = "(`config/clients.toml`, ";
+    let start = readme
+        .find(marker)
+        .expect("the README states the catalog size")
+        + marker.len();
+    let rest = &readme[start..];
+    let digits = rest.split(' ').next().unwrap();
+    assert!(
+        rest[digits.len()..].starts_with(" products"),
+        "README: {marker}{}",
+        &rest[..rest.len().min(30)]
+    );
+    digits.parse().unwrap()
+}
+
+#[test]
+fn readme_catalog_count_matches_check_config() {
+    let catalog = sipadmit::classify::Catalog::load("config/clients.toml".as_ref()).unwrap();
+    let products = catalog.products().count();
+    assert_eq!(
+        readme_product_count(),
+        products,
+        "README.md states a different number of products than config/clients.toml holds"
+    );
+    let out = sipadmit()
+        .args(["check-config", "--config", "config/sipadmit.toml"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains(&format!("({products} products in catalog ")),
+        "{stdout}"
+    );
+}

@@ -401,6 +401,12 @@ impl Catalog {
         self.clients().find(|c| c.id == id)
     }
 
+    /// The client products of the catalog file, in file order (the
+    /// built-ins `missing` and `unknown` excluded): what the README counts.
+    pub fn products(&self) -> impl Iterator<Item = &ClientProduct> {
+        self.clients.iter()
+    }
+
     /// Every client in file order, then the built-ins `missing` and `unknown`.
     pub fn clients(&self) -> impl Iterator<Item = &ClientProduct> {
         self.clients.iter().chain([&self.missing, &self.unknown])
@@ -1161,6 +1167,8 @@ comment = "scanner"
         let ids: Vec<_> = c.clients().map(|x| x.id.as_str()).collect();
         assert_eq!(ids.first(), Some(&"lync-2013"));
         assert_eq!(ids[ids.len() - 2..], ["missing", "unknown"]);
+        assert_eq!(c.products().count(), ids.len() - 2);
+        assert!(c.products().all(|p| p.id != "missing" && p.id != "unknown"));
         assert_eq!(c.rules().count(), 10);
     }
 
