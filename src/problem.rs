@@ -1,6 +1,6 @@
 //! One finding in a config or catalog file, with the key path that locates it.
 //!
-//! Shared by [`crate::config`] and [`crate::classify::catalog`]: both collect
+//! Shared by [`crate::config`] and [`crate::classify::Catalog`]: both collect
 //! every problem of a file before failing, so that one run of
 //! `sipadmit check-config` lists them all.
 

@@ -1,8 +1,8 @@
 //! The config file as written, read leniently: every key of every section
 //! is taken on its own, so one run reports every wrong-typed value and every
 //! unknown key (with its key path) instead of stopping at the first.
-//! [`super::validate`] then turns this into a [`super::Config`] that cannot
-//! be invalid.
+//! Validation ([`super::Config::from_toml_str`]) then turns this into a
+//! [`super::Config`] that cannot be invalid.
 //!
 //! A key that is missing, or present with the wrong type, keeps its default
 //! here; the wrong type is recorded as a [`Problem`], so the file is still
@@ -157,7 +157,7 @@ impl Default for RawPolicy {
 }
 
 /// `[policy.<role>]`: every key is optional; a missing key takes the role's
-/// default (see `config/sipadmit.toml` and [`super::validate`]).
+/// default (see `config/sipadmit.toml` and the role defaults in `config/mod.rs`).
 #[derive(Debug, Clone, Default)]
 pub struct RawRolePolicy {
     /// Action for clients the Response Group does not support.
