@@ -153,12 +153,12 @@ impl Config {
         path: &Path,
         overrides: &Overrides,
     ) -> Result<Self, ConfigError> {
-        let document: toml::Table =
-            text.parse()
-                .map_err(|e: toml::de::Error| ConfigError::Syntax {
-                    path: path.to_owned(),
-                    message: e.to_string().trim().to_owned(),
-                })?;
+        let document = text
+            .parse::<toml::Table>()
+            .map_err(|e| ConfigError::Syntax {
+                path: path.to_owned(),
+                message: e.to_string().trim().to_owned(),
+            })?;
         let mut problems = Vec::new();
         let raw = RawConfig::read(document, &mut problems);
         validate(raw, overrides, path, problems)
@@ -173,24 +173,23 @@ struct Given<'a> {
 }
 
 impl<'a> Given<'a> {
-    /// The command-line value if there is one, else the file's.
+    fn new(key: impl Into<String>, value: &'a str) -> Self {
+        Self {
+            key: key.into(),
+            value,
+        }
+    }
+
+    /// The value given on the command line if there is one, else the file's.
     fn pick(
         flag: &str,
         flag_value: Option<&'a str>,
         file_key: &str,
         file_value: Option<&'a str>,
     ) -> Option<Self> {
-        match (flag_value, file_value) {
-            (Some(value), _) => Some(Self {
-                key: flag.to_owned(),
-                value,
-            }),
-            (None, Some(value)) => Some(Self {
-                key: file_key.to_owned(),
-                value,
-            }),
-            (None, None) => None,
-        }
+        flag_value
+            .map(|value| Self::new(flag, value))
+            .or_else(|| file_value.map(|value| Self::new(file_key, value)))
     }
 }
 
@@ -217,20 +216,14 @@ fn validate(
             .listen
             .iter()
             .enumerate()
-            .map(|(i, value)| Given {
-                key: format!("proxy.listen[{i}]"),
-                value,
-            })
+            .map(|(i, value)| Given::new(format!("proxy.listen[{i}]"), value))
             .collect()
     } else {
         overrides
             .listen
             .iter()
             .enumerate()
-            .map(|(i, value)| Given {
-                key: format!("--listen[{i}]"),
-                value,
-            })
+            .map(|(i, value)| Given::new(format!("--listen[{i}]"), value))
             .collect()
     };
     let mut listeners: Vec<(String, Endpoint)> = Vec::new();
@@ -292,13 +285,10 @@ fn validate(
             UpstreamSources::new(patterns)
         }
     };
-    let decision_log = Given::pick(
-        "--decision-log",
-        overrides.decision_log.as_deref(),
-        "proxy.decision_log",
-        Some(&raw.proxy.decision_log),
-    )
-    .expect("the file value always exists");
+    let decision_log = match overrides.decision_log.as_deref() {
+        Some(value) => Given::new("--decision-log", value),
+        None => Given::new("proxy.decision_log", &raw.proxy.decision_log),
+    };
     if decision_log.value.trim().is_empty() {
         problem(
             decision_log.key,
