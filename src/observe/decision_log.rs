@@ -109,8 +109,8 @@ pub struct DecisionRecord {
 }
 
 /// The transport a record's message came in on, as spelled in records.
-// TODO(lead): replace by `crate::transport::Transport` once it derives serde
-// with the same lowercase spellings.
+/// Stands in for the transport kind until that derives serde itself (with
+/// the same lowercase spellings); then records use it directly.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum RecordTransport {
