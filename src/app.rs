@@ -1,6 +1,8 @@
 //! The one place that wires the stages: bind sockets, start the transport
-//! tasks, run the dispatcher (view → classify → decide → act), write
-//! decision records, sweep registrations, stop on shutdown.
+//! tasks, run the dispatcher (view → classify → decide → act), submit
+//! decision records to the log writer, sweep registrations, handle signals
+//! (SIGHUP reopens the decision log; SIGTERM and SIGINT stop, within a
+//! bounded time), stop on shutdown.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -13,8 +15,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::config::{Config, Endpoint};
+use crate::observe::decision_log::{DecisionLogError, SHUTDOWN_DEADLINE};
 use crate::observe::metrics::{DropReason, Metrics};
-use crate::observe::DecisionLog;
+use crate::observe::{DecisionLog, LogWriter};
 use crate::proxy::flow::FlowSigner;
 use crate::proxy::{Core, Destination, Inbound, Outbound};
 use crate::transport::tcp::{self, ConnectionContext, UpstreamLink};
@@ -46,14 +49,11 @@ pub enum AppError {
     #[error("upstream {0} needs a {1} listener (requests from the registrar come back to it)")]
     NoListenerForUpstream(Endpoint, Transport),
     /// The decision log could not be opened.
-    #[error("cannot open decision log {path}")]
-    DecisionLog {
-        /// The path.
-        path: String,
-        /// The error (the source, not repeated in this message).
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    DecisionLog(#[from] DecisionLogError),
+    /// The signal handlers could not be installed.
+    #[error("cannot install signal handlers: {0}")]
+    Signals(std::io::Error),
 }
 
 /// Sockets bound for the listeners.
@@ -205,19 +205,21 @@ pub async fn serve(
         }
     }
     tasks.shutdown().await;
-    info!(counters = %metrics.render().replace('\n', "; "), "stopped");
+    info!(
+        counters = %metrics.render().replace('\n', "; "),
+        decision_records_dropped = decision_log.dropped(),
+        "stopped"
+    );
     Ok(metrics)
 }
 
 /// Run one message through the core and carry out the outcome.
 async fn dispatch(core: &Core, senders: &Senders, log: &DecisionLog, inbound: Inbound) {
-    let outcome = core.handle(&inbound, Instant::now(), &|flow| {
+    let mut outcome = core.handle(&inbound, Instant::now(), &|flow| {
         senders.connections.alive(flow.connection)
     });
-    if let Some(record) = &outcome.record {
-        if let Err(e) = log.write(record) {
-            warn!(error = %e, "decision record could not be written");
-        }
+    if let Some(record) = outcome.record.take() {
+        log.submit(record);
     }
     let Some(Outbound { to, bytes }) = outcome.send else {
         return;
@@ -247,44 +249,126 @@ async fn dispatch(core: &Core, senders: &Senders, log: &DecisionLog, inbound: In
     }
 }
 
-/// Bind, then serve until SIGINT or SIGTERM.
+/// Open the decision log, bind, then serve until SIGINT or SIGTERM; then
+/// close the decision log within [`SHUTDOWN_DEADLINE`].
 pub async fn run(config: Config) -> Result<(), AppError> {
-    let decision_log = DecisionLog::open(&config.settings.decision_log).map_err(|source| {
-        AppError::DecisionLog {
-            path: config.settings.decision_log.clone(),
-            source,
-        }
-    })?;
+    let signals = Signals::install().map_err(AppError::Signals)?;
+    let (decision_log, log_writer) = DecisionLog::open(&config.settings.decision_log)?;
     let bound = bind(&config).await?;
     let shutdown = CancellationToken::new();
-    let signal = shutdown.clone();
-    tokio::spawn(async move {
-        wait_for_signal().await;
-        info!("shutting down");
-        signal.cancel();
-    });
-    serve(Arc::new(config), bound, decision_log, shutdown).await?;
-    Ok(())
+    tokio::spawn(handle_signals(
+        signals,
+        decision_log.clone(),
+        shutdown.clone(),
+    ));
+    let served = serve(Arc::new(config), bound, decision_log, shutdown).await;
+    close_decision_log(log_writer).await;
+    served.map(drop)
 }
 
-async fn wait_for_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
+/// Stop the log writer: what it holds is written, unless it is stuck (a
+/// reader that does not read) past the deadline.
+async fn close_decision_log(writer: LogWriter) {
+    let closing = tokio::task::spawn_blocking(move || writer.shutdown(SHUTDOWN_DEADLINE));
+    match closing.await {
+        Ok(report) if report.finished => info!(
+            written = report.written,
+            dropped = report.dropped,
+            lost = report.lost,
+            "decision log closed"
+        ),
+        Ok(report) => warn!(
+            written = report.written,
+            dropped = report.dropped,
+            lost = report.lost,
+            unwritten = report.unwritten,
+            deadline_ms = SHUTDOWN_DEADLINE.as_millis() as u64,
+            "decision log writer did not finish in time (is the reader reading?): records not written"
+        ),
+        Err(e) => warn!(error = %e, "decision log writer could not be stopped"),
+    }
+}
+
+/// SIGHUP reopens the decision log (logrotate); SIGTERM or SIGINT cancels
+/// `shutdown`.
+async fn handle_signals(mut signals: Signals, log: DecisionLog, shutdown: CancellationToken) {
+    loop {
+        match signals.next().await {
+            Signal::Hangup => {
+                // Waited for on its own task: a writer stuck on a pipe must
+                // not keep SIGTERM from being handled.
+                let reopened = log.reopen();
+                tokio::spawn(async move {
+                    match reopened.await {
+                        Ok(Ok(())) => info!("SIGHUP: decision log reopened"),
+                        Ok(Err(e)) => {
+                            warn!(error = %e, "SIGHUP: decision log not reopened; still writing to the old file")
+                        }
+                        Err(_) => {
+                            warn!("SIGHUP: decision log not reopened: the writer has stopped")
+                        }
+                    }
+                });
             }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
+            Signal::Stop(name) => {
+                info!(signal = name, "shutting down");
+                shutdown.cancel();
+                return;
             }
         }
     }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
+}
+
+/// A signal `run` acts on.
+enum Signal {
+    /// SIGHUP.
+    Hangup,
+    /// SIGTERM or SIGINT, by name.
+    Stop(&'static str),
+}
+
+/// The signal handlers, installed before anything is bound so that no
+/// signal finds the default action (which ends the process).
+struct Signals {
+    #[cfg(unix)]
+    hangup: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    terminate: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    interrupt: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> std::io::Result<Self> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            Ok(Self {
+                hangup: signal(SignalKind::hangup())?,
+                terminate: signal(SignalKind::terminate())?,
+                interrupt: signal(SignalKind::interrupt())?,
+            })
+        }
+        #[cfg(not(unix))]
+        {
+            Ok(Self {})
+        }
+    }
+
+    async fn next(&mut self) -> Signal {
+        #[cfg(unix)]
+        {
+            tokio::select! {
+                Some(()) = self.hangup.recv() => Signal::Hangup,
+                Some(()) = self.terminate.recv() => Signal::Stop("SIGTERM"),
+                Some(()) = self.interrupt.recv() => Signal::Stop("SIGINT"),
+                else => Signal::Stop("none (the signal driver stopped)"),
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+            Signal::Stop("ctrl-c")
+        }
     }
 }

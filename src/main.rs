@@ -20,20 +20,12 @@ fn main() -> ExitCode {
     }
 }
 
-/// Console logs on stderr; `RUST_LOG` filters (default `info`).
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
-}
-
 fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Run(args) => {
-            init_logging();
+            // Held until `dispatch` returns, after the runtime has stopped:
+            // buffered console lines are written then.
+            let _console = sipadmit::observe::console::init();
             let overrides = Overrides {
                 listen: args.listen,
                 upstream: args.upstream,

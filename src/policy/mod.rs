@@ -63,7 +63,8 @@ impl Mode {
 }
 
 /// The part a message plays in a Response Group session.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum SessionRole {
     /// An INVITE to a workflow URI.
     Caller,

@@ -15,15 +15,15 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tracing::{debug, warn};
 
-use crate::classify::{Category, ClientProduct, Support};
+use crate::classify::ClientProduct;
 use crate::config::Config;
-use crate::observe::decision_log::{now_rfc3339, DecisionRecord};
+use crate::transport::Transport;
+use crate::observe::decision_log::{record_time, DecisionRecord};
 use crate::observe::metrics::{DropReason, Metrics};
 use crate::policy::{decide, Action, SessionFacts, SessionRole};
 use crate::sip::edit::{before_first, first_value, Edits};
 use crate::sip::fields::{parse_hostport, sip_uri_host, trim_lws};
 use crate::sip::{response, HeaderName, Method, Params, SipError, SipView, Via};
-use crate::transport::Transport;
 use flow::{Flow, FlowSigner, Purpose, TokenError};
 use registrations::{contact_key, Registrations};
 
@@ -37,6 +37,9 @@ const DEFAULT_MAX_FORWARDS: u8 = 70;
 const DEFAULT_EXPIRES_SECS: u64 = 3600;
 /// Longest registration the table keeps, whatever the registrar granted (2^31 - 1 s).
 const MAX_EXPIRES_SECS: u64 = (1 << 31) - 1;
+/// Generation of the runtime configuration named in decision records: 1,
+/// the configuration loaded at start, until live reload swaps in others.
+const RUNTIME_GENERATION: u64 = 1;
 
 /// One message as it arrived.
 #[derive(Debug, Clone)]
@@ -558,9 +561,9 @@ impl Core {
                 .unwrap_or_default()
         };
         DecisionRecord {
-            ts: now_rfc3339(),
-            transport: inb.transport.as_str(),
-            source: inb.source.to_string(),
+            ts: record_time(),
+            transport: inb.transport,
+            source: inb.source,
             method: text(view.method_bytes()),
             call_id: text(view.call_id()),
             from: text(view.from().ok().map(|f| f.uri)),
@@ -570,15 +573,16 @@ impl Core {
                 .user_agent()
                 .map(|u| String::from_utf8_lossy(u).into_owned()),
             client: subject.client.id.clone(),
-            category: category_str(subject.client.category),
-            support: support_str(subject.client.support),
-            role: role.as_str(),
-            action: action.as_str(),
-            rule,
+            category: subject.client.category,
+            support: subject.client.support,
+            role,
+            action,
+            rule: rule.into(),
             client_rule: subject.rule.clone(),
             status,
-            mode: self.config.runtime.policy.mode.as_str(),
+            mode: self.config.runtime.policy.mode,
             would_reject,
+            generation: RUNTIME_GENERATION,
         }
     }
 
@@ -979,14 +983,6 @@ fn after_vias(view: &SipView, name: HeaderName) -> usize {
 fn is_dialog_creating(view: &SipView) -> bool {
     matches!(view.method(), Some(Method::Invite))
         || matches!(view.method_bytes(), Some(b"SUBSCRIBE" | b"REFER"))
-}
-
-fn category_str(c: Category) -> &'static str {
-    c.as_str()
-}
-
-fn support_str(s: Support) -> &'static str {
-    s.as_str()
 }
 
 fn lossy(b: Option<&[u8]>) -> String {

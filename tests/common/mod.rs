@@ -7,7 +7,7 @@ pub mod external;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use sipadmit::app;
 use sipadmit::config::{Config, Overrides};
@@ -23,6 +23,7 @@ pub struct TestProxy {
     pub tcp: SocketAddr,
     /// Decision log file.
     pub decision_log: PathBuf,
+    log: DecisionLog,
     shutdown: CancellationToken,
     thread: Option<std::thread::JoinHandle<()>>,
     _dir: tempfile::TempDir,
@@ -58,7 +59,8 @@ impl TestProxy {
         let (addr_tx, addr_rx) = std::sync::mpsc::channel();
         let shutdown = CancellationToken::new();
         let stop = shutdown.clone();
-        let log_path = decision_log.clone();
+        let (log, writer) = DecisionLog::open(&decision_log.display().to_string()).unwrap();
+        let serve_log = log.clone();
         let thread = std::thread::spawn(move || {
             // The same single-threaded runtime as `sipadmit run`.
             let rt = tokio::runtime::Builder::new_current_thread()
@@ -68,11 +70,12 @@ impl TestProxy {
             rt.block_on(async move {
                 let bound = app::bind(&config).await.unwrap();
                 addr_tx.send(bound.addresses()).unwrap();
-                let log = DecisionLog::open(&log_path.display().to_string()).unwrap();
-                app::serve(Arc::new(config), bound, log, stop)
+                app::serve(Arc::new(config), bound, serve_log, stop)
                     .await
                     .unwrap();
             });
+            let report = writer.shutdown(Duration::from_secs(10));
+            assert!(report.finished, "decision log writer stopped: {report:?}");
         });
         let addrs = addr_rx
             .recv_timeout(Duration::from_secs(10))
@@ -82,14 +85,25 @@ impl TestProxy {
             udp: find(Transport::Udp),
             tcp: find(Transport::Tcp),
             decision_log,
+            log,
             shutdown,
             thread: Some(thread),
             _dir: dir,
         }
     }
 
-    /// Every decision record written so far.
+    /// Every decision record submitted so far (the writer is asked to
+    /// write them first).
     pub fn records(&self) -> Vec<serde_json::Value> {
+        let mut flushed = self.log.flush();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while flushed.try_recv().is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "decision log writer did not flush"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
         std::fs::read_to_string(&self.decision_log)
             .unwrap_or_default()
             .lines()
