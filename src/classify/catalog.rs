@@ -8,6 +8,8 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use regex::bytes::{Regex, RegexBuilder, RegexSet, RegexSetBuilder};
+use regex_automata::util::primitives::NonMaxUsize;
+use regex_automata::{meta, util::syntax, Input, PatternID};
 use serde::Deserialize;
 
 use super::tokenize::{tokenize, trim_lws, Item};
@@ -28,6 +30,14 @@ const REGEX_SIZE_LIMIT_BYTES: usize = 1 << 20;
 
 /// Prefix reserved for the ids of built-in rules.
 const BUILTIN_RULE_PREFIX: &str = "builtin:";
+
+/// Name of the regex group whose text a regex rule reports as the version.
+const VERSION_GROUP: &str = "version";
+
+/// Highest group index (groups count from 1, by their opening parenthesis)
+/// the `version` group of a regex may have: the capture slots of one search
+/// then fit on the stack.
+const MAX_VERSION_GROUP_INDEX: usize = 15;
 
 // === errors ===
 
@@ -239,6 +249,33 @@ impl TokenCond {
     }
 }
 
+/// The `(?P<version>...)` group of a regex rule, compiled for capture
+/// searches that keep their slots on the stack.
+#[derive(Debug)]
+struct VersionCapture {
+    /// The rule's pattern, same syntax options as the rule's [`Regex`].
+    regex: meta::Regex,
+    /// Index of the `version` group (1 to [`MAX_VERSION_GROUP_INDEX`]).
+    group: usize,
+}
+
+impl VersionCapture {
+    /// `None` if the pattern does not match `value`; else `Some(version)`,
+    /// the group's text parsed like a token version ([`Version::parse`]),
+    /// `None` when the group took no part in the match or holds no version.
+    fn search(&self, value: &[u8]) -> Option<Option<Version>> {
+        let mut slots: [Option<NonMaxUsize>; 2 * (MAX_VERSION_GROUP_INDEX + 1)] =
+            [None; 2 * (MAX_VERSION_GROUP_INDEX + 1)];
+        let slots = &mut slots[..2 * (self.group + 1)];
+        self.regex.search_slots(&Input::new(value), slots)?;
+        let version = match (slots[2 * self.group], slots[2 * self.group + 1]) {
+            (Some(start), Some(end)) => value.get(start.get()..end.get()).and_then(Version::parse),
+            _ => None,
+        };
+        Some(version)
+    }
+}
+
 /// One compiled match rule.
 #[derive(Debug)]
 struct Rule {
@@ -248,11 +285,14 @@ struct Rule {
     /// Lowercase comment substring.
     comment: Option<Box<[u8]>>,
     regex: Option<Regex>,
+    /// Set when `regex` has a group named `version`.
+    version_capture: Option<VersionCapture>,
 }
 
 impl Rule {
-    /// `Some(version of the matched token)` if the rule matches. `names` is
-    /// the [`ItemBuf::names`] mask of the value.
+    /// `Some(version of the matched token, or of the regex's `version`
+    /// group)` if the rule matches. `names` is the [`ItemBuf::names`] mask of
+    /// the value.
     fn eval(
         &self,
         value: &[u8],
@@ -267,9 +307,11 @@ impl Rule {
             }
         }
         if let Some(regex) = &self.regex {
-            if !regex.is_match(value) {
-                return None;
-            }
+            // A regex rule has no token or comment condition (checked at load).
+            return match &self.version_capture {
+                Some(capture) => capture.search(value),
+                None => regex.is_match(value).then_some(None),
+            };
         }
         if let Some(needle) = &self.comment {
             let found = items.iter().any(|item| match item {
@@ -788,6 +830,16 @@ impl Builder {
                 }
             }
         });
+        let version_capture = regex
+            .as_ref()
+            .filter(|regex| regex.capture_names().any(|n| n == Some(VERSION_GROUP)))
+            .and_then(|regex| match compile_version_capture(regex.as_str()) {
+                Ok(capture) => Some(capture),
+                Err(message) => {
+                    self.problem(format!("{base}.regex"), message);
+                    None
+                }
+            });
 
         let has_regex = raw.regex.is_some();
         let has_text = raw.token.is_some() || raw.comment.is_some();
@@ -813,6 +865,7 @@ impl Builder {
                 token,
                 comment,
                 regex,
+                version_capture,
             });
         }
     }
@@ -893,6 +946,37 @@ impl Builder {
             unknown: builtin(CLIENT_UNKNOWN, "Unknown client"),
         })
     }
+}
+
+/// Compiles the capture form of a regex that has a `version` group, with
+/// the syntax options of the rule regexes (case-insensitive, Unicode off,
+/// over bytes).
+fn compile_version_capture(pattern: &str) -> Result<VersionCapture, String> {
+    let regex = meta::Regex::builder()
+        .syntax(
+            syntax::Config::new()
+                .case_insensitive(true)
+                .unicode(false)
+                .utf8(false),
+        )
+        .configure(
+            meta::Config::new()
+                .utf8_empty(false)
+                .nfa_size_limit(Some(REGEX_SIZE_LIMIT_BYTES)),
+        )
+        .build(pattern)
+        .map_err(|e| format!("invalid regex: {e}"))?;
+    let group = regex
+        .group_info()
+        .to_index(PatternID::ZERO, VERSION_GROUP)
+        .ok_or_else(|| format!("no group named {VERSION_GROUP:?}"))?;
+    if group > MAX_VERSION_GROUP_INDEX {
+        return Err(format!(
+            "the {VERSION_GROUP:?} group is group {group}: it must be one of the first \
+             {MAX_VERSION_GROUP_INDEX} groups"
+        ));
+    }
+    Ok(VersionCapture { regex, group })
 }
 
 /// A product name as written in a rule (`allow_prefix`: may end in `*`).
@@ -1426,6 +1510,68 @@ regex = '(?-i)^Exact$'
         assert_eq!(c.classify(Some(b"ACME\xfe\xff")).rule, "r#1");
         assert_eq!(c.classify(Some(b"  Exact\r\n")).rule, "r#2");
         assert_eq!(c.classify(Some(b"exact")).rule, RULE_UNKNOWN);
+    }
+
+    #[test]
+    fn regex_version_group_reports_the_version() {
+        let text = r#"
+[[clients]]
+id = "sip-lib"
+name = "SIP library"
+category = "third-party"
+support = "third-party"
+version_token = "Lib"
+[[clients.match]]
+id = "optional-group"
+regex = '^baresip(?: v(?P<version>\d+(?:\.\d+)*))?'
+[[clients.match]]
+id = "late-group"
+regex = '^(a)(b)(c)(d)(e)(f)(g)(h)(i)(j)(k)(l)(m)(n)-(?P<version>\S+)'
+[[clients.match]]
+id = "no-group"
+regex = '^Yealink\b'
+
+[[clients]]
+id = "other"
+name = "Other"
+category = "third-party"
+support = "third-party"
+[[clients.match]]
+id = "unnamed-group"
+regex = '^Grandstream \S+ (\d+(\.\d+)+)'
+"#;
+        let c = Catalog::from_toml_str(text).unwrap_or_else(|e| panic!("{e}"));
+        let version = |ua: &[u8]| c.classify(Some(ua)).version.map(|v| v.to_string());
+        assert_eq!(version(b"baresip v1.0.0 (x86_64/linux)"), Some(s("1.0.0")));
+        assert_eq!(version(b"BARESIP V2.10 (mips/linux)"), Some(s("2.10")));
+        // The group took no part in the match: the rule still matches.
+        assert_eq!(c.classify(Some(b"baresip-fake")).rule, "optional-group");
+        assert_eq!(version(b"baresip-fake"), None);
+        // The group matched text that is not a version.
+        assert_eq!(version(b"abcdefghijklmn-release"), None);
+        assert_eq!(version(b"abcdefghijklmn-7.5.6a"), Some(s("7.5.6")));
+        // A version_token present in the value wins over the group.
+        assert_eq!(version(b"baresip v1.0.0 Lib/3.1"), Some(s("3.1")));
+        // No `version` group: no version, as before.
+        assert_eq!(version(b"Yealink SIP-T46S 66.85.0.15"), None);
+        assert_eq!(version(b"Grandstream GXP2170 1.0.9.135"), None);
+        assert_eq!(version(b"Grandstream GXP2170"), None);
+
+        let too_late = r#"
+[[clients]]
+id = "x"
+name = "X"
+category = "third-party"
+support = "third-party"
+[[clients.match]]
+regex = '(a)(b)(c)(d)(e)(f)(g)(h)(i)(j)(k)(l)(m)(n)(o)(?P<version>\d+)'
+"#;
+        assert_eq!(
+            problems(too_late),
+            [
+                r#"clients[0].match[0].regex: the "version" group is group 16: it must be one of the first 15 groups"#
+            ]
+        );
     }
 
     #[test]
