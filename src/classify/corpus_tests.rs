@@ -66,7 +66,7 @@ impl Table {
     }
 
     /// Field `column` of `row` ("" when the row is short).
-    fn field<'r>(row: &'r [Vec<u8>], column: usize) -> &'r [u8] {
+    fn field(row: &[Vec<u8>], column: usize) -> &[u8] {
         row.get(column).map(Vec::as_slice).unwrap_or_default()
     }
 }
