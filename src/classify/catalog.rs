@@ -285,11 +285,25 @@ struct Rule {
     /// Lowercase comment substring.
     comment: Option<Box<[u8]>>,
     regex: Option<Regex>,
+    /// Lowercase literal every match of `regex` starts with (the pattern is
+    /// `^literal...`): a value that does not start with it is skipped without
+    /// running the regex. See [`anchored_prefix`].
+    regex_prefix: Option<Box<[u8]>>,
     /// Set when `regex` has a group named `version`.
     version_capture: Option<VersionCapture>,
 }
 
 impl Rule {
+    /// `true` if the rule's regex is anchored on a literal the value does
+    /// not start with (ASCII case-insensitively): it cannot match.
+    fn prefix_rules_out(&self, value: &[u8]) -> bool {
+        self.regex_prefix.as_deref().is_some_and(|prefix| {
+            value
+                .get(..prefix.len())
+                .is_none_or(|start| !start.eq_ignore_ascii_case(prefix))
+        })
+    }
+
     /// `Some(version of the matched token, or of the regex's `version`
     /// group)` if the rule matches. `names` is the [`ItemBuf::names`] mask of
     /// the value.
@@ -308,9 +322,13 @@ impl Rule {
         }
         if let Some(regex) = &self.regex {
             // A regex rule has no token or comment condition (checked at load).
+            // The capture search is slower: run it only once the rule matched.
+            if !regex.is_match(value) {
+                return None;
+            }
             return match &self.version_capture {
                 Some(capture) => capture.search(value),
-                None => regex.is_match(value).then_some(None),
+                None => Some(None),
             };
         }
         if let Some(needle) = &self.comment {
@@ -396,9 +414,10 @@ pub struct Catalog {
     version_tokens: Vec<Option<Box<[u8]>>>,
     /// Every rule of every client, in file order.
     rules: Vec<Rule>,
-    /// All regexes of `rules` in one set: when none matches the value, the
-    /// regex rules are skipped without running them one by one.
-    any_regex: RegexSet,
+    /// The regexes of `rules` that have no `regex_prefix`, in one set: when
+    /// none matches the value, those rules are skipped without running them
+    /// one by one.
+    unprefixed_regexes: RegexSet,
     missing: ClientProduct,
     unknown: ClientProduct,
 }
@@ -444,8 +463,13 @@ impl Catalog {
         let mut regex_possible = None;
         let mut memo = VersionMemo::new();
         for rule in &self.rules {
+            // A prefixed regex rule is filtered by its prefix, the others by
+            // the set of their regexes.
             if rule.regex.is_some()
-                && !*regex_possible.get_or_insert_with(|| self.any_regex.is_match(value))
+                && (rule.prefix_rules_out(value)
+                    || (rule.regex_prefix.is_none()
+                        && !*regex_possible
+                            .get_or_insert_with(|| self.unprefixed_regexes.is_match(value))))
             {
                 continue;
             }
@@ -859,12 +883,14 @@ impl Builder {
         }
 
         if self.problems.len() == before {
+            let regex_prefix = raw.regex.as_deref().and_then(anchored_prefix);
             self.rules.push(Rule {
                 id,
                 client,
                 token,
                 comment,
                 regex,
+                regex_prefix,
                 version_capture,
             });
         }
@@ -923,9 +949,10 @@ impl Builder {
         let patterns: Vec<&str> = self
             .rules
             .iter()
+            .filter(|rule| rule.regex_prefix.is_none())
             .filter_map(|rule| rule.regex.as_ref().map(Regex::as_str))
             .collect();
-        let any_regex = RegexSetBuilder::new(&patterns)
+        let unprefixed_regexes = RegexSetBuilder::new(&patterns)
             .case_insensitive(true)
             .unicode(false)
             .size_limit(REGEX_SIZE_LIMIT_BYTES.saturating_mul(patterns.len().max(1)))
@@ -938,7 +965,7 @@ impl Builder {
                 }],
             })?;
         Ok(Catalog {
-            any_regex,
+            unprefixed_regexes,
             clients: self.clients,
             version_tokens: self.version_tokens,
             rules: self.rules,
@@ -946,6 +973,62 @@ impl Builder {
             unknown: builtin(CLIENT_UNKNOWN, "Unknown client"),
         })
     }
+}
+
+/// The literal every match of `pattern` must start with, lowercased, when the
+/// pattern is `^` followed by plain characters (`^Yealink\b...` gives
+/// `yealink`); `None` when that cannot be read off safely.
+///
+/// Conservative on purpose: only ASCII letters, digits and ` /_-,:;=@!%&'"<>`
+/// count; a character followed by a quantifier (`?`, `*`, `+`, `{`) is
+/// dropped; a `|` outside groups and classes (an alternative the `^` does not
+/// bind) disables the prefix. The value is compared case-insensitively, which
+/// is a weaker condition than a case-sensitive `(?-i)` pattern, so the prefix
+/// is always a necessary condition for a match.
+fn anchored_prefix(pattern: &str) -> Option<Box<[u8]>> {
+    let rest = pattern.strip_prefix('^')?;
+    let bytes = rest.as_bytes();
+    let plain = |b: u8| b.is_ascii_alphanumeric() || b" /_-,:;=@!%&'\"<>".contains(&b);
+    let mut prefix = Vec::new();
+    for (i, &b) in bytes.iter().enumerate() {
+        if !plain(b) {
+            break;
+        }
+        if matches!(bytes.get(i + 1), Some(b'?' | b'*' | b'+' | b'{')) {
+            break;
+        }
+        prefix.push(b.to_ascii_lowercase());
+    }
+    (!prefix.is_empty() && !has_top_level_alternation(bytes)).then(|| prefix.into_boxed_slice())
+}
+
+/// Whether a regex has a `|` outside every group and class (escapes skipped).
+fn has_top_level_alternation(pattern: &[u8]) -> bool {
+    let mut depth = 0usize;
+    let mut in_class = false;
+    let mut i = 0;
+    while let Some(&b) = pattern.get(i) {
+        match b {
+            b'\\' => i += 1,
+            b'[' if !in_class => {
+                in_class = true;
+                // A `]` right after `[` or `[^` is a literal.
+                if pattern.get(i + 1) == Some(&b'^') {
+                    i += 1;
+                }
+                if pattern.get(i + 1) == Some(&b']') {
+                    i += 1;
+                }
+            }
+            b']' if in_class => in_class = false,
+            b'(' if !in_class => depth += 1,
+            b')' if !in_class => depth = depth.saturating_sub(1),
+            b'|' if !in_class && depth == 0 => return true,
+            _ => {}
+        }
+        i += 1;
+    }
+    false
 }
 
 /// Compiles the capture form of a regex that has a `version` group, with
@@ -1572,6 +1655,73 @@ regex = '(a)(b)(c)(d)(e)(f)(g)(h)(i)(j)(k)(l)(m)(n)(o)(?P<version>\d+)'
                 r#"clients[0].match[0].regex: the "version" group is group 16: it must be one of the first 15 groups"#
             ]
         );
+    }
+
+    #[test]
+    fn anchored_prefix_is_read_conservatively() {
+        let prefix = |pattern: &str| {
+            anchored_prefix(pattern).map(|p| String::from_utf8_lossy(&p).into_owned())
+        };
+        assert_eq!(
+            prefix(r"^Yealink\b(?:.*?\s(?P<version>\d+))?"),
+            Some(s("yealink"))
+        );
+        assert_eq!(
+            prefix(r"^Cisco/SPA(?:\w*-(?P<version>\d+))?"),
+            Some(s("cisco/spa"))
+        );
+        assert_eq!(
+            prefix(r"^Z (?P<version>\d+(?:\.\d+)+) r?v\d"),
+            Some(s("z "))
+        );
+        assert_eq!(prefix(r"^Bria (iOS|Android)\b"), Some(s("bria ")));
+        assert_eq!(prefix(r"^Huawei[- ]eSpace"), Some(s("huawei")));
+        assert_eq!(prefix(r"^Z 3\.14"), Some(s("z 3")));
+        // A quantified character is optional: dropped, and the prefix ends.
+        assert_eq!(prefix(r"^abc?d"), Some(s("ab")));
+        assert_eq!(prefix(r"^ab*"), Some(s("a")));
+        assert_eq!(prefix(r"^a{2}"), None);
+        // Not anchored, no literal, or an alternative outside `^`'s reach.
+        assert_eq!(prefix(r"\bGroundwire\b"), None);
+        assert_eq!(prefix(r"^(Bria|X-Lite)\b"), None);
+        assert_eq!(prefix(r"^[CN]\d{3}"), None);
+        assert_eq!(prefix(r"(?-i)^Exact$"), None);
+        assert_eq!(prefix(r"^Mitel|Aastra"), None);
+        assert_eq!(prefix(r"^a[|]b"), Some(s("a")));
+        assert_eq!(prefix(r"^a[]|]b"), Some(s("a")));
+        assert_eq!(prefix(r"^a\|b"), Some(s("a")));
+        assert_eq!(prefix(r"^a[[:alpha:]]|b"), None);
+    }
+
+    #[test]
+    fn regex_prefix_never_skips_a_match_of_the_shipped_catalog() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let c = Catalog::load(&root.join("config/clients.toml")).unwrap_or_else(|e| panic!("{e}"));
+        let mut values: Vec<Vec<u8>> = Vec::new();
+        for table in ["user-agents.tsv", "user-agents-extra.tsv"] {
+            let text = std::fs::read(root.join("tests/corpus").join(table))
+                .unwrap_or_else(|e| panic!("{table}: {e}"));
+            for line in text.split(|&b| b == b'\n').skip(1) {
+                let ua = line.split(|&b| b == b'\t').next().unwrap_or_default();
+                values.push(ua.to_vec());
+                values.push(ua.to_ascii_uppercase());
+                values.push(ua.get(..ua.len() / 2).unwrap_or_default().to_vec());
+            }
+        }
+        let with_prefix = c.rules.iter().filter(|r| r.regex_prefix.is_some()).count();
+        assert!(with_prefix >= 30, "only {with_prefix} prefixed regex rules");
+        for rule in &c.rules {
+            let Some(regex) = &rule.regex else { continue };
+            for value in &values {
+                let value = trim_lws(value);
+                assert!(
+                    !(rule.prefix_rules_out(value) && regex.is_match(value)),
+                    "{} skipped {:?}",
+                    rule.id,
+                    String::from_utf8_lossy(value)
+                );
+            }
+        }
     }
 
     #[test]
