@@ -289,8 +289,9 @@ struct Rule {
     /// `^literal...`): a value that does not start with it is skipped without
     /// running the regex. See [`anchored_prefix`].
     regex_prefix: Option<Box<[u8]>>,
-    /// Set when `regex` has a group named `version`.
-    version_capture: Option<VersionCapture>,
+    /// Set when `regex` has a group named `version` (boxed: most rules have
+    /// none, and a smaller `Rule` keeps the rule scan compact).
+    version_capture: Option<Box<VersionCapture>>,
 }
 
 impl Rule {
@@ -858,7 +859,7 @@ impl Builder {
             .as_ref()
             .filter(|regex| regex.capture_names().any(|n| n == Some(VERSION_GROUP)))
             .and_then(|regex| match compile_version_capture(regex.as_str()) {
-                Ok(capture) => Some(capture),
+                Ok(capture) => Some(Box::new(capture)),
                 Err(message) => {
                     self.problem(format!("{base}.regex"), message);
                     None
