@@ -8,6 +8,8 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use regex::bytes::{Regex, RegexBuilder, RegexSet, RegexSetBuilder};
+use regex_automata::util::primitives::NonMaxUsize;
+use regex_automata::{meta, util::syntax, Input, PatternID};
 use serde::Deserialize;
 
 use super::tokenize::{tokenize, trim_lws, Item};
@@ -30,6 +32,14 @@ const REGEX_SIZE_LIMIT_BYTES: usize = 1 << 20;
 
 /// Prefix reserved for the ids of built-in rules.
 const BUILTIN_RULE_PREFIX: &str = "builtin:";
+
+/// Name of the regex group whose text a regex rule reports as the version.
+const VERSION_GROUP: &str = "version";
+
+/// Highest group index (groups count from 1, by their opening parenthesis)
+/// the `version` group of a regex may have: the capture slots of one search
+/// then fit on the stack.
+const MAX_VERSION_GROUP_INDEX: usize = 15;
 
 // === errors ===
 
@@ -227,6 +237,33 @@ impl TokenCond {
     }
 }
 
+/// The `(?P<version>...)` group of a regex rule, compiled for capture
+/// searches that keep their slots on the stack.
+#[derive(Debug)]
+struct VersionCapture {
+    /// The rule's pattern, same syntax options as the rule's [`Regex`].
+    regex: meta::Regex,
+    /// Index of the `version` group (1 to [`MAX_VERSION_GROUP_INDEX`]).
+    group: usize,
+}
+
+impl VersionCapture {
+    /// `None` if the pattern does not match `value`; else `Some(version)`,
+    /// the group's text parsed like a token version ([`Version::parse`]),
+    /// `None` when the group took no part in the match or holds no version.
+    fn search(&self, value: &[u8]) -> Option<Option<Version>> {
+        let mut slots: [Option<NonMaxUsize>; 2 * (MAX_VERSION_GROUP_INDEX + 1)] =
+            [None; 2 * (MAX_VERSION_GROUP_INDEX + 1)];
+        let slots = &mut slots[..2 * (self.group + 1)];
+        self.regex.search_slots(&Input::new(value), slots)?;
+        let version = match (slots[2 * self.group], slots[2 * self.group + 1]) {
+            (Some(start), Some(end)) => value.get(start.get()..end.get()).and_then(Version::parse),
+            _ => None,
+        };
+        Some(version)
+    }
+}
+
 /// One compiled match rule.
 #[derive(Debug)]
 struct Rule {
@@ -236,11 +273,29 @@ struct Rule {
     /// Lowercase comment substring.
     comment: Option<Box<[u8]>>,
     regex: Option<Regex>,
+    /// Lowercase literal every match of `regex` starts with (the pattern is
+    /// `^literal...`): a value that does not start with it is skipped without
+    /// running the regex. See [`anchored_prefix`].
+    regex_prefix: Option<Box<[u8]>>,
+    /// Set when `regex` has a group named `version` (boxed: most rules have
+    /// none, and a smaller `Rule` keeps the rule scan compact).
+    version_capture: Option<Box<VersionCapture>>,
 }
 
 impl Rule {
-    /// `Some(version of the matched token)` if the rule matches. `names` is
-    /// the [`ItemBuf::names`] mask of the value.
+    /// `true` if the rule's regex is anchored on a literal the value does
+    /// not start with (ASCII case-insensitively): it cannot match.
+    fn prefix_rules_out(&self, value: &[u8]) -> bool {
+        self.regex_prefix.as_deref().is_some_and(|prefix| {
+            value
+                .get(..prefix.len())
+                .is_none_or(|start| !start.eq_ignore_ascii_case(prefix))
+        })
+    }
+
+    /// `Some(version of the matched token, or of the regex's `version`
+    /// group)` if the rule matches. `names` is the [`ItemBuf::names`] mask of
+    /// the value.
     fn eval(
         &self,
         value: &[u8],
@@ -255,9 +310,15 @@ impl Rule {
             }
         }
         if let Some(regex) = &self.regex {
+            // A regex rule has no token or comment condition (checked at load).
+            // The capture search is slower: run it only once the rule matched.
             if !regex.is_match(value) {
                 return None;
             }
+            return match &self.version_capture {
+                Some(capture) => capture.search(value),
+                None => Some(None),
+            };
         }
         if let Some(needle) = &self.comment {
             let found = items.iter().any(|item| match item {
@@ -324,9 +385,10 @@ pub struct Catalog {
     version_tokens: Vec<Option<Box<[u8]>>>,
     /// Every rule of every client, in file order.
     rules: Vec<Rule>,
-    /// All regexes of `rules` in one set: when none matches the value, the
-    /// regex rules are skipped without running them one by one.
-    any_regex: RegexSet,
+    /// The regexes of `rules` that have no `regex_prefix`, in one set: when
+    /// none matches the value, those rules are skipped without running them
+    /// one by one.
+    unprefixed_regexes: RegexSet,
     missing: ClientProduct,
     unknown: ClientProduct,
 }
@@ -372,8 +434,13 @@ impl Catalog {
         let mut regex_possible = None;
         let mut memo = VersionMemo::new();
         for rule in &self.rules {
+            // A prefixed regex rule is filtered by its prefix, the others by
+            // the set of their regexes.
             if rule.regex.is_some()
-                && !*regex_possible.get_or_insert_with(|| self.any_regex.is_match(value))
+                && (rule.prefix_rules_out(value)
+                    || (rule.regex_prefix.is_none()
+                        && !*regex_possible
+                            .get_or_insert_with(|| self.unprefixed_regexes.is_match(value))))
             {
                 continue;
             }
@@ -764,6 +831,16 @@ impl Builder {
                 }
             }
         });
+        let version_capture = regex
+            .as_ref()
+            .filter(|regex| regex.capture_names().any(|n| n == Some(VERSION_GROUP)))
+            .and_then(|regex| match compile_version_capture(regex.as_str()) {
+                Ok(capture) => Some(Box::new(capture)),
+                Err(message) => {
+                    self.problem(format!("{base}.regex"), message);
+                    None
+                }
+            });
 
         let has_regex = raw.regex.is_some();
         let has_text = raw.token.is_some() || raw.comment.is_some();
@@ -783,12 +860,15 @@ impl Builder {
         }
 
         if self.problems.len() == before {
+            let regex_prefix = raw.regex.as_deref().and_then(anchored_prefix);
             self.rules.push(Rule {
                 id,
                 client,
                 token,
                 comment,
                 regex,
+                regex_prefix,
+                version_capture,
             });
         }
     }
@@ -846,9 +926,10 @@ impl Builder {
         let patterns: Vec<&str> = self
             .rules
             .iter()
+            .filter(|rule| rule.regex_prefix.is_none())
             .filter_map(|rule| rule.regex.as_ref().map(Regex::as_str))
             .collect();
-        let any_regex = RegexSetBuilder::new(&patterns)
+        let unprefixed_regexes = RegexSetBuilder::new(&patterns)
             .case_insensitive(true)
             .unicode(false)
             .size_limit(REGEX_SIZE_LIMIT_BYTES.saturating_mul(patterns.len().max(1)))
@@ -861,7 +942,7 @@ impl Builder {
                 }],
             })?;
         Ok(Catalog {
-            any_regex,
+            unprefixed_regexes,
             clients: self.clients,
             version_tokens: self.version_tokens,
             rules: self.rules,
@@ -869,6 +950,93 @@ impl Builder {
             unknown: builtin(CLIENT_UNKNOWN, "Unknown client"),
         })
     }
+}
+
+/// The literal every match of `pattern` must start with, lowercased, when the
+/// pattern is `^` followed by plain characters (`^Yealink\b...` gives
+/// `yealink`); `None` when that cannot be read off safely.
+///
+/// Conservative on purpose: only ASCII letters, digits and ` /_-,:;=@!%&'"<>`
+/// count; a character followed by a quantifier (`?`, `*`, `+`, `{`) is
+/// dropped; a `|` outside groups and classes (an alternative the `^` does not
+/// bind) disables the prefix. The value is compared case-insensitively, which
+/// is a weaker condition than a case-sensitive `(?-i)` pattern, so the prefix
+/// is always a necessary condition for a match.
+fn anchored_prefix(pattern: &str) -> Option<Box<[u8]>> {
+    let rest = pattern.strip_prefix('^')?;
+    let bytes = rest.as_bytes();
+    let plain = |b: u8| b.is_ascii_alphanumeric() || b" /_-,:;=@!%&'\"<>".contains(&b);
+    let mut prefix = Vec::new();
+    for (i, &b) in bytes.iter().enumerate() {
+        if !plain(b) {
+            break;
+        }
+        if matches!(bytes.get(i + 1), Some(b'?' | b'*' | b'+' | b'{')) {
+            break;
+        }
+        prefix.push(b.to_ascii_lowercase());
+    }
+    (!prefix.is_empty() && !has_top_level_alternation(bytes)).then(|| prefix.into_boxed_slice())
+}
+
+/// Whether a regex has a `|` outside every group and class (escapes skipped).
+fn has_top_level_alternation(pattern: &[u8]) -> bool {
+    let mut depth = 0usize;
+    let mut in_class = false;
+    let mut i = 0;
+    while let Some(&b) = pattern.get(i) {
+        match b {
+            b'\\' => i += 1,
+            b'[' if !in_class => {
+                in_class = true;
+                // A `]` right after `[` or `[^` is a literal.
+                if pattern.get(i + 1) == Some(&b'^') {
+                    i += 1;
+                }
+                if pattern.get(i + 1) == Some(&b']') {
+                    i += 1;
+                }
+            }
+            b']' if in_class => in_class = false,
+            b'(' if !in_class => depth += 1,
+            b')' if !in_class => depth = depth.saturating_sub(1),
+            b'|' if !in_class && depth == 0 => return true,
+            _ => {}
+        }
+        i += 1;
+    }
+    false
+}
+
+/// Compiles the capture form of a regex that has a `version` group, with
+/// the syntax options of the rule regexes (case-insensitive, Unicode off,
+/// over bytes).
+fn compile_version_capture(pattern: &str) -> Result<VersionCapture, String> {
+    let regex = meta::Regex::builder()
+        .syntax(
+            syntax::Config::new()
+                .case_insensitive(true)
+                .unicode(false)
+                .utf8(false),
+        )
+        .configure(
+            meta::Config::new()
+                .utf8_empty(false)
+                .nfa_size_limit(Some(REGEX_SIZE_LIMIT_BYTES)),
+        )
+        .build(pattern)
+        .map_err(|e| format!("invalid regex: {e}"))?;
+    let group = regex
+        .group_info()
+        .to_index(PatternID::ZERO, VERSION_GROUP)
+        .ok_or_else(|| format!("no group named {VERSION_GROUP:?}"))?;
+    if group > MAX_VERSION_GROUP_INDEX {
+        return Err(format!(
+            "the {VERSION_GROUP:?} group is group {group}: it must be one of the first \
+             {MAX_VERSION_GROUP_INDEX} groups"
+        ));
+    }
+    Ok(VersionCapture { regex, group })
 }
 
 /// A product name as written in a rule (`allow_prefix`: may end in `*`).
@@ -1404,6 +1572,135 @@ regex = '(?-i)^Exact$'
         assert_eq!(c.classify(Some(b"ACME\xfe\xff")).rule, "r#1");
         assert_eq!(c.classify(Some(b"  Exact\r\n")).rule, "r#2");
         assert_eq!(c.classify(Some(b"exact")).rule, RULE_UNKNOWN);
+    }
+
+    #[test]
+    fn regex_version_group_reports_the_version() {
+        let text = r#"
+[[clients]]
+id = "sip-lib"
+name = "SIP library"
+category = "third-party"
+support = "third-party"
+version_token = "Lib"
+[[clients.match]]
+id = "optional-group"
+regex = '^baresip(?: v(?P<version>\d+(?:\.\d+)*))?'
+[[clients.match]]
+id = "late-group"
+regex = '^(a)(b)(c)(d)(e)(f)(g)(h)(i)(j)(k)(l)(m)(n)-(?P<version>\S+)'
+[[clients.match]]
+id = "no-group"
+regex = '^Yealink\b'
+
+[[clients]]
+id = "other"
+name = "Other"
+category = "third-party"
+support = "third-party"
+[[clients.match]]
+id = "unnamed-group"
+regex = '^Grandstream \S+ (\d+(\.\d+)+)'
+"#;
+        let c = Catalog::from_toml_str(text).unwrap_or_else(|e| panic!("{e}"));
+        let version = |ua: &[u8]| c.classify(Some(ua)).version.map(|v| v.to_string());
+        assert_eq!(version(b"baresip v1.0.0 (x86_64/linux)"), Some(s("1.0.0")));
+        assert_eq!(version(b"BARESIP V2.10 (mips/linux)"), Some(s("2.10")));
+        // The group took no part in the match: the rule still matches.
+        assert_eq!(c.classify(Some(b"baresip-fake")).rule, "optional-group");
+        assert_eq!(version(b"baresip-fake"), None);
+        // The group matched text that is not a version.
+        assert_eq!(version(b"abcdefghijklmn-release"), None);
+        assert_eq!(version(b"abcdefghijklmn-7.5.6a"), Some(s("7.5.6")));
+        // A version_token present in the value wins over the group.
+        assert_eq!(version(b"baresip v1.0.0 Lib/3.1"), Some(s("3.1")));
+        // No `version` group: no version, as before.
+        assert_eq!(version(b"Yealink SIP-T46S 66.85.0.15"), None);
+        assert_eq!(version(b"Grandstream GXP2170 1.0.9.135"), None);
+        assert_eq!(version(b"Grandstream GXP2170"), None);
+
+        let too_late = r#"
+[[clients]]
+id = "x"
+name = "X"
+category = "third-party"
+support = "third-party"
+[[clients.match]]
+regex = '(a)(b)(c)(d)(e)(f)(g)(h)(i)(j)(k)(l)(m)(n)(o)(?P<version>\d+)'
+"#;
+        assert_eq!(
+            problems(too_late),
+            [
+                r#"clients[0].match[0].regex: the "version" group is group 16: it must be one of the first 15 groups"#
+            ]
+        );
+    }
+
+    #[test]
+    fn anchored_prefix_is_read_conservatively() {
+        let prefix = |pattern: &str| {
+            anchored_prefix(pattern).map(|p| String::from_utf8_lossy(&p).into_owned())
+        };
+        assert_eq!(
+            prefix(r"^Yealink\b(?:.*?\s(?P<version>\d+))?"),
+            Some(s("yealink"))
+        );
+        assert_eq!(
+            prefix(r"^Cisco/SPA(?:\w*-(?P<version>\d+))?"),
+            Some(s("cisco/spa"))
+        );
+        assert_eq!(
+            prefix(r"^Z (?P<version>\d+(?:\.\d+)+) r?v\d"),
+            Some(s("z "))
+        );
+        assert_eq!(prefix(r"^Bria (iOS|Android)\b"), Some(s("bria ")));
+        assert_eq!(prefix(r"^Huawei[- ]eSpace"), Some(s("huawei")));
+        assert_eq!(prefix(r"^Z 3\.14"), Some(s("z 3")));
+        // A quantified character is optional: dropped, and the prefix ends.
+        assert_eq!(prefix(r"^abc?d"), Some(s("ab")));
+        assert_eq!(prefix(r"^ab*"), Some(s("a")));
+        assert_eq!(prefix(r"^a{2}"), None);
+        // Not anchored, no literal, or an alternative outside `^`'s reach.
+        assert_eq!(prefix(r"\bGroundwire\b"), None);
+        assert_eq!(prefix(r"^(Bria|X-Lite)\b"), None);
+        assert_eq!(prefix(r"^[CN]\d{3}"), None);
+        assert_eq!(prefix(r"(?-i)^Exact$"), None);
+        assert_eq!(prefix(r"^Mitel|Aastra"), None);
+        assert_eq!(prefix(r"^a[|]b"), Some(s("a")));
+        assert_eq!(prefix(r"^a[]|]b"), Some(s("a")));
+        assert_eq!(prefix(r"^a\|b"), Some(s("a")));
+        assert_eq!(prefix(r"^a[[:alpha:]]|b"), None);
+    }
+
+    #[test]
+    fn regex_prefix_never_skips_a_match_of_the_shipped_catalog() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let c = Catalog::load(&root.join("config/clients.toml")).unwrap_or_else(|e| panic!("{e}"));
+        let mut values: Vec<Vec<u8>> = Vec::new();
+        for table in ["user-agents.tsv", "user-agents-extra.tsv"] {
+            let text = std::fs::read(root.join("tests/corpus").join(table))
+                .unwrap_or_else(|e| panic!("{table}: {e}"));
+            for line in text.split(|&b| b == b'\n').skip(1) {
+                let ua = line.split(|&b| b == b'\t').next().unwrap_or_default();
+                values.push(ua.to_vec());
+                values.push(ua.to_ascii_uppercase());
+                values.push(ua.get(..ua.len() / 2).unwrap_or_default().to_vec());
+            }
+        }
+        let with_prefix = c.rules.iter().filter(|r| r.regex_prefix.is_some()).count();
+        assert!(with_prefix >= 30, "only {with_prefix} prefixed regex rules");
+        for rule in &c.rules {
+            let Some(regex) = &rule.regex else { continue };
+            for value in &values {
+                let value = trim_lws(value);
+                assert!(
+                    !(rule.prefix_rules_out(value) && regex.is_match(value)),
+                    "{} skipped {:?}",
+                    rule.id,
+                    String::from_utf8_lossy(value)
+                );
+            }
+        }
     }
 
     #[test]

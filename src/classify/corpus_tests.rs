@@ -1,5 +1,8 @@
 //! The shipped catalog (`config/clients.toml`) against the User-Agent corpus
-//! (`tests/corpus/user-agents.tsv`) and the Response Group expectations.
+//! (`tests/corpus/user-agents.tsv`, copied from upstream), the repository's
+//! own table (`tests/corpus/user-agents-extra.tsv`: softphones, desk phones
+//! and PBXs with the exact client, support and version each must get) and the
+//! Response Group expectations.
 
 use std::path::PathBuf;
 
@@ -24,34 +27,94 @@ fn shipped() -> Catalog {
     Catalog::load(&path).unwrap_or_else(|e| panic!("{e}"))
 }
 
-/// (user_agent, rg_support) of every corpus row. Panics if the file is missing.
-fn corpus() -> Vec<(Vec<u8>, String)> {
-    let path = manifest_dir().join("tests/corpus/user-agents.tsv");
-    let bytes = std::fs::read(&path)
-        .unwrap_or_else(|e| panic!("User-Agent corpus {} is required: {e}", path.display()));
-    let mut lines = bytes
-        .split(|&b| b == b'\n')
-        .map(|l| l.strip_suffix(b"\r").unwrap_or(l));
-    let header: Vec<&[u8]> = lines
-        .next()
-        .map(|h| h.split(|&b| b == b'\t').collect())
-        .unwrap_or_default();
-    let column = |name: &str| {
-        header
+/// A tab-separated table of `tests/corpus`: its header and rows, as bytes.
+struct Table {
+    header: Vec<String>,
+    rows: Vec<Vec<Vec<u8>>>,
+}
+
+impl Table {
+    /// Reads `tests/corpus/<name>`. Panics if the file is missing.
+    fn read(name: &str) -> Self {
+        let path = manifest_dir().join("tests/corpus").join(name);
+        let bytes = std::fs::read(&path)
+            .unwrap_or_else(|e| panic!("User-Agent table {} is required: {e}", path.display()));
+        let mut lines = bytes
+            .split(|&b| b == b'\n')
+            .map(|l| l.strip_suffix(b"\r").unwrap_or(l));
+        let header = lines
+            .next()
+            .map(|h| {
+                h.split(|&b| b == b'\t')
+                    .map(|f| String::from_utf8_lossy(f).into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let rows = lines
+            .filter(|l| !l.is_empty())
+            .map(|line| line.split(|&b| b == b'\t').map(<[u8]>::to_vec).collect())
+            .collect();
+        Self { header, rows }
+    }
+
+    /// The index of the column `name`. Panics if there is none.
+    fn column(&self, name: &str) -> usize {
+        self.header
             .iter()
-            .position(|h| *h == name.as_bytes())
-            .unwrap_or_else(|| panic!("corpus has no {name} column"))
-    };
-    let (ua, support) = (column("user_agent"), column("rg_support"));
-    lines
-        .filter(|l| !l.is_empty())
-        .map(|line| {
-            let fields: Vec<&[u8]> = line.split(|&b| b == b'\t').collect();
-            let field = |i: usize| fields.get(i).copied().unwrap_or_default();
+            .position(|h| h == name)
+            .unwrap_or_else(|| panic!("table has no {name} column"))
+    }
+
+    /// Field `column` of `row` ("" when the row is short).
+    fn field(row: &[Vec<u8>], column: usize) -> &[u8] {
+        row.get(column).map(Vec::as_slice).unwrap_or_default()
+    }
+}
+
+/// (user_agent, rg_support) of every upstream corpus row.
+fn corpus() -> Vec<(Vec<u8>, String)> {
+    let table = Table::read("user-agents.tsv");
+    let (ua, support) = (table.column("user_agent"), table.column("rg_support"));
+    table
+        .rows
+        .iter()
+        .map(|row| {
             (
-                field(ua).to_vec(),
-                String::from_utf8_lossy(field(support)).into_owned(),
+                Table::field(row, ua).to_vec(),
+                String::from_utf8_lossy(Table::field(row, support)).into_owned(),
             )
+        })
+        .collect()
+}
+
+/// One row of the repository's own table `user-agents-extra.tsv`.
+struct ExtraRow {
+    user_agent: Vec<u8>,
+    /// The version `classify` must report (`None` for an empty field).
+    version: Option<String>,
+    /// The support the shipped catalog must give.
+    support: String,
+    evidence: String,
+    source: String,
+    /// The client id the shipped catalog must give.
+    client: String,
+}
+
+fn extra() -> Vec<ExtraRow> {
+    let table = Table::read("user-agents-extra.tsv");
+    let text = |row: &[Vec<u8>], name: &str| {
+        String::from_utf8_lossy(Table::field(row, table.column(name))).into_owned()
+    };
+    table
+        .rows
+        .iter()
+        .map(|row| ExtraRow {
+            user_agent: Table::field(row, table.column("user_agent")).to_vec(),
+            version: Some(text(row, "version")).filter(|v| !v.is_empty()),
+            support: text(row, "rg_support"),
+            evidence: text(row, "evidence"),
+            source: text(row, "source"),
+            client: text(row, "client"),
         })
         .collect()
 }
@@ -100,6 +163,161 @@ fn corpus_rows_are_not_left_unknown() {
         .map(|(ua, _)| String::from_utf8_lossy(ua).into_owned())
         .collect();
     assert!(unknown.is_empty(), "unknown: {unknown:#?}");
+}
+
+#[test]
+fn extra_table_has_the_corpus_columns_and_sources() {
+    let upstream = Table::read("user-agents.tsv").header;
+    let own = Table::read("user-agents-extra.tsv").header;
+    assert_eq!(own[..upstream.len()], upstream[..], "same columns first");
+    assert_eq!(own[upstream.len()..], ["client"]);
+    let rows = extra();
+    assert!(rows.len() >= 70, "extra table has only {} rows", rows.len());
+    let corpus: Vec<Vec<u8>> = corpus().into_iter().map(|(ua, _)| ua).collect();
+    for row in &rows {
+        let ua = String::from_utf8_lossy(&row.user_agent);
+        assert!(
+            ["exact", "reconstructed"].contains(&row.evidence.as_str()),
+            "{ua:?}: evidence {:?}",
+            row.evidence
+        );
+        assert!(!row.source.trim().is_empty(), "{ua:?}: no source");
+        assert!(
+            !corpus.contains(&row.user_agent),
+            "{ua:?} repeats a corpus row"
+        );
+    }
+    for (i, row) in rows.iter().enumerate() {
+        assert!(
+            !rows[..i].iter().any(|r| r.user_agent == row.user_agent),
+            "{:?} twice",
+            String::from_utf8_lossy(&row.user_agent)
+        );
+    }
+}
+
+#[test]
+fn extra_rows_classify_to_their_client_support_and_version() {
+    let catalog = shipped();
+    let failures: Vec<String> = extra()
+        .iter()
+        .filter_map(|row| {
+            let got = catalog.classify(Some(&row.user_agent));
+            let got = (
+                got.client.id.as_str(),
+                got.client.support.as_str(),
+                got.version.map(|v| v.to_string()),
+                got.rule,
+            );
+            let want = (
+                row.client.as_str(),
+                row.support.as_str(),
+                row.version.clone(),
+            );
+            ((got.0, got.1, got.2.clone()) != want).then(|| {
+                format!(
+                    "{:?}: expected {want:?}, got {got:?}",
+                    String::from_utf8_lossy(&row.user_agent)
+                )
+            })
+        })
+        .collect();
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn linphone_default_user_agent_and_the_bare_word_unknown() {
+    // liblinphone's default (product `Unknown` + its stack comment) is the
+    // Linphone SDK; the bare word is not, and stays unknown explicitly.
+    let catalog = shipped();
+    let sdk = catalog.classify(Some(b"Unknown (belle-sip/4.4.0)"));
+    assert_eq!(
+        (sdk.client.id.as_str(), sdk.rule),
+        ("linphone-sdk", "linphone-sdk-default-ua")
+    );
+    assert_eq!(
+        (sdk.client.category, sdk.client.support),
+        (Category::ThirdParty, Support::ThirdParty)
+    );
+    for bare in ["Unknown", "unknown", " Unknown "] {
+        let got = catalog.classify(Some(bare.as_bytes()));
+        assert_eq!(
+            (got.client.id.as_str(), got.rule),
+            (CLIENT_UNKNOWN, "builtin:unknown"),
+            "{bare:?}"
+        );
+    }
+    // A PJSIP stack that sends no User-Agent: nothing to match.
+    assert_eq!(catalog.classify(None).rule, "builtin:missing");
+    // Linphone products that name themselves keep their own entries.
+    let linphonec = catalog.classify(Some(b"Linphonec/5.1.65"));
+    assert_eq!(
+        (
+            linphonec.client.id.as_str(),
+            linphonec.rule,
+            linphonec.version.map(|v| v.to_string())
+        ),
+        ("linphone", "linphonec", Some("5.1.65".to_owned()))
+    );
+}
+
+#[test]
+fn desk_phones_pbxs_and_mobile_softphones_are_categorised() {
+    let catalog = shipped();
+    let category = |ua: &str| {
+        let got = catalog.classify(Some(ua.as_bytes()));
+        (got.client.category, got.client.support)
+    };
+    for phone in [
+        "Yealink SIP-T54W 96.85.0.5",
+        "PolycomVVX-VVX_450-UA/5.9.0.9373",
+        "Cisco-CP8841/12.6.1",
+        "Cisco/SPA303-7.5.6a",
+        "Grandstream GXP2170 1.0.9.135",
+        "snomD785/10.1.84.12",
+    ] {
+        assert_eq!(
+            category(phone),
+            (Category::Phone, Support::ThirdParty),
+            "{phone}"
+        );
+    }
+    for pbx in [
+        "Asterisk PBX 18.12.1",
+        "FreeSWITCH-mod_sofia/1.10.12-release~a88d069d6f~64bit",
+    ] {
+        assert_eq!(
+            category(pbx),
+            (Category::Gateway, Support::ThirdParty),
+            "{pbx}"
+        );
+    }
+    for softphone in [
+        "baresip v1.0.0 (x86_64/linux)",
+        "PJSUA v2.10 Linux-5.14.4.18/x86_64/glibc-2.31",
+        "Linphonec/5.1.65",
+        "MicroSIP/3.21.4",
+        "Z 5.6.6 v2.10.20.5",
+        "Bria 3 release 3.5.5 stamp 71243",
+        "Jitsi2.10.5550Windows 10",
+    ] {
+        assert_eq!(
+            category(softphone),
+            (Category::ThirdParty, Support::ThirdParty),
+            "{softphone}"
+        );
+    }
+    for mobile in [
+        "Bria iOS release 3.9.5 stamp 38501.38502",
+        "LinphoneiOS/4.3.0 (Bob's iPhone) LinphoneSDK/4.4.0",
+        "demo_simulator.64bits_iOS11.2/3.16.5-46-324141 (belle-sip/1.6.3)",
+    ] {
+        assert_eq!(
+            category(mobile),
+            (Category::Mobile, Support::Unsupported),
+            "{mobile}"
+        );
+    }
 }
 
 /// (user agent, client id, reported version).
@@ -190,16 +408,16 @@ const EXAMPLES: &[(&str, &str, Option<&str>)] = &[
     ("sipvicious/0.3.4", "sip-scanner", Some("0.3.4")),
     ("Mozilla/5.0 (sipvicious)", "sip-scanner", None),
     ("Z 3.14.38765 rv2.8.3", "sip-scanner", None),
-    ("Bria iOS release 5.1.1 stamp 88946", "bria-mobile", None),
-    ("Bria Android release 5.4.2 stamp 100135", "bria-mobile", None),
-    ("Bria 5 release 5.6.1 stamp 96218", "bria", None),
-    ("X-Lite release 5.8.3 stamp 102651", "bria", None),
+    ("Bria iOS release 5.1.1 stamp 88946", "bria-mobile", Some("5.1.1")),
+    ("Bria Android release 5.4.2 stamp 100135", "bria-mobile", Some("5.4.2")),
+    ("Bria 5 release 5.6.1 stamp 96218", "bria", Some("5.6.1")),
+    ("X-Lite release 5.8.3 stamp 102651", "bria", Some("5.8.3")),
     ("Zoiper for iPhone rev.10862", "zoiper-mobile", None),
     ("Zoiper rv2.8.20", "zoiper", None),
-    ("Z 5.3.8 rv2.10.11.1", "zoiper", None),
+    ("Z 5.3.8 rv2.10.11.1", "zoiper", Some("5.3.8")),
     ("LinphoneiOS/4.4.0 (iPhone) LinphoneSDK/4.5.0", "linphone-mobile", Some("4.4.0")),
     ("LinphoneAndroid/4.5.2 (Pixel 4) LinphoneSDK/4.5.0", "linphone-mobile", Some("4.5.2")),
-    ("Linphone Desktop/4.2.5 (Debian GNU/Linux 11) LinphoneCore/4.4.10", "linphone", None),
+    ("Linphone Desktop/4.2.5 (Debian GNU/Linux 11) LinphoneCore/4.4.10", "linphone", Some("4.2.5")),
     ("CSipSimple_mako-22/r2457", "csipsimple", None),
     ("Groundwire/5.3.1 (build 890; Acrobits)", "groundwire", None),
     ("Acrobits Softphone/6.4 (build 1234)", "acrobits", None),
@@ -209,15 +427,15 @@ const EXAMPLES: &[(&str, &str, Option<&str>)] = &[
     ("Polycom/5.5.0.20556 PolycomVVX-VVX_500-UA/5.5.0.20556", "polycom-phone", Some("5.5.0.20556")),
     ("PolycomRealPresenceGroup500/4.1.5", "polycom-video", Some("4.1.5")),
     ("Polycom HDX 8000 HD (Release - 2.5.0.8_ne-4035)", "polycom-video", None),
-    ("Yealink VC400 30.10.0.27", "yealink-video", None),
-    ("Yealink SIP-T27G 69.86.0.15", "yealink-phone", None),
+    ("Yealink VC400 30.10.0.27", "yealink-video", Some("30.10.0.27")),
+    ("Yealink SIP-T27G 69.86.0.15", "yealink-phone", Some("69.86.0.15")),
     ("Mediant 2000/v.6.60A.228.011", "audiocodes-gateway", None),
     ("AUDC-IPPhone/2.2.8.61 (420HD-Rev1; 00908F4867AF)", "audiocodes-phone", Some("2.2.8.61")),
     ("Cisco-CUCM10.5", "cisco-gateway", None),
     ("Cisco-CP8845/12.8.1", "cisco-phone", Some("12.8.1")),
-    ("Linksys/SPA2102-5.2.10", "cisco-phone", None),
+    ("Linksys/SPA2102-5.2.10", "cisco-phone", Some("5.2.10")),
     ("TANDBERG/81 (F9.1 PAL)", "tandberg", Some("81")),
-    ("Grandstream GVC3200 1.0.3.8", "grandstream", None),
+    ("Grandstream GVC3200 1.0.3.8", "grandstream", Some("1.0.3.8")),
     ("snom320/8.7.3.25", "snom", Some("8.7.3.25")),
     ("Avaya one-X Deskphone", "avaya", None),
     ("Mitel-6869i-SIP-Phone 5.1.1.2024", "mitel", None),
@@ -226,7 +444,7 @@ const EXAMPLES: &[(&str, &str, Option<&str>)] = &[
     ("Huawei-MC850/V100R001C02B120", "huawei-video", None),
     ("C610A IP/42.076.00.000.000", "gigaset", None),
     ("AVer, EVC130 00.01.12.81", "aver", None),
-    ("Asterisk PBX 11.13.1~dfsg-2+deb8u2", "pbx", None),
+    ("Asterisk PBX 11.13.1~dfsg-2+deb8u2", "pbx", Some("11.13.1")),
     ("FreeSWITCH-mod_sofia/1.10.7-release", "pbx", Some("1.10.7")),
     ("OmniPCX Enterprise R11.2 l2.300.20.e", "pbx", None),
 ];
@@ -245,11 +463,12 @@ fn shipped_examples_and_every_client_is_reachable() {
     }
     // Every catalog entry is reached by an example or a corpus row (an entry
     // shadowed by an earlier rule would fail here).
-    let rows = corpus();
+    let mut uas: Vec<Vec<u8>> = corpus().into_iter().map(|(ua, _)| ua).collect();
+    uas.extend(extra().into_iter().map(|row| row.user_agent));
     let mut reached: Vec<String> = EXAMPLES.iter().map(|(_, id, _)| (*id).to_owned()).collect();
     reached.extend(
-        rows.iter()
-            .map(|(ua, _)| catalog.classify(Some(ua)).client.id.clone()),
+        uas.iter()
+            .map(|ua| catalog.classify(Some(ua)).client.id.clone()),
     );
     let unreached: Vec<&str> = catalog
         .clients()
@@ -341,8 +560,9 @@ fn shipped_catalog_roles_follow_support() {
 #[test]
 fn garbage_and_truncated_values_never_panic() {
     let catalog = shipped();
-    // Every prefix of every corpus row.
-    for (ua, _) in corpus() {
+    // Every prefix of every row of both tables.
+    let extra_uas = extra().into_iter().map(|row| row.user_agent);
+    for ua in corpus().into_iter().map(|(ua, _)| ua).chain(extra_uas) {
         for end in 0..=ua.len() {
             let got = catalog.classify(Some(&ua[..end]));
             assert!(!got.rule.is_empty());

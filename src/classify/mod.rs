@@ -64,7 +64,8 @@ pub struct Classification<'c> {
     /// The client product.
     pub client: &'c ClientProduct,
     /// Version of the client's `version_token` if present in the value,
-    /// else of the token the rule matched, else `None`.
+    /// else of the token the rule matched, else of the `version` group of
+    /// the regex the rule matched, else `None`.
     pub version: Option<Version>,
     /// Id of the rule that matched, or `builtin:missing` / `builtin:unknown`.
     pub rule: &'c str,
