@@ -17,13 +17,13 @@ use tracing::{debug, warn};
 
 use crate::classify::ClientProduct;
 use crate::config::Config;
-use crate::transport::Transport;
 use crate::observe::decision_log::{record_time, DecisionRecord};
 use crate::observe::metrics::{DropReason, Metrics};
 use crate::policy::{decide, Action, SessionFacts, SessionRole};
 use crate::sip::edit::{before_first, first_value, Edits};
 use crate::sip::fields::{parse_hostport, sip_uri_host, trim_lws};
 use crate::sip::{response, HeaderName, Method, Params, SipError, SipView, Via};
+use crate::transport::Transport;
 use flow::{Flow, FlowSigner, Purpose, TokenError};
 use registrations::{contact_key, Registrations};
 
