@@ -11,7 +11,7 @@ use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use sipadmit::classify::Catalog;
 use sipadmit::config::{Config, Overrides, SHIPPED_CATALOG};
-use sipadmit::policy::{decide, SessionFacts};
+use sipadmit::policy::{decide, SessionFacts, Verdict};
 use sipadmit::sip::SipView;
 
 const REGISTER: &[u8] = include_bytes!("../tests/fixtures/lync2013-register-tls.sip");
@@ -42,7 +42,7 @@ fn admit(config: &Config, raw: &Bytes) -> bool {
     };
     let role = config.runtime.sessions.role_of(&facts);
     let decision = decide(&config.runtime.policy, role, class.client.support);
-    decision.reply.is_some()
+    matches!(decision.verdict, Verdict::Reject(_))
 }
 
 fn view_vs_rsip(c: &mut Criterion) {

@@ -21,8 +21,8 @@ use crate::observe::{DecisionLog, LogWriter};
 use crate::proxy::flow::FlowSigner;
 use crate::proxy::{Core, Destination, Inbound, Outbound};
 use crate::transport::tcp::{self, ConnectionContext, UpstreamLink};
-use crate::transport::Transport;
-use crate::transport::{udp, Connections, Senders};
+use crate::transport::{udp, BootId, Connections, Senders};
+use crate::transport::{SendError, Transport};
 
 /// Inbound messages queued between transports and the dispatcher.
 const INBOUND_QUEUE: usize = 4096;
@@ -121,18 +121,33 @@ fn advertised(local: SocketAddr, upstream: SocketAddr) -> SocketAddr {
 }
 
 /// Serve until `shutdown` is cancelled. Takes already-bound sockets so
-/// tests can bind port 0.
+/// tests can bind port 0. Each call is one serving instance with its own
+/// random [`BootId`].
 pub async fn serve(
-    config: Arc<Config>,
+    config: Config,
     bound: Bound,
     decision_log: DecisionLog,
     shutdown: CancellationToken,
 ) -> Result<Arc<Metrics>, AppError> {
     let upstream = config.settings.upstream.ok_or(AppError::NoUpstream)?;
-    let addresses: Vec<(Transport, SocketAddr)> = bound
-        .addresses()
+    let advertise = |local: Option<SocketAddr>| local.map(|a| advertised(a, upstream.addr));
+    let udp_sockets: Vec<(Arc<UdpSocket>, SocketAddr)> = bound
+        .udp
+        .iter()
+        .filter_map(|s| Some((s.clone(), advertise(s.local_addr().ok())?)))
+        .collect();
+    let tcp_listeners: Vec<(TcpListener, SocketAddr)> = bound
+        .tcp
         .into_iter()
-        .map(|(t, a)| (t, advertised(a, upstream.addr)))
+        .filter_map(|l| {
+            let local = advertise(l.local_addr().ok())?;
+            Some((l, local))
+        })
+        .collect();
+    let addresses: Vec<(Transport, SocketAddr)> = udp_sockets
+        .iter()
+        .map(|(_, a)| (Transport::Udp, *a))
+        .chain(tcp_listeners.iter().map(|(_, a)| (Transport::Tcp, *a)))
         .collect();
     if !addresses.iter().any(|(t, _)| *t == upstream.transport) {
         return Err(AppError::NoListenerForUpstream(
@@ -148,44 +163,52 @@ pub async fn serve(
         }
     };
     let metrics = Arc::new(Metrics::default());
-    let core = Core::new(config.clone(), signer, addresses.clone(), metrics.clone());
+    let settings = config.settings.clone();
+    let mode = config.runtime.policy.mode;
+    let boot = BootId::random();
+    let core = Core::new(config, signer, boot, addresses.clone(), metrics.clone());
     let (inbound_tx, mut inbound_rx) = mpsc::channel::<Inbound>(INBOUND_QUEUE);
     let connections = Arc::new(Connections::default());
     let ctx = ConnectionContext {
         connections: connections.clone(),
         inbound: inbound_tx.clone(),
-        limits: config.settings.limits,
+        limits: settings.limits,
         metrics: metrics.clone(),
         shutdown: shutdown.clone(),
-        slots: Arc::new(tokio::sync::Semaphore::new(
-            config.settings.limits.max_connections,
-        )),
+        slots: Arc::new(tokio::sync::Semaphore::new(settings.limits.max_connections)),
         upstream_ip: (upstream.transport == Transport::Tcp).then(|| upstream.addr.ip()),
     };
     let senders = Senders {
         udp: bound.udp.clone(),
         connections: connections.clone(),
         upstream,
-        upstream_tcp: (upstream.transport == Transport::Tcp)
-            .then(|| UpstreamLink::new(upstream.addr, ctx.clone())),
+        // The TCP listener the link's messages count as arriving at (there
+        // is one: checked above).
+        upstream_tcp: match (upstream.transport, core_address(&addresses, Transport::Tcp)) {
+            (Transport::Tcp, Some(local)) => {
+                Some(UpstreamLink::new(upstream.addr, local, ctx.clone()))
+            }
+            _ => None,
+        },
     };
 
     let mut tasks = JoinSet::new();
-    for socket in bound.udp {
+    for (socket, local) in udp_sockets {
         tasks.spawn(udp::serve(
             socket,
+            local,
             upstream.addr,
             inbound_tx.clone(),
             metrics.clone(),
             shutdown.clone(),
         ));
     }
-    for listener in bound.tcp {
-        tasks.spawn(tcp::serve(listener, ctx.clone()));
+    for (listener, local) in tcp_listeners {
+        tasks.spawn(tcp::serve(listener, local, ctx.clone()));
     }
     drop(inbound_tx);
     for (transport, addr) in &addresses {
-        info!(%transport, %addr, upstream = %upstream, mode = config.runtime.policy.mode.as_str(), "listening");
+        info!(%transport, %addr, upstream = %upstream, mode = mode.as_str(), boot = %boot, "listening");
     }
 
     let mut sweep = tokio::time::interval(SWEEP_INTERVAL);
@@ -213,40 +236,63 @@ pub async fn serve(
     Ok(metrics)
 }
 
+/// The first advertised address of a transport.
+fn core_address(addresses: &[(Transport, SocketAddr)], transport: Transport) -> Option<SocketAddr> {
+    addresses
+        .iter()
+        .find(|(t, _)| *t == transport)
+        .map(|(_, a)| *a)
+}
+
 /// Run one message through the core and carry out the outcome.
 async fn dispatch(core: &Core, senders: &Senders, log: &DecisionLog, inbound: Inbound) {
-    let mut outcome = core.handle(&inbound, Instant::now(), &|flow| {
-        senders.connections.alive(flow.connection)
+    let outcome = core.handle(&inbound, Instant::now(), &|id, peer| {
+        senders.connections.is_open_to(id, peer)
     });
+    let Err((to, e)) = carry_out(core, senders, log, &inbound, outcome).await else {
+        return;
+    };
+    warn!(error = %e, destination = ?to, "send failed");
+    core.metrics().count_drop(DropReason::SendFailed);
+    if to == Destination::Upstream {
+        let answer = core.upstream_unavailable(&inbound, Instant::now());
+        if let Err((_, e)) = carry_out(core, senders, log, &inbound, answer).await {
+            warn!(error = %e, source = %inbound.source, "503 not sent");
+        }
+    }
+}
+
+/// Submit an outcome's record and send what it says.
+async fn carry_out(
+    core: &Core,
+    senders: &Senders,
+    log: &DecisionLog,
+    inbound: &Inbound,
+    mut outcome: crate::proxy::Outcome,
+) -> Result<(), (Destination, SendError)> {
     if let Some(record) = outcome.record.take() {
         log.submit(record);
     }
     let Some(Outbound { to, bytes }) = outcome.send else {
-        return;
+        return Ok(());
     };
     let result = match &to {
-        Destination::Source => match inbound.transport {
-            Transport::Udp => senders.send_udp(inbound.source, &bytes).await,
-            Transport::Tcp => senders.connections.send(inbound.connection, bytes),
+        Destination::Source => match inbound.connection {
+            Some(id) => senders.connections.send(id, inbound.source, bytes),
+            None => senders.send_udp(inbound.source, &bytes).await,
         },
-        Destination::Flow(flow) => match flow.transport {
-            Transport::Udp => senders.send_udp(flow.peer, &bytes).await,
-            Transport::Tcp => senders.connections.send(flow.connection, bytes),
+        Destination::Flow(flow) if flow.transport.is_stream() => match flow.connection {
+            Some(id) if id.boot == core.boot() => {
+                senders.connections.send(id.connection, flow.peer, bytes)
+            }
+            // The core names only stream flows of this instance; never
+            // write another instance's flow onto a connection of ours.
+            _ => Err(SendError::ForeignFlow(flow.peer)),
         },
+        Destination::Flow(flow) => senders.send_udp(flow.peer, &bytes).await,
         Destination::Upstream => senders.send_upstream(bytes).await,
     };
-    if let Err(e) = result {
-        warn!(error = %e, destination = ?to, "send failed");
-        core.metrics().count_drop(DropReason::SendFailed);
-        if to == Destination::Upstream {
-            if let Some(reply) = core.upstream_unavailable(&inbound.bytes) {
-                let _ = match inbound.transport {
-                    Transport::Udp => senders.send_udp(inbound.source, &reply).await,
-                    Transport::Tcp => senders.connections.send(inbound.connection, reply),
-                };
-            }
-        }
-    }
+    result.map_err(|e| (to, e))
 }
 
 /// Open the decision log, bind, then serve until SIGINT or SIGTERM; then
@@ -261,7 +307,7 @@ pub async fn run(config: Config) -> Result<(), AppError> {
         decision_log.clone(),
         shutdown.clone(),
     ));
-    let served = serve(Arc::new(config), bound, decision_log, shutdown).await;
+    let served = serve(config, bound, decision_log, shutdown).await;
     close_decision_log(log_writer).await;
     served.map(drop)
 }

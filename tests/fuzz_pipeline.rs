@@ -4,19 +4,14 @@
 //! seeded generator, so a failure reproduces. Nothing may panic, and
 //! whatever the core relays must parse and check cleanly again.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
-use sipadmit::config::{Config, Overrides};
-use sipadmit::observe::Metrics;
-use sipadmit::proxy::flow::FlowSigner;
-use sipadmit::proxy::{Core, Inbound};
+use sipadmit::proxy::{Core, Inbound, DETACHED_ADDRESS, FUZZ_CONFIG};
 use sipadmit::sip::framing::StreamFramer;
 use sipadmit::sip::{HeaderName, SipView};
-use sipadmit::transport::Transport;
+use sipadmit::transport::{ConnectionId, Transport};
 
 /// Iterations per run; raise with SIPADMIT_FUZZ_ITERATIONS for a long soak.
 fn iterations() -> usize {
@@ -165,22 +160,7 @@ fn framer_and_view_never_panic() {
 
 #[test]
 fn proxy_core_never_panics_and_relays_only_valid_messages() {
-    let config = Config::from_toml_str(
-        "[response_group]\nworkflows = [\"sip:*@example.com\"]\nagents = [\"sip:*@example.com\"]\n",
-        std::path::Path::new("fuzz.toml"),
-        &Overrides {
-            upstream: Some("udp:127.0.0.1:5070".into()),
-            ..Overrides::default()
-        },
-    )
-    .unwrap();
-    let me: SocketAddr = "127.0.0.1:5060".parse().unwrap();
-    let core = Core::new(
-        Arc::new(config),
-        FlowSigner::new(b"fuzzing-secret-0123"),
-        vec![(Transport::Udp, me), (Transport::Tcp, me)],
-        Arc::new(Metrics::default()),
-    );
+    let core = Core::detached(FUZZ_CONFIG).unwrap();
     let seeds = seeds();
     let mut rng = Rng(0x5eed_0002);
     let now = Instant::now();
@@ -200,10 +180,11 @@ fn proxy_core_never_panics_and_relays_only_valid_messages() {
             }
             .parse()
             .unwrap(),
-            connection: (i % 3 == 0) as u64,
+            local: DETACHED_ADDRESS,
+            connection: ConnectionId::new((i % 3 == 0) as u64),
             from_upstream: i % 2 == 0,
         };
-        let outcome = core.handle(&inbound, now, &|_| true);
+        let outcome = core.handle(&inbound, now, &|_, _| true);
         if let Some(out) = outcome.send {
             let view = SipView::parse(out.bytes.clone()).unwrap_or_else(|e| {
                 panic!(

@@ -2,38 +2,18 @@
 //! checks cleanly again.
 #![no_main]
 
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 use std::time::Instant;
 
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
-use sipadmit::config::{Config, Overrides};
-use sipadmit::transport::Transport;
-use sipadmit::observe::Metrics;
-use sipadmit::proxy::flow::FlowSigner;
-use sipadmit::proxy::{Core, Inbound};
+use sipadmit::proxy::{Core, Inbound, DETACHED_ADDRESS, FUZZ_CONFIG};
 use sipadmit::sip::SipView;
+use sipadmit::transport::{ConnectionId, Transport};
 
 fn core() -> &'static Core {
     static CORE: OnceLock<Core> = OnceLock::new();
-    CORE.get_or_init(|| {
-        let config = Config::from_toml_str(
-            "[response_group]\nworkflows = [\"sip:*@example.com\"]\nagents = [\"sip:*@example.com\"]\n",
-            std::path::Path::new("fuzz.toml"),
-            &Overrides {
-                upstream: Some("udp:127.0.0.1:5070".into()),
-                ..Overrides::default()
-            },
-        )
-        .expect("fuzz config");
-        let me = "127.0.0.1:5060".parse().expect("literal");
-        Core::new(
-            Arc::new(config),
-            FlowSigner::new(b"fuzzing-secret-0123"),
-            vec![(Transport::Udp, me), (Transport::Tcp, me)],
-            Arc::new(Metrics::default()),
-        )
-    })
+    CORE.get_or_init(|| Core::detached(FUZZ_CONFIG).expect("the fuzz config is valid"))
 }
 
 fuzz_target!(|data: &[u8]| {
@@ -54,10 +34,11 @@ fuzz_target!(|data: &[u8]| {
         }
         .parse()
         .expect("literal"),
-        connection: u64::from(selector & 1),
+        local: DETACHED_ADDRESS,
+        connection: ConnectionId::new(u64::from(selector & 1)),
         from_upstream: selector & 2 == 0,
     };
-    let outcome = core().handle(&inbound, Instant::now(), &|_| true);
+    let outcome = core().handle(&inbound, Instant::now(), &|_, _| true);
     if let Some(out) = outcome.send {
         let view = SipView::parse(out.bytes.clone()).expect("relayed bytes parse");
         if view.is_request() {

@@ -138,17 +138,47 @@ pub struct Policy {
     pub agent_registration: RolePolicy,
 }
 
-/// The outcome of [`decide`].
+/// What the policy says to do with one message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict<'p> {
+    /// Relay unchanged (apart from the proxy's own edits).
+    Allow,
+    /// Relay with the flag header, and log a warning.
+    Flag {
+        /// Monitor mode turned a reject into this flag.
+        would_reject: bool,
+    },
+    /// Answer locally with this response.
+    Reject(&'p Reply),
+    /// Discard silently (logged and counted).
+    Drop,
+}
+
+impl Verdict<'_> {
+    /// The action named in decision records.
+    pub fn action(self) -> Action {
+        match self {
+            Self::Allow => Action::Allow,
+            Self::Flag { .. } => Action::Flag,
+            Self::Reject(_) => Action::Reject,
+            Self::Drop => Action::Drop,
+        }
+    }
+
+    /// Whether monitor mode turned a reject into a flag.
+    pub fn would_reject(self) -> bool {
+        matches!(self, Self::Flag { would_reject: true })
+    }
+}
+
+/// The outcome of [`decide`]: the verdict and the rule that gave it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Decision<'p> {
-    /// What to do (after monitor mode is applied).
-    pub action: Action,
-    /// Monitor mode turned a reject into this flag.
-    pub would_reject: bool,
+    /// What to do (after monitor mode is applied); a reject carries its
+    /// response.
+    pub verdict: Verdict<'p>,
     /// Id of the policy rule that decided, e.g. `caller.unsupported`.
     pub rule: &'static str,
-    /// The response to send when `action` is [`Action::Reject`].
-    pub reply: Option<&'p Reply>,
 }
 
 /// Decide what to do with a message of `role` from a client of `support`.
@@ -172,30 +202,19 @@ pub fn decide(policy: &Policy, role: SessionRole, support: Support) -> Decision<
             (action, RULES[role_index(role)][class], Some(rp))
         }
     };
-    let reply = role_policy
-        .map(|rp| &rp.reply)
-        .filter(|_| action == Action::Reject);
-    match (action, policy.mode) {
-        (Action::Reject, Mode::Monitor) => Decision {
-            action: Action::Flag,
-            would_reject: true,
-            rule,
-            reply,
-        },
-        (Action::Reject, Mode::Enforce) if reply.is_none() => Decision {
-            // A scanner rule set to reject has no role reply: answer 403.
-            action,
+    let verdict = match (action, policy.mode) {
+        (Action::Allow, _) => Verdict::Allow,
+        (Action::Flag, _) => Verdict::Flag {
             would_reject: false,
-            rule,
-            reply: Some(&SCANNER_REPLY),
         },
-        _ => Decision {
-            action,
-            would_reject: false,
-            rule,
-            reply,
-        },
-    }
+        (Action::Drop, _) => Verdict::Drop,
+        (Action::Reject, Mode::Monitor) => Verdict::Flag { would_reject: true },
+        // A scanner rule set to reject has no role reply: answer 403.
+        (Action::Reject, Mode::Enforce) => {
+            Verdict::Reject(role_policy.map_or(&SCANNER_REPLY, |rp| &rp.reply))
+        }
+    };
+    Decision { verdict, rule }
 }
 
 static SCANNER_REPLY: Reply = Reply {
@@ -460,18 +479,23 @@ mod tests {
             (R::None, S::Scanner, Drop, None, Drop, false, "scanner"),
         ];
         let (enforce, monitor) = (policy(Mode::Enforce), policy(Mode::Monitor));
+        let status = |d: Decision<'_>| match d.verdict {
+            Verdict::Reject(reply) => Some(reply.status),
+            _ => None,
+        };
         for &(role, support, e_action, e_status, m_action, would, rule) in rows {
             let d = decide(&enforce, role, support);
-            assert_eq!(d.action, e_action, "{role:?} {support:?} enforce");
-            assert_eq!(d.reply.map(|r| r.status), e_status, "{role:?} {support:?}");
+            assert_eq!(d.verdict.action(), e_action, "{role:?} {support:?} enforce");
+            assert_eq!(status(d), e_status, "{role:?} {support:?}");
             assert_eq!(d.rule, rule);
-            assert!(!d.would_reject);
+            assert!(!d.verdict.would_reject());
             let m = decide(&monitor, role, support);
             assert_eq!(
-                (m.action, m.would_reject, m.rule),
+                (m.verdict.action(), m.verdict.would_reject(), m.rule),
                 (m_action, would, rule),
                 "{role:?} {support:?} monitor"
             );
+            assert_eq!(status(m), None, "monitor mode answers nothing");
         }
     }
 
@@ -480,8 +504,9 @@ mod tests {
         let mut p = policy(Mode::Enforce);
         p.agent_registration.unsupported = Action::Reject;
         let d = decide(&p, SessionRole::AgentRegistration, Support::Unsupported);
-        assert_eq!(d.action, Action::Reject);
-        let r = d.reply.unwrap();
+        let Verdict::Reject(r) = d.verdict else {
+            panic!("a reject: {d:?}");
+        };
         assert_eq!(r.status, 403);
         assert_eq!(
             r.warning_for("Lync mobile").unwrap(),
@@ -494,7 +519,8 @@ mod tests {
         let mut p = policy(Mode::Enforce);
         p.scanner = Action::Reject;
         let d = decide(&p, SessionRole::None, Support::Scanner);
-        assert_eq!(d.reply.map(|r| r.status), Some(403));
+        assert_eq!(d.verdict, Verdict::Reject(&SCANNER_REPLY));
+        assert_eq!(SCANNER_REPLY.status, 403);
     }
 
     fn facts<'a>(method: Method, ruri: &'a [u8], ua: Option<&'a [u8]>) -> SessionFacts<'a> {

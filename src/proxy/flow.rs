@@ -6,13 +6,19 @@
 //! and responses find their way back without a lookup table. It is signed
 //! with HMAC-SHA256 (truncated to 80 bits); any instance that shares the
 //! secret decodes it and decides the same way.
+//!
+//! A stream flow is named by its [`FlowId`]: the boot id of the instance
+//! holding the connection and the connection's id there, so that a token
+//! outliving its process (a restart) or read by another instance of a pool
+//! never names someone else's connection. A UDP flow is its address alone:
+//! any instance can send to it.
 
 use std::net::{IpAddr, SocketAddr};
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-use crate::transport::Transport;
+use crate::transport::{BootId, ConnectionId, FlowId, Transport};
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -64,8 +70,10 @@ pub struct Flow {
     pub transport: Transport,
     /// The client's address as seen by the proxy.
     pub peer: SocketAddr,
-    /// For TCP: the id of the connection (0 for UDP).
-    pub connection: u64,
+    /// For stream transports: the connection, scoped by the boot id of the
+    /// instance holding it. `None` for UDP (and only for UDP: a decoded
+    /// stream flow always has one).
+    pub connection: Option<FlowId>,
     /// Catalog id of the client that used this flow.
     pub client: String,
 }
@@ -154,7 +162,15 @@ impl FlowSigner {
             }
         }
         payload.extend_from_slice(&flow.peer.port().to_be_bytes());
-        payload.extend_from_slice(&flow.connection.to_be_bytes());
+        if flow.transport.is_stream() {
+            // A stream flow without an id encodes connection 0, which no
+            // decoder accepts.
+            let (boot, connection) = flow
+                .connection
+                .map_or((0, 0), |id| (id.boot.get(), id.connection.get()));
+            payload.extend_from_slice(&boot.to_be_bytes());
+            payload.extend_from_slice(&connection.to_be_bytes());
+        }
         let client = &flow.client.as_bytes()[..flow.client.len().min(MAX_CLIENT_ID_BYTES)];
         payload.extend_from_slice(client);
         let mac = self.mac(&payload);
@@ -165,48 +181,65 @@ impl FlowSigner {
     /// Decode and verify a token.
     pub fn decode(&self, token: &[u8]) -> Result<(Purpose, Flow), TokenError> {
         let bytes = hex_decode(token).ok_or(TokenError::Malformed)?;
-        if bytes.len() < 1 + 1 + 1 + 4 + 2 + 8 + MAC_BYTES {
+        if bytes.len() < MIN_TOKEN_BYTES {
             return Err(TokenError::Malformed);
         }
         let (payload, mac) = bytes.split_at(bytes.len() - MAC_BYTES);
         if !self.verify(payload, mac) {
             return Err(TokenError::BadSignature);
         }
-        let purpose = Purpose::from_byte(payload[0]).ok_or(TokenError::Malformed)?;
-        let payload = &payload[1..];
-        let transport = match payload[0] {
+        let mut reader = Reader(payload);
+        let purpose = Purpose::from_byte(reader.byte()?).ok_or(TokenError::Malformed)?;
+        let transport = match reader.byte()? {
             b'u' => Transport::Udp,
             b't' => Transport::Tcp,
             _ => return Err(TokenError::Malformed),
         };
-        let (ip, rest): (IpAddr, &[u8]) = match payload[1] {
-            4 => {
-                let o: [u8; 4] = payload[2..6]
-                    .try_into()
-                    .map_err(|_| TokenError::Malformed)?;
-                (o.into(), &payload[6..])
-            }
-            6 if payload.len() >= 2 + 16 + 10 => {
-                let o: [u8; 16] = payload[2..18]
-                    .try_into()
-                    .map_err(|_| TokenError::Malformed)?;
-                (o.into(), &payload[18..])
-            }
+        let ip: IpAddr = match reader.byte()? {
+            4 => IpAddr::from(reader.array::<4>()?),
+            6 => IpAddr::from(reader.array::<16>()?),
             _ => return Err(TokenError::Malformed),
         };
-        if rest.len() < 10 {
-            return Err(TokenError::Malformed);
-        }
-        let port = u16::from_be_bytes([rest[0], rest[1]]);
-        let connection = u64::from_be_bytes(rest[2..10].try_into().expect("8 bytes"));
-        let client = String::from_utf8(rest[10..].to_vec()).map_err(|_| TokenError::Malformed)?;
+        let port = u16::from_be_bytes(reader.array()?);
+        let connection = if transport.is_stream() {
+            let boot = BootId::from_u64(u64::from_be_bytes(reader.array()?));
+            let connection = ConnectionId::new(u64::from_be_bytes(reader.array()?))
+                .ok_or(TokenError::Malformed)?;
+            Some(FlowId { boot, connection })
+        } else {
+            None
+        };
+        let client = std::str::from_utf8(reader.0).map_err(|_| TokenError::Malformed)?;
         let flow = Flow {
             transport,
             peer: SocketAddr::new(ip, port),
             connection,
-            client,
+            client: client.to_owned(),
         };
         Ok((purpose, flow))
+    }
+}
+
+/// Smallest token: purpose, transport, IPv4 family and address, port, MAC.
+const MIN_TOKEN_BYTES: usize = 1 + 1 + 1 + 4 + 2 + MAC_BYTES;
+
+/// Reads a token payload front to back.
+struct Reader<'a>(&'a [u8]);
+
+impl Reader<'_> {
+    fn byte(&mut self) -> Result<u8, TokenError> {
+        let (&first, rest) = self.0.split_first().ok_or(TokenError::Malformed)?;
+        self.0 = rest;
+        Ok(first)
+    }
+
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], TokenError> {
+        let (head, rest) = self
+            .0
+            .split_first_chunk::<N>()
+            .ok_or(TokenError::Malformed)?;
+        self.0 = rest;
+        Ok(*head)
     }
 }
 
@@ -238,19 +271,44 @@ mod tests {
         Flow {
             transport: Transport::Tcp,
             peer: peer.parse().unwrap(),
-            connection: 42,
+            connection: Some(FlowId {
+                boot: BootId::from_u64(0x0123_4567_89ab_cdef),
+                connection: ConnectionId::new(42).unwrap(),
+            }),
             client: "lync-mobile".into(),
         }
     }
 
     #[test]
-    fn round_trip_v4_and_v6() {
+    fn round_trip_v4_and_v6_stream_and_datagram() {
         let s = FlowSigner::new(b"0123456789abcdef");
         for peer in ["192.0.2.1:5060", "[2001:db8::1]:5061"] {
             let f = flow(peer);
             let token = s.encode(Purpose::Path, &f);
-            assert_eq!(s.decode(token.as_bytes()), Ok((Purpose::Path, f)));
+            assert_eq!(s.decode(token.as_bytes()), Ok((Purpose::Path, f.clone())));
+            let udp = Flow {
+                transport: Transport::Udp,
+                connection: None,
+                ..f
+            };
+            let token = s.encode(Purpose::Via, &udp);
+            assert_eq!(s.decode(token.as_bytes()), Ok((Purpose::Via, udp)));
         }
+    }
+
+    #[test]
+    fn the_boot_id_is_part_of_the_signed_token() {
+        let s = FlowSigner::new(b"0123456789abcdef");
+        let mut f = flow("192.0.2.1:5060");
+        let a = s.encode(Purpose::Path, &f);
+        f.connection = Some(FlowId {
+            boot: BootId::from_u64(7),
+            connection: ConnectionId::new(42).unwrap(),
+        });
+        let b = s.encode(Purpose::Path, &f);
+        assert_ne!(a, b, "same connection id, another instance: another token");
+        let (_, decoded) = s.decode(b.as_bytes()).unwrap();
+        assert_eq!(decoded.connection.unwrap().boot, BootId::from_u64(7));
     }
 
     #[test]

@@ -171,7 +171,7 @@ mod tests {
         Flow {
             transport: Transport::Udp,
             peer: "127.0.0.1:5062".parse().unwrap(),
-            connection: 0,
+            connection: None,
             client: client.into(),
         }
     }

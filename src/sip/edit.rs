@@ -2,11 +2,12 @@
 //! over the original bytes. Everything not named by an edit is copied
 //! unchanged, so signatures over other headers and the body survive.
 
+use std::net::SocketAddr;
 use std::ops::Range;
 
 use bytes::{Bytes, BytesMut};
 
-use super::fields::split_list;
+use super::fields::{host_is_ip, split_list, Via};
 use super::header::HeaderName;
 use super::view::SipView;
 
@@ -43,19 +44,123 @@ impl Edits {
 
     /// Apply to `raw`. Inserts at the same offset keep their order.
     pub fn apply(mut self, raw: &[u8]) -> Bytes {
-        self.ops.sort_by_key(|(r, _)| (r.start, r.end));
         let extra: usize = self.ops.iter().map(|(_, b)| b.len()).sum();
         let mut out = BytesMut::with_capacity(raw.len() + extra);
-        let mut pos = 0;
+        self.apply_within(raw, 0..raw.len(), &mut out);
+        out.freeze()
+    }
+
+    /// Append `raw[within]` to `out` with the edits that lie inside
+    /// `within` applied (offsets are into `raw`); edits outside it are
+    /// ignored. Inserts at the same offset keep their order.
+    pub fn apply_within(&mut self, raw: &[u8], within: Range<usize>, out: &mut BytesMut) {
+        // A stable sort: inserts at one offset stay in the order given.
+        self.ops.sort_by_key(|(r, _)| (r.start, r.end));
+        let mut pos = within.start;
         for (range, bytes) in &self.ops {
+            if range.start < within.start || range.end > within.end {
+                continue;
+            }
             let start = range.start.max(pos);
             out.extend_from_slice(&raw[pos..start]);
             out.extend_from_slice(bytes);
             pos = range.end.max(start);
         }
-        out.extend_from_slice(&raw[pos..]);
-        out.freeze()
+        out.extend_from_slice(&raw[pos..within.end]);
     }
+}
+
+/// RFC 3261 18.2.1 `received` and RFC 3581 `rport` on the top Via (`via`,
+/// parsed from `view`) of a request that came from `source`: a valueless
+/// `rport` gets the source port, and `received` is added when the sent-by
+/// host is not the source IP, or whenever `rport` is present (RFC 3581 4),
+/// unless it is there already. The relay path and the proxy's own
+/// responses (RFC 3581 section 4) both use this.
+pub fn mark_received(view: &SipView, via: &Via<'_>, source: SocketAddr, edits: &mut Edits) {
+    let Some((range, _)) = first_value(view, HeaderName::Via) else {
+        return;
+    };
+    let value = &view.raw()[range.clone()];
+    // The rport value goes in first: when `rport` ends the value, both
+    // edits insert at the same offset and keep this order.
+    if via.rport() == Some(None) {
+        // Find the valueless `rport` flag and give it the source port.
+        let mut from = 0;
+        while let Some(p) = find_ignore_case(&value[from..], b";rport").map(|p| p + from) {
+            let end = p + b";rport".len();
+            let next = value.get(end).copied();
+            if matches!(
+                next,
+                None | Some(b';' | b' ' | b'\t' | b'\r' | b'\n' | b',')
+            ) {
+                edits.insert(range.start + end, format!("={}", source.port()));
+                break;
+            }
+            from = end;
+        }
+    }
+    let rport = via.rport().is_some();
+    if (rport || !host_is_ip(via.host, source.ip())) && via.received().is_none() {
+        edits.insert(range.end, format!(";received={}", source.ip()));
+    }
+}
+
+/// Offset of the first ASCII case-insensitive occurrence of `needle`.
+fn find_ignore_case(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack
+        .windows(needle.len())
+        .position(|w| w.eq_ignore_ascii_case(needle))
+}
+
+/// Remove the first `n` comma-separated values of the `name` headers (in
+/// order, across lines): a line all of whose values go is removed whole.
+/// Returns how many values were removed (fewer when there are fewer).
+pub fn remove_leading_values(
+    view: &SipView,
+    name: HeaderName,
+    n: usize,
+    edits: &mut Edits,
+) -> usize {
+    let base = view.raw().as_ptr() as usize;
+    let mut left = n;
+    for h in view.header_fields().iter().filter(|h| h.name == name) {
+        if left == 0 {
+            break;
+        }
+        let mut values = split_list(view.slice(h.value_span));
+        let mut taken = 0;
+        let rest = loop {
+            match values.next() {
+                Some(_) if taken < left => taken += 1,
+                other => break other,
+            }
+        };
+        match rest {
+            // Values remain on this line: remove up to the first of them.
+            Some(next) if taken > 0 => {
+                let end = next.as_ptr() as usize - base;
+                edits.remove(h.value_span.start as usize..end);
+            }
+            Some(_) => {}
+            None if taken > 0 => {
+                edits.remove(h.line_span.range());
+            }
+            None => {}
+        }
+        left -= taken;
+    }
+    n - left
+}
+
+/// Remove every header line named `name` (as [`SipView::fields_named`]
+/// matches it). Returns how many lines were removed.
+pub fn remove_named(view: &SipView, name: &str, edits: &mut Edits) -> usize {
+    let mut removed = 0;
+    for h in view.fields_named(name) {
+        edits.remove(h.line_span.range());
+        removed += 1;
+    }
+    removed
 }
 
 /// Offset where a new header line placed before all Via headers goes.
@@ -122,6 +227,70 @@ mod tests {
             &e.apply(raw)[..],
             b"A sip:x SIP/2.0\r\nVia: SIP/2.0/UDP b\r\nMax-Forwards: 7\r\n\r\n"
         );
+    }
+
+    #[test]
+    fn leading_values_go_across_lines_and_within_one() {
+        let raw = b"A sip:x SIP/2.0\r\nRoute: <sip:a;lr>\r\nRoute: <sip:b;lr>, <sip:c;lr>\r\nVia: SIP/2.0/UDP a\r\n\r\n";
+        let v = view(raw);
+        let mut e = Edits::new();
+        assert_eq!(remove_leading_values(&v, HeaderName::Route, 2, &mut e), 2);
+        assert_eq!(
+            &e.apply(raw)[..],
+            b"A sip:x SIP/2.0\r\nRoute: <sip:c;lr>\r\nVia: SIP/2.0/UDP a\r\n\r\n"
+        );
+        let raw = b"A sip:x SIP/2.0\r\nRoute: <sip:a;lr> ,<sip:b;lr>,<sip:c;lr>\r\n\r\n";
+        let v = view(raw);
+        let mut e = Edits::new();
+        assert_eq!(remove_leading_values(&v, HeaderName::Route, 2, &mut e), 2);
+        assert_eq!(
+            &e.apply(raw)[..],
+            b"A sip:x SIP/2.0\r\nRoute: <sip:c;lr>\r\n\r\n"
+        );
+        let mut e = Edits::new();
+        assert_eq!(remove_leading_values(&v, HeaderName::Route, 5, &mut e), 3);
+        assert_eq!(&e.apply(raw)[..], b"A sip:x SIP/2.0\r\n\r\n");
+    }
+
+    #[test]
+    fn named_headers_go_whatever_their_case() {
+        let raw =
+            b"A sip:x SIP/2.0\r\nX-Flag: a\r\nVia: SIP/2.0/UDP a\r\nx-flag: b\r\nX-FLAG:c\r\n\r\n";
+        let v = view(raw);
+        let mut e = Edits::new();
+        assert_eq!(remove_named(&v, "X-Flag", &mut e), 3);
+        assert_eq!(
+            &e.apply(raw)[..],
+            b"A sip:x SIP/2.0\r\nVia: SIP/2.0/UDP a\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn received_and_rport_on_the_top_via_only() {
+        let raw = b"A sip:x SIP/2.0\r\nVia: SIP/2.0/UDP host.example;RPORT;branch=z9hG4bK1, SIP/2.0/UDP b;rport\r\n\r\n";
+        let v = view(raw);
+        let mut e = Edits::new();
+        mark_received(
+            &v,
+            &v.top_via().unwrap(),
+            "192.0.2.7:5062".parse().unwrap(),
+            &mut e,
+        );
+        assert_eq!(
+            &e.apply(raw)[..],
+            &b"A sip:x SIP/2.0\r\nVia: SIP/2.0/UDP host.example;RPORT=5062;branch=z9hG4bK1;received=192.0.2.7, SIP/2.0/UDP b;rport\r\n\r\n"[..]
+        );
+        // Same host, no rport: nothing to say.
+        let raw = b"A sip:x SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.7:5062\r\n\r\n";
+        let v = view(raw);
+        let mut e = Edits::new();
+        mark_received(
+            &v,
+            &v.top_via().unwrap(),
+            "192.0.2.7:5062".parse().unwrap(),
+            &mut e,
+        );
+        assert_eq!(&e.apply(raw)[..], &raw[..]);
     }
 
     #[test]

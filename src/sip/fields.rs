@@ -2,7 +2,7 @@
 //! Contact, Route), SIP URI host parts and `;param` lists. All borrow from
 //! the message bytes; nothing is copied.
 
-use std::net::Ipv6Addr;
+use std::net::{IpAddr, Ipv6Addr};
 
 use super::error::SipError;
 use super::header::HeaderName;
@@ -389,6 +389,19 @@ pub fn sip_uri_host(uri: &[u8]) -> Option<(&[u8], Option<u16>)> {
     }
     let (host, port, tail) = parse_hostport(rest)?;
     (tail.is_empty() || tail[0] == b';' || tail[0] == b'?').then_some((host, port))
+}
+
+/// Whether a host as written (a sent-by, a URI host; IPv6 in brackets or
+/// not) is the IP address `ip`. Hostnames never are.
+pub fn host_is_ip(host: &[u8], ip: IpAddr) -> bool {
+    let host = host
+        .strip_prefix(b"[")
+        .and_then(|h| h.strip_suffix(b"]"))
+        .unwrap_or(host);
+    std::str::from_utf8(host)
+        .ok()
+        .and_then(|h| h.parse::<IpAddr>().ok())
+        .is_some_and(|h| h == ip)
 }
 
 /// The parsed CSeq value.

@@ -1,8 +1,12 @@
 //! Stateless responses built from a request (RFC 3261 8.2.6): Via, From,
-//! To, Call-ID and CSeq copied byte for byte, a To-tag added when missing.
+//! To, Call-ID and CSeq copied byte for byte, a To-tag added when missing,
+//! and `received` / `rport` on the top Via (RFC 3581 section 4).
+
+use std::net::SocketAddr;
 
 use bytes::{Bytes, BytesMut};
 
+use super::edit::{mark_received, Edits};
 use super::header::HeaderName;
 use super::view::SipView;
 
@@ -34,25 +38,40 @@ pub fn default_reason(status: u16) -> &'static str {
     }
 }
 
-/// Build a response to `request`. `to_tag` is added to To when it has no
-/// tag (it must be stable for the request so retransmissions match).
-/// `extra` lines (name, value) follow the copied headers.
+/// Build a response to `request`, which came from `source`. `to_tag` is
+/// added to To when it has no tag (it must be stable for the request so
+/// retransmissions match). The top Via gets `received` and its `rport`
+/// value as on a relayed request ([`mark_received`]). `extra` lines (name,
+/// value) follow the copied headers.
 pub fn build(
     request: &SipView,
     status: u16,
     reason: &str,
     to_tag: &str,
     extra: &[(&str, &str)],
+    source: SocketAddr,
 ) -> Bytes {
     let reason = if reason.is_empty() {
         default_reason(status)
     } else {
         reason
     };
+    let mut top_via = Edits::new();
+    if let Ok(via) = request.top_via() {
+        mark_received(request, &via, source, &mut top_via);
+    }
+    let mut top_via_line = request
+        .header_fields()
+        .iter()
+        .position(|h| h.name == HeaderName::Via);
     let mut out = BytesMut::with_capacity(512);
     out.extend_from_slice(format!("SIP/2.0 {status} {reason}\r\n").as_bytes());
-    for h in request.header_fields() {
+    for (i, h) in request.header_fields().iter().enumerate() {
         match h.name {
+            HeaderName::Via if top_via_line == Some(i) => {
+                top_via.apply_within(request.raw(), h.line_span.range(), &mut out);
+                top_via_line = None;
+            }
             HeaderName::Via | HeaderName::From | HeaderName::CallId | HeaderName::CSeq => {
                 out.extend_from_slice(request.slice(h.line_span));
             }
@@ -92,12 +111,32 @@ mod tests {
     fn copies_headers_and_adds_to_tag() {
         let req = b"INVITE sip:helpdesk@contoso.com SIP/2.0\r\nv: SIP/2.0/UDP a;branch=z9hG4bK1\r\nVia: SIP/2.0/UDP b\r\nf: <sip:m@contoso.com>;tag=9\r\nt: <sip:helpdesk@contoso.com>\r\ni: c1\r\nCSeq: 5 INVITE\r\nUser-Agent: x\r\nl: 0\r\n\r\n";
         let v = SipView::parse(Bytes::copy_from_slice(req)).unwrap();
-        let r = build(&v, 403, "", "sa1", &[("Warning", "399 sipadmit \"no\"")]);
+        let source = "192.0.2.1:5062".parse().unwrap();
+        let r = build(
+            &v,
+            403,
+            "",
+            "sa1",
+            &[("Warning", "399 sipadmit \"no\"")],
+            source,
+        );
         let text = std::str::from_utf8(&r).unwrap();
-        assert!(text.starts_with("SIP/2.0 403 Forbidden\r\nv: SIP/2.0/UDP a;branch=z9hG4bK1\r\nVia: SIP/2.0/UDP b\r\nf: <sip:m@contoso.com>;tag=9\r\nt: <sip:helpdesk@contoso.com>;tag=sa1\r\ni: c1\r\nCSeq: 5 INVITE\r\nWarning: 399 sipadmit \"no\"\r\n"), "{text}");
+        assert!(text.starts_with("SIP/2.0 403 Forbidden\r\nv: SIP/2.0/UDP a;branch=z9hG4bK1;received=192.0.2.1\r\nVia: SIP/2.0/UDP b\r\nf: <sip:m@contoso.com>;tag=9\r\nt: <sip:helpdesk@contoso.com>;tag=sa1\r\ni: c1\r\nCSeq: 5 INVITE\r\nWarning: 399 sipadmit \"no\"\r\n"), "{text}");
         assert!(text.ends_with("Content-Length: 0\r\n\r\n"));
         let parsed = SipView::parse(r).unwrap();
         parsed.check().unwrap();
         assert_eq!(parsed.status(), Some(403));
+    }
+
+    #[test]
+    fn the_top_via_gets_rport_and_received_rfc3581_section_4() {
+        let req = b"OPTIONS sip:x@contoso.com SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.9:5062;rport;branch=z9hG4bK1, SIP/2.0/UDP b;rport\r\nFrom: <sip:m@contoso.com>;tag=9\r\nTo: <sip:x@contoso.com>\r\nCall-ID: c1\r\nCSeq: 5 OPTIONS\r\nContent-Length: 0\r\n\r\n";
+        let v = SipView::parse(Bytes::copy_from_slice(req)).unwrap();
+        let r = build(&v, 483, "", "sa1", &[], "192.0.2.1:40000".parse().unwrap());
+        let text = std::str::from_utf8(&r).unwrap();
+        assert!(
+            text.contains("\r\nVia: SIP/2.0/UDP 10.0.0.9:5062;rport=40000;branch=z9hG4bK1;received=192.0.2.1, SIP/2.0/UDP b;rport\r\n"),
+            "{text}"
+        );
     }
 }

@@ -412,18 +412,24 @@ impl SipView {
     /// The first value of any header by its name as written (full form,
     /// case-insensitive); works for extension headers too.
     pub fn header_named(&self, name: &str) -> Option<&[u8]> {
-        let known = HeaderName::from_bytes(name.as_bytes());
-        self.headers
-            .iter()
-            .find(|h| {
-                if known == HeaderName::Other {
-                    h.name == HeaderName::Other
-                        && self.raw[h.name_span.range()].eq_ignore_ascii_case(name.as_bytes())
-                } else {
-                    h.name == known
-                }
-            })
+        self.fields_named(name)
+            .next()
             .map(|h| &self.raw[h.value_span.range()])
+    }
+
+    /// Every header line with this name as written (full form,
+    /// case-insensitive; a known header also matches its compact form),
+    /// in order; works for extension headers too.
+    pub fn fields_named<'v>(&'v self, name: &'v str) -> impl Iterator<Item = &'v HeaderField> {
+        let known = HeaderName::from_bytes(name.as_bytes());
+        self.headers.iter().filter(move |h| {
+            if known == HeaderName::Other {
+                h.name == HeaderName::Other
+                    && self.raw[h.name_span.range()].eq_ignore_ascii_case(name.as_bytes())
+            } else {
+                h.name == known
+            }
+        })
     }
 
     /// Every header line value of a known header, in order.

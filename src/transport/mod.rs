@@ -2,6 +2,7 @@
 //! semantics: every message goes to [`crate::app`]'s dispatcher, and every
 //! outbound message comes back through [`Senders`].
 
+pub mod addr;
 pub mod tcp;
 pub mod udp;
 
@@ -18,6 +19,7 @@ use tokio::sync::mpsc;
 use serde::{Deserialize, Serialize};
 
 use crate::config::Endpoint;
+pub use addr::{BootId, ConnectionId, FlowId};
 
 /// A SIP transport (RFC 3261 18). Serialized in lowercase (`"udp"`), as in
 /// decision records and config endpoints.
@@ -74,12 +76,27 @@ pub enum SendError {
         /// Destination.
         addr: SocketAddr,
     },
-    /// The TCP connection is gone.
-    #[error("TCP connection {0} is gone")]
-    ConnectionGone(u64),
+    /// The connection is gone.
+    #[error("connection {0} is gone")]
+    ConnectionGone(ConnectionId),
+    /// The connection is open, but to another peer than the one the message
+    /// is for: nothing was written.
+    #[error("connection {connection} is open to {actual}, not to {expected}; nothing written")]
+    OtherPeer {
+        /// The connection.
+        connection: ConnectionId,
+        /// The peer the message is for.
+        expected: SocketAddr,
+        /// The connection's peer.
+        actual: SocketAddr,
+    },
+    /// A stream flow that is not this instance's (another boot id, or
+    /// none): nothing was written.
+    #[error("the stream flow to {0} is not this instance's; nothing written")]
+    ForeignFlow(SocketAddr),
     /// The peer stopped reading; the connection was closed.
-    #[error("TCP connection {0} stopped reading; closed")]
-    QueueFull(u64),
+    #[error("connection {0} stopped reading; closed")]
+    QueueFull(ConnectionId),
     /// The socket reported an error.
     #[error("sending to {addr}: {source}")]
     Io {
@@ -90,44 +107,74 @@ pub enum SendError {
     },
 }
 
-/// Live TCP connections: id → writer queue.
+/// One open stream connection: who is at the other end, and its writer queue.
+#[derive(Debug)]
+struct Connection {
+    peer: SocketAddr,
+    transport: Transport,
+    writer: mpsc::Sender<Bytes>,
+}
+
+/// Live stream connections of this instance: id → (peer, transport, writer
+/// queue). A send names the peer it is for, and is refused when the
+/// connection's peer differs.
 #[derive(Debug, Default)]
 pub struct Connections {
-    writers: Mutex<HashMap<u64, mpsc::Sender<Bytes>>>,
-    next_id: AtomicU64,
+    open: Mutex<HashMap<ConnectionId, Connection>>,
+    /// How many ids were handed out (the next is `ConnectionId::nth(issued)`).
+    issued: AtomicU64,
 }
 
 impl Connections {
-    /// A fresh connection id (never 0, which means UDP).
-    pub fn next_id(&self) -> u64 {
-        self.next_id.fetch_add(1, Ordering::Relaxed) + 1
+    /// A fresh connection id (never 0, never reused by this table).
+    pub fn next_id(&self) -> ConnectionId {
+        ConnectionId::nth(self.issued.fetch_add(1, Ordering::Relaxed))
     }
 
-    /// Register a connection's writer.
-    pub fn insert(&self, id: u64, writer: mpsc::Sender<Bytes>) {
-        self.writers
-            .lock()
-            .expect("connections lock")
-            .insert(id, writer);
+    /// Register a connection to `peer` and its writer.
+    pub fn insert(
+        &self,
+        id: ConnectionId,
+        peer: SocketAddr,
+        transport: Transport,
+        writer: mpsc::Sender<Bytes>,
+    ) {
+        self.open.lock().expect("connections lock").insert(
+            id,
+            Connection {
+                peer,
+                transport,
+                writer,
+            },
+        );
     }
 
     /// Forget a connection.
-    pub fn remove(&self, id: u64) {
-        self.writers.lock().expect("connections lock").remove(&id);
+    pub fn remove(&self, id: ConnectionId) {
+        self.open.lock().expect("connections lock").remove(&id);
     }
 
-    /// Whether a connection is still open.
-    pub fn alive(&self, id: u64) -> bool {
-        self.writers
+    /// Whether connection `id` is still open, and open to `peer`.
+    pub fn is_open_to(&self, id: ConnectionId, peer: SocketAddr) -> bool {
+        self.open
             .lock()
             .expect("connections lock")
             .get(&id)
-            .is_some_and(|w| !w.is_closed())
+            .is_some_and(|c| c.peer == peer && !c.writer.is_closed())
+    }
+
+    /// The transport of an open connection.
+    pub fn transport(&self, id: ConnectionId) -> Option<Transport> {
+        self.open
+            .lock()
+            .expect("connections lock")
+            .get(&id)
+            .map(|c| c.transport)
     }
 
     /// Number of open connections.
     pub fn len(&self) -> usize {
-        self.writers.lock().expect("connections lock").len()
+        self.open.lock().expect("connections lock").len()
     }
 
     /// Whether no connection is open.
@@ -135,21 +182,29 @@ impl Connections {
         self.len() == 0
     }
 
-    /// Queue bytes on a connection without waiting: a connection whose
-    /// queue is full (a peer that stopped reading) is closed rather than
-    /// allowed to stall the dispatcher.
-    pub fn send(&self, id: u64, bytes: Bytes) -> Result<(), SendError> {
-        let mut writers = self.writers.lock().expect("connections lock");
-        let writer = writers.get(&id).ok_or(SendError::ConnectionGone(id))?;
-        match writer.try_send(bytes) {
+    /// Queue bytes for `peer` on connection `id` without waiting. Refused
+    /// when the connection is gone or open to another peer. A connection
+    /// whose queue is full (a peer that stopped reading) is closed rather
+    /// than allowed to stall the dispatcher.
+    pub fn send(&self, id: ConnectionId, peer: SocketAddr, bytes: Bytes) -> Result<(), SendError> {
+        let mut open = self.open.lock().expect("connections lock");
+        let connection = open.get(&id).ok_or(SendError::ConnectionGone(id))?;
+        if connection.peer != peer {
+            return Err(SendError::OtherPeer {
+                connection: id,
+                expected: peer,
+                actual: connection.peer,
+            });
+        }
+        match connection.writer.try_send(bytes) {
             Ok(()) => Ok(()),
             Err(mpsc::error::TrySendError::Full(_)) => {
                 // Dropping the sender ends the writer task, which closes the socket.
-                writers.remove(&id);
+                open.remove(&id);
                 Err(SendError::QueueFull(id))
             }
             Err(mpsc::error::TrySendError::Closed(_)) => {
-                writers.remove(&id);
+                open.remove(&id);
                 Err(SendError::ConnectionGone(id))
             }
         }
@@ -213,5 +268,33 @@ mod tests {
             assert_eq!(serde_json::from_str::<Transport>(&json).unwrap(), t);
         }
         assert!(serde_json::from_str::<Transport>("\"UDP\"").is_err());
+    }
+
+    #[test]
+    fn a_send_checks_the_peer_and_the_connection() {
+        let table = Connections::default();
+        let (first, second) = (table.next_id(), table.next_id());
+        assert_eq!((first.get(), second.get()), (1, 2));
+        let peer: SocketAddr = "127.0.0.1:40001".parse().unwrap();
+        let other: SocketAddr = "127.0.0.1:40002".parse().unwrap();
+        let (tx, mut rx) = mpsc::channel(4);
+        table.insert(first, peer, Transport::Tcp, tx);
+        assert!(table.is_open_to(first, peer));
+        assert!(!table.is_open_to(first, other), "another peer");
+        assert!(!table.is_open_to(second, peer), "another connection");
+        assert!(matches!(
+            table.send(first, other, Bytes::from_static(b"x")),
+            Err(SendError::OtherPeer { actual, .. }) if actual == peer
+        ));
+        assert!(rx.try_recv().is_err(), "nothing written for the other peer");
+        assert!(matches!(
+            table.send(second, peer, Bytes::from_static(b"x")),
+            Err(SendError::ConnectionGone(id)) if id == second
+        ));
+        table.send(first, peer, Bytes::from_static(b"ok")).unwrap();
+        assert_eq!(&rx.try_recv().unwrap()[..], b"ok");
+        assert_eq!(table.transport(first), Some(Transport::Tcp));
+        table.remove(first);
+        assert!(table.is_empty());
     }
 }

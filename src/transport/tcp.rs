@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::Transport;
-use super::{Connections, SendError};
+use super::{ConnectionId, Connections, SendError};
 use crate::config::Limits;
 use crate::observe::metrics::{DropReason, Metrics};
 use crate::proxy::Inbound;
@@ -50,8 +50,9 @@ pub struct ConnectionContext {
     pub upstream_ip: Option<std::net::IpAddr>,
 }
 
-/// Accept connections until `shutdown`.
-pub async fn serve(listener: TcpListener, ctx: ConnectionContext) {
+/// Accept connections until `shutdown`; `local` is the address this
+/// listener is advertised at (in Via, Path, Record-Route).
+pub async fn serve(listener: TcpListener, local: SocketAddr, ctx: ConnectionContext) {
     let mut backoff = Duration::from_millis(10);
     loop {
         let (stream, peer) = tokio::select! {
@@ -74,29 +75,43 @@ pub async fn serve(listener: TcpListener, ctx: ConnectionContext) {
         let _ = stream.set_nodelay(true);
         let id = ctx.connections.next_id();
         let (read, write) = stream.into_split();
-        spawn_writer(&ctx, id, write);
+        spawn_writer(&ctx, id, peer, write);
         let ctx = ctx.clone();
         let from_upstream = ctx.upstream_ip == Some(peer.ip());
+        let ends = Ends { peer, local };
         tokio::spawn(async move {
-            read_loop(read, peer, id, from_upstream, &ctx).await;
+            read_loop(read, ends, id, from_upstream, &ctx).await;
             drop(permit);
         });
     }
 }
 
-fn spawn_writer(ctx: &ConnectionContext, id: u64, mut write: OwnedWriteHalf) {
+/// The two ends of a connection: the peer, and the address of this proxy
+/// the connection belongs to (as advertised).
+#[derive(Debug, Clone, Copy)]
+struct Ends {
+    peer: SocketAddr,
+    local: SocketAddr,
+}
+
+fn spawn_writer(
+    ctx: &ConnectionContext,
+    id: ConnectionId,
+    peer: SocketAddr,
+    mut write: OwnedWriteHalf,
+) {
     let (tx, mut rx) = mpsc::channel::<Bytes>(WRITE_QUEUE);
-    ctx.connections.insert(id, tx);
+    ctx.connections.insert(id, peer, Transport::Tcp, tx);
     tokio::spawn(async move {
         while let Some(bytes) = rx.recv().await {
             match tokio::time::timeout(WRITE_TIMEOUT, write.write_all(&bytes)).await {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => {
-                    debug!(connection = id, error = %e, "TCP write failed");
+                    debug!(connection = %id, error = %e, "TCP write failed");
                     break;
                 }
                 Err(_) => {
-                    warn!(connection = id, "TCP write stalled; closing");
+                    warn!(connection = %id, "TCP write stalled; closing");
                     break;
                 }
             }
@@ -108,14 +123,15 @@ fn spawn_writer(ctx: &ConnectionContext, id: u64, mut write: OwnedWriteHalf) {
 /// Read and frame one connection until EOF, error, idle timeout or shutdown.
 async fn read_loop(
     mut read: OwnedReadHalf,
-    peer: SocketAddr,
-    id: u64,
+    ends: Ends,
+    id: ConnectionId,
     from_upstream: bool,
     ctx: &ConnectionContext,
 ) {
+    let peer = ends.peer;
     let mut framer = StreamFramer::new(ctx.limits.max_message_bytes);
     let mut buf = BytesMut::with_capacity(8192);
-    debug!(%peer, connection = id, "TCP connection open");
+    debug!(%peer, connection = %id, "TCP connection open");
     'conn: loop {
         let read_result = tokio::select! {
             () = ctx.shutdown.cancelled() => break,
@@ -123,12 +139,12 @@ async fn read_loop(
         };
         match read_result {
             Err(_) => {
-                info!(%peer, connection = id, "TCP connection idle; closing");
+                info!(%peer, connection = %id, "TCP connection idle; closing");
                 break;
             }
             Ok(Ok(0)) => break,
             Ok(Err(e)) => {
-                debug!(%peer, connection = id, error = %e, "TCP read failed");
+                debug!(%peer, connection = %id, error = %e, "TCP read failed");
                 break;
             }
             Ok(Ok(_)) => {}
@@ -138,14 +154,15 @@ async fn read_loop(
                 Ok(None) => break,
                 Ok(Some(Frame::Ping)) => {
                     Metrics::inc(&ctx.metrics.keepalives);
-                    let _ = ctx.connections.send(id, Bytes::from_static(b"\r\n"));
+                    let _ = ctx.connections.send(id, peer, Bytes::from_static(b"\r\n"));
                 }
                 Ok(Some(Frame::Message(bytes))) => {
                     let message = Inbound {
                         bytes,
                         transport: Transport::Tcp,
                         source: peer,
-                        connection: id,
+                        local: ends.local,
+                        connection: Some(id),
                         from_upstream,
                     };
                     if ctx.inbound.send(message).await.is_err() {
@@ -153,7 +170,7 @@ async fn read_loop(
                     }
                 }
                 Err(e) => {
-                    warn!(%peer, connection = id, error = %e, "unframeable TCP stream; closing");
+                    warn!(%peer, connection = %id, error = %e, "unframeable TCP stream; closing");
                     ctx.metrics.count_drop(DropReason::Malformed);
                     break 'conn;
                 }
@@ -161,7 +178,7 @@ async fn read_loop(
         }
     }
     ctx.connections.remove(id);
-    debug!(%peer, connection = id, "TCP connection closed");
+    debug!(%peer, connection = %id, "TCP connection closed");
 }
 
 /// The proxy's own connection to a TCP upstream, opened on first use and
@@ -170,6 +187,8 @@ async fn read_loop(
 #[derive(Debug)]
 pub struct UpstreamLink {
     addr: SocketAddr,
+    /// The TCP listener address this proxy advertises toward the upstream.
+    local: SocketAddr,
     current: tokio::sync::Mutex<LinkState>,
     ctx: ConnectionContext,
 }
@@ -177,15 +196,17 @@ pub struct UpstreamLink {
 /// The upstream connection, or when connecting last failed.
 #[derive(Debug, Default)]
 struct LinkState {
-    connection: Option<u64>,
+    connection: Option<ConnectionId>,
     failed_at: Option<tokio::time::Instant>,
 }
 
 impl UpstreamLink {
-    /// A link to `addr` (not connected yet).
-    pub fn new(addr: SocketAddr, ctx: ConnectionContext) -> Self {
+    /// A link to `addr` (not connected yet); `local` is the TCP listener
+    /// address this proxy advertises (messages on the link arrive "at" it).
+    pub fn new(addr: SocketAddr, local: SocketAddr, ctx: ConnectionContext) -> Self {
         Self {
             addr,
+            local,
             current: tokio::sync::Mutex::new(LinkState::default()),
             ctx,
         }
@@ -195,8 +216,8 @@ impl UpstreamLink {
     pub async fn send(&self, bytes: Bytes) -> Result<(), SendError> {
         let mut state = self.current.lock().await;
         if let Some(id) = state.connection {
-            if self.ctx.connections.alive(id) {
-                return self.ctx.connections.send(id, bytes);
+            if self.ctx.connections.is_open_to(id, self.addr) {
+                return self.ctx.connections.send(id, self.addr, bytes);
             }
         }
         let refused = || SendError::Io {
@@ -232,12 +253,15 @@ impl UpstreamLink {
         let _ = stream.set_nodelay(true);
         let id = self.ctx.connections.next_id();
         let (read, write) = stream.into_split();
-        spawn_writer(&self.ctx, id, write);
+        spawn_writer(&self.ctx, id, self.addr, write);
         let ctx = self.ctx.clone();
-        let addr = self.addr;
-        tokio::spawn(async move { read_loop(read, addr, id, true, &ctx).await });
+        let ends = Ends {
+            peer: self.addr,
+            local: self.local,
+        };
+        tokio::spawn(async move { read_loop(read, ends, id, true, &ctx).await });
         state.connection = Some(id);
-        info!(upstream = %self.addr, connection = id, "connected to upstream");
-        self.ctx.connections.send(id, bytes)
+        info!(upstream = %self.addr, connection = %id, "connected to upstream");
+        self.ctx.connections.send(id, self.addr, bytes)
     }
 }

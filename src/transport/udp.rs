@@ -19,10 +19,12 @@ use crate::sip::framing::{classify_datagram, Datagram};
 /// and then refused by the size limit).
 const RECV_BUFFER_BYTES: usize = 65_536;
 
-/// Receive datagrams until `shutdown`; `upstream` marks the registrar's
-/// messages.
+/// Receive datagrams until `shutdown`; `local` is the address this
+/// listener is advertised at (in Via, Path, Record-Route); `upstream` marks
+/// the registrar's messages.
 pub async fn serve(
     socket: Arc<UdpSocket>,
+    local: SocketAddr,
     upstream: SocketAddr,
     inbound: mpsc::Sender<Inbound>,
     metrics: Arc<Metrics>,
@@ -58,7 +60,8 @@ pub async fn serve(
             bytes: Bytes::copy_from_slice(data),
             transport: Transport::Udp,
             source,
-            connection: 0,
+            local,
+            connection: None,
             from_upstream: source == upstream,
         };
         if inbound.send(message).await.is_err() {

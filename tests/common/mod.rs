@@ -6,7 +6,6 @@ pub mod external;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sipadmit::app;
@@ -70,9 +69,7 @@ impl TestProxy {
             rt.block_on(async move {
                 let bound = app::bind(&config).await.unwrap();
                 addr_tx.send(bound.addresses()).unwrap();
-                app::serve(Arc::new(config), bound, serve_log, stop)
-                    .await
-                    .unwrap();
+                app::serve(config, bound, serve_log, stop).await.unwrap();
             });
             let report = writer.shutdown(Duration::from_secs(10));
             assert!(report.finished, "decision log writer stopped: {report:?}");

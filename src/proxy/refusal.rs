@@ -1,0 +1,271 @@
+//! Every answer the proxy gives a request itself, in one place: each
+//! [`Refusal`] maps to its SIP response (status, reason, extra headers),
+//! its log line and its decision record (action `reject`, a rule naming the
+//! cause such as `proxy.not-found`, the status).
+//!
+//! A request that cannot be answered (an ACK, or one missing a header a
+//! response must copy, RFC 3261 8.2.6) is dropped instead: it is still
+//! logged, counted, and recorded with action `drop`.
+
+use std::borrow::Cow;
+
+use tracing::warn;
+
+use super::flow::TokenError;
+use super::request::{Admission, RequestCtx};
+use super::{Core, Destination, Outbound, Outcome, Subject, Text};
+use crate::observe::metrics::{DropReason, Metrics};
+use crate::policy::{Action, Reply, SessionRole};
+use crate::sip::{response, HeaderName, Method, SipError};
+use crate::transport::Transport;
+
+/// Why a stream flow cannot be written to (RFC 5626 `430 Flow Failed`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlowFailure {
+    /// The flow belongs to another instance, or to this one before a
+    /// restart: its boot id is not this instance's.
+    OtherInstance,
+    /// The connection is closed, or now open to another peer.
+    Closed,
+}
+
+impl FlowFailure {
+    /// Name used in log lines.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::OtherInstance => "flow of another instance or an earlier run",
+            Self::Closed => "connection closed or now to another peer",
+        }
+    }
+}
+
+/// A request the proxy answers itself instead of relaying.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal<'p> {
+    /// It fails validation: 400 (505 for a wrong SIP version), the
+    /// reason phrase says why.
+    Malformed(SipError),
+    /// Over `limits.max_message_bytes`: 513.
+    TooLarge,
+    /// More header lines than `limits.max_headers`: 400.
+    TooManyHeaders,
+    /// Max-Forwards is 0: 483 (RFC 3261 16.3 step 2).
+    TooManyHops,
+    /// Proxy-Require names extensions this proxy does not support: 420
+    /// with Unsupported listing them (RFC 3261 16.3 step 5).
+    BadExtension,
+    /// A Route to this proxy with a token that does not verify: 403
+    /// (RFC 5626 5.3).
+    InvalidFlowToken(TokenError),
+    /// It has been here before on the same route: 482 (RFC 3261 16.3 step 4).
+    LoopDetected,
+    /// A request from the registrar for a target nobody registered through
+    /// this proxy: 404.
+    NotFound,
+    /// The target stream flow cannot be written to by this instance: 430
+    /// (RFC 5626 5.3).
+    FlowFailed(FlowFailure),
+    /// No listener of the transport the request must leave on: 500.
+    NoListener(Transport),
+    /// The policy rejects it: the role's configured response.
+    Policy {
+        /// The response.
+        reply: &'p Reply,
+        /// The policy rule that decided, e.g. `caller.unsupported`.
+        rule: &'static str,
+    },
+    /// The registrar could not be reached: 503 with Retry-After.
+    UpstreamUnavailable,
+}
+
+impl Refusal<'_> {
+    /// The status code of the answer.
+    pub fn status(&self) -> u16 {
+        match self {
+            Self::Malformed(e) => e.status_code(),
+            Self::TooLarge => 513,
+            Self::TooManyHeaders => 400,
+            Self::TooManyHops => 483,
+            Self::BadExtension => 420,
+            Self::InvalidFlowToken(_) => 403,
+            Self::LoopDetected => 482,
+            Self::NotFound => 404,
+            Self::FlowFailed(_) => 430,
+            Self::NoListener(_) => 500,
+            Self::Policy { reply, .. } => reply.status,
+            Self::UpstreamUnavailable => 503,
+        }
+    }
+
+    /// The reason phrase (empty: the status code's default).
+    pub fn reason(&self) -> Cow<'_, str> {
+        Cow::Borrowed(match self {
+            Self::Malformed(e) => return Cow::Owned(e.to_string()),
+            Self::TooLarge => "Message Too Large",
+            Self::TooManyHeaders => "Too Many Headers",
+            Self::TooManyHops => "Too Many Hops",
+            Self::BadExtension => "Bad Extension",
+            Self::InvalidFlowToken(_) => "Invalid Flow Token",
+            Self::LoopDetected => "Loop Detected",
+            Self::NotFound => "Not Found",
+            Self::FlowFailed(_) => "Flow Failed",
+            Self::NoListener(_) => "No Listener For Transport",
+            Self::Policy { reply, .. } => &reply.reason,
+            Self::UpstreamUnavailable => "Service Unavailable",
+        })
+    }
+
+    /// The rule named in the decision record and the log line.
+    pub fn rule(&self) -> &'static str {
+        match self {
+            Self::Malformed(_) => "proxy.malformed",
+            Self::TooLarge => "proxy.too-large",
+            Self::TooManyHeaders => "proxy.too-many-headers",
+            Self::TooManyHops => "proxy.too-many-hops",
+            Self::BadExtension => "proxy.bad-extension",
+            Self::InvalidFlowToken(_) => "proxy.invalid-flow-token",
+            Self::LoopDetected => "proxy.loop-detected",
+            Self::NotFound => "proxy.not-found",
+            Self::FlowFailed(_) => "proxy.flow-failed",
+            Self::NoListener(_) => "proxy.no-listener",
+            Self::Policy { rule, .. } => rule,
+            Self::UpstreamUnavailable => "proxy.upstream-unavailable",
+        }
+    }
+
+    /// What the drop is counted as when the request cannot be answered.
+    fn drop_reason(&self) -> DropReason {
+        match self {
+            Self::Malformed(_) | Self::TooLarge | Self::TooManyHeaders => DropReason::Malformed,
+            Self::Policy { .. } => DropReason::Policy,
+            _ => DropReason::Unanswerable,
+        }
+    }
+
+    /// The detail a log line adds, if any.
+    fn detail(&self) -> Option<&'static str> {
+        match self {
+            Self::FlowFailed(failure) => Some(failure.as_str()),
+            Self::InvalidFlowToken(TokenError::Malformed) => Some("malformed token"),
+            Self::InvalidFlowToken(TokenError::BadSignature) => Some("signature mismatch"),
+            Self::NoListener(transport) => Some(transport.as_str()),
+            _ => None,
+        }
+    }
+}
+
+impl Core {
+    /// Answer (or drop), log, count and record a refused request.
+    /// `admission` is what the admit phase found when it ran; before it, the
+    /// record names the sender's classification and no session role.
+    pub(super) fn refuse(
+        &self,
+        ctx: &RequestCtx<'_>,
+        admission: Option<&Admission<'_>>,
+        refusal: Refusal<'_>,
+    ) -> Outcome {
+        let (view, inb) = (ctx.view, ctx.inbound);
+        let sender;
+        let (subject, role) = match admission {
+            Some(a) => (&a.subject, a.role),
+            None => {
+                sender = Subject::sender(&ctx.runtime.config.catalog.classify(view.user_agent()));
+                (&sender, SessionRole::None)
+            }
+        };
+        // A response copies these (RFC 3261 8.2.6); it goes back to the
+        // source address, so they only need to be present, even if malformed.
+        let formable = [
+            HeaderName::Via,
+            HeaderName::From,
+            HeaderName::To,
+            HeaderName::CallId,
+            HeaderName::CSeq,
+        ]
+        .iter()
+        .all(|&h| view.header(h).is_some());
+        let answered = formable && ctx.method != Method::Ack;
+        let status = refusal.status();
+        let reason = refusal.reason();
+        warn!(
+            source = %inb.source,
+            method = %Text(view.method_bytes()),
+            call_id = %Text(view.call_id()),
+            status,
+            reason = %reason,
+            rule = refusal.rule(),
+            detail = refusal.detail(),
+            client = %subject.client.id,
+            role = role.as_str(),
+            answered,
+            "refused"
+        );
+        let record = self.record(
+            ctx.runtime,
+            inb,
+            view,
+            subject,
+            role,
+            if answered {
+                Action::Reject
+            } else {
+                Action::Drop
+            },
+            refusal.rule(),
+            answered.then_some(status),
+            false,
+        );
+        if !answered {
+            let reason = refusal.drop_reason();
+            self.metrics.count_drop(reason);
+            return Outcome {
+                record: Some(record),
+                ..Outcome::drop(reason)
+            };
+        }
+        let retry_after;
+        let unsupported;
+        let warning;
+        let mut extra: Vec<(&str, &str)> = Vec::new();
+        match &refusal {
+            Refusal::BadExtension => {
+                unsupported = view
+                    .proxy_require()
+                    .map(|t| Text(Some(t)).to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                extra.push(("Unsupported", &unsupported));
+            }
+            Refusal::Policy { reply, .. } => {
+                Metrics::inc(&self.metrics.rejected);
+                warning = reply.warning_for(&subject.client.name);
+                if let Some(w) = &warning {
+                    extra.push(("Warning", w));
+                }
+                extra.extend(reply.headers.iter().map(|(n, v)| (n.as_str(), v.as_str())));
+            }
+            Refusal::UpstreamUnavailable => {
+                retry_after = self.settings.limits.upstream_retry_after_secs.to_string();
+                extra.push(("Retry-After", &retry_after));
+            }
+            _ => {}
+        }
+        Metrics::inc(&self.metrics.local_responses);
+        let bytes = response::build(
+            view,
+            status,
+            &reason,
+            &self.local_tag(view),
+            &extra,
+            inb.source,
+        );
+        Outcome {
+            send: Some(Outbound {
+                to: Destination::Source,
+                bytes,
+            }),
+            record: Some(record),
+            dropped: None,
+        }
+    }
+}

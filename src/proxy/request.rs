@@ -1,0 +1,623 @@
+//! The request path, as named phases over one [`RequestCtx`] (in the manner
+//! of pingora's phase list):
+//!
+//! 1. `validate`: size, syntax, header count, the ACK of an answer of ours
+//!    (absorbed), Max-Forwards (483), Proxy-Require (420).
+//! 2. `route`: this proxy's Route values (flow token; one, or the two of an
+//!    RFC 5658 pair), loop detection (482), the target: a client flow, or
+//!    the registrar (a registrar request with no Route is looked up: 404).
+//! 3. `admit`: who sent it, what part it plays in a Response Group session,
+//!    what the policy says ([`Admission`]). Pure: it cannot fail.
+//! 4. `enforce`: the verdict: a drop ends here, a reject becomes a
+//!    [`Refusal`], a flag is logged.
+//! 5. `relay`: the target flow must be writable (430), then the proxy's
+//!    edits are spliced in and the destination named.
+//!
+//! Any phase may stop the request with a [`Halt`]: a [`Refusal`] (answered,
+//! logged and recorded by `refusal.rs`) or an outcome it built itself.
+
+use std::borrow::Cow;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use tracing::{debug, warn};
+
+use super::flow::{Flow, Purpose, TokenError};
+use super::refusal::Refusal;
+use super::registrations::contact_key;
+use super::{
+    Core, Destination, Inbound, OpenConnection, Outbound, Outcome, Runtime, Subject, Text,
+    FLOW_PARAM,
+};
+use crate::classify::Classification;
+use crate::observe::metrics::{DropReason, Metrics};
+use crate::policy::{decide, Action, Decision, SessionFacts, SessionRole, Verdict};
+use crate::sip::edit::{before_first, mark_received, remove_leading_values, remove_named, Edits};
+use crate::sip::fields::{parse_hostport, sip_uri_host, trim_lws};
+use crate::sip::{HeaderName, Method, Params, SipError, SipView};
+use crate::transport::Transport;
+
+/// Max-Forwards added to requests that carry none (RFC 3261 8.1.1.6).
+const DEFAULT_MAX_FORWARDS: u8 = 70;
+
+/// What every phase of one request reads.
+pub(super) struct RequestCtx<'m> {
+    /// The request as it arrived.
+    pub(super) inbound: &'m Inbound,
+    /// Its view.
+    pub(super) view: &'m SipView,
+    /// The runtime snapshot loaded for this message.
+    pub(super) runtime: &'m Runtime,
+    /// The clock, read once.
+    pub(super) now: Instant,
+    /// The method (`Other` when unrecognised).
+    pub(super) method: Method,
+}
+
+impl<'m> RequestCtx<'m> {
+    pub(super) fn new(
+        inbound: &'m Inbound,
+        view: &'m SipView,
+        runtime: &'m Runtime,
+        now: Instant,
+    ) -> Self {
+        Self {
+            inbound,
+            view,
+            runtime,
+            now,
+            method: view.method().unwrap_or(Method::Other),
+        }
+    }
+}
+
+/// Where the `route` phase sends a request.
+struct Routing<'m> {
+    /// This proxy's Route values at the top of the request, if any.
+    own_route: Option<OwnRoute<'m>>,
+    /// The client flow it goes to; `None`: the registrar.
+    toward: Option<Flow>,
+    /// The loop part of this proxy's branch.
+    loop_mark: u32,
+}
+
+/// What the `admit` phase found out about a request.
+pub(super) struct Admission<'m> {
+    /// The sender's classification.
+    pub(super) sender: Classification<'m>,
+    /// The session role (an agent offer only on the leg toward the agent).
+    pub(super) role: SessionRole,
+    /// The client the decision is about.
+    pub(super) subject: Subject<'m>,
+    /// The policy's decision.
+    pub(super) decision: Decision<'m>,
+}
+
+/// Why a phase stopped a request.
+pub(super) enum Halt<'m> {
+    /// Answer it locally (or, when it cannot be answered, drop it).
+    Refuse(Refusal<'m>),
+    /// The phase built the outcome itself (an absorbed ACK, a policy drop;
+    /// boxed: rare, and an outcome with a record is large).
+    Done(Box<Outcome>),
+}
+
+impl<'m> From<Refusal<'m>> for Halt<'m> {
+    fn from(refusal: Refusal<'m>) -> Self {
+        Self::Refuse(refusal)
+    }
+}
+
+impl Core {
+    /// Run a request through the phases.
+    pub(super) fn request(
+        &self,
+        inbound: &Inbound,
+        view: &SipView,
+        runtime: &Runtime,
+        now: Instant,
+        open: OpenConnection<'_>,
+    ) -> Outcome {
+        let ctx = RequestCtx::new(inbound, view, runtime, now);
+        let routing = match self.validate(&ctx).and_then(|()| self.route(&ctx)) {
+            Ok(routing) => routing,
+            Err(halt) => return self.halted(&ctx, None, halt),
+        };
+        let admission = self.admit(&ctx, &routing);
+        self.enforce(&ctx, &admission)
+            .and_then(|()| self.relay(&ctx, routing, &admission, open))
+            .unwrap_or_else(|halt| self.halted(&ctx, Some(&admission), halt))
+    }
+
+    fn halted(
+        &self,
+        ctx: &RequestCtx<'_>,
+        admission: Option<&Admission<'_>>,
+        halt: Halt<'_>,
+    ) -> Outcome {
+        match halt {
+            Halt::Refuse(refusal) => self.refuse(ctx, admission, refusal),
+            Halt::Done(outcome) => *outcome,
+        }
+    }
+
+    // === phase 1: validate ===
+
+    fn validate<'m>(&self, ctx: &RequestCtx<'m>) -> Result<(), Halt<'m>> {
+        let view = ctx.view;
+        if ctx.inbound.bytes.len() > self.settings.limits.max_message_bytes {
+            return Err(Refusal::TooLarge.into());
+        }
+        view.check().map_err(Refusal::Malformed)?;
+        if view.header_fields().len() > self.settings.limits.max_headers {
+            return Err(Refusal::TooManyHeaders.into());
+        }
+        if ctx.method == Method::Ack
+            && view.to().ok().and_then(|t| t.tag()) == Some(self.local_tag(view).as_bytes())
+        {
+            debug!(source = %ctx.inbound.source, call_id = %Text(view.call_id()), "ACK of a local response absorbed");
+            self.metrics.count_drop(DropReason::AbsorbedAck);
+            return Err(Halt::Done(Box::new(Outcome::drop(DropReason::AbsorbedAck))));
+        }
+        if view.max_forwards() == Ok(Some(0)) {
+            return Err(Refusal::TooManyHops.into());
+        }
+        if view.proxy_require().next().is_some() {
+            return Err(Refusal::BadExtension.into());
+        }
+        Ok(())
+    }
+
+    // === phase 2: route ===
+
+    /// Where does it go? This proxy's Route (a flow token) decides; else the
+    /// registrar's requests are looked up and clients' go upstream.
+    fn route<'m>(&self, ctx: &RequestCtx<'m>) -> Result<Routing<'m>, Halt<'m>> {
+        let (view, inb) = (ctx.view, ctx.inbound);
+        let own_route = self.own_route(view).map_err(Refusal::InvalidFlowToken)?;
+        // RFC 3261 16.3 step 4: our own Via with the loop mark we would add
+        // means this request has been here before on the same route.
+        let loop_mark = self.loop_mark(view, own_route.as_ref().map(|r| r.value));
+        if self.is_loop(view, loop_mark) {
+            return Err(Refusal::LoopDetected.into());
+        }
+        let toward = match own_route.as_ref().filter(|r| r.token.is_some()) {
+            Some(route) => route
+                .toward_client(view)
+                .filter(|flow| !self.came_from(flow, inb))
+                .cloned(),
+            None if inb.from_upstream => Some(
+                self.flow_by_request_uri(ctx.runtime, view, ctx.now)
+                    .ok_or(Refusal::NotFound)?,
+            ),
+            None => None,
+        };
+        Ok(Routing {
+            own_route,
+            toward,
+            loop_mark,
+        })
+    }
+
+    /// The top Route values that are this proxy's: its host and port are
+    /// one of ours, or its user part is a valid flow token; with a token,
+    /// the next value too when it carries the same token (the other half of
+    /// an RFC 5658 double Record-Route). A Route to this proxy whose token
+    /// does not verify is an error (RFC 5626 5.3: 403).
+    fn own_route<'m>(&self, view: &'m SipView) -> Result<Option<OwnRoute<'m>>, TokenError> {
+        let mut routes = view.routes();
+        let Some(Ok(top)) = routes.next() else {
+            return Ok(None);
+        };
+        let Some((user, host, port)) = route_parts(top.uri) else {
+            return Ok(None);
+        };
+        let addressed_here = self.addressed_here(host, port);
+        let ftag = || uri_param(top.uri, b"ftag");
+        match user.map(|u| (u, self.signer.decode(u))) {
+            Some((_, Ok((Purpose::Via, _)))) => Err(TokenError::Malformed),
+            Some((token, Ok(decoded))) => {
+                let pair = routes
+                    .next()
+                    .and_then(Result::ok)
+                    .and_then(|next| route_parts(next.uri))
+                    .is_some_and(|(next_user, _, _)| next_user == Some(token));
+                Ok(Some(OwnRoute {
+                    token: Some(decoded),
+                    ftag: ftag(),
+                    value: top.uri,
+                    values: if pair { 2 } else { 1 },
+                }))
+            }
+            Some((_, Err(e))) if addressed_here => Err(e),
+            // A plain Route to this proxy (an outbound-proxy setting): removed,
+            // and the request is routed as if it had none (RFC 3261 16.4).
+            None if addressed_here => Ok(Some(OwnRoute {
+                token: None,
+                ftag: None,
+                value: top.uri,
+                values: 1,
+            })),
+            _ => Ok(None),
+        }
+    }
+
+    /// Whether `inb` arrived on `flow` (a request going back the way it came).
+    fn came_from(&self, flow: &Flow, inb: &Inbound) -> bool {
+        flow.transport == inb.transport
+            && flow.peer == inb.source
+            && (!flow.transport.is_stream()
+                || flow.connection == inb.connection.map(|c| self.flow_id(c)))
+    }
+
+    /// For requests from the registrar without our Route: the registration
+    /// table, else a literal IP Request-URI over UDP.
+    fn flow_by_request_uri(&self, runtime: &Runtime, view: &SipView, now: Instant) -> Option<Flow> {
+        let uri = view.request_uri()?;
+        if let Some(r) = self.registrations.lookup(uri, now) {
+            return Some(r.flow);
+        }
+        let (host, port) = sip_uri_host(uri)?;
+        let host = std::str::from_utf8(host).ok()?;
+        let ip = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse()
+            .ok()?;
+        Some(Flow {
+            transport: Transport::Udp,
+            peer: SocketAddr::new(ip, port.unwrap_or(5060)),
+            connection: None,
+            client: runtime.unknown_client().id.clone(),
+        })
+    }
+
+    // === phase 3: admit ===
+
+    /// Who is it, what part does it play, what does the policy say?
+    fn admit<'m>(&self, ctx: &RequestCtx<'m>, routing: &Routing<'_>) -> Admission<'m> {
+        let (view, config) = (ctx.view, &ctx.runtime.config);
+        let user_agent = view.user_agent();
+        let facts = SessionFacts {
+            method: ctx.method,
+            request_uri: view.request_uri().unwrap_or_default(),
+            to_uri: view.to().map(|t| t.uri).unwrap_or_default(),
+            from_uri: view.from().map(|f| f.uri).unwrap_or_default(),
+            user_agent,
+            source: ctx.inbound.source.ip(),
+        };
+        let sender = config.catalog.classify(user_agent);
+        let (role, subject) = match (config.sessions.role_of(&facts), &routing.toward) {
+            // An agent offer is decided on the leg toward the agent, by the
+            // client that registered the target.
+            (SessionRole::AgentOffer, Some(flow)) => (
+                SessionRole::AgentOffer,
+                Subject {
+                    client: config
+                        .catalog
+                        .client(&flow.client)
+                        .unwrap_or_else(|| ctx.runtime.unknown_client()),
+                    rule: Cow::Owned(format!("registered:{}", flow.client)),
+                },
+            ),
+            // On the leg toward the registrar the target is not known yet:
+            // relayed as a request outside any session.
+            (SessionRole::AgentOffer, None) => (SessionRole::None, Subject::sender(&sender)),
+            (role, _) => (role, Subject::sender(&sender)),
+        };
+        let decision = decide(&config.policy, role, subject.client.support);
+        Admission {
+            sender,
+            role,
+            subject,
+            decision,
+        }
+    }
+
+    // === phase 4: enforce ===
+
+    /// Apply the verdict: drop, reject (a [`Refusal`]), or flag (logged).
+    fn enforce<'m>(&self, ctx: &RequestCtx<'m>, admission: &Admission<'m>) -> Result<(), Halt<'m>> {
+        let Admission {
+            subject,
+            role,
+            decision,
+            ..
+        } = admission;
+        match decision.verdict {
+            Verdict::Allow => Ok(()),
+            Verdict::Flag { would_reject } => {
+                Metrics::inc(&self.metrics.flagged);
+                warn!(source = %ctx.inbound.source, client = %subject.client.id, role = role.as_str(), rule = decision.rule, would_reject, "flagged");
+                Ok(())
+            }
+            Verdict::Reject(reply) => Err(Refusal::Policy {
+                reply,
+                rule: decision.rule,
+            }
+            .into()),
+            Verdict::Drop => {
+                debug!(source = %ctx.inbound.source, client = %subject.client.id, rule = decision.rule, "dropped by policy");
+                self.metrics.count_drop(DropReason::Policy);
+                let record = self.record(
+                    ctx.runtime,
+                    ctx.inbound,
+                    ctx.view,
+                    subject,
+                    *role,
+                    Action::Drop,
+                    decision.rule,
+                    None,
+                    false,
+                );
+                Err(Halt::Done(Box::new(Outcome {
+                    record: Some(record),
+                    ..Outcome::drop(DropReason::Policy)
+                })))
+            }
+        }
+    }
+
+    // === phase 5: relay ===
+
+    /// Splice in the proxy's edits and name the destination.
+    fn relay<'m>(
+        &self,
+        ctx: &RequestCtx<'m>,
+        routing: Routing<'m>,
+        admission: &Admission<'m>,
+        open: OpenConnection<'_>,
+    ) -> Result<Outcome, Halt<'m>> {
+        let (view, inb) = (ctx.view, ctx.inbound);
+        let out_transport = match &routing.toward {
+            Some(flow) => {
+                self.check_flow(flow, open).map_err(Refusal::FlowFailed)?;
+                flow.transport
+            }
+            None => self.upstream_transport(),
+        };
+        let top_via = view
+            .top_via()
+            .map_err(|_| Refusal::Malformed(SipError::MalformedHeader(HeaderName::Via)))?;
+        let own_addr = self
+            .address_for(out_transport)
+            .ok_or(Refusal::NoListener(out_transport))?;
+
+        // The flow this request came in on, named for the way back.
+        let inbound_flow = Flow {
+            transport: inb.transport,
+            peer: inb.source,
+            connection: inb.connection.map(|c| self.flow_id(c)),
+            client: admission.sender.client.id.clone(),
+        };
+        let mut edits = Edits::new();
+        let branch = self.branch(view, routing.loop_mark);
+        let mut via = format!(
+            "Via: SIP/2.0/{} {own_addr};branch={branch}",
+            out_transport.via_name()
+        );
+        if routing.toward.is_none() {
+            let token = self.signer.encode(Purpose::Via, &inbound_flow);
+            let _ = write!(via, ";{FLOW_PARAM}={token}");
+        }
+        via.push_str("\r\n");
+        edits.insert(before_first(view, HeaderName::Via), via);
+        mark_received(view, &top_via, inb.source, &mut edits);
+        match view
+            .header_fields()
+            .iter()
+            .find(|h| h.name == HeaderName::MaxForwards)
+        {
+            Some(h) => {
+                let n = view
+                    .max_forwards()
+                    .ok()
+                    .flatten()
+                    .unwrap_or(DEFAULT_MAX_FORWARDS);
+                edits.replace(h.value_span.range(), n.saturating_sub(1).to_string());
+            }
+            None => {
+                edits.insert(
+                    view.headers_end(),
+                    format!("Max-Forwards: {}\r\n", DEFAULT_MAX_FORWARDS - 1),
+                );
+            }
+        }
+        if let Some(route) = &routing.own_route {
+            // RFC 3261 16.4: a proxy removes its own Route value; RFC 5658:
+            // both values of a double Record-Route.
+            remove_leading_values(view, HeaderName::Route, route.values, &mut edits);
+        }
+        // Path on REGISTER (RFC 3327) and Record-Route on dialog-creating
+        // requests name the client flow, so requests from the registrar side
+        // come back through this proxy to that flow. Record-Route also
+        // carries the From-tag of the dialog's initiator (`ftag`), which
+        // tells the two directions of later requests apart.
+        let in_dialog = view.to().ok().and_then(|t| t.tag()).is_some();
+        if ctx.method == Method::Register && routing.toward.is_none() {
+            let token = self.signer.encode(Purpose::Path, &inbound_flow);
+            edits.insert(
+                after_vias(view, HeaderName::Path),
+                format!(
+                    "Path: <sip:{token}@{own_addr};transport={};lr>\r\n",
+                    out_transport.as_str()
+                ),
+            );
+            self.expect_registration(view, ctx.now);
+        } else if !in_dialog && is_dialog_creating(view) {
+            let (purpose, flow) = match &routing.toward {
+                None => (Purpose::DialogFromClient, &inbound_flow),
+                Some(flow) => (Purpose::DialogFromUpstream, flow),
+            };
+            let token = self.signer.encode(purpose, flow);
+            let ftag = Text(view.from().ok().and_then(|f| f.tag()));
+            // RFC 5658: when the request leaves on another transport or
+            // address than it came in on, one value per side: the outbound
+            // side on top (the next hop's way back), then the inbound side.
+            let outbound_side = (out_transport, own_addr);
+            let inbound_side = (inb.transport, inb.local);
+            let mut lines = String::new();
+            for (transport, addr) in std::iter::once(outbound_side)
+                .chain(Some(inbound_side).filter(|side| *side != outbound_side))
+            {
+                let _ = write!(
+                    lines,
+                    "Record-Route: <sip:{token}@{addr};transport={};lr;ftag={ftag}>\r\n",
+                    transport.as_str()
+                );
+            }
+            edits.insert(after_vias(view, HeaderName::RecordRoute), lines);
+        }
+        if view.content_length().is_none() {
+            // RFC 3261 18.3 / 20.14: required on streams; harmless on UDP.
+            edits.insert(
+                view.headers_end(),
+                format!("Content-Length: {}\r\n", view.body().len()),
+            );
+        }
+        // The flag header is sipadmit's alone: whatever came in under its
+        // name (forged by a client, or left by an earlier leg) goes.
+        let flag_header = ctx.runtime.config.flag_header.as_str();
+        remove_named(view, flag_header, &mut edits);
+        let decision = admission.decision;
+        if let Verdict::Flag { would_reject } = decision.verdict {
+            edits.insert(
+                view.headers_end(),
+                format!(
+                    "{flag_header}: flagged; client={}; reason={}{}\r\n",
+                    admission.subject.client.id,
+                    decision.rule,
+                    if would_reject { "; would-reject" } else { "" }
+                ),
+            );
+        }
+        let record = matches!(ctx.method, Method::Register | Method::Invite).then(|| {
+            self.record(
+                ctx.runtime,
+                inb,
+                view,
+                &admission.subject,
+                admission.role,
+                decision.verdict.action(),
+                decision.rule,
+                None,
+                decision.verdict.would_reject(),
+            )
+        });
+        let to = match routing.toward {
+            Some(flow) => Destination::Flow(flow),
+            None => Destination::Upstream,
+        };
+        Metrics::inc(&self.metrics.requests_relayed);
+        Ok(Outcome {
+            send: Some(Outbound {
+                to,
+                bytes: edits.apply(view.raw()),
+            }),
+            record,
+            dropped: None,
+        })
+    }
+
+    // === registrations ===
+
+    /// Note the contacts of a REGISTER being relayed upstream.
+    fn expect_registration(&self, view: &SipView, now: Instant) {
+        let (Some(call_id), Ok(cseq)) = (view.call_id(), view.cseq()) else {
+            return;
+        };
+        let contacts: Vec<Vec<u8>> = view
+            .contacts()
+            .filter_map(Result::ok)
+            .filter(|c| c.uri != b"*")
+            .map(|c| contact_key(c.uri))
+            .collect();
+        if !contacts.is_empty() {
+            self.registrations
+                .expect(call_id, cseq.number, contacts, now);
+        }
+    }
+}
+
+impl<'c> Subject<'c> {
+    /// The sender itself, as classified.
+    pub(super) fn sender(sender: &Classification<'c>) -> Self {
+        Self {
+            client: sender.client,
+            rule: Cow::Borrowed(sender.rule),
+        }
+    }
+}
+
+/// This proxy's Route values at the top of a request.
+#[derive(Debug)]
+struct OwnRoute<'m> {
+    /// The flow token in the top value's user part, if it has one.
+    token: Option<(Purpose, Flow)>,
+    /// `ftag` of a Record-Route: the From-tag of the dialog's initiator.
+    ftag: Option<&'m [u8]>,
+    /// The top Route URI (it tells the passes of a spiral apart).
+    value: &'m [u8],
+    /// How many Route values are this proxy's: 1, or 2 for the two values
+    /// of an RFC 5658 double Record-Route (the same token).
+    values: usize,
+}
+
+impl OwnRoute<'_> {
+    /// The client flow the request goes to, or `None` when it goes upstream.
+    fn toward_client(&self, view: &SipView) -> Option<&Flow> {
+        let (purpose, flow) = self.token.as_ref()?;
+        let from_tag = view.from().ok().and_then(|f| f.tag());
+        let from_initiator = from_tag == self.ftag;
+        let to_client = match purpose {
+            Purpose::Path => true,
+            Purpose::DialogFromClient => !from_initiator,
+            Purpose::DialogFromUpstream => from_initiator,
+            Purpose::Via => false,
+        };
+        to_client.then_some(flow)
+    }
+}
+
+/// (user, host, port) of a Route URI.
+type RouteParts<'a> = (Option<&'a [u8]>, &'a [u8], Option<u16>);
+
+/// (user, host, port) of a `sip:`/`sips:` Route URI.
+fn route_parts(uri: &[u8]) -> Option<RouteParts<'_>> {
+    let rest = uri
+        .strip_prefix(b"sip:")
+        .or_else(|| uri.strip_prefix(b"sips:"))?;
+    let (user, hostport) = match rest.iter().position(|&b| b == b'@') {
+        Some(at) => (Some(trim_lws(&rest[..at])), &rest[at + 1..]),
+        None => (None, rest),
+    };
+    let (host, port, _) = parse_hostport(hostport)?;
+    Some((user, host, port))
+}
+
+/// A `;name=value` URI parameter.
+fn uri_param<'a>(uri: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
+    let params = &uri[uri.iter().position(|&b| b == b';')?..];
+    Params::new(params).get(name).flatten()
+}
+
+/// Where a new Path or Record-Route line goes: before the first header of
+/// that name, else right after the last Via line.
+fn after_vias(view: &SipView, name: HeaderName) -> usize {
+    let fields = view.header_fields();
+    if let Some(h) = fields.iter().find(|h| h.name == name) {
+        return h.line_span.start as usize;
+    }
+    fields
+        .iter()
+        .rev()
+        .find(|h| h.name == HeaderName::Via)
+        .map_or(view.start_line_end(), |h| h.line_span.end as usize)
+}
+
+/// Requests that create dialogs and so get a Record-Route (RFC 3261 16.6 step 4).
+fn is_dialog_creating(view: &SipView) -> bool {
+    matches!(view.method(), Some(Method::Invite))
+        || matches!(view.method_bytes(), Some(b"SUBSCRIBE" | b"REFER"))
+}

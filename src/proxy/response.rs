@@ -1,0 +1,136 @@
+//! The response path (RFC 3261 16.7, stateless): a response whose top Via
+//! is this proxy's loses that Via and goes to the flow named by the token
+//! in it (only the registrar answers requests sent upstream with one); a
+//! response to a request relayed toward a client (no token) goes upstream.
+//! Foreign, malformed or undeliverable responses are discarded and counted;
+//! nothing here is ever answered.
+
+use std::time::{Duration, Instant};
+
+use tracing::{debug, warn};
+
+use super::flow::{Flow, Purpose};
+use super::{Core, Destination, Inbound, OpenConnection, Outbound, Outcome, FLOW_PARAM};
+use crate::observe::metrics::{DropReason, Metrics};
+use crate::sip::edit::{first_value, Edits};
+use crate::sip::{HeaderName, SipView};
+
+/// Registration expiry when neither the Contact nor Expires says (RFC 3261 10.2.1.1).
+const DEFAULT_EXPIRES_SECS: u64 = 3600;
+/// Longest registration the table keeps, whatever the registrar granted (2^31 - 1 s).
+const MAX_EXPIRES_SECS: u64 = (1 << 31) - 1;
+
+impl Core {
+    /// Relay a response back along its Via.
+    pub(super) fn response(
+        &self,
+        inb: &Inbound,
+        view: &SipView,
+        now: Instant,
+        open: OpenConnection<'_>,
+    ) -> Outcome {
+        let discard = |reason: DropReason| {
+            self.metrics.count_drop(reason);
+            Outcome::drop(reason)
+        };
+        if inb.bytes.len() > self.settings.limits.max_message_bytes {
+            warn!(source = %inb.source, bytes = inb.bytes.len(), "response over limits.max_message_bytes dropped");
+            return discard(DropReason::Malformed);
+        }
+        if let Err(e) = view.check() {
+            debug!(source = %inb.source, error = %e, "malformed response dropped");
+            return discard(DropReason::MalformedResponse);
+        }
+        let Ok(via) = view.top_via() else {
+            return discard(DropReason::MalformedResponse);
+        };
+        if !self.is_own(&via) {
+            debug!(source = %inb.source, "response not addressed to this proxy discarded");
+            return discard(DropReason::ForeignResponse);
+        }
+        let destination = match via.params.get(FLOW_PARAM.as_bytes()) {
+            // Only the registrar answers requests we sent upstream with a
+            // flow token in our Via.
+            Some(Some(token)) if inb.from_upstream => match self.signer.decode(token) {
+                Ok((Purpose::Via, flow)) => Destination::Flow(flow),
+                Ok(_) | Err(_) => {
+                    warn!(source = %inb.source, "response with a bad flow token discarded");
+                    return discard(DropReason::ForeignResponse);
+                }
+            },
+            Some(_) => {
+                warn!(source = %inb.source, "flow-token response not from the registrar discarded");
+                return discard(DropReason::ForeignResponse);
+            }
+            None => Destination::Upstream,
+        };
+        if view.values(HeaderName::Via).nth(1).is_none() {
+            // RFC 3261 16.7 step 3: nothing left to send it to.
+            debug!(source = %inb.source, "response with only our Via discarded");
+            return discard(DropReason::ForeignResponse);
+        }
+        if let Destination::Flow(flow) = &destination {
+            if let Err(failure) = self.check_flow(flow, open) {
+                debug!(source = %inb.source, peer = %flow.peer, reason = failure.as_str(), "response for a flow this instance cannot write to dropped");
+                return discard(DropReason::FlowGone);
+            }
+            self.learn_registration(view, flow, now);
+        }
+        let Some((_, removal)) = first_value(view, HeaderName::Via) else {
+            return discard(DropReason::MalformedResponse);
+        };
+        let mut edits = Edits::new();
+        edits.remove(removal);
+        if view.content_length().is_none() {
+            edits.insert(
+                view.headers_end(),
+                format!("Content-Length: {}\r\n", view.body().len()),
+            );
+        }
+        Metrics::inc(&self.metrics.responses_relayed);
+        Outcome {
+            send: Some(Outbound {
+                to: destination,
+                bytes: edits.apply(view.raw()),
+            }),
+            ..Outcome::default()
+        }
+    }
+
+    /// Bind the contacts a 2xx to a REGISTER relayed from `flow` granted.
+    fn learn_registration(&self, view: &SipView, flow: &Flow, now: Instant) {
+        let (Some(status), Some(call_id), Ok(cseq)) = (view.status(), view.call_id(), view.cseq())
+        else {
+            return;
+        };
+        if !(200..300).contains(&status) || cseq.method != b"REGISTER" {
+            return;
+        }
+        let default = view
+            .expires()
+            .ok()
+            .flatten()
+            .map_or(DEFAULT_EXPIRES_SECS, u64::from);
+        let granted: Vec<(Vec<u8>, Duration)> = view
+            .contacts()
+            .filter_map(Result::ok)
+            .map(|c| {
+                let secs = c
+                    .params
+                    .get(b"expires")
+                    .flatten()
+                    .and_then(|v| std::str::from_utf8(v).ok()?.parse::<u64>().ok())
+                    .unwrap_or(default)
+                    .min(MAX_EXPIRES_SECS);
+                (
+                    super::registrations::contact_key(c.uri),
+                    Duration::from_secs(secs),
+                )
+            })
+            .collect();
+        let stored = self
+            .registrations
+            .complete(call_id, cseq.number, &granted, flow, now);
+        debug!(client = %flow.client, stored, "registration learned");
+    }
+}

@@ -1,0 +1,406 @@
+//! The core without sockets: runtime snapshots, refusals and their records,
+//! flows of other instances, RFC 5658 Record-Route pairs, the flag header.
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use bytes::Bytes;
+
+use super::*;
+use crate::config::{Config, Overrides};
+use crate::policy::Action;
+use crate::sip::{SipError, SipView, StartLine};
+
+const LYNC: &str = "UCCAPI/15.0.4481.1000 OC/15.0.4481.1000 (Microsoft Lync)";
+const MOBILE: &str = "RTCC/7.0.0.0 UCWA/7.0.0.0 AndroidLync/6.25.0.27 (SM-G930U Android 8.0.0)";
+const RGS: &str = "RTCC/5.0.0.0 Response_Group_Service/5.0.0.0";
+
+const CONFIG: &str = "[proxy]\nflow_secret = \"core-unit-tests-secret\"\n[response_group]\nworkflows = [\"sip:helpdesk@contoso.com\"]\nagents = [\"sip:agent-*@contoso.com\"]\n";
+
+fn client() -> SocketAddr {
+    "127.0.0.1:40000".parse().unwrap()
+}
+
+fn upstream() -> SocketAddr {
+    "127.0.0.1:5070".parse().unwrap()
+}
+
+fn udp(bytes: String, source: SocketAddr) -> Inbound {
+    Inbound {
+        bytes: Bytes::from(bytes),
+        transport: Transport::Udp,
+        source,
+        local: DETACHED_ADDRESS,
+        connection: None,
+        from_upstream: source == upstream(),
+    }
+}
+
+fn tcp(bytes: String, source: SocketAddr, connection: u64) -> Inbound {
+    Inbound {
+        transport: Transport::Tcp,
+        connection: ConnectionId::new(connection),
+        ..udp(bytes, source)
+    }
+}
+
+/// A request from `via` (the sender's address) with `extra` header lines.
+fn request(method: &str, ruri: &str, via: SocketAddr, ua: &str, extra: &str) -> String {
+    let to = if method == "REGISTER" {
+        "sip:agent-a@contoso.com"
+    } else {
+        ruri
+    };
+    format!(
+        "{method} {ruri} SIP/2.0\r\nVia: SIP/2.0/UDP {via};branch=z9hG4bK-{method}-{port};rport\r\nMax-Forwards: 70\r\nFrom: <sip:alice@contoso.com>;tag=f1\r\nTo: <{to}>\r\nCall-ID: {method}-{port}@test\r\nCSeq: 1 {method}\r\nContact: <sip:alice@{via}>\r\nUser-Agent: {ua}\r\n{extra}Content-Length: 0\r\n\r\n",
+        port = via.port()
+    )
+}
+
+fn handle(core: &Core, inbound: &Inbound) -> Outcome {
+    core.handle(inbound, Instant::now(), &|_, _| true)
+}
+
+fn sent(outcome: &Outcome) -> (Destination, String) {
+    let out = outcome.send.as_ref().expect("something sent");
+    (
+        out.to.clone(),
+        String::from_utf8_lossy(&out.bytes).into_owned(),
+    )
+}
+
+fn status(outcome: &Outcome) -> Option<u16> {
+    let out = outcome.send.as_ref()?;
+    match SipView::parse(out.bytes.clone()).ok()?.start_line() {
+        StartLine::Response { code, .. } => Some(code),
+        StartLine::Request { .. } => None,
+    }
+}
+
+fn header_values<'a>(message: &'a str, name: &str) -> Vec<&'a str> {
+    message
+        .split("\r\n")
+        .filter_map(|l| l.split_once(':'))
+        .filter(|(n, _)| n.trim().eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.trim())
+        .collect()
+}
+
+fn runtime_from(toml: &str) -> RuntimeConfig {
+    Config::from_toml_str(toml, Path::new("t.toml"), &Overrides::default())
+        .unwrap()
+        .runtime
+}
+
+#[test]
+fn a_published_runtime_decides_the_next_message_and_names_its_generation() {
+    let core = Core::detached(CONFIG).unwrap();
+    assert_eq!(core.generation(), 1);
+    let invite = || {
+        udp(
+            request("INVITE", "sip:helpdesk@contoso.com", client(), MOBILE, ""),
+            client(),
+        )
+    };
+    let first = handle(&core, &invite());
+    assert_eq!(status(&first), Some(403));
+    let record = first.record.unwrap();
+    assert_eq!((record.action, record.generation), (Action::Reject, 1));
+
+    let generation = core.publish(runtime_from(
+        &(CONFIG.to_owned() + "[policy.caller]\nunsupported = \"allow\"\n"),
+    ));
+    assert_eq!(generation, 2);
+    assert_eq!(core.generation(), 2);
+    let second = handle(&core, &invite());
+    let (to, bytes) = sent(&second);
+    assert_eq!(to, Destination::Upstream, "{bytes}");
+    let record = second.record.unwrap();
+    assert_eq!(
+        (record.action, record.rule.as_ref(), record.generation),
+        (Action::Allow, "caller.unsupported", 2)
+    );
+    assert_eq!(core.publish(runtime_from(CONFIG)), 3);
+}
+
+#[test]
+fn every_refusal_has_its_own_status_and_rule() {
+    let reply = crate::policy::Reply {
+        status: 480,
+        reason: "Temporarily Unavailable".into(),
+        warning: None,
+        headers: Vec::new(),
+    };
+    let all = [
+        Refusal::Malformed(SipError::MissingHeader(HeaderName::CallId)),
+        Refusal::TooLarge,
+        Refusal::TooManyHeaders,
+        Refusal::TooManyHops,
+        Refusal::BadExtension,
+        Refusal::InvalidFlowToken(flow::TokenError::BadSignature),
+        Refusal::LoopDetected,
+        Refusal::NotFound,
+        Refusal::FlowFailed(FlowFailure::OtherInstance),
+        Refusal::NoListener(Transport::Tcp),
+        Refusal::Policy {
+            reply: &reply,
+            rule: "agent-offer.unsupported",
+        },
+        Refusal::UpstreamUnavailable,
+    ];
+    let got: Vec<(u16, &str)> = all.iter().map(|r| (r.status(), r.rule())).collect();
+    assert_eq!(
+        got,
+        [
+            (400, "proxy.malformed"),
+            (513, "proxy.too-large"),
+            (400, "proxy.too-many-headers"),
+            (483, "proxy.too-many-hops"),
+            (420, "proxy.bad-extension"),
+            (403, "proxy.invalid-flow-token"),
+            (482, "proxy.loop-detected"),
+            (404, "proxy.not-found"),
+            (430, "proxy.flow-failed"),
+            (500, "proxy.no-listener"),
+            (480, "agent-offer.unsupported"),
+            (503, "proxy.upstream-unavailable"),
+        ]
+    );
+    assert_eq!(
+        Refusal::Malformed(SipError::VersionNotSupported).status(),
+        505
+    );
+}
+
+#[test]
+fn local_answers_are_recorded_and_an_unanswerable_ack_is_recorded_as_a_drop() {
+    let core = Core::detached(CONFIG).unwrap();
+    // A registrar request for nobody: 404, recorded.
+    let out = handle(
+        &core,
+        &udp(
+            request("INVITE", "sip:nobody@contoso.com", upstream(), RGS, ""),
+            upstream(),
+        ),
+    );
+    assert_eq!(status(&out), Some(404));
+    let r = out.record.unwrap();
+    assert_eq!(
+        (r.action, r.rule.as_ref(), r.status, r.role),
+        (
+            Action::Reject,
+            "proxy.not-found",
+            Some(404),
+            SessionRole::None
+        )
+    );
+    assert_eq!(
+        r.client, "response-group-service",
+        "the sender's classification"
+    );
+    // Max-Forwards 0: 483, recorded.
+    let out = handle(
+        &core,
+        &udp(
+            request("OPTIONS", "sip:bob@contoso.com", client(), LYNC, "")
+                .replace("Max-Forwards: 70", "Max-Forwards: 0"),
+            client(),
+        ),
+    );
+    assert_eq!(status(&out), Some(483));
+    assert_eq!(out.record.unwrap().rule, "proxy.too-many-hops");
+    // An ACK is never answered: dropped, counted and recorded as a drop.
+    let out = handle(
+        &core,
+        &udp(
+            request("ACK", "sip:bob@contoso.com", client(), LYNC, "")
+                .replace("Max-Forwards: 70", "Max-Forwards: 0"),
+            client(),
+        ),
+    );
+    assert!(out.send.is_none());
+    assert_eq!(out.dropped, Some(DropReason::Unanswerable));
+    let r = out.record.unwrap();
+    assert_eq!((r.action, r.status), (Action::Drop, None));
+}
+
+/// Register `user` over TCP connection 1 from `peer` through `core`;
+/// returns the Path URI the registrar would use.
+fn register_over_tcp(core: &Core, peer: SocketAddr) -> String {
+    let out = handle(
+        core,
+        &tcp(
+            request("REGISTER", "sip:contoso.com", peer, LYNC, "")
+                .replace("SIP/2.0/UDP", "SIP/2.0/TCP"),
+            peer,
+            1,
+        ),
+    );
+    let (_, relayed) = sent(&out);
+    header_values(&relayed, "Path")[0]
+        .trim_matches(|c| c == '<' || c == '>')
+        .to_owned()
+}
+
+fn offer_along(route: &str, user: &str, contact: SocketAddr) -> Inbound {
+    let invite = request(
+        "INVITE",
+        &format!("sip:{user}@{contact};transport=tcp"),
+        upstream(),
+        RGS,
+        &format!("Route: <{route}>\r\n"),
+    );
+    udp(invite, upstream())
+}
+
+#[test]
+fn a_token_naming_another_instances_connection_gets_430_and_nothing_is_written() {
+    let x: SocketAddr = "127.0.0.1:41000".parse().unwrap();
+    let a = Core::detached(CONFIG).unwrap();
+    let path = register_over_tcp(&a, x);
+    // Instance B shares the secret but not the boot id; its connection 1
+    // (another client) is open.
+    let b = Core::new(
+        Config::from_toml_str(
+            CONFIG,
+            Path::new("b.toml"),
+            &Overrides {
+                upstream: Some(DETACHED_UPSTREAM.into()),
+                ..Overrides::default()
+            },
+        )
+        .unwrap(),
+        flow::FlowSigner::new(b"core-unit-tests-secret"),
+        BootId::from_u64(2),
+        vec![
+            (Transport::Udp, DETACHED_ADDRESS),
+            (Transport::Tcp, DETACHED_ADDRESS),
+        ],
+        Arc::new(Metrics::default()),
+    );
+    let out = b.handle(
+        &offer_along(&path, "agent-a", x),
+        Instant::now(),
+        &|_, _| true,
+    );
+    assert_eq!(status(&out), Some(430));
+    assert_eq!(
+        out.send.as_ref().unwrap().to,
+        Destination::Source,
+        "answered to the registrar, written to no connection"
+    );
+    assert_eq!(out.record.unwrap().rule, "proxy.flow-failed");
+    // On A itself: the connection open to X delivers; gone, or reused by
+    // another peer, it is 430 too.
+    let deliver = a.handle(
+        &offer_along(&path, "agent-a", x),
+        Instant::now(),
+        &|id, peer| id == ConnectionId::FIRST && peer == x,
+    );
+    let (to, _) = sent(&deliver);
+    assert!(
+        matches!(to, Destination::Flow(ref f) if f.peer == x),
+        "{to:?}"
+    );
+    let other_peer = a.handle(
+        &offer_along(&path, "agent-a", x),
+        Instant::now(),
+        &|_, peer| peer != x,
+    );
+    assert_eq!(status(&other_peer), Some(430));
+}
+
+#[test]
+fn a_dialog_changing_transport_gets_two_record_routes_and_both_are_consumed() {
+    let core = Core::detached(CONFIG).unwrap();
+    let caller: SocketAddr = "127.0.0.1:42000".parse().unwrap();
+    let invite = request("INVITE", "sip:bob@contoso.com", caller, LYNC, "")
+        .replace("SIP/2.0/UDP", "SIP/2.0/TCP");
+    let (to, relayed) = sent(&handle(&core, &tcp(invite, caller, 1)));
+    assert_eq!(to, Destination::Upstream);
+    let rr = header_values(&relayed, "Record-Route");
+    assert_eq!(rr.len(), 2, "{relayed}");
+    assert!(rr[0].ends_with(&format!("@{DETACHED_ADDRESS};transport=udp;lr;ftag=f1>")));
+    assert!(rr[1].ends_with(&format!("@{DETACHED_ADDRESS};transport=tcp;lr;ftag=f1>")));
+    let token = |v: &str| v.split('@').next().unwrap().to_owned();
+    assert_eq!(token(rr[0]), token(rr[1]), "one token, two sides");
+
+    // The callee's BYE comes back along the route set, top first (the UDP
+    // side): both values are this proxy's, both go, and it reaches the
+    // caller's connection.
+    let bye = format!(
+        "BYE sip:alice@{caller};transport=tcp SIP/2.0\r\nRoute: {}, {}\r\nVia: SIP/2.0/UDP {};branch=z9hG4bK-bye\r\nMax-Forwards: 70\r\nFrom: <sip:bob@contoso.com>;tag=callee\r\nTo: <sip:alice@contoso.com>;tag=f1\r\nCall-ID: dialog@test\r\nCSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n",
+        rr[0],
+        rr[1],
+        upstream()
+    );
+    let (to, delivered) = sent(&handle(&core, &udp(bye, upstream())));
+    assert!(
+        matches!(to, Destination::Flow(ref f) if f.peer == caller && f.transport == Transport::Tcp),
+        "{to:?}"
+    );
+    assert!(header_values(&delivered, "Route").is_empty(), "{delivered}");
+
+    // The same request over one transport and address gets one value.
+    let invite = request("INVITE", "sip:bob@contoso.com", caller, LYNC, "");
+    let (_, relayed) = sent(&handle(&core, &udp(invite, caller)));
+    assert_eq!(header_values(&relayed, "Record-Route").len(), 1);
+}
+
+#[test]
+fn the_flag_header_is_sipadmits_alone() {
+    let monitor = CONFIG.replace("[proxy]", "[proxy]\nmode = \"monitor\"");
+    let core = Core::detached(&monitor).unwrap();
+    // Forged by a client: removed, whatever its case.
+    let forged = request(
+        "OPTIONS",
+        "sip:bob@contoso.com",
+        client(),
+        LYNC,
+        "X-Sipadmit: flagged; client=lync-2013\r\nx-sipadmit: again\r\n",
+    );
+    let (_, relayed) = sent(&handle(&core, &udp(forged, client())));
+    assert!(
+        header_values(&relayed, "X-Sipadmit").is_empty(),
+        "{relayed}"
+    );
+    // A flagged caller carries exactly one, sipadmit's.
+    let flagged = request(
+        "INVITE",
+        "sip:helpdesk@contoso.com",
+        client(),
+        MOBILE,
+        "X-Sipadmit: forged\r\n",
+    );
+    let (_, relayed) = sent(&handle(&core, &udp(flagged, client())));
+    assert_eq!(
+        header_values(&relayed, "X-Sipadmit"),
+        ["flagged; client=lync-mobile; reason=caller.unsupported; would-reject"]
+    );
+}
+
+#[test]
+fn an_agent_offer_is_decided_on_the_leg_toward_the_agent_only() {
+    let core = Core::detached(CONFIG).unwrap();
+    // The application's INVITE to the registrar: no session role there,
+    // the sender's classification, no flag.
+    let rgs: SocketAddr = "127.0.0.1:43000".parse().unwrap();
+    let out = handle(
+        &core,
+        &udp(
+            request("INVITE", "sip:agent-a@contoso.com", rgs, RGS, ""),
+            rgs,
+        ),
+    );
+    let (to, relayed) = sent(&out);
+    assert_eq!(to, Destination::Upstream);
+    assert!(
+        header_values(&relayed, "X-Sipadmit").is_empty(),
+        "{relayed}"
+    );
+    let r = out.record.unwrap();
+    assert_eq!(
+        (r.role, r.client.as_str(), r.action),
+        (SessionRole::None, "response-group-service", Action::Allow)
+    );
+}
