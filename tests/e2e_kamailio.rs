@@ -254,3 +254,169 @@ fn tcp_agent_gets_its_offer_on_its_own_connection() {
     let registration = record(&records, "REGISTER", "contoso.com", "lync-2013");
     assert_eq!(registration["transport"], "tcp");
 }
+
+/// The values of a header in a SIPp trace message (lines, any case).
+fn trace_header<'a>(message: &'a str, name: &str) -> Vec<&'a str> {
+    message
+        .lines()
+        .filter_map(|l| l.split_once(':'))
+        .filter(|(n, _)| n.trim().eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.trim())
+        .collect()
+}
+
+/// The first URI of a Route or Record-Route value list.
+fn first_uri(values: &str) -> &str {
+    values
+        .split(',')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .trim_matches(|c| c == '<' || c == '>')
+}
+
+/// Waits (bounded) until Kamailio has logged `n` REGISTERs.
+fn wait_for_registers(kam: &Kamailio, n: usize) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(8);
+    while kam.log_lines("REQ REGISTER").len() < n && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(kam.log_lines("REQ REGISTER").len() >= n, "{}", kam.log());
+    std::thread::sleep(Duration::from_millis(300));
+}
+
+#[test]
+fn a_tcp_caller_and_a_tcp_callee_finish_a_call_through_a_udp_registrar() {
+    // RFC 5658: sipadmit faces the clients over TCP and the registrar over
+    // UDP, so it record-routes twice per pass, and the route sets the
+    // clients learn begin with its TCP side.
+    if common::external::require_tool("sipp").is_none() {
+        return;
+    }
+    let Some(kam) = Kamailio::try_start(KamailioOptions::default()) else {
+        return;
+    };
+    let proxy = TestProxy::start(CONFIG, "127.0.0.1", &kam.upstream_udp());
+    let callee = Sipp::agent("agent-callee", UA_LYNC_2013)
+        .tcp()
+        .remote(proxy.tcp)
+        .wait(Duration::from_secs(12))
+        .label("tcp-callee")
+        .spawn();
+    wait_for_registers(&kam, 1);
+    let caller = Sipp::call("sip:agent-callee@contoso.com", UA_LYNC_2013, 200)
+        .tcp()
+        .remote(proxy.tcp)
+        .user("caller")
+        .label("tcp-caller")
+        .run_with_timeout(RUN);
+    caller.assert_success();
+    let callee = callee.join_timeout(RUN);
+    callee.assert_success();
+
+    // INVITE, ACK and BYE all reached the callee; 200 (INVITE) and 200
+    // (BYE) reached the caller.
+    for method in ["INVITE ", "ACK ", "BYE "] {
+        assert_eq!(
+            callee.received(method).len(),
+            1,
+            "{method}\n{}",
+            callee.report()
+        );
+    }
+    assert_eq!(
+        caller.received("SIP/2.0 200").len(),
+        2,
+        "{}",
+        caller.report()
+    );
+
+    let tcp_side = format!("@{};transport=tcp;lr", proxy.tcp);
+    let udp_side = format!("@{};transport=udp;lr", proxy.udp);
+    // The callee's route set: sipadmit's TCP side first, then its UDP side
+    // (the registrar's leg), then the caller's pass: UDP, TCP.
+    let invite = &callee.received("INVITE ")[0];
+    let record_routes: Vec<&str> = trace_header(invite, "Record-Route")
+        .into_iter()
+        .flat_map(|v| v.split(','))
+        .map(|v| v.trim())
+        .collect();
+    assert_eq!(record_routes.len(), 4, "{invite}");
+    for (value, side) in record_routes
+        .iter()
+        .zip([&tcp_side, &udp_side, &udp_side, &tcp_side])
+    {
+        assert!(
+            value.contains(side.as_str()),
+            "{value} should name {side}\n{invite}"
+        );
+    }
+    // The caller's in-dialog requests start their route at sipadmit's TCP
+    // side: a client that honours its route set sends them over TCP.
+    for method in ["ACK ", "BYE "] {
+        let sent = caller
+            .messages_matching("message sent")
+            .into_iter()
+            .find(|m| m.starts_with(method))
+            .unwrap_or_else(|| panic!("no {method}sent\n{}", caller.report()));
+        let route = trace_header(&sent, "Route");
+        assert!(
+            route
+                .first()
+                .is_some_and(|r| first_uri(r).contains(&tcp_side)),
+            "{method}route should start at {tcp_side}: {sent}"
+        );
+    }
+}
+
+#[test]
+fn after_a_restart_an_offer_to_an_old_tcp_flow_gets_430_and_reaches_no_one_else() {
+    // A fixed flow_secret, as a pool runs it: tokens outlive the process.
+    if common::external::require_tool("sipp").is_none() {
+        return;
+    }
+    let Some(kam) = Kamailio::try_start(KamailioOptions::default()) else {
+        return;
+    };
+    let config = format!("[proxy]\nflow_secret = \"restart-test-secret-0123456789\"\n{CONFIG}");
+    let before = TestProxy::start(&config, "127.0.0.1", &kam.upstream_udp());
+    // Agent X registers over TCP: the first TCP connection of this process.
+    Sipp::register("agent-x", UA_LYNC_2013, 200)
+        .tcp()
+        .remote(before.tcp)
+        .label("agent-x")
+        .run_with_timeout(RUN)
+        .assert_success();
+    wait_for_registers(&kam, 1);
+    // sipadmit restarts on the same ports.
+    let (udp, tcp) = (before.udp, before.tcp);
+    drop(before);
+    let after = TestProxy::start_on(&config, udp, tcp, &kam.upstream_udp());
+    // Agent Y opens the first TCP connection of the new process; it must
+    // not be offered X's call.
+    let y = Sipp::agent("agent-y", UA_LYNC_2013)
+        .tcp()
+        .remote(after.tcp)
+        .expect_invite(false)
+        .wait(Duration::from_secs(6))
+        .label("agent-y")
+        .spawn();
+    wait_for_registers(&kam, 2);
+    // The Response Group application offers a call to X; Kamailio routes it
+    // along X's Path (a token of the old process): 430 Flow Failed.
+    let offer = Sipp::call("sip:agent-x@contoso.com", UA_RESPONSE_GROUP, 430)
+        .remote(kam.udp_addr())
+        .label("rg-to-x")
+        .run_with_timeout(RUN);
+    offer.assert_success();
+    let y = y.join_timeout(RUN);
+    y.assert_success();
+    assert!(y.received("INVITE ").is_empty(), "{}", y.report());
+    let records = after.records();
+    let refused = records
+        .iter()
+        .find(|r| r["status"] == 430)
+        .unwrap_or_else(|| panic!("no 430 record: {records:#?}"));
+    assert_eq!(refused["rule"], "proxy.flow-failed");
+    assert_eq!(refused["action"], "reject");
+}

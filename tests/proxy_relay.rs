@@ -898,3 +898,217 @@ fn a_plain_outbound_proxy_route_is_consumed_and_2xx_acks_get_a_new_branch() {
     let (resp, _) = recv(&client);
     assert!(resp.starts_with("SIP/2.0 400 "), "{resp}");
 }
+
+/// Read one message from a stream, or `None` when nothing comes within `QUIET`.
+fn try_read_message(conn: &mut TcpStream) -> Option<String> {
+    conn.set_read_timeout(Some(QUIET)).unwrap();
+    let mut first = [0u8; 1];
+    let got = conn.read(&mut first);
+    conn.set_read_timeout(Some(WAIT)).unwrap();
+    match got {
+        Ok(1) => {
+            let mut rest = read_message(conn);
+            rest.insert(0, first[0] as char);
+            Some(rest)
+        }
+        _ => None,
+    }
+}
+
+#[test]
+fn a_tcp_flow_of_another_instance_gets_430_and_reaches_no_other_client() {
+    // Two instances sharing flow_secret, as a pool runs them.
+    let upstream = udp("127.0.0.1");
+    let a = start(&upstream, "");
+    let b = start(&upstream, "");
+    // X registers over TCP through A: A's first connection.
+    let mut x = TcpStream::connect(a.tcp).unwrap();
+    x.set_read_timeout(Some(WAIT)).unwrap();
+    let x_addr = x.local_addr().unwrap();
+    let register = Msg::new("REGISTER", "sip:contoso.com", "agent-x", LYNC)
+        .render(x_addr)
+        .replace("SIP/2.0/UDP", "SIP/2.0/TCP");
+    x.write_all(register.as_bytes()).unwrap();
+    let (relayed, _) = recv(&upstream);
+    let path = header(&relayed, "Path")[0]
+        .trim_matches(|c| c == '<' || c == '>')
+        .to_owned();
+    // Y opens B's first TCP connection (a keep-alive round trip proves B
+    // has it).
+    let mut y = TcpStream::connect(b.tcp).unwrap();
+    y.set_read_timeout(Some(WAIT)).unwrap();
+    y.write_all(b"\r\n\r\n").unwrap();
+    let mut pong = [0u8; 2];
+    y.read_exact(&mut pong).unwrap();
+    // The registrar offers a call to X along X's Path, through B.
+    offer(&upstream, b.udp, "agent-x", x_addr, Some(&path));
+    let (resp, _) = recv(&upstream);
+    assert!(resp.starts_with("SIP/2.0 430 Flow Failed\r\n"), "{resp}");
+    assert_eq!(try_read_message(&mut y), None, "nothing written to Y");
+    let records = b.records();
+    let r = records
+        .iter()
+        .find(|r| r["status"] == 430)
+        .unwrap_or_else(|| panic!("{records:#?}"));
+    assert_eq!(
+        (r["action"].as_str(), r["rule"].as_str()),
+        (Some("reject"), Some("proxy.flow-failed"))
+    );
+    // Through A, the instance holding X's connection, the offer reaches X.
+    offer(&upstream, a.udp, "agent-x", x_addr, Some(&path));
+    let invite = read_message(&mut x);
+    assert!(invite.starts_with("INVITE sip:agent-x@"), "{invite}");
+}
+
+#[test]
+fn every_local_answer_is_recorded() {
+    let upstream = udp("127.0.0.1");
+    let proxy = start(&upstream, "");
+    let client = udp("127.0.0.1");
+    let me = client.local_addr().unwrap();
+    // A registrar request for a target nobody registered: 404.
+    let not_found = "INVITE sip:nobody@contoso.com SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK-nf\r\nMax-Forwards: 69\r\nFrom: <sip:helpdesk@contoso.com>;tag=rgs\r\nTo: <sip:nobody@contoso.com>\r\nCall-ID: not-found\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n";
+    upstream.send_to(not_found.as_bytes(), proxy.udp).unwrap();
+    let (resp, _) = recv(&upstream);
+    assert!(resp.starts_with("SIP/2.0 404 Not Found\r\n"), "{resp}");
+    // Max-Forwards 0 and Proxy-Require from a client: 483, 420.
+    let msg = Msg::new("OPTIONS", "sip:bob@contoso.com", "mf", LYNC)
+        .render(me)
+        .replace("Max-Forwards: 70", "Max-Forwards: 0");
+    client.send_to(msg.as_bytes(), proxy.udp).unwrap();
+    assert!(recv(&client).0.starts_with("SIP/2.0 483 "));
+    let mut m = Msg::new("OPTIONS", "sip:bob@contoso.com", "pr", LYNC);
+    m.extra = "Proxy-Require: foo\r\n".into();
+    client.send_to(m.render(me).as_bytes(), proxy.udp).unwrap();
+    assert!(recv(&client).0.starts_with("SIP/2.0 420 "));
+
+    let records = proxy.records();
+    let by_status = |status: u16| {
+        records
+            .iter()
+            .find(|r| r["status"] == status)
+            .unwrap_or_else(|| panic!("no record with status {status}: {records:#?}"))
+    };
+    for (status, rule, call_id) in [
+        (404, "proxy.not-found", "not-found"),
+        (483, "proxy.too-many-hops", "mf-OPTIONS@test"),
+        (420, "proxy.bad-extension", "pr-OPTIONS@test"),
+    ] {
+        let r = by_status(status);
+        assert_eq!(r["action"], "reject", "{r}");
+        assert_eq!(r["rule"], rule, "{r}");
+        assert_eq!(r["call_id"], call_id, "{r}");
+        assert_eq!(r["generation"], 1, "{r}");
+    }
+}
+
+#[test]
+fn local_answers_fill_rport_and_add_received() {
+    let upstream = udp("127.0.0.1");
+    let proxy = start(&upstream, "");
+    let client = udp("127.0.0.1");
+    let me = client.local_addr().unwrap();
+    let msg = Msg::new("OPTIONS", "sip:bob@contoso.com", "rp", LYNC)
+        .render(me)
+        .replace("Max-Forwards: 70", "Max-Forwards: 0");
+    client.send_to(msg.as_bytes(), proxy.udp).unwrap();
+    let (resp, _) = recv(&client);
+    assert!(resp.starts_with("SIP/2.0 483 "), "{resp}");
+    assert_eq!(
+        header(&resp, "Via"),
+        [format!(
+            "SIP/2.0/UDP {me};branch=z9hG4bK-rp-OPTIONS;rport={};received=127.0.0.1",
+            me.port()
+        )],
+        "RFC 3581 section 4"
+    );
+}
+
+/// A proxy in monitor mode (flags instead of rejects) relaying to `upstream`.
+fn start_monitoring(upstream: &UdpSocket) -> TestProxy {
+    let ip = upstream.local_addr().unwrap();
+    let config = CONFIG.replace("[proxy]", "[proxy]\nmode = \"monitor\"");
+    TestProxy::start(&config, "127.0.0.1", &format!("udp:{ip}"))
+}
+
+#[test]
+fn a_forged_flag_header_is_removed() {
+    let upstream = udp("127.0.0.1");
+    let proxy = start_monitoring(&upstream);
+    let client = udp("127.0.0.1");
+    let mut forged = Msg::new("OPTIONS", "sip:bob@contoso.com", "forger", LYNC);
+    forged.extra = "X-Sipadmit: flagged; client=lync-2013; reason=supported\r\n".into();
+    client
+        .send_to(
+            forged.render(client.local_addr().unwrap()).as_bytes(),
+            proxy.udp,
+        )
+        .unwrap();
+    let (relayed, _) = recv(&upstream);
+    assert!(header(&relayed, "X-Sipadmit").is_empty(), "{relayed}");
+}
+
+#[test]
+fn an_agent_offer_is_flagged_once_and_only_on_the_leg_toward_the_agent() {
+    let upstream = udp("127.0.0.1");
+    let proxy = start_monitoring(&upstream);
+    let desk = udp("127.0.0.1");
+    let mobile = udp("127.0.0.1");
+    let desk_path = register_agent(&proxy, &upstream, &desk, "agent-desk", LYNC);
+    let mobile_path = register_agent(&proxy, &upstream, &mobile, "agent-mob", MOBILE);
+    // The application's offer on its way to the registrar: the target is
+    // not known there, so no role and no flag.
+    let rgs = udp("127.0.0.1");
+    for (user, agent, path) in [
+        ("agent-desk", &desk, &desk_path),
+        ("agent-mob", &mobile, &mobile_path),
+    ] {
+        let mut invite = Msg::new("INVITE", &format!("sip:{user}@contoso.com"), "rgs", RGS);
+        invite.call_id = format!("rg-offer-{user}");
+        invite.branch = format!("z9hG4bK-rg-{user}");
+        rgs.send_to(
+            invite.render(rgs.local_addr().unwrap()).as_bytes(),
+            proxy.udp,
+        )
+        .unwrap();
+        let (leg1, _) = recv(&upstream);
+        assert!(header(&leg1, "X-Sipadmit").is_empty(), "{leg1}");
+        // The registrar sends it back along the agent's Path.
+        let up = upstream.local_addr().unwrap();
+        let leg2 = leg1
+            .replacen(
+                &format!("INVITE sip:{user}@contoso.com"),
+                &format!("INVITE sip:{user}@{}", agent.local_addr().unwrap()),
+                1,
+            )
+            .replacen(
+                "Via: ",
+                &format!(
+                    "Route: <{path}>\r\nVia: SIP/2.0/UDP {up};branch=z9hG4bK-reg-{user}\r\nVia: "
+                ),
+                1,
+            );
+        upstream.send_to(leg2.as_bytes(), proxy.udp).unwrap();
+        let (at_agent, _) = recv(agent);
+        let flags = header(&at_agent, "X-Sipadmit");
+        if user == "agent-desk" {
+            assert!(
+                flags.is_empty(),
+                "an allowed offer carries no flag: {at_agent}"
+            );
+        } else {
+            assert_eq!(
+                flags,
+                ["flagged; client=lync-mobile; reason=agent-offer.unsupported; would-reject"],
+                "exactly one flag: {at_agent}"
+            );
+        }
+    }
+    let records = proxy.records();
+    let leg1 = records
+        .iter()
+        .find(|r| r["call_id"] == "rg-offer-agent-mob" && r["role"] == "none")
+        .unwrap_or_else(|| panic!("{records:#?}"));
+    assert_eq!(leg1["client"], "response-group-service");
+    assert_eq!(leg1["action"], "allow");
+}

@@ -32,6 +32,30 @@ impl TestProxy {
     /// Start with `toml` (a sipadmit config), listening on `ip` port 0 (UDP
     /// and TCP), relaying to `upstream` (`udp:IP:PORT` / `tcp:IP:PORT`).
     pub fn start(toml: &str, ip: &str, upstream: &str) -> Self {
+        let host = if ip.contains(':') {
+            format!("[{ip}]")
+        } else {
+            ip.to_owned()
+        };
+        Self::start_listening(
+            toml,
+            vec![format!("udp:{host}:0"), format!("tcp:{host}:0")],
+            upstream,
+        )
+    }
+
+    /// Start on exactly these UDP and TCP addresses (a restart on the ports
+    /// of an instance that has stopped).
+    pub fn start_on(toml: &str, udp: SocketAddr, tcp: SocketAddr, upstream: &str) -> Self {
+        Self::start_listening(
+            toml,
+            vec![format!("udp:{udp}"), format!("tcp:{tcp}")],
+            upstream,
+        )
+    }
+
+    /// Start listening on `listen` (`--listen` values, one UDP and one TCP).
+    fn start_listening(toml: &str, listen: Vec<String>, upstream: &str) -> Self {
         // Console logs in the test output (shown for failing tests); RUST_LOG filters.
         let _ = tracing_subscriber::fmt()
             .with_env_filter(
@@ -42,13 +66,8 @@ impl TestProxy {
             .try_init();
         let dir = tempfile::tempdir().unwrap();
         let decision_log = dir.path().join("decisions.jsonl");
-        let host = if ip.contains(':') {
-            format!("[{ip}]")
-        } else {
-            ip.to_owned()
-        };
         let overrides = Overrides {
-            listen: vec![format!("udp:{host}:0"), format!("tcp:{host}:0")],
+            listen,
             upstream: Some(upstream.to_owned()),
             mode: None,
             decision_log: Some(decision_log.display().to_string()),
