@@ -2,25 +2,32 @@
 //!
 //! Run with: `cargo bench --bench pipeline`
 //! (one group per stage; `view` compares with `rsip::SipMessage::try_from`
-//! on the same bytes; `pipeline` is view + classify + role + decide.)
+//! on the same bytes; `pipeline` is view + classify + role + decide; `core`
+//! is the whole proxy core on one message: `Core::handle` of a detached
+//! core, from bytes to the relayed bytes and the decision record.)
 
 use std::hint::black_box;
 use std::net::{IpAddr, Ipv4Addr};
+use std::time::Instant;
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use sipadmit::classify::Catalog;
 use sipadmit::config::{Config, Overrides, SHIPPED_CATALOG};
 use sipadmit::policy::{decide, SessionFacts, Verdict};
+use sipadmit::proxy::{Core, Inbound, DETACHED_ADDRESS};
 use sipadmit::sip::SipView;
+use sipadmit::transport::Transport;
 
 const REGISTER: &[u8] = include_bytes!("../tests/fixtures/lync2013-register-tls.sip");
 const INVITE: &[u8] = include_bytes!("../tests/fixtures/lync2013-invite-6k-multipart.sip");
 const USER_AGENTS: &str = include_str!("../tests/corpus/user-agents.tsv");
 
+const CONFIG: &str = "[response_group]\nworkflows = [\"sip:helpdesk@contoso.com\"]\nagents = [\"sip:agent-*@contoso.com\"]\n";
+
 fn config() -> Config {
     Config::from_toml_str(
-        "[response_group]\nworkflows = [\"sip:helpdesk@contoso.com\"]\nagents = [\"sip:agent-*@contoso.com\"]\n",
+        CONFIG,
         std::path::Path::new("bench.toml"),
         &Overrides::default(),
     )
@@ -111,5 +118,26 @@ fn pipeline(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, view_vs_rsip, classify, pipeline);
+/// The whole core: a client's REGISTER and INVITE relayed upstream.
+fn core(c: &mut Criterion) {
+    let core = Core::detached(CONFIG).expect("bench config");
+    let now = Instant::now();
+    let mut g = c.benchmark_group("core");
+    for (name, raw) in [("register-856B", REGISTER), ("invite-7.6KB", INVITE)] {
+        let inbound = Inbound {
+            bytes: Bytes::from_static(raw),
+            transport: Transport::Udp,
+            source: "127.0.0.1:40000".parse().expect("literal"),
+            local: DETACHED_ADDRESS,
+            connection: None,
+            from_upstream: false,
+        };
+        g.bench_function(format!("handle/{name}"), |b| {
+            b.iter(|| black_box(core.handle(black_box(&inbound), now, &|_, _| true)))
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, view_vs_rsip, classify, pipeline, core);
 criterion_main!(benches);
