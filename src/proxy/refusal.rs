@@ -30,7 +30,7 @@ pub enum FlowFailure {
 }
 
 impl FlowFailure {
-    /// Name used in log lines.
+    /// What a log line says about it.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::OtherInstance => "flow of another instance or an earlier run",
