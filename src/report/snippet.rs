@@ -109,7 +109,8 @@ pub fn catalog_snippet(
             user_agents - 1
         );
     } else {
-        let _ = writeln!(out, "# {records} records, {first} .. {last}");
+        let noun = if records == 1 { "record" } else { "records" };
+        let _ = writeln!(out, "# {records} {noun}, {first} .. {last}");
     }
     out.push_str("# Review category, support and roles, then paste at the end of the catalog.\n");
     out.push_str("[[clients]]\n");
