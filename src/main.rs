@@ -120,13 +120,20 @@ fn report(args: cli::ReportArgs) -> anyhow::Result<ExitCode> {
             .with_context(|| format!("writing {}", path.display()))?;
         return Ok(ExitCode::SUCCESS);
     }
-    let mut out = std::io::stdout().lock();
-    if args.json {
-        serde_json::to_writer_pretty(&mut out, &summary)?;
-        writeln!(out)?;
+    let text = if args.json {
+        let mut json = serde_json::to_string_pretty(&summary)?;
+        json.push('\n');
+        json
     } else {
-        out.write_all(report::plain::render(&summary).as_bytes())?;
+        report::plain::render(&summary)
+    };
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        // `sipadmit report | head`: the reader has what it wanted.
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(ExitCode::SUCCESS),
+        result => {
+            result.context("writing the report")?;
+            Ok(ExitCode::SUCCESS)
+        }
     }
-    out.flush()?;
-    Ok(ExitCode::SUCCESS)
 }
