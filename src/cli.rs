@@ -1,4 +1,4 @@
-//! Command line (clap): `run`, `check-config`, `classify`.
+//! Command line (clap): `run`, `check-config`, `classify`, `report`.
 
 use std::path::PathBuf;
 
@@ -37,6 +37,32 @@ pub enum Command {
         /// User-Agent values; none reads stdin.
         user_agents: Vec<String>,
     },
+    /// Summarise decision logs (files, .gz files, or stdin when none is named).
+    Report(ReportArgs),
+}
+
+/// `sipadmit report` arguments.
+#[derive(Debug, clap::Args)]
+pub struct ReportArgs {
+    /// Count records from this time on (inclusive), RFC 3339, e.g. 2026-11-27T00:00:00Z.
+    #[arg(long, value_name = "TIME")]
+    pub since: Option<jiff::Timestamp>,
+    /// Count records before this time (exclusive), RFC 3339.
+    #[arg(long, value_name = "TIME")]
+    pub until: Option<jiff::Timestamp>,
+    /// Print one JSON object instead of tables.
+    #[arg(long, conflicts_with = "html")]
+    pub json: bool,
+    /// Write a self-contained HTML page to FILE instead of printing tables.
+    #[arg(long, value_name = "FILE")]
+    pub html: Option<PathBuf>,
+    /// Config file whose catalog reads client versions from User-Agents
+    /// (default: the shipped catalog).
+    #[arg(long, short)]
+    pub config: Option<PathBuf>,
+    /// Decision logs, plain or gzip (logrotate's); `-` or none reads stdin.
+    #[arg(value_name = "LOG")]
+    pub logs: Vec<PathBuf>,
 }
 
 /// `sipadmit run` arguments.

@@ -13,5 +13,6 @@ pub mod observe;
 pub mod policy;
 pub mod problem;
 pub mod proxy;
+pub mod report;
 pub mod sip;
 pub mod transport;

@@ -95,5 +95,45 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Report(args) => report(args),
+    }
+}
+
+/// `sipadmit report`: read every log into one tally, then print or write it.
+fn report(args: cli::ReportArgs) -> anyhow::Result<ExitCode> {
+    use sipadmit::report::{self, Tally, TimeRange};
+    let catalog = match &args.config {
+        Some(path) => Config::load(path, &Overrides::default())?.runtime.catalog,
+        None => Catalog::from_toml_str(SHIPPED_CATALOG).context("built-in catalog")?,
+    };
+    let range = TimeRange::new(args.since, args.until)?;
+    let logs = report::open_logs(&args.logs)?;
+    let names: Vec<String> = logs.iter().map(|l| l.name().to_owned()).collect();
+    let mut tally = Tally::new(&catalog, range);
+    for log in logs {
+        report::read_log(log, &mut tally)?;
+    }
+    let mut summary = tally.finish();
+    summary.logs = names;
+    if let Some(path) = &args.html {
+        std::fs::write(path, report::html::render(&summary))
+            .with_context(|| format!("writing {}", path.display()))?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let text = if args.json {
+        let mut json = serde_json::to_string_pretty(&summary)?;
+        json.push('\n');
+        json
+    } else {
+        report::plain::render(&summary)
+    };
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        // `sipadmit report | head`: the reader has what it wanted.
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(ExitCode::SUCCESS),
+        result => {
+            result.context("writing the report")?;
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }

@@ -1,0 +1,447 @@
+//! The plain report: aligned text tables for a terminal or an email (no
+//! colours, no terminal control: control and bidirectional-override
+//! characters from the log are shown escaped, `\u{1b}`).
+
+use std::fmt::Write as _;
+
+use super::summary::{KeyCount, NamedCounts, Summary};
+
+/// Rows shown in a "top" table (sources, users, workflows, rules, clients
+/// of would-be rejects): 10.
+pub const TOP_ROWS: usize = 10;
+/// Unknown User-Agents shown: 20.
+pub const TOP_USER_AGENTS: usize = 20;
+/// Characters of a User-Agent, URI or other value shown in a table cell: 100.
+const MAX_CELL_CHARS: usize = 100;
+/// Width of the bars of the over-time table.
+const BAR_WIDTH: u64 = 40;
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Align {
+    Left,
+    Right,
+}
+
+/// A text table: columns separated by two spaces, numbers right-aligned,
+/// the last column unpadded.
+struct Table {
+    header: Vec<&'static str>,
+    align: Vec<Align>,
+    rows: Vec<Vec<String>>,
+}
+
+impl Table {
+    fn new(columns: &[(&'static str, Align)]) -> Self {
+        Self {
+            header: columns.iter().map(|(h, _)| *h).collect(),
+            align: columns.iter().map(|(_, a)| *a).collect(),
+            rows: Vec::new(),
+        }
+    }
+
+    fn row(&mut self, cells: Vec<String>) {
+        self.rows
+            .push(cells.into_iter().map(|c| cell(&c)).collect());
+    }
+
+    fn render(&self, out: &mut String) {
+        let mut widths: Vec<usize> = self.header.iter().map(|h| h.chars().count()).collect();
+        for row in &self.rows {
+            for (w, c) in widths.iter_mut().zip(row) {
+                *w = (*w).max(c.chars().count());
+            }
+        }
+        let header: Vec<String> = self.header.iter().map(|h| (*h).to_owned()).collect();
+        for row in std::iter::once(&header).chain(&self.rows) {
+            let mut line = String::new();
+            let last = row.len().saturating_sub(1);
+            for (i, c) in row.iter().enumerate() {
+                let pad = widths[i].saturating_sub(c.chars().count());
+                match (self.align[i], i == last) {
+                    (Align::Right, _) => {
+                        line.extend(std::iter::repeat_n(' ', pad));
+                        line.push_str(c);
+                    }
+                    (Align::Left, true) => line.push_str(c),
+                    (Align::Left, false) => {
+                        line.push_str(c);
+                        line.extend(std::iter::repeat_n(' ', pad));
+                    }
+                }
+                if i != last {
+                    line.push_str("  ");
+                }
+            }
+            out.push_str("  ");
+            out.push_str(line.trim_end());
+            out.push('\n');
+        }
+    }
+}
+
+/// A value from the log made safe and short for a terminal cell.
+fn cell(text: &str) -> String {
+    let mut out = String::new();
+    for (i, c) in text.chars().enumerate() {
+        if i == MAX_CELL_CHARS {
+            out.push('…');
+            break;
+        }
+        if c.is_control() || super::snippet::is_bidi_control(c) {
+            let _ = write!(out, "\\u{{{:x}}}", c as u32);
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+fn percent(part: u64, whole: u64) -> String {
+    if whole == 0 {
+        return "-".to_owned();
+    }
+    format!("{:.1}%", part as f64 * 100.0 / whole as f64)
+}
+
+fn heading(out: &mut String, title: &str) {
+    out.push('\n');
+    out.push_str(title);
+    out.push('\n');
+    out.extend(std::iter::repeat_n('-', title.chars().count()));
+    out.push('\n');
+}
+
+fn more(out: &mut String, shown: usize, total: usize, what: &str) {
+    if total > shown {
+        let _ = writeln!(out, "  ... and {} more {what} (see --json)", total - shown);
+    }
+}
+
+fn top_table(out: &mut String, title: &'static str, rows: &[KeyCount], whole: u64) {
+    let mut t = Table::new(&[
+        ("RECORDS", Align::Right),
+        ("SHARE", Align::Right),
+        (title, Align::Left),
+    ]);
+    for r in rows.iter().take(TOP_ROWS) {
+        t.row(vec![
+            r.count.to_string(),
+            percent(r.count, whole),
+            r.key.clone(),
+        ]);
+    }
+    if rows.is_empty() {
+        let _ = writeln!(out, "  {title}: none");
+        return;
+    }
+    t.render(out);
+    more(out, TOP_ROWS, rows.len(), "rows");
+}
+
+fn counts_line(counts: &NamedCounts) -> String {
+    counts
+        .0
+        .iter()
+        .map(|(n, c)| format!("{n} {c}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The whole plain report.
+pub fn render(s: &Summary) -> String {
+    let mut out = String::new();
+    overview(&mut out, s);
+    decisions(&mut out, s);
+    clients(&mut out, s);
+    would_reject(&mut out, s);
+    rejected_and_flagged(&mut out, s);
+    unknown_user_agents(&mut out, s);
+    over_time(&mut out, s);
+    not_itemised(&mut out, s);
+    out
+}
+
+fn overview(out: &mut String, s: &Summary) {
+    out.push_str("sipadmit decision report\n");
+    out.push_str("========================\n");
+    let _ = writeln!(out, "Logs:         {}", cell(&s.logs.join(", ")));
+    let _ = writeln!(
+        out,
+        "Records:      {} ({} malformed lines skipped, {} records outside the time range)",
+        s.records, s.malformed_lines, s.outside_time_range
+    );
+    let bound = |b: &Option<super::summary::Millis>| b.map_or("-".to_owned(), |t| t.to_string());
+    if s.since.is_some() || s.until.is_some() {
+        let _ = writeln!(
+            out,
+            "Time range:   --since {} (inclusive) --until {} (exclusive)",
+            bound(&s.since),
+            bound(&s.until)
+        );
+    }
+    let _ = writeln!(
+        out,
+        "First / last: {} .. {} (UTC)",
+        bound(&s.first_record),
+        bound(&s.last_record)
+    );
+}
+
+fn decisions(out: &mut String, s: &Summary) {
+    heading(out, "Decisions by role and action");
+    let mut t = Table::new(&[
+        ("ROLE", Align::Left),
+        ("RECORDS", Align::Right),
+        ("ALLOW", Align::Right),
+        ("FLAG", Align::Right),
+        ("REJECT", Align::Right),
+        ("DROP", Align::Right),
+    ]);
+    for r in &s.by_role_and_action {
+        let mut row = vec![r.role.to_owned(), r.count.to_string()];
+        row.extend(r.by_action.0.iter().map(|(_, c)| c.to_string()));
+        t.row(row);
+    }
+    let mut total = vec!["all".to_owned(), s.records.to_string()];
+    total.extend(s.by_action.0.iter().map(|(_, c)| c.to_string()));
+    t.row(total);
+    t.render(out);
+    let _ = writeln!(out, "  Mode: {}", counts_line(&s.by_mode));
+    let _ = writeln!(out, "  Support class: {}", counts_line(&s.by_support));
+    heading(out, "Policy rules");
+    top_table(out, "RULE", &s.by_rule, s.records);
+}
+
+fn clients(out: &mut String, s: &Summary) {
+    heading(out, "Clients");
+    let mut t = Table::new(&[
+        ("CLIENT", Align::Left),
+        ("SUPPORT", Align::Left),
+        ("CATEGORY", Align::Left),
+        ("RECORDS", Align::Right),
+        ("SHARE", Align::Right),
+        ("ALLOW", Align::Right),
+        ("FLAG", Align::Right),
+        ("REJECT", Align::Right),
+        ("DROP", Align::Right),
+        ("VERSIONS SEEN", Align::Left),
+    ]);
+    for c in &s.by_client {
+        let mut versions: Vec<String> = c
+            .versions
+            .iter()
+            .take(3)
+            .map(|v| format!("{} ({})", v.version, v.count))
+            .collect();
+        if c.versions.len() > 3 {
+            versions.push(format!("+{} more", c.versions.len() - 3));
+        }
+        let mut row = vec![
+            c.client.clone(),
+            c.support.to_owned(),
+            c.category.to_owned(),
+            c.count.to_string(),
+            percent(c.count, s.records),
+        ];
+        row.extend(c.by_action.0.iter().map(|(_, n)| n.to_string()));
+        row.push(if versions.is_empty() {
+            "-".to_owned()
+        } else {
+            versions.join(", ")
+        });
+        t.row(row);
+    }
+    if s.by_client.is_empty() {
+        out.push_str("  none\n");
+    } else {
+        t.render(out);
+    }
+    let reclassified: u64 = s.by_client.iter().map(|c| c.reclassified).sum();
+    if reclassified > 0 {
+        let _ = writeln!(
+            out,
+            "  {reclassified} records name a client that the current catalog no longer gives their User-Agent"
+        );
+    }
+}
+
+fn would_reject(out: &mut String, s: &Summary) {
+    heading(out, "Monitor mode: what enforcing would change");
+    let w = &s.would_reject;
+    if w.total == 0 {
+        let monitor = s.by_mode.get("monitor");
+        let _ = writeln!(
+            out,
+            "  No record marked would_reject ({monitor} records in monitor mode)."
+        );
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "  {} records relayed in monitor mode would have been rejected in enforce mode.",
+        w.total
+    );
+    let _ = writeln!(out, "  By role: {}", counts_line(&w.by_role));
+    top_table(out, "CLIENT", &w.by_client, w.total);
+    top_table(out, "RULE", &w.by_rule, w.total);
+}
+
+fn rejected_and_flagged(out: &mut String, s: &Summary) {
+    heading(out, "Rejected and flagged");
+    let r = &s.rejected_and_flagged;
+    let whole = r.reject + r.flag;
+    let _ = writeln!(
+        out,
+        "  {} rejected, {} flagged ({} of them would_reject)",
+        r.reject, r.flag, s.would_reject.total
+    );
+    if whole == 0 {
+        return;
+    }
+    top_table(out, "SOURCE", &r.sources, whole);
+    top_table(out, "USER (FROM)", &r.users, whole);
+    top_table(
+        out,
+        "WORKFLOW (REQUEST-URI OF CALLERS)",
+        &r.workflows,
+        whole,
+    );
+}
+
+fn unknown_user_agents(out: &mut String, s: &Summary) {
+    let records: u64 = s.unknown_user_agents.iter().map(|u| u.count).sum();
+    heading(
+        out,
+        "User-Agents the catalog did not recognise (client \"unknown\")",
+    );
+    if s.unknown_user_agents.is_empty() {
+        out.push_str("  none\n");
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "  {} distinct, {records} records",
+        s.unknown_user_agents.len()
+    );
+    let mut t = Table::new(&[
+        ("RECORDS", Align::Right),
+        ("FIRST SEEN", Align::Left),
+        ("LAST SEEN", Align::Left),
+        ("USER-AGENT", Align::Left),
+    ]);
+    for u in s.unknown_user_agents.iter().take(TOP_USER_AGENTS) {
+        t.row(vec![
+            u.count.to_string(),
+            u.first_seen.to_string(),
+            u.last_seen.to_string(),
+            u.user_agent.clone(),
+        ]);
+    }
+    t.render(out);
+    more(
+        out,
+        TOP_USER_AGENTS,
+        s.unknown_user_agents.len(),
+        "User-Agents",
+    );
+    heading(out, "Catalog entries for the top unknown User-Agents");
+    out.push_str("  Paste at the end of the catalog (config/clients.toml or [catalog] path),\n");
+    out.push_str("  after review; then `sipadmit check-config` and a restart.\n");
+    for snippet in &s.catalog_snippets {
+        out.push('\n');
+        // The snippet's strings are TOML-escaped: no control characters.
+        out.push_str(&snippet.toml);
+    }
+}
+
+fn over_time(out: &mut String, s: &Summary) {
+    let o = &s.over_time;
+    heading(out, &format!("Decisions over time (per {}, UTC)", o.bucket));
+    if o.buckets.is_empty() {
+        out.push_str("  none\n");
+        return;
+    }
+    let peak = o
+        .buckets
+        .iter()
+        .map(|b| b.total())
+        .max()
+        .unwrap_or(0)
+        .max(1);
+    let mut t = Table::new(&[
+        ("START", Align::Left),
+        ("RECORDS", Align::Right),
+        ("ALLOW", Align::Right),
+        ("FLAG", Align::Right),
+        ("REJECT", Align::Right),
+        ("DROP", Align::Right),
+        ("WOULD-REJECT", Align::Right),
+        ("", Align::Left),
+    ]);
+    for b in &o.buckets {
+        let total = b.total();
+        let bar = (total * BAR_WIDTH).div_ceil(peak) as usize;
+        t.row(vec![
+            b.start.to_string(),
+            total.to_string(),
+            b.allow.to_string(),
+            b.flag.to_string(),
+            b.reject.to_string(),
+            b.drop.to_string(),
+            b.would_reject.to_string(),
+            "#".repeat(bar),
+        ]);
+    }
+    t.render(out);
+}
+
+fn not_itemised(out: &mut String, s: &Summary) {
+    if s.not_itemised.total() == 0 {
+        return;
+    }
+    heading(out, "Not itemised");
+    out.push_str("  Records counted in the totals but not listed by key: the table was full\n");
+    out.push_str("  (10,000 distinct keys or 4 MiB of keys per table; 100 versions per client).\n");
+    let _ = writeln!(
+        out,
+        "  {}",
+        counts_line(&NamedCounts(
+            s.not_itemised
+                .0
+                .iter()
+                .copied()
+                .filter(|(_, c)| *c > 0)
+                .collect()
+        ))
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cells_escape_terminal_controls_and_are_shortened() {
+        assert_eq!(cell("a\u{1b}[31mred\u{7}"), "a\\u{1b}[31mred\\u{7}");
+        assert_eq!(cell("x\u{202e}y"), "x\\u{202e}y");
+        let long = "é".repeat(150);
+        assert_eq!(cell(&long).chars().count(), MAX_CELL_CHARS + 1);
+    }
+
+    #[test]
+    fn tables_align_numbers_right_and_leave_no_trailing_spaces() {
+        let mut t = Table::new(&[
+            ("NAME", Align::Left),
+            ("N", Align::Right),
+            ("NOTE", Align::Left),
+        ]);
+        t.row(vec!["a".into(), "1".into(), "".into()]);
+        t.row(vec!["long-name".into(), "1234".into(), "x".into()]);
+        let mut out = String::new();
+        t.render(&mut out);
+        assert_eq!(
+            out,
+            "  NAME          N  NOTE\n  a             1\n  long-name  1234  x\n"
+        );
+    }
+}

@@ -1,0 +1,277 @@
+//! A decision record read without copying: [`RecordView`] has the fields of
+//! [`DecisionRecord`] with the same names, types and serde rules, but its
+//! strings borrow from the line (copied only when the JSON escapes
+//! something). A line is a record for the report exactly when it is one for
+//! [`DecisionRecord`] (the tests below hold the two to that).
+
+use std::borrow::Cow;
+use std::fmt;
+use std::net::SocketAddr;
+
+use jiff::Timestamp;
+use serde::de::{self, Deserializer, Visitor};
+use serde::Deserialize;
+
+use crate::classify::{Category, Support};
+use crate::observe::DecisionRecord;
+use crate::policy::{Action, Mode, SessionRole};
+use crate::transport::Transport;
+
+/// One decision record as read from a log line; see [`DecisionRecord`] for
+/// what each field means.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct RecordView<'a> {
+    /// When the decision was made (RFC 3339, read as `run` writes it).
+    #[serde(deserialize_with = "rfc3339")]
+    pub ts: Timestamp,
+    /// `udp` or `tcp`.
+    pub transport: Transport,
+    /// Source `IP:port`.
+    pub source: SocketAddr,
+    /// Request method.
+    #[serde(borrow)]
+    pub method: Text<'a>,
+    /// Call-ID.
+    #[serde(borrow)]
+    pub call_id: Text<'a>,
+    /// From URI.
+    #[serde(borrow)]
+    pub from: Text<'a>,
+    /// To URI.
+    #[serde(borrow)]
+    pub to: Text<'a>,
+    /// Request-URI.
+    #[serde(borrow)]
+    pub request_uri: Text<'a>,
+    /// User-Agent as sent (`None` when missing).
+    #[serde(borrow)]
+    pub user_agent: Option<Text<'a>>,
+    /// Catalog id of the client the decision is about.
+    #[serde(borrow)]
+    pub client: Text<'a>,
+    /// The client's category.
+    pub category: Category,
+    /// The client's Response Group support.
+    pub support: Support,
+    /// Session role.
+    pub role: SessionRole,
+    /// What the filter did.
+    pub action: Action,
+    /// Policy rule that decided.
+    #[serde(borrow)]
+    pub rule: Text<'a>,
+    /// Catalog rule that classified the client.
+    #[serde(borrow)]
+    pub client_rule: Text<'a>,
+    /// Status code sent by the filter, if any.
+    pub status: Option<u16>,
+    /// `enforce` or `monitor`.
+    pub mode: Mode,
+    /// Monitor mode relayed a message enforce mode would have rejected.
+    pub would_reject: bool,
+    /// Runtime configuration generation (0 when absent).
+    #[serde(default)]
+    pub generation: u64,
+}
+
+impl<'a> RecordView<'a> {
+    /// Reads one log line (without its line break). `None` when the line is
+    /// not a decision record.
+    pub fn parse(line: &'a [u8]) -> Option<Self> {
+        serde_json::from_slice(line).ok()
+    }
+
+    /// The owned [`DecisionRecord`] with the same values.
+    pub fn to_record(&self) -> DecisionRecord {
+        DecisionRecord {
+            ts: self.ts,
+            transport: self.transport,
+            source: self.source,
+            method: self.method.to_string(),
+            call_id: self.call_id.to_string(),
+            from: self.from.to_string(),
+            to: self.to.to_string(),
+            request_uri: self.request_uri.to_string(),
+            user_agent: self.user_agent.as_ref().map(Text::to_string),
+            client: self.client.to_string(),
+            category: self.category,
+            support: self.support,
+            role: self.role,
+            action: self.action,
+            rule: Cow::Owned(self.rule.to_string()),
+            client_rule: self.client_rule.to_string(),
+            status: self.status,
+            mode: self.mode,
+            would_reject: self.would_reject,
+            generation: self.generation,
+        }
+    }
+}
+
+/// A JSON string of a record: borrowed from the line unless it had escapes.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Text<'a>(pub Cow<'a, str>);
+
+impl Text<'_> {
+    /// The text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Text<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct TextVisitor;
+        impl<'de> Visitor<'de> for TextVisitor {
+            type Value = Text<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(Text(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Text(Cow::Owned(v.to_owned())))
+            }
+            fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
+                Ok(Text(Cow::Owned(v)))
+            }
+        }
+        deserializer.deserialize_str(TextVisitor)
+    }
+}
+
+/// `ts` read the way [`DecisionRecord`] reads it: a string parsed as an
+/// RFC 3339 timestamp.
+fn rfc3339<'de, D: Deserializer<'de>>(d: D) -> Result<Timestamp, D::Error> {
+    let text = Text::deserialize(d)?;
+    text.as_str().parse().map_err(de::Error::custom)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::observe::decision_log::record_time;
+
+    fn record() -> DecisionRecord {
+        DecisionRecord {
+            ts: record_time(),
+            transport: Transport::Tcp,
+            source: "[::1]:5062".parse().unwrap(),
+            method: "INVITE".into(),
+            call_id: "a84b4c76e66710@pc33".into(),
+            from: "sip:bob@contoso.com".into(),
+            to: "sip:helpdesk@contoso.com".into(),
+            request_uri: "sip:helpdesk@contoso.com".into(),
+            user_agent: Some("RTCC/7.0.0.0 UCWA/7.0.0.0 AndroidLync/6.25.0.27 (Nexus 5)".into()),
+            client: "lync-mobile".into(),
+            category: Category::Mobile,
+            support: Support::Unsupported,
+            role: SessionRole::Caller,
+            action: Action::Reject,
+            rule: Cow::Borrowed("caller.unsupported"),
+            client_rule: "lync-mobile#4".into(),
+            status: Some(403),
+            mode: Mode::Enforce,
+            would_reject: false,
+            generation: 3,
+        }
+    }
+
+    fn line(r: &DecisionRecord) -> String {
+        serde_json::to_string(r).unwrap()
+    }
+
+    #[test]
+    fn reads_what_the_writer_writes() {
+        let mut variants = vec![record()];
+        let mut r = record();
+        r.user_agent = None;
+        r.status = None;
+        r.transport = Transport::Udp;
+        r.source = "192.0.2.7:5060".parse().unwrap();
+        r.role = SessionRole::AgentOffer;
+        r.action = Action::Flag;
+        r.mode = Mode::Monitor;
+        r.would_reject = true;
+        variants.push(r);
+        let mut r = record();
+        // Escapes: quotes, backslashes, control characters, non-ASCII.
+        r.user_agent = Some("Odd \"UA\" \\ \u{1}\t<b>é中".into());
+        r.from = "sip:\"x\"@example.com".into();
+        variants.push(r);
+        for r in variants {
+            let text = line(&r);
+            let view = RecordView::parse(text.as_bytes()).expect("a record");
+            assert_eq!(view.to_record(), r, "{text}");
+        }
+    }
+
+    #[test]
+    fn strings_without_escapes_are_borrowed() {
+        let text = line(&record());
+        let view = RecordView::parse(text.as_bytes()).unwrap();
+        assert!(matches!(view.client.0, Cow::Borrowed(_)));
+        assert!(matches!(view.user_agent.unwrap().0, Cow::Borrowed(_)));
+    }
+
+    /// Every mutation of a valid line is accepted by both readers or by
+    /// neither: the report reads exactly what `DecisionRecord` reads.
+    #[test]
+    fn accepts_exactly_what_decision_record_accepts() {
+        let base: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_str(&line(&record())).unwrap();
+        let mut lines = vec![
+            String::new(),
+            "not json".to_owned(),
+            "[]".to_owned(),
+            "{}".to_owned(),
+            line(&record()).replace('}', ""),
+            format!("{} trailing", line(&record())),
+            format!("{}\r", line(&record())),
+            line(&record()).replacen("{", "{\"ts\":\"2026-01-01T00:00:00Z\",", 1),
+        ];
+        let replacements = [
+            serde_json::Value::Null,
+            serde_json::json!(42),
+            serde_json::json!("bogus"),
+            serde_json::json!(""),
+            serde_json::json!(true),
+            serde_json::json!(["x"]),
+            serde_json::json!("2026-11-27T00:57:40+01:00"),
+            serde_json::json!("10.0.0.1"),
+        ];
+        for key in base.keys() {
+            let mut without = base.clone();
+            without.remove(key);
+            lines.push(serde_json::Value::Object(without).to_string());
+            for value in &replacements {
+                let mut changed = base.clone();
+                changed.insert(key.clone(), value.clone());
+                lines.push(serde_json::Value::Object(changed).to_string());
+            }
+        }
+        let mut extra = base.clone();
+        extra.insert("new_field".into(), serde_json::json!({"a": 1}));
+        lines.push(serde_json::Value::Object(extra).to_string());
+        let mut accepted = 0;
+        for l in &lines {
+            let owned = serde_json::from_str::<DecisionRecord>(l).ok();
+            let view = RecordView::parse(l.as_bytes());
+            assert_eq!(
+                view.as_ref().map(RecordView::to_record),
+                owned,
+                "line read differently: {l}"
+            );
+            accepted += usize::from(owned.is_some());
+        }
+        // Both outcomes occur, so the comparison means something.
+        assert!(accepted > 5 && accepted < lines.len() - 5, "{accepted}");
+    }
+}

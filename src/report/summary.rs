@@ -1,0 +1,264 @@
+//! The finished report: what `--json` prints (these types serialize to it
+//! field by field) and what the plain and HTML renderers show. Lists are
+//! sorted by count, descending, ties by key, ascending.
+
+use std::fmt;
+
+use jiff::Timestamp;
+use serde::ser::{SerializeMap, Serializer};
+use serde::Serialize;
+
+/// A timestamp shown as records show it: RFC 3339 UTC with milliseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Millis(pub Timestamp);
+
+impl fmt::Display for Millis {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:.3}", self.0)
+    }
+}
+
+impl Serialize for Millis {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// Counts by name, serialized as a JSON object in this order.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NamedCounts(pub Vec<(&'static str, u64)>);
+
+impl NamedCounts {
+    /// The count of `name` (0 when absent).
+    pub fn get(&self, name: &str) -> u64 {
+        self.0
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map_or(0, |(_, c)| *c)
+    }
+
+    /// The sum of the counts.
+    pub fn total(&self) -> u64 {
+        self.0.iter().map(|(_, c)| c).sum()
+    }
+}
+
+impl Serialize for NamedCounts {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut map = s.serialize_map(Some(self.0.len()))?;
+        for (name, count) in &self.0 {
+            map.serialize_entry(name, count)?;
+        }
+        map.end()
+    }
+}
+
+/// `sipadmit report --json`: the whole report as one object.
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    /// The logs read, as named on the command line (`stdin` for stdin).
+    pub logs: Vec<String>,
+    /// Valid decision records counted (inside the time range).
+    pub records: u64,
+    /// Lines that were not decision records (skipped).
+    pub malformed_lines: u64,
+    /// Valid records outside `--since` / `--until` (skipped).
+    pub outside_time_range: u64,
+    /// `--since` (inclusive), if given.
+    pub since: Option<Millis>,
+    /// `--until` (exclusive), if given.
+    pub until: Option<Millis>,
+    /// Time of the earliest record counted.
+    pub first_record: Option<Millis>,
+    /// Time of the latest record counted.
+    pub last_record: Option<Millis>,
+    /// Records by action: allow, flag, reject, drop.
+    pub by_action: NamedCounts,
+    /// Records by session role: caller, agent-offer, agent-registration, none.
+    pub by_role: NamedCounts,
+    /// Records by mode: enforce, monitor.
+    pub by_mode: NamedCounts,
+    /// Records by the client's Response Group support class.
+    pub by_support: NamedCounts,
+    /// Records by the client's category.
+    pub by_category: NamedCounts,
+    /// Per role, records by action.
+    pub by_role_and_action: Vec<RoleActions>,
+    /// Records by client, with the versions seen.
+    pub by_client: Vec<ClientSummary>,
+    /// Records by policy rule.
+    pub by_rule: Vec<KeyCount>,
+    /// What monitor mode relayed that enforce mode would have rejected.
+    pub would_reject: WouldReject,
+    /// Rejected and flagged records: where they came from.
+    pub rejected_and_flagged: RejectedAndFlagged,
+    /// User-Agents the catalog did not recognise (client `unknown`).
+    pub unknown_user_agents: Vec<UnknownUserAgent>,
+    /// Catalog entries for the products with the most unknown records.
+    pub catalog_snippets: Vec<CatalogSnippet>,
+    /// Records counted in the totals but not listed under a key because
+    /// that table was full (see [`super::capped`]).
+    pub not_itemised: NamedCounts,
+    /// Decisions over time.
+    pub over_time: OverTime,
+}
+
+/// One role's records by action.
+#[derive(Debug, Clone, Serialize)]
+pub struct RoleActions {
+    /// Session role.
+    pub role: &'static str,
+    /// Records of the role.
+    pub count: u64,
+    /// Those records by action.
+    pub by_action: NamedCounts,
+}
+
+/// Records of one client product.
+#[derive(Debug, Clone, Serialize)]
+pub struct ClientSummary {
+    /// Catalog id (`unknown`, `missing` for the built-ins).
+    pub client: String,
+    /// Records of the client.
+    pub count: u64,
+    /// The client's category, as the latest of its records says.
+    pub category: &'static str,
+    /// The client's support class, as the latest of its records says.
+    pub support: &'static str,
+    /// Records by action.
+    pub by_action: NamedCounts,
+    /// Versions read from the records' User-Agents with the catalog.
+    pub versions: Vec<VersionCount>,
+    /// Records that gave no version: no version in the User-Agent, no
+    /// User-Agent, or an agent offer (whose User-Agent is the Response
+    /// Group application's, not the client's).
+    pub without_version: u64,
+    /// Records whose User-Agent the report's catalog classifies as another
+    /// client than the record names (the catalog changed since).
+    pub reclassified: u64,
+}
+
+/// Records that showed one version.
+#[derive(Debug, Clone, Serialize)]
+pub struct VersionCount {
+    /// The version, e.g. `15.0.4481.1000`.
+    pub version: String,
+    /// Records.
+    pub count: u64,
+}
+
+/// A key and its record count; serialized as `{"<field>": key, "count": n}`
+/// (e.g. `{"source": "192.0.2.7", "count": 3}`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyCount {
+    /// The JSON field name of the key: `rule`, `client`, `source`, `user`, `workflow`.
+    pub field: &'static str,
+    /// The key (a rule id, client id, address, URI).
+    pub key: String,
+    /// Records.
+    pub count: u64,
+}
+
+impl Serialize for KeyCount {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut map = s.serialize_map(Some(2))?;
+        map.serialize_entry(self.field, &self.key)?;
+        map.serialize_entry("count", &self.count)?;
+        map.end()
+    }
+}
+
+/// Monitor mode's would-be rejects.
+#[derive(Debug, Clone, Serialize)]
+pub struct WouldReject {
+    /// Records marked `would_reject`.
+    pub total: u64,
+    /// Those records by role.
+    pub by_role: NamedCounts,
+    /// Those records by client.
+    pub by_client: Vec<KeyCount>,
+    /// Those records by policy rule.
+    pub by_rule: Vec<KeyCount>,
+}
+
+/// Records rejected or flagged.
+#[derive(Debug, Clone, Serialize)]
+pub struct RejectedAndFlagged {
+    /// Records rejected.
+    pub reject: u64,
+    /// Records flagged (monitor-mode would-be rejects included).
+    pub flag: u64,
+    /// Those records by source IP address.
+    pub sources: Vec<KeyCount>,
+    /// Those records by From URI.
+    pub users: Vec<KeyCount>,
+    /// Caller records among them by Request-URI (the workflow called).
+    pub workflows: Vec<KeyCount>,
+}
+
+/// A User-Agent the catalog did not recognise.
+#[derive(Debug, Clone, Serialize)]
+pub struct UnknownUserAgent {
+    /// The User-Agent as sent.
+    pub user_agent: String,
+    /// Records with it.
+    pub count: u64,
+    /// Earliest of those records.
+    pub first_seen: Millis,
+    /// Latest of those records.
+    pub last_seen: Millis,
+    /// The id of the entry of [`Summary::catalog_snippets`] that would
+    /// recognise it (`null` when it is not among the top products).
+    pub catalog_entry: Option<String>,
+}
+
+/// A proposed `[[clients]]` catalog entry for unknown User-Agents that
+/// share a product token.
+#[derive(Debug, Clone, Serialize)]
+pub struct CatalogSnippet {
+    /// The client id the entry proposes.
+    pub client: String,
+    /// The most frequent of the User-Agents it recognises.
+    pub user_agent: String,
+    /// Records with the User-Agents it recognises.
+    pub records: u64,
+    /// Distinct User-Agents it recognises.
+    pub user_agents: u64,
+    /// The entry: TOML with comments, to paste at the end of the catalog.
+    pub toml: String,
+}
+
+/// Decisions over time.
+#[derive(Debug, Clone, Serialize)]
+pub struct OverTime {
+    /// Bucket width in words: `minute`, `hour`, `day`, `N days`.
+    pub bucket: String,
+    /// Bucket width in seconds.
+    pub bucket_seconds: i64,
+    /// Every bucket from the first record's to the last record's.
+    pub buckets: Vec<TimeBucket>,
+}
+
+/// The records of one time bucket by action.
+#[derive(Debug, Clone, Serialize)]
+pub struct TimeBucket {
+    /// Start of the bucket (UTC).
+    pub start: Millis,
+    /// Records allowed.
+    pub allow: u64,
+    /// Records flagged.
+    pub flag: u64,
+    /// Records rejected.
+    pub reject: u64,
+    /// Records dropped.
+    pub drop: u64,
+    /// Records marked `would_reject` (counted under `flag` too).
+    pub would_reject: u64,
+}
+
+impl TimeBucket {
+    /// Records in the bucket.
+    pub fn total(&self) -> u64 {
+        self.allow + self.flag + self.reject + self.drop
+    }
+}

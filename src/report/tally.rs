@@ -1,0 +1,982 @@
+//! The streaming aggregation: [`Tally::add_line`] takes one log line at a
+//! time and keeps only counters and bounded tables (no record is kept);
+//! [`Tally::finish`] sorts them into a [`Summary`]. Pure: no I/O, no clock.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+
+use jiff::Timestamp;
+
+use crate::classify::{Catalog, Category, Support, Version, CLIENT_UNKNOWN};
+use crate::policy::{Action, Mode, SessionRole};
+
+use super::capped::CappedTable;
+use super::record::RecordView;
+use super::snippet::{catalog_snippet, match_rule, Covered, MatchRule};
+use super::summary::{
+    CatalogSnippet, ClientSummary, KeyCount, Millis, NamedCounts, RejectedAndFlagged, RoleActions,
+    Summary, UnknownUserAgent, VersionCount, WouldReject,
+};
+use super::timeline::Timeline;
+use super::TimeRange;
+
+/// Versions tracked per client: 100 (more are counted as not itemised).
+pub const MAX_VERSIONS_PER_CLIENT: usize = 100;
+/// How many of the top unknown User-Agents get a catalog snippet: 10.
+pub const SNIPPET_USER_AGENTS: usize = 10;
+
+const ACTIONS: [Action; 4] = [Action::Allow, Action::Flag, Action::Reject, Action::Drop];
+const ROLES: [SessionRole; 4] = [
+    SessionRole::Caller,
+    SessionRole::AgentOffer,
+    SessionRole::AgentRegistration,
+    SessionRole::None,
+];
+const MODES: [Mode; 2] = [Mode::Enforce, Mode::Monitor];
+const SUPPORTS: [Support; 6] = [
+    Support::Supported,
+    Support::Unsupported,
+    Support::Service,
+    Support::ThirdParty,
+    Support::Scanner,
+    Support::Unknown,
+];
+const CATEGORIES: [Category; 10] = [
+    Category::Desktop,
+    Category::Attendant,
+    Category::Phone,
+    Category::Mobile,
+    Category::Web,
+    Category::Service,
+    Category::Gateway,
+    Category::ThirdParty,
+    Category::Scanner,
+    Category::Unknown,
+];
+
+fn action_index(a: Action) -> usize {
+    match a {
+        Action::Allow => 0,
+        Action::Flag => 1,
+        Action::Reject => 2,
+        Action::Drop => 3,
+    }
+}
+
+fn role_index(r: SessionRole) -> usize {
+    match r {
+        SessionRole::Caller => 0,
+        SessionRole::AgentOffer => 1,
+        SessionRole::AgentRegistration => 2,
+        SessionRole::None => 3,
+    }
+}
+
+fn mode_index(m: Mode) -> usize {
+    match m {
+        Mode::Enforce => 0,
+        Mode::Monitor => 1,
+    }
+}
+
+fn support_index(s: Support) -> usize {
+    match s {
+        Support::Supported => 0,
+        Support::Unsupported => 1,
+        Support::Service => 2,
+        Support::ThirdParty => 3,
+        Support::Scanner => 4,
+        Support::Unknown => 5,
+    }
+}
+
+fn category_index(c: Category) -> usize {
+    match c {
+        Category::Desktop => 0,
+        Category::Attendant => 1,
+        Category::Phone => 2,
+        Category::Mobile => 3,
+        Category::Web => 4,
+        Category::Service => 5,
+        Category::Gateway => 6,
+        Category::ThirdParty => 7,
+        Category::Scanner => 8,
+        Category::Unknown => 9,
+    }
+}
+
+fn named<T: Copy, const N: usize>(
+    all: [T; N],
+    name: fn(T) -> &'static str,
+    counts: &[u64; N],
+) -> NamedCounts {
+    NamedCounts(
+        all.iter()
+            .zip(counts)
+            .map(|(&v, &c)| (name(v), c))
+            .collect(),
+    )
+}
+
+/// What the report's catalog makes of a User-Agent.
+#[derive(Debug, Clone, Copy)]
+struct UserAgentClass<'c> {
+    client: &'c str,
+    version: Option<Version>,
+}
+
+/// One client's counters.
+#[derive(Debug, Clone)]
+struct ClientTally {
+    count: u64,
+    by_action: [u64; 4],
+    /// Category and support of the latest record, and its time.
+    latest: Option<(Timestamp, Category, Support)>,
+    versions: CappedTable<Version, u64>,
+    without_version: u64,
+    reclassified: u64,
+}
+
+impl Default for ClientTally {
+    fn default() -> Self {
+        Self {
+            count: 0,
+            by_action: [0; 4],
+            latest: None,
+            versions: CappedTable::with_limits(MAX_VERSIONS_PER_CLIENT, usize::MAX),
+            without_version: 0,
+            reclassified: 0,
+        }
+    }
+}
+
+/// When a User-Agent was seen, and how often.
+#[derive(Debug, Clone, Copy, Default)]
+struct Seen {
+    count: u64,
+    first: Option<Timestamp>,
+    last: Option<Timestamp>,
+}
+
+impl Seen {
+    fn add(&mut self, ts: Timestamp) {
+        self.count += 1;
+        self.first = Some(self.first.map_or(ts, |f| f.min(ts)));
+        self.last = Some(self.last.map_or(ts, |l| l.max(ts)));
+    }
+}
+
+/// Counters over a stream of log lines; memory grows with distinct keys
+/// (bounded by the tables' limits), never with records.
+#[derive(Debug)]
+pub struct Tally<'c> {
+    catalog: &'c Catalog,
+    range: TimeRange,
+    records: u64,
+    malformed_lines: u64,
+    outside_time_range: u64,
+    first: Option<Timestamp>,
+    last: Option<Timestamp>,
+    by_role_action: [[u64; 4]; 4],
+    by_mode: [u64; 2],
+    by_support: [u64; 6],
+    by_category: [u64; 10],
+    clients: CappedTable<String, ClientTally>,
+    rules: CappedTable<String, u64>,
+    would_reject_by_role: [u64; 4],
+    would_reject_clients: CappedTable<String, u64>,
+    would_reject_rules: CappedTable<String, u64>,
+    refused_sources: CappedTable<IpAddr, u64>,
+    refused_users: CappedTable<String, u64>,
+    refused_workflows: CappedTable<String, u64>,
+    unknown_user_agents: CappedTable<String, Seen>,
+    /// The catalog's verdict per User-Agent, so that each distinct value
+    /// is classified once (values past the bound are classified each time).
+    user_agent_classes: CappedTable<String, Option<UserAgentClass<'c>>>,
+    timeline: Timeline,
+}
+
+impl<'c> Tally<'c> {
+    /// An empty tally that reads versions with `catalog` and counts the
+    /// records inside `range`.
+    pub fn new(catalog: &'c Catalog, range: TimeRange) -> Self {
+        Self {
+            catalog,
+            range,
+            records: 0,
+            malformed_lines: 0,
+            outside_time_range: 0,
+            first: None,
+            last: None,
+            by_role_action: [[0; 4]; 4],
+            by_mode: [0; 2],
+            by_support: [0; 6],
+            by_category: [0; 10],
+            clients: CappedTable::default(),
+            rules: CappedTable::default(),
+            would_reject_by_role: [0; 4],
+            would_reject_clients: CappedTable::default(),
+            would_reject_rules: CappedTable::default(),
+            refused_sources: CappedTable::default(),
+            refused_users: CappedTable::default(),
+            refused_workflows: CappedTable::default(),
+            unknown_user_agents: CappedTable::default(),
+            user_agent_classes: CappedTable::default(),
+            timeline: Timeline::default(),
+        }
+    }
+
+    /// Count one log line (without its line break): a decision record, or
+    /// a malformed line.
+    pub fn add_line(&mut self, line: &[u8]) {
+        match RecordView::parse(line) {
+            Some(record) => self.add(&record),
+            None => self.malformed_lines += 1,
+        }
+    }
+
+    /// Count one line that was too long to be a record.
+    pub fn add_malformed(&mut self) {
+        self.malformed_lines += 1;
+    }
+
+    /// Count one record.
+    pub fn add(&mut self, r: &RecordView<'_>) {
+        if !self.range.contains(r.ts) {
+            self.outside_time_range += 1;
+            return;
+        }
+        self.records += 1;
+        self.first = Some(self.first.map_or(r.ts, |f| f.min(r.ts)));
+        self.last = Some(self.last.map_or(r.ts, |l| l.max(r.ts)));
+        let action = action_index(r.action);
+        let role = role_index(r.role);
+        self.by_role_action[role][action] += 1;
+        self.by_mode[mode_index(r.mode)] += 1;
+        self.by_support[support_index(r.support)] += 1;
+        self.by_category[category_index(r.category)] += 1;
+        self.rules.count(r.rule.as_str());
+        self.timeline.add(r.ts, action, r.would_reject);
+        self.add_client(r, action);
+        if r.would_reject {
+            self.would_reject_by_role[role] += 1;
+            self.would_reject_clients.count(r.client.as_str());
+            self.would_reject_rules.count(r.rule.as_str());
+        }
+        if matches!(r.action, Action::Reject | Action::Flag) {
+            self.refused_sources.count(&r.source.ip());
+            self.refused_users.count(r.from.as_str());
+            if r.role == SessionRole::Caller {
+                self.refused_workflows.count(r.request_uri.as_str());
+            }
+        }
+        // An agent offer carries the Response Group application's
+        // User-Agent, not the one of the client it is about.
+        if r.client.as_str() == CLIENT_UNKNOWN && r.role != SessionRole::AgentOffer {
+            if let Some(ua) = &r.user_agent {
+                if let Some(seen) = self.unknown_user_agents.slot(ua.as_str()) {
+                    seen.add(r.ts);
+                }
+            }
+        }
+    }
+
+    fn add_client(&mut self, r: &RecordView<'_>, action: usize) {
+        let class = match (&r.user_agent, r.role) {
+            (Some(ua), role) if role != SessionRole::AgentOffer => Some(self.classify(ua.as_str())),
+            _ => None,
+        };
+        let Some(client) = self.clients.slot(r.client.as_str()) else {
+            return;
+        };
+        client.count += 1;
+        client.by_action[action] += 1;
+        if client.latest.is_none_or(|(t, _, _)| r.ts >= t) {
+            client.latest = Some((r.ts, r.category, r.support));
+        }
+        match class {
+            Some(class) if class.client != r.client.as_str() => client.reclassified += 1,
+            Some(UserAgentClass {
+                version: Some(v), ..
+            }) => client.versions.count(&v),
+            _ => client.without_version += 1,
+        }
+    }
+
+    fn classify(&mut self, user_agent: &str) -> UserAgentClass<'c> {
+        let catalog = self.catalog;
+        let classify = || {
+            let c = catalog.classify(Some(user_agent.as_bytes()));
+            UserAgentClass {
+                client: c.client.id.as_str(),
+                version: c.version,
+            }
+        };
+        match self.user_agent_classes.slot(user_agent) {
+            Some(Some(class)) => *class,
+            Some(slot) => *slot.insert(classify()),
+            None => classify(),
+        }
+    }
+
+    /// Sort the counters into the report.
+    pub fn finish(self) -> Summary {
+        let role_totals: Vec<u64> = self.by_role_action.iter().map(|a| a.iter().sum()).collect();
+        let mut by_action = [0u64; 4];
+        for per_role in &self.by_role_action {
+            for (total, n) in by_action.iter_mut().zip(per_role) {
+                *total += n;
+            }
+        }
+        let not_itemised = NamedCounts(vec![
+            ("clients", self.clients.not_itemised()),
+            ("rules", self.rules.not_itemised()),
+            (
+                "versions",
+                self.clients
+                    .entries()
+                    .iter()
+                    .map(|(_, c)| c.versions.not_itemised())
+                    .sum(),
+            ),
+            (
+                "would_reject_clients",
+                self.would_reject_clients.not_itemised(),
+            ),
+            ("would_reject_rules", self.would_reject_rules.not_itemised()),
+            ("sources", self.refused_sources.not_itemised()),
+            ("users", self.refused_users.not_itemised()),
+            ("workflows", self.refused_workflows.not_itemised()),
+            (
+                "unknown_user_agents",
+                self.unknown_user_agents.not_itemised(),
+            ),
+        ]);
+        let (unknown_user_agents, catalog_snippets) = self.unknown_summary();
+        Summary {
+            logs: Vec::new(),
+            records: self.records,
+            malformed_lines: self.malformed_lines,
+            outside_time_range: self.outside_time_range,
+            since: self.range.since.map(Millis),
+            until: self.range.until.map(Millis),
+            first_record: self.first.map(Millis),
+            last_record: self.last.map(Millis),
+            by_action: named(ACTIONS, Action::as_str, &by_action),
+            by_role: NamedCounts(
+                ROLES
+                    .iter()
+                    .zip(&role_totals)
+                    .map(|(r, &c)| (r.as_str(), c))
+                    .collect(),
+            ),
+            by_mode: named(MODES, Mode::as_str, &self.by_mode),
+            by_support: named(SUPPORTS, Support::as_str, &self.by_support),
+            by_category: named(CATEGORIES, Category::as_str, &self.by_category),
+            by_role_and_action: ROLES
+                .iter()
+                .zip(&self.by_role_action)
+                .zip(&role_totals)
+                .map(|((r, actions), &count)| RoleActions {
+                    role: r.as_str(),
+                    count,
+                    by_action: named(ACTIONS, Action::as_str, actions),
+                })
+                .collect(),
+            by_client: clients_summary(self.clients),
+            by_rule: key_counts(self.rules, "rule"),
+            would_reject: WouldReject {
+                total: self.would_reject_by_role.iter().sum(),
+                by_role: named(ROLES, SessionRole::as_str, &self.would_reject_by_role),
+                by_client: key_counts(self.would_reject_clients, "client"),
+                by_rule: key_counts(self.would_reject_rules, "rule"),
+            },
+            rejected_and_flagged: RejectedAndFlagged {
+                reject: by_action[action_index(Action::Reject)],
+                flag: by_action[action_index(Action::Flag)],
+                sources: address_counts(self.refused_sources),
+                users: key_counts(self.refused_users, "user"),
+                workflows: key_counts(self.refused_workflows, "workflow"),
+            },
+            unknown_user_agents,
+            catalog_snippets,
+            not_itemised,
+            over_time: self.timeline.finish(),
+        }
+    }
+
+    /// Unknown User-Agents by count, with catalog snippets for the top
+    /// products: User-Agents are grouped by the rule a snippet would use
+    /// (their first product token), and the [`SNIPPET_USER_AGENTS`]
+    /// groups with the most records get one, shown on the group's most
+    /// frequent User-Agent; every member names it in `catalog_entry`.
+    fn unknown_summary(&self) -> (Vec<UnknownUserAgent>, Vec<CatalogSnippet>) {
+        let mut entries: Vec<(&str, u64, Timestamp, Timestamp)> = self
+            .unknown_user_agents
+            .entries()
+            .iter()
+            .filter_map(|(ua, seen)| Some((ua.as_str(), seen.count, seen.first?, seen.last?)))
+            .collect();
+        entries.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(b.0)));
+        // Group by rule; a group's first member is its most frequent.
+        let mut groups: HashMap<MatchRule, usize> = HashMap::new();
+        let mut members: Vec<(usize, Covered)> = Vec::new();
+        let mut group_of = Vec::with_capacity(entries.len());
+        for (i, &(ua, count, first, last)) in entries.iter().enumerate() {
+            let next = members.len();
+            let g = *groups.entry(match_rule(ua)).or_insert(next);
+            if g == next {
+                members.push((
+                    i,
+                    Covered {
+                        records: 0,
+                        user_agents: 0,
+                        first: Millis(first),
+                        last: Millis(last),
+                    },
+                ));
+            }
+            let c = &mut members[g].1;
+            c.records += count;
+            c.user_agents += 1;
+            c.first = c.first.min(Millis(first));
+            c.last = c.last.max(Millis(last));
+            group_of.push(g);
+        }
+        let mut ranked: Vec<usize> = (0..members.len()).collect();
+        ranked.sort_by(|&a, &b| {
+            members[b]
+                .1
+                .records
+                .cmp(&members[a].1.records)
+                .then_with(|| members[a].0.cmp(&members[b].0))
+        });
+        let mut entry_ids: HashMap<usize, String> = HashMap::new();
+        let mut snippets = Vec::new();
+        for &g in ranked.iter().take(SNIPPET_USER_AGENTS) {
+            let (leader, covered) = members[g];
+            let snippet = catalog_snippet(entries[leader].0, covered, |id| {
+                self.catalog.client(id).is_some()
+                    || snippets.iter().any(|s: &CatalogSnippet| s.client == id)
+            });
+            entry_ids.insert(g, snippet.id.clone());
+            snippets.push(CatalogSnippet {
+                client: snippet.id,
+                user_agent: entries[leader].0.to_owned(),
+                records: covered.records,
+                user_agents: covered.user_agents,
+                toml: snippet.toml,
+            });
+        }
+        let user_agents = entries
+            .iter()
+            .zip(group_of)
+            .map(|(&(ua, count, first, last), g)| UnknownUserAgent {
+                user_agent: ua.to_owned(),
+                count,
+                first_seen: Millis(first),
+                last_seen: Millis(last),
+                catalog_entry: entry_ids.get(&g).cloned(),
+            })
+            .collect();
+        (user_agents, snippets)
+    }
+}
+
+/// Sorted by count, descending, then key, ascending.
+fn key_counts(table: CappedTable<String, u64>, field: &'static str) -> Vec<KeyCount> {
+    let mut entries = table.into_entries();
+    entries.sort_by(|(a, x), (b, y)| y.cmp(x).then_with(|| a.cmp(b)));
+    entries
+        .into_iter()
+        .map(|(key, count)| KeyCount { field, key, count })
+        .collect()
+}
+
+fn address_counts(table: CappedTable<IpAddr, u64>) -> Vec<KeyCount> {
+    let mut entries = table.into_entries();
+    entries.sort_by(|(a, x), (b, y)| y.cmp(x).then_with(|| a.cmp(b)));
+    entries
+        .into_iter()
+        .map(|(ip, count)| KeyCount {
+            field: "source",
+            key: ip.to_string(),
+            count,
+        })
+        .collect()
+}
+
+fn clients_summary(table: CappedTable<String, ClientTally>) -> Vec<ClientSummary> {
+    let mut clients = table.into_entries();
+    clients.sort_by(|(a, x), (b, y)| y.count.cmp(&x.count).then_with(|| a.cmp(b)));
+    clients
+        .into_iter()
+        .map(|(client, t)| {
+            let mut versions = t.versions.into_entries();
+            versions.sort_by(|(a, x), (b, y)| y.cmp(x).then_with(|| a.cmp(b)));
+            let (category, support) = t
+                .latest
+                .map_or((Category::Unknown, Support::Unknown), |(_, c, s)| (c, s));
+            ClientSummary {
+                client,
+                count: t.count,
+                category: category.as_str(),
+                support: support.as_str(),
+                by_action: named(ACTIONS, Action::as_str, &t.by_action),
+                versions: versions
+                    .into_iter()
+                    .map(|(v, count)| VersionCount {
+                        version: v.to_string(),
+                        count,
+                    })
+                    .collect(),
+                without_version: t.without_version,
+                reclassified: t.reclassified,
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::borrow::Cow;
+
+    use super::*;
+    use crate::config::SHIPPED_CATALOG;
+    use crate::observe::DecisionRecord;
+    use crate::transport::Transport;
+
+    const LYNC_2013: &str = "UCCAPI/15.0.4481.1000 OC/15.0.4481.1000 (Microsoft Lync)";
+    const LYNC_2013_NEWER: &str = "UCCAPI/15.0.5023.1000 OC/15.0.5023.1000 (Microsoft Lync)";
+    const MOBILE: &str = "RTCC/7.0.0.0 UCWA/7.0.0.0 AndroidLync/6.25.0.27 (Nexus 5)";
+    const RGS: &str = "RTCC/5.0.0.0 Response_Group_Service/5.0.0.0";
+
+    static CATALOG: std::sync::LazyLock<Catalog> =
+        std::sync::LazyLock::new(|| Catalog::from_toml_str(SHIPPED_CATALOG).unwrap());
+
+    fn catalog() -> &'static Catalog {
+        &CATALOG
+    }
+
+    /// A record as `run` writes it: client, category and support from the
+    /// shipped catalog's verdict on `ua` unless `client` says otherwise.
+    fn record(at: &str, ua: Option<&str>, role: SessionRole, action: Action) -> DecisionRecord {
+        let catalog = catalog();
+        let c = catalog.classify(ua.map(str::as_bytes));
+        DecisionRecord {
+            ts: at.parse().unwrap(),
+            transport: Transport::Udp,
+            source: "192.0.2.10:5060".parse().unwrap(),
+            method: if role == SessionRole::AgentRegistration {
+                "REGISTER".into()
+            } else {
+                "INVITE".into()
+            },
+            call_id: format!("call-{at}"),
+            from: "sip:alice@contoso.com".into(),
+            to: "sip:helpdesk@contoso.com".into(),
+            request_uri: "sip:helpdesk@contoso.com".into(),
+            user_agent: ua.map(str::to_owned),
+            client: c.client.id.clone(),
+            category: c.client.category,
+            support: c.client.support,
+            role,
+            action,
+            rule: Cow::Borrowed("caller.unsupported"),
+            client_rule: c.rule.to_owned(),
+            status: (action == Action::Reject).then_some(403),
+            mode: Mode::Enforce,
+            would_reject: false,
+            generation: 1,
+        }
+    }
+
+    fn summarise(records: &[DecisionRecord], range: TimeRange) -> Summary {
+        let catalog = catalog();
+        let mut tally = Tally::new(catalog, range);
+        for r in records {
+            tally.add_line(serde_json::to_string(r).unwrap().as_bytes());
+        }
+        tally.finish()
+    }
+
+    #[test]
+    fn counts_by_action_role_mode_support_and_client() {
+        let mut monitor = record(
+            "2026-11-27T10:05:00Z",
+            Some(MOBILE),
+            SessionRole::Caller,
+            Action::Flag,
+        );
+        monitor.mode = Mode::Monitor;
+        monitor.would_reject = true;
+        let records = [
+            record(
+                "2026-11-27T10:00:00Z",
+                Some(LYNC_2013),
+                SessionRole::None,
+                Action::Allow,
+            ),
+            record(
+                "2026-11-27T10:01:00Z",
+                Some(LYNC_2013),
+                SessionRole::Caller,
+                Action::Allow,
+            ),
+            record(
+                "2026-11-27T10:02:00Z",
+                Some(LYNC_2013_NEWER),
+                SessionRole::None,
+                Action::Allow,
+            ),
+            record(
+                "2026-11-27T10:03:00Z",
+                Some(MOBILE),
+                SessionRole::Caller,
+                Action::Reject,
+            ),
+            record(
+                "2026-11-27T10:04:00Z",
+                Some("friendly-scanner"),
+                SessionRole::None,
+                Action::Drop,
+            ),
+            monitor,
+        ];
+        let s = summarise(&records, TimeRange::default());
+        assert_eq!((s.records, s.malformed_lines), (6, 0));
+        assert_eq!(
+            s.by_action.0,
+            [("allow", 3), ("flag", 1), ("reject", 1), ("drop", 1)]
+        );
+        assert_eq!(s.by_role.get("caller"), 3);
+        assert_eq!(s.by_role.get("none"), 3);
+        assert_eq!(s.by_mode.0, [("enforce", 5), ("monitor", 1)]);
+        assert_eq!(s.by_support.get("supported"), 3);
+        assert_eq!(s.by_support.get("unsupported"), 2);
+        assert_eq!(s.by_support.get("scanner"), 1);
+        let caller = &s.by_role_and_action[0];
+        assert_eq!((caller.role, caller.count), ("caller", 3));
+        assert_eq!(
+            caller.by_action.0,
+            [("allow", 1), ("flag", 1), ("reject", 1), ("drop", 0)]
+        );
+        let clients: Vec<(&str, u64)> = s
+            .by_client
+            .iter()
+            .map(|c| (c.client.as_str(), c.count))
+            .collect();
+        assert_eq!(
+            clients,
+            [("lync-2013", 3), ("lync-mobile", 2), ("sip-scanner", 1)]
+        );
+        let lync = &s.by_client[0];
+        let versions: Vec<(&str, u64)> = lync
+            .versions
+            .iter()
+            .map(|v| (v.version.as_str(), v.count))
+            .collect();
+        assert_eq!(versions, [("15.0.4481.1000", 2), ("15.0.5023.1000", 1)]);
+        assert_eq!((lync.support, lync.category), ("supported", "desktop"));
+        assert_eq!(s.by_client[2].without_version, 1);
+        assert_eq!(s.would_reject.total, 1);
+        assert_eq!(s.would_reject.by_role.get("caller"), 1);
+        assert_eq!(s.would_reject.by_client[0].key, "lync-mobile");
+        assert_eq!(s.over_time.bucket, "minute");
+        assert_eq!(s.over_time.buckets.len(), 6);
+    }
+
+    #[test]
+    fn ties_are_sorted_by_key() {
+        let mut records = Vec::new();
+        for (i, ua) in ["Zeta/1", "Alpha/1", "Mid/1", "Alpha/1", "Zeta/1", "Mid/1"]
+            .iter()
+            .enumerate()
+        {
+            records.push(record(
+                &format!("2026-11-27T10:00:0{i}Z"),
+                Some(ua),
+                SessionRole::None,
+                Action::Allow,
+            ));
+        }
+        records.push(record(
+            "2026-11-27T10:00:09Z",
+            Some("Last/1"),
+            SessionRole::None,
+            Action::Allow,
+        ));
+        let s = summarise(&records, TimeRange::default());
+        let uas: Vec<(&str, u64)> = s
+            .unknown_user_agents
+            .iter()
+            .map(|u| (u.user_agent.as_str(), u.count))
+            .collect();
+        assert_eq!(
+            uas,
+            [("Alpha/1", 2), ("Mid/1", 2), ("Zeta/1", 2), ("Last/1", 1)]
+        );
+        let zeta = &s.unknown_user_agents[2];
+        assert_eq!(zeta.first_seen.to_string(), "2026-11-27T10:00:00.000Z");
+        assert_eq!(zeta.last_seen.to_string(), "2026-11-27T10:00:04.000Z");
+    }
+
+    #[test]
+    fn first_and_last_seen_do_not_depend_on_the_reading_order() {
+        let records = [
+            record(
+                "2026-11-27T12:00:00Z",
+                Some("Acme/1"),
+                SessionRole::None,
+                Action::Allow,
+            ),
+            record(
+                "2026-11-27T09:00:00Z",
+                Some("Acme/1"),
+                SessionRole::None,
+                Action::Allow,
+            ),
+            record(
+                "2026-11-27T11:00:00Z",
+                Some("Acme/1"),
+                SessionRole::None,
+                Action::Allow,
+            ),
+        ];
+        let s = summarise(&records, TimeRange::default());
+        let u = &s.unknown_user_agents[0];
+        assert_eq!(u.first_seen.to_string(), "2026-11-27T09:00:00.000Z");
+        assert_eq!(u.last_seen.to_string(), "2026-11-27T12:00:00.000Z");
+        assert_eq!(
+            s.first_record.unwrap().to_string(),
+            "2026-11-27T09:00:00.000Z"
+        );
+    }
+
+    /// An agent offer names the agent's client but carries the Response
+    /// Group application's User-Agent: neither a version nor an unknown UA.
+    #[test]
+    fn agent_offers_add_no_version_and_no_unknown_user_agent() {
+        let mut offer = record(
+            "2026-11-27T10:00:00Z",
+            Some(RGS),
+            SessionRole::AgentOffer,
+            Action::Reject,
+        );
+        offer.client = "unknown".into();
+        let mut mobile_offer = record(
+            "2026-11-27T10:00:01Z",
+            Some(RGS),
+            SessionRole::AgentOffer,
+            Action::Reject,
+        );
+        mobile_offer.client = "lync-mobile".into();
+        let s = summarise(&[offer, mobile_offer], TimeRange::default());
+        assert!(s.unknown_user_agents.is_empty());
+        for c in &s.by_client {
+            assert!(c.versions.is_empty(), "{c:?}");
+            assert_eq!((c.without_version, c.reclassified), (1, 0), "{c:?}");
+        }
+    }
+
+    #[test]
+    fn a_client_the_catalog_no_longer_gives_the_user_agent_is_reclassified() {
+        let mut old = record(
+            "2026-11-27T10:00:00Z",
+            Some(LYNC_2013),
+            SessionRole::None,
+            Action::Allow,
+        );
+        old.client = "lync-2013-beta".into();
+        let s = summarise(&[old], TimeRange::default());
+        assert_eq!(s.by_client[0].reclassified, 1);
+        assert!(s.by_client[0].versions.is_empty());
+    }
+
+    #[test]
+    fn rejected_and_flagged_by_source_ip_user_and_workflow() {
+        let mut records = Vec::new();
+        for (i, (ip, port, from, role, action)) in [
+            (
+                "192.0.2.1",
+                5060,
+                "sip:a@x",
+                SessionRole::Caller,
+                Action::Reject,
+            ),
+            (
+                "192.0.2.1",
+                40000,
+                "sip:a@x",
+                SessionRole::Caller,
+                Action::Reject,
+            ),
+            (
+                "2001:db8::1",
+                5060,
+                "sip:b@x",
+                SessionRole::AgentRegistration,
+                Action::Flag,
+            ),
+            (
+                "192.0.2.9",
+                5060,
+                "sip:c@x",
+                SessionRole::Caller,
+                Action::Allow,
+            ),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let mut r = record(
+                &format!("2026-11-27T10:00:0{i}Z"),
+                Some(MOBILE),
+                role,
+                action,
+            );
+            r.source = std::net::SocketAddr::new(ip.parse().unwrap(), port);
+            r.from = from.into();
+            r.request_uri = format!("sip:workflow{i}@x");
+            records.push(r);
+        }
+        let s = summarise(&records, TimeRange::default());
+        let r = &s.rejected_and_flagged;
+        assert_eq!((r.reject, r.flag), (2, 1));
+        let sources: Vec<(&str, u64)> = r
+            .sources
+            .iter()
+            .map(|k| (k.key.as_str(), k.count))
+            .collect();
+        assert_eq!(sources, [("192.0.2.1", 2), ("2001:db8::1", 1)]);
+        let users: Vec<(&str, u64)> = r.users.iter().map(|k| (k.key.as_str(), k.count)).collect();
+        assert_eq!(users, [("sip:a@x", 2), ("sip:b@x", 1)]);
+        // Callers only: the agent registration's Request-URI is no workflow.
+        let workflows: Vec<&str> = r.workflows.iter().map(|k| k.key.as_str()).collect();
+        assert_eq!(workflows, ["sip:workflow0@x", "sip:workflow1@x"]);
+    }
+
+    #[test]
+    fn the_time_range_and_malformed_lines_are_counted_apart() {
+        let records = [
+            record(
+                "2026-11-27T09:59:59.999Z",
+                Some(LYNC_2013),
+                SessionRole::None,
+                Action::Allow,
+            ),
+            record(
+                "2026-11-27T10:00:00Z",
+                Some(LYNC_2013),
+                SessionRole::None,
+                Action::Allow,
+            ),
+            record(
+                "2026-11-27T10:59:59.999Z",
+                Some(LYNC_2013),
+                SessionRole::None,
+                Action::Allow,
+            ),
+            record(
+                "2026-11-27T11:00:00Z",
+                Some(LYNC_2013),
+                SessionRole::None,
+                Action::Allow,
+            ),
+        ];
+        let range = TimeRange::new(
+            Some("2026-11-27T10:00:00Z".parse().unwrap()),
+            Some("2026-11-27T11:00:00Z".parse().unwrap()),
+        )
+        .unwrap();
+        let catalog = catalog();
+        let mut tally = Tally::new(catalog, range);
+        for r in &records {
+            tally.add_line(serde_json::to_string(r).unwrap().as_bytes());
+        }
+        tally.add_line(b"{\"ts\":\"2026-11-27T10:30:00Z\"}");
+        tally.add_line(b"garbage");
+        let s = tally.finish();
+        assert_eq!(
+            (s.records, s.outside_time_range, s.malformed_lines),
+            (2, 2, 2)
+        );
+    }
+
+    #[test]
+    fn tables_past_their_bound_count_the_rest_as_not_itemised() {
+        let catalog = catalog();
+        let mut tally = Tally::new(catalog, TimeRange::default());
+        let n = super::super::capped::MAX_TRACKED_KEYS + 5;
+        for i in 0..n {
+            let r = record(
+                "2026-11-27T10:00:00Z",
+                Some(&format!("Flood/{i}")),
+                SessionRole::None,
+                Action::Allow,
+            );
+            tally.add_line(serde_json::to_string(&r).unwrap().as_bytes());
+        }
+        let s = tally.finish();
+        assert_eq!(s.records, n as u64);
+        assert_eq!(
+            s.unknown_user_agents.len(),
+            super::super::capped::MAX_TRACKED_KEYS
+        );
+        assert_eq!(s.not_itemised.get("unknown_user_agents"), 5);
+        assert_eq!(s.by_client[0].count, n as u64);
+    }
+
+    #[test]
+    fn snippets_for_the_top_unknown_user_agents_one_per_product() {
+        let mut records = Vec::new();
+        for (i, ua) in [
+            "Acme/1.0", "Acme/1.0", "Other/3", "Other/3", "Other/3", "ACME/2.0", "ACME/2.0",
+        ]
+        .iter()
+        .enumerate()
+        {
+            records.push(record(
+                &format!("2026-11-27T10:00:0{i}Z"),
+                Some(ua),
+                SessionRole::None,
+                Action::Allow,
+            ));
+        }
+        let s = summarise(&records, TimeRange::default());
+        let u: Vec<(&str, Option<&str>)> = s
+            .unknown_user_agents
+            .iter()
+            .map(|u| (u.user_agent.as_str(), u.catalog_entry.as_deref()))
+            .collect();
+        assert_eq!(
+            u,
+            [
+                ("Other/3", Some("other")),
+                ("ACME/2.0", Some("acme")),
+                ("Acme/1.0", Some("acme"))
+            ]
+        );
+        // Ranked by the records of the whole product: Acme has 4, Other 3.
+        let snippets: Vec<(&str, &str, u64, u64)> = s
+            .catalog_snippets
+            .iter()
+            .map(|c| {
+                (
+                    c.client.as_str(),
+                    c.user_agent.as_str(),
+                    c.records,
+                    c.user_agents,
+                )
+            })
+            .collect();
+        assert_eq!(
+            snippets,
+            [("acme", "ACME/2.0", 4, 2), ("other", "Other/3", 3, 1)]
+        );
+        let all: Vec<&str> = s.catalog_snippets.iter().map(|c| c.toml.as_str()).collect();
+        let catalog = Catalog::from_toml_str(&all.join("\n")).unwrap();
+        assert_eq!(catalog.classify(Some(b"Acme/1.0")).client.id, "acme");
+        assert_eq!(catalog.classify(Some(b"Other/3")).client.id, "other");
+    }
+}

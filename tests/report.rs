@@ -1,0 +1,1125 @@
+//! `sipadmit report` end to end: the real binary over a fixture log written
+//! by the library's `DecisionRecord` (what `run` writes), checked against
+//! counts computed here from the same records.
+//!
+//! `tests/fixtures/decisions.jsonl` is `fixture_records()` serialized;
+//! `fixture_log_is_what_run_writes` keeps the two equal (regenerate with
+//! `SIPADMIT_WRITE_FIXTURES=1 cargo test --test report fixture_log`).
+//!
+//! The HTML test needs headless Chromium (Debian `chromium`, or
+//! `SIPADMIT_CHROMIUM_BIN`): it fails under `CI=true` when Chromium is
+//! missing, and is skipped with a message otherwise.
+
+mod common {
+    pub mod external;
+}
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::external::find_tool;
+use serde_json::Value;
+use sipadmit::classify::Catalog;
+use sipadmit::config::SHIPPED_CATALOG;
+use sipadmit::observe::DecisionRecord;
+use sipadmit::policy::{Action, Mode, SessionRole};
+use sipadmit::transport::Transport;
+
+/// The longest the binary or Chromium may run in one test step.
+const BOUND: Duration = Duration::from_secs(60);
+
+const LYNC_2013: &str = "UCCAPI/15.0.4481.1000 OC/15.0.4481.1000 (Microsoft Lync)";
+const LYNC_2013_NEWER: &str = "UCCAPI/15.0.5023.1000 OC/15.0.5023.1000 (Microsoft Lync)";
+const SFB_2016: &str = "UCCAPI/16.0.4678.1000 OC/16.0.4678.1000 (Skype for Business)";
+const LYNC_2010: &str = "UCCAPI/4.0.7577.4356 OC/4.0.7577.4356 (Microsoft Lync 2010)";
+const LPE: &str = "CPE/4.0.7577.4455 OCPhone/4.0.7577.4455 (Microsoft Lync 2010 (Phone Edition))";
+const ANDROID: &str = "RTCC/7.0.0.0 UCWA/7.0.0.0 AndroidLync/6.25.0.27 (Nexus 5 Android 6.0.1)";
+const IPHONE: &str = "RTCC/7.0.0.0 UCWA/7.0.0.0 iPhoneLync/6.26.0.11 (iPhone iOS 12.1)";
+const RGS: &str = "RTCC/5.0.0.0 Response_Group_Service/5.0.0.0";
+const ZOIPER: &str = "Zoiper rv2.10.2.0";
+/// Markup in a User-Agent: must come out escaped in the HTML page.
+const HOSTILE: &str = "<script>alert(\"x\")</script> Evil/1 & <img src=x>";
+/// A terminal escape sequence: must come out escaped in plain output.
+const TERMINAL: &str = "Esc\u{1b}[31mRed/1";
+
+const HELPDESK: &str = "sip:helpdesk@contoso.com";
+const SALES: &str = "sip:sales@contoso.com";
+
+fn fixture_path() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/decisions.jsonl")
+}
+
+struct Entry {
+    at: &'static str,
+    ua: Option<&'static str>,
+    role: SessionRole,
+    action: Action,
+    source: &'static str,
+    from: &'static str,
+    request_uri: &'static str,
+    /// For agent offers: the client that registered the agent.
+    registered: Option<&'static str>,
+    mode: Mode,
+}
+
+const fn e(
+    at: &'static str,
+    ua: Option<&'static str>,
+    role: SessionRole,
+    action: Action,
+    source: &'static str,
+    from: &'static str,
+    request_uri: &'static str,
+) -> Entry {
+    Entry {
+        at,
+        ua,
+        role,
+        action,
+        source,
+        from,
+        request_uri,
+        registered: None,
+        mode: Mode::Enforce,
+    }
+}
+
+/// The fixture: two hours in enforce mode, then half an hour in monitor
+/// mode; every action, role and support class; versions; ties; unknown
+/// User-Agents (one with markup, one with a terminal escape); a missing
+/// User-Agent; IPv6 sources; agent offers.
+fn fixture_records() -> Vec<DecisionRecord> {
+    use Action::{Allow, Drop, Flag, Reject};
+    use SessionRole::{AgentOffer, AgentRegistration, Caller, None as NoRole};
+    const REG: &str = "sip:contoso.com";
+    let mut entries = vec![
+        e(
+            "2026-11-27T09:00:00.000Z",
+            Some(LYNC_2013),
+            NoRole,
+            Allow,
+            "192.0.2.10:50001",
+            "sip:alice@contoso.com",
+            REG,
+        ),
+        e(
+            "2026-11-27T09:05:00.000Z",
+            Some(LYNC_2013),
+            Caller,
+            Allow,
+            "192.0.2.10:50001",
+            "sip:alice@contoso.com",
+            HELPDESK,
+        ),
+        e(
+            "2026-11-27T09:10:00.000Z",
+            Some(SFB_2016),
+            AgentRegistration,
+            Allow,
+            "192.0.2.11:50002",
+            "sip:agent1@contoso.com",
+            REG,
+        ),
+        e(
+            "2026-11-27T09:15:00.000Z",
+            Some(LYNC_2013_NEWER),
+            NoRole,
+            Allow,
+            "192.0.2.12:50003",
+            "sip:erin@contoso.com",
+            REG,
+        ),
+        e(
+            "2026-11-27T09:20:00.000Z",
+            Some(ANDROID),
+            Caller,
+            Reject,
+            "198.51.100.7:40001",
+            "sip:bob@contoso.com",
+            HELPDESK,
+        ),
+        e(
+            "2026-11-27T09:21:00.000Z",
+            Some(ANDROID),
+            Caller,
+            Reject,
+            "198.51.100.7:40002",
+            "sip:bob@contoso.com",
+            SALES,
+        ),
+        e(
+            "2026-11-27T09:25:00.000Z",
+            Some(IPHONE),
+            AgentRegistration,
+            Reject,
+            "[2001:db8::5]:5060",
+            "sip:carol@contoso.com",
+            REG,
+        ),
+        Entry {
+            registered: Some(IPHONE),
+            ..e(
+                "2026-11-27T09:30:00.000Z",
+                Some(RGS),
+                AgentOffer,
+                Reject,
+                "192.0.2.2:5061",
+                HELPDESK,
+                "sip:carol@contoso.com",
+            )
+        },
+        e(
+            "2026-11-27T09:35:00.000Z",
+            Some("friendly-scanner"),
+            NoRole,
+            Drop,
+            "203.0.113.66:5060",
+            "sip:100@203.0.113.66",
+            REG,
+        ),
+        e(
+            "2026-11-27T09:36:00.000Z",
+            Some("sipvicious"),
+            NoRole,
+            Drop,
+            "203.0.113.66:5070",
+            "sip:101@203.0.113.66",
+            REG,
+        ),
+        e(
+            "2026-11-27T09:40:00.000Z",
+            Some(ZOIPER),
+            Caller,
+            Flag,
+            "192.0.2.44:5060",
+            "sip:dave@contoso.com",
+            HELPDESK,
+        ),
+        e(
+            "2026-11-27T09:45:00.000Z",
+            Some("Acme-Phone/2.1 (build 4)"),
+            NoRole,
+            Allow,
+            "192.0.2.50:5060",
+            "sip:frank@contoso.com",
+            REG,
+        ),
+        e(
+            "2026-11-27T09:46:00.000Z",
+            Some("Acme-Phone/2.1 (build 4)"),
+            NoRole,
+            Allow,
+            "192.0.2.50:5060",
+            "sip:frank@contoso.com",
+            REG,
+        ),
+        e(
+            "2026-11-27T09:47:00.000Z",
+            Some("Acme-Phone/2.2"),
+            NoRole,
+            Allow,
+            "192.0.2.51:5060",
+            "sip:grace@contoso.com",
+            REG,
+        ),
+        e(
+            "2026-11-27T09:50:00.000Z",
+            Some("Zorblax/7"),
+            Caller,
+            Flag,
+            "192.0.2.60:5060",
+            "sip:heidi@contoso.com",
+            HELPDESK,
+        ),
+        e(
+            "2026-11-27T09:51:00.000Z",
+            Some("Zorblax/7"),
+            Caller,
+            Flag,
+            "192.0.2.60:5060",
+            "sip:heidi@contoso.com",
+            SALES,
+        ),
+        e(
+            "2026-11-27T09:52:00.000Z",
+            Some(HOSTILE),
+            NoRole,
+            Allow,
+            "192.0.2.66:5060",
+            "sip:mallory@contoso.com",
+            REG,
+        ),
+        e(
+            "2026-11-27T09:53:00.000Z",
+            Some(TERMINAL),
+            NoRole,
+            Allow,
+            "192.0.2.67:5060",
+            "sip:mallory@contoso.com",
+            REG,
+        ),
+        e(
+            "2026-11-27T09:55:00.000Z",
+            None,
+            NoRole,
+            Allow,
+            "192.0.2.70:5060",
+            "sip:ivan@contoso.com",
+            REG,
+        ),
+        e(
+            "2026-11-27T10:00:00.000Z",
+            Some("Beta/1"),
+            NoRole,
+            Allow,
+            "192.0.2.71:5060",
+            "sip:judy@contoso.com",
+            REG,
+        ),
+        e(
+            "2026-11-27T10:01:00.000Z",
+            Some("Beta/1"),
+            NoRole,
+            Allow,
+            "192.0.2.71:5060",
+            "sip:judy@contoso.com",
+            REG,
+        ),
+        e(
+            "2026-11-27T10:10:00.000Z",
+            Some(LYNC_2010),
+            NoRole,
+            Allow,
+            "192.0.2.13:50004",
+            "sip:ken@contoso.com",
+            REG,
+        ),
+        e(
+            "2026-11-27T10:20:00.000Z",
+            Some(LPE),
+            AgentRegistration,
+            Allow,
+            "192.0.2.14:50005",
+            "sip:agent2@contoso.com",
+            REG,
+        ),
+        e(
+            "2026-11-27T10:30:00.000Z",
+            Some(LYNC_2013),
+            Caller,
+            Allow,
+            "192.0.2.10:50001",
+            "sip:alice@contoso.com",
+            SALES,
+        ),
+        e(
+            "2026-11-27T10:59:59.999Z",
+            Some(LYNC_2013),
+            NoRole,
+            Allow,
+            "192.0.2.10:50001",
+            "sip:alice@contoso.com",
+            REG,
+        ),
+    ];
+    let monitor = [
+        e(
+            "2026-11-27T11:00:00.000Z",
+            Some(ANDROID),
+            Caller,
+            Reject,
+            "198.51.100.7:40003",
+            "sip:bob@contoso.com",
+            HELPDESK,
+        ),
+        e(
+            "2026-11-27T11:10:00.000Z",
+            Some(IPHONE),
+            AgentRegistration,
+            Reject,
+            "[2001:db8::5]:5060",
+            "sip:carol@contoso.com",
+            REG,
+        ),
+        Entry {
+            registered: Some(ANDROID),
+            ..e(
+                "2026-11-27T11:15:00.000Z",
+                Some(RGS),
+                AgentOffer,
+                Reject,
+                "192.0.2.2:5061",
+                HELPDESK,
+                "sip:bob@contoso.com",
+            )
+        },
+        e(
+            "2026-11-27T11:20:00.000Z",
+            Some(LYNC_2013),
+            NoRole,
+            Allow,
+            "192.0.2.10:50001",
+            "sip:alice@contoso.com",
+            REG,
+        ),
+        e(
+            "2026-11-27T11:30:00.000Z",
+            Some(ZOIPER),
+            Caller,
+            Flag,
+            "192.0.2.44:5060",
+            "sip:dave@contoso.com",
+            HELPDESK,
+        ),
+    ];
+    entries.extend(monitor.into_iter().map(|m| Entry {
+        mode: Mode::Monitor,
+        ..m
+    }));
+    let catalog = Catalog::from_toml_str(SHIPPED_CATALOG).unwrap();
+    entries
+        .into_iter()
+        .enumerate()
+        .map(|(i, e)| {
+            let own = catalog.classify(e.ua.map(str::as_bytes));
+            let client = match e.registered {
+                Some(ua) => catalog.classify(Some(ua.as_bytes())).client,
+                None => own.client,
+            };
+            let (action, would_reject) = match (e.action, e.mode) {
+                (Action::Reject, Mode::Monitor) => (Action::Flag, true),
+                (a, _) => (a, false),
+            };
+            let rule = match (client.support.as_str(), e.role, action) {
+                ("scanner", _, _) => "scanner".to_owned(),
+                ("supported", _, _) => "supported".to_owned(),
+                (_, SessionRole::None, _) => "no-session".to_owned(),
+                (support, role, _) => format!("{}.{support}", role.as_str()),
+            };
+            DecisionRecord {
+                ts: e.at.parse().unwrap(),
+                transport: if i % 3 == 0 {
+                    Transport::Udp
+                } else {
+                    Transport::Tcp
+                },
+                source: e.source.parse().unwrap(),
+                method: if e.request_uri == REG {
+                    "REGISTER".into()
+                } else {
+                    "INVITE".into()
+                },
+                call_id: format!("{i:04}-a84b4c76e66710@contoso.com"),
+                from: e.from.into(),
+                // A REGISTER is addressed to the user's own address of record.
+                to: if e.request_uri == REG {
+                    e.from.into()
+                } else {
+                    e.request_uri.into()
+                },
+                request_uri: e.request_uri.into(),
+                user_agent: e.ua.map(str::to_owned),
+                client: client.id.clone(),
+                category: client.category,
+                support: client.support,
+                role: e.role,
+                action,
+                rule: Cow::Owned(rule),
+                client_rule: own.rule.to_owned(),
+                status: (action == Action::Reject).then_some(
+                    if e.role == SessionRole::AgentOffer {
+                        480
+                    } else {
+                        403
+                    },
+                ),
+                mode: e.mode,
+                would_reject,
+                generation: 1,
+            }
+        })
+        .collect()
+}
+
+/// The records as the decision log writer writes them.
+fn fixture_text() -> String {
+    let mut text = String::new();
+    for r in fixture_records() {
+        text.push_str(&serde_json::to_string(&r).unwrap());
+        text.push('\n');
+    }
+    text
+}
+
+// === running the binary ===
+
+fn sipadmit() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_sipadmit"));
+    c.current_dir(env!("CARGO_MANIFEST_DIR"));
+    c
+}
+
+/// Run `command` with `stdin` (or nothing); after [`BOUND`] kill it (by
+/// its own id, nothing else) and fail the test.
+fn run(mut command: Command, stdin: Option<&[u8]>) -> Output {
+    use std::io::Read;
+    command
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = command.spawn().expect("spawn");
+    if let Some(input) = stdin {
+        let mut pipe = child.stdin.take().unwrap();
+        let input = input.to_vec();
+        std::thread::spawn(move || {
+            let _ = pipe.write_all(&input);
+        });
+    }
+    let drain = |mut pipe: Box<dyn Read + Send>| {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            let _ = pipe.read_to_end(&mut bytes);
+            let _ = tx.send(bytes);
+        });
+        rx
+    };
+    let stdout = drain(Box::new(child.stdout.take().unwrap()));
+    let stderr = drain(Box::new(child.stderr.take().unwrap()));
+    let deadline = Instant::now() + BOUND;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{command:?} ran longer than {BOUND:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    // A process the command left behind could hold the pipes open.
+    let collect = |rx: std::sync::mpsc::Receiver<Vec<u8>>| {
+        rx.recv_timeout(BOUND)
+            .unwrap_or_else(|_| panic!("{command:?}: output still open after it exited"))
+    };
+    Output {
+        status,
+        stdout: collect(stdout),
+        stderr: collect(stderr),
+    }
+}
+
+fn report_json(args: &[&str], stdin: Option<&[u8]>) -> Value {
+    let mut c = sipadmit();
+    c.arg("report").arg("--json").args(args);
+    let out = run(c, stdin);
+    assert!(
+        out.status.success(),
+        "report {args:?}: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("one JSON object")
+}
+
+fn fixture_arg() -> String {
+    fixture_path().display().to_string()
+}
+
+// === what the report should say, computed from the records ===
+
+/// (key, count) sorted by count descending, then key ascending.
+fn ranked(counts: HashMap<String, u64>) -> Vec<(String, u64)> {
+    let mut v: Vec<_> = counts.into_iter().collect();
+    v.sort_by(|(a, x), (b, y)| y.cmp(x).then_with(|| a.cmp(b)));
+    v
+}
+
+fn pairs(list: &Value, key: &str) -> Vec<(String, u64)> {
+    list.as_array()
+        .unwrap()
+        .iter()
+        .map(|o| {
+            (
+                o[key].as_str().unwrap().to_owned(),
+                o["count"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+// === tests ===
+
+#[test]
+fn fixture_log_is_what_run_writes() {
+    let text = fixture_text();
+    if std::env::var_os("SIPADMIT_WRITE_FIXTURES").is_some() {
+        std::fs::write(fixture_path(), &text).unwrap();
+    }
+    let on_disk = std::fs::read_to_string(fixture_path()).unwrap();
+    assert_eq!(
+        on_disk, text,
+        "tests/fixtures/decisions.jsonl differs from fixture_records(); \
+         regenerate: SIPADMIT_WRITE_FIXTURES=1 cargo test --test report fixture_log"
+    );
+    // And each line reads back as the record written.
+    for (line, record) in on_disk.lines().zip(fixture_records()) {
+        assert_eq!(
+            serde_json::from_str::<DecisionRecord>(line).unwrap(),
+            record
+        );
+    }
+}
+
+#[test]
+fn json_has_the_keys_scripts_rely_on_with_the_right_counts() {
+    let records = fixture_records();
+    let r = report_json(&[&fixture_arg()], None);
+    assert_eq!(r["records"], records.len() as u64);
+    assert_eq!(r["malformed_lines"], 0);
+    assert_eq!(r["outside_time_range"], 0);
+
+    let mut by_action: HashMap<String, u64> = HashMap::new();
+    let mut by_client: HashMap<String, u64> = HashMap::new();
+    let mut unknown: HashMap<String, (u64, String, String)> = HashMap::new();
+    for rec in &records {
+        *by_action.entry(rec.action.as_str().into()).or_default() += 1;
+        *by_client.entry(rec.client.clone()).or_default() += 1;
+        if rec.client == "unknown" && rec.role != SessionRole::AgentOffer {
+            let ts = format!("{:.3}", rec.ts);
+            let e = unknown.entry(rec.user_agent.clone().unwrap()).or_insert((
+                0,
+                ts.clone(),
+                ts.clone(),
+            ));
+            e.0 += 1;
+            e.1 = e.1.clone().min(ts.clone());
+            e.2 = e.2.clone().max(ts);
+        }
+    }
+    let actions = r["by_action"].as_object().unwrap();
+    assert_eq!(actions.len(), 4, "{actions:?}");
+    for (action, count) in actions {
+        assert_eq!(
+            count.as_u64().unwrap(),
+            by_action.get(action).copied().unwrap_or(0),
+            "{action}"
+        );
+    }
+    assert_eq!(r["by_action"]["drop"], 2);
+    assert_eq!(r["by_action"]["reject"], 4);
+
+    // by_client: sorted by count, descending; ties by client id.
+    let clients = pairs(&r["by_client"], "client");
+    assert_eq!(clients, ranked(by_client));
+    let position = |id: &str| clients.iter().position(|(c, _)| c == id).unwrap();
+    assert!(
+        position("sip-scanner") < position("zoiper"),
+        "tie: {clients:?}"
+    );
+
+    // unknown_user_agents: sorted by count, descending; ties by value.
+    let uas = r["unknown_user_agents"].as_array().unwrap();
+    let mut expected: Vec<_> = unknown.into_iter().collect();
+    expected.sort_by(|(a, x), (b, y)| y.0.cmp(&x.0).then_with(|| a.cmp(b)));
+    assert_eq!(uas.len(), expected.len());
+    for (got, (ua, (count, first, last))) in uas.iter().zip(&expected) {
+        assert_eq!(got["user_agent"], ua.as_str());
+        assert_eq!(got["count"], *count);
+        assert_eq!(got["first_seen"], first.as_str());
+        assert_eq!(got["last_seen"], last.as_str());
+    }
+    let top: Vec<&str> = uas
+        .iter()
+        .take(3)
+        .map(|u| u["user_agent"].as_str().unwrap())
+        .collect();
+    assert_eq!(top, ["Acme-Phone/2.1 (build 4)", "Beta/1", "Zorblax/7"]);
+
+    // Versions read from the User-Agents with the shipped catalog.
+    let lync = r["by_client"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["client"] == "lync-2013")
+        .unwrap();
+    assert_eq!(lync["count"], 6);
+    assert_eq!(lync["support"], "supported");
+    assert_eq!(
+        lync["versions"],
+        serde_json::json!([
+            {"version": "15.0.4481.1000", "count": 5},
+            {"version": "15.0.5023.1000", "count": 1}
+        ])
+    );
+
+    // Monitor mode, and where the rejects came from.
+    assert_eq!(r["would_reject"]["total"], 3);
+    assert_eq!(r["by_mode"]["monitor"], 5);
+    let refused = &r["rejected_and_flagged"];
+    assert_eq!(refused["reject"], 4);
+    assert_eq!(refused["flag"], 7);
+    assert_eq!(
+        pairs(&refused["sources"], "source")[0],
+        ("198.51.100.7".to_owned(), 3)
+    );
+    assert_eq!(
+        pairs(&refused["workflows"], "workflow")[0],
+        (HELPDESK.to_owned(), 5)
+    );
+    assert_eq!(
+        pairs(&refused["users"], "user")[0],
+        ("sip:bob@contoso.com".to_owned(), 3)
+    );
+    assert_eq!(r["over_time"]["bucket"], "hour");
+    assert_eq!(r["over_time"]["buckets"].as_array().unwrap().len(), 3);
+}
+
+#[test]
+fn since_is_inclusive_and_until_exclusive() {
+    let records = fixture_records();
+    let (since, until) = ("2026-11-27T10:59:59.999Z", "2026-11-27T11:10:00Z");
+    let r = report_json(&["--since", since, "--until", until, &fixture_arg()], None);
+    let (s, u): (jiff::Timestamp, jiff::Timestamp) =
+        (since.parse().unwrap(), until.parse().unwrap());
+    let inside = records.iter().filter(|r| r.ts >= s && r.ts < u).count() as u64;
+    assert_eq!(inside, 2, "the fixture has a record on each bound");
+    assert_eq!(r["records"], inside);
+    assert_eq!(r["outside_time_range"], records.len() as u64 - inside);
+    assert_eq!(r["first_record"], "2026-11-27T10:59:59.999Z");
+    assert_eq!(r["last_record"], "2026-11-27T11:00:00.000Z");
+    assert_eq!(r["since"], "2026-11-27T10:59:59.999Z");
+
+    // Only --since, with an offset: the same instant.
+    let r = report_json(
+        &["--since", "2026-11-27T12:00:00+01:00", &fixture_arg()],
+        None,
+    );
+    assert_eq!(r["records"], 5);
+
+    // An empty range is refused.
+    let mut c = sipadmit();
+    c.args(["report", "--since", until, "--until", since, &fixture_arg()]);
+    let out = run(c, None);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is not after --since"));
+}
+
+#[test]
+fn gzip_logs_and_plain_logs_add_up() {
+    use flate2::write::GzEncoder;
+    let dir = tempfile::tempdir().unwrap();
+    let gz = dir.path().join("decisions.log.1.gz");
+    let mut enc = GzEncoder::new(Vec::new(), flate2::Compression::default());
+    enc.write_all(fixture_text().as_bytes()).unwrap();
+    std::fs::write(&gz, enc.finish().unwrap()).unwrap();
+    let n = fixture_records().len() as u64;
+
+    let r = report_json(&[gz.to_str().unwrap()], None);
+    assert_eq!(
+        (r["records"].as_u64(), r["malformed_lines"].as_u64()),
+        (Some(n), Some(0))
+    );
+
+    let both = report_json(&[gz.to_str().unwrap(), &fixture_arg()], None);
+    assert_eq!(both["records"], 2 * n);
+    assert_eq!(
+        both["by_action"]["reject"],
+        2 * r["by_action"]["reject"].as_u64().unwrap()
+    );
+    assert_eq!(both["logs"].as_array().unwrap().len(), 2);
+    // Compressed input on stdin too.
+    let piped = report_json(&[], Some(&std::fs::read(&gz).unwrap()));
+    assert_eq!(piped["records"], n);
+}
+
+#[test]
+fn stdin_when_no_log_is_named_or_dash() {
+    let text = fixture_text();
+    let from_file = report_json(&[&fixture_arg()], None);
+    for args in [&[][..], &["-"][..]] {
+        let mut r = report_json(args, Some(text.as_bytes()));
+        assert_eq!(r["logs"], serde_json::json!(["stdin"]));
+        r["logs"] = from_file["logs"].clone();
+        assert_eq!(r, from_file, "{args:?}");
+    }
+}
+
+#[test]
+fn malformed_lines_are_counted_and_skipped() {
+    let text = fixture_text();
+    let lines: Vec<&str> = text.lines().collect();
+    let mut mixed = String::new();
+    let junk = [
+        String::new(),
+        "not json at all".to_owned(),
+        lines[0][..lines[0].len() / 2].to_owned(),
+        r#"{"ts":"2026-11-27T10:00:00Z","action":"allow"}"#.to_owned(),
+        lines[1].replace("\"action\":\"allow\"", "\"action\":\"maybe\""),
+        "\u{0}\u{1}binary\u{fffd}".to_owned(),
+    ];
+    for (i, line) in lines.iter().enumerate() {
+        mixed.push_str(line);
+        mixed.push('\n');
+        if let Some(j) = junk.get(i) {
+            mixed.push_str(j);
+            mixed.push('\n');
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("mixed.log");
+    std::fs::write(&path, mixed).unwrap();
+    let r = report_json(&[path.to_str().unwrap()], None);
+    assert_eq!(r["records"], lines.len() as u64);
+    assert_eq!(r["malformed_lines"], junk.len() as u64);
+}
+
+#[test]
+fn a_missing_log_is_an_error_naming_it() {
+    let missing = "/nonexistent/sipadmit/decisions.log";
+    let mut c = sipadmit();
+    c.args(["report", &fixture_arg(), missing]);
+    let out = run(c, None);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        out.stdout.is_empty(),
+        "nothing is printed before every log is open"
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("cannot open decision log {missing}")),
+        "{err}"
+    );
+    assert!(err.contains("No such file or directory"), "{err}");
+}
+
+#[test]
+fn json_and_html_exclude_each_other() {
+    let mut c = sipadmit();
+    c.args([
+        "report",
+        "--json",
+        "--html",
+        "/tmp/never-written.html",
+        &fixture_arg(),
+    ]);
+    let out = run(c, None);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot be used with"));
+}
+
+/// Each proposed entry parses as a catalog on its own and appended to the
+/// shipped catalog, where it recognises the User-Agents it was made for.
+#[test]
+fn catalog_snippets_for_unknown_user_agents_parse_and_match() {
+    let r = report_json(&[&fixture_arg()], None);
+    let snippets = r["catalog_snippets"].as_array().unwrap();
+    let products = ["acme-phone", "beta", "zorblax"];
+    for p in products {
+        assert!(
+            snippets.iter().any(|s| s["client"] == p),
+            "{p}: {snippets:?}"
+        );
+    }
+    let mut all = String::from(SHIPPED_CATALOG);
+    for s in snippets {
+        let toml = s["toml"].as_str().unwrap();
+        let alone = Catalog::from_toml_str(toml).unwrap_or_else(|e| panic!("{toml}\n{e}"));
+        assert_eq!(alone.products().count(), 1);
+        all.push('\n');
+        all.push_str(toml);
+    }
+    let extended = Catalog::from_toml_str(&all).unwrap_or_else(|e| panic!("{all}\n{e}"));
+    for ua in r["unknown_user_agents"].as_array().unwrap() {
+        let entry = ua["catalog_entry"]
+            .as_str()
+            .expect("every product has an entry here");
+        let value = ua["user_agent"].as_str().unwrap();
+        assert_eq!(
+            extended.classify(Some(value.as_bytes())).client.id,
+            entry,
+            "{value}"
+        );
+    }
+    // Both Acme-Phone versions share one entry, which reports the version.
+    let acme = extended.classify(Some(b"Acme-Phone/2.2"));
+    assert_eq!(
+        (acme.client.id.as_str(), acme.version.map(|v| v.to_string())),
+        ("acme-phone", Some("2.2".into()))
+    );
+    let acme_snippet = snippets
+        .iter()
+        .find(|s| s["client"] == "acme-phone")
+        .unwrap();
+    assert_eq!(
+        (
+            acme_snippet["records"].as_u64(),
+            acme_snippet["user_agents"].as_u64()
+        ),
+        (Some(3), Some(2))
+    );
+}
+
+#[test]
+fn plain_output_is_aligned_text_without_terminal_controls() {
+    let mut c = sipadmit();
+    c.args(["report", "tests/fixtures/decisions.jsonl"]);
+    let out = run(c, None);
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        !text.contains('\u{1b}'),
+        "an escape sequence from the log reached the terminal"
+    );
+    assert!(text.contains("Esc\\u{1b}[31mRed/1"), "{text}");
+    for line in text.lines() {
+        assert_eq!(line, line.trim_end(), "trailing spaces: {line:?}");
+    }
+    for section in [
+        "Decisions by role and action",
+        "Clients",
+        "Monitor mode: what enforcing would change",
+        "Rejected and flagged",
+        "User-Agents the catalog did not recognise (client \"unknown\")",
+        "Catalog entries for the top unknown User-Agents",
+        "Decisions over time (per hour, UTC)",
+    ] {
+        assert!(text.lines().any(|l| l == section), "{section}\n{text}");
+    }
+    // Columns line up: in the clients table every RECORDS value ends where
+    // the header does.
+    let lines: Vec<&str> = text.lines().collect();
+    let header = lines
+        .iter()
+        .position(|l| l.trim_start().starts_with("CLIENT "))
+        .unwrap();
+    let end = lines[header].find("RECORDS").unwrap() + "RECORDS".len();
+    let rows: Vec<&&str> = lines[header + 1..]
+        .iter()
+        .take_while(|l| !l.is_empty())
+        .collect();
+    assert!(rows.len() >= 8, "{rows:?}");
+    for row in rows {
+        assert!(
+            row.as_bytes()[end - 1].is_ascii_digit() && row.as_bytes()[end] == b' ',
+            "{row}"
+        );
+    }
+}
+
+/// The README's sample report is output of this fixture: each line of the
+/// sample appears in the real output, in order (the sample may leave lines
+/// out, marked `[...]`).
+#[test]
+fn readme_sample_report_is_real_output() {
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    let start = readme
+        .find("<!-- report-sample:start -->")
+        .expect("sample start marker");
+    let end = readme
+        .find("<!-- report-sample:end -->")
+        .expect("sample end marker");
+    let block = &readme[start..end];
+    let body = block
+        .split_once("```text\n")
+        .and_then(|(_, rest)| rest.split_once("```"))
+        .map(|(body, _)| body)
+        .expect("a ```text block in the sample");
+    let mut lines = body.lines();
+    let command = lines.next().unwrap();
+    assert_eq!(command, "$ sipadmit report tests/fixtures/decisions.jsonl");
+    let mut c = sipadmit();
+    c.args(["report", "tests/fixtures/decisions.jsonl"]);
+    let out = run(c, None);
+    let text = String::from_utf8(out.stdout).unwrap();
+    let mut real = text.lines();
+    let mut shown = 0;
+    for line in lines.filter(|l| l.trim() != "[...]") {
+        assert!(
+            real.any(|r| r == line),
+            "README sample line not in the output (in order): {line:?}\n{text}"
+        );
+        shown += 1;
+    }
+    assert!(shown > 40, "the sample shows most of the report");
+}
+
+// === HTML in headless Chromium ===
+
+/// Chromium, or `None` (skip) outside CI; under `CI=true` a missing
+/// Chromium fails the test (as `common::external::require_tool` does).
+fn require_chromium() -> Option<PathBuf> {
+    if let Some(p) = find_tool("chromium") {
+        return Some(p);
+    }
+    let ci = std::env::var("CI").is_ok_and(|v| v.eq_ignore_ascii_case("true") || v == "1");
+    assert!(
+        !ci,
+        "chromium is required by this test but is not installed (CI=true); \
+         install it (Debian: chromium) or set SIPADMIT_CHROMIUM_BIN"
+    );
+    eprintln!("skipping: chromium not installed (Debian: chromium)");
+    None
+}
+
+fn chromium(bin: &Path, profile: &Path, args: &[String]) -> Output {
+    let mut c = Command::new(bin);
+    c.args([
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--hide-scrollbars",
+    ])
+    .arg(format!("--user-data-dir={}", profile.display()))
+    .args(args);
+    let out = run(c, None);
+    assert!(
+        out.status.success(),
+        "chromium {args:?}: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// Width and height from a PNG's IHDR.
+fn png_size(png: &[u8]) -> (u32, u32) {
+    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n", "not a PNG");
+    let be = |at: usize| u32::from_be_bytes(png[at..at + 4].try_into().unwrap());
+    (be(16), be(20))
+}
+
+#[test]
+fn html_report_renders_in_headless_chromium_with_its_figures() {
+    let Some(bin) = require_chromium() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let html = dir.path().join("report.html");
+    let mut c = sipadmit();
+    c.args(["report", "--html", html.to_str().unwrap(), &fixture_arg()]);
+    let out = run(c, None);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.stdout.is_empty());
+    let page = std::fs::read_to_string(&html).unwrap();
+
+    // Self-contained: nothing to fetch.
+    for needle in ["src=\"", "href=", "@import", "url("] {
+        assert!(!page.contains(needle), "{needle} in the page");
+    }
+    for (at, _) in page.match_indices("://") {
+        assert!(
+            page[..at].ends_with("http") && page[at..].starts_with("://www.w3.org/2000/svg\""),
+            "an address other than the SVG namespace: {}",
+            &page[at.saturating_sub(10)..]
+        );
+    }
+
+    let json = report_json(&[&fixture_arg()], None);
+    let profile = dir.path().join("profile");
+    let url = format!("file://{}", html.display());
+    let dom =
+        String::from_utf8(chromium(&bin, &profile, &["--dump-dom".into(), url.clone()]).stdout)
+            .unwrap();
+
+    // The three figures, each with its marks.
+    let figure = |id: &str| -> &str {
+        let start = dom
+            .find(&format!("<figure id=\"{id}\""))
+            .unwrap_or_else(|| panic!("figure {id} not in the DOM:\n{dom}"));
+        let end = start + dom[start..].find("</figure>").unwrap();
+        &dom[start..end]
+    };
+    let segments: usize = json["over_time"]["buckets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| {
+            ["allow", "flag", "reject", "drop"]
+                .iter()
+                .filter(|a| b[**a].as_u64().unwrap() > 0)
+                .count()
+        })
+        .sum();
+    let over_time = figure("decisions-over-time");
+    assert!(over_time.contains("<svg"));
+    assert_eq!(over_time.matches("class=\"segment\"").count(), segments);
+    let clients = json["by_client"].as_array().unwrap().len();
+    let slices = clients.min(8) + usize::from(clients > 8);
+    assert_eq!(
+        figure("share-by-client").matches("class=\"slice\"").count(),
+        slices
+    );
+    let uas = json["unknown_user_agents"].as_array().unwrap().len();
+    assert_eq!(
+        figure("top-unknown-user-agents")
+            .matches("class=\"ua-bar\"")
+            .count(),
+        uas.min(10)
+    );
+
+    // Values from the log are text, never markup.
+    assert!(
+        !dom.contains("<script"),
+        "markup from a User-Agent became an element"
+    );
+    assert!(
+        !dom.contains("<img"),
+        "markup from a User-Agent became an element"
+    );
+    assert!(
+        dom.contains("&lt;script&gt;alert(\"x\")&lt;/script&gt; Evil/1 &amp; &lt;img src=x&gt;")
+    );
+
+    // A screenshot: the page draws far more than a blank page does.
+    let shot = dir.path().join("report.png");
+    chromium(
+        &bin,
+        &profile,
+        &[
+            "--window-size=1200,2400".into(),
+            format!("--screenshot={}", shot.display()),
+            url,
+        ],
+    );
+    let png = std::fs::read(&shot).unwrap();
+    assert_eq!(png_size(&png), (1200, 2400));
+    let blank_html = dir.path().join("blank.html");
+    std::fs::write(&blank_html, "<!DOCTYPE html><html><body></body></html>").unwrap();
+    let blank_shot = dir.path().join("blank.png");
+    chromium(
+        &bin,
+        &profile,
+        &[
+            "--window-size=1200,2400".into(),
+            format!("--screenshot={}", blank_shot.display()),
+            format!("file://{}", blank_html.display()),
+        ],
+    );
+    let blank = std::fs::read(&blank_shot).unwrap();
+    assert!(
+        png.len() > 5 * blank.len(),
+        "report screenshot {} bytes, blank page {} bytes",
+        png.len(),
+        blank.len()
+    );
+}
