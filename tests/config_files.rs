@@ -44,12 +44,14 @@ fn settings_hold_the_restart_keys_and_runtime_the_swappable_ones() {
         decision_log,
         flow_secret,
         limits,
+        tls,
     } = &c.settings;
     assert_eq!(listen.len(), 2);
     assert_eq!(upstream.unwrap().to_string(), "udp:127.0.0.1:5070");
     assert!(upstream_sources.matches("127.0.0.1:5070".parse().unwrap()));
     assert_eq!((decision_log.as_str(), flow_secret), ("-", &None));
     assert_eq!(limits.max_headers, 256);
+    assert_eq!(tls, &sipadmit::config::TlsSettings::default());
     let sipadmit::config::RuntimeConfig {
         catalog_source,
         sessions,
@@ -85,10 +87,17 @@ fn every_key_is_documented_in_the_shipped_config() {
     };
     let roles = ["caller", "agent_offer", "agent_registration"];
     let mut checked = 0;
-    for section in ["proxy", "limits", "catalog", "response_group", "policy"]
-        .into_iter()
-        .map(str::to_owned)
-        .chain(roles.iter().map(|r| format!("policy.{r}")))
+    for section in [
+        "proxy",
+        "limits",
+        "catalog",
+        "response_group",
+        "policy",
+        "tls",
+    ]
+    .into_iter()
+    .map(str::to_owned)
+    .chain(roles.iter().map(|r| format!("policy.{r}")))
     {
         assert!(shipped.contains(&format!("[{section}]")), "[{section}]");
         for key in known_keys(&section) {
@@ -102,7 +111,7 @@ fn every_key_is_documented_in_the_shipped_config() {
             checked += 1;
         }
     }
-    assert!(checked >= 30, "{checked}");
+    assert!(checked >= 40, "{checked}");
 }
 
 #[test]
@@ -398,3 +407,4 @@ fn overrides_replace_file_values() {
     );
     assert_eq!(c.runtime.policy.mode, sipadmit::policy::Mode::Monitor);
 }
+

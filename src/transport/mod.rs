@@ -3,6 +3,7 @@
 //! outbound message comes back through [`Senders`].
 
 pub mod tcp;
+pub mod tls;
 pub mod udp;
 
 use std::collections::HashMap;
