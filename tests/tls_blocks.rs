@@ -337,6 +337,30 @@ async fn client_tls_accepts_a_registrar_certificate_for_its_address_or_name() {
 }
 
 #[tokio::test]
+async fn client_tls_verifies_an_ipv6_registrar_by_its_address() {
+    let (_dir, files) = pki();
+    let registrar = ServerTls::new(&server_settings(&files.server)).unwrap();
+    let listener = TcpListener::bind("[::1]:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let client = ClientTls::new(
+        &upstream_settings(&files, TlsSettings::default()),
+        addr.ip(),
+    )
+    .unwrap();
+    assert_eq!(client.server_name(), "::1");
+    let (server, client) = tokio::time::timeout(TEST_BOUND, async {
+        tokio::join!(accept_one(&listener, &registrar, HANDSHAKE), async {
+            let tcp = TcpStream::connect(addr).await.unwrap();
+            client.connect(tcp, Instant::now() + HANDSHAKE).await
+        })
+    })
+    .await
+    .expect("bounded");
+    server.unwrap();
+    assert_eq!(peer_name(&client.unwrap()), Pki::get().server.common_name);
+}
+
+#[tokio::test]
 async fn client_tls_refuses_an_expired_certificate_and_an_unknown_root() {
     let (_dir, files) = pki();
     let expired = ServerTls::new(&server_settings(&files.expired)).unwrap();
