@@ -1,10 +1,15 @@
 //! Every shipped config file loads; bad configs are refused with every
 //! problem and its key path.
 
+mod common {
+    pub mod tls;
+}
+
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use sipadmit::classify::Catalog;
-use sipadmit::config::{Config, ConfigError, Overrides};
+use sipadmit::config::{Config, ConfigError, Identity, Overrides, TlsVersion};
 
 fn config_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("config")
@@ -44,12 +49,14 @@ fn settings_hold_the_restart_keys_and_runtime_the_swappable_ones() {
         decision_log,
         flow_secret,
         limits,
+        tls,
     } = &c.settings;
     assert_eq!(listen.len(), 2);
     assert_eq!(upstream.unwrap().to_string(), "udp:127.0.0.1:5070");
     assert!(upstream_sources.matches("127.0.0.1:5070".parse().unwrap()));
     assert_eq!((decision_log.as_str(), flow_secret), ("-", &None));
     assert_eq!(limits.max_headers, 256);
+    assert_eq!(tls, &sipadmit::config::TlsSettings::default());
     let sipadmit::config::RuntimeConfig {
         catalog_source,
         sessions,
@@ -85,10 +92,17 @@ fn every_key_is_documented_in_the_shipped_config() {
     };
     let roles = ["caller", "agent_offer", "agent_registration"];
     let mut checked = 0;
-    for section in ["proxy", "limits", "catalog", "response_group", "policy"]
-        .into_iter()
-        .map(str::to_owned)
-        .chain(roles.iter().map(|r| format!("policy.{r}")))
+    for section in [
+        "proxy",
+        "limits",
+        "catalog",
+        "response_group",
+        "policy",
+        "tls",
+    ]
+    .into_iter()
+    .map(str::to_owned)
+    .chain(roles.iter().map(|r| format!("policy.{r}")))
     {
         assert!(shipped.contains(&format!("[{section}]")), "[{section}]");
         for key in known_keys(&section) {
@@ -102,7 +116,7 @@ fn every_key_is_documented_in_the_shipped_config() {
             checked += 1;
         }
     }
-    assert!(checked >= 30, "{checked}");
+    assert!(checked >= 40, "{checked}");
 }
 
 #[test]
@@ -397,4 +411,124 @@ fn overrides_replace_file_values() {
         "tcp:127.0.0.1:5070"
     );
     assert_eq!(c.runtime.policy.mode, sipadmit::policy::Mode::Monitor);
+}
+
+#[test]
+fn tls_files_are_taken_relative_to_the_config_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = common::tls::Pki::get().write(dir.path());
+    let cfg = dir.path().join("sipadmit.toml");
+    std::fs::write(
+        &cfg,
+        r#"
+[tls]
+certificate = "server.pem"
+private_key = "server.key"
+client_ca = "ca.pem"
+min_version = "1.0"
+ciphers = "DEFAULT:@SECLEVEL=0"
+upstream_ca = "ca.pem"
+upstream_server_name = "pool01.contoso.com"
+upstream_certificate = "client.pem"
+upstream_private_key = "client.key"
+handshake_timeout_secs = 5
+"#,
+    )
+    .unwrap();
+    let tls = Config::load(&cfg, &Overrides::default())
+        .unwrap_or_else(|e| panic!("{e}"))
+        .settings
+        .tls;
+    let identity = |pair: &(PathBuf, PathBuf)| Identity {
+        certificate: pair.0.clone(),
+        private_key: pair.1.clone(),
+    };
+    assert_eq!(tls.identity, Some(identity(&files.server)));
+    assert_eq!(tls.client_ca.as_deref(), Some(files.ca.as_path()));
+    assert_eq!(tls.min_version, TlsVersion::Tls1_0);
+    assert_eq!(tls.ciphers, "DEFAULT:@SECLEVEL=0");
+    assert_eq!(tls.upstream_ca.as_deref(), Some(files.ca.as_path()));
+    assert_eq!(
+        tls.upstream_server_name.as_deref(),
+        Some("pool01.contoso.com")
+    );
+    assert_eq!(tls.upstream_identity, Some(identity(&files.client)));
+    assert_eq!(tls.handshake_timeout, Duration::from_secs(5));
+}
+
+#[test]
+fn every_tls_problem_is_reported_with_its_key_path() {
+    let dir = tempfile::tempdir().unwrap();
+    common::tls::Pki::get().write(dir.path());
+    let load = |tls: &str| {
+        let cfg = dir.path().join("sipadmit.toml");
+        std::fs::write(&cfg, format!("[tls]\n{tls}")).unwrap();
+        Config::load(&cfg, &Overrides::default()).unwrap_err()
+    };
+
+    // Values, and the files beside them.
+    let err = load(
+        r#"
+certificate = "missing.pem"
+private_key = "ca.pem"
+client_ca = "server.key"
+min_version = "1.4"
+ciphers = ""
+upstream_server_name = "pool 01"
+upstream_certificate = "client.pem"
+handshake_timeout_secs = 0
+"#,
+    );
+    assert_eq!(
+        problem_keys(&err),
+        [
+            "tls.upstream_private_key",
+            "tls.min_version",
+            "tls.ciphers",
+            "tls.upstream_server_name",
+            "tls.handshake_timeout_secs",
+            "tls.certificate",
+            "tls.private_key",
+            "tls.client_ca",
+        ]
+    );
+    let text = err.to_string();
+    for needle in [
+        "tls.upstream_private_key: missing: tls.upstream_certificate is set",
+        "tls.min_version: unknown TLS version \"1.4\"",
+        "missing.pem: cannot read: ",
+        "ca.pem: not a PEM private key",
+        "server.key: no PEM CA certificate in the file",
+        "\"pool 01\"",
+    ] {
+        assert!(text.contains(needle), "{needle:?} in {text}");
+    }
+
+    // A key that belongs to another certificate, an unknown cipher, a legacy
+    // version at OpenSSL's default security level, a key without certificate.
+    let err = load(
+        r#"
+upstream_certificate = "client.pem"
+upstream_private_key = "server.key"
+ciphers = "NO-SUCH-CIPHER"
+private_key = "server.key"
+"#,
+    );
+    assert_eq!(
+        problem_keys(&err),
+        ["tls.certificate", "tls.ciphers", "tls.upstream_private_key"]
+    );
+    let text = err.to_string();
+    assert!(
+        text.contains("server.key: does not belong to the certificate in tls.upstream_certificate"),
+        "{text}"
+    );
+    assert!(
+        text.contains("OpenSSL accepts no cipher in \"NO-SUCH-CIPHER\""),
+        "{text}"
+    );
+
+    let err = load("min_version = \"1.1\"\nciphers = \"DEFAULT\"\n");
+    assert_eq!(problem_keys(&err), ["tls.min_version"]);
+    assert!(err.to_string().contains("@SECLEVEL=0"), "{err}");
 }

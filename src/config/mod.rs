@@ -3,7 +3,7 @@
 //! [`Config`]; all problems are reported together, each with its key path.
 //!
 //! A [`Config`] has two parts: [`Settings`], which only a restart can change
-//! (sockets, upstream, decision log, flow secret, limits), and
+//! (sockets, upstream, decision log, flow secret, limits, TLS), and
 //! [`RuntimeConfig`], which a live reload may swap (catalog, Response Group
 //! matchers, policy, flag header).
 //!
@@ -11,6 +11,7 @@
 
 pub mod endpoint;
 pub mod raw;
+pub mod tls;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -21,6 +22,7 @@ use crate::policy::{Action, Mode, Policy, Reply, RolePolicy, SessionMatchers};
 use crate::problem::Problem;
 pub use endpoint::{Endpoint, SourcePattern, UpstreamSources};
 pub use raw::RawConfig;
+pub use tls::{Identity, TlsSettings, TlsVersion};
 
 /// The client catalog shipped in `config/clients.toml`, used when
 /// `[catalog] path` is not set.
@@ -101,7 +103,8 @@ pub struct Config {
 }
 
 /// The part of the config that only a restart can change: sockets, the
-/// upstream, the decision log, the flow secret and the limits.
+/// upstream, the decision log, the flow secret, the limits and the TLS
+/// settings (whose certificate files a reload re-reads).
 #[derive(Debug, Clone)]
 pub struct Settings {
     /// Listeners (`proxy.listen` or `--listen`).
@@ -118,6 +121,8 @@ pub struct Settings {
     pub flow_secret: Option<String>,
     /// Limits.
     pub limits: Limits,
+    /// `[tls]`: certificates, versions and ciphers (defaults when absent).
+    pub tls: TlsSettings,
 }
 
 /// The part of the config a live reload may swap: how clients are
@@ -428,6 +433,8 @@ fn validate(
         }
     };
 
+    let tls = tls::validate(&raw.tls, base, &mut problems);
+
     match (catalog, problems.is_empty()) {
         (Some(catalog), true) => Ok(Config {
             path: path.to_owned(),
@@ -445,6 +452,7 @@ fn validate(
                     max_registrations: l.max_registrations,
                     upstream_retry_after_secs: l.upstream_retry_after_secs,
                 },
+                tls,
             },
             runtime: RuntimeConfig {
                 catalog,

@@ -26,6 +26,8 @@ pub struct RawConfig {
     pub response_group: RawResponseGroup,
     /// `[policy]`: what happens to unsupported clients.
     pub policy: RawPolicy,
+    /// `[tls]`: certificates, versions and ciphers of TLS listeners and upstream.
+    pub tls: RawTls,
 }
 
 /// `[proxy]`.
@@ -176,6 +178,51 @@ pub struct RawRolePolicy {
     pub headers: Option<Vec<String>>,
 }
 
+/// `[tls]` (validated by `config::tls`; `config/sipadmit.toml` documents
+/// each key). Paths are relative to the config file.
+#[derive(Debug, Clone)]
+pub struct RawTls {
+    /// PEM certificate chain (certificate first) of `tls:` listeners. Default none.
+    pub certificate: Option<String>,
+    /// PEM private key of `certificate`. Default none.
+    pub private_key: Option<String>,
+    /// PEM roots client certificates must chain to (mutual TLS). Default none.
+    pub client_ca: Option<String>,
+    /// Oldest TLS version: `"1.0"`, `"1.1"`, `"1.2"` or `"1.3"`. Default `"1.2"`.
+    pub min_version: String,
+    /// OpenSSL cipher list for TLS 1.2 and below. Default
+    /// [`super::tls::DEFAULT_CIPHERS`].
+    pub ciphers: String,
+    /// PEM roots the registrar's certificate must chain to. Default: the system's.
+    pub upstream_ca: Option<String>,
+    /// Name the registrar's certificate must carry (and SNI). Default: the
+    /// upstream's address.
+    pub upstream_server_name: Option<String>,
+    /// PEM client certificate chain presented to the registrar. Default none.
+    pub upstream_certificate: Option<String>,
+    /// PEM private key of `upstream_certificate`. Default none.
+    pub upstream_private_key: Option<String>,
+    /// Handshake deadline, seconds. Default 10.
+    pub handshake_timeout_secs: u64,
+}
+
+impl Default for RawTls {
+    fn default() -> Self {
+        Self {
+            certificate: None,
+            private_key: None,
+            client_ca: None,
+            min_version: "1.2".into(),
+            ciphers: super::tls::DEFAULT_CIPHERS.into(),
+            upstream_ca: None,
+            upstream_server_name: None,
+            upstream_certificate: None,
+            upstream_private_key: None,
+            handshake_timeout_secs: super::tls::DEFAULT_HANDSHAKE_TIMEOUT_SECS,
+        }
+    }
+}
+
 // === reading ===
 
 impl RawConfig {
@@ -189,6 +236,7 @@ impl RawConfig {
             catalog: RawCatalog::read(root.section("catalog")),
             response_group: RawResponseGroup::read(root.section("response_group")),
             policy: RawPolicy::read(root.section("policy")),
+            tls: RawTls::read(root.section("tls")),
         };
         root.finish();
         raw
@@ -287,6 +335,28 @@ impl RawRolePolicy {
             reason: s.get("reason"),
             warning: s.get("warning"),
             headers: s.get("headers"),
+        };
+        s.finish();
+        raw
+    }
+}
+
+impl RawTls {
+    fn read(mut s: Section<'_>) -> Self {
+        let d = Self::default();
+        let raw = Self {
+            certificate: s.get("certificate"),
+            private_key: s.get("private_key"),
+            client_ca: s.get("client_ca"),
+            min_version: s.get("min_version").unwrap_or(d.min_version),
+            ciphers: s.get("ciphers").unwrap_or(d.ciphers),
+            upstream_ca: s.get("upstream_ca"),
+            upstream_server_name: s.get("upstream_server_name"),
+            upstream_certificate: s.get("upstream_certificate"),
+            upstream_private_key: s.get("upstream_private_key"),
+            handshake_timeout_secs: s
+                .get("handshake_timeout_secs")
+                .unwrap_or(d.handshake_timeout_secs),
         };
         s.finish();
         raw
@@ -452,8 +522,8 @@ mod tests {
             [
                 "proxy.lisen: unknown key (known: listen, upstream, upstream_sources, mode, decision_log, flow_secret)",
                 "policy.agent_offer.statuss: unknown key (known: unsupported, third_party, unknown, status, reason, warning, headers)",
-                "extra: unknown key (known: proxy, limits, catalog, response_group, policy)",
-                "proxi: unknown key (known: proxy, limits, catalog, response_group, policy)",
+                "extra: unknown key (known: proxy, limits, catalog, response_group, policy, tls)",
+                "proxi: unknown key (known: proxy, limits, catalog, response_group, policy, tls)",
             ]
         );
         // Known keys beside unknown ones are still read.

@@ -4,6 +4,7 @@
 
 pub mod addr;
 pub mod tcp;
+pub mod tls;
 pub mod udp;
 
 use std::collections::HashMap;

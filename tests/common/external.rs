@@ -1,5 +1,7 @@
 //! Harness for end-to-end tests with real external components: Kamailio 5.6 as the
-//! upstream registrar and SIPp 3.6 as clients and agents, all on loopback.
+//! upstream registrar and SIPp 3.6 as clients and agents, all on loopback. Kamailio can
+//! also listen for TLS ([`KamailioOptions::tls`], Debian `kamailio-tls-modules`), with
+//! certificates from `tests/common/tls.rs`, optionally requiring client certificates.
 //!
 //! Include it from an integration test either through `tests/common/mod.rs`
 //! (`pub mod external;`) and `mod common;`, or without a `mod.rs`:
@@ -236,6 +238,71 @@ pub struct KamailioOptions {
     pub ipv6: bool,
     /// How long to wait for the OPTIONS readiness probe to be answered.
     pub startup_timeout: Duration,
+    /// Also listen for TLS (module `tls`, `-A WITH_TLS`); `None` by default.
+    pub tls: Option<KamailioTls>,
+}
+
+/// Kamailio's TLS listener on 127.0.0.1 (Debian `kamailio-tls-modules`), written into its
+/// `tls.cfg` as the `[server:default]` profile. Outgoing TLS (`[client:default]`) does not
+/// verify the server, as in Kamailio's stock config.
+#[derive(Clone, Debug)]
+pub struct KamailioTls {
+    /// TLS port on 127.0.0.1; `None` picks a free one.
+    pub port: Option<u16>,
+    /// PEM certificate chain Kamailio presents (certificate first).
+    pub certificate: PathBuf,
+    /// Its PEM private key.
+    pub private_key: PathBuf,
+    /// PEM roots client certificates are verified against (`ca_list`).
+    pub ca_list: PathBuf,
+    /// Require a client certificate chaining to `ca_list` (`verify_certificate` and
+    /// `require_certificate` = yes).
+    pub require_client_certificate: bool,
+    /// Certificate and key the TLS readiness probe presents; required with
+    /// `require_client_certificate`.
+    pub probe_identity: Option<(PathBuf, PathBuf)>,
+    /// Kamailio's `method` (e.g. `TLSv1.2+`, `TLSv1+`).
+    pub method: String,
+}
+
+impl KamailioTls {
+    /// A TLS listener presenting `certificate`/`private_key`, verifying client
+    /// certificates against `ca_list` only when [`KamailioTls::require_client_certificate`]
+    /// is set; TLS 1.2 and later.
+    pub fn new(certificate: &Path, private_key: &Path, ca_list: &Path) -> Self {
+        Self {
+            port: None,
+            certificate: certificate.to_owned(),
+            private_key: private_key.to_owned(),
+            ca_list: ca_list.to_owned(),
+            require_client_certificate: false,
+            probe_identity: None,
+            method: "TLSv1.2+".into(),
+        }
+    }
+
+    /// Require a client certificate; the readiness probe presents `probe_identity`.
+    pub fn require_client_certificate(mut self, probe_identity: &(PathBuf, PathBuf)) -> Self {
+        self.require_client_certificate = true;
+        self.probe_identity = Some(probe_identity.clone());
+        self
+    }
+
+    /// Renders Kamailio's `tls.cfg`.
+    pub fn render_cfg(&self) -> String {
+        let yes_no = |b: bool| if b { "yes" } else { "no" };
+        format!(
+            "[server:default]\nmethod = {method}\nverify_certificate = {verify}\n\
+             require_certificate = {verify}\ncertificate = {cert}\nprivate_key = {key}\n\
+             ca_list = {ca}\n\n[client:default]\nmethod = {method}\n\
+             verify_certificate = no\nrequire_certificate = no\n",
+            method = self.method,
+            verify = yes_no(self.require_client_certificate),
+            cert = self.certificate.display(),
+            key = self.private_key.display(),
+            ca = self.ca_list.display(),
+        )
+    }
 }
 
 impl Default for KamailioOptions {
@@ -248,6 +315,7 @@ impl Default for KamailioOptions {
             sanity: false,
             ipv6: false,
             startup_timeout: Duration::from_secs(10),
+            tls: None,
         }
     }
 }
@@ -262,18 +330,46 @@ impl KamailioOptions {
     }
 }
 
+/// Kamailio's module directory (`SIPADMIT_KAMAILIO_MODULES`, else Debian's).
+pub fn kamailio_module_dir() -> PathBuf {
+    std::env::var_os("SIPADMIT_KAMAILIO_MODULES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/usr/lib/x86_64-linux-gnu/kamailio/modules"))
+}
+
+/// Checks that Kamailio module `<name>.so` is installed, like [`require_tool`]: missing, it
+/// panics when `CI=true` and otherwise prints `skipping: ...` and returns `None`.
+pub fn require_kamailio_module(name: &str) -> Option<PathBuf> {
+    let path = kamailio_module_dir().join(format!("{name}.so"));
+    if path.is_file() {
+        return Some(path);
+    }
+    if in_ci() {
+        panic!(
+            "Kamailio module {} is required by this test but is not installed (CI=true); \
+             install it (Debian: kamailio-{name}-modules) or set SIPADMIT_KAMAILIO_MODULES",
+            path.display()
+        );
+    }
+    eprintln!("skipping: Kamailio module {name} not installed");
+    None
+}
+
 /// Renders `tests/e2e/kamailio.cfg` for a port (public so the load script's logic and
-/// tests can share it).
+/// tests can share it). With `opts.tls`, its port must be set.
 pub fn render_kamailio_cfg(opts: &KamailioOptions, port: u16) -> String {
     let template =
         fs::read_to_string(e2e_dir().join("kamailio.cfg")).expect("read tests/e2e/kamailio.cfg");
-    let mpath = std::env::var("SIPADMIT_KAMAILIO_MODULES")
-        .unwrap_or_else(|_| "/usr/lib/x86_64-linux-gnu/kamailio/modules".to_string());
-    let extra = if opts.ipv6 {
+    let mpath = kamailio_module_dir().display().to_string();
+    let mut extra = if opts.ipv6 {
         format!("listen=udp:[::1]:{port}\nlisten=tcp:[::1]:{port}")
     } else {
         String::new()
     };
+    if let Some(tls) = &opts.tls {
+        let tls_port = tls.port.expect("KamailioTls::port is set before rendering");
+        extra.push_str(&format!("\nlisten=tls:127.0.0.1:{tls_port}"));
+    }
     template
         .replace("@LISTEN_UDP@", &format!("udp:127.0.0.1:{port}"))
         .replace("@LISTEN_TCP@", &format!("tcp:127.0.0.1:{port}"))
@@ -287,6 +383,7 @@ pub fn render_kamailio_cfg(opts: &KamailioOptions, port: u16) -> String {
 pub struct Kamailio {
     child: Child,
     port: u16,
+    tls_port: Option<u16>,
     ipv6: bool,
     dir: Option<tempfile::TempDir>,
     log_path: PathBuf,
@@ -297,6 +394,9 @@ impl Kamailio {
     /// Starts Kamailio if it is installed (see [`require_tool`]); `None` means "skip".
     pub fn try_start(opts: KamailioOptions) -> Option<Kamailio> {
         let bin = require_tool("kamailio")?;
+        if opts.tls.is_some() {
+            require_kamailio_module("tls")?;
+        }
         Some(Self::start_with(&bin, opts))
     }
 
@@ -326,6 +426,19 @@ impl Kamailio {
         let log_path = dir.path().join("kamailio.log");
         let run_dir = dir.path().join("run");
         fs::create_dir_all(&run_dir).map_err(|e| e.to_string())?;
+        let mut opts = opts.clone();
+        if let Some(tls) = &mut opts.tls {
+            assert!(
+                !tls.require_client_certificate || tls.probe_identity.is_some(),
+                "KamailioTls: a required client certificate needs a probe_identity"
+            );
+            if tls.port.is_none() {
+                tls.port = Some(free_tcp_port());
+            }
+            fs::write(dir.path().join("tls.cfg"), tls.render_cfg()).map_err(|e| e.to_string())?;
+        }
+        let opts = &opts;
+        let tls_port = opts.tls.as_ref().and_then(|t| t.port);
         fs::write(&cfg_path, render_kamailio_cfg(opts, port)).map_err(|e| e.to_string())?;
         let log = fs::File::create(&log_path).map_err(|e| e.to_string())?;
         let log2 = log.try_clone().map_err(|e| e.to_string())?;
@@ -346,6 +459,9 @@ impl Kamailio {
         if opts.sanity {
             cmd.args(["-A", "WITH_SANITY"]);
         }
+        if opts.tls.is_some() {
+            cmd.args(["-A", "WITH_TLS"]);
+        }
         cmd.current_dir(dir.path())
             .stdin(Stdio::null())
             .stdout(Stdio::from(log))
@@ -357,6 +473,7 @@ impl Kamailio {
         let mut k = Kamailio {
             child,
             port,
+            tls_port,
             ipv6: opts.ipv6,
             dir: Some(dir),
             log_path,
@@ -371,7 +488,15 @@ impl Kamailio {
                     k.log()
                 ));
             }
-            if k.options_ping(Duration::from_millis(200)) {
+            let tls_ready = || match (&opts.tls, k.tls_addr()) {
+                (Some(tls), Some(addr)) => sip_options_ping_tls(
+                    addr,
+                    tls.probe_identity.as_ref(),
+                    Duration::from_millis(500),
+                ),
+                _ => true,
+            };
+            if k.options_ping(Duration::from_millis(200)) && tls_ready() {
                 return Ok(k);
             }
             if Instant::now() >= deadline {
@@ -397,6 +522,16 @@ impl Kamailio {
     /// Same as [`Kamailio::udp_addr`]: Kamailio listens on both on one port.
     pub fn tcp_addr(&self) -> SocketAddr {
         self.udp_addr()
+    }
+
+    /// `127.0.0.1:<tls port>` when started with `tls`.
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.tls_port.map(|p| SocketAddr::new(LOOPBACK, p))
+    }
+
+    /// For `--upstream`: `tls:127.0.0.1:<tls port>` when started with `tls`.
+    pub fn upstream_tls(&self) -> Option<String> {
+        self.tls_port.map(|p| format!("tls:127.0.0.1:{p}"))
     }
 
     /// `[::1]:<port>` when started with `ipv6: true`.
@@ -529,6 +664,77 @@ pub fn sip_options_ping(target: SocketAddr, timeout: Duration) -> bool {
                 }
             }
             Err(_) => break,
+        }
+    }
+    false
+}
+
+/// Sends one OPTIONS without a user part to `target` over TLS (the server's certificate is
+/// not verified: this only checks readiness), presenting `identity` (certificate and key
+/// files) when given; true on a 200 within `timeout`.
+pub fn sip_options_ping_tls(
+    target: SocketAddr,
+    identity: Option<&(PathBuf, PathBuf)>,
+    timeout: Duration,
+) -> bool {
+    use openssl::ssl::{SslConnector, SslFiletype, SslMethod, SslVerifyMode};
+    use std::io::Write as _;
+    assert!(target.ip().is_loopback(), "loopback only, not {target}");
+    let Ok(tcp) = std::net::TcpStream::connect_timeout(&target, timeout) else {
+        return false;
+    };
+    if tcp.set_read_timeout(Some(timeout)).is_err() || tcp.set_write_timeout(Some(timeout)).is_err()
+    {
+        return false;
+    }
+    let Ok(local) = tcp.local_addr() else {
+        return false;
+    };
+    let Ok(mut builder) = SslConnector::builder(SslMethod::tls_client()) else {
+        return false;
+    };
+    builder.set_verify(SslVerifyMode::NONE);
+    if let Some((certificate, key)) = identity {
+        if builder.set_certificate_chain_file(certificate).is_err()
+            || builder.set_private_key_file(key, SslFiletype::PEM).is_err()
+        {
+            return false;
+        }
+    }
+    let Ok(mut config) = builder.build().configure() else {
+        return false;
+    };
+    config.set_verify_hostname(false);
+    let Ok(mut tls) = config.connect(&target.ip().to_string(), tcp) else {
+        return false;
+    };
+    let branch = format!("z9hG4bK-tlsprobe-{}-{}", std::process::id(), local.port());
+    let msg = format!(
+        "OPTIONS sip:{target};transport=tls SIP/2.0\r\n\
+         Via: SIP/2.0/TLS {local};branch={branch};rport\r\n\
+         Max-Forwards: 70\r\n\
+         From: <sip:probe@{local}>;tag=tlsprobe\r\n\
+         To: <sip:{target}>\r\n\
+         Call-ID: tlsprobe-{branch}\r\n\
+         CSeq: 1 OPTIONS\r\n\
+         Content-Length: 0\r\n\r\n"
+    );
+    if tls.write_all(msg.as_bytes()).is_err() {
+        return false;
+    }
+    let deadline = Instant::now() + timeout;
+    let mut received = Vec::new();
+    let mut buf = [0u8; 4096];
+    while Instant::now() < deadline {
+        match tls.read(&mut buf) {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => {
+                received.extend_from_slice(&buf[..n]);
+                let text = String::from_utf8_lossy(&received);
+                if text.contains("\r\n\r\n") {
+                    return text.starts_with("SIP/2.0 200") && text.contains(&branch);
+                }
+            }
         }
     }
     false

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod external;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -1,0 +1,351 @@
+//! `[tls]`: the certificates, protocol versions and ciphers of `tls:`
+//! listeners and of a `tls:` upstream, validated into [`TlsSettings`].
+//!
+//! Validation reads every file the section names (PEM parse, key matches
+//! certificate) and asks OpenSSL whether it accepts the cipher list, through
+//! [`crate::transport::tls::check`], so `check-config` finds what `run`
+//! would trip over. `config/sipadmit.toml` documents every key.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use super::raw::RawTls;
+use crate::problem::Problem;
+
+/// Default `tls.ciphers`: ECDHE key exchange with AEAD ciphers only (the
+/// ECDHE part of Mozilla's "intermediate" list). It applies to TLS 1.2 and
+/// below; TLS 1.3 always uses OpenSSL's TLS 1.3 suites.
+pub const DEFAULT_CIPHERS: &str = "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:\
+ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:\
+ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305";
+
+/// Default `tls.handshake_timeout_secs`.
+pub const DEFAULT_HANDSHAKE_TIMEOUT_SECS: u64 = 10;
+
+/// Largest `tls.handshake_timeout_secs` accepted.
+pub const MAX_HANDSHAKE_TIMEOUT_SECS: u64 = 300;
+
+/// A TLS protocol version, as written in `tls.min_version`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum TlsVersion {
+    /// TLS 1.0 (RFC 2246): Lync 2010, Lync Phone Edition, Lync 2013 mobile.
+    Tls1_0,
+    /// TLS 1.1 (RFC 4346).
+    Tls1_1,
+    /// TLS 1.2 (RFC 5246): the default minimum.
+    Tls1_2,
+    /// TLS 1.3 (RFC 8446).
+    Tls1_3,
+}
+
+impl TlsVersion {
+    /// Every version, oldest first.
+    pub const ALL: [Self; 4] = [Self::Tls1_0, Self::Tls1_1, Self::Tls1_2, Self::Tls1_3];
+
+    /// As written in the config: `"1.0"` .. `"1.3"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Tls1_0 => "1.0",
+            Self::Tls1_1 => "1.1",
+            Self::Tls1_2 => "1.2",
+            Self::Tls1_3 => "1.3",
+        }
+    }
+
+    /// Whether this is TLS 1.0 or 1.1, which OpenSSL 3 only speaks at
+    /// security level 0 (their handshakes sign with SHA-1 / MD5+SHA-1).
+    pub fn is_legacy(self) -> bool {
+        self < Self::Tls1_2
+    }
+}
+
+impl FromStr for TlsVersion {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|v| v.as_str() == s)
+            .ok_or_else(|| {
+                format!("unknown TLS version {s:?} (\"1.0\", \"1.1\", \"1.2\" or \"1.3\")")
+            })
+    }
+}
+
+impl fmt::Display for TlsVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "TLS {}", self.as_str())
+    }
+}
+
+/// A certificate chain and its private key, both PEM files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// The certificate first, then the intermediates that chain it to a root.
+    pub certificate: PathBuf,
+    /// The private key of the first certificate (unencrypted PEM).
+    pub private_key: PathBuf,
+}
+
+/// Validated `[tls]` settings. File paths are resolved against the config
+/// file's directory; the files are read again by every
+/// [`crate::transport::tls::ServerTls::reload`], so new certificates take
+/// effect without a restart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsSettings {
+    /// `tls.certificate` + `tls.private_key`: what `tls:` listeners present.
+    /// Required when a `tls:` listener is configured (see
+    /// [`TlsSettings::listener_problems`]). Default: none.
+    pub identity: Option<Identity>,
+    /// `tls.client_ca`: when set, listeners require a client certificate
+    /// that chains to one of these roots (mutual TLS). Default: none.
+    pub client_ca: Option<PathBuf>,
+    /// `tls.min_version`: the oldest TLS version spoken, both towards
+    /// clients and towards the upstream. Default TLS 1.2.
+    pub min_version: TlsVersion,
+    /// `tls.ciphers`: the OpenSSL cipher list for TLS 1.2 and below, both
+    /// directions. Default [`DEFAULT_CIPHERS`].
+    pub ciphers: String,
+    /// `tls.upstream_ca`: roots the registrar's certificate must chain to.
+    /// Default: none, the system's roots.
+    pub upstream_ca: Option<PathBuf>,
+    /// `tls.upstream_server_name`: the name (or IP) the registrar's
+    /// certificate must carry, also sent as SNI when it is a name. Default:
+    /// none, the upstream's IP address.
+    pub upstream_server_name: Option<String>,
+    /// `tls.upstream_certificate` + `tls.upstream_private_key`: the client
+    /// certificate presented to the registrar. Default: none.
+    pub upstream_identity: Option<Identity>,
+    /// `tls.handshake_timeout_secs`: a TLS handshake not finished within
+    /// this time closes its connection. Default 10 s.
+    pub handshake_timeout: Duration,
+}
+
+impl Default for TlsSettings {
+    fn default() -> Self {
+        Self {
+            identity: None,
+            client_ca: None,
+            min_version: TlsVersion::Tls1_2,
+            ciphers: DEFAULT_CIPHERS.to_owned(),
+            upstream_ca: None,
+            upstream_server_name: None,
+            upstream_identity: None,
+            handshake_timeout: Duration::from_secs(DEFAULT_HANDSHAKE_TIMEOUT_SECS),
+        }
+    }
+}
+
+impl TlsSettings {
+    /// What is missing for a `tls:` listener: `tls_listener` names the key
+    /// of the first `tls:` listener (`proxy.listen[2]`, `--listen[0]`), or
+    /// is `None` when there is no `tls:` listener (then nothing is missing).
+    pub fn listener_problems(&self, tls_listener: Option<&str>) -> Vec<Problem> {
+        match (tls_listener, &self.identity) {
+            (Some(listener), None) => ["tls.certificate", "tls.private_key"]
+                .into_iter()
+                .map(|key| {
+                    Problem::new(
+                        key,
+                        format!("required: {listener} is a tls: listener (PEM file, relative to the config file)"),
+                    )
+                })
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// The name the registrar's certificate must carry: `upstream_server_name`,
+    /// or else the upstream's IP address.
+    pub fn upstream_name(&self, upstream: IpAddr) -> String {
+        self.upstream_server_name
+            .clone()
+            .unwrap_or_else(|| upstream.to_string())
+    }
+}
+
+/// Validate `[tls]`; every problem is added to `problems` with its key path.
+/// Relative paths are taken from `base` (the config file's directory).
+pub(super) fn validate(raw: &RawTls, base: &Path, problems: &mut Vec<Problem>) -> TlsSettings {
+    let start = problems.len();
+    let path = |rel: &Option<String>| rel.as_ref().map(|p| base.join(p));
+    let mut identity = |certificate_key: &str,
+                        certificate: &Option<String>,
+                        key_key: &str,
+                        private_key: &Option<String>| {
+        match (path(certificate), path(private_key)) {
+            (Some(certificate), Some(private_key)) => Some(Identity {
+                certificate,
+                private_key,
+            }),
+            (None, None) => None,
+            (Some(_), None) => {
+                problems.push(Problem::new(
+                    key_key,
+                    format!("missing: {certificate_key} is set, and its private key goes here"),
+                ));
+                None
+            }
+            (None, Some(_)) => {
+                problems.push(Problem::new(
+                    certificate_key,
+                    format!(
+                        "missing: {key_key} is set, and the certificate it belongs to goes here"
+                    ),
+                ));
+                None
+            }
+        }
+    };
+    let server = identity(
+        "tls.certificate",
+        &raw.certificate,
+        "tls.private_key",
+        &raw.private_key,
+    );
+    let upstream = identity(
+        "tls.upstream_certificate",
+        &raw.upstream_certificate,
+        "tls.upstream_private_key",
+        &raw.upstream_private_key,
+    );
+    let min_version = raw.min_version.parse().unwrap_or_else(|message| {
+        problems.push(Problem::new("tls.min_version", message));
+        TlsVersion::Tls1_2
+    });
+    if raw.ciphers.trim().is_empty() {
+        problems.push(Problem::new(
+            "tls.ciphers",
+            format!("empty; leave the key out for the default {DEFAULT_CIPHERS:?}"),
+        ));
+    }
+    if let Some(name) = &raw.upstream_server_name {
+        if let Err(message) = check_server_name(name) {
+            problems.push(Problem::new("tls.upstream_server_name", message));
+        }
+    }
+    let timeout = raw.handshake_timeout_secs;
+    if !(1..=MAX_HANDSHAKE_TIMEOUT_SECS).contains(&timeout) {
+        problems.push(Problem::new(
+            "tls.handshake_timeout_secs",
+            format!("{timeout} s is not between 1 and {MAX_HANDSHAKE_TIMEOUT_SECS} s"),
+        ));
+    }
+    let settings = TlsSettings {
+        identity: server,
+        client_ca: path(&raw.client_ca),
+        min_version,
+        ciphers: raw.ciphers.clone(),
+        upstream_ca: path(&raw.upstream_ca),
+        upstream_server_name: raw.upstream_server_name.clone(),
+        upstream_identity: upstream,
+        handshake_timeout: Duration::from_secs(timeout),
+    };
+    // The files and the cipher list; a key whose value is already refused
+    // above (an empty cipher list) is not reported twice.
+    for error in crate::transport::tls::check(&settings) {
+        let reported = problems[start..].iter().any(|p| p.key == error.key());
+        if !reported {
+            problems.push(error.to_problem());
+        }
+    }
+    settings
+}
+
+/// Whether `name` can be a certificate name: an IP address, or a DNS name
+/// (letters, digits, `-`, dots between labels).
+fn check_server_name(name: &str) -> Result<(), String> {
+    if name.parse::<IpAddr>().is_ok() {
+        return Ok(());
+    }
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    if name.len() <= 253 && name.split('.').all(label_ok) {
+        Ok(())
+    } else {
+        Err(format!(
+            "{name:?} is neither an IP address nor a DNS name (e.g. pool01.contoso.com)"
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_parse_as_written_and_order_oldest_first() {
+        for v in TlsVersion::ALL {
+            assert_eq!(v.as_str().parse::<TlsVersion>(), Ok(v));
+        }
+        assert!(TlsVersion::Tls1_0 < TlsVersion::Tls1_3);
+        assert!(TlsVersion::Tls1_1.is_legacy() && !TlsVersion::Tls1_2.is_legacy());
+        let err = "1.4".parse::<TlsVersion>().unwrap_err();
+        assert!(err.contains("\"1.4\""), "{err}");
+        assert!("TLSv1.2".parse::<TlsVersion>().is_err());
+    }
+
+    #[test]
+    fn a_tls_listener_needs_certificate_and_key() {
+        let none = TlsSettings::default();
+        assert!(none.listener_problems(None).is_empty());
+        let problems = none.listener_problems(Some("proxy.listen[2]"));
+        let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(keys, ["tls.certificate", "tls.private_key"]);
+        assert!(
+            problems[0].message.contains("proxy.listen[2]"),
+            "{}",
+            problems[0]
+        );
+        let with = TlsSettings {
+            identity: Some(Identity {
+                certificate: "c.pem".into(),
+                private_key: "k.pem".into(),
+            }),
+            ..TlsSettings::default()
+        };
+        assert!(with.listener_problems(Some("--listen[0]")).is_empty());
+    }
+
+    #[test]
+    fn the_upstream_name_defaults_to_its_address() {
+        let ip: IpAddr = "192.0.2.10".parse().unwrap();
+        assert_eq!(TlsSettings::default().upstream_name(ip), "192.0.2.10");
+        let named = TlsSettings {
+            upstream_server_name: Some("pool01.contoso.com".into()),
+            ..TlsSettings::default()
+        };
+        assert_eq!(named.upstream_name(ip), "pool01.contoso.com");
+    }
+
+    #[test]
+    fn server_names_are_dns_names_or_addresses() {
+        for ok in [
+            "pool01.contoso.com",
+            "localhost",
+            "::1",
+            "192.0.2.1",
+            "a-b.c",
+        ] {
+            assert_eq!(check_server_name(ok), Ok(()), "{ok}");
+        }
+        for bad in [
+            "",
+            "pool 01",
+            "-x.com",
+            "x..com",
+            "*.contoso.com",
+            "sip:pool",
+        ] {
+            assert!(check_server_name(bad).is_err(), "{bad}");
+        }
+    }
+}

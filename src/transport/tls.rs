@@ -1,0 +1,973 @@
+//! Stage 1, TLS: the handshakes of `tls:` listeners and of a `tls:`
+//! upstream, over any `AsyncRead + AsyncWrite` stream (OpenSSL through
+//! `tokio-openssl`). No SIP here: a finished handshake hands back an
+//! [`SslStream`] that the stream server reads and writes like TCP.
+//!
+//! - [`ServerTls`]: the acceptor, built from [`TlsSettings`] and swapped
+//!   whole by [`ServerTls::reload`] (new connections get the new
+//!   certificate, open ones keep theirs);
+//! - [`ClientTls`]: the connector towards the registrar, whose certificate is
+//!   always verified against `tls.upstream_server_name`;
+//! - [`HandshakeError`]: why a handshake failed, as a bounded
+//!   [`HandshakeReason`] for metrics plus OpenSSL's detail for the log;
+//! - [`looks_like_tls_client_hello`]: spots a TLS client on a plain TCP port;
+//! - [`check`]: what `check-config` asks of the `[tls]` files and settings.
+//!
+//! OpenSSL rather than rustls: Lync-era clients need TLS 1.0/1.1 and
+//! static-RSA or CBC suites, which only a configuration asking for them
+//! turns on (secure defaults otherwise).
+
+use std::fmt;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use openssl::error::ErrorStack;
+use openssl::pkey::{PKey, Private};
+use openssl::ssl::{
+    self, ErrorCode, Ssl, SslAcceptor, SslConnector, SslContextBuilder, SslContextRef, SslMethod,
+    SslOptions, SslRef, SslSessionCacheMode, SslVerifyMode, SslVersion,
+};
+use openssl::x509::store::{X509Store, X509StoreBuilder};
+use openssl::x509::{X509VerifyResult, X509};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::time::Instant;
+use tokio_openssl::SslStream;
+
+use crate::config::{Identity, TlsSettings, TlsVersion};
+use crate::problem::Problem;
+
+/// Sessions a listener remembers for session-ID resumption (TLS 1.2 and
+/// below without tickets, e.g. Windows 7 SChannel). A cached session costs
+/// about 1-2 KB (more with a client certificate), so this bounds the cache
+/// near 40 MB; OpenSSL evicts the oldest when it is full.
+pub const SESSION_CACHE_ENTRIES: i32 = 20_480;
+
+/// TLS 1.3 session tickets sent after each full handshake (OpenSSL's
+/// default is 2; one is enough for a client that reconnects, and halves
+/// the post-handshake work).
+pub const TLS13_TICKETS: usize = 1;
+
+/// Session ID context of listener sessions: OpenSSL refuses to resume a
+/// session of a context that verifies client certificates without one.
+const SESSION_ID_CONTEXT: &[u8] = b"sipadmit";
+
+// === errors ===
+
+/// The config keys of a certificate chain and of its private key.
+#[derive(Debug, Clone, Copy)]
+struct IdentityKeys {
+    certificate: &'static str,
+    private_key: &'static str,
+}
+
+/// `tls.certificate` / `tls.private_key`.
+const SERVER_IDENTITY: IdentityKeys = IdentityKeys {
+    certificate: "tls.certificate",
+    private_key: "tls.private_key",
+};
+
+/// `tls.upstream_certificate` / `tls.upstream_private_key`.
+const UPSTREAM_IDENTITY: IdentityKeys = IdentityKeys {
+    certificate: "tls.upstream_certificate",
+    private_key: "tls.upstream_private_key",
+};
+
+/// A `[tls]` setting or file OpenSSL cannot use: names the config key and
+/// the file at fault. Displayed as `tls.certificate (/etc/x.pem): cannot read`.
+#[derive(Debug)]
+pub struct TlsError {
+    key: &'static str,
+    path: Option<PathBuf>,
+    problem: TlsProblem,
+}
+
+/// What is wrong with a `[tls]` setting or file.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsProblem {
+    /// A `tls:` listener needs a certificate and key, and none is configured.
+    #[error("not set; required for a tls: listener")]
+    Missing,
+    /// The file cannot be read.
+    #[error("cannot read")]
+    Read(#[source] io::Error),
+    /// The file is not valid PEM of the expected kind.
+    #[error("not a PEM {what}")]
+    NotPem {
+        /// `certificate`, `private key` or `CA certificate`.
+        what: &'static str,
+        /// OpenSSL's reason.
+        #[source]
+        source: ErrorStack,
+    },
+    /// The file holds no PEM block of the expected kind.
+    #[error("no PEM {what} in the file")]
+    NoPem {
+        /// `certificate` or `CA certificate`.
+        what: &'static str,
+    },
+    /// The private key is encrypted (sipadmit asks for no passphrase).
+    #[error(
+        "the private key is encrypted; store it unencrypted, readable only by sipadmit's user"
+    )]
+    EncryptedKey,
+    /// The private key is not the key of the certificate.
+    #[error("does not belong to the certificate in {certificate_key} ({})", certificate.display())]
+    KeyMismatch {
+        /// The key of the certificate (`tls.certificate`).
+        certificate_key: &'static str,
+        /// The certificate file.
+        certificate: PathBuf,
+    },
+    /// OpenSSL knows no cipher in the list.
+    #[error("OpenSSL accepts no cipher in {list:?}")]
+    Ciphers {
+        /// The list as configured.
+        list: String,
+        /// OpenSSL's reason.
+        #[source]
+        source: ErrorStack,
+    },
+    /// TLS 1.0/1.1 asked for at a security level that refuses them.
+    #[error(
+        "{version} needs OpenSSL security level 0, and tls.ciphers leaves level {level}, \
+         where OpenSSL 3 refuses the SHA-1 signatures of TLS 1.0/1.1 handshakes; \
+         end tls.ciphers with \":@SECLEVEL=0\" (e.g. \"DEFAULT:@SECLEVEL=0\")"
+    )]
+    LegacyNeedsLevel0 {
+        /// The configured `tls.min_version`.
+        version: TlsVersion,
+        /// The security level the cipher list leaves.
+        level: u32,
+    },
+    /// OpenSSL refused another setting.
+    #[error("OpenSSL refused the setting")]
+    OpenSsl(#[source] ErrorStack),
+}
+
+impl TlsError {
+    fn new(key: &'static str, path: Option<&Path>, problem: TlsProblem) -> Self {
+        Self {
+            key,
+            path: path.map(Path::to_owned),
+            problem,
+        }
+    }
+
+    /// The config key at fault (`tls.private_key`).
+    pub fn key(&self) -> &'static str {
+        self.key
+    }
+
+    /// The file at fault, if a file is.
+    pub fn path(&self) -> Option<&Path> {
+        self.path.as_deref()
+    }
+
+    /// What is wrong.
+    pub fn problem(&self) -> &TlsProblem {
+        &self.problem
+    }
+
+    /// As a config [`Problem`]: the key, then the file and every cause.
+    pub fn to_problem(&self) -> Problem {
+        let mut problem = Problem::from_error(self.key, &self.problem);
+        if let Some(path) = &self.path {
+            problem.message = format!("{}: {}", path.display(), problem.message);
+        }
+        problem
+    }
+}
+
+impl fmt::Display for TlsError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.key)?;
+        if let Some(path) = &self.path {
+            write!(f, " ({})", path.display())?;
+        }
+        write!(f, ": {}", self.problem)
+    }
+}
+
+impl std::error::Error for TlsError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        // The problem's own message is part of this one; its cause is next.
+        std::error::Error::source(&self.problem)
+    }
+}
+
+/// Why a handshake failed, as a bounded label for metrics and logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum HandshakeReason {
+    /// Not finished before the deadline (a silent or slow peer).
+    Timeout,
+    /// The peer sent something that is not TLS (e.g. SIP in clear text).
+    PlainText,
+    /// The peer closed the connection (or reset it) during the handshake.
+    Closed,
+    /// A client certificate is required and the client sent none.
+    NoClientCertificate,
+    /// A certificate did not verify (unknown CA, expired, wrong name), or
+    /// the peer refused ours.
+    BadCertificate,
+    /// No TLS version both sides speak (e.g. a TLS 1.0 client, minimum 1.2).
+    ProtocolVersion,
+    /// No cipher suite (or signature algorithm) both sides accept.
+    NoSharedCipher,
+    /// Anything else; the detail says what.
+    Other,
+}
+
+impl HandshakeReason {
+    /// Every reason, for pre-registering metric labels.
+    pub const ALL: [Self; 8] = [
+        Self::Timeout,
+        Self::PlainText,
+        Self::Closed,
+        Self::NoClientCertificate,
+        Self::BadCertificate,
+        Self::ProtocolVersion,
+        Self::NoSharedCipher,
+        Self::Other,
+    ];
+
+    /// Snake-case label (`no_shared_cipher`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Timeout => "timeout",
+            Self::PlainText => "plain_text",
+            Self::Closed => "closed",
+            Self::NoClientCertificate => "no_client_certificate",
+            Self::BadCertificate => "bad_certificate",
+            Self::ProtocolVersion => "protocol_version",
+            Self::NoSharedCipher => "no_shared_cipher",
+            Self::Other => "other",
+        }
+    }
+}
+
+impl fmt::Display for HandshakeReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A failed TLS handshake: a bounded [`HandshakeReason`] for metrics, and
+/// OpenSSL's own words (error stack, certificate verification result) for
+/// the log.
+#[derive(Debug, thiserror::Error)]
+#[error("TLS handshake failed ({reason}): {detail}")]
+pub struct HandshakeError {
+    reason: HandshakeReason,
+    detail: String,
+}
+
+impl HandshakeError {
+    /// The bounded reason (a metric label).
+    pub fn reason(&self) -> HandshakeReason {
+        self.reason
+    }
+
+    /// OpenSSL's detail, for the log.
+    pub fn detail(&self) -> &str {
+        &self.detail
+    }
+
+    fn timeout() -> Self {
+        Self {
+            reason: HandshakeReason::Timeout,
+            detail: "no complete handshake before the deadline".into(),
+        }
+    }
+
+    fn setup(e: ErrorStack) -> Self {
+        Self {
+            reason: HandshakeReason::Other,
+            detail: format!("setting up the TLS session: {e}"),
+        }
+    }
+
+    /// From what OpenSSL said, and the session for its verification result.
+    fn from_ssl(error: &ssl::Error, session: &SslRef) -> Self {
+        let mut detail = error.to_string();
+        let verify = session.verify_result();
+        if verify != X509VerifyResult::OK {
+            detail = format!("{detail} (certificate: {})", verify.error_string());
+        }
+        Self {
+            reason: reason_of(error),
+            detail,
+        }
+    }
+}
+
+// OpenSSL's `SSL_R_*` reason codes (include/openssl/sslerr.h; stable across
+// releases), for the errors of library `ERR_LIB_SSL`.
+const ERR_LIB_SSL: i32 = 20;
+const SSL_R_CERTIFICATE_VERIFY_FAILED: i32 = 134;
+const SSL_R_HTTPS_PROXY_REQUEST: i32 = 155;
+const SSL_R_HTTP_REQUEST: i32 = 156;
+const SSL_R_NO_SUITABLE_SIGNATURE_ALGORITHM: i32 = 118;
+const SSL_R_NO_CIPHERS_AVAILABLE: i32 = 181;
+const SSL_R_NO_PROTOCOLS_AVAILABLE: i32 = 191;
+const SSL_R_NO_SHARED_CIPHER: i32 = 193;
+const SSL_R_PEER_DID_NOT_RETURN_A_CERTIFICATE: i32 = 199;
+const SSL_R_UNKNOWN_PROTOCOL: i32 = 252;
+const SSL_R_UNSUPPORTED_PROTOCOL: i32 = 258;
+const SSL_R_UNSUPPORTED_SSL_VERSION: i32 = 259;
+const SSL_R_WRONG_SSL_VERSION: i32 = 266;
+const SSL_R_WRONG_VERSION_NUMBER: i32 = 267;
+const SSL_R_UNEXPECTED_EOF_WHILE_READING: i32 = 294;
+const SSL_R_VERSION_TOO_LOW: i32 = 396;
+const SSL_R_SSLV3_ALERT_BAD_CERTIFICATE: i32 = 1042;
+const SSL_R_SSLV3_ALERT_UNSUPPORTED_CERTIFICATE: i32 = 1043;
+const SSL_R_SSLV3_ALERT_CERTIFICATE_REVOKED: i32 = 1044;
+const SSL_R_SSLV3_ALERT_CERTIFICATE_EXPIRED: i32 = 1045;
+const SSL_R_SSLV3_ALERT_CERTIFICATE_UNKNOWN: i32 = 1046;
+const SSL_R_TLSV1_ALERT_UNKNOWN_CA: i32 = 1048;
+const SSL_R_TLSV1_ALERT_PROTOCOL_VERSION: i32 = 1070;
+const SSL_R_TLSV1_ALERT_INSUFFICIENT_SECURITY: i32 = 1071;
+const SSL_R_TLSV13_ALERT_CERTIFICATE_REQUIRED: i32 = 1116;
+
+/// The [`HandshakeReason`] of an OpenSSL handshake error.
+fn reason_of(error: &ssl::Error) -> HandshakeReason {
+    if let Some(io) = error.io_error() {
+        return match io.kind() {
+            io::ErrorKind::UnexpectedEof
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::BrokenPipe => HandshakeReason::Closed,
+            _ => HandshakeReason::Other,
+        };
+    }
+    match error.code() {
+        ErrorCode::ZERO_RETURN => return HandshakeReason::Closed,
+        // A system call failed without an I/O error: the peer closed.
+        ErrorCode::SYSCALL => return HandshakeReason::Closed,
+        _ => {}
+    }
+    let Some(stack) = error.ssl_error() else {
+        return HandshakeReason::Other;
+    };
+    stack
+        .errors()
+        .iter()
+        .filter(|e| e.library_code() == ERR_LIB_SSL)
+        .find_map(|e| reason_of_code(e.reason_code()))
+        .unwrap_or(HandshakeReason::Other)
+}
+
+fn reason_of_code(code: i32) -> Option<HandshakeReason> {
+    Some(match code {
+        SSL_R_WRONG_VERSION_NUMBER
+        | SSL_R_HTTP_REQUEST
+        | SSL_R_HTTPS_PROXY_REQUEST
+        | SSL_R_UNKNOWN_PROTOCOL => HandshakeReason::PlainText,
+        SSL_R_UNSUPPORTED_PROTOCOL
+        | SSL_R_UNSUPPORTED_SSL_VERSION
+        | SSL_R_WRONG_SSL_VERSION
+        | SSL_R_VERSION_TOO_LOW
+        | SSL_R_NO_PROTOCOLS_AVAILABLE
+        | SSL_R_TLSV1_ALERT_PROTOCOL_VERSION => HandshakeReason::ProtocolVersion,
+        SSL_R_NO_SHARED_CIPHER
+        | SSL_R_NO_CIPHERS_AVAILABLE
+        | SSL_R_NO_SUITABLE_SIGNATURE_ALGORITHM
+        | SSL_R_TLSV1_ALERT_INSUFFICIENT_SECURITY => HandshakeReason::NoSharedCipher,
+        SSL_R_PEER_DID_NOT_RETURN_A_CERTIFICATE | SSL_R_TLSV13_ALERT_CERTIFICATE_REQUIRED => {
+            HandshakeReason::NoClientCertificate
+        }
+        SSL_R_CERTIFICATE_VERIFY_FAILED
+        | SSL_R_SSLV3_ALERT_BAD_CERTIFICATE
+        | SSL_R_SSLV3_ALERT_UNSUPPORTED_CERTIFICATE
+        | SSL_R_SSLV3_ALERT_CERTIFICATE_REVOKED
+        | SSL_R_SSLV3_ALERT_CERTIFICATE_EXPIRED
+        | SSL_R_SSLV3_ALERT_CERTIFICATE_UNKNOWN
+        | SSL_R_TLSV1_ALERT_UNKNOWN_CA => HandshakeReason::BadCertificate,
+        SSL_R_UNEXPECTED_EOF_WHILE_READING => HandshakeReason::Closed,
+        _ => return None,
+    })
+}
+
+// === detection ===
+
+/// Whether the first bytes read from a connection look like the start of a
+/// TLS ClientHello: a handshake record (type `0x16`), record version
+/// `0x03 0x00`..=`0x03 0x04`, and (when that far) handshake type 1. A short
+/// prefix is judged by the bytes it has; no bytes is `false`. SIP never
+/// starts with `0x16`, so a plain TCP listener can close such a connection
+/// at once ("a TLS client on a TCP port"). SSL 2.0-style hellos are not
+/// recognised (no client of interest sends them).
+pub fn looks_like_tls_client_hello(first_bytes: &[u8]) -> bool {
+    /// Record type of handshake messages.
+    const HANDSHAKE: u8 = 0x16;
+    /// Handshake type of ClientHello.
+    const CLIENT_HELLO: u8 = 0x01;
+    match first_bytes {
+        [] => false,
+        [record, rest @ ..] => {
+            *record == HANDSHAKE
+                && rest.first().is_none_or(|&major| major == 0x03)
+                && rest.get(1).is_none_or(|&minor| minor <= 0x04)
+                && rest.get(4).is_none_or(|&kind| kind == CLIENT_HELLO)
+        }
+    }
+}
+
+// === files ===
+
+fn read(key: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {
+    std::fs::read(path).map_err(|e| TlsError::new(key, Some(path), TlsProblem::Read(e)))
+}
+
+/// Every certificate in a PEM file (at least one).
+fn certificates(key: &'static str, path: &Path, what: &'static str) -> Result<Vec<X509>, TlsError> {
+    let pem = read(key, path)?;
+    let certificates = X509::stack_from_pem(&pem)
+        .map_err(|source| TlsError::new(key, Some(path), TlsProblem::NotPem { what, source }))?;
+    if certificates.is_empty() {
+        return Err(TlsError::new(key, Some(path), TlsProblem::NoPem { what }));
+    }
+    Ok(certificates)
+}
+
+/// A trust store of every certificate in a PEM file.
+fn trust_store(key: &'static str, path: &Path) -> Result<(X509Store, Vec<X509>), TlsError> {
+    let roots = certificates(key, path, "CA certificate")?;
+    let openssl = |e| TlsError::new(key, Some(path), TlsProblem::OpenSsl(e));
+    let mut store = X509StoreBuilder::new().map_err(openssl)?;
+    for root in &roots {
+        store.add_cert(root.clone()).map_err(openssl)?;
+    }
+    Ok((store.build(), roots))
+}
+
+fn private_key(key: &'static str, path: &Path) -> Result<PKey<Private>, TlsError> {
+    let pem = read(key, path)?;
+    if pem.windows(9).any(|w| w == b"ENCRYPTED") {
+        return Err(TlsError::new(key, Some(path), TlsProblem::EncryptedKey));
+    }
+    // An empty passphrase: OpenSSL must never prompt on a terminal.
+    PKey::private_key_from_pem_callback(&pem, |_| Ok(0)).map_err(|source| {
+        TlsError::new(
+            key,
+            Some(path),
+            TlsProblem::NotPem {
+                what: "private key",
+                source,
+            },
+        )
+    })
+}
+
+/// A certificate chain and its key, read and matched.
+struct LoadedIdentity {
+    chain: Vec<X509>,
+    key: PKey<Private>,
+}
+
+impl LoadedIdentity {
+    /// Read both files; every problem found (both files can be at fault).
+    fn load(identity: &Identity, keys: IdentityKeys) -> Result<Self, Vec<TlsError>> {
+        let chain = certificates(keys.certificate, &identity.certificate, "certificate");
+        let key = private_key(keys.private_key, &identity.private_key);
+        match (chain, key) {
+            (Ok(chain), Ok(key)) => {
+                let matches = chain[0]
+                    .public_key()
+                    .is_ok_and(|public| public.public_eq(&key));
+                if matches {
+                    Ok(Self { chain, key })
+                } else {
+                    Err(vec![TlsError::new(
+                        keys.private_key,
+                        Some(&identity.private_key),
+                        TlsProblem::KeyMismatch {
+                            certificate_key: keys.certificate,
+                            certificate: identity.certificate.clone(),
+                        },
+                    )])
+                }
+            }
+            (chain, key) => Err(chain.err().into_iter().chain(key.err()).collect()),
+        }
+    }
+
+    /// Install on a context.
+    fn install(self, builder: &mut SslContextBuilder, keys: IdentityKeys) -> Result<(), TlsError> {
+        let openssl = |e| TlsError::new(keys.certificate, None, TlsProblem::OpenSsl(e));
+        let mut chain = self.chain.into_iter();
+        let leaf = chain.next().expect("load() keeps at least one certificate");
+        builder.set_certificate(&leaf).map_err(openssl)?;
+        for intermediate in chain {
+            builder
+                .add_extra_chain_cert(intermediate)
+                .map_err(openssl)?;
+        }
+        builder.set_private_key(&self.key).map_err(openssl)?;
+        builder.check_private_key().map_err(openssl)
+    }
+}
+
+fn first_error(errors: Vec<TlsError>) -> TlsError {
+    errors
+        .into_iter()
+        .next()
+        .expect("a failed load reports at least one error")
+}
+
+// === settings shared by both directions ===
+
+fn ssl_version(version: TlsVersion) -> SslVersion {
+    match version {
+        TlsVersion::Tls1_0 => SslVersion::TLS1,
+        TlsVersion::Tls1_1 => SslVersion::TLS1_1,
+        TlsVersion::Tls1_2 => SslVersion::TLS1_2,
+        TlsVersion::Tls1_3 => SslVersion::TLS1_3,
+    }
+}
+
+/// `tls.min_version` and `tls.ciphers` on a context (TLS 1.3 suites stay
+/// OpenSSL's defaults).
+fn apply_versions_and_ciphers(
+    builder: &mut SslContextBuilder,
+    settings: &TlsSettings,
+) -> Result<(), TlsError> {
+    builder.clear_options(SslOptions::NO_TLSV1 | SslOptions::NO_TLSV1_1);
+    builder
+        .set_min_proto_version(Some(ssl_version(settings.min_version)))
+        .map_err(|e| TlsError::new("tls.min_version", None, TlsProblem::OpenSsl(e)))?;
+    builder
+        .set_max_proto_version(None)
+        .map_err(|e| TlsError::new("tls.min_version", None, TlsProblem::OpenSsl(e)))?;
+    builder
+        .set_cipher_list(&settings.ciphers)
+        .map_err(|source| {
+            TlsError::new(
+                "tls.ciphers",
+                None,
+                TlsProblem::Ciphers {
+                    list: settings.ciphers.clone(),
+                    source,
+                },
+            )
+        })
+}
+
+/// TLS 1.0/1.1 only work at security level 0 with OpenSSL 3 (verified with
+/// Debian's 3.0: "no suitable signature algorithm" at level 1).
+fn check_security_level(context: &SslContextRef, settings: &TlsSettings) -> Result<(), TlsError> {
+    let level = context.security_level();
+    if settings.min_version.is_legacy() && level > 0 && openssl::version::number() >= 0x3000_0000 {
+        return Err(TlsError::new(
+            "tls.min_version",
+            None,
+            TlsProblem::LegacyNeedsLevel0 {
+                version: settings.min_version,
+                level,
+            },
+        ));
+    }
+    Ok(())
+}
+
+/// Every problem `run` would meet in `settings`: the cipher list, the
+/// security level legacy versions need, and every file (readable, PEM, key
+/// matching its certificate). Used by config validation.
+pub fn check(settings: &TlsSettings) -> Vec<TlsError> {
+    let mut errors = Vec::new();
+    let protocol = SslContextBuilder::new(SslMethod::tls())
+        .map_err(|e| TlsError::new("tls", None, TlsProblem::OpenSsl(e)))
+        .and_then(|mut builder| {
+            apply_versions_and_ciphers(&mut builder, settings)?;
+            check_security_level(&builder.build(), settings)
+        });
+    errors.extend(protocol.err());
+    for (identity, keys) in [
+        (&settings.identity, SERVER_IDENTITY),
+        (&settings.upstream_identity, UPSTREAM_IDENTITY),
+    ] {
+        if let Some(identity) = identity {
+            errors.extend(
+                LoadedIdentity::load(identity, keys)
+                    .err()
+                    .into_iter()
+                    .flatten(),
+            );
+        }
+    }
+    for (key, roots) in [
+        ("tls.client_ca", &settings.client_ca),
+        ("tls.upstream_ca", &settings.upstream_ca),
+    ] {
+        if let Some(path) = roots {
+            errors.extend(trust_store(key, path).err());
+        }
+    }
+    errors
+}
+
+// === impl ServerTls ===
+
+/// The TLS side of `tls:` listeners: an OpenSSL acceptor built from
+/// [`TlsSettings`], replaced whole by [`ServerTls::reload`].
+pub struct ServerTls {
+    acceptor: ArcSwap<SslAcceptor>,
+}
+
+impl fmt::Debug for ServerTls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServerTls").finish_non_exhaustive()
+    }
+}
+
+impl ServerTls {
+    /// Build the acceptor: `tls.certificate` + `tls.private_key` (required),
+    /// `tls.min_version`, `tls.ciphers`, and client certificate verification
+    /// when `tls.client_ca` is set.
+    pub fn new(settings: &TlsSettings) -> Result<Self, TlsError> {
+        Ok(Self {
+            acceptor: ArcSwap::from_pointee(build_acceptor(settings)?),
+        })
+    }
+
+    /// Re-read the files and rebuild the acceptor; swap it in only when the
+    /// new one is complete. Handshakes after the swap use the new
+    /// certificate; open connections keep theirs. On error nothing changes.
+    pub fn reload(&self, settings: &TlsSettings) -> Result<(), TlsError> {
+        let acceptor = build_acceptor(settings)?;
+        self.acceptor.store(Arc::new(acceptor));
+        Ok(())
+    }
+
+    /// Run the server side of a handshake on `stream`, giving up at
+    /// `deadline` ([`HandshakeReason::Timeout`]).
+    pub async fn accept<S>(
+        &self,
+        stream: S,
+        deadline: Instant,
+    ) -> Result<SslStream<S>, HandshakeError>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let session = Ssl::new(self.acceptor.load().context()).map_err(HandshakeError::setup)?;
+        let mut tls = SslStream::new(session, stream).map_err(HandshakeError::setup)?;
+        match tokio::time::timeout_at(deadline, Pin::new(&mut tls).accept()).await {
+            Err(_elapsed) => Err(HandshakeError::timeout()),
+            Ok(Err(e)) => Err(HandshakeError::from_ssl(&e, tls.ssl())),
+            Ok(Ok(())) => Ok(tls),
+        }
+    }
+}
+
+fn build_acceptor(settings: &TlsSettings) -> Result<SslAcceptor, TlsError> {
+    let identity = settings
+        .identity
+        .as_ref()
+        .ok_or_else(|| TlsError::new("tls.certificate", None, TlsProblem::Missing))?;
+    let identity = LoadedIdentity::load(identity, SERVER_IDENTITY).map_err(first_error)?;
+    let openssl = |key| move |e| TlsError::new(key, None, TlsProblem::OpenSsl(e));
+    // Mozilla's intermediate profile: curves, DH parameters, TLS 1.3 suites,
+    // no compression, server cipher preference; then our versions and list.
+    let mut builder =
+        SslAcceptor::mozilla_intermediate_v5(SslMethod::tls_server()).map_err(openssl("tls"))?;
+    apply_versions_and_ciphers(&mut builder, settings)?;
+    // Client-initiated renegotiation costs a full handshake each: refused.
+    builder.set_options(SslOptions::NO_RENEGOTIATION);
+    identity.install(&mut builder, SERVER_IDENTITY)?;
+    if let Some(path) = &settings.client_ca {
+        let (store, roots) = trust_store("tls.client_ca", path)?;
+        builder.set_cert_store(store);
+        for root in &roots {
+            // Named in the CertificateRequest, so clients pick a matching certificate.
+            builder
+                .add_client_ca(root)
+                .map_err(openssl("tls.client_ca"))?;
+        }
+        builder.set_verify(SslVerifyMode::PEER | SslVerifyMode::FAIL_IF_NO_PEER_CERT);
+    }
+    builder
+        .set_session_id_context(SESSION_ID_CONTEXT)
+        .map_err(openssl("tls"))?;
+    builder.set_session_cache_mode(SslSessionCacheMode::SERVER);
+    builder.set_session_cache_size(SESSION_CACHE_ENTRIES);
+    builder
+        .set_num_tickets(TLS13_TICKETS)
+        .map_err(openssl("tls"))?;
+    let acceptor = builder.build();
+    check_security_level(acceptor.context(), settings)?;
+    Ok(acceptor)
+}
+
+// === impl ClientTls ===
+
+/// The TLS side of the link to a `tls:` upstream: an OpenSSL connector that
+/// always verifies the registrar's certificate (chain to `tls.upstream_ca`
+/// or the system's roots, name `tls.upstream_server_name` or the upstream's
+/// IP), sends SNI for a name, and presents `tls.upstream_certificate` when
+/// set.
+pub struct ClientTls {
+    upstream: ArcSwap<Upstream>,
+}
+
+/// A connector and the name it verifies.
+struct Upstream {
+    connector: SslConnector,
+    server_name: String,
+}
+
+impl fmt::Debug for ClientTls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientTls")
+            .field("server_name", &self.upstream.load().server_name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ClientTls {
+    /// Build the connector for the upstream at `upstream` (its IP is the
+    /// name to verify unless `tls.upstream_server_name` is set).
+    pub fn new(settings: &TlsSettings, upstream: std::net::IpAddr) -> Result<Self, TlsError> {
+        Ok(Self {
+            upstream: ArcSwap::from_pointee(build_upstream(settings, upstream)?),
+        })
+    }
+
+    /// Re-read the files and rebuild the connector; swap only on success.
+    pub fn reload(
+        &self,
+        settings: &TlsSettings,
+        upstream: std::net::IpAddr,
+    ) -> Result<(), TlsError> {
+        let built = build_upstream(settings, upstream)?;
+        self.upstream.store(Arc::new(built));
+        Ok(())
+    }
+
+    /// The name the registrar's certificate must carry.
+    pub fn server_name(&self) -> String {
+        self.upstream.load().server_name.clone()
+    }
+
+    /// Run the client side of a handshake on `stream` (a connected TCP
+    /// stream to the registrar), giving up at `deadline`. A certificate that
+    /// does not verify fails with [`HandshakeReason::BadCertificate`].
+    pub async fn connect<S>(
+        &self,
+        stream: S,
+        deadline: Instant,
+    ) -> Result<SslStream<S>, HandshakeError>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let session = {
+            let upstream = self.upstream.load();
+            upstream
+                .connector
+                .configure()
+                .and_then(|c| c.into_ssl(&upstream.server_name))
+                .map_err(HandshakeError::setup)?
+        };
+        let mut tls = SslStream::new(session, stream).map_err(HandshakeError::setup)?;
+        match tokio::time::timeout_at(deadline, Pin::new(&mut tls).connect()).await {
+            Err(_elapsed) => Err(HandshakeError::timeout()),
+            Ok(Err(e)) => Err(HandshakeError::from_ssl(&e, tls.ssl())),
+            Ok(Ok(())) => Ok(tls),
+        }
+    }
+}
+
+fn build_upstream(
+    settings: &TlsSettings,
+    upstream: std::net::IpAddr,
+) -> Result<Upstream, TlsError> {
+    let identity = settings
+        .upstream_identity
+        .as_ref()
+        .map(|identity| LoadedIdentity::load(identity, UPSTREAM_IDENTITY).map_err(first_error))
+        .transpose()?;
+    // Verification on (peer), the system's roots, SNI and name checks per session.
+    let mut builder = SslConnector::builder(SslMethod::tls_client())
+        .map_err(|e| TlsError::new("tls", None, TlsProblem::OpenSsl(e)))?;
+    apply_versions_and_ciphers(&mut builder, settings)?;
+    if let Some(path) = &settings.upstream_ca {
+        let (store, _) = trust_store("tls.upstream_ca", path)?;
+        builder.set_cert_store(store);
+    }
+    if let Some(identity) = identity {
+        identity.install(&mut builder, UPSTREAM_IDENTITY)?;
+    }
+    let connector = builder.build();
+    check_security_level(connector.context(), settings)?;
+    Ok(Upstream {
+        connector,
+        server_name: settings.upstream_name(upstream),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_hellos_are_recognised() {
+        // TLS 1.2 ClientHello record header + handshake header.
+        let hello = [
+            0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03,
+        ];
+        assert!(looks_like_tls_client_hello(&hello));
+        // TLS 1.0 record version (Lync Phone Edition), SSL 3.0, TLS 1.3's
+        // legacy record version.
+        for minor in [0x00, 0x01, 0x03] {
+            assert!(looks_like_tls_client_hello(&[
+                0x16, 0x03, minor, 0x00, 0x2f, 0x01
+            ]));
+        }
+        // A prefix is judged by what it has.
+        assert!(looks_like_tls_client_hello(&[0x16]));
+        assert!(looks_like_tls_client_hello(&[0x16, 0x03]));
+    }
+
+    #[test]
+    fn sip_and_other_bytes_are_not_client_hellos() {
+        assert!(!looks_like_tls_client_hello(b""));
+        assert!(!looks_like_tls_client_hello(
+            b"REGISTER sip:contoso.com SIP/2.0\r\n"
+        ));
+        assert!(!looks_like_tls_client_hello(b"\r\n\r\n"));
+        assert!(!looks_like_tls_client_hello(b"GET / HTTP/1.1\r\n"));
+        // Not a handshake record (application data), a wrong major version,
+        // an unknown minor version, a handshake that is not a ClientHello.
+        assert!(!looks_like_tls_client_hello(&[
+            0x17, 0x03, 0x03, 0x00, 0x10
+        ]));
+        assert!(!looks_like_tls_client_hello(&[0x16, 0x02, 0x00]));
+        assert!(!looks_like_tls_client_hello(&[0x16, 0x03, 0x05]));
+        assert!(!looks_like_tls_client_hello(&[
+            0x16, 0x03, 0x03, 0x00, 0x40, 0x02
+        ]));
+    }
+
+    #[test]
+    fn reasons_are_bounded_snake_case_labels() {
+        let labels: Vec<&str> = HandshakeReason::ALL.iter().map(|r| r.as_str()).collect();
+        assert_eq!(
+            labels,
+            [
+                "timeout",
+                "plain_text",
+                "closed",
+                "no_client_certificate",
+                "bad_certificate",
+                "protocol_version",
+                "no_shared_cipher",
+                "other"
+            ]
+        );
+    }
+
+    #[test]
+    fn openssl_reason_codes_map_to_reasons() {
+        assert_eq!(
+            reason_of_code(SSL_R_WRONG_VERSION_NUMBER),
+            Some(HandshakeReason::PlainText)
+        );
+        assert_eq!(
+            reason_of_code(SSL_R_UNSUPPORTED_PROTOCOL),
+            Some(HandshakeReason::ProtocolVersion)
+        );
+        assert_eq!(
+            reason_of_code(SSL_R_NO_SHARED_CIPHER),
+            Some(HandshakeReason::NoSharedCipher)
+        );
+        assert_eq!(
+            reason_of_code(SSL_R_PEER_DID_NOT_RETURN_A_CERTIFICATE),
+            Some(HandshakeReason::NoClientCertificate)
+        );
+        assert_eq!(
+            reason_of_code(SSL_R_CERTIFICATE_VERIFY_FAILED),
+            Some(HandshakeReason::BadCertificate)
+        );
+        assert_eq!(reason_of_code(1), None);
+    }
+
+    #[test]
+    fn a_missing_file_names_key_and_path() {
+        let settings = TlsSettings {
+            identity: Some(Identity {
+                certificate: "/nonexistent/sipadmit/cert.pem".into(),
+                private_key: "/nonexistent/sipadmit/key.pem".into(),
+            }),
+            ..TlsSettings::default()
+        };
+        let errors = check(&settings);
+        let keys: Vec<&str> = errors.iter().map(TlsError::key).collect();
+        assert_eq!(keys, ["tls.certificate", "tls.private_key"]);
+        let text = errors[0].to_string();
+        assert!(
+            text.starts_with("tls.certificate (/nonexistent/sipadmit/cert.pem): cannot read"),
+            "{text}"
+        );
+        let problem = errors[0].to_problem();
+        assert_eq!(problem.key, "tls.certificate");
+        assert!(
+            problem
+                .message
+                .starts_with("/nonexistent/sipadmit/cert.pem: cannot read: "),
+            "{problem}"
+        );
+        let err = ServerTls::new(&settings).unwrap_err();
+        assert_eq!(err.key(), "tls.certificate");
+        assert_eq!(
+            err.path(),
+            Some(Path::new("/nonexistent/sipadmit/cert.pem"))
+        );
+    }
+
+    #[test]
+    fn cipher_lists_are_checked_by_openssl() {
+        assert!(check(&TlsSettings::default()).is_empty());
+        let bad = TlsSettings {
+            ciphers: "NO-SUCH-CIPHER".into(),
+            ..TlsSettings::default()
+        };
+        let errors = check(&bad);
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert_eq!(errors[0].key(), "tls.ciphers");
+        assert!(
+            errors[0].to_string().contains("\"NO-SUCH-CIPHER\""),
+            "{}",
+            errors[0]
+        );
+    }
+
+    #[test]
+    fn legacy_versions_need_security_level_0() {
+        let legacy = TlsSettings {
+            min_version: TlsVersion::Tls1_0,
+            ciphers: "DEFAULT".into(),
+            ..TlsSettings::default()
+        };
+        let errors = check(&legacy);
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert_eq!(errors[0].key(), "tls.min_version");
+        assert!(
+            errors[0].to_string().contains("@SECLEVEL=0"),
+            "{}",
+            errors[0]
+        );
+        let compatible = TlsSettings {
+            ciphers: "DEFAULT:@SECLEVEL=0".into(),
+            ..legacy
+        };
+        assert!(check(&compatible).is_empty());
+    }
+
+    #[test]
+    fn a_listener_without_certificate_cannot_be_built() {
+        let err = ServerTls::new(&TlsSettings::default()).unwrap_err();
+        assert_eq!(err.key(), "tls.certificate");
+        assert!(matches!(err.problem(), TlsProblem::Missing));
+    }
+}
