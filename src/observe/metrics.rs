@@ -5,6 +5,8 @@
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::transport::Fault;
+
 /// Why a message was not relayed and not answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DropReason {
@@ -76,6 +78,7 @@ pub struct Metrics {
     /// Requests rejected by policy.
     pub rejected: AtomicU64,
     drops: [AtomicU64; DropReason::ALL.len()],
+    faults: [AtomicU64; Fault::ALL.len()],
 }
 
 impl Metrics {
@@ -95,6 +98,24 @@ impl Metrics {
             .position(|r| *r == reason)
             .expect("every reason is listed");
         self.drops[i].load(Ordering::Relaxed)
+    }
+
+    /// Count one transport fault (see [`Fault::report`], which logs it too).
+    pub fn count_fault(&self, fault: Fault) {
+        let i = Fault::ALL
+            .iter()
+            .position(|f| *f == fault)
+            .expect("every fault is listed");
+        self.faults[i].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Transport faults counted of a kind.
+    pub fn faults(&self, fault: Fault) -> u64 {
+        let i = Fault::ALL
+            .iter()
+            .position(|f| *f == fault)
+            .expect("every fault is listed");
+        self.faults[i].load(Ordering::Relaxed)
     }
 
     /// Add one to a counter.
@@ -122,6 +143,14 @@ impl Metrics {
                 "sipadmit_dropped_total{{reason=\"{}\"}} {}",
                 r.as_str(),
                 self.drops(r)
+            );
+        }
+        for f in Fault::ALL {
+            let _ = writeln!(
+                out,
+                "sipadmit_transport_faults_total{{kind=\"{}\"}} {}",
+                f.as_str(),
+                self.faults(f)
             );
         }
         out
