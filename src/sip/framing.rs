@@ -9,7 +9,9 @@
 //! `AsyncRead` through (`FramedRead`): TCP now, TLS after its handshake.
 
 use bytes::{Bytes, BytesMut};
-use tokio_util::codec::Decoder;
+/// The trait [`SipCodec`] implements (re-exported for its users: the
+/// fuzz targets call it directly).
+pub use tokio_util::codec::Decoder;
 
 use super::fields::{is_token_char, parse_decimal, trim_lws};
 
