@@ -266,7 +266,7 @@ async fn dispatch(core: &Core, senders: &Senders, log: &DecisionLog, event: Even
                 senders.connections.is_open_to(id, peer)
             });
             if let Err((to, e)) = carry_out(senders, log, &inbound, outcome, core.boot()).await {
-                Fault::Send.report(core.metrics(), None, &e);
+                Fault::of_send(&e).report(core.metrics(), None, &e);
                 not_delivered(core, senders, log, &inbound, &to).await;
             }
         }
@@ -296,7 +296,7 @@ async fn not_delivered(
     }
     let answer = core.upstream_unavailable(inbound, Instant::now());
     if let Err((_, e)) = carry_out(senders, log, inbound, answer, core.boot()).await {
-        Fault::Send.report(core.metrics(), Some(inbound.source), &e);
+        Fault::of_send(&e).report(core.metrics(), Some(inbound.source), &e);
     }
 }
 

@@ -4,8 +4,10 @@
 
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Instant;
 
-use crate::transport::Fault;
+use crate::transport::{Fault, WarningWindow, FAULT_WARNING_INTERVAL};
 
 /// Why a message was not relayed and not answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,6 +81,8 @@ pub struct Metrics {
     pub rejected: AtomicU64,
     drops: [AtomicU64; DropReason::ALL.len()],
     faults: [AtomicU64; Fault::ALL.len()],
+    /// Rate limits of the fault warnings, per kind.
+    fault_warnings: [Mutex<WarningWindow>; Fault::ALL.len()],
 }
 
 impl Metrics {
@@ -116,6 +120,20 @@ impl Metrics {
             .position(|f| *f == fault)
             .expect("every fault is listed");
         self.faults[i].load(Ordering::Relaxed)
+    }
+
+    /// Whether a warning for a fault of this kind at `now` is logged (see
+    /// [`Fault::report`]): `Some(n)` with the `n` held back since the last
+    /// one, or `None`.
+    pub fn fault_warning_due(&self, fault: Fault, now: Instant) -> Option<u64> {
+        let i = Fault::ALL
+            .iter()
+            .position(|f| *f == fault)
+            .expect("every fault is listed");
+        self.fault_warnings[i]
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .admit(now, FAULT_WARNING_INTERVAL)
     }
 
     /// Add one to a counter.

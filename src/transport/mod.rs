@@ -244,15 +244,69 @@ impl Fault {
         matches!(self, Self::Read | Self::Truncated)
     }
 
-    /// Count and log one fault: the one place transport faults are logged
-    /// (peers can trigger them, so this is where they get rate-limited).
+    /// The fault a failed send counts as: a full queue to the upstream is
+    /// its own kind; every other failure is [`Fault::Send`].
+    pub fn of_send(error: &SendError) -> Self {
+        match error {
+            SendError::UpstreamQueueFull(_) => Self::UpstreamQueueFull,
+            _ => Self::Send,
+        }
+    }
+
+    /// Count and log one fault: the one place transport faults are logged.
+    /// Peers can trigger them, so warnings are rate-limited: at most one
+    /// per kind every [`FAULT_WARNING_INTERVAL`], saying how many of that
+    /// kind were not logged since the previous one (every fault is still
+    /// counted). Routine faults are logged at debug level, not limited.
     pub fn report(self, metrics: &Metrics, peer: Option<SocketAddr>, error: &dyn fmt::Display) {
         metrics.count_fault(self);
         let peer = peer.map(tracing::field::display);
         if self.is_routine() {
             debug!(fault = self.as_str(), peer, error = %error, "{}", self.summary());
+            return;
+        }
+        let Some(not_logged) = metrics.fault_warning_due(self, std::time::Instant::now()) else {
+            return;
+        };
+        warn!(
+            fault = self.as_str(),
+            peer,
+            error = %error,
+            not_logged,
+            total = metrics.faults(self),
+            "{}",
+            self.summary()
+        );
+    }
+}
+
+/// Transport fault warnings of one kind are logged at most once per this
+/// interval (10 s); the faults in between are counted, and the next
+/// warning says how many were not logged.
+pub const FAULT_WARNING_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The rate limit of one kind of warning: when the last one was logged and
+/// how many were held back since.
+#[derive(Debug, Default)]
+pub struct WarningWindow {
+    last: Option<std::time::Instant>,
+    not_logged: u64,
+}
+
+impl WarningWindow {
+    /// Whether a warning at `now` is logged (at most one per `interval`):
+    /// `Some(n)` with the `n` warnings held back before it, or `None` (held
+    /// back and counted).
+    pub fn admit(&mut self, now: std::time::Instant, interval: std::time::Duration) -> Option<u64> {
+        let due = self
+            .last
+            .is_none_or(|last| now.saturating_duration_since(last) >= interval);
+        if due {
+            self.last = Some(now);
+            Some(std::mem::take(&mut self.not_logged))
         } else {
-            warn!(fault = self.as_str(), peer, error = %error, "{}", self.summary());
+            self.not_logged += 1;
+            None
         }
     }
 }
@@ -399,5 +453,39 @@ mod tests {
             assert_eq!(serde_json::from_str::<Transport>(&json).unwrap(), t);
         }
         assert!(serde_json::from_str::<Transport>("\"UDP\"").is_err());
+    }
+
+    #[test]
+    fn fault_warnings_are_limited_per_interval_and_count_what_they_held_back() {
+        let interval = std::time::Duration::from_secs(10);
+        let start = std::time::Instant::now();
+        let at = |secs| start + std::time::Duration::from_secs(secs);
+        let mut window = WarningWindow::default();
+        assert_eq!(
+            window.admit(at(0), interval),
+            Some(0),
+            "the first is logged"
+        );
+        assert_eq!(window.admit(at(1), interval), None);
+        assert_eq!(window.admit(at(9), interval), None);
+        assert_eq!(
+            window.admit(at(10), interval),
+            Some(2),
+            "then one saying 2 were held back"
+        );
+        assert_eq!(window.admit(at(25), interval), Some(0));
+    }
+
+    #[test]
+    fn a_full_upstream_queue_is_its_own_fault() {
+        let addr: SocketAddr = "127.0.0.1:5070".parse().unwrap();
+        assert_eq!(
+            Fault::of_send(&SendError::UpstreamQueueFull(addr)),
+            Fault::UpstreamQueueFull
+        );
+        assert_eq!(
+            Fault::of_send(&SendError::UpstreamStopped(addr)),
+            Fault::Send
+        );
     }
 }
