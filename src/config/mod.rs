@@ -88,11 +88,11 @@ pub struct Limits {
     /// Most bindings, and most REGISTERs awaiting their response (each),
     /// entries.
     pub max_registrations: usize,
-    /// Most contacts of one REGISTER that are learned.
+    /// Most contacts one REGISTER may name; more is answered 403.
     pub max_contacts_per_register: usize,
-    /// Bytes the registration tables may hold, both together.
+    /// Most bytes the registration tables hold, both together.
     pub registration_table_bytes: usize,
-    /// Bytes the table of recorded transactions may hold.
+    /// Most bytes the table of recorded transactions holds.
     pub transaction_table_bytes: usize,
     /// Retry-After of 503 responses when the upstream is unreachable, seconds.
     pub upstream_retry_after_secs: u32,

@@ -79,15 +79,19 @@ pub struct RawLimits {
     /// Most registrations remembered for agent offers (bindings, and
     /// REGISTERs awaiting their response, each), entries. Default 100000.
     pub max_registrations: usize,
-    /// Most contacts of one REGISTER that are learned; the rest are
-    /// counted and not learned. Default 16.
+    /// Most contacts one REGISTER may name (1..=1024); a REGISTER naming
+    /// more is answered `403 Too Many Contacts`, logged, counted and
+    /// recorded (rule `proxy.too-many-contacts`). Default 16.
     pub max_contacts_per_register: usize,
-    /// Bytes the registration tables may hold (REGISTERs awaiting their
-    /// response at most a quarter, bindings the rest). Default 67108864 (64 MiB).
+    /// Bytes the registration tables may hold, allocation slack included
+    /// (REGISTERs awaiting their response at most a quarter, bindings the
+    /// rest); when full the oldest entry is evicted. At least 1048576.
+    /// Default 67108864 (64 MiB).
     pub registration_table_bytes: usize,
     /// Bytes the table of recorded transactions (which makes a
-    /// retransmission get no second decision record) may hold. Default
-    /// 8388608 (8 MiB).
+    /// retransmission get no second decision record) may hold, 48 bytes a
+    /// transaction for 32 s; when full the oldest is forgotten. At least
+    /// 65536. Default 8388608 (8 MiB).
     pub transaction_table_bytes: usize,
     /// Retry-After of the 503 sent when the upstream is unreachable, seconds. Default 30.
     pub upstream_retry_after_secs: u32,

@@ -78,8 +78,11 @@ pub struct Metrics {
     /// Requests recognised as retransmissions of a transaction already
     /// recorded (handled the same way again, not recorded again).
     pub retransmissions: AtomicU64,
-    /// REGISTER contacts not learned: over
-    /// `limits.max_contacts_per_register`, or no room in the tables.
+    /// REGISTERs answered 403 for naming more contacts than
+    /// `limits.max_contacts_per_register`.
+    pub too_many_contacts: AtomicU64,
+    /// REGISTER contacts not learned for want of room in the registration
+    /// tables (a single entry larger than its table's byte bound).
     pub contacts_not_learned: AtomicU64,
     /// Pending REGISTERs and bindings evicted (oldest first) because their
     /// table was full.
@@ -128,6 +131,10 @@ impl Metrics {
             ("sipadmit_flagged_total", &self.flagged),
             ("sipadmit_rejected_total", &self.rejected),
             ("sipadmit_retransmissions_total", &self.retransmissions),
+            (
+                "sipadmit_registers_too_many_contacts_total",
+                &self.too_many_contacts,
+            ),
             (
                 "sipadmit_registration_contacts_not_learned_total",
                 &self.contacts_not_learned,

@@ -360,7 +360,9 @@ impl Core {
 
     // === registration table warnings ===
 
-    /// Count the contacts of a REGISTER that were not learned, and warn
+    /// Count the contacts of a REGISTER that were not learned (no room: the
+    /// request path refuses a REGISTER over
+    /// `limits.max_contacts_per_register` before it gets here), and warn
     /// (rate-limited: a peer sets this off).
     fn contacts_not_learned(&self, source: SocketAddr, call_id: &[u8], count: usize, now: Instant) {
         if count == 0 {
@@ -374,7 +376,7 @@ impl Core {
                 contacts = count,
                 max_contacts_per_register = self.registrations.limits().max_contacts_per_register,
                 warnings_held_back = held_back,
-                "REGISTER contacts not learned (over limits.max_contacts_per_register, or no room)"
+                "REGISTER contacts not learned: no room in the registration tables"
             );
         }
     }

@@ -657,6 +657,16 @@ mod tests {
         assert_eq!(evicted + t.pending(), 20_000);
     }
 
+    /// The per-entry figures the config reference (README, shipped
+    /// config) gives for the worst case (64-bit targets).
+    #[test]
+    #[cfg(target_pointer_width = "64")]
+    fn entry_sizes_are_the_documented_ones() {
+        assert_eq!(EntryBytes::with_contacts(1).pending, 88);
+        assert_eq!(EntryBytes::with_contacts(16).pending, 200);
+        assert_eq!(EntryBytes::with_contacts(16).binding, 96);
+    }
+
     #[test]
     fn client_ids_are_held_once() {
         let t = Registrations::new(limits(100));

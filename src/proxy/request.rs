@@ -165,6 +165,19 @@ impl Core {
         if view.proxy_require().next().is_some() {
             return Err(Refusal::BadExtension.into());
         }
+        if ctx.method == Method::Register {
+            // Counted up to one past the cap: a REGISTER of thousands of
+            // contacts costs no more than one just over it.
+            let cap = self.settings.limits.max_contacts_per_register;
+            let named = view
+                .contacts()
+                .filter(|c| !matches!(c, Ok(c) if c.uri == b"*"))
+                .take(cap + 1)
+                .count();
+            if named > cap {
+                return Err(Refusal::TooManyContacts.into());
+            }
+        }
         Ok(())
     }
 

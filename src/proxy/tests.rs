@@ -499,37 +499,101 @@ fn any_final_response_clears_a_pending_register_and_a_2xx_after_a_401_binds() {
     assert_eq!(table.len(), 1);
 }
 
-#[test]
-fn unanswered_registers_with_600_contacts_stay_within_the_byte_bound() {
-    let bound = 1 << 20;
-    let config = format!(
-        "{CONFIG}[limits]\nregistration_table_bytes = {bound}\nmax_registrations = 100\nmax_contacts_per_register = 16\n"
-    );
-    let core = Core::detached(&config).unwrap();
-    let contacts: Vec<String> = (0..600)
+/// A REGISTER from `agent` naming `contacts` contacts (in one Contact
+/// header line), and nothing else.
+fn register_with_contacts(agent: SocketAddr, contacts: usize) -> Inbound {
+    let uris: Vec<String> = (0..contacts)
         .map(|i| format!("<sip:u{i}@10.0.0.1:5060>"))
         .collect();
-    let contact_line = format!("Contact: {}\r\n", contacts.join(", "));
+    let contact_line = format!("Contact: {}\r\n", uris.join(", "));
+    let register = request("REGISTER", "sip:contoso.com", agent, LYNC, &contact_line)
+        .replace(&format!("Contact: <sip:alice@{agent}>\r\n"), "");
+    udp(register, agent)
+}
+
+fn count(counter: &std::sync::atomic::AtomicU64) -> u64 {
+    counter.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+#[test]
+fn a_register_over_the_contact_cap_is_answered_403_counted_and_recorded() {
+    let config = format!("{CONFIG}[limits]\nmax_contacts_per_register = 16\n");
+    let core = Core::detached(&config).unwrap();
+    let agent: SocketAddr = "127.0.0.1:47000".parse().unwrap();
+
+    // At the cap: relayed, noted.
+    let at_cap = handle(&core, &register_with_contacts(agent, 16));
+    assert_eq!(sent(&at_cap).0, Destination::Upstream);
+    assert_eq!(core.registrations().pending(), 1);
+
+    // Over it (the 600): answered here, nothing noted.
+    let over = SocketAddr::new(agent.ip(), agent.port() + 1);
+    let outcome = handle(&core, &register_with_contacts(over, 600));
+    let (to, answer) = sent(&outcome);
+    assert_eq!(to, Destination::Source);
+    assert!(
+        answer.starts_with("SIP/2.0 403 Too Many Contacts\r\n"),
+        "{answer}"
+    );
+    let record = outcome.record.expect("recorded");
+    assert_eq!(
+        (record.action, record.rule.as_ref(), record.status),
+        (Action::Reject, "proxy.too-many-contacts", Some(403))
+    );
+    assert_eq!(core.registrations().pending(), 1);
+    let metrics = core.metrics();
+    assert_eq!(count(&metrics.too_many_contacts), 1);
+    assert_eq!(count(&metrics.contacts_not_learned), 0);
+    assert!(metrics
+        .render()
+        .contains("sipadmit_registers_too_many_contacts_total 1\n"));
+
+    // `*` (remove all bindings) is not a contact to learn.
+    let star = SocketAddr::new(agent.ip(), agent.port() + 2);
+    let mut unregister = register_with_contacts(star, 16);
+    let text = String::from_utf8(unregister.bytes.to_vec()).unwrap();
+    unregister.bytes = Bytes::from(text.replace("Contact: ", "Contact: *\r\nContact: "));
+    assert_eq!(sent(&handle(&core, &unregister)).0, Destination::Upstream);
+}
+
+#[test]
+fn unanswered_registers_with_600_contacts_stay_within_the_byte_bound() {
+    // The cap raised to let 600 through: the byte bound alone holds them.
+    let bound = 1 << 20;
+    let config = format!(
+        "{CONFIG}[limits]\nregistration_table_bytes = {bound}\nmax_registrations = 100000\nmax_contacts_per_register = 1024\n"
+    );
+    let core = Core::detached(&config).unwrap();
     for i in 0..300u16 {
         let agent = SocketAddr::new(client().ip(), 20_000 + i);
-        let register = request("REGISTER", "sip:contoso.com", agent, LYNC, &contact_line)
-            .replace(&format!("Contact: <sip:alice@{agent}>\r\n"), "");
-        let out = handle(&core, &udp(register, agent));
+        let out = handle(&core, &register_with_contacts(agent, 600));
         assert_eq!(sent(&out).0, Destination::Upstream);
         assert!(core.registrations().accounted_bytes() <= bound);
     }
+    let pending = core.registrations().pending();
+    // A quarter of the bound for pending REGISTERs, about 4.9 KB each.
+    let per_entry = registrations::EntryBytes::with_contacts(600).pending;
+    assert!(
+        (bound / 4 / per_entry / 2..=bound / 4 / per_entry).contains(&pending),
+        "{pending} of {per_entry} B"
+    );
     let metrics = core.metrics();
-    let count = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
-    assert_eq!(core.registrations().pending(), 100, "max_registrations");
     assert_eq!(
         count(&metrics.registrations_evicted),
-        200,
+        300 - pending as u64,
         "the oldest went"
     );
-    assert_eq!(count(&metrics.contacts_not_learned), 300 * (600 - 16));
-    assert!(metrics
-        .render()
-        .contains("sipadmit_registration_contacts_not_learned_total 175200"));
+    assert_eq!(count(&metrics.contacts_not_learned), 0);
+
+    // The entry bound holds too.
+    let config = format!("{CONFIG}[limits]\nmax_registrations = 100\n");
+    let core = Core::detached(&config).unwrap();
+    for i in 0..300u16 {
+        let agent = SocketAddr::new(client().ip(), 20_000 + i);
+        handle(&core, &register_with_contacts(agent, 1));
+    }
+    assert_eq!(core.registrations().pending(), 100, "max_registrations");
+    assert_eq!(count(&core.metrics().registrations_evicted), 200);
 }
 
 #[test]
@@ -637,4 +701,28 @@ fn both_legs_of_an_agent_offer_are_recorded_and_the_registrars_retransmissions_a
             .load(std::sync::atomic::Ordering::Relaxed),
         4
     );
+}
+
+#[test]
+fn an_invite_to_a_dead_tcp_contact_retransmitted_five_times_gives_one_record() {
+    let core = Core::detached(CONFIG).unwrap();
+    let agent: SocketAddr = "127.0.0.1:48000".parse().unwrap();
+    let path = register_over_tcp(&core, agent);
+    // The agent's connection is gone; the registrar's INVITE along its
+    // Path (Timer A: the first and four retransmissions) gets 430 each time.
+    let offer = offer_along(&path, "agent-a", agent);
+    let outcomes: Vec<Outcome> = (0..5)
+        .map(|_| core.handle(&offer, Instant::now(), &|_, _| false))
+        .collect();
+    assert!(outcomes.iter().all(|o| status(o) == Some(430)));
+    assert!(outcomes.iter().all(|o| o.send == outcomes[0].send));
+    let rules: Vec<_> = outcomes
+        .iter()
+        .map(|o| o.record.as_ref().map(|r| r.rule.to_string()))
+        .collect();
+    assert_eq!(
+        rules,
+        [Some("proxy.flow-failed".to_owned()), None, None, None, None]
+    );
+    assert_eq!(count(&core.metrics().retransmissions), 4);
 }

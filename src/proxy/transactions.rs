@@ -157,6 +157,14 @@ mod tests {
         );
     }
 
+    /// The per-transaction figure the config reference gives (64-bit).
+    #[test]
+    #[cfg(target_pointer_width = "64")]
+    fn a_transaction_costs_the_documented_48_bytes() {
+        use crate::proxy::expiring::{slot_bytes, MAX_INDEX_BYTES_PER_SLOT};
+        assert_eq!(slot_bytes::<()>() + MAX_INDEX_BYTES_PER_SLOT, 48);
+    }
+
     #[test]
     fn the_table_stays_within_its_bytes_and_forgets_the_oldest() {
         let bound = 64 * 1024;
