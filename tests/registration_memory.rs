@@ -33,7 +33,9 @@ fn twenty_thousand_registers_of_600_contacts_are_accounted_for_and_bounded() {
         .map(|i| format!("<sip:u{i}@10.0.0.1:5060;transport=udp>"))
         .collect();
     let call_ids: Vec<String> = (0..20_000).map(|i| format!("flood-{i}@attacker")).collect();
-    let binding_uris: Vec<String> = (0..100_000).map(|i| format!("sip:agent-{i}@10.1.0.1")).collect();
+    let binding_uris: Vec<String> = (0..100_000)
+        .map(|i| format!("sip:agent-{i}@10.1.0.1"))
+        .collect();
     let now = Instant::now();
 
     let region = Region::new(GLOBAL);
@@ -67,7 +69,10 @@ fn twenty_thousand_registers_of_600_contacts_are_accounted_for_and_bounded() {
     // per-block overhead, which the counter does not see) and does not
     // overstate it by much.
     assert!(live <= accounted, "live {live} > accounted {accounted}");
-    assert!(accounted <= live + live / 8, "accounted {accounted} vs live {live}");
+    assert!(
+        accounted <= live + live / 8,
+        "accounted {accounted} vs live {live}"
+    );
     // The issue measured about 74 KB per pending REGISTER of 600 contacts.
     assert!(accounted / 20_000 < 2_000);
 }
