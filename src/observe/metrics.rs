@@ -79,6 +79,18 @@ pub struct Metrics {
     pub flagged: AtomicU64,
     /// Requests rejected by policy.
     pub rejected: AtomicU64,
+    /// Requests recognised as retransmissions of a transaction already
+    /// recorded (handled the same way again, not recorded again).
+    pub retransmissions: AtomicU64,
+    /// REGISTERs answered 403 for naming more contacts than
+    /// `limits.max_contacts_per_register`.
+    pub too_many_contacts: AtomicU64,
+    /// REGISTER contacts not learned for want of room in the registration
+    /// tables (a single entry larger than its table's byte bound).
+    pub contacts_not_learned: AtomicU64,
+    /// Pending REGISTERs and bindings evicted (oldest first) because their
+    /// table was full.
+    pub registrations_evicted: AtomicU64,
     drops: [AtomicU64; DropReason::ALL.len()],
     faults: [AtomicU64; Fault::ALL.len()],
     /// Rate limits of the fault warnings, per kind.
@@ -141,6 +153,11 @@ impl Metrics {
         counter.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Add `n` to a counter.
+    pub fn add(counter: &AtomicU64, n: usize) {
+        counter.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
     /// Prometheus text exposition.
     pub fn render(&self) -> String {
         let mut out = String::new();
@@ -152,6 +169,19 @@ impl Metrics {
             ("sipadmit_local_responses_total", &self.local_responses),
             ("sipadmit_flagged_total", &self.flagged),
             ("sipadmit_rejected_total", &self.rejected),
+            ("sipadmit_retransmissions_total", &self.retransmissions),
+            (
+                "sipadmit_registers_too_many_contacts_total",
+                &self.too_many_contacts,
+            ),
+            (
+                "sipadmit_registration_contacts_not_learned_total",
+                &self.contacts_not_learned,
+            ),
+            (
+                "sipadmit_registrations_evicted_total",
+                &self.registrations_evicted,
+            ),
         ] {
             let _ = writeln!(out, "{name} {}", c.load(Ordering::Relaxed));
         }
