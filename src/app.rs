@@ -10,6 +10,7 @@
 //! event, answered `503`.
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -23,10 +24,12 @@ use crate::config::{Config, Endpoint};
 use crate::observe::decision_log::{DecisionLogError, SHUTDOWN_DEADLINE};
 use crate::observe::metrics::{DropReason, Metrics};
 use crate::observe::{DecisionLog, LogWriter};
+use crate::policy::Action;
 use crate::proxy::flow::FlowSigner;
 use crate::proxy::{Core, Destination, Inbound, Outbound, Outcome};
+use crate::transport::admission::{Admission, BanCause};
 use crate::transport::stream::{self, Listener};
-use crate::transport::upstream::{LinkSettings, UpstreamLink};
+use crate::transport::upstream::{DatagramWatch, LinkSettings, UpstreamLink};
 use crate::transport::{udp, BootId, Connections, Senders, TransportContext, UdpListener};
 use crate::transport::{Event, Fault, SendError, Transport, UpstreamSender};
 
@@ -35,6 +38,8 @@ use crate::transport::{Event, Fault, SendError, Transport, UpstreamSender};
 const EVENT_QUEUE: usize = 4096;
 /// How often expired registrations are swept.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(30);
+/// How often bans, rate-limit state and log summaries are looked after.
+const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Why the filter could not start.
 #[derive(Debug, thiserror::Error)]
@@ -100,10 +105,16 @@ pub async fn bind(config: &Config) -> Result<Bound, AppError> {
             endpoint: *endpoint,
             source,
         };
+        let limits = &config.settings.limits;
         match endpoint.transport {
-            Transport::Udp => bound
-                .udp
-                .push(Arc::new(UdpSocket::bind(endpoint.addr).await.map_err(err)?)),
+            Transport::Udp => bound.udp.push(Arc::new(
+                udp::bind(
+                    endpoint.addr,
+                    limits.udp_receive_buffer_bytes,
+                    limits.udp_send_buffer_bytes,
+                )
+                .map_err(err)?,
+            )),
             Transport::Tcp => bound
                 .tcp
                 .push(TcpListener::bind(endpoint.addr).await.map_err(err)?),
@@ -178,6 +189,11 @@ pub async fn serve(
     let core = Core::new(config, signer, boot, addresses.clone(), metrics.clone());
     let (events_tx, mut events) = mpsc::channel::<Event>(EVENT_QUEUE);
     let connections = Arc::new(Connections::default());
+    let admission = Arc::new(Admission::new(
+        settings.rate_limit.clone(),
+        settings.upstream_sources.clone(),
+        metrics.clone(),
+    ));
     let ctx = Arc::new(TransportContext {
         connections: connections.clone(),
         events: events_tx,
@@ -186,6 +202,10 @@ pub async fn serve(
         shutdown: shutdown.clone(),
         slots: Arc::new(tokio::sync::Semaphore::new(settings.limits.max_connections)),
         upstream_sources: settings.upstream_sources.clone(),
+        admission: admission.clone(),
+        read_budget: Arc::new(tokio::sync::Semaphore::new(
+            settings.limits.read_buffer_budget_bytes,
+        )),
     });
     let udp_listeners: Vec<UdpListener> = udp_sockets
         .into_iter()
@@ -226,6 +246,13 @@ pub async fn serve(
     }
 
     let mut sweep = tokio::time::interval(SWEEP_INTERVAL);
+    let mut housekeeping = tokio::time::interval(HOUSEKEEPING_INTERVAL);
+    let mut edge = Edge {
+        admission,
+        upstream_watch: DatagramWatch::default(),
+        udp_sockets: bound.udp.clone(),
+        ticks: 0,
+    };
     loop {
         tokio::select! {
             () = shutdown.cancelled() => break,
@@ -235,8 +262,9 @@ pub async fn serve(
                     info!(removed, "expired registrations swept");
                 }
             }
+            _ = housekeeping.tick() => edge.housekeeping(&core, Instant::now()),
             event = events.recv() => match event {
-                Some(event) => dispatch(&core, &senders, &decision_log, event).await,
+                Some(event) => dispatch(&core, &senders, &decision_log, &mut edge, event).await,
                 None => break,
             },
         }
@@ -258,16 +286,100 @@ fn core_address(addresses: &[(Transport, SocketAddr)], transport: Transport) -> 
         .map(|(_, a)| *a)
 }
 
+/// The dispatcher's part of the edge hardening: bans of scanners, the
+/// housekeeping of the rate limits and summaries, the UDP listeners' kernel
+/// drops, and the watch on a UDP upstream that stays silent.
+struct Edge {
+    admission: Arc<Admission>,
+    upstream_watch: DatagramWatch,
+    udp_sockets: Vec<Arc<UdpSocket>>,
+    /// Housekeeping ticks so far.
+    ticks: u64,
+}
+
+impl Edge {
+    /// Every second: lift bans that ran out, forget idle rate-limit state,
+    /// close summary windows; every 10 s: read the kernel's UDP drops and
+    /// check the UDP upstream.
+    fn housekeeping(&mut self, core: &Core, now: Instant) {
+        self.ticks += 1;
+        self.admission.sweep(now);
+        core.close_summaries(now);
+        if self.ticks % 10 != 0 {
+            return;
+        }
+        self.upstream_watch.check(now, core.metrics());
+        let sockets: Vec<&UdpSocket> = self.udp_sockets.iter().map(|s| s.as_ref()).collect();
+        if let Some(total) = udp::kernel_drops(&sockets) {
+            let before = core
+                .metrics()
+                .udp_kernel_drops
+                .swap(total, Ordering::Relaxed);
+            if total > before {
+                warn!(
+                    dropped = total - before,
+                    total,
+                    "the kernel dropped UDP datagrams (receive buffer full): raise limits.udp_receive_buffer_bytes and net.core.rmem_max"
+                );
+            }
+        }
+    }
+}
+
 /// Handle one event of the transports.
-async fn dispatch(core: &Core, senders: &Senders, log: &DecisionLog, event: Event) {
+async fn dispatch(
+    core: &Core,
+    senders: &Senders,
+    log: &DecisionLog,
+    edge: &mut Edge,
+    event: Event,
+) {
     match event {
         Event::Received(inbound) => {
-            let outcome = core.handle(&inbound, Instant::now(), &|id, peer| {
+            let now = Instant::now();
+            if inbound.from_upstream && inbound.transport == Transport::Udp {
+                edge.upstream_watch.heard();
+            }
+            let mut outcome = core.handle(&inbound, now, &|id, peer| {
                 senders.connections.is_open_to(id, peer)
             });
-            if let Err((to, e)) = carry_out(senders, log, &inbound, outcome, core.boot()).await {
-                Fault::of_send(&e).report(core.metrics(), None, &e);
-                not_delivered(core, senders, log, &inbound, &to).await;
+            if outcome.scanner && edge.admission.ban(inbound.source, BanCause::Scanner, now) {
+                // Banned by this message: dropped, and its record says why.
+                outcome.send = None;
+                if let Some(record) = outcome.record.as_mut() {
+                    record.action = Action::Drop;
+                    record.rule = BanCause::Scanner.rule().into();
+                    record.status = None;
+                }
+                core.metrics().count_drop(DropReason::Banned);
+            }
+            let to_datagram_upstream = matches!(
+                (&outcome.send, &senders.upstream),
+                (
+                    Some(Outbound {
+                        to: Destination::Upstream,
+                        ..
+                    }),
+                    UpstreamSender::Datagram(_)
+                )
+            );
+            match carry_out(senders, log, &inbound, outcome, core.boot()).await {
+                Ok(()) if to_datagram_upstream => edge.upstream_watch.relayed(now),
+                Ok(()) => {}
+                Err((to, e)) => {
+                    let fault = match (&to, &e) {
+                        (Destination::Upstream, SendError::Io { .. }) => Fault::UpstreamSend,
+                        _ => Fault::of_send(&e),
+                    };
+                    fault.report(core.metrics(), None, &e);
+                    not_delivered(core, senders, log, &inbound, &to).await;
+                }
+            }
+        }
+        Event::Refused { inbound, refusal } => {
+            let outcome = core.refuse_source(&inbound, Instant::now(), refusal);
+            if let Err((_, e)) = carry_out(senders, log, &inbound, outcome, core.boot()).await {
+                Fault::of_send(&e).report(core.metrics(), Some(inbound.source), &e);
             }
         }
         // The link reported its connect failure once; each message is

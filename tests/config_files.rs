@@ -55,6 +55,7 @@ fn settings_hold_the_restart_keys_and_runtime_the_swappable_ones() {
         flow_secret,
         limits,
         tls,
+        rate_limit,
     } = &c.settings;
     assert_eq!(listen.len(), 2);
     assert_eq!(upstream.unwrap().to_string(), "udp:127.0.0.1:5070");
@@ -62,6 +63,9 @@ fn settings_hold_the_restart_keys_and_runtime_the_swappable_ones() {
     assert_eq!((decision_log.as_str(), flow_secret), ("-", &None));
     assert_eq!(limits.max_headers, 256);
     assert_eq!(tls, &sipadmit::config::TlsSettings::default());
+    assert_eq!(limits.message_deadline.as_secs(), 10);
+    assert_eq!(rate_limit.ban.map(|b| b.as_secs()), Some(300));
+    assert_eq!(rate_limit.over_limit, sipadmit::config::OverLimit::Reject);
     let sipadmit::config::RuntimeConfig {
         catalog_source,
         sessions,

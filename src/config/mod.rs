@@ -13,6 +13,7 @@ pub mod endpoint;
 pub mod raw;
 pub mod tls;
 
+use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -96,6 +97,49 @@ pub struct Limits {
     pub transaction_table_bytes: usize,
     /// Retry-After of 503 responses when the upstream is unreachable, seconds.
     pub upstream_retry_after_secs: u32,
+    /// A stream message must be complete this long after its first byte.
+    pub message_deadline: Duration,
+    /// Bytes all stream connections together may hold in read buffers.
+    pub read_buffer_budget_bytes: usize,
+    /// Bytes queued for writing to one stream connection at most.
+    pub write_queue_bytes: usize,
+    /// SO_RCVBUF asked for UDP listeners, bytes.
+    pub udp_receive_buffer_bytes: usize,
+    /// SO_SNDBUF asked for UDP listeners, bytes.
+    pub udp_send_buffer_bytes: usize,
+}
+
+/// What a source over its rate limit gets (`rate_limit.over_limit`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OverLimit {
+    /// `503 Service Unavailable` with Retry-After (a request that cannot be
+    /// answered, such as an ACK, is dropped).
+    Reject,
+    /// Nothing: the message is dropped (counted).
+    Drop,
+}
+
+/// Validated `[rate_limit]`: per-source limits (a source is an IPv4
+/// address or an IPv6 /64) and bans.
+#[derive(Debug, Clone)]
+pub struct RateLimit {
+    /// Networks never limited or banned: `rate_limit.trusted` and
+    /// `response_group.application_sources` (the registrar, named by
+    /// `proxy.upstream_sources`, is exempt too).
+    pub trusted: Vec<Network>,
+    /// SIP messages per second from one source, sustained.
+    pub requests_per_second: NonZeroU32,
+    /// SIP messages one source may send at once above that rate.
+    pub burst: NonZeroU32,
+    /// New stream connections per second from one source.
+    pub connections_per_second: NonZeroU32,
+    /// Open stream connections from one source at most (also the burst of
+    /// new connections).
+    pub max_connections_per_source: NonZeroU32,
+    /// How long a ban lasts; `None`: sources are never banned.
+    pub ban: Option<Duration>,
+    /// 503 or drop for a source over its limit.
+    pub over_limit: OverLimit,
 }
 
 /// A validated config: nothing in it can be invalid.
@@ -130,6 +174,8 @@ pub struct Settings {
     pub limits: Limits,
     /// `[tls]`: certificates, versions and ciphers (defaults when absent).
     pub tls: TlsSettings,
+    /// `[rate_limit]`: per-source limits and bans.
+    pub rate_limit: RateLimit,
 }
 
 /// The part of the config a live reload may swap: how clients are
@@ -387,6 +433,93 @@ fn validate(
         );
     }
 
+    for (key, value, min, max) in [
+        (
+            "limits.read_buffer_budget_bytes",
+            l.read_buffer_budget_bytes,
+            2 * l.max_message_bytes,
+            1 << 40,
+        ),
+        (
+            "limits.write_queue_bytes",
+            l.write_queue_bytes,
+            64 << 10,
+            64 << 20,
+        ),
+        (
+            "limits.udp_receive_buffer_bytes",
+            l.udp_receive_buffer_bytes,
+            64 << 10,
+            1 << 30,
+        ),
+        (
+            "limits.udp_send_buffer_bytes",
+            l.udp_send_buffer_bytes,
+            64 << 10,
+            1 << 30,
+        ),
+    ] {
+        if !(min..=max).contains(&value) {
+            problem(
+                key.into(),
+                format!("{value} is outside {min}..={max} (bytes)"),
+            );
+        }
+    }
+    if !(1..=300).contains(&l.message_deadline_secs) {
+        problem(
+            "limits.message_deadline_secs".into(),
+            format!(
+                "{} s is outside 1..=300 s (a complete message, headers and body)",
+                l.message_deadline_secs
+            ),
+        );
+    }
+
+    let r = &raw.rate_limit;
+    let mut trusted = Vec::new();
+    for (i, net) in r.trusted.iter().enumerate() {
+        match Network::parse(net) {
+            Some(n) => trusted.push(n),
+            None => problem(
+                format!("rate_limit.trusted[{i}]"),
+                format!("not an IP network: {net:?} (expected e.g. 10.0.0.0/8, 192.0.2.7 or ::1)"),
+            ),
+        }
+    }
+    let mut positive = |key: &str, value: u32| {
+        NonZeroU32::new(value).unwrap_or_else(|| {
+            problem(
+                format!("rate_limit.{key}"),
+                "0 is below the minimum 1 (to exempt a source, list it in rate_limit.trusted)"
+                    .into(),
+            );
+            NonZeroU32::MIN
+        })
+    };
+    let requests_per_second = positive("requests_per_second", r.requests_per_second);
+    let burst = positive("burst", r.burst);
+    let connections_per_second = positive("connections_per_second", r.connections_per_second);
+    let max_connections_per_source =
+        positive("max_connections_per_source", r.max_connections_per_source);
+    if r.ban_secs > 7 * 86_400 {
+        problem(
+            "rate_limit.ban_secs".into(),
+            format!("{} s is above the maximum 604800 s (7 days)", r.ban_secs),
+        );
+    }
+    let over_limit = match r.over_limit.as_str() {
+        "reject" => OverLimit::Reject,
+        "drop" => OverLimit::Drop,
+        other => {
+            problem(
+                "rate_limit.over_limit".into(),
+                format!("{other:?}: expected \"reject\" (503 with Retry-After) or \"drop\""),
+            );
+            OverLimit::Reject
+        }
+    };
+
     let uri_list = |key: &str, list: &[String], problem: &mut dyn FnMut(String, String)| {
         list.iter()
             .enumerate()
@@ -497,8 +630,25 @@ fn validate(
                     registration_table_bytes: l.registration_table_bytes,
                     transaction_table_bytes: l.transaction_table_bytes,
                     upstream_retry_after_secs: l.upstream_retry_after_secs,
+                    message_deadline: Duration::from_secs(l.message_deadline_secs),
+                    read_buffer_budget_bytes: l.read_buffer_budget_bytes,
+                    write_queue_bytes: l.write_queue_bytes,
+                    udp_receive_buffer_bytes: l.udp_receive_buffer_bytes,
+                    udp_send_buffer_bytes: l.udp_send_buffer_bytes,
                 },
                 tls,
+                rate_limit: RateLimit {
+                    trusted: trusted
+                        .into_iter()
+                        .chain(application_sources.iter().copied())
+                        .collect(),
+                    requests_per_second,
+                    burst,
+                    connections_per_second,
+                    max_connections_per_source,
+                    ban: (r.ban_secs > 0).then(|| Duration::from_secs(r.ban_secs)),
+                    over_limit,
+                },
             },
             runtime: RuntimeConfig {
                 catalog,

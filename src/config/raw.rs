@@ -28,6 +28,8 @@ pub struct RawConfig {
     pub policy: RawPolicy,
     /// `[tls]`: certificates, versions and ciphers of TLS listeners and upstream.
     pub tls: RawTls,
+    /// `[rate_limit]`: per-source limits and bans.
+    pub rate_limit: RawRateLimit,
 }
 
 /// `[proxy]`.
@@ -95,6 +97,27 @@ pub struct RawLimits {
     pub transaction_table_bytes: usize,
     /// Retry-After of the 503 sent when the upstream is unreachable, seconds. Default 30.
     pub upstream_retry_after_secs: u32,
+    /// A stream message (headers and body) must be complete this many
+    /// seconds after its first byte arrived, or the connection is closed
+    /// (1..=300). Default 10. Separate from `tcp_idle_timeout_secs`, which
+    /// runs between messages.
+    pub message_deadline_secs: u64,
+    /// Bytes all stream connections together may hold in read buffers
+    /// (partial messages); when spent, reads wait until a connection
+    /// completes, closes or misses its message deadline. At least twice
+    /// `max_message_bytes`. Default 67108864 (64 MiB).
+    pub read_buffer_budget_bytes: usize,
+    /// Bytes queued for writing to one stream connection at most (65536..=
+    /// 67108864). A connection at this bound is read no further until its
+    /// peer reads; it is closed only when nothing could be written to it for
+    /// 10 s. Default 1048576 (1 MiB).
+    pub write_queue_bytes: usize,
+    /// SO_RCVBUF asked for UDP listeners, bytes (65536..=1073741824; the
+    /// kernel caps it at net.core.rmem_max). Default 4194304 (4 MiB).
+    pub udp_receive_buffer_bytes: usize,
+    /// SO_SNDBUF asked for UDP listeners, bytes (65536..=1073741824; the
+    /// kernel caps it at net.core.wmem_max). Default 1048576 (1 MiB).
+    pub udp_send_buffer_bytes: usize,
 }
 
 impl Default for RawLimits {
@@ -109,6 +132,50 @@ impl Default for RawLimits {
             registration_table_bytes: 64 << 20,
             transaction_table_bytes: 8 << 20,
             upstream_retry_after_secs: 30,
+            message_deadline_secs: 10,
+            read_buffer_budget_bytes: 64 << 20,
+            write_queue_bytes: 1 << 20,
+            udp_receive_buffer_bytes: 4 << 20,
+            udp_send_buffer_bytes: 1 << 20,
+        }
+    }
+}
+
+/// `[rate_limit]`: per-source limits and bans (validated in `config`;
+/// `config/sipadmit.toml` documents each key). A source is an IPv4
+/// address or an IPv6 /64.
+#[derive(Debug, Clone)]
+pub struct RawRateLimit {
+    /// Networks (CIDR or address) never limited or banned. Default
+    /// loopback (`127.0.0.0/8`, `::1`). The registrar (`proxy.upstream_sources`)
+    /// and the Response Group application (`response_group.application_sources`)
+    /// are exempt too.
+    pub trusted: Vec<String>,
+    /// SIP messages per second one source may send, sustained. Default 50.
+    pub requests_per_second: u32,
+    /// SIP messages one source may send at once above that rate. Default 200.
+    pub burst: u32,
+    /// New stream connections per second from one source (bursts up to
+    /// `max_connections_per_source`). Default 10.
+    pub connections_per_second: u32,
+    /// Open stream connections from one source at most. Default 32.
+    pub max_connections_per_source: u32,
+    /// How long a ban lasts, seconds (0: never ban). Default 300.
+    pub ban_secs: u64,
+    /// `"reject"` (503 with Retry-After) or `"drop"`. Default `"reject"`.
+    pub over_limit: String,
+}
+
+impl Default for RawRateLimit {
+    fn default() -> Self {
+        Self {
+            trusted: vec!["127.0.0.0/8".into(), "::1".into()],
+            requests_per_second: 50,
+            burst: 200,
+            connections_per_second: 10,
+            max_connections_per_source: 32,
+            ban_secs: 300,
+            over_limit: "reject".into(),
         }
     }
 }
@@ -255,6 +322,7 @@ impl RawConfig {
             response_group: RawResponseGroup::read(root.section("response_group")),
             policy: RawPolicy::read(root.section("policy")),
             tls: RawTls::read(root.section("tls")),
+            rate_limit: RawRateLimit::read(root.section("rate_limit")),
         };
         root.finish();
         raw
@@ -300,6 +368,42 @@ impl RawLimits {
             upstream_retry_after_secs: s
                 .get("upstream_retry_after_secs")
                 .unwrap_or(d.upstream_retry_after_secs),
+            message_deadline_secs: s
+                .get("message_deadline_secs")
+                .unwrap_or(d.message_deadline_secs),
+            read_buffer_budget_bytes: s
+                .get("read_buffer_budget_bytes")
+                .unwrap_or(d.read_buffer_budget_bytes),
+            write_queue_bytes: s.get("write_queue_bytes").unwrap_or(d.write_queue_bytes),
+            udp_receive_buffer_bytes: s
+                .get("udp_receive_buffer_bytes")
+                .unwrap_or(d.udp_receive_buffer_bytes),
+            udp_send_buffer_bytes: s
+                .get("udp_send_buffer_bytes")
+                .unwrap_or(d.udp_send_buffer_bytes),
+        };
+        s.finish();
+        raw
+    }
+}
+
+impl RawRateLimit {
+    fn read(mut s: Section<'_>) -> Self {
+        let d = Self::default();
+        let raw = Self {
+            trusted: s.get("trusted").unwrap_or(d.trusted),
+            requests_per_second: s
+                .get("requests_per_second")
+                .unwrap_or(d.requests_per_second),
+            burst: s.get("burst").unwrap_or(d.burst),
+            connections_per_second: s
+                .get("connections_per_second")
+                .unwrap_or(d.connections_per_second),
+            max_connections_per_source: s
+                .get("max_connections_per_source")
+                .unwrap_or(d.max_connections_per_source),
+            ban_secs: s.get("ban_secs").unwrap_or(d.ban_secs),
+            over_limit: s.get("over_limit").unwrap_or(d.over_limit),
         };
         s.finish();
         raw
@@ -549,8 +653,8 @@ mod tests {
             [
                 "proxy.lisen: unknown key (known: listen, upstream, upstream_sources, mode, decision_log, flow_secret)",
                 "policy.agent_offer.statuss: unknown key (known: unsupported, third_party, unknown, status, reason, warning, headers)",
-                "extra: unknown key (known: proxy, limits, catalog, response_group, policy, tls)",
-                "proxi: unknown key (known: proxy, limits, catalog, response_group, policy, tls)",
+                "extra: unknown key (known: proxy, limits, catalog, response_group, policy, tls, rate_limit)",
+                "proxi: unknown key (known: proxy, limits, catalog, response_group, policy, tls, rate_limit)",
             ]
         );
         // Known keys beside unknown ones are still read.

@@ -30,11 +30,16 @@ pub enum DropReason {
     SendFailed,
     /// STUN datagram (not handled).
     Stun,
+    /// Over its source's rate limit (`rate_limit.over_limit = "drop"`, or
+    /// a message that cannot be answered 503).
+    RateLimited,
+    /// From a banned source (dropped unparsed, or the message that got it banned).
+    Banned,
 }
 
 impl DropReason {
     /// Every reason, in render order.
-    pub const ALL: [Self; 9] = [
+    pub const ALL: [Self; 11] = [
         Self::Malformed,
         Self::ForeignResponse,
         Self::MalformedResponse,
@@ -44,6 +49,8 @@ impl DropReason {
         Self::FlowGone,
         Self::SendFailed,
         Self::Stun,
+        Self::RateLimited,
+        Self::Banned,
     ];
 
     /// Label value.
@@ -58,6 +65,8 @@ impl DropReason {
             Self::FlowGone => "flow_gone",
             Self::SendFailed => "send_failed",
             Self::Stun => "stun",
+            Self::RateLimited => "rate_limited",
+            Self::Banned => "banned",
         }
     }
 }
@@ -91,6 +100,28 @@ pub struct Metrics {
     /// Pending REGISTERs and bindings evicted (oldest first) because their
     /// table was full.
     pub registrations_evicted: AtomicU64,
+    /// Messages over their source's rate limit (`rate_limit.requests_per_second`, `burst`).
+    pub rate_limited_messages: AtomicU64,
+    /// Connections over their source's rate limit (`rate_limit.connections_per_second`).
+    pub rate_limited_connections: AtomicU64,
+    /// Connections refused because their source had
+    /// `rate_limit.max_connections_per_source` open.
+    pub connections_per_source_refused: AtomicU64,
+    /// Sources banned (`rate_limit.ban_secs`).
+    pub bans: AtomicU64,
+    /// Messages from banned sources, dropped unparsed.
+    pub banned_messages: AtomicU64,
+    /// Connections from banned sources, closed at once.
+    pub banned_connections: AtomicU64,
+    /// Datagrams the kernel dropped on the UDP listeners (receive buffer
+    /// full), as last read from `/proc/net/udp` and `/proc/net/udp6`.
+    pub udp_kernel_drops: AtomicU64,
+    /// Requests relayed to a UDP upstream that then stayed silent (no
+    /// message from it) for 10 s or more.
+    pub upstream_silent_requests: AtomicU64,
+    /// Reads of stream connections that waited for the read buffer budget
+    /// (`limits.read_buffer_budget_bytes`).
+    pub read_budget_waits: AtomicU64,
     drops: [AtomicU64; DropReason::ALL.len()],
     faults: [AtomicU64; Fault::ALL.len()],
     /// Rate limits of the fault warnings, per kind.
@@ -182,6 +213,30 @@ impl Metrics {
                 "sipadmit_registrations_evicted_total",
                 &self.registrations_evicted,
             ),
+            (
+                "sipadmit_rate_limited_messages_total",
+                &self.rate_limited_messages,
+            ),
+            (
+                "sipadmit_rate_limited_connections_total",
+                &self.rate_limited_connections,
+            ),
+            (
+                "sipadmit_connections_per_source_refused_total",
+                &self.connections_per_source_refused,
+            ),
+            ("sipadmit_bans_total", &self.bans),
+            ("sipadmit_banned_messages_total", &self.banned_messages),
+            (
+                "sipadmit_banned_connections_total",
+                &self.banned_connections,
+            ),
+            ("sipadmit_udp_kernel_drops_total", &self.udp_kernel_drops),
+            (
+                "sipadmit_upstream_silent_requests_total",
+                &self.upstream_silent_requests,
+            ),
+            ("sipadmit_read_budget_waits_total", &self.read_budget_waits),
         ] {
             let _ = writeln!(out, "{name} {}", c.load(Ordering::Relaxed));
         }

@@ -45,12 +45,13 @@ use crate::classify::{ClientProduct, CLIENT_UNKNOWN};
 use crate::config::{Config, ConfigError, Overrides, RuntimeConfig, Settings};
 use crate::observe::decision_log::{record_time, DecisionRecord};
 use crate::observe::metrics::{DropReason, Metrics};
+use crate::observe::summary::{EventSummary, Noted, WindowTotals, SUMMARY_WINDOW};
 use crate::policy::{Action, SessionRole};
 use crate::sip::fields::host_is_ip;
 use crate::sip::{HeaderName, SipView, Via};
 use crate::transport::{BootId, ConnectionId, FlowId, Transport};
 use flow::{Flow, FlowSigner};
-pub use refusal::{FlowFailure, Refusal};
+pub use refusal::{FlowFailure, Refusal, SourceRefusal};
 use registrations::{RegistrationLimits, Registrations};
 use transactions::{RecordKind, Transactions};
 
@@ -121,6 +122,9 @@ pub struct Outcome {
     pub record: Option<DecisionRecord>,
     /// Why nothing was sent, when nothing was.
     pub dropped: Option<DropReason>,
+    /// The sender's User-Agent is a scanner's (the catalog's `scanner`
+    /// support): the transports ban its source (`rate_limit.ban_secs`).
+    pub scanner: bool,
 }
 
 impl Outcome {
@@ -184,6 +188,8 @@ pub struct Core {
     transactions: Transactions,
     /// Rate limits of the warnings about the registration tables.
     warnings: RegistrationWarnings,
+    /// Summaries of malformed messages and refused requests.
+    summaries: Summaries,
     /// (transport, address) this proxy is reachable at, as put in Via/Path.
     advertised: Vec<(Transport, SocketAddr)>,
     metrics: Arc<Metrics>,
@@ -211,6 +217,7 @@ impl Core {
             }),
             transactions: Transactions::new(settings.limits.transaction_table_bytes),
             warnings: RegistrationWarnings::default(),
+            summaries: Summaries::default(),
             settings,
             runtime: ArcSwap::from_pointee(Runtime {
                 generation: 1,
@@ -310,7 +317,13 @@ impl Core {
                 } else {
                     DropReason::Malformed
                 };
-                tracing::warn!(source = %inbound.source, error = %e, "unparsable message dropped");
+                let noted = self.summaries.note_malformed(inbound.source.ip(), now);
+                if let Some(t) = noted.closed {
+                    malformed_summary(t);
+                }
+                if noted.example {
+                    tracing::debug!(source = %inbound.source, error = %e, "unparsable message dropped");
+                }
                 self.metrics.count_drop(reason);
                 return Outcome::drop(reason);
             }
@@ -334,6 +347,58 @@ impl Core {
         let ctx = request::RequestCtx::new(inbound, &view, &runtime, now);
         let outcome = self.refuse(&ctx, None, Refusal::UpstreamUnavailable);
         self.record_once(&view, RecordKind::UpstreamUnavailable, outcome, now)
+    }
+
+    /// The answer to a message its source's rate limit refused (see
+    /// [`SourceRefusal`]): `503` with Retry-After, or (the source banned by
+    /// it) a drop, recorded with the ban's rule.
+    pub fn refuse_source(
+        &self,
+        inbound: &Inbound,
+        now: Instant,
+        refusal: SourceRefusal,
+    ) -> Outcome {
+        let (refusal, reason) = match refusal {
+            SourceRefusal::OverLimit { retry_after_secs } => (
+                Refusal::OverLimit { retry_after_secs },
+                DropReason::RateLimited,
+            ),
+            SourceRefusal::Banned => (
+                Refusal::Banned {
+                    rule: "ban.requests",
+                },
+                DropReason::Banned,
+            ),
+        };
+        let Ok(view) = SipView::parse(inbound.bytes.clone()) else {
+            self.metrics.count_drop(reason);
+            return Outcome::drop(reason);
+        };
+        if !view.is_request() {
+            self.metrics.count_drop(reason);
+            return Outcome::drop(reason);
+        }
+        let runtime = self.runtime.load();
+        let ctx = request::RequestCtx::new(inbound, &view, &runtime, now);
+        self.refuse(&ctx, None, refusal)
+    }
+
+    /// Log the summaries of windows that have ended (the last window of a
+    /// flood closes here, not on a next event). Called every second.
+    pub fn close_summaries(&self, now: Instant) {
+        let (malformed, refused) = self.summaries.close_if_due(now);
+        if let Some(t) = malformed {
+            malformed_summary(t);
+        }
+        if let Some(t) = refused.filter(|t| t.events > t.examples) {
+            tracing::warn!(
+                refused = t.events,
+                sources = t.sources,
+                logged = t.examples,
+                window_secs = SUMMARY_WINDOW.as_secs(),
+                "requests refused in the last 10 s (the rest were not logged one by one)"
+            );
+        }
     }
 
     /// Keep the outcome's record only for the first sighting of the
@@ -605,6 +670,58 @@ impl WarnGate {
             }
         }
     }
+}
+
+/// Log the summary of a window of malformed messages.
+fn malformed_summary(t: WindowTotals) {
+    tracing::warn!(
+        malformed = t.events,
+        sources = t.sources,
+        window_secs = SUMMARY_WINDOW.as_secs(),
+        "malformed messages dropped in the last 10 s (the first few at debug level)"
+    );
+}
+
+/// Malformed messages: examples logged per window (at debug level).
+const MALFORMED_EXAMPLES: u64 = 3;
+/// Refused requests: logged one by one per window (warnings).
+const REFUSED_EXAMPLES: u64 = 10;
+
+/// The summaries of what a peer can make the core log often.
+#[derive(Debug)]
+struct Summaries {
+    malformed: Mutex<EventSummary>,
+    refused: Mutex<EventSummary>,
+}
+
+impl Default for Summaries {
+    fn default() -> Self {
+        Self {
+            malformed: Mutex::new(EventSummary::new(MALFORMED_EXAMPLES)),
+            refused: Mutex::new(EventSummary::new(REFUSED_EXAMPLES)),
+        }
+    }
+}
+
+impl Summaries {
+    fn note_malformed(&self, source: std::net::IpAddr, now: Instant) -> Noted {
+        lock(&self.malformed).note(source, now)
+    }
+
+    fn note_refused(&self, source: std::net::IpAddr, now: Instant) -> Noted {
+        lock(&self.refused).note(source, now)
+    }
+
+    fn close_if_due(&self, now: Instant) -> (Option<WindowTotals>, Option<WindowTotals>) {
+        (
+            lock(&self.malformed).close_if_due(now),
+            lock(&self.refused).close_if_due(now),
+        )
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// The rate limits of the warnings a peer can set off through the

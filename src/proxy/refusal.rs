@@ -15,6 +15,7 @@ use super::flow::TokenError;
 use super::request::{Admission, RequestCtx};
 use super::{Core, Destination, Outbound, Outcome, Subject, Text};
 use crate::observe::metrics::{DropReason, Metrics};
+use crate::observe::summary::SUMMARY_WINDOW;
 use crate::policy::{Action, Reply, SessionRole};
 use crate::sip::{response, HeaderName, Method, SipError};
 use crate::transport::Transport;
@@ -37,6 +38,21 @@ impl FlowFailure {
             Self::Closed => "connection closed or now to another peer",
         }
     }
+}
+
+/// Why the transports refused a message for its source (see
+/// `transport::admission`), before the proxy saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SourceRefusal {
+    /// The source is over its rate limit (`rate_limit.over_limit =
+    /// "reject"`): `503` with this Retry-After, seconds.
+    OverLimit {
+        /// Retry-After, seconds.
+        retry_after_secs: u32,
+    },
+    /// The source was banned by this message (it stayed over its limit):
+    /// dropped, recorded with action `drop` and rule `ban.requests`.
+    Banned,
 }
 
 /// A request the proxy answers itself instead of relaying.
@@ -81,6 +97,20 @@ pub enum Refusal<'p> {
     },
     /// The registrar could not be reached: 503 with Retry-After.
     UpstreamUnavailable,
+    /// After the proxy's edits, the request no longer fits in one UDP
+    /// datagram toward its next hop: 513 (RFC 3261 18.1.1).
+    TooLargeForUdp,
+    /// Its source is over its rate limit: 503 with Retry-After.
+    OverLimit {
+        /// Retry-After, seconds.
+        retry_after_secs: u32,
+    },
+    /// Its source is banned (by this request, or for sending a scanner
+    /// User-Agent): dropped, never answered; the rule names the ban.
+    Banned {
+        /// `ban.requests`, `ban.connections` or `ban.scanner`.
+        rule: &'static str,
+    },
 }
 
 impl Refusal<'_> {
@@ -100,6 +130,10 @@ impl Refusal<'_> {
             Self::NoListener(_) => 500,
             Self::Policy { reply, .. } => reply.status,
             Self::UpstreamUnavailable => 503,
+            Self::TooLargeForUdp => 513,
+            Self::OverLimit { .. } => 503,
+            // Never sent: a ban is not answered.
+            Self::Banned { .. } => 403,
         }
     }
 
@@ -119,6 +153,9 @@ impl Refusal<'_> {
             Self::NoListener(_) => "No Listener For Transport",
             Self::Policy { reply, .. } => &reply.reason,
             Self::UpstreamUnavailable => "Service Unavailable",
+            Self::TooLargeForUdp => "Message Too Large",
+            Self::OverLimit { .. } => "Service Unavailable",
+            Self::Banned { .. } => "Banned",
         })
     }
 
@@ -138,6 +175,9 @@ impl Refusal<'_> {
             Self::NoListener(_) => "proxy.no-listener",
             Self::Policy { rule, .. } => rule,
             Self::UpstreamUnavailable => "proxy.upstream-unavailable",
+            Self::TooLargeForUdp => "proxy.too-large",
+            Self::OverLimit { .. } => "rate_limit.requests",
+            Self::Banned { rule } => rule,
         }
     }
 
@@ -146,6 +186,8 @@ impl Refusal<'_> {
         match self {
             Self::Malformed(_) | Self::TooLarge | Self::TooManyHeaders => DropReason::Malformed,
             Self::Policy { .. } => DropReason::Policy,
+            Self::OverLimit { .. } => DropReason::RateLimited,
+            Self::Banned { .. } => DropReason::Banned,
             _ => DropReason::Unanswerable,
         }
     }
@@ -158,6 +200,8 @@ impl Refusal<'_> {
             Self::InvalidFlowToken(TokenError::BadSignature) => Some("signature mismatch"),
             Self::NoListener(transport) => Some(transport.as_str()),
             Self::TooManyContacts => Some("over limits.max_contacts_per_register"),
+            Self::TooLargeForUdp => Some("too large for a UDP datagram after the proxy's headers"),
+            Self::OverLimit { .. } => Some("over rate_limit.requests_per_second"),
             _ => None,
         }
     }
@@ -193,22 +237,37 @@ impl Core {
         ]
         .iter()
         .all(|&h| view.header(h).is_some());
-        let answered = formable && ctx.method != Method::Ack;
+        let answered =
+            formable && ctx.method != Method::Ack && !matches!(refusal, Refusal::Banned { .. });
         let status = refusal.status();
         let reason = refusal.reason();
-        warn!(
-            source = %inb.source,
-            method = %Text(view.method_bytes()),
-            call_id = %Text(view.call_id()),
-            status,
-            reason = %reason,
-            rule = refusal.rule(),
-            detail = refusal.detail(),
-            client = %subject.client.id,
-            role = role.as_str(),
-            answered,
-            "refused"
-        );
+        // A peer sets these off: the first few of every 10 s are logged,
+        // then one summary line (every one is recorded and counted).
+        let noted = self.summaries.note_refused(inb.source.ip(), ctx.now);
+        if let Some(t) = noted.closed.filter(|t| t.events > t.examples) {
+            warn!(
+                refused = t.events,
+                sources = t.sources,
+                logged = t.examples,
+                window_secs = SUMMARY_WINDOW.as_secs(),
+                "requests refused in the last 10 s (the rest were not logged one by one)"
+            );
+        }
+        if noted.example {
+            warn!(
+                source = %inb.source,
+                method = %Text(view.method_bytes()),
+                call_id = %Text(view.call_id()),
+                status,
+                reason = %reason,
+                rule = refusal.rule(),
+                detail = refusal.detail(),
+                client = %subject.client.id,
+                role = role.as_str(),
+                answered,
+                "refused"
+            );
+        }
         let record = self.record(
             ctx.runtime,
             inb,
@@ -258,6 +317,10 @@ impl Core {
                 retry_after = self.settings.limits.upstream_retry_after_secs.to_string();
                 extra.push(("Retry-After", &retry_after));
             }
+            Refusal::OverLimit { retry_after_secs } => {
+                retry_after = retry_after_secs.to_string();
+                extra.push(("Retry-After", &retry_after));
+            }
             _ => {}
         }
         Metrics::inc(&self.metrics.local_responses);
@@ -275,7 +338,7 @@ impl Core {
                 bytes,
             }),
             record: Some(record),
-            dropped: None,
+            ..Outcome::default()
         }
     }
 }

@@ -29,7 +29,7 @@ use super::{
     Core, Destination, Inbound, OpenConnection, Outbound, Outcome, Runtime, Subject, Text,
     FLOW_PARAM,
 };
-use crate::classify::Classification;
+use crate::classify::{Classification, Support};
 use crate::observe::metrics::{DropReason, Metrics};
 use crate::policy::{decide, Action, Decision, SessionFacts, SessionRole, Verdict};
 use crate::sip::edit::{before_first, mark_received, remove_leading_values, remove_named, Edits};
@@ -124,9 +124,12 @@ impl Core {
             Err(halt) => return self.halted(&ctx, None, halt),
         };
         let admission = self.admit(&ctx, &routing);
-        self.enforce(&ctx, &admission)
+        let mut outcome = self
+            .enforce(&ctx, &admission)
             .and_then(|()| self.relay(&ctx, routing, &admission, open))
-            .unwrap_or_else(|halt| self.halted(&ctx, Some(&admission), halt))
+            .unwrap_or_else(|halt| self.halted(&ctx, Some(&admission), halt));
+        outcome.scanner = admission.sender.client.support == Support::Scanner;
+        outcome
     }
 
     fn halted(
@@ -517,18 +520,29 @@ impl Core {
                 decision.verdict.would_reject(),
             )
         });
+        let bytes = edits.apply(view.raw());
+        // RFC 3261 18.1.1: what no longer fits in a datagram after our
+        // edits gets 513 (the send would fail with EMSGSIZE).
+        let next_hop_ip = match &routing.toward {
+            Some(flow) => flow.peer.ip(),
+            None => self
+                .settings
+                .upstream
+                .map_or(own_addr.ip(), |u| u.addr.ip()),
+        };
+        if out_transport == Transport::Udp && bytes.len() > max_udp_payload(next_hop_ip) {
+            return Err(Refusal::TooLargeForUdp.into());
+        }
         let to = match routing.toward {
             Some(flow) => Destination::Flow(flow),
             None => Destination::Upstream,
         };
         Metrics::inc(&self.metrics.requests_relayed);
         Ok(Outcome {
-            send: Some(Outbound {
-                to,
-                bytes: edits.apply(view.raw()),
-            }),
+            send: Some(Outbound { to, bytes }),
             record,
             dropped: None,
+            scanner: false,
         })
     }
 
@@ -627,6 +641,15 @@ fn after_vias(view: &SipView, name: HeaderName) -> usize {
         .rev()
         .find(|h| h.name == HeaderName::Via)
         .map_or(view.start_line_end(), |h| h.line_span.end as usize)
+}
+
+/// The largest UDP payload toward `ip`: 65,535 bytes less the IP and UDP
+/// headers (65,507 over IPv4; 65,527 over IPv6, without jumbograms).
+fn max_udp_payload(ip: std::net::IpAddr) -> usize {
+    match ip {
+        std::net::IpAddr::V4(_) => 65_535 - 20 - 8,
+        std::net::IpAddr::V6(_) => 65_535 - 8,
+    }
 }
 
 /// Requests that create dialogs and so get a Record-Route (RFC 3261 16.6 step 4).

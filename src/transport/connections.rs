@@ -1,23 +1,107 @@
 //! The live stream connections of this instance: id → (peer, transport,
 //! writer queue). A send names the peer it is for and is refused when the
 //! connection is now open to another one; it never waits.
+//!
+//! Writer queues are bounded in bytes ([`WriteQueue`]): a send that would
+//! pass the bound is refused (the message is not sent, the connection
+//! stays) while the peer still reads, and closes the connection only when
+//! nothing could be written to it for [`WRITE_TIMEOUT`]. The connection's
+//! reader stops reading while its queue is over half the bound, so a
+//! pipelining client that reads is slowed down, never closed.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 
 use super::{ConnectionId, SendError, Transport};
+
+/// A connection whose writer wrote nothing for this long while it had
+/// bytes queued is closed.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The bytes queued for one connection's writer, and when it last made
+/// progress.
+#[derive(Debug)]
+pub struct WriteQueue {
+    /// Bytes queued and not yet written.
+    queued: AtomicUsize,
+    /// Most bytes queued (one message larger than this is still queued
+    /// when nothing else is).
+    bound: usize,
+    /// When the writer last wrote a byte or found the queue empty, as
+    /// milliseconds since `epoch`.
+    progress_ms: AtomicU64,
+    epoch: Instant,
+    /// Wakes the reader waiting for the queue to drain below half the bound.
+    drained: Notify,
+}
+
+impl WriteQueue {
+    /// An empty queue of at most `bound` bytes.
+    pub fn new(bound: usize) -> Self {
+        Self {
+            queued: AtomicUsize::new(0),
+            bound,
+            progress_ms: AtomicU64::new(0),
+            epoch: Instant::now(),
+            drained: Notify::new(),
+        }
+    }
+
+    /// Bytes queued.
+    pub fn queued(&self) -> usize {
+        self.queued.load(Ordering::Relaxed)
+    }
+
+    /// Whether the reader should wait before reading more (over half the bound).
+    pub fn is_backed_up(&self) -> bool {
+        self.queued() > self.bound / 2
+    }
+
+    /// Wait until the queue is at most half full.
+    pub async fn drained(&self) {
+        loop {
+            let notified = self.drained.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if !self.is_backed_up() {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// The writer wrote `n` bytes (or, with 0, found the queue empty).
+    pub fn progressed(&self, written: usize) {
+        let ms = self.epoch.elapsed().as_millis() as u64;
+        self.progress_ms.store(ms, Ordering::Relaxed);
+        if written > 0 {
+            self.queued.fetch_sub(written, Ordering::Relaxed);
+        }
+        if !self.is_backed_up() {
+            self.drained.notify_waiters();
+        }
+    }
+
+    /// Whether the writer has written nothing for [`WRITE_TIMEOUT`].
+    fn is_stalled(&self) -> bool {
+        let last = Duration::from_millis(self.progress_ms.load(Ordering::Relaxed));
+        self.epoch.elapsed().saturating_sub(last) >= WRITE_TIMEOUT
+    }
+}
 
 /// One open stream connection: who is at the other end, and its writer queue.
 #[derive(Debug)]
 struct Connection {
     peer: SocketAddr,
     transport: Transport,
-    writer: mpsc::Sender<Bytes>,
+    writer: mpsc::UnboundedSender<Bytes>,
+    queue: Arc<WriteQueue>,
 }
 
 /// Live stream connections of this instance: id → (peer, transport, writer
@@ -36,13 +120,14 @@ impl Connections {
         ConnectionId::nth(self.issued.fetch_add(1, Ordering::Relaxed))
     }
 
-    /// Register a connection to `peer` and its writer.
+    /// Register a connection to `peer`, its writer and its queue.
     pub fn insert(
         &self,
         id: ConnectionId,
         peer: SocketAddr,
         transport: Transport,
-        writer: mpsc::Sender<Bytes>,
+        writer: mpsc::UnboundedSender<Bytes>,
+        queue: Arc<WriteQueue>,
     ) {
         self.open.lock().expect("connections lock").insert(
             id,
@@ -50,6 +135,7 @@ impl Connections {
                 peer,
                 transport,
                 writer,
+                queue,
             },
         );
     }
@@ -88,9 +174,11 @@ impl Connections {
     }
 
     /// Queue bytes for `peer` on connection `id` without waiting. Refused
-    /// when the connection is gone or open to another peer. A connection
-    /// whose queue is full (a peer that stopped reading) is closed rather
-    /// than allowed to stall the dispatcher.
+    /// when the connection is gone or open to another peer. When the queue
+    /// would pass its byte bound the message is refused
+    /// ([`SendError::WriteQueueFull`]) while the peer still reads; a peer
+    /// that read nothing for [`WRITE_TIMEOUT`] is closed
+    /// ([`SendError::QueueFull`]) rather than allowed to pile up bytes.
     pub fn send(&self, id: ConnectionId, peer: SocketAddr, bytes: Bytes) -> Result<(), SendError> {
         let mut open = self.open.lock().expect("connections lock");
         let connection = open.get(&id).ok_or(SendError::ConnectionGone(id))?;
@@ -101,15 +189,25 @@ impl Connections {
                 actual: connection.peer,
             });
         }
-        match connection.writer.try_send(bytes) {
-            Ok(()) => Ok(()),
-            Err(mpsc::error::TrySendError::Full(_)) => {
+        let queue = &connection.queue;
+        let queued = queue.queued();
+        if queued > 0 && queued + bytes.len() > queue.bound {
+            if queue.is_stalled() {
                 // Dropping the sender ends the writer task, which closes the
                 // connection (and its reader with it).
                 open.remove(&id);
-                Err(SendError::QueueFull(id))
+                return Err(SendError::QueueFull(id));
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => {
+            return Err(SendError::WriteQueueFull(id));
+        }
+        if queued == 0 {
+            // The clock of "no progress" starts when bytes are first waiting.
+            queue.progressed(0);
+        }
+        queue.queued.fetch_add(bytes.len(), Ordering::Relaxed);
+        match connection.writer.send(bytes) {
+            Ok(()) => Ok(()),
+            Err(_) => {
                 open.remove(&id);
                 Err(SendError::ConnectionGone(id))
             }
@@ -121,6 +219,17 @@ impl Connections {
 mod tests {
     use super::*;
 
+    fn queue(
+        bound: usize,
+    ) -> (
+        mpsc::UnboundedSender<Bytes>,
+        mpsc::UnboundedReceiver<Bytes>,
+        Arc<WriteQueue>,
+    ) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (tx, rx, Arc::new(WriteQueue::new(bound)))
+    }
+
     #[test]
     fn a_send_checks_the_peer_and_the_connection() {
         let table = Connections::default();
@@ -128,8 +237,8 @@ mod tests {
         assert_eq!((first.get(), second.get()), (1, 2));
         let peer: SocketAddr = "127.0.0.1:40001".parse().unwrap();
         let other: SocketAddr = "127.0.0.1:40002".parse().unwrap();
-        let (tx, mut rx) = mpsc::channel(4);
-        table.insert(first, peer, Transport::Tcp, tx);
+        let (tx, mut rx, q) = queue(1024);
+        table.insert(first, peer, Transport::Tcp, tx, q);
         assert!(table.is_open_to(first, peer));
         assert!(!table.is_open_to(first, other), "another peer");
         assert!(!table.is_open_to(second, peer), "another connection");
@@ -150,13 +259,50 @@ mod tests {
     }
 
     #[test]
+    fn the_queue_is_bounded_in_bytes_and_a_reading_peer_is_not_closed() {
+        let table = Connections::default();
+        let id = table.next_id();
+        let peer: SocketAddr = "127.0.0.1:40001".parse().unwrap();
+        let (tx, rx, q) = queue(10);
+        table.insert(id, peer, Transport::Tcp, tx, q.clone());
+        // Many small messages fit (a burst of keep-alive pongs) ...
+        for _ in 0..5 {
+            table.send(id, peer, Bytes::from_static(b"\r\n")).unwrap();
+        }
+        assert_eq!(q.queued(), 10);
+        assert!(q.is_backed_up());
+        // ... one more byte does not, but the peer was reading a moment
+        // ago: refused, not closed.
+        assert!(matches!(
+            table.send(id, peer, Bytes::from_static(b"x")),
+            Err(SendError::WriteQueueFull(i)) if i == id
+        ));
+        assert_eq!(table.len(), 1, "still open");
+        // The writer writes: room again.
+        q.progressed(10);
+        assert!(!q.is_backed_up());
+        table
+            .send(id, peer, Bytes::from_static(b"0123456789"))
+            .unwrap();
+        // A message larger than the bound still goes when nothing is queued.
+        q.progressed(10);
+        table.send(id, peer, Bytes::from(vec![b'x'; 100])).unwrap();
+        drop(rx);
+    }
+
+    #[test]
     fn a_peer_that_stops_reading_is_closed() {
         let table = Connections::default();
         let id = table.next_id();
         let peer: SocketAddr = "127.0.0.1:40001".parse().unwrap();
-        let (tx, rx) = mpsc::channel(1);
-        table.insert(id, peer, Transport::Tcp, tx);
-        table.send(id, peer, Bytes::from_static(b"1")).unwrap();
+        let (tx, rx, q) = queue(4);
+        // As if the last progress was WRITE_TIMEOUT ago.
+        let q = Arc::new(WriteQueue {
+            epoch: Instant::now() - WRITE_TIMEOUT - Duration::from_secs(1),
+            ..Arc::try_unwrap(q).unwrap()
+        });
+        table.insert(id, peer, Transport::Tcp, tx, q.clone());
+        q.queued.store(4, Ordering::Relaxed);
         assert!(matches!(
             table.send(id, peer, Bytes::from_static(b"2")),
             Err(SendError::QueueFull(i)) if i == id

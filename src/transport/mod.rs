@@ -17,6 +17,7 @@
 //! socket error does.
 
 pub mod addr;
+pub mod admission;
 pub mod connections;
 pub mod stream;
 pub mod tls;
@@ -33,12 +34,15 @@ use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
+use crate::observe::metrics::DropReason;
+
 use serde::{Deserialize, Serialize};
 
-use crate::config::{Limits, UpstreamSources};
+use crate::config::{Limits, OverLimit, UpstreamSources};
 use crate::observe::metrics::Metrics;
-use crate::proxy::Inbound;
+use crate::proxy::{Inbound, SourceRefusal};
 pub use addr::{BootId, ConnectionId, FlowId};
+use admission::{Admission, Verdict};
 pub use connections::Connections;
 use upstream::{Outgoing, UpstreamLink};
 
@@ -115,9 +119,14 @@ pub enum SendError {
     /// none): nothing was written.
     #[error("the stream flow to {0} is not this instance's; nothing written")]
     ForeignFlow(SocketAddr),
-    /// The peer stopped reading; the connection was closed.
+    /// The peer stopped reading (nothing written to it for
+    /// [`connections::WRITE_TIMEOUT`] with bytes waiting); closed.
     #[error("connection {0} stopped reading; closed")]
     QueueFull(ConnectionId),
+    /// The connection's writer queue is at `limits.write_queue_bytes`; its
+    /// peer still reads, so it stays open, but this message is not sent.
+    #[error("the writer queue of connection {0} is full; message not sent")]
+    WriteQueueFull(ConnectionId),
     /// The socket reported an error.
     #[error("sending to {addr}: {source}")]
     Io {
@@ -149,6 +158,14 @@ pub enum SendError {
 pub enum Event {
     /// A message arrived.
     Received(Inbound),
+    /// A message arrived from a source over its rate limit: answered `503`
+    /// (a request) or, when it got its source banned, dropped and recorded.
+    Refused {
+        /// The message.
+        inbound: Inbound,
+        /// Why.
+        refusal: SourceRefusal,
+    },
     /// A message the dispatcher gave the stream upstream's link was not
     /// delivered (the link could not connect, or its connection was gone):
     /// `inbound` is the message it was relayed from, so a request can be
@@ -189,11 +206,19 @@ pub enum Fault {
     UpstreamConnect,
     /// The queue of the link to the stream upstream was full.
     UpstreamQueueFull,
+    /// A stream message was not complete `limits.message_deadline_secs`
+    /// after its first byte (slowloris); closed.
+    MessageDeadline,
+    /// A message was not queued for a connection whose writer queue is at
+    /// `limits.write_queue_bytes` while its peer still reads.
+    WriteQueueFull,
+    /// Sending a datagram to the UDP upstream failed.
+    UpstreamSend,
 }
 
 impl Fault {
     /// Every kind, in render order.
-    pub const ALL: [Self; 10] = [
+    pub const ALL: [Self; 13] = [
         Self::UdpReceive,
         Self::Send,
         Self::Accept,
@@ -204,6 +229,9 @@ impl Fault {
         Self::Write,
         Self::UpstreamConnect,
         Self::UpstreamQueueFull,
+        Self::MessageDeadline,
+        Self::WriteQueueFull,
+        Self::UpstreamSend,
     ];
 
     /// Label value.
@@ -219,6 +247,9 @@ impl Fault {
             Self::Write => "write",
             Self::UpstreamConnect => "upstream_connect",
             Self::UpstreamQueueFull => "upstream_queue_full",
+            Self::MessageDeadline => "message_deadline",
+            Self::WriteQueueFull => "write_queue_full",
+            Self::UpstreamSend => "upstream_send",
         }
     }
 
@@ -235,6 +266,9 @@ impl Fault {
             Self::Write => "write failed or stalled; connection closed",
             Self::UpstreamConnect => "connecting to the upstream failed",
             Self::UpstreamQueueFull => "queue to the upstream full",
+            Self::MessageDeadline => "message not complete within its deadline; connection closed",
+            Self::WriteQueueFull => "writer queue full; message not sent",
+            Self::UpstreamSend => "sending to the UDP upstream failed",
         }
     }
 
@@ -249,6 +283,7 @@ impl Fault {
     pub fn of_send(error: &SendError) -> Self {
         match error {
             SendError::UpstreamQueueFull(_) => Self::UpstreamQueueFull,
+            SendError::WriteQueueFull(_) => Self::WriteQueueFull,
             _ => Self::Send,
         }
     }
@@ -338,6 +373,59 @@ pub struct TransportContext {
     /// Sources whose messages count as the registrar's, besides what
     /// arrives on the connections this proxy opened to it.
     pub upstream_sources: UpstreamSources,
+    /// Per-source rate limits and bans.
+    pub admission: Arc<Admission>,
+    /// Bytes stream connections may buffer together
+    /// (`limits.read_buffer_budget_bytes`), one permit a byte.
+    pub read_budget: Arc<Semaphore>,
+}
+
+/// What became of one message after its source's rate limit.
+#[derive(Debug)]
+pub enum Admitted {
+    /// Hand the dispatcher this event; `false`: then stop reading the
+    /// connection it came on (its source was banned just now).
+    Event(Event, bool),
+    /// Dropped (counted): over the limit with `over_limit = "drop"`, or a
+    /// response that cannot be answered 503.
+    Dropped,
+    /// The source is banned: dropped unparsed (counted); close its connection.
+    Banned,
+}
+
+/// Check a message against its source's rate limit (the one place both
+/// UDP and streams do it): what to hand the dispatcher, if anything.
+pub fn admit(ctx: &TransportContext, inbound: Inbound) -> Admitted {
+    if inbound.from_upstream {
+        return Admitted::Event(Event::Received(inbound), true);
+    }
+    match ctx
+        .admission
+        .message(inbound.source, std::time::Instant::now())
+    {
+        Verdict::Pass => Admitted::Event(Event::Received(inbound), true),
+        Verdict::Banned => {
+            ctx.metrics.count_drop(DropReason::Banned);
+            Admitted::Banned
+        }
+        Verdict::OverLimit { banned: true, .. } => {
+            let refusal = SourceRefusal::Banned;
+            Admitted::Event(Event::Refused { inbound, refusal }, false)
+        }
+        Verdict::OverLimit {
+            action: OverLimit::Reject,
+            ..
+        } if !inbound.bytes.starts_with(b"SIP/") => {
+            let refusal = SourceRefusal::OverLimit {
+                retry_after_secs: ctx.admission.retry_after_secs(),
+            };
+            Admitted::Event(Event::Refused { inbound, refusal }, true)
+        }
+        Verdict::OverLimit { .. } => {
+            ctx.metrics.count_drop(DropReason::RateLimited);
+            Admitted::Dropped
+        }
+    }
 }
 
 #[cfg(test)]
@@ -345,6 +433,7 @@ impl TransportContext {
     /// A context for unit tests: default limits but `max_connections`
     /// slots and a 60 s idle timeout; nothing counts as the registrar.
     pub(crate) fn for_tests(events: mpsc::Sender<Event>, max_connections: usize) -> Arc<Self> {
+        let metrics = Arc::new(Metrics::default());
         Arc::new(Self {
             connections: Arc::new(Connections::default()),
             events,
@@ -358,11 +447,30 @@ impl TransportContext {
                 registration_table_bytes: 1 << 20,
                 transaction_table_bytes: 1 << 20,
                 upstream_retry_after_secs: 30,
+                message_deadline: std::time::Duration::from_secs(10),
+                read_buffer_budget_bytes: 1 << 20,
+                write_queue_bytes: 1 << 20,
+                udp_receive_buffer_bytes: 1 << 20,
+                udp_send_buffer_bytes: 1 << 20,
             },
-            metrics: Arc::new(Metrics::default()),
+            admission: Arc::new(Admission::new(
+                crate::config::RateLimit {
+                    trusted: Vec::new(),
+                    requests_per_second: admission::per_second(1000),
+                    burst: admission::per_second(1000),
+                    connections_per_second: admission::per_second(1000),
+                    max_connections_per_source: admission::per_second(1000),
+                    ban: None,
+                    over_limit: OverLimit::Reject,
+                },
+                UpstreamSources::default(),
+                metrics.clone(),
+            )),
+            metrics,
             shutdown: CancellationToken::new(),
             slots: Arc::new(Semaphore::new(max_connections)),
             upstream_sources: UpstreamSources::default(),
+            read_budget: Arc::new(Semaphore::new(1 << 20)),
         })
     }
 }

@@ -2,18 +2,33 @@
 //! generic over `AsyncRead + AsyncWrite + Unpin + Send`.
 //!
 //! - [`accept`]: the accept loop of a listener: a connection slot
-//!   (`limits.max_connections`, shared by every listener) or the connection
-//!   is closed at once; accept errors back off; each connection gets its own
-//!   task and span (`transport`, `peer`, `connection`).
+//!   (`limits.max_connections`, shared by every listener) and the source's
+//!   admission (`rate_limit`: banned sources, `connections_per_second`,
+//!   `max_connections_per_source`), or the connection is closed at once;
+//!   accept errors back off; each connection gets its own task and span
+//!   (`transport`, `peer`, `connection`).
 //! - In that task, the listener's `open` step turns the accepted TCP stream
 //!   into the byte stream SIP is read from: the stream itself for TCP; for
 //!   TLS the handshake, which so runs in the connection's task and slot,
 //!   never in the accept loop, and before any framing.
 //! - [`serve`] (accepted connections) and [`spawn`] (the connection the
 //!   upstream link opened): register the connection, start its writer task,
-//!   and read it through `FramedRead` with [`SipCodec`] until EOF, an error,
-//!   the idle timeout or shutdown. CRLFCRLF keep-alives are answered with
-//!   CRLF (RFC 5626 3.5.1); messages go to the dispatcher.
+//!   and read it with [`SipCodec`] until EOF, an error, a timeout or
+//!   shutdown. CRLFCRLF keep-alives are answered with CRLF (RFC 5626
+//!   3.5.1); messages go to the dispatcher, after their source's rate limit.
+//!
+//! Every resource a peer can hold is bounded:
+//! - time: a message must be complete `limits.message_deadline_secs` after
+//!   its first byte (slowloris), and between messages the connection may be
+//!   idle `limits.tcp_idle_timeout_secs`;
+//! - read memory: what all connections buffer together is charged to one
+//!   budget (`limits.read_buffer_budget_bytes`): a read that finds it spent
+//!   waits (within the message deadline); an idle connection holds no
+//!   buffer at all (released after every complete message);
+//! - write memory: the writer queue is bounded in bytes
+//!   (`limits.write_queue_bytes`); the reader pauses while it is over half
+//!   full, and a peer is closed only when nothing could be written to it
+//!   for [`WRITE_TIMEOUT`].
 //!
 //! Nothing here knows SIP beyond framing.
 
@@ -23,28 +38,28 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use futures_util::StreamExt;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Semaphore};
 use tokio::time::Instant;
-use tokio_util::codec::FramedRead;
+use tokio_util::codec::Decoder;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, info_span, Instrument, Span};
 
-use super::{is_unrecoverable, ConnectionId, Event, Fault, Transport, TransportContext};
+use super::connections::WriteQueue;
+pub use super::connections::WRITE_TIMEOUT;
+use super::{admit, is_unrecoverable, Admitted, ConnectionId, Fault, Transport, TransportContext};
 use crate::observe::metrics::{DropReason, Metrics};
 use crate::proxy::Inbound;
 use crate::sip::framing::{Frame, FramingError, SipCodec, StreamError};
 
-/// Messages queued per connection; a peer that lets more pile up is closed.
-pub const WRITE_QUEUE_MESSAGES: usize = 256;
-/// A write that makes no progress for this long closes the connection.
-pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Initial capacity of a connection's read buffer, bytes (it grows to the
-/// largest message, `limits.max_message_bytes`).
-const READ_BUFFER_BYTES: usize = 8 * 1024;
+/// Bytes read at a time while a message is coming in (charged to the read
+/// buffer budget before the read).
+const READ_CHUNK_BYTES: usize = 16 * 1024;
+/// Bytes read at a time from a connection between messages, into a small
+/// buffer on the task's stack: an idle connection holds no heap buffer.
+const IDLE_READ_BYTES: usize = 1024;
 /// First and longest pause after a failed accept.
 const ACCEPT_BACKOFF: (Duration, Duration) = (Duration::from_millis(10), Duration::from_secs(1));
 /// The keep-alive pong (RFC 5626 3.5.1).
@@ -75,9 +90,9 @@ pub struct ConnectionInfo {
 }
 
 /// Accept connections on `listener` until shutdown. Each accepted TCP
-/// stream gets a slot, its own task and span, then `open` (the handshake
-/// of a secured transport; `None` closes the connection, `open` having
-/// logged and counted why), then [`serve`].
+/// stream gets a slot and its source's admission, its own task and span,
+/// then `open` (the handshake of a secured transport; `None` closes the
+/// connection, `open` having logged and counted why), then [`serve`].
 pub async fn accept<O, F, S>(
     listener: TcpListener,
     at: Listener,
@@ -125,6 +140,11 @@ async fn accept_loop<O, F, S>(
             }
         };
         backoff = ACCEPT_BACKOFF.0;
+        // Refused sources are counted and warned about (rate-limited) by
+        // the admission; their connections are closed unread.
+        let Ok(source) = ctx.admission.connection(peer, std::time::Instant::now()) else {
+            continue;
+        };
         let Ok(slot) = ctx.slots.clone().try_acquire_owned() else {
             Fault::ConnectionLimit.report(
                 &ctx.metrics,
@@ -149,10 +169,18 @@ async fn accept_loop<O, F, S>(
         let (ctx, open) = (ctx.clone(), open.clone());
         tokio::spawn(
             async move {
-                if let Some(stream) = open(tcp).await {
-                    serve(stream, info, &ctx).await;
+                // A handshake (TLS) is part of the first message's deadline.
+                let deadline = ctx.limits.message_deadline;
+                match tokio::time::timeout(deadline, open(tcp)).await {
+                    Ok(Some(stream)) => serve(stream, info, &ctx).await,
+                    Ok(None) => {}
+                    Err(_) => Fault::MessageDeadline.report(
+                        &ctx.metrics,
+                        Some(peer),
+                        &format_args!("connection not opened within {} s", deadline.as_secs()),
+                    ),
                 }
-                drop(slot);
+                drop((slot, source));
             }
             .instrument(span),
         );
@@ -165,9 +193,9 @@ pub async fn serve<S>(stream: S, info: ConnectionInfo, ctx: &Arc<TransportContex
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let (id, read, closing) = register(stream, info, ctx);
+    let (id, read, closing, queue) = register(stream, info, ctx);
     Span::current().record("connection", tracing::field::display(id));
-    read_messages(read, id, info, ctx, closing).await;
+    read_messages(read, id, info, ctx, closing, queue).await;
 }
 
 /// Start serving a connection on its own task (with its own span); returns
@@ -176,7 +204,7 @@ pub fn spawn<S>(stream: S, info: ConnectionInfo, ctx: &Arc<TransportContext>) ->
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let (id, read, closing) = register(stream, info, ctx);
+    let (id, read, closing, queue) = register(stream, info, ctx);
     let span = info_span!(
         "connection",
         transport = %info.transport,
@@ -185,26 +213,33 @@ where
     );
     let ctx = ctx.clone();
     tokio::spawn(
-        async move { read_messages(read, id, info, &ctx, closing).await }.instrument(span),
+        async move { read_messages(read, id, info, &ctx, closing, queue).await }.instrument(span),
     );
     id
 }
 
 /// Give a connection an id, put its writer queue in the table and start
-/// the writer task; returns the read half and the token the writer cancels
-/// when it fails (so the reader stops too).
+/// the writer task; returns the read half, the token the writer cancels
+/// when it fails (so the reader stops too) and the writer queue.
 fn register<S>(
     stream: S,
     info: ConnectionInfo,
     ctx: &TransportContext,
-) -> (ConnectionId, ReadHalf<S>, CancellationToken)
+) -> (
+    ConnectionId,
+    ReadHalf<S>,
+    CancellationToken,
+    Arc<WriteQueue>,
+)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let id = ctx.connections.next_id();
     let (read, write) = tokio::io::split(stream);
-    let (queue, pending) = mpsc::channel::<Bytes>(WRITE_QUEUE_MESSAGES);
-    ctx.connections.insert(id, info.peer, info.transport, queue);
+    let (writer, pending) = mpsc::unbounded_channel::<Bytes>();
+    let queue = Arc::new(WriteQueue::new(ctx.limits.write_queue_bytes));
+    ctx.connections
+        .insert(id, info.peer, info.transport, writer, queue.clone());
     let closing = ctx.shutdown.child_token();
     let span = info_span!(
         "connection",
@@ -213,32 +248,51 @@ where
         connection = %id
     );
     tokio::spawn(
-        write_messages(write, pending, closing.clone(), ctx.metrics.clone()).instrument(span),
+        write_messages(
+            write,
+            pending,
+            queue.clone(),
+            closing.clone(),
+            ctx.metrics.clone(),
+        )
+        .instrument(span),
     );
-    (id, read, closing)
+    (id, read, closing, queue)
 }
 
 /// Write what is queued for a connection until the queue closes (the
-/// connection left the table); a failed or stalled write closes it.
+/// connection left the table). Each write that makes progress counts; a
+/// failed write, or none making progress for [`WRITE_TIMEOUT`], closes it.
 async fn write_messages<S>(
     mut write: WriteHalf<S>,
-    mut pending: mpsc::Receiver<Bytes>,
+    mut pending: mpsc::UnboundedReceiver<Bytes>,
+    queue: Arc<WriteQueue>,
     closing: CancellationToken,
     metrics: Arc<Metrics>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    while let Some(bytes) = pending.recv().await {
-        let written = tokio::time::timeout(WRITE_TIMEOUT, write.write_all(&bytes)).await;
-        match written {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                Fault::Write.report(&metrics, None, &e);
-                break;
-            }
-            Err(_) => {
-                Fault::Write.report(&metrics, None, &Stalled(WRITE_TIMEOUT));
-                break;
+    'messages: while let Some(bytes) = pending.recv().await {
+        let mut rest = &bytes[..];
+        while !rest.is_empty() {
+            match tokio::time::timeout(WRITE_TIMEOUT, write.write(rest)).await {
+                Ok(Ok(0)) => {
+                    let e = std::io::Error::from(std::io::ErrorKind::WriteZero);
+                    Fault::Write.report(&metrics, None, &e);
+                    break 'messages;
+                }
+                Ok(Ok(n)) => {
+                    queue.progressed(n);
+                    rest = &rest[n..];
+                }
+                Ok(Err(e)) => {
+                    Fault::Write.report(&metrics, None, &e);
+                    break 'messages;
+                }
+                Err(_) => {
+                    Fault::Write.report(&metrics, None, &Stalled(WRITE_TIMEOUT));
+                    break 'messages;
+                }
             }
         }
     }
@@ -257,79 +311,253 @@ impl fmt::Display for Stalled {
     }
 }
 
-/// Read and frame one connection until EOF, an error, the idle timeout
-/// (no message or keep-alive for `limits.tcp_idle_timeout`), a failed
-/// writer or shutdown; then take it out of the table.
+/// The share of the read buffer budget one connection holds: bytes taken
+/// from the shared semaphore, given back when its buffer shrinks and when
+/// it closes.
+struct BudgetShare {
+    budget: Arc<Semaphore>,
+    held: usize,
+}
+
+impl BudgetShare {
+    /// Hold at least `bytes`, waiting for the budget when it is spent.
+    async fn hold(&mut self, bytes: usize, metrics: &Metrics) {
+        if bytes <= self.held {
+            return;
+        }
+        let more = u32::try_from(bytes - self.held).unwrap_or(u32::MAX);
+        let permits = match self.budget.try_acquire_many(more) {
+            Ok(permits) => permits,
+            Err(_) => {
+                Metrics::inc(&metrics.read_budget_waits);
+                debug!(bytes, "read buffer budget spent; waiting");
+                match self.budget.acquire_many(more).await {
+                    Ok(permits) => permits,
+                    // Never closed; nothing to hold then.
+                    Err(_) => return,
+                }
+            }
+        };
+        permits.forget();
+        self.held += more as usize;
+    }
+
+    /// Give back what is held beyond `bytes`.
+    fn release_to(&mut self, bytes: usize) {
+        if self.held > bytes {
+            self.budget.add_permits(self.held - bytes);
+            self.held = bytes;
+        }
+    }
+}
+
+impl Drop for BudgetShare {
+    fn drop(&mut self) {
+        self.release_to(0);
+    }
+}
+
+/// Why a connection's reader stopped.
+enum Stop {
+    /// EOF, an error (reported), a ban, or the dispatcher is gone.
+    Closed,
+    /// No message began for `limits.tcp_idle_timeout_secs`.
+    Idle,
+    /// A message was not complete `limits.message_deadline_secs` after its
+    /// first byte.
+    Deadline,
+}
+
+/// Read and frame one connection until EOF, an error, a timeout (idle
+/// between messages, or the message deadline), a failed writer or shutdown;
+/// then take it out of the table.
 async fn read_messages<S>(
-    read: ReadHalf<S>,
+    mut read: ReadHalf<S>,
     id: ConnectionId,
     info: ConnectionInfo,
     ctx: &TransportContext,
     closing: CancellationToken,
+    queue: Arc<WriteQueue>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     debug!(from_upstream = info.from_upstream, "connection open");
-    let codec = SipCodec::new(ctx.limits.max_message_bytes);
-    let mut frames = FramedRead::with_capacity(read, codec, READ_BUFFER_BYTES);
-    let idle_timeout = ctx.limits.tcp_idle_timeout;
-    let idle = tokio::time::sleep(idle_timeout);
-    tokio::pin!(idle);
-    loop {
-        let frame = tokio::select! {
-            () = closing.cancelled() => break,
-            () = &mut idle => {
-                info!(idle_secs = idle_timeout.as_secs(), "connection idle; closed");
-                break;
-            }
-            frame = frames.next() => frame,
-        };
-        idle.as_mut().reset(Instant::now() + idle_timeout);
-        match frame {
-            None => break,
-            Some(Ok(Frame::Ping)) => {
-                Metrics::inc(&ctx.metrics.keepalives);
-                let pong = Bytes::from_static(PONG);
-                if let Err(e) = ctx.connections.send(id, info.peer, pong) {
-                    Fault::Send.report(&ctx.metrics, Some(info.peer), &e);
+    let mut codec = SipCodec::new(ctx.limits.max_message_bytes);
+    let mut buf = BytesMut::new();
+    let mut share = BudgetShare {
+        budget: ctx.read_budget.clone(),
+        held: 0,
+    };
+    // When the message being read began (its first byte), if one is.
+    let mut message_began: Option<Instant> = None;
+    let mut last_message = Instant::now();
+    let stop = loop {
+        // Frame what is buffered.
+        let mut closed = false;
+        loop {
+            match codec.decode(&mut buf) {
+                Ok(Some(frame)) => {
+                    last_message = Instant::now();
+                    if !handle_frame(frame, id, info, ctx).await {
+                        closed = true;
+                        break;
+                    }
                 }
-            }
-            Some(Ok(Frame::Message(bytes))) => {
-                let message = Inbound {
-                    bytes,
-                    transport: info.transport,
-                    source: info.peer,
-                    local: info.local,
-                    connection: Some(id),
-                    from_upstream: info.from_upstream,
-                };
-                if ctx.events.send(Event::Received(message)).await.is_err() {
+                Ok(None) => break,
+                Err(e) => {
+                    framing_failed(e, info, ctx);
+                    closed = true;
                     break;
                 }
             }
-            Some(Err(StreamError::Io(e))) => {
-                Fault::Read.report(&ctx.metrics, Some(info.peer), &e);
-                break;
+        }
+        if closed {
+            break Stop::Closed;
+        }
+        if buf.is_empty() {
+            // Idle: no heap buffer, no budget.
+            message_began = None;
+            if buf.capacity() > 0 {
+                buf = BytesMut::new();
             }
-            Some(Err(StreamError::Framing(e))) => {
-                let fault = match e {
-                    FramingError::Truncated { .. } => Fault::Truncated,
-                    _ => Fault::Unframeable,
-                };
-                fault.report(&ctx.metrics, Some(info.peer), &e);
-                ctx.metrics.count_drop(DropReason::Malformed);
-                break;
+        } else if message_began.is_none() {
+            message_began = Some(Instant::now());
+        }
+        share.release_to(buf.len());
+        let (deadline, on_timeout) = match message_began {
+            Some(began) => (began + ctx.limits.message_deadline, Stop::Deadline),
+            None => (last_message + ctx.limits.tcp_idle_timeout, Stop::Idle),
+        };
+        let timeout = tokio::time::sleep_until(deadline);
+        tokio::pin!(timeout);
+        // A peer that does not read its answers is read no further.
+        if queue.is_backed_up() {
+            tokio::select! {
+                () = closing.cancelled() => break Stop::Closed,
+                () = &mut timeout => break on_timeout,
+                () = queue.drained() => {}
             }
         }
+        let read = if buf.is_empty() {
+            let mut first = [0u8; IDLE_READ_BYTES];
+            tokio::select! {
+                () = closing.cancelled() => break Stop::Closed,
+                () = &mut timeout => break on_timeout,
+                read = read.read(&mut first) => read.inspect(|&n| {
+                    buf.extend_from_slice(&first[..n]);
+                }),
+            }
+        } else {
+            tokio::select! {
+                () = closing.cancelled() => break Stop::Closed,
+                () = &mut timeout => break on_timeout,
+                () = share.hold(buf.len() + READ_CHUNK_BYTES, &ctx.metrics) => {}
+            }
+            buf.reserve(READ_CHUNK_BYTES);
+            tokio::select! {
+                () = closing.cancelled() => break Stop::Closed,
+                () = &mut timeout => break on_timeout,
+                read = read.read_buf(&mut buf) => read,
+            }
+        };
+        match read {
+            Ok(0) => {
+                match codec.decode_eof(&mut buf) {
+                    Ok(Some(frame)) => {
+                        handle_frame(frame, id, info, ctx).await;
+                    }
+                    Ok(None) => {}
+                    Err(e) => framing_failed(e, info, ctx),
+                }
+                break Stop::Closed;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                Fault::Read.report(&ctx.metrics, Some(info.peer), &e);
+                break Stop::Closed;
+            }
+        }
+    };
+    match stop {
+        Stop::Closed => {}
+        Stop::Idle => {
+            info!(
+                idle_secs = ctx.limits.tcp_idle_timeout.as_secs(),
+                "connection idle; closed"
+            );
+        }
+        Stop::Deadline => Fault::MessageDeadline.report(
+            &ctx.metrics,
+            Some(info.peer),
+            &format_args!(
+                "{} bytes of a message after limits.message_deadline_secs = {}",
+                buf.len(),
+                ctx.limits.message_deadline.as_secs()
+            ),
+        ),
     }
     ctx.connections.remove(id);
     debug!("connection closed");
 }
 
+/// Handle one frame: answer a ping, hand a message to the dispatcher (after
+/// its source's rate limit). `false`: stop reading (the source is banned,
+/// or the dispatcher is gone).
+async fn handle_frame(
+    frame: Frame,
+    id: ConnectionId,
+    info: ConnectionInfo,
+    ctx: &TransportContext,
+) -> bool {
+    match frame {
+        Frame::Ping => {
+            Metrics::inc(&ctx.metrics.keepalives);
+            let pong = Bytes::from_static(PONG);
+            if let Err(e) = ctx.connections.send(id, info.peer, pong) {
+                Fault::of_send(&e).report(&ctx.metrics, Some(info.peer), &e);
+            }
+            true
+        }
+        Frame::Message(bytes) => {
+            let message = Inbound {
+                bytes,
+                transport: info.transport,
+                source: info.peer,
+                local: info.local,
+                connection: Some(id),
+                from_upstream: info.from_upstream,
+            };
+            match admit(ctx, message) {
+                Admitted::Event(event, keep_reading) => {
+                    ctx.events.send(event).await.is_ok() && keep_reading
+                }
+                Admitted::Dropped => true,
+                Admitted::Banned => false,
+            }
+        }
+    }
+}
+
+/// Count and log a stream that cannot be framed any further.
+fn framing_failed(e: StreamError, info: ConnectionInfo, ctx: &TransportContext) {
+    match e {
+        StreamError::Io(e) => Fault::Read.report(&ctx.metrics, Some(info.peer), &e),
+        StreamError::Framing(e) => {
+            let fault = match e {
+                FramingError::Truncated { .. } => Fault::Truncated,
+                _ => Fault::Unframeable,
+            };
+            fault.report(&ctx.metrics, Some(info.peer), &e);
+            ctx.metrics.count_drop(DropReason::Malformed);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::io::{AsyncReadExt, DuplexStream};
+    use crate::transport::Event;
+    use tokio::io::DuplexStream;
 
     const MESSAGE: &[u8] = b"OPTIONS sip:a@b SIP/2.0\r\nCall-ID: x\r\nContent-Length: 2\r\n\r\nhi";
 

@@ -202,6 +202,72 @@ impl LinkTask {
     }
 }
 
+/// A UDP upstream that receives requests and sends nothing back for this
+/// long is reported silent.
+pub const SILENCE: Duration = Duration::from_secs(10);
+
+/// The watch on a UDP upstream: a registrar that is down answers nothing
+/// (and an ICMP port unreachable is not reported on an unconnected UDP
+/// socket), so requests relayed to it with no message from it for
+/// [`SILENCE`] are counted (`sipadmit_upstream_silent_requests_total`) and
+/// warned about, at most once per [`SILENCE`].
+#[derive(Debug, Default)]
+pub struct DatagramWatch {
+    /// The first request relayed since the upstream was last heard from.
+    unanswered_since: Option<std::time::Instant>,
+    /// Requests relayed since then and not yet counted as silent.
+    pending: u64,
+    /// A silence was reported and has not ended.
+    silent: bool,
+}
+
+impl DatagramWatch {
+    /// A request was sent to the upstream at `now`.
+    pub fn relayed(&mut self, now: std::time::Instant) {
+        self.unanswered_since.get_or_insert(now);
+        self.pending += 1;
+    }
+
+    /// A message arrived from the upstream.
+    pub fn heard(&mut self) {
+        if self.silent {
+            info!("the UDP upstream answers again");
+        }
+        *self = Self::default();
+    }
+
+    /// Whether the upstream has been silent for [`SILENCE`] with requests
+    /// relayed: counts them and warns (called every [`SILENCE`]).
+    pub fn check(
+        &mut self,
+        now: std::time::Instant,
+        metrics: &crate::observe::metrics::Metrics,
+    ) -> bool {
+        let Some(since) = self.unanswered_since else {
+            return false;
+        };
+        let silent_for = now.saturating_duration_since(since);
+        if silent_for < SILENCE {
+            return false;
+        }
+        crate::observe::metrics::Metrics::add(
+            &metrics.upstream_silent_requests,
+            self.pending as usize,
+        );
+        tracing::warn!(
+            requests = self.pending,
+            silent_secs = silent_for.as_secs(),
+            total = metrics
+                .upstream_silent_requests
+                .load(std::sync::atomic::Ordering::Relaxed),
+            "the UDP upstream sent nothing back: is the registrar down?"
+        );
+        self.pending = 0;
+        self.silent = true;
+        true
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -247,10 +313,36 @@ mod tests {
                 .expect("the link is running");
             match event {
                 Event::Undelivered { inbound, error } => got.push((inbound.bytes[0], error)),
-                Event::Received(m) => panic!("unexpected message {m:?}"),
+                other => panic!("unexpected event {other:?}"),
             }
         }
         got
+    }
+
+    #[test]
+    fn a_silent_udp_upstream_is_counted_and_an_answer_ends_it() {
+        let metrics = crate::observe::metrics::Metrics::default();
+        let mut watch = DatagramWatch::default();
+        let t0 = std::time::Instant::now();
+        assert!(!watch.check(t0 + SILENCE, &metrics), "nothing relayed");
+        watch.relayed(t0);
+        watch.relayed(t0);
+        assert!(
+            !watch.check(t0 + SILENCE / 2, &metrics),
+            "not silent long enough"
+        );
+        assert!(watch.check(t0 + SILENCE, &metrics));
+        let silent = || {
+            metrics
+                .upstream_silent_requests
+                .load(std::sync::atomic::Ordering::Relaxed)
+        };
+        assert_eq!(silent(), 2);
+        watch.relayed(t0 + SILENCE);
+        assert!(watch.check(t0 + 2 * SILENCE, &metrics), "still silent");
+        assert_eq!(silent(), 3, "each request counted once");
+        watch.heard();
+        assert!(!watch.check(t0 + 3 * SILENCE, &metrics));
     }
 
     #[tokio::test]

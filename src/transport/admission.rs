@@ -1,0 +1,607 @@
+//! Stage 1, admission of sources: per-source rate limits and bans, the
+//! sipadmit side of what Kamailio admins get from `pike` + `htable`.
+//!
+//! A source is an IPv4 address or an IPv6 /64 ([`SourceKey`]). Token
+//! buckets (the `governor` crate, keyed) limit each source's SIP messages
+//! (`rate_limit.requests_per_second`, `burst`) and new stream connections
+//! (`connections_per_second`, bursts up to `max_connections_per_source`);
+//! open connections per source are capped (`max_connections_per_source`).
+//! A source that stays over its limit (its refused messages or connections
+//! are themselves over the same rate: it keeps sending at more than twice
+//! what it is allowed), or that sends a scanner User-Agent, is banned for
+//! `ban_secs`: everything it sends is dropped before any parsing.
+//!
+//! Trusted networks (`rate_limit.trusted`, default loopback), the Response
+//! Group application (`response_group.application_sources`) and the
+//! registrar (`proxy.upstream_sources`) are never limited or banned.
+//!
+//! Memory is bounded: bucket state is kept only while it differs from a
+//! full bucket (swept every second, and at once when a table passes
+//! [`MAX_TRACKED_SOURCES`]); bans at most [`MAX_BANS`], the oldest evicted
+//! first (every ban lasts `ban_secs`, so insertion order is expiry order: a
+//! queue, never a scan).
+//!
+//! Ban and unban lines are written for fail2ban (README, Operations):
+//! `source banned source=<IP> ...` and `source unbanned source=<IP> ...`.
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use tracing::{info, warn};
+
+use super::WarningWindow;
+use crate::config::{OverLimit, RateLimit, UpstreamSources};
+use crate::observe::metrics::Metrics;
+
+/// Sources tracked per limiter before its idle state is swept at once
+/// (besides the sweep every second): about 64 bytes each.
+pub const MAX_TRACKED_SOURCES: usize = 200_000;
+/// Bans held at most; a new ban beyond this evicts the oldest.
+pub const MAX_BANS: usize = 65_536;
+/// Over-limit warnings are logged at most once per this interval.
+const WARNING_INTERVAL: Duration = Duration::from_secs(10);
+
+/// A rate-limited source: an IPv4 address, or the /64 of an IPv6 address
+/// (one subscriber's allocation). IPv4-mapped IPv6 addresses are IPv4.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SourceKey {
+    /// An IPv4 address.
+    V4(u32),
+    /// The upper 64 bits of an IPv6 address.
+    V6(u64),
+}
+
+impl SourceKey {
+    /// The key of an address.
+    pub fn of(ip: IpAddr) -> Self {
+        match ip {
+            IpAddr::V4(v4) => Self::V4(u32::from(v4)),
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => Self::V4(u32::from(v4)),
+                None => Self::V6((u128::from(v6) >> 64) as u64),
+            },
+        }
+    }
+}
+
+impl fmt::Display for SourceKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::V4(v4) => std::net::Ipv4Addr::from(*v4).fmt(f),
+            Self::V6(prefix) => write!(
+                f,
+                "{}/64",
+                std::net::Ipv6Addr::from(u128::from(*prefix) << 64)
+            ),
+        }
+    }
+}
+
+/// Why a source was banned; the rule named in its log lines and decision
+/// record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BanCause {
+    /// It kept sending messages at more than twice its rate limit.
+    Requests,
+    /// It kept opening connections at more than twice its rate limit.
+    Connections,
+    /// It sent a scanner User-Agent (the catalog's `scanner` support).
+    Scanner,
+}
+
+impl BanCause {
+    /// The rule: `ban.requests`, `ban.connections` or `ban.scanner`.
+    pub fn rule(self) -> &'static str {
+        match self {
+            Self::Requests => "ban.requests",
+            Self::Connections => "ban.connections",
+            Self::Scanner => "ban.scanner",
+        }
+    }
+}
+
+/// What to do with one message from a source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Within its limit, or exempt: handle it.
+    Pass,
+    /// The source is banned: drop it, unparsed (counted, not logged).
+    Banned,
+    /// Over its limit: answer `503` with Retry-After (`over_limit =
+    /// "reject"`; `banned` says the source was banned just now, and then
+    /// it is dropped and recorded instead), or drop it.
+    OverLimit {
+        /// The source was banned by this message.
+        banned: bool,
+        /// `rate_limit.over_limit`.
+        action: OverLimit,
+    },
+}
+
+/// Why a new connection was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectionRefusal {
+    /// The source is banned (or was banned just now by this connection).
+    Banned,
+    /// Over `connections_per_second`.
+    OverRate,
+    /// `max_connections_per_source` connections are open already.
+    TooMany,
+}
+
+impl ConnectionRefusal {
+    /// What a log line says.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Banned => "source banned",
+            Self::OverRate => "over rate_limit.connections_per_second",
+            Self::TooMany => "rate_limit.max_connections_per_source open already",
+        }
+    }
+}
+
+/// One open connection of a limited source: counted until dropped.
+#[derive(Debug)]
+pub struct SourceConnection {
+    admission: Arc<Admission>,
+    key: Option<SourceKey>,
+}
+
+impl Drop for SourceConnection {
+    fn drop(&mut self) {
+        if let Some(key) = self.key {
+            let mut open = self.admission.lock_open();
+            if let Some(n) = open.get_mut(&key) {
+                *n -= 1;
+                if *n == 0 {
+                    open.remove(&key);
+                }
+            }
+        }
+    }
+}
+
+/// A ban in force.
+#[derive(Debug, Clone, Copy)]
+struct Ban {
+    until: Instant,
+    /// The address whose message or connection set it off.
+    source: IpAddr,
+    cause: BanCause,
+}
+
+/// Bans in force, with a queue in expiry order.
+#[derive(Debug, Default)]
+struct Bans {
+    by_source: HashMap<SourceKey, Ban>,
+    /// (until, source) in the order bans were made, which is expiry order;
+    /// an entry whose `until` no longer matches its ban is stale.
+    order: VecDeque<(Instant, SourceKey)>,
+}
+
+/// Rate limits and bans of every source. Shared by the transports (which
+/// check every message and connection) and the dispatcher (which bans
+/// scanners).
+pub struct Admission {
+    settings: RateLimit,
+    upstream_sources: UpstreamSources,
+    requests: DefaultKeyedRateLimiter<SourceKey>,
+    /// Messages refused by `requests` go through this one; refused here too
+    /// means the source stays over its limit: banned.
+    request_strikes: DefaultKeyedRateLimiter<SourceKey>,
+    connections: DefaultKeyedRateLimiter<SourceKey>,
+    connection_strikes: DefaultKeyedRateLimiter<SourceKey>,
+    open: Mutex<HashMap<SourceKey, u32>>,
+    bans: Mutex<Bans>,
+    /// Checks since the tables' sizes were last looked at.
+    checks: AtomicU32,
+    warnings: Mutex<WarningWindow>,
+    metrics: Arc<Metrics>,
+}
+
+impl fmt::Debug for Admission {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Admission")
+            .field("settings", &self.settings)
+            .field("tracked_sources", &self.requests.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Admission {
+    /// Limits from `settings`; `upstream_sources` (the registrar) exempt.
+    pub fn new(
+        settings: RateLimit,
+        upstream_sources: UpstreamSources,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let requests = Quota::per_second(settings.requests_per_second).allow_burst(settings.burst);
+        let connections = Quota::per_second(settings.connections_per_second)
+            .allow_burst(settings.max_connections_per_source);
+        Self {
+            requests: RateLimiter::keyed(requests),
+            request_strikes: RateLimiter::keyed(requests),
+            connections: RateLimiter::keyed(connections),
+            connection_strikes: RateLimiter::keyed(connections),
+            settings,
+            upstream_sources,
+            open: Mutex::new(HashMap::new()),
+            bans: Mutex::new(Bans::default()),
+            checks: AtomicU32::new(0),
+            warnings: Mutex::new(WarningWindow::default()),
+            metrics,
+        }
+    }
+
+    /// Whether `source` is never limited or banned.
+    pub fn is_exempt(&self, source: SocketAddr) -> bool {
+        self.settings
+            .trusted
+            .iter()
+            .any(|n| n.contains(source.ip()))
+            || self.upstream_sources.matches(source)
+    }
+
+    /// The Retry-After of a `503` to a source over its limit: the seconds
+    /// its bucket takes to refill a burst (at least 1).
+    pub fn retry_after_secs(&self) -> u32 {
+        self.settings
+            .burst
+            .get()
+            .div_ceil(self.settings.requests_per_second.get())
+            .max(1)
+    }
+
+    /// Check one SIP message from `source` (keep-alives are not checked).
+    pub fn message(&self, source: SocketAddr, now: Instant) -> Verdict {
+        if self.is_exempt(source) {
+            return Verdict::Pass;
+        }
+        let key = SourceKey::of(source.ip());
+        if self.is_banned(key, now) {
+            Metrics::inc(&self.metrics.banned_messages);
+            return Verdict::Banned;
+        }
+        self.bound_tables();
+        if self.requests.check_key(&key).is_ok() {
+            return Verdict::Pass;
+        }
+        Metrics::inc(&self.metrics.rate_limited_messages);
+        let banned = self.request_strikes.check_key(&key).is_err()
+            && self.ban(source, BanCause::Requests, now);
+        if !banned {
+            self.warn_over_limit(source, "messages over rate_limit.requests_per_second");
+        }
+        Verdict::OverLimit {
+            banned,
+            action: self.settings.over_limit,
+        }
+    }
+
+    /// Check a new stream connection from `peer`: its guard counts it among
+    /// the source's open connections until dropped.
+    pub fn connection(
+        self: &Arc<Self>,
+        peer: SocketAddr,
+        now: Instant,
+    ) -> Result<SourceConnection, ConnectionRefusal> {
+        if self.is_exempt(peer) {
+            return Ok(SourceConnection {
+                admission: self.clone(),
+                key: None,
+            });
+        }
+        let key = SourceKey::of(peer.ip());
+        if self.is_banned(key, now) {
+            Metrics::inc(&self.metrics.banned_connections);
+            return Err(ConnectionRefusal::Banned);
+        }
+        self.bound_tables();
+        if self.connections.check_key(&key).is_err() {
+            Metrics::inc(&self.metrics.rate_limited_connections);
+            if self.connection_strikes.check_key(&key).is_err()
+                && self.ban(peer, BanCause::Connections, now)
+            {
+                return Err(ConnectionRefusal::Banned);
+            }
+            self.warn_over_limit(peer, ConnectionRefusal::OverRate.as_str());
+            return Err(ConnectionRefusal::OverRate);
+        }
+        let mut open = self.lock_open();
+        let n = open.entry(key).or_insert(0);
+        if *n >= self.settings.max_connections_per_source.get() {
+            drop(open);
+            Metrics::inc(&self.metrics.connections_per_source_refused);
+            self.warn_over_limit(peer, ConnectionRefusal::TooMany.as_str());
+            return Err(ConnectionRefusal::TooMany);
+        }
+        *n += 1;
+        Ok(SourceConnection {
+            admission: self.clone(),
+            key: Some(key),
+        })
+    }
+
+    /// Ban the source of `source` for `ban_secs` (nothing when it is exempt,
+    /// already banned, or bans are off). Returns whether it was banned now.
+    pub fn ban(&self, source: SocketAddr, cause: BanCause, now: Instant) -> bool {
+        let Some(duration) = self.settings.ban else {
+            return false;
+        };
+        if self.is_exempt(source) {
+            return false;
+        }
+        let key = SourceKey::of(source.ip());
+        let mut bans = self.lock_bans();
+        if bans.by_source.get(&key).is_some_and(|b| b.until > now) {
+            return false;
+        }
+        if bans.by_source.len() >= MAX_BANS {
+            while let Some((until, oldest)) = bans.order.pop_front() {
+                if bans
+                    .by_source
+                    .get(&oldest)
+                    .is_some_and(|b| b.until == until)
+                {
+                    let ban = bans.by_source.remove(&oldest).expect("present");
+                    unbanned(oldest, &ban, "evicted: too many bans");
+                    break;
+                }
+            }
+        }
+        let until = now + duration;
+        bans.by_source.insert(
+            key,
+            Ban {
+                until,
+                source: source.ip(),
+                cause,
+            },
+        );
+        bans.order.push_back((until, key));
+        drop(bans);
+        Metrics::inc(&self.metrics.bans);
+        warn!(
+            source = %source.ip(),
+            banned = %key,
+            rule = cause.rule(),
+            ban_secs = duration.as_secs(),
+            "source banned"
+        );
+        true
+    }
+
+    /// Whether the source of `ip` is banned at `now`.
+    pub fn is_banned_ip(&self, ip: IpAddr, now: Instant) -> bool {
+        self.is_banned(SourceKey::of(ip), now)
+    }
+
+    /// Lift the bans that ran out (each logged), and forget the bucket
+    /// state of sources whose buckets are full again. Called every second.
+    pub fn sweep(&self, now: Instant) {
+        {
+            let mut bans = self.lock_bans();
+            while let Some(&(until, key)) = bans.order.front() {
+                if until > now {
+                    break;
+                }
+                bans.order.pop_front();
+                if bans.by_source.get(&key).is_some_and(|b| b.until == until) {
+                    let ban = bans.by_source.remove(&key).expect("present");
+                    unbanned(key, &ban, "expired");
+                }
+            }
+            if bans.by_source.is_empty() && bans.order.capacity() > 1024 {
+                bans.order = VecDeque::new();
+                bans.by_source = HashMap::new();
+            }
+        }
+        for limiter in self.limiters() {
+            limiter.retain_recent();
+            limiter.shrink_to_fit();
+        }
+    }
+
+    /// Sources whose bucket state is held (the message limiter's).
+    pub fn tracked_sources(&self) -> usize {
+        self.requests.len()
+    }
+
+    /// Bans in force (expired ones not swept yet included).
+    pub fn bans(&self) -> usize {
+        self.lock_bans().by_source.len()
+    }
+
+    fn limiters(&self) -> [&DefaultKeyedRateLimiter<SourceKey>; 4] {
+        [
+            &self.requests,
+            &self.request_strikes,
+            &self.connections,
+            &self.connection_strikes,
+        ]
+    }
+
+    /// Every 1,024 checks, sweep a limiter grown past [`MAX_TRACKED_SOURCES`]
+    /// (a flood from many addresses) without waiting for the next second.
+    fn bound_tables(&self) {
+        if self.checks.fetch_add(1, Ordering::Relaxed) % 1024 != 0 {
+            return;
+        }
+        for limiter in self.limiters() {
+            if limiter.len() > MAX_TRACKED_SOURCES {
+                limiter.retain_recent();
+            }
+        }
+    }
+
+    fn is_banned(&self, key: SourceKey, now: Instant) -> bool {
+        self.lock_bans()
+            .by_source
+            .get(&key)
+            .is_some_and(|b| b.until > now)
+    }
+
+    fn warn_over_limit(&self, source: SocketAddr, what: &'static str) {
+        let due = self
+            .warnings
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .admit(Instant::now(), WARNING_INTERVAL);
+        if let Some(not_logged) = due {
+            warn!(
+                source = %source.ip(),
+                limit = what,
+                not_logged,
+                "source over its rate limit"
+            );
+        }
+    }
+
+    fn lock_open(&self) -> std::sync::MutexGuard<'_, HashMap<SourceKey, u32>> {
+        self.open.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn lock_bans(&self) -> std::sync::MutexGuard<'_, Bans> {
+        self.bans.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Log the end of a ban.
+fn unbanned(key: SourceKey, ban: &Ban, why: &'static str) {
+    info!(
+        source = %ban.source,
+        banned = %key,
+        rule = ban.cause.rule(),
+        why,
+        "source unbanned"
+    );
+}
+
+/// A limit of `n` per second, for tests and callers that have a plain number.
+pub fn per_second(n: u32) -> NonZeroU32 {
+    NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::pattern::Network;
+
+    fn settings(rps: u32, burst: u32) -> RateLimit {
+        RateLimit {
+            trusted: vec![Network::parse("127.0.0.9").unwrap()],
+            requests_per_second: per_second(rps),
+            burst: per_second(burst),
+            connections_per_second: per_second(1),
+            max_connections_per_source: per_second(2),
+            ban: Some(Duration::from_secs(300)),
+            over_limit: OverLimit::Reject,
+        }
+    }
+
+    fn admission(rps: u32, burst: u32) -> Arc<Admission> {
+        Arc::new(Admission::new(
+            settings(rps, burst),
+            UpstreamSources::exactly("127.0.0.8:5070".parse().unwrap()),
+            Arc::new(Metrics::default()),
+        ))
+    }
+
+    fn addr(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn sources_are_ipv4_addresses_and_ipv6_64s() {
+        let a = SourceKey::of("2001:db8:1:2:aaaa::1".parse().unwrap());
+        let b = SourceKey::of("2001:db8:1:2:bbbb::2".parse().unwrap());
+        let c = SourceKey::of("2001:db8:1:3::1".parse().unwrap());
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+        assert_eq!(a.to_string(), "2001:db8:1:2::/64");
+        assert_eq!(
+            SourceKey::of("::ffff:192.0.2.1".parse().unwrap()),
+            SourceKey::of("192.0.2.1".parse().unwrap())
+        );
+    }
+
+    #[test]
+    fn a_source_over_its_burst_is_limited_then_banned_and_others_are_not() {
+        let a = admission(1, 5);
+        let now = Instant::now();
+        let flood = addr("192.0.2.1:5060");
+        let verdicts: Vec<Verdict> = (0..20).map(|_| a.message(flood, now)).collect();
+        assert!(
+            verdicts[..5].iter().all(|v| *v == Verdict::Pass),
+            "{verdicts:?}"
+        );
+        let first_over = Verdict::OverLimit {
+            banned: false,
+            action: OverLimit::Reject,
+        };
+        assert_eq!(verdicts[5], first_over);
+        // Refused messages beyond another burst: banned, then dropped unparsed.
+        let banned_at = verdicts
+            .iter()
+            .position(|v| matches!(v, Verdict::OverLimit { banned: true, .. }))
+            .expect("banned");
+        assert!(banned_at > 5);
+        assert!(verdicts[banned_at + 1..]
+            .iter()
+            .all(|v| *v == Verdict::Banned));
+        assert_eq!(a.bans(), 1);
+        // Another source, the trusted one and the registrar are untouched.
+        assert_eq!(a.message(addr("192.0.2.2:5060"), now), Verdict::Pass);
+        for exempt in ["127.0.0.9:1", "127.0.0.8:5070"] {
+            for _ in 0..50 {
+                assert_eq!(a.message(addr(exempt), now), Verdict::Pass);
+            }
+            assert!(!a.ban(addr(exempt), BanCause::Scanner, now));
+        }
+        // The ban runs out after ban_secs.
+        a.sweep(now + Duration::from_secs(301));
+        assert_eq!(a.bans(), 0);
+        assert!(!a.is_banned_ip(flood.ip(), now + Duration::from_secs(301)));
+    }
+
+    #[test]
+    fn connections_are_capped_per_source_and_released_on_drop() {
+        let a = admission(100, 100);
+        let now = Instant::now();
+        let peer = addr("192.0.2.7:40000");
+        let first = a.connection(peer, now).unwrap();
+        let second = a.connection(addr("192.0.2.7:40001"), now).unwrap();
+        // Two open (the cap) and the burst of two spent.
+        assert!(a.connection(peer, now).is_err());
+        drop(first);
+        drop(second);
+        assert!(a.lock_open().is_empty(), "released on drop");
+        // A trusted source is never capped.
+        let trusted: Vec<_> = (0..10)
+            .map(|_| a.connection(addr("127.0.0.9:1"), now).unwrap())
+            .collect();
+        assert_eq!(trusted.len(), 10);
+    }
+
+    #[test]
+    fn bans_are_bounded_and_a_scanner_ban_is_logged_once() {
+        let a = admission(100, 100);
+        let now = Instant::now();
+        assert!(a.ban(addr("198.51.100.1:5060"), BanCause::Scanner, now));
+        assert!(
+            !a.ban(addr("198.51.100.1:5061"), BanCause::Scanner, now),
+            "already banned"
+        );
+        for i in 0..(MAX_BANS as u32 + 10) {
+            let ip = std::net::Ipv4Addr::from(0x0a00_0000 + i);
+            a.ban(SocketAddr::new(ip.into(), 1), BanCause::Requests, now);
+        }
+        assert_eq!(a.bans(), MAX_BANS);
+    }
+}
