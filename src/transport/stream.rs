@@ -448,12 +448,18 @@ async fn read_messages<S>(
                 }),
             }
         } else {
+            // Never more than a whole message (one past the limit, to see
+            // it is over): the budget is at least twice that, so one
+            // connection can always finish its message.
+            let want = (buf.len() + READ_CHUNK_BYTES)
+                .min(ctx.limits.max_message_bytes + 1)
+                .max(buf.len() + 1);
             tokio::select! {
                 () = closing.cancelled() => break Stop::Closed,
                 () = &mut timeout => break on_timeout,
-                () = share.hold(buf.len() + READ_CHUNK_BYTES, &ctx.metrics) => {}
+                () = share.hold(want, &ctx.metrics) => {}
             }
-            buf.reserve(READ_CHUNK_BYTES);
+            buf.reserve(want - buf.len());
             tokio::select! {
                 () = closing.cancelled() => break Stop::Closed,
                 () = &mut timeout => break on_timeout,
@@ -557,7 +563,7 @@ fn framing_failed(e: StreamError, info: ConnectionInfo, ctx: &TransportContext) 
 mod tests {
     use super::*;
     use crate::transport::Event;
-    use tokio::io::DuplexStream;
+    use tokio::io::{AsyncReadExt, DuplexStream};
 
     const MESSAGE: &[u8] = b"OPTIONS sip:a@b SIP/2.0\r\nCall-ID: x\r\nContent-Length: 2\r\n\r\nhi";
 
@@ -645,6 +651,75 @@ mod tests {
         client.read_to_end(&mut rest).await.unwrap();
         assert!(rest.is_empty(), "closed without an answer");
         assert_eq!(ctx.metrics.faults(Fault::Unframeable), 1);
+    }
+
+    #[tokio::test]
+    async fn partial_messages_hold_the_read_budget_until_they_complete_or_close() {
+        let (tx, mut events) = mpsc::channel(16);
+        let ctx = TransportContext::for_tests(tx, 4);
+        let full = ctx.read_budget.available_permits();
+        let settle = || async {
+            for _ in 0..200 {
+                tokio::task::yield_now().await;
+            }
+        };
+        // A complete message: nothing held afterwards (no buffer between messages).
+        let mut client = served(&ctx, "127.0.0.1:40010");
+        client.write_all(MESSAGE).await.unwrap();
+        received(&mut events).await;
+        settle().await;
+        assert_eq!(ctx.read_budget.available_permits(), full);
+        // 40 KB of a message's headers: held from the budget ...
+        let partial = format!("OPTIONS sip:a@b SIP/2.0\r\nX-Pad: {}", "p".repeat(40_000));
+        client.write_all(partial.as_bytes()).await.unwrap();
+        let mut held = false;
+        for _ in 0..1000 {
+            if ctx.read_budget.available_permits() <= full - 40_000 {
+                held = true;
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        assert!(held, "the partial message is charged to the budget");
+        // ... and given back when the connection closes.
+        drop(client);
+        let mut released = false;
+        for _ in 0..1000 {
+            if ctx.read_budget.available_permits() == full && ctx.connections.is_empty() {
+                released = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(
+            released,
+            "{} of {full}",
+            ctx.read_budget.available_permits()
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_message_trickling_in_is_closed_at_its_deadline_not_its_idle_timeout() {
+        let (tx, _events) = mpsc::channel(16);
+        let ctx = TransportContext::for_tests(tx, 4);
+        let mut client = served(&ctx, "127.0.0.1:40011");
+        // One byte every 5 s (slowloris): each is progress, but the message
+        // is not complete 10 s after its first byte.
+        let mut sent = 0;
+        let mut rest = Vec::new();
+        loop {
+            if client.write_all(b"O").await.is_err() {
+                break;
+            }
+            sent += 1;
+            assert!(sent < 20, "still open after {sent} bytes");
+            tokio::select! {
+                read = client.read_to_end(&mut rest) => { read.unwrap(); break; }
+                () = tokio::time::sleep(Duration::from_secs(5)) => {}
+            }
+        }
+        assert!(ctx.connections.is_empty());
+        assert_eq!(ctx.metrics.faults(Fault::MessageDeadline), 1);
     }
 
     #[tokio::test(start_paused = true)]

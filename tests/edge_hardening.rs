@@ -1,0 +1,595 @@
+//! Edge hardening (issue 8): every resource bounded under abuse, on the
+//! running proxy over loopback sockets. Clients bind their own loopback
+//! addresses (127.0.0.2, .3, ...) so that per-source limits and bans tell
+//! them apart; `[rate_limit] trusted` is emptied where a test needs the
+//! limits (loopback is trusted by default). Every wait is bounded.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use common::TestProxy;
+
+const WAIT: Duration = Duration::from_secs(2);
+const LYNC: &str = "UCCAPI/15.0.4481.1000 OC/15.0.4481.1000 (Microsoft Lync)";
+
+/// A UDP registrar on 127.0.0.1 that answers every request `200 OK` and
+/// counts what it got (and whether any of it came from a scanner).
+struct Registrar {
+    addr: SocketAddr,
+    requests: Arc<AtomicUsize>,
+    scanner_seen: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Registrar {
+    fn start() -> Self {
+        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        let addr = socket.local_addr().unwrap();
+        let requests = Arc::new(AtomicUsize::new(0));
+        let scanner_seen = Arc::new(AtomicBool::new(false));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (r, s, st) = (requests.clone(), scanner_seen.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            let mut buf = vec![0u8; 65536];
+            while !st.load(Ordering::Relaxed) {
+                let Ok((n, from)) = socket.recv_from(&mut buf) else {
+                    continue;
+                };
+                let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+                if text.starts_with("SIP/2.0") {
+                    continue;
+                }
+                r.fetch_add(1, Ordering::Relaxed);
+                if text.to_ascii_lowercase().contains("friendly-scanner") {
+                    s.store(true, Ordering::Relaxed);
+                }
+                let _ = socket.send_to(ok(&text).as_bytes(), from);
+            }
+        });
+        Self {
+            addr,
+            requests,
+            scanner_seen,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn upstream(&self) -> String {
+        format!("udp:{}", self.addr)
+    }
+}
+
+impl Drop for Registrar {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// `200 OK` to a request, as a registrar answers it.
+fn ok(request: &str) -> String {
+    let mut out = String::from("SIP/2.0 200 OK\r\n");
+    for line in request.split("\r\n").skip(1) {
+        let name = line
+            .split(':')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
+        if ["via", "from", "to", "call-id", "cseq", "v", "f", "t", "i"].contains(&name.as_str()) {
+            out.push_str(line);
+            if (name == "to" || name == "t") && !line.contains("tag=") {
+                out.push_str(";tag=reg");
+            }
+            out.push_str("\r\n");
+        }
+    }
+    out.push_str("Content-Length: 0\r\n\r\n");
+    out
+}
+
+fn register(from: SocketAddr, user: &str, n: usize, transport: &str, pad: &str) -> String {
+    format!(
+        "REGISTER sip:contoso.com SIP/2.0\r\nVia: SIP/2.0/{transport} {from};branch=z9hG4bK-{user}-{n};rport\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:{user}@contoso.com>;tag=f{n}\r\nTo: <sip:{user}@contoso.com>\r\n\
+         Call-ID: {user}-{n}@test\r\nCSeq: {n} REGISTER\r\nContact: <sip:{user}@{from}>\r\n\
+         User-Agent: {LYNC}\r\n{pad}Content-Length: 0\r\n\r\n",
+        n = n + 1
+    )
+}
+
+fn udp_client(ip: &str) -> UdpSocket {
+    let s = UdpSocket::bind(format!("{ip}:0")).unwrap();
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    s
+}
+
+/// The status line of each response `socket` receives until it is quiet
+/// for the wait.
+fn statuses(socket: &UdpSocket, at_most: usize) -> Vec<String> {
+    let mut buf = vec![0u8; 65536];
+    let mut got = Vec::new();
+    while got.len() < at_most {
+        let Ok((n, _)) = socket.recv_from(&mut buf) else {
+            break;
+        };
+        let text = String::from_utf8_lossy(&buf[..n]);
+        got.push(text.lines().next().unwrap_or("").to_owned());
+    }
+    got
+}
+
+fn untrusted(extra: &str) -> String {
+    format!("[rate_limit]\ntrusted = []\n{extra}")
+}
+
+/// Item 3: a flood of random-binary datagrams (one summary per 10 s, not
+/// one warning each) and valid REGISTERs from another source at the same
+/// time: every REGISTER is answered.
+#[test]
+fn a_malformed_flood_does_not_cost_valid_registers_their_answers() {
+    let registrar = Registrar::start();
+    let proxy = TestProxy::start("", "127.0.0.1", &registrar.upstream());
+    let flood = udp_client("127.0.0.4");
+    let client = udp_client("127.0.0.2");
+    let from = client.local_addr().unwrap();
+    let mut noise = 0x9e37_79b9_u32;
+    let mut answered = 0;
+    for i in 0..200 {
+        for _ in 0..20 {
+            let datagram: Vec<u8> = (0..200)
+                .map(|_| {
+                    noise ^= noise << 13;
+                    noise ^= noise >> 17;
+                    noise ^= noise << 5;
+                    noise as u8
+                })
+                .collect();
+            flood.send_to(&datagram, proxy.udp).unwrap();
+        }
+        client
+            .send_to(register(from, "alice", i, "UDP", "").as_bytes(), proxy.udp)
+            .unwrap();
+        answered += statuses(&client, 1)
+            .iter()
+            .filter(|s| s.starts_with("SIP/2.0 200"))
+            .count();
+    }
+    assert_eq!(answered, 200);
+}
+
+/// Item 4: slowloris connections are closed at the message deadline, so
+/// their slots come back; a source is capped at
+/// `max_connections_per_source`, others are not.
+#[test]
+fn slowloris_is_closed_at_the_message_deadline_and_sources_are_capped() {
+    let registrar = Registrar::start();
+    let config = untrusted(
+        "max_connections_per_source = 2\n[limits]\nmessage_deadline_secs = 1\nmax_connections = 3\n",
+    );
+    let proxy = TestProxy::start(&config, "127.0.0.1", &registrar.upstream());
+    let connect = |ip: &str| {
+        let socket =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        let local: SocketAddr = format!("{ip}:0").parse().unwrap();
+        socket.bind(&local.into()).unwrap();
+        socket.connect(&proxy.tcp.into()).unwrap();
+        let tcp: TcpStream = socket.into();
+        tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        tcp
+    };
+    // Two slowloris connections from 127.0.0.5: one byte at a time.
+    let mut slow: Vec<TcpStream> = (0..2).map(|_| connect("127.0.0.5")).collect();
+    for conn in &mut slow {
+        conn.write_all(b"REG").unwrap();
+    }
+    // A third from the same source: over max_connections_per_source, closed unread.
+    let mut third = connect("127.0.0.5");
+    let mut rest = Vec::new();
+    let _ = third.read_to_end(&mut rest);
+    assert!(rest.is_empty());
+    // The slowloris connections keep trickling, and are closed anyway.
+    let started = Instant::now();
+    for conn in &mut slow {
+        let mut closed = false;
+        while started.elapsed() < Duration::from_secs(20) {
+            if conn.write_all(b"I").is_err() {
+                closed = true;
+                break;
+            }
+            conn.set_read_timeout(Some(Duration::from_millis(300)))
+                .unwrap();
+            match conn.read(&mut [0u8; 16]) {
+                Ok(0) | Err(_) if !is_timeout_of(conn) => {
+                    closed = true;
+                    break;
+                }
+                _ => {}
+            }
+        }
+        assert!(closed, "a slowloris connection stayed open");
+    }
+    // A legitimate client from another source is served.
+    let mut client = connect("127.0.0.6");
+    let from = client.local_addr().unwrap();
+    client
+        .write_all(register(from, "bob", 0, "TCP", "").as_bytes())
+        .unwrap();
+    let mut answer = [0u8; 12];
+    client.read_exact(&mut answer).unwrap();
+    assert_eq!(&answer, b"SIP/2.0 200 ");
+}
+
+/// Whether the last read on `conn` only timed out (the connection is open).
+fn is_timeout_of(conn: &TcpStream) -> bool {
+    // A zero-length peek tells an open connection (WouldBlock/timeout) from a closed one.
+    conn.set_nonblocking(true).unwrap();
+    let open =
+        matches!(conn.peek(&mut [0u8; 1]), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock);
+    conn.set_nonblocking(false).unwrap();
+    open
+}
+
+/// Item 5: connections holding partial messages spend the read budget;
+/// a complete small message from another client still gets through.
+#[test]
+fn partial_messages_spend_the_budget_but_small_messages_pass() {
+    let registrar = Registrar::start();
+    let config = "[limits]\nmax_message_bytes = 16384\nread_buffer_budget_bytes = 32768\nmessage_deadline_secs = 30\n";
+    let proxy = TestProxy::start(config, "127.0.0.1", &registrar.upstream());
+    let hogs: Vec<TcpStream> = (0..8)
+        .map(|_| {
+            let mut c = TcpStream::connect(proxy.tcp).unwrap();
+            let pad = "x".repeat(12_000);
+            c.write_all(format!("REGISTER sip:contoso.com SIP/2.0\r\nX-Pad: {pad}").as_bytes())
+                .unwrap();
+            c
+        })
+        .collect();
+    let mut client = TcpStream::connect(proxy.tcp).unwrap();
+    client
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let from = client.local_addr().unwrap();
+    client
+        .write_all(register(from, "carol", 0, "TCP", "").as_bytes())
+        .unwrap();
+    let mut answer = [0u8; 12];
+    client.read_exact(&mut answer).unwrap();
+    assert_eq!(&answer, b"SIP/2.0 200 ");
+    drop(hogs);
+}
+
+/// Item 6: 3,000 REGISTERs pipelined on one connection by a client that
+/// reads get 3,000 answers; a burst of 2,000 keep-alives gets 2,000 pongs.
+#[test]
+fn a_reading_client_is_never_closed_for_pipelining() {
+    let registrar = Registrar::start();
+    let proxy = TestProxy::start("", "127.0.0.1", &registrar.upstream());
+    let mut client = TcpStream::connect(proxy.tcp).unwrap();
+    client
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let from = client.local_addr().unwrap();
+    let mut pings = Vec::new();
+    for _ in 0..2000 {
+        pings.extend_from_slice(b"\r\n\r\n");
+    }
+    client.write_all(&pings).unwrap();
+    let mut pongs = vec![0u8; 4000];
+    client.read_exact(&mut pongs).unwrap();
+    assert!(pongs.iter().all(|&b| b == b'\r' || b == b'\n'));
+    let writer = {
+        let mut w = client.try_clone().unwrap();
+        std::thread::spawn(move || {
+            for i in 0..3000 {
+                w.write_all(register(from, "dave", i, "TCP", "").as_bytes())
+                    .unwrap();
+            }
+        })
+    };
+    let mut answers = 0;
+    let mut pending = Vec::new();
+    let mut buf = [0u8; 65536];
+    while answers < 3000 {
+        let n = client.read(&mut buf).expect("answers keep coming");
+        assert!(n > 0, "closed after {answers} answers");
+        pending.extend_from_slice(&buf[..n]);
+        while let Some(end) = find(&pending, b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&pending[..end]).into_owned();
+            assert!(head.starts_with("SIP/2.0 200"), "{head}");
+            pending.drain(..end + 4);
+            answers += 1;
+        }
+    }
+    writer.join().unwrap();
+    assert_eq!(answers, 3000);
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+/// Item 7: a REGISTER that fits in a datagram but not once the proxy's
+/// headers are added is answered 513 Message Too Large (RFC 3261 18.1.1),
+/// not 503.
+#[test]
+fn a_datagram_too_large_after_the_edits_gets_513() {
+    let registrar = Registrar::start();
+    let proxy = TestProxy::start("", "127.0.0.1", &registrar.upstream());
+    let client = udp_client("127.0.0.2");
+    let from = client.local_addr().unwrap();
+    let bare = register(from, "erin", 0, "UDP", "");
+    let pad = format!("X-Pad: {}\r\n", "p".repeat(65_300 - bare.len() - 10));
+    let big = register(from, "erin", 0, "UDP", &pad);
+    assert!(big.len() <= 65_300 && big.len() > 65_200, "{}", big.len());
+    client.send_to(big.as_bytes(), proxy.udp).unwrap();
+    assert_eq!(statuses(&client, 1), ["SIP/2.0 513 Message Too Large"]);
+    assert_eq!(registrar.requests.load(Ordering::Relaxed), 0);
+    let records = proxy.records();
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0]["rule"], "proxy.too-large");
+    assert_eq!(records[0]["status"], 513);
+}
+
+/// Item 8: 300 back-to-back REGISTERs all reach the registrar (the UDP
+/// receive buffer is 4 MiB by default, not the kernel's 208 KiB).
+#[test]
+fn a_burst_of_registers_is_not_lost_in_the_socket_buffer() {
+    let registrar = Registrar::start();
+    let proxy = TestProxy::start("", "127.0.0.1", &registrar.upstream());
+    let client = udp_client("127.0.0.2");
+    let from = client.local_addr().unwrap();
+    for i in 0..300 {
+        client
+            .send_to(register(from, "frank", i, "UDP", "").as_bytes(), proxy.udp)
+            .unwrap();
+    }
+    let answers = statuses(&client, 300);
+    assert_eq!(answers.len(), 300);
+}
+
+/// Per-source limits: a source over its rate gets 503 with Retry-After,
+/// then (staying over it) is banned, recorded as a drop with rule
+/// `ban.requests`; another source is untouched.
+#[test]
+fn a_source_over_its_rate_gets_503_then_a_ban_and_others_do_not() {
+    let registrar = Registrar::start();
+    let config = untrusted("requests_per_second = 1\nburst = 5\n");
+    let proxy = TestProxy::start(&config, "127.0.0.1", &registrar.upstream());
+    let noisy = udp_client("127.0.0.7");
+    let from = noisy.local_addr().unwrap();
+    for i in 0..40 {
+        noisy
+            .send_to(register(from, "noisy", i, "UDP", "").as_bytes(), proxy.udp)
+            .unwrap();
+    }
+    let got = statuses(&noisy, 40);
+    let ok = got.iter().filter(|s| s.starts_with("SIP/2.0 200")).count();
+    let limited = got.iter().filter(|s| s.starts_with("SIP/2.0 503")).count();
+    assert!(ok <= 6, "{got:?}");
+    assert!(limited >= 1, "{got:?}");
+    assert!(got.len() < 40, "a banned source gets no answer: {got:?}");
+    // The other source registers.
+    let quiet = udp_client("127.0.0.8");
+    let qfrom = quiet.local_addr().unwrap();
+    quiet
+        .send_to(register(qfrom, "quiet", 0, "UDP", "").as_bytes(), proxy.udp)
+        .unwrap();
+    assert_eq!(statuses(&quiet, 1), ["SIP/2.0 200 OK"]);
+    let records = proxy.records();
+    let ban = records
+        .iter()
+        .find(|r| r["rule"] == "ban.requests")
+        .expect("a ban record");
+    assert_eq!(ban["action"], "drop");
+    assert_eq!(ban["source"].as_str().unwrap(), from.to_string());
+    assert!(records
+        .iter()
+        .any(|r| r["rule"] == "rate_limit.requests" && r["status"] == 503));
+}
+
+/// The Retry-After of a 503 for a source over its limit.
+#[test]
+fn the_503_of_a_source_over_its_limit_says_when_to_retry() {
+    let registrar = Registrar::start();
+    let config = untrusted("requests_per_second = 2\nburst = 4\nban_secs = 0\n");
+    let proxy = TestProxy::start(&config, "127.0.0.1", &registrar.upstream());
+    let client = udp_client("127.0.0.9");
+    let from = client.local_addr().unwrap();
+    let mut buf = vec![0u8; 65536];
+    let mut retry_after = None;
+    for i in 0..20 {
+        client
+            .send_to(register(from, "gina", i, "UDP", "").as_bytes(), proxy.udp)
+            .unwrap();
+        let (n, _) = client
+            .recv_from(&mut buf)
+            .expect("every one answered (bans off)");
+        let text = String::from_utf8_lossy(&buf[..n]);
+        if text.starts_with("SIP/2.0 503") {
+            retry_after = text
+                .lines()
+                .find_map(|l| l.strip_prefix("Retry-After: "))
+                .map(str::to_owned);
+            break;
+        }
+    }
+    assert_eq!(retry_after.as_deref(), Some("2"), "burst / rate = 2 s");
+}
+
+/// sipvicious against the running proxy: `svmap` and `svwar` (source
+/// 127.0.0.3) are dropped and banned, nothing of theirs reaches the
+/// registrar, and a Lync client registering meanwhile (127.0.0.2) gets
+/// every answer.
+#[test]
+fn sipvicious_is_dropped_and_banned_while_a_client_registers() {
+    let Some(svmap) = common::external::require_tool("svmap") else {
+        return;
+    };
+    let Some(svwar) = common::external::require_tool("svwar") else {
+        return;
+    };
+    let registrar = Registrar::start();
+    let proxy = TestProxy::start(&untrusted(""), "127.0.0.1", &registrar.upstream());
+    let port = proxy.udp.port().to_string();
+    let scan = |tool: &std::path::Path, args: &[&str]| {
+        let mut child = std::process::Command::new(tool)
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let started = Instant::now();
+        while child.try_wait().unwrap().is_none() {
+            if started.elapsed() > Duration::from_secs(60) {
+                let _ = child.kill();
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.wait();
+    };
+    let client = udp_client("127.0.0.2");
+    let from = client.local_addr().unwrap();
+    let target = proxy.udp;
+    let legit = std::thread::spawn(move || {
+        let mut answered = 0;
+        for i in 0..50 {
+            client
+                .send_to(register(from, "lync", i, "UDP", "").as_bytes(), target)
+                .unwrap();
+            answered += statuses(&client, 1)
+                .iter()
+                .filter(|s| s.starts_with("SIP/2.0 200"))
+                .count();
+        }
+        answered
+    });
+    scan(
+        &svmap,
+        &["-b", "127.0.0.3", "-p", &port, "-t", "0.01", "127.0.0.1"],
+    );
+    scan(
+        &svwar,
+        &[
+            "-b",
+            "127.0.0.3",
+            "-p",
+            &port,
+            "-e",
+            "100-150",
+            "-t",
+            "0.01",
+            "--force",
+            "127.0.0.1",
+        ],
+    );
+    assert_eq!(legit.join().unwrap(), 50, "the client lost answers");
+    assert!(
+        !registrar.scanner_seen.load(Ordering::Relaxed),
+        "scanner traffic reached the registrar"
+    );
+    let records = proxy.records();
+    let from_scanner: Vec<_> = records
+        .iter()
+        .filter(|r| {
+            r["source"]
+                .as_str()
+                .is_some_and(|s| s.starts_with("127.0.0.3:"))
+        })
+        .collect();
+    assert_eq!(
+        from_scanner.len(),
+        1,
+        "one record, then dropped unparsed: {from_scanner:?}"
+    );
+    assert_eq!(from_scanner[0]["action"], "drop");
+    assert_eq!(from_scanner[0]["rule"], "ban.scanner");
+    assert_eq!(from_scanner[0]["support"], "scanner");
+}
+
+/// The fail2ban filter in the README matches the ban line sipadmit writes,
+/// and finds the banned address in it.
+#[test]
+fn the_readme_fail2ban_filter_matches_the_ban_line() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let failregex = readme
+        .lines()
+        .find_map(|l| l.strip_prefix("failregex = "))
+        .expect("a failregex line in the README");
+    // fail2ban's <HOST> (simplified: an IPv4 or IPv6 address).
+    let pattern = failregex.replace("<HOST>", r"(?P<host>[0-9A-Fa-f:.]+)");
+    let re = regex::Regex::new(&pattern).unwrap();
+    let line = ban_line();
+    let caps = re
+        .captures(&line)
+        .unwrap_or_else(|| panic!("{pattern} does not match {line}"));
+    assert_eq!(&caps["host"], "198.51.100.23");
+    // The unban line is not a ban.
+    assert!(!re.is_match(&line.replace("source banned", "source unbanned")));
+}
+
+/// The console line of a ban, as `sipadmit run` writes it (default format,
+/// no colours).
+fn ban_line() -> String {
+    use sipadmit::config::{OverLimit, RateLimit, UpstreamSources};
+    use sipadmit::transport::admission::{per_second, Admission, BanCause};
+    #[derive(Clone, Default)]
+    struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+    impl Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let admission = Admission::new(
+        RateLimit {
+            trusted: Vec::new(),
+            requests_per_second: per_second(1),
+            burst: per_second(1),
+            connections_per_second: per_second(1),
+            max_connections_per_source: per_second(1),
+            ban: Some(Duration::from_secs(300)),
+            over_limit: OverLimit::Reject,
+        },
+        UpstreamSources::default(),
+        Arc::new(sipadmit::observe::Metrics::default()),
+    );
+    tracing::subscriber::with_default(subscriber, || {
+        assert!(admission.ban(
+            "198.51.100.23:5060".parse().unwrap(),
+            BanCause::Scanner,
+            Instant::now()
+        ));
+    });
+    let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    text.lines()
+        .find(|l| l.contains("source banned"))
+        .unwrap_or_else(|| panic!("no ban line in {text:?}"))
+        .to_owned()
+}
