@@ -1,8 +1,9 @@
 //! The one place that wires the stages: bind sockets, start the transport
 //! tasks, run the dispatcher (view → classify → decide → act), submit
-//! decision records to the log writer, sweep registrations, handle signals
-//! (SIGHUP reopens the decision log; SIGTERM and SIGINT stop, within a
-//! bounded time), stop on shutdown.
+//! decision records to the log writer, sweep registrations, start the admin
+//! listener ([`crate::admin`]), handle signals (SIGHUP reloads the config,
+//! see [`crate::reload`], and reopens the decision log; SIGTERM and SIGINT
+//! stop, within a bounded time), stop on shutdown.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -14,12 +15,14 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::admin::{self, AdminState};
 use crate::config::{Config, Endpoint};
 use crate::observe::decision_log::{DecisionLogError, SHUTDOWN_DEADLINE};
 use crate::observe::metrics::{DropReason, Metrics};
 use crate::observe::{DecisionLog, LogWriter};
 use crate::proxy::flow::FlowSigner;
 use crate::proxy::{Core, Destination, Inbound, Outbound};
+use crate::reload::Reloader;
 use crate::transport::tcp::{self, ConnectionContext, UpstreamLink};
 use crate::transport::{udp, BootId, Connections, Senders};
 use crate::transport::{SendError, Transport};
@@ -51,6 +54,15 @@ pub enum AppError {
     /// The decision log could not be opened.
     #[error(transparent)]
     DecisionLog(#[from] DecisionLogError),
+    /// The admin listener could not be bound.
+    #[error("cannot listen on {addr} (admin)")]
+    AdminBind {
+        /// `admin.listen` or `--admin`.
+        addr: SocketAddr,
+        /// The error (the source, not repeated in this message).
+        #[source]
+        source: std::io::Error,
+    },
     /// The signal handlers could not be installed.
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
@@ -63,6 +75,8 @@ pub struct Bound {
     pub udp: Vec<Arc<UdpSocket>>,
     /// TCP listeners.
     pub tcp: Vec<TcpListener>,
+    /// The admin HTTP listener, when configured.
+    pub admin: Option<TcpListener>,
 }
 
 impl Bound {
@@ -80,6 +94,11 @@ impl Bound {
             .map(|a| (Transport::Tcp, a));
         udp.chain(tcp).collect()
     }
+
+    /// The admin listener's actual address, when there is one.
+    pub fn admin_address(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().and_then(|l| l.local_addr().ok())
+    }
 }
 
 /// Bind every configured listener.
@@ -87,6 +106,7 @@ pub async fn bind(config: &Config) -> Result<Bound, AppError> {
     let mut bound = Bound {
         udp: Vec::new(),
         tcp: Vec::new(),
+        admin: None,
     };
     for endpoint in &config.settings.listen {
         let err = |source| AppError::Bind {
@@ -101,6 +121,12 @@ pub async fn bind(config: &Config) -> Result<Bound, AppError> {
                 .tcp
                 .push(TcpListener::bind(endpoint.addr).await.map_err(err)?),
         }
+    }
+    if let Some(addr) = config.settings.admin {
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| AppError::AdminBind { addr, source })?;
+        bound.admin = Some(listener);
     }
     Ok(bound)
 }
@@ -128,6 +154,18 @@ pub async fn serve(
     bound: Bound,
     decision_log: DecisionLog,
     shutdown: CancellationToken,
+) -> Result<Arc<Metrics>, AppError> {
+    serve_reloading(config, bound, decision_log, shutdown, None).await
+}
+
+/// [`serve`], reloading the config file once per message on `reloads`
+/// (see [`crate::reload`]).
+pub async fn serve_reloading(
+    config: Config,
+    mut bound: Bound,
+    decision_log: DecisionLog,
+    shutdown: CancellationToken,
+    reloads: Option<mpsc::Receiver<()>>,
 ) -> Result<Arc<Metrics>, AppError> {
     let upstream = config.settings.upstream.ok_or(AppError::NoUpstream)?;
     let advertise = |local: Option<SocketAddr>| local.map(|a| advertised(a, upstream.addr));
@@ -165,8 +203,19 @@ pub async fn serve(
     let metrics = Arc::new(Metrics::default());
     let settings = config.settings.clone();
     let mode = config.runtime.policy.mode;
+    let reloader = Reloader {
+        path: config.path.clone(),
+        overrides: config.overrides.clone(),
+        running: settings.clone(),
+    };
     let boot = BootId::random();
-    let core = Core::new(config, signer, boot, addresses.clone(), metrics.clone());
+    let core = Arc::new(Core::new(
+        config,
+        signer,
+        boot,
+        addresses.clone(),
+        metrics.clone(),
+    ));
     let (inbound_tx, mut inbound_rx) = mpsc::channel::<Inbound>(INBOUND_QUEUE);
     let connections = Arc::new(Connections::default());
     let ctx = ConnectionContext {
@@ -210,6 +259,26 @@ pub async fn serve(
     for (transport, addr) in &addresses {
         info!(%transport, %addr, upstream = %upstream, mode = mode.as_str(), boot = %boot, "listening");
     }
+    if let Some(listener) = bound.admin.take() {
+        if let Ok(addr) = listener.local_addr() {
+            info!(%addr, "admin listening (/metrics, /healthz, /readyz)");
+        }
+        tasks.spawn(admin::serve(
+            listener,
+            AdminState {
+                metrics: metrics.clone(),
+                core: core.clone(),
+                connections: connections.clone(),
+                decision_log: decision_log.clone(),
+                upstream,
+                listeners: addresses.clone(),
+                shutdown: shutdown.clone(),
+            },
+        ));
+    }
+    if let Some(reloads) = reloads {
+        tasks.spawn(reloader.run(reloads, core.clone(), metrics.clone(), shutdown.clone()));
+    }
 
     let mut sweep = tokio::time::interval(SWEEP_INTERVAL);
     loop {
@@ -229,7 +298,7 @@ pub async fn serve(
     }
     tasks.shutdown().await;
     info!(
-        counters = %metrics.render().replace('\n', "; "),
+        counters = %metrics.summary(),
         decision_records_dropped = decision_log.dropped(),
         "stopped"
     );
@@ -246,15 +315,30 @@ fn core_address(addresses: &[(Transport, SocketAddr)], transport: Transport) -> 
 
 /// Run one message through the core and carry out the outcome.
 async fn dispatch(core: &Core, senders: &Senders, log: &DecisionLog, inbound: Inbound) {
-    let outcome = core.handle(&inbound, Instant::now(), &|id, peer| {
+    let started = Instant::now();
+    let outcome = core.handle(&inbound, started, &|id, peer| {
         senders.connections.is_open_to(id, peer)
     });
-    let Err((to, e)) = carry_out(core, senders, log, &inbound, outcome).await else {
+    let upstream_bound = matches!(
+        &outcome.send,
+        Some(Outbound {
+            to: Destination::Upstream,
+            ..
+        })
+    );
+    let carried_out = carry_out(core, senders, log, &inbound, outcome).await;
+    core.metrics().observe_handling(started.elapsed());
+    let Err((to, e)) = carried_out else {
+        if upstream_bound {
+            core.metrics().note_upstream_sent();
+        }
         return;
     };
     warn!(error = %e, destination = ?to, "send failed");
     core.metrics().count_drop(DropReason::SendFailed);
     if to == Destination::Upstream {
+        core.metrics()
+            .count_upstream_send_failure(senders.upstream.transport, e.to_string());
         let answer = core.upstream_unavailable(&inbound, Instant::now());
         if let Err((_, e)) = carry_out(core, senders, log, &inbound, answer).await {
             warn!(error = %e, source = %inbound.source, "503 not sent");
@@ -302,12 +386,15 @@ pub async fn run(config: Config) -> Result<(), AppError> {
     let (decision_log, log_writer) = DecisionLog::open(&config.settings.decision_log)?;
     let bound = bind(&config).await?;
     let shutdown = CancellationToken::new();
+    // One pending reload is enough: SIGHUPs during a reload fold into it.
+    let (reload_tx, reloads) = mpsc::channel(1);
     tokio::spawn(handle_signals(
         signals,
         decision_log.clone(),
+        reload_tx,
         shutdown.clone(),
     ));
-    let served = serve(config, bound, decision_log, shutdown).await;
+    let served = serve_reloading(config, bound, decision_log, shutdown, Some(reloads)).await;
     close_decision_log(log_writer).await;
     served.map(drop)
 }
@@ -335,12 +422,19 @@ async fn close_decision_log(writer: LogWriter) {
     }
 }
 
-/// SIGHUP reopens the decision log (logrotate); SIGTERM or SIGINT cancels
-/// `shutdown`.
-async fn handle_signals(mut signals: Signals, log: DecisionLog, shutdown: CancellationToken) {
+/// SIGHUP asks for a config reload and reopens the decision log
+/// (logrotate); SIGTERM or SIGINT cancels `shutdown`.
+async fn handle_signals(
+    mut signals: Signals,
+    log: DecisionLog,
+    reload: mpsc::Sender<()>,
+    shutdown: CancellationToken,
+) {
     loop {
         match signals.next().await {
             Signal::Hangup => {
+                // Full: a reload is pending and will read the file anew.
+                let _ = reload.try_send(());
                 // Waited for on its own task: a writer stuck on a pipe must
                 // not keep SIGTERM from being handled.
                 let reopened = log.reopen();

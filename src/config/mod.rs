@@ -59,6 +59,22 @@ pub enum ConfigError {
     },
 }
 
+impl ConfigError {
+    /// Every problem, each with its key path. A file that cannot be read or
+    /// parsed is one problem named by the file's path.
+    pub fn problems(&self) -> Vec<Problem> {
+        match self {
+            Self::Read { path, source } => {
+                vec![Problem::from_error(path.display().to_string(), source)]
+            }
+            Self::Syntax { path, message } => {
+                vec![Problem::new(path.display().to_string(), message.clone())]
+            }
+            Self::Invalid { problems, .. } => problems.clone(),
+        }
+    }
+}
+
 /// Command-line values: each replaces the file's value before validation,
 /// and a problem in it is named by its flag (`--listen[0]`, `--upstream`,
 /// `--decision-log`), not by the file's key.
@@ -72,6 +88,8 @@ pub struct Overrides {
     pub mode: Option<Mode>,
     /// Replaces `proxy.decision_log`.
     pub decision_log: Option<String>,
+    /// Replaces `admin.listen` (`--admin IP:PORT`).
+    pub admin: Option<String>,
 }
 
 /// Validated limits.
@@ -100,6 +118,9 @@ pub struct Config {
     pub settings: Settings,
     /// What a live reload may swap while the proxy runs.
     pub runtime: RuntimeConfig,
+    /// The command-line values it was loaded with (a reload applies them
+    /// again, so a flag keeps winning over the file).
+    pub overrides: Overrides,
 }
 
 /// The part of the config that only a restart can change: sockets, the
@@ -123,6 +144,33 @@ pub struct Settings {
     pub limits: Limits,
     /// `[tls]`: certificates, versions and ciphers (defaults when absent).
     pub tls: TlsSettings,
+    /// The admin HTTP listener (`admin.listen` or `--admin`), if any.
+    pub admin: Option<std::net::SocketAddr>,
+}
+
+impl Settings {
+    /// The keys of the settings that differ between `self` (running) and
+    /// `new`: what a reload cannot apply without a restart. The TLS
+    /// settings are left out: the TLS listener re-reads them itself.
+    pub fn needing_restart(&self, new: &Self) -> Vec<&'static str> {
+        let mut changed = Vec::new();
+        let mut check = |key: &'static str, differs: bool| {
+            if differs {
+                changed.push(key);
+            }
+        };
+        check("proxy.listen", self.listen != new.listen);
+        check("proxy.upstream", self.upstream != new.upstream);
+        check(
+            "proxy.upstream_sources",
+            self.upstream_sources != new.upstream_sources,
+        );
+        check("proxy.decision_log", self.decision_log != new.decision_log);
+        check("proxy.flow_secret", self.flow_secret != new.flow_secret);
+        check("limits", self.limits != new.limits);
+        check("admin.listen", self.admin != new.admin);
+        changed
+    }
 }
 
 /// The part of the config a live reload may swap: how clients are
@@ -435,6 +483,26 @@ fn validate(
 
     let tls = tls::validate(&raw.tls, base, &mut problems);
 
+    let admin = Given::pick(
+        "--admin",
+        overrides.admin.as_deref(),
+        "admin.listen",
+        raw.admin.listen.as_deref(),
+    )
+    .and_then(|given| match given.value.parse::<std::net::SocketAddr>() {
+        Ok(addr) => Some(addr),
+        Err(_) => {
+            problems.push(Problem {
+                key: given.key,
+                message: format!(
+                    "{:?} is not IP:PORT (e.g. 127.0.0.1:9464, [::1]:9464)",
+                    given.value
+                ),
+            });
+            None
+        }
+    });
+
     match (catalog, problems.is_empty()) {
         (Some(catalog), true) => Ok(Config {
             path: path.to_owned(),
@@ -453,7 +521,9 @@ fn validate(
                     upstream_retry_after_secs: l.upstream_retry_after_secs,
                 },
                 tls,
+                admin,
             },
+            overrides: overrides.clone(),
             runtime: RuntimeConfig {
                 catalog,
                 catalog_source,

@@ -14,7 +14,7 @@ use tracing::warn;
 use super::flow::TokenError;
 use super::request::{Admission, RequestCtx};
 use super::{Core, Destination, Outbound, Outcome, Subject, Text};
-use crate::observe::metrics::{DropReason, Metrics};
+use crate::observe::metrics::DropReason;
 use crate::policy::{Action, Reply, SessionRole};
 use crate::sip::{response, HeaderName, Method, SipError};
 use crate::transport::Transport;
@@ -142,6 +142,17 @@ impl Refusal<'_> {
         }
     }
 
+    /// The `sipadmit_parse_errors_total` reason, when the request was
+    /// refused as invalid.
+    fn parse_error(&self) -> Option<&'static str> {
+        match self {
+            Self::Malformed(e) => Some(e.label()),
+            Self::TooLarge => Some("too_large"),
+            Self::TooManyHeaders => Some("too_many_headers"),
+            _ => None,
+        }
+    }
+
     /// The detail a log line adds, if any.
     fn detail(&self) -> Option<&'static str> {
         match self {
@@ -185,6 +196,9 @@ impl Core {
         .iter()
         .all(|&h| view.header(h).is_some());
         let answered = formable && ctx.method != Method::Ack;
+        if let Some(reason) = refusal.parse_error() {
+            self.metrics.count_parse_error(reason);
+        }
         let status = refusal.status();
         let reason = refusal.reason();
         warn!(
@@ -237,7 +251,6 @@ impl Core {
                 extra.push(("Unsupported", &unsupported));
             }
             Refusal::Policy { reply, .. } => {
-                Metrics::inc(&self.metrics.rejected);
                 warning = reply.warning_for(&subject.client.name);
                 if let Some(w) = &warning {
                     extra.push(("Warning", w));
@@ -250,7 +263,6 @@ impl Core {
             }
             _ => {}
         }
-        Metrics::inc(&self.metrics.local_responses);
         let bytes = response::build(
             view,
             status,

@@ -11,7 +11,7 @@ use tracing::{debug, warn};
 
 use super::flow::{Flow, Purpose};
 use super::{Core, Destination, Inbound, OpenConnection, Outbound, Outcome, FLOW_PARAM};
-use crate::observe::metrics::{DropReason, Metrics};
+use crate::observe::metrics::DropReason;
 use crate::sip::edit::{first_value, Edits};
 use crate::sip::{HeaderName, SipView};
 
@@ -87,7 +87,6 @@ impl Core {
                 format!("Content-Length: {}\r\n", view.body().len()),
             );
         }
-        Metrics::inc(&self.metrics.responses_relayed);
         Outcome {
             send: Some(Outbound {
                 to: destination,
