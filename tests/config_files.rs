@@ -544,3 +544,33 @@ private_key = "server.key"
     assert_eq!(problem_keys(&err), ["tls.min_version"]);
     assert!(err.to_string().contains("@SECLEVEL=0"), "{err}");
 }
+
+#[test]
+fn a_reload_names_the_restart_only_settings_that_changed() {
+    let load = |text: &str| {
+        Config::from_toml_str(text, &config_dir().join("x.toml"), &Overrides::default())
+            .unwrap_or_else(|e| panic!("{e}"))
+    };
+    let running = load("[proxy]\nupstream = \"udp:127.0.0.1:5070\"\n");
+    let same = load("[proxy]\nupstream = \"udp:127.0.0.1:5070\"\nmode = \"monitor\"\n");
+    assert!(
+        running.settings.needing_restart(&same.settings).is_empty(),
+        "the mode is applied by a reload"
+    );
+    let changed = load(
+        "[proxy]\nupstream = \"tcp:127.0.0.1:5070\"\nlisten = [\"udp:127.0.0.1:5062\"]\n\
+         flow_secret = \"0123456789abcdef0123\"\n[limits]\nmax_headers = 100\n\
+         [admin]\nlisten = \"127.0.0.1:9464\"\n",
+    );
+    assert_eq!(
+        running.settings.needing_restart(&changed.settings),
+        [
+            "proxy.listen",
+            "proxy.upstream",
+            // (the default sources, the upstream's IP:PORT, did not change)
+            "proxy.flow_secret",
+            "limits",
+            "admin.listen"
+        ]
+    );
+}
