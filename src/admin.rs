@@ -33,9 +33,10 @@ const MAX_CONNECTIONS: usize = 32;
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long `/readyz` waits for a connection to a stream upstream.
 const UPSTREAM_PROBE_TIMEOUT: Duration = Duration::from_secs(1);
-/// A failed send to a UDP upstream makes `/readyz` fail for this long
-/// (unless a send succeeds meanwhile): UDP has no connection to probe.
-pub const UDP_FAILURE_WINDOW: Duration = Duration::from_secs(30);
+/// A message not delivered to the upstream (a failed UDP send, a connect
+/// of the stream link that failed) makes `/readyz` fail for this long,
+/// 30 s, unless one is delivered meanwhile.
+pub const UPSTREAM_FAILURE_WINDOW: Duration = Duration::from_secs(30);
 
 /// What the admin endpoints read: the serving instance's parts.
 #[derive(Debug, Clone)]
@@ -143,6 +144,10 @@ pub fn metrics_text(state: &AdminState) -> String {
             .map(|&t| (t, state.connections.count(t)))
             .collect(),
         registrations: state.core.registrations().len(),
+        registrations_pending: state.core.registrations().pending(),
+        registration_table_bytes: state.core.registrations().accounted_bytes(),
+        transactions: state.core.transactions().len(),
+        transaction_table_bytes: state.core.transactions().accounted_bytes(),
         decision_records_dropped: state.decision_log.dropped(),
         config_generation: state.core.generation(),
     };
@@ -150,9 +155,11 @@ pub fn metrics_text(state: &AdminState) -> String {
 }
 
 /// Why the instance is not ready, or `None` when every listener is bound
-/// and the upstream is reachable: for a stream upstream, a connection to it
-/// can be made now; for a UDP upstream, no send to it failed in the last
-/// [`UDP_FAILURE_WINDOW`] without a successful one since.
+/// and the upstream is reachable: no message failed to reach it in the last
+/// [`UPSTREAM_FAILURE_WINDOW`] without one delivered since (as the
+/// dispatcher and the stream upstream's link report it), and, for a stream
+/// upstream, a connection to it can be made now (the link itself connects
+/// only when it has a message to send).
 pub async fn not_ready(state: &AdminState) -> Option<String> {
     if state.shutdown.is_cancelled() {
         return Some("stopping".into());
@@ -161,6 +168,16 @@ pub async fn not_ready(state: &AdminState) -> Option<String> {
         return Some("no SIP listener is bound".into());
     }
     let upstream = state.upstream;
+    if let Some(failure) = state.metrics.upstream_failure() {
+        let ago = failure.at.elapsed();
+        if ago < UPSTREAM_FAILURE_WINDOW {
+            return Some(format!(
+                "upstream {upstream} not reachable: {} ({} s ago, nothing delivered since)",
+                failure.error,
+                ago.as_secs()
+            ));
+        }
+    }
     if upstream.transport.is_stream() {
         let probe = tokio::time::timeout(UPSTREAM_PROBE_TIMEOUT, TcpStream::connect(upstream.addr));
         return match probe.await {
@@ -172,15 +189,7 @@ pub async fn not_ready(state: &AdminState) -> Option<String> {
             )),
         };
     }
-    let failure = state.metrics.upstream_failure()?;
-    let ago = failure.at.elapsed();
-    (ago < UDP_FAILURE_WINDOW).then(|| {
-        format!(
-            "upstream {upstream}: sending failed {} s ago ({}), nothing sent since",
-            ago.as_secs(),
-            failure.error
-        )
-    })
+    None
 }
 
 fn text(status: StatusCode, body: impl Into<String>) -> Response<Full<Bytes>> {

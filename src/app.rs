@@ -1,9 +1,14 @@
 //! The one place that wires the stages: bind sockets, start the transport
-//! tasks, run the dispatcher (view → classify → decide → act), submit
-//! decision records to the log writer, sweep registrations, start the admin
-//! listener ([`crate::admin`]), handle signals (SIGHUP reloads the config,
-//! see [`crate::reload`], and reopens the decision log; SIGTERM and SIGINT
-//! stop, within a bounded time), stop on shutdown.
+//! tasks (UDP loops, the stream accept loops, the upstream link), run the
+//! dispatcher (view → classify → decide → act) over the transports'
+//! events, submit decision records to the log writer, sweep registrations,
+//! start the admin listener ([`crate::admin`]), handle signals (SIGHUP
+//! reloads the config, see [`crate::reload`], and reopens the decision log;
+//! SIGTERM and SIGINT stop, within a bounded time), stop on shutdown.
+//!
+//! The dispatcher never waits for a connection: the stream upstream is a
+//! link task with a queue, and what it cannot deliver comes back as an
+//! event, answered `503`.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -13,7 +18,7 @@ use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::admin::{self, AdminState};
 use crate::config::{Config, Endpoint};
@@ -21,14 +26,16 @@ use crate::observe::decision_log::{DecisionLogError, SHUTDOWN_DEADLINE};
 use crate::observe::metrics::{DropReason, Metrics};
 use crate::observe::{DecisionLog, LogWriter};
 use crate::proxy::flow::FlowSigner;
-use crate::proxy::{Core, Destination, Inbound, Outbound};
+use crate::proxy::{Core, Destination, Inbound, Outbound, Outcome};
 use crate::reload::Reloader;
-use crate::transport::tcp::{self, ConnectionContext, UpstreamLink};
-use crate::transport::{udp, BootId, Connections, Senders};
-use crate::transport::{SendError, Transport};
+use crate::transport::stream::{self, Listener};
+use crate::transport::upstream::{LinkSettings, UpstreamLink};
+use crate::transport::{udp, BootId, Connections, Senders, TransportContext, UdpListener};
+use crate::transport::{Event, Fault, SendError, Transport, UpstreamSender};
 
-/// Inbound messages queued between transports and the dispatcher.
-const INBOUND_QUEUE: usize = 4096;
+/// Events (inbound messages, undelivered ones) queued between the
+/// transports and the dispatcher.
+const EVENT_QUEUE: usize = 4096;
 /// How often expired registrations are swept.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(30);
 
@@ -187,12 +194,14 @@ pub async fn serve_reloading(
         .map(|(_, a)| (Transport::Udp, *a))
         .chain(tcp_listeners.iter().map(|(_, a)| (Transport::Tcp, *a)))
         .collect();
-    if !addresses.iter().any(|(t, _)| *t == upstream.transport) {
+    // What arrives on the link to a stream upstream counts as arriving at
+    // the first listener of its transport.
+    let Some(upstream_local) = core_address(&addresses, upstream.transport) else {
         return Err(AppError::NoListenerForUpstream(
             upstream,
             upstream.transport,
         ));
-    }
+    };
     let signer = match &config.settings.flow_secret {
         Some(secret) => FlowSigner::new(secret.as_bytes()),
         None => {
@@ -216,46 +225,51 @@ pub async fn serve_reloading(
         addresses.clone(),
         metrics.clone(),
     ));
-    let (inbound_tx, mut inbound_rx) = mpsc::channel::<Inbound>(INBOUND_QUEUE);
+    let (events_tx, mut events) = mpsc::channel::<Event>(EVENT_QUEUE);
     let connections = Arc::new(Connections::default());
-    let ctx = ConnectionContext {
+    let ctx = Arc::new(TransportContext {
         connections: connections.clone(),
-        inbound: inbound_tx.clone(),
+        events: events_tx,
         limits: settings.limits,
         metrics: metrics.clone(),
         shutdown: shutdown.clone(),
         slots: Arc::new(tokio::sync::Semaphore::new(settings.limits.max_connections)),
-        upstream_ip: (upstream.transport == Transport::Tcp).then(|| upstream.addr.ip()),
-    };
+        upstream_sources: settings.upstream_sources.clone(),
+    });
+    let udp_listeners: Vec<UdpListener> = udp_sockets
+        .into_iter()
+        .map(|(socket, local)| UdpListener { socket, local })
+        .collect();
     let senders = Senders {
-        udp: bound.udp.clone(),
+        udp: udp_listeners.clone(),
         connections: connections.clone(),
-        upstream,
-        // The TCP listener the link's messages count as arriving at (there
-        // is one: checked above).
-        upstream_tcp: match (upstream.transport, core_address(&addresses, Transport::Tcp)) {
-            (Transport::Tcp, Some(local)) => {
-                Some(UpstreamLink::new(upstream.addr, local, ctx.clone()))
-            }
-            _ => None,
+        upstream: if upstream.transport.is_stream() {
+            UpstreamSender::Stream(UpstreamLink::spawn(
+                upstream.transport,
+                upstream.addr,
+                upstream_local,
+                LinkSettings::DEFAULT,
+                ctx.clone(),
+            ))
+        } else {
+            UpstreamSender::Datagram(upstream.addr)
         },
     };
 
     let mut tasks = JoinSet::new();
-    for (socket, local) in udp_sockets {
-        tasks.spawn(udp::serve(
-            socket,
-            local,
-            upstream.addr,
-            inbound_tx.clone(),
-            metrics.clone(),
-            shutdown.clone(),
-        ));
+    for listener in udp_listeners {
+        tasks.spawn(udp::serve(listener, ctx.clone()));
     }
     for (listener, local) in tcp_listeners {
-        tasks.spawn(tcp::serve(listener, local, ctx.clone()));
+        let at = Listener {
+            transport: Transport::Tcp,
+            local,
+        };
+        // Plain TCP: the accepted stream is the SIP stream.
+        let open = |tcp| std::future::ready(Some(tcp));
+        tasks.spawn(stream::accept(listener, at, ctx.clone(), open));
     }
-    drop(inbound_tx);
+    drop(ctx);
     for (transport, addr) in &addresses {
         info!(%transport, %addr, upstream = %upstream, mode = mode.as_str(), boot = %boot, "listening");
     }
@@ -290,8 +304,8 @@ pub async fn serve_reloading(
                     info!(removed, "expired registrations swept");
                 }
             }
-            message = inbound_rx.recv() => match message {
-                Some(message) => dispatch(&core, &senders, &decision_log, message).await,
+            event = events.recv() => match event {
+                Some(event) => dispatch(&core, &senders, &decision_log, event).await,
                 None => break,
             },
         }
@@ -313,46 +327,81 @@ fn core_address(addresses: &[(Transport, SocketAddr)], transport: Transport) -> 
         .map(|(_, a)| *a)
 }
 
-/// Run one message through the core and carry out the outcome.
-async fn dispatch(core: &Core, senders: &Senders, log: &DecisionLog, inbound: Inbound) {
-    let started = Instant::now();
-    let outcome = core.handle(&inbound, started, &|id, peer| {
-        senders.connections.is_open_to(id, peer)
-    });
-    let upstream_bound = matches!(
-        &outcome.send,
-        Some(Outbound {
-            to: Destination::Upstream,
-            ..
-        })
-    );
-    let carried_out = carry_out(core, senders, log, &inbound, outcome).await;
-    core.metrics().observe_handling(started.elapsed());
-    let Err((to, e)) = carried_out else {
-        if upstream_bound {
-            core.metrics().note_upstream_sent();
+/// Handle one event of the transports.
+async fn dispatch(core: &Core, senders: &Senders, log: &DecisionLog, event: Event) {
+    match event {
+        Event::Received(inbound) => {
+            let started = Instant::now();
+            let outcome = core.handle(&inbound, started, &|id, peer| {
+                senders.connections.is_open_to(id, peer)
+            });
+            // A datagram sent is delivered as far as UDP can tell; the
+            // stream link notes its own deliveries.
+            let to_udp_upstream = matches!(senders.upstream, UpstreamSender::Datagram(_))
+                && matches!(
+                    &outcome.send,
+                    Some(Outbound {
+                        to: Destination::Upstream,
+                        ..
+                    })
+                );
+            let carried_out = carry_out(senders, log, &inbound, outcome, core.boot()).await;
+            core.metrics().observe_handling(started.elapsed());
+            match carried_out {
+                Ok(()) if to_udp_upstream => core.metrics().note_upstream_sent(),
+                Ok(()) => {}
+                Err((to, e)) => {
+                    Fault::of_send(&e).report(core.metrics(), None, &e);
+                    not_delivered(core, senders, log, &inbound, &to, &e).await;
+                }
+            }
         }
-        return;
-    };
-    warn!(error = %e, destination = ?to, "send failed");
-    core.metrics().count_drop(DropReason::SendFailed);
-    if to == Destination::Upstream {
-        core.metrics()
-            .count_upstream_send_failure(senders.upstream.transport, e.to_string());
-        let answer = core.upstream_unavailable(&inbound, Instant::now());
-        if let Err((_, e)) = carry_out(core, senders, log, &inbound, answer).await {
-            warn!(error = %e, source = %inbound.source, "503 not sent");
+        // The link reported its connect failure once; each message is
+        // counted and, if a request, answered here.
+        Event::Undelivered { inbound, error } => {
+            debug!(source = %inbound.source, error = %error, "not delivered to the upstream");
+            not_delivered(core, senders, log, &inbound, &Destination::Upstream, &error).await;
         }
     }
 }
 
-/// Submit an outcome's record and send what it says.
-async fn carry_out(
+/// A message could not be sent to `to` (`error` says why): counted; for
+/// the registrar, also counted by the upstream's transport and remembered
+/// for `/readyz` until a message is delivered to it, and a request is
+/// answered `503` with Retry-After (logged and recorded by the core).
+async fn not_delivered(
     core: &Core,
     senders: &Senders,
     log: &DecisionLog,
     inbound: &Inbound,
-    mut outcome: crate::proxy::Outcome,
+    to: &Destination,
+    error: &SendError,
+) {
+    core.metrics().count_drop(DropReason::SendFailed);
+    if *to != Destination::Upstream {
+        return;
+    }
+    core.metrics()
+        .count_upstream_send_failure(senders.upstream.transport(), error.to_string());
+    // A response has no one to answer it.
+    if inbound.bytes.starts_with(b"SIP/") {
+        return;
+    }
+    let answer = core.upstream_unavailable(inbound, Instant::now());
+    if let Err((_, e)) = carry_out(senders, log, inbound, answer, core.boot()).await {
+        Fault::of_send(&e).report(core.metrics(), Some(inbound.source), &e);
+    }
+}
+
+/// Submit an outcome's record and send what it says (never waiting for a
+/// connection). `boot` is this instance's: only its stream flows are
+/// written to.
+async fn carry_out(
+    senders: &Senders,
+    log: &DecisionLog,
+    inbound: &Inbound,
+    mut outcome: Outcome,
+    boot: BootId,
 ) -> Result<(), (Destination, SendError)> {
     if let Some(record) = outcome.record.take() {
         log.submit(record);
@@ -361,20 +410,25 @@ async fn carry_out(
         return Ok(());
     };
     let result = match &to {
+        // Back where it came from: the same connection, or the same UDP socket.
         Destination::Source => match inbound.connection {
             Some(id) => senders.connections.send(id, inbound.source, bytes),
-            None => senders.send_udp(inbound.source, &bytes).await,
+            None => {
+                senders
+                    .send_datagram(Some(inbound.local), inbound.source, &bytes)
+                    .await
+            }
         },
         Destination::Flow(flow) if flow.transport.is_stream() => match flow.connection {
-            Some(id) if id.boot == core.boot() => {
+            Some(id) if id.boot == boot => {
                 senders.connections.send(id.connection, flow.peer, bytes)
             }
             // The core names only stream flows of this instance; never
             // write another instance's flow onto a connection of ours.
             _ => Err(SendError::ForeignFlow(flow.peer)),
         },
-        Destination::Flow(flow) => senders.send_udp(flow.peer, &bytes).await,
-        Destination::Upstream => senders.send_upstream(bytes).await,
+        Destination::Flow(flow) => senders.send_datagram(None, flow.peer, &bytes).await,
+        Destination::Upstream => senders.send_upstream(bytes, inbound).await,
     };
     result.map_err(|e| (to, e))
 }

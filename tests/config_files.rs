@@ -573,4 +573,19 @@ fn a_reload_names_the_restart_only_settings_that_changed() {
             "admin.listen"
         ]
     );
+    // The table bounds are limits too: restart-only.
+    for key in [
+        "max_contacts_per_register = 4",
+        "registration_table_bytes = 2097152",
+        "transaction_table_bytes = 2097152",
+    ] {
+        let bounded = load(&format!(
+            "[proxy]\nupstream = \"udp:127.0.0.1:5070\"\n[limits]\n{key}\n"
+        ));
+        assert_eq!(
+            running.settings.needing_restart(&bounded.settings),
+            ["limits"],
+            "{key}"
+        );
+    }
 }

@@ -420,3 +420,36 @@ fn after_a_restart_an_offer_to_an_old_tcp_flow_gets_430_and_reaches_no_one_else(
     assert_eq!(refused["rule"], "proxy.flow-failed");
     assert_eq!(refused["action"], "reject");
 }
+
+#[test]
+fn a_tcp_client_on_the_registrars_host_registers_through_a_tcp_upstream() {
+    // Kamailio is a TCP upstream on 127.0.0.1; SIPp registers over TCP from
+    // 127.0.0.1 too, on another port: it is a client (on main, any TCP peer
+    // with the upstream's IP was the registrar, and the REGISTER got 404).
+    if common::external::require_tool("sipp").is_none() {
+        return;
+    }
+    let Some(kam) = Kamailio::try_start(KamailioOptions::default()) else {
+        return;
+    };
+    let proxy = TestProxy::start(CONFIG, "127.0.0.1", &kam.upstream_tcp());
+    Sipp::register("alice", UA_LYNC_2013, 200)
+        .tcp()
+        .remote(proxy.tcp)
+        .label("tcp-client-on-the-registrar-host")
+        .run_with_timeout(RUN)
+        .assert_success();
+    // Kamailio got it from sipadmit, over sipadmit's own TCP connection.
+    let registers = kam.log_lines("REQ REGISTER");
+    assert_eq!(registers.len(), 1, "{}", kam.log());
+    assert!(
+        registers[0].contains("src=tcp:127.0.0.1:"),
+        "{}",
+        registers[0]
+    );
+    let records = proxy.records();
+    let r = record(&records, "REGISTER", "contoso.com", "lync-2013");
+    assert_eq!(r["action"], "allow", "{r}");
+    assert_eq!(r["transport"], "tcp", "{r}");
+    assert!(r["status"].is_null(), "relayed, not answered: {r}");
+}

@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use sipadmit::proxy::{Core, Inbound, DETACHED_ADDRESS, FUZZ_CONFIG};
-use sipadmit::sip::framing::StreamFramer;
+use sipadmit::sip::framing::{Decoder, SipCodec};
 use sipadmit::sip::{HeaderName, SipView};
 use sipadmit::transport::{ConnectionId, Transport};
 
@@ -139,7 +139,7 @@ fn framer_and_view_never_panic() {
         let input = mutate(&mut rng, &seeds[i % seeds.len()]);
         exercise_view(&input);
         // The same bytes as a stream, in random chunks, twice in a row.
-        let mut framer = StreamFramer::new(8192);
+        let mut codec = SipCodec::new(8192);
         let mut buf = BytesMut::new();
         let stream = [input.as_slice(), input.as_slice()].concat();
         let mut pos = 0;
@@ -148,13 +148,14 @@ fn framer_and_view_never_panic() {
             buf.extend_from_slice(&stream[pos..(pos + n).min(stream.len())]);
             pos += n;
             loop {
-                match framer.decode(&mut buf) {
+                match codec.decode(&mut buf) {
                     Ok(Some(_)) => {}
                     Ok(None) => break,
                     Err(_) => break 'stream,
                 }
             }
         }
+        while let Ok(Some(_)) = codec.decode_eof(&mut buf) {}
     }
 }
 

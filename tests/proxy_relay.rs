@@ -273,8 +273,8 @@ fn mobile_caller_rejected_retransmission_same_answer_ack_absorbed() {
     let records = proxy.records();
     assert_eq!(
         records.len(),
-        2,
-        "one record per INVITE, none for the absorbed ACK"
+        1,
+        "one record per transaction (the retransmission is answered again, not recorded again), none for the absorbed ACK"
     );
     assert_eq!(records[0]["status"], 403);
 }
@@ -1111,4 +1111,165 @@ fn an_agent_offer_is_flagged_once_and_only_on_the_leg_toward_the_agent() {
         .unwrap_or_else(|| panic!("{records:#?}"));
     assert_eq!(leg1["client"], "response-group-service");
     assert_eq!(leg1["action"], "allow");
+}
+
+/// A TCP listener on 127.0.0.1 that connects hang on: its accept queue
+/// (backlog 0) is full with one connection that is never accepted, so the
+/// kernel drops further SYNs. Returns it with the connection filling it;
+/// checks that a connect to it really hangs.
+fn stalled_listener() -> (std::net::TcpListener, TcpStream) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .unwrap();
+    let listener = rt
+        .block_on(async {
+            let socket = tokio::net::TcpSocket::new_v4()?;
+            socket.bind("127.0.0.1:0".parse().unwrap())?;
+            socket.listen(0)?.into_std()
+        })
+        .unwrap();
+    let addr = listener.local_addr().unwrap();
+    let filler = TcpStream::connect(addr).unwrap();
+    let probe = TcpStream::connect_timeout(&addr, Duration::from_millis(300));
+    assert!(
+        probe
+            .as_ref()
+            .is_err_and(|e| e.kind() == std::io::ErrorKind::TimedOut),
+        "precondition: a connect to a full accept queue hangs on this machine ({probe:?})"
+    );
+    (listener, filler)
+}
+
+#[test]
+fn a_stalled_upstream_connect_blocks_no_one() {
+    // The TCP registrar takes no connections: the link's connect hangs
+    // until its timeout (2 s) ...
+    let (registrar, _filler) = stalled_listener();
+    let reg_addr = registrar.local_addr().unwrap();
+    let proxy = TestProxy::start(CONFIG, "127.0.0.1", &format!("tcp:{reg_addr}"));
+    let client = udp("127.0.0.1");
+    let me = client.local_addr().unwrap();
+    let register = Msg::new("REGISTER", "sip:contoso.com", "stalled", LYNC);
+    client
+        .send_to(register.render(me).as_bytes(), proxy.udp)
+        .unwrap();
+    // ... and meanwhile the dispatcher goes on: every request it answers
+    // itself is answered before the REGISTER's 503 (on main, dispatch
+    // awaited the connect: the 503 came first).
+    for i in 0..20 {
+        let mut options = Msg::new("OPTIONS", "sip:bob@contoso.com", "busy", LYNC);
+        options.branch = format!("z9hG4bK-busy-{i}");
+        options.call_id = format!("busy-{i}@test");
+        let text = options
+            .render(me)
+            .replace("Max-Forwards: 70", "Max-Forwards: 0");
+        client.send_to(text.as_bytes(), proxy.udp).unwrap();
+        let (resp, _) = recv(&client);
+        assert!(
+            resp.starts_with("SIP/2.0 483 "),
+            "answered while the upstream connect hangs: {resp}"
+        );
+        assert_eq!(header(&resp, "Call-ID"), [options.call_id.as_str()]);
+    }
+    // The connect times out: the REGISTER is answered 503 with Retry-After.
+    client
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let (resp, _) = recv(&client);
+    assert!(resp.starts_with("SIP/2.0 503 "), "{resp}");
+    assert_eq!(header(&resp, "Call-ID"), [register.call_id.as_str()]);
+    assert_eq!(header(&resp, "Retry-After"), ["30"]);
+    let records = proxy.records();
+    let r = records
+        .iter()
+        .find(|r| r["status"] == 503)
+        .unwrap_or_else(|| panic!("{records:#?}"));
+    assert_eq!(r["rule"], "proxy.upstream-unavailable");
+    assert_eq!(r["method"], "REGISTER");
+}
+
+/// An INVITE from a registrar node at `from`, for the client at `target`,
+/// without a Route: where it goes depends on whether `from` is the registrar.
+fn registrar_invite(from: SocketAddr, target: SocketAddr, via: &str, call_id: &str) -> String {
+    format!(
+        "INVITE sip:agent-x@{target} SIP/2.0\r\nVia: SIP/2.0/{via} {from};branch=z9hG4bK-{call_id}\r\nMax-Forwards: 70\r\nFrom: <sip:helpdesk@contoso.com>;tag=node\r\nTo: <sip:agent-x@contoso.com>\r\nCall-ID: {call_id}\r\nCSeq: 1 INVITE\r\nUser-Agent: {RGS}\r\nContent-Length: 0\r\n\r\n"
+    )
+}
+
+#[test]
+fn upstream_sources_networks_make_their_requests_registrar_requests() {
+    let upstream = udp("127.0.0.1");
+    let agent = udp("127.0.0.1");
+    let target = agent.local_addr().unwrap();
+    // Another node of the registrar's pool, on another port.
+    let node = udp("127.0.0.1");
+    let from = node.local_addr().unwrap();
+
+    // By default only the upstream's IP:PORT is the registrar: the node is
+    // a client, and its request goes to the registrar.
+    let plain = start(&upstream, "");
+    let invite = registrar_invite(from, target, "UDP", "as-client");
+    node.send_to(invite.as_bytes(), plain.udp).unwrap();
+    assert!(recv(&upstream).0.starts_with("INVITE sip:agent-x@"));
+    assert!(quiet(&agent));
+
+    // With the node's network in proxy.upstream_sources its requests are
+    // the registrar's: routed by their Request-URI, to the agent.
+    let up = upstream.local_addr().unwrap();
+    let pooled = TestProxy::start(
+        &CONFIG.replace(
+            "[proxy]\n",
+            "[proxy]\nupstream_sources = [\"127.0.0.0/8\"]\n",
+        ),
+        "127.0.0.1",
+        &format!("udp:{up}"),
+    );
+    let invite = registrar_invite(from, target, "UDP", "as-registrar-udp");
+    node.send_to(invite.as_bytes(), pooled.udp).unwrap();
+    let (at_agent, _) = recv(&agent);
+    assert!(at_agent.starts_with("INVITE sip:agent-x@"), "{at_agent}");
+    assert_eq!(header(&at_agent, "Call-ID"), ["as-registrar-udp"]);
+    // The same over a TCP connection from that network.
+    let mut conn = TcpStream::connect(pooled.tcp).unwrap();
+    let from_tcp = conn.local_addr().unwrap();
+    let invite = registrar_invite(from_tcp, target, "TCP", "as-registrar-tcp");
+    conn.write_all(invite.as_bytes()).unwrap();
+    let (at_agent, _) = recv(&agent);
+    assert_eq!(header(&at_agent, "Call-ID"), ["as-registrar-tcp"]);
+    assert!(quiet(&upstream), "nothing went to the registrar");
+}
+
+#[test]
+fn local_answers_leave_from_the_udp_socket_the_request_arrived_on() {
+    let upstream = udp("127.0.0.1");
+    let up = upstream.local_addr().unwrap();
+    let proxy = TestProxy::start_listening(
+        CONFIG,
+        vec![
+            "udp:127.0.0.1:0".into(),
+            "udp:127.0.0.1:0".into(),
+            "tcp:127.0.0.1:0".into(),
+        ],
+        &format!("udp:{up}"),
+    );
+    let listeners: Vec<SocketAddr> = proxy
+        .addresses
+        .iter()
+        .filter(|(t, _)| *t == sipadmit::transport::Transport::Udp)
+        .map(|(_, a)| *a)
+        .collect();
+    assert_eq!(listeners.len(), 2);
+    let client = udp("127.0.0.1");
+    let me = client.local_addr().unwrap();
+    // A client behind NAT only accepts answers from the address it sent to.
+    for (i, listener) in listeners.iter().enumerate() {
+        let mut m = Msg::new("OPTIONS", "sip:bob@contoso.com", "nat", LYNC);
+        m.branch = format!("z9hG4bK-nat-{i}");
+        let text = m.render(me).replace("Max-Forwards: 70", "Max-Forwards: 0");
+        client.send_to(text.as_bytes(), listener).unwrap();
+        let (resp, from) = recv(&client);
+        assert!(resp.starts_with("SIP/2.0 483 "), "{resp}");
+        assert_eq!(from, *listener, "answered from the socket it was sent to");
+    }
 }

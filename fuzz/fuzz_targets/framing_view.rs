@@ -3,7 +3,7 @@
 
 use bytes::{Bytes, BytesMut};
 use libfuzzer_sys::fuzz_target;
-use sipadmit::sip::framing::StreamFramer;
+use sipadmit::sip::framing::{Decoder, SipCodec};
 use sipadmit::sip::{HeaderName, SipView};
 
 fuzz_target!(|data: &[u8]| {
@@ -14,7 +14,9 @@ fuzz_target!(|data: &[u8]| {
         let _ = view.contacts().count() + view.routes().count() + view.proxy_require().count();
         let _ = view.values(HeaderName::Via).count();
     }
-    let mut framer = StreamFramer::new(65_535);
+    // The stream server's codec, then the end of the stream.
+    let mut codec = SipCodec::new(65_535);
     let mut buf = BytesMut::from(data);
-    while let Ok(Some(_)) = framer.decode(&mut buf) {}
+    while let Ok(Some(_)) = codec.decode(&mut buf) {}
+    while let Ok(Some(_)) = codec.decode_eof(&mut buf) {}
 });

@@ -103,8 +103,15 @@ pub struct Limits {
     pub max_connections: usize,
     /// Idle time after which a TCP connection is closed.
     pub tcp_idle_timeout: Duration,
-    /// Most registrations remembered.
+    /// Most bindings, and most REGISTERs awaiting their response (each),
+    /// entries.
     pub max_registrations: usize,
+    /// Most contacts one REGISTER may name; more is answered 403.
+    pub max_contacts_per_register: usize,
+    /// Most bytes the registration tables hold, both together.
+    pub registration_table_bytes: usize,
+    /// Most bytes the table of recorded transactions holds.
+    pub transaction_table_bytes: usize,
     /// Retry-After of 503 responses when the upstream is unreachable, seconds.
     pub upstream_retry_after_secs: u32,
 }
@@ -365,9 +372,45 @@ fn validate(
         ("limits.max_headers", l.max_headers, 16),
         ("limits.max_connections", l.max_connections, 1),
         ("limits.max_registrations", l.max_registrations, 1),
+        (
+            "limits.max_contacts_per_register",
+            l.max_contacts_per_register,
+            1,
+        ),
+        (
+            "limits.registration_table_bytes",
+            l.registration_table_bytes,
+            1 << 20,
+        ),
+        (
+            "limits.transaction_table_bytes",
+            l.transaction_table_bytes,
+            64 << 10,
+        ),
     ] {
         if value < min {
             problem(key.into(), format!("{value} is below the minimum {min}"));
+        }
+    }
+    for (key, value, max) in [
+        (
+            "limits.max_contacts_per_register",
+            l.max_contacts_per_register,
+            1024,
+        ),
+        (
+            "limits.registration_table_bytes",
+            l.registration_table_bytes,
+            1 << 40,
+        ),
+        (
+            "limits.transaction_table_bytes",
+            l.transaction_table_bytes,
+            1 << 40,
+        ),
+    ] {
+        if value > max {
+            problem(key.into(), format!("{value} is above the maximum {max}"));
         }
     }
     if l.max_connections > 1_000_000 {
@@ -518,6 +561,9 @@ fn validate(
                     max_connections: l.max_connections,
                     tcp_idle_timeout: Duration::from_secs(l.tcp_idle_timeout_secs),
                     max_registrations: l.max_registrations,
+                    max_contacts_per_register: l.max_contacts_per_register,
+                    registration_table_bytes: l.registration_table_bytes,
+                    transaction_table_bytes: l.transaction_table_bytes,
                     upstream_retry_after_secs: l.upstream_retry_after_secs,
                 },
                 tls,

@@ -86,8 +86,23 @@ pub struct RawLimits {
     /// A TCP connection idle this long is closed, seconds. Default 600
     /// (Lync clients send keep-alives every 300 s).
     pub tcp_idle_timeout_secs: u64,
-    /// Most registrations remembered for agent offers. Default 100000.
+    /// Most registrations remembered for agent offers (bindings, and
+    /// REGISTERs awaiting their response, each), entries. Default 100000.
     pub max_registrations: usize,
+    /// Most contacts one REGISTER may name (1..=1024); a REGISTER naming
+    /// more is answered `403 Too Many Contacts`, logged, counted and
+    /// recorded (rule `proxy.too-many-contacts`). Default 16.
+    pub max_contacts_per_register: usize,
+    /// Bytes the registration tables may hold, allocation slack included
+    /// (REGISTERs awaiting their response at most a quarter, bindings the
+    /// rest); when full the oldest entry is evicted. At least 1048576.
+    /// Default 67108864 (64 MiB).
+    pub registration_table_bytes: usize,
+    /// Bytes the table of recorded transactions (which makes a
+    /// retransmission get no second decision record) may hold, 48 bytes a
+    /// transaction for 32 s; when full the oldest is forgotten. At least
+    /// 65536. Default 8388608 (8 MiB).
+    pub transaction_table_bytes: usize,
     /// Retry-After of the 503 sent when the upstream is unreachable, seconds. Default 30.
     pub upstream_retry_after_secs: u32,
 }
@@ -100,6 +115,9 @@ impl Default for RawLimits {
             max_connections: 4096,
             tcp_idle_timeout_secs: 600,
             max_registrations: 100_000,
+            max_contacts_per_register: 16,
+            registration_table_bytes: 64 << 20,
+            transaction_table_bytes: 8 << 20,
             upstream_retry_after_secs: 30,
         }
     }
@@ -281,6 +299,15 @@ impl RawLimits {
                 .get("tcp_idle_timeout_secs")
                 .unwrap_or(d.tcp_idle_timeout_secs),
             max_registrations: s.get("max_registrations").unwrap_or(d.max_registrations),
+            max_contacts_per_register: s
+                .get("max_contacts_per_register")
+                .unwrap_or(d.max_contacts_per_register),
+            registration_table_bytes: s
+                .get("registration_table_bytes")
+                .unwrap_or(d.registration_table_bytes),
+            transaction_table_bytes: s
+                .get("transaction_table_bytes")
+                .unwrap_or(d.transaction_table_bytes),
             upstream_retry_after_secs: s
                 .get("upstream_retry_after_secs")
                 .unwrap_or(d.upstream_retry_after_secs),

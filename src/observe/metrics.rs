@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use crate::transport::Transport;
+use crate::transport::{Fault, Transport, WarningWindow, FAULT_WARNING_INTERVAL};
 
 /// Why a message was not relayed and not answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -159,8 +159,10 @@ impl ReloadResult {
     }
 }
 
-/// The last failed send to the upstream registrar, cleared by the next
-/// successful one: what `/readyz` reports.
+/// The last message that could not be delivered to the upstream registrar
+/// (a failed UDP send, a full queue to the stream link, a message the link
+/// could not deliver), cleared by the next delivery: what `/readyz`
+/// reports.
 #[derive(Debug, Clone)]
 pub struct UpstreamFailure {
     /// When it failed.
@@ -179,7 +181,23 @@ pub struct Metrics {
     /// Messages relayed (sent on toward the registrar or a client), by the
     /// transport they leave on and kind.
     relayed: [[AtomicU64; 2]; TRANSPORTS.len()],
+    /// Requests recognised as retransmissions of a transaction already
+    /// recorded (handled the same way again, not recorded again).
+    pub retransmissions: AtomicU64,
+    /// REGISTERs answered 403 for naming more contacts than
+    /// `limits.max_contacts_per_register`.
+    pub too_many_contacts: AtomicU64,
+    /// REGISTER contacts not learned for want of room in the registration
+    /// tables (a single entry larger than its table's byte bound).
+    pub contacts_not_learned: AtomicU64,
+    /// Pending REGISTERs and bindings evicted (oldest first) because their
+    /// table was full.
+    pub registrations_evicted: AtomicU64,
     drops: [AtomicU64; DropReason::ALL.len()],
+    /// Transport faults, by kind (see [`Fault::report`]).
+    faults: [AtomicU64; Fault::ALL.len()],
+    /// Rate limits of the fault warnings, per kind.
+    fault_warnings: [Mutex<WarningWindow>; Fault::ALL.len()],
     /// Decisions by (action, role, support).
     decisions: Mutex<BTreeMap<[&'static str; 3], u64>>,
     /// Messages refused as unparsable or invalid, by reason.
@@ -200,8 +218,17 @@ pub struct Metrics {
 pub struct Gauges {
     /// Open stream connections (clients and the upstream link), by transport.
     pub connections: Vec<(Transport, usize)>,
-    /// Registrations in the registration table.
+    /// Bindings in the registration table.
     pub registrations: usize,
+    /// REGISTERs relayed upstream and not answered yet.
+    pub registrations_pending: usize,
+    /// Bytes the registration tables account for (bindings, pending
+    /// REGISTERs, client ids).
+    pub registration_table_bytes: usize,
+    /// Transactions remembered (to tell retransmissions apart).
+    pub transactions: usize,
+    /// Bytes the transaction table accounts for.
+    pub transaction_table_bytes: usize,
     /// Decision records dropped because the log writer's queue was full.
     pub decision_records_dropped: u64,
     /// Generation of the runtime configuration in use (1 at start).
@@ -216,6 +243,40 @@ impl Metrics {
     /// Add one to a counter.
     pub fn inc(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Add `n` to a counter.
+    pub fn add(counter: &AtomicU64, n: usize) {
+        counter.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    /// Count one transport fault (see [`Fault::report`], which logs it too).
+    pub fn count_fault(&self, fault: Fault) {
+        let i = Fault::ALL
+            .iter()
+            .position(|f| *f == fault)
+            .expect("every fault is listed");
+        self.faults[i].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Transport faults counted of a kind.
+    pub fn faults(&self, fault: Fault) -> u64 {
+        let i = Fault::ALL
+            .iter()
+            .position(|f| *f == fault)
+            .expect("every fault is listed");
+        self.faults[i].load(Ordering::Relaxed)
+    }
+
+    /// Whether a warning for a fault of this kind at `now` is logged (see
+    /// [`Fault::report`]): `Some(n)` with the `n` held back since the last
+    /// one, or `None`.
+    pub fn fault_warning_due(&self, fault: Fault, now: Instant) -> Option<u64> {
+        let i = Fault::ALL
+            .iter()
+            .position(|f| *f == fault)
+            .expect("every fault is listed");
+        lock(&self.fault_warnings[i]).admit(now, FAULT_WARNING_INTERVAL)
     }
 
     /// Count one drop.
@@ -297,8 +358,8 @@ impl Metrics {
             .unwrap_or(0)
     }
 
-    /// Count a failed send to the upstream (over `transport`) and remember
-    /// it for `/readyz` until the next successful send.
+    /// Count a message not delivered to the upstream (over `transport`) and
+    /// remember why for `/readyz` until the next delivery.
     pub fn count_upstream_send_failure(&self, transport: Transport, error: String) {
         Self::inc(&self.upstream_send_failures[transport_slot(transport)]);
         *lock(&self.upstream_failure) = Some(UpstreamFailure {
@@ -307,7 +368,8 @@ impl Metrics {
         });
     }
 
-    /// A send to the upstream succeeded: forget the last failure.
+    /// A message was delivered to the upstream (a UDP send, or a write
+    /// queued on the stream link's connection): forget the last failure.
     pub fn note_upstream_sent(&self) {
         let mut failure = lock(&self.upstream_failure);
         if failure.is_some() {
@@ -315,12 +377,13 @@ impl Metrics {
         }
     }
 
-    /// The last failed send to the upstream, unless a send succeeded since.
+    /// The last message not delivered to the upstream, unless one was
+    /// delivered since.
     pub fn upstream_failure(&self) -> Option<UpstreamFailure> {
         lock(&self.upstream_failure).clone()
     }
 
-    /// Failed sends to the upstream over a transport.
+    /// Messages not delivered to the upstream over a transport.
     pub fn upstream_send_failures(&self, transport: Transport) -> u64 {
         self.upstream_send_failures[transport_slot(transport)].load(Ordering::Relaxed)
     }
@@ -362,11 +425,13 @@ impl Metrics {
         };
         let drops: u64 = self.drops.iter().map(|c| c.load(Ordering::Relaxed)).sum();
         let local: u64 = lock(&self.local_responses).values().sum();
+        let faults: u64 = self.faults.iter().map(|c| c.load(Ordering::Relaxed)).sum();
         format!(
-            "received {}, relayed {}, local responses {local}, dropped {drops}, keep-alives {}",
+            "received {}, relayed {}, local responses {local}, dropped {drops}, keep-alives {}, retransmissions {}, transport faults {faults}",
             sum(&self.received),
             sum(&self.relayed),
             self.keepalives.load(Ordering::Relaxed),
+            self.retransmissions.load(Ordering::Relaxed),
         )
     }
 
@@ -443,6 +508,43 @@ impl Metrics {
             );
         }
         out.family(
+            "sipadmit_transport_faults_total",
+            "counter",
+            "Faults of one datagram, connection or upstream connect (counted, logged rate-limited, survived), by kind.",
+        );
+        for fault in Fault::ALL {
+            out.sample(
+                "sipadmit_transport_faults_total",
+                &[("kind", fault.as_str())],
+                self.faults(fault),
+            );
+        }
+        for (name, help, counter) in [
+            (
+                "sipadmit_retransmissions_total",
+                "Requests recognised as retransmissions of a transaction already recorded (handled again, not recorded again).",
+                &self.retransmissions,
+            ),
+            (
+                "sipadmit_registers_too_many_contacts_total",
+                "REGISTERs answered 403 for naming more contacts than limits.max_contacts_per_register.",
+                &self.too_many_contacts,
+            ),
+            (
+                "sipadmit_registration_contacts_not_learned_total",
+                "REGISTER contacts not learned for want of room in the registration tables.",
+                &self.contacts_not_learned,
+            ),
+            (
+                "sipadmit_registrations_evicted_total",
+                "Pending REGISTERs and bindings evicted, oldest first, because their table was full.",
+                &self.registrations_evicted,
+            ),
+        ] {
+            out.family(name, "counter", help);
+            out.sample(name, &[], counter.load(Ordering::Relaxed));
+        }
+        out.family(
             "sipadmit_parse_errors_total",
             "counter",
             "Messages refused as unparsable or invalid, by reason.",
@@ -494,6 +596,31 @@ impl Metrics {
             "Registrations held in the registration table (contact to client, for agent offers).",
         );
         out.sample("sipadmit_registrations", &[], gauges.registrations as u64);
+        for (name, help, value) in [
+            (
+                "sipadmit_registrations_pending",
+                "REGISTERs relayed to the registrar and not answered yet.",
+                gauges.registrations_pending,
+            ),
+            (
+                "sipadmit_registration_table_bytes",
+                "Bytes the registration tables account for (bounded by limits.registration_table_bytes plus the client ids).",
+                gauges.registration_table_bytes,
+            ),
+            (
+                "sipadmit_transactions",
+                "Transactions remembered to tell retransmissions apart (the last 32 s).",
+                gauges.transactions,
+            ),
+            (
+                "sipadmit_transaction_table_bytes",
+                "Bytes the transaction table accounts for (bounded by limits.transaction_table_bytes).",
+                gauges.transaction_table_bytes,
+            ),
+        ] {
+            out.family(name, "gauge", help);
+            out.sample(name, &[], value as u64);
+        }
         out.family(
             "sipadmit_decision_records_dropped_total",
             "counter",
@@ -589,9 +716,16 @@ mod tests {
         metrics.count_reload(ReloadResult::Failure);
         metrics.observe_handling(Duration::from_micros(30));
         metrics.observe_handling(Duration::from_secs(1));
+        metrics.count_fault(Fault::UpstreamConnect);
+        Metrics::inc(&metrics.retransmissions);
+        Metrics::add(&metrics.registrations_evicted, 4);
         let text = metrics.render(&Gauges {
             connections: vec![(Transport::Tcp, 2)],
             registrations: 5,
+            registrations_pending: 6,
+            registration_table_bytes: 7,
+            transactions: 8,
+            transaction_table_bytes: 9,
             decision_records_dropped: 0,
             config_generation: 3,
         });
@@ -624,6 +758,16 @@ mod tests {
             "sipadmit_config_generation 3",
             "sipadmit_open_connections{transport=\"tcp\"} 2",
             "sipadmit_registrations 5",
+            "sipadmit_registrations_pending 6",
+            "sipadmit_registration_table_bytes 7",
+            "sipadmit_transactions 8",
+            "sipadmit_transaction_table_bytes 9",
+            "sipadmit_transport_faults_total{kind=\"upstream_connect\"} 1",
+            "sipadmit_transport_faults_total{kind=\"accept\"} 0",
+            "sipadmit_retransmissions_total 1",
+            "sipadmit_registrations_evicted_total 4",
+            "sipadmit_registers_too_many_contacts_total 0",
+            "sipadmit_registration_contacts_not_learned_total 0",
             "sipadmit_message_handling_seconds_bucket{le=\"0.00005\"} 1",
             "sipadmit_message_handling_seconds_bucket{le=\"0.1\"} 1",
             "sipadmit_message_handling_seconds_bucket{le=\"+Inf\"} 2",

@@ -3,7 +3,8 @@
 //! [`Core::handle`] takes one inbound message and returns what to send
 //! where, plus the decision record. It does no I/O: the transports in
 //! [`crate::transport`] feed it and carry out the outcome. State is limited
-//! to the registration table; flows are named by signed tokens.
+//! to the registration tables and the transactions recorded, both bounded
+//! in bytes; flows are named by signed tokens.
 //!
 //! - `request`: a request goes through named phases over one context,
 //!   validate → route → admit → relay; any phase may stop it with a
@@ -12,25 +13,30 @@
 //!   named in that Via's token.
 //! - [`Refusal`] (`refusal.rs`): every answer the proxy gives itself, with
 //!   its SIP response, its log line and its decision record, in one place.
-//! - [`flow`]: signed flow tokens; [`registrations`]: the registration table.
+//! - [`flow`]: signed flow tokens; [`registrations`]: the registration
+//!   tables; [`transactions`]: the transactions recorded, so that a
+//!   retransmission is handled again but not recorded again; both on
+//!   `expiring.rs`, a map with O(1) insert, expiry and eviction.
 //!
 //! The runtime configuration (catalog, Response Group matchers, policy,
 //! flag header) is an [`ArcSwap`] snapshot loaded once per message:
 //! [`Core::publish`] swaps in a new one, and messages already being handled
 //! finish with the one they started with.
 
+mod expiring;
 pub mod flow;
 mod refusal;
 pub mod registrations;
 mod request;
 mod response;
+pub mod transactions;
 
 use std::borrow::Cow;
 use std::fmt;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::Path;
-use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
@@ -45,7 +51,8 @@ use crate::sip::{HeaderName, SipView, Via};
 use crate::transport::{BootId, ConnectionId, FlowId, Transport};
 use flow::{Flow, FlowSigner};
 pub use refusal::{FlowFailure, Refusal};
-use registrations::Registrations;
+use registrations::{RegistrationLimits, Registrations};
+use transactions::{RecordKind, Transactions};
 
 /// Via parameter of the proxy's own Via that carries the client flow token.
 const FLOW_PARAM: &str = "sipadmit-flow";
@@ -173,6 +180,10 @@ pub struct Core {
     /// Scopes this instance's connection ids in flow tokens.
     boot: BootId,
     registrations: Registrations,
+    /// The transactions recorded in the last 32 s.
+    transactions: Transactions,
+    /// Rate limits of the warnings about the registration tables.
+    warnings: RegistrationWarnings,
     /// (transport, address) this proxy is reachable at, as put in Via/Path.
     advertised: Vec<(Transport, SocketAddr)>,
     metrics: Arc<Metrics>,
@@ -193,7 +204,13 @@ impl Core {
             settings, runtime, ..
         } = config;
         Self {
-            registrations: Registrations::new(settings.limits.max_registrations),
+            registrations: Registrations::new(RegistrationLimits {
+                max_entries: settings.limits.max_registrations,
+                table_bytes: settings.limits.registration_table_bytes,
+                max_contacts_per_register: settings.limits.max_contacts_per_register,
+            }),
+            transactions: Transactions::new(settings.limits.transaction_table_bytes),
+            warnings: RegistrationWarnings::default(),
             settings,
             runtime: ArcSwap::from_pointee(Runtime {
                 generation: 1,
@@ -270,6 +287,11 @@ impl Core {
         &self.registrations
     }
 
+    /// The transactions recorded (for tests and the admin gauges).
+    pub fn transactions(&self) -> &Transactions {
+        &self.transactions
+    }
+
     /// The metrics.
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
@@ -303,7 +325,8 @@ impl Core {
             }
         };
         if view.is_request() {
-            self.request(inbound, &view, &runtime, now, open)
+            let outcome = self.request(inbound, &view, &runtime, now, open);
+            self.record_once(&view, RecordKind::Decision, outcome, now)
         } else {
             self.response(inbound, &view, now, open)
         }
@@ -319,8 +342,73 @@ impl Core {
         let runtime = self.runtime.load();
         let ctx = request::RequestCtx::new(inbound, &view, &runtime, now);
         let outcome = self.refuse(&ctx, None, Refusal::UpstreamUnavailable);
+        let outcome = self.record_once(&view, RecordKind::UpstreamUnavailable, outcome, now);
         self.count_outcome(MessageKind::Request, &outcome);
         outcome
+    }
+
+    /// Keep the outcome's record only for the first sighting of the
+    /// request's transaction: a retransmission is handled the same way
+    /// (relayed again, answered again) but counted instead of recorded.
+    fn record_once(
+        &self,
+        request: &SipView,
+        kind: RecordKind,
+        mut outcome: Outcome,
+        now: Instant,
+    ) -> Outcome {
+        if outcome.record.is_some() && !self.transactions.first_sighting(request, kind, now) {
+            outcome.record = None;
+            Metrics::inc(&self.metrics.retransmissions);
+            tracing::debug!(
+                call_id = %Text(request.call_id()),
+                method = %Text(request.method_bytes()),
+                "retransmission: handled again, not recorded again"
+            );
+        }
+        outcome
+    }
+
+    // === registration table warnings ===
+
+    /// Count the contacts of a REGISTER that were not learned (no room: the
+    /// request path refuses a REGISTER over
+    /// `limits.max_contacts_per_register` before it gets here), and warn
+    /// (rate-limited: a peer sets this off).
+    fn contacts_not_learned(&self, source: SocketAddr, call_id: &[u8], count: usize, now: Instant) {
+        if count == 0 {
+            return;
+        }
+        Metrics::add(&self.metrics.contacts_not_learned, count);
+        if let Some(held_back) = self.warnings.contacts.open(now) {
+            tracing::warn!(
+                %source,
+                call_id = %Text(Some(call_id)),
+                contacts = count,
+                max_contacts_per_register = self.registrations.limits().max_contacts_per_register,
+                warnings_held_back = held_back,
+                "REGISTER contacts not learned: no room in the registration tables"
+            );
+        }
+    }
+
+    /// Count the entries evicted from a full registration table, and warn
+    /// (rate-limited).
+    fn registrations_evicted(&self, count: usize, now: Instant) {
+        if count == 0 {
+            return;
+        }
+        Metrics::add(&self.metrics.registrations_evicted, count);
+        if let Some(held_back) = self.warnings.evictions.open(now) {
+            let limits = self.registrations.limits();
+            tracing::warn!(
+                evicted = count,
+                max_registrations = limits.max_entries,
+                registration_table_bytes = limits.table_bytes,
+                warnings_held_back = held_back,
+                "registration table full: oldest entries evicted"
+            );
+        }
     }
 
     /// Count what an outcome does: its decision, the message relayed (by
@@ -520,6 +608,45 @@ impl Core {
             generation: runtime.generation,
         }
     }
+}
+
+/// How often a rate-limited warning may be written.
+const WARNING_INTERVAL: Duration = Duration::from_secs(10);
+
+/// At most one warning per [`WARNING_INTERVAL`]; the ones held back are
+/// counted and reported with the next one written.
+#[derive(Debug, Default)]
+struct WarnGate {
+    /// When the last warning was written, and how many were held back since.
+    state: Mutex<(Option<Instant>, u64)>,
+}
+
+impl WarnGate {
+    /// `Some(warnings held back since the last one)` when a warning may be
+    /// written now; `None` (and one more held back) otherwise.
+    fn open(&self, now: Instant) -> Option<u64> {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        match state.0 {
+            Some(last) if now.saturating_duration_since(last) < WARNING_INTERVAL => {
+                state.1 += 1;
+                None
+            }
+            _ => {
+                state.0 = Some(now);
+                Some(std::mem::take(&mut state.1))
+            }
+        }
+    }
+}
+
+/// The rate limits of the warnings a peer can set off through the
+/// registration tables.
+#[derive(Debug, Default)]
+struct RegistrationWarnings {
+    /// Contacts not learned (over the cap, or no room).
+    contacts: WarnGate,
+    /// Entries evicted from a full table.
+    evictions: WarnGate,
 }
 
 /// The branch this proxy puts in its Via: `z9hG4bKsa`, 16 hex digits of

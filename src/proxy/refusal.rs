@@ -14,7 +14,7 @@ use tracing::warn;
 use super::flow::TokenError;
 use super::request::{Admission, RequestCtx};
 use super::{Core, Destination, Outbound, Outcome, Subject, Text};
-use crate::observe::metrics::DropReason;
+use crate::observe::metrics::{DropReason, Metrics};
 use crate::policy::{Action, Reply, SessionRole};
 use crate::sip::{response, HeaderName, Method, SipError};
 use crate::transport::Transport;
@@ -49,6 +49,11 @@ pub enum Refusal<'p> {
     TooLarge,
     /// More header lines than `limits.max_headers`: 400.
     TooManyHeaders,
+    /// A REGISTER naming more contacts than
+    /// `limits.max_contacts_per_register`: 403 `Too Many Contacts` (final:
+    /// retrying the same REGISTER cannot help; Lync and softphones register
+    /// one contact per device).
+    TooManyContacts,
     /// Max-Forwards is 0: 483 (RFC 3261 16.3 step 2).
     TooManyHops,
     /// Proxy-Require names extensions this proxy does not support: 420
@@ -85,6 +90,7 @@ impl Refusal<'_> {
             Self::Malformed(e) => e.status_code(),
             Self::TooLarge => 513,
             Self::TooManyHeaders => 400,
+            Self::TooManyContacts => 403,
             Self::TooManyHops => 483,
             Self::BadExtension => 420,
             Self::InvalidFlowToken(_) => 403,
@@ -103,6 +109,7 @@ impl Refusal<'_> {
             Self::Malformed(e) => return Cow::Owned(e.to_string()),
             Self::TooLarge => "Message Too Large",
             Self::TooManyHeaders => "Too Many Headers",
+            Self::TooManyContacts => "Too Many Contacts",
             Self::TooManyHops => "Too Many Hops",
             Self::BadExtension => "Bad Extension",
             Self::InvalidFlowToken(_) => "Invalid Flow Token",
@@ -121,6 +128,7 @@ impl Refusal<'_> {
             Self::Malformed(_) => "proxy.malformed",
             Self::TooLarge => "proxy.too-large",
             Self::TooManyHeaders => "proxy.too-many-headers",
+            Self::TooManyContacts => "proxy.too-many-contacts",
             Self::TooManyHops => "proxy.too-many-hops",
             Self::BadExtension => "proxy.bad-extension",
             Self::InvalidFlowToken(_) => "proxy.invalid-flow-token",
@@ -160,6 +168,7 @@ impl Refusal<'_> {
             Self::InvalidFlowToken(TokenError::Malformed) => Some("malformed token"),
             Self::InvalidFlowToken(TokenError::BadSignature) => Some("signature mismatch"),
             Self::NoListener(transport) => Some(transport.as_str()),
+            Self::TooManyContacts => Some("over limits.max_contacts_per_register"),
             _ => None,
         }
     }
@@ -257,6 +266,7 @@ impl Core {
                 }
                 extra.extend(reply.headers.iter().map(|(n, v)| (n.as_str(), v.as_str())));
             }
+            Refusal::TooManyContacts => Metrics::inc(&self.metrics.too_many_contacts),
             Refusal::UpstreamUnavailable => {
                 retry_after = self.settings.limits.upstream_retry_after_secs.to_string();
                 extra.push(("Retry-After", &retry_after));

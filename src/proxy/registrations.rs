@@ -1,15 +1,69 @@
 //! The registration table: which client registered which contact, learned
-//! from REGISTER responses that pass through. It answers agent offers when
-//! the registrar does not route them along Path. Bounded; expired entries
-//! are swept. The clock is passed in.
+//! from the REGISTER responses that pass through. It answers agent offers
+//! when the registrar does not route them along Path. Pure: the clock is
+//! passed in.
+//!
+//! Two tables, both [`ExpiringMap`]s (O(1) insert, expiry and eviction of
+//! the oldest entry; bounded in entries and in bytes):
+//!
+//! - **pending**: a REGISTER relayed upstream and not answered yet, keyed
+//!   by a keyed hash of (Call-ID, CSeq number, client flow), holding the
+//!   keyed hashes of its contacts (at most `max_contacts_per_register`).
+//!   Any final response clears it; so does the transaction timeout (64*T1).
+//!   At most a quarter of the byte bound.
+//! - **bindings**: contact → client flow, keyed by a keyed hash of the
+//!   contact (`scheme:user@host:port`, lowercased), holding the flow
+//!   without strings (the client id is an index into a small list of the
+//!   ids seen). The rest of the byte bound.
+//!
+//! Keys are 64-bit SipHash values under a per-process random key: no
+//! contact or Call-ID bytes are kept, a peer cannot make keys collide, and
+//! an accidental collision (about n / 2^64 per lookup) is negligible.
 
+use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::hash::{BuildHasher, Hash, Hasher};
+use std::mem::size_of;
+use std::net::SocketAddr;
+use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
+use super::expiring::{
+    slot_bytes, Bounds, ExpiringMap, HeapBytes, InsertError, HEAP_BLOCK_OVERHEAD_BYTES,
+    MAX_INDEX_BYTES_PER_SLOT,
+};
 use super::flow::Flow;
+use crate::transport::{FlowId, Transport};
 
-/// One registered contact.
+/// How long a relayed REGISTER waits for its final response (64 * T1,
+/// RFC 3261 Timer F).
+pub const PENDING_TIMEOUT: Duration = Duration::from_secs(32);
+/// Most distinct client ids the bindings refer to (catalog ids; a catalog
+/// has tens). A binding for a client beyond them is not stored.
+const MAX_CLIENT_IDS: usize = 4096;
+/// Bytes charged per client id held, besides its two copies of the text:
+/// its list slot and lookup bucket with their growth slack, and two heap
+/// blocks' overhead.
+const CLIENT_ID_OVERHEAD_BYTES: usize = 128;
+/// Bytes charged once the first client id is held: the list's and the
+/// lookup's first allocations.
+const CLIENT_IDS_BASE_BYTES: usize = 256;
+
+/// The bounds of the registration tables.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RegistrationLimits {
+    /// Most bindings, and most pending REGISTERs (each), entries
+    /// (`limits.max_registrations`).
+    pub max_entries: usize,
+    /// Most bytes both tables together hold (`limits.registration_table_bytes`):
+    /// pending REGISTERs at most a quarter, bindings the rest.
+    pub table_bytes: usize,
+    /// Most contacts of one REGISTER that are noted, and so learned
+    /// (`limits.max_contacts_per_register`).
+    pub max_contacts_per_register: usize,
+}
+
+/// One registered contact, as [`Registrations::lookup`] returns it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Registration {
     /// The flow the REGISTER came in on.
@@ -18,154 +72,381 @@ pub struct Registration {
     pub expires_at: Instant,
 }
 
-/// Contact → registration, bounded by `max_entries`.
-#[derive(Debug)]
-pub struct Registrations {
-    entries: Mutex<HashMap<Vec<u8>, Registration>>,
-    /// REGISTERs relayed and not yet answered.
-    pending: Mutex<HashMap<PendingKey, PendingRegister>>,
-    max_entries: usize,
+/// What [`Registrations::expect`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Expected {
+    /// Contacts noted (learned when the 2xx comes).
+    pub noted: usize,
+    /// Contacts beyond `max_contacts_per_register`: not noted, never learned.
+    pub ignored: usize,
+    /// Older pending REGISTERs evicted to make room.
+    pub evicted: usize,
 }
 
-/// (Call-ID, CSeq number) of a relayed REGISTER.
-type PendingKey = (Vec<u8>, u32);
+/// How the registrar answered a relayed REGISTER (a final response).
+#[derive(Debug, Clone, Copy)]
+pub enum RegisterAnswer<'a> {
+    /// Not a 2xx (401/407 challenges, 4xx, 5xx, 6xx), or a 2xx that cannot
+    /// be delivered: nothing is bound.
+    Refused,
+    /// A 2xx: each contact the registrar lists, with the expiry it granted.
+    Granted(&'a [(&'a [u8], Duration)]),
+}
 
-/// The contact keys a relayed REGISTER named, and when it was relayed.
-type PendingRegister = (Vec<Vec<u8>>, Instant);
+/// What [`Registrations::complete`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Completed {
+    /// The REGISTER was pending (and no longer is).
+    pub was_pending: bool,
+    /// Bindings stored or refreshed.
+    pub stored: usize,
+    /// Bindings removed (the registrar no longer lists the contact).
+    pub removed: usize,
+    /// Bindings not stored (no room for its client id).
+    pub not_stored: usize,
+    /// Older bindings evicted to make room.
+    pub evicted: usize,
+}
 
-/// How long a relayed REGISTER waits for its response (64 * T1, RFC 3261 Timer F).
-const PENDING_TIMEOUT: Duration = Duration::from_secs(32);
+/// A bound flow, without strings: the client is an index into
+/// [`ClientIds`].
+#[derive(Debug, Clone, Copy)]
+struct Binding {
+    peer: SocketAddr,
+    connection: Option<FlowId>,
+    transport: Transport,
+    client: u16,
+}
 
-/// The lookup key of a contact URI: `scheme:user@host:port`, lowercased,
-/// without parameters, headers or `<>`.
-pub fn contact_key(uri: &[u8]) -> Vec<u8> {
-    let uri = uri.strip_prefix(b"<").unwrap_or(uri);
-    let end = uri
-        .iter()
-        .position(|&b| matches!(b, b';' | b'?' | b'>'))
-        .unwrap_or(uri.len());
-    uri[..end].to_ascii_lowercase()
+impl HeapBytes for Binding {
+    fn heap_bytes(&self) -> usize {
+        0
+    }
+}
+
+/// The client ids bindings refer to, each held once.
+#[derive(Debug, Default)]
+struct ClientIds {
+    names: Vec<Box<str>>,
+    index: HashMap<Box<str>, u16>,
+    bytes: usize,
+}
+
+impl ClientIds {
+    /// The index of `id`, adding it when there is room.
+    fn intern(&mut self, id: &str) -> Option<u16> {
+        if let Some(&i) = self.index.get(id) {
+            return Some(i);
+        }
+        if self.names.len() >= MAX_CLIENT_IDS {
+            return None;
+        }
+        let i = u16::try_from(self.names.len()).ok()?;
+        if self.names.is_empty() {
+            self.bytes += CLIENT_IDS_BASE_BYTES;
+        }
+        self.names.push(id.into());
+        self.index.insert(id.into(), i);
+        self.bytes += 2 * id.len() + CLIENT_ID_OVERHEAD_BYTES;
+        Some(i)
+    }
+
+    fn name(&self, i: u16) -> &str {
+        &self.names[usize::from(i)]
+    }
+}
+
+/// Both tables, under one lock.
+#[derive(Debug)]
+struct Tables {
+    pending: ExpiringMap<Box<[u64]>>,
+    bindings: ExpiringMap<Binding>,
+    clients: ClientIds,
+}
+
+/// The registration tables; see the module doc.
+#[derive(Debug)]
+pub struct Registrations {
+    tables: Mutex<Tables>,
+    /// The per-process key of every table key.
+    keys: RandomState,
+    limits: RegistrationLimits,
 }
 
 impl Registrations {
-    /// An empty table holding at most `max_entries` contacts.
-    pub fn new(max_entries: usize) -> Self {
+    /// Empty tables within `limits`.
+    pub fn new(limits: RegistrationLimits) -> Self {
+        let pending_bytes = limits.table_bytes / 4;
         Self {
-            entries: Mutex::new(HashMap::new()),
-            pending: Mutex::new(HashMap::new()),
-            max_entries,
+            tables: Mutex::new(Tables {
+                pending: ExpiringMap::new(Bounds {
+                    max_entries: limits.max_entries,
+                    max_bytes: pending_bytes,
+                }),
+                bindings: ExpiringMap::new(Bounds {
+                    max_entries: limits.max_entries,
+                    max_bytes: limits.table_bytes - pending_bytes,
+                }),
+                clients: ClientIds::default(),
+            }),
+            keys: RandomState::new(),
+            limits,
         }
     }
 
-    /// Note the contacts of a REGISTER being relayed, so that its 2xx
-    /// response binds exactly these contacts (not other devices of the AOR).
-    pub fn expect(&self, call_id: &[u8], cseq: u32, contacts: Vec<Vec<u8>>, now: Instant) {
-        let mut pending = self.pending.lock().expect("pending lock");
-        if pending.len() >= self.max_entries {
-            pending.retain(|_, (_, at)| now.duration_since(*at) < PENDING_TIMEOUT);
-            if pending.len() >= self.max_entries {
-                return;
+    /// The bounds these tables keep.
+    pub fn limits(&self) -> RegistrationLimits {
+        self.limits
+    }
+
+    /// Note the contacts of a REGISTER being relayed upstream from `flow`
+    /// (its Contact URIs, `*` excluded), so that its 2xx binds exactly
+    /// these contacts (not other devices of the address of record). Only
+    /// the first `max_contacts_per_register` are noted. A retransmission
+    /// replaces the entry.
+    pub fn expect<'u>(
+        &self,
+        call_id: &[u8],
+        cseq: u32,
+        flow: &Flow,
+        contacts: impl IntoIterator<Item = &'u [u8]>,
+        now: Instant,
+    ) -> Expected {
+        let mut noted = Vec::new();
+        let mut ignored = 0;
+        for uri in contacts {
+            if noted.len() < self.limits.max_contacts_per_register {
+                noted.push(self.contact_hash(uri));
+            } else {
+                ignored += 1;
             }
         }
-        pending.insert((call_id.to_vec(), cseq), (contacts, now));
+        let mut done = Expected {
+            noted: noted.len(),
+            ignored,
+            evicted: 0,
+        };
+        if noted.is_empty() {
+            return done;
+        }
+        let key = self.pending_key(call_id, cseq, flow);
+        let mut tables = self.lock();
+        match tables
+            .pending
+            .insert(key, noted.into(), now + PENDING_TIMEOUT, now)
+        {
+            Ok(inserted) => done.evicted = inserted.evicted,
+            // A quarter of the byte bound holds far more than one REGISTER
+            // (the config's minimum makes sure); counted as not noted.
+            Err(InsertError::TooLarge) => {
+                done.ignored += done.noted;
+                done.noted = 0;
+            }
+        }
+        done
     }
 
-    /// Apply a 2xx REGISTER response: every contact the REGISTER named is
-    /// bound with the expiry the registrar granted (absent = removed).
-    /// Returns how many bindings were stored.
+    /// Apply the final response to a REGISTER relayed from `flow`: the
+    /// pending entry goes in any case; on a 2xx every contact the REGISTER
+    /// named is bound with the expiry the registrar granted (not listed or
+    /// 0 = removed).
     pub fn complete(
         &self,
         call_id: &[u8],
         cseq: u32,
-        granted: &[(Vec<u8>, Duration)],
         flow: &Flow,
+        answer: RegisterAnswer<'_>,
         now: Instant,
-    ) -> usize {
-        let Some((contacts, _)) = self
-            .pending
-            .lock()
-            .expect("pending lock")
-            .remove(&(call_id.to_vec(), cseq))
-        else {
-            return 0;
+    ) -> Completed {
+        let key = self.pending_key(call_id, cseq, flow);
+        let mut tables = self.lock();
+        let Some(contacts) = tables.pending.remove(key, now) else {
+            return Completed::default();
         };
-        let mut stored = 0;
-        for key in contacts {
+        let mut done = Completed {
+            was_pending: true,
+            ..Completed::default()
+        };
+        let RegisterAnswer::Granted(granted) = answer else {
+            return done;
+        };
+        let granted: Vec<(u64, Duration)> = granted
+            .iter()
+            .map(|(uri, expires)| (self.contact_hash(uri), *expires))
+            .collect();
+        for contact in contacts.iter().copied() {
             let expires = granted
                 .iter()
-                .find(|(k, _)| *k == key)
+                .find(|(k, _)| *k == contact)
                 .map_or(Duration::ZERO, |(_, e)| *e);
-            if self.learn(&key, flow, expires, now) && !expires.is_zero() {
-                stored += 1;
+            match tables.bind(contact, flow, expires, now) {
+                Bound::Stored { evicted } => {
+                    done.stored += 1;
+                    done.evicted += evicted;
+                }
+                Bound::Removed => done.removed += 1,
+                Bound::NotStored => done.not_stored += 1,
             }
         }
-        stored
+        done
     }
 
-    /// Record (expires > 0) or remove (expires = 0) a binding. Returns
-    /// `false` when the table is full and the binding was not stored.
+    /// Record (expires > 0) or remove (expires = 0) a binding outright.
+    /// Returns `false` when it could not be stored.
     pub fn learn(&self, contact_uri: &[u8], flow: &Flow, expires: Duration, now: Instant) -> bool {
-        let key = contact_key(contact_uri);
-        let mut entries = self.entries.lock().expect("registration lock");
-        if expires.is_zero() {
-            entries.remove(&key);
-            return true;
-        }
-        if entries.len() >= self.max_entries && !entries.contains_key(&key) {
-            entries.retain(|_, r| r.expires_at > now);
-            if entries.len() >= self.max_entries {
-                return false;
-            }
-        }
-        let Some(expires_at) = now.checked_add(expires) else {
-            return false;
-        };
-        entries.insert(
-            key,
-            Registration {
-                flow: flow.clone(),
-                expires_at,
-            },
-        );
-        true
+        let key = self.contact_hash(contact_uri);
+        !matches!(self.lock().bind(key, flow, expires, now), Bound::NotStored)
     }
 
     /// The live registration of a contact URI.
     pub fn lookup(&self, contact_uri: &[u8], now: Instant) -> Option<Registration> {
-        let entries = self.entries.lock().expect("registration lock");
-        entries
-            .get(&contact_key(contact_uri))
-            .filter(|r| r.expires_at > now)
-            .cloned()
+        let key = self.contact_hash(contact_uri);
+        let mut tables = self.lock();
+        let (binding, expires_at) = tables.bindings.get(key, now).map(|(b, at)| (*b, at))?;
+        Some(Registration {
+            flow: Flow {
+                transport: binding.transport,
+                peer: binding.peer,
+                connection: binding.connection,
+                client: tables.clients.name(binding.client).to_owned(),
+            },
+            expires_at,
+        })
     }
 
-    /// Drop expired bindings; returns how many were removed.
+    /// Drop the expired entries at the front of both tables; returns how
+    /// many went. (Expired entries also go when looked up, and whenever an
+    /// insert passes them: this only returns memory sooner.)
     pub fn sweep(&self, now: Instant) -> usize {
-        let mut entries = self.entries.lock().expect("registration lock");
-        let before = entries.len();
-        entries.retain(|_, r| r.expires_at > now);
-        self.pending
-            .lock()
-            .expect("pending lock")
-            .retain(|_, (_, at)| now.duration_since(*at) < PENDING_TIMEOUT);
-        before - entries.len()
+        let mut tables = self.lock();
+        tables.bindings.expire(now) + tables.pending.expire(now)
     }
 
-    /// Number of bindings held.
+    /// Bindings held (expired ones not yet removed included).
     pub fn len(&self) -> usize {
-        self.entries.lock().expect("registration lock").len()
+        self.lock().bindings.len()
     }
 
-    /// Whether the table is empty.
+    /// Whether no binding is held.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// REGISTERs relayed and not answered yet.
+    pub fn pending(&self) -> usize {
+        self.lock().pending.len()
+    }
+
+    /// Bytes both tables account for (their allocations, the values' heap
+    /// blocks, the client ids): at most `limits.table_bytes` plus the
+    /// client ids (a few KiB).
+    pub fn accounted_bytes(&self) -> usize {
+        let tables = self.lock();
+        tables.pending.bytes() + tables.bindings.bytes() + tables.clients.bytes
+    }
+
+    // === keys ===
+
+    fn lock(&self) -> MutexGuard<'_, Tables> {
+        self.tables.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The key of a contact URI: `scheme:user@host:port`, lowercased,
+    /// without `<>`, parameters or headers.
+    fn contact_hash(&self, uri: &[u8]) -> u64 {
+        let uri = uri.strip_prefix(b"<").unwrap_or(uri);
+        let end = memchr::memchr3(b';', b'?', b'>', uri).unwrap_or(uri.len());
+        let mut h = self.keys.build_hasher();
+        h.write_u8(b'c');
+        let mut lower = [0u8; 64];
+        for chunk in uri[..end].chunks(lower.len()) {
+            let lower = &mut lower[..chunk.len()];
+            lower.copy_from_slice(chunk);
+            lower.make_ascii_lowercase();
+            h.write(lower);
+        }
+        h.write_usize(end);
+        h.finish()
+    }
+
+    /// The key of a pending REGISTER: Call-ID, CSeq number and the flow it
+    /// came in on (which the response's signed Via token names again).
+    fn pending_key(&self, call_id: &[u8], cseq: u32, flow: &Flow) -> u64 {
+        let mut h = self.keys.build_hasher();
+        h.write_u8(b'p');
+        h.write(call_id);
+        h.write_usize(call_id.len());
+        h.write_u32(cseq);
+        flow.transport.hash(&mut h);
+        flow.peer.hash(&mut h);
+        flow.connection.hash(&mut h);
+        h.finish()
+    }
+}
+
+/// What binding one contact did.
+enum Bound {
+    Stored { evicted: usize },
+    Removed,
+    NotStored,
+}
+
+impl Tables {
+    fn bind(&mut self, key: u64, flow: &Flow, expires: Duration, now: Instant) -> Bound {
+        if expires.is_zero() {
+            self.bindings.remove(key, now);
+            return Bound::Removed;
+        }
+        let (Some(client), Some(deadline)) =
+            (self.clients.intern(&flow.client), now.checked_add(expires))
+        else {
+            return Bound::NotStored;
+        };
+        let binding = Binding {
+            peer: flow.peer,
+            connection: flow.connection,
+            transport: flow.transport,
+            client,
+        };
+        match self.bindings.insert(key, binding, deadline, now) {
+            Ok(inserted) => Bound::Stored {
+                evicted: inserted.evicted,
+            },
+            Err(InsertError::TooLarge) => Bound::NotStored,
+        }
+    }
+}
+
+/// What one entry costs in a full table, bytes: its slab slot, its index
+/// positions at the index's emptiest (4 of 4 bytes) and, for a pending
+/// REGISTER, the heap block of its contact keys. (A slab just doubled holds
+/// up to as many free slots as entries; the byte bound counts those too.)
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EntryBytes {
+    /// A pending REGISTER with the given number of contacts noted.
+    pub pending: usize,
+    /// A binding.
+    pub binding: usize,
+}
+
+impl EntryBytes {
+    /// The costs with `contacts` contacts noted per pending REGISTER.
+    pub fn with_contacts(contacts: usize) -> Self {
+        let block = if contacts == 0 {
+            0
+        } else {
+            (contacts * size_of::<u64>()).next_multiple_of(16) + HEAP_BLOCK_OVERHEAD_BYTES
+        };
+        Self {
+            pending: slot_bytes::<Box<[u64]>>() + MAX_INDEX_BYTES_PER_SLOT + block,
+            binding: slot_bytes::<Binding>() + MAX_INDEX_BYTES_PER_SLOT,
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::transport::Transport;
 
     fn flow(client: &str) -> Flow {
         Flow {
@@ -176,55 +457,78 @@ mod tests {
         }
     }
 
+    fn limits(max_entries: usize) -> RegistrationLimits {
+        RegistrationLimits {
+            max_entries,
+            table_bytes: 64 << 20,
+            max_contacts_per_register: 16,
+        }
+    }
+
+    const HOUR: Duration = Duration::from_secs(3600);
+
     #[test]
-    fn learn_lookup_expire_remove_and_bound() {
-        let t = Registrations::new(2);
+    fn learn_lookup_expire_remove_and_evict_the_oldest_when_full() {
+        let t = Registrations::new(limits(2));
         let now = Instant::now();
-        let hour = Duration::from_secs(3600);
         assert!(t.learn(
             b"<sip:a@127.0.0.1:5062;transport=udp>",
             &flow("lync-2013"),
-            hour,
+            HOUR,
             now
         ));
         let r = t.lookup(b"sip:A@127.0.0.1:5062", now).unwrap();
-        assert_eq!(r.flow.client, "lync-2013");
+        assert_eq!(r.flow, flow("lync-2013"));
+        assert!(r.expires_at >= now + HOUR - Duration::from_millis(1));
         assert!(
-            t.lookup(b"sip:a@127.0.0.1:5062", now + hour).is_none(),
-            "expired"
+            t.lookup(b"sip:a@127.0.0.1:5062", now + HOUR).is_none(),
+            "expired (and removed)"
         );
         assert!(t.learn(b"sip:b@h", &flow("x"), Duration::from_secs(1), now));
-        assert!(!t.learn(b"sip:c@h", &flow("x"), hour, now), "full");
-        assert_eq!(t.sweep(now + Duration::from_secs(2)), 1);
-        assert!(t.learn(b"sip:c@h", &flow("x"), hour, now));
-        assert!(t.learn(b"sip:a@127.0.0.1:5062", &flow("x"), Duration::ZERO, now));
+        assert!(t.learn(b"sip:c@h", &flow("x"), HOUR, now));
+        assert!(
+            t.learn(b"sip:d@h", &flow("x"), HOUR, now),
+            "full: b evicted"
+        );
+        assert!(t.lookup(b"sip:b@h", now).is_none());
+        assert!(t.lookup(b"sip:c@h", now).is_some());
+        assert!(t.learn(b"sip:c@h", &flow("x"), Duration::ZERO, now));
+        assert!(t.lookup(b"sip:c@h", now).is_none(), "removed");
         assert_eq!(t.len(), 1);
     }
 
     #[test]
     fn a_2xx_binds_only_the_contacts_of_its_register() {
-        let t = Registrations::new(10);
+        let t = Registrations::new(limits(10));
         let now = Instant::now();
-        t.expect(
+        let mobile = flow("lync-mobile");
+        let expected = t.expect(
             b"call-1",
             7,
-            vec![contact_key(b"<sip:mobile@127.0.0.1:5064>")],
+            &mobile,
+            [&b"<sip:mobile@127.0.0.1:5064>"[..]],
             now,
         );
-        let granted = [
-            (
-                contact_key(b"sip:mobile@127.0.0.1:5064"),
-                Duration::from_secs(600),
-            ),
-            (
-                contact_key(b"sip:desktop@127.0.0.1:5062"),
-                Duration::from_secs(600),
-            ),
-        ];
         assert_eq!(
-            t.complete(b"call-1", 7, &granted, &flow("lync-mobile"), now),
-            1
+            expected,
+            Expected {
+                noted: 1,
+                ignored: 0,
+                evicted: 0
+            }
         );
+        let granted: [(&[u8], Duration); 2] = [
+            (b"sip:mobile@127.0.0.1:5064", Duration::from_secs(600)),
+            (b"sip:desktop@127.0.0.1:5062", Duration::from_secs(600)),
+        ];
+        let done = t.complete(
+            b"call-1",
+            7,
+            &mobile,
+            RegisterAnswer::Granted(&granted),
+            now,
+        );
+        assert_eq!((done.was_pending, done.stored), (true, 1));
         assert!(t.lookup(b"sip:desktop@127.0.0.1:5062", now).is_none());
         assert_eq!(
             t.lookup(b"sip:mobile@127.0.0.1:5064", now)
@@ -234,9 +538,147 @@ mod tests {
             "lync-mobile"
         );
         assert_eq!(
-            t.complete(b"call-1", 7, &granted, &flow("x"), now),
-            0,
+            t.complete(
+                b"call-1",
+                7,
+                &mobile,
+                RegisterAnswer::Granted(&granted),
+                now
+            ),
+            Completed::default(),
             "answered once"
         );
+    }
+
+    #[test]
+    fn any_final_response_clears_a_pending_register() {
+        let t = Registrations::new(limits(10));
+        let now = Instant::now();
+        let f = flow("x");
+        t.expect(b"call-401", 1, &f, [&b"sip:a@h"[..]], now);
+        assert_eq!(t.pending(), 1);
+        let done = t.complete(b"call-401", 1, &f, RegisterAnswer::Refused, now);
+        assert_eq!((done.was_pending, done.stored), (true, 0));
+        assert_eq!(t.pending(), 0);
+        assert!(t.lookup(b"sip:a@h", now).is_none());
+        // Another flow with the same Call-ID and CSeq is another REGISTER.
+        t.expect(b"call-1", 1, &f, [&b"sip:a@h"[..]], now);
+        let other = Flow {
+            peer: "127.0.0.1:6000".parse().unwrap(),
+            ..flow("x")
+        };
+        assert!(
+            !t.complete(b"call-1", 1, &other, RegisterAnswer::Refused, now)
+                .was_pending
+        );
+        assert_eq!(t.pending(), 1);
+    }
+
+    #[test]
+    fn unanswered_registers_time_out() {
+        let t = Registrations::new(limits(10));
+        let now = Instant::now();
+        t.expect(b"c", 1, &flow("x"), [&b"sip:a@h"[..]], now);
+        assert_eq!(t.sweep(now + PENDING_TIMEOUT - Duration::from_millis(1)), 0);
+        assert_eq!(t.sweep(now + PENDING_TIMEOUT), 1);
+        assert_eq!(t.pending(), 0);
+        t.expect(b"d", 1, &flow("x"), [&b"sip:a@h"[..]], now);
+        let late = t.complete(
+            b"d",
+            1,
+            &flow("x"),
+            RegisterAnswer::Granted(&[(b"sip:a@h", HOUR)]),
+            now + PENDING_TIMEOUT,
+        );
+        assert!(!late.was_pending, "a response after 64*T1 finds nothing");
+    }
+
+    #[test]
+    fn contacts_beyond_the_cap_are_not_noted() {
+        let t = Registrations::new(RegistrationLimits {
+            max_contacts_per_register: 2,
+            ..limits(10)
+        });
+        let now = Instant::now();
+        let uris = ["sip:a@h", "sip:b@h", "sip:c@h"];
+        let expected = t.expect(b"c", 1, &flow("x"), uris.iter().map(|u| u.as_bytes()), now);
+        assert_eq!((expected.noted, expected.ignored), (2, 1));
+        let granted: Vec<(&[u8], Duration)> = uris.iter().map(|u| (u.as_bytes(), HOUR)).collect();
+        let done = t.complete(b"c", 1, &flow("x"), RegisterAnswer::Granted(&granted), now);
+        assert_eq!(done.stored, 2);
+        assert!(t.lookup(b"sip:c@h", now).is_none());
+    }
+
+    #[test]
+    fn a_full_pending_table_evicts_its_oldest_register() {
+        let t = Registrations::new(limits(3));
+        let now = Instant::now();
+        for i in 0..5u32 {
+            let done = t.expect(b"c", i, &flow("x"), [&b"sip:a@h"[..]], now);
+            assert_eq!(done.evicted, usize::from(i >= 3));
+        }
+        assert_eq!(t.pending(), 3);
+        let answer = RegisterAnswer::Refused;
+        assert!(!t.complete(b"c", 0, &flow("x"), answer, now).was_pending);
+        assert!(t.complete(b"c", 4, &flow("x"), answer, now).was_pending);
+    }
+
+    #[test]
+    fn twenty_thousand_registers_of_600_contacts_stay_under_the_byte_bound() {
+        let bound = 4 << 20;
+        let t = Registrations::new(RegistrationLimits {
+            table_bytes: bound,
+            ..limits(100_000)
+        });
+        let now = Instant::now();
+        let contacts: Vec<String> = (0..600)
+            .map(|i| format!("<sip:u{i}@10.0.0.1:5060>"))
+            .collect();
+        let mut evicted = 0;
+        for i in 0..20_000u32 {
+            let call_id = format!("flood-{i}");
+            let done = t.expect(
+                call_id.as_bytes(),
+                1,
+                &flow("x"),
+                contacts.iter().map(|c| c.as_bytes()),
+                now,
+            );
+            assert_eq!((done.noted, done.ignored), (16, 584));
+            evicted += done.evicted;
+            assert!(
+                t.accounted_bytes() <= bound,
+                "{} at {i}",
+                t.accounted_bytes()
+            );
+        }
+        let per_entry = EntryBytes::with_contacts(16).pending;
+        assert!(t.pending() * per_entry >= bound / 4 / 2, "{}", t.pending());
+        assert_eq!(evicted + t.pending(), 20_000);
+    }
+
+    /// The per-entry figures the config reference (README, shipped
+    /// config) gives for the worst case (64-bit targets).
+    #[test]
+    #[cfg(target_pointer_width = "64")]
+    fn entry_sizes_are_the_documented_ones() {
+        assert_eq!(EntryBytes::with_contacts(1).pending, 88);
+        assert_eq!(EntryBytes::with_contacts(16).pending, 200);
+        assert_eq!(EntryBytes::with_contacts(16).binding, 96);
+    }
+
+    #[test]
+    fn client_ids_are_held_once() {
+        let t = Registrations::new(limits(100));
+        let now = Instant::now();
+        for i in 0..50 {
+            t.learn(
+                format!("sip:{i}@h").as_bytes(),
+                &flow("lync-2013"),
+                HOUR,
+                now,
+            );
+        }
+        assert_eq!(t.lock().clients.names.len(), 1);
     }
 }

@@ -25,7 +25,6 @@ use tracing::{debug, warn};
 
 use super::flow::{Flow, Purpose, TokenError};
 use super::refusal::Refusal;
-use super::registrations::contact_key;
 use super::{
     Core, Destination, Inbound, OpenConnection, Outbound, Outcome, Runtime, Subject, Text,
     FLOW_PARAM,
@@ -165,6 +164,19 @@ impl Core {
         }
         if view.proxy_require().next().is_some() {
             return Err(Refusal::BadExtension.into());
+        }
+        if ctx.method == Method::Register {
+            // Counted up to one past the cap: a REGISTER of thousands of
+            // contacts costs no more than one just over it.
+            let cap = self.settings.limits.max_contacts_per_register;
+            let named = view
+                .contacts()
+                .filter(|c| !matches!(c, Ok(c) if c.uri == b"*"))
+                .take(cap + 1)
+                .count();
+            if named > cap {
+                return Err(Refusal::TooManyContacts.into());
+            }
         }
         Ok(())
     }
@@ -443,7 +455,7 @@ impl Core {
                     out_transport.as_str()
                 ),
             );
-            self.expect_registration(view, ctx.now);
+            self.expect_registration(ctx, &inbound_flow);
         } else if !in_dialog && is_dialog_creating(view) {
             let (purpose, flow) = match &routing.toward {
                 None => (Purpose::DialogFromClient, &inbound_flow),
@@ -520,21 +532,22 @@ impl Core {
 
     // === registrations ===
 
-    /// Note the contacts of a REGISTER being relayed upstream.
-    fn expect_registration(&self, view: &SipView, now: Instant) {
+    /// Note the contacts of a REGISTER being relayed upstream from `flow`.
+    fn expect_registration(&self, ctx: &RequestCtx<'_>, flow: &Flow) {
+        let view = ctx.view;
         let (Some(call_id), Ok(cseq)) = (view.call_id(), view.cseq()) else {
             return;
         };
-        let contacts: Vec<Vec<u8>> = view
+        let contacts = view
             .contacts()
             .filter_map(Result::ok)
-            .filter(|c| c.uri != b"*")
-            .map(|c| contact_key(c.uri))
-            .collect();
-        if !contacts.is_empty() {
-            self.registrations
-                .expect(call_id, cseq.number, contacts, now);
-        }
+            .map(|c| c.uri)
+            .filter(|uri| *uri != b"*");
+        let expected = self
+            .registrations
+            .expect(call_id, cseq.number, flow, contacts, ctx.now);
+        self.contacts_not_learned(ctx.inbound.source, call_id, expected.ignored, ctx.now);
+        self.registrations_evicted(expected.evicted, ctx.now);
     }
 }
 

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use tracing::{debug, warn};
 
 use super::flow::{Flow, Purpose};
+use super::registrations::RegisterAnswer;
 use super::{Core, Destination, Inbound, OpenConnection, Outbound, Outcome, FLOW_PARAM};
 use crate::observe::metrics::DropReason;
 use crate::sip::edit::{first_value, Edits};
@@ -70,11 +71,12 @@ impl Core {
             return discard(DropReason::ForeignResponse);
         }
         if let Destination::Flow(flow) = &destination {
-            if let Err(failure) = self.check_flow(flow, open) {
+            let writable = self.check_flow(flow, open);
+            self.settle_registration(view, flow, writable.is_ok(), now);
+            if let Err(failure) = writable {
                 debug!(source = %inb.source, peer = %flow.peer, reason = failure.as_str(), "response for a flow this instance cannot write to dropped");
                 return discard(DropReason::FlowGone);
             }
-            self.learn_registration(view, flow, now);
         }
         let Some((_, removal)) = first_value(view, HeaderName::Via) else {
             return discard(DropReason::MalformedResponse);
@@ -96,40 +98,48 @@ impl Core {
         }
     }
 
-    /// Bind the contacts a 2xx to a REGISTER relayed from `flow` granted.
-    fn learn_registration(&self, view: &SipView, flow: &Flow, now: Instant) {
+    /// A final response to a REGISTER relayed from `flow` settles its
+    /// pending entry, whatever the status (a 401/407 challenge, any 4xx,
+    /// 5xx, 6xx): a 2xx that can be delivered binds the contacts it
+    /// granted; anything else binds nothing.
+    fn settle_registration(&self, view: &SipView, flow: &Flow, deliverable: bool, now: Instant) {
         let (Some(status), Some(call_id), Ok(cseq)) = (view.status(), view.call_id(), view.cseq())
         else {
             return;
         };
-        if !(200..300).contains(&status) || cseq.method != b"REGISTER" {
+        if status < 200 || cseq.method != b"REGISTER" {
             return;
         }
-        let default = view
-            .expires()
-            .ok()
-            .flatten()
-            .map_or(DEFAULT_EXPIRES_SECS, u64::from);
-        let granted: Vec<(Vec<u8>, Duration)> = view
-            .contacts()
-            .filter_map(Result::ok)
-            .map(|c| {
-                let secs = c
-                    .params
-                    .get(b"expires")
-                    .flatten()
-                    .and_then(|v| std::str::from_utf8(v).ok()?.parse::<u64>().ok())
-                    .unwrap_or(default)
-                    .min(MAX_EXPIRES_SECS);
-                (
-                    super::registrations::contact_key(c.uri),
-                    Duration::from_secs(secs),
-                )
-            })
-            .collect();
-        let stored = self
+        let granted: Vec<(&[u8], Duration)>;
+        let answer = if (200..300).contains(&status) && deliverable {
+            let default = view
+                .expires()
+                .ok()
+                .flatten()
+                .map_or(DEFAULT_EXPIRES_SECS, u64::from);
+            granted = view
+                .contacts()
+                .filter_map(Result::ok)
+                .map(|c| {
+                    let secs = c
+                        .params
+                        .get(b"expires")
+                        .flatten()
+                        .and_then(|v| std::str::from_utf8(v).ok()?.parse::<u64>().ok())
+                        .unwrap_or(default)
+                        .min(MAX_EXPIRES_SECS);
+                    (c.uri, Duration::from_secs(secs))
+                })
+                .collect();
+            RegisterAnswer::Granted(&granted)
+        } else {
+            RegisterAnswer::Refused
+        };
+        let done = self
             .registrations
-            .complete(call_id, cseq.number, &granted, flow, now);
-        debug!(client = %flow.client, stored, "registration learned");
+            .complete(call_id, cseq.number, flow, answer, now);
+        debug!(client = %flow.client, status, pending = done.was_pending, stored = done.stored, removed = done.removed, "registration settled");
+        self.contacts_not_learned(flow.peer, call_id, done.not_stored, now);
+        self.registrations_evicted(done.evicted, now);
     }
 }

@@ -96,13 +96,16 @@ fn runtime_from(toml: &str) -> RuntimeConfig {
 fn a_published_runtime_decides_the_next_message_and_names_its_generation() {
     let core = Core::detached(CONFIG).unwrap();
     assert_eq!(core.generation(), 1);
-    let invite = || {
+    // Each call a new transaction (another branch and Call-ID): the same
+    // INVITE again would be a retransmission, handled but not recorded.
+    let invite = |port: u16| {
+        let caller = SocketAddr::new(client().ip(), port);
         udp(
-            request("INVITE", "sip:helpdesk@contoso.com", client(), MOBILE, ""),
-            client(),
+            request("INVITE", "sip:helpdesk@contoso.com", caller, MOBILE, ""),
+            caller,
         )
     };
-    let first = handle(&core, &invite());
+    let first = handle(&core, &invite(40000));
     assert_eq!(status(&first), Some(403));
     let record = first.record.unwrap();
     assert_eq!((record.action, record.generation), (Action::Reject, 1));
@@ -112,7 +115,7 @@ fn a_published_runtime_decides_the_next_message_and_names_its_generation() {
     ));
     assert_eq!(generation, 2);
     assert_eq!(core.generation(), 2);
-    let second = handle(&core, &invite());
+    let second = handle(&core, &invite(40001));
     let (to, bytes) = sent(&second);
     assert_eq!(to, Destination::Upstream, "{bytes}");
     let record = second.record.unwrap();
@@ -403,4 +406,323 @@ fn an_agent_offer_is_decided_on_the_leg_toward_the_agent_only() {
         (r.role, r.client.as_str(), r.action),
         (SessionRole::None, "response-group-service", Action::Allow)
     );
+}
+
+// === registration tables and retransmissions ===
+
+/// The registrar's answer to a request it received from the proxy:
+/// every Via, From, To (tagged), Call-ID and CSeq copied, `extra` added.
+fn registrar_answer(relayed: &str, status_line: &str, extra: &str) -> String {
+    let mut answer = format!("SIP/2.0 {status_line}\r\n");
+    for line in relayed.split("\r\n").skip(1) {
+        let name = line.split(':').next().unwrap_or_default().trim();
+        if ["Via", "From", "Call-ID", "CSeq"].contains(&name) {
+            answer.push_str(line);
+            answer.push_str("\r\n");
+        } else if name == "To" {
+            answer.push_str(line);
+            answer.push_str(";tag=registrar\r\n");
+        }
+    }
+    answer.push_str(extra);
+    answer.push_str("Content-Length: 0\r\n\r\n");
+    answer
+}
+
+/// A REGISTER from `agent` with CSeq `cseq` (and a branch of its own),
+/// relayed upstream by `core`; returns the relayed text.
+fn relay_register(core: &Core, agent: SocketAddr, cseq: u32) -> String {
+    let register = request("REGISTER", "sip:contoso.com", agent, LYNC, "")
+        .replace("CSeq: 1 ", &format!("CSeq: {cseq} "))
+        .replace(";branch=z9hG4bK-", &format!(";branch=z9hG4bK-{cseq}-"));
+    let (to, relayed) = sent(&handle(core, &udp(register, agent)));
+    assert_eq!(to, Destination::Upstream);
+    relayed
+}
+
+#[test]
+fn any_final_response_clears_a_pending_register_and_a_2xx_after_a_401_binds() {
+    let core = Core::detached(CONFIG).unwrap();
+    let agent: SocketAddr = "127.0.0.1:44000".parse().unwrap();
+    let table = core.registrations();
+
+    // The digest dance: 401 first (clears), then the authorised REGISTER's 200 (binds).
+    let relayed = relay_register(&core, agent, 1);
+    assert_eq!(table.pending(), 1);
+    let trying = registrar_answer(&relayed, "100 Trying", "");
+    handle(&core, &udp(trying, upstream()));
+    assert_eq!(table.pending(), 1, "a provisional response settles nothing");
+    let challenge = registrar_answer(
+        &relayed,
+        "401 Unauthorized",
+        "WWW-Authenticate: Digest realm=\"contoso.com\", nonce=\"n\"\r\n",
+    );
+    let (to, _) = sent(&handle(&core, &udp(challenge, upstream())));
+    assert!(
+        matches!(to, Destination::Flow(ref f) if f.peer == agent),
+        "{to:?}"
+    );
+    assert_eq!((table.pending(), table.len()), (0, 0));
+
+    let relayed = relay_register(&core, agent, 2);
+    assert_eq!(table.pending(), 1);
+    let ok = registrar_answer(
+        &relayed,
+        "200 OK",
+        &format!("Contact: <sip:alice@{agent}>;expires=600\r\n"),
+    );
+    handle(&core, &udp(ok, upstream()));
+    assert_eq!((table.pending(), table.len()), (0, 1));
+    let bound = table
+        .lookup(format!("sip:alice@{agent}").as_bytes(), Instant::now())
+        .unwrap();
+    assert_eq!(
+        (bound.flow.peer, bound.flow.client.as_str()),
+        (agent, "lync-2013")
+    );
+
+    // Every other final status clears its REGISTER too, and binds nothing.
+    for (cseq, status) in [
+        (3, "407 Proxy Authentication Required"),
+        (4, "403 Forbidden"),
+        (5, "500 Server Internal Error"),
+        (6, "603 Decline"),
+    ] {
+        let relayed = relay_register(&core, agent, cseq);
+        assert_eq!(table.pending(), 1, "{status}");
+        handle(
+            &core,
+            &udp(registrar_answer(&relayed, status, ""), upstream()),
+        );
+        assert_eq!(table.pending(), 0, "{status}");
+    }
+    assert_eq!(table.len(), 1);
+}
+
+/// A REGISTER from `agent` naming `contacts` contacts (in one Contact
+/// header line), and nothing else.
+fn register_with_contacts(agent: SocketAddr, contacts: usize) -> Inbound {
+    let uris: Vec<String> = (0..contacts)
+        .map(|i| format!("<sip:u{i}@10.0.0.1:5060>"))
+        .collect();
+    let contact_line = format!("Contact: {}\r\n", uris.join(", "));
+    let register = request("REGISTER", "sip:contoso.com", agent, LYNC, &contact_line)
+        .replace(&format!("Contact: <sip:alice@{agent}>\r\n"), "");
+    udp(register, agent)
+}
+
+fn count(counter: &std::sync::atomic::AtomicU64) -> u64 {
+    counter.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+#[test]
+fn a_register_over_the_contact_cap_is_answered_403_counted_and_recorded() {
+    let config = format!("{CONFIG}[limits]\nmax_contacts_per_register = 16\n");
+    let core = Core::detached(&config).unwrap();
+    let agent: SocketAddr = "127.0.0.1:47000".parse().unwrap();
+
+    // At the cap: relayed, noted.
+    let at_cap = handle(&core, &register_with_contacts(agent, 16));
+    assert_eq!(sent(&at_cap).0, Destination::Upstream);
+    assert_eq!(core.registrations().pending(), 1);
+
+    // Over it (the 600): answered here, nothing noted.
+    let over = SocketAddr::new(agent.ip(), agent.port() + 1);
+    let outcome = handle(&core, &register_with_contacts(over, 600));
+    let (to, answer) = sent(&outcome);
+    assert_eq!(to, Destination::Source);
+    assert!(
+        answer.starts_with("SIP/2.0 403 Too Many Contacts\r\n"),
+        "{answer}"
+    );
+    let record = outcome.record.expect("recorded");
+    assert_eq!(
+        (record.action, record.rule.as_ref(), record.status),
+        (Action::Reject, "proxy.too-many-contacts", Some(403))
+    );
+    assert_eq!(core.registrations().pending(), 1);
+    let metrics = core.metrics();
+    assert_eq!(count(&metrics.too_many_contacts), 1);
+    assert_eq!(count(&metrics.contacts_not_learned), 0);
+    assert!(metrics
+        .render(&crate::observe::metrics::Gauges::default())
+        .contains("sipadmit_registers_too_many_contacts_total 1\n"));
+
+    // `*` (remove all bindings) is not a contact to learn.
+    let star = SocketAddr::new(agent.ip(), agent.port() + 2);
+    let mut unregister = register_with_contacts(star, 16);
+    let text = String::from_utf8(unregister.bytes.to_vec()).unwrap();
+    unregister.bytes = Bytes::from(text.replace("Contact: ", "Contact: *\r\nContact: "));
+    assert_eq!(sent(&handle(&core, &unregister)).0, Destination::Upstream);
+}
+
+#[test]
+fn unanswered_registers_with_600_contacts_stay_within_the_byte_bound() {
+    // The cap raised to let 600 through: the byte bound alone holds them.
+    let bound = 1 << 20;
+    let config = format!(
+        "{CONFIG}[limits]\nregistration_table_bytes = {bound}\nmax_registrations = 100000\nmax_contacts_per_register = 1024\n"
+    );
+    let core = Core::detached(&config).unwrap();
+    for i in 0..300u16 {
+        let agent = SocketAddr::new(client().ip(), 20_000 + i);
+        let out = handle(&core, &register_with_contacts(agent, 600));
+        assert_eq!(sent(&out).0, Destination::Upstream);
+        assert!(core.registrations().accounted_bytes() <= bound);
+    }
+    let pending = core.registrations().pending();
+    // A quarter of the bound for pending REGISTERs, about 4.9 KB each.
+    let per_entry = registrations::EntryBytes::with_contacts(600).pending;
+    assert!(
+        (bound / 4 / per_entry / 2..=bound / 4 / per_entry).contains(&pending),
+        "{pending} of {per_entry} B"
+    );
+    let metrics = core.metrics();
+    assert_eq!(
+        count(&metrics.registrations_evicted),
+        300 - pending as u64,
+        "the oldest went"
+    );
+    assert_eq!(count(&metrics.contacts_not_learned), 0);
+
+    // The entry bound holds too.
+    let config = format!("{CONFIG}[limits]\nmax_registrations = 100\n");
+    let core = Core::detached(&config).unwrap();
+    for i in 0..300u16 {
+        let agent = SocketAddr::new(client().ip(), 20_000 + i);
+        handle(&core, &register_with_contacts(agent, 1));
+    }
+    assert_eq!(core.registrations().pending(), 100, "max_registrations");
+    assert_eq!(count(&core.metrics().registrations_evicted), 200);
+}
+
+#[test]
+fn a_retransmitted_request_is_handled_again_but_recorded_once() {
+    let core = Core::detached(CONFIG).unwrap();
+    let caller: SocketAddr = "127.0.0.1:45000".parse().unwrap();
+    let count = || {
+        core.metrics()
+            .retransmissions
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+
+    // A rejected INVITE, three times: three identical 403s, one record.
+    let rejected = udp(
+        request("INVITE", "sip:helpdesk@contoso.com", caller, MOBILE, ""),
+        caller,
+    );
+    let outcomes: Vec<Outcome> = (0..3).map(|_| handle(&core, &rejected)).collect();
+    assert_eq!(status(&outcomes[0]), Some(403));
+    assert!(
+        outcomes.iter().all(|o| o.send == outcomes[0].send),
+        "the same answer"
+    );
+    let records: Vec<_> = outcomes.iter().map(|o| o.record.is_some()).collect();
+    assert_eq!(records, [true, false, false]);
+    assert_eq!(count(), 2);
+
+    // A relayed INVITE, three times: relayed identically, one record.
+    let relayed = udp(
+        request("INVITE", "sip:helpdesk@contoso.com", caller, LYNC, "")
+            .replace("z9hG4bK-INVITE", "z9hG4bK-allowed")
+            .replace("Call-ID: INVITE", "Call-ID: allowed"),
+        caller,
+    );
+    let outcomes: Vec<Outcome> = (0..3).map(|_| handle(&core, &relayed)).collect();
+    assert_eq!(sent(&outcomes[0]).0, Destination::Upstream);
+    assert!(
+        outcomes.iter().all(|o| o.send == outcomes[0].send),
+        "relayed the same"
+    );
+    let records: Vec<_> = outcomes.iter().map(|o| o.record.is_some()).collect();
+    assert_eq!(records, [true, false, false]);
+
+    // A new transaction (new branch) is recorded again.
+    let next = udp(
+        request("INVITE", "sip:helpdesk@contoso.com", caller, MOBILE, "")
+            .replace("z9hG4bK-INVITE", "z9hG4bK-second"),
+        caller,
+    );
+    assert!(handle(&core, &next).record.is_some());
+    // So is the same transaction once its lifetime is over.
+    let later = Instant::now() + transactions::TRANSACTION_LIFETIME;
+    assert!(core.handle(&rejected, later, &|_, _| true).record.is_some());
+    assert_eq!(count(), 4);
+}
+
+#[test]
+fn both_legs_of_an_agent_offer_are_recorded_and_the_registrars_retransmissions_are_not() {
+    let core = Core::detached(CONFIG).unwrap();
+    let agent: SocketAddr = "127.0.0.1:46000".parse().unwrap();
+    let relayed = relay_register(&core, agent, 1);
+    let path = header_values(&relayed, "Path")[0].to_owned();
+
+    // Leg 1: the application's INVITE to the agent's address of record.
+    let rgs: SocketAddr = "127.0.0.1:43000".parse().unwrap();
+    let leg1 = handle(
+        &core,
+        &udp(
+            request("INVITE", "sip:agent-a@contoso.com", rgs, RGS, ""),
+            rgs,
+        ),
+    );
+    let (to, toward_registrar) = sent(&leg1);
+    assert_eq!(to, Destination::Upstream);
+    assert_eq!(leg1.record.unwrap().role, SessionRole::None);
+
+    // Leg 2: the registrar forwards it (same Call-ID, its own Via on top)
+    // along the agent's Path, and retransmits it four times (Timer A).
+    let (_, rest) = toward_registrar.split_once("\r\n").unwrap();
+    let leg2 = udp(
+        format!(
+            "INVITE sip:alice@{agent} SIP/2.0\r\nVia: SIP/2.0/UDP {};branch=z9hG4bK-registrar-1\r\nRoute: {path}\r\n{rest}",
+            upstream()
+        ),
+        upstream(),
+    );
+    let outcomes: Vec<Outcome> = (0..5).map(|_| handle(&core, &leg2)).collect();
+    let (to, _) = sent(&outcomes[0]);
+    assert!(
+        matches!(to, Destination::Flow(ref f) if f.peer == agent),
+        "{to:?}"
+    );
+    assert!(outcomes.iter().all(|o| o.send == outcomes[0].send));
+    let roles: Vec<_> = outcomes
+        .iter()
+        .map(|o| o.record.as_ref().map(|r| r.role))
+        .collect();
+    assert_eq!(
+        roles,
+        [Some(SessionRole::AgentOffer), None, None, None, None]
+    );
+    assert_eq!(
+        core.metrics()
+            .retransmissions
+            .load(std::sync::atomic::Ordering::Relaxed),
+        4
+    );
+}
+
+#[test]
+fn an_invite_to_a_dead_tcp_contact_retransmitted_five_times_gives_one_record() {
+    let core = Core::detached(CONFIG).unwrap();
+    let agent: SocketAddr = "127.0.0.1:48000".parse().unwrap();
+    let path = register_over_tcp(&core, agent);
+    // The agent's connection is gone; the registrar's INVITE along its
+    // Path (Timer A: the first and four retransmissions) gets 430 each time.
+    let offer = offer_along(&path, "agent-a", agent);
+    let outcomes: Vec<Outcome> = (0..5)
+        .map(|_| core.handle(&offer, Instant::now(), &|_, _| false))
+        .collect();
+    assert!(outcomes.iter().all(|o| status(o) == Some(430)));
+    assert!(outcomes.iter().all(|o| o.send == outcomes[0].send));
+    let rules: Vec<_> = outcomes
+        .iter()
+        .map(|o| o.record.as_ref().map(|r| r.rule.to_string()))
+        .collect();
+    assert_eq!(
+        rules,
+        [Some("proxy.flow-failed".to_owned()), None, None, None, None]
+    );
+    assert_eq!(count(&core.metrics().retransmissions), 4);
 }

@@ -3,8 +3,15 @@
 //! Pure functions over buffers, no I/O. Stream framing follows RFC 3261
 //! 18.3 (Content-Length, compact form `l`), skips CRLFs between messages and
 //! reports RFC 5626 3.5.1 keep-alive pings so the transport can answer them.
+//!
+//! [`StreamFramer`] is the incremental framer; [`SipCodec`] wraps it as a
+//! `tokio_util::codec::Decoder`, which the stream server reads any
+//! `AsyncRead` through (`FramedRead`): TCP now, TLS after its handshake.
 
 use bytes::{Bytes, BytesMut};
+/// The trait [`SipCodec`] implements (re-exported for its users: the
+/// fuzz targets call it directly).
+pub use tokio_util::codec::Decoder;
 
 use super::fields::{is_token_char, parse_decimal, trim_lws};
 
@@ -57,6 +64,12 @@ pub enum FramingError {
     /// Several Content-Length values: the message boundary is ambiguous.
     #[error("several Content-Length values")]
     SeveralContentLengths,
+    /// The stream ended in the middle of a message.
+    #[error("stream ended {buffered} bytes into a message")]
+    Truncated {
+        /// Bytes of the unfinished message that were buffered.
+        buffered: usize,
+    },
 }
 
 /// Incremental framer for stream transports (TCP, TLS).
@@ -138,6 +151,57 @@ impl StreamFramer {
         self.pending_total = None;
         self.scanned = 0;
         Some(Frame::Message(buf.split_to(total).freeze()))
+    }
+}
+
+/// Why a stream stopped yielding frames: it cannot be framed, or reading
+/// it failed. Either way the connection closes.
+#[derive(Debug, thiserror::Error)]
+pub enum StreamError {
+    /// The bytes cannot be framed.
+    #[error(transparent)]
+    Framing(#[from] FramingError),
+    /// Reading the stream failed.
+    #[error("read failed: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// The SIP stream decoder (`tokio_util::codec::Decoder`): a
+/// [`StreamFramer`], plus what happens at the end of the stream (CRLFs left
+/// over are fine, part of a message is [`FramingError::Truncated`]).
+#[derive(Debug)]
+pub struct SipCodec {
+    framer: StreamFramer,
+}
+
+impl SipCodec {
+    /// A codec refusing messages larger than `max_message_bytes`.
+    pub fn new(max_message_bytes: usize) -> Self {
+        Self {
+            framer: StreamFramer::new(max_message_bytes),
+        }
+    }
+}
+
+impl Decoder for SipCodec {
+    type Item = Frame;
+    type Error = StreamError;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, StreamError> {
+        Ok(self.framer.decode(src)?)
+    }
+
+    fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, StreamError> {
+        if let Some(frame) = self.framer.decode(src)? {
+            return Ok(Some(frame));
+        }
+        if src.iter().all(|&b| b == b'\r' || b == b'\n') {
+            src.clear();
+            return Ok(None);
+        }
+        let buffered = src.len();
+        src.clear();
+        Err(FramingError::Truncated { buffered }.into())
     }
 }
 
@@ -284,6 +348,47 @@ mod tests {
         assert!(
             matches!(f.decode(&mut buf), Ok(Some(Frame::Message(m))) if m.starts_with(b"INVITE"))
         );
+    }
+
+    #[test]
+    fn codec_yields_the_framers_frames_and_ends_cleanly() {
+        let mut codec = SipCodec::new(65_535);
+        let mut buf = BytesMut::new();
+        buf.extend_from_slice(b"\r\n\r\n");
+        buf.extend_from_slice(MSG);
+        buf.extend_from_slice(&MSG[..10]);
+        assert_eq!(codec.decode(&mut buf).unwrap(), Some(Frame::Ping));
+        assert_eq!(
+            codec.decode(&mut buf).unwrap(),
+            Some(Frame::Message(Bytes::from_static(MSG)))
+        );
+        assert_eq!(codec.decode(&mut buf).unwrap(), None);
+        // At the end of the stream, part of a message is an error ...
+        assert!(matches!(
+            codec.decode_eof(&mut buf),
+            Err(StreamError::Framing(FramingError::Truncated {
+                buffered: 10
+            }))
+        ));
+        // ... and trailing CRLFs are not.
+        let mut codec = SipCodec::new(65_535);
+        let mut buf = BytesMut::from(&b"\r\n\r"[..]);
+        assert_eq!(codec.decode_eof(&mut buf).unwrap(), None);
+        assert!(buf.is_empty());
+        let mut buf = BytesMut::from(MSG);
+        assert!(matches!(
+            codec.decode_eof(&mut buf),
+            Ok(Some(Frame::Message(_)))
+        ));
+    }
+
+    #[test]
+    fn codec_errors_close_the_stream() {
+        let mut buf = BytesMut::from(&b"A sip:a SIP/2.0\r\nl: x\r\n\r\n"[..]);
+        assert!(matches!(
+            SipCodec::new(65_535).decode(&mut buf),
+            Err(StreamError::Framing(FramingError::MalformedContentLength))
+        ));
     }
 
     #[test]

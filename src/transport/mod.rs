@@ -1,26 +1,46 @@
 //! Stage 1, transport: sockets in and out. Knows framing, not SIP
-//! semantics: every message goes to [`crate::app`]'s dispatcher, and every
-//! outbound message comes back through [`Senders`].
+//! semantics: every message goes to [`crate::app`]'s dispatcher as an
+//! [`Event`], and every outbound message comes back through [`Senders`],
+//! which never wait for a connection.
+//!
+//! - `udp`: one receive loop per UDP socket;
+//! - `stream`: ONE server for connection-oriented transports, generic over
+//!   `AsyncRead + AsyncWrite` (TCP now; TLS runs its handshake in the
+//!   connection's task, then the same framing, writer and timeouts);
+//! - `connections`: the table of open connections, which checks the peer on
+//!   every send;
+//! - `upstream`: the link to a stream upstream, a task with a bounded queue;
+//! - `addr`: connection and flow ids; `tls`: the TLS handshakes.
+//!
+//! Faults of one datagram or connection are counted and logged in one
+//! place ([`Fault::report`]) and never end a loop; only an unrecoverable
+//! socket error does.
 
 pub mod addr;
-pub mod tcp;
+pub mod connections;
+pub mod stream;
 pub mod tls;
 pub mod udp;
+pub mod upstream;
 
-use std::collections::HashMap;
 use std::fmt;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use tokio::net::UdpSocket;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::Endpoint;
+use crate::config::{Limits, UpstreamSources};
+use crate::observe::metrics::Metrics;
+use crate::proxy::Inbound;
 pub use addr::{BootId, ConnectionId, FlowId};
+pub use connections::Connections;
+use upstream::{Outgoing, UpstreamLink};
 
 /// A SIP transport (RFC 3261 18). Serialized in lowercase (`"udp"`), as in
 /// decision records and config endpoints.
@@ -106,154 +126,325 @@ pub enum SendError {
         /// The error.
         source: std::io::Error,
     },
+    /// The link to the stream upstream could not connect (refused, timed
+    /// out, or failing fast after a recent failure).
+    #[error("upstream {addr} unreachable: {cause}")]
+    UpstreamUnreachable {
+        /// The upstream.
+        addr: SocketAddr,
+        /// Why the last connect failed (shared by every message it failed).
+        cause: Arc<dyn std::error::Error + Send + Sync>,
+    },
+    /// The queue of the link to the stream upstream is full (it is
+    /// connecting, or the upstream does not keep up).
+    #[error("the queue to upstream {0} is full")]
+    UpstreamQueueFull(SocketAddr),
+    /// The link to the stream upstream has stopped (shutting down).
+    #[error("the link to upstream {0} has stopped")]
+    UpstreamStopped(SocketAddr),
 }
 
-/// One open stream connection: who is at the other end, and its writer queue.
+/// What the transports hand the dispatcher.
 #[derive(Debug)]
-struct Connection {
-    peer: SocketAddr,
-    transport: Transport,
-    writer: mpsc::Sender<Bytes>,
+pub enum Event {
+    /// A message arrived.
+    Received(Inbound),
+    /// A message the dispatcher gave the stream upstream's link was not
+    /// delivered (the link could not connect, or its connection was gone):
+    /// `inbound` is the message it was relayed from, so a request can be
+    /// answered `503`.
+    Undelivered {
+        /// The message as it arrived from the client.
+        inbound: Inbound,
+        /// Why it was not delivered.
+        error: SendError,
+    },
 }
 
-/// Live stream connections of this instance: id → (peer, transport, writer
-/// queue). A send names the peer it is for, and is refused when the
-/// connection's peer differs.
-#[derive(Debug, Default)]
-pub struct Connections {
-    open: Mutex<HashMap<ConnectionId, Connection>>,
-    /// How many ids were handed out (the next is `ConnectionId::nth(issued)`).
-    issued: AtomicU64,
+/// A fault of one datagram, one connection or one connect attempt: counted
+/// (`sipadmit_transport_faults_total{kind}`), logged, and survived.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// Receiving a datagram failed (an ICMP error for an earlier send, say).
+    UdpReceive,
+    /// A message could not be sent (socket error, connection gone or not
+    /// reading, upstream unreachable).
+    Send,
+    /// Accepting a connection failed (out of file descriptors, say); the
+    /// listener backs off.
+    Accept,
+    /// A new connection was closed at once: every connection slot
+    /// (`limits.max_connections`) is taken.
+    ConnectionLimit,
+    /// Reading a connection failed (reset by the peer, say); closed.
+    Read,
+    /// A connection sent bytes that cannot be framed; closed.
+    Unframeable,
+    /// A connection ended in the middle of a message.
+    Truncated,
+    /// Writing to a connection failed or made no progress for
+    /// [`stream::WRITE_TIMEOUT`]; closed.
+    Write,
+    /// Connecting to the stream upstream failed or timed out.
+    UpstreamConnect,
+    /// The queue of the link to the stream upstream was full.
+    UpstreamQueueFull,
 }
 
-impl Connections {
-    /// A fresh connection id (never 0, never reused by this table).
-    pub fn next_id(&self) -> ConnectionId {
-        ConnectionId::nth(self.issued.fetch_add(1, Ordering::Relaxed))
+impl Fault {
+    /// Every kind, in render order.
+    pub const ALL: [Self; 10] = [
+        Self::UdpReceive,
+        Self::Send,
+        Self::Accept,
+        Self::ConnectionLimit,
+        Self::Read,
+        Self::Unframeable,
+        Self::Truncated,
+        Self::Write,
+        Self::UpstreamConnect,
+        Self::UpstreamQueueFull,
+    ];
+
+    /// Label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::UdpReceive => "udp_receive",
+            Self::Send => "send",
+            Self::Accept => "accept",
+            Self::ConnectionLimit => "connection_limit",
+            Self::Read => "read",
+            Self::Unframeable => "unframeable",
+            Self::Truncated => "truncated",
+            Self::Write => "write",
+            Self::UpstreamConnect => "upstream_connect",
+            Self::UpstreamQueueFull => "upstream_queue_full",
+        }
     }
 
-    /// Register a connection to `peer` and its writer.
-    pub fn insert(
-        &self,
-        id: ConnectionId,
-        peer: SocketAddr,
-        transport: Transport,
-        writer: mpsc::Sender<Bytes>,
-    ) {
-        self.open.lock().expect("connections lock").insert(
-            id,
-            Connection {
-                peer,
-                transport,
-                writer,
-            },
+    /// What the log line says.
+    fn summary(self) -> &'static str {
+        match self {
+            Self::UdpReceive => "UDP receive failed; serving on",
+            Self::Send => "send failed",
+            Self::Accept => "accept failed; backing off",
+            Self::ConnectionLimit => "connection limit reached; new connection closed",
+            Self::Read => "read failed; connection closed",
+            Self::Unframeable => "unframeable stream; connection closed",
+            Self::Truncated => "connection ended in the middle of a message",
+            Self::Write => "write failed or stalled; connection closed",
+            Self::UpstreamConnect => "connecting to the upstream failed",
+            Self::UpstreamQueueFull => "queue to the upstream full",
+        }
+    }
+
+    /// Whether it happens in normal operation (a client resetting its
+    /// connection): logged at debug level, not as a warning.
+    fn is_routine(self) -> bool {
+        matches!(self, Self::Read | Self::Truncated)
+    }
+
+    /// The fault a failed send counts as: a full queue to the upstream is
+    /// its own kind; every other failure is [`Fault::Send`].
+    pub fn of_send(error: &SendError) -> Self {
+        match error {
+            SendError::UpstreamQueueFull(_) => Self::UpstreamQueueFull,
+            _ => Self::Send,
+        }
+    }
+
+    /// Count and log one fault: the one place transport faults are logged.
+    /// Peers can trigger them, so warnings are rate-limited: at most one
+    /// per kind every [`FAULT_WARNING_INTERVAL`], saying how many of that
+    /// kind were not logged since the previous one (every fault is still
+    /// counted). Routine faults are logged at debug level, not limited.
+    pub fn report(self, metrics: &Metrics, peer: Option<SocketAddr>, error: &dyn fmt::Display) {
+        metrics.count_fault(self);
+        let peer = peer.map(tracing::field::display);
+        if self.is_routine() {
+            debug!(fault = self.as_str(), peer, error = %error, "{}", self.summary());
+            return;
+        }
+        let Some(not_logged) = metrics.fault_warning_due(self, std::time::Instant::now()) else {
+            return;
+        };
+        warn!(
+            fault = self.as_str(),
+            peer,
+            error = %error,
+            not_logged,
+            total = metrics.faults(self),
+            "{}",
+            self.summary()
         );
     }
+}
 
-    /// Forget a connection.
-    pub fn remove(&self, id: ConnectionId) {
-        self.open.lock().expect("connections lock").remove(&id);
-    }
+/// Transport fault warnings of one kind are logged at most once per this
+/// interval (10 s); the faults in between are counted, and the next
+/// warning says how many were not logged.
+pub const FAULT_WARNING_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
 
-    /// Whether connection `id` is still open, and open to `peer`.
-    pub fn is_open_to(&self, id: ConnectionId, peer: SocketAddr) -> bool {
-        self.open
-            .lock()
-            .expect("connections lock")
-            .get(&id)
-            .is_some_and(|c| c.peer == peer && !c.writer.is_closed())
-    }
+/// The rate limit of one kind of warning: when the last one was logged and
+/// how many were held back since.
+#[derive(Debug, Default)]
+pub struct WarningWindow {
+    last: Option<std::time::Instant>,
+    not_logged: u64,
+}
 
-    /// The transport of an open connection.
-    pub fn transport(&self, id: ConnectionId) -> Option<Transport> {
-        self.open
-            .lock()
-            .expect("connections lock")
-            .get(&id)
-            .map(|c| c.transport)
-    }
-
-    /// Number of open connections.
-    pub fn len(&self) -> usize {
-        self.open.lock().expect("connections lock").len()
-    }
-
-    /// Number of open connections of a transport.
-    pub fn count(&self, transport: Transport) -> usize {
-        let open = self.open.lock().expect("connections lock");
-        open.values().filter(|c| c.transport == transport).count()
-    }
-
-    /// Whether no connection is open.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// Queue bytes for `peer` on connection `id` without waiting. Refused
-    /// when the connection is gone or open to another peer. A connection
-    /// whose queue is full (a peer that stopped reading) is closed rather
-    /// than allowed to stall the dispatcher.
-    pub fn send(&self, id: ConnectionId, peer: SocketAddr, bytes: Bytes) -> Result<(), SendError> {
-        let mut open = self.open.lock().expect("connections lock");
-        let connection = open.get(&id).ok_or(SendError::ConnectionGone(id))?;
-        if connection.peer != peer {
-            return Err(SendError::OtherPeer {
-                connection: id,
-                expected: peer,
-                actual: connection.peer,
-            });
-        }
-        match connection.writer.try_send(bytes) {
-            Ok(()) => Ok(()),
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                // Dropping the sender ends the writer task, which closes the socket.
-                open.remove(&id);
-                Err(SendError::QueueFull(id))
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => {
-                open.remove(&id);
-                Err(SendError::ConnectionGone(id))
-            }
+impl WarningWindow {
+    /// Whether a warning at `now` is logged (at most one per `interval`):
+    /// `Some(n)` with the `n` warnings held back before it, or `None` (held
+    /// back and counted).
+    pub fn admit(&mut self, now: std::time::Instant, interval: std::time::Duration) -> Option<u64> {
+        let due = self
+            .last
+            .is_none_or(|last| now.saturating_duration_since(last) >= interval);
+        if due {
+            self.last = Some(now);
+            Some(std::mem::take(&mut self.not_logged))
+        } else {
+            self.not_logged += 1;
+            None
         }
     }
 }
 
-/// Everything that can send: UDP sockets, client connections, the upstream link.
+/// Whether a socket error means the socket itself is unusable (its loop
+/// ends); every other error costs one datagram or one accept.
+pub fn is_unrecoverable(error: &std::io::Error) -> bool {
+    matches!(
+        error.kind(),
+        std::io::ErrorKind::NotConnected | std::io::ErrorKind::ConnectionAborted
+    )
+}
+
+/// What every transport task shares.
+#[derive(Debug)]
+pub struct TransportContext {
+    /// Live stream connections (writers).
+    pub connections: Arc<Connections>,
+    /// Where messages and undelivered messages go: the dispatcher.
+    pub events: mpsc::Sender<Event>,
+    /// Limits (message size, idle timeout, connection slots).
+    pub limits: Limits,
+    /// Counters.
+    pub metrics: Arc<Metrics>,
+    /// Stop signal.
+    pub shutdown: CancellationToken,
+    /// Connection slots shared by every listener (`limits.max_connections`).
+    pub slots: Arc<Semaphore>,
+    /// Sources whose messages count as the registrar's, besides what
+    /// arrives on the connections this proxy opened to it.
+    pub upstream_sources: UpstreamSources,
+}
+
+#[cfg(test)]
+impl TransportContext {
+    /// A context for unit tests: default limits but `max_connections`
+    /// slots and a 60 s idle timeout; nothing counts as the registrar.
+    pub(crate) fn for_tests(events: mpsc::Sender<Event>, max_connections: usize) -> Arc<Self> {
+        Arc::new(Self {
+            connections: Arc::new(Connections::default()),
+            events,
+            limits: Limits {
+                max_message_bytes: 65_535,
+                max_headers: 256,
+                max_connections,
+                tcp_idle_timeout: std::time::Duration::from_secs(60),
+                max_registrations: 16,
+                max_contacts_per_register: 16,
+                registration_table_bytes: 1 << 20,
+                transaction_table_bytes: 1 << 20,
+                upstream_retry_after_secs: 30,
+            },
+            metrics: Arc::new(Metrics::default()),
+            shutdown: CancellationToken::new(),
+            slots: Arc::new(Semaphore::new(max_connections)),
+            upstream_sources: UpstreamSources::default(),
+        })
+    }
+}
+
+/// A bound UDP socket and the address it is advertised at.
+#[derive(Debug, Clone)]
+pub struct UdpListener {
+    /// The socket.
+    pub socket: Arc<UdpSocket>,
+    /// Its advertised address (the `Inbound::local` of what it receives).
+    pub local: SocketAddr,
+}
+
+/// Where messages for the registrar go.
+#[derive(Debug)]
+pub enum UpstreamSender {
+    /// A UDP registrar at this address.
+    Datagram(SocketAddr),
+    /// A stream registrar, through the link task.
+    Stream(UpstreamLink),
+}
+
+impl UpstreamSender {
+    /// The transport messages for the registrar travel on.
+    pub fn transport(&self) -> Transport {
+        match self {
+            Self::Datagram(_) => Transport::Udp,
+            Self::Stream(link) => link.transport(),
+        }
+    }
+}
+
+/// Everything that can send: UDP sockets, client connections, the
+/// upstream. Nothing here waits for a connection.
 #[derive(Debug)]
 pub struct Senders {
-    /// Bound UDP listener sockets.
-    pub udp: Vec<Arc<UdpSocket>>,
-    /// Client TCP connections.
+    /// UDP listeners, in configuration order.
+    pub udp: Vec<UdpListener>,
+    /// Open stream connections.
     pub connections: Arc<Connections>,
     /// The upstream registrar.
-    pub upstream: Endpoint,
-    /// The TCP link to the upstream (when it is TCP).
-    pub upstream_tcp: Option<tcp::UpstreamLink>,
+    pub upstream: UpstreamSender,
 }
 
 impl Senders {
-    /// Send a datagram from the UDP socket of the destination's address family.
-    pub async fn send_udp(&self, addr: SocketAddr, bytes: &[u8]) -> Result<(), SendError> {
-        let socket = self
-            .udp
-            .iter()
-            .find(|s| s.local_addr().is_ok_and(|l| l.is_ipv4() == addr.is_ipv4()))
+    /// Send a datagram to `to` from the UDP listener advertised at `from`
+    /// (the one a request arrived on, so that its answer leaves from the
+    /// address the client sent to); without `from`, or when no listener has
+    /// it, from the first listener of the destination's address family.
+    pub async fn send_datagram(
+        &self,
+        from: Option<SocketAddr>,
+        to: SocketAddr,
+        bytes: &[u8],
+    ) -> Result<(), SendError> {
+        let listener = from
+            .and_then(|local| self.udp.iter().find(|l| l.local == local))
+            .filter(|l| l.local.is_ipv4() == to.is_ipv4())
+            .or_else(|| self.udp.iter().find(|l| l.local.is_ipv4() == to.is_ipv4()))
             .ok_or(SendError::NoSocket {
                 transport: Transport::Udp,
-                addr,
+                addr: to,
             })?;
-        socket
-            .send_to(bytes, addr)
+        listener
+            .socket
+            .send_to(bytes, to)
             .await
             .map(|_| ())
-            .map_err(|source| SendError::Io { addr, source })
+            .map_err(|source| SendError::Io { addr: to, source })
     }
 
-    /// Send to the upstream registrar.
-    pub async fn send_upstream(&self, bytes: Bytes) -> Result<(), SendError> {
-        match (&self.upstream_tcp, self.upstream.transport) {
-            (Some(link), Transport::Tcp) => link.send(bytes).await,
-            _ => self.send_udp(self.upstream.addr, &bytes).await,
+    /// Send to the upstream registrar: a datagram, or a message queued for
+    /// the stream link (never waiting for it to connect; a failure to
+    /// deliver later comes back as [`Event::Undelivered`]). `inbound` is
+    /// the message `bytes` were relayed from.
+    pub async fn send_upstream(&self, bytes: Bytes, inbound: &Inbound) -> Result<(), SendError> {
+        match &self.upstream {
+            UpstreamSender::Datagram(addr) => self.send_datagram(None, *addr, &bytes).await,
+            UpstreamSender::Stream(link) => link.offer(Outgoing {
+                bytes,
+                inbound: inbound.clone(),
+            }),
         }
     }
 }
@@ -278,30 +469,36 @@ mod tests {
     }
 
     #[test]
-    fn a_send_checks_the_peer_and_the_connection() {
-        let table = Connections::default();
-        let (first, second) = (table.next_id(), table.next_id());
-        assert_eq!((first.get(), second.get()), (1, 2));
-        let peer: SocketAddr = "127.0.0.1:40001".parse().unwrap();
-        let other: SocketAddr = "127.0.0.1:40002".parse().unwrap();
-        let (tx, mut rx) = mpsc::channel(4);
-        table.insert(first, peer, Transport::Tcp, tx);
-        assert!(table.is_open_to(first, peer));
-        assert!(!table.is_open_to(first, other), "another peer");
-        assert!(!table.is_open_to(second, peer), "another connection");
-        assert!(matches!(
-            table.send(first, other, Bytes::from_static(b"x")),
-            Err(SendError::OtherPeer { actual, .. }) if actual == peer
-        ));
-        assert!(rx.try_recv().is_err(), "nothing written for the other peer");
-        assert!(matches!(
-            table.send(second, peer, Bytes::from_static(b"x")),
-            Err(SendError::ConnectionGone(id)) if id == second
-        ));
-        table.send(first, peer, Bytes::from_static(b"ok")).unwrap();
-        assert_eq!(&rx.try_recv().unwrap()[..], b"ok");
-        assert_eq!(table.transport(first), Some(Transport::Tcp));
-        table.remove(first);
-        assert!(table.is_empty());
+    fn fault_warnings_are_limited_per_interval_and_count_what_they_held_back() {
+        let interval = std::time::Duration::from_secs(10);
+        let start = std::time::Instant::now();
+        let at = |secs| start + std::time::Duration::from_secs(secs);
+        let mut window = WarningWindow::default();
+        assert_eq!(
+            window.admit(at(0), interval),
+            Some(0),
+            "the first is logged"
+        );
+        assert_eq!(window.admit(at(1), interval), None);
+        assert_eq!(window.admit(at(9), interval), None);
+        assert_eq!(
+            window.admit(at(10), interval),
+            Some(2),
+            "then one saying 2 were held back"
+        );
+        assert_eq!(window.admit(at(25), interval), Some(0));
+    }
+
+    #[test]
+    fn a_full_upstream_queue_is_its_own_fault() {
+        let addr: SocketAddr = "127.0.0.1:5070".parse().unwrap();
+        assert_eq!(
+            Fault::of_send(&SendError::UpstreamQueueFull(addr)),
+            Fault::UpstreamQueueFull
+        );
+        assert_eq!(
+            Fault::of_send(&SendError::UpstreamStopped(addr)),
+            Fault::Send
+        );
     }
 }

@@ -17,10 +17,12 @@ use tokio_util::sync::CancellationToken;
 
 /// A running in-process sipadmit. Stops on drop.
 pub struct TestProxy {
-    /// UDP listener address.
+    /// UDP listener address (the first).
     pub udp: SocketAddr,
-    /// TCP listener address.
+    /// TCP listener address (the first).
     pub tcp: SocketAddr,
+    /// Every listener: the UDP ones, then the TCP ones, each in `--listen` order.
+    pub addresses: Vec<(Transport, SocketAddr)>,
     /// Decision log file.
     pub decision_log: PathBuf,
     log: DecisionLog,
@@ -55,8 +57,9 @@ impl TestProxy {
         )
     }
 
-    /// Start listening on `listen` (`--listen` values, one UDP and one TCP).
-    fn start_listening(toml: &str, listen: Vec<String>, upstream: &str) -> Self {
+    /// Start listening on `listen` (`--listen` values, at least one UDP
+    /// and one TCP).
+    pub fn start_listening(toml: &str, listen: Vec<String>, upstream: &str) -> Self {
         // Console logs in the test output (shown for failing tests); RUST_LOG filters.
         let _ = tracing_subscriber::fmt()
             .with_env_filter(
@@ -102,6 +105,7 @@ impl TestProxy {
         Self {
             udp: find(Transport::Udp),
             tcp: find(Transport::Tcp),
+            addresses: addrs,
             decision_log,
             log,
             shutdown,

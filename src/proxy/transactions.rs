@@ -1,0 +1,188 @@
+//! The transactions already recorded, so that a retransmitted request gets
+//! the same treatment (relayed again, or answered again with the same
+//! response) but no second decision record.
+//!
+//! A request is a retransmission of one seen within the transaction
+//! lifetime (64*T1 = 32 s, RFC 3261 Timer B/F) when it has the same method,
+//! Call-ID, CSeq number, From tag and top Via (branch and sent-by, the
+//! RFC 3261 17.2.3 match). The table holds one 64-bit keyed hash per
+//! transaction in an [`ExpiringMap`]: O(1) per request, bounded in bytes;
+//! when full the oldest transaction is forgotten (its late retransmission
+//! would then be recorded once more, nothing worse). Pure: the clock is
+//! passed in.
+
+use std::collections::hash_map::RandomState;
+use std::hash::{BuildHasher, Hasher};
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use super::expiring::{Bounds, ExpiringMap};
+use crate::sip::SipView;
+
+/// How long a transaction's requests count as retransmissions (64 * T1).
+pub const TRANSACTION_LIFETIME: Duration = Duration::from_secs(32);
+
+/// Which record of a transaction: the one of handling the request, or the
+/// 503 when the registrar proved unreachable afterwards.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecordKind {
+    /// The request's decision (relay, reject, drop).
+    Decision,
+    /// The 503 answered when it could not be sent upstream.
+    UpstreamUnavailable,
+}
+
+/// The transactions recorded in the last [`TRANSACTION_LIFETIME`].
+#[derive(Debug)]
+pub struct Transactions {
+    seen: Mutex<ExpiringMap<()>>,
+    keys: RandomState,
+}
+
+impl Transactions {
+    /// An empty table of at most `max_bytes` bytes.
+    pub fn new(max_bytes: usize) -> Self {
+        Self {
+            seen: Mutex::new(ExpiringMap::new(Bounds {
+                max_entries: usize::MAX,
+                max_bytes,
+            })),
+            keys: RandomState::new(),
+        }
+    }
+
+    /// Whether this is the first time a record of `kind` is due for the
+    /// transaction of `request`; it is remembered for
+    /// [`TRANSACTION_LIFETIME`] from its first sighting.
+    pub fn first_sighting(&self, request: &SipView, kind: RecordKind, now: Instant) -> bool {
+        let key = self.key(request, kind);
+        let mut seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
+        if seen.get(key, now).is_some() {
+            return false;
+        }
+        // Only a value larger than the whole bound is refused, and `()` is
+        // not: the insert evicts the oldest instead.
+        let _ = seen.insert(key, (), now + TRANSACTION_LIFETIME, now);
+        true
+    }
+
+    /// Transactions remembered.
+    pub fn len(&self) -> usize {
+        self.seen
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
+
+    /// Whether none is remembered.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Bytes the table accounts for (never above its bound).
+    pub fn accounted_bytes(&self) -> usize {
+        self.seen
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .bytes()
+    }
+
+    fn key(&self, request: &SipView, kind: RecordKind) -> u64 {
+        let mut h = self.keys.build_hasher();
+        let mut field = |bytes: &[u8]| {
+            h.write(bytes);
+            h.write_usize(bytes.len());
+        };
+        field(match kind {
+            RecordKind::Decision => b"d",
+            RecordKind::UpstreamUnavailable => b"u",
+        });
+        field(request.method_bytes().unwrap_or_default());
+        field(request.call_id().unwrap_or_default());
+        field(&request.cseq().map_or(0, |c| c.number).to_be_bytes());
+        field(
+            request
+                .from()
+                .ok()
+                .and_then(|f| f.tag())
+                .unwrap_or_default(),
+        );
+        match request.top_via() {
+            Ok(via) => {
+                field(via.branch().unwrap_or_default());
+                field(via.host);
+                field(&via.port.unwrap_or(0).to_be_bytes());
+            }
+            Err(_) => field(b""),
+        }
+        h.finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use super::*;
+
+    fn invite(branch: &str, via_port: u16) -> SipView {
+        SipView::parse(Bytes::from(format!(
+            "INVITE sip:bob@h SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:{via_port};branch={branch}\r\n\
+             From: <sip:a@h>;tag=f\r\nTo: <sip:bob@h>\r\nCall-ID: c1\r\nCSeq: 1 INVITE\r\n\
+             Max-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+        )))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_retransmission_is_seen_once_within_the_lifetime() {
+        let t = Transactions::new(1 << 20);
+        let now = Instant::now();
+        let first = invite("z9hG4bK-1", 5062);
+        assert!(t.first_sighting(&first, RecordKind::Decision, now));
+        assert!(!t.first_sighting(&invite("z9hG4bK-1", 5062), RecordKind::Decision, now));
+        assert!(
+            t.first_sighting(&first, RecordKind::UpstreamUnavailable, now),
+            "another record of the same transaction"
+        );
+        assert!(t.first_sighting(&invite("z9hG4bK-2", 5062), RecordKind::Decision, now));
+        assert!(
+            t.first_sighting(&invite("z9hG4bK-1", 5070), RecordKind::Decision, now),
+            "another sent-by: another transaction (the registrar's leg)"
+        );
+        let later = now + TRANSACTION_LIFETIME;
+        assert!(
+            t.first_sighting(&first, RecordKind::Decision, later),
+            "expired"
+        );
+    }
+
+    /// The per-transaction figure the config reference gives (64-bit).
+    #[test]
+    #[cfg(target_pointer_width = "64")]
+    fn a_transaction_costs_the_documented_48_bytes() {
+        use crate::proxy::expiring::{slot_bytes, MAX_INDEX_BYTES_PER_SLOT};
+        assert_eq!(slot_bytes::<()>() + MAX_INDEX_BYTES_PER_SLOT, 48);
+    }
+
+    #[test]
+    fn the_table_stays_within_its_bytes_and_forgets_the_oldest() {
+        let bound = 64 * 1024;
+        let t = Transactions::new(bound);
+        let now = Instant::now();
+        for i in 0..5_000 {
+            assert!(t.first_sighting(
+                &invite(&format!("z9hG4bK-{i}"), 5062),
+                RecordKind::Decision,
+                now
+            ));
+            assert!(t.accounted_bytes() <= bound);
+        }
+        assert!(t.len() > 1000 && t.len() < 5000, "{}", t.len());
+        assert!(
+            t.first_sighting(&invite("z9hG4bK-0", 5062), RecordKind::Decision, now),
+            "forgotten"
+        );
+        assert!(!t.first_sighting(&invite("z9hG4bK-4999", 5062), RecordKind::Decision, now));
+    }
+}
