@@ -2,8 +2,9 @@
 //! tasks (UDP loops, the stream accept loops, the upstream link), run the
 //! dispatcher (view → classify → decide → act) over the transports'
 //! events, submit decision records to the log writer, sweep registrations,
-//! handle signals (SIGHUP reopens the decision log; SIGTERM and SIGINT stop,
-//! within a bounded time), stop on shutdown.
+//! start the admin listener ([`crate::admin`]), handle signals (SIGHUP
+//! reloads the config, see [`crate::reload`], and reopens the decision log;
+//! SIGTERM and SIGINT stop, within a bounded time), stop on shutdown.
 //!
 //! The dispatcher never waits for a connection: the stream upstream is a
 //! link task with a queue, and what it cannot deliver comes back as an
@@ -20,13 +21,15 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use crate::admin::{self, AdminState};
 use crate::config::{Config, Endpoint};
 use crate::observe::decision_log::{DecisionLogError, SHUTDOWN_DEADLINE};
-use crate::observe::metrics::{DropReason, Metrics};
+use crate::observe::metrics::{DropReason, MessageKind, Metrics};
 use crate::observe::{DecisionLog, LogWriter};
 use crate::policy::Action;
 use crate::proxy::flow::FlowSigner;
 use crate::proxy::{Core, Destination, Inbound, Outbound, Outcome};
+use crate::reload::Reloader;
 use crate::transport::admission::{Admission, BanCause};
 use crate::transport::stream::{self, Listener};
 use crate::transport::upstream::{DatagramWatch, LinkSettings, UpstreamLink};
@@ -63,6 +66,15 @@ pub enum AppError {
     /// The decision log could not be opened.
     #[error(transparent)]
     DecisionLog(#[from] DecisionLogError),
+    /// The admin listener could not be bound.
+    #[error("cannot listen on {addr} (admin)")]
+    AdminBind {
+        /// `admin.listen` or `--admin`.
+        addr: SocketAddr,
+        /// The error (the source, not repeated in this message).
+        #[source]
+        source: std::io::Error,
+    },
     /// The signal handlers could not be installed.
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
@@ -75,6 +87,8 @@ pub struct Bound {
     pub udp: Vec<Arc<UdpSocket>>,
     /// TCP listeners.
     pub tcp: Vec<TcpListener>,
+    /// The admin HTTP listener, when configured.
+    pub admin: Option<TcpListener>,
 }
 
 impl Bound {
@@ -92,6 +106,11 @@ impl Bound {
             .map(|a| (Transport::Tcp, a));
         udp.chain(tcp).collect()
     }
+
+    /// The admin listener's actual address, when there is one.
+    pub fn admin_address(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().and_then(|l| l.local_addr().ok())
+    }
 }
 
 /// Bind every configured listener.
@@ -99,6 +118,7 @@ pub async fn bind(config: &Config) -> Result<Bound, AppError> {
     let mut bound = Bound {
         udp: Vec::new(),
         tcp: Vec::new(),
+        admin: None,
     };
     for endpoint in &config.settings.listen {
         let err = |source| AppError::Bind {
@@ -119,6 +139,12 @@ pub async fn bind(config: &Config) -> Result<Bound, AppError> {
                 .tcp
                 .push(TcpListener::bind(endpoint.addr).await.map_err(err)?),
         }
+    }
+    if let Some(addr) = config.settings.admin {
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| AppError::AdminBind { addr, source })?;
+        bound.admin = Some(listener);
     }
     Ok(bound)
 }
@@ -146,6 +172,18 @@ pub async fn serve(
     bound: Bound,
     decision_log: DecisionLog,
     shutdown: CancellationToken,
+) -> Result<Arc<Metrics>, AppError> {
+    serve_reloading(config, bound, decision_log, shutdown, None).await
+}
+
+/// [`serve`], reloading the config file once per message on `reloads`
+/// (see [`crate::reload`]).
+pub async fn serve_reloading(
+    config: Config,
+    mut bound: Bound,
+    decision_log: DecisionLog,
+    shutdown: CancellationToken,
+    reloads: Option<mpsc::Receiver<()>>,
 ) -> Result<Arc<Metrics>, AppError> {
     let upstream = config.settings.upstream.ok_or(AppError::NoUpstream)?;
     let advertise = |local: Option<SocketAddr>| local.map(|a| advertised(a, upstream.addr));
@@ -185,8 +223,15 @@ pub async fn serve(
     let metrics = Arc::new(Metrics::default());
     let settings = config.settings.clone();
     let mode = config.runtime.policy.mode;
+    let (config_path, overrides) = (config.path.clone(), config.overrides.clone());
     let boot = BootId::random();
-    let core = Core::new(config, signer, boot, addresses.clone(), metrics.clone());
+    let core = Arc::new(Core::new(
+        config,
+        signer,
+        boot,
+        addresses.clone(),
+        metrics.clone(),
+    ));
     let (events_tx, mut events) = mpsc::channel::<Event>(EVENT_QUEUE);
     let connections = Arc::new(Connections::default());
     let admission = Arc::new(Admission::new(
@@ -194,6 +239,12 @@ pub async fn serve(
         settings.upstream_sources.clone(),
         metrics.clone(),
     ));
+    let reloader = Reloader {
+        path: config_path,
+        overrides,
+        running: settings.clone(),
+        admission: admission.clone(),
+    };
     let ctx = Arc::new(TransportContext {
         connections: connections.clone(),
         events: events_tx,
@@ -213,7 +264,7 @@ pub async fn serve(
         .collect();
     let senders = Senders {
         udp: udp_listeners.clone(),
-        connections,
+        connections: connections.clone(),
         upstream: if upstream.transport.is_stream() {
             UpstreamSender::Stream(UpstreamLink::spawn(
                 upstream.transport,
@@ -244,6 +295,27 @@ pub async fn serve(
     for (transport, addr) in &addresses {
         info!(%transport, %addr, upstream = %upstream, mode = mode.as_str(), boot = %boot, "listening");
     }
+    if let Some(listener) = bound.admin.take() {
+        if let Ok(addr) = listener.local_addr() {
+            info!(%addr, "admin listening (/metrics, /healthz, /readyz)");
+        }
+        tasks.spawn(admin::serve(
+            listener,
+            AdminState {
+                metrics: metrics.clone(),
+                core: core.clone(),
+                connections: connections.clone(),
+                decision_log: decision_log.clone(),
+                upstream,
+                listeners: addresses.clone(),
+                admission: admission.clone(),
+                shutdown: shutdown.clone(),
+            },
+        ));
+    }
+    if let Some(reloads) = reloads {
+        tasks.spawn(reloader.run(reloads, core.clone(), metrics.clone(), shutdown.clone()));
+    }
 
     let mut sweep = tokio::time::interval(SWEEP_INTERVAL);
     let mut housekeeping = tokio::time::interval(HOUSEKEEPING_INTERVAL);
@@ -271,7 +343,7 @@ pub async fn serve(
     }
     tasks.shutdown().await;
     info!(
-        counters = %metrics.render().replace('\n', "; "),
+        counters = %metrics.summary(),
         decision_records_dropped = decision_log.dropped(),
         "stopped"
     );
@@ -336,14 +408,18 @@ async fn dispatch(
 ) {
     match event {
         Event::Received(inbound) => {
-            let now = Instant::now();
+            let started = Instant::now();
             if inbound.from_upstream && inbound.transport == Transport::Udp {
                 edge.upstream_watch.heard();
             }
-            let mut outcome = core.handle(&inbound, now, &|id, peer| {
+            let mut outcome = core.handle(&inbound, started, &|id, peer| {
                 senders.connections.is_open_to(id, peer)
             });
-            if outcome.scanner && edge.admission.ban(inbound.source, BanCause::Scanner, now) {
+            if outcome.scanner
+                && edge
+                    .admission
+                    .ban(inbound.source, BanCause::Scanner, started)
+            {
                 // Banned by this message: dropped, and its record says why.
                 outcome.send = None;
                 if let Some(record) = outcome.record.as_mut() {
@@ -353,18 +429,28 @@ async fn dispatch(
                 }
                 core.metrics().count_drop(DropReason::Banned);
             }
-            let to_datagram_upstream = matches!(
-                (&outcome.send, &senders.upstream),
-                (
+            // A datagram sent is delivered as far as UDP can tell; the
+            // stream link notes its own deliveries.
+            let to_udp_upstream = matches!(senders.upstream, UpstreamSender::Datagram(_))
+                && matches!(
+                    &outcome.send,
                     Some(Outbound {
                         to: Destination::Upstream,
                         ..
-                    }),
-                    UpstreamSender::Datagram(_)
-                )
-            );
-            match carry_out(senders, log, &inbound, outcome, core.boot()).await {
-                Ok(()) if to_datagram_upstream => edge.upstream_watch.relayed(now),
+                    })
+                );
+            let carried_out = carry_out(senders, log, &inbound, outcome, core.boot()).await;
+            core.metrics().observe_handling(started.elapsed());
+            match carried_out {
+                Ok(()) if to_udp_upstream => {
+                    core.metrics().note_upstream_sent();
+                    // Only a request other than ACK gets something back.
+                    let answered = MessageKind::of(&inbound.bytes) == MessageKind::Request
+                        && !inbound.bytes.starts_with(b"ACK ");
+                    if answered {
+                        edge.upstream_watch.relayed(started);
+                    }
+                }
                 Ok(()) => {}
                 Err((to, e)) => {
                     let fault = match (&to, &e) {
@@ -372,7 +458,7 @@ async fn dispatch(
                         _ => Fault::of_send(&e),
                     };
                     fault.report(core.metrics(), None, &e);
-                    not_delivered(core, senders, log, &inbound, &to).await;
+                    not_delivered(core, senders, log, &inbound, &to, &e).await;
                 }
             }
         }
@@ -386,24 +472,31 @@ async fn dispatch(
         // counted and, if a request, answered here.
         Event::Undelivered { inbound, error } => {
             debug!(source = %inbound.source, error = %error, "not delivered to the upstream");
-            not_delivered(core, senders, log, &inbound, &Destination::Upstream).await;
+            not_delivered(core, senders, log, &inbound, &Destination::Upstream, &error).await;
         }
     }
 }
 
-/// A message could not be sent to `to`: counted; a request for the
-/// registrar is answered `503` with Retry-After (logged and recorded by the
-/// core).
+/// A message could not be sent to `to` (`error` says why): counted; for
+/// the registrar, also counted by the upstream's transport and remembered
+/// for `/readyz` until a message is delivered to it, and a request is
+/// answered `503` with Retry-After (logged and recorded by the core).
 async fn not_delivered(
     core: &Core,
     senders: &Senders,
     log: &DecisionLog,
     inbound: &Inbound,
     to: &Destination,
+    error: &SendError,
 ) {
     core.metrics().count_drop(DropReason::SendFailed);
+    if *to != Destination::Upstream {
+        return;
+    }
+    core.metrics()
+        .count_upstream_send_failure(senders.upstream.transport(), error.to_string());
     // A response has no one to answer it.
-    if *to != Destination::Upstream || inbound.bytes.starts_with(b"SIP/") {
+    if inbound.bytes.starts_with(b"SIP/") {
         return;
     }
     let answer = core.upstream_unavailable(inbound, Instant::now());
@@ -459,12 +552,15 @@ pub async fn run(config: Config) -> Result<(), AppError> {
     let (decision_log, log_writer) = DecisionLog::open(&config.settings.decision_log)?;
     let bound = bind(&config).await?;
     let shutdown = CancellationToken::new();
+    // One pending reload is enough: SIGHUPs during a reload fold into it.
+    let (reload_tx, reloads) = mpsc::channel(1);
     tokio::spawn(handle_signals(
         signals,
         decision_log.clone(),
+        reload_tx,
         shutdown.clone(),
     ));
-    let served = serve(config, bound, decision_log, shutdown).await;
+    let served = serve_reloading(config, bound, decision_log, shutdown, Some(reloads)).await;
     close_decision_log(log_writer).await;
     served.map(drop)
 }
@@ -492,12 +588,19 @@ async fn close_decision_log(writer: LogWriter) {
     }
 }
 
-/// SIGHUP reopens the decision log (logrotate); SIGTERM or SIGINT cancels
-/// `shutdown`.
-async fn handle_signals(mut signals: Signals, log: DecisionLog, shutdown: CancellationToken) {
+/// SIGHUP asks for a config reload and reopens the decision log
+/// (logrotate); SIGTERM or SIGINT cancels `shutdown`.
+async fn handle_signals(
+    mut signals: Signals,
+    log: DecisionLog,
+    reload: mpsc::Sender<()>,
+    shutdown: CancellationToken,
+) {
     loop {
         match signals.next().await {
             Signal::Hangup => {
+                // Full: a reload is pending and will read the file anew.
+                let _ = reload.try_send(());
                 // Waited for on its own task: a writer stuck on a pipe must
                 // not keep SIGTERM from being handled.
                 let reopened = log.reopen();

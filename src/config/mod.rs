@@ -60,6 +60,22 @@ pub enum ConfigError {
     },
 }
 
+impl ConfigError {
+    /// Every problem, each with its key path. A file that cannot be read or
+    /// parsed is one problem named by the file's path.
+    pub fn problems(&self) -> Vec<Problem> {
+        match self {
+            Self::Read { path, source } => {
+                vec![Problem::from_error(path.display().to_string(), source)]
+            }
+            Self::Syntax { path, message } => {
+                vec![Problem::new(path.display().to_string(), message.clone())]
+            }
+            Self::Invalid { problems, .. } => problems.clone(),
+        }
+    }
+}
+
 /// Command-line values: each replaces the file's value before validation,
 /// and a problem in it is named by its flag (`--listen[0]`, `--upstream`,
 /// `--decision-log`), not by the file's key.
@@ -73,6 +89,8 @@ pub struct Overrides {
     pub mode: Option<Mode>,
     /// Replaces `proxy.decision_log`.
     pub decision_log: Option<String>,
+    /// Replaces `admin.listen` (`--admin IP:PORT`).
+    pub admin: Option<String>,
 }
 
 /// Validated limits.
@@ -120,8 +138,9 @@ pub enum OverLimit {
 }
 
 /// Validated `[rate_limit]`: per-source limits (a source is an IPv4
-/// address or an IPv6 /64) and bans.
-#[derive(Debug, Clone)]
+/// address or an IPv6 /64) and bans. Unlike the rest of [`Settings`], a
+/// reload applies it (`transport::admission::Admission::reconfigure`).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RateLimit {
     /// Networks never limited or banned: `rate_limit.trusted` and
     /// `response_group.application_sources` (the registrar, named by
@@ -151,11 +170,15 @@ pub struct Config {
     pub settings: Settings,
     /// What a live reload may swap while the proxy runs.
     pub runtime: RuntimeConfig,
+    /// The command-line values it was loaded with (a reload applies them
+    /// again, so a flag keeps winning over the file).
+    pub overrides: Overrides,
 }
 
 /// The part of the config that only a restart can change: sockets, the
 /// upstream, the decision log, the flow secret, the limits and the TLS
-/// settings (whose certificate files a reload re-reads).
+/// settings (whose certificate files a reload re-reads). `rate_limit` is
+/// the exception: a reload applies it.
 #[derive(Debug, Clone)]
 pub struct Settings {
     /// Listeners (`proxy.listen` or `--listen`).
@@ -176,6 +199,34 @@ pub struct Settings {
     pub tls: TlsSettings,
     /// `[rate_limit]`: per-source limits and bans.
     pub rate_limit: RateLimit,
+    /// The admin HTTP listener (`admin.listen` or `--admin`), if any.
+    pub admin: Option<std::net::SocketAddr>,
+}
+
+impl Settings {
+    /// The keys of the settings that differ between `self` (running) and
+    /// `new`: what a reload cannot apply without a restart. The TLS
+    /// settings are left out: the TLS listener re-reads them itself; so is
+    /// `[rate_limit]`: the reloader applies it to the running admission.
+    pub fn needing_restart(&self, new: &Self) -> Vec<&'static str> {
+        let mut changed = Vec::new();
+        let mut check = |key: &'static str, differs: bool| {
+            if differs {
+                changed.push(key);
+            }
+        };
+        check("proxy.listen", self.listen != new.listen);
+        check("proxy.upstream", self.upstream != new.upstream);
+        check(
+            "proxy.upstream_sources",
+            self.upstream_sources != new.upstream_sources,
+        );
+        check("proxy.decision_log", self.decision_log != new.decision_log);
+        check("proxy.flow_secret", self.flow_secret != new.flow_secret);
+        check("limits", self.limits != new.limits);
+        check("admin.listen", self.admin != new.admin);
+        changed
+    }
 }
 
 /// The part of the config a live reload may swap: how clients are
@@ -611,6 +662,26 @@ fn validate(
 
     let tls = tls::validate(&raw.tls, base, &mut problems);
 
+    let admin = Given::pick(
+        "--admin",
+        overrides.admin.as_deref(),
+        "admin.listen",
+        raw.admin.listen.as_deref(),
+    )
+    .and_then(|given| match given.value.parse::<std::net::SocketAddr>() {
+        Ok(addr) => Some(addr),
+        Err(_) => {
+            problems.push(Problem {
+                key: given.key,
+                message: format!(
+                    "{:?} is not IP:PORT (e.g. 127.0.0.1:9464, [::1]:9464)",
+                    given.value
+                ),
+            });
+            None
+        }
+    });
+
     match (catalog, problems.is_empty()) {
         (Some(catalog), true) => Ok(Config {
             path: path.to_owned(),
@@ -649,7 +720,9 @@ fn validate(
                     ban: (r.ban_secs > 0).then(|| Duration::from_secs(r.ban_secs)),
                     over_limit,
                 },
+                admin,
             },
+            overrides: overrides.clone(),
             runtime: RuntimeConfig {
                 catalog,
                 catalog_source,

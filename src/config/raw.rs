@@ -30,6 +30,16 @@ pub struct RawConfig {
     pub tls: RawTls,
     /// `[rate_limit]`: per-source limits and bans.
     pub rate_limit: RawRateLimit,
+    /// `[admin]`: the admin HTTP listener (metrics, health).
+    pub admin: RawAdmin,
+}
+
+/// `[admin]`.
+#[derive(Debug, Clone, Default)]
+pub struct RawAdmin {
+    /// Admin HTTP listener, `IP:PORT` (`/metrics`, `/healthz`, `/readyz`).
+    /// Default: none, no admin listener.
+    pub listen: Option<String>,
 }
 
 /// `[proxy]`.
@@ -323,6 +333,7 @@ impl RawConfig {
             policy: RawPolicy::read(root.section("policy")),
             tls: RawTls::read(root.section("tls")),
             rate_limit: RawRateLimit::read(root.section("rate_limit")),
+            admin: RawAdmin::read(root.section("admin")),
         };
         root.finish();
         raw
@@ -466,6 +477,16 @@ impl RawRolePolicy {
             reason: s.get("reason"),
             warning: s.get("warning"),
             headers: s.get("headers"),
+        };
+        s.finish();
+        raw
+    }
+}
+
+impl RawAdmin {
+    fn read(mut s: Section<'_>) -> Self {
+        let raw = Self {
+            listen: s.get("listen"),
         };
         s.finish();
         raw
@@ -653,8 +674,8 @@ mod tests {
             [
                 "proxy.lisen: unknown key (known: listen, upstream, upstream_sources, mode, decision_log, flow_secret)",
                 "policy.agent_offer.statuss: unknown key (known: unsupported, third_party, unknown, status, reason, warning, headers)",
-                "extra: unknown key (known: proxy, limits, catalog, response_group, policy, tls, rate_limit)",
-                "proxi: unknown key (known: proxy, limits, catalog, response_group, policy, tls, rate_limit)",
+                "extra: unknown key (known: proxy, limits, catalog, response_group, policy, tls, rate_limit, admin)",
+                "proxi: unknown key (known: proxy, limits, catalog, response_group, policy, tls, rate_limit, admin)",
             ]
         );
         // Known keys beside unknown ones are still read.

@@ -44,7 +44,7 @@ use bytes::Bytes;
 use crate::classify::{ClientProduct, CLIENT_UNKNOWN};
 use crate::config::{Config, ConfigError, Overrides, RuntimeConfig, Settings};
 use crate::observe::decision_log::{record_time, DecisionRecord};
-use crate::observe::metrics::{DropReason, Metrics};
+use crate::observe::metrics::{DropReason, MessageKind, Metrics};
 use crate::observe::summary::{EventSummary, Noted, WindowTotals, SUMMARY_WINDOW};
 use crate::policy::{Action, SessionRole};
 use crate::sip::fields::host_is_ip;
@@ -294,7 +294,7 @@ impl Core {
         &self.registrations
     }
 
-    /// The transactions recorded (for tests).
+    /// The transactions recorded (for tests and the admin gauges).
     pub fn transactions(&self) -> &Transactions {
         &self.transactions
     }
@@ -307,7 +307,15 @@ impl Core {
     /// Handle one inbound message. `open` tells whether a stream connection
     /// of this instance is still open to a peer.
     pub fn handle(&self, inbound: &Inbound, now: Instant, open: OpenConnection<'_>) -> Outcome {
-        Metrics::inc(&self.metrics.received);
+        let kind = MessageKind::of(&inbound.bytes);
+        self.metrics.count_received(inbound.transport, kind);
+        let outcome = self.handle_message(inbound, now, open);
+        self.count_outcome(kind, &outcome);
+        outcome
+    }
+
+    /// [`Core::handle`] without the counting.
+    fn handle_message(&self, inbound: &Inbound, now: Instant, open: OpenConnection<'_>) -> Outcome {
         let runtime = self.runtime.load();
         let view = match SipView::parse(inbound.bytes.clone()) {
             Ok(v) => v,
@@ -325,6 +333,7 @@ impl Core {
                     tracing::debug!(source = %inbound.source, error = %e, "unparsable message dropped");
                 }
                 self.metrics.count_drop(reason);
+                self.metrics.count_parse_error(e.label());
                 return Outcome::drop(reason);
             }
         };
@@ -346,7 +355,9 @@ impl Core {
         let runtime = self.runtime.load();
         let ctx = request::RequestCtx::new(inbound, &view, &runtime, now);
         let outcome = self.refuse(&ctx, None, Refusal::UpstreamUnavailable);
-        self.record_once(&view, RecordKind::UpstreamUnavailable, outcome, now)
+        let outcome = self.record_once(&view, RecordKind::UpstreamUnavailable, outcome, now);
+        self.count_outcome(MessageKind::Request, &outcome);
+        outcome
     }
 
     /// The answer to a message its source's rate limit refused (see
@@ -370,17 +381,20 @@ impl Core {
                 DropReason::Banned,
             ),
         };
-        let Ok(view) = SipView::parse(inbound.bytes.clone()) else {
-            self.metrics.count_drop(reason);
-            return Outcome::drop(reason);
+        let kind = MessageKind::of(&inbound.bytes);
+        self.metrics.count_received(inbound.transport, kind);
+        let view = match SipView::parse(inbound.bytes.clone()) {
+            Ok(view) if view.is_request() => view,
+            _ => {
+                self.metrics.count_drop(reason);
+                return Outcome::drop(reason);
+            }
         };
-        if !view.is_request() {
-            self.metrics.count_drop(reason);
-            return Outcome::drop(reason);
-        }
         let runtime = self.runtime.load();
         let ctx = request::RequestCtx::new(inbound, &view, &runtime, now);
-        self.refuse(&ctx, None, refusal)
+        let outcome = self.refuse(&ctx, None, refusal);
+        self.count_outcome(kind, &outcome);
+        outcome
     }
 
     /// Log the summaries of windows that have ended (the last window of a
@@ -462,6 +476,27 @@ impl Core {
                 warnings_held_back = held_back,
                 "registration table full: oldest entries evicted"
             );
+        }
+    }
+
+    /// Count what an outcome does: its decision, the message relayed (by
+    /// the transport it leaves on) or the local response (by status).
+    fn count_outcome(&self, kind: MessageKind, outcome: &Outcome) {
+        if let Some(r) = &outcome.record {
+            self.metrics
+                .count_decision(r.action.as_str(), r.role.as_str(), r.support.as_str());
+        }
+        let Some(send) = &outcome.send else {
+            return;
+        };
+        match &send.to {
+            Destination::Source => {
+                if let Some(status) = response_status(&send.bytes) {
+                    self.metrics.count_local_response(status);
+                }
+            }
+            Destination::Upstream => self.metrics.count_relayed(self.upstream_transport(), kind),
+            Destination::Flow(flow) => self.metrics.count_relayed(flow.transport, kind),
         }
     }
 
@@ -750,6 +785,12 @@ impl fmt::Display for Branch {
             self.transaction, self.loop_mark
         )
     }
+}
+
+/// The status code of a response the proxy built (`SIP/2.0 NNN ...`).
+fn response_status(bytes: &[u8]) -> Option<u16> {
+    let digits = bytes.strip_prefix(b"SIP/2.0 ")?.get(..3)?;
+    std::str::from_utf8(digits).ok()?.parse().ok()
 }
 
 /// Eight lowercase hex digits of `value`.

@@ -15,11 +15,18 @@
 //! Group application (`response_group.application_sources`) and the
 //! registrar (`proxy.upstream_sources`) are never limited or banned.
 //!
+//! A live reload (`SIGHUP`) applies a changed `[rate_limit]` at once
+//! ([`Admission::reconfigure`]): new buckets at the new rates (every source
+//! starts again with a full bucket), bans in force kept until they run out,
+//! open connections still counted; with `ban_secs = 0` the bans in force
+//! are lifted.
+//!
 //! Memory is bounded: bucket state is kept only while it differs from a
 //! full bucket (swept every second, and at once when a table passes
 //! [`MAX_TRACKED_SOURCES`]); bans at most [`MAX_BANS`], the oldest evicted
 //! first (every ban lasts `ban_secs`, so insertion order is expiry order: a
-//! queue, never a scan).
+//! queue, never a scan; after a reload shortened `ban_secs`, a new ban is
+//! inserted at its place by a binary search).
 //!
 //! Ban and unban lines are written for fail2ban (README, Operations):
 //! `source banned source=<IP> ...` and `source unbanned source=<IP> ...`.
@@ -32,6 +39,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use tracing::{info, warn};
 
@@ -185,18 +193,48 @@ struct Bans {
     order: VecDeque<(Instant, SourceKey)>,
 }
 
-/// Rate limits and bans of every source. Shared by the transports (which
-/// check every message and connection) and the dispatcher (which bans
-/// scanners).
-pub struct Admission {
+/// The settings in force and the token buckets built from them (replaced
+/// as a whole by a reload).
+struct Limits {
     settings: RateLimit,
-    upstream_sources: UpstreamSources,
     requests: DefaultKeyedRateLimiter<SourceKey>,
     /// Messages refused by `requests` go through this one; refused here too
     /// means the source stays over its limit: banned.
     request_strikes: DefaultKeyedRateLimiter<SourceKey>,
     connections: DefaultKeyedRateLimiter<SourceKey>,
     connection_strikes: DefaultKeyedRateLimiter<SourceKey>,
+}
+
+impl Limits {
+    fn new(settings: RateLimit) -> Self {
+        let requests = Quota::per_second(settings.requests_per_second).allow_burst(settings.burst);
+        let connections = Quota::per_second(settings.connections_per_second)
+            .allow_burst(settings.max_connections_per_source);
+        Self {
+            requests: RateLimiter::keyed(requests),
+            request_strikes: RateLimiter::keyed(requests),
+            connections: RateLimiter::keyed(connections),
+            connection_strikes: RateLimiter::keyed(connections),
+            settings,
+        }
+    }
+
+    fn limiters(&self) -> [&DefaultKeyedRateLimiter<SourceKey>; 4] {
+        [
+            &self.requests,
+            &self.request_strikes,
+            &self.connections,
+            &self.connection_strikes,
+        ]
+    }
+}
+
+/// Rate limits and bans of every source. Shared by the transports (which
+/// check every message and connection), the dispatcher (which bans
+/// scanners) and the reloader (which swaps the limits).
+pub struct Admission {
+    limits: ArcSwap<Limits>,
+    upstream_sources: UpstreamSources,
     open: Mutex<HashMap<SourceKey, u32>>,
     bans: Mutex<Bans>,
     /// Checks since the tables' sizes were last looked at.
@@ -207,9 +245,10 @@ pub struct Admission {
 
 impl fmt::Debug for Admission {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let limits = self.limits.load();
         f.debug_struct("Admission")
-            .field("settings", &self.settings)
-            .field("tracked_sources", &self.requests.len())
+            .field("settings", &limits.settings)
+            .field("tracked_sources", &limits.requests.len())
             .finish_non_exhaustive()
     }
 }
@@ -221,15 +260,8 @@ impl Admission {
         upstream_sources: UpstreamSources,
         metrics: Arc<Metrics>,
     ) -> Self {
-        let requests = Quota::per_second(settings.requests_per_second).allow_burst(settings.burst);
-        let connections = Quota::per_second(settings.connections_per_second)
-            .allow_burst(settings.max_connections_per_source);
         Self {
-            requests: RateLimiter::keyed(requests),
-            request_strikes: RateLimiter::keyed(requests),
-            connections: RateLimiter::keyed(connections),
-            connection_strikes: RateLimiter::keyed(connections),
-            settings,
+            limits: ArcSwap::from_pointee(Limits::new(settings)),
             upstream_sources,
             open: Mutex::new(HashMap::new()),
             bans: Mutex::new(Bans::default()),
@@ -239,28 +271,58 @@ impl Admission {
         }
     }
 
+    /// The settings in force.
+    pub fn settings(&self) -> RateLimit {
+        self.limits.load().settings.clone()
+    }
+
+    /// Apply new settings (a live reload): nothing happens when they are
+    /// the ones in force. Otherwise every source starts again with a full
+    /// bucket at the new rates, the bans in force run out as they were set
+    /// (all lifted at once when bans are now off), and open connections
+    /// stay counted against the new `max_connections_per_source`.
+    pub fn reconfigure(&self, settings: RateLimit) -> bool {
+        if self.limits.load().settings == settings {
+            return false;
+        }
+        let bans_off = settings.ban.is_none();
+        self.limits.store(Arc::new(Limits::new(settings)));
+        if bans_off {
+            let mut bans = self.lock_bans();
+            for (key, ban) in bans.by_source.drain() {
+                unbanned(key, &ban, "bans turned off (rate_limit.ban_secs = 0)");
+            }
+            bans.order.clear();
+        }
+        true
+    }
+
     /// Whether `source` is never limited or banned.
     pub fn is_exempt(&self, source: SocketAddr) -> bool {
-        self.settings
-            .trusted
-            .iter()
-            .any(|n| n.contains(source.ip()))
+        self.is_exempt_under(&self.limits.load().settings, source)
+    }
+
+    fn is_exempt_under(&self, settings: &RateLimit, source: SocketAddr) -> bool {
+        settings.trusted.iter().any(|n| n.contains(source.ip()))
             || self.upstream_sources.matches(source)
     }
 
     /// The Retry-After of a `503` to a source over its limit: the seconds
     /// its bucket takes to refill a burst (at least 1).
     pub fn retry_after_secs(&self) -> u32 {
-        self.settings
+        let limits = self.limits.load();
+        limits
+            .settings
             .burst
             .get()
-            .div_ceil(self.settings.requests_per_second.get())
+            .div_ceil(limits.settings.requests_per_second.get())
             .max(1)
     }
 
     /// Check one SIP message from `source` (keep-alives are not checked).
     pub fn message(&self, source: SocketAddr, now: Instant) -> Verdict {
-        if self.is_exempt(source) {
+        let limits = self.limits.load();
+        if self.is_exempt_under(&limits.settings, source) {
             return Verdict::Pass;
         }
         let key = SourceKey::of(source.ip());
@@ -268,19 +330,19 @@ impl Admission {
             Metrics::inc(&self.metrics.banned_messages);
             return Verdict::Banned;
         }
-        self.bound_tables();
-        if self.requests.check_key(&key).is_ok() {
+        self.bound_tables(&limits);
+        if limits.requests.check_key(&key).is_ok() {
             return Verdict::Pass;
         }
         Metrics::inc(&self.metrics.rate_limited_messages);
-        let banned = self.request_strikes.check_key(&key).is_err()
+        let banned = limits.request_strikes.check_key(&key).is_err()
             && self.ban(source, BanCause::Requests, now);
         if !banned {
             self.warn_over_limit(source, "messages over rate_limit.requests_per_second");
         }
         Verdict::OverLimit {
             banned,
-            action: self.settings.over_limit,
+            action: limits.settings.over_limit,
         }
     }
 
@@ -291,7 +353,8 @@ impl Admission {
         peer: SocketAddr,
         now: Instant,
     ) -> Result<SourceConnection, ConnectionRefusal> {
-        if self.is_exempt(peer) {
+        let limits = self.limits.load();
+        if self.is_exempt_under(&limits.settings, peer) {
             return Ok(SourceConnection {
                 admission: self.clone(),
                 key: None,
@@ -302,10 +365,10 @@ impl Admission {
             Metrics::inc(&self.metrics.banned_connections);
             return Err(ConnectionRefusal::Banned);
         }
-        self.bound_tables();
-        if self.connections.check_key(&key).is_err() {
+        self.bound_tables(&limits);
+        if limits.connections.check_key(&key).is_err() {
             Metrics::inc(&self.metrics.rate_limited_connections);
-            if self.connection_strikes.check_key(&key).is_err()
+            if limits.connection_strikes.check_key(&key).is_err()
                 && self.ban(peer, BanCause::Connections, now)
             {
                 return Err(ConnectionRefusal::Banned);
@@ -315,7 +378,7 @@ impl Admission {
         }
         let mut open = self.lock_open();
         let n = open.entry(key).or_insert(0);
-        if *n >= self.settings.max_connections_per_source.get() {
+        if *n >= limits.settings.max_connections_per_source.get() {
             drop(open);
             Metrics::inc(&self.metrics.connections_per_source_refused);
             self.warn_over_limit(peer, ConnectionRefusal::TooMany.as_str());
@@ -331,10 +394,11 @@ impl Admission {
     /// Ban the source of `source` for `ban_secs` (nothing when it is exempt,
     /// already banned, or bans are off). Returns whether it was banned now.
     pub fn ban(&self, source: SocketAddr, cause: BanCause, now: Instant) -> bool {
-        let Some(duration) = self.settings.ban else {
+        let limits = self.limits.load();
+        let Some(duration) = limits.settings.ban else {
             return false;
         };
-        if self.is_exempt(source) {
+        if self.is_exempt_under(&limits.settings, source) {
             return false;
         }
         let key = SourceKey::of(source.ip());
@@ -364,7 +428,9 @@ impl Admission {
                 cause,
             },
         );
-        bans.order.push_back((until, key));
+        // In expiry order: at the back, unless a reload shortened ban_secs.
+        let at = bans.order.partition_point(|&(u, _)| u <= until);
+        bans.order.insert(at, (until, key));
         drop(bans);
         Metrics::inc(&self.metrics.bans);
         warn!(
@@ -402,7 +468,7 @@ impl Admission {
                 bans.by_source = HashMap::new();
             }
         }
-        for limiter in self.limiters() {
+        for limiter in self.limits.load().limiters() {
             limiter.retain_recent();
             limiter.shrink_to_fit();
         }
@@ -410,7 +476,7 @@ impl Admission {
 
     /// Sources whose bucket state is held (the message limiter's).
     pub fn tracked_sources(&self) -> usize {
-        self.requests.len()
+        self.limits.load().requests.len()
     }
 
     /// Bans in force (expired ones not swept yet included).
@@ -418,22 +484,13 @@ impl Admission {
         self.lock_bans().by_source.len()
     }
 
-    fn limiters(&self) -> [&DefaultKeyedRateLimiter<SourceKey>; 4] {
-        [
-            &self.requests,
-            &self.request_strikes,
-            &self.connections,
-            &self.connection_strikes,
-        ]
-    }
-
     /// Every 1,024 checks, sweep a limiter grown past [`MAX_TRACKED_SOURCES`]
     /// (a flood from many addresses) without waiting for the next second.
-    fn bound_tables(&self) {
+    fn bound_tables(&self, limits: &Limits) {
         if self.checks.fetch_add(1, Ordering::Relaxed) % 1024 != 0 {
             return;
         }
-        for limiter in self.limiters() {
+        for limiter in limits.limiters() {
             if limiter.len() > MAX_TRACKED_SOURCES {
                 limiter.retain_recent();
             }
@@ -587,6 +644,42 @@ mod tests {
             .map(|_| a.connection(addr("127.0.0.9:1"), now).unwrap())
             .collect();
         assert_eq!(trusted.len(), 10);
+    }
+
+    #[test]
+    fn a_reconfigure_applies_new_rates_keeps_bans_and_ban_secs_0_lifts_them() {
+        let a = admission(1000, 1000);
+        let now = Instant::now();
+        let client = addr("192.0.2.20:5060");
+        assert!(!a.reconfigure(settings(1000, 1000)), "unchanged");
+        assert!((0..10).all(|_| a.message(client, now) == Verdict::Pass));
+        assert!(a.ban(addr("198.51.100.9:5060"), BanCause::Scanner, now));
+        // Slower and a shorter ban: the client is limited at once, the ban
+        // in force stays, and a new ban expires first though made later.
+        let mut slower = settings(1, 2);
+        slower.ban = Some(Duration::from_secs(10));
+        slower.over_limit = OverLimit::Drop;
+        assert!(a.reconfigure(slower.clone()));
+        assert_eq!(a.settings(), slower);
+        let verdicts: Vec<Verdict> = (0..3).map(|_| a.message(client, now)).collect();
+        assert_eq!(verdicts[..2], [Verdict::Pass, Verdict::Pass]);
+        assert_eq!(
+            verdicts[2],
+            Verdict::OverLimit {
+                banned: false,
+                action: OverLimit::Drop
+            }
+        );
+        assert!(a.ban(addr("198.51.100.10:5060"), BanCause::Scanner, now));
+        a.sweep(now + Duration::from_secs(11));
+        assert_eq!(a.bans(), 1, "the 10 s ban ran out, the 300 s one did not");
+        assert!(a.is_banned_ip("198.51.100.9".parse().unwrap(), now));
+        // Bans off: the ones in force are lifted.
+        let mut no_bans = slower;
+        no_bans.ban = None;
+        assert!(a.reconfigure(no_bans));
+        assert_eq!(a.bans(), 0);
+        assert!(!a.is_banned_ip("198.51.100.9".parse().unwrap(), now));
     }
 
     #[test]

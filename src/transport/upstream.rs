@@ -61,6 +61,7 @@ pub struct Outgoing {
 /// The dispatcher's handle on the link task.
 #[derive(Debug)]
 pub struct UpstreamLink {
+    transport: Transport,
     addr: SocketAddr,
     queue: mpsc::Sender<Outgoing>,
 }
@@ -88,7 +89,16 @@ impl UpstreamLink {
             down: None,
         };
         tokio::spawn(task.run(waiting));
-        Self { addr, queue }
+        Self {
+            transport,
+            addr,
+            queue,
+        }
+    }
+
+    /// The transport of the link (TCP; TLS later).
+    pub fn transport(&self) -> Transport {
+        self.transport
     }
 
     /// Queue a message for the upstream, without waiting: refused when the
@@ -129,10 +139,16 @@ impl LinkTask {
                 Ok(id) => self.ctx.connections.send(id, self.addr, bytes),
                 Err(e) => Err(e),
             };
-            if let Err(error) = sent {
-                let undelivered = Event::Undelivered { inbound, error };
-                if self.ctx.events.send(undelivered).await.is_err() {
-                    return;
+            match sent {
+                // Written to the connection's queue: what `/readyz` counts
+                // as delivered (a connect failure comes back below, as the
+                // undelivered messages).
+                Ok(()) => self.ctx.metrics.note_upstream_sent(),
+                Err(error) => {
+                    let undelivered = Event::Undelivered { inbound, error };
+                    if self.ctx.events.send(undelivered).await.is_err() {
+                        return;
+                    }
                 }
             }
         }
@@ -408,10 +424,15 @@ mod tests {
             conn.read_exact(&mut byte).await.unwrap();
             (conn, byte[0])
         };
+        // An earlier failure (what `/readyz` reports) is forgotten once the
+        // link delivers.
+        ctx.metrics
+            .count_upstream_send_failure(Transport::Tcp, "earlier".into());
         link.offer(outgoing(7)).unwrap();
         let (first, _) = registrar.accept().await.unwrap();
         let (first, byte) = read_one(first).await;
         assert_eq!(byte, 7);
+        assert!(ctx.metrics.upstream_failure().is_none());
         // What the registrar sends on the link is the registrar's.
         {
             use tokio::io::AsyncWriteExt;

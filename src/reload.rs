@@ -1,0 +1,165 @@
+//! Live reload on `SIGHUP`: the config file and its catalog are read again
+//! off the event loop, validated as a whole, and the new runtime part
+//! ([`RuntimeConfig`]: catalog, Response Group matchers, policy, flag
+//! header) is published with [`Core::publish`]; messages being handled
+//! finish with the snapshot they started with. Any problem keeps the running
+//! configuration: every problem is logged with its key path and the failure
+//! is counted (`sipadmit_config_reloads_total{result="failure"}`).
+//!
+//! `[rate_limit]` is policy too: a changed one is applied to the running
+//! [`Admission`] (new buckets at the new rates, bans in force kept; see
+//! [`Admission::reconfigure`]).
+//!
+//! The restart-only settings ([`Settings`]: listeners, upstream, upstream
+//! sources, decision log path, flow secret, limits, admin listener) are not
+//! applied; each one that changed is logged as "changed, needs restart",
+//! and the rest of the file still applies. Command-line values
+//! ([`Overrides`]) keep replacing the file's on every reload.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::config::{Config, ConfigError, Overrides, RuntimeConfig, Settings};
+use crate::observe::metrics::ReloadResult;
+use crate::observe::Metrics;
+use crate::proxy::Core;
+use crate::transport::admission::Admission;
+
+/// What reloading needs: where the config is, the flags it was started
+/// with, and the settings the instance runs with.
+#[derive(Debug)]
+pub struct Reloader {
+    /// The config file.
+    pub path: PathBuf,
+    /// Command-line values, applied again on every reload.
+    pub overrides: Overrides,
+    /// The restart-only settings in use.
+    pub running: Settings,
+    /// The per-source limits the transports check (`[rate_limit]` is
+    /// applied on reload).
+    pub admission: Arc<Admission>,
+}
+
+/// What one reload did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Reloaded {
+    /// The new runtime configuration is in use under this generation;
+    /// the restart-only keys listed changed and were not applied.
+    Published {
+        /// Generation now in use.
+        generation: u64,
+        /// Restart-only keys whose value changed.
+        needs_restart: Vec<&'static str>,
+        /// `[rate_limit]` changed and was applied.
+        rate_limit_applied: bool,
+    },
+    /// The file had problems; the running configuration is kept.
+    Kept,
+}
+
+impl Reloader {
+    /// Reload once per request on `requests` until `shutdown`.
+    pub async fn run(
+        self,
+        mut requests: mpsc::Receiver<()>,
+        core: Arc<Core>,
+        metrics: Arc<Metrics>,
+        shutdown: CancellationToken,
+    ) {
+        let reloader = Arc::new(self);
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                request = requests.recv() => {
+                    if request.is_none() {
+                        return;
+                    }
+                    let loading = reloader.clone();
+                    // Files and the catalog's patterns: not on the event loop.
+                    let loaded = tokio::task::spawn_blocking(move || {
+                        Config::load(&loading.path, &loading.overrides)
+                    })
+                    .await;
+                    match loaded {
+                        Ok(loaded) => {
+                            reloader.apply(&core, &metrics, loaded);
+                        }
+                        Err(e) => {
+                            warn!(error = %e, "config reload did not finish; running configuration kept");
+                            metrics.count_reload(ReloadResult::Failure);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Publish a loaded config's runtime part, or keep the running one when
+    /// it failed to load; log and count either way.
+    pub fn apply(
+        &self,
+        core: &Core,
+        metrics: &Metrics,
+        loaded: Result<Config, ConfigError>,
+    ) -> Reloaded {
+        let config = match loaded {
+            Ok(config) => config,
+            Err(e) => {
+                let problems = e.problems();
+                for problem in &problems {
+                    warn!(
+                        config = %self.path.display(),
+                        key = %problem.key,
+                        problem = %problem.message,
+                        "config reload: problem"
+                    );
+                }
+                warn!(
+                    config = %self.path.display(),
+                    problems = problems.len(),
+                    generation = core.generation(),
+                    "config reload failed; running configuration kept"
+                );
+                metrics.count_reload(ReloadResult::Failure);
+                return Reloaded::Kept;
+            }
+        };
+        let needs_restart = self.running.needing_restart(&config.settings);
+        for key in &needs_restart {
+            warn!(
+                config = %self.path.display(),
+                key,
+                "config reload: setting changed, needs restart; the running value stays in use"
+            );
+        }
+        let rate_limit_applied = self
+            .admission
+            .reconfigure(config.settings.rate_limit.clone());
+        let RuntimeConfig {
+            ref catalog_source,
+            ref policy,
+            ..
+        } = config.runtime;
+        let (catalog_source, mode) = (catalog_source.clone(), policy.mode);
+        let generation = core.publish(config.runtime);
+        metrics.count_reload(ReloadResult::Success);
+        info!(
+            config = %self.path.display(),
+            catalog = %catalog_source,
+            mode = mode.as_str(),
+            generation,
+            needs_restart = needs_restart.len(),
+            rate_limit_applied,
+            "config reloaded"
+        );
+        Reloaded::Published {
+            generation,
+            needs_restart,
+            rate_limit_applied,
+        }
+    }
+}
