@@ -259,6 +259,12 @@ fn validate(
             );
         }
     }
+    // `[tls]` needs a certificate when there is a tls: listener (checked
+    // with the other `[tls]` keys below).
+    let first_tls_listener = listeners
+        .iter()
+        .find(|(_, e)| e.transport == crate::transport::Transport::Tls)
+        .map(|(key, _)| key.clone());
     let listen = listeners.into_iter().map(|(_, e)| e).collect();
 
     let upstream = Given::pick(
@@ -477,6 +483,7 @@ fn validate(
     };
 
     let tls = tls::validate(&raw.tls, base, &mut problems);
+    problems.extend(tls.listener_problems(first_tls_listener.as_deref()));
 
     match (catalog, problems.is_empty()) {
         (Some(catalog), true) => Ok(Config {

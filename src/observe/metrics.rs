@@ -7,7 +7,37 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Instant;
 
+use crate::transport::tls::HandshakeReason;
 use crate::transport::{Fault, WarningWindow, FAULT_WARNING_INTERVAL};
+
+/// Which end of a TLS handshake sipadmit was (a metric label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsSide {
+    /// The server side, on a `tls:` listener.
+    Listener,
+    /// The client side, on the link to a `tls:` upstream.
+    Upstream,
+}
+
+impl TlsSide {
+    /// Both sides, in render order.
+    pub const ALL: [Self; 2] = [Self::Listener, Self::Upstream];
+
+    /// Label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Listener => "listener",
+            Self::Upstream => "upstream",
+        }
+    }
+
+    fn index(self) -> usize {
+        match self {
+            Self::Listener => 0,
+            Self::Upstream => 1,
+        }
+    }
+}
 
 /// Why a message was not relayed and not answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,6 +121,10 @@ pub struct Metrics {
     /// Pending REGISTERs and bindings evicted (oldest first) because their
     /// table was full.
     pub registrations_evicted: AtomicU64,
+    /// TLS handshakes completed, per [`TlsSide`].
+    tls_handshakes: [AtomicU64; TlsSide::ALL.len()],
+    /// TLS handshakes failed, per [`TlsSide`] and [`HandshakeReason`].
+    tls_handshake_failures: [[AtomicU64; HandshakeReason::ALL.len()]; TlsSide::ALL.len()],
     drops: [AtomicU64; DropReason::ALL.len()],
     faults: [AtomicU64; Fault::ALL.len()],
     /// Rate limits of the fault warnings, per kind.
@@ -148,6 +182,27 @@ impl Metrics {
             .admit(now, FAULT_WARNING_INTERVAL)
     }
 
+    /// Count one completed TLS handshake.
+    pub fn count_tls_handshake(&self, side: TlsSide) {
+        self.tls_handshakes[side.index()].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// TLS handshakes completed on one side.
+    pub fn tls_handshakes(&self, side: TlsSide) -> u64 {
+        self.tls_handshakes[side.index()].load(Ordering::Relaxed)
+    }
+
+    /// Count one failed TLS handshake.
+    pub fn count_tls_handshake_failure(&self, side: TlsSide, reason: HandshakeReason) {
+        self.tls_handshake_failures[side.index()][reason_index(reason)]
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// TLS handshakes failed on one side for one reason.
+    pub fn tls_handshake_failures(&self, side: TlsSide, reason: HandshakeReason) -> u64 {
+        self.tls_handshake_failures[side.index()][reason_index(reason)].load(Ordering::Relaxed)
+    }
+
     /// Add one to a counter.
     pub fn inc(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
@@ -193,6 +248,23 @@ impl Metrics {
                 self.drops(r)
             );
         }
+        for side in TlsSide::ALL {
+            let _ = writeln!(
+                out,
+                "sipadmit_tls_handshakes_total{{side=\"{}\"}} {}",
+                side.as_str(),
+                self.tls_handshakes(side)
+            );
+            for reason in HandshakeReason::ALL {
+                let _ = writeln!(
+                    out,
+                    "sipadmit_tls_handshake_failures_total{{side=\"{}\",reason=\"{}\"}} {}",
+                    side.as_str(),
+                    reason.as_str(),
+                    self.tls_handshake_failures(side, reason)
+                );
+            }
+        }
         for f in Fault::ALL {
             let _ = writeln!(
                 out,
@@ -203,4 +275,11 @@ impl Metrics {
         }
         out
     }
+}
+
+fn reason_index(reason: HandshakeReason) -> usize {
+    HandshakeReason::ALL
+        .iter()
+        .position(|r| *r == reason)
+        .expect("every reason is listed")
 }

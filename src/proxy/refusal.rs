@@ -19,6 +19,9 @@ use crate::policy::{Action, Reply, SessionRole};
 use crate::sip::{response, HeaderName, Method, SipError};
 use crate::transport::Transport;
 
+/// The Warning of [`Refusal::SipsWithoutTls`] (RFC 5630 warn-code 380).
+const SIPS_NOT_ALLOWED: &str = "380 sipadmit \"SIPS Not Allowed\"";
+
 /// Why a stream flow cannot be written to (RFC 5626 `430 Flow Failed`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FlowFailure {
@@ -81,6 +84,12 @@ pub enum Refusal<'p> {
     },
     /// The registrar could not be reached: 503 with Retry-After.
     UpstreamUnavailable,
+    /// A `sips:` Request-URI whose next hop is not over TLS (RFC 3261
+    /// 26.2.2: a SIPS request travels over TLS on every hop): `480
+    /// Temporarily Unavailable` with `Warning: 380 ... "SIPS Not Allowed"`,
+    /// the answer RFC 5630 (5.1.1, 5.3) gives when a SIPS target cannot be
+    /// reached securely, and on which a UAC must not retry with `sip:`.
+    SipsWithoutTls(Transport),
 }
 
 impl Refusal<'_> {
@@ -100,6 +109,7 @@ impl Refusal<'_> {
             Self::NoListener(_) => 500,
             Self::Policy { reply, .. } => reply.status,
             Self::UpstreamUnavailable => 503,
+            Self::SipsWithoutTls(_) => 480,
         }
     }
 
@@ -119,6 +129,7 @@ impl Refusal<'_> {
             Self::NoListener(_) => "No Listener For Transport",
             Self::Policy { reply, .. } => &reply.reason,
             Self::UpstreamUnavailable => "Service Unavailable",
+            Self::SipsWithoutTls(_) => "Temporarily Unavailable",
         })
     }
 
@@ -138,6 +149,7 @@ impl Refusal<'_> {
             Self::NoListener(_) => "proxy.no-listener",
             Self::Policy { rule, .. } => rule,
             Self::UpstreamUnavailable => "proxy.upstream-unavailable",
+            Self::SipsWithoutTls(_) => "proxy.sips-without-tls",
         }
     }
 
@@ -156,7 +168,9 @@ impl Refusal<'_> {
             Self::FlowFailed(failure) => Some(failure.as_str()),
             Self::InvalidFlowToken(TokenError::Malformed) => Some("malformed token"),
             Self::InvalidFlowToken(TokenError::BadSignature) => Some("signature mismatch"),
-            Self::NoListener(transport) => Some(transport.as_str()),
+            Self::NoListener(transport) | Self::SipsWithoutTls(transport) => {
+                Some(transport.as_str())
+            }
             Self::TooManyContacts => Some("over limits.max_contacts_per_register"),
             _ => None,
         }
@@ -257,6 +271,9 @@ impl Core {
             Refusal::UpstreamUnavailable => {
                 retry_after = self.settings.limits.upstream_retry_after_secs.to_string();
                 extra.push(("Retry-After", &retry_after));
+            }
+            Refusal::SipsWithoutTls(_) => {
+                extra.push(("Warning", SIPS_NOT_ALLOWED));
             }
             _ => {}
         }

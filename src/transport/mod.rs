@@ -5,7 +5,7 @@
 //!
 //! - `udp`: one receive loop per UDP socket;
 //! - `stream`: ONE server for connection-oriented transports, generic over
-//!   `AsyncRead + AsyncWrite` (TCP now; TLS runs its handshake in the
+//!   `AsyncRead + AsyncWrite` (TCP; TLS runs its handshake in the
 //!   connection's task, then the same framing, writer and timeouts);
 //! - `connections`: the table of open connections, which checks the peer on
 //!   every send;
@@ -51,6 +51,9 @@ pub enum Transport {
     Udp,
     /// TCP (RFC 3261 18.1): a byte stream framed by Content-Length.
     Tcp,
+    /// TLS over TCP (RFC 3261 26.2, RFC 5630): framed like TCP, inside a
+    /// TLS session (OpenSSL, [`tls`]).
+    Tls,
 }
 
 impl Transport {
@@ -59,7 +62,7 @@ impl Transport {
     pub fn is_stream(self) -> bool {
         match self {
             Self::Udp => false,
-            Self::Tcp => true,
+            Self::Tcp | Self::Tls => true,
         }
     }
 
@@ -68,6 +71,7 @@ impl Transport {
         match self {
             Self::Udp => "udp",
             Self::Tcp => "tcp",
+            Self::Tls => "tls",
         }
     }
 
@@ -76,6 +80,7 @@ impl Transport {
         match self {
             Self::Udp => "UDP",
             Self::Tcp => "TCP",
+            Self::Tls => "TLS",
         }
     }
 }
@@ -189,11 +194,18 @@ pub enum Fault {
     UpstreamConnect,
     /// The queue of the link to the stream upstream was full.
     UpstreamQueueFull,
+    /// A TLS handshake on a `tls:` listener failed or missed its deadline
+    /// (`tls.handshake_timeout_secs`); the connection was closed. Also
+    /// counted by reason in `sipadmit_tls_handshake_failures_total`.
+    TlsHandshake,
+    /// A TLS ClientHello arrived on a plain `tcp:` listener (a client set
+    /// up for TLS on the wrong port); the connection was closed at once.
+    TlsOnTcpPort,
 }
 
 impl Fault {
     /// Every kind, in render order.
-    pub const ALL: [Self; 10] = [
+    pub const ALL: [Self; 12] = [
         Self::UdpReceive,
         Self::Send,
         Self::Accept,
@@ -204,6 +216,8 @@ impl Fault {
         Self::Write,
         Self::UpstreamConnect,
         Self::UpstreamQueueFull,
+        Self::TlsHandshake,
+        Self::TlsOnTcpPort,
     ];
 
     /// Label value.
@@ -219,6 +233,8 @@ impl Fault {
             Self::Write => "write",
             Self::UpstreamConnect => "upstream_connect",
             Self::UpstreamQueueFull => "upstream_queue_full",
+            Self::TlsHandshake => "tls_handshake",
+            Self::TlsOnTcpPort => "tls_on_tcp_port",
         }
     }
 
@@ -235,6 +251,10 @@ impl Fault {
             Self::Write => "write failed or stalled; connection closed",
             Self::UpstreamConnect => "connecting to the upstream failed",
             Self::UpstreamQueueFull => "queue to the upstream full",
+            Self::TlsHandshake => "TLS handshake failed; connection closed",
+            Self::TlsOnTcpPort => {
+                "TLS ClientHello on a plain TCP listener (client configured for TLS on the wrong port?); connection closed"
+            }
         }
     }
 
@@ -450,7 +470,12 @@ mod tests {
         assert_eq!(Transport::Tcp.as_str(), "tcp");
         assert_eq!(Transport::Tcp.via_name(), "TCP");
         assert_eq!(Transport::Udp.to_string(), "udp");
-        for t in [Transport::Udp, Transport::Tcp] {
+        assert!(Transport::Tls.is_stream());
+        assert_eq!(
+            (Transport::Tls.as_str(), Transport::Tls.via_name()),
+            ("tls", "TLS")
+        );
+        for t in [Transport::Udp, Transport::Tcp, Transport::Tls] {
             let json = serde_json::to_string(&t).unwrap();
             assert_eq!(json, format!("\"{}\"", t.as_str()));
             assert_eq!(serde_json::from_str::<Transport>(&json).unwrap(), t);
