@@ -1,0 +1,198 @@
+//! `sipadmit run` as a process with `tls:` and `tcp:` listeners: `SIGHUP`
+//! re-reads the certificate files (new connections get the new certificate,
+//! an open connection keeps working, a broken file keeps the old one and the
+//! log says why), and a TLS ClientHello on the plain TCP port closes that
+//! connection at once with a log line saying so, counted.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::sip_stream::{status, Agent, SipStream};
+use common::tls::{common_name, Pki, TestClient};
+use tokio::net::{TcpStream, UdpSocket};
+use tokio_openssl::SslStream;
+
+const WAIT: Duration = Duration::from_secs(10);
+const LYNC: &str = "UCCAPI/15.0.4481.1000 OC/15.0.4481.1000 (Microsoft Lync)";
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The process, killed (by its own pid) if the test ends early.
+struct Running {
+    child: Child,
+    stderr: std::path::PathBuf,
+}
+
+impl Running {
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    /// Wait (bounded) until the log contains `needle` `count` times.
+    fn wait_for_log(&self, needle: &str, count: usize) -> String {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let log = self.log();
+            if log.matches(needle).count() >= count {
+                return log;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {needle:?} in the log:\n{log}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([signal, &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A UDP registrar answering every request 200.
+async fn udp_registrar() -> SocketAddr {
+    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let addr = socket.local_addr().unwrap();
+    let registrar = Agent::new("registrar", "registrar", addr, "UDP");
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 65536];
+        while let Ok((n, from)) = socket.recv_from(&mut buf).await {
+            let request = String::from_utf8_lossy(&buf[..n]).into_owned();
+            if !request.starts_with("SIP/2.0") && !request.starts_with("ACK ") {
+                let answer = registrar.answer(&request, "200 OK");
+                let _ = socket.send_to(answer.as_bytes(), from).await;
+            }
+        }
+    });
+    addr
+}
+
+async fn connect(ca: &Path, addr: SocketAddr) -> SipStream<SslStream<TcpStream>> {
+    SipStream::new(TestClient::modern(ca).connect(addr).await.unwrap())
+}
+
+fn certificate_name(conn: &SipStream<SslStream<TcpStream>>) -> String {
+    common_name(
+        &conn
+            .stream
+            .ssl()
+            .peer_certificate()
+            .expect("a server certificate"),
+    )
+}
+
+async fn registers(conn: &mut SipStream<SslStream<TcpStream>>, user: &str, cseq: u32) -> bool {
+    let local = conn.stream.get_ref().local_addr().unwrap();
+    let agent = Agent::new(user, LYNC, local, "TLS");
+    conn.send(&agent.register(&format!("{user}-reg"), cseq))
+        .await
+        .unwrap();
+    let answer = conn
+        .recv_starting("SIP/2.0", WAIT)
+        .await
+        .message("REGISTER answer");
+    status(&answer) == 200
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_certificates_and_a_client_hello_on_the_tcp_port_is_closed_and_logged() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = Pki::get().write(dir.path());
+    let live = (dir.path().join("live.pem"), dir.path().join("live.key"));
+    std::fs::copy(&files.server.0, &live.0).unwrap();
+    std::fs::copy(&files.server.1, &live.1).unwrap();
+    let config = dir.path().join("sipadmit.toml");
+    std::fs::write(
+        &config,
+        "[tls]\ncertificate = \"live.pem\"\nprivate_key = \"live.key\"\n",
+    )
+    .unwrap();
+    let registrar = udp_registrar().await;
+    let (udp, tcp, tls) = (free_port(), free_port(), free_port());
+    let stderr = dir.path().join("stderr.log");
+    let child = Command::new(env!("CARGO_BIN_EXE_sipadmit"))
+        .args(["run", "--config", config.to_str().unwrap()])
+        .args(["--listen", &format!("udp:127.0.0.1:{udp}")])
+        .args(["--listen", &format!("tcp:127.0.0.1:{tcp}")])
+        .args(["--listen", &format!("tls:127.0.0.1:{tls}")])
+        .args(["--upstream", &format!("udp:{registrar}")])
+        .args([
+            "--decision-log",
+            dir.path().join("d.jsonl").to_str().unwrap(),
+        ])
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::from(std::fs::File::create(&stderr).unwrap()))
+        .spawn()
+        .unwrap();
+    let running = Running { child, stderr };
+    running.wait_for_log("listening", 3);
+    let tls_addr: SocketAddr = format!("127.0.0.1:{tls}").parse().unwrap();
+
+    // Before the reload: the first certificate.
+    let mut old = connect(&files.ca, tls_addr).await;
+    assert_eq!(certificate_name(&old), "sipadmit test server");
+    assert!(registers(&mut old, "old", 1).await);
+
+    // Renewed files, SIGHUP: a new connection gets the new certificate,
+    // the open one keeps working.
+    std::fs::copy(&files.server_renewed.0, &live.0).unwrap();
+    std::fs::copy(&files.server_renewed.1, &live.1).unwrap();
+    running.signal("-HUP");
+    running.wait_for_log("TLS listener certificate re-read", 1);
+    let mut new = connect(&files.ca, tls_addr).await;
+    assert_eq!(certificate_name(&new), "sipadmit test server (renewed)");
+    assert!(registers(&mut new, "new", 1).await);
+    assert!(
+        registers(&mut old, "old", 2).await,
+        "the open connection keeps working"
+    );
+
+    // A broken file: the renewed certificate stays, the log says why.
+    std::fs::write(&live.0, "not a certificate\n").unwrap();
+    running.signal("-HUP");
+    let log = running.wait_for_log("not reloaded; keeping the old one", 1);
+    let line = log.lines().find(|l| l.contains("not reloaded")).unwrap();
+    assert!(
+        line.contains("tls.certificate") && line.contains("live.pem"),
+        "{line}"
+    );
+    let after = connect(&files.ca, tls_addr).await;
+    assert_eq!(certificate_name(&after), "sipadmit test server (renewed)");
+
+    // A TLS client on the plain TCP port: closed at once, logged.
+    let tcp_addr: SocketAddr = format!("127.0.0.1:{tcp}").parse().unwrap();
+    let wrong_port = TestClient::modern(&files.ca).connect(tcp_addr).await;
+    assert!(wrong_port.is_err());
+    running.wait_for_log("TLS ClientHello on a plain TCP listener", 1);
+
+    // Counted: the counters logged at the stop.
+    running.signal("-TERM");
+    let log = running.wait_for_log("stopped", 1);
+    let counters = log.lines().find(|l| l.contains("stopped")).unwrap();
+    assert!(
+        counters.contains("kind=\\\"tls_on_tcp_port\\\"} 1")
+            || counters.contains("kind=\"tls_on_tcp_port\"} 1"),
+        "{counters}"
+    );
+}
