@@ -304,7 +304,7 @@ fn command_line_values_are_named_by_their_flag() {
         "[proxy]\nlisten = [\"udp:127.0.0.1:5060\"]\nupstream = \"udp:127.0.0.1:5070\"\n",
         &config_dir().join("x.toml"),
         &Overrides {
-            listen: vec!["udp:127.0.0.1:0".into(), "tls:127.0.0.1:5061".into()],
+            listen: vec!["udp:127.0.0.1:0".into(), "sctp:127.0.0.1:5061".into()],
             upstream: Some("udp:nowhere".into()),
             mode: None,
             decision_log: Some(" ".into()),
@@ -536,4 +536,32 @@ private_key = "server.key"
     let err = load("min_version = \"1.1\"\nciphers = \"DEFAULT\"\n");
     assert_eq!(problem_keys(&err), ["tls.min_version"]);
     assert!(err.to_string().contains("@SECLEVEL=0"), "{err}");
+}
+
+#[test]
+fn a_tls_listener_without_certificate_is_a_problem_naming_the_listener() {
+    let overrides = |listen: &[&str]| Overrides {
+        listen: listen.iter().map(|l| l.to_string()).collect(),
+        upstream: Some("tls:[::1]:5061".into()),
+        ..Overrides::default()
+    };
+    let err = Config::from_toml_str(
+        "",
+        &config_dir().join("x.toml"),
+        &overrides(&["udp:127.0.0.1:5060", "tls:[::1]:5061"]),
+    )
+    .unwrap_err();
+    assert_eq!(problem_keys(&err), ["tls.certificate", "tls.private_key"]);
+    assert!(
+        err.to_string().contains("--listen[1] is a tls: listener"),
+        "{err}"
+    );
+    // Without a tls: listener, a tls: upstream needs no certificate of its own.
+    let c = Config::from_toml_str(
+        "",
+        &config_dir().join("x.toml"),
+        &overrides(&["udp:127.0.0.1:5060"]),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.settings.upstream.unwrap().to_string(), "tls:[::1]:5061");
 }
