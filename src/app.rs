@@ -2,8 +2,12 @@
 //! tasks (UDP loops, the stream accept loops, the upstream link), run the
 //! dispatcher (view → classify → decide → act) over the transports'
 //! events, submit decision records to the log writer, sweep registrations,
-//! handle signals (SIGHUP reopens the decision log; SIGTERM and SIGINT stop,
-//! within a bounded time), stop on shutdown.
+//! handle signals (SIGHUP reopens the decision log and re-reads the TLS
+//! files; SIGTERM and SIGINT stop, within a bounded time), stop on shutdown.
+//!
+//! Each stream listener's open step is chosen here: `tcp:` refuses a TLS
+//! ClientHello, `tls:` runs the handshake (`transport::tls`); both then go
+//! to the one generic stream server.
 //!
 //! The dispatcher never waits for a connection: the stream upstream is a
 //! link task with a queue, and what it cannot deliver comes back as an
