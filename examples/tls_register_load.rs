@@ -119,7 +119,12 @@ async fn main() {
         .args(["--listen", &format!("udp:127.0.0.1:{udp}")])
         .args(["--listen", &format!("tcp:127.0.0.1:{tcp}")])
         .args(["--listen", &format!("tls:127.0.0.1:{tls_port}")])
-        .args(["--upstream", &format!("udp:{upstream}"), "--decision-log", "/dev/null"])
+        .args([
+            "--upstream",
+            &format!("udp:{upstream}"),
+            "--decision-log",
+            "/dev/null",
+        ])
         .env("RUST_LOG", "warn")
         .stderr(Stdio::null())
         .spawn()
@@ -135,7 +140,10 @@ async fn main() {
 
     let mut plain = SipStream::new(TcpStream::connect(tcp_addr).await.unwrap());
     let plain_agent = Agent::new("tcp", UA, plain.stream.local_addr().unwrap(), "TCP");
-    let secure = tls::TestClient::modern(&files.ca).connect(tls_addr).await.unwrap();
+    let secure = tls::TestClient::modern(&files.ca)
+        .connect(tls_addr)
+        .await
+        .unwrap();
     let secure_agent = Agent::new("tls", UA, secure.get_ref().local_addr().unwrap(), "TLS");
     let mut secure = SipStream::new(secure);
     // Warm-up on both.
