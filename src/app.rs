@@ -2,8 +2,10 @@
 //! tasks (UDP loops, the stream accept loops, the upstream link), run the
 //! dispatcher (view → classify → decide → act) over the transports'
 //! events, submit decision records to the log writer, sweep registrations,
-//! handle signals (SIGHUP reopens the decision log and re-reads the TLS
-//! files; SIGTERM and SIGINT stop, within a bounded time), stop on shutdown.
+//! start the admin listener ([`crate::admin`]), handle signals (SIGHUP
+//! reloads the config and the TLS certificates, see [`crate::reload`], and
+//! reopens the decision log; SIGTERM and SIGINT stop, within a bounded
+//! time), stop on shutdown.
 //!
 //! Each stream listener's open step is chosen here: `tcp:` refuses a TLS
 //! ClientHello, `tls:` runs the handshake (`transport::tls`); both then go
@@ -23,12 +25,14 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use crate::admin::{self, AdminState};
 use crate::config::{Config, Endpoint};
 use crate::observe::decision_log::{DecisionLogError, SHUTDOWN_DEADLINE};
 use crate::observe::metrics::{DropReason, Metrics};
 use crate::observe::{DecisionLog, LogWriter};
 use crate::proxy::flow::FlowSigner;
 use crate::proxy::{Core, Destination, Inbound, Outbound, Outcome};
+use crate::reload::Reloader;
 use crate::transport::stream::{self, Listener};
 use crate::transport::tls::{self, TlsContexts, TlsError, TlsListener};
 use crate::transport::upstream::{LinkSettings, UpstreamLink};
@@ -63,6 +67,15 @@ pub enum AppError {
     /// The decision log could not be opened.
     #[error(transparent)]
     DecisionLog(#[from] DecisionLogError),
+    /// The admin listener could not be bound.
+    #[error("cannot listen on {addr} (admin)")]
+    AdminBind {
+        /// `admin.listen` or `--admin`.
+        addr: SocketAddr,
+        /// The error (the source, not repeated in this message).
+        #[source]
+        source: std::io::Error,
+    },
     /// The signal handlers could not be installed.
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
@@ -83,6 +96,8 @@ pub struct Bound {
     /// The TLS acceptor of the `tls:` listeners and the connector of a
     /// `tls:` upstream, built (files read) before anything is served.
     pub tls_contexts: TlsContexts,
+    /// The admin HTTP listener, when configured.
+    pub admin: Option<TcpListener>,
 }
 
 impl Bound {
@@ -104,6 +119,11 @@ impl Bound {
             .chain(stream(Transport::Tls, &self.tls))
             .collect()
     }
+
+    /// The admin listener's actual address, when there is one.
+    pub fn admin_address(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().and_then(|l| l.local_addr().ok())
+    }
 }
 
 /// Bind every configured listener, and build the TLS contexts (reading the
@@ -124,6 +144,7 @@ pub async fn bind(config: &Config) -> Result<Bound, AppError> {
         tcp: Vec::new(),
         tls: Vec::new(),
         tls_contexts,
+        admin: None,
     };
     for endpoint in &settings.listen {
         let err = |source| AppError::Bind {
@@ -141,6 +162,12 @@ pub async fn bind(config: &Config) -> Result<Bound, AppError> {
                 .tls
                 .push(TcpListener::bind(endpoint.addr).await.map_err(err)?),
         }
+    }
+    if let Some(addr) = config.settings.admin {
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| AppError::AdminBind { addr, source })?;
+        bound.admin = Some(listener);
     }
     Ok(bound)
 }
@@ -168,6 +195,18 @@ pub async fn serve(
     bound: Bound,
     decision_log: DecisionLog,
     shutdown: CancellationToken,
+) -> Result<Arc<Metrics>, AppError> {
+    serve_reloading(config, bound, decision_log, shutdown, None).await
+}
+
+/// [`serve`], reloading the config file once per message on `reloads`
+/// (see [`crate::reload`]).
+pub async fn serve_reloading(
+    config: Config,
+    mut bound: Bound,
+    decision_log: DecisionLog,
+    shutdown: CancellationToken,
+    reloads: Option<mpsc::Receiver<()>>,
 ) -> Result<Arc<Metrics>, AppError> {
     let upstream = config.settings.upstream.ok_or(AppError::NoUpstream)?;
     let tls_contexts = bound.tls_contexts.clone();
@@ -210,8 +249,20 @@ pub async fn serve(
     let metrics = Arc::new(Metrics::default());
     let settings = config.settings.clone();
     let mode = config.runtime.policy.mode;
+    let reloader = Reloader {
+        path: config.path.clone(),
+        overrides: config.overrides.clone(),
+        running: settings.clone(),
+        tls: tls_contexts.clone(),
+    };
     let boot = BootId::random();
-    let core = Core::new(config, signer, boot, addresses.clone(), metrics.clone());
+    let core = Arc::new(Core::new(
+        config,
+        signer,
+        boot,
+        addresses.clone(),
+        metrics.clone(),
+    ));
     let (events_tx, mut events) = mpsc::channel::<Event>(EVENT_QUEUE);
     let connections = Arc::new(Connections::default());
     let ctx = Arc::new(TransportContext {
@@ -229,7 +280,7 @@ pub async fn serve(
         .collect();
     let senders = Senders {
         udp: udp_listeners.clone(),
-        connections,
+        connections: connections.clone(),
         upstream: if upstream.transport.is_stream() {
             UpstreamSender::Stream(UpstreamLink::spawn(
                 upstream.transport,
@@ -285,6 +336,30 @@ pub async fn serve(
     for (transport, addr) in &addresses {
         info!(%transport, %addr, upstream = %upstream, mode = mode.as_str(), boot = %boot, "listening");
     }
+    if let Some(listener) = bound.admin.take() {
+        if let Ok(addr) = listener.local_addr() {
+            info!(%addr, "admin listening (/metrics, /healthz, /readyz)");
+        }
+        tasks.spawn(admin::serve(
+            listener,
+            AdminState {
+                metrics: metrics.clone(),
+                core: core.clone(),
+                connections: connections.clone(),
+                decision_log: decision_log.clone(),
+                upstream,
+                upstream_tls: tls_contexts
+                    .upstream
+                    .as_ref()
+                    .map(|(client, _)| client.clone()),
+                listeners: addresses.clone(),
+                shutdown: shutdown.clone(),
+            },
+        ));
+    }
+    if let Some(reloads) = reloads {
+        tasks.spawn(reloader.run(reloads, core.clone(), metrics.clone(), shutdown.clone()));
+    }
 
     let mut sweep = tokio::time::interval(SWEEP_INTERVAL);
     loop {
@@ -304,7 +379,7 @@ pub async fn serve(
     }
     tasks.shutdown().await;
     info!(
-        counters = %metrics.render().replace('\n', "; "),
+        counters = %metrics.summary(),
         decision_records_dropped = decision_log.dropped(),
         "stopped"
     );
@@ -323,36 +398,60 @@ fn core_address(addresses: &[(Transport, SocketAddr)], transport: Transport) -> 
 async fn dispatch(core: &Core, senders: &Senders, log: &DecisionLog, event: Event) {
     match event {
         Event::Received(inbound) => {
-            let outcome = core.handle(&inbound, Instant::now(), &|id, peer| {
+            let started = Instant::now();
+            let outcome = core.handle(&inbound, started, &|id, peer| {
                 senders.connections.is_open_to(id, peer)
             });
-            if let Err((to, e)) = carry_out(senders, log, &inbound, outcome, core.boot()).await {
-                Fault::of_send(&e).report(core.metrics(), None, &e);
-                not_delivered(core, senders, log, &inbound, &to).await;
+            // A datagram sent is delivered as far as UDP can tell; the
+            // stream link notes its own deliveries.
+            let to_udp_upstream = matches!(senders.upstream, UpstreamSender::Datagram(_))
+                && matches!(
+                    &outcome.send,
+                    Some(Outbound {
+                        to: Destination::Upstream,
+                        ..
+                    })
+                );
+            let carried_out = carry_out(senders, log, &inbound, outcome, core.boot()).await;
+            core.metrics().observe_handling(started.elapsed());
+            match carried_out {
+                Ok(()) if to_udp_upstream => core.metrics().note_upstream_sent(),
+                Ok(()) => {}
+                Err((to, e)) => {
+                    Fault::of_send(&e).report(core.metrics(), None, &e);
+                    not_delivered(core, senders, log, &inbound, &to, &e).await;
+                }
             }
         }
         // The link reported its connect failure once; each message is
         // counted and, if a request, answered here.
         Event::Undelivered { inbound, error } => {
             debug!(source = %inbound.source, error = %error, "not delivered to the upstream");
-            not_delivered(core, senders, log, &inbound, &Destination::Upstream).await;
+            not_delivered(core, senders, log, &inbound, &Destination::Upstream, &error).await;
         }
     }
 }
 
-/// A message could not be sent to `to`: counted; a request for the
-/// registrar is answered `503` with Retry-After (logged and recorded by the
-/// core).
+/// A message could not be sent to `to` (`error` says why): counted; for
+/// the registrar, also counted by the upstream's transport and remembered
+/// for `/readyz` until a message is delivered to it, and a request is
+/// answered `503` with Retry-After (logged and recorded by the core).
 async fn not_delivered(
     core: &Core,
     senders: &Senders,
     log: &DecisionLog,
     inbound: &Inbound,
     to: &Destination,
+    error: &SendError,
 ) {
     core.metrics().count_drop(DropReason::SendFailed);
+    if *to != Destination::Upstream {
+        return;
+    }
+    core.metrics()
+        .count_upstream_send_failure(senders.upstream.transport(), error.to_string());
     // A response has no one to answer it.
-    if *to != Destination::Upstream || inbound.bytes.starts_with(b"SIP/") {
+    if inbound.bytes.starts_with(b"SIP/") {
         return;
     }
     let answer = core.upstream_unavailable(inbound, Instant::now());
@@ -408,13 +507,15 @@ pub async fn run(config: Config) -> Result<(), AppError> {
     let (decision_log, log_writer) = DecisionLog::open(&config.settings.decision_log)?;
     let bound = bind(&config).await?;
     let shutdown = CancellationToken::new();
+    // One pending reload is enough: SIGHUPs during a reload fold into it.
+    let (reload_tx, reloads) = mpsc::channel(1);
     tokio::spawn(handle_signals(
         signals,
         decision_log.clone(),
-        bound.tls_contexts.clone(),
+        reload_tx,
         shutdown.clone(),
     ));
-    let served = serve(config, bound, decision_log, shutdown).await;
+    let served = serve_reloading(config, bound, decision_log, shutdown, Some(reloads)).await;
     close_decision_log(log_writer).await;
     served.map(drop)
 }
@@ -442,20 +543,20 @@ async fn close_decision_log(writer: LogWriter) {
     }
 }
 
-/// SIGHUP reopens the decision log (logrotate) and re-reads the TLS
-/// certificate and key files; SIGTERM or SIGINT cancels `shutdown`.
+/// SIGHUP asks for a reload (the config file and the TLS certificates, see
+/// [`crate::reload`]) and reopens the decision log (logrotate); SIGTERM or
+/// SIGINT cancels `shutdown`.
 async fn handle_signals(
     mut signals: Signals,
     log: DecisionLog,
-    tls_contexts: TlsContexts,
+    reload: mpsc::Sender<()>,
     shutdown: CancellationToken,
 ) {
     loop {
         match signals.next().await {
             Signal::Hangup => {
-                // New TLS connections get the new certificate; open ones
-                // keep theirs; a broken file keeps the old one (logged).
-                tls_contexts.reload();
+                // Full: a reload is pending and will read the files anew.
+                let _ = reload.try_send(());
                 // Waited for on its own task: a writer stuck on a pipe must
                 // not keep SIGTERM from being handled.
                 let reopened = log.reopen();

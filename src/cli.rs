@@ -83,6 +83,10 @@ pub struct RunArgs {
     /// Decision log path, `-` for stdout (replaces `proxy.decision_log`).
     #[arg(long)]
     pub decision_log: Option<String>,
+    /// Admin HTTP listener `IP:PORT` serving /metrics, /healthz and /readyz
+    /// (replaces `admin.listen`; off when neither is given).
+    #[arg(long, value_name = "IP:PORT")]
+    pub admin: Option<String>,
 }
 
 /// `--mode` values.

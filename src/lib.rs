@@ -5,6 +5,7 @@
 //! ```
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod app;
 pub mod classify;
 pub mod cli;
@@ -13,6 +14,7 @@ pub mod observe;
 pub mod policy;
 pub mod problem;
 pub mod proxy;
+pub mod reload;
 pub mod report;
 pub mod sip;
 pub mod transport;

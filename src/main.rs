@@ -31,6 +31,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 upstream: args.upstream,
                 mode: args.mode.map(Into::into),
                 decision_log: args.decision_log,
+                admin: args.admin,
             };
             let config = Config::load(&args.config, &overrides)?;
             tracing::info!(

@@ -55,6 +55,7 @@ fn settings_hold_the_restart_keys_and_runtime_the_swappable_ones() {
         flow_secret,
         limits,
         tls,
+        admin,
     } = &c.settings;
     assert_eq!(listen.len(), 2);
     assert_eq!(upstream.unwrap().to_string(), "udp:127.0.0.1:5070");
@@ -62,6 +63,8 @@ fn settings_hold_the_restart_keys_and_runtime_the_swappable_ones() {
     assert_eq!((decision_log.as_str(), flow_secret), ("-", &None));
     assert_eq!(limits.max_headers, 256);
     assert_eq!(tls, &sipadmit::config::TlsSettings::default());
+    // The shipped config opens the admin listener on loopback only.
+    assert!(admin.is_some_and(|a| a.ip().is_loopback()), "{admin:?}");
     let sipadmit::config::RuntimeConfig {
         catalog_source,
         sessions,
@@ -104,6 +107,7 @@ fn every_key_is_documented_in_the_shipped_config() {
         "response_group",
         "policy",
         "tls",
+        "admin",
     ]
     .into_iter()
     .map(str::to_owned)
@@ -308,12 +312,13 @@ fn command_line_values_are_named_by_their_flag() {
             upstream: Some("udp:nowhere".into()),
             mode: None,
             decision_log: Some(" ".into()),
+            admin: Some("localhost:9464".into()),
         },
     )
     .unwrap_err();
     assert_eq!(
         problem_keys(&err),
-        ["--listen[1]", "--upstream", "--decision-log"]
+        ["--listen[1]", "--upstream", "--decision-log", "--admin"]
     );
     // The file's own problems keep their key paths.
     let err = Config::from_toml_str(
@@ -406,9 +411,11 @@ fn overrides_replace_file_values() {
             upstream: Some("tcp:127.0.0.1:5070".into()),
             mode: Some(sipadmit::policy::Mode::Monitor),
             decision_log: Some("/tmp/d.jsonl".into()),
+            admin: Some("[::1]:0".into()),
         },
     )
     .unwrap();
+    assert_eq!(c.settings.admin, Some("[::1]:0".parse().unwrap()));
     assert_eq!(c.settings.listen.len(), 1);
     assert!(c.settings.listen[0].addr.is_ipv6());
     assert_eq!(
@@ -564,4 +571,59 @@ fn a_tls_listener_without_certificate_is_a_problem_naming_the_listener() {
     )
     .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(c.settings.upstream.unwrap().to_string(), "tls:[::1]:5061");
+}
+
+#[test]
+fn a_reload_names_the_restart_only_settings_that_changed() {
+    let load = |text: &str| {
+        Config::from_toml_str(text, &config_dir().join("x.toml"), &Overrides::default())
+            .unwrap_or_else(|e| panic!("{e}"))
+    };
+    let running = load("[proxy]\nupstream = \"udp:127.0.0.1:5070\"\n");
+    let same = load("[proxy]\nupstream = \"udp:127.0.0.1:5070\"\nmode = \"monitor\"\n");
+    assert!(
+        running.settings.needing_restart(&same.settings).is_empty(),
+        "the mode is applied by a reload"
+    );
+    let changed = load(
+        "[proxy]\nupstream = \"tcp:127.0.0.1:5070\"\nlisten = [\"udp:127.0.0.1:5062\"]\n\
+         flow_secret = \"0123456789abcdef0123\"\n[limits]\nmax_headers = 100\n\
+         [admin]\nlisten = \"127.0.0.1:9464\"\n",
+    );
+    assert_eq!(
+        running.settings.needing_restart(&changed.settings),
+        [
+            "proxy.listen",
+            "proxy.upstream",
+            // (the default sources, the upstream's IP:PORT, did not change)
+            "proxy.flow_secret",
+            "limits",
+            "admin.listen"
+        ]
+    );
+    // The table bounds are limits too: restart-only.
+    for key in [
+        "max_contacts_per_register = 4",
+        "registration_table_bytes = 2097152",
+        "transaction_table_bytes = 2097152",
+    ] {
+        let bounded = load(&format!(
+            "[proxy]\nupstream = \"udp:127.0.0.1:5070\"\n[limits]\n{key}\n"
+        ));
+        assert_eq!(
+            running.settings.needing_restart(&bounded.settings),
+            ["limits"],
+            "{key}"
+        );
+    }
+    // [tls]: the acceptor and the connector are rebuilt from the new
+    // settings by the reload; only the handshake deadline needs a restart.
+    let tls_changed = load(
+        "[proxy]\nupstream = \"udp:127.0.0.1:5070\"\n[tls]\nmin_version = \"1.3\"\n\
+         ciphers = \"DEFAULT\"\nhandshake_timeout_secs = 3\n",
+    );
+    assert_eq!(
+        running.settings.needing_restart(&tls_changed.settings),
+        ["tls.handshake_timeout_secs"]
+    );
 }

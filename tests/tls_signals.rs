@@ -1,8 +1,14 @@
-//! `sipadmit run` as a process with `tls:` and `tcp:` listeners: `SIGHUP`
-//! re-reads the certificate files (new connections get the new certificate,
-//! an open connection keeps working, a broken file keeps the old one and the
-//! log says why), and a TLS ClientHello on the plain TCP port closes that
-//! connection at once with a log line saying so, counted.
+//! `sipadmit run` as a process with `tls:` and `tcp:` listeners and the
+//! admin listener: `SIGHUP` reloads the config and re-reads the certificate
+//! files (new connections get the new certificate, an open connection keeps
+//! working, a broken file keeps the old one and the log says why), a TLS
+//! ClientHello on the plain TCP port closes that connection at once with a
+//! log line saying so, and `/metrics` counts all of it (TLS handshakes and
+//! their failures by reason, open TLS connections, TLS reloads) in a text
+//! `promtool check metrics` accepts.
+//!
+//! Needs `promtool` (Debian `prometheus`) for the format check: skipped
+//! without it, a failure under `CI=true`.
 
 mod common;
 
@@ -11,8 +17,10 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::external::require_tool;
 use common::sip_stream::{status, Agent, SipStream};
 use common::tls::{common_name, Pki, TestClient};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 use tokio_openssl::SslStream;
 
@@ -60,6 +68,47 @@ impl Running {
             .status()
             .unwrap();
         assert!(status.success());
+    }
+}
+
+/// `GET path` on the admin listener (HTTP/1.1, `Connection: close`): the
+/// status and the body.
+async fn http_get(admin: SocketAddr, path: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(admin).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    tokio::time::timeout(WAIT, stream.read_to_string(&mut response))
+        .await
+        .expect("admin answer in time")
+        .unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").expect("an HTTP response");
+    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (status, body.to_owned())
+}
+
+/// The value of the sample `series` (name and labels as rendered), or
+/// `None` when the exposition has no such line.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .map(|v| v.parse().unwrap())
+}
+
+/// Scrape `/metrics` until `series` is at least `at_least` (bounded).
+async fn wait_for_metric(admin: SocketAddr, series: &str, at_least: f64) -> String {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (code, text) = http_get(admin, "/metrics").await;
+        assert_eq!(code, 200);
+        if sample(&text, series).is_some_and(|v| v >= at_least) {
+            return text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{series} never reached {at_least}:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
@@ -129,7 +178,7 @@ async fn sighup_reloads_certificates_and_a_client_hello_on_the_tcp_port_is_close
     )
     .unwrap();
     let registrar = udp_registrar().await;
-    let (udp, tcp, tls) = (free_port(), free_port(), free_port());
+    let (udp, tcp, tls, admin) = (free_port(), free_port(), free_port(), free_port());
     let stderr = dir.path().join("stderr.log");
     let child = Command::new(env!("CARGO_BIN_EXE_sipadmit"))
         .args(["run", "--config", config.to_str().unwrap()])
@@ -137,6 +186,7 @@ async fn sighup_reloads_certificates_and_a_client_hello_on_the_tcp_port_is_close
         .args(["--listen", &format!("tcp:127.0.0.1:{tcp}")])
         .args(["--listen", &format!("tls:127.0.0.1:{tls}")])
         .args(["--upstream", &format!("udp:{registrar}")])
+        .args(["--admin", &format!("127.0.0.1:{admin}")])
         .args([
             "--decision-log",
             dir.path().join("d.jsonl").to_str().unwrap(),
@@ -148,6 +198,7 @@ async fn sighup_reloads_certificates_and_a_client_hello_on_the_tcp_port_is_close
     let running = Running { child, stderr };
     running.wait_for_log("listening", 3);
     let tls_addr: SocketAddr = format!("127.0.0.1:{tls}").parse().unwrap();
+    let admin: SocketAddr = format!("127.0.0.1:{admin}").parse().unwrap();
 
     // Before the reload: the first certificate.
     let mut old = connect(&files.ca, tls_addr).await;
@@ -159,7 +210,8 @@ async fn sighup_reloads_certificates_and_a_client_hello_on_the_tcp_port_is_close
     std::fs::copy(&files.server_renewed.0, &live.0).unwrap();
     std::fs::copy(&files.server_renewed.1, &live.1).unwrap();
     running.signal("-HUP");
-    running.wait_for_log("TLS listener certificate re-read", 1);
+    running.wait_for_log("TLS listener certificate and settings reloaded", 1);
+    running.wait_for_log("config reloaded", 1);
     let mut new = connect(&files.ca, tls_addr).await;
     assert_eq!(certificate_name(&new), "sipadmit test server (renewed)");
     assert!(registers(&mut new, "new", 1).await);
@@ -180,19 +232,120 @@ async fn sighup_reloads_certificates_and_a_client_hello_on_the_tcp_port_is_close
     let after = connect(&files.ca, tls_addr).await;
     assert_eq!(certificate_name(&after), "sipadmit test server (renewed)");
 
+    // SIP in clear text on the TLS port: that connection closed, counted by
+    // reason.
+    let mut plain = TcpStream::connect(tls_addr).await.unwrap();
+    plain
+        .write_all(b"OPTIONS sip:sipadmit SIP/2.0\r\nContent-Length: 0\r\n\r\n")
+        .await
+        .unwrap();
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(WAIT, plain.read_to_end(&mut rest)).await;
+    assert!(closed.is_ok(), "the plain-text connection is closed");
+
     // A TLS client on the plain TCP port: closed at once, logged.
     let tcp_addr: SocketAddr = format!("127.0.0.1:{tcp}").parse().unwrap();
     let wrong_port = TestClient::modern(&files.ca).connect(tcp_addr).await;
     assert!(wrong_port.is_err());
     running.wait_for_log("TLS ClientHello on a plain TCP listener", 1);
 
-    // Counted: the counters logged at the stop.
+    // Counted, in /metrics: the handshakes (old, new, after), the
+    // plain-text one that failed, the TLS client on the TCP port, the open
+    // TLS connections (old, new, after), the TLS messages, and the two
+    // reloads of each kind (the broken certificate fails the config reload
+    // too: check-config reads the files).
+    let text = wait_for_metric(
+        admin,
+        r#"sipadmit_tls_handshake_failures_total{side="listener",reason="plain_text"}"#,
+        1.0,
+    )
+    .await;
+    let text = if sample(
+        &text,
+        r#"sipadmit_transport_faults_total{kind="tls_on_tcp_port"}"#,
+    ) == Some(1.0)
+    {
+        text
+    } else {
+        wait_for_metric(
+            admin,
+            r#"sipadmit_transport_faults_total{kind="tls_on_tcp_port"}"#,
+            1.0,
+        )
+        .await
+    };
+    for (series, expected) in [
+        (r#"sipadmit_tls_handshakes_total{side="listener"}"#, 3.0),
+        (r#"sipadmit_tls_handshakes_total{side="upstream"}"#, 0.0),
+        (
+            r#"sipadmit_tls_handshake_failures_total{side="listener",reason="plain_text"}"#,
+            1.0,
+        ),
+        (
+            r#"sipadmit_tls_handshake_failures_total{side="listener",reason="timeout"}"#,
+            0.0,
+        ),
+        (
+            r#"sipadmit_transport_faults_total{kind="tls_handshake"}"#,
+            1.0,
+        ),
+        (
+            r#"sipadmit_transport_faults_total{kind="tls_on_tcp_port"}"#,
+            1.0,
+        ),
+        (r#"sipadmit_open_connections{transport="tls"}"#, 3.0),
+        (
+            r#"sipadmit_received_total{transport="tls",kind="request"}"#,
+            3.0,
+        ),
+        (
+            r#"sipadmit_relayed_total{transport="tls",kind="response"}"#,
+            3.0,
+        ),
+        (
+            r#"sipadmit_tls_reloads_total{side="listener",result="success"}"#,
+            1.0,
+        ),
+        (
+            r#"sipadmit_tls_reloads_total{side="listener",result="failure"}"#,
+            1.0,
+        ),
+        (
+            r#"sipadmit_tls_reloads_total{side="upstream",result="success"}"#,
+            0.0,
+        ),
+        (r#"sipadmit_config_reloads_total{result="success"}"#, 1.0),
+        (r#"sipadmit_config_reloads_total{result="failure"}"#, 1.0),
+    ] {
+        assert_eq!(sample(&text, series), Some(expected), "{series} in\n{text}");
+    }
+    for family in [
+        "sipadmit_tls_handshakes_total",
+        "sipadmit_tls_handshake_failures_total",
+        "sipadmit_tls_reloads_total",
+    ] {
+        assert!(
+            text.contains(&format!("# HELP {family} "))
+                && text.contains(&format!("# TYPE {family} counter")),
+            "{family} has HELP and TYPE:\n{text}"
+        );
+    }
+    if let Some(promtool) = require_tool("promtool") {
+        let scraped = dir.path().join("metrics.txt");
+        std::fs::write(&scraped, &text).unwrap();
+        let checked = Command::new(&promtool)
+            .args(["check", "metrics"])
+            .stdin(std::fs::File::open(&scraped).unwrap())
+            .output()
+            .unwrap();
+        assert!(
+            checked.status.success(),
+            "promtool check metrics: {}{}\n{text}",
+            String::from_utf8_lossy(&checked.stdout),
+            String::from_utf8_lossy(&checked.stderr)
+        );
+    }
+
     running.signal("-TERM");
-    let log = running.wait_for_log("stopped", 1);
-    let counters = log.lines().find(|l| l.contains("stopped")).unwrap();
-    assert!(
-        counters.contains("kind=\\\"tls_on_tcp_port\\\"} 1")
-            || counters.contains("kind=\"tls_on_tcp_port\"} 1"),
-        "{counters}"
-    );
+    running.wait_for_log("stopped", 1);
 }

@@ -3,7 +3,8 @@
 //! [`Config`]; all problems are reported together, each with its key path.
 //!
 //! A [`Config`] has two parts: [`Settings`], which only a restart can change
-//! (sockets, upstream, decision log, flow secret, limits, TLS), and
+//! (sockets, upstream, decision log, flow secret, limits; of TLS only the
+//! handshake deadline, the reload rebuilding the TLS contexts), and
 //! [`RuntimeConfig`], which a live reload may swap (catalog, Response Group
 //! matchers, policy, flag header).
 //!
@@ -59,6 +60,22 @@ pub enum ConfigError {
     },
 }
 
+impl ConfigError {
+    /// Every problem, each with its key path. A file that cannot be read or
+    /// parsed is one problem named by the file's path.
+    pub fn problems(&self) -> Vec<Problem> {
+        match self {
+            Self::Read { path, source } => {
+                vec![Problem::from_error(path.display().to_string(), source)]
+            }
+            Self::Syntax { path, message } => {
+                vec![Problem::new(path.display().to_string(), message.clone())]
+            }
+            Self::Invalid { problems, .. } => problems.clone(),
+        }
+    }
+}
+
 /// Command-line values: each replaces the file's value before validation,
 /// and a problem in it is named by its flag (`--listen[0]`, `--upstream`,
 /// `--decision-log`), not by the file's key.
@@ -72,6 +89,8 @@ pub struct Overrides {
     pub mode: Option<Mode>,
     /// Replaces `proxy.decision_log`.
     pub decision_log: Option<String>,
+    /// Replaces `admin.listen` (`--admin IP:PORT`).
+    pub admin: Option<String>,
 }
 
 /// Validated limits.
@@ -107,11 +126,15 @@ pub struct Config {
     pub settings: Settings,
     /// What a live reload may swap while the proxy runs.
     pub runtime: RuntimeConfig,
+    /// The command-line values it was loaded with (a reload applies them
+    /// again, so a flag keeps winning over the file).
+    pub overrides: Overrides,
 }
 
 /// The part of the config that only a restart can change: sockets, the
-/// upstream, the decision log, the flow secret, the limits and the TLS
-/// settings (whose certificate files a reload re-reads).
+/// upstream, the decision log, the flow secret, the limits, the admin
+/// listener and the TLS handshake deadline. The other `[tls]` settings live
+/// here too, but a reload applies them (see [`Settings::needing_restart`]).
 #[derive(Debug, Clone)]
 pub struct Settings {
     /// Listeners (`proxy.listen` or `--listen`).
@@ -130,6 +153,40 @@ pub struct Settings {
     pub limits: Limits,
     /// `[tls]`: certificates, versions and ciphers (defaults when absent).
     pub tls: TlsSettings,
+    /// The admin HTTP listener (`admin.listen` or `--admin`), if any.
+    pub admin: Option<std::net::SocketAddr>,
+}
+
+impl Settings {
+    /// The keys of the settings that differ between `self` (running) and
+    /// `new`: what a reload cannot apply without a restart. Of `[tls]`,
+    /// only `tls.handshake_timeout_secs` is here: the reload rebuilds the
+    /// TLS acceptor and the upstream connector from the new `[tls]`
+    /// settings and files (`crate::transport::tls::TlsContexts::reload`),
+    /// but the deadline is fixed when the listeners and the link start.
+    pub fn needing_restart(&self, new: &Self) -> Vec<&'static str> {
+        let mut changed = Vec::new();
+        let mut check = |key: &'static str, differs: bool| {
+            if differs {
+                changed.push(key);
+            }
+        };
+        check("proxy.listen", self.listen != new.listen);
+        check("proxy.upstream", self.upstream != new.upstream);
+        check(
+            "proxy.upstream_sources",
+            self.upstream_sources != new.upstream_sources,
+        );
+        check("proxy.decision_log", self.decision_log != new.decision_log);
+        check("proxy.flow_secret", self.flow_secret != new.flow_secret);
+        check("limits", self.limits != new.limits);
+        check("admin.listen", self.admin != new.admin);
+        check(
+            "tls.handshake_timeout_secs",
+            self.tls.handshake_timeout != new.tls.handshake_timeout,
+        );
+        changed
+    }
 }
 
 /// The part of the config a live reload may swap: how clients are
@@ -485,6 +542,26 @@ fn validate(
     let tls = tls::validate(&raw.tls, base, &mut problems);
     problems.extend(tls.listener_problems(first_tls_listener.as_deref()));
 
+    let admin = Given::pick(
+        "--admin",
+        overrides.admin.as_deref(),
+        "admin.listen",
+        raw.admin.listen.as_deref(),
+    )
+    .and_then(|given| match given.value.parse::<std::net::SocketAddr>() {
+        Ok(addr) => Some(addr),
+        Err(_) => {
+            problems.push(Problem {
+                key: given.key,
+                message: format!(
+                    "{:?} is not IP:PORT (e.g. 127.0.0.1:9464, [::1]:9464)",
+                    given.value
+                ),
+            });
+            None
+        }
+    });
+
     match (catalog, problems.is_empty()) {
         (Some(catalog), true) => Ok(Config {
             path: path.to_owned(),
@@ -506,7 +583,9 @@ fn validate(
                     upstream_retry_after_secs: l.upstream_retry_after_secs,
                 },
                 tls,
+                admin,
             },
+            overrides: overrides.clone(),
             runtime: RuntimeConfig {
                 catalog,
                 catalog_source,

@@ -28,6 +28,16 @@ pub struct RawConfig {
     pub policy: RawPolicy,
     /// `[tls]`: certificates, versions and ciphers of TLS listeners and upstream.
     pub tls: RawTls,
+    /// `[admin]`: the admin HTTP listener (metrics, health).
+    pub admin: RawAdmin,
+}
+
+/// `[admin]`.
+#[derive(Debug, Clone, Default)]
+pub struct RawAdmin {
+    /// Admin HTTP listener, `IP:PORT` (`/metrics`, `/healthz`, `/readyz`).
+    /// Default: none, no admin listener.
+    pub listen: Option<String>,
 }
 
 /// `[proxy]`.
@@ -255,6 +265,7 @@ impl RawConfig {
             response_group: RawResponseGroup::read(root.section("response_group")),
             policy: RawPolicy::read(root.section("policy")),
             tls: RawTls::read(root.section("tls")),
+            admin: RawAdmin::read(root.section("admin")),
         };
         root.finish();
         raw
@@ -362,6 +373,16 @@ impl RawRolePolicy {
             reason: s.get("reason"),
             warning: s.get("warning"),
             headers: s.get("headers"),
+        };
+        s.finish();
+        raw
+    }
+}
+
+impl RawAdmin {
+    fn read(mut s: Section<'_>) -> Self {
+        let raw = Self {
+            listen: s.get("listen"),
         };
         s.finish();
         raw
@@ -549,8 +570,8 @@ mod tests {
             [
                 "proxy.lisen: unknown key (known: listen, upstream, upstream_sources, mode, decision_log, flow_secret)",
                 "policy.agent_offer.statuss: unknown key (known: unsupported, third_party, unknown, status, reason, warning, headers)",
-                "extra: unknown key (known: proxy, limits, catalog, response_group, policy, tls)",
-                "proxi: unknown key (known: proxy, limits, catalog, response_group, policy, tls)",
+                "extra: unknown key (known: proxy, limits, catalog, response_group, policy, tls, admin)",
+                "proxi: unknown key (known: proxy, limits, catalog, response_group, policy, tls, admin)",
             ]
         );
         // Known keys beside unknown ones are still read.

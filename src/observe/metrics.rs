@@ -1,14 +1,28 @@
-//! Counters with bounded labels (never a Call-ID or a User-Agent string).
-//! Every drop is counted by reason; the totals are logged at shutdown and
-//! rendered in the Prometheus text format by [`Metrics::render`].
+//! Counters, a latency histogram and the Prometheus text exposition
+//! (format 0.0.4, what `promtool check metrics` reads), served by the admin
+//! listener (`crate::admin`) at `GET /metrics`.
+//!
+//! Every family is prefixed `sipadmit_` and has HELP and TYPE lines. Labels
+//! are bounded by construction: every label value is an enum's name
+//! (`as_str()`) or a SIP status code, never a Call-ID, an address, a URI or
+//! a raw User-Agent. Every drop is counted by reason.
+//!
+//! Hand-written rather than `prometheus-client`: that crate writes the
+//! OpenMetrics format (`info` type, counter families named without
+//! `_total`, `# EOF`), and its label families are hash maps behind a lock;
+//! here the hot counters are plain atomics indexed by enum, and the few
+//! labelled families with a larger value space (status codes, parse error
+//! reasons, decisions) are small ordered maps written on the slow path or
+//! once per decision.
 
+use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::transport::tls::HandshakeReason;
-use crate::transport::{Fault, WarningWindow, FAULT_WARNING_INTERVAL};
+use crate::transport::{Fault, Transport, WarningWindow, FAULT_WARNING_INTERVAL};
 
 /// Which end of a TLS handshake sipadmit was (a metric label).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,23 +106,114 @@ impl DropReason {
     }
 }
 
-/// Process-wide counters.
+/// Whether a SIP message is a request or a response (label `kind`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MessageKind {
+    /// A request.
+    Request,
+    /// A response.
+    Response,
+}
+
+impl MessageKind {
+    /// Both kinds, in render order.
+    pub const ALL: [Self; 2] = [Self::Request, Self::Response];
+
+    /// The kind of a message from its first bytes (`SIP/` starts a response).
+    pub fn of(bytes: &[u8]) -> Self {
+        if bytes.starts_with(b"SIP/") {
+            Self::Response
+        } else {
+            Self::Request
+        }
+    }
+
+    /// Label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Request => "request",
+            Self::Response => "response",
+        }
+    }
+
+    fn slot(self) -> usize {
+        match self {
+            Self::Request => 0,
+            Self::Response => 1,
+        }
+    }
+}
+
+/// The transports counted, in render order.
+pub const TRANSPORTS: [Transport; 3] = [Transport::Udp, Transport::Tcp, Transport::Tls];
+
+/// A transport's slot in the per-transport arrays (exhaustive: a new
+/// transport must be added to [`TRANSPORTS`]).
+fn transport_slot(transport: Transport) -> usize {
+    match transport {
+        Transport::Udp => 0,
+        Transport::Tcp => 1,
+        Transport::Tls => 2,
+    }
+}
+
+/// Upper bounds of the handling-latency histogram buckets, seconds: 5 µs
+/// (a REGISTER through the core) to 100 ms (a stalled event loop).
+pub const HANDLING_BUCKETS: [f64; 14] = [
+    0.000_005, 0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005,
+    0.01, 0.025, 0.05, 0.1,
+];
+
+/// The outcome of a config reload, or of one side's TLS reload (label
+/// `result`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReloadResult {
+    /// The new runtime configuration (or TLS context) is in use.
+    Success,
+    /// The file, the catalog or a certificate file had problems; the
+    /// running configuration (or TLS context) is kept.
+    Failure,
+}
+
+impl ReloadResult {
+    /// Label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Success => "success",
+            Self::Failure => "failure",
+        }
+    }
+
+    fn slot(self) -> usize {
+        match self {
+            Self::Success => 0,
+            Self::Failure => 1,
+        }
+    }
+}
+
+/// The last message that could not be delivered to the upstream registrar
+/// (a failed UDP send, a full queue to the stream link, a message the link
+/// could not deliver), cleared by the next delivery: what `/readyz`
+/// reports.
+#[derive(Debug, Clone)]
+pub struct UpstreamFailure {
+    /// When it failed.
+    pub at: Instant,
+    /// The error, as logged.
+    pub error: String,
+}
+
+/// Process-wide counters. The hot ones are atomics; see the module doc.
 #[derive(Debug, Default)]
 pub struct Metrics {
-    /// Messages received (keep-alives excluded).
-    pub received: AtomicU64,
-    /// Keep-alives received (CRLF, CRLFCRLF).
+    /// Keep-alives received (CRLF, CRLFCRLF), all transports.
     pub keepalives: AtomicU64,
-    /// Requests relayed.
-    pub requests_relayed: AtomicU64,
-    /// Responses relayed.
-    pub responses_relayed: AtomicU64,
-    /// Responses the filter sent itself.
-    pub local_responses: AtomicU64,
-    /// Requests flagged.
-    pub flagged: AtomicU64,
-    /// Requests rejected by policy.
-    pub rejected: AtomicU64,
+    /// Messages received, by transport and kind (keep-alives excluded).
+    received: [[AtomicU64; 2]; TRANSPORTS.len()],
+    /// Messages relayed (sent on toward the registrar or a client), by the
+    /// transport they leave on and kind.
+    relayed: [[AtomicU64; 2]; TRANSPORTS.len()],
     /// Requests recognised as retransmissions of a transaction already
     /// recorded (handled the same way again, not recorded again).
     pub retransmissions: AtomicU64,
@@ -126,28 +231,69 @@ pub struct Metrics {
     /// TLS handshakes failed, per [`TlsSide`] and [`HandshakeReason`].
     tls_handshake_failures: [[AtomicU64; HandshakeReason::ALL.len()]; TlsSide::ALL.len()],
     drops: [AtomicU64; DropReason::ALL.len()],
+    /// Transport faults, by kind (see [`Fault::report`]).
     faults: [AtomicU64; Fault::ALL.len()],
     /// Rate limits of the fault warnings, per kind.
     fault_warnings: [Mutex<WarningWindow>; Fault::ALL.len()],
+    /// Decisions by (action, role, support).
+    decisions: Mutex<BTreeMap<[&'static str; 3], u64>>,
+    /// Messages refused as unparsable or invalid, by reason.
+    parse_errors: Mutex<BTreeMap<&'static str, u64>>,
+    /// Responses the filter sent itself, by status code.
+    local_responses: Mutex<BTreeMap<u16, u64>>,
+    /// Failed sends to the upstream registrar, by its transport.
+    upstream_send_failures: [AtomicU64; TRANSPORTS.len()],
+    upstream_failure: Mutex<Option<UpstreamFailure>>,
+    reloads: [AtomicU64; 2],
+    /// TLS context reloads, per [`TlsSide`] and [`ReloadResult`].
+    tls_reloads: [[AtomicU64; 2]; TlsSide::ALL.len()],
+    handling_buckets: [AtomicU64; HANDLING_BUCKETS.len()],
+    handling_count: AtomicU64,
+    handling_sum_ns: AtomicU64,
+}
+
+/// Values read at scrape time from the parts that own them.
+#[derive(Debug, Clone, Default)]
+pub struct Gauges {
+    /// Open stream connections (clients and the upstream link), by transport.
+    pub connections: Vec<(Transport, usize)>,
+    /// Bindings in the registration table.
+    pub registrations: usize,
+    /// REGISTERs relayed upstream and not answered yet.
+    pub registrations_pending: usize,
+    /// Bytes the registration tables account for (bindings, pending
+    /// REGISTERs, client ids).
+    pub registration_table_bytes: usize,
+    /// Transactions remembered (to tell retransmissions apart).
+    pub transactions: usize,
+    /// Bytes the transaction table accounts for.
+    pub transaction_table_bytes: usize,
+    /// Decision records dropped because the log writer's queue was full.
+    pub decision_records_dropped: u64,
+    /// Generation of the runtime configuration in use (1 at start).
+    pub config_generation: u64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn reason_index(reason: HandshakeReason) -> usize {
+    HandshakeReason::ALL
+        .iter()
+        .position(|r| *r == reason)
+        .expect("every reason is listed")
 }
 
 impl Metrics {
-    /// Count one drop.
-    pub fn count_drop(&self, reason: DropReason) {
-        let i = DropReason::ALL
-            .iter()
-            .position(|r| *r == reason)
-            .expect("every reason is listed");
-        self.drops[i].fetch_add(1, Ordering::Relaxed);
+    /// Add one to a counter.
+    pub fn inc(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Drops counted for a reason.
-    pub fn drops(&self, reason: DropReason) -> u64 {
-        let i = DropReason::ALL
-            .iter()
-            .position(|r| *r == reason)
-            .expect("every reason is listed");
-        self.drops[i].load(Ordering::Relaxed)
+    /// Add `n` to a counter.
+    pub fn add(counter: &AtomicU64, n: usize) {
+        counter.fetch_add(n as u64, Ordering::Relaxed);
     }
 
     /// Count one transport fault (see [`Fault::report`], which logs it too).
@@ -176,10 +322,7 @@ impl Metrics {
             .iter()
             .position(|f| *f == fault)
             .expect("every fault is listed");
-        self.fault_warnings[i]
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .admit(now, FAULT_WARNING_INTERVAL)
+        lock(&self.fault_warnings[i]).admit(now, FAULT_WARNING_INTERVAL)
     }
 
     /// Count one completed TLS handshake.
@@ -203,83 +346,580 @@ impl Metrics {
         self.tls_handshake_failures[side.index()][reason_index(reason)].load(Ordering::Relaxed)
     }
 
-    /// Add one to a counter.
-    pub fn inc(counter: &AtomicU64) {
-        counter.fetch_add(1, Ordering::Relaxed);
+    /// Count one drop.
+    pub fn count_drop(&self, reason: DropReason) {
+        let i = DropReason::ALL
+            .iter()
+            .position(|r| *r == reason)
+            .expect("every reason is listed");
+        self.drops[i].fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Add `n` to a counter.
-    pub fn add(counter: &AtomicU64, n: usize) {
-        counter.fetch_add(n as u64, Ordering::Relaxed);
+    /// Drops counted for a reason.
+    pub fn drops(&self, reason: DropReason) -> u64 {
+        let i = DropReason::ALL
+            .iter()
+            .position(|r| *r == reason)
+            .expect("every reason is listed");
+        self.drops[i].load(Ordering::Relaxed)
     }
 
-    /// Prometheus text exposition.
-    pub fn render(&self) -> String {
-        let mut out = String::new();
-        for (name, c) in [
-            ("sipadmit_received_total", &self.received),
-            ("sipadmit_keepalives_total", &self.keepalives),
-            ("sipadmit_requests_relayed_total", &self.requests_relayed),
-            ("sipadmit_responses_relayed_total", &self.responses_relayed),
-            ("sipadmit_local_responses_total", &self.local_responses),
-            ("sipadmit_flagged_total", &self.flagged),
-            ("sipadmit_rejected_total", &self.rejected),
-            ("sipadmit_retransmissions_total", &self.retransmissions),
+    /// Count one message received.
+    pub fn count_received(&self, transport: Transport, kind: MessageKind) {
+        Self::inc(&self.received[transport_slot(transport)][kind.slot()]);
+    }
+
+    /// Messages received on a transport, of a kind.
+    pub fn received(&self, transport: Transport, kind: MessageKind) -> u64 {
+        self.received[transport_slot(transport)][kind.slot()].load(Ordering::Relaxed)
+    }
+
+    /// Count one message relayed, by the transport it leaves on.
+    pub fn count_relayed(&self, transport: Transport, kind: MessageKind) {
+        Self::inc(&self.relayed[transport_slot(transport)][kind.slot()]);
+    }
+
+    /// Messages relayed on a transport, of a kind.
+    pub fn relayed(&self, transport: Transport, kind: MessageKind) -> u64 {
+        self.relayed[transport_slot(transport)][kind.slot()].load(Ordering::Relaxed)
+    }
+
+    /// Count one decision (one decision record), by its labels' values
+    /// (`Action::as_str`, `SessionRole::as_str`, `Support::as_str`).
+    pub fn count_decision(&self, action: &'static str, role: &'static str, support: &'static str) {
+        *lock(&self.decisions)
+            .entry([action, role, support])
+            .or_default() += 1;
+    }
+
+    /// Decisions counted with these label values.
+    pub fn decisions(&self, action: &str, role: &str, support: &str) -> u64 {
+        lock(&self.decisions)
+            .iter()
+            .filter(|(k, _)| k[0] == action && k[1] == role && k[2] == support)
+            .map(|(_, v)| *v)
+            .sum()
+    }
+
+    /// Count one message refused as unparsable or invalid (`reason` is a
+    /// fixed name such as `SipError::label`).
+    pub fn count_parse_error(&self, reason: &'static str) {
+        *lock(&self.parse_errors).entry(reason).or_default() += 1;
+    }
+
+    /// Parse errors counted for a reason.
+    pub fn parse_errors(&self, reason: &str) -> u64 {
+        lock(&self.parse_errors).get(reason).copied().unwrap_or(0)
+    }
+
+    /// Count one response the filter sent itself.
+    pub fn count_local_response(&self, status: u16) {
+        *lock(&self.local_responses).entry(status).or_default() += 1;
+    }
+
+    /// Local responses sent with a status.
+    pub fn local_responses(&self, status: u16) -> u64 {
+        lock(&self.local_responses)
+            .get(&status)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Count a message not delivered to the upstream (over `transport`) and
+    /// remember why for `/readyz` until the next delivery.
+    pub fn count_upstream_send_failure(&self, transport: Transport, error: String) {
+        Self::inc(&self.upstream_send_failures[transport_slot(transport)]);
+        *lock(&self.upstream_failure) = Some(UpstreamFailure {
+            at: Instant::now(),
+            error,
+        });
+    }
+
+    /// A message was delivered to the upstream (a UDP send, or a write
+    /// queued on the stream link's connection): forget the last failure.
+    pub fn note_upstream_sent(&self) {
+        let mut failure = lock(&self.upstream_failure);
+        if failure.is_some() {
+            *failure = None;
+        }
+    }
+
+    /// The last message not delivered to the upstream, unless one was
+    /// delivered since.
+    pub fn upstream_failure(&self) -> Option<UpstreamFailure> {
+        lock(&self.upstream_failure).clone()
+    }
+
+    /// Messages not delivered to the upstream over a transport.
+    pub fn upstream_send_failures(&self, transport: Transport) -> u64 {
+        self.upstream_send_failures[transport_slot(transport)].load(Ordering::Relaxed)
+    }
+
+    /// Count one config reload.
+    pub fn count_reload(&self, result: ReloadResult) {
+        Self::inc(&self.reloads[result.slot()]);
+    }
+
+    /// Config reloads with a result.
+    pub fn reloads(&self, result: ReloadResult) -> u64 {
+        self.reloads[result.slot()].load(Ordering::Relaxed)
+    }
+
+    /// Count one TLS context reload of one side (see
+    /// `crate::transport::tls::TlsContexts::reload`).
+    pub fn count_tls_reload(&self, side: TlsSide, result: ReloadResult) {
+        Self::inc(&self.tls_reloads[side.index()][result.slot()]);
+    }
+
+    /// TLS context reloads of one side with a result.
+    pub fn tls_reloads(&self, side: TlsSide, result: ReloadResult) -> u64 {
+        self.tls_reloads[side.index()][result.slot()].load(Ordering::Relaxed)
+    }
+
+    /// Record how long handling one message took (core and send).
+    pub fn observe_handling(&self, took: Duration) {
+        let seconds = took.as_secs_f64();
+        if let Some(i) = HANDLING_BUCKETS.iter().position(|&le| seconds <= le) {
+            Self::inc(&self.handling_buckets[i]);
+        }
+        Self::inc(&self.handling_count);
+        let ns = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
+        self.handling_sum_ns.fetch_add(ns, Ordering::Relaxed);
+    }
+
+    /// Messages whose handling time was recorded.
+    pub fn handled(&self) -> u64 {
+        self.handling_count.load(Ordering::Relaxed)
+    }
+
+    /// One line of totals, for the log line at shutdown.
+    pub fn summary(&self) -> String {
+        let sum = |table: &[[AtomicU64; 2]; TRANSPORTS.len()]| -> u64 {
+            table
+                .iter()
+                .flatten()
+                .map(|c| c.load(Ordering::Relaxed))
+                .sum()
+        };
+        let drops: u64 = self.drops.iter().map(|c| c.load(Ordering::Relaxed)).sum();
+        let local: u64 = lock(&self.local_responses).values().sum();
+        let faults: u64 = self.faults.iter().map(|c| c.load(Ordering::Relaxed)).sum();
+        format!(
+            "received {}, relayed {}, local responses {local}, dropped {drops}, keep-alives {}, retransmissions {}, transport faults {faults}",
+            sum(&self.received),
+            sum(&self.relayed),
+            self.keepalives.load(Ordering::Relaxed),
+            self.retransmissions.load(Ordering::Relaxed),
+        )
+    }
+
+    /// The Prometheus text exposition (format 0.0.4) of every family, with
+    /// the `gauges` read at scrape time.
+    pub fn render(&self, gauges: &Gauges) -> String {
+        let mut out = Exposition::default();
+        out.family(
+            "sipadmit_build_info",
+            "gauge",
+            "Always 1; the label names the sipadmit version.",
+        );
+        out.sample(
+            "sipadmit_build_info",
+            &[("version", env!("CARGO_PKG_VERSION"))],
+            1,
+        );
+
+        out.family(
+            "sipadmit_received_total",
+            "counter",
+            "SIP messages received (keep-alives excluded), by transport and kind.",
+        );
+        for transport in TRANSPORTS {
+            for kind in MessageKind::ALL {
+                let value = self.received(transport, kind);
+                let labels = [("transport", transport.as_str()), ("kind", kind.as_str())];
+                out.sample("sipadmit_received_total", &labels, value);
+            }
+        }
+        out.family(
+            "sipadmit_relayed_total",
+            "counter",
+            "SIP messages relayed toward the registrar or a client, by the transport they leave on and kind.",
+        );
+        for transport in TRANSPORTS {
+            for kind in MessageKind::ALL {
+                let value = self.relayed(transport, kind);
+                let labels = [("transport", transport.as_str()), ("kind", kind.as_str())];
+                out.sample("sipadmit_relayed_total", &labels, value);
+            }
+        }
+        out.family(
+            "sipadmit_keepalives_total",
+            "counter",
+            "Keep-alives received (CRLF pings), all transports.",
+        );
+        out.sample(
+            "sipadmit_keepalives_total",
+            &[],
+            self.keepalives.load(Ordering::Relaxed),
+        );
+
+        out.family(
+            "sipadmit_decisions_total",
+            "counter",
+            "Admission decisions (one per decision record), by action, Response Group role and client support class.",
+        );
+        for ([action, role, support], value) in lock(&self.decisions).iter() {
+            let labels = [("action", *action), ("role", *role), ("support", *support)];
+            out.sample("sipadmit_decisions_total", &labels, *value);
+        }
+
+        out.family(
+            "sipadmit_dropped_total",
+            "counter",
+            "Messages neither relayed nor answered, by reason.",
+        );
+        for reason in DropReason::ALL {
+            out.sample(
+                "sipadmit_dropped_total",
+                &[("reason", reason.as_str())],
+                self.drops(reason),
+            );
+        }
+        out.family(
+            "sipadmit_transport_faults_total",
+            "counter",
+            "Faults of one datagram, connection or upstream connect (counted, logged rate-limited, survived), by kind.",
+        );
+        for fault in Fault::ALL {
+            out.sample(
+                "sipadmit_transport_faults_total",
+                &[("kind", fault.as_str())],
+                self.faults(fault),
+            );
+        }
+        for (name, help, counter) in [
+            (
+                "sipadmit_retransmissions_total",
+                "Requests recognised as retransmissions of a transaction already recorded (handled again, not recorded again).",
+                &self.retransmissions,
+            ),
             (
                 "sipadmit_registers_too_many_contacts_total",
+                "REGISTERs answered 403 for naming more contacts than limits.max_contacts_per_register.",
                 &self.too_many_contacts,
             ),
             (
                 "sipadmit_registration_contacts_not_learned_total",
+                "REGISTER contacts not learned for want of room in the registration tables.",
                 &self.contacts_not_learned,
             ),
             (
                 "sipadmit_registrations_evicted_total",
+                "Pending REGISTERs and bindings evicted, oldest first, because their table was full.",
                 &self.registrations_evicted,
             ),
         ] {
-            let _ = writeln!(out, "{name} {}", c.load(Ordering::Relaxed));
+            out.family(name, "counter", help);
+            out.sample(name, &[], counter.load(Ordering::Relaxed));
         }
-        for r in DropReason::ALL {
-            let _ = writeln!(
-                out,
-                "sipadmit_dropped_total{{reason=\"{}\"}} {}",
-                r.as_str(),
-                self.drops(r)
+        out.family(
+            "sipadmit_parse_errors_total",
+            "counter",
+            "Messages refused as unparsable or invalid, by reason.",
+        );
+        for (reason, value) in lock(&self.parse_errors).iter() {
+            out.sample("sipadmit_parse_errors_total", &[("reason", reason)], *value);
+        }
+        out.family(
+            "sipadmit_local_responses_total",
+            "counter",
+            "Responses sipadmit sent itself (rejects, 400, 503, ...), by status code.",
+        );
+        for (status, value) in lock(&self.local_responses).iter() {
+            let status = status.to_string();
+            out.sample(
+                "sipadmit_local_responses_total",
+                &[("status", &status)],
+                *value,
             );
         }
+        out.family(
+            "sipadmit_upstream_send_failures_total",
+            "counter",
+            "Messages that could not be sent to the upstream registrar, by its transport.",
+        );
+        for transport in TRANSPORTS {
+            out.sample(
+                "sipadmit_upstream_send_failures_total",
+                &[("transport", transport.as_str())],
+                self.upstream_send_failures(transport),
+            );
+        }
+        out.family(
+            "sipadmit_tls_handshakes_total",
+            "counter",
+            "TLS handshakes completed, by side (listener: a client's; upstream: the link to the registrar).",
+        );
         for side in TlsSide::ALL {
-            let _ = writeln!(
-                out,
-                "sipadmit_tls_handshakes_total{{side=\"{}\"}} {}",
-                side.as_str(),
-                self.tls_handshakes(side)
+            out.sample(
+                "sipadmit_tls_handshakes_total",
+                &[("side", side.as_str())],
+                self.tls_handshakes(side),
             );
+        }
+        out.family(
+            "sipadmit_tls_handshake_failures_total",
+            "counter",
+            "TLS handshakes failed (the connection closed), by side and reason.",
+        );
+        for side in TlsSide::ALL {
             for reason in HandshakeReason::ALL {
-                let _ = writeln!(
-                    out,
-                    "sipadmit_tls_handshake_failures_total{{side=\"{}\",reason=\"{}\"}} {}",
-                    side.as_str(),
-                    reason.as_str(),
-                    self.tls_handshake_failures(side, reason)
+                let labels = [("side", side.as_str()), ("reason", reason.as_str())];
+                let value = self.tls_handshake_failures(side, reason);
+                out.sample("sipadmit_tls_handshake_failures_total", &labels, value);
+            }
+        }
+
+        out.family(
+            "sipadmit_open_connections",
+            "gauge",
+            "Open stream connections (clients and the upstream link), by transport.",
+        );
+        for (transport, count) in &gauges.connections {
+            out.sample(
+                "sipadmit_open_connections",
+                &[("transport", transport.as_str())],
+                *count as u64,
+            );
+        }
+        out.family(
+            "sipadmit_registrations",
+            "gauge",
+            "Registrations held in the registration table (contact to client, for agent offers).",
+        );
+        out.sample("sipadmit_registrations", &[], gauges.registrations as u64);
+        for (name, help, value) in [
+            (
+                "sipadmit_registrations_pending",
+                "REGISTERs relayed to the registrar and not answered yet.",
+                gauges.registrations_pending,
+            ),
+            (
+                "sipadmit_registration_table_bytes",
+                "Bytes the registration tables account for (bounded by limits.registration_table_bytes plus the client ids).",
+                gauges.registration_table_bytes,
+            ),
+            (
+                "sipadmit_transactions",
+                "Transactions remembered to tell retransmissions apart (the last 32 s).",
+                gauges.transactions,
+            ),
+            (
+                "sipadmit_transaction_table_bytes",
+                "Bytes the transaction table accounts for (bounded by limits.transaction_table_bytes).",
+                gauges.transaction_table_bytes,
+            ),
+        ] {
+            out.family(name, "gauge", help);
+            out.sample(name, &[], value as u64);
+        }
+        out.family(
+            "sipadmit_decision_records_dropped_total",
+            "counter",
+            "Decision records dropped because the decision log writer's queue was full.",
+        );
+        out.sample(
+            "sipadmit_decision_records_dropped_total",
+            &[],
+            gauges.decision_records_dropped,
+        );
+
+        out.family(
+            "sipadmit_config_reloads_total",
+            "counter",
+            "Config reloads (SIGHUP), by result; a failure keeps the running configuration.",
+        );
+        for result in [ReloadResult::Success, ReloadResult::Failure] {
+            out.sample(
+                "sipadmit_config_reloads_total",
+                &[("result", result.as_str())],
+                self.reloads(result),
+            );
+        }
+        out.family(
+            "sipadmit_tls_reloads_total",
+            "counter",
+            "TLS context reloads (SIGHUP: certificate, key and CA files re-read, [tls] settings applied), by side and result; a failure keeps the side's running context.",
+        );
+        for side in TlsSide::ALL {
+            for result in [ReloadResult::Success, ReloadResult::Failure] {
+                let labels = [("side", side.as_str()), ("result", result.as_str())];
+                out.sample(
+                    "sipadmit_tls_reloads_total",
+                    &labels,
+                    self.tls_reloads(side, result),
                 );
             }
         }
-        for f in Fault::ALL {
-            let _ = writeln!(
-                out,
-                "sipadmit_transport_faults_total{{kind=\"{}\"}} {}",
-                f.as_str(),
-                self.faults(f)
-            );
+        out.family(
+            "sipadmit_config_generation",
+            "gauge",
+            "Generation of the runtime configuration in use: 1 at start, one more per successful reload.",
+        );
+        out.sample("sipadmit_config_generation", &[], gauges.config_generation);
+
+        let name = "sipadmit_message_handling_seconds";
+        out.family(
+            name,
+            "histogram",
+            "Time to handle one SIP message: parse, classify, decide and hand it to the transport.",
+        );
+        let mut cumulative = 0;
+        for (le, count) in HANDLING_BUCKETS.iter().zip(&self.handling_buckets) {
+            cumulative += count.load(Ordering::Relaxed);
+            let le = le.to_string();
+            out.sample(&format!("{name}_bucket"), &[("le", &le)], cumulative);
         }
-        out
+        let count = self.handling_count.load(Ordering::Relaxed);
+        out.sample(&format!("{name}_bucket"), &[("le", "+Inf")], count);
+        let sum = self.handling_sum_ns.load(Ordering::Relaxed) as f64 / 1e9;
+        let _ = writeln!(out.text, "{name}_sum {sum}");
+        out.sample(&format!("{name}_count"), &[], count);
+        out.text
     }
 }
 
-fn reason_index(reason: HandshakeReason) -> usize {
-    HandshakeReason::ALL
-        .iter()
-        .position(|r| *r == reason)
-        .expect("every reason is listed")
+/// Text being written in the exposition format.
+#[derive(Debug, Default)]
+struct Exposition {
+    text: String,
+}
+
+impl Exposition {
+    fn family(&mut self, name: &str, kind: &str, help: &str) {
+        let _ = writeln!(self.text, "# HELP {name} {help}");
+        let _ = writeln!(self.text, "# TYPE {name} {kind}");
+    }
+
+    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: u64) {
+        self.text.push_str(name);
+        if !labels.is_empty() {
+            self.text.push('{');
+            for (i, (label, value)) in labels.iter().enumerate() {
+                if i > 0 {
+                    self.text.push(',');
+                }
+                // Label values are enum names and numbers: nothing to escape.
+                let _ = write!(self.text, "{label}=\"{value}\"");
+            }
+            self.text.push('}');
+        }
+        let _ = writeln!(self.text, " {value}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_family_has_help_and_type_and_the_prefix() {
+        let metrics = Metrics::default();
+        metrics.count_received(Transport::Udp, MessageKind::Request);
+        metrics.count_relayed(Transport::Tcp, MessageKind::Response);
+        metrics.count_decision("reject", "caller", "unsupported");
+        metrics.count_parse_error("malformed_start_line");
+        metrics.count_local_response(403);
+        metrics.count_reload(ReloadResult::Failure);
+        metrics.observe_handling(Duration::from_micros(30));
+        metrics.observe_handling(Duration::from_secs(1));
+        metrics.count_fault(Fault::UpstreamConnect);
+        Metrics::inc(&metrics.retransmissions);
+        Metrics::add(&metrics.registrations_evicted, 4);
+        metrics.count_received(Transport::Tls, MessageKind::Request);
+        metrics.count_tls_handshake(TlsSide::Listener);
+        metrics.count_tls_handshake_failure(TlsSide::Upstream, HandshakeReason::BadCertificate);
+        metrics.count_tls_reload(TlsSide::Listener, ReloadResult::Success);
+        metrics.count_upstream_send_failure(Transport::Tls, "handshake".into());
+        let text = metrics.render(&Gauges {
+            connections: vec![(Transport::Tcp, 2), (Transport::Tls, 1)],
+            registrations: 5,
+            registrations_pending: 6,
+            registration_table_bytes: 7,
+            transactions: 8,
+            transaction_table_bytes: 9,
+            decision_records_dropped: 0,
+            config_generation: 3,
+        });
+        let mut typed = Vec::new();
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                typed.push(rest.split(' ').next().unwrap().to_owned());
+                continue;
+            }
+            if line.starts_with('#') {
+                continue;
+            }
+            assert!(line.starts_with("sipadmit_"), "{line}");
+            let name = line.split(['{', ' ']).next().unwrap();
+            assert!(
+                typed.iter().any(|t| name == t
+                    || name
+                        .strip_prefix(t.as_str())
+                        .is_some_and(|s| ["_bucket", "_sum", "_count"].contains(&s))),
+                "{name} has no TYPE before it"
+            );
+        }
+        for wanted in [
+            "sipadmit_received_total{transport=\"udp\",kind=\"request\"} 1",
+            "sipadmit_relayed_total{transport=\"tcp\",kind=\"response\"} 1",
+            "sipadmit_decisions_total{action=\"reject\",role=\"caller\",support=\"unsupported\"} 1",
+            "sipadmit_parse_errors_total{reason=\"malformed_start_line\"} 1",
+            "sipadmit_local_responses_total{status=\"403\"} 1",
+            "sipadmit_config_reloads_total{result=\"failure\"} 1",
+            "sipadmit_config_generation 3",
+            "sipadmit_open_connections{transport=\"tcp\"} 2",
+            "sipadmit_registrations 5",
+            "sipadmit_registrations_pending 6",
+            "sipadmit_registration_table_bytes 7",
+            "sipadmit_transactions 8",
+            "sipadmit_transaction_table_bytes 9",
+            "sipadmit_transport_faults_total{kind=\"upstream_connect\"} 1",
+            "sipadmit_transport_faults_total{kind=\"accept\"} 0",
+            "sipadmit_retransmissions_total 1",
+            "sipadmit_registrations_evicted_total 4",
+            "sipadmit_registers_too_many_contacts_total 0",
+            "sipadmit_registration_contacts_not_learned_total 0",
+            "sipadmit_message_handling_seconds_bucket{le=\"0.00005\"} 1",
+            "sipadmit_message_handling_seconds_bucket{le=\"0.1\"} 1",
+            "sipadmit_message_handling_seconds_bucket{le=\"+Inf\"} 2",
+            "sipadmit_message_handling_seconds_count 2",
+            "sipadmit_build_info{version=\"",
+            "sipadmit_received_total{transport=\"tls\",kind=\"request\"} 1",
+            "sipadmit_relayed_total{transport=\"tls\",kind=\"response\"} 0",
+            "sipadmit_open_connections{transport=\"tls\"} 1",
+            "sipadmit_upstream_send_failures_total{transport=\"tls\"} 1",
+            "sipadmit_tls_handshakes_total{side=\"listener\"} 1",
+            "sipadmit_tls_handshakes_total{side=\"upstream\"} 0",
+            "sipadmit_tls_handshake_failures_total{side=\"upstream\",reason=\"bad_certificate\"} 1",
+            "sipadmit_tls_handshake_failures_total{side=\"listener\",reason=\"timeout\"} 0",
+            "sipadmit_tls_reloads_total{side=\"listener\",result=\"success\"} 1",
+            "sipadmit_tls_reloads_total{side=\"upstream\",result=\"failure\"} 0",
+        ] {
+            assert!(text.contains(wanted), "{wanted} missing from\n{text}");
+        }
+        assert!(text.contains("sipadmit_message_handling_seconds_sum 1.00003"));
+    }
+
+    #[test]
+    fn an_upstream_failure_is_forgotten_after_a_successful_send() {
+        let metrics = Metrics::default();
+        assert!(metrics.upstream_failure().is_none());
+        metrics.count_upstream_send_failure(Transport::Tcp, "refused".into());
+        assert_eq!(metrics.upstream_failure().unwrap().error, "refused");
+        assert_eq!(metrics.upstream_send_failures(Transport::Tcp), 1);
+        metrics.note_upstream_sent();
+        assert!(metrics.upstream_failure().is_none());
+        assert_eq!(metrics.upstream_send_failures(Transport::Tcp), 1);
+    }
 }

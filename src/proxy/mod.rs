@@ -44,7 +44,7 @@ use bytes::Bytes;
 use crate::classify::{ClientProduct, CLIENT_UNKNOWN};
 use crate::config::{Config, ConfigError, Overrides, RuntimeConfig, Settings};
 use crate::observe::decision_log::{record_time, DecisionRecord};
-use crate::observe::metrics::{DropReason, Metrics};
+use crate::observe::metrics::{DropReason, MessageKind, Metrics};
 use crate::policy::{Action, SessionRole};
 use crate::sip::fields::host_is_ip;
 use crate::sip::{HeaderName, SipView, Via};
@@ -287,7 +287,7 @@ impl Core {
         &self.registrations
     }
 
-    /// The transactions recorded (for tests).
+    /// The transactions recorded (for tests and the admin gauges).
     pub fn transactions(&self) -> &Transactions {
         &self.transactions
     }
@@ -300,7 +300,15 @@ impl Core {
     /// Handle one inbound message. `open` tells whether a stream connection
     /// of this instance is still open to a peer.
     pub fn handle(&self, inbound: &Inbound, now: Instant, open: OpenConnection<'_>) -> Outcome {
-        Metrics::inc(&self.metrics.received);
+        let kind = MessageKind::of(&inbound.bytes);
+        self.metrics.count_received(inbound.transport, kind);
+        let outcome = self.handle_message(inbound, now, open);
+        self.count_outcome(kind, &outcome);
+        outcome
+    }
+
+    /// [`Core::handle`] without the counting.
+    fn handle_message(&self, inbound: &Inbound, now: Instant, open: OpenConnection<'_>) -> Outcome {
         let runtime = self.runtime.load();
         let view = match SipView::parse(inbound.bytes.clone()) {
             Ok(v) => v,
@@ -312,6 +320,7 @@ impl Core {
                 };
                 tracing::warn!(source = %inbound.source, error = %e, "unparsable message dropped");
                 self.metrics.count_drop(reason);
+                self.metrics.count_parse_error(e.label());
                 return Outcome::drop(reason);
             }
         };
@@ -333,7 +342,9 @@ impl Core {
         let runtime = self.runtime.load();
         let ctx = request::RequestCtx::new(inbound, &view, &runtime, now);
         let outcome = self.refuse(&ctx, None, Refusal::UpstreamUnavailable);
-        self.record_once(&view, RecordKind::UpstreamUnavailable, outcome, now)
+        let outcome = self.record_once(&view, RecordKind::UpstreamUnavailable, outcome, now);
+        self.count_outcome(MessageKind::Request, &outcome);
+        outcome
     }
 
     /// Keep the outcome's record only for the first sighting of the
@@ -397,6 +408,27 @@ impl Core {
                 warnings_held_back = held_back,
                 "registration table full: oldest entries evicted"
             );
+        }
+    }
+
+    /// Count what an outcome does: its decision, the message relayed (by
+    /// the transport it leaves on) or the local response (by status).
+    fn count_outcome(&self, kind: MessageKind, outcome: &Outcome) {
+        if let Some(r) = &outcome.record {
+            self.metrics
+                .count_decision(r.action.as_str(), r.role.as_str(), r.support.as_str());
+        }
+        let Some(send) = &outcome.send else {
+            return;
+        };
+        match &send.to {
+            Destination::Source => {
+                if let Some(status) = response_status(&send.bytes) {
+                    self.metrics.count_local_response(status);
+                }
+            }
+            Destination::Upstream => self.metrics.count_relayed(self.upstream_transport(), kind),
+            Destination::Flow(flow) => self.metrics.count_relayed(flow.transport, kind),
         }
     }
 
@@ -633,6 +665,12 @@ impl fmt::Display for Branch {
             self.transaction, self.loop_mark
         )
     }
+}
+
+/// The status code of a response the proxy built (`SIP/2.0 NNN ...`).
+fn response_status(bytes: &[u8]) -> Option<u16> {
+    let digits = bytes.strip_prefix(b"SIP/2.0 ")?.get(..3)?;
+    std::str::from_utf8(digits).ok()?.parse().ok()
 }
 
 /// Eight lowercase hex digits of `value`.

@@ -162,6 +162,17 @@ impl Refusal<'_> {
         }
     }
 
+    /// The `sipadmit_parse_errors_total` reason, when the request was
+    /// refused as invalid.
+    fn parse_error(&self) -> Option<&'static str> {
+        match self {
+            Self::Malformed(e) => Some(e.label()),
+            Self::TooLarge => Some("too_large"),
+            Self::TooManyHeaders => Some("too_many_headers"),
+            _ => None,
+        }
+    }
+
     /// The detail a log line adds, if any.
     fn detail(&self) -> Option<&'static str> {
         match self {
@@ -208,6 +219,9 @@ impl Core {
         .iter()
         .all(|&h| view.header(h).is_some());
         let answered = formable && ctx.method != Method::Ack;
+        if let Some(reason) = refusal.parse_error() {
+            self.metrics.count_parse_error(reason);
+        }
         let status = refusal.status();
         let reason = refusal.reason();
         warn!(
@@ -260,7 +274,6 @@ impl Core {
                 extra.push(("Unsupported", &unsupported));
             }
             Refusal::Policy { reply, .. } => {
-                Metrics::inc(&self.metrics.rejected);
                 warning = reply.warning_for(&subject.client.name);
                 if let Some(w) = &warning {
                     extra.push(("Warning", w));
@@ -277,7 +290,6 @@ impl Core {
             }
             _ => {}
         }
-        Metrics::inc(&self.metrics.local_responses);
         let bytes = response::build(
             view,
             status,

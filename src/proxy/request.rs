@@ -30,7 +30,7 @@ use super::{
     FLOW_PARAM,
 };
 use crate::classify::Classification;
-use crate::observe::metrics::{DropReason, Metrics};
+use crate::observe::metrics::DropReason;
 use crate::policy::{decide, Action, Decision, SessionFacts, SessionRole, Verdict};
 use crate::sip::edit::{before_first, mark_received, remove_leading_values, remove_named, Edits};
 use crate::sip::fields::{parse_hostport, sip_uri_host, trim_lws};
@@ -340,7 +340,6 @@ impl Core {
         match decision.verdict {
             Verdict::Allow => Ok(()),
             Verdict::Flag { would_reject } => {
-                Metrics::inc(&self.metrics.flagged);
                 warn!(source = %ctx.inbound.source, client = %subject.client.id, role = role.as_str(), rule = decision.rule, would_reject, "flagged");
                 Ok(())
             }
@@ -529,7 +528,6 @@ impl Core {
             Some(flow) => Destination::Flow(flow),
             None => Destination::Upstream,
         };
-        Metrics::inc(&self.metrics.requests_relayed);
         Ok(Outcome {
             send: Some(Outbound {
                 to,

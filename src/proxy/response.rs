@@ -12,7 +12,7 @@ use tracing::{debug, warn};
 use super::flow::{Flow, Purpose};
 use super::registrations::RegisterAnswer;
 use super::{Core, Destination, Inbound, OpenConnection, Outbound, Outcome, FLOW_PARAM};
-use crate::observe::metrics::{DropReason, Metrics};
+use crate::observe::metrics::DropReason;
 use crate::sip::edit::{first_value, Edits};
 use crate::sip::{HeaderName, SipView};
 
@@ -89,7 +89,6 @@ impl Core {
                 format!("Content-Length: {}\r\n", view.body().len()),
             );
         }
-        Metrics::inc(&self.metrics.responses_relayed);
         Outcome {
             send: Some(Outbound {
                 to: destination,

@@ -545,7 +545,7 @@ fn a_register_over_the_contact_cap_is_answered_403_counted_and_recorded() {
     assert_eq!(count(&metrics.too_many_contacts), 1);
     assert_eq!(count(&metrics.contacts_not_learned), 0);
     assert!(metrics
-        .render()
+        .render(&crate::observe::metrics::Gauges::default())
         .contains("sipadmit_registers_too_many_contacts_total 1\n"));
 
     // `*` (remove all bindings) is not a contact to learn.

@@ -52,6 +52,27 @@ pub enum SipError {
 }
 
 impl SipError {
+    /// A fixed snake_case name for the reason (a metrics label: the header
+    /// of `MissingHeader` and the like is left out).
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::MalformedStartLine => "malformed_start_line",
+            Self::MalformedRequestUri => "malformed_request_uri",
+            Self::VersionNotSupported => "version_not_supported",
+            Self::MalformedStatusCode => "malformed_status_code",
+            Self::MalformedHeaderLine => "malformed_header_line",
+            Self::UnterminatedHeaders => "unterminated_headers",
+            Self::MissingHeader(_) => "missing_header",
+            Self::DuplicateHeader(_) => "duplicate_header",
+            Self::MalformedHeader(_) => "malformed_header",
+            Self::ValueOutOfRange(_) => "value_out_of_range",
+            Self::MalformedContentLength => "malformed_content_length",
+            Self::SeveralContentLengths => "several_content_lengths",
+            Self::BodyTruncated => "body_truncated",
+            Self::CSeqMethodMismatch => "cseq_method_mismatch",
+        }
+    }
+
     /// The status code a request refused for this reason is answered with.
     pub fn status_code(self) -> u16 {
         match self {

@@ -82,6 +82,12 @@ impl Connections {
         self.open.lock().expect("connections lock").len()
     }
 
+    /// Number of open connections of a transport.
+    pub fn count(&self, transport: Transport) -> usize {
+        let open = self.open.lock().expect("connections lock");
+        open.values().filter(|c| c.transport == transport).count()
+    }
+
     /// Whether no connection is open.
     pub fn is_empty(&self) -> bool {
         self.len() == 0

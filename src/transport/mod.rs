@@ -405,6 +405,16 @@ pub enum UpstreamSender {
     Stream(UpstreamLink),
 }
 
+impl UpstreamSender {
+    /// The transport messages for the registrar travel on.
+    pub fn transport(&self) -> Transport {
+        match self {
+            Self::Datagram(_) => Transport::Udp,
+            Self::Stream(link) => link.transport(),
+        }
+    }
+}
+
 /// Everything that can send: UDP sockets, client connections, the
 /// upstream. Nothing here waits for a connection.
 #[derive(Debug)]

@@ -13,7 +13,8 @@
 //! - [`TlsListener`] and [`refuse_tls_client_hello`]: the open steps of
 //!   `tls:` and `tcp:` listeners (handshake with a deadline; a TLS client on
 //!   a plain TCP port closed at once), each counted and logged;
-//! - [`TlsContexts`]: what `SIGHUP` reloads;
+//! - [`TlsContexts`]: what `SIGHUP` rebuilds (files re-read, `[tls]`
+//!   settings of the reloaded config applied);
 //! - [`looks_like_tls_client_hello`]: spots a TLS client on a plain TCP port;
 //! - [`check`]: what `check-config` asks of the `[tls]` files and settings.
 //!
@@ -26,7 +27,7 @@ use std::io;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -45,7 +46,7 @@ use tokio_openssl::SslStream;
 
 use super::Fault;
 use crate::config::{Identity, TlsSettings, TlsVersion};
-use crate::observe::metrics::{Metrics, TlsSide};
+use crate::observe::metrics::{Metrics, ReloadResult, TlsSide};
 use crate::problem::Problem;
 
 /// Sessions a listener remembers for session-ID resumption (TLS 1.2 and
@@ -900,16 +901,25 @@ pub async fn refuse_tls_client_hello(
 
 // === reload ===
 
-/// The TLS contexts of a running instance, with the settings they were
-/// built from, so that `SIGHUP` can re-read their files
+/// The TLS contexts of a running instance, with the `[tls]` settings each
+/// was last built from, so that `SIGHUP` can rebuild them
 /// ([`TlsContexts::reload`]).
 #[derive(Debug, Clone, Default)]
 pub struct TlsContexts {
-    settings: TlsSettings,
+    /// The settings each side was last built from (a side whose reload
+    /// failed keeps its own).
+    applied: Arc<Mutex<Applied>>,
     /// The listeners' acceptor, when there is a `tls:` listener.
     pub server: Option<Arc<ServerTls>>,
     /// The upstream's connector and address, when the upstream is `tls:`.
     pub upstream: Option<(Arc<ClientTls>, IpAddr)>,
+}
+
+/// The `[tls]` settings in use, per side.
+#[derive(Debug, Default)]
+struct Applied {
+    server: TlsSettings,
+    upstream: TlsSettings,
 }
 
 impl TlsContexts {
@@ -927,34 +937,72 @@ impl TlsContexts {
             .map(|ip| ClientTls::new(settings, ip).map(|c| (Arc::new(c), ip)))
             .transpose()?;
         Ok(Self {
-            settings: settings.clone(),
+            applied: Arc::new(Mutex::new(Applied {
+                server: settings.clone(),
+                upstream: settings.clone(),
+            })),
             server,
             upstream,
         })
     }
 
-    /// Re-read every certificate, key and CA file and swap in the new
-    /// contexts: new connections get the new certificate, open ones keep
-    /// theirs. A side whose files are broken keeps its old context; why is
-    /// logged, naming the key and the file. Returns whether every side
-    /// was reloaded.
-    pub fn reload(&self) -> bool {
+    /// Rebuild each context from `settings` (the `[tls]` section of a
+    /// config that loaded), or, when `None` (the config did not load),
+    /// from the settings it was last built from: either way every
+    /// certificate, key and CA file is read again. New connections get the
+    /// new context, open ones keep theirs. A side that fails keeps its old
+    /// context (and its settings); why is logged, naming the key and the
+    /// file. Each side's outcome is counted in
+    /// `sipadmit_tls_reloads_total{side,result}`. Reads files: call it off
+    /// the event loop. Returns whether every side was reloaded.
+    pub fn reload(&self, settings: Option<&TlsSettings>, metrics: &Metrics) -> bool {
+        let mut applied = self
+            .applied
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut reloaded = true;
+        let mut count = |side, ok: bool| {
+            reloaded &= ok;
+            let result = if ok {
+                ReloadResult::Success
+            } else {
+                ReloadResult::Failure
+            };
+            metrics.count_tls_reload(side, result);
+        };
         if let Some(server) = &self.server {
-            match server.reload(&self.settings) {
-                Ok(()) => tracing::info!("TLS listener certificate re-read"),
+            let wanted = settings.unwrap_or(&applied.server).clone();
+            match server.reload(&wanted) {
+                Ok(()) => {
+                    tracing::info!(
+                        min_version = %wanted.min_version,
+                        mutual = wanted.client_ca.is_some(),
+                        "TLS listener certificate and settings reloaded"
+                    );
+                    applied.server = wanted;
+                    count(TlsSide::Listener, true);
+                }
                 Err(e) => {
-                    reloaded = false;
                     tracing::warn!(key = e.key(), file = ?e.path(), error = %e, "TLS listener certificate not reloaded; keeping the old one");
+                    count(TlsSide::Listener, false);
                 }
             }
         }
         if let Some((client, ip)) = &self.upstream {
-            match client.reload(&self.settings, *ip) {
-                Ok(()) => tracing::info!("TLS upstream files re-read"),
+            let wanted = settings.unwrap_or(&applied.upstream).clone();
+            match client.reload(&wanted, *ip) {
+                Ok(()) => {
+                    tracing::info!(
+                        server_name = %wanted.upstream_name(*ip),
+                        min_version = %wanted.min_version,
+                        "TLS upstream files and settings reloaded"
+                    );
+                    applied.upstream = wanted;
+                    count(TlsSide::Upstream, true);
+                }
                 Err(e) => {
-                    reloaded = false;
                     tracing::warn!(key = e.key(), file = ?e.path(), error = %e, "TLS upstream files not reloaded; keeping the old ones");
+                    count(TlsSide::Upstream, false);
                 }
             }
         }

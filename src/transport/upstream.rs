@@ -15,7 +15,8 @@
 //! `LinkTask::connect`, after the TCP connect and before `spawn`, with
 //! [`ClientTls`] (the registrar's certificate always verified): a failed
 //! handshake is a failed connect (its messages come back undelivered, so
-//! requests are answered `503`), counted by reason in
+//! requests are answered `503`, and `/readyz` reports it like a failed TCP
+//! connect), counted by reason in
 //! `sipadmit_tls_handshake_failures_total{side="upstream"}`.
 
 use std::net::SocketAddr;
@@ -84,6 +85,7 @@ pub struct Outgoing {
 /// The dispatcher's handle on the link task.
 #[derive(Debug)]
 pub struct UpstreamLink {
+    transport: Transport,
     addr: SocketAddr,
     queue: mpsc::Sender<Outgoing>,
 }
@@ -114,7 +116,16 @@ impl UpstreamLink {
             down: None,
         };
         tokio::spawn(task.run(waiting));
-        Self { addr, queue }
+        Self {
+            transport,
+            addr,
+            queue,
+        }
+    }
+
+    /// The transport of the link (TCP or TLS).
+    pub fn transport(&self) -> Transport {
+        self.transport
     }
 
     /// Queue a message for the upstream, without waiting: refused when the
@@ -157,10 +168,16 @@ impl LinkTask {
                 Ok(id) => self.ctx.connections.send(id, self.addr, bytes),
                 Err(e) => Err(e),
             };
-            if let Err(error) = sent {
-                let undelivered = Event::Undelivered { inbound, error };
-                if self.ctx.events.send(undelivered).await.is_err() {
-                    return;
+            match sent {
+                // Written to the connection's queue: what `/readyz` counts
+                // as delivered (a connect failure comes back below, as the
+                // undelivered messages).
+                Ok(()) => self.ctx.metrics.note_upstream_sent(),
+                Err(error) => {
+                    let undelivered = Event::Undelivered { inbound, error };
+                    if self.ctx.events.send(undelivered).await.is_err() {
+                        return;
+                    }
                 }
             }
         }
@@ -374,10 +391,15 @@ mod tests {
             conn.read_exact(&mut byte).await.unwrap();
             (conn, byte[0])
         };
+        // An earlier failure (what `/readyz` reports) is forgotten once the
+        // link delivers.
+        ctx.metrics
+            .count_upstream_send_failure(Transport::Tcp, "earlier".into());
         link.offer(outgoing(7)).unwrap();
         let (first, _) = registrar.accept().await.unwrap();
         let (first, byte) = read_one(first).await;
         assert_eq!(byte, 7);
+        assert!(ctx.metrics.upstream_failure().is_none());
         // What the registrar sends on the link is the registrar's.
         {
             use tokio::io::AsyncWriteExt;

@@ -81,6 +81,7 @@ impl TestProxy {
             upstream: Some(upstream.to_owned()),
             mode: None,
             decision_log: Some(decision_log.display().to_string()),
+            admin: None,
         };
         let config = Config::from_toml_str(toml, &config_dir().join("test.toml"), &overrides)
             .unwrap_or_else(|e| panic!("{e}"));

@@ -1,0 +1,171 @@
+//! Live reload on `SIGHUP`: the config file and its catalog are read again
+//! off the event loop, validated as a whole, and the new runtime part
+//! ([`RuntimeConfig`]: catalog, Response Group matchers, policy, flag
+//! header) is published with [`Core::publish`]; messages being handled
+//! finish with the snapshot they started with. Any problem keeps the running
+//! configuration: every problem is logged with its key path and the failure
+//! is counted (`sipadmit_config_reloads_total{result="failure"}`).
+//!
+//! The restart-only settings ([`Settings`]: listeners, upstream, upstream
+//! sources, decision log path, flow secret, limits, admin listener, TLS
+//! handshake deadline) are not applied; each one that changed is logged as
+//! "changed, needs restart", and the rest of the file still applies.
+//! Command-line values ([`Overrides`]) keep replacing the file's on every
+//! reload.
+//!
+//! The same reload then rebuilds the TLS contexts ([`TlsContexts::reload`]):
+//! from the new `[tls]` settings when the file loaded, else from the ones in
+//! use; either way the certificate, key and CA files are read again (a
+//! renewed certificate needs no valid config edit). Each side's outcome is
+//! logged and counted (`sipadmit_tls_reloads_total{side,result}`); a side
+//! whose files are broken keeps its running context.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::config::{Config, ConfigError, Overrides, RuntimeConfig, Settings};
+use crate::observe::metrics::ReloadResult;
+use crate::observe::Metrics;
+use crate::proxy::Core;
+use crate::transport::tls::TlsContexts;
+
+/// What reloading needs: where the config is, the flags it was started
+/// with, and the settings the instance runs with.
+#[derive(Debug)]
+pub struct Reloader {
+    /// The config file.
+    pub path: PathBuf,
+    /// Command-line values, applied again on every reload.
+    pub overrides: Overrides,
+    /// The restart-only settings in use.
+    pub running: Settings,
+    /// The TLS contexts to rebuild (empty without TLS).
+    pub tls: TlsContexts,
+}
+
+/// What one reload did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Reloaded {
+    /// The new runtime configuration is in use under this generation;
+    /// the restart-only keys listed changed and were not applied.
+    Published {
+        /// Generation now in use.
+        generation: u64,
+        /// Restart-only keys whose value changed.
+        needs_restart: Vec<&'static str>,
+    },
+    /// The file had problems; the running configuration is kept.
+    Kept,
+}
+
+impl Reloader {
+    /// Reload once per request on `requests` until `shutdown`.
+    pub async fn run(
+        self,
+        mut requests: mpsc::Receiver<()>,
+        core: Arc<Core>,
+        metrics: Arc<Metrics>,
+        shutdown: CancellationToken,
+    ) {
+        let reloader = Arc::new(self);
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                request = requests.recv() => {
+                    if request.is_none() {
+                        return;
+                    }
+                    let loading = reloader.clone();
+                    // Files and the catalog's patterns: not on the event loop.
+                    let loaded = tokio::task::spawn_blocking(move || {
+                        Config::load(&loading.path, &loading.overrides)
+                    })
+                    .await;
+                    let mut tls_settings = None;
+                    match loaded {
+                        Ok(loaded) => {
+                            tls_settings = loaded.as_ref().ok().map(|c| c.settings.tls.clone());
+                            reloader.apply(&core, &metrics, loaded);
+                        }
+                        Err(e) => {
+                            warn!(error = %e, "config reload did not finish; running configuration kept");
+                            metrics.count_reload(ReloadResult::Failure);
+                        }
+                    }
+                    let (tls, tls_metrics) = (reloader.tls.clone(), metrics.clone());
+                    let rebuilt = tokio::task::spawn_blocking(move || {
+                        tls.reload(tls_settings.as_ref(), &tls_metrics)
+                    })
+                    .await;
+                    if let Err(e) = rebuilt {
+                        warn!(error = %e, "TLS reload did not finish; running TLS contexts kept");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Publish a loaded config's runtime part, or keep the running one when
+    /// it failed to load; log and count either way.
+    pub fn apply(
+        &self,
+        core: &Core,
+        metrics: &Metrics,
+        loaded: Result<Config, ConfigError>,
+    ) -> Reloaded {
+        let config = match loaded {
+            Ok(config) => config,
+            Err(e) => {
+                let problems = e.problems();
+                for problem in &problems {
+                    warn!(
+                        config = %self.path.display(),
+                        key = %problem.key,
+                        problem = %problem.message,
+                        "config reload: problem"
+                    );
+                }
+                warn!(
+                    config = %self.path.display(),
+                    problems = problems.len(),
+                    generation = core.generation(),
+                    "config reload failed; running configuration kept"
+                );
+                metrics.count_reload(ReloadResult::Failure);
+                return Reloaded::Kept;
+            }
+        };
+        let needs_restart = self.running.needing_restart(&config.settings);
+        for key in &needs_restart {
+            warn!(
+                config = %self.path.display(),
+                key,
+                "config reload: setting changed, needs restart; the running value stays in use"
+            );
+        }
+        let RuntimeConfig {
+            ref catalog_source,
+            ref policy,
+            ..
+        } = config.runtime;
+        let (catalog_source, mode) = (catalog_source.clone(), policy.mode);
+        let generation = core.publish(config.runtime);
+        metrics.count_reload(ReloadResult::Success);
+        info!(
+            config = %self.path.display(),
+            catalog = %catalog_source,
+            mode = mode.as_str(),
+            generation,
+            needs_restart = needs_restart.len(),
+            "config reloaded"
+        );
+        Reloaded::Published {
+            generation,
+            needs_restart,
+        }
+    }
+}

@@ -1,0 +1,546 @@
+//! The operator's view of a running `sipadmit run` (the binary, on
+//! ephemeral loopback ports, with `--admin 127.0.0.1:0`):
+//! - `/metrics` after SIPp traffic through sipadmit to Kamailio is accepted
+//!   by `promtool check metrics`, and the counters moved as the traffic says;
+//! - `/healthz`, `/readyz` (including an unreachable TCP upstream), 404, 405;
+//! - live reload: SIGHUP 20 times under steady SIPp traffic, switching a
+//!   policy back and forth; every transaction completes, every decision
+//!   record's action is the one of its config generation, and a broken file
+//!   changes nothing but the failure counter.
+//!
+//! Needs `kamailio`, `sipp` and `promtool` (Debian `kamailio`, `sip-tester`,
+//! `prometheus`) for the traffic tests; they fail under CI=true when a tool
+//! is missing and skip with a message otherwise.
+
+mod common {
+    pub mod external;
+}
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use common::external::{
+    require_tool, Kamailio, KamailioOptions, Sipp, UA_LYNC_2013, UA_LYNC_MOBILE,
+};
+use serde_json::Value;
+
+/// Bound on every wait in these tests.
+const BOUND: Duration = Duration::from_secs(20);
+
+const CONFIG: &str = r#"
+[response_group]
+workflows = ["sip:helpdesk@contoso.com"]
+agents = ["sip:agent-*@contoso.com"]
+"#;
+
+// === the binary ===
+
+/// `sipadmit run` with `--admin 127.0.0.1:0`, its stderr read line by line.
+struct Running {
+    child: Child,
+    stderr: mpsc::Receiver<String>,
+    lines: Vec<String>,
+    udp: SocketAddr,
+    admin: SocketAddr,
+    decision_log: PathBuf,
+}
+
+impl Running {
+    /// Start with the config file `config`, listening on UDP and TCP port
+    /// 0 of 127.0.0.1, relaying to `upstream` (`udp:IP:PORT`, `tcp:IP:PORT`).
+    fn start(config: &Path, upstream: &str) -> Self {
+        let decision_log = config.with_file_name("decisions.jsonl");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_sipadmit"))
+            .args(["run", "--config", config.to_str().unwrap()])
+            .args(["--listen", "udp:127.0.0.1:0", "--listen", "tcp:127.0.0.1:0"])
+            .args(["--upstream", upstream])
+            .args(["--admin", "127.0.0.1:0"])
+            .args(["--decision-log", decision_log.to_str().unwrap()])
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (tx, stderr) = mpsc::channel();
+        let pipe = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut running = Self {
+            child,
+            stderr,
+            lines: Vec::new(),
+            udp: "0.0.0.0:0".parse().unwrap(),
+            admin: "0.0.0.0:0".parse().unwrap(),
+            decision_log,
+        };
+        let udp = running.wait_for("transport=udp");
+        running.udp = field(&udp, "addr").parse().unwrap();
+        let admin = running.wait_for("admin listening");
+        running.admin = field(&admin, "addr").parse().unwrap();
+        running
+    }
+
+    /// The first stderr line (read so far or to come) containing `text`.
+    fn wait_for(&mut self, text: &str) -> String {
+        if let Some(line) = self.lines.iter().find(|l| l.contains(text)) {
+            return line.clone();
+        }
+        let deadline = Instant::now() + BOUND;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.stderr.recv_timeout(left) {
+                Ok(line) => {
+                    self.lines.push(line);
+                    let line = self.lines.last().unwrap();
+                    if line.contains(text) {
+                        return line.clone();
+                    }
+                }
+                Err(e) => panic!(
+                    "no stderr line with {text:?} ({e}); so far:\n{}",
+                    self.lines.join("\n")
+                ),
+            }
+        }
+    }
+
+    /// Every stderr line read so far, after taking in what is waiting.
+    fn stderr_so_far(&mut self) -> String {
+        while let Ok(line) = self.stderr.try_recv() {
+            self.lines.push(line);
+        }
+        self.lines.join("\n")
+    }
+
+    fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{name}"), &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -{name}");
+    }
+
+    fn get(&self, path: &str) -> (u16, String) {
+        http(self.admin, "GET", path)
+    }
+
+    /// The value of one sample of `/metrics` (the line starting with
+    /// `series`, labels written in order), 0 when absent.
+    fn metric(&self, series: &str) -> f64 {
+        let (status, text) = self.get("/metrics");
+        assert_eq!(status, 200, "{text}");
+        sample(&text, series)
+    }
+
+    /// Wait (bounded) until a sample reaches `at_least`.
+    fn wait_for_metric(&mut self, series: &str, at_least: f64) {
+        let deadline = Instant::now() + BOUND;
+        while self.metric(series) < at_least {
+            assert!(
+                Instant::now() < deadline,
+                "{series} stayed below {at_least}\n{}",
+                self.stderr_so_far()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGTERM, wait for the exit (the decision log is then complete), and
+    /// return the decision records.
+    fn stop(mut self) -> (Vec<Value>, String) {
+        self.signal("TERM");
+        let deadline = Instant::now() + BOUND;
+        while self.child.try_wait().unwrap().is_none() {
+            assert!(Instant::now() < deadline, "sipadmit did not stop");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let stderr = self.stderr_so_far();
+        let records = std::fs::read_to_string(&self.decision_log)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("a JSON line"))
+            .collect();
+        (records, stderr)
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The value of `name=` in a console line (`addr=127.0.0.1:5060`).
+fn field<'a>(line: &'a str, name: &str) -> &'a str {
+    let key = format!(" {name}=");
+    let start = line
+        .find(&key)
+        .unwrap_or_else(|| panic!("no {name}= in {line:?}"))
+        + key.len();
+    line[start..].split_whitespace().next().unwrap()
+}
+
+/// One HTTP/1.1 request with `Connection: close`: status and body.
+fn http(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(BOUND)).unwrap();
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("no HTTP response: {response:?}"));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {head:?}"));
+    (status, body.to_owned())
+}
+
+/// The value of the sample line starting with `series ` (0 when absent).
+fn sample(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .map_or(0.0, |v| v.parse().unwrap())
+}
+
+/// The sum of every sample of a family (any labels).
+fn family_sum(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+        .sum()
+}
+
+fn config_file(dir: &Path, text: &str) -> PathBuf {
+    let path = dir.join("sipadmit.toml");
+    replace_file(&path, text);
+    path
+}
+
+/// Write a file whole (rename), as an editor or a deployment tool does.
+fn replace_file(path: &Path, text: &str) {
+    let next = path.with_extension("toml.next");
+    std::fs::write(&next, text).unwrap();
+    std::fs::rename(&next, path).unwrap();
+}
+
+// === metrics and health ===
+
+#[test]
+fn metrics_after_sipp_traffic_through_kamailio_pass_promtool_and_count_it() {
+    let Some(promtool) = require_tool("promtool") else {
+        return;
+    };
+    if require_tool("sipp").is_none() {
+        return;
+    }
+    let Some(kam) = Kamailio::try_start(KamailioOptions::default()) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let sipadmit = Running::start(&config_file(dir.path(), CONFIG), &kam.upstream_udp());
+    assert_eq!(sipadmit.get("/healthz"), (200, "ok\n".into()));
+    assert_eq!(sipadmit.get("/readyz"), (200, "ready\n".into()));
+
+    // A registration (relayed, 200), a supported caller (relayed, 486 from
+    // the workflow), an unsupported caller (403 from sipadmit), garbage.
+    Sipp::register("alice", UA_LYNC_2013, 200)
+        .remote(sipadmit.udp)
+        .run_with_timeout(BOUND)
+        .assert_success();
+    Sipp::call("sip:helpdesk@contoso.com", UA_LYNC_2013, 486)
+        .remote(sipadmit.udp)
+        .label("desktop-caller")
+        .run_with_timeout(BOUND)
+        .assert_success();
+    Sipp::call("sip:helpdesk@contoso.com", UA_LYNC_MOBILE, 403)
+        .remote(sipadmit.udp)
+        .label("mobile-caller")
+        .run_with_timeout(BOUND)
+        .assert_success();
+    let garbage = UdpSocket::bind("127.0.0.1:0").unwrap();
+    garbage
+        .send_to(b"HELLO sipadmit\r\n\r\n", sipadmit.udp)
+        .unwrap();
+    let mut sipadmit = sipadmit;
+    sipadmit.wait_for("unparsable message dropped");
+
+    let (status, text) = sipadmit.get("/metrics");
+    assert_eq!(status, 200);
+    let scraped = dir.path().join("metrics.txt");
+    std::fs::write(&scraped, &text).unwrap();
+    let checked = Command::new(&promtool)
+        .args(["check", "metrics"])
+        .stdin(std::fs::File::open(&scraped).unwrap())
+        .output()
+        .unwrap();
+    assert!(
+        checked.status.success(),
+        "promtool check metrics: {}{}\n{text}",
+        String::from_utf8_lossy(&checked.stdout),
+        String::from_utf8_lossy(&checked.stderr)
+    );
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        assert!(line.starts_with("sipadmit_"), "{line}");
+    }
+    let value = |series: &str| sample(&text, series);
+    // Decisions, by what decided them.
+    assert_eq!(
+        value(r#"sipadmit_decisions_total{action="reject",role="caller",support="unsupported"}"#),
+        1.0,
+        "{text}"
+    );
+    assert_eq!(
+        value(r#"sipadmit_decisions_total{action="allow",role="caller",support="supported"}"#),
+        1.0,
+        "{text}"
+    );
+    assert_eq!(
+        value(r#"sipadmit_decisions_total{action="allow",role="none",support="supported"}"#),
+        1.0,
+        "the REGISTER of a non-agent\n{text}"
+    );
+    assert_eq!(
+        value(r#"sipadmit_local_responses_total{status="403"}"#),
+        1.0
+    );
+    // REGISTER, INVITE + ACK (486), INVITE + ACK (403) from SIPp, and the garbage.
+    assert!(
+        value(r#"sipadmit_received_total{transport="udp",kind="request"}"#) >= 6.0,
+        "{text}"
+    );
+    // Kamailio's 200 and 486 came back through sipadmit.
+    assert!(
+        value(r#"sipadmit_received_total{transport="udp",kind="response"}"#) >= 2.0,
+        "{text}"
+    );
+    assert!(
+        value(r#"sipadmit_relayed_total{transport="udp",kind="response"}"#) >= 2.0,
+        "{text}"
+    );
+    assert!(
+        value(r#"sipadmit_relayed_total{transport="udp",kind="request"}"#) >= 3.0,
+        "{text}"
+    );
+    assert_eq!(
+        value(r#"sipadmit_dropped_total{reason="malformed"}"#),
+        1.0,
+        "{text}"
+    );
+    assert_eq!(
+        family_sum(&text, "sipadmit_parse_errors_total"),
+        1.0,
+        "{text}"
+    );
+    assert_eq!(
+        value(r#"sipadmit_upstream_send_failures_total{transport="udp"}"#),
+        0.0
+    );
+    assert!(
+        value("sipadmit_message_handling_seconds_count") >= 8.0,
+        "{text}"
+    );
+    assert_eq!(
+        value(r#"sipadmit_message_handling_seconds_bucket{le="+Inf"}"#),
+        value("sipadmit_message_handling_seconds_count")
+    );
+    assert_eq!(value("sipadmit_config_generation"), 1.0);
+    assert_eq!(
+        value(r#"sipadmit_config_reloads_total{result="success"}"#),
+        0.0
+    );
+    assert_eq!(value("sipadmit_decision_records_dropped_total"), 0.0);
+    assert_eq!(value(r#"sipadmit_open_connections{transport="tcp"}"#), 0.0);
+    assert!(text.contains(&format!(
+        "sipadmit_build_info{{version=\"{}\"}} 1",
+        env!("CARGO_PKG_VERSION")
+    )));
+    assert!(text.contains("# TYPE sipadmit_registrations gauge"));
+    // No label holds an address, a Call-ID, a URI or a User-Agent.
+    for forbidden in ["127.0.0.1", "contoso", "Lync", "@"] {
+        assert!(!text.contains(forbidden), "{forbidden} in\n{text}");
+    }
+}
+
+#[test]
+fn the_admin_listener_serves_only_get_on_its_three_paths() {
+    // A TCP upstream that listens: ready.
+    let registrar = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let upstream = format!("tcp:{}", registrar.local_addr().unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    let sipadmit = Running::start(&config_file(dir.path(), CONFIG), &upstream);
+    assert_eq!(sipadmit.get("/healthz"), (200, "ok\n".into()));
+    assert_eq!(sipadmit.get("/readyz"), (200, "ready\n".into()));
+    assert_eq!(sipadmit.get("/").0, 404);
+    assert_eq!(sipadmit.get("/metrics/extra").0, 404);
+    assert_eq!(http(sipadmit.admin, "POST", "/metrics").0, 405);
+    assert_eq!(http(sipadmit.admin, "HEAD", "/healthz").0, 405);
+    assert_eq!(http(sipadmit.admin, "DELETE", "/nothing").0, 404);
+    // The registrar goes away: not ready, and why.
+    drop(registrar);
+    let (status, reason) = sipadmit.get("/readyz");
+    assert_eq!(status, 503, "{reason}");
+    assert!(
+        reason.starts_with(&format!("upstream {upstream} not reachable: ")),
+        "{reason}"
+    );
+    assert_eq!(sipadmit.get("/healthz").0, 200, "still serving");
+}
+
+// === live reload ===
+
+/// The config of generation `generation` (1 is the file started with):
+/// odd generations flag unsupported agents' REGISTERs, even ones allow them
+/// and also change a restart-only limit.
+fn policy_config(generation: u64) -> String {
+    if generation % 2 == 1 {
+        format!("{CONFIG}\n[policy.agent_registration]\nunsupported = \"flag\"\n")
+    } else {
+        format!("{CONFIG}\n[policy.agent_registration]\nunsupported = \"allow\"\n[limits]\nmax_headers = 200\n")
+    }
+}
+
+fn action_of(generation: u64) -> &'static str {
+    if generation % 2 == 1 {
+        "flag"
+    } else {
+        "allow"
+    }
+}
+
+const BROKEN: &str = r#"
+[response_group]
+workflows = ["sip:helpdesk@contoso.com"]
+agents = ["sip:agent-*@contoso.com", "agent-without-scheme"]
+
+[policy.agent_registration]
+unsupported = "allw"
+"#;
+
+#[test]
+fn sighup_reloads_twenty_times_under_steady_traffic_and_a_broken_file_changes_nothing() {
+    const REGISTERS: u32 = 300;
+    const RELOADS: u64 = 20;
+    if require_tool("sipp").is_none() {
+        return;
+    }
+    let Some(kam) = Kamailio::try_start(KamailioOptions::default()) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_file(dir.path(), &policy_config(1));
+    let mut sipadmit = Running::start(&config, &kam.upstream_udp());
+
+    // An unsupported (mobile) agent registers 300 times at 50 a second.
+    let load = Sipp::register("agent-load", UA_LYNC_MOBILE, 200)
+        .remote(sipadmit.udp)
+        .calls(REGISTERS)
+        .arg("-r")
+        .arg("50")
+        .sipp_timeout(Duration::from_secs(60))
+        .label("steady-registers")
+        .spawn();
+    sipadmit.wait_for_metric(
+        r#"sipadmit_received_total{transport="udp",kind="request"}"#,
+        10.0,
+    );
+
+    let mut generation = 1;
+    for reload in 1..=RELOADS {
+        if reload == RELOADS / 2 {
+            // A broken file: nothing but the failure counter changes.
+            replace_file(&config, BROKEN);
+            let before = sipadmit.get("/metrics").1;
+            sipadmit.signal("HUP");
+            sipadmit.wait_for_metric(r#"sipadmit_config_reloads_total{result="failure"}"#, 1.0);
+            let after = sipadmit.get("/metrics").1;
+            for series in [
+                "sipadmit_config_generation",
+                r#"sipadmit_config_reloads_total{result="success"}"#,
+            ] {
+                assert_eq!(sample(&before, series), sample(&after, series), "{series}");
+            }
+            assert_eq!(
+                sample(&after, "sipadmit_config_generation"),
+                generation as f64
+            );
+            // Every problem, each with its key path.
+            for key in [
+                "key=policy.agent_registration.unsupported",
+                "key=response_group.agents[1]",
+            ] {
+                let problem = sipadmit.wait_for(key);
+                assert!(problem.contains("config reload: problem"), "{problem}");
+            }
+            sipadmit.wait_for("config reload failed; running configuration kept");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        replace_file(&config, &policy_config(generation + 1));
+        sipadmit.signal("HUP");
+        sipadmit.wait_for_metric(
+            r#"sipadmit_config_reloads_total{result="success"}"#,
+            reload as f64,
+        );
+        generation += 1;
+        assert_eq!(
+            sipadmit.metric("sipadmit_config_generation"),
+            generation as f64
+        );
+        // Let some REGISTERs through under this generation.
+        std::thread::sleep(Duration::from_millis(120));
+    }
+    let load = load.join_timeout(Duration::from_secs(90));
+    // Every transaction completed: SIPp saw 200 for each REGISTER.
+    load.assert_success();
+    assert_eq!(
+        sipadmit.metric(r#"sipadmit_config_reloads_total{result="failure"}"#),
+        1.0
+    );
+    let restart = sipadmit.wait_for("needs restart");
+    assert!(restart.contains("limits"), "{restart}");
+
+    let (records, stderr) = sipadmit.stop();
+    let registers: Vec<&Value> = records
+        .iter()
+        .filter(|r| r["method"] == "REGISTER")
+        .collect();
+    assert!(
+        registers.len() >= REGISTERS as usize,
+        "{} records for {REGISTERS} REGISTERs",
+        registers.len()
+    );
+    let mut generations = std::collections::BTreeSet::new();
+    for record in &registers {
+        let g = record["generation"].as_u64().unwrap();
+        generations.insert(g);
+        assert_eq!(record["role"], "agent-registration", "{record}");
+        assert_eq!(
+            record["action"],
+            action_of(g),
+            "generation {g} decided by another config: {record}"
+        );
+    }
+    // Traffic ran across the reloads: most generations decided something.
+    assert!(generations.len() >= 10, "{generations:?}");
+    assert!(generations.iter().any(|g| g % 2 == 0) && generations.iter().any(|g| g % 2 == 1));
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
