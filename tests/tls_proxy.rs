@@ -5,7 +5,8 @@
 //! over TLS and `"transport": "tls"` records; the Lync-compatible setting;
 //! mutual TLS; plain text, silence and a TLS client on the TCP port costing
 //! one connection each, counted by reason; an upstream whose certificate
-//! does not carry the configured name (503, nothing delivered); `sips:`
+//! does not carry the configured name (503, nothing delivered, counted as
+//! not delivered over TLS; `/readyz` probes it with a TLS handshake); `sips:`
 //! Request-URIs relayed only over TLS; RFC 4475 torture messages over TLS
 //! behaving as over TCP. Certificates come from a PKI generated at test time.
 
@@ -22,7 +23,8 @@ use common::TestProxy;
 use sipadmit::config::{Identity, TlsSettings};
 use sipadmit::observe::metrics::{Metrics, TlsSide};
 use sipadmit::transport::tls::{HandshakeReason, ServerTls};
-use sipadmit::transport::Fault;
+use sipadmit::transport::{Fault, Transport};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::mpsc;
 
@@ -48,6 +50,28 @@ fn tls_config(files: &PkiFiles, extra: &str) -> String {
         files.server.0.display(),
         files.server.1.display()
     )
+}
+
+/// `[tls]` keys then the admin listener on an ephemeral port (for `extra`
+/// in [`tls_config`]).
+fn with_admin(tls_keys: &str) -> String {
+    format!("{tls_keys}\n[admin]\nlisten = \"127.0.0.1:0\"")
+}
+
+/// `GET /readyz` on the admin listener: the status and the body.
+async fn readyz(proxy: &TestProxy) -> (u16, String) {
+    let admin = proxy.admin.expect("an admin listener");
+    let mut stream = TcpStream::connect(admin).await.unwrap();
+    let request = format!("GET /readyz HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    tokio::time::timeout(WAIT, stream.read_to_string(&mut response))
+        .await
+        .expect("/readyz answers in time")
+        .unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").expect("an HTTP response");
+    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (status, body.to_owned())
 }
 
 const LYNC_COMPATIBLE: &str = "min_version = \"1.0\"\nciphers = \"DEFAULT:@SECLEVEL=0\"";
@@ -347,11 +371,19 @@ async fn tls_registrar(
 async fn an_upstream_whose_certificate_lacks_the_configured_name_gets_nothing_and_the_client_503() {
     let (_dir, files) = pki();
     let (registrar, mut at_registrar, registrar_failures) = tls_registrar(&files.server).await;
-    let extra = format!(
+    let extra = with_admin(&format!(
         "upstream_ca = \"{}\"\nupstream_server_name = \"pool01.contoso.com\"",
         files.ca.display()
-    );
+    ));
     let proxy = start(&tls_config(&files, &extra), &format!("tls:{registrar}"));
+    // Before any traffic, /readyz probes with a TLS handshake, which the
+    // registrar's certificate fails (a TCP connect alone would succeed).
+    let (code, body) = readyz(&proxy).await;
+    assert_eq!(code, 503, "{body}");
+    assert!(
+        body.contains("TLS handshake failed (bad_certificate)") && !body.contains(" s ago"),
+        "{body}"
+    );
     let mut conn = tls_client(&TestClient::modern(&files.ca), &proxy)
         .await
         .unwrap();
@@ -373,15 +405,27 @@ async fn an_upstream_whose_certificate_lacks_the_configured_name_gets_nothing_an
             .any(|r| r["status"] == 503 && r["rule"] == "proxy.upstream-unavailable"),
         "{records:#?}"
     );
+    // The link's failed handshake is remembered for /readyz like a failed
+    // TCP connect.
+    let (code, body) = readyz(&proxy).await;
+    assert_eq!(code, 503, "{body}");
+    assert!(
+        body.contains("bad_certificate") && body.contains("nothing delivered since"),
+        "{body}"
+    );
     let metrics = proxy.stop();
     assert_eq!(
         metrics.tls_handshake_failures(TlsSide::Upstream, HandshakeReason::BadCertificate),
-        1
+        1,
+        "the link's handshake is counted, the probe's is not"
     );
     assert_eq!(metrics.faults(Fault::UpstreamConnect), 1);
+    assert_eq!(metrics.upstream_send_failures(Transport::Tls), 1);
+    assert!(metrics.upstream_failure().is_some());
     assert_eq!(
         registrar_failures.load(std::sync::atomic::Ordering::Relaxed),
-        1
+        2,
+        "the probe's handshake and the link's"
     );
 }
 
@@ -389,8 +433,9 @@ async fn an_upstream_whose_certificate_lacks_the_configured_name_gets_nothing_an
 async fn a_tls_upstream_carries_registers_and_sips_requests_relay_only_over_tls() {
     let (_dir, files) = pki();
     let (registrar, mut at_registrar, _) = tls_registrar(&files.server).await;
-    let extra = format!("upstream_ca = \"{}\"", files.ca.display());
+    let extra = with_admin(&format!("upstream_ca = \"{}\"", files.ca.display()));
     let proxy = start(&tls_config(&files, &extra), &format!("tls:{registrar}"));
+    assert_eq!(readyz(&proxy).await, (200, "ready\n".into()));
     let mut conn = tls_client(&TestClient::modern(&files.ca), &proxy)
         .await
         .unwrap();

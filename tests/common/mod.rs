@@ -29,6 +29,8 @@ pub struct TestProxy {
     pub tls: Option<SocketAddr>,
     /// Every listener: the UDP ones, then the TCP ones, each in `--listen` order.
     pub addresses: Vec<(Transport, SocketAddr)>,
+    /// The admin listener's address, when the config has `[admin] listen`.
+    pub admin: Option<SocketAddr>,
     /// Decision log file.
     pub decision_log: PathBuf,
     log: DecisionLog,
@@ -98,14 +100,16 @@ impl TestProxy {
                 .unwrap();
             let metrics = rt.block_on(async move {
                 let bound = app::bind(&config).await.unwrap();
-                addr_tx.send(bound.addresses()).unwrap();
+                addr_tx
+                    .send((bound.addresses(), bound.admin_address()))
+                    .unwrap();
                 app::serve(config, bound, serve_log, stop).await.unwrap()
             });
             let report = writer.shutdown(Duration::from_secs(10));
             assert!(report.finished, "decision log writer stopped: {report:?}");
             metrics
         });
-        let addrs = addr_rx
+        let (addrs, admin) = addr_rx
             .recv_timeout(Duration::from_secs(10))
             .expect("proxy started");
         let find = |t: Transport| addrs.iter().find(|(tt, _)| *tt == t).map(|(_, a)| *a);
@@ -114,6 +118,7 @@ impl TestProxy {
             tcp: find(Transport::Tcp).expect("a TCP listener"),
             tls: find(Transport::Tls),
             addresses: addrs,
+            admin,
             decision_log,
             log,
             shutdown,
