@@ -16,6 +16,7 @@ use hyper::header::{HeaderValue, ALLOW, CONTENT_TYPE};
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -26,13 +27,15 @@ use crate::observe::metrics::{Gauges, TRANSPORTS};
 use crate::observe::{DecisionLog, Metrics};
 use crate::proxy::Core;
 use crate::transport::admission::Admission;
+use crate::transport::tls::ClientTls;
 use crate::transport::{Connections, Transport};
 
 /// Most admin connections open at once; more wait to be accepted.
 const MAX_CONNECTIONS: usize = 32;
 /// A request whose headers take longer than this to arrive is dropped.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long `/readyz` waits for a connection to a stream upstream.
+/// How long `/readyz` waits for a connection to a stream upstream, and
+/// then for the TLS handshake with a `tls:` upstream (each).
 const UPSTREAM_PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 /// A message not delivered to the upstream (a failed UDP send, a connect
 /// of the stream link that failed) makes `/readyz` fail for this long,
@@ -52,6 +55,9 @@ pub struct AdminState {
     pub decision_log: DecisionLog,
     /// The upstream registrar.
     pub upstream: Endpoint,
+    /// The TLS client of a `tls:` upstream (the `/readyz` probe runs a
+    /// handshake with it).
+    pub upstream_tls: Option<Arc<ClientTls>>,
     /// The SIP listeners bound (advertised addresses).
     pub listeners: Vec<(Transport, SocketAddr)>,
     /// Per-source rate limits and bans (bans in force, sources tracked).
@@ -162,9 +168,13 @@ pub fn metrics_text(state: &AdminState) -> String {
 /// Why the instance is not ready, or `None` when every listener is bound
 /// and the upstream is reachable: no message failed to reach it in the last
 /// [`UPSTREAM_FAILURE_WINDOW`] without one delivered since (as the
-/// dispatcher and the stream upstream's link report it), and, for a stream
-/// upstream, a connection to it can be made now (the link itself connects
-/// only when it has a message to send).
+/// dispatcher and the stream upstream's link report it, TLS handshake
+/// failures of a `tls:` upstream included), and, for a stream upstream, a
+/// connection to it can be made now (the link itself connects only when it
+/// has a message to send). For a `tls:` upstream that probe is a full
+/// TLS handshake with the link's own client (the registrar's certificate
+/// verified), then closed; probe handshakes are not counted in
+/// `sipadmit_tls_handshakes_total`.
 pub async fn not_ready(state: &AdminState) -> Option<String> {
     if state.shutdown.is_cancelled() {
         return Some("stopping".into());
@@ -183,18 +193,32 @@ pub async fn not_ready(state: &AdminState) -> Option<String> {
             ));
         }
     }
-    if upstream.transport.is_stream() {
-        let probe = tokio::time::timeout(UPSTREAM_PROBE_TIMEOUT, TcpStream::connect(upstream.addr));
-        return match probe.await {
-            Ok(Ok(_)) => None,
-            Ok(Err(e)) => Some(format!("upstream {upstream} not reachable: {e}")),
-            Err(_) => Some(format!(
+    if !upstream.transport.is_stream() {
+        return None;
+    }
+    let probe = tokio::time::timeout(UPSTREAM_PROBE_TIMEOUT, TcpStream::connect(upstream.addr));
+    let tcp = match probe.await {
+        Ok(Ok(tcp)) => tcp,
+        Ok(Err(e)) => return Some(format!("upstream {upstream} not reachable: {e}")),
+        Err(_) => {
+            return Some(format!(
                 "upstream {upstream} not reachable: no connection within {} ms",
                 UPSTREAM_PROBE_TIMEOUT.as_millis()
-            )),
-        };
+            ))
+        }
+    };
+    let Some(client) = &state.upstream_tls else {
+        return None;
+    };
+    let deadline = tokio::time::Instant::now() + UPSTREAM_PROBE_TIMEOUT;
+    match client.connect(tcp, deadline).await {
+        Ok(mut tls) => {
+            // close_notify, so the registrar does not log a reset.
+            let _ = tokio::time::timeout(UPSTREAM_PROBE_TIMEOUT, tls.shutdown()).await;
+            None
+        }
+        Err(e) => Some(format!("upstream {upstream} not reachable: {e}")),
     }
-    None
 }
 
 fn text(status: StatusCode, body: impl Into<String>) -> Response<Full<Bytes>> {

@@ -3,8 +3,13 @@
 //! dispatcher (view → classify → decide → act) over the transports'
 //! events, submit decision records to the log writer, sweep registrations,
 //! start the admin listener ([`crate::admin`]), handle signals (SIGHUP
-//! reloads the config, see [`crate::reload`], and reopens the decision log;
-//! SIGTERM and SIGINT stop, within a bounded time), stop on shutdown.
+//! reloads the config and the TLS certificates, see [`crate::reload`], and
+//! reopens the decision log; SIGTERM and SIGINT stop, within a bounded
+//! time), stop on shutdown.
+//!
+//! Each stream listener's open step is chosen here: `tcp:` refuses a TLS
+//! ClientHello, `tls:` runs the handshake (`transport::tls`); both then go
+//! to the one generic stream server.
 //!
 //! The dispatcher never waits for a connection: the stream upstream is a
 //! link task with a queue, and what it cannot deliver comes back as an
@@ -32,6 +37,7 @@ use crate::proxy::{Core, Destination, Inbound, Outbound, Outcome};
 use crate::reload::Reloader;
 use crate::transport::admission::{Admission, BanCause};
 use crate::transport::stream::{self, Listener};
+use crate::transport::tls::{self, TlsContexts, TlsError, TlsListener};
 use crate::transport::upstream::{DatagramWatch, LinkSettings, UpstreamLink};
 use crate::transport::{udp, BootId, Connections, Senders, TransportContext, UdpListener};
 use crate::transport::{Event, Fault, SendError, Transport, UpstreamSender};
@@ -78,15 +84,23 @@ pub enum AppError {
     /// The signal handlers could not be installed.
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
+    /// A `[tls]` file or setting OpenSSL cannot use.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
 }
 
-/// Sockets bound for the listeners.
+/// Sockets bound for the listeners, and the TLS contexts they need.
 #[derive(Debug)]
 pub struct Bound {
     /// UDP sockets.
     pub udp: Vec<Arc<UdpSocket>>,
     /// TCP listeners.
     pub tcp: Vec<TcpListener>,
+    /// `tls:` listeners (TCP sockets; the handshake runs per connection).
+    pub tls: Vec<TcpListener>,
+    /// The TLS acceptor of the `tls:` listeners and the connector of a
+    /// `tls:` upstream, built (files read) before anything is served.
+    pub tls_contexts: TlsContexts,
     /// The admin HTTP listener, when configured.
     pub admin: Option<TcpListener>,
 }
@@ -99,12 +113,16 @@ impl Bound {
             .iter()
             .filter_map(|s| s.local_addr().ok())
             .map(|a| (Transport::Udp, a));
-        let tcp = self
-            .tcp
-            .iter()
-            .filter_map(|l| l.local_addr().ok())
-            .map(|a| (Transport::Tcp, a));
-        udp.chain(tcp).collect()
+        let stream = |transport, listeners: &[TcpListener]| {
+            listeners
+                .iter()
+                .filter_map(|l| l.local_addr().ok())
+                .map(move |a| (transport, a))
+                .collect::<Vec<_>>()
+        };
+        udp.chain(stream(Transport::Tcp, &self.tcp))
+            .chain(stream(Transport::Tls, &self.tls))
+            .collect()
     }
 
     /// The admin listener's actual address, when there is one.
@@ -113,14 +131,27 @@ impl Bound {
     }
 }
 
-/// Bind every configured listener.
+/// Bind every configured listener, and build the TLS contexts (reading the
+/// `[tls]` files) that `tls:` listeners and a `tls:` upstream need.
 pub async fn bind(config: &Config) -> Result<Bound, AppError> {
+    let settings = &config.settings;
+    let listens_tls = settings
+        .listen
+        .iter()
+        .any(|e| e.transport == Transport::Tls);
+    let upstream_tls = settings
+        .upstream
+        .filter(|u| u.transport == Transport::Tls)
+        .map(|u| u.addr.ip());
+    let tls_contexts = TlsContexts::new(&settings.tls, listens_tls, upstream_tls)?;
     let mut bound = Bound {
         udp: Vec::new(),
         tcp: Vec::new(),
+        tls: Vec::new(),
+        tls_contexts,
         admin: None,
     };
-    for endpoint in &config.settings.listen {
+    for endpoint in &settings.listen {
         let err = |source| AppError::Bind {
             endpoint: *endpoint,
             source,
@@ -137,6 +168,9 @@ pub async fn bind(config: &Config) -> Result<Bound, AppError> {
             )),
             Transport::Tcp => bound
                 .tcp
+                .push(TcpListener::bind(endpoint.addr).await.map_err(err)?),
+            Transport::Tls => bound
+                .tls
                 .push(TcpListener::bind(endpoint.addr).await.map_err(err)?),
         }
     }
@@ -186,24 +220,27 @@ pub async fn serve_reloading(
     reloads: Option<mpsc::Receiver<()>>,
 ) -> Result<Arc<Metrics>, AppError> {
     let upstream = config.settings.upstream.ok_or(AppError::NoUpstream)?;
+    let tls_contexts = bound.tls_contexts.clone();
     let advertise = |local: Option<SocketAddr>| local.map(|a| advertised(a, upstream.addr));
     let udp_sockets: Vec<(Arc<UdpSocket>, SocketAddr)> = bound
         .udp
         .iter()
         .filter_map(|s| Some((s.clone(), advertise(s.local_addr().ok())?)))
         .collect();
-    let tcp_listeners: Vec<(TcpListener, SocketAddr)> = bound
+    let stream_listeners: Vec<(Transport, TcpListener, SocketAddr)> = bound
         .tcp
         .into_iter()
-        .filter_map(|l| {
+        .map(|l| (Transport::Tcp, l))
+        .chain(bound.tls.into_iter().map(|l| (Transport::Tls, l)))
+        .filter_map(|(transport, l)| {
             let local = advertise(l.local_addr().ok())?;
-            Some((l, local))
+            Some((transport, l, local))
         })
         .collect();
     let addresses: Vec<(Transport, SocketAddr)> = udp_sockets
         .iter()
         .map(|(_, a)| (Transport::Udp, *a))
-        .chain(tcp_listeners.iter().map(|(_, a)| (Transport::Tcp, *a)))
+        .chain(stream_listeners.iter().map(|(t, _, a)| (*t, *a)))
         .collect();
     // What arrives on the link to a stream upstream counts as arriving at
     // the first listener of its transport.
@@ -244,6 +281,7 @@ pub async fn serve_reloading(
         overrides,
         running: settings.clone(),
         admission: admission.clone(),
+        tls: tls_contexts.clone(),
     };
     let ctx = Arc::new(TransportContext {
         connections: connections.clone(),
@@ -270,7 +308,14 @@ pub async fn serve_reloading(
                 upstream.transport,
                 upstream.addr,
                 upstream_local,
-                LinkSettings::DEFAULT,
+                tls_contexts
+                    .upstream
+                    .as_ref()
+                    .map(|(client, _)| client.clone()),
+                LinkSettings {
+                    handshake_timeout: settings.tls.handshake_timeout,
+                    ..LinkSettings::DEFAULT
+                },
                 ctx.clone(),
             ))
         } else {
@@ -282,14 +327,36 @@ pub async fn serve_reloading(
     for listener in udp_listeners {
         tasks.spawn(udp::serve(listener, ctx.clone()));
     }
-    for (listener, local) in tcp_listeners {
-        let at = Listener {
-            transport: Transport::Tcp,
-            local,
-        };
-        // Plain TCP: the accepted stream is the SIP stream.
-        let open = |tcp| std::future::ready(Some(tcp));
-        tasks.spawn(stream::accept(listener, at, ctx.clone(), open));
+    for (transport, listener, local) in stream_listeners {
+        let at = Listener { transport, local };
+        match transport {
+            // Plain TCP: the accepted stream is the SIP stream, unless it
+            // opens with a TLS ClientHello (closed at once, logged).
+            Transport::Tcp => {
+                let (idle, metrics) = (settings.limits.tcp_idle_timeout, metrics.clone());
+                let open = move |tcp| tls::refuse_tls_client_hello(tcp, idle, metrics.clone());
+                tasks.spawn(stream::accept(listener, at, ctx.clone(), open));
+            }
+            // TLS: the handshake, in the connection's task and slot.
+            Transport::Tls => {
+                let server = tls_contexts
+                    .server
+                    .clone()
+                    .expect("bind builds the acceptor when a tls: listener is configured");
+                // A handshake is bounded like a message (slowloris).
+                let deadline = settings
+                    .tls
+                    .handshake_timeout
+                    .min(settings.limits.message_deadline);
+                let handshake = TlsListener::new(server, deadline, metrics.clone());
+                let open = move |tcp| {
+                    let handshake = handshake.clone();
+                    async move { handshake.open(tcp).await }
+                };
+                tasks.spawn(stream::accept(listener, at, ctx.clone(), open));
+            }
+            Transport::Udp => unreachable!("stream listeners are TCP or TLS"),
+        }
     }
     drop(ctx);
     for (transport, addr) in &addresses {
@@ -307,6 +374,10 @@ pub async fn serve_reloading(
                 connections: connections.clone(),
                 decision_log: decision_log.clone(),
                 upstream,
+                upstream_tls: tls_contexts
+                    .upstream
+                    .as_ref()
+                    .map(|(client, _)| client.clone()),
                 listeners: addresses.clone(),
                 admission: admission.clone(),
                 shutdown: shutdown.clone(),
@@ -588,8 +659,9 @@ async fn close_decision_log(writer: LogWriter) {
     }
 }
 
-/// SIGHUP asks for a config reload and reopens the decision log
-/// (logrotate); SIGTERM or SIGINT cancels `shutdown`.
+/// SIGHUP asks for a reload (the config file and the TLS certificates, see
+/// [`crate::reload`]) and reopens the decision log (logrotate); SIGTERM or
+/// SIGINT cancels `shutdown`.
 async fn handle_signals(
     mut signals: Signals,
     log: DecisionLog,
@@ -599,7 +671,7 @@ async fn handle_signals(
     loop {
         match signals.next().await {
             Signal::Hangup => {
-                // Full: a reload is pending and will read the file anew.
+                // Full: a reload is pending and will read the files anew.
                 let _ = reload.try_send(());
                 // Waited for on its own task: a writer stuck on a pipe must
                 // not keep SIGTERM from being handled.

@@ -11,10 +11,18 @@
 //! [`Admission::reconfigure`]).
 //!
 //! The restart-only settings ([`Settings`]: listeners, upstream, upstream
-//! sources, decision log path, flow secret, limits, admin listener) are not
-//! applied; each one that changed is logged as "changed, needs restart",
-//! and the rest of the file still applies. Command-line values
-//! ([`Overrides`]) keep replacing the file's on every reload.
+//! sources, decision log path, flow secret, limits, admin listener, TLS
+//! handshake deadline) are not applied; each one that changed is logged as
+//! "changed, needs restart", and the rest of the file still applies.
+//! Command-line values ([`Overrides`]) keep replacing the file's on every
+//! reload.
+//!
+//! The same reload then rebuilds the TLS contexts ([`TlsContexts::reload`]):
+//! from the new `[tls]` settings when the file loaded, else from the ones in
+//! use; either way the certificate, key and CA files are read again (a
+//! renewed certificate needs no valid config edit). Each side's outcome is
+//! logged and counted (`sipadmit_tls_reloads_total{side,result}`); a side
+//! whose files are broken keeps its running context.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -28,6 +36,7 @@ use crate::observe::metrics::ReloadResult;
 use crate::observe::Metrics;
 use crate::proxy::Core;
 use crate::transport::admission::Admission;
+use crate::transport::tls::TlsContexts;
 
 /// What reloading needs: where the config is, the flags it was started
 /// with, and the settings the instance runs with.
@@ -42,6 +51,8 @@ pub struct Reloader {
     /// The per-source limits the transports check (`[rate_limit]` is
     /// applied on reload).
     pub admission: Arc<Admission>,
+    /// The TLS contexts to rebuild (empty without TLS).
+    pub tls: TlsContexts,
 }
 
 /// What one reload did.
@@ -84,14 +95,24 @@ impl Reloader {
                         Config::load(&loading.path, &loading.overrides)
                     })
                     .await;
+                    let mut tls_settings = None;
                     match loaded {
                         Ok(loaded) => {
+                            tls_settings = loaded.as_ref().ok().map(|c| c.settings.tls.clone());
                             reloader.apply(&core, &metrics, loaded);
                         }
                         Err(e) => {
                             warn!(error = %e, "config reload did not finish; running configuration kept");
                             metrics.count_reload(ReloadResult::Failure);
                         }
+                    }
+                    let (tls, tls_metrics) = (reloader.tls.clone(), metrics.clone());
+                    let rebuilt = tokio::task::spawn_blocking(move || {
+                        tls.reload(tls_settings.as_ref(), &tls_metrics)
+                    })
+                    .await;
+                    if let Err(e) = rebuilt {
+                        warn!(error = %e, "TLS reload did not finish; running TLS contexts kept");
                     }
                 }
             }

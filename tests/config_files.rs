@@ -312,7 +312,7 @@ fn command_line_values_are_named_by_their_flag() {
         "[proxy]\nlisten = [\"udp:127.0.0.1:5060\"]\nupstream = \"udp:127.0.0.1:5070\"\n",
         &config_dir().join("x.toml"),
         &Overrides {
-            listen: vec!["udp:127.0.0.1:0".into(), "tls:127.0.0.1:5061".into()],
+            listen: vec!["udp:127.0.0.1:0".into(), "sctp:127.0.0.1:5061".into()],
             upstream: Some("udp:nowhere".into()),
             mode: None,
             decision_log: Some(" ".into()),
@@ -550,6 +550,34 @@ private_key = "server.key"
 }
 
 #[test]
+fn a_tls_listener_without_certificate_is_a_problem_naming_the_listener() {
+    let overrides = |listen: &[&str]| Overrides {
+        listen: listen.iter().map(|l| l.to_string()).collect(),
+        upstream: Some("tls:[::1]:5061".into()),
+        ..Overrides::default()
+    };
+    let err = Config::from_toml_str(
+        "",
+        &config_dir().join("x.toml"),
+        &overrides(&["udp:127.0.0.1:5060", "tls:[::1]:5061"]),
+    )
+    .unwrap_err();
+    assert_eq!(problem_keys(&err), ["tls.certificate", "tls.private_key"]);
+    assert!(
+        err.to_string().contains("--listen[1] is a tls: listener"),
+        "{err}"
+    );
+    // Without a tls: listener, a tls: upstream needs no certificate of its own.
+    let c = Config::from_toml_str(
+        "",
+        &config_dir().join("x.toml"),
+        &overrides(&["udp:127.0.0.1:5060"]),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.settings.upstream.unwrap().to_string(), "tls:[::1]:5061");
+}
+
+#[test]
 fn a_reload_names_the_restart_only_settings_that_changed() {
     let load = |text: &str| {
         Config::from_toml_str(text, &config_dir().join("x.toml"), &Overrides::default())
@@ -606,4 +634,14 @@ fn a_reload_names_the_restart_only_settings_that_changed() {
             "{key}"
         );
     }
+    // [tls]: the acceptor and the connector are rebuilt from the new
+    // settings by the reload; only the handshake deadline needs a restart.
+    let tls_changed = load(
+        "[proxy]\nupstream = \"udp:127.0.0.1:5070\"\n[tls]\nmin_version = \"1.3\"\n\
+         ciphers = \"DEFAULT\"\nhandshake_timeout_secs = 3\n",
+    );
+    assert_eq!(
+        running.settings.needing_restart(&tls_changed.settings),
+        ["tls.handshake_timeout_secs"]
+    );
 }

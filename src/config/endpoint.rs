@@ -1,4 +1,4 @@
-//! Addresses in the config: `udp:IP:PORT` / `tcp:IP:PORT` endpoints of
+//! Addresses in the config: `udp:IP:PORT` / `tcp:IP:PORT` / `tls:IP:PORT` endpoints of
 //! listeners and the upstream, and the `proxy.upstream_sources` patterns.
 
 use std::fmt;
@@ -21,20 +21,16 @@ impl FromStr for Endpoint {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let (scheme, rest) = s
-            .split_once(':')
-            .ok_or_else(|| format!("expected udp:IP:PORT or tcp:IP:PORT, got {s:?}"))?;
+        let (scheme, rest) = s.split_once(':').ok_or_else(|| {
+            format!("expected udp:IP:PORT, tcp:IP:PORT or tls:IP:PORT, got {s:?}")
+        })?;
         let transport = match scheme.to_ascii_lowercase().as_str() {
             "udp" => Transport::Udp,
             "tcp" => Transport::Tcp,
-            "tls" => {
-                return Err(format!(
-                    "{s:?}: TLS is not implemented yet; use udp: or tcp:"
-                ))
-            }
+            "tls" => Transport::Tls,
             _ => {
                 return Err(format!(
-                    "unknown transport {scheme:?} in {s:?} (udp or tcp)"
+                    "unknown transport {scheme:?} in {s:?} (udp, tcp or tls)"
                 ))
             }
         };
@@ -152,10 +148,10 @@ mod tests {
         assert_eq!(e.to_string(), "tcp:[::1]:5070");
         assert!("sctp:1.2.3.4:5".parse::<Endpoint>().is_err());
         assert!("udp:localhost:5060".parse::<Endpoint>().is_err());
-        assert!("tls:1.2.3.4:5061"
-            .parse::<Endpoint>()
-            .unwrap_err()
-            .contains("TLS"));
+        let e: Endpoint = "tls:[::1]:5061".parse().unwrap();
+        assert_eq!((e.transport, e.addr.port()), (Transport::Tls, 5061));
+        assert_eq!(e.to_string(), "tls:[::1]:5061");
+        assert!("tls:pool.contoso.com:5061".parse::<Endpoint>().is_err());
         assert!("nonsense".parse::<Endpoint>().is_err());
     }
 

@@ -3,7 +3,8 @@
 //! [`Config`]; all problems are reported together, each with its key path.
 //!
 //! A [`Config`] has two parts: [`Settings`], which only a restart can change
-//! (sockets, upstream, decision log, flow secret, limits, TLS), and
+//! (sockets, upstream, decision log, flow secret, limits; of TLS only the
+//! handshake deadline, the reload rebuilding the TLS contexts), and
 //! [`RuntimeConfig`], which a live reload may swap (catalog, Response Group
 //! matchers, policy, flag header).
 //!
@@ -176,9 +177,10 @@ pub struct Config {
 }
 
 /// The part of the config that only a restart can change: sockets, the
-/// upstream, the decision log, the flow secret, the limits and the TLS
-/// settings (whose certificate files a reload re-reads). `rate_limit` is
-/// the exception: a reload applies it.
+/// upstream, the decision log, the flow secret, the limits, the admin
+/// listener and the TLS handshake deadline. The other `[tls]` settings live
+/// here too, but a reload applies them (see [`Settings::needing_restart`]);
+/// so does `[rate_limit]` (applied to the running admission).
 #[derive(Debug, Clone)]
 pub struct Settings {
     /// Listeners (`proxy.listen` or `--listen`).
@@ -205,9 +207,13 @@ pub struct Settings {
 
 impl Settings {
     /// The keys of the settings that differ between `self` (running) and
-    /// `new`: what a reload cannot apply without a restart. The TLS
-    /// settings are left out: the TLS listener re-reads them itself; so is
-    /// `[rate_limit]`: the reloader applies it to the running admission.
+    /// `new`: what a reload cannot apply without a restart. Of `[tls]`,
+    /// only `tls.handshake_timeout_secs` is here: the reload rebuilds the
+    /// TLS acceptor and the upstream connector from the new `[tls]`
+    /// settings and files (`crate::transport::tls::TlsContexts::reload`),
+    /// but the deadline is fixed when the listeners and the link start.
+    /// `[rate_limit]` is left out: the reloader applies it to the running
+    /// admission (`crate::transport::admission::Admission::reconfigure`).
     pub fn needing_restart(&self, new: &Self) -> Vec<&'static str> {
         let mut changed = Vec::new();
         let mut check = |key: &'static str, differs: bool| {
@@ -225,6 +231,10 @@ impl Settings {
         check("proxy.flow_secret", self.flow_secret != new.flow_secret);
         check("limits", self.limits != new.limits);
         check("admin.listen", self.admin != new.admin);
+        check(
+            "tls.handshake_timeout_secs",
+            self.tls.handshake_timeout != new.tls.handshake_timeout,
+        );
         changed
     }
 }
@@ -356,6 +366,12 @@ fn validate(
             );
         }
     }
+    // `[tls]` needs a certificate when there is a tls: listener (checked
+    // with the other `[tls]` keys below).
+    let first_tls_listener = listeners
+        .iter()
+        .find(|(_, e)| e.transport == crate::transport::Transport::Tls)
+        .map(|(key, _)| key.clone());
     let listen = listeners.into_iter().map(|(_, e)| e).collect();
 
     let upstream = Given::pick(
@@ -661,6 +677,7 @@ fn validate(
     };
 
     let tls = tls::validate(&raw.tls, base, &mut problems);
+    problems.extend(tls.listener_problems(first_tls_listener.as_deref()));
 
     let admin = Given::pick(
         "--admin",

@@ -21,7 +21,37 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use crate::transport::tls::HandshakeReason;
 use crate::transport::{Fault, Transport, WarningWindow, FAULT_WARNING_INTERVAL};
+
+/// Which end of a TLS handshake sipadmit was (a metric label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsSide {
+    /// The server side, on a `tls:` listener.
+    Listener,
+    /// The client side, on the link to a `tls:` upstream.
+    Upstream,
+}
+
+impl TlsSide {
+    /// Both sides, in render order.
+    pub const ALL: [Self; 2] = [Self::Listener, Self::Upstream];
+
+    /// Label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Listener => "listener",
+            Self::Upstream => "upstream",
+        }
+    }
+
+    fn index(self) -> usize {
+        match self {
+            Self::Listener => 0,
+            Self::Upstream => 1,
+        }
+    }
+}
 
 /// Why a message was not relayed and not answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -124,7 +154,7 @@ impl MessageKind {
 }
 
 /// The transports counted, in render order.
-pub const TRANSPORTS: [Transport; 2] = [Transport::Udp, Transport::Tcp];
+pub const TRANSPORTS: [Transport; 3] = [Transport::Udp, Transport::Tcp, Transport::Tls];
 
 /// A transport's slot in the per-transport arrays (exhaustive: a new
 /// transport must be added to [`TRANSPORTS`]).
@@ -132,6 +162,7 @@ fn transport_slot(transport: Transport) -> usize {
     match transport {
         Transport::Udp => 0,
         Transport::Tcp => 1,
+        Transport::Tls => 2,
     }
 }
 
@@ -142,12 +173,14 @@ pub const HANDLING_BUCKETS: [f64; 14] = [
     0.01, 0.025, 0.05, 0.1,
 ];
 
-/// The outcome of a config reload (label `result`).
+/// The outcome of a config reload, or of one side's TLS reload (label
+/// `result`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReloadResult {
-    /// The new runtime configuration is in use.
+    /// The new runtime configuration (or TLS context) is in use.
     Success,
-    /// The file or the catalog had problems; the running one is kept.
+    /// The file, the catalog or a certificate file had problems; the
+    /// running configuration (or TLS context) is kept.
     Failure,
 }
 
@@ -224,6 +257,10 @@ pub struct Metrics {
     /// Reads of stream connections that waited for the read buffer budget
     /// (`limits.read_buffer_budget_bytes`).
     pub read_budget_waits: AtomicU64,
+    /// TLS handshakes completed, per [`TlsSide`].
+    tls_handshakes: [AtomicU64; TlsSide::ALL.len()],
+    /// TLS handshakes failed, per [`TlsSide`] and [`HandshakeReason`].
+    tls_handshake_failures: [[AtomicU64; HandshakeReason::ALL.len()]; TlsSide::ALL.len()],
     drops: [AtomicU64; DropReason::ALL.len()],
     /// Transport faults, by kind (see [`Fault::report`]).
     faults: [AtomicU64; Fault::ALL.len()],
@@ -239,6 +276,8 @@ pub struct Metrics {
     upstream_send_failures: [AtomicU64; TRANSPORTS.len()],
     upstream_failure: Mutex<Option<UpstreamFailure>>,
     reloads: [AtomicU64; 2],
+    /// TLS context reloads, per [`TlsSide`] and [`ReloadResult`].
+    tls_reloads: [[AtomicU64; 2]; TlsSide::ALL.len()],
     handling_buckets: [AtomicU64; HANDLING_BUCKETS.len()],
     handling_count: AtomicU64,
     handling_sum_ns: AtomicU64,
@@ -273,6 +312,13 @@ pub struct Gauges {
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn reason_index(reason: HandshakeReason) -> usize {
+    HandshakeReason::ALL
+        .iter()
+        .position(|r| *r == reason)
+        .expect("every reason is listed")
 }
 
 impl Metrics {
@@ -313,6 +359,27 @@ impl Metrics {
             .position(|f| *f == fault)
             .expect("every fault is listed");
         lock(&self.fault_warnings[i]).admit(now, FAULT_WARNING_INTERVAL)
+    }
+
+    /// Count one completed TLS handshake.
+    pub fn count_tls_handshake(&self, side: TlsSide) {
+        self.tls_handshakes[side.index()].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// TLS handshakes completed on one side.
+    pub fn tls_handshakes(&self, side: TlsSide) -> u64 {
+        self.tls_handshakes[side.index()].load(Ordering::Relaxed)
+    }
+
+    /// Count one failed TLS handshake.
+    pub fn count_tls_handshake_failure(&self, side: TlsSide, reason: HandshakeReason) {
+        self.tls_handshake_failures[side.index()][reason_index(reason)]
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// TLS handshakes failed on one side for one reason.
+    pub fn tls_handshake_failures(&self, side: TlsSide, reason: HandshakeReason) -> u64 {
+        self.tls_handshake_failures[side.index()][reason_index(reason)].load(Ordering::Relaxed)
     }
 
     /// Count one drop.
@@ -432,6 +499,17 @@ impl Metrics {
     /// Config reloads with a result.
     pub fn reloads(&self, result: ReloadResult) -> u64 {
         self.reloads[result.slot()].load(Ordering::Relaxed)
+    }
+
+    /// Count one TLS context reload of one side (see
+    /// `crate::transport::tls::TlsContexts::reload`).
+    pub fn count_tls_reload(&self, side: TlsSide, result: ReloadResult) {
+        Self::inc(&self.tls_reloads[side.index()][result.slot()]);
+    }
+
+    /// TLS context reloads of one side with a result.
+    pub fn tls_reloads(&self, side: TlsSide, result: ReloadResult) -> u64 {
+        self.tls_reloads[side.index()][result.slot()].load(Ordering::Relaxed)
     }
 
     /// Record how long handling one message took (core and send).
@@ -664,6 +742,30 @@ impl Metrics {
                 self.upstream_send_failures(transport),
             );
         }
+        out.family(
+            "sipadmit_tls_handshakes_total",
+            "counter",
+            "TLS handshakes completed, by side (listener: a client's; upstream: the link to the registrar).",
+        );
+        for side in TlsSide::ALL {
+            out.sample(
+                "sipadmit_tls_handshakes_total",
+                &[("side", side.as_str())],
+                self.tls_handshakes(side),
+            );
+        }
+        out.family(
+            "sipadmit_tls_handshake_failures_total",
+            "counter",
+            "TLS handshakes failed (the connection closed), by side and reason.",
+        );
+        for side in TlsSide::ALL {
+            for reason in HandshakeReason::ALL {
+                let labels = [("side", side.as_str()), ("reason", reason.as_str())];
+                let value = self.tls_handshake_failures(side, reason);
+                out.sample("sipadmit_tls_handshake_failures_total", &labels, value);
+            }
+        }
 
         out.family(
             "sipadmit_open_connections",
@@ -740,6 +842,21 @@ impl Metrics {
                 &[("result", result.as_str())],
                 self.reloads(result),
             );
+        }
+        out.family(
+            "sipadmit_tls_reloads_total",
+            "counter",
+            "TLS context reloads (SIGHUP: certificate, key and CA files re-read, [tls] settings applied), by side and result; a failure keeps the side's running context.",
+        );
+        for side in TlsSide::ALL {
+            for result in [ReloadResult::Success, ReloadResult::Failure] {
+                let labels = [("side", side.as_str()), ("result", result.as_str())];
+                out.sample(
+                    "sipadmit_tls_reloads_total",
+                    &labels,
+                    self.tls_reloads(side, result),
+                );
+            }
         }
         out.family(
             "sipadmit_config_generation",
@@ -821,8 +938,13 @@ mod tests {
         metrics.count_drop(DropReason::RateLimited);
         metrics.count_fault(Fault::MessageDeadline);
         Metrics::add(&metrics.registrations_evicted, 4);
+        metrics.count_received(Transport::Tls, MessageKind::Request);
+        metrics.count_tls_handshake(TlsSide::Listener);
+        metrics.count_tls_handshake_failure(TlsSide::Upstream, HandshakeReason::BadCertificate);
+        metrics.count_tls_reload(TlsSide::Listener, ReloadResult::Success);
+        metrics.count_upstream_send_failure(Transport::Tls, "handshake".into());
         let text = metrics.render(&Gauges {
-            connections: vec![(Transport::Tcp, 2)],
+            connections: vec![(Transport::Tcp, 2), (Transport::Tls, 1)],
             registrations: 5,
             registrations_pending: 6,
             registration_table_bytes: 7,
@@ -889,6 +1011,16 @@ mod tests {
             "sipadmit_message_handling_seconds_bucket{le=\"+Inf\"} 2",
             "sipadmit_message_handling_seconds_count 2",
             "sipadmit_build_info{version=\"",
+            "sipadmit_received_total{transport=\"tls\",kind=\"request\"} 1",
+            "sipadmit_relayed_total{transport=\"tls\",kind=\"response\"} 0",
+            "sipadmit_open_connections{transport=\"tls\"} 1",
+            "sipadmit_upstream_send_failures_total{transport=\"tls\"} 1",
+            "sipadmit_tls_handshakes_total{side=\"listener\"} 1",
+            "sipadmit_tls_handshakes_total{side=\"upstream\"} 0",
+            "sipadmit_tls_handshake_failures_total{side=\"upstream\",reason=\"bad_certificate\"} 1",
+            "sipadmit_tls_handshake_failures_total{side=\"listener\",reason=\"timeout\"} 0",
+            "sipadmit_tls_reloads_total{side=\"listener\",result=\"success\"} 1",
+            "sipadmit_tls_reloads_total{side=\"upstream\",result=\"failure\"} 0",
         ] {
             assert!(text.contains(wanted), "{wanted} missing from\n{text}");
         }

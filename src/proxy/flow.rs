@@ -150,6 +150,7 @@ impl FlowSigner {
         payload.push(match flow.transport {
             Transport::Udp => b'u',
             Transport::Tcp => b't',
+            Transport::Tls => b's',
         });
         match flow.peer.ip() {
             IpAddr::V4(v4) => {
@@ -193,6 +194,7 @@ impl FlowSigner {
         let transport = match reader.byte()? {
             b'u' => Transport::Udp,
             b't' => Transport::Tcp,
+            b's' => Transport::Tls,
             _ => return Err(TokenError::Malformed),
         };
         let ip: IpAddr = match reader.byte()? {
@@ -293,6 +295,15 @@ mod tests {
             };
             let token = s.encode(Purpose::Via, &udp);
             assert_eq!(s.decode(token.as_bytes()), Ok((Purpose::Via, udp)));
+            let tls = Flow {
+                transport: Transport::Tls,
+                ..flow(peer)
+            };
+            let token = s.encode(Purpose::DialogFromClient, &tls);
+            assert_eq!(
+                s.decode(token.as_bytes()),
+                Ok((Purpose::DialogFromClient, tls))
+            );
         }
     }
 

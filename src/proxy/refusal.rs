@@ -20,6 +20,9 @@ use crate::policy::{Action, Reply, SessionRole};
 use crate::sip::{response, HeaderName, Method, SipError};
 use crate::transport::Transport;
 
+/// The Warning of [`Refusal::SipsWithoutTls`] (RFC 5630 warn-code 380).
+const SIPS_NOT_ALLOWED: &str = "380 sipadmit \"SIPS Not Allowed\"";
+
 /// Why a stream flow cannot be written to (RFC 5626 `430 Flow Failed`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FlowFailure {
@@ -111,6 +114,12 @@ pub enum Refusal<'p> {
         /// `ban.requests`, `ban.connections` or `ban.scanner`.
         rule: &'static str,
     },
+    /// A `sips:` Request-URI whose next hop is not over TLS (RFC 3261
+    /// 26.2.2: a SIPS request travels over TLS on every hop): `480
+    /// Temporarily Unavailable` with `Warning: 380 ... "SIPS Not Allowed"`,
+    /// the answer RFC 5630 (5.1.1, 5.3) gives when a SIPS target cannot be
+    /// reached securely, and on which a UAC must not retry with `sip:`.
+    SipsWithoutTls(Transport),
 }
 
 impl Refusal<'_> {
@@ -134,6 +143,7 @@ impl Refusal<'_> {
             Self::OverLimit { .. } => 503,
             // Never sent: a ban is not answered.
             Self::Banned { .. } => 403,
+            Self::SipsWithoutTls(_) => 480,
         }
     }
 
@@ -156,6 +166,7 @@ impl Refusal<'_> {
             Self::TooLargeForUdp => "Message Too Large",
             Self::OverLimit { .. } => "Service Unavailable",
             Self::Banned { .. } => "Banned",
+            Self::SipsWithoutTls(_) => "Temporarily Unavailable",
         })
     }
 
@@ -178,6 +189,7 @@ impl Refusal<'_> {
             Self::TooLargeForUdp => "proxy.too-large",
             Self::OverLimit { .. } => "rate_limit.requests",
             Self::Banned { rule } => rule,
+            Self::SipsWithoutTls(_) => "proxy.sips-without-tls",
         }
     }
 
@@ -209,7 +221,9 @@ impl Refusal<'_> {
             Self::FlowFailed(failure) => Some(failure.as_str()),
             Self::InvalidFlowToken(TokenError::Malformed) => Some("malformed token"),
             Self::InvalidFlowToken(TokenError::BadSignature) => Some("signature mismatch"),
-            Self::NoListener(transport) => Some(transport.as_str()),
+            Self::NoListener(transport) | Self::SipsWithoutTls(transport) => {
+                Some(transport.as_str())
+            }
             Self::TooManyContacts => Some("over limits.max_contacts_per_register"),
             Self::TooLargeForUdp => Some("too large for a UDP datagram after the proxy's headers"),
             Self::OverLimit { .. } => Some("over rate_limit.requests_per_second"),
@@ -333,6 +347,9 @@ impl Core {
             Refusal::OverLimit { retry_after_secs } => {
                 retry_after = retry_after_secs.to_string();
                 extra.push(("Retry-After", &retry_after));
+            }
+            Refusal::SipsWithoutTls(_) => {
+                extra.push(("Warning", SIPS_NOT_ALLOWED));
             }
             _ => {}
         }

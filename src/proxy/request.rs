@@ -391,6 +391,14 @@ impl Core {
             }
             None => self.upstream_transport(),
         };
+        // RFC 3261 26.2.2 / RFC 5630: a sips: request never leaves over
+        // anything but TLS.
+        let sips = view
+            .request_uri()
+            .is_some_and(|uri| uri.len() >= 5 && uri[..5].eq_ignore_ascii_case(b"sips:"));
+        if sips && out_transport != Transport::Tls {
+            return Err(Refusal::SipsWithoutTls(out_transport).into());
+        }
         let top_via = view
             .top_via()
             .map_err(|_| Refusal::Malformed(SipError::MalformedHeader(HeaderName::Via)))?;

@@ -5,7 +5,7 @@
 //!
 //! - `udp`: one receive loop per UDP socket;
 //! - `stream`: ONE server for connection-oriented transports, generic over
-//!   `AsyncRead + AsyncWrite` (TCP now; TLS runs its handshake in the
+//!   `AsyncRead + AsyncWrite` (TCP; TLS runs its handshake in the
 //!   connection's task, then the same framing, writer and timeouts);
 //! - `connections`: the table of open connections, which checks the peer on
 //!   every send;
@@ -55,6 +55,9 @@ pub enum Transport {
     Udp,
     /// TCP (RFC 3261 18.1): a byte stream framed by Content-Length.
     Tcp,
+    /// TLS over TCP (RFC 3261 26.2, RFC 5630): framed like TCP, inside a
+    /// TLS session (OpenSSL, [`tls`]).
+    Tls,
 }
 
 impl Transport {
@@ -63,7 +66,7 @@ impl Transport {
     pub fn is_stream(self) -> bool {
         match self {
             Self::Udp => false,
-            Self::Tcp => true,
+            Self::Tcp | Self::Tls => true,
         }
     }
 
@@ -72,6 +75,7 @@ impl Transport {
         match self {
             Self::Udp => "udp",
             Self::Tcp => "tcp",
+            Self::Tls => "tls",
         }
     }
 
@@ -80,6 +84,7 @@ impl Transport {
         match self {
             Self::Udp => "UDP",
             Self::Tcp => "TCP",
+            Self::Tls => "TLS",
         }
     }
 }
@@ -214,11 +219,18 @@ pub enum Fault {
     WriteQueueFull,
     /// Sending a datagram to the UDP upstream failed.
     UpstreamSend,
+    /// A TLS handshake on a `tls:` listener failed or missed its deadline
+    /// (`tls.handshake_timeout_secs`); the connection was closed. Also
+    /// counted by reason in `sipadmit_tls_handshake_failures_total`.
+    TlsHandshake,
+    /// A TLS ClientHello arrived on a plain `tcp:` listener (a client set
+    /// up for TLS on the wrong port); the connection was closed at once.
+    TlsOnTcpPort,
 }
 
 impl Fault {
     /// Every kind, in render order.
-    pub const ALL: [Self; 13] = [
+    pub const ALL: [Self; 15] = [
         Self::UdpReceive,
         Self::Send,
         Self::Accept,
@@ -232,6 +244,8 @@ impl Fault {
         Self::MessageDeadline,
         Self::WriteQueueFull,
         Self::UpstreamSend,
+        Self::TlsHandshake,
+        Self::TlsOnTcpPort,
     ];
 
     /// Label value.
@@ -250,6 +264,8 @@ impl Fault {
             Self::MessageDeadline => "message_deadline",
             Self::WriteQueueFull => "write_queue_full",
             Self::UpstreamSend => "upstream_send",
+            Self::TlsHandshake => "tls_handshake",
+            Self::TlsOnTcpPort => "tls_on_tcp_port",
         }
     }
 
@@ -269,6 +285,10 @@ impl Fault {
             Self::MessageDeadline => "message not complete within its deadline; connection closed",
             Self::WriteQueueFull => "writer queue full; message not sent",
             Self::UpstreamSend => "sending to the UDP upstream failed",
+            Self::TlsHandshake => "TLS handshake failed; connection closed",
+            Self::TlsOnTcpPort => {
+                "TLS ClientHello on a plain TCP listener (client configured for TLS on the wrong port?); connection closed"
+            }
         }
     }
 
@@ -568,7 +588,12 @@ mod tests {
         assert_eq!(Transport::Tcp.as_str(), "tcp");
         assert_eq!(Transport::Tcp.via_name(), "TCP");
         assert_eq!(Transport::Udp.to_string(), "udp");
-        for t in [Transport::Udp, Transport::Tcp] {
+        assert!(Transport::Tls.is_stream());
+        assert_eq!(
+            (Transport::Tls.as_str(), Transport::Tls.via_name()),
+            ("tls", "TLS")
+        );
+        for t in [Transport::Udp, Transport::Tcp, Transport::Tls] {
             let json = serde_json::to_string(&t).unwrap();
             assert_eq!(json, format!("\"{}\"", t.as_str()));
             assert_eq!(serde_json::from_str::<Transport>(&json).unwrap(), t);

@@ -90,9 +90,12 @@ pub struct ConnectionInfo {
 }
 
 /// Accept connections on `listener` until shutdown. Each accepted TCP
-/// stream gets a slot and its source's admission, its own task and span,
-/// then `open` (the handshake of a secured transport; `None` closes the
-/// connection, `open` having logged and counted why), then [`serve`].
+/// stream gets its source's admission (bans, `connections_per_second`,
+/// `max_connections_per_source`: a TLS handshake counts like any
+/// connection) and a slot, its own task and span, then `open` (the
+/// handshake of a secured transport, bounded by its own deadline; `None`
+/// closes the connection, `open` having logged and counted why), then
+/// [`serve`].
 pub async fn accept<O, F, S>(
     listener: TcpListener,
     at: Listener,
@@ -169,16 +172,12 @@ async fn accept_loop<O, F, S>(
         let (ctx, open) = (ctx.clone(), open.clone());
         tokio::spawn(
             async move {
-                // A handshake (TLS) is part of the first message's deadline.
-                let deadline = ctx.limits.message_deadline;
-                match tokio::time::timeout(deadline, open(tcp)).await {
-                    Ok(Some(stream)) => serve(stream, info, &ctx).await,
-                    Ok(None) => {}
-                    Err(_) => Fault::MessageDeadline.report(
-                        &ctx.metrics,
-                        Some(peer),
-                        &format_args!("connection not opened within {} s", deadline.as_secs()),
-                    ),
+                // The open step bounds itself: a TLS handshake by its
+                // deadline, the wait for a plain connection's first bytes
+                // by the idle timeout. Either way the connection holds its
+                // slot and counts against its source meanwhile.
+                if let Some(stream) = open(tcp).await {
+                    serve(stream, info, &ctx).await;
                 }
                 drop((slot, source));
             }

@@ -10,6 +10,11 @@
 //!   always verified against `tls.upstream_server_name`;
 //! - [`HandshakeError`]: why a handshake failed, as a bounded
 //!   [`HandshakeReason`] for metrics plus OpenSSL's detail for the log;
+//! - [`TlsListener`] and [`refuse_tls_client_hello`]: the open steps of
+//!   `tls:` and `tcp:` listeners (handshake with a deadline; a TLS client on
+//!   a plain TCP port closed at once), each counted and logged;
+//! - [`TlsContexts`]: what `SIGHUP` rebuilds (files re-read, `[tls]`
+//!   settings of the reloaded config applied);
 //! - [`looks_like_tls_client_hello`]: spots a TLS client on a plain TCP port;
 //! - [`check`]: what `check-config` asks of the `[tls]` files and settings.
 //!
@@ -19,9 +24,11 @@
 
 use std::fmt;
 use std::io;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use openssl::error::ErrorStack;
@@ -33,10 +40,13 @@ use openssl::ssl::{
 use openssl::x509::store::{X509Store, X509StoreBuilder};
 use openssl::x509::{X509VerifyResult, X509};
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_openssl::SslStream;
 
+use super::Fault;
 use crate::config::{Identity, TlsSettings, TlsVersion};
+use crate::observe::metrics::{Metrics, ReloadResult, TlsSide};
 use crate::problem::Problem;
 
 /// Sessions a listener remembers for session-ID resumption (TLS 1.2 and
@@ -804,6 +814,200 @@ fn build_upstream(
         connector,
         server_name: settings.upstream_name(upstream),
     })
+}
+
+// === the open steps of stream listeners ===
+
+/// The open step of a `tls:` listener (see [`crate::transport::stream::accept`]):
+/// the server handshake, run in the connection's own task and slot, bounded
+/// by `tls.handshake_timeout_secs`. A failure costs that one connection: it
+/// is counted by reason (`sipadmit_tls_handshake_failures_total`) and logged
+/// as a rate-limited [`Fault::TlsHandshake`].
+#[derive(Debug, Clone)]
+pub struct TlsListener {
+    server: Arc<ServerTls>,
+    handshake_timeout: Duration,
+    metrics: Arc<Metrics>,
+}
+
+impl TlsListener {
+    /// The open step of listeners presenting `server`'s certificate.
+    pub fn new(server: Arc<ServerTls>, handshake_timeout: Duration, metrics: Arc<Metrics>) -> Self {
+        Self {
+            server,
+            handshake_timeout,
+            metrics,
+        }
+    }
+
+    /// Run the handshake on an accepted connection: the TLS stream, or
+    /// `None` (closed, counted and logged).
+    pub async fn open(&self, tcp: TcpStream) -> Option<SslStream<TcpStream>> {
+        let peer = tcp.peer_addr().ok();
+        let deadline = Instant::now() + self.handshake_timeout;
+        match self.server.accept(tcp, deadline).await {
+            Ok(tls) => {
+                self.metrics.count_tls_handshake(TlsSide::Listener);
+                tracing::debug!(
+                    version = tls.ssl().version_str(),
+                    cipher = tls.ssl().current_cipher().map_or("none", |c| c.name()),
+                    "TLS handshake done"
+                );
+                Some(tls)
+            }
+            Err(e) => {
+                self.metrics
+                    .count_tls_handshake_failure(TlsSide::Listener, e.reason());
+                Fault::TlsHandshake.report(&self.metrics, peer, &e);
+                None
+            }
+        }
+    }
+}
+
+/// The open step of a plain `tcp:` listener: wait (at most `idle_timeout`)
+/// for the first bytes without consuming them; a TLS ClientHello (a client
+/// configured for TLS on the wrong port, which would otherwise wait in
+/// silence for an answer that never comes) closes the connection at once,
+/// counted and logged as [`Fault::TlsOnTcpPort`]. A connection silent for
+/// `idle_timeout` is closed as idle; anything else is served as SIP.
+pub async fn refuse_tls_client_hello(
+    tcp: TcpStream,
+    idle_timeout: Duration,
+    metrics: Arc<Metrics>,
+) -> Option<TcpStream> {
+    let mut first = [0u8; 6];
+    match tokio::time::timeout(idle_timeout, tcp.peek(&mut first)).await {
+        Err(_elapsed) => {
+            tracing::info!(
+                idle_secs = idle_timeout.as_secs(),
+                "connection idle; closed"
+            );
+            None
+        }
+        Ok(Ok(n)) if looks_like_tls_client_hello(&first[..n]) => {
+            let peer = tcp.peer_addr().ok();
+            Fault::TlsOnTcpPort.report(
+                &metrics,
+                peer,
+                &format_args!("first bytes {:02x?}", &first[..n]),
+            );
+            None
+        }
+        // SIP, or an error or EOF the stream server meets and handles.
+        Ok(_) => Some(tcp),
+    }
+}
+
+// === reload ===
+
+/// The TLS contexts of a running instance, with the `[tls]` settings each
+/// was last built from, so that `SIGHUP` can rebuild them
+/// ([`TlsContexts::reload`]).
+#[derive(Debug, Clone, Default)]
+pub struct TlsContexts {
+    /// The settings each side was last built from (a side whose reload
+    /// failed keeps its own).
+    applied: Arc<Mutex<Applied>>,
+    /// The listeners' acceptor, when there is a `tls:` listener.
+    pub server: Option<Arc<ServerTls>>,
+    /// The upstream's connector and address, when the upstream is `tls:`.
+    pub upstream: Option<(Arc<ClientTls>, IpAddr)>,
+}
+
+/// The `[tls]` settings in use, per side.
+#[derive(Debug, Default)]
+struct Applied {
+    server: TlsSettings,
+    upstream: TlsSettings,
+}
+
+impl TlsContexts {
+    /// Build what is needed: an acceptor when `listeners` is true, a
+    /// connector when `upstream` (a `tls:` upstream's IP) is given.
+    pub fn new(
+        settings: &TlsSettings,
+        listeners: bool,
+        upstream: Option<IpAddr>,
+    ) -> Result<Self, TlsError> {
+        let server = listeners
+            .then(|| ServerTls::new(settings).map(Arc::new))
+            .transpose()?;
+        let upstream = upstream
+            .map(|ip| ClientTls::new(settings, ip).map(|c| (Arc::new(c), ip)))
+            .transpose()?;
+        Ok(Self {
+            applied: Arc::new(Mutex::new(Applied {
+                server: settings.clone(),
+                upstream: settings.clone(),
+            })),
+            server,
+            upstream,
+        })
+    }
+
+    /// Rebuild each context from `settings` (the `[tls]` section of a
+    /// config that loaded), or, when `None` (the config did not load),
+    /// from the settings it was last built from: either way every
+    /// certificate, key and CA file is read again. New connections get the
+    /// new context, open ones keep theirs. A side that fails keeps its old
+    /// context (and its settings); why is logged, naming the key and the
+    /// file. Each side's outcome is counted in
+    /// `sipadmit_tls_reloads_total{side,result}`. Reads files: call it off
+    /// the event loop. Returns whether every side was reloaded.
+    pub fn reload(&self, settings: Option<&TlsSettings>, metrics: &Metrics) -> bool {
+        let mut applied = self
+            .applied
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut reloaded = true;
+        let mut count = |side, ok: bool| {
+            reloaded &= ok;
+            let result = if ok {
+                ReloadResult::Success
+            } else {
+                ReloadResult::Failure
+            };
+            metrics.count_tls_reload(side, result);
+        };
+        if let Some(server) = &self.server {
+            let wanted = settings.unwrap_or(&applied.server).clone();
+            match server.reload(&wanted) {
+                Ok(()) => {
+                    tracing::info!(
+                        min_version = %wanted.min_version,
+                        mutual = wanted.client_ca.is_some(),
+                        "TLS listener certificate and settings reloaded"
+                    );
+                    applied.server = wanted;
+                    count(TlsSide::Listener, true);
+                }
+                Err(e) => {
+                    tracing::warn!(key = e.key(), file = ?e.path(), error = %e, "TLS listener certificate not reloaded; keeping the old one");
+                    count(TlsSide::Listener, false);
+                }
+            }
+        }
+        if let Some((client, ip)) = &self.upstream {
+            let wanted = settings.unwrap_or(&applied.upstream).clone();
+            match client.reload(&wanted, *ip) {
+                Ok(()) => {
+                    tracing::info!(
+                        server_name = %wanted.upstream_name(*ip),
+                        min_version = %wanted.min_version,
+                        "TLS upstream files and settings reloaded"
+                    );
+                    applied.upstream = wanted;
+                    count(TlsSide::Upstream, true);
+                }
+                Err(e) => {
+                    tracing::warn!(key = e.key(), file = ?e.path(), error = %e, "TLS upstream files not reloaded; keeping the old ones");
+                    count(TlsSide::Upstream, false);
+                }
+            }
+        }
+        reloaded
+    }
 }
 
 #[cfg(test)]

@@ -11,8 +11,13 @@
 //!
 //! The connection it opens is served by [`stream::spawn`] like any other
 //! (same framing, writer, keep-alives), and everything arriving on it
-//! counts as the registrar's. A TLS upstream will run its handshake in
-//! [`LinkTask::connect`], after the TCP connect and before `spawn`.
+//! counts as the registrar's. A TLS upstream runs its handshake in
+//! `LinkTask::connect`, after the TCP connect and before `spawn`, with
+//! [`ClientTls`] (the registrar's certificate always verified): a failed
+//! handshake is a failed connect (its messages come back undelivered, so
+//! requests are answered `503`, and `/readyz` reports it like a failed TCP
+//! connect), counted by reason in
+//! `sipadmit_tls_handshake_failures_total{side="upstream"}`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -25,7 +30,9 @@ use tokio::time::Instant;
 use tracing::info;
 
 use super::stream::{self, ConnectionInfo};
+use super::tls::{ClientTls, HandshakeError};
 use super::{ConnectionId, Event, Fault, SendError, Transport, TransportContext};
+use crate::observe::metrics::TlsSide;
 use crate::proxy::Inbound;
 
 /// How the link queues, connects and backs off.
@@ -38,15 +45,32 @@ pub struct LinkSettings {
     pub connect_timeout: Duration,
     /// After a failed connect, messages fail at once for this long.
     pub retry_delay: Duration,
+    /// How long the TLS handshake of a `tls:` upstream may take
+    /// (`tls.handshake_timeout_secs`).
+    pub handshake_timeout: Duration,
 }
 
 impl LinkSettings {
-    /// 1,024 messages, 2 s to connect, then 2 s of failing fast.
+    /// 1,024 messages, 2 s to connect, then 2 s of failing fast; 10 s for
+    /// a TLS handshake.
     pub const DEFAULT: Self = Self {
         queue_messages: 1024,
         connect_timeout: Duration::from_secs(2),
         retry_delay: Duration::from_secs(2),
+        handshake_timeout: Duration::from_secs(10),
     };
+}
+
+/// Why the link could not open a connection to the upstream.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// The TCP connect failed or timed out (or the link is stopping).
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    /// The TLS handshake with a `tls:` upstream failed (its certificate did
+    /// not verify, no common version or cipher, ...).
+    #[error(transparent)]
+    Handshake(#[from] HandshakeError),
 }
 
 /// A message for the upstream, with the message it was relayed from.
@@ -69,18 +93,21 @@ pub struct UpstreamLink {
 impl UpstreamLink {
     /// Start the link task to the stream upstream at `addr`, over
     /// `transport`; `local` is the advertised listener address of that
-    /// transport (messages on the link arrive "at" it). The task stops on
-    /// the context's shutdown.
+    /// transport (messages on the link arrive "at" it); `tls` runs the
+    /// client handshake of a `tls:` upstream. The task stops on the
+    /// context's shutdown.
     pub fn spawn(
         transport: Transport,
         addr: SocketAddr,
         local: SocketAddr,
+        tls: Option<Arc<ClientTls>>,
         settings: LinkSettings,
         ctx: Arc<TransportContext>,
     ) -> Self {
         let (queue, waiting) = mpsc::channel(settings.queue_messages.max(1));
         let task = LinkTask {
             transport,
+            tls,
             addr,
             local,
             settings,
@@ -96,7 +123,7 @@ impl UpstreamLink {
         }
     }
 
-    /// The transport of the link (TCP; TLS later).
+    /// The transport of the link (TCP or TLS).
     pub fn transport(&self) -> Transport {
         self.transport
     }
@@ -114,6 +141,8 @@ impl UpstreamLink {
 /// The link task's state.
 struct LinkTask {
     transport: Transport,
+    /// The TLS client of a `tls:` upstream.
+    tls: Option<Arc<ClientTls>>,
     addr: SocketAddr,
     local: SocketAddr,
     settings: LinkSettings,
@@ -188,14 +217,15 @@ impl LinkTask {
         }
     }
 
-    /// Connect (bounded by the connect timeout and shutdown) and start
-    /// serving the connection.
-    async fn connect(&self) -> Result<ConnectionId, std::io::Error> {
+    /// Connect (bounded by the connect timeout and shutdown), run the TLS
+    /// handshake of a `tls:` upstream (bounded by the handshake timeout),
+    /// and start serving the connection.
+    async fn connect(&self) -> Result<ConnectionId, ConnectError> {
         let timeout = self.settings.connect_timeout;
         let connecting = tokio::time::timeout(timeout, TcpStream::connect(self.addr));
         let tcp = tokio::select! {
             () = self.ctx.shutdown.cancelled() => {
-                return Err(std::io::Error::new(std::io::ErrorKind::Interrupted, "shutting down"));
+                return Err(std::io::Error::new(std::io::ErrorKind::Interrupted, "shutting down").into());
             }
             connected = connecting => match connected {
                 Ok(connected) => connected?,
@@ -203,7 +233,8 @@ impl LinkTask {
                     return Err(std::io::Error::new(
                         std::io::ErrorKind::TimedOut,
                         format!("no connection within {} ms", timeout.as_millis()),
-                    ));
+                    )
+                    .into());
                 }
             },
         };
@@ -214,7 +245,33 @@ impl LinkTask {
             local: self.local,
             from_upstream: true,
         };
-        Ok(stream::spawn(tcp, info, &self.ctx))
+        let Some(client) = &self.tls else {
+            return Ok(stream::spawn(tcp, info, &self.ctx));
+        };
+        let deadline = Instant::now() + self.settings.handshake_timeout;
+        let metrics = &self.ctx.metrics;
+        let handshake = tokio::select! {
+            () = self.ctx.shutdown.cancelled() => {
+                return Err(std::io::Error::new(std::io::ErrorKind::Interrupted, "shutting down").into());
+            }
+            handshake = client.connect(tcp, deadline) => handshake,
+        };
+        match handshake {
+            Ok(tls) => {
+                metrics.count_tls_handshake(TlsSide::Upstream);
+                info!(
+                    upstream = %self.addr,
+                    server_name = %client.server_name(),
+                    version = tls.ssl().version_str(),
+                    "TLS session with the upstream"
+                );
+                Ok(stream::spawn(tls, info, &self.ctx))
+            }
+            Err(e) => {
+                metrics.count_tls_handshake_failure(TlsSide::Upstream, e.reason());
+                Err(e.into())
+            }
+        }
     }
 }
 
@@ -371,9 +428,10 @@ mod tests {
             queue_messages: 1,
             connect_timeout: Duration::from_millis(300),
             retry_delay: Duration::from_secs(60),
+            ..LinkSettings::DEFAULT
         };
         let local = "127.0.0.1:5060".parse().unwrap();
-        let link = UpstreamLink::spawn(Transport::Tcp, addr, local, settings, ctx.clone());
+        let link = UpstreamLink::spawn(Transport::Tcp, addr, local, None, settings, ctx.clone());
         // The first is taken by the task, which starts connecting ...
         link.offer(outgoing(1)).unwrap();
         let mut taken = false;
@@ -415,6 +473,7 @@ mod tests {
             Transport::Tcp,
             addr,
             local,
+            None,
             LinkSettings::DEFAULT,
             ctx.clone(),
         );

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod external;
+pub mod sip_stream;
 pub mod tls;
 
 use std::net::SocketAddr;
@@ -10,7 +11,10 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use sipadmit::app;
+use std::sync::Arc;
+
 use sipadmit::config::{Config, Overrides};
+use sipadmit::observe::metrics::Metrics;
 use sipadmit::observe::DecisionLog;
 use sipadmit::transport::Transport;
 use tokio_util::sync::CancellationToken;
@@ -21,13 +25,17 @@ pub struct TestProxy {
     pub udp: SocketAddr,
     /// TCP listener address (the first).
     pub tcp: SocketAddr,
+    /// TLS listener address (the first), if any.
+    pub tls: Option<SocketAddr>,
     /// Every listener: the UDP ones, then the TCP ones, each in `--listen` order.
     pub addresses: Vec<(Transport, SocketAddr)>,
+    /// The admin listener's address, when the config has `[admin] listen`.
+    pub admin: Option<SocketAddr>,
     /// Decision log file.
     pub decision_log: PathBuf,
     log: DecisionLog,
     shutdown: CancellationToken,
-    thread: Option<std::thread::JoinHandle<()>>,
+    thread: Option<std::thread::JoinHandle<Arc<Metrics>>>,
     _dir: tempfile::TempDir,
 }
 
@@ -90,22 +98,27 @@ impl TestProxy {
                 .enable_all()
                 .build()
                 .unwrap();
-            rt.block_on(async move {
+            let metrics = rt.block_on(async move {
                 let bound = app::bind(&config).await.unwrap();
-                addr_tx.send(bound.addresses()).unwrap();
-                app::serve(config, bound, serve_log, stop).await.unwrap();
+                addr_tx
+                    .send((bound.addresses(), bound.admin_address()))
+                    .unwrap();
+                app::serve(config, bound, serve_log, stop).await.unwrap()
             });
             let report = writer.shutdown(Duration::from_secs(10));
             assert!(report.finished, "decision log writer stopped: {report:?}");
+            metrics
         });
-        let addrs = addr_rx
+        let (addrs, admin) = addr_rx
             .recv_timeout(Duration::from_secs(10))
             .expect("proxy started");
-        let find = |t: Transport| addrs.iter().find(|(tt, _)| *tt == t).unwrap().1;
+        let find = |t: Transport| addrs.iter().find(|(tt, _)| *tt == t).map(|(_, a)| *a);
         Self {
-            udp: find(Transport::Udp),
-            tcp: find(Transport::Tcp),
+            udp: find(Transport::Udp).expect("a UDP listener"),
+            tcp: find(Transport::Tcp).expect("a TCP listener"),
+            tls: find(Transport::Tls),
             addresses: addrs,
+            admin,
             decision_log,
             log,
             shutdown,
@@ -131,6 +144,18 @@ impl TestProxy {
             .lines()
             .map(|l| serde_json::from_str(l).expect("a JSON line"))
             .collect()
+    }
+}
+
+impl TestProxy {
+    /// Stop serving and return the counters of the run.
+    pub fn stop(mut self) -> Arc<Metrics> {
+        self.shutdown.cancel();
+        self.thread
+            .take()
+            .expect("running")
+            .join()
+            .expect("the proxy thread ended normally")
     }
 }
 
