@@ -169,7 +169,11 @@ pub fn metrics_text(state: &AdminState) -> String {
 /// and the upstream is reachable: no message failed to reach it in the last
 /// [`UPSTREAM_FAILURE_WINDOW`] without one delivered since (as the
 /// dispatcher and the stream upstream's link report it, TLS handshake
-/// failures of a `tls:` upstream included), and, for a stream upstream, a
+/// failures of a `tls:` upstream included); for a UDP upstream, no ICMP
+/// error came back for a datagram sent to it and it was not silent for
+/// [`crate::transport::upstream::SILENCE`] with requests relayed, unless it
+/// sent a message since (no time limit: only a message from it clears
+/// this); and, for a stream upstream, a
 /// connection to it can be made now (the link itself connects only when it
 /// has a message to send). For a `tls:` upstream that probe is a full
 /// TLS handshake with the link's own client (the registrar's certificate
@@ -194,7 +198,15 @@ pub async fn not_ready(state: &AdminState) -> Option<String> {
         }
     }
     if !upstream.transport.is_stream() {
-        return None;
+        // A UDP upstream: an ICMP error for a datagram sent to it, or its
+        // silence with requests relayed, until it sends a message again.
+        return state.metrics.udp_upstream_unreachable().map(|unreachable| {
+            format!(
+                "upstream {upstream} not reachable: {} ({} s ago, no message from it since)",
+                unreachable.error,
+                unreachable.at.elapsed().as_secs()
+            )
+        });
     }
     let probe = tokio::time::timeout(UPSTREAM_PROBE_TIMEOUT, TcpStream::connect(upstream.addr));
     let tcp = match probe.await {

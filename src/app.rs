@@ -295,6 +295,7 @@ pub async fn serve_reloading(
         read_budget: Arc::new(tokio::sync::Semaphore::new(
             settings.limits.read_buffer_budget_bytes,
         )),
+        udp_upstream: (upstream.transport == Transport::Udp).then_some(upstream.addr),
     });
     let udp_listeners: Vec<UdpListener> = udp_sockets
         .into_iter()
@@ -481,7 +482,7 @@ async fn dispatch(
         Event::Received(inbound) => {
             let started = Instant::now();
             if inbound.from_upstream && inbound.transport == Transport::Udp {
-                edge.upstream_watch.heard();
+                edge.upstream_watch.heard(core.metrics());
             }
             let mut outcome = core.handle(&inbound, started, &|id, peer| {
                 senders.connections.is_open_to(id, peer)

@@ -275,6 +275,9 @@ pub struct Metrics {
     /// Failed sends to the upstream registrar, by its transport.
     upstream_send_failures: [AtomicU64; TRANSPORTS.len()],
     upstream_failure: Mutex<Option<UpstreamFailure>>,
+    /// Why a UDP upstream counts as unreachable (an ICMP error for a
+    /// datagram sent to it, or silence), until it sends a message again.
+    udp_upstream_unreachable: Mutex<Option<UpstreamFailure>>,
     reloads: [AtomicU64; 2],
     /// TLS context reloads, per [`TlsSide`] and [`ReloadResult`].
     tls_reloads: [[AtomicU64; 2]; TlsSide::ALL.len()],
@@ -484,6 +487,29 @@ impl Metrics {
     /// delivered since.
     pub fn upstream_failure(&self) -> Option<UpstreamFailure> {
         lock(&self.upstream_failure).clone()
+    }
+
+    /// A UDP upstream looks unreachable (`reason`: an ICMP error for a
+    /// datagram sent to it, or its silence): remembered for `/readyz` until
+    /// [`Metrics::note_udp_upstream_heard`].
+    pub fn note_udp_upstream_unreachable(&self, reason: String) {
+        *lock(&self.udp_upstream_unreachable) = Some(UpstreamFailure {
+            at: Instant::now(),
+            error: reason,
+        });
+    }
+
+    /// A message arrived from the UDP upstream: it is reachable again.
+    pub fn note_udp_upstream_heard(&self) {
+        let mut unreachable = lock(&self.udp_upstream_unreachable);
+        if unreachable.is_some() {
+            *unreachable = None;
+        }
+    }
+
+    /// Why the UDP upstream looks unreachable, unless it sent a message since.
+    pub fn udp_upstream_unreachable(&self) -> Option<UpstreamFailure> {
+        lock(&self.udp_upstream_unreachable).clone()
     }
 
     /// Messages not delivered to the upstream over a transport.

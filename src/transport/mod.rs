@@ -226,11 +226,19 @@ pub enum Fault {
     /// A TLS ClientHello arrived on a plain `tcp:` listener (a client set
     /// up for TLS on the wrong port); the connection was closed at once.
     TlsOnTcpPort,
+    /// An ICMP error (port, host or network unreachable) came back for a
+    /// datagram sent to the UDP upstream: the registrar is down or not
+    /// reachable. Also makes `/readyz` fail until the upstream sends a
+    /// message again (Linux: read from the sockets' error queues).
+    UpstreamUnreachable,
+    /// An ICMP error came back for a datagram sent to a client (a client
+    /// gone since, or a spoofed source address).
+    ClientUnreachable,
 }
 
 impl Fault {
     /// Every kind, in render order.
-    pub const ALL: [Self; 15] = [
+    pub const ALL: [Self; 17] = [
         Self::UdpReceive,
         Self::Send,
         Self::Accept,
@@ -246,6 +254,8 @@ impl Fault {
         Self::UpstreamSend,
         Self::TlsHandshake,
         Self::TlsOnTcpPort,
+        Self::UpstreamUnreachable,
+        Self::ClientUnreachable,
     ];
 
     /// Label value.
@@ -266,6 +276,8 @@ impl Fault {
             Self::UpstreamSend => "upstream_send",
             Self::TlsHandshake => "tls_handshake",
             Self::TlsOnTcpPort => "tls_on_tcp_port",
+            Self::UpstreamUnreachable => "upstream_unreachable",
+            Self::ClientUnreachable => "client_unreachable",
         }
     }
 
@@ -289,6 +301,10 @@ impl Fault {
             Self::TlsOnTcpPort => {
                 "TLS ClientHello on a plain TCP listener (client configured for TLS on the wrong port?); connection closed"
             }
+            Self::UpstreamUnreachable => {
+                "ICMP error for a datagram sent to the UDP upstream: is the registrar down?"
+            }
+            Self::ClientUnreachable => "ICMP error for a datagram sent to a client",
         }
     }
 
@@ -398,6 +414,9 @@ pub struct TransportContext {
     /// Bytes stream connections may buffer together
     /// (`limits.read_buffer_budget_bytes`), one permit a byte.
     pub read_budget: Arc<Semaphore>,
+    /// The registrar's address when it is a UDP upstream: ICMP errors for
+    /// datagrams sent there count as [`Fault::UpstreamUnreachable`].
+    pub udp_upstream: Option<SocketAddr>,
 }
 
 /// What became of one message after its source's rate limit.
@@ -491,6 +510,7 @@ impl TransportContext {
             slots: Arc::new(Semaphore::new(max_connections)),
             upstream_sources: UpstreamSources::default(),
             read_budget: Arc::new(Semaphore::new(1 << 20)),
+            udp_upstream: None,
         })
     }
 }
@@ -554,11 +574,8 @@ impl Senders {
                 transport: Transport::Udp,
                 addr: to,
             })?;
-        listener
-            .socket
-            .send_to(bytes, to)
+        udp::send_to(&listener.socket, bytes, to)
             .await
-            .map(|_| ())
             .map_err(|source| SendError::Io { addr: to, source })
     }
 

@@ -2,6 +2,18 @@
 //! counted, not parsed; every other datagram goes to the dispatcher. A
 //! failed receive costs that datagram only; an unrecoverable socket error
 //! ends the loop.
+//!
+//! ICMP errors (Linux): an unconnected UDP socket hears nothing of them
+//! unless `IP_RECVERR` / `IPV6_RECVERR` is set. It is, on every listener, so
+//! the kernel queues each ICMP error for a datagram sent (port, host or
+//! network unreachable) on the socket's error queue with the datagram's
+//! destination; the receive loop reads that queue and counts the error as
+//! [`Fault::UpstreamUnreachable`] (sent to the UDP upstream) or
+//! [`Fault::ClientUnreachable`]. The option also makes the kernel hand the
+//! error once to the next `recvfrom` or `sendto` on the socket (whatever
+//! its destination): the receive loop takes it for what it is, and
+//! [`send_to`] sends again once, so no datagram is lost to an error that
+//! was about another one.
 
 use std::sync::Arc;
 
@@ -13,6 +25,8 @@ use super::{admit, is_unrecoverable, Admitted, Fault, Transport, TransportContex
 use crate::observe::metrics::{DropReason, Metrics};
 use crate::proxy::Inbound;
 use crate::sip::framing::{classify_datagram, Datagram};
+#[cfg(target_os = "linux")]
+use std::net::{IpAddr, SocketAddr};
 
 /// Largest UDP payload read (bigger datagrams are truncated by the kernel
 /// and then refused by the size limit).
@@ -26,14 +40,29 @@ pub async fn serve(listener: UdpListener, ctx: Arc<TransportContext>) {
 }
 
 async fn receive(listener: UdpListener, ctx: Arc<TransportContext>) {
+    let icmp_errors = report_icmp_errors(&listener.socket);
+    if let Err(e) = &icmp_errors {
+        tracing::warn!(error = %e, "ICMP errors for datagrams sent will not be counted on this socket");
+    }
+    let icmp_errors = icmp_errors.is_ok();
     let mut buf = vec![0u8; RECV_BUFFER_BYTES];
     loop {
         let received = tokio::select! {
             () = ctx.shutdown.cancelled() => return,
+            queued = next_icmp_error(&listener.socket), if icmp_errors => {
+                if let Ok(icmp) = queued {
+                    report_icmp_error(&ctx, icmp);
+                }
+                continue;
+            }
             received = listener.socket.recv_from(&mut buf) => received,
         };
         let (n, source) = match received {
             Ok(received) => received,
+            Err(e) if icmp_errors && is_icmp_echo(&e) => {
+                debug!(error = %e, "an ICMP error for an earlier datagram (counted from the error queue)");
+                continue;
+            }
             Err(e) if is_unrecoverable(&e) => {
                 error!(error = %e, "UDP socket unusable; no more datagrams received on it");
                 return;
@@ -71,6 +100,182 @@ async fn receive(listener: UdpListener, ctx: Arc<TransportContext>) {
             return;
         }
     }
+}
+
+/// Send `bytes` to `to`. An ICMP error for an EARLIER datagram (any
+/// destination) is handed once to the next send on the socket and fails
+/// it; such a failure is followed by one more try, so this datagram is not
+/// lost to it (the error itself is counted from the error queue).
+pub async fn send_to(
+    socket: &UdpSocket,
+    bytes: &[u8],
+    to: std::net::SocketAddr,
+) -> std::io::Result<()> {
+    match socket.send_to(bytes, to).await {
+        Err(e) if is_icmp_echo(&e) => {
+            debug!(destination = %to, error = %e, "send failed with an ICMP error for an earlier datagram; sending again");
+            socket.send_to(bytes, to).await.map(|_| ())
+        }
+        sent => sent.map(|_| ()),
+    }
+}
+
+/// Whether a receive or send error is the socket's copy of an ICMP error
+/// (port, host or network unreachable) the kernel also queued on the error
+/// queue.
+fn is_icmp_echo(error: &std::io::Error) -> bool {
+    use std::io::ErrorKind;
+    matches!(
+        error.kind(),
+        ErrorKind::ConnectionRefused | ErrorKind::HostUnreachable | ErrorKind::NetworkUnreachable
+    )
+}
+
+/// One ICMP error the kernel queued for a datagram the socket sent.
+#[cfg(target_os = "linux")]
+#[derive(Debug)]
+struct IcmpError {
+    /// Where the datagram went.
+    destination: SocketAddr,
+    /// What the ICMP error means: connection refused (port unreachable),
+    /// host or network unreachable, ...
+    error: std::io::Error,
+    /// The host or router that sent it.
+    reporter: Option<IpAddr>,
+}
+
+#[cfg(target_os = "linux")]
+impl std::fmt::Display for IcmpError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.reporter {
+            Some(reporter) => write!(f, "{} (ICMP from {reporter})", self.error),
+            None => write!(f, "{} (ICMP)", self.error),
+        }
+    }
+}
+
+/// Ask the kernel to queue ICMP errors for datagrams sent on `socket`
+/// (`IP_RECVERR`; `IPV6_RECVERR` too on an IPv6 socket, whose IPv4-mapped
+/// traffic takes the IPv4 option).
+#[cfg(target_os = "linux")]
+fn report_icmp_errors(socket: &UdpSocket) -> std::io::Result<()> {
+    use nix::sys::socket::{setsockopt, sockopt};
+    if socket.local_addr()?.is_ipv6() {
+        setsockopt(socket, sockopt::Ipv6RecvErr, &true)?;
+        // Dual-stack: IPv4 peers on an IPv6 socket (not fatal if refused).
+        let _ = setsockopt(socket, sockopt::Ipv4RecvErr, &true);
+    } else {
+        setsockopt(socket, sockopt::Ipv4RecvErr, &true)?;
+    }
+    Ok(())
+}
+
+#[cfg(not(target_os = "linux"))]
+fn report_icmp_errors(_socket: &UdpSocket) -> std::io::Result<()> {
+    Err(std::io::Error::other("ICMP errors are read on Linux only"))
+}
+
+/// The next ICMP error of the socket's error queue, once there is one.
+/// An entry that is not an ICMP error (or cannot be read) is skipped.
+#[cfg(target_os = "linux")]
+async fn next_icmp_error(socket: &UdpSocket) -> Result<IcmpError, ()> {
+    socket
+        .async_io(tokio::io::Interest::ERROR, || read_error_queue(socket))
+        .await
+        .map_err(|_| ())?
+        .ok_or(())
+}
+
+#[cfg(not(target_os = "linux"))]
+async fn next_icmp_error(_socket: &UdpSocket) -> Result<std::convert::Infallible, ()> {
+    std::future::pending().await
+}
+
+/// Take one entry of the socket's error queue: `Ok(Some)` for an ICMP
+/// error, `Ok(None)` for another entry, `WouldBlock` when the queue is
+/// empty. A failing read also counts as `WouldBlock` (the readiness is
+/// cleared until the next error, never spun on).
+#[cfg(target_os = "linux")]
+fn read_error_queue(socket: &UdpSocket) -> std::io::Result<Option<IcmpError>> {
+    use nix::libc;
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags, SockaddrStorage};
+    use std::os::fd::AsRawFd;
+    // The datagram's first bytes come back too; they are not needed.
+    let mut payload = [0u8; 64];
+    let mut iov = [std::io::IoSliceMut::new(&mut payload)];
+    let mut control = nix::cmsg_space!(libc::sock_extended_err, libc::sockaddr_in6);
+    let flags = MsgFlags::MSG_ERRQUEUE | MsgFlags::MSG_DONTWAIT;
+    let message =
+        match recvmsg::<SockaddrStorage>(socket.as_raw_fd(), &mut iov, Some(&mut control), flags) {
+            Ok(message) => message,
+            Err(nix::errno::Errno::EAGAIN) => return Err(std::io::ErrorKind::WouldBlock.into()),
+            Err(e) => {
+                debug!(error = %e, "reading the UDP error queue failed");
+                return Err(std::io::ErrorKind::WouldBlock.into());
+            }
+        };
+    let destination = message.address.as_ref().and_then(|a| {
+        if let Some(v4) = a.as_sockaddr_in() {
+            return Some(SocketAddr::from((v4.ip(), v4.port())));
+        }
+        let v6 = a.as_sockaddr_in6()?;
+        let ip = v6.ip();
+        let ip = ip.to_ipv4_mapped().map_or(IpAddr::V6(ip), IpAddr::V4);
+        Some(SocketAddr::new(ip, v6.port()))
+    });
+    let Ok(cmsgs) = message.cmsgs() else {
+        return Ok(None);
+    };
+    for cmsg in cmsgs {
+        let (extended, reporter) = match cmsg {
+            ControlMessageOwned::Ipv4RecvErr(extended, reporter) => (
+                extended,
+                reporter
+                    .map(|r| IpAddr::V4(std::net::Ipv4Addr::from(u32::from_be(r.sin_addr.s_addr)))),
+            ),
+            ControlMessageOwned::Ipv6RecvErr(extended, reporter) => (
+                extended,
+                reporter.map(|r| IpAddr::V6(std::net::Ipv6Addr::from(r.sin6_addr.s6_addr))),
+            ),
+            _ => continue,
+        };
+        let from_icmp = matches!(
+            extended.ee_origin,
+            libc::SO_EE_ORIGIN_ICMP | libc::SO_EE_ORIGIN_ICMP6
+        );
+        let Some(destination) = destination.filter(|_| from_icmp) else {
+            debug!(
+                origin = extended.ee_origin,
+                errno = extended.ee_errno,
+                "UDP error queue entry that is not an ICMP error; skipped"
+            );
+            return Ok(None);
+        };
+        return Ok(Some(IcmpError {
+            destination,
+            error: std::io::Error::from_raw_os_error(extended.ee_errno as i32),
+            reporter,
+        }));
+    }
+    Ok(None)
+}
+
+/// Count and log (rate-limited) an ICMP error: for the UDP upstream it
+/// also makes `/readyz` fail until the upstream sends a message again.
+#[cfg(target_os = "linux")]
+fn report_icmp_error(ctx: &TransportContext, icmp: IcmpError) {
+    if ctx.udp_upstream == Some(icmp.destination) {
+        ctx.metrics
+            .note_udp_upstream_unreachable(format!("ICMP error for a datagram sent to it: {icmp}"));
+        Fault::UpstreamUnreachable.report(&ctx.metrics, Some(icmp.destination), &icmp);
+    } else {
+        Fault::ClientUnreachable.report(&ctx.metrics, Some(icmp.destination), &icmp);
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn report_icmp_error(_ctx: &TransportContext, icmp: std::convert::Infallible) {
+    match icmp {}
 }
 
 /// Bind a UDP listener with the receive and send buffers asked for (the
@@ -166,6 +371,84 @@ mod tests {
         assert_eq!(drops_in_table(table, &[4242]), 17);
         assert_eq!(drops_in_table(table, &[4242, 99]), 22);
         assert_eq!(drops_in_table(table, &[1]), 0);
+    }
+
+    /// A loopback UDP port nobody listens on (bound, then closed).
+    fn closed_port() -> std::net::SocketAddr {
+        std::net::UdpSocket::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+    }
+
+    /// Wait (at most 10 s) until the kernel reports a new error for
+    /// `socket`; then forget the readiness, so the next wait is for the
+    /// next error.
+    async fn error_pending(socket: &UdpSocket) {
+        let error = tokio::io::Interest::ERROR;
+        tokio::time::timeout(std::time::Duration::from_secs(10), socket.ready(error))
+            .await
+            .expect("an ICMP error within 10 s")
+            .unwrap();
+        let _ = socket.try_io(error, || {
+            Err::<(), _>(std::io::ErrorKind::WouldBlock.into())
+        });
+    }
+
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn icmp_errors_are_read_from_the_error_queue_and_cost_no_other_datagram() {
+        let socket = bind("127.0.0.1:0".parse().unwrap(), 1 << 16, 1 << 16).unwrap();
+        report_icmp_errors(&socket).unwrap();
+        let closed = closed_port();
+        let peer = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let peer_addr = peer.local_addr().unwrap();
+        let mut buf = [0u8; 64];
+
+        // The kernel hands a pending ICMP error to the next send, whatever
+        // its destination: that datagram would be lost...
+        socket.send_to(b"one", closed).await.unwrap();
+        error_pending(&socket).await;
+        let lost = socket.send_to(b"lost", peer_addr).await.unwrap_err();
+        assert!(is_icmp_echo(&lost), "{lost}");
+        // ...so send_to sends again, and the peer gets it.
+        socket.send_to(b"two", closed).await.unwrap();
+        error_pending(&socket).await;
+        send_to(&socket, b"kept", peer_addr).await.unwrap();
+        let (n, _) = peer.recv_from(&mut buf).await.unwrap();
+        assert_eq!(&buf[..n], b"kept");
+
+        // And to the next receive, before the datagram waiting: an error
+        // the receive loop takes as an ICMP error, then the datagram.
+        socket.send_to(b"three", closed).await.unwrap();
+        error_pending(&socket).await;
+        peer.send_to(b"hello", socket.local_addr().unwrap())
+            .await
+            .unwrap();
+        let echo = socket.recv_from(&mut buf).await.unwrap_err();
+        assert!(is_icmp_echo(&echo), "{echo}");
+        let (n, from) = socket.recv_from(&mut buf).await.unwrap();
+        assert_eq!((&buf[..n], from), (&b"hello"[..], peer_addr));
+
+        // Each of the three is on the error queue, with the destination.
+        for _ in 0..3 {
+            let icmp =
+                tokio::time::timeout(std::time::Duration::from_secs(10), next_icmp_error(&socket))
+                    .await
+                    .unwrap()
+                    .unwrap();
+            assert_eq!(icmp.destination, closed);
+            assert_eq!(icmp.error.kind(), std::io::ErrorKind::ConnectionRefused);
+            assert_eq!(icmp.reporter, Some(IpAddr::from([127, 0, 0, 1])));
+        }
+        assert_eq!(
+            read_error_queue(&socket).unwrap_err().kind(),
+            std::io::ErrorKind::WouldBlock,
+            "the queue is empty"
+        );
+        // Nothing pending any more: sends and receives just work.
+        socket.send_to(b"fine", peer_addr).await.unwrap();
+        assert_eq!(peer.recv_from(&mut buf).await.unwrap().0, 4);
     }
 
     #[tokio::test]

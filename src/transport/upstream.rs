@@ -280,10 +280,11 @@ impl LinkTask {
 pub const SILENCE: Duration = Duration::from_secs(10);
 
 /// The watch on a UDP upstream: a registrar that is down answers nothing
-/// (and an ICMP port unreachable is not reported on an unconnected UDP
-/// socket), so requests relayed to it with no message from it for
-/// [`SILENCE`] are counted (`sipadmit_upstream_silent_requests_total`) and
-/// warned about, at most once per [`SILENCE`].
+/// (an ICMP error, where one comes back, is counted by the UDP receive
+/// loop as `upstream_unreachable`), so requests relayed to it with no
+/// message from it for [`SILENCE`] are counted
+/// (`sipadmit_upstream_silent_requests_total`) and warned about, at most
+/// once per [`SILENCE`]; `/readyz` then fails until it sends a message.
 #[derive(Debug, Default)]
 pub struct DatagramWatch {
     /// The first request relayed since the upstream was last heard from.
@@ -301,11 +302,13 @@ impl DatagramWatch {
         self.pending += 1;
     }
 
-    /// A message arrived from the upstream.
-    pub fn heard(&mut self) {
+    /// A message arrived from the upstream: it answers, and `/readyz` no
+    /// longer reports it unreachable (silent, or ICMP errors).
+    pub fn heard(&mut self, metrics: &crate::observe::metrics::Metrics) {
         if self.silent {
             info!("the UDP upstream answers again");
         }
+        metrics.note_udp_upstream_heard();
         *self = Self::default();
     }
 
@@ -335,6 +338,10 @@ impl DatagramWatch {
                 .load(std::sync::atomic::Ordering::Relaxed),
             "the UDP upstream sent nothing back: is the registrar down?"
         );
+        metrics.note_udp_upstream_unreachable(format!(
+            "no message from it for {} s with requests relayed to it",
+            silent_for.as_secs()
+        ));
         self.pending = 0;
         self.silent = true;
         true
@@ -414,7 +421,9 @@ mod tests {
         watch.relayed(t0 + SILENCE);
         assert!(watch.check(t0 + 2 * SILENCE, &metrics), "still silent");
         assert_eq!(silent(), 3, "each request counted once");
-        watch.heard();
+        assert!(metrics.udp_upstream_unreachable().is_some(), "for /readyz");
+        watch.heard(&metrics);
+        assert!(metrics.udp_upstream_unreachable().is_none());
         assert!(!watch.check(t0 + 3 * SILENCE, &metrics));
     }
 
