@@ -608,3 +608,110 @@ fn a_reload_applies_rate_limit_and_metrics_count_what_it_refuses() {
     let (_, stderr) = sipadmit.stop();
     assert!(!stderr.contains("needs restart"), "{stderr}");
 }
+
+// === a UDP registrar that is down (issue 8 item 9) ===
+
+/// A 200 OK for `request` as the registrar sends it (the proxy's Via and
+/// the dialog headers copied).
+fn registrar_ok(request: &str) -> String {
+    let mut out = String::from("SIP/2.0 200 OK\r\n");
+    for line in request.split("\r\n").skip(1) {
+        let name = line
+            .split(':')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
+        if ["via", "from", "to", "call-id", "cseq"].contains(&name.as_str()) {
+            out.push_str(line);
+            if name == "to" && !line.contains("tag=") {
+                out.push_str(";tag=reg");
+            }
+            out.push_str("\r\n");
+        }
+    }
+    out.push_str("Content-Length: 0\r\n\r\n");
+    out
+}
+
+/// The registrar's UDP port is closed: the ICMP port unreachable for the
+/// relayed REGISTER is counted (`upstream_unreachable`), warned about, and
+/// makes `/readyz` fail with the reason; when the registrar is back on its
+/// port, its answer reaches the client (nothing lost to the error) and
+/// `/readyz` is ready again. An ICMP error for a response to a client that
+/// went away counts as `client_unreachable` and leaves readiness alone.
+#[test]
+fn icmp_errors_from_a_down_udp_registrar_are_counted_and_make_readyz_fail_until_it_answers() {
+    let registrar_addr = UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let upstream = format!("udp:{registrar_addr}");
+    let dir = tempfile::tempdir().unwrap();
+    let mut sipadmit = Running::start(&config_file(dir.path(), CONFIG), &upstream);
+    assert_eq!(sipadmit.get("/readyz"), (200, "ready\n".into()));
+    let upstream_unreachable = r#"sipadmit_transport_faults_total{kind="upstream_unreachable"}"#;
+    let client_unreachable = r#"sipadmit_transport_faults_total{kind="client_unreachable"}"#;
+
+    let client = UdpSocket::bind("127.0.0.1:0").unwrap();
+    client.set_read_timeout(Some(BOUND)).unwrap();
+    let from = client.local_addr().unwrap();
+    client
+        .send_to(register(from, 1).as_bytes(), sipadmit.udp)
+        .unwrap();
+    let warning = sipadmit.wait_for("fault=\"upstream_unreachable\"");
+    assert!(warning.contains("WARN"), "{warning}");
+    assert!(
+        warning.contains(&format!("peer={registrar_addr}")),
+        "{warning}"
+    );
+    sipadmit.wait_for_metric(upstream_unreachable, 1.0);
+    assert_eq!(sipadmit.metric(client_unreachable), 0.0);
+    assert_eq!(
+        sipadmit.metric(r#"sipadmit_transport_faults_total{kind="udp_receive"}"#),
+        0.0,
+        "the error the kernel hands the next receive is not a receive fault"
+    );
+    let (status, reason) = sipadmit.get("/readyz");
+    assert_eq!(status, 503, "{reason}");
+    assert!(
+        reason.starts_with(&format!("upstream {upstream} not reachable: ICMP error")),
+        "{reason}"
+    );
+
+    // The registrar is back and answers: the client gets its 200, ready.
+    let registrar = UdpSocket::bind(registrar_addr).unwrap();
+    registrar.set_read_timeout(Some(BOUND)).unwrap();
+    let mut buf = [0u8; 65_536];
+    client
+        .send_to(register(from, 2).as_bytes(), sipadmit.udp)
+        .unwrap();
+    let (n, proxy) = registrar.recv_from(&mut buf).unwrap();
+    let relayed = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert!(relayed.contains("Call-ID: rl-2@test"), "{relayed}");
+    registrar
+        .send_to(registrar_ok(&relayed).as_bytes(), proxy)
+        .unwrap();
+    let n = client.recv(&mut buf).unwrap();
+    let answer = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert!(answer.starts_with("SIP/2.0 200 OK\r\n"), "{answer}");
+    assert!(answer.contains("Call-ID: rl-2@test"), "{answer}");
+    assert_eq!(sipadmit.get("/readyz"), (200, "ready\n".into()));
+
+    // A client that went away before its answer: client_unreachable.
+    let gone = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let gone_addr = gone.local_addr().unwrap();
+    gone.send_to(register(gone_addr, 3).as_bytes(), sipadmit.udp)
+        .unwrap();
+    drop(gone);
+    let (n, proxy) = registrar.recv_from(&mut buf).unwrap();
+    let relayed = String::from_utf8_lossy(&buf[..n]).into_owned();
+    registrar
+        .send_to(registrar_ok(&relayed).as_bytes(), proxy)
+        .unwrap();
+    sipadmit.wait_for_metric(client_unreachable, 1.0);
+    assert_eq!(sipadmit.metric(upstream_unreachable), 1.0);
+    assert_eq!(sipadmit.get("/readyz"), (200, "ready\n".into()));
+    let stderr = sipadmit.stderr_so_far();
+    assert!(stderr.contains("fault=\"client_unreachable\""), "{stderr}");
+}
