@@ -715,3 +715,41 @@ fn icmp_errors_from_a_down_udp_registrar_are_counted_and_make_readyz_fail_until_
     let stderr = sipadmit.stderr_so_far();
     assert!(stderr.contains("fault=\"client_unreachable\""), "{stderr}");
 }
+
+// === rate-limited warnings ===
+
+/// In monitor mode every request of an unsupported agent is flagged: its
+/// warning is logged for the first 10 of a 10 s window only, then one
+/// summary line says how many there were (each is still recorded).
+#[test]
+fn flagged_warnings_are_limited_per_window_and_summarised() {
+    const SENT: u32 = 40;
+    let registrar = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let upstream = format!("udp:{}", registrar.local_addr().unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!("{}\n[proxy]\nmode = \"monitor\"\n", policy_config(1));
+    let mut sipadmit = Running::start(&config_file(dir.path(), &config), &upstream);
+    let client = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let from = client.local_addr().unwrap();
+    for n in 1..=SENT {
+        let register = register(from, n)
+            .replace("alice@", "agent-7@")
+            .replace(UA_LYNC_2013, UA_LYNC_MOBILE);
+        client.send_to(register.as_bytes(), sipadmit.udp).unwrap();
+    }
+    sipadmit.wait_for_metric(
+        r#"sipadmit_received_total{transport="udp",kind="request"}"#,
+        f64::from(SENT),
+    );
+    // The window closes 10 s after its first event (housekeeping, 1 s).
+    let summary = sipadmit.wait_for("requests flagged in the last 10 s");
+    assert!(summary.contains("WARN"), "{summary}");
+    let stderr = sipadmit.stderr_so_far();
+    let one_by_one = stderr.lines().filter(|l| l.contains(": flagged ")).count();
+    // All 40 normally fall in one window (10 logged); a very slow run may
+    // spread them over two.
+    assert!((1..=20).contains(&one_by_one), "{one_by_one} in\n{stderr}");
+    assert!(summary.contains("logged=10"), "{summary}");
+    let flagged: u32 = field(&summary, "flagged").parse().unwrap();
+    assert!(flagged > 10 && flagged <= SENT, "{summary}");
+}

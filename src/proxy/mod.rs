@@ -400,7 +400,7 @@ impl Core {
     /// Log the summaries of windows that have ended (the last window of a
     /// flood closes here, not on a next event). Called every second.
     pub fn close_summaries(&self, now: Instant) {
-        let (malformed, refused) = self.summaries.close_if_due(now);
+        let (malformed, refused, flagged) = self.summaries.close_if_due(now);
         if let Some(t) = malformed {
             malformed_summary(t);
         }
@@ -412,6 +412,9 @@ impl Core {
                 window_secs = SUMMARY_WINDOW.as_secs(),
                 "requests refused in the last 10 s (the rest were not logged one by one)"
             );
+        }
+        if let Some(t) = flagged.filter(|t| t.events > t.examples) {
+            flagged_summary(t);
         }
     }
 
@@ -717,16 +720,31 @@ fn malformed_summary(t: WindowTotals) {
     );
 }
 
+/// Log the summary of a window of flagged requests whose warnings were
+/// not all logged one by one.
+pub(crate) fn flagged_summary(t: WindowTotals) {
+    tracing::warn!(
+        flagged = t.events,
+        sources = t.sources,
+        logged = t.examples,
+        window_secs = SUMMARY_WINDOW.as_secs(),
+        "requests flagged in the last 10 s (the rest were not logged one by one)"
+    );
+}
+
 /// Malformed messages: examples logged per window (at debug level).
 const MALFORMED_EXAMPLES: u64 = 3;
 /// Refused requests: logged one by one per window (warnings).
 const REFUSED_EXAMPLES: u64 = 10;
+/// Flagged requests: logged one by one per window (warnings).
+const FLAGGED_EXAMPLES: u64 = 10;
 
 /// The summaries of what a peer can make the core log often.
 #[derive(Debug)]
 struct Summaries {
     malformed: Mutex<EventSummary>,
     refused: Mutex<EventSummary>,
+    flagged: Mutex<EventSummary>,
 }
 
 impl Default for Summaries {
@@ -734,6 +752,7 @@ impl Default for Summaries {
         Self {
             malformed: Mutex::new(EventSummary::new(MALFORMED_EXAMPLES)),
             refused: Mutex::new(EventSummary::new(REFUSED_EXAMPLES)),
+            flagged: Mutex::new(EventSummary::new(FLAGGED_EXAMPLES)),
         }
     }
 }
@@ -747,10 +766,23 @@ impl Summaries {
         lock(&self.refused).note(source, now)
     }
 
-    fn close_if_due(&self, now: Instant) -> (Option<WindowTotals>, Option<WindowTotals>) {
+    fn note_flagged(&self, source: std::net::IpAddr, now: Instant) -> Noted {
+        lock(&self.flagged).note(source, now)
+    }
+
+    /// The windows closed now: (malformed, refused, flagged).
+    fn close_if_due(
+        &self,
+        now: Instant,
+    ) -> (
+        Option<WindowTotals>,
+        Option<WindowTotals>,
+        Option<WindowTotals>,
+    ) {
         (
             lock(&self.malformed).close_if_due(now),
             lock(&self.refused).close_if_due(now),
+            lock(&self.flagged).close_if_due(now),
         )
     }
 }

@@ -343,7 +343,18 @@ impl Core {
         match decision.verdict {
             Verdict::Allow => Ok(()),
             Verdict::Flag { would_reject } => {
-                warn!(source = %ctx.inbound.source, client = %subject.client.id, role = role.as_str(), rule = decision.rule, would_reject, "flagged");
+                // A peer sets these off (monitor mode flags what enforce
+                // mode would reject): the first few of every 10 s are
+                // logged, then one summary line (every one is recorded).
+                let noted = self
+                    .summaries
+                    .note_flagged(ctx.inbound.source.ip(), ctx.now);
+                if let Some(t) = noted.closed.filter(|t| t.events > t.examples) {
+                    super::flagged_summary(t);
+                }
+                if noted.example {
+                    warn!(source = %ctx.inbound.source, client = %subject.client.id, role = role.as_str(), rule = decision.rule, would_reject, "flagged");
+                }
                 Ok(())
             }
             Verdict::Reject(reply) => Err(Refusal::Policy {
