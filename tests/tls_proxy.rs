@@ -132,12 +132,7 @@ async fn a_tls_client_registers_with_a_tls_path_flow_and_tls_records() {
     let (_dir, files) = pki();
     let (registrar, mut at_registrar) = udp_registrar().await;
     let proxy = TestProxy::start_with_tls(&tls_config(&files, ""), &format!("udp:{registrar}"));
-    let mut conn = tls_client(&TestClient::modern(&files.ca), &proxy)
-        .await
-        .unwrap();
-    let answer = register(&mut conn, "alice", LYNC)
-        .await
-        .message("REGISTER answer");
+    let (_conn, answer) = alice_registers(&files, &proxy).await;
     assert_eq!(status(&answer), 200, "{answer}");
     let relayed = at_registrar.recv().await.unwrap();
     // sipadmit's Via names its UDP side toward the UDP registrar; the
@@ -269,12 +264,7 @@ async fn plain_text_silence_and_a_tls_client_on_the_tcp_port_cost_one_connection
     let wrong_port = TestClient::modern(&files.ca).connect(proxy.tcp).await;
     assert!(wrong_port.is_err());
     // ... and a TLS client registers meanwhile.
-    let mut conn = tls_client(&TestClient::modern(&files.ca), &proxy)
-        .await
-        .unwrap();
-    let answer = register(&mut conn, "alice", LYNC)
-        .await
-        .message("REGISTER answer");
+    let (_conn, answer) = alice_registers(&files, &proxy).await;
     assert_eq!(status(&answer), 200, "{answer}");
     // The silent one is closed at its deadline (bounded wait).
     let read = tokio::time::timeout(WAIT, silent.read(&mut byte)).await;
@@ -363,12 +353,7 @@ async fn an_upstream_whose_certificate_lacks_the_configured_name_gets_nothing_an
         body.contains("TLS handshake failed (bad_certificate)") && !body.contains(" s ago"),
         "{body}"
     );
-    let mut conn = tls_client(&TestClient::modern(&files.ca), &proxy)
-        .await
-        .unwrap();
-    let answer = register(&mut conn, "alice", LYNC)
-        .await
-        .message("REGISTER answer");
+    let (_conn, answer) = alice_registers(&files, &proxy).await;
     assert_eq!(status(&answer), 503, "{answer}");
     assert!(!header(&answer, "Retry-After").is_empty(), "{answer}");
     assert!(
@@ -408,6 +393,21 @@ async fn an_upstream_whose_certificate_lacks_the_configured_name_gets_nothing_an
     );
 }
 
+/// A modern TLS client (trusting the test CA) connects and registers
+/// Alice; the connection and the final answer.
+async fn alice_registers(
+    files: &PkiFiles,
+    proxy: &TestProxy,
+) -> (SipStream<tokio_openssl::SslStream<TcpStream>>, String) {
+    let mut conn = tls_client(&TestClient::modern(&files.ca), proxy)
+        .await
+        .unwrap();
+    let answer = register(&mut conn, "alice", LYNC)
+        .await
+        .message("REGISTER answer");
+    (conn, answer)
+}
+
 /// Alice sends `INVITE sips:bob@contoso.com` (Call-ID `call_id`) on
 /// `conn`; the final answer.
 async fn invite_sips_bob(
@@ -430,12 +430,7 @@ async fn a_tls_upstream_carries_registers_and_sips_requests_relay_only_over_tls(
     let extra = with_admin(&format!("upstream_ca = \"{}\"", files.ca.display()));
     let proxy = TestProxy::start_with_tls(&tls_config(&files, &extra), &format!("tls:{registrar}"));
     assert_eq!(readyz(&proxy).await, (200, "ready\n".into()));
-    let mut conn = tls_client(&TestClient::modern(&files.ca), &proxy)
-        .await
-        .unwrap();
-    let answer = register(&mut conn, "alice", LYNC)
-        .await
-        .message("REGISTER answer");
+    let (mut conn, answer) = alice_registers(&files, &proxy).await;
     assert_eq!(status(&answer), 200, "{answer}");
     let relayed = at_registrar.recv().await.unwrap();
     let tls_side = proxy.tls.unwrap();

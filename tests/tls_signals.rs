@@ -18,6 +18,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::admin_client::{assert_promtool_accepts, http_get, sample};
+use common::binary::free_port;
 use common::external::require_tool;
 use common::sip_stream::{status, Agent, SipStream};
 use common::tls::{common_name, Pki, TestClient};
@@ -27,14 +28,6 @@ use tokio_openssl::SslStream;
 
 const WAIT: Duration = Duration::from_secs(10);
 const LYNC: &str = "UCCAPI/15.0.4481.1000 OC/15.0.4481.1000 (Microsoft Lync)";
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// The process, killed (by its own pid) if the test ends early.
 struct Running {

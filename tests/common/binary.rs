@@ -134,3 +134,13 @@ pub fn field<'a>(line: &'a str, name: &str) -> &'a str {
         + key.len();
     line[start..].split_whitespace().next().unwrap()
 }
+
+/// A TCP port of 127.0.0.1 that is free now, for a `--listen` (or
+/// `--admin`) that must be known before the process starts.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
