@@ -10,6 +10,8 @@
 //! Run with: `cargo build --release && cargo run --release --example
 //! tls_register_load [-- REGISTERS]` (default 5,000 per transport).
 
+#[path = "../tests/common/binary.rs"]
+mod binary;
 #[path = "../tests/common/sip_stream.rs"]
 mod sip_stream;
 #[path = "../tests/common/tls.rs"]
@@ -19,19 +21,12 @@ use std::net::{SocketAddr, UdpSocket};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use binary::free_port;
 use sip_stream::{status, Agent, SipStream};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
 const UA: &str = "UCCAPI/15.0.4481.1000 OC/15.0.4481.1000 (Microsoft Lync)";
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// CPU time (user + system) of process `pid`.
 fn process_cpu(pid: u32) -> Duration {

@@ -13,23 +13,22 @@
 //! is missing and skip with a message otherwise.
 
 mod common {
+    pub mod admin_client;
+    pub mod binary;
     pub mod external;
 }
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::admin_client::{self, assert_promtool_accepts};
+use common::binary::{field, Sipadmit, BOUND};
 use common::external::{
     require_tool, Kamailio, KamailioOptions, Sipp, UA_LYNC_2013, UA_LYNC_MOBILE,
 };
 use serde_json::Value;
-
-/// Bound on every wait in these tests.
-const BOUND: Duration = Duration::from_secs(20);
 
 const CONFIG: &str = r#"
 [response_group]
@@ -41,9 +40,7 @@ agents = ["sip:agent-*@contoso.com"]
 
 /// `sipadmit run` with `--admin 127.0.0.1:0`, its stderr read line by line.
 struct Running {
-    child: Child,
-    stderr: mpsc::Receiver<String>,
-    lines: Vec<String>,
+    process: Sipadmit,
     udp: SocketAddr,
     admin: SocketAddr,
     decision_log: PathBuf,
@@ -54,82 +51,27 @@ impl Running {
     /// 0 of 127.0.0.1, relaying to `upstream` (`udp:IP:PORT`, `tcp:IP:PORT`).
     fn start(config: &Path, upstream: &str) -> Self {
         let decision_log = config.with_file_name("decisions.jsonl");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_sipadmit"))
-            .args(["run", "--config", config.to_str().unwrap()])
-            .args(["--listen", "udp:127.0.0.1:0", "--listen", "tcp:127.0.0.1:0"])
-            .args(["--upstream", upstream])
-            .args(["--admin", "127.0.0.1:0"])
-            .args(["--decision-log", decision_log.to_str().unwrap()])
-            .env("RUST_LOG", "info")
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let (tx, stderr) = mpsc::channel();
-        let pipe = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(pipe).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut running = Self {
-            child,
-            stderr,
-            lines: Vec::new(),
-            udp: "0.0.0.0:0".parse().unwrap(),
-            admin: "0.0.0.0:0".parse().unwrap(),
+        let mut process = Sipadmit::spawn(
+            Command::new(env!("CARGO_BIN_EXE_sipadmit"))
+                .args(["run", "--config", config.to_str().unwrap()])
+                .args(["--listen", "udp:127.0.0.1:0", "--listen", "tcp:127.0.0.1:0"])
+                .args(["--upstream", upstream])
+                .args(["--admin", "127.0.0.1:0"])
+                .args(["--decision-log", decision_log.to_str().unwrap()])
+                .env("RUST_LOG", "info")
+                .env("NO_COLOR", "1")
+                .stdout(Stdio::null()),
+        );
+        let udp = process.wait_for("transport=udp");
+        let udp = field(&udp, "addr").parse().unwrap();
+        let admin = process.wait_for("admin listening");
+        let admin = field(&admin, "addr").parse().unwrap();
+        Self {
+            process,
+            udp,
+            admin,
             decision_log,
-        };
-        let udp = running.wait_for("transport=udp");
-        running.udp = field(&udp, "addr").parse().unwrap();
-        let admin = running.wait_for("admin listening");
-        running.admin = field(&admin, "addr").parse().unwrap();
-        running
-    }
-
-    /// The first stderr line (read so far or to come) containing `text`.
-    fn wait_for(&mut self, text: &str) -> String {
-        if let Some(line) = self.lines.iter().find(|l| l.contains(text)) {
-            return line.clone();
         }
-        let deadline = Instant::now() + BOUND;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.stderr.recv_timeout(left) {
-                Ok(line) => {
-                    self.lines.push(line);
-                    let line = self.lines.last().unwrap();
-                    if line.contains(text) {
-                        return line.clone();
-                    }
-                }
-                Err(e) => panic!(
-                    "no stderr line with {text:?} ({e}); so far:\n{}",
-                    self.lines.join("\n")
-                ),
-            }
-        }
-    }
-
-    /// Every stderr line read so far, after taking in what is waiting.
-    fn stderr_so_far(&mut self) -> String {
-        while let Ok(line) = self.stderr.try_recv() {
-            self.lines.push(line);
-        }
-        self.lines.join("\n")
-    }
-
-    fn signal(&self, name: &str) {
-        let status = Command::new("kill")
-            .args([&format!("-{name}"), &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success(), "kill -{name}");
     }
 
     fn get(&self, path: &str) -> (u16, String) {
@@ -151,7 +93,7 @@ impl Running {
             assert!(
                 Instant::now() < deadline,
                 "{series} stayed below {at_least}\n{}",
-                self.stderr_so_far()
+                self.process.stderr_so_far()
             );
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -160,13 +102,8 @@ impl Running {
     /// SIGTERM, wait for the exit (the decision log is then complete), and
     /// return the decision records.
     fn stop(mut self) -> (Vec<Value>, String) {
-        self.signal("TERM");
-        let deadline = Instant::now() + BOUND;
-        while self.child.try_wait().unwrap().is_none() {
-            assert!(Instant::now() < deadline, "sipadmit did not stop");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let stderr = self.stderr_so_far();
+        self.process.stop();
+        let stderr = self.process.stderr_so_far();
         let records = std::fs::read_to_string(&self.decision_log)
             .unwrap_or_default()
             .lines()
@@ -176,50 +113,14 @@ impl Running {
     }
 }
 
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// The value of `name=` in a console line (`addr=127.0.0.1:5060`).
-fn field<'a>(line: &'a str, name: &str) -> &'a str {
-    let key = format!(" {name}=");
-    let start = line
-        .find(&key)
-        .unwrap_or_else(|| panic!("no {name}= in {line:?}"))
-        + key.len();
-    line[start..].split_whitespace().next().unwrap()
-}
-
 /// One HTTP/1.1 request with `Connection: close`: status and body.
 fn http(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
-    let mut stream = TcpStream::connect(addr).unwrap();
-    stream.set_read_timeout(Some(BOUND)).unwrap();
-    write!(
-        stream,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
-    )
-    .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let (head, body) = response
-        .split_once("\r\n\r\n")
-        .unwrap_or_else(|| panic!("no HTTP response: {response:?}"));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("no status in {head:?}"));
-    (status, body.to_owned())
+    admin_client::http(addr, method, path, BOUND)
 }
 
 /// The value of the sample line starting with `series ` (0 when absent).
 fn sample(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
-        .map_or(0.0, |v| v.parse().unwrap())
+    admin_client::sample(text, series).unwrap_or(0.0)
 }
 
 /// The sum of every sample of a family (any labels).
@@ -288,19 +189,7 @@ fn metrics_after_sipp_traffic_through_kamailio_pass_promtool_and_count_it() {
 
     let (status, text) = sipadmit.get("/metrics");
     assert_eq!(status, 200);
-    let scraped = dir.path().join("metrics.txt");
-    std::fs::write(&scraped, &text).unwrap();
-    let checked = Command::new(&promtool)
-        .args(["check", "metrics"])
-        .stdin(std::fs::File::open(&scraped).unwrap())
-        .output()
-        .unwrap();
-    assert!(
-        checked.status.success(),
-        "promtool check metrics: {}{}\n{text}",
-        String::from_utf8_lossy(&checked.stdout),
-        String::from_utf8_lossy(&checked.stderr)
-    );
+    assert_promtool_accepts(&promtool, dir.path(), &text);
     for line in text.lines().filter(|l| !l.starts_with('#')) {
         assert!(line.starts_with("sipadmit_"), "{line}");
     }
@@ -472,7 +361,7 @@ fn sighup_reloads_twenty_times_under_steady_traffic_and_a_broken_file_changes_no
             // A broken file: nothing but the failure counter changes.
             replace_file(&config, BROKEN);
             let before = sipadmit.get("/metrics").1;
-            sipadmit.signal("HUP");
+            sipadmit.process.signal("HUP");
             sipadmit.wait_for_metric(r#"sipadmit_config_reloads_total{result="failure"}"#, 1.0);
             let after = sipadmit.get("/metrics").1;
             for series in [
@@ -490,14 +379,16 @@ fn sighup_reloads_twenty_times_under_steady_traffic_and_a_broken_file_changes_no
                 "key=policy.agent_registration.unsupported",
                 "key=response_group.agents[1]",
             ] {
-                let problem = sipadmit.wait_for(key);
+                let problem = sipadmit.process.wait_for(key);
                 assert!(problem.contains("config reload: problem"), "{problem}");
             }
-            sipadmit.wait_for("config reload failed; running configuration kept");
+            sipadmit
+                .process
+                .wait_for("config reload failed; running configuration kept");
             std::thread::sleep(Duration::from_millis(100));
         }
         replace_file(&config, &policy_config(generation + 1));
-        sipadmit.signal("HUP");
+        sipadmit.process.signal("HUP");
         sipadmit.wait_for_metric(
             r#"sipadmit_config_reloads_total{result="success"}"#,
             reload as f64,
@@ -517,7 +408,7 @@ fn sighup_reloads_twenty_times_under_steady_traffic_and_a_broken_file_changes_no
         sipadmit.metric(r#"sipadmit_config_reloads_total{result="failure"}"#),
         1.0
     );
-    let restart = sipadmit.wait_for("needs restart");
+    let restart = sipadmit.process.wait_for("needs restart");
     assert!(restart.contains("limits"), "{restart}");
 
     let (records, stderr) = sipadmit.stop();
@@ -586,8 +477,8 @@ fn a_reload_applies_rate_limit_and_metrics_count_what_it_refuses() {
 
     let strict = "[rate_limit]\ntrusted = []\nrequests_per_second = 1\nburst = 2\nban_secs = 0\n";
     replace_file(&config, &format!("{CONFIG}\n{strict}"));
-    sipadmit.signal("HUP");
-    let reloaded = sipadmit.wait_for("config reloaded");
+    sipadmit.process.signal("HUP");
+    let reloaded = sipadmit.process.wait_for("config reloaded");
     assert!(reloaded.contains("rate_limit_applied=true"), "{reloaded}");
     assert!(reloaded.contains("needs_restart=0"), "{reloaded}");
 

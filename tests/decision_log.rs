@@ -7,205 +7,48 @@
 //! reads the binary's console log (stderr) line by line. Every wait is
 //! bounded; no test asserts how long anything took.
 
-use std::io::{BufRead, BufReader, Read};
+mod common {
+    pub mod binary;
+    pub mod udp_registrar;
+}
+
+use std::io::Read;
 use std::net::{SocketAddr, UdpSocket};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc};
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::sync::atomic::Ordering;
+use std::sync::mpsc;
 
-/// The longest any single wait lasts before the test fails.
-const BOUND: Duration = Duration::from_secs(20);
+use common::binary::{field, Sipadmit, BOUND};
+use common::udp_registrar::Registrar;
 
 const CONFIG: &str = "[response_group]\nworkflows = [\"sip:helpdesk@contoso.com\"]\napplication_user_agents = [\"Response_Group_Service\"]\n";
 const LYNC: &str = "UCCAPI/15.0.4481.1000 OC/15.0.4481.1000 (Microsoft Lync)";
 
-// === an upstream registrar that answers everything ===
-
-/// A UDP registrar stub: answers `200 OK` to every request.
-struct Registrar {
-    addr: SocketAddr,
-    received: Arc<AtomicUsize>,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl Registrar {
-    fn start() -> Self {
-        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
-        socket
-            .set_read_timeout(Some(Duration::from_millis(100)))
-            .unwrap();
-        let addr = socket.local_addr().unwrap();
-        let received = Arc::new(AtomicUsize::new(0));
-        let stop = Arc::new(AtomicBool::new(false));
-        let (count, stopped) = (received.clone(), stop.clone());
-        let thread = std::thread::spawn(move || {
-            let mut buf = vec![0u8; 65536];
-            while !stopped.load(Ordering::Relaxed) {
-                let Ok((n, from)) = socket.recv_from(&mut buf) else {
-                    continue;
-                };
-                let request = String::from_utf8_lossy(&buf[..n]);
-                if request.starts_with("SIP/2.0") {
-                    continue;
-                }
-                count.fetch_add(1, Ordering::Relaxed);
-                socket.send_to(ok(&request).as_bytes(), from).unwrap();
-            }
-        });
-        Self {
-            addr,
-            received,
-            stop,
-            thread: Some(thread),
-        }
-    }
-}
-
-impl Drop for Registrar {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-/// `200 OK` to `request`: its Vias, From, To (tagged), Call-ID, CSeq, Contact.
-fn ok(request: &str) -> String {
-    let mut out = String::from("SIP/2.0 200 OK\r\n");
-    for line in request.split("\r\n").skip(1) {
-        let name = line.split(':').next().unwrap_or("").trim();
-        let name = name.to_ascii_lowercase();
-        if ["via", "from", "to", "call-id", "cseq", "contact"].contains(&name.as_str()) {
-            out.push_str(line);
-            if name == "to" && !line.contains("tag=") {
-                out.push_str(";tag=reg");
-            }
-            out.push_str("\r\n");
-        }
-    }
-    out.push_str("Content-Length: 0\r\n\r\n");
-    out
-}
-
 // === the binary ===
 
-/// `sipadmit run` with its stderr read line by line.
-struct Sipadmit {
-    child: Child,
-    stderr: mpsc::Receiver<String>,
-    /// Every stderr line read so far.
-    lines: Vec<String>,
-    /// The UDP listener's address.
-    udp: SocketAddr,
-}
-
-impl Sipadmit {
-    /// Start with `decision_log` as `--decision-log`; stdout as given.
-    fn start(dir: &Path, registrar: &Registrar, decision_log: &str, stdout: Stdio) -> Self {
-        let config = dir.join("min.toml");
-        std::fs::write(&config, CONFIG).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_sipadmit"))
+/// `sipadmit run` on UDP port 0 of 127.0.0.1 with `decision_log` as
+/// `--decision-log` and stdout as given; its UDP listener's address.
+fn start(
+    dir: &Path,
+    registrar: &Registrar,
+    decision_log: &str,
+    stdout: Stdio,
+) -> (Sipadmit, SocketAddr) {
+    let config = dir.join("min.toml");
+    std::fs::write(&config, CONFIG).unwrap();
+    let mut sipadmit = Sipadmit::spawn(
+        Command::new(env!("CARGO_BIN_EXE_sipadmit"))
             .args(["run", "--config", config.to_str().unwrap()])
             .args(["--listen", "udp:127.0.0.1:0"])
             .args(["--upstream", &format!("udp:{}", registrar.addr)])
             .args(["--decision-log", decision_log])
             .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(stdout)
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let (tx, stderr) = mpsc::channel();
-        let pipe = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(pipe).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut sipadmit = Self {
-            child,
-            stderr,
-            lines: Vec::new(),
-            udp: "0.0.0.0:0".parse().unwrap(),
-        };
-        let listening = sipadmit.wait_for("listening");
-        sipadmit.udp = field(&listening, "addr").parse().unwrap();
-        sipadmit
-    }
-
-    /// The first stderr line (read so far or to come) containing `text`.
-    fn wait_for(&mut self, text: &str) -> String {
-        if let Some(line) = self.lines.iter().find(|l| l.contains(text)) {
-            return line.clone();
-        }
-        let deadline = Instant::now() + BOUND;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.stderr.recv_timeout(left) {
-                Ok(line) => {
-                    self.lines.push(line);
-                    let line = self.lines.last().unwrap();
-                    if line.contains(text) {
-                        return line.clone();
-                    }
-                }
-                Err(e) => panic!(
-                    "no stderr line with {text:?} ({e}); so far:\n{}",
-                    self.lines.join("\n")
-                ),
-            }
-        }
-    }
-
-    fn signal(&self, name: &str) {
-        let status = Command::new("kill")
-            .args([&format!("-{name}"), &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success(), "kill -{name}");
-    }
-
-    /// SIGTERM, then wait (bounded) for the exit; the whole stderr.
-    fn terminate(mut self) -> (Child, String) {
-        self.signal("TERM");
-        let deadline = Instant::now() + BOUND;
-        let exit = loop {
-            if let Some(exit) = self.child.try_wait().unwrap() {
-                break exit;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "sipadmit did not stop on SIGTERM; stderr so far:\n{}",
-                self.lines.join("\n")
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        // The reader thread ends at EOF, now that the process has exited.
-        while let Ok(line) = self.stderr.recv_timeout(BOUND) {
-            self.lines.push(line);
-        }
-        let stderr = self.lines.join("\n");
-        assert!(exit.success(), "exit {exit:?}:\n{stderr}");
-        (self.child, stderr)
-    }
-}
-
-/// The value of `name=` in a console log line.
-fn field<'a>(line: &'a str, name: &str) -> &'a str {
-    let key = format!(" {name}=");
-    let start = line
-        .find(&key)
-        .unwrap_or_else(|| panic!("no {name}= in {line:?}"))
-        + key.len();
-    line[start..].split_whitespace().next().unwrap()
+            .stdout(stdout),
+    );
+    let listening = sipadmit.wait_for("listening");
+    let udp = field(&listening, "addr").parse().unwrap();
+    (sipadmit, udp)
 }
 
 fn count(line: &str, name: &str) -> u64 {
@@ -288,15 +131,15 @@ fn an_unread_stdout_pipe_stalls_nothing_but_the_log() {
     const REGISTERS: usize = 3000;
     let dir = tempfile::tempdir().unwrap();
     let registrar = Registrar::start();
-    let mut sipadmit = Sipadmit::start(dir.path(), &registrar, "-", Stdio::piped());
+    let (mut sipadmit, udp) = start(dir.path(), &registrar, "-", Stdio::piped());
     let mut stdout = sipadmit.child.stdout.take().unwrap();
 
-    register_all(sipadmit.udp, 0..REGISTERS, 50);
+    register_all(udp, 0..REGISTERS, 50);
     assert_eq!(registrar.received.load(Ordering::Relaxed), REGISTERS);
     let warning = sipadmit.wait_for("decision log queue full");
     assert!(count(&warning, "dropped") > 0, "{warning}");
 
-    let (_, stderr) = sipadmit.terminate();
+    let stderr = sipadmit.terminate();
     assert!(!stderr.contains('\u{1b}'), "no ANSI codes off a terminal");
     let stopped = stderr.lines().find(|l| l.contains(" stopped")).unwrap();
     let unfinished = stderr
@@ -331,14 +174,13 @@ fn sighup_after_rename_reopens_the_log_and_loses_nothing() {
     let log = dir.path().join("decisions.jsonl");
     let rotated = dir.path().join("decisions.jsonl.1");
     let registrar = Registrar::start();
-    let mut sipadmit =
-        Sipadmit::start(dir.path(), &registrar, log.to_str().unwrap(), Stdio::null());
-    register_all(sipadmit.udp, 0..40, 20);
+    let (mut sipadmit, udp) = start(dir.path(), &registrar, log.to_str().unwrap(), Stdio::null());
+    register_all(udp, 0..40, 20);
     std::fs::rename(&log, &rotated).unwrap();
     sipadmit.signal("HUP");
     sipadmit.wait_for("SIGHUP: decision log reopened");
-    register_all(sipadmit.udp, 40..65, 20);
-    let (_, stderr) = sipadmit.terminate();
+    register_all(udp, 40..65, 20);
+    let stderr = sipadmit.terminate();
     let closed = stderr
         .lines()
         .find(|l| l.contains("decision log closed"))
@@ -370,14 +212,14 @@ fn sigterm_stops_the_process_while_the_writer_is_stuck() {
         text_tx.send(text).unwrap();
     });
     let registrar = Registrar::start();
-    let sipadmit = Sipadmit::start(
+    let (mut sipadmit, udp) = start(
         dir.path(),
         &registrar,
         fifo.to_str().unwrap(),
         Stdio::null(),
     );
-    register_all(sipadmit.udp, 0..REGISTERS, 50);
-    let (_, stderr) = sipadmit.terminate();
+    register_all(udp, 0..REGISTERS, 50);
+    let stderr = sipadmit.terminate();
     let unfinished = stderr
         .lines()
         .find(|l| l.contains("decision log writer did not finish"))
@@ -402,14 +244,14 @@ fn a_fifo_without_reader_does_not_hang_run() {
     let fifo = dir.path().join("decisions.fifo");
     mkfifo(&fifo);
     let registrar = Registrar::start();
-    let sipadmit = Sipadmit::start(
+    let (mut sipadmit, udp) = start(
         dir.path(),
         &registrar,
         fifo.to_str().unwrap(),
         Stdio::null(),
     );
-    register_all(sipadmit.udp, 0..20, 20);
-    let (_, stderr) = sipadmit.terminate();
+    register_all(udp, 0..20, 20);
+    let stderr = sipadmit.terminate();
     let unfinished = stderr
         .lines()
         .find(|l| l.contains("decision log writer did not finish"))

@@ -51,18 +51,6 @@ fn config(files: &PkiFiles, extra_tls: &str) -> String {
     )
 }
 
-fn start(toml: &str, upstream: &str) -> TestProxy {
-    TestProxy::start_listening(
-        toml,
-        vec![
-            "udp:127.0.0.1:0".into(),
-            "tcp:127.0.0.1:0".into(),
-            "tls:127.0.0.1:0".into(),
-        ],
-        upstream,
-    )
-}
-
 fn kamailio_tls(files: &PkiFiles) -> KamailioTls {
     KamailioTls::new(&files.server.0, &files.server.1, &files.ca)
 }
@@ -169,7 +157,7 @@ async fn response_group_session_over_tls_on_both_sides() {
     let Some(kam) = kamailio(kamailio_tls(&files)) else {
         return;
     };
-    let proxy = start(&config(&files, ""), &kam.upstream_tls().unwrap());
+    let proxy = TestProxy::start_with_tls(&config(&files, ""), &kam.upstream_tls().unwrap());
     let tls_side = proxy.tls.unwrap();
 
     // The agents register over TLS; Kamailio receives the REGISTERs over
@@ -296,7 +284,7 @@ async fn a_tls_caller_and_a_tls_callee_finish_a_call_through_a_udp_registrar() {
     let Some(kam) = kamailio(kamailio_tls(&files)) else {
         return;
     };
-    let proxy = start(&config(&files, ""), &kam.upstream_udp());
+    let proxy = TestProxy::start_with_tls(&config(&files, ""), &kam.upstream_udp());
     let (tls_side, udp_side) = (proxy.tls.unwrap(), proxy.udp);
     let mut callee_conn = connect(&files, &proxy).await;
     let callee = agent(&callee_conn, "agent-callee", UA_LYNC_2013);
@@ -367,7 +355,7 @@ async fn sipadmit_presents_its_client_certificate_to_a_registrar_that_requires_o
         files.client.0.display(),
         files.client.1.display()
     );
-    let proxy = start(&config(&files, &with_certificate), &upstream);
+    let proxy = TestProxy::start_with_tls(&config(&files, &with_certificate), &upstream);
     let mut conn = connect(&files, &proxy).await;
     let alice = agent(&conn, "alice", UA_LYNC_2013);
     let answer = register(&mut conn, &alice).await;

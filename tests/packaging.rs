@@ -9,20 +9,21 @@
 //! skips. Loopback only; every wait is bounded; no test asserts how long
 //! anything took.
 
-use std::io::{BufRead, BufReader, Read};
+mod common {
+    pub mod binary;
+    pub mod udp_registrar;
+}
+
+use std::io::Read;
 use std::net::{SocketAddr, UdpSocket};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc};
-use std::thread::JoinHandle;
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use common::binary::{field, Sipadmit, BOUND};
+use common::udp_registrar::Registrar;
 use sipadmit::config::{Config, Overrides};
-
-/// The longest any single wait lasts before the test fails.
-const BOUND: Duration = Duration::from_secs(20);
 
 /// Where the unit expects the binary; tests point it at the one Cargo built.
 const INSTALLED_BINARY: &str = "/usr/local/bin/sipadmit";
@@ -316,168 +317,29 @@ fn logrotate_debug_accepts_the_file() {
     assert!(errors.iter().any(|e| e.contains("dayly")), "{plan}");
 }
 
-// === a registrar that answers everything ===
-
-/// A UDP registrar stub: answers `200 OK` to every request.
-struct Registrar {
-    addr: SocketAddr,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl Registrar {
-    fn start() -> Self {
-        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
-        socket
-            .set_read_timeout(Some(Duration::from_millis(100)))
-            .unwrap();
-        let addr = socket.local_addr().unwrap();
-        let stop = Arc::new(AtomicBool::new(false));
-        let stopped = stop.clone();
-        let thread = std::thread::spawn(move || {
-            let mut buf = vec![0u8; 65536];
-            while !stopped.load(Ordering::Relaxed) {
-                let Ok((n, from)) = socket.recv_from(&mut buf) else {
-                    continue;
-                };
-                let request = String::from_utf8_lossy(&buf[..n]);
-                if !request.starts_with("SIP/2.0") {
-                    socket.send_to(ok(&request).as_bytes(), from).unwrap();
-                }
-            }
-        });
-        Self {
-            addr,
-            stop,
-            thread: Some(thread),
-        }
-    }
-}
-
-impl Drop for Registrar {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-/// `200 OK` to `request`: its Vias, From, To (tagged), Call-ID, CSeq, Contact.
-fn ok(request: &str) -> String {
-    let mut out = String::from("SIP/2.0 200 OK\r\n");
-    for line in request.split("\r\n").skip(1) {
-        let name = line.split(':').next().unwrap_or("").trim();
-        let name = name.to_ascii_lowercase();
-        if ["via", "from", "to", "call-id", "cseq", "contact"].contains(&name.as_str()) {
-            out.push_str(line);
-            if name == "to" && !line.contains("tag=") {
-                out.push_str(";tag=reg");
-            }
-            out.push_str("\r\n");
-        }
-    }
-    out.push_str("Content-Length: 0\r\n\r\n");
-    out
-}
-
 // === the binary ===
 
-/// `sipadmit run` with its stderr read line by line.
-struct Sipadmit {
-    child: Child,
-    stderr: mpsc::Receiver<String>,
-    lines: Vec<String>,
-    udp: SocketAddr,
-}
-
-impl Sipadmit {
-    fn start(dir: &Path, registrar: &Registrar, decision_log: &Path) -> Self {
-        let config = dir.join("sipadmit.toml");
-        std::fs::write(
-            &config,
-            "[response_group]\nworkflows = [\"sip:helpdesk@contoso.com\"]\n",
-        )
-        .unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_sipadmit"))
+/// `sipadmit run` on UDP port 0 of 127.0.0.1 relaying to `registrar`,
+/// with `decision_log`; its UDP listener's address.
+fn start(dir: &Path, registrar: &Registrar, decision_log: &Path) -> (Sipadmit, SocketAddr) {
+    let config = dir.join("sipadmit.toml");
+    std::fs::write(
+        &config,
+        "[response_group]\nworkflows = [\"sip:helpdesk@contoso.com\"]\n",
+    )
+    .unwrap();
+    let mut sipadmit = Sipadmit::spawn(
+        Command::new(env!("CARGO_BIN_EXE_sipadmit"))
             .args(["run", "--config", config.to_str().unwrap()])
             .args(["--listen", "udp:127.0.0.1:0"])
             .args(["--upstream", &format!("udp:{}", registrar.addr)])
             .args(["--decision-log", decision_log.to_str().unwrap()])
             .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let (tx, stderr) = mpsc::channel();
-        let pipe = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(pipe).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut sipadmit = Self {
-            child,
-            stderr,
-            lines: Vec::new(),
-            udp: "0.0.0.0:0".parse().unwrap(),
-        };
-        let deadline = Instant::now() + BOUND;
-        let listening = loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match sipadmit.stderr.recv_timeout(left) {
-                Ok(line) if line.contains("listening") => break line,
-                Ok(line) => sipadmit.lines.push(line),
-                Err(e) => panic!(
-                    "sipadmit did not start ({e}):\n{}",
-                    sipadmit.lines.join("\n")
-                ),
-            }
-        };
-        let addr = listening
-            .split_whitespace()
-            .find_map(|w| w.strip_prefix("addr="))
-            .unwrap_or_else(|| panic!("no addr= in {listening:?}"));
-        sipadmit.udp = addr.parse().unwrap();
-        sipadmit
-    }
-
-    /// SIGTERM, then wait (bounded) for a clean exit; the whole stderr.
-    fn terminate(mut self) -> String {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
-        let deadline = Instant::now() + BOUND;
-        let exit = loop {
-            if let Some(exit) = self.child.try_wait().unwrap() {
-                break exit;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "sipadmit did not stop on SIGTERM"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        while let Ok(line) = self.stderr.recv_timeout(BOUND) {
-            self.lines.push(line);
-        }
-        let stderr = self.lines.join("\n");
-        assert!(exit.success(), "exit {exit:?}:\n{stderr}");
-        stderr
-    }
-}
-
-impl Drop for Sipadmit {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+            .stdout(Stdio::null()),
+    );
+    let listening = sipadmit.wait_for("listening");
+    let udp = field(&listening, "addr").parse().unwrap();
+    (sipadmit, udp)
 }
 
 fn register(n: usize, client: SocketAddr) -> String {
@@ -565,7 +427,7 @@ fn logrotate_moves_the_log_and_sipadmit_writes_a_new_one() {
     let log = logs.join("decisions.log");
 
     let registrar = Registrar::start();
-    let sipadmit = Sipadmit::start(dir.path(), &registrar, &log);
+    let (mut sipadmit, udp) = start(dir.path(), &registrar, &log);
 
     // systemctl as the postrotate script calls it: is-active says yes,
     // reload runs the unit's ExecReload with $MAINPID = the child's pid.
@@ -608,14 +470,14 @@ fn logrotate_moves_the_log_and_sipadmit_writes_a_new_one() {
         wait_until("sipadmit reopened the decision log", || log.exists());
     };
 
-    register_all(sipadmit.udp, 0..20);
+    register_all(udp, 0..20);
     // notifempty: the writer flushes at least every 100 ms.
     wait_until("20 records written", || records_in(&log) == 20);
     rotate();
-    register_all(sipadmit.udp, 20..35);
+    register_all(udp, 20..35);
     wait_until("15 records written", || records_in(&log) == 15);
     rotate();
-    register_all(sipadmit.udp, 35..45);
+    register_all(udp, 35..45);
     let stderr = sipadmit.terminate();
     let closed = stderr
         .lines()

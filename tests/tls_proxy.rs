@@ -19,6 +19,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::admin_client::http_get;
 use common::sip_stream::{header, header_values, status, Agent, Received, SipStream};
 use common::tls::{Pki, PkiFiles, TestClient};
 use common::TestProxy;
@@ -26,7 +27,6 @@ use sipadmit::config::{Identity, TlsSettings};
 use sipadmit::observe::metrics::{Metrics, TlsSide};
 use sipadmit::transport::tls::{HandshakeReason, ServerTls};
 use sipadmit::transport::{Fault, Transport};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::mpsc;
 
@@ -62,34 +62,10 @@ fn with_admin(tls_keys: &str) -> String {
 
 /// `GET /readyz` on the admin listener: the status and the body.
 async fn readyz(proxy: &TestProxy) -> (u16, String) {
-    let admin = proxy.admin.expect("an admin listener");
-    let mut stream = TcpStream::connect(admin).await.unwrap();
-    let request = format!("GET /readyz HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut response = String::new();
-    tokio::time::timeout(WAIT, stream.read_to_string(&mut response))
-        .await
-        .expect("/readyz answers in time")
-        .unwrap();
-    let (head, body) = response.split_once("\r\n\r\n").expect("an HTTP response");
-    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
-    (status, body.to_owned())
+    http_get(proxy.admin.expect("an admin listener"), "/readyz", WAIT).await
 }
 
 const LYNC_COMPATIBLE: &str = "min_version = \"1.0\"\nciphers = \"DEFAULT:@SECLEVEL=0\"";
-
-/// Listen on UDP, TCP and TLS (port 0 each) on 127.0.0.1.
-fn start(toml: &str, upstream: &str) -> TestProxy {
-    TestProxy::start_listening(
-        toml,
-        vec![
-            "udp:127.0.0.1:0".into(),
-            "tcp:127.0.0.1:0".into(),
-            "tls:127.0.0.1:0".into(),
-        ],
-        upstream,
-    )
-}
 
 /// A UDP registrar that answers every request `200 OK` (echoing Path) and
 /// hands each request to the test.
@@ -155,13 +131,8 @@ async fn register(
 async fn a_tls_client_registers_with_a_tls_path_flow_and_tls_records() {
     let (_dir, files) = pki();
     let (registrar, mut at_registrar) = udp_registrar().await;
-    let proxy = start(&tls_config(&files, ""), &format!("udp:{registrar}"));
-    let mut conn = tls_client(&TestClient::modern(&files.ca), &proxy)
-        .await
-        .unwrap();
-    let answer = register(&mut conn, "alice", LYNC)
-        .await
-        .message("REGISTER answer");
+    let proxy = TestProxy::start_with_tls(&tls_config(&files, ""), &format!("udp:{registrar}"));
+    let (_conn, answer) = alice_registers(&files, &proxy).await;
     assert_eq!(status(&answer), 200, "{answer}");
     let relayed = at_registrar.recv().await.unwrap();
     // sipadmit's Via names its UDP side toward the UDP registrar; the
@@ -214,7 +185,7 @@ async fn legacy_clients_are_refused_by_default_and_register_with_the_lync_compat
         ),
     ];
     // Secure defaults: refused during the handshake, counted by reason.
-    let proxy = start(&tls_config(&files, ""), &upstream);
+    let proxy = TestProxy::start_with_tls(&tls_config(&files, ""), &upstream);
     for (client, _, _) in &legacy {
         let refused = tls_client(client, &proxy).await;
         assert!(refused.is_err(), "a legacy client got through by default");
@@ -225,7 +196,7 @@ async fn legacy_clients_are_refused_by_default_and_register_with_the_lync_compat
     }
     assert_eq!(metrics.faults(Fault::TlsHandshake), 2);
     // The Lync-compatible setting: both register.
-    let proxy = start(&tls_config(&files, LYNC_COMPATIBLE), &upstream);
+    let proxy = TestProxy::start_with_tls(&tls_config(&files, LYNC_COMPATIBLE), &upstream);
     for (i, (client, _, ua)) in legacy.iter().enumerate() {
         let mut conn = tls_client(client, &proxy).await.unwrap();
         let answer = register(&mut conn, &format!("legacy{i}"), ua)
@@ -242,7 +213,8 @@ async fn with_client_ca_a_client_without_certificate_is_refused_and_one_with_reg
     let (_dir, files) = pki();
     let (registrar, _at_registrar) = udp_registrar().await;
     let client_ca = format!("client_ca = \"{}\"", files.ca.display());
-    let proxy = start(&tls_config(&files, &client_ca), &format!("udp:{registrar}"));
+    let proxy =
+        TestProxy::start_with_tls(&tls_config(&files, &client_ca), &format!("udp:{registrar}"));
     // Without a certificate: the handshake fails, or (TLS 1.3, where the
     // client finishes first) the server's alert closes the connection
     // before any answer.
@@ -268,7 +240,7 @@ async fn plain_text_silence_and_a_tls_client_on_the_tcp_port_cost_one_connection
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let (_dir, files) = pki();
     let (registrar, _at_registrar) = udp_registrar().await;
-    let proxy = start(
+    let proxy = TestProxy::start_with_tls(
         &tls_config(&files, "handshake_timeout_secs = 1"),
         &format!("udp:{registrar}"),
     );
@@ -292,12 +264,7 @@ async fn plain_text_silence_and_a_tls_client_on_the_tcp_port_cost_one_connection
     let wrong_port = TestClient::modern(&files.ca).connect(proxy.tcp).await;
     assert!(wrong_port.is_err());
     // ... and a TLS client registers meanwhile.
-    let mut conn = tls_client(&TestClient::modern(&files.ca), &proxy)
-        .await
-        .unwrap();
-    let answer = register(&mut conn, "alice", LYNC)
-        .await
-        .message("REGISTER answer");
+    let (_conn, answer) = alice_registers(&files, &proxy).await;
     assert_eq!(status(&answer), 200, "{answer}");
     // The silent one is closed at its deadline (bounded wait).
     let read = tokio::time::timeout(WAIT, silent.read(&mut byte)).await;
@@ -377,7 +344,7 @@ async fn an_upstream_whose_certificate_lacks_the_configured_name_gets_nothing_an
         "upstream_ca = \"{}\"\nupstream_server_name = \"pool01.contoso.com\"",
         files.ca.display()
     ));
-    let proxy = start(&tls_config(&files, &extra), &format!("tls:{registrar}"));
+    let proxy = TestProxy::start_with_tls(&tls_config(&files, &extra), &format!("tls:{registrar}"));
     // Before any traffic, /readyz probes with a TLS handshake, which the
     // registrar's certificate fails (a TCP connect alone would succeed).
     let (code, body) = readyz(&proxy).await;
@@ -386,12 +353,7 @@ async fn an_upstream_whose_certificate_lacks_the_configured_name_gets_nothing_an
         body.contains("TLS handshake failed (bad_certificate)") && !body.contains(" s ago"),
         "{body}"
     );
-    let mut conn = tls_client(&TestClient::modern(&files.ca), &proxy)
-        .await
-        .unwrap();
-    let answer = register(&mut conn, "alice", LYNC)
-        .await
-        .message("REGISTER answer");
+    let (_conn, answer) = alice_registers(&files, &proxy).await;
     assert_eq!(status(&answer), 503, "{answer}");
     assert!(!header(&answer, "Retry-After").is_empty(), "{answer}");
     assert!(
@@ -431,19 +393,44 @@ async fn an_upstream_whose_certificate_lacks_the_configured_name_gets_nothing_an
     );
 }
 
-#[tokio::test]
-async fn a_tls_upstream_carries_registers_and_sips_requests_relay_only_over_tls() {
-    let (_dir, files) = pki();
-    let (registrar, mut at_registrar, _) = tls_registrar(&files.server).await;
-    let extra = with_admin(&format!("upstream_ca = \"{}\"", files.ca.display()));
-    let proxy = start(&tls_config(&files, &extra), &format!("tls:{registrar}"));
-    assert_eq!(readyz(&proxy).await, (200, "ready\n".into()));
-    let mut conn = tls_client(&TestClient::modern(&files.ca), &proxy)
+/// A modern TLS client (trusting the test CA) connects and registers
+/// Alice; the connection and the final answer.
+async fn alice_registers(
+    files: &PkiFiles,
+    proxy: &TestProxy,
+) -> (SipStream<tokio_openssl::SslStream<TcpStream>>, String) {
+    let mut conn = tls_client(&TestClient::modern(&files.ca), proxy)
         .await
         .unwrap();
     let answer = register(&mut conn, "alice", LYNC)
         .await
         .message("REGISTER answer");
+    (conn, answer)
+}
+
+/// Alice sends `INVITE sips:bob@contoso.com` (Call-ID `call_id`) on
+/// `conn`; the final answer.
+async fn invite_sips_bob(
+    conn: &mut SipStream<tokio_openssl::SslStream<TcpStream>>,
+    call_id: &str,
+) -> String {
+    let agent = agent_on(&conn.stream, "alice", LYNC);
+    conn.send(&agent.invite("sips:bob@contoso.com", call_id))
+        .await
+        .unwrap();
+    conn.recv_starting("SIP/2.0", WAIT)
+        .await
+        .message("INVITE answer")
+}
+
+#[tokio::test]
+async fn a_tls_upstream_carries_registers_and_sips_requests_relay_only_over_tls() {
+    let (_dir, files) = pki();
+    let (registrar, mut at_registrar, _) = tls_registrar(&files.server).await;
+    let extra = with_admin(&format!("upstream_ca = \"{}\"", files.ca.display()));
+    let proxy = TestProxy::start_with_tls(&tls_config(&files, &extra), &format!("tls:{registrar}"));
+    assert_eq!(readyz(&proxy).await, (200, "ready\n".into()));
+    let (mut conn, answer) = alice_registers(&files, &proxy).await;
     assert_eq!(status(&answer), 200, "{answer}");
     let relayed = at_registrar.recv().await.unwrap();
     let tls_side = proxy.tls.unwrap();
@@ -456,14 +443,7 @@ async fn a_tls_upstream_carries_registers_and_sips_requests_relay_only_over_tls(
         "{relayed}"
     );
     // A sips: INVITE leaves over TLS to a TLS upstream.
-    let agent = agent_on(&conn.stream, "alice", LYNC);
-    conn.send(&agent.invite("sips:bob@contoso.com", "sips-over-tls"))
-        .await
-        .unwrap();
-    let answer = conn
-        .recv_starting("SIP/2.0", WAIT)
-        .await
-        .message("INVITE answer");
+    let answer = invite_sips_bob(&mut conn, "sips-over-tls").await;
     assert_eq!(status(&answer), 200, "{answer}");
     let invite = at_registrar.recv().await.unwrap();
     assert!(
@@ -475,18 +455,11 @@ async fn a_tls_upstream_carries_registers_and_sips_requests_relay_only_over_tls(
     // With a UDP registrar, the same sips: INVITE is answered 480 with
     // RFC 5630's warning, and nothing is relayed.
     let (udp_registrar, mut at_udp_registrar) = udp_registrar().await;
-    let proxy = start(&tls_config(&files, ""), &format!("udp:{udp_registrar}"));
+    let proxy = TestProxy::start_with_tls(&tls_config(&files, ""), &format!("udp:{udp_registrar}"));
     let mut conn = tls_client(&TestClient::modern(&files.ca), &proxy)
         .await
         .unwrap();
-    let agent = agent_on(&conn.stream, "alice", LYNC);
-    conn.send(&agent.invite("sips:bob@contoso.com", "sips-over-udp"))
-        .await
-        .unwrap();
-    let answer = conn
-        .recv_starting("SIP/2.0", WAIT)
-        .await
-        .message("INVITE answer");
+    let answer = invite_sips_bob(&mut conn, "sips-over-udp").await;
     assert_eq!(status(&answer), 480, "{answer}");
     assert_eq!(
         header(&answer, "Warning"),
@@ -550,7 +523,7 @@ where
 async fn rfc4475_torture_messages_over_tls_behave_as_over_tcp_and_must_rows_hold() {
     let (_dir, files) = pki();
     let (registrar, mut at_registrar) = udp_registrar().await;
-    let proxy = start(&tls_config(&files, ""), &format!("udp:{registrar}"));
+    let proxy = TestProxy::start_with_tls(&tls_config(&files, ""), &format!("udp:{registrar}"));
     let client = TestClient::modern(&files.ca);
     let manifest = std::fs::read_to_string(corpus().join("MANIFEST.tsv")).unwrap();
     let mut checked = 0;
@@ -614,7 +587,7 @@ async fn a_tls_listener_caps_connections_per_source_and_refuses_banned_sources_b
          max_connections_per_source = 2\n",
         tls_config(&files, "")
     );
-    let proxy = start(&config, &format!("udp:{registrar}"));
+    let proxy = TestProxy::start_with_tls(&config, &format!("udp:{registrar}"));
     let client = TestClient::modern(&files.ca);
     let mut first = tls_client(&client, &proxy).await.unwrap();
     let second = tls_client(&client, &proxy).await.unwrap();
@@ -697,7 +670,7 @@ async fn the_message_deadline_bounds_a_tls_handshake() {
         "{}\n[limits]\nmessage_deadline_secs = 1\n",
         tls_config(&files, "handshake_timeout_secs = 300")
     );
-    let proxy = start(&config, &format!("udp:{registrar}"));
+    let proxy = TestProxy::start_with_tls(&config, &format!("udp:{registrar}"));
     let mut silent = TcpStream::connect(proxy.tls.unwrap()).await.unwrap();
     let mut byte = [0u8; 1];
     let read = tokio::time::timeout(WAIT, silent.read(&mut byte)).await;

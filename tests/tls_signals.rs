@@ -17,6 +17,8 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::admin_client::{assert_promtool_accepts, http_get, sample};
+use common::binary::free_port;
 use common::external::require_tool;
 use common::sip_stream::{status, Agent, SipStream};
 use common::tls::{common_name, Pki, TestClient};
@@ -26,14 +28,6 @@ use tokio_openssl::SslStream;
 
 const WAIT: Duration = Duration::from_secs(10);
 const LYNC: &str = "UCCAPI/15.0.4481.1000 OC/15.0.4481.1000 (Microsoft Lync)";
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// The process, killed (by its own pid) if the test ends early.
 struct Running {
@@ -71,35 +65,11 @@ impl Running {
     }
 }
 
-/// `GET path` on the admin listener (HTTP/1.1, `Connection: close`): the
-/// status and the body.
-async fn http_get(admin: SocketAddr, path: &str) -> (u16, String) {
-    let mut stream = TcpStream::connect(admin).await.unwrap();
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut response = String::new();
-    tokio::time::timeout(WAIT, stream.read_to_string(&mut response))
-        .await
-        .expect("admin answer in time")
-        .unwrap();
-    let (head, body) = response.split_once("\r\n\r\n").expect("an HTTP response");
-    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
-    (status, body.to_owned())
-}
-
-/// The value of the sample `series` (name and labels as rendered), or
-/// `None` when the exposition has no such line.
-fn sample(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
-        .map(|v| v.parse().unwrap())
-}
-
 /// Scrape `/metrics` until `series` is at least `at_least` (bounded).
 async fn wait_for_metric(admin: SocketAddr, series: &str, at_least: f64) -> String {
     let deadline = Instant::now() + WAIT;
     loop {
-        let (code, text) = http_get(admin, "/metrics").await;
+        let (code, text) = http_get(admin, "/metrics", WAIT).await;
         assert_eq!(code, 200);
         if sample(&text, series).is_some_and(|v| v >= at_least) {
             return text;
@@ -331,19 +301,7 @@ async fn sighup_reloads_certificates_and_a_client_hello_on_the_tcp_port_is_close
         );
     }
     if let Some(promtool) = require_tool("promtool") {
-        let scraped = dir.path().join("metrics.txt");
-        std::fs::write(&scraped, &text).unwrap();
-        let checked = Command::new(&promtool)
-            .args(["check", "metrics"])
-            .stdin(std::fs::File::open(&scraped).unwrap())
-            .output()
-            .unwrap();
-        assert!(
-            checked.status.success(),
-            "promtool check metrics: {}{}\n{text}",
-            String::from_utf8_lossy(&checked.stdout),
-            String::from_utf8_lossy(&checked.stderr)
-        );
+        assert_promtool_accepts(&promtool, dir.path(), &text);
     }
 
     running.signal("-TERM");

@@ -340,180 +340,114 @@ impl RawConfig {
     }
 }
 
-impl RawProxy {
-    fn read(mut s: Section<'_>) -> Self {
-        let d = Self::default();
-        let raw = Self {
-            listen: s.get("listen").unwrap_or(d.listen),
-            upstream: s.get("upstream"),
-            upstream_sources: s.get("upstream_sources"),
-            mode: s.get("mode").unwrap_or(d.mode),
-            decision_log: s.get("decision_log").unwrap_or(d.decision_log),
-            flow_secret: s.get("flow_secret"),
-        };
-        s.finish();
-        raw
-    }
+/// `impl $ty { fn read(Section) -> Self }`: each field read from the key
+/// of the same name, in the order listed, then every other key of the
+/// table reported as unknown. An `or_default` field keeps the value of
+/// `$ty::default()` when its key is missing or wrong; an `optional` field
+/// is then `None`; a `table(T)` field is `T::read` of the sub-table.
+macro_rules! read_by_field_name {
+    ($ty:ident { $($field:ident: $how:ident $(($table:ident))?),* $(,)? }) => {
+        impl $ty {
+            fn read(mut s: Section<'_>) -> Self {
+                #[allow(unused_variables)]
+                let d = Self::default();
+                let raw = Self {
+                    $($field: read_by_field_name!(@$how s, d, $field $(, $table)?),)*
+                };
+                s.finish();
+                raw
+            }
+        }
+    };
+    (@or_default $s:ident, $d:ident, $field:ident) => {
+        $s.get(stringify!($field)).unwrap_or($d.$field)
+    };
+    (@optional $s:ident, $d:ident, $field:ident) => {
+        $s.get(stringify!($field))
+    };
+    (@table $s:ident, $d:ident, $field:ident, $table:ident) => {
+        $table::read($s.section(stringify!($field)))
+    };
 }
 
-impl RawLimits {
-    fn read(mut s: Section<'_>) -> Self {
-        let d = Self::default();
-        let raw = Self {
-            max_message_bytes: s.get("max_message_bytes").unwrap_or(d.max_message_bytes),
-            max_headers: s.get("max_headers").unwrap_or(d.max_headers),
-            max_connections: s.get("max_connections").unwrap_or(d.max_connections),
-            tcp_idle_timeout_secs: s
-                .get("tcp_idle_timeout_secs")
-                .unwrap_or(d.tcp_idle_timeout_secs),
-            max_registrations: s.get("max_registrations").unwrap_or(d.max_registrations),
-            max_contacts_per_register: s
-                .get("max_contacts_per_register")
-                .unwrap_or(d.max_contacts_per_register),
-            registration_table_bytes: s
-                .get("registration_table_bytes")
-                .unwrap_or(d.registration_table_bytes),
-            transaction_table_bytes: s
-                .get("transaction_table_bytes")
-                .unwrap_or(d.transaction_table_bytes),
-            upstream_retry_after_secs: s
-                .get("upstream_retry_after_secs")
-                .unwrap_or(d.upstream_retry_after_secs),
-            message_deadline_secs: s
-                .get("message_deadline_secs")
-                .unwrap_or(d.message_deadline_secs),
-            read_buffer_budget_bytes: s
-                .get("read_buffer_budget_bytes")
-                .unwrap_or(d.read_buffer_budget_bytes),
-            write_queue_bytes: s.get("write_queue_bytes").unwrap_or(d.write_queue_bytes),
-            udp_receive_buffer_bytes: s
-                .get("udp_receive_buffer_bytes")
-                .unwrap_or(d.udp_receive_buffer_bytes),
-            udp_send_buffer_bytes: s
-                .get("udp_send_buffer_bytes")
-                .unwrap_or(d.udp_send_buffer_bytes),
-        };
-        s.finish();
-        raw
-    }
-}
+read_by_field_name!(RawProxy {
+    listen: or_default,
+    upstream: optional,
+    upstream_sources: optional,
+    mode: or_default,
+    decision_log: or_default,
+    flow_secret: optional,
+});
 
-impl RawRateLimit {
-    fn read(mut s: Section<'_>) -> Self {
-        let d = Self::default();
-        let raw = Self {
-            trusted: s.get("trusted").unwrap_or(d.trusted),
-            requests_per_second: s
-                .get("requests_per_second")
-                .unwrap_or(d.requests_per_second),
-            burst: s.get("burst").unwrap_or(d.burst),
-            connections_per_second: s
-                .get("connections_per_second")
-                .unwrap_or(d.connections_per_second),
-            max_connections_per_source: s
-                .get("max_connections_per_source")
-                .unwrap_or(d.max_connections_per_source),
-            ban_secs: s.get("ban_secs").unwrap_or(d.ban_secs),
-            over_limit: s.get("over_limit").unwrap_or(d.over_limit),
-        };
-        s.finish();
-        raw
-    }
-}
+read_by_field_name!(RawLimits {
+    max_message_bytes: or_default,
+    max_headers: or_default,
+    max_connections: or_default,
+    tcp_idle_timeout_secs: or_default,
+    max_registrations: or_default,
+    max_contacts_per_register: or_default,
+    registration_table_bytes: or_default,
+    transaction_table_bytes: or_default,
+    upstream_retry_after_secs: or_default,
+    message_deadline_secs: or_default,
+    read_buffer_budget_bytes: or_default,
+    write_queue_bytes: or_default,
+    udp_receive_buffer_bytes: or_default,
+    udp_send_buffer_bytes: or_default,
+});
 
-impl RawCatalog {
-    fn read(mut s: Section<'_>) -> Self {
-        let raw = Self {
-            path: s.get("path"),
-        };
-        s.finish();
-        raw
-    }
-}
+read_by_field_name!(RawRateLimit {
+    trusted: or_default,
+    requests_per_second: or_default,
+    burst: or_default,
+    connections_per_second: or_default,
+    max_connections_per_source: or_default,
+    ban_secs: or_default,
+    over_limit: or_default,
+});
 
-impl RawResponseGroup {
-    fn read(mut s: Section<'_>) -> Self {
-        let d = Self::default();
-        let raw = Self {
-            workflows: s.get("workflows").unwrap_or(d.workflows),
-            application_user_agents: s
-                .get("application_user_agents")
-                .unwrap_or(d.application_user_agents),
-            application_from_uris: s
-                .get("application_from_uris")
-                .unwrap_or(d.application_from_uris),
-            application_sources: s
-                .get("application_sources")
-                .unwrap_or(d.application_sources),
-            agents: s.get("agents").unwrap_or(d.agents),
-        };
-        s.finish();
-        raw
-    }
-}
+read_by_field_name!(RawCatalog { path: optional });
 
-impl RawPolicy {
-    fn read(mut s: Section<'_>) -> Self {
-        let d = Self::default();
-        let raw = Self {
-            scanner: s.get("scanner").unwrap_or(d.scanner),
-            flag_header: s.get("flag_header").unwrap_or(d.flag_header),
-            caller: RawRolePolicy::read(s.section("caller")),
-            agent_offer: RawRolePolicy::read(s.section("agent_offer")),
-            agent_registration: RawRolePolicy::read(s.section("agent_registration")),
-        };
-        s.finish();
-        raw
-    }
-}
+read_by_field_name!(RawResponseGroup {
+    workflows: or_default,
+    application_user_agents: or_default,
+    application_from_uris: or_default,
+    application_sources: or_default,
+    agents: or_default,
+});
 
-impl RawRolePolicy {
-    fn read(mut s: Section<'_>) -> Self {
-        let raw = Self {
-            unsupported: s.get("unsupported"),
-            third_party: s.get("third_party"),
-            unknown: s.get("unknown"),
-            status: s.get("status"),
-            reason: s.get("reason"),
-            warning: s.get("warning"),
-            headers: s.get("headers"),
-        };
-        s.finish();
-        raw
-    }
-}
+read_by_field_name!(RawPolicy {
+    scanner: or_default,
+    flag_header: or_default,
+    caller: table(RawRolePolicy),
+    agent_offer: table(RawRolePolicy),
+    agent_registration: table(RawRolePolicy),
+});
 
-impl RawAdmin {
-    fn read(mut s: Section<'_>) -> Self {
-        let raw = Self {
-            listen: s.get("listen"),
-        };
-        s.finish();
-        raw
-    }
-}
+read_by_field_name!(RawRolePolicy {
+    unsupported: optional,
+    third_party: optional,
+    unknown: optional,
+    status: optional,
+    reason: optional,
+    warning: optional,
+    headers: optional,
+});
 
-impl RawTls {
-    fn read(mut s: Section<'_>) -> Self {
-        let d = Self::default();
-        let raw = Self {
-            certificate: s.get("certificate"),
-            private_key: s.get("private_key"),
-            client_ca: s.get("client_ca"),
-            min_version: s.get("min_version").unwrap_or(d.min_version),
-            ciphers: s.get("ciphers").unwrap_or(d.ciphers),
-            upstream_ca: s.get("upstream_ca"),
-            upstream_server_name: s.get("upstream_server_name"),
-            upstream_certificate: s.get("upstream_certificate"),
-            upstream_private_key: s.get("upstream_private_key"),
-            handshake_timeout_secs: s
-                .get("handshake_timeout_secs")
-                .unwrap_or(d.handshake_timeout_secs),
-        };
-        s.finish();
-        raw
-    }
-}
+read_by_field_name!(RawAdmin { listen: optional });
+
+read_by_field_name!(RawTls {
+    certificate: optional,
+    private_key: optional,
+    client_ca: optional,
+    min_version: or_default,
+    ciphers: or_default,
+    upstream_ca: optional,
+    upstream_server_name: optional,
+    upstream_certificate: optional,
+    upstream_private_key: optional,
+    handshake_timeout_secs: or_default,
+});
 
 /// One table of the file: hands out its keys one at a time, each
 /// deserialized on its own, and at [`Section::finish`] reports every key

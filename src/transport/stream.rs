@@ -96,21 +96,13 @@ pub struct ConnectionInfo {
 /// handshake of a secured transport, bounded by its own deadline; `None`
 /// closes the connection, `open` having logged and counted why), then
 /// [`serve`].
+#[tracing::instrument(
+    name = "listener",
+    level = "info",
+    skip_all,
+    fields(transport = %at.transport, local = %at.local)
+)]
 pub async fn accept<O, F, S>(
-    listener: TcpListener,
-    at: Listener,
-    ctx: Arc<TransportContext>,
-    open: O,
-) where
-    O: Fn(TcpStream) -> F + Clone + Send + 'static,
-    F: Future<Output = Option<S>> + Send + 'static,
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let span = info_span!("listener", transport = %at.transport, local = %at.local);
-    accept_loop(listener, at, ctx, open).instrument(span).await;
-}
-
-async fn accept_loop<O, F, S>(
     listener: TcpListener,
     at: Listener,
     ctx: Arc<TransportContext>,

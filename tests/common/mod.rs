@@ -2,9 +2,12 @@
 //! ports, and (in `external`) the Kamailio and SIPp harness.
 #![allow(dead_code)]
 
+pub mod admin_client;
+pub mod binary;
 pub mod external;
 pub mod sip_stream;
 pub mod tls;
+pub mod udp_registrar;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -61,6 +64,20 @@ impl TestProxy {
         Self::start_listening(
             toml,
             vec![format!("udp:{udp}"), format!("tcp:{tcp}")],
+            upstream,
+        )
+    }
+
+    /// Start listening on UDP, TCP and TLS (port 0 each) of 127.0.0.1,
+    /// relaying to `upstream`; `toml` must configure `[tls]`.
+    pub fn start_with_tls(toml: &str, upstream: &str) -> Self {
+        Self::start_listening(
+            toml,
+            vec![
+                "udp:127.0.0.1:0".into(),
+                "tcp:127.0.0.1:0".into(),
+                "tls:127.0.0.1:0".into(),
+            ],
             upstream,
         )
     }

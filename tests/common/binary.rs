@@ -1,0 +1,146 @@
+//! The real `sipadmit` binary as a child process, its console log (stderr)
+//! read line by line, every wait bounded by [`BOUND`].
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// The longest any single wait here lasts before the test fails.
+pub const BOUND: Duration = Duration::from_secs(20);
+
+/// A running `sipadmit` whose stderr a thread reads line by line. Killed
+/// (by its own pid) on drop.
+pub struct Sipadmit {
+    /// The process.
+    pub child: Child,
+    stderr: mpsc::Receiver<String>,
+    /// Every stderr line read so far.
+    pub lines: Vec<String>,
+}
+
+impl Sipadmit {
+    /// Spawn `command` (a `sipadmit` command line; stdout as it says) with
+    /// stdin from `/dev/null` and stderr piped to the reading thread.
+    pub fn spawn(command: &mut Command) -> Self {
+        let mut child = command
+            .stdin(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (tx, stderr) = mpsc::channel();
+        let pipe = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Self {
+            child,
+            stderr,
+            lines: Vec::new(),
+        }
+    }
+
+    /// The first stderr line (read so far or to come) containing `text`.
+    pub fn wait_for(&mut self, text: &str) -> String {
+        if let Some(line) = self.lines.iter().find(|l| l.contains(text)) {
+            return line.clone();
+        }
+        let deadline = Instant::now() + BOUND;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.stderr.recv_timeout(left) {
+                Ok(line) => {
+                    self.lines.push(line);
+                    let line = self.lines.last().unwrap();
+                    if line.contains(text) {
+                        return line.clone();
+                    }
+                }
+                Err(e) => panic!(
+                    "no stderr line with {text:?} ({e}); so far:\n{}",
+                    self.lines.join("\n")
+                ),
+            }
+        }
+    }
+
+    /// Every stderr line read so far, after taking in what is waiting.
+    pub fn stderr_so_far(&mut self) -> String {
+        while let Ok(line) = self.stderr.try_recv() {
+            self.lines.push(line);
+        }
+        self.lines.join("\n")
+    }
+
+    /// Send signal `name` (`HUP`, `TERM`, ...) with `kill -NAME pid`.
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{name}"), &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -{name}");
+    }
+
+    /// SIGTERM, then wait (bounded) for the exit.
+    pub fn stop(&mut self) -> ExitStatus {
+        self.signal("TERM");
+        let deadline = Instant::now() + BOUND;
+        loop {
+            if let Some(exit) = self.child.try_wait().unwrap() {
+                return exit;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "sipadmit did not stop on SIGTERM; stderr so far:\n{}",
+                self.stderr_so_far()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// [`Sipadmit::stop`], then the whole stderr (read to its end); panics
+    /// unless the exit was clean.
+    pub fn terminate(&mut self) -> String {
+        let exit = self.stop();
+        // The reader thread ends at EOF, now that the process has exited.
+        while let Ok(line) = self.stderr.recv_timeout(BOUND) {
+            self.lines.push(line);
+        }
+        let stderr = self.lines.join("\n");
+        assert!(exit.success(), "exit {exit:?}:\n{stderr}");
+        stderr
+    }
+}
+
+impl Drop for Sipadmit {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The value of `name=` in a console log line (`addr=127.0.0.1:5060`).
+pub fn field<'a>(line: &'a str, name: &str) -> &'a str {
+    let key = format!(" {name}=");
+    let start = line
+        .find(&key)
+        .unwrap_or_else(|| panic!("no {name}= in {line:?}"))
+        + key.len();
+    line[start..].split_whitespace().next().unwrap()
+}
+
+/// A TCP port of 127.0.0.1 that is free now, for a `--listen` (or
+/// `--admin`) that must be known before the process starts.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}

@@ -1,0 +1,80 @@
+//! A UDP registrar stub on 127.0.0.1 for the real binary to relay to: a
+//! thread that answers `200 OK` to every request and counts them.
+#![allow(dead_code)]
+
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+/// The stub; stops its thread on drop.
+pub struct Registrar {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// How many requests it has answered.
+    pub received: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Registrar {
+    /// Bind port 0 of 127.0.0.1 and start answering.
+    pub fn start() -> Self {
+        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        let addr = socket.local_addr().unwrap();
+        let received = Arc::new(AtomicUsize::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (count, stopped) = (received.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            let mut buf = vec![0u8; 65536];
+            while !stopped.load(Ordering::Relaxed) {
+                let Ok((n, from)) = socket.recv_from(&mut buf) else {
+                    continue;
+                };
+                let request = String::from_utf8_lossy(&buf[..n]);
+                if request.starts_with("SIP/2.0") {
+                    continue;
+                }
+                count.fetch_add(1, Ordering::Relaxed);
+                socket.send_to(ok(&request).as_bytes(), from).unwrap();
+            }
+        });
+        Self {
+            addr,
+            received,
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Registrar {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// `200 OK` to `request`: its Vias, From, To (tagged), Call-ID, CSeq, Contact.
+pub fn ok(request: &str) -> String {
+    let mut out = String::from("SIP/2.0 200 OK\r\n");
+    for line in request.split("\r\n").skip(1) {
+        let name = line.split(':').next().unwrap_or("").trim();
+        let name = name.to_ascii_lowercase();
+        if ["via", "from", "to", "call-id", "cseq", "contact"].contains(&name.as_str()) {
+            out.push_str(line);
+            if name == "to" && !line.contains("tag=") {
+                out.push_str(";tag=reg");
+            }
+            out.push_str("\r\n");
+        }
+    }
+    out.push_str("Content-Length: 0\r\n\r\n");
+    out
+}
