@@ -550,7 +550,7 @@ fn icmp_errors_from_a_down_udp_registrar_are_counted_and_make_readyz_fail_until_
     client
         .send_to(register(from, 1).as_bytes(), sipadmit.udp)
         .unwrap();
-    let warning = sipadmit.wait_for("fault=\"upstream_unreachable\"");
+    let warning = sipadmit.process.wait_for("fault=\"upstream_unreachable\"");
     assert!(warning.contains("WARN"), "{warning}");
     assert!(
         warning.contains(&format!("peer={registrar_addr}")),
@@ -603,7 +603,7 @@ fn icmp_errors_from_a_down_udp_registrar_are_counted_and_make_readyz_fail_until_
     sipadmit.wait_for_metric(client_unreachable, 1.0);
     assert_eq!(sipadmit.metric(upstream_unreachable), 1.0);
     assert_eq!(sipadmit.get("/readyz"), (200, "ready\n".into()));
-    let stderr = sipadmit.stderr_so_far();
+    let stderr = sipadmit.process.stderr_so_far();
     assert!(stderr.contains("fault=\"client_unreachable\""), "{stderr}");
 }
 
@@ -633,9 +633,11 @@ fn flagged_warnings_are_limited_per_window_and_summarised() {
         f64::from(SENT),
     );
     // The window closes 10 s after its first event (housekeeping, 1 s).
-    let summary = sipadmit.wait_for("requests flagged in the last 10 s");
+    let summary = sipadmit
+        .process
+        .wait_for("requests flagged in the last 10 s");
     assert!(summary.contains("WARN"), "{summary}");
-    let stderr = sipadmit.stderr_so_far();
+    let stderr = sipadmit.process.stderr_so_far();
     let one_by_one = stderr.lines().filter(|l| l.contains(": flagged ")).count();
     // All 40 normally fall in one window (10 logged); a very slow run may
     // spread them over two.
