@@ -533,10 +533,11 @@ fn registrar_ok(request: &str) -> String {
 /// went away counts as `client_unreachable` and leaves readiness alone.
 #[test]
 fn icmp_errors_from_a_down_udp_registrar_are_counted_and_make_readyz_fail_until_it_answers() {
-    let registrar_addr = UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    // The registrar's port stays taken until just before the REGISTER is
+    // sent, so that no other socket on the machine (parallel tests, the
+    // proxy's own listeners) is handed it in between.
+    let port_holder = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let registrar_addr = port_holder.local_addr().unwrap();
     let upstream = format!("udp:{registrar_addr}");
     let dir = tempfile::tempdir().unwrap();
     let mut sipadmit = Running::start(&config_file(dir.path(), CONFIG), &upstream);
@@ -547,6 +548,7 @@ fn icmp_errors_from_a_down_udp_registrar_are_counted_and_make_readyz_fail_until_
     let client = UdpSocket::bind("127.0.0.1:0").unwrap();
     client.set_read_timeout(Some(BOUND)).unwrap();
     let from = client.local_addr().unwrap();
+    drop(port_holder);
     client
         .send_to(register(from, 1).as_bytes(), sipadmit.udp)
         .unwrap();
