@@ -49,6 +49,7 @@ use crate::observe::summary::{EventSummary, Noted, WindowTotals, SUMMARY_WINDOW}
 use crate::policy::{Action, SessionRole};
 use crate::sip::fields::host_is_ip;
 use crate::sip::{HeaderName, SipView, Via};
+use crate::transport::admission::BanCause;
 use crate::transport::{BootId, ConnectionId, FlowId, Transport, WarningWindow};
 use flow::{Flow, FlowSigner};
 pub use refusal::{FlowFailure, Refusal, SourceRefusal};
@@ -376,7 +377,7 @@ impl Core {
             ),
             SourceRefusal::Banned => (
                 Refusal::Banned {
-                    rule: "ban.requests",
+                    rule: BanCause::Requests.rule(),
                 },
                 DropReason::Banned,
             ),
