@@ -297,11 +297,7 @@ impl Admission {
         true
     }
 
-    /// Whether `source` is never limited or banned.
-    pub fn is_exempt(&self, source: SocketAddr) -> bool {
-        self.is_exempt_under(&self.limits.load().settings, source)
-    }
-
+    /// Whether `source` is never limited or banned under `settings`.
     fn is_exempt_under(&self, settings: &RateLimit, source: SocketAddr) -> bool {
         settings.trusted.iter().any(|n| n.contains(source.ip()))
             || self.upstream_sources.matches(source)
