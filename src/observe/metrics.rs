@@ -317,6 +317,22 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// A fault's slot in the per-fault arrays (its place in [`Fault::ALL`]).
+fn fault_slot(fault: Fault) -> usize {
+    Fault::ALL
+        .iter()
+        .position(|f| *f == fault)
+        .expect("every fault is listed")
+}
+
+/// A drop reason's slot in the per-reason array (its place in [`DropReason::ALL`]).
+fn drop_slot(reason: DropReason) -> usize {
+    DropReason::ALL
+        .iter()
+        .position(|r| *r == reason)
+        .expect("every reason is listed")
+}
+
 fn reason_index(reason: HandshakeReason) -> usize {
     HandshakeReason::ALL
         .iter()
@@ -337,19 +353,13 @@ impl Metrics {
 
     /// Count one transport fault (see [`Fault::report`], which logs it too).
     pub fn count_fault(&self, fault: Fault) {
-        let i = Fault::ALL
-            .iter()
-            .position(|f| *f == fault)
-            .expect("every fault is listed");
+        let i = fault_slot(fault);
         self.faults[i].fetch_add(1, Ordering::Relaxed);
     }
 
     /// Transport faults counted of a kind.
     pub fn faults(&self, fault: Fault) -> u64 {
-        let i = Fault::ALL
-            .iter()
-            .position(|f| *f == fault)
-            .expect("every fault is listed");
+        let i = fault_slot(fault);
         self.faults[i].load(Ordering::Relaxed)
     }
 
@@ -357,10 +367,7 @@ impl Metrics {
     /// [`Fault::report`]): `Some(n)` with the `n` held back since the last
     /// one, or `None`.
     pub fn fault_warning_due(&self, fault: Fault, now: Instant) -> Option<u64> {
-        let i = Fault::ALL
-            .iter()
-            .position(|f| *f == fault)
-            .expect("every fault is listed");
+        let i = fault_slot(fault);
         lock(&self.fault_warnings[i]).admit(now, FAULT_WARNING_INTERVAL)
     }
 
@@ -387,19 +394,13 @@ impl Metrics {
 
     /// Count one drop.
     pub fn count_drop(&self, reason: DropReason) {
-        let i = DropReason::ALL
-            .iter()
-            .position(|r| *r == reason)
-            .expect("every reason is listed");
+        let i = drop_slot(reason);
         self.drops[i].fetch_add(1, Ordering::Relaxed);
     }
 
     /// Drops counted for a reason.
     pub fn drops(&self, reason: DropReason) -> u64 {
-        let i = DropReason::ALL
-            .iter()
-            .position(|r| *r == reason)
-            .expect("every reason is listed");
+        let i = drop_slot(reason);
         self.drops[i].load(Ordering::Relaxed)
     }
 

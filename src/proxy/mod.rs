@@ -49,7 +49,8 @@ use crate::observe::summary::{EventSummary, Noted, WindowTotals, SUMMARY_WINDOW}
 use crate::policy::{Action, SessionRole};
 use crate::sip::fields::host_is_ip;
 use crate::sip::{HeaderName, SipView, Via};
-use crate::transport::{BootId, ConnectionId, FlowId, Transport};
+use crate::transport::admission::BanCause;
+use crate::transport::{BootId, ConnectionId, FlowId, Transport, WarningWindow};
 use flow::{Flow, FlowSigner};
 pub use refusal::{FlowFailure, Refusal, SourceRefusal};
 use registrations::{RegistrationLimits, Registrations};
@@ -376,7 +377,7 @@ impl Core {
             ),
             SourceRefusal::Banned => (
                 Refusal::Banned {
-                    rule: "ban.requests",
+                    rule: BanCause::Requests.rule(),
                 },
                 DropReason::Banned,
             ),
@@ -451,7 +452,7 @@ impl Core {
             return;
         }
         Metrics::add(&self.metrics.contacts_not_learned, count);
-        if let Some(held_back) = self.warnings.contacts.open(now) {
+        if let Some(held_back) = lock(&self.warnings.contacts).admit(now, WARNING_INTERVAL) {
             tracing::warn!(
                 %source,
                 call_id = %Text(Some(call_id)),
@@ -470,7 +471,7 @@ impl Core {
             return;
         }
         Metrics::add(&self.metrics.registrations_evicted, count);
-        if let Some(held_back) = self.warnings.evictions.open(now) {
+        if let Some(held_back) = lock(&self.warnings.evictions).admit(now, WARNING_INTERVAL) {
             let limits = self.registrations.limits();
             tracing::warn!(
                 evicted = count,
@@ -684,32 +685,6 @@ impl Core {
 /// How often a rate-limited warning may be written.
 const WARNING_INTERVAL: Duration = Duration::from_secs(10);
 
-/// At most one warning per [`WARNING_INTERVAL`]; the ones held back are
-/// counted and reported with the next one written.
-#[derive(Debug, Default)]
-struct WarnGate {
-    /// When the last warning was written, and how many were held back since.
-    state: Mutex<(Option<Instant>, u64)>,
-}
-
-impl WarnGate {
-    /// `Some(warnings held back since the last one)` when a warning may be
-    /// written now; `None` (and one more held back) otherwise.
-    fn open(&self, now: Instant) -> Option<u64> {
-        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        match state.0 {
-            Some(last) if now.saturating_duration_since(last) < WARNING_INTERVAL => {
-                state.1 += 1;
-                None
-            }
-            _ => {
-                state.0 = Some(now);
-                Some(std::mem::take(&mut state.1))
-            }
-        }
-    }
-}
-
 /// Log the summary of a window of malformed messages.
 fn malformed_summary(t: WindowTotals) {
     tracing::warn!(
@@ -796,9 +771,9 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 #[derive(Debug, Default)]
 struct RegistrationWarnings {
     /// Contacts not learned (over the cap, or no room).
-    contacts: WarnGate,
+    contacts: Mutex<WarningWindow>,
     /// Entries evicted from a full table.
-    evictions: WarnGate,
+    evictions: Mutex<WarningWindow>,
 }
 
 /// The branch this proxy puts in its Via: `z9hG4bKsa`, 16 hex digits of

@@ -5,8 +5,9 @@
 //! reports RFC 5626 3.5.1 keep-alive pings so the transport can answer them.
 //!
 //! [`StreamFramer`] is the incremental framer; [`SipCodec`] wraps it as a
-//! `tokio_util::codec::Decoder`, which the stream server reads any
-//! `AsyncRead` through (`FramedRead`): TCP now, TLS after its handshake.
+//! `tokio_util::codec::Decoder`, which the stream server
+//! (`transport::stream`) calls on its own read buffer (charged to the read
+//! buffer budget) for every connection: TCP, and TLS after its handshake.
 
 use bytes::{Bytes, BytesMut};
 /// The trait [`SipCodec`] implements (re-exported for its users: the

@@ -35,7 +35,7 @@ use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -237,6 +237,10 @@ pub struct Admission {
     upstream_sources: UpstreamSources,
     open: Mutex<HashMap<SourceKey, u32>>,
     bans: Mutex<Bans>,
+    /// Bans held (`bans.by_source.len()`, kept under its lock), read
+    /// without the lock: while there is none, a message's ban check takes
+    /// no lock.
+    bans_held: AtomicUsize,
     /// Checks since the tables' sizes were last looked at.
     checks: AtomicU32,
     warnings: Mutex<WarningWindow>,
@@ -265,6 +269,7 @@ impl Admission {
             upstream_sources,
             open: Mutex::new(HashMap::new()),
             bans: Mutex::new(Bans::default()),
+            bans_held: AtomicUsize::new(0),
             checks: AtomicU32::new(0),
             warnings: Mutex::new(WarningWindow::default()),
             metrics,
@@ -293,15 +298,12 @@ impl Admission {
                 unbanned(key, &ban, "bans turned off (rate_limit.ban_secs = 0)");
             }
             bans.order.clear();
+            self.bans_held.store(0, Ordering::Relaxed);
         }
         true
     }
 
-    /// Whether `source` is never limited or banned.
-    pub fn is_exempt(&self, source: SocketAddr) -> bool {
-        self.is_exempt_under(&self.limits.load().settings, source)
-    }
-
+    /// Whether `source` is never limited or banned under `settings`.
     fn is_exempt_under(&self, settings: &RateLimit, source: SocketAddr) -> bool {
         settings.trusted.iter().any(|n| n.contains(source.ip()))
             || self.upstream_sources.matches(source)
@@ -431,6 +433,8 @@ impl Admission {
         // In expiry order: at the back, unless a reload shortened ban_secs.
         let at = bans.order.partition_point(|&(u, _)| u <= until);
         bans.order.insert(at, (until, key));
+        self.bans_held
+            .store(bans.by_source.len(), Ordering::Relaxed);
         drop(bans);
         Metrics::inc(&self.metrics.bans);
         warn!(
@@ -463,6 +467,8 @@ impl Admission {
                     unbanned(key, &ban, "expired");
                 }
             }
+            self.bans_held
+                .store(bans.by_source.len(), Ordering::Relaxed);
             if bans.by_source.is_empty() && bans.order.capacity() > 1024 {
                 bans.order = VecDeque::new();
                 bans.by_source = HashMap::new();
@@ -498,6 +504,9 @@ impl Admission {
     }
 
     fn is_banned(&self, key: SourceKey, now: Instant) -> bool {
+        if self.bans_held.load(Ordering::Relaxed) == 0 {
+            return false;
+        }
         self.lock_bans()
             .by_source
             .get(&key)

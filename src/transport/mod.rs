@@ -10,6 +10,8 @@
 //! - `connections`: the table of open connections, which checks the peer on
 //!   every send;
 //! - `upstream`: the link to a stream upstream, a task with a bounded queue;
+//! - `admission`: per-source rate limits and bans, checked by [`admit`]
+//!   for every message and by `stream::accept` for every connection;
 //! - `addr`: connection and flow ids; `tls`: the TLS handshakes.
 //!
 //! Faults of one datagram or connection are counted and logged in one
