@@ -204,6 +204,14 @@ mod tests {
         SipView::parse(Bytes::copy_from_slice(s)).unwrap()
     }
 
+    /// What `edit` returns on the view of `raw`, and `raw` with its edits applied.
+    fn edited<T>(raw: &[u8], edit: impl FnOnce(&SipView, &mut Edits) -> T) -> (T, Bytes) {
+        let v = view(raw);
+        let mut e = Edits::new();
+        let result = edit(&v, &mut e);
+        (result, e.apply(raw))
+    }
+
     #[test]
     fn splices_keep_everything_else() {
         let raw = b"A sip:x SIP/2.0\r\nVia: SIP/2.0/UDP a;branch=z9hG4bK1, SIP/2.0/UDP b\r\nMax-Forwards: 7\r\n\r\n";
@@ -232,77 +240,64 @@ mod tests {
     #[test]
     fn leading_values_go_across_lines_and_within_one() {
         let raw = b"A sip:x SIP/2.0\r\nRoute: <sip:a;lr>\r\nRoute: <sip:b;lr>, <sip:c;lr>\r\nVia: SIP/2.0/UDP a\r\n\r\n";
-        let v = view(raw);
-        let mut e = Edits::new();
-        assert_eq!(remove_leading_values(&v, HeaderName::Route, 2, &mut e), 2);
+        let (removed, out) = edited(raw, |v, e| {
+            remove_leading_values(v, HeaderName::Route, 2, e)
+        });
+        assert_eq!(removed, 2);
         assert_eq!(
-            &e.apply(raw)[..],
+            &out[..],
             b"A sip:x SIP/2.0\r\nRoute: <sip:c;lr>\r\nVia: SIP/2.0/UDP a\r\n\r\n"
         );
         let raw = b"A sip:x SIP/2.0\r\nRoute: <sip:a;lr> ,<sip:b;lr>,<sip:c;lr>\r\n\r\n";
-        let v = view(raw);
-        let mut e = Edits::new();
-        assert_eq!(remove_leading_values(&v, HeaderName::Route, 2, &mut e), 2);
-        assert_eq!(
-            &e.apply(raw)[..],
-            b"A sip:x SIP/2.0\r\nRoute: <sip:c;lr>\r\n\r\n"
-        );
-        let mut e = Edits::new();
-        assert_eq!(remove_leading_values(&v, HeaderName::Route, 5, &mut e), 3);
-        assert_eq!(&e.apply(raw)[..], b"A sip:x SIP/2.0\r\n\r\n");
+        let (removed, out) = edited(raw, |v, e| {
+            remove_leading_values(v, HeaderName::Route, 2, e)
+        });
+        assert_eq!(removed, 2);
+        assert_eq!(&out[..], b"A sip:x SIP/2.0\r\nRoute: <sip:c;lr>\r\n\r\n");
+        let (removed, out) = edited(raw, |v, e| {
+            remove_leading_values(v, HeaderName::Route, 5, e)
+        });
+        assert_eq!(removed, 3);
+        assert_eq!(&out[..], b"A sip:x SIP/2.0\r\n\r\n");
     }
 
     #[test]
     fn named_headers_go_whatever_their_case() {
         let raw =
             b"A sip:x SIP/2.0\r\nX-Flag: a\r\nVia: SIP/2.0/UDP a\r\nx-flag: b\r\nX-FLAG:c\r\n\r\n";
-        let v = view(raw);
-        let mut e = Edits::new();
-        assert_eq!(remove_named(&v, "X-Flag", &mut e), 3);
-        assert_eq!(
-            &e.apply(raw)[..],
-            b"A sip:x SIP/2.0\r\nVia: SIP/2.0/UDP a\r\n\r\n"
-        );
+        let (removed, out) = edited(raw, |v, e| remove_named(v, "X-Flag", e));
+        assert_eq!(removed, 3);
+        assert_eq!(&out[..], b"A sip:x SIP/2.0\r\nVia: SIP/2.0/UDP a\r\n\r\n");
+    }
+
+    /// `raw` as `mark_received` leaves it for a request from 192.0.2.7:5062.
+    fn marked_from_192_0_2_7_port_5062(raw: &[u8]) -> Bytes {
+        let ((), out) = edited(raw, |v, e| {
+            let source = "192.0.2.7:5062".parse().unwrap();
+            mark_received(v, &v.top_via().unwrap(), source, e);
+        });
+        out
     }
 
     #[test]
     fn received_and_rport_on_the_top_via_only() {
         let raw = b"A sip:x SIP/2.0\r\nVia: SIP/2.0/UDP host.example;RPORT;branch=z9hG4bK1, SIP/2.0/UDP b;rport\r\n\r\n";
-        let v = view(raw);
-        let mut e = Edits::new();
-        mark_received(
-            &v,
-            &v.top_via().unwrap(),
-            "192.0.2.7:5062".parse().unwrap(),
-            &mut e,
-        );
         assert_eq!(
-            &e.apply(raw)[..],
+            &marked_from_192_0_2_7_port_5062(raw)[..],
             &b"A sip:x SIP/2.0\r\nVia: SIP/2.0/UDP host.example;RPORT=5062;branch=z9hG4bK1;received=192.0.2.7, SIP/2.0/UDP b;rport\r\n\r\n"[..]
         );
         // Same host, no rport: nothing to say.
         let raw = b"A sip:x SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.7:5062\r\n\r\n";
-        let v = view(raw);
-        let mut e = Edits::new();
-        mark_received(
-            &v,
-            &v.top_via().unwrap(),
-            "192.0.2.7:5062".parse().unwrap(),
-            &mut e,
-        );
-        assert_eq!(&e.apply(raw)[..], &raw[..]);
+        assert_eq!(&marked_from_192_0_2_7_port_5062(raw)[..], &raw[..]);
     }
 
     #[test]
     fn removing_an_only_value_drops_the_line() {
         let raw = b"A sip:x SIP/2.0\r\nRoute: <sip:p;lr>\r\nVia: SIP/2.0/UDP a\r\n\r\n";
-        let v = view(raw);
-        let (_, removal) = first_value(&v, HeaderName::Route).unwrap();
-        let mut e = Edits::new();
-        e.remove(removal);
-        assert_eq!(
-            &e.apply(raw)[..],
-            b"A sip:x SIP/2.0\r\nVia: SIP/2.0/UDP a\r\n\r\n"
-        );
+        let ((), out) = edited(raw, |v, e| {
+            let (_, removal) = first_value(v, HeaderName::Route).unwrap();
+            e.remove(removal);
+        });
+        assert_eq!(&out[..], b"A sip:x SIP/2.0\r\nVia: SIP/2.0/UDP a\r\n\r\n");
     }
 }
