@@ -1066,40 +1066,30 @@ fn check_token_name(token: &str, allow_prefix: bool) -> Result<(), String> {
 }
 
 fn parse_category(name: &str) -> Result<Category, String> {
-    const ALL: [Category; 9] = [
-        Category::Desktop,
-        Category::Attendant,
-        Category::Phone,
-        Category::Mobile,
-        Category::Web,
-        Category::Service,
-        Category::Gateway,
-        Category::ThirdParty,
-        Category::Scanner,
-    ];
-    ALL.into_iter().find(|c| c.as_str() == name).ok_or_else(|| {
+    // A catalog entry names what it is: `unknown` is for what matched nothing.
+    let named = || {
+        Category::ALL
+            .into_iter()
+            .filter(|c| *c != Category::Unknown)
+    };
+    named().find(|c| c.as_str() == name).ok_or_else(|| {
         format!(
             "unknown category {name:?}: expected one of {}",
-            names(ALL.map(Category::as_str))
+            names(named().map(Category::as_str))
         )
     })
 }
 
 fn parse_support(name: &str) -> Result<Support, String> {
-    const ALL: [Support; 6] = [
-        Support::Supported,
-        Support::Unsupported,
-        Support::Service,
-        Support::ThirdParty,
-        Support::Scanner,
-        Support::Unknown,
-    ];
-    ALL.into_iter().find(|s| s.as_str() == name).ok_or_else(|| {
-        format!(
-            "unknown support {name:?}: expected one of {}",
-            names(ALL.map(Support::as_str))
-        )
-    })
+    Support::ALL
+        .into_iter()
+        .find(|s| s.as_str() == name)
+        .ok_or_else(|| {
+            format!(
+                "unknown support {name:?}: expected one of {}",
+                names(Support::ALL.map(Support::as_str))
+            )
+        })
 }
 
 fn parse_role(name: &str) -> Result<Role, String> {
@@ -1112,8 +1102,8 @@ fn parse_role(name: &str) -> Result<Role, String> {
     })
 }
 
-fn names<const N: usize>(all: [&str; N]) -> String {
-    all.join(", ")
+fn names<'a>(all: impl IntoIterator<Item = &'a str>) -> String {
+    all.into_iter().collect::<Vec<_>>().join(", ")
 }
 
 #[cfg(test)]

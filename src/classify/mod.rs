@@ -128,6 +128,20 @@ pub enum Role {
 }
 
 impl Category {
+    /// Every category, in declaration order (`Unknown` last).
+    pub const ALL: [Self; 10] = [
+        Self::Desktop,
+        Self::Attendant,
+        Self::Phone,
+        Self::Mobile,
+        Self::Web,
+        Self::Service,
+        Self::Gateway,
+        Self::ThirdParty,
+        Self::Scanner,
+        Self::Unknown,
+    ];
+
     /// The kebab-case name used in config files, logs and JSON output.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -146,6 +160,16 @@ impl Category {
 }
 
 impl Support {
+    /// Every support level, in declaration order (`Unknown` last).
+    pub const ALL: [Self; 6] = [
+        Self::Supported,
+        Self::Unsupported,
+        Self::Service,
+        Self::ThirdParty,
+        Self::Scanner,
+        Self::Unknown,
+    ];
+
     /// The kebab-case name used in config files, logs and JSON output.
     pub fn as_str(self) -> &'static str {
         match self {

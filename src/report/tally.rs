@@ -33,26 +33,6 @@ const ROLES: [SessionRole; 4] = [
     SessionRole::None,
 ];
 const MODES: [Mode; 2] = [Mode::Enforce, Mode::Monitor];
-const SUPPORTS: [Support; 6] = [
-    Support::Supported,
-    Support::Unsupported,
-    Support::Service,
-    Support::ThirdParty,
-    Support::Scanner,
-    Support::Unknown,
-];
-const CATEGORIES: [Category; 10] = [
-    Category::Desktop,
-    Category::Attendant,
-    Category::Phone,
-    Category::Mobile,
-    Category::Web,
-    Category::Service,
-    Category::Gateway,
-    Category::ThirdParty,
-    Category::Scanner,
-    Category::Unknown,
-];
 
 fn action_index(a: Action) -> usize {
     match a {
@@ -371,8 +351,8 @@ impl<'c> Tally<'c> {
                     .collect(),
             ),
             by_mode: named(MODES, Mode::as_str, &self.by_mode),
-            by_support: named(SUPPORTS, Support::as_str, &self.by_support),
-            by_category: named(CATEGORIES, Category::as_str, &self.by_category),
+            by_support: named(Support::ALL, Support::as_str, &self.by_support),
+            by_category: named(Category::ALL, Category::as_str, &self.by_category),
             by_role_and_action: ROLES
                 .iter()
                 .zip(&self.by_role_action)
