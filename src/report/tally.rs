@@ -574,10 +574,29 @@ mod tests {
     fn summarise(records: &[DecisionRecord], range: TimeRange) -> Summary {
         let catalog = catalog();
         let mut tally = Tally::new(catalog, range);
+        add_records(&mut tally, records);
+        tally.finish()
+    }
+
+    /// Feeds `records` to `tally` as the log lines `run` writes.
+    fn add_records(tally: &mut Tally<'_>, records: &[DecisionRecord]) {
         for r in records {
             tally.add_line(serde_json::to_string(r).unwrap().as_bytes());
         }
-        tally.finish()
+    }
+
+    /// An allowed record outside any session, from `ua` at `at`.
+    fn allowed(at: &str, ua: &str) -> DecisionRecord {
+        record(at, Some(ua), SessionRole::None, Action::Allow)
+    }
+
+    /// One allowed record per User-Agent in `uas`, a second apart from
+    /// 2026-11-27T10:00:00Z (at most ten).
+    fn allowed_a_second_apart(uas: &[&str]) -> Vec<DecisionRecord> {
+        uas.iter()
+            .enumerate()
+            .map(|(i, ua)| allowed(&format!("2026-11-27T10:00:0{i}Z"), ua))
+            .collect()
     }
 
     #[test]
@@ -591,24 +610,14 @@ mod tests {
         monitor.mode = Mode::Monitor;
         monitor.would_reject = true;
         let records = [
-            record(
-                "2026-11-27T10:00:00Z",
-                Some(LYNC_2013),
-                SessionRole::None,
-                Action::Allow,
-            ),
+            allowed("2026-11-27T10:00:00Z", LYNC_2013),
             record(
                 "2026-11-27T10:01:00Z",
                 Some(LYNC_2013),
                 SessionRole::Caller,
                 Action::Allow,
             ),
-            record(
-                "2026-11-27T10:02:00Z",
-                Some(LYNC_2013_NEWER),
-                SessionRole::None,
-                Action::Allow,
-            ),
+            allowed("2026-11-27T10:02:00Z", LYNC_2013_NEWER),
             record(
                 "2026-11-27T10:03:00Z",
                 Some(MOBILE),
@@ -668,24 +677,9 @@ mod tests {
 
     #[test]
     fn ties_are_sorted_by_key() {
-        let mut records = Vec::new();
-        for (i, ua) in ["Zeta/1", "Alpha/1", "Mid/1", "Alpha/1", "Zeta/1", "Mid/1"]
-            .iter()
-            .enumerate()
-        {
-            records.push(record(
-                &format!("2026-11-27T10:00:0{i}Z"),
-                Some(ua),
-                SessionRole::None,
-                Action::Allow,
-            ));
-        }
-        records.push(record(
-            "2026-11-27T10:00:09Z",
-            Some("Last/1"),
-            SessionRole::None,
-            Action::Allow,
-        ));
+        let mut records =
+            allowed_a_second_apart(&["Zeta/1", "Alpha/1", "Mid/1", "Alpha/1", "Zeta/1", "Mid/1"]);
+        records.push(allowed("2026-11-27T10:00:09Z", "Last/1"));
         let s = summarise(&records, TimeRange::default());
         let uas: Vec<(&str, u64)> = s
             .unknown_user_agents
@@ -704,24 +698,9 @@ mod tests {
     #[test]
     fn first_and_last_seen_do_not_depend_on_the_reading_order() {
         let records = [
-            record(
-                "2026-11-27T12:00:00Z",
-                Some("Acme/1"),
-                SessionRole::None,
-                Action::Allow,
-            ),
-            record(
-                "2026-11-27T09:00:00Z",
-                Some("Acme/1"),
-                SessionRole::None,
-                Action::Allow,
-            ),
-            record(
-                "2026-11-27T11:00:00Z",
-                Some("Acme/1"),
-                SessionRole::None,
-                Action::Allow,
-            ),
+            allowed("2026-11-27T12:00:00Z", "Acme/1"),
+            allowed("2026-11-27T09:00:00Z", "Acme/1"),
+            allowed("2026-11-27T11:00:00Z", "Acme/1"),
         ];
         let s = summarise(&records, TimeRange::default());
         let u = &s.unknown_user_agents[0];
@@ -761,12 +740,7 @@ mod tests {
 
     #[test]
     fn a_client_the_catalog_no_longer_gives_the_user_agent_is_reclassified() {
-        let mut old = record(
-            "2026-11-27T10:00:00Z",
-            Some(LYNC_2013),
-            SessionRole::None,
-            Action::Allow,
-        );
+        let mut old = allowed("2026-11-27T10:00:00Z", LYNC_2013);
         old.client = "lync-2013-beta".into();
         let s = summarise(&[old], TimeRange::default());
         assert_eq!(s.by_client[0].reclassified, 1);
@@ -839,30 +813,10 @@ mod tests {
     #[test]
     fn the_time_range_and_malformed_lines_are_counted_apart() {
         let records = [
-            record(
-                "2026-11-27T09:59:59.999Z",
-                Some(LYNC_2013),
-                SessionRole::None,
-                Action::Allow,
-            ),
-            record(
-                "2026-11-27T10:00:00Z",
-                Some(LYNC_2013),
-                SessionRole::None,
-                Action::Allow,
-            ),
-            record(
-                "2026-11-27T10:59:59.999Z",
-                Some(LYNC_2013),
-                SessionRole::None,
-                Action::Allow,
-            ),
-            record(
-                "2026-11-27T11:00:00Z",
-                Some(LYNC_2013),
-                SessionRole::None,
-                Action::Allow,
-            ),
+            allowed("2026-11-27T09:59:59.999Z", LYNC_2013),
+            allowed("2026-11-27T10:00:00Z", LYNC_2013),
+            allowed("2026-11-27T10:59:59.999Z", LYNC_2013),
+            allowed("2026-11-27T11:00:00Z", LYNC_2013),
         ];
         let range = TimeRange::new(
             Some("2026-11-27T10:00:00Z".parse().unwrap()),
@@ -871,9 +825,7 @@ mod tests {
         .unwrap();
         let catalog = catalog();
         let mut tally = Tally::new(catalog, range);
-        for r in &records {
-            tally.add_line(serde_json::to_string(r).unwrap().as_bytes());
-        }
+        add_records(&mut tally, &records);
         tally.add_line(b"{\"ts\":\"2026-11-27T10:30:00Z\"}");
         tally.add_line(b"garbage");
         let s = tally.finish();
@@ -909,20 +861,9 @@ mod tests {
 
     #[test]
     fn snippets_for_the_top_unknown_user_agents_one_per_product() {
-        let mut records = Vec::new();
-        for (i, ua) in [
+        let records = allowed_a_second_apart(&[
             "Acme/1.0", "Acme/1.0", "Other/3", "Other/3", "Other/3", "ACME/2.0", "ACME/2.0",
-        ]
-        .iter()
-        .enumerate()
-        {
-            records.push(record(
-                &format!("2026-11-27T10:00:0{i}Z"),
-                Some(ua),
-                SessionRole::None,
-                Action::Allow,
-            ));
-        }
+        ]);
         let s = summarise(&records, TimeRange::default());
         let u: Vec<(&str, Option<&str>)> = s
             .unknown_user_agents
