@@ -46,6 +46,11 @@ async fn receive(listener: UdpListener, ctx: Arc<TransportContext>) {
     }
     let icmp_errors = icmp_errors.is_ok();
     let mut buf = vec![0u8; RECV_BUFFER_BYTES];
+    // The error queue is also drained once a second: the readiness event of
+    // an ICMP error can be missed when it arrives together with other events
+    // on the socket, and the error would then wait for the next one.
+    let mut sweep = tokio::time::interval(ICMP_SWEEP_INTERVAL);
+    sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let received = tokio::select! {
             () = ctx.shutdown.cancelled() => return,
@@ -53,6 +58,10 @@ async fn receive(listener: UdpListener, ctx: Arc<TransportContext>) {
                 if let Ok(icmp) = queued {
                     report_icmp_error(&ctx, icmp);
                 }
+                continue;
+            }
+            _ = sweep.tick(), if icmp_errors => {
+                drain_icmp_errors(&listener.socket, &ctx);
                 continue;
             }
             received = listener.socket.recv_from(&mut buf) => received,
@@ -190,6 +199,22 @@ async fn next_icmp_error(socket: &UdpSocket) -> Result<IcmpError, ()> {
 async fn next_icmp_error(_socket: &UdpSocket) -> Result<std::convert::Infallible, ()> {
     std::future::pending().await
 }
+
+/// How often the error queue is read without waiting for its readiness.
+const ICMP_SWEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Count every ICMP error waiting on the socket's error queue, now.
+#[cfg(target_os = "linux")]
+fn drain_icmp_errors(socket: &UdpSocket, ctx: &TransportContext) {
+    while let Ok(entry) = read_error_queue(socket) {
+        if let Some(icmp) = entry {
+            report_icmp_error(ctx, icmp);
+        }
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn drain_icmp_errors(_socket: &UdpSocket, _ctx: &TransportContext) {}
 
 /// Take one entry of the socket's error queue: `Ok(Some)` for an ICMP
 /// error, `Ok(None)` for another entry, `WouldBlock` when the queue is
