@@ -62,6 +62,8 @@ pub struct AdminState {
     pub listeners: Vec<(Transport, SocketAddr)>,
     /// Per-source rate limits and bans (bans in force, sources tracked).
     pub admission: Arc<Admission>,
+    /// The queue to a stream upstream, for its gauge (`None` for UDP).
+    pub upstream_queue: Option<Arc<crate::transport::upstream::QueueBudget>>,
     /// Cancelled when the instance stops serving.
     pub shutdown: CancellationToken,
 }
@@ -157,6 +159,9 @@ pub fn metrics_text(state: &AdminState) -> String {
         registration_table_bytes: state.core.registrations().accounted_bytes(),
         transactions: state.core.transactions().len(),
         transaction_table_bytes: state.core.transactions().accounted_bytes(),
+        client_transactions: state.core.client_transactions().len(),
+        client_transaction_bytes: state.core.client_transactions().accounted_bytes(),
+        upstream_queue_bytes: state.upstream_queue.as_ref().map_or(0, |q| q.queued()),
         decision_records_dropped: state.decision_log.dropped(),
         config_generation: state.core.generation(),
         bans_in_force: state.admission.bans(),

@@ -38,7 +38,7 @@ use crate::reload::Reloader;
 use crate::transport::admission::{Admission, BanCause};
 use crate::transport::stream::{self, Listener};
 use crate::transport::tls::{self, TlsContexts, TlsError, TlsListener};
-use crate::transport::upstream::{DatagramWatch, LinkSettings, UpstreamLink};
+use crate::transport::upstream::{DatagramWatch, LinkSettings, QueueBudget, UpstreamLink};
 use crate::transport::{udp, BootId, Connections, Senders, TransportContext, UdpListener};
 use crate::transport::{Event, Fault, SendError, Transport, UpstreamSender};
 
@@ -283,6 +283,10 @@ pub async fn serve_reloading(
         admission: admission.clone(),
         tls: tls_contexts.clone(),
     };
+    let upstream_queue = upstream
+        .transport
+        .is_stream()
+        .then(|| Arc::new(QueueBudget::new(settings.limits.upstream_queue_bytes)));
     let ctx = Arc::new(TransportContext {
         connections: connections.clone(),
         events: events_tx,
@@ -296,6 +300,7 @@ pub async fn serve_reloading(
             settings.limits.read_buffer_budget_bytes,
         )),
         udp_upstream: (upstream.transport == Transport::Udp).then_some(upstream.addr),
+        upstream_queue: upstream_queue.clone(),
     });
     let udp_listeners: Vec<UdpListener> = udp_sockets
         .into_iter()
@@ -304,7 +309,7 @@ pub async fn serve_reloading(
     let senders = Senders {
         udp: udp_listeners.clone(),
         connections: connections.clone(),
-        upstream: if upstream.transport.is_stream() {
+        upstream: if let Some(budget) = upstream_queue.clone() {
             UpstreamSender::Stream(UpstreamLink::spawn(
                 upstream.transport,
                 upstream.addr,
@@ -317,6 +322,7 @@ pub async fn serve_reloading(
                     handshake_timeout: settings.tls.handshake_timeout,
                     ..LinkSettings::DEFAULT
                 },
+                budget,
                 ctx.clone(),
             ))
         } else {
@@ -381,6 +387,7 @@ pub async fn serve_reloading(
                     .map(|(client, _)| client.clone()),
                 listeners: addresses.clone(),
                 admission: admission.clone(),
+                upstream_queue: upstream_queue.clone(),
                 shutdown: shutdown.clone(),
             },
         ));
@@ -398,8 +405,12 @@ pub async fn serve_reloading(
         ticks: 0,
     };
     loop {
+        let retransmit_at = core.client_transactions().next_due();
         tokio::select! {
             () = shutdown.cancelled() => break,
+            () = until(retransmit_at) => {
+                retransmit(&core, &senders, &decision_log).await;
+            }
             _ = sweep.tick() => {
                 let removed = core.registrations().sweep(Instant::now());
                 if removed > 0 {
@@ -420,6 +431,24 @@ pub async fn serve_reloading(
         "stopped"
     );
     Ok(metrics)
+}
+
+/// Sleep until `at`; forever without it.
+async fn until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Carry out what the client transactions' timers ask for: requests sent
+/// again over UDP, `408`s to the clients of those that timed out.
+async fn retransmit(core: &Core, senders: &Senders, log: &DecisionLog) {
+    for (inbound, outcome) in core.client_transactions_due(Instant::now()) {
+        if let Err((_, e)) = carry_out(senders, log, &inbound, outcome, core.boot()).await {
+            Fault::of_send(&e).report(core.metrics(), None, &e);
+        }
+    }
 }
 
 /// The first advertised address of a transport.
@@ -511,7 +540,15 @@ async fn dispatch(
                         ..
                     })
                 );
+            // Kept once sent: a stream client's request leaving over UDP.
+            let retransmit = outcome
+                .retransmit
+                .zip(outcome.send.clone())
+                .filter(|_| !outcome.scanner);
             let carried_out = carry_out(senders, log, &inbound, outcome, core.boot()).await;
+            if let (Some((key, send)), Ok(())) = (retransmit, &carried_out) {
+                core.keep_transaction(key, send, inbound.clone(), started);
+            }
             core.metrics().observe_handling(started.elapsed());
             match carried_out {
                 Ok(()) if to_udp_upstream => {
@@ -565,13 +602,17 @@ async fn not_delivered(
     if *to != Destination::Upstream {
         return;
     }
-    core.metrics()
-        .count_upstream_send_failure(senders.upstream.transport(), error.to_string());
+    // A full queue is no sign of a registrar that is down.
+    let busy = matches!(error, SendError::UpstreamQueueFull(_));
+    if !busy {
+        core.metrics()
+            .count_upstream_send_failure(senders.upstream.transport(), error.to_string());
+    }
     // A response has no one to answer it.
     if inbound.bytes.starts_with(b"SIP/") {
         return;
     }
-    let answer = core.upstream_unavailable(inbound, Instant::now());
+    let answer = core.upstream_unavailable(inbound, Instant::now(), busy);
     if let Err((_, e)) = carry_out(senders, log, inbound, answer, core.boot()).await {
         Fault::of_send(&e).report(core.metrics(), Some(inbound.source), &e);
     }

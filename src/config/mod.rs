@@ -126,6 +126,14 @@ pub struct Limits {
     pub udp_receive_buffer_bytes: usize,
     /// SO_SNDBUF asked for UDP listeners, bytes.
     pub udp_send_buffer_bytes: usize,
+    /// Bytes the client transactions (stream-to-UDP requests) may hold.
+    pub client_transaction_bytes: usize,
+    /// RFC 3261 T1 (first retransmission interval; 64*T1 is the timeout).
+    pub timer_t1: Duration,
+    /// RFC 3261 T2 (longest non-INVITE retransmission interval).
+    pub timer_t2: Duration,
+    /// Bytes of messages the queue to a TCP/TLS upstream may hold.
+    pub upstream_queue_bytes: usize,
 }
 
 /// What a source over its rate limit gets (`rate_limit.over_limit`).
@@ -525,6 +533,18 @@ fn validate(
             64 << 10,
             1 << 30,
         ),
+        (
+            "limits.client_transaction_bytes",
+            l.client_transaction_bytes,
+            64 << 10,
+            1 << 40,
+        ),
+        (
+            "limits.upstream_queue_bytes",
+            l.upstream_queue_bytes,
+            64 << 10,
+            1 << 40,
+        ),
     ] {
         if !(min..=max).contains(&value) {
             problem(
@@ -532,6 +552,24 @@ fn validate(
                 format!("{value} is outside {min}..={max} (bytes)"),
             );
         }
+    }
+    if !(50..=10_000).contains(&l.timer_t1_ms) {
+        problem(
+            "limits.timer_t1_ms".into(),
+            format!(
+                "{} ms is outside 50..=10000 ms (RFC 3261 T1, default 500)",
+                l.timer_t1_ms
+            ),
+        );
+    }
+    if !(l.timer_t1_ms..=60_000).contains(&l.timer_t2_ms) {
+        problem(
+            "limits.timer_t2_ms".into(),
+            format!(
+                "{} ms is outside limits.timer_t1_ms ({})..=60000 ms (RFC 3261 T2, default 4000)",
+                l.timer_t2_ms, l.timer_t1_ms
+            ),
+        );
     }
     if !(1..=300).contains(&l.message_deadline_secs) {
         problem(
@@ -721,6 +759,10 @@ fn validate(
                     message_deadline: Duration::from_secs(l.message_deadline_secs),
                     read_buffer_budget_bytes: l.read_buffer_budget_bytes,
                     write_queue_bytes: l.write_queue_bytes,
+                    client_transaction_bytes: l.client_transaction_bytes,
+                    timer_t1: Duration::from_millis(l.timer_t1_ms),
+                    timer_t2: Duration::from_millis(l.timer_t2_ms),
+                    upstream_queue_bytes: l.upstream_queue_bytes,
                     udp_receive_buffer_bytes: l.udp_receive_buffer_bytes,
                     udp_send_buffer_bytes: l.udp_send_buffer_bytes,
                 },

@@ -128,6 +128,25 @@ pub struct RawLimits {
     /// SO_SNDBUF asked for UDP listeners, bytes (65536..=1073741824; the
     /// kernel caps it at net.core.wmem_max). Default 1048576 (1 MiB).
     pub udp_send_buffer_bytes: usize,
+    /// Bytes the client transactions of requests that arrive over TCP/TLS
+    /// and leave over UDP may hold (both copies of each request and about
+    /// 300 bytes more), at least 65536; a request that finds no room is
+    /// relayed once without retransmissions (counted). Default 33554432
+    /// (32 MiB).
+    pub client_transaction_bytes: usize,
+    /// RFC 3261 T1, milliseconds (50..=10000): the first retransmission
+    /// interval of a request from a TCP/TLS client relayed over UDP;
+    /// 64*T1 without a (final) response answers it `408`. Default 500.
+    pub timer_t1_ms: u64,
+    /// RFC 3261 T2, milliseconds (T1..=60000): the longest retransmission
+    /// interval of a non-INVITE request. Default 4000.
+    pub timer_t2_ms: u64,
+    /// Bytes of messages the queue to a TCP/TLS upstream may hold (65536..=
+    /// 1099511627776); client connections stop reading while less than a
+    /// quarter is free, and a message that finds it full is answered `503`
+    /// (rule `proxy.upstream-busy`). Default 33554432 (32 MiB, about 50000
+    /// REGISTERs).
+    pub upstream_queue_bytes: usize,
 }
 
 impl Default for RawLimits {
@@ -147,6 +166,10 @@ impl Default for RawLimits {
             write_queue_bytes: 1 << 20,
             udp_receive_buffer_bytes: 4 << 20,
             udp_send_buffer_bytes: 1 << 20,
+            client_transaction_bytes: 32 << 20,
+            timer_t1_ms: 500,
+            timer_t2_ms: 4000,
+            upstream_queue_bytes: 32 << 20,
         }
     }
 }
@@ -394,6 +417,10 @@ read_by_field_name!(RawLimits {
     write_queue_bytes: or_default,
     udp_receive_buffer_bytes: or_default,
     udp_send_buffer_bytes: or_default,
+    client_transaction_bytes: or_default,
+    timer_t1_ms: or_default,
+    timer_t2_ms: or_default,
+    upstream_queue_bytes: or_default,
 });
 
 read_by_field_name!(RawRateLimit {

@@ -226,6 +226,15 @@ pub struct Metrics {
     /// Requests recognised as retransmissions of a transaction already
     /// recorded (handled the same way again, not recorded again).
     pub retransmissions: AtomicU64,
+    /// Requests from TCP/TLS clients that sipadmit sent again over UDP
+    /// (RFC 3261 Timer A/E) because no response had come.
+    pub client_retransmissions: AtomicU64,
+    /// Requests from TCP/TLS clients relayed over UDP that nothing answered
+    /// within 64*T1: answered `408` by sipadmit.
+    pub client_transaction_timeouts: AtomicU64,
+    /// Requests from TCP/TLS clients relayed over UDP without a client
+    /// transaction (the table was at `limits.client_transaction_bytes`).
+    pub client_transactions_untracked: AtomicU64,
     /// REGISTERs answered 403 for naming more contacts than
     /// `limits.max_contacts_per_register`.
     pub too_many_contacts: AtomicU64,
@@ -302,6 +311,12 @@ pub struct Gauges {
     pub transactions: usize,
     /// Bytes the transaction table accounts for.
     pub transaction_table_bytes: usize,
+    /// Client transactions kept for requests from TCP/TLS clients relayed over UDP.
+    pub client_transactions: usize,
+    /// Bytes the client transaction table accounts for.
+    pub client_transaction_bytes: usize,
+    /// Bytes waiting in the queue of the link to a TCP/TLS upstream.
+    pub upstream_queue_bytes: usize,
     /// Decision records dropped because the log writer's queue was full.
     pub decision_records_dropped: u64,
     /// Generation of the runtime configuration in use (1 at start).
@@ -667,6 +682,21 @@ impl Metrics {
                 &self.retransmissions,
             ),
             (
+                "sipadmit_client_retransmissions_total",
+                "Requests from TCP/TLS clients sent again over UDP because no response had come (RFC 3261 Timer A/E, limits.timer_t1_ms, limits.timer_t2_ms).",
+                &self.client_retransmissions,
+            ),
+            (
+                "sipadmit_client_transaction_timeouts_total",
+                "Requests from TCP/TLS clients relayed over UDP that nothing answered within 64*T1: answered 408 Request Timeout by sipadmit.",
+                &self.client_transaction_timeouts,
+            ),
+            (
+                "sipadmit_client_transactions_untracked_total",
+                "Requests from TCP/TLS clients relayed over UDP once, without retransmissions, because the client transaction table was at limits.client_transaction_bytes.",
+                &self.client_transactions_untracked,
+            ),
+            (
                 "sipadmit_registers_too_many_contacts_total",
                 "REGISTERs answered 403 for naming more contacts than limits.max_contacts_per_register.",
                 &self.too_many_contacts,
@@ -834,6 +864,21 @@ impl Metrics {
                 gauges.transaction_table_bytes,
             ),
             (
+                "sipadmit_client_transactions",
+                "Requests from TCP/TLS clients relayed over UDP and awaiting a (final) response, retransmitted by sipadmit.",
+                gauges.client_transactions,
+            ),
+            (
+                "sipadmit_client_transaction_bytes",
+                "Bytes the client transaction table accounts for (bounded by limits.client_transaction_bytes).",
+                gauges.client_transaction_bytes,
+            ),
+            (
+                "sipadmit_upstream_queue_bytes",
+                "Bytes of messages waiting for the link to a TCP/TLS upstream (bounded by limits.upstream_queue_bytes).",
+                gauges.upstream_queue_bytes,
+            ),
+            (
                 "sipadmit_rate_limit_bans",
                 "Sources banned now (at most 65,536, the oldest evicted first).",
                 gauges.bans_in_force,
@@ -981,6 +1026,9 @@ mod tests {
             config_generation: 3,
             bans_in_force: 10,
             rate_limited_sources: 11,
+            client_transactions: 12,
+            client_transaction_bytes: 13,
+            upstream_queue_bytes: 14,
         });
         let mut typed = Vec::new();
         for line in text.lines() {

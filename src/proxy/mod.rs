@@ -13,6 +13,9 @@
 //!   named in that Via's token.
 //! - [`Refusal`] (`refusal.rs`): every answer the proxy gives itself, with
 //!   its SIP response, its log line and its decision record, in one place.
+//! - [`client_transactions`]: the retransmissions of requests that came
+//!   over TCP or TLS and leave over UDP (RFC 3261 17.1), and the `408`
+//!   when nothing answers them.
 //! - [`flow`]: signed flow tokens; [`registrations`]: the registration
 //!   tables; [`transactions`]: the transactions recorded, so that a
 //!   retransmission is handled again but not recorded again; both on
@@ -23,6 +26,7 @@
 //! [`Core::publish`] swaps in a new one, and messages already being handled
 //! finish with the one they started with.
 
+pub mod client_transactions;
 mod expiring;
 pub mod flow;
 mod refusal;
@@ -51,6 +55,7 @@ use crate::sip::fields::host_is_ip;
 use crate::sip::{HeaderName, SipView, Via};
 use crate::transport::admission::BanCause;
 use crate::transport::{BootId, ConnectionId, FlowId, Transport, WarningWindow};
+use client_transactions::{ClientTransactions, Timers, TransactionKey};
 use flow::{Flow, FlowSigner};
 pub use refusal::{FlowFailure, Refusal, SourceRefusal};
 use registrations::{RegistrationLimits, Registrations};
@@ -126,6 +131,10 @@ pub struct Outcome {
     /// The sender's User-Agent is a scanner's (the catalog's `scanner`
     /// support): the transports ban its source (`rate_limit.ban_secs`).
     pub scanner: bool,
+    /// The request came over TCP or TLS and leaves over UDP: once sent,
+    /// keep its client transaction under this key
+    /// ([`Core::keep_transaction`]), so it is retransmitted until answered.
+    pub retransmit: Option<TransactionKey>,
 }
 
 impl Outcome {
@@ -187,8 +196,10 @@ pub struct Core {
     registrations: Registrations,
     /// The transactions recorded in the last 32 s.
     transactions: Transactions,
+    /// The client transactions of stream-to-UDP requests.
+    client_transactions: ClientTransactions,
     /// Rate limits of the warnings about the registration tables.
-    warnings: RegistrationWarnings,
+    warnings: TableWarnings,
     /// Summaries of malformed messages and refused requests.
     summaries: Summaries,
     /// (transport, address) this proxy is reachable at, as put in Via/Path.
@@ -217,7 +228,14 @@ impl Core {
                 max_contacts_per_register: settings.limits.max_contacts_per_register,
             }),
             transactions: Transactions::new(settings.limits.transaction_table_bytes),
-            warnings: RegistrationWarnings::default(),
+            client_transactions: ClientTransactions::new(
+                Timers {
+                    t1: settings.limits.timer_t1,
+                    t2: settings.limits.timer_t2,
+                },
+                settings.limits.client_transaction_bytes,
+            ),
+            warnings: TableWarnings::default(),
             summaries: Summaries::default(),
             settings,
             runtime: ArcSwap::from_pointee(Runtime {
@@ -300,6 +318,11 @@ impl Core {
         &self.transactions
     }
 
+    /// The client transactions kept for stream-to-UDP requests.
+    pub fn client_transactions(&self) -> &ClientTransactions {
+        &self.client_transactions
+    }
+
     /// The metrics.
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
@@ -348,15 +371,90 @@ impl Core {
 
     /// The `503 Service Unavailable` (with Retry-After) for a request that
     /// could not be sent upstream, with its log line and record; nothing
-    /// for an ACK. The I/O layer calls this when the registrar is unreachable.
-    pub fn upstream_unavailable(&self, inbound: &Inbound, now: Instant) -> Outcome {
+    /// for an ACK. The I/O layer calls this when the registrar is
+    /// unreachable (`busy: false`, rule `proxy.upstream-unavailable`,
+    /// Retry-After `limits.upstream_retry_after_secs`) or when the queue to
+    /// a stream registrar is full (`busy: true`, rule
+    /// `proxy.upstream-busy`, Retry-After [`UPSTREAM_BUSY_RETRY_AFTER_SECS`]).
+    pub fn upstream_unavailable(&self, inbound: &Inbound, now: Instant, busy: bool) -> Outcome {
         let Ok(view) = SipView::parse(inbound.bytes.clone()) else {
             return Outcome::drop(DropReason::SendFailed);
         };
         let runtime = self.runtime.load();
         let ctx = request::RequestCtx::new(inbound, &view, &runtime, now);
-        let outcome = self.refuse(&ctx, None, Refusal::UpstreamUnavailable);
+        let refusal = if busy {
+            Refusal::UpstreamBusy
+        } else {
+            Refusal::UpstreamUnavailable
+        };
+        let outcome = self.refuse(&ctx, None, refusal);
         let outcome = self.record_once(&view, RecordKind::UpstreamUnavailable, outcome, now);
+        self.count_outcome(MessageKind::Request, &outcome);
+        outcome
+    }
+
+    /// The request `transaction` was relayed from has been sent: keep its
+    /// client transaction (retransmitted until answered, `408` after
+    /// 64*T1). A full table is counted and warned about (rate-limited):
+    /// the request then went out once, as a stateless proxy sends it.
+    pub fn keep_transaction(
+        &self,
+        key: TransactionKey,
+        send: Outbound,
+        inbound: Inbound,
+        now: Instant,
+    ) {
+        let transaction = client_transactions::Transaction { key, send, inbound };
+        if self.client_transactions.start(transaction, now) == client_transactions::Start::NoRoom {
+            Metrics::inc(&self.metrics.client_transactions_untracked);
+            if let Some(held_back) =
+                lock(&self.warnings.client_transactions).admit(now, WARNING_INTERVAL)
+            {
+                tracing::warn!(
+                    client_transaction_bytes = self.settings.limits.client_transaction_bytes,
+                    warnings_held_back = held_back,
+                    "client transaction table full: a request from a TCP/TLS client went out over UDP once, without retransmissions"
+                );
+            }
+        }
+    }
+
+    /// The client transactions whose timers fired by `now`, each with the
+    /// request it was relayed from: a request to send again (counted), or
+    /// for one that timed out the `408 Request Timeout` to its client
+    /// (logged, counted and recorded with rule `proxy.request-timeout`).
+    pub fn client_transactions_due(&self, now: Instant) -> Vec<(Inbound, Outcome)> {
+        self.client_transactions
+            .due(now)
+            .into_iter()
+            .map(|due| match due {
+                client_transactions::Due::Retransmit(send, inbound) => {
+                    Metrics::inc(&self.metrics.client_retransmissions);
+                    let outcome = Outcome {
+                        send: Some(send),
+                        ..Outcome::default()
+                    };
+                    (inbound, outcome)
+                }
+                client_transactions::Due::TimedOut(inbound) => {
+                    Metrics::inc(&self.metrics.client_transaction_timeouts);
+                    let outcome = self.request_timeout(&inbound, now);
+                    (inbound, outcome)
+                }
+            })
+            .collect()
+    }
+
+    /// The `408 Request Timeout` of a request nothing answered within
+    /// 64*T1, with its log line and record.
+    fn request_timeout(&self, inbound: &Inbound, now: Instant) -> Outcome {
+        let Ok(view) = SipView::parse(inbound.bytes.clone()) else {
+            return Outcome::drop(DropReason::Unanswerable);
+        };
+        let runtime = self.runtime.load();
+        let ctx = request::RequestCtx::new(inbound, &view, &runtime, now);
+        let outcome = self.refuse(&ctx, None, Refusal::RequestTimeout);
+        let outcome = self.record_once(&view, RecordKind::Timeout, outcome, now);
         self.count_outcome(MessageKind::Request, &outcome);
         outcome
     }
@@ -682,6 +780,10 @@ impl Core {
     }
 }
 
+/// Retry-After (seconds) of the `503` answered when the queue to a stream
+/// registrar is full: the registrar is up, so a short wait.
+pub const UPSTREAM_BUSY_RETRY_AFTER_SECS: u32 = 5;
+
 /// How often a rate-limited warning may be written.
 const WARNING_INTERVAL: Duration = Duration::from_secs(10);
 
@@ -767,13 +869,15 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// The rate limits of the warnings a peer can set off through the
-/// registration tables.
+/// registration and client transaction tables.
 #[derive(Debug, Default)]
-struct RegistrationWarnings {
+struct TableWarnings {
     /// Contacts not learned (over the cap, or no room).
     contacts: Mutex<WarningWindow>,
     /// Entries evicted from a full table.
     evictions: Mutex<WarningWindow>,
+    /// Client transactions not kept: no room.
+    client_transactions: Mutex<WarningWindow>,
 }
 
 /// The branch this proxy puts in its Via: `z9hG4bKsa`, 16 hex digits of
@@ -782,6 +886,26 @@ struct RegistrationWarnings {
 struct Branch {
     transaction: u64,
     loop_mark: u32,
+}
+
+impl Branch {
+    /// The parts of a branch this proxy generated (`z9hG4bKsa` + 16 + 8 hex
+    /// digits); `None` for any other.
+    fn parse(branch: &[u8]) -> Option<Self> {
+        let digits = branch.strip_prefix(BRANCH_PREFIX.as_bytes())?;
+        if digits.len() != 24 {
+            return None;
+        }
+        let hex = |d: &[u8]| {
+            std::str::from_utf8(d)
+                .ok()
+                .and_then(|s| u64::from_str_radix(s, 16).ok())
+        };
+        Some(Self {
+            transaction: hex(&digits[..16])?,
+            loop_mark: u32::try_from(hex(&digits[16..])?).ok()?,
+        })
+    }
 }
 
 impl fmt::Display for Branch {

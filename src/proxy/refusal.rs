@@ -100,6 +100,9 @@ pub enum Refusal<'p> {
     },
     /// The registrar could not be reached: 503 with Retry-After.
     UpstreamUnavailable,
+    /// The queue to a stream registrar is full (the registrar is up, and
+    /// does not keep up with a burst): 503 with a short Retry-After.
+    UpstreamBusy,
     /// After the proxy's edits, the request no longer fits in one UDP
     /// datagram toward its next hop: 513 (RFC 3261 18.1.1).
     TooLargeForUdp,
@@ -120,6 +123,10 @@ pub enum Refusal<'p> {
     /// the answer RFC 5630 (5.1.1, 5.3) gives when a SIPS target cannot be
     /// reached securely, and on which a UAC must not retry with `sip:`.
     SipsWithoutTls(Transport),
+    /// It came over TCP or TLS, left over UDP, and nothing answered it
+    /// within 64*T1 though this proxy retransmitted it (RFC 3261 17.1.1.2
+    /// Timer B, 17.1.2.2 Timer F): `408 Request Timeout`.
+    RequestTimeout,
 }
 
 impl Refusal<'_> {
@@ -138,12 +145,13 @@ impl Refusal<'_> {
             Self::FlowFailed(_) => 430,
             Self::NoListener(_) => 500,
             Self::Policy { reply, .. } => reply.status,
-            Self::UpstreamUnavailable => 503,
+            Self::UpstreamUnavailable | Self::UpstreamBusy => 503,
             Self::TooLargeForUdp => 513,
             Self::OverLimit { .. } => 503,
             // Never sent: a ban is not answered.
             Self::Banned { .. } => 403,
             Self::SipsWithoutTls(_) => 480,
+            Self::RequestTimeout => 408,
         }
     }
 
@@ -162,11 +170,12 @@ impl Refusal<'_> {
             Self::FlowFailed(_) => "Flow Failed",
             Self::NoListener(_) => "No Listener For Transport",
             Self::Policy { reply, .. } => &reply.reason,
-            Self::UpstreamUnavailable => "Service Unavailable",
+            Self::UpstreamUnavailable | Self::UpstreamBusy => "Service Unavailable",
             Self::TooLargeForUdp => "Message Too Large",
             Self::OverLimit { .. } => "Service Unavailable",
             Self::Banned { .. } => "Banned",
             Self::SipsWithoutTls(_) => "Temporarily Unavailable",
+            Self::RequestTimeout => "Request Timeout",
         })
     }
 
@@ -186,10 +195,12 @@ impl Refusal<'_> {
             Self::NoListener(_) => "proxy.no-listener",
             Self::Policy { rule, .. } => rule,
             Self::UpstreamUnavailable => "proxy.upstream-unavailable",
+            Self::UpstreamBusy => "proxy.upstream-busy",
             Self::TooLargeForUdp => "proxy.too-large",
             Self::OverLimit { .. } => "rate_limit.requests",
             Self::Banned { rule } => rule,
             Self::SipsWithoutTls(_) => "proxy.sips-without-tls",
+            Self::RequestTimeout => "proxy.request-timeout",
         }
     }
 
@@ -227,6 +238,12 @@ impl Refusal<'_> {
             Self::TooManyContacts => Some("over limits.max_contacts_per_register"),
             Self::TooLargeForUdp => Some("too large for a UDP datagram after the proxy's headers"),
             Self::OverLimit { .. } => Some("over rate_limit.requests_per_second"),
+            Self::RequestTimeout => {
+                Some("no response over UDP within 64*T1, retransmissions included")
+            }
+            Self::UpstreamBusy => {
+                Some("the queue to the registrar is full (limits.upstream_queue_bytes)")
+            }
             _ => None,
         }
     }
@@ -342,6 +359,10 @@ impl Core {
             Refusal::TooManyContacts => Metrics::inc(&self.metrics.too_many_contacts),
             Refusal::UpstreamUnavailable => {
                 retry_after = self.settings.limits.upstream_retry_after_secs.to_string();
+                extra.push(("Retry-After", &retry_after));
+            }
+            Refusal::UpstreamBusy => {
+                retry_after = super::UPSTREAM_BUSY_RETRY_AFTER_SECS.to_string();
                 extra.push(("Retry-After", &retry_after));
             }
             Refusal::OverLimit { retry_after_secs } => {

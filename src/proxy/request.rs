@@ -23,6 +23,7 @@ use std::time::Instant;
 
 use tracing::{debug, warn};
 
+use super::client_transactions::{TransactionKey, TransactionMethod};
 use super::flow::{Flow, Purpose, TokenError};
 use super::refusal::Refusal;
 use super::{
@@ -555,11 +556,23 @@ impl Core {
             Some(flow) => Destination::Flow(flow),
             None => Destination::Upstream,
         };
+        // RFC 3261 17.1: the client on a stream never retransmits, so what
+        // leaves over UDP is retransmitted by this proxy until answered.
+        let retransmit = (inb.transport.is_stream() && out_transport == Transport::Udp)
+            .then(|| {
+                let method = TransactionMethod::of(view.cseq().ok()?.method)?;
+                Some(TransactionKey {
+                    branch: (branch.transaction, branch.loop_mark),
+                    method,
+                })
+            })
+            .flatten();
         Ok(Outcome {
             send: Some(Outbound { to, bytes }),
             record,
             dropped: None,
             scanner: false,
+            retransmit,
         })
     }
 

@@ -9,9 +9,10 @@ use std::time::{Duration, Instant};
 
 use tracing::{debug, warn};
 
+use super::client_transactions::{TransactionKey, TransactionMethod};
 use super::flow::{Flow, Purpose};
 use super::registrations::RegisterAnswer;
-use super::{Core, Destination, Inbound, OpenConnection, Outbound, Outcome, FLOW_PARAM};
+use super::{Branch, Core, Destination, Inbound, OpenConnection, Outbound, Outcome, FLOW_PARAM};
 use crate::observe::metrics::DropReason;
 use crate::sip::edit::{first_value, Edits};
 use crate::sip::{HeaderName, SipView};
@@ -65,6 +66,23 @@ impl Core {
             }
             None => Destination::Upstream,
         };
+        // A response over UDP may answer a client transaction this proxy
+        // keeps for a request that came over a stream (17.1.3 matching:
+        // our branch and the CSeq method).
+        if !inb.transport.is_stream() && !self.client_transactions.is_empty() {
+            let key = via.branch().and_then(Branch::parse).zip(
+                view.cseq()
+                    .ok()
+                    .and_then(|c| TransactionMethod::of(c.method)),
+            );
+            if let (Some((branch, method)), Some(status)) = (key, view.status()) {
+                let key = TransactionKey {
+                    branch: (branch.transaction, branch.loop_mark),
+                    method,
+                };
+                self.client_transactions.answered(&key, status);
+            }
+        }
         if view.values(HeaderName::Via).nth(1).is_none() {
             // RFC 3261 16.7 step 3: nothing left to send it to.
             debug!(source = %inb.source, "response with only our Via discarded");

@@ -150,6 +150,8 @@ fn every_refusal_has_its_own_status_and_rule() {
             rule: "agent-offer.unsupported",
         },
         Refusal::UpstreamUnavailable,
+        Refusal::UpstreamBusy,
+        Refusal::RequestTimeout,
     ];
     let got: Vec<(u16, &str)> = all.iter().map(|r| (r.status(), r.rule())).collect();
     assert_eq!(
@@ -167,6 +169,8 @@ fn every_refusal_has_its_own_status_and_rule() {
             (500, "proxy.no-listener"),
             (480, "agent-offer.unsupported"),
             (503, "proxy.upstream-unavailable"),
+            (503, "proxy.upstream-busy"),
+            (408, "proxy.request-timeout"),
         ]
     );
     assert_eq!(

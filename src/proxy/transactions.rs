@@ -30,6 +30,8 @@ pub enum RecordKind {
     Decision,
     /// The 503 answered when it could not be sent upstream.
     UpstreamUnavailable,
+    /// The 408 answered when nothing answered it over UDP (RFC 3261 17.1).
+    Timeout,
 }
 
 /// The transactions recorded in the last [`TRANSACTION_LIFETIME`].
@@ -96,6 +98,7 @@ impl Transactions {
         field(match kind {
             RecordKind::Decision => b"d",
             RecordKind::UpstreamUnavailable => b"u",
+            RecordKind::Timeout => b"t",
         });
         field(request.method_bytes().unwrap_or_default());
         field(request.call_id().unwrap_or_default());

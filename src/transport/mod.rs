@@ -151,10 +151,16 @@ pub enum SendError {
         /// Why the last connect failed (shared by every message it failed).
         cause: Arc<dyn std::error::Error + Send + Sync>,
     },
-    /// The queue of the link to the stream upstream is full (it is
-    /// connecting, or the upstream does not keep up).
-    #[error("the queue to upstream {0} is full")]
+    /// The queue of the link to the stream upstream is at
+    /// `limits.upstream_queue_bytes` (it is connecting, or the upstream
+    /// does not keep up): answered `503` with rule `proxy.upstream-busy`.
+    #[error("the queue to upstream {0} is full (limits.upstream_queue_bytes)")]
     UpstreamQueueFull(SocketAddr),
+    /// The connection to the stream upstream closed before the registrar
+    /// sent anything on it (it refused sipadmit's client certificate after
+    /// a TLS 1.3 handshake, say): a request written on it gets no answer.
+    #[error("the connection to upstream {0} closed before the registrar answered anything")]
+    UpstreamClosedUnanswered(SocketAddr),
     /// The link to the stream upstream has stopped (shutting down).
     #[error("the link to upstream {0} has stopped")]
     UpstreamStopped(SocketAddr),
@@ -419,6 +425,10 @@ pub struct TransportContext {
     /// The registrar's address when it is a UDP upstream: ICMP errors for
     /// datagrams sent there count as [`Fault::UpstreamUnreachable`].
     pub udp_upstream: Option<SocketAddr>,
+    /// The byte bound of the queue to a stream upstream (`None` for a UDP
+    /// upstream): client connections wait for room in it before handing a
+    /// message on.
+    pub upstream_queue: Option<Arc<upstream::QueueBudget>>,
 }
 
 /// What became of one message after its source's rate limit.
@@ -485,6 +495,10 @@ impl TransportContext {
                 tcp_idle_timeout: std::time::Duration::from_secs(60),
                 max_registrations: 16,
                 max_contacts_per_register: 16,
+                client_transaction_bytes: 1 << 20,
+                timer_t1: std::time::Duration::from_millis(500),
+                timer_t2: std::time::Duration::from_secs(4),
+                upstream_queue_bytes: 1 << 20,
                 registration_table_bytes: 1 << 20,
                 transaction_table_bytes: 1 << 20,
                 upstream_retry_after_secs: 30,
@@ -513,6 +527,7 @@ impl TransportContext {
             upstream_sources: UpstreamSources::default(),
             read_budget: Arc::new(Semaphore::new(1 << 20)),
             udp_upstream: None,
+            upstream_queue: None,
         })
     }
 }

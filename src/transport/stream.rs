@@ -35,6 +35,7 @@
 use std::fmt;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -49,7 +50,9 @@ use tracing::{debug, error, info, info_span, Instrument, Span};
 
 use super::connections::WriteQueue;
 pub use super::connections::WRITE_TIMEOUT;
-use super::{admit, is_unrecoverable, Admitted, ConnectionId, Fault, Transport, TransportContext};
+use super::{
+    admit, is_unrecoverable, Admitted, ConnectionId, Event, Fault, Transport, TransportContext,
+};
 use crate::observe::metrics::{DropReason, Metrics};
 use crate::proxy::Inbound;
 use crate::sip::framing::{Frame, FramingError, SipCodec, StreamError};
@@ -186,12 +189,26 @@ where
 {
     let (id, read, closing, queue) = register(stream, info, ctx);
     Span::current().record("connection", tracing::field::display(id));
-    read_messages(read, id, info, ctx, closing, queue).await;
+    read_messages(read, id, info, ctx, closing, queue, None).await;
 }
 
-/// Start serving a connection on its own task (with its own span); returns
-/// its id, already in the connection table, so it can be written to at once.
-pub fn spawn<S>(stream: S, info: ConnectionInfo, ctx: &Arc<TransportContext>) -> ConnectionId
+/// A connection started by [`spawn`], as its opener (the upstream link)
+/// watches it.
+#[derive(Debug)]
+pub struct Spawned {
+    /// Its id, already in the connection table.
+    pub id: ConnectionId,
+    /// Cancelled once the connection has ended (reader and writer).
+    pub ended: CancellationToken,
+    /// Set when the peer sent its first message (keep-alives do not count).
+    pub heard: Arc<AtomicBool>,
+    /// Its writer queue.
+    pub queue: Arc<WriteQueue>,
+}
+
+/// Start serving a connection on its own task (with its own span); it is
+/// already in the connection table, so it can be written to at once.
+pub fn spawn<S>(stream: S, info: ConnectionInfo, ctx: &Arc<TransportContext>) -> Spawned
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -203,10 +220,22 @@ where
         connection = %id
     );
     let ctx = ctx.clone();
+    let ended = CancellationToken::new();
+    let heard = Arc::new(AtomicBool::new(false));
+    let spawned = Spawned {
+        id,
+        ended: ended.clone(),
+        heard: heard.clone(),
+        queue: queue.clone(),
+    };
     tokio::spawn(
-        async move { read_messages(read, id, info, &ctx, closing, queue).await }.instrument(span),
+        async move {
+            let _ended = ended.drop_guard();
+            read_messages(read, id, info, &ctx, closing, queue, Some(&heard)).await;
+        }
+        .instrument(span),
     );
-    id
+    spawned
 }
 
 /// Give a connection an id, put its writer queue in the table and start
@@ -361,7 +390,7 @@ enum Stop {
 
 /// Read and frame one connection until EOF, an error, a timeout (idle
 /// between messages, or the message deadline), a failed writer or shutdown;
-/// then take it out of the table.
+/// then take it out of the table. `heard` is set at the first message.
 async fn read_messages<S>(
     mut read: ReadHalf<S>,
     id: ConnectionId,
@@ -369,6 +398,7 @@ async fn read_messages<S>(
     ctx: &TransportContext,
     closing: CancellationToken,
     queue: Arc<WriteQueue>,
+    heard: Option<&AtomicBool>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -389,6 +419,9 @@ async fn read_messages<S>(
             match codec.decode(&mut buf) {
                 Ok(Some(frame)) => {
                     last_message = Instant::now();
+                    if let (Some(heard), Frame::Message(_)) = (heard, &frame) {
+                        heard.store(true, Ordering::Relaxed);
+                    }
                     if !handle_frame(frame, id, info, ctx).await {
                         closed = true;
                         break;
@@ -526,6 +559,14 @@ async fn handle_frame(
             };
             match admit(ctx, message) {
                 Admitted::Event(event, keep_reading) => {
+                    // Backpressure: a client's message waits (and its
+                    // connection is read no further) while the queue to a
+                    // stream upstream is nearly full.
+                    if let (Some(budget), false) = (&ctx.upstream_queue, info.from_upstream) {
+                        if let Event::Received(inbound) = &event {
+                            budget.room_for_clients(inbound.bytes.len()).await;
+                        }
+                    }
                     ctx.events.send(event).await.is_ok() && keep_reading
                 }
                 Admitted::Dropped => true,

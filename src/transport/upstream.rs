@@ -1,13 +1,25 @@
 //! Stage 1, the link to a stream upstream: a task with a bounded queue.
 //!
 //! The dispatcher only offers messages to the queue ([`UpstreamLink::offer`]
-//! never waits); a full queue refuses at once. The link task connects when
+//! never waits). The queue is bounded in bytes ([`QueueBudget`],
+//! `limits.upstream_queue_bytes`): client connections stop reading while
+//! less than a quarter of it is free (backpressure: a reconnect storm waits
+//! in the clients' TCP windows), so only what cannot wait (UDP) can fill it,
+//! and a message that finds it full is refused at once (answered `503`
+//! with rule `proxy.upstream-busy`: the registrar is up, the queue is
+//! full). The link task waits for room in its connection's writer queue
+//! instead of failing a message. The link task connects when
 //! it has a message and no open connection (within
 //! [`LinkSettings::connect_timeout`]), and after a failed connect fails
 //! fast for [`LinkSettings::retry_delay`]. Meanwhile UDP and every other
 //! message keep flowing through the dispatcher. Each message the link could
 //! not deliver goes back to the dispatcher as [`Event::Undelivered`], which
 //! answers a request `503` through `Core::upstream_unavailable`.
+//!
+//! A connection that closes before the registrar sent anything on it (a
+//! registrar refusing sipadmit's client certificate after a TLS 1.3
+//! handshake, say) fails every request written on it at once, as
+//! undelivered (`503`); the next message opens a new connection.
 //!
 //! The connection it opens is served by [`stream::spawn`] like any other
 //! (same framing, writer, keep-alives), and everything arriving on it
@@ -20,27 +32,86 @@
 //! `sipadmit_tls_handshake_failures_total{side="upstream"}`.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 use tokio::time::Instant;
-use tracing::info;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
 
-use super::stream::{self, ConnectionInfo};
+use super::connections::WriteQueue;
+use super::stream::{self, ConnectionInfo, Spawned};
 use super::tls::{ClientTls, HandshakeError};
 use super::{ConnectionId, Event, Fault, SendError, Transport, TransportContext};
 use crate::observe::metrics::TlsSide;
 use crate::proxy::Inbound;
 
-/// How the link queues, connects and backs off.
+/// The byte bound of the queue to a stream upstream
+/// (`limits.upstream_queue_bytes`), shared by the dispatcher (which
+/// queues), the link task (which takes) and the client connections' readers
+/// (which wait for room: [`QueueBudget::room_for_clients`]).
+#[derive(Debug)]
+pub struct QueueBudget {
+    queued: AtomicUsize,
+    capacity: usize,
+    /// Wakes the readers waiting for room.
+    taken: Notify,
+}
+
+impl QueueBudget {
+    /// An empty queue of at most `capacity` bytes.
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            queued: AtomicUsize::new(0),
+            capacity,
+            taken: Notify::new(),
+        }
+    }
+
+    /// Bytes queued now.
+    pub fn queued(&self) -> usize {
+        self.queued.load(Ordering::Relaxed)
+    }
+
+    /// Queue `bytes` if they fit.
+    fn try_add(&self, bytes: usize) -> bool {
+        self.queued
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |queued| {
+                (queued + bytes <= self.capacity).then_some(queued + bytes)
+            })
+            .is_ok()
+    }
+
+    /// The link took `bytes` off the queue.
+    fn remove(&self, bytes: usize) {
+        self.queued.fetch_sub(bytes, Ordering::Relaxed);
+        self.taken.notify_waiters();
+    }
+
+    /// Wait until a client message of `bytes` fits with a quarter of the
+    /// queue still free (kept for what cannot wait: UDP, the registrar's
+    /// own traffic).
+    pub async fn room_for_clients(&self, bytes: usize) {
+        let reserve = self.capacity / 4;
+        loop {
+            let taken = self.taken.notified();
+            tokio::pin!(taken);
+            taken.as_mut().enable();
+            if self.queued() + bytes + reserve <= self.capacity {
+                return;
+            }
+            taken.await;
+        }
+    }
+}
+
+/// How the link connects and backs off.
 #[derive(Debug, Clone, Copy)]
 pub struct LinkSettings {
-    /// Messages waiting for the link at most; more are refused at once
-    /// (the dispatcher answers `503`).
-    pub queue_messages: usize,
     /// How long one connect may take.
     pub connect_timeout: Duration,
     /// After a failed connect, messages fail at once for this long.
@@ -51,10 +122,8 @@ pub struct LinkSettings {
 }
 
 impl LinkSettings {
-    /// 1,024 messages, 2 s to connect, then 2 s of failing fast; 10 s for
-    /// a TLS handshake.
+    /// 2 s to connect, then 2 s of failing fast; 10 s for a TLS handshake.
     pub const DEFAULT: Self = Self {
-        queue_messages: 1024,
         connect_timeout: Duration::from_secs(2),
         retry_delay: Duration::from_secs(2),
         handshake_timeout: Duration::from_secs(10),
@@ -87,30 +156,34 @@ pub struct Outgoing {
 pub struct UpstreamLink {
     transport: Transport,
     addr: SocketAddr,
-    queue: mpsc::Sender<Outgoing>,
+    queue: mpsc::UnboundedSender<Outgoing>,
+    budget: Arc<QueueBudget>,
 }
 
 impl UpstreamLink {
     /// Start the link task to the stream upstream at `addr`, over
     /// `transport`; `local` is the advertised listener address of that
     /// transport (messages on the link arrive "at" it); `tls` runs the
-    /// client handshake of a `tls:` upstream. The task stops on the
-    /// context's shutdown.
+    /// client handshake of a `tls:` upstream; the queue is bounded by
+    /// `budget` (the context's [`TransportContext::upstream_queue`]). The
+    /// task stops on the context's shutdown.
     pub fn spawn(
         transport: Transport,
         addr: SocketAddr,
         local: SocketAddr,
         tls: Option<Arc<ClientTls>>,
         settings: LinkSettings,
+        budget: Arc<QueueBudget>,
         ctx: Arc<TransportContext>,
     ) -> Self {
-        let (queue, waiting) = mpsc::channel(settings.queue_messages.max(1));
+        let (queue, waiting) = mpsc::unbounded_channel();
         let task = LinkTask {
             transport,
             tls,
             addr,
             local,
             settings,
+            budget: budget.clone(),
             ctx,
             connection: None,
             down: None,
@@ -120,6 +193,7 @@ impl UpstreamLink {
             transport,
             addr,
             queue,
+            budget,
         }
     }
 
@@ -129,13 +203,37 @@ impl UpstreamLink {
     }
 
     /// Queue a message for the upstream, without waiting: refused when the
-    /// queue is full or the link has stopped.
+    /// queue is at its byte bound or the link has stopped.
     pub fn offer(&self, outgoing: Outgoing) -> Result<(), SendError> {
-        self.queue.try_send(outgoing).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => SendError::UpstreamQueueFull(self.addr),
-            mpsc::error::TrySendError::Closed(_) => SendError::UpstreamStopped(self.addr),
+        let bytes = outgoing.bytes.len();
+        if !self.budget.try_add(bytes) {
+            return Err(SendError::UpstreamQueueFull(self.addr));
+        }
+        self.queue.send(outgoing).map_err(|_| {
+            self.budget.remove(bytes);
+            SendError::UpstreamStopped(self.addr)
         })
     }
+}
+
+/// Requests a new connection remembers until the registrar sends anything
+/// on it (to fail them at once if it closes first); past this many, the
+/// rest are not remembered (a registrar that takes thousands of requests
+/// and never answers is not refusing a certificate).
+const MAX_UNANSWERED: usize = 10_000;
+
+/// The open connection of the link.
+struct Open {
+    id: ConnectionId,
+    /// Cancelled when the connection has ended.
+    ended: CancellationToken,
+    /// The registrar has sent a message on it.
+    heard: Arc<AtomicBool>,
+    /// Its writer queue (the link waits while it is backed up).
+    queue: Arc<WriteQueue>,
+    /// Requests written on it before the registrar sent anything: failed
+    /// at once if it ends before it does.
+    unanswered: Vec<Inbound>,
 }
 
 /// The link task's state.
@@ -146,51 +244,132 @@ struct LinkTask {
     addr: SocketAddr,
     local: SocketAddr,
     settings: LinkSettings,
+    budget: Arc<QueueBudget>,
     ctx: Arc<TransportContext>,
     /// The open connection to the upstream, if any.
-    connection: Option<ConnectionId>,
+    connection: Option<Open>,
     /// After a failed connect: until when to fail fast, and why.
     down: Option<(Instant, Arc<dyn std::error::Error + Send + Sync>)>,
 }
 
 impl LinkTask {
-    async fn run(mut self, mut waiting: mpsc::Receiver<Outgoing>) {
+    async fn run(mut self, mut waiting: mpsc::UnboundedReceiver<Outgoing>) {
         loop {
+            let ended = self.connection.as_ref().map(|open| open.ended.clone());
             let outgoing = tokio::select! {
                 () = self.ctx.shutdown.cancelled() => return,
+                () = async {
+                    match &ended {
+                        Some(ended) => ended.cancelled().await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    if !self.connection_ended().await {
+                        return;
+                    }
+                    continue;
+                }
                 outgoing = waiting.recv() => match outgoing {
                     Some(outgoing) => outgoing,
                     None => return,
                 },
             };
-            let Outgoing { bytes, inbound } = outgoing;
-            let sent = match self.connection().await {
-                Ok(id) => self.ctx.connections.send(id, self.addr, bytes),
-                Err(e) => Err(e),
-            };
-            match sent {
-                // Written to the connection's queue: what `/readyz` counts
-                // as delivered (a connect failure comes back below, as the
-                // undelivered messages).
-                Ok(()) => self.ctx.metrics.note_upstream_sent(),
-                Err(error) => {
-                    let undelivered = Event::Undelivered { inbound, error };
-                    if self.ctx.events.send(undelivered).await.is_err() {
-                        return;
-                    }
-                }
+            self.budget.remove(outgoing.bytes.len());
+            if !self.deliver(outgoing).await {
+                return;
             }
         }
     }
 
-    /// The open connection, or a new one.
-    async fn connection(&mut self) -> Result<ConnectionId, SendError> {
-        if let Some(id) = self.connection {
-            if self.ctx.connections.is_open_to(id, self.addr) {
-                return Ok(id);
+    /// Write one message to the connection (opened if need be), waiting for
+    /// room in its writer queue; what cannot be delivered goes back to the
+    /// dispatcher. `false`: the dispatcher is gone.
+    async fn deliver(&mut self, outgoing: Outgoing) -> bool {
+        let Outgoing { bytes, inbound } = outgoing;
+        let sent = match self.connection().await {
+            Ok(()) => self.write(bytes).await,
+            Err(e) => Err(e),
+        };
+        match sent {
+            // Written to the connection's queue: what `/readyz` counts
+            // as delivered (a connect failure comes back below, as the
+            // undelivered messages).
+            Ok(()) => {
+                self.ctx.metrics.note_upstream_sent();
+                if let Some(open) = self.connection.as_mut() {
+                    if open.heard.load(Ordering::Relaxed) {
+                        open.unanswered = Vec::new();
+                    } else if !inbound.bytes.starts_with(b"SIP/")
+                        && open.unanswered.len() < MAX_UNANSWERED
+                    {
+                        open.unanswered.push(inbound);
+                    }
+                }
+                true
             }
-            info!(upstream = %self.addr, connection = %id, "upstream connection closed");
-            self.connection = None;
+            Err(error) => self.undelivered(inbound, error).await,
+        }
+    }
+
+    /// Write `bytes` to the open connection, waiting (bounded by
+    /// [`stream::WRITE_TIMEOUT`] per wait) while its writer queue is backed up.
+    async fn write(&mut self, bytes: Bytes) -> Result<(), SendError> {
+        let Some(open) = self.connection.as_ref() else {
+            return Err(SendError::UpstreamStopped(self.addr));
+        };
+        if open.queue.is_backed_up() {
+            tokio::select! {
+                () = open.queue.drained() => {}
+                () = open.ended.cancelled() => {}
+                () = tokio::time::sleep(stream::WRITE_TIMEOUT) => {}
+            }
+        }
+        self.ctx.connections.send(open.id, self.addr, bytes)
+    }
+
+    /// Hand a message back to the dispatcher. `false`: it is gone.
+    async fn undelivered(&self, inbound: Inbound, error: SendError) -> bool {
+        let undelivered = Event::Undelivered { inbound, error };
+        self.ctx.events.send(undelivered).await.is_ok()
+    }
+
+    /// The connection ended. If the registrar sent nothing on it, the
+    /// requests written on it are failed now (they would get no answer);
+    /// the next message opens a new connection. `false`: the dispatcher is
+    /// gone.
+    async fn connection_ended(&mut self) -> bool {
+        let Some(open) = self.connection.take() else {
+            return true;
+        };
+        if open.heard.load(Ordering::Relaxed) || open.unanswered.is_empty() {
+            info!(upstream = %self.addr, connection = %open.id, "upstream connection closed");
+            return true;
+        }
+        warn!(
+            upstream = %self.addr,
+            connection = %open.id,
+            requests = open.unanswered.len(),
+            "upstream connection closed before the registrar sent anything (client certificate refused?): its requests are answered 503"
+        );
+        for inbound in open.unanswered {
+            let error = SendError::UpstreamClosedUnanswered(self.addr);
+            if !self.undelivered(inbound, error).await {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Make sure a connection is open: the open one, or a new one.
+    async fn connection(&mut self) -> Result<(), SendError> {
+        if let Some(open) = &self.connection {
+            if self.ctx.connections.is_open_to(open.id, self.addr) {
+                return Ok(());
+            }
+            // Closed: fail what it never answered before writing anew.
+            if !self.connection_ended().await {
+                return Err(SendError::UpstreamStopped(self.addr));
+            }
         }
         let unreachable = |cause| SendError::UpstreamUnreachable {
             addr: self.addr,
@@ -202,11 +381,17 @@ impl LinkTask {
             }
         }
         match self.connect().await {
-            Ok(id) => {
+            Ok(spawned) => {
                 self.down = None;
-                self.connection = Some(id);
-                info!(upstream = %self.addr, connection = %id, "connected to upstream");
-                Ok(id)
+                info!(upstream = %self.addr, connection = %spawned.id, "connected to upstream");
+                self.connection = Some(Open {
+                    id: spawned.id,
+                    ended: spawned.ended,
+                    heard: spawned.heard,
+                    queue: spawned.queue,
+                    unanswered: Vec::new(),
+                });
+                Ok(())
             }
             Err(cause) => {
                 Fault::UpstreamConnect.report(&self.ctx.metrics, Some(self.addr), &cause);
@@ -220,7 +405,7 @@ impl LinkTask {
     /// Connect (bounded by the connect timeout and shutdown), run the TLS
     /// handshake of a `tls:` upstream (bounded by the handshake timeout),
     /// and start serving the connection.
-    async fn connect(&self) -> Result<ConnectionId, ConnectError> {
+    async fn connect(&self) -> Result<Spawned, ConnectError> {
         let timeout = self.settings.connect_timeout;
         let connecting = tokio::time::timeout(timeout, TcpStream::connect(self.addr));
         let tcp = tokio::select! {
@@ -427,6 +612,25 @@ mod tests {
         assert!(!watch.check(t0 + 3 * SILENCE, &metrics));
     }
 
+    fn spawn_link(
+        addr: SocketAddr,
+        settings: LinkSettings,
+        budget: usize,
+        ctx: &Arc<TransportContext>,
+    ) -> UpstreamLink {
+        let local = "127.0.0.1:5060".parse().unwrap();
+        let budget = Arc::new(QueueBudget::new(budget));
+        UpstreamLink::spawn(
+            Transport::Tcp,
+            addr,
+            local,
+            None,
+            settings,
+            budget,
+            ctx.clone(),
+        )
+    }
+
     #[tokio::test]
     async fn a_full_queue_refuses_at_once_and_a_stalled_connect_returns_what_waited() {
         let (listener, _filler) = stalled_listener().await;
@@ -434,33 +638,35 @@ mod tests {
         let (tx, mut events) = mpsc::channel(16);
         let ctx = context(tx);
         let settings = LinkSettings {
-            queue_messages: 1,
             connect_timeout: Duration::from_millis(300),
             retry_delay: Duration::from_secs(60),
             ..LinkSettings::DEFAULT
         };
-        let local = "127.0.0.1:5060".parse().unwrap();
-        let link = UpstreamLink::spawn(Transport::Tcp, addr, local, None, settings, ctx.clone());
-        // The first is taken by the task, which starts connecting ...
+        // Two bytes of queue; each message is one byte.
+        let link = spawn_link(addr, settings, 2, &ctx);
+        // The first is taken by the task (its bytes leave the queue), which
+        // starts connecting ...
         link.offer(outgoing(1)).unwrap();
         let mut taken = false;
         for _ in 0..1000 {
-            if link.queue.capacity() == 1 {
+            if link.budget.queued() == 0 {
                 taken = true;
                 break;
             }
             tokio::task::yield_now().await;
         }
         assert!(taken, "the link task took the first message");
-        // ... the second waits in the queue, the third finds it full.
+        // ... the next two wait in the queue, the fourth finds it full.
         link.offer(outgoing(2)).unwrap();
+        link.offer(outgoing(3)).unwrap();
+        assert_eq!(link.budget.queued(), 2);
         assert!(matches!(
-            link.offer(outgoing(3)),
+            link.offer(outgoing(4)),
             Err(SendError::UpstreamQueueFull(a)) if a == addr
         ));
-        // The connect times out: both come back, in order, as undelivered.
-        let got = undelivered(&mut events, 2).await;
-        assert_eq!(got.iter().map(|(n, _)| *n).collect::<Vec<_>>(), [1, 2]);
+        // The connect times out: all three come back, in order, as undelivered.
+        let got = undelivered(&mut events, 3).await;
+        assert_eq!(got.iter().map(|(n, _)| *n).collect::<Vec<_>>(), [1, 2, 3]);
         for (_, error) in &got {
             assert!(
                 matches!(error, SendError::UpstreamUnreachable { cause, .. } if cause.to_string().contains("no connection within 300 ms")),
@@ -468,6 +674,82 @@ mod tests {
             );
         }
         assert_eq!(ctx.metrics.faults(Fault::UpstreamConnect), 1);
+        assert_eq!(link.budget.queued(), 0);
+        ctx.shutdown.cancel();
+    }
+
+    #[tokio::test]
+    async fn client_readers_wait_while_less_than_a_quarter_of_the_queue_is_free() {
+        let budget = Arc::new(QueueBudget::new(1000));
+        assert!(budget.try_add(700));
+        // 700 + 100 + 250 (the reserve) > 1000: a client message waits ...
+        let waiting = tokio::spawn({
+            let budget = budget.clone();
+            async move { budget.room_for_clients(100).await }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!waiting.is_finished());
+        // ... while what cannot wait still fits, up to the bound.
+        assert!(budget.try_add(300));
+        assert!(!budget.try_add(1), "full");
+        // The link takes messages: room again.
+        budget.remove(700);
+        tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .expect("woken")
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn requests_on_a_connection_closed_before_any_answer_are_failed_at_once() {
+        let registrar = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = registrar.local_addr().unwrap();
+        let (tx, mut events) = mpsc::channel(16);
+        let ctx = context(tx);
+        let link = spawn_link(addr, LinkSettings::DEFAULT, 1 << 20, &ctx);
+        // A request and a response (nobody to answer) are written; the
+        // registrar reads them and closes without a word (as one refusing
+        // sipadmit's certificate after a TLS 1.3 handshake does).
+        link.offer(outgoing(1)).unwrap();
+        let mut response = outgoing(2);
+        response.inbound.bytes = Bytes::from_static(b"SIP/2.0 200 OK\r\n\r\n");
+        link.offer(response).unwrap();
+        let (mut conn, _) = registrar.accept().await.unwrap();
+        let mut got = [0u8; 2];
+        tokio::io::AsyncReadExt::read_exact(&mut conn, &mut got)
+            .await
+            .unwrap();
+        let started = std::time::Instant::now();
+        drop(conn);
+        let failed = undelivered(&mut events, 1).await;
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "failed at once, not after a client timeout"
+        );
+        assert_eq!(failed[0].0, 1, "the request, not the response");
+        assert!(matches!(
+            failed[0].1,
+            SendError::UpstreamClosedUnanswered(a) if a == addr
+        ));
+        // The next request opens a new connection, which answers: closing
+        // it after that fails nothing.
+        link.offer(outgoing(3)).unwrap();
+        let (mut second, _) = registrar.accept().await.unwrap();
+        let mut byte = [0u8; 1];
+        tokio::io::AsyncReadExt::read_exact(&mut second, &mut byte)
+            .await
+            .unwrap();
+        assert_eq!(byte, [3]);
+        tokio::io::AsyncWriteExt::write_all(
+            &mut second,
+            b"OPTIONS sip:x SIP/2.0\r\nContent-Length: 0\r\n\r\n",
+        )
+        .await
+        .unwrap();
+        assert!(matches!(events.recv().await, Some(Event::Received(_))));
+        drop(second);
+        let quiet = tokio::time::timeout(Duration::from_millis(500), events.recv()).await;
+        assert!(quiet.is_err(), "nothing failed: {quiet:?}");
         ctx.shutdown.cancel();
     }
 
@@ -478,14 +760,7 @@ mod tests {
         let (tx, mut events) = mpsc::channel(16);
         let ctx = context(tx);
         let local = "127.0.0.1:5060".parse().unwrap();
-        let link = UpstreamLink::spawn(
-            Transport::Tcp,
-            addr,
-            local,
-            None,
-            LinkSettings::DEFAULT,
-            ctx.clone(),
-        );
+        let link = spawn_link(addr, LinkSettings::DEFAULT, 1 << 20, &ctx);
         let read_one = |mut conn: TcpStream| async move {
             use tokio::io::AsyncReadExt;
             let mut byte = [0u8; 1];

@@ -1,0 +1,484 @@
+//! Client transactions for requests that arrive over a reliable transport
+//! (TCP, TLS) and leave over UDP (RFC 3261 17.1).
+//!
+//! A client on a stream never retransmits (17.1.1.2: only unreliable
+//! transports do), so when sipadmit relays its request over UDP, a lost
+//! datagram (a registrar's receive buffer overflowing in a reconnect storm)
+//! would lose the request for good. For those requests only, sipadmit keeps
+//! the client transaction RFC 3261 gives a stateful element:
+//!
+//! - Timer A / E: the request is sent again after T1, then at doubling
+//!   intervals; a non-INVITE's interval is capped at T2 (17.1.2.2), and
+//!   after a provisional response it is resent every T2.
+//! - The first response ends an INVITE's retransmissions (17.1.1.2: a
+//!   provisional moves it to Proceeding, where the transaction layer no
+//!   longer resends); a final response ends a non-INVITE's.
+//! - Timer B / F: with no response (INVITE) or no final response
+//!   (non-INVITE) 64*T1 after the first send, the client is answered
+//!   `408 Request Timeout` by sipadmit ([`Due::TimedOut`]).
+//! - ACK is never a transaction (17.1.1.3); CANCEL is a non-INVITE
+//!   transaction of its own with the INVITE's branch, told apart by its
+//!   CSeq method (17.1.3).
+//!
+//! Requests between two UDP peers are relayed statelessly, as before: the
+//! client retransmits them itself. The table is pure (the clock is passed
+//! in) and bounded in bytes: a request that finds no room is relayed once
+//! without a transaction and counted ([`Start::NoRoom`]).
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use super::{Inbound, Outbound};
+
+/// RFC 3261 timer values (17.1.1.1, table 4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timers {
+    /// T1, the round-trip estimate: the first retransmission interval, and
+    /// 64*T1 is the transaction timeout. RFC default 500 ms.
+    pub t1: Duration,
+    /// T2, the cap of a non-INVITE's retransmission interval. RFC default 4 s.
+    pub t2: Duration,
+}
+
+impl Timers {
+    /// The RFC 3261 defaults: T1 = 500 ms, T2 = 4 s.
+    pub const RFC3261: Self = Self {
+        t1: Duration::from_millis(500),
+        t2: Duration::from_secs(4),
+    };
+
+    /// Timer B / F: 64*T1.
+    pub fn timeout(self) -> Duration {
+        self.t1 * 64
+    }
+}
+
+/// Which kind of client transaction a request starts: the CSeq method
+/// tells an INVITE from the CANCEL that shares its branch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum TransactionMethod {
+    /// INVITE: retransmitted until any response.
+    Invite,
+    /// CANCEL: a non-INVITE transaction with the INVITE's branch.
+    Cancel,
+    /// Every other non-INVITE method (REGISTER, OPTIONS, BYE, ...).
+    Other,
+}
+
+impl TransactionMethod {
+    /// The method class of a CSeq method; `None` for ACK, which is never
+    /// a transaction of its own.
+    pub fn of(cseq_method: &[u8]) -> Option<Self> {
+        match cseq_method {
+            b"INVITE" => Some(Self::Invite),
+            b"CANCEL" => Some(Self::Cancel),
+            b"ACK" => None,
+            _ => Some(Self::Other),
+        }
+    }
+}
+
+/// What identifies a client transaction (RFC 3261 17.1.3): the branch of
+/// the Via sipadmit put on the request, and the CSeq method class.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TransactionKey {
+    /// sipadmit's branch, as the proxy's two branch parts.
+    pub branch: (u64, u32),
+    /// INVITE, CANCEL or another method.
+    pub method: TransactionMethod,
+}
+
+/// A client transaction to keep: what to resend, and the request it was
+/// relayed from (answered `408` on timeout).
+#[derive(Debug, Clone)]
+pub struct Transaction {
+    /// Its key.
+    pub key: TransactionKey,
+    /// The request as relayed (resent as is).
+    pub send: Outbound,
+    /// The request as it arrived from the client.
+    pub inbound: Inbound,
+}
+
+/// What [`ClientTransactions::start`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    /// Kept: it is retransmitted until answered.
+    Started,
+    /// A transaction with this key is already kept (the client sent the
+    /// request again): nothing changes.
+    Known,
+    /// The table is at its byte bound: relayed once, not retransmitted.
+    NoRoom,
+}
+
+/// What a timer that fired asks for.
+#[derive(Debug)]
+pub enum Due {
+    /// Send the request again (relayed from the request it carries).
+    Retransmit(Outbound, Inbound),
+    /// No (final) response within 64*T1: answer the client `408`.
+    TimedOut(Inbound),
+}
+
+/// One kept transaction.
+#[derive(Debug)]
+struct Entry {
+    transaction: Transaction,
+    /// Timer B / F: when it times out.
+    gives_up: Instant,
+    /// The interval before the next retransmission.
+    interval: Duration,
+    /// A non-INVITE got a provisional response: resent every T2.
+    proceeding: bool,
+    /// The timer of this entry that is live in the heap (older ones are
+    /// stale and skipped).
+    timer: u64,
+    /// Bytes this entry accounts for.
+    bytes: usize,
+}
+
+/// A timer in the heap: (when, timer id, key).
+type Timer = Reverse<(Instant, u64, TransactionKey)>;
+
+/// Fixed bytes an entry costs beyond its two messages: the entry and its
+/// key in the map (with the map's slack) and its timer in the heap.
+const ENTRY_OVERHEAD: usize = 2
+    * (std::mem::size_of::<Entry>() + std::mem::size_of::<TransactionKey>())
+    + std::mem::size_of::<Timer>();
+/// Bytes a timer in the heap costs (stale ones included, until they fire).
+const TIMER_BYTES: usize = std::mem::size_of::<Timer>();
+
+#[derive(Debug, Default)]
+struct Table {
+    entries: HashMap<TransactionKey, Entry>,
+    timers: BinaryHeap<Timer>,
+    /// Bytes of the entries (messages and overhead).
+    entry_bytes: usize,
+    next_timer: u64,
+}
+
+impl Table {
+    fn bytes(&self) -> usize {
+        self.entry_bytes + self.timers.len() * TIMER_BYTES
+    }
+
+    fn schedule(&mut self, key: TransactionKey, at: Instant) -> u64 {
+        let id = self.next_timer;
+        self.next_timer += 1;
+        self.timers.push(Reverse((at, id, key)));
+        id
+    }
+
+    fn remove(&mut self, key: &TransactionKey) {
+        if let Some(entry) = self.entries.remove(key) {
+            self.entry_bytes -= entry.bytes;
+        }
+    }
+}
+
+/// The client transactions kept for stream-to-UDP requests; see the module
+/// doc. Shared by every task (one lock; idle when empty, checked without it).
+#[derive(Debug)]
+pub struct ClientTransactions {
+    table: Mutex<Table>,
+    /// Transactions kept (read without the lock).
+    kept: AtomicUsize,
+    timers: Timers,
+    max_bytes: usize,
+}
+
+impl ClientTransactions {
+    /// An empty table of at most `max_bytes` bytes, with `timers`.
+    pub fn new(timers: Timers, max_bytes: usize) -> Self {
+        Self {
+            table: Mutex::new(Table::default()),
+            kept: AtomicUsize::new(0),
+            timers,
+            max_bytes,
+        }
+    }
+
+    /// The timer values.
+    pub fn timers(&self) -> Timers {
+        self.timers
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Table> {
+        self.table.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Keep `transaction`, first sent at `now`.
+    pub fn start(&self, transaction: Transaction, now: Instant) -> Start {
+        let mut table = self.lock();
+        let key = transaction.key;
+        if table.entries.contains_key(&key) {
+            return Start::Known;
+        }
+        let bytes = transaction.send.bytes.len() + transaction.inbound.bytes.len() + ENTRY_OVERHEAD;
+        if table.bytes() + bytes > self.max_bytes {
+            return Start::NoRoom;
+        }
+        let t1 = self.timers.t1;
+        let timer = table.schedule(key, now + t1);
+        table.entry_bytes += bytes;
+        table.entries.insert(
+            key,
+            Entry {
+                transaction,
+                gives_up: now + self.timers.timeout(),
+                interval: t1,
+                proceeding: false,
+                timer,
+                bytes,
+            },
+        );
+        self.kept.store(table.entries.len(), Ordering::Relaxed);
+        Start::Started
+    }
+
+    /// A response with `status` arrived for `key`: a final one ends the
+    /// transaction; a provisional one ends an INVITE's retransmissions
+    /// and slows a non-INVITE's to every T2. Returns whether it matched a
+    /// kept transaction.
+    pub fn answered(&self, key: &TransactionKey, status: u16) -> bool {
+        if self.is_empty() {
+            return false;
+        }
+        let mut table = self.lock();
+        let Some(entry) = table.entries.get_mut(key) else {
+            return false;
+        };
+        if status < 200 && key.method != TransactionMethod::Invite {
+            entry.proceeding = true;
+        } else {
+            table.remove(key);
+        }
+        self.kept.store(table.entries.len(), Ordering::Relaxed);
+        true
+    }
+
+    /// The timers that fired by `now`: requests to send again, and
+    /// transactions that timed out (removed).
+    pub fn due(&self, now: Instant) -> Vec<Due> {
+        let mut due = Vec::new();
+        let mut table = self.lock();
+        while let Some(Reverse((at, id, key))) = table.timers.peek().copied() {
+            if at > now {
+                break;
+            }
+            table.timers.pop();
+            let t2 = self.timers.t2;
+            let next = match table.entries.get_mut(&key) {
+                Some(entry) if entry.timer == id => {
+                    if now >= entry.gives_up {
+                        None
+                    } else {
+                        due.push(Due::Retransmit(
+                            entry.transaction.send.clone(),
+                            entry.transaction.inbound.clone(),
+                        ));
+                        entry.interval = if entry.proceeding {
+                            t2
+                        } else if key.method == TransactionMethod::Invite {
+                            entry.interval * 2
+                        } else {
+                            (entry.interval * 2).min(t2)
+                        };
+                        Some((now + entry.interval).min(entry.gives_up))
+                    }
+                }
+                // Answered since, or rescheduled: a stale timer.
+                _ => continue,
+            };
+            match next {
+                Some(at) => {
+                    let timer = table.schedule(key, at);
+                    if let Some(entry) = table.entries.get_mut(&key) {
+                        entry.timer = timer;
+                    }
+                }
+                None => {
+                    if let Some(entry) = table.entries.remove(&key) {
+                        table.entry_bytes -= entry.bytes;
+                        due.push(Due::TimedOut(entry.transaction.inbound));
+                    }
+                }
+            }
+        }
+        self.kept.store(table.entries.len(), Ordering::Relaxed);
+        due
+    }
+
+    /// When the next timer fires, if any is set.
+    pub fn next_due(&self) -> Option<Instant> {
+        if self.is_empty() {
+            return None;
+        }
+        self.lock().timers.peek().map(|Reverse((at, _, _))| *at)
+    }
+
+    /// Transactions kept.
+    pub fn len(&self) -> usize {
+        self.kept.load(Ordering::Relaxed)
+    }
+
+    /// Whether none is kept.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Bytes the table accounts for (never above its bound).
+    pub fn accounted_bytes(&self) -> usize {
+        self.lock().bytes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::proxy::Destination;
+    use crate::transport::Transport;
+
+    const T1: Duration = Duration::from_millis(500);
+
+    fn key(n: u64, method: TransactionMethod) -> TransactionKey {
+        TransactionKey {
+            branch: (n, 7),
+            method,
+        }
+    }
+
+    fn transaction(key: TransactionKey, size: usize) -> Transaction {
+        Transaction {
+            key,
+            send: Outbound {
+                to: Destination::Upstream,
+                bytes: Bytes::from(vec![b'r'; size]),
+            },
+            inbound: Inbound {
+                bytes: Bytes::from(vec![b'i'; size]),
+                transport: Transport::Tcp,
+                source: "127.0.0.1:40000".parse().unwrap(),
+                local: "127.0.0.1:5060".parse().unwrap(),
+                connection: None,
+                from_upstream: false,
+            },
+        }
+    }
+
+    /// The offsets from the start (in ms) at which the request is resent,
+    /// and when it times out, with no response at all.
+    fn schedule(method: TransactionMethod) -> (Vec<u128>, Option<u128>) {
+        let table = ClientTransactions::new(Timers::RFC3261, 1 << 20);
+        let t0 = Instant::now();
+        assert_eq!(
+            table.start(transaction(key(1, method), 100), t0),
+            Start::Started
+        );
+        let (mut resent, mut timed_out) = (Vec::new(), None);
+        while let Some(at) = table.next_due() {
+            for due in table.due(at) {
+                let ms = at.duration_since(t0).as_millis();
+                match due {
+                    Due::Retransmit(..) => resent.push(ms),
+                    Due::TimedOut(_) => timed_out = Some(ms),
+                }
+            }
+        }
+        (resent, timed_out)
+    }
+
+    #[test]
+    fn a_non_invite_is_resent_at_doubling_intervals_capped_at_t2_then_times_out_at_64_t1() {
+        let (resent, timed_out) = schedule(TransactionMethod::Other);
+        assert_eq!(
+            resent,
+            [500, 1500, 3500, 7500, 11500, 15500, 19500, 23500, 27500, 31500]
+        );
+        assert_eq!(timed_out, Some(32_000));
+    }
+
+    #[test]
+    fn an_invite_doubles_without_a_cap_until_timer_b() {
+        let (resent, timed_out) = schedule(TransactionMethod::Invite);
+        assert_eq!(resent, [500, 1500, 3500, 7500, 15500, 31500]);
+        assert_eq!(timed_out, Some(32_000));
+    }
+
+    #[test]
+    fn a_final_response_ends_it_and_a_provisional_ends_only_an_invites_retransmissions() {
+        let table = ClientTransactions::new(Timers::RFC3261, 1 << 20);
+        let t0 = Instant::now();
+        let register = key(1, TransactionMethod::Other);
+        let invite = key(2, TransactionMethod::Invite);
+        let cancel = key(2, TransactionMethod::Cancel);
+        for k in [register, invite, cancel] {
+            assert_eq!(table.start(transaction(k, 10), t0), Start::Started);
+        }
+        assert_eq!(table.start(transaction(invite, 10), t0), Start::Known);
+        assert_eq!(table.len(), 3, "CANCEL and INVITE are two transactions");
+        assert!(table.answered(&invite, 180), "100/180 stops an INVITE");
+        assert!(!table.answered(&invite, 200), "already gone");
+        assert!(table.answered(&register, 100), "a non-INVITE proceeds");
+        assert_eq!(table.len(), 2);
+        // The REGISTER goes on every T2 from now on; the CANCEL doubles.
+        let due = table.due(t0 + T1);
+        assert_eq!(due.len(), 2);
+        assert!(table.answered(&cancel, 200));
+        let next = table.due(t0 + T1 + Duration::from_secs(4));
+        assert_eq!(next.len(), 1, "only the proceeding REGISTER, after T2");
+        assert!(table.answered(&register, 200));
+        assert!(table.is_empty());
+        assert!(table.due(t0 + Duration::from_secs(60)).is_empty());
+        assert_eq!(
+            table.accounted_bytes(),
+            0,
+            "stale timers fired and are gone"
+        );
+    }
+
+    #[test]
+    fn the_table_is_bounded_in_bytes() {
+        let table = ClientTransactions::new(Timers::RFC3261, 16 << 10);
+        let t0 = Instant::now();
+        let mut started = 0;
+        for n in 0..100 {
+            match table.start(transaction(key(n, TransactionMethod::Other), 1000), t0) {
+                Start::Started => started += 1,
+                Start::NoRoom => {}
+                Start::Known => unreachable!(),
+            }
+            assert!(table.accounted_bytes() <= 16 << 10);
+        }
+        assert!((5..10).contains(&started), "{started}");
+        // An answer makes room again.
+        assert!(table.answered(&key(0, TransactionMethod::Other), 200));
+        assert_eq!(
+            table.start(transaction(key(500, TransactionMethod::Other), 1000), t0),
+            Start::Started
+        );
+    }
+
+    #[test]
+    fn ack_is_never_a_transaction() {
+        assert_eq!(TransactionMethod::of(b"ACK"), None);
+        assert_eq!(
+            TransactionMethod::of(b"INVITE"),
+            Some(TransactionMethod::Invite)
+        );
+        assert_eq!(
+            TransactionMethod::of(b"CANCEL"),
+            Some(TransactionMethod::Cancel)
+        );
+        assert_eq!(
+            TransactionMethod::of(b"REGISTER"),
+            Some(TransactionMethod::Other)
+        );
+    }
+}
