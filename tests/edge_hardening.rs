@@ -233,6 +233,132 @@ fn slowloris_is_closed_at_the_message_deadline_and_sources_are_capped() {
     assert_eq!(&answer, b"SIP/2.0 200 ");
 }
 
+/// The issue "slowloris still delays legitimate clients": 100 connections
+/// from one address trickling a byte every 2 s against `max_connections =
+/// 60`. The per-source cap (default 32) closes all but 32 of them as they
+/// are accepted, so 28 slots stay free: a client from another address
+/// registers on its first connection attempt, within 2 s. (The 26 s in the
+/// report came from the reporter's registrar running out of memory.)
+#[test]
+fn slowloris_from_one_source_leaves_slots_for_another_at_once() {
+    const SLOW: usize = 100;
+    /// The whole test, trickling included, ends within this.
+    const BOUND: Duration = Duration::from_secs(15);
+    let started = Instant::now();
+    let registrar = Registrar::start();
+    // Default deadline (10 s) and max_connections_per_source (32).
+    let config = untrusted("[limits]\nmax_connections = 60\n");
+    let proxy = TestProxy::start(&config, "127.0.0.1", &registrar.upstream());
+    let target = proxy.tcp;
+    let connect = move |ip: &str| -> std::io::Result<TcpStream> {
+        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+        let local: SocketAddr = format!("{ip}:0").parse().unwrap();
+        socket.bind(&local.into())?;
+        socket.connect_timeout(&target.into(), WAIT)?;
+        Ok(socket.into())
+    };
+    // 100 slowloris connections from 127.0.0.5, one byte each; those the
+    // proxy refuses may still connect (accepted, then closed).
+    let slow: Vec<TcpStream> = (0..SLOW)
+        .filter_map(|_| {
+            let mut conn = connect("127.0.0.5").ok()?;
+            conn.write_all(b"R").ok()?;
+            Some(conn)
+        })
+        .collect();
+    let connected = slow.len();
+    assert_eq!(connected, SLOW, "every slowloris connection was made");
+    // They keep trickling one byte every 2 s until told to stop (or the bound).
+    let slow = Arc::new(std::sync::Mutex::new(slow));
+    let stop = Arc::new(AtomicBool::new(false));
+    // Stops the trickling when dropped, on a failed assertion too.
+    struct Stopping(Arc<AtomicBool>);
+    impl Drop for Stopping {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::Relaxed);
+        }
+    }
+    let stopping = Stopping(stop.clone());
+    let rounds = Arc::new(AtomicUsize::new(0));
+    let trickle = {
+        let (slow, stop, rounds) = (slow.clone(), stop.clone(), rounds.clone());
+        std::thread::spawn(move || {
+            let mut next = Instant::now() + Duration::from_secs(2);
+            while !stop.load(Ordering::Relaxed) && started.elapsed() < BOUND {
+                if Instant::now() < next {
+                    std::thread::sleep(Duration::from_millis(20));
+                    continue;
+                }
+                for conn in slow.lock().unwrap().iter_mut() {
+                    // A closed one fails at the second write at the latest.
+                    let _ = conn.write_all(b"E");
+                }
+                rounds.fetch_add(1, Ordering::Relaxed);
+                next += Duration::from_secs(2);
+            }
+        })
+    };
+    // While they trickle (one round written), a client from 127.0.0.6.
+    while rounds.load(Ordering::Relaxed) == 0 {
+        assert!(started.elapsed() < BOUND, "no trickle round");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let attempt = Instant::now();
+    let mut client = connect("127.0.0.6").expect("the first connection attempt");
+    client
+        .set_read_timeout(Some(
+            WAIT.saturating_sub(attempt.elapsed())
+                .max(Duration::from_millis(1)),
+        ))
+        .unwrap();
+    let from = client.local_addr().unwrap();
+    client
+        .write_all(register(from, "legit", 0, "TCP", "").as_bytes())
+        .unwrap();
+    let mut answer = [0u8; 12];
+    let read = client.read_exact(&mut answer);
+    let took = attempt.elapsed();
+    assert!(
+        read.is_ok() && took <= WAIT,
+        "no answer within {WAIT:?} ({took:?}): {read:?}"
+    );
+    assert_eq!(
+        &answer,
+        b"SIP/2.0 200 ",
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+    // The client's connection was accepted after every slowloris one, so
+    // each of those was admitted or closed by now (a closed one reads EOF
+    // or a reset; allow a moment for it to arrive).
+    let open = |slow: &[TcpStream]| {
+        slow.iter()
+            .filter(|conn| {
+                conn.set_nonblocking(true).unwrap();
+                let open = matches!(conn.peek(&mut [0u8; 1]),
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock);
+                conn.set_nonblocking(false).unwrap();
+                open
+            })
+            .count()
+    };
+    let mut still_open = open(&slow.lock().unwrap());
+    let settle = Instant::now();
+    while still_open > 32 && settle.elapsed() < Duration::from_secs(1) {
+        std::thread::sleep(Duration::from_millis(20));
+        still_open = open(&slow.lock().unwrap());
+    }
+    drop(stopping);
+    trickle.join().unwrap();
+    // Some stay open (holding slots, so the client did compete for one),
+    // at most the cap.
+    assert!(
+        (1..=32).contains(&still_open),
+        "{still_open} of {connected} slowloris connections open (cap 32)"
+    );
+    assert!(started.elapsed() < BOUND, "{:?}", started.elapsed());
+}
+
 /// Whether the last read on `conn` only timed out (the connection is open).
 fn is_timeout_of(conn: &TcpStream) -> bool {
     // A zero-length peek tells an open connection (WouldBlock/timeout) from a closed one.

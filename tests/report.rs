@@ -25,6 +25,7 @@ use common::external::find_tool;
 use serde_json::Value;
 use sipadmit::classify::Catalog;
 use sipadmit::config::SHIPPED_CATALOG;
+use sipadmit::observe::decision_log::CONTRACT_FIELDS;
 use sipadmit::observe::DecisionRecord;
 use sipadmit::policy::{Action, Mode, SessionRole};
 use sipadmit::transport::Transport;
@@ -781,6 +782,94 @@ fn malformed_lines_are_counted_and_skipped() {
     let r = report_json(&[path.to_str().unwrap()], None);
     assert_eq!(r["records"], lines.len() as u64);
     assert_eq!(r["malformed_lines"], junk.len() as u64);
+}
+
+/// `record`'s line with only the fields the interface contract names
+/// (an older version's log, or one a log shipper trimmed), plus `extra`.
+fn contract_line(record: &DecisionRecord, extra: &[(&str, Value)]) -> String {
+    let mut object: serde_json::Map<String, Value> =
+        serde_json::from_str(&serde_json::to_string(record).unwrap()).unwrap();
+    object.retain(|key, _| CONTRACT_FIELDS.contains(&key.as_str()));
+    assert_eq!(object.len(), 17);
+    for (key, value) in extra {
+        object.insert((*key).to_owned(), value.clone());
+    }
+    Value::Object(object).to_string()
+}
+
+/// Lines with exactly the contract's fields (no `client_rule`,
+/// `would_reject` or `generation`) are records, counted by action as the
+/// full lines are; fields a log shipper adds are ignored; a line missing a
+/// contract field is still malformed.
+#[test]
+fn contract_only_lines_are_records_counted_like_full_ones() {
+    let records = fixture_records();
+    let mut by_action: HashMap<String, u64> = HashMap::new();
+    for r in &records {
+        *by_action.entry(r.action.as_str().into()).or_default() += 1;
+    }
+    let full = report_json(&[&fixture_arg()], None);
+    let shipped = [
+        ("@timestamp", serde_json::json!("2026-11-28T00:00:00Z")),
+        ("host", serde_json::json!({"name": "edge-1"})),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    for extra in [&[][..], &shipped[..]] {
+        let mut text = String::new();
+        for r in &records {
+            text.push_str(&contract_line(r, extra));
+            text.push('\n');
+        }
+        // Without `rule` (a contract field): malformed.
+        let broken = contract_line(&records[0], extra).replace("\"rule\":", "\"rules\":");
+        assert_ne!(broken, contract_line(&records[0], extra));
+        text.push_str(&broken);
+        text.push('\n');
+        let path = dir.path().join("contract.log");
+        std::fs::write(&path, text).unwrap();
+        let r = report_json(&[path.to_str().unwrap()], None);
+        assert_eq!(r["records"], records.len() as u64, "{extra:?}");
+        assert_eq!(r["malformed_lines"], 1, "{extra:?}");
+        let actions = r["by_action"].as_object().unwrap();
+        assert_eq!(actions.len(), 4, "{actions:?}");
+        for (action, count) in actions {
+            assert_eq!(
+                count.as_u64(),
+                Some(by_action.get(action).copied().unwrap_or(0)),
+                "{action}"
+            );
+        }
+        // No `would_reject` reads as false: no record counts as one, and
+        // every action count is the full log's.
+        assert_eq!(r["would_reject"]["total"], 0);
+        assert_eq!(full["would_reject"]["total"], 3, "the full log has some");
+        for key in [
+            "by_action",
+            "by_role_and_action",
+            "by_mode",
+            "by_client",
+            "by_rule",
+        ] {
+            assert_eq!(r[key], full[key], "{key}");
+        }
+        for key in ["reject", "flag"] {
+            assert_eq!(
+                r["rejected_and_flagged"][key], full["rejected_and_flagged"][key],
+                "{key}"
+            );
+        }
+        let buckets = |report: &Value| -> Vec<Value> {
+            report["over_time"]["buckets"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|b| {
+                    serde_json::json!([b["start"], b["allow"], b["flag"], b["reject"], b["drop"]])
+                })
+                .collect()
+        };
+        assert_eq!(buckets(&r), buckets(&full));
+    }
 }
 
 #[test]

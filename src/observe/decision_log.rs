@@ -57,8 +57,39 @@ const OPEN_RETRY_INTERVAL: Duration = Duration::from_secs(10);
 
 // === records ===
 
+/// The fields the interface contract says every decision record carries
+/// (design.md section 3), in the order they are written. A reader accepts
+/// any line with these; the others are defaulted when missing.
+pub const CONTRACT_FIELDS: [&str; 17] = [
+    "ts",
+    "transport",
+    "source",
+    "method",
+    "call_id",
+    "from",
+    "to",
+    "request_uri",
+    "user_agent",
+    "client",
+    "category",
+    "support",
+    "role",
+    "action",
+    "rule",
+    "status",
+    "mode",
+];
+
 /// One admission decision. Serializes to exactly the JSON line `run`
 /// writes, and deserializes from it (for `report`).
+///
+/// Reading follows the interface contract (design.md section 3): a line
+/// with the contract's fields ([`CONTRACT_FIELDS`]) is a record. The other
+/// fields (`client_rule`, `would_reject`, `generation`) may be missing (an
+/// older version's log, or one a log shipper passed on) and are then
+/// defaulted; fields not known here are ignored (no `deny_unknown_fields`).
+/// `user_agent` and `status` may be `null`; like any `Option` field, serde
+/// also reads them as `null` when missing.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DecisionRecord {
     /// When the decision was made: RFC 3339 UTC with milliseconds
@@ -94,13 +125,19 @@ pub struct DecisionRecord {
     pub action: Action,
     /// Policy rule that decided, e.g. `caller.unsupported`.
     pub rule: Cow<'static, str>,
-    /// Catalog rule that classified the client, e.g. `lync-mobile#1`.
+    /// Catalog rule that classified the client, e.g. `lync-mobile#1`. Not
+    /// one of the contract's fields: read as empty (no catalog rule id is)
+    /// from a line without it.
+    #[serde(default)]
     pub client_rule: String,
     /// Status code sent by the filter (rejects, 430), else `null`.
     pub status: Option<u16>,
     /// `enforce` or `monitor`.
     pub mode: Mode,
     /// Monitor mode relayed a message enforce mode would have rejected.
+    /// Not one of the contract's fields: `false` when read from a line
+    /// without it.
+    #[serde(default)]
     pub would_reject: bool,
     /// Generation of the runtime configuration that decided (1 for the
     /// configuration loaded at start; 0 when read from a record written

@@ -2,7 +2,12 @@
 //! [`DecisionRecord`] with the same names, types and serde rules, but its
 //! strings borrow from the line (copied only when the JSON escapes
 //! something). A line is a record for the report exactly when it is one for
-//! [`DecisionRecord`] (the tests below hold the two to that).
+//! [`DecisionRecord`] (the tests below hold the two to that): any line with
+//! the contract's fields ([`CONTRACT_FIELDS`]); `client_rule` (empty),
+//! `would_reject` (`false`) and `generation` (0) are defaulted when
+//! missing, and unknown fields are ignored.
+//!
+//! [`CONTRACT_FIELDS`]: crate::observe::decision_log::CONTRACT_FIELDS
 
 use std::borrow::Cow;
 use std::fmt;
@@ -60,14 +65,16 @@ pub struct RecordView<'a> {
     /// Policy rule that decided.
     #[serde(borrow)]
     pub rule: Text<'a>,
-    /// Catalog rule that classified the client.
-    #[serde(borrow)]
+    /// Catalog rule that classified the client (empty when missing).
+    #[serde(borrow, default)]
     pub client_rule: Text<'a>,
     /// Status code sent by the filter, if any.
     pub status: Option<u16>,
     /// `enforce` or `monitor`.
     pub mode: Mode,
-    /// Monitor mode relayed a message enforce mode would have rejected.
+    /// Monitor mode relayed a message enforce mode would have rejected
+    /// (`false` when missing).
+    #[serde(default)]
     pub would_reject: bool,
     /// Runtime configuration generation (0 when absent).
     #[serde(default)]
@@ -111,6 +118,13 @@ impl<'a> RecordView<'a> {
 /// A JSON string of a record: borrowed from the line unless it had escapes.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Text<'a>(pub Cow<'a, str>);
+
+impl Default for Text<'_> {
+    /// Empty (borrowing nothing).
+    fn default() -> Self {
+        Text(Cow::Borrowed(""))
+    }
+}
 
 impl Text<'_> {
     /// The text.
@@ -157,7 +171,7 @@ fn rfc3339<'de, D: Deserializer<'de>>(d: D) -> Result<Timestamp, D::Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::observe::decision_log::record_time;
+    use crate::observe::decision_log::{record_time, CONTRACT_FIELDS};
 
     fn record() -> DecisionRecord {
         DecisionRecord {
@@ -221,12 +235,102 @@ mod tests {
         assert!(matches!(view.user_agent.unwrap().0, Cow::Borrowed(_)));
     }
 
-    /// Every mutation of a valid line is accepted by both readers or by
-    /// neither: the report reads exactly what `DecisionRecord` reads.
+    type Object = serde_json::Map<String, serde_json::Value>;
+
+    /// The fields of `r`'s line that the interface contract names, and no
+    /// others (an older version's line, or one a log shipper trimmed).
+    fn contract_only(r: &DecisionRecord) -> Object {
+        let mut object: Object = serde_json::from_str(&line(r)).unwrap();
+        object.retain(|key, _| CONTRACT_FIELDS.contains(&key.as_str()));
+        assert_eq!(object.len(), CONTRACT_FIELDS.len(), "{object:?}");
+        object
+    }
+
+    /// Both readers' verdict on `text`, which must agree.
+    fn read(text: &str) -> Option<DecisionRecord> {
+        let owned = serde_json::from_str::<DecisionRecord>(text).ok();
+        let view = RecordView::parse(text.as_bytes());
+        assert_eq!(
+            view.as_ref().map(RecordView::to_record),
+            owned,
+            "line read differently: {text}"
+        );
+        owned
+    }
+
+    /// `r` as read from a line without the fields the contract leaves
+    /// out: those defaulted.
+    fn defaulted(r: &DecisionRecord) -> DecisionRecord {
+        DecisionRecord {
+            client_rule: String::new(),
+            would_reject: false,
+            generation: 0,
+            ..r.clone()
+        }
+    }
+
+    #[test]
+    fn a_line_with_exactly_the_contract_fields_is_a_record() {
+        let mut monitored = record();
+        monitored.mode = Mode::Monitor;
+        monitored.action = Action::Flag;
+        monitored.would_reject = true;
+        // `user_agent` and `status` written as `null`.
+        let mut nulls = record();
+        nulls.user_agent = None;
+        nulls.status = None;
+        for r in [record(), monitored, nulls] {
+            let object = contract_only(&r);
+            let text = serde_json::Value::Object(object).to_string();
+            assert_eq!(read(&text), Some(defaulted(&r)), "{text}");
+            let view = RecordView::parse(text.as_bytes()).unwrap();
+            assert_eq!(view.client_rule.as_str(), "");
+            assert!(!view.would_reject);
+            assert_eq!(view.generation, 0);
+        }
+    }
+
+    #[test]
+    fn a_line_missing_a_contract_field_is_not_a_record() {
+        for key in CONTRACT_FIELDS {
+            let mut object = contract_only(&record());
+            object.remove(key);
+            let text = serde_json::Value::Object(object).to_string();
+            match key {
+                // `Option` fields: serde reads a missing one as `null`,
+                // which they may be (README, decision record fields).
+                "user_agent" | "status" => assert!(read(&text).is_some(), "{text}"),
+                _ => assert_eq!(read(&text), None, "{key}: {text}"),
+            }
+        }
+    }
+
+    #[test]
+    fn unknown_fields_are_ignored() {
+        let mut object = contract_only(&record());
+        // What a log shipper adds, and a field of a later version.
+        object.insert(
+            "@timestamp".into(),
+            serde_json::json!("2026-11-27T00:57:41Z"),
+        );
+        object.insert("host".into(), serde_json::json!({"name": "edge-1"}));
+        object.insert("tags".into(), serde_json::json!(["sip", null, 3]));
+        object.insert("client_rule_v2".into(), serde_json::Value::Null);
+        let text = serde_json::Value::Object(object).to_string();
+        assert_eq!(read(&text), Some(defaulted(&record())), "{text}");
+        // Added to a full line, too: nothing else changes.
+        let mut full: Object = serde_json::from_str(&line(&record())).unwrap();
+        full.insert("host".into(), serde_json::json!("edge-1"));
+        let text = serde_json::Value::Object(full).to_string();
+        assert_eq!(read(&text), Some(record()), "{text}");
+    }
+
+    /// Every mutation of a valid line (a full one, and one with only the
+    /// contract's fields) is accepted by both readers or by neither: the
+    /// report reads exactly what `DecisionRecord` reads.
     #[test]
     fn accepts_exactly_what_decision_record_accepts() {
-        let base: serde_json::Map<String, serde_json::Value> =
-            serde_json::from_str(&line(&record())).unwrap();
+        let full: Object = serde_json::from_str(&line(&record())).unwrap();
         let mut lines = vec![
             String::new(),
             "not json".to_owned(),
@@ -247,29 +351,24 @@ mod tests {
             serde_json::json!("2026-11-27T00:57:40+01:00"),
             serde_json::json!("10.0.0.1"),
         ];
-        for key in base.keys() {
-            let mut without = base.clone();
-            without.remove(key);
-            lines.push(serde_json::Value::Object(without).to_string());
-            for value in &replacements {
-                let mut changed = base.clone();
-                changed.insert(key.clone(), value.clone());
-                lines.push(serde_json::Value::Object(changed).to_string());
+        for base in [full.clone(), contract_only(&record())] {
+            for key in full.keys() {
+                let mut without = base.clone();
+                without.remove(key);
+                lines.push(serde_json::Value::Object(without).to_string());
+                for value in &replacements {
+                    let mut changed = base.clone();
+                    changed.insert(key.clone(), value.clone());
+                    lines.push(serde_json::Value::Object(changed).to_string());
+                }
             }
+            let mut extra = base.clone();
+            extra.insert("new_field".into(), serde_json::json!({"a": 1}));
+            lines.push(serde_json::Value::Object(extra).to_string());
         }
-        let mut extra = base.clone();
-        extra.insert("new_field".into(), serde_json::json!({"a": 1}));
-        lines.push(serde_json::Value::Object(extra).to_string());
         let mut accepted = 0;
         for l in &lines {
-            let owned = serde_json::from_str::<DecisionRecord>(l).ok();
-            let view = RecordView::parse(l.as_bytes());
-            assert_eq!(
-                view.as_ref().map(RecordView::to_record),
-                owned,
-                "line read differently: {l}"
-            );
-            accepted += usize::from(owned.is_some());
+            accepted += usize::from(read(l).is_some());
         }
         // Both outcomes occur, so the comparison means something.
         assert!(accepted > 5 && accepted < lines.len() - 5, "{accepted}");
