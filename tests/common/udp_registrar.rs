@@ -1,26 +1,48 @@
 //! A UDP registrar stub on 127.0.0.1 for the real binary to relay to: a
-//! thread that answers `200 OK` to every request and counts them.
+//! thread that answers `200 OK` to every request and counts them; or one
+//! that ignores the first copy of every request (a lost datagram), or one
+//! that answers nothing ([`Behaviour`]).
 #![allow(dead_code)]
 
+use std::collections::HashMap;
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
+
+/// How the stub treats requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Behaviour {
+    /// `200 OK` to every copy.
+    AnswerAll,
+    /// Nothing to the first copy of each request (as if the datagram were
+    /// lost), `200 OK` to every later copy.
+    IgnoreFirstCopy,
+    /// Nothing, ever.
+    Silent,
+}
 
 /// The stub; stops its thread on drop.
 pub struct Registrar {
     /// Where it listens.
     pub addr: SocketAddr,
-    /// How many requests it has answered.
+    /// How many requests it has received (every copy).
     pub received: Arc<AtomicUsize>,
+    /// Copies received per request (Call-ID and CSeq line).
+    pub copies: Arc<Mutex<HashMap<String, usize>>>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl Registrar {
-    /// Bind port 0 of 127.0.0.1 and start answering.
+    /// Bind port 0 of 127.0.0.1 and start answering every request.
     pub fn start() -> Self {
+        Self::start_with(Behaviour::AnswerAll)
+    }
+
+    /// Bind port 0 of 127.0.0.1 and treat requests as `behaviour` says.
+    pub fn start_with(behaviour: Behaviour) -> Self {
         let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
         socket
             .set_read_timeout(Some(Duration::from_millis(100)))
@@ -28,7 +50,8 @@ impl Registrar {
         let addr = socket.local_addr().unwrap();
         let received = Arc::new(AtomicUsize::new(0));
         let stop = Arc::new(AtomicBool::new(false));
-        let (count, stopped) = (received.clone(), stop.clone());
+        let copies = Arc::new(Mutex::new(HashMap::new()));
+        let (count, stopped, seen) = (received.clone(), stop.clone(), copies.clone());
         let thread = std::thread::spawn(move || {
             let mut buf = vec![0u8; 65536];
             while !stopped.load(Ordering::Relaxed) {
@@ -40,12 +63,26 @@ impl Registrar {
                     continue;
                 }
                 count.fetch_add(1, Ordering::Relaxed);
-                socket.send_to(ok(&request).as_bytes(), from).unwrap();
+                let copy = {
+                    let mut seen = seen.lock().unwrap();
+                    let n = seen.entry(transaction_of(&request)).or_insert(0);
+                    *n += 1;
+                    *n
+                };
+                let answer = match behaviour {
+                    Behaviour::AnswerAll => true,
+                    Behaviour::IgnoreFirstCopy => copy > 1,
+                    Behaviour::Silent => false,
+                };
+                if answer {
+                    socket.send_to(ok(&request).as_bytes(), from).unwrap();
+                }
             }
         });
         Self {
             addr,
             received,
+            copies,
             stop,
             thread: Some(thread),
         }
@@ -77,4 +114,17 @@ pub fn ok(request: &str) -> String {
     }
     out.push_str("Content-Length: 0\r\n\r\n");
     out
+}
+
+/// What tells the copies of one request apart from other requests: its
+/// Call-ID and CSeq lines.
+fn transaction_of(request: &str) -> String {
+    request
+        .split("\r\n")
+        .filter(|l| {
+            let l = l.to_ascii_lowercase();
+            l.starts_with("call-id:") || l.starts_with("cseq:")
+        })
+        .collect::<Vec<_>>()
+        .join("|")
 }

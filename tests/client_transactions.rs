@@ -1,0 +1,158 @@
+//! Requests that arrive over TCP and leave over UDP: sipadmit keeps their
+//! client transaction (RFC 3261 17.1), because a client on a stream never
+//! retransmits. A registrar that loses every first datagram still answers
+//! every request; one that never answers gets the client a `408` after
+//! 64*T1, recorded; requests between UDP peers stay stateless.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use common::udp_registrar::{Behaviour, Registrar};
+use common::TestProxy;
+
+const LYNC: &str = "UCCAPI/15.0.4481.1000 OC/15.0.4481.1000 (Microsoft Lync)";
+
+fn register(transport: &str, from: SocketAddr, user: &str, n: usize) -> String {
+    format!(
+        "REGISTER sip:contoso.com SIP/2.0\r\nVia: SIP/2.0/{transport} {from};branch=z9hG4bK-{user}-{n};rport\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:{user}@contoso.com>;tag=f{n}\r\nTo: <sip:{user}@contoso.com>\r\n\
+         Call-ID: {user}-{n}@test\r\nCSeq: {n} REGISTER\r\nContact: <sip:{user}@{from}>\r\n\
+         User-Agent: {LYNC}\r\nContent-Length: 0\r\n\r\n"
+    )
+}
+
+/// Read one response from a stream: its status line and headers (no body:
+/// every response here has Content-Length 0).
+fn read_response(reader: &mut BufReader<TcpStream>) -> String {
+    let mut message = String::new();
+    loop {
+        let mut line = String::new();
+        let n = reader.read_line(&mut line).expect("a response line");
+        assert!(n > 0, "connection closed after {message:?}");
+        if line == "\r\n" && !message.is_empty() {
+            return message;
+        }
+        if line != "\r\n" {
+            message.push_str(&line);
+        }
+    }
+}
+
+fn tcp_client(proxy: &TestProxy, wait: Duration) -> (TcpStream, BufReader<TcpStream>) {
+    let conn = TcpStream::connect(proxy.tcp).unwrap();
+    conn.set_read_timeout(Some(wait)).unwrap();
+    let reader = BufReader::new(conn.try_clone().unwrap());
+    (conn, reader)
+}
+
+#[test]
+fn every_tcp_request_is_answered_when_the_udp_registrar_loses_each_first_copy() {
+    let registrar = Registrar::start_with(Behaviour::IgnoreFirstCopy);
+    let proxy = TestProxy::start("", "127.0.0.1", &format!("udp:{}", registrar.addr));
+    let (mut conn, mut reader) = tcp_client(&proxy, Duration::from_secs(10));
+    let from = conn.local_addr().unwrap();
+    const REQUESTS: usize = 20;
+    let burst: String = (1..=REQUESTS)
+        .map(|n| register("TCP", from, "alice", n))
+        .collect();
+    conn.write_all(burst.as_bytes()).unwrap();
+    let statuses: Vec<String> = (0..REQUESTS)
+        .map(|_| read_response(&mut reader).lines().next().unwrap().to_owned())
+        .collect();
+    assert!(
+        statuses.iter().all(|s| s.starts_with("SIP/2.0 200")),
+        "{statuses:?}"
+    );
+    let copies = registrar.copies.lock().unwrap().clone();
+    assert_eq!(copies.len(), REQUESTS);
+    assert!(
+        copies.values().all(|&n| n == 2),
+        "each request once lost, once retransmitted and answered: {copies:?}"
+    );
+    let records = proxy.records();
+    assert_eq!(
+        records.len(),
+        REQUESTS,
+        "one record per REGISTER: a retransmission by sipadmit is not a second decision"
+    );
+    let metrics = proxy.stop();
+    assert_eq!(
+        metrics.client_retransmissions.load(Ordering::Relaxed),
+        REQUESTS as u64
+    );
+    assert_eq!(metrics.client_transaction_timeouts.load(Ordering::Relaxed), 0);
+}
+
+#[test]
+fn a_registrar_that_never_answers_gets_the_tcp_client_a_recorded_408_after_64_t1() {
+    let registrar = Registrar::start_with(Behaviour::Silent);
+    // T1 = 50 ms: 64*T1 = 3.2 s; retransmissions at 50, 150, 350, 750,
+    // 1550 and 3150 ms (doubling; T2 = 4 s is not reached).
+    let proxy = TestProxy::start(
+        "[limits]\ntimer_t1_ms = 50\n",
+        "127.0.0.1",
+        &format!("udp:{}", registrar.addr),
+    );
+    let (mut conn, mut reader) = tcp_client(&proxy, Duration::from_secs(20));
+    let from = conn.local_addr().unwrap();
+    conn.write_all(register("TCP", from, "bob", 1).as_bytes())
+        .unwrap();
+    let response = read_response(&mut reader);
+    assert!(
+        response.starts_with("SIP/2.0 408 Request Timeout\r\n"),
+        "{response}"
+    );
+    assert!(response.contains("Call-ID: bob-1@test"), "{response}");
+    let copies = registrar.copies.lock().unwrap().clone();
+    assert_eq!(
+        copies.values().copied().collect::<Vec<_>>(),
+        [7],
+        "the request and six retransmissions"
+    );
+    let records = proxy.records();
+    let timeout = records
+        .iter()
+        .find(|r| r["status"] == 408)
+        .unwrap_or_else(|| panic!("no 408 record in {records:#?}"));
+    assert_eq!(timeout["rule"], "proxy.request-timeout");
+    assert_eq!(timeout["action"], "reject");
+    assert_eq!(timeout["transport"], "tcp");
+    assert_eq!(timeout["call_id"], "bob-1@test");
+    assert_eq!(records.len(), 2, "the relay, then the timeout: {records:#?}");
+    // Nothing more comes on the connection (no second answer).
+    conn.set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let mut more = [0u8; 1];
+    assert!(reader.read(&mut more).is_err(), "a second answer");
+    let metrics = proxy.stop();
+    assert_eq!(metrics.client_retransmissions.load(Ordering::Relaxed), 6);
+    assert_eq!(metrics.client_transaction_timeouts.load(Ordering::Relaxed), 1);
+}
+
+#[test]
+fn requests_between_udp_peers_stay_stateless() {
+    let registrar = Registrar::start_with(Behaviour::Silent);
+    let proxy = TestProxy::start(
+        "[limits]\ntimer_t1_ms = 50\n",
+        "127.0.0.1",
+        &format!("udp:{}", registrar.addr),
+    );
+    let client = UdpSocket::bind("127.0.0.1:0").unwrap();
+    client
+        .set_read_timeout(Some(Duration::from_millis(1500)))
+        .unwrap();
+    let from = client.local_addr().unwrap();
+    client
+        .send_to(register("UDP", from, "carol", 1).as_bytes(), proxy.udp)
+        .unwrap();
+    // Long enough for several of sipadmit's retransmissions, were it to make any.
+    let mut buf = [0u8; 2048];
+    assert!(client.recv_from(&mut buf).is_err(), "no answer expected");
+    assert_eq!(registrar.received.load(Ordering::Relaxed), 1);
+    let metrics = proxy.stop();
+    assert_eq!(metrics.client_retransmissions.load(Ordering::Relaxed), 0);
+}
