@@ -61,7 +61,13 @@ fn every_tcp_request_is_answered_when_the_udp_registrar_loses_each_first_copy() 
         .collect();
     conn.write_all(burst.as_bytes()).unwrap();
     let statuses: Vec<String> = (0..REQUESTS)
-        .map(|_| read_response(&mut reader).lines().next().unwrap().to_owned())
+        .map(|_| {
+            read_response(&mut reader)
+                .lines()
+                .next()
+                .unwrap()
+                .to_owned()
+        })
         .collect();
     assert!(
         statuses.iter().all(|s| s.starts_with("SIP/2.0 200")),
@@ -84,7 +90,10 @@ fn every_tcp_request_is_answered_when_the_udp_registrar_loses_each_first_copy() 
         metrics.client_retransmissions.load(Ordering::Relaxed),
         REQUESTS as u64
     );
-    assert_eq!(metrics.client_transaction_timeouts.load(Ordering::Relaxed), 0);
+    assert_eq!(
+        metrics.client_transaction_timeouts.load(Ordering::Relaxed),
+        0
+    );
 }
 
 #[test]
@@ -122,7 +131,11 @@ fn a_registrar_that_never_answers_gets_the_tcp_client_a_recorded_408_after_64_t1
     assert_eq!(timeout["action"], "reject");
     assert_eq!(timeout["transport"], "tcp");
     assert_eq!(timeout["call_id"], "bob-1@test");
-    assert_eq!(records.len(), 2, "the relay, then the timeout: {records:#?}");
+    assert_eq!(
+        records.len(),
+        2,
+        "the relay, then the timeout: {records:#?}"
+    );
     // Nothing more comes on the connection (no second answer).
     conn.set_read_timeout(Some(Duration::from_millis(500)))
         .unwrap();
@@ -130,7 +143,10 @@ fn a_registrar_that_never_answers_gets_the_tcp_client_a_recorded_408_after_64_t1
     assert!(reader.read(&mut more).is_err(), "a second answer");
     let metrics = proxy.stop();
     assert_eq!(metrics.client_retransmissions.load(Ordering::Relaxed), 6);
-    assert_eq!(metrics.client_transaction_timeouts.load(Ordering::Relaxed), 1);
+    assert_eq!(
+        metrics.client_transaction_timeouts.load(Ordering::Relaxed),
+        1
+    );
 }
 
 #[test]

@@ -681,3 +681,60 @@ async fn the_message_deadline_bounds_a_tls_handshake() {
     let metrics = proxy.stop();
     assert_eq!(failures(&metrics, HandshakeReason::Timeout), 1);
 }
+
+/// A TLS 1.3 registrar that requires a client certificate sipadmit does not
+/// have: under TLS 1.3 the client's handshake completes before the server
+/// checks the (missing) certificate, so the refusal (an alert, then the
+/// close) comes after sipadmit has written the first request on the link.
+/// The client gets `503` at once, not a 32 s wait; the next request opens a
+/// new link (and is refused the same way).
+#[tokio::test]
+async fn a_registrar_refusing_our_certificate_after_a_tls13_handshake_gets_the_client_a_503_at_once(
+) {
+    let (_dir, files) = pki();
+    let settings = TlsSettings {
+        identity: Some(Identity {
+            certificate: files.server.0.clone(),
+            private_key: files.server.1.clone(),
+        }),
+        client_ca: Some(files.ca.clone()),
+        min_version: sipadmit::config::TlsVersion::Tls1_3,
+        ..TlsSettings::default()
+    };
+    let server = Arc::new(ServerTls::new(&settings).unwrap());
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let registrar = listener.local_addr().unwrap();
+    let refused = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counted = refused.clone();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let deadline = tokio::time::Instant::now() + WAIT;
+            if server.accept(tcp, deadline).await.is_err() {
+                counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+    });
+    let extra = format!("upstream_ca = \"{}\"", files.ca.display());
+    let proxy = TestProxy::start_with_tls(&tls_config(&files, &extra), &format!("tls:{registrar}"));
+    for _ in 0..2 {
+        let started = std::time::Instant::now();
+        let (_conn, answer) = alice_registers(&files, &proxy).await;
+        assert_eq!(status(&answer), 503, "{answer}");
+        assert!(!header(&answer, "Retry-After").is_empty(), "{answer}");
+        assert!(
+            started.elapsed() < WAIT,
+            "answered at once, not after the client's own timeout"
+        );
+    }
+    assert_eq!(
+        refused.load(std::sync::atomic::Ordering::Relaxed),
+        2,
+        "each request opened a new link, refused after the handshake"
+    );
+    let records = proxy.records();
+    let refusals = records
+        .iter()
+        .filter(|r| r["status"] == 503 && r["rule"] == "proxy.upstream-unavailable")
+        .count();
+    assert_eq!(refusals, 2, "{records:#?}");
+}
