@@ -465,6 +465,20 @@ mod tests {
         );
     }
 
+    /// The per-transaction overhead the config reference gives ("about
+    /// 300 bytes" beyond the two copies of the request, 64-bit).
+    #[test]
+    #[cfg(target_pointer_width = "64")]
+    fn a_transaction_costs_its_two_messages_and_about_300_bytes() {
+        assert!((250..=350).contains(&ENTRY_OVERHEAD), "{ENTRY_OVERHEAD}");
+        let table = ClientTransactions::new(Timers::RFC3261, 1 << 20);
+        table.start(
+            transaction(key(1, TransactionMethod::Other), 600),
+            Instant::now(),
+        );
+        assert_eq!(table.accounted_bytes(), 1200 + ENTRY_OVERHEAD);
+    }
+
     #[test]
     fn ack_is_never_a_transaction() {
         assert_eq!(TransactionMethod::of(b"ACK"), None);

@@ -401,9 +401,13 @@ impl Core {
         &self,
         key: TransactionKey,
         send: Outbound,
-        inbound: Inbound,
+        mut inbound: Inbound,
         now: Instant,
     ) {
+        // A framed stream message shares its connection's read buffer:
+        // kept, it would pin the whole buffer. A copy of its own costs
+        // what the table accounts for.
+        inbound.bytes = Bytes::copy_from_slice(&inbound.bytes);
         let transaction = client_transactions::Transaction { key, send, inbound };
         if self.client_transactions.start(transaction, now) == client_transactions::Start::NoRoom {
             Metrics::inc(&self.metrics.client_transactions_untracked);

@@ -39,6 +39,7 @@ impl Core {
             warn!(source = %inb.source, bytes = inb.bytes.len(), "response over limits.max_message_bytes dropped");
             return discard(DropReason::Malformed);
         }
+        self.answer_client_transaction(inb, view);
         if let Err(e) = view.check() {
             debug!(source = %inb.source, error = %e, "malformed response dropped");
             return discard(DropReason::MalformedResponse);
@@ -66,23 +67,6 @@ impl Core {
             }
             None => Destination::Upstream,
         };
-        // A response over UDP may answer a client transaction this proxy
-        // keeps for a request that came over a stream (17.1.3 matching:
-        // our branch and the CSeq method).
-        if !inb.transport.is_stream() && !self.client_transactions.is_empty() {
-            let key = via.branch().and_then(Branch::parse).zip(
-                view.cseq()
-                    .ok()
-                    .and_then(|c| TransactionMethod::of(c.method)),
-            );
-            if let (Some((branch, method)), Some(status)) = (key, view.status()) {
-                let key = TransactionKey {
-                    branch: (branch.transaction, branch.loop_mark),
-                    method,
-                };
-                self.client_transactions.answered(&key, status);
-            }
-        }
         if view.values(HeaderName::Via).nth(1).is_none() {
             // RFC 3261 16.7 step 3: nothing left to send it to.
             debug!(source = %inb.source, "response with only our Via discarded");
@@ -113,6 +97,34 @@ impl Core {
                 bytes: edits.apply(view.raw()),
             }),
             ..Outcome::default()
+        }
+    }
+
+    /// A response over UDP may answer a client transaction this proxy keeps
+    /// for a request that came over a stream (RFC 3261 17.1.3: our branch
+    /// in the top Via, and the CSeq method). Matched before the response is
+    /// checked: a malformed answer still shows the request arrived, and
+    /// sending it again would not make the answer relayable.
+    fn answer_client_transaction(&self, inb: &Inbound, view: &SipView) {
+        if inb.transport.is_stream() || self.client_transactions.is_empty() {
+            return;
+        }
+        let Ok(via) = view.top_via() else {
+            return;
+        };
+        let branch = via.branch().and_then(Branch::parse);
+        let method = view
+            .cseq()
+            .ok()
+            .and_then(|c| TransactionMethod::of(c.method));
+        if let (Some(branch), Some(method), Some(status)) = (branch, method, view.status()) {
+            if self.is_own(&via) {
+                let key = TransactionKey {
+                    branch: (branch.transaction, branch.loop_mark),
+                    method,
+                };
+                self.client_transactions.answered(&key, status);
+            }
         }
     }
 
