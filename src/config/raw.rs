@@ -130,9 +130,9 @@ pub struct RawLimits {
     pub udp_send_buffer_bytes: usize,
     /// Bytes the client transactions of requests that arrive over TCP/TLS
     /// and leave over UDP may hold (both copies of each request and about
-    /// 300 bytes more), at least 65536; a request that finds no room is
-    /// relayed once without retransmissions (counted). Default 33554432
-    /// (32 MiB).
+    /// 700 bytes more), at least 65536; a request that finds no room is
+    /// relayed once without retransmissions (counted). Default 67108864
+    /// (64 MiB).
     pub client_transaction_bytes: usize,
     /// RFC 3261 T1, milliseconds (50..=10000): the first retransmission
     /// interval of a request from a TCP/TLS client relayed over UDP;
@@ -166,7 +166,7 @@ impl Default for RawLimits {
             write_queue_bytes: 1 << 20,
             udp_receive_buffer_bytes: 4 << 20,
             udp_send_buffer_bytes: 1 << 20,
-            client_transaction_bytes: 32 << 20,
+            client_transaction_bytes: 64 << 20,
             timer_t1_ms: 500,
             timer_t2_ms: 4000,
             upstream_queue_bytes: 32 << 20,
