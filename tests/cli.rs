@@ -38,6 +38,35 @@ fn check_config_exit_codes_and_key_paths() {
     assert!(err.contains("bad.toml"), "{err}");
 }
 
+/// The shipped config works wherever an admin copies it (as to
+/// /etc/sipadmit/): it names no file relative to itself.
+#[test]
+fn the_shipped_config_copied_alone_elsewhere_checks_and_classifies() {
+    let dir = tempfile::tempdir().unwrap();
+    let copy = dir.path().join("sipadmit.toml");
+    std::fs::copy("config/sipadmit.toml", &copy).unwrap();
+    let out = sipadmit()
+        .args(["check-config", "--config", copy.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = sipadmit()
+        .args(["classify", "--config", copy.to_str().unwrap()])
+        .arg("UCCAPI/15.0.4481.1000 OC/15.0.4481.1000 (Microsoft Lync)")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("lync-2013"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
 #[test]
 fn classify_json_from_arguments_and_stdin() {
     let out = sipadmit()

@@ -851,6 +851,10 @@ struct RoleDefaults {
     reason: &'static str,
     warning: &'static str,
     headers: &'static [&'static str],
+    /// The Warning of a reject of an unknown client.
+    unknown_warning: &'static str,
+    /// The headers of a reject of an unknown client, unless `headers` is set.
+    unknown_headers: &'static [&'static str],
     /// Highest status allowed (agent offers never get 6xx).
     max_status: u16,
 }
@@ -864,6 +868,8 @@ impl RoleDefaults {
         reason: "Forbidden",
         warning: "399 sipadmit \"The Response Group does not support this client: {client}\"",
         headers: &[],
+        unknown_warning: UNKNOWN_WARNING,
+        unknown_headers: &[],
         max_status: 699,
     };
     const AGENT_OFFER: Self = Self {
@@ -874,6 +880,8 @@ impl RoleDefaults {
         reason: "Temporarily Unavailable",
         warning: "399 sipadmit \"Response Group calls are not offered to {client}\"",
         headers: &[],
+        unknown_warning: UNKNOWN_WARNING,
+        unknown_headers: &[],
         max_status: 599,
     };
     const AGENT_REGISTRATION: Self = Self {
@@ -884,9 +892,16 @@ impl RoleDefaults {
         reason: "Forbidden",
         warning: "310 lcs.microsoft.com \"You are currently not using the recommended version of the client\"",
         headers: &["ms-diagnostics: 17002;reason=\"Client is not supported by the Response Group application\";source=\"sipadmit\""],
+        unknown_warning: UNKNOWN_WARNING,
+        unknown_headers: &["ms-diagnostics: 17002;reason=\"Client not recognised by sipadmit\";source=\"sipadmit\""],
         max_status: 699,
     };
 }
+
+/// The default Warning of a reject of an unknown or missing User-Agent:
+/// sipadmit cannot say the Response Group does not support a client it does
+/// not know.
+const UNKNOWN_WARNING: &str = "399 sipadmit \"sipadmit does not recognise this client ({client})\"";
 
 fn role_policy(
     key: &str,
@@ -916,20 +931,68 @@ fn role_policy(
             "line breaks are not allowed".into(),
         );
     }
-    let warning = raw.warning.clone().unwrap_or_else(|| d.warning.into());
-    if warning.bytes().any(|b| b == b'\r' || b == b'\n') {
-        ok = false;
-        problem(
-            format!("{key}.warning"),
-            "line breaks are not allowed".into(),
-        );
-    }
+    let mut one_line = |name: &str, value: String| {
+        if value.bytes().any(|b| b == b'\r' || b == b'\n') {
+            ok = false;
+            problem(
+                format!("{key}.{name}"),
+                "line breaks are not allowed".into(),
+            );
+        }
+        (!value.is_empty()).then_some(value)
+    };
+    let warning = one_line(
+        "warning",
+        raw.warning.clone().unwrap_or_else(|| d.warning.into()),
+    );
+    let unknown_warning = one_line(
+        "unknown_warning",
+        raw.unknown_warning
+            .clone()
+            .unwrap_or_else(|| d.unknown_warning.into()),
+    );
+    let defaults = |lines: &[&str]| lines.iter().map(|h| (*h).to_owned()).collect::<Vec<_>>();
+    let headers = header_lines(
+        key,
+        &raw.headers.clone().unwrap_or_else(|| defaults(d.headers)),
+        problem,
+    );
+    // Headers set for the role apply to both replies; the defaults differ.
+    let unknown_headers = match &raw.headers {
+        Some(_) => headers.clone(),
+        None => header_lines(key, &defaults(d.unknown_headers), problem),
+    };
+    let (Some(headers), Some(unknown_headers)) = (headers, unknown_headers) else {
+        return None;
+    };
+    ok.then(|| RolePolicy {
+        unsupported: raw.unsupported.unwrap_or(d.unsupported),
+        third_party: raw.third_party.unwrap_or(d.third_party),
+        unknown: raw.unknown.unwrap_or(d.unknown),
+        reply: Reply {
+            status,
+            reason: reason.clone(),
+            warning,
+            headers,
+        },
+        unknown_reply: Reply {
+            status,
+            reason,
+            warning: unknown_warning,
+            headers: unknown_headers,
+        },
+    })
+}
+
+/// `"Name: value"` lines of `{key}.headers`, or `None` (each problem reported).
+fn header_lines(
+    key: &str,
+    lines: &[String],
+    problem: &mut dyn FnMut(String, String),
+) -> Option<Vec<(String, String)>> {
+    let mut ok = true;
     let mut headers = Vec::new();
-    let raw_headers: Vec<String> = raw
-        .headers
-        .clone()
-        .unwrap_or_else(|| d.headers.iter().map(|h| (*h).to_owned()).collect());
-    for (i, h) in raw_headers.iter().enumerate() {
+    for (i, h) in lines.iter().enumerate() {
         match h.split_once(':') {
             Some((name, value))
                 if is_header_name(name.trim())
@@ -946,17 +1009,7 @@ fn role_policy(
             }
         }
     }
-    ok.then(|| RolePolicy {
-        unsupported: raw.unsupported.unwrap_or(d.unsupported),
-        third_party: raw.third_party.unwrap_or(d.third_party),
-        unknown: raw.unknown.unwrap_or(d.unknown),
-        reply: Reply {
-            status,
-            reason,
-            warning: (!warning.is_empty()).then_some(warning),
-            headers,
-        },
-    })
+    ok.then_some(headers)
 }
 
 fn is_header_name(name: &str) -> bool {

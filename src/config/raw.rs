@@ -294,6 +294,9 @@ pub struct RawRolePolicy {
     pub warning: Option<String>,
     /// Extra header lines of a reject, `"Name: value"`.
     pub headers: Option<Vec<String>>,
+    /// Warning header value of a reject of an unknown or missing
+    /// User-Agent (`{client}` = client name); `""` for none.
+    pub unknown_warning: Option<String>,
 }
 
 /// `[tls]` (validated by `config::tls`; `config/sipadmit.toml` documents
@@ -459,6 +462,7 @@ read_by_field_name!(RawRolePolicy {
     reason: optional,
     warning: optional,
     headers: optional,
+    unknown_warning: optional,
 });
 
 read_by_field_name!(RawAdmin { listen: optional });

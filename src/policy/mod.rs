@@ -121,6 +121,11 @@ pub struct RolePolicy {
     pub unknown: Action,
     /// The response of a reject.
     pub reply: Reply,
+    /// The response of a reject of an unknown or missing User-Agent: the
+    /// same status and reason, but a Warning (and, by default, headers)
+    /// that say sipadmit does not recognise the client rather than that the
+    /// Response Group does not support it.
+    pub unknown_reply: Reply,
 }
 
 /// The whole admission policy, compiled from config.
@@ -194,12 +199,12 @@ pub fn decide(policy: &Policy, role: SessionRole, support: Support) -> Decision<
                 SessionRole::AgentOffer => &policy.agent_offer,
                 _ => &policy.agent_registration,
             };
-            let (action, class) = match support {
-                Support::Unsupported => (rp.unsupported, 0),
-                Support::ThirdParty => (rp.third_party, 1),
-                _ => (rp.unknown, 2),
+            let (action, class, reply) = match support {
+                Support::Unsupported => (rp.unsupported, 0, &rp.reply),
+                Support::ThirdParty => (rp.third_party, 1, &rp.reply),
+                _ => (rp.unknown, 2, &rp.unknown_reply),
             };
-            (action, RULES[role_index(role)][class], Some(rp))
+            (action, RULES[role_index(role)][class], Some(reply))
         }
     };
     let verdict = match (action, policy.mode) {
@@ -210,9 +215,7 @@ pub fn decide(policy: &Policy, role: SessionRole, support: Support) -> Decision<
         (Action::Drop, _) => Verdict::Drop,
         (Action::Reject, Mode::Monitor) => Verdict::Flag { would_reject: true },
         // A scanner rule set to reject has no role reply: answer 403.
-        (Action::Reject, Mode::Enforce) => {
-            Verdict::Reject(role_policy.map_or(&SCANNER_REPLY, |rp| &rp.reply))
-        }
+        (Action::Reject, Mode::Enforce) => Verdict::Reject(role_policy.unwrap_or(&SCANNER_REPLY)),
     };
     Decision { verdict, rule }
 }
@@ -329,6 +332,10 @@ mod tests {
             third_party: Action::Allow,
             unknown: Action::Flag,
             reply: reply(status),
+            unknown_reply: Reply {
+                warning: Some("399 sipadmit \"{client} not recognised\"".into()),
+                ..reply(status)
+            },
         };
         Policy {
             mode,

@@ -730,3 +730,32 @@ fn an_invite_to_a_dead_tcp_contact_retransmitted_five_times_gives_one_record() {
     );
     assert_eq!(count(&core.metrics().retransmissions), 4);
 }
+
+#[test]
+fn a_rejected_unknown_client_is_told_sipadmit_does_not_recognise_it() {
+    let config = format!("{CONFIG}[policy.caller]\nunknown = \"reject\"\n");
+    let core = Core::detached(&config).unwrap();
+    let invite = |ua: &str, port: u16| {
+        let source = SocketAddr::new(client().ip(), port);
+        let answer = handle(
+            &core,
+            &udp(
+                request("INVITE", "sip:helpdesk@contoso.com", source, ua, ""),
+                source,
+            ),
+        );
+        let (_, text) = sent(&answer);
+        header_values(&text, "Warning")
+            .first()
+            .map(|w| (*w).to_owned())
+            .unwrap_or_default()
+    };
+    let unknown = invite("Acme-Softphone/1.0", 40001);
+    assert_eq!(
+        unknown,
+        "399 sipadmit \"sipadmit does not recognise this client (Unknown client)\""
+    );
+    assert!(!unknown.contains("does not support"), "{unknown}");
+    // An unsupported client is still told the Response Group does not support it.
+    assert!(invite(MOBILE, 40002).contains("The Response Group does not support this client"));
+}

@@ -345,8 +345,9 @@ fn unknown_user_agents(out: &mut String, s: &Summary) {
         "User-Agents",
     );
     heading(out, "Catalog entries for the top unknown User-Agents");
-    out.push_str("  Paste at the end of the catalog (config/clients.toml or [catalog] path),\n");
-    out.push_str("  after review; then `sipadmit check-config` and a restart.\n");
+    out.push_str("  Paste at the end of the catalog file named by [catalog] path (to start\n");
+    out.push_str("  one, copy config/clients.toml and set the path), after review; then\n");
+    out.push_str("  `sipadmit check-config` and SIGHUP (a reload applies it, no restart).\n");
     for snippet in &s.catalog_snippets {
         out.push('\n');
         // The snippet's strings are TOML-escaped: no control characters.
