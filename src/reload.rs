@@ -166,6 +166,15 @@ impl Reloader {
             ..
         } = config.runtime;
         let (catalog_source, mode) = (catalog_source.clone(), policy.mode);
+        let mut changed = core.runtime().config.changed_keys(&config.runtime);
+        if rate_limit_applied {
+            changed.push("rate_limit");
+        }
+        let changed = if changed.is_empty() {
+            "nothing".to_owned()
+        } else {
+            changed.join(", ")
+        };
         let generation = core.publish(config.runtime);
         metrics.count_reload(ReloadResult::Success);
         info!(
@@ -173,6 +182,7 @@ impl Reloader {
             catalog = %catalog_source,
             mode = mode.as_str(),
             generation,
+            changed = %changed,
             needs_restart = needs_restart.len(),
             rate_limit_applied,
             "config reloaded"

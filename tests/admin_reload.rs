@@ -480,6 +480,10 @@ fn a_reload_applies_rate_limit_and_metrics_count_what_it_refuses() {
     sipadmit.process.signal("HUP");
     let reloaded = sipadmit.process.wait_for("config reloaded");
     assert!(reloaded.contains("rate_limit_applied=true"), "{reloaded}");
+    assert!(
+        reloaded.contains("changed=rate_limit"),
+        "the line says what changed: {reloaded}"
+    );
     assert!(reloaded.contains("needs_restart=0"), "{reloaded}");
 
     for n in SENT + 1..=2 * SENT {

@@ -648,3 +648,32 @@ fn a_reload_names_the_restart_only_settings_that_changed() {
         ["tls.handshake_timeout_secs"]
     );
 }
+
+/// What a reload changes, as its log line names it.
+#[test]
+fn a_reload_names_the_keys_whose_values_changed() {
+    let base = "[response_group]\nworkflows = [\"sip:helpdesk@contoso.com\"]\n";
+    let running = load_str(base).unwrap().runtime;
+    assert!(running
+        .changed_keys(&load_str(base).unwrap().runtime)
+        .is_empty());
+    let edited = load_str(&format!(
+        "[proxy]\nmode = \"monitor\"\n{base}[policy.caller]\nunknown = \"reject\"\n"
+    ))
+    .unwrap()
+    .runtime;
+    assert_eq!(
+        running.changed_keys(&edited),
+        ["proxy.mode", "policy.caller"]
+    );
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("clients.toml"),
+        sipadmit::config::SHIPPED_CATALOG.replace("Lync 2013", "Lync 2013 desktop"),
+    )
+    .unwrap();
+    let cfg = dir.path().join("sipadmit.toml");
+    std::fs::write(&cfg, format!("{base}[catalog]\npath = \"clients.toml\"\n")).unwrap();
+    let own = Config::load(&cfg, &Overrides::default()).unwrap().runtime;
+    assert_eq!(running.changed_keys(&own), ["catalog"]);
+}

@@ -391,9 +391,18 @@ pub struct Catalog {
     unprefixed_regexes: RegexSet,
     missing: ClientProduct,
     unknown: ClientProduct,
+    /// A hash of the TOML text it was compiled from: tells a reload whether
+    /// the catalog changed.
+    digest: u64,
 }
 
 impl Catalog {
+    /// A hash of the TOML text the catalog was compiled from (equal texts,
+    /// equal digests; within one build of sipadmit).
+    pub fn digest(&self) -> u64 {
+        self.digest
+    }
+
     /// Parses, validates and compiles a catalog from TOML text.
     pub fn from_toml_str(text: &str) -> Result<Self, CatalogError> {
         let raw: RawCatalog = toml::from_str(text).map_err(|e| parse_error(text, &e))?;
@@ -401,7 +410,11 @@ impl Catalog {
         for (i, value) in raw.clients.into_iter().enumerate() {
             builder.client(i, value);
         }
-        builder.finish()
+        let mut catalog = builder.finish()?;
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        std::hash::Hash::hash(text, &mut hasher);
+        catalog.digest = std::hash::Hasher::finish(&hasher);
+        Ok(catalog)
     }
 
     /// Reads and compiles a catalog file; errors name the file.
@@ -948,6 +961,7 @@ impl Builder {
             rules: self.rules,
             missing: builtin(CLIENT_MISSING, "Missing or empty User-Agent"),
             unknown: builtin(CLIENT_UNKNOWN, "Unknown client"),
+            digest: 0,
         })
     }
 }

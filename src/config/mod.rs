@@ -263,6 +263,59 @@ pub struct RuntimeConfig {
     pub flag_header: String,
 }
 
+impl RuntimeConfig {
+    /// The keys (or sections) whose values differ in `new`: what a reload
+    /// changes, for its log line.
+    pub fn changed_keys(&self, new: &Self) -> Vec<&'static str> {
+        let mut changed = Vec::new();
+        let mut check = |key: &'static str, differs: bool| {
+            if differs {
+                changed.push(key);
+            }
+        };
+        check(
+            "catalog",
+            self.catalog_source != new.catalog_source
+                || self.catalog.digest() != new.catalog.digest(),
+        );
+        let sessions = (&self.sessions, &new.sessions);
+        check(
+            "response_group.workflows",
+            sessions.0.workflows != sessions.1.workflows,
+        );
+        check(
+            "response_group.application_user_agents",
+            sessions.0.application_user_agents != sessions.1.application_user_agents,
+        );
+        check(
+            "response_group.application_from_uris",
+            sessions.0.application_from_uris != sessions.1.application_from_uris,
+        );
+        check(
+            "response_group.application_sources",
+            sessions.0.application_sources != sessions.1.application_sources,
+        );
+        check(
+            "response_group.agents",
+            sessions.0.agents != sessions.1.agents,
+        );
+        let policies = (&self.policy, &new.policy);
+        check("proxy.mode", policies.0.mode != policies.1.mode);
+        check("policy.scanner", policies.0.scanner != policies.1.scanner);
+        check("policy.caller", policies.0.caller != policies.1.caller);
+        check(
+            "policy.agent_offer",
+            policies.0.agent_offer != policies.1.agent_offer,
+        );
+        check(
+            "policy.agent_registration",
+            policies.0.agent_registration != policies.1.agent_registration,
+        );
+        check("policy.flag_header", self.flag_header != new.flag_header);
+        changed
+    }
+}
+
 impl Config {
     /// Load and validate a config file.
     pub fn load(path: &Path, overrides: &Overrides) -> Result<Self, ConfigError> {

@@ -539,8 +539,15 @@ fn file_sink(file: File) -> io::Result<Box<dyn Sink>> {
     Ok(Box::new(FileSink { file, regular }))
 }
 
+/// Open (append) the log file; a new one is created `0640` (owner
+/// read-write, group read: the records name users and addresses), whatever
+/// the umask allows beyond that.
 fn open_file(path: &Path) -> io::Result<Box<dyn Sink>> {
-    file_sink(OpenOptions::new().create(true).append(true).open(path)?)
+    let mut options = OpenOptions::new();
+    options.create(true).append(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o640);
+    file_sink(options.open(path)?)
 }
 
 /// A descriptor of its own for stdout, so that the writer neither takes

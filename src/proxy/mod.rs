@@ -298,6 +298,12 @@ impl Core {
         generation
     }
 
+    /// The runtime configuration in use (the snapshot the next message
+    /// gets).
+    pub fn runtime(&self) -> Arc<Runtime> {
+        self.runtime.load_full()
+    }
+
     /// The generation of the runtime configuration in use.
     pub fn generation(&self) -> u64 {
         self.runtime.load().generation

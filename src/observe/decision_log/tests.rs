@@ -175,6 +175,26 @@ fn a_record_without_a_generation_reads_as_generation_zero() {
 
 // === the writer ===
 
+/// A log the writer creates is readable by its owner and group only: the
+/// records name users, numbers and addresses.
+#[cfg(unix)]
+#[test]
+fn a_new_log_file_is_created_0640() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("decisions.jsonl");
+    let (log, writer) = DecisionLog::open(path.to_str().unwrap()).unwrap();
+    log.submit(record(1));
+    assert!(writer.shutdown(BOUND).finished);
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(
+        mode & 0o037,
+        0,
+        "no group write, nothing for others: {mode:o}"
+    );
+    assert_eq!(mode & 0o600, 0o600, "{mode:o}");
+}
+
 #[test]
 fn everything_submitted_is_in_the_file_after_shutdown() {
     let dir = tempfile::tempdir().unwrap();
