@@ -64,6 +64,9 @@ pub struct AdminState {
     pub admission: Arc<Admission>,
     /// The queue to a stream upstream, for its gauge (`None` for UDP).
     pub upstream_queue: Option<Arc<crate::transport::upstream::QueueBudget>>,
+    /// sipadmit sends the registrar OPTIONS probes (`proxy.upstream_probe_secs`):
+    /// a UDP registrar is "unknown" until it answers one.
+    pub probing: bool,
     /// Cancelled when the instance stops serving.
     pub shutdown: CancellationToken,
 }
@@ -204,14 +207,21 @@ pub async fn not_ready(state: &AdminState) -> Option<String> {
     }
     if !upstream.transport.is_stream() {
         // A UDP upstream: an ICMP error for a datagram sent to it, or its
-        // silence with requests relayed, until it sends a message again.
-        return state.metrics.udp_upstream_unreachable().map(|unreachable| {
-            format!(
+        // silence with requests relayed, until it sends a message again;
+        // with probes on, unknown until it has sent one at all.
+        if let Some(unreachable) = state.metrics.udp_upstream_unreachable() {
+            return Some(format!(
                 "upstream {upstream} not reachable: {} ({} s ago, no message from it since)",
                 unreachable.error,
                 unreachable.at.elapsed().as_secs()
-            )
-        });
+            ));
+        }
+        if state.probing && !state.metrics.udp_upstream_heard() {
+            return Some(format!(
+                "upstream {upstream} unknown: it has not answered sipadmit's OPTIONS probe yet"
+            ));
+        }
+        return None;
     }
     let probe = tokio::time::timeout(UPSTREAM_PROBE_TIMEOUT, TcpStream::connect(upstream.addr));
     let tcp = match probe.await {

@@ -388,6 +388,7 @@ pub async fn serve_reloading(
                 listeners: addresses.clone(),
                 admission: admission.clone(),
                 upstream_queue: upstream_queue.clone(),
+                probing: settings.upstream_probe.is_some(),
                 shutdown: shutdown.clone(),
             },
         ));
@@ -396,6 +397,18 @@ pub async fn serve_reloading(
         tasks.spawn(reloader.run(reloads, core.clone(), metrics.clone(), shutdown.clone()));
     }
 
+    let mut probes = Probes {
+        every: settings.upstream_probe.map(tokio::time::interval),
+        sent: 0,
+        inbound: Inbound {
+            bytes: bytes::Bytes::new(),
+            transport: upstream.transport,
+            source: upstream.addr,
+            local: upstream_local,
+            connection: None,
+            from_upstream: true,
+        },
+    };
     let mut sweep = tokio::time::interval(SWEEP_INTERVAL);
     let mut housekeeping = tokio::time::interval(HOUSEKEEPING_INTERVAL);
     let mut edge = Edge {
@@ -411,6 +424,7 @@ pub async fn serve_reloading(
             () = until(retransmit_at) => {
                 retransmit(&core, &senders, &decision_log).await;
             }
+            () = probes.due() => probes.send(&core, &senders, &decision_log, &mut edge).await,
             _ = sweep.tick() => {
                 let removed = core.registrations().sweep(Instant::now());
                 if removed > 0 {
@@ -431,6 +445,58 @@ pub async fn serve_reloading(
         "stopped"
     );
     Ok(metrics)
+}
+
+/// The OPTIONS probes of the registrar (`proxy.upstream_probe_secs`): the
+/// registrar's answer (consumed by the core) tells `/readyz` it is there,
+/// so an instance recovers within one probe of the registrar coming back,
+/// with no client traffic needed.
+struct Probes {
+    /// The probe interval; `None`: probes are off.
+    every: Option<tokio::time::Interval>,
+    /// Probes sent so far.
+    sent: u64,
+    /// What a probe counts as having been relayed from: a message "from the
+    /// registrar" (so that a probe that cannot be delivered is counted and
+    /// noted for `/readyz`, but answered to no one).
+    inbound: Inbound,
+}
+
+impl Probes {
+    /// The next probe is due (never, with probes off).
+    async fn due(&mut self) {
+        match &mut self.every {
+            Some(every) => {
+                every.tick().await;
+            }
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Send one probe.
+    async fn send(&mut self, core: &Core, senders: &Senders, log: &DecisionLog, edge: &mut Edge) {
+        self.sent += 1;
+        let Some(bytes) = core.probe_request(self.sent) else {
+            return;
+        };
+        Metrics::inc(&core.metrics().upstream_probes);
+        let inbound = Inbound {
+            bytes: bytes.clone(),
+            ..self.inbound.clone()
+        };
+        match senders.send_upstream(bytes, &inbound).await {
+            Ok(()) => {
+                if let UpstreamSender::Datagram(_) = senders.upstream {
+                    core.metrics().note_upstream_sent();
+                    edge.upstream_watch.relayed(Instant::now());
+                }
+            }
+            Err(e) => {
+                Fault::UpstreamSend.report(core.metrics(), None, &e);
+                not_delivered(core, senders, log, &inbound, &Destination::Upstream, &e).await;
+            }
+        }
+    }
 }
 
 /// Sleep until `at`; forever without it.
@@ -608,8 +674,9 @@ async fn not_delivered(
         core.metrics()
             .count_upstream_send_failure(senders.upstream.transport(), error.to_string());
     }
-    // A response has no one to answer it.
-    if inbound.bytes.starts_with(b"SIP/") {
+    // A response has no one to answer it; nor has sipadmit's own probe
+    // (the only message "from the registrar" that goes to the registrar).
+    if inbound.bytes.starts_with(b"SIP/") || inbound.from_upstream {
         return;
     }
     let answer = core.upstream_unavailable(inbound, Instant::now(), busy);

@@ -78,6 +78,23 @@ impl Running {
         http(self.admin, "GET", path)
     }
 
+    /// Wait (bounded) until `/readyz` answers `status`; its body then.
+    fn wait_for_readyz(&mut self, status: u16) -> String {
+        let deadline = Instant::now() + BOUND;
+        loop {
+            let (got, body) = self.get("/readyz");
+            if got == status {
+                return body;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "/readyz stayed {got} ({body}), not {status}\n{}",
+                self.process.stderr_so_far()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// The value of one sample of `/metrics` (the line starting with
     /// `series`, labels written in order), 0 when absent.
     fn metric(&self, series: &str) -> f64 {
@@ -158,9 +175,10 @@ fn metrics_after_sipp_traffic_through_kamailio_pass_promtool_and_count_it() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let sipadmit = Running::start(&config_file(dir.path(), CONFIG), &kam.upstream_udp());
+    let mut sipadmit = Running::start(&config_file(dir.path(), CONFIG), &kam.upstream_udp());
     assert_eq!(sipadmit.get("/healthz"), (200, "ok\n".into()));
-    assert_eq!(sipadmit.get("/readyz"), (200, "ready\n".into()));
+    // Ready once Kamailio has answered the first OPTIONS probe.
+    assert_eq!(sipadmit.wait_for_readyz(200), "ready\n");
 
     // A registration (relayed, 200), a supported caller (relayed, 486 from
     // the workflow), an unsupported caller (403 from sipadmit), garbage.
@@ -544,7 +562,10 @@ fn icmp_errors_from_a_down_udp_registrar_are_counted_and_make_readyz_fail_until_
     let registrar_addr = port_holder.local_addr().unwrap();
     let upstream = format!("udp:{registrar_addr}");
     let dir = tempfile::tempdir().unwrap();
-    let mut sipadmit = Running::start(&config_file(dir.path(), CONFIG), &upstream);
+    // No OPTIONS probes: readiness here is learned from relayed traffic
+    // alone (the probes have their own test).
+    let config = format!("{CONFIG}[proxy]\nupstream_probe_secs = 0\n");
+    let mut sipadmit = Running::start(&config_file(dir.path(), &config), &upstream);
     assert_eq!(sipadmit.get("/readyz"), (200, "ready\n".into()));
     let upstream_unreachable = r#"sipadmit_transport_faults_total{kind="upstream_unreachable"}"#;
     let client_unreachable = r#"sipadmit_transport_faults_total{kind="client_unreachable"}"#;
@@ -611,6 +632,53 @@ fn icmp_errors_from_a_down_udp_registrar_are_counted_and_make_readyz_fail_until_
     assert_eq!(sipadmit.get("/readyz"), (200, "ready\n".into()));
     let stderr = sipadmit.process.stderr_so_far();
     assert!(stderr.contains("fault=\"client_unreachable\""), "{stderr}");
+}
+
+/// `/readyz` and a UDP registrar, with OPTIONS probes every second: unknown
+/// (503) until the registrar answers one; ready at its first answer; not
+/// ready once it is down (the probes' ICMP errors); ready again within one
+/// probe of its return, with no client traffic at all.
+#[test]
+fn readyz_follows_a_udp_registrar_through_its_options_probes() {
+    let registrar = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let registrar_addr = registrar.local_addr().unwrap();
+    let upstream = format!("udp:{registrar_addr}");
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!("{CONFIG}[proxy]\nupstream_probe_secs = 1\n");
+    let mut sipadmit = Running::start(&config_file(dir.path(), &config), &upstream);
+    // The registrar reads but does not answer yet: unknown.
+    let mut buf = [0u8; 65_536];
+    registrar.set_read_timeout(Some(BOUND)).unwrap();
+    let (n, _) = registrar.recv_from(&mut buf).unwrap();
+    let probe = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert!(probe.starts_with("OPTIONS sip:"), "{probe}");
+    assert!(probe.contains("Max-Forwards: 70\r\n"), "{probe}");
+    let (status, body) = sipadmit.get("/readyz");
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("unknown"), "{body}");
+    // It answers the next probe: ready, without any client traffic.
+    let answer_one = |registrar: &UdpSocket, buf: &mut [u8]| {
+        let (n, proxy) = registrar.recv_from(buf).unwrap();
+        let request = String::from_utf8_lossy(&buf[..n]).into_owned();
+        assert!(request.starts_with("OPTIONS "), "{request}");
+        registrar
+            .send_to(registrar_ok(&request).as_bytes(), proxy)
+            .unwrap();
+    };
+    answer_one(&registrar, &mut buf);
+    assert_eq!(sipadmit.wait_for_readyz(200), "ready\n");
+    // Down: the next probe's ICMP error makes it not ready.
+    drop(registrar);
+    let reason = sipadmit.wait_for_readyz(503);
+    assert!(reason.contains("not reachable: ICMP error"), "{reason}");
+    // Back on its port: ready again within a probe or two.
+    let registrar = UdpSocket::bind(registrar_addr).unwrap();
+    registrar.set_read_timeout(Some(BOUND)).unwrap();
+    answer_one(&registrar, &mut buf);
+    assert_eq!(sipadmit.wait_for_readyz(200), "ready\n");
+    assert!(sipadmit.metric("sipadmit_upstream_probe_answers_total") >= 2.0);
+    let (records, _) = sipadmit.stop();
+    assert!(records.is_empty(), "probes are not decisions: {records:?}");
 }
 
 // === rate-limited warnings ===

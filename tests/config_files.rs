@@ -53,6 +53,7 @@ fn settings_hold_the_restart_keys_and_runtime_the_swappable_ones() {
         upstream_sources,
         decision_log,
         flow_secret,
+        upstream_probe,
         limits,
         tls,
         rate_limit,
@@ -62,6 +63,7 @@ fn settings_hold_the_restart_keys_and_runtime_the_swappable_ones() {
     assert_eq!(upstream.unwrap().to_string(), "udp:127.0.0.1:5070");
     assert!(upstream_sources.matches("127.0.0.1:5070".parse().unwrap()));
     assert_eq!((decision_log.as_str(), flow_secret), ("-", &None));
+    assert_eq!(upstream_probe.map(|p| p.as_secs()), Some(5));
     assert_eq!(limits.max_headers, 256);
     assert_eq!(tls, &sipadmit::config::TlsSettings::default());
     assert_eq!(limits.message_deadline.as_secs(), 10);

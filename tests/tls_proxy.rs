@@ -46,7 +46,8 @@ fn pki() -> (tempfile::TempDir, PkiFiles) {
 /// `[tls]` presenting the test server certificate, plus `extra` lines.
 fn tls_config(files: &PkiFiles, extra: &str) -> String {
     format!(
-        "[proxy]\nflow_secret = \"tls-proxy-tests-0123456789abcdef\"\n\
+        // No OPTIONS probes: each test counts what reaches its registrar.
+        "[proxy]\nflow_secret = \"tls-proxy-tests-0123456789abcdef\"\nupstream_probe_secs = 0\n\
          [response_group]\nworkflows = [\"sip:helpdesk@contoso.com\"]\n\
          [tls]\ncertificate = \"{}\"\nprivate_key = \"{}\"\n{extra}\n",
         files.server.0.display(),

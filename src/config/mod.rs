@@ -203,6 +203,9 @@ pub struct Settings {
     pub decision_log: String,
     /// Flow token secret, if configured.
     pub flow_secret: Option<String>,
+    /// How often sipadmit sends the registrar an OPTIONS (`/readyz` learns
+    /// from its answer that the registrar is back); `None`: never.
+    pub upstream_probe: Option<Duration>,
     /// Limits.
     pub limits: Limits,
     /// `[tls]`: certificates, versions and ciphers (defaults when absent).
@@ -237,6 +240,10 @@ impl Settings {
         );
         check("proxy.decision_log", self.decision_log != new.decision_log);
         check("proxy.flow_secret", self.flow_secret != new.flow_secret);
+        check(
+            "proxy.upstream_probe_secs",
+            self.upstream_probe != new.upstream_probe,
+        );
         check("limits", self.limits != new.limits);
         check("admin.listen", self.admin != new.admin);
         check(
@@ -490,6 +497,15 @@ fn validate(
                 format!("{} characters; at least 16 are needed", secret.len()),
             );
         }
+    }
+    if raw.proxy.upstream_probe_secs > 300 {
+        problem(
+            "proxy.upstream_probe_secs".into(),
+            format!(
+                "{} s is above 300 s (0 turns the probes off; default 5)",
+                raw.proxy.upstream_probe_secs
+            ),
+        );
     }
 
     let l = &raw.limits;
@@ -799,6 +815,8 @@ fn validate(
                 upstream_sources,
                 decision_log,
                 flow_secret: raw.proxy.flow_secret,
+                upstream_probe: (raw.proxy.upstream_probe_secs > 0)
+                    .then(|| Duration::from_secs(raw.proxy.upstream_probe_secs)),
                 limits: Limits {
                     max_message_bytes: l.max_message_bytes,
                     max_headers: l.max_headers,

@@ -61,6 +61,9 @@ pub struct RawProxy {
     /// Secret that signs flow tokens (at least 16 characters). Default: none,
     /// a random secret is made at start (tokens then do not survive a restart).
     pub flow_secret: Option<String>,
+    /// Seconds between the OPTIONS probes sipadmit sends the registrar
+    /// (0..=300; 0: none). Default 5.
+    pub upstream_probe_secs: u64,
 }
 
 impl Default for RawProxy {
@@ -72,6 +75,7 @@ impl Default for RawProxy {
             mode: Mode::Enforce,
             decision_log: "-".into(),
             flow_secret: None,
+            upstream_probe_secs: 5,
         }
     }
 }
@@ -403,6 +407,7 @@ read_by_field_name!(RawProxy {
     mode: or_default,
     decision_log: or_default,
     flow_secret: optional,
+    upstream_probe_secs: or_default,
 });
 
 read_by_field_name!(RawLimits {

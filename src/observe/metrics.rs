@@ -235,6 +235,10 @@ pub struct Metrics {
     /// Requests from TCP/TLS clients relayed over UDP without a client
     /// transaction (the table was at `limits.client_transaction_bytes`).
     pub client_transactions_untracked: AtomicU64,
+    /// OPTIONS probes sent to the registrar (`proxy.upstream_probe_secs`).
+    pub upstream_probes: AtomicU64,
+    /// Answers of the registrar to those probes.
+    pub upstream_probe_answers: AtomicU64,
     /// REGISTERs answered 403 for naming more contacts than
     /// `limits.max_contacts_per_register`.
     pub too_many_contacts: AtomicU64,
@@ -287,6 +291,8 @@ pub struct Metrics {
     /// Why a UDP upstream counts as unreachable (an ICMP error for a
     /// datagram sent to it, or silence), until it sends a message again.
     udp_upstream_unreachable: Mutex<Option<UpstreamFailure>>,
+    /// A UDP upstream has sent a message since start.
+    udp_upstream_heard: std::sync::atomic::AtomicBool,
     reloads: [AtomicU64; 2],
     /// TLS context reloads, per [`TlsSide`] and [`ReloadResult`].
     tls_reloads: [[AtomicU64; 2]; TlsSide::ALL.len()],
@@ -517,10 +523,16 @@ impl Metrics {
 
     /// A message arrived from the UDP upstream: it is reachable again.
     pub fn note_udp_upstream_heard(&self) {
+        self.udp_upstream_heard.store(true, Ordering::Relaxed);
         let mut unreachable = lock(&self.udp_upstream_unreachable);
         if unreachable.is_some() {
             *unreachable = None;
         }
+    }
+
+    /// Whether a UDP upstream has sent any message since start.
+    pub fn udp_upstream_heard(&self) -> bool {
+        self.udp_upstream_heard.load(Ordering::Relaxed)
     }
 
     /// Why the UDP upstream looks unreachable, unless it sent a message since.
@@ -695,6 +707,16 @@ impl Metrics {
                 "sipadmit_client_transactions_untracked_total",
                 "Requests from TCP/TLS clients relayed over UDP once, without retransmissions, because the client transaction table was at limits.client_transaction_bytes.",
                 &self.client_transactions_untracked,
+            ),
+            (
+                "sipadmit_upstream_probes_total",
+                "OPTIONS probes sipadmit sent the registrar (proxy.upstream_probe_secs).",
+                &self.upstream_probes,
+            ),
+            (
+                "sipadmit_upstream_probe_answers_total",
+                "Answers of the registrar to sipadmit's OPTIONS probes.",
+                &self.upstream_probe_answers,
             ),
             (
                 "sipadmit_registers_too_many_contacts_total",

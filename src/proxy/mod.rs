@@ -65,6 +65,10 @@ use transactions::{RecordKind, Transactions};
 const FLOW_PARAM: &str = "sipadmit-flow";
 /// Prefix of the branches this proxy generates.
 const BRANCH_PREFIX: &str = "z9hG4bKsa";
+/// Prefix of the branches of the OPTIONS probes this proxy sends the
+/// registrar ([`Core::probe_request`]); never a relayed request's (those
+/// are hex digits after [`BRANCH_PREFIX`]).
+const PROBE_BRANCH_PREFIX: &str = "z9hG4bKsaprobe";
 
 /// The address a [`Core::detached`] core is reachable at (UDP and TCP).
 pub const DETACHED_ADDRESS: SocketAddr =
@@ -397,6 +401,33 @@ impl Core {
         let outcome = self.record_once(&view, RecordKind::UpstreamUnavailable, outcome, now);
         self.count_outcome(MessageKind::Request, &outcome);
         outcome
+    }
+
+    /// The `n`th OPTIONS probe for the registrar (RFC 3261 11: its answer
+    /// tells that the registrar is there): from this proxy's address on the
+    /// upstream's transport, to the registrar's address with no user part,
+    /// a branch of its own (its answer is recognised and consumed by the
+    /// response path). `None` without an upstream or a listener of its
+    /// transport.
+    pub fn probe_request(&self, n: u64) -> Option<Bytes> {
+        let upstream = self.settings.upstream?;
+        let own = self.address_for(upstream.transport)?;
+        let (boot, transport) = (self.boot, upstream.transport);
+        let target = upstream.addr;
+        Some(Bytes::from(format!(
+            "OPTIONS sip:{target};transport={t} SIP/2.0\r\n\
+             Via: SIP/2.0/{via} {own};branch={PROBE_BRANCH_PREFIX}{boot}{n:x}\r\n\
+             Max-Forwards: 70\r\n\
+             From: <sip:sipadmit@{own}>;tag=probe{boot}\r\n\
+             To: <sip:{target}>\r\n\
+             Call-ID: sipadmit-probe-{boot}-{n}\r\n\
+             CSeq: {n} OPTIONS\r\n\
+             User-Agent: sipadmit/{version}\r\n\
+             Content-Length: 0\r\n\r\n",
+            t = transport.as_str(),
+            via = transport.via_name(),
+            version = env!("CARGO_PKG_VERSION"),
+        )))
     }
 
     /// The request `transaction` was relayed from has been sent: keep its

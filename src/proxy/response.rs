@@ -12,8 +12,11 @@ use tracing::{debug, warn};
 use super::client_transactions::{TransactionKey, TransactionMethod};
 use super::flow::{Flow, Purpose};
 use super::registrations::RegisterAnswer;
-use super::{Branch, Core, Destination, Inbound, OpenConnection, Outbound, Outcome, FLOW_PARAM};
-use crate::observe::metrics::DropReason;
+use super::{
+    Branch, Core, Destination, Inbound, OpenConnection, Outbound, Outcome, FLOW_PARAM,
+    PROBE_BRANCH_PREFIX,
+};
+use crate::observe::metrics::{DropReason, Metrics};
 use crate::sip::edit::{first_value, Edits};
 use crate::sip::{HeaderName, SipView};
 
@@ -50,6 +53,17 @@ impl Core {
         if !self.is_own(&via) {
             debug!(source = %inb.source, "response not addressed to this proxy discarded");
             return discard(DropReason::ForeignResponse);
+        }
+        // The registrar's answer to this proxy's own OPTIONS probe: its
+        // arrival is what the probe is for (`/readyz`); nothing to relay.
+        if inb.from_upstream
+            && via
+                .branch()
+                .is_some_and(|b| b.starts_with(PROBE_BRANCH_PREFIX.as_bytes()))
+        {
+            Metrics::inc(&self.metrics.upstream_probe_answers);
+            debug!(source = %inb.source, status = view.status(), "the registrar answered the OPTIONS probe");
+            return Outcome::default();
         }
         let destination = match via.params.get(FLOW_PARAM.as_bytes()) {
             // Only the registrar answers requests we sent upstream with a

@@ -62,6 +62,13 @@ impl Registrar {
                 if request.starts_with("SIP/2.0") {
                     continue;
                 }
+                // sipadmit's own OPTIONS probes are answered, not counted.
+                if request.contains("Call-ID: sipadmit-probe-") {
+                    if behaviour != Behaviour::Silent {
+                        socket.send_to(ok(&request).as_bytes(), from).unwrap();
+                    }
+                    continue;
+                }
                 count.fetch_add(1, Ordering::Relaxed);
                 let copy = {
                     let mut seen = seen.lock().unwrap();
