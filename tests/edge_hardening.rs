@@ -49,7 +49,10 @@ impl Registrar {
                 if text.starts_with("SIP/2.0") {
                     continue;
                 }
-                r.fetch_add(1, Ordering::Relaxed);
+                // sipadmit's own OPTIONS probes: answered, not counted.
+                if !text.contains("\r\nCall-ID: sipadmit-probe-") {
+                    r.fetch_add(1, Ordering::Relaxed);
+                }
                 if text.to_ascii_lowercase().contains("friendly-scanner") {
                     s.store(true, Ordering::Relaxed);
                 }

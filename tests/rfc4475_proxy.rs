@@ -23,9 +23,16 @@ fn socket(timeout: Duration) -> UdpSocket {
     s
 }
 
+/// The next datagram, skipping sipadmit's own OPTIONS probes of the registrar.
 fn try_recv(s: &UdpSocket) -> Option<Vec<u8>> {
     let mut buf = vec![0u8; 65536];
-    s.recv_from(&mut buf).ok().map(|(n, _)| buf[..n].to_vec())
+    loop {
+        let (n, _) = s.recv_from(&mut buf).ok()?;
+        let probe = String::from_utf8_lossy(&buf[..n]).contains("\r\nCall-ID: sipadmit-probe-");
+        if !probe {
+            return Some(buf[..n].to_vec());
+        }
+    }
 }
 
 /// Header lines (as bytes) the proxy may edit: Via and Max-Forwards.

@@ -642,8 +642,8 @@ mod tests {
         assert_eq!(
             problems,
             [
-                "proxy.lisen: unknown key (known: listen, upstream, upstream_sources, mode, decision_log, flow_secret)",
-                "policy.agent_offer.statuss: unknown key (known: unsupported, third_party, unknown, status, reason, warning, headers)",
+                "proxy.lisen: unknown key (known: listen, upstream, upstream_sources, mode, decision_log, flow_secret, upstream_probe_secs)",
+                "policy.agent_offer.statuss: unknown key (known: unsupported, third_party, unknown, status, reason, warning, headers, unknown_warning)",
                 "extra: unknown key (known: proxy, limits, catalog, response_group, policy, tls, rate_limit, admin)",
                 "proxi: unknown key (known: proxy, limits, catalog, response_group, policy, tls, rate_limit, admin)",
             ]
