@@ -82,7 +82,10 @@ async fn udp_registrar() -> (SocketAddr, mpsc::UnboundedReceiver<String>) {
             if request.starts_with("SIP/2.0") {
                 continue;
             }
-            let mut answer = registrar.answer(&request, "200 OK");
+            // Folded header lines (wsinv.dat's CSeq) unfolded, so that the
+            // answer copies whole values (RFC 3261 7.3.1).
+            let unfolded = request.replace("\r\n ", " ").replace("\r\n\t", " ");
+            let mut answer = registrar.answer(&unfolded, "200 OK");
             for path in header(&request, "Path") {
                 answer = answer.replacen("\r\n", &format!("\r\nPath: {path}\r\n"), 1);
             }
@@ -524,11 +527,10 @@ where
 async fn rfc4475_torture_messages_over_tls_behave_as_over_tcp_and_must_rows_hold() {
     let (_dir, files) = pki();
     let (registrar, mut at_registrar) = udp_registrar().await;
-    // Each case watches what one message makes reach the registrar. The
-    // stub's answers to some torture messages cannot be matched to their
-    // request (wsinv.dat's folded CSeq loses its method in the copy), and
-    // sipadmit retransmits what came over a stream until answered: with T1
-    // at its maximum (10 s) no retransmission lands in a later case.
+    // Each case watches what one message makes reach the registrar, and
+    // sipadmit retransmits what came over a stream until it is answered: the
+    // stub answers every request, and T1 at its maximum (10 s) keeps an
+    // answer lost on a loaded machine from landing in a later case.
     let limits = "[limits]\ntimer_t1_ms = 10000\ntimer_t2_ms = 10000";
     let proxy = TestProxy::start_with_tls(&tls_config(&files, limits), &format!("udp:{registrar}"));
     let client = TestClient::modern(&files.ca);
