@@ -168,10 +168,20 @@ pub async fn bind(config: &Config) -> Result<Bound, AppError> {
             )),
             Transport::Tcp => bound
                 .tcp
-                .push(TcpListener::bind(endpoint.addr).await.map_err(err)?),
+                .push(stream_listener(endpoint.addr, limits.listen_backlog).map_err(err)?),
             Transport::Tls => bound
                 .tls
-                .push(TcpListener::bind(endpoint.addr).await.map_err(err)?),
+                .push(stream_listener(endpoint.addr, limits.listen_backlog).map_err(err)?),
+        }
+    }
+    let backlog = settings.limits.listen_backlog;
+    if let Some(somaxconn) = somaxconn().filter(|max| backlog > *max) {
+        if !bound.tcp.is_empty() || !bound.tls.is_empty() {
+            warn!(
+                listen_backlog = backlog,
+                somaxconn,
+                "limits.listen_backlog is above net.core.somaxconn: the kernel uses somaxconn (raise it with sysctl)"
+            );
         }
     }
     if let Some(addr) = config.settings.admin {
@@ -181,6 +191,30 @@ pub async fn bind(config: &Config) -> Result<Bound, AppError> {
         bound.admin = Some(listener);
     }
     Ok(bound)
+}
+
+/// The kernel's cap on accept queues (`net.core.somaxconn`), where it can
+/// be read.
+fn somaxconn() -> Option<u32> {
+    std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// A TCP listener (for `tcp:` and `tls:`) with an accept queue of
+/// `backlog` connections (`limits.listen_backlog`; the kernel caps it at
+/// `net.core.somaxconn`): a reconnect storm of thousands of clients waits
+/// in it instead of having its SYNs dropped and retried seconds later.
+fn stream_listener(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(backlog)
 }
 
 /// The address to advertise for a listener: its own, or, when bound to the

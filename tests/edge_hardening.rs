@@ -722,3 +722,34 @@ fn ban_line() -> String {
         .unwrap_or_else(|| panic!("no ban line in {text:?}"))
         .to_owned()
 }
+
+/// A reconnect storm waits in the accept queue: `limits.listen_backlog`
+/// (default 4096, capped by net.core.somaxconn) is the queue the kernel
+/// gives the `tcp:` listener (`ss` shows it as Send-Q), not 128.
+#[test]
+fn the_tcp_listener_gets_the_configured_accept_queue() {
+    let Some(ss) = common::external::require_tool("ss") else {
+        return;
+    };
+    let registrar = Registrar::start();
+    for (config, expected) in [("", 4096u32), ("[limits]\nlisten_backlog = 1000\n", 1000)] {
+        let proxy = TestProxy::start(config, "127.0.0.1", &registrar.upstream());
+        let somaxconn: u32 = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        let out = std::process::Command::new(&ss)
+            .args(["-ltnH", &format!("sport = :{}", proxy.tcp.port())])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let queue: u32 = text
+            .split_whitespace()
+            .nth(2)
+            .unwrap_or_else(|| panic!("no listener in {text:?}"))
+            .parse()
+            .unwrap();
+        assert_eq!(queue, expected.min(somaxconn), "{text}");
+    }
+}

@@ -134,6 +134,8 @@ pub struct Limits {
     pub timer_t2: Duration,
     /// Bytes of messages the queue to a TCP/TLS upstream may hold.
     pub upstream_queue_bytes: usize,
+    /// Accept queue of each `tcp:` and `tls:` listener, connections.
+    pub listen_backlog: u32,
 }
 
 /// What a source over its rate limit gets (`rate_limit.over_limit`).
@@ -622,6 +624,15 @@ fn validate(
             );
         }
     }
+    if !(1..=65_535).contains(&l.listen_backlog) {
+        problem(
+            "limits.listen_backlog".into(),
+            format!(
+                "{} is outside 1..=65535 connections (default 4096; the kernel caps it at net.core.somaxconn)",
+                l.listen_backlog
+            ),
+        );
+    }
     if !(50..=10_000).contains(&l.timer_t1_ms) {
         problem(
             "limits.timer_t1_ms".into(),
@@ -834,6 +845,7 @@ fn validate(
                     timer_t1: Duration::from_millis(l.timer_t1_ms),
                     timer_t2: Duration::from_millis(l.timer_t2_ms),
                     upstream_queue_bytes: l.upstream_queue_bytes,
+                    listen_backlog: l.listen_backlog,
                     udp_receive_buffer_bytes: l.udp_receive_buffer_bytes,
                     udp_send_buffer_bytes: l.udp_send_buffer_bytes,
                 },

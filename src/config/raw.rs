@@ -151,6 +151,9 @@ pub struct RawLimits {
     /// (rule `proxy.upstream-busy`). Default 33554432 (32 MiB, about 50000
     /// REGISTERs).
     pub upstream_queue_bytes: usize,
+    /// Accept queue of each `tcp:` and `tls:` listener, connections
+    /// (1..=65535; the kernel caps it at net.core.somaxconn). Default 4096.
+    pub listen_backlog: u32,
 }
 
 impl Default for RawLimits {
@@ -174,6 +177,7 @@ impl Default for RawLimits {
             timer_t1_ms: 500,
             timer_t2_ms: 4000,
             upstream_queue_bytes: 32 << 20,
+            listen_backlog: 4096,
         }
     }
 }
@@ -429,6 +433,7 @@ read_by_field_name!(RawLimits {
     timer_t1_ms: or_default,
     timer_t2_ms: or_default,
     upstream_queue_bytes: or_default,
+    listen_backlog: or_default,
 });
 
 read_by_field_name!(RawRateLimit {

@@ -499,6 +499,7 @@ impl TransportContext {
                 timer_t1: std::time::Duration::from_millis(500),
                 timer_t2: std::time::Duration::from_secs(4),
                 upstream_queue_bytes: 1 << 20,
+                listen_backlog: 128,
                 registration_table_bytes: 1 << 20,
                 transaction_table_bytes: 1 << 20,
                 upstream_retry_after_secs: 30,
