@@ -343,6 +343,7 @@ pub async fn serve_reloading(
     let senders = Senders {
         udp: udp_listeners.clone(),
         connections: connections.clone(),
+        udp_upstream_health: settings.upstream_probe.map(|_| metrics.clone()),
         upstream: if let Some(budget) = upstream_queue.clone() {
             UpstreamSender::Stream(UpstreamLink::spawn(
                 upstream.transport,
@@ -518,7 +519,7 @@ impl Probes {
             bytes: bytes.clone(),
             ..self.inbound.clone()
         };
-        match senders.send_upstream(bytes, &inbound).await {
+        match senders.send_upstream_probe(bytes, &inbound).await {
             Ok(()) => {
                 if let UpstreamSender::Datagram(_) = senders.upstream {
                     core.metrics().note_upstream_sent();

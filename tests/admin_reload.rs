@@ -667,18 +667,54 @@ fn readyz_follows_a_udp_registrar_through_its_options_probes() {
     };
     answer_one(&registrar, &mut buf);
     assert_eq!(sipadmit.wait_for_readyz(200), "ready\n");
-    // Down: the next probe's ICMP error makes it not ready.
+    // Down: the next probe's ICMP error makes it not ready ...
     drop(registrar);
     let reason = sipadmit.wait_for_readyz(503);
     assert!(reason.contains("not reachable: ICMP error"), "{reason}");
-    // Back on its port: ready again within a probe or two.
+    // ... and a client is answered 503 at once, not left waiting.
+    let client = UdpSocket::bind("127.0.0.1:0").unwrap();
+    client.set_read_timeout(Some(BOUND)).unwrap();
+    let from = client.local_addr().unwrap();
+    client
+        .send_to(register(from, 1).as_bytes(), sipadmit.udp)
+        .unwrap();
+    let n = client.recv(&mut buf).unwrap();
+    let answer = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert!(answer.starts_with("SIP/2.0 503 "), "{answer}");
+    assert!(answer.contains("Retry-After: "), "{answer}");
+    // Back on its port: ready again within a probe or two, and relayed to.
     let registrar = UdpSocket::bind(registrar_addr).unwrap();
     registrar.set_read_timeout(Some(BOUND)).unwrap();
     answer_one(&registrar, &mut buf);
     assert_eq!(sipadmit.wait_for_readyz(200), "ready\n");
+    client
+        .send_to(register(from, 2).as_bytes(), sipadmit.udp)
+        .unwrap();
+    let relayed = loop {
+        let (n, proxy) = registrar.recv_from(&mut buf).unwrap();
+        let request = String::from_utf8_lossy(&buf[..n]).into_owned();
+        if request.starts_with("REGISTER ") {
+            registrar
+                .send_to(registrar_ok(&request).as_bytes(), proxy)
+                .unwrap();
+            break request;
+        }
+    };
+    assert!(relayed.contains("Call-ID: rl-2@test"), "{relayed}");
+    let n = client.recv(&mut buf).unwrap();
+    let answer = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert!(answer.starts_with("SIP/2.0 200 OK\r\n"), "{answer}");
     assert!(sipadmit.metric("sipadmit_upstream_probe_answers_total") >= 2.0);
     let (records, _) = sipadmit.stop();
-    assert!(records.is_empty(), "probes are not decisions: {records:?}");
+    let rules: Vec<&str> = records
+        .iter()
+        .map(|r| r["rule"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        rules,
+        ["supported", "proxy.upstream-unavailable", "supported"],
+        "the first REGISTER's decision and its 503, then the second's; probes are not decisions"
+    );
 }
 
 // === rate-limited warnings ===

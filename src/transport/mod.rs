@@ -571,6 +571,11 @@ pub struct Senders {
     pub connections: Arc<Connections>,
     /// The upstream registrar.
     pub upstream: UpstreamSender,
+    /// Set when sipadmit probes the registrar with OPTIONS (so it learns
+    /// when a registrar that is down is back): a UDP registrar known to be
+    /// unreachable (an ICMP error, or silence) then fails sends at once, and
+    /// requests are answered `503` instead of waiting for nothing.
+    pub udp_upstream_health: Option<Arc<Metrics>>,
 }
 
 impl Senders {
@@ -602,6 +607,26 @@ impl Senders {
     /// deliver later comes back as [`Event::Undelivered`]). `inbound` is
     /// the message `bytes` were relayed from.
     pub async fn send_upstream(&self, bytes: Bytes, inbound: &Inbound) -> Result<(), SendError> {
+        if let (UpstreamSender::Datagram(addr), Some(health)) =
+            (&self.upstream, &self.udp_upstream_health)
+        {
+            if let Some(down) = health.udp_upstream_unreachable() {
+                return Err(SendError::UpstreamUnreachable {
+                    addr: *addr,
+                    cause: Arc::new(std::io::Error::other(down.error)),
+                });
+            }
+        }
+        self.send_upstream_probe(bytes, inbound).await
+    }
+
+    /// [`Senders::send_upstream`], even to a UDP registrar known to be
+    /// unreachable: for the OPTIONS probes that find out it is back.
+    pub async fn send_upstream_probe(
+        &self,
+        bytes: Bytes,
+        inbound: &Inbound,
+    ) -> Result<(), SendError> {
         match &self.upstream {
             UpstreamSender::Datagram(addr) => self.send_datagram(None, *addr, &bytes).await,
             UpstreamSender::Stream(link) => link.offer(Outgoing {
