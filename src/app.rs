@@ -375,8 +375,9 @@ pub async fn serve_reloading(
             // Plain TCP: the accepted stream is the SIP stream, unless it
             // opens with a TLS ClientHello (closed at once, logged).
             Transport::Tcp => {
-                let (idle, metrics) = (settings.limits.tcp_idle_timeout, metrics.clone());
-                let open = move |tcp| tls::refuse_tls_client_hello(tcp, idle, metrics.clone());
+                // The first byte is due within the message deadline.
+                let (deadline, metrics) = (settings.limits.message_deadline, metrics.clone());
+                let open = move |tcp| tls::refuse_tls_client_hello(tcp, deadline, metrics.clone());
                 tasks.spawn(stream::accept(listener, at, ctx.clone(), open));
             }
             // TLS: the handshake, in the connection's task and slot.

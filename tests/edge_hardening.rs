@@ -753,3 +753,57 @@ fn the_tcp_listener_gets_the_configured_accept_queue() {
         assert_eq!(queue, expected.min(somaxconn), "{text}");
     }
 }
+
+/// Issue 18, item 1: connections that never send a byte are closed at the
+/// message deadline, so 60 of them (two sources, 30 each, under the
+/// per-source cap) on a 60-slot listener shut a legitimate client out for
+/// that long at most, not for the idle timeout (600 s). The client tries
+/// every 250 ms for 6 s; the figure is printed.
+#[test]
+fn silent_connections_hold_their_slots_only_until_the_message_deadline() {
+    let registrar = Registrar::start();
+    let config = untrusted("[limits]\nmessage_deadline_secs = 2\nmax_connections = 60\n");
+    let proxy = TestProxy::start(&config, "127.0.0.1", &registrar.upstream());
+    let connect = |ip: &str| -> std::io::Result<TcpStream> {
+        let socket =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        let local: SocketAddr = format!("{ip}:0").parse().unwrap();
+        socket.bind(&local.into()).unwrap();
+        socket.connect_timeout(&proxy.tcp.into(), Duration::from_secs(1))?;
+        let tcp: TcpStream = socket.into();
+        tcp.set_read_timeout(Some(Duration::from_millis(500)))?;
+        Ok(tcp)
+    };
+    let silent: Vec<TcpStream> = ["127.0.0.7", "127.0.0.8"]
+        .iter()
+        .flat_map(|ip| (0..30).map(move |_| *ip))
+        .map(|ip| connect(ip).unwrap())
+        .collect();
+    let started = Instant::now();
+    let (mut tries, mut served) = (0, 0);
+    let mut first_served = None;
+    while started.elapsed() < Duration::from_secs(6) {
+        tries += 1;
+        let answered = connect("127.0.0.9").and_then(|mut client| {
+            let from = client.local_addr()?;
+            client.write_all(register(from, "dora", tries, "TCP", "").as_bytes())?;
+            let mut answer = [0u8; 12];
+            client.read_exact(&mut answer)?;
+            Ok(answer)
+        });
+        if matches!(answered, Ok(a) if &a == b"SIP/2.0 200 ") {
+            served += 1;
+            first_served.get_or_insert(started.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    eprintln!(
+        "silent connections: legitimate client served {served} of {tries} tries, first after {first_served:?}"
+    );
+    let first = first_served.expect("the legitimate client was never served");
+    assert!(
+        first < Duration::from_secs(4),
+        "served only after {first:?} (deadline 2 s)"
+    );
+    drop(silent);
+}

@@ -19,8 +19,10 @@
 //!
 //! Every resource a peer can hold is bounded:
 //! - time: a message must be complete `limits.message_deadline_secs` after
-//!   its first byte (slowloris), and between messages the connection may be
-//!   idle `limits.tcp_idle_timeout_secs`;
+//!   its first byte (slowloris), the first byte is due within the same
+//!   deadline of the connection opening (a silent connection holds no slot
+//!   longer), and between messages the connection may be idle
+//!   `limits.tcp_idle_timeout_secs`;
 //! - read memory: what all connections buffer together is charged to one
 //!   budget (`limits.read_buffer_budget_bytes`): a read that finds it spent
 //!   waits (within the message deadline); an idle connection holds no
@@ -386,6 +388,9 @@ enum Stop {
     /// A message was not complete `limits.message_deadline_secs` after its
     /// first byte.
     Deadline,
+    /// Nothing arrived within `limits.message_deadline_secs` of the
+    /// connection opening.
+    Silent,
 }
 
 /// Read and frame one connection until EOF, an error, a timeout (idle
@@ -411,14 +416,16 @@ async fn read_messages<S>(
     };
     // When the message being read began (its first byte), if one is.
     let mut message_began: Option<Instant> = None;
-    let mut last_message = Instant::now();
+    let opened = Instant::now();
+    // When the last message (or keep-alive) arrived; `None` before the first.
+    let mut last_message: Option<Instant> = None;
     let stop = loop {
         // Frame what is buffered.
         let mut closed = false;
         loop {
             match codec.decode(&mut buf) {
                 Ok(Some(frame)) => {
-                    last_message = Instant::now();
+                    last_message = Some(Instant::now());
                     if let (Some(heard), Frame::Message(_)) = (heard, &frame) {
                         heard.store(true, Ordering::Relaxed);
                     }
@@ -448,9 +455,17 @@ async fn read_messages<S>(
             message_began = Some(Instant::now());
         }
         share.release_to(buf.len());
-        let (deadline, on_timeout) = match message_began {
-            Some(began) => (began + ctx.limits.message_deadline, Stop::Deadline),
-            None => (last_message + ctx.limits.tcp_idle_timeout, Stop::Idle),
+        let (deadline, on_timeout) = match (message_began, last_message) {
+            (Some(began), _) => (began + ctx.limits.message_deadline, Stop::Deadline),
+            (None, Some(last)) => (last + ctx.limits.tcp_idle_timeout, Stop::Idle),
+            // A connection's first byte is due within the message deadline
+            // too: a silent connection holds a slot no longer than a
+            // trickling one (the idle timeout runs between messages).
+            // (The connection sipadmit opened to the registrar is exempt.)
+            (None, None) if !info.from_upstream => {
+                (opened + ctx.limits.message_deadline, Stop::Silent)
+            }
+            (None, None) => (opened + ctx.limits.tcp_idle_timeout, Stop::Idle),
         };
         let timeout = tokio::time::sleep_until(deadline);
         tokio::pin!(timeout);
@@ -516,6 +531,14 @@ async fn read_messages<S>(
                 "connection idle; closed"
             );
         }
+        Stop::Silent => Fault::MessageDeadline.report(
+            &ctx.metrics,
+            Some(info.peer),
+            &format_args!(
+                "no byte within limits.message_deadline_secs = {} of the connection opening",
+                ctx.limits.message_deadline.as_secs()
+            ),
+        ),
         Stop::Deadline => Fault::MessageDeadline.report(
             &ctx.metrics,
             Some(info.peer),
@@ -756,14 +779,38 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn an_idle_connection_is_closed() {
-        let (tx, _events) = mpsc::channel(16);
+        let (tx, mut events) = mpsc::channel(16);
         let ctx = TransportContext::for_tests(tx, 4);
         let mut client = served(&ctx, "127.0.0.1:40003");
+        client.write_all(MESSAGE).await.unwrap();
+        received(&mut events).await;
         // Paused time jumps to the idle deadline once nothing else can run.
+        let started = Instant::now();
         let mut rest = Vec::new();
         client.read_to_end(&mut rest).await.unwrap();
         assert!(rest.is_empty());
         assert!(ctx.connections.is_empty());
+        assert!(started.elapsed() >= ctx.limits.tcp_idle_timeout);
+    }
+
+    /// A connection that never sends a byte is closed at the message
+    /// deadline (10 s), not after the idle timeout: silent connections
+    /// cannot hold every slot for minutes.
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_connection_is_closed_at_the_message_deadline() {
+        let (tx, _events) = mpsc::channel(16);
+        let ctx = TransportContext::for_tests(tx, 4);
+        let started = Instant::now();
+        let mut client = served(&ctx, "127.0.0.1:40004");
+        let mut rest = Vec::new();
+        client.read_to_end(&mut rest).await.unwrap();
+        let took = started.elapsed();
+        assert!(ctx.connections.is_empty());
+        assert!(
+            took >= ctx.limits.message_deadline && took < ctx.limits.tcp_idle_timeout,
+            "{took:?}"
+        );
+        assert_eq!(ctx.metrics.faults(Fault::MessageDeadline), 1);
     }
 
     #[tokio::test]

@@ -865,23 +865,30 @@ impl TlsListener {
     }
 }
 
-/// The open step of a plain `tcp:` listener: wait (at most `idle_timeout`)
-/// for the first bytes without consuming them; a TLS ClientHello (a client
-/// configured for TLS on the wrong port, which would otherwise wait in
-/// silence for an answer that never comes) closes the connection at once,
-/// counted and logged as [`Fault::TlsOnTcpPort`]. A connection silent for
-/// `idle_timeout` is closed as idle; anything else is served as SIP.
+/// The open step of a plain `tcp:` listener: wait (at most
+/// `first_byte_deadline`, `limits.message_deadline_secs`) for the first
+/// bytes without consuming them; a TLS ClientHello (a client configured for
+/// TLS on the wrong port, which would otherwise wait in silence for an
+/// answer that never comes) closes the connection at once, counted and
+/// logged as [`Fault::TlsOnTcpPort`]. A connection silent until the
+/// deadline is closed, counted as [`Fault::MessageDeadline`] (a silent
+/// connection holds its slot no longer than a trickling one); anything
+/// else is served as SIP.
 pub async fn refuse_tls_client_hello(
     tcp: TcpStream,
-    idle_timeout: Duration,
+    first_byte_deadline: Duration,
     metrics: Arc<Metrics>,
 ) -> Option<TcpStream> {
     let mut first = [0u8; 6];
-    match tokio::time::timeout(idle_timeout, tcp.peek(&mut first)).await {
+    match tokio::time::timeout(first_byte_deadline, tcp.peek(&mut first)).await {
         Err(_elapsed) => {
-            tracing::info!(
-                idle_secs = idle_timeout.as_secs(),
-                "connection idle; closed"
+            Fault::MessageDeadline.report(
+                &metrics,
+                tcp.peer_addr().ok(),
+                &format_args!(
+                    "no byte within limits.message_deadline_secs = {} of the connection opening",
+                    first_byte_deadline.as_secs()
+                ),
             );
             None
         }
