@@ -43,6 +43,29 @@ pub use record::RecordView;
 pub use summary::Summary;
 pub use tally::Tally;
 
+/// Which policy records the decision tables count (`--legs`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Legs {
+    /// Each call once per client (the default): every record of the
+    /// client's leg, and a record of the registrar's leg only when it
+    /// carries a decision the client's leg did not
+    /// ([`crate::observe::decision_log::counted_once`]).
+    #[default]
+    Once,
+    /// Every policy record, on both legs.
+    Both,
+}
+
+impl Legs {
+    /// The name in `--legs` and the JSON's `legs`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Once => "once",
+            Self::Both => "both",
+        }
+    }
+}
+
 /// The records a report counts: `since` inclusive, `until` exclusive.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct TimeRange {
