@@ -608,6 +608,7 @@ fn tables(out: &mut String, s: &Summary) {
         w.total
     );
     if w.total > 0 {
+        out.push_str("<div class=\"wide\">");
         table(
             out,
             "would-reject-clients",
@@ -622,13 +623,19 @@ fn tables(out: &mut String, s: &Summary) {
             &[false, true, true],
             &key_rows(&w.by_rule, w.total),
         );
+        out.push_str("</div>");
     }
 
     out.push_str("<h2>Rejected and flagged</h2>\n");
     let r = &s.rejected_and_flagged;
     let whole = r.reject + r.flag;
-    let _ = writeln!(out, "<p>{} rejected, {} flagged.</p>", r.reject, r.flag);
+    let _ = writeln!(
+        out,
+        "<p>{} rejected, {} flagged by the policy (protocol answers are below, apart).</p>",
+        r.reject, r.flag
+    );
     if whole > 0 {
+        out.push_str("<div class=\"wide\">");
         table(
             out,
             "top-sources",
@@ -650,6 +657,7 @@ fn tables(out: &mut String, s: &Summary) {
             &[false, true, true],
             &key_rows(&r.workflows, whole),
         );
+        out.push_str("</div>");
     }
 
     protocol_tables(out, s);
