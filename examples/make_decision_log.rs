@@ -26,6 +26,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use sipadmit::classify::{Catalog, Support};
 use sipadmit::config::SHIPPED_CATALOG;
+use sipadmit::observe::decision_log::{DecisionKind, Leg};
 use sipadmit::observe::DecisionRecord;
 use sipadmit::policy::{Action, Mode, SessionRole};
 use sipadmit::transport::Transport;
@@ -257,6 +258,7 @@ impl Generator<'_> {
                 Transport::Udp
             },
             source: self.source(far),
+            leg: Some(Leg::default_for(role)),
             method: method.to_owned(),
             call_id: format!("{:016x}@{}", self.rng.gen::<u64>(), "contoso.com"),
             from,
@@ -264,9 +266,11 @@ impl Generator<'_> {
             request_uri,
             user_agent: ua,
             client: client.id.clone(),
+            sender_client: classified.client.id.clone(),
             category: client.category,
             support: client.support,
             role,
+            kind: Some(DecisionKind::of_rule(rule)),
             action,
             rule: Cow::Borrowed(rule),
             client_rule: classified.rule.to_owned(),
@@ -274,6 +278,8 @@ impl Generator<'_> {
             mode,
             would_reject,
             generation: 1,
+            spiral: false,
+            unregister: false,
         }
     }
 }

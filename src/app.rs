@@ -31,7 +31,6 @@ use crate::config::{Config, Endpoint};
 use crate::observe::decision_log::{DecisionLogError, SHUTDOWN_DEADLINE};
 use crate::observe::metrics::{DropReason, MessageKind, Metrics};
 use crate::observe::{DecisionLog, LogWriter};
-use crate::policy::Action;
 use crate::proxy::flow::FlowSigner;
 use crate::proxy::{Core, Destination, Inbound, Outbound, Outcome};
 use crate::reload::Reloader;
@@ -615,23 +614,15 @@ async fn dispatch(
             if inbound.from_upstream && inbound.transport == Transport::Udp {
                 edge.upstream_watch.heard(core.metrics());
             }
-            let mut outcome = core.handle(&inbound, started, &|id, peer| {
-                senders.connections.is_open_to(id, peer)
-            });
-            if outcome.scanner
-                && edge
-                    .admission
-                    .ban(inbound.source, BanCause::Scanner, started)
-            {
-                // Banned by this message: dropped, and its record says why.
-                outcome.send = None;
-                if let Some(record) = outcome.record.as_mut() {
-                    record.action = Action::Drop;
-                    record.rule = BanCause::Scanner.rule().into();
-                    record.status = None;
-                }
-                core.metrics().count_drop(DropReason::Banned);
-            }
+            // A scanner banned by this message is dropped, and its record
+            // says why (see `Core::handle_banning`).
+            let admission = &mut edge.admission;
+            let outcome = core.handle_banning(
+                &inbound,
+                started,
+                &|id, peer| senders.connections.is_open_to(id, peer),
+                &mut |source| admission.ban(source, BanCause::Scanner, started),
+            );
             // A datagram sent is delivered as far as UDP can tell; the
             // stream link notes its own deliveries.
             let to_udp_upstream = matches!(senders.upstream, UpstreamSender::Datagram(_))

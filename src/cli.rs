@@ -60,9 +60,33 @@ pub struct ReportArgs {
     /// (default: the shipped catalog).
     #[arg(long, short)]
     pub config: Option<PathBuf>,
+    /// Which policy records to count: `once` counts each call once per
+    /// client (the client's leg; the registrar's leg only when it carries
+    /// a decision the client's leg did not, such as an agent offer);
+    /// `both` counts the decisions of both legs.
+    #[arg(long, value_enum, default_value = "once")]
+    pub legs: LegsArg,
     /// Decision logs, plain or gzip (logrotate's); `-` or none reads stdin.
     #[arg(value_name = "LOG")]
     pub logs: Vec<PathBuf>,
+}
+
+/// `report --legs` values.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LegsArg {
+    /// Each call once per client.
+    Once,
+    /// Both legs of each call.
+    Both,
+}
+
+impl From<LegsArg> for crate::report::Legs {
+    fn from(l: LegsArg) -> Self {
+        match l {
+            LegsArg::Once => Self::Once,
+            LegsArg::Both => Self::Both,
+        }
+    }
 }
 
 /// `sipadmit run` arguments.

@@ -110,7 +110,7 @@ fn report(args: cli::ReportArgs) -> anyhow::Result<ExitCode> {
     let range = TimeRange::new(args.since, args.until)?;
     let logs = report::open_logs(&args.logs)?;
     let names: Vec<String> = logs.iter().map(|l| l.name().to_owned()).collect();
-    let mut tally = Tally::new(&catalog, range);
+    let mut tally = Tally::new(&catalog, range).counting(args.legs.into());
     for log in logs {
         report::read_log(log, &mut tally)?;
     }

@@ -8,6 +8,7 @@
 //! bounded; no test asserts how long anything took.
 
 mod common {
+    pub mod admin_client;
     pub mod binary;
     pub mod udp_registrar;
 }
@@ -281,5 +282,174 @@ fn an_unwritable_decision_log_fails_start_up() {
     assert!(
         err.contains("cannot open decision log") && err.contains("no-such-dir/decisions.jsonl"),
         "{err}"
+    );
+}
+
+// === both legs of a call, a protocol answer: the log, the metrics, the report ===
+
+/// A baresip call to a Lync user behind sipadmit passes it twice: from the
+/// caller to the registrar, and from the registrar (which relays it, its
+/// own Via on top, to the callee's contact) toward the callee. Both legs
+/// are recorded, the second marked `from_registrar` and `spiral`; a
+/// malformed request from baresip is answered 400. What an admin reads:
+/// `sipadmit_decisions_total` and `sipadmit report` count the call once
+/// for baresip, no policy reject; the 400 is a protocol answer, in
+/// `sipadmit_protocol_answers_total` and the report's section of its own.
+#[test]
+fn both_legs_of_a_call_and_a_protocol_error_are_counted_as_an_admin_reads_them() {
+    use common::admin_client::{http, sample};
+    const BARESIP: &str = "baresip v1.0.0 (x86_64/linux)";
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("decisions.log");
+    let config = dir.path().join("min.toml");
+    std::fs::write(&config, CONFIG).unwrap();
+    // The registrar: a socket this test speaks for.
+    let registrar = UdpSocket::bind("127.0.0.1:0").unwrap();
+    registrar.set_read_timeout(Some(BOUND)).unwrap();
+    let mut sipadmit = Sipadmit::spawn(
+        Command::new(env!("CARGO_BIN_EXE_sipadmit"))
+            .args(["run", "--config", config.to_str().unwrap()])
+            .args(["--listen", "udp:127.0.0.1:0"])
+            .args([
+                "--upstream",
+                &format!("udp:{}", registrar.local_addr().unwrap()),
+            ])
+            .args(["--decision-log", log.to_str().unwrap()])
+            .args(["--admin", "127.0.0.1:0"])
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::null()),
+    );
+    let proxy: SocketAddr = field(&sipadmit.wait_for("transport=udp"), "addr")
+        .parse()
+        .unwrap();
+    let admin: SocketAddr = field(&sipadmit.wait_for("admin listening"), "addr")
+        .parse()
+        .unwrap();
+    let caller = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let callee = UdpSocket::bind("127.0.0.1:0").unwrap();
+    callee.set_read_timeout(Some(BOUND)).unwrap();
+    caller.set_read_timeout(Some(BOUND)).unwrap();
+    let me = caller.local_addr().unwrap();
+    let invite = format!(
+        "INVITE sip:erin@contoso.com SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bK-call-1;rport\r\nMax-Forwards: 70\r\nFrom: <sip:oscar@contoso.com>;tag=c1\r\nTo: <sip:erin@contoso.com>\r\nCall-ID: baresip-call@test\r\nCSeq: 1 INVITE\r\nContact: <sip:oscar@{me}>\r\nUser-Agent: {BARESIP}\r\nContent-Length: 0\r\n\r\n"
+    );
+    caller.send_to(invite.as_bytes(), proxy).unwrap();
+    let mut buf = vec![0u8; 65536];
+    let (n, from) = registrar.recv_from(&mut buf).unwrap();
+    let relayed = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert!(
+        relayed.starts_with("INVITE sip:erin@contoso.com"),
+        "{relayed}"
+    );
+    // The registrar's leg: to the callee's contact (a literal address),
+    // the registrar's Via on top of sipadmit's.
+    let (_, rest) = relayed.split_once("\r\n").unwrap();
+    let callee_addr = callee.local_addr().unwrap();
+    let registrar_leg = format!(
+        "INVITE sip:erin@{callee_addr} SIP/2.0\r\nVia: SIP/2.0/UDP {};branch=z9hG4bK-registrar-1\r\n{rest}",
+        registrar.local_addr().unwrap()
+    );
+    registrar.send_to(registrar_leg.as_bytes(), from).unwrap();
+    let (n, _) = callee.recv_from(&mut buf).unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("INVITE sip:erin@"));
+    // A malformed Request-URI from baresip: 400.
+    let malformed = invite
+        .replace(
+            "INVITE sip:erin@contoso.com SIP/2.0",
+            "INVITE erin-at-contoso SIP/2.0",
+        )
+        .replace("z9hG4bK-call-1", "z9hG4bK-bad-1")
+        .replace("baresip-call@test", "baresip-bad@test");
+    caller.send_to(malformed.as_bytes(), proxy).unwrap();
+    let (n, _) = caller.recv_from(&mut buf).unwrap();
+    assert!(
+        String::from_utf8_lossy(&buf[..n]).starts_with("SIP/2.0 400"),
+        "{}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+
+    // The metrics, as scraped.
+    let (status, metrics) = http(admin, "GET", "/metrics", BOUND);
+    assert_eq!(status, 200);
+    let value = |series: &str| sample(&metrics, series).unwrap_or(0.0);
+    assert_eq!(
+        value(r#"sipadmit_decisions_total{action="allow",role="none",support="third-party"}"#),
+        1.0,
+        "the call, once\n{metrics}"
+    );
+    assert_eq!(
+        value(
+            r#"sipadmit_decisions_repeated_total{action="allow",role="none",support="third-party"}"#
+        ),
+        1.0,
+        "{metrics}"
+    );
+    assert_eq!(
+        value(r#"sipadmit_protocol_answers_total{rule="proxy.malformed",status="400"}"#),
+        1.0,
+        "{metrics}"
+    );
+    assert!(
+        !metrics
+            .lines()
+            .any(|l| l.starts_with("sipadmit_decisions_total{action=\"reject\"")),
+        "no policy reject\n{metrics}"
+    );
+    sipadmit.stop();
+
+    // The log: three records, two legs of one call and the 400.
+    let text = std::fs::read_to_string(&log).unwrap();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3, "{text}");
+    let legs: Vec<(&str, &str, bool)> = lines
+        .iter()
+        .map(|r| {
+            (
+                r["leg"].as_str().unwrap(),
+                r["kind"].as_str().unwrap(),
+                r["spiral"].as_bool().unwrap_or(false),
+            )
+        })
+        .collect();
+    assert_eq!(
+        legs,
+        [
+            ("from_client", "policy", false),
+            ("from_registrar", "policy", true),
+            ("from_client", "protocol", false)
+        ]
+    );
+    assert!(lines
+        .iter()
+        .all(|r| r["client"] == "baresip" && r["sender_client"] == "baresip"));
+
+    // The report of that log.
+    let out = Command::new(env!("CARGO_BIN_EXE_sipadmit"))
+        .args(["report", "--json", log.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (report["records"].as_u64(), report["records_read"].as_u64()),
+        (Some(1), Some(3))
+    );
+    assert_eq!(
+        report["by_client"],
+        serde_json::json!([{
+            "client": "baresip", "count": 1, "category": "third-party", "support": "third-party",
+            "by_action": {"allow": 1, "flag": 0, "reject": 0, "drop": 0},
+            "by_leg": {"from_client": 1, "from_registrar": 0},
+            "versions": [{"version": "1.0.0", "count": 1}], "without_version": 0, "reclassified": 0
+        }])
+    );
+    assert_eq!(report["by_action"]["reject"], 0);
+    assert_eq!(
+        report["protocol_answers"]["by_rule"],
+        serde_json::json!([{"rule": "proxy.malformed", "status": 400, "count": 1}])
     );
 }

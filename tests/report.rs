@@ -25,7 +25,7 @@ use common::external::find_tool;
 use serde_json::Value;
 use sipadmit::classify::Catalog;
 use sipadmit::config::SHIPPED_CATALOG;
-use sipadmit::observe::decision_log::CONTRACT_FIELDS;
+use sipadmit::observe::decision_log::{DecisionKind, Leg, CONTRACT_FIELDS};
 use sipadmit::observe::DecisionRecord;
 use sipadmit::policy::{Action, Mode, SessionRole};
 use sipadmit::transport::Transport;
@@ -47,6 +47,10 @@ const HOSTILE: &str = "<script>alert(\"x\")</script> Evil/1 & <img src=x>";
 /// A terminal escape sequence: must come out escaped in plain output.
 const TERMINAL: &str = "Esc\u{1b}[31mRed/1";
 
+const BARESIP: &str = "baresip v1.0.0 (x86_64/linux)";
+/// The registrar's address: the source of every registrar-leg record.
+const REGISTRAR: &str = "192.0.2.1:5060";
+
 const HELPDESK: &str = "sip:helpdesk@contoso.com";
 const SALES: &str = "sip:sales@contoso.com";
 
@@ -65,6 +69,16 @@ struct Entry {
     /// For agent offers: the client that registered the agent.
     registered: Option<&'static str>,
     mode: Mode,
+    /// Which leg; agent offers come from the registrar.
+    leg: Leg,
+    /// A registrar-leg repeat of a request relayed from a client.
+    spiral: bool,
+    /// The Call-ID's distinct part, shared by both legs of one call.
+    call: Option<&'static str>,
+    /// A protocol or capacity answer: its rule and status.
+    protocol: Option<(&'static str, Option<u16>)>,
+    /// A de-REGISTER.
+    unregister: bool,
 }
 
 const fn e(
@@ -86,13 +100,61 @@ const fn e(
         request_uri,
         registered: None,
         mode: Mode::Enforce,
+        leg: Leg::FromClient,
+        spiral: false,
+        call: None,
+        protocol: None,
+        unregister: false,
+    }
+}
+
+/// The registrar's leg of the INVITE `client_leg`: the registrar relays
+/// it (same Call-ID and User-Agent) toward the callee `at` a moment later;
+/// sipadmit's own Via is in it.
+fn registrar_leg(client_leg: &Entry, at: &'static str, request_uri: &'static str) -> Entry {
+    Entry {
+        at,
+        source: REGISTRAR,
+        request_uri,
+        leg: Leg::FromRegistrar,
+        spiral: true,
+        ..*client_leg
+    }
+}
+
+/// A protocol or capacity answer to a request from `ua`.
+fn protocol(
+    at: &'static str,
+    ua: Option<&'static str>,
+    source: &'static str,
+    rule: &'static str,
+    status: Option<u16>,
+) -> Entry {
+    Entry {
+        protocol: Some((rule, status)),
+        ..e(
+            at,
+            ua,
+            SessionRole::None,
+            if status.is_some() {
+                Action::Reject
+            } else {
+                Action::Drop
+            },
+            source,
+            "sip:nobody@contoso.com",
+            "sip:erin@contoso.com",
+        )
     }
 }
 
 /// The fixture: two hours in enforce mode, then half an hour in monitor
 /// mode; every action, role and support class; versions; ties; unknown
 /// User-Agents (one with markup, one with a terminal escape); a missing
-/// User-Agent; IPv6 sources; agent offers.
+/// User-Agent; IPv6 sources; agent offers (from the registrar); two calls
+/// between clients recorded on both legs (baresip and Lync mobile
+/// callers); protocol answers (a 400 for baresip's malformed request, a
+/// 404 on the registrar's leg, a rate limit's 503); a de-REGISTER.
 fn fixture_records() -> Vec<DecisionRecord> {
     use Action::{Allow, Drop, Flag, Reject};
     use SessionRole::{AgentOffer, AgentRegistration, Caller, None as NoRole};
@@ -163,6 +225,7 @@ fn fixture_records() -> Vec<DecisionRecord> {
         ),
         Entry {
             registered: Some(IPHONE),
+            leg: Leg::FromRegistrar,
             ..e(
                 "2026-11-27T09:30:00.000Z",
                 Some(RGS),
@@ -326,7 +389,68 @@ fn fixture_records() -> Vec<DecisionRecord> {
             "sip:alice@contoso.com",
             REG,
         ),
+        Entry {
+            call: Some("baresip-call"),
+            ..e(
+                "2026-11-27T10:40:00.000Z",
+                Some(BARESIP),
+                NoRole,
+                Allow,
+                "192.0.2.80:5060",
+                "sip:oscar@contoso.com",
+                "sip:erin@contoso.com",
+            )
+        },
+        Entry {
+            call: Some("mobile-call"),
+            ..e(
+                "2026-11-27T10:41:00.000Z",
+                Some(ANDROID),
+                NoRole,
+                Allow,
+                "198.51.100.7:40004",
+                "sip:bob@contoso.com",
+                "sip:alice@contoso.com",
+            )
+        },
+        protocol(
+            "2026-11-27T10:42:00.000Z",
+            Some(BARESIP),
+            "192.0.2.80:5060",
+            "proxy.malformed",
+            Some(400),
+        ),
+        Entry {
+            leg: Leg::FromRegistrar,
+            ..protocol(
+                "2026-11-27T10:43:00.000Z",
+                Some(LYNC_2013),
+                REGISTRAR,
+                "proxy.not-found",
+                Some(404),
+            )
+        },
+        protocol(
+            "2026-11-27T10:44:00.000Z",
+            Some("friendly-scanner"),
+            "203.0.113.66:5060",
+            "rate_limit.requests",
+            Some(503),
+        ),
     ];
+    // The registrar's legs of the two calls.
+    let baresip_leg = registrar_leg(
+        &entries[entries.len() - 5],
+        "2026-11-27T10:40:00.020Z",
+        "sip:erin@192.0.2.12:50003",
+    );
+    let mobile_leg = registrar_leg(
+        &entries[entries.len() - 4],
+        "2026-11-27T10:41:00.020Z",
+        "sip:alice@192.0.2.10:50001",
+    );
+    entries.extend([baresip_leg, mobile_leg]);
+    entries.sort_by_key(|e| e.at);
     let monitor = [
         e(
             "2026-11-27T11:00:00.000Z",
@@ -348,6 +472,7 @@ fn fixture_records() -> Vec<DecisionRecord> {
         ),
         Entry {
             registered: Some(ANDROID),
+            leg: Leg::FromRegistrar,
             ..e(
                 "2026-11-27T11:15:00.000Z",
                 Some(RGS),
@@ -367,6 +492,18 @@ fn fixture_records() -> Vec<DecisionRecord> {
             "sip:alice@contoso.com",
             REG,
         ),
+        Entry {
+            unregister: true,
+            ..e(
+                "2026-11-27T11:25:00.000Z",
+                Some(LYNC_2013),
+                NoRole,
+                Allow,
+                "192.0.2.10:50001",
+                "sip:alice@contoso.com",
+                REG,
+            )
+        },
         e(
             "2026-11-27T11:30:00.000Z",
             Some(ZOIPER),
@@ -395,9 +532,11 @@ fn fixture_records() -> Vec<DecisionRecord> {
                 (Action::Reject, Mode::Monitor) => (Action::Flag, true),
                 (a, _) => (a, false),
             };
-            let rule = match (client.support.as_str(), e.role, action) {
+            let rule = match (client.support.as_str(), e.role, e.protocol) {
+                (_, _, Some((rule, _))) => rule.to_owned(),
                 ("scanner", _, _) => "scanner".to_owned(),
                 ("supported", _, _) => "supported".to_owned(),
+                ("service", _, _) => "service".to_owned(),
                 (_, SessionRole::None, _) => "no-session".to_owned(),
                 (support, role, _) => format!("{}.{support}", role.as_str()),
             };
@@ -409,12 +548,16 @@ fn fixture_records() -> Vec<DecisionRecord> {
                     Transport::Tcp
                 },
                 source: e.source.parse().unwrap(),
+                leg: Some(e.leg),
                 method: if e.request_uri == REG {
                     "REGISTER".into()
                 } else {
                     "INVITE".into()
                 },
-                call_id: format!("{i:04}-a84b4c76e66710@contoso.com"),
+                call_id: match e.call {
+                    Some(call) => format!("{call}-a84b4c76e66710@contoso.com"),
+                    None => format!("{i:04}-a84b4c76e66710@contoso.com"),
+                },
                 from: e.from.into(),
                 // A REGISTER is addressed to the user's own address of record.
                 to: if e.request_uri == REG {
@@ -425,22 +568,33 @@ fn fixture_records() -> Vec<DecisionRecord> {
                 request_uri: e.request_uri.into(),
                 user_agent: e.ua.map(str::to_owned),
                 client: client.id.clone(),
+                sender_client: own.client.id.clone(),
                 category: client.category,
                 support: client.support,
                 role: e.role,
+                kind: Some(if e.protocol.is_some() {
+                    DecisionKind::Protocol
+                } else {
+                    DecisionKind::Policy
+                }),
                 action,
                 rule: Cow::Owned(rule),
                 client_rule: own.rule.to_owned(),
-                status: (action == Action::Reject).then_some(
-                    if e.role == SessionRole::AgentOffer {
-                        480
-                    } else {
-                        403
-                    },
-                ),
+                status: match e.protocol {
+                    Some((_, status)) => status,
+                    None => {
+                        (action == Action::Reject).then_some(if e.role == SessionRole::AgentOffer {
+                            480
+                        } else {
+                            403
+                        })
+                    }
+                },
                 mode: e.mode,
                 would_reject,
                 generation: 1,
+                spiral: e.spiral,
+                unregister: e.unregister,
             }
         })
         .collect()
@@ -558,6 +712,13 @@ fn pairs(list: &Value, key: &str) -> Vec<(String, u64)> {
         .collect()
 }
 
+/// Whether the report counts `record` in its decision tables by default:
+/// a policy decision, on the client's leg, or on the registrar's leg when
+/// it is no repeat of a request relayed from a client (an agent offer).
+fn counted(record: &DecisionRecord) -> bool {
+    record.kind() == DecisionKind::Policy && record.counted_once()
+}
+
 // === tests ===
 
 #[test]
@@ -583,16 +744,24 @@ fn fixture_log_is_what_run_writes() {
 
 #[test]
 fn json_has_the_keys_scripts_rely_on_with_the_right_counts() {
-    let records = fixture_records();
+    let all = fixture_records();
     let r = report_json(&[&fixture_arg()], None);
+    let records: Vec<&DecisionRecord> = all.iter().filter(|r| counted(r)).collect();
+    assert_eq!(
+        records.len(),
+        all.len() - 5,
+        "2 repeats, 3 protocol answers"
+    );
     assert_eq!(r["records"], records.len() as u64);
+    assert_eq!(r["records_read"], all.len() as u64);
+    assert_eq!(r["legs"], "once");
     assert_eq!(r["malformed_lines"], 0);
     assert_eq!(r["outside_time_range"], 0);
 
     let mut by_action: HashMap<String, u64> = HashMap::new();
     let mut by_client: HashMap<String, u64> = HashMap::new();
     let mut unknown: HashMap<String, (u64, String, String)> = HashMap::new();
-    for rec in &records {
+    for rec in records.iter().copied() {
         *by_action.entry(rec.action.as_str().into()).or_default() += 1;
         *by_client.entry(rec.client.clone()).or_default() += 1;
         if rec.client == "unknown" && rec.role != SessionRole::AgentOffer {
@@ -653,19 +822,78 @@ fn json_has_the_keys_scripts_rely_on_with_the_right_counts() {
         .iter()
         .find(|c| c["client"] == "lync-2013")
         .unwrap();
-    assert_eq!(lync["count"], 6);
+    assert_eq!(lync["count"], 7);
     assert_eq!(lync["support"], "supported");
     assert_eq!(
         lync["versions"],
         serde_json::json!([
-            {"version": "15.0.4481.1000", "count": 5},
+            {"version": "15.0.4481.1000", "count": 6},
             {"version": "15.0.5023.1000", "count": 1}
         ])
     );
 
+    // baresip: one call (its registrar-leg repeat not counted), allowed;
+    // the 400 for its malformed request is no policy reject.
+    let client = |id: &str| -> &Value {
+        r["by_client"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["client"] == id)
+            .unwrap()
+    };
+    let baresip = client("baresip");
+    assert_eq!(baresip["count"], 1);
+    assert_eq!(
+        baresip["by_action"],
+        serde_json::json!({"allow": 1, "flag": 0, "reject": 0, "drop": 0})
+    );
+    assert_eq!(
+        baresip["by_leg"],
+        serde_json::json!({"from_client": 1, "from_registrar": 0})
+    );
+    // Lync mobile: its call once, and the two agent offers (the
+    // registrar's leg only) to agents it registered.
+    assert_eq!(client("lync-mobile")["count"], 8);
+    assert_eq!(
+        client("lync-mobile")["by_leg"],
+        serde_json::json!({"from_client": 6, "from_registrar": 2})
+    );
+    assert_eq!(
+        r["by_leg"],
+        serde_json::json!({
+            "from_client": {"records": 33, "policy": 31, "protocol": 2, "counted": 31},
+            "from_registrar": {"records": 5, "policy": 4, "protocol": 1, "counted": 2}
+        })
+    );
+    assert_eq!(
+        r["protocol_answers"]["by_rule"],
+        serde_json::json!([
+            {"rule": "proxy.malformed", "status": 400, "count": 1},
+            {"rule": "proxy.not-found", "status": 404, "count": 1},
+            {"rule": "rate_limit.requests", "status": 503, "count": 1}
+        ])
+    );
+    assert_eq!(r["protocol_answers"]["total"], 3);
+    assert_eq!(
+        r["protocol_answers"]["by_leg"],
+        serde_json::json!({"from_client": 2, "from_registrar": 1})
+    );
+    let rules = pairs(&r["by_rule"], "rule");
+    assert!(
+        rules
+            .iter()
+            .all(|(rule, _)| !rule.starts_with("proxy.") && !rule.starts_with("rate_limit.")),
+        "{rules:?}"
+    );
+    assert_eq!(
+        r["registers"],
+        serde_json::json!({"register": 19, "unregister": 1})
+    );
+
     // Monitor mode, and where the rejects came from.
     assert_eq!(r["would_reject"]["total"], 3);
-    assert_eq!(r["by_mode"]["monitor"], 5);
+    assert_eq!(r["by_mode"]["monitor"], 6);
     let refused = &r["rejected_and_flagged"];
     assert_eq!(refused["reject"], 4);
     assert_eq!(refused["flag"], 7);
@@ -682,7 +910,67 @@ fn json_has_the_keys_scripts_rely_on_with_the_right_counts() {
         ("sip:bob@contoso.com".to_owned(), 3)
     );
     assert_eq!(r["over_time"]["bucket"], "hour");
-    assert_eq!(r["over_time"]["buckets"].as_array().unwrap().len(), 3);
+    let buckets = r["over_time"]["buckets"].as_array().unwrap();
+    assert_eq!(buckets.len(), 3);
+    let protocol: Vec<u64> = buckets
+        .iter()
+        .map(|b| b["protocol"].as_u64().unwrap())
+        .collect();
+    assert_eq!(protocol, [0, 3, 0]);
+}
+
+/// `--legs both` counts the registrar's legs of the two calls too, and the
+/// per-client and per-leg counts say which leg each record came from;
+/// protocol answers stay apart either way.
+#[test]
+fn legs_both_counts_the_registrar_leg_of_each_call() {
+    let all = fixture_records();
+    let once = report_json(&[&fixture_arg()], None);
+    let both = report_json(&["--legs", "both", &fixture_arg()], None);
+    assert_eq!(both["legs"], "both");
+    let policy = all
+        .iter()
+        .filter(|r| r.kind() == DecisionKind::Policy)
+        .count() as u64;
+    assert_eq!(both["records"], policy);
+    assert_eq!(
+        both["records"].as_u64().unwrap(),
+        once["records"].as_u64().unwrap() + 2
+    );
+    let client = |r: &Value, id: &str| -> Value {
+        r["by_client"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["client"] == id)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(client(&both, "baresip")["count"], 2);
+    assert_eq!(
+        client(&both, "baresip")["by_leg"],
+        serde_json::json!({"from_client": 1, "from_registrar": 1})
+    );
+    assert_eq!(client(&both, "lync-mobile")["count"], 9);
+    assert_eq!(
+        both["by_action"]["allow"].as_u64(),
+        Some(once["by_action"]["allow"].as_u64().unwrap() + 2)
+    );
+    assert_eq!(both["protocol_answers"], once["protocol_answers"]);
+    assert_eq!(both["by_leg"]["from_registrar"]["counted"], 4);
+
+    let mut c = sipadmit();
+    c.args(["report", "--legs", "both", &fixture_arg()]);
+    let text = String::from_utf8(run(c, None).stdout).unwrap();
+    assert!(
+        text.contains("both legs of each call (--legs both)"),
+        "{text}"
+    );
+    let header = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("CLIENT "))
+        .unwrap();
+    assert!(header.contains("FROM CLIENT  FROM REGISTRAR"), "{header}");
 }
 
 #[test]
@@ -705,7 +993,7 @@ fn since_is_inclusive_and_until_exclusive() {
         &["--since", "2026-11-27T12:00:00+01:00", &fixture_arg()],
         None,
     );
-    assert_eq!(r["records"], 5);
+    assert_eq!(r["records"], 6);
 
     // An empty range is refused.
     let mut c = sipadmit();
@@ -727,12 +1015,13 @@ fn gzip_logs_and_plain_logs_add_up() {
 
     let r = report_json(&[gz.to_str().unwrap()], None);
     assert_eq!(
-        (r["records"].as_u64(), r["malformed_lines"].as_u64()),
+        (r["records_read"].as_u64(), r["malformed_lines"].as_u64()),
         (Some(n), Some(0))
     );
 
     let both = report_json(&[gz.to_str().unwrap(), &fixture_arg()], None);
-    assert_eq!(both["records"], 2 * n);
+    assert_eq!(both["records_read"], 2 * n);
+    assert_eq!(both["records"], 2 * r["records"].as_u64().unwrap());
     assert_eq!(
         both["by_action"]["reject"],
         2 * r["by_action"]["reject"].as_u64().unwrap()
@@ -740,7 +1029,7 @@ fn gzip_logs_and_plain_logs_add_up() {
     assert_eq!(both["logs"].as_array().unwrap().len(), 2);
     // Compressed input on stdin too.
     let piped = report_json(&[], Some(&std::fs::read(&gz).unwrap()));
-    assert_eq!(piped["records"], n);
+    assert_eq!(piped["records_read"], n);
 }
 
 #[test]
@@ -780,7 +1069,7 @@ fn malformed_lines_are_counted_and_skipped() {
     let path = dir.path().join("mixed.log");
     std::fs::write(&path, mixed).unwrap();
     let r = report_json(&[path.to_str().unwrap()], None);
-    assert_eq!(r["records"], lines.len() as u64);
+    assert_eq!(r["records_read"], lines.len() as u64);
     assert_eq!(r["malformed_lines"], junk.len() as u64);
 }
 
@@ -798,17 +1087,25 @@ fn contract_line(record: &DecisionRecord, extra: &[(&str, Value)]) -> String {
 }
 
 /// Lines with exactly the contract's fields (no `client_rule`,
-/// `would_reject` or `generation`) are records, counted by action as the
-/// full lines are; fields a log shipper adds are ignored; a line missing a
-/// contract field is still malformed.
+/// `would_reject`, `generation`, nor `leg`, `kind`, `sender_client`,
+/// `spiral`, `unregister`) are records; fields a log shipper adds are
+/// ignored; a line missing a contract field is still malformed. Without
+/// `kind`, the rule tells protocol answers apart (counted apart as in the
+/// full log); without `leg`, an agent offer is the registrar's leg and
+/// anything else the client's, so an old log counts every policy record:
+/// as the full log does with `--legs both`.
 #[test]
 fn contract_only_lines_are_records_counted_like_full_ones() {
     let records = fixture_records();
+    let policy: Vec<&DecisionRecord> = records
+        .iter()
+        .filter(|r| r.kind() == DecisionKind::Policy)
+        .collect();
     let mut by_action: HashMap<String, u64> = HashMap::new();
-    for r in &records {
+    for r in &policy {
         *by_action.entry(r.action.as_str().into()).or_default() += 1;
     }
-    let full = report_json(&[&fixture_arg()], None);
+    let full = report_json(&["--legs", "both", &fixture_arg()], None);
     let shipped = [
         ("@timestamp", serde_json::json!("2026-11-28T00:00:00Z")),
         ("host", serde_json::json!({"name": "edge-1"})),
@@ -828,7 +1125,8 @@ fn contract_only_lines_are_records_counted_like_full_ones() {
         let path = dir.path().join("contract.log");
         std::fs::write(&path, text).unwrap();
         let r = report_json(&[path.to_str().unwrap()], None);
-        assert_eq!(r["records"], records.len() as u64, "{extra:?}");
+        assert_eq!(r["records"], policy.len() as u64, "{extra:?}");
+        assert_eq!(r["records_read"], records.len() as u64, "{extra:?}");
         assert_eq!(r["malformed_lines"], 1, "{extra:?}");
         let actions = r["by_action"].as_object().unwrap();
         assert_eq!(actions.len(), 4, "{actions:?}");
@@ -843,15 +1141,31 @@ fn contract_only_lines_are_records_counted_like_full_ones() {
         // every action count is the full log's.
         assert_eq!(r["would_reject"]["total"], 0);
         assert_eq!(full["would_reject"]["total"], 3, "the full log has some");
-        for key in [
-            "by_action",
-            "by_role_and_action",
-            "by_mode",
-            "by_client",
-            "by_rule",
-        ] {
+        for key in ["by_action", "by_role_and_action", "by_mode", "by_rule"] {
             assert_eq!(r[key], full[key], "{key}");
         }
+        let clients = |report: &Value| -> Vec<Value> {
+            report["by_client"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|c| serde_json::json!([c["client"], c["count"], c["by_action"]]))
+                .collect()
+        };
+        assert_eq!(clients(&r), clients(&full));
+        for key in ["total", "by_rule"] {
+            assert_eq!(
+                r["protocol_answers"][key], full["protocol_answers"][key],
+                "{key}"
+            );
+        }
+        // Legs read from the roles: the two agent offers are the
+        // registrar's, the rest (registrar-leg repeats included) clients'.
+        assert_eq!(r["by_leg"]["from_registrar"]["records"], 2);
+        assert_eq!(
+            r["by_leg"]["from_client"]["records"],
+            records.len() as u64 - 2
+        );
         for key in ["reject", "flag"] {
             assert_eq!(
                 r["rejected_and_flagged"][key], full["rejected_and_flagged"][key],
@@ -864,7 +1178,14 @@ fn contract_only_lines_are_records_counted_like_full_ones() {
                 .unwrap()
                 .iter()
                 .map(|b| {
-                    serde_json::json!([b["start"], b["allow"], b["flag"], b["reject"], b["drop"]])
+                    serde_json::json!([
+                        b["start"],
+                        b["allow"],
+                        b["flag"],
+                        b["reject"],
+                        b["drop"],
+                        b["protocol"]
+                    ])
                 })
                 .collect()
         };
@@ -974,7 +1295,8 @@ fn plain_output_is_aligned_text_without_terminal_controls() {
         assert_eq!(line, line.trim_end(), "trailing spaces: {line:?}");
     }
     for section in [
-        "Decisions by role and action",
+        "Policy decisions by role and action",
+        "Protocol and capacity answers (not policy decisions)",
         "Clients",
         "Monitor mode: what enforcing would change",
         "Rejected and flagged",
@@ -1093,6 +1415,201 @@ fn png_size(png: &[u8]) -> (u32, u32) {
     (be(16), be(20))
 }
 
+/// The pixels of a PNG as RGB rows (8-bit RGB or RGBA, not interlaced:
+/// what Chromium writes), decoded with the zlib `flate2` already reads.
+fn png_pixels(png: &[u8]) -> (usize, usize, Vec<[u8; 3]>) {
+    use std::io::Read;
+    let (width, height) = png_size(png);
+    let (width, height) = (width as usize, height as usize);
+    let (depth, colour, interlace) = (png[24], png[25], png[28]);
+    assert_eq!((depth, interlace), (8, 0), "8-bit, not interlaced");
+    let bpp = match colour {
+        2 => 3,
+        6 => 4,
+        other => panic!("PNG colour type {other}"),
+    };
+    let mut at = 8;
+    let mut idat = Vec::new();
+    while at + 8 <= png.len() {
+        let len = u32::from_be_bytes(png[at..at + 4].try_into().unwrap()) as usize;
+        let kind = &png[at + 4..at + 8];
+        if kind == b"IDAT" {
+            idat.extend_from_slice(&png[at + 8..at + 8 + len]);
+        }
+        at += 12 + len;
+    }
+    let mut raw = Vec::new();
+    flate2::read::ZlibDecoder::new(&idat[..])
+        .read_to_end(&mut raw)
+        .unwrap();
+    let stride = width * bpp;
+    let mut prev = vec![0u8; stride];
+    let mut pixels = Vec::with_capacity(width * height);
+    for y in 0..height {
+        let line = &raw[y * (stride + 1)..(y + 1) * (stride + 1)];
+        let (filter, data) = (line[0], &line[1..]);
+        let mut row = vec![0u8; stride];
+        for i in 0..stride {
+            let a = if i >= bpp { row[i - bpp] } else { 0 };
+            let b = prev[i];
+            let c = if i >= bpp { prev[i - bpp] } else { 0 };
+            let predictor = match filter {
+                0 => 0,
+                1 => a,
+                2 => b,
+                3 => ((u16::from(a) + u16::from(b)) / 2) as u8,
+                4 => {
+                    let p = i16::from(a) + i16::from(b) - i16::from(c);
+                    let (pa, pb, pc) = (
+                        (p - i16::from(a)).abs(),
+                        (p - i16::from(b)).abs(),
+                        (p - i16::from(c)).abs(),
+                    );
+                    if pa <= pb && pa <= pc {
+                        a
+                    } else if pb <= pc {
+                        b
+                    } else {
+                        c
+                    }
+                }
+                f => panic!("PNG filter {f}"),
+            };
+            row[i] = data[i].wrapping_add(predictor);
+        }
+        for px in row.chunks(bpp) {
+            pixels.push([px[0], px[1], px[2]]);
+        }
+        prev = row;
+    }
+    (width, height, pixels)
+}
+
+/// `#rrggbb` as bytes.
+fn rgb(hex: &str) -> [u8; 3] {
+    let byte = |i: usize| u8::from_str_radix(&hex[1 + 2 * i..3 + 2 * i], 16).unwrap();
+    [byte(0), byte(1), byte(2)]
+}
+
+/// Hue (degrees) and saturation (0..1) of an `#rrggbb` colour.
+fn hue_saturation(hex: &str) -> (f64, f64) {
+    let [r, g, b] = rgb(hex).map(|c| f64::from(c) / 255.0);
+    let (max, min) = (r.max(g).max(b), r.min(g).min(b));
+    let delta = max - min;
+    let saturation = if max == 0.0 { 0.0 } else { delta / max };
+    let hue = if delta == 0.0 {
+        0.0
+    } else if max == r {
+        60.0 * ((g - b) / delta).rem_euclid(6.0)
+    } else if max == g {
+        60.0 * ((b - r) / delta + 2.0)
+    } else {
+        60.0 * ((r - g) / delta + 4.0)
+    };
+    (hue, saturation)
+}
+
+/// Every `#rrggbb` after `attribute="` in `text`.
+fn colours(text: &str, attribute: &str) -> std::collections::BTreeSet<String> {
+    let needle = format!("{attribute}=\"#");
+    text.match_indices(&needle)
+        .map(|(at, _)| text[at + needle.len() - 1..at + needle.len() + 6].to_lowercase())
+        .collect()
+}
+
+/// The time chart labels its axes: the count axis in several steps, the
+/// time axis every few buckets (clock-aligned, at most 12 labels), and
+/// the page has the per-bucket table the plain report has. Two hours of
+/// records by the minute: 120 buckets, labelled every 10 minutes.
+#[test]
+fn html_time_chart_labels_both_axes_and_has_the_time_table() {
+    let base = fixture_records();
+    let start: jiff::Timestamp = "2026-11-27T09:00:00Z".parse().unwrap();
+    let mut text = String::new();
+    for minute in 0..120i64 {
+        for k in 0..=(minute % 7) {
+            let mut r = base[(minute + k) as usize % base.len()].clone();
+            r.ts = start + jiff::SignedDuration::from_secs(minute * 60 + k);
+            text.push_str(&serde_json::to_string(&r).unwrap());
+            text.push('\n');
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("two-hours.log");
+    std::fs::write(&log, text).unwrap();
+    let html = dir.path().join("two-hours.html");
+    let mut c = sipadmit();
+    c.args([
+        "report",
+        "--html",
+        html.to_str().unwrap(),
+        log.to_str().unwrap(),
+    ]);
+    assert!(run(c, None).status.success());
+    let page = std::fs::read_to_string(&html).unwrap();
+    let json = report_json(&[log.to_str().unwrap()], None);
+    assert_eq!(json["over_time"]["bucket"], "minute");
+    let buckets = json["over_time"]["buckets"].as_array().unwrap();
+    assert!(buckets.len() >= 119, "{}", buckets.len());
+
+    let figure = &page[page.find("<figure id=\"decisions-over-time\"").unwrap()..];
+    let figure = &figure[..figure.find("</figure>").unwrap()];
+    let labels = |class: &str| -> Vec<String> {
+        let needle = format!("class=\"{class}\"");
+        figure
+            .match_indices(&needle)
+            .map(|(at, _)| {
+                let rest = &figure[at..];
+                let text = &rest[rest.find('>').unwrap() + 1..];
+                text[..text.find('<').unwrap()].to_owned()
+            })
+            .collect()
+    };
+    let x = labels("x-tick");
+    assert_eq!(
+        x,
+        [
+            "09:00", "09:10", "09:20", "09:30", "09:40", "09:50", "10:00", "10:10", "10:20",
+            "10:30", "10:40", "10:50"
+        ]
+    );
+    assert_eq!(labels("x-date"), ["2026-11-27"], "the date once");
+    let y: Vec<u64> = labels("y-tick")
+        .iter()
+        .map(|t| t.parse().unwrap())
+        .collect();
+    let peak = buckets
+        .iter()
+        .map(|b| {
+            ["allow", "flag", "reject", "drop"]
+                .iter()
+                .map(|a| b[*a].as_u64().unwrap())
+                .sum::<u64>()
+        })
+        .max()
+        .unwrap();
+    assert!(y.len() >= 3, "several count labels: {y:?}");
+    assert_eq!(y[0], 0);
+    assert!(*y.last().unwrap() >= peak, "{y:?} peak {peak}");
+    assert!(
+        y.windows(2).all(|w| w[1] - w[0] == y[1] - y[0]),
+        "even steps: {y:?}"
+    );
+
+    // The per-bucket table: one row per bucket, as in the plain report.
+    let table = &page[page
+        .find("<table id=\"over-time\"")
+        .expect("the time table")..];
+    let table = &table[..table.find("</table>").unwrap()];
+    assert_eq!(
+        table.matches("<tr>").count(),
+        buckets.len() + 1,
+        "header + rows"
+    );
+    let first = &buckets[0];
+    assert!(table.contains(&format!("<td>{}</td>", first["start"].as_str().unwrap())));
+}
+
 #[test]
 fn html_report_renders_in_headless_chromium_with_its_figures() {
     let Some(bin) = require_chromium() else {
@@ -1166,6 +1683,88 @@ fn html_report_renders_in_headless_chromium_with_its_figures() {
         uas.min(10)
     );
 
+    // Protocol answers: a table of their own, by rule and status.
+    let protocol = &dom[dom
+        .find("<table id=\"protocol-answers\"")
+        .expect("protocol table")..];
+    let protocol = &protocol[..protocol.find("</table>").unwrap()];
+    for rule in json["protocol_answers"]["by_rule"].as_array().unwrap() {
+        assert!(
+            protocol.contains(rule["rule"].as_str().unwrap()),
+            "{protocol}"
+        );
+    }
+    let by_rule = &dom[dom.find("<table id=\"by-client\"").unwrap()..];
+    assert!(!by_rule[..by_rule.find("</table>").unwrap()].contains("proxy."));
+    // The time table, one row per bucket.
+    let table = &dom[dom.find("<table id=\"over-time\"").expect("time table")..];
+    let table = &table[..table.find("</table>").unwrap()];
+    assert_eq!(
+        table.matches("<tr>").count(),
+        json["over_time"]["buckets"].as_array().unwrap().len() + 1
+    );
+
+    // One palette for actions, another for clients: no colour, nor a hue
+    // within 25 degrees of an action's (greys aside), in both.
+    let actions = colours(over_time, "fill");
+    assert_eq!(actions.len(), 4, "{actions:?}");
+    let mut clients = colours(figure("share-by-client"), "stroke");
+    clients.extend(colours(figure("top-unknown-user-agents"), "fill"));
+    assert!(clients.len() >= 5, "{clients:?}");
+    for c in &clients {
+        assert!(!actions.contains(c), "{c} is an action colour too");
+        let (hue, saturation) = hue_saturation(c);
+        if saturation < 0.25 {
+            continue;
+        }
+        for a in &actions {
+            let (action_hue, _) = hue_saturation(a);
+            let distance = (hue - action_hue)
+                .abs()
+                .min(360.0 - (hue - action_hue).abs());
+            assert!(
+                distance >= 25.0,
+                "client {c} ({hue:.0}) near action {a} ({action_hue:.0})"
+            );
+        }
+    }
+    // No text below 12 px: every font size the page sets (em: of the
+    // body's 15 px, the only base; no size is relative to a smaller one).
+    let body_px = 15.0;
+    assert!(
+        page.contains("body{font:15px/"),
+        "the base the em sizes use"
+    );
+    let mut sizes = 0;
+    for (at, _) in page.match_indices("font") {
+        let rest = &page[at..];
+        let Some(value) = rest
+            .strip_prefix("font:")
+            .or_else(|| rest.strip_prefix("font-size:"))
+        else {
+            continue;
+        };
+        let value = &value[..value.find([';', '}', '"']).unwrap_or(value.len())];
+        let number: String = value
+            .chars()
+            .take_while(|c| c.is_ascii_digit() || *c == '.')
+            .collect();
+        let size: f64 = number
+            .parse()
+            .unwrap_or_else(|_| panic!("font size in {value}"));
+        let unit = &value[number.len()..];
+        let px = if unit.starts_with("px") {
+            size
+        } else if unit.starts_with("em") {
+            size * body_px
+        } else {
+            panic!("font size unit in {value}")
+        };
+        assert!(px >= 12.0, "{px} px: {value}");
+        sizes += 1;
+    }
+    assert!(sizes >= 4, "{sizes} font sizes checked");
+
     // Values from the log are text, never markup.
     assert!(
         !dom.contains("<script"),
@@ -1192,6 +1791,21 @@ fn html_report_renders_in_headless_chromium_with_its_figures() {
     );
     let png = std::fs::read(&shot).unwrap();
     assert_eq!(png_size(&png), (1200, 2400));
+    // The time chart uses the width: its allow bars (the action green)
+    // span most of the window, not a column of it.
+    let (width, _, pixels) = png_pixels(&png);
+    let green = rgb("#4e9a06");
+    let xs: Vec<usize> = pixels
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| **p == green)
+        .map(|(i, _)| i % width)
+        .collect();
+    let (left, right) = (*xs.iter().min().unwrap(), *xs.iter().max().unwrap());
+    assert!(
+        right - left > width * 4 / 5,
+        "the time chart spans {left}..{right} of {width} px"
+    );
     let blank_html = dir.path().join("blank.html");
     std::fs::write(&blank_html, "<!DOCTYPE html><html><body></body></html>").unwrap();
     let blank_shot = dir.path().join("blank.png");

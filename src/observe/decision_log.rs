@@ -80,26 +80,124 @@ pub const CONTRACT_FIELDS: [&str; 17] = [
     "mode",
 ];
 
+/// Which way the request went past sipadmit: sent by a client (toward the
+/// registrar), or sent by the registrar (toward a client:
+/// [`crate::proxy::Inbound::from_upstream`]). An INVITE between two
+/// clients behind sipadmit is decided on both legs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Leg {
+    /// The request came from a client.
+    FromClient,
+    /// The request came from the registrar.
+    FromRegistrar,
+}
+
+impl Leg {
+    /// Both legs, in report order.
+    pub const ALL: [Self; 2] = [Self::FromClient, Self::FromRegistrar];
+
+    /// The name used in decision records.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::FromClient => "from_client",
+            Self::FromRegistrar => "from_registrar",
+        }
+    }
+
+    /// The leg of a record written before legs were recorded: an agent
+    /// offer is only ever decided on the registrar's leg (toward the
+    /// agent); anything else is taken as the client's leg.
+    pub fn default_for(role: SessionRole) -> Self {
+        if role == SessionRole::AgentOffer {
+            Self::FromRegistrar
+        } else {
+            Self::FromClient
+        }
+    }
+}
+
+/// What a record is: a policy decision, or a local answer for a protocol
+/// or capacity reason (malformed request, loop, too many hops, a flow that
+/// failed, the registrar unreachable or busy, a timeout, a rate limit, a
+/// ban), which says nothing about the client's Response Group support.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DecisionKind {
+    /// The admission policy decided (rules `caller.*`, `agent-offer.*`,
+    /// `agent-registration.*`, `scanner`, `service`, `supported`,
+    /// `no-session`).
+    Policy,
+    /// A local answer (or drop) for a protocol or capacity reason: rules
+    /// `proxy.*`, `rate_limit.*`, `ban.*`.
+    Protocol,
+}
+
+impl DecisionKind {
+    /// The name used in decision records.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Policy => "policy",
+            Self::Protocol => "protocol",
+        }
+    }
+
+    /// The kind a rule names: `proxy.*`, `rate_limit.*` and `ban.*` are
+    /// protocol and capacity answers, every other rule is the policy's.
+    pub fn of_rule(rule: &str) -> Self {
+        if ["proxy.", "rate_limit.", "ban."]
+            .iter()
+            .any(|prefix| rule.starts_with(prefix))
+        {
+            Self::Protocol
+        } else {
+            Self::Policy
+        }
+    }
+}
+
+/// Whether a policy record is counted once per call and client (the
+/// report's default, and `sipadmit_decisions_total`), or is a repeat:
+///
+/// - a record of the client's leg is counted;
+/// - a record of the registrar's leg is counted when it carries a decision
+///   the client's leg did not: an agent offer (decided only on the leg
+///   toward the agent, about the client that registered the agent), or a
+///   request that never came through sipadmit from a client (`spiral`
+///   false: a caller registered at the registrar directly, a gateway);
+/// - a record of the registrar's leg of a request sipadmit already relayed
+///   from a client (`spiral`: sipadmit's own Via, with its signed flow
+///   token, is in it) is a repeat: it names the same client (the registrar
+///   relays the caller's User-Agent) and the client's leg was counted.
+pub fn counted_once(leg: Leg, role: SessionRole, spiral: bool) -> bool {
+    leg == Leg::FromClient || role == SessionRole::AgentOffer || !spiral
+}
+
 /// One admission decision. Serializes to exactly the JSON line `run`
 /// writes, and deserializes from it (for `report`).
 ///
 /// Reading follows the interface contract (design.md section 3): a line
 /// with the contract's fields ([`CONTRACT_FIELDS`]) is a record. The other
-/// fields (`client_rule`, `would_reject`, `generation`) may be missing (an
-/// older version's log, or one a log shipper passed on) and are then
-/// defaulted; fields not known here are ignored (no `deny_unknown_fields`).
-/// `user_agent` and `status` may be `null`; like any `Option` field, serde
-/// also reads them as `null` when missing.
+/// fields may be missing (an older version's log, or one a log shipper
+/// passed on) and are then defaulted (see each field); fields not known
+/// here are ignored (no `deny_unknown_fields`). `user_agent` and `status`
+/// may be `null`; like any `Option` field, serde also reads them as `null`
+/// when missing.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DecisionRecord {
     /// When the decision was made: RFC 3339 UTC with milliseconds
     /// (`2026-11-27T00:57:40.653Z`); see [`record_time`].
     #[serde(with = "rfc3339_millis")]
     pub ts: Timestamp,
-    /// `udp` or `tcp`.
+    /// `udp`, `tcp` or `tls`.
     pub transport: Transport,
     /// Source `IP:port` of the message (`[::1]:5060` for IPv6).
     pub source: SocketAddr,
+    /// Which leg: the request came from a client or from the registrar.
+    /// `None` only when read from a line without it; [`Self::leg`] then
+    /// gives the default ([`Leg::default_for`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leg: Option<Leg>,
     /// Request method.
     pub method: String,
     /// Call-ID.
@@ -112,18 +210,31 @@ pub struct DecisionRecord {
     pub request_uri: String,
     /// User-Agent as sent (`null` when missing).
     pub user_agent: Option<String>,
-    /// Catalog id of the client the decision is about (for agent offers:
-    /// the client that registered the target endpoint).
+    /// Catalog id of the client the decision is about: the sender's
+    /// classification, except for agent offers, where it is the client
+    /// that registered the target endpoint.
     pub client: String,
+    /// Catalog id of the request's own User-Agent: the client that sent
+    /// it (on the registrar's leg, the one that sent it to the registrar,
+    /// which relays the User-Agent unchanged). Differs from `client` for
+    /// agent offers. Read as empty from a line without it.
+    #[serde(default)]
+    pub sender_client: String,
     /// The client's category, e.g. `desktop`, `third-party`.
     pub category: Category,
     /// The client's Response Group support, e.g. `supported`, `third-party`.
     pub support: Support,
     /// Session role: `caller`, `agent-offer`, `agent-registration`, `none`.
     pub role: SessionRole,
+    /// `policy` or `protocol`. `None` only when read from a line without
+    /// it; [`Self::kind`] then reads it from the rule
+    /// ([`DecisionKind::of_rule`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<DecisionKind>,
     /// `allow`, `flag`, `reject` or `drop`.
     pub action: Action,
-    /// Policy rule that decided, e.g. `caller.unsupported`.
+    /// Rule that decided: a policy rule such as `caller.unsupported`, or
+    /// the cause of a protocol answer such as `proxy.malformed`.
     pub rule: Cow<'static, str>,
     /// Catalog rule that classified the client, e.g. `lync-mobile#1`. Not
     /// one of the contract's fields: read as empty (no catalog rule id is)
@@ -144,6 +255,39 @@ pub struct DecisionRecord {
     /// before generations were recorded).
     #[serde(default)]
     pub generation: u64,
+    /// On the registrar's leg: the request came through sipadmit from a
+    /// client before (its own Via, with a valid flow token, is in it), so
+    /// its client's leg is recorded too. Written only when true.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub spiral: bool,
+    /// A REGISTER that removes bindings: `Contact: *`, or every Contact
+    /// with an expiry of 0 (its `expires` parameter, else the Expires
+    /// header). Written only when true.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub unregister: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+impl DecisionRecord {
+    /// The leg, defaulted for a line without it ([`Leg::default_for`]).
+    pub fn leg(&self) -> Leg {
+        self.leg.unwrap_or_else(|| Leg::default_for(self.role))
+    }
+
+    /// The kind, read from the rule for a line without it.
+    pub fn kind(&self) -> DecisionKind {
+        self.kind
+            .unwrap_or_else(|| DecisionKind::of_rule(&self.rule))
+    }
+
+    /// Whether this policy record counts once per call and client (see
+    /// [`counted_once`]).
+    pub fn counted_once(&self) -> bool {
+        counted_once(self.leg(), self.role, self.spiral)
+    }
 }
 
 /// The current time at the precision records keep (milliseconds), so that

@@ -15,12 +15,14 @@
 //! reasons, decisions) are small ordered maps written on the slow path or
 //! once per decision.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use crate::observe::decision_log::{DecisionKind, DecisionRecord};
 use crate::transport::tls::HandshakeReason;
 use crate::transport::{Fault, Transport, WarningWindow, FAULT_WARNING_INTERVAL};
 
@@ -279,8 +281,15 @@ pub struct Metrics {
     faults: [AtomicU64; Fault::ALL.len()],
     /// Rate limits of the fault warnings, per kind.
     fault_warnings: [Mutex<WarningWindow>; Fault::ALL.len()],
-    /// Decisions by (action, role, support).
+    /// Policy decisions counted once per call and client, by (action,
+    /// role, support).
     decisions: Mutex<BTreeMap<[&'static str; 3], u64>>,
+    /// Policy decisions on the registrar's leg that repeat the client
+    /// leg's, by (action, role, support).
+    repeated_decisions: Mutex<BTreeMap<[&'static str; 3], u64>>,
+    /// Local answers (and drops) for protocol or capacity reasons, by
+    /// (rule, status; 0: none sent).
+    protocol_answers: Mutex<BTreeMap<(&'static str, u16), u64>>,
     /// Messages refused as unparsable or invalid, by reason.
     parse_errors: Mutex<BTreeMap<&'static str, u64>>,
     /// Responses the filter sent itself, by status code.
@@ -445,12 +454,64 @@ impl Metrics {
         self.relayed[transport_slot(transport)][kind.slot()].load(Ordering::Relaxed)
     }
 
-    /// Count one decision (one decision record), by its labels' values
-    /// (`Action::as_str`, `SessionRole::as_str`, `Support::as_str`).
+    /// Count one decision record: a policy decision in
+    /// `sipadmit_decisions_total` (or, when it repeats the client leg's
+    /// decision on the registrar's leg, in
+    /// `sipadmit_decisions_repeated_total`), a protocol or capacity answer
+    /// in `sipadmit_protocol_answers_total`.
+    pub fn count_record(&self, r: &DecisionRecord) {
+        if r.kind() == DecisionKind::Protocol {
+            // Rules are the proxy's own names (`Refusal::rule`,
+            // `BanCause::rule`): a fixed set.
+            let rule = match &r.rule {
+                Cow::Borrowed(rule) => rule,
+                Cow::Owned(_) => "other",
+            };
+            self.count_protocol_answer(rule, r.status);
+            return;
+        }
+        let labels = [r.action.as_str(), r.role.as_str(), r.support.as_str()];
+        let table = if r.counted_once() {
+            &self.decisions
+        } else {
+            &self.repeated_decisions
+        };
+        *lock(table).entry(labels).or_default() += 1;
+    }
+
+    /// Count one policy decision counted once per call and client, by its
+    /// labels' values (`Action::as_str`, `SessionRole::as_str`,
+    /// `Support::as_str`).
     pub fn count_decision(&self, action: &'static str, role: &'static str, support: &'static str) {
         *lock(&self.decisions)
             .entry([action, role, support])
             .or_default() += 1;
+    }
+
+    /// Count one local answer (or drop: no `status`) for a protocol or
+    /// capacity reason, by its rule (`proxy.*`, `rate_limit.*`, `ban.*`).
+    pub fn count_protocol_answer(&self, rule: &'static str, status: Option<u16>) {
+        *lock(&self.protocol_answers)
+            .entry((rule, status.unwrap_or(0)))
+            .or_default() += 1;
+    }
+
+    /// Protocol answers counted for a rule and status (`None`: dropped).
+    pub fn protocol_answers(&self, rule: &str, status: Option<u16>) -> u64 {
+        lock(&self.protocol_answers)
+            .iter()
+            .filter(|((r, s), _)| *r == rule && *s == status.unwrap_or(0))
+            .map(|(_, v)| *v)
+            .sum()
+    }
+
+    /// Repeated registrar-leg decisions counted with these label values.
+    pub fn repeated_decisions(&self, action: &str, role: &str, support: &str) -> u64 {
+        lock(&self.repeated_decisions)
+            .iter()
+            .filter(|(k, _)| k[0] == action && k[1] == role && k[2] == support)
+            .map(|(_, v)| *v)
+            .sum()
     }
 
     /// Decisions counted with these label values.
@@ -656,11 +717,33 @@ impl Metrics {
         out.family(
             "sipadmit_decisions_total",
             "counter",
-            "Admission decisions (one per decision record), by action, Response Group role and client support class.",
+            "Admission policy decisions, one per request and client the decision is about (the registrar's leg of a request already decided on its client's leg is in sipadmit_decisions_repeated_total; protocol and capacity answers in sipadmit_protocol_answers_total), by action, Response Group role and client support class.",
         );
         for ([action, role, support], value) in lock(&self.decisions).iter() {
             let labels = [("action", *action), ("role", *role), ("support", *support)];
             out.sample("sipadmit_decisions_total", &labels, *value);
+        }
+        out.family(
+            "sipadmit_decisions_repeated_total",
+            "counter",
+            "Admission policy decisions on the registrar's leg of a request sipadmit already relayed from a client (a spiral: the same caller's client, counted on its client's leg), by action, Response Group role and client support class.",
+        );
+        for ([action, role, support], value) in lock(&self.repeated_decisions).iter() {
+            let labels = [("action", *action), ("role", *role), ("support", *support)];
+            out.sample("sipadmit_decisions_repeated_total", &labels, *value);
+        }
+        out.family(
+            "sipadmit_protocol_answers_total",
+            "counter",
+            "Requests sipadmit answered (or dropped: status none) for a protocol or capacity reason rather than by policy, by rule (proxy.*, rate_limit.*, ban.*) and status.",
+        );
+        for ((rule, status), value) in lock(&self.protocol_answers).iter() {
+            let status = match status {
+                0 => "none".to_owned(),
+                s => s.to_string(),
+            };
+            let labels = [("rule", *rule), ("status", status.as_str())];
+            out.sample("sipadmit_protocol_answers_total", &labels, *value);
         }
 
         out.family(
@@ -1019,6 +1102,8 @@ mod tests {
         metrics.count_received(Transport::Udp, MessageKind::Request);
         metrics.count_relayed(Transport::Tcp, MessageKind::Response);
         metrics.count_decision("reject", "caller", "unsupported");
+        metrics.count_protocol_answer("proxy.malformed", Some(400));
+        metrics.count_protocol_answer("ban.scanner", None);
         metrics.count_parse_error("malformed_start_line");
         metrics.count_local_response(403);
         metrics.count_reload(ReloadResult::Failure);
@@ -1075,6 +1160,9 @@ mod tests {
             "sipadmit_received_total{transport=\"udp\",kind=\"request\"} 1",
             "sipadmit_relayed_total{transport=\"tcp\",kind=\"response\"} 1",
             "sipadmit_decisions_total{action=\"reject\",role=\"caller\",support=\"unsupported\"} 1",
+            "sipadmit_protocol_answers_total{rule=\"proxy.malformed\",status=\"400\"} 1",
+            "sipadmit_protocol_answers_total{rule=\"ban.scanner\",status=\"none\"} 1",
+            "# TYPE sipadmit_decisions_repeated_total counter",
             "sipadmit_parse_errors_total{reason=\"malformed_start_line\"} 1",
             "sipadmit_local_responses_total{status=\"403\"} 1",
             "sipadmit_config_reloads_total{result=\"failure\"} 1",

@@ -47,7 +47,7 @@ use bytes::Bytes;
 
 use crate::classify::{ClientProduct, CLIENT_UNKNOWN};
 use crate::config::{Config, ConfigError, Overrides, RuntimeConfig, Settings};
-use crate::observe::decision_log::{record_time, DecisionRecord};
+use crate::observe::decision_log::{record_time, DecisionKind, DecisionRecord, Leg};
 use crate::observe::metrics::{DropReason, MessageKind, Metrics};
 use crate::observe::summary::{EventSummary, Noted, WindowTotals, SUMMARY_WINDOW};
 use crate::policy::{Action, SessionRole};
@@ -341,9 +341,37 @@ impl Core {
     /// Handle one inbound message. `open` tells whether a stream connection
     /// of this instance is still open to a peer.
     pub fn handle(&self, inbound: &Inbound, now: Instant, open: OpenConnection<'_>) -> Outcome {
+        self.handle_banning(inbound, now, open, &mut |_| false)
+    }
+
+    /// [`Core::handle`] for the transports, which ban scanners: when the
+    /// sender's User-Agent is a scanner's, `ban` is asked whether this
+    /// message gets its source banned (`rate_limit.ban_secs`). A message
+    /// that does is dropped instead of relayed or answered, and its record
+    /// says why (action `drop`, rule `ban.scanner`, a protocol record):
+    /// counted as such, not as the policy decision it replaced.
+    pub fn handle_banning(
+        &self,
+        inbound: &Inbound,
+        now: Instant,
+        open: OpenConnection<'_>,
+        ban: &mut dyn FnMut(SocketAddr) -> bool,
+    ) -> Outcome {
         let kind = MessageKind::of(&inbound.bytes);
         self.metrics.count_received(inbound.transport, kind);
-        let outcome = self.handle_message(inbound, now, open);
+        let mut outcome = self.handle_message(inbound, now, open);
+        if outcome.scanner && ban(inbound.source) {
+            outcome.send = None;
+            outcome.retransmit = None;
+            if let Some(record) = outcome.record.as_mut() {
+                record.action = Action::Drop;
+                record.rule = BanCause::Scanner.rule().into();
+                record.kind = Some(DecisionKind::Protocol);
+                record.status = None;
+                record.would_reject = false;
+            }
+            self.metrics.count_drop(DropReason::Banned);
+        }
         self.count_outcome(kind, &outcome);
         outcome
     }
@@ -626,8 +654,7 @@ impl Core {
     /// the transport it leaves on) or the local response (by status).
     fn count_outcome(&self, kind: MessageKind, outcome: &Outcome) {
         if let Some(r) = &outcome.record {
-            self.metrics
-                .count_decision(r.action.as_str(), r.role.as_str(), r.support.as_str());
+            self.metrics.count_record(r);
         }
         let Some(send) = &outcome.send else {
             return;
@@ -781,7 +808,9 @@ impl Core {
 
     // === records ===
 
-    /// The decision record of a request.
+    /// The decision record of a request: `subject` is the client the
+    /// decision is about, `sender` the classification of the request's own
+    /// User-Agent.
     #[allow(clippy::too_many_arguments)]
     fn record(
         &self,
@@ -789,6 +818,7 @@ impl Core {
         inb: &Inbound,
         view: &SipView,
         subject: &Subject<'_>,
+        sender: &ClientProduct,
         role: SessionRole,
         action: Action,
         rule: &'static str,
@@ -800,6 +830,11 @@ impl Core {
             ts: record_time(),
             transport: inb.transport,
             source: inb.source,
+            leg: Some(if inb.from_upstream {
+                Leg::FromRegistrar
+            } else {
+                Leg::FromClient
+            }),
             method: text(view.method_bytes()),
             call_id: text(view.call_id()),
             from: text(view.from().ok().map(|f| f.uri)),
@@ -807,9 +842,11 @@ impl Core {
             request_uri: text(view.request_uri()),
             user_agent: view.user_agent().map(|u| Text(Some(u)).to_string()),
             client: subject.client.id.clone(),
+            sender_client: sender.id.clone(),
             category: subject.client.category,
             support: subject.client.support,
             role,
+            kind: Some(DecisionKind::of_rule(rule)),
             action,
             rule: rule.into(),
             client_rule: subject.rule.clone().into_owned(),
@@ -817,8 +854,58 @@ impl Core {
             mode: runtime.config.policy.mode,
             would_reject,
             generation: runtime.generation,
+            spiral: inb.from_upstream && self.came_through_from_client(view),
+            unregister: is_unregister(view),
         }
     }
+
+    /// Whether a request from the registrar passed this proxy from a
+    /// client before: one of its Vias is this proxy's, with a flow token
+    /// this proxy signed (only requests relayed toward the registrar get
+    /// one). The registrar sent it back toward the callee: a spiral.
+    fn came_through_from_client(&self, view: &SipView) -> bool {
+        view.values(HeaderName::Via)
+            .filter_map(|v| Via::parse(v).ok())
+            .any(|via| {
+                self.is_own(&via)
+                    && matches!(
+                        via.params.get(FLOW_PARAM.as_bytes()),
+                        Some(Some(token)) if matches!(self.signer.decode(token), Ok((flow::Purpose::Via, _)))
+                    )
+            })
+    }
+}
+
+/// Whether a request is a REGISTER that removes bindings (RFC 3261
+/// 10.2.2): `Contact: *`, or Contacts that all expire at once (each one's
+/// `expires` parameter, else the Expires header, is 0). A REGISTER without
+/// Contact (a query) or with an unreadable one is not.
+fn is_unregister(view: &SipView) -> bool {
+    if view.method() != Some(crate::sip::Method::Register) {
+        return false;
+    }
+    let header = view.expires().ok().flatten();
+    let mut contacts = 0;
+    for contact in view.contacts() {
+        let Ok(contact) = contact else {
+            return false;
+        };
+        contacts += 1;
+        if contact.uri == b"*" {
+            continue;
+        }
+        let expires = match contact.params.get(b"expires") {
+            Some(Some(v)) => std::str::from_utf8(v)
+                .ok()
+                .and_then(|v| v.trim().parse::<u64>().ok()),
+            Some(None) => None,
+            None => header.map(u64::from),
+        };
+        if expires != Some(0) {
+            return false;
+        }
+    }
+    contacts > 0
 }
 
 /// Retry-After (seconds) of the `503` answered when the queue to a stream

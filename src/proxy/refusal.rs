@@ -260,12 +260,13 @@ impl Core {
         refusal: Refusal<'_>,
     ) -> Outcome {
         let (view, inb) = (ctx.view, ctx.inbound);
-        let sender;
-        let (subject, role) = match admission {
-            Some(a) => (&a.subject, a.role),
+        let classified;
+        let (subject, sender, role) = match admission {
+            Some(a) => (&a.subject, a.sender.client, a.role),
             None => {
-                sender = Subject::sender(&ctx.runtime.config.catalog.classify(view.user_agent()));
-                (&sender, SessionRole::None)
+                let sender = ctx.runtime.config.catalog.classify(view.user_agent());
+                classified = Subject::sender(&sender);
+                (&classified, sender.client, SessionRole::None)
             }
         };
         // A response copies these (RFC 3261 8.2.6); it goes back to the
@@ -318,6 +319,7 @@ impl Core {
             inb,
             view,
             subject,
+            sender,
             role,
             if answered {
                 Action::Reject

@@ -336,10 +336,10 @@ impl Core {
     /// Apply the verdict: drop, reject (a [`Refusal`]), or flag (logged).
     fn enforce<'m>(&self, ctx: &RequestCtx<'m>, admission: &Admission<'m>) -> Result<(), Halt<'m>> {
         let Admission {
+            sender,
             subject,
             role,
             decision,
-            ..
         } = admission;
         match decision.verdict {
             Verdict::Allow => Ok(()),
@@ -371,6 +371,7 @@ impl Core {
                     ctx.inbound,
                     ctx.view,
                     subject,
+                    sender.client,
                     *role,
                     Action::Drop,
                     decision.rule,
@@ -532,6 +533,7 @@ impl Core {
                 inb,
                 view,
                 &admission.subject,
+                admission.sender.client,
                 admission.role,
                 decision.verdict.action(),
                 decision.rule,

@@ -8,6 +8,7 @@ use bytes::Bytes;
 
 use super::*;
 use crate::config::{Config, Overrides};
+use crate::observe::decision_log::{DecisionKind, Leg};
 use crate::policy::Action;
 use crate::sip::{SipError, SipView, StartLine};
 
@@ -758,4 +759,291 @@ fn a_rejected_unknown_client_is_told_sipadmit_does_not_recognise_it() {
     assert!(!unknown.contains("does not support"), "{unknown}");
     // An unsupported client is still told the Response Group does not support it.
     assert!(invite(MOBILE, 40002).contains("The Response Group does not support this client"));
+}
+
+// === legs, protocol answers, de-REGISTERs: what records and metrics say ===
+
+const BARESIP: &str = "baresip v1.0.0 (x86_64/linux)";
+
+/// A baresip call to a Lync user behind sipadmit, decided on both legs:
+/// the client's leg is counted in `sipadmit_decisions_total`, the
+/// registrar's leg (sipadmit's own Via in it: a spiral) is recorded, names
+/// baresip too, and is counted as a repeat; a 400 for baresip's malformed
+/// Request-URI is a protocol answer, never a policy reject.
+#[test]
+fn both_legs_of_a_call_count_once_and_a_protocol_answer_is_no_policy_reject() {
+    let core = Core::detached(CONFIG).unwrap();
+    let metrics = core.metrics();
+    let callee: SocketAddr = "127.0.0.1:47100".parse().unwrap();
+    let path = header_values(&relay_register(&core, callee, 1), "Path")[0].to_owned();
+    assert_eq!(
+        metrics.decisions("allow", "agent-registration", "supported"),
+        1
+    );
+
+    let caller: SocketAddr = "127.0.0.1:47000".parse().unwrap();
+    let leg1 = handle(
+        &core,
+        &udp(
+            request("INVITE", "sip:bob@contoso.com", caller, BARESIP, ""),
+            caller,
+        ),
+    );
+    let (to, toward_registrar) = sent(&leg1);
+    assert_eq!(to, Destination::Upstream);
+    let r = leg1.record.unwrap();
+    assert_eq!(
+        (
+            r.leg,
+            r.spiral,
+            r.client.as_str(),
+            r.sender_client.as_str(),
+            r.kind
+        ),
+        (
+            Some(Leg::FromClient),
+            false,
+            "baresip",
+            "baresip",
+            Some(DecisionKind::Policy)
+        )
+    );
+
+    // The registrar relays it to the callee's contact, along its Path.
+    let (_, rest) = toward_registrar.split_once("\r\n").unwrap();
+    let leg2 = udp(
+        format!(
+            "INVITE sip:alice@{callee} SIP/2.0\r\nVia: SIP/2.0/UDP {};branch=z9hG4bK-registrar-call\r\nRoute: {path}\r\n{rest}",
+            upstream()
+        ),
+        upstream(),
+    );
+    let leg2 = handle(&core, &leg2);
+    assert!(matches!(sent(&leg2).0, Destination::Flow(ref f) if f.peer == callee));
+    let r = leg2.record.unwrap();
+    assert_eq!(
+        (r.leg, r.spiral, r.client.as_str(), r.source),
+        (Some(Leg::FromRegistrar), true, "baresip", upstream())
+    );
+    assert!(!r.counted_once());
+    assert_eq!(metrics.decisions("allow", "none", "third-party"), 1);
+    assert_eq!(
+        metrics.repeated_decisions("allow", "none", "third-party"),
+        1
+    );
+
+    // A request from the registrar that never came through sipadmit (a
+    // caller registered at the registrar directly) is no spiral: counted.
+    let direct = request(
+        "INVITE",
+        &format!("sip:alice@{callee}"),
+        upstream(),
+        BARESIP,
+        &format!("Route: {path}\r\n"),
+    )
+    .replace("z9hG4bK-INVITE", "z9hG4bK-direct");
+    let r = handle(&core, &udp(direct, upstream())).record.unwrap();
+    assert_eq!((r.leg, r.spiral), (Some(Leg::FromRegistrar), false));
+    assert_eq!(metrics.decisions("allow", "none", "third-party"), 2);
+
+    // A forged Via naming sipadmit, with a token it did not sign: no spiral.
+    let forged = request(
+        "INVITE",
+        &format!("sip:alice@{callee}"),
+        upstream(),
+        BARESIP,
+        &format!("Route: {path}\r\nVia: SIP/2.0/UDP {DETACHED_ADDRESS};branch=z9hG4bKsa-forged;sipadmit-flow=00ff\r\n"),
+    )
+    .replace("z9hG4bK-INVITE", "z9hG4bK-forged");
+    let r = handle(&core, &udp(forged, upstream())).record.unwrap();
+    assert!(!r.spiral);
+    assert_eq!(metrics.decisions("allow", "none", "third-party"), 3);
+
+    // baresip's malformed Request-URI: 400, a protocol answer.
+    let malformed = request("INVITE", "sip:bob@contoso.com", caller, BARESIP, "")
+        .replace(
+            "INVITE sip:bob@contoso.com SIP/2.0",
+            "INVITE bob-at-contoso SIP/2.0",
+        )
+        .replace("z9hG4bK-INVITE", "z9hG4bK-malformed");
+    let out = handle(&core, &udp(malformed, caller));
+    assert_eq!(status(&out), Some(400));
+    let r = out.record.unwrap();
+    assert_eq!(
+        (r.kind, r.rule.as_ref(), r.action, r.status),
+        (
+            Some(DecisionKind::Protocol),
+            "proxy.malformed",
+            Action::Reject,
+            Some(400)
+        )
+    );
+    assert_eq!(metrics.protocol_answers("proxy.malformed", Some(400)), 1);
+    assert_eq!(metrics.decisions("reject", "none", "third-party"), 0);
+    assert_eq!(metrics.local_responses(400), 1);
+    let text = metrics.render(&crate::observe::metrics::Gauges::default());
+    for wanted in [
+        "sipadmit_decisions_total{action=\"allow\",role=\"none\",support=\"third-party\"} 3",
+        "sipadmit_decisions_repeated_total{action=\"allow\",role=\"none\",support=\"third-party\"} 1",
+        "sipadmit_protocol_answers_total{rule=\"proxy.malformed\",status=\"400\"} 1",
+    ] {
+        assert!(text.contains(wanted), "{wanted} missing from\n{text}");
+    }
+    assert!(
+        !text.contains("sipadmit_decisions_total{action=\"reject\""),
+        "{text}"
+    );
+}
+
+/// An agent offer is decided on the registrar's leg only, about the
+/// client that registered the agent: counted, though the application's
+/// INVITE came through sipadmit first; the sender is the application.
+#[test]
+fn an_agent_offer_on_the_registrars_leg_is_counted_and_names_its_sender() {
+    let core = Core::detached(CONFIG).unwrap();
+    let agent: SocketAddr = "127.0.0.1:46100".parse().unwrap();
+    let relayed = relay_register(&core, agent, 1);
+    let path = header_values(&relayed, "Path")[0].to_owned();
+    let rgs: SocketAddr = "127.0.0.1:43100".parse().unwrap();
+    let leg1 = handle(
+        &core,
+        &udp(
+            request("INVITE", "sip:agent-a@contoso.com", rgs, RGS, ""),
+            rgs,
+        ),
+    );
+    let (_, toward_registrar) = sent(&leg1);
+    let (_, rest) = toward_registrar.split_once("\r\n").unwrap();
+    let leg2 = udp(
+        format!(
+            "INVITE sip:alice@{agent} SIP/2.0\r\nVia: SIP/2.0/UDP {};branch=z9hG4bK-registrar-offer\r\nRoute: {path}\r\n{rest}",
+            upstream()
+        ),
+        upstream(),
+    );
+    let r = handle(&core, &leg2).record.unwrap();
+    assert_eq!(
+        (
+            r.role,
+            r.leg,
+            r.spiral,
+            r.client.as_str(),
+            r.sender_client.as_str()
+        ),
+        (
+            SessionRole::AgentOffer,
+            Some(Leg::FromRegistrar),
+            true,
+            "lync-2013",
+            "response-group-service"
+        )
+    );
+    assert!(r.counted_once());
+    assert_eq!(
+        core.metrics()
+            .decisions("allow", "agent-offer", "supported"),
+        1
+    );
+}
+
+#[test]
+fn a_de_register_is_marked_unregister() {
+    let core = Core::detached(CONFIG).unwrap();
+    let agent: SocketAddr = "127.0.0.1:44100".parse().unwrap();
+    let register = |n: u32, edit: &dyn Fn(String) -> String| {
+        let text = edit(
+            request("REGISTER", "sip:contoso.com", agent, LYNC, "")
+                .replace("z9hG4bK-", &format!("z9hG4bK-{n}-"))
+                .replace("CSeq: 1 ", &format!("CSeq: {n} ")),
+        );
+        handle(&core, &udp(text, agent)).record.unwrap().unregister
+    };
+    type Edit<'a> = &'a dyn Fn(String) -> String;
+    let cases: [(&str, Edit<'_>, bool); 6] = [
+        ("no expiry", &|t| t, false),
+        (
+            "Expires: 0",
+            &|t: String| t.replace("Content-Length", "Expires: 0\r\nContent-Length"),
+            true,
+        ),
+        (
+            "Contact: *",
+            &|t: String| {
+                t.replace(&format!("Contact: <sip:alice@{agent}>"), "Contact: *")
+                    .replace("Content-Length", "Expires: 0\r\nContent-Length")
+            },
+            true,
+        ),
+        (
+            "expires=0 on every contact",
+            &|t: String| {
+                t.replace(
+                    &format!("Contact: <sip:alice@{agent}>"),
+                    &format!(
+                        "Contact: <sip:alice@{agent}>;expires=0, <sip:alice2@{agent}>;expires=0"
+                    ),
+                )
+                .replace("Content-Length", "Expires: 3600\r\nContent-Length")
+            },
+            true,
+        ),
+        (
+            "one contact stays",
+            &|t: String| {
+                t.replace(
+                    &format!("Contact: <sip:alice@{agent}>"),
+                    &format!("Contact: <sip:alice@{agent}>;expires=0, <sip:alice2@{agent}>"),
+                )
+                .replace("Content-Length", "Expires: 3600\r\nContent-Length")
+            },
+            false,
+        ),
+        (
+            "a query (no Contact)",
+            &|t: String| t.replace(&format!("Contact: <sip:alice@{agent}>\r\n"), ""),
+            false,
+        ),
+    ];
+    for (n, (name, edit, unregister)) in cases.into_iter().enumerate() {
+        assert_eq!(register(n as u32 + 1, edit), unregister, "{name}");
+    }
+}
+
+/// A scanner whose message gets its source banned: dropped, recorded as
+/// `ban.scanner`, a protocol record, and counted as one (not as the
+/// policy's scanner decision).
+#[test]
+fn a_scanner_banned_by_its_message_is_a_protocol_record() {
+    let core = Core::detached(CONFIG).unwrap();
+    let scanner: SocketAddr = "203.0.113.66:5060".parse().unwrap();
+    let out = core.handle_banning(
+        &udp(
+            request(
+                "INVITE",
+                "sip:100@contoso.com",
+                scanner,
+                "friendly-scanner",
+                "",
+            ),
+            scanner,
+        ),
+        Instant::now(),
+        &|_, _| true,
+        &mut |source| source == scanner,
+    );
+    assert!(out.send.is_none());
+    let r = out.record.unwrap();
+    assert_eq!(
+        (r.action, r.rule.as_ref(), r.kind, r.status),
+        (
+            Action::Drop,
+            "ban.scanner",
+            Some(DecisionKind::Protocol),
+            None
+        )
+    );
+    let metrics = core.metrics();
+    assert_eq!(metrics.protocol_answers("ban.scanner", None), 1);
+    assert_eq!(metrics.decisions("drop", "none", "scanner"), 0);
+    assert_eq!(metrics.drops(DropReason::Banned), 1);
 }

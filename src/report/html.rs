@@ -6,6 +6,11 @@
 //! Figures (each a `<figure>` with an `id`, for tests and for linking):
 //! `decisions-over-time` (stacked bars by action), `share-by-client` (a
 //! donut of the top clients), `top-unknown-user-agents` (horizontal bars).
+//! The page uses the window's width: the time chart and the bars are laid
+//! out in percentages of it, while their text keeps its size in pixels
+//! (at least 12 px). Actions and clients have palettes of their own that
+//! share no colour: green, amber, red and purple always mean allow, flag,
+//! reject and drop; clients are blues, cyans, teals, pink and greys.
 
 use std::fmt::Write as _;
 
@@ -16,30 +21,44 @@ use super::summary::{KeyCount, Summary, TimeBucket};
 pub const CHART_CLIENTS: usize = 8;
 /// Unknown User-Agents shown in their figure: 10.
 pub const CHART_USER_AGENTS: usize = 10;
+/// Time labels the time chart aims at (at most about this many): 12.
+pub const TIME_LABELS: usize = 12;
+/// Smallest font size of any text on the page, figures included, in px.
+pub const MIN_FONT_PX: u32 = 12;
 
-/// Colours of allow, flag, reject, drop.
-const ACTION_COLOURS: [&str; 4] = ["#4e9a06", "#e9a100", "#cc0000", "#75507b"];
+/// Colours of allow, flag, reject, drop (the action palette).
+pub const ACTION_COLOURS: [&str; 4] = ["#4e9a06", "#e9a100", "#cc0000", "#75507b"];
 const ACTION_NAMES: [&str; 4] = ["allow", "flag", "reject", "drop"];
-/// Colours of the client slices (the last one: others).
-const SLICE_COLOURS: [&str; CHART_CLIENTS + 1] = [
-    "#3465a4", "#f57900", "#73d216", "#c17d11", "#75507b", "#cc0000", "#06989a", "#edd400",
-    "#888a85",
+/// Colours of the client slices, the last one for "others" (the client
+/// palette: no colour, and no hue, of the action palette).
+pub const CLIENT_COLOURS: [&str; CHART_CLIENTS + 1] = [
+    "#1f77b4", "#17becf", "#e377c2", "#0b3c5d", "#9ecae1", "#8dd3c7", "#3a3f8f", "#5b6770",
+    "#c7c7c7",
 ];
+/// Colour of the unknown User-Agent bars: the client palette's (they are
+/// clients, `unknown`), not an action's.
+const UNKNOWN_BAR_COLOUR: &str = "#1f77b4";
 
 const STYLE: &str = "\
-body{font:14px/1.4 system-ui,-apple-system,'Segoe UI',Roboto,sans-serif;color:#222;margin:2em auto;max-width:1100px;padding:0 1em}\
-h1{font-size:1.6em;margin-bottom:.2em}h2{font-size:1.2em;margin-top:2em;border-bottom:1px solid #ccc}\
+body{font:15px/1.45 system-ui,-apple-system,'Segoe UI',Roboto,sans-serif;color:#222;margin:1.5em 2.5%;padding:0}\
+h1{font-size:1.7em;margin-bottom:.2em}h2{font-size:1.25em;margin-top:2em;border-bottom:1px solid #ccc}\
 .meta{color:#555}.cards{display:flex;flex-wrap:wrap;gap:.8em;margin:1em 0}\
 .card{border:1px solid #ddd;border-radius:6px;padding:.5em 1em;min-width:7em}\
 .card b{display:block;font-size:1.5em}\
-table{border-collapse:collapse;margin:.5em 0}th,td{padding:.2em .7em;border-bottom:1px solid #eee;text-align:left;vertical-align:top}\
+table{border-collapse:collapse;margin:.5em 0}th,td{padding:.25em .8em;border-bottom:1px solid #eee;text-align:left;vertical-align:top}\
 th{background:#f4f4f4}td.n{text-align:right;font-variant-numeric:tabular-nums}\
-td.ua{font-family:monospace;word-break:break-all;max-width:40em}\
+td.ua{font-family:monospace;word-break:break-all;max-width:60em}\
 figure{margin:1.5em 0}figcaption{font-weight:600;margin-bottom:.4em}\
-svg text{font:11px system-ui,sans-serif;fill:#333}\
+svg text{font:13px system-ui,sans-serif;fill:#333}\
+.chart{display:flex;align-items:flex-start;width:100%}.chart svg.axis{flex:none}.chart svg.plot{flex:1 1 auto;min-width:0}\
+.donut{display:flex;flex-wrap:wrap;align-items:center;gap:2em}.donut .legend span{display:block;margin:.2em 0}\
+.bars{display:grid;grid-template-columns:minmax(16em,38%) 1fr;gap:.35em 1em;align-items:center;width:100%}\
+.bars .label{font:13px monospace;text-align:right;overflow-wrap:anywhere}\
+.bars svg{display:block;width:100%;height:20px}\
+.wide{display:flex;flex-wrap:wrap;gap:0 3em;align-items:flex-start}\
 pre{background:#f7f7f7;border:1px solid #ddd;padding:.7em;overflow-x:auto}\
-.legend span{display:inline-block;margin-right:1.2em}.swatch{display:inline-block;width:.8em;height:.8em;margin-right:.3em;vertical-align:middle}\
-.empty{color:#777;font-style:italic}";
+.legend span{display:inline-block;margin-right:1.2em}.swatch{display:inline-block;width:.9em;height:.9em;margin-right:.35em;vertical-align:middle}\
+.note{color:#555}.empty{color:#777;font-style:italic}";
 
 /// Escape text for HTML content and attribute values (and SVG in HTML).
 pub fn escape(text: &str) -> String {
@@ -116,15 +135,31 @@ fn overview(out: &mut String, s: &Summary) {
             String::new()
         }
     );
+    let repeats = s.records_read - s.records - s.protocol_answers.total;
+    let _ = writeln!(
+        out,
+        "<p class=\"meta\" id=\"counting\">{} records read: {} policy decisions counted ({}), {} protocol and capacity answers counted apart. From clients: {} records, from the registrar: {}.</p>",
+        s.records_read,
+        s.records,
+        if s.legs == "both" {
+            "both legs of each call, <code>--legs both</code>".to_owned()
+        } else {
+            format!("each call once per client; {repeats} registrar-leg repeats left out, <code>--legs both</code> counts them")
+        },
+        s.protocol_answers.total,
+        s.by_leg.from_client.records,
+        s.by_leg.from_registrar.records,
+    );
     out.push_str("<div class=\"cards\" id=\"totals\">");
     let mut card = |label: &str, value: u64| {
         let _ = write!(out, "<div class=\"card\"><b>{value}</b>{label}</div>");
     };
-    card("records", s.records);
+    card("policy decisions", s.records);
     for (name, count) in &s.by_action.0 {
         card(name, *count);
     }
     card("would reject", s.would_reject.total);
+    card("protocol answers", s.protocol_answers.total);
     card("unknown User-Agents", s.unknown_user_agents.len() as u64);
     card("malformed lines", s.malformed_lines);
     out.push_str("</div>\n");
@@ -142,99 +177,199 @@ fn legend(out: &mut String, items: &[(&str, String)]) {
     out.push_str("</div>");
 }
 
+/// `2026-11-27 10:00` for a bucket.
 fn bucket_label(b: &TimeBucket) -> String {
     // 2026-11-27T10:00:00.000Z -> 2026-11-27 10:00
     let text = b.start.to_string();
     text.get(..16).unwrap_or(&text).replace('T', " ")
 }
 
+/// The step between y-axis ticks for bars up to `peak`: 1, 2 or 5 times a
+/// power of ten, so that the axis has at most 5 steps above 0.
+fn y_step(peak: u64) -> u64 {
+    let raw = peak.div_ceil(5).max(1);
+    let mut magnitude = 1u64;
+    while magnitude.saturating_mul(10) <= raw {
+        magnitude *= 10;
+    }
+    [1, 2, 5, 10]
+        .into_iter()
+        .map(|m| m * magnitude)
+        .find(|&step| step >= raw)
+        .unwrap_or(10 * magnitude)
+}
+
+/// Seconds between labelled buckets: the shortest clock-aligned interval
+/// (a multiple of the bucket width: 1, 2, 5, 10, 15, 30 minutes, 1, 2, 3,
+/// 6, 12 hours, 1, 2, 7, 14 days, then doubling) that labels at most
+/// [`TIME_LABELS`] of the buckets starting at `starts`.
+fn label_interval(starts: &[i64], width: i64) -> i64 {
+    const MINUTE: i64 = 60;
+    const HOUR: i64 = 3600;
+    const DAY: i64 = 86_400;
+    let nice = [
+        MINUTE,
+        2 * MINUTE,
+        5 * MINUTE,
+        10 * MINUTE,
+        15 * MINUTE,
+        30 * MINUTE,
+        HOUR,
+        2 * HOUR,
+        3 * HOUR,
+        6 * HOUR,
+        12 * HOUR,
+        DAY,
+        2 * DAY,
+        7 * DAY,
+        14 * DAY,
+    ];
+    let width = width.max(1);
+    let doubling = std::iter::successors(Some(28 * DAY), |d| d.checked_mul(2)).take(40);
+    let mut candidates = nice.into_iter().chain(doubling).filter(|c| c % width == 0);
+    let fits = |interval: i64| {
+        starts
+            .iter()
+            .filter(|s| s.rem_euclid(interval) == 0)
+            .count()
+            <= TIME_LABELS
+    };
+    // The width itself first (every bucket), for widths not in the list.
+    std::iter::once(width)
+        .chain(&mut candidates)
+        .chain(std::iter::successors(Some(width * 2), |w| w.checked_mul(2)).take(60))
+        .find(|&interval| fits(interval))
+        .unwrap_or(width)
+}
+
 fn over_time_figure(out: &mut String, s: &Summary) {
     let o = &s.over_time;
     let _ = write!(
         out,
-        "<figure id=\"decisions-over-time\"><figcaption>Decisions over time (per {}, UTC)</figcaption>",
+        "<figure id=\"decisions-over-time\"><figcaption>Policy decisions over time (per {}, UTC)</figcaption>",
         escape(&o.bucket)
     );
     if o.buckets.is_empty() {
         out.push_str("<p class=\"empty\">No records.</p></figure>\n");
         return;
     }
-    let (width, height, left, top, bottom) = (900.0, 260.0, 56.0, 10.0, 40.0);
-    let plot_w = width - left - 10.0;
+    // The y axis in its own fixed-width SVG, the plot in one as wide as
+    // the page (x in percent, y in px): text keeps its size at any width.
+    let (axis_w, height, top, bottom) = (64.0, 300.0, 12.0, 46.0);
     let plot_h = height - top - bottom;
-    let peak = o
-        .buckets
-        .iter()
-        .map(TimeBucket::total)
-        .max()
-        .unwrap_or(0)
-        .max(1);
-    let step = plot_w / o.buckets.len() as f64;
-    let bar_w = (step * 0.85).max(0.5);
-    let _ = write!(
-        out,
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width}\" height=\"{height}\" viewBox=\"0 0 {width} {height}\" role=\"img\" aria-label=\"Decisions over time\">"
-    );
     let base = top + plot_h;
+    let peak = o.buckets.iter().map(TimeBucket::total).max().unwrap_or(0);
+    let step = y_step(peak);
+    let axis_max = peak.div_ceil(step).max(1) * step;
+    let y_of = |v: u64| base - v as f64 / axis_max as f64 * plot_h;
+    out.push_str("<div class=\"chart\">");
     let _ = write!(
         out,
-        "<line x1=\"{left}\" y1=\"{base}\" x2=\"{}\" y2=\"{base}\" stroke=\"#999\"/><line x1=\"{left}\" y1=\"{top}\" x2=\"{}\" y2=\"{top}\" stroke=\"#eee\"/>",
-        width - 10.0,
-        width - 10.0
+        "<svg class=\"axis\" xmlns=\"http://www.w3.org/2000/svg\" width=\"{axis_w}\" height=\"{height}\" aria-hidden=\"true\">"
+    );
+    let ticks: Vec<u64> = (0..=axis_max / step).map(|i| i * step).collect();
+    for &v in &ticks {
+        let _ = write!(
+            out,
+            "<text class=\"y-tick\" x=\"{}\" y=\"{:.1}\" text-anchor=\"end\" dominant-baseline=\"middle\">{v}</text>",
+            axis_w - 8.0,
+            y_of(v)
+        );
+    }
+    let _ = write!(
+        out,
+        "<text x=\"12\" y=\"{:.1}\" text-anchor=\"middle\" transform=\"rotate(-90 12 {:.1})\">records</text></svg>",
+        top + plot_h / 2.0,
+        top + plot_h / 2.0
     );
     let _ = write!(
         out,
-        "<text x=\"{}\" y=\"{}\" text-anchor=\"end\">{peak}</text><text x=\"{}\" y=\"{base}\" text-anchor=\"end\">0</text>",
-        left - 4.0,
-        top + 10.0,
-        left - 4.0
+        "<svg class=\"plot\" xmlns=\"http://www.w3.org/2000/svg\" width=\"100%\" height=\"{height}\" role=\"img\" aria-label=\"Policy decisions over time\">"
     );
+    for &v in &ticks {
+        let colour = if v == 0 { "#999" } else { "#e6e6e6" };
+        let y = y_of(v);
+        let _ = write!(
+            out,
+            "<line x1=\"0\" y1=\"{y:.1}\" x2=\"100%\" y2=\"{y:.1}\" stroke=\"{colour}\"/>"
+        );
+    }
+    let n = o.buckets.len() as f64;
+    let slot = 100.0 / n;
+    let bar_w = slot * 0.8;
     for (i, b) in o.buckets.iter().enumerate() {
-        let x = left + i as f64 * step;
+        let x = i as f64 * slot + (slot - bar_w) / 2.0;
         let counts = [b.allow, b.flag, b.reject, b.drop];
         let _ = write!(
             out,
-            "<g><title>{}: {} records (allow {}, flag {}, reject {}, drop {}, would reject {})</title>",
+            "<g><title>{}: {} policy decisions (allow {}, flag {}, reject {}, drop {}, would reject {}); {} protocol answers</title>",
             bucket_label(b),
             b.total(),
             b.allow,
             b.flag,
             b.reject,
             b.drop,
-            b.would_reject
+            b.would_reject,
+            b.protocol
         );
         let mut y = base;
         for (n, colour) in counts.iter().zip(ACTION_COLOURS) {
             if *n == 0 {
                 continue;
             }
-            let h = *n as f64 / peak as f64 * plot_h;
+            let h = *n as f64 / axis_max as f64 * plot_h;
             y -= h;
             let _ = write!(
                 out,
-                "<rect class=\"segment\" x=\"{x:.2}\" y=\"{y:.2}\" width=\"{bar_w:.2}\" height=\"{h:.2}\" fill=\"{colour}\"/>"
+                "<rect class=\"segment\" x=\"{x:.3}%\" y=\"{y:.2}\" width=\"{bar_w:.3}%\" height=\"{h:.2}\" fill=\"{colour}\"/>"
             );
         }
         out.push_str("</g>");
     }
-    let last = o.buckets.len() - 1;
-    let mut marks = vec![(0, "start")];
-    if last >= 2 {
-        marks.push((last / 2, "middle"));
+    // Time labels: clock-aligned buckets, the time on the first line and
+    // the date on the second when it changes (or for day buckets).
+    let starts: Vec<i64> = o.buckets.iter().map(|b| b.start.0.as_second()).collect();
+    let interval = label_interval(&starts, o.bucket_seconds);
+    let mut labelled: Vec<usize> = (0..starts.len())
+        .filter(|&i| starts[i].rem_euclid(interval) == 0)
+        .collect();
+    if labelled.is_empty() {
+        labelled.push(0);
     }
-    if last >= 1 {
-        marks.push((last, "end"));
-    }
-    for (i, anchor) in marks {
-        let x = left + i as f64 * step + bar_w / 2.0;
+    let daily = o.bucket_seconds >= 86_400;
+    let mut last_date = String::new();
+    for i in labelled {
+        let text = o.buckets[i].start.to_string();
+        let (date, time) = (text.get(..10).unwrap_or(""), text.get(11..16).unwrap_or(""));
+        let x = (i as f64 + 0.5) * slot;
+        let anchor = if x < 3.0 {
+            "start"
+        } else if x > 97.0 {
+            "end"
+        } else {
+            "middle"
+        };
         let _ = write!(
             out,
-            "<text x=\"{x:.2}\" y=\"{}\" text-anchor=\"{anchor}\">{}</text>",
-            base + 16.0,
-            bucket_label(&o.buckets[i])
+            "<line x1=\"{x:.3}%\" y1=\"{base:.1}\" x2=\"{x:.3}%\" y2=\"{:.1}\" stroke=\"#999\"/>",
+            base + 5.0
         );
+        let first = if daily { date } else { time };
+        let _ = write!(
+            out,
+            "<text class=\"x-tick\" x=\"{x:.3}%\" y=\"{:.1}\" text-anchor=\"{anchor}\">{first}</text>",
+            base + 20.0
+        );
+        if !daily && date != last_date {
+            let _ = write!(
+                out,
+                "<text class=\"x-date\" x=\"{x:.3}%\" y=\"{:.1}\" text-anchor=\"{anchor}\">{date}</text>",
+                base + 38.0
+            );
+        }
+        last_date = date.to_owned();
     }
-    out.push_str("</svg>");
+    out.push_str("</svg></div>");
     let items: Vec<(&str, String)> = ACTION_COLOURS
         .iter()
         .zip(ACTION_NAMES)
@@ -246,7 +381,7 @@ fn over_time_figure(out: &mut String, s: &Summary) {
 
 fn client_share_figure(out: &mut String, s: &Summary) {
     out.push_str(
-        "<figure id=\"share-by-client\"><figcaption>Share of records by client</figcaption>",
+        "<figure id=\"share-by-client\"><figcaption>Share of policy decisions by client</figcaption>",
     );
     if s.records == 0 || s.by_client.is_empty() {
         out.push_str("<p class=\"empty\">No records.</p></figure>\n");
@@ -262,23 +397,24 @@ fn client_share_figure(out: &mut String, s: &Summary) {
     if s.records > shown {
         slices.push(("others".to_owned(), s.records - shown));
     }
+    out.push_str("<div class=\"donut\">");
     out.push_str(
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"220\" height=\"220\" viewBox=\"0 0 220 220\" role=\"img\" aria-label=\"Share by client\">",
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"240\" height=\"240\" viewBox=\"0 0 240 240\" role=\"img\" aria-label=\"Share by client\">",
     );
     let mut offset = 0.0;
     let mut items = Vec::new();
     for (i, (name, count)) in slices.iter().enumerate() {
         let colour = if name == "others" && i == slices.len() - 1 {
-            SLICE_COLOURS[CHART_CLIENTS]
+            CLIENT_COLOURS[CHART_CLIENTS]
         } else {
-            SLICE_COLOURS[i % CHART_CLIENTS]
+            CLIENT_COLOURS[i % CHART_CLIENTS]
         };
         let share = percent(*count, s.records);
         // A circle drawn from the top, clockwise: pathLength 100 makes the
         // dash length the percentage.
         let _ = write!(
             out,
-            "<circle class=\"slice\" cx=\"110\" cy=\"110\" r=\"70\" fill=\"none\" stroke=\"{colour}\" stroke-width=\"40\" pathLength=\"100\" stroke-dasharray=\"{share:.3} {:.3}\" stroke-dashoffset=\"{:.3}\" transform=\"rotate(-90 110 110)\"><title>{}: {count} records ({share:.1}%)</title></circle>",
+            "<circle class=\"slice\" cx=\"120\" cy=\"120\" r=\"78\" fill=\"none\" stroke=\"{colour}\" stroke-width=\"44\" pathLength=\"100\" stroke-dasharray=\"{share:.3} {:.3}\" stroke-dashoffset=\"{:.3}\" transform=\"rotate(-90 120 120)\"><title>{}: {count} records ({share:.1}%)</title></circle>",
             100.0 - share,
             -offset,
             escape(name)
@@ -288,12 +424,12 @@ fn client_share_figure(out: &mut String, s: &Summary) {
     }
     out.push_str("</svg>");
     legend(out, &items);
-    out.push_str("</figure>\n");
+    out.push_str("</div></figure>\n");
 }
 
 fn unknown_figure(out: &mut String, s: &Summary) {
     out.push_str(
-        "<figure id=\"top-unknown-user-agents\"><figcaption>Top User-Agents the catalog did not recognise</figcaption>",
+        "<figure id=\"top-unknown-user-agents\"><figcaption>Top User-Agents the catalog did not recognise (records)</figcaption>",
     );
     let top: Vec<_> = s
         .unknown_user_agents
@@ -307,33 +443,24 @@ fn unknown_figure(out: &mut String, s: &Summary) {
         return;
     }
     let peak = top.iter().map(|u| u.count).max().unwrap_or(1).max(1);
-    let (width, label_w, row_h) = (900.0, 420.0, 24.0);
-    let bar_max = width - label_w - 70.0;
-    let height = row_h * top.len() as f64 + 8.0;
-    let _ = write!(
-        out,
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width}\" height=\"{height}\" viewBox=\"0 0 {width} {height}\" role=\"img\" aria-label=\"Top unknown User-Agents\">"
-    );
-    for (i, u) in top.iter().enumerate() {
-        let y = 4.0 + i as f64 * row_h;
-        let w = (u.count as f64 / peak as f64 * bar_max).max(1.0);
+    out.push_str("<div class=\"bars\">");
+    for u in top {
+        // At most 90% of the row, so the count fits after the bar.
+        let w = (u.count as f64 / peak as f64 * 90.0).max(0.3);
         let _ = write!(
             out,
-            "<g><title>{}: {} records, {} .. {}</title><text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">{}</text><rect class=\"ua-bar\" x=\"{label_w}\" y=\"{y:.1}\" width=\"{w:.2}\" height=\"{:.1}\" fill=\"#3465a4\"/><text x=\"{:.2}\" y=\"{:.1}\">{}</text></g>",
+            "<div class=\"label\" title=\"{}\">{}</div><svg xmlns=\"http://www.w3.org/2000/svg\" role=\"img\" aria-label=\"{} records\"><title>{}: {} records, {} .. {}</title><rect class=\"ua-bar\" x=\"0\" y=\"2\" width=\"{w:.2}%\" height=\"16\" fill=\"{UNKNOWN_BAR_COLOUR}\"/><text x=\"{w:.2}%\" dx=\"6\" y=\"15\">{}</text></svg>",
+            escape(&u.user_agent),
+            escape(&shorten(&u.user_agent, 80)),
+            u.count,
             escape(&u.user_agent),
             u.count,
             u.first_seen,
             u.last_seen,
-            label_w - 6.0,
-            y + 15.0,
-            escape(&shorten(&u.user_agent, 60)),
-            row_h - 6.0,
-            label_w + w + 4.0,
-            y + 15.0,
             u.count
         );
     }
-    out.push_str("</svg></figure>\n");
+    out.push_str("</div></figure>\n");
 }
 
 /// `<table>` with a header; cells are escaped; `numeric` columns align right.
@@ -374,7 +501,7 @@ fn key_rows(rows: &[KeyCount], whole: u64) -> Vec<Vec<String>> {
 }
 
 fn tables(out: &mut String, s: &Summary) {
-    out.push_str("<h2>Decisions by role and action</h2>\n");
+    out.push_str("<h2>Policy decisions by role and action</h2>\n");
     let mut rows: Vec<Vec<String>> = s
         .by_role_and_action
         .iter()
@@ -403,6 +530,7 @@ fn tables(out: &mut String, s: &Summary) {
         .map(|(n, c)| vec![(*n).to_owned(), c.to_string()])
         .collect();
     let (by_mode, by_support) = modes.split_at(s.by_mode.0.len());
+    out.push_str("<div class=\"wide\">");
     table(
         out,
         "by-mode",
@@ -417,8 +545,23 @@ fn tables(out: &mut String, s: &Summary) {
         &[false, true],
         by_support,
     );
+    table(
+        out,
+        "registers",
+        &["REGISTER", "Records"],
+        &[false, true],
+        &[
+            vec!["registrations".to_owned(), s.registers.register.to_string()],
+            vec![
+                "de-registrations".to_owned(),
+                s.registers.unregister.to_string(),
+            ],
+        ],
+    );
+    out.push_str("</div>");
 
     out.push_str("<h2>Clients</h2>\n");
+    let both = s.legs == "both";
     let rows: Vec<Vec<String>> = s
         .by_client
         .iter()
@@ -431,6 +574,9 @@ fn tables(out: &mut String, s: &Summary) {
                 format!("{:.1}%", percent(c.count, s.records)),
             ];
             row.extend(c.by_action.0.iter().map(|(_, n)| n.to_string()));
+            if both {
+                row.extend(c.by_leg.0.iter().map(|(_, n)| n.to_string()));
+            }
             row.push(
                 c.versions
                     .iter()
@@ -442,26 +588,17 @@ fn tables(out: &mut String, s: &Summary) {
             row
         })
         .collect();
-    table(
-        out,
-        "by-client",
-        &[
-            "Client",
-            "Support",
-            "Category",
-            "Records",
-            "Share",
-            "Allow",
-            "Flag",
-            "Reject",
-            "Drop",
-            "Versions seen",
-        ],
-        &[
-            false, false, false, true, true, true, true, true, true, false,
-        ],
-        &rows,
-    );
+    let mut header = vec![
+        "Client", "Support", "Category", "Records", "Share", "Allow", "Flag", "Reject", "Drop",
+    ];
+    let mut numeric = vec![false, false, false, true, true, true, true, true, true];
+    if both {
+        header.extend(["From client", "From registrar"]);
+        numeric.extend([true, true]);
+    }
+    header.push("Versions seen");
+    numeric.push(false);
+    table(out, "by-client", &header, &numeric, &rows);
 
     out.push_str("<h2>Monitor mode: what enforcing would change</h2>\n");
     let w = &s.would_reject;
@@ -471,6 +608,7 @@ fn tables(out: &mut String, s: &Summary) {
         w.total
     );
     if w.total > 0 {
+        out.push_str("<div class=\"wide\">");
         table(
             out,
             "would-reject-clients",
@@ -485,13 +623,19 @@ fn tables(out: &mut String, s: &Summary) {
             &[false, true, true],
             &key_rows(&w.by_rule, w.total),
         );
+        out.push_str("</div>");
     }
 
     out.push_str("<h2>Rejected and flagged</h2>\n");
     let r = &s.rejected_and_flagged;
     let whole = r.reject + r.flag;
-    let _ = writeln!(out, "<p>{} rejected, {} flagged.</p>", r.reject, r.flag);
+    let _ = writeln!(
+        out,
+        "<p>{} rejected, {} flagged by the policy (protocol answers are below, apart).</p>",
+        r.reject, r.flag
+    );
     if whole > 0 {
+        out.push_str("<div class=\"wide\">");
         table(
             out,
             "top-sources",
@@ -513,7 +657,10 @@ fn tables(out: &mut String, s: &Summary) {
             &[false, true, true],
             &key_rows(&r.workflows, whole),
         );
+        out.push_str("</div>");
     }
+
+    protocol_tables(out, s);
 
     out.push_str("<h2>User-Agents the catalog did not recognise</h2>\n");
     let rows: Vec<Vec<String>> = s
@@ -542,6 +689,7 @@ fn tables(out: &mut String, s: &Summary) {
         out.push_str(&escape(&snippets.join("\n")));
         out.push_str("</pre>\n");
     }
+    over_time_table(out, s);
     if s.not_itemised.total() > 0 {
         let _ = writeln!(
             out,
@@ -557,6 +705,101 @@ fn tables(out: &mut String, s: &Summary) {
             )
         );
     }
+}
+
+fn protocol_tables(out: &mut String, s: &Summary) {
+    out.push_str("<h2>Protocol and capacity answers (not policy decisions)</h2>\n");
+    let p = &s.protocol_answers;
+    let legs = p
+        .by_leg
+        .0
+        .iter()
+        .map(|(n, c)| format!("{n} {c}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let _ = writeln!(
+        out,
+        "<p>{} requests answered or dropped for a protocol or capacity reason ({legs}): malformed, loops, too many hops, flows that failed, the registrar unreachable or busy, timeouts, rate limits, bans. Not counted under the clients, actions and policy rules above.</p>",
+        p.total
+    );
+    if p.total == 0 {
+        return;
+    }
+    let rows: Vec<Vec<String>> = p
+        .by_rule
+        .iter()
+        .take(TOP_ROWS)
+        .map(|r| {
+            vec![
+                r.rule.clone(),
+                r.status.map_or("-".to_owned(), |s| s.to_string()),
+                r.count.to_string(),
+                format!("{:.1}%", percent(r.count, p.total)),
+            ]
+        })
+        .collect();
+    out.push_str("<div class=\"wide\">");
+    table(
+        out,
+        "protocol-answers",
+        &["Rule", "Status", "Records", "Share"],
+        &[false, true, true, true],
+        &rows,
+    );
+    table(
+        out,
+        "protocol-sources",
+        &["Source", "Records", "Share"],
+        &[false, true, true],
+        &key_rows(&p.sources, p.total),
+    );
+    out.push_str("</div>");
+}
+
+/// The table of the time chart: every bucket, as the plain report has it.
+fn over_time_table(out: &mut String, s: &Summary) {
+    let o = &s.over_time;
+    let _ = writeln!(
+        out,
+        "<h2>Decisions over time (per {}, UTC)</h2>",
+        escape(&o.bucket)
+    );
+    if o.buckets.is_empty() {
+        out.push_str("<p class=\"empty\">No records.</p>\n");
+        return;
+    }
+    let rows: Vec<Vec<String>> = o
+        .buckets
+        .iter()
+        .map(|b| {
+            vec![
+                b.start.to_string(),
+                b.total().to_string(),
+                b.allow.to_string(),
+                b.flag.to_string(),
+                b.reject.to_string(),
+                b.drop.to_string(),
+                b.would_reject.to_string(),
+                b.protocol.to_string(),
+            ]
+        })
+        .collect();
+    table(
+        out,
+        "over-time",
+        &[
+            "Start",
+            "Policy decisions",
+            "Allow",
+            "Flag",
+            "Reject",
+            "Drop",
+            "Would reject",
+            "Protocol answers",
+        ],
+        &[false, true, true, true, true, true, true, true],
+        &rows,
+    );
 }
 
 #[cfg(test)]

@@ -14,6 +14,12 @@
 //!   key bytes each; records past that are counted as `not_itemised`).
 //! - A line that is not a decision record (as [`crate::observe::DecisionRecord`]
 //!   reads it) is counted in `malformed_lines` and skipped.
+//! - Policy decisions are counted each call once per client ([`Legs::Once`]:
+//!   the client's leg, and the registrar's leg only when it carries a
+//!   decision the client's leg did not; see
+//!   [`crate::observe::decision_log::counted_once`]), or on both legs
+//!   ([`Legs::Both`]). Protocol and capacity answers (`kind` `protocol`)
+//!   are counted apart, never as policy decisions.
 //! - Versions are not in the records: the report reads them from each
 //!   record's User-Agent with the catalog (the shipped one, or the one of
 //!   `--config`), and counts them only when that catalog names the same
@@ -42,6 +48,29 @@ pub use input::{open_logs, read_log, OpenLog};
 pub use record::RecordView;
 pub use summary::Summary;
 pub use tally::Tally;
+
+/// Which policy records the decision tables count (`--legs`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Legs {
+    /// Each call once per client (the default): every record of the
+    /// client's leg, and a record of the registrar's leg only when it
+    /// carries a decision the client's leg did not
+    /// ([`crate::observe::decision_log::counted_once`]).
+    #[default]
+    Once,
+    /// Every policy record, on both legs.
+    Both,
+}
+
+impl Legs {
+    /// The name in `--legs` and the JSON's `legs`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Once => "once",
+            Self::Both => "both",
+        }
+    }
+}
 
 /// The records a report counts: `since` inclusive, `until` exclusive.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

@@ -155,6 +155,7 @@ pub fn render(s: &Summary) -> String {
     clients(&mut out, s);
     would_reject(&mut out, s);
     rejected_and_flagged(&mut out, s);
+    protocol_answers(&mut out, s);
     unknown_user_agents(&mut out, s);
     over_time(&mut out, s);
     not_itemised(&mut out, s);
@@ -167,8 +168,38 @@ fn overview(out: &mut String, s: &Summary) {
     let _ = writeln!(out, "Logs:         {}", cell(&s.logs.join(", ")));
     let _ = writeln!(
         out,
-        "Records:      {} ({} malformed lines skipped, {} records outside the time range)",
-        s.records, s.malformed_lines, s.outside_time_range
+        "Records:      {} read ({} malformed lines skipped, {} records outside the time range)",
+        s.records_read, s.malformed_lines, s.outside_time_range
+    );
+    let repeats = s.records_read - s.records - s.protocol_answers.total;
+    let _ = writeln!(
+        out,
+        "Decisions:    {} policy decisions counted, {}",
+        s.records,
+        if s.legs == "both" {
+            "both legs of each call (--legs both)".to_owned()
+        } else {
+            format!(
+                "each call once per client ({repeats} registrar-leg repeats left out; --legs both counts them)"
+            )
+        }
+    );
+    let _ = writeln!(
+        out,
+        "Protocol:     {} protocol and capacity answers, counted apart (not policy decisions)",
+        s.protocol_answers.total
+    );
+    let leg = |l: &super::summary::LegCounts| {
+        format!(
+            "{} ({} policy, {} protocol)",
+            l.records, l.policy, l.protocol
+        )
+    };
+    let _ = writeln!(
+        out,
+        "Legs:         from clients {}, from the registrar {}",
+        leg(&s.by_leg.from_client),
+        leg(&s.by_leg.from_registrar)
     );
     let bound = |b: &Option<super::summary::Millis>| b.map_or("-".to_owned(), |t| t.to_string());
     if s.since.is_some() || s.until.is_some() {
@@ -188,7 +219,7 @@ fn overview(out: &mut String, s: &Summary) {
 }
 
 fn decisions(out: &mut String, s: &Summary) {
-    heading(out, "Decisions by role and action");
+    heading(out, "Policy decisions by role and action");
     let mut t = Table::new(&[
         ("ROLE", Align::Left),
         ("RECORDS", Align::Right),
@@ -208,13 +239,19 @@ fn decisions(out: &mut String, s: &Summary) {
     t.render(out);
     let _ = writeln!(out, "  Mode: {}", counts_line(&s.by_mode));
     let _ = writeln!(out, "  Support class: {}", counts_line(&s.by_support));
+    let _ = writeln!(
+        out,
+        "  REGISTERs: registrations {}, de-registrations {}",
+        s.registers.register, s.registers.unregister
+    );
     heading(out, "Policy rules");
     top_table(out, "RULE", &s.by_rule, s.records);
 }
 
 fn clients(out: &mut String, s: &Summary) {
     heading(out, "Clients");
-    let mut t = Table::new(&[
+    let both = s.legs == "both";
+    let mut columns = vec![
         ("CLIENT", Align::Left),
         ("SUPPORT", Align::Left),
         ("CATEGORY", Align::Left),
@@ -224,8 +261,15 @@ fn clients(out: &mut String, s: &Summary) {
         ("FLAG", Align::Right),
         ("REJECT", Align::Right),
         ("DROP", Align::Right),
-        ("VERSIONS SEEN", Align::Left),
-    ]);
+    ];
+    if both {
+        columns.extend([
+            ("FROM CLIENT", Align::Right),
+            ("FROM REGISTRAR", Align::Right),
+        ]);
+    }
+    columns.push(("VERSIONS SEEN", Align::Left));
+    let mut t = Table::new(&columns);
     for c in &s.by_client {
         let mut versions: Vec<String> = c
             .versions
@@ -244,6 +288,9 @@ fn clients(out: &mut String, s: &Summary) {
             percent(c.count, s.records),
         ];
         row.extend(c.by_action.0.iter().map(|(_, n)| n.to_string()));
+        if both {
+            row.extend(c.by_leg.0.iter().map(|(_, n)| n.to_string()));
+        }
         row.push(if versions.is_empty() {
             "-".to_owned()
         } else {
@@ -308,6 +355,37 @@ fn rejected_and_flagged(out: &mut String, s: &Summary) {
     );
 }
 
+fn protocol_answers(out: &mut String, s: &Summary) {
+    heading(out, "Protocol and capacity answers (not policy decisions)");
+    let p = &s.protocol_answers;
+    if p.total == 0 {
+        out.push_str("  none\n");
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "  {} answered or dropped for a protocol or capacity reason ({}); not counted under",
+        p.total,
+        counts_line(&p.by_leg)
+    );
+    out.push_str("  the clients, actions and policy rules above.\n");
+    let mut t = Table::new(&[
+        ("RECORDS", Align::Right),
+        ("STATUS", Align::Right),
+        ("RULE", Align::Left),
+    ]);
+    for r in p.by_rule.iter().take(TOP_ROWS) {
+        t.row(vec![
+            r.count.to_string(),
+            r.status.map_or("-".to_owned(), |s| s.to_string()),
+            r.rule.clone(),
+        ]);
+    }
+    t.render(out);
+    more(out, TOP_ROWS, p.by_rule.len(), "rules");
+    top_table(out, "SOURCE", &p.sources, p.total);
+}
+
 fn unknown_user_agents(out: &mut String, s: &Summary) {
     let records: u64 = s.unknown_user_agents.iter().map(|u| u.count).sum();
     heading(
@@ -358,6 +436,7 @@ fn unknown_user_agents(out: &mut String, s: &Summary) {
 fn over_time(out: &mut String, s: &Summary) {
     let o = &s.over_time;
     heading(out, &format!("Decisions over time (per {}, UTC)", o.bucket));
+    out.push_str("  RECORDS: policy decisions; PROTOCOL: protocol and capacity answers, apart.\n");
     if o.buckets.is_empty() {
         out.push_str("  none\n");
         return;
@@ -377,6 +456,7 @@ fn over_time(out: &mut String, s: &Summary) {
         ("REJECT", Align::Right),
         ("DROP", Align::Right),
         ("WOULD-REJECT", Align::Right),
+        ("PROTOCOL", Align::Right),
         ("", Align::Left),
     ]);
     for b in &o.buckets {
@@ -390,6 +470,7 @@ fn over_time(out: &mut String, s: &Summary) {
             b.reject.to_string(),
             b.drop.to_string(),
             b.would_reject.to_string(),
+            b.protocol.to_string(),
             "#".repeat(bar),
         ]);
     }

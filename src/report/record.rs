@@ -18,6 +18,7 @@ use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
 
 use crate::classify::{Category, Support};
+use crate::observe::decision_log::{counted_once, DecisionKind, Leg};
 use crate::observe::DecisionRecord;
 use crate::policy::{Action, Mode, SessionRole};
 use crate::transport::Transport;
@@ -33,6 +34,9 @@ pub struct RecordView<'a> {
     pub transport: Transport,
     /// Source `IP:port`.
     pub source: SocketAddr,
+    /// Which leg (`None` when missing: see [`RecordView::leg`]).
+    #[serde(default)]
+    pub leg: Option<Leg>,
     /// Request method.
     #[serde(borrow)]
     pub method: Text<'a>,
@@ -54,12 +58,19 @@ pub struct RecordView<'a> {
     /// Catalog id of the client the decision is about.
     #[serde(borrow)]
     pub client: Text<'a>,
+    /// Catalog id of the request's own User-Agent (empty when missing).
+    #[serde(borrow, default)]
+    pub sender_client: Text<'a>,
     /// The client's category.
     pub category: Category,
     /// The client's Response Group support.
     pub support: Support,
     /// Session role.
     pub role: SessionRole,
+    /// Policy decision or protocol answer (`None` when missing: see
+    /// [`RecordView::kind`]).
+    #[serde(default)]
+    pub kind: Option<DecisionKind>,
     /// What the filter did.
     pub action: Action,
     /// Policy rule that decided.
@@ -79,6 +90,13 @@ pub struct RecordView<'a> {
     /// Runtime configuration generation (0 when absent).
     #[serde(default)]
     pub generation: u64,
+    /// A registrar-leg request that came through sipadmit from a client
+    /// before (`false` when missing).
+    #[serde(default)]
+    pub spiral: bool,
+    /// A de-REGISTER (`false` when missing).
+    #[serde(default)]
+    pub unregister: bool,
 }
 
 impl<'a> RecordView<'a> {
@@ -88,12 +106,30 @@ impl<'a> RecordView<'a> {
         serde_json::from_slice(line).ok()
     }
 
+    /// The leg, defaulted for a line without it ([`Leg::default_for`]).
+    pub fn leg(&self) -> Leg {
+        self.leg.unwrap_or_else(|| Leg::default_for(self.role))
+    }
+
+    /// The kind, read from the rule for a line without it.
+    pub fn kind(&self) -> DecisionKind {
+        self.kind
+            .unwrap_or_else(|| DecisionKind::of_rule(self.rule.as_str()))
+    }
+
+    /// Whether this policy record counts once per call and client
+    /// ([`counted_once`]).
+    pub fn counted_once(&self) -> bool {
+        counted_once(self.leg(), self.role, self.spiral)
+    }
+
     /// The owned [`DecisionRecord`] with the same values.
     pub fn to_record(&self) -> DecisionRecord {
         DecisionRecord {
             ts: self.ts,
             transport: self.transport,
             source: self.source,
+            leg: self.leg,
             method: self.method.to_string(),
             call_id: self.call_id.to_string(),
             from: self.from.to_string(),
@@ -101,9 +137,11 @@ impl<'a> RecordView<'a> {
             request_uri: self.request_uri.to_string(),
             user_agent: self.user_agent.as_ref().map(Text::to_string),
             client: self.client.to_string(),
+            sender_client: self.sender_client.to_string(),
             category: self.category,
             support: self.support,
             role: self.role,
+            kind: self.kind,
             action: self.action,
             rule: Cow::Owned(self.rule.to_string()),
             client_rule: self.client_rule.to_string(),
@@ -111,6 +149,8 @@ impl<'a> RecordView<'a> {
             mode: self.mode,
             would_reject: self.would_reject,
             generation: self.generation,
+            spiral: self.spiral,
+            unregister: self.unregister,
         }
     }
 }
@@ -171,13 +211,15 @@ fn rfc3339<'de, D: Deserializer<'de>>(d: D) -> Result<Timestamp, D::Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::observe::decision_log::{record_time, CONTRACT_FIELDS};
+    use crate::observe::decision_log::CONTRACT_FIELDS;
 
     fn record() -> DecisionRecord {
         DecisionRecord {
-            ts: record_time(),
+            // Fixed: two calls must give equal records.
+            ts: "2026-11-27T00:57:40.653Z".parse().unwrap(),
             transport: Transport::Tcp,
             source: "[::1]:5062".parse().unwrap(),
+            leg: Some(Leg::FromClient),
             method: "INVITE".into(),
             call_id: "a84b4c76e66710@pc33".into(),
             from: "sip:bob@contoso.com".into(),
@@ -185,9 +227,11 @@ mod tests {
             request_uri: "sip:helpdesk@contoso.com".into(),
             user_agent: Some("RTCC/7.0.0.0 UCWA/7.0.0.0 AndroidLync/6.25.0.27 (Nexus 5)".into()),
             client: "lync-mobile".into(),
+            sender_client: "lync-mobile".into(),
             category: Category::Mobile,
             support: Support::Unsupported,
             role: SessionRole::Caller,
+            kind: Some(DecisionKind::Policy),
             action: Action::Reject,
             rule: Cow::Borrowed("caller.unsupported"),
             client_rule: "lync-mobile#4".into(),
@@ -195,6 +239,8 @@ mod tests {
             mode: Mode::Enforce,
             would_reject: false,
             generation: 3,
+            spiral: false,
+            unregister: false,
         }
     }
 
@@ -219,6 +265,22 @@ mod tests {
         // Escapes: quotes, backslashes, control characters, non-ASCII.
         r.user_agent = Some("Odd \"UA\" \\ \u{1}\t<b>é中".into());
         r.from = "sip:\"x\"@example.com".into();
+        variants.push(r);
+        // The registrar's leg of a call relayed from a client; a protocol
+        // answer; a de-REGISTER.
+        let mut r = record();
+        r.leg = Some(Leg::FromRegistrar);
+        r.spiral = true;
+        r.sender_client = "response-group-service".into();
+        variants.push(r);
+        let mut r = record();
+        r.kind = Some(DecisionKind::Protocol);
+        r.rule = Cow::Borrowed("proxy.malformed");
+        r.status = Some(400);
+        variants.push(r);
+        let mut r = record();
+        r.method = "REGISTER".into();
+        r.unregister = true;
         variants.push(r);
         for r in variants {
             let text = line(&r);
@@ -262,11 +324,78 @@ mod tests {
     /// out: those defaulted.
     fn defaulted(r: &DecisionRecord) -> DecisionRecord {
         DecisionRecord {
+            leg: None,
+            sender_client: String::new(),
+            kind: None,
             client_rule: String::new(),
             would_reject: false,
             generation: 0,
+            spiral: false,
+            unregister: false,
             ..r.clone()
         }
+    }
+
+    /// A line without `leg` (an older log): an agent offer's leg is the
+    /// registrar's, any other record's the client's; without `kind`, the
+    /// rule says: `proxy.*`, `rate_limit.*`, `ban.*` are protocol answers.
+    #[test]
+    fn leg_and_kind_of_a_line_without_them_are_read_from_role_and_rule() {
+        for (role, rule, leg, kind) in [
+            (
+                SessionRole::Caller,
+                "caller.unsupported",
+                Leg::FromClient,
+                DecisionKind::Policy,
+            ),
+            (
+                SessionRole::AgentOffer,
+                "agent-offer.unsupported",
+                Leg::FromRegistrar,
+                DecisionKind::Policy,
+            ),
+            (
+                SessionRole::None,
+                "proxy.malformed",
+                Leg::FromClient,
+                DecisionKind::Protocol,
+            ),
+            (
+                SessionRole::None,
+                "rate_limit.requests",
+                Leg::FromClient,
+                DecisionKind::Protocol,
+            ),
+            (
+                SessionRole::None,
+                "ban.scanner",
+                Leg::FromClient,
+                DecisionKind::Protocol,
+            ),
+            (
+                SessionRole::None,
+                "scanner",
+                Leg::FromClient,
+                DecisionKind::Policy,
+            ),
+        ] {
+            let mut r = record();
+            r.role = role;
+            r.rule = Cow::Borrowed(rule);
+            let text = serde_json::Value::Object(contract_only(&r)).to_string();
+            let view = RecordView::parse(text.as_bytes()).unwrap();
+            let owned = read(&text).unwrap();
+            assert_eq!((view.leg(), view.kind()), (leg, kind), "{rule}");
+            assert_eq!((owned.leg(), owned.kind()), (leg, kind), "{rule}");
+            // Old logs count every record: nothing is a spiral.
+            assert!(view.counted_once() && owned.counted_once());
+        }
+        // Written: leg and kind as they are, spiral and unregister only when true.
+        let object: Object = serde_json::from_str(&line(&record())).unwrap();
+        assert_eq!(object["leg"], "from_client");
+        assert_eq!(object["kind"], "policy");
+        assert_eq!(object["sender_client"], "lync-mobile");
+        assert!(!object.contains_key("spiral") && !object.contains_key("unregister"));
     }
 
     #[test]

@@ -58,8 +58,28 @@ impl Serialize for NamedCounts {
 pub struct Summary {
     /// The logs read, as named on the command line (`stdin` for stdin).
     pub logs: Vec<String>,
-    /// Valid decision records counted (inside the time range).
+    /// Which records the decision tables count: `once` (each call once
+    /// per client: the client's leg, and the registrar's leg only when it
+    /// carries a decision the client's leg did not) or `both` (`--legs
+    /// both`: every policy record).
+    pub legs: &'static str,
+    /// Valid decision records inside the time range, of every kind and
+    /// leg: `records`, plus `protocol_answers.total`, plus the
+    /// registrar-leg repeats `--legs once` leaves out.
+    pub records_read: u64,
+    /// Policy decision records counted in the decision tables (`by_action`,
+    /// `by_client`, ...): inside the time range, not protocol answers, and
+    /// as `legs` says.
     pub records: u64,
+    /// Records read per leg: `records`, `policy` decisions, `protocol`
+    /// answers, and the policy decisions `counted`.
+    pub by_leg: ByLeg,
+    /// Counted REGISTER decisions: registrations and de-registrations.
+    pub registers: Registers,
+    /// Local answers for protocol or capacity reasons (rules `proxy.*`,
+    /// `rate_limit.*`, `ban.*`): not policy decisions, counted here only
+    /// (both legs).
+    pub protocol_answers: ProtocolAnswers,
     /// Lines that were not decision records (skipped).
     pub malformed_lines: u64,
     /// Valid records outside `--since` / `--until` (skipped).
@@ -127,6 +147,8 @@ pub struct ClientSummary {
     pub support: &'static str,
     /// Records by action.
     pub by_action: NamedCounts,
+    /// Records by leg: `from_client`, `from_registrar`.
+    pub by_leg: NamedCounts,
     /// Versions read from the records' User-Agents with the catalog.
     pub versions: Vec<VersionCount>,
     /// Records that gave no version: no version in the User-Agent, no
@@ -136,6 +158,62 @@ pub struct ClientSummary {
     /// Records whose User-Agent the report's catalog classifies as another
     /// client than the record names (the catalog changed since).
     pub reclassified: u64,
+}
+
+/// The records of one leg.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct LegCounts {
+    /// Records read (inside the time range).
+    pub records: u64,
+    /// Policy decisions among them.
+    pub policy: u64,
+    /// Protocol and capacity answers among them.
+    pub protocol: u64,
+    /// Policy decisions counted in the decision tables.
+    pub counted: u64,
+}
+
+/// Records per leg.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct ByLeg {
+    /// Requests that came from a client.
+    pub from_client: LegCounts,
+    /// Requests that came from the registrar.
+    pub from_registrar: LegCounts,
+}
+
+/// Counted REGISTER decisions.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Registers {
+    /// REGISTERs that add or refresh bindings (or query them).
+    pub register: u64,
+    /// De-REGISTERs (`unregister`: `Contact: *`, or every Contact expiring at once).
+    pub unregister: u64,
+}
+
+/// Local answers for protocol or capacity reasons.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProtocolAnswers {
+    /// Records.
+    pub total: u64,
+    /// Records by leg.
+    pub by_leg: NamedCounts,
+    /// Records by rule and status.
+    pub by_rule: Vec<ProtocolRule>,
+    /// Records by source IP address.
+    pub sources: Vec<KeyCount>,
+}
+
+/// The protocol answers of one rule with one status.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ProtocolRule {
+    /// The rule, e.g. `proxy.malformed`.
+    pub rule: String,
+    /// The status answered; `null` when the request was dropped (an ACK,
+    /// a ban).
+    pub status: Option<u16>,
+    /// Records.
+    pub count: u64,
 }
 
 /// Records that showed one version.
@@ -254,10 +332,12 @@ pub struct TimeBucket {
     pub drop: u64,
     /// Records marked `would_reject` (counted under `flag` too).
     pub would_reject: u64,
+    /// Protocol and capacity answers (not in the counts above).
+    pub protocol: u64,
 }
 
 impl TimeBucket {
-    /// Records in the bucket.
+    /// Policy decisions in the bucket (protocol answers not included).
     pub fn total(&self) -> u64 {
         self.allow + self.flag + self.reject + self.drop
     }

@@ -8,17 +8,19 @@ use std::net::IpAddr;
 use jiff::Timestamp;
 
 use crate::classify::{Catalog, Category, Support, Version, CLIENT_UNKNOWN};
+use crate::observe::decision_log::{DecisionKind, Leg};
 use crate::policy::{Action, Mode, SessionRole};
 
 use super::capped::CappedTable;
 use super::record::RecordView;
 use super::snippet::{catalog_snippet, match_rule, Covered, MatchRule};
 use super::summary::{
-    CatalogSnippet, ClientSummary, KeyCount, Millis, NamedCounts, RejectedAndFlagged, RoleActions,
-    Summary, UnknownUserAgent, VersionCount, WouldReject,
+    ByLeg, CatalogSnippet, ClientSummary, KeyCount, LegCounts, Millis, NamedCounts,
+    ProtocolAnswers, ProtocolRule, Registers, RejectedAndFlagged, RoleActions, Summary,
+    UnknownUserAgent, VersionCount, WouldReject,
 };
 use super::timeline::Timeline;
-use super::TimeRange;
+use super::{Legs, TimeRange};
 
 /// Versions tracked per client: 100 (more are counted as not itemised).
 pub const MAX_VERSIONS_PER_CLIENT: usize = 100;
@@ -49,6 +51,13 @@ fn role_index(r: SessionRole) -> usize {
         SessionRole::AgentOffer => 1,
         SessionRole::AgentRegistration => 2,
         SessionRole::None => 3,
+    }
+}
+
+fn leg_index(l: Leg) -> usize {
+    match l {
+        Leg::FromClient => 0,
+        Leg::FromRegistrar => 1,
     }
 }
 
@@ -110,6 +119,7 @@ struct UserAgentClass<'c> {
 struct ClientTally {
     count: u64,
     by_action: [u64; 4],
+    by_leg: [u64; 2],
     /// Category and support of the latest record, and its time.
     latest: Option<(Timestamp, Category, Support)>,
     versions: CappedTable<Version, u64>,
@@ -122,6 +132,7 @@ impl Default for ClientTally {
         Self {
             count: 0,
             by_action: [0; 4],
+            by_leg: [0; 2],
             latest: None,
             versions: CappedTable::with_limits(MAX_VERSIONS_PER_CLIENT, usize::MAX),
             without_version: 0,
@@ -152,7 +163,18 @@ impl Seen {
 pub struct Tally<'c> {
     catalog: &'c Catalog,
     range: TimeRange,
+    legs: Legs,
+    /// Valid records inside the time range, of every kind and leg.
+    records_read: u64,
+    /// Policy records counted in the decision tables.
     records: u64,
+    by_leg: [LegCounts; 2],
+    /// Counted REGISTER records: registrations, de-registrations.
+    registers: [u64; 2],
+    protocol_by_leg: [u64; 2],
+    /// Protocol answers by `rule status` (status `none` for drops).
+    protocol_rules: CappedTable<String, u64>,
+    protocol_sources: CappedTable<IpAddr, u64>,
     malformed_lines: u64,
     outside_time_range: u64,
     first: Option<Timestamp>,
@@ -183,7 +205,14 @@ impl<'c> Tally<'c> {
         Self {
             catalog,
             range,
+            legs: Legs::Once,
+            records_read: 0,
             records: 0,
+            by_leg: [LegCounts::default(); 2],
+            registers: [0; 2],
+            protocol_by_leg: [0; 2],
+            protocol_rules: CappedTable::default(),
+            protocol_sources: CappedTable::default(),
             malformed_lines: 0,
             outside_time_range: 0,
             first: None,
@@ -206,6 +235,13 @@ impl<'c> Tally<'c> {
         }
     }
 
+    /// Count the records of `legs`: [`Legs::Once`] (the default) counts
+    /// each call once per client, [`Legs::Both`] every policy record.
+    pub fn counting(mut self, legs: Legs) -> Self {
+        self.legs = legs;
+        self
+    }
+
     /// Count one log line (without its line break): a decision record, or
     /// a malformed line.
     pub fn add_line(&mut self, line: &[u8]) {
@@ -220,15 +256,33 @@ impl<'c> Tally<'c> {
         self.malformed_lines += 1;
     }
 
-    /// Count one record.
+    /// Count one record: a protocol answer in its own tables; a policy
+    /// decision in the decision tables when `legs` counts it (see
+    /// [`crate::observe::decision_log::counted_once`]).
     pub fn add(&mut self, r: &RecordView<'_>) {
         if !self.range.contains(r.ts) {
             self.outside_time_range += 1;
             return;
         }
-        self.records += 1;
+        self.records_read += 1;
         self.first = Some(self.first.map_or(r.ts, |f| f.min(r.ts)));
         self.last = Some(self.last.map_or(r.ts, |l| l.max(r.ts)));
+        let leg = leg_index(r.leg());
+        self.by_leg[leg].records += 1;
+        if r.kind() == DecisionKind::Protocol {
+            self.by_leg[leg].protocol += 1;
+            self.add_protocol(r, leg);
+            return;
+        }
+        self.by_leg[leg].policy += 1;
+        if self.legs == Legs::Once && !r.counted_once() {
+            return;
+        }
+        self.by_leg[leg].counted += 1;
+        self.records += 1;
+        if r.method.as_str() == "REGISTER" {
+            self.registers[usize::from(r.unregister)] += 1;
+        }
         let action = action_index(r.action);
         let role = role_index(r.role);
         self.by_role_action[role][action] += 1;
@@ -237,7 +291,7 @@ impl<'c> Tally<'c> {
         self.by_category[category_index(r.category)] += 1;
         self.rules.count(r.rule.as_str());
         self.timeline.add(r.ts, action, r.would_reject);
-        self.add_client(r, action);
+        self.add_client(r, action, leg);
         if r.would_reject {
             self.would_reject_by_role[role] += 1;
             self.would_reject_clients.count(r.client.as_str());
@@ -261,7 +315,18 @@ impl<'c> Tally<'c> {
         }
     }
 
-    fn add_client(&mut self, r: &RecordView<'_>, action: usize) {
+    fn add_protocol(&mut self, r: &RecordView<'_>, leg: usize) {
+        self.protocol_by_leg[leg] += 1;
+        self.timeline.add_protocol(r.ts);
+        let key = match r.status {
+            Some(status) => format!("{} {status}", r.rule),
+            None => format!("{} none", r.rule),
+        };
+        self.protocol_rules.count(key.as_str());
+        self.protocol_sources.count(&r.source.ip());
+    }
+
+    fn add_client(&mut self, r: &RecordView<'_>, action: usize, leg: usize) {
         let class = match (&r.user_agent, r.role) {
             (Some(ua), role) if role != SessionRole::AgentOffer => Some(self.classify(ua.as_str())),
             _ => None,
@@ -271,6 +336,7 @@ impl<'c> Tally<'c> {
         };
         client.count += 1;
         client.by_action[action] += 1;
+        client.by_leg[leg] += 1;
         if client.latest.is_none_or(|(t, _, _)| r.ts >= t) {
             client.latest = Some((r.ts, r.category, r.support));
         }
@@ -331,11 +397,29 @@ impl<'c> Tally<'c> {
                 "unknown_user_agents",
                 self.unknown_user_agents.not_itemised(),
             ),
+            ("protocol_rules", self.protocol_rules.not_itemised()),
+            ("protocol_sources", self.protocol_sources.not_itemised()),
         ]);
         let (unknown_user_agents, catalog_snippets) = self.unknown_summary();
         Summary {
             logs: Vec::new(),
+            legs: self.legs.as_str(),
+            records_read: self.records_read,
             records: self.records,
+            by_leg: ByLeg {
+                from_client: self.by_leg[0],
+                from_registrar: self.by_leg[1],
+            },
+            registers: Registers {
+                register: self.registers[0],
+                unregister: self.registers[1],
+            },
+            protocol_answers: ProtocolAnswers {
+                total: self.protocol_by_leg.iter().sum(),
+                by_leg: named(Leg::ALL, Leg::as_str, &self.protocol_by_leg),
+                by_rule: protocol_rules(self.protocol_rules),
+                sources: address_counts(self.protocol_sources),
+            },
             malformed_lines: self.malformed_lines,
             outside_time_range: self.outside_time_range,
             since: self.range.since.map(Millis),
@@ -473,6 +557,30 @@ fn key_counts(table: CappedTable<String, u64>, field: &'static str) -> Vec<KeyCo
         .collect()
 }
 
+/// `rule status` keys as rules with their status, by count descending,
+/// then rule and status ascending (no status: a drop, first).
+fn protocol_rules(table: CappedTable<String, u64>) -> Vec<ProtocolRule> {
+    let mut rules: Vec<ProtocolRule> = table
+        .into_entries()
+        .into_iter()
+        .map(|(key, count)| {
+            let (rule, status) = key.rsplit_once(' ').unwrap_or((key.as_str(), "none"));
+            ProtocolRule {
+                rule: rule.to_owned(),
+                status: status.parse().ok(),
+                count,
+            }
+        })
+        .collect();
+    rules.sort_by(|a, b| {
+        b.count
+            .cmp(&a.count)
+            .then_with(|| a.rule.cmp(&b.rule))
+            .then_with(|| a.status.cmp(&b.status))
+    });
+    rules
+}
+
 fn address_counts(table: CappedTable<IpAddr, u64>) -> Vec<KeyCount> {
     let mut entries = table.into_entries();
     entries.sort_by(|(a, x), (b, y)| y.cmp(x).then_with(|| a.cmp(b)));
@@ -503,6 +611,7 @@ fn clients_summary(table: CappedTable<String, ClientTally>) -> Vec<ClientSummary
                 category: category.as_str(),
                 support: support.as_str(),
                 by_action: named(ACTIONS, Action::as_str, &t.by_action),
+                by_leg: named(Leg::ALL, Leg::as_str, &t.by_leg),
                 versions: versions
                     .into_iter()
                     .map(|(v, count)| VersionCount {
@@ -547,6 +656,7 @@ mod tests {
             ts: at.parse().unwrap(),
             transport: Transport::Udp,
             source: "192.0.2.10:5060".parse().unwrap(),
+            leg: Some(Leg::default_for(role)),
             method: if role == SessionRole::AgentRegistration {
                 "REGISTER".into()
             } else {
@@ -558,9 +668,11 @@ mod tests {
             request_uri: "sip:helpdesk@contoso.com".into(),
             user_agent: ua.map(str::to_owned),
             client: c.client.id.clone(),
+            sender_client: c.client.id.clone(),
             category: c.client.category,
             support: c.client.support,
             role,
+            kind: Some(DecisionKind::Policy),
             action,
             rule: Cow::Borrowed("caller.unsupported"),
             client_rule: c.rule.to_owned(),
@@ -568,6 +680,8 @@ mod tests {
             mode: Mode::Enforce,
             would_reject: false,
             generation: 1,
+            spiral: false,
+            unregister: false,
         }
     }
 
@@ -673,6 +787,127 @@ mod tests {
         assert_eq!(s.would_reject.by_client[0].key, "lync-mobile");
         assert_eq!(s.over_time.bucket, "minute");
         assert_eq!(s.over_time.buckets.len(), 6);
+    }
+
+    const BARESIP: &str = "baresip v1.0.0 (x86_64/linux)";
+
+    /// A baresip call to a Lync user recorded on both legs (the registrar
+    /// relays it back with sipadmit's own Via: a spiral), an agent offer
+    /// (the registrar's leg only), and a 400 for a malformed request from
+    /// baresip: by default baresip has one allowed call, no reject, and the
+    /// 400 is a protocol answer; `--legs both` counts the repeat too.
+    #[test]
+    fn a_call_counts_once_per_client_and_protocol_answers_apart() {
+        let client_leg = record(
+            "2026-11-27T10:00:00Z",
+            Some(BARESIP),
+            SessionRole::None,
+            Action::Allow,
+        );
+        let mut registrar_leg = client_leg.clone();
+        registrar_leg.ts = "2026-11-27T10:00:00.020Z".parse().unwrap();
+        registrar_leg.source = "192.0.2.1:5060".parse().unwrap();
+        registrar_leg.leg = Some(Leg::FromRegistrar);
+        registrar_leg.spiral = true;
+        let mut offer = record(
+            "2026-11-27T10:01:00Z",
+            Some(RGS),
+            SessionRole::AgentOffer,
+            Action::Reject,
+        );
+        offer.client = "lync-mobile".into();
+        offer.source = "192.0.2.1:5060".parse().unwrap();
+        offer.leg = Some(Leg::FromRegistrar);
+        offer.sender_client = "response-group-service".into();
+        let mut malformed = record(
+            "2026-11-27T10:02:00Z",
+            Some(BARESIP),
+            SessionRole::None,
+            Action::Reject,
+        );
+        malformed.rule = Cow::Borrowed("proxy.malformed");
+        malformed.kind = Some(DecisionKind::Protocol);
+        malformed.status = Some(400);
+        let records = [client_leg, registrar_leg, offer, malformed];
+
+        let s = summarise(&records, TimeRange::default());
+        assert_eq!((s.records_read, s.records), (4, 2));
+        assert_eq!(
+            s.by_action.0,
+            [("allow", 1), ("flag", 0), ("reject", 1), ("drop", 0)]
+        );
+        let baresip = s.by_client.iter().find(|c| c.client == "baresip").unwrap();
+        assert_eq!(baresip.count, 1);
+        assert_eq!(
+            baresip.by_action.get("reject"),
+            0,
+            "the 400 is no policy reject"
+        );
+        let mobile = s
+            .by_client
+            .iter()
+            .find(|c| c.client == "lync-mobile")
+            .unwrap();
+        assert_eq!(
+            (mobile.count, mobile.by_leg.get("from_registrar")),
+            (1, 1),
+            "the agent offer counts: only its leg decides it"
+        );
+        assert_eq!(
+            (s.by_leg.from_client.records, s.by_leg.from_client.counted),
+            (2, 1)
+        );
+        assert_eq!(
+            (
+                s.by_leg.from_registrar.policy,
+                s.by_leg.from_registrar.counted
+            ),
+            (2, 1)
+        );
+        assert_eq!(s.protocol_answers.total, 1);
+        assert_eq!(
+            s.protocol_answers.by_rule,
+            [super::super::summary::ProtocolRule {
+                rule: "proxy.malformed".into(),
+                status: Some(400),
+                count: 1
+            }]
+        );
+        assert!(s.by_rule.iter().all(|r| r.key != "proxy.malformed"));
+        assert_eq!(s.rejected_and_flagged.reject, 1, "the agent offer only");
+        let minutes: Vec<(u64, u64)> = s
+            .over_time
+            .buckets
+            .iter()
+            .map(|b| (b.total(), b.protocol))
+            .collect();
+        assert_eq!(minutes, [(1, 0), (1, 0), (0, 1)]);
+
+        let mut tally = Tally::new(catalog(), TimeRange::default()).counting(Legs::Both);
+        add_records(&mut tally, &records);
+        let both = tally.finish();
+        assert_eq!((both.legs, both.records), ("both", 3));
+        let baresip = both
+            .by_client
+            .iter()
+            .find(|c| c.client == "baresip")
+            .unwrap();
+        assert_eq!(
+            (baresip.count, baresip.by_leg.0.clone()),
+            (2, vec![("from_client", 1), ("from_registrar", 1)])
+        );
+        assert_eq!(both.protocol_answers.total, 1);
+    }
+
+    #[test]
+    fn de_registrations_are_counted_apart() {
+        let mut gone = allowed("2026-11-27T10:00:01Z", LYNC_2013);
+        gone.method = "REGISTER".into();
+        gone.unregister = true;
+        let mut here = allowed("2026-11-27T10:00:00Z", LYNC_2013);
+        here.method = "REGISTER".into();
+        let s = summarise(&[here, gone], TimeRange::default());
+        assert_eq!((s.registers.register, s.registers.unregister), (1, 1));
     }
 
     #[test]

@@ -20,14 +20,16 @@ const MINUTE: i64 = 60;
 const HOUR: i64 = 3600;
 const DAY: i64 = 86_400;
 
-/// Per-bucket counts: records by action (allow, flag, reject, drop) and
-/// those monitor mode marked `would_reject`.
+/// Per-bucket counts: policy decisions by action (allow, flag, reject,
+/// drop), those monitor mode marked `would_reject`, and protocol answers.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct BucketCounts {
     /// Records by action, in [`super::ACTIONS`] order.
     pub by_action: [u64; 4],
     /// Records marked `would_reject`.
     pub would_reject: u64,
+    /// Protocol and capacity answers.
+    pub protocol: u64,
 }
 
 impl BucketCounts {
@@ -36,6 +38,7 @@ impl BucketCounts {
             *a += b;
         }
         self.would_reject += other.would_reject;
+        self.protocol += other.protocol;
     }
 }
 
@@ -56,12 +59,26 @@ impl Default for Timeline {
 }
 
 impl Timeline {
-    /// Count one record at `ts`.
+    /// Count one policy decision at `ts`.
     pub fn add(&mut self, ts: Timestamp, action: usize, would_reject: bool) {
-        let key = ts.as_second().div_euclid(self.width) * self.width;
-        let counts = self.buckets.entry(key).or_default();
+        let counts = self.bucket(ts);
         counts.by_action[action] += 1;
         counts.would_reject += u64::from(would_reject);
+        self.bound();
+    }
+
+    /// Count one protocol answer at `ts`.
+    pub fn add_protocol(&mut self, ts: Timestamp) {
+        self.bucket(ts).protocol += 1;
+        self.bound();
+    }
+
+    fn bucket(&mut self, ts: Timestamp) -> &mut BucketCounts {
+        let key = ts.as_second().div_euclid(self.width) * self.width;
+        self.buckets.entry(key).or_default()
+    }
+
+    fn bound(&mut self) {
         if self.buckets.len() > MAX_TRACKED_BUCKETS {
             self.widen(next_width(self.width));
         }
@@ -111,6 +128,7 @@ impl Timeline {
                     reject: counts.by_action[2],
                     drop: counts.by_action[3],
                     would_reject: counts.would_reject,
+                    protocol: counts.protocol,
                 });
             }
             key += width;

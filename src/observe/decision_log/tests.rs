@@ -15,6 +15,7 @@ fn record(n: usize) -> DecisionRecord {
         ts: Timestamp::from_millisecond(1_795_740_000_000 + n as i64).unwrap(),
         transport: Transport::Udp,
         source: "192.0.2.7:5060".parse().unwrap(),
+        leg: Some(Leg::FromClient),
         method: "REGISTER".into(),
         call_id: format!("call-{n}@test"),
         from: "sip:alice@contoso.com".into(),
@@ -22,9 +23,11 @@ fn record(n: usize) -> DecisionRecord {
         request_uri: "sip:contoso.com".into(),
         user_agent: Some("UCCAPI/15.0.4481.1000 OC/15.0.4481.1000 (Microsoft Lync)".into()),
         client: "lync-2013".into(),
+        sender_client: "lync-2013".into(),
         category: Category::Desktop,
         support: Support::Supported,
         role: SessionRole::None,
+        kind: Some(DecisionKind::Policy),
         action: Action::Allow,
         rule: Cow::Borrowed("none.default"),
         client_rule: "lync-2013#1".into(),
@@ -32,6 +35,8 @@ fn record(n: usize) -> DecisionRecord {
         mode: Mode::Enforce,
         would_reject: false,
         generation: 1,
+        spiral: false,
+        unregister: false,
     }
 }
 
