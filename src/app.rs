@@ -34,7 +34,7 @@ use crate::observe::{DecisionLog, LogWriter};
 use crate::proxy::flow::FlowSigner;
 use crate::proxy::{Core, Destination, Inbound, Outbound, Outcome};
 use crate::reload::Reloader;
-use crate::transport::admission::{Admission, BanCause};
+use crate::transport::admission::{Admission, BanCause, BanScope};
 use crate::transport::stream::{self, Listener};
 use crate::transport::tls::{self, TlsContexts, TlsError, TlsListener};
 use crate::transport::upstream::{DatagramWatch, LinkSettings, QueueBudget, UpstreamLink};
@@ -615,13 +615,21 @@ async fn dispatch(
                 edge.upstream_watch.heard(core.metrics());
             }
             // A scanner banned by this message is dropped, and its record
-            // says why (see `Core::handle_banning`).
+            // says why (see `Core::handle_banning`). Over a connection the
+            // handshake proved its address: banned at once, from
+            // everything. A datagram's source may be forged: banned (from
+            // datagrams only) once its scanner traffic has gone on for
+            // `SCANNER_PROOF`; until then each is dropped by the policy.
             let admission = &mut edge.admission;
+            let scope = BanScope::earned_over(inbound.transport);
             let outcome = core.handle_banning(
                 &inbound,
                 started,
                 &|id, peer| senders.connections.is_open_to(id, peer),
-                &mut |source| admission.ban(source, BanCause::Scanner, started),
+                &mut |source| {
+                    (scope == BanScope::Everything || admission.scanner_datagram(source, started))
+                        && admission.ban(source, BanCause::Scanner, scope, started)
+                },
             );
             // A datagram sent is delivered as far as UDP can tell; the
             // stream link notes its own deliveries.

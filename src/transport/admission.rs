@@ -114,6 +114,48 @@ impl BanCause {
     }
 }
 
+/// What a ban blocks. A UDP datagram's source address can be forged (no
+/// handshake proves it), so a ban earned over UDP blocks only that
+/// address's datagrams: a forger cannot lock a victim's TCP and TLS
+/// clients out. A ban earned over a connection (the handshake proved the
+/// address) blocks everything from it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BanScope {
+    /// The source's UDP datagrams.
+    Datagrams,
+    /// Its datagrams, connections and stream messages.
+    Everything,
+}
+
+impl BanScope {
+    /// The scope of a ban earned over `transport`.
+    pub fn earned_over(transport: crate::transport::Transport) -> Self {
+        if transport.is_stream() {
+            Self::Everything
+        } else {
+            Self::Datagrams
+        }
+    }
+
+    /// Label in the ban log line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Datagrams => "udp",
+            Self::Everything => "all",
+        }
+    }
+}
+
+/// A scanner datagram alone proves nothing about its source address: the
+/// source is banned only when its scanner datagrams span at least this
+/// long (a scan goes on; a forged datagram is one), [`Admission::scanner_datagram`].
+pub const SCANNER_PROOF: Duration = Duration::from_secs(1);
+/// Scanner sightings are forgotten this long after the first.
+const SCANNER_SIGHTING_WINDOW: Duration = Duration::from_secs(60);
+/// Sources with a scanner sighting held at most (a flood of forged
+/// sources beyond this is dropped unbanned, as each datagram is anyway).
+const MAX_SCANNER_SIGHTINGS: usize = 65_536;
+
 /// What to do with one message from a source.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
@@ -182,6 +224,8 @@ struct Ban {
     /// The address whose message or connection set it off.
     source: IpAddr,
     cause: BanCause,
+    /// What it blocks.
+    scope: BanScope,
 }
 
 /// Bans in force, with a queue in expiry order.
@@ -237,6 +281,8 @@ pub struct Admission {
     upstream_sources: UpstreamSources,
     open: Mutex<HashMap<SourceKey, u32>>,
     bans: Mutex<Bans>,
+    /// When each source's first scanner datagram was seen (recent ones).
+    scanner_sightings: Mutex<HashMap<SourceKey, Instant>>,
     /// Bans held (`bans.by_source.len()`, kept under its lock), read
     /// without the lock: while there is none, a message's ban check takes
     /// no lock.
@@ -269,6 +315,7 @@ impl Admission {
             upstream_sources,
             open: Mutex::new(HashMap::new()),
             bans: Mutex::new(Bans::default()),
+            scanner_sightings: Mutex::new(HashMap::new()),
             bans_held: AtomicUsize::new(0),
             checks: AtomicU32::new(0),
             warnings: Mutex::new(WarningWindow::default()),
@@ -321,14 +368,21 @@ impl Admission {
             .max(1)
     }
 
-    /// Check one SIP message from `source` (keep-alives are not checked).
-    pub fn message(&self, source: SocketAddr, now: Instant) -> Verdict {
+    /// Check one SIP message from `source`, arrived over `transport`
+    /// (keep-alives are not checked).
+    pub fn message(
+        &self,
+        source: SocketAddr,
+        transport: crate::transport::Transport,
+        now: Instant,
+    ) -> Verdict {
         let limits = self.limits.load();
         if self.is_exempt_under(&limits.settings, source) {
             return Verdict::Pass;
         }
         let key = SourceKey::of(source.ip());
-        if self.is_banned(key, now) {
+        let scope = BanScope::earned_over(transport);
+        if self.is_banned(key, scope, now) {
             Metrics::inc(&self.metrics.banned_messages);
             return Verdict::Banned;
         }
@@ -338,7 +392,7 @@ impl Admission {
         }
         Metrics::inc(&self.metrics.rate_limited_messages);
         let banned = limits.request_strikes.check_key(&key).is_err()
-            && self.ban(source, BanCause::Requests, now);
+            && self.ban(source, BanCause::Requests, scope, now);
         if !banned {
             self.warn_over_limit(source, "messages over rate_limit.requests_per_second");
         }
@@ -363,7 +417,7 @@ impl Admission {
             });
         }
         let key = SourceKey::of(peer.ip());
-        if self.is_banned(key, now) {
+        if self.is_banned(key, BanScope::Everything, now) {
             Metrics::inc(&self.metrics.banned_connections);
             return Err(ConnectionRefusal::Banned);
         }
@@ -371,7 +425,7 @@ impl Admission {
         if limits.connections.check_key(&key).is_err() {
             Metrics::inc(&self.metrics.rate_limited_connections);
             if limits.connection_strikes.check_key(&key).is_err()
-                && self.ban(peer, BanCause::Connections, now)
+                && self.ban(peer, BanCause::Connections, BanScope::Everything, now)
             {
                 return Err(ConnectionRefusal::Banned);
             }
@@ -393,9 +447,36 @@ impl Admission {
         })
     }
 
-    /// Ban the source of `source` for `ban_secs` (nothing when it is exempt,
-    /// already banned, or bans are off). Returns whether it was banned now.
-    pub fn ban(&self, source: SocketAddr, cause: BanCause, now: Instant) -> bool {
+    /// A scanner datagram from `source` at `now`: whether its source has
+    /// now proven itself a scanner to be banned (its scanner datagrams span
+    /// [`SCANNER_PROOF`]). The first one only starts the clock: a single
+    /// forged datagram bans no one (it is dropped like any scanner's).
+    pub fn scanner_datagram(&self, source: SocketAddr, now: Instant) -> bool {
+        let key = SourceKey::of(source.ip());
+        let mut sightings = self
+            .scanner_sightings
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        match sightings.get(&key) {
+            Some(first) if now.saturating_duration_since(*first) >= SCANNER_PROOF => {
+                sightings.remove(&key);
+                true
+            }
+            Some(_) => false,
+            None => {
+                if sightings.len() < MAX_SCANNER_SIGHTINGS {
+                    sightings.insert(key, now);
+                }
+                false
+            }
+        }
+    }
+
+    /// Ban the source of `source` for `ban_secs`, blocking what `scope`
+    /// says (nothing when it is exempt, already banned as widely, or bans
+    /// are off; a datagram ban is widened by a later one over a
+    /// connection). Returns whether it was banned now.
+    pub fn ban(&self, source: SocketAddr, cause: BanCause, scope: BanScope, now: Instant) -> bool {
         let limits = self.limits.load();
         let Some(duration) = limits.settings.ban else {
             return false;
@@ -405,7 +486,9 @@ impl Admission {
         }
         let key = SourceKey::of(source.ip());
         let mut bans = self.lock_bans();
-        if bans.by_source.get(&key).is_some_and(|b| b.until > now) {
+        if bans.by_source.get(&key).is_some_and(|b| {
+            b.until > now && (b.scope == BanScope::Everything || scope == BanScope::Datagrams)
+        }) {
             return false;
         }
         if bans.by_source.len() >= MAX_BANS {
@@ -428,6 +511,7 @@ impl Admission {
                 until,
                 source: source.ip(),
                 cause,
+                scope,
             },
         );
         // In expiry order: at the back, unless a reload shortened ban_secs.
@@ -441,15 +525,17 @@ impl Admission {
             source = %source.ip(),
             banned = %key,
             rule = cause.rule(),
+            blocks = scope.as_str(),
             ban_secs = duration.as_secs(),
             "source banned"
         );
         true
     }
 
-    /// Whether the source of `ip` is banned at `now`.
-    pub fn is_banned_ip(&self, ip: IpAddr, now: Instant) -> bool {
-        self.is_banned(SourceKey::of(ip), now)
+    /// Whether the source of `ip` is banned at `now` from what `scope`
+    /// names (a datagram ban does not block connections).
+    pub fn is_banned_ip(&self, ip: IpAddr, scope: BanScope, now: Instant) -> bool {
+        self.is_banned(SourceKey::of(ip), scope, now)
     }
 
     /// Lift the bans that ran out (each logged), and forget the bucket
@@ -474,6 +560,10 @@ impl Admission {
                 bans.by_source = HashMap::new();
             }
         }
+        self.scanner_sightings
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|_, first| now.saturating_duration_since(*first) < SCANNER_SIGHTING_WINDOW);
         for limiter in self.limits.load().limiters() {
             limiter.retain_recent();
             limiter.shrink_to_fit();
@@ -503,14 +593,15 @@ impl Admission {
         }
     }
 
-    fn is_banned(&self, key: SourceKey, now: Instant) -> bool {
+    /// Whether `key` is banned at `now` from traffic of `scope`: a
+    /// datagram ban blocks datagrams only.
+    fn is_banned(&self, key: SourceKey, scope: BanScope, now: Instant) -> bool {
         if self.bans_held.load(Ordering::Relaxed) == 0 {
             return false;
         }
-        self.lock_bans()
-            .by_source
-            .get(&key)
-            .is_some_and(|b| b.until > now)
+        self.lock_bans().by_source.get(&key).is_some_and(|b| {
+            b.until > now && (b.scope == BanScope::Everything || scope == BanScope::Datagrams)
+        })
     }
 
     fn warn_over_limit(&self, source: SocketAddr, what: &'static str) {
@@ -558,6 +649,7 @@ pub fn per_second(n: u32) -> NonZeroU32 {
 mod tests {
     use super::*;
     use crate::policy::pattern::Network;
+    use crate::transport::Transport;
 
     fn settings(rps: u32, burst: u32) -> RateLimit {
         RateLimit {
@@ -602,7 +694,9 @@ mod tests {
         let a = admission(1, 5);
         let now = Instant::now();
         let flood = addr("192.0.2.1:5060");
-        let verdicts: Vec<Verdict> = (0..20).map(|_| a.message(flood, now)).collect();
+        let verdicts: Vec<Verdict> = (0..20)
+            .map(|_| a.message(flood, Transport::Udp, now))
+            .collect();
         assert!(
             verdicts[..5].iter().all(|v| *v == Verdict::Pass),
             "{verdicts:?}"
@@ -623,17 +717,24 @@ mod tests {
             .all(|v| *v == Verdict::Banned));
         assert_eq!(a.bans(), 1);
         // Another source, the trusted one and the registrar are untouched.
-        assert_eq!(a.message(addr("192.0.2.2:5060"), now), Verdict::Pass);
+        assert_eq!(
+            a.message(addr("192.0.2.2:5060"), Transport::Udp, now),
+            Verdict::Pass
+        );
         for exempt in ["127.0.0.9:1", "127.0.0.8:5070"] {
             for _ in 0..50 {
-                assert_eq!(a.message(addr(exempt), now), Verdict::Pass);
+                assert_eq!(a.message(addr(exempt), Transport::Udp, now), Verdict::Pass);
             }
-            assert!(!a.ban(addr(exempt), BanCause::Scanner, now));
+            assert!(!a.ban(addr(exempt), BanCause::Scanner, BanScope::Everything, now));
         }
         // The ban runs out after ban_secs.
         a.sweep(now + Duration::from_secs(301));
         assert_eq!(a.bans(), 0);
-        assert!(!a.is_banned_ip(flood.ip(), now + Duration::from_secs(301)));
+        assert!(!a.is_banned_ip(
+            flood.ip(),
+            BanScope::Everything,
+            now + Duration::from_secs(301)
+        ));
     }
 
     #[test]
@@ -661,8 +762,13 @@ mod tests {
         let now = Instant::now();
         let client = addr("192.0.2.20:5060");
         assert!(!a.reconfigure(settings(1000, 1000)), "unchanged");
-        assert!((0..10).all(|_| a.message(client, now) == Verdict::Pass));
-        assert!(a.ban(addr("198.51.100.9:5060"), BanCause::Scanner, now));
+        assert!((0..10).all(|_| a.message(client, Transport::Udp, now) == Verdict::Pass));
+        assert!(a.ban(
+            addr("198.51.100.9:5060"),
+            BanCause::Scanner,
+            BanScope::Everything,
+            now
+        ));
         // Slower and a shorter ban: the client is limited at once, the ban
         // in force stays, and a new ban expires first though made later.
         let mut slower = settings(1, 2);
@@ -670,7 +776,9 @@ mod tests {
         slower.over_limit = OverLimit::Drop;
         assert!(a.reconfigure(slower.clone()));
         assert_eq!(a.settings(), slower);
-        let verdicts: Vec<Verdict> = (0..3).map(|_| a.message(client, now)).collect();
+        let verdicts: Vec<Verdict> = (0..3)
+            .map(|_| a.message(client, Transport::Udp, now))
+            .collect();
         assert_eq!(verdicts[..2], [Verdict::Pass, Verdict::Pass]);
         assert_eq!(
             verdicts[2],
@@ -679,31 +787,100 @@ mod tests {
                 action: OverLimit::Drop
             }
         );
-        assert!(a.ban(addr("198.51.100.10:5060"), BanCause::Scanner, now));
+        assert!(a.ban(
+            addr("198.51.100.10:5060"),
+            BanCause::Scanner,
+            BanScope::Everything,
+            now
+        ));
         a.sweep(now + Duration::from_secs(11));
         assert_eq!(a.bans(), 1, "the 10 s ban ran out, the 300 s one did not");
-        assert!(a.is_banned_ip("198.51.100.9".parse().unwrap(), now));
+        assert!(a.is_banned_ip("198.51.100.9".parse().unwrap(), BanScope::Everything, now));
         // Bans off: the ones in force are lifted.
         let mut no_bans = slower;
         no_bans.ban = None;
         assert!(a.reconfigure(no_bans));
         assert_eq!(a.bans(), 0);
-        assert!(!a.is_banned_ip("198.51.100.9".parse().unwrap(), now));
+        assert!(!a.is_banned_ip("198.51.100.9".parse().unwrap(), BanScope::Everything, now));
     }
 
     #[test]
     fn bans_are_bounded_and_a_scanner_ban_is_logged_once() {
         let a = admission(100, 100);
         let now = Instant::now();
-        assert!(a.ban(addr("198.51.100.1:5060"), BanCause::Scanner, now));
+        assert!(a.ban(
+            addr("198.51.100.1:5060"),
+            BanCause::Scanner,
+            BanScope::Everything,
+            now
+        ));
         assert!(
-            !a.ban(addr("198.51.100.1:5061"), BanCause::Scanner, now),
+            !a.ban(
+                addr("198.51.100.1:5061"),
+                BanCause::Scanner,
+                BanScope::Everything,
+                now
+            ),
             "already banned"
         );
         for i in 0..(MAX_BANS as u32 + 10) {
             let ip = std::net::Ipv4Addr::from(0x0a00_0000 + i);
-            a.ban(SocketAddr::new(ip.into(), 1), BanCause::Requests, now);
+            a.ban(
+                SocketAddr::new(ip.into(), 1),
+                BanCause::Requests,
+                BanScope::Everything,
+                now,
+            );
         }
         assert_eq!(a.bans(), MAX_BANS);
+    }
+
+    /// A forged datagram cannot lock its "source" out of TCP and TLS: a
+    /// ban earned over UDP blocks datagrams only; one earned over a
+    /// connection blocks everything (and widens an earlier datagram ban).
+    #[test]
+    fn a_ban_earned_over_udp_blocks_datagrams_only() {
+        let a = admission(100, 100);
+        let now = Instant::now();
+        let victim = addr("198.51.100.20:5060");
+        assert!(a.ban(victim, BanCause::Scanner, BanScope::Datagrams, now));
+        assert_eq!(a.message(victim, Transport::Udp, now), Verdict::Banned);
+        assert_eq!(a.message(victim, Transport::Tcp, now), Verdict::Pass);
+        assert!(
+            a.connection(victim, now).is_ok(),
+            "connections are not blocked"
+        );
+        assert!(!a.is_banned_ip(victim.ip(), BanScope::Everything, now));
+        // A ban earned over a connection widens it.
+        assert!(a.ban(victim, BanCause::Scanner, BanScope::Everything, now));
+        assert_eq!(a.message(victim, Transport::Tls, now), Verdict::Banned);
+        assert!(a.connection(victim, now).is_err());
+        assert!(
+            !a.ban(victim, BanCause::Requests, BanScope::Datagrams, now),
+            "already banned as widely"
+        );
+    }
+
+    /// One scanner datagram proves nothing about its source; a scan that
+    /// goes on for SCANNER_PROOF does.
+    #[test]
+    fn a_scanner_datagram_alone_bans_no_one() {
+        let a = admission(100, 100);
+        let now = Instant::now();
+        let source = addr("198.51.100.21:5060");
+        assert!(
+            !a.scanner_datagram(source, now),
+            "the first starts the clock"
+        );
+        assert!(!a.scanner_datagram(source, now + SCANNER_PROOF / 2));
+        assert!(
+            a.scanner_datagram(source, now + SCANNER_PROOF),
+            "a scan goes on"
+        );
+        // Forgotten after the window: one more datagram alone bans no one.
+        let other = addr("198.51.100.22:5060");
+        assert!(!a.scanner_datagram(other, now));
+        a.sweep(now + SCANNER_SIGHTING_WINDOW);
+        assert!(!a.scanner_datagram(other, now + SCANNER_SIGHTING_WINDOW + SCANNER_PROOF));
     }
 }

@@ -452,7 +452,7 @@ pub fn admit(ctx: &TransportContext, inbound: Inbound) -> Admitted {
     }
     match ctx
         .admission
-        .message(inbound.source, std::time::Instant::now())
+        .message(inbound.source, inbound.transport, std::time::Instant::now())
     {
         Verdict::Pass => Admitted::Event(Event::Received(inbound), true),
         Verdict::Banned => {
