@@ -155,7 +155,10 @@ pub fn metrics_text(state: &AdminState) -> String {
         connections: TRANSPORTS
             .iter()
             .filter(|t| t.is_stream())
-            .map(|&t| (t, state.connections.count(t)))
+            .map(|&t| {
+                let opening = state.metrics.opening_connections(t) as usize;
+                (t, state.connections.count(t) + opening)
+            })
             .collect(),
         registrations: state.core.registrations().len(),
         registrations_pending: state.core.registrations().pending(),
@@ -166,6 +169,7 @@ pub fn metrics_text(state: &AdminState) -> String {
         client_transaction_bytes: state.core.client_transactions().accounted_bytes(),
         upstream_queue_bytes: state.upstream_queue.as_ref().map_or(0, |q| q.queued()),
         decision_records_dropped: state.decision_log.dropped(),
+        decision_records_lost: state.decision_log.lost(),
         config_generation: state.core.generation(),
         bans_in_force: state.admission.bans(),
         rate_limited_sources: state.admission.tracked_sources(),

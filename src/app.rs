@@ -641,6 +641,19 @@ async fn dispatch(
                         ..
                     })
                 );
+            // Counted as relayed once it is sent (the stream upstream's link
+            // counts what it writes itself).
+            let relayed_over = match &outcome.send {
+                Some(Outbound {
+                    to: Destination::Flow(flow),
+                    ..
+                }) => Some(flow.transport),
+                Some(Outbound {
+                    to: Destination::Upstream,
+                    ..
+                }) if to_udp_upstream => Some(Transport::Udp),
+                _ => None,
+            };
             // Kept once sent: a stream client's request leaving over UDP.
             let retransmit = outcome
                 .retransmit
@@ -651,6 +664,10 @@ async fn dispatch(
                 core.keep_transaction(key, send, inbound.clone(), started);
             }
             core.metrics().observe_handling(started.elapsed());
+            if let (Some(transport), Ok(())) = (relayed_over, &carried_out) {
+                core.metrics()
+                    .count_relayed(transport, MessageKind::of(&inbound.bytes));
+            }
             match carried_out {
                 Ok(()) if to_udp_upstream => {
                     core.metrics().note_upstream_sent();

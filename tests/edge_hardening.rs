@@ -848,7 +848,9 @@ fn the_tcp_listener_gets_the_configured_accept_queue() {
 #[test]
 fn silent_connections_hold_their_slots_only_until_the_message_deadline() {
     let registrar = Registrar::start();
-    let config = untrusted("[limits]\nmessage_deadline_secs = 2\nmax_connections = 60\n");
+    let config = untrusted(
+        "[limits]\nmessage_deadline_secs = 2\nmax_connections = 60\n[admin]\nlisten = \"127.0.0.1:0\"\n",
+    );
     let proxy = TestProxy::start(&config, "127.0.0.1", &registrar.upstream());
     let connect = |ip: &str| -> std::io::Result<TcpStream> {
         let socket =
@@ -866,6 +868,13 @@ fn silent_connections_hold_their_slots_only_until_the_message_deadline() {
         .map(|ip| connect(ip).unwrap())
         .collect();
     let started = Instant::now();
+    // Issue 18, item 6: connections waiting for their first byte hold
+    // slots, and the gauge says so.
+    let open = metric(
+        proxy.admin.unwrap(),
+        r#"sipadmit_open_connections{transport="tcp"}"#,
+    );
+    assert_eq!(open, 60.0, "silent connections are open connections");
     let (mut tries, mut served) = (0, 0);
     let mut first_served = None;
     while started.elapsed() < Duration::from_secs(6) {
@@ -892,4 +901,17 @@ fn silent_connections_hold_their_slots_only_until_the_message_deadline() {
         "served only after {first:?} (deadline 2 s)"
     );
     drop(silent);
+}
+
+/// One sample of `/metrics` on the admin listener at `admin` (0 when absent).
+fn metric(admin: SocketAddr, series: &str) -> f64 {
+    let mut conn = TcpStream::connect(admin).unwrap();
+    conn.set_read_timeout(Some(WAIT)).unwrap();
+    conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut text = String::new();
+    conn.read_to_string(&mut text).unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or(0.0)
 }

@@ -614,6 +614,11 @@ fn unreachable_tcp_upstream_gets_503_with_retry_after() {
     let (resp, _) = recv(&client);
     assert!(resp.starts_with("SIP/2.0 503 "), "{resp}");
     assert_eq!(header(&resp, "Retry-After"), ["30"]);
+    // Nothing reached the registrar, so nothing counts as relayed.
+    let metrics = proxy.stop();
+    use sipadmit::observe::metrics::MessageKind;
+    use sipadmit::transport::Transport;
+    assert_eq!(metrics.relayed(Transport::Tcp, MessageKind::Request), 0);
 }
 
 #[test]

@@ -269,6 +269,10 @@ pub struct Metrics {
     /// Requests relayed to a UDP upstream that then stayed silent (no
     /// message from it) for 10 s or more.
     pub upstream_silent_requests: AtomicU64,
+    /// Stream connections accepted and not yet served (their TLS handshake,
+    /// or the wait for a plain connection's first bytes), by transport:
+    /// they hold a connection slot too.
+    opening: [AtomicU64; TRANSPORTS.len()],
     /// Reads of stream connections that waited for the read buffer budget
     /// (`limits.read_buffer_budget_bytes`).
     pub read_budget_waits: AtomicU64,
@@ -310,6 +314,20 @@ pub struct Metrics {
     handling_sum_ns: AtomicU64,
 }
 
+/// A stream connection counted as opening until dropped
+/// ([`Metrics::opening`]).
+#[derive(Debug)]
+pub struct Opening {
+    metrics: std::sync::Arc<Metrics>,
+    transport: Transport,
+}
+
+impl Drop for Opening {
+    fn drop(&mut self) {
+        self.metrics.opening[transport_slot(self.transport)].fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// Values read at scrape time from the parts that own them.
 #[derive(Debug, Clone, Default)]
 pub struct Gauges {
@@ -334,6 +352,8 @@ pub struct Gauges {
     pub upstream_queue_bytes: usize,
     /// Decision records dropped because the log writer's queue was full.
     pub decision_records_dropped: u64,
+    /// Decision records lost to failed writes of the log.
+    pub decision_records_lost: u64,
     /// Generation of the runtime configuration in use (1 at start).
     pub config_generation: u64,
     /// Sources banned now (expired bans not swept yet included; at most
@@ -599,6 +619,21 @@ impl Metrics {
     /// Why the UDP upstream looks unreachable, unless it sent a message since.
     pub fn udp_upstream_unreachable(&self) -> Option<UpstreamFailure> {
         lock(&self.udp_upstream_unreachable).clone()
+    }
+
+    /// A connection over `transport` was accepted and is opening (its
+    /// slot taken); it stops counting when the guard is dropped.
+    pub fn opening(self: &std::sync::Arc<Self>, transport: Transport) -> Opening {
+        Self::inc(&self.opening[transport_slot(transport)]);
+        Opening {
+            metrics: self.clone(),
+            transport,
+        }
+    }
+
+    /// Connections over `transport` accepted and not yet served.
+    pub fn opening_connections(&self, transport: Transport) -> u64 {
+        self.opening[transport_slot(transport)].load(Ordering::Relaxed)
     }
 
     /// Messages not delivered to the upstream over a transport.
@@ -932,7 +967,7 @@ impl Metrics {
         out.family(
             "sipadmit_open_connections",
             "gauge",
-            "Open stream connections (clients and the upstream link), by transport.",
+            "Open stream connections (clients and the upstream link), by transport, including those accepted and still in their TLS handshake or waiting for their first byte (they hold a connection slot).",
         );
         for (transport, count) in &gauges.connections {
             out.sample(
@@ -997,16 +1032,21 @@ impl Metrics {
             out.family(name, "gauge", help);
             out.sample(name, &[], value as u64);
         }
-        out.family(
-            "sipadmit_decision_records_dropped_total",
-            "counter",
-            "Decision records dropped because the decision log writer's queue was full.",
-        );
-        out.sample(
-            "sipadmit_decision_records_dropped_total",
-            &[],
-            gauges.decision_records_dropped,
-        );
+        for (name, help, value) in [
+            (
+                "sipadmit_decision_records_dropped_total",
+                "Decision records dropped because the decision log writer's queue was full.",
+                gauges.decision_records_dropped,
+            ),
+            (
+                "sipadmit_decision_records_lost_total",
+                "Decision records lost to failed writes of the decision log (a full disk, a closed pipe).",
+                gauges.decision_records_lost,
+            ),
+        ] {
+            out.family(name, "counter", help);
+            out.sample(name, &[], value);
+        }
 
         out.family(
             "sipadmit_config_reloads_total",
@@ -1130,6 +1170,7 @@ mod tests {
             transactions: 8,
             transaction_table_bytes: 9,
             decision_records_dropped: 0,
+            decision_records_lost: 0,
             config_generation: 3,
             bans_in_force: 10,
             rate_limited_sources: 11,

@@ -372,7 +372,7 @@ impl Core {
             }
             self.metrics.count_drop(DropReason::Banned);
         }
-        self.count_outcome(kind, &outcome);
+        self.count_outcome(&outcome);
         outcome
     }
 
@@ -427,7 +427,7 @@ impl Core {
         };
         let outcome = self.refuse(&ctx, None, refusal);
         let outcome = self.record_once(&view, RecordKind::UpstreamUnavailable, outcome, now);
-        self.count_outcome(MessageKind::Request, &outcome);
+        self.count_outcome(&outcome);
         outcome
     }
 
@@ -524,7 +524,7 @@ impl Core {
         let ctx = request::RequestCtx::new(inbound, &view, &runtime, now);
         let outcome = self.refuse(&ctx, None, Refusal::RequestTimeout);
         let outcome = self.record_once(&view, RecordKind::Timeout, outcome, now);
-        self.count_outcome(MessageKind::Request, &outcome);
+        self.count_outcome(&outcome);
         outcome
     }
 
@@ -561,7 +561,7 @@ impl Core {
         let runtime = self.runtime.load();
         let ctx = request::RequestCtx::new(inbound, &view, &runtime, now);
         let outcome = self.refuse(&ctx, None, refusal);
-        self.count_outcome(kind, &outcome);
+        self.count_outcome(&outcome);
         outcome
     }
 
@@ -650,9 +650,10 @@ impl Core {
         }
     }
 
-    /// Count what an outcome does: its decision, the message relayed (by
-    /// the transport it leaves on) or the local response (by status).
-    fn count_outcome(&self, kind: MessageKind, outcome: &Outcome) {
+    /// Count what an outcome does: its decision, or the local response (by
+    /// status). A message relayed is counted by the I/O layer once it is
+    /// sent (`sipadmit_relayed_total` counts no failed send).
+    fn count_outcome(&self, outcome: &Outcome) {
         if let Some(r) = &outcome.record {
             self.metrics.count_record(r);
         }
@@ -665,8 +666,7 @@ impl Core {
                     self.metrics.count_local_response(status);
                 }
             }
-            Destination::Upstream => self.metrics.count_relayed(self.upstream_transport(), kind),
-            Destination::Flow(flow) => self.metrics.count_relayed(flow.transport, kind),
+            Destination::Upstream | Destination::Flow(_) => {}
         }
     }
 

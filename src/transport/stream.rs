@@ -167,13 +167,17 @@ pub async fn accept<O, F, S>(
             connection = tracing::field::Empty
         );
         let (ctx, open) = (ctx.clone(), open.clone());
+        let opening = ctx.metrics.opening(at.transport);
         tokio::spawn(
             async move {
                 // The open step bounds itself: a TLS handshake by its
                 // deadline, the wait for a plain connection's first bytes
-                // by the idle timeout. Either way the connection holds its
-                // slot and counts against its source meanwhile.
-                if let Some(stream) = open(tcp).await {
+                // by the message deadline. Either way the connection holds
+                // its slot, counts against its source and counts as open
+                // (`sipadmit_open_connections`) meanwhile.
+                let opened = open(tcp).await;
+                drop(opening);
+                if let Some(stream) = opened {
                     serve(stream, info, &ctx).await;
                 }
                 drop((slot, source));

@@ -296,6 +296,10 @@ impl LinkTask {
             // undelivered messages).
             Ok(()) => {
                 self.ctx.metrics.note_upstream_sent();
+                if !inbound.from_upstream {
+                    let kind = crate::observe::metrics::MessageKind::of(&inbound.bytes);
+                    self.ctx.metrics.count_relayed(self.transport, kind);
+                }
                 if let Some(open) = self.connection.as_mut() {
                     if open.heard.load(Ordering::Relaxed) {
                         open.unanswered = Vec::new();
