@@ -276,8 +276,8 @@ pub async fn serve_reloading(
         .chain(stream_listeners.iter().map(|(t, _, a)| (*t, *a)))
         .collect();
     // What arrives on the link to a stream upstream counts as arriving at
-    // the first listener of its transport.
-    let Some(upstream_local) = core_address(&addresses, upstream.transport) else {
+    // the first listener of its transport and the upstream's address family.
+    let Some(upstream_local) = core_address(&addresses, upstream) else {
         return Err(AppError::NoListenerForUpstream(
             upstream,
             upstream.transport,
@@ -552,11 +552,13 @@ async fn retransmit(core: &Core, senders: &Senders, log: &DecisionLog) {
     }
 }
 
-/// The first advertised address of a transport.
-fn core_address(addresses: &[(Transport, SocketAddr)], transport: Transport) -> Option<SocketAddr> {
-    addresses
-        .iter()
-        .find(|(t, _)| *t == transport)
+/// The first advertised address of the upstream's transport, of its
+/// address family when there is one.
+fn core_address(addresses: &[(Transport, SocketAddr)], upstream: Endpoint) -> Option<SocketAddr> {
+    let of_transport = || addresses.iter().filter(|(t, _)| *t == upstream.transport);
+    of_transport()
+        .find(|(_, a)| a.is_ipv4() == upstream.addr.is_ipv4())
+        .or_else(|| of_transport().next())
         .map(|(_, a)| *a)
 }
 

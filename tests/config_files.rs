@@ -679,3 +679,25 @@ fn a_reload_names_the_keys_whose_values_changed() {
     let own = Config::load(&cfg, &Overrides::default()).unwrap().runtime;
     assert_eq!(running.changed_keys(&own), ["catalog"]);
 }
+
+/// Issue 18, item 4: only IPv6 listeners of the upstream's transport and an
+/// IPv4 registrar cannot work (every request would get 503): refused, with
+/// the key and a fix.
+#[test]
+fn listeners_of_the_other_address_family_than_the_registrar_are_refused() {
+    let err = load_str(
+        "[proxy]\nlisten = [\"udp:[::1]:5060\", \"tcp:[::1]:5060\"]\nupstream = \"udp:127.0.0.1:5070\"\n",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("proxy.listen"), "{err}");
+    assert!(
+        err.contains("no udp listener of the upstream's address family (IPv4"),
+        "{err}"
+    );
+    // Dual stack is fine, in either order.
+    load_str(
+        "[proxy]\nlisten = [\"udp:[::]:5062\", \"udp:0.0.0.0:5060\"]\nupstream = \"udp:127.0.0.1:5070\"\n",
+    )
+    .unwrap();
+}

@@ -1310,3 +1310,48 @@ fn local_answers_leave_from_the_udp_socket_the_request_arrived_on() {
         assert_eq!(from, *listener, "answered from the socket it was sent to");
     }
 }
+
+/// Issue 18, item 4: with the IPv6 listener listed first and an IPv4
+/// registrar, the Via and Path sipadmit adds name its IPv4 listener (the
+/// family facing the registrar), so the registrar's requests come back.
+#[test]
+fn dual_stack_names_the_listener_of_the_family_facing_the_registrar() {
+    let upstream = udp("127.0.0.1");
+    let registrar = upstream.local_addr().unwrap();
+    let proxy = TestProxy::start_listening(
+        CONFIG,
+        vec![
+            "udp:[::1]:0".into(),
+            "udp:127.0.0.1:0".into(),
+            "tcp:[::1]:0".into(),
+            "tcp:127.0.0.1:0".into(),
+        ],
+        &format!("udp:{registrar}"),
+    );
+    let v4 = proxy
+        .addresses
+        .iter()
+        .find(|(t, a)| *t == sipadmit::transport::Transport::Udp && a.is_ipv4())
+        .map(|(_, a)| *a)
+        .unwrap();
+    let client = udp("127.0.0.1");
+    let me = client.local_addr().unwrap();
+    client
+        .send_to(
+            format!(
+                "REGISTER sip:contoso.com SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bK-ds-1;rport\r\n\
+                 Max-Forwards: 70\r\nFrom: <sip:ds@contoso.com>;tag=1\r\nTo: <sip:ds@contoso.com>\r\n\
+                 Call-ID: ds-1@test\r\nCSeq: 1 REGISTER\r\nContact: <sip:ds@{me}>\r\n\
+                 User-Agent: {LYNC}\r\nContent-Length: 0\r\n\r\n"
+            )
+            .as_bytes(),
+            v4,
+        )
+        .unwrap();
+    let (relayed, _) = recv(&upstream);
+    let via = header(&relayed, "Via")[0];
+    assert!(via.contains(&v4.to_string()), "{via}");
+    let path = header(&relayed, "Path")[0];
+    assert!(path.contains(&format!("@{v4};")), "{path}");
+    assert!(!relayed.contains("[::1]"), "{relayed}");
+}

@@ -442,7 +442,7 @@ fn validate(
         .iter()
         .find(|(_, e)| e.transport == crate::transport::Transport::Tls)
         .map(|(key, _)| key.clone());
-    let listen = listeners.into_iter().map(|(_, e)| e).collect();
+    let listen: Vec<Endpoint> = listeners.into_iter().map(|(_, e)| e).collect();
 
     let upstream = Given::pick(
         "--upstream",
@@ -457,6 +457,33 @@ fn validate(
             None
         }
     });
+    // The registrar is reached from a listener of its transport and address
+    // family: its socket sends the requests, and its address goes in Via,
+    // Path and Record-Route (an IPv6 listener cannot reach an IPv4
+    // registrar, and every request would get 503).
+    if let Some(up) = upstream {
+        let of_transport: Vec<&Endpoint> = listen
+            .iter()
+            .filter(|e| e.transport == up.transport)
+            .collect();
+        if !of_transport.is_empty()
+            && !of_transport
+                .iter()
+                .any(|e| e.addr.is_ipv4() == up.addr.is_ipv4())
+        {
+            let family = if up.addr.is_ipv4() { "IPv4" } else { "IPv6" };
+            problem(
+                "proxy.listen".into(),
+                format!(
+                    "no {} listener of the upstream's address family ({family}, {up}):                      add one such as {}:{}:{}",
+                    up.transport,
+                    up.transport,
+                    if up.addr.is_ipv4() { "0.0.0.0" } else { "[::]" },
+                    of_transport[0].addr.port()
+                ),
+            );
+        }
+    }
     let upstream_sources = match &raw.proxy.upstream_sources {
         None => upstream.map_or_else(UpstreamSources::default, |u| {
             UpstreamSources::exactly(u.addr)

@@ -37,7 +37,7 @@ pub mod transactions;
 
 use std::borrow::Cow;
 use std::fmt;
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -439,7 +439,7 @@ impl Core {
     /// transport.
     pub fn probe_request(&self, n: u64) -> Option<Bytes> {
         let upstream = self.settings.upstream?;
-        let own = self.address_for(upstream.transport)?;
+        let own = self.address_for(upstream.transport, upstream.addr.ip())?;
         let (boot, transport) = (self.boot, upstream.transport);
         let target = upstream.addr;
         Some(Bytes::from(format!(
@@ -705,10 +705,15 @@ impl Core {
             .map_or(Transport::Udp, |u| u.transport)
     }
 
-    fn address_for(&self, transport: Transport) -> Option<SocketAddr> {
-        self.advertised
-            .iter()
-            .find(|(t, _)| *t == transport)
+    /// This proxy's advertised address on `transport` facing `peer`: one of
+    /// the peer's address family (an IPv4 peer cannot reach an IPv6
+    /// address in a Path, Record-Route or Via), else the first of the
+    /// transport.
+    fn address_for(&self, transport: Transport, peer: IpAddr) -> Option<SocketAddr> {
+        let of_transport = || self.advertised.iter().filter(move |(t, _)| *t == transport);
+        of_transport()
+            .find(|(_, a)| a.is_ipv4() == peer.is_ipv4())
+            .or_else(|| of_transport().next())
             .map(|(_, a)| *a)
     }
 

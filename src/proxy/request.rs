@@ -415,8 +415,16 @@ impl Core {
         let top_via = view
             .top_via()
             .map_err(|_| Refusal::Malformed(SipError::MalformedHeader(HeaderName::Via)))?;
+        // The next hop: the client flow's peer, or the registrar.
+        let next_hop_ip = match &routing.toward {
+            Some(flow) => flow.peer.ip(),
+            None => self
+                .settings
+                .upstream
+                .map_or(inb.local.ip(), |u| u.addr.ip()),
+        };
         let own_addr = self
-            .address_for(out_transport)
+            .address_for(out_transport, next_hop_ip)
             .ok_or(Refusal::NoListener(out_transport))?;
 
         // The flow this request came in on, named for the way back.
@@ -544,13 +552,6 @@ impl Core {
         let bytes = edits.apply(view.raw());
         // RFC 3261 18.1.1: what no longer fits in a datagram after our
         // edits gets 513 (the send would fail with EMSGSIZE).
-        let next_hop_ip = match &routing.toward {
-            Some(flow) => flow.peer.ip(),
-            None => self
-                .settings
-                .upstream
-                .map_or(own_addr.ip(), |u| u.addr.ip()),
-        };
         if out_transport == Transport::Udp && bytes.len() > max_udp_payload(next_hop_ip) {
             return Err(Refusal::TooLargeForUdp.into());
         }
