@@ -18,3 +18,4 @@ pub mod reload;
 pub mod report;
 pub mod sip;
 pub mod transport;
+pub mod vocabulary;

@@ -625,18 +625,14 @@ async fn a_tls_listener_caps_connections_per_source_and_refuses_banned_sources_b
         .message("REGISTER answer");
     assert_eq!(status(&answer), 200, "{answer}");
 
-    // A scanner from the same address: banned, then its TLS connections
-    // are closed at accept (the ban is checked before the cap).
-    let scanner = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let probe = Agent::new(
-        "100",
-        "friendly-scanner",
-        scanner.local_addr().unwrap(),
-        "UDP",
-    )
-    .register("scan-1", 1);
-    scanner.send_to(probe.as_bytes(), proxy.udp).await.unwrap();
+    // A scanner from the same address, over TLS (the handshake proves the
+    // address; a UDP datagram alone would not, and a ban earned over UDP
+    // blocks only UDP): banned, then its TLS connections are closed at
+    // accept (the ban is checked before the cap).
     drop((first, again));
+    let mut scanner = tls_client(&client, &proxy).await.unwrap();
+    let probe = agent_on(&scanner.stream, "100", "friendly-scanner").register("scan-1", 1);
+    scanner.send(&probe).await.unwrap();
     // The ban is in force before its record is written.
     let mut banned = false;
     for _ in 0..50 {
@@ -657,8 +653,9 @@ async fn a_tls_listener_caps_connections_per_source_and_refuses_banned_sources_b
     assert!(count(&metrics.connections_per_source_refused) >= 1);
     assert!(count(&metrics.banned_connections) >= 1);
     assert_eq!(count(&metrics.bans), 1);
-    // Refused connections never started a handshake.
-    assert_eq!(metrics.tls_handshakes(TlsSide::Listener), 3);
+    // Refused connections never started a handshake (the three clients'
+    // and the scanner's completed).
+    assert_eq!(metrics.tls_handshakes(TlsSide::Listener), 4);
     let failed: u64 = HandshakeReason::ALL
         .iter()
         .map(|&r| failures(&metrics, r))

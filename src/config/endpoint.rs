@@ -6,7 +6,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::str::FromStr;
 
 use crate::policy::pattern::Network;
-use crate::transport::Transport;
+use crate::vocabulary::Transport;
 
 /// A transport plus socket address.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -13,6 +13,7 @@
 pub mod endpoint;
 pub mod raw;
 pub mod tls;
+pub mod tls_contexts;
 
 use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
@@ -440,7 +441,7 @@ fn validate(
     // with the other `[tls]` keys below).
     let first_tls_listener = listeners
         .iter()
-        .find(|(_, e)| e.transport == crate::transport::Transport::Tls)
+        .find(|(_, e)| e.transport == crate::vocabulary::Transport::Tls)
         .map(|(key, _)| key.clone());
     let listen: Vec<Endpoint> = listeners.into_iter().map(|(_, e)| e).collect();
 

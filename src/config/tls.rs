@@ -3,7 +3,7 @@
 //!
 //! Validation reads every file the section names (PEM parse, key matches
 //! certificate) and asks OpenSSL whether it accepts the cipher list, through
-//! [`crate::transport::tls::check`], so `check-config` finds what `run`
+//! [`super::tls_contexts::check`], so `check-config` finds what `run`
 //! would trip over. `config/sipadmit.toml` documents every key.
 
 use std::fmt;
@@ -246,7 +246,7 @@ pub(super) fn validate(raw: &RawTls, base: &Path, problems: &mut Vec<Problem>) -
     };
     // The files and the cipher list; a key whose value is already refused
     // above (an empty cipher list) is not reported twice.
-    for error in crate::transport::tls::check(&settings) {
+    for error in super::tls_contexts::check(&settings) {
         let reported = problems[start..].iter().any(|p| p.key == error.key());
         if !reported {
             problems.push(error.to_problem());

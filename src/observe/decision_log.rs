@@ -35,7 +35,7 @@ use tracing::warn;
 
 use crate::classify::{Category, Support};
 use crate::policy::{Action, Mode, SessionRole};
-use crate::transport::Transport;
+use crate::vocabulary::Transport;
 
 /// Records the queue holds before [`DecisionLog::submit`] drops them: about
 /// 20 ms of decisions at 50,000 per second. The writer is woken early when

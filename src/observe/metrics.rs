@@ -23,8 +23,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use crate::observe::decision_log::{DecisionKind, DecisionRecord};
-use crate::transport::tls::HandshakeReason;
-use crate::transport::{Fault, Transport, WarningWindow, FAULT_WARNING_INTERVAL};
+use crate::vocabulary::{Fault, HandshakeReason, Transport, WarningWindow, FAULT_WARNING_INTERVAL};
 
 /// Which end of a TLS handshake sipadmit was (a metric label).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

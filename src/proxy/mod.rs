@@ -55,9 +55,10 @@ use crate::sip::fields::host_is_ip;
 use crate::sip::{HeaderName, SipView, Via};
 use crate::transport::admission::BanCause;
 use crate::transport::{BootId, ConnectionId, FlowId, Transport, WarningWindow};
+pub use crate::vocabulary::{Inbound, SourceRefusal};
 use client_transactions::{ClientTransactions, Timers, TransactionKey};
 use flow::{Flow, FlowSigner};
-pub use refusal::{FlowFailure, Refusal, SourceRefusal};
+pub use refusal::{FlowFailure, Refusal};
 use registrations::{RegistrationLimits, Registrations};
 use transactions::{RecordKind, Transactions};
 
@@ -81,25 +82,6 @@ pub const DETACHED_UPSTREAM: &str = "udp:127.0.0.1:5070";
 /// take Response Group roles and reach every policy branch.
 pub const FUZZ_CONFIG: &str =
     "[response_group]\nworkflows = [\"sip:*@example.com\"]\nagents = [\"sip:*@example.com\"]\n";
-
-/// One message as it arrived.
-#[derive(Debug, Clone)]
-pub struct Inbound {
-    /// The message bytes (one datagram, or one framed stream message).
-    pub bytes: Bytes,
-    /// Transport it arrived on.
-    pub transport: Transport,
-    /// Sender address.
-    pub source: SocketAddr,
-    /// The address of this proxy it arrived at: the advertised address of
-    /// the listener (for the proxy's own link to a stream upstream, the
-    /// advertised listener of that transport).
-    pub local: SocketAddr,
-    /// The stream connection it arrived on (`None` for UDP).
-    pub connection: Option<ConnectionId>,
-    /// It came from the upstream registrar (its UDP address or our connection to it).
-    pub from_upstream: bool,
-}
 
 /// Where an outbound message goes.
 #[derive(Debug, Clone, PartialEq, Eq)]

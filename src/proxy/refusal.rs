@@ -43,21 +43,6 @@ impl FlowFailure {
     }
 }
 
-/// Why the transports refused a message for its source (see
-/// `transport::admission`), before the proxy saw it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SourceRefusal {
-    /// The source is over its rate limit (`rate_limit.over_limit =
-    /// "reject"`): `503` with this Retry-After, seconds.
-    OverLimit {
-        /// Retry-After, seconds.
-        retry_after_secs: u32,
-    },
-    /// The source was banned by this message (it stayed over its limit):
-    /// dropped, recorded with action `drop` and rule `ban.requests`.
-    Banned,
-}
-
 /// A request the proxy answers itself instead of relaying.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refusal<'p> {

@@ -56,8 +56,8 @@ use super::{
     admit, is_unrecoverable, Admitted, ConnectionId, Event, Fault, Transport, TransportContext,
 };
 use crate::observe::metrics::{DropReason, Metrics};
-use crate::proxy::Inbound;
 use crate::sip::framing::{Frame, FramingError, SipCodec, StreamError};
+use crate::vocabulary::Inbound;
 
 /// Bytes read at a time while a message is coming in (charged to the read
 /// buffer budget before the read).

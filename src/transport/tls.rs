@@ -16,7 +16,9 @@
 //! - [`TlsContexts`]: what `SIGHUP` rebuilds (files re-read, `[tls]`
 //!   settings of the reloaded config applied);
 //! - [`looks_like_tls_client_hello`]: spots a TLS client on a plain TCP port;
-//! - [`check`]: what `check-config` asks of the `[tls]` files and settings.
+//! - [`check`] (built in [`crate::config::tls_contexts`], which compiles
+//!   the `[tls]` settings into the contexts used here): what `check-config`
+//!   asks of the `[tls]` files and settings.
 //!
 //! OpenSSL rather than rustls: Lync-era clients need TLS 1.0/1.1 and
 //! static-RSA or CBC suites, which only a configuration asking for them
@@ -25,244 +27,27 @@
 use std::fmt;
 use std::io;
 use std::net::IpAddr;
-use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use openssl::error::ErrorStack;
-use openssl::pkey::{PKey, Private};
-use openssl::ssl::{
-    self, ErrorCode, Ssl, SslAcceptor, SslConnector, SslContextBuilder, SslContextRef, SslMethod,
-    SslOptions, SslRef, SslSessionCacheMode, SslVerifyMode, SslVersion,
-};
-use openssl::x509::store::{X509Store, X509StoreBuilder};
-use openssl::x509::{X509VerifyResult, X509};
+use openssl::ssl::{self, ErrorCode, Ssl, SslAcceptor, SslRef};
+use openssl::x509::X509VerifyResult;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_openssl::SslStream;
 
 use super::Fault;
-use crate::config::{Identity, TlsSettings, TlsVersion};
+use crate::config::tls_contexts::{build_acceptor, build_upstream, Upstream};
+pub use crate::config::tls_contexts::{
+    check, TlsError, TlsProblem, SESSION_CACHE_ENTRIES, TLS13_TICKETS,
+};
+use crate::config::TlsSettings;
 use crate::observe::metrics::{Metrics, ReloadResult, TlsSide};
-use crate::problem::Problem;
-
-/// Sessions a listener remembers for session-ID resumption (TLS 1.2 and
-/// below without tickets, e.g. Windows 7 SChannel). A cached session costs
-/// about 1-2 KB (more with a client certificate), so this bounds the cache
-/// near 40 MB; OpenSSL evicts the oldest when it is full.
-pub const SESSION_CACHE_ENTRIES: i32 = 20_480;
-
-/// TLS 1.3 session tickets sent after each full handshake (OpenSSL's
-/// default is 2; one is enough for a client that reconnects, and halves
-/// the post-handshake work).
-pub const TLS13_TICKETS: usize = 1;
-
-/// Session ID context of listener sessions: OpenSSL refuses to resume a
-/// session of a context that verifies client certificates without one.
-const SESSION_ID_CONTEXT: &[u8] = b"sipadmit";
-
-// === errors ===
-
-/// The config keys of a certificate chain and of its private key.
-#[derive(Debug, Clone, Copy)]
-struct IdentityKeys {
-    certificate: &'static str,
-    private_key: &'static str,
-}
-
-/// `tls.certificate` / `tls.private_key`.
-const SERVER_IDENTITY: IdentityKeys = IdentityKeys {
-    certificate: "tls.certificate",
-    private_key: "tls.private_key",
-};
-
-/// `tls.upstream_certificate` / `tls.upstream_private_key`.
-const UPSTREAM_IDENTITY: IdentityKeys = IdentityKeys {
-    certificate: "tls.upstream_certificate",
-    private_key: "tls.upstream_private_key",
-};
-
-/// A `[tls]` setting or file OpenSSL cannot use: names the config key and
-/// the file at fault. Displayed as `tls.certificate (/etc/x.pem): cannot read`.
-#[derive(Debug)]
-pub struct TlsError {
-    key: &'static str,
-    path: Option<PathBuf>,
-    problem: TlsProblem,
-}
-
-/// What is wrong with a `[tls]` setting or file.
-#[derive(Debug, thiserror::Error)]
-pub enum TlsProblem {
-    /// A `tls:` listener needs a certificate and key, and none is configured.
-    #[error("not set; required for a tls: listener")]
-    Missing,
-    /// The file cannot be read.
-    #[error("cannot read")]
-    Read(#[source] io::Error),
-    /// The file is not valid PEM of the expected kind.
-    #[error("not a PEM {what}")]
-    NotPem {
-        /// `certificate`, `private key` or `CA certificate`.
-        what: &'static str,
-        /// OpenSSL's reason.
-        #[source]
-        source: ErrorStack,
-    },
-    /// The file holds no PEM block of the expected kind.
-    #[error("no PEM {what} in the file")]
-    NoPem {
-        /// `certificate` or `CA certificate`.
-        what: &'static str,
-    },
-    /// The private key is encrypted (sipadmit asks for no passphrase).
-    #[error(
-        "the private key is encrypted; store it unencrypted, readable only by sipadmit's user"
-    )]
-    EncryptedKey,
-    /// The private key is not the key of the certificate.
-    #[error("does not belong to the certificate in {certificate_key} ({})", certificate.display())]
-    KeyMismatch {
-        /// The key of the certificate (`tls.certificate`).
-        certificate_key: &'static str,
-        /// The certificate file.
-        certificate: PathBuf,
-    },
-    /// OpenSSL knows no cipher in the list.
-    #[error("OpenSSL accepts no cipher in {list:?}")]
-    Ciphers {
-        /// The list as configured.
-        list: String,
-        /// OpenSSL's reason.
-        #[source]
-        source: ErrorStack,
-    },
-    /// TLS 1.0/1.1 asked for at a security level that refuses them.
-    #[error(
-        "{version} needs OpenSSL security level 0, and tls.ciphers leaves level {level}, \
-         where OpenSSL 3 refuses the SHA-1 signatures of TLS 1.0/1.1 handshakes; \
-         end tls.ciphers with \":@SECLEVEL=0\" (e.g. \"DEFAULT:@SECLEVEL=0\")"
-    )]
-    LegacyNeedsLevel0 {
-        /// The configured `tls.min_version`.
-        version: TlsVersion,
-        /// The security level the cipher list leaves.
-        level: u32,
-    },
-    /// OpenSSL refused another setting.
-    #[error("OpenSSL refused the setting")]
-    OpenSsl(#[source] ErrorStack),
-}
-
-impl TlsError {
-    fn new(key: &'static str, path: Option<&Path>, problem: TlsProblem) -> Self {
-        Self {
-            key,
-            path: path.map(Path::to_owned),
-            problem,
-        }
-    }
-
-    /// The config key at fault (`tls.private_key`).
-    pub fn key(&self) -> &'static str {
-        self.key
-    }
-
-    /// The file at fault, if a file is.
-    pub fn path(&self) -> Option<&Path> {
-        self.path.as_deref()
-    }
-
-    /// What is wrong.
-    pub fn problem(&self) -> &TlsProblem {
-        &self.problem
-    }
-
-    /// As a config [`Problem`]: the key, then the file and every cause.
-    pub fn to_problem(&self) -> Problem {
-        let mut problem = Problem::from_error(self.key, &self.problem);
-        if let Some(path) = &self.path {
-            problem.message = format!("{}: {}", path.display(), problem.message);
-        }
-        problem
-    }
-}
-
-impl fmt::Display for TlsError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.key)?;
-        if let Some(path) = &self.path {
-            write!(f, " ({})", path.display())?;
-        }
-        write!(f, ": {}", self.problem)
-    }
-}
-
-impl std::error::Error for TlsError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        // The problem's own message is part of this one; its cause is next.
-        std::error::Error::source(&self.problem)
-    }
-}
-
-/// Why a handshake failed, as a bounded label for metrics and logs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum HandshakeReason {
-    /// Not finished before the deadline (a silent or slow peer).
-    Timeout,
-    /// The peer sent something that is not TLS (e.g. SIP in clear text).
-    PlainText,
-    /// The peer closed the connection (or reset it) during the handshake.
-    Closed,
-    /// A client certificate is required and the client sent none.
-    NoClientCertificate,
-    /// A certificate did not verify (unknown CA, expired, wrong name), or
-    /// the peer refused ours.
-    BadCertificate,
-    /// No TLS version both sides speak (e.g. a TLS 1.0 client, minimum 1.2).
-    ProtocolVersion,
-    /// No cipher suite (or signature algorithm) both sides accept.
-    NoSharedCipher,
-    /// Anything else; the detail says what.
-    Other,
-}
-
-impl HandshakeReason {
-    /// Every reason, for pre-registering metric labels.
-    pub const ALL: [Self; 8] = [
-        Self::Timeout,
-        Self::PlainText,
-        Self::Closed,
-        Self::NoClientCertificate,
-        Self::BadCertificate,
-        Self::ProtocolVersion,
-        Self::NoSharedCipher,
-        Self::Other,
-    ];
-
-    /// Snake-case label (`no_shared_cipher`).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Timeout => "timeout",
-            Self::PlainText => "plain_text",
-            Self::Closed => "closed",
-            Self::NoClientCertificate => "no_client_certificate",
-            Self::BadCertificate => "bad_certificate",
-            Self::ProtocolVersion => "protocol_version",
-            Self::NoSharedCipher => "no_shared_cipher",
-            Self::Other => "other",
-        }
-    }
-}
-
-impl fmt::Display for HandshakeReason {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+pub use crate::vocabulary::HandshakeReason;
 
 /// A failed TLS handshake: a bounded [`HandshakeReason`] for metrics, and
 /// OpenSSL's own words (error stack, certificate verification result) for
@@ -425,199 +210,6 @@ pub fn looks_like_tls_client_hello(first_bytes: &[u8]) -> bool {
     }
 }
 
-// === files ===
-
-fn read(key: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {
-    std::fs::read(path).map_err(|e| TlsError::new(key, Some(path), TlsProblem::Read(e)))
-}
-
-/// Every certificate in a PEM file (at least one).
-fn certificates(key: &'static str, path: &Path, what: &'static str) -> Result<Vec<X509>, TlsError> {
-    let pem = read(key, path)?;
-    let certificates = X509::stack_from_pem(&pem)
-        .map_err(|source| TlsError::new(key, Some(path), TlsProblem::NotPem { what, source }))?;
-    if certificates.is_empty() {
-        return Err(TlsError::new(key, Some(path), TlsProblem::NoPem { what }));
-    }
-    Ok(certificates)
-}
-
-/// A trust store of every certificate in a PEM file.
-fn trust_store(key: &'static str, path: &Path) -> Result<(X509Store, Vec<X509>), TlsError> {
-    let roots = certificates(key, path, "CA certificate")?;
-    let openssl = |e| TlsError::new(key, Some(path), TlsProblem::OpenSsl(e));
-    let mut store = X509StoreBuilder::new().map_err(openssl)?;
-    for root in &roots {
-        store.add_cert(root.clone()).map_err(openssl)?;
-    }
-    Ok((store.build(), roots))
-}
-
-fn private_key(key: &'static str, path: &Path) -> Result<PKey<Private>, TlsError> {
-    let pem = read(key, path)?;
-    if pem.windows(9).any(|w| w == b"ENCRYPTED") {
-        return Err(TlsError::new(key, Some(path), TlsProblem::EncryptedKey));
-    }
-    // An empty passphrase: OpenSSL must never prompt on a terminal.
-    PKey::private_key_from_pem_callback(&pem, |_| Ok(0)).map_err(|source| {
-        TlsError::new(
-            key,
-            Some(path),
-            TlsProblem::NotPem {
-                what: "private key",
-                source,
-            },
-        )
-    })
-}
-
-/// A certificate chain and its key, read and matched.
-struct LoadedIdentity {
-    chain: Vec<X509>,
-    key: PKey<Private>,
-}
-
-impl LoadedIdentity {
-    /// Read both files; every problem found (both files can be at fault).
-    fn load(identity: &Identity, keys: IdentityKeys) -> Result<Self, Vec<TlsError>> {
-        let chain = certificates(keys.certificate, &identity.certificate, "certificate");
-        let key = private_key(keys.private_key, &identity.private_key);
-        match (chain, key) {
-            (Ok(chain), Ok(key)) => {
-                let matches = chain[0]
-                    .public_key()
-                    .is_ok_and(|public| public.public_eq(&key));
-                if matches {
-                    Ok(Self { chain, key })
-                } else {
-                    Err(vec![TlsError::new(
-                        keys.private_key,
-                        Some(&identity.private_key),
-                        TlsProblem::KeyMismatch {
-                            certificate_key: keys.certificate,
-                            certificate: identity.certificate.clone(),
-                        },
-                    )])
-                }
-            }
-            (chain, key) => Err(chain.err().into_iter().chain(key.err()).collect()),
-        }
-    }
-
-    /// Install on a context.
-    fn install(self, builder: &mut SslContextBuilder, keys: IdentityKeys) -> Result<(), TlsError> {
-        let openssl = |e| TlsError::new(keys.certificate, None, TlsProblem::OpenSsl(e));
-        let mut chain = self.chain.into_iter();
-        let leaf = chain.next().expect("load() keeps at least one certificate");
-        builder.set_certificate(&leaf).map_err(openssl)?;
-        for intermediate in chain {
-            builder
-                .add_extra_chain_cert(intermediate)
-                .map_err(openssl)?;
-        }
-        builder.set_private_key(&self.key).map_err(openssl)?;
-        builder.check_private_key().map_err(openssl)
-    }
-}
-
-fn first_error(errors: Vec<TlsError>) -> TlsError {
-    errors
-        .into_iter()
-        .next()
-        .expect("a failed load reports at least one error")
-}
-
-// === settings shared by both directions ===
-
-fn ssl_version(version: TlsVersion) -> SslVersion {
-    match version {
-        TlsVersion::Tls1_0 => SslVersion::TLS1,
-        TlsVersion::Tls1_1 => SslVersion::TLS1_1,
-        TlsVersion::Tls1_2 => SslVersion::TLS1_2,
-        TlsVersion::Tls1_3 => SslVersion::TLS1_3,
-    }
-}
-
-/// `tls.min_version` and `tls.ciphers` on a context (TLS 1.3 suites stay
-/// OpenSSL's defaults).
-fn apply_versions_and_ciphers(
-    builder: &mut SslContextBuilder,
-    settings: &TlsSettings,
-) -> Result<(), TlsError> {
-    builder.clear_options(SslOptions::NO_TLSV1 | SslOptions::NO_TLSV1_1);
-    builder
-        .set_min_proto_version(Some(ssl_version(settings.min_version)))
-        .map_err(|e| TlsError::new("tls.min_version", None, TlsProblem::OpenSsl(e)))?;
-    builder
-        .set_max_proto_version(None)
-        .map_err(|e| TlsError::new("tls.min_version", None, TlsProblem::OpenSsl(e)))?;
-    builder
-        .set_cipher_list(&settings.ciphers)
-        .map_err(|source| {
-            TlsError::new(
-                "tls.ciphers",
-                None,
-                TlsProblem::Ciphers {
-                    list: settings.ciphers.clone(),
-                    source,
-                },
-            )
-        })
-}
-
-/// TLS 1.0/1.1 only work at security level 0 with OpenSSL 3 (verified with
-/// Debian's 3.0: "no suitable signature algorithm" at level 1).
-fn check_security_level(context: &SslContextRef, settings: &TlsSettings) -> Result<(), TlsError> {
-    let level = context.security_level();
-    if settings.min_version.is_legacy() && level > 0 && openssl::version::number() >= 0x3000_0000 {
-        return Err(TlsError::new(
-            "tls.min_version",
-            None,
-            TlsProblem::LegacyNeedsLevel0 {
-                version: settings.min_version,
-                level,
-            },
-        ));
-    }
-    Ok(())
-}
-
-/// Every problem `run` would meet in `settings`: the cipher list, the
-/// security level legacy versions need, and every file (readable, PEM, key
-/// matching its certificate). Used by config validation.
-pub fn check(settings: &TlsSettings) -> Vec<TlsError> {
-    let mut errors = Vec::new();
-    let protocol = SslContextBuilder::new(SslMethod::tls())
-        .map_err(|e| TlsError::new("tls", None, TlsProblem::OpenSsl(e)))
-        .and_then(|mut builder| {
-            apply_versions_and_ciphers(&mut builder, settings)?;
-            check_security_level(&builder.build(), settings)
-        });
-    errors.extend(protocol.err());
-    for (identity, keys) in [
-        (&settings.identity, SERVER_IDENTITY),
-        (&settings.upstream_identity, UPSTREAM_IDENTITY),
-    ] {
-        if let Some(identity) = identity {
-            errors.extend(
-                LoadedIdentity::load(identity, keys)
-                    .err()
-                    .into_iter()
-                    .flatten(),
-            );
-        }
-    }
-    for (key, roots) in [
-        ("tls.client_ca", &settings.client_ca),
-        ("tls.upstream_ca", &settings.upstream_ca),
-    ] {
-        if let Some(path) = roots {
-            errors.extend(trust_store(key, path).err());
-        }
-    }
-    errors
-}
-
 // === impl ServerTls ===
 
 /// The TLS side of `tls:` listeners: an OpenSSL acceptor built from
@@ -671,45 +263,6 @@ impl ServerTls {
     }
 }
 
-fn build_acceptor(settings: &TlsSettings) -> Result<SslAcceptor, TlsError> {
-    let identity = settings
-        .identity
-        .as_ref()
-        .ok_or_else(|| TlsError::new("tls.certificate", None, TlsProblem::Missing))?;
-    let identity = LoadedIdentity::load(identity, SERVER_IDENTITY).map_err(first_error)?;
-    let openssl = |key| move |e| TlsError::new(key, None, TlsProblem::OpenSsl(e));
-    // Mozilla's intermediate profile: curves, DH parameters, TLS 1.3 suites,
-    // no compression, server cipher preference; then our versions and list.
-    let mut builder =
-        SslAcceptor::mozilla_intermediate_v5(SslMethod::tls_server()).map_err(openssl("tls"))?;
-    apply_versions_and_ciphers(&mut builder, settings)?;
-    // Client-initiated renegotiation costs a full handshake each: refused.
-    builder.set_options(SslOptions::NO_RENEGOTIATION);
-    identity.install(&mut builder, SERVER_IDENTITY)?;
-    if let Some(path) = &settings.client_ca {
-        let (store, roots) = trust_store("tls.client_ca", path)?;
-        builder.set_cert_store(store);
-        for root in &roots {
-            // Named in the CertificateRequest, so clients pick a matching certificate.
-            builder
-                .add_client_ca(root)
-                .map_err(openssl("tls.client_ca"))?;
-        }
-        builder.set_verify(SslVerifyMode::PEER | SslVerifyMode::FAIL_IF_NO_PEER_CERT);
-    }
-    builder
-        .set_session_id_context(SESSION_ID_CONTEXT)
-        .map_err(openssl("tls"))?;
-    builder.set_session_cache_mode(SslSessionCacheMode::SERVER);
-    builder.set_session_cache_size(SESSION_CACHE_ENTRIES);
-    builder
-        .set_num_tickets(TLS13_TICKETS)
-        .map_err(openssl("tls"))?;
-    let acceptor = builder.build();
-    check_security_level(acceptor.context(), settings)?;
-    Ok(acceptor)
-}
-
 // === impl ClientTls ===
 
 /// The TLS side of the link to a `tls:` upstream: an OpenSSL connector that
@@ -719,12 +272,6 @@ fn build_acceptor(settings: &TlsSettings) -> Result<SslAcceptor, TlsError> {
 /// set.
 pub struct ClientTls {
     upstream: ArcSwap<Upstream>,
-}
-
-/// A connector and the name it verifies.
-struct Upstream {
-    connector: SslConnector,
-    server_name: String,
 }
 
 impl fmt::Debug for ClientTls {
@@ -786,34 +333,6 @@ impl ClientTls {
             Ok(Ok(())) => Ok(tls),
         }
     }
-}
-
-fn build_upstream(
-    settings: &TlsSettings,
-    upstream: std::net::IpAddr,
-) -> Result<Upstream, TlsError> {
-    let identity = settings
-        .upstream_identity
-        .as_ref()
-        .map(|identity| LoadedIdentity::load(identity, UPSTREAM_IDENTITY).map_err(first_error))
-        .transpose()?;
-    // Verification on (peer), the system's roots, SNI and name checks per session.
-    let mut builder = SslConnector::builder(SslMethod::tls_client())
-        .map_err(|e| TlsError::new("tls", None, TlsProblem::OpenSsl(e)))?;
-    apply_versions_and_ciphers(&mut builder, settings)?;
-    if let Some(path) = &settings.upstream_ca {
-        let (store, _) = trust_store("tls.upstream_ca", path)?;
-        builder.set_cert_store(store);
-    }
-    if let Some(identity) = identity {
-        identity.install(&mut builder, UPSTREAM_IDENTITY)?;
-    }
-    let connector = builder.build();
-    check_security_level(connector.context(), settings)?;
-    Ok(Upstream {
-        connector,
-        server_name: settings.upstream_name(upstream),
-    })
 }
 
 // === the open steps of stream listeners ===
@@ -1019,7 +538,10 @@ impl TlsContexts {
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
     use super::*;
+    use crate::config::{Identity, TlsVersion};
 
     #[test]
     fn client_hellos_are_recognised() {

@@ -23,8 +23,8 @@ use tracing::{debug, error, info_span, Instrument};
 
 use super::{admit, is_unrecoverable, Admitted, Fault, Transport, TransportContext, UdpListener};
 use crate::observe::metrics::{DropReason, Metrics};
-use crate::proxy::Inbound;
 use crate::sip::framing::{classify_datagram, Datagram};
+use crate::vocabulary::Inbound;
 #[cfg(target_os = "linux")]
 use std::net::{IpAddr, SocketAddr};
 

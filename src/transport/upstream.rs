@@ -48,7 +48,7 @@ use super::stream::{self, ConnectionInfo, Spawned};
 use super::tls::{ClientTls, HandshakeError};
 use super::{ConnectionId, Event, Fault, SendError, Transport, TransportContext};
 use crate::observe::metrics::TlsSide;
-use crate::proxy::Inbound;
+use crate::vocabulary::Inbound;
 
 /// The byte bound of the queue to a stream upstream
 /// (`limits.upstream_queue_bytes`), shared by the dispatcher (which

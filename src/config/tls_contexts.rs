@@ -1,0 +1,460 @@
+//! The `[tls]` settings compiled into OpenSSL contexts: every file read
+//! (PEM parse, key matching its certificate), the versions, the cipher
+//! list and the security level the legacy versions need. Validation
+//! ([`check`], through `config::tls`) and the running acceptor and
+//! connector (`transport::tls`) build them the same way, so `check-config`
+//! finds what `run` would trip over; TLS checking goes one way only, from
+//! the transport down to the config.
+
+use std::fmt;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use openssl::error::ErrorStack;
+use openssl::pkey::{PKey, Private};
+use openssl::ssl::{
+    SslAcceptor, SslConnector, SslContextBuilder, SslContextRef, SslMethod, SslOptions,
+    SslSessionCacheMode, SslVerifyMode, SslVersion,
+};
+use openssl::x509::store::{X509Store, X509StoreBuilder};
+use openssl::x509::X509;
+
+use super::{Identity, TlsSettings, TlsVersion};
+use crate::problem::Problem;
+
+/// Sessions a listener remembers for session-ID resumption (TLS 1.2 and
+/// below without tickets, e.g. Windows 7 SChannel). A cached session costs
+/// about 1-2 KB (more with a client certificate), so this bounds the cache
+/// near 40 MB; OpenSSL evicts the oldest when it is full.
+pub const SESSION_CACHE_ENTRIES: i32 = 20_480;
+
+/// TLS 1.3 session tickets sent after each full handshake (OpenSSL's
+/// default is 2; one is enough for a client that reconnects, and halves
+/// the post-handshake work).
+pub const TLS13_TICKETS: usize = 1;
+
+/// Session ID context of listener sessions: OpenSSL refuses to resume a
+/// session of a context that verifies client certificates without one.
+pub(crate) const SESSION_ID_CONTEXT: &[u8] = b"sipadmit";
+
+// === errors ===
+
+/// The config keys of a certificate chain and of its private key.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct IdentityKeys {
+    certificate: &'static str,
+    private_key: &'static str,
+}
+
+/// `tls.certificate` / `tls.private_key`.
+pub(crate) const SERVER_IDENTITY: IdentityKeys = IdentityKeys {
+    certificate: "tls.certificate",
+    private_key: "tls.private_key",
+};
+
+/// `tls.upstream_certificate` / `tls.upstream_private_key`.
+pub(crate) const UPSTREAM_IDENTITY: IdentityKeys = IdentityKeys {
+    certificate: "tls.upstream_certificate",
+    private_key: "tls.upstream_private_key",
+};
+
+/// A `[tls]` setting or file OpenSSL cannot use: names the config key and
+/// the file at fault. Displayed as `tls.certificate (/etc/x.pem): cannot read`.
+#[derive(Debug)]
+pub struct TlsError {
+    key: &'static str,
+    path: Option<PathBuf>,
+    problem: TlsProblem,
+}
+
+/// What is wrong with a `[tls]` setting or file.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsProblem {
+    /// A `tls:` listener needs a certificate and key, and none is configured.
+    #[error("not set; required for a tls: listener")]
+    Missing,
+    /// The file cannot be read.
+    #[error("cannot read")]
+    Read(#[source] io::Error),
+    /// The file is not valid PEM of the expected kind.
+    #[error("not a PEM {what}")]
+    NotPem {
+        /// `certificate`, `private key` or `CA certificate`.
+        what: &'static str,
+        /// OpenSSL's reason.
+        #[source]
+        source: ErrorStack,
+    },
+    /// The file holds no PEM block of the expected kind.
+    #[error("no PEM {what} in the file")]
+    NoPem {
+        /// `certificate` or `CA certificate`.
+        what: &'static str,
+    },
+    /// The private key is encrypted (sipadmit asks for no passphrase).
+    #[error(
+        "the private key is encrypted; store it unencrypted, readable only by sipadmit's user"
+    )]
+    EncryptedKey,
+    /// The private key is not the key of the certificate.
+    #[error("does not belong to the certificate in {certificate_key} ({})", certificate.display())]
+    KeyMismatch {
+        /// The key of the certificate (`tls.certificate`).
+        certificate_key: &'static str,
+        /// The certificate file.
+        certificate: PathBuf,
+    },
+    /// OpenSSL knows no cipher in the list.
+    #[error("OpenSSL accepts no cipher in {list:?}")]
+    Ciphers {
+        /// The list as configured.
+        list: String,
+        /// OpenSSL's reason.
+        #[source]
+        source: ErrorStack,
+    },
+    /// TLS 1.0/1.1 asked for at a security level that refuses them.
+    #[error(
+        "{version} needs OpenSSL security level 0, and tls.ciphers leaves level {level}, \
+         where OpenSSL 3 refuses the SHA-1 signatures of TLS 1.0/1.1 handshakes; \
+         end tls.ciphers with \":@SECLEVEL=0\" (e.g. \"DEFAULT:@SECLEVEL=0\")"
+    )]
+    LegacyNeedsLevel0 {
+        /// The configured `tls.min_version`.
+        version: TlsVersion,
+        /// The security level the cipher list leaves.
+        level: u32,
+    },
+    /// OpenSSL refused another setting.
+    #[error("OpenSSL refused the setting")]
+    OpenSsl(#[source] ErrorStack),
+}
+
+impl TlsError {
+    fn new(key: &'static str, path: Option<&Path>, problem: TlsProblem) -> Self {
+        Self {
+            key,
+            path: path.map(Path::to_owned),
+            problem,
+        }
+    }
+
+    /// The config key at fault (`tls.private_key`).
+    pub fn key(&self) -> &'static str {
+        self.key
+    }
+
+    /// The file at fault, if a file is.
+    pub fn path(&self) -> Option<&Path> {
+        self.path.as_deref()
+    }
+
+    /// What is wrong.
+    pub fn problem(&self) -> &TlsProblem {
+        &self.problem
+    }
+
+    /// As a config [`Problem`]: the key, then the file and every cause.
+    pub fn to_problem(&self) -> Problem {
+        let mut problem = Problem::from_error(self.key, &self.problem);
+        if let Some(path) = &self.path {
+            problem.message = format!("{}: {}", path.display(), problem.message);
+        }
+        problem
+    }
+}
+
+impl fmt::Display for TlsError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.key)?;
+        if let Some(path) = &self.path {
+            write!(f, " ({})", path.display())?;
+        }
+        write!(f, ": {}", self.problem)
+    }
+}
+
+impl std::error::Error for TlsError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        // The problem's own message is part of this one; its cause is next.
+        std::error::Error::source(&self.problem)
+    }
+}
+
+// === files ===
+
+pub(crate) fn read(key: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {
+    std::fs::read(path).map_err(|e| TlsError::new(key, Some(path), TlsProblem::Read(e)))
+}
+
+/// Every certificate in a PEM file (at least one).
+pub(crate) fn certificates(
+    key: &'static str,
+    path: &Path,
+    what: &'static str,
+) -> Result<Vec<X509>, TlsError> {
+    let pem = read(key, path)?;
+    let certificates = X509::stack_from_pem(&pem)
+        .map_err(|source| TlsError::new(key, Some(path), TlsProblem::NotPem { what, source }))?;
+    if certificates.is_empty() {
+        return Err(TlsError::new(key, Some(path), TlsProblem::NoPem { what }));
+    }
+    Ok(certificates)
+}
+
+/// A trust store of every certificate in a PEM file.
+pub(crate) fn trust_store(
+    key: &'static str,
+    path: &Path,
+) -> Result<(X509Store, Vec<X509>), TlsError> {
+    let roots = certificates(key, path, "CA certificate")?;
+    let openssl = |e| TlsError::new(key, Some(path), TlsProblem::OpenSsl(e));
+    let mut store = X509StoreBuilder::new().map_err(openssl)?;
+    for root in &roots {
+        store.add_cert(root.clone()).map_err(openssl)?;
+    }
+    Ok((store.build(), roots))
+}
+
+pub(crate) fn private_key(key: &'static str, path: &Path) -> Result<PKey<Private>, TlsError> {
+    let pem = read(key, path)?;
+    if pem.windows(9).any(|w| w == b"ENCRYPTED") {
+        return Err(TlsError::new(key, Some(path), TlsProblem::EncryptedKey));
+    }
+    // An empty passphrase: OpenSSL must never prompt on a terminal.
+    PKey::private_key_from_pem_callback(&pem, |_| Ok(0)).map_err(|source| {
+        TlsError::new(
+            key,
+            Some(path),
+            TlsProblem::NotPem {
+                what: "private key",
+                source,
+            },
+        )
+    })
+}
+
+/// A certificate chain and its key, read and matched.
+pub(crate) struct LoadedIdentity {
+    chain: Vec<X509>,
+    key: PKey<Private>,
+}
+
+impl LoadedIdentity {
+    /// Read both files; every problem found (both files can be at fault).
+    fn load(identity: &Identity, keys: IdentityKeys) -> Result<Self, Vec<TlsError>> {
+        let chain = certificates(keys.certificate, &identity.certificate, "certificate");
+        let key = private_key(keys.private_key, &identity.private_key);
+        match (chain, key) {
+            (Ok(chain), Ok(key)) => {
+                let matches = chain[0]
+                    .public_key()
+                    .is_ok_and(|public| public.public_eq(&key));
+                if matches {
+                    Ok(Self { chain, key })
+                } else {
+                    Err(vec![TlsError::new(
+                        keys.private_key,
+                        Some(&identity.private_key),
+                        TlsProblem::KeyMismatch {
+                            certificate_key: keys.certificate,
+                            certificate: identity.certificate.clone(),
+                        },
+                    )])
+                }
+            }
+            (chain, key) => Err(chain.err().into_iter().chain(key.err()).collect()),
+        }
+    }
+
+    /// Install on a context.
+    fn install(self, builder: &mut SslContextBuilder, keys: IdentityKeys) -> Result<(), TlsError> {
+        let openssl = |e| TlsError::new(keys.certificate, None, TlsProblem::OpenSsl(e));
+        let mut chain = self.chain.into_iter();
+        let leaf = chain.next().expect("load() keeps at least one certificate");
+        builder.set_certificate(&leaf).map_err(openssl)?;
+        for intermediate in chain {
+            builder
+                .add_extra_chain_cert(intermediate)
+                .map_err(openssl)?;
+        }
+        builder.set_private_key(&self.key).map_err(openssl)?;
+        builder.check_private_key().map_err(openssl)
+    }
+}
+
+pub(crate) fn first_error(errors: Vec<TlsError>) -> TlsError {
+    errors
+        .into_iter()
+        .next()
+        .expect("a failed load reports at least one error")
+}
+
+// === settings shared by both directions ===
+
+pub(crate) fn ssl_version(version: TlsVersion) -> SslVersion {
+    match version {
+        TlsVersion::Tls1_0 => SslVersion::TLS1,
+        TlsVersion::Tls1_1 => SslVersion::TLS1_1,
+        TlsVersion::Tls1_2 => SslVersion::TLS1_2,
+        TlsVersion::Tls1_3 => SslVersion::TLS1_3,
+    }
+}
+
+/// `tls.min_version` and `tls.ciphers` on a context (TLS 1.3 suites stay
+/// OpenSSL's defaults).
+pub(crate) fn apply_versions_and_ciphers(
+    builder: &mut SslContextBuilder,
+    settings: &TlsSettings,
+) -> Result<(), TlsError> {
+    builder.clear_options(SslOptions::NO_TLSV1 | SslOptions::NO_TLSV1_1);
+    builder
+        .set_min_proto_version(Some(ssl_version(settings.min_version)))
+        .map_err(|e| TlsError::new("tls.min_version", None, TlsProblem::OpenSsl(e)))?;
+    builder
+        .set_max_proto_version(None)
+        .map_err(|e| TlsError::new("tls.min_version", None, TlsProblem::OpenSsl(e)))?;
+    builder
+        .set_cipher_list(&settings.ciphers)
+        .map_err(|source| {
+            TlsError::new(
+                "tls.ciphers",
+                None,
+                TlsProblem::Ciphers {
+                    list: settings.ciphers.clone(),
+                    source,
+                },
+            )
+        })
+}
+
+/// TLS 1.0/1.1 only work at security level 0 with OpenSSL 3 (verified with
+/// Debian's 3.0: "no suitable signature algorithm" at level 1).
+pub(crate) fn check_security_level(
+    context: &SslContextRef,
+    settings: &TlsSettings,
+) -> Result<(), TlsError> {
+    let level = context.security_level();
+    if settings.min_version.is_legacy() && level > 0 && openssl::version::number() >= 0x3000_0000 {
+        return Err(TlsError::new(
+            "tls.min_version",
+            None,
+            TlsProblem::LegacyNeedsLevel0 {
+                version: settings.min_version,
+                level,
+            },
+        ));
+    }
+    Ok(())
+}
+
+/// Every problem `run` would meet in `settings`: the cipher list, the
+/// security level legacy versions need, and every file (readable, PEM, key
+/// matching its certificate). Used by config validation.
+pub fn check(settings: &TlsSettings) -> Vec<TlsError> {
+    let mut errors = Vec::new();
+    let protocol = SslContextBuilder::new(SslMethod::tls())
+        .map_err(|e| TlsError::new("tls", None, TlsProblem::OpenSsl(e)))
+        .and_then(|mut builder| {
+            apply_versions_and_ciphers(&mut builder, settings)?;
+            check_security_level(&builder.build(), settings)
+        });
+    errors.extend(protocol.err());
+    for (identity, keys) in [
+        (&settings.identity, SERVER_IDENTITY),
+        (&settings.upstream_identity, UPSTREAM_IDENTITY),
+    ] {
+        if let Some(identity) = identity {
+            errors.extend(
+                LoadedIdentity::load(identity, keys)
+                    .err()
+                    .into_iter()
+                    .flatten(),
+            );
+        }
+    }
+    for (key, roots) in [
+        ("tls.client_ca", &settings.client_ca),
+        ("tls.upstream_ca", &settings.upstream_ca),
+    ] {
+        if let Some(path) = roots {
+            errors.extend(trust_store(key, path).err());
+        }
+    }
+    errors
+}
+
+/// A connector and the name it verifies.
+pub(crate) struct Upstream {
+    /// The connector.
+    pub(crate) connector: SslConnector,
+    /// The name the registrar's certificate must carry.
+    pub(crate) server_name: String,
+}
+
+pub(crate) fn build_acceptor(settings: &TlsSettings) -> Result<SslAcceptor, TlsError> {
+    let identity = settings
+        .identity
+        .as_ref()
+        .ok_or_else(|| TlsError::new("tls.certificate", None, TlsProblem::Missing))?;
+    let identity = LoadedIdentity::load(identity, SERVER_IDENTITY).map_err(first_error)?;
+    let openssl = |key| move |e| TlsError::new(key, None, TlsProblem::OpenSsl(e));
+    // Mozilla's intermediate profile: curves, DH parameters, TLS 1.3 suites,
+    // no compression, server cipher preference; then our versions and list.
+    let mut builder =
+        SslAcceptor::mozilla_intermediate_v5(SslMethod::tls_server()).map_err(openssl("tls"))?;
+    apply_versions_and_ciphers(&mut builder, settings)?;
+    // Client-initiated renegotiation costs a full handshake each: refused.
+    builder.set_options(SslOptions::NO_RENEGOTIATION);
+    identity.install(&mut builder, SERVER_IDENTITY)?;
+    if let Some(path) = &settings.client_ca {
+        let (store, roots) = trust_store("tls.client_ca", path)?;
+        builder.set_cert_store(store);
+        for root in &roots {
+            // Named in the CertificateRequest, so clients pick a matching certificate.
+            builder
+                .add_client_ca(root)
+                .map_err(openssl("tls.client_ca"))?;
+        }
+        builder.set_verify(SslVerifyMode::PEER | SslVerifyMode::FAIL_IF_NO_PEER_CERT);
+    }
+    builder
+        .set_session_id_context(SESSION_ID_CONTEXT)
+        .map_err(openssl("tls"))?;
+    builder.set_session_cache_mode(SslSessionCacheMode::SERVER);
+    builder.set_session_cache_size(SESSION_CACHE_ENTRIES);
+    builder
+        .set_num_tickets(TLS13_TICKETS)
+        .map_err(openssl("tls"))?;
+    let acceptor = builder.build();
+    check_security_level(acceptor.context(), settings)?;
+    Ok(acceptor)
+}
+
+pub(crate) fn build_upstream(
+    settings: &TlsSettings,
+    upstream: std::net::IpAddr,
+) -> Result<Upstream, TlsError> {
+    let identity = settings
+        .upstream_identity
+        .as_ref()
+        .map(|identity| LoadedIdentity::load(identity, UPSTREAM_IDENTITY).map_err(first_error))
+        .transpose()?;
+    // Verification on (peer), the system's roots, SNI and name checks per session.
+    let mut builder = SslConnector::builder(SslMethod::tls_client())
+        .map_err(|e| TlsError::new("tls", None, TlsProblem::OpenSsl(e)))?;
+    apply_versions_and_ciphers(&mut builder, settings)?;
+    if let Some(path) = &settings.upstream_ca {
+        let (store, _) = trust_store("tls.upstream_ca", path)?;
+        builder.set_cert_store(store);
+    }
+    if let Some(identity) = identity {
+        identity.install(&mut builder, UPSTREAM_IDENTITY)?;
+    }
+    let connector = builder.build();
+    check_security_level(connector.context(), settings)?;
+    Ok(Upstream {
+        connector,
+        server_name: settings.upstream_name(upstream),
+    })
+}
