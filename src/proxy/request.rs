@@ -388,7 +388,8 @@ impl Core {
 
     // === phase 5: relay ===
 
-    /// Splice in the proxy's edits and name the destination.
+    /// Splice in the proxy's edits and name the destination: the next hop,
+    /// then each edit in message order, then the record.
     fn relay<'m>(
         &self,
         ctx: &RequestCtx<'m>,
@@ -397,36 +398,10 @@ impl Core {
         open: OpenConnection<'_>,
     ) -> Result<Outcome, Halt<'m>> {
         let (view, inb) = (ctx.view, ctx.inbound);
-        let out_transport = match &routing.toward {
-            Some(flow) => {
-                self.check_flow(flow, open).map_err(Refusal::FlowFailed)?;
-                flow.transport
-            }
-            None => self.upstream_transport(),
-        };
-        // RFC 3261 26.2.2 / RFC 5630: a sips: request never leaves over
-        // anything but TLS.
-        let sips = view
-            .request_uri()
-            .is_some_and(|uri| uri.len() >= 5 && uri[..5].eq_ignore_ascii_case(b"sips:"));
-        if sips && out_transport != Transport::Tls {
-            return Err(Refusal::SipsWithoutTls(out_transport).into());
-        }
+        let hop = self.next_hop(ctx, &routing, open)?;
         let top_via = view
             .top_via()
             .map_err(|_| Refusal::Malformed(SipError::MalformedHeader(HeaderName::Via)))?;
-        // The next hop: the client flow's peer, or the registrar.
-        let next_hop_ip = match &routing.toward {
-            Some(flow) => flow.peer.ip(),
-            None => self
-                .settings
-                .upstream
-                .map_or(inb.local.ip(), |u| u.addr.ip()),
-        };
-        let own_addr = self
-            .address_for(out_transport, next_hop_ip)
-            .ok_or(Refusal::NoListener(out_transport))?;
-
         // The flow this request came in on, named for the way back.
         let inbound_flow = Flow {
             transport: inb.transport,
@@ -434,84 +409,17 @@ impl Core {
             connection: inb.connection.map(|c| self.flow_id(c)),
             client: admission.sender.client.id.clone(),
         };
-        let mut edits = Edits::new();
         let branch = self.branch(view, routing.loop_mark);
-        let mut via = format!(
-            "Via: SIP/2.0/{} {own_addr};branch={branch}",
-            out_transport.via_name()
-        );
-        if routing.toward.is_none() {
-            let token = self.signer.encode(Purpose::Via, &inbound_flow);
-            let _ = write!(via, ";{FLOW_PARAM}={token}");
-        }
-        via.push_str("\r\n");
-        edits.insert(before_first(view, HeaderName::Via), via);
+        let mut edits = Edits::new();
+        self.add_via(view, &routing, &hop, branch, &inbound_flow, &mut edits);
         mark_received(view, &top_via, inb.source, &mut edits);
-        match view
-            .header_fields()
-            .iter()
-            .find(|h| h.name == HeaderName::MaxForwards)
-        {
-            Some(h) => {
-                let n = view
-                    .max_forwards()
-                    .ok()
-                    .flatten()
-                    .unwrap_or(DEFAULT_MAX_FORWARDS);
-                edits.replace(h.value_span.range(), n.saturating_sub(1).to_string());
-            }
-            None => {
-                edits.insert(
-                    view.headers_end(),
-                    format!("Max-Forwards: {}\r\n", DEFAULT_MAX_FORWARDS - 1),
-                );
-            }
-        }
+        decrement_max_forwards(view, &mut edits);
         if let Some(route) = &routing.own_route {
             // RFC 3261 16.4: a proxy removes its own Route value; RFC 5658:
             // both values of a double Record-Route.
             remove_leading_values(view, HeaderName::Route, route.values, &mut edits);
         }
-        // Path on REGISTER (RFC 3327) and Record-Route on dialog-creating
-        // requests name the client flow, so requests from the registrar side
-        // come back through this proxy to that flow. Record-Route also
-        // carries the From-tag of the dialog's initiator (`ftag`), which
-        // tells the two directions of later requests apart.
-        let in_dialog = view.to().ok().and_then(|t| t.tag()).is_some();
-        if ctx.method == Method::Register && routing.toward.is_none() {
-            let token = self.signer.encode(Purpose::Path, &inbound_flow);
-            edits.insert(
-                after_vias(view, HeaderName::Path),
-                format!(
-                    "Path: <sip:{token}@{own_addr};transport={};lr>\r\n",
-                    out_transport.as_str()
-                ),
-            );
-            self.expect_registration(ctx, &inbound_flow);
-        } else if !in_dialog && is_dialog_creating(view) {
-            let (purpose, flow) = match &routing.toward {
-                None => (Purpose::DialogFromClient, &inbound_flow),
-                Some(flow) => (Purpose::DialogFromUpstream, flow),
-            };
-            let token = self.signer.encode(purpose, flow);
-            let ftag = Text(view.from().ok().and_then(|f| f.tag()));
-            // RFC 5658: when the request leaves on another transport or
-            // address than it came in on, one value per side: the outbound
-            // side on top (the next hop's way back), then the inbound side.
-            let outbound_side = (out_transport, own_addr);
-            let inbound_side = (inb.transport, inb.local);
-            let mut lines = String::new();
-            for (transport, addr) in std::iter::once(outbound_side)
-                .chain(Some(inbound_side).filter(|side| *side != outbound_side))
-            {
-                let _ = write!(
-                    lines,
-                    "Record-Route: <sip:{token}@{addr};transport={};lr;ftag={ftag}>\r\n",
-                    transport.as_str()
-                );
-            }
-            edits.insert(after_vias(view, HeaderName::RecordRoute), lines);
-        }
+        self.add_path_or_record_route(ctx, &routing, &hop, &inbound_flow, &mut edits);
         if view.content_length().is_none() {
             // RFC 3261 18.3 / 20.14: required on streams; harmless on UDP.
             edits.insert(
@@ -519,22 +427,8 @@ impl Core {
                 format!("Content-Length: {}\r\n", view.body().len()),
             );
         }
-        // The flag header is sipadmit's alone: whatever came in under its
-        // name (forged by a client, or left by an earlier leg) goes.
-        let flag_header = ctx.runtime.config.flag_header.as_str();
-        remove_named(view, flag_header, &mut edits);
+        flag_edits(ctx, admission, &mut edits);
         let decision = admission.decision;
-        if let Verdict::Flag { would_reject } = decision.verdict {
-            edits.insert(
-                view.headers_end(),
-                format!(
-                    "{flag_header}: flagged; client={}; reason={}{}\r\n",
-                    admission.subject.client.id,
-                    decision.rule,
-                    if would_reject { "; would-reject" } else { "" }
-                ),
-            );
-        }
         let record = matches!(ctx.method, Method::Register | Method::Invite).then(|| {
             self.record(
                 ctx.runtime,
@@ -552,16 +446,12 @@ impl Core {
         let bytes = edits.apply(view.raw());
         // RFC 3261 18.1.1: what no longer fits in a datagram after our
         // edits gets 513 (the send would fail with EMSGSIZE).
-        if out_transport == Transport::Udp && bytes.len() > max_udp_payload(next_hop_ip) {
+        if hop.transport == Transport::Udp && bytes.len() > max_udp_payload(hop.ip) {
             return Err(Refusal::TooLargeForUdp.into());
         }
-        let to = match routing.toward {
-            Some(flow) => Destination::Flow(flow),
-            None => Destination::Upstream,
-        };
         // RFC 3261 17.1: the client on a stream never retransmits, so what
         // leaves over UDP is retransmitted by this proxy until answered.
-        let retransmit = (inb.transport.is_stream() && out_transport == Transport::Udp)
+        let retransmit = (inb.transport.is_stream() && hop.transport == Transport::Udp)
             .then(|| {
                 let method = TransactionMethod::of(view.cseq().ok()?.method)?;
                 Some(TransactionKey {
@@ -570,6 +460,10 @@ impl Core {
                 })
             })
             .flatten();
+        let to = match routing.toward {
+            Some(flow) => Destination::Flow(flow),
+            None => Destination::Upstream,
+        };
         Ok(Outcome {
             send: Some(Outbound { to, bytes }),
             record,
@@ -577,6 +471,124 @@ impl Core {
             scanner: false,
             retransmit,
         })
+    }
+
+    /// Where the request leaves: the target flow must be writable (430), a
+    /// `sips:` request leaves over TLS only (RFC 3261 26.2.2, RFC 5630),
+    /// and this proxy needs a listener of that transport facing the next
+    /// hop's address family.
+    fn next_hop<'m>(
+        &self,
+        ctx: &RequestCtx<'m>,
+        routing: &Routing<'m>,
+        open: OpenConnection<'_>,
+    ) -> Result<NextHop, Halt<'m>> {
+        let transport = match &routing.toward {
+            Some(flow) => {
+                self.check_flow(flow, open).map_err(Refusal::FlowFailed)?;
+                flow.transport
+            }
+            None => self.upstream_transport(),
+        };
+        let sips = ctx
+            .view
+            .request_uri()
+            .is_some_and(|uri| uri.len() >= 5 && uri[..5].eq_ignore_ascii_case(b"sips:"));
+        if sips && transport != Transport::Tls {
+            return Err(Refusal::SipsWithoutTls(transport).into());
+        }
+        // The client flow's peer, or the registrar.
+        let ip = match &routing.toward {
+            Some(flow) => flow.peer.ip(),
+            None => self
+                .settings
+                .upstream
+                .map_or(ctx.inbound.local.ip(), |u| u.addr.ip()),
+        };
+        let own_addr = self
+            .address_for(transport, ip)
+            .ok_or(Refusal::NoListener(transport))?;
+        Ok(NextHop {
+            transport,
+            ip,
+            own_addr,
+        })
+    }
+
+    /// This proxy's Via on top (RFC 3261 16.6 step 8); toward the
+    /// registrar it carries the token of the flow the answer goes back to.
+    fn add_via(
+        &self,
+        view: &SipView,
+        routing: &Routing<'_>,
+        hop: &NextHop,
+        branch: super::Branch,
+        inbound_flow: &Flow,
+        edits: &mut Edits,
+    ) {
+        let mut via = format!(
+            "Via: SIP/2.0/{} {};branch={branch}",
+            hop.transport.via_name(),
+            hop.own_addr
+        );
+        if routing.toward.is_none() {
+            let token = self.signer.encode(Purpose::Via, inbound_flow);
+            let _ = write!(via, ";{FLOW_PARAM}={token}");
+        }
+        via.push_str("\r\n");
+        edits.insert(before_first(view, HeaderName::Via), via);
+    }
+
+    /// Path on REGISTER (RFC 3327) and Record-Route on dialog-creating
+    /// requests name the client flow, so requests from the registrar side
+    /// come back through this proxy to that flow. Record-Route also carries
+    /// the From-tag of the dialog's initiator (`ftag`), which tells the two
+    /// directions of later requests apart.
+    fn add_path_or_record_route(
+        &self,
+        ctx: &RequestCtx<'_>,
+        routing: &Routing<'_>,
+        hop: &NextHop,
+        inbound_flow: &Flow,
+        edits: &mut Edits,
+    ) {
+        let (view, inb) = (ctx.view, ctx.inbound);
+        let in_dialog = view.to().ok().and_then(|t| t.tag()).is_some();
+        if ctx.method == Method::Register && routing.toward.is_none() {
+            let token = self.signer.encode(Purpose::Path, inbound_flow);
+            edits.insert(
+                after_vias(view, HeaderName::Path),
+                format!(
+                    "Path: <sip:{token}@{};transport={};lr>\r\n",
+                    hop.own_addr,
+                    hop.transport.as_str()
+                ),
+            );
+            self.expect_registration(ctx, inbound_flow);
+        } else if !in_dialog && is_dialog_creating(view) {
+            let (purpose, flow) = match &routing.toward {
+                None => (Purpose::DialogFromClient, inbound_flow),
+                Some(flow) => (Purpose::DialogFromUpstream, flow),
+            };
+            let token = self.signer.encode(purpose, flow);
+            let ftag = Text(view.from().ok().and_then(|f| f.tag()));
+            // RFC 5658: when the request leaves on another transport or
+            // address than it came in on, one value per side: the outbound
+            // side on top (the next hop's way back), then the inbound side.
+            let outbound_side = (hop.transport, hop.own_addr);
+            let inbound_side = (inb.transport, inb.local);
+            let mut lines = String::new();
+            for (transport, addr) in std::iter::once(outbound_side)
+                .chain(Some(inbound_side).filter(|side| *side != outbound_side))
+            {
+                let _ = write!(
+                    lines,
+                    "Record-Route: <sip:{token}@{addr};transport={};lr;ftag={ftag}>\r\n",
+                    transport.as_str()
+                );
+            }
+            edits.insert(after_vias(view, HeaderName::RecordRoute), lines);
+        }
     }
 
     // === registrations ===
@@ -674,6 +686,61 @@ fn after_vias(view: &SipView, name: HeaderName) -> usize {
         .rev()
         .find(|h| h.name == HeaderName::Via)
         .map_or(view.start_line_end(), |h| h.line_span.end as usize)
+}
+
+/// Where a relayed request leaves, as the `relay` phase found it.
+struct NextHop {
+    /// The transport it leaves on.
+    transport: Transport,
+    /// The next hop's address (a client flow's peer, or the registrar).
+    ip: std::net::IpAddr,
+    /// This proxy's address on that transport, facing that hop.
+    own_addr: SocketAddr,
+}
+
+/// RFC 3261 16.6 step 3: Max-Forwards one less, or 69 added when absent.
+fn decrement_max_forwards(view: &SipView, edits: &mut Edits) {
+    match view
+        .header_fields()
+        .iter()
+        .find(|h| h.name == HeaderName::MaxForwards)
+    {
+        Some(h) => {
+            let n = view
+                .max_forwards()
+                .ok()
+                .flatten()
+                .unwrap_or(DEFAULT_MAX_FORWARDS);
+            edits.replace(h.value_span.range(), n.saturating_sub(1).to_string());
+        }
+        None => {
+            edits.insert(
+                view.headers_end(),
+                format!("Max-Forwards: {}\r\n", DEFAULT_MAX_FORWARDS - 1),
+            );
+        }
+    }
+}
+
+/// The flag header is sipadmit's alone: whatever came in under its name
+/// (forged by a client, or left by an earlier leg) goes; a flagged request
+/// gets sipadmit's own.
+fn flag_edits(ctx: &RequestCtx<'_>, admission: &Admission<'_>, edits: &mut Edits) {
+    let view = ctx.view;
+    let flag_header = ctx.runtime.config.flag_header.as_str();
+    remove_named(view, flag_header, edits);
+    let decision = admission.decision;
+    if let Verdict::Flag { would_reject } = decision.verdict {
+        edits.insert(
+            view.headers_end(),
+            format!(
+                "{flag_header}: flagged; client={}; reason={}{}\r\n",
+                admission.subject.client.id,
+                decision.rule,
+                if would_reject { "; would-reject" } else { "" }
+            ),
+        );
+    }
 }
 
 /// The largest UDP payload toward `ip`: 65,535 bytes less the IP and UDP
