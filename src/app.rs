@@ -326,7 +326,10 @@ pub async fn serve_reloading(
         limits: settings.limits,
         metrics: metrics.clone(),
         shutdown: shutdown.clone(),
-        slots: Arc::new(tokio::sync::Semaphore::new(settings.limits.max_connections)),
+        slots: Arc::new(crate::transport::slots::ConnectionSlots::new(
+            &settings.limits,
+            metrics.clone(),
+        )),
         upstream_sources: settings.upstream_sources.clone(),
         admission: admission.clone(),
         read_budget: Arc::new(tokio::sync::Semaphore::new(

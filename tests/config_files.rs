@@ -701,3 +701,45 @@ fn listeners_of_the_other_address_family_than_the_registrar_are_refused() {
     )
     .unwrap();
 }
+
+/// `[limits] reserved_connections` defaults to a tenth of
+/// `max_connections` and must leave untrusted clients a slot; known flows
+/// last `known_flow_secs` (0: none) in `known_flow_bytes`.
+#[test]
+fn reserved_connections_and_known_flows_are_read_and_checked() {
+    let limits = |text: &str| load_str(text).unwrap().settings.limits;
+    let default = limits("");
+    assert_eq!(
+        (default.max_connections, default.reserved_connections),
+        (4096, 409)
+    );
+    assert_eq!(
+        default.known_flow_ttl,
+        Some(std::time::Duration::from_secs(3600))
+    );
+    assert_eq!(default.known_flow_bytes, 8 << 20);
+    let set =
+        limits("[limits]\nmax_connections = 20\nreserved_connections = 0\nknown_flow_secs = 0\n");
+    assert_eq!((set.reserved_connections, set.known_flow_ttl), (0, None));
+    assert_eq!(
+        limits("[limits]\nmax_connections = 20\n").reserved_connections,
+        2
+    );
+    let err = load_str(
+        "[limits]\nmax_connections = 20\nreserved_connections = 20\nknown_flow_secs = 30\nknown_flow_bytes = 1024\n",
+    )
+    .unwrap_err();
+    assert_eq!(
+        problem_keys(&err),
+        [
+            "limits.reserved_connections",
+            "limits.known_flow_secs",
+            "limits.known_flow_bytes"
+        ]
+    );
+    assert!(
+        err.to_string()
+            .contains("20 is not below limits.max_connections (20)"),
+        "{err}"
+    );
+}

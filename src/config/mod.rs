@@ -104,6 +104,13 @@ pub struct Limits {
     pub max_headers: usize,
     /// Most concurrent TCP client connections.
     pub max_connections: usize,
+    /// Of those, the slots only trusted sources and known flows may take.
+    pub reserved_connections: usize,
+    /// How long a source that sent a complete message stays a known flow;
+    /// `None`: no source is one.
+    pub known_flow_ttl: Option<Duration>,
+    /// Bytes the table of known flows may hold.
+    pub known_flow_bytes: usize,
     /// Idle time after which a TCP connection is closed.
     pub tcp_idle_timeout: Duration,
     /// Most bindings, and most REGISTERs awaiting their response (each),
@@ -591,6 +598,26 @@ fn validate(
             format!("{} is above the maximum 1000000", l.max_connections),
         );
     }
+    if let Some(reserved) = l.reserved_connections {
+        if reserved >= l.max_connections.max(1) {
+            problem(
+                "limits.reserved_connections".into(),
+                format!(
+                    "{reserved} is not below limits.max_connections ({}): untrusted clients would get no slot (0 reserves none)",
+                    l.max_connections
+                ),
+            );
+        }
+    }
+    if l.known_flow_secs != 0 && !(60..=604_800).contains(&l.known_flow_secs) {
+        problem(
+            "limits.known_flow_secs".into(),
+            format!(
+                "{} s is outside 60..=604800 s (0: no known flows; default 3600)",
+                l.known_flow_secs
+            ),
+        );
+    }
     if l.max_message_bytes > 1 << 20 {
         problem(
             "limits.max_message_bytes".into(),
@@ -641,6 +668,12 @@ fn validate(
         (
             "limits.upstream_queue_bytes",
             l.upstream_queue_bytes,
+            64 << 10,
+            1 << 40,
+        ),
+        (
+            "limits.known_flow_bytes",
+            l.known_flow_bytes,
             64 << 10,
             1 << 40,
         ),
@@ -860,6 +893,10 @@ fn validate(
                     max_message_bytes: l.max_message_bytes,
                     max_headers: l.max_headers,
                     max_connections: l.max_connections,
+                    reserved_connections: l.reserved_connections.unwrap_or(l.max_connections / 10),
+                    known_flow_ttl: (l.known_flow_secs > 0)
+                        .then(|| Duration::from_secs(l.known_flow_secs)),
+                    known_flow_bytes: l.known_flow_bytes,
                     tcp_idle_timeout: Duration::from_secs(l.tcp_idle_timeout_secs),
                     max_registrations: l.max_registrations,
                     max_contacts_per_register: l.max_contacts_per_register,

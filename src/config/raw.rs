@@ -89,6 +89,18 @@ pub struct RawLimits {
     pub max_headers: usize,
     /// Most concurrent TCP client connections. Default 4096.
     pub max_connections: usize,
+    /// Of `max_connections`, the slots only trusted sources and known flows
+    /// may take (0..max_connections; 0: none reserved). Default: a tenth
+    /// of `max_connections`, rounded down.
+    pub reserved_connections: Option<usize>,
+    /// A source that sent a complete message on a connection is a known
+    /// flow this many seconds (0: none is; otherwise 60..=604800); a known
+    /// flow may take one reserved slot. Default 3600.
+    pub known_flow_secs: u64,
+    /// Bytes the table of known flows may hold (65536..=1099511627776),
+    /// about 48 bytes a source; when full the oldest is forgotten. Default
+    /// 8388608 (8 MiB).
+    pub known_flow_bytes: usize,
     /// A TCP connection idle this long is closed, seconds. Default 600
     /// (Lync clients send keep-alives every 300 s).
     pub tcp_idle_timeout_secs: u64,
@@ -162,6 +174,9 @@ impl Default for RawLimits {
             max_message_bytes: 65_535,
             max_headers: 256,
             max_connections: 4096,
+            reserved_connections: None,
+            known_flow_secs: 3600,
+            known_flow_bytes: 8 << 20,
             tcp_idle_timeout_secs: 600,
             max_registrations: 100_000,
             max_contacts_per_register: 16,
@@ -418,6 +433,9 @@ read_by_field_name!(RawLimits {
     max_message_bytes: or_default,
     max_headers: or_default,
     max_connections: or_default,
+    reserved_connections: optional,
+    known_flow_secs: or_default,
+    known_flow_bytes: or_default,
     tcp_idle_timeout_secs: or_default,
     max_registrations: or_default,
     max_contacts_per_register: or_default,

@@ -275,6 +275,16 @@ pub struct Metrics {
     /// Reads of stream connections that waited for the read buffer budget
     /// (`limits.read_buffer_budget_bytes`).
     pub read_budget_waits: AtomicU64,
+    /// Half-open connections closed to make room for a new one (every
+    /// slot it may take in use).
+    pub connections_evicted: AtomicU64,
+    /// Connections given a reserved slot (`limits.reserved_connections`).
+    pub reserved_admissions: AtomicU64,
+    /// Reserved slots in use now (a gauge the connection slots keep).
+    pub reserved_connections_in_use: AtomicU64,
+    /// Known flows held now (a gauge the connection slots keep; expired
+    /// ones not yet removed included).
+    pub known_flows: AtomicU64,
     /// TLS handshakes completed, per [`TlsSide`].
     tls_handshakes: [AtomicU64; TlsSide::ALL.len()],
     /// TLS handshakes failed, per [`TlsSide`] and [`HandshakeReason`].
@@ -870,6 +880,16 @@ impl Metrics {
                 "Reads of stream connections that waited because limits.read_buffer_budget_bytes was in use.",
                 &self.read_budget_waits,
             ),
+            (
+                "sipadmit_connections_evicted_total",
+                "Half-open TCP/TLS connections (no complete message yet) closed to make room for a new connection when every slot it may take was in use: the oldest of the source with the most.",
+                &self.connections_evicted,
+            ),
+            (
+                "sipadmit_connections_reserved_total",
+                "TCP/TLS connections given one of the limits.reserved_connections slots (trusted sources and known flows, once the unreserved slots are in use).",
+                &self.reserved_admissions,
+            ),
         ] {
             out.family(name, "counter", help);
             out.sample(name, &[], counter.load(Ordering::Relaxed));
@@ -1027,6 +1047,16 @@ impl Metrics {
                 "Sources whose message rate-limit bucket is held (not full); swept every second.",
                 gauges.rate_limited_sources,
             ),
+            (
+                "sipadmit_reserved_connections",
+                "Reserved connection slots in use (of limits.reserved_connections).",
+                self.reserved_connections_in_use.load(Ordering::Relaxed) as usize,
+            ),
+            (
+                "sipadmit_known_flows",
+                "Sources held as known flows (a complete message within limits.known_flow_secs; bounded by limits.known_flow_bytes).",
+                self.known_flows.load(Ordering::Relaxed) as usize,
+            ),
         ] {
             out.family(name, "gauge", help);
             out.sample(name, &[], value as u64);
@@ -1156,6 +1186,10 @@ mod tests {
         metrics.count_drop(DropReason::RateLimited);
         metrics.count_fault(Fault::MessageDeadline);
         Metrics::add(&metrics.registrations_evicted, 4);
+        Metrics::add(&metrics.connections_evicted, 2);
+        metrics
+            .reserved_connections_in_use
+            .store(3, Ordering::Relaxed);
         metrics.count_received(Transport::Tls, MessageKind::Request);
         metrics.count_tls_handshake(TlsSide::Listener);
         metrics.count_tls_handshake_failure(TlsSide::Upstream, HandshakeReason::BadCertificate);
@@ -1231,6 +1265,10 @@ mod tests {
             "sipadmit_udp_kernel_drops_total 0",
             "sipadmit_upstream_silent_requests_total 0",
             "sipadmit_read_budget_waits_total 0",
+            "sipadmit_connections_evicted_total 2",
+            "sipadmit_connections_reserved_total 0",
+            "sipadmit_reserved_connections 3",
+            "sipadmit_known_flows 0",
             "sipadmit_message_handling_seconds_bucket{le=\"0.00005\"} 1",
             "sipadmit_message_handling_seconds_bucket{le=\"0.1\"} 1",
             "sipadmit_message_handling_seconds_bucket{le=\"+Inf\"} 2",

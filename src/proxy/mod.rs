@@ -27,7 +27,7 @@
 //! finish with the one they started with.
 
 pub mod client_transactions;
-mod expiring;
+pub(crate) mod expiring;
 pub mod flow;
 mod refusal;
 pub mod registrations;

@@ -203,6 +203,15 @@ pub struct SourceConnection {
     key: Option<SourceKey>,
 }
 
+impl SourceConnection {
+    /// Whether its source is exempt from the limits (`rate_limit.trusted`,
+    /// the Response Group application, the registrar): a trusted source
+    /// for the connection slots too.
+    pub fn is_exempt(&self) -> bool {
+        self.key.is_none()
+    }
+}
+
 impl Drop for SourceConnection {
     fn drop(&mut self) {
         if let Some(key) = self.key {

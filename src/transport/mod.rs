@@ -12,6 +12,9 @@
 //! - `upstream`: the link to a stream upstream, a task with a bounded queue;
 //! - `admission`: per-source rate limits and bans, checked by [`admit`]
 //!   for every message and by `stream::accept` for every connection;
+//! - `slots`: the connection slots of every listener, a share reserved for
+//!   trusted sources and known flows, and the eviction of half-open
+//!   connections when they are all in use;
 //! - `tls`: the TLS handshakes. The shared vocabulary (transports, ids,
 //!   faults, the inbound message) is in [`crate::vocabulary`].
 //!
@@ -21,6 +24,7 @@
 
 pub mod admission;
 pub mod connections;
+pub mod slots;
 pub mod stream;
 pub mod tls;
 pub mod udp;
@@ -202,8 +206,10 @@ pub struct TransportContext {
     pub metrics: Arc<Metrics>,
     /// Stop signal.
     pub shutdown: CancellationToken,
-    /// Connection slots shared by every listener (`limits.max_connections`).
-    pub slots: Arc<Semaphore>,
+    /// Connection slots shared by every listener (`limits.max_connections`,
+    /// `limits.reserved_connections` of them for trusted sources and known
+    /// flows).
+    pub slots: Arc<slots::ConnectionSlots>,
     /// Sources whose messages count as the registrar's, besides what
     /// arrives on the connections this proxy opened to it.
     pub upstream_sources: UpstreamSources,
@@ -275,30 +281,11 @@ impl TransportContext {
     /// slots and a 60 s idle timeout; nothing counts as the registrar.
     pub(crate) fn for_tests(events: mpsc::Sender<Event>, max_connections: usize) -> Arc<Self> {
         let metrics = Arc::new(Metrics::default());
+        let limits = Self::test_limits(max_connections);
         Arc::new(Self {
             connections: Arc::new(Connections::default()),
             events,
-            limits: Limits {
-                max_message_bytes: 65_535,
-                max_headers: 256,
-                max_connections,
-                tcp_idle_timeout: std::time::Duration::from_secs(60),
-                max_registrations: 16,
-                max_contacts_per_register: 16,
-                client_transaction_bytes: 1 << 20,
-                timer_t1: std::time::Duration::from_millis(500),
-                timer_t2: std::time::Duration::from_secs(4),
-                upstream_queue_bytes: 1 << 20,
-                listen_backlog: 128,
-                registration_table_bytes: 1 << 20,
-                transaction_table_bytes: 1 << 20,
-                upstream_retry_after_secs: 30,
-                message_deadline: std::time::Duration::from_secs(10),
-                read_buffer_budget_bytes: 1 << 20,
-                write_queue_bytes: 1 << 20,
-                udp_receive_buffer_bytes: 1 << 20,
-                udp_send_buffer_bytes: 1 << 20,
-            },
+            limits,
             admission: Arc::new(Admission::new(
                 crate::config::RateLimit {
                     trusted: Vec::new(),
@@ -312,14 +299,43 @@ impl TransportContext {
                 UpstreamSources::default(),
                 metrics.clone(),
             )),
+            slots: Arc::new(slots::ConnectionSlots::new(&limits, metrics.clone())),
             metrics,
             shutdown: CancellationToken::new(),
-            slots: Arc::new(Semaphore::new(max_connections)),
             upstream_sources: UpstreamSources::default(),
             read_budget: Arc::new(Semaphore::new(1 << 20)),
             udp_upstream: None,
             upstream_queue: None,
         })
+    }
+
+    /// The limits of [`TransportContext::for_tests`]: the defaults, but
+    /// `max_connections` slots (none reserved) and a 60 s idle timeout.
+    pub(crate) fn test_limits(max_connections: usize) -> Limits {
+        Limits {
+            max_message_bytes: 65_535,
+            max_headers: 256,
+            max_connections,
+            reserved_connections: 0,
+            known_flow_ttl: Some(std::time::Duration::from_secs(3600)),
+            known_flow_bytes: 1 << 20,
+            tcp_idle_timeout: std::time::Duration::from_secs(60),
+            max_registrations: 16,
+            max_contacts_per_register: 16,
+            client_transaction_bytes: 1 << 20,
+            timer_t1: std::time::Duration::from_millis(500),
+            timer_t2: std::time::Duration::from_secs(4),
+            upstream_queue_bytes: 1 << 20,
+            listen_backlog: 128,
+            registration_table_bytes: 1 << 20,
+            transaction_table_bytes: 1 << 20,
+            upstream_retry_after_secs: 30,
+            message_deadline: std::time::Duration::from_secs(10),
+            read_buffer_budget_bytes: 1 << 20,
+            write_queue_bytes: 1 << 20,
+            udp_receive_buffer_bytes: 1 << 20,
+            udp_send_buffer_bytes: 1 << 20,
+        }
     }
 }
 

@@ -1,12 +1,15 @@
 //! Stage 1, streams: ONE server for every connection-oriented transport,
 //! generic over `AsyncRead + AsyncWrite + Unpin + Send`.
 //!
-//! - [`accept`]: the accept loop of a listener: a connection slot
-//!   (`limits.max_connections`, shared by every listener) and the source's
-//!   admission (`rate_limit`: banned sources, `connections_per_second`,
-//!   `max_connections_per_source`), or the connection is closed at once;
-//!   accept errors back off; each connection gets its own task and span
-//!   (`transport`, `peer`, `connection`).
+//! - [`accept`]: the accept loop of a listener: the source's admission
+//!   (`rate_limit`: banned sources, `connections_per_second`,
+//!   `max_connections_per_source`) and a connection slot
+//!   (`limits.max_connections`, shared by every listener; a reserved share
+//!   for trusted sources and known flows; when full, the oldest half-open
+//!   connection of the busiest source is closed to make room, see
+//!   [`super::slots`]), or the connection is closed at once; accept errors
+//!   back off; each connection gets its own task and span (`transport`,
+//!   `peer`, `connection`).
 //! - In that task, the listener's `open` step turns the accepted TCP stream
 //!   into the byte stream SIP is read from: the stream itself for TCP; for
 //!   TLS the handshake, which so runs in the connection's task and slot,
@@ -52,6 +55,7 @@ use tracing::{debug, error, info, info_span, Instrument, Span};
 
 use super::connections::WriteQueue;
 pub use super::connections::WRITE_TIMEOUT;
+use super::slots::Slot;
 use super::{
     admit, is_unrecoverable, Admitted, ConnectionId, Event, Fault, Transport, TransportContext,
 };
@@ -97,10 +101,11 @@ pub struct ConnectionInfo {
 /// Accept connections on `listener` until shutdown. Each accepted TCP
 /// stream gets its source's admission (bans, `connections_per_second`,
 /// `max_connections_per_source`: a TLS handshake counts like any
-/// connection) and a slot, its own task and span, then `open` (the
-/// handshake of a secured transport, bounded by its own deadline; `None`
-/// closes the connection, `open` having logged and counted why), then
-/// [`serve`].
+/// connection) and a slot (which may evict a half-open connection), its
+/// own task and span, then `open` (the handshake of a secured transport,
+/// bounded by its own deadline; `None` closes the connection, `open`
+/// having logged and counted why), then [`serve`]. An evicted connection
+/// is closed wherever it is, its handshake included.
 #[tracing::instrument(
     name = "listener",
     level = "info",
@@ -145,13 +150,14 @@ pub async fn accept<O, F, S>(
         let Ok(source) = ctx.admission.connection(peer, std::time::Instant::now()) else {
             continue;
         };
-        let Ok(slot) = ctx.slots.clone().try_acquire_owned() else {
-            Fault::ConnectionLimit.report(
-                &ctx.metrics,
-                Some(peer),
-                &format_args!("limits.max_connections = {}", ctx.limits.max_connections),
-            );
-            continue;
+        let closing = ctx.shutdown.child_token();
+        let now = std::time::Instant::now();
+        let slot = match ctx.slots.acquire(peer, source.is_exempt(), closing, now) {
+            Ok(slot) => slot,
+            Err(full) => {
+                Fault::ConnectionLimit.report(&ctx.metrics, Some(peer), &full);
+                continue;
+            }
         };
         let _ = tcp.set_nodelay(true);
         let info = ConnectionInfo {
@@ -174,11 +180,17 @@ pub async fn accept<O, F, S>(
                 // deadline, the wait for a plain connection's first bytes
                 // by the message deadline. Either way the connection holds
                 // its slot, counts against its source and counts as open
-                // (`sipadmit_open_connections`) meanwhile.
-                let opened = open(tcp).await;
+                // (`sipadmit_open_connections`) meanwhile, and may be
+                // evicted.
+                let mut slot = slot;
+                let closing = slot.closing().clone();
+                let opened = tokio::select! {
+                    () = closing.cancelled() => None,
+                    opened = open(tcp) => opened,
+                };
                 drop(opening);
                 if let Some(stream) = opened {
-                    serve(stream, info, &ctx).await;
+                    serve(stream, info, &ctx, Some(&mut slot)).await;
                 }
                 drop((slot, source));
             }
@@ -188,14 +200,40 @@ pub async fn accept<O, F, S>(
 }
 
 /// Serve one connection in the current task (whose span gets the
-/// connection id) until it ends.
-pub async fn serve<S>(stream: S, info: ConnectionInfo, ctx: &Arc<TransportContext>)
-where
+/// connection id) until it ends. `slot`: the one it holds (an accepted
+/// connection), told when a complete message was heard; its token closes
+/// the connection when it is evicted.
+pub async fn serve<S>(
+    stream: S,
+    info: ConnectionInfo,
+    ctx: &Arc<TransportContext>,
+    slot: Option<&mut Slot>,
+) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let (id, read, closing, queue) = register(stream, info, ctx);
+    let closing = match &slot {
+        Some(slot) => slot.closing().clone(),
+        None => ctx.shutdown.child_token(),
+    };
+    let (id, read, queue) = register(stream, info, ctx, closing.clone());
     Span::current().record("connection", tracing::field::display(id));
-    read_messages(read, id, info, ctx, closing, queue, None).await;
+    let hearing = match slot {
+        Some(slot) => Hearing::Slot(slot),
+        None => Hearing::Nobody,
+    };
+    read_messages(read, id, info, ctx, closing, queue, hearing).await;
+}
+
+/// Who learns that a connection's peer sent a complete message.
+enum Hearing<'a> {
+    /// Nobody.
+    Nobody,
+    /// The opener of a connection to the upstream: set at its first
+    /// message (keep-alives do not count).
+    Flag(&'a AtomicBool),
+    /// An accepted connection's slot: it is no longer half-open, and its
+    /// source a known flow (refreshed by later messages and keep-alives).
+    Slot(&'a mut Slot),
 }
 
 /// A connection started by [`spawn`], as its opener (the upstream link)
@@ -218,7 +256,8 @@ pub fn spawn<S>(stream: S, info: ConnectionInfo, ctx: &Arc<TransportContext>) ->
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let (id, read, closing, queue) = register(stream, info, ctx);
+    let closing = ctx.shutdown.child_token();
+    let (id, read, queue) = register(stream, info, ctx, closing.clone());
     let span = info_span!(
         "connection",
         transport = %info.transport,
@@ -237,7 +276,8 @@ where
     tokio::spawn(
         async move {
             let _ended = ended.drop_guard();
-            read_messages(read, id, info, &ctx, closing, queue, Some(&heard)).await;
+            let hearing = Hearing::Flag(&heard);
+            read_messages(read, id, info, &ctx, closing, queue, hearing).await;
         }
         .instrument(span),
     );
@@ -245,18 +285,15 @@ where
 }
 
 /// Give a connection an id, put its writer queue in the table and start
-/// the writer task; returns the read half, the token the writer cancels
-/// when it fails (so the reader stops too) and the writer queue.
+/// the writer task; returns the read half and the writer queue. The writer
+/// cancels `closing` when it fails, so the reader stops too (as it does
+/// when anything else cancels it: an eviction, shutdown).
 fn register<S>(
     stream: S,
     info: ConnectionInfo,
     ctx: &TransportContext,
-) -> (
-    ConnectionId,
-    ReadHalf<S>,
-    CancellationToken,
-    Arc<WriteQueue>,
-)
+    closing: CancellationToken,
+) -> (ConnectionId, ReadHalf<S>, Arc<WriteQueue>)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -266,7 +303,6 @@ where
     let queue = Arc::new(WriteQueue::new(ctx.limits.write_queue_bytes));
     ctx.connections
         .insert(id, info.peer, info.transport, writer, queue.clone());
-    let closing = ctx.shutdown.child_token();
     let span = info_span!(
         "connection",
         transport = %info.transport,
@@ -283,7 +319,7 @@ where
         )
         .instrument(span),
     );
-    (id, read, closing, queue)
+    (id, read, queue)
 }
 
 /// Write what is queued for a connection until the queue closes (the
@@ -398,8 +434,9 @@ enum Stop {
 }
 
 /// Read and frame one connection until EOF, an error, a timeout (idle
-/// between messages, or the message deadline), a failed writer or shutdown;
-/// then take it out of the table. `heard` is set at the first message.
+/// between messages, or the message deadline), a failed writer, an
+/// eviction or shutdown; then take it out of the table. `hearing` learns
+/// of every complete message admitted (see [`Hearing`]).
 async fn read_messages<S>(
     mut read: ReadHalf<S>,
     id: ConnectionId,
@@ -407,7 +444,7 @@ async fn read_messages<S>(
     ctx: &TransportContext,
     closing: CancellationToken,
     queue: Arc<WriteQueue>,
-    heard: Option<&AtomicBool>,
+    mut hearing: Hearing<'_>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -429,11 +466,24 @@ async fn read_messages<S>(
         loop {
             match codec.decode(&mut buf) {
                 Ok(Some(frame)) => {
-                    last_message = Some(Instant::now());
-                    if let (Some(heard), Frame::Message(_)) = (heard, &frame) {
+                    let now = Instant::now();
+                    last_message = Some(now);
+                    if let (Hearing::Flag(heard), Frame::Message(_)) = (&hearing, &frame) {
                         heard.store(true, Ordering::Relaxed);
                     }
-                    if !handle_frame(frame, id, info, ctx).await {
+                    let handled = handle_frame(frame, id, info, ctx).await;
+                    if let Hearing::Slot(slot) = &mut hearing {
+                        // A keep-alive refreshes a known flow, never makes one.
+                        let proven = match handled {
+                            Handled::Admitted => true,
+                            Handled::Pinged => slot.is_heard(),
+                            Handled::Refused | Handled::Stop => false,
+                        };
+                        if proven {
+                            slot.heard(now.into_std());
+                        }
+                    }
+                    if handled == Handled::Stop {
                         closed = true;
                         break;
                     }
@@ -557,15 +607,27 @@ async fn read_messages<S>(
     debug!("connection closed");
 }
 
+/// What became of one frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Handled {
+    /// A message within its source's rate limit, handed to the dispatcher.
+    Admitted,
+    /// A keep-alive, answered.
+    Pinged,
+    /// A message over its source's limit (answered 503 or dropped).
+    Refused,
+    /// Stop reading: the source is banned, or the dispatcher is gone.
+    Stop,
+}
+
 /// Handle one frame: answer a ping, hand a message to the dispatcher (after
-/// its source's rate limit). `false`: stop reading (the source is banned,
-/// or the dispatcher is gone).
+/// its source's rate limit).
 async fn handle_frame(
     frame: Frame,
     id: ConnectionId,
     info: ConnectionInfo,
     ctx: &TransportContext,
-) -> bool {
+) -> Handled {
     match frame {
         Frame::Ping => {
             Metrics::inc(&ctx.metrics.keepalives);
@@ -573,7 +635,7 @@ async fn handle_frame(
             if let Err(e) = ctx.connections.send(id, info.peer, pong) {
                 Fault::of_send(&e).report(&ctx.metrics, Some(info.peer), &e);
             }
-            true
+            Handled::Pinged
         }
         Frame::Message(bytes) => {
             let message = Inbound {
@@ -589,15 +651,23 @@ async fn handle_frame(
                     // Backpressure: a client's message waits (and its
                     // connection is read no further) while the queue to a
                     // stream upstream is nearly full.
+                    let received = matches!(event, Event::Received(_));
                     if let (Some(budget), false) = (&ctx.upstream_queue, info.from_upstream) {
                         if let Event::Received(inbound) = &event {
                             budget.room_for_clients(inbound.bytes.len()).await;
                         }
                     }
-                    ctx.events.send(event).await.is_ok() && keep_reading
+                    match (
+                        ctx.events.send(event).await.is_ok() && keep_reading,
+                        received,
+                    ) {
+                        (false, _) => Handled::Stop,
+                        (true, true) => Handled::Admitted,
+                        (true, false) => Handled::Refused,
+                    }
                 }
-                Admitted::Dropped => true,
-                Admitted::Banned => false,
+                Admitted::Dropped => Handled::Refused,
+                Admitted::Banned => Handled::Stop,
             }
         }
     }
@@ -647,7 +717,7 @@ mod tests {
     fn served(ctx: &Arc<TransportContext>, peer: &str) -> DuplexStream {
         let (client, server) = tokio::io::duplex(64 * 1024);
         let (ctx, info) = (ctx.clone(), info(peer));
-        tokio::spawn(async move { serve(server, info, &ctx).await });
+        tokio::spawn(async move { serve(server, info, &ctx, None).await });
         client
     }
 
@@ -818,9 +888,9 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn connections_beyond_the_slots_are_closed_at_once() {
-        let (tx, _events) = mpsc::channel(16);
-        let ctx = TransportContext::for_tests(tx, 1);
+    async fn a_full_pool_closes_a_half_open_connection_for_a_new_one_or_refuses_it() {
+        let (tx, mut events) = mpsc::channel(16);
+        let ctx = TransportContext::for_tests(tx, 2);
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let at = Listener {
@@ -830,19 +900,34 @@ mod tests {
         tokio::spawn(accept(listener, at, ctx.clone(), |tcp| {
             std::future::ready(Some(tcp))
         }));
-        let mut first = TcpStream::connect(addr).await.unwrap();
-        first.write_all(b"\r\n\r\n").await.unwrap();
         let mut pong = [0u8; 2];
-        first.read_exact(&mut pong).await.unwrap();
-        // The only slot is taken: the second connection is closed unread.
+        // The first sends a message: no longer half-open.
+        let mut first = TcpStream::connect(addr).await.unwrap();
+        first.write_all(MESSAGE).await.unwrap();
+        received(&mut events).await;
+        // The second only pings (a keep-alive proves nothing): half-open.
         let mut second = TcpStream::connect(addr).await.unwrap();
+        second.write_all(b"\r\n\r\n").await.unwrap();
+        second.read_exact(&mut pong).await.unwrap();
+        // Both slots are taken: the third closes the second and takes its place.
+        let mut third = TcpStream::connect(addr).await.unwrap();
         let mut rest = Vec::new();
         let _ = second.read_to_end(&mut rest).await;
         assert!(rest.is_empty());
+        assert_eq!(ctx.metrics.connections_evicted.load(Ordering::Relaxed), 1);
+        third.write_all(MESSAGE).await.unwrap();
+        received(&mut events).await;
+        // Nothing half-open now: the fourth is closed unread.
+        let mut fourth = TcpStream::connect(addr).await.unwrap();
+        let _ = fourth.read_to_end(&mut rest).await;
+        assert!(rest.is_empty());
         assert_eq!(ctx.metrics.faults(Fault::ConnectionLimit), 1);
-        // The first still works.
-        first.write_all(b"\r\n\r\n").await.unwrap();
-        first.read_exact(&mut pong).await.unwrap();
+        // The first and third still work.
+        for conn in [&mut first, &mut third] {
+            conn.write_all(b"\r\n\r\n").await.unwrap();
+            conn.read_exact(&mut pong).await.unwrap();
+        }
+        assert_eq!(ctx.slots.in_use(), (2, 0));
         ctx.shutdown.cancel();
     }
 }
