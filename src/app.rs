@@ -187,6 +187,7 @@ pub async fn bind(config: &Config) -> Result<Bound, AppError> {
         let listener = TcpListener::bind(addr)
             .await
             .map_err(|source| AppError::AdminBind { addr, source })?;
+        admin::warn_if_remote(addr, config.settings.admin_allow_remote);
         bound.admin = Some(listener);
     }
     Ok(bound)

@@ -58,6 +58,7 @@ fn settings_hold_the_restart_keys_and_runtime_the_swappable_ones() {
         tls,
         rate_limit,
         admin,
+        admin_allow_remote,
     } = &c.settings;
     assert_eq!(listen.len(), 2);
     assert_eq!(upstream.unwrap().to_string(), "udp:127.0.0.1:5070");
@@ -71,6 +72,7 @@ fn settings_hold_the_restart_keys_and_runtime_the_swappable_ones() {
     assert_eq!(rate_limit.over_limit, sipadmit::config::OverLimit::Reject);
     // The shipped config opens the admin listener on loopback only.
     assert!(admin.is_some_and(|a| a.ip().is_loopback()), "{admin:?}");
+    assert!(!admin_allow_remote);
     let sipadmit::config::RuntimeConfig {
         catalog_source,
         sessions,
@@ -597,7 +599,7 @@ fn a_reload_names_the_restart_only_settings_that_changed() {
     let changed = load(
         "[proxy]\nupstream = \"tcp:127.0.0.1:5070\"\nlisten = [\"udp:127.0.0.1:5062\"]\n\
          flow_secret = \"0123456789abcdef0123\"\n[limits]\nmax_headers = 100\n\
-         [admin]\nlisten = \"127.0.0.1:9464\"\n",
+         [admin]\nlisten = \"127.0.0.1:9464\"\nallow_remote = true\n",
     );
     assert_eq!(
         running.settings.needing_restart(&changed.settings),
@@ -607,7 +609,8 @@ fn a_reload_names_the_restart_only_settings_that_changed() {
             // (the default sources, the upstream's IP:PORT, did not change)
             "proxy.flow_secret",
             "limits",
-            "admin.listen"
+            "admin.listen",
+            "admin.allow_remote"
         ]
     );
     // [rate_limit] is applied by the reload itself (to the admission).

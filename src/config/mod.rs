@@ -224,6 +224,9 @@ pub struct Settings {
     pub rate_limit: RateLimit,
     /// The admin HTTP listener (`admin.listen` or `--admin`), if any.
     pub admin: Option<std::net::SocketAddr>,
+    /// `admin.allow_remote`: an admin listener on a non-loopback address
+    /// is intended (no warning at start; it has no authentication).
+    pub admin_allow_remote: bool,
 }
 
 impl Settings {
@@ -256,6 +259,10 @@ impl Settings {
         );
         check("limits", self.limits != new.limits);
         check("admin.listen", self.admin != new.admin);
+        check(
+            "admin.allow_remote",
+            self.admin_allow_remote != new.admin_allow_remote,
+        );
         check(
             "tls.handshake_timeout_secs",
             self.tls.handshake_timeout != new.tls.handshake_timeout,
@@ -928,6 +935,7 @@ fn validate(
                     over_limit,
                 },
                 admin,
+                admin_allow_remote: raw.admin.allow_remote,
             },
             overrides: overrides.clone(),
             runtime: RuntimeConfig {

@@ -40,6 +40,9 @@ pub struct RawAdmin {
     /// Admin HTTP listener, `IP:PORT` (`/metrics`, `/healthz`, `/readyz`).
     /// Default: none, no admin listener.
     pub listen: Option<String>,
+    /// The admin listener may be on a non-loopback address on purpose: no
+    /// warning at start. Default: false.
+    pub allow_remote: bool,
 }
 
 /// `[proxy]`.
@@ -493,7 +496,10 @@ read_by_field_name!(RawRolePolicy {
     unknown_warning: optional,
 });
 
-read_by_field_name!(RawAdmin { listen: optional });
+read_by_field_name!(RawAdmin {
+    listen: optional,
+    allow_remote: or_default,
+});
 
 read_by_field_name!(RawTls {
     certificate: optional,
@@ -615,6 +621,10 @@ impl ConfigValue for u16 {
     const EXPECTED: &'static str = "an integer from 0 to 65535";
 }
 
+impl ConfigValue for bool {
+    const EXPECTED: &'static str = "true or false";
+}
+
 impl ConfigValue for Mode {
     const EXPECTED: &'static str = "\"enforce\" or \"monitor\"";
 }
@@ -693,5 +703,19 @@ mod tests {
         assert!(problems.is_empty(), "{problems:?}");
         assert_eq!(raw.proxy.listen, RawProxy::default().listen);
         assert_eq!(raw.policy.flag_header, "X-Sipadmit");
+        assert!(!raw.admin.allow_remote);
+    }
+
+    #[test]
+    fn admin_allow_remote_is_a_boolean() {
+        let (raw, problems) = read("[admin]\nallow_remote = true\n");
+        assert!(problems.is_empty(), "{problems:?}");
+        assert!(raw.admin.allow_remote);
+        let (raw, problems) = read("[admin]\nallow_remote = \"yes\"\n");
+        assert_eq!(
+            problems,
+            ["admin.allow_remote: expected true or false, got \"yes\""]
+        );
+        assert!(!raw.admin.allow_remote);
     }
 }
