@@ -10,6 +10,8 @@ pub mod app;
 pub mod classify;
 pub mod cli;
 pub mod config;
+pub mod dispatch;
+pub mod expiring;
 pub mod observe;
 pub mod policy;
 pub mod problem;

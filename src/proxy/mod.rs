@@ -19,7 +19,7 @@
 //! - [`flow`]: signed flow tokens; [`registrations`]: the registration
 //!   tables; [`transactions`]: the transactions recorded, so that a
 //!   retransmission is handled again but not recorded again; both on
-//!   `expiring.rs`, a map with O(1) insert, expiry and eviction.
+//!   [`crate::expiring`], a map with O(1) insert, expiry and eviction.
 //!
 //! The runtime configuration (catalog, Response Group matchers, policy,
 //! flag header) is an [`ArcSwap`] snapshot loaded once per message:
@@ -27,7 +27,7 @@
 //! finish with the one they started with.
 
 pub mod client_transactions;
-pub(crate) mod expiring;
+
 pub mod flow;
 mod refusal;
 pub mod registrations;

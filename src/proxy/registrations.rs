@@ -28,11 +28,11 @@ use std::net::SocketAddr;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use super::expiring::{
+use super::flow::Flow;
+use crate::expiring::{
     slot_bytes, Bounds, ExpiringMap, HeapBytes, InsertError, HEAP_BLOCK_OVERHEAD_BYTES,
     MAX_INDEX_BYTES_PER_SLOT,
 };
-use super::flow::Flow;
 use crate::transport::{FlowId, Transport};
 
 /// How long a relayed REGISTER waits for its final response (64 * T1,

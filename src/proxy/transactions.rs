@@ -16,7 +16,7 @@ use std::hash::{BuildHasher, Hasher};
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use super::expiring::{Bounds, ExpiringMap};
+use crate::expiring::{Bounds, ExpiringMap};
 use crate::sip::SipView;
 
 /// How long a transaction's requests count as retransmissions (64 * T1).
@@ -164,7 +164,7 @@ mod tests {
     #[test]
     #[cfg(target_pointer_width = "64")]
     fn a_transaction_costs_the_documented_48_bytes() {
-        use crate::proxy::expiring::{slot_bytes, MAX_INDEX_BYTES_PER_SLOT};
+        use crate::expiring::{slot_bytes, MAX_INDEX_BYTES_PER_SLOT};
         assert_eq!(slot_bytes::<()>() + MAX_INDEX_BYTES_PER_SLOT, 48);
     }
 

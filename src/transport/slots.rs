@@ -56,8 +56,8 @@ use tracing::warn;
 use super::admission::SourceKey;
 use super::WarningWindow;
 use crate::config::Limits;
+use crate::expiring::{Bounds, ExpiringMap};
 use crate::observe::metrics::Metrics;
-use crate::proxy::expiring::{Bounds, ExpiringMap};
 
 /// Eviction warnings are logged at most once per this interval.
 const EVICTION_WARNING_INTERVAL: Duration = Duration::from_secs(10);

@@ -1,0 +1,423 @@
+//! The dispatcher: the one loop that takes what the transports received
+//! ([`Event`]s), has the core decide ([`Core::handle_banning`] and the
+//! other entry points), and carries the outcome out (records to the
+//! decision log, messages to the senders, never waiting for a connection).
+//! It also drives what the core's timers ask for (the client transactions'
+//! retransmissions and 408s), the OPTIONS probes of the registrar, and the
+//! per-second housekeeping of rate limits and summaries. Slow chores (the
+//! registration sweep, the kernel's UDP drop counters in `/proc`) run on
+//! tasks of their own, off the message path ([`spawn_chores`]).
+//!
+//! One [`Dispatcher`] owns its state: built once per worker, it shares the
+//! [`Core`] (whose tables are concurrent) and the senders with the others.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::observe::metrics::{DropReason, MessageKind, Metrics};
+use crate::observe::DecisionLog;
+use crate::proxy::{Core, Destination, Inbound, Outbound, Outcome};
+use crate::transport::admission::{Admission, BanCause, BanScope};
+use crate::transport::upstream::DatagramWatch;
+use crate::transport::{udp, BootId, Event, Fault, SendError, Senders, Transport, UpstreamSender};
+
+/// How often expired registrations are swept.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(30);
+/// How often bans, rate-limit state and log summaries are looked after.
+const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(1);
+/// How often the kernel's UDP drop counters are read.
+const KERNEL_DROPS_INTERVAL: Duration = Duration::from_secs(10);
+
+/// One dispatcher: the core it asks, where it sends, where records go, and
+/// its own timers and edge state.
+pub struct Dispatcher {
+    core: Arc<Core>,
+    senders: Senders,
+    log: DecisionLog,
+    edge: Edge,
+    probes: Probes,
+}
+
+impl Dispatcher {
+    /// A dispatcher over `core`, sending through `senders`, recording to
+    /// `log`, banning through `admission`; it probes the registrar every
+    /// `probe_every` (`None`: never) from `probe_inbound`'s listener.
+    pub fn new(
+        core: Arc<Core>,
+        senders: Senders,
+        log: DecisionLog,
+        admission: Arc<Admission>,
+        probe_every: Option<Duration>,
+        probe_inbound: Inbound,
+    ) -> Self {
+        Self {
+            core,
+            senders,
+            log,
+            edge: Edge {
+                admission,
+                upstream_watch: DatagramWatch::default(),
+                ticks: 0,
+            },
+            probes: Probes {
+                every: probe_every.map(tokio::time::interval),
+                sent: 0,
+                inbound: probe_inbound,
+            },
+        }
+    }
+
+    /// Handle `events` until `shutdown` (or until every transport is gone).
+    pub async fn run(mut self, mut events: mpsc::Receiver<Event>, shutdown: CancellationToken) {
+        let mut housekeeping = tokio::time::interval(HOUSEKEEPING_INTERVAL);
+        let Self {
+            core,
+            senders,
+            log,
+            edge,
+            probes,
+        } = &mut self;
+        loop {
+            let retransmit_at = core.client_transactions().next_due();
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                () = until(retransmit_at) => retransmit(core, senders, log).await,
+                () = probes.due() => probes.send(core, senders, log, edge).await,
+                _ = housekeeping.tick() => edge.housekeeping(core, Instant::now()),
+                event = events.recv() => match event {
+                    Some(event) => dispatch(core, senders, log, edge, event).await,
+                    None => break,
+                },
+            }
+        }
+    }
+}
+
+/// Start the chores that must not hold up the dispatcher: the sweep of
+/// expired registrations (every 30 s) and the read of the kernel's UDP drop
+/// counters of `udp_sockets` (every 10 s), each off the event loop's thread
+/// (`spawn_blocking`). They stop on `shutdown`.
+pub fn spawn_chores(
+    core: Arc<Core>,
+    udp_sockets: Vec<Arc<UdpSocket>>,
+    shutdown: CancellationToken,
+) {
+    let sweeping = core.clone();
+    tokio::spawn(every(SWEEP_INTERVAL, shutdown.clone(), move || {
+        let removed = sweeping.registrations().sweep(Instant::now());
+        if removed > 0 {
+            info!(removed, "expired registrations swept");
+        }
+    }));
+    tokio::spawn(every(KERNEL_DROPS_INTERVAL, shutdown, move || {
+        let sockets: Vec<&UdpSocket> = udp_sockets.iter().map(|s| s.as_ref()).collect();
+        let Some(total) = udp::kernel_drops(&sockets) else {
+            return;
+        };
+        let before = core
+            .metrics()
+            .udp_kernel_drops
+            .swap(total, Ordering::Relaxed);
+        if total > before {
+            warn!(
+                dropped = total - before,
+                total,
+                "the kernel dropped UDP datagrams (receive buffer full): raise limits.udp_receive_buffer_bytes and net.core.rmem_max"
+            );
+        }
+    }));
+}
+
+/// Run `chore` on the blocking pool every `interval` (the first after one
+/// interval) until `shutdown`.
+async fn every<F>(interval: Duration, shutdown: CancellationToken, chore: F)
+where
+    F: Fn() + Clone + Send + Sync + 'static,
+{
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = ticks.tick() => {
+                let chore = chore.clone();
+                let _ = tokio::task::spawn_blocking(chore).await;
+            }
+        }
+    }
+}
+
+/// The OPTIONS probes of the registrar (`proxy.upstream_probe_secs`): the
+/// registrar's answer (consumed by the core) tells `/readyz` it is there,
+/// so an instance recovers within one probe of the registrar coming back,
+/// with no client traffic needed.
+struct Probes {
+    /// The probe interval; `None`: probes are off.
+    every: Option<tokio::time::Interval>,
+    /// Probes sent so far.
+    sent: u64,
+    /// What a probe counts as having been relayed from: a message "from the
+    /// registrar" (so that a probe that cannot be delivered is counted and
+    /// noted for `/readyz`, but answered to no one).
+    inbound: Inbound,
+}
+
+impl Probes {
+    /// The next probe is due (never, with probes off).
+    async fn due(&mut self) {
+        match &mut self.every {
+            Some(every) => {
+                every.tick().await;
+            }
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Send one probe.
+    async fn send(&mut self, core: &Core, senders: &Senders, log: &DecisionLog, edge: &mut Edge) {
+        self.sent += 1;
+        let Some(bytes) = core.probe_request(self.sent) else {
+            return;
+        };
+        Metrics::inc(&core.metrics().upstream_probes);
+        let inbound = Inbound {
+            bytes: bytes.clone(),
+            ..self.inbound.clone()
+        };
+        match senders.send_upstream_probe(bytes, &inbound).await {
+            Ok(()) => {
+                if let UpstreamSender::Datagram(_) = senders.upstream {
+                    core.metrics().note_upstream_sent();
+                    edge.upstream_watch.relayed(Instant::now());
+                }
+            }
+            Err(e) => {
+                Fault::UpstreamSend.report(core.metrics(), None, &e);
+                not_delivered(core, senders, log, &inbound, &Destination::Upstream, &e).await;
+            }
+        }
+    }
+}
+
+/// Sleep until `at`; forever without it.
+async fn until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Carry out what the client transactions' timers ask for: requests sent
+/// again over UDP, `408`s to the clients of those that timed out.
+async fn retransmit(core: &Core, senders: &Senders, log: &DecisionLog) {
+    for (inbound, outcome) in core.client_transactions_due(Instant::now()) {
+        if let Err((_, e)) = carry_out(senders, log, &inbound, outcome, core.boot()).await {
+            Fault::of_send(&e).report(core.metrics(), None, &e);
+        }
+    }
+}
+
+/// The dispatcher's part of the edge hardening: bans of scanners, the
+/// housekeeping of the rate limits and summaries, and the watch on a UDP
+/// upstream that stays silent.
+struct Edge {
+    admission: Arc<Admission>,
+    upstream_watch: DatagramWatch,
+    /// Housekeeping ticks so far.
+    ticks: u64,
+}
+
+impl Edge {
+    /// Every second: lift bans that ran out, forget idle rate-limit state,
+    /// close summary windows; every 10 s: check the UDP upstream.
+    fn housekeeping(&mut self, core: &Core, now: Instant) {
+        self.ticks += 1;
+        self.admission.sweep(now);
+        core.close_summaries(now);
+        if self.ticks % 10 == 0 {
+            self.upstream_watch.check(now, core.metrics());
+        }
+    }
+}
+
+/// Handle one event of the transports.
+async fn dispatch(
+    core: &Core,
+    senders: &Senders,
+    log: &DecisionLog,
+    edge: &mut Edge,
+    event: Event,
+) {
+    match event {
+        Event::Received(inbound) => {
+            let started = Instant::now();
+            if inbound.from_upstream && inbound.transport == Transport::Udp {
+                edge.upstream_watch.heard(core.metrics());
+            }
+            // A scanner banned by this message is dropped, and its record
+            // says why (see `Core::handle_banning`). Over a connection the
+            // handshake proved its address: banned at once, from
+            // everything. A datagram's source may be forged: banned (from
+            // datagrams only) once its scanner traffic has gone on for
+            // `SCANNER_PROOF`; until then each is dropped by the policy.
+            let admission = &mut edge.admission;
+            let scope = BanScope::earned_over(inbound.transport);
+            let outcome = core.handle_banning(
+                &inbound,
+                started,
+                &|id, peer| senders.connections.is_open_to(id, peer),
+                &mut |source| {
+                    (scope == BanScope::Everything || admission.scanner_datagram(source, started))
+                        && admission.ban(source, BanCause::Scanner, scope, started)
+                },
+            );
+            // A datagram sent is delivered as far as UDP can tell; the
+            // stream link notes its own deliveries.
+            let to_udp_upstream = matches!(senders.upstream, UpstreamSender::Datagram(_))
+                && matches!(
+                    &outcome.send,
+                    Some(Outbound {
+                        to: Destination::Upstream,
+                        ..
+                    })
+                );
+            // Counted as relayed once it is sent (the stream upstream's link
+            // counts what it writes itself).
+            let relayed_over = match &outcome.send {
+                Some(Outbound {
+                    to: Destination::Flow(flow),
+                    ..
+                }) => Some(flow.transport),
+                Some(Outbound {
+                    to: Destination::Upstream,
+                    ..
+                }) if to_udp_upstream => Some(Transport::Udp),
+                _ => None,
+            };
+            // Kept once sent: a stream client's request leaving over UDP.
+            let retransmit = outcome
+                .retransmit
+                .zip(outcome.send.clone())
+                .filter(|_| !outcome.scanner);
+            let carried_out = carry_out(senders, log, &inbound, outcome, core.boot()).await;
+            if let (Some((key, send)), Ok(())) = (retransmit, &carried_out) {
+                core.keep_transaction(key, send, inbound.clone(), started);
+            }
+            core.metrics().observe_handling(started.elapsed());
+            if let (Some(transport), Ok(())) = (relayed_over, &carried_out) {
+                core.metrics()
+                    .count_relayed(transport, MessageKind::of(&inbound.bytes));
+            }
+            match carried_out {
+                Ok(()) if to_udp_upstream => {
+                    core.metrics().note_upstream_sent();
+                    // Only a request other than ACK gets something back.
+                    let answered = MessageKind::of(&inbound.bytes) == MessageKind::Request
+                        && !inbound.bytes.starts_with(b"ACK ");
+                    if answered {
+                        edge.upstream_watch.relayed(started);
+                    }
+                }
+                Ok(()) => {}
+                Err((to, e)) => {
+                    let fault = match (&to, &e) {
+                        (Destination::Upstream, SendError::Io { .. }) => Fault::UpstreamSend,
+                        _ => Fault::of_send(&e),
+                    };
+                    fault.report(core.metrics(), None, &e);
+                    not_delivered(core, senders, log, &inbound, &to, &e).await;
+                }
+            }
+        }
+        Event::Refused { inbound, refusal } => {
+            let outcome = core.refuse_source(&inbound, Instant::now(), refusal);
+            if let Err((_, e)) = carry_out(senders, log, &inbound, outcome, core.boot()).await {
+                Fault::of_send(&e).report(core.metrics(), Some(inbound.source), &e);
+            }
+        }
+        // The link reported its connect failure once; each message is
+        // counted and, if a request, answered here.
+        Event::Undelivered { inbound, error } => {
+            debug!(source = %inbound.source, error = %error, "not delivered to the upstream");
+            not_delivered(core, senders, log, &inbound, &Destination::Upstream, &error).await;
+        }
+    }
+}
+
+/// A message could not be sent to `to` (`error` says why): counted; for
+/// the registrar, also counted by the upstream's transport and remembered
+/// for `/readyz` until a message is delivered to it, and a request is
+/// answered `503` with Retry-After (logged and recorded by the core).
+async fn not_delivered(
+    core: &Core,
+    senders: &Senders,
+    log: &DecisionLog,
+    inbound: &Inbound,
+    to: &Destination,
+    error: &SendError,
+) {
+    core.metrics().count_drop(DropReason::SendFailed);
+    if *to != Destination::Upstream {
+        return;
+    }
+    // A full queue is no sign of a registrar that is down.
+    let busy = matches!(error, SendError::UpstreamQueueFull(_));
+    if !busy {
+        core.metrics()
+            .count_upstream_send_failure(senders.upstream.transport(), error.to_string());
+    }
+    // A response has no one to answer it; nor has sipadmit's own probe
+    // (the only message "from the registrar" that goes to the registrar).
+    if inbound.bytes.starts_with(b"SIP/") || inbound.from_upstream {
+        return;
+    }
+    let answer = core.upstream_unavailable(inbound, Instant::now(), busy);
+    if let Err((_, e)) = carry_out(senders, log, inbound, answer, core.boot()).await {
+        Fault::of_send(&e).report(core.metrics(), Some(inbound.source), &e);
+    }
+}
+
+/// Submit an outcome's record and send what it says (never waiting for a
+/// connection). `boot` is this instance's: only its stream flows are
+/// written to.
+async fn carry_out(
+    senders: &Senders,
+    log: &DecisionLog,
+    inbound: &Inbound,
+    mut outcome: Outcome,
+    boot: BootId,
+) -> Result<(), (Destination, SendError)> {
+    if let Some(record) = outcome.record.take() {
+        log.submit(record);
+    }
+    let Some(Outbound { to, bytes }) = outcome.send else {
+        return Ok(());
+    };
+    let result = match &to {
+        // Back where it came from: the same connection, or the same UDP socket.
+        Destination::Source => match inbound.connection {
+            Some(id) => senders.connections.send(id, inbound.source, bytes),
+            None => {
+                senders
+                    .send_datagram(Some(inbound.local), inbound.source, &bytes)
+                    .await
+            }
+        },
+        Destination::Flow(flow) if flow.transport.is_stream() => match flow.connection {
+            Some(id) if id.boot == boot => {
+                senders.connections.send(id.connection, flow.peer, bytes)
+            }
+            // The core names only stream flows of this instance; never
+            // write another instance's flow onto a connection of ours.
+            _ => Err(SendError::ForeignFlow(flow.peer)),
+        },
+        Destination::Flow(flow) => senders.send_datagram(None, flow.peer, &bytes).await,
+        Destination::Upstream => senders.send_upstream(bytes, inbound).await,
+    };
+    result.map_err(|e| (to, e))
+}
