@@ -747,6 +747,9 @@ impl Builder {
         self.client_ids.insert(id.to_owned(), base.to_owned());
     }
 
+    /// Checks and compiles rule `r` of the client at `client_base`: its id,
+    /// version comparison, token, comment and regex, then how they combine.
+    /// The rule is kept only when none of this found a problem.
     fn rule(
         &mut self,
         client_base: &str,
@@ -765,7 +768,32 @@ impl Builder {
         };
         let before = self.problems.len();
 
-        let id = match raw.id.clone() {
+        let id = self.rule_id(&base, client_id, r, raw.id.clone());
+        let compare = self.compare(&base, &raw);
+        let token = self.rule_token(&base, raw.token.as_deref(), compare);
+        let comment = self.rule_comment(&base, raw.comment.as_deref());
+        let regex = self.rule_regex(&base, raw.regex.as_deref());
+        let version_capture = self.rule_version_capture(&base, regex.as_ref());
+        self.check_rule_conditions(&base, &raw);
+
+        if self.problems.len() == before {
+            let regex_prefix = raw.regex.as_deref().and_then(anchored_prefix);
+            self.rules.push(Rule {
+                id,
+                client,
+                token,
+                comment,
+                regex,
+                regex_prefix,
+                version_capture,
+            });
+        }
+    }
+
+    /// The rule's id: the one given (checked: not empty, no whitespace, not
+    /// built-in) or `client#n`; either must be unused so far.
+    fn rule_id(&mut self, base: &str, client_id: &str, r: usize, given: Option<String>) -> String {
+        let id = match given {
             Some(id) => {
                 if id.is_empty()
                     || id
@@ -790,38 +818,53 @@ impl Builder {
             let message = format!("duplicate rule id {id:?} (first used at {first})");
             self.problem(format!("{base}.id"), message);
         } else {
-            self.rule_ids.insert(id.clone(), base.clone());
+            self.rule_ids.insert(id.clone(), base.to_owned());
         }
+        id
+    }
 
-        let compare = self.compare(&base, &raw);
-        let token = raw
-            .token
-            .as_deref()
-            .and_then(|token| match check_token_name(token, true) {
-                Ok(()) => {
-                    let prefix = token.ends_with('*');
-                    let name = token.trim_end_matches('*').to_ascii_lowercase();
-                    Some(TokenCond {
-                        bit: if prefix { 0 } else { name_bit(name.as_bytes()) },
-                        name: name.into_bytes().into_boxed_slice(),
-                        prefix,
-                        compare,
-                    })
-                }
-                Err(message) => {
-                    self.problem(format!("{base}.token"), message);
-                    None
-                }
-            });
-        let comment = raw.comment.as_deref().and_then(|comment| {
+    /// The `token` condition: a product name (`Name*` for a prefix),
+    /// lowercased, with the rule's version comparison.
+    fn rule_token(
+        &mut self,
+        base: &str,
+        token: Option<&str>,
+        compare: Option<(CompareOp, Version)>,
+    ) -> Option<TokenCond> {
+        token.and_then(|token| match check_token_name(token, true) {
+            Ok(()) => {
+                let prefix = token.ends_with('*');
+                let name = token.trim_end_matches('*').to_ascii_lowercase();
+                Some(TokenCond {
+                    bit: if prefix { 0 } else { name_bit(name.as_bytes()) },
+                    name: name.into_bytes().into_boxed_slice(),
+                    prefix,
+                    compare,
+                })
+            }
+            Err(message) => {
+                self.problem(format!("{base}.token"), message);
+                None
+            }
+        })
+    }
+
+    /// The `comment` condition: a non-empty substring, lowercased.
+    fn rule_comment(&mut self, base: &str, comment: Option<&str>) -> Option<Box<[u8]>> {
+        comment.and_then(|comment| {
             if comment.is_empty() {
                 self.problem(format!("{base}.comment"), "must not be empty");
                 None
             } else {
                 Some(comment.to_ascii_lowercase().into_bytes().into_boxed_slice())
             }
-        });
-        let regex = raw.regex.as_deref().and_then(|pattern| {
+        })
+    }
+
+    /// The `regex` condition: a non-empty pattern, compiled ASCII
+    /// case-insensitively within [`REGEX_SIZE_LIMIT_BYTES`].
+    fn rule_regex(&mut self, base: &str, pattern: Option<&str>) -> Option<Regex> {
+        pattern.and_then(|pattern| {
             if pattern.is_empty() {
                 self.problem(format!("{base}.regex"), "must not be empty");
                 return None;
@@ -843,9 +886,16 @@ impl Builder {
                     None
                 }
             }
-        });
-        let version_capture = regex
-            .as_ref()
+        })
+    }
+
+    /// The capture of the regex's `version` group, when it has one.
+    fn rule_version_capture(
+        &mut self,
+        base: &str,
+        regex: Option<&Regex>,
+    ) -> Option<Box<VersionCapture>> {
+        regex
             .filter(|regex| regex.capture_names().any(|n| n == Some(VERSION_GROUP)))
             .and_then(|regex| match compile_version_capture(regex.as_str()) {
                 Ok(capture) => Some(Box::new(capture)),
@@ -853,36 +903,24 @@ impl Builder {
                     self.problem(format!("{base}.regex"), message);
                     None
                 }
-            });
+            })
+    }
 
+    /// How the conditions combine: a rule needs token/comment or regex (not
+    /// both kinds), and `op`/`version` need a token.
+    fn check_rule_conditions(&mut self, base: &str, raw: &RawRule) {
         let has_regex = raw.regex.is_some();
         let has_text = raw.token.is_some() || raw.comment.is_some();
         if !has_regex && !has_text {
-            self.problem(
-                base.clone(),
-                "a rule needs a condition: token, comment or regex",
-            );
+            self.problem(base, "a rule needs a condition: token, comment or regex");
         } else if has_regex && has_text {
             self.problem(
-                base.clone(),
+                base,
                 "regex cannot be combined with token or comment (use one rule kind)",
             );
         }
         if raw.token.is_none() && (raw.op.is_some() || raw.version.is_some()) {
-            self.problem(base.clone(), "op and version need a token");
-        }
-
-        if self.problems.len() == before {
-            let regex_prefix = raw.regex.as_deref().and_then(anchored_prefix);
-            self.rules.push(Rule {
-                id,
-                client,
-                token,
-                comment,
-                regex,
-                regex_prefix,
-                version_capture,
-            });
+            self.problem(base, "op and version need a token");
         }
     }
 

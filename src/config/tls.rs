@@ -171,51 +171,76 @@ impl TlsSettings {
 /// Relative paths are taken from `base` (the config file's directory).
 pub(super) fn validate(raw: &RawTls, base: &Path, problems: &mut Vec<Problem>) -> TlsSettings {
     let start = problems.len();
-    let path = |rel: &Option<String>| rel.as_ref().map(|p| base.join(p));
-    let mut identity = |certificate_key: &str,
-                        certificate: &Option<String>,
-                        key_key: &str,
-                        private_key: &Option<String>| {
-        match (path(certificate), path(private_key)) {
-            (Some(certificate), Some(private_key)) => Some(Identity {
-                certificate,
-                private_key,
-            }),
-            (None, None) => None,
-            (Some(_), None) => {
-                problems.push(Problem::new(
-                    key_key,
-                    format!("missing: {certificate_key} is set, and its private key goes here"),
-                ));
-                None
-            }
-            (None, Some(_)) => {
-                problems.push(Problem::new(
-                    certificate_key,
-                    format!(
-                        "missing: {key_key} is set, and the certificate it belongs to goes here"
-                    ),
-                ));
-                None
-            }
-        }
-    };
     let server = identity(
-        "tls.certificate",
-        &raw.certificate,
-        "tls.private_key",
-        &raw.private_key,
+        base,
+        ("tls.certificate", &raw.certificate),
+        ("tls.private_key", &raw.private_key),
+        problems,
     );
     let upstream = identity(
-        "tls.upstream_certificate",
-        &raw.upstream_certificate,
-        "tls.upstream_private_key",
-        &raw.upstream_private_key,
+        base,
+        ("tls.upstream_certificate", &raw.upstream_certificate),
+        ("tls.upstream_private_key", &raw.upstream_private_key),
+        problems,
     );
     let min_version = raw.min_version.parse().unwrap_or_else(|message| {
         problems.push(Problem::new("tls.min_version", message));
         TlsVersion::Tls1_2
     });
+    check_values(raw, problems);
+    let settings = TlsSettings {
+        identity: server,
+        client_ca: resolve(base, &raw.client_ca),
+        min_version,
+        ciphers: raw.ciphers.clone(),
+        upstream_ca: resolve(base, &raw.upstream_ca),
+        upstream_server_name: raw.upstream_server_name.clone(),
+        upstream_identity: upstream,
+        handshake_timeout: Duration::from_secs(raw.handshake_timeout_secs),
+    };
+    check_files_and_ciphers(&settings, start, problems);
+    settings
+}
+
+/// A path from the config, taken from `base` when relative.
+fn resolve(base: &Path, rel: &Option<String>) -> Option<PathBuf> {
+    rel.as_ref().map(|p| base.join(p))
+}
+
+/// A certificate and its private key, given as `(key, value)` pairs: both
+/// or neither must be set (the one missing is reported under its key).
+fn identity(
+    base: &Path,
+    (certificate_key, certificate): (&str, &Option<String>),
+    (key_key, private_key): (&str, &Option<String>),
+    problems: &mut Vec<Problem>,
+) -> Option<Identity> {
+    match (resolve(base, certificate), resolve(base, private_key)) {
+        (Some(certificate), Some(private_key)) => Some(Identity {
+            certificate,
+            private_key,
+        }),
+        (None, None) => None,
+        (Some(_), None) => {
+            problems.push(Problem::new(
+                key_key,
+                format!("missing: {certificate_key} is set, and its private key goes here"),
+            ));
+            None
+        }
+        (None, Some(_)) => {
+            problems.push(Problem::new(
+                certificate_key,
+                format!("missing: {key_key} is set, and the certificate it belongs to goes here"),
+            ));
+            None
+        }
+    }
+}
+
+/// The values that need no file: a cipher list that is not empty, a
+/// certificate name that can be one, a handshake timeout in range.
+fn check_values(raw: &RawTls, problems: &mut Vec<Problem>) {
     if raw.ciphers.trim().is_empty() {
         problems.push(Problem::new(
             "tls.ciphers",
@@ -234,25 +259,18 @@ pub(super) fn validate(raw: &RawTls, base: &Path, problems: &mut Vec<Problem>) -
             format!("{timeout} s is not between 1 and {MAX_HANDSHAKE_TIMEOUT_SECS} s"),
         ));
     }
-    let settings = TlsSettings {
-        identity: server,
-        client_ca: path(&raw.client_ca),
-        min_version,
-        ciphers: raw.ciphers.clone(),
-        upstream_ca: path(&raw.upstream_ca),
-        upstream_server_name: raw.upstream_server_name.clone(),
-        upstream_identity: upstream,
-        handshake_timeout: Duration::from_secs(timeout),
-    };
-    // The files and the cipher list; a key whose value is already refused
-    // above (an empty cipher list) is not reported twice.
-    for error in super::tls_contexts::check(&settings) {
+}
+
+/// The files and the cipher list, as OpenSSL sees them; a key whose value
+/// is already refused since `start` in `problems` (an empty cipher list) is
+/// not reported twice.
+fn check_files_and_ciphers(settings: &TlsSettings, start: usize, problems: &mut Vec<Problem>) {
+    for error in super::tls_contexts::check(settings) {
         let reported = problems[start..].iter().any(|p| p.key == error.key());
         if !reported {
             problems.push(error.to_problem());
         }
     }
-    settings
 }
 
 /// Whether `name` can be a certificate name: an IP address, or a DNS name

@@ -836,6 +836,38 @@ impl Writer {
         if self.sink.is_none() && self.next_open.is_some_and(|at| Instant::now() >= at) {
             self.open_target();
         }
+        self.serialize_batch();
+        let records = self.lines.iter().filter(|(_, r)| *r).count() as u64;
+        let Some(sink) = self.sink.as_mut() else {
+            self.count_lost(records);
+            self.warn_lost(None, false);
+            return;
+        };
+        let Progress {
+            pos,
+            next_line,
+            failure,
+        } = write_lines(&mut **sink, &self.bytes, &self.lines, &self.shared);
+        if next_line > 0 {
+            self.torn = false;
+        }
+        let Some(error) = failure else {
+            return;
+        };
+        let complete = next_line.checked_sub(1).map_or(0, |i| self.lines[i].0);
+        let tail = (pos - complete) as u64;
+        if tail > 0 && !cut_torn_tail(&mut **sink, tail) {
+            self.torn = true;
+        }
+        let lost = self.lines[next_line..].iter().filter(|(_, r)| *r).count() as u64;
+        self.count_lost(lost);
+        self.warn_lost(Some(&error), false);
+    }
+
+    /// Turn the taken records into JSON lines in `bytes` (after a line
+    /// break when the last write left a torn line), noting where each line
+    /// ends in `lines`. Records that cannot be serialized are counted lost.
+    fn serialize_batch(&mut self) {
         self.bytes.clear();
         self.lines.clear();
         if self.torn {
@@ -857,65 +889,6 @@ impl Writer {
             self.count_lost(unserializable);
             self.warn_lost(None, false);
         }
-        let records = self.lines.iter().filter(|(_, r)| *r).count() as u64;
-        let Some(sink) = self.sink.as_mut() else {
-            self.count_lost(records);
-            self.warn_lost(None, false);
-            return;
-        };
-        let many = sink.takes_many_lines();
-        let mut pos = 0;
-        let mut next_line = 0;
-        let mut failure = None;
-        while pos < self.bytes.len() {
-            let end = if many {
-                chunk_end(&self.lines[next_line..], pos + FILE_WRITE_BYTES)
-            } else {
-                self.lines[next_line].0
-            };
-            match sink.write(&self.bytes[pos..end]) {
-                Ok(0) => {
-                    failure = Some(io::Error::from(io::ErrorKind::WriteZero));
-                    break;
-                }
-                Ok(n) => {
-                    pos += n;
-                    while next_line < self.lines.len() && self.lines[next_line].0 <= pos {
-                        if self.lines[next_line].1 {
-                            self.shared.written.fetch_add(1, Ordering::Relaxed);
-                            self.shared.in_flight.fetch_sub(1, Ordering::Relaxed);
-                        }
-                        next_line += 1;
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    failure = Some(e);
-                    break;
-                }
-            }
-        }
-        if next_line > 0 {
-            self.torn = false;
-        }
-        let Some(error) = failure else {
-            return;
-        };
-        let complete = next_line.checked_sub(1).map_or(0, |i| self.lines[i].0);
-        let tail = (pos - complete) as u64;
-        if tail > 0 {
-            match sink.cut_tail(tail) {
-                Ok(true) => {}
-                Ok(false) => self.torn = true,
-                Err(e) => {
-                    self.torn = true;
-                    warn!(error = %e, "decision log: a torn line could not be cut off");
-                }
-            }
-        }
-        let lost = self.lines[next_line..].iter().filter(|(_, r)| *r).count() as u64;
-        self.count_lost(lost);
-        self.warn_lost(Some(&error), false);
     }
 
     fn count_lost(&mut self, n: u64) {
@@ -995,6 +968,79 @@ impl Writer {
         self.next_open = None;
         self.torn = false;
         Ok(())
+    }
+}
+
+/// How far [`write_lines`] got.
+struct Progress {
+    /// Bytes written.
+    pos: usize,
+    /// Lines written whole (the index of the first line not written whole).
+    next_line: usize,
+    /// The error that stopped the writing, if any.
+    failure: Option<io::Error>,
+}
+
+/// Write `bytes` (lines ending at the offsets in `lines`) to `sink`: in
+/// chunks of whole lines up to [`FILE_WRITE_BYTES`] when it takes many
+/// lines, else one line per write. Each record line written whole counts
+/// as written (and no longer in flight). Stops at the first error.
+fn write_lines(
+    sink: &mut dyn Sink,
+    bytes: &[u8],
+    lines: &[(usize, bool)],
+    shared: &Shared,
+) -> Progress {
+    let many = sink.takes_many_lines();
+    let mut pos = 0;
+    let mut next_line = 0;
+    let mut failure = None;
+    while pos < bytes.len() {
+        let end = if many {
+            chunk_end(&lines[next_line..], pos + FILE_WRITE_BYTES)
+        } else {
+            lines[next_line].0
+        };
+        match sink.write(&bytes[pos..end]) {
+            Ok(0) => {
+                failure = Some(io::Error::from(io::ErrorKind::WriteZero));
+                break;
+            }
+            Ok(n) => {
+                pos += n;
+                while next_line < lines.len() && lines[next_line].0 <= pos {
+                    if lines[next_line].1 {
+                        shared.written.fetch_add(1, Ordering::Relaxed);
+                        shared.in_flight.fetch_sub(1, Ordering::Relaxed);
+                    }
+                    next_line += 1;
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                failure = Some(e);
+                break;
+            }
+        }
+    }
+    Progress {
+        pos,
+        next_line,
+        failure,
+    }
+}
+
+/// Cut the last `tail` bytes (a torn line) off `sink`. Returns `false`
+/// when the torn line stays (the sink cannot cut, or cutting failed: that
+/// is logged).
+fn cut_torn_tail(sink: &mut dyn Sink, tail: u64) -> bool {
+    match sink.cut_tail(tail) {
+        Ok(true) => true,
+        Ok(false) => false,
+        Err(e) => {
+            warn!(error = %e, "decision log: a torn line could not be cut off");
+            false
+        }
     }
 }
 

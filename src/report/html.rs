@@ -242,6 +242,9 @@ fn label_interval(starts: &[i64], width: i64) -> i64 {
         .unwrap_or(width)
 }
 
+/// The `decisions-over-time` figure: stacked bars of the policy decisions
+/// per bucket, a fixed-width y axis beside a plot as wide as the page,
+/// clock-aligned time labels and the action legend.
 fn over_time_figure(out: &mut String, s: &Summary) {
     let o = &s.over_time;
     let _ = write!(
@@ -253,27 +256,103 @@ fn over_time_figure(out: &mut String, s: &Summary) {
         out.push_str("<p class=\"empty\">No records.</p></figure>\n");
         return;
     }
-    // The y axis in its own fixed-width SVG, the plot in one as wide as
-    // the page (x in percent, y in px): text keeps its size at any width.
-    let (axis_w, height, top, bottom) = (64.0, 300.0, 12.0, 46.0);
-    let plot_h = height - top - bottom;
-    let base = top + plot_h;
-    let peak = o.buckets.iter().map(TimeBucket::total).max().unwrap_or(0);
-    let step = y_step(peak);
-    let axis_max = peak.div_ceil(step).max(1) * step;
-    let y_of = |v: u64| base - v as f64 / axis_max as f64 * plot_h;
+    let scale = TimeChartScale::new(&o.buckets);
     out.push_str("<div class=\"chart\">");
+    time_chart_y_axis(out, &scale);
+    let _ = write!(
+        out,
+        "<svg class=\"plot\" xmlns=\"http://www.w3.org/2000/svg\" width=\"100%\" height=\"{}\" role=\"img\" aria-label=\"Policy decisions over time\">",
+        scale.height
+    );
+    time_chart_grid(out, &scale);
+    time_chart_bars(out, &o.buckets, &scale);
+    time_chart_labels(out, &o.buckets, o.bucket_seconds, &scale);
+    out.push_str("</svg></div>");
+    let items: Vec<(&str, String)> = ACTION_COLOURS
+        .iter()
+        .zip(ACTION_NAMES)
+        .map(|(c, n)| (*c, n.to_owned()))
+        .collect();
+    legend(out, &items);
+    out.push_str("</figure>\n");
+}
+
+/// The geometry of the time chart: the y axis in its own fixed-width SVG,
+/// the plot in one as wide as the page (x in percent, y in px), so that
+/// text keeps its size at any width.
+struct TimeChartScale {
+    /// Width of the y-axis SVG, px.
+    axis_w: f64,
+    /// Height of both SVGs, px.
+    height: f64,
+    /// Margin above the plot area, px.
+    top: f64,
+    /// Height of the plot area, px.
+    plot_h: f64,
+    /// y of the zero line, px.
+    base: f64,
+    /// The value at the top of the axis: a whole number of steps.
+    axis_max: u64,
+    /// The y-axis ticks, from 0 up to `axis_max`.
+    ticks: Vec<u64>,
+    /// Width of one bucket's slot, percent of the plot.
+    slot: f64,
+    /// Width of one bar in its slot, percent of the plot.
+    bar_w: f64,
+}
+
+impl TimeChartScale {
+    /// The scale for `buckets` (not empty): the y axis up to the highest
+    /// bar rounded up to a step, one slot per bucket.
+    fn new(buckets: &[TimeBucket]) -> Self {
+        let (axis_w, height, top, bottom) = (64.0, 300.0, 12.0, 46.0);
+        let plot_h = height - top - bottom;
+        let base = top + plot_h;
+        let peak = buckets.iter().map(TimeBucket::total).max().unwrap_or(0);
+        let step = y_step(peak);
+        let axis_max = peak.div_ceil(step).max(1) * step;
+        let ticks: Vec<u64> = (0..=axis_max / step).map(|i| i * step).collect();
+        let n = buckets.len() as f64;
+        let slot = 100.0 / n;
+        let bar_w = slot * 0.8;
+        TimeChartScale {
+            axis_w,
+            height,
+            top,
+            plot_h,
+            base,
+            axis_max,
+            ticks,
+            slot,
+            bar_w,
+        }
+    }
+
+    /// The y (px) of the value `v`.
+    fn y_of(&self, v: u64) -> f64 {
+        self.base - v as f64 / self.axis_max as f64 * self.plot_h
+    }
+}
+
+/// The y-axis SVG: a label per tick and the rotated axis title.
+fn time_chart_y_axis(out: &mut String, scale: &TimeChartScale) {
+    let TimeChartScale {
+        axis_w,
+        height,
+        top,
+        plot_h,
+        ..
+    } = *scale;
     let _ = write!(
         out,
         "<svg class=\"axis\" xmlns=\"http://www.w3.org/2000/svg\" width=\"{axis_w}\" height=\"{height}\" aria-hidden=\"true\">"
     );
-    let ticks: Vec<u64> = (0..=axis_max / step).map(|i| i * step).collect();
-    for &v in &ticks {
+    for &v in &scale.ticks {
         let _ = write!(
             out,
             "<text class=\"y-tick\" x=\"{}\" y=\"{:.1}\" text-anchor=\"end\" dominant-baseline=\"middle\">{v}</text>",
             axis_w - 8.0,
-            y_of(v)
+            scale.y_of(v)
         );
     }
     let _ = write!(
@@ -282,22 +361,32 @@ fn over_time_figure(out: &mut String, s: &Summary) {
         top + plot_h / 2.0,
         top + plot_h / 2.0
     );
-    let _ = write!(
-        out,
-        "<svg class=\"plot\" xmlns=\"http://www.w3.org/2000/svg\" width=\"100%\" height=\"{height}\" role=\"img\" aria-label=\"Policy decisions over time\">"
-    );
-    for &v in &ticks {
+}
+
+/// The horizontal grid lines of the plot, one per tick (the zero line darker).
+fn time_chart_grid(out: &mut String, scale: &TimeChartScale) {
+    for &v in &scale.ticks {
         let colour = if v == 0 { "#999" } else { "#e6e6e6" };
-        let y = y_of(v);
+        let y = scale.y_of(v);
         let _ = write!(
             out,
             "<line x1=\"0\" y1=\"{y:.1}\" x2=\"100%\" y2=\"{y:.1}\" stroke=\"{colour}\"/>"
         );
     }
-    let n = o.buckets.len() as f64;
-    let slot = 100.0 / n;
-    let bar_w = slot * 0.8;
-    for (i, b) in o.buckets.iter().enumerate() {
+}
+
+/// One stacked bar per bucket (allow, flag, reject, drop from the bottom up),
+/// each in a group titled with the bucket's counts.
+fn time_chart_bars(out: &mut String, buckets: &[TimeBucket], scale: &TimeChartScale) {
+    let TimeChartScale {
+        plot_h,
+        base,
+        axis_max,
+        slot,
+        bar_w,
+        ..
+    } = *scale;
+    for (i, b) in buckets.iter().enumerate() {
         let x = i as f64 * slot + (slot - bar_w) / 2.0;
         let counts = [b.allow, b.flag, b.reject, b.drop];
         let _ = write!(
@@ -326,20 +415,30 @@ fn over_time_figure(out: &mut String, s: &Summary) {
         }
         out.push_str("</g>");
     }
-    // Time labels: clock-aligned buckets, the time on the first line and
-    // the date on the second when it changes (or for day buckets).
-    let starts: Vec<i64> = o.buckets.iter().map(|b| b.start.0.as_second()).collect();
-    let interval = label_interval(&starts, o.bucket_seconds);
+}
+
+/// Time labels under the plot: clock-aligned buckets, the time on the first
+/// line and the date on the second when it changes (or the date alone for
+/// day buckets).
+fn time_chart_labels(
+    out: &mut String,
+    buckets: &[TimeBucket],
+    bucket_seconds: i64,
+    scale: &TimeChartScale,
+) {
+    let TimeChartScale { base, slot, .. } = *scale;
+    let starts: Vec<i64> = buckets.iter().map(|b| b.start.0.as_second()).collect();
+    let interval = label_interval(&starts, bucket_seconds);
     let mut labelled: Vec<usize> = (0..starts.len())
         .filter(|&i| starts[i].rem_euclid(interval) == 0)
         .collect();
     if labelled.is_empty() {
         labelled.push(0);
     }
-    let daily = o.bucket_seconds >= 86_400;
+    let daily = bucket_seconds >= 86_400;
     let mut last_date = String::new();
     for i in labelled {
-        let text = o.buckets[i].start.to_string();
+        let text = buckets[i].start.to_string();
         let (date, time) = (text.get(..10).unwrap_or(""), text.get(11..16).unwrap_or(""));
         let x = (i as f64 + 0.5) * slot;
         let anchor = if x < 3.0 {
@@ -369,14 +468,6 @@ fn over_time_figure(out: &mut String, s: &Summary) {
         }
         last_date = date.to_owned();
     }
-    out.push_str("</svg></div>");
-    let items: Vec<(&str, String)> = ACTION_COLOURS
-        .iter()
-        .zip(ACTION_NAMES)
-        .map(|(c, n)| (*c, n.to_owned()))
-        .collect();
-    legend(out, &items);
-    out.push_str("</figure>\n");
 }
 
 fn client_share_figure(out: &mut String, s: &Summary) {
@@ -500,7 +591,23 @@ fn key_rows(rows: &[KeyCount], whole: u64) -> Vec<Vec<String>> {
         .collect()
 }
 
+/// The tables after the figures, section by section, in page order.
 fn tables(out: &mut String, s: &Summary) {
+    role_and_action_tables(out, s);
+    client_table(out, s);
+    would_reject_tables(out, s);
+    rejected_and_flagged_tables(out, s);
+    protocol_tables(out, s);
+    unknown_user_agent_table(out, s);
+    catalog_snippets(out, s);
+    over_time_table(out, s);
+    not_itemised_note(out, s);
+}
+
+/// "Policy decisions by role and action": a row per role and one for all,
+/// then the records by mode, by support class and by kind of REGISTER side
+/// by side.
+fn role_and_action_tables(out: &mut String, s: &Summary) {
     out.push_str("<h2>Policy decisions by role and action</h2>\n");
     let mut rows: Vec<Vec<String>> = s
         .by_role_and_action
@@ -559,7 +666,11 @@ fn tables(out: &mut String, s: &Summary) {
         ],
     );
     out.push_str("</div>");
+}
 
+/// "Clients": a row per client with its share, actions, legs (with
+/// `--legs both`) and the versions seen.
+fn client_table(out: &mut String, s: &Summary) {
     out.push_str("<h2>Clients</h2>\n");
     let both = s.legs == "both";
     let rows: Vec<Vec<String>> = s
@@ -599,7 +710,11 @@ fn tables(out: &mut String, s: &Summary) {
     header.push("Versions seen");
     numeric.push(false);
     table(out, "by-client", &header, &numeric, &rows);
+}
 
+/// "Monitor mode: what enforcing would change": the count, then the top
+/// clients and rules when there is any.
+fn would_reject_tables(out: &mut String, s: &Summary) {
     out.push_str("<h2>Monitor mode: what enforcing would change</h2>\n");
     let w = &s.would_reject;
     let _ = writeln!(
@@ -625,7 +740,11 @@ fn tables(out: &mut String, s: &Summary) {
         );
         out.push_str("</div>");
     }
+}
 
+/// "Rejected and flagged": the counts, then the top sources, users and
+/// workflows when there is any.
+fn rejected_and_flagged_tables(out: &mut String, s: &Summary) {
     out.push_str("<h2>Rejected and flagged</h2>\n");
     let r = &s.rejected_and_flagged;
     let whole = r.reject + r.flag;
@@ -659,9 +778,11 @@ fn tables(out: &mut String, s: &Summary) {
         );
         out.push_str("</div>");
     }
+}
 
-    protocol_tables(out, s);
-
+/// "User-Agents the catalog did not recognise": the top ones with their
+/// counts and when they were first and last seen.
+fn unknown_user_agent_table(out: &mut String, s: &Summary) {
     out.push_str("<h2>User-Agents the catalog did not recognise</h2>\n");
     let rows: Vec<Vec<String>> = s
         .unknown_user_agents
@@ -683,13 +804,22 @@ fn tables(out: &mut String, s: &Summary) {
         &[false, true, false, false],
         &rows,
     );
+}
+
+/// The catalog entries suggested for the top unknown User-Agents, when
+/// there are any.
+fn catalog_snippets(out: &mut String, s: &Summary) {
     let snippets: Vec<&str> = s.catalog_snippets.iter().map(|c| c.toml.as_str()).collect();
     if !snippets.is_empty() {
         out.push_str("<h2>Catalog entries for the top unknown User-Agents</h2>\n<p>Paste at the end of the catalog after review, then run <code>sipadmit check-config</code>.</p>\n<pre id=\"catalog-snippets\">");
         out.push_str(&escape(&snippets.join("\n")));
         out.push_str("</pre>\n");
     }
-    over_time_table(out, s);
+}
+
+/// The records counted but not itemised because a table was full, when
+/// there are any.
+fn not_itemised_note(out: &mut String, s: &Summary) {
     if s.not_itemised.total() > 0 {
         let _ = writeln!(
             out,

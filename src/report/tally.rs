@@ -367,14 +367,81 @@ impl<'c> Tally<'c> {
 
     /// Sort the counters into the report.
     pub fn finish(self) -> Summary {
-        let role_totals: Vec<u64> = self.by_role_action.iter().map(|a| a.iter().sum()).collect();
+        let by_action = self.action_totals();
+        let role_totals = self.role_totals();
+        let not_itemised = self.not_itemised();
+        let (unknown_user_agents, catalog_snippets) = self.unknown_summary();
+        let by_role = role_counts(&role_totals);
+        let by_role_and_action = role_action_rows(&self.by_role_action, &role_totals);
+        Summary {
+            logs: Vec::new(),
+            legs: self.legs.as_str(),
+            records_read: self.records_read,
+            records: self.records,
+            by_leg: ByLeg {
+                from_client: self.by_leg[0],
+                from_registrar: self.by_leg[1],
+            },
+            registers: Registers {
+                register: self.registers[0],
+                unregister: self.registers[1],
+            },
+            protocol_answers: protocol_answers(
+                &self.protocol_by_leg,
+                self.protocol_rules,
+                self.protocol_sources,
+            ),
+            malformed_lines: self.malformed_lines,
+            outside_time_range: self.outside_time_range,
+            since: self.range.since.map(Millis),
+            until: self.range.until.map(Millis),
+            first_record: self.first.map(Millis),
+            last_record: self.last.map(Millis),
+            by_action: named(ACTIONS, Action::as_str, &by_action),
+            by_role,
+            by_mode: named(MODES, Mode::as_str, &self.by_mode),
+            by_support: named(Support::ALL, Support::as_str, &self.by_support),
+            by_category: named(Category::ALL, Category::as_str, &self.by_category),
+            by_role_and_action,
+            by_client: clients_summary(self.clients),
+            by_rule: key_counts(self.rules, "rule"),
+            would_reject: would_reject(
+                &self.would_reject_by_role,
+                self.would_reject_clients,
+                self.would_reject_rules,
+            ),
+            rejected_and_flagged: rejected_and_flagged(
+                &by_action,
+                self.refused_sources,
+                self.refused_users,
+                self.refused_workflows,
+            ),
+            unknown_user_agents,
+            catalog_snippets,
+            not_itemised,
+            over_time: self.timeline.finish(),
+        }
+    }
+
+    /// Policy records per action (allow, flag, reject, drop), over all roles.
+    fn action_totals(&self) -> [u64; 4] {
         let mut by_action = [0u64; 4];
         for per_role in &self.by_role_action {
             for (total, n) in by_action.iter_mut().zip(per_role) {
                 *total += n;
             }
         }
-        let not_itemised = NamedCounts(vec![
+        by_action
+    }
+
+    /// Policy records per role, in [`ROLES`] order, over all actions.
+    fn role_totals(&self) -> Vec<u64> {
+        self.by_role_action.iter().map(|a| a.iter().sum()).collect()
+    }
+
+    /// Records counted but left out of each bounded table (it was full).
+    fn not_itemised(&self) -> NamedCounts {
+        NamedCounts(vec![
             ("clients", self.clients.not_itemised()),
             ("rules", self.rules.not_itemised()),
             (
@@ -399,74 +466,7 @@ impl<'c> Tally<'c> {
             ),
             ("protocol_rules", self.protocol_rules.not_itemised()),
             ("protocol_sources", self.protocol_sources.not_itemised()),
-        ]);
-        let (unknown_user_agents, catalog_snippets) = self.unknown_summary();
-        Summary {
-            logs: Vec::new(),
-            legs: self.legs.as_str(),
-            records_read: self.records_read,
-            records: self.records,
-            by_leg: ByLeg {
-                from_client: self.by_leg[0],
-                from_registrar: self.by_leg[1],
-            },
-            registers: Registers {
-                register: self.registers[0],
-                unregister: self.registers[1],
-            },
-            protocol_answers: ProtocolAnswers {
-                total: self.protocol_by_leg.iter().sum(),
-                by_leg: named(Leg::ALL, Leg::as_str, &self.protocol_by_leg),
-                by_rule: protocol_rules(self.protocol_rules),
-                sources: address_counts(self.protocol_sources),
-            },
-            malformed_lines: self.malformed_lines,
-            outside_time_range: self.outside_time_range,
-            since: self.range.since.map(Millis),
-            until: self.range.until.map(Millis),
-            first_record: self.first.map(Millis),
-            last_record: self.last.map(Millis),
-            by_action: named(ACTIONS, Action::as_str, &by_action),
-            by_role: NamedCounts(
-                ROLES
-                    .iter()
-                    .zip(&role_totals)
-                    .map(|(r, &c)| (r.as_str(), c))
-                    .collect(),
-            ),
-            by_mode: named(MODES, Mode::as_str, &self.by_mode),
-            by_support: named(Support::ALL, Support::as_str, &self.by_support),
-            by_category: named(Category::ALL, Category::as_str, &self.by_category),
-            by_role_and_action: ROLES
-                .iter()
-                .zip(&self.by_role_action)
-                .zip(&role_totals)
-                .map(|((r, actions), &count)| RoleActions {
-                    role: r.as_str(),
-                    count,
-                    by_action: named(ACTIONS, Action::as_str, actions),
-                })
-                .collect(),
-            by_client: clients_summary(self.clients),
-            by_rule: key_counts(self.rules, "rule"),
-            would_reject: WouldReject {
-                total: self.would_reject_by_role.iter().sum(),
-                by_role: named(ROLES, SessionRole::as_str, &self.would_reject_by_role),
-                by_client: key_counts(self.would_reject_clients, "client"),
-                by_rule: key_counts(self.would_reject_rules, "rule"),
-            },
-            rejected_and_flagged: RejectedAndFlagged {
-                reject: by_action[action_index(Action::Reject)],
-                flag: by_action[action_index(Action::Flag)],
-                sources: address_counts(self.refused_sources),
-                users: key_counts(self.refused_users, "user"),
-                workflows: key_counts(self.refused_workflows, "workflow"),
-            },
-            unknown_user_agents,
-            catalog_snippets,
-            not_itemised,
-            over_time: self.timeline.finish(),
-        }
+        ])
     }
 
     /// Unknown User-Agents by count, with catalog snippets for the top
@@ -555,6 +555,77 @@ fn key_counts(table: CappedTable<String, u64>, field: &'static str) -> Vec<KeyCo
         .into_iter()
         .map(|(key, count)| KeyCount { field, key, count })
         .collect()
+}
+
+/// Policy records per role, named, in [`ROLES`] order.
+fn role_counts(role_totals: &[u64]) -> NamedCounts {
+    NamedCounts(
+        ROLES
+            .iter()
+            .zip(role_totals)
+            .map(|(r, &c)| (r.as_str(), c))
+            .collect(),
+    )
+}
+
+/// A row per role: its total and its records per action.
+fn role_action_rows(by_role_action: &[[u64; 4]; 4], role_totals: &[u64]) -> Vec<RoleActions> {
+    ROLES
+        .iter()
+        .zip(by_role_action)
+        .zip(role_totals)
+        .map(|((r, actions), &count)| RoleActions {
+            role: r.as_str(),
+            count,
+            by_action: named(ACTIONS, Action::as_str, actions),
+        })
+        .collect()
+}
+
+/// The protocol and capacity answers: per leg, per `rule status`, per source.
+fn protocol_answers(
+    by_leg: &[u64; 2],
+    rules: CappedTable<String, u64>,
+    sources: CappedTable<IpAddr, u64>,
+) -> ProtocolAnswers {
+    ProtocolAnswers {
+        total: by_leg.iter().sum(),
+        by_leg: named(Leg::ALL, Leg::as_str, by_leg),
+        by_rule: protocol_rules(rules),
+        sources: address_counts(sources),
+    }
+}
+
+/// What monitor mode relayed that enforce mode would have rejected: per
+/// role, client and rule.
+fn would_reject(
+    by_role: &[u64; 4],
+    clients: CappedTable<String, u64>,
+    rules: CappedTable<String, u64>,
+) -> WouldReject {
+    WouldReject {
+        total: by_role.iter().sum(),
+        by_role: named(ROLES, SessionRole::as_str, by_role),
+        by_client: key_counts(clients, "client"),
+        by_rule: key_counts(rules, "rule"),
+    }
+}
+
+/// The rejected and flagged policy records (counts from `by_action`), with
+/// their top sources, users and workflows.
+fn rejected_and_flagged(
+    by_action: &[u64; 4],
+    sources: CappedTable<IpAddr, u64>,
+    users: CappedTable<String, u64>,
+    workflows: CappedTable<String, u64>,
+) -> RejectedAndFlagged {
+    RejectedAndFlagged {
+        reject: by_action[action_index(Action::Reject)],
+        flag: by_action[action_index(Action::Flag)],
+        sources: address_counts(sources),
+        users: key_counts(users, "user"),
+        workflows: key_counts(workflows, "workflow"),
+    }
 }
 
 /// `rule status` keys as rules with their status, by count descending,

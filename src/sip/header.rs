@@ -73,50 +73,71 @@ impl HeaderName {
     /// Recognise a header name (full or compact form, any case).
     pub fn from_bytes(name: &[u8]) -> Self {
         if name.len() == 1 {
-            return match name[0].to_ascii_lowercase() {
-                b'v' => Self::Via,
-                b'f' => Self::From,
-                b't' => Self::To,
-                b'i' => Self::CallId,
-                b'm' => Self::Contact,
-                b'l' => Self::ContentLength,
-                b'c' => Self::ContentType,
-                b'e' => Self::ContentEncoding,
-                b'k' => Self::Supported,
-                b's' => Self::Subject,
-                b'o' => Self::Event,
-                b'r' => Self::ReferTo,
-                b'b' => Self::ReferredBy,
-                b'u' => Self::AllowEvents,
-                b'x' => Self::SessionExpires,
-                b'a' => Self::AcceptContact,
-                b'j' => Self::RejectContact,
-                b'd' => Self::RequestDisposition,
-                b'y' => Self::Identity,
-                _ => Self::Other,
-            };
+            return Self::from_compact(name[0]);
         }
+        // Senders nearly always use the canonical spelling: try it as is first.
+        if let Some(known) = Self::from_canonical(name) {
+            return known;
+        }
+        Self::from_any_case(name)
+    }
+
+    /// A compact form (RFC 3261 7.3.3 and the extensions'), any case.
+    #[inline]
+    fn from_compact(letter: u8) -> Self {
+        match letter.to_ascii_lowercase() {
+            b'v' => Self::Via,
+            b'f' => Self::From,
+            b't' => Self::To,
+            b'i' => Self::CallId,
+            b'm' => Self::Contact,
+            b'l' => Self::ContentLength,
+            b'c' => Self::ContentType,
+            b'e' => Self::ContentEncoding,
+            b'k' => Self::Supported,
+            b's' => Self::Subject,
+            b'o' => Self::Event,
+            b'r' => Self::ReferTo,
+            b'b' => Self::ReferredBy,
+            b'u' => Self::AllowEvents,
+            b'x' => Self::SessionExpires,
+            b'a' => Self::AcceptContact,
+            b'j' => Self::RejectContact,
+            b'd' => Self::RequestDisposition,
+            b'y' => Self::Identity,
+            _ => Self::Other,
+        }
+    }
+
+    /// The common names in their canonical spelling, byte for byte (the
+    /// fast path); `None` for anything else.
+    #[inline]
+    fn from_canonical(name: &[u8]) -> Option<Self> {
+        Some(match name {
+            b"Via" => Self::Via,
+            b"From" => Self::From,
+            b"To" => Self::To,
+            b"Call-ID" => Self::CallId,
+            b"CSeq" => Self::CSeq,
+            b"Contact" => Self::Contact,
+            b"Content-Length" => Self::ContentLength,
+            b"Content-Type" => Self::ContentType,
+            b"Max-Forwards" => Self::MaxForwards,
+            b"Expires" => Self::Expires,
+            b"User-Agent" => Self::UserAgent,
+            b"Route" => Self::Route,
+            b"Record-Route" => Self::RecordRoute,
+            b"Supported" => Self::Supported,
+            _ => return None,
+        })
+    }
+
+    /// Any full name, in any case.
+    #[inline]
+    fn from_any_case(name: &[u8]) -> Self {
         // Lowercase once into a stack buffer, then one match: the compiler
         // turns byte-string arms into a length switch plus a compare. This
         // runs for every header line of every message.
-        // Senders nearly always use the canonical spelling: try it as is first.
-        match name {
-            b"Via" => return Self::Via,
-            b"From" => return Self::From,
-            b"To" => return Self::To,
-            b"Call-ID" => return Self::CallId,
-            b"CSeq" => return Self::CSeq,
-            b"Contact" => return Self::Contact,
-            b"Content-Length" => return Self::ContentLength,
-            b"Content-Type" => return Self::ContentType,
-            b"Max-Forwards" => return Self::MaxForwards,
-            b"Expires" => return Self::Expires,
-            b"User-Agent" => return Self::UserAgent,
-            b"Route" => return Self::Route,
-            b"Record-Route" => return Self::RecordRoute,
-            b"Supported" => return Self::Supported,
-            _ => {}
-        }
         const LONGEST: usize = "request-disposition".len();
         if name.len() > LONGEST {
             return Self::Other;

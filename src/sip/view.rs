@@ -166,6 +166,120 @@ fn line_end(raw: &[u8], from: usize) -> Option<(usize, usize)> {
     Some((end, nl + 1))
 }
 
+/// The header section of a message, indexed by [`index_headers`].
+struct HeaderSection {
+    headers: Vec<HeaderField>,
+    /// Bit `name as u32` set for every known header present.
+    seen: u64,
+    /// The first single-valued header that appears twice.
+    duplicate: Option<HeaderName>,
+    /// Where the blank line that ends the section starts.
+    end: usize,
+    /// Where the body starts (after that blank line).
+    body_start: usize,
+}
+
+/// Where the start line begins: after the CRLFs stream transports may
+/// carry before it (RFC 3261 7.5).
+#[inline]
+fn skip_leading_crlfs(buf: &[u8]) -> usize {
+    let mut pos = 0;
+    while buf[pos..].starts_with(b"\r\n") {
+        pos += 2;
+    }
+    pos
+}
+
+/// Index the header lines from `pos` up to the blank line that ends them,
+/// joining folded continuation lines to their header and noting which
+/// known headers are present and the first single-valued one repeated.
+#[inline]
+fn index_headers(buf: &[u8], mut pos: usize) -> Result<HeaderSection, SipError> {
+    let mut headers: Vec<HeaderField> = Vec::with_capacity(HEADER_CAPACITY);
+    let mut seen = 0u64;
+    let mut duplicate = None;
+    loop {
+        let (stop, next) = line_end(buf, pos).ok_or(SipError::UnterminatedHeaders)?;
+        if stop == pos {
+            return Ok(HeaderSection {
+                headers,
+                seen,
+                duplicate,
+                end: pos,
+                body_start: next,
+            });
+        }
+        if matches!(buf[pos], b' ' | b'\t') {
+            let last = headers.last_mut().ok_or(SipError::MalformedHeaderLine)?;
+            extend_folded(last, buf, pos, stop, next);
+        } else {
+            let field = parse_header_line(buf, pos, stop, next)?;
+            let bit = name_bit(field.name);
+            if seen & bit != 0 && field.name.is_single() && duplicate.is_none() {
+                duplicate = Some(field.name);
+            }
+            seen |= bit;
+            headers.push(field);
+        }
+        pos = next;
+    }
+}
+
+/// Join the folded continuation line `pos..stop` (next line at `next`) to
+/// the header `last`: its value grows to the line's trimmed end (starting
+/// there if it was empty) and its line to the next line.
+#[inline]
+fn extend_folded(last: &mut HeaderField, buf: &[u8], pos: usize, stop: usize, next: usize) {
+    let value_end = pos + trim_end(&buf[pos..stop]);
+    if value_end > pos {
+        if last.value_span.start == last.value_span.end {
+            last.value_span.start = (pos + leading_ws(&buf[pos..stop])) as u32;
+        }
+        last.value_span.end = value_end as u32;
+    }
+    last.line_span.end = next as u32;
+}
+
+/// From or To (`name`), parsed from its first header: where its parts sit.
+#[inline]
+fn addr_spans(
+    buf: &[u8],
+    headers: &[HeaderField],
+    name: HeaderName,
+) -> Result<AddrSpans, SipError> {
+    let h = headers
+        .iter()
+        .find(|h| h.name == name)
+        .ok_or(SipError::MissingHeader(name))?;
+    NameAddr::parse(&buf[h.value_span.range()], name).map(|a| AddrSpans::of(buf, &a))
+}
+
+/// The length of the body starting at `body_start`: Content-Length's, or
+/// what is available when it is absent, invalid or too long. A problem
+/// with it is added to `problem` (the first problem wins).
+#[inline]
+fn body_length(
+    buf: &[u8],
+    headers: &[HeaderField],
+    body_start: usize,
+    mut problem: Option<SipError>,
+) -> (usize, Option<SipError>) {
+    let available = buf.len() - body_start;
+    let len = match content_length(buf, headers) {
+        Ok(Some(n)) if n > available => {
+            problem = problem.or(Some(SipError::BodyTruncated));
+            available
+        }
+        Ok(Some(n)) => n,
+        Ok(None) => available,
+        Err(e) => {
+            problem = problem.or(Some(e));
+            available
+        }
+    };
+    (len, problem)
+}
+
 impl SipView {
     /// Index a message. `raw` may hold trailing octets after the body
     /// (a datagram with extra data): they are cut off (RFC 3261 18.3).
@@ -174,75 +288,17 @@ impl SipView {
     /// header values a proxy relies on.
     pub fn parse(raw: Bytes) -> Result<Self, SipError> {
         let buf = &raw[..];
-        // Stream transports may carry CRLFs before the start line (RFC 3261 7.5).
-        let mut pos = 0;
-        while buf[pos..].starts_with(b"\r\n") {
-            pos += 2;
-        }
+        let pos = skip_leading_crlfs(buf);
         let (line_stop, next) = line_end(buf, pos).ok_or(SipError::UnterminatedHeaders)?;
         let (start_line, start_line_problem) = parse_start_line(buf, pos, line_stop)?;
-
-        let mut headers: Vec<HeaderField> = Vec::with_capacity(HEADER_CAPACITY);
-        let mut seen = 0u64;
-        let mut duplicate = None;
-        let mut pos = next;
-        let headers_end;
-        loop {
-            let (stop, next) = line_end(buf, pos).ok_or(SipError::UnterminatedHeaders)?;
-            if stop == pos {
-                headers_end = pos;
-                pos = next;
-                break;
-            }
-            if matches!(buf[pos], b' ' | b'\t') {
-                // Folded continuation of the previous header.
-                let last = headers.last_mut().ok_or(SipError::MalformedHeaderLine)?;
-                let value_end = pos + trim_end(&buf[pos..stop]);
-                if value_end > pos {
-                    if last.value_span.start == last.value_span.end {
-                        last.value_span.start = (pos + leading_ws(&buf[pos..stop])) as u32;
-                    }
-                    last.value_span.end = value_end as u32;
-                }
-                last.line_span.end = next as u32;
-            } else {
-                let field = parse_header_line(buf, pos, stop, next)?;
-                let bit = name_bit(field.name);
-                if seen & bit != 0 && field.name.is_single() && duplicate.is_none() {
-                    duplicate = Some(field.name);
-                }
-                seen |= bit;
-                headers.push(field);
-            }
-            pos = next;
-        }
-
-        let addr = |name: HeaderName| {
-            let h = headers
-                .iter()
-                .find(|h| h.name == name)
-                .ok_or(SipError::MissingHeader(name))?;
-            NameAddr::parse(&buf[h.value_span.range()], name).map(|a| AddrSpans::of(buf, &a))
-        };
-        let (from, to) = (addr(HeaderName::From), addr(HeaderName::To));
-
-        let body_start = pos;
-        let available = buf.len() - body_start;
+        let section = index_headers(buf, next)?;
+        let from = addr_spans(buf, &section.headers, HeaderName::From);
+        let to = addr_spans(buf, &section.headers, HeaderName::To);
+        let body_start = section.body_start;
         // Content-Length problems keep the view (so a 400 can copy its
         // headers); `check` reports them.
-        let mut problem = start_line_problem;
-        let body_len = match content_length(buf, &headers) {
-            Ok(Some(n)) if n > available => {
-                problem = problem.or(Some(SipError::BodyTruncated));
-                available
-            }
-            Ok(Some(n)) => n,
-            Ok(None) => available,
-            Err(e) => {
-                problem = problem.or(Some(e));
-                available
-            }
-        };
+        let (body_len, problem) =
+            body_length(buf, &section.headers, body_start, start_line_problem);
         let end = body_start + body_len;
         let start_line_end = next_after_start(buf);
         Ok(Self {
@@ -254,12 +310,12 @@ impl SipView {
             start_line,
             problem,
             start_line_end,
-            headers,
-            seen,
-            duplicate,
+            headers: section.headers,
+            seen: section.seen,
+            duplicate: section.duplicate,
             from,
             to,
-            headers_end: headers_end as u32,
+            headers_end: section.end as u32,
             body: Span::new(body_start, end),
         })
     }
