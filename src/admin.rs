@@ -372,6 +372,9 @@ impl Shared {
 
 /// Serve admin requests on `listener` until `state.shutdown`.
 pub async fn serve(listener: TcpListener, state: AdminState) {
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, "admin listening (/metrics, /healthz, /readyz)");
+    }
     let slots = Slots::new(MAX_CONNECTIONS, MAX_CONNECTIONS_PER_SOURCE);
     let shared = Arc::new(Shared::new(state, slots));
     loop {

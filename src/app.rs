@@ -31,7 +31,7 @@ use crate::observe::decision_log::{DecisionLogError, SHUTDOWN_DEADLINE};
 use crate::observe::metrics::Metrics;
 use crate::observe::{DecisionLog, LogWriter};
 use crate::proxy::flow::FlowSigner;
-use crate::proxy::{Core, Inbound};
+use crate::proxy::Core;
 use crate::reload::Reloader;
 use crate::transport::admission::Admission;
 use crate::transport::stream::{self, Listener};
@@ -257,19 +257,18 @@ pub async fn serve_reloading(
     let metrics = Arc::new(Metrics::default());
     let settings = config.settings.clone();
     let mode = config.runtime.policy.mode;
-    let reloader_for = |admission: Arc<Admission>| Reloader {
-        path: config.path.clone(),
-        overrides: config.overrides.clone(),
-        running: settings.clone(),
-        admission,
-        tls: tls_contexts.clone(),
-    };
     let admission = Arc::new(Admission::new(
         settings.rate_limit.clone(),
         settings.upstream_sources.clone(),
         metrics.clone(),
     ));
-    let reloader = reloader_for(admission.clone());
+    let reloader = Reloader {
+        path: config.path.clone(),
+        overrides: config.overrides.clone(),
+        running: settings.clone(),
+        admission: admission.clone(),
+        tls: tls_contexts.clone(),
+    };
     let boot = BootId::random();
     let core = Arc::new(Core::new(
         config,
@@ -279,25 +278,9 @@ pub async fn serve_reloading(
         metrics.clone(),
     ));
     let (events_tx, events) = mpsc::channel::<Event>(EVENT_QUEUE);
-    let upstream_queue = upstream
-        .transport
-        .is_stream()
-        .then(|| Arc::new(QueueBudget::new(settings.limits.upstream_queue_bytes)));
-    let ctx = transport_context(
-        &settings,
-        events_tx,
-        &metrics,
-        &admission,
-        upstream_queue.clone(),
-        &shutdown,
-    );
-    let senders = senders(
-        &settings,
-        &listeners,
-        &ctx,
-        &tls_contexts,
-        upstream_queue.clone(),
-    );
+    let ctx = transport_context(&settings, events_tx, &metrics, &admission, &shutdown);
+    let senders = senders(&settings, &listeners, &ctx, &tls_contexts);
+    let upstream_queue = ctx.upstream_queue.clone();
     let mut tasks = JoinSet::new();
     let streams = std::mem::take(&mut listeners.streams);
     spawn_listeners(
@@ -309,23 +292,15 @@ pub async fn serve_reloading(
         &tls_contexts,
     );
     drop(ctx);
-    for (transport, addr) in &listeners.addresses {
-        info!(%transport, %addr, upstream = %upstream, mode = mode.as_str(), boot = %boot, "listening");
-    }
+    log_listening(&listeners.addresses, upstream, mode, boot);
     if let Some(listener) = bound.admin.take() {
-        if let Ok(addr) = listener.local_addr() {
-            info!(%addr, "admin listening (/metrics, /healthz, /readyz)");
-        }
         let state = AdminState {
             metrics: metrics.clone(),
             core: core.clone(),
             connections: senders.connections.clone(),
             decision_log: decision_log.clone(),
             upstream,
-            upstream_tls: tls_contexts
-                .upstream
-                .as_ref()
-                .map(|(client, _)| client.clone()),
+            upstream_tls: tls_contexts.upstream.as_ref().map(|(c, _)| c.clone()),
             listeners: listeners.addresses.clone(),
             admission: admission.clone(),
             upstream_queue,
@@ -338,31 +313,27 @@ pub async fn serve_reloading(
         tasks.spawn(reloader.run(reloads, core.clone(), metrics.clone(), shutdown.clone()));
     }
     dispatch::spawn_chores(core.clone(), bound.udp.clone(), shutdown.clone());
-    let probe_inbound = Inbound {
-        bytes: bytes::Bytes::new(),
-        transport: upstream.transport,
-        source: upstream.addr,
-        local: listeners.upstream_local,
-        connection: None,
-        from_upstream: true,
-    };
-    Dispatcher::new(
-        core,
-        senders,
-        decision_log.clone(),
-        admission,
-        settings.upstream_probe,
-        probe_inbound,
-    )
-    .run(events, shutdown)
-    .await;
+    let probes = settings
+        .upstream_probe
+        .map(|every| (every, upstream, listeners.upstream_local));
+    let dispatcher = Dispatcher::new(core, senders, decision_log.clone(), admission, probes);
+    dispatcher.run(events, shutdown).await;
     tasks.shutdown().await;
-    info!(
-        counters = %metrics.summary(),
-        decision_records_dropped = decision_log.dropped(),
-        "stopped"
-    );
+    let dropped = decision_log.dropped();
+    info!(counters = %metrics.summary(), decision_records_dropped = dropped, "stopped");
     Ok(metrics)
+}
+
+/// One `listening` line per listener (operators' scripts wait for them).
+fn log_listening(
+    addresses: &[(Transport, SocketAddr)],
+    upstream: Endpoint,
+    mode: crate::policy::Mode,
+    boot: BootId,
+) {
+    for (transport, addr) in addresses {
+        info!(%transport, %addr, upstream = %upstream, mode = mode.as_str(), boot = %boot, "listening");
+    }
 }
 
 /// The bound sockets with the addresses they are advertised at.
@@ -442,10 +413,12 @@ fn transport_context(
     events: mpsc::Sender<Event>,
     metrics: &Arc<Metrics>,
     admission: &Arc<Admission>,
-    upstream_queue: Option<Arc<QueueBudget>>,
     shutdown: &CancellationToken,
 ) -> Arc<TransportContext> {
     let upstream = settings.upstream;
+    let upstream_queue = upstream
+        .filter(|u| u.transport.is_stream())
+        .map(|_| Arc::new(QueueBudget::new(settings.limits.upstream_queue_bytes)));
     Arc::new(TransportContext {
         connections: Arc::new(Connections::default()),
         events,
@@ -475,10 +448,9 @@ fn senders(
     listeners: &Advertised,
     ctx: &Arc<TransportContext>,
     tls_contexts: &TlsContexts,
-    upstream_queue: Option<Arc<QueueBudget>>,
 ) -> Senders {
     let upstream = settings.upstream.expect("checked by serve_reloading");
-    let upstream_sender = match upstream_queue {
+    let upstream_sender = match ctx.upstream_queue.clone() {
         Some(budget) => UpstreamSender::Stream(UpstreamLink::spawn(
             upstream.transport,
             upstream.addr,

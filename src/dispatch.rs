@@ -46,16 +46,24 @@ pub struct Dispatcher {
 
 impl Dispatcher {
     /// A dispatcher over `core`, sending through `senders`, recording to
-    /// `log`, banning through `admission`; it probes the registrar every
-    /// `probe_every` (`None`: never) from `probe_inbound`'s listener.
+    /// `log`, banning through `admission`; with `probes` (every, the
+    /// registrar, the local address its link counts as), it sends the
+    /// registrar an OPTIONS at that interval.
     pub fn new(
         core: Arc<Core>,
         senders: Senders,
         log: DecisionLog,
         admission: Arc<Admission>,
-        probe_every: Option<Duration>,
-        probe_inbound: Inbound,
+        probes: Option<(Duration, crate::config::Endpoint, std::net::SocketAddr)>,
     ) -> Self {
+        let probe_inbound = probes.map(|(_, upstream, local)| Inbound {
+            bytes: bytes::Bytes::new(),
+            transport: upstream.transport,
+            source: upstream.addr,
+            local,
+            connection: None,
+            from_upstream: true,
+        });
         Self {
             core,
             senders,
@@ -66,7 +74,7 @@ impl Dispatcher {
                 ticks: 0,
             },
             probes: Probes {
-                every: probe_every.map(tokio::time::interval),
+                every: probes.map(|(every, _, _)| tokio::time::interval(every)),
                 sent: 0,
                 inbound: probe_inbound,
             },
@@ -163,8 +171,8 @@ struct Probes {
     sent: u64,
     /// What a probe counts as having been relayed from: a message "from the
     /// registrar" (so that a probe that cannot be delivered is counted and
-    /// noted for `/readyz`, but answered to no one).
-    inbound: Inbound,
+    /// noted for `/readyz`, but answered to no one); `None` with probes off.
+    inbound: Option<Inbound>,
 }
 
 impl Probes {
@@ -181,13 +189,13 @@ impl Probes {
     /// Send one probe.
     async fn send(&mut self, core: &Core, senders: &Senders, log: &DecisionLog, edge: &mut Edge) {
         self.sent += 1;
-        let Some(bytes) = core.probe_request(self.sent) else {
+        let (Some(bytes), Some(from)) = (core.probe_request(self.sent), &self.inbound) else {
             return;
         };
         Metrics::inc(&core.metrics().upstream_probes);
         let inbound = Inbound {
             bytes: bytes.clone(),
-            ..self.inbound.clone()
+            ..from.clone()
         };
         match senders.send_upstream_probe(bytes, &inbound).await {
             Ok(()) => {
@@ -245,6 +253,25 @@ impl Edge {
     }
 }
 
+/// The transport a message an outcome sends is counted as relayed over
+/// once sent (`None`: a local answer, nothing, or the stream upstream,
+/// whose link counts what it writes itself), and whether it is a datagram
+/// to the UDP upstream.
+fn relayed_over(senders: &Senders, outcome: &Outcome) -> (Option<Transport>, bool) {
+    let to_udp_upstream = matches!(senders.upstream, UpstreamSender::Datagram(_));
+    match &outcome.send {
+        Some(Outbound {
+            to: Destination::Flow(flow),
+            ..
+        }) => (Some(flow.transport), false),
+        Some(Outbound {
+            to: Destination::Upstream,
+            ..
+        }) if to_udp_upstream => (Some(Transport::Udp), true),
+        _ => (None, false),
+    }
+}
+
 /// Handle one event of the transports.
 async fn dispatch(
     core: &Core,
@@ -254,86 +281,7 @@ async fn dispatch(
     event: Event,
 ) {
     match event {
-        Event::Received(inbound) => {
-            let started = Instant::now();
-            if inbound.from_upstream && inbound.transport == Transport::Udp {
-                edge.upstream_watch.heard(core.metrics());
-            }
-            // A scanner banned by this message is dropped, and its record
-            // says why (see `Core::handle_banning`). Over a connection the
-            // handshake proved its address: banned at once, from
-            // everything. A datagram's source may be forged: banned (from
-            // datagrams only) once its scanner traffic has gone on for
-            // `SCANNER_PROOF`; until then each is dropped by the policy.
-            let admission = &mut edge.admission;
-            let scope = BanScope::earned_over(inbound.transport);
-            let outcome = core.handle_banning(
-                &inbound,
-                started,
-                &|id, peer| senders.connections.is_open_to(id, peer),
-                &mut |source| {
-                    (scope == BanScope::Everything || admission.scanner_datagram(source, started))
-                        && admission.ban(source, BanCause::Scanner, scope, started)
-                },
-            );
-            // A datagram sent is delivered as far as UDP can tell; the
-            // stream link notes its own deliveries.
-            let to_udp_upstream = matches!(senders.upstream, UpstreamSender::Datagram(_))
-                && matches!(
-                    &outcome.send,
-                    Some(Outbound {
-                        to: Destination::Upstream,
-                        ..
-                    })
-                );
-            // Counted as relayed once it is sent (the stream upstream's link
-            // counts what it writes itself).
-            let relayed_over = match &outcome.send {
-                Some(Outbound {
-                    to: Destination::Flow(flow),
-                    ..
-                }) => Some(flow.transport),
-                Some(Outbound {
-                    to: Destination::Upstream,
-                    ..
-                }) if to_udp_upstream => Some(Transport::Udp),
-                _ => None,
-            };
-            // Kept once sent: a stream client's request leaving over UDP.
-            let retransmit = outcome
-                .retransmit
-                .zip(outcome.send.clone())
-                .filter(|_| !outcome.scanner);
-            let carried_out = carry_out(senders, log, &inbound, outcome, core.boot()).await;
-            if let (Some((key, send)), Ok(())) = (retransmit, &carried_out) {
-                core.keep_transaction(key, send, inbound.clone(), started);
-            }
-            core.metrics().observe_handling(started.elapsed());
-            if let (Some(transport), Ok(())) = (relayed_over, &carried_out) {
-                core.metrics()
-                    .count_relayed(transport, MessageKind::of(&inbound.bytes));
-            }
-            match carried_out {
-                Ok(()) if to_udp_upstream => {
-                    core.metrics().note_upstream_sent();
-                    // Only a request other than ACK gets something back.
-                    let answered = MessageKind::of(&inbound.bytes) == MessageKind::Request
-                        && !inbound.bytes.starts_with(b"ACK ");
-                    if answered {
-                        edge.upstream_watch.relayed(started);
-                    }
-                }
-                Ok(()) => {}
-                Err((to, e)) => {
-                    let fault = match (&to, &e) {
-                        (Destination::Upstream, SendError::Io { .. }) => Fault::UpstreamSend,
-                        _ => Fault::of_send(&e),
-                    };
-                    fault.report(core.metrics(), None, &e);
-                    not_delivered(core, senders, log, &inbound, &to, &e).await;
-                }
-            }
-        }
+        Event::Received(inbound) => received(core, senders, log, edge, inbound).await,
         Event::Refused { inbound, refusal } => {
             let outcome = core.refuse_source(&inbound, Instant::now(), refusal);
             if let Err((_, e)) = carry_out(senders, log, &inbound, outcome, core.boot()).await {
@@ -345,6 +293,77 @@ async fn dispatch(
         Event::Undelivered { inbound, error } => {
             debug!(source = %inbound.source, error = %error, "not delivered to the upstream");
             not_delivered(core, senders, log, &inbound, &Destination::Upstream, &error).await;
+        }
+    }
+}
+
+/// A message arrived: the core decides (banning a scanner that proved its
+/// address), the outcome is carried out, and what was sent is counted,
+/// kept for retransmission, or noted for the UDP upstream's watch.
+async fn received(
+    core: &Core,
+    senders: &Senders,
+    log: &DecisionLog,
+    edge: &mut Edge,
+    inbound: Inbound,
+) {
+    let started = Instant::now();
+    if inbound.from_upstream && inbound.transport == Transport::Udp {
+        edge.upstream_watch.heard(core.metrics());
+    }
+    // A scanner banned by this message is dropped, and its record says why
+    // (see `Core::handle_banning`). Over a connection the handshake proved
+    // its address: banned at once, from everything. A datagram's source
+    // may be forged: banned (from datagrams only) once its scanner traffic
+    // has gone on for `SCANNER_PROOF`; until then each is dropped by the
+    // policy.
+    let admission = &mut edge.admission;
+    let scope = BanScope::earned_over(inbound.transport);
+    let outcome = core.handle_banning(
+        &inbound,
+        started,
+        &|id, peer| senders.connections.is_open_to(id, peer),
+        &mut |source| {
+            (scope == BanScope::Everything || admission.scanner_datagram(source, started))
+                && admission.ban(source, BanCause::Scanner, scope, started)
+        },
+    );
+    let (leaves_over, to_udp_upstream) = relayed_over(senders, &outcome);
+    // Kept once sent: a stream client's request leaving over UDP.
+    let retransmit = outcome
+        .retransmit
+        .zip(outcome.send.clone())
+        .filter(|_| !outcome.scanner);
+    let carried_out = carry_out(senders, log, &inbound, outcome, core.boot()).await;
+    core.metrics().observe_handling(started.elapsed());
+    match carried_out {
+        Ok(()) => {
+            if let Some((key, send)) = retransmit {
+                core.keep_transaction(key, send, inbound.clone(), started);
+            }
+            if let Some(transport) = leaves_over {
+                core.metrics()
+                    .count_relayed(transport, MessageKind::of(&inbound.bytes));
+            }
+            // A datagram sent is delivered as far as UDP can tell (the
+            // stream link notes its own deliveries); only a request other
+            // than ACK gets something back.
+            if to_udp_upstream {
+                core.metrics().note_upstream_sent();
+                let answered = MessageKind::of(&inbound.bytes) == MessageKind::Request
+                    && !inbound.bytes.starts_with(b"ACK ");
+                if answered {
+                    edge.upstream_watch.relayed(started);
+                }
+            }
+        }
+        Err((to, e)) => {
+            let fault = match (&to, &e) {
+                (Destination::Upstream, SendError::Io { .. }) => Fault::UpstreamSend,
+                _ => Fault::of_send(&e),
+            };
+            fault.report(core.metrics(), None, &e);
+            not_delivered(core, senders, log, &inbound, &to, &e).await;
         }
     }
 }

@@ -17,7 +17,7 @@ use super::{Core, Destination, Outbound, Outcome, Subject, Text};
 use crate::observe::metrics::{DropReason, Metrics};
 use crate::observe::summary::SUMMARY_WINDOW;
 use crate::policy::{Action, Reply, SessionRole};
-use crate::sip::{response, HeaderName, Method, SipError};
+use crate::sip::{response, HeaderName, Method, SipError, SipView};
 use crate::transport::Transport;
 
 /// The Warning of [`Refusal::SipsWithoutTls`] (RFC 5630 warn-code 380).
@@ -254,26 +254,74 @@ impl Core {
                 (&classified, sender.client, SessionRole::None)
             }
         };
-        // A response copies these (RFC 3261 8.2.6); it goes back to the
-        // source address, so they only need to be present, even if malformed.
-        let formable = [
-            HeaderName::Via,
-            HeaderName::From,
-            HeaderName::To,
-            HeaderName::CallId,
-            HeaderName::CSeq,
-        ]
-        .iter()
-        .all(|&h| view.header(h).is_some());
-        let answered =
-            formable && ctx.method != Method::Ack && !matches!(refusal, Refusal::Banned { .. });
+        let answered = is_formable(view)
+            && ctx.method != Method::Ack
+            && !matches!(refusal, Refusal::Banned { .. });
         if let Some(reason) = refusal.parse_error() {
             self.metrics.count_parse_error(reason);
         }
+        self.log_refusal(ctx, &refusal, subject, role, answered);
         let status = refusal.status();
-        let reason = refusal.reason();
-        // A peer sets these off: the first few of every 10 s are logged,
-        // then one summary line (every one is recorded and counted).
+        let action = if answered {
+            Action::Reject
+        } else {
+            Action::Drop
+        };
+        let record = self.record(
+            ctx.runtime,
+            inb,
+            view,
+            subject,
+            sender,
+            role,
+            action,
+            refusal.rule(),
+            answered.then_some(status),
+            false,
+        );
+        if !answered {
+            let reason = refusal.drop_reason();
+            self.metrics.count_drop(reason);
+            return Outcome {
+                record: Some(record),
+                ..Outcome::drop(reason)
+            };
+        }
+        let extra = self.extra_headers(view, &refusal, subject);
+        let extra: Vec<(&str, &str)> = extra
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_str()))
+            .collect();
+        let bytes = response::build(
+            view,
+            status,
+            &refusal.reason(),
+            &self.local_tag(view),
+            &extra,
+            inb.source,
+        );
+        Outcome {
+            send: Some(Outbound {
+                to: Destination::Source,
+                bytes,
+            }),
+            record: Some(record),
+            ..Outcome::default()
+        }
+    }
+
+    /// Log a refusal: the first few of every 10 s one by one, then one
+    /// summary line (a peer sets these off; every one is recorded and
+    /// counted).
+    fn log_refusal(
+        &self,
+        ctx: &RequestCtx<'_>,
+        refusal: &Refusal<'_>,
+        subject: &Subject<'_>,
+        role: SessionRole,
+        answered: bool,
+    ) {
+        let (view, inb) = (ctx.view, ctx.inbound);
         let noted = self.summaries.note_refused(inb.source.ip(), ctx.now);
         if let Some(t) = noted.closed.filter(|t| t.events > t.examples) {
             warn!(
@@ -289,8 +337,8 @@ impl Core {
                 source = %inb.source,
                 method = %Text(view.method_bytes()),
                 call_id = %Text(view.call_id()),
-                status,
-                reason = %reason,
+                status = refusal.status(),
+                reason = %refusal.reason(),
                 rule = refusal.rule(),
                 detail = refusal.detail(),
                 client = %subject.client.id,
@@ -299,83 +347,65 @@ impl Core {
                 "refused"
             );
         }
-        let record = self.record(
-            ctx.runtime,
-            inb,
-            view,
-            subject,
-            sender,
-            role,
-            if answered {
-                Action::Reject
-            } else {
-                Action::Drop
-            },
-            refusal.rule(),
-            answered.then_some(status),
-            false,
-        );
-        if !answered {
-            let reason = refusal.drop_reason();
-            self.metrics.count_drop(reason);
-            return Outcome {
-                record: Some(record),
-                ..Outcome::drop(reason)
-            };
-        }
-        let retry_after;
-        let unsupported;
-        let warning;
-        let mut extra: Vec<(&str, &str)> = Vec::new();
-        match &refusal {
+    }
+
+    /// The header lines a refusal's answer adds: Unsupported (420), the
+    /// policy's Warning and headers, Retry-After (503), the SIPS Warning.
+    fn extra_headers(
+        &self,
+        view: &SipView,
+        refusal: &Refusal<'_>,
+        subject: &Subject<'_>,
+    ) -> Vec<(String, String)> {
+        let mut extra: Vec<(String, String)> = Vec::new();
+        let mut add = |name: &str, value: String| extra.push((name.to_owned(), value));
+        match refusal {
             Refusal::BadExtension => {
-                unsupported = view
+                let unsupported = view
                     .proxy_require()
                     .map(|t| Text(Some(t)).to_string())
                     .collect::<Vec<_>>()
                     .join(", ");
-                extra.push(("Unsupported", &unsupported));
+                add("Unsupported", unsupported);
             }
             Refusal::Policy { reply, .. } => {
-                warning = reply.warning_for(&subject.client.name);
-                if let Some(w) = &warning {
-                    extra.push(("Warning", w));
+                if let Some(w) = reply.warning_for(&subject.client.name) {
+                    add("Warning", w);
                 }
-                extra.extend(reply.headers.iter().map(|(n, v)| (n.as_str(), v.as_str())));
+                for (name, value) in &reply.headers {
+                    add(name, value.clone());
+                }
             }
             Refusal::TooManyContacts => Metrics::inc(&self.metrics.too_many_contacts),
-            Refusal::UpstreamUnavailable => {
-                retry_after = self.settings.limits.upstream_retry_after_secs.to_string();
-                extra.push(("Retry-After", &retry_after));
-            }
-            Refusal::UpstreamBusy => {
-                retry_after = super::UPSTREAM_BUSY_RETRY_AFTER_SECS.to_string();
-                extra.push(("Retry-After", &retry_after));
-            }
+            Refusal::UpstreamUnavailable => add(
+                "Retry-After",
+                self.settings.limits.upstream_retry_after_secs.to_string(),
+            ),
+            Refusal::UpstreamBusy => add(
+                "Retry-After",
+                super::UPSTREAM_BUSY_RETRY_AFTER_SECS.to_string(),
+            ),
             Refusal::OverLimit { retry_after_secs } => {
-                retry_after = retry_after_secs.to_string();
-                extra.push(("Retry-After", &retry_after));
+                add("Retry-After", retry_after_secs.to_string());
             }
-            Refusal::SipsWithoutTls(_) => {
-                extra.push(("Warning", SIPS_NOT_ALLOWED));
-            }
+            Refusal::SipsWithoutTls(_) => add("Warning", SIPS_NOT_ALLOWED.to_owned()),
             _ => {}
         }
-        let bytes = response::build(
-            view,
-            status,
-            &reason,
-            &self.local_tag(view),
-            &extra,
-            inb.source,
-        );
-        Outcome {
-            send: Some(Outbound {
-                to: Destination::Source,
-                bytes,
-            }),
-            record: Some(record),
-            ..Outcome::default()
-        }
+        extra
     }
+}
+
+/// Whether a response can be formed: it copies Via, From, To, Call-ID and
+/// CSeq (RFC 3261 8.2.6); it goes back to the source address, so they only
+/// need to be present, even if malformed.
+fn is_formable(view: &SipView) -> bool {
+    [
+        HeaderName::Via,
+        HeaderName::From,
+        HeaderName::To,
+        HeaderName::CallId,
+        HeaderName::CSeq,
+    ]
+    .iter()
+    .all(|&h| view.header(h).is_some())
 }

@@ -449,17 +449,7 @@ impl Core {
         if hop.transport == Transport::Udp && bytes.len() > max_udp_payload(hop.ip) {
             return Err(Refusal::TooLargeForUdp.into());
         }
-        // RFC 3261 17.1: the client on a stream never retransmits, so what
-        // leaves over UDP is retransmitted by this proxy until answered.
-        let retransmit = (inb.transport.is_stream() && hop.transport == Transport::Udp)
-            .then(|| {
-                let method = TransactionMethod::of(view.cseq().ok()?.method)?;
-                Some(TransactionKey {
-                    branch: (branch.transaction, branch.loop_mark),
-                    method,
-                })
-            })
-            .flatten();
+        let retransmit = retransmit_key(ctx, &hop, branch);
         let to = match routing.toward {
             Some(flow) => Destination::Flow(flow),
             None => Destination::Upstream,
@@ -696,6 +686,25 @@ struct NextHop {
     ip: std::net::IpAddr,
     /// This proxy's address on that transport, facing that hop.
     own_addr: SocketAddr,
+}
+
+/// RFC 3261 17.1: a client on a stream never retransmits, so a request
+/// that leaves over UDP is retransmitted by this proxy until answered,
+/// under this key (our branch and the CSeq method); `None` otherwise (and
+/// for an ACK, never a transaction of its own).
+fn retransmit_key(
+    ctx: &RequestCtx<'_>,
+    hop: &NextHop,
+    branch: super::Branch,
+) -> Option<TransactionKey> {
+    if !ctx.inbound.transport.is_stream() || hop.transport != Transport::Udp {
+        return None;
+    }
+    let method = TransactionMethod::of(ctx.view.cseq().ok()?.method)?;
+    Some(TransactionKey {
+        branch: (branch.transaction, branch.loop_mark),
+        method,
+    })
 }
 
 /// RFC 3261 16.6 step 3: Max-Forwards one less, or 69 added when absent.

@@ -65,21 +65,8 @@ impl Core {
             debug!(source = %inb.source, status = view.status(), "the registrar answered the OPTIONS probe");
             return Outcome::default();
         }
-        let destination = match via.params.get(FLOW_PARAM.as_bytes()) {
-            // Only the registrar answers requests we sent upstream with a
-            // flow token in our Via.
-            Some(Some(token)) if inb.from_upstream => match self.signer.decode(token) {
-                Ok((Purpose::Via, flow)) => Destination::Flow(flow),
-                Ok(_) | Err(_) => {
-                    warn!(source = %inb.source, "response with a bad flow token discarded");
-                    return discard(DropReason::ForeignResponse);
-                }
-            },
-            Some(_) => {
-                warn!(source = %inb.source, "flow-token response not from the registrar discarded");
-                return discard(DropReason::ForeignResponse);
-            }
-            None => Destination::Upstream,
+        let Some(destination) = self.response_destination(inb, &via) else {
+            return discard(DropReason::ForeignResponse);
         };
         if view.values(HeaderName::Via).nth(1).is_none() {
             // RFC 3261 16.7 step 3: nothing left to send it to.
@@ -111,6 +98,31 @@ impl Core {
                 bytes: edits.apply(view.raw()),
             }),
             ..Outcome::default()
+        }
+    }
+
+    /// Where a response whose top Via is ours goes: the flow named by the
+    /// token in that Via (only the registrar answers requests sent upstream
+    /// with one), or upstream (a request relayed toward a client carries no
+    /// token). `None`: a bad token, or a token not from the registrar.
+    fn response_destination(
+        &self,
+        inb: &Inbound,
+        via: &crate::sip::Via<'_>,
+    ) -> Option<Destination> {
+        match via.params.get(FLOW_PARAM.as_bytes()) {
+            Some(Some(token)) if inb.from_upstream => match self.signer.decode(token) {
+                Ok((Purpose::Via, flow)) => Some(Destination::Flow(flow)),
+                Ok(_) | Err(_) => {
+                    warn!(source = %inb.source, "response with a bad flow token discarded");
+                    None
+                }
+            },
+            Some(_) => {
+                warn!(source = %inb.source, "flow-token response not from the registrar discarded");
+                None
+            }
+            None => Some(Destination::Upstream),
         }
     }
 
