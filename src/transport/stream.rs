@@ -160,43 +160,57 @@ pub async fn accept<O, F, S>(
             }
         };
         let _ = tcp.set_nodelay(true);
-        let info = ConnectionInfo {
-            transport: at.transport,
-            peer,
-            local: at.local,
-            from_upstream: ctx.upstream_sources.matches(peer),
-        };
-        let span = info_span!(
-            "connection",
-            transport = %at.transport,
-            %peer,
-            connection = tracing::field::Empty
-        );
-        let (ctx, open) = (ctx.clone(), open.clone());
-        let opening = ctx.metrics.opening(at.transport);
-        tokio::spawn(
-            async move {
-                // The open step bounds itself: a TLS handshake by its
-                // deadline, the wait for a plain connection's first bytes
-                // by the message deadline. Either way the connection holds
-                // its slot, counts against its source and counts as open
-                // (`sipadmit_open_connections`) meanwhile, and may be
-                // evicted.
-                let mut slot = slot;
-                let closing = slot.closing().clone();
-                let opened = tokio::select! {
-                    () = closing.cancelled() => None,
-                    opened = open(tcp) => opened,
-                };
-                drop(opening);
-                if let Some(stream) = opened {
-                    serve(stream, info, &ctx, Some(&mut slot)).await;
-                }
-                drop((slot, source));
-            }
-            .instrument(span),
-        );
+        spawn_accepted(tcp, peer, at, &ctx, open.clone(), (slot, source));
     }
+}
+
+/// Serve an accepted connection on its own task and span: the listener's
+/// open step, then the stream server. The open step bounds itself (a TLS
+/// handshake by its deadline, the wait for a plain connection's first
+/// bytes by the message deadline); either way the connection holds its
+/// slot, counts against its source and counts as open
+/// (`sipadmit_open_connections`) meanwhile, and may be evicted.
+fn spawn_accepted<O, F, S>(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    at: Listener,
+    ctx: &Arc<TransportContext>,
+    open: O,
+    (mut slot, source): (Slot, super::admission::SourceConnection),
+) where
+    O: Fn(TcpStream) -> F + Send + 'static,
+    F: Future<Output = Option<S>> + Send + 'static,
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let info = ConnectionInfo {
+        transport: at.transport,
+        peer,
+        local: at.local,
+        from_upstream: ctx.upstream_sources.matches(peer),
+    };
+    let span = info_span!(
+        "connection",
+        transport = %at.transport,
+        %peer,
+        connection = tracing::field::Empty
+    );
+    let ctx = ctx.clone();
+    let opening = ctx.metrics.opening(at.transport);
+    tokio::spawn(
+        async move {
+            let closing = slot.closing().clone();
+            let opened = tokio::select! {
+                () = closing.cancelled() => None,
+                opened = open(tcp) => opened,
+            };
+            drop(opening);
+            if let Some(stream) = opened {
+                serve(stream, info, &ctx, Some(&mut slot)).await;
+            }
+            drop((slot, source));
+        }
+        .instrument(span),
+    );
 }
 
 /// Serve one connection in the current task (whose span gets the
@@ -434,9 +448,10 @@ enum Stop {
 }
 
 /// Read and frame one connection until EOF, an error, a timeout (idle
-/// between messages, or the message deadline), a failed writer, an
-/// eviction or shutdown; then take it out of the table. `hearing` learns
-/// of every complete message admitted (see [`Hearing`]).
+/// between messages, the message deadline, or silence since it opened), a
+/// failed writer or shutdown; then take it out of the table. `hearing`
+/// notes its first message (the upstream link's flag, or a client slot's
+/// known flow).
 async fn read_messages<S>(
     mut read: ReadHalf<S>,
     id: ConnectionId,
@@ -449,78 +464,13 @@ async fn read_messages<S>(
     S: AsyncRead + AsyncWrite + Unpin,
 {
     debug!(from_upstream = info.from_upstream, "connection open");
-    let mut codec = SipCodec::new(ctx.limits.max_message_bytes);
-    let mut buf = BytesMut::new();
-    let mut share = BudgetShare {
-        budget: ctx.read_budget.clone(),
-        held: 0,
-    };
-    // When the message being read began (its first byte), if one is.
-    let mut message_began: Option<Instant> = None;
-    let opened = Instant::now();
-    // When the last message (or keep-alive) arrived; `None` before the first.
-    let mut last_message: Option<Instant> = None;
+    let mut state = ReadState::new(ctx);
     let stop = loop {
-        // Frame what is buffered.
-        let mut closed = false;
-        loop {
-            match codec.decode(&mut buf) {
-                Ok(Some(frame)) => {
-                    let now = Instant::now();
-                    last_message = Some(now);
-                    if let (Hearing::Flag(heard), Frame::Message(_)) = (&hearing, &frame) {
-                        heard.store(true, Ordering::Relaxed);
-                    }
-                    let handled = handle_frame(frame, id, info, ctx).await;
-                    if let Hearing::Slot(slot) = &mut hearing {
-                        // A keep-alive refreshes a known flow, never makes one.
-                        let proven = match handled {
-                            Handled::Admitted => true,
-                            Handled::Pinged => slot.is_heard(),
-                            Handled::Refused | Handled::Stop => false,
-                        };
-                        if proven {
-                            slot.heard(now.into_std());
-                        }
-                    }
-                    if handled == Handled::Stop {
-                        closed = true;
-                        break;
-                    }
-                }
-                Ok(None) => break,
-                Err(e) => {
-                    framing_failed(e, info, ctx);
-                    closed = true;
-                    break;
-                }
-            }
-        }
-        if closed {
+        if state.frame_buffered(id, info, ctx, &mut hearing).await {
             break Stop::Closed;
         }
-        if buf.is_empty() {
-            // Idle: no heap buffer, no budget.
-            message_began = None;
-            if buf.capacity() > 0 {
-                buf = BytesMut::new();
-            }
-        } else if message_began.is_none() {
-            message_began = Some(Instant::now());
-        }
-        share.release_to(buf.len());
-        let (deadline, on_timeout) = match (message_began, last_message) {
-            (Some(began), _) => (began + ctx.limits.message_deadline, Stop::Deadline),
-            (None, Some(last)) => (last + ctx.limits.tcp_idle_timeout, Stop::Idle),
-            // A connection's first byte is due within the message deadline
-            // too: a silent connection holds a slot no longer than a
-            // trickling one (the idle timeout runs between messages).
-            // (The connection sipadmit opened to the registrar is exempt.)
-            (None, None) if !info.from_upstream => {
-                (opened + ctx.limits.message_deadline, Stop::Silent)
-            }
-            (None, None) => (opened + ctx.limits.tcp_idle_timeout, Stop::Idle),
-        };
+        state.settle();
+        let (deadline, on_timeout) = state.deadline(ctx, info);
         let timeout = tokio::time::sleep_until(deadline);
         tokio::pin!(timeout);
         // A peer that does not read its answers is read no further.
@@ -531,6 +481,7 @@ async fn read_messages<S>(
                 () = queue.drained() => {}
             }
         }
+        let buf = &mut state.buf;
         let read = if buf.is_empty() {
             let mut first = [0u8; IDLE_READ_BYTES];
             tokio::select! {
@@ -550,24 +501,18 @@ async fn read_messages<S>(
             tokio::select! {
                 () = closing.cancelled() => break Stop::Closed,
                 () = &mut timeout => break on_timeout,
-                () = share.hold(want, &ctx.metrics) => {}
+                () = state.share.hold(want, &ctx.metrics) => {}
             }
             buf.reserve(want - buf.len());
             tokio::select! {
                 () = closing.cancelled() => break Stop::Closed,
                 () = &mut timeout => break on_timeout,
-                read = read.read_buf(&mut buf) => read,
+                read = read.read_buf(buf) => read,
             }
         };
         match read {
             Ok(0) => {
-                match codec.decode_eof(&mut buf) {
-                    Ok(Some(frame)) => {
-                        handle_frame(frame, id, info, ctx).await;
-                    }
-                    Ok(None) => {}
-                    Err(e) => framing_failed(e, info, ctx),
-                }
+                state.frame_at_eof(id, info, ctx).await;
                 break Stop::Closed;
             }
             Ok(_) => {}
@@ -577,34 +522,160 @@ async fn read_messages<S>(
             }
         }
     };
-    match stop {
-        Stop::Closed => {}
-        Stop::Idle => {
-            info!(
-                idle_secs = ctx.limits.tcp_idle_timeout.as_secs(),
-                "connection idle; closed"
-            );
-        }
-        Stop::Silent => Fault::MessageDeadline.report(
-            &ctx.metrics,
-            Some(info.peer),
-            &format_args!(
-                "no byte within limits.message_deadline_secs = {} of the connection opening",
-                ctx.limits.message_deadline.as_secs()
-            ),
-        ),
-        Stop::Deadline => Fault::MessageDeadline.report(
-            &ctx.metrics,
-            Some(info.peer),
-            &format_args!(
-                "{} bytes of a message after limits.message_deadline_secs = {}",
-                buf.len(),
-                ctx.limits.message_deadline.as_secs()
-            ),
-        ),
-    }
+    stop.report(ctx, info, state.buf.len());
     ctx.connections.remove(id);
     debug!("connection closed");
+}
+
+/// What the reader of one connection keeps between reads.
+struct ReadState {
+    codec: SipCodec,
+    /// Bytes read and not framed yet.
+    buf: BytesMut,
+    /// The read buffer budget it holds.
+    share: BudgetShare,
+    /// When the message being read began (its first byte), if one is.
+    message_began: Option<Instant>,
+    /// When the connection opened.
+    opened: Instant,
+    /// When the last message (or keep-alive) arrived; `None` before the first.
+    last_message: Option<Instant>,
+}
+
+impl ReadState {
+    fn new(ctx: &TransportContext) -> Self {
+        Self {
+            codec: SipCodec::new(ctx.limits.max_message_bytes),
+            buf: BytesMut::new(),
+            share: BudgetShare {
+                budget: ctx.read_budget.clone(),
+                held: 0,
+            },
+            message_began: None,
+            opened: Instant::now(),
+            last_message: None,
+        }
+    }
+
+    /// Frame and hand on what is buffered. `true`: stop reading (the
+    /// source was banned, the dispatcher is gone, or the bytes cannot be
+    /// framed).
+    async fn frame_buffered(
+        &mut self,
+        id: ConnectionId,
+        info: ConnectionInfo,
+        ctx: &TransportContext,
+        hearing: &mut Hearing<'_>,
+    ) -> bool {
+        loop {
+            match self.codec.decode(&mut self.buf) {
+                Ok(Some(frame)) => {
+                    let now = Instant::now();
+                    self.last_message = Some(now);
+                    if let (Hearing::Flag(heard), Frame::Message(_)) = (&*hearing, &frame) {
+                        heard.store(true, Ordering::Relaxed);
+                    }
+                    let handled = handle_frame(frame, id, info, ctx).await;
+                    if let Hearing::Slot(slot) = hearing {
+                        // A keep-alive refreshes a known flow, never makes one.
+                        let proven = match handled {
+                            Handled::Admitted => true,
+                            Handled::Pinged => slot.is_heard(),
+                            Handled::Refused | Handled::Stop => false,
+                        };
+                        if proven {
+                            slot.heard(now.into_std());
+                        }
+                    }
+                    if handled == Handled::Stop {
+                        return true;
+                    }
+                }
+                Ok(None) => return false,
+                Err(e) => {
+                    framing_failed(e, info, ctx);
+                    return true;
+                }
+            }
+        }
+    }
+
+    /// What is left at EOF: a last message, or a truncated one (reported).
+    async fn frame_at_eof(
+        &mut self,
+        id: ConnectionId,
+        info: ConnectionInfo,
+        ctx: &TransportContext,
+    ) {
+        match self.codec.decode_eof(&mut self.buf) {
+            Ok(Some(frame)) => {
+                handle_frame(frame, id, info, ctx).await;
+            }
+            Ok(None) => {}
+            Err(e) => framing_failed(e, info, ctx),
+        }
+    }
+
+    /// After framing: an idle connection holds no heap buffer and no
+    /// budget; a partial message starts its deadline at its first byte.
+    fn settle(&mut self) {
+        if self.buf.is_empty() {
+            self.message_began = None;
+            if self.buf.capacity() > 0 {
+                self.buf = BytesMut::new();
+            }
+        } else if self.message_began.is_none() {
+            self.message_began = Some(Instant::now());
+        }
+        self.share.release_to(self.buf.len());
+    }
+
+    /// When the connection times out, and as what: a partial message at
+    /// its deadline; between messages after the idle timeout; a connection
+    /// that sent nothing yet at the message deadline too (a silent
+    /// connection holds a slot no longer than a trickling one; the
+    /// connection sipadmit opened to the registrar is exempt).
+    fn deadline(&self, ctx: &TransportContext, info: ConnectionInfo) -> (Instant, Stop) {
+        match (self.message_began, self.last_message) {
+            (Some(began), _) => (began + ctx.limits.message_deadline, Stop::Deadline),
+            (None, Some(last)) => (last + ctx.limits.tcp_idle_timeout, Stop::Idle),
+            (None, None) if !info.from_upstream => {
+                (self.opened + ctx.limits.message_deadline, Stop::Silent)
+            }
+            (None, None) => (self.opened + ctx.limits.tcp_idle_timeout, Stop::Idle),
+        }
+    }
+}
+
+impl Stop {
+    /// Log or count why the reader stopped (`buffered`: bytes of the
+    /// message it was in).
+    fn report(self, ctx: &TransportContext, info: ConnectionInfo, buffered: usize) {
+        let deadline_secs = ctx.limits.message_deadline.as_secs();
+        match self {
+            Self::Closed => {}
+            Self::Idle => {
+                info!(
+                    idle_secs = ctx.limits.tcp_idle_timeout.as_secs(),
+                    "connection idle; closed"
+                );
+            }
+            Self::Silent => Fault::MessageDeadline.report(
+                &ctx.metrics,
+                Some(info.peer),
+                &format_args!(
+                    "no byte within limits.message_deadline_secs = {deadline_secs} of the connection opening"
+                ),
+            ),
+            Self::Deadline => Fault::MessageDeadline.report(
+                &ctx.metrics,
+                Some(info.peer),
+                &format_args!(
+                    "{buffered} bytes of a message after limits.message_deadline_secs = {deadline_secs}"
+                ),
+            ),
+        }
+    }
 }
 
 /// What became of one frame.
