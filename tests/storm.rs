@@ -187,23 +187,7 @@ impl Framer {
     }
 
     fn take(&mut self) -> Option<String> {
-        let skip = self
-            .buffer
-            .iter()
-            .take_while(|&&b| b == b'\r' || b == b'\n')
-            .count();
-        self.buffer.drain(..skip);
-        let end = self.buffer.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
-        let head = String::from_utf8_lossy(&self.buffer[..end]).into_owned();
-        let length: usize = header(&head, "Content-Length")
-            .first()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
-        if self.buffer.len() < end + length {
-            return None;
-        }
-        let message: Vec<u8> = self.buffer.drain(..end + length).collect();
-        Some(String::from_utf8_lossy(&message).into_owned())
+        common::sip_stream::take_message(&mut self.buffer)
     }
 }
 

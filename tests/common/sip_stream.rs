@@ -82,25 +82,30 @@ impl<S: AsyncRead + AsyncWrite + Unpin> SipStream<S> {
     }
 
     fn take_message(&mut self) -> Option<String> {
-        let skip = self
-            .buffer
-            .iter()
-            .take_while(|&&b| b == b'\r' || b == b'\n')
-            .count();
-        self.buffer.drain(..skip);
-        let end = self.buffer.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
-        let head = String::from_utf8_lossy(&self.buffer[..end]).into_owned();
-        let length: usize = header(&head, "Content-Length")
-            .into_iter()
-            .next()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
-        if self.buffer.len() < end + length {
-            return None;
-        }
-        let message: Vec<u8> = self.buffer.drain(..end + length).collect();
-        Some(String::from_utf8_lossy(&message).into_owned())
+        take_message(&mut self.buffer)
     }
+}
+
+/// The first whole SIP message at the front of `buffer` (Content-Length
+/// framing; keep-alive CRLFs before it skipped), taken out of it; `None`
+/// until one is complete.
+pub fn take_message(buffer: &mut Vec<u8>) -> Option<String> {
+    let skip = buffer
+        .iter()
+        .take_while(|&&b| b == b'\r' || b == b'\n')
+        .count();
+    buffer.drain(..skip);
+    let end = buffer.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
+    let head = String::from_utf8_lossy(&buffer[..end]).into_owned();
+    let length: usize = header(&head, "Content-Length")
+        .first()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    if buffer.len() < end + length {
+        return None;
+    }
+    let message: Vec<u8> = buffer.drain(..end + length).collect();
+    Some(String::from_utf8_lossy(&message).into_owned())
 }
 
 /// The values of a header (any case, compact form too), in order; comma
