@@ -186,6 +186,9 @@ pub enum ReloadResult {
 }
 
 impl ReloadResult {
+    /// Both results, in render order.
+    pub const ALL: [Self; 2] = [Self::Success, Self::Failure];
+
     /// Label value.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -709,414 +712,120 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition (format 0.0.4) of every family, with
-    /// the `gauges` read at scrape time.
+    /// the `gauges` read at scrape time: the families of the `FAMILIES`
+    /// table, in its order.
     pub fn render(&self, gauges: &Gauges) -> String {
         let mut out = Exposition::default();
-        out.family(
-            "sipadmit_build_info",
-            "gauge",
-            "Always 1; the label names the sipadmit version.",
-        );
-        out.sample(
-            "sipadmit_build_info",
-            &[("version", env!("CARGO_PKG_VERSION"))],
-            1,
-        );
-
-        out.family(
-            "sipadmit_received_total",
-            "counter",
-            "SIP messages received (keep-alives excluded), by transport and kind.",
-        );
-        for transport in TRANSPORTS {
-            for kind in MessageKind::ALL {
-                let value = self.received(transport, kind);
-                let labels = [("transport", transport.as_str()), ("kind", kind.as_str())];
-                out.sample("sipadmit_received_total", &labels, value);
+        for family in &FAMILIES {
+            let name = family.name;
+            out.family(name, family.kind, family.help);
+            match family.samples {
+                Samples::Atomic(value) => {
+                    out.sample(name, &[], value(self).load(Ordering::Relaxed))
+                }
+                Samples::Scraped(value) => out.sample(name, &[], value(gauges)),
+                Samples::PerLabel(label, values) => {
+                    for (value, n) in values(self, gauges) {
+                        out.sample(name, &[(label, value)], n);
+                    }
+                }
+                Samples::Written(write) => write(self, name, &mut out),
             }
         }
-        out.family(
-            "sipadmit_relayed_total",
-            "counter",
-            "SIP messages relayed toward the registrar or a client, by the transport they leave on and kind.",
-        );
+        out.text
+    }
+
+    /// Samples of `sipadmit_received_total` or `sipadmit_relayed_total`,
+    /// by transport and kind.
+    fn write_by_transport_and_kind(
+        &self,
+        name: &str,
+        out: &mut Exposition,
+        value: fn(&Self, Transport, MessageKind) -> u64,
+    ) {
         for transport in TRANSPORTS {
             for kind in MessageKind::ALL {
-                let value = self.relayed(transport, kind);
                 let labels = [("transport", transport.as_str()), ("kind", kind.as_str())];
-                out.sample("sipadmit_relayed_total", &labels, value);
+                out.sample(name, &labels, value(self, transport, kind));
             }
         }
-        out.family(
-            "sipadmit_keepalives_total",
-            "counter",
-            "Keep-alives received (CRLF pings), all transports.",
-        );
-        out.sample(
-            "sipadmit_keepalives_total",
-            &[],
-            self.keepalives.load(Ordering::Relaxed),
-        );
+    }
 
-        out.family(
-            "sipadmit_decisions_total",
-            "counter",
-            "Admission policy decisions, one per request and client the decision is about (the registrar's leg of a request already decided on its client's leg is in sipadmit_decisions_repeated_total; protocol and capacity answers in sipadmit_protocol_answers_total), by action, Response Group role and client support class.",
-        );
-        for ([action, role, support], value) in lock(&self.decisions).iter() {
+    fn write_received(&self, name: &str, out: &mut Exposition) {
+        self.write_by_transport_and_kind(name, out, Self::received);
+    }
+
+    fn write_relayed(&self, name: &str, out: &mut Exposition) {
+        self.write_by_transport_and_kind(name, out, Self::relayed);
+    }
+
+    /// Samples of a decision table, by action, role and support.
+    fn write_decisions(
+        table: &Mutex<BTreeMap<[&'static str; 3], u64>>,
+        name: &str,
+        out: &mut Exposition,
+    ) {
+        for ([action, role, support], value) in lock(table).iter() {
             let labels = [("action", *action), ("role", *role), ("support", *support)];
-            out.sample("sipadmit_decisions_total", &labels, *value);
+            out.sample(name, &labels, *value);
         }
-        out.family(
-            "sipadmit_decisions_repeated_total",
-            "counter",
-            "Admission policy decisions on the registrar's leg of a request sipadmit already relayed from a client (a spiral: the same caller's client, counted on its client's leg), by action, Response Group role and client support class.",
-        );
-        for ([action, role, support], value) in lock(&self.repeated_decisions).iter() {
-            let labels = [("action", *action), ("role", *role), ("support", *support)];
-            out.sample("sipadmit_decisions_repeated_total", &labels, *value);
-        }
-        out.family(
-            "sipadmit_protocol_answers_total",
-            "counter",
-            "Requests sipadmit answered (or dropped: status none) for a protocol or capacity reason rather than by policy, by rule (proxy.*, rate_limit.*, ban.*) and status.",
-        );
+    }
+
+    fn write_counted_decisions(&self, name: &str, out: &mut Exposition) {
+        Self::write_decisions(&self.decisions, name, out);
+    }
+
+    fn write_repeated_decisions(&self, name: &str, out: &mut Exposition) {
+        Self::write_decisions(&self.repeated_decisions, name, out);
+    }
+
+    /// Samples of `sipadmit_protocol_answers_total`, by rule and status
+    /// (`none`: dropped).
+    fn write_protocol_answers(&self, name: &str, out: &mut Exposition) {
         for ((rule, status), value) in lock(&self.protocol_answers).iter() {
             let status = match status {
                 0 => "none".to_owned(),
                 s => s.to_string(),
             };
-            let labels = [("rule", *rule), ("status", status.as_str())];
-            out.sample("sipadmit_protocol_answers_total", &labels, *value);
-        }
-
-        out.family(
-            "sipadmit_dropped_total",
-            "counter",
-            "Messages neither relayed nor answered, by reason.",
-        );
-        for reason in DropReason::ALL {
             out.sample(
-                "sipadmit_dropped_total",
-                &[("reason", reason.as_str())],
-                self.drops(reason),
-            );
-        }
-        out.family(
-            "sipadmit_transport_faults_total",
-            "counter",
-            "Faults of one datagram, connection or upstream connect (counted, logged rate-limited, survived), by kind.",
-        );
-        for fault in Fault::ALL {
-            out.sample(
-                "sipadmit_transport_faults_total",
-                &[("kind", fault.as_str())],
-                self.faults(fault),
-            );
-        }
-        for (name, help, counter) in [
-            (
-                "sipadmit_retransmissions_total",
-                "Requests recognised as retransmissions of a transaction already recorded (handled again, not recorded again).",
-                &self.retransmissions,
-            ),
-            (
-                "sipadmit_client_retransmissions_total",
-                "Requests from TCP/TLS clients sent again over UDP because no response had come (RFC 3261 Timer A/E, limits.timer_t1_ms, limits.timer_t2_ms).",
-                &self.client_retransmissions,
-            ),
-            (
-                "sipadmit_client_transaction_timeouts_total",
-                "Requests from TCP/TLS clients relayed over UDP that nothing answered within 64*T1: answered 408 Request Timeout by sipadmit.",
-                &self.client_transaction_timeouts,
-            ),
-            (
-                "sipadmit_client_transactions_untracked_total",
-                "Requests from TCP/TLS clients relayed over UDP once, without retransmissions, because the client transaction table was at limits.client_transaction_bytes.",
-                &self.client_transactions_untracked,
-            ),
-            (
-                "sipadmit_upstream_probes_total",
-                "OPTIONS probes sipadmit sent the registrar (proxy.upstream_probe_secs).",
-                &self.upstream_probes,
-            ),
-            (
-                "sipadmit_upstream_probe_answers_total",
-                "Answers of the registrar to sipadmit's OPTIONS probes.",
-                &self.upstream_probe_answers,
-            ),
-            (
-                "sipadmit_registers_too_many_contacts_total",
-                "REGISTERs answered 403 for naming more contacts than limits.max_contacts_per_register.",
-                &self.too_many_contacts,
-            ),
-            (
-                "sipadmit_registration_contacts_not_learned_total",
-                "REGISTER contacts not learned for want of room in the registration tables.",
-                &self.contacts_not_learned,
-            ),
-            (
-                "sipadmit_registrations_evicted_total",
-                "Pending REGISTERs and bindings evicted, oldest first, because their table was full.",
-                &self.registrations_evicted,
-            ),
-            (
-                "sipadmit_rate_limit_bans_total",
-                "Sources banned (rate_limit.ban_secs): for staying over their rate limit or sending a scanner User-Agent.",
-                &self.bans,
-            ),
-            (
-                "sipadmit_udp_kernel_drops_total",
-                "Datagrams the kernel dropped on the UDP listeners for a full receive buffer (limits.udp_receive_buffer_bytes), read from /proc/net/udp and /proc/net/udp6 every 10 s.",
-                &self.udp_kernel_drops,
-            ),
-            (
-                "sipadmit_upstream_silent_requests_total",
-                "Requests relayed to a UDP upstream that then sent nothing back for 10 s or more (a registrar that is down).",
-                &self.upstream_silent_requests,
-            ),
-            (
-                "sipadmit_read_budget_waits_total",
-                "Reads of stream connections that waited because limits.read_buffer_budget_bytes was in use.",
-                &self.read_budget_waits,
-            ),
-            (
-                "sipadmit_connections_evicted_total",
-                "Half-open TCP/TLS connections (no complete message yet) closed to make room for a new connection when every slot it may take was in use: the oldest of the source with the most.",
-                &self.connections_evicted,
-            ),
-            (
-                "sipadmit_connections_reserved_total",
-                "TCP/TLS connections given one of the limits.reserved_connections slots (trusted sources and known flows, once the unreserved slots are in use).",
-                &self.reserved_admissions,
-            ),
-        ] {
-            out.family(name, "counter", help);
-            out.sample(name, &[], counter.load(Ordering::Relaxed));
-        }
-        out.family(
-            "sipadmit_rate_limit_refused_messages_total",
-            "counter",
-            "SIP messages refused by their source's rate limit (answered 503 or dropped, rate_limit.over_limit), by reason: over_rate (rate_limit.requests_per_second, burst) or banned (dropped unparsed).",
-        );
-        for (reason, counter) in [
-            ("over_rate", &self.rate_limited_messages),
-            ("banned", &self.banned_messages),
-        ] {
-            out.sample(
-                "sipadmit_rate_limit_refused_messages_total",
-                &[("reason", reason)],
-                counter.load(Ordering::Relaxed),
-            );
-        }
-        out.family(
-            "sipadmit_rate_limit_refused_connections_total",
-            "counter",
-            "Stream connections closed at accept by their source's limits, by reason: over_rate (rate_limit.connections_per_second), max_per_source (rate_limit.max_connections_per_source open already) or banned.",
-        );
-        for (reason, counter) in [
-            ("over_rate", &self.rate_limited_connections),
-            ("max_per_source", &self.connections_per_source_refused),
-            ("banned", &self.banned_connections),
-        ] {
-            out.sample(
-                "sipadmit_rate_limit_refused_connections_total",
-                &[("reason", reason)],
-                counter.load(Ordering::Relaxed),
-            );
-        }
-        out.family(
-            "sipadmit_parse_errors_total",
-            "counter",
-            "Messages refused as unparsable or invalid, by reason.",
-        );
-        for (reason, value) in lock(&self.parse_errors).iter() {
-            out.sample("sipadmit_parse_errors_total", &[("reason", reason)], *value);
-        }
-        out.family(
-            "sipadmit_local_responses_total",
-            "counter",
-            "Responses sipadmit sent itself (rejects, 400, 503, ...), by status code.",
-        );
-        for (status, value) in lock(&self.local_responses).iter() {
-            let status = status.to_string();
-            out.sample(
-                "sipadmit_local_responses_total",
-                &[("status", &status)],
+                name,
+                &[("rule", *rule), ("status", status.as_str())],
                 *value,
             );
         }
-        out.family(
-            "sipadmit_upstream_send_failures_total",
-            "counter",
-            "Messages that could not be sent to the upstream registrar, by its transport.",
-        );
-        for transport in TRANSPORTS {
-            out.sample(
-                "sipadmit_upstream_send_failures_total",
-                &[("transport", transport.as_str())],
-                self.upstream_send_failures(transport),
-            );
+    }
+
+    /// Samples of `sipadmit_local_responses_total`, by status code.
+    fn write_local_responses(&self, name: &str, out: &mut Exposition) {
+        for (status, value) in lock(&self.local_responses).iter() {
+            let status = status.to_string();
+            out.sample(name, &[("status", &status)], *value);
         }
-        out.family(
-            "sipadmit_tls_handshakes_total",
-            "counter",
-            "TLS handshakes completed, by side (listener: a client's; upstream: the link to the registrar).",
-        );
-        for side in TlsSide::ALL {
-            out.sample(
-                "sipadmit_tls_handshakes_total",
-                &[("side", side.as_str())],
-                self.tls_handshakes(side),
-            );
-        }
-        out.family(
-            "sipadmit_tls_handshake_failures_total",
-            "counter",
-            "TLS handshakes failed (the connection closed), by side and reason.",
-        );
+    }
+
+    /// Samples of `sipadmit_tls_handshake_failures_total`, by side and reason.
+    fn write_tls_handshake_failures(&self, name: &str, out: &mut Exposition) {
         for side in TlsSide::ALL {
             for reason in HandshakeReason::ALL {
                 let labels = [("side", side.as_str()), ("reason", reason.as_str())];
-                let value = self.tls_handshake_failures(side, reason);
-                out.sample("sipadmit_tls_handshake_failures_total", &labels, value);
+                out.sample(name, &labels, self.tls_handshake_failures(side, reason));
             }
         }
+    }
 
-        out.family(
-            "sipadmit_open_connections",
-            "gauge",
-            "Open stream connections (clients and the upstream link), by transport, including those accepted and still in their TLS handshake or waiting for their first byte (they hold a connection slot).",
-        );
-        for (transport, count) in &gauges.connections {
-            out.sample(
-                "sipadmit_open_connections",
-                &[("transport", transport.as_str())],
-                *count as u64,
-            );
-        }
-        out.family(
-            "sipadmit_registrations",
-            "gauge",
-            "Registrations held in the registration table (contact to client, for agent offers).",
-        );
-        out.sample("sipadmit_registrations", &[], gauges.registrations as u64);
-        for (name, help, value) in [
-            (
-                "sipadmit_registrations_pending",
-                "REGISTERs relayed to the registrar and not answered yet.",
-                gauges.registrations_pending,
-            ),
-            (
-                "sipadmit_registration_table_bytes",
-                "Bytes the registration tables account for (bounded by limits.registration_table_bytes plus the client ids).",
-                gauges.registration_table_bytes,
-            ),
-            (
-                "sipadmit_transactions",
-                "Transactions remembered to tell retransmissions apart (the last 32 s).",
-                gauges.transactions,
-            ),
-            (
-                "sipadmit_transaction_table_bytes",
-                "Bytes the transaction table accounts for (bounded by limits.transaction_table_bytes).",
-                gauges.transaction_table_bytes,
-            ),
-            (
-                "sipadmit_client_transactions",
-                "Requests from TCP/TLS clients relayed over UDP and awaiting a (final) response, retransmitted by sipadmit.",
-                gauges.client_transactions,
-            ),
-            (
-                "sipadmit_client_transaction_bytes",
-                "Bytes the client transaction table accounts for (bounded by limits.client_transaction_bytes).",
-                gauges.client_transaction_bytes,
-            ),
-            (
-                "sipadmit_upstream_queue_bytes",
-                "Bytes of messages waiting for the link to a TCP/TLS upstream (bounded by limits.upstream_queue_bytes).",
-                gauges.upstream_queue_bytes,
-            ),
-            (
-                "sipadmit_rate_limit_bans",
-                "Sources banned now (at most 65,536, the oldest evicted first).",
-                gauges.bans_in_force,
-            ),
-            (
-                "sipadmit_rate_limit_tracked_sources",
-                "Sources whose message rate-limit bucket is held (not full); swept every second.",
-                gauges.rate_limited_sources,
-            ),
-            (
-                "sipadmit_reserved_connections",
-                "Reserved connection slots in use (of limits.reserved_connections).",
-                self.reserved_connections_in_use.load(Ordering::Relaxed) as usize,
-            ),
-            (
-                "sipadmit_known_flows",
-                "Sources held as known flows (a complete message within limits.known_flow_secs; bounded by limits.known_flow_bytes).",
-                self.known_flows.load(Ordering::Relaxed) as usize,
-            ),
-        ] {
-            out.family(name, "gauge", help);
-            out.sample(name, &[], value as u64);
-        }
-        for (name, help, value) in [
-            (
-                "sipadmit_decision_records_dropped_total",
-                "Decision records dropped because the decision log writer's queue was full.",
-                gauges.decision_records_dropped,
-            ),
-            (
-                "sipadmit_decision_records_lost_total",
-                "Decision records lost to failed writes of the decision log (a full disk, a closed pipe).",
-                gauges.decision_records_lost,
-            ),
-        ] {
-            out.family(name, "counter", help);
-            out.sample(name, &[], value);
-        }
-
-        out.family(
-            "sipadmit_config_reloads_total",
-            "counter",
-            "Config reloads (SIGHUP), by result; a failure keeps the running configuration.",
-        );
-        for result in [ReloadResult::Success, ReloadResult::Failure] {
-            out.sample(
-                "sipadmit_config_reloads_total",
-                &[("result", result.as_str())],
-                self.reloads(result),
-            );
-        }
-        out.family(
-            "sipadmit_tls_reloads_total",
-            "counter",
-            "TLS context reloads (SIGHUP: certificate, key and CA files re-read, [tls] settings applied), by side and result; a failure keeps the side's running context.",
-        );
+    /// Samples of `sipadmit_tls_reloads_total`, by side and result.
+    fn write_tls_reloads(&self, name: &str, out: &mut Exposition) {
         for side in TlsSide::ALL {
-            for result in [ReloadResult::Success, ReloadResult::Failure] {
+            for result in ReloadResult::ALL {
                 let labels = [("side", side.as_str()), ("result", result.as_str())];
-                out.sample(
-                    "sipadmit_tls_reloads_total",
-                    &labels,
-                    self.tls_reloads(side, result),
-                );
+                out.sample(name, &labels, self.tls_reloads(side, result));
             }
         }
-        out.family(
-            "sipadmit_config_generation",
-            "gauge",
-            "Generation of the runtime configuration in use: 1 at start, one more per successful reload.",
-        );
-        out.sample("sipadmit_config_generation", &[], gauges.config_generation);
+    }
 
-        let name = "sipadmit_message_handling_seconds";
-        out.family(
-            name,
-            "histogram",
-            "Time to handle one SIP message: parse, classify, decide and hand it to the transport.",
-        );
+    /// Samples of the handling-latency histogram: cumulative buckets, sum
+    /// and count.
+    fn write_handling_histogram(&self, name: &str, out: &mut Exposition) {
         let mut cumulative = 0;
         for (le, count) in HANDLING_BUCKETS.iter().zip(&self.handling_buckets) {
             cumulative += count.load(Ordering::Relaxed);
@@ -1128,9 +837,341 @@ impl Metrics {
         let sum = self.handling_sum_ns.load(Ordering::Relaxed) as f64 / 1e9;
         let _ = writeln!(out.text, "{name}_sum {sum}");
         out.sample(&format!("{name}_count"), &[], count);
-        out.text
     }
 }
+
+/// One family of the exposition: its name, type, help and how its samples
+/// are read.
+struct Family {
+    name: &'static str,
+    /// The TYPE: `counter`, `gauge` or `histogram`.
+    kind: &'static str,
+    help: &'static str,
+    samples: Samples,
+}
+
+/// How the samples of a [`Family`] are read at scrape time.
+enum Samples {
+    /// One unlabelled sample: an atomic of [`Metrics`].
+    Atomic(fn(&Metrics) -> &AtomicU64),
+    /// One unlabelled sample: a value of [`Gauges`].
+    Scraped(fn(&Gauges) -> u64),
+    /// One sample per value of one label (the label name), in order.
+    PerLabel(
+        &'static str,
+        fn(&Metrics, &Gauges) -> Vec<(&'static str, u64)>,
+    ),
+    /// Samples written by a function of their own (several labels, label
+    /// values that are numbers, a histogram), given the family's name.
+    Written(fn(&Metrics, &str, &mut Exposition)),
+}
+
+const fn counter(name: &'static str, help: &'static str, samples: Samples) -> Family {
+    Family {
+        name,
+        kind: "counter",
+        help,
+        samples,
+    }
+}
+
+const fn gauge(name: &'static str, help: &'static str, samples: Samples) -> Family {
+    Family {
+        name,
+        kind: "gauge",
+        help,
+        samples,
+    }
+}
+
+/// Every family, in render order.
+const FAMILIES: [Family; 50] = [
+    gauge(
+        "sipadmit_build_info",
+        "Always 1; the label names the sipadmit version.",
+        Samples::PerLabel("version", |_, _| vec![(env!("CARGO_PKG_VERSION"), 1)]),
+    ),
+    counter(
+        "sipadmit_received_total",
+        "SIP messages received (keep-alives excluded), by transport and kind.",
+        Samples::Written(Metrics::write_received),
+    ),
+    counter(
+        "sipadmit_relayed_total",
+        "SIP messages relayed toward the registrar or a client, by the transport they leave on and kind.",
+        Samples::Written(Metrics::write_relayed),
+    ),
+    counter(
+        "sipadmit_keepalives_total",
+        "Keep-alives received (CRLF pings), all transports.",
+        Samples::Atomic(|m| &m.keepalives),
+    ),
+    counter(
+        "sipadmit_decisions_total",
+        "Admission policy decisions, one per request and client the decision is about (the registrar's leg of a request already decided on its client's leg is in sipadmit_decisions_repeated_total; protocol and capacity answers in sipadmit_protocol_answers_total), by action, Response Group role and client support class.",
+        Samples::Written(Metrics::write_counted_decisions),
+    ),
+    counter(
+        "sipadmit_decisions_repeated_total",
+        "Admission policy decisions on the registrar's leg of a request sipadmit already relayed from a client (a spiral: the same caller's client, counted on its client's leg), by action, Response Group role and client support class.",
+        Samples::Written(Metrics::write_repeated_decisions),
+    ),
+    counter(
+        "sipadmit_protocol_answers_total",
+        "Requests sipadmit answered (or dropped: status none) for a protocol or capacity reason rather than by policy, by rule (proxy.*, rate_limit.*, ban.*) and status.",
+        Samples::Written(Metrics::write_protocol_answers),
+    ),
+    counter(
+        "sipadmit_dropped_total",
+        "Messages neither relayed nor answered, by reason.",
+        Samples::PerLabel("reason", |m, _| {
+            DropReason::ALL.map(|r| (r.as_str(), m.drops(r))).to_vec()
+        }),
+    ),
+    counter(
+        "sipadmit_transport_faults_total",
+        "Faults of one datagram, connection or upstream connect (counted, logged rate-limited, survived), by kind.",
+        Samples::PerLabel("kind", |m, _| {
+            Fault::ALL.map(|f| (f.as_str(), m.faults(f))).to_vec()
+        }),
+    ),
+    counter(
+        "sipadmit_retransmissions_total",
+        "Requests recognised as retransmissions of a transaction already recorded (handled again, not recorded again).",
+        Samples::Atomic(|m| &m.retransmissions),
+    ),
+    counter(
+        "sipadmit_client_retransmissions_total",
+        "Requests from TCP/TLS clients sent again over UDP because no response had come (RFC 3261 Timer A/E, limits.timer_t1_ms, limits.timer_t2_ms).",
+        Samples::Atomic(|m| &m.client_retransmissions),
+    ),
+    counter(
+        "sipadmit_client_transaction_timeouts_total",
+        "Requests from TCP/TLS clients relayed over UDP that nothing answered within 64*T1: answered 408 Request Timeout by sipadmit.",
+        Samples::Atomic(|m| &m.client_transaction_timeouts),
+    ),
+    counter(
+        "sipadmit_client_transactions_untracked_total",
+        "Requests from TCP/TLS clients relayed over UDP once, without retransmissions, because the client transaction table was at limits.client_transaction_bytes.",
+        Samples::Atomic(|m| &m.client_transactions_untracked),
+    ),
+    counter(
+        "sipadmit_upstream_probes_total",
+        "OPTIONS probes sipadmit sent the registrar (proxy.upstream_probe_secs).",
+        Samples::Atomic(|m| &m.upstream_probes),
+    ),
+    counter(
+        "sipadmit_upstream_probe_answers_total",
+        "Answers of the registrar to sipadmit's OPTIONS probes.",
+        Samples::Atomic(|m| &m.upstream_probe_answers),
+    ),
+    counter(
+        "sipadmit_registers_too_many_contacts_total",
+        "REGISTERs answered 403 for naming more contacts than limits.max_contacts_per_register.",
+        Samples::Atomic(|m| &m.too_many_contacts),
+    ),
+    counter(
+        "sipadmit_registration_contacts_not_learned_total",
+        "REGISTER contacts not learned for want of room in the registration tables.",
+        Samples::Atomic(|m| &m.contacts_not_learned),
+    ),
+    counter(
+        "sipadmit_registrations_evicted_total",
+        "Pending REGISTERs and bindings evicted, oldest first, because their table was full.",
+        Samples::Atomic(|m| &m.registrations_evicted),
+    ),
+    counter(
+        "sipadmit_rate_limit_bans_total",
+        "Sources banned (rate_limit.ban_secs): for staying over their rate limit or sending a scanner User-Agent.",
+        Samples::Atomic(|m| &m.bans),
+    ),
+    counter(
+        "sipadmit_udp_kernel_drops_total",
+        "Datagrams the kernel dropped on the UDP listeners for a full receive buffer (limits.udp_receive_buffer_bytes), read from /proc/net/udp and /proc/net/udp6 every 10 s.",
+        Samples::Atomic(|m| &m.udp_kernel_drops),
+    ),
+    counter(
+        "sipadmit_upstream_silent_requests_total",
+        "Requests relayed to a UDP upstream that then sent nothing back for 10 s or more (a registrar that is down).",
+        Samples::Atomic(|m| &m.upstream_silent_requests),
+    ),
+    counter(
+        "sipadmit_read_budget_waits_total",
+        "Reads of stream connections that waited because limits.read_buffer_budget_bytes was in use.",
+        Samples::Atomic(|m| &m.read_budget_waits),
+    ),
+    counter(
+        "sipadmit_connections_evicted_total",
+        "Half-open TCP/TLS connections (no complete message yet) closed to make room for a new connection when every slot it may take was in use: the oldest of the source with the most.",
+        Samples::Atomic(|m| &m.connections_evicted),
+    ),
+    counter(
+        "sipadmit_connections_reserved_total",
+        "TCP/TLS connections given one of the limits.reserved_connections slots (trusted sources and known flows, once the unreserved slots are in use).",
+        Samples::Atomic(|m| &m.reserved_admissions),
+    ),
+    counter(
+        "sipadmit_rate_limit_refused_messages_total",
+        "SIP messages refused by their source's rate limit (answered 503 or dropped, rate_limit.over_limit), by reason: over_rate (rate_limit.requests_per_second, burst) or banned (dropped unparsed).",
+        Samples::PerLabel("reason", |m, _| {
+            [
+                ("over_rate", &m.rate_limited_messages),
+                ("banned", &m.banned_messages),
+            ]
+            .map(|(reason, c)| (reason, c.load(Ordering::Relaxed)))
+            .to_vec()
+        }),
+    ),
+    counter(
+        "sipadmit_rate_limit_refused_connections_total",
+        "Stream connections closed at accept by their source's limits, by reason: over_rate (rate_limit.connections_per_second), max_per_source (rate_limit.max_connections_per_source open already) or banned.",
+        Samples::PerLabel("reason", |m, _| {
+            [
+                ("over_rate", &m.rate_limited_connections),
+                ("max_per_source", &m.connections_per_source_refused),
+                ("banned", &m.banned_connections),
+            ]
+            .map(|(reason, c)| (reason, c.load(Ordering::Relaxed)))
+            .to_vec()
+        }),
+    ),
+    counter(
+        "sipadmit_parse_errors_total",
+        "Messages refused as unparsable or invalid, by reason.",
+        Samples::PerLabel("reason", |m, _| {
+            lock(&m.parse_errors).iter().map(|(r, n)| (*r, *n)).collect()
+        }),
+    ),
+    counter(
+        "sipadmit_local_responses_total",
+        "Responses sipadmit sent itself (rejects, 400, 503, ...), by status code.",
+        Samples::Written(Metrics::write_local_responses),
+    ),
+    counter(
+        "sipadmit_upstream_send_failures_total",
+        "Messages that could not be sent to the upstream registrar, by its transport.",
+        Samples::PerLabel("transport", |m, _| {
+            TRANSPORTS
+                .map(|t| (t.as_str(), m.upstream_send_failures(t)))
+                .to_vec()
+        }),
+    ),
+    counter(
+        "sipadmit_tls_handshakes_total",
+        "TLS handshakes completed, by side (listener: a client's; upstream: the link to the registrar).",
+        Samples::PerLabel("side", |m, _| {
+            TlsSide::ALL.map(|s| (s.as_str(), m.tls_handshakes(s))).to_vec()
+        }),
+    ),
+    counter(
+        "sipadmit_tls_handshake_failures_total",
+        "TLS handshakes failed (the connection closed), by side and reason.",
+        Samples::Written(Metrics::write_tls_handshake_failures),
+    ),
+    gauge(
+        "sipadmit_open_connections",
+        "Open stream connections (clients and the upstream link), by transport, including those accepted and still in their TLS handshake or waiting for their first byte (they hold a connection slot).",
+        Samples::PerLabel("transport", |_, g| {
+            g.connections
+                .iter()
+                .map(|(t, n)| (t.as_str(), *n as u64))
+                .collect()
+        }),
+    ),
+    gauge(
+        "sipadmit_registrations",
+        "Registrations held in the registration table (contact to client, for agent offers).",
+        Samples::Scraped(|g| g.registrations as u64),
+    ),
+    gauge(
+        "sipadmit_registrations_pending",
+        "REGISTERs relayed to the registrar and not answered yet.",
+        Samples::Scraped(|g| g.registrations_pending as u64),
+    ),
+    gauge(
+        "sipadmit_registration_table_bytes",
+        "Bytes the registration tables account for (bounded by limits.registration_table_bytes plus the client ids).",
+        Samples::Scraped(|g| g.registration_table_bytes as u64),
+    ),
+    gauge(
+        "sipadmit_transactions",
+        "Transactions remembered to tell retransmissions apart (the last 32 s).",
+        Samples::Scraped(|g| g.transactions as u64),
+    ),
+    gauge(
+        "sipadmit_transaction_table_bytes",
+        "Bytes the transaction table accounts for (bounded by limits.transaction_table_bytes).",
+        Samples::Scraped(|g| g.transaction_table_bytes as u64),
+    ),
+    gauge(
+        "sipadmit_client_transactions",
+        "Requests from TCP/TLS clients relayed over UDP and awaiting a (final) response, retransmitted by sipadmit.",
+        Samples::Scraped(|g| g.client_transactions as u64),
+    ),
+    gauge(
+        "sipadmit_client_transaction_bytes",
+        "Bytes the client transaction table accounts for (bounded by limits.client_transaction_bytes).",
+        Samples::Scraped(|g| g.client_transaction_bytes as u64),
+    ),
+    gauge(
+        "sipadmit_upstream_queue_bytes",
+        "Bytes of messages waiting for the link to a TCP/TLS upstream (bounded by limits.upstream_queue_bytes).",
+        Samples::Scraped(|g| g.upstream_queue_bytes as u64),
+    ),
+    gauge(
+        "sipadmit_rate_limit_bans",
+        "Sources banned now (at most 65,536, the oldest evicted first).",
+        Samples::Scraped(|g| g.bans_in_force as u64),
+    ),
+    gauge(
+        "sipadmit_rate_limit_tracked_sources",
+        "Sources whose message rate-limit bucket is held (not full); swept every second.",
+        Samples::Scraped(|g| g.rate_limited_sources as u64),
+    ),
+    gauge(
+        "sipadmit_reserved_connections",
+        "Reserved connection slots in use (of limits.reserved_connections).",
+        Samples::Atomic(|m| &m.reserved_connections_in_use),
+    ),
+    gauge(
+        "sipadmit_known_flows",
+        "Sources held as known flows (a complete message within limits.known_flow_secs; bounded by limits.known_flow_bytes).",
+        Samples::Atomic(|m| &m.known_flows),
+    ),
+    counter(
+        "sipadmit_decision_records_dropped_total",
+        "Decision records dropped because the decision log writer's queue was full.",
+        Samples::Scraped(|g| g.decision_records_dropped),
+    ),
+    counter(
+        "sipadmit_decision_records_lost_total",
+        "Decision records lost to failed writes of the decision log (a full disk, a closed pipe).",
+        Samples::Scraped(|g| g.decision_records_lost),
+    ),
+    counter(
+        "sipadmit_config_reloads_total",
+        "Config reloads (SIGHUP), by result; a failure keeps the running configuration.",
+        Samples::PerLabel("result", |m, _| {
+            ReloadResult::ALL.map(|r| (r.as_str(), m.reloads(r))).to_vec()
+        }),
+    ),
+    counter(
+        "sipadmit_tls_reloads_total",
+        "TLS context reloads (SIGHUP: certificate, key and CA files re-read, [tls] settings applied), by side and result; a failure keeps the side's running context.",
+        Samples::Written(Metrics::write_tls_reloads),
+    ),
+    gauge(
+        "sipadmit_config_generation",
+        "Generation of the runtime configuration in use: 1 at start, one more per successful reload.",
+        Samples::Scraped(|g| g.config_generation),
+    ),
+    Family {
+        name: "sipadmit_message_handling_seconds",
+        kind: "histogram",
+        help: "Time to handle one SIP message: parse, classify, decide and hand it to the transport.",
+        samples: Samples::Written(Metrics::write_handling_histogram),
+    },
+];
 
 /// Text being written in the exposition format.
 #[derive(Debug, Default)]
