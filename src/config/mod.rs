@@ -401,6 +401,10 @@ impl<'a> Given<'a> {
 /// collect every problem, after those `problems` already found while reading.
 /// A problem in a value given on the command line is named by its flag
 /// (`--listen[0]`, `--upstream`, `--decision-log`).
+///
+/// The sections are checked in a fixed order (proxy, limits, rate_limit,
+/// response_group, policy, catalog, tls, admin), which is the order in which
+/// `check-config` lists their problems.
 fn validate(
     raw: RawConfig,
     overrides: &Overrides,
@@ -409,22 +413,135 @@ fn validate(
 ) -> Result<Config, ConfigError> {
     let mut problem = |key: String, message: String| problems.push(Problem { key, message });
 
-    let listen_given: Vec<Given<'_>> = if overrides.listen.is_empty() {
-        if raw.proxy.listen.is_empty() {
+    let proxy = proxy_section(&raw.proxy, overrides, &mut problem);
+    let limits = limits(&raw.limits, &mut problem);
+    let mut rate_limit = rate_limit(&raw.rate_limit, &mut problem);
+    let sessions = session_matchers(&raw.response_group, &mut problem);
+    // The Response Group application's sources are trusted too (never
+    // limited or banned), after `rate_limit.trusted`.
+    rate_limit
+        .trusted
+        .extend(sessions.application_sources.iter().copied());
+    let mode = overrides.mode.unwrap_or(raw.proxy.mode);
+    let policy = policy(&raw.policy, mode, &mut problem);
+    let base = path.parent().unwrap_or(Path::new("."));
+    let (catalog, catalog_source) = catalog(raw.catalog.path.as_deref(), base, &mut problem);
+
+    let tls = tls::validate(&raw.tls, base, &mut problems);
+    problems.extend(tls.listener_problems(proxy.first_tls_listener.as_deref()));
+    let admin = admin_listener(raw.admin.listen.as_deref(), overrides, &mut problems);
+
+    match (catalog, problems.is_empty()) {
+        (Some(catalog), true) => Ok(Config {
+            path: path.to_owned(),
+            settings: Settings {
+                listen: proxy.listen,
+                upstream: proxy.upstream,
+                upstream_sources: proxy.upstream_sources,
+                decision_log: proxy.decision_log,
+                flow_secret: raw.proxy.flow_secret,
+                upstream_probe: (raw.proxy.upstream_probe_secs > 0)
+                    .then(|| Duration::from_secs(raw.proxy.upstream_probe_secs)),
+                limits,
+                tls,
+                rate_limit,
+                admin,
+                admin_allow_remote: raw.admin.allow_remote,
+            },
+            overrides: overrides.clone(),
+            runtime: RuntimeConfig {
+                catalog,
+                catalog_source,
+                sessions,
+                policy: policy.expect("no problems"),
+                flag_header: raw.policy.flag_header,
+            },
+        }),
+        _ => Err(ConfigError::Invalid {
+            path: path.to_owned(),
+            problems,
+        }),
+    }
+}
+
+/// The validated `[proxy]` values that [`Settings`] takes (with the key of
+/// the first `tls:` listener, for the `[tls]` check).
+struct ProxySection {
+    listen: Vec<Endpoint>,
+    /// The key (`proxy.listen[i]` or `--listen[i]`) of the first `tls:`
+    /// listener: `[tls]` then needs a certificate.
+    first_tls_listener: Option<String>,
+    upstream: Option<Endpoint>,
+    upstream_sources: UpstreamSources,
+    decision_log: String,
+}
+
+/// Validate `[proxy]` with its command-line overrides: the listeners, the
+/// upstream (and whether a listener can reach it), `upstream_sources`, the
+/// decision log, the flow secret and the probe interval, in that order.
+fn proxy_section(
+    raw: &raw::RawProxy,
+    overrides: &Overrides,
+    problem: &mut dyn FnMut(String, String),
+) -> ProxySection {
+    let listeners = listeners(&raw.listen, &overrides.listen, problem);
+    // `[tls]` needs a certificate when there is a tls: listener (checked
+    // with the other `[tls]` keys).
+    let first_tls_listener = listeners
+        .iter()
+        .find(|(_, e)| e.transport == crate::vocabulary::Transport::Tls)
+        .map(|(key, _)| key.clone());
+    let listen: Vec<Endpoint> = listeners.into_iter().map(|(_, e)| e).collect();
+
+    let upstream = Given::pick(
+        "--upstream",
+        overrides.upstream.as_deref(),
+        "proxy.upstream",
+        raw.upstream.as_deref(),
+    )
+    .and_then(|given| match given.value.parse::<Endpoint>() {
+        Ok(e) => Some(e),
+        Err(m) => {
+            problem(given.key, m);
+            None
+        }
+    });
+    if let Some(up) = upstream {
+        check_upstream_reachable(&up, &listen, problem);
+    }
+    let upstream_sources = upstream_sources(raw.upstream_sources.as_deref(), upstream, problem);
+    let decision_log = decision_log(&raw.decision_log, overrides, problem);
+    check_flow_secret_and_probe(raw, problem);
+    ProxySection {
+        listen,
+        first_tls_listener,
+        upstream,
+        upstream_sources,
+        decision_log,
+    }
+}
+
+/// The listeners (`--listen` when given, else `proxy.listen`), each with
+/// the key that names it; reports values that do not parse and listeners
+/// that could not all be bound.
+fn listeners(
+    file: &[String],
+    flags: &[String],
+    problem: &mut dyn FnMut(String, String),
+) -> Vec<(String, Endpoint)> {
+    let listen_given: Vec<Given<'_>> = if flags.is_empty() {
+        if file.is_empty() {
             problem(
                 "proxy.listen".into(),
                 "at least one listener is needed".into(),
             );
         }
-        raw.proxy
-            .listen
-            .iter()
+        file.iter()
             .enumerate()
             .map(|(i, value)| Given::new(format!("proxy.listen[{i}]"), value))
             .collect()
     } else {
-        overrides
-            .listen
+        flags
             .iter()
             .enumerate()
             .map(|(i, value)| Given::new(format!("--listen[{i}]"), value))
@@ -451,55 +568,50 @@ fn validate(
             );
         }
     }
-    // `[tls]` needs a certificate when there is a tls: listener (checked
-    // with the other `[tls]` keys below).
-    let first_tls_listener = listeners
-        .iter()
-        .find(|(_, e)| e.transport == crate::vocabulary::Transport::Tls)
-        .map(|(key, _)| key.clone());
-    let listen: Vec<Endpoint> = listeners.into_iter().map(|(_, e)| e).collect();
+    listeners
+}
 
-    let upstream = Given::pick(
-        "--upstream",
-        overrides.upstream.as_deref(),
-        "proxy.upstream",
-        raw.proxy.upstream.as_deref(),
-    )
-    .and_then(|given| match given.value.parse::<Endpoint>() {
-        Ok(e) => Some(e),
-        Err(m) => {
-            problem(given.key, m);
-            None
-        }
-    });
-    // The registrar is reached from a listener of its transport and address
-    // family: its socket sends the requests, and its address goes in Via,
-    // Path and Record-Route (an IPv6 listener cannot reach an IPv4
-    // registrar, and every request would get 503).
-    if let Some(up) = upstream {
-        let of_transport: Vec<&Endpoint> = listen
+/// The registrar is reached from a listener of its transport and address
+/// family: its socket sends the requests, and its address goes in Via,
+/// Path and Record-Route (an IPv6 listener cannot reach an IPv4
+/// registrar, and every request would get 503). Reports listeners of that
+/// transport that are all of the other family.
+fn check_upstream_reachable(
+    up: &Endpoint,
+    listen: &[Endpoint],
+    problem: &mut dyn FnMut(String, String),
+) {
+    let of_transport: Vec<&Endpoint> = listen
+        .iter()
+        .filter(|e| e.transport == up.transport)
+        .collect();
+    if !of_transport.is_empty()
+        && !of_transport
             .iter()
-            .filter(|e| e.transport == up.transport)
-            .collect();
-        if !of_transport.is_empty()
-            && !of_transport
-                .iter()
-                .any(|e| e.addr.is_ipv4() == up.addr.is_ipv4())
-        {
-            let family = if up.addr.is_ipv4() { "IPv4" } else { "IPv6" };
-            problem(
-                "proxy.listen".into(),
-                format!(
-                    "no {} listener of the upstream's address family ({family}, {up}):                      add one such as {}:{}:{}",
-                    up.transport,
-                    up.transport,
-                    if up.addr.is_ipv4() { "0.0.0.0" } else { "[::]" },
-                    of_transport[0].addr.port()
-                ),
-            );
-        }
+            .any(|e| e.addr.is_ipv4() == up.addr.is_ipv4())
+    {
+        let family = if up.addr.is_ipv4() { "IPv4" } else { "IPv6" };
+        problem(
+            "proxy.listen".into(),
+            format!(
+                "no {} listener of the upstream's address family ({family}, {up}):                      add one such as {}:{}:{}",
+                up.transport,
+                up.transport,
+                if up.addr.is_ipv4() { "0.0.0.0" } else { "[::]" },
+                of_transport[0].addr.port()
+            ),
+        );
     }
-    let upstream_sources = match &raw.proxy.upstream_sources {
+}
+
+/// `proxy.upstream_sources`, or by default exactly the upstream's address
+/// (nothing without an upstream).
+fn upstream_sources(
+    list: Option<&[String]>,
+    upstream: Option<Endpoint>,
+    problem: &mut dyn FnMut(String, String),
+) -> UpstreamSources {
+    match list {
         None => upstream.map_or_else(UpstreamSources::default, |u| {
             UpstreamSources::exactly(u.addr)
         }),
@@ -521,10 +633,19 @@ fn validate(
             }
             UpstreamSources::new(patterns)
         }
-    };
+    }
+}
+
+/// The decision log destination (`--decision-log` when given, else
+/// `proxy.decision_log`); it must not be empty.
+fn decision_log(
+    file: &str,
+    overrides: &Overrides,
+    problem: &mut dyn FnMut(String, String),
+) -> String {
     let decision_log = match overrides.decision_log.as_deref() {
         Some(value) => Given::new("--decision-log", value),
-        None => Given::new("proxy.decision_log", &raw.proxy.decision_log),
+        None => Given::new("proxy.decision_log", file),
     };
     if decision_log.value.trim().is_empty() {
         problem(
@@ -532,9 +653,13 @@ fn validate(
             "empty; use a file path or \"-\" for stdout".into(),
         );
     }
-    let decision_log = decision_log.value.to_owned();
-    let mode = overrides.mode.unwrap_or(raw.proxy.mode);
-    if let Some(secret) = &raw.proxy.flow_secret {
+    decision_log.value.to_owned()
+}
+
+/// `proxy.flow_secret` (at least 16 characters when set) and
+/// `proxy.upstream_probe_secs` (at most 300).
+fn check_flow_secret_and_probe(raw: &raw::RawProxy, problem: &mut dyn FnMut(String, String)) {
+    if let Some(secret) = &raw.flow_secret {
         if secret.len() < 16 {
             problem(
                 "proxy.flow_secret".into(),
@@ -542,17 +667,53 @@ fn validate(
             );
         }
     }
-    if raw.proxy.upstream_probe_secs > 300 {
+    if raw.upstream_probe_secs > 300 {
         problem(
             "proxy.upstream_probe_secs".into(),
             format!(
                 "{} s is above 300 s (0 turns the probes off; default 5)",
-                raw.proxy.upstream_probe_secs
+                raw.upstream_probe_secs
             ),
         );
     }
+}
 
-    let l = &raw.limits;
+/// Validate `[limits]`: report every value out of its range (the checks
+/// run in this order), then the [`Limits`] with their defaults applied.
+fn limits(l: &raw::RawLimits, problem: &mut dyn FnMut(String, String)) -> Limits {
+    check_limit_minimums_and_maximums(l, problem);
+    check_limit_connections_and_durations(l, problem);
+    check_limit_byte_ranges(l, problem);
+    check_limit_backlog_and_timers(l, problem);
+    Limits {
+        max_message_bytes: l.max_message_bytes,
+        max_headers: l.max_headers,
+        max_connections: l.max_connections,
+        reserved_connections: l.reserved_connections.unwrap_or(l.max_connections / 10),
+        known_flow_ttl: (l.known_flow_secs > 0).then(|| Duration::from_secs(l.known_flow_secs)),
+        known_flow_bytes: l.known_flow_bytes,
+        tcp_idle_timeout: Duration::from_secs(l.tcp_idle_timeout_secs),
+        max_registrations: l.max_registrations,
+        max_contacts_per_register: l.max_contacts_per_register,
+        registration_table_bytes: l.registration_table_bytes,
+        transaction_table_bytes: l.transaction_table_bytes,
+        upstream_retry_after_secs: l.upstream_retry_after_secs,
+        message_deadline: Duration::from_secs(l.message_deadline_secs),
+        read_buffer_budget_bytes: l.read_buffer_budget_bytes,
+        write_queue_bytes: l.write_queue_bytes,
+        client_transaction_bytes: l.client_transaction_bytes,
+        timer_t1: Duration::from_millis(l.timer_t1_ms),
+        timer_t2: Duration::from_millis(l.timer_t2_ms),
+        upstream_queue_bytes: l.upstream_queue_bytes,
+        listen_backlog: l.listen_backlog,
+        udp_receive_buffer_bytes: l.udp_receive_buffer_bytes,
+        udp_send_buffer_bytes: l.udp_send_buffer_bytes,
+    }
+}
+
+/// The `[limits]` counts and table sizes with a plain minimum, then those
+/// with a plain maximum.
+fn check_limit_minimums_and_maximums(l: &raw::RawLimits, problem: &mut dyn FnMut(String, String)) {
     for (key, value, min) in [
         ("limits.max_message_bytes", l.max_message_bytes, 1024),
         ("limits.max_headers", l.max_headers, 16),
@@ -599,6 +760,14 @@ fn validate(
             problem(key.into(), format!("{value} is above the maximum {max}"));
         }
     }
+}
+
+/// `limits.max_connections` (its maximum) and `reserved_connections`,
+/// `known_flow_secs`, the largest message, and the TCP idle timeout.
+fn check_limit_connections_and_durations(
+    l: &raw::RawLimits,
+    problem: &mut dyn FnMut(String, String),
+) {
     if l.max_connections > 1_000_000 {
         problem(
             "limits.max_connections".into(),
@@ -640,7 +809,11 @@ fn validate(
             ),
         );
     }
+}
 
+/// The `[limits]` buffer, queue and table sizes that must lie in a range
+/// of bytes.
+fn check_limit_byte_ranges(l: &raw::RawLimits, problem: &mut dyn FnMut(String, String)) {
     for (key, value, min, max) in [
         (
             "limits.read_buffer_budget_bytes",
@@ -692,6 +865,11 @@ fn validate(
             );
         }
     }
+}
+
+/// `limits.listen_backlog`, the RFC 3261 timers T1 and T2, and the
+/// deadline of a stream message.
+fn check_limit_backlog_and_timers(l: &raw::RawLimits, problem: &mut dyn FnMut(String, String)) {
     if !(1..=65_535).contains(&l.listen_backlog) {
         problem(
             "limits.listen_backlog".into(),
@@ -728,8 +906,11 @@ fn validate(
             ),
         );
     }
+}
 
-    let r = &raw.rate_limit;
+/// Validate `[rate_limit]`. Its `trusted` networks are only
+/// `rate_limit.trusted`: the caller adds `response_group.application_sources`.
+fn rate_limit(r: &raw::RawRateLimit, problem: &mut dyn FnMut(String, String)) -> RateLimit {
     let mut trusted = Vec::new();
     for (i, net) in r.trusted.iter().enumerate() {
         match Network::parse(net) {
@@ -772,29 +953,31 @@ fn validate(
             OverLimit::Reject
         }
     };
+    RateLimit {
+        trusted,
+        requests_per_second,
+        burst,
+        connections_per_second,
+        max_connections_per_source,
+        ban: (r.ban_secs > 0).then(|| Duration::from_secs(r.ban_secs)),
+        over_limit,
+    }
+}
 
-    let uri_list = |key: &str, list: &[String], problem: &mut dyn FnMut(String, String)| {
-        list.iter()
-            .enumerate()
-            .filter_map(|(i, u)| {
-                UriPattern::new(u).or_else(|| {
-                    problem(
-                        format!("{key}[{i}]"),
-                        format!("not a SIP URI: {u:?} (expected sip:user@host, * allowed)"),
-                    );
-                    None
-                })
-            })
-            .collect::<Vec<_>>()
-    };
-    let rg = &raw.response_group;
-    let workflows = uri_list("response_group.workflows", &rg.workflows, &mut problem);
-    let application_from_uris = uri_list(
+/// Validate `[response_group]`: how the Response Group's sessions are
+/// recognised (workflows, application From URIs, agents, application
+/// User-Agents and sources, reported in that order).
+fn session_matchers(
+    rg: &raw::RawResponseGroup,
+    problem: &mut dyn FnMut(String, String),
+) -> SessionMatchers {
+    let workflows = uri_patterns("response_group.workflows", &rg.workflows, problem);
+    let application_from_uris = uri_patterns(
         "response_group.application_from_uris",
         &rg.application_from_uris,
-        &mut problem,
+        problem,
     );
-    let agents = uri_list("response_group.agents", &rg.agents, &mut problem);
+    let agents = uri_patterns("response_group.agents", &rg.agents, problem);
     let mut application_user_agents = Vec::new();
     for (i, ua) in rg.application_user_agents.iter().enumerate() {
         if ua.trim().is_empty() {
@@ -816,35 +999,80 @@ fn validate(
             ),
         }
     }
+    SessionMatchers {
+        workflows,
+        application_user_agents,
+        application_from_uris,
+        application_sources,
+        agents,
+    }
+}
 
-    let p = &raw.policy;
+/// The SIP URI patterns of the list `key`; each entry that is not one is
+/// reported as `{key}[i]` and left out.
+fn uri_patterns(
+    key: &str,
+    list: &[String],
+    problem: &mut dyn FnMut(String, String),
+) -> Vec<UriPattern> {
+    list.iter()
+        .enumerate()
+        .filter_map(|(i, u)| {
+            UriPattern::new(u).or_else(|| {
+                problem(
+                    format!("{key}[{i}]"),
+                    format!("not a SIP URI: {u:?} (expected sip:user@host, * allowed)"),
+                );
+                None
+            })
+        })
+        .collect::<Vec<_>>()
+}
+
+/// Validate `[policy]` (the flag header, then each role) into the
+/// [`Policy`] of `mode`; `None` when a role is invalid (reported).
+fn policy(
+    p: &raw::RawPolicy,
+    mode: Mode,
+    problem: &mut dyn FnMut(String, String),
+) -> Option<Policy> {
     if !is_header_name(&p.flag_header) {
         problem(
             "policy.flag_header".into(),
             format!("not a header name: {:?}", p.flag_header),
         );
     }
-    let caller = role_policy(
-        "policy.caller",
-        &p.caller,
-        RoleDefaults::CALLER,
-        &mut problem,
-    );
+    let caller = role_policy("policy.caller", &p.caller, RoleDefaults::CALLER, problem);
     let agent_offer = role_policy(
         "policy.agent_offer",
         &p.agent_offer,
         RoleDefaults::AGENT_OFFER,
-        &mut problem,
+        problem,
     );
     let agent_registration = role_policy(
         "policy.agent_registration",
         &p.agent_registration,
         RoleDefaults::AGENT_REGISTRATION,
-        &mut problem,
+        problem,
     );
+    Some(Policy {
+        mode,
+        scanner: p.scanner,
+        caller: caller?,
+        agent_offer: agent_offer?,
+        agent_registration: agent_registration?,
+    })
+}
 
-    let base = path.parent().unwrap_or(Path::new("."));
-    let (catalog, catalog_source) = match &raw.catalog.path {
+/// Load the client catalog: `[catalog] path` (relative to `base`, the
+/// config file's directory) or the shipped one. Returns it (`None` when it
+/// is invalid; its problems are reported) and where it came from.
+fn catalog(
+    rel: Option<&str>,
+    base: &Path,
+    problem: &mut dyn FnMut(String, String),
+) -> (Option<Catalog>, String) {
+    let (catalog, catalog_source) = match rel {
         None => (
             Catalog::from_toml_str(SHIPPED_CATALOG),
             "built-in".to_owned(),
@@ -857,112 +1085,35 @@ fn validate(
     let catalog = match catalog {
         Ok(c) => Some(c),
         Err(e) => {
-            catalog_problems(&e, &catalog_source, &mut problem);
+            catalog_problems(&e, &catalog_source, problem);
             None
         }
     };
+    (catalog, catalog_source)
+}
 
-    let tls = tls::validate(&raw.tls, base, &mut problems);
-    problems.extend(tls.listener_problems(first_tls_listener.as_deref()));
-
-    let admin = Given::pick(
-        "--admin",
-        overrides.admin.as_deref(),
-        "admin.listen",
-        raw.admin.listen.as_deref(),
-    )
-    .and_then(|given| match given.value.parse::<std::net::SocketAddr>() {
-        Ok(addr) => Some(addr),
-        Err(_) => {
-            problems.push(Problem {
-                key: given.key,
-                message: format!(
-                    "{:?} is not IP:PORT (e.g. 127.0.0.1:9464, [::1]:9464)",
-                    given.value
-                ),
-            });
-            None
+/// The admin listener (`--admin` when given, else `admin.listen`), if any;
+/// a value that is not `IP:PORT` is reported.
+fn admin_listener(
+    file: Option<&str>,
+    overrides: &Overrides,
+    problems: &mut Vec<Problem>,
+) -> Option<std::net::SocketAddr> {
+    Given::pick("--admin", overrides.admin.as_deref(), "admin.listen", file).and_then(|given| {
+        match given.value.parse::<std::net::SocketAddr>() {
+            Ok(addr) => Some(addr),
+            Err(_) => {
+                problems.push(Problem {
+                    key: given.key,
+                    message: format!(
+                        "{:?} is not IP:PORT (e.g. 127.0.0.1:9464, [::1]:9464)",
+                        given.value
+                    ),
+                });
+                None
+            }
         }
-    });
-
-    match (catalog, problems.is_empty()) {
-        (Some(catalog), true) => Ok(Config {
-            path: path.to_owned(),
-            settings: Settings {
-                listen,
-                upstream,
-                upstream_sources,
-                decision_log,
-                flow_secret: raw.proxy.flow_secret,
-                upstream_probe: (raw.proxy.upstream_probe_secs > 0)
-                    .then(|| Duration::from_secs(raw.proxy.upstream_probe_secs)),
-                limits: Limits {
-                    max_message_bytes: l.max_message_bytes,
-                    max_headers: l.max_headers,
-                    max_connections: l.max_connections,
-                    reserved_connections: l.reserved_connections.unwrap_or(l.max_connections / 10),
-                    known_flow_ttl: (l.known_flow_secs > 0)
-                        .then(|| Duration::from_secs(l.known_flow_secs)),
-                    known_flow_bytes: l.known_flow_bytes,
-                    tcp_idle_timeout: Duration::from_secs(l.tcp_idle_timeout_secs),
-                    max_registrations: l.max_registrations,
-                    max_contacts_per_register: l.max_contacts_per_register,
-                    registration_table_bytes: l.registration_table_bytes,
-                    transaction_table_bytes: l.transaction_table_bytes,
-                    upstream_retry_after_secs: l.upstream_retry_after_secs,
-                    message_deadline: Duration::from_secs(l.message_deadline_secs),
-                    read_buffer_budget_bytes: l.read_buffer_budget_bytes,
-                    write_queue_bytes: l.write_queue_bytes,
-                    client_transaction_bytes: l.client_transaction_bytes,
-                    timer_t1: Duration::from_millis(l.timer_t1_ms),
-                    timer_t2: Duration::from_millis(l.timer_t2_ms),
-                    upstream_queue_bytes: l.upstream_queue_bytes,
-                    listen_backlog: l.listen_backlog,
-                    udp_receive_buffer_bytes: l.udp_receive_buffer_bytes,
-                    udp_send_buffer_bytes: l.udp_send_buffer_bytes,
-                },
-                tls,
-                rate_limit: RateLimit {
-                    trusted: trusted
-                        .into_iter()
-                        .chain(application_sources.iter().copied())
-                        .collect(),
-                    requests_per_second,
-                    burst,
-                    connections_per_second,
-                    max_connections_per_source,
-                    ban: (r.ban_secs > 0).then(|| Duration::from_secs(r.ban_secs)),
-                    over_limit,
-                },
-                admin,
-                admin_allow_remote: raw.admin.allow_remote,
-            },
-            overrides: overrides.clone(),
-            runtime: RuntimeConfig {
-                catalog,
-                catalog_source,
-                sessions: SessionMatchers {
-                    workflows,
-                    application_user_agents,
-                    application_from_uris,
-                    application_sources,
-                    agents,
-                },
-                policy: Policy {
-                    mode,
-                    scanner: p.scanner,
-                    caller: caller.expect("no problems"),
-                    agent_offer: agent_offer.expect("no problems"),
-                    agent_registration: agent_registration.expect("no problems"),
-                },
-                flag_header: p.flag_header.clone(),
-            },
-        }),
-        _ => Err(ConfigError::Invalid {
-            path: path.to_owned(),
-            problems,
-        }),
-    }
+    })
 }
 
 /// Why two listeners cannot both be bound (`None` if they can). Port 0
