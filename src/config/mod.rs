@@ -594,7 +594,7 @@ fn check_upstream_reachable(
         problem(
             "proxy.listen".into(),
             format!(
-                "no {} listener of the upstream's address family ({family}, {up}):                      add one such as {}:{}:{}",
+                "no {} listener of the upstream's address family ({family}, {up}): add one such as {}:{}:{}",
                 up.transport,
                 up.transport,
                 if up.addr.is_ipv4() { "0.0.0.0" } else { "[::]" },
