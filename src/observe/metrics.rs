@@ -318,6 +318,9 @@ pub struct Metrics {
     udp_upstream_unreachable: Mutex<Option<UpstreamFailure>>,
     /// A UDP upstream has sent a message since start.
     udp_upstream_heard: std::sync::atomic::AtomicBool,
+    /// `udp_upstream_unreachable` holds a reason (read without its lock:
+    /// every message to and from the UDP upstream asks).
+    udp_upstream_down: std::sync::atomic::AtomicBool,
     reloads: [AtomicU64; 2],
     /// TLS context reloads, per [`TlsSide`] and [`ReloadResult`].
     tls_reloads: [[AtomicU64; 2]; TlsSide::ALL.len()],
@@ -608,18 +611,22 @@ impl Metrics {
     /// datagram sent to it, or its silence): remembered for `/readyz` until
     /// [`Metrics::note_udp_upstream_heard`].
     pub fn note_udp_upstream_unreachable(&self, reason: String) {
-        *lock(&self.udp_upstream_unreachable) = Some(UpstreamFailure {
+        let mut unreachable = lock(&self.udp_upstream_unreachable);
+        *unreachable = Some(UpstreamFailure {
             at: Instant::now(),
             error: reason,
         });
+        self.udp_upstream_down.store(true, Ordering::Relaxed);
     }
 
     /// A message arrived from the UDP upstream: it is reachable again.
+    /// Called for every message from it: no lock unless it was down.
     pub fn note_udp_upstream_heard(&self) {
         self.udp_upstream_heard.store(true, Ordering::Relaxed);
-        let mut unreachable = lock(&self.udp_upstream_unreachable);
-        if unreachable.is_some() {
+        if self.udp_upstream_down.load(Ordering::Relaxed) {
+            let mut unreachable = lock(&self.udp_upstream_unreachable);
             *unreachable = None;
+            self.udp_upstream_down.store(false, Ordering::Relaxed);
         }
     }
 
@@ -630,6 +637,9 @@ impl Metrics {
 
     /// Why the UDP upstream looks unreachable, unless it sent a message since.
     pub fn udp_upstream_unreachable(&self) -> Option<UpstreamFailure> {
+        if !self.udp_upstream_down.load(Ordering::Relaxed) {
+            return None;
+        }
         lock(&self.udp_upstream_unreachable).clone()
     }
 
