@@ -898,22 +898,7 @@ fn over_time_table(out: &mut String, s: &Summary) {
         out.push_str("<p class=\"empty\">No records.</p>\n");
         return;
     }
-    let rows: Vec<Vec<String>> = o
-        .buckets
-        .iter()
-        .map(|b| {
-            vec![
-                b.start.to_string(),
-                b.total().to_string(),
-                b.allow.to_string(),
-                b.flag.to_string(),
-                b.reject.to_string(),
-                b.drop.to_string(),
-                b.would_reject.to_string(),
-                b.protocol.to_string(),
-            ]
-        })
-        .collect();
+    let rows: Vec<Vec<String>> = o.buckets.iter().map(TimeBucket::cells).collect();
     table(
         out,
         "over-time",

@@ -462,17 +462,9 @@ fn over_time(out: &mut String, s: &Summary) {
     for b in &o.buckets {
         let total = b.total();
         let bar = (total * BAR_WIDTH).div_ceil(peak) as usize;
-        t.row(vec![
-            b.start.to_string(),
-            total.to_string(),
-            b.allow.to_string(),
-            b.flag.to_string(),
-            b.reject.to_string(),
-            b.drop.to_string(),
-            b.would_reject.to_string(),
-            b.protocol.to_string(),
-            "#".repeat(bar),
-        ]);
+        let mut cells = b.cells();
+        cells.push("#".repeat(bar));
+        t.row(cells);
     }
     t.render(out);
 }

@@ -341,4 +341,23 @@ impl TimeBucket {
     pub fn total(&self) -> u64 {
         self.allow + self.flag + self.reject + self.drop
     }
+
+    /// The cells of its row in the per-bucket tables (text and HTML):
+    /// start, total, allow, flag, reject, drop, would-reject, protocol.
+    pub fn cells(&self) -> Vec<String> {
+        [
+            self.total(),
+            self.allow,
+            self.flag,
+            self.reject,
+            self.drop,
+            self.would_reject,
+            self.protocol,
+        ]
+        .into_iter()
+        .fold(vec![self.start.to_string()], |mut cells, n| {
+            cells.push(n.to_string());
+            cells
+        })
+    }
 }
