@@ -28,6 +28,7 @@ use crate::admin::{self, AdminState};
 use crate::config::{Config, Endpoint, Settings};
 use crate::dispatch::{self, Dispatcher};
 use crate::observe::decision_log::{DecisionLogError, SHUTDOWN_DEADLINE};
+use crate::observe::hep::{ExportError, Exporter, Hep};
 use crate::observe::metrics::Metrics;
 use crate::observe::{DecisionLog, LogWriter};
 use crate::proxy::flow::FlowSigner;
@@ -43,6 +44,10 @@ use crate::transport::{Event, Transport, UpstreamSender};
 /// Events (inbound messages, undelivered ones) queued between the
 /// transports and the dispatcher.
 const EVENT_QUEUE: usize = 4096;
+
+/// How long a stopping filter waits for the HEP exporter to send what is
+/// queued.
+const HEP_FINISH_DEADLINE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Why the filter could not start.
 #[derive(Debug, thiserror::Error)]
@@ -81,6 +86,9 @@ pub enum AppError {
     /// A `[tls]` file or setting OpenSSL cannot use.
     #[error(transparent)]
     Tls(#[from] TlsError),
+    /// The HEP collector (`hep.collector`) cannot be sent to.
+    #[error(transparent)]
+    Hep(#[from] ExportError),
 }
 
 /// Sockets bound for the listeners, and the TLS contexts they need.
@@ -241,9 +249,10 @@ pub async fn serve(
 
 /// [`serve`], reloading the config file once per message on `reloads`
 /// (see [`crate::reload`]). The steps: advertise the bound sockets, build
-/// the core and the transports' context and senders, start the listeners,
-/// the admin listener, the reloader and the chores, then run the
-/// dispatcher until `shutdown`.
+/// the core, the transports' context, the HEP exporter (`[hep]`) and the
+/// senders, start the listeners, the admin listener, the reloader and the
+/// chores, then run the dispatcher until `shutdown`, and give the HEP
+/// exporter a moment to send what is queued.
 pub async fn serve_reloading(
     config: Config,
     mut bound: Bound,
@@ -279,7 +288,7 @@ pub async fn serve_reloading(
     ));
     let (events_tx, events) = mpsc::channel::<Event>(EVENT_QUEUE);
     let ctx = transport_context(&settings, events_tx, &metrics, &admission, &shutdown);
-    let senders = senders(&settings, &listeners, &ctx, &tls_contexts);
+    let (senders, hep_exporter) = senders(&settings, &listeners, &ctx, &tls_contexts)?;
     let upstream_queue = ctx.upstream_queue.clone();
     let mut tasks = JoinSet::new();
     let streams = std::mem::take(&mut listeners.streams);
@@ -318,6 +327,7 @@ pub async fn serve_reloading(
         .map(|every| (every, upstream, listeners.upstream_local));
     let dispatcher = Dispatcher::new(core, senders, decision_log.clone(), admission, probes);
     dispatcher.run(events, shutdown).await;
+    hep_exporter.finish(HEP_FINISH_DEADLINE).await;
     tasks.shutdown().await;
     let dropped = decision_log.dropped();
     info!(counters = %metrics.summary(), decision_records_dropped = dropped, "stopped");
@@ -442,13 +452,20 @@ fn transport_context(
 }
 
 /// Everything that sends: the UDP listeners, the connections, and the
-/// registrar (a datagram address, or the link task of a stream upstream).
+/// registrar (a datagram address, or the link task of a stream upstream);
+/// and the HEP handle that mirrors what they send, with its exporter task
+/// (`[hep]`; idle without a collector).
 fn senders(
     settings: &Settings,
     listeners: &Advertised,
     ctx: &Arc<TransportContext>,
     tls_contexts: &TlsContexts,
-) -> Senders {
+) -> Result<(Senders, Exporter), AppError> {
+    let (hep, exporter) = Hep::start(
+        &settings.hep,
+        listeners.addresses.clone(),
+        ctx.metrics.clone(),
+    )?;
     let upstream = settings.upstream.expect("checked by serve_reloading");
     let upstream_sender = match ctx.upstream_queue.clone() {
         Some(budget) => UpstreamSender::Stream(UpstreamLink::spawn(
@@ -468,12 +485,14 @@ fn senders(
         )),
         None => UpstreamSender::Datagram(upstream.addr),
     };
-    Senders {
+    let senders = Senders {
         udp: listeners.udp.clone(),
         connections: ctx.connections.clone(),
         udp_upstream_health: settings.upstream_probe.map(|_| ctx.metrics.clone()),
         upstream: upstream_sender,
-    }
+        hep,
+    };
+    Ok((senders, exporter))
 }
 
 /// Start the UDP receive loops and the stream accept loops. Each stream

@@ -197,6 +197,7 @@ impl Probes {
             bytes: bytes.clone(),
             ..from.clone()
         };
+        mirror_sent(senders, &inbound, &Destination::Upstream, &bytes);
         match senders.send_upstream_probe(bytes, &inbound).await {
             Ok(()) => {
                 if let UpstreamSender::Datagram(_) = senders.upstream {
@@ -280,6 +281,9 @@ async fn dispatch(
     edge: &mut Edge,
     event: Event,
 ) {
+    if let Event::Received(inbound) | Event::Refused { inbound, .. } = &event {
+        senders.hep.received(inbound);
+    }
     match event {
         Event::Received(inbound) => received(core, senders, log, edge, inbound).await,
         Event::Refused { inbound, refusal } => {
@@ -401,6 +405,21 @@ async fn not_delivered(
     }
 }
 
+/// Mirror (HEP) a message handed to the transport for `to`: from the
+/// address it arrived at when it goes back to its source, else from the
+/// address sipadmit advertises for the transport it leaves on.
+fn mirror_sent(senders: &Senders, inbound: &Inbound, to: &Destination, bytes: &bytes::Bytes) {
+    if !senders.hep.mirrors_messages() {
+        return;
+    }
+    let (transport, local, peer) = match to {
+        Destination::Source => (inbound.transport, Some(inbound.local), inbound.source),
+        Destination::Flow(flow) => (flow.transport, None, flow.peer),
+        Destination::Upstream => (senders.upstream.transport(), None, senders.upstream.addr()),
+    };
+    senders.hep.sent(transport, local, peer, bytes);
+}
+
 /// Submit an outcome's record and send what it says (never waiting for a
 /// connection). `boot` is this instance's: only its stream flows are
 /// written to.
@@ -412,11 +431,13 @@ async fn carry_out(
     boot: BootId,
 ) -> Result<(), (Destination, SendError)> {
     if let Some(record) = outcome.record.take() {
+        senders.hep.decision(&record, inbound.local);
         log.submit(record);
     }
     let Some(Outbound { to, bytes }) = outcome.send else {
         return Ok(());
     };
+    mirror_sent(senders, inbound, &to, &bytes);
     let result = match &to {
         // Back where it came from: the same connection, or the same UDP socket.
         Destination::Source => match inbound.connection {

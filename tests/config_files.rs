@@ -59,6 +59,7 @@ fn settings_hold_the_restart_keys_and_runtime_the_swappable_ones() {
         rate_limit,
         admin,
         admin_allow_remote,
+        hep,
     } = &c.settings;
     assert_eq!(listen.len(), 2);
     assert_eq!(upstream.unwrap().to_string(), "udp:127.0.0.1:5070");
@@ -73,6 +74,8 @@ fn settings_hold_the_restart_keys_and_runtime_the_swappable_ones() {
     // The shipped config opens the admin listener on loopback only.
     assert!(admin.is_some_and(|a| a.ip().is_loopback()), "{admin:?}");
     assert!(!admin_allow_remote);
+    // HEP export is off in the shipped config (no collector).
+    assert_eq!(hep.exporting_to(), None);
     let sipadmit::config::RuntimeConfig {
         catalog_source,
         sessions,

@@ -11,6 +11,7 @@
 //! `config/sipadmit.toml` documents every key and its default.
 
 pub mod endpoint;
+pub mod hep;
 pub mod raw;
 pub mod tls;
 pub mod tls_contexts;
@@ -24,6 +25,7 @@ use crate::policy::pattern::{Network, UriPattern};
 use crate::policy::{Action, Mode, Policy, Reply, RolePolicy, SessionMatchers};
 use crate::problem::Problem;
 pub use endpoint::{Endpoint, SourcePattern, UpstreamSources};
+pub use hep::{HepSettings, Mirror};
 pub use raw::RawConfig;
 pub use tls::{Identity, TlsSettings, TlsVersion};
 
@@ -196,7 +198,7 @@ pub struct Config {
 
 /// The part of the config that only a restart can change: sockets, the
 /// upstream, the decision log, the flow secret, the limits, the admin
-/// listener and the TLS handshake deadline. The other `[tls]` settings live
+/// listener, the HEP collector and the TLS handshake deadline. The other `[tls]` settings live
 /// here too, but a reload applies them (see [`Settings::needing_restart`]);
 /// so does `[rate_limit]` (applied to the running admission).
 #[derive(Debug, Clone)]
@@ -227,6 +229,9 @@ pub struct Settings {
     /// `admin.allow_remote`: an admin listener on a non-loopback address
     /// is intended (no warning at start; it has no authentication).
     pub admin_allow_remote: bool,
+    /// `[hep]`: the HEPv3 collector and what is mirrored to it (off
+    /// without `hep.collector`).
+    pub hep: HepSettings,
 }
 
 impl Settings {
@@ -267,6 +272,7 @@ impl Settings {
             "tls.handshake_timeout_secs",
             self.tls.handshake_timeout != new.tls.handshake_timeout,
         );
+        check("hep", self.hep != new.hep);
         changed
     }
 }
@@ -403,7 +409,7 @@ impl<'a> Given<'a> {
 /// (`--listen[0]`, `--upstream`, `--decision-log`).
 ///
 /// The sections are checked in a fixed order (proxy, limits, rate_limit,
-/// response_group, policy, catalog, tls, admin), which is the order in which
+/// response_group, policy, catalog, tls, admin, hep), which is the order in which
 /// `check-config` lists their problems.
 fn validate(
     raw: RawConfig,
@@ -430,6 +436,7 @@ fn validate(
     let tls = tls::validate(&raw.tls, base, &mut problems);
     problems.extend(tls.listener_problems(proxy.first_tls_listener.as_deref()));
     let admin = admin_listener(raw.admin.listen.as_deref(), overrides, &mut problems);
+    let hep = hep::validate(&raw.hep, &mut problems);
 
     match (catalog, problems.is_empty()) {
         (Some(catalog), true) => Ok(Config {
@@ -447,6 +454,7 @@ fn validate(
                 rate_limit,
                 admin,
                 admin_allow_remote: raw.admin.allow_remote,
+                hep,
             },
             overrides: overrides.clone(),
             runtime: RuntimeConfig {

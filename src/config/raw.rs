@@ -32,6 +32,33 @@ pub struct RawConfig {
     pub rate_limit: RawRateLimit,
     /// `[admin]`: the admin HTTP listener (metrics, health).
     pub admin: RawAdmin,
+    /// `[hep]`: HEPv3 copies of messages and decisions for a Homer collector.
+    pub hep: RawHep,
+}
+
+/// `[hep]`.
+#[derive(Debug, Clone)]
+pub struct RawHep {
+    /// The collector, `udp:IP:PORT` or `tcp:IP:PORT`. Default: none,
+    /// nothing exported.
+    pub collector: Option<String>,
+    /// Capture agent id sent in every packet. Default 1.
+    pub capture_id: u32,
+    /// Password sent in every packet (at most 256 bytes). Default: none.
+    pub auth_key: Option<String>,
+    /// `none`, `decisions` or `all`. Default (`None`): `all`.
+    pub mirror: Option<String>,
+}
+
+impl Default for RawHep {
+    fn default() -> Self {
+        Self {
+            collector: None,
+            capture_id: super::hep::DEFAULT_CAPTURE_ID,
+            auth_key: None,
+            mirror: None,
+        }
+    }
 }
 
 /// `[admin]`.
@@ -386,6 +413,7 @@ impl RawConfig {
             tls: RawTls::read(root.section("tls")),
             rate_limit: RawRateLimit::read(root.section("rate_limit")),
             admin: RawAdmin::read(root.section("admin")),
+            hep: RawHep::read(root.section("hep")),
         };
         root.finish();
         raw
@@ -499,6 +527,13 @@ read_by_field_name!(RawRolePolicy {
 read_by_field_name!(RawAdmin {
     listen: optional,
     allow_remote: or_default,
+});
+
+read_by_field_name!(RawHep {
+    collector: optional,
+    capture_id: or_default,
+    auth_key: optional,
+    mirror: optional,
 });
 
 read_by_field_name!(RawTls {
@@ -677,8 +712,8 @@ mod tests {
             [
                 "proxy.lisen: unknown key (known: listen, upstream, upstream_sources, mode, decision_log, flow_secret, upstream_probe_secs)",
                 "policy.agent_offer.statuss: unknown key (known: unsupported, third_party, unknown, status, reason, warning, headers, unknown_warning)",
-                "extra: unknown key (known: proxy, limits, catalog, response_group, policy, tls, rate_limit, admin)",
-                "proxi: unknown key (known: proxy, limits, catalog, response_group, policy, tls, rate_limit, admin)",
+                "extra: unknown key (known: proxy, limits, catalog, response_group, policy, tls, rate_limit, admin, hep)",
+                "proxi: unknown key (known: proxy, limits, catalog, response_group, policy, tls, rate_limit, admin, hep)",
             ]
         );
         // Known keys beside unknown ones are still read.

@@ -116,6 +116,65 @@ impl DropReason {
     }
 }
 
+/// What a HEP packet carries (label `type` of the HEP families).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HepPayload {
+    /// A SIP message sipadmit received or sent (HEP type 1).
+    Sip,
+    /// A decision record (a HEP log, type 100).
+    Decision,
+}
+
+impl HepPayload {
+    /// Both, in render order.
+    pub const ALL: [Self; 2] = [Self::Sip, Self::Decision];
+
+    /// Label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Sip => "sip",
+            Self::Decision => "decision",
+        }
+    }
+
+    fn slot(self) -> usize {
+        match self {
+            Self::Sip => 0,
+            Self::Decision => 1,
+        }
+    }
+}
+
+/// Why a HEP packet was dropped before it was sent (label `reason`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HepDrop {
+    /// The export queue was full (the collector, or the exporter, does not
+    /// keep up).
+    QueueFull,
+    /// Longer than the 65535 bytes a HEP packet can be.
+    TooLarge,
+}
+
+impl HepDrop {
+    /// Both, in render order.
+    pub const ALL: [Self; 2] = [Self::QueueFull, Self::TooLarge];
+
+    /// Label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::QueueFull => "queue_full",
+            Self::TooLarge => "too_large",
+        }
+    }
+
+    fn slot(self) -> usize {
+        match self {
+            Self::QueueFull => 0,
+            Self::TooLarge => 1,
+        }
+    }
+}
+
 /// Whether a SIP message is a request or a response (label `kind`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MessageKind {
@@ -322,6 +381,13 @@ pub struct Metrics {
     /// every message to and from the UDP upstream asks).
     udp_upstream_down: std::sync::atomic::AtomicBool,
     reloads: [AtomicU64; 2],
+    /// HEP packets sent to the collector, per [`HepPayload`].
+    hep_exported: [AtomicU64; HepPayload::ALL.len()],
+    /// HEP packets dropped before they were sent, per [`HepDrop`].
+    hep_dropped: [AtomicU64; HepDrop::ALL.len()],
+    /// HEP packets the collector did not get: a send failed, or the TCP
+    /// collector was down or stalled.
+    pub hep_send_failures: AtomicU64,
     /// TLS context reloads, per [`TlsSide`] and [`ReloadResult`].
     tls_reloads: [[AtomicU64; 2]; TlsSide::ALL.len()],
     handling_buckets: [AtomicU64; HANDLING_BUCKETS.len()],
@@ -663,6 +729,32 @@ impl Metrics {
         self.upstream_send_failures[transport_slot(transport)].load(Ordering::Relaxed)
     }
 
+    /// Count `n` HEP packets sent to the collector.
+    pub fn count_hep_exported(&self, payload: HepPayload, n: usize) {
+        Self::add(&self.hep_exported[payload.slot()], n);
+    }
+
+    /// HEP packets sent to the collector, of one payload type.
+    pub fn hep_exported(&self, payload: HepPayload) -> u64 {
+        self.hep_exported[payload.slot()].load(Ordering::Relaxed)
+    }
+
+    /// Count one HEP packet dropped before it was sent.
+    pub fn count_hep_dropped(&self, reason: HepDrop) {
+        Self::inc(&self.hep_dropped[reason.slot()]);
+    }
+
+    /// HEP packets dropped for one reason.
+    pub fn hep_dropped(&self, reason: HepDrop) -> u64 {
+        self.hep_dropped[reason.slot()].load(Ordering::Relaxed)
+    }
+
+    /// HEP packets the collector did not get (send failed, collector down
+    /// or stalled).
+    pub fn hep_send_failures(&self) -> u64 {
+        self.hep_send_failures.load(Ordering::Relaxed)
+    }
+
     /// Count one config reload.
     pub fn count_reload(&self, result: ReloadResult) {
         Self::inc(&self.reloads[result.slot()]);
@@ -895,7 +987,7 @@ const fn gauge(name: &'static str, help: &'static str, samples: Samples) -> Fami
 }
 
 /// Every family, in render order.
-const FAMILIES: [Family; 50] = [
+const FAMILIES: [Family; 53] = [
     gauge(
         "sipadmit_build_info",
         "Always 1; the label names the sipadmit version.",
@@ -1170,6 +1262,27 @@ const FAMILIES: [Family; 50] = [
         "TLS context reloads (SIGHUP: certificate, key and CA files re-read, [tls] settings applied), by side and result; a failure keeps the side's running context.",
         Samples::Written(Metrics::write_tls_reloads),
     ),
+    counter(
+        "sipadmit_hep_exported_total",
+        "HEPv3 packets sent to the collector (hep.collector), by type: sip (a SIP message received or sent, HEP type 1) or decision (a decision record, HEP log type 100).",
+        Samples::PerLabel("type", |m, _| {
+            HepPayload::ALL
+                .map(|p| (p.as_str(), m.hep_exported(p)))
+                .to_vec()
+        }),
+    ),
+    counter(
+        "sipadmit_hep_dropped_total",
+        "HEPv3 packets dropped before they were sent, by reason: queue_full (the export queue was full) or too_large (over 65535 bytes).",
+        Samples::PerLabel("reason", |m, _| {
+            HepDrop::ALL.map(|r| (r.as_str(), m.hep_dropped(r))).to_vec()
+        }),
+    ),
+    counter(
+        "sipadmit_hep_send_failures_total",
+        "HEPv3 packets the collector did not get: the send failed, or the TCP collector was down (reconnected with backoff) or stalled.",
+        Samples::Atomic(|m| &m.hep_send_failures),
+    ),
     gauge(
         "sipadmit_config_generation",
         "Generation of the runtime configuration in use: 1 at start, one more per successful reload.",
@@ -1246,6 +1359,9 @@ mod tests {
         metrics.count_tls_handshake_failure(TlsSide::Upstream, HandshakeReason::BadCertificate);
         metrics.count_tls_reload(TlsSide::Listener, ReloadResult::Success);
         metrics.count_upstream_send_failure(Transport::Tls, "handshake".into());
+        metrics.count_hep_exported(HepPayload::Decision, 3);
+        metrics.count_hep_dropped(HepDrop::QueueFull);
+        Metrics::add(&metrics.hep_send_failures, 2);
         let text = metrics.render(&Gauges {
             connections: vec![(Transport::Tcp, 2), (Transport::Tls, 1)],
             registrations: 5,
@@ -1335,6 +1451,11 @@ mod tests {
             "sipadmit_tls_handshake_failures_total{side=\"listener\",reason=\"timeout\"} 0",
             "sipadmit_tls_reloads_total{side=\"listener\",result=\"success\"} 1",
             "sipadmit_tls_reloads_total{side=\"upstream\",result=\"failure\"} 0",
+            "sipadmit_hep_exported_total{type=\"sip\"} 0",
+            "sipadmit_hep_exported_total{type=\"decision\"} 3",
+            "sipadmit_hep_dropped_total{reason=\"queue_full\"} 1",
+            "sipadmit_hep_dropped_total{reason=\"too_large\"} 0",
+            "sipadmit_hep_send_failures_total 2",
         ] {
             assert!(text.contains(wanted), "{wanted} missing from\n{text}");
         }

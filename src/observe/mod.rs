@@ -1,9 +1,12 @@
-//! Stage 6, observe: decision records, counters and console logging.
+//! Stage 6, observe: decision records, counters, console logging, and
+//! the HEPv3 export of messages and decisions to a Homer collector.
 
 pub mod console;
 pub mod decision_log;
+pub mod hep;
 pub mod metrics;
 pub mod summary;
 
 pub use decision_log::{DecisionLog, DecisionRecord, LogWriter};
+pub use hep::Hep;
 pub use metrics::Metrics;

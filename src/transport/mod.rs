@@ -365,6 +365,14 @@ impl UpstreamSender {
             Self::Stream(link) => link.transport(),
         }
     }
+
+    /// The registrar's address.
+    pub fn addr(&self) -> SocketAddr {
+        match self {
+            Self::Datagram(addr) => *addr,
+            Self::Stream(link) => link.addr(),
+        }
+    }
 }
 
 /// Everything that can send: UDP sockets, client connections, the
@@ -382,6 +390,9 @@ pub struct Senders {
     /// unreachable (an ICMP error, or silence) then fails sends at once, and
     /// requests are answered `503` instead of waiting for nothing.
     pub udp_upstream_health: Option<Arc<Metrics>>,
+    /// Where copies of what is received and sent go (`[hep]`; off unless
+    /// a collector is configured).
+    pub hep: crate::observe::Hep,
 }
 
 impl Senders {

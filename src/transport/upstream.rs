@@ -202,6 +202,11 @@ impl UpstreamLink {
         self.transport
     }
 
+    /// The upstream's address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
     /// Queue a message for the upstream, without waiting: refused when the
     /// queue is at its byte bound or the link has stopped.
     pub fn offer(&self, outgoing: Outgoing) -> Result<(), SendError> {

@@ -1,0 +1,467 @@
+//! The exporter task: takes what the dispatcher queued, encodes it into
+//! one reused buffer ([`super::encode`]) and sends it to the collector, a
+//! batch at a time. The I/O edge of HEP export.
+//!
+//! - `udp:` one datagram per packet on a connected socket; a failed send
+//!   (an ICMP error for an earlier one: nothing listens) costs that packet.
+//! - `tcp:` one connection, packets written back to back, a batch per
+//!   write. A collector that refuses, resets, closes or stops reading
+//!   (nothing written for [`TcpTiming::write_timeout`]) is dropped, logged,
+//!   and connected again after a backoff (0.5 s, doubling, at most 30 s);
+//!   meanwhile what comes is counted as not sent.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpStream, UdpSocket};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+use super::encode::{self, EncodeError, Header, PayloadType};
+use super::{Body, Item, WARNING_INTERVAL};
+use crate::config::{Endpoint, HepSettings};
+use crate::observe::metrics::{HepDrop, HepPayload, Metrics};
+use crate::vocabulary::{Transport, WarningWindow};
+
+/// Most packets encoded and sent as one batch.
+const MAX_BATCH: usize = 256;
+/// How long the exporter lets packets gather after the first of a batch,
+/// so that a busy proxy wakes it (and writes to a TCP collector) once per
+/// batch rather than once per message.
+const BATCH_WINDOW: Duration = Duration::from_millis(2);
+
+/// Why export could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    /// The UDP socket toward the collector could not be opened.
+    #[error("cannot open a UDP socket to the HEP collector {collector} (hep.collector)")]
+    Socket {
+        /// `hep.collector`.
+        collector: Endpoint,
+        /// The error (the source, not repeated in this message).
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// How a TCP collector is connected and written to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TcpTiming {
+    /// A connect not finished within this is a failure.
+    pub connect_timeout: Duration,
+    /// A write that makes no progress for this long means the collector
+    /// stopped reading: the connection is dropped and made again.
+    pub write_timeout: Duration,
+    /// The first wait before connecting again; doubled after each failure.
+    pub first_backoff: Duration,
+    /// The longest wait before connecting again.
+    pub max_backoff: Duration,
+}
+
+impl TcpTiming {
+    /// 2 s to connect, 5 s without progress on a write, backoff 0.5 s
+    /// doubling up to 30 s.
+    pub const DEFAULT: Self = Self {
+        connect_timeout: Duration::from_secs(2),
+        write_timeout: Duration::from_secs(5),
+        first_backoff: Duration::from_millis(500),
+        max_backoff: Duration::from_secs(30),
+    };
+}
+
+/// What every packet carries and how "this instance" is written.
+#[derive(Debug, Clone)]
+pub(super) struct Encoding {
+    capture_id: u32,
+    auth_key: Option<Vec<u8>>,
+    /// The addresses sipadmit advertises, by transport.
+    locals: Vec<(Transport, SocketAddr)>,
+}
+
+impl Encoding {
+    pub(super) fn new(settings: &HepSettings, locals: Vec<(Transport, SocketAddr)>) -> Self {
+        Self {
+            capture_id: settings.capture_id,
+            auth_key: settings.auth_key.as_ref().map(|k| k.as_bytes().to_vec()),
+            locals,
+        }
+    }
+
+    /// This instance's address for `transport` facing `peer`: the first
+    /// advertised one of that transport and family, else of that transport,
+    /// else any.
+    fn local(&self, transport: Transport, peer: SocketAddr) -> SocketAddr {
+        let of = |t: Option<Transport>| {
+            self.locals
+                .iter()
+                .filter(move |(lt, _)| t.is_none_or(|t| *lt == t))
+                .map(|(_, a)| *a)
+        };
+        of(Some(transport))
+            .find(|a| a.is_ipv4() == peer.is_ipv4())
+            .or_else(|| of(Some(transport)).next())
+            .or_else(|| of(None).next())
+            .unwrap_or_else(|| SocketAddr::new(std::net::Ipv4Addr::UNSPECIFIED.into(), 0))
+    }
+
+    /// Append `item`'s packet to `out` (`scratch` holds a decision's JSON).
+    fn encode(
+        &self,
+        item: &Item,
+        scratch: &mut Vec<u8>,
+        out: &mut Vec<u8>,
+    ) -> Result<HepPayload, EncodeError> {
+        let (seconds, microseconds) = encode::timestamp(item.at);
+        let unspecified = SocketAddr::new(std::net::Ipv4Addr::UNSPECIFIED.into(), 0);
+        let peer = item.source.or(item.destination).unwrap_or(unspecified);
+        let here = || self.local(item.transport, peer);
+        let mut header = Header {
+            payload_type: PayloadType::Sip,
+            transport: item.transport,
+            source: item.source.unwrap_or_else(here),
+            destination: item.destination.unwrap_or_else(here),
+            seconds,
+            microseconds,
+            capture_id: self.capture_id,
+            auth_key: self.auth_key.as_deref(),
+            correlation_id: None,
+        };
+        match &item.body {
+            Body::Sip(bytes) => {
+                encode::encode(&header, bytes, out)?;
+                Ok(HepPayload::Sip)
+            }
+            Body::Decision(record) => {
+                scratch.clear();
+                serde_json::to_writer(&mut *scratch, record.as_ref())
+                    .expect("a decision record serializes");
+                header.payload_type = PayloadType::Log;
+                header.correlation_id = Some(record.call_id.as_bytes());
+                encode::encode(&header, scratch, out)?;
+                Ok(HepPayload::Decision)
+            }
+        }
+    }
+}
+
+/// The exporter task (none when export is off).
+#[derive(Debug)]
+pub struct Exporter {
+    task: Option<JoinHandle<()>>,
+}
+
+impl Exporter {
+    /// Open the way to `collector` (the UDP socket now; a TCP connection
+    /// on the task) and start the task over `items`.
+    pub(super) fn spawn(
+        collector: Endpoint,
+        encoding: Encoding,
+        items: mpsc::Receiver<Item>,
+        queued_bytes: Arc<AtomicUsize>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, ExportError> {
+        Self::spawn_with(
+            collector,
+            encoding,
+            items,
+            queued_bytes,
+            metrics,
+            TcpTiming::DEFAULT,
+        )
+    }
+
+    fn spawn_with(
+        collector: Endpoint,
+        encoding: Encoding,
+        items: mpsc::Receiver<Item>,
+        queued_bytes: Arc<AtomicUsize>,
+        metrics: Arc<Metrics>,
+        timing: TcpTiming,
+    ) -> Result<Self, ExportError> {
+        let sink = match collector.transport {
+            Transport::Udp => Sink::Udp(
+                udp_socket(collector.addr)
+                    .map_err(|source| ExportError::Socket { collector, source })?,
+            ),
+            _ => Sink::Tcp(TcpLink::new(collector.addr, timing)),
+        };
+        info!(collector = %collector, "exporting HEPv3 to the collector");
+        let export = Export {
+            items,
+            queued_bytes,
+            encoding,
+            sink,
+            collector,
+            metrics,
+            batch: Vec::with_capacity(MAX_BATCH),
+            packets: Vec::new(),
+            ends: Vec::with_capacity(MAX_BATCH),
+            scratch: Vec::new(),
+            warnings: WarningWindow::default(),
+        };
+        Ok(Self {
+            task: Some(tokio::spawn(export.run())),
+        })
+    }
+
+    /// No task: export is off.
+    pub(super) fn idle() -> Self {
+        Self { task: None }
+    }
+
+    /// Wait for the task to send what is queued and end (it ends once every
+    /// [`super::Hep`] handle is dropped), at most `deadline`; then stop it.
+    /// At once when export is off.
+    pub async fn finish(self, deadline: Duration) {
+        let Some(mut task) = self.task else {
+            return;
+        };
+        if tokio::time::timeout(deadline, &mut task).await.is_err() {
+            task.abort();
+            warn!(
+                deadline_ms = deadline.as_millis() as u64,
+                "HEP exporter did not finish in time: packets still queued were not sent"
+            );
+        }
+    }
+}
+
+/// A connected, non-blocking UDP socket toward `collector`.
+fn udp_socket(collector: SocketAddr) -> std::io::Result<UdpSocket> {
+    let any: SocketAddr = if collector.is_ipv4() {
+        (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+    } else {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    let socket = std::net::UdpSocket::bind(any)?;
+    socket.connect(collector)?;
+    socket.set_nonblocking(true)?;
+    UdpSocket::from_std(socket)
+}
+
+/// Where packets go.
+enum Sink {
+    Udp(UdpSocket),
+    Tcp(TcpLink),
+}
+
+/// The exporter's state: the queue it reads, its buffers (reused from
+/// batch to batch) and where it sends.
+struct Export {
+    items: mpsc::Receiver<Item>,
+    queued_bytes: Arc<AtomicUsize>,
+    encoding: Encoding,
+    sink: Sink,
+    collector: Endpoint,
+    metrics: Arc<Metrics>,
+    batch: Vec<Item>,
+    /// The batch's packets, back to back.
+    packets: Vec<u8>,
+    /// Where each packet of `packets` ends, and what it carries.
+    ends: Vec<(usize, HepPayload)>,
+    /// A decision's JSON while it is encoded.
+    scratch: Vec<u8>,
+    /// Rate limit of the warnings about UDP send failures and packets too
+    /// large to encode.
+    warnings: WarningWindow,
+}
+
+impl Export {
+    /// Until every handle is gone: take a batch, encode it, send it.
+    async fn run(mut self) {
+        loop {
+            if self.items.recv_many(&mut self.batch, MAX_BATCH).await == 0 {
+                debug!("HEP exporter stopped: no handle left");
+                return;
+            }
+            if self.batch.len() < MAX_BATCH && !self.items.is_closed() {
+                tokio::time::sleep(BATCH_WINDOW).await;
+                while self.batch.len() < MAX_BATCH {
+                    match self.items.try_recv() {
+                        Ok(item) => self.batch.push(item),
+                        Err(_) => break,
+                    }
+                }
+            }
+            self.encode_batch();
+            self.send_batch().await;
+        }
+    }
+
+    /// Encode the batch into `packets`, giving its bytes back to the queue
+    /// bound; a packet too large to encode is dropped, counted and warned.
+    fn encode_batch(&mut self) {
+        self.packets.clear();
+        self.ends.clear();
+        let mut released = 0;
+        for item in self.batch.drain(..) {
+            released += item.cost();
+            match self
+                .encoding
+                .encode(&item, &mut self.scratch, &mut self.packets)
+            {
+                Ok(payload) => self.ends.push((self.packets.len(), payload)),
+                Err(e) => {
+                    self.metrics.count_hep_dropped(HepDrop::TooLarge);
+                    if let Some(not_logged) = self
+                        .warnings
+                        .admit(std::time::Instant::now(), WARNING_INTERVAL)
+                    {
+                        warn!(error = %e, not_logged, "HEP packet dropped: too large for the format");
+                    }
+                }
+            }
+        }
+        self.queued_bytes.fetch_sub(released, Ordering::Relaxed);
+    }
+
+    /// Send the encoded batch; count what went out and what did not.
+    async fn send_batch(&mut self) {
+        if self.ends.is_empty() {
+            return;
+        }
+        match &mut self.sink {
+            Sink::Udp(socket) => {
+                let mut start = 0;
+                for &(end, payload) in &self.ends {
+                    match socket.send(&self.packets[start..end]).await {
+                        Ok(_) => self.metrics.count_hep_exported(payload, 1),
+                        Err(e) => {
+                            Metrics::inc(&self.metrics.hep_send_failures);
+                            let due = self
+                                .warnings
+                                .admit(std::time::Instant::now(), WARNING_INTERVAL);
+                            if let Some(not_logged) = due {
+                                warn!(collector = %self.collector, error = %e, not_logged, "HEP packet not sent to the collector");
+                            }
+                        }
+                    }
+                    start = end;
+                }
+            }
+            Sink::Tcp(link) => {
+                if link.deliver(&self.packets).await {
+                    for &(_, payload) in &self.ends {
+                        self.metrics.count_hep_exported(payload, 1);
+                    }
+                } else {
+                    Metrics::add(&self.metrics.hep_send_failures, self.ends.len());
+                }
+            }
+        }
+    }
+}
+
+/// The connection to a TCP collector, made again after a failure once its
+/// backoff has passed.
+struct TcpLink {
+    collector: SocketAddr,
+    timing: TcpTiming,
+    stream: Option<TcpStream>,
+    /// The wait after the next failure.
+    backoff: Duration,
+    /// No connect before this.
+    retry_at: Option<Instant>,
+}
+
+impl TcpLink {
+    fn new(collector: SocketAddr, timing: TcpTiming) -> Self {
+        Self {
+            collector,
+            timing,
+            stream: None,
+            backoff: timing.first_backoff,
+            retry_at: None,
+        }
+    }
+
+    /// Write `bytes` whole, connecting first if need be: whether they were
+    /// written. Never waits longer than a connect and a write timeout.
+    async fn deliver(&mut self, bytes: &[u8]) -> bool {
+        if !self.usable() && !self.connect().await {
+            return false;
+        }
+        let Some(stream) = self.stream.as_mut() else {
+            return false;
+        };
+        let write = tokio::time::timeout(self.timing.write_timeout, stream.write_all(bytes));
+        let error = match write.await {
+            Ok(Ok(())) => {
+                self.backoff = self.timing.first_backoff;
+                return true;
+            }
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => format!(
+                "the collector stopped reading (nothing written for {} ms)",
+                self.timing.write_timeout.as_millis()
+            ),
+        };
+        self.stream = None;
+        let retry_in = self.wait_before_retry();
+        warn!(collector = %self.collector, error, retry_in_ms = retry_in.as_millis() as u64, "HEP collector connection lost: reconnecting");
+        false
+    }
+
+    /// Whether the connection is there and the collector has not closed
+    /// it (a collector sends nothing on it: anything to read is its end).
+    fn usable(&mut self) -> bool {
+        let Some(stream) = &self.stream else {
+            return false;
+        };
+        let mut probe = [0u8; 1];
+        match stream.try_read(&mut probe) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => true,
+            closed => {
+                let error = match closed {
+                    Ok(0) => "closed by the collector".to_owned(),
+                    Ok(_) => "the collector sent data".to_owned(),
+                    Err(e) => e.to_string(),
+                };
+                info!(collector = %self.collector, error, "HEP collector connection ended: reconnecting");
+                self.stream = None;
+                false
+            }
+        }
+    }
+
+    /// Connect, unless the backoff since the last failure has not passed.
+    async fn connect(&mut self) -> bool {
+        if self.retry_at.is_some_and(|at| Instant::now() < at) {
+            return false;
+        }
+        let connect = tokio::time::timeout(
+            self.timing.connect_timeout,
+            TcpStream::connect(self.collector),
+        );
+        let error = match connect.await {
+            Ok(Ok(stream)) => {
+                let _ = stream.set_nodelay(true);
+                info!(collector = %self.collector, "HEP collector connected");
+                self.stream = Some(stream);
+                self.retry_at = None;
+                return true;
+            }
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => format!(
+                "no answer within {} ms",
+                self.timing.connect_timeout.as_millis()
+            ),
+        };
+        let retry_in = self.wait_before_retry();
+        warn!(collector = %self.collector, error, retry_in_ms = retry_in.as_millis() as u64, "HEP collector unreachable: packets are counted as not sent until it is back");
+        false
+    }
+
+    /// Set the next connect after the current backoff, and double it.
+    fn wait_before_retry(&mut self) -> Duration {
+        let wait = self.backoff;
+        self.retry_at = Some(Instant::now() + wait);
+        self.backoff = (self.backoff * 2).min(self.timing.max_backoff);
+        wait
+    }
+}

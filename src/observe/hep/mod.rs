@@ -1,0 +1,246 @@
+//! HEPv3 export to a Homer collector (`[hep]`): a copy of every SIP
+//! message sipadmit receives and sends (HEP type 1; over TLS the decrypted
+//! message) and of every decision record (a HEP log, type 100, correlated
+//! with the call by its Call-ID), so that Homer shows the verdict inside
+//! the call.
+//!
+//! ```text
+//! dispatcher ── Hep::received / sent / decision ──► bounded queue ──► exporter task ──► collector
+//!               (never blocks, no I/O, no encoding:   (QUEUE_PACKETS,    (batches; encodes     (udp: or tcp:,
+//!                full: dropped, counted, warned)       QUEUE_BYTES)       into one buffer)      reconnected with backoff)
+//! ```
+//!
+//! The message path only clones the message's [`Bytes`] (a reference
+//! count) and queues it; the wire format ([`encode`]) is written on the
+//! exporter task. A collector that is down, slow or stalled costs the
+//! proxy a counter (`sipadmit_hep_send_failures_total`, or
+//! `sipadmit_hep_dropped_total{reason="queue_full"}` when the queue
+//! fills), never a wait. Messages from sources the transports dropped
+//! unparsed (banned, or over their rate limit with `over_limit = "drop"`)
+//! never reach the dispatcher and are not mirrored either.
+
+pub mod encode;
+mod export;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+use tracing::warn;
+
+use crate::config::{HepSettings, Mirror};
+use crate::observe::decision_log::DecisionRecord;
+use crate::observe::metrics::{HepDrop, Metrics};
+use crate::vocabulary::{Inbound, Transport, WarningWindow};
+pub use export::{ExportError, Exporter};
+
+/// Packets the export queue holds before new ones are dropped: about 1.5 s
+/// of a full load of 1,000 REGISTERs per second mirrored whole (four
+/// messages and a decision each).
+pub const QUEUE_PACKETS: usize = 8192;
+/// Bytes of messages the export queue holds before new ones are dropped:
+/// 16 MiB. A decision counts as [`DECISION_BYTES`].
+pub const QUEUE_BYTES: usize = 16 << 20;
+/// What one queued decision record counts as against [`QUEUE_BYTES`].
+pub const DECISION_BYTES: usize = 1024;
+/// At most one "HEP packets dropped" warning per 10 s (each drop is counted).
+pub const WARNING_INTERVAL: Duration = Duration::from_secs(10);
+
+/// The handle the dispatcher mirrors through. Cheap to clone; every method
+/// returns at once (no I/O, no lock unless a packet is dropped). The
+/// default handle is off: it mirrors nothing.
+#[derive(Clone, Default)]
+pub struct Hep {
+    inner: Option<Arc<Inner>>,
+}
+
+impl std::fmt::Debug for Hep {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.inner {
+            Some(inner) => f
+                .debug_struct("Hep")
+                .field("mirror", &inner.mirror)
+                .finish_non_exhaustive(),
+            None => f.write_str("Hep(off)"),
+        }
+    }
+}
+
+/// State the handles share.
+struct Inner {
+    mirror: Mirror,
+    queue: mpsc::Sender<Item>,
+    /// Bytes queued ([`QUEUE_BYTES`]); the exporter gives them back.
+    queued_bytes: Arc<AtomicUsize>,
+    metrics: Arc<Metrics>,
+    /// Rate limit of the warnings about drops.
+    drops: Mutex<WarningWindow>,
+}
+
+/// One thing to export, as the message path hands it over (not encoded).
+#[derive(Debug)]
+struct Item {
+    /// When it was received, sent or decided.
+    at: SystemTime,
+    /// The transport the message went over (a decision's: its request's).
+    transport: Transport,
+    /// Who sent it; `None`: this instance (see [`Item::destination`]).
+    source: Option<SocketAddr>,
+    /// Who it went to; `None`: this instance, at the address it advertises
+    /// for `transport` in the family of the other end.
+    destination: Option<SocketAddr>,
+    body: Body,
+}
+
+#[derive(Debug)]
+enum Body {
+    /// A SIP message as it went over the wire.
+    Sip(Bytes),
+    /// A decision record, sent as its JSON line.
+    Decision(Box<DecisionRecord>),
+}
+
+impl Item {
+    /// What it counts as against [`QUEUE_BYTES`].
+    fn cost(&self) -> usize {
+        match &self.body {
+            Body::Sip(bytes) => bytes.len(),
+            Body::Decision(_) => DECISION_BYTES,
+        }
+    }
+}
+
+impl Hep {
+    /// A handle that mirrors nothing.
+    pub fn off() -> Self {
+        Self::default()
+    }
+
+    /// Start exporting as `settings` say (nothing without a collector or
+    /// with `mirror = "none"`: the handle is then off and the exporter
+    /// idle, no task running).
+    /// `locals` are the addresses sipadmit advertises, by transport: the
+    /// address of "this instance" in what it sends. Opens the UDP socket
+    /// here (so a collector nothing can be sent to fails the start); a TCP
+    /// collector is connected by the exporter task, which must run on a
+    /// Tokio runtime.
+    pub fn start(
+        settings: &HepSettings,
+        locals: Vec<(Transport, SocketAddr)>,
+        metrics: Arc<Metrics>,
+    ) -> Result<(Self, Exporter), ExportError> {
+        let Some(collector) = settings.exporting_to() else {
+            return Ok((Self::off(), Exporter::idle()));
+        };
+        let (queue, items) = mpsc::channel(QUEUE_PACKETS);
+        let queued_bytes = Arc::new(AtomicUsize::new(0));
+        let exporter = Exporter::spawn(
+            collector,
+            export::Encoding::new(settings, locals),
+            items,
+            queued_bytes.clone(),
+            metrics.clone(),
+        )?;
+        let inner = Inner {
+            mirror: settings.mirror,
+            queue,
+            queued_bytes,
+            metrics,
+            drops: Mutex::new(WarningWindow::default()),
+        };
+        Ok((
+            Self {
+                inner: Some(Arc::new(inner)),
+            },
+            exporter,
+        ))
+    }
+
+    /// Whether SIP messages are mirrored (`mirror = "all"`).
+    pub fn mirrors_messages(&self) -> bool {
+        self.inner.as_ref().is_some_and(|i| i.mirror.messages())
+    }
+
+    /// Mirror a message as it arrived.
+    pub fn received(&self, inbound: &Inbound) {
+        let Some(inner) = self.inner.as_ref().filter(|i| i.mirror.messages()) else {
+            return;
+        };
+        inner.offer(Item {
+            at: SystemTime::now(),
+            transport: inbound.transport,
+            source: Some(inbound.source),
+            destination: Some(inbound.local),
+            body: Body::Sip(inbound.bytes.clone()),
+        });
+    }
+
+    /// Mirror a message handed to the transport for `peer` over
+    /// `transport`, from `local` (`None`: the address sipadmit advertises
+    /// for that transport).
+    pub fn sent(
+        &self,
+        transport: Transport,
+        local: Option<SocketAddr>,
+        peer: SocketAddr,
+        bytes: &Bytes,
+    ) {
+        let Some(inner) = self.inner.as_ref().filter(|i| i.mirror.messages()) else {
+            return;
+        };
+        inner.offer(Item {
+            at: SystemTime::now(),
+            transport,
+            source: local,
+            destination: Some(peer),
+            body: Body::Sip(bytes.clone()),
+        });
+    }
+
+    /// Mirror a decision record about a message that arrived at `local`
+    /// (a HEP log from the record's source to `local`, correlated by its
+    /// Call-ID).
+    pub fn decision(&self, record: &DecisionRecord, local: SocketAddr) {
+        let Some(inner) = self.inner.as_ref().filter(|i| i.mirror.decisions()) else {
+            return;
+        };
+        inner.offer(Item {
+            at: SystemTime::now(),
+            transport: record.transport,
+            source: Some(record.source),
+            destination: Some(local),
+            body: Body::Decision(Box::new(record.clone())),
+        });
+    }
+}
+
+impl Inner {
+    /// Queue `item`, or drop it (counted, warned) when the queue is full.
+    fn offer(&self, item: Item) {
+        let cost = item.cost();
+        let before = self.queued_bytes.fetch_add(cost, Ordering::Relaxed);
+        if before + cost <= QUEUE_BYTES && self.queue.try_send(item).is_ok() {
+            return;
+        }
+        self.queued_bytes.fetch_sub(cost, Ordering::Relaxed);
+        self.metrics.count_hep_dropped(HepDrop::QueueFull);
+        let now = Instant::now();
+        let due = self
+            .drops
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .admit(now, WARNING_INTERVAL);
+        if let Some(not_logged) = due {
+            warn!(
+                not_logged,
+                dropped_total = self.metrics.hep_dropped(HepDrop::QueueFull),
+                queue_packets = QUEUE_PACKETS,
+                queue_bytes = QUEUE_BYTES,
+                "HEP export queue full (the collector or the exporter does not keep up): packets dropped"
+            );
+        }
+    }
+}
