@@ -198,6 +198,33 @@ fn to_v6(ip: IpAddr) -> std::net::Ipv6Addr {
     }
 }
 
+/// The chunks of one packet: (vendor, type, value), checking that the
+/// header's length is the packet's and that every chunk length adds up.
+#[cfg(test)]
+pub(crate) fn chunks(packet: &[u8]) -> Vec<(u16, u16, Vec<u8>)> {
+    assert_eq!(&packet[..4], b"HEP3");
+    let total = u16::from_be_bytes([packet[4], packet[5]]) as usize;
+    assert_eq!(
+        total,
+        packet.len(),
+        "the length field is the packet's length"
+    );
+    let mut rest = &packet[6..];
+    let mut out = Vec::new();
+    while !rest.is_empty() {
+        let vendor = u16::from_be_bytes([rest[0], rest[1]]);
+        let kind = u16::from_be_bytes([rest[2], rest[3]]);
+        let len = u16::from_be_bytes([rest[4], rest[5]]) as usize;
+        assert!(
+            len >= CHUNK && len <= rest.len(),
+            "chunk {kind} of length {len}"
+        );
+        out.push((vendor, kind, rest[CHUNK..len].to_vec()));
+        rest = &rest[len..];
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -214,32 +241,6 @@ mod tests {
             auth_key: None,
             correlation_id: None,
         }
-    }
-
-    /// The chunks of `packet` after its header: (vendor, type, value),
-    /// checking that every length adds up.
-    fn chunks(packet: &[u8]) -> Vec<(u16, u16, Vec<u8>)> {
-        assert_eq!(&packet[..4], b"HEP3");
-        let total = u16::from_be_bytes([packet[4], packet[5]]) as usize;
-        assert_eq!(
-            total,
-            packet.len(),
-            "the length field is the packet's length"
-        );
-        let mut rest = &packet[6..];
-        let mut out = Vec::new();
-        while !rest.is_empty() {
-            let vendor = u16::from_be_bytes([rest[0], rest[1]]);
-            let kind = u16::from_be_bytes([rest[2], rest[3]]);
-            let len = u16::from_be_bytes([rest[4], rest[5]]) as usize;
-            assert!(
-                len >= 6 && len <= rest.len(),
-                "chunk {kind} of length {len}"
-            );
-            out.push((vendor, kind, rest[6..len].to_vec()));
-            rest = &rest[len..];
-        }
-        out
     }
 
     #[test]

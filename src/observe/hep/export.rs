@@ -157,25 +157,8 @@ pub struct Exporter {
 
 impl Exporter {
     /// Open the way to `collector` (the UDP socket now; a TCP connection
-    /// on the task) and start the task over `items`.
+    /// on the task, as `timing` says) and start the task over `items`.
     pub(super) fn spawn(
-        collector: Endpoint,
-        encoding: Encoding,
-        items: mpsc::Receiver<Item>,
-        queued_bytes: Arc<AtomicUsize>,
-        metrics: Arc<Metrics>,
-    ) -> Result<Self, ExportError> {
-        Self::spawn_with(
-            collector,
-            encoding,
-            items,
-            queued_bytes,
-            metrics,
-            TcpTiming::DEFAULT,
-        )
-    }
-
-    fn spawn_with(
         collector: Endpoint,
         encoding: Encoding,
         items: mpsc::Receiver<Item>,

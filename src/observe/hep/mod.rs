@@ -21,6 +21,8 @@
 
 pub mod encode;
 mod export;
+#[cfg(test)]
+mod tests;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -35,7 +37,7 @@ use crate::config::{HepSettings, Mirror};
 use crate::observe::decision_log::DecisionRecord;
 use crate::observe::metrics::{HepDrop, Metrics};
 use crate::vocabulary::{Inbound, Transport, WarningWindow};
-pub use export::{ExportError, Exporter};
+pub use export::{ExportError, Exporter, TcpTiming};
 
 /// Packets the export queue holds before new ones are dropped: about 1.5 s
 /// of a full load of 1,000 REGISTERs per second mirrored whole (four
@@ -132,6 +134,17 @@ impl Hep {
         locals: Vec<(Transport, SocketAddr)>,
         metrics: Arc<Metrics>,
     ) -> Result<(Self, Exporter), ExportError> {
+        Self::start_with(settings, locals, metrics, TcpTiming::DEFAULT)
+    }
+
+    /// [`Hep::start`] with a TCP collector connected and written to as
+    /// `timing` says.
+    fn start_with(
+        settings: &HepSettings,
+        locals: Vec<(Transport, SocketAddr)>,
+        metrics: Arc<Metrics>,
+        timing: TcpTiming,
+    ) -> Result<(Self, Exporter), ExportError> {
         let Some(collector) = settings.exporting_to() else {
             return Ok((Self::off(), Exporter::idle()));
         };
@@ -143,6 +156,7 @@ impl Hep {
             items,
             queued_bytes.clone(),
             metrics.clone(),
+            timing,
         )?;
         let inner = Inner {
             mirror: settings.mirror,
