@@ -5,6 +5,7 @@
 pub mod admin_client;
 pub mod binary;
 pub mod external;
+pub mod hep;
 pub mod sip_stream;
 pub mod tls;
 pub mod udp_registrar;
