@@ -2,20 +2,24 @@
 //! one reused buffer ([`super::encode`]) and sends it to the collector, a
 //! batch at a time. The I/O edge of HEP export.
 //!
-//! - `udp:` one datagram per packet on a connected socket; a failed send
-//!   (an ICMP error for an earlier one: nothing listens) costs that packet.
+//! - `udp:` one datagram per packet on a connected socket, a batch per
+//!   `sendmmsg` call; a failed send (an ICMP error for an earlier one:
+//!   nothing listens) costs that packet.
 //! - `tcp:` one connection, packets written back to back, a batch per
 //!   write. A collector that refuses, resets, closes or stops reading
 //!   (nothing written for [`TcpTiming::write_timeout`]) is dropped, logged,
 //!   and connected again after a backoff (0.5 s, doubling, at most 30 s);
 //!   meanwhile what comes is counted as not sent.
 
+use std::io::IoSlice;
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::AsyncWriteExt;
+use nix::sys::socket::{sendmmsg, MsgFlags, MultiHeaders, SockaddrStorage};
+use tokio::io::{AsyncWriteExt, Interest};
 use tokio::net::{TcpStream, UdpSocket};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -33,7 +37,7 @@ const MAX_BATCH: usize = 256;
 /// How long the exporter lets packets gather after the first of a batch,
 /// so that a busy proxy wakes it (and writes to a TCP collector) once per
 /// batch rather than once per message.
-const BATCH_WINDOW: Duration = Duration::from_millis(2);
+const BATCH_WINDOW: Duration = Duration::from_millis(5);
 
 /// Why export could not start.
 #[derive(Debug, thiserror::Error)]
@@ -310,21 +314,14 @@ impl Export {
         }
         match &mut self.sink {
             Sink::Udp(socket) => {
-                let mut start = 0;
-                for &(end, payload) in &self.ends {
-                    match socket.send(&self.packets[start..end]).await {
-                        Ok(_) => self.metrics.count_hep_exported(payload, 1),
-                        Err(e) => {
-                            Metrics::inc(&self.metrics.hep_send_failures);
-                            let due = self
-                                .warnings
-                                .admit(std::time::Instant::now(), WARNING_INTERVAL);
-                            if let Some(not_logged) = due {
-                                warn!(collector = %self.collector, error = %e, not_logged, "HEP packet not sent to the collector");
-                            }
-                        }
+                let failed = send_datagrams(socket, &self.packets, &self.ends, &self.metrics).await;
+                if let Some(e) = failed {
+                    let due = self
+                        .warnings
+                        .admit(std::time::Instant::now(), WARNING_INTERVAL);
+                    if let Some(not_logged) = due {
+                        warn!(collector = %self.collector, error = %e, not_logged, "HEP packets not sent to the collector");
                     }
-                    start = end;
                 }
             }
             Sink::Tcp(link) => {
@@ -338,6 +335,75 @@ impl Export {
             }
         }
     }
+}
+
+/// Send each packet of `packets` (ending at `ends`) as a datagram on the
+/// connected `socket`, as many per system call as it takes
+/// (`sendmmsg`); count what went out and what did not. A packet the
+/// socket refuses (an ICMP error for an earlier one: nothing listens; too
+/// large for UDP) is skipped and counted; the last such error is returned.
+async fn send_datagrams(
+    socket: &UdpSocket,
+    packets: &[u8],
+    ends: &[(usize, HepPayload)],
+    metrics: &Metrics,
+) -> Option<std::io::Error> {
+    let bounds: Vec<(usize, usize)> = ends
+        .iter()
+        .scan(0, |start, &(end, _)| {
+            Some((std::mem::replace(start, end), end))
+        })
+        .collect();
+    let mut next = 0;
+    let mut failed = None;
+    while next < bounds.len() {
+        let sent = match socket.writable().await {
+            Ok(()) => socket.try_io(Interest::WRITABLE, || {
+                send_many(socket, packets, &bounds[next..])
+            }),
+            Err(e) => Err(e),
+        };
+        match sent {
+            Ok(n) => {
+                for &(_, payload) in &ends[next..next + n] {
+                    metrics.count_hep_exported(payload, 1);
+                }
+                next += n;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => {
+                Metrics::inc(&metrics.hep_send_failures);
+                failed = Some(e);
+                next += 1;
+            }
+        }
+    }
+    failed
+}
+
+/// One `sendmmsg` of the packets at `bounds` (offsets into `packets`):
+/// how many were sent (at least one, or an error for the first).
+fn send_many(
+    socket: &UdpSocket,
+    packets: &[u8],
+    bounds: &[(usize, usize)],
+) -> std::io::Result<usize> {
+    let slices: Vec<[IoSlice<'_>; 1]> = bounds
+        .iter()
+        .map(|&(start, end)| [IoSlice::new(&packets[start..end])])
+        .collect();
+    let addresses: Vec<Option<SockaddrStorage>> = vec![None; slices.len()];
+    let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(slices.len(), None);
+    let sent = sendmmsg(
+        socket.as_raw_fd(),
+        &mut headers,
+        &slices,
+        &addresses,
+        [],
+        MsgFlags::MSG_DONTWAIT,
+    )
+    .map_err(std::io::Error::from)?;
+    Ok(sent.count())
 }
 
 /// The connection to a TCP collector, made again after a failure once its
