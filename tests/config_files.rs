@@ -122,6 +122,7 @@ fn every_key_is_documented_in_the_shipped_config() {
         "policy",
         "tls",
         "admin",
+        "hep",
     ]
     .into_iter()
     .map(str::to_owned)
@@ -140,6 +141,35 @@ fn every_key_is_documented_in_the_shipped_config() {
         }
     }
     assert!(checked >= 40, "{checked}");
+}
+
+#[test]
+fn hep_problems_name_the_file_the_key_and_the_value() {
+    let err = load_str(
+        "[hep]\ncollector = \"sctp:192.0.2.50:9060\"\ncapture_id = -1\nauth_key = \"\"\nmirror = \"some\"\nzone = 1\n",
+    )
+    .unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.starts_with(&config_dir().join("test.toml").display().to_string()),
+        "{text}"
+    );
+    for wanted in [
+        "hep.zone: unknown key (known: collector, capture_id, auth_key, mirror)",
+        "hep.capture_id: expected an integer from 0 to 4294967295, got -1",
+        "hep.collector: \"sctp:192.0.2.50:9060\" is not udp:IP:PORT or tcp:IP:PORT",
+        "hep.auth_key: an empty key",
+        "hep.mirror: \"some\": expected \"none\", \"decisions\" or \"all\"",
+    ] {
+        assert!(text.contains(wanted), "{wanted} not in {text}");
+    }
+    let ok = load_str("[hep]\ncollector = \"tcp:[::1]:9061\"\ncapture_id = 4294967295\n").unwrap();
+    assert_eq!(
+        ok.settings.hep.exporting_to().unwrap().to_string(),
+        "tcp:[::1]:9061"
+    );
+    assert_eq!(ok.settings.hep.capture_id, u32::MAX);
+    assert_eq!(ok.settings.hep.mirror, sipadmit::config::Mirror::All);
 }
 
 #[test]
@@ -654,6 +684,14 @@ fn a_reload_names_the_restart_only_settings_that_changed() {
     assert_eq!(
         running.settings.needing_restart(&tls_changed.settings),
         ["tls.handshake_timeout_secs"]
+    );
+    // [hep]: the exporter starts with the process.
+    let hep_changed = load(
+        "[proxy]\nupstream = \"udp:127.0.0.1:5070\"\n[hep]\ncollector = \"udp:127.0.0.1:9060\"\n",
+    );
+    assert_eq!(
+        running.settings.needing_restart(&hep_changed.settings),
+        ["hep"]
     );
 }
 

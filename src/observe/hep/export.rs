@@ -14,30 +14,26 @@
 use std::io::IoSlice;
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use nix::sys::socket::{sendmmsg, MsgFlags, MultiHeaders, SockaddrStorage};
 use tokio::io::{AsyncWriteExt, Interest};
 use tokio::net::{TcpStream, UdpSocket};
-use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use super::encode::{self, EncodeError, Header, PayloadType};
-use super::{Body, Item, WARNING_INTERVAL};
+use super::{Body, Item, Queue, WARNING_INTERVAL};
 use crate::config::{Endpoint, HepSettings};
 use crate::observe::metrics::{HepDrop, HepPayload, Metrics};
 use crate::vocabulary::{Transport, WarningWindow};
 
-/// Most packets encoded and sent as one batch.
-const MAX_BATCH: usize = 256;
 /// How long the exporter lets packets gather after the first of a batch,
-/// so that a busy proxy wakes it (and writes to a TCP collector) once per
-/// batch rather than once per message.
-const BATCH_WINDOW: Duration = Duration::from_millis(5);
+/// so that a busy proxy wakes it (and sends, and writes to a TCP
+/// collector) once per batch rather than once per message.
+const BATCH_WINDOW: Duration = Duration::from_millis(20);
 
 /// Why export could not start.
 #[derive(Debug, thiserror::Error)]
@@ -113,13 +109,8 @@ impl Encoding {
             .unwrap_or_else(|| SocketAddr::new(std::net::Ipv4Addr::UNSPECIFIED.into(), 0))
     }
 
-    /// Append `item`'s packet to `out` (`scratch` holds a decision's JSON).
-    fn encode(
-        &self,
-        item: &Item,
-        scratch: &mut Vec<u8>,
-        out: &mut Vec<u8>,
-    ) -> Result<HepPayload, EncodeError> {
+    /// Append `item`'s packet to `out`.
+    fn encode(&self, item: &Item, out: &mut Vec<u8>) -> Result<HepPayload, EncodeError> {
         let (seconds, microseconds) = encode::timestamp(item.at);
         let unspecified = SocketAddr::new(std::net::Ipv4Addr::UNSPECIFIED.into(), 0);
         let peer = item.source.or(item.destination).unwrap_or(unspecified);
@@ -140,13 +131,11 @@ impl Encoding {
                 encode::encode(&header, bytes, out)?;
                 Ok(HepPayload::Sip)
             }
-            Body::Decision(record) => {
-                scratch.clear();
-                serde_json::to_writer(&mut *scratch, record.as_ref())
-                    .expect("a decision record serializes");
+            Body::Decision { text, call_id } => {
+                let (call_id, line) = text.split_at(*call_id);
                 header.payload_type = PayloadType::Log;
-                header.correlation_id = Some(record.call_id.as_bytes());
-                encode::encode(&header, scratch, out)?;
+                header.correlation_id = Some(call_id);
+                encode::encode(&header, line, out)?;
                 Ok(HepPayload::Decision)
             }
         }
@@ -165,8 +154,7 @@ impl Exporter {
     pub(super) fn spawn(
         collector: Endpoint,
         encoding: Encoding,
-        items: mpsc::Receiver<Item>,
-        queued_bytes: Arc<AtomicUsize>,
+        queue: Arc<Queue>,
         metrics: Arc<Metrics>,
         timing: TcpTiming,
     ) -> Result<Self, ExportError> {
@@ -179,16 +167,14 @@ impl Exporter {
         };
         info!(collector = %collector, "exporting HEPv3 to the collector");
         let export = Export {
-            items,
-            queued_bytes,
+            queue,
             encoding,
             sink,
             collector,
             metrics,
-            batch: Vec::with_capacity(MAX_BATCH),
+            batch: Vec::new(),
             packets: Vec::new(),
-            ends: Vec::with_capacity(MAX_BATCH),
-            scratch: Vec::new(),
+            ends: Vec::new(),
             warnings: WarningWindow::default(),
         };
         Ok(Self {
@@ -240,8 +226,7 @@ enum Sink {
 /// The exporter's state: the queue it reads, its buffers (reused from
 /// batch to batch) and where it sends.
 struct Export {
-    items: mpsc::Receiver<Item>,
-    queued_bytes: Arc<AtomicUsize>,
+    queue: Arc<Queue>,
     encoding: Encoding,
     sink: Sink,
     collector: Endpoint,
@@ -251,47 +236,43 @@ struct Export {
     packets: Vec<u8>,
     /// Where each packet of `packets` ends, and what it carries.
     ends: Vec<(usize, HepPayload)>,
-    /// A decision's JSON while it is encoded.
-    scratch: Vec<u8>,
     /// Rate limit of the warnings about UDP send failures and packets too
     /// large to encode.
     warnings: WarningWindow,
 }
 
 impl Export {
-    /// Until every handle is gone: take a batch, encode it, send it.
+    /// Until every handle is gone: wait for a first item, let more gather
+    /// for [`BATCH_WINDOW`], take them all, encode them, send them. Once
+    /// closed, what is left is sent at once.
     async fn run(mut self) {
         loop {
-            if self.items.recv_many(&mut self.batch, MAX_BATCH).await == 0 {
+            self.queue.ready.notified().await;
+            if !self.queue.lock().closed {
+                tokio::time::sleep(BATCH_WINDOW).await;
+            }
+            let closed = {
+                let mut pending = self.queue.lock();
+                std::mem::swap(&mut pending.items, &mut self.batch);
+                pending.bytes = 0;
+                pending.closed
+            };
+            self.encode_batch();
+            self.send_batch().await;
+            if closed {
                 debug!("HEP exporter stopped: no handle left");
                 return;
             }
-            if self.batch.len() < MAX_BATCH && !self.items.is_closed() {
-                tokio::time::sleep(BATCH_WINDOW).await;
-                while self.batch.len() < MAX_BATCH {
-                    match self.items.try_recv() {
-                        Ok(item) => self.batch.push(item),
-                        Err(_) => break,
-                    }
-                }
-            }
-            self.encode_batch();
-            self.send_batch().await;
         }
     }
 
-    /// Encode the batch into `packets`, giving its bytes back to the queue
-    /// bound; a packet too large to encode is dropped, counted and warned.
+    /// Encode the batch into `packets`; a packet too large to encode is
+    /// dropped, counted and warned.
     fn encode_batch(&mut self) {
         self.packets.clear();
         self.ends.clear();
-        let mut released = 0;
         for item in self.batch.drain(..) {
-            released += item.cost();
-            match self
-                .encoding
-                .encode(&item, &mut self.scratch, &mut self.packets)
-            {
+            match self.encoding.encode(&item, &mut self.packets) {
                 Ok(payload) => self.ends.push((self.packets.len(), payload)),
                 Err(e) => {
                     self.metrics.count_hep_dropped(HepDrop::TooLarge);
@@ -304,7 +285,6 @@ impl Export {
                 }
             }
         }
-        self.queued_bytes.fetch_sub(released, Ordering::Relaxed);
     }
 
     /// Send the encoded batch; count what went out and what did not.

@@ -6,13 +6,14 @@
 //!
 //! ```text
 //! dispatcher ── Hep::received / sent / decision ──► bounded queue ──► exporter task ──► collector
-//!               (never blocks, no I/O, no encoding:   (QUEUE_PACKETS,    (batches; encodes     (udp: or tcp:,
-//!                full: dropped, counted, warned)       QUEUE_BYTES)       into one buffer)      reconnected with backoff)
+//!               (never blocks, no I/O, no HEP          (QUEUE_PACKETS,    (batches; encodes     (udp: or tcp:,
+//!                encoding: full: dropped, counted,      QUEUE_BYTES)       into one buffer)      reconnected with backoff)
+//!                warned)
 //! ```
 //!
 //! The message path only clones the message's [`Bytes`] (a reference
-//! count) and queues it; the wire format ([`encode`]) is written on the
-//! exporter task. A collector that is down, slow or stalled costs the
+//! count) and queues it (a decision record as its JSON line, one buffer);
+//! the wire format ([`encode`]) is written on the exporter task. A collector that is down, slow or stalled costs the
 //! proxy a counter (`sipadmit_hep_send_failures_total`, or
 //! `sipadmit_hep_dropped_total{reason="queue_full"}` when the queue
 //! fills), never a wait. Messages from sources the transports dropped
@@ -25,12 +26,11 @@ mod export;
 mod tests;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
-use tokio::sync::mpsc;
+use tokio::sync::Notify;
 use tracing::warn;
 
 use crate::config::{HepSettings, Mirror};
@@ -44,16 +44,17 @@ pub use export::{ExportError, Exporter, TcpTiming};
 /// messages and a decision each).
 pub const QUEUE_PACKETS: usize = 8192;
 /// Bytes of messages the export queue holds before new ones are dropped:
-/// 16 MiB. A decision counts as [`DECISION_BYTES`].
+/// 16 MiB. A decision counts as its JSON line.
 pub const QUEUE_BYTES: usize = 16 << 20;
-/// What one queued decision record counts as against [`QUEUE_BYTES`].
-pub const DECISION_BYTES: usize = 1024;
 /// At most one "HEP packets dropped" warning per 10 s (each drop is counted).
 pub const WARNING_INTERVAL: Duration = Duration::from_secs(10);
+/// Room made for a decision record's JSON line at once (the line of a
+/// Lync REGISTER is about 700 bytes).
+const DECISION_LINE_BYTES: usize = 1024;
 
 /// The handle the dispatcher mirrors through. Cheap to clone; every method
-/// returns at once (no I/O, no lock unless a packet is dropped). The
-/// default handle is off: it mirrors nothing.
+/// returns at once (no I/O; a lock held for one push). The default handle
+/// is off: it mirrors nothing.
 #[derive(Clone, Default)]
 pub struct Hep {
     inner: Option<Arc<Inner>>,
@@ -71,15 +72,46 @@ impl std::fmt::Debug for Hep {
     }
 }
 
-/// State the handles share.
+/// State the handles share. Dropped with the last handle, which closes the
+/// queue: the exporter then sends what is left and ends.
 struct Inner {
     mirror: Mirror,
-    queue: mpsc::Sender<Item>,
-    /// Bytes queued ([`QUEUE_BYTES`]); the exporter gives them back.
-    queued_bytes: Arc<AtomicUsize>,
+    queue: Arc<Queue>,
     metrics: Arc<Metrics>,
     /// Rate limit of the warnings about drops.
     drops: Mutex<WarningWindow>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.queue.lock().closed = true;
+        self.queue.ready.notify_one();
+    }
+}
+
+/// The queue between the handles and the exporter: a push per item, a
+/// swap of the whole vector per batch, each under one short lock.
+#[derive(Debug, Default)]
+struct Queue {
+    pending: Mutex<Pending>,
+    /// Wakes the exporter: the first item after it took a batch, or the
+    /// close.
+    ready: Notify,
+}
+
+#[derive(Debug, Default)]
+struct Pending {
+    items: Vec<Item>,
+    /// What the items count as against [`QUEUE_BYTES`].
+    bytes: usize,
+    /// Every handle is gone.
+    closed: bool,
+}
+
+impl Queue {
+    fn lock(&self) -> MutexGuard<'_, Pending> {
+        self.pending.lock().unwrap_or_else(PoisonError::into_inner)
+    }
 }
 
 /// One thing to export, as the message path hands it over (not encoded).
@@ -101,8 +133,9 @@ struct Item {
 enum Body {
     /// A SIP message as it went over the wire.
     Sip(Bytes),
-    /// A decision record, sent as its JSON line.
-    Decision(Box<DecisionRecord>),
+    /// A decision record: its Call-ID's bytes (the first `call_id`), then
+    /// its JSON line, in one buffer.
+    Decision { text: Vec<u8>, call_id: usize },
 }
 
 impl Item {
@@ -110,7 +143,7 @@ impl Item {
     fn cost(&self) -> usize {
         match &self.body {
             Body::Sip(bytes) => bytes.len(),
-            Body::Decision(_) => DECISION_BYTES,
+            Body::Decision { text, .. } => text.len(),
         }
     }
 }
@@ -148,20 +181,17 @@ impl Hep {
         let Some(collector) = settings.exporting_to() else {
             return Ok((Self::off(), Exporter::idle()));
         };
-        let (queue, items) = mpsc::channel(QUEUE_PACKETS);
-        let queued_bytes = Arc::new(AtomicUsize::new(0));
+        let queue = Arc::new(Queue::default());
         let exporter = Exporter::spawn(
             collector,
             export::Encoding::new(settings, locals),
-            items,
-            queued_bytes.clone(),
+            queue.clone(),
             metrics.clone(),
             timing,
         )?;
         let inner = Inner {
             mirror: settings.mirror,
             queue,
-            queued_bytes,
             metrics,
             drops: Mutex::new(WarningWindow::default()),
         };
@@ -216,30 +246,45 @@ impl Hep {
 
     /// Mirror a decision record about a message that arrived at `local`
     /// (a HEP log from the record's source to `local`, correlated by its
-    /// Call-ID).
+    /// Call-ID). Its JSON line is written here, into one buffer: cheaper
+    /// than a copy of the record's dozen strings, and written once either
+    /// way.
     pub fn decision(&self, record: &DecisionRecord, local: SocketAddr) {
         let Some(inner) = self.inner.as_ref().filter(|i| i.mirror.decisions()) else {
             return;
         };
+        let call_id = record.call_id.len();
+        let mut text = Vec::with_capacity(call_id + DECISION_LINE_BYTES);
+        text.extend_from_slice(record.call_id.as_bytes());
+        serde_json::to_writer(&mut text, record).expect("a decision record serializes");
         inner.offer(Item {
             at: SystemTime::now(),
             transport: record.transport,
             source: Some(record.source),
             destination: Some(local),
-            body: Body::Decision(Box::new(record.clone())),
+            body: Body::Decision { text, call_id },
         });
     }
 }
 
 impl Inner {
-    /// Queue `item`, or drop it (counted, warned) when the queue is full.
+    /// Queue `item` (waking the exporter when it is the first since its
+    /// last batch), or drop it (counted, warned) when the queue is full.
     fn offer(&self, item: Item) {
         let cost = item.cost();
-        let before = self.queued_bytes.fetch_add(cost, Ordering::Relaxed);
-        if before + cost <= QUEUE_BYTES && self.queue.try_send(item).is_ok() {
+        let mut pending = self.queue.lock();
+        let full = pending.items.len() >= QUEUE_PACKETS || pending.bytes + cost > QUEUE_BYTES;
+        if !full {
+            let first = pending.items.is_empty();
+            pending.items.push(item);
+            pending.bytes += cost;
+            drop(pending);
+            if first {
+                self.queue.ready.notify_one();
+            }
             return;
         }
-        self.queued_bytes.fetch_sub(cost, Ordering::Relaxed);
+        drop(pending);
         self.metrics.count_hep_dropped(HepDrop::QueueFull);
         let now = Instant::now();
         let due = self
