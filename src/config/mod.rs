@@ -3,14 +3,17 @@
 //! [`Config`]; all problems are reported together, each with its key path.
 //!
 //! A [`Config`] has two parts: [`Settings`], which only a restart can change
-//! (sockets, upstream, decision log, flow secret, limits; of TLS only the
-//! handshake deadline, the reload rebuilding the TLS contexts), and
+//! (sockets, advertised names, upstream, decision log, limits; of TLS only
+//! the handshake deadline, the reload rebuilding the TLS contexts; the
+//! flow secrets are re-read and applied by a reload), and
 //! [`RuntimeConfig`], which a live reload may swap (catalog, Response Group
 //! matchers, policy, flag header).
 //!
 //! `config/sipadmit.toml` documents every key and its default.
 
+pub mod advertise;
 pub mod endpoint;
+pub mod flow_secrets;
 pub mod raw;
 pub mod tls;
 pub mod tls_contexts;
@@ -23,7 +26,9 @@ use crate::classify::{Catalog, CatalogError};
 use crate::policy::pattern::{Network, UriPattern};
 use crate::policy::{Action, Mode, Policy, Reply, RolePolicy, SessionMatchers};
 use crate::problem::Problem;
+pub use advertise::{Advertise, AdvertisedHost};
 pub use endpoint::{Endpoint, SourcePattern, UpstreamSources};
+pub use flow_secrets::FlowSecrets;
 pub use raw::RawConfig;
 pub use tls::{Identity, TlsSettings, TlsVersion};
 
@@ -195,10 +200,11 @@ pub struct Config {
 }
 
 /// The part of the config that only a restart can change: sockets, the
-/// upstream, the decision log, the flow secret, the limits, the admin
+/// advertised names, the upstream, the decision log, the limits, the admin
 /// listener and the TLS handshake deadline. The other `[tls]` settings live
 /// here too, but a reload applies them (see [`Settings::needing_restart`]);
-/// so does `[rate_limit]` (applied to the running admission).
+/// so does `[rate_limit]` (applied to the running admission), and so do the
+/// flow secrets (the reloader swaps the core's signer).
 #[derive(Debug, Clone)]
 pub struct Settings {
     /// Listeners (`proxy.listen` or `--listen`).
@@ -211,8 +217,12 @@ pub struct Settings {
     pub upstream_sources: UpstreamSources,
     /// Decision log destination (`-` = stdout).
     pub decision_log: String,
-    /// Flow token secret, if configured.
-    pub flow_secret: Option<String>,
+    /// Flow token secrets (`proxy.flow_secret` or
+    /// `proxy.flow_secret_file`), if configured: the first signs.
+    pub flow_secrets: Option<FlowSecrets>,
+    /// `proxy.advertise`: what listeners advertise instead of their own
+    /// address.
+    pub advertise: Advertise,
     /// How often sipadmit sends the registrar an OPTIONS (`/readyz` learns
     /// from its answer that the registrar is back); `None`: never.
     pub upstream_probe: Option<Duration>,
@@ -237,7 +247,8 @@ impl Settings {
     /// settings and files (`crate::transport::tls::TlsContexts::reload`),
     /// but the deadline is fixed when the listeners and the link start.
     /// `[rate_limit]` is left out: the reloader applies it to the running
-    /// admission (`crate::transport::admission::Admission::reconfigure`).
+    /// admission (`crate::transport::admission::Admission::reconfigure`);
+    /// so are the flow secrets, which it applies to the core.
     pub fn needing_restart(&self, new: &Self) -> Vec<&'static str> {
         let mut changed = Vec::new();
         let mut check = |key: &'static str, differs: bool| {
@@ -252,7 +263,7 @@ impl Settings {
             self.upstream_sources != new.upstream_sources,
         );
         check("proxy.decision_log", self.decision_log != new.decision_log);
-        check("proxy.flow_secret", self.flow_secret != new.flow_secret);
+        check("proxy.advertise", self.advertise != new.advertise);
         check(
             "proxy.upstream_probe_secs",
             self.upstream_probe != new.upstream_probe,
@@ -413,7 +424,8 @@ fn validate(
 ) -> Result<Config, ConfigError> {
     let mut problem = |key: String, message: String| problems.push(Problem { key, message });
 
-    let proxy = proxy_section(&raw.proxy, overrides, &mut problem);
+    let base = path.parent().unwrap_or(Path::new("."));
+    let proxy = proxy_section(&raw.proxy, overrides, base, &mut problem);
     let limits = limits(&raw.limits, &mut problem);
     let mut rate_limit = rate_limit(&raw.rate_limit, &mut problem);
     let sessions = session_matchers(&raw.response_group, &mut problem);
@@ -424,7 +436,6 @@ fn validate(
         .extend(sessions.application_sources.iter().copied());
     let mode = overrides.mode.unwrap_or(raw.proxy.mode);
     let policy = policy(&raw.policy, mode, &mut problem);
-    let base = path.parent().unwrap_or(Path::new("."));
     let (catalog, catalog_source) = catalog(raw.catalog.path.as_deref(), base, &mut problem);
 
     let tls = tls::validate(&raw.tls, base, &mut problems);
@@ -439,7 +450,8 @@ fn validate(
                 upstream: proxy.upstream,
                 upstream_sources: proxy.upstream_sources,
                 decision_log: proxy.decision_log,
-                flow_secret: raw.proxy.flow_secret,
+                flow_secrets: proxy.flow_secrets,
+                advertise: proxy.advertise,
                 upstream_probe: (raw.proxy.upstream_probe_secs > 0)
                     .then(|| Duration::from_secs(raw.proxy.upstream_probe_secs)),
                 limits,
@@ -474,17 +486,23 @@ struct ProxySection {
     upstream: Option<Endpoint>,
     upstream_sources: UpstreamSources,
     decision_log: String,
+    flow_secrets: Option<FlowSecrets>,
+    advertise: Advertise,
 }
 
-/// Validate `[proxy]` with its command-line overrides: the listeners, the
-/// upstream (and whether a listener can reach it), `upstream_sources`, the
-/// decision log, the flow secret and the probe interval, in that order.
+/// Validate `[proxy]` with its command-line overrides: the listeners, what
+/// they advertise, the upstream (and whether a listener can reach it),
+/// `upstream_sources`, the decision log, the flow secrets (a secret file
+/// relative to `base`, the config file's directory) and the probe
+/// interval, in that order.
 fn proxy_section(
     raw: &raw::RawProxy,
     overrides: &Overrides,
+    base: &Path,
     problem: &mut dyn FnMut(String, String),
 ) -> ProxySection {
     let listeners = listeners(&raw.listen, &overrides.listen, problem);
+    let advertise = advertise(raw.advertise.as_ref(), &listeners, problem);
     // `[tls]` needs a certificate when there is a tls: listener (checked
     // with the other `[tls]` keys).
     let first_tls_listener = listeners
@@ -511,13 +529,16 @@ fn proxy_section(
     }
     let upstream_sources = upstream_sources(raw.upstream_sources.as_deref(), upstream, problem);
     let decision_log = decision_log(&raw.decision_log, overrides, problem);
-    check_flow_secret_and_probe(raw, problem);
+    let flow_secrets = flow_secrets(raw, base, problem);
+    check_probe(raw, problem);
     ProxySection {
         listen,
         first_tls_listener,
         upstream,
         upstream_sources,
         decision_log,
+        flow_secrets,
+        advertise,
     }
 }
 
@@ -656,17 +677,81 @@ fn decision_log(
     decision_log.value.to_owned()
 }
 
-/// `proxy.flow_secret` (at least 16 characters when set) and
-/// `proxy.upstream_probe_secs` (at most 300).
-fn check_flow_secret_and_probe(raw: &raw::RawProxy, problem: &mut dyn FnMut(String, String)) {
-    if let Some(secret) = &raw.flow_secret {
-        if secret.len() < 16 {
+/// The flow secrets: `proxy.flow_secret` (at least 16 characters), or
+/// `proxy.flow_secret_file` read now (see [`flow_secrets::read`]); not
+/// both. `None` when neither is set.
+fn flow_secrets(
+    raw: &raw::RawProxy,
+    base: &Path,
+    problem: &mut dyn FnMut(String, String),
+) -> Option<FlowSecrets> {
+    match (&raw.flow_secret, &raw.flow_secret_file) {
+        (Some(_), Some(_)) => {
             problem(
-                "proxy.flow_secret".into(),
-                format!("{} characters; at least 16 are needed", secret.len()),
+                "proxy.flow_secret_file".into(),
+                "set together with proxy.flow_secret: keep one (the file can be rotated by a reload)"
+                    .into(),
             );
+            None
+        }
+        (Some(secret), None) => FlowSecrets::inline(secret)
+            .map_err(|m| problem("proxy.flow_secret".into(), m))
+            .ok(),
+        (None, Some(file)) => match flow_secrets::read(file, base) {
+            Ok(secrets) => Some(secrets),
+            Err(problems) => {
+                for m in problems {
+                    problem("proxy.flow_secret_file".into(), m);
+                }
+                None
+            }
+        },
+        (None, None) => None,
+    }
+}
+
+/// What each listener advertises (`proxy.advertise`): one value for all,
+/// or a table whose keys each name a listener (as in `proxy.listen` or
+/// `--listen`).
+fn advertise(
+    raw: Option<&raw::RawAdvertise>,
+    listeners: &[(String, Endpoint)],
+    problem: &mut dyn FnMut(String, String),
+) -> Advertise {
+    let mut per_listener = Vec::new();
+    match raw {
+        None => {}
+        Some(raw::RawAdvertise::All(value)) => match value.parse::<AdvertisedHost>() {
+            Ok(host) => per_listener.extend(listeners.iter().map(|(_, e)| (*e, host.clone()))),
+            Err(m) => problem("proxy.advertise".into(), m),
+        },
+        Some(raw::RawAdvertise::PerListener(table)) => {
+            for (listener, value) in table {
+                let key = format!("proxy.advertise.{listener:?}");
+                let endpoint = match listener.parse::<Endpoint>() {
+                    Ok(e) if listeners.iter().any(|(_, l)| *l == e) => e,
+                    Ok(_) | Err(_) => {
+                        let known: Vec<String> =
+                            listeners.iter().map(|(_, e)| e.to_string()).collect();
+                        problem(
+                            key,
+                            format!("names no listener; the listeners are {}", known.join(", ")),
+                        );
+                        continue;
+                    }
+                };
+                match value.parse::<AdvertisedHost>() {
+                    Ok(host) => per_listener.push((endpoint, host)),
+                    Err(m) => problem(key, m),
+                }
+            }
         }
     }
+    Advertise::new(per_listener)
+}
+
+/// `proxy.upstream_probe_secs` (at most 300).
+fn check_probe(raw: &raw::RawProxy, problem: &mut dyn FnMut(String, String)) {
     if raw.upstream_probe_secs > 300 {
         problem(
             "proxy.upstream_probe_secs".into(),
