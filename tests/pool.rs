@@ -485,3 +485,63 @@ fn options_to_sipadmit_itself_are_answered_by_its_readiness() {
         .iter()
         .all(|r| r["status"] == 503 && r["action"] == "reject"));
 }
+
+/// Kamailio's dispatcher module, as the load balancer in front of
+/// sipadmit, probes it with OPTIONS every second (`ds_ping_interval`): it
+/// marks sipadmit inactive while sipadmit answers 503 (its registrar
+/// unknown, then gone) and active again once it answers 200.
+#[test]
+fn kamailios_dispatcher_follows_sipadmit_in_and_out_of_the_pool() {
+    use common::external::{require_kamailio_module, Kamailio, KamailioOptions};
+    if require_kamailio_module("dispatcher").is_none() {
+        return;
+    }
+    let silent = udp();
+    let registrar_addr = silent.local_addr().unwrap();
+    let proxy = TestProxy::start(
+        &format!(
+            "[proxy]\nupstream_probe_secs = 1\nflow_secret = \"{OLD_SECRET}\"\n{RESPONSE_GROUP}"
+        ),
+        "127.0.0.1",
+        &format!("udp:{registrar_addr}"),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let list = dir.path().join("dispatcher.list");
+    let destination = format!("sip:{}", proxy.udp);
+    std::fs::write(&list, format!("1 {destination} 0 0\n")).unwrap();
+    let Some(kamailio) = Kamailio::try_start(KamailioOptions {
+        template: "kamailio-dispatcher.cfg",
+        substitutions: vec![("DISPATCHER_LIST".into(), list.display().to_string())],
+        ..KamailioOptions::default()
+    }) else {
+        return;
+    };
+    let bound = Duration::from_secs(15);
+    let down = format!("DS-DOWN {destination}");
+    let up = format!("DS-UP {destination}");
+    assert!(
+        kamailio.wait_for_log(&down, bound),
+        "registrar unknown: out\n{}",
+        kamailio.log()
+    );
+    drop(silent);
+    let registrar = Registrar::start_on(registrar_addr);
+    assert!(
+        kamailio.wait_for_log(&up, bound),
+        "registrar answering: in\n{}",
+        kamailio.log()
+    );
+    drop(registrar);
+    let deadline = Instant::now() + bound;
+    while kamailio.log_lines(&down).len() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "registrar gone: out again\n{}",
+            kamailio.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let metrics = proxy.stop();
+    assert!(metrics.protocol_answers("proxy.health", Some(200)) >= 1);
+    assert!(metrics.protocol_answers("proxy.health", Some(503)) >= 2);
+}
