@@ -54,12 +54,18 @@ fn settings_hold_the_restart_keys_and_runtime_the_swappable_ones() {
         decision_log,
         flow_secret,
         upstream_probe,
+        workers,
         limits,
         tls,
         rate_limit,
         admin,
         admin_allow_remote,
     } = &c.settings;
+    // Not set in the shipped file: one per core.
+    assert_eq!(
+        *workers,
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    );
     assert_eq!(listen.len(), 2);
     assert_eq!(upstream.unwrap().to_string(), "udp:127.0.0.1:5070");
     assert!(upstream_sources.matches("127.0.0.1:5070".parse().unwrap()));
