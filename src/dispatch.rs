@@ -369,18 +369,24 @@ async fn received(
         },
     );
     let (leaves_over, to_udp_upstream) = relayed_over(senders, &outcome);
-    // Kept once sent: a stream client's request leaving over UDP.
-    let retransmit = outcome
+    // A stream client's request leaving over UDP: its client transaction
+    // is kept before it is sent (its answer may come back on another
+    // worker's socket at once), and forgotten if it could not be sent.
+    let kept = outcome
         .retransmit
         .zip(outcome.send.clone())
-        .filter(|_| !outcome.scanner);
+        .filter(|_| !outcome.scanner)
+        .map(|(key, send)| {
+            core.keep_transaction(key, send, inbound.clone(), started);
+            key
+        });
     let carried_out = carry_out(senders, log, &inbound, outcome, core.boot()).await;
     core.metrics().observe_handling(started.elapsed());
+    if let (Some(key), Err(_)) = (&kept, &carried_out) {
+        core.forget_transaction(key);
+    }
     match carried_out {
         Ok(()) => {
-            if let Some((key, send)) = retransmit {
-                core.keep_transaction(key, send, inbound.clone(), started);
-            }
             if let Some(transport) = leaves_over {
                 core.metrics()
                     .count_relayed(transport, MessageKind::of(&inbound.bytes));
