@@ -248,6 +248,48 @@ fn the_readme_and_the_pages_link_each_other() {
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
 
+/// The cells of a table row: split at each `|` not escaped as `\|` (GitHub
+/// splits inside code spans too).
+fn cells(row: &str) -> usize {
+    let inner = row.trim().trim_start_matches('|');
+    let inner = inner.strip_suffix('|').unwrap_or(inner);
+    1 + inner
+        .char_indices()
+        .filter(|&(i, c)| c == '|' && !inner[..i].ends_with('\\'))
+        .count()
+}
+
+/// Every row of a table has as many cells as its header (a stray `|` in a
+/// cell shifts the columns, or drops the text past the header's count).
+#[test]
+fn every_table_row_has_the_cells_of_its_header() {
+    let mut problems = Vec::new();
+    let mut tables = 0;
+    for page in pages() {
+        let mut header: Option<usize> = None;
+        for (number, line) in prose_lines(&read(&page)) {
+            if !line.starts_with('|') {
+                header = None;
+                continue;
+            }
+            let n = cells(line);
+            match header {
+                Some(expected) if n != expected => problems.push(format!(
+                    "{}:{number}: {n} cells, the header has {expected}",
+                    rel(&page)
+                )),
+                Some(_) => {}
+                None => {
+                    header = Some(n);
+                    tables += 1;
+                }
+            }
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+    assert!(tables > 20, "only {tables} tables found");
+}
+
 /// Readers of the documentation have no access to the project's issue
 /// tracker or design notes: no page names them.
 #[test]
@@ -292,4 +334,6 @@ fn the_checker_reads_markdown_as_github_does() {
     );
     let targets: Vec<String> = links(page).into_iter().map(|(_, t)| t).collect();
     assert_eq!(targets, ["b.md#c", "d(e).md"]);
+    assert_eq!(cells("| a | `b \\| c` | d |"), 3);
+    assert_eq!(cells("|---|---|"), 2);
 }
