@@ -21,3 +21,4 @@ pub mod report;
 pub mod sip;
 pub mod transport;
 pub mod vocabulary;
+pub mod workers;
