@@ -375,8 +375,11 @@ fn register_all(proxy: SocketAddr, range: std::ops::Range<usize>) {
 }
 
 /// The REGISTER numbers of the records in `text`, each a whole JSON record.
+/// The numbers of the REGISTERs a log holds, in ascending order (several
+/// workers write their records in the order they finish them).
 fn register_numbers(text: &str) -> Vec<usize> {
-    text.lines()
+    let mut numbers: Vec<usize> = text
+        .lines()
         .map(|line| {
             let record: serde_json::Value =
                 serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line:?}"));
@@ -387,7 +390,9 @@ fn register_numbers(text: &str) -> Vec<usize> {
                 .and_then(|v| v.parse().ok())
                 .unwrap_or_else(|| panic!("{call_id}"))
         })
-        .collect()
+        .collect();
+    numbers.sort_unstable();
+    numbers
 }
 
 /// Wait (bounded) until `check` holds.
