@@ -991,3 +991,57 @@ fn flow_secret_file_is_read_beside_the_config_and_refused_when_unsafe() {
         "{lines:?}"
     );
 }
+
+/// What a `tls:` listener advertises must be a name of its certificate
+/// (the test PKI's server certificate names `localhost`, 127.0.0.1 and
+/// ::1; `wrong-name.pem` only `wrong.example`).
+#[test]
+fn a_tls_listener_advertises_a_name_of_its_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = common::tls::Pki::get().write(dir.path());
+    let load = |advertise: &str, certificate: &str| {
+        let cfg = dir.path().join("sipadmit.toml");
+        let key = certificate.replace(".pem", ".key");
+        std::fs::write(
+            &cfg,
+            format!(
+                "[proxy]\nlisten = [\"udp:127.0.0.1:5060\", \"tls:127.0.0.1:5061\"]\nadvertise = {advertise}\n\
+                 [tls]\ncertificate = \"{certificate}\"\nprivate_key = \"{key}\"\n"
+            ),
+        )
+        .unwrap();
+        Config::load(&cfg, &Overrides::default())
+    };
+    for ok in [
+        "\"localhost\"",
+        "\"localhost:5061\"",
+        "\"127.0.0.1\"",
+        "\"[::1]:5061\"",
+    ] {
+        load(ok, "server.pem").unwrap_or_else(|e| panic!("{ok}: {e}"));
+    }
+    load("\"wrong.example\"", "wrong-name.pem").unwrap();
+    // Only the tls: listener's value is checked.
+    load(
+        "{ \"udp:127.0.0.1:5060\" = \"pool.example.com\", \"tls:127.0.0.1:5061\" = \"localhost\" }",
+        "server.pem",
+    )
+    .unwrap();
+    let err = load("\"pool.example.com\"", "server.pem").unwrap_err();
+    assert_eq!(
+        problem_lines(&err),
+        [format!(
+            "proxy.advertise: pool.example.com is not a name of tls.certificate {} (it names localhost, 127.0.0.1, ::1): the registrar and clients reaching tls:127.0.0.1:5061 by it would refuse the certificate",
+            files.server.0.display()
+        )]
+    );
+    let err = load(
+        "{ \"tls:127.0.0.1:5061\" = \"localhost\" }",
+        "wrong-name.pem",
+    )
+    .unwrap_err();
+    assert_eq!(
+        problem_keys(&err),
+        ["proxy.advertise.\"tls:127.0.0.1:5061\""]
+    );
+}

@@ -70,6 +70,55 @@ impl AdvertisedHost {
     }
 }
 
+/// The names a certificate is valid for: its subjectAltName DNS names (or,
+/// without any, its subject common name) and IP addresses.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CertificateNames {
+    /// DNS names, as written (a leading `*.` is a wildcard).
+    pub dns: Vec<String>,
+    /// IP addresses.
+    pub ips: Vec<IpAddr>,
+}
+
+impl fmt::Display for CertificateNames {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let names: Vec<String> = self
+            .dns
+            .iter()
+            .cloned()
+            .chain(self.ips.iter().map(ToString::to_string))
+            .collect();
+        if names.is_empty() {
+            f.write_str("no name")
+        } else {
+            f.write_str(&names.join(", "))
+        }
+    }
+}
+
+impl AdvertisedHost {
+    /// Whether a certificate valid for `names` is valid for this host: an
+    /// address among its IP addresses, a name equal to one of its DNS
+    /// names (without case), or under a wildcard one, which stands for the
+    /// whole leftmost label (RFC 6125 6.4.3: `*.contoso.com` covers
+    /// `sip.contoso.com`, not `contoso.com` nor `a.sip.contoso.com`).
+    pub fn is_in(&self, names: &CertificateNames) -> bool {
+        if let Some(ip) = self.ip {
+            return names.ips.contains(&ip);
+        }
+        names.dns.iter().any(|name| {
+            let name = name.strip_suffix('.').unwrap_or(name);
+            match name.strip_prefix("*.") {
+                Some(parent) => self
+                    .host
+                    .split_once('.')
+                    .is_some_and(|(_, rest)| rest.eq_ignore_ascii_case(parent)),
+                None => name.eq_ignore_ascii_case(&self.host),
+            }
+        })
+    }
+}
+
 impl fmt::Display for AdvertisedHost {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.host)?;
@@ -260,6 +309,11 @@ impl Advertise {
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
+
+    /// Each listener that advertises something, with what.
+    pub fn iter(&self) -> impl Iterator<Item = &(Endpoint, AdvertisedHost)> {
+        self.0.iter()
+    }
 }
 
 #[cfg(test)]
@@ -352,6 +406,32 @@ mod tests {
                 "{advertised} vs {host}:{port:?} (listener port {listener})"
             );
         }
+    }
+
+    #[test]
+    fn a_certificate_covers_its_names_its_addresses_and_one_label_under_a_wildcard() {
+        let names = CertificateNames {
+            dns: vec!["SIP.contoso.com".into(), "*.pool.contoso.com".into()],
+            ips: vec!["192.0.2.10".parse().unwrap()],
+        };
+        for (host, covered) in [
+            ("sip.contoso.com", true),
+            ("sip.contoso.com:5061", true),
+            ("a.pool.contoso.com", true),
+            ("pool.contoso.com", false),
+            ("a.b.pool.contoso.com", false),
+            ("other.contoso.com", false),
+            ("192.0.2.10", true),
+            ("192.0.2.11", false),
+            ("[2001:db8::10]", false),
+        ] {
+            assert_eq!(parse(host).unwrap().is_in(&names), covered, "{host}");
+        }
+        assert_eq!(
+            names.to_string(),
+            "SIP.contoso.com, *.pool.contoso.com, 192.0.2.10"
+        );
+        assert_eq!(CertificateNames::default().to_string(), "no name");
     }
 
     #[test]

@@ -443,8 +443,13 @@ fn validate(
     let policy = policy(&raw.policy, mode, &mut problem);
     let (catalog, catalog_source) = catalog(raw.catalog.path.as_deref(), base, &mut problem);
 
+    let tls_start = problems.len();
     let tls = tls::validate(&raw.tls, base, &mut problems);
     problems.extend(tls.listener_problems(proxy.first_tls_listener.as_deref()));
+    if problems[tls_start..].is_empty() {
+        let every_listener = matches!(raw.proxy.advertise, Some(raw::RawAdvertise::All(_)));
+        problems.extend(advertised_tls_names(&proxy.advertise, every_listener, &tls));
+    }
     let admin = admin_listener(raw.admin.listen.as_deref(), overrides, &mut problems);
 
     match (catalog, problems.is_empty()) {
@@ -765,6 +770,53 @@ fn advertise(
         }
     }
     Advertise::new(per_listener)
+}
+
+/// What a `tls:` listener advertises must be a name of the certificate it
+/// presents (`tls.certificate`): the registrar and the clients reaching
+/// it by that name check the certificate against it. One problem per
+/// listener whose advertised host the certificate does not cover, keyed
+/// `proxy.advertise` (`every_listener`: one value for all) or by the
+/// listener. Called once `[tls]` has no problem (the file reads).
+fn advertised_tls_names(
+    advertise: &Advertise,
+    every_listener: bool,
+    tls: &TlsSettings,
+) -> Vec<Problem> {
+    let Some(identity) = &tls.identity else {
+        return Vec::new();
+    };
+    let tls_listeners = || {
+        advertise
+            .iter()
+            .filter(|(e, _)| e.transport == crate::vocabulary::Transport::Tls)
+    };
+    if tls_listeners().next().is_none() {
+        return Vec::new();
+    }
+    let names = match tls_contexts::certificate_names("tls.certificate", &identity.certificate) {
+        Ok(names) => names,
+        Err(e) => return vec![e.to_problem()],
+    };
+    tls_listeners()
+        .filter(|(_, host)| !host.is_in(&names))
+        .map(|(endpoint, host)| {
+            let key = if every_listener {
+                "proxy.advertise".to_owned()
+            } else {
+                format!("proxy.advertise.{:?}", endpoint.to_string())
+            };
+            Problem::new(
+                key,
+                format!(
+                    "{} is not a name of tls.certificate {} (it names {names}): the registrar \
+                     and clients reaching {endpoint} by it would refuse the certificate",
+                    host.host(),
+                    identity.certificate.display()
+                ),
+            )
+        })
+        .collect()
 }
 
 /// `proxy.workers` (1..=256) and `proxy.upstream_probe_secs` (at most 300).
