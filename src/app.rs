@@ -27,6 +27,7 @@ use tracing::{info, warn};
 use crate::admin::{self, AdminState};
 use crate::config::{Config, Endpoint, Settings};
 use crate::dispatch::{self, Dispatcher};
+use crate::drain;
 use crate::observe::decision_log::{DecisionLogError, SHUTDOWN_DEADLINE};
 use crate::observe::metrics::Metrics;
 use crate::observe::{DecisionLog, LogWriter};
@@ -279,20 +280,32 @@ pub async fn serve(
     decision_log: DecisionLog,
     shutdown: CancellationToken,
 ) -> Result<Arc<Metrics>, AppError> {
-    serve_reloading(config, bound, decision_log, shutdown, None).await
+    serve_reloading(config, bound, decision_log, shutdown, Control::default()).await
 }
 
-/// [`serve`], reloading the config file once per message on `reloads`
-/// (see [`crate::reload`]). The steps: advertise the bound sockets, build
-/// the core and the transports' context and senders, start the listeners,
-/// the admin listener, the reloader and the chores, then run the
+/// What may be asked of a serving instance besides stopping at once (its
+/// `shutdown`).
+#[derive(Debug, Default)]
+pub struct Control {
+    /// One message per reload of the config file (see [`crate::reload`]).
+    pub reloads: Option<mpsc::Receiver<()>>,
+    /// Cancelled to start a drain (see [`crate::drain`]): the instance
+    /// cancels its `shutdown` itself once nothing is pending, or when
+    /// `limits.drain_secs` runs out.
+    pub drain: Option<CancellationToken>,
+}
+
+/// [`serve`], reloading the config file and draining as `control` asks.
+/// The steps: advertise the bound sockets, build the core and the
+/// transports' context and senders, start the listeners, the admin
+/// listener, the reloader, the drain and the chores, then run the
 /// dispatcher until `shutdown`.
 pub async fn serve_reloading(
     config: Config,
     mut bound: Bound,
     decision_log: DecisionLog,
     shutdown: CancellationToken,
-    reloads: Option<mpsc::Receiver<()>>,
+    control: Control,
 ) -> Result<Arc<Metrics>, AppError> {
     let upstream = config.settings.upstream.ok_or(AppError::NoUpstream)?;
     let tls_contexts = bound.tls_contexts.clone();
@@ -340,8 +353,19 @@ pub async fn serve_reloading(
         };
         tasks.spawn(admin::serve(listener, state));
     }
-    if let Some(reloads) = reloads {
+    if let Some(reloads) = control.reloads {
         tasks.spawn(reloader.run(reloads, core.clone(), metrics.clone(), shutdown.clone()));
+    }
+    if let Some(requested) = control.drain {
+        let queue = ctx.upstream_queue.clone();
+        let limit = settings.limits.drain;
+        tasks.spawn(drain::run(
+            requested,
+            core.clone(),
+            queue,
+            limit,
+            shutdown.clone(),
+        ));
     }
     dispatch::spawn_chores(core.clone(), udp_inodes(&bound), shutdown.clone());
     let probes = settings
@@ -646,13 +670,21 @@ pub async fn run(config: Config) -> Result<(), AppError> {
     let shutdown = CancellationToken::new();
     // One pending reload is enough: SIGHUPs during a reload fold into it.
     let (reload_tx, reloads) = mpsc::channel(1);
+    let drain = (!config.settings.limits.drain.is_zero()).then(CancellationToken::new);
     tokio::spawn(handle_signals(
         signals,
         decision_log.clone(),
         reload_tx,
-        shutdown.clone(),
+        Stopping {
+            drain: drain.clone(),
+            shutdown: shutdown.clone(),
+        },
     ));
-    let served = serve_reloading(config, bound, decision_log, shutdown, Some(reloads)).await;
+    let control = Control {
+        reloads: Some(reloads),
+        drain,
+    };
+    let served = serve_reloading(config, bound, decision_log, shutdown, control).await;
     close_decision_log(log_writer).await;
     served.map(drop)
 }
@@ -680,14 +712,43 @@ async fn close_decision_log(writer: LogWriter) {
     }
 }
 
+/// How the signals stop an instance: the first SIGTERM starts a drain
+/// (when `limits.drain_secs` is not 0); a second SIGTERM, a SIGINT, or a
+/// SIGTERM with no drain, stops at once.
+struct Stopping {
+    drain: Option<CancellationToken>,
+    shutdown: CancellationToken,
+}
+
+impl Stopping {
+    /// Act on SIGTERM or SIGINT (`name`); `true`: nothing is left to do.
+    fn on(&self, name: &'static str) -> bool {
+        match &self.drain {
+            Some(drain) if name == "SIGTERM" && !drain.is_cancelled() => {
+                info!(
+                    signal = name,
+                    "draining (a second SIGTERM, or SIGINT, stops at once)"
+                );
+                drain.cancel();
+                false
+            }
+            _ => {
+                info!(signal = name, "shutting down");
+                self.shutdown.cancel();
+                true
+            }
+        }
+    }
+}
+
 /// SIGHUP asks for a reload (the config file and the TLS certificates, see
-/// [`crate::reload`]) and reopens the decision log (logrotate); SIGTERM or
-/// SIGINT cancels `shutdown`.
+/// [`crate::reload`]) and reopens the decision log (logrotate); SIGTERM
+/// drains, then stops, and SIGINT stops (see [`Stopping`]).
 async fn handle_signals(
     mut signals: Signals,
     log: DecisionLog,
     reload: mpsc::Sender<()>,
-    shutdown: CancellationToken,
+    stopping: Stopping,
 ) {
     loop {
         match signals.next().await {
@@ -710,9 +771,9 @@ async fn handle_signals(
                 });
             }
             Signal::Stop(name) => {
-                info!(signal = name, "shutting down");
-                shutdown.cancel();
-                return;
+                if stopping.on(name) {
+                    return;
+                }
             }
         }
     }

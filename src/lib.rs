@@ -11,6 +11,7 @@ pub mod classify;
 pub mod cli;
 pub mod config;
 pub mod dispatch;
+pub mod drain;
 pub mod expiring;
 pub mod observe;
 pub mod policy;

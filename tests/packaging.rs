@@ -158,6 +158,33 @@ fn systemd_analyze_verifies_the_unit() {
     );
 }
 
+/// systemd waits for a drain: the unit's stop timeout is longer than the
+/// shipped `limits.drain_secs` plus the decision log's closing deadline.
+#[test]
+fn the_units_stop_timeout_outlasts_a_drain() {
+    let timeout = unit_settings(&shipped_unit())
+        .into_iter()
+        .find(|(_, k, _)| k == "TimeoutStopSec")
+        .expect("TimeoutStopSec")
+        .2;
+    let timeout: u64 = timeout
+        .strip_suffix('s')
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("TimeoutStopSec={timeout}: seconds expected"));
+    let config = Config::load(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("config/sipadmit.toml"),
+        &Overrides::default(),
+    )
+    .unwrap();
+    let drain = config.settings.limits.drain.as_secs();
+    let closing = sipadmit::observe::decision_log::SHUTDOWN_DEADLINE.as_secs();
+    assert!(drain > 0, "the shipped config drains");
+    assert!(
+        timeout > drain + closing,
+        "TimeoutStopSec={timeout}s, drain_secs={drain}, log closing {closing}s"
+    );
+}
+
 /// `systemd-analyze security --offline` rates the sandbox; 2.0 and below
 /// is the best band systemd shows ("OK"), and the unit must stay there.
 #[test]

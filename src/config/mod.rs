@@ -143,6 +143,9 @@ pub struct Limits {
     pub client_transaction_bytes: usize,
     /// RFC 3261 T1 (first retransmission interval; 64*T1 is the timeout).
     pub timer_t1: Duration,
+    /// How long a drain (the first SIGTERM) lasts at most (`drain_secs`;
+    /// zero: SIGTERM stops at once).
+    pub drain: Duration,
     /// RFC 3261 T2 (longest non-INVITE retransmission interval).
     pub timer_t2: Duration,
     /// Bytes of messages the queue to a TCP/TLS upstream may hold.
@@ -864,6 +867,7 @@ fn limits(l: &raw::RawLimits, problem: &mut dyn FnMut(String, String)) -> Limits
         client_transaction_bytes: l.client_transaction_bytes,
         timer_t1: Duration::from_millis(l.timer_t1_ms),
         timer_t2: Duration::from_millis(l.timer_t2_ms),
+        drain: Duration::from_secs(l.drain_secs),
         upstream_queue_bytes: l.upstream_queue_bytes,
         listen_backlog: l.listen_backlog,
         udp_receive_buffer_bytes: l.udp_receive_buffer_bytes,
@@ -1054,6 +1058,15 @@ fn check_limit_backlog_and_timers(l: &raw::RawLimits, problem: &mut dyn FnMut(St
             format!(
                 "{} ms is outside limits.timer_t1_ms ({})..=60000 ms (RFC 3261 T2, default 4000)",
                 l.timer_t2_ms, l.timer_t1_ms
+            ),
+        );
+    }
+    if l.drain_secs > 3600 {
+        problem(
+            "limits.drain_secs".into(),
+            format!(
+                "{} s is above 3600 s (0 stops at once on SIGTERM; default 30)",
+                l.drain_secs
             ),
         );
     }

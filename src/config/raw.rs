@@ -188,6 +188,9 @@ pub struct RawLimits {
     /// RFC 3261 T2, milliseconds (T1..=60000): the longest retransmission
     /// interval of a non-INVITE request. Default 4000.
     pub timer_t2_ms: u64,
+    /// Seconds a drain (the first SIGTERM) may last at most (0..=3600; 0:
+    /// SIGTERM stops at once). Default 30.
+    pub drain_secs: u64,
     /// Bytes of messages the queue to a TCP/TLS upstream may hold (65536..=
     /// 1099511627776); client connections stop reading while less than a
     /// quarter is free, and a message that finds it full is answered `503`
@@ -222,6 +225,7 @@ impl Default for RawLimits {
             client_transaction_bytes: 64 << 20,
             timer_t1_ms: 500,
             timer_t2_ms: 4000,
+            drain_secs: 30,
             upstream_queue_bytes: 32 << 20,
             listen_backlog: 4096,
         }
@@ -484,6 +488,7 @@ read_by_field_name!(RawLimits {
     client_transaction_bytes: or_default,
     timer_t1_ms: or_default,
     timer_t2_ms: or_default,
+    drain_secs: or_default,
     upstream_queue_bytes: or_default,
     listen_backlog: or_default,
 });

@@ -123,6 +123,11 @@ pub enum Refusal<'p> {
         /// The registrar is the reason.
         upstream: bool,
     },
+    /// A new request from a client (outside a dialog: no To tag; not ACK
+    /// or CANCEL) while the instance drains: 503 with `Retry-After`
+    /// (`limits.drain_secs`: this instance is gone by then) and a Warning,
+    /// so the client (RFC 3263 4.3) or a dispatcher tries another instance.
+    Draining,
 }
 
 impl Refusal<'_> {
@@ -148,7 +153,7 @@ impl Refusal<'_> {
             Self::Banned { .. } => 403,
             Self::SipsWithoutTls(_) => 480,
             Self::RequestTimeout => 408,
-            Self::NotReady { .. } => 503,
+            Self::NotReady { .. } | Self::Draining => 503,
         }
     }
 
@@ -173,7 +178,7 @@ impl Refusal<'_> {
             Self::Banned { .. } => "Banned",
             Self::SipsWithoutTls(_) => "Temporarily Unavailable",
             Self::RequestTimeout => "Request Timeout",
-            Self::NotReady { .. } => "Service Unavailable",
+            Self::NotReady { .. } | Self::Draining => "Service Unavailable",
         })
     }
 
@@ -200,6 +205,7 @@ impl Refusal<'_> {
             Self::SipsWithoutTls(_) => "proxy.sips-without-tls",
             Self::RequestTimeout => "proxy.request-timeout",
             Self::NotReady { .. } => super::health::HEALTH_RULE,
+            Self::Draining => "proxy.draining",
         }
     }
 
@@ -244,6 +250,7 @@ impl Refusal<'_> {
                 Some("the queue to the registrar is full (limits.upstream_queue_bytes)")
             }
             Self::NotReady { detail, .. } => Some(detail),
+            Self::Draining => Some(DRAINING),
             _ => None,
         }
     }
@@ -404,6 +411,11 @@ impl Core {
                 add("Retry-After", retry_after_secs.to_string());
             }
             Refusal::SipsWithoutTls(_) => add("Warning", SIPS_NOT_ALLOWED.to_owned()),
+            Refusal::Draining => {
+                add("Warning", format!("399 sipadmit \"{DRAINING}\""));
+                let secs = self.settings.limits.drain.as_secs().max(1);
+                add("Retry-After", secs.to_string());
+            }
             Refusal::NotReady { detail, upstream } => {
                 add("Warning", format!("399 sipadmit \"{detail}\""));
                 if *upstream {
@@ -418,6 +430,9 @@ impl Core {
         extra
     }
 }
+
+/// Why a draining instance refuses new requests (its Warning and log).
+const DRAINING: &str = "draining: this instance is stopping; use another";
 
 /// Whether a response can be formed: it copies Via, From, To, Call-ID and
 /// CSeq (RFC 3261 8.2.6); it goes back to the source address, so they only

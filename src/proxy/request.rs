@@ -126,6 +126,7 @@ impl Core {
         let routing = match self
             .validate(&ctx)
             .and_then(|()| self.health(&ctx))
+            .and_then(|()| self.drain_gate(&ctx))
             .and_then(|()| self.route(&ctx))
         {
             Ok(routing) => routing,
@@ -190,6 +191,21 @@ impl Core {
             }
         }
         Ok(())
+    }
+
+    /// While the instance drains, a client's new request (outside a
+    /// dialog; ACK and CANCEL belong to transactions under way) is refused
+    /// so that it goes to another instance; requests in dialogs and from
+    /// the registrar keep flowing.
+    fn drain_gate<'m>(&self, ctx: &RequestCtx<'m>) -> Result<(), Halt<'m>> {
+        if !self.is_draining()
+            || ctx.inbound.from_upstream
+            || matches!(ctx.method, Method::Ack | Method::Cancel)
+            || ctx.view.to().ok().and_then(|t| t.tag()).is_some()
+        {
+            return Ok(());
+        }
+        Err(Refusal::Draining.into())
     }
 
     // === phase 2: route ===

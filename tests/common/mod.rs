@@ -40,6 +40,7 @@ pub struct TestProxy {
     reloads: Option<tokio::sync::mpsc::Sender<()>>,
     log: DecisionLog,
     shutdown: CancellationToken,
+    drain: CancellationToken,
     thread: Option<std::thread::JoinHandle<Arc<Metrics>>>,
     _dir: tempfile::TempDir,
 }
@@ -141,6 +142,11 @@ impl TestProxy {
         let (addr_tx, addr_rx) = std::sync::mpsc::channel();
         let shutdown = CancellationToken::new();
         let stop = shutdown.clone();
+        let drain = CancellationToken::new();
+        let control = app::Control {
+            reloads,
+            drain: Some(drain.clone()),
+        };
         let (log, writer) = DecisionLog::open(&decision_log.display().to_string()).unwrap();
         let serve_log = log.clone();
         let thread = std::thread::spawn(move || {
@@ -154,7 +160,7 @@ impl TestProxy {
                 addr_tx
                     .send((bound.addresses(), bound.admin_address()))
                     .unwrap();
-                app::serve_reloading(config, bound, serve_log, stop, reloads)
+                app::serve_reloading(config, bound, serve_log, stop, control)
                     .await
                     .unwrap()
             });
@@ -176,6 +182,7 @@ impl TestProxy {
             reloads: None,
             log,
             shutdown,
+            drain,
             thread: Some(thread),
             _dir: dir,
         }
@@ -234,6 +241,21 @@ impl TestProxy {
 }
 
 impl TestProxy {
+    /// Start a drain, as the first SIGTERM does.
+    pub fn start_drain(&self) {
+        self.drain.cancel();
+    }
+
+    /// Whether the instance stopped serving by itself within `bound`.
+    pub fn stopped_within(&self, bound: Duration) -> bool {
+        let deadline = Instant::now() + bound;
+        let finished = || self.thread.as_ref().is_some_and(|t| t.is_finished());
+        while !finished() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        finished()
+    }
+
     /// Stop serving and return the counters of the run.
     pub fn stop(mut self) -> Arc<Metrics> {
         self.shutdown.cancel();
