@@ -314,18 +314,7 @@ pub async fn serve_reloading(
     metrics.worker_events.set_started(bound.siblings.len() + 1);
     let settings = config.settings.clone();
     let mode = config.runtime.policy.mode;
-    let admission = Arc::new(Admission::new(
-        settings.rate_limit.clone(),
-        settings.upstream_sources.clone(),
-        metrics.clone(),
-    ));
-    let reloader = Reloader {
-        path: config.path.clone(),
-        overrides: config.overrides.clone(),
-        running: settings.clone(),
-        admission: admission.clone(),
-        tls: tls_contexts.clone(),
-    };
+    let (admission, reloader) = admission_and_reloader(&config, &tls_contexts, &metrics);
     let boot = BootId::random();
     let core = Arc::new(Core::new(
         config,
@@ -353,43 +342,28 @@ pub async fn serve_reloading(
         };
         tasks.spawn(admin::serve(listener, state));
     }
-    if let Some(reloads) = control.reloads {
-        tasks.spawn(reloader.run(reloads, core.clone(), metrics.clone(), shutdown.clone()));
-    }
-    if let Some(requested) = control.drain {
-        let queue = ctx.upstream_queue.clone();
-        let limit = settings.limits.drain;
-        tasks.spawn(drain::run(
-            requested,
-            core.clone(),
-            queue,
-            limit,
-            shutdown.clone(),
-        ));
-    }
+    spawn_control(
+        &mut tasks, control, reloader, &core, &metrics, &ctx, &shutdown,
+    );
     dispatch::spawn_chores(core.clone(), udp_inodes(&bound), shutdown.clone());
     let probes = settings
         .upstream_probe
         .map(|every| (every, upstream, listeners.upstream_local));
     let dispatcher = Dispatcher::new(core, senders, decision_log.clone(), admission, probes);
-    let start = workers::Start {
-        ctx: (*ctx).clone(),
-        settings: settings.clone(),
-        tls_contexts: tls_contexts.clone(),
-        udp_locals: listeners.udp.iter().map(|l| l.local).collect(),
-        stream_locals: listeners.streams.iter().map(|(t, _, a)| (*t, *a)).collect(),
-        shutdown: shutdown.clone(),
-    };
-    let siblings = spawn_siblings(std::mem::take(&mut bound.siblings), &dispatcher, &start);
-    let first = Listeners {
-        udp: std::mem::take(&mut listeners.udp),
-        streams: std::mem::take(&mut listeners.streams),
-    };
+    let (first, siblings) = start_workers(
+        &mut bound,
+        &mut listeners,
+        &settings,
+        &ctx,
+        &tls_contexts,
+        &dispatcher,
+        &shutdown,
+    );
     workers::serve(
         first,
         ctx,
         events,
-        &settings,
+        settings.tls.handshake_timeout,
         &tls_contexts,
         dispatcher,
         shutdown.clone(),
@@ -403,6 +377,85 @@ pub async fn serve_reloading(
     let dropped = decision_log.dropped();
     info!(counters = %metrics.summary(), decision_records_dropped = dropped, "stopped");
     Ok(metrics)
+}
+
+/// The admission (rate limits and bans) of `config`, and the reloader
+/// that applies reloads of its file to it and to the TLS contexts.
+fn admission_and_reloader(
+    config: &Config,
+    tls_contexts: &TlsContexts,
+    metrics: &Arc<Metrics>,
+) -> (Arc<Admission>, Reloader) {
+    let settings = &config.settings;
+    let admission = Arc::new(Admission::new(
+        settings.rate_limit.clone(),
+        settings.upstream_sources.clone(),
+        metrics.clone(),
+    ));
+    let reloader = Reloader {
+        path: config.path.clone(),
+        overrides: config.overrides.clone(),
+        running: settings.clone(),
+        admission: admission.clone(),
+        tls: tls_contexts.clone(),
+    };
+    (admission, reloader)
+}
+
+/// Start what `control` asks for: the reloader, the drain.
+fn spawn_control(
+    tasks: &mut JoinSet<()>,
+    control: Control,
+    reloader: Reloader,
+    core: &Arc<Core>,
+    metrics: &Arc<Metrics>,
+    ctx: &TransportContext,
+    shutdown: &CancellationToken,
+) {
+    let limit = reloader.running.limits.drain;
+    if let Some(reloads) = control.reloads {
+        tasks.spawn(reloader.run(reloads, core.clone(), metrics.clone(), shutdown.clone()));
+    }
+    if let Some(requested) = control.drain {
+        let queue = ctx.upstream_queue.clone();
+        tasks.spawn(drain::run(
+            requested,
+            core.clone(),
+            queue,
+            limit,
+            shutdown.clone(),
+        ));
+    }
+}
+
+/// Start the workers beyond the first (each a thread, with a sibling of
+/// `dispatcher`); what the first serves, and the others' threads.
+fn start_workers(
+    bound: &mut Bound,
+    listeners: &mut Advertised,
+    settings: &Settings,
+    ctx: &TransportContext,
+    tls_contexts: &TlsContexts,
+    dispatcher: &Dispatcher,
+    shutdown: &CancellationToken,
+) -> (
+    Listeners,
+    Result<Vec<std::thread::JoinHandle<()>>, AppError>,
+) {
+    let start = workers::Start {
+        ctx: ctx.clone(),
+        handshake_timeout: settings.tls.handshake_timeout,
+        tls_contexts: tls_contexts.clone(),
+        udp_locals: listeners.udp.iter().map(|l| l.local).collect(),
+        stream_locals: listeners.streams.iter().map(|(t, _, a)| (*t, *a)).collect(),
+        shutdown: shutdown.clone(),
+    };
+    let siblings = spawn_siblings(std::mem::take(&mut bound.siblings), dispatcher, &start);
+    let first = Listeners {
+        udp: std::mem::take(&mut listeners.udp),
+        streams: std::mem::take(&mut listeners.streams),
+    };
+    (first, siblings)
 }
 
 /// The inodes of every worker's UDP sockets (for the kernel's drop

@@ -16,6 +16,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::mpsc;
@@ -23,7 +24,6 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
-use crate::config::Settings;
 use crate::dispatch::Dispatcher;
 use crate::transport::stream::{self, Listener};
 use crate::transport::tls::{self, TlsContexts, TlsListener};
@@ -59,8 +59,9 @@ pub struct Listeners {
 pub struct Start {
     /// The first worker's transport context (its events are replaced).
     pub ctx: TransportContext,
-    /// Limits and the TLS handshake deadline of the listeners.
-    pub settings: Settings,
+    /// The TLS handshake deadline of `tls:` listeners
+    /// (`tls.handshake_timeout_secs`).
+    pub handshake_timeout: Duration,
     /// The TLS acceptor of `tls:` listeners.
     pub tls_contexts: TlsContexts,
     /// The addresses the first worker's UDP listeners are advertised at,
@@ -82,7 +83,7 @@ pub fn spawn(
     start: &Start,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     let ctx = start.ctx.clone();
-    let settings = start.settings.clone();
+    let handshake_timeout = start.handshake_timeout;
     let tls_contexts = start.tls_contexts.clone();
     let udp_locals = start.udp_locals.clone();
     let stream_locals = start.stream_locals.clone();
@@ -107,7 +108,7 @@ pub fn spawn(
                     events: events_tx,
                     ..ctx
                 });
-                serve(listeners, ctx, events, &settings, &tls_contexts, dispatcher, shutdown).await;
+                serve(listeners, ctx, events, handshake_timeout, &tls_contexts, dispatcher, shutdown).await;
             });
         })
 }
@@ -148,7 +149,7 @@ pub async fn serve(
     listeners: Listeners,
     ctx: Arc<TransportContext>,
     events: mpsc::Receiver<Event>,
-    settings: &Settings,
+    handshake_timeout: Duration,
     tls_contexts: &TlsContexts,
     dispatcher: Dispatcher,
     shutdown: CancellationToken,
@@ -159,7 +160,7 @@ pub async fn serve(
         &listeners.udp,
         listeners.streams,
         &ctx,
-        settings,
+        handshake_timeout,
         tls_contexts,
     );
     drop(ctx);
@@ -179,13 +180,13 @@ fn spawn_listeners(
     udp_listeners: &[UdpListener],
     streams: Vec<(Transport, TcpListener, SocketAddr)>,
     ctx: &Arc<TransportContext>,
-    settings: &Settings,
+    handshake_timeout: Duration,
     tls_contexts: &TlsContexts,
 ) {
     for listener in udp_listeners {
         tasks.spawn(udp::serve(listener.clone(), ctx.clone()));
     }
-    let deadline = settings.limits.message_deadline;
+    let deadline = ctx.limits.message_deadline;
     for (transport, listener, local) in streams {
         let at = Listener { transport, local };
         let metrics = ctx.metrics.clone();
@@ -199,7 +200,7 @@ fn spawn_listeners(
                     error!(%local, "tls: listener without a TLS acceptor: not served");
                     continue;
                 };
-                let handshake_deadline = settings.tls.handshake_timeout.min(deadline);
+                let handshake_deadline = handshake_timeout.min(deadline);
                 let handshake = TlsListener::new(server, handshake_deadline, metrics);
                 let open = move |tcp| {
                     let handshake = handshake.clone();
