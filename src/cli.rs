@@ -1,4 +1,5 @@
-//! Command line (clap): `run`, `check-config`, `classify`, `report`.
+//! Command line (clap): `run`, `check-config`, `classify`, `report`,
+//! `catalog import-cvp`, `probe`.
 
 use std::path::PathBuf;
 
@@ -39,6 +40,35 @@ pub enum Command {
     },
     /// Summarise decision logs (files, .gz files, or stdin when none is named).
     Report(ReportArgs),
+    /// Work with the client catalog.
+    Catalog {
+        /// What to do with it.
+        #[command(subcommand)]
+        command: CatalogCommand,
+    },
+}
+
+/// `sipadmit catalog` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum CatalogCommand {
+    /// Print catalog entries that match the clients of a Lync / Skype for
+    /// Business client version policy, with its precedence (export:
+    /// `Get-CsClientVersionPolicyRule | Export-Csv` or `| ConvertTo-Json`);
+    /// what the catalog cannot express is named on stderr and in the output.
+    ImportCvp(ImportCvpArgs),
+}
+
+/// `sipadmit catalog import-cvp` arguments.
+#[derive(Debug, clap::Args)]
+pub struct ImportCvpArgs {
+    /// The policy whose rules to import, when the export holds several:
+    /// the part of the rules' Identity before the `/`, e.g. `Global` or
+    /// `site:Redmond` (case-insensitive).
+    #[arg(long, value_name = "SCOPE")]
+    pub scope: Option<String>,
+    /// The export (JSON or CSV, UTF-8 or UTF-16); `-` reads stdin.
+    #[arg(value_name = "FILE")]
+    pub file: PathBuf,
 }
 
 /// `sipadmit report` arguments.

@@ -9,6 +9,7 @@ pub mod admin;
 pub mod app;
 pub mod classify;
 pub mod cli;
+pub mod client_version_policy;
 pub mod config;
 pub mod dispatch;
 pub mod expiring;

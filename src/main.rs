@@ -97,7 +97,50 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Report(args) => report(args),
+        Command::Catalog {
+            command: cli::CatalogCommand::ImportCvp(args),
+        } => import_cvp(&args),
     }
+}
+
+/// `sipadmit catalog import-cvp`: entries on stdout, every note on stderr.
+fn import_cvp(args: &cli::ImportCvpArgs) -> anyhow::Result<ExitCode> {
+    use sipadmit::client_version_policy::{self as cvp, ClientVersionPolicy};
+    let (bytes, name) = if args.file.as_os_str() == "-" {
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::stdin().lock(), &mut bytes)
+            .context("reading the export from stdin")?;
+        (bytes, "-".to_owned())
+    } else {
+        let bytes =
+            std::fs::read(&args.file).with_context(|| format!("{}", args.file.display()))?;
+        (bytes, args.file.display().to_string())
+    };
+    let rules = cvp::read_rules(&bytes).with_context(|| name.clone())?;
+    let policy =
+        ClientVersionPolicy::new(rules, args.scope.as_deref()).with_context(|| name.clone())?;
+    let import = cvp::translate(&policy, &name);
+    let mut out = std::io::stdout().lock();
+    out.write_all(import.toml.as_bytes())
+        .and_then(|()| out.flush())
+        .context("writing the catalog entries")?;
+    let mut err = std::io::stderr().lock();
+    for note in &import.notes {
+        writeln!(err, "sipadmit: {name}: {note}")?;
+    }
+    writeln!(
+        err,
+        "sipadmit: {name}: note: {}",
+        cvp::translate::MAPPING_NOTE
+    )?;
+    writeln!(
+        err,
+        "sipadmit: {name}: {} rules, {} imported, {} not imported",
+        policy.rules.len(),
+        import.imported,
+        import.not_imported
+    )?;
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `sipadmit report`: read every log into one tally, then print or write it.
