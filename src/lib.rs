@@ -15,6 +15,7 @@ pub mod dispatch;
 pub mod expiring;
 pub mod observe;
 pub mod policy;
+pub mod probe;
 pub mod problem;
 pub mod proxy;
 pub mod reload;

@@ -97,10 +97,56 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Report(args) => report(args),
+        Command::Probe(args) => probe(&args),
         Command::Catalog {
             command: cli::CatalogCommand::ImportCvp(args),
         } => import_cvp(&args),
     }
+}
+
+/// `sipadmit probe`: one request, its answer on stdout; exit 0 when it
+/// answered as expected, 1 (with the reason on stderr) otherwise.
+fn probe(args: &cli::ProbeArgs) -> anyhow::Result<ExitCode> {
+    use sipadmit::probe::{self, Outcome, ProbeRequest, TlsOptions};
+    let target = args.target;
+    let host = match target.addr {
+        std::net::SocketAddr::V4(a) => a.to_string(),
+        std::net::SocketAddr::V6(a) => format!("[{}]:{}", a.ip(), a.port()),
+    };
+    let request = ProbeRequest::new(
+        args.method.into(),
+        &host,
+        args.to.as_deref(),
+        args.from.as_deref(),
+        args.ua.as_deref(),
+        args.expires,
+        rand::random(),
+    )?;
+    let tls = TlsOptions {
+        ca: args.ca.clone(),
+        server_name: args.tls_name.clone(),
+        identity: args.cert.clone().zip(args.key.clone()),
+    };
+    let outcome = Outcome {
+        target,
+        method: request.method,
+        user_agent: request.user_agent.clone(),
+        answer: probe::exchange(target, &tls, &request, args.timeout).map_err(|e| e.to_string()),
+        expected: args.expect,
+    };
+    let report = if args.json {
+        format!("{}\n", outcome.json())
+    } else {
+        outcome.text()
+    };
+    std::io::stdout().lock().write_all(report.as_bytes())?;
+    Ok(match outcome.failure() {
+        None => ExitCode::SUCCESS,
+        Some(reason) => {
+            eprintln!("sipadmit: probe: {reason}");
+            ExitCode::FAILURE
+        }
+    })
 }
 
 /// `sipadmit catalog import-cvp`: entries on stdout, every note on stderr.
