@@ -67,35 +67,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             config,
             json,
             user_agents,
-        } => {
-            let catalog = match config {
-                Some(path) => Config::load(&path, &Overrides::default())?.runtime.catalog,
-                None => Catalog::from_toml_str(SHIPPED_CATALOG).context("built-in catalog")?,
-            };
-            let inputs: Vec<String> = if user_agents.is_empty() {
-                std::io::stdin()
-                    .lock()
-                    .lines()
-                    .collect::<Result<_, _>>()
-                    .context("reading User-Agents from stdin")?
-            } else {
-                user_agents
-            };
-            let mut out = std::io::stdout().lock();
-            if json {
-                for ua in &inputs {
-                    let c = catalog.classify(Some(ua.as_bytes()));
-                    writeln!(out, "{}", cli::classification_json(ua, &c))?;
-                }
-            } else {
-                let rows: Vec<_> = inputs
-                    .iter()
-                    .map(|ua| cli::classification_row(ua, &catalog.classify(Some(ua.as_bytes()))))
-                    .collect();
-                out.write_all(cli::render_table(&rows).as_bytes())?;
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+        } => classify(config, json, user_agents),
         Command::Report(args) => report(args),
         Command::Probe(args) => probe(&args),
         Command::Catalog {
@@ -186,6 +158,41 @@ fn import_cvp(args: &cli::ImportCvpArgs) -> anyhow::Result<ExitCode> {
         import.imported,
         import.not_imported
     )?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `sipadmit classify`: a table, or one JSON object per User-Agent.
+fn classify(
+    config: Option<std::path::PathBuf>,
+    json: bool,
+    user_agents: Vec<String>,
+) -> anyhow::Result<ExitCode> {
+    let catalog = match config {
+        Some(path) => Config::load(&path, &Overrides::default())?.runtime.catalog,
+        None => Catalog::from_toml_str(SHIPPED_CATALOG).context("built-in catalog")?,
+    };
+    let inputs: Vec<String> = if user_agents.is_empty() {
+        std::io::stdin()
+            .lock()
+            .lines()
+            .collect::<Result<_, _>>()
+            .context("reading User-Agents from stdin")?
+    } else {
+        user_agents
+    };
+    let mut out = std::io::stdout().lock();
+    if json {
+        for ua in &inputs {
+            let c = catalog.classify(Some(ua.as_bytes()));
+            writeln!(out, "{}", cli::classification_json(ua, &c))?;
+        }
+    } else {
+        let rows: Vec<_> = inputs
+            .iter()
+            .map(|ua| cli::classification_row(ua, &catalog.classify(Some(ua.as_bytes()))))
+            .collect();
+        out.write_all(cli::render_table(&rows).as_bytes())?;
+    }
     Ok(ExitCode::SUCCESS)
 }
 
