@@ -34,15 +34,11 @@ use crate::proxy::flow::FlowSigner;
 use crate::proxy::Core;
 use crate::reload::Reloader;
 use crate::transport::admission::Admission;
-use crate::transport::stream::{self, Listener};
-use crate::transport::tls::{self, TlsContexts, TlsError, TlsListener};
+use crate::transport::tls::{TlsContexts, TlsError};
 use crate::transport::upstream::{LinkSettings, QueueBudget, UpstreamLink};
 use crate::transport::{udp, BootId, Connections, Senders, TransportContext, UdpListener};
 use crate::transport::{Event, Transport, UpstreamSender};
-
-/// Events (inbound messages, undelivered ones) queued between the
-/// transports and the dispatcher.
-const EVENT_QUEUE: usize = 4096;
+use crate::workers::{self, Listeners, WorkerSockets, EVENT_QUEUE};
 
 /// Why the filter could not start.
 #[derive(Debug, thiserror::Error)]
@@ -81,17 +77,24 @@ pub enum AppError {
     /// A `[tls]` file or setting OpenSSL cannot use.
     #[error(transparent)]
     Tls(#[from] TlsError),
+    /// A worker thread (`proxy.workers`) could not be started.
+    #[error("cannot start a worker thread (proxy.workers)")]
+    Worker(#[source] std::io::Error),
 }
 
 /// Sockets bound for the listeners, and the TLS contexts they need.
 #[derive(Debug)]
 pub struct Bound {
-    /// UDP sockets.
+    /// The first worker's UDP sockets.
     pub udp: Vec<Arc<UdpSocket>>,
-    /// TCP listeners.
+    /// The first worker's TCP listeners.
     pub tcp: Vec<TcpListener>,
-    /// `tls:` listeners (TCP sockets; the handshake runs per connection).
+    /// The first worker's `tls:` listeners (TCP sockets; the handshake
+    /// runs per connection).
     pub tls: Vec<TcpListener>,
+    /// The other workers' sockets (`proxy.workers` - 1 of them): on the
+    /// same addresses, one per listener each.
+    pub siblings: Vec<WorkerSockets>,
     /// The TLS acceptor of the `tls:` listeners and the connector of a
     /// `tls:` upstream, built (files read) before anything is served.
     pub tls_contexts: TlsContexts,
@@ -142,31 +145,17 @@ pub async fn bind(config: &Config) -> Result<Bound, AppError> {
         udp: Vec::new(),
         tcp: Vec::new(),
         tls: Vec::new(),
+        siblings: (1..settings.workers)
+            .map(|_| WorkerSockets::default())
+            .collect(),
         tls_contexts,
         admin: None,
     };
     for endpoint in &settings.listen {
-        let err = |source| AppError::Bind {
+        bind_listener(&mut bound, endpoint, settings).map_err(|source| AppError::Bind {
             endpoint: *endpoint,
             source,
-        };
-        let limits = &config.settings.limits;
-        match endpoint.transport {
-            Transport::Udp => bound.udp.push(Arc::new(
-                udp::bind(
-                    endpoint.addr,
-                    limits.udp_receive_buffer_bytes,
-                    limits.udp_send_buffer_bytes,
-                )
-                .map_err(err)?,
-            )),
-            Transport::Tcp => bound
-                .tcp
-                .push(stream_listener(endpoint.addr, limits.listen_backlog).map_err(err)?),
-            Transport::Tls => bound
-                .tls
-                .push(stream_listener(endpoint.addr, limits.listen_backlog).map_err(err)?),
-        }
+        })?;
     }
     let backlog = settings.limits.listen_backlog;
     if let Some(somaxconn) = somaxconn().filter(|max| backlog > *max) {
@@ -188,6 +177,50 @@ pub async fn bind(config: &Config) -> Result<Bound, AppError> {
     Ok(bound)
 }
 
+/// Bind one listener: a socket for each worker, the first worker's on
+/// this runtime.
+fn bind_listener(
+    bound: &mut Bound,
+    endpoint: &Endpoint,
+    settings: &Settings,
+) -> std::io::Result<()> {
+    let limits = &settings.limits;
+    let (workers, addr) = (settings.workers, endpoint.addr);
+    if endpoint.transport == Transport::Udp {
+        let mut group = udp::bind(
+            addr,
+            workers,
+            limits.udp_receive_buffer_bytes,
+            limits.udp_send_buffer_bytes,
+        )?
+        .into_iter();
+        let first = group.next().ok_or_else(no_socket)?;
+        bound.udp.push(Arc::new(UdpSocket::from_std(first)?));
+        for (sibling, socket) in bound.siblings.iter_mut().zip(group) {
+            sibling.udp.push(socket);
+        }
+        return Ok(());
+    }
+    let mut group = stream_listener(addr, limits.listen_backlog, workers)?.into_iter();
+    let first = TcpListener::from_std(group.next().ok_or_else(no_socket)?)?;
+    let tls = endpoint.transport == Transport::Tls;
+    if tls { &mut bound.tls } else { &mut bound.tcp }.push(first);
+    for (sibling, listener) in bound.siblings.iter_mut().zip(group) {
+        if tls {
+            &mut sibling.tls
+        } else {
+            &mut sibling.tcp
+        }
+        .push(listener);
+    }
+    Ok(())
+}
+
+/// A bind that gave no socket (never: a group has at least one).
+fn no_socket() -> std::io::Error {
+    std::io::Error::other("no socket bound")
+}
+
 /// The kernel's cap on accept queues (`net.core.somaxconn`), where it can
 /// be read.
 fn somaxconn() -> Option<u32> {
@@ -198,18 +231,27 @@ fn somaxconn() -> Option<u32> {
         .ok()
 }
 
-/// A TCP listener (for `tcp:` and `tls:`) with an accept queue of
-/// `backlog` connections (`limits.listen_backlog`; the kernel caps it at
+/// A TCP listener (for `tcp:` and `tls:`) per worker (see
+/// [`crate::transport::spread`]), each with an accept queue of `backlog`
+/// connections (`limits.listen_backlog`; the kernel caps it at
 /// `net.core.somaxconn`): a reconnect storm of thousands of clients waits
 /// in it instead of having its SYNs dropped and retried seconds later.
-fn stream_listener(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
-    let socket = match addr {
-        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
-        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
-    };
-    socket.set_reuseaddr(true)?;
-    socket.bind(addr)?;
-    socket.listen(backlog)
+fn stream_listener(
+    addr: SocketAddr,
+    backlog: u32,
+    workers: usize,
+) -> std::io::Result<Vec<std::net::TcpListener>> {
+    let reuse_address = |socket: &socket2::Socket| socket.set_reuse_address(true);
+    let group =
+        crate::transport::spread::bind_group(addr, socket2::Type::STREAM, workers, &reuse_address)?;
+    let backlog = i32::try_from(backlog).unwrap_or(i32::MAX);
+    group
+        .into_iter()
+        .map(|socket| {
+            socket.listen(backlog)?;
+            Ok(socket.into())
+        })
+        .collect()
 }
 
 /// The address to advertise for a listener: its own, or, when bound to the
@@ -255,6 +297,7 @@ pub async fn serve_reloading(
     let tls_contexts = bound.tls_contexts.clone();
     let mut listeners = Advertised::of(&mut bound, upstream)?;
     let metrics = Arc::new(Metrics::default());
+    metrics.worker_events.set_started(bound.siblings.len() + 1);
     let settings = config.settings.clone();
     let mode = config.runtime.policy.mode;
     let admission = Arc::new(Admission::new(
@@ -280,18 +323,7 @@ pub async fn serve_reloading(
     let (events_tx, events) = mpsc::channel::<Event>(EVENT_QUEUE);
     let ctx = transport_context(&settings, events_tx, &metrics, &admission, &shutdown);
     let senders = senders(&settings, &listeners, &ctx, &tls_contexts);
-    let upstream_queue = ctx.upstream_queue.clone();
     let mut tasks = JoinSet::new();
-    let streams = std::mem::take(&mut listeners.streams);
-    spawn_listeners(
-        &mut tasks,
-        &listeners.udp,
-        streams,
-        &ctx,
-        &settings,
-        &tls_contexts,
-    );
-    drop(ctx);
     log_listening(&listeners.addresses, upstream, mode, boot);
     if let Some(listener) = bound.admin.take() {
         let state = AdminState {
@@ -303,7 +335,7 @@ pub async fn serve_reloading(
             upstream_tls: tls_contexts.upstream.as_ref().map(|(c, _)| c.clone()),
             listeners: listeners.addresses.clone(),
             admission: admission.clone(),
-            upstream_queue,
+            upstream_queue: ctx.upstream_queue.clone(),
             probing: settings.upstream_probe.is_some(),
             shutdown: shutdown.clone(),
         };
@@ -312,16 +344,85 @@ pub async fn serve_reloading(
     if let Some(reloads) = reloads {
         tasks.spawn(reloader.run(reloads, core.clone(), metrics.clone(), shutdown.clone()));
     }
-    dispatch::spawn_chores(core.clone(), bound.udp.clone(), shutdown.clone());
+    dispatch::spawn_chores(core.clone(), udp_inodes(&bound), shutdown.clone());
     let probes = settings
         .upstream_probe
         .map(|every| (every, upstream, listeners.upstream_local));
     let dispatcher = Dispatcher::new(core, senders, decision_log.clone(), admission, probes);
-    dispatcher.run(events, shutdown).await;
+    let start = workers::Start {
+        ctx: (*ctx).clone(),
+        settings: settings.clone(),
+        tls_contexts: tls_contexts.clone(),
+        udp_locals: listeners.udp.iter().map(|l| l.local).collect(),
+        stream_locals: listeners.streams.iter().map(|(t, _, a)| (*t, *a)).collect(),
+        shutdown: shutdown.clone(),
+    };
+    let siblings = spawn_siblings(std::mem::take(&mut bound.siblings), &dispatcher, &start);
+    let first = Listeners {
+        udp: std::mem::take(&mut listeners.udp),
+        streams: std::mem::take(&mut listeners.streams),
+    };
+    workers::serve(
+        first,
+        ctx,
+        events,
+        &settings,
+        &tls_contexts,
+        dispatcher,
+        shutdown.clone(),
+    )
+    .await;
+    // The first worker stops on `shutdown`, or when every one of its
+    // transports is gone: either way the others stop with it.
+    shutdown.cancel();
+    join_siblings(siblings?).await;
     tasks.shutdown().await;
     let dropped = decision_log.dropped();
     info!(counters = %metrics.summary(), decision_records_dropped = dropped, "stopped");
     Ok(metrics)
+}
+
+/// The inodes of every worker's UDP sockets (for the kernel's drop
+/// counters).
+fn udp_inodes(bound: &Bound) -> Vec<u64> {
+    let first = bound
+        .udp
+        .iter()
+        .filter_map(|s| udp::socket_inode(s.as_ref()));
+    let others = bound.siblings.iter().flat_map(|w| &w.udp);
+    first.chain(others.filter_map(udp::socket_inode)).collect()
+}
+
+/// Start the workers beyond the first, each with a sibling of
+/// `dispatcher`.
+fn spawn_siblings(
+    siblings: Vec<WorkerSockets>,
+    dispatcher: &Dispatcher,
+    start: &workers::Start,
+) -> Result<Vec<std::thread::JoinHandle<()>>, AppError> {
+    siblings
+        .into_iter()
+        .enumerate()
+        .map(|(i, sockets)| {
+            workers::spawn(i + 1, sockets, dispatcher.sibling(i + 1), start)
+                .map_err(AppError::Worker)
+        })
+        .collect()
+}
+
+/// Wait for the workers beyond the first to stop (off this runtime's
+/// thread).
+async fn join_siblings(siblings: Vec<std::thread::JoinHandle<()>>) {
+    let joined = tokio::task::spawn_blocking(move || {
+        siblings
+            .into_iter()
+            .filter_map(|worker| worker.join().err())
+            .count()
+    })
+    .await;
+    if !matches!(joined, Ok(0)) {
+        warn!("a worker thread ended with a panic");
+    }
 }
 
 /// One `listening` line per listener (operators' scripts wait for them).
@@ -473,48 +574,6 @@ fn senders(
         connections: ctx.connections.clone(),
         udp_upstream_health: settings.upstream_probe.map(|_| ctx.metrics.clone()),
         upstream: upstream_sender,
-    }
-}
-
-/// Start the UDP receive loops and the stream accept loops. Each stream
-/// listener's open step is chosen here: `tcp:` refuses a TLS ClientHello
-/// (the first byte due within the message deadline), `tls:` runs the
-/// handshake (bounded like a message) in the connection's task and slot.
-fn spawn_listeners(
-    tasks: &mut JoinSet<()>,
-    udp_listeners: &[UdpListener],
-    streams: Vec<(Transport, TcpListener, SocketAddr)>,
-    ctx: &Arc<TransportContext>,
-    settings: &Settings,
-    tls_contexts: &TlsContexts,
-) {
-    for listener in udp_listeners {
-        tasks.spawn(udp::serve(listener.clone(), ctx.clone()));
-    }
-    let deadline = settings.limits.message_deadline;
-    for (transport, listener, local) in streams {
-        let at = Listener { transport, local };
-        let metrics = ctx.metrics.clone();
-        match transport {
-            Transport::Tcp => {
-                let open = move |tcp| tls::refuse_tls_client_hello(tcp, deadline, metrics.clone());
-                tasks.spawn(stream::accept(listener, at, ctx.clone(), open));
-            }
-            Transport::Tls => {
-                let server = tls_contexts
-                    .server
-                    .clone()
-                    .expect("bind builds the acceptor when a tls: listener is configured");
-                let handshake_deadline = settings.tls.handshake_timeout.min(deadline);
-                let handshake = TlsListener::new(server, handshake_deadline, metrics);
-                let open = move |tcp| {
-                    let handshake = handshake.clone();
-                    async move { handshake.open(tcp).await }
-                };
-                tasks.spawn(stream::accept(listener, at, ctx.clone(), open));
-            }
-            Transport::Udp => unreachable!("stream listeners are TCP or TLS"),
-        }
     }
 }
 

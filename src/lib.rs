@@ -23,3 +23,4 @@ pub mod report;
 pub mod sip;
 pub mod transport;
 pub mod vocabulary;
+pub mod workers;

@@ -54,12 +54,18 @@ fn settings_hold_the_restart_keys_and_runtime_the_swappable_ones() {
         decision_log,
         flow_secret,
         upstream_probe,
+        workers,
         limits,
         tls,
         rate_limit,
         admin,
         admin_allow_remote,
     } = &c.settings;
+    // Not set in the shipped file: one per core.
+    assert_eq!(
+        *workers,
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    );
     assert_eq!(listen.len(), 2);
     assert_eq!(upstream.unwrap().to_string(), "udp:127.0.0.1:5070");
     assert!(upstream_sources.matches("127.0.0.1:5070".parse().unwrap()));
@@ -137,6 +143,83 @@ fn every_key_is_documented_in_the_shipped_config() {
         }
     }
     assert!(checked >= 40, "{checked}");
+}
+
+/// docs/configuration.md, the configuration reference, names every key
+/// the reader knows, in the part of the page headed by the key's section
+/// (`### `[section]``; the `[policy.<role>]` keys under `[policy]`'s).
+#[test]
+fn every_key_is_in_the_configuration_reference() {
+    let page = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/configuration.md"),
+    )
+    .unwrap();
+    let part = |section: &str| -> &str {
+        let heading = format!("\n### `[{section}]`");
+        let start = page
+            .find(&heading)
+            .unwrap_or_else(|| panic!("no {heading:?} heading in docs/configuration.md"));
+        let rest = &page[start + heading.len()..];
+        &rest[..rest.find("\n#").unwrap_or(rest.len())]
+    };
+    let roles = ["caller", "agent_offer", "agent_registration"];
+    let mut checked = 0;
+    for section in [
+        "proxy",
+        "limits",
+        "rate_limit",
+        "catalog",
+        "response_group",
+        "policy",
+        "tls",
+        "admin",
+    ]
+    .into_iter()
+    .map(str::to_owned)
+    .chain(roles.iter().map(|r| format!("policy.{r}")))
+    {
+        let text = part(section.split('.').next().unwrap());
+        for key in known_keys(&section) {
+            if section == "policy" && roles.contains(&key.as_str()) {
+                continue;
+            }
+            assert!(
+                text.contains(&format!("`{key}`")),
+                "{section}.{key} is not in docs/configuration.md under [{section}]"
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 50, "{checked}");
+}
+
+/// The README's minimal configuration (the TOML block after its marker)
+/// loads as it stands, and says what the README says it does.
+#[test]
+fn the_readme_minimal_configuration_loads() {
+    const MARKER: &str = "<!-- minimal-config: tests/config_files.rs loads this block -->";
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    let block = readme
+        .split_once(MARKER)
+        .unwrap_or_else(|| panic!("no {MARKER} in README.md"))
+        .1
+        .split_once("```toml\n")
+        .and_then(|(_, rest)| rest.split_once("```"))
+        .expect("a ```toml block after the marker")
+        .0;
+    let c = load_str(block).unwrap_or_else(|e| panic!("{e}\n{block}"));
+    let names: Vec<String> = c.settings.listen.iter().map(ToString::to_string).collect();
+    assert_eq!(names, ["udp:192.0.2.10:5060", "tcp:192.0.2.10:5060"]);
+    assert_eq!(
+        c.settings.upstream.unwrap().to_string(),
+        "udp:192.0.2.20:5060"
+    );
+    assert_eq!(c.settings.decision_log, "/var/log/sipadmit/decisions.log");
+    assert!(c.settings.admin.is_some_and(|a| a.ip().is_loopback()));
+    assert_eq!(c.runtime.policy.mode, sipadmit::policy::Mode::Monitor);
+    assert_eq!(c.runtime.sessions.workflows.len(), 1);
+    assert_eq!(c.runtime.catalog_source, "built-in");
 }
 
 #[test]

@@ -1,6 +1,6 @@
 //! Packaging for operators: `config/sipadmit.service` and
 //! `config/sipadmit.logrotate` checked by the tools that read them, a real
-//! logrotate run against a running sipadmit, and the README's Kamailio
+//! logrotate run against a running sipadmit, and the documented Kamailio
 //! snippet checked against the config the end-to-end tests run.
 //!
 //! Needs `systemd-analyze` (Debian `systemd`; it reads unit files offline,
@@ -375,8 +375,11 @@ fn register_all(proxy: SocketAddr, range: std::ops::Range<usize>) {
 }
 
 /// The REGISTER numbers of the records in `text`, each a whole JSON record.
+/// The numbers of the REGISTERs a log holds, in ascending order (several
+/// workers write their records in the order they finish them).
 fn register_numbers(text: &str) -> Vec<usize> {
-    text.lines()
+    let mut numbers: Vec<usize> = text
+        .lines()
         .map(|line| {
             let record: serde_json::Value =
                 serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line:?}"));
@@ -387,7 +390,9 @@ fn register_numbers(text: &str) -> Vec<usize> {
                 .and_then(|v| v.parse().ok())
                 .unwrap_or_else(|| panic!("{call_id}"))
         })
-        .collect()
+        .collect();
+    numbers.sort_unstable();
+    numbers
 }
 
 /// Wait (bounded) until `check` holds.
@@ -519,19 +524,20 @@ fn logrotate_moves_the_log_and_sipadmit_writes_a_new_one() {
     assert_eq!(summary["malformed_lines"], 0, "{summary}");
 }
 
-// === the README ===
+// === the registrar documentation ===
 
-/// The README's Kamailio snippet (the code block after the marker comment)
+/// The Kamailio snippet of docs/registrars/kamailio.md (the code block after
+/// the marker comment)
 /// is the configuration the end-to-end tests run: every line of it is a
 /// line of tests/e2e/kamailio.cfg, in the same order (`...` marks lines left
 /// out; indentation is not compared).
 #[test]
-fn the_readme_kamailio_snippet_is_the_tested_config() {
+fn the_documented_kamailio_snippet_is_the_tested_config() {
     const MARKER: &str = "<!-- snippet: every line is in tests/e2e/kamailio.cfg -->";
-    let readme = read(&repo("README.md"));
-    let after = readme
+    let page = read(&repo("docs/registrars/kamailio.md"));
+    let after = page
         .split_once(MARKER)
-        .unwrap_or_else(|| panic!("no {MARKER} in README.md"))
+        .unwrap_or_else(|| panic!("no {MARKER} in docs/registrars/kamailio.md"))
         .1;
     let block = after
         .split_once("```")
@@ -559,7 +565,7 @@ fn the_readme_kamailio_snippet_is_the_tested_config() {
     for line in &snippet {
         assert!(
             cfg_lines.any(|l| l == *line),
-            "README line {line:?} is not in tests/e2e/kamailio.cfg (in this order)"
+            "docs/registrars/kamailio.md line {line:?} is not in tests/e2e/kamailio.cfg (in this order)"
         );
     }
 }

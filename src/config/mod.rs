@@ -216,6 +216,10 @@ pub struct Settings {
     /// How often sipadmit sends the registrar an OPTIONS (`/readyz` learns
     /// from its answer that the registrar is back); `None`: never.
     pub upstream_probe: Option<Duration>,
+    /// Worker threads (`proxy.workers`; default: one per core the process
+    /// may run on). Each has its own event loop and its own socket on
+    /// every listener (`SO_REUSEPORT`); they share the core's tables.
+    pub workers: usize,
     /// Limits.
     pub limits: Limits,
     /// `[tls]`: certificates, versions and ciphers (defaults when absent).
@@ -257,6 +261,7 @@ impl Settings {
             "proxy.upstream_probe_secs",
             self.upstream_probe != new.upstream_probe,
         );
+        check("proxy.workers", self.workers != new.workers);
         check("limits", self.limits != new.limits);
         check("admin.listen", self.admin != new.admin);
         check(
@@ -442,6 +447,7 @@ fn validate(
                 flow_secret: raw.proxy.flow_secret,
                 upstream_probe: (raw.proxy.upstream_probe_secs > 0)
                     .then(|| Duration::from_secs(raw.proxy.upstream_probe_secs)),
+                workers: raw.proxy.workers.unwrap_or_else(default_workers),
                 limits,
                 tls,
                 rate_limit,
@@ -511,7 +517,7 @@ fn proxy_section(
     }
     let upstream_sources = upstream_sources(raw.upstream_sources.as_deref(), upstream, problem);
     let decision_log = decision_log(&raw.decision_log, overrides, problem);
-    check_flow_secret_and_probe(raw, problem);
+    check_flow_secret_workers_and_probe(raw, problem);
     ProxySection {
         listen,
         first_tls_listener,
@@ -656,9 +662,23 @@ fn decision_log(
     decision_log.value.to_owned()
 }
 
-/// `proxy.flow_secret` (at least 16 characters when set) and
-/// `proxy.upstream_probe_secs` (at most 300).
-fn check_flow_secret_and_probe(raw: &raw::RawProxy, problem: &mut dyn FnMut(String, String)) {
+/// Most worker threads `proxy.workers` may ask for.
+pub const MAX_WORKERS: usize = 256;
+
+/// One worker per core the process may run on (its CPU affinity), at
+/// most [`MAX_WORKERS`].
+fn default_workers() -> usize {
+    std::thread::available_parallelism()
+        .map_or(1, std::num::NonZeroUsize::get)
+        .min(MAX_WORKERS)
+}
+
+/// `proxy.flow_secret` (at least 16 characters when set),
+/// `proxy.workers` (1..=256) and `proxy.upstream_probe_secs` (at most 300).
+fn check_flow_secret_workers_and_probe(
+    raw: &raw::RawProxy,
+    problem: &mut dyn FnMut(String, String),
+) {
     if let Some(secret) = &raw.flow_secret {
         if secret.len() < 16 {
             problem(
@@ -666,6 +686,12 @@ fn check_flow_secret_and_probe(raw: &raw::RawProxy, problem: &mut dyn FnMut(Stri
                 format!("{} characters; at least 16 are needed", secret.len()),
             );
         }
+    }
+    if let Some(workers) = raw.workers.filter(|w| !(1..=MAX_WORKERS).contains(w)) {
+        problem(
+            "proxy.workers".into(),
+            format!("{workers} is not in 1..={MAX_WORKERS} (default: one per core)"),
+        );
     }
     if raw.upstream_probe_secs > 300 {
         problem(

@@ -67,6 +67,10 @@ pub struct RawProxy {
     /// Seconds between the OPTIONS probes sipadmit sends the registrar
     /// (0..=300; 0: none). Default 5.
     pub upstream_probe_secs: u64,
+    /// Worker threads, each with its own event loop and its own sockets
+    /// on every listener (1..=256). Default (`None`): one per core the
+    /// process may run on.
+    pub workers: Option<usize>,
 }
 
 impl Default for RawProxy {
@@ -79,6 +83,7 @@ impl Default for RawProxy {
             decision_log: "-".into(),
             flow_secret: None,
             upstream_probe_secs: 5,
+            workers: None,
         }
     }
 }
@@ -430,6 +435,7 @@ read_by_field_name!(RawProxy {
     decision_log: or_default,
     flow_secret: optional,
     upstream_probe_secs: or_default,
+    workers: optional,
 });
 
 read_by_field_name!(RawLimits {
@@ -675,7 +681,7 @@ mod tests {
         assert_eq!(
             problems,
             [
-                "proxy.lisen: unknown key (known: listen, upstream, upstream_sources, mode, decision_log, flow_secret, upstream_probe_secs)",
+                "proxy.lisen: unknown key (known: listen, upstream, upstream_sources, mode, decision_log, flow_secret, upstream_probe_secs, workers)",
                 "policy.agent_offer.statuss: unknown key (known: unsupported, third_party, unknown, status, reason, warning, headers, unknown_warning)",
                 "extra: unknown key (known: proxy, limits, catalog, response_group, policy, tls, rate_limit, admin)",
                 "proxi: unknown key (known: proxy, limits, catalog, response_group, policy, tls, rate_limit, admin)",

@@ -440,10 +440,18 @@ impl Core {
         )))
     }
 
-    /// The request `transaction` was relayed from has been sent: keep its
-    /// client transaction (retransmitted until answered, `408` after
-    /// 64*T1). A full table is counted and warned about (rate-limited):
-    /// the request then went out once, as a stateless proxy sends it.
+    /// The request of `key` could not be sent: forget its client
+    /// transaction (kept by [`Core::keep_transaction`]).
+    pub fn forget_transaction(&self, key: &TransactionKey) {
+        self.client_transactions.forget(key);
+    }
+
+    /// Keep the client transaction of a request about to be sent
+    /// (retransmitted until answered, `408` after 64*T1); kept before it
+    /// is sent: with several workers, its response may arrive on another
+    /// worker's socket before it would have been kept after. A full table
+    /// is counted and warned about (rate-limited): the request then goes
+    /// out once, as a stateless proxy sends it.
     pub fn keep_transaction(
         &self,
         key: TransactionKey,
