@@ -99,8 +99,8 @@ pub struct ProbeArgs {
     /// REGISTER Expires, seconds (0 removes the binding the REGISTER names).
     #[arg(long, value_name = "SECS", default_value_t = 0)]
     pub expires: u32,
-    /// Exit 0 only when the final answer has this status (100..=699).
-    #[arg(long, value_name = "CODE", value_parser = clap::value_parser!(u16).range(100..=699))]
+    /// Exit 0 only when the final answer has this status (200..=699).
+    #[arg(long, value_name = "CODE", value_parser = clap::value_parser!(u16).range(200..=699))]
     pub expect: Option<u16>,
     /// Give up this many seconds after starting (decimals allowed,
     /// at most 300).
