@@ -31,6 +31,7 @@ use crate::observe::decision_log::{DecisionLogError, SHUTDOWN_DEADLINE};
 use crate::observe::metrics::Metrics;
 use crate::observe::{DecisionLog, LogWriter};
 use crate::proxy::flow::FlowSigner;
+use crate::proxy::listening::Listening;
 use crate::proxy::Core;
 use crate::reload::Reloader;
 use crate::transport::admission::Admission;
@@ -295,7 +296,7 @@ pub async fn serve_reloading(
 ) -> Result<Arc<Metrics>, AppError> {
     let upstream = config.settings.upstream.ok_or(AppError::NoUpstream)?;
     let tls_contexts = bound.tls_contexts.clone();
-    let mut listeners = Advertised::of(&mut bound, upstream)?;
+    let mut listeners = Advertised::of(&mut bound, upstream, &config.settings)?;
     let metrics = Arc::new(Metrics::default());
     metrics.worker_events.set_started(bound.siblings.len() + 1);
     let settings = config.settings.clone();
@@ -317,14 +318,14 @@ pub async fn serve_reloading(
         config,
         flow_signer(&settings),
         boot,
-        listeners.addresses.clone(),
+        listeners.listening.clone(),
         metrics.clone(),
     ));
     let (events_tx, events) = mpsc::channel::<Event>(EVENT_QUEUE);
     let ctx = transport_context(&settings, events_tx, &metrics, &admission, &shutdown);
     let senders = senders(&settings, &listeners, &ctx, &tls_contexts);
     let mut tasks = JoinSet::new();
-    log_listening(&listeners.addresses, upstream, mode, boot);
+    log_listening(&listeners.listening, upstream, mode, boot);
     if let Some(listener) = bound.admin.take() {
         let state = AdminState {
             metrics: metrics.clone(),
@@ -333,10 +334,8 @@ pub async fn serve_reloading(
             decision_log: decision_log.clone(),
             upstream,
             upstream_tls: tls_contexts.upstream.as_ref().map(|(c, _)| c.clone()),
-            listeners: listeners.addresses.clone(),
             admission: admission.clone(),
             upstream_queue: ctx.upstream_queue.clone(),
-            probing: settings.upstream_probe.is_some(),
             shutdown: shutdown.clone(),
         };
         tasks.spawn(admin::serve(listener, state));
@@ -425,15 +424,24 @@ async fn join_siblings(siblings: Vec<std::thread::JoinHandle<()>>) {
     }
 }
 
-/// One `listening` line per listener (operators' scripts wait for them).
+/// One `listening` line per listener (operators' scripts wait for them),
+/// naming what it advertises when `proxy.advertise` gives it a name.
 fn log_listening(
-    addresses: &[(Transport, SocketAddr)],
+    listening: &[Listening],
     upstream: Endpoint,
     mode: crate::policy::Mode,
     boot: BootId,
 ) {
-    for (transport, addr) in addresses {
-        info!(%transport, %addr, upstream = %upstream, mode = mode.as_str(), boot = %boot, "listening");
+    for l in listening {
+        let (transport, addr) = (l.transport, l.addr);
+        match &l.advertise {
+            Some(advertised) => {
+                info!(%transport, %addr, advertise = %advertised, upstream = %upstream, mode = mode.as_str(), boot = %boot, "listening")
+            }
+            None => {
+                info!(%transport, %addr, upstream = %upstream, mode = mode.as_str(), boot = %boot, "listening")
+            }
+        }
     }
 }
 
@@ -443,8 +451,9 @@ struct Advertised {
     udp: Vec<UdpListener>,
     /// Stream listeners: transport, socket, advertised address.
     streams: Vec<(Transport, TcpListener, SocketAddr)>,
-    /// Every (transport, advertised address), UDP first.
-    addresses: Vec<(Transport, SocketAddr)>,
+    /// Every listener, UDP first: its transport, its address, and what it
+    /// advertises (`proxy.advertise`).
+    listening: Vec<Listening>,
     /// Where what arrives on the link to a stream upstream counts as
     /// arriving: the first listener of its transport and address family.
     upstream_local: SocketAddr,
@@ -452,8 +461,9 @@ struct Advertised {
 
 impl Advertised {
     /// Take the listeners out of `bound` and advertise each (an unspecified
-    /// address as the local address facing `upstream`).
-    fn of(bound: &mut Bound, upstream: Endpoint) -> Result<Self, AppError> {
+    /// address as the local address facing `upstream`; a name when
+    /// `proxy.advertise` gives the listener one).
+    fn of(bound: &mut Bound, upstream: Endpoint, settings: &Settings) -> Result<Self, AppError> {
         let advertise = |local: Option<SocketAddr>| local.map(|a| advertised(a, upstream.addr));
         let udp: Vec<UdpListener> = bound
             .udp
@@ -487,25 +497,65 @@ impl Advertised {
         let upstream_local = core_address(&addresses, upstream).ok_or(
             AppError::NoListenerForUpstream(upstream, upstream.transport),
         )?;
+        let listening = listening(&addresses, settings);
         Ok(Self {
             udp,
             streams,
-            addresses,
+            listening,
             upstream_local,
         })
     }
 }
 
-/// The signer of flow tokens: `proxy.flow_secret`, or a random one (with
-/// a warning: tokens then die with the process).
+/// The listeners bound (`addresses`, in the order `bind` bound them: each
+/// transport's in `proxy.listen` order), each with what its configured
+/// listener advertises.
+fn listening(addresses: &[(Transport, SocketAddr)], settings: &Settings) -> Vec<Listening> {
+    let mut configured = [Transport::Udp, Transport::Tcp, Transport::Tls].map(|transport| {
+        settings
+            .listen
+            .iter()
+            .filter(move |e| e.transport == transport)
+    });
+    addresses
+        .iter()
+        .map(|&(transport, addr)| {
+            let slot = match transport {
+                Transport::Udp => 0,
+                Transport::Tcp => 1,
+                Transport::Tls => 2,
+            };
+            let advertise = configured[slot]
+                .next()
+                .and_then(|endpoint| settings.advertise.for_listener(endpoint))
+                .cloned();
+            Listening {
+                transport,
+                addr,
+                advertise,
+            }
+        })
+        .collect()
+}
+
+/// The signer of flow tokens: the configured secrets (`proxy.flow_secret`
+/// or `proxy.flow_secret_file`), or a random one (with a warning: tokens
+/// then die with the process).
 fn flow_signer(settings: &Settings) -> FlowSigner {
-    match &settings.flow_secret {
-        Some(secret) => FlowSigner::new(secret.as_bytes()),
-        None => {
-            warn!("proxy.flow_secret is not set: using a random secret; flow tokens in Path and Record-Route will not survive a restart and will not work across instances");
-            FlowSigner::random()
-        }
-    }
+    let configured = settings.flow_secrets.as_ref().and_then(|secrets| {
+        let signer = FlowSigner::with_secrets(secrets.secrets())?;
+        info!(
+            source = secrets.key(),
+            secrets = signer.secrets(),
+            signing_fingerprint = %signer.fingerprint(),
+            "flow secrets loaded: the first signs, every one verifies"
+        );
+        Some(signer)
+    });
+    configured.unwrap_or_else(|| {
+        warn!("neither proxy.flow_secret nor proxy.flow_secret_file is set: using a random secret; flow tokens in Path and Record-Route will not survive a restart and will not work across instances");
+        FlowSigner::random()
+    })
 }
 
 /// What every transport task shares.

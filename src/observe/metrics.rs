@@ -287,6 +287,9 @@ pub struct Metrics {
     pub upstream_probes: AtomicU64,
     /// Answers of the registrar to those probes.
     pub upstream_probe_answers: AtomicU64,
+    /// Flow tokens verified by a secret other than the signing one (a
+    /// rotation in progress: `proxy.flow_secret_file` lines after the first).
+    pub flow_tokens_older_secret: AtomicU64,
     /// REGISTERs answered 403 for naming more contacts than
     /// `limits.max_contacts_per_register`.
     pub too_many_contacts: AtomicU64,
@@ -946,7 +949,7 @@ const fn gauge(name: &'static str, help: &'static str, samples: Samples) -> Fami
 }
 
 /// Every family, in render order.
-const FAMILIES: [Family; 51] = [
+const FAMILIES: [Family; 52] = [
     gauge(
         "sipadmit_build_info",
         "Always 1; the label names the sipadmit version.",
@@ -1030,6 +1033,11 @@ const FAMILIES: [Family; 51] = [
         "sipadmit_upstream_probe_answers_total",
         "Answers of the registrar to sipadmit's OPTIONS probes.",
         Samples::Atomic(|m| &m.upstream_probe_answers),
+    ),
+    counter(
+        "sipadmit_flow_tokens_older_secret_total",
+        "Flow tokens (Path, Record-Route, Via) verified by an older secret of proxy.flow_secret_file, not the signing one: while it grows, clients still use tokens of the old secret; drop that secret once it has stopped growing for the longest registration and dialog.",
+        Samples::Atomic(|m| &m.flow_tokens_older_secret),
     ),
     counter(
         "sipadmit_registers_too_many_contacts_total",

@@ -112,6 +112,17 @@ pub enum Refusal<'p> {
     /// within 64*T1 though this proxy retransmitted it (RFC 3261 17.1.1.2
     /// Timer B, 17.1.2.2 Timer F): `408 Request Timeout`.
     RequestTimeout,
+    /// An OPTIONS addressed to sipadmit itself (a load balancer's health
+    /// probe) while it is not ready (`super::health`): `503` with a
+    /// `Warning` saying why, and `Retry-After` when the registrar is the
+    /// reason (draining: none, RFC 3261 21.5.4, so the prober treats this
+    /// instance as gone).
+    NotReady {
+        /// Why, as `/readyz` says it.
+        detail: &'p str,
+        /// The registrar is the reason.
+        upstream: bool,
+    },
 }
 
 impl Refusal<'_> {
@@ -137,6 +148,7 @@ impl Refusal<'_> {
             Self::Banned { .. } => 403,
             Self::SipsWithoutTls(_) => 480,
             Self::RequestTimeout => 408,
+            Self::NotReady { .. } => 503,
         }
     }
 
@@ -161,6 +173,7 @@ impl Refusal<'_> {
             Self::Banned { .. } => "Banned",
             Self::SipsWithoutTls(_) => "Temporarily Unavailable",
             Self::RequestTimeout => "Request Timeout",
+            Self::NotReady { .. } => "Service Unavailable",
         })
     }
 
@@ -186,6 +199,7 @@ impl Refusal<'_> {
             Self::Banned { rule } => rule,
             Self::SipsWithoutTls(_) => "proxy.sips-without-tls",
             Self::RequestTimeout => "proxy.request-timeout",
+            Self::NotReady { .. } => super::health::HEALTH_RULE,
         }
     }
 
@@ -212,7 +226,7 @@ impl Refusal<'_> {
     }
 
     /// The detail a log line adds, if any.
-    fn detail(&self) -> Option<&'static str> {
+    fn detail(&self) -> Option<&str> {
         match self {
             Self::FlowFailed(failure) => Some(failure.as_str()),
             Self::InvalidFlowToken(TokenError::Malformed) => Some("malformed token"),
@@ -229,6 +243,7 @@ impl Refusal<'_> {
             Self::UpstreamBusy => {
                 Some("the queue to the registrar is full (limits.upstream_queue_bytes)")
             }
+            Self::NotReady { detail, .. } => Some(detail),
             _ => None,
         }
     }
@@ -389,6 +404,15 @@ impl Core {
                 add("Retry-After", retry_after_secs.to_string());
             }
             Refusal::SipsWithoutTls(_) => add("Warning", SIPS_NOT_ALLOWED.to_owned()),
+            Refusal::NotReady { detail, upstream } => {
+                add("Warning", format!("399 sipadmit \"{detail}\""));
+                if *upstream {
+                    add(
+                        "Retry-After",
+                        self.settings.limits.upstream_retry_after_secs.to_string(),
+                    );
+                }
+            }
             _ => {}
         }
         extra
