@@ -29,6 +29,9 @@ use common::sip_stream::{header, status, take_message, Agent};
 
 const SECRET: &str = "pool-failover-secret-0123456789abcdef";
 
+const RESPONSE_GROUP: &str = "[response_group]\nworkflows = [\"sip:helpdesk@contoso.com\"]\n\
+                              agents = [\"sip:agent-*@contoso.com\"]\n";
+
 /// Registrations a second SIPp starts.
 const RATE: u64 = 200;
 /// How long SIPp keeps that rate.
@@ -255,15 +258,12 @@ fn a_drained_instance_costs_no_registration_and_a_killed_one_only_what_the_dispa
     ] {
         assert!(cfg.contains(&line), "the bound assumes {line}");
     }
-    let Some(registrar) = Kamailio::try_start(KamailioOptions {
-        trace: false,
-        ..KamailioOptions::default()
-    }) else {
+    let Some(registrar) = Kamailio::try_start(KamailioOptions::default()) else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
     let config = format!(
-        "[proxy]\nflow_secret = \"{SECRET}\"\nupstream_probe_secs = 1\n\n[limits]\ndrain_secs = 10\n"
+        "[proxy]\nflow_secret = \"{SECRET}\"\nupstream_probe_secs = 1\n\n[limits]\ndrain_secs = 10\n\n{RESPONSE_GROUP}"
     );
     let mut a = Instance::new("a", dir.path(), registrar.udp_addr(), &config);
     let mut b = Instance::new("b", dir.path(), registrar.udp_addr(), &config);
@@ -277,6 +277,22 @@ fn a_drained_instance_costs_no_registration_and_a_killed_one_only_what_the_dispa
         ..KamailioOptions::default()
     })
     .expect("Kamailio was found for the registrar");
+
+    // A client behind the dispatcher is reached too: the registrar's offer
+    // goes along its Path to an instance, which sends it to the client's
+    // flow (the dispatcher), which relays it to the client.
+    let agent = Sipp::agent("agent-d", UA_LYNC_2013)
+        .remote(dispatcher.udp_addr())
+        .wait(Duration::from_secs(10))
+        .label("agent-behind-dispatcher")
+        .spawn();
+    assert!(registrar.wait_for_log("REQ REGISTER sip:contoso.com", BOUND));
+    Sipp::call("sip:agent-d@contoso.com", UA_RESPONSE_GROUP, 200)
+        .remote(registrar.udp_addr())
+        .label("offer-through-dispatcher")
+        .run_with_timeout(BOUND)
+        .assert_success();
+    agent.join_timeout(BOUND).assert_success();
 
     let stats = dir.path().join("sipp-stats.csv");
     let sipp = Sipp::new("register_load.xml")
@@ -472,8 +488,7 @@ fn a_tcp_client_of_a_killed_instance_gets_430_from_the_survivor_until_it_registe
     upstream.set_read_timeout(Some(BOUND)).unwrap();
     let registrar = upstream.local_addr().unwrap();
     let config = format!(
-        "[proxy]\nflow_secret = \"{SECRET}\"\nadvertise = \"pool.test\"\nupstream_probe_secs = 0\n\n\
-         [response_group]\nworkflows = [\"sip:helpdesk@contoso.com\"]\nagents = [\"sip:agent-*@contoso.com\"]\n"
+        "[proxy]\nflow_secret = \"{SECRET}\"\nadvertise = \"pool.test\"\nupstream_probe_secs = 0\n\n{RESPONSE_GROUP}"
     );
     let dir = tempfile::tempdir().unwrap();
     let mut a = Instance::new("a", dir.path(), registrar, &config);
