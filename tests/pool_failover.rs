@@ -56,8 +56,9 @@ const KILL_BOUND: u64 = RATE * (FR_TIMER_SECS + DS_PING_INTERVAL_SECS);
 const DRAIN_AT: Duration = Duration::from_secs(3);
 /// When (after SIPp starts) the second instance is killed.
 const KILL_AT: Duration = Duration::from_secs(15);
-/// How long the killed instance stays down.
-const KILLED_FOR: Duration = Duration::from_secs(4);
+/// How long the killed instance stays down: the shipped systemd unit's
+/// `RestartSec` (config/sipadmit.service).
+const KILLED_FOR: Duration = Duration::from_secs(2);
 
 /// One sipadmit of the pool: `sipadmit run` on its own UDP and TCP port of
 /// 127.0.0.1, kept across restarts.
