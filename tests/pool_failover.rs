@@ -317,9 +317,10 @@ fn a_drained_instance_costs_no_registration_and_a_killed_one_only_what_the_dispa
     // The drain, under load, and a restart on the same port.
     sleep_until(started, DRAIN_AT);
     let up_a = format!("DS-UP {}", a.uri());
+    let ups = dispatcher.log_lines(&up_a).len();
     let drained = drain(&mut a);
     a.start();
-    wait_for_lines(&dispatcher, &up_a, 1);
+    wait_for_lines(&dispatcher, &up_a, ups + 1);
 
     // SIGKILL, under load, and a restart on the same port.
     sleep_until(started, KILL_AT);
@@ -331,10 +332,11 @@ fn a_drained_instance_costs_no_registration_and_a_killed_one_only_what_the_dispa
         std::thread::sleep(Duration::from_millis(5));
     }
     b.process = None;
-    std::thread::sleep(KILLED_FOR);
     let up_b = format!("DS-UP {}", b.uri());
+    let ups = dispatcher.log_lines(&up_b).len();
+    std::thread::sleep(KILLED_FOR);
     b.start();
-    wait_for_lines(&dispatcher, &up_b, 1);
+    wait_for_lines(&dispatcher, &up_b, ups + 1);
 
     let outcome = sipp.join_timeout(Duration::from_secs(LOAD_SECS + 30));
     let rows = read_stats(&stats);
