@@ -26,6 +26,10 @@ use crate::transport::admission::{Admission, BanCause, BanScope};
 use crate::transport::upstream::DatagramWatch;
 use crate::transport::{udp, BootId, Event, Fault, SendError, Senders, Transport, UpstreamSender};
 
+/// Events handled in a row when more are queued, before the timers and
+/// the shutdown signal get their turn.
+const EVENT_BATCH: usize = 32;
+
 /// How often expired registrations are swept.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(30);
 /// How often bans, rate-limit state and log summaries are looked after.
@@ -140,9 +144,22 @@ impl Dispatcher {
                 () = probes.due() => probes.send(core, senders, log, edge).await,
                 _ = housekeeping.tick(), if *keeps_house => edge.housekeeping(core, Instant::now()),
                 event = events.recv() => match event {
-                    Some(event) => {
-                        core.metrics().worker_events.inc(worker);
-                        dispatch(core, senders, log, edge, event).await
+                    Some(mut event) => {
+                        // What else is queued is handled without going back
+                        // through the select (at most `EVENT_BATCH` in a row).
+                        let mut handled = 0;
+                        loop {
+                            core.metrics().worker_events.inc(worker);
+                            dispatch(core, senders, log, edge, event).await;
+                            handled += 1;
+                            if handled == EVENT_BATCH {
+                                break;
+                            }
+                            match events.try_recv() {
+                                Ok(next) => event = next,
+                                Err(_) => break,
+                            }
+                        }
                     }
                     None => break,
                 },

@@ -32,7 +32,7 @@ done
 for b in sipadmit examples/floor_relay; do
   [ -x "$BIN/$b" ] || { echo "compare: $BIN/$b missing: cargo build --release --bins --examples" >&2; exit 2; }
 done
-WORK=$(mktemp -d /tmp/sipadmit-compare.XXXXXX)
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/compare-run.XXXXXX")
 trap 'rm -rf "$WORK"' EXIT
 sed "s/^\[proxy\]$/[proxy]\nworkers = $WORKERS/" "$ROOT/config/sipadmit.toml" > "$WORK/sipadmit.toml"
 

@@ -108,7 +108,7 @@ one_rate() { # name port rate pgid -> "ok total cpu_us"
   awk -v n="$calls" -v p="$name$rate" 'BEGIN { print "SEQUENTIAL"; for (i = 1; i <= n; i++) printf "%s-%07d;%012d;\n", p, i, i }' > "$d/users.csv"
   local c0 c1
   c0=$(cpu_ticks_group "$g")
-  ( cd "$d" && "$SIPP" "127.0.0.1:$port" -sf "$HERE/register_within_1s.xml" -inf "$d/users.csv" \
+  ( cd "$d" && timeout -s KILL "$(( SECONDS_PER_RATE + 30 ))" "$SIPP" "127.0.0.1:$port" -sf "$HERE/register_within_1s.xml" -inf "$d/users.csv" \
       -m "$calls" -r "$rate" -rp 1000 -l "$(( rate * 2 ))" -nr \
       -i 127.0.0.1 -p "$(free_port)" -t u1 -nostdin -timeout "$(( SECONDS_PER_RATE + 20 ))s" \
       -trace_stat -stf "$d/stat.csv" -fd 1 >"$d/sipp.out" 2>&1 ) || true

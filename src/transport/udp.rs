@@ -66,48 +66,88 @@ async fn receive(listener: UdpListener, ctx: Arc<TransportContext>) {
             }
             received = listener.socket.recv_from(&mut buf) => received,
         };
-        let (n, source) = match received {
-            Ok(received) => received,
-            Err(e) if icmp_errors && is_icmp_echo(&e) => {
-                debug!(error = %e, "an ICMP error for an earlier datagram (counted from the error queue)");
-                continue;
+        // What else is already queued is taken without going back through
+        // the select (at most `RECEIVE_BATCH` in a row: the other branches
+        // get their turn).
+        let mut next = Some(received);
+        let mut taken = 0;
+        while let Some(received) = next.take() {
+            match received_one(&listener, &ctx, icmp_errors, received, &buf).await {
+                Received::Go => {}
+                Received::Stop => return,
             }
-            Err(e) if is_unrecoverable(&e) => {
-                error!(error = %e, "UDP socket unusable; no more datagrams received on it");
-                return;
+            taken += 1;
+            if taken < RECEIVE_BATCH {
+                next = match listener.socket.try_recv_from(&mut buf) {
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => None,
+                    received => Some(received),
+                };
             }
-            Err(e) => {
-                Fault::UdpReceive.report(&ctx.metrics, None, &e);
-                continue;
-            }
-        };
-        let data = &buf[..n];
-        match classify_datagram(data) {
-            Datagram::KeepAlive => {
-                Metrics::inc(&ctx.metrics.keepalives);
-                continue;
-            }
-            Datagram::Stun => {
-                debug!(%source, "STUN datagram ignored");
-                ctx.metrics.count_drop(DropReason::Stun);
-                continue;
-            }
-            Datagram::Sip => {}
         }
-        let message = Inbound {
-            bytes: Bytes::copy_from_slice(data),
-            transport: Transport::Udp,
-            source,
-            local: listener.local,
-            connection: None,
-            from_upstream: ctx.upstream_sources.matches(source),
-        };
-        let Admitted::Event(event, _) = admit(&ctx, message) else {
-            continue;
-        };
-        if ctx.events.send(event).await.is_err() {
-            return;
+    }
+}
+
+/// Datagrams taken in a row from a UDP socket that has more queued.
+const RECEIVE_BATCH: usize = 32;
+
+/// Whether the receive loop goes on.
+enum Received {
+    Go,
+    Stop,
+}
+
+/// Hand one received datagram (`buf` holds it) to the dispatcher, after
+/// its source's rate limit; keep-alives and STUN are counted, errors
+/// reported.
+async fn received_one(
+    listener: &UdpListener,
+    ctx: &TransportContext,
+    icmp_errors: bool,
+    received: std::io::Result<(usize, std::net::SocketAddr)>,
+    buf: &[u8],
+) -> Received {
+    let (n, source) = match received {
+        Ok(received) => received,
+        Err(e) if icmp_errors && is_icmp_echo(&e) => {
+            debug!(error = %e, "an ICMP error for an earlier datagram (counted from the error queue)");
+            return Received::Go;
         }
+        Err(e) if is_unrecoverable(&e) => {
+            error!(error = %e, "UDP socket unusable; no more datagrams received on it");
+            return Received::Stop;
+        }
+        Err(e) => {
+            Fault::UdpReceive.report(&ctx.metrics, None, &e);
+            return Received::Go;
+        }
+    };
+    let data = &buf[..n];
+    match classify_datagram(data) {
+        Datagram::KeepAlive => {
+            Metrics::inc(&ctx.metrics.keepalives);
+            return Received::Go;
+        }
+        Datagram::Stun => {
+            debug!(%source, "STUN datagram ignored");
+            ctx.metrics.count_drop(DropReason::Stun);
+            return Received::Go;
+        }
+        Datagram::Sip => {}
+    }
+    let message = Inbound {
+        bytes: Bytes::copy_from_slice(data),
+        transport: Transport::Udp,
+        source,
+        local: listener.local,
+        connection: None,
+        from_upstream: ctx.upstream_sources.matches(source),
+    };
+    let Admitted::Event(event, _) = admit(ctx, message) else {
+        return Received::Go;
+    };
+    match ctx.events.send(event).await {
+        Ok(()) => Received::Go,
+        Err(_) => Received::Stop,
     }
 }
 
