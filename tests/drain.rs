@@ -110,6 +110,79 @@ fn a_draining_instance_sends_new_requests_elsewhere_and_lets_dialogs_finish() {
     assert_eq!(draining[0]["call_id"], "drain-2@test");
 }
 
+/// Wait (bounded) until `proxy` answers an OPTIONS to itself 503
+/// "draining": the drain has begun.
+fn wait_until_draining(proxy: &TestProxy) {
+    let prober = UdpSocket::bind("127.0.0.1:0").unwrap();
+    prober.set_read_timeout(Some(BOUND)).unwrap();
+    let me = prober.local_addr().unwrap();
+    let until = Instant::now() + BOUND;
+    for n in 0.. {
+        let ping = format!(
+            "OPTIONS sip:{addr} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bK-probe-{n};rport\r\n\
+             Max-Forwards: 70\r\nFrom: <sip:lb@{me}>;tag=lb\r\nTo: <sip:{addr}>\r\n\
+             Call-ID: probe-{n}@test\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n",
+            addr = proxy.udp
+        );
+        prober.send_to(ping.as_bytes(), proxy.udp).unwrap();
+        if answer(&prober).starts_with("SIP/2.0 503") {
+            return;
+        }
+        assert!(Instant::now() < until, "the drain did not begin");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A UDP client's REGISTER relayed before the drain and not answered yet
+/// is under way: its retransmission is relayed again (and the registrar's
+/// answer reaches the client), not refused like a new request, which a
+/// client or a dispatcher in front would take for a failure of a
+/// registration the registrar makes anyway.
+#[test]
+fn a_register_retransmitted_while_under_way_is_relayed_during_the_drain() {
+    // The registrar loses the first copy of each request: the REGISTER is
+    // pending when the drain begins.
+    let registrar = Registrar::start_with(Behaviour::IgnoreFirstCopy);
+    let proxy = TestProxy::start(
+        "[limits]\ndrain_secs = 20\n",
+        "127.0.0.1",
+        &format!("udp:{}", registrar.addr),
+    );
+    let client = UdpSocket::bind("127.0.0.1:0").unwrap();
+    client.set_read_timeout(Some(BOUND)).unwrap();
+    let me = client.local_addr().unwrap();
+    let register = request("REGISTER", "UDP", me, 1, "");
+    client.send_to(register.as_bytes(), proxy.udp).unwrap();
+    let until = Instant::now() + BOUND;
+    while registrar
+        .received
+        .load(std::sync::atomic::Ordering::Relaxed)
+        == 0
+    {
+        assert!(Instant::now() < until, "the REGISTER was not relayed");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    proxy.start_drain();
+    wait_until_draining(&proxy);
+
+    // The client's retransmission (the same request).
+    client.send_to(register.as_bytes(), proxy.udp).unwrap();
+    let answered = answer(&client);
+    assert!(answered.starts_with("SIP/2.0 200"), "{answered}");
+    // A new REGISTER is refused.
+    client
+        .send_to(request("REGISTER", "UDP", me, 2, "").as_bytes(), proxy.udp)
+        .unwrap();
+    let refused = answer(&client);
+    assert!(refused.starts_with("SIP/2.0 503"), "{refused}");
+    assert!(
+        proxy.stopped_within(Duration::from_secs(10)),
+        "the drained instance did not stop"
+    );
+    let metrics = proxy.stop();
+    assert_eq!(metrics.protocol_answers("proxy.draining", Some(503)), 1);
+}
+
 /// `sipadmit run` with a `tcp:` and a `udp:` listener on free ports of
 /// 127.0.0.1, relaying to `registrar`; the TCP listener's address.
 fn start(dir: &std::path::Path, registrar: &Registrar, drain_secs: u64) -> (Sipadmit, SocketAddr) {

@@ -196,16 +196,37 @@ impl Core {
     /// While the instance drains, a client's new request (outside a
     /// dialog; ACK and CANCEL belong to transactions under way) is refused
     /// so that it goes to another instance; requests in dialogs and from
-    /// the registrar keep flowing.
+    /// the registrar keep flowing, and so does the retransmission of a
+    /// REGISTER relayed before and still awaiting its final response.
     fn drain_gate<'m>(&self, ctx: &RequestCtx<'m>) -> Result<(), Halt<'m>> {
         if !self.is_draining()
             || ctx.inbound.from_upstream
             || matches!(ctx.method, Method::Ack | Method::Cancel)
             || ctx.view.to().ok().and_then(|t| t.tag()).is_some()
+            || self.register_under_way(ctx)
         {
             return Ok(());
         }
         Err(Refusal::Draining.into())
+    }
+
+    /// Whether the request is a copy of a REGISTER this instance relayed
+    /// from the same flow and that still awaits its final response.
+    fn register_under_way(&self, ctx: &RequestCtx<'_>) -> bool {
+        let (view, inb) = (ctx.view, ctx.inbound);
+        let (Method::Register, Some(call_id), Ok(cseq)) = (ctx.method, view.call_id(), view.cseq())
+        else {
+            return false;
+        };
+        // The pending key names the flow by transport, peer and connection.
+        let flow = Flow {
+            transport: inb.transport,
+            peer: inb.source,
+            connection: inb.connection.map(|c| self.flow_id(c)),
+            client: String::new(),
+        };
+        self.registrations
+            .is_pending(call_id, cseq.number, &flow, ctx.now)
     }
 
     // === phase 2: route ===

@@ -833,6 +833,7 @@ pub struct Sipp {
     calls: u32,
     extra_args: Vec<String>,
     sipp_timeout: Duration,
+    trace_messages: bool,
     label: String,
 }
 
@@ -856,6 +857,7 @@ impl Sipp {
             calls: 1,
             extra_args: Vec::new(),
             sipp_timeout: Duration::from_secs(15),
+            trace_messages: true,
             label,
         }
     }
@@ -997,6 +999,14 @@ impl Sipp {
         self
     }
 
+    /// Whether every message is written to the trace (`-trace_msg`, read
+    /// into [`SippOutcome::messages`]); on by default. Load runs turn it off:
+    /// thousands of calls would write megabytes.
+    pub fn trace_messages(mut self, on: bool) -> Self {
+        self.trace_messages = on;
+        self
+    }
+
     /// Label used in temp dir names and messages.
     pub fn label(mut self, l: &str) -> Self {
         self.label = l.to_string();
@@ -1069,13 +1079,17 @@ impl Sipp {
             "-trace_err".into(),
             "-error_file".into(),
             d.join("errors.log").display().to_string(),
-            "-trace_msg".into(),
-            "-message_file".into(),
-            d.join("messages.log").display().to_string(),
             "-trace_logs".into(),
             "-log_file".into(),
             d.join("actions.log").display().to_string(),
         ];
+        if self.trace_messages {
+            args.extend([
+                "-trace_msg".into(),
+                "-message_file".into(),
+                d.join("messages.log").display().to_string(),
+            ]);
+        }
         if let Some(ooc) = &self.ooc_scenario {
             args.push("-oocsf".into());
             args.push(ooc.display().to_string());
