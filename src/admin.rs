@@ -47,7 +47,7 @@ use crate::observe::{DecisionLog, Metrics};
 use crate::proxy::Core;
 use crate::transport::admission::Admission;
 use crate::transport::tls::ClientTls;
-use crate::transport::{Connections, Transport};
+use crate::transport::Connections;
 
 /// Most admin connections open at once, from all sources; more are closed
 /// as soon as they are accepted.
@@ -80,10 +80,7 @@ const REFUSAL_WARNING_EVERY: Duration = Duration::from_secs(10);
 /// How long `/readyz` waits for a connection to a stream upstream, and
 /// then for the TLS handshake with a `tls:` upstream (each).
 const UPSTREAM_PROBE_TIMEOUT: Duration = Duration::from_secs(1);
-/// A message not delivered to the upstream (a failed UDP send, a connect
-/// of the stream link that failed) makes `/readyz` fail for this long,
-/// 30 s, unless one is delivered meanwhile.
-pub const UPSTREAM_FAILURE_WINDOW: Duration = Duration::from_secs(30);
+pub use crate::proxy::health::UPSTREAM_FAILURE_WINDOW;
 
 /// What the admin endpoints read: the serving instance's parts.
 #[derive(Debug, Clone)]
@@ -101,15 +98,10 @@ pub struct AdminState {
     /// The TLS client of a `tls:` upstream (the `/readyz` probe runs a
     /// handshake with it).
     pub upstream_tls: Option<Arc<ClientTls>>,
-    /// The SIP listeners bound (advertised addresses).
-    pub listeners: Vec<(Transport, SocketAddr)>,
     /// Per-source rate limits and bans (bans in force, sources tracked).
     pub admission: Arc<Admission>,
     /// The queue to a stream upstream, for its gauge (`None` for UDP).
     pub upstream_queue: Option<Arc<crate::transport::upstream::QueueBudget>>,
-    /// sipadmit sends the registrar OPTIONS probes (`proxy.upstream_probe_secs`):
-    /// a UDP registrar is "unknown" until it answers one.
-    pub probing: bool,
     /// Cancelled when the instance stops serving.
     pub shutdown: CancellationToken,
 }
@@ -536,54 +528,24 @@ pub fn metrics_text(state: &AdminState) -> String {
     state.metrics.render(&gauges)
 }
 
-/// Why the instance is not ready, or `None` when every listener is bound
-/// and the upstream is reachable: no message failed to reach it in the last
-/// [`UPSTREAM_FAILURE_WINDOW`] without one delivered since (as the
-/// dispatcher and the stream upstream's link report it, TLS handshake
-/// failures of a `tls:` upstream included); for a UDP upstream, no ICMP
-/// error came back for a datagram sent to it and it was not silent for
-/// [`crate::transport::upstream::SILENCE`] with requests relayed, unless it
-/// sent a message since (no time limit: only a message from it clears
-/// this); and, for a stream upstream, a
-/// connection to it can be made now (the link itself connects only when it
-/// has a message to send). For a `tls:` upstream that probe is a full
-/// TLS handshake with the link's own client (the registrar's certificate
-/// verified), then closed; probe handshakes are not counted in
-/// `sipadmit_tls_handshakes_total`.
+/// Why the instance is not ready, or `None` when it is: stopping
+/// (shutdown begun); then what [`Core::not_ready`] says (draining, no
+/// listener, the registrar unreachable as deliveries and probes tell: the
+/// same function answers the OPTIONS health probes); then, for a stream
+/// upstream, whether a connection to it can be made now (the link itself
+/// connects only when it has a message to send). For a `tls:` upstream
+/// that probe is a full TLS handshake with the link's own client (the
+/// registrar's certificate verified), then closed; probe handshakes are
+/// not counted in `sipadmit_tls_handshakes_total`.
 pub async fn not_ready(state: &AdminState) -> Option<String> {
     if state.shutdown.is_cancelled() {
         return Some("stopping".into());
     }
-    if state.listeners.is_empty() {
-        return Some("no SIP listener is bound".into());
+    if let Some(not_ready) = state.core.not_ready() {
+        return Some(not_ready.to_string());
     }
     let upstream = state.upstream;
-    if let Some(failure) = state.metrics.upstream_failure() {
-        let ago = failure.at.elapsed();
-        if ago < UPSTREAM_FAILURE_WINDOW {
-            return Some(format!(
-                "upstream {upstream} not reachable: {} ({} s ago, nothing delivered since)",
-                failure.error,
-                ago.as_secs()
-            ));
-        }
-    }
     if !upstream.transport.is_stream() {
-        // A UDP upstream: an ICMP error for a datagram sent to it, or its
-        // silence with requests relayed, until it sends a message again;
-        // with probes on, unknown until it has sent one at all.
-        if let Some(unreachable) = state.metrics.udp_upstream_unreachable() {
-            return Some(format!(
-                "upstream {upstream} not reachable: {} ({} s ago, no message from it since)",
-                unreachable.error,
-                unreachable.at.elapsed().as_secs()
-            ));
-        }
-        if state.probing && !state.metrics.udp_upstream_heard() {
-            return Some(format!(
-                "upstream {upstream} unknown: it has not answered sipadmit's OPTIONS probe yet"
-            ));
-        }
         return None;
     }
     let probe = tokio::time::timeout(UPSTREAM_PROBE_TIMEOUT, TcpStream::connect(upstream.addr));

@@ -27,23 +27,21 @@ use tracing::{info, warn};
 use crate::admin::{self, AdminState};
 use crate::config::{Config, Endpoint, Settings};
 use crate::dispatch::{self, Dispatcher};
+use crate::drain;
 use crate::observe::decision_log::{DecisionLogError, SHUTDOWN_DEADLINE};
 use crate::observe::hep::{ExportError, Exporter, Hep};
 use crate::observe::metrics::Metrics;
 use crate::observe::{DecisionLog, LogWriter};
 use crate::proxy::flow::FlowSigner;
+use crate::proxy::listening::Listening;
 use crate::proxy::Core;
 use crate::reload::Reloader;
 use crate::transport::admission::Admission;
-use crate::transport::stream::{self, Listener};
-use crate::transport::tls::{self, TlsContexts, TlsError, TlsListener};
+use crate::transport::tls::{TlsContexts, TlsError};
 use crate::transport::upstream::{LinkSettings, QueueBudget, UpstreamLink};
 use crate::transport::{udp, BootId, Connections, Senders, TransportContext, UdpListener};
 use crate::transport::{Event, Transport, UpstreamSender};
-
-/// Events (inbound messages, undelivered ones) queued between the
-/// transports and the dispatcher.
-const EVENT_QUEUE: usize = 4096;
+use crate::workers::{self, Listeners, WorkerSockets, EVENT_QUEUE};
 
 /// How long a stopping filter waits for the HEP exporter to send what is
 /// queued.
@@ -86,6 +84,9 @@ pub enum AppError {
     /// A `[tls]` file or setting OpenSSL cannot use.
     #[error(transparent)]
     Tls(#[from] TlsError),
+    /// A worker thread (`proxy.workers`) could not be started.
+    #[error("cannot start a worker thread (proxy.workers)")]
+    Worker(#[source] std::io::Error),
     /// The HEP collector (`hep.collector`) cannot be sent to.
     #[error(transparent)]
     Hep(#[from] ExportError),
@@ -94,12 +95,16 @@ pub enum AppError {
 /// Sockets bound for the listeners, and the TLS contexts they need.
 #[derive(Debug)]
 pub struct Bound {
-    /// UDP sockets.
+    /// The first worker's UDP sockets.
     pub udp: Vec<Arc<UdpSocket>>,
-    /// TCP listeners.
+    /// The first worker's TCP listeners.
     pub tcp: Vec<TcpListener>,
-    /// `tls:` listeners (TCP sockets; the handshake runs per connection).
+    /// The first worker's `tls:` listeners (TCP sockets; the handshake
+    /// runs per connection).
     pub tls: Vec<TcpListener>,
+    /// The other workers' sockets (`proxy.workers` - 1 of them): on the
+    /// same addresses, one per listener each.
+    pub siblings: Vec<WorkerSockets>,
     /// The TLS acceptor of the `tls:` listeners and the connector of a
     /// `tls:` upstream, built (files read) before anything is served.
     pub tls_contexts: TlsContexts,
@@ -150,31 +155,17 @@ pub async fn bind(config: &Config) -> Result<Bound, AppError> {
         udp: Vec::new(),
         tcp: Vec::new(),
         tls: Vec::new(),
+        siblings: (1..settings.workers)
+            .map(|_| WorkerSockets::default())
+            .collect(),
         tls_contexts,
         admin: None,
     };
     for endpoint in &settings.listen {
-        let err = |source| AppError::Bind {
+        bind_listener(&mut bound, endpoint, settings).map_err(|source| AppError::Bind {
             endpoint: *endpoint,
             source,
-        };
-        let limits = &config.settings.limits;
-        match endpoint.transport {
-            Transport::Udp => bound.udp.push(Arc::new(
-                udp::bind(
-                    endpoint.addr,
-                    limits.udp_receive_buffer_bytes,
-                    limits.udp_send_buffer_bytes,
-                )
-                .map_err(err)?,
-            )),
-            Transport::Tcp => bound
-                .tcp
-                .push(stream_listener(endpoint.addr, limits.listen_backlog).map_err(err)?),
-            Transport::Tls => bound
-                .tls
-                .push(stream_listener(endpoint.addr, limits.listen_backlog).map_err(err)?),
-        }
+        })?;
     }
     let backlog = settings.limits.listen_backlog;
     if let Some(somaxconn) = somaxconn().filter(|max| backlog > *max) {
@@ -196,6 +187,50 @@ pub async fn bind(config: &Config) -> Result<Bound, AppError> {
     Ok(bound)
 }
 
+/// Bind one listener: a socket for each worker, the first worker's on
+/// this runtime.
+fn bind_listener(
+    bound: &mut Bound,
+    endpoint: &Endpoint,
+    settings: &Settings,
+) -> std::io::Result<()> {
+    let limits = &settings.limits;
+    let (workers, addr) = (settings.workers, endpoint.addr);
+    if endpoint.transport == Transport::Udp {
+        let mut group = udp::bind(
+            addr,
+            workers,
+            limits.udp_receive_buffer_bytes,
+            limits.udp_send_buffer_bytes,
+        )?
+        .into_iter();
+        let first = group.next().ok_or_else(no_socket)?;
+        bound.udp.push(Arc::new(UdpSocket::from_std(first)?));
+        for (sibling, socket) in bound.siblings.iter_mut().zip(group) {
+            sibling.udp.push(socket);
+        }
+        return Ok(());
+    }
+    let mut group = stream_listener(addr, limits.listen_backlog, workers)?.into_iter();
+    let first = TcpListener::from_std(group.next().ok_or_else(no_socket)?)?;
+    let tls = endpoint.transport == Transport::Tls;
+    if tls { &mut bound.tls } else { &mut bound.tcp }.push(first);
+    for (sibling, listener) in bound.siblings.iter_mut().zip(group) {
+        if tls {
+            &mut sibling.tls
+        } else {
+            &mut sibling.tcp
+        }
+        .push(listener);
+    }
+    Ok(())
+}
+
+/// A bind that gave no socket (never: a group has at least one).
+fn no_socket() -> std::io::Error {
+    std::io::Error::other("no socket bound")
+}
+
 /// The kernel's cap on accept queues (`net.core.somaxconn`), where it can
 /// be read.
 fn somaxconn() -> Option<u32> {
@@ -206,18 +241,27 @@ fn somaxconn() -> Option<u32> {
         .ok()
 }
 
-/// A TCP listener (for `tcp:` and `tls:`) with an accept queue of
-/// `backlog` connections (`limits.listen_backlog`; the kernel caps it at
+/// A TCP listener (for `tcp:` and `tls:`) per worker (see
+/// [`crate::transport::spread`]), each with an accept queue of `backlog`
+/// connections (`limits.listen_backlog`; the kernel caps it at
 /// `net.core.somaxconn`): a reconnect storm of thousands of clients waits
 /// in it instead of having its SYNs dropped and retried seconds later.
-fn stream_listener(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
-    let socket = match addr {
-        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
-        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
-    };
-    socket.set_reuseaddr(true)?;
-    socket.bind(addr)?;
-    socket.listen(backlog)
+fn stream_listener(
+    addr: SocketAddr,
+    backlog: u32,
+    workers: usize,
+) -> std::io::Result<Vec<std::net::TcpListener>> {
+    let reuse_address = |socket: &socket2::Socket| socket.set_reuse_address(true);
+    let group =
+        crate::transport::spread::bind_group(addr, socket2::Type::STREAM, workers, &reuse_address)?;
+    let backlog = i32::try_from(backlog).unwrap_or(i32::MAX);
+    group
+        .into_iter()
+        .map(|socket| {
+            socket.listen(backlog)?;
+            Ok(socket.into())
+        })
+        .collect()
 }
 
 /// The address to advertise for a listener: its own, or, when bound to the
@@ -244,28 +288,115 @@ pub async fn serve(
     decision_log: DecisionLog,
     shutdown: CancellationToken,
 ) -> Result<Arc<Metrics>, AppError> {
-    serve_reloading(config, bound, decision_log, shutdown, None).await
+    serve_reloading(config, bound, decision_log, shutdown, Control::default()).await
 }
 
-/// [`serve`], reloading the config file once per message on `reloads`
-/// (see [`crate::reload`]). The steps: advertise the bound sockets, build
-/// the core, the transports' context, the HEP exporter (`[hep]`) and the
-/// senders, start the listeners, the admin listener, the reloader and the
-/// chores, then run the dispatcher until `shutdown`, and give the HEP
+/// What may be asked of a serving instance besides stopping at once (its
+/// `shutdown`).
+#[derive(Debug, Default)]
+pub struct Control {
+    /// One message per reload of the config file (see [`crate::reload`]).
+    pub reloads: Option<mpsc::Receiver<()>>,
+    /// Cancelled to start a drain (see [`crate::drain`]): the instance
+    /// cancels its `shutdown` itself once nothing is pending, or when
+    /// `limits.drain_secs` runs out.
+    pub drain: Option<CancellationToken>,
+}
+
+/// [`serve`], reloading the config file and draining as `control` asks.
+/// The steps: advertise the bound sockets, build the core, the
+/// transports' context and the senders (with the HEP exporter, `[hep]`),
+/// start the listeners, the admin listener, the reloader, the drain and
+/// the chores, then run the dispatcher until `shutdown`, and give the HEP
 /// exporter a moment to send what is queued.
 pub async fn serve_reloading(
     config: Config,
     mut bound: Bound,
     decision_log: DecisionLog,
     shutdown: CancellationToken,
-    reloads: Option<mpsc::Receiver<()>>,
+    control: Control,
 ) -> Result<Arc<Metrics>, AppError> {
     let upstream = config.settings.upstream.ok_or(AppError::NoUpstream)?;
     let tls_contexts = bound.tls_contexts.clone();
-    let mut listeners = Advertised::of(&mut bound, upstream)?;
+    let mut listeners = Advertised::of(&mut bound, upstream, &config.settings)?;
     let metrics = Arc::new(Metrics::default());
+    metrics.worker_events.set_started(bound.siblings.len() + 1);
     let settings = config.settings.clone();
     let mode = config.runtime.policy.mode;
+    let (admission, reloader) = admission_and_reloader(&config, &tls_contexts, &metrics);
+    let boot = BootId::random();
+    let core = Arc::new(Core::new(
+        config,
+        flow_signer(&settings),
+        boot,
+        listeners.listening.clone(),
+        metrics.clone(),
+    ));
+    let (events_tx, events) = mpsc::channel::<Event>(EVENT_QUEUE);
+    let ctx = transport_context(&settings, events_tx, &metrics, &admission, &shutdown);
+    let (senders, hep_exporter) = senders(&settings, &listeners, &ctx, &tls_contexts)?;
+    let mut tasks = JoinSet::new();
+    log_listening(&listeners.listening, upstream, mode, boot);
+    if let Some(listener) = bound.admin.take() {
+        let state = AdminState {
+            metrics: metrics.clone(),
+            core: core.clone(),
+            connections: senders.connections.clone(),
+            decision_log: decision_log.clone(),
+            upstream,
+            upstream_tls: tls_contexts.upstream.as_ref().map(|(c, _)| c.clone()),
+            admission: admission.clone(),
+            upstream_queue: ctx.upstream_queue.clone(),
+            shutdown: shutdown.clone(),
+        };
+        tasks.spawn(admin::serve(listener, state));
+    }
+    spawn_control(
+        &mut tasks, control, reloader, &core, &metrics, &ctx, &shutdown,
+    );
+    dispatch::spawn_chores(core.clone(), udp_inodes(&bound), shutdown.clone());
+    let probes = settings
+        .upstream_probe
+        .map(|every| (every, upstream, listeners.upstream_local));
+    let dispatcher = Dispatcher::new(core, senders, decision_log.clone(), admission, probes);
+    let (first, siblings) = start_workers(
+        &mut bound,
+        &mut listeners,
+        &settings,
+        &ctx,
+        &tls_contexts,
+        &dispatcher,
+        &shutdown,
+    );
+    workers::serve(
+        first,
+        ctx,
+        events,
+        settings.tls.handshake_timeout,
+        &tls_contexts,
+        dispatcher,
+        shutdown.clone(),
+    )
+    .await;
+    // The first worker stops on `shutdown`, or when every one of its
+    // transports is gone: either way the others stop with it.
+    shutdown.cancel();
+    join_siblings(siblings?).await;
+    hep_exporter.finish(HEP_FINISH_DEADLINE).await;
+    tasks.shutdown().await;
+    let dropped = decision_log.dropped();
+    info!(counters = %metrics.summary(), decision_records_dropped = dropped, "stopped");
+    Ok(metrics)
+}
+
+/// The admission (rate limits and bans) of `config`, and the reloader
+/// that applies reloads of its file to it and to the TLS contexts.
+fn admission_and_reloader(
+    config: &Config,
+    tls_contexts: &TlsContexts,
+    metrics: &Arc<Metrics>,
+) -> (Arc<Admission>, Reloader) {
+    let settings = &config.settings;
     let admission = Arc::new(Admission::new(
         settings.rate_limit.clone(),
         settings.upstream_sources.clone(),
@@ -278,71 +409,126 @@ pub async fn serve_reloading(
         admission: admission.clone(),
         tls: tls_contexts.clone(),
     };
-    let boot = BootId::random();
-    let core = Arc::new(Core::new(
-        config,
-        flow_signer(&settings),
-        boot,
-        listeners.addresses.clone(),
-        metrics.clone(),
-    ));
-    let (events_tx, events) = mpsc::channel::<Event>(EVENT_QUEUE);
-    let ctx = transport_context(&settings, events_tx, &metrics, &admission, &shutdown);
-    let (senders, hep_exporter) = senders(&settings, &listeners, &ctx, &tls_contexts)?;
-    let upstream_queue = ctx.upstream_queue.clone();
-    let mut tasks = JoinSet::new();
-    let streams = std::mem::take(&mut listeners.streams);
-    spawn_listeners(
-        &mut tasks,
-        &listeners.udp,
-        streams,
-        &ctx,
-        &settings,
-        &tls_contexts,
-    );
-    drop(ctx);
-    log_listening(&listeners.addresses, upstream, mode, boot);
-    if let Some(listener) = bound.admin.take() {
-        let state = AdminState {
-            metrics: metrics.clone(),
-            core: core.clone(),
-            connections: senders.connections.clone(),
-            decision_log: decision_log.clone(),
-            upstream,
-            upstream_tls: tls_contexts.upstream.as_ref().map(|(c, _)| c.clone()),
-            listeners: listeners.addresses.clone(),
-            admission: admission.clone(),
-            upstream_queue,
-            probing: settings.upstream_probe.is_some(),
-            shutdown: shutdown.clone(),
-        };
-        tasks.spawn(admin::serve(listener, state));
-    }
-    if let Some(reloads) = reloads {
-        tasks.spawn(reloader.run(reloads, core.clone(), metrics.clone(), shutdown.clone()));
-    }
-    dispatch::spawn_chores(core.clone(), bound.udp.clone(), shutdown.clone());
-    let probes = settings
-        .upstream_probe
-        .map(|every| (every, upstream, listeners.upstream_local));
-    let dispatcher = Dispatcher::new(core, senders, decision_log.clone(), admission, probes);
-    dispatcher.run(events, shutdown).await;
-    hep_exporter.finish(HEP_FINISH_DEADLINE).await;
-    tasks.shutdown().await;
-    let dropped = decision_log.dropped();
-    info!(counters = %metrics.summary(), decision_records_dropped = dropped, "stopped");
-    Ok(metrics)
+    (admission, reloader)
 }
 
-/// One `listening` line per listener (operators' scripts wait for them).
+/// Start what `control` asks for: the reloader, the drain.
+fn spawn_control(
+    tasks: &mut JoinSet<()>,
+    control: Control,
+    reloader: Reloader,
+    core: &Arc<Core>,
+    metrics: &Arc<Metrics>,
+    ctx: &TransportContext,
+    shutdown: &CancellationToken,
+) {
+    let limit = reloader.running.limits.drain;
+    if let Some(reloads) = control.reloads {
+        tasks.spawn(reloader.run(reloads, core.clone(), metrics.clone(), shutdown.clone()));
+    }
+    if let Some(requested) = control.drain {
+        let queue = ctx.upstream_queue.clone();
+        tasks.spawn(drain::run(
+            requested,
+            core.clone(),
+            queue,
+            limit,
+            shutdown.clone(),
+        ));
+    }
+}
+
+/// Start the workers beyond the first (each a thread, with a sibling of
+/// `dispatcher`); what the first serves, and the others' threads.
+fn start_workers(
+    bound: &mut Bound,
+    listeners: &mut Advertised,
+    settings: &Settings,
+    ctx: &TransportContext,
+    tls_contexts: &TlsContexts,
+    dispatcher: &Dispatcher,
+    shutdown: &CancellationToken,
+) -> (
+    Listeners,
+    Result<Vec<std::thread::JoinHandle<()>>, AppError>,
+) {
+    let start = workers::Start {
+        ctx: ctx.clone(),
+        handshake_timeout: settings.tls.handshake_timeout,
+        tls_contexts: tls_contexts.clone(),
+        udp_locals: listeners.udp.iter().map(|l| l.local).collect(),
+        stream_locals: listeners.streams.iter().map(|(t, _, a)| (*t, *a)).collect(),
+        shutdown: shutdown.clone(),
+    };
+    let siblings = spawn_siblings(std::mem::take(&mut bound.siblings), dispatcher, &start);
+    let first = Listeners {
+        udp: std::mem::take(&mut listeners.udp),
+        streams: std::mem::take(&mut listeners.streams),
+    };
+    (first, siblings)
+}
+
+/// The inodes of every worker's UDP sockets (for the kernel's drop
+/// counters).
+fn udp_inodes(bound: &Bound) -> Vec<u64> {
+    let first = bound
+        .udp
+        .iter()
+        .filter_map(|s| udp::socket_inode(s.as_ref()));
+    let others = bound.siblings.iter().flat_map(|w| &w.udp);
+    first.chain(others.filter_map(udp::socket_inode)).collect()
+}
+
+/// Start the workers beyond the first, each with a sibling of
+/// `dispatcher`.
+fn spawn_siblings(
+    siblings: Vec<WorkerSockets>,
+    dispatcher: &Dispatcher,
+    start: &workers::Start,
+) -> Result<Vec<std::thread::JoinHandle<()>>, AppError> {
+    siblings
+        .into_iter()
+        .enumerate()
+        .map(|(i, sockets)| {
+            workers::spawn(i + 1, sockets, dispatcher.sibling(i + 1), start)
+                .map_err(AppError::Worker)
+        })
+        .collect()
+}
+
+/// Wait for the workers beyond the first to stop (off this runtime's
+/// thread).
+async fn join_siblings(siblings: Vec<std::thread::JoinHandle<()>>) {
+    let joined = tokio::task::spawn_blocking(move || {
+        siblings
+            .into_iter()
+            .filter_map(|worker| worker.join().err())
+            .count()
+    })
+    .await;
+    if !matches!(joined, Ok(0)) {
+        warn!("a worker thread ended with a panic");
+    }
+}
+
+/// One `listening` line per listener (operators' scripts wait for them),
+/// naming what it advertises when `proxy.advertise` gives it a name.
 fn log_listening(
-    addresses: &[(Transport, SocketAddr)],
+    listening: &[Listening],
     upstream: Endpoint,
     mode: crate::policy::Mode,
     boot: BootId,
 ) {
-    for (transport, addr) in addresses {
-        info!(%transport, %addr, upstream = %upstream, mode = mode.as_str(), boot = %boot, "listening");
+    for l in listening {
+        let (transport, addr) = (l.transport, l.addr);
+        match &l.advertise {
+            Some(advertised) => {
+                info!(%transport, %addr, advertise = %advertised, upstream = %upstream, mode = mode.as_str(), boot = %boot, "listening")
+            }
+            None => {
+                info!(%transport, %addr, upstream = %upstream, mode = mode.as_str(), boot = %boot, "listening")
+            }
+        }
     }
 }
 
@@ -352,8 +538,9 @@ struct Advertised {
     udp: Vec<UdpListener>,
     /// Stream listeners: transport, socket, advertised address.
     streams: Vec<(Transport, TcpListener, SocketAddr)>,
-    /// Every (transport, advertised address), UDP first.
-    addresses: Vec<(Transport, SocketAddr)>,
+    /// Every listener, UDP first: its transport, its address, and what it
+    /// advertises (`proxy.advertise`).
+    listening: Vec<Listening>,
     /// Where what arrives on the link to a stream upstream counts as
     /// arriving: the first listener of its transport and address family.
     upstream_local: SocketAddr,
@@ -361,8 +548,9 @@ struct Advertised {
 
 impl Advertised {
     /// Take the listeners out of `bound` and advertise each (an unspecified
-    /// address as the local address facing `upstream`).
-    fn of(bound: &mut Bound, upstream: Endpoint) -> Result<Self, AppError> {
+    /// address as the local address facing `upstream`; a name when
+    /// `proxy.advertise` gives the listener one).
+    fn of(bound: &mut Bound, upstream: Endpoint, settings: &Settings) -> Result<Self, AppError> {
         let advertise = |local: Option<SocketAddr>| local.map(|a| advertised(a, upstream.addr));
         let udp: Vec<UdpListener> = bound
             .udp
@@ -396,25 +584,65 @@ impl Advertised {
         let upstream_local = core_address(&addresses, upstream).ok_or(
             AppError::NoListenerForUpstream(upstream, upstream.transport),
         )?;
+        let listening = listening(&addresses, settings);
         Ok(Self {
             udp,
             streams,
-            addresses,
+            listening,
             upstream_local,
         })
     }
 }
 
-/// The signer of flow tokens: `proxy.flow_secret`, or a random one (with
-/// a warning: tokens then die with the process).
+/// The listeners bound (`addresses`, in the order `bind` bound them: each
+/// transport's in `proxy.listen` order), each with what its configured
+/// listener advertises.
+fn listening(addresses: &[(Transport, SocketAddr)], settings: &Settings) -> Vec<Listening> {
+    let mut configured = [Transport::Udp, Transport::Tcp, Transport::Tls].map(|transport| {
+        settings
+            .listen
+            .iter()
+            .filter(move |e| e.transport == transport)
+    });
+    addresses
+        .iter()
+        .map(|&(transport, addr)| {
+            let slot = match transport {
+                Transport::Udp => 0,
+                Transport::Tcp => 1,
+                Transport::Tls => 2,
+            };
+            let advertise = configured[slot]
+                .next()
+                .and_then(|endpoint| settings.advertise.for_listener(endpoint))
+                .cloned();
+            Listening {
+                transport,
+                addr,
+                advertise,
+            }
+        })
+        .collect()
+}
+
+/// The signer of flow tokens: the configured secrets (`proxy.flow_secret`
+/// or `proxy.flow_secret_file`), or a random one (with a warning: tokens
+/// then die with the process).
 fn flow_signer(settings: &Settings) -> FlowSigner {
-    match &settings.flow_secret {
-        Some(secret) => FlowSigner::new(secret.as_bytes()),
-        None => {
-            warn!("proxy.flow_secret is not set: using a random secret; flow tokens in Path and Record-Route will not survive a restart and will not work across instances");
-            FlowSigner::random()
-        }
-    }
+    let configured = settings.flow_secrets.as_ref().and_then(|secrets| {
+        let signer = FlowSigner::with_secrets(secrets.secrets())?;
+        info!(
+            source = secrets.key(),
+            secrets = signer.secrets(),
+            signing_fingerprint = %signer.fingerprint(),
+            "flow secrets loaded: the first signs, every one verifies"
+        );
+        Some(signer)
+    });
+    configured.unwrap_or_else(|| {
+        warn!("neither proxy.flow_secret nor proxy.flow_secret_file is set: using a random secret; flow tokens in Path and Record-Route will not survive a restart and will not work across instances");
+        FlowSigner::random()
+    })
 }
 
 /// What every transport task shares.
@@ -461,11 +689,8 @@ fn senders(
     ctx: &Arc<TransportContext>,
     tls_contexts: &TlsContexts,
 ) -> Result<(Senders, Exporter), AppError> {
-    let (hep, exporter) = Hep::start(
-        &settings.hep,
-        listeners.addresses.clone(),
-        ctx.metrics.clone(),
-    )?;
+    let locals = listeners.listening.iter().map(|l| (l.transport, l.addr));
+    let (hep, exporter) = Hep::start(&settings.hep, locals.collect(), ctx.metrics.clone())?;
     let upstream = settings.upstream.expect("checked by serve_reloading");
     let upstream_sender = match ctx.upstream_queue.clone() {
         Some(budget) => UpstreamSender::Stream(UpstreamLink::spawn(
@@ -495,48 +720,6 @@ fn senders(
     Ok((senders, exporter))
 }
 
-/// Start the UDP receive loops and the stream accept loops. Each stream
-/// listener's open step is chosen here: `tcp:` refuses a TLS ClientHello
-/// (the first byte due within the message deadline), `tls:` runs the
-/// handshake (bounded like a message) in the connection's task and slot.
-fn spawn_listeners(
-    tasks: &mut JoinSet<()>,
-    udp_listeners: &[UdpListener],
-    streams: Vec<(Transport, TcpListener, SocketAddr)>,
-    ctx: &Arc<TransportContext>,
-    settings: &Settings,
-    tls_contexts: &TlsContexts,
-) {
-    for listener in udp_listeners {
-        tasks.spawn(udp::serve(listener.clone(), ctx.clone()));
-    }
-    let deadline = settings.limits.message_deadline;
-    for (transport, listener, local) in streams {
-        let at = Listener { transport, local };
-        let metrics = ctx.metrics.clone();
-        match transport {
-            Transport::Tcp => {
-                let open = move |tcp| tls::refuse_tls_client_hello(tcp, deadline, metrics.clone());
-                tasks.spawn(stream::accept(listener, at, ctx.clone(), open));
-            }
-            Transport::Tls => {
-                let server = tls_contexts
-                    .server
-                    .clone()
-                    .expect("bind builds the acceptor when a tls: listener is configured");
-                let handshake_deadline = settings.tls.handshake_timeout.min(deadline);
-                let handshake = TlsListener::new(server, handshake_deadline, metrics);
-                let open = move |tcp| {
-                    let handshake = handshake.clone();
-                    async move { handshake.open(tcp).await }
-                };
-                tasks.spawn(stream::accept(listener, at, ctx.clone(), open));
-            }
-            Transport::Udp => unreachable!("stream listeners are TCP or TLS"),
-        }
-    }
-}
-
 /// The first advertised address of the upstream's transport, of its
 /// address family when there is one.
 fn core_address(addresses: &[(Transport, SocketAddr)], upstream: Endpoint) -> Option<SocketAddr> {
@@ -556,13 +739,21 @@ pub async fn run(config: Config) -> Result<(), AppError> {
     let shutdown = CancellationToken::new();
     // One pending reload is enough: SIGHUPs during a reload fold into it.
     let (reload_tx, reloads) = mpsc::channel(1);
+    let drain = (!config.settings.limits.drain.is_zero()).then(CancellationToken::new);
     tokio::spawn(handle_signals(
         signals,
         decision_log.clone(),
         reload_tx,
-        shutdown.clone(),
+        Stopping {
+            drain: drain.clone(),
+            shutdown: shutdown.clone(),
+        },
     ));
-    let served = serve_reloading(config, bound, decision_log, shutdown, Some(reloads)).await;
+    let control = Control {
+        reloads: Some(reloads),
+        drain,
+    };
+    let served = serve_reloading(config, bound, decision_log, shutdown, control).await;
     close_decision_log(log_writer).await;
     served.map(drop)
 }
@@ -590,14 +781,43 @@ async fn close_decision_log(writer: LogWriter) {
     }
 }
 
+/// How the signals stop an instance: the first SIGTERM starts a drain
+/// (when `limits.drain_secs` is not 0); a second SIGTERM, a SIGINT, or a
+/// SIGTERM with no drain, stops at once.
+struct Stopping {
+    drain: Option<CancellationToken>,
+    shutdown: CancellationToken,
+}
+
+impl Stopping {
+    /// Act on SIGTERM or SIGINT (`name`); `true`: nothing is left to do.
+    fn on(&self, name: &'static str) -> bool {
+        match &self.drain {
+            Some(drain) if name == "SIGTERM" && !drain.is_cancelled() => {
+                info!(
+                    signal = name,
+                    "draining (a second SIGTERM, or SIGINT, stops at once)"
+                );
+                drain.cancel();
+                false
+            }
+            _ => {
+                info!(signal = name, "shutting down");
+                self.shutdown.cancel();
+                true
+            }
+        }
+    }
+}
+
 /// SIGHUP asks for a reload (the config file and the TLS certificates, see
-/// [`crate::reload`]) and reopens the decision log (logrotate); SIGTERM or
-/// SIGINT cancels `shutdown`.
+/// [`crate::reload`]) and reopens the decision log (logrotate); SIGTERM
+/// drains, then stops, and SIGINT stops (see [`Stopping`]).
 async fn handle_signals(
     mut signals: Signals,
     log: DecisionLog,
     reload: mpsc::Sender<()>,
-    shutdown: CancellationToken,
+    stopping: Stopping,
 ) {
     loop {
         match signals.next().await {
@@ -620,9 +840,9 @@ async fn handle_signals(
                 });
             }
             Signal::Stop(name) => {
-                info!(signal = name, "shutting down");
-                shutdown.cancel();
-                return;
+                if stopping.on(name) {
+                    return;
+                }
             }
         }
     }

@@ -1,4 +1,5 @@
-//! Command line (clap): `run`, `check-config`, `classify`, `report`.
+//! Command line (clap): `run`, `check-config`, `classify`, `report`,
+//! `catalog import-cvp`, `probe`.
 
 use std::path::PathBuf;
 
@@ -39,6 +40,131 @@ pub enum Command {
     },
     /// Summarise decision logs (files, .gz files, or stdin when none is named).
     Report(ReportArgs),
+    /// Send one request through a running sipadmit and print what came
+    /// back: status, Warning, ms-diagnostics. Exit 0 when it answers (with
+    /// the `--expect`ed status, when given), 1 otherwise.
+    Probe(ProbeArgs),
+    /// Work with the client catalog.
+    Catalog {
+        /// What to do with it.
+        #[command(subcommand)]
+        command: CatalogCommand,
+    },
+}
+
+/// `sipadmit catalog` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum CatalogCommand {
+    /// Print catalog entries that match the clients of a Lync / Skype for
+    /// Business client version policy, with its precedence (export:
+    /// `Get-CsClientVersionPolicyRule | Export-Csv` or `| ConvertTo-Json`);
+    /// what the catalog cannot express is named on stderr and in the output.
+    ImportCvp(ImportCvpArgs),
+}
+
+/// `sipadmit catalog import-cvp` arguments.
+#[derive(Debug, clap::Args)]
+pub struct ImportCvpArgs {
+    /// The policy whose rules to import, when the export holds several:
+    /// the part of the rules' Identity before the `/`, e.g. `Global` or
+    /// `site:Redmond` (case-insensitive).
+    #[arg(long, value_name = "SCOPE")]
+    pub scope: Option<String>,
+    /// The export (JSON or CSV, UTF-8 or UTF-16); `-` reads stdin.
+    #[arg(value_name = "FILE")]
+    pub file: PathBuf,
+}
+
+/// `sipadmit probe` arguments.
+#[derive(Debug, clap::Args)]
+pub struct ProbeArgs {
+    /// User-Agent of the request; "" sends none (default:
+    /// `sipadmit-probe/<version>`).
+    #[arg(long, value_name = "UA")]
+    pub ua: Option<String>,
+    /// Method: a REGISTER (with `Expires: 0`, so it leaves no binding), an
+    /// INVITE without a body (acknowledged; a call it sets up is ended with
+    /// a BYE at once), or an OPTIONS.
+    #[arg(long, value_enum, ignore_case = true, default_value = "REGISTER")]
+    pub method: MethodArg,
+    /// To URI, e.g. a workflow `sip:helpdesk@contoso.com` (an INVITE's and
+    /// an OPTIONS' Request-URI; a REGISTER's goes to its domain). Default:
+    /// `sip:sipadmit-probe@<TARGET address>`.
+    #[arg(long, value_name = "URI")]
+    pub to: Option<String>,
+    /// From URI. Default: the To URI for a REGISTER,
+    /// `sip:sipadmit-probe@<To host>` otherwise.
+    #[arg(long, value_name = "URI")]
+    pub from: Option<String>,
+    /// REGISTER Expires, seconds (0 removes the binding the REGISTER names).
+    #[arg(long, value_name = "SECS", default_value_t = 0)]
+    pub expires: u32,
+    /// Exit 0 only when the final answer has this status (200..=699).
+    #[arg(long, value_name = "CODE", value_parser = clap::value_parser!(u16).range(200..=699))]
+    pub expect: Option<u16>,
+    /// Give up this many seconds after starting (decimals allowed,
+    /// at most 300).
+    #[arg(long, value_name = "SECS", default_value = "5", value_parser = parse_timeout)]
+    pub timeout: std::time::Duration,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// PEM roots the certificate of a `tls:` TARGET must chain to
+    /// (default: the system's roots).
+    #[arg(long, value_name = "FILE")]
+    pub ca: Option<PathBuf>,
+    /// The name a `tls:` TARGET's certificate must carry, also sent as SNI
+    /// (default: the TARGET's IP address).
+    #[arg(long, value_name = "NAME")]
+    pub tls_name: Option<String>,
+    /// PEM certificate chain to present to a `tls:` listener that asks for
+    /// one (with `--key`).
+    #[arg(long, value_name = "FILE", requires = "key")]
+    pub cert: Option<PathBuf>,
+    /// Its PEM private key.
+    #[arg(long, value_name = "FILE", requires = "cert")]
+    pub key: Option<PathBuf>,
+    /// The sipadmit listener: `udp:IP:PORT`, `tcp:IP:PORT` or `tls:IP:PORT`
+    /// (IPv6 as `udp:[::1]:5060`).
+    #[arg(value_name = "TARGET", value_parser = parse_target)]
+    pub target: crate::config::Endpoint,
+}
+
+/// `probe --method` values.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+#[value(rename_all = "UPPER")]
+pub enum MethodArg {
+    /// REGISTER.
+    Register,
+    /// INVITE.
+    Invite,
+    /// OPTIONS.
+    Options,
+}
+
+impl From<MethodArg> for crate::probe::ProbeMethod {
+    fn from(m: MethodArg) -> Self {
+        match m {
+            MethodArg::Register => Self::Register,
+            MethodArg::Invite => Self::Invite,
+            MethodArg::Options => Self::Options,
+        }
+    }
+}
+
+/// `--timeout`: seconds, more than 0 and at most 300.
+fn parse_timeout(text: &str) -> Result<std::time::Duration, String> {
+    match text.parse::<f64>() {
+        Ok(secs) if secs > 0.0 && secs <= 300.0 => Ok(std::time::Duration::from_secs_f64(secs)),
+        _ => Err(format!(
+            "{text:?}: expected seconds, more than 0 and at most 300"
+        )),
+    }
+}
+
+/// TARGET: an endpoint as in `--listen`.
+fn parse_target(text: &str) -> Result<crate::config::Endpoint, String> {
+    text.parse()
 }
 
 /// `sipadmit report` arguments.

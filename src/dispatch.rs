@@ -15,7 +15,6 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -26,6 +25,10 @@ use crate::proxy::{Core, Destination, Inbound, Outbound, Outcome};
 use crate::transport::admission::{Admission, BanCause, BanScope};
 use crate::transport::upstream::DatagramWatch;
 use crate::transport::{udp, BootId, Event, Fault, SendError, Senders, Transport, UpstreamSender};
+
+/// Events handled in a row when more are queued, before the timers and
+/// the shutdown signal get their turn.
+const EVENT_BATCH: usize = 32;
 
 /// How often expired registrations are swept.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(30);
@@ -42,6 +45,11 @@ pub struct Dispatcher {
     log: DecisionLog,
     edge: Edge,
     probes: Probes,
+    /// This dispatcher looks after the rate limits, bans and summaries
+    /// every second (the first worker's; its siblings' do not).
+    housekeeping: bool,
+    /// The worker it dispatches for (0: the first).
+    worker: usize,
 }
 
 impl Dispatcher {
@@ -70,7 +78,7 @@ impl Dispatcher {
             log,
             edge: Edge {
                 admission,
-                upstream_watch: DatagramWatch::default(),
+                upstream_watch: Arc::new(DatagramWatch::default()),
                 ticks: 0,
             },
             probes: Probes {
@@ -78,7 +86,41 @@ impl Dispatcher {
                 sent: 0,
                 inbound: probe_inbound,
             },
+            housekeeping: true,
+            worker: 0,
         }
+    }
+
+    /// A dispatcher for another worker: it shares this one's core,
+    /// senders (until [`Dispatcher::sending_datagrams_from`] gives it its
+    /// worker's UDP sockets), decision log, admission and watch on the UDP
+    /// upstream, and handles its worker's events and the client
+    /// transactions' timers; the probes and the housekeeping stay with
+    /// this one.
+    pub fn sibling(&self, worker: usize) -> Self {
+        Self {
+            core: self.core.clone(),
+            senders: self.senders.clone(),
+            log: self.log.clone(),
+            edge: Edge {
+                admission: self.edge.admission.clone(),
+                upstream_watch: self.edge.upstream_watch.clone(),
+                ticks: 0,
+            },
+            probes: Probes {
+                every: None,
+                sent: 0,
+                inbound: None,
+            },
+            housekeeping: false,
+            worker,
+        }
+    }
+
+    /// This dispatcher sends datagrams from `udp` (its worker's sockets).
+    pub fn sending_datagrams_from(mut self, udp: Vec<crate::transport::UdpListener>) -> Self {
+        self.senders.udp = udp;
+        self
     }
 
     /// Handle `events` until `shutdown` (or until every transport is gone).
@@ -90,16 +132,35 @@ impl Dispatcher {
             log,
             edge,
             probes,
+            housekeeping: keeps_house,
+            worker,
         } = &mut self;
+        let worker = *worker;
         loop {
             let retransmit_at = core.client_transactions().next_due();
             tokio::select! {
                 () = shutdown.cancelled() => break,
                 () = until(retransmit_at) => retransmit(core, senders, log).await,
                 () = probes.due() => probes.send(core, senders, log, edge).await,
-                _ = housekeeping.tick() => edge.housekeeping(core, Instant::now()),
+                _ = housekeeping.tick(), if *keeps_house => edge.housekeeping(core, Instant::now()),
                 event = events.recv() => match event {
-                    Some(event) => dispatch(core, senders, log, edge, event).await,
+                    Some(mut event) => {
+                        // What else is queued is handled without going back
+                        // through the select (at most `EVENT_BATCH` in a row).
+                        let mut handled = 0;
+                        loop {
+                            core.metrics().worker_events.inc(worker);
+                            dispatch(core, senders, log, edge, event).await;
+                            handled += 1;
+                            if handled == EVENT_BATCH {
+                                break;
+                            }
+                            match events.try_recv() {
+                                Ok(next) => event = next,
+                                Err(_) => break,
+                            }
+                        }
+                    }
                     None => break,
                 },
             }
@@ -109,13 +170,10 @@ impl Dispatcher {
 
 /// Start the chores that must not hold up the dispatcher: the sweep of
 /// expired registrations (every 30 s) and the read of the kernel's UDP drop
-/// counters of `udp_sockets` (every 10 s), each off the event loop's thread
+/// counters of the UDP sockets of `udp_inodes` (every 10 s; every
+/// worker's, see [`udp::socket_inode`]), each off the event loop's thread
 /// (`spawn_blocking`). They stop on `shutdown`.
-pub fn spawn_chores(
-    core: Arc<Core>,
-    udp_sockets: Vec<Arc<UdpSocket>>,
-    shutdown: CancellationToken,
-) {
+pub fn spawn_chores(core: Arc<Core>, udp_inodes: Vec<u64>, shutdown: CancellationToken) {
     let sweeping = core.clone();
     tokio::spawn(every(SWEEP_INTERVAL, shutdown.clone(), move || {
         let removed = sweeping.registrations().sweep(Instant::now());
@@ -124,8 +182,7 @@ pub fn spawn_chores(
         }
     }));
     tokio::spawn(every(KERNEL_DROPS_INTERVAL, shutdown, move || {
-        let sockets: Vec<&UdpSocket> = udp_sockets.iter().map(|s| s.as_ref()).collect();
-        let Some(total) = udp::kernel_drops(&sockets) else {
+        let Some(total) = udp::kernel_drops(&udp_inodes) else {
             return;
         };
         let before = core
@@ -236,7 +293,7 @@ async fn retransmit(core: &Core, senders: &Senders, log: &DecisionLog) {
 /// upstream that stays silent.
 struct Edge {
     admission: Arc<Admission>,
-    upstream_watch: DatagramWatch,
+    upstream_watch: Arc<DatagramWatch>,
     /// Housekeeping ticks so far.
     ticks: u64,
 }
@@ -333,18 +390,24 @@ async fn received(
         },
     );
     let (leaves_over, to_udp_upstream) = relayed_over(senders, &outcome);
-    // Kept once sent: a stream client's request leaving over UDP.
-    let retransmit = outcome
+    // A stream client's request leaving over UDP: its client transaction
+    // is kept before it is sent (its answer may come back on another
+    // worker's socket at once), and forgotten if it could not be sent.
+    let kept = outcome
         .retransmit
         .zip(outcome.send.clone())
-        .filter(|_| !outcome.scanner);
+        .filter(|_| !outcome.scanner)
+        .map(|(key, send)| {
+            core.keep_transaction(key, send, inbound.clone(), started);
+            key
+        });
     let carried_out = carry_out(senders, log, &inbound, outcome, core.boot()).await;
     core.metrics().observe_handling(started.elapsed());
+    if let (Some(key), Err(_)) = (&kept, &carried_out) {
+        core.forget_transaction(key);
+    }
     match carried_out {
         Ok(()) => {
-            if let Some((key, send)) = retransmit {
-                core.keep_transaction(key, send, inbound.clone(), started);
-            }
             if let Some(transport) = leaves_over {
                 core.metrics()
                     .count_relayed(transport, MessageKind::of(&inbound.bytes));

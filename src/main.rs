@@ -67,37 +67,133 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             config,
             json,
             user_agents,
-        } => {
-            let catalog = match config {
-                Some(path) => Config::load(&path, &Overrides::default())?.runtime.catalog,
-                None => Catalog::from_toml_str(SHIPPED_CATALOG).context("built-in catalog")?,
-            };
-            let inputs: Vec<String> = if user_agents.is_empty() {
-                std::io::stdin()
-                    .lock()
-                    .lines()
-                    .collect::<Result<_, _>>()
-                    .context("reading User-Agents from stdin")?
-            } else {
-                user_agents
-            };
-            let mut out = std::io::stdout().lock();
-            if json {
-                for ua in &inputs {
-                    let c = catalog.classify(Some(ua.as_bytes()));
-                    writeln!(out, "{}", cli::classification_json(ua, &c))?;
-                }
-            } else {
-                let rows: Vec<_> = inputs
-                    .iter()
-                    .map(|ua| cli::classification_row(ua, &catalog.classify(Some(ua.as_bytes()))))
-                    .collect();
-                out.write_all(cli::render_table(&rows).as_bytes())?;
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+        } => classify(config, json, user_agents),
         Command::Report(args) => report(args),
+        Command::Probe(args) => probe(&args),
+        Command::Catalog {
+            command: cli::CatalogCommand::ImportCvp(args),
+        } => import_cvp(&args),
     }
+}
+
+/// `sipadmit probe`: one request, its answer on stdout; exit 0 when it
+/// answered as expected, 1 (with the reason on stderr) otherwise.
+fn probe(args: &cli::ProbeArgs) -> anyhow::Result<ExitCode> {
+    use sipadmit::probe::{self, Outcome, ProbeRequest, TlsOptions};
+    let target = args.target;
+    let host = match target.addr {
+        std::net::SocketAddr::V4(a) => a.to_string(),
+        std::net::SocketAddr::V6(a) => format!("[{}]:{}", a.ip(), a.port()),
+    };
+    let request = ProbeRequest::new(
+        args.method.into(),
+        &host,
+        args.to.as_deref(),
+        args.from.as_deref(),
+        args.ua.as_deref(),
+        args.expires,
+        rand::random(),
+    )?;
+    let tls = TlsOptions {
+        ca: args.ca.clone(),
+        server_name: args.tls_name.clone(),
+        identity: args.cert.clone().zip(args.key.clone()),
+    };
+    let outcome = Outcome {
+        target,
+        method: request.method,
+        user_agent: request.user_agent.clone(),
+        answer: probe::exchange(target, &tls, &request, args.timeout).map_err(|e| e.to_string()),
+        expected: args.expect,
+    };
+    let report = if args.json {
+        format!("{}\n", outcome.json())
+    } else {
+        outcome.text()
+    };
+    std::io::stdout().lock().write_all(report.as_bytes())?;
+    Ok(match outcome.failure() {
+        None => ExitCode::SUCCESS,
+        Some(reason) => {
+            eprintln!("sipadmit: probe: {reason}");
+            ExitCode::FAILURE
+        }
+    })
+}
+
+/// `sipadmit catalog import-cvp`: entries on stdout, every note on stderr.
+fn import_cvp(args: &cli::ImportCvpArgs) -> anyhow::Result<ExitCode> {
+    use sipadmit::client_version_policy::{self as cvp, ClientVersionPolicy};
+    let (bytes, name) = if args.file.as_os_str() == "-" {
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::stdin().lock(), &mut bytes)
+            .context("reading the export from stdin")?;
+        (bytes, "-".to_owned())
+    } else {
+        let bytes =
+            std::fs::read(&args.file).with_context(|| format!("{}", args.file.display()))?;
+        (bytes, args.file.display().to_string())
+    };
+    let rules = cvp::read_rules(&bytes).with_context(|| name.clone())?;
+    let policy =
+        ClientVersionPolicy::new(rules, args.scope.as_deref()).with_context(|| name.clone())?;
+    let import = cvp::translate(&policy, &name);
+    let mut out = std::io::stdout().lock();
+    out.write_all(import.toml.as_bytes())
+        .and_then(|()| out.flush())
+        .context("writing the catalog entries")?;
+    let mut err = std::io::stderr().lock();
+    for note in &import.notes {
+        writeln!(err, "sipadmit: {name}: {note}")?;
+    }
+    writeln!(
+        err,
+        "sipadmit: {name}: note: {}",
+        cvp::translate::MAPPING_NOTE
+    )?;
+    writeln!(
+        err,
+        "sipadmit: {name}: {} rules, {} imported, {} not imported",
+        policy.rules.len(),
+        import.imported,
+        import.not_imported
+    )?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `sipadmit classify`: a table, or one JSON object per User-Agent.
+fn classify(
+    config: Option<std::path::PathBuf>,
+    json: bool,
+    user_agents: Vec<String>,
+) -> anyhow::Result<ExitCode> {
+    let catalog = match config {
+        Some(path) => Config::load(&path, &Overrides::default())?.runtime.catalog,
+        None => Catalog::from_toml_str(SHIPPED_CATALOG).context("built-in catalog")?,
+    };
+    let inputs: Vec<String> = if user_agents.is_empty() {
+        std::io::stdin()
+            .lock()
+            .lines()
+            .collect::<Result<_, _>>()
+            .context("reading User-Agents from stdin")?
+    } else {
+        user_agents
+    };
+    let mut out = std::io::stdout().lock();
+    if json {
+        for ua in &inputs {
+            let c = catalog.classify(Some(ua.as_bytes()));
+            writeln!(out, "{}", cli::classification_json(ua, &c))?;
+        }
+    } else {
+        let rows: Vec<_> = inputs
+            .iter()
+            .map(|ua| cli::classification_row(ua, &catalog.classify(Some(ua.as_bytes()))))
+            .collect();
+        out.write_all(cli::render_table(&rows).as_bytes())?;
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `sipadmit report`: read every log into one tally, then print or write it.

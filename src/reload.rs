@@ -10,10 +10,18 @@
 //! [`Admission`] (new buckets at the new rates, bans in force kept; see
 //! [`Admission::reconfigure`]).
 //!
-//! The restart-only settings ([`Settings`]: listeners, upstream, upstream
-//! sources, decision log path, flow secret, limits, admin listener, TLS
-//! handshake deadline) are not applied; each one that changed is logged as
-//! "changed, needs restart", and the rest of the file still applies.
+//! The flow secrets are applied too: `proxy.flow_secret_file` is read
+//! again (a file that cannot be read, that every user may read, or with a
+//! short secret fails the whole reload, naming the file and line), and a
+//! changed set of secrets swaps the core's signer ([`Core::set_flow_signer`]):
+//! the first secret signs from the next message on, every one verifies. A
+//! config that no longer names any secret keeps the running ones (a random
+//! secret would break every token in use): that needs a restart.
+//!
+//! The restart-only settings ([`Settings`]: listeners, advertised names,
+//! upstream, upstream sources, decision log path, limits, admin listener,
+//! TLS handshake deadline) are not applied; each one that changed is logged
+//! as "changed, needs restart", and the rest of the file still applies.
 //! Command-line values ([`Overrides`]) keep replacing the file's on every
 //! reload.
 //!
@@ -34,6 +42,7 @@ use tracing::{info, warn};
 use crate::config::{Config, ConfigError, Overrides, RuntimeConfig, Settings};
 use crate::observe::metrics::ReloadResult;
 use crate::observe::Metrics;
+use crate::proxy::flow::FlowSigner;
 use crate::proxy::Core;
 use crate::transport::admission::Admission;
 use crate::transport::tls::TlsContexts;
@@ -67,6 +76,8 @@ pub enum Reloaded {
         needs_restart: Vec<&'static str>,
         /// `[rate_limit]` changed and was applied.
         rate_limit_applied: bool,
+        /// The flow secrets changed and the new ones are in use.
+        flow_secrets_applied: bool,
     },
     /// The file had problems; the running configuration is kept.
     Kept,
@@ -129,34 +140,10 @@ impl Reloader {
     ) -> Reloaded {
         let config = match loaded {
             Ok(config) => config,
-            Err(e) => {
-                let problems = e.problems();
-                for problem in &problems {
-                    warn!(
-                        config = %self.path.display(),
-                        key = %problem.key,
-                        problem = %problem.message,
-                        "config reload: problem"
-                    );
-                }
-                warn!(
-                    config = %self.path.display(),
-                    problems = problems.len(),
-                    generation = core.generation(),
-                    "config reload failed; running configuration kept"
-                );
-                metrics.count_reload(ReloadResult::Failure);
-                return Reloaded::Kept;
-            }
+            Err(e) => return self.keep(core, metrics, &e),
         };
-        let needs_restart = self.running.needing_restart(&config.settings);
-        for key in &needs_restart {
-            warn!(
-                config = %self.path.display(),
-                key,
-                "config reload: setting changed, needs restart; the running value stays in use"
-            );
-        }
+        let flow_secrets_applied = self.apply_flow_secrets(core, &config.settings);
+        let needs_restart = self.needing_restart(&config.settings);
         let rate_limit_applied = self
             .admission
             .reconfigure(config.settings.rate_limit.clone());
@@ -169,6 +156,9 @@ impl Reloader {
         let mut changed = core.runtime().config.changed_keys(&config.runtime);
         if rate_limit_applied {
             changed.push("rate_limit");
+        }
+        if let Some(key) = flow_secrets_applied {
+            changed.push(key);
         }
         let changed = if changed.is_empty() {
             "nothing".to_owned()
@@ -185,12 +175,74 @@ impl Reloader {
             changed = %changed,
             needs_restart = needs_restart.len(),
             rate_limit_applied,
+            flow_secrets_applied = flow_secrets_applied.is_some(),
             "config reloaded"
         );
         Reloaded::Published {
             generation,
             needs_restart,
             rate_limit_applied,
+            flow_secrets_applied: flow_secrets_applied.is_some(),
         }
+    }
+
+    /// A config that failed to load: every problem logged, the failure
+    /// counted, the running configuration kept.
+    fn keep(&self, core: &Core, metrics: &Metrics, e: &ConfigError) -> Reloaded {
+        let problems = e.problems();
+        for problem in &problems {
+            warn!(
+                config = %self.path.display(),
+                key = %problem.key,
+                problem = %problem.message,
+                "config reload: problem"
+            );
+        }
+        warn!(
+            config = %self.path.display(),
+            problems = problems.len(),
+            generation = core.generation(),
+            "config reload failed; running configuration kept"
+        );
+        metrics.count_reload(ReloadResult::Failure);
+        Reloaded::Kept
+    }
+
+    /// The restart-only keys a loaded config changes (each logged): those
+    /// of [`Settings::needing_restart`], and the flow secrets when the
+    /// config no longer names any (the running ones stay).
+    fn needing_restart(&self, settings: &Settings) -> Vec<&'static str> {
+        let mut needs_restart = self.running.needing_restart(settings);
+        if settings.flow_secrets.is_none() && self.running.flow_secrets.is_some() {
+            needs_restart.push("proxy.flow_secret");
+        }
+        for key in &needs_restart {
+            warn!(
+                config = %self.path.display(),
+                key,
+                "config reload: setting changed, needs restart; the running value stays in use"
+            );
+        }
+        needs_restart
+    }
+
+    /// Swap in the flow secrets of a loaded config when they differ from
+    /// the ones in use; their key when they did. Without secrets in the
+    /// config, the running signer stays.
+    fn apply_flow_secrets(&self, core: &Core, settings: &Settings) -> Option<&'static str> {
+        let secrets = settings.flow_secrets.as_ref()?;
+        let signer = FlowSigner::with_secrets(secrets.secrets())?;
+        let (count, fingerprint) = (signer.secrets(), signer.fingerprint());
+        if !core.set_flow_signer(signer) {
+            return None;
+        }
+        info!(
+            config = %self.path.display(),
+            source = secrets.key(),
+            secrets = count,
+            signing_fingerprint = %fingerprint,
+            "config reload: flow secrets changed: the first signs, every one verifies"
+        );
+        Some(secrets.key())
     }
 }

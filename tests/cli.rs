@@ -141,7 +141,7 @@ fn free_port() -> u16 {
 fn run_and_signal(signal: &str) {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("min.toml");
-    // Only the contract keys of design.md section 3; the rest on the command line.
+    // Only the two keys that are enough to run (docs/configuration.md); the rest on the command line.
     std::fs::write(
         &config,
         "[response_group]\nworkflows = [\"sip:helpdesk@contoso.com\"]\napplication_user_agents = [\"Response_Group_Service\"]\n",

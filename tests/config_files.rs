@@ -52,8 +52,10 @@ fn settings_hold_the_restart_keys_and_runtime_the_swappable_ones() {
         upstream,
         upstream_sources,
         decision_log,
-        flow_secret,
+        flow_secrets,
+        advertise,
         upstream_probe,
+        workers,
         limits,
         tls,
         rate_limit,
@@ -61,10 +63,16 @@ fn settings_hold_the_restart_keys_and_runtime_the_swappable_ones() {
         admin_allow_remote,
         hep,
     } = &c.settings;
+    // Not set in the shipped file: one per core.
+    assert_eq!(
+        *workers,
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    );
     assert_eq!(listen.len(), 2);
     assert_eq!(upstream.unwrap().to_string(), "udp:127.0.0.1:5070");
     assert!(upstream_sources.matches("127.0.0.1:5070".parse().unwrap()));
-    assert_eq!((decision_log.as_str(), flow_secret), ("-", &None));
+    assert_eq!((decision_log.as_str(), flow_secrets), ("-", &None));
+    assert!(advertise.is_empty());
     assert_eq!(upstream_probe.map(|p| p.as_secs()), Some(5));
     assert_eq!(limits.max_headers, 256);
     assert_eq!(tls, &sipadmit::config::TlsSettings::default());
@@ -141,6 +149,83 @@ fn every_key_is_documented_in_the_shipped_config() {
         }
     }
     assert!(checked >= 40, "{checked}");
+}
+
+/// docs/configuration.md, the configuration reference, names every key
+/// the reader knows, in the part of the page headed by the key's section
+/// (`### `[section]``; the `[policy.<role>]` keys under `[policy]`'s).
+#[test]
+fn every_key_is_in_the_configuration_reference() {
+    let page = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/configuration.md"),
+    )
+    .unwrap();
+    let part = |section: &str| -> &str {
+        let heading = format!("\n### `[{section}]`");
+        let start = page
+            .find(&heading)
+            .unwrap_or_else(|| panic!("no {heading:?} heading in docs/configuration.md"));
+        let rest = &page[start + heading.len()..];
+        &rest[..rest.find("\n#").unwrap_or(rest.len())]
+    };
+    let roles = ["caller", "agent_offer", "agent_registration"];
+    let mut checked = 0;
+    for section in [
+        "proxy",
+        "limits",
+        "rate_limit",
+        "catalog",
+        "response_group",
+        "policy",
+        "tls",
+        "admin",
+    ]
+    .into_iter()
+    .map(str::to_owned)
+    .chain(roles.iter().map(|r| format!("policy.{r}")))
+    {
+        let text = part(section.split('.').next().unwrap());
+        for key in known_keys(&section) {
+            if section == "policy" && roles.contains(&key.as_str()) {
+                continue;
+            }
+            assert!(
+                text.contains(&format!("`{key}`")),
+                "{section}.{key} is not in docs/configuration.md under [{section}]"
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 50, "{checked}");
+}
+
+/// The README's minimal configuration (the TOML block after its marker)
+/// loads as it stands, and says what the README says it does.
+#[test]
+fn the_readme_minimal_configuration_loads() {
+    const MARKER: &str = "<!-- minimal-config: tests/config_files.rs loads this block -->";
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    let block = readme
+        .split_once(MARKER)
+        .unwrap_or_else(|| panic!("no {MARKER} in README.md"))
+        .1
+        .split_once("```toml\n")
+        .and_then(|(_, rest)| rest.split_once("```"))
+        .expect("a ```toml block after the marker")
+        .0;
+    let c = load_str(block).unwrap_or_else(|e| panic!("{e}\n{block}"));
+    let names: Vec<String> = c.settings.listen.iter().map(ToString::to_string).collect();
+    assert_eq!(names, ["udp:192.0.2.10:5060", "tcp:192.0.2.10:5060"]);
+    assert_eq!(
+        c.settings.upstream.unwrap().to_string(),
+        "udp:192.0.2.20:5060"
+    );
+    assert_eq!(c.settings.decision_log, "/var/log/sipadmit/decisions.log");
+    assert!(c.settings.admin.is_some_and(|a| a.ip().is_loopback()));
+    assert_eq!(c.runtime.policy.mode, sipadmit::policy::Mode::Monitor);
+    assert_eq!(c.runtime.sessions.workflows.len(), 1);
+    assert_eq!(c.runtime.catalog_source, "built-in");
 }
 
 #[test]
@@ -631,7 +716,8 @@ fn a_reload_names_the_restart_only_settings_that_changed() {
     );
     let changed = load(
         "[proxy]\nupstream = \"tcp:127.0.0.1:5070\"\nlisten = [\"udp:127.0.0.1:5062\"]\n\
-         flow_secret = \"0123456789abcdef0123\"\n[limits]\nmax_headers = 100\n\
+         flow_secret = \"0123456789abcdef0123\"\nadvertise = \"pool.example.com\"\n\
+         [limits]\nmax_headers = 100\n\
          [admin]\nlisten = \"127.0.0.1:9464\"\nallow_remote = true\n",
     );
     assert_eq!(
@@ -639,8 +725,9 @@ fn a_reload_names_the_restart_only_settings_that_changed() {
         [
             "proxy.listen",
             "proxy.upstream",
-            // (the default sources, the upstream's IP:PORT, did not change)
-            "proxy.flow_secret",
+            // (the default sources, the upstream's IP:PORT, did not change;
+            // the flow secret is applied by the reload)
+            "proxy.advertise",
             "limits",
             "admin.listen",
             "admin.allow_remote"
@@ -785,5 +872,217 @@ fn reserved_connections_and_known_flows_are_read_and_checked() {
         err.to_string()
             .contains("20 is not below limits.max_connections (20)"),
         "{err}"
+    );
+}
+
+// === pool keys ===
+
+/// Every problem of a config, as `key: message` lines.
+fn problem_lines(err: &ConfigError) -> Vec<String> {
+    err.problems().iter().map(ToString::to_string).collect()
+}
+
+/// `proxy.advertise`: one value for every listener, or a table keyed by
+/// the listeners as written; every bad key or value named.
+#[test]
+fn advertise_applies_to_every_listener_or_to_those_named() {
+    let config = load_str(
+        "[proxy]\nlisten = [\"udp:0.0.0.0:5060\", \"tcp:[::]:5062\"]\n\
+         advertise = \"Pool.Contoso.com\"\n",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    for listener in ["udp:0.0.0.0:5060", "tcp:[::]:5062"] {
+        assert_eq!(
+            config
+                .settings
+                .advertise
+                .for_listener(&listener.parse().unwrap())
+                .map(ToString::to_string),
+            Some("pool.contoso.com".into()),
+            "{listener}"
+        );
+    }
+    let per_listener = load_str(
+        "[proxy]\nlisten = [\"udp:0.0.0.0:5060\", \"tcp:0.0.0.0:5060\"]\n\
+         [proxy.advertise]\n\"udp:0.0.0.0:5060\" = \"pool.contoso.com:5060\"\n",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let advertise = &per_listener.settings.advertise;
+    assert_eq!(
+        advertise
+            .for_listener(&"udp:0.0.0.0:5060".parse().unwrap())
+            .map(ToString::to_string),
+        Some("pool.contoso.com:5060".into())
+    );
+    assert!(advertise
+        .for_listener(&"tcp:0.0.0.0:5060".parse().unwrap())
+        .is_none());
+
+    let err = load_str(
+        "[proxy]\nlisten = [\"udp:0.0.0.0:5060\", \"tcp:0.0.0.0:5060\"]\n\
+         [proxy.advertise]\n\"udp:10.0.0.1:5060\" = \"pool.contoso.com\"\n\
+         \"tcp:0.0.0.0:5060\" = \"sip:pool.contoso.com\"\n",
+    )
+    .unwrap_err();
+    assert_eq!(
+        problem_lines(&err),
+        [
+            "proxy.advertise.\"tcp:0.0.0.0:5060\": \"sip:pool.contoso.com\": give the host only, without a scheme (\"sip:\")",
+            "proxy.advertise.\"udp:10.0.0.1:5060\": names no listener; the listeners are udp:0.0.0.0:5060, tcp:0.0.0.0:5060",
+        ]
+    );
+    for (value, message) in [
+        (
+            "\"2001:db8::1\"",
+            "proxy.advertise: \"2001:db8::1\": an IPv6 address goes in brackets: [2001:db8::1] or [2001:db8::1]:5060",
+        ),
+        (
+            "\"0.0.0.0:5060\"",
+            "proxy.advertise: \"0.0.0.0:5060\": the unspecified address cannot be reached: give the name or address clients and the registrar reach this instance (or the pool) at",
+        ),
+        (
+            "5060",
+            "proxy.advertise: expected a string (HOST or HOST:PORT, for every listener) or a table of listener = \"HOST[:PORT]\", got 5060",
+        ),
+    ] {
+        let err = load_str(&format!("[proxy]\nadvertise = {value}\n")).unwrap_err();
+        assert_eq!(problem_lines(&err), [message], "{value}");
+    }
+}
+
+/// A config file in a directory of its own, with a secret file beside it
+/// at `mode`.
+#[cfg(unix)]
+fn with_secret_file(
+    secrets: &str,
+    mode: u32,
+    config: &str,
+) -> (tempfile::TempDir, Result<Config, ConfigError>) {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("flow-secrets");
+    std::fs::write(&file, secrets).unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(mode)).unwrap();
+    let path = dir.path().join("sipadmit.toml");
+    std::fs::write(&path, config).unwrap();
+    let loaded = Config::load(&path, &Overrides::default());
+    (dir, loaded)
+}
+
+/// `proxy.flow_secret_file`: read relative to the config file, the first
+/// line signs; refused (naming file and line) when every user may read it,
+/// a secret is short, or `flow_secret` is set too.
+#[cfg(unix)]
+#[test]
+fn flow_secret_file_is_read_beside_the_config_and_refused_when_unsafe() {
+    const NEW: &str = "new-secret-0123456789abcdef";
+    const OLD: &str = "old-secret-0123456789abcdef";
+    let two = format!("# rotation in progress\n{NEW}\n{OLD}\n");
+    let (_dir, loaded) = with_secret_file(
+        &two,
+        0o600,
+        "[proxy]\nflow_secret_file = \"flow-secrets\"\n",
+    );
+    let secrets = loaded.unwrap().settings.flow_secrets.unwrap();
+    assert_eq!(secrets.secrets(), [NEW.as_bytes(), OLD.as_bytes()]);
+    assert_eq!(secrets.key(), "proxy.flow_secret_file");
+
+    let (dir, loaded) = with_secret_file(
+        &two,
+        0o644,
+        "[proxy]\nflow_secret_file = \"flow-secrets\"\n",
+    );
+    let file = dir.path().join("flow-secrets");
+    assert_eq!(
+        problem_lines(&loaded.unwrap_err()),
+        [format!(
+            "proxy.flow_secret_file: {}: every user may read it (mode 0644); make it readable by sipadmit only (chmod 0600 or 0640)",
+            file.display()
+        )]
+    );
+    let (dir, loaded) = with_secret_file(
+        &format!("{NEW}\nshort-one\n"),
+        0o640,
+        "[proxy]\nflow_secret_file = \"flow-secrets\"\n",
+    );
+    assert_eq!(
+        problem_lines(&loaded.unwrap_err()),
+        [format!(
+            "proxy.flow_secret_file: {} line 2: a secret of 9 bytes; at least 16 are needed (e.g. `openssl rand -hex 32`)",
+            dir.path().join("flow-secrets").display()
+        )]
+    );
+    let (_dir, loaded) = with_secret_file(
+        &two,
+        0o600,
+        &format!("[proxy]\nflow_secret = \"{OLD}\"\nflow_secret_file = \"flow-secrets\"\n"),
+    );
+    assert_eq!(
+        problem_lines(&loaded.unwrap_err()),
+        ["proxy.flow_secret_file: set together with proxy.flow_secret: keep one (the file can be rotated by a reload)"]
+    );
+    let (dir, loaded) = with_secret_file(&two, 0o600, "[proxy]\nflow_secret_file = \"missing\"\n");
+    let lines = problem_lines(&loaded.unwrap_err());
+    assert_eq!(lines.len(), 1);
+    assert!(
+        lines[0].starts_with(&format!(
+            "proxy.flow_secret_file: {}: cannot read: ",
+            dir.path().join("missing").display()
+        )),
+        "{lines:?}"
+    );
+}
+
+/// What a `tls:` listener advertises must be a name of its certificate
+/// (the test PKI's server certificate names `localhost`, 127.0.0.1 and
+/// ::1; `wrong-name.pem` only `wrong.example`).
+#[test]
+fn a_tls_listener_advertises_a_name_of_its_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = common::tls::Pki::get().write(dir.path());
+    let load = |advertise: &str, certificate: &str| {
+        let cfg = dir.path().join("sipadmit.toml");
+        let key = certificate.replace(".pem", ".key");
+        std::fs::write(
+            &cfg,
+            format!(
+                "[proxy]\nlisten = [\"udp:127.0.0.1:5060\", \"tls:127.0.0.1:5061\"]\nadvertise = {advertise}\n\
+                 [tls]\ncertificate = \"{certificate}\"\nprivate_key = \"{key}\"\n"
+            ),
+        )
+        .unwrap();
+        Config::load(&cfg, &Overrides::default())
+    };
+    for ok in [
+        "\"localhost\"",
+        "\"localhost:5061\"",
+        "\"127.0.0.1\"",
+        "\"[::1]:5061\"",
+    ] {
+        load(ok, "server.pem").unwrap_or_else(|e| panic!("{ok}: {e}"));
+    }
+    load("\"wrong.example\"", "wrong-name.pem").unwrap();
+    // Only the tls: listener's value is checked.
+    load(
+        "{ \"udp:127.0.0.1:5060\" = \"pool.example.com\", \"tls:127.0.0.1:5061\" = \"localhost\" }",
+        "server.pem",
+    )
+    .unwrap();
+    let err = load("\"pool.example.com\"", "server.pem").unwrap_err();
+    assert_eq!(
+        problem_lines(&err),
+        [format!(
+            "proxy.advertise: pool.example.com is not a name of tls.certificate {} (it names localhost, 127.0.0.1, ::1): the registrar and clients reaching tls:127.0.0.1:5061 by it would refuse the certificate",
+            files.server.0.display()
+        )]
+    );
+    let err = load(
+        "{ \"tls:127.0.0.1:5061\" = \"localhost\" }",
+        "wrong-name.pem",
+    )
+    .unwrap_err();
+    assert_eq!(
+        problem_keys(&err),
+        ["proxy.advertise.\"tls:127.0.0.1:5061\""]
     );
 }

@@ -737,16 +737,16 @@ fn a_forged_scanner_datagram_bans_no_one_and_a_udp_ban_spares_tcp() {
         .starts_with("127.0.0.67:"));
 }
 
-/// The fail2ban filter in the README matches the ban line sipadmit writes,
+/// The fail2ban filter in docs/operations.md matches the ban line sipadmit writes,
 /// and finds the banned address in it.
 #[test]
-fn the_readme_fail2ban_filter_matches_the_ban_line() {
-    let readme =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
-    let failregex = readme
+fn the_documented_fail2ban_filter_matches_the_ban_line() {
+    let page = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/operations.md"))
+        .unwrap();
+    let failregex = page
         .lines()
         .find_map(|l| l.strip_prefix("failregex = "))
-        .expect("a failregex line in the README");
+        .expect("a failregex line in docs/operations.md");
     // fail2ban's <HOST> (simplified: an IPv4 or IPv6 address).
     let pattern = failregex.replace("<HOST>", r"(?P<host>[0-9A-Fa-f:.]+)");
     let re = regex::Regex::new(&pattern).unwrap();

@@ -1,6 +1,6 @@
 //! Packaging for operators: `config/sipadmit.service` and
 //! `config/sipadmit.logrotate` checked by the tools that read them, a real
-//! logrotate run against a running sipadmit, and the README's Kamailio
+//! logrotate run against a running sipadmit, and the documented Kamailio
 //! snippet checked against the config the end-to-end tests run.
 //!
 //! Needs `systemd-analyze` (Debian `systemd`; it reads unit files offline,
@@ -155,6 +155,33 @@ fn systemd_analyze_verifies_the_unit() {
     assert!(
         problems.iter().any(|p| p.contains("NoSuchSetting")),
         "{problems:#?}"
+    );
+}
+
+/// systemd waits for a drain: the unit's stop timeout is longer than the
+/// shipped `limits.drain_secs` plus the decision log's closing deadline.
+#[test]
+fn the_units_stop_timeout_outlasts_a_drain() {
+    let timeout = unit_settings(&shipped_unit())
+        .into_iter()
+        .find(|(_, k, _)| k == "TimeoutStopSec")
+        .expect("TimeoutStopSec")
+        .2;
+    let timeout: u64 = timeout
+        .strip_suffix('s')
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("TimeoutStopSec={timeout}: seconds expected"));
+    let config = Config::load(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("config/sipadmit.toml"),
+        &Overrides::default(),
+    )
+    .unwrap();
+    let drain = config.settings.limits.drain.as_secs();
+    let closing = sipadmit::observe::decision_log::SHUTDOWN_DEADLINE.as_secs();
+    assert!(drain > 0, "the shipped config drains");
+    assert!(
+        timeout > drain + closing,
+        "TimeoutStopSec={timeout}s, drain_secs={drain}, log closing {closing}s"
     );
 }
 
@@ -375,8 +402,11 @@ fn register_all(proxy: SocketAddr, range: std::ops::Range<usize>) {
 }
 
 /// The REGISTER numbers of the records in `text`, each a whole JSON record.
+/// The numbers of the REGISTERs a log holds, in ascending order (several
+/// workers write their records in the order they finish them).
 fn register_numbers(text: &str) -> Vec<usize> {
-    text.lines()
+    let mut numbers: Vec<usize> = text
+        .lines()
         .map(|line| {
             let record: serde_json::Value =
                 serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line:?}"));
@@ -387,7 +417,9 @@ fn register_numbers(text: &str) -> Vec<usize> {
                 .and_then(|v| v.parse().ok())
                 .unwrap_or_else(|| panic!("{call_id}"))
         })
-        .collect()
+        .collect();
+    numbers.sort_unstable();
+    numbers
 }
 
 /// Wait (bounded) until `check` holds.
@@ -519,31 +551,19 @@ fn logrotate_moves_the_log_and_sipadmit_writes_a_new_one() {
     assert_eq!(summary["malformed_lines"], 0, "{summary}");
 }
 
-// === the README ===
+// === the registrar documentation ===
 
-/// The README's Kamailio snippet (the code block after the marker comment)
+/// The Kamailio snippet of docs/registrars/kamailio.md (the code block after
+/// the marker comment)
 /// is the configuration the end-to-end tests run: every line of it is a
 /// line of tests/e2e/kamailio.cfg, in the same order (`...` marks lines left
 /// out; indentation is not compared).
 #[test]
-fn the_readme_kamailio_snippet_is_the_tested_config() {
-    const MARKER: &str = "<!-- snippet: every line is in tests/e2e/kamailio.cfg -->";
-    let readme = read(&repo("README.md"));
-    let after = readme
-        .split_once(MARKER)
-        .unwrap_or_else(|| panic!("no {MARKER} in README.md"))
-        .1;
-    let block = after
-        .split_once("```")
-        .and_then(|(_, rest)| rest.split_once('\n'))
-        .and_then(|(_, rest)| rest.split_once("```"))
-        .expect("a code block after the marker")
-        .0;
-    let snippet: Vec<&str> = block
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && *l != "...")
-        .collect();
+fn the_documented_kamailio_snippet_is_the_tested_config() {
+    let snippet = documented_snippet(
+        "docs/registrars/kamailio.md",
+        "<!-- snippet: every line is in tests/e2e/kamailio.cfg -->",
+    );
     for needed in [
         "modparam(\"registrar\", \"use_path\", 1)",
         "modparam(\"registrar\", \"path_mode\", 1)",
@@ -552,14 +572,89 @@ fn the_readme_kamailio_snippet_is_the_tested_config() {
         "if (!save(\"location\")) {",
         "if (!lookup(\"location\")) {",
     ] {
-        assert!(snippet.contains(&needed), "the snippet shows {needed}");
+        assert!(
+            snippet.iter().any(|l| l == needed),
+            "the snippet shows {needed}"
+        );
     }
     let cfg = read(&repo("tests/e2e/kamailio.cfg"));
-    let mut cfg_lines = cfg.lines().map(str::trim);
-    for line in &snippet {
+    assert_lines_in_order(
+        &snippet,
+        &cfg,
+        "docs/registrars/kamailio.md",
+        "tests/e2e/kamailio.cfg",
+    );
+}
+
+/// docs/pool.md's Kamailio dispatcher snippet (the code block after the
+/// marker comment) is the configuration tests/pool_failover.rs and
+/// tests/pool.rs run: every line of it is a line of
+/// tests/e2e/kamailio-dispatcher.cfg, in the same order (`...` marks lines
+/// left out; indentation is not compared; the list file's placeholder reads
+/// as /etc/kamailio/dispatcher.list).
+#[test]
+fn the_documented_dispatcher_snippet_is_the_tested_config() {
+    let snippet = documented_snippet(
+        "docs/pool.md",
+        "<!-- snippet: every line is in tests/e2e/kamailio-dispatcher.cfg -->",
+    );
+    for needed in [
+        "modparam(\"tm\", \"fr_timer\", 1000)",
+        "modparam(\"dispatcher\", \"flags\", 2)",
+        "modparam(\"dispatcher\", \"ds_ping_interval\", 1)",
+        "modparam(\"dispatcher\", \"ds_probing_mode\", 1)",
+        "modparam(\"dispatcher\", \"ds_probing_threshold\", 1)",
+        "if (!ds_select_dst(\"1\", \"4\")) {",
+        "t_on_failure(\"POOL_FAILOVER\");",
+        "failure_route[POOL_FAILOVER] {",
+        "if (t_check_status(\"503|408\") || (t_branch_timeout() && !t_branch_replied())) {",
+        "ds_mark_dst(\"ip\");",
+        "if (ds_next_dst()) {",
+    ] {
         assert!(
-            cfg_lines.any(|l| l == *line),
-            "README line {line:?} is not in tests/e2e/kamailio.cfg (in this order)"
+            snippet.iter().any(|l| l.starts_with(needed)),
+            "the snippet shows {needed}"
+        );
+    }
+    let cfg = read(&repo("tests/e2e/kamailio-dispatcher.cfg"))
+        .replace("@DISPATCHER_LIST@", "/etc/kamailio/dispatcher.list");
+    assert_lines_in_order(
+        &snippet,
+        &cfg,
+        "docs/pool.md",
+        "tests/e2e/kamailio-dispatcher.cfg",
+    );
+}
+
+/// The lines (trimmed, blank and `...` lines left out) of the first code
+/// block after `marker` in the page at `page`.
+fn documented_snippet(page: &str, marker: &str) -> Vec<String> {
+    let text = read(&repo(page));
+    let after = text
+        .split_once(marker)
+        .unwrap_or_else(|| panic!("no {marker} in {page}"))
+        .1;
+    let block = after
+        .split_once("```")
+        .and_then(|(_, rest)| rest.split_once('\n'))
+        .and_then(|(_, rest)| rest.split_once("```"))
+        .unwrap_or_else(|| panic!("a code block after the marker in {page}"))
+        .0;
+    block
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && *l != "...")
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Every line of `snippet` is a line of `cfg` (trimmed), in the same order.
+fn assert_lines_in_order(snippet: &[String], cfg: &str, page: &str, cfg_name: &str) {
+    let mut cfg_lines = cfg.lines().map(str::trim);
+    for line in snippet {
+        assert!(
+            cfg_lines.any(|l| l == line),
+            "{page} line {line:?} is not in {cfg_name} (in this order)"
         );
     }
 }

@@ -1327,20 +1327,21 @@ fn plain_output_is_aligned_text_without_terminal_controls() {
     }
 }
 
-/// The README's sample report is output of this fixture: each line of the
+/// The sample report in docs/report.md is output of this fixture: each line of the
 /// sample appears in the real output, in order (the sample may leave lines
 /// out, marked `[...]`).
 #[test]
-fn readme_sample_report_is_real_output() {
-    let readme =
-        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
-    let start = readme
+fn the_documented_sample_report_is_real_output() {
+    let page =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/report.md"))
+            .unwrap();
+    let start = page
         .find("<!-- report-sample:start -->")
         .expect("sample start marker");
-    let end = readme
+    let end = page
         .find("<!-- report-sample:end -->")
         .expect("sample end marker");
-    let block = &readme[start..end];
+    let block = &page[start..end];
     let body = block
         .split_once("```text\n")
         .and_then(|(_, rest)| rest.split_once("```"))
@@ -1358,7 +1359,7 @@ fn readme_sample_report_is_real_output() {
     for line in lines.filter(|l| l.trim() != "[...]") {
         assert!(
             real.any(|r| r == line),
-            "README sample line not in the output (in order): {line:?}\n{text}"
+            "docs/report.md sample line not in the output (in order): {line:?}\n{text}"
         );
         shown += 1;
     }

@@ -3,14 +3,17 @@
 //! [`Config`]; all problems are reported together, each with its key path.
 //!
 //! A [`Config`] has two parts: [`Settings`], which only a restart can change
-//! (sockets, upstream, decision log, flow secret, limits; of TLS only the
-//! handshake deadline, the reload rebuilding the TLS contexts), and
+//! (sockets, advertised names, upstream, decision log, limits; of TLS only
+//! the handshake deadline, the reload rebuilding the TLS contexts; the
+//! flow secrets are re-read and applied by a reload), and
 //! [`RuntimeConfig`], which a live reload may swap (catalog, Response Group
 //! matchers, policy, flag header).
 //!
 //! `config/sipadmit.toml` documents every key and its default.
 
+pub mod advertise;
 pub mod endpoint;
+pub mod flow_secrets;
 pub mod hep;
 pub mod raw;
 pub mod tls;
@@ -24,7 +27,9 @@ use crate::classify::{Catalog, CatalogError};
 use crate::policy::pattern::{Network, UriPattern};
 use crate::policy::{Action, Mode, Policy, Reply, RolePolicy, SessionMatchers};
 use crate::problem::Problem;
+pub use advertise::{Advertise, AdvertisedHost};
 pub use endpoint::{Endpoint, SourcePattern, UpstreamSources};
+pub use flow_secrets::FlowSecrets;
 pub use hep::{HepSettings, Mirror};
 pub use raw::RawConfig;
 pub use tls::{Identity, TlsSettings, TlsVersion};
@@ -140,6 +145,9 @@ pub struct Limits {
     pub client_transaction_bytes: usize,
     /// RFC 3261 T1 (first retransmission interval; 64*T1 is the timeout).
     pub timer_t1: Duration,
+    /// How long a drain (the first SIGTERM) lasts at most (`drain_secs`;
+    /// zero: SIGTERM stops at once).
+    pub drain: Duration,
     /// RFC 3261 T2 (longest non-INVITE retransmission interval).
     pub timer_t2: Duration,
     /// Bytes of messages the queue to a TCP/TLS upstream may hold.
@@ -197,10 +205,12 @@ pub struct Config {
 }
 
 /// The part of the config that only a restart can change: sockets, the
-/// upstream, the decision log, the flow secret, the limits, the admin
-/// listener, the HEP collector and the TLS handshake deadline. The other `[tls]` settings live
+/// advertised names, the upstream, the decision log, the limits, the admin
+/// listener, the HEP collector and the TLS handshake deadline. The other
+/// `[tls]` settings live
 /// here too, but a reload applies them (see [`Settings::needing_restart`]);
-/// so does `[rate_limit]` (applied to the running admission).
+/// so does `[rate_limit]` (applied to the running admission), and so do the
+/// flow secrets (the reloader swaps the core's signer).
 #[derive(Debug, Clone)]
 pub struct Settings {
     /// Listeners (`proxy.listen` or `--listen`).
@@ -213,11 +223,19 @@ pub struct Settings {
     pub upstream_sources: UpstreamSources,
     /// Decision log destination (`-` = stdout).
     pub decision_log: String,
-    /// Flow token secret, if configured.
-    pub flow_secret: Option<String>,
+    /// Flow token secrets (`proxy.flow_secret` or
+    /// `proxy.flow_secret_file`), if configured: the first signs.
+    pub flow_secrets: Option<FlowSecrets>,
+    /// `proxy.advertise`: what listeners advertise instead of their own
+    /// address.
+    pub advertise: Advertise,
     /// How often sipadmit sends the registrar an OPTIONS (`/readyz` learns
     /// from its answer that the registrar is back); `None`: never.
     pub upstream_probe: Option<Duration>,
+    /// Worker threads (`proxy.workers`; default: one per core the process
+    /// may run on). Each has its own event loop and its own socket on
+    /// every listener (`SO_REUSEPORT`); they share the core's tables.
+    pub workers: usize,
     /// Limits.
     pub limits: Limits,
     /// `[tls]`: certificates, versions and ciphers (defaults when absent).
@@ -242,7 +260,8 @@ impl Settings {
     /// settings and files (`crate::transport::tls::TlsContexts::reload`),
     /// but the deadline is fixed when the listeners and the link start.
     /// `[rate_limit]` is left out: the reloader applies it to the running
-    /// admission (`crate::transport::admission::Admission::reconfigure`).
+    /// admission (`crate::transport::admission::Admission::reconfigure`);
+    /// so are the flow secrets, which it applies to the core.
     pub fn needing_restart(&self, new: &Self) -> Vec<&'static str> {
         let mut changed = Vec::new();
         let mut check = |key: &'static str, differs: bool| {
@@ -257,11 +276,12 @@ impl Settings {
             self.upstream_sources != new.upstream_sources,
         );
         check("proxy.decision_log", self.decision_log != new.decision_log);
-        check("proxy.flow_secret", self.flow_secret != new.flow_secret);
+        check("proxy.advertise", self.advertise != new.advertise);
         check(
             "proxy.upstream_probe_secs",
             self.upstream_probe != new.upstream_probe,
         );
+        check("proxy.workers", self.workers != new.workers);
         check("limits", self.limits != new.limits);
         check("admin.listen", self.admin != new.admin);
         check(
@@ -419,7 +439,8 @@ fn validate(
 ) -> Result<Config, ConfigError> {
     let mut problem = |key: String, message: String| problems.push(Problem { key, message });
 
-    let proxy = proxy_section(&raw.proxy, overrides, &mut problem);
+    let base = path.parent().unwrap_or(Path::new("."));
+    let proxy = proxy_section(&raw.proxy, overrides, base, &mut problem);
     let limits = limits(&raw.limits, &mut problem);
     let mut rate_limit = rate_limit(&raw.rate_limit, &mut problem);
     let sessions = session_matchers(&raw.response_group, &mut problem);
@@ -430,11 +451,15 @@ fn validate(
         .extend(sessions.application_sources.iter().copied());
     let mode = overrides.mode.unwrap_or(raw.proxy.mode);
     let policy = policy(&raw.policy, mode, &mut problem);
-    let base = path.parent().unwrap_or(Path::new("."));
     let (catalog, catalog_source) = catalog(raw.catalog.path.as_deref(), base, &mut problem);
 
+    let tls_start = problems.len();
     let tls = tls::validate(&raw.tls, base, &mut problems);
     problems.extend(tls.listener_problems(proxy.first_tls_listener.as_deref()));
+    if problems[tls_start..].is_empty() {
+        let every_listener = matches!(raw.proxy.advertise, Some(raw::RawAdvertise::All(_)));
+        problems.extend(advertised_tls_names(&proxy.advertise, every_listener, &tls));
+    }
     let admin = admin_listener(raw.admin.listen.as_deref(), overrides, &mut problems);
     let hep = hep::validate(&raw.hep, &mut problems);
 
@@ -446,9 +471,11 @@ fn validate(
                 upstream: proxy.upstream,
                 upstream_sources: proxy.upstream_sources,
                 decision_log: proxy.decision_log,
-                flow_secret: raw.proxy.flow_secret,
+                flow_secrets: proxy.flow_secrets,
+                advertise: proxy.advertise,
                 upstream_probe: (raw.proxy.upstream_probe_secs > 0)
                     .then(|| Duration::from_secs(raw.proxy.upstream_probe_secs)),
+                workers: raw.proxy.workers.unwrap_or_else(default_workers),
                 limits,
                 tls,
                 rate_limit,
@@ -482,17 +509,23 @@ struct ProxySection {
     upstream: Option<Endpoint>,
     upstream_sources: UpstreamSources,
     decision_log: String,
+    flow_secrets: Option<FlowSecrets>,
+    advertise: Advertise,
 }
 
-/// Validate `[proxy]` with its command-line overrides: the listeners, the
-/// upstream (and whether a listener can reach it), `upstream_sources`, the
-/// decision log, the flow secret and the probe interval, in that order.
+/// Validate `[proxy]` with its command-line overrides: the listeners, what
+/// they advertise, the upstream (and whether a listener can reach it),
+/// `upstream_sources`, the decision log, the flow secrets (a secret file
+/// relative to `base`, the config file's directory) and the probe
+/// interval, in that order.
 fn proxy_section(
     raw: &raw::RawProxy,
     overrides: &Overrides,
+    base: &Path,
     problem: &mut dyn FnMut(String, String),
 ) -> ProxySection {
     let listeners = listeners(&raw.listen, &overrides.listen, problem);
+    let advertise = advertise(raw.advertise.as_ref(), &listeners, problem);
     // `[tls]` needs a certificate when there is a tls: listener (checked
     // with the other `[tls]` keys).
     let first_tls_listener = listeners
@@ -519,13 +552,16 @@ fn proxy_section(
     }
     let upstream_sources = upstream_sources(raw.upstream_sources.as_deref(), upstream, problem);
     let decision_log = decision_log(&raw.decision_log, overrides, problem);
-    check_flow_secret_and_probe(raw, problem);
+    let flow_secrets = flow_secrets(raw, base, problem);
+    check_workers_and_probe(raw, problem);
     ProxySection {
         listen,
         first_tls_listener,
         upstream,
         upstream_sources,
         decision_log,
+        flow_secrets,
+        advertise,
     }
 }
 
@@ -664,16 +700,144 @@ fn decision_log(
     decision_log.value.to_owned()
 }
 
-/// `proxy.flow_secret` (at least 16 characters when set) and
-/// `proxy.upstream_probe_secs` (at most 300).
-fn check_flow_secret_and_probe(raw: &raw::RawProxy, problem: &mut dyn FnMut(String, String)) {
-    if let Some(secret) = &raw.flow_secret {
-        if secret.len() < 16 {
+/// Most worker threads `proxy.workers` may ask for.
+pub const MAX_WORKERS: usize = 256;
+
+/// One worker per core the process may run on (its CPU affinity), at
+/// most [`MAX_WORKERS`].
+fn default_workers() -> usize {
+    std::thread::available_parallelism()
+        .map_or(1, std::num::NonZeroUsize::get)
+        .min(MAX_WORKERS)
+}
+
+/// The flow secrets: `proxy.flow_secret` (at least 16 characters), or
+/// `proxy.flow_secret_file` read now (see [`flow_secrets::read`]); not
+/// both. `None` when neither is set.
+fn flow_secrets(
+    raw: &raw::RawProxy,
+    base: &Path,
+    problem: &mut dyn FnMut(String, String),
+) -> Option<FlowSecrets> {
+    match (&raw.flow_secret, &raw.flow_secret_file) {
+        (Some(_), Some(_)) => {
             problem(
-                "proxy.flow_secret".into(),
-                format!("{} characters; at least 16 are needed", secret.len()),
+                "proxy.flow_secret_file".into(),
+                "set together with proxy.flow_secret: keep one (the file can be rotated by a reload)"
+                    .into(),
             );
+            None
         }
+        (Some(secret), None) => FlowSecrets::inline(secret)
+            .map_err(|m| problem("proxy.flow_secret".into(), m))
+            .ok(),
+        (None, Some(file)) => match flow_secrets::read(file, base) {
+            Ok(secrets) => Some(secrets),
+            Err(problems) => {
+                for m in problems {
+                    problem("proxy.flow_secret_file".into(), m);
+                }
+                None
+            }
+        },
+        (None, None) => None,
+    }
+}
+
+/// What each listener advertises (`proxy.advertise`): one value for all,
+/// or a table whose keys each name a listener (as in `proxy.listen` or
+/// `--listen`).
+fn advertise(
+    raw: Option<&raw::RawAdvertise>,
+    listeners: &[(String, Endpoint)],
+    problem: &mut dyn FnMut(String, String),
+) -> Advertise {
+    let mut per_listener = Vec::new();
+    match raw {
+        None => {}
+        Some(raw::RawAdvertise::All(value)) => match value.parse::<AdvertisedHost>() {
+            Ok(host) => per_listener.extend(listeners.iter().map(|(_, e)| (*e, host.clone()))),
+            Err(m) => problem("proxy.advertise".into(), m),
+        },
+        Some(raw::RawAdvertise::PerListener(table)) => {
+            for (listener, value) in table {
+                let key = format!("proxy.advertise.{listener:?}");
+                let endpoint = match listener.parse::<Endpoint>() {
+                    Ok(e) if listeners.iter().any(|(_, l)| *l == e) => e,
+                    Ok(_) | Err(_) => {
+                        let known: Vec<String> =
+                            listeners.iter().map(|(_, e)| e.to_string()).collect();
+                        problem(
+                            key,
+                            format!("names no listener; the listeners are {}", known.join(", ")),
+                        );
+                        continue;
+                    }
+                };
+                match value.parse::<AdvertisedHost>() {
+                    Ok(host) => per_listener.push((endpoint, host)),
+                    Err(m) => problem(key, m),
+                }
+            }
+        }
+    }
+    Advertise::new(per_listener)
+}
+
+/// What a `tls:` listener advertises must be a name of the certificate it
+/// presents (`tls.certificate`): the registrar and the clients reaching
+/// it by that name check the certificate against it. One problem per
+/// listener whose advertised host the certificate does not cover, keyed
+/// `proxy.advertise` (`every_listener`: one value for all) or by the
+/// listener. Called once `[tls]` has no problem (the file reads).
+fn advertised_tls_names(
+    advertise: &Advertise,
+    every_listener: bool,
+    tls: &TlsSettings,
+) -> Vec<Problem> {
+    let Some(identity) = &tls.identity else {
+        return Vec::new();
+    };
+    let tls_listeners = || {
+        advertise
+            .iter()
+            .filter(|(e, _)| e.transport == crate::vocabulary::Transport::Tls)
+    };
+    if tls_listeners().next().is_none() {
+        return Vec::new();
+    }
+    let names = match tls_contexts::certificate_names("tls.certificate", &identity.certificate) {
+        Ok(names) => names,
+        Err(e) => return vec![e.to_problem()],
+    };
+    tls_listeners()
+        .filter(|(_, host)| !host.is_in(&names))
+        .map(|(endpoint, host)| {
+            let key = if every_listener {
+                "proxy.advertise".to_owned()
+            } else {
+                format!("proxy.advertise.{:?}", endpoint.to_string())
+            };
+            Problem::new(
+                key,
+                format!(
+                    "{} is not a name of tls.certificate {} (it names {names}): the registrar \
+                     and clients reaching {endpoint} by it would refuse the certificate",
+                    host.host(),
+                    identity.certificate.display()
+                ),
+            )
+        })
+        .collect()
+}
+
+/// `proxy.workers` (1..=256) and `proxy.upstream_probe_secs` (at most 300).
+fn check_workers_and_probe(raw: &raw::RawProxy, problem: &mut dyn FnMut(String, String)) {
+    if let Some(workers) = raw.workers.filter(|w| !(1..=MAX_WORKERS).contains(w)) {
+        problem(
+            "proxy.workers".into(),
+            format!("{workers} is not in 1..={MAX_WORKERS} (default: one per core)"),
+        );
     }
     if raw.upstream_probe_secs > 300 {
         problem(
@@ -712,6 +876,7 @@ fn limits(l: &raw::RawLimits, problem: &mut dyn FnMut(String, String)) -> Limits
         client_transaction_bytes: l.client_transaction_bytes,
         timer_t1: Duration::from_millis(l.timer_t1_ms),
         timer_t2: Duration::from_millis(l.timer_t2_ms),
+        drain: Duration::from_secs(l.drain_secs),
         upstream_queue_bytes: l.upstream_queue_bytes,
         listen_backlog: l.listen_backlog,
         udp_receive_buffer_bytes: l.udp_receive_buffer_bytes,
@@ -902,6 +1067,15 @@ fn check_limit_backlog_and_timers(l: &raw::RawLimits, problem: &mut dyn FnMut(St
             format!(
                 "{} ms is outside limits.timer_t1_ms ({})..=60000 ms (RFC 3261 T2, default 4000)",
                 l.timer_t2_ms, l.timer_t1_ms
+            ),
+        );
+    }
+    if l.drain_secs > 3600 {
+        problem(
+            "limits.drain_secs".into(),
+            format!(
+                "{} s is above 3600 s (0 stops at once on SIGTERM; default 30)",
+                l.drain_secs
             ),
         );
     }

@@ -91,9 +91,23 @@ pub struct RawProxy {
     /// Secret that signs flow tokens (at least 16 characters). Default: none,
     /// a random secret is made at start (tokens then do not survive a restart).
     pub flow_secret: Option<String>,
+    /// File of flow secrets, one per line (at least 16 bytes each, at most
+    /// 8): the first signs, every line verifies; read again on reload, so
+    /// a pool's secret can be rotated. Not readable by every user. Not
+    /// with `flow_secret`. Default: none.
+    pub flow_secret_file: Option<String>,
+    /// The name or address (optional port) written in Path, Record-Route
+    /// and Via instead of the listener's address: a string for every
+    /// listener, or a table of listener (as in `listen`) = name. Default:
+    /// none, each listener's own address.
+    pub advertise: Option<RawAdvertise>,
     /// Seconds between the OPTIONS probes sipadmit sends the registrar
     /// (0..=300; 0: none). Default 5.
     pub upstream_probe_secs: u64,
+    /// Worker threads, each with its own event loop and its own sockets
+    /// on every listener (1..=256). Default (`None`): one per core the
+    /// process may run on.
+    pub workers: Option<usize>,
 }
 
 impl Default for RawProxy {
@@ -105,9 +119,23 @@ impl Default for RawProxy {
             mode: Mode::Enforce,
             decision_log: "-".into(),
             flow_secret: None,
+            flow_secret_file: None,
+            advertise: None,
             upstream_probe_secs: 5,
+            workers: None,
         }
     }
+}
+
+/// `proxy.advertise` as written: one value for every listener, or one per
+/// listener (keyed by the listener as in `proxy.listen`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(untagged)]
+pub enum RawAdvertise {
+    /// `advertise = "pool.example.com"`.
+    All(String),
+    /// `advertise = { "udp:0.0.0.0:5060" = "pool.example.com" }`.
+    PerListener(std::collections::BTreeMap<String, String>),
 }
 
 /// `[limits]`.
@@ -187,6 +215,9 @@ pub struct RawLimits {
     /// RFC 3261 T2, milliseconds (T1..=60000): the longest retransmission
     /// interval of a non-INVITE request. Default 4000.
     pub timer_t2_ms: u64,
+    /// Seconds a drain (the first SIGTERM) may last at most (0..=3600; 0:
+    /// SIGTERM stops at once). Default 30.
+    pub drain_secs: u64,
     /// Bytes of messages the queue to a TCP/TLS upstream may hold (65536..=
     /// 1099511627776); client connections stop reading while less than a
     /// quarter is free, and a message that finds it full is answered `503`
@@ -221,6 +252,7 @@ impl Default for RawLimits {
             client_transaction_bytes: 64 << 20,
             timer_t1_ms: 500,
             timer_t2_ms: 4000,
+            drain_secs: 30,
             upstream_queue_bytes: 32 << 20,
             listen_backlog: 4096,
         }
@@ -457,7 +489,10 @@ read_by_field_name!(RawProxy {
     mode: or_default,
     decision_log: or_default,
     flow_secret: optional,
+    flow_secret_file: optional,
+    advertise: optional,
     upstream_probe_secs: or_default,
+    workers: optional,
 });
 
 read_by_field_name!(RawLimits {
@@ -481,6 +516,7 @@ read_by_field_name!(RawLimits {
     client_transaction_bytes: or_default,
     timer_t1_ms: or_default,
     timer_t2_ms: or_default,
+    drain_secs: or_default,
     upstream_queue_bytes: or_default,
     listen_backlog: or_default,
 });
@@ -660,6 +696,11 @@ impl ConfigValue for bool {
     const EXPECTED: &'static str = "true or false";
 }
 
+impl ConfigValue for RawAdvertise {
+    const EXPECTED: &'static str =
+        "a string (HOST or HOST:PORT, for every listener) or a table of listener = \"HOST[:PORT]\"";
+}
+
 impl ConfigValue for Mode {
     const EXPECTED: &'static str = "\"enforce\" or \"monitor\"";
 }
@@ -710,7 +751,7 @@ mod tests {
         assert_eq!(
             problems,
             [
-                "proxy.lisen: unknown key (known: listen, upstream, upstream_sources, mode, decision_log, flow_secret, upstream_probe_secs)",
+                "proxy.lisen: unknown key (known: listen, upstream, upstream_sources, mode, decision_log, flow_secret, flow_secret_file, advertise, upstream_probe_secs, workers)",
                 "policy.agent_offer.statuss: unknown key (known: unsupported, third_party, unknown, status, reason, warning, headers, unknown_warning)",
                 "extra: unknown key (known: proxy, limits, catalog, response_group, policy, tls, rate_limit, admin, hep)",
                 "proxi: unknown key (known: proxy, limits, catalog, response_group, policy, tls, rate_limit, admin, hep)",

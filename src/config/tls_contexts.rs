@@ -202,6 +202,41 @@ pub(crate) fn certificates(
     Ok(certificates)
 }
 
+/// The names the first certificate of a PEM file is valid for (for the
+/// `proxy.advertise` check): its subjectAltName DNS names and addresses,
+/// or its subject common name when it has no DNS name.
+pub(crate) fn certificate_names(
+    key: &'static str,
+    path: &Path,
+) -> Result<super::advertise::CertificateNames, TlsError> {
+    let chain = certificates(key, path, "certificate")?;
+    let first = &chain[0];
+    let mut names = super::advertise::CertificateNames::default();
+    for name in first.subject_alt_names().iter().flatten() {
+        if let Some(dns) = name.dnsname() {
+            names.dns.push(dns.to_owned());
+        }
+        match name.ipaddress() {
+            Some(&[a, b, c, d]) => names.ips.push(std::net::IpAddr::from([a, b, c, d])),
+            Some(v6) => {
+                if let Ok(octets) = <[u8; 16]>::try_from(v6) {
+                    names.ips.push(std::net::IpAddr::from(octets));
+                }
+            }
+            None => {}
+        }
+    }
+    if names.dns.is_empty() {
+        let common_names = first
+            .subject_name()
+            .entries_by_nid(openssl::nid::Nid::COMMONNAME);
+        names
+            .dns
+            .extend(common_names.filter_map(|e| e.data().to_string().ok()));
+    }
+    Ok(names)
+}
+
 /// A trust store of every certificate in a PEM file.
 pub(crate) fn trust_store(
     key: &'static str,

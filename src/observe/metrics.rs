@@ -18,7 +18,7 @@
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt::Write;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -276,6 +276,47 @@ pub struct UpstreamFailure {
     pub error: String,
 }
 
+/// Most workers counted apart in [`PerWorker`] (`proxy.workers` allows no
+/// more).
+pub const WORKER_SLOTS: usize = 256;
+
+/// A counter per worker: each worker adds to its own.
+#[derive(Debug)]
+pub struct PerWorker {
+    counts: [AtomicU64; WORKER_SLOTS],
+    /// Workers started (the counts shown).
+    started: AtomicUsize,
+}
+
+impl Default for PerWorker {
+    fn default() -> Self {
+        Self {
+            counts: std::array::from_fn(|_| AtomicU64::new(0)),
+            started: AtomicUsize::new(0),
+        }
+    }
+}
+
+impl PerWorker {
+    /// `workers` workers run (the first [`WORKER_SLOTS`] are counted).
+    pub fn set_started(&self, workers: usize) {
+        self.started
+            .store(workers.min(WORKER_SLOTS), Ordering::Relaxed);
+    }
+
+    /// Worker `worker` handled one more.
+    pub fn inc(&self, worker: usize) {
+        if let Some(count) = self.counts.get(worker) {
+            count.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// The counts of the workers started.
+    pub fn started(&self) -> &[AtomicU64] {
+        &self.counts[..self.started.load(Ordering::Relaxed)]
+    }
+}
+
 /// Process-wide counters. The hot ones are atomics; see the module doc.
 #[derive(Debug, Default)]
 pub struct Metrics {
@@ -298,10 +339,16 @@ pub struct Metrics {
     /// Requests from TCP/TLS clients relayed over UDP without a client
     /// transaction (the table was at `limits.client_transaction_bytes`).
     pub client_transactions_untracked: AtomicU64,
+    /// Events (messages received, undelivered ones) each worker's
+    /// dispatcher handled, by worker (`proxy.workers`).
+    pub worker_events: PerWorker,
     /// OPTIONS probes sent to the registrar (`proxy.upstream_probe_secs`).
     pub upstream_probes: AtomicU64,
     /// Answers of the registrar to those probes.
     pub upstream_probe_answers: AtomicU64,
+    /// Flow tokens verified by a secret other than the signing one (a
+    /// rotation in progress: `proxy.flow_secret_file` lines after the first).
+    pub flow_tokens_older_secret: AtomicU64,
     /// REGISTERs answered 403 for naming more contacts than
     /// `limits.max_contacts_per_register`.
     pub too_many_contacts: AtomicU64,
@@ -853,6 +900,13 @@ impl Metrics {
         }
     }
 
+    fn write_worker_events(&self, name: &str, out: &mut Exposition) {
+        for (worker, count) in self.worker_events.started().iter().enumerate() {
+            let worker = worker.to_string();
+            out.sample(name, &[("worker", &worker)], count.load(Ordering::Relaxed));
+        }
+    }
+
     fn write_received(&self, name: &str, out: &mut Exposition) {
         self.write_by_transport_and_kind(name, out, Self::received);
     }
@@ -987,7 +1041,7 @@ const fn gauge(name: &'static str, help: &'static str, samples: Samples) -> Fami
 }
 
 /// Every family, in render order.
-const FAMILIES: [Family; 53] = [
+const FAMILIES: [Family; 55] = [
     gauge(
         "sipadmit_build_info",
         "Always 1; the label names the sipadmit version.",
@@ -1058,6 +1112,11 @@ const FAMILIES: [Family; 53] = [
         Samples::Atomic(|m| &m.client_transactions_untracked),
     ),
     counter(
+        "sipadmit_worker_events_total",
+        "Messages (and undelivered messages) each worker's dispatcher handled, by worker (proxy.workers): how evenly the kernel spreads the load.",
+        Samples::Written(Metrics::write_worker_events),
+    ),
+    counter(
         "sipadmit_upstream_probes_total",
         "OPTIONS probes sipadmit sent the registrar (proxy.upstream_probe_secs).",
         Samples::Atomic(|m| &m.upstream_probes),
@@ -1066,6 +1125,11 @@ const FAMILIES: [Family; 53] = [
         "sipadmit_upstream_probe_answers_total",
         "Answers of the registrar to sipadmit's OPTIONS probes.",
         Samples::Atomic(|m| &m.upstream_probe_answers),
+    ),
+    counter(
+        "sipadmit_flow_tokens_older_secret_total",
+        "Flow tokens (Path, Record-Route, Via) verified by an older secret of proxy.flow_secret_file, not the signing one: while it grows, clients still use tokens of the old secret; drop that secret once it has stopped growing for the longest registration and dialog.",
+        Samples::Atomic(|m| &m.flow_tokens_older_secret),
     ),
     counter(
         "sipadmit_registers_too_many_contacts_total",

@@ -240,6 +240,15 @@ impl ClientTransactions {
         Start::Started
     }
 
+    /// Forget the transaction of `key` (its request could not be sent).
+    pub fn forget(&self, key: &TransactionKey) {
+        let mut table = self.lock();
+        if table.entries.contains_key(key) {
+            table.remove(key);
+        }
+        self.kept.store(table.entries.len(), Ordering::Relaxed);
+    }
+
     /// A response with `status` arrived for `key`: a final one ends the
     /// transaction; a provisional one ends an INVITE's retransmissions
     /// and slows a non-INVITE's to every T2. Returns whether it matched a

@@ -7,6 +7,13 @@
 //! with HMAC-SHA256 (truncated to 80 bits); any instance that shares the
 //! secret decodes it and decides the same way.
 //!
+//! A signer holds one or more secrets (`proxy.flow_secret_file`, one per
+//! line): the first signs, every one verifies, the signing one first, so
+//! the common case costs one HMAC. Rotating a pool's secret is then:
+//! prepend the new one and reload every instance (tokens of either secret
+//! verify everywhere), wait until no token of the old one is in use, drop
+//! it and reload again.
+//!
 //! A stream flow is named by its [`FlowId`]: the boot id of the instance
 //! holding the connection and the connection's id there, so that a token
 //! outliving its process (a restart) or read by another instance of a pool
@@ -16,7 +23,7 @@
 use std::net::{IpAddr, SocketAddr};
 
 use hmac::{Hmac, Mac};
-use sha2::Sha256;
+use sha2::{Digest, Sha256};
 
 use crate::transport::{BootId, ConnectionId, FlowId, Transport};
 
@@ -89,10 +96,25 @@ pub enum TokenError {
     BadSignature,
 }
 
-/// Signs and checks flow tokens.
+/// Which of a signer's secrets verified a token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verified {
+    /// The signing secret (the first).
+    Signing,
+    /// One of the older secrets, kept for verifying only: the token was
+    /// signed before the last rotation.
+    Older,
+}
+
+/// Signs and checks flow tokens: the first secret signs (and keys the
+/// branch and To-tag hashes), every secret verifies.
 #[derive(Clone)]
 pub struct FlowSigner {
-    key: HmacSha256,
+    /// Never empty: the signing key first, then the older ones.
+    keys: Vec<HmacSha256>,
+    /// SHA-256 over the secrets in order: tells two signers apart without
+    /// keeping the secrets.
+    digest: [u8; 32],
 }
 
 impl std::fmt::Debug for FlowSigner {
@@ -101,12 +123,65 @@ impl std::fmt::Debug for FlowSigner {
     }
 }
 
+impl PartialEq for FlowSigner {
+    /// Whether both hold the same secrets in the same order.
+    fn eq(&self, other: &Self) -> bool {
+        self.digest == other.digest
+    }
+}
+
+impl Eq for FlowSigner {}
+
 impl FlowSigner {
-    /// A signer for `secret`.
+    /// A signer for `secret` alone.
     pub fn new(secret: &[u8]) -> Self {
-        Self {
-            key: HmacSha256::new_from_slice(secret).expect("HMAC accepts any key length"),
+        Self::with_secrets(&[secret]).expect("one secret")
+    }
+
+    /// A signer whose first secret signs and every secret verifies; `None`
+    /// for no secret. Each secret past the first costs an HMAC for every
+    /// token that fails the first: the config caps them
+    /// ([`crate::config::flow_secrets::MAX_SECRETS`]).
+    pub fn with_secrets<S: AsRef<[u8]>>(secrets: &[S]) -> Option<Self> {
+        if secrets.is_empty() {
+            return None;
         }
+        let mut digest = Sha256::new();
+        let keys = secrets
+            .iter()
+            .map(|secret| {
+                let secret = secret.as_ref();
+                digest.update((secret.len() as u64).to_be_bytes());
+                digest.update(secret);
+                HmacSha256::new_from_slice(secret).expect("HMAC accepts any key length")
+            })
+            .collect();
+        Some(Self {
+            keys,
+            digest: digest.finalize().into(),
+        })
+    }
+
+    /// How many secrets verify (the signing one included).
+    pub fn secrets(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// A short public name of the signing secret (8 hex digits of a hash
+    /// of it), logged at start and at reload so that operators can check
+    /// that every instance of a pool signs with the same secret. It gives
+    /// away 32 bits of a hash, nothing an attacker can use against a
+    /// secret of 16 bytes or more.
+    pub fn fingerprint(&self) -> String {
+        let mut mac = self.signing().clone();
+        mac.update(b"sipadmit flow secret fingerprint");
+        let full = mac.finalize().into_bytes();
+        hex_encode(&full[..4])
+    }
+
+    /// The signing key.
+    fn signing(&self) -> &HmacSha256 {
+        &self.keys[0]
     }
 
     /// A signer with a random secret (tokens die with the process).
@@ -117,7 +192,7 @@ impl FlowSigner {
 
     fn mac(&self, payload: &[u8]) -> [u8; MAC_BYTES] {
         // Only encoding needs the tag itself; decoding verifies in constant time.
-        let mut mac = self.key.clone();
+        let mut mac = self.signing().clone();
         mac.update(payload);
         let full = mac.finalize().into_bytes();
         let mut out = [0; MAC_BYTES];
@@ -125,16 +200,23 @@ impl FlowSigner {
         out
     }
 
-    /// Constant-time check of a truncated MAC.
-    fn verify(&self, payload: &[u8], tag: &[u8]) -> bool {
-        let mut mac = self.key.clone();
-        mac.update(payload);
-        mac.verify_truncated_left(tag).is_ok()
+    /// Constant-time check of a truncated MAC against each secret, the
+    /// signing one first: which one verified it, if any.
+    fn verify(&self, payload: &[u8], tag: &[u8]) -> Option<Verified> {
+        self.keys.iter().enumerate().find_map(|(i, key)| {
+            let mut mac = key.clone();
+            mac.update(payload);
+            mac.verify_truncated_left(tag).is_ok().then_some(if i == 0 {
+                Verified::Signing
+            } else {
+                Verified::Older
+            })
+        })
     }
 
     /// A 64-bit keyed hash (for branches and To-tags).
     pub fn hash64(&self, parts: &[&[u8]]) -> u64 {
-        let mut mac = self.key.clone();
+        let mut mac = self.signing().clone();
         for p in parts {
             mac.update(&(p.len() as u32).to_be_bytes());
             mac.update(p);
@@ -181,14 +263,18 @@ impl FlowSigner {
 
     /// Decode and verify a token.
     pub fn decode(&self, token: &[u8]) -> Result<(Purpose, Flow), TokenError> {
+        self.decode_verified(token)
+            .map(|(purpose, flow, _)| (purpose, flow))
+    }
+
+    /// Decode and verify a token, and say which secret verified it.
+    pub fn decode_verified(&self, token: &[u8]) -> Result<(Purpose, Flow, Verified), TokenError> {
         let bytes = hex_decode(token).ok_or(TokenError::Malformed)?;
         if bytes.len() < MIN_TOKEN_BYTES {
             return Err(TokenError::Malformed);
         }
         let (payload, mac) = bytes.split_at(bytes.len() - MAC_BYTES);
-        if !self.verify(payload, mac) {
-            return Err(TokenError::BadSignature);
-        }
+        let verified = self.verify(payload, mac).ok_or(TokenError::BadSignature)?;
         let mut reader = Reader(payload);
         let purpose = Purpose::from_byte(reader.byte()?).ok_or(TokenError::Malformed)?;
         let transport = match reader.byte()? {
@@ -218,7 +304,7 @@ impl FlowSigner {
             connection,
             client: client.to_owned(),
         };
-        Ok((purpose, flow))
+        Ok((purpose, flow, verified))
     }
 }
 
@@ -341,5 +427,62 @@ mod tests {
             (purpose, decoded.client.as_str()),
             (Purpose::DialogFromClient, "lync-mobile")
         );
+    }
+
+    #[test]
+    fn the_first_secret_signs_and_every_secret_verifies() {
+        let old = FlowSigner::new(b"old-secret-0123456789");
+        let rotating =
+            FlowSigner::with_secrets(&[&b"new-secret-0123456789"[..], b"old-secret-0123456789"])
+                .unwrap();
+        let new = FlowSigner::new(b"new-secret-0123456789");
+        let f = flow("192.0.2.1:5060");
+        // A token of the old secret verifies during the rotation, as older.
+        let old_token = old.encode(Purpose::Path, &f);
+        assert_eq!(
+            rotating.decode_verified(old_token.as_bytes()),
+            Ok((Purpose::Path, f.clone(), Verified::Older))
+        );
+        // The rotating signer signs with the new secret: the old-only
+        // instance refuses it, a new-only one takes it as signing.
+        let token = rotating.encode(Purpose::Path, &f);
+        assert_eq!(token, new.encode(Purpose::Path, &f));
+        assert_eq!(old.decode(token.as_bytes()), Err(TokenError::BadSignature));
+        assert_eq!(
+            rotating.decode_verified(token.as_bytes()),
+            Ok((Purpose::Path, f.clone(), Verified::Signing))
+        );
+        // Once the old secret is dropped, its tokens are refused.
+        assert_eq!(
+            new.decode(old_token.as_bytes()),
+            Err(TokenError::BadSignature)
+        );
+        // Branch and tag hashes are the signing secret's.
+        assert_eq!(rotating.hash64(&[b"x"]), new.hash64(&[b"x"]));
+        assert_ne!(rotating.hash64(&[b"x"]), old.hash64(&[b"x"]));
+    }
+
+    #[test]
+    fn signers_compare_and_fingerprint_by_their_secrets() {
+        let a = FlowSigner::with_secrets(&["aaaaaaaaaaaaaaaa", "bbbbbbbbbbbbbbbb"]).unwrap();
+        let same = FlowSigner::with_secrets(&["aaaaaaaaaaaaaaaa", "bbbbbbbbbbbbbbbb"]).unwrap();
+        let reordered =
+            FlowSigner::with_secrets(&["bbbbbbbbbbbbbbbb", "aaaaaaaaaaaaaaaa"]).unwrap();
+        // Length-prefixed: secrets split differently are other secrets.
+        let split = FlowSigner::with_secrets(&["aaaaaaaaaaaaaaaab", "bbbbbbbbbbbbbbb"]).unwrap();
+        assert_eq!(a, same);
+        assert_ne!(a, reordered);
+        assert_ne!(a, split);
+        assert_eq!((a.secrets(), FlowSigner::new(b"x").secrets()), (2, 1));
+        assert!(FlowSigner::with_secrets::<&str>(&[]).is_none());
+        let fingerprint = a.fingerprint();
+        assert_eq!(fingerprint.len(), 8, "{fingerprint}");
+        assert_eq!(fingerprint, same.fingerprint());
+        assert_eq!(
+            fingerprint,
+            FlowSigner::new(b"aaaaaaaaaaaaaaaa").fingerprint(),
+            "the signing secret's"
+        );
+        assert_ne!(fingerprint, reordered.fingerprint());
     }
 }

@@ -16,6 +16,10 @@
 //! - [`client_transactions`]: the retransmissions of requests that came
 //!   over TCP or TLS and leave over UDP (RFC 3261 17.1), and the `408`
 //!   when nothing answers them.
+//! - [`health`]: readiness ([`Core::not_ready`], shared with `/readyz`),
+//!   draining, and the answer to an OPTIONS addressed to sipadmit itself.
+//! - [`listening`]: this proxy's own addresses and advertised names, and
+//!   whether a URI or Via names them.
 //! - [`flow`]: signed flow tokens; [`registrations`]: the registration
 //!   tables; [`transactions`]: the transactions recorded, so that a
 //!   retransmission is handled again but not recorded again; both on
@@ -24,11 +28,15 @@
 //! The runtime configuration (catalog, Response Group matchers, policy,
 //! flag header) is an [`ArcSwap`] snapshot loaded once per message:
 //! [`Core::publish`] swaps in a new one, and messages already being handled
-//! finish with the one they started with.
+//! finish with the one they started with. The flow signer is an [`ArcSwap`]
+//! of its own ([`Core::set_flow_signer`], at a reload that changed the
+//! secrets): no lock on the message path either way.
 
 pub mod client_transactions;
 
 pub mod flow;
+pub mod health;
+pub mod listening;
 mod refusal;
 pub mod registrations;
 mod request;
@@ -39,6 +47,7 @@ use std::borrow::Cow;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::Path;
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -51,13 +60,13 @@ use crate::observe::decision_log::{record_time, DecisionKind, DecisionRecord, Le
 use crate::observe::metrics::{DropReason, MessageKind, Metrics};
 use crate::observe::summary::{EventSummary, Noted, WindowTotals, SUMMARY_WINDOW};
 use crate::policy::{Action, SessionRole};
-use crate::sip::fields::host_is_ip;
 use crate::sip::{HeaderName, SipView, Via};
 use crate::transport::admission::BanCause;
 use crate::transport::{BootId, ConnectionId, FlowId, Transport, WarningWindow};
 pub use crate::vocabulary::{Inbound, SourceRefusal};
 use client_transactions::{ClientTransactions, Timers, TransactionKey};
-use flow::{Flow, FlowSigner};
+use flow::{Flow, FlowSigner, Purpose, TokenError, Verified};
+use listening::Listening;
 pub use refusal::{FlowFailure, Refusal};
 use registrations::{RegistrationLimits, Registrations};
 use transactions::{RecordKind, Transactions};
@@ -176,7 +185,12 @@ pub struct Core {
     runtime: ArcSwap<Runtime>,
     /// Held while publishing, so generations are stored in order.
     publishing: Mutex<()>,
-    signer: FlowSigner,
+    /// Signs and checks flow tokens; swapped when a reload changes the
+    /// secrets.
+    signer: ArcSwap<FlowSigner>,
+    /// Set by [`Core::start_draining`]: the instance reports itself not
+    /// ready.
+    draining: AtomicBool,
     /// Scopes this instance's connection ids in flow tokens.
     boot: BootId,
     registrations: Registrations,
@@ -188,20 +202,21 @@ pub struct Core {
     warnings: TableWarnings,
     /// Summaries of malformed messages and refused requests.
     summaries: Summaries,
-    /// (transport, address) this proxy is reachable at, as put in Via/Path.
-    advertised: Vec<(Transport, SocketAddr)>,
+    /// The listeners, with what each advertises in Via, Path and
+    /// Record-Route.
+    listeners: Vec<Listening>,
     metrics: Arc<Metrics>,
 }
 
 impl Core {
     /// A core for `config` (its runtime part becomes generation 1),
-    /// reachable at `advertised` (bound listener addresses), naming its
-    /// stream flows with `boot`.
+    /// reachable at `listeners` (bound listener addresses, with what each
+    /// advertises), naming its stream flows with `boot`.
     pub fn new(
         config: Config,
         signer: FlowSigner,
         boot: BootId,
-        advertised: Vec<(Transport, SocketAddr)>,
+        listeners: Vec<Listening>,
         metrics: Arc<Metrics>,
     ) -> Self {
         let Config {
@@ -229,9 +244,10 @@ impl Core {
                 config: runtime,
             }),
             publishing: Mutex::new(()),
-            signer,
+            signer: ArcSwap::from_pointee(signer),
+            draining: AtomicBool::new(false),
             boot,
-            advertised,
+            listeners,
             metrics,
         }
     }
@@ -239,9 +255,10 @@ impl Core {
     /// A core with no sockets behind it, for fuzzing, tests and benches:
     /// `toml` is a sipadmit config, with the upstream set to
     /// [`DETACHED_UPSTREAM`] and the core reachable at [`DETACHED_ADDRESS`]
-    /// over UDP and TCP. Flow tokens are signed with `proxy.flow_secret`
-    /// (a fixed test secret when unset) and the boot id is 1, so runs
-    /// repeat exactly.
+    /// over UDP and TCP (advertising what `proxy.advertise` gives the first
+    /// listener of each transport). Flow tokens are signed with the
+    /// configured secrets (a fixed test secret when unset) and the boot id
+    /// is 1, so runs repeat exactly.
     pub fn detached(toml: &str) -> Result<Self, ConfigError> {
         let config = Config::from_toml_str(
             toml,
@@ -251,22 +268,25 @@ impl Core {
                 ..Overrides::default()
             },
         )?;
-        let signer = FlowSigner::new(
-            config
-                .settings
-                .flow_secret
-                .as_deref()
-                .unwrap_or("detached-core-flow-secret")
-                .as_bytes(),
-        );
+        let settings = &config.settings;
+        let signer = settings
+            .flow_secrets
+            .as_ref()
+            .and_then(|s| FlowSigner::with_secrets(s.secrets()))
+            .unwrap_or_else(|| FlowSigner::new(b"detached-core-flow-secret"));
+        let listeners = [Transport::Udp, Transport::Tcp]
+            .into_iter()
+            .map(|transport| Listening {
+                transport,
+                addr: DETACHED_ADDRESS,
+                advertise: settings.advertise.for_transport(transport).cloned(),
+            })
+            .collect();
         Ok(Self::new(
             config,
             signer,
             BootId::from_u64(1),
-            vec![
-                (Transport::Udp, DETACHED_ADDRESS),
-                (Transport::Tcp, DETACHED_ADDRESS),
-            ],
+            listeners,
             Arc::new(Metrics::default()),
         ))
     }
@@ -293,6 +313,42 @@ impl Core {
     /// The generation of the runtime configuration in use.
     pub fn generation(&self) -> u64 {
         self.runtime.load().generation
+    }
+
+    /// The flow signer in use.
+    pub fn flow_signer(&self) -> Arc<FlowSigner> {
+        self.signer.load_full()
+    }
+
+    /// Swap in a new flow signer (the secrets changed at a reload); returns
+    /// whether it differs from the one in use (same secrets: kept). Tokens
+    /// are checked by the new one from the next message on.
+    pub fn set_flow_signer(&self, signer: FlowSigner) -> bool {
+        if **self.signer.load() == signer {
+            return false;
+        }
+        self.signer.store(Arc::new(signer));
+        true
+    }
+
+    /// The signer for this use (a lock-free load).
+    fn signer(&self) -> arc_swap::Guard<Arc<FlowSigner>> {
+        self.signer.load()
+    }
+
+    /// Decode and verify a flow token; one verified by an older secret
+    /// (a rotation in progress) is counted.
+    fn decode_token(&self, token: &[u8]) -> Result<(Purpose, Flow), TokenError> {
+        let (purpose, flow, verified) = self.signer().decode_verified(token)?;
+        if verified == Verified::Older {
+            Metrics::inc(&self.metrics.flow_tokens_older_secret);
+        }
+        Ok((purpose, flow))
+    }
+
+    /// The listeners, with what each advertises.
+    pub fn listeners(&self) -> &[Listening] {
+        &self.listeners
     }
 
     /// This instance's boot id.
@@ -421,7 +477,9 @@ impl Core {
     /// transport.
     pub fn probe_request(&self, n: u64) -> Option<Bytes> {
         let upstream = self.settings.upstream?;
-        let own = self.address_for(upstream.transport, upstream.addr.ip())?;
+        let own = self
+            .address_for(upstream.transport, upstream.addr.ip())?
+            .addr;
         let (boot, transport) = (self.boot, upstream.transport);
         let target = upstream.addr;
         Some(Bytes::from(format!(
@@ -440,10 +498,18 @@ impl Core {
         )))
     }
 
-    /// The request `transaction` was relayed from has been sent: keep its
-    /// client transaction (retransmitted until answered, `408` after
-    /// 64*T1). A full table is counted and warned about (rate-limited):
-    /// the request then went out once, as a stateless proxy sends it.
+    /// The request of `key` could not be sent: forget its client
+    /// transaction (kept by [`Core::keep_transaction`]).
+    pub fn forget_transaction(&self, key: &TransactionKey) {
+        self.client_transactions.forget(key);
+    }
+
+    /// Keep the client transaction of a request about to be sent
+    /// (retransmitted until answered, `408` after 64*T1); kept before it
+    /// is sent: with several workers, its response may arrive on another
+    /// worker's socket before it would have been kept after. A full table
+    /// is counted and warned about (rate-limited): the request then goes
+    /// out once, as a stateless proxy sends it.
     pub fn keep_transaction(
         &self,
         key: TransactionKey,
@@ -687,23 +753,32 @@ impl Core {
             .map_or(Transport::Udp, |u| u.transport)
     }
 
-    /// This proxy's advertised address on `transport` facing `peer`: one of
-    /// the peer's address family (an IPv4 peer cannot reach an IPv6
-    /// address in a Path, Record-Route or Via), else the first of the
-    /// transport.
-    fn address_for(&self, transport: Transport, peer: IpAddr) -> Option<SocketAddr> {
-        let of_transport = || self.advertised.iter().filter(move |(t, _)| *t == transport);
+    /// This proxy's listener on `transport` facing `peer`: one of the
+    /// peer's address family (an IPv4 peer cannot reach an IPv6 address in
+    /// a Path, Record-Route or Via), else the first of the transport.
+    fn address_for(&self, transport: Transport, peer: IpAddr) -> Option<&Listening> {
+        let of_transport = || {
+            self.listeners
+                .iter()
+                .filter(move |l| l.transport == transport)
+        };
         of_transport()
-            .find(|(_, a)| a.is_ipv4() == peer.is_ipv4())
+            .find(|l| l.addr.is_ipv4() == peer.is_ipv4())
             .or_else(|| of_transport().next())
-            .map(|(_, a)| *a)
     }
 
-    /// Whether `host:port` (as written; no port means 5060) is one of ours.
-    fn addressed_here(&self, host: &[u8], port: Option<u16>) -> bool {
-        self.advertised
+    /// The listener a message arrived on (`transport`, `local`), if it is
+    /// one of ours.
+    fn listener_at(&self, transport: Transport, local: SocketAddr) -> Option<&Listening> {
+        self.listeners
             .iter()
-            .any(|(_, addr)| port.unwrap_or(5060) == addr.port() && host_is_ip(host, addr.ip()))
+            .find(|l| l.transport == transport && l.addr == local)
+    }
+
+    /// Whether `host:port` (as written; no port means 5060) is one of ours:
+    /// a listener's address or what it advertises.
+    fn addressed_here(&self, host: &[u8], port: Option<u16>) -> bool {
+        self.listeners.iter().any(|l| l.names(host, port))
     }
 
     /// Whether a Via names this proxy.
@@ -730,10 +805,10 @@ impl Core {
         let transaction = match top_via.as_ref().and_then(|v| Some((v, v.branch()?))) {
             Some((via, b)) if b.len() > 7 && b.starts_with(b"z9hG4bK") => {
                 let port = via.port.unwrap_or(5060).to_be_bytes();
-                self.signer.hash64(&[b"t", b, via.host, &port])
+                self.signer().hash64(&[b"t", b, via.host, &port])
             }
             _ => self
-                .signer
+                .signer()
                 .hash64(&[b"o", request_uri, to_tag, from_tag, call_id, &cseq]),
         };
         Branch {
@@ -749,7 +824,7 @@ impl Core {
     /// a non-2xx keeps its INVITE's whole branch.
     fn loop_mark(&self, view: &SipView, consumed_route: Option<&[u8]>) -> u32 {
         let cseq = view.cseq().map(|c| c.number).unwrap_or(0).to_be_bytes();
-        let hash = self.signer.hash64(&[
+        let hash = self.signer().hash64(&[
             b"l",
             view.request_uri().unwrap_or_default(),
             view.from().ok().and_then(|f| f.tag()).unwrap_or_default(),
@@ -783,7 +858,7 @@ impl Core {
             .ok()
             .and_then(|v| v.branch())
             .unwrap_or_default();
-        let hash = self.signer.hash64(&[
+        let hash = self.signer().hash64(&[
             b"t",
             view.call_id().unwrap_or_default(),
             view.from().ok().and_then(|f| f.tag()).unwrap_or_default(),
@@ -857,7 +932,7 @@ impl Core {
                 self.is_own(&via)
                     && matches!(
                         via.params.get(FLOW_PARAM.as_bytes()),
-                        Some(Some(token)) if matches!(self.signer.decode(token), Ok((flow::Purpose::Via, _)))
+                        Some(Some(token)) if matches!(self.decode_token(token), Ok((Purpose::Via, _)))
                     )
             })
     }

@@ -112,6 +112,22 @@ pub enum Refusal<'p> {
     /// within 64*T1 though this proxy retransmitted it (RFC 3261 17.1.1.2
     /// Timer B, 17.1.2.2 Timer F): `408 Request Timeout`.
     RequestTimeout,
+    /// An OPTIONS addressed to sipadmit itself (a load balancer's health
+    /// probe) while it is not ready (`super::health`): `503` with a
+    /// `Warning` saying why, and `Retry-After` when the registrar is the
+    /// reason (draining: none, RFC 3261 21.5.4, so the prober treats this
+    /// instance as gone).
+    NotReady {
+        /// Why, as `/readyz` says it.
+        detail: &'p str,
+        /// The registrar is the reason.
+        upstream: bool,
+    },
+    /// A new request from a client (outside a dialog: no To tag; not ACK
+    /// or CANCEL) while the instance drains: 503 with `Retry-After`
+    /// (`limits.drain_secs`: this instance is gone by then) and a Warning,
+    /// so the client (RFC 3263 4.3) or a dispatcher tries another instance.
+    Draining,
 }
 
 impl Refusal<'_> {
@@ -137,6 +153,7 @@ impl Refusal<'_> {
             Self::Banned { .. } => 403,
             Self::SipsWithoutTls(_) => 480,
             Self::RequestTimeout => 408,
+            Self::NotReady { .. } | Self::Draining => 503,
         }
     }
 
@@ -161,6 +178,7 @@ impl Refusal<'_> {
             Self::Banned { .. } => "Banned",
             Self::SipsWithoutTls(_) => "Temporarily Unavailable",
             Self::RequestTimeout => "Request Timeout",
+            Self::NotReady { .. } | Self::Draining => "Service Unavailable",
         })
     }
 
@@ -186,6 +204,8 @@ impl Refusal<'_> {
             Self::Banned { rule } => rule,
             Self::SipsWithoutTls(_) => "proxy.sips-without-tls",
             Self::RequestTimeout => "proxy.request-timeout",
+            Self::NotReady { .. } => super::health::HEALTH_RULE,
+            Self::Draining => "proxy.draining",
         }
     }
 
@@ -212,7 +232,7 @@ impl Refusal<'_> {
     }
 
     /// The detail a log line adds, if any.
-    fn detail(&self) -> Option<&'static str> {
+    fn detail(&self) -> Option<&str> {
         match self {
             Self::FlowFailed(failure) => Some(failure.as_str()),
             Self::InvalidFlowToken(TokenError::Malformed) => Some("malformed token"),
@@ -229,6 +249,8 @@ impl Refusal<'_> {
             Self::UpstreamBusy => {
                 Some("the queue to the registrar is full (limits.upstream_queue_bytes)")
             }
+            Self::NotReady { detail, .. } => Some(detail),
+            Self::Draining => Some(DRAINING),
             _ => None,
         }
     }
@@ -389,11 +411,28 @@ impl Core {
                 add("Retry-After", retry_after_secs.to_string());
             }
             Refusal::SipsWithoutTls(_) => add("Warning", SIPS_NOT_ALLOWED.to_owned()),
+            Refusal::Draining => {
+                add("Warning", format!("399 sipadmit \"{DRAINING}\""));
+                let secs = self.settings.limits.drain.as_secs().max(1);
+                add("Retry-After", secs.to_string());
+            }
+            Refusal::NotReady { detail, upstream } => {
+                add("Warning", format!("399 sipadmit \"{detail}\""));
+                if *upstream {
+                    add(
+                        "Retry-After",
+                        self.settings.limits.upstream_retry_after_secs.to_string(),
+                    );
+                }
+            }
             _ => {}
         }
         extra
     }
 }
+
+/// Why a draining instance refuses new requests (its Warning and log).
+const DRAINING: &str = "draining: this instance is stopping; use another";
 
 /// Whether a response can be formed: it copies Via, From, To, Call-ID and
 /// CSeq (RFC 3261 8.2.6); it goes back to the source address, so they only

@@ -246,6 +246,14 @@ impl Registrations {
         done
     }
 
+    /// Whether the REGISTER `call_id`/`cseq` relayed from `flow` awaits
+    /// its final response: another copy of it now is a retransmission of a
+    /// request under way.
+    pub fn is_pending(&self, call_id: &[u8], cseq: u32, flow: &Flow, now: Instant) -> bool {
+        let key = self.pending_key(call_id, cseq, flow);
+        self.lock().pending.get(key, now).is_some()
+    }
+
     /// Apply the final response to a REGISTER relayed from `flow`: the
     /// pending entry goes in any case; on a 2xx every contact the REGISTER
     /// named is bound with the expiry the registrar granted (not listed or

@@ -2,7 +2,9 @@
 //! of pingora's phase list):
 //!
 //! 1. `validate`: size, syntax, header count, the ACK of an answer of ours
-//!    (absorbed), Max-Forwards (483), Proxy-Require (420).
+//!    (absorbed), Max-Forwards (483), Proxy-Require (420); then `health`:
+//!    an OPTIONS addressed to this proxy itself is answered here
+//!    (`health.rs`).
 //! 2. `route`: this proxy's Route values (flow token; one, or the two of an
 //!    RFC 5658 pair), loop detection (482), the target: a client flow, or
 //!    the registrar (a registrar request with no Route is looked up: 404).
@@ -25,6 +27,7 @@ use tracing::{debug, warn};
 
 use super::client_transactions::{TransactionKey, TransactionMethod};
 use super::flow::{Flow, Purpose, TokenError};
+use super::listening::{uri_parts, Listening};
 use super::refusal::Refusal;
 use super::{
     Core, Destination, Inbound, OpenConnection, Outbound, Outcome, Runtime, Subject, Text,
@@ -34,7 +37,7 @@ use crate::classify::{Classification, Support};
 use crate::observe::metrics::DropReason;
 use crate::policy::{decide, Action, Decision, SessionFacts, SessionRole, Verdict};
 use crate::sip::edit::{before_first, mark_received, remove_leading_values, remove_named, Edits};
-use crate::sip::fields::{parse_hostport, sip_uri_host, trim_lws};
+use crate::sip::fields::sip_uri_host;
 use crate::sip::{HeaderName, Method, Params, SipError, SipView};
 use crate::transport::Transport;
 
@@ -120,7 +123,12 @@ impl Core {
         open: OpenConnection<'_>,
     ) -> Outcome {
         let ctx = RequestCtx::new(inbound, view, runtime, now);
-        let routing = match self.validate(&ctx).and_then(|()| self.route(&ctx)) {
+        let routing = match self
+            .validate(&ctx)
+            .and_then(|()| self.health(&ctx))
+            .and_then(|()| self.drain_gate(&ctx))
+            .and_then(|()| self.route(&ctx))
+        {
             Ok(routing) => routing,
             Err(halt) => return self.halted(&ctx, None, halt),
         };
@@ -185,6 +193,42 @@ impl Core {
         Ok(())
     }
 
+    /// While the instance drains, a client's new request (outside a
+    /// dialog; ACK and CANCEL belong to transactions under way) is refused
+    /// so that it goes to another instance; requests in dialogs and from
+    /// the registrar keep flowing, and so does the retransmission of a
+    /// REGISTER relayed before and still awaiting its final response.
+    fn drain_gate<'m>(&self, ctx: &RequestCtx<'m>) -> Result<(), Halt<'m>> {
+        if !self.is_draining()
+            || ctx.inbound.from_upstream
+            || matches!(ctx.method, Method::Ack | Method::Cancel)
+            || ctx.view.to().ok().and_then(|t| t.tag()).is_some()
+            || self.register_under_way(ctx)
+        {
+            return Ok(());
+        }
+        Err(Refusal::Draining.into())
+    }
+
+    /// Whether the request is a copy of a REGISTER this instance relayed
+    /// from the same flow and that still awaits its final response.
+    fn register_under_way(&self, ctx: &RequestCtx<'_>) -> bool {
+        let (view, inb) = (ctx.view, ctx.inbound);
+        let (Method::Register, Some(call_id), Ok(cseq)) = (ctx.method, view.call_id(), view.cseq())
+        else {
+            return false;
+        };
+        // The pending key names the flow by transport, peer and connection.
+        let flow = Flow {
+            transport: inb.transport,
+            peer: inb.source,
+            connection: inb.connection.map(|c| self.flow_id(c)),
+            client: String::new(),
+        };
+        self.registrations
+            .is_pending(call_id, cseq.number, &flow, ctx.now)
+    }
+
     // === phase 2: route ===
 
     /// Where does it go? This proxy's Route (a flow token) decides; else the
@@ -226,18 +270,18 @@ impl Core {
         let Some(Ok(top)) = routes.next() else {
             return Ok(None);
         };
-        let Some((user, host, port)) = route_parts(top.uri) else {
+        let Some((user, host, port)) = uri_parts(top.uri) else {
             return Ok(None);
         };
         let addressed_here = self.addressed_here(host, port);
         let ftag = || uri_param(top.uri, b"ftag");
-        match user.map(|u| (u, self.signer.decode(u))) {
+        match user.map(|u| (u, self.decode_token(u))) {
             Some((_, Ok((Purpose::Via, _)))) => Err(TokenError::Malformed),
             Some((token, Ok(decoded))) => {
                 let pair = routes
                     .next()
                     .and_then(Result::ok)
-                    .and_then(|next| route_parts(next.uri))
+                    .and_then(|next| uri_parts(next.uri))
                     .is_some_and(|(next_user, _, _)| next_user == Some(token));
                 Ok(Some(OwnRoute {
                     token: Some(decoded),
@@ -391,7 +435,7 @@ impl Core {
     /// Splice in the proxy's edits and name the destination: the next hop,
     /// then each edit in message order, then the record.
     fn relay<'m>(
-        &self,
+        &'m self,
         ctx: &RequestCtx<'m>,
         routing: Routing<'m>,
         admission: &Admission<'m>,
@@ -467,12 +511,12 @@ impl Core {
     /// `sips:` request leaves over TLS only (RFC 3261 26.2.2, RFC 5630),
     /// and this proxy needs a listener of that transport facing the next
     /// hop's address family.
-    fn next_hop<'m>(
-        &self,
+    fn next_hop<'s, 'm>(
+        &'s self,
         ctx: &RequestCtx<'m>,
         routing: &Routing<'m>,
         open: OpenConnection<'_>,
-    ) -> Result<NextHop, Halt<'m>> {
+    ) -> Result<NextHop<'s>, Halt<'m>> {
         let transport = match &routing.toward {
             Some(flow) => {
                 self.check_flow(flow, open).map_err(Refusal::FlowFailed)?;
@@ -495,14 +539,10 @@ impl Core {
                 .upstream
                 .map_or(ctx.inbound.local.ip(), |u| u.addr.ip()),
         };
-        let own_addr = self
+        let own = self
             .address_for(transport, ip)
             .ok_or(Refusal::NoListener(transport))?;
-        Ok(NextHop {
-            transport,
-            ip,
-            own_addr,
-        })
+        Ok(NextHop { transport, ip, own })
     }
 
     /// This proxy's Via on top (RFC 3261 16.6 step 8); toward the
@@ -511,7 +551,7 @@ impl Core {
         &self,
         view: &SipView,
         routing: &Routing<'_>,
-        hop: &NextHop,
+        hop: &NextHop<'_>,
         branch: super::Branch,
         inbound_flow: &Flow,
         edits: &mut Edits,
@@ -519,10 +559,10 @@ impl Core {
         let mut via = format!(
             "Via: SIP/2.0/{} {};branch={branch}",
             hop.transport.via_name(),
-            hop.own_addr
+            hop.own.sent_by()
         );
         if routing.toward.is_none() {
-            let token = self.signer.encode(Purpose::Via, inbound_flow);
+            let token = self.signer().encode(Purpose::Via, inbound_flow);
             let _ = write!(via, ";{FLOW_PARAM}={token}");
         }
         via.push_str("\r\n");
@@ -533,24 +573,25 @@ impl Core {
     /// requests name the client flow, so requests from the registrar side
     /// come back through this proxy to that flow. Record-Route also carries
     /// the From-tag of the dialog's initiator (`ftag`), which tells the two
-    /// directions of later requests apart.
+    /// directions of later requests apart. Both name the listener by what
+    /// it advertises (`proxy.advertise`), else by its address.
     fn add_path_or_record_route(
         &self,
         ctx: &RequestCtx<'_>,
         routing: &Routing<'_>,
-        hop: &NextHop,
+        hop: &NextHop<'_>,
         inbound_flow: &Flow,
         edits: &mut Edits,
     ) {
         let (view, inb) = (ctx.view, ctx.inbound);
         let in_dialog = view.to().ok().and_then(|t| t.tag()).is_some();
         if ctx.method == Method::Register && routing.toward.is_none() {
-            let token = self.signer.encode(Purpose::Path, inbound_flow);
+            let token = self.signer().encode(Purpose::Path, inbound_flow);
             edits.insert(
                 after_vias(view, HeaderName::Path),
                 format!(
                     "Path: <sip:{token}@{};transport={};lr>\r\n",
-                    hop.own_addr,
+                    hop.own.uri_host(),
                     hop.transport.as_str()
                 ),
             );
@@ -560,22 +601,25 @@ impl Core {
                 None => (Purpose::DialogFromClient, inbound_flow),
                 Some(flow) => (Purpose::DialogFromUpstream, flow),
             };
-            let token = self.signer.encode(purpose, flow);
+            let token = self.signer().encode(purpose, flow);
             let ftag = Text(view.from().ok().and_then(|f| f.tag()));
             // RFC 5658: when the request leaves on another transport or
             // address than it came in on, one value per side: the outbound
             // side on top (the next hop's way back), then the inbound side.
-            let outbound_side = (hop.transport, hop.own_addr);
-            let inbound_side = (inb.transport, inb.local);
             let mut lines = String::new();
-            for (transport, addr) in std::iter::once(outbound_side)
-                .chain(Some(inbound_side).filter(|side| *side != outbound_side))
-            {
+            let mut line = |transport: Transport, host: &dyn std::fmt::Display| {
                 let _ = write!(
                     lines,
-                    "Record-Route: <sip:{token}@{addr};transport={};lr;ftag={ftag}>\r\n",
+                    "Record-Route: <sip:{token}@{host};transport={};lr;ftag={ftag}>\r\n",
                     transport.as_str()
                 );
+            };
+            line(hop.transport, &hop.own.uri_host());
+            if (inb.transport, inb.local) != (hop.transport, hop.own.addr) {
+                match self.listener_at(inb.transport, inb.local) {
+                    Some(listener) => line(inb.transport, &listener.uri_host()),
+                    None => line(inb.transport, &inb.local),
+                }
             }
             edits.insert(after_vias(view, HeaderName::RecordRoute), lines);
         }
@@ -642,22 +686,6 @@ impl OwnRoute<'_> {
     }
 }
 
-/// (user, host, port) of a Route URI.
-type RouteParts<'a> = (Option<&'a [u8]>, &'a [u8], Option<u16>);
-
-/// (user, host, port) of a `sip:`/`sips:` Route URI.
-fn route_parts(uri: &[u8]) -> Option<RouteParts<'_>> {
-    let rest = uri
-        .strip_prefix(b"sip:")
-        .or_else(|| uri.strip_prefix(b"sips:"))?;
-    let (user, hostport) = match rest.iter().position(|&b| b == b'@') {
-        Some(at) => (Some(trim_lws(&rest[..at])), &rest[at + 1..]),
-        None => (None, rest),
-    };
-    let (host, port, _) = parse_hostport(hostport)?;
-    Some((user, host, port))
-}
-
 /// A `;name=value` URI parameter.
 fn uri_param<'a>(uri: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
     let params = &uri[uri.iter().position(|&b| b == b';')?..];
@@ -679,13 +707,13 @@ fn after_vias(view: &SipView, name: HeaderName) -> usize {
 }
 
 /// Where a relayed request leaves, as the `relay` phase found it.
-struct NextHop {
+struct NextHop<'s> {
     /// The transport it leaves on.
     transport: Transport,
     /// The next hop's address (a client flow's peer, or the registrar).
     ip: std::net::IpAddr,
-    /// This proxy's address on that transport, facing that hop.
-    own_addr: SocketAddr,
+    /// This proxy's listener on that transport, facing that hop.
+    own: &'s Listening,
 }
 
 /// RFC 3261 17.1: a client on a stream never retransmits, so a request
@@ -694,7 +722,7 @@ struct NextHop {
 /// for an ACK, never a transaction of its own).
 fn retransmit_key(
     ctx: &RequestCtx<'_>,
-    hop: &NextHop,
+    hop: &NextHop<'_>,
     branch: super::Branch,
 ) -> Option<TransactionKey> {
     if !ctx.inbound.transport.is_stream() || hop.transport != Transport::Udp {

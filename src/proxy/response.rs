@@ -111,7 +111,7 @@ impl Core {
         via: &crate::sip::Via<'_>,
     ) -> Option<Destination> {
         match via.params.get(FLOW_PARAM.as_bytes()) {
-            Some(Some(token)) if inb.from_upstream => match self.signer.decode(token) {
+            Some(Some(token)) if inb.from_upstream => match self.decode_token(token) {
                 Ok((Purpose::Via, flow)) => Some(Destination::Flow(flow)),
                 Ok(_) | Err(_) => {
                     warn!(source = %inb.source, "response with a bad flow token discarded");

@@ -1,5 +1,9 @@
 //! The core without sockets: runtime snapshots, refusals and their records,
-//! flows of other instances, RFC 5658 Record-Route pairs, the flag header.
+//! flows of other instances, RFC 5658 Record-Route pairs, the flag header;
+//! the pool features (advertised names, the health answer, rotated flow
+//! secrets) in `tests/pool.rs`.
+
+mod pool;
 
 use std::net::SocketAddr;
 use std::time::Instant;
@@ -153,6 +157,10 @@ fn every_refusal_has_its_own_status_and_rule() {
         Refusal::UpstreamUnavailable,
         Refusal::UpstreamBusy,
         Refusal::RequestTimeout,
+        Refusal::NotReady {
+            detail: "draining",
+            upstream: false,
+        },
     ];
     let got: Vec<(u16, &str)> = all.iter().map(|r| (r.status(), r.rule())).collect();
     assert_eq!(
@@ -172,6 +180,7 @@ fn every_refusal_has_its_own_status_and_rule() {
             (503, "proxy.upstream-unavailable"),
             (503, "proxy.upstream-busy"),
             (408, "proxy.request-timeout"),
+            (503, "proxy.health"),
         ]
     );
     assert_eq!(
@@ -281,8 +290,8 @@ fn a_token_naming_another_instances_connection_gets_430_and_nothing_is_written()
         flow::FlowSigner::new(b"core-unit-tests-secret"),
         BootId::from_u64(2),
         vec![
-            (Transport::Udp, DETACHED_ADDRESS),
-            (Transport::Tcp, DETACHED_ADDRESS),
+            listening::Listening::at(Transport::Udp, DETACHED_ADDRESS),
+            listening::Listening::at(Transport::Tcp, DETACHED_ADDRESS),
         ],
         Arc::new(Metrics::default()),
     );

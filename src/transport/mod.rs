@@ -25,6 +25,7 @@
 pub mod admission;
 pub mod connections;
 pub mod slots;
+pub mod spread;
 pub mod stream;
 pub mod tls;
 pub mod udp;
@@ -193,8 +194,9 @@ pub fn is_unrecoverable(error: &std::io::Error) -> bool {
     )
 }
 
-/// What every transport task shares.
-#[derive(Debug)]
+/// What every transport task of a worker shares (the workers differ only
+/// in where their events go).
+#[derive(Debug, Clone)]
 pub struct TransportContext {
     /// Live stream connections (writers).
     pub connections: Arc<Connections>,
@@ -325,6 +327,7 @@ impl TransportContext {
             client_transaction_bytes: 1 << 20,
             timer_t1: std::time::Duration::from_millis(500),
             timer_t2: std::time::Duration::from_secs(4),
+            drain: std::time::Duration::from_secs(30),
             upstream_queue_bytes: 1 << 20,
             listen_backlog: 128,
             registration_table_bytes: 1 << 20,
@@ -349,7 +352,7 @@ pub struct UdpListener {
 }
 
 /// Where messages for the registrar go.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum UpstreamSender {
     /// A UDP registrar at this address.
     Datagram(SocketAddr),
@@ -376,8 +379,9 @@ impl UpstreamSender {
 }
 
 /// Everything that can send: UDP sockets, client connections, the
-/// upstream. Nothing here waits for a connection.
-#[derive(Debug)]
+/// upstream. Nothing here waits for a connection. Each worker has its
+/// own (its own UDP sockets; the rest shared).
+#[derive(Debug, Clone)]
 pub struct Senders {
     /// UDP listeners, in configuration order.
     pub udp: Vec<UdpListener>,

@@ -66,48 +66,88 @@ async fn receive(listener: UdpListener, ctx: Arc<TransportContext>) {
             }
             received = listener.socket.recv_from(&mut buf) => received,
         };
-        let (n, source) = match received {
-            Ok(received) => received,
-            Err(e) if icmp_errors && is_icmp_echo(&e) => {
-                debug!(error = %e, "an ICMP error for an earlier datagram (counted from the error queue)");
-                continue;
+        // What else is already queued is taken without going back through
+        // the select (at most `RECEIVE_BATCH` in a row: the other branches
+        // get their turn).
+        let mut next = Some(received);
+        let mut taken = 0;
+        while let Some(received) = next.take() {
+            match received_one(&listener, &ctx, icmp_errors, received, &buf).await {
+                Received::Go => {}
+                Received::Stop => return,
             }
-            Err(e) if is_unrecoverable(&e) => {
-                error!(error = %e, "UDP socket unusable; no more datagrams received on it");
-                return;
+            taken += 1;
+            if taken < RECEIVE_BATCH {
+                next = match listener.socket.try_recv_from(&mut buf) {
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => None,
+                    received => Some(received),
+                };
             }
-            Err(e) => {
-                Fault::UdpReceive.report(&ctx.metrics, None, &e);
-                continue;
-            }
-        };
-        let data = &buf[..n];
-        match classify_datagram(data) {
-            Datagram::KeepAlive => {
-                Metrics::inc(&ctx.metrics.keepalives);
-                continue;
-            }
-            Datagram::Stun => {
-                debug!(%source, "STUN datagram ignored");
-                ctx.metrics.count_drop(DropReason::Stun);
-                continue;
-            }
-            Datagram::Sip => {}
         }
-        let message = Inbound {
-            bytes: Bytes::copy_from_slice(data),
-            transport: Transport::Udp,
-            source,
-            local: listener.local,
-            connection: None,
-            from_upstream: ctx.upstream_sources.matches(source),
-        };
-        let Admitted::Event(event, _) = admit(&ctx, message) else {
-            continue;
-        };
-        if ctx.events.send(event).await.is_err() {
-            return;
+    }
+}
+
+/// Datagrams taken in a row from a UDP socket that has more queued.
+const RECEIVE_BATCH: usize = 32;
+
+/// Whether the receive loop goes on.
+enum Received {
+    Go,
+    Stop,
+}
+
+/// Hand one received datagram (`buf` holds it) to the dispatcher, after
+/// its source's rate limit; keep-alives and STUN are counted, errors
+/// reported.
+async fn received_one(
+    listener: &UdpListener,
+    ctx: &TransportContext,
+    icmp_errors: bool,
+    received: std::io::Result<(usize, std::net::SocketAddr)>,
+    buf: &[u8],
+) -> Received {
+    let (n, source) = match received {
+        Ok(received) => received,
+        Err(e) if icmp_errors && is_icmp_echo(&e) => {
+            debug!(error = %e, "an ICMP error for an earlier datagram (counted from the error queue)");
+            return Received::Go;
         }
+        Err(e) if is_unrecoverable(&e) => {
+            error!(error = %e, "UDP socket unusable; no more datagrams received on it");
+            return Received::Stop;
+        }
+        Err(e) => {
+            Fault::UdpReceive.report(&ctx.metrics, None, &e);
+            return Received::Go;
+        }
+    };
+    let data = &buf[..n];
+    match classify_datagram(data) {
+        Datagram::KeepAlive => {
+            Metrics::inc(&ctx.metrics.keepalives);
+            return Received::Go;
+        }
+        Datagram::Stun => {
+            debug!(%source, "STUN datagram ignored");
+            ctx.metrics.count_drop(DropReason::Stun);
+            return Received::Go;
+        }
+        Datagram::Sip => {}
+    }
+    let message = Inbound {
+        bytes: Bytes::copy_from_slice(data),
+        transport: Transport::Udp,
+        source,
+        local: listener.local,
+        connection: None,
+        from_upstream: ctx.upstream_sources.matches(source),
+    };
+    let Admitted::Event(event, _) = admit(ctx, message) else {
+        return Received::Go;
+    };
+    match ctx.events.send(event).await {
+        Ok(()) => Received::Go,
+        Err(_) => Received::Stop,
     }
 }
 
@@ -303,26 +343,25 @@ fn report_icmp_error(_ctx: &TransportContext, icmp: std::convert::Infallible) {
     match icmp {}
 }
 
-/// Bind a UDP listener with the receive and send buffers asked for (the
-/// kernel caps them at `net.core.rmem_max` / `wmem_max`; what it granted is
-/// logged, with a hint when it is less than asked).
+/// Bind a UDP listener: `workers` sockets on `addr` (one per worker, a
+/// `SO_REUSEPORT` group spreading datagrams at random when more than one,
+/// see [`super::spread`]), each with the receive and send buffers asked
+/// for (the kernel caps them at `net.core.rmem_max` / `wmem_max`; what it
+/// granted is logged, with a hint when it is less than asked).
 pub fn bind(
     addr: std::net::SocketAddr,
+    workers: usize,
     receive_buffer_bytes: usize,
     send_buffer_bytes: usize,
-) -> std::io::Result<UdpSocket> {
-    use socket2::{Domain, Protocol, Socket, Type};
-    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
-    if addr.is_ipv6() {
-        // As std and tokio bind: [::] is dual-stack unless the system says otherwise.
-        let _ = socket.set_only_v6(false);
-    }
-    let _ = socket.set_recv_buffer_size(receive_buffer_bytes);
-    let _ = socket.set_send_buffer_size(send_buffer_bytes);
-    socket.bind(&addr.into())?;
-    socket.set_nonblocking(true)?;
+) -> std::io::Result<Vec<std::net::UdpSocket>> {
+    let buffers = |socket: &socket2::Socket| {
+        let _ = socket.set_recv_buffer_size(receive_buffer_bytes);
+        let _ = socket.set_send_buffer_size(send_buffer_bytes);
+        Ok(())
+    };
+    let group = super::spread::bind_group(addr, socket2::Type::DGRAM, workers, &buffers)?;
     // Linux reports twice what was set (its bookkeeping overhead included).
-    let granted = socket.recv_buffer_size().unwrap_or(0) / 2;
+    let granted = group[0].recv_buffer_size().unwrap_or(0) / 2;
     if granted < receive_buffer_bytes {
         tracing::warn!(
             local = %addr,
@@ -333,18 +372,13 @@ pub fn bind(
     } else {
         debug!(local = %addr, receive_buffer_bytes = granted, "UDP receive buffer set");
     }
-    UdpSocket::from_std(socket.into())
+    Ok(group.into_iter().map(Into::into).collect())
 }
 
-/// Datagrams the kernel dropped on these sockets (receive buffer full),
-/// summed from the `drops` column of `/proc/net/udp` and `/proc/net/udp6`
-/// for the sockets' inodes. `None` where /proc is not there.
-pub fn kernel_drops(sockets: &[&UdpSocket]) -> Option<u64> {
-    use std::os::fd::AsRawFd;
-    let inodes: Vec<u64> = sockets
-        .iter()
-        .filter_map(|s| socket_inode(s.as_raw_fd()))
-        .collect();
+/// Datagrams the kernel dropped on the sockets of these inodes (receive
+/// buffer full; see [`socket_inode`]), summed from the `drops` column of
+/// `/proc/net/udp` and `/proc/net/udp6`. `None` where /proc is not there.
+pub fn kernel_drops(inodes: &[u64]) -> Option<u64> {
     if inodes.is_empty() {
         return None;
     }
@@ -355,13 +389,15 @@ pub fn kernel_drops(sockets: &[&UdpSocket]) -> Option<u64> {
             continue;
         };
         read_any = true;
-        total += drops_in_table(&text, &inodes);
+        total += drops_in_table(&text, inodes);
     }
     read_any.then_some(total)
 }
 
-/// The inode of a socket, from `/proc/self/fd/N` (`socket:[INODE]`).
-fn socket_inode(fd: i32) -> Option<u64> {
+/// The inode of a socket, from `/proc/self/fd/N` (`socket:[INODE]`);
+/// `None` where /proc is not there.
+pub fn socket_inode(socket: &impl std::os::fd::AsRawFd) -> Option<u64> {
+    let fd = socket.as_raw_fd();
     let link = std::fs::read_link(format!("/proc/self/fd/{fd}")).ok()?;
     let link = link.to_str()?;
     link.strip_prefix("socket:[")?
@@ -423,7 +459,10 @@ mod tests {
     #[cfg(target_os = "linux")]
     #[tokio::test]
     async fn icmp_errors_are_read_from_the_error_queue_and_cost_no_other_datagram() {
-        let socket = bind("127.0.0.1:0".parse().unwrap(), 1 << 16, 1 << 16).unwrap();
+        let socket = bind("127.0.0.1:0".parse().unwrap(), 1, 1 << 16, 1 << 16)
+            .unwrap()
+            .remove(0);
+        let socket = UdpSocket::from_std(socket).unwrap();
         report_icmp_errors(&socket).unwrap();
         let closed = closed_port();
         let peer = UdpSocket::bind("127.0.0.1:0").await.unwrap();
@@ -479,7 +518,7 @@ mod tests {
     #[tokio::test]
     async fn buffers_are_set_and_kernel_drops_are_counted() {
         let addr = "127.0.0.1:0".parse().unwrap();
-        let big = bind(addr, 1 << 20, 1 << 20).unwrap();
+        let big = bind(addr, 1, 1 << 20, 1 << 20).unwrap().remove(0);
         let granted = socket2::SockRef::from(&big).recv_buffer_size().unwrap();
         // Above the 208 KiB default (where net.core.rmem_max allows it).
         let rmem_max: usize = std::fs::read_to_string("/proc/sys/net/core/rmem_max")
@@ -489,14 +528,15 @@ mod tests {
         assert!(granted >= 2 * rmem_max.min(1 << 20), "{granted}");
         // A socket with a tiny buffer that nobody reads: the kernel drops
         // what does not fit, and the drops show.
-        let small = bind(addr, 4096, 4096).unwrap();
+        let small = bind(addr, 1, 4096, 4096).unwrap().remove(0);
         let target = small.local_addr().unwrap();
         let sender = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         for _ in 0..200 {
             let _ = sender.send_to(&[0u8; 1000], target);
         }
-        let drops = kernel_drops(&[&small]).expect("/proc/net/udp");
+        let inode = |s: &std::net::UdpSocket| socket_inode(s).expect("/proc/self/fd");
+        let drops = kernel_drops(&[inode(&small)]).expect("/proc/net/udp");
         assert!(drops > 0, "{drops}");
-        assert_eq!(kernel_drops(&[&big]), Some(0));
+        assert_eq!(kernel_drops(&[inode(&big)]), Some(0));
     }
 }

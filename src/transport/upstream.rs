@@ -32,7 +32,7 @@
 //! `sipadmit_tls_handshake_failures_total{side="upstream"}`.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -151,8 +151,9 @@ pub struct Outgoing {
     pub inbound: Inbound,
 }
 
-/// The dispatcher's handle on the link task.
-#[derive(Debug)]
+/// The dispatcher's handle on the link task (every worker's dispatcher
+/// holds a clone; the link task ends when the last is dropped).
+#[derive(Debug, Clone)]
 pub struct UpstreamLink {
     transport: Transport,
     addr: SocketAddr,
@@ -479,65 +480,87 @@ pub const SILENCE: Duration = Duration::from_secs(10);
 /// message from it for [`SILENCE`] are counted
 /// (`sipadmit_upstream_silent_requests_total`) and warned about, at most
 /// once per [`SILENCE`]; `/readyz` then fails until it sends a message.
-#[derive(Debug, Default)]
+///
+/// Shared by every worker's dispatcher (a request relayed by one worker is
+/// answered on another's socket), so it is atomics, no lock: each message
+/// to or from the registrar costs one or two atomic operations.
+#[derive(Debug)]
 pub struct DatagramWatch {
-    /// The first request relayed since the upstream was last heard from.
-    unanswered_since: Option<std::time::Instant>,
+    /// What the instants below count from.
+    epoch: std::time::Instant,
+    /// When the first request relayed since the upstream was last heard
+    /// from went out, in nanoseconds since `epoch` plus one; 0: none.
+    unanswered_since: AtomicU64,
     /// Requests relayed since then and not yet counted as silent.
-    pending: u64,
+    pending: AtomicU64,
     /// A silence was reported and has not ended.
-    silent: bool,
+    silent: AtomicBool,
+}
+
+impl Default for DatagramWatch {
+    fn default() -> Self {
+        Self {
+            epoch: std::time::Instant::now(),
+            unanswered_since: AtomicU64::new(0),
+            pending: AtomicU64::new(0),
+            silent: AtomicBool::new(false),
+        }
+    }
 }
 
 impl DatagramWatch {
     /// A request was sent to the upstream at `now`.
-    pub fn relayed(&mut self, now: std::time::Instant) {
-        self.unanswered_since.get_or_insert(now);
-        self.pending += 1;
+    pub fn relayed(&self, now: std::time::Instant) {
+        if self.unanswered_since.load(Ordering::Relaxed) == 0 {
+            let at = now.saturating_duration_since(self.epoch).as_nanos() as u64 + 1;
+            let _ =
+                self.unanswered_since
+                    .compare_exchange(0, at, Ordering::Relaxed, Ordering::Relaxed);
+        }
+        self.pending.fetch_add(1, Ordering::Relaxed);
     }
 
     /// A message arrived from the upstream: it answers, and `/readyz` no
     /// longer reports it unreachable (silent, or ICMP errors).
-    pub fn heard(&mut self, metrics: &crate::observe::metrics::Metrics) {
-        if self.silent {
+    pub fn heard(&self, metrics: &crate::observe::metrics::Metrics) {
+        if self.silent.load(Ordering::Relaxed) && self.silent.swap(false, Ordering::Relaxed) {
             info!("the UDP upstream answers again");
         }
         metrics.note_udp_upstream_heard();
-        *self = Self::default();
+        if self.unanswered_since.load(Ordering::Relaxed) != 0 {
+            self.unanswered_since.store(0, Ordering::Relaxed);
+            self.pending.store(0, Ordering::Relaxed);
+        }
     }
 
     /// Whether the upstream has been silent for [`SILENCE`] with requests
     /// relayed: counts them and warns (called every [`SILENCE`]).
     pub fn check(
-        &mut self,
+        &self,
         now: std::time::Instant,
         metrics: &crate::observe::metrics::Metrics,
     ) -> bool {
-        let Some(since) = self.unanswered_since else {
-            return false;
+        let since = match self.unanswered_since.load(Ordering::Relaxed) {
+            0 => return false,
+            at => self.epoch + Duration::from_nanos(at - 1),
         };
         let silent_for = now.saturating_duration_since(since);
         if silent_for < SILENCE {
             return false;
         }
-        crate::observe::metrics::Metrics::add(
-            &metrics.upstream_silent_requests,
-            self.pending as usize,
-        );
+        let pending = self.pending.swap(0, Ordering::Relaxed);
+        crate::observe::metrics::Metrics::add(&metrics.upstream_silent_requests, pending as usize);
         tracing::warn!(
-            requests = self.pending,
+            requests = pending,
             silent_secs = silent_for.as_secs(),
-            total = metrics
-                .upstream_silent_requests
-                .load(std::sync::atomic::Ordering::Relaxed),
+            total = metrics.upstream_silent_requests.load(Ordering::Relaxed),
             "the UDP upstream sent nothing back: is the registrar down?"
         );
         metrics.note_udp_upstream_unreachable(format!(
             "no message from it for {} s with requests relayed to it",
             silent_for.as_secs()
         ));
-        self.pending = 0;
-        self.silent = true;
+        self.silent.store(true, Ordering::Relaxed);
         true
     }
 }
@@ -596,7 +619,7 @@ mod tests {
     #[test]
     fn a_silent_udp_upstream_is_counted_and_an_answer_ends_it() {
         let metrics = crate::observe::metrics::Metrics::default();
-        let mut watch = DatagramWatch::default();
+        let watch = DatagramWatch::default();
         let t0 = std::time::Instant::now();
         assert!(!watch.check(t0 + SILENCE, &metrics), "nothing relayed");
         watch.relayed(t0);

@@ -10,6 +10,10 @@ use std::time::{Duration, Instant};
 /// The longest any single wait here lasts before the test fails.
 pub const BOUND: Duration = Duration::from_secs(20);
 
+/// How long [`Sipadmit::stop`] lets a drain run before it sends the second
+/// SIGTERM that stops at once.
+pub const DRAIN_BOUND: Duration = Duration::from_secs(5);
+
 /// A running `sipadmit` whose stderr a thread reads line by line. Killed
 /// (by its own pid) on drop.
 pub struct Sipadmit {
@@ -87,11 +91,21 @@ impl Sipadmit {
         assert!(status.success(), "kill -{name}");
     }
 
-    /// SIGTERM, then wait (bounded) for the exit.
+    /// SIGTERM (a drain: the process stops once nothing is pending for a
+    /// second), a second SIGTERM (at once) if it still runs after
+    /// [`DRAIN_BOUND`], then wait (bounded) for the exit.
     pub fn stop(&mut self) -> ExitStatus {
         self.signal("TERM");
         let deadline = Instant::now() + BOUND;
+        let second = Instant::now() + DRAIN_BOUND;
+        let mut signalled_twice = false;
         loop {
+            if !signalled_twice && Instant::now() >= second {
+                signalled_twice = true;
+                let _ = Command::new("kill")
+                    .args(["-TERM", &self.child.id().to_string()])
+                    .status();
+            }
             if let Some(exit) = self.child.try_wait().unwrap() {
                 return exit;
             }
@@ -102,6 +116,29 @@ impl Sipadmit {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Wait (bounded) for the process to exit by itself, then the whole
+    /// stderr; panics unless the exit was clean.
+    pub fn exited(&mut self) -> String {
+        let deadline = Instant::now() + BOUND;
+        let exit = loop {
+            if let Some(exit) = self.child.try_wait().unwrap() {
+                break exit;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "sipadmit did not exit; stderr so far:\n{}",
+                self.stderr_so_far()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        while let Ok(line) = self.stderr.recv_timeout(BOUND) {
+            self.lines.push(line);
+        }
+        let stderr = self.lines.join("\n");
+        assert!(exit.success(), "exit {exit:?}:\n{stderr}");
+        stderr
     }
 
     /// [`Sipadmit::stop`], then the whole stderr (read to its end); panics

@@ -221,9 +221,15 @@ fn finish_dir(dir: tempfile::TempDir) {
 // Kamailio
 // ---------------------------------------------------------------------------------------
 
-/// How to start Kamailio from `tests/e2e/kamailio.cfg`.
+/// How to start Kamailio from `tests/e2e/kamailio.cfg` (or another
+/// template there, [`KamailioOptions::template`]).
 #[derive(Clone, Debug)]
 pub struct KamailioOptions {
+    /// The configuration template under `tests/e2e/`; `kamailio.cfg` (the
+    /// registrar) by default.
+    pub template: &'static str,
+    /// More `@NAME@` placeholders of the template and their values.
+    pub substitutions: Vec<(String, String)>,
     /// Port for UDP and TCP on 127.0.0.1; `None` picks a free one (retried on a bind race).
     pub port: Option<u16>,
     /// Request-URI user of the Response Group workflow (answered with 486 by Kamailio).
@@ -308,6 +314,8 @@ impl KamailioTls {
 impl Default for KamailioOptions {
     fn default() -> Self {
         Self {
+            template: "kamailio.cfg",
+            substitutions: Vec::new(),
             port: None,
             workflow: WORKFLOW_USER.to_string(),
             children: 2,
@@ -355,11 +363,11 @@ pub fn require_kamailio_module(name: &str) -> Option<PathBuf> {
     None
 }
 
-/// Renders `tests/e2e/kamailio.cfg` for a port (public so the load script's logic and
-/// tests can share it). With `opts.tls`, its port must be set.
+/// Renders `tests/e2e/kamailio.cfg` (or `opts.template`) for a port (public so the load
+/// script's logic and tests can share it). With `opts.tls`, its port must be set.
 pub fn render_kamailio_cfg(opts: &KamailioOptions, port: u16) -> String {
-    let template =
-        fs::read_to_string(e2e_dir().join("kamailio.cfg")).expect("read tests/e2e/kamailio.cfg");
+    let template = fs::read_to_string(e2e_dir().join(opts.template))
+        .unwrap_or_else(|e| panic!("read tests/e2e/{}: {e}", opts.template));
     let mpath = kamailio_module_dir().display().to_string();
     let mut extra = if opts.ipv6 {
         format!("listen=udp:[::1]:{port}\nlisten=tcp:[::1]:{port}")
@@ -370,13 +378,18 @@ pub fn render_kamailio_cfg(opts: &KamailioOptions, port: u16) -> String {
         let tls_port = tls.port.expect("KamailioTls::port is set before rendering");
         extra.push_str(&format!("\nlisten=tls:127.0.0.1:{tls_port}"));
     }
-    template
+    let rendered = template
         .replace("@LISTEN_UDP@", &format!("udp:127.0.0.1:{port}"))
         .replace("@LISTEN_TCP@", &format!("tcp:127.0.0.1:{port}"))
         .replace("@LISTEN_EXTRA@", &extra)
         .replace("@WORKFLOW@", &opts.workflow)
         .replace("@MPATH@", &mpath)
-        .replace("@CHILDREN@", &opts.children.to_string())
+        .replace("@CHILDREN@", &opts.children.to_string());
+    opts.substitutions
+        .iter()
+        .fold(rendered, |text, (name, value)| {
+            text.replace(&format!("@{name}@"), value)
+        })
 }
 
 /// A running Kamailio (foreground, own process group, own runtime dir), killed on drop.
@@ -820,6 +833,7 @@ pub struct Sipp {
     calls: u32,
     extra_args: Vec<String>,
     sipp_timeout: Duration,
+    trace_messages: bool,
     label: String,
 }
 
@@ -843,6 +857,7 @@ impl Sipp {
             calls: 1,
             extra_args: Vec::new(),
             sipp_timeout: Duration::from_secs(15),
+            trace_messages: true,
             label,
         }
     }
@@ -984,6 +999,14 @@ impl Sipp {
         self
     }
 
+    /// Whether every message is written to the trace (`-trace_msg`, read
+    /// into [`SippOutcome::messages`]); on by default. Load runs turn it off:
+    /// thousands of calls would write megabytes.
+    pub fn trace_messages(mut self, on: bool) -> Self {
+        self.trace_messages = on;
+        self
+    }
+
     /// Label used in temp dir names and messages.
     pub fn label(mut self, l: &str) -> Self {
         self.label = l.to_string();
@@ -1056,13 +1079,17 @@ impl Sipp {
             "-trace_err".into(),
             "-error_file".into(),
             d.join("errors.log").display().to_string(),
-            "-trace_msg".into(),
-            "-message_file".into(),
-            d.join("messages.log").display().to_string(),
             "-trace_logs".into(),
             "-log_file".into(),
             d.join("actions.log").display().to_string(),
         ];
+        if self.trace_messages {
+            args.extend([
+                "-trace_msg".into(),
+                "-message_file".into(),
+                d.join("messages.log").display().to_string(),
+            ]);
+        }
         if let Some(ooc) = &self.ooc_scenario {
             args.push("-oocsf".into());
             args.push(ooc.display().to_string());

@@ -37,8 +37,11 @@ pub struct TestProxy {
     pub admin: Option<SocketAddr>,
     /// Decision log file.
     pub decision_log: PathBuf,
+    /// Asks for a reload of the config file ([`TestProxy::start_reloading`]).
+    reloads: Option<tokio::sync::mpsc::Sender<()>>,
     log: DecisionLog,
     shutdown: CancellationToken,
+    drain: CancellationToken,
     thread: Option<std::thread::JoinHandle<Arc<Metrics>>>,
     _dir: tempfile::TempDir,
 }
@@ -86,14 +89,6 @@ impl TestProxy {
     /// Start listening on `listen` (`--listen` values, at least one UDP
     /// and one TCP).
     pub fn start_listening(toml: &str, listen: Vec<String>, upstream: &str) -> Self {
-        // Console logs in the test output (shown for failing tests); RUST_LOG filters.
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(
-                tracing_subscriber::EnvFilter::try_from_default_env()
-                    .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("debug")),
-            )
-            .with_test_writer()
-            .try_init();
         let dir = tempfile::tempdir().unwrap();
         let decision_log = dir.path().join("decisions.jsonl");
         let overrides = Overrides {
@@ -105,9 +100,54 @@ impl TestProxy {
         };
         let config = Config::from_toml_str(toml, &config_dir().join("test.toml"), &overrides)
             .unwrap_or_else(|e| panic!("{e}"));
+        Self::spawn(config, dir, None)
+    }
+
+    /// Start from the config file at `path`, loaded as `sipadmit run`
+    /// loads it (files it names are relative to it), listening on `listen`
+    /// (`--listen` values, at least one UDP and one TCP), relaying to
+    /// `upstream`, with an admin listener on 127.0.0.1 (port 0):
+    /// [`TestProxy::reload`] reloads the file as SIGHUP does.
+    pub fn start_reloading(path: &Path, listen: Vec<String>, upstream: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let decision_log = dir.path().join("decisions.jsonl");
+        let overrides = Overrides {
+            listen,
+            upstream: Some(upstream.to_owned()),
+            mode: None,
+            decision_log: Some(decision_log.display().to_string()),
+            admin: Some("127.0.0.1:0".into()),
+        };
+        let config = Config::load(path, &overrides).unwrap_or_else(|e| panic!("{e}"));
+        let (reload_tx, reloads) = tokio::sync::mpsc::channel(1);
+        let mut proxy = Self::spawn(config, dir, Some(reloads));
+        proxy.reloads = Some(reload_tx);
+        proxy
+    }
+
+    /// Serve `config` on a thread of its own; `dir` holds the decision log.
+    fn spawn(
+        config: Config,
+        dir: tempfile::TempDir,
+        reloads: Option<tokio::sync::mpsc::Receiver<()>>,
+    ) -> Self {
+        // Console logs in the test output (shown for failing tests); RUST_LOG filters.
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_default_env()
+                    .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("debug")),
+            )
+            .with_test_writer()
+            .try_init();
+        let decision_log = dir.path().join("decisions.jsonl");
         let (addr_tx, addr_rx) = std::sync::mpsc::channel();
         let shutdown = CancellationToken::new();
         let stop = shutdown.clone();
+        let drain = CancellationToken::new();
+        let control = app::Control {
+            reloads,
+            drain: Some(drain.clone()),
+        };
         let (log, writer) = DecisionLog::open(&decision_log.display().to_string()).unwrap();
         let serve_log = log.clone();
         let thread = std::thread::spawn(move || {
@@ -121,7 +161,9 @@ impl TestProxy {
                 addr_tx
                     .send((bound.addresses(), bound.admin_address()))
                     .unwrap();
-                app::serve(config, bound, serve_log, stop).await.unwrap()
+                app::serve_reloading(config, bound, serve_log, stop, control)
+                    .await
+                    .unwrap()
             });
             let report = writer.shutdown(Duration::from_secs(10));
             assert!(report.finished, "decision log writer stopped: {report:?}");
@@ -138,10 +180,44 @@ impl TestProxy {
             addresses: addrs,
             admin,
             decision_log,
+            reloads: None,
             log,
             shutdown,
+            drain,
             thread: Some(thread),
             _dir: dir,
+        }
+    }
+
+    /// The value of a sample of the admin listener's `/metrics` (0 when
+    /// absent); needs an admin listener.
+    pub fn metric(&self, series: &str) -> f64 {
+        let admin = self.admin.expect("an admin listener");
+        let (status, text) = admin_client::http(admin, "GET", "/metrics", Duration::from_secs(5));
+        assert_eq!(status, 200, "{text}");
+        admin_client::sample(&text, series).unwrap_or(0.0)
+    }
+
+    /// Reload the config file as SIGHUP does, and wait (bounded) until the
+    /// reload has finished: whether it was applied (`false`: refused, the
+    /// running configuration kept). Only for [`TestProxy::start_reloading`].
+    pub fn reload(&self) -> bool {
+        const SUCCESS: &str = "sipadmit_config_reloads_total{result=\"success\"}";
+        const FAILURE: &str = "sipadmit_config_reloads_total{result=\"failure\"}";
+        let (success, failure) = (self.metric(SUCCESS), self.metric(FAILURE));
+        self.reloads
+            .as_ref()
+            .expect("started with start_reloading")
+            .blocking_send(())
+            .expect("the reloader runs");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let (s, f) = (self.metric(SUCCESS), self.metric(FAILURE));
+            if s > success || f > failure {
+                return s > success;
+            }
+            assert!(Instant::now() < deadline, "the reload did not finish");
+            std::thread::sleep(Duration::from_millis(10));
         }
     }
 
@@ -166,6 +242,21 @@ impl TestProxy {
 }
 
 impl TestProxy {
+    /// Start a drain, as the first SIGTERM does.
+    pub fn start_drain(&self) {
+        self.drain.cancel();
+    }
+
+    /// Whether the instance stopped serving by itself within `bound`.
+    pub fn stopped_within(&self, bound: Duration) -> bool {
+        let deadline = Instant::now() + bound;
+        let finished = || self.thread.as_ref().is_some_and(|t| t.is_finished());
+        while !finished() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        finished()
+    }
+
     /// Stop serving and return the counters of the run.
     pub fn stop(mut self) -> Arc<Metrics> {
         self.shutdown.cancel();

@@ -41,9 +41,19 @@ impl Registrar {
         Self::start_with(Behaviour::AnswerAll)
     }
 
+    /// Bind `addr` and start answering every request (a registrar coming
+    /// back on the address of one that went away).
+    pub fn start_on(addr: SocketAddr) -> Self {
+        Self::serve(UdpSocket::bind(addr).unwrap(), Behaviour::AnswerAll)
+    }
+
     /// Bind port 0 of 127.0.0.1 and treat requests as `behaviour` says.
     pub fn start_with(behaviour: Behaviour) -> Self {
-        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+        Self::serve(UdpSocket::bind("127.0.0.1:0").unwrap(), behaviour)
+    }
+
+    /// Answer on `socket` as `behaviour` says.
+    fn serve(socket: UdpSocket, behaviour: Behaviour) -> Self {
         socket
             .set_read_timeout(Some(Duration::from_millis(100)))
             .unwrap();

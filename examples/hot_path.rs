@@ -1,0 +1,82 @@
+//! The relay path without I/O, for instruction counts: a detached core
+//! handles N Lync 2013 REGISTERs from a UDP client (each relayed to the
+//! registrar) and the registrar's `200 OK` to each (relayed back). Run
+//! under `valgrind --tool=callgrind` by `.ci/run`, which divides the
+//! instructions by 2N and checks them against
+//! `scripts/load/instructions.ceiling`: a regression guard that does not
+//! depend on wall time.
+//!
+//! ```sh
+//! cargo build --release --example hot_path
+//! valgrind --tool=callgrind --callgrind-out-file=/tmp/cg.out target/release/examples/hot_path 2000
+//! ```
+
+use std::time::Instant;
+
+use bytes::Bytes;
+use sipadmit::proxy::{Core, Inbound, DETACHED_ADDRESS};
+use sipadmit::transport::Transport;
+
+const CONFIG: &str = "[response_group]\nworkflows = [\"sip:helpdesk@contoso.com\"]\nagents = [\"sip:agent-*@contoso.com\"]\n";
+const REGISTER: &str = include_str!("../tests/fixtures/lync2013-register-tls.sip");
+
+fn main() {
+    let n: usize = std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(2000);
+    let core = Core::detached(CONFIG).expect("the example's config");
+    let now = Instant::now();
+    let mut relayed = 0usize;
+    for i in 0..n {
+        let request = REGISTER
+            .replace("SIP/2.0/TLS", "SIP/2.0/UDP")
+            .replace("z9hG4bK9f2c1a7e", &format!("z9hG4bKhot{i}"))
+            .replace("5f0c3e2b9a8d4c7e8f1a2b3c4d5e6f70", &format!("hot-{i}"));
+        let outcome = core.handle(
+            &inbound(request.into_bytes(), "192.168.10.25:52210", false),
+            now,
+            &|_, _| true,
+        );
+        let Some(sent) = outcome.send else { continue };
+        let answer = core.handle(
+            &inbound(ok(&sent.bytes), "127.0.0.1:5070", true),
+            now,
+            &|_, _| true,
+        );
+        relayed += usize::from(answer.send.is_some());
+    }
+    println!("relayed {relayed} of {n} REGISTERs and their answers");
+    if relayed != n {
+        std::process::exit(1);
+    }
+}
+
+fn inbound(bytes: Vec<u8>, source: &str, from_upstream: bool) -> Inbound {
+    Inbound {
+        bytes: Bytes::from(bytes),
+        transport: Transport::Udp,
+        source: source.parse().expect("literal"),
+        local: DETACHED_ADDRESS,
+        connection: None,
+        from_upstream,
+    }
+}
+
+/// The registrar's `200 OK` to `relayed`.
+fn ok(relayed: &[u8]) -> Vec<u8> {
+    let text = String::from_utf8_lossy(relayed);
+    let mut out = String::from("SIP/2.0 200 OK\r\n");
+    for line in text.split("\r\n").skip(1).take_while(|l| !l.is_empty()) {
+        let name = line.split(':').next().unwrap_or("").to_ascii_lowercase();
+        match name.as_str() {
+            "via" | "from" | "call-id" | "cseq" => out.push_str(&format!("{line}\r\n")),
+            "to" => out.push_str(&format!("{line};tag=registrar\r\n")),
+            _ => {}
+        }
+    }
+    out.push_str(
+        "Contact: <sip:192.168.10.25:52210;transport=udp>;expires=300\r\nContent-Length: 0\r\n\r\n",
+    );
+    out.into_bytes()
+}

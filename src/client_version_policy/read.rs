@@ -1,0 +1,481 @@
+//! Reading an export of `Get-CsClientVersionPolicyRule` into
+//! [`PolicyRule`]s.
+//!
+//! Accepted, told apart by their first character:
+//!
+//! - JSON (`ConvertTo-Json`): an array of rule objects, one object (a
+//!   single rule), or `{"value": [...], "Count": n}` (what
+//!   `ConvertTo-Json -InputObject $rules` writes in Windows PowerShell).
+//! - CSV (`Export-Csv`): see [`super::csv`].
+//!
+//! Text may be UTF-8 (with or without BOM) or UTF-16 with a BOM (what
+//! Windows PowerShell's `Out-File` and `>` write). Property names compare
+//! case-insensitively, as in PowerShell. Read: `Priority`, `UserAgent`,
+//! `MajorVersion`, `MinorVersion`, `BuildNumber`, `QfeNumber`, `CompareOp`
+//! and `Action` (required), `Enabled` (default true), `Identity`,
+//! `UserAgentFullName`, `ActionUrl` and `Description` (optional); other
+//! properties (`RuleId`, `Element`, ...) are ignored. A version part may be
+//! a wildcard: null, empty or `*`. `CompareOp` and `Action` must be names
+//! (`GEQ`, `BlockWithUrl`): Windows PowerShell's `ConvertTo-Json` writes
+//! enumerations as numbers, whose meaning sipadmit does not guess.
+
+use serde_json::Value;
+
+use super::csv;
+use super::{PolicyAction, PolicyRule, VersionPattern};
+use crate::classify::CompareOp;
+use crate::problem::Problem;
+
+/// Why an export could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReadError {
+    /// Not UTF-8, nor UTF-16 with a byte order mark.
+    #[error("not UTF-8 text, nor UTF-16 with a byte order mark ({detail})")]
+    Encoding {
+        /// What failed, with the byte offset.
+        detail: String,
+    },
+    /// Starts like JSON but is not valid JSON.
+    #[error("not valid JSON: line {line}, column {column}: {message}")]
+    Json {
+        /// 1-based line.
+        line: usize,
+        /// 1-based column.
+        column: usize,
+        /// What serde_json reported.
+        message: String,
+    },
+    /// JSON of another shape than the rule export.
+    #[error("{0}")]
+    Shape(String),
+    /// Not CSV as `Export-Csv` writes it.
+    #[error("CSV line {line}: {message}")]
+    Csv {
+        /// 1-based line.
+        line: usize,
+        /// What is wrong.
+        message: String,
+    },
+    /// No rule in the file.
+    #[error("no rule in the export")]
+    Empty,
+    /// Rules with missing or invalid fields; every one is listed.
+    #[error("{} problem(s) in the rules:{}", problems.len(), problems.iter().map(|p| format!("\n  {p}")).collect::<String>())]
+    Invalid {
+        /// Each problem, keyed by record and field (`[2].CompareOp`,
+        /// `line 4, Action`).
+        problems: Vec<Problem>,
+    },
+}
+
+/// The fields every rule must have (a version part may be a wildcard).
+const REQUIRED: [&str; 8] = [
+    "Priority",
+    "UserAgent",
+    "MajorVersion",
+    "MinorVersion",
+    "BuildNumber",
+    "QfeNumber",
+    "CompareOp",
+    "Action",
+];
+
+/// Reads every rule of an export (JSON or CSV, see the module docs).
+pub fn read_rules(bytes: &[u8]) -> Result<Vec<PolicyRule>, ReadError> {
+    let text = decode(bytes)?;
+    let trimmed = text.trim_start();
+    let rules = if trimmed.starts_with('[') || trimmed.starts_with('{') {
+        read_json(&text)?
+    } else {
+        read_csv(&text)?
+    };
+    if rules.is_empty() {
+        return Err(ReadError::Empty);
+    }
+    Ok(rules)
+}
+
+/// UTF-8 (a BOM skipped) or UTF-16 LE/BE with a BOM, as text.
+fn decode(bytes: &[u8]) -> Result<String, ReadError> {
+    let utf16 = |rest: &[u8], from: fn([u8; 2]) -> u16| {
+        if rest.len() % 2 != 0 {
+            return Err(ReadError::Encoding {
+                detail: "UTF-16 text of an odd number of bytes".into(),
+            });
+        }
+        let units: Vec<u16> = rest.chunks_exact(2).map(|c| from([c[0], c[1]])).collect();
+        String::from_utf16(&units).map_err(|e| ReadError::Encoding {
+            detail: format!("invalid UTF-16: {e}"),
+        })
+    };
+    match bytes {
+        [0xFF, 0xFE, rest @ ..] => utf16(rest, u16::from_le_bytes),
+        [0xFE, 0xFF, rest @ ..] => utf16(rest, u16::from_be_bytes),
+        _ => {
+            let rest = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
+            String::from_utf8(rest.to_vec()).map_err(|e| ReadError::Encoding {
+                detail: format!("invalid UTF-8 at byte {}", e.utf8_error().valid_up_to()),
+            })
+        }
+    }
+}
+
+// === JSON ===
+
+fn read_json(text: &str) -> Result<Vec<PolicyRule>, ReadError> {
+    let value: Value = serde_json::from_str(text).map_err(|e| ReadError::Json {
+        line: e.line(),
+        column: e.column(),
+        message: e.to_string(),
+    })?;
+    let items: Vec<&Value> = match &value {
+        Value::Array(items) => items.iter().collect(),
+        Value::Object(map) => match get(map, "value") {
+            Some(Value::Array(items)) if get(map, "UserAgent").is_none() => items.iter().collect(),
+            _ => vec![&value],
+        },
+        other => {
+            return Err(ReadError::Shape(format!(
+            "expected an array of rule objects (Get-CsClientVersionPolicyRule | ConvertTo-Json), \
+                 found {}",
+            json_kind(other)
+        )))
+        }
+    };
+    let mut problems = Vec::new();
+    let mut rules = Vec::new();
+    for (i, item) in items.into_iter().enumerate() {
+        let origin = format!("[{i}]");
+        let Value::Object(map) = item else {
+            problems.push(Problem::new(
+                &origin,
+                format!("expected a rule object, found {}", json_kind(item)),
+            ));
+            continue;
+        };
+        if get(map, "Rules").is_some() && get(map, "UserAgent").is_none() {
+            return Err(ReadError::Shape(format!(
+                "{origin} is a client version policy (it has Rules), not a rule: export the rules \
+                 with Get-CsClientVersionPolicyRule -Filter \"<scope>/*\" | ConvertTo-Json"
+            )));
+        }
+        let field = |name: &str| get(map, name).map(Field::Json);
+        if let Some(rule) = rule(&origin, &field, &mut problems) {
+            rules.push(rule);
+        }
+    }
+    finish(rules, problems)
+}
+
+/// A property by its name, case-insensitively.
+fn get<'v>(map: &'v serde_json::Map<String, Value>, name: &str) -> Option<&'v Value> {
+    map.iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v)
+}
+
+fn json_kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+// === CSV ===
+
+fn read_csv(text: &str) -> Result<Vec<PolicyRule>, ReadError> {
+    // `#TYPE Microsoft.Rtc.Management...` (Windows PowerShell's default).
+    let (body, first_line) = match text.trim_start_matches(['\r', '\n']).strip_prefix("#TYPE") {
+        Some(rest) => {
+            let skipped_blank = text.len() - text.trim_start_matches(['\r', '\n']).len();
+            let newlines = text[..skipped_blank].matches('\n').count();
+            match rest.split_once('\n') {
+                Some((_, body)) => (body, newlines + 2),
+                None => ("", newlines + 2),
+            }
+        }
+        None => (text, 1),
+    };
+    let header_line = body
+        .trim_start_matches(['\r', '\n'])
+        .lines()
+        .next()
+        .unwrap_or("");
+    let rows =
+        csv::rows(body, csv::delimiter(header_line), first_line).map_err(|e| ReadError::Csv {
+            line: e.line,
+            message: e.message,
+        })?;
+    let Some((header, rows)) = rows.split_first() else {
+        return Err(ReadError::Empty);
+    };
+    let missing: Vec<&str> = REQUIRED
+        .into_iter()
+        .filter(|name| !header.fields.iter().any(|h| h.eq_ignore_ascii_case(name)))
+        .collect();
+    if !missing.is_empty() {
+        return Err(ReadError::Csv {
+            line: header.line,
+            message: format!(
+                "the header row has no column {} (found: {})",
+                missing.join(", "),
+                header.fields.join(", ")
+            ),
+        });
+    }
+    let mut problems = Vec::new();
+    let mut rules = Vec::new();
+    for row in rows {
+        let origin = format!("line {}", row.line);
+        if row.fields.len() != header.fields.len() {
+            problems.push(Problem::new(
+                &origin,
+                format!(
+                    "{} fields, the header row has {}",
+                    row.fields.len(),
+                    header.fields.len()
+                ),
+            ));
+            continue;
+        }
+        let field = |name: &str| {
+            header
+                .fields
+                .iter()
+                .position(|h| h.eq_ignore_ascii_case(name))
+                .map(|i| Field::Csv(&row.fields[i]))
+        };
+        if let Some(rule) = rule(&origin, &field, &mut problems) {
+            rules.push(rule);
+        }
+    }
+    finish(rules, problems)
+}
+
+fn finish(rules: Vec<PolicyRule>, problems: Vec<Problem>) -> Result<Vec<PolicyRule>, ReadError> {
+    if problems.is_empty() {
+        Ok(rules)
+    } else {
+        Err(ReadError::Invalid { problems })
+    }
+}
+
+// === one rule ===
+
+/// One field's value as exported.
+#[derive(Clone, Copy)]
+enum Field<'a> {
+    Json(&'a Value),
+    Csv(&'a str),
+}
+
+/// Reads one rule; its problems go to `problems` (keyed `origin.Field`).
+fn rule<'a>(
+    origin: &str,
+    field: &dyn Fn(&str) -> Option<Field<'a>>,
+    problems: &mut Vec<Problem>,
+) -> Option<PolicyRule> {
+    let before = problems.len();
+    let key = |name: &str| {
+        if origin.starts_with('[') {
+            format!("{origin}.{name}")
+        } else {
+            format!("{origin}, {name}")
+        }
+    };
+    let mut take =
+        |name: &str, parse: &dyn Fn(Field<'a>) -> Result<Parsed, String>| match field(name) {
+            None if REQUIRED.contains(&name) => {
+                problems.push(Problem::new(key(name), "missing"));
+                None
+            }
+            None => Some(Parsed::Absent),
+            Some(value) => parse(value)
+                .map_err(|m| problems.push(Problem::new(key(name), m)))
+                .ok(),
+        };
+    let priority = take("Priority", &|f| {
+        integer(f, i64::from(i32::MIN), i64::from(i32::MAX))
+    });
+    let user_agent = take("UserAgent", &text_required);
+    let parts = ["MajorVersion", "MinorVersion", "BuildNumber", "QfeNumber"]
+        .map(|name| take(name, &version_part));
+    let op = take("CompareOp", &|f| enum_name(f, "CompareOp"));
+    let action = take("Action", &|f| enum_name(f, "Action"));
+    let enabled = take("Enabled", &boolean);
+    let [identity, full_name, action_url, description] =
+        ["Identity", "UserAgentFullName", "ActionUrl", "Description"].map(|name| take(name, &text));
+    if problems.len() != before {
+        return None;
+    }
+    let op = op?.name()?;
+    let action = action?.name()?;
+    Some(PolicyRule {
+        origin: origin.to_owned(),
+        identity: identity?.text(),
+        priority: i32::try_from(priority?.number()?).ok()?,
+        user_agent: user_agent?.text()?,
+        user_agent_full_name: full_name?.text(),
+        version: VersionPattern {
+            parts: parts.map(|p| {
+                p.and_then(|p| p.number())
+                    .and_then(|n| u16::try_from(n).ok())
+            }),
+        },
+        op: CompareOp::from_name(&op)?,
+        action: PolicyAction::from_name(&action)?,
+        action_url: action_url?.text(),
+        enabled: enabled?.flag().unwrap_or(true),
+        description: description?.text(),
+    })
+}
+
+/// A field read: its value, or absent / a wildcard.
+enum Parsed {
+    Absent,
+    Number(i64),
+    Text(String),
+    Flag(bool),
+}
+
+impl Parsed {
+    fn number(self) -> Option<i64> {
+        match self {
+            Self::Number(n) => Some(n),
+            _ => None,
+        }
+    }
+    fn text(self) -> Option<String> {
+        match self {
+            Self::Text(t) => Some(t),
+            _ => None,
+        }
+    }
+    fn name(self) -> Option<String> {
+        self.text()
+    }
+    fn flag(self) -> Option<bool> {
+        match self {
+            Self::Flag(b) => Some(b),
+            _ => None,
+        }
+    }
+}
+
+impl<'a> Field<'a> {
+    /// The text of a JSON string or a CSV field.
+    fn string(self) -> Option<&'a str> {
+        match self {
+            Self::Json(Value::String(s)) => Some(s),
+            Self::Csv(s) => Some(s),
+            Self::Json(_) => None,
+        }
+    }
+}
+
+/// A decimal integer in `min..=max` (JSON number or string, CSV text).
+fn integer(field: Field<'_>, min: i64, max: i64) -> Result<Parsed, String> {
+    let n = match (field, field.string().map(str::trim)) {
+        (Field::Json(Value::Number(n)), _) => n.as_i64(),
+        (_, Some(s)) if !s.is_empty() => s.parse::<i64>().ok(),
+        (Field::Json(v), None) => {
+            return Err(format!("expected an integer, found {}", json_kind(v)))
+        }
+        _ => return Err("expected an integer, found nothing".into()),
+    };
+    match n {
+        Some(n) if (min..=max).contains(&n) => Ok(Parsed::Number(n)),
+        _ => Err(format!(
+            "expected an integer from {min} to {max}, found {}",
+            shown(field)
+        )),
+    }
+}
+
+/// A version part: 0 to 65535 (UInt16), or a wildcard (null, empty, `*`).
+fn version_part(field: Field<'_>) -> Result<Parsed, String> {
+    match (field, field.string().map(str::trim)) {
+        (Field::Json(Value::Null), _) | (_, Some("" | "*")) => Ok(Parsed::Absent),
+        _ => integer(field, 0, i64::from(u16::MAX)),
+    }
+}
+
+/// `CompareOp` or `Action` by name; a number is refused (see the module docs).
+fn enum_name(field: Field<'_>, which: &str) -> Result<Parsed, String> {
+    let names: Vec<&str> = if which == "Action" {
+        PolicyAction::ALL.iter().map(|a| a.as_str()).collect()
+    } else {
+        CompareOp::ALL.iter().map(|o| o.as_str()).collect()
+    };
+    let text = match (field, field.string()) {
+        (_, Some(s)) => s.trim(),
+        (Field::Json(Value::Number(n)), _) => {
+            return Err(format!(
+                "the number {n}, not a name ({}): Windows PowerShell's ConvertTo-Json writes \
+                 enumerations as numbers, and sipadmit does not guess their meaning; export with \
+                 Export-Csv, or convert the names first (docs/client-version-policy.md)",
+                names.join(", ")
+            ))
+        }
+        _ => return Err(format!("expected a name, found {}", shown(field))),
+    };
+    let known = if which == "Action" {
+        PolicyAction::from_name(text).is_some()
+    } else {
+        CompareOp::from_name(text).is_some()
+    };
+    if known {
+        Ok(Parsed::Text(text.to_owned()))
+    } else {
+        Err(format!(
+            "unknown {which} {text:?}: expected {}",
+            names.join(", ")
+        ))
+    }
+}
+
+/// `Enabled`: a JSON boolean, or `True` / `False` (any case).
+fn boolean(field: Field<'_>) -> Result<Parsed, String> {
+    match (field, field.string().map(str::trim)) {
+        (Field::Json(Value::Bool(b)), _) => Ok(Parsed::Flag(*b)),
+        (_, Some(s)) if s.eq_ignore_ascii_case("true") => Ok(Parsed::Flag(true)),
+        (_, Some(s)) if s.eq_ignore_ascii_case("false") => Ok(Parsed::Flag(false)),
+        _ => Err(format!("expected True or False, found {}", shown(field))),
+    }
+}
+
+/// A required non-empty string.
+fn text_required(field: Field<'_>) -> Result<Parsed, String> {
+    match field.string().map(str::trim) {
+        Some(s) if !s.is_empty() => Ok(Parsed::Text(s.to_owned())),
+        _ => Err(format!(
+            "expected a product name such as \"OC\", found {}",
+            shown(field)
+        )),
+    }
+}
+
+/// An optional string: empty, null or not a string (an `Identity` that
+/// ConvertTo-Json wrote as an object) counts as absent.
+fn text(field: Field<'_>) -> Result<Parsed, String> {
+    Ok(match field.string().map(str::trim) {
+        Some(s) if !s.is_empty() => Parsed::Text(s.to_owned()),
+        _ => Parsed::Absent,
+    })
+}
+
+/// A value as an error message shows it.
+fn shown(field: Field<'_>) -> String {
+    match (field, field.string()) {
+        (_, Some(s)) => format!("{s:?}"),
+        (Field::Json(v), None) => v.to_string(),
+        (Field::Csv(s), None) => s.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests;

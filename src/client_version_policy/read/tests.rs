@@ -1,0 +1,163 @@
+use super::*;
+use crate::classify::CompareOp;
+
+const CSV: &[u8] = include_bytes!("../../../tests/fixtures/cvp/redmond.csv");
+const JSON: &[u8] = include_bytes!("../../../tests/fixtures/cvp/redmond.json");
+
+fn sorted(mut rules: Vec<PolicyRule>) -> Vec<PolicyRule> {
+    rules.sort_by_key(|r| r.priority);
+    rules
+}
+
+#[test]
+fn the_csv_export_reads_every_field() {
+    let rules = read_rules(CSV).unwrap();
+    assert_eq!(rules.len(), 11);
+    let rtm = &rules[0];
+    assert_eq!(rtm.origin, "line 3");
+    assert_eq!(rtm.priority, 0);
+    assert_eq!(rtm.user_agent, "OC");
+    assert_eq!(rtm.user_agent_full_name.as_deref(), Some("Lync 2013 RTM"));
+    assert_eq!(rtm.version.to_string(), "15.0.4420.1017");
+    assert_eq!(rtm.op, CompareOp::Eql);
+    assert_eq!(rtm.action, PolicyAction::BlockWithUrl);
+    assert_eq!(
+        rtm.action_url.as_deref(),
+        Some("https://intranet.contoso.com/lync/update")
+    );
+    assert_eq!(rtm.scope(), Some("site:Redmond"));
+    assert!(rtm.enabled);
+    assert_eq!(rules[1].version.to_string(), "15.*");
+    assert_eq!(rules[1].description, None, "an empty field is absent");
+    assert!(!rules[8].enabled, "Enabled \"False\"");
+}
+
+#[test]
+fn json_and_csv_exports_of_one_policy_read_alike() {
+    let strip = |rules: Vec<PolicyRule>| {
+        sorted(rules)
+            .into_iter()
+            .map(|r| PolicyRule {
+                origin: String::new(),
+                ..r
+            })
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        strip(read_rules(JSON).unwrap()),
+        strip(read_rules(CSV).unwrap())
+    );
+    assert_eq!(read_rules(JSON).unwrap()[0].origin, "[0]");
+}
+
+#[test]
+fn utf16_with_bom_and_utf8_with_bom_decode() {
+    let text = std::str::from_utf8(CSV).unwrap();
+    let mut le = vec![0xFF, 0xFE];
+    le.extend(text.encode_utf16().flat_map(u16::to_le_bytes));
+    let mut be = vec![0xFE, 0xFF];
+    be.extend(text.encode_utf16().flat_map(u16::to_be_bytes));
+    let mut utf8 = b"\xEF\xBB\xBF".to_vec();
+    utf8.extend_from_slice(JSON);
+    assert_eq!(read_rules(&le).unwrap(), read_rules(CSV).unwrap());
+    assert_eq!(read_rules(&be).unwrap(), read_rules(CSV).unwrap());
+    assert_eq!(read_rules(&utf8).unwrap(), read_rules(JSON).unwrap());
+    let err = read_rules(b"\"Priority\"\n\"\xFF\"").unwrap_err();
+    assert!(
+        err.to_string().contains("invalid UTF-8 at byte 12"),
+        "{err}"
+    );
+}
+
+#[test]
+fn csv_without_type_line_with_semicolons_and_unquoted_fields() {
+    let csv =
+        "Priority;UserAgent;MajorVersion;MinorVersion;BuildNumber;QfeNumber;CompareOp;Action\n\
+               0;OC;15;*;;;geq;allow\n";
+    let rules = read_rules(csv.as_bytes()).unwrap();
+    assert_eq!(rules[0].version.to_string(), "15.*");
+    assert_eq!(
+        (rules[0].op, rules[0].action),
+        (CompareOp::Geq, PolicyAction::Allow)
+    );
+    assert_eq!(rules[0].origin, "line 2");
+    assert!(rules[0].enabled, "Enabled defaults to true");
+}
+
+#[test]
+fn single_objects_and_the_value_wrapper_are_rule_lists() {
+    let one = r#"{"Priority": 0, "UserAgent": "OC", "MajorVersion": 4, "MinorVersion": null,
+        "BuildNumber": null, "QfeNumber": null, "CompareOp": "LSS", "Action": "Block",
+        "Identity": {"ScopeClass": "Global"}}"#;
+    let rules = read_rules(one.as_bytes()).unwrap();
+    assert_eq!(rules.len(), 1);
+    assert_eq!(rules[0].identity, None, "an Identity object is not a scope");
+    let wrapped = format!(r#"{{"value": [{one}, {one}], "Count": 2}}"#);
+    assert_eq!(read_rules(wrapped.as_bytes()).unwrap().len(), 2);
+}
+
+#[test]
+fn numeric_enumerations_are_refused_with_the_way_out() {
+    let json = r#"[{"Priority": 0, "UserAgent": "OC", "MajorVersion": 4, "MinorVersion": 0,
+        "BuildNumber": 0, "QfeNumber": 0, "CompareOp": 4, "Action": 3}]"#;
+    let err = read_rules(json.as_bytes()).unwrap_err().to_string();
+    assert!(err.starts_with("2 problem(s) in the rules:"), "{err}");
+    assert!(
+        err.contains("[0].CompareOp: the number 4, not a name (EQL, NEQ, GTR, GEQ, LSS, LEQ)"),
+        "{err}"
+    );
+    assert!(err.contains("[0].Action: the number 3"), "{err}");
+    assert!(err.contains("Export-Csv"), "{err}");
+}
+
+#[test]
+fn every_problem_is_named_with_its_record_and_field() {
+    let csv = "\"Priority\",\"UserAgent\",\"MajorVersion\",\"MinorVersion\",\"BuildNumber\",\
+               \"QfeNumber\",\"CompareOp\",\"Action\",\"Enabled\"\r\n\
+               \"x\",\"\",\"70000\",\"0\",\"0\",\"0\",\"GE\",\"Deny\",\"maybe\"\r\n\
+               \"1\",\"OC\"\r\n";
+    let err = read_rules(csv.as_bytes()).unwrap_err().to_string();
+    for expected in [
+        "line 2, Priority: expected an integer from -2147483648 to 2147483647, found \"x\"",
+        "line 2, UserAgent: expected a product name such as \"OC\", found \"\"",
+        "line 2, MajorVersion: expected an integer from 0 to 65535, found \"70000\"",
+        "line 2, CompareOp: unknown CompareOp \"GE\": expected EQL, NEQ, GTR, GEQ, LSS, LEQ",
+        "line 2, Action: unknown Action \"Deny\": expected Allow, AllowAndUpgrade",
+        "line 2, Enabled: expected True or False, found \"maybe\"",
+        "line 3: 2 fields, the header row has 9",
+    ] {
+        assert!(err.contains(expected), "{expected:?} not in:\n{err}");
+    }
+    let missing = read_rules(b"[{\"Priority\": 0, \"UserAgent\": \"OC\"}]").unwrap_err();
+    assert!(
+        missing.to_string().contains("[0].MajorVersion: missing"),
+        "{missing}"
+    );
+    let header = read_rules(b"\"Priority\",\"UserAgent\"\n\"0\",\"OC\"\n").unwrap_err();
+    assert!(
+        header
+            .to_string()
+            .starts_with("CSV line 1: the header row has no column MajorVersion"),
+        "{header}"
+    );
+}
+
+#[test]
+fn other_shapes_are_named() {
+    let policy = br#"[{"Identity": "Global", "Rules": []}]"#;
+    let err = read_rules(policy).unwrap_err().to_string();
+    assert!(
+        err.contains("is a client version policy (it has Rules)"),
+        "{err}"
+    );
+    assert!(read_rules(b"42").is_err());
+    assert!(matches!(read_rules(b"[]"), Err(ReadError::Empty)));
+    assert!(matches!(
+        read_rules(b"[1,"),
+        Err(ReadError::Json { line: 1, .. })
+    ));
+    assert!(matches!(
+        read_rules(b"\"Priority\",\"x\n"),
+        Err(ReadError::Csv { line: 1, .. })
+    ));
+}

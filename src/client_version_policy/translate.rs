@@ -1,0 +1,534 @@
+//! A client version policy → client catalog entries (TOML) with the same
+//! precedence, and a [`Note`] for whatever the catalog cannot express.
+//!
+//! Mapping (documented in docs/client-version-policy.md):
+//!
+//! | policy | catalog entry |
+//! |---|---|
+//! | rule, in priority order | one `[[clients]]` entry, in the same order |
+//! | `UserAgent` | `token` (and `version_token`) |
+//! | version and `CompareOp` | `op` + `version`; see below for wildcards |
+//! | `Allow`, `AllowWithUrl`, `AllowAndUpgrade` | `support = "supported"`, every role |
+//! | `Block`, `BlockWithUrl`, `BlockAndUpgrade` | `support = "unsupported"`, no role |
+//! | `ActionUrl`, the upgrade | nothing: named in a note |
+//! | `Enabled = False` | nothing: named in a note |
+//!
+//! A catalog rule compares the token's whole version once. A wildcard
+//! compares a prefix: `GEQ 15.*` is `GEQ 15`, `LSS 4.*` is `LSS 4`,
+//! `GTR 15.*` is `GEQ 16`, `LEQ 3.5.*` is `LSS 3.6`, and `NEQ 6.25.*` is two
+//! rules of one entry, `LSS 6.25` or `GEQ 6.26`. `EQL 4.*` is the range
+//! `4 <= v < 5`, which one comparison cannot say, except where earlier rules
+//! (on the same token) already take every version on one side of it: a User
+//! Agent that reaches the rule has no such token version, so `EQL 4.*` may
+//! then be written `LSS 5` (earlier rules take everything below 4) or `GEQ
+//! 4` (they take everything from 5). Otherwise the rule is not imported and
+//! a note says so.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt::{self, Write as _};
+
+use super::version_set::{self, Key, VersionSet, MAX};
+use super::{ClientVersionPolicy, PolicyAction, PolicyRule};
+use crate::classify::CompareOp;
+
+/// The entries made from a policy, and what they leave out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CatalogImport {
+    /// `[[clients]]` entries with comments (header, one block per rule,
+    /// the rules not imported as comments), TOML.
+    pub toml: String,
+    /// What could not be expressed, rule by rule, in policy order.
+    pub notes: Vec<Note>,
+    /// Rules imported (whole or in part).
+    pub imported: usize,
+    /// Rules not imported.
+    pub not_imported: usize,
+}
+
+/// How much of a rule a note concerns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoteKind {
+    /// The rule is not in the entries.
+    NotImported,
+    /// The rule is in the entries, without part of its action.
+    PartLost,
+}
+
+/// Something of one rule the catalog cannot express.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Note {
+    /// The rule: `priority 3 (line 6: OC EQL 4.* -> AllowWithUrl)`.
+    pub rule: String,
+    /// Whether the rule was imported.
+    pub kind: NoteKind,
+    /// What is left out, and why.
+    pub message: String,
+}
+
+impl fmt::Display for Note {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let what = match self.kind {
+            NoteKind::NotImported => "not imported",
+            NoteKind::PartLost => "imported in part",
+        };
+        write!(f, "{}: {what}: {}", self.rule, self.message)
+    }
+}
+
+/// Roles an allowed client gets (every Response Group role).
+const ALLOWED_ROLES: &str = r#"["caller", "informal-agent", "formal-agent"]"#;
+
+/// What the catalog header says about the mapping (also on stderr).
+pub const MAPPING_NOTE: &str = "Block, BlockWithUrl and BlockAndUpgrade become support \
+\"unsupported\": sipadmit refuses such clients in Response Group sessions as [policy.*] says \
+(callers 403, agent offers 480, agent registrations flagged by default), not at every sign-in \
+as Lync does; Allow, AllowWithUrl and AllowAndUpgrade become support \"supported\" (every role)";
+
+/// One catalog comparison: `token <op> version`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Comparison {
+    op: CompareOp,
+    version: Key,
+}
+
+/// The match rules of one entry, and the token versions they take.
+enum Condition {
+    /// `token` alone: any version, or none.
+    AnyVersion,
+    /// One entry, one or two rules (either matches).
+    Compare {
+        rules: Vec<Comparison>,
+        taken: VersionSet,
+        /// Why the comparison differs from the policy's, when it does.
+        comment: Option<String>,
+    },
+}
+
+/// Entries for `policy`; `source` names the export in the header.
+pub fn translate(policy: &ClientVersionPolicy, source: &str) -> CatalogImport {
+    let mut body = String::new();
+    let mut notes = Vec::new();
+    let mut taken: HashMap<String, VersionSet> = HashMap::new();
+    let mut ids = HashSet::new();
+    let mut imported = 0;
+    for rule in &policy.rules {
+        let label = format!(
+            "priority {} ({}: {})",
+            rule.priority,
+            rule.origin,
+            rule.summary()
+        );
+        let token_taken = taken
+            .entry(rule.user_agent.to_ascii_lowercase())
+            .or_default();
+        match condition(rule, token_taken) {
+            Err(reason) => {
+                let note = Note {
+                    rule: label,
+                    kind: NoteKind::NotImported,
+                    message: reason,
+                };
+                body.push('\n');
+                comment(
+                    &mut body,
+                    &format!("NOT IMPORTED: {}: {}", note.rule, note.message),
+                );
+                notes.push(note);
+            }
+            Ok(cond) => {
+                let lost = lost_parts(rule, &label);
+                match &cond {
+                    Condition::AnyVersion => token_taken.add(0, MAX),
+                    Condition::Compare { taken: set, .. } => token_taken.extend(set),
+                }
+                let id = free_id(
+                    &format!("cvp-{}-{}", rule.priority, slug(&rule.user_agent)),
+                    &mut ids,
+                );
+                body.push('\n');
+                entry(&mut body, rule, &id, &cond, &lost);
+                notes.extend(lost);
+                imported += 1;
+            }
+        }
+    }
+    let not_imported = policy.rules.len() - imported;
+    let mut toml = header(policy, source, imported, not_imported);
+    toml.push_str(&body);
+    CatalogImport {
+        toml,
+        notes,
+        imported,
+        not_imported,
+    }
+}
+
+/// The catalog condition of an enabled rule, or why there is none.
+fn condition(rule: &PolicyRule, taken: &VersionSet) -> Result<Condition, String> {
+    if !rule.enabled {
+        return Err("disabled (Enabled is False): the policy does not evaluate it".into());
+    }
+    if let Some(bad) = rule
+        .user_agent
+        .chars()
+        .find(|&c| c.is_whitespace() || c.is_control() || matches!(c, '/' | '(' | ')' | '*'))
+    {
+        return Err(format!(
+            "UserAgent {:?} holds {bad:?}, which no product name of a User-Agent holds",
+            rule.user_agent
+        ));
+    }
+    if rule.version.has_part_after_wildcard() {
+        return Err(format!(
+            "version {}: a part after a wildcard; sipadmit compares the leading parts only",
+            rule.version
+        ));
+    }
+    let compared = rule.version.compared();
+    if compared.is_empty() {
+        return match rule.op {
+            CompareOp::Eql | CompareOp::Geq | CompareOp::Leq => Ok(Condition::AnyVersion),
+            op => Err(format!(
+                "{op} with every version part a wildcard matches no client"
+            )),
+        };
+    }
+    let mut padded = [0u32; 4];
+    for (slot, &part) in padded.iter_mut().zip(&compared) {
+        *slot = u32::from(part);
+    }
+    let lo = version_set::key(padded);
+    // The first version past the prefix: its last compared part plus one
+    // (a u16 plus one always fits a u32 part).
+    padded[compared.len() - 1] += 1;
+    let past = version_set::key(padded);
+    if compared.len() == 4 {
+        exact(rule.op, lo)
+    } else {
+        prefix(rule, lo, past, taken)
+    }
+}
+
+/// A four-part version: the catalog compares the same way.
+fn exact(op: CompareOp, v: Key) -> Result<Condition, String> {
+    let mut set = VersionSet::default();
+    // `v + 1` fits: the parts of `v` are u16.
+    match op {
+        CompareOp::Eql => set.add(v, v),
+        CompareOp::Neq => {
+            if v > 0 {
+                set.add(0, v - 1);
+            }
+            set.add(v + 1, MAX);
+        }
+        CompareOp::Gtr => set.add(v + 1, MAX),
+        CompareOp::Geq => set.add(v, MAX),
+        CompareOp::Lss if v == 0 => return Err("LSS 0.0.0.0 matches no client".into()),
+        CompareOp::Lss => set.add(0, v - 1),
+        CompareOp::Leq => set.add(0, v),
+    }
+    Ok(Condition::Compare {
+        rules: vec![Comparison { op, version: v }],
+        taken: set,
+        comment: None,
+    })
+}
+
+/// A version with wildcards: versions `lo..past` share the compared prefix.
+fn prefix(rule: &PolicyRule, lo: Key, past: Key, taken: &VersionSet) -> Result<Condition, String> {
+    let cmp = |op, version| Comparison { op, version };
+    let geq = |v: Key| (vec![cmp(CompareOp::Geq, v)], (v, MAX));
+    let lss = |v: Key| (vec![cmp(CompareOp::Lss, v)], (0, v - 1));
+    let mut comment = None;
+    let (rules, (a, b)) = match rule.op {
+        CompareOp::Geq => geq(lo),
+        CompareOp::Gtr => geq(past),
+        CompareOp::Lss if lo == 0 => return Err(format!("LSS {} matches no client", rule.version)),
+        CompareOp::Lss => lss(lo),
+        CompareOp::Leq => lss(past),
+        CompareOp::Neq => {
+            let mut set = VersionSet::default();
+            let mut rules = Vec::new();
+            if lo > 0 {
+                rules.push(cmp(CompareOp::Lss, lo));
+                set.add(0, lo - 1);
+            }
+            rules.push(cmp(CompareOp::Geq, past));
+            set.add(past, MAX);
+            return Ok(Condition::Compare {
+                rules,
+                taken: set,
+                comment: None,
+            });
+        }
+        CompareOp::Eql if lo == 0 => lss(past),
+        CompareOp::Eql if taken.covers(past, MAX) => {
+            comment = Some(format!(
+                "EQL {} written GEQ {}: earlier rules take every {} version from {} on",
+                rule.version,
+                version_set::display(lo),
+                rule.user_agent,
+                version_set::display(past)
+            ));
+            geq(lo)
+        }
+        CompareOp::Eql if taken.covers(0, lo - 1) => {
+            comment = Some(format!(
+                "EQL {} written LSS {}: earlier rules take every {} version below {}",
+                rule.version,
+                version_set::display(past),
+                rule.user_agent,
+                version_set::display(lo)
+            ));
+            lss(past)
+        }
+        CompareOp::Eql => {
+            return Err(format!(
+                "EQL {} is the range {} <= version < {}: a catalog rule makes one comparison, \
+                 and earlier rules on {} leave versions on both sides of the range",
+                rule.version,
+                version_set::display(lo),
+                version_set::display(past),
+                rule.user_agent
+            ))
+        }
+    };
+    let mut set = VersionSet::default();
+    set.add(a, b);
+    Ok(Condition::Compare {
+        rules,
+        taken: set,
+        comment,
+    })
+}
+
+/// Notes for the parts of the action an entry cannot carry.
+fn lost_parts(rule: &PolicyRule, label: &str) -> Vec<Note> {
+    let mut notes = Vec::new();
+    let mut lost = |message: String| {
+        notes.push(Note {
+            rule: label.to_owned(),
+            kind: NoteKind::PartLost,
+            message,
+        })
+    };
+    if matches!(
+        rule.action,
+        PolicyAction::AllowWithUrl | PolicyAction::BlockWithUrl
+    ) {
+        let url = rule.action_url.as_deref().unwrap_or("(none given)");
+        lost(format!(
+            "the ActionUrl {url:?} that Lync shows the user: a catalog entry carries no URL \
+             (a reject's Warning is set per role in [policy.*], not per client)"
+        ));
+    }
+    if matches!(
+        rule.action,
+        PolicyAction::AllowAndUpgrade | PolicyAction::BlockAndUpgrade
+    ) {
+        lost("the upgrade through Windows Update or WSUS: sipadmit upgrades no client".into());
+    }
+    notes
+}
+
+/// Writes one `[[clients]]` entry.
+fn entry(out: &mut String, rule: &PolicyRule, id: &str, cond: &Condition, lost: &[Note]) {
+    comment(
+        out,
+        &format!(
+            "Priority {} ({}): {}",
+            rule.priority,
+            rule.origin,
+            rule.summary()
+        ),
+    );
+    if let Some(identity) = &rule.identity {
+        comment(out, &format!("Identity {identity}"));
+    }
+    if let Some(description) = &rule.description {
+        comment(out, &format!("Description: {description}"));
+    }
+    if let Condition::Compare {
+        comment: Some(why), ..
+    } = cond
+    {
+        comment(out, why);
+    }
+    for note in lost {
+        comment(out, &format!("NOT CARRIED OVER: {}", note.message));
+    }
+    let allows = rule.action.allows();
+    let label = rule
+        .user_agent_full_name
+        .clone()
+        .unwrap_or_else(|| rule.user_agent.clone());
+    let _ = writeln!(out, "[[clients]]");
+    let _ = writeln!(out, "id = {}", quote(id));
+    let name = format!(
+        "{label} (client version policy, priority {}: {})",
+        rule.priority,
+        rule.summary()
+    );
+    let _ = writeln!(out, "name = {}", quote(&name));
+    let _ = writeln!(out, "category = {}", quote(category(&rule.user_agent)));
+    let (support, roles) = if allows {
+        ("supported", ALLOWED_ROLES)
+    } else {
+        ("unsupported", "[]")
+    };
+    let _ = writeln!(out, "support = {}\nroles = {roles}", quote(support));
+    let _ = writeln!(out, "version_token = {}", quote(&rule.user_agent));
+    match cond {
+        Condition::AnyVersion => {
+            let _ = writeln!(
+                out,
+                "[[clients.match]]\nid = {}\ntoken = {}",
+                quote(id),
+                quote(&rule.user_agent)
+            );
+        }
+        Condition::Compare { rules, .. } => {
+            for (i, c) in rules.iter().enumerate() {
+                let rule_id = if rules.len() == 1 {
+                    id.to_owned()
+                } else {
+                    format!("{id}.{}", i + 1)
+                };
+                let _ = writeln!(
+                    out,
+                    "[[clients.match]]\nid = {}\ntoken = {}\nop = {}\nversion = {}",
+                    quote(&rule_id),
+                    quote(&rule.user_agent),
+                    quote(c.op.as_str()),
+                    quote(&version_set::display(c.version))
+                );
+            }
+        }
+    }
+}
+
+/// The comment block at the top of the output.
+fn header(
+    policy: &ClientVersionPolicy,
+    source: &str,
+    imported: usize,
+    not_imported: usize,
+) -> String {
+    let scope = policy
+        .rules
+        .first()
+        .and_then(PolicyRule::scope)
+        .map(|s| format!(", scope {s}"))
+        .unwrap_or_default();
+    let mut out = String::new();
+    comment(
+        &mut out,
+        &format!(
+            "sipadmit client catalog entries made from a Lync / Skype for Business client \
+             version policy (sipadmit catalog import-cvp {source}{scope}): {} rules, {imported} \
+             imported, {not_imported} not imported (marked NOT IMPORTED below).",
+            policy.rules.len()
+        ),
+    );
+    out.push_str("#\n");
+    comment(
+        &mut out,
+        "Order: first match wins, in the policy (by priority) as in the catalog (file order), \
+         so these entries keep the policy's order. Put them ABOVE the catalog entries they \
+         override (at the top of the catalog file), then `sipadmit check-config` and SIGHUP. \
+         Clients that no rule matches fall through to the entries below them; the policy's \
+         DefaultAction (Set-CsClientVersionConfiguration) is not part of this export.",
+    );
+    out.push_str("#\n");
+    comment(&mut out, MAPPING_NOTE);
+    out
+}
+
+/// The catalog category of a client version policy user agent code
+/// (the codes of the Lync Server Control Panel); `third-party` otherwise.
+fn category(user_agent: &str) -> &'static str {
+    const CODES: [(&str, &str); 20] = [
+        ("OC", "desktop"),
+        ("UCCP", "desktop"),
+        ("UCCAPI", "desktop"),
+        ("AOC", "desktop"),
+        ("LMC", "desktop"),
+        ("LiveMeetingAddins", "desktop"),
+        ("WM", "desktop"),
+        ("RTC", "desktop"),
+        ("LCC", "desktop"),
+        ("MC", "desktop"),
+        ("OCPhone", "phone"),
+        ("CPE", "phone"),
+        ("iPadLync", "mobile"),
+        ("iPhoneLync", "mobile"),
+        ("WPLync", "mobile"),
+        ("NokiaLync", "mobile"),
+        ("AndroidLync", "mobile"),
+        ("McxService", "mobile"),
+        ("CWA", "web"),
+        ("LWA", "web"),
+    ];
+    CODES
+        .iter()
+        .find(|(code, _)| code.eq_ignore_ascii_case(user_agent))
+        .map_or("third-party", |(_, category)| category)
+}
+
+/// `base`, or `base-2`, `base-3`, ... : the first id not used yet.
+fn free_id(base: &str, used: &mut HashSet<String>) -> String {
+    let id = (1..)
+        .map(|n| {
+            if n == 1 {
+                base.to_owned()
+            } else {
+                format!("{base}-{n}")
+            }
+        })
+        .find(|id| !used.contains(id))
+        .unwrap_or_else(|| base.to_owned());
+    used.insert(id.clone());
+    id
+}
+
+/// Lowercase letters, digits, `.`, `_` and `-`; anything else becomes `-`.
+fn slug(text: &str) -> String {
+    text.chars()
+        .map(|c| match c.to_ascii_lowercase() {
+            c @ ('a'..='z' | '0'..='9' | '.' | '_' | '-') => c,
+            _ => '-',
+        })
+        .collect()
+}
+
+/// A TOML basic string.
+fn quote(text: &str) -> String {
+    toml::Value::String(text.to_owned()).to_string()
+}
+
+/// Writes `text` as `#` comment lines of at most [`COMMENT_WIDTH`]
+/// characters (control characters, line breaks included, as spaces).
+fn comment(out: &mut String, text: &str) {
+    let text: String = text
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    let mut line = String::new();
+    for word in text.split_whitespace() {
+        if !line.is_empty() && line.chars().count() + 1 + word.chars().count() > COMMENT_WIDTH {
+            let _ = writeln!(out, "# {line}");
+            line.clear();
+        }
+        if !line.is_empty() {
+            line.push(' ');
+        }
+        line.push_str(word);
+    }
+    let _ = writeln!(out, "# {line}");
+}
+
+/// Widest comment line, after `# ` (characters).
+const COMMENT_WIDTH: usize = 86;
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,176 @@
+//! Draining: how an instance leaves a pool without costing users anything.
+//!
+//! The first SIGTERM starts a drain ([`run`]): the core reports itself not
+//! ready (`/readyz` and OPTIONS to sipadmit answer 503, so load balancers
+//! and dispatchers take it out), clients' new requests are answered 503
+//! with Retry-After (rule `proxy.draining`, so they go to another
+//! instance), and what is under way keeps flowing: responses, requests in
+//! dialogs, requests from the registrar, retransmissions. The instance
+//! stops once nothing has been pending for [`QUIET`], or when
+//! `limits.drain_secs` runs out. A second SIGTERM, or SIGINT, stops at
+//! once.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::proxy::Core;
+use crate::transport::upstream::QueueBudget;
+
+/// How long nothing must be pending before a draining instance stops: the
+/// answers of requests relayed statelessly (which no table holds) have
+/// that long to come back.
+pub const QUIET: Duration = Duration::from_secs(1);
+
+/// How often a draining instance looks at what is pending.
+const POLL: Duration = Duration::from_millis(100);
+
+/// How often a drain that goes on is logged.
+const PROGRESS: Duration = Duration::from_secs(5);
+
+/// What a draining instance still waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Pending {
+    /// Requests from TCP/TLS clients relayed over UDP and not answered
+    /// (their client transactions).
+    pub client_transactions: usize,
+    /// REGISTERs relayed and awaiting their final response.
+    pub registers: usize,
+    /// Bytes queued for a stream registrar and not yet written.
+    pub upstream_queue_bytes: usize,
+}
+
+impl Pending {
+    /// What `core` and the queue to the registrar hold now.
+    pub fn of(core: &Core, upstream_queue: Option<&QueueBudget>) -> Self {
+        Self {
+            client_transactions: core.client_transactions().len(),
+            registers: core.registrations().pending(),
+            upstream_queue_bytes: upstream_queue.map_or(0, QueueBudget::queued),
+        }
+    }
+
+    /// Nothing is pending.
+    pub fn is_idle(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+/// Wait for `requested` (the first SIGTERM), then drain `core` for at most
+/// `limit` and cancel `shutdown`. Ends at once when `shutdown` comes first.
+pub async fn run(
+    requested: CancellationToken,
+    core: Arc<Core>,
+    upstream_queue: Option<Arc<QueueBudget>>,
+    limit: Duration,
+    shutdown: CancellationToken,
+) {
+    tokio::select! {
+        () = shutdown.cancelled() => return,
+        () = requested.cancelled() => {}
+    }
+    let started = Instant::now();
+    let pending = || Pending::of(&core, upstream_queue.as_deref());
+    core.start_draining();
+    let at_start = pending();
+    info!(
+        drain_secs = limit.as_secs(),
+        client_transactions = at_start.client_transactions,
+        registers = at_start.registers,
+        upstream_queue_bytes = at_start.upstream_queue_bytes,
+        "draining: new requests from clients get 503 with Retry-After; stopping once nothing is pending (a second SIGTERM stops at once)"
+    );
+    let outcome = tokio::select! {
+        () = shutdown.cancelled() => return,
+        outcome = settle(started, limit, &pending) => outcome,
+    };
+    let elapsed_ms = started.elapsed().as_millis() as u64;
+    match outcome {
+        Ok(()) => info!(elapsed_ms, "drained: nothing pending; shutting down"),
+        Err(left) => warn!(
+            elapsed_ms,
+            client_transactions = left.client_transactions,
+            registers = left.registers,
+            upstream_queue_bytes = left.upstream_queue_bytes,
+            "limits.drain_secs ran out with work pending; shutting down"
+        ),
+    }
+    shutdown.cancel();
+}
+
+/// Wait until nothing has been pending for [`QUIET`] (`Ok`), or until
+/// `limit` after `started` (`Err` with what was still pending).
+async fn settle(
+    started: Instant,
+    limit: Duration,
+    pending: &(dyn Fn() -> Pending + Sync),
+) -> Result<(), Pending> {
+    let deadline = started + limit;
+    let mut idle_since: Option<Instant> = None;
+    let mut logged = started;
+    let mut poll = tokio::time::interval(POLL);
+    loop {
+        poll.tick().await;
+        let now = Instant::now();
+        let left = pending();
+        if now >= deadline {
+            return if left.is_idle() { Ok(()) } else { Err(left) };
+        }
+        if !left.is_idle() {
+            idle_since = None;
+            if now.duration_since(logged) >= PROGRESS {
+                logged = now;
+                info!(
+                    client_transactions = left.client_transactions,
+                    registers = left.registers,
+                    upstream_queue_bytes = left.upstream_queue_bytes,
+                    "draining: still pending"
+                );
+            }
+            continue;
+        }
+        let since = *idle_since.get_or_insert(now);
+        if now.duration_since(since) >= QUIET {
+            return Ok(());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[tokio::test(start_paused = true)]
+    async fn a_drain_ends_a_quiet_second_after_the_last_pending_work() {
+        let left = AtomicUsize::new(3);
+        let pending = || Pending {
+            registers: left
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+                .unwrap_or(0),
+            ..Pending::default()
+        };
+        let started = Instant::now();
+        assert_eq!(
+            settle(started, Duration::from_secs(30), &pending).await,
+            Ok(())
+        );
+        let took = started.elapsed();
+        assert!(took >= QUIET && took < QUIET + 5 * POLL, "{took:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_drain_that_never_settles_ends_at_its_limit_and_says_what_was_left() {
+        let pending = || Pending {
+            client_transactions: 2,
+            ..Pending::default()
+        };
+        let started = Instant::now();
+        let left = settle(started, Duration::from_secs(3), &pending).await;
+        assert_eq!(left.unwrap_err().client_transactions, 2);
+        assert!(started.elapsed() >= Duration::from_secs(3));
+    }
+}

@@ -1,0 +1,317 @@
+//! `sipadmit catalog import-cvp`, the binary, on client version policy
+//! exports (`tests/fixtures/cvp`): the entries it prints give every
+//! User-Agent of the corpus (`tests/corpus/*.tsv`) the same allow / block
+//! answer as the policy itself (the reference evaluation,
+//! `ClientVersionPolicy::first_match`), on their own and placed above the
+//! shipped catalog; whatever they cannot express is named.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use sipadmit::classify::{Catalog, Support};
+use sipadmit::client_version_policy::{read_rules, ClientVersionPolicy};
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn fixture(name: &str) -> PathBuf {
+    root().join("tests/fixtures/cvp").join(name)
+}
+
+fn import_cvp(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_sipadmit"))
+        .args(["catalog", "import-cvp"])
+        .args(args)
+        .current_dir(root())
+        .output()
+        .unwrap()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8(bytes.to_vec()).unwrap()
+}
+
+/// Every User-Agent of the corpus tables (first column, header skipped).
+fn corpus() -> Vec<Vec<u8>> {
+    let mut all = Vec::new();
+    for table in ["user-agents.tsv", "user-agents-extra.tsv"] {
+        let bytes = std::fs::read(root().join("tests/corpus").join(table)).unwrap();
+        all.extend(
+            bytes
+                .split(|&b| b == b'\n')
+                .skip(1)
+                .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
+                .filter(|l| !l.is_empty())
+                .map(|l| l.split(|&b| b == b'\t').next().unwrap_or_default().to_vec()),
+        );
+    }
+    assert!(all.len() > 150, "the corpus has {} User-Agents", all.len());
+    all
+}
+
+/// User-Agents at the edges of every rule's version: for each rule's
+/// token, its version (wildcards as 0) with each part one lower and one
+/// higher, and the token without a version. They test the wildcard and
+/// operator translations where the corpus has no client.
+fn boundaries(policy: &ClientVersionPolicy) -> Vec<Vec<u8>> {
+    let mut all = Vec::new();
+    for rule in &policy.rules {
+        let base = rule.version.parts.map(|p| i64::from(p.unwrap_or(0)));
+        all.push(rule.user_agent.clone().into_bytes());
+        for part in 0..4 {
+            for delta in [-1, 0, 1] {
+                let mut v = base;
+                v[part] += delta;
+                if v[part] < 0 {
+                    continue;
+                }
+                let version = v.map(|n| n.to_string()).join(".");
+                all.push(format!("Probe/1 {}/{version} (boundary)", rule.user_agent).into_bytes());
+            }
+        }
+    }
+    all
+}
+
+/// What the policy says: allow (true), block (false), or no rule.
+fn policy_answer(policy: &ClientVersionPolicy, ua: &[u8]) -> Option<bool> {
+    policy.first_match(ua).map(|rule| rule.action.allows())
+}
+
+/// What an imported entry says, if the client is one of them.
+fn catalog_answer(catalog: &Catalog, ua: &[u8]) -> Option<bool> {
+    let c = catalog.classify(Some(ua));
+    c.client
+        .id
+        .starts_with("cvp-")
+        .then(|| match c.client.support {
+            Support::Supported => true,
+            Support::Unsupported => false,
+            other => panic!("an imported entry of support {other}"),
+        })
+}
+
+/// Imports `file` and checks the entries against the policy for every
+/// User-Agent of the corpus. The reference is the policy less the rules
+/// stderr names as not imported: a rule left out without being named would
+/// show as a difference. Returns (User-Agents the policy decides, others).
+fn round_trip(file: &str) -> (usize, usize) {
+    let out = import_cvp(&[&format!("tests/fixtures/cvp/{file}")]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let entries = text(&out.stdout);
+    let named: Vec<i32> = text(&out.stderr)
+        .lines()
+        .filter(|l| l.contains("): not imported: "))
+        .map(|l| {
+            let rest = l.split_once(": priority ").expect("a rule note").1;
+            rest.split_once(' ').unwrap().0.parse().unwrap()
+        })
+        .collect();
+    let mut policy = ClientVersionPolicy::new(
+        read_rules(&std::fs::read(fixture(file)).unwrap()).unwrap(),
+        None,
+    )
+    .unwrap();
+    for rule in &mut policy.rules {
+        if named.contains(&rule.priority) {
+            rule.enabled = false;
+        }
+    }
+    // On their own, and above the shipped catalog (as the output says to
+    // place them): the same answer as the policy for every User-Agent.
+    let alone = Catalog::from_toml_str(&entries).unwrap_or_else(|e| panic!("{e}\n{entries}"));
+    let shipped_text = std::fs::read_to_string(root().join("config/clients.toml")).unwrap();
+    let combined = Catalog::from_toml_str(&format!("{entries}\n{shipped_text}")).unwrap();
+    let shipped = Catalog::from_toml_str(&shipped_text).unwrap();
+    let (mut decided, mut undecided) = (0, 0);
+    for ua in corpus().into_iter().chain(boundaries(&policy)) {
+        let shown = String::from_utf8_lossy(&ua);
+        let want = policy_answer(&policy, &ua);
+        assert_eq!(catalog_answer(&alone, &ua), want, "{file}: {shown}");
+        assert_eq!(
+            catalog_answer(&combined, &ua),
+            want,
+            "{file}: {shown} (above the shipped catalog)"
+        );
+        if want.is_none() {
+            // Untouched by the policy: the shipped catalog decides as before.
+            assert_eq!(
+                combined.classify(Some(&ua)).client.id,
+                shipped.classify(Some(&ua)).client.id,
+                "{shown}"
+            );
+            undecided += 1;
+        } else {
+            decided += 1;
+        }
+    }
+    (decided, undecided)
+}
+
+#[test]
+fn csv_export_round_trips_over_the_corpus() {
+    let (decided, undecided) = round_trip("redmond.csv");
+    // The policy decides for the Microsoft clients of the corpus (OC,
+    // OCPhone, iPhoneLync, AndroidLync, McxService, UCCAPI), not for the rest.
+    assert!(
+        decided >= 30 && undecided >= 80,
+        "{decided} decided, {undecided} not"
+    );
+}
+
+#[test]
+fn json_export_round_trips_over_the_corpus() {
+    assert_eq!(round_trip("redmond.json"), round_trip("redmond.csv"));
+    // Four of its seven rules are not imported (and named): the others
+    // still answer as the policy does.
+    let (decided, _) = round_trip("global-gaps.json");
+    assert!(decided >= 10, "{decided}");
+}
+
+#[test]
+fn csv_and_json_exports_of_one_policy_give_the_same_entries() {
+    let csv = import_cvp(&["tests/fixtures/cvp/redmond.csv"]);
+    let json = import_cvp(&["tests/fixtures/cvp/redmond.json"]);
+    let strip = |out: &Output| {
+        // The source file is named in the header; rules are located by
+        // CSV line or JSON index.
+        text(&out.stdout)
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    assert_eq!(strip(&csv), strip(&json));
+    assert!(text(&csv.stdout).contains("# Priority 3 (line 6): OC EQL 4.* -> AllowWithUrl"));
+    assert!(text(&json.stdout).contains("# Priority 3 ([0]): OC EQL 4.* -> AllowWithUrl"));
+}
+
+#[test]
+fn what_cannot_be_expressed_is_named_in_the_output_and_on_stderr() {
+    let out = import_cvp(&["tests/fixtures/cvp/global-gaps.json"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    for (priority, what) in [
+        (1, "not imported: EQL 4.* is the range 4 <= version < 5"),
+        (
+            2,
+            "not imported: version 4.*.7577.*: a part after a wildcard",
+        ),
+        (
+            3,
+            "not imported: GTR with every version part a wildcard matches no client",
+        ),
+        (4, "not imported: UserAgent \"In House\" holds ' '"),
+        (
+            5,
+            "imported in part: the upgrade through Windows Update or WSUS",
+        ),
+        (
+            6,
+            "imported in part: the ActionUrl \"https://intranet.contoso.com/im\"",
+        ),
+    ] {
+        let line = stderr
+            .lines()
+            .find(|l| l.contains(&format!(": priority {priority} (")))
+            .unwrap_or_else(|| panic!("priority {priority} not named:\n{stderr}"));
+        assert!(
+            line.starts_with("sipadmit: tests/fixtures/cvp/global-gaps.json: priority"),
+            "{line}"
+        );
+        assert!(line.contains(what), "{line}");
+    }
+    assert!(
+        stderr.contains("not at every sign-in as Lync does"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.ends_with("7 rules, 3 imported, 4 not imported\n"),
+        "{stderr}"
+    );
+    assert_eq!(
+        stdout.matches("# NOT IMPORTED: priority").count(),
+        4,
+        "{stdout}"
+    );
+    assert_eq!(stdout.matches("# NOT CARRIED OVER:").count(), 2, "{stdout}");
+    assert_eq!(stdout.matches("[[clients]]").count(), 3, "{stdout}");
+}
+
+#[test]
+fn several_policies_need_a_scope_and_bad_files_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let both = dir.path().join("both.json");
+    let mut rules: Vec<serde_json::Value> = [fixture("redmond.json"), fixture("global-gaps.json")]
+        .iter()
+        .flat_map(|f| {
+            let v: serde_json::Value = serde_json::from_slice(&std::fs::read(f).unwrap()).unwrap();
+            v.as_array().unwrap().clone()
+        })
+        .collect();
+    rules.rotate_left(3);
+    std::fs::write(&both, serde_json::to_vec(&rules).unwrap()).unwrap();
+    let path = both.to_str().unwrap();
+    let out = import_cvp(&[path]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr
+            .contains("both.json: the export holds the rules of 2 policies (site:Redmond, Global)"),
+        "{stderr}"
+    );
+    assert!(out.stdout.is_empty());
+    let out = import_cvp(&["--scope", "global", path]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("scope Global): 7 rules"));
+
+    let out = import_cvp(&["tests/fixtures/cvp/missing.csv"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("missing.csv: No such file"),
+        "{}",
+        text(&out.stderr)
+    );
+    let bad = dir.path().join("numbers.json");
+    std::fs::write(
+        &bad,
+        r#"[{"Priority":0,"UserAgent":"OC","MajorVersion":4,"MinorVersion":0,"BuildNumber":0,
+            "QfeNumber":0,"CompareOp":2,"Action":"Block"}]"#,
+    )
+    .unwrap();
+    let out = import_cvp(&[bad.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr)
+            .contains("numbers.json: 1 problem(s) in the rules:\n  [0].CompareOp: the number 2"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn stdin_and_utf16_exports_are_read() {
+    use std::io::Write as _;
+    let csv = std::fs::read_to_string(fixture("redmond.csv")).unwrap();
+    let mut utf16 = vec![0xFF, 0xFE];
+    utf16.extend(csv.encode_utf16().flat_map(u16::to_le_bytes));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sipadmit"))
+        .args(["catalog", "import-cvp", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(&utf16).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let from_file = import_cvp(&["tests/fixtures/cvp/redmond.csv"]);
+    let body = |o: &Output| {
+        text(&o.stdout)
+            .split_once("\n\n")
+            .map(|(_, b)| b.to_owned())
+    };
+    assert_eq!(body(&out), body(&from_file));
+    assert!(Path::new(&fixture("redmond.csv")).exists());
+}

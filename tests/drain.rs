@@ -1,0 +1,289 @@
+//! Draining (`limits.drain_secs`): the first SIGTERM takes the instance
+//! out of the pool without costing a request. New requests from clients get
+//! `503` with Retry-After (recorded, rule `proxy.draining`), OPTIONS to
+//! sipadmit itself `503`; requests in dialogs and what was already relayed
+//! keep flowing; the process stops once nothing is pending, or at once on
+//! a second SIGTERM.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::binary::{field, Sipadmit, BOUND};
+use common::udp_registrar::{Behaviour, Registrar};
+use common::TestProxy;
+
+const LYNC: &str = "UCCAPI/15.0.4481.1000 OC/15.0.4481.1000 (Microsoft Lync)";
+
+/// A request from `from` over `transport`; `to_tag` makes it one inside a
+/// dialog.
+fn request(method: &str, transport: &str, from: SocketAddr, n: u32, to_tag: &str) -> String {
+    format!(
+        "{method} sip:alice@contoso.com SIP/2.0\r\nVia: SIP/2.0/{transport} {from};branch=z9hG4bK-drain-{n};rport\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:alice@contoso.com>;tag=f{n}\r\nTo: <sip:alice@contoso.com>{to_tag}\r\n\
+         Call-ID: drain-{n}@test\r\nCSeq: {n} {method}\r\nContact: <sip:alice@{from}>\r\n\
+         User-Agent: {LYNC}\r\nContent-Length: 0\r\n\r\n"
+    )
+}
+
+fn answer(client: &UdpSocket) -> String {
+    let mut buf = vec![0u8; 65536];
+    let (n, _) = client.recv_from(&mut buf).expect("an answer");
+    String::from_utf8_lossy(&buf[..n]).into_owned()
+}
+
+#[test]
+fn a_draining_instance_sends_new_requests_elsewhere_and_lets_dialogs_finish() {
+    let registrar = Registrar::start();
+    let proxy = TestProxy::start(
+        "[limits]\ndrain_secs = 20\n",
+        "127.0.0.1",
+        &format!("udp:{}", registrar.addr),
+    );
+    let client = UdpSocket::bind("127.0.0.1:0").unwrap();
+    client.set_read_timeout(Some(BOUND)).unwrap();
+    let me = client.local_addr().unwrap();
+    let send = |message: &str| client.send_to(message.as_bytes(), proxy.udp).unwrap();
+    send(&request("REGISTER", "UDP", me, 1, ""));
+    assert!(answer(&client).starts_with("SIP/2.0 200"));
+
+    proxy.start_drain();
+    // A load balancer's OPTIONS to sipadmit itself: 503 once the drain has
+    // begun (the signal is taken up by a task of the instance).
+    let ping = |n: u32| {
+        format!(
+            "OPTIONS sip:{addr} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bK-ping-{n};rport\r\n\
+             Max-Forwards: 70\r\nFrom: <sip:lb@{me}>;tag=lb\r\nTo: <sip:{addr}>\r\n\
+             Call-ID: ping-{n}@test\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n",
+            addr = proxy.udp
+        )
+    };
+    let until = Instant::now() + BOUND;
+    for n in 0.. {
+        send(&ping(n));
+        let health = answer(&client);
+        if health.starts_with("SIP/2.0 503") {
+            assert!(health.contains("draining"), "{health}");
+            break;
+        }
+        assert!(health.starts_with("SIP/2.0 200"), "{health}");
+        assert!(Instant::now() < until, "the drain did not begin");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // A new request: 503, Retry-After (this instance is gone by then) and
+    // a Warning saying why.
+    send(&request("REGISTER", "UDP", me, 2, ""));
+    let refused = answer(&client);
+    assert!(
+        refused.starts_with("SIP/2.0 503 Service Unavailable\r\n"),
+        "{refused}"
+    );
+    assert!(refused.contains("\r\nRetry-After: 20\r\n"), "{refused}");
+    assert!(refused.contains("draining"), "{refused}");
+    // Inside a dialog: relayed, and answered by the registrar.
+    send(&request("BYE", "UDP", me, 3, ";tag=callee"));
+    let relayed = answer(&client);
+    assert!(relayed.starts_with("SIP/2.0 200"), "{relayed}");
+
+    // Nothing pending: it stops by itself, a quiet second later.
+    assert!(
+        proxy.stopped_within(Duration::from_secs(10)),
+        "the drained instance did not stop"
+    );
+    // Stopped: the writer has written every record.
+    let records: Vec<serde_json::Value> = std::fs::read_to_string(&proxy.decision_log)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let metrics = proxy.stop();
+    assert_eq!(metrics.protocol_answers("proxy.draining", Some(503)), 1);
+    let draining: Vec<_> = records
+        .iter()
+        .filter(|r| r["rule"] == "proxy.draining")
+        .collect();
+    assert_eq!(draining.len(), 1, "{records:#?}");
+    assert_eq!(draining[0]["kind"], "protocol");
+    assert_eq!(draining[0]["call_id"], "drain-2@test");
+}
+
+/// Wait (bounded) until `proxy` answers an OPTIONS to itself 503
+/// "draining": the drain has begun.
+fn wait_until_draining(proxy: &TestProxy) {
+    let prober = UdpSocket::bind("127.0.0.1:0").unwrap();
+    prober.set_read_timeout(Some(BOUND)).unwrap();
+    let me = prober.local_addr().unwrap();
+    let until = Instant::now() + BOUND;
+    for n in 0.. {
+        let ping = format!(
+            "OPTIONS sip:{addr} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bK-probe-{n};rport\r\n\
+             Max-Forwards: 70\r\nFrom: <sip:lb@{me}>;tag=lb\r\nTo: <sip:{addr}>\r\n\
+             Call-ID: probe-{n}@test\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n",
+            addr = proxy.udp
+        );
+        prober.send_to(ping.as_bytes(), proxy.udp).unwrap();
+        if answer(&prober).starts_with("SIP/2.0 503") {
+            return;
+        }
+        assert!(Instant::now() < until, "the drain did not begin");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A UDP client's REGISTER relayed before the drain and not answered yet
+/// is under way: its retransmission is relayed again (and the registrar's
+/// answer reaches the client), not refused like a new request, which a
+/// client or a dispatcher in front would take for a failure of a
+/// registration the registrar makes anyway.
+#[test]
+fn a_register_retransmitted_while_under_way_is_relayed_during_the_drain() {
+    // The registrar loses the first copy of each request: the REGISTER is
+    // pending when the drain begins.
+    let registrar = Registrar::start_with(Behaviour::IgnoreFirstCopy);
+    let proxy = TestProxy::start(
+        "[limits]\ndrain_secs = 20\n",
+        "127.0.0.1",
+        &format!("udp:{}", registrar.addr),
+    );
+    let client = UdpSocket::bind("127.0.0.1:0").unwrap();
+    client.set_read_timeout(Some(BOUND)).unwrap();
+    let me = client.local_addr().unwrap();
+    let register = request("REGISTER", "UDP", me, 1, "");
+    client.send_to(register.as_bytes(), proxy.udp).unwrap();
+    let until = Instant::now() + BOUND;
+    while registrar
+        .received
+        .load(std::sync::atomic::Ordering::Relaxed)
+        == 0
+    {
+        assert!(Instant::now() < until, "the REGISTER was not relayed");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    proxy.start_drain();
+    wait_until_draining(&proxy);
+
+    // The client's retransmission (the same request).
+    client.send_to(register.as_bytes(), proxy.udp).unwrap();
+    let answered = answer(&client);
+    assert!(answered.starts_with("SIP/2.0 200"), "{answered}");
+    // A new REGISTER is refused.
+    client
+        .send_to(request("REGISTER", "UDP", me, 2, "").as_bytes(), proxy.udp)
+        .unwrap();
+    let refused = answer(&client);
+    assert!(refused.starts_with("SIP/2.0 503"), "{refused}");
+    assert!(
+        proxy.stopped_within(Duration::from_secs(10)),
+        "the drained instance did not stop"
+    );
+    let metrics = proxy.stop();
+    assert_eq!(metrics.protocol_answers("proxy.draining", Some(503)), 1);
+}
+
+/// `sipadmit run` with a `tcp:` and a `udp:` listener on free ports of
+/// 127.0.0.1, relaying to `registrar`; the TCP listener's address.
+fn start(dir: &std::path::Path, registrar: &Registrar, drain_secs: u64) -> (Sipadmit, SocketAddr) {
+    let config = dir.join("drain.toml");
+    std::fs::write(
+        &config,
+        format!("[limits]\ndrain_secs = {drain_secs}\ntimer_t1_ms = 200\n"),
+    )
+    .unwrap();
+    let mut sipadmit = Sipadmit::spawn(
+        Command::new(env!("CARGO_BIN_EXE_sipadmit"))
+            .args(["run", "--config", config.to_str().unwrap()])
+            .args(["--listen", "udp:127.0.0.1:0", "--listen", "tcp:127.0.0.1:0"])
+            .args(["--upstream", &format!("udp:{}", registrar.addr)])
+            .args([
+                "--decision-log",
+                dir.join("decisions.log").to_str().unwrap(),
+            ])
+            .env("RUST_LOG", "info"),
+    );
+    let tcp = loop {
+        let line = sipadmit.wait_for("listening");
+        if field(&line, "transport") == "tcp" {
+            break field(&line, "addr").parse().unwrap();
+        }
+        let addr = field(&line, "addr").to_owned();
+        sipadmit.lines.retain(|l| !l.contains(&addr));
+    };
+    (sipadmit, tcp)
+}
+
+fn read_status(reader: &mut BufReader<TcpStream>) -> String {
+    let mut status = String::new();
+    reader.read_line(&mut status).expect("a status line");
+    loop {
+        let mut line = String::new();
+        let n = reader.read_line(&mut line).expect("a header line");
+        assert!(n > 0, "closed after {status:?}");
+        if line == "\r\n" {
+            return status;
+        }
+    }
+}
+
+#[test]
+fn sigterm_waits_for_a_request_under_way_then_stops_and_a_second_stops_at_once() {
+    // The registrar loses the first copy of each request: the REGISTER is
+    // still pending (its client transaction retransmits after T1) when
+    // SIGTERM comes.
+    let registrar = Registrar::start_with(Behaviour::IgnoreFirstCopy);
+    let dir = tempfile::tempdir().unwrap();
+    let (mut sipadmit, tcp) = start(dir.path(), &registrar, 20);
+    let mut conn = TcpStream::connect(tcp).unwrap();
+    conn.set_read_timeout(Some(BOUND)).unwrap();
+    let mut reader = BufReader::new(conn.try_clone().unwrap());
+    let me = conn.local_addr().unwrap();
+    conn.write_all(request("REGISTER", "TCP", me, 1, "").as_bytes())
+        .unwrap();
+    while registrar
+        .received
+        .load(std::sync::atomic::Ordering::Relaxed)
+        == 0
+    {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let signalled = Instant::now();
+    sipadmit.signal("TERM");
+    sipadmit.wait_for("draining");
+    // The retransmission is answered, and its 200 reaches the client.
+    let status = read_status(&mut reader);
+    assert!(status.starts_with("SIP/2.0 200"), "{status}");
+    let stderr = sipadmit.exited();
+    let took = signalled.elapsed();
+    assert!(stderr.contains("drained: nothing pending"), "{stderr}");
+    assert!(took < Duration::from_secs(10), "{took:?}\n{stderr}");
+    assert!(stderr.contains("decision log closed"), "{stderr}");
+
+    // A registrar that never answers: the drain would last drain_secs; a
+    // second SIGTERM stops at once.
+    let silent = Registrar::start_with(Behaviour::Silent);
+    let dir = tempfile::tempdir().unwrap();
+    let (mut sipadmit, tcp) = start(dir.path(), &silent, 60);
+    let mut conn = TcpStream::connect(tcp).unwrap();
+    let me = conn.local_addr().unwrap();
+    conn.write_all(request("REGISTER", "TCP", me, 1, "").as_bytes())
+        .unwrap();
+    while silent.received.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    sipadmit.signal("TERM");
+    sipadmit.wait_for("draining");
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        sipadmit.child.try_wait().unwrap().is_none(),
+        "a REGISTER is pending: the drain goes on"
+    );
+    let second = Instant::now();
+    sipadmit.signal("TERM");
+    sipadmit.wait_for("shutting down");
+    while sipadmit.child.try_wait().unwrap().is_none() {
+        assert!(second.elapsed() < Duration::from_secs(5), "no stop at once");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
