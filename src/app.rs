@@ -368,6 +368,8 @@ pub async fn serve_reloading(
         &dispatcher,
         &shutdown,
     );
+    // Those started stop with it; the tasks end with `tasks`.
+    let siblings = siblings.inspect_err(|_| shutdown.cancel())?;
     workers::serve(
         first,
         ctx,
@@ -381,7 +383,7 @@ pub async fn serve_reloading(
     // The first worker stops on `shutdown`, or when every one of its
     // transports is gone: either way the others stop with it.
     shutdown.cancel();
-    join_siblings(siblings?).await;
+    join_siblings(siblings).await;
     hep_exporter.finish(HEP_FINISH_DEADLINE).await;
     tasks.shutdown().await;
     let dropped = decision_log.dropped();

@@ -397,9 +397,11 @@ async fn received(
         .retransmit
         .zip(outcome.send.clone())
         .filter(|_| !outcome.scanner)
-        .map(|(key, send)| {
-            core.keep_transaction(key, send, inbound.clone(), started);
-            key
+        .and_then(|(key, send)| {
+            // Forgotten on a failed send only when this message started it
+            // (not when it retransmits one kept already).
+            core.keep_transaction(key, send, inbound.clone(), started)
+                .then_some(key)
         });
     let carried_out = carry_out(senders, log, &inbound, outcome, core.boot()).await;
     core.metrics().observe_handling(started.elapsed());

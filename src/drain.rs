@@ -9,6 +9,10 @@
 //! stops once nothing has been pending for [`QUIET`], or when
 //! `limits.drain_secs` runs out. A second SIGTERM, or SIGINT, stops at
 //! once.
+//!
+//! Not pending, so not waited for: calls that are ringing (an INVITE with
+//! a provisional answer holds no client transaction, and a UDP client's
+//! INVITE is relayed without state); see docs/pool.md.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -44,8 +48,11 @@ pub struct Pending {
 }
 
 impl Pending {
-    /// What `core` and the queue to the registrar hold now.
+    /// What `core` and the queue to the registrar hold now (REGISTERs
+    /// whose answer is overdue are swept first: they are not pending any
+    /// more).
     pub fn of(core: &Core, upstream_queue: Option<&QueueBudget>) -> Self {
+        core.registrations().sweep(std::time::Instant::now());
         Self {
             client_transactions: core.client_transactions().len(),
             registers: core.registrations().pending(),

@@ -88,19 +88,26 @@ pub fn spawn(
     let udp_locals = start.udp_locals.clone();
     let stream_locals = start.stream_locals.clone();
     let shutdown = start.shutdown.clone();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
+    // A worker that cannot serve stops the instance (logged): serving with
+    // fewer workers than configured would hide the problem.
+    let cannot = move |shutdown: &CancellationToken, what: &str, e: std::io::Error| {
+        error!(worker = index, error = %e, "worker cannot {what}: stopping");
+        shutdown.cancel();
+    };
     std::thread::Builder::new()
         .name(format!("sipadmit-worker-{index}"))
         .spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime,
+                Err(e) => return cannot(&shutdown, "start its event loop", e),
+            };
             runtime.block_on(async move {
                 let listeners = match on_this_runtime(sockets, &udp_locals, &stream_locals) {
                     Ok(listeners) => listeners,
-                    Err(e) => {
-                        error!(worker = index, error = %e, "worker cannot take its sockets: it does not serve");
-                        return;
-                    }
+                    Err(e) => return cannot(&shutdown, "take its sockets", e),
                 };
                 info!(worker = index, "worker started");
                 let (events_tx, events) = mpsc::channel::<Event>(EVENT_QUEUE);
@@ -108,7 +115,16 @@ pub fn spawn(
                     events: events_tx,
                     ..ctx
                 });
-                serve(listeners, ctx, events, handshake_timeout, &tls_contexts, dispatcher, shutdown).await;
+                serve(
+                    listeners,
+                    ctx,
+                    events,
+                    handshake_timeout,
+                    &tls_contexts,
+                    dispatcher,
+                    shutdown,
+                )
+                .await;
             });
         })
 }

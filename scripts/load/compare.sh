@@ -34,7 +34,7 @@ for b in sipadmit examples/floor_relay; do
 done
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/compare-run.XXXXXX")
 trap 'rm -rf "$WORK"' EXIT
-sed "s/^\[proxy\]$/[proxy]\nworkers = $WORKERS/" "$ROOT/config/sipadmit.toml" > "$WORK/sipadmit.toml"
+sed -e "s/^\[proxy\]$/[proxy]\nworkers = $WORKERS/" -e "s/^drain_secs = .*/drain_secs = 0/" "$ROOT/config/sipadmit.toml" > "$WORK/sipadmit.toml"
 
 relay_cpu() { # file phase
   awk -v p="$2" '$1 == "RESULT" && $2 == "phase=" p { for (i = 3; i <= NF; i++) if ($i ~ /^relay_cpu_us_per_reg=/) { sub(/.*=/, "", $i); print $i } }' "$1"

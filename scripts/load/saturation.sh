@@ -63,8 +63,9 @@ free_port() {
 start_group() { # log cmd... -> pgid
   local log=$1; shift
   setsid "$@" >"$log" 2>&1 </dev/null &
-  local pid=$!; sleep 0.05
-  ps -o pgid= -p "$pid" | tr -d ' '
+  # setsid does not fork here (a background job is no group leader): the
+  # pid is the new group's id.
+  echo "$!"
 }
 cpu_ticks_group() {
   cat /proc/[0-9]*/stat 2>/dev/null | awk -v g="$1" '{ sub(/^[0-9]+ \(.*\) /, ""); if ($3 == g) t += $12 + $13 } END { print t + 0 }'
@@ -87,7 +88,7 @@ start_relay() { # name port -> pgid
   local name=$1 port=$2
   case "$name" in
     sipadmit-*)
-      sed "s/^\[proxy\]$/[proxy]\nworkers = ${name#sipadmit-}/" "$ROOT/config/sipadmit.toml" > "$WORK/$name.toml"
+      sed -e "s/^\[proxy\]$/[proxy]\nworkers = ${name#sipadmit-}/" -e "s/^drain_secs = .*/drain_secs = 0/" "$ROOT/config/sipadmit.toml" > "$WORK/$name.toml"
       start_group "$WORK/$name.log" "$BIN/sipadmit" run --config "$WORK/$name.toml" \
         --listen "udp:127.0.0.1:$port" --upstream "udp:127.0.0.1:$RESPONDER_PORT" \
         --decision-log "$WORK/$name.decisions" ;;

@@ -509,20 +509,23 @@ impl Core {
     /// is sent: with several workers, its response may arrive on another
     /// worker's socket before it would have been kept after. A full table
     /// is counted and warned about (rate-limited): the request then goes
-    /// out once, as a stateless proxy sends it.
+    /// out once, as a stateless proxy sends it. Returns whether this call
+    /// started the transaction (not a retransmission of one kept, not a
+    /// full table).
     pub fn keep_transaction(
         &self,
         key: TransactionKey,
         send: Outbound,
         mut inbound: Inbound,
         now: Instant,
-    ) {
+    ) -> bool {
         // A framed stream message shares its connection's read buffer:
         // kept, it would pin the whole buffer. A copy of its own costs
         // what the table accounts for.
         inbound.bytes = Bytes::copy_from_slice(&inbound.bytes);
         let transaction = client_transactions::Transaction { key, send, inbound };
-        if self.client_transactions.start(transaction, now) == client_transactions::Start::NoRoom {
+        let start = self.client_transactions.start(transaction, now);
+        if start == client_transactions::Start::NoRoom {
             Metrics::inc(&self.metrics.client_transactions_untracked);
             if let Some(held_back) =
                 lock(&self.warnings.client_transactions).admit(now, WARNING_INTERVAL)
@@ -534,6 +537,7 @@ impl Core {
                 );
             }
         }
+        start == client_transactions::Start::Started
     }
 
     /// The client transactions whose timers fired by `now`, each with the
