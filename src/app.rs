@@ -383,8 +383,7 @@ pub async fn serve_reloading(
     // The first worker stops on `shutdown`, or when every one of its
     // transports is gone: either way the others stop with it.
     shutdown.cancel();
-    join_siblings(siblings).await;
-    hep_exporter.finish(HEP_FINISH_DEADLINE).await;
+    wind_down(siblings, hep_exporter).await;
     tasks.shutdown().await;
     let dropped = decision_log.dropped();
     info!(counters = %metrics.summary(), decision_records_dropped = dropped, "stopped");
@@ -496,6 +495,13 @@ fn spawn_siblings(
                 .map_err(AppError::Worker)
         })
         .collect()
+}
+
+/// Wait for the workers beyond the first to stop, then give the HEP
+/// exporter a moment to send what every worker queued.
+async fn wind_down(siblings: Vec<std::thread::JoinHandle<()>>, hep_exporter: Exporter) {
+    join_siblings(siblings).await;
+    hep_exporter.finish(HEP_FINISH_DEADLINE).await;
 }
 
 /// Wait for the workers beyond the first to stop (off this runtime's
