@@ -15,6 +15,8 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use sipadmit::proxy::{Core, Inbound, DETACHED_ADDRESS};
+use sipadmit::sip::response;
+use sipadmit::sip::view::SipView;
 use sipadmit::transport::Transport;
 
 const CONFIG: &str = "[response_group]\nworkflows = [\"sip:helpdesk@contoso.com\"]\nagents = [\"sip:agent-*@contoso.com\"]\n";
@@ -63,20 +65,13 @@ fn inbound(bytes: Vec<u8>, source: &str, from_upstream: bool) -> Inbound {
     }
 }
 
-/// The registrar's `200 OK` to `relayed`.
-fn ok(relayed: &[u8]) -> Vec<u8> {
-    let text = String::from_utf8_lossy(relayed);
-    let mut out = String::from("SIP/2.0 200 OK\r\n");
-    for line in text.split("\r\n").skip(1).take_while(|l| !l.is_empty()) {
-        let name = line.split(':').next().unwrap_or("").to_ascii_lowercase();
-        match name.as_str() {
-            "via" | "from" | "call-id" | "cseq" => out.push_str(&format!("{line}\r\n")),
-            "to" => out.push_str(&format!("{line};tag=registrar\r\n")),
-            _ => {}
-        }
-    }
-    out.push_str(
-        "Contact: <sip:192.168.10.25:52210;transport=udp>;expires=300\r\nContent-Length: 0\r\n\r\n",
-    );
-    out.into_bytes()
+/// The registrar's `200 OK` to `relayed` (received from the core at
+/// its detached address), as the project's stateless responses are built.
+fn ok(relayed: &Bytes) -> Vec<u8> {
+    let view = SipView::parse(relayed.clone()).expect("the relayed REGISTER parses");
+    let contact = [(
+        "Contact",
+        "<sip:192.168.10.25:52210;transport=udp>;expires=300",
+    )];
+    response::build(&view, 200, "", "registrar", &contact, DETACHED_ADDRESS).to_vec()
 }

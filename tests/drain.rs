@@ -7,12 +7,13 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufReader, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::binary::{field, Sipadmit, BOUND};
+use common::sip_stream::read_status;
 use common::udp_registrar::{Behaviour, Registrar};
 use common::TestProxy;
 
@@ -35,9 +36,10 @@ fn answer(client: &UdpSocket) -> String {
     String::from_utf8_lossy(&buf[..n]).into_owned()
 }
 
-#[test]
-fn a_draining_instance_sends_new_requests_elsewhere_and_lets_dialogs_finish() {
-    let registrar = Registrar::start();
+/// A proxy (`drain_secs = 20`) in front of a stub registrar that treats
+/// requests as `behaviour` says, and a UDP client of the proxy.
+fn draining_setup(behaviour: Behaviour) -> (Registrar, TestProxy, UdpSocket) {
+    let registrar = Registrar::start_with(behaviour);
     let proxy = TestProxy::start(
         "[limits]\ndrain_secs = 20\n",
         "127.0.0.1",
@@ -45,6 +47,12 @@ fn a_draining_instance_sends_new_requests_elsewhere_and_lets_dialogs_finish() {
     );
     let client = UdpSocket::bind("127.0.0.1:0").unwrap();
     client.set_read_timeout(Some(BOUND)).unwrap();
+    (registrar, proxy, client)
+}
+
+#[test]
+fn a_draining_instance_sends_new_requests_elsewhere_and_lets_dialogs_finish() {
+    let (_registrar, proxy, client) = draining_setup(Behaviour::AnswerAll);
     let me = client.local_addr().unwrap();
     let send = |message: &str| client.send_to(message.as_bytes(), proxy.udp).unwrap();
     send(&request("REGISTER", "UDP", me, 1, ""));
@@ -142,14 +150,7 @@ fn wait_until_draining(proxy: &TestProxy) {
 fn a_register_retransmitted_while_under_way_is_relayed_during_the_drain() {
     // The registrar loses the first copy of each request: the REGISTER is
     // pending when the drain begins.
-    let registrar = Registrar::start_with(Behaviour::IgnoreFirstCopy);
-    let proxy = TestProxy::start(
-        "[limits]\ndrain_secs = 20\n",
-        "127.0.0.1",
-        &format!("udp:{}", registrar.addr),
-    );
-    let client = UdpSocket::bind("127.0.0.1:0").unwrap();
-    client.set_read_timeout(Some(BOUND)).unwrap();
+    let (registrar, proxy, client) = draining_setup(Behaviour::IgnoreFirstCopy);
     let me = client.local_addr().unwrap();
     let register = request("REGISTER", "UDP", me, 1, "");
     client.send_to(register.as_bytes(), proxy.udp).unwrap();
@@ -212,19 +213,6 @@ fn start(dir: &std::path::Path, registrar: &Registrar, drain_secs: u64) -> (Sipa
         sipadmit.lines.retain(|l| !l.contains(&addr));
     };
     (sipadmit, tcp)
-}
-
-fn read_status(reader: &mut BufReader<TcpStream>) -> String {
-    let mut status = String::new();
-    reader.read_line(&mut status).expect("a status line");
-    loop {
-        let mut line = String::new();
-        let n = reader.read_line(&mut line).expect("a header line");
-        assert!(n > 0, "closed after {status:?}");
-        if line == "\r\n" {
-            return status;
-        }
-    }
 }
 
 #[test]

@@ -8,12 +8,13 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufReader, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use common::external::{Kamailio, KamailioOptions, UA_LYNC_2013};
+use common::sip_stream::read_status;
 use common::udp_registrar::Registrar;
 use common::TestProxy;
 
@@ -79,19 +80,6 @@ fn datagrams_from_one_source_spread_over_both_workers_and_every_request_is_answe
     let total: u64 = shares.iter().sum();
     assert!(total >= 2 * REQUESTS as u64, "{shares:?}");
     assert!(shares.iter().all(|&s| s > total / 5), "{shares:?}");
-}
-
-fn read_status(reader: &mut BufReader<TcpStream>) -> String {
-    let mut status = String::new();
-    reader.read_line(&mut status).expect("a status line");
-    loop {
-        let mut line = String::new();
-        let n = reader.read_line(&mut line).expect("a header line");
-        assert!(n > 0, "connection closed after {status:?}");
-        if line == "\r\n" {
-            return status;
-        }
-    }
 }
 
 #[test]

@@ -9,6 +9,22 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+/// The status line of the next response on a blocking stream, its
+/// headers read past (every response read this way has no body).
+pub fn read_status(reader: &mut std::io::BufReader<std::net::TcpStream>) -> String {
+    use std::io::BufRead;
+    let mut status = String::new();
+    reader.read_line(&mut status).expect("a status line");
+    loop {
+        let mut line = String::new();
+        let n = reader.read_line(&mut line).expect("a header line");
+        assert!(n > 0, "connection closed after {status:?}");
+        if line == "\r\n" {
+            return status;
+        }
+    }
+}
+
 /// What a read brought.
 #[derive(Debug)]
 pub enum Received {
