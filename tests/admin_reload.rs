@@ -16,6 +16,7 @@ mod common {
     pub mod admin_client;
     pub mod binary;
     pub mod external;
+    pub mod sip_stream;
 }
 
 use std::net::{SocketAddr, UdpSocket};
@@ -527,24 +528,7 @@ fn a_reload_applies_rate_limit_and_metrics_count_what_it_refuses() {
 /// A 200 OK for `request` as the registrar sends it (the proxy's Via and
 /// the dialog headers copied).
 fn registrar_ok(request: &str) -> String {
-    let mut out = String::from("SIP/2.0 200 OK\r\n");
-    for line in request.split("\r\n").skip(1) {
-        let name = line
-            .split(':')
-            .next()
-            .unwrap_or("")
-            .trim()
-            .to_ascii_lowercase();
-        if ["via", "from", "to", "call-id", "cseq"].contains(&name.as_str()) {
-            out.push_str(line);
-            if name == "to" && !line.contains("tag=") {
-                out.push_str(";tag=reg");
-            }
-            out.push_str("\r\n");
-        }
-    }
-    out.push_str("Content-Length: 0\r\n\r\n");
-    out
+    common::sip_stream::uas_response(request, "200 OK", "reg", "")
 }
 
 /// The registrar's UDP port is closed: the ICMP port unreachable for the

@@ -12,7 +12,7 @@ use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::sip_stream::take_message;
+use common::sip_stream::{take_message, uas_response};
 use common::udp_registrar::Registrar;
 use common::TestProxy;
 
@@ -72,24 +72,7 @@ fn header<'a>(msg: &'a str, name: &str) -> Vec<&'a str> {
 /// A response to `request` as a UAS writes it: its Vias, From, To (tagged),
 /// Call-ID and CSeq.
 fn response(request: &str, status: &str) -> String {
-    let mut out = format!("SIP/2.0 {status}\r\n");
-    for line in request.split("\r\n").skip(1) {
-        let name = line
-            .split(':')
-            .next()
-            .unwrap_or("")
-            .trim()
-            .to_ascii_lowercase();
-        if ["via", "from", "to", "call-id", "cseq"].contains(&name.as_str()) {
-            out.push_str(line);
-            if name == "to" && !line.contains("tag=") {
-                out.push_str(";tag=uas");
-            }
-            out.push_str("\r\n");
-        }
-    }
-    out.push_str("Content-Length: 0\r\n\r\n");
-    out
+    uas_response(request, status, "uas", "")
 }
 
 /// REGISTER `user` from `client` through `through` (CSeq `cseq`); the

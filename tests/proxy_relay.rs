@@ -124,24 +124,7 @@ impl Msg {
 
 /// Answer a relayed request as the registrar would (a response through the proxy).
 fn answer(upstream: &UdpSocket, request: &str, proxy: SocketAddr, status: &str, extra: &str) {
-    let mut out = format!("SIP/2.0 {status}\r\n");
-    for line in request.split("\r\n").skip(1) {
-        let name = line
-            .split(':')
-            .next()
-            .unwrap_or("")
-            .trim()
-            .to_ascii_lowercase();
-        if ["via", "from", "to", "call-id", "cseq"].contains(&name.as_str()) {
-            out.push_str(line);
-            if name == "to" && !line.contains("tag=") {
-                out.push_str(";tag=reg");
-            }
-            out.push_str("\r\n");
-        }
-    }
-    out.push_str(extra);
-    out.push_str("Content-Length: 0\r\n\r\n");
+    let out = common::sip_stream::uas_response(request, status, "reg", extra);
     upstream.send_to(out.as_bytes(), proxy).unwrap();
 }
 

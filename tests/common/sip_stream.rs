@@ -9,6 +9,33 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+/// A response to `request` as a UAS writes it: `status` (code and
+/// reason), its Vias, From, To (tagged `to_tag` when it has no tag),
+/// Call-ID and CSeq, then the `extra` header lines (each ending in CRLF),
+/// and no body.
+pub fn uas_response(request: &str, status: &str, to_tag: &str, extra: &str) -> String {
+    let mut out = format!("SIP/2.0 {status}\r\n");
+    for line in request.split("\r\n").skip(1) {
+        let name = line
+            .split(':')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
+        if ["via", "from", "to", "call-id", "cseq"].contains(&name.as_str()) {
+            out.push_str(line);
+            if name == "to" && !line.contains("tag=") {
+                out.push_str(";tag=");
+                out.push_str(to_tag);
+            }
+            out.push_str("\r\n");
+        }
+    }
+    out.push_str(extra);
+    out.push_str("Content-Length: 0\r\n\r\n");
+    out
+}
+
 /// The status line of the next response on a blocking stream, its
 /// headers read past (every response read this way has no body).
 pub fn read_status(reader: &mut std::io::BufReader<std::net::TcpStream>) -> String {
