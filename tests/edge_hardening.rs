@@ -874,10 +874,14 @@ fn silent_connections_hold_their_slots_only_until_the_message_deadline() {
     // slots, and the gauge says so (54: untrusted sources get the 60 slots
     // less the reserve of a tenth; the six over that evicted six of the
     // oldest instead).
-    let open = metric(
-        proxy.admin.unwrap(),
-        r#"sipadmit_open_connections{transport="tcp"}"#,
-    );
+    // The kernel completes the handshakes before sipadmit accepts them:
+    // wait (bounded) for the accept loop to catch up.
+    let series = r#"sipadmit_open_connections{transport="tcp"}"#;
+    let mut open = metric(proxy.admin.unwrap(), series);
+    while open != 54.0 && started.elapsed() < Duration::from_secs(1) {
+        std::thread::sleep(Duration::from_millis(20));
+        open = metric(proxy.admin.unwrap(), series);
+    }
     assert_eq!(open, 54.0, "silent connections are open connections");
     let (mut tries, mut served) = (0, 0);
     let mut first_served = None;
