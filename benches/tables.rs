@@ -258,7 +258,7 @@ fn core(c: &mut Criterion) {
                                 let register = register(n);
                                 let answer = answered.then(|| {
                                     let out = twin.handle(&register, now, &|_, _| true);
-                                    challenge(&out.send.expect("relayed").bytes)
+                                    challenge(&out.outbound().expect("relayed").bytes)
                                 });
                                 (register, answer)
                             })

@@ -14,7 +14,7 @@
 use std::time::Instant;
 
 use bytes::Bytes;
-use sipadmit::proxy::{Core, Inbound, DETACHED_ADDRESS};
+use sipadmit::proxy::{Core, Inbound, Outcome, DETACHED_ADDRESS};
 use sipadmit::sip::response;
 use sipadmit::sip::view::SipView;
 use sipadmit::transport::Transport;
@@ -40,13 +40,15 @@ fn main() {
             now,
             &|_, _| true,
         );
-        let Some(sent) = outcome.send else { continue };
+        let Outcome::Relay { send: sent, .. } = outcome else {
+            continue;
+        };
         let answer = core.handle(
             &inbound(ok(&sent.bytes), "127.0.0.1:5070", true),
             now,
             &|_, _| true,
         );
-        relayed += usize::from(answer.send.is_some());
+        relayed += usize::from(matches!(answer, Outcome::Relay { .. }));
     }
     println!("relayed {relayed} of {n} REGISTERs and their answers");
     if relayed != n {

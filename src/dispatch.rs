@@ -317,15 +317,12 @@ impl Edge {
 /// to the UDP upstream.
 fn relayed_over(senders: &Senders, outcome: &Outcome) -> (Option<Transport>, bool) {
     let to_udp_upstream = matches!(senders.upstream, UpstreamSender::Datagram(_));
-    match &outcome.send {
-        Some(Outbound {
-            to: Destination::Flow(flow),
-            ..
-        }) => (Some(flow.transport), false),
-        Some(Outbound {
-            to: Destination::Upstream,
-            ..
-        }) if to_udp_upstream => (Some(Transport::Udp), true),
+    let Outcome::Relay { send, .. } = outcome else {
+        return (None, false);
+    };
+    match &send.to {
+        Destination::Flow(flow) => (Some(flow.transport), false),
+        Destination::Upstream if to_udp_upstream => (Some(Transport::Udp), true),
         _ => (None, false),
     }
 }
@@ -393,16 +390,19 @@ async fn received(
     // A stream client's request leaving over UDP: its client transaction
     // is kept before it is sent (its answer may come back on another
     // worker's socket at once), and forgotten if it could not be sent.
-    let kept = outcome
-        .retransmit
-        .zip(outcome.send.clone())
-        .filter(|_| !outcome.scanner)
-        .and_then(|(key, send)| {
+    let kept = match &outcome {
+        Outcome::Relay {
+            send,
+            retransmit: Some(key),
+            ..
+        } => {
             // Forgotten on a failed send only when this message started it
             // (not when it retransmits one kept already).
-            core.keep_transaction(key, send, inbound.clone(), started)
-                .then_some(key)
-        });
+            core.keep_transaction(*key, send.clone(), inbound.clone(), started)
+                .then_some(*key)
+        }
+        _ => None,
+    };
     let carried_out = carry_out(senders, log, &inbound, outcome, core.boot()).await;
     core.metrics().observe_handling(started.elapsed());
     if let (Some(key), Err(_)) = (&kept, &carried_out) {
@@ -495,12 +495,17 @@ async fn carry_out(
     mut outcome: Outcome,
     boot: BootId,
 ) -> Result<(), (Destination, SendError)> {
-    if let Some(record) = outcome.record.take() {
+    if let Some(record) = outcome.take_record() {
         senders.hep.decision(&record, inbound.local);
         log.submit(record);
     }
-    let Some(Outbound { to, bytes }) = outcome.send else {
-        return Ok(());
+    let (to, bytes) = match outcome {
+        Outcome::Relay {
+            send: Outbound { to, bytes },
+            ..
+        } => (to, bytes),
+        Outcome::Answer { bytes, .. } => (Destination::Source, bytes),
+        Outcome::Drop { .. } | Outcome::Consumed => return Ok(()),
     };
     mirror_sent(senders, inbound, &to, &bytes);
     let result = match &to {

@@ -11,7 +11,7 @@ use std::alloc::System;
 use std::time::Instant;
 
 use bytes::Bytes;
-use sipadmit::proxy::{Core, Destination, Inbound, DETACHED_ADDRESS};
+use sipadmit::proxy::{Core, Destination, Inbound, Outcome, DETACHED_ADDRESS};
 use sipadmit::transport::Transport;
 use stats_alloc::{Region, StatsAlloc, INSTRUMENTED_SYSTEM};
 
@@ -79,7 +79,7 @@ fn allocations_per_message(core: &Core, messages: &[Inbound]) -> usize {
     let mut relayed = 0;
     for message in messages {
         let outcome = core.handle(message, now, &|_, _| true);
-        relayed += usize::from(outcome.send.is_some());
+        relayed += usize::from(matches!(outcome, Outcome::Relay { .. }));
         std::hint::black_box(outcome);
     }
     let allocations = region.change().allocations;
@@ -100,7 +100,7 @@ fn relaying_a_register_its_answer_and_an_invite_allocates_no_more_than_today() {
         .iter()
         .map(|r| {
             let outcome = core.handle(r, now, &|_, _| true);
-            let send = outcome.send.expect("relayed");
+            let send = outcome.outbound().expect("relayed");
             assert_eq!(send.to, Destination::Upstream);
             inbound(ok(&send.bytes), "127.0.0.1:5070", true)
         })

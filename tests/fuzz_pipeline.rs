@@ -186,7 +186,7 @@ fn proxy_core_never_panics_and_relays_only_valid_messages() {
             from_upstream: i % 2 == 0,
         };
         let outcome = core.handle(&inbound, now, &|_, _| true);
-        if let Some(out) = outcome.send {
+        if let Some(out) = outcome.outbound() {
             let view = SipView::parse(out.bytes.clone()).unwrap_or_else(|e| {
                 panic!(
                     "relayed unparsable ({e}): {:?}",

@@ -39,7 +39,7 @@ fuzz_target!(|data: &[u8]| {
         from_upstream: selector & 2 == 0,
     };
     let outcome = core().handle(&inbound, Instant::now(), &|_, _| true);
-    if let Some(out) = outcome.send {
+    if let Some(out) = outcome.outbound() {
         let view = SipView::parse(out.bytes.clone()).expect("relayed bytes parse");
         if view.is_request() {
             view.check().expect("relayed requests check");

@@ -32,7 +32,7 @@ use tracing::info;
 use super::listening::uri_parts;
 use super::refusal::Refusal;
 use super::request::{Halt, RequestCtx};
-use super::{Core, Destination, Outbound, Outcome};
+use super::Core;
 use crate::classify::Support;
 use crate::config::Endpoint;
 use crate::observe::metrics::UpstreamFailure;
@@ -203,13 +203,7 @@ impl Core {
                     &[],
                     ctx.inbound.source,
                 );
-                Outcome {
-                    send: Some(Outbound {
-                        to: Destination::Source,
-                        bytes,
-                    }),
-                    ..Outcome::default()
-                }
+                return Err(Halt::Answer(bytes));
             }
             Some(not_ready) => {
                 let detail = warning_text(&not_ready.to_string());
@@ -220,7 +214,7 @@ impl Core {
                 self.refuse(ctx, None, refusal)
             }
         };
-        Err(Halt::Done(Box::new(outcome)))
+        Err(Halt::Refused(Box::new(outcome)))
     }
 }
 

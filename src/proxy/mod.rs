@@ -113,30 +113,97 @@ pub struct Outbound {
     pub bytes: Bytes,
 }
 
-/// The result of handling one message.
-#[derive(Debug, Default)]
-pub struct Outcome {
-    /// What to send, if anything.
-    pub send: Option<Outbound>,
-    /// The decision record: for every REGISTER and INVITE relayed, every
-    /// policy drop, and every local answer.
-    pub record: Option<DecisionRecord>,
-    /// Why nothing was sent, when nothing was.
-    pub dropped: Option<DropReason>,
-    /// The sender's User-Agent is a scanner's (the catalog's `scanner`
-    /// support): the transports ban its source (`rate_limit.ban_secs`).
-    pub scanner: bool,
-    /// The request came over TCP or TLS and leaves over UDP: once sent,
-    /// keep its client transaction under this key
-    /// ([`Core::keep_transaction`]), so it is retransmitted until answered.
-    pub retransmit: Option<TransactionKey>,
+/// The result of handling one message: exactly one thing happens to it,
+/// decided and recorded inside the core (the I/O layer only carries it out).
+#[derive(Debug)]
+pub enum Outcome {
+    /// Send it on: a request toward the registrar or a client flow, a
+    /// response toward its client, or a request sent again by its client
+    /// transaction.
+    Relay {
+        /// The edited message and where it goes.
+        send: Outbound,
+        /// The decision record of a REGISTER or INVITE (none for other
+        /// methods, responses, retransmissions and requests already
+        /// recorded).
+        record: Option<DecisionRecord>,
+        /// The request came over TCP or TLS and leaves over UDP: keep its
+        /// client transaction under this key ([`Core::keep_transaction`])
+        /// before it is sent, so it is retransmitted until answered.
+        retransmit: Option<TransactionKey>,
+    },
+    /// Answer the sender locally (a refusal, a health answer).
+    Answer {
+        /// The response, sent back the way the request came.
+        bytes: Bytes,
+        /// The decision record (none for a retransmission already recorded
+        /// or a health answer).
+        record: Option<DecisionRecord>,
+    },
+    /// Send nothing; counted under `reason`.
+    Drop {
+        /// Why.
+        reason: DropReason,
+        /// The decision record of a dropped request (policy, ban, a
+        /// request that cannot be answered), when it was recorded.
+        record: Option<DecisionRecord>,
+    },
+    /// Nothing to send and nothing lost: a message for sipadmit itself
+    /// (the registrar's answer to its OPTIONS probe).
+    Consumed,
 }
 
 impl Outcome {
+    /// A drop without a record.
     fn drop(reason: DropReason) -> Self {
-        Self {
-            dropped: Some(reason),
-            ..Self::default()
+        Self::Drop {
+            reason,
+            record: None,
+        }
+    }
+
+    /// What is sent and where (an answer goes to [`Destination::Source`]).
+    pub fn outbound(&self) -> Option<Outbound> {
+        match self {
+            Self::Relay { send, .. } => Some(send.clone()),
+            Self::Answer { bytes, .. } => Some(Outbound {
+                to: Destination::Source,
+                bytes: bytes.clone(),
+            }),
+            Self::Drop { .. } | Self::Consumed => None,
+        }
+    }
+
+    /// The decision record, if there is one.
+    pub fn record(&self) -> Option<&DecisionRecord> {
+        match self {
+            Self::Relay { record, .. }
+            | Self::Answer { record, .. }
+            | Self::Drop { record, .. } => record.as_ref(),
+            Self::Consumed => None,
+        }
+    }
+
+    /// The decision record, consumed.
+    pub fn into_record(mut self) -> Option<DecisionRecord> {
+        self.take_record()
+    }
+
+    /// Take the decision record out (to submit it).
+    pub fn take_record(&mut self) -> Option<DecisionRecord> {
+        match self {
+            Self::Relay { record, .. }
+            | Self::Answer { record, .. }
+            | Self::Drop { record, .. } => record.take(),
+            Self::Consumed => None,
+        }
+    }
+
+    /// Why nothing is sent, when it is a drop.
+    pub fn drop_reason(&self) -> Option<DropReason> {
+        match self {
+            Self::Drop { reason, .. } => Some(*reason),
+            _ => None,
         }
     }
 }
@@ -384,10 +451,11 @@ impl Core {
 
     /// [`Core::handle`] for the transports, which ban scanners: when the
     /// sender's User-Agent is a scanner's, `ban` is asked whether this
-    /// message gets its source banned (`rate_limit.ban_secs`). A message
-    /// that does is dropped instead of relayed or answered, and its record
-    /// says why (action `drop`, rule `ban.scanner`, a protocol record):
-    /// counted as such, not as the policy decision it replaced.
+    /// message gets its source banned (`rate_limit.ban_secs`), once the
+    /// request is admitted and before the policy's verdict is applied. A
+    /// message that does is dropped, and its record says why (action
+    /// `drop`, rule `ban.scanner`, a protocol record): the policy's verdict
+    /// is never carried out, logged or counted for it.
     pub fn handle_banning(
         &self,
         inbound: &Inbound,
@@ -397,25 +465,19 @@ impl Core {
     ) -> Outcome {
         let kind = MessageKind::of(&inbound.bytes);
         self.metrics.count_received(inbound.transport, kind);
-        let mut outcome = self.handle_message(inbound, now, open);
-        if outcome.scanner && ban(inbound.source) {
-            outcome.send = None;
-            outcome.retransmit = None;
-            if let Some(record) = outcome.record.as_mut() {
-                record.action = Action::Drop;
-                record.rule = BanCause::Scanner.rule().into();
-                record.kind = Some(DecisionKind::Protocol);
-                record.status = None;
-                record.would_reject = false;
-            }
-            self.metrics.count_drop(DropReason::Banned);
-        }
+        let outcome = self.handle_message(inbound, now, open, ban);
         self.count_outcome(&outcome);
         outcome
     }
 
-    /// [`Core::handle`] without the counting.
-    fn handle_message(&self, inbound: &Inbound, now: Instant, open: OpenConnection<'_>) -> Outcome {
+    /// [`Core::handle_banning`] without the counting.
+    fn handle_message(
+        &self,
+        inbound: &Inbound,
+        now: Instant,
+        open: OpenConnection<'_>,
+        ban: &mut dyn FnMut(SocketAddr) -> bool,
+    ) -> Outcome {
         let runtime = self.runtime.load();
         let view = match SipView::parse(inbound.bytes.clone()) {
             Ok(v) => v,
@@ -438,7 +500,7 @@ impl Core {
             }
         };
         if view.is_request() {
-            let outcome = self.request(inbound, &view, &runtime, now, open);
+            let outcome = self.request(inbound, &view, &runtime, now, open, ban);
             self.record_once(&view, RecordKind::Decision, outcome, now)
         } else {
             self.response(inbound, &view, now, open)
@@ -551,9 +613,10 @@ impl Core {
             .map(|due| match due {
                 client_transactions::Due::Retransmit(send, inbound) => {
                     Metrics::inc(&self.metrics.client_retransmissions);
-                    let outcome = Outcome {
-                        send: Some(send),
-                        ..Outcome::default()
+                    let outcome = Outcome::Relay {
+                        send,
+                        record: None,
+                        retransmit: None,
                     };
                     (inbound, outcome)
                 }
@@ -648,8 +711,8 @@ impl Core {
         mut outcome: Outcome,
         now: Instant,
     ) -> Outcome {
-        if outcome.record.is_some() && !self.transactions.first_sighting(request, kind, now) {
-            outcome.record = None;
+        if outcome.record().is_some() && !self.transactions.first_sighting(request, kind, now) {
+            outcome.take_record();
             Metrics::inc(&self.metrics.retransmissions);
             tracing::debug!(
                 call_id = %Text(request.call_id()),
@@ -706,19 +769,13 @@ impl Core {
     /// status). A message relayed is counted by the I/O layer once it is
     /// sent (`sipadmit_relayed_total` counts no failed send).
     fn count_outcome(&self, outcome: &Outcome) {
-        if let Some(r) = &outcome.record {
+        if let Some(r) = outcome.record() {
             self.metrics.count_record(r);
         }
-        let Some(send) = &outcome.send else {
-            return;
-        };
-        match &send.to {
-            Destination::Source => {
-                if let Some(status) = response_status(&send.bytes) {
-                    self.metrics.count_local_response(status);
-                }
+        if let Outcome::Answer { bytes, .. } = outcome {
+            if let Some(status) = response_status(bytes) {
+                self.metrics.count_local_response(status);
             }
-            Destination::Upstream | Destination::Flow(_) => {}
         }
     }
 

@@ -13,7 +13,9 @@ use tracing::warn;
 
 use super::flow::TokenError;
 use super::request::{Admission, RequestCtx};
-use super::{Core, Destination, Outbound, Outcome, Subject, Text};
+use super::{Core, Outcome, Subject, Text};
+use crate::classify::ClientProduct;
+use crate::observe::decision_log::DecisionRecord;
 use crate::observe::metrics::{DropReason, Metrics};
 use crate::observe::summary::SUMMARY_WINDOW;
 use crate::policy::{Action, Reply, SessionRole};
@@ -271,9 +273,8 @@ impl Core {
         let (subject, sender, role) = match admission {
             Some(a) => (&a.subject, a.sender.client, a.role),
             None => {
-                let sender = ctx.runtime.config.catalog.classify(view.user_agent());
-                classified = Subject::sender(&sender);
-                (&classified, sender.client, SessionRole::None)
+                classified = Self::unadmitted(ctx);
+                (&classified.0, classified.1, SessionRole::None)
             }
         };
         let answered = is_formable(view)
@@ -304,9 +305,9 @@ impl Core {
         if !answered {
             let reason = refusal.drop_reason();
             self.metrics.count_drop(reason);
-            return Outcome {
+            return Outcome::Drop {
+                reason,
                 record: Some(record),
-                ..Outcome::drop(reason)
             };
         }
         let extra = self.extra_headers(view, &refusal, subject);
@@ -322,14 +323,47 @@ impl Core {
             &extra,
             inb.source,
         );
-        Outcome {
-            send: Some(Outbound {
-                to: Destination::Source,
-                bytes,
-            }),
+        Outcome::Answer {
+            bytes,
             record: Some(record),
-            ..Outcome::default()
         }
+    }
+
+    /// The record of a request dropped under `rule` (a policy drop, a
+    /// scanner's ban): action `drop`, no status.
+    pub(super) fn drop_record(
+        &self,
+        ctx: &RequestCtx<'_>,
+        admission: Option<&Admission<'_>>,
+        rule: &'static str,
+    ) -> DecisionRecord {
+        let classified;
+        let (subject, sender, role) = match admission {
+            Some(a) => (&a.subject, a.sender.client, a.role),
+            None => {
+                classified = Self::unadmitted(ctx);
+                (&classified.0, classified.1, SessionRole::None)
+            }
+        };
+        self.record(
+            ctx.runtime,
+            ctx.inbound,
+            ctx.view,
+            subject,
+            sender,
+            role,
+            Action::Drop,
+            rule,
+            None,
+            false,
+        )
+    }
+
+    /// Before the admit phase: the sender's classification stands for the
+    /// subject.
+    fn unadmitted<'r>(ctx: &RequestCtx<'r>) -> (Subject<'r>, &'r ClientProduct) {
+        let sender = ctx.runtime.config.catalog.classify(ctx.view.user_agent());
+        (Subject::sender(&sender), sender.client)
     }
 
     /// Log a refusal: the first few of every 10 s one by one, then one

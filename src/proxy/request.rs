@@ -15,14 +15,20 @@
 //! 5. `relay`: the target flow must be writable (430), then the proxy's
 //!    edits are spliced in and the destination named.
 //!
+//! Between 3 and 4, a scanner whose address is proven is banned and its
+//! request dropped (rule `ban.scanner`) instead of decided by the policy.
+//!
 //! Any phase may stop the request with a [`Halt`]: a [`Refusal`] (answered,
-//! logged and recorded by `refusal.rs`) or an outcome it built itself.
+//! logged and recorded by `refusal.rs`), a drop, or a local answer. Every
+//! outcome, with its record, is made here or in `refusal.rs`; nothing is
+//! changed after the core returns it.
 
 use std::borrow::Cow;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::time::Instant;
 
+use bytes::Bytes;
 use tracing::{debug, warn};
 
 use super::client_transactions::{TransactionKey, TransactionMethod};
@@ -35,10 +41,11 @@ use super::{
 };
 use crate::classify::{Classification, Support};
 use crate::observe::metrics::DropReason;
-use crate::policy::{decide, Action, Decision, SessionFacts, SessionRole, Verdict};
+use crate::policy::{decide, Decision, SessionFacts, SessionRole, Verdict};
 use crate::sip::edit::{before_first, mark_received, remove_leading_values, remove_named, Edits};
 use crate::sip::fields::sip_uri_host;
 use crate::sip::{HeaderName, Method, Params, SipError, SipView};
+use crate::transport::admission::BanCause;
 use crate::transport::Transport;
 
 /// Max-Forwards added to requests that carry none (RFC 3261 8.1.1.6).
@@ -101,9 +108,20 @@ pub(super) struct Admission<'m> {
 pub(super) enum Halt<'m> {
     /// Answer it locally (or, when it cannot be answered, drop it).
     Refuse(Refusal<'m>),
-    /// The phase built the outcome itself (an absorbed ACK, a policy drop;
-    /// boxed: rare, and an outcome with a record is large).
-    Done(Box<Outcome>),
+    /// Drop it, counted under `reason`; recorded (action `drop`) under
+    /// `rule` when there is one.
+    Drop {
+        /// The counter.
+        reason: DropReason,
+        /// The record's rule; `None`: not recorded (an absorbed ACK).
+        rule: Option<&'static str>,
+    },
+    /// Answer it with this response, unrecorded (a health check's `200`).
+    Answer(Bytes),
+    /// A refusal the phase had answered and recorded already, through
+    /// [`Core::refuse`] (its text lives no longer than the phase: the
+    /// health check's `503`). Boxed: rare, and an outcome is large.
+    Refused(Box<Outcome>),
 }
 
 impl<'m> From<Refusal<'m>> for Halt<'m> {
@@ -121,6 +139,7 @@ impl Core {
         runtime: &Runtime,
         now: Instant,
         open: OpenConnection<'_>,
+        ban: &mut dyn FnMut(SocketAddr) -> bool,
     ) -> Outcome {
         let ctx = RequestCtx::new(inbound, view, runtime, now);
         let routing = match self
@@ -133,12 +152,10 @@ impl Core {
             Err(halt) => return self.halted(&ctx, None, halt),
         };
         let admission = self.admit(&ctx, &routing);
-        let mut outcome = self
-            .enforce(&ctx, &admission)
+        Self::ban_scanner(&ctx, &admission, ban)
+            .and_then(|()| self.enforce(&ctx, &admission))
             .and_then(|()| self.relay(&ctx, routing, &admission, open))
-            .unwrap_or_else(|halt| self.halted(&ctx, Some(&admission), halt));
-        outcome.scanner = admission.sender.client.support == Support::Scanner;
-        outcome
+            .unwrap_or_else(|halt| self.halted(&ctx, Some(&admission), halt))
     }
 
     fn halted(
@@ -149,7 +166,16 @@ impl Core {
     ) -> Outcome {
         match halt {
             Halt::Refuse(refusal) => self.refuse(ctx, admission, refusal),
-            Halt::Done(outcome) => *outcome,
+            Halt::Drop { reason, rule } => {
+                self.metrics.count_drop(reason);
+                let record = rule.map(|rule| self.drop_record(ctx, admission, rule));
+                Outcome::Drop { reason, record }
+            }
+            Halt::Answer(bytes) => Outcome::Answer {
+                bytes,
+                record: None,
+            },
+            Halt::Refused(outcome) => *outcome,
         }
     }
 
@@ -168,8 +194,10 @@ impl Core {
             && view.to().ok().and_then(|t| t.tag()) == Some(self.local_tag(view).as_bytes())
         {
             debug!(source = %ctx.inbound.source, call_id = %Text(view.call_id()), "ACK of a local response absorbed");
-            self.metrics.count_drop(DropReason::AbsorbedAck);
-            return Err(Halt::Done(Box::new(Outcome::drop(DropReason::AbsorbedAck))));
+            return Err(Halt::Drop {
+                reason: DropReason::AbsorbedAck,
+                rule: None,
+            });
         }
         if view.max_forwards() == Ok(Some(0)) {
             return Err(Refusal::TooManyHops.into());
@@ -375,15 +403,33 @@ impl Core {
         }
     }
 
+    /// A scanner's request (the catalog's `scanner` support) whose sender
+    /// `ban` bans (the transports decide whether its address is proven):
+    /// dropped with rule `ban.scanner`, never decided by the policy.
+    fn ban_scanner<'m>(
+        ctx: &RequestCtx<'m>,
+        admission: &Admission<'m>,
+        ban: &mut dyn FnMut(SocketAddr) -> bool,
+    ) -> Result<(), Halt<'m>> {
+        if admission.sender.client.support == Support::Scanner && ban(ctx.inbound.source) {
+            debug!(source = %ctx.inbound.source, "scanner banned: request dropped");
+            return Err(Halt::Drop {
+                reason: DropReason::Banned,
+                rule: Some(BanCause::Scanner.rule()),
+            });
+        }
+        Ok(())
+    }
+
     // === phase 4: enforce ===
 
     /// Apply the verdict: drop, reject (a [`Refusal`]), or flag (logged).
     fn enforce<'m>(&self, ctx: &RequestCtx<'m>, admission: &Admission<'m>) -> Result<(), Halt<'m>> {
         let Admission {
-            sender,
             subject,
             role,
             decision,
+            ..
         } = admission;
         match decision.verdict {
             Verdict::Allow => Ok(()),
@@ -409,23 +455,10 @@ impl Core {
             .into()),
             Verdict::Drop => {
                 debug!(source = %ctx.inbound.source, client = %subject.client.id, rule = decision.rule, "dropped by policy");
-                self.metrics.count_drop(DropReason::Policy);
-                let record = self.record(
-                    ctx.runtime,
-                    ctx.inbound,
-                    ctx.view,
-                    subject,
-                    sender.client,
-                    *role,
-                    Action::Drop,
-                    decision.rule,
-                    None,
-                    false,
-                );
-                Err(Halt::Done(Box::new(Outcome {
-                    record: Some(record),
-                    ..Outcome::drop(DropReason::Policy)
-                })))
+                Err(Halt::Drop {
+                    reason: DropReason::Policy,
+                    rule: Some(decision.rule),
+                })
             }
         }
     }
@@ -498,11 +531,9 @@ impl Core {
             Some(flow) => Destination::Flow(flow),
             None => Destination::Upstream,
         };
-        Ok(Outcome {
-            send: Some(Outbound { to, bytes }),
+        Ok(Outcome::Relay {
+            send: Outbound { to, bytes },
             record,
-            dropped: None,
-            scanner: false,
             retransmit,
         })
     }

@@ -63,7 +63,7 @@ impl Core {
         {
             Metrics::inc(&self.metrics.upstream_probe_answers);
             debug!(source = %inb.source, status = view.status(), "the registrar answered the OPTIONS probe");
-            return Outcome::default();
+            return Outcome::Consumed;
         }
         let Some(destination) = self.response_destination(inb, &via) else {
             return discard(DropReason::ForeignResponse);
@@ -92,12 +92,13 @@ impl Core {
                 format!("Content-Length: {}\r\n", view.body().len()),
             );
         }
-        Outcome {
-            send: Some(Outbound {
+        Outcome::Relay {
+            send: Outbound {
                 to: destination,
                 bytes: edits.apply(view.raw()),
-            }),
-            ..Outcome::default()
+            },
+            record: None,
+            retransmit: None,
         }
     }
 

@@ -67,7 +67,7 @@ fn handle(core: &Core, inbound: &Inbound) -> Outcome {
 }
 
 fn sent(outcome: &Outcome) -> (Destination, String) {
-    let out = outcome.send.as_ref().expect("something sent");
+    let out = outcome.outbound().expect("something sent");
     (
         out.to.clone(),
         String::from_utf8_lossy(&out.bytes).into_owned(),
@@ -75,7 +75,7 @@ fn sent(outcome: &Outcome) -> (Destination, String) {
 }
 
 fn status(outcome: &Outcome) -> Option<u16> {
-    let out = outcome.send.as_ref()?;
+    let out = outcome.outbound()?;
     match SipView::parse(out.bytes.clone()).ok()?.start_line() {
         StartLine::Response { code, .. } => Some(code),
         StartLine::Request { .. } => None,
@@ -112,7 +112,7 @@ fn a_published_runtime_decides_the_next_message_and_names_its_generation() {
     };
     let first = handle(&core, &invite(40000));
     assert_eq!(status(&first), Some(403));
-    let record = first.record.unwrap();
+    let record = first.into_record().unwrap();
     assert_eq!((record.action, record.generation), (Action::Reject, 1));
 
     let generation = core.publish(runtime_from(
@@ -123,7 +123,7 @@ fn a_published_runtime_decides_the_next_message_and_names_its_generation() {
     let second = handle(&core, &invite(40001));
     let (to, bytes) = sent(&second);
     assert_eq!(to, Destination::Upstream, "{bytes}");
-    let record = second.record.unwrap();
+    let record = second.into_record().unwrap();
     assert_eq!(
         (record.action, record.rule.as_ref(), record.generation),
         (Action::Allow, "caller.unsupported", 2)
@@ -201,7 +201,7 @@ fn local_answers_are_recorded_and_an_unanswerable_ack_is_recorded_as_a_drop() {
         ),
     );
     assert_eq!(status(&out), Some(404));
-    let r = out.record.unwrap();
+    let r = out.into_record().unwrap();
     assert_eq!(
         (r.action, r.rule.as_ref(), r.status, r.role),
         (
@@ -225,7 +225,7 @@ fn local_answers_are_recorded_and_an_unanswerable_ack_is_recorded_as_a_drop() {
         ),
     );
     assert_eq!(status(&out), Some(483));
-    assert_eq!(out.record.unwrap().rule, "proxy.too-many-hops");
+    assert_eq!(out.into_record().unwrap().rule, "proxy.too-many-hops");
     // An ACK is never answered: dropped, counted and recorded as a drop.
     let out = handle(
         &core,
@@ -235,9 +235,9 @@ fn local_answers_are_recorded_and_an_unanswerable_ack_is_recorded_as_a_drop() {
             client(),
         ),
     );
-    assert!(out.send.is_none());
-    assert_eq!(out.dropped, Some(DropReason::Unanswerable));
-    let r = out.record.unwrap();
+    assert!(out.outbound().is_none());
+    assert_eq!(out.drop_reason(), Some(DropReason::Unanswerable));
+    let r = out.into_record().unwrap();
     assert_eq!((r.action, r.status), (Action::Drop, None));
 }
 
@@ -302,11 +302,11 @@ fn a_token_naming_another_instances_connection_gets_430_and_nothing_is_written()
     );
     assert_eq!(status(&out), Some(430));
     assert_eq!(
-        out.send.as_ref().unwrap().to,
+        out.outbound().unwrap().to,
         Destination::Source,
         "answered to the registrar, written to no connection"
     );
-    assert_eq!(out.record.unwrap().rule, "proxy.flow-failed");
+    assert_eq!(out.into_record().unwrap().rule, "proxy.flow-failed");
     // On A itself: the connection open to X delivers; gone, or reused by
     // another peer, it is 430 too.
     let deliver = a.handle(
@@ -415,7 +415,7 @@ fn an_agent_offer_is_decided_on_the_leg_toward_the_agent_only() {
         header_values(&relayed, "X-Sipadmit").is_empty(),
         "{relayed}"
     );
-    let r = out.record.unwrap();
+    let r = out.into_record().unwrap();
     assert_eq!(
         (r.role, r.client.as_str(), r.action),
         (SessionRole::None, "response-group-service", Action::Allow)
@@ -549,7 +549,7 @@ fn a_register_over_the_contact_cap_is_answered_403_counted_and_recorded() {
         answer.starts_with("SIP/2.0 403 Too Many Contacts\r\n"),
         "{answer}"
     );
-    let record = outcome.record.expect("recorded");
+    let record = outcome.into_record().expect("recorded");
     assert_eq!(
         (record.action, record.rule.as_ref(), record.status),
         (Action::Reject, "proxy.too-many-contacts", Some(403))
@@ -628,10 +628,12 @@ fn a_retransmitted_request_is_handled_again_but_recorded_once() {
     let outcomes: Vec<Outcome> = (0..3).map(|_| handle(&core, &rejected)).collect();
     assert_eq!(status(&outcomes[0]), Some(403));
     assert!(
-        outcomes.iter().all(|o| o.send == outcomes[0].send),
+        outcomes
+            .iter()
+            .all(|o| o.outbound() == outcomes[0].outbound()),
         "the same answer"
     );
-    let records: Vec<_> = outcomes.iter().map(|o| o.record.is_some()).collect();
+    let records: Vec<_> = outcomes.iter().map(|o| o.record().is_some()).collect();
     assert_eq!(records, [true, false, false]);
     assert_eq!(count(), 2);
 
@@ -645,10 +647,12 @@ fn a_retransmitted_request_is_handled_again_but_recorded_once() {
     let outcomes: Vec<Outcome> = (0..3).map(|_| handle(&core, &relayed)).collect();
     assert_eq!(sent(&outcomes[0]).0, Destination::Upstream);
     assert!(
-        outcomes.iter().all(|o| o.send == outcomes[0].send),
+        outcomes
+            .iter()
+            .all(|o| o.outbound() == outcomes[0].outbound()),
         "relayed the same"
     );
-    let records: Vec<_> = outcomes.iter().map(|o| o.record.is_some()).collect();
+    let records: Vec<_> = outcomes.iter().map(|o| o.record().is_some()).collect();
     assert_eq!(records, [true, false, false]);
 
     // A new transaction (new branch) is recorded again.
@@ -657,10 +661,13 @@ fn a_retransmitted_request_is_handled_again_but_recorded_once() {
             .replace("z9hG4bK-INVITE", "z9hG4bK-second"),
         caller,
     );
-    assert!(handle(&core, &next).record.is_some());
+    assert!(handle(&core, &next).record().is_some());
     // So is the same transaction once its lifetime is over.
     let later = Instant::now() + transactions::TRANSACTION_LIFETIME;
-    assert!(core.handle(&rejected, later, &|_, _| true).record.is_some());
+    assert!(core
+        .handle(&rejected, later, &|_, _| true)
+        .record()
+        .is_some());
     assert_eq!(count(), 4);
 }
 
@@ -682,7 +689,7 @@ fn both_legs_of_an_agent_offer_are_recorded_and_the_registrars_retransmissions_a
     );
     let (to, toward_registrar) = sent(&leg1);
     assert_eq!(to, Destination::Upstream);
-    assert_eq!(leg1.record.unwrap().role, SessionRole::None);
+    assert_eq!(leg1.into_record().unwrap().role, SessionRole::None);
 
     // Leg 2: the registrar forwards it (same Call-ID, its own Via on top)
     // along the agent's Path, and retransmits it four times (Timer A).
@@ -700,10 +707,12 @@ fn both_legs_of_an_agent_offer_are_recorded_and_the_registrars_retransmissions_a
         matches!(to, Destination::Flow(ref f) if f.peer == agent),
         "{to:?}"
     );
-    assert!(outcomes.iter().all(|o| o.send == outcomes[0].send));
+    assert!(outcomes
+        .iter()
+        .all(|o| o.outbound() == outcomes[0].outbound()));
     let roles: Vec<_> = outcomes
         .iter()
-        .map(|o| o.record.as_ref().map(|r| r.role))
+        .map(|o| o.record().map(|r| r.role))
         .collect();
     assert_eq!(
         roles,
@@ -729,10 +738,12 @@ fn an_invite_to_a_dead_tcp_contact_retransmitted_five_times_gives_one_record() {
         .map(|_| core.handle(&offer, Instant::now(), &|_, _| false))
         .collect();
     assert!(outcomes.iter().all(|o| status(o) == Some(430)));
-    assert!(outcomes.iter().all(|o| o.send == outcomes[0].send));
+    assert!(outcomes
+        .iter()
+        .all(|o| o.outbound() == outcomes[0].outbound()));
     let rules: Vec<_> = outcomes
         .iter()
-        .map(|o| o.record.as_ref().map(|r| r.rule.to_string()))
+        .map(|o| o.record().map(|r| r.rule.to_string()))
         .collect();
     assert_eq!(
         rules,
@@ -800,7 +811,7 @@ fn both_legs_of_a_call_count_once_and_a_protocol_answer_is_no_policy_reject() {
     );
     let (to, toward_registrar) = sent(&leg1);
     assert_eq!(to, Destination::Upstream);
-    let r = leg1.record.unwrap();
+    let r = leg1.into_record().unwrap();
     assert_eq!(
         (
             r.leg,
@@ -829,7 +840,7 @@ fn both_legs_of_a_call_count_once_and_a_protocol_answer_is_no_policy_reject() {
     );
     let leg2 = handle(&core, &leg2);
     assert!(matches!(sent(&leg2).0, Destination::Flow(ref f) if f.peer == callee));
-    let r = leg2.record.unwrap();
+    let r = leg2.into_record().unwrap();
     assert_eq!(
         (r.leg, r.spiral, r.client.as_str(), r.source),
         (Some(Leg::FromRegistrar), true, "baresip", upstream())
@@ -851,7 +862,9 @@ fn both_legs_of_a_call_count_once_and_a_protocol_answer_is_no_policy_reject() {
         &format!("Route: {path}\r\n"),
     )
     .replace("z9hG4bK-INVITE", "z9hG4bK-direct");
-    let r = handle(&core, &udp(direct, upstream())).record.unwrap();
+    let r = handle(&core, &udp(direct, upstream()))
+        .into_record()
+        .unwrap();
     assert_eq!((r.leg, r.spiral), (Some(Leg::FromRegistrar), false));
     assert_eq!(metrics.decisions("allow", "none", "third-party"), 2);
 
@@ -864,7 +877,9 @@ fn both_legs_of_a_call_count_once_and_a_protocol_answer_is_no_policy_reject() {
         &format!("Route: {path}\r\nVia: SIP/2.0/UDP {DETACHED_ADDRESS};branch=z9hG4bKsa-forged;sipadmit-flow=00ff\r\n"),
     )
     .replace("z9hG4bK-INVITE", "z9hG4bK-forged");
-    let r = handle(&core, &udp(forged, upstream())).record.unwrap();
+    let r = handle(&core, &udp(forged, upstream()))
+        .into_record()
+        .unwrap();
     assert!(!r.spiral);
     assert_eq!(metrics.decisions("allow", "none", "third-party"), 3);
 
@@ -877,7 +892,7 @@ fn both_legs_of_a_call_count_once_and_a_protocol_answer_is_no_policy_reject() {
         .replace("z9hG4bK-INVITE", "z9hG4bK-malformed");
     let out = handle(&core, &udp(malformed, caller));
     assert_eq!(status(&out), Some(400));
-    let r = out.record.unwrap();
+    let r = out.into_record().unwrap();
     assert_eq!(
         (r.kind, r.rule.as_ref(), r.action, r.status),
         (
@@ -930,7 +945,7 @@ fn an_agent_offer_on_the_registrars_leg_is_counted_and_names_its_sender() {
         ),
         upstream(),
     );
-    let r = handle(&core, &leg2).record.unwrap();
+    let r = handle(&core, &leg2).into_record().unwrap();
     assert_eq!(
         (
             r.role,
@@ -965,7 +980,10 @@ fn a_de_register_is_marked_unregister() {
                 .replace("z9hG4bK-", &format!("z9hG4bK-{n}-"))
                 .replace("CSeq: 1 ", &format!("CSeq: {n} ")),
         );
-        handle(&core, &udp(text, agent)).record.unwrap().unregister
+        handle(&core, &udp(text, agent))
+            .into_record()
+            .unwrap()
+            .unregister
     };
     type Edit<'a> = &'a dyn Fn(String) -> String;
     let cases: [(&str, Edit<'_>, bool); 6] = [
@@ -1020,7 +1038,7 @@ fn a_de_register_is_marked_unregister() {
 
 /// A scanner whose message gets its source banned: dropped, recorded as
 /// `ban.scanner`, a protocol record, and counted as one (not as the
-/// policy's scanner decision).
+/// policy's scanner decision, nor also as a policy drop).
 #[test]
 fn a_scanner_banned_by_its_message_is_a_protocol_record() {
     let core = Core::detached(CONFIG).unwrap();
@@ -1040,8 +1058,8 @@ fn a_scanner_banned_by_its_message_is_a_protocol_record() {
         &|_, _| true,
         &mut |source| source == scanner,
     );
-    assert!(out.send.is_none());
-    let r = out.record.unwrap();
+    assert_eq!(out.drop_reason(), Some(DropReason::Banned));
+    let r = out.into_record().unwrap();
     assert_eq!(
         (r.action, r.rule.as_ref(), r.kind, r.status),
         (
@@ -1055,4 +1073,5 @@ fn a_scanner_banned_by_its_message_is_a_protocol_record() {
     assert_eq!(metrics.protocol_answers("ban.scanner", None), 1);
     assert_eq!(metrics.decisions("drop", "none", "scanner"), 0);
     assert_eq!(metrics.drops(DropReason::Banned), 1);
+    assert_eq!(metrics.drops(DropReason::Policy), 0);
 }

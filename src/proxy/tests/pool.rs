@@ -101,7 +101,7 @@ fn options_to_itself_get_200_when_ready_counted_not_recorded() {
         );
         // RFC 3261 11.2: a proxy leaves Allow out.
         assert!(header_values(&answer, "Allow").is_empty(), "{answer}");
-        assert!(out.record.is_none(), "a 200 is counted, not recorded");
+        assert!(out.record().is_none(), "a 200 is counted, not recorded");
     }
     assert_eq!(
         core.metrics().protocol_answers("proxy.health", Some(200)),
@@ -123,7 +123,7 @@ fn options_to_itself_get_503_saying_why_while_not_ready() {
             ),
         );
         let (_, answer) = sent(&out);
-        (answer, out.record)
+        (answer, out.into_record())
     };
     // Probes on and a UDP registrar never heard from: unknown.
     let (answer, record) = probe(41000);
@@ -208,9 +208,8 @@ fn other_options_are_relayed_and_a_scanners_is_not_answered() {
             client(),
         ),
     );
-    assert!(out.send.is_none(), "{:?}", out.send);
-    assert_eq!(out.dropped, Some(DropReason::Policy));
-    assert!(out.scanner);
+    assert!(out.outbound().is_none(), "{:?}", out.outbound());
+    assert_eq!(out.drop_reason(), Some(DropReason::Policy));
 }
 
 #[test]
