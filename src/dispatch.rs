@@ -410,16 +410,16 @@ async fn received(
     }
     match carried_out {
         Ok(()) => {
+            let kind = MessageKind::of(&inbound.bytes);
             if let Some(transport) = leaves_over {
-                core.metrics()
-                    .count_relayed(transport, MessageKind::of(&inbound.bytes));
+                core.metrics().count_relayed(transport, kind);
             }
             // A datagram sent is delivered as far as UDP can tell (the
             // stream link notes its own deliveries); only a request other
             // than ACK gets something back.
             if to_udp_upstream {
                 core.metrics().note_upstream_sent();
-                let answered = MessageKind::of(&inbound.bytes) == MessageKind::Request
+                let answered = kind == MessageKind::Request
                     && !inbound.bytes.starts_with(b"ACK ");
                 if answered {
                     edge.upstream_watch.relayed(started);

@@ -22,7 +22,9 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use crate::classify::Support;
 use crate::observe::decision_log::{DecisionKind, DecisionRecord};
+use crate::policy::{Action, SessionRole};
 use crate::vocabulary::{Fault, HandshakeReason, Transport, WarningWindow, FAULT_WARNING_INTERVAL};
 
 /// Which end of a TLS handshake sipadmit was (a metric label).
@@ -317,6 +319,11 @@ impl PerWorker {
     }
 }
 
+/// Policy decisions by action, role and support: one counter for each
+/// combination (96), so that counting one takes no lock and no lookup.
+type DecisionCounts =
+    [[[AtomicU64; Support::ALL.len()]; SessionRole::ALL.len()]; Action::ALL.len()];
+
 /// Process-wide counters. The hot ones are atomics; see the module doc.
 #[derive(Debug, Default)]
 pub struct Metrics {
@@ -403,12 +410,12 @@ pub struct Metrics {
     faults: [AtomicU64; Fault::ALL.len()],
     /// Rate limits of the fault warnings, per kind.
     fault_warnings: [Mutex<WarningWindow>; Fault::ALL.len()],
-    /// Policy decisions counted once per call and client, by (action,
-    /// role, support).
-    decisions: Mutex<BTreeMap<[&'static str; 3], u64>>,
+    /// Policy decisions counted once per call and client, by action, role
+    /// and support.
+    decisions: DecisionCounts,
     /// Policy decisions on the registrar's leg that repeat the client
-    /// leg's, by (action, role, support).
-    repeated_decisions: Mutex<BTreeMap<[&'static str; 3], u64>>,
+    /// leg's, by action, role and support.
+    repeated_decisions: DecisionCounts,
     /// Local answers (and drops) for protocol or capacity reasons, by
     /// (rule, status; 0: none sent).
     protocol_answers: Mutex<BTreeMap<(&'static str, u16), u64>>,
@@ -489,6 +496,22 @@ pub struct Gauges {
     pub bans_in_force: usize,
     /// Sources whose rate-limit buckets are held (not full).
     pub rate_limited_sources: usize,
+}
+
+/// Every cell of a decision table: its label values (action, role,
+/// support) and its count.
+fn decision_cells(table: &DecisionCounts) -> impl Iterator<Item = ([&'static str; 3], u64)> + '_ {
+    Action::ALL.into_iter().flat_map(move |action| {
+        SessionRole::ALL.into_iter().flat_map(move |role| {
+            Support::ALL.into_iter().map(move |support| {
+                let cell = &table[action as usize][role as usize][support as usize];
+                (
+                    [action.as_str(), role.as_str(), support.as_str()],
+                    cell.load(Ordering::Relaxed),
+                )
+            })
+        })
+    })
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -618,22 +641,19 @@ impl Metrics {
             self.count_protocol_answer(rule, r.status);
             return;
         }
-        let labels = [r.action.as_str(), r.role.as_str(), r.support.as_str()];
         let table = if r.counted_once() {
             &self.decisions
         } else {
             &self.repeated_decisions
         };
-        *lock(table).entry(labels).or_default() += 1;
+        Self::inc(&table[r.action as usize][r.role as usize][r.support as usize]);
     }
 
     /// Count one policy decision counted once per call and client, by its
     /// labels' values (`Action::as_str`, `SessionRole::as_str`,
     /// `Support::as_str`).
-    pub fn count_decision(&self, action: &'static str, role: &'static str, support: &'static str) {
-        *lock(&self.decisions)
-            .entry([action, role, support])
-            .or_default() += 1;
+    pub fn count_decision(&self, action: Action, role: SessionRole, support: Support) {
+        Self::inc(&self.decisions[action as usize][role as usize][support as usize]);
     }
 
     /// Count one local answer (or drop: no `status`) for a protocol or
@@ -655,19 +675,20 @@ impl Metrics {
 
     /// Repeated registrar-leg decisions counted with these label values.
     pub fn repeated_decisions(&self, action: &str, role: &str, support: &str) -> u64 {
-        lock(&self.repeated_decisions)
-            .iter()
-            .filter(|(k, _)| k[0] == action && k[1] == role && k[2] == support)
-            .map(|(_, v)| *v)
-            .sum()
+        Self::decision_count(&self.repeated_decisions, [action, role, support])
     }
 
     /// Decisions counted with these label values.
     pub fn decisions(&self, action: &str, role: &str, support: &str) -> u64 {
-        lock(&self.decisions)
-            .iter()
-            .filter(|(k, _)| k[0] == action && k[1] == role && k[2] == support)
-            .map(|(_, v)| *v)
+        Self::decision_count(&self.decisions, [action, role, support])
+    }
+
+    /// The counter of a decision table under these label values (0 for
+    /// values no decision has).
+    fn decision_count(table: &DecisionCounts, labels: [&str; 3]) -> u64 {
+        decision_cells(table)
+            .filter(|(cell, _)| *cell == labels)
+            .map(|(_, value)| value)
             .sum()
     }
 
@@ -916,14 +937,10 @@ impl Metrics {
     }
 
     /// Samples of a decision table, by action, role and support.
-    fn write_decisions(
-        table: &Mutex<BTreeMap<[&'static str; 3], u64>>,
-        name: &str,
-        out: &mut Exposition,
-    ) {
-        for ([action, role, support], value) in lock(table).iter() {
-            let labels = [("action", *action), ("role", *role), ("support", *support)];
-            out.sample(name, &labels, *value);
+    fn write_decisions(table: &DecisionCounts, name: &str, out: &mut Exposition) {
+        for ([action, role, support], value) in decision_cells(table).filter(|(_, v)| *v > 0) {
+            let labels = [("action", action), ("role", role), ("support", support)];
+            out.sample(name, &labels, value);
         }
     }
 
@@ -1393,12 +1410,38 @@ impl Exposition {
 mod tests {
     use super::*;
 
+    /// The decision tables index by `as usize`: each `ALL` must list its
+    /// enum in declaration order.
+    #[test]
+    fn decision_labels_index_their_cells() {
+        assert!(Action::ALL
+            .iter()
+            .enumerate()
+            .all(|(i, a)| *a as usize == i));
+        assert!(SessionRole::ALL
+            .iter()
+            .enumerate()
+            .all(|(i, r)| *r as usize == i));
+        assert!(Support::ALL
+            .iter()
+            .enumerate()
+            .all(|(i, s)| *s as usize == i));
+        let metrics = Metrics::default();
+        metrics.count_decision(Action::Drop, SessionRole::AgentOffer, Support::Scanner);
+        assert_eq!(metrics.decisions("drop", "agent-offer", "scanner"), 1);
+        assert_eq!(metrics.decisions("drop", "agent-offer", "unknown"), 0);
+        assert_eq!(
+            metrics.repeated_decisions("drop", "agent-offer", "scanner"),
+            0
+        );
+    }
+
     #[test]
     fn every_family_has_help_and_type_and_the_prefix() {
         let metrics = Metrics::default();
         metrics.count_received(Transport::Udp, MessageKind::Request);
         metrics.count_relayed(Transport::Tcp, MessageKind::Response);
-        metrics.count_decision("reject", "caller", "unsupported");
+        metrics.count_decision(Action::Reject, SessionRole::Caller, Support::Unsupported);
         metrics.count_protocol_answer("proxy.malformed", Some(400));
         metrics.count_protocol_answer("ban.scanner", None);
         metrics.count_parse_error("malformed_start_line");

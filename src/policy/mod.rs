@@ -30,6 +30,9 @@ pub enum Action {
 }
 
 impl Action {
+    /// Every action, in declaration order.
+    pub const ALL: [Self; 4] = [Self::Allow, Self::Flag, Self::Reject, Self::Drop];
+
     /// The name used in config files and decision records.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -77,6 +80,14 @@ pub enum SessionRole {
 }
 
 impl SessionRole {
+    /// Every role, in declaration order.
+    pub const ALL: [Self; 4] = [
+        Self::Caller,
+        Self::AgentOffer,
+        Self::AgentRegistration,
+        Self::None,
+    ];
+
     /// The name used in decision records.
     pub fn as_str(self) -> &'static str {
         match self {
