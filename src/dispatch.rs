@@ -136,11 +136,16 @@ impl Dispatcher {
             worker,
         } = &mut self;
         let worker = *worker;
+        // Made once, not once per turn of the loop: a fresh `cancelled()`
+        // registers a waiter and a fresh sleep a timer entry every time.
+        let cancelled = shutdown.cancelled();
+        tokio::pin!(cancelled);
+        let mut retransmit_timer = RetransmitTimer::new();
         loop {
-            let retransmit_at = core.client_transactions().next_due();
+            retransmit_timer.arm(core.client_transactions().next_due());
             tokio::select! {
-                () = shutdown.cancelled() => break,
-                () = until(retransmit_at) => retransmit(core, senders, log).await,
+                () = &mut cancelled => break,
+                () = retransmit_timer.fired() => retransmit(core, senders, log).await,
                 () = probes.due() => probes.send(core, senders, log, edge).await,
                 _ = housekeeping.tick(), if *keeps_house => edge.housekeeping(core, Instant::now()),
                 event = events.recv() => match event {
@@ -270,11 +275,39 @@ impl Probes {
     }
 }
 
-/// Sleep until `at`; forever without it.
-async fn until(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at.into()).await,
-        None => std::future::pending().await,
+/// The timer of the next client transaction due: one sleep, moved when
+/// the time due changes (not made anew for every event).
+struct RetransmitTimer {
+    sleep: std::pin::Pin<Box<tokio::time::Sleep>>,
+    /// When it fires; `None`: nothing due.
+    armed: Option<Instant>,
+}
+
+impl RetransmitTimer {
+    fn new() -> Self {
+        Self {
+            sleep: Box::pin(tokio::time::sleep(Duration::ZERO)),
+            armed: None,
+        }
+    }
+
+    /// Fire at `at` (never, with `None`).
+    fn arm(&mut self, at: Option<Instant>) {
+        if at != self.armed {
+            if let Some(at) = at {
+                self.sleep.as_mut().reset(at.into());
+            }
+            self.armed = at;
+        }
+    }
+
+    /// The time armed has come (pending forever while nothing is armed).
+    async fn fired(&mut self) {
+        if self.armed.is_none() {
+            return std::future::pending().await;
+        }
+        self.sleep.as_mut().await;
+        self.armed = None;
     }
 }
 
@@ -419,8 +452,7 @@ async fn received(
             // than ACK gets something back.
             if to_udp_upstream {
                 core.metrics().note_upstream_sent();
-                let answered = kind == MessageKind::Request
-                    && !inbound.bytes.starts_with(b"ACK ");
+                let answered = kind == MessageKind::Request && !inbound.bytes.starts_with(b"ACK ");
                 if answered {
                     edge.upstream_watch.relayed(started);
                 }

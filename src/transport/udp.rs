@@ -51,9 +51,12 @@ async fn receive(listener: UdpListener, ctx: Arc<TransportContext>) {
     // on the socket, and the error would then wait for the next one.
     let mut sweep = tokio::time::interval(ICMP_SWEEP_INTERVAL);
     sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Made once: a fresh `cancelled()` per datagram registers a waiter each time.
+    let cancelled = ctx.shutdown.cancelled();
+    tokio::pin!(cancelled);
     loop {
         let received = tokio::select! {
-            () = ctx.shutdown.cancelled() => return,
+            () = &mut cancelled => return,
             queued = next_icmp_error(&listener.socket), if icmp_errors => {
                 if let Ok(icmp) = queued {
                     report_icmp_error(&ctx, icmp);
