@@ -22,8 +22,17 @@
 #
 # Usage
 #   scripts/load/register_latency.sh [options]
-#     --calls N            REGISTERs per phase (default 10000)
-#     --rate R             REGISTERs per second (default 1000)
+#     --calls N            calls (REGISTERs, or INVITEs) per phase (default 10000)
+#     --rate R             calls per second (default 1000)
+#     --scenario register|invite
+#                          what each call is (default register):
+#                            register  one REGISTER (register_load.xml), answered 200
+#                            invite    the 7.6 KB Lync 2013 INVITE of
+#                                      tests/fixtures/lync2013-invite-6k-multipart.sip (only
+#                                      Via, From tag, Call-ID, Contact and Content-Length
+#                                      made SIPp's) to the Response Group workflow, which
+#                                      Kamailio answers "486 Workflow Reached", then the ACK:
+#                                      three messages relayed per call
 #     --kamailio-port K    Kamailio port on 127.0.0.1 (default: a free port)
 #     --children C         Kamailio UDP receivers / TCP workers (default 4)
 #     --via udp:127.0.0.1:P
@@ -68,6 +77,7 @@ TEMPLATE="$ROOT/tests/e2e/kamailio.cfg"
 MPATH=${SIPADMIT_KAMAILIO_MODULES:-/usr/lib/x86_64-linux-gnu/kamailio/modules}
 
 CALLS=10000
+SCENARIO=register
 RATE=1000
 KPORT=""
 CHILDREN=4
@@ -86,6 +96,7 @@ die() { echo "register_latency: $*" >&2; exit 2; }
 while [ $# -gt 0 ]; do
   case "$1" in
     --calls) CALLS=${2:?}; shift 2 ;;
+    --scenario) SCENARIO=${2:?}; shift 2 ;;
     --rate) RATE=${2:?}; shift 2 ;;
     --kamailio-port) KPORT=${2:?}; shift 2 ;;
     --children) CHILDREN=${2:?}; shift 2 ;;
@@ -104,6 +115,11 @@ done
 
 [[ "$CALLS" =~ ^[0-9]+$ && "$CALLS" -gt 0 ]] || die "--calls must be a positive integer"
 [[ "$RATE" =~ ^[0-9]+$ && "$RATE" -gt 0 ]] || die "--rate must be a positive integer"
+case "$SCENARIO" in
+  register) SCENARIO_FILE="$HERE/register_load.xml"; FINAL=200 ;;
+  invite) SCENARIO_FILE=""; FINAL=486 ;;
+  *) die "--scenario must be register or invite" ;;
+esac
 if [ -n "$SIPADMIT_BIN" ]; then
   [ -n "$PROXY_CONFIG" ] || die "--sipadmit needs --proxy-config"
   [ -z "$PROXY_CMD" ] || die "--sipadmit and --proxy-cmd are exclusive"
@@ -201,6 +217,29 @@ wait_ready() { # name target ruri pgid log
   echo "$1 did not answer OPTIONS at $2; log tail:" >&2; tail -30 "$5" >&2; exit 1
 }
 
+# The INVITE scenario, made from the fixture: SIPp's own Via, From tag, Call-ID, Contact
+# and Content-Length; every other header and the multipart body as they are.
+if [ "$SCENARIO" = invite ]; then
+  SCENARIO_FILE="$WORK/invite_load.xml"
+  {
+    printf '%s\n' '<?xml version="1.0" encoding="ISO-8859-1" ?>' '<!DOCTYPE scenario SYSTEM "sipp.dtd">' \
+      '<scenario name="invite_load">' '  <send retrans="500" start_rtd="1">' '    <![CDATA['
+    tr -d '\r' < "$ROOT/tests/fixtures/lync2013-invite-6k-multipart.sip" | awk '
+      /^Via:/ { print "Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch];rport"; next }
+      /^From:/ { print "From: \"Alice\" <sip:[field0]@contoso.com>;tag=[pid]l[call_number];epid=8d7f6e5a4b"; next }
+      /^Call-ID:/ { print "Call-ID: [call_id]"; next }
+      /^Contact:/ { print "Contact: <sip:[field0]@[local_ip]:[local_port];transport=[transport]>"; next }
+      /^Content-Length:/ { print "Content-Length: [len]"; next }
+      { print }'
+    printf '%s\n' '    ]]>' '  </send>' '  <recv response="100" optional="true" />' \
+      '  <recv response="486" rtd="1" />' '  <send>' '    <![CDATA[' '' \
+      'ACK sip:helpdesk@contoso.com SIP/2.0' '[last_Via:]' 'Max-Forwards: 70' \
+      'From: "Alice" <sip:[field0]@contoso.com>;tag=[pid]l[call_number];epid=8d7f6e5a4b' \
+      '[last_To:]' 'Call-ID: [call_id]' 'CSeq: 1 ACK' 'Content-Length: 0' '' '    ]]>' '  </send>' \
+      '</scenario>'
+  } > "$SCENARIO_FILE"
+fi
+
 # ---- Kamailio ------------------------------------------------------------------------
 [ -n "$KPORT" ] || KPORT=$(free_port)
 mkdir -p "$WORK/run"
@@ -229,8 +268,8 @@ run_phase() { # name target_addr user_prefix
   local k0 k1 p0 p1 rc=0
   k0=$(cpu_ticks_group "$KPGID")
   if [ -n "$RELAY_G" ]; then p0=$(cpu_ticks_group "$RELAY_G"); else p0=$(cpu_ticks_pid "$RELAY_PID"); fi
-  echo "phase $name: $CALLS REGISTERs at $RATE/s to $target ..." >&2
-  ( cd "$d" && "$SIPP" "$target" -sf "$HERE/register_load.xml" -inf "$d/users.csv" \
+  echo "phase $name: $CALLS ${SCENARIO}s at $RATE/s to $target ..." >&2
+  ( cd "$d" && "$SIPP" "$target" -sf "$SCENARIO_FILE" -inf "$d/users.csv" \
       -m "$CALLS" -r "$RATE" -rp 1000 -l "$(( RATE * 2 ))" \
       -i 127.0.0.1 -ci 127.0.0.1 -mi 127.0.0.1 -p "$(free_port)" -t u1 -nostdin \
       -timeout "${limit}s" -timeout_error -recv_timeout 5000 \
@@ -241,10 +280,11 @@ run_phase() { # name target_addr user_prefix
   k1=$(cpu_ticks_group "$KPGID")
   if [ -n "$RELAY_G" ]; then p1=$(cpu_ticks_group "$RELAY_G"); else p1=$(cpu_ticks_pid "$RELAY_PID"); fi
 
-  # response time per Call-ID: first REGISTER sent -> first 200 received, microseconds
-  awk -F'\t' '
+  # response time per Call-ID: first request sent -> first final response received
+  # (200 to a REGISTER, 486 to an INVITE), microseconds
+  awk -F'\t' -v final="$FINAL" '
       $4 == "S" && !($5 in s) { s[$5] = $3 }
-      $4 == "R" && $7 ~ /^SIP\/2\.0 200/ && ($5 in s) && !($5 in r) {
+      $4 == "R" && index($7, "SIP/2.0 " final) == 1 && ($5 in s) && !($5 in r) {
         r[$5] = 1; printf "%.1f\n", ($3 - s[$5]) * 1e6 }' "$d/shortmsg.tsv" \
     | sort -n > "$d/latency_us.txt"
   local stats
