@@ -6,14 +6,22 @@
 //! its INVITE) and goes to the upstream; a response
 //! from the upstream loses its top Via and goes to the address that Via's
 //! branch names. No parsing beyond finding those two places, no policy, no
-//! records, one blocking socket on one thread. `scripts/load/compare.sh`
+//! records, one blocking UDP socket on one thread. `scripts/load/compare.sh`
 //! measures sipadmit's CPU per relayed REGISTER and INVITE against this.
 //!
+//! With `--tcp` it also accepts TCP clients on the same port: each
+//! connection's messages are framed by Content-Length (a thread per
+//! connection), leave over UDP, and the answers go back on the connection
+//! their client's address names.
+//!
 //! ```sh
-//! cargo run --release --example floor_relay -- 127.0.0.1:5060 127.0.0.1:5070
+//! cargo run --release --example floor_relay -- [--tcp] 127.0.0.1:5060 127.0.0.1:5070
 //! ```
 
-use std::net::{SocketAddr, UdpSocket};
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::sync::{Arc, Mutex};
 
 /// The branch prefix that marks a Via as the floor relay's own.
 const BRANCH: &[u8] = b";branch=z9hG4bKfloor~";
@@ -21,10 +29,17 @@ const BRANCH: &[u8] = b";branch=z9hG4bKfloor~";
 /// character that no address contains).
 const ADDRESS_END: u8 = b'~';
 
+/// The TCP clients' connections, by their address.
+type Connections = Arc<Mutex<HashMap<SocketAddr, TcpStream>>>;
+
 fn main() -> std::io::Result<()> {
-    let mut args = std::env::args().skip(1);
-    let (Some(listen), Some(upstream)) = (args.next(), args.next()) else {
-        eprintln!("usage: floor_relay LISTEN_ADDR:PORT UPSTREAM_ADDR:PORT");
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    let tcp = args.first().is_some_and(|a| a == "--tcp");
+    if tcp {
+        args.remove(0);
+    }
+    let [listen, upstream] = args.as_slice() else {
+        eprintln!("usage: floor_relay [--tcp] LISTEN_ADDR:PORT UPSTREAM_ADDR:PORT");
         std::process::exit(2);
     };
     let parse = |what: &str, s: &str| -> SocketAddr {
@@ -33,36 +48,121 @@ fn main() -> std::io::Result<()> {
             std::process::exit(2)
         })
     };
-    let (listen, upstream) = (parse("listen", &listen), parse("upstream", &upstream));
+    let (listen, upstream) = (parse("listen", listen), parse("upstream", upstream));
     let socket = UdpSocket::bind(listen)?;
     let local = socket.local_addr()?;
-    eprintln!("floor_relay listening on {local}, relaying to {upstream}");
+    let connections = Connections::default();
+    if tcp {
+        let listener = TcpListener::bind(local)?;
+        let (socket, connections) = (socket.try_clone()?, connections.clone());
+        std::thread::spawn(move || accept(listener, socket, local, upstream, connections));
+    }
+    eprintln!("floor_relay listening on {local} (tcp: {tcp}), relaying to {upstream}");
     let mut buf = vec![0u8; 65_535];
     let mut out = Vec::with_capacity(65_535);
     loop {
         let (n, source) = socket.recv_from(&mut buf)?;
         let message = &buf[..n];
         out.clear();
-        let to = if message.starts_with(b"SIP/2.0 ") {
-            match strip_top_via(message, &mut out) {
-                Some(to) => to,
-                None => continue,
+        if message.starts_with(b"SIP/2.0 ") {
+            let Some(to) = strip_top_via(message, &mut out) else {
+                continue;
+            };
+            let mut connections = tcp.then(|| connections.lock().unwrap());
+            match connections.as_mut().and_then(|c| c.get_mut(&to)) {
+                // A closed connection only loses this answer.
+                Some(stream) => drop(stream.write_all(&out)),
+                None => drop(socket.send_to(&out, to)?),
             }
-        } else {
-            match add_via(message, local, source, &mut out) {
-                Some(()) => upstream,
-                None => continue,
-            }
-        };
-        socket.send_to(&out, to)?;
+        } else if add_via(message, local, source, &mut out).is_some() {
+            socket.send_to(&out, upstream)?;
+        }
     }
+}
+
+/// Serve each TCP client on a thread of its own.
+fn accept(
+    listener: TcpListener,
+    socket: UdpSocket,
+    local: SocketAddr,
+    upstream: SocketAddr,
+    connections: Connections,
+) {
+    for stream in listener.incoming().flatten() {
+        // Answers are written as they come, not held back for more (Nagle).
+        let _ = stream.set_nodelay(true);
+        let (Ok(peer), Ok(writer), Ok(socket)) =
+            (stream.peer_addr(), stream.try_clone(), socket.try_clone())
+        else {
+            continue;
+        };
+        connections.lock().unwrap().insert(peer, writer);
+        let connections = connections.clone();
+        std::thread::spawn(move || {
+            let _ = relay_stream(stream, peer, &socket, local, upstream);
+            connections.lock().unwrap().remove(&peer);
+        });
+    }
+}
+
+/// Frame a TCP client's messages by Content-Length and send each upstream
+/// over UDP with the floor relay's Via; CRLF keep-alives are skipped.
+fn relay_stream(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    socket: &UdpSocket,
+    local: SocketAddr,
+    upstream: SocketAddr,
+) -> std::io::Result<()> {
+    let mut buf = Vec::with_capacity(65_536);
+    let mut chunk = vec![0u8; 65_536];
+    let mut out = Vec::with_capacity(65_536);
+    loop {
+        let n = stream.read(&mut chunk)?;
+        if n == 0 {
+            return Ok(());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        while let Some(len) = framed_len(&buf) {
+            out.clear();
+            if add_via(&buf[..len], local, peer, &mut out).is_some() {
+                socket.send_to(&out, upstream)?;
+            }
+            buf.drain(..len);
+        }
+    }
+}
+
+/// The length of the first whole message in `buf` (leading CRLFs count as
+/// a message of their own, never relayed: `add_via` finds no branch).
+fn framed_len(buf: &[u8]) -> Option<usize> {
+    if buf.starts_with(b"\r\n") {
+        return Some(2);
+    }
+    let head = memchr::memmem::find(buf, b"\r\n\r\n")? + 4;
+    let body = buf[..head]
+        .split(|&b| b == b'\n')
+        .find_map(|line| {
+            let colon = line.iter().position(|&b| b == b':')?;
+            let name = &line[..colon];
+            (name.eq_ignore_ascii_case(b"Content-Length") || name.eq_ignore_ascii_case(b"l")).then(
+                || {
+                    std::str::from_utf8(&line[colon + 1..])
+                        .ok()?
+                        .trim()
+                        .parse()
+                        .ok()
+                },
+            )?
+        })
+        .unwrap_or(0usize);
+    (buf.len() >= head + body).then_some(head + body)
 }
 
 /// `message` with a Via naming `local` after its request line, the
 /// client's address `source` and the branch of the client's Via (the first
 /// `branch=` of the message) in its branch.
 fn add_via(message: &[u8], local: SocketAddr, source: SocketAddr, out: &mut Vec<u8>) -> Option<()> {
-    use std::io::Write;
     let line_end = memchr::memmem::find(message, b"\r\n")? + 2;
     let rest = &message[line_end..];
     let branch = memchr::memmem::find(rest, b"branch=")? + b"branch=".len();

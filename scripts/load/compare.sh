@@ -13,16 +13,18 @@
 # Usage
 #   cargo build --release --bins --examples
 #   scripts/load/compare.sh [--calls N] [--rate R] [--rounds K] [--workers W]
-#                           [--scenarios "register invite"]
-#     defaults: 20000 calls at 2000/s, 3 rounds, sipadmit with 1 worker, both scenarios
-# Output: per round one line, then per scenario
-#   RESULT scenario=.. sipadmit_us=.. kamailio_relay_us=.. floor_us=.. sipadmit_over_kamailio=.. sipadmit_over_floor=..
+#                           [--scenarios "register invite"] [--transports "udp tcp"]
+#     defaults: 20000 calls at 2000/s, 3 rounds, sipadmit with 1 worker, both scenarios,
+#     clients over UDP and over TCP (one SIPp connection; the relays reach the registrar
+#     over UDP; the floor frames TCP by Content-Length, a thread per connection)
+# Output: per round one line, then per transport and scenario
+#   RESULT transport=.. scenario=.. sipadmit_us=.. kamailio_relay_us=.. floor_us=.. sipadmit_over_kamailio=.. sipadmit_over_floor=..
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
 BIN="$ROOT/target/release"
-CALLS=20000; RATE=2000; ROUNDS=3; WORKERS=1; SCENARIOS="register invite"
+CALLS=20000; RATE=2000; ROUNDS=3; WORKERS=1; SCENARIOS="register invite"; TRANSPORTS="udp tcp"
 while [ $# -gt 0 ]; do
   case "$1" in
     --calls) CALLS=${2:?}; shift 2 ;;
@@ -30,6 +32,7 @@ while [ $# -gt 0 ]; do
     --rounds) ROUNDS=${2:?}; shift 2 ;;
     --workers) WORKERS=${2:?}; shift 2 ;;
     --scenarios) SCENARIOS=${2:?}; shift 2 ;;
+    --transports) TRANSPORTS=${2:?}; shift 2 ;;
     -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "compare: unknown option $1" >&2; exit 2 ;;
   esac
@@ -46,24 +49,27 @@ relay_cpu() { # file phase
 }
 median() { sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
 
+for transport in $TRANSPORTS; do
+floor_tcp=""; [ "$transport" = tcp ] && floor_tcp="--tcp"
 for scenario in $SCENARIOS; do
   rm -f "$WORK/s" "$WORK/k" "$WORK/f"
   for round in $(seq 1 "$ROUNDS"); do
-    "$HERE/register_latency.sh" --scenario "$scenario" --sipadmit "$BIN/sipadmit" \
+    "$HERE/register_latency.sh" --transport "$transport" --scenario "$scenario" --sipadmit "$BIN/sipadmit" \
       --proxy-config "$WORK/sipadmit.toml" --with-kamailio-relay --calls "$CALLS" --rate "$RATE" \
       > "$WORK/sipadmit-$round.txt" 2>&1 || true
-    "$HERE/register_latency.sh" --scenario "$scenario" \
-      --proxy-cmd "$BIN/examples/floor_relay 127.0.0.1:@PROXY_PORT@ 127.0.0.1:@KAMAILIO_PORT@" \
+    "$HERE/register_latency.sh" --transport "$transport" --scenario "$scenario" \
+      --proxy-cmd "$BIN/examples/floor_relay $floor_tcp 127.0.0.1:@PROXY_PORT@ 127.0.0.1:@KAMAILIO_PORT@" \
       --calls "$CALLS" --rate "$RATE" > "$WORK/floor-$round.txt" 2>&1 || true
     s=$(relay_cpu "$WORK/sipadmit-$round.txt" proxy); k=$(relay_cpu "$WORK/sipadmit-$round.txt" kamrelay)
     f=$(relay_cpu "$WORK/floor-$round.txt" proxy)
     if [ -z "$s" ] || [ -z "$k" ] || [ -z "$f" ]; then
-      echo "compare: $scenario round $round incomplete:" >&2
-      tail -5 "$WORK/sipadmit-$round.txt" "$WORK/floor-$round.txt" >&2; exit 1
+      echo "compare: $transport $scenario round $round incomplete:" >&2
+      tail -n 5 "$WORK/sipadmit-$round.txt" "$WORK/floor-$round.txt" >&2; exit 1
     fi
-    echo "$scenario round $round: sipadmit $s us, kamailio relay $k us, floor $f us per call" >&2
+    echo "$transport $scenario round $round: sipadmit $s us, kamailio relay $k us, floor $f us per call" >&2
     echo "$s" >> "$WORK/s"; echo "$k" >> "$WORK/k"; echo "$f" >> "$WORK/f"
   done
   S=$(median < "$WORK/s"); K=$(median < "$WORK/k"); F=$(median < "$WORK/f")
-  awk -v sc="$scenario" -v s="$S" -v k="$K" -v f="$F" 'BEGIN { printf "RESULT scenario=%s sipadmit_us=%s kamailio_relay_us=%s floor_us=%s sipadmit_over_kamailio=%.2f sipadmit_over_floor=%.2f\n", sc, s, k, f, s / k, s / f }'
+  awk -v t="$transport" -v sc="$scenario" -v s="$S" -v k="$K" -v f="$F" 'BEGIN { printf "RESULT transport=%s scenario=%s sipadmit_us=%s kamailio_relay_us=%s floor_us=%s sipadmit_over_kamailio=%.2f sipadmit_over_floor=%.2f\n", t, sc, s, k, f, s / k, s / f }'
+done
 done

@@ -33,6 +33,8 @@
 #                                      made SIPp's) to the Response Group workflow, which
 #                                      Kamailio answers "486 Workflow Reached", then the ACK:
 #                                      three messages relayed per call
+#     --transport udp|tcp  how SIPp reaches the relay (default udp; tcp: one connection,
+#                          SIPp -t t1); the relay reaches Kamailio over UDP either way
 #     --kamailio-port K    Kamailio port on 127.0.0.1 (default: a free port)
 #     --children C         Kamailio UDP receivers / TCP workers (default 4)
 #     --via udp:127.0.0.1:P
@@ -41,7 +43,8 @@
 #     --proxy-pid PID      with --via: the proxy's pid, to measure its CPU time
 #     --proxy-cmd "CMD"    start the proxy with this command line (run in its own process
 #                          group, stopped at the end); placeholders substituted first:
-#                            @PROXY_PORT@    port the proxy must listen on (UDP, 127.0.0.1)
+#                            @PROXY_PORT@    port the proxy must listen on (UDP, and with
+#                                            --transport tcp also TCP; 127.0.0.1)
 #                            @KAMAILIO_PORT@ Kamailio's port
 #                            @DECISION_LOG@  a decision log path in the work dir
 #                            @WORKDIR@       the work dir
@@ -78,6 +81,7 @@ MPATH=${SIPADMIT_KAMAILIO_MODULES:-/usr/lib/x86_64-linux-gnu/kamailio/modules}
 
 CALLS=10000
 SCENARIO=register
+TRANSPORT=udp
 RATE=1000
 KPORT=""
 CHILDREN=4
@@ -97,6 +101,7 @@ while [ $# -gt 0 ]; do
   case "$1" in
     --calls) CALLS=${2:?}; shift 2 ;;
     --scenario) SCENARIO=${2:?}; shift 2 ;;
+    --transport) TRANSPORT=${2:?}; shift 2 ;;
     --rate) RATE=${2:?}; shift 2 ;;
     --kamailio-port) KPORT=${2:?}; shift 2 ;;
     --children) CHILDREN=${2:?}; shift 2 ;;
@@ -115,6 +120,11 @@ done
 
 [[ "$CALLS" =~ ^[0-9]+$ && "$CALLS" -gt 0 ]] || die "--calls must be a positive integer"
 [[ "$RATE" =~ ^[0-9]+$ && "$RATE" -gt 0 ]] || die "--rate must be a positive integer"
+case "$TRANSPORT" in
+  udp) SIPP_TRANSPORT=u1 ;;
+  tcp) SIPP_TRANSPORT=t1 ;;
+  *) die "--transport must be udp or tcp" ;;
+esac
 case "$SCENARIO" in
   register) SCENARIO_FILE="$HERE/register_load.xml"; FINAL=200 ;;
   invite) SCENARIO_FILE=""; FINAL=486 ;;
@@ -124,6 +134,7 @@ if [ -n "$SIPADMIT_BIN" ]; then
   [ -n "$PROXY_CONFIG" ] || die "--sipadmit needs --proxy-config"
   [ -z "$PROXY_CMD" ] || die "--sipadmit and --proxy-cmd are exclusive"
   PROXY_CMD="$SIPADMIT_BIN run --config $PROXY_CONFIG --listen udp:127.0.0.1:@PROXY_PORT@ --upstream udp:127.0.0.1:@KAMAILIO_PORT@ --decision-log @DECISION_LOG@"
+  [ "$TRANSPORT" = udp ] || PROXY_CMD="$PROXY_CMD --listen $TRANSPORT:127.0.0.1:@PROXY_PORT@"
 fi
 if [ -n "$VIA" ]; then
   [ -z "$PROXY_CMD" ] || die "--via and --proxy-cmd/--sipadmit are exclusive"
@@ -271,7 +282,7 @@ run_phase() { # name target_addr user_prefix
   echo "phase $name: $CALLS ${SCENARIO}s at $RATE/s to $target ..." >&2
   ( cd "$d" && "$SIPP" "$target" -sf "$SCENARIO_FILE" -inf "$d/users.csv" \
       -m "$CALLS" -r "$RATE" -rp 1000 -l "$(( RATE * 2 ))" \
-      -i 127.0.0.1 -ci 127.0.0.1 -mi 127.0.0.1 -p "$(free_port)" -t u1 -nostdin \
+      -i 127.0.0.1 -ci 127.0.0.1 -mi 127.0.0.1 -p "$(free_port)" -t "$SIPP_TRANSPORT" -nostdin \
       -timeout "${limit}s" -timeout_error -recv_timeout 5000 \
       -default_behaviors "all,-bye" \
       -trace_shortmsg -shortmessage_file "$d/shortmsg.tsv" \
@@ -328,6 +339,7 @@ if [ "$KRELAY" = 1 ]; then
   RPORT=$(free_port)
   mkdir -p "$WORK/relay-run"
   sed -e "s#@LISTEN_UDP@#udp:127.0.0.1:$RPORT#" \
+      -e "s#@LISTEN_TCP@#tcp:127.0.0.1:$RPORT#" \
       -e "s#@UPSTREAM_PORT@#$KPORT#" \
       -e "s#@MPATH@#$MPATH#" \
       -e "s#@CHILDREN@#$CHILDREN#g" \
