@@ -15,6 +15,7 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use sipadmit::classify::Catalog;
 use sipadmit::config::{Config, Overrides, SHIPPED_CATALOG};
 use sipadmit::policy::{decide, SessionFacts, Verdict};
+use sipadmit::proxy::Leg;
 use sipadmit::proxy::{Core, Inbound, DETACHED_ADDRESS};
 use sipadmit::sip::SipView;
 use sipadmit::transport::Transport;
@@ -130,7 +131,7 @@ fn core(c: &mut Criterion) {
             source: "127.0.0.1:40000".parse().expect("literal"),
             local: DETACHED_ADDRESS,
             connection: None,
-            from_upstream: false,
+            leg: Leg::FromClient,
         };
         g.bench_function(format!("handle/{name}"), |b| {
             b.iter(|| black_box(core.handle(black_box(&inbound), now, &|_, _| true)))

@@ -27,6 +27,7 @@ use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use sipadmit::proxy::flow::Flow;
 use sipadmit::proxy::registrations::{RegisterAnswer, RegistrationLimits, Registrations};
+use sipadmit::proxy::Leg;
 use sipadmit::proxy::{Core, Inbound, DETACHED_ADDRESS};
 use sipadmit::transport::Transport;
 
@@ -178,7 +179,7 @@ fn register(n: u64) -> Inbound {
         source: SocketAddr::from(([127, 0, 0, 1], port)),
         local: DETACHED_ADDRESS,
         connection: None,
-        from_upstream: false,
+        leg: Leg::FromClient,
     }
 }
 
@@ -204,7 +205,7 @@ fn challenge(relayed: &[u8]) -> Inbound {
         source: "127.0.0.1:5060".parse().expect("literal"),
         local: DETACHED_ADDRESS,
         connection: None,
-        from_upstream: true,
+        leg: Leg::FromRegistrar,
     }
 }
 

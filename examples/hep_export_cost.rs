@@ -142,7 +142,7 @@ async fn run(hep: &Hep, rate: u64, registers: u64) -> Duration {
             source: client,
             local,
             connection: None,
-            from_upstream: false,
+            leg: Leg::FromClient,
         };
         hep.received(&inbound);
         hep.decision(&record(n), local);
@@ -155,7 +155,7 @@ async fn run(hep: &Hep, rate: u64, registers: u64) -> Duration {
         let answer = Inbound {
             bytes: Bytes::copy_from_slice(&ok),
             source: registrar,
-            from_upstream: true,
+            leg: Leg::FromRegistrar,
             ..inbound
         };
         hep.received(&answer);

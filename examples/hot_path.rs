@@ -14,6 +14,7 @@
 use std::time::Instant;
 
 use bytes::Bytes;
+use sipadmit::proxy::Leg;
 use sipadmit::proxy::{Core, Inbound, Outcome, DETACHED_ADDRESS};
 use sipadmit::sip::response;
 use sipadmit::sip::view::SipView;
@@ -36,7 +37,7 @@ fn main() {
             .replace("z9hG4bK9f2c1a7e", &format!("z9hG4bKhot{i}"))
             .replace("5f0c3e2b9a8d4c7e8f1a2b3c4d5e6f70", &format!("hot-{i}"));
         let outcome = core.handle(
-            &inbound(request.into_bytes(), "192.168.10.25:52210", false),
+            &inbound(request.into_bytes(), "192.168.10.25:52210", Leg::FromClient),
             now,
             &|_, _| true,
         );
@@ -44,7 +45,7 @@ fn main() {
             continue;
         };
         let answer = core.handle(
-            &inbound(ok(&sent.bytes), "127.0.0.1:5070", true),
+            &inbound(ok(&sent.bytes), "127.0.0.1:5070", Leg::FromRegistrar),
             now,
             &|_, _| true,
         );
@@ -56,14 +57,14 @@ fn main() {
     }
 }
 
-fn inbound(bytes: Vec<u8>, source: &str, from_upstream: bool) -> Inbound {
+fn inbound(bytes: Vec<u8>, source: &str, leg: Leg) -> Inbound {
     Inbound {
         bytes: Bytes::from(bytes),
         transport: Transport::Udp,
         source: source.parse().expect("literal"),
         local: DETACHED_ADDRESS,
         connection: None,
-        from_upstream,
+        leg,
     }
 }
 

@@ -25,6 +25,7 @@ use crate::proxy::{Core, Destination, Inbound, Outbound, Outcome};
 use crate::transport::admission::{Admission, BanCause, BanScope};
 use crate::transport::upstream::DatagramWatch;
 use crate::transport::{udp, BootId, Event, Fault, SendError, Senders, Transport, UpstreamSender};
+use crate::vocabulary::Leg;
 
 /// Events handled in a row when more are queued, before the timers and
 /// the shutdown signal get their turn.
@@ -70,7 +71,7 @@ impl Dispatcher {
             source: upstream.addr,
             local,
             connection: None,
-            from_upstream: true,
+            leg: Leg::FromRegistrar,
         });
         Self {
             core,
@@ -399,7 +400,7 @@ async fn received(
     inbound: Inbound,
 ) {
     let started = Instant::now();
-    if inbound.from_upstream && inbound.transport == Transport::Udp {
+    if inbound.from_registrar() && inbound.transport == Transport::Udp {
         edge.upstream_watch.heard(core.metrics());
     }
     // A scanner banned by this message is dropped, and its record says why
@@ -493,7 +494,7 @@ async fn not_delivered(
     }
     // A response has no one to answer it; nor has sipadmit's own probe
     // (the only message "from the registrar" that goes to the registrar).
-    if inbound.bytes.starts_with(b"SIP/") || inbound.from_upstream {
+    if inbound.bytes.starts_with(b"SIP/") || inbound.from_registrar() {
         return;
     }
     let answer = core.upstream_unavailable(inbound, Instant::now(), busy);

@@ -11,6 +11,7 @@ use std::alloc::System;
 use std::time::Instant;
 
 use bytes::Bytes;
+use sipadmit::proxy::Leg;
 use sipadmit::proxy::{Core, Destination, Inbound, Outcome, DETACHED_ADDRESS};
 use sipadmit::transport::Transport;
 use stats_alloc::{Region, StatsAlloc, INSTRUMENTED_SYSTEM};
@@ -33,14 +34,14 @@ const INVITE_CEILING: usize = 22;
 /// Messages measured per kind (the average is what is checked).
 const ROUNDS: usize = 200;
 
-fn inbound(bytes: Vec<u8>, source: &str, from_upstream: bool) -> Inbound {
+fn inbound(bytes: Vec<u8>, source: &str, leg: Leg) -> Inbound {
     Inbound {
         bytes: Bytes::from(bytes),
         transport: Transport::Udp,
         source: source.parse().unwrap(),
         local: DETACHED_ADDRESS,
         connection: None,
-        from_upstream,
+        leg,
     }
 }
 
@@ -92,7 +93,7 @@ fn relaying_a_register_its_answer_and_an_invite_allocates_no_more_than_today() {
     let core = Core::detached(CONFIG).unwrap();
     let now = Instant::now();
     let registers: Vec<Inbound> = (0..ROUNDS + 1)
-        .map(|n| inbound(register(n), "192.168.10.25:52210", false))
+        .map(|n| inbound(register(n), "192.168.10.25:52210", Leg::FromClient))
         .collect();
     // The answers: each REGISTER relayed once (outside the count) to learn
     // what the registrar answers.
@@ -102,7 +103,7 @@ fn relaying_a_register_its_answer_and_an_invite_allocates_no_more_than_today() {
             let outcome = core.handle(r, now, &|_, _| true);
             let send = outcome.outbound().expect("relayed");
             assert_eq!(send.to, Destination::Upstream);
-            inbound(ok(&send.bytes), "127.0.0.1:5070", true)
+            inbound(ok(&send.bytes), "127.0.0.1:5070", Leg::FromRegistrar)
         })
         .collect();
     let fresh = Core::detached(CONFIG).unwrap();
@@ -111,7 +112,7 @@ fn relaying_a_register_its_answer_and_an_invite_allocates_no_more_than_today() {
             let text = String::from_utf8_lossy(INVITE)
                 .replacen("Call-ID: ", &format!("Call-ID: alloc-invite-{n}-"), 1)
                 .replacen(";branch=z9hG4bK", &format!(";branch=z9hG4bKalloc{n}x"), 1);
-            inbound(text.into_bytes(), "192.168.10.25:52211", false)
+            inbound(text.into_bytes(), "192.168.10.25:52211", Leg::FromClient)
         })
         .collect();
     // One of each first: tables and memos grown once are not the message's.

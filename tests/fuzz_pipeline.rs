@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
+use sipadmit::proxy::Leg;
 use sipadmit::proxy::{Core, Inbound, DETACHED_ADDRESS, FUZZ_CONFIG};
 use sipadmit::sip::framing::{Decoder, SipCodec};
 use sipadmit::sip::{HeaderName, SipView};
@@ -183,7 +184,11 @@ fn proxy_core_never_panics_and_relays_only_valid_messages() {
             .unwrap(),
             local: DETACHED_ADDRESS,
             connection: ConnectionId::new((i % 3 == 0) as u64),
-            from_upstream: i % 2 == 0,
+            leg: if i % 2 == 0 {
+                Leg::FromRegistrar
+            } else {
+                Leg::FromClient
+            },
         };
         let outcome = core.handle(&inbound, now, &|_, _| true);
         if let Some(out) = outcome.outbound() {

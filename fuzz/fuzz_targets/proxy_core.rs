@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
+use sipadmit::proxy::Leg;
 use sipadmit::proxy::{Core, Inbound, DETACHED_ADDRESS, FUZZ_CONFIG};
 use sipadmit::sip::SipView;
 use sipadmit::transport::{ConnectionId, Transport};
@@ -36,7 +37,11 @@ fuzz_target!(|data: &[u8]| {
         .expect("literal"),
         local: DETACHED_ADDRESS,
         connection: ConnectionId::new(u64::from(selector & 1)),
-        from_upstream: selector & 2 == 0,
+        leg: if selector & 2 == 0 {
+            Leg::FromRegistrar
+        } else {
+            Leg::FromClient
+        },
     };
     let outcome = core().handle(&inbound, Instant::now(), &|_, _| true);
     if let Some(out) = outcome.outbound() {

@@ -6,6 +6,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::str::FromStr;
 
 use crate::policy::pattern::Network;
+use crate::vocabulary::Leg;
 use crate::vocabulary::Transport;
 
 /// A transport plus socket address.
@@ -67,6 +68,16 @@ impl UpstreamSources {
     /// IPv4-mapped IPv6 addresses count as IPv4.
     pub fn matches(&self, source: SocketAddr) -> bool {
         self.0.iter().any(|p| p.matches(source))
+    }
+
+    /// The leg of a message from `source`: the registrar's when it
+    /// [`matches`](Self::matches), else a client's.
+    pub fn leg_of(&self, source: SocketAddr) -> Leg {
+        if self.matches(source) {
+            Leg::FromRegistrar
+        } else {
+            Leg::FromClient
+        }
     }
 
     /// The patterns, in configuration order.

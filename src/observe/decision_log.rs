@@ -80,31 +80,9 @@ pub const CONTRACT_FIELDS: [&str; 17] = [
     "mode",
 ];
 
-/// Which way the request went past sipadmit: sent by a client (toward the
-/// registrar), or sent by the registrar (toward a client:
-/// [`crate::proxy::Inbound::from_upstream`]). An INVITE between two
-/// clients behind sipadmit is decided on both legs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Leg {
-    /// The request came from a client.
-    FromClient,
-    /// The request came from the registrar.
-    FromRegistrar,
-}
+pub use crate::vocabulary::Leg;
 
 impl Leg {
-    /// Both legs, in report order.
-    pub const ALL: [Self; 2] = [Self::FromClient, Self::FromRegistrar];
-
-    /// The name used in decision records.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::FromClient => "from_client",
-            Self::FromRegistrar => "from_registrar",
-        }
-    }
-
     /// The leg of a record written before legs were recorded: an agent
     /// offer is only ever decided on the registrar's leg (toward the
     /// agent); anything else is taken as the client's leg.

@@ -353,6 +353,7 @@ mod tests {
     use super::*;
     use crate::proxy::Destination;
     use crate::transport::Transport;
+    use crate::vocabulary::Leg;
 
     const T1: Duration = Duration::from_millis(500);
 
@@ -376,7 +377,7 @@ mod tests {
                 source: "127.0.0.1:40000".parse().unwrap(),
                 local: "127.0.0.1:5060".parse().unwrap(),
                 connection: None,
-                from_upstream: false,
+                leg: Leg::FromClient,
             },
         }
     }

@@ -56,14 +56,14 @@ use bytes::Bytes;
 
 use crate::classify::{ClientProduct, CLIENT_UNKNOWN};
 use crate::config::{Config, ConfigError, Overrides, RuntimeConfig, Settings};
-use crate::observe::decision_log::{record_time, DecisionKind, DecisionRecord, Leg};
+use crate::observe::decision_log::{record_time, DecisionKind, DecisionRecord};
 use crate::observe::metrics::{DropReason, MessageKind, Metrics};
 use crate::observe::summary::{EventSummary, Noted, WindowTotals, SUMMARY_WINDOW};
 use crate::policy::{Action, SessionRole};
 use crate::sip::{HeaderName, SipView, Via};
 use crate::transport::admission::BanCause;
 use crate::transport::{BootId, ConnectionId, FlowId, Transport, WarningWindow};
-pub use crate::vocabulary::{Inbound, SourceRefusal};
+pub use crate::vocabulary::{Inbound, Leg, SourceRefusal};
 use client_transactions::{ClientTransactions, Timers, TransactionKey};
 use flow::{Flow, FlowSigner, Purpose, TokenError, Verified};
 use listening::Listening;
@@ -953,11 +953,7 @@ impl Core {
             ts: record_time(),
             transport: inb.transport,
             source: inb.source,
-            leg: Some(if inb.from_upstream {
-                Leg::FromRegistrar
-            } else {
-                Leg::FromClient
-            }),
+            leg: Some(inb.leg),
             method: text(view.method_bytes()),
             call_id: text(view.call_id()),
             from: text(view.from().ok().map(|f| f.uri)),
@@ -977,7 +973,7 @@ impl Core {
             mode: runtime.config.policy.mode,
             would_reject,
             generation: runtime.generation,
-            spiral: inb.from_upstream && self.came_through_from_client(view),
+            spiral: inb.from_registrar() && self.came_through_from_client(view),
             unregister: is_unregister(view),
         }
     }

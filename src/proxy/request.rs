@@ -228,7 +228,7 @@ impl Core {
     /// REGISTER relayed before and still awaiting its final response.
     fn drain_gate<'m>(&self, ctx: &RequestCtx<'m>) -> Result<(), Halt<'m>> {
         if !self.is_draining()
-            || ctx.inbound.from_upstream
+            || ctx.inbound.from_registrar()
             || matches!(ctx.method, Method::Ack | Method::Cancel)
             || ctx.view.to().ok().and_then(|t| t.tag()).is_some()
             || self.register_under_way(ctx)
@@ -275,7 +275,7 @@ impl Core {
                 .toward_client(view)
                 .filter(|flow| !self.came_from(flow, inb))
                 .cloned(),
-            None if inb.from_upstream => Some(
+            None if inb.from_registrar() => Some(
                 self.flow_by_request_uri(ctx.runtime, view, ctx.now)
                     .ok_or(Refusal::NotFound)?,
             ),

@@ -56,7 +56,7 @@ impl Core {
         }
         // The registrar's answer to this proxy's own OPTIONS probe: its
         // arrival is what the probe is for (`/readyz`); nothing to relay.
-        if inb.from_upstream
+        if inb.from_registrar()
             && via
                 .branch()
                 .is_some_and(|b| b.starts_with(PROBE_BRANCH_PREFIX.as_bytes()))
@@ -112,7 +112,7 @@ impl Core {
         via: &crate::sip::Via<'_>,
     ) -> Option<Destination> {
         match via.params.get(FLOW_PARAM.as_bytes()) {
-            Some(Some(token)) if inb.from_upstream => match self.decode_token(token) {
+            Some(Some(token)) if inb.from_registrar() => match self.decode_token(token) {
                 Ok((Purpose::Via, flow)) => Some(Destination::Flow(flow)),
                 Ok(_) | Err(_) => {
                     warn!(source = %inb.source, "response with a bad flow token discarded");

@@ -37,7 +37,11 @@ fn udp(bytes: String, source: SocketAddr) -> Inbound {
         source,
         local: DETACHED_ADDRESS,
         connection: None,
-        from_upstream: source == upstream(),
+        leg: if source == upstream() {
+            Leg::FromRegistrar
+        } else {
+            Leg::FromClient
+        },
     }
 }
 

@@ -245,7 +245,7 @@ pub enum Admitted {
 /// Check a message against its source's rate limit (the one place both
 /// UDP and streams do it): what to hand the dispatcher, if anything.
 pub fn admit(ctx: &TransportContext, inbound: Inbound) -> Admitted {
-    if inbound.from_upstream {
+    if inbound.from_registrar() {
         return Admitted::Event(Event::Received(inbound), true);
     }
     match ctx

@@ -62,6 +62,7 @@ use super::{
 use crate::observe::metrics::{DropReason, Metrics};
 use crate::sip::framing::{Frame, FramingError, SipCodec, StreamError};
 use crate::vocabulary::Inbound;
+use crate::vocabulary::Leg;
 
 /// Bytes read at a time while a message is coming in (charged to the read
 /// buffer budget before the read).
@@ -93,9 +94,10 @@ pub struct ConnectionInfo {
     pub peer: SocketAddr,
     /// The advertised address of this proxy it belongs to.
     pub local: SocketAddr,
-    /// It is the registrar's: a connection this proxy opened to the
-    /// upstream, or one accepted from a source in `proxy.upstream_sources`.
-    pub from_upstream: bool,
+    /// Whose it is: the registrar's (a connection this proxy opened to the
+    /// upstream, or one accepted from a source in `proxy.upstream_sources`)
+    /// or a client's.
+    pub leg: Leg,
 }
 
 /// Accept connections on `listener` until shutdown. Each accepted TCP
@@ -186,7 +188,7 @@ fn spawn_accepted<O, F, S>(
         transport: at.transport,
         peer,
         local: at.local,
-        from_upstream: ctx.upstream_sources.matches(peer),
+        leg: ctx.upstream_sources.leg_of(peer),
     };
     let span = info_span!(
         "connection",
@@ -463,7 +465,7 @@ async fn read_messages<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    debug!(from_upstream = info.from_upstream, "connection open");
+    debug!(leg = info.leg.as_str(), "connection open");
     let mut state = ReadState::new(ctx);
     let stop = loop {
         if state.frame_buffered(id, info, ctx, &mut hearing).await {
@@ -639,7 +641,7 @@ impl ReadState {
         match (self.message_began, self.last_message) {
             (Some(began), _) => (began + ctx.limits.message_deadline, Stop::Deadline),
             (None, Some(last)) => (last + ctx.limits.tcp_idle_timeout, Stop::Idle),
-            (None, None) if !info.from_upstream => {
+            (None, None) if info.leg == Leg::FromClient => {
                 (self.opened + ctx.limits.message_deadline, Stop::Silent)
             }
             (None, None) => (self.opened + ctx.limits.tcp_idle_timeout, Stop::Idle),
@@ -715,7 +717,7 @@ async fn handle_frame(
                 source: info.peer,
                 local: info.local,
                 connection: Some(id),
-                from_upstream: info.from_upstream,
+                leg: info.leg,
             };
             match admit(ctx, message) {
                 Admitted::Event(event, keep_reading) => {
@@ -723,7 +725,7 @@ async fn handle_frame(
                     // connection is read no further) while the queue to a
                     // stream upstream is nearly full.
                     let received = matches!(event, Event::Received(_));
-                    if let (Some(budget), false) = (&ctx.upstream_queue, info.from_upstream) {
+                    if let (Some(budget), Leg::FromClient) = (&ctx.upstream_queue, info.leg) {
                         if let Event::Received(inbound) = &event {
                             budget.room_for_clients(inbound.bytes.len()).await;
                         }
@@ -772,7 +774,7 @@ mod tests {
             transport: Transport::Tcp,
             peer: peer.parse().unwrap(),
             local: "127.0.0.1:5060".parse().unwrap(),
-            from_upstream: false,
+            leg: Leg::FromClient,
         }
     }
 
@@ -808,7 +810,7 @@ mod tests {
         client.write_all(&MESSAGE[30..]).await.unwrap();
         let m = received(&mut events).await;
         assert_eq!(&m.bytes[..], MESSAGE);
-        assert_eq!((m.transport, m.from_upstream), (Transport::Tcp, false));
+        assert_eq!((m.transport, m.from_registrar()), (Transport::Tcp, false));
         assert_eq!(m.source, "127.0.0.1:40001".parse().unwrap());
         let id = m.connection.expect("a stream message names its connection");
         // What the dispatcher sends to the connection reaches the peer.

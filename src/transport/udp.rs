@@ -143,7 +143,7 @@ async fn received_one(
         source,
         local: listener.local,
         connection: None,
-        from_upstream: ctx.upstream_sources.matches(source),
+        leg: ctx.upstream_sources.leg_of(source),
     };
     let Admitted::Event(event, _) = admit(ctx, message) else {
         return Received::Go;

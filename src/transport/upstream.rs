@@ -49,6 +49,7 @@ use super::tls::{ClientTls, HandshakeError};
 use super::{ConnectionId, Event, Fault, SendError, Transport, TransportContext};
 use crate::observe::metrics::TlsSide;
 use crate::vocabulary::Inbound;
+use crate::vocabulary::Leg;
 
 /// The byte bound of the queue to a stream upstream
 /// (`limits.upstream_queue_bytes`), shared by the dispatcher (which
@@ -302,7 +303,7 @@ impl LinkTask {
             // undelivered messages).
             Ok(()) => {
                 self.ctx.metrics.note_upstream_sent();
-                if !inbound.from_upstream {
+                if !inbound.from_registrar() {
                     let kind = crate::observe::metrics::MessageKind::of(&inbound.bytes);
                     self.ctx.metrics.count_relayed(self.transport, kind);
                 }
@@ -438,7 +439,7 @@ impl LinkTask {
             transport: self.transport,
             peer: self.addr,
             local: self.local,
-            from_upstream: true,
+            leg: Leg::FromRegistrar,
         };
         let Some(client) = &self.tls else {
             return Ok(stream::spawn(tcp, info, &self.ctx));
@@ -582,7 +583,7 @@ mod tests {
                 source: "127.0.0.1:40000".parse().unwrap(),
                 local: "127.0.0.1:5060".parse().unwrap(),
                 connection: None,
-                from_upstream: false,
+                leg: Leg::FromClient,
             },
         }
     }
@@ -819,7 +820,7 @@ mod tests {
             let Some(Event::Received(m)) = events.recv().await else {
                 panic!("no message")
             };
-            assert!(m.from_upstream && m.connection.is_some() && m.source == addr);
+            assert!(m.from_registrar() && m.connection.is_some() && m.source == addr);
             assert_eq!(m.local, local);
             // The registrar closes; the next message opens a new connection.
             drop(first);

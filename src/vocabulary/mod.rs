@@ -1,5 +1,6 @@
 //! The shared vocabulary: the names every stage uses for what travels
-//! between them (transports, the inbound message, connection and flow ids,
+//! between them (transports, the inbound message and which leg it came on,
+//! connection and flow ids,
 //! source refusals, transport faults, TLS handshake outcomes). A leaf: it
 //! imports nothing of the crate, and every module may import it, so no
 //! stage has to reach up into a higher one for a word.
@@ -78,8 +79,42 @@ pub struct Inbound {
     pub local: SocketAddr,
     /// The stream connection it arrived on (`None` for UDP).
     pub connection: Option<ConnectionId>,
-    /// It came from the upstream registrar (its UDP address or our connection to it).
-    pub from_upstream: bool,
+    /// Who sent it: a client, or the registrar (an address of
+    /// `proxy.upstream_sources`, or sipadmit's own connection to it).
+    pub leg: Leg,
+}
+
+impl Inbound {
+    /// The registrar sent it.
+    pub fn from_registrar(&self) -> bool {
+        self.leg == Leg::FromRegistrar
+    }
+}
+
+/// Which way a message went past sipadmit: sent by a client (toward the
+/// registrar), or sent by the registrar (toward a client). An INVITE
+/// between two clients behind sipadmit is decided on both legs. Named in
+/// decision records (`leg`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Leg {
+    /// The message came from a client.
+    FromClient,
+    /// The message came from the registrar.
+    FromRegistrar,
+}
+
+impl Leg {
+    /// Both legs, in report order.
+    pub const ALL: [Self; 2] = [Self::FromClient, Self::FromRegistrar];
+
+    /// The name used in decision records.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::FromClient => "from_client",
+            Self::FromRegistrar => "from_registrar",
+        }
+    }
 }
 
 /// Why the transports refused a message for its source (see

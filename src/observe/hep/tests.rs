@@ -49,7 +49,7 @@ fn inbound(text: &str) -> Inbound {
         source: "192.0.2.7:5062".parse().unwrap(),
         local: "127.0.0.1:5060".parse().unwrap(),
         connection: None,
-        from_upstream: false,
+        leg: Leg::FromClient,
     }
 }
 
