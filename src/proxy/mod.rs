@@ -948,7 +948,8 @@ impl Core {
         status: Option<u16>,
         would_reject: bool,
     ) -> DecisionRecord {
-        let text = |b: Option<&[u8]>| Text(b).to_string();
+        // What `Text` displays, made in one allocation of the right size.
+        let text = |b: Option<&[u8]>| String::from_utf8_lossy(b.unwrap_or_default()).into_owned();
         DecisionRecord {
             ts: record_time(),
             transport: inb.transport,
@@ -959,7 +960,7 @@ impl Core {
             from: text(view.from().ok().map(|f| f.uri)),
             to: text(view.to().ok().map(|t| t.uri)),
             request_uri: text(view.request_uri()),
-            user_agent: view.user_agent().map(|u| Text(Some(u)).to_string()),
+            user_agent: view.user_agent().map(|u| text(Some(u))),
             client: subject.client.id.clone(),
             sender_client: sender.id.clone(),
             category: subject.client.category,

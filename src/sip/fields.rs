@@ -77,46 +77,45 @@ pub fn is_token(s: &[u8]) -> bool {
 
 /// Index of the closing quote of a quoted string starting at `s[0] == '"'`.
 fn quoted_end(s: &[u8]) -> Option<usize> {
-    let mut escaped = false;
-    for (i, &b) in s.iter().enumerate().skip(1) {
-        match (escaped, b) {
-            (true, _) => escaped = false,
-            (false, b'\\') => escaped = true,
-            (false, b'"') => return Some(i),
-            _ => {}
+    // Jump from one quote or backslash to the next; a backslash escapes
+    // the byte after it.
+    let mut i = 1;
+    loop {
+        i += memchr::memchr2(b'"', b'\\', s.get(i..)?)?;
+        if s[i] == b'"' {
+            return Some(i);
         }
+        i += 2;
     }
-    None
 }
 
 /// Position of the first `delim` outside quoted strings and `<...>`.
 fn find_unquoted(s: &[u8], delim: u8) -> Option<usize> {
-    // Most values hold neither quotes nor angle brackets: one SIMD scan.
-    if memchr::memchr2(b'"', b'<', s).is_none() {
-        return memchr::memchr(delim, s);
-    }
-    let mut in_quotes = false;
+    // Jump between the bytes that matter (SIMD scans), not byte by byte:
+    // outside brackets the delimiter, a quote or `<`; inside them a quote
+    // or `>`. Quoted strings are skipped whole, wherever they are.
+    let mut i = 0;
     let mut in_angle = false;
-    let mut escaped = false;
-    for (i, &b) in s.iter().enumerate() {
-        if in_quotes {
-            match (escaped, b) {
-                (true, _) => escaped = false,
-                (false, b'\\') => escaped = true,
-                (false, b'"') => in_quotes = false,
-                _ => {}
+    loop {
+        let rest = s.get(i..)?;
+        i += if in_angle {
+            memchr::memchr2(b'"', b'>', rest)?
+        } else {
+            memchr::memchr3(b'"', b'<', delim, rest)?
+        };
+        match s[i] {
+            b'"' => i += quoted_end(&s[i..])? + 1,
+            b'<' => {
+                in_angle = true;
+                i += 1;
             }
-            continue;
-        }
-        match b {
-            b'"' => in_quotes = true,
-            b'<' => in_angle = true,
-            b'>' => in_angle = false,
-            _ if b == delim && !in_angle => return Some(i),
-            _ => {}
+            b'>' => {
+                in_angle = false;
+                i += 1;
+            }
+            _ => return Some(i),
         }
     }
-    None
 }
 
 /// Split a header value into its comma-separated elements (commas inside
@@ -523,6 +522,71 @@ impl<'a> NameAddr<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The byte-by-byte reading `find_unquoted` and `quoted_end` jump
+    /// through: both must agree on every string of the bytes that matter.
+    fn find_unquoted_bytewise(s: &[u8], delim: u8) -> Option<usize> {
+        let (mut in_quotes, mut in_angle, mut escaped) = (false, false, false);
+        for (i, &b) in s.iter().enumerate() {
+            if in_quotes {
+                match (escaped, b) {
+                    (true, _) => escaped = false,
+                    (false, b'\\') => escaped = true,
+                    (false, b'"') => in_quotes = false,
+                    _ => {}
+                }
+                continue;
+            }
+            match b {
+                b'"' => in_quotes = true,
+                b'<' => in_angle = true,
+                b'>' => in_angle = false,
+                _ if b == delim && !in_angle => return Some(i),
+                _ => {}
+            }
+        }
+        None
+    }
+
+    #[test]
+    fn find_unquoted_agrees_with_a_bytewise_scan() {
+        let alphabet = b"\";<>\\a,";
+        // Every string of up to 6 of these 7 bytes, and a pseudo-random
+        // sample of longer ones.
+        let mut strings: Vec<Vec<u8>> = vec![Vec::new()];
+        for _ in 0..6 {
+            let longer: Vec<Vec<u8>> = strings
+                .iter()
+                .filter(|s| s.len() == strings.last().map_or(0, Vec::len))
+                .flat_map(|s| alphabet.iter().map(move |&b| [s.as_slice(), &[b]].concat()))
+                .collect();
+            strings.extend(longer);
+        }
+        let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+        for _ in 0..20_000 {
+            let len = 7 + (seed % 40) as usize;
+            let s = (0..len)
+                .map(|_| {
+                    seed ^= seed << 13;
+                    seed ^= seed >> 7;
+                    seed ^= seed << 17;
+                    alphabet[(seed % alphabet.len() as u64) as usize]
+                })
+                .collect();
+            strings.push(s);
+        }
+        assert_eq!(strings.len(), 137_257 + 20_000);
+        for s in &strings {
+            for delim in [b';', b','] {
+                assert_eq!(
+                    find_unquoted(s, delim),
+                    find_unquoted_bytewise(s, delim),
+                    "{:?}",
+                    String::from_utf8_lossy(s)
+                );
+            }
+        }
+    }
 
     #[test]
     fn case_insensitive_substring() {
