@@ -129,6 +129,30 @@ impl AddrSpans {
     }
 }
 
+/// Where the parts of the top Via value sit.
+#[derive(Debug, Clone, Copy)]
+struct ViaSpans {
+    transport: Span,
+    host: Span,
+    port: Option<u16>,
+    params: Span,
+}
+
+impl ViaSpans {
+    fn of(buf: &[u8], via: &Via<'_>) -> Self {
+        let span = |s: &[u8]| {
+            let start = s.as_ptr() as usize - buf.as_ptr() as usize;
+            Span::new(start, start + s.len())
+        };
+        Self {
+            transport: span(via.transport),
+            host: span(via.host),
+            port: via.port,
+            params: span(via.params.as_bytes()),
+        }
+    }
+}
+
 /// A parsed SIP message: the raw bytes plus an index into them.
 #[derive(Debug, Clone)]
 pub struct SipView {
@@ -146,6 +170,9 @@ pub struct SipView {
     /// From and To, parsed once (the filter reads them several times).
     from: Result<AddrSpans, SipError>,
     to: Result<AddrSpans, SipError>,
+    /// The top Via value, parsed once (the proxy reads it for the branch,
+    /// the transaction, `received`, and a response's way back).
+    top_via: Result<ViaSpans, SipError>,
     /// Where the blank line that ends the header section starts.
     headers_end: u32,
     body: Span,
@@ -301,7 +328,7 @@ impl SipView {
             body_length(buf, &section.headers, body_start, start_line_problem);
         let end = body_start + body_len;
         let start_line_end = next_after_start(buf);
-        Ok(Self {
+        let mut view = Self {
             raw: if end == raw.len() {
                 raw
             } else {
@@ -315,9 +342,18 @@ impl SipView {
             duplicate: section.duplicate,
             from,
             to,
+            top_via: Err(SipError::MissingHeader(HeaderName::Via)),
             headers_end: section.end as u32,
             body: Span::new(body_start, end),
-        })
+        };
+        let top_via = view
+            .values(HeaderName::Via)
+            .next()
+            .map(|value| Via::parse(value).map(|via| ViaSpans::of(&view.raw, &via)));
+        if let Some(top_via) = top_via {
+            view.top_via = top_via;
+        }
+        Ok(view)
     }
 
     /// Check the values a stateless proxy relies on: mandatory headers,
@@ -361,7 +397,9 @@ impl SipView {
         {
             return Err(SipError::MalformedHeader(HeaderName::CallId));
         }
-        for value in self.values(HeaderName::Via) {
+        // The top one was parsed with the view.
+        self.top_via?;
+        for value in self.values(HeaderName::Via).skip(1) {
             Via::parse(value)?;
         }
         // Tags are tokens (RFC 3261 25.1); the proxy copies them into Record-Route.
@@ -503,11 +541,13 @@ impl SipView {
 
     /// The top Via, parsed.
     pub fn top_via(&self) -> Result<Via<'_>, SipError> {
-        Via::parse(
-            self.values(HeaderName::Via)
-                .next()
-                .ok_or(SipError::MissingHeader(HeaderName::Via))?,
-        )
+        let spans = self.top_via?;
+        Ok(Via {
+            transport: self.slice(spans.transport),
+            host: self.slice(spans.host),
+            port: spans.port,
+            params: Params::new(self.slice(spans.params)),
+        })
     }
 
     /// Call-ID.
