@@ -60,7 +60,7 @@ use crate::observe::decision_log::{record_time, DecisionKind, DecisionRecord};
 use crate::observe::metrics::{DropReason, MessageKind, Metrics};
 use crate::observe::summary::{EventSummary, Noted, WindowTotals, SUMMARY_WINDOW};
 use crate::policy::{Action, SessionRole};
-use crate::sip::{HeaderName, SipView, Via};
+use crate::sip::{HeaderName, SipError, SipView, Via};
 use crate::transport::admission::BanCause;
 use crate::transport::{BootId, ConnectionId, FlowId, Transport, WarningWindow};
 pub use crate::vocabulary::{Inbound, Leg, SourceRefusal};
@@ -465,46 +465,37 @@ impl Core {
     ) -> Outcome {
         let kind = MessageKind::of(&inbound.bytes);
         self.metrics.count_received(inbound.transport, kind);
-        let outcome = self.handle_message(inbound, now, open, ban);
+        let outcome = match SipView::parse(inbound.bytes.clone()) {
+            Ok(view) if view.is_request() => {
+                let runtime = self.runtime.load();
+                let outcome = self.request(inbound, &view, &runtime, now, open, ban);
+                self.record_once(&view, RecordKind::Decision, outcome, now)
+            }
+            Ok(view) => self.response(inbound, &view, now, open),
+            Err(e) => self.unparsable(inbound, e, now),
+        };
         self.count_outcome(&outcome);
         outcome
     }
 
-    /// [`Core::handle_banning`] without the counting.
-    fn handle_message(
-        &self,
-        inbound: &Inbound,
-        now: Instant,
-        open: OpenConnection<'_>,
-        ban: &mut dyn FnMut(SocketAddr) -> bool,
-    ) -> Outcome {
-        let runtime = self.runtime.load();
-        let view = match SipView::parse(inbound.bytes.clone()) {
-            Ok(v) => v,
-            Err(e) => {
-                let reason = if inbound.bytes.starts_with(b"SIP/") {
-                    DropReason::MalformedResponse
-                } else {
-                    DropReason::Malformed
-                };
-                let noted = self.summaries.note_malformed(inbound.source.ip(), now);
-                if let Some(t) = noted.closed {
-                    malformed_summary(t);
-                }
-                if noted.example {
-                    tracing::debug!(source = %inbound.source, error = %e, "unparsable message dropped");
-                }
-                self.metrics.count_drop(reason);
-                self.metrics.count_parse_error(e.label());
-                return Outcome::drop(reason);
-            }
-        };
-        if view.is_request() {
-            let outcome = self.request(inbound, &view, &runtime, now, open, ban);
-            self.record_once(&view, RecordKind::Decision, outcome, now)
+    /// A message that does not parse: dropped, counted, and noted for the
+    /// malformed-message summary (the first few of every 10 s logged).
+    fn unparsable(&self, inbound: &Inbound, error: SipError, now: Instant) -> Outcome {
+        let reason = if inbound.bytes.starts_with(b"SIP/") {
+            DropReason::MalformedResponse
         } else {
-            self.response(inbound, &view, now, open)
+            DropReason::Malformed
+        };
+        let noted = self.summaries.note_malformed(inbound.source.ip(), now);
+        if let Some(t) = noted.closed {
+            malformed_summary(t);
         }
+        if noted.example {
+            tracing::debug!(source = %inbound.source, %error, "unparsable message dropped");
+        }
+        self.metrics.count_drop(reason);
+        self.metrics.count_parse_error(error.label());
+        Outcome::drop(reason)
     }
 
     /// The `503 Service Unavailable` (with Retry-After) for a request that

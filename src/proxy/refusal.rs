@@ -269,14 +269,8 @@ impl Core {
         refusal: Refusal<'_>,
     ) -> Outcome {
         let (view, inb) = (ctx.view, ctx.inbound);
-        let classified;
-        let (subject, sender, role) = match admission {
-            Some(a) => (&a.subject, a.sender.client, a.role),
-            None => {
-                classified = Self::unadmitted(ctx);
-                (&classified.0, classified.1, SessionRole::None)
-            }
-        };
+        let (subject, sender, role) = Self::parties(ctx, admission);
+        let subject = &subject;
         let answered = is_formable(view)
             && ctx.method != Method::Ack
             && !matches!(refusal, Refusal::Banned { .. });
@@ -337,19 +331,12 @@ impl Core {
         admission: Option<&Admission<'_>>,
         rule: &'static str,
     ) -> DecisionRecord {
-        let classified;
-        let (subject, sender, role) = match admission {
-            Some(a) => (&a.subject, a.sender.client, a.role),
-            None => {
-                classified = Self::unadmitted(ctx);
-                (&classified.0, classified.1, SessionRole::None)
-            }
-        };
+        let (subject, sender, role) = Self::parties(ctx, admission);
         self.record(
             ctx.runtime,
             ctx.inbound,
             ctx.view,
-            subject,
+            &subject,
             sender,
             role,
             Action::Drop,
@@ -359,11 +346,20 @@ impl Core {
         )
     }
 
-    /// Before the admit phase: the sender's classification stands for the
-    /// subject.
-    fn unadmitted<'r>(ctx: &RequestCtx<'r>) -> (Subject<'r>, &'r ClientProduct) {
-        let sender = ctx.runtime.config.catalog.classify(ctx.view.user_agent());
-        (Subject::sender(&sender), sender.client)
+    /// Whom a refused or dropped request's record names (subject, sender,
+    /// role): what the admit phase found when it ran; before it, the
+    /// sender's classification and no session role.
+    fn parties<'r>(
+        ctx: &RequestCtx<'r>,
+        admission: Option<&Admission<'r>>,
+    ) -> (Subject<'r>, &'r ClientProduct, SessionRole) {
+        match admission {
+            Some(a) => (a.subject.clone(), a.sender.client, a.role),
+            None => {
+                let sender = ctx.runtime.config.catalog.classify(ctx.view.user_agent());
+                (Subject::sender(&sender), sender.client, SessionRole::None)
+            }
+        }
     }
 
     /// Log a refusal: the first few of every 10 s one by one, then one
