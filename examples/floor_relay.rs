@@ -156,7 +156,8 @@ fn framed_len(buf: &[u8]) -> Option<usize> {
             )?
         })
         .unwrap_or(0usize);
-    (buf.len() >= head + body).then_some(head + body)
+    let len = head.checked_add(body)?;
+    (buf.len() >= len).then_some(len)
 }
 
 /// `message` with a Via naming `local` after its request line, the

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# compare.sh: CPU per relayed call (UDP, loopback, Kamailio 5.6 as the registrar) of
+# compare.sh: CPU per relayed call (loopback, Kamailio 5.6 as the registrar) of
 # sipadmit, of a Kamailio stateless relay doing the same job (kamailio_relay.cfg: Max-Forwards,
 # the User-Agent check, Path, Record-Route) and of the floor (examples/floor_relay.rs: one Via
 # spliced in, no parsing), side by side, with the ratios the performance targets name; for
@@ -44,8 +44,8 @@ WORK=$(mktemp -d "${TMPDIR:-/tmp}/compare-run.XXXXXX")
 trap 'rm -rf "$WORK"' EXIT
 sed -e "s/^\[proxy\]$/[proxy]\nworkers = $WORKERS/" -e "s/^drain_secs = .*/drain_secs = 0/" "$ROOT/config/sipadmit.toml" > "$WORK/sipadmit.toml"
 
-relay_cpu() { # file phase
-  awk -v p="$2" '$1 == "RESULT" && $2 == "phase=" p { for (i = 3; i <= NF; i++) if ($i ~ /^relay_cpu_us_per_reg=/) { sub(/.*=/, "", $i); print $i } }' "$1"
+relay_cpu() { # file phase: the relay's CPU per call, only from a phase where every call succeeded
+  awk -v p="$2" '$1 == "RESULT" && $2 == "phase=" p && / failed=0 / { for (i = 3; i <= NF; i++) if ($i ~ /^relay_cpu_us_per_reg=/) { sub(/.*=/, "", $i); print $i } }' "$1"
 }
 median() { sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
 

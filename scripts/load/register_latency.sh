@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# register_latency.sh: REGISTER response time and CPU cost, straight to Kamailio and
-# through the sipadmit proxy, on loopback only (127.0.0.1).
+# register_latency.sh: response time and CPU cost of a call (a REGISTER, or with
+# --scenario invite a 7.6 KB INVITE and its ACK), straight to Kamailio and through a relay,
+# on loopback only (127.0.0.1). "reg" in the output names means one such call.
 #
 # What it does
 #   1. Renders tests/e2e/kamailio.cfg (usrloc in memory, Path support, no per-request
@@ -139,6 +140,7 @@ fi
 if [ -n "$VIA" ]; then
   [ -z "$PROXY_CMD" ] || die "--via and --proxy-cmd/--sipadmit are exclusive"
   [[ "$VIA" =~ ^udp:(127\.0\.0\.1):([0-9]+)$ ]] || die "--via must be udp:127.0.0.1:PORT (loopback, UDP)"
+  [ "$TRANSPORT" = udp ] || die "--via is for a proxy SIPp reaches over UDP: not with --transport $TRANSPORT"
   [ -n "$KPORT" ] || die "--via needs --kamailio-port (the port the running proxy relays to)"
 fi
 
@@ -396,7 +398,7 @@ for p in $PHASES; do
   d99=$(awk -v a="${R[direct.p99]}" -v b="${R[$p.p99]}" 'BEGIN { printf "%+.0f", b - a }')
   dk=$(awk -v a="${R[direct.kcpu]}" -v b="${R[$p.kcpu]}" 'BEGIN { printf "%+.1f", b - a }')
   echo "RESULT diff phase=$p p50_us=$d50 p99_us=$d99 kamailio_cpu_us_per_reg=$dk"
-  echo "$p adds $d50 us at p50 and $d99 us at p99; relay CPU ${R[$p.pcpu]} us/REGISTER (registrar alone: ${R[direct.kcpu]} us/REGISTER)"
+  echo "$p adds $d50 us at p50 and $d99 us at p99; relay CPU ${R[$p.pcpu]} us/$SCENARIO (registrar alone: ${R[direct.kcpu]} us/$SCENARIO)"
 done
 if [[ " $PHASES " == *" kamrelay "* && " $PHASES " == *" proxy "* && "${R[proxy.pcpu]}" != "-" ]]; then
   ratio=$(awk -v k="${R[kamrelay.pcpu]}" -v p="${R[proxy.pcpu]}" 'BEGIN { if (p > 0) printf "%.2f", k / p; else print "inf" }')

@@ -526,7 +526,10 @@ impl Core {
         if hop.transport == Transport::Udp && bytes.len() > max_udp_payload(hop.ip) {
             return Err(Refusal::TooLargeForUdp.into());
         }
-        let retransmit = retransmit_key(ctx, &hop, branch);
+        // A scanner's request (relayed when the policy lets scanners
+        // through) gets no place in the client transaction table.
+        let retransmit = retransmit_key(ctx, &hop, branch)
+            .filter(|_| admission.sender.client.support != Support::Scanner);
         let to = match routing.toward {
             Some(flow) => Destination::Flow(flow),
             None => Destination::Upstream,

@@ -1079,3 +1079,24 @@ fn a_scanner_banned_by_its_message_is_a_protocol_record() {
     assert_eq!(metrics.drops(DropReason::Banned), 1);
     assert_eq!(metrics.drops(DropReason::Policy), 0);
 }
+
+/// A TCP client's request leaving over UDP keeps a client transaction
+/// (retransmitted until answered); a scanner's, relayed because the policy
+/// lets scanners through, does not take a place in that table.
+#[test]
+fn a_relayed_scanner_request_gets_no_client_transaction() {
+    let core = Core::detached(&format!("{CONFIG}[policy]\nscanner = \"allow\"\n")).unwrap();
+    let relay = |ua: &str, connection: u64| {
+        let text = request("OPTIONS", "sip:bob@contoso.com", client(), ua, "");
+        match core.handle(&tcp(text, client(), connection), Instant::now(), &|_, _| {
+            true
+        }) {
+            Outcome::Relay {
+                send, retransmit, ..
+            } => (send.to, retransmit.is_some()),
+            other => panic!("{ua}: not relayed: {other:?}"),
+        }
+    };
+    assert_eq!(relay(LYNC, 1), (Destination::Upstream, true));
+    assert_eq!(relay("friendly-scanner", 2), (Destination::Upstream, false));
+}

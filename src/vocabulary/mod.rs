@@ -80,7 +80,9 @@ pub struct Inbound {
     /// The stream connection it arrived on (`None` for UDP).
     pub connection: Option<ConnectionId>,
     /// Who sent it: a client, or the registrar (an address of
-    /// `proxy.upstream_sources`, or sipadmit's own connection to it).
+    /// `proxy.upstream_sources`, or sipadmit's own connection to it; the
+    /// dispatcher's OPTIONS probe of the registrar is marked the
+    /// registrar's too, so that its failure is answered to no one).
     pub leg: Leg,
 }
 
