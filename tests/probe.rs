@@ -82,19 +82,24 @@ fn lync_2013_registers_and_lync_mobile_is_refused_over_udp_tcp_and_tls() {
         return;
     };
     for (target, extra) in targets(&proxy, &files) {
-        let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
-        let mut args = vec!["--ua", UA_LYNC_2013, "--expect", "200"];
-        args.extend(&extra);
-        args.push(&target);
-        let out = probe(&args);
-        assert!(out.status.success(), "{target}: {}", show(&out));
+        // `sipadmit probe ARGS <target's flags> TARGET`, which must exit 0
+        // (the answer was the one `--expect` names).
+        let expect = |args: &[&str]| {
+            let mut args = args.to_vec();
+            args.extend(extra.iter().map(String::as_str));
+            args.push(&target);
+            let out = probe(&args);
+            assert!(out.status.success(), "{target}: {}", show(&out));
+            out
+        };
+        let out = expect(&["--ua", UA_LYNC_2013, "--expect", "200"]);
         assert!(
             text(&out.stdout).starts_with("200 OK (REGISTER as \"UCCAPI/15.0.4481.1000"),
             "{}",
             show(&out)
         );
 
-        let mut args = vec![
+        let out = expect(&[
             "--method",
             "INVITE",
             "--to",
@@ -103,11 +108,7 @@ fn lync_2013_registers_and_lync_mobile_is_refused_over_udp_tcp_and_tls() {
             UA_LYNC_MOBILE,
             "--expect",
             "403",
-        ];
-        args.extend(&extra);
-        args.push(&target);
-        let out = probe(&args);
-        assert!(out.status.success(), "{target}: {}", show(&out));
+        ]);
         let stdout = text(&out.stdout);
         assert!(
             stdout.starts_with("403 Forbidden (INVITE as \"RTCC/7.0.0.0"),
@@ -125,7 +126,7 @@ fn lync_2013_registers_and_lync_mobile_is_refused_over_udp_tcp_and_tls() {
 
         // The desktop client reaches the workflow (Kamailio's 486), and the
         // probe's ACK ends Kamailio's INVITE transaction.
-        let mut args = vec![
+        let out = expect(&[
             "--method",
             "INVITE",
             "--to",
@@ -134,11 +135,7 @@ fn lync_2013_registers_and_lync_mobile_is_refused_over_udp_tcp_and_tls() {
             UA_LYNC_2013,
             "--expect",
             "486",
-        ];
-        args.extend(&extra);
-        args.push(&target);
-        let out = probe(&args);
-        assert!(out.status.success(), "{target}: {}", show(&out));
+        ]);
         assert!(
             text(&out.stdout).starts_with("486 Workflow Reached"),
             "{}",

@@ -90,14 +90,7 @@ impl TestProxy {
     /// and one TCP).
     pub fn start_listening(toml: &str, listen: Vec<String>, upstream: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let decision_log = dir.path().join("decisions.jsonl");
-        let overrides = Overrides {
-            listen,
-            upstream: Some(upstream.to_owned()),
-            mode: None,
-            decision_log: Some(decision_log.display().to_string()),
-            admin: None,
-        };
+        let overrides = test_overrides(&dir, listen, upstream, None);
         let config = Config::from_toml_str(toml, &config_dir().join("test.toml"), &overrides)
             .unwrap_or_else(|e| panic!("{e}"));
         Self::spawn(config, dir, None)
@@ -110,14 +103,7 @@ impl TestProxy {
     /// [`TestProxy::reload`] reloads the file as SIGHUP does.
     pub fn start_reloading(path: &Path, listen: Vec<String>, upstream: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let decision_log = dir.path().join("decisions.jsonl");
-        let overrides = Overrides {
-            listen,
-            upstream: Some(upstream.to_owned()),
-            mode: None,
-            decision_log: Some(decision_log.display().to_string()),
-            admin: Some("127.0.0.1:0".into()),
-        };
+        let overrides = test_overrides(&dir, listen, upstream, Some("127.0.0.1:0"));
         let config = Config::load(path, &overrides).unwrap_or_else(|e| panic!("{e}"));
         let (reload_tx, reloads) = tokio::sync::mpsc::channel(1);
         let mut proxy = Self::spawn(config, dir, Some(reloads));
@@ -280,4 +266,21 @@ impl Drop for TestProxy {
 /// The repository's `config/` directory.
 pub fn config_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("config")
+}
+
+/// The command-line overrides a test proxy runs with: its listeners, its
+/// upstream, its decision log in `dir`, and an admin listener if `admin`.
+fn test_overrides(
+    dir: &tempfile::TempDir,
+    listen: Vec<String>,
+    upstream: &str,
+    admin: Option<&str>,
+) -> Overrides {
+    Overrides {
+        listen,
+        upstream: Some(upstream.to_owned()),
+        mode: None,
+        decision_log: Some(dir.path().join("decisions.jsonl").display().to_string()),
+        admin: admin.map(str::to_owned),
+    }
 }

@@ -110,6 +110,16 @@ async fn next_datagram(socket: &tokio::net::UdpSocket) -> Vec<u8> {
     buffer
 }
 
+/// An export to the UDP collector at `at`, counted in `metrics`.
+fn start_udp(at: SocketAddr, mirror: Mirror, metrics: &Arc<Metrics>) -> (Hep, Exporter) {
+    Hep::start(
+        &settings(&format!("udp:{at}"), mirror),
+        locals(),
+        metrics.clone(),
+    )
+    .unwrap()
+}
+
 /// Poll `done` every 20 ms for at most [`BOUND`].
 async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + BOUND;
@@ -124,12 +134,7 @@ async fn a_udp_collector_gets_messages_and_decisions_with_their_addresses() {
     let collector = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let at = collector.local_addr().unwrap();
     let metrics = Arc::new(Metrics::default());
-    let (hep, exporter) = Hep::start(
-        &settings(&format!("udp:{at}"), Mirror::All),
-        locals(),
-        metrics.clone(),
-    )
-    .unwrap();
+    let (hep, exporter) = start_udp(at, Mirror::All, &metrics);
     let arrived = inbound(REGISTER);
     hep.received(&arrived);
     let registrar: SocketAddr = "198.51.100.1:5070".parse().unwrap();
@@ -174,8 +179,7 @@ async fn mirror_decisions_sends_no_messages_and_none_sends_nothing() {
     let collector = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let at = collector.local_addr().unwrap();
     let metrics = Arc::new(Metrics::default());
-    let hep_settings = settings(&format!("udp:{at}"), Mirror::Decisions);
-    let (hep, exporter) = Hep::start(&hep_settings, locals(), metrics.clone()).unwrap();
+    let (hep, exporter) = start_udp(at, Mirror::Decisions, &metrics);
     assert!(!hep.mirrors_messages());
     hep.received(&inbound(REGISTER));
     hep.decision(&record("only-this@test"), "127.0.0.1:5060".parse().unwrap());
@@ -185,8 +189,7 @@ async fn mirror_decisions_sends_no_messages_and_none_sends_nothing() {
     assert_eq!(value(&only, 17), b"only-this@test");
     assert_eq!(metrics.hep_exported(HepPayload::Sip), 0);
 
-    let none = settings(&format!("udp:{at}"), Mirror::None);
-    let (hep, exporter) = Hep::start(&none, locals(), metrics.clone()).unwrap();
+    let (hep, exporter) = start_udp(at, Mirror::None, &metrics);
     assert!(format!("{hep:?}").contains("off"));
     hep.decision(&record("never@test"), "127.0.0.1:5060".parse().unwrap());
     exporter.finish(BOUND).await;
@@ -198,12 +201,7 @@ async fn a_full_queue_drops_and_counts_what_does_not_fit() {
     let collector = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let at = collector.local_addr().unwrap();
     let metrics = Arc::new(Metrics::default());
-    let (hep, exporter) = Hep::start(
-        &settings(&format!("udp:{at}"), Mirror::All),
-        locals(),
-        metrics.clone(),
-    )
-    .unwrap();
+    let (hep, exporter) = start_udp(at, Mirror::All, &metrics);
     // The exporter task cannot run before this test awaits: everything
     // offered here meets the queue as the dispatcher would when the
     // exporter is behind.
@@ -216,12 +214,7 @@ async fn a_full_queue_drops_and_counts_what_does_not_fit() {
     exporter.finish(BOUND).await;
 
     // The byte bound: 16 messages of 1 MiB fill it, the 17th is dropped.
-    let (hep, exporter) = Hep::start(
-        &settings(&format!("udp:{at}"), Mirror::All),
-        locals(),
-        metrics.clone(),
-    )
-    .unwrap();
+    let (hep, exporter) = start_udp(at, Mirror::All, &metrics);
     let large = inbound(&"x".repeat(1 << 20));
     for _ in 0..(QUEUE_BYTES >> 20) + 1 {
         hep.received(&large);
@@ -242,12 +235,7 @@ async fn a_udp_collector_that_is_down_costs_a_counter() {
     let at = closed.local_addr().unwrap();
     drop(closed);
     let metrics = Arc::new(Metrics::default());
-    let (hep, exporter) = Hep::start(
-        &settings(&format!("udp:{at}"), Mirror::All),
-        locals(),
-        metrics.clone(),
-    )
-    .unwrap();
+    let (hep, exporter) = start_udp(at, Mirror::All, &metrics);
     // In five batches: the ICMP error one batch brings back is reported
     // on the next send (a batch goes out in one system call).
     for round in 1..=5u64 {
