@@ -84,24 +84,7 @@ impl Drop for Registrar {
 
 /// `200 OK` to a request, as a registrar answers it.
 fn ok(request: &str) -> String {
-    let mut out = String::from("SIP/2.0 200 OK\r\n");
-    for line in request.split("\r\n").skip(1) {
-        let name = line
-            .split(':')
-            .next()
-            .unwrap_or("")
-            .trim()
-            .to_ascii_lowercase();
-        if ["via", "from", "to", "call-id", "cseq", "v", "f", "t", "i"].contains(&name.as_str()) {
-            out.push_str(line);
-            if (name == "to" || name == "t") && !line.contains("tag=") {
-                out.push_str(";tag=reg");
-            }
-            out.push_str("\r\n");
-        }
-    }
-    out.push_str("Content-Length: 0\r\n\r\n");
-    out
+    common::sip_stream::uas_response(request, "200 OK", "reg", "")
 }
 
 fn register(from: SocketAddr, user: &str, n: usize, transport: &str, pad: &str) -> String {

@@ -12,7 +12,7 @@ use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::sip_stream::{take_message, uas_response};
+use common::sip_stream::{header, take_message, uas_response};
 use common::udp_registrar::Registrar;
 use common::TestProxy;
 
@@ -59,14 +59,6 @@ fn quiet(s: &UdpSocket) -> bool {
     };
     s.set_read_timeout(Some(WAIT)).unwrap();
     quiet
-}
-
-fn header<'a>(msg: &'a str, name: &str) -> Vec<&'a str> {
-    msg.split("\r\n")
-        .filter_map(|l| l.split_once(':'))
-        .filter(|(n, _)| n.trim().eq_ignore_ascii_case(name))
-        .map(|(_, v)| v.trim())
-        .collect()
 }
 
 /// A response to `request` as a UAS writes it: its Vias, From, To (tagged),

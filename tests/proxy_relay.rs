@@ -10,6 +10,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::time::Duration;
 
+use common::sip_stream::header;
 use common::TestProxy;
 
 const WAIT: Duration = Duration::from_millis(1500);
@@ -63,14 +64,6 @@ fn quiet(s: &UdpSocket) -> bool {
     };
     s.set_read_timeout(Some(WAIT)).unwrap();
     quiet
-}
-
-fn header<'a>(msg: &'a str, name: &str) -> Vec<&'a str> {
-    msg.split("\r\n")
-        .filter_map(|l| l.split_once(':'))
-        .filter(|(n, _)| n.trim().eq_ignore_ascii_case(name))
-        .map(|(_, v)| v.trim())
-        .collect()
 }
 
 struct Msg {

@@ -11,8 +11,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// A response to `request` as a UAS writes it: `status` (code and
 /// reason), its Vias, From, To (tagged `to_tag` when it has no tag),
-/// Call-ID and CSeq, then the `extra` header lines (each ending in CRLF),
-/// and no body.
+/// Call-ID and CSeq (long or compact names), then the `extra` header lines
+/// (each ending in CRLF), and no body.
 pub fn uas_response(request: &str, status: &str, to_tag: &str, extra: &str) -> String {
     let mut out = format!("SIP/2.0 {status}\r\n");
     for line in request.split("\r\n").skip(1) {
@@ -22,9 +22,9 @@ pub fn uas_response(request: &str, status: &str, to_tag: &str, extra: &str) -> S
             .unwrap_or("")
             .trim()
             .to_ascii_lowercase();
-        if ["via", "from", "to", "call-id", "cseq"].contains(&name.as_str()) {
+        if ["via", "from", "to", "call-id", "cseq", "v", "f", "t", "i"].contains(&name.as_str()) {
             out.push_str(line);
-            if name == "to" && !line.contains("tag=") {
+            if (name == "to" || name == "t") && !line.contains("tag=") {
                 out.push_str(";tag=");
                 out.push_str(to_tag);
             }
