@@ -1,24 +1,13 @@
 use super::*;
 use crate::classify::Catalog;
-use crate::client_version_policy::{read_rules, VersionPattern};
+use crate::client_version_policy::read_rules;
 
+/// The shared test rule, at `priority` (its origin names it).
 fn rule(priority: i32, ua: &str, op: CompareOp, version: &str, action: PolicyAction) -> PolicyRule {
-    let mut parts = [None; 4];
-    for (slot, text) in parts.iter_mut().zip(version.split('.')) {
-        *slot = text.parse().ok();
-    }
     PolicyRule {
         origin: format!("[{priority}]"),
-        identity: None,
         priority,
-        user_agent: ua.into(),
-        user_agent_full_name: None,
-        version: VersionPattern { parts },
-        op,
-        action,
-        action_url: None,
-        enabled: true,
-        description: None,
+        ..crate::client_version_policy::tests::rule(ua, op, version, action)
     }
 }
 
