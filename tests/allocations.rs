@@ -25,11 +25,11 @@ const INVITE: &[u8] = include_bytes!("fixtures/lync2013-invite-6k-multipart.sip"
 
 /// Most allocations handling one REGISTER may make (the request, its
 /// decision record, the registration it notes).
-const REGISTER_CEILING: usize = 22;
+const REGISTER_CEILING: usize = 16;
 /// Most allocations relaying the `200 OK` of a REGISTER may make.
-const RESPONSE_CEILING: usize = 8;
+const RESPONSE_CEILING: usize = 7;
 /// Most allocations handling one 7.6 KB INVITE may make.
-const INVITE_CEILING: usize = 22;
+const INVITE_CEILING: usize = 16;
 
 /// Messages measured per kind (the average is what is checked).
 const ROUNDS: usize = 200;

@@ -176,7 +176,7 @@ impl FlowSigner {
         let mut mac = self.signing().clone();
         mac.update(b"sipadmit flow secret fingerprint");
         let full = mac.finalize().into_bytes();
-        hex_encode(&full[..4])
+        Token::hex(&full[..4]).as_str().to_owned()
     }
 
     /// The signing key.
@@ -226,39 +226,34 @@ impl FlowSigner {
     }
 
     /// Encode a flow for `purpose` as a lowercase hex token.
-    pub fn encode(&self, purpose: Purpose, flow: &Flow) -> String {
-        let mut payload = Vec::with_capacity(40);
-        payload.push(purpose.byte());
-        payload.push(match flow.transport {
+    pub fn encode(&self, purpose: Purpose, flow: &Flow) -> Token {
+        let mut payload = Payload::default();
+        payload.put(&[purpose.byte()]);
+        payload.put(&[match flow.transport {
             Transport::Udp => b'u',
             Transport::Tcp => b't',
             Transport::Tls => b's',
-        });
+        }]);
         match flow.peer.ip() {
-            IpAddr::V4(v4) => {
-                payload.push(4);
-                payload.extend_from_slice(&v4.octets());
-            }
-            IpAddr::V6(v6) => {
-                payload.push(6);
-                payload.extend_from_slice(&v6.octets());
-            }
-        }
-        payload.extend_from_slice(&flow.peer.port().to_be_bytes());
+            IpAddr::V4(v4) => payload.put(&[4]).put(&v4.octets()),
+            IpAddr::V6(v6) => payload.put(&[6]).put(&v6.octets()),
+        };
+        payload.put(&flow.peer.port().to_be_bytes());
         if flow.transport.is_stream() {
             // A stream flow without an id encodes connection 0, which no
             // decoder accepts.
             let (boot, connection) = flow
                 .connection
                 .map_or((0, 0), |id| (id.boot.get(), id.connection.get()));
-            payload.extend_from_slice(&boot.to_be_bytes());
-            payload.extend_from_slice(&connection.to_be_bytes());
+            payload
+                .put(&boot.to_be_bytes())
+                .put(&connection.to_be_bytes());
         }
         let client = &flow.client.as_bytes()[..flow.client.len().min(MAX_CLIENT_ID_BYTES)];
-        payload.extend_from_slice(client);
-        let mac = self.mac(&payload);
-        payload.extend_from_slice(&mac);
-        hex_encode(&payload)
+        payload.put(client);
+        let mac = self.mac(payload.bytes());
+        payload.put(&mac);
+        Token::hex(payload.bytes())
     }
 
     /// Decode and verify a token.
@@ -269,7 +264,8 @@ impl FlowSigner {
 
     /// Decode and verify a token, and say which secret verified it.
     pub fn decode_verified(&self, token: &[u8]) -> Result<(Purpose, Flow, Verified), TokenError> {
-        let bytes = hex_decode(token).ok_or(TokenError::Malformed)?;
+        let mut decoded = [0; MAX_TOKEN_BYTES];
+        let bytes = hex_decode(token, &mut decoded).ok_or(TokenError::Malformed)?;
         if bytes.len() < MIN_TOKEN_BYTES {
             return Err(TokenError::Malformed);
         }
@@ -310,6 +306,10 @@ impl FlowSigner {
 
 /// Smallest token: purpose, transport, IPv4 family and address, port, MAC.
 const MIN_TOKEN_BYTES: usize = 1 + 1 + 1 + 4 + 2 + MAC_BYTES;
+/// Largest token: purpose, transport, IPv6 family and address, port, boot
+/// and connection ids, the longest client id, MAC (111 bytes, 222 hex
+/// digits). A longer text is no token of ours.
+const MAX_TOKEN_BYTES: usize = 1 + 1 + 1 + 16 + 2 + 8 + 8 + MAX_CLIENT_ID_BYTES + MAC_BYTES;
 
 /// Reads a token payload front to back.
 struct Reader<'a>(&'a [u8]);
@@ -331,24 +331,94 @@ impl Reader<'_> {
     }
 }
 
-fn hex_encode(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        s.push(DIGITS[usize::from(b >> 4)] as char);
-        s.push(DIGITS[usize::from(b & 15)] as char);
-    }
-    s
+/// A token's payload while it is built, on the stack.
+struct Payload {
+    bytes: [u8; MAX_TOKEN_BYTES],
+    len: usize,
 }
 
-fn hex_decode(text: &[u8]) -> Option<Vec<u8>> {
-    if text.len() % 2 != 0 || text.len() > 512 {
+impl Default for Payload {
+    fn default() -> Self {
+        Self {
+            bytes: [0; MAX_TOKEN_BYTES],
+            len: 0,
+        }
+    }
+}
+
+impl Payload {
+    /// Append `bytes` (the caller keeps within [`MAX_TOKEN_BYTES`]: the
+    /// fields are fixed-size, the client id is cut to its maximum).
+    fn put(&mut self, bytes: &[u8]) -> &mut Self {
+        let end = self.len + bytes.len();
+        self.bytes[self.len..end].copy_from_slice(bytes);
+        self.len = end;
+        self
+    }
+
+    fn bytes(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
+}
+
+/// A flow token as written in a message: lowercase hex, held inline, so
+/// writing one into a Via, Path or Record-Route allocates nothing.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Token {
+    hex: [u8; 2 * MAX_TOKEN_BYTES],
+    len: usize,
+}
+
+impl Token {
+    /// `bytes` (at most [`MAX_TOKEN_BYTES`]) in lowercase hex.
+    fn hex(bytes: &[u8]) -> Self {
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        let mut token = Self {
+            hex: [0; 2 * MAX_TOKEN_BYTES],
+            len: 2 * bytes.len(),
+        };
+        for (pair, b) in token.hex.chunks_exact_mut(2).zip(bytes) {
+            pair[0] = DIGITS[usize::from(b >> 4)];
+            pair[1] = DIGITS[usize::from(b & 15)];
+        }
+        token
+    }
+
+    /// The token's text.
+    pub fn as_str(&self) -> &str {
+        // Hex digits only, so always UTF-8.
+        std::str::from_utf8(self.as_bytes()).unwrap_or_default()
+    }
+
+    /// The token's text, as bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.hex[..self.len]
+    }
+}
+
+impl std::fmt::Display for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Token({})", self.as_str())
+    }
+}
+
+/// Decode the hex `text` into `out`: the bytes, or `None` when it is not
+/// hex of an even length that fits.
+fn hex_decode<'a>(text: &[u8], out: &'a mut [u8; MAX_TOKEN_BYTES]) -> Option<&'a [u8]> {
+    if text.len() % 2 != 0 || text.len() > 2 * out.len() {
         return None;
     }
     let nibble = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
-    text.chunks(2)
-        .map(|pair| Some(nibble(pair[0])? << 4 | nibble(pair[1])?))
-        .collect()
+    for (b, pair) in out.iter_mut().zip(text.chunks_exact(2)) {
+        *b = nibble(pair[0])? << 4 | nibble(pair[1])?;
+    }
+    Some(&out[..text.len() / 2])
 }
 
 #[cfg(test)]
@@ -394,6 +464,24 @@ mod tests {
     }
 
     #[test]
+    fn the_longest_token_round_trips_and_a_longer_text_is_no_token() {
+        let s = FlowSigner::new(b"0123456789abcdef");
+        let mut f = flow("[2001:db8::1]:5061");
+        f.client = "c".repeat(MAX_CLIENT_ID_BYTES);
+        let token = s.encode(Purpose::Path, &f);
+        assert_eq!(token.as_bytes().len(), 2 * MAX_TOKEN_BYTES);
+        assert_eq!(s.decode(token.as_bytes()), Ok((Purpose::Path, f.clone())));
+        // A longer client id is cut to the longest.
+        let mut long = f.clone();
+        long.client.push('x');
+        assert_eq!(s.encode(Purpose::Path, &long), token);
+        let mut longer = token.as_bytes().to_vec();
+        longer.extend_from_slice(b"00");
+        assert_eq!(s.decode(&longer), Err(TokenError::Malformed));
+        assert_eq!(format!("{token}"), token.as_str());
+    }
+
+    #[test]
     fn the_boot_id_is_part_of_the_signed_token() {
         let s = FlowSigner::new(b"0123456789abcdef");
         let mut f = flow("192.0.2.1:5060");
@@ -414,7 +502,7 @@ mod tests {
         let b = FlowSigner::new(b"another-secret-xx");
         let token = a.encode(Purpose::Via, &flow("192.0.2.1:5060"));
         assert_eq!(b.decode(token.as_bytes()), Err(TokenError::BadSignature));
-        let mut t = token.into_bytes();
+        let mut t = token.as_bytes().to_vec();
         t[5] = if t[5] == b'0' { b'1' } else { b'0' };
         assert_eq!(a.decode(&t), Err(TokenError::BadSignature));
         assert_eq!(a.decode(b"zz"), Err(TokenError::Malformed));

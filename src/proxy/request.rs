@@ -24,7 +24,6 @@
 //! changed after the core returns it.
 
 use std::borrow::Cow;
-use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::time::Instant;
 
@@ -499,9 +498,9 @@ impl Core {
         self.add_path_or_record_route(ctx, &routing, &hop, &inbound_flow, &mut edits);
         if view.content_length().is_none() {
             // RFC 3261 18.3 / 20.14: required on streams; harmless on UDP.
-            edits.insert(
+            edits.insert_fmt(
                 view.headers_end(),
-                format!("Content-Length: {}\r\n", view.body().len()),
+                format_args!("Content-Length: {}\r\n", view.body().len()),
             );
         }
         flag_edits(ctx, admission, &mut edits);
@@ -590,17 +589,19 @@ impl Core {
         inbound_flow: &Flow,
         edits: &mut Edits,
     ) {
-        let mut via = format!(
-            "Via: SIP/2.0/{} {};branch={branch}",
-            hop.transport.via_name(),
-            hop.own.sent_by()
+        let token = routing
+            .toward
+            .is_none()
+            .then(|| self.signer().encode(Purpose::Via, inbound_flow));
+        edits.insert_fmt(
+            before_first(view, HeaderName::Via),
+            format_args!(
+                "Via: SIP/2.0/{} {};branch={branch}{}\r\n",
+                hop.transport.via_name(),
+                hop.own.sent_by(),
+                FlowParam(token.as_ref())
+            ),
         );
-        if routing.toward.is_none() {
-            let token = self.signer().encode(Purpose::Via, inbound_flow);
-            let _ = write!(via, ";{FLOW_PARAM}={token}");
-        }
-        via.push_str("\r\n");
-        edits.insert(before_first(view, HeaderName::Via), via);
     }
 
     /// Path on REGISTER (RFC 3327) and Record-Route on dialog-creating
@@ -621,9 +622,9 @@ impl Core {
         let in_dialog = view.to().ok().and_then(|t| t.tag()).is_some();
         if ctx.method == Method::Register && routing.toward.is_none() {
             let token = self.signer().encode(Purpose::Path, inbound_flow);
-            edits.insert(
+            edits.insert_fmt(
                 after_vias(view, HeaderName::Path),
-                format!(
+                format_args!(
                     "Path: <sip:{token}@{};transport={};lr>\r\n",
                     hop.own.uri_host(),
                     hop.transport.as_str()
@@ -640,12 +641,15 @@ impl Core {
             // RFC 5658: when the request leaves on another transport or
             // address than it came in on, one value per side: the outbound
             // side on top (the next hop's way back), then the inbound side.
-            let mut lines = String::new();
+            // Inserts at one offset keep their order.
+            let at = after_vias(view, HeaderName::RecordRoute);
             let mut line = |transport: Transport, host: &dyn std::fmt::Display| {
-                let _ = write!(
-                    lines,
-                    "Record-Route: <sip:{token}@{host};transport={};lr;ftag={ftag}>\r\n",
-                    transport.as_str()
+                edits.insert_fmt(
+                    at,
+                    format_args!(
+                        "Record-Route: <sip:{token}@{host};transport={};lr;ftag={ftag}>\r\n",
+                        transport.as_str()
+                    ),
                 );
             };
             line(hop.transport, &hop.own.uri_host());
@@ -655,7 +659,6 @@ impl Core {
                     None => line(inb.transport, &inb.local),
                 }
             }
-            edits.insert(after_vias(view, HeaderName::RecordRoute), lines);
         }
     }
 
@@ -782,12 +785,15 @@ fn decrement_max_forwards(view: &SipView, edits: &mut Edits) {
                 .ok()
                 .flatten()
                 .unwrap_or(DEFAULT_MAX_FORWARDS);
-            edits.replace(h.value_span.range(), n.saturating_sub(1).to_string());
+            edits.replace_fmt(
+                h.value_span.range(),
+                format_args!("{}", n.saturating_sub(1)),
+            );
         }
         None => {
-            edits.insert(
+            edits.insert_fmt(
                 view.headers_end(),
-                format!("Max-Forwards: {}\r\n", DEFAULT_MAX_FORWARDS - 1),
+                format_args!("Max-Forwards: {}\r\n", DEFAULT_MAX_FORWARDS - 1),
             );
         }
     }
@@ -802,9 +808,9 @@ fn flag_edits(ctx: &RequestCtx<'_>, admission: &Admission<'_>, edits: &mut Edits
     remove_named(view, flag_header, edits);
     let decision = admission.decision;
     if let Verdict::Flag { would_reject } = decision.verdict {
-        edits.insert(
+        edits.insert_fmt(
             view.headers_end(),
-            format!(
+            format_args!(
                 "{flag_header}: flagged; client={}; reason={}{}\r\n",
                 admission.subject.client.id,
                 decision.rule,
@@ -820,6 +826,19 @@ fn max_udp_payload(ip: std::net::IpAddr) -> usize {
     match ip {
         std::net::IpAddr::V4(_) => 65_535 - 20 - 8,
         std::net::IpAddr::V6(_) => 65_535 - 8,
+    }
+}
+
+/// The flow parameter of the proxy's Via, `;sipadmit-flow=TOKEN`, when
+/// there is a token (written nothing otherwise).
+struct FlowParam<'a>(Option<&'a super::flow::Token>);
+
+impl std::fmt::Display for FlowParam<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(token) => write!(f, ";{FLOW_PARAM}={token}"),
+            None => Ok(()),
+        }
     }
 }
 

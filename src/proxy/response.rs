@@ -87,9 +87,9 @@ impl Core {
         let mut edits = Edits::new();
         edits.remove(removal);
         if view.content_length().is_none() {
-            edits.insert(
+            edits.insert_fmt(
                 view.headers_end(),
-                format!("Content-Length: {}\r\n", view.body().len()),
+                format_args!("Content-Length: {}\r\n", view.body().len()),
             );
         }
         Outcome::Relay {

@@ -11,12 +11,24 @@ use super::fields::{host_is_ip, split_list, Via};
 use super::header::HeaderName;
 use super::view::SipView;
 
-/// A set of non-overlapping splices over one message.
+/// A set of non-overlapping splices over one message. What they insert is
+/// written into one buffer (`insert_fmt` formats straight into it), so a
+/// message's edits cost two allocations however many there are.
 #[derive(Debug, Default)]
 pub struct Edits {
-    /// (range replaced, bytes inserted); an empty range inserts.
-    ops: Vec<(Range<usize>, Vec<u8>)>,
+    /// (range of the message replaced, range of `text` put in its place);
+    /// an empty first range inserts, an empty second one removes.
+    ops: Vec<(Range<usize>, Range<usize>)>,
+    /// Every inserted byte, edit after edit.
+    text: Vec<u8>,
 }
+
+/// Edits a relayed message usually has (Via, received, Max-Forwards, Path
+/// or Record-Route, ...): the list is sized for them at the first edit.
+const USUAL_EDITS: usize = 8;
+/// Bytes those edits usually insert (a Via and a Path with their flow
+/// tokens are about 400).
+const USUAL_TEXT_BYTES: usize = 512;
 
 impl Edits {
     /// No edits yet.
@@ -25,27 +37,57 @@ impl Edits {
     }
 
     /// Insert `bytes` at offset `at`.
-    pub fn insert(&mut self, at: usize, bytes: impl Into<Vec<u8>>) -> &mut Self {
-        self.ops.push((at..at, bytes.into()));
-        self
+    pub fn insert(&mut self, at: usize, bytes: impl AsRef<[u8]>) -> &mut Self {
+        self.replace(at..at, bytes)
+    }
+
+    /// Insert the formatted `args` at offset `at` (`format_args!`), without
+    /// an intermediate `String`.
+    pub fn insert_fmt(&mut self, at: usize, args: std::fmt::Arguments<'_>) -> &mut Self {
+        self.replace_fmt(at..at, args)
     }
 
     /// Replace `range` with `bytes`.
-    pub fn replace(&mut self, range: Range<usize>, bytes: impl Into<Vec<u8>>) -> &mut Self {
-        self.ops.push((range, bytes.into()));
-        self
+    pub fn replace(&mut self, range: Range<usize>, bytes: impl AsRef<[u8]>) -> &mut Self {
+        let start = self.reserve_text();
+        self.text.extend_from_slice(bytes.as_ref());
+        self.push(range, start)
+    }
+
+    /// Replace `range` with the formatted `args`.
+    pub fn replace_fmt(&mut self, range: Range<usize>, args: std::fmt::Arguments<'_>) -> &mut Self {
+        let start = self.reserve_text();
+        // Writing into a Vec cannot fail.
+        let _ = std::io::Write::write_fmt(&mut self.text, args);
+        self.push(range, start)
     }
 
     /// Remove `range`.
     pub fn remove(&mut self, range: Range<usize>) -> &mut Self {
-        self.ops.push((range, Vec::new()));
+        let start = self.text.len();
+        self.push(range, start)
+    }
+
+    /// Room for the usual text at the first insert; where the next starts.
+    fn reserve_text(&mut self) -> usize {
+        if self.text.capacity() == 0 {
+            self.text.reserve(USUAL_TEXT_BYTES);
+        }
+        self.text.len()
+    }
+
+    /// Note an edit: `range` of the message becomes `text[text_start..]`.
+    fn push(&mut self, range: Range<usize>, text_start: usize) -> &mut Self {
+        if self.ops.capacity() == 0 {
+            self.ops.reserve(USUAL_EDITS);
+        }
+        self.ops.push((range, text_start..self.text.len()));
         self
     }
 
     /// Apply to `raw`. Inserts at the same offset keep their order.
     pub fn apply(mut self, raw: &[u8]) -> Bytes {
-        let extra: usize = self.ops.iter().map(|(_, b)| b.len()).sum();
-        let mut out = BytesMut::with_capacity(raw.len() + extra);
+        let mut out = BytesMut::with_capacity(raw.len() + self.text.len());
         self.apply_within(raw, 0..raw.len(), &mut out);
         out.freeze()
     }
@@ -57,13 +99,13 @@ impl Edits {
         // A stable sort: inserts at one offset stay in the order given.
         self.ops.sort_by_key(|(r, _)| (r.start, r.end));
         let mut pos = within.start;
-        for (range, bytes) in &self.ops {
+        for (range, text) in &self.ops {
             if range.start < within.start || range.end > within.end {
                 continue;
             }
             let start = range.start.max(pos);
             out.extend_from_slice(&raw[pos..start]);
-            out.extend_from_slice(bytes);
+            out.extend_from_slice(&self.text[text.clone()]);
             pos = range.end.max(start);
         }
         out.extend_from_slice(&raw[pos..within.end]);
@@ -93,7 +135,7 @@ pub fn mark_received(view: &SipView, via: &Via<'_>, source: SocketAddr, edits: &
                 next,
                 None | Some(b';' | b' ' | b'\t' | b'\r' | b'\n' | b',')
             ) {
-                edits.insert(range.start + end, format!("={}", source.port()));
+                edits.insert_fmt(range.start + end, format_args!("={}", source.port()));
                 break;
             }
             from = end;
@@ -101,7 +143,7 @@ pub fn mark_received(view: &SipView, via: &Via<'_>, source: SocketAddr, edits: &
     }
     let rport = via.rport().is_some();
     if (rport || !host_is_ip(via.host, source.ip())) && via.received().is_none() {
-        edits.insert(range.end, format!(";received={}", source.ip()));
+        edits.insert_fmt(range.end, format_args!(";received={}", source.ip()));
     }
 }
 
@@ -234,6 +276,25 @@ mod tests {
         assert_eq!(
             &e.apply(raw)[..],
             b"A sip:x SIP/2.0\r\nVia: SIP/2.0/UDP b\r\nMax-Forwards: 7\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn formatted_and_plain_edits_share_one_buffer_and_keep_their_order() {
+        let raw = b"A sip:x SIP/2.0\r\nMax-Forwards: 70\r\nX: gone\r\n\r\n";
+        let mf = 31..33;
+        assert_eq!(&raw[mf.clone()], b"70");
+        let end = raw.len() - 2;
+        let mut e = Edits::new();
+        // Given out of order; two inserts at the end keep theirs.
+        e.insert_fmt(end, format_args!("Content-Length: {}\r\n", 0));
+        e.remove(35..44);
+        e.replace_fmt(mf, format_args!("{}", 70 - 1));
+        e.insert(end, "Y: last\r\n");
+        e.insert_fmt(0, format_args!(""));
+        assert_eq!(
+            &e.apply(raw)[..],
+            b"A sip:x SIP/2.0\r\nMax-Forwards: 69\r\nContent-Length: 0\r\nY: last\r\n\r\n"
         );
     }
 
