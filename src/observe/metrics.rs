@@ -426,6 +426,9 @@ pub struct Metrics {
     /// Failed sends to the upstream registrar, by its transport.
     upstream_send_failures: [AtomicU64; TRANSPORTS.len()],
     upstream_failure: Mutex<Option<UpstreamFailure>>,
+    /// `upstream_failure` holds a failure (read without its lock: every
+    /// message delivered to the upstream asks).
+    upstream_failed: std::sync::atomic::AtomicBool,
     /// Why a UDP upstream counts as unreachable (an ICMP error for a
     /// datagram sent to it, or silence), until it sends a message again.
     udp_upstream_unreachable: Mutex<Option<UpstreamFailure>>,
@@ -720,18 +723,22 @@ impl Metrics {
     /// remember why for `/readyz` until the next delivery.
     pub fn count_upstream_send_failure(&self, transport: Transport, error: String) {
         Self::inc(&self.upstream_send_failures[transport_slot(transport)]);
-        *lock(&self.upstream_failure) = Some(UpstreamFailure {
+        let mut failure = lock(&self.upstream_failure);
+        *failure = Some(UpstreamFailure {
             at: Instant::now(),
             error,
         });
+        self.upstream_failed.store(true, Ordering::Relaxed);
     }
 
     /// A message was delivered to the upstream (a UDP send, or a write
     /// queued on the stream link's connection): forget the last failure.
+    /// Called for every message delivered: no lock unless one failed.
     pub fn note_upstream_sent(&self) {
-        let mut failure = lock(&self.upstream_failure);
-        if failure.is_some() {
+        if self.upstream_failed.load(Ordering::Relaxed) {
+            let mut failure = lock(&self.upstream_failure);
             *failure = None;
+            self.upstream_failed.store(false, Ordering::Relaxed);
         }
     }
 
