@@ -176,7 +176,7 @@ fn register(n: u64) -> Inbound {
     Inbound {
         bytes: Bytes::from(text),
         transport: Transport::Udp,
-        source: SocketAddr::from(([127, 0, 0, 1], port)),
+        source: SocketAddr::from(([127, 0, 0, 1], port)).into(),
         local: DETACHED_ADDRESS,
         connection: None,
         leg: Leg::FromClient,

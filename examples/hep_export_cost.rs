@@ -31,7 +31,7 @@ use sipadmit::observe::metrics::{HepPayload, Metrics};
 use sipadmit::observe::{DecisionRecord, Hep};
 use sipadmit::policy::{Action, Mode, SessionRole};
 use sipadmit::transport::Transport;
-use sipadmit::vocabulary::Inbound;
+use sipadmit::vocabulary::{Inbound, LocalAddr, PeerAddr};
 
 const REGISTER: &[u8] = include_bytes!("../tests/fixtures/lync2013-register-tls.sip");
 
@@ -127,7 +127,7 @@ fn thread_cpu() -> Duration {
 /// `rate` per second; the runtime thread's CPU time.
 async fn run(hep: &Hep, rate: u64, registers: u64) -> Duration {
     let client: SocketAddr = "192.0.2.7:5062".parse().unwrap();
-    let local: SocketAddr = "127.0.0.1:5060".parse().unwrap();
+    let local: LocalAddr = "127.0.0.1:5060".parse().unwrap();
     let registrar: SocketAddr = "127.0.0.1:5070".parse().unwrap();
     let register = Bytes::from_static(REGISTER);
     let ok = ok_for(REGISTER);
@@ -139,7 +139,7 @@ async fn run(hep: &Hep, rate: u64, registers: u64) -> Duration {
         let inbound = Inbound {
             bytes: Bytes::copy_from_slice(&register),
             transport: Transport::Udp,
-            source: client,
+            source: PeerAddr(client),
             local,
             connection: None,
             leg: Leg::FromClient,
@@ -154,7 +154,7 @@ async fn run(hep: &Hep, rate: u64, registers: u64) -> Duration {
         );
         let answer = Inbound {
             bytes: Bytes::copy_from_slice(&ok),
-            source: registrar,
+            source: PeerAddr(registrar),
             leg: Leg::FromRegistrar,
             ..inbound
         };

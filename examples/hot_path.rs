@@ -76,5 +76,5 @@ fn ok(relayed: &Bytes) -> Vec<u8> {
         "Contact",
         "<sip:192.168.10.25:52210;transport=udp>;expires=300",
     )];
-    response::build(&view, 200, "", "registrar", &contact, DETACHED_ADDRESS).to_vec()
+    response::build(&view, 200, "", "registrar", &contact, DETACHED_ADDRESS.0).to_vec()
 }

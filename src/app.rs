@@ -41,6 +41,7 @@ use crate::transport::tls::{TlsContexts, TlsError};
 use crate::transport::upstream::{LinkSettings, QueueBudget, UpstreamLink};
 use crate::transport::{udp, BootId, Connections, Senders, TransportContext, UdpListener};
 use crate::transport::{Event, Transport, UpstreamSender};
+use crate::vocabulary::LocalAddr;
 use crate::workers::{self, Listeners, WorkerSockets, EVENT_QUEUE};
 
 /// How long a stopping filter waits for the HEP exporter to send what is
@@ -567,7 +568,7 @@ impl Advertised {
                 let local = advertise(socket.local_addr().ok())?;
                 Some(UdpListener {
                     socket: socket.clone(),
-                    local,
+                    local: LocalAddr(local),
                 })
             })
             .collect();
@@ -586,7 +587,7 @@ impl Advertised {
             .collect();
         let addresses: Vec<(Transport, SocketAddr)> = udp
             .iter()
-            .map(|l| (Transport::Udp, l.local))
+            .map(|l| (Transport::Udp, l.local.0))
             .chain(streams.iter().map(|(t, _, a)| (*t, *a)))
             .collect();
         let upstream_local = core_address(&addresses, upstream).ok_or(

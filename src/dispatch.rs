@@ -25,7 +25,7 @@ use crate::proxy::{Core, Destination, Inbound, Outbound, Outcome};
 use crate::transport::admission::{Admission, BanCause, BanScope};
 use crate::transport::upstream::DatagramWatch;
 use crate::transport::{udp, BootId, Event, Fault, SendError, Senders, Transport, UpstreamSender};
-use crate::vocabulary::Leg;
+use crate::vocabulary::{Leg, LocalAddr, PeerAddr};
 
 /// Events handled in a row when more are queued, before the timers and
 /// the shutdown signal get their turn.
@@ -68,8 +68,8 @@ impl Dispatcher {
         let probe_inbound = probes.map(|(_, upstream, local)| Inbound {
             bytes: bytes::Bytes::new(),
             transport: upstream.transport,
-            source: upstream.addr,
-            local,
+            source: PeerAddr(upstream.addr),
+            local: LocalAddr(local),
             connection: None,
             leg: Leg::FromRegistrar,
         });
@@ -377,7 +377,7 @@ async fn dispatch(
         Event::Refused { inbound, refusal } => {
             let outcome = core.refuse_source(&inbound, Instant::now(), refusal);
             if let Err((_, e)) = carry_out(senders, log, &inbound, outcome, core.boot()).await {
-                Fault::of_send(&e).report(core.metrics(), Some(inbound.source), &e);
+                Fault::of_send(&e).report(core.metrics(), Some(inbound.source.0), &e);
             }
         }
         // The link reported its connect failure once; each message is
@@ -499,7 +499,7 @@ async fn not_delivered(
     }
     let answer = core.upstream_unavailable(inbound, Instant::now(), busy);
     if let Err((_, e)) = carry_out(senders, log, inbound, answer, core.boot()).await {
-        Fault::of_send(&e).report(core.metrics(), Some(inbound.source), &e);
+        Fault::of_send(&e).report(core.metrics(), Some(inbound.source.0), &e);
     }
 }
 
@@ -511,7 +511,7 @@ fn mirror_sent(senders: &Senders, inbound: &Inbound, to: &Destination, bytes: &b
         return;
     }
     let (transport, local, peer) = match to {
-        Destination::Source => (inbound.transport, Some(inbound.local), inbound.source),
+        Destination::Source => (inbound.transport, Some(inbound.local), inbound.source.0),
         Destination::Flow(flow) => (flow.transport, None, flow.peer),
         Destination::Upstream => (senders.upstream.transport(), None, senders.upstream.addr()),
     };
@@ -544,10 +544,10 @@ async fn carry_out(
     let result = match &to {
         // Back where it came from: the same connection, or the same UDP socket.
         Destination::Source => match inbound.connection {
-            Some(id) => senders.connections.send(id, inbound.source, bytes),
+            Some(id) => senders.connections.send(id, inbound.source.0, bytes),
             None => {
                 senders
-                    .send_datagram(Some(inbound.local), inbound.source, &bytes)
+                    .send_datagram(Some(inbound.local), inbound.source.0, &bytes)
                     .await
             }
         },

@@ -28,6 +28,7 @@ use crate::dispatch::Dispatcher;
 use crate::transport::stream::{self, Listener};
 use crate::transport::tls::{self, TlsContexts, TlsListener};
 use crate::transport::{udp, Event, Transport, TransportContext, UdpListener};
+use crate::vocabulary::LocalAddr;
 
 /// Events (inbound messages, undelivered ones) queued between a worker's
 /// transports and its dispatcher.
@@ -66,7 +67,7 @@ pub struct Start {
     pub tls_contexts: TlsContexts,
     /// The addresses the first worker's UDP listeners are advertised at,
     /// in order.
-    pub udp_locals: Vec<SocketAddr>,
+    pub udp_locals: Vec<LocalAddr>,
     /// The first worker's stream listeners' transports and advertised
     /// addresses, in order (`tcp:` first, then `tls:`).
     pub stream_locals: Vec<(Transport, SocketAddr)>,
@@ -132,7 +133,7 @@ pub fn spawn(
 /// Register a worker's sockets with the runtime it runs on.
 fn on_this_runtime(
     sockets: WorkerSockets,
-    udp_locals: &[SocketAddr],
+    udp_locals: &[LocalAddr],
     stream_locals: &[(Transport, SocketAddr)],
 ) -> std::io::Result<Listeners> {
     let udp = sockets

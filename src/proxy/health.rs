@@ -201,7 +201,7 @@ impl Core {
                     "",
                     &self.local_tag(ctx.view),
                     &[],
-                    ctx.inbound.source,
+                    ctx.inbound.source.0,
                 );
                 return Err(Halt::Answer(bytes));
             }

@@ -63,7 +63,7 @@ use crate::policy::{Action, SessionRole};
 use crate::sip::{HeaderName, SipError, SipView, Via};
 use crate::transport::admission::BanCause;
 use crate::transport::{BootId, ConnectionId, FlowId, Transport, WarningWindow};
-pub use crate::vocabulary::{Inbound, Leg, SourceRefusal};
+pub use crate::vocabulary::{Inbound, Leg, LocalAddr, PeerAddr, SourceRefusal};
 use client_transactions::{ClientTransactions, Timers, TransactionKey};
 use flow::{Flow, FlowSigner, Purpose, TokenError, Verified};
 use listening::Listening;
@@ -81,8 +81,8 @@ const BRANCH_PREFIX: &str = "z9hG4bKsa";
 const PROBE_BRANCH_PREFIX: &str = "z9hG4bKsaprobe";
 
 /// The address a [`Core::detached`] core is reachable at (UDP and TCP).
-pub const DETACHED_ADDRESS: SocketAddr =
-    SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 5060));
+pub const DETACHED_ADDRESS: LocalAddr =
+    LocalAddr(SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 5060)));
 /// The upstream registrar of a [`Core::detached`] core.
 pub const DETACHED_UPSTREAM: &str = "udp:127.0.0.1:5070";
 /// The configuration the fuzzers run a [`Core::detached`] core with
@@ -345,7 +345,7 @@ impl Core {
             .into_iter()
             .map(|transport| Listening {
                 transport,
-                addr: DETACHED_ADDRESS,
+                addr: DETACHED_ADDRESS.0,
                 advertise: settings.advertise.for_transport(transport).cloned(),
             })
             .collect();
@@ -944,7 +944,7 @@ impl Core {
         DecisionRecord {
             ts: record_time(),
             transport: inb.transport,
-            source: inb.source,
+            source: inb.source.0,
             leg: Some(inb.leg),
             method: text(view.method_bytes()),
             call_id: text(view.call_id()),

@@ -315,7 +315,7 @@ impl Core {
             &refusal.reason(),
             &self.local_tag(view),
             &extra,
-            inb.source,
+            inb.source.0,
         );
         Outcome::Answer {
             bytes,

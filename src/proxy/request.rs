@@ -248,7 +248,7 @@ impl Core {
         // The pending key names the flow by transport, peer and connection.
         let flow = Flow {
             transport: inb.transport,
-            peer: inb.source,
+            peer: inb.source.0,
             connection: inb.connection.map(|c| self.flow_id(c)),
             client: String::new(),
         };
@@ -333,7 +333,7 @@ impl Core {
     /// Whether `inb` arrived on `flow` (a request going back the way it came).
     fn came_from(&self, flow: &Flow, inb: &Inbound) -> bool {
         flow.transport == inb.transport
-            && flow.peer == inb.source
+            && flow.peer == inb.source.0
             && (!flow.transport.is_stream()
                 || flow.connection == inb.connection.map(|c| self.flow_id(c)))
     }
@@ -410,7 +410,7 @@ impl Core {
         admission: &Admission<'m>,
         ban: &mut dyn FnMut(SocketAddr) -> bool,
     ) -> Result<(), Halt<'m>> {
-        if admission.sender.client.support == Support::Scanner && ban(ctx.inbound.source) {
+        if admission.sender.client.support == Support::Scanner && ban(ctx.inbound.source.0) {
             debug!(source = %ctx.inbound.source, "scanner banned: request dropped");
             return Err(Halt::Drop {
                 reason: DropReason::Banned,
@@ -481,14 +481,14 @@ impl Core {
         // The flow this request came in on, named for the way back.
         let inbound_flow = Flow {
             transport: inb.transport,
-            peer: inb.source,
+            peer: inb.source.0,
             connection: inb.connection.map(|c| self.flow_id(c)),
             client: admission.sender.client.id.clone(),
         };
         let branch = self.branch(view, routing.loop_mark);
         let mut edits = Edits::new();
         self.add_via(view, &routing, &hop, branch, &inbound_flow, &mut edits);
-        mark_received(view, &top_via, inb.source, &mut edits);
+        mark_received(view, &top_via, inb.source.0, &mut edits);
         decrement_max_forwards(view, &mut edits);
         if let Some(route) = &routing.own_route {
             // RFC 3261 16.4: a proxy removes its own Route value; RFC 5658:
@@ -653,8 +653,8 @@ impl Core {
                 );
             };
             line(hop.transport, &hop.own.uri_host());
-            if (inb.transport, inb.local) != (hop.transport, hop.own.addr) {
-                match self.listener_at(inb.transport, inb.local) {
+            if (inb.transport, inb.local.0) != (hop.transport, hop.own.addr) {
+                match self.listener_at(inb.transport, inb.local.0) {
                     Some(listener) => line(inb.transport, &listener.uri_host()),
                     None => line(inb.transport, &inb.local),
                 }
@@ -678,7 +678,7 @@ impl Core {
         let expected = self
             .registrations
             .expect(call_id, cseq.number, flow, contacts, ctx.now);
-        self.contacts_not_learned(ctx.inbound.source, call_id, expected.ignored, ctx.now);
+        self.contacts_not_learned(ctx.inbound.source.0, call_id, expected.ignored, ctx.now);
         self.registrations_evicted(expected.evicted, ctx.now);
     }
 }

@@ -34,7 +34,7 @@ fn udp(bytes: String, source: SocketAddr) -> Inbound {
     Inbound {
         bytes: Bytes::from(bytes),
         transport: Transport::Udp,
-        source,
+        source: PeerAddr(source),
         local: DETACHED_ADDRESS,
         connection: None,
         leg: if source == upstream() {
@@ -294,8 +294,8 @@ fn a_token_naming_another_instances_connection_gets_430_and_nothing_is_written()
         flow::FlowSigner::new(b"core-unit-tests-secret"),
         BootId::from_u64(2),
         vec![
-            listening::Listening::at(Transport::Udp, DETACHED_ADDRESS),
-            listening::Listening::at(Transport::Tcp, DETACHED_ADDRESS),
+            listening::Listening::at(Transport::Udp, DETACHED_ADDRESS.0),
+            listening::Listening::at(Transport::Tcp, DETACHED_ADDRESS.0),
         ],
         Arc::new(Metrics::default()),
     );

@@ -48,7 +48,7 @@ use crate::observe::metrics::Metrics;
 pub use crate::vocabulary::{
     BootId, ConnectionId, Fault, FlowId, Transport, WarningWindow, FAULT_WARNING_INTERVAL,
 };
-use crate::vocabulary::{Inbound, SourceRefusal};
+use crate::vocabulary::{Inbound, LocalAddr, SourceRefusal};
 use admission::{Admission, Verdict};
 pub use connections::Connections;
 use upstream::{Outgoing, UpstreamLink};
@@ -248,10 +248,11 @@ pub fn admit(ctx: &TransportContext, inbound: Inbound) -> Admitted {
     if inbound.from_registrar() {
         return Admitted::Event(Event::Received(inbound), true);
     }
-    match ctx
-        .admission
-        .message(inbound.source, inbound.transport, std::time::Instant::now())
-    {
+    match ctx.admission.message(
+        inbound.source.0,
+        inbound.transport,
+        std::time::Instant::now(),
+    ) {
         Verdict::Pass => Admitted::Event(Event::Received(inbound), true),
         Verdict::Banned => {
             ctx.metrics.count_drop(DropReason::Banned);
@@ -348,7 +349,7 @@ pub struct UdpListener {
     /// The socket.
     pub socket: Arc<UdpSocket>,
     /// Its advertised address (the `Inbound::local` of what it receives).
-    pub local: SocketAddr,
+    pub local: LocalAddr,
 }
 
 /// Where messages for the registrar go.
@@ -406,7 +407,7 @@ impl Senders {
     /// it, from the first listener of the destination's address family.
     pub async fn send_datagram(
         &self,
-        from: Option<SocketAddr>,
+        from: Option<LocalAddr>,
         to: SocketAddr,
         bytes: &[u8],
     ) -> Result<(), SendError> {

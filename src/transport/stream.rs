@@ -61,8 +61,8 @@ use super::{
 };
 use crate::observe::metrics::{DropReason, Metrics};
 use crate::sip::framing::{Frame, FramingError, SipCodec, StreamError};
-use crate::vocabulary::Inbound;
 use crate::vocabulary::Leg;
+use crate::vocabulary::{Inbound, LocalAddr, PeerAddr};
 
 /// Bytes read at a time while a message is coming in (charged to the read
 /// buffer budget before the read).
@@ -714,8 +714,8 @@ async fn handle_frame(
             let message = Inbound {
                 bytes,
                 transport: info.transport,
-                source: info.peer,
-                local: info.local,
+                source: PeerAddr(info.peer),
+                local: LocalAddr(info.local),
                 connection: Some(id),
                 leg: info.leg,
             };
@@ -815,7 +815,11 @@ mod tests {
         let id = m.connection.expect("a stream message names its connection");
         // What the dispatcher sends to the connection reaches the peer.
         ctx.connections
-            .send(id, m.source, Bytes::from_static(b"SIP/2.0 200 OK\r\n\r\n"))
+            .send(
+                id,
+                m.source.0,
+                Bytes::from_static(b"SIP/2.0 200 OK\r\n\r\n"),
+            )
             .unwrap();
         let mut answer = [0u8; 18];
         client.read_exact(&mut answer).await.unwrap();

@@ -24,7 +24,7 @@ use tracing::{debug, error, info_span, Instrument};
 use super::{admit, is_unrecoverable, Admitted, Fault, Transport, TransportContext, UdpListener};
 use crate::observe::metrics::{DropReason, Metrics};
 use crate::sip::framing::{classify_datagram, Datagram};
-use crate::vocabulary::Inbound;
+use crate::vocabulary::{Inbound, PeerAddr};
 #[cfg(target_os = "linux")]
 use std::net::{IpAddr, SocketAddr};
 
@@ -140,7 +140,7 @@ async fn received_one(
     let message = Inbound {
         bytes: Bytes::copy_from_slice(data),
         transport: Transport::Udp,
-        source,
+        source: PeerAddr(source),
         local: listener.local,
         connection: None,
         leg: ctx.upstream_sources.leg_of(source),

@@ -820,7 +820,7 @@ mod tests {
             let Some(Event::Received(m)) = events.recv().await else {
                 panic!("no message")
             };
-            assert!(m.from_registrar() && m.connection.is_some() && m.source == addr);
+            assert!(m.from_registrar() && m.connection.is_some() && m.source.0 == addr);
             assert_eq!(m.local, local);
             // The registrar closes; the next message opens a new connection.
             drop(first);

@@ -64,6 +64,58 @@ impl fmt::Display for Transport {
     }
 }
 
+/// The address at the other end of a message: where it came from (a
+/// client, or the registrar, as its [`Leg`] says) or where it goes. Never
+/// one of sipadmit's own ([`LocalAddr`]): the two are not interchangeable.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PeerAddr(pub SocketAddr);
+
+/// An address of sipadmit's own: a listener's, as advertised (the address
+/// a message arrived at, or leaves from). Never a peer's ([`PeerAddr`]).
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct LocalAddr(pub SocketAddr);
+
+macro_rules! address_newtype {
+    ($name:ident) => {
+        impl std::ops::Deref for $name {
+            type Target = SocketAddr;
+
+            fn deref(&self) -> &SocketAddr {
+                &self.0
+            }
+        }
+
+        impl std::str::FromStr for $name {
+            type Err = std::net::AddrParseError;
+
+            fn from_str(text: &str) -> Result<Self, Self::Err> {
+                text.parse().map(Self)
+            }
+        }
+
+        impl From<SocketAddr> for $name {
+            fn from(addr: SocketAddr) -> Self {
+                Self(addr)
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                fmt::Display::fmt(&self.0, f)
+            }
+        }
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                fmt::Debug::fmt(&self.0, f)
+            }
+        }
+    };
+}
+
+address_newtype!(PeerAddr);
+address_newtype!(LocalAddr);
+
 /// One message as it arrived.
 #[derive(Debug, Clone)]
 pub struct Inbound {
@@ -72,11 +124,11 @@ pub struct Inbound {
     /// Transport it arrived on.
     pub transport: Transport,
     /// Sender address.
-    pub source: SocketAddr,
+    pub source: PeerAddr,
     /// The address of this proxy it arrived at: the advertised address of
     /// the listener (for the proxy's own link to a stream upstream, the
     /// advertised listener of that transport).
-    pub local: SocketAddr,
+    pub local: LocalAddr,
     /// The stream connection it arrived on (`None` for UDP).
     pub connection: Option<ConnectionId>,
     /// Who sent it: a client, or the registrar (an address of
@@ -350,5 +402,23 @@ impl HandshakeReason {
 impl fmt::Display for HandshakeReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn address_newtypes_read_and_print_as_the_socket_address_they_hold() {
+        let peer: PeerAddr = "[2001:db8::1]:5061".parse().unwrap();
+        assert_eq!(peer.to_string(), "[2001:db8::1]:5061");
+        assert_eq!((peer.port(), peer.is_ipv6()), (5061, true));
+        let local = LocalAddr::from(peer.0);
+        assert_eq!(format!("{local:?}"), format!("{:?}", peer.0));
+        assert!(
+            "127.0.0.1".parse::<LocalAddr>().is_err(),
+            "a port is required"
+        );
     }
 }

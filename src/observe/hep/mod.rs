@@ -36,7 +36,7 @@ use tracing::warn;
 use crate::config::{HepSettings, Mirror};
 use crate::observe::decision_log::DecisionRecord;
 use crate::observe::metrics::{HepDrop, Metrics};
-use crate::vocabulary::{Inbound, Transport, WarningWindow};
+use crate::vocabulary::{Inbound, LocalAddr, Transport, WarningWindow};
 pub use export::{ExportError, Exporter, TcpTiming};
 
 /// Packets the export queue holds before new ones are dropped: about 1.5 s
@@ -216,8 +216,8 @@ impl Hep {
         inner.offer(Item {
             at: SystemTime::now(),
             transport: inbound.transport,
-            source: Some(inbound.source),
-            destination: Some(inbound.local),
+            source: Some(inbound.source.0),
+            destination: Some(inbound.local.0),
             body: Body::Sip(inbound.bytes.clone()),
         });
     }
@@ -228,7 +228,7 @@ impl Hep {
     pub fn sent(
         &self,
         transport: Transport,
-        local: Option<SocketAddr>,
+        local: Option<LocalAddr>,
         peer: SocketAddr,
         bytes: &Bytes,
     ) {
@@ -238,7 +238,7 @@ impl Hep {
         inner.offer(Item {
             at: SystemTime::now(),
             transport,
-            source: local,
+            source: local.map(|local| local.0),
             destination: Some(peer),
             body: Body::Sip(bytes.clone()),
         });
@@ -249,7 +249,7 @@ impl Hep {
     /// Call-ID). Its JSON line is written here, into one buffer: cheaper
     /// than a copy of the record's dozen strings, and written once either
     /// way.
-    pub fn decision(&self, record: &DecisionRecord, local: SocketAddr) {
+    pub fn decision(&self, record: &DecisionRecord, local: LocalAddr) {
         let Some(inner) = self.inner.as_ref().filter(|i| i.mirror.decisions()) else {
             return;
         };
@@ -261,7 +261,7 @@ impl Hep {
             at: SystemTime::now(),
             transport: record.transport,
             source: Some(record.source),
-            destination: Some(local),
+            destination: Some(local.0),
             body: Body::Decision { text, call_id },
         });
     }

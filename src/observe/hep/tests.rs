@@ -145,8 +145,8 @@ async fn a_udp_collector_gets_messages_and_decisions_with_their_addresses() {
 
     let received = chunks(&next_datagram(&collector).await);
     assert_eq!(value(&received, 2), [17]);
-    assert_eq!(ipv4(&received, 3, 7), arrived.source);
-    assert_eq!(ipv4(&received, 4, 8), arrived.local);
+    assert_eq!(ipv4(&received, 3, 7), arrived.source.0);
+    assert_eq!(ipv4(&received, 4, 8), arrived.local.0);
     assert_eq!(value(&received, 11), [1]);
     assert_eq!(value(&received, 12), 2001u32.to_be_bytes());
     assert_eq!(value(&received, 14), b"s3cret");
@@ -166,7 +166,7 @@ async fn a_udp_collector_gets_messages_and_decisions_with_their_addresses() {
         b"call-9@test",
         "correlated by Call-ID"
     );
-    assert_eq!(ipv4(&decision, 3, 7), arrived.source);
+    assert_eq!(ipv4(&decision, 3, 7), arrived.source.0);
     let json: DecisionRecord = serde_json::from_slice(&value(&decision, 15)).unwrap();
     assert_eq!(json, record("call-9@test"));
     assert_eq!(metrics.hep_exported(HepPayload::Sip), 2);
