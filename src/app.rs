@@ -546,7 +546,7 @@ struct Advertised {
     /// UDP sockets and their advertised addresses.
     udp: Vec<UdpListener>,
     /// Stream listeners: transport, socket, advertised address.
-    streams: Vec<(Transport, TcpListener, SocketAddr)>,
+    streams: Vec<(Transport, TcpListener, LocalAddr)>,
     /// Every listener, UDP first: its transport, its address, and what it
     /// advertises (`proxy.advertise`).
     listening: Vec<Listening>,
@@ -572,7 +572,7 @@ impl Advertised {
                 })
             })
             .collect();
-        let streams: Vec<(Transport, TcpListener, SocketAddr)> = std::mem::take(&mut bound.tcp)
+        let streams: Vec<(Transport, TcpListener, LocalAddr)> = std::mem::take(&mut bound.tcp)
             .into_iter()
             .map(|l| (Transport::Tcp, l))
             .chain(
@@ -582,13 +582,13 @@ impl Advertised {
             )
             .filter_map(|(transport, l)| {
                 let local = advertise(l.local_addr().ok())?;
-                Some((transport, l, local))
+                Some((transport, l, LocalAddr(local)))
             })
             .collect();
         let addresses: Vec<(Transport, SocketAddr)> = udp
             .iter()
             .map(|l| (Transport::Udp, l.local.0))
-            .chain(streams.iter().map(|(t, _, a)| (*t, *a)))
+            .chain(streams.iter().map(|(t, _, a)| (*t, a.0)))
             .collect();
         let upstream_local = core_address(&addresses, upstream).ok_or(
             AppError::NoListenerForUpstream(upstream, upstream.transport),

@@ -14,7 +14,6 @@
 //! socket for a request another worker relayed goes out all the same: the
 //! flow token in the Via or Path names the client, not a worker.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -53,7 +52,7 @@ pub struct Listeners {
     /// UDP sockets.
     pub udp: Vec<UdpListener>,
     /// Stream listeners: transport, socket, advertised address.
-    pub streams: Vec<(Transport, TcpListener, SocketAddr)>,
+    pub streams: Vec<(Transport, TcpListener, LocalAddr)>,
 }
 
 /// What every worker beyond the first starts from.
@@ -70,7 +69,7 @@ pub struct Start {
     pub udp_locals: Vec<LocalAddr>,
     /// The first worker's stream listeners' transports and advertised
     /// addresses, in order (`tcp:` first, then `tls:`).
-    pub stream_locals: Vec<(Transport, SocketAddr)>,
+    pub stream_locals: Vec<(Transport, LocalAddr)>,
     /// Stop signal.
     pub shutdown: CancellationToken,
 }
@@ -134,7 +133,7 @@ pub fn spawn(
 fn on_this_runtime(
     sockets: WorkerSockets,
     udp_locals: &[LocalAddr],
-    stream_locals: &[(Transport, SocketAddr)],
+    stream_locals: &[(Transport, LocalAddr)],
 ) -> std::io::Result<Listeners> {
     let udp = sockets
         .udp
@@ -195,7 +194,7 @@ pub async fn serve(
 fn spawn_listeners(
     tasks: &mut JoinSet<()>,
     udp_listeners: &[UdpListener],
-    streams: Vec<(Transport, TcpListener, SocketAddr)>,
+    streams: Vec<(Transport, TcpListener, LocalAddr)>,
     ctx: &Arc<TransportContext>,
     handshake_timeout: Duration,
     tls_contexts: &TlsContexts,

@@ -373,6 +373,7 @@ impl Token {
     /// `bytes` (at most [`MAX_TOKEN_BYTES`]) in lowercase hex.
     fn hex(bytes: &[u8]) -> Self {
         const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        debug_assert!(bytes.len() <= MAX_TOKEN_BYTES, "a token's payload fits");
         let mut token = Self {
             hex: [0; 2 * MAX_TOKEN_BYTES],
             len: 2 * bytes.len(),

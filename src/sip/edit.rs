@@ -13,7 +13,8 @@ use super::view::SipView;
 
 /// A set of non-overlapping splices over one message. What they insert is
 /// written into one buffer (`insert_fmt` formats straight into it), so a
-/// message's edits cost two allocations however many there are.
+/// relayed message's edits usually cost two allocations (more only past
+/// [`USUAL_EDITS`] edits or [`USUAL_TEXT_BYTES`] of text).
 #[derive(Debug, Default)]
 pub struct Edits {
     /// (range of the message replaced, range of `text` put in its place);
@@ -27,7 +28,8 @@ pub struct Edits {
 /// or Record-Route, ...): the list is sized for them at the first edit.
 const USUAL_EDITS: usize = 8;
 /// Bytes those edits usually insert (a Via and a Path with their flow
-/// tokens are about 400).
+/// tokens are about 400 for a UDP client; up to about 600 for an IPv6
+/// stream flow with the longest client id, which grows the buffer once).
 const USUAL_TEXT_BYTES: usize = 512;
 
 impl Edits {
@@ -57,8 +59,14 @@ impl Edits {
     /// Replace `range` with the formatted `args`.
     pub fn replace_fmt(&mut self, range: Range<usize>, args: std::fmt::Arguments<'_>) -> &mut Self {
         let start = self.reserve_text();
-        // Writing into a Vec cannot fail.
-        let _ = std::io::Write::write_fmt(&mut self.text, args);
+        // Writing into a Vec fails only when a `Display` does, which none
+        // of the proxy's do: nothing half written is spliced in.
+        let written = std::io::Write::write_fmt(&mut self.text, args);
+        debug_assert!(written.is_ok(), "a Display of an edit failed");
+        if written.is_err() {
+            self.text.truncate(start);
+            return self;
+        }
         self.push(range, start)
     }
 

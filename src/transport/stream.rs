@@ -82,7 +82,7 @@ pub struct Listener {
     /// Transport of its connections.
     pub transport: Transport,
     /// Advertised address.
-    pub local: SocketAddr,
+    pub local: LocalAddr,
 }
 
 /// One connection, as the dispatcher sees its messages.
@@ -93,7 +93,7 @@ pub struct ConnectionInfo {
     /// The other end.
     pub peer: SocketAddr,
     /// The advertised address of this proxy it belongs to.
-    pub local: SocketAddr,
+    pub local: LocalAddr,
     /// Whose it is: the registrar's (a connection this proxy opened to the
     /// upstream, or one accepted from a source in `proxy.upstream_sources`)
     /// or a client's.
@@ -715,7 +715,7 @@ async fn handle_frame(
                 bytes,
                 transport: info.transport,
                 source: PeerAddr(info.peer),
-                local: LocalAddr(info.local),
+                local: info.local,
                 connection: Some(id),
                 leg: info.leg,
             };
@@ -972,7 +972,7 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let at = Listener {
             transport: Transport::Tcp,
-            local: addr,
+            local: addr.into(),
         };
         tokio::spawn(accept(listener, at, ctx.clone(), |tcp| {
             std::future::ready(Some(tcp))

@@ -48,8 +48,8 @@ use super::stream::{self, ConnectionInfo, Spawned};
 use super::tls::{ClientTls, HandshakeError};
 use super::{ConnectionId, Event, Fault, SendError, Transport, TransportContext};
 use crate::observe::metrics::TlsSide;
-use crate::vocabulary::Inbound;
 use crate::vocabulary::Leg;
+use crate::vocabulary::{Inbound, LocalAddr};
 
 /// The byte bound of the queue to a stream upstream
 /// (`limits.upstream_queue_bytes`), shared by the dispatcher (which
@@ -438,7 +438,7 @@ impl LinkTask {
         let info = ConnectionInfo {
             transport: self.transport,
             peer: self.addr,
-            local: self.local,
+            local: LocalAddr(self.local),
             leg: Leg::FromRegistrar,
         };
         let Some(client) = &self.tls else {

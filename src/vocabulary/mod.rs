@@ -65,8 +65,8 @@ impl fmt::Display for Transport {
 }
 
 /// The address at the other end of a message: where it came from (a
-/// client, or the registrar, as its [`Leg`] says) or where it goes. Never
-/// one of sipadmit's own ([`LocalAddr`]): the two are not interchangeable.
+/// client, or the registrar, as its [`Leg`] says). Never one of
+/// sipadmit's own ([`LocalAddr`]): the two are not interchangeable.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct PeerAddr(pub SocketAddr);
 
