@@ -12,6 +12,7 @@ use regex_automata::util::primitives::NonMaxUsize;
 use regex_automata::{meta, util::syntax, Input, PatternID};
 use serde::Deserialize;
 
+use super::memo::{Found, Memo, Memoized, MAX_VALUE_BYTES};
 use super::tokenize::{tokenize, trim_lws, Item};
 use super::version::{CompareOp, Version};
 use super::{
@@ -394,6 +395,8 @@ pub struct Catalog {
     /// A hash of the TOML text it was compiled from: tells a reload whether
     /// the catalog changed.
     digest: u64,
+    /// Recent values and what they classified as.
+    memo: Memo,
 }
 
 impl Catalog {
@@ -431,7 +434,9 @@ impl Catalog {
     /// `None` (header absent) or an empty / whitespace-only value gives the
     /// built-in client `missing` (rule `builtin:missing`); a value that no
     /// rule matches gives `unknown` (rule `builtin:unknown`). Otherwise the
-    /// first matching rule in file order wins. Allocates nothing.
+    /// first matching rule in file order wins. Allocates nothing. A value
+    /// seen recently is answered from a memo (the same answer: the catalog
+    /// never changes once compiled).
     pub fn classify(&self, user_agent: Option<&[u8]>) -> Classification<'_> {
         let value = user_agent.map(trim_lws).unwrap_or_default();
         if value.is_empty() {
@@ -441,12 +446,46 @@ impl Catalog {
                 rule: RULE_MISSING,
             };
         }
+        if value.len() > MAX_VALUE_BYTES {
+            return self.classification(self.run_rules(value));
+        }
+        let slot = self.memo.slot(value);
+        let memoized = self.memo.get(slot, value).unwrap_or_else(|| {
+            let memoized = self.run_rules(value);
+            self.memo.put(slot, value, memoized);
+            memoized
+        });
+        self.classification(memoized)
+    }
+
+    /// The classification the rules' answer names.
+    pub(super) fn classification(&self, memoized: Memoized) -> Classification<'_> {
+        match memoized.found {
+            Found::Rule(i) => {
+                let rule = &self.rules[i];
+                Classification {
+                    client: &self.clients[rule.client],
+                    version: memoized.version,
+                    rule: &rule.id,
+                }
+            }
+            Found::Unknown => Classification {
+                client: &self.unknown,
+                version: None,
+                rule: RULE_UNKNOWN,
+            },
+        }
+    }
+
+    /// Run the rules over a non-empty `value`: the first that matches, in
+    /// file order, and the version read.
+    pub(super) fn run_rules(&self, value: &[u8]) -> Memoized {
         let buf = ItemBuf::new(value);
         let items = buf.as_slice();
         // Computed at the first regex rule reached, at most once.
         let mut regex_possible = None;
         let mut memo = VersionMemo::new();
-        for rule in &self.rules {
+        for (i, rule) in self.rules.iter().enumerate() {
             // A prefixed regex rule is filtered by its prefix, the others by
             // the set of their regexes.
             if rule.regex.is_some()
@@ -462,17 +501,15 @@ impl Catalog {
                     .as_deref()
                     .and_then(|name| token_version(items, name, &mut memo))
                     .or(matched_version);
-                return Classification {
-                    client: &self.clients[rule.client],
+                return Memoized {
+                    found: Found::Rule(i),
                     version,
-                    rule: &rule.id,
                 };
             }
         }
-        Classification {
-            client: &self.unknown,
+        Memoized {
+            found: Found::Unknown,
             version: None,
-            rule: RULE_UNKNOWN,
         }
     }
 
@@ -1000,6 +1037,7 @@ impl Builder {
             missing: builtin(CLIENT_MISSING, "Missing or empty User-Agent"),
             unknown: builtin(CLIENT_UNKNOWN, "Unknown client"),
             digest: 0,
+            memo: Memo::default(),
         })
     }
 }

@@ -593,3 +593,54 @@ fn garbage_and_truncated_values_never_panic() {
         assert!(!got.rule.is_empty());
     }
 }
+
+#[test]
+fn the_memo_answers_as_the_rules_do() {
+    let catalog = shipped();
+    let mut values: Vec<Vec<u8>> = corpus().into_iter().map(|(ua, _)| ua).collect();
+    values.extend(extra().into_iter().map(|row| row.user_agent));
+    values.extend([
+        b"NoSuchClient/1.0".to_vec(),
+        b"  UCCAPI/15.0.4420.1017 OC/15.0.4420.1017 (Microsoft Lync)\t".to_vec(),
+        [
+            b"UCCAPI/15.0.4420.1017 OC/15.0.4420.1017 ".as_slice(),
+            &[b'x'; 300],
+        ]
+        .concat(),
+    ]);
+    assert!(values.len() > 128, "more values than the memo has slots");
+    // Twice over: the first pass fills the memo (and replaces slots), the
+    // second answers from it where a value kept its slot.
+    for pass in 0..2 {
+        for value in &values {
+            let trimmed = crate::sip::fields::trim_lws(value);
+            if trimmed.is_empty() {
+                continue; // `missing`, before the memo and the rules
+            }
+            let got = catalog.classify(Some(value));
+            let rules = catalog.classification(catalog.run_rules(trimmed));
+            assert_eq!(
+                (
+                    got.client.id.as_str(),
+                    got.rule,
+                    got.version.map(|v| v.to_string())
+                ),
+                (
+                    rules.client.id.as_str(),
+                    rules.rule,
+                    rules.version.map(|v| v.to_string())
+                ),
+                "pass {pass}: {:?}",
+                String::from_utf8_lossy(value)
+            );
+        }
+    }
+    // A value asked for again at once comes from the memo, the same.
+    let lync = b"UCCAPI/15.0.4420.1017 OC/15.0.4420.1017 (Microsoft Lync)";
+    let first = catalog.classify(Some(lync));
+    let again = catalog.classify(Some(lync));
+    assert_eq!(
+        (first.client.id.as_str(), first.rule),
+        (again.client.id.as_str(), again.rule)
+    );
+}

@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 mod catalog;
 #[cfg(test)]
 mod corpus_tests;
+mod memo;
 mod tokenize;
 mod version;
 
