@@ -107,6 +107,12 @@ pub enum StartLine {
     },
 }
 
+/// Where `part`, a slice of `buf`, sits in it.
+fn span_within(buf: &[u8], part: &[u8]) -> Span {
+    let start = part.as_ptr() as usize - buf.as_ptr() as usize;
+    Span::new(start, start + part.len())
+}
+
 /// Where the parts of a parsed name-addr sit in the buffer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct AddrSpans {
@@ -117,10 +123,7 @@ struct AddrSpans {
 
 impl AddrSpans {
     fn of(buf: &[u8], addr: &NameAddr<'_>) -> Self {
-        let span = |s: &[u8]| {
-            let start = s.as_ptr() as usize - buf.as_ptr() as usize;
-            Span::new(start, start + s.len())
-        };
+        let span = |part: &[u8]| span_within(buf, part);
         Self {
             display: addr.display.map(span),
             uri: span(addr.uri),
@@ -140,10 +143,7 @@ struct ViaSpans {
 
 impl ViaSpans {
     fn of(buf: &[u8], via: &Via<'_>) -> Self {
-        let span = |s: &[u8]| {
-            let start = s.as_ptr() as usize - buf.as_ptr() as usize;
-            Span::new(start, start + s.len())
-        };
+        let span = |part: &[u8]| span_within(buf, part);
         Self {
             transport: span(via.transport),
             host: span(via.host),
