@@ -1,5 +1,7 @@
 //! The dispatcher: the one loop that takes what the transports received
-//! ([`Event`]s), has the core decide ([`Core::handle_banning`] and the
+//! ([`Event`]s: its worker's datagrams straight from the sockets through
+//! [`Datagrams`], what the stream connections read through a queue), has
+//! the core decide ([`Core::handle_banning`] and the
 //! other entry points), and carries the outcome out (records to the
 //! decision log, messages to the senders, never waiting for a connection).
 //! It also drives what the core's timers ask for (the client transactions'
@@ -23,8 +25,9 @@ use crate::observe::metrics::{DropReason, MessageKind, Metrics};
 use crate::observe::DecisionLog;
 use crate::proxy::{Core, Destination, Inbound, Outbound, Outcome};
 use crate::transport::admission::{Admission, BanCause, BanScope};
+use crate::transport::udp::{self, Datagrams};
 use crate::transport::upstream::DatagramWatch;
-use crate::transport::{udp, BootId, Event, Fault, SendError, Senders, Transport, UpstreamSender};
+use crate::transport::{BootId, Event, Fault, SendError, Senders, Transport, UpstreamSender};
 use crate::vocabulary::{Leg, LocalAddr, PeerAddr};
 
 /// Events handled in a row when more are queued, before the timers and
@@ -124,8 +127,14 @@ impl Dispatcher {
         self
     }
 
-    /// Handle `events` until `shutdown` (or until every transport is gone).
-    pub async fn run(mut self, mut events: mpsc::Receiver<Event>, shutdown: CancellationToken) {
+    /// Handle the worker's `datagrams` and `events` until `shutdown` (or
+    /// until every transport is gone).
+    pub async fn run(
+        mut self,
+        mut events: mpsc::Receiver<Event>,
+        mut datagrams: Datagrams,
+        shutdown: CancellationToken,
+    ) {
         let mut housekeeping = tokio::time::interval(HOUSEKEEPING_INTERVAL);
         let Self {
             core,
@@ -149,6 +158,21 @@ impl Dispatcher {
                 () = retransmit_timer.fired() => retransmit(core, senders, log).await,
                 () = probes.due() => probes.send(core, senders, log, edge).await,
                 _ = housekeeping.tick(), if *keeps_house => edge.housekeeping(core, Instant::now()),
+                event = datagrams.next(), if datagrams.is_open() => {
+                    // What else is queued on the sockets is handled without
+                    // going back through the select (at most `EVENT_BATCH`
+                    // in a row).
+                    let mut next = Some(event);
+                    let mut handled = 0;
+                    while let Some(event) = next.take() {
+                        core.metrics().worker_events.inc(worker);
+                        dispatch(core, senders, log, edge, event).await;
+                        handled += 1;
+                        if handled < EVENT_BATCH {
+                            next = datagrams.try_next();
+                        }
+                    }
+                }
                 event = events.recv() => match event {
                     Some(mut event) => {
                         // What else is queued is handled without going back

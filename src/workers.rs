@@ -26,7 +26,8 @@ use tracing::{error, info};
 use crate::dispatch::Dispatcher;
 use crate::transport::stream::{self, Listener};
 use crate::transport::tls::{self, TlsContexts, TlsListener};
-use crate::transport::{udp, Event, Transport, TransportContext, UdpListener};
+use crate::transport::udp::{self, Datagrams};
+use crate::transport::{Event, Transport, TransportContext, UdpListener};
 use crate::vocabulary::LocalAddr;
 
 /// Events (inbound messages, undelivered ones) queued between a worker's
@@ -159,8 +160,8 @@ fn on_this_runtime(
 }
 
 /// Serve one worker on the current runtime until `shutdown`: its
-/// listeners feed `events` (through `ctx`, whose events go there) to its
-/// dispatcher.
+/// dispatcher receives its UDP datagrams itself, and its stream listeners
+/// feed `events` (through `ctx`, whose events go there).
 pub async fn serve(
     listeners: Listeners,
     ctx: Arc<TransportContext>,
@@ -179,15 +180,16 @@ pub async fn serve(
         handshake_timeout,
         tls_contexts,
     );
-    drop(ctx);
+    let datagrams = Datagrams::new(listeners.udp.clone(), ctx);
     dispatcher
         .sending_datagrams_from(listeners.udp)
-        .run(events, shutdown)
+        .run(events, datagrams, shutdown)
         .await;
     tasks.shutdown().await;
 }
 
-/// Start the UDP receive loops and the stream accept loops. Each stream
+/// Start the watch on the UDP sockets' ICMP errors and the stream accept
+/// loops. Each stream
 /// listener's open step is chosen here: `tcp:` refuses a TLS ClientHello
 /// (the first byte due within the message deadline), `tls:` runs the
 /// handshake (bounded like a message) in the connection's task and slot.
@@ -200,7 +202,12 @@ fn spawn_listeners(
     tls_contexts: &TlsContexts,
 ) {
     for listener in udp_listeners {
-        tasks.spawn(udp::serve(listener.clone(), ctx.clone()));
+        tasks.spawn(udp::watch_errors(
+            listener.clone(),
+            ctx.metrics.clone(),
+            ctx.udp_upstream,
+            ctx.shutdown.clone(),
+        ));
     }
     let deadline = ctx.limits.message_deadline;
     for (transport, listener, local) in streams {

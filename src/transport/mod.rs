@@ -1,9 +1,10 @@
 //! Stage 1, transport: sockets in and out. Knows framing, not SIP
-//! semantics: every message goes to [`crate::app`]'s dispatcher as an
+//! semantics: every message goes to its worker's dispatcher as an
 //! [`Event`], and every outbound message comes back through [`Senders`],
 //! which never wait for a connection.
 //!
-//! - `udp`: one receive loop per UDP socket;
+//! - `udp`: a worker's datagrams, received in its dispatcher's own loop
+//!   ([`udp::Datagrams`]), and a task per UDP socket for its ICMP errors;
 //! - `stream`: ONE server for connection-oriented transports, generic over
 //!   `AsyncRead + AsyncWrite` (TCP; TLS runs its handshake in the
 //!   connection's task, then the same framing, writer and timeouts);

@@ -1,27 +1,35 @@
-//! UDP: one receive loop per listener socket. Keep-alives and STUN are
-//! counted, not parsed; every other datagram goes to the dispatcher. A
-//! failed receive costs that datagram only; an unrecoverable socket error
-//! ends the loop.
+//! UDP: a worker's datagrams are received where they are dispatched
+//! ([`Datagrams`], awaited by the dispatcher's loop: no queue and no task
+//! switch between the socket and the core). Keep-alives and STUN are
+//! counted, not parsed; every other datagram is admitted (the source's rate
+//! limit) and handed on as an [`Event`]. A failed receive costs that
+//! datagram only; an unrecoverable socket error ends receiving on that
+//! socket.
 //!
 //! ICMP errors (Linux): an unconnected UDP socket hears nothing of them
 //! unless `IP_RECVERR` / `IPV6_RECVERR` is set. It is, on every listener, so
 //! the kernel queues each ICMP error for a datagram sent (port, host or
 //! network unreachable) on the socket's error queue with the datagram's
-//! destination; the receive loop reads that queue and counts the error as
-//! [`Fault::UpstreamUnreachable`] (sent to the UDP upstream) or
-//! [`Fault::ClientUnreachable`]. The option also makes the kernel hand the
-//! error once to the next `recvfrom` or `sendto` on the socket (whatever
-//! its destination): the receive loop takes it for what it is, and
-//! [`send_to`] sends again once, so no datagram is lost to an error that
-//! was about another one.
+//! destination; a task per socket ([`watch_errors`]) reads that queue and
+//! counts the error as [`Fault::UpstreamUnreachable`] (sent to the UDP
+//! upstream) or [`Fault::ClientUnreachable`]. The option also makes the
+//! kernel hand the error once to the next `recvfrom` or `sendto` on the
+//! socket (whatever its destination): [`Datagrams`] takes it for what it
+//! is, and [`send_to`] sends again once, so no datagram is lost to an error
+//! that was about another one.
 
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use bytes::Bytes;
+use tokio::io::ReadBuf;
 use tokio::net::UdpSocket;
-use tracing::{debug, error, info_span, Instrument};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error};
 
-use super::{admit, is_unrecoverable, Admitted, Fault, Transport, TransportContext, UdpListener};
+use super::{
+    admit, is_unrecoverable, Admitted, Event, Fault, Transport, TransportContext, UdpListener,
+};
 use crate::observe::metrics::{DropReason, Metrics};
 use crate::sip::framing::{classify_datagram, Datagram};
 use crate::vocabulary::{Inbound, PeerAddr};
@@ -32,108 +40,150 @@ use std::net::{IpAddr, SocketAddr};
 /// and then refused by the size limit).
 const RECV_BUFFER_BYTES: usize = 65_536;
 
-/// Receive datagrams on `listener` until shutdown. A datagram whose source
-/// is in `proxy.upstream_sources` is the registrar's.
-pub async fn serve(listener: UdpListener, ctx: Arc<TransportContext>) {
-    let span = info_span!("listener", transport = %Transport::Udp, local = %listener.local);
-    receive(listener, ctx).instrument(span).await;
+/// The datagrams of one worker's UDP listeners, received where they are
+/// dispatched: the dispatcher awaits [`Datagrams::next`] beside its other
+/// work, so a datagram goes from the socket to the core with no queue and
+/// no task switch in between. Keep-alives and STUN are counted here, a
+/// source over its rate limit is refused or dropped ([`admit`]); what is
+/// left comes out as an [`Event`]. The sockets' ICMP errors are read by
+/// [`watch_errors`], a task of its own per socket.
+pub struct Datagrams {
+    listeners: Vec<UdpListener>,
+    /// What admission needs; `None` once no listener is left (so that the
+    /// worker's event queue can close when its other transports end).
+    ctx: Option<Arc<TransportContext>>,
+    buf: Box<[u8]>,
+    /// The listener asked first next time: turn about, so one busy socket
+    /// does not starve the others.
+    first: usize,
 }
 
-async fn receive(listener: UdpListener, ctx: Arc<TransportContext>) {
-    let icmp_errors = report_icmp_errors(&listener.socket);
-    if let Err(e) = &icmp_errors {
-        tracing::warn!(error = %e, "ICMP errors for datagrams sent will not be counted on this socket");
+impl Datagrams {
+    /// The datagrams arriving on `listeners`, admitted through `ctx`.
+    pub fn new(listeners: Vec<UdpListener>, ctx: Arc<TransportContext>) -> Self {
+        Self {
+            ctx: (!listeners.is_empty()).then_some(ctx),
+            listeners,
+            buf: vec![0u8; RECV_BUFFER_BYTES].into_boxed_slice(),
+            first: 0,
+        }
     }
-    let icmp_errors = icmp_errors.is_ok();
-    let mut buf = vec![0u8; RECV_BUFFER_BYTES];
-    // The error queue is also drained once a second: the readiness event of
-    // an ICMP error can be missed when it arrives together with other events
-    // on the socket, and the error would then wait for the next one.
-    let mut sweep = tokio::time::interval(ICMP_SWEEP_INTERVAL);
-    sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // Made once: a fresh `cancelled()` per datagram registers a waiter each time.
-    let cancelled = ctx.shutdown.cancelled();
-    tokio::pin!(cancelled);
-    loop {
-        let received = tokio::select! {
-            () = &mut cancelled => return,
-            queued = next_icmp_error(&listener.socket), if icmp_errors => {
-                if let Ok(icmp) = queued {
-                    report_icmp_error(&ctx, icmp);
-                }
-                continue;
-            }
-            _ = sweep.tick(), if icmp_errors => {
-                drain_icmp_errors(&listener.socket, &ctx);
-                continue;
-            }
-            received = listener.socket.recv_from(&mut buf) => received,
-        };
-        // What else is already queued is taken without going back through
-        // the select (at most `RECEIVE_BATCH` in a row: the other branches
-        // get their turn).
-        let mut next = Some(received);
-        let mut taken = 0;
-        while let Some(received) = next.take() {
-            match received_one(&listener, &ctx, icmp_errors, received, &buf).await {
-                Received::Go => {}
-                Received::Stop => return,
-            }
-            taken += 1;
-            if taken < RECEIVE_BATCH {
-                next = match listener.socket.try_recv_from(&mut buf) {
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => None,
-                    received => Some(received),
-                };
+
+    /// Whether any listener is left to receive on.
+    pub fn is_open(&self) -> bool {
+        !self.listeners.is_empty()
+    }
+
+    /// The next datagram that is an event for the dispatcher, once one
+    /// arrives (pending forever when no listener is left).
+    pub async fn next(&mut self) -> Event {
+        loop {
+            let (index, received) = std::future::poll_fn(|cx| self.poll_receive(cx)).await;
+            if let Some(event) = self.taken(index, received) {
+                return event;
             }
         }
     }
+
+    /// One more event already queued on a socket, without waiting: `None`
+    /// when nothing is (what is queued but not an event is taken on the
+    /// way).
+    pub fn try_next(&mut self) -> Option<Event> {
+        for _ in 0..RECEIVE_BATCH {
+            let (index, received) = self.try_receive()?;
+            if let Some(event) = self.taken(index, received) {
+                return Some(event);
+            }
+        }
+        None
+    }
+
+    fn poll_receive(&mut self, cx: &mut Context<'_>) -> Poll<(usize, Received)> {
+        let count = self.listeners.len();
+        for turn in 0..count {
+            let index = (self.first + turn) % count;
+            let mut read = ReadBuf::new(&mut self.buf);
+            if let Poll::Ready(received) =
+                self.listeners[index].socket.poll_recv_from(cx, &mut read)
+            {
+                self.first = (index + 1) % count;
+                let n = read.filled().len();
+                return Poll::Ready((index, received.map(|source| (n, source))));
+            }
+        }
+        Poll::Pending
+    }
+
+    fn try_receive(&mut self) -> Option<(usize, Received)> {
+        let count = self.listeners.len();
+        for turn in 0..count {
+            let index = (self.first + turn) % count;
+            match self.listeners[index].socket.try_recv_from(&mut self.buf) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                received => {
+                    self.first = (index + 1) % count;
+                    return Some((index, received));
+                }
+            }
+        }
+        None
+    }
+
+    /// What one receive on listener `index` gives the dispatcher (the
+    /// datagram is in the buffer). A socket that can no longer receive is
+    /// let go.
+    fn taken(&mut self, index: usize, received: Received) -> Option<Event> {
+        let ctx = self.ctx.as_ref()?;
+        let listener = &self.listeners[index];
+        let (n, source) = match received {
+            Ok(received) => received,
+            Err(e) if is_icmp_echo(&e) => {
+                debug!(local = %listener.local, error = %e, "an ICMP error for an earlier datagram (counted from the error queue)");
+                return None;
+            }
+            Err(e) if is_unrecoverable(&e) => {
+                error!(local = %listener.local, error = %e, "UDP socket unusable; no more datagrams received on it");
+                self.listeners.swap_remove(index);
+                self.first = 0;
+                if self.listeners.is_empty() {
+                    self.ctx = None;
+                }
+                return None;
+            }
+            Err(e) => {
+                Fault::UdpReceive.report(&ctx.metrics, None, &e);
+                return None;
+            }
+        };
+        admitted(ctx, listener, source, &self.buf[..n])
+    }
 }
 
-/// Datagrams taken in a row from a UDP socket that has more queued.
+/// What a receive gives: the datagram's length and source.
+type Received = std::io::Result<(usize, std::net::SocketAddr)>;
+
+/// Datagrams taken in a row without an event for the dispatcher (keep-
+/// alives, refused sources) before [`Datagrams::try_next`] gives up its
+/// turn.
 const RECEIVE_BATCH: usize = 32;
 
-/// Whether the receive loop goes on.
-enum Received {
-    Go,
-    Stop,
-}
-
-/// Hand one received datagram (`buf` holds it) to the dispatcher, after
-/// its source's rate limit; keep-alives and STUN are counted, errors
-/// reported.
-async fn received_one(
-    listener: &UdpListener,
+/// The event a datagram from `source` on `listener` is, after its source's
+/// rate limit; keep-alives and STUN are counted, not handed on.
+fn admitted(
     ctx: &TransportContext,
-    icmp_errors: bool,
-    received: std::io::Result<(usize, std::net::SocketAddr)>,
-    buf: &[u8],
-) -> Received {
-    let (n, source) = match received {
-        Ok(received) => received,
-        Err(e) if icmp_errors && is_icmp_echo(&e) => {
-            debug!(error = %e, "an ICMP error for an earlier datagram (counted from the error queue)");
-            return Received::Go;
-        }
-        Err(e) if is_unrecoverable(&e) => {
-            error!(error = %e, "UDP socket unusable; no more datagrams received on it");
-            return Received::Stop;
-        }
-        Err(e) => {
-            Fault::UdpReceive.report(&ctx.metrics, None, &e);
-            return Received::Go;
-        }
-    };
-    let data = &buf[..n];
+    listener: &UdpListener,
+    source: std::net::SocketAddr,
+    data: &[u8],
+) -> Option<Event> {
     match classify_datagram(data) {
         Datagram::KeepAlive => {
             Metrics::inc(&ctx.metrics.keepalives);
-            return Received::Go;
+            return None;
         }
         Datagram::Stun => {
-            debug!(%source, "STUN datagram ignored");
+            debug!(local = %listener.local, %source, "STUN datagram ignored");
             ctx.metrics.count_drop(DropReason::Stun);
-            return Received::Go;
+            return None;
         }
         Datagram::Sip => {}
     }
@@ -145,12 +195,43 @@ async fn received_one(
         connection: None,
         leg: ctx.upstream_sources.leg_of(source),
     };
-    let Admitted::Event(event, _) = admit(ctx, message) else {
-        return Received::Go;
-    };
-    match ctx.events.send(event).await {
-        Ok(()) => Received::Go,
-        Err(_) => Received::Stop,
+    match admit(ctx, message) {
+        Admitted::Event(event, _) => Some(event),
+        _ => None,
+    }
+}
+
+/// Read the ICMP errors of `listener`'s socket until `shutdown`: each is
+/// counted as [`Fault::UpstreamUnreachable`] (for a datagram sent to the
+/// UDP upstream `udp_upstream`) or [`Fault::ClientUnreachable`]. Nothing
+/// to do (a warning) where the kernel does not report them.
+pub async fn watch_errors(
+    listener: UdpListener,
+    metrics: Arc<Metrics>,
+    udp_upstream: Option<std::net::SocketAddr>,
+    shutdown: CancellationToken,
+) {
+    if let Err(e) = report_icmp_errors(&listener.socket) {
+        tracing::warn!(local = %listener.local, error = %e, "ICMP errors for datagrams sent will not be counted on this socket");
+        return;
+    }
+    // The error queue is also drained once a second: the readiness event of
+    // an ICMP error can be missed when it arrives together with other events
+    // on the socket, and the error would then wait for the next one.
+    let mut sweep = tokio::time::interval(ICMP_SWEEP_INTERVAL);
+    sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let cancelled = shutdown.cancelled();
+    tokio::pin!(cancelled);
+    loop {
+        tokio::select! {
+            () = &mut cancelled => return,
+            queued = next_icmp_error(&listener.socket) => {
+                if let Ok(icmp) = queued {
+                    report_icmp_error(&metrics, udp_upstream, icmp);
+                }
+            }
+            _ = sweep.tick() => drain_icmp_errors(&listener.socket, &metrics, udp_upstream),
+        }
     }
 }
 
@@ -248,16 +329,21 @@ const ICMP_SWEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(
 
 /// Count every ICMP error waiting on the socket's error queue, now.
 #[cfg(target_os = "linux")]
-fn drain_icmp_errors(socket: &UdpSocket, ctx: &TransportContext) {
+fn drain_icmp_errors(socket: &UdpSocket, metrics: &Metrics, udp_upstream: Option<SocketAddr>) {
     while let Ok(entry) = read_error_queue(socket) {
         if let Some(icmp) = entry {
-            report_icmp_error(ctx, icmp);
+            report_icmp_error(metrics, udp_upstream, icmp);
         }
     }
 }
 
 #[cfg(not(target_os = "linux"))]
-fn drain_icmp_errors(_socket: &UdpSocket, _ctx: &TransportContext) {}
+fn drain_icmp_errors(
+    _socket: &UdpSocket,
+    _metrics: &Metrics,
+    _udp_upstream: Option<std::net::SocketAddr>,
+) {
+}
 
 /// Take one entry of the socket's error queue: `Ok(Some)` for an ICMP
 /// error, `Ok(None)` for another entry, `WouldBlock` when the queue is
@@ -331,18 +417,22 @@ fn read_error_queue(socket: &UdpSocket) -> std::io::Result<Option<IcmpError>> {
 /// Count and log (rate-limited) an ICMP error: for the UDP upstream it
 /// also makes `/readyz` fail until the upstream sends a message again.
 #[cfg(target_os = "linux")]
-fn report_icmp_error(ctx: &TransportContext, icmp: IcmpError) {
-    if ctx.udp_upstream == Some(icmp.destination) {
-        ctx.metrics
+fn report_icmp_error(metrics: &Metrics, udp_upstream: Option<SocketAddr>, icmp: IcmpError) {
+    if udp_upstream == Some(icmp.destination) {
+        metrics
             .note_udp_upstream_unreachable(format!("ICMP error for a datagram sent to it: {icmp}"));
-        Fault::UpstreamUnreachable.report(&ctx.metrics, Some(icmp.destination), &icmp);
+        Fault::UpstreamUnreachable.report(metrics, Some(icmp.destination), &icmp);
     } else {
-        Fault::ClientUnreachable.report(&ctx.metrics, Some(icmp.destination), &icmp);
+        Fault::ClientUnreachable.report(metrics, Some(icmp.destination), &icmp);
     }
 }
 
 #[cfg(not(target_os = "linux"))]
-fn report_icmp_error(_ctx: &TransportContext, icmp: std::convert::Infallible) {
+fn report_icmp_error(
+    _metrics: &Metrics,
+    _udp_upstream: Option<std::net::SocketAddr>,
+    icmp: std::convert::Infallible,
+) {
     match icmp {}
 }
 
@@ -435,6 +525,99 @@ mod tests {
         assert_eq!(drops_in_table(table, &[4242]), 17);
         assert_eq!(drops_in_table(table, &[4242, 99]), 22);
         assert_eq!(drops_in_table(table, &[1]), 0);
+    }
+
+    /// A listener on a loopback port of its own.
+    async fn loopback_listener() -> UdpListener {
+        let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let local = crate::vocabulary::LocalAddr(socket.local_addr().unwrap());
+        UdpListener {
+            socket: Arc::new(socket),
+            local,
+        }
+    }
+
+    /// The source and local address of a received event.
+    fn addresses(event: Event) -> (std::net::SocketAddr, std::net::SocketAddr) {
+        match event {
+            Event::Received(inbound) => (inbound.source.0, inbound.local.0),
+            other => panic!("not a received message: {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn datagrams_come_from_every_listener_and_keepalives_and_stun_are_only_counted() {
+        let (events, _queue) = tokio::sync::mpsc::channel(1);
+        let ctx = TransportContext::for_tests(events, 4);
+        let (a, b) = (loopback_listener().await, loopback_listener().await);
+        let (a_local, b_local) = (a.local.0, b.local.0);
+        let mut datagrams = Datagrams::new(vec![a, b], ctx.clone());
+        let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let options = b"OPTIONS sip:x@example.com SIP/2.0\r\n\r\n";
+        // A STUN binding request: type 0x0001, length 0, the magic cookie.
+        let stun = [
+            0, 1, 0, 0, 0x21, 0x12, 0xa4, 0x42, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12,
+        ];
+        client.send_to(b"\r\n\r\n", a_local).await.unwrap();
+        client.send_to(&stun, a_local).await.unwrap();
+        client.send_to(options, a_local).await.unwrap();
+        client.send_to(options, b_local).await.unwrap();
+        let within = std::time::Duration::from_secs(5);
+        let mut locals = Vec::new();
+        for _ in 0..2 {
+            let event = tokio::time::timeout(within, datagrams.next())
+                .await
+                .expect("a datagram");
+            let (source, local) = addresses(event);
+            assert_eq!(source, client.local_addr().unwrap());
+            locals.push(local);
+        }
+        locals.sort();
+        let mut expected = vec![a_local, b_local];
+        expected.sort();
+        assert_eq!(locals, expected, "one message from each listener");
+        assert_eq!(
+            ctx.metrics
+                .keepalives
+                .load(std::sync::atomic::Ordering::Relaxed),
+            1
+        );
+        assert_eq!(ctx.metrics.drops(DropReason::Stun), 1);
+        assert!(datagrams.try_next().is_none(), "nothing else queued");
+        assert!(datagrams.is_open());
+    }
+
+    #[tokio::test]
+    async fn what_is_queued_is_taken_without_waiting() {
+        let (events, _queue) = tokio::sync::mpsc::channel(1);
+        let ctx = TransportContext::for_tests(events, 4);
+        let listener = loopback_listener().await;
+        let local = listener.local.0;
+        let mut datagrams = Datagrams::new(vec![listener], ctx);
+        let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        for _ in 0..3 {
+            client.send_to(b"\r\n\r\n", local).await.unwrap();
+            client
+                .send_to(b"SIP/2.0 200 OK\r\n\r\n", local)
+                .await
+                .unwrap();
+        }
+        let within = std::time::Duration::from_secs(5);
+        tokio::time::timeout(within, datagrams.next())
+            .await
+            .expect("a datagram");
+        // Loopback delivers at once: the other two are queued already, the
+        // keep-alives between them skipped.
+        assert!(datagrams.try_next().is_some());
+        assert!(datagrams.try_next().is_some());
+        assert!(datagrams.try_next().is_none());
+    }
+
+    #[test]
+    fn no_listener_means_closed() {
+        let (events, _queue) = tokio::sync::mpsc::channel(1);
+        let datagrams = Datagrams::new(Vec::new(), TransportContext::for_tests(events, 4));
+        assert!(!datagrams.is_open());
     }
 
     /// A loopback UDP port nobody listens on (bound, then closed).
