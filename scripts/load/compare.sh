@@ -14,9 +14,12 @@
 #   cargo build --release --bins --examples
 #   scripts/load/compare.sh [--calls N] [--rate R] [--rounds K] [--workers W]
 #                           [--scenarios "register invite"] [--transports "udp tcp"]
+#                           [--pin-relay CPU]
 #     defaults: 20000 calls at 2000/s, 3 rounds, sipadmit with 1 worker, both scenarios,
 #     clients over UDP and over TCP (one SIPp connection; the relays reach the registrar
-#     over UDP; the floor frames TCP by Content-Length, a thread per connection)
+#     over UDP; the floor frames TCP by Content-Length, a thread per connection);
+#     --pin-relay CPU runs each relay on that CPU and SIPp and the registrar on the others
+#     (register_latency.sh --pin-relay)
 # Output: per round one line, then per transport and scenario
 #   RESULT transport=.. scenario=.. sipadmit_us=.. kamailio_relay_us=.. floor_us=.. sipadmit_over_kamailio=.. sipadmit_over_floor=..
 set -euo pipefail
@@ -25,6 +28,7 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
 BIN="$ROOT/target/release"
 CALLS=20000; RATE=2000; ROUNDS=3; WORKERS=1; SCENARIOS="register invite"; TRANSPORTS="udp tcp"
+PIN=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --calls) CALLS=${2:?}; shift 2 ;;
@@ -33,6 +37,7 @@ while [ $# -gt 0 ]; do
     --workers) WORKERS=${2:?}; shift 2 ;;
     --scenarios) SCENARIOS=${2:?}; shift 2 ;;
     --transports) TRANSPORTS=${2:?}; shift 2 ;;
+    --pin-relay) PIN=(--pin-relay "${2:?}"); shift 2 ;;
     -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "compare: unknown option $1" >&2; exit 2 ;;
   esac
@@ -54,10 +59,10 @@ floor_tcp=""; [ "$transport" = tcp ] && floor_tcp="--tcp"
 for scenario in $SCENARIOS; do
   rm -f "$WORK/s" "$WORK/k" "$WORK/f"
   for round in $(seq 1 "$ROUNDS"); do
-    "$HERE/register_latency.sh" --transport "$transport" --scenario "$scenario" --sipadmit "$BIN/sipadmit" \
+    "$HERE/register_latency.sh" "${PIN[@]}" --transport "$transport" --scenario "$scenario" --sipadmit "$BIN/sipadmit" \
       --proxy-config "$WORK/sipadmit.toml" --with-kamailio-relay --calls "$CALLS" --rate "$RATE" \
       > "$WORK/sipadmit-$round.txt" 2>&1 || true
-    "$HERE/register_latency.sh" --transport "$transport" --scenario "$scenario" \
+    "$HERE/register_latency.sh" "${PIN[@]}" --transport "$transport" --scenario "$scenario" \
       --proxy-cmd "$BIN/examples/floor_relay $floor_tcp 127.0.0.1:@PROXY_PORT@ 127.0.0.1:@KAMAILIO_PORT@" \
       --calls "$CALLS" --rate "$RATE" > "$WORK/floor-$round.txt" 2>&1 || true
     s=$(relay_cpu "$WORK/sipadmit-$round.txt" proxy); k=$(relay_cpu "$WORK/sipadmit-$round.txt" kamrelay)

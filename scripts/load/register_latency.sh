@@ -57,6 +57,10 @@
 #     --proxy-port P       port for --proxy-cmd / --sipadmit (default: a free port)
 #     --with-kamailio-relay
 #                          also run the "kamrelay" phase (Kamailio as the relay)
+#     --pin-relay CPU      run the relay (sipadmit, the Kamailio relay, the --proxy-cmd) on CPU
+#                          only, and SIPp and the Kamailio registrar on every other CPU
+#                          (taskset): the relay keeps its core's caches, as it would on a
+#                          machine where it does not share cores with the load generator
 #     --keep               keep the work dir (configs, logs, SIPp traces) and print its path
 #   Example (proxy part, once the binary exists):
 #     cargo build --release
@@ -94,6 +98,7 @@ SIPADMIT_BIN=""
 PROXY_CONFIG=""
 KEEP=0
 KRELAY=0
+PIN_RELAY=""
 
 usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; }
 die() { echo "register_latency: $*" >&2; exit 2; }
@@ -114,6 +119,7 @@ while [ $# -gt 0 ]; do
     --proxy-config) PROXY_CONFIG=${2:?}; shift 2 ;;
     --keep) KEEP=1; shift ;;
     --with-kamailio-relay) KRELAY=1; shift ;;
+    --pin-relay) PIN_RELAY=${2:?}; shift 2 ;;
     -h|--help) usage; exit 0 ;;
     *) die "unknown option $1 (see --help)" ;;
   esac
@@ -149,6 +155,18 @@ KAMAILIO=$(command -v kamailio || true)
 [ -n "$KAMAILIO" ] || die "kamailio not installed"
 SIPP=$(command -v sipp || true)
 [ -n "$SIPP" ] || die "sipp not installed"
+# --pin-relay: the relay on one CPU, the rest of the rig on the others
+RELAY_ON=(); RIG_ON=()
+if [ -n "$PIN_RELAY" ]; then
+  command -v taskset > /dev/null || die "--pin-relay needs taskset (util-linux)"
+  CPUS=$(nproc)
+  [[ "$PIN_RELAY" =~ ^[0-9]+$ ]] && [ "$PIN_RELAY" -lt "$CPUS" ] \
+    || die "--pin-relay $PIN_RELAY: not a CPU of this machine (0..$(( CPUS - 1 )))"
+  [ "$CPUS" -ge 2 ] || die "--pin-relay needs at least 2 CPUs"
+  OTHERS=$(seq 0 $(( CPUS - 1 )) | grep -vx "$PIN_RELAY" | paste -sd, -)
+  RELAY_ON=(taskset -c "$PIN_RELAY"); RIG_ON=(taskset -c "$OTHERS")
+  echo "pinned: the relay on CPU $PIN_RELAY, SIPp and the registrar on CPU $OTHERS" >&2
+fi
 command -v ss >/dev/null || die "ss (iproute2) not installed"
 
 WORK=$(mktemp -d /tmp/sipadmit-load.XXXXXX)
@@ -263,7 +281,7 @@ sed -e "s#@LISTEN_UDP@#udp:127.0.0.1:$KPORT#" \
     -e "s#@MPATH@#$MPATH#" \
     -e "s#@CHILDREN@#$CHILDREN#g" \
     "$TEMPLATE" > "$WORK/kamailio.cfg"
-KPGID=$(start_group "$WORK/kamailio.log" "$KAMAILIO" -DD -E -f "$WORK/kamailio.cfg" \
+KPGID=$(start_group "$WORK/kamailio.log" "${RIG_ON[@]}" "$KAMAILIO" -DD -E -f "$WORK/kamailio.cfg" \
   -Y "$WORK/run" -w "$WORK" -m 256 -M 8)
 wait_ready kamailio "127.0.0.1:$KPORT" "127.0.0.1:$KPORT" "$KPGID" "$WORK/kamailio.log"
 echo "kamailio: 127.0.0.1:$KPORT (pgid $KPGID, $CHILDREN children), work dir $WORK" >&2
@@ -282,7 +300,7 @@ run_phase() { # name target_addr user_prefix
   k0=$(cpu_ticks_group "$KPGID")
   if [ -n "$RELAY_G" ]; then p0=$(cpu_ticks_group "$RELAY_G"); else p0=$(cpu_ticks_pid "$RELAY_PID"); fi
   echo "phase $name: $CALLS ${SCENARIO}s at $RATE/s to $target ..." >&2
-  ( cd "$d" && "$SIPP" "$target" -sf "$SCENARIO_FILE" -inf "$d/users.csv" \
+  ( cd "$d" && "${RIG_ON[@]}" "$SIPP" "$target" -sf "$SCENARIO_FILE" -inf "$d/users.csv" \
       -m "$CALLS" -r "$RATE" -rp 1000 -l "$(( RATE * 2 ))" \
       -i 127.0.0.1 -ci 127.0.0.1 -mi 127.0.0.1 -p "$(free_port)" -t "$SIPP_TRANSPORT" -nostdin \
       -timeout "${limit}s" -timeout_error -recv_timeout 5000 \
@@ -346,7 +364,7 @@ if [ "$KRELAY" = 1 ]; then
       -e "s#@MPATH@#$MPATH#" \
       -e "s#@CHILDREN@#$CHILDREN#g" \
       "$HERE/kamailio_relay.cfg" > "$WORK/kamailio_relay.cfg"
-  RPGID=$(start_group "$WORK/kamailio_relay.log" "$KAMAILIO" -DD -E -f "$WORK/kamailio_relay.cfg" \
+  RPGID=$(start_group "$WORK/kamailio_relay.log" "${RELAY_ON[@]}" "$KAMAILIO" -DD -E -f "$WORK/kamailio_relay.cfg" \
     -Y "$WORK/relay-run" -w "$WORK" -m 64 -M 8)
   wait_ready kamailio-relay "127.0.0.1:$RPORT" "127.0.0.1:$KPORT" "$RPGID" "$WORK/kamailio_relay.log"
   echo "kamailio relay: 127.0.0.1:$RPORT -> 127.0.0.1:$KPORT (pgid $RPGID)" >&2
@@ -371,7 +389,7 @@ elif [ -n "$PROXY_CMD" ]; then
   cmd=${cmd//@DECISION_LOG@/$WORK/decisions.jsonl}
   cmd=${cmd//@WORKDIR@/$WORK}
   echo "proxy: $cmd" >&2
-  PPGID=$(start_group "$WORK/proxy.log" bash -c "exec $cmd")
+  PPGID=$(start_group "$WORK/proxy.log" "${RELAY_ON[@]}" bash -c "exec $cmd")
   wait_ready proxy "127.0.0.1:$PROXY_PORT" "127.0.0.1:$KPORT" "$PPGID" "$WORK/proxy.log"
   RELAY_G=$PPGID
   run_phase proxy "127.0.0.1:$PROXY_PORT" "viaproxy"
