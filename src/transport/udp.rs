@@ -613,6 +613,48 @@ mod tests {
         assert!(datagrams.try_next().is_none());
     }
 
+    #[tokio::test]
+    async fn a_queue_is_taken_in_order_and_an_emptied_socket_still_wakes() {
+        let (events, _queue) = tokio::sync::mpsc::channel(1);
+        let ctx = TransportContext::for_tests(events, 4);
+        let listener = loopback_listener().await;
+        let local = listener.local.0;
+        let mut datagrams = Datagrams::new(vec![listener], ctx);
+        let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let count = 25;
+        for i in 0..count {
+            let message = format!("SIP/2.0 200 OK\r\nCall-ID: {i}\r\n\r\n");
+            client.send_to(message.as_bytes(), local).await.unwrap();
+        }
+        let call_id = |event: Event| match event {
+            Event::Received(inbound) => String::from_utf8_lossy(&inbound.bytes[25..]).into_owned(),
+            other => panic!("not a received message: {other:?}"),
+        };
+        let within = std::time::Duration::from_secs(5);
+        let mut seen = vec![call_id(
+            tokio::time::timeout(within, datagrams.next())
+                .await
+                .expect("a datagram"),
+        )];
+        while let Some(event) = datagrams.try_next() {
+            seen.push(call_id(event));
+        }
+        let sent: Vec<String> = (0..count).map(|i| format!("{i}\r\n\r\n")).collect();
+        assert_eq!(seen, sent, "every datagram, in the order sent");
+        // The last read found the queue empty (and cleared the readiness):
+        // the next datagram must still wake the wait.
+        for round in 0..3 {
+            client
+                .send_to(b"SIP/2.0 200 OK\r\nCall-ID: x\r\n\r\n", local)
+                .await
+                .unwrap();
+            tokio::time::timeout(within, datagrams.next())
+                .await
+                .unwrap_or_else(|_| panic!("round {round}: the datagram after an emptied queue"));
+            assert!(datagrams.try_next().is_none());
+        }
+    }
+
     #[test]
     fn no_listener_means_closed() {
         let (events, _queue) = tokio::sync::mpsc::channel(1);
