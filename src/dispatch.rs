@@ -159,41 +159,41 @@ impl Dispatcher {
                 () = probes.due() => probes.send(core, senders, log, edge).await,
                 _ = housekeeping.tick(), if *keeps_house => edge.housekeeping(core, Instant::now()),
                 event = datagrams.next(), if datagrams.is_open() => {
-                    // What else is queued on the sockets is handled without
-                    // going back through the select (at most `EVENT_BATCH`
-                    // in a row).
-                    let mut next = Some(event);
-                    let mut handled = 0;
-                    while let Some(event) = next.take() {
-                        core.metrics().worker_events.inc(worker);
-                        dispatch(core, senders, log, edge, event).await;
-                        handled += 1;
-                        if handled < EVENT_BATCH {
-                            next = datagrams.try_next();
-                        }
-                    }
+                    let more = || datagrams.try_next();
+                    dispatch_in_a_row(core, senders, log, edge, worker, event, more).await;
                 }
                 event = events.recv() => match event {
-                    Some(mut event) => {
-                        // What else is queued is handled without going back
-                        // through the select (at most `EVENT_BATCH` in a row).
-                        let mut handled = 0;
-                        loop {
-                            core.metrics().worker_events.inc(worker);
-                            dispatch(core, senders, log, edge, event).await;
-                            handled += 1;
-                            if handled == EVENT_BATCH {
-                                break;
-                            }
-                            match events.try_recv() {
-                                Ok(next) => event = next,
-                                Err(_) => break,
-                            }
-                        }
+                    Some(event) => {
+                        let more = || events.try_recv().ok();
+                        dispatch_in_a_row(core, senders, log, edge, worker, event, more).await;
                     }
                     None => break,
                 },
             }
+        }
+    }
+}
+
+/// Handle `first`, then what `more` has queued already, without going
+/// back through the select (at most `EVENT_BATCH` in a row: the timers and
+/// the shutdown signal get their turn).
+async fn dispatch_in_a_row(
+    core: &Core,
+    senders: &Senders,
+    log: &DecisionLog,
+    edge: &mut Edge,
+    worker: usize,
+    first: Event,
+    mut more: impl FnMut() -> Option<Event>,
+) {
+    let mut next = Some(first);
+    let mut handled = 0;
+    while let Some(event) = next.take() {
+        core.metrics().worker_events.inc(worker);
+        dispatch(core, senders, log, edge, event).await;
+        handled += 1;
+        if handled < EVENT_BATCH {
+            next = more();
         }
     }
 }

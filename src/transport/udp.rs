@@ -537,6 +537,17 @@ mod tests {
         }
     }
 
+    /// The datagrams of one loopback listener, its address, and a client
+    /// socket to send to it from.
+    async fn one_listener() -> (Datagrams, std::net::SocketAddr, UdpSocket) {
+        let (events, _queue) = tokio::sync::mpsc::channel(1);
+        let listener = loopback_listener().await;
+        let local = listener.local.0;
+        let datagrams = Datagrams::new(vec![listener], TransportContext::for_tests(events, 4));
+        let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        (datagrams, local, client)
+    }
+
     /// The source and local address of a received event.
     fn addresses(event: Event) -> (std::net::SocketAddr, std::net::SocketAddr) {
         match event {
@@ -589,12 +600,7 @@ mod tests {
 
     #[tokio::test]
     async fn what_is_queued_is_taken_without_waiting() {
-        let (events, _queue) = tokio::sync::mpsc::channel(1);
-        let ctx = TransportContext::for_tests(events, 4);
-        let listener = loopback_listener().await;
-        let local = listener.local.0;
-        let mut datagrams = Datagrams::new(vec![listener], ctx);
-        let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let (mut datagrams, local, client) = one_listener().await;
         for _ in 0..3 {
             client.send_to(b"\r\n\r\n", local).await.unwrap();
             client
@@ -615,12 +621,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_queue_is_taken_in_order_and_an_emptied_socket_still_wakes() {
-        let (events, _queue) = tokio::sync::mpsc::channel(1);
-        let ctx = TransportContext::for_tests(events, 4);
-        let listener = loopback_listener().await;
-        let local = listener.local.0;
-        let mut datagrams = Datagrams::new(vec![listener], ctx);
-        let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let (mut datagrams, local, client) = one_listener().await;
         let count = 25;
         for i in 0..count {
             let message = format!("SIP/2.0 200 OK\r\nCall-ID: {i}\r\n\r\n");
@@ -641,8 +642,8 @@ mod tests {
         }
         let sent: Vec<String> = (0..count).map(|i| format!("{i}\r\n\r\n")).collect();
         assert_eq!(seen, sent, "every datagram, in the order sent");
-        // The last read found the queue empty (and cleared the readiness):
-        // the next datagram must still wake the wait.
+        // The last read found the queue empty, which cleared the socket's
+        // readiness: the next datagram must still wake the wait.
         for round in 0..3 {
             client
                 .send_to(b"SIP/2.0 200 OK\r\nCall-ID: x\r\n\r\n", local)
