@@ -30,8 +30,11 @@ use crate::transport::udp::{self, Datagrams};
 use crate::transport::{Event, Transport, TransportContext, UdpListener};
 use crate::vocabulary::LocalAddr;
 
-/// Events (inbound messages, undelivered ones) queued between a worker's
-/// transports and its dispatcher.
+/// Events queued between a worker's stream connections (their messages)
+/// or the upstream link (messages it could not deliver) and its dispatcher.
+/// Datagrams are not queued here: the dispatcher receives them itself, and
+/// a UDP burst waits in the socket's receive buffer
+/// (`limits.udp_receive_buffer_bytes`).
 pub const EVENT_QUEUE: usize = 4096;
 
 /// One worker's sockets beyond the first worker, bound but not yet on a
