@@ -14,12 +14,14 @@
 #   cargo build --release --bins --examples
 #   scripts/load/compare.sh [--calls N] [--rate R] [--rounds K] [--workers W]
 #                           [--scenarios "register invite"] [--transports "udp tcp"]
-#                           [--pin-relay CPU]
+#                           [--pin-relay CPU] [--sipadmit BIN]
 #     defaults: 20000 calls at 2000/s, 3 rounds, sipadmit with 1 worker, both scenarios,
 #     clients over UDP and over TCP (one SIPp connection; the relays reach the registrar
 #     over UDP; the floor frames TCP by Content-Length, a thread per connection);
 #     --pin-relay CPU runs each relay on that CPU and SIPp and the registrar on the others
-#     (register_latency.sh --pin-relay)
+#     (register_latency.sh --pin-relay); --sipadmit BIN measures that sipadmit binary
+#     (default target/release/sipadmit; target/pgo/use/release/sipadmit for the build of
+#     scripts/pgo-build.sh)
 # Output: per round one line, then per transport and scenario
 #   RESULT transport=.. scenario=.. sipadmit_us=.. kamailio_relay_us=.. floor_us=.. sipadmit_over_kamailio=.. sipadmit_over_floor=..
 set -euo pipefail
@@ -29,6 +31,7 @@ ROOT=$(cd "$HERE/../.." && pwd)
 BIN="$ROOT/target/release"
 CALLS=20000; RATE=2000; ROUNDS=3; WORKERS=1; SCENARIOS="register invite"; TRANSPORTS="udp tcp"
 PIN=()
+SIPADMIT="$BIN/sipadmit"
 while [ $# -gt 0 ]; do
   case "$1" in
     --calls) CALLS=${2:?}; shift 2 ;;
@@ -38,12 +41,13 @@ while [ $# -gt 0 ]; do
     --scenarios) SCENARIOS=${2:?}; shift 2 ;;
     --transports) TRANSPORTS=${2:?}; shift 2 ;;
     --pin-relay) PIN=(--pin-relay "${2:?}"); shift 2 ;;
+    --sipadmit) SIPADMIT=${2:?}; shift 2 ;;
     -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "compare: unknown option $1" >&2; exit 2 ;;
   esac
 done
-for b in sipadmit examples/floor_relay; do
-  [ -x "$BIN/$b" ] || { echo "compare: $BIN/$b missing: cargo build --release --bins --examples" >&2; exit 2; }
+for b in "$SIPADMIT" "$BIN/examples/floor_relay"; do
+  [ -x "$b" ] || { echo "compare: $b missing: cargo build --release --bins --examples" >&2; exit 2; }
 done
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/compare-run.XXXXXX")
 trap 'rm -rf "$WORK"' EXIT
@@ -59,7 +63,7 @@ floor_tcp=""; [ "$transport" = tcp ] && floor_tcp="--tcp"
 for scenario in $SCENARIOS; do
   rm -f "$WORK/s" "$WORK/k" "$WORK/f"
   for round in $(seq 1 "$ROUNDS"); do
-    "$HERE/register_latency.sh" "${PIN[@]}" --transport "$transport" --scenario "$scenario" --sipadmit "$BIN/sipadmit" \
+    "$HERE/register_latency.sh" "${PIN[@]}" --transport "$transport" --scenario "$scenario" --sipadmit "$SIPADMIT" \
       --proxy-config "$WORK/sipadmit.toml" --with-kamailio-relay --calls "$CALLS" --rate "$RATE" \
       > "$WORK/sipadmit-$round.txt" 2>&1 || true
     "$HERE/register_latency.sh" "${PIN[@]}" --transport "$transport" --scenario "$scenario" \
