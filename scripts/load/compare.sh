@@ -51,7 +51,6 @@ for b in "$SIPADMIT" "$BIN/examples/floor_relay"; do
 done
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/compare-run.XXXXXX")
 trap 'rm -rf "$WORK"' EXIT
-sed -e "s/^\[proxy\]$/[proxy]\nworkers = $WORKERS/" -e "s/^drain_secs = .*/drain_secs = 0/" "$ROOT/config/sipadmit.toml" > "$WORK/sipadmit.toml"
 
 relay_cpu() { # file phase: the relay's CPU per call, only from a phase where every call succeeded
   awk -v p="$2" '$1 == "RESULT" && $2 == "phase=" p && / failed=0 / { for (i = 3; i <= NF; i++) if ($i ~ /^relay_cpu_us_per_reg=/) { sub(/.*=/, "", $i); print $i } }' "$1"
@@ -64,7 +63,7 @@ for scenario in $SCENARIOS; do
   rm -f "$WORK/s" "$WORK/k" "$WORK/f"
   for round in $(seq 1 "$ROUNDS"); do
     "$HERE/register_latency.sh" "${PIN[@]}" --transport "$transport" --scenario "$scenario" --sipadmit "$SIPADMIT" \
-      --proxy-config "$WORK/sipadmit.toml" --with-kamailio-relay --calls "$CALLS" --rate "$RATE" \
+      --workers "$WORKERS" --with-kamailio-relay --calls "$CALLS" --rate "$RATE" \
       > "$WORK/sipadmit-$round.txt" 2>&1 || true
     "$HERE/register_latency.sh" "${PIN[@]}" --transport "$transport" --scenario "$scenario" \
       --proxy-cmd "$BIN/examples/floor_relay $floor_tcp 127.0.0.1:@PROXY_PORT@ 127.0.0.1:@KAMAILIO_PORT@" \
@@ -73,7 +72,7 @@ for scenario in $SCENARIOS; do
     f=$(relay_cpu "$WORK/floor-$round.txt" proxy)
     if [ -z "$s" ] || [ -z "$k" ] || [ -z "$f" ]; then
       echo "compare: $transport $scenario round $round incomplete:" >&2
-      tail -n 5 "$WORK/sipadmit-$round.txt" "$WORK/floor-$round.txt" >&2; exit 1
+      grep -h -e '^RESULT phase=' -e 'register_latency:' "$WORK/sipadmit-$round.txt" "$WORK/floor-$round.txt" >&2; exit 1
     fi
     echo "$transport $scenario round $round: sipadmit $s us, kamailio relay $k us, floor $f us per call" >&2
     echo "$s" >> "$WORK/s"; echo "$k" >> "$WORK/k"; echo "$f" >> "$WORK/f"

@@ -49,11 +49,17 @@
 #                            @KAMAILIO_PORT@ Kamailio's port
 #                            @DECISION_LOG@  a decision log path in the work dir
 #                            @WORKDIR@       the work dir
-#     --sipadmit BIN --proxy-config FILE
+#     --sipadmit BIN [--proxy-config FILE | --workers W]
 #                          shorthand for
 #                          --proxy-cmd "BIN run --config FILE --listen udp:127.0.0.1:@PROXY_PORT@
 #                                       --upstream udp:127.0.0.1:@KAMAILIO_PORT@
 #                                       --decision-log @DECISION_LOG@"
+#                          (and --listen tcp:127.0.0.1:@PROXY_PORT@ with --transport tcp);
+#                          without --proxy-config, FILE is config/sipadmit.toml with
+#                          [proxy] workers = W (default 1) and drain_secs = 0
+#     --decision-log FILE  what @DECISION_LOG@ stands for (default: decisions.jsonl in the
+#                          work dir, gone after the run); records are appended to FILE and
+#                          outlive the run (scripts/pgo-build.sh reports over them)
 #     --proxy-port P       port for --proxy-cmd / --sipadmit (default: a free port)
 #     --with-kamailio-relay
 #                          also run the "kamrelay" phase (Kamailio as the relay)
@@ -64,8 +70,7 @@
 #     --keep               keep the work dir (configs, logs, SIPp traces) and print its path
 #   Example (proxy part, once the binary exists):
 #     cargo build --release
-#     scripts/load/register_latency.sh --sipadmit target/release/sipadmit \
-#         --proxy-config config/sipadmit.toml
+#     scripts/load/register_latency.sh --sipadmit target/release/sipadmit
 #
 # Output: a table, plus machine-readable lines
 #   RESULT phase=<direct|kamrelay|proxy> calls=.. ok=.. failed=.. retrans=.. p50_us=..
@@ -96,6 +101,8 @@ PROXY_CMD=""
 PROXY_PORT=""
 SIPADMIT_BIN=""
 PROXY_CONFIG=""
+WORKERS=""
+DECISION_LOG=""
 KEEP=0
 KRELAY=0
 PIN_RELAY=""
@@ -117,6 +124,8 @@ while [ $# -gt 0 ]; do
     --proxy-port) PROXY_PORT=${2:?}; shift 2 ;;
     --sipadmit) SIPADMIT_BIN=${2:?}; shift 2 ;;
     --proxy-config) PROXY_CONFIG=${2:?}; shift 2 ;;
+    --workers) WORKERS=${2:?}; shift 2 ;;
+    --decision-log) DECISION_LOG=${2:?}; shift 2 ;;
     --keep) KEEP=1; shift ;;
     --with-kamailio-relay) KRELAY=1; shift ;;
     --pin-relay) PIN_RELAY=${2:?}; shift 2 ;;
@@ -137,11 +146,14 @@ case "$SCENARIO" in
   invite) SCENARIO_FILE=""; FINAL=486 ;;
   *) die "--scenario must be register or invite" ;;
 esac
+[ -z "$WORKERS" ] || [[ "$WORKERS" =~ ^[0-9]+$ && "$WORKERS" -gt 0 ]] || die "--workers must be a positive integer"
 if [ -n "$SIPADMIT_BIN" ]; then
-  [ -n "$PROXY_CONFIG" ] || die "--sipadmit needs --proxy-config"
   [ -z "$PROXY_CMD" ] || die "--sipadmit and --proxy-cmd are exclusive"
-  PROXY_CMD="$SIPADMIT_BIN run --config $PROXY_CONFIG --listen udp:127.0.0.1:@PROXY_PORT@ --upstream udp:127.0.0.1:@KAMAILIO_PORT@ --decision-log @DECISION_LOG@"
+  [ -z "$PROXY_CONFIG" ] || [ -z "$WORKERS" ] || die "--proxy-config and --workers are exclusive"
+  PROXY_CMD="$SIPADMIT_BIN run --config ${PROXY_CONFIG:-@WORKDIR@/sipadmit.toml} --listen udp:127.0.0.1:@PROXY_PORT@ --upstream udp:127.0.0.1:@KAMAILIO_PORT@ --decision-log @DECISION_LOG@"
   [ "$TRANSPORT" = udp ] || PROXY_CMD="$PROXY_CMD --listen $TRANSPORT:127.0.0.1:@PROXY_PORT@"
+else
+  [ -z "$PROXY_CONFIG$WORKERS" ] || die "--proxy-config and --workers go with --sipadmit"
 fi
 if [ -n "$VIA" ]; then
   [ -z "$PROXY_CMD" ] || die "--via and --proxy-cmd/--sipadmit are exclusive"
@@ -170,6 +182,11 @@ fi
 command -v ss >/dev/null || die "ss (iproute2) not installed"
 
 WORK=$(mktemp -d /tmp/sipadmit-load.XXXXXX)
+if [ -n "$SIPADMIT_BIN" ] && [ -z "$PROXY_CONFIG" ]; then
+  # The shipped config, one event loop per --workers, no drain wait when stopped.
+  sed -e "s/^\[proxy\]$/[proxy]\nworkers = ${WORKERS:-1}/" -e "s/^drain_secs = .*/drain_secs = 0/" \
+    "$ROOT/config/sipadmit.toml" > "$WORK/sipadmit.toml"
+fi
 KPGID=""
 PPGID=""
 RPGID=""
@@ -386,7 +403,7 @@ elif [ -n "$PROXY_CMD" ]; then
   [ -n "$PROXY_PORT" ] || PROXY_PORT=$(free_port)
   cmd=${PROXY_CMD//@PROXY_PORT@/$PROXY_PORT}
   cmd=${cmd//@KAMAILIO_PORT@/$KPORT}
-  cmd=${cmd//@DECISION_LOG@/$WORK/decisions.jsonl}
+  cmd=${cmd//@DECISION_LOG@/${DECISION_LOG:-$WORK/decisions.jsonl}}
   cmd=${cmd//@WORKDIR@/$WORK}
   echo "proxy: $cmd" >&2
   PPGID=$(start_group "$WORK/proxy.log" "${RELAY_ON[@]}" bash -c "exec $cmd")
