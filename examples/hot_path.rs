@@ -14,8 +14,8 @@
 //! It also prints the wall time the core took per REGISTER and its answer.
 //! With a second argument, `BYTES`, it writes over that many bytes of other
 //! memory before each message, as the other processes of a busy machine do
-//! between two datagrams: `hot_path 20000 8388608` (more than this
-//! machine's 2 MiB L2 cache) gives what a message costs when the core's
+//! between two datagrams: `hot_path 20000 8388608` (more than the L2 cache
+//! of the test machines, 2 to 4 MiB) gives what a message costs when the core's
 //! code and data have to be fetched again, `hot_path 20000` what it costs
 //! warm.
 
