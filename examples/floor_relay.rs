@@ -14,8 +14,13 @@
 //! connection), leave over UDP, and the answers go back on the connection
 //! their client's address names.
 //!
+//! With `--tokio` (UDP only) the same loop runs on a current-thread tokio
+//! runtime, as a sipadmit worker does (`recv_from` and `send_to` awaited,
+//! the socket in the runtime's epoll): what the event loop itself costs
+//! against a blocking socket (docs/PERFORMANCE.md).
+//!
 //! ```sh
-//! cargo run --release --example floor_relay -- [--tcp] 127.0.0.1:5060 127.0.0.1:5070
+//! cargo run --release --example floor_relay -- [--tcp | --tokio] 127.0.0.1:5060 127.0.0.1:5070
 //! ```
 
 use std::collections::HashMap;
@@ -34,12 +39,16 @@ type Connections = Arc<Mutex<HashMap<SocketAddr, TcpStream>>>;
 
 fn main() -> std::io::Result<()> {
     let mut args: Vec<String> = std::env::args().skip(1).collect();
-    let tcp = args.first().is_some_and(|a| a == "--tcp");
-    if tcp {
-        args.remove(0);
-    }
+    let mode = match args.first().map(String::as_str) {
+        Some(flag @ ("--tcp" | "--tokio")) => {
+            let flag = flag.to_owned();
+            args.remove(0);
+            flag
+        }
+        _ => String::new(),
+    };
     let [listen, upstream] = args.as_slice() else {
-        eprintln!("usage: floor_relay [--tcp] LISTEN_ADDR:PORT UPSTREAM_ADDR:PORT");
+        eprintln!("usage: floor_relay [--tcp | --tokio] LISTEN_ADDR:PORT UPSTREAM_ADDR:PORT");
         std::process::exit(2);
     };
     let parse = |what: &str, s: &str| -> SocketAddr {
@@ -51,32 +60,71 @@ fn main() -> std::io::Result<()> {
     let (listen, upstream) = (parse("listen", listen), parse("upstream", upstream));
     let socket = UdpSocket::bind(listen)?;
     let local = socket.local_addr()?;
+    eprintln!("floor_relay listening on {local} ({mode:?}), relaying to {upstream}");
+    if mode == "--tokio" {
+        return tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+            .block_on(relay_on_tokio(socket, local, upstream));
+    }
+    let tcp = mode == "--tcp";
     let connections = Connections::default();
     if tcp {
         let listener = TcpListener::bind(local)?;
         let (socket, connections) = (socket.try_clone()?, connections.clone());
         std::thread::spawn(move || accept(listener, socket, local, upstream, connections));
     }
-    eprintln!("floor_relay listening on {local} (tcp: {tcp}), relaying to {upstream}");
     let mut buf = vec![0u8; 65_535];
     let mut out = Vec::with_capacity(65_535);
     loop {
         let (n, source) = socket.recv_from(&mut buf)?;
-        let message = &buf[..n];
         out.clear();
-        if message.starts_with(b"SIP/2.0 ") {
-            let Some(to) = strip_top_via(message, &mut out) else {
-                continue;
-            };
-            let mut connections = tcp.then(|| connections.lock().unwrap());
-            match connections.as_mut().and_then(|c| c.get_mut(&to)) {
-                // A closed connection only loses this answer.
-                Some(stream) => drop(stream.write_all(&out)),
-                None => drop(socket.send_to(&out, to)?),
-            }
-        } else if add_via(message, local, source, &mut out).is_some() {
-            socket.send_to(&out, upstream)?;
+        let Some((to, answer)) = route(&buf[..n], source, local, upstream, &mut out) else {
+            continue;
+        };
+        let mut connections = (tcp && answer).then(|| connections.lock().unwrap());
+        match connections.as_mut().and_then(|c| c.get_mut(&to)) {
+            // A closed connection only loses this answer.
+            Some(stream) => drop(stream.write_all(&out)),
+            None => drop(socket.send_to(&out, to)?),
         }
+    }
+}
+
+/// The UDP loop on the current tokio runtime (`--tokio`).
+async fn relay_on_tokio(
+    socket: UdpSocket,
+    local: SocketAddr,
+    upstream: SocketAddr,
+) -> std::io::Result<()> {
+    socket.set_nonblocking(true)?;
+    let socket = tokio::net::UdpSocket::from_std(socket)?;
+    let mut buf = vec![0u8; 65_535];
+    let mut out = Vec::with_capacity(65_535);
+    loop {
+        let (n, source) = socket.recv_from(&mut buf).await?;
+        out.clear();
+        if let Some((to, _)) = route(&buf[..n], source, local, upstream, &mut out) {
+            socket.send_to(&out, to).await?;
+        }
+    }
+}
+
+/// What a datagram from `source` becomes, written to `out`: a response
+/// loses its top Via and goes to the client its branch names, a request
+/// gains the floor relay's Via and goes to `upstream`. Returns where it
+/// goes and whether it is an answer; `None`: not relayed.
+fn route(
+    message: &[u8],
+    source: SocketAddr,
+    local: SocketAddr,
+    upstream: SocketAddr,
+    out: &mut Vec<u8>,
+) -> Option<(SocketAddr, bool)> {
+    if message.starts_with(b"SIP/2.0 ") {
+        strip_top_via(message, out).map(|client| (client, true))
+    } else {
+        add_via(message, local, source, out).map(|()| (upstream, false))
     }
 }
 
