@@ -17,7 +17,10 @@
 //! between two datagrams: `hot_path 20000 8388608` (more than the L2 cache
 //! of the test machines, 2 to 4 MiB) gives what a message costs when the core's
 //! code and data have to be fetched again, `hot_path 20000` what it costs
-//! warm.
+//! warm. A third argument, `STRIDE` (bytes, default 64), writes one word
+//! every `STRIDE` bytes instead: `hot_path 20000 33554432 4096` touches one
+//! line in each of 8,192 pages, evicting the address translations (TLB)
+//! with little of the caches.
 
 use std::time::{Duration, Instant};
 
@@ -41,6 +44,10 @@ fn main() {
             .nth(2)
             .and_then(|a| a.parse().ok())
             .unwrap_or(0),
+        std::env::args()
+            .nth(3)
+            .and_then(|a| a.parse().ok())
+            .unwrap_or(64),
     );
     let core = Core::detached(CONFIG).expect("the example's config");
     let now = Instant::now();
@@ -75,9 +82,10 @@ fn main() {
     }
     println!("relayed {relayed} of {n} REGISTERs and their answers");
     println!(
-        "core: {:.2} us per REGISTER and its answer, {} bytes of other memory written before each message",
+        "core: {:.2} us per REGISTER and its answer, {} bytes of other memory written over (a word every {} bytes) before each message",
         in_core.as_secs_f64() * 1e6 / n.max(1) as f64,
-        other_memory.bytes()
+        other_memory.bytes(),
+        other_memory.stride_words * 8
     );
     if relayed != n {
         std::process::exit(1);
@@ -118,13 +126,18 @@ fn ok(relayed: &Bytes) -> Vec<u8> {
 /// the other processes that run between two datagrams on a busy machine.
 struct OtherMemory {
     words: Vec<u64>,
+    /// Words from one write to the next: 8 (a cache line) writes all of
+    /// it; 512 (a page) one line per page, which evicts the translations
+    /// (TLB) of that many pages but few cached lines.
+    stride_words: usize,
     round: u64,
 }
 
 impl OtherMemory {
-    fn new(bytes: usize) -> Self {
+    fn new(bytes: usize, stride: usize) -> Self {
         Self {
             words: vec![0; bytes / 8],
+            stride_words: (stride / 8).max(1),
             round: 0,
         }
     }
@@ -133,11 +146,11 @@ impl OtherMemory {
         self.words.len() * 8
     }
 
-    /// Write every cache line of it (what is written cannot be optimised
-    /// away: it is read back by the next round).
+    /// Write one word every `stride_words` (what is written cannot be
+    /// optimised away: it is read back by the next round).
     fn write_over(&mut self) {
         self.round += 1;
-        for word in self.words.iter_mut().step_by(8) {
+        for word in self.words.iter_mut().step_by(self.stride_words) {
             *word = word.wrapping_mul(31).wrapping_add(self.round);
         }
         std::hint::black_box(&self.words);
