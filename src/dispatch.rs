@@ -518,7 +518,7 @@ async fn not_delivered(
     }
     // A response has no one to answer it; nor has sipadmit's own probe
     // (the only message "from the registrar" that goes to the registrar).
-    if inbound.bytes.starts_with(b"SIP/") || inbound.from_registrar() {
+    if inbound.is_response() || inbound.from_registrar() {
         return;
     }
     let answer = core.upstream_unavailable(inbound, Instant::now(), busy);

@@ -192,7 +192,7 @@ impl MessageKind {
 
     /// The kind of a message from its first bytes (`SIP/` starts a response).
     pub fn of(bytes: &[u8]) -> Self {
-        if bytes.starts_with(b"SIP/") {
+        if crate::vocabulary::starts_as_response(bytes) {
             Self::Response
         } else {
             Self::Request

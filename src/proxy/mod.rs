@@ -481,7 +481,7 @@ impl Core {
     /// A message that does not parse: dropped, counted, and noted for the
     /// malformed-message summary (the first few of every 10 s logged).
     fn unparsable(&self, inbound: &Inbound, error: SipError, now: Instant) -> Outcome {
-        let reason = if inbound.bytes.starts_with(b"SIP/") {
+        let reason = if inbound.is_response() {
             DropReason::MalformedResponse
         } else {
             DropReason::Malformed

@@ -47,7 +47,7 @@ use crate::sip::{HeaderName, Method, Params, SipError, SipView};
 use crate::transport::admission::BanCause;
 use crate::transport::Transport;
 
-/// Max-Forwards added to requests that carry none (RFC 3261 8.1.1.6).
+/// Max-Forwards added to requests that carry none (RFC 3261 16.6 step 3).
 const DEFAULT_MAX_FORWARDS: u8 = 70;
 
 /// What every phase of one request reads.
@@ -772,7 +772,8 @@ fn retransmit_key(
     })
 }
 
-/// RFC 3261 16.6 step 3: Max-Forwards one less, or 69 added when absent.
+/// RFC 3261 16.6 step 3: Max-Forwards one less, or added when absent
+/// (with 70, as the step recommends).
 fn decrement_max_forwards(view: &SipView, edits: &mut Edits) {
     match view
         .header_fields()
@@ -793,7 +794,7 @@ fn decrement_max_forwards(view: &SipView, edits: &mut Edits) {
         None => {
             edits.insert_fmt(
                 view.headers_end(),
-                format_args!("Max-Forwards: {}\r\n", DEFAULT_MAX_FORWARDS - 1),
+                format_args!("Max-Forwards: {DEFAULT_MAX_FORWARDS}\r\n"),
             );
         }
     }

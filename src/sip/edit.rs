@@ -130,36 +130,31 @@ pub fn mark_received(view: &SipView, via: &Via<'_>, source: SocketAddr, edits: &
     let Some((range, _)) = first_value(view, HeaderName::Via) else {
         return;
     };
-    let value = &view.raw()[range.clone()];
     // The rport value goes in first: when `rport` ends the value, both
     // edits insert at the same offset and keep this order.
     if via.rport() == Some(None) {
-        // Find the valueless `rport` flag and give it the source port.
-        let mut from = 0;
-        while let Some(p) = find_ignore_case(&value[from..], b";rport").map(|p| p + from) {
-            let end = p + b";rport".len();
-            let next = value.get(end).copied();
-            if matches!(
-                next,
-                None | Some(b';' | b' ' | b'\t' | b'\r' | b'\n' | b',')
-            ) {
-                edits.insert_fmt(range.start + end, format_args!("={}", source.port()));
-                break;
-            }
-            from = end;
+        // Right after the valueless `rport` flag's name, wherever white
+        // space around the `;` puts it (the parameters are slices of the
+        // message, so their offsets are the message's).
+        let base = view.raw().as_ptr() as usize;
+        let flag_end = via
+            .params
+            .iter()
+            .find(|(name, value)| value.is_none() && name.eq_ignore_ascii_case(b"rport"))
+            .and_then(|(name, _)| {
+                (name.as_ptr() as usize)
+                    .checked_sub(base)
+                    .map(|at| at + name.len())
+            })
+            .filter(|end| range.contains(end) || *end == range.end);
+        if let Some(end) = flag_end {
+            edits.insert_fmt(end, format_args!("={}", source.port()));
         }
     }
     let rport = via.rport().is_some();
     if (rport || !host_is_ip(via.host, source.ip())) && via.received().is_none() {
         edits.insert_fmt(range.end, format_args!(";received={}", source.ip()));
     }
-}
-
-/// Offset of the first ASCII case-insensitive occurrence of `needle`.
-fn find_ignore_case(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack
-        .windows(needle.len())
-        .position(|w| w.eq_ignore_ascii_case(needle))
 }
 
 /// Remove the first `n` comma-separated values of the `name` headers (in
@@ -358,6 +353,24 @@ mod tests {
         // Same host, no rport: nothing to say.
         let raw = b"A sip:x SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.7:5062\r\n\r\n";
         assert_eq!(&marked_from_192_0_2_7_port_5062(raw)[..], &raw[..]);
+    }
+
+    #[test]
+    fn a_spaced_rport_gets_its_port_and_a_quoted_one_is_left_alone() {
+        // RFC 3261 allows white space around the `;` (RFC 3581 4: the
+        // proxy fills in the flag's value wherever it stands).
+        let raw =
+            b"A sip:x SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.9:5062;branch=z9hG4bK1; rport\r\n\r\n";
+        assert_eq!(
+            &marked_from_192_0_2_7_port_5062(raw)[..],
+            &b"A sip:x SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.9:5062;branch=z9hG4bK1; rport=5062;received=192.0.2.7\r\n\r\n"[..]
+        );
+        // `;rport` inside a quoted value is the client's text, not the flag.
+        let raw = b"A sip:x SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.9:5062;x=\";rport \";rport;branch=z9hG4bK1\r\n\r\n";
+        assert_eq!(
+            &marked_from_192_0_2_7_port_5062(raw)[..],
+            &b"A sip:x SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.9:5062;x=\";rport \";rport=5062;branch=z9hG4bK1;received=192.0.2.7\r\n\r\n"[..]
+        );
     }
 
     #[test]

@@ -484,10 +484,15 @@ impl<'a> NameAddr<'a> {
             let display = trim_lws(&s[..lt]);
             ((!display.is_empty()).then_some(display), &s[lt..])
         } else {
-            // addr-spec: the URI runs to the first ';', the rest are header params.
+            // addr-spec: the URI runs to the first ';', the rest are header
+            // params. A URI with a comma or `?` must be in `<>` (RFC 3261
+            // 20.10): here one is a second value, or junk.
             let end = s.iter().position(|&b| b == b';').unwrap_or(s.len());
             let uri = trim_lws(&s[..end]);
-            if uri.is_empty() || (uri != b"*" && !uri.contains(&b':')) {
+            if uri.is_empty()
+                || (uri != b"*" && !uri.contains(&b':'))
+                || uri.iter().any(|&b| matches!(b, b',' | b'?') || is_lws(b))
+            {
                 return Err(bad);
             }
             return Ok(Self {

@@ -391,9 +391,10 @@ impl SipView {
             self.max_forwards()?;
             self.expires()?;
         }
+        // callid = word ["@" word] (RFC 3261 25.1): no white space, no comma.
         if self
             .call_id()
-            .is_none_or(|id| id.iter().any(|&b| is_lws(b)))
+            .is_none_or(|id| id.iter().any(|&b| is_lws(b) || b == b','))
         {
             return Err(SipError::MalformedHeader(HeaderName::CallId));
         }
@@ -410,6 +411,11 @@ impl SipView {
             if addr.tag().is_some_and(|t| !is_token(t)) {
                 return Err(SipError::MalformedHeader(name));
             }
+        }
+        // The proxy routes by the Route values and removes its own: a value
+        // it cannot read is refused, never relayed as it is.
+        for route in self.routes() {
+            route?;
         }
         Ok(())
     }
@@ -703,7 +709,7 @@ fn parse_start_line(
 ) -> Result<(StartLine, Option<SipError>), SipError> {
     let line = &buf[start..stop];
     let sp1 = memchr(b' ', line).ok_or(SipError::MalformedStartLine)?;
-    if line.starts_with(b"SIP/") {
+    if crate::vocabulary::starts_as_response(line) {
         check_version(&line[..sp1])?;
         let rest = &line[sp1 + 1..];
         let code_len = rest.iter().position(|&b| b == b' ').unwrap_or(rest.len());
@@ -735,7 +741,10 @@ fn parse_start_line(
         Some(SipError::MalformedStartLine)
     } else if uri.iter().any(|&b| is_lws(b)) {
         Some(SipError::MalformedRequestUri)
-    } else if !version.starts_with(b"SIP/") && !version.starts_with(b"sip/") {
+    } else if !version
+        .get(..4)
+        .is_some_and(|v| v.eq_ignore_ascii_case(b"SIP/"))
+    {
         Some(SipError::MalformedStartLine)
     } else {
         check_version(version).err()
@@ -900,6 +909,29 @@ mod tests {
                 "REGISTER <sip:example.com> SIP",
                 SipError::MalformedRequestUri,
             ),
+            // Two values in a header that takes one (RFC 3261 20.10: a URI
+            // with a comma must be in `<>`; 25.1: no comma in a Call-ID).
+            (
+                "t: <sip:alice@example.com>",
+                "t: sip:alice@example.com, sip:bob@example.net",
+                SipError::MalformedHeader(HeaderName::To),
+            ),
+            (
+                "f: <sip:alice@example.com>;tag=1",
+                "f: sip:alice@example.com, sip:bob@example.net;tag=1",
+                SipError::MalformedHeader(HeaderName::From),
+            ),
+            (
+                "i: abc@10.0.0.5",
+                "i: abc@10.0.0.5,def",
+                SipError::MalformedHeader(HeaderName::CallId),
+            ),
+            // A Route the proxy cannot read is not relayed as it is.
+            (
+                "Max-Forwards: 70\r\n",
+                "Max-Forwards: 70\r\nRoute: <sip:10.0.0.1;lr\r\n",
+                SipError::MalformedHeader(HeaderName::Route),
+            ),
         ];
         for (from, to, want) in cases {
             let msg = base.replacen(from, to, 1);
@@ -916,6 +948,22 @@ mod tests {
         assert!(view(&ok.replace("200", "4294967301")).is_err());
         assert!(view(&ok.replace("200", "099")).is_err());
         assert!(view("SIP/2.0 100\r\nVia: SIP/2.0/UDP h\r\nFrom: <sip:a@b>\r\nTo: <sip:a@b>\r\nCall-ID: x\r\nCSeq: 1 INVITE\r\n\r\n").is_ok());
+    }
+
+    #[test]
+    fn the_version_is_read_in_any_case() {
+        // RFC 3261 7.1: the version string is case-insensitive.
+        let ok = "SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\nFrom: <sip:a@b>;tag=1\r\nTo: <sip:a@b>;tag=2\r\nCall-ID: x\r\nCSeq: 1 REGISTER\r\nContent-Length: 0\r\n\r\n";
+        for version in ["sip/2.0", "Sip/2.0"] {
+            let v = view(&ok.replacen("SIP/2.0", version, 1)).unwrap();
+            assert_eq!(v.status(), Some(200), "{version}");
+            let request = REGISTER.replace("bodyEXTRA", "body").replacen(
+                "SIP/2.0\r\n",
+                &format!("{version}\r\n"),
+                1,
+            );
+            assert_eq!(view(&request).unwrap().method(), Some(Method::Register));
+        }
     }
 
     #[test]

@@ -266,7 +266,7 @@ pub fn admit(ctx: &TransportContext, inbound: Inbound) -> Admitted {
         Verdict::OverLimit {
             action: OverLimit::Reject,
             ..
-        } if !inbound.bytes.starts_with(b"SIP/") => {
+        } if !inbound.is_response() => {
             let refusal = SourceRefusal::OverLimit {
                 retry_after_secs: ctx.admission.retry_after_secs(),
             };

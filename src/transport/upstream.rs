@@ -310,9 +310,7 @@ impl LinkTask {
                 if let Some(open) = self.connection.as_mut() {
                     if open.heard.load(Ordering::Relaxed) {
                         open.unanswered = Vec::new();
-                    } else if !inbound.bytes.starts_with(b"SIP/")
-                        && open.unanswered.len() < MAX_UNANSWERED
-                    {
+                    } else if !inbound.is_response() && open.unanswered.len() < MAX_UNANSWERED {
                         open.unanswered.push(inbound);
                     }
                 }

@@ -143,6 +143,20 @@ impl Inbound {
     pub fn from_registrar(&self) -> bool {
         self.leg == Leg::FromRegistrar
     }
+
+    /// It is a response (it starts with the SIP version).
+    pub fn is_response(&self) -> bool {
+        starts_as_response(&self.bytes)
+    }
+}
+
+/// Whether a message starts as a response does: with `SIP/`, in any case
+/// (RFC 3261 7.1: the version is case-insensitive). A request cannot: `/`
+/// is no method character.
+pub fn starts_as_response(bytes: &[u8]) -> bool {
+    bytes
+        .get(..4)
+        .is_some_and(|v| v.eq_ignore_ascii_case(b"SIP/"))
 }
 
 /// Which way a message went past sipadmit: sent by a client (toward the
