@@ -557,10 +557,7 @@ impl Core {
             }
             None => self.upstream_transport(),
         };
-        let sips = ctx
-            .view
-            .request_uri()
-            .is_some_and(|uri| uri.len() >= 5 && uri[..5].eq_ignore_ascii_case(b"sips:"));
+        let sips = is_sips_request(ctx.view, routing);
         if sips && transport != Transport::Tls {
             return Err(Refusal::SipsWithoutTls(transport).into());
         }
@@ -575,7 +572,12 @@ impl Core {
         let own = self
             .address_for(transport, ip)
             .ok_or(Refusal::NoListener(transport))?;
-        Ok(NextHop { transport, ip, own })
+        Ok(NextHop {
+            transport,
+            ip,
+            own,
+            sips,
+        })
     }
 
     /// This proxy's Via on top (RFC 3261 16.6 step 8); toward the
@@ -625,9 +627,10 @@ impl Core {
             edits.insert_fmt(
                 after_vias(view, HeaderName::Path),
                 format_args!(
-                    "Path: <sip:{token}@{};transport={};lr>\r\n",
+                    "Path: <{}{token}@{}{};lr>\r\n",
+                    Scheme(hop.sips, hop.transport),
                     hop.own.uri_host(),
-                    hop.transport.as_str()
+                    TransportParam(hop.sips, hop.transport),
                 ),
             );
             self.expect_registration(ctx, inbound_flow);
@@ -637,7 +640,7 @@ impl Core {
                 Some(flow) => (Purpose::DialogFromUpstream, flow),
             };
             let token = self.signer().encode(purpose, flow);
-            let ftag = Text(view.from().ok().and_then(|f| f.tag()));
+            let ftag = FtagParam(view.from().ok().and_then(|f| f.tag()));
             // RFC 5658: when the request leaves on another transport or
             // address than it came in on, one value per side: the outbound
             // side on top (the next hop's way back), then the inbound side.
@@ -647,8 +650,9 @@ impl Core {
                 edits.insert_fmt(
                     at,
                     format_args!(
-                        "Record-Route: <sip:{token}@{host};transport={};lr;ftag={ftag}>\r\n",
-                        transport.as_str()
+                        "Record-Route: <{}{token}@{host}{};lr{ftag}>\r\n",
+                        Scheme(hop.sips, transport),
+                        TransportParam(hop.sips, transport),
                     ),
                 );
             };
@@ -712,7 +716,7 @@ impl OwnRoute<'_> {
     fn toward_client(&self, view: &SipView) -> Option<&Flow> {
         let (purpose, flow) = self.token.as_ref()?;
         let from_tag = view.from().ok().and_then(|f| f.tag());
-        let from_initiator = from_tag == self.ftag;
+        let from_initiator = ftag_names(self.ftag, from_tag);
         let to_client = match purpose {
             Purpose::Path => true,
             Purpose::DialogFromClient => !from_initiator,
@@ -751,6 +755,9 @@ struct NextHop<'s> {
     ip: std::net::IpAddr,
     /// This proxy's listener on that transport, facing that hop.
     own: &'s Listening,
+    /// The request is for a `sips:` URI: the URIs this proxy adds for it
+    /// are `sips:` too (RFC 3261 16.6 step 4).
+    sips: bool,
 }
 
 /// RFC 3261 17.1: a client on a stream never retransmits, so a request
@@ -840,6 +847,90 @@ impl std::fmt::Display for FlowParam<'_> {
             Some(token) => write!(f, ";{FLOW_PARAM}={token}"),
             None => Ok(()),
         }
+    }
+}
+
+/// Whether the request is for a `sips:` URI: its Request-URI, or the first
+/// Route value that is not this proxy's (RFC 3261 16.6 step 4).
+fn is_sips_request(view: &SipView, routing: &Routing<'_>) -> bool {
+    let own_values = routing.own_route.as_ref().map_or(0, |r| r.values);
+    let next_route = view.routes().nth(own_values).and_then(Result::ok);
+    view.request_uri()
+        .into_iter()
+        .chain(next_route.map(|r| r.uri))
+        .any(|uri| uri.len() >= 5 && uri[..5].eq_ignore_ascii_case(b"sips:"))
+}
+
+/// The scheme of a URI this proxy names itself by: `sips:` for a `sips:`
+/// request over TLS (RFC 3261 16.6 step 4), else `sip:`. A side of a
+/// `sips:` request that is not TLS (a client that sent one over another
+/// transport) can only be reached by `sip:`.
+struct Scheme(bool, Transport);
+
+impl std::fmt::Display for Scheme {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0 && self.1 == Transport::Tls {
+            "sips:"
+        } else {
+            "sip:"
+        })
+    }
+}
+
+/// The `;transport=` parameter of such a URI; none on a `sips:` one (RFC
+/// 5630 3.1.3: `transport=tls` is deprecated; `sips:` says TLS over TCP).
+struct TransportParam(bool, Transport);
+
+impl std::fmt::Display for TransportParam {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.0 && self.1 == Transport::Tls {
+            Ok(())
+        } else {
+            write!(f, ";transport={}", self.1.as_str())
+        }
+    }
+}
+
+/// `;ftag=` with the initiator's From-tag, %-escaped where a tag's
+/// characters are not a URI parameter's (`%` and `` ` ``); nothing when
+/// the From has no tag (an RFC 2543 client).
+struct FtagParam<'a>(Option<&'a [u8]>);
+
+impl std::fmt::Display for FtagParam<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let Some(tag) = self.0.filter(|t| !t.is_empty()) else {
+            return Ok(());
+        };
+        f.write_str(";ftag=")?;
+        for piece in escaped_ftag(tag) {
+            f.write_str(piece)?;
+        }
+        Ok(())
+    }
+}
+
+/// A From-tag as `ftag` carries it, piece by piece. Tags are tokens
+/// (checked with the view), so every other byte is ASCII and stands as is.
+fn escaped_ftag(tag: &[u8]) -> impl Iterator<Item = &str> {
+    tag.iter().map(|b| match b {
+        b'%' => "%25",
+        b'`' => "%60",
+        _ => std::str::from_utf8(std::slice::from_ref(b)).unwrap_or("%3F"),
+    })
+}
+
+/// Whether a Route's `ftag` names `from_tag`: both absent (or empty), or
+/// the tag as [`FtagParam`] wrote it.
+fn ftag_names(ftag: Option<&[u8]>, from_tag: Option<&[u8]>) -> bool {
+    match (
+        ftag.filter(|t| !t.is_empty()),
+        from_tag.filter(|t| !t.is_empty()),
+    ) {
+        (None, None) => true,
+        (Some(ftag), Some(tag)) => escaped_ftag(tag)
+            .flat_map(str::bytes)
+            .eq(ftag.iter().copied()),
+        _ => false,
     }
 }
 

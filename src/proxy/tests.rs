@@ -4,6 +4,7 @@
 //! secrets) in `tests/pool.rs`.
 
 mod pool;
+mod rfc;
 
 use std::net::SocketAddr;
 use std::time::Instant;

@@ -1,0 +1,140 @@
+//! RFC details of the relay: Max-Forwards added where there is none, `ftag`
+//! for a caller without a From-tag or with a tag a URI must escape, and
+//! `sips:` URIs for a `sips:` request.
+
+use super::*;
+
+#[test]
+fn a_request_without_max_forwards_leaves_with_70() {
+    // RFC 3261 16.6 step 3: the proxy adds one, which SHOULD be 70.
+    let core = Core::detached(CONFIG).unwrap();
+    let invite = request("INVITE", "sip:bob@contoso.com", client(), LYNC, "")
+        .replace("Max-Forwards: 70\r\n", "");
+    let (_, relayed) = sent(&handle(&core, &udp(invite, client())));
+    assert_eq!(header_values(&relayed, "Max-Forwards"), ["70"], "{relayed}");
+}
+
+/// The Record-Route of an INVITE from `caller` whose From carries
+/// `from_params` (`;tag=...`, or nothing), then where a BYE along it goes
+/// from each side: the callee's (from the registrar) and the caller's own,
+/// sent from a new port (a NAT rebinding).
+fn dialog_directions(from_params: &str) -> (String, Destination, Destination) {
+    let core = Core::detached(CONFIG).unwrap();
+    let caller: SocketAddr = "127.0.0.1:42100".parse().unwrap();
+    let invite = request("INVITE", "sip:bob@contoso.com", caller, LYNC, "").replace(
+        "From: <sip:alice@contoso.com>;tag=f1",
+        &format!("From: <sip:alice@contoso.com>{from_params}"),
+    );
+    let (_, relayed) = sent(&handle(&core, &udp(invite, caller)));
+    let rr = header_values(&relayed, "Record-Route")[0].to_owned();
+    let bye = |from: &str, to: &str, via: SocketAddr| {
+        format!(
+            "BYE sip:x@contoso.com SIP/2.0\r\nRoute: {rr}\r\nVia: SIP/2.0/UDP {via};branch=z9hG4bK-bye-{}\r\nMax-Forwards: 70\r\nFrom: {from}\r\nTo: {to}\r\nCall-ID: dialog@test\r\nCSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n",
+            via.port()
+        )
+    };
+    let alice = format!("<sip:alice@contoso.com>{from_params}");
+    let callee_bye = bye("<sip:bob@contoso.com>;tag=callee", &alice, upstream());
+    let (toward_callee_side, _) = sent(&handle(&core, &udp(callee_bye, upstream())));
+    let rebound: SocketAddr = "127.0.0.1:42101".parse().unwrap();
+    let caller_bye = bye(&alice, "<sip:bob@contoso.com>;tag=callee", rebound);
+    let (toward_caller_side, _) = sent(&handle(&core, &udp(caller_bye, rebound)));
+    (rr, toward_callee_side, toward_caller_side)
+}
+
+#[test]
+fn a_caller_without_a_from_tag_gets_no_empty_ftag_and_its_own_bye_goes_upstream() {
+    // An RFC 2543 client (the RFC 4475 `inv2543` message) has no From-tag:
+    // `ftag=` with nothing after it is no URI parameter.
+    let (rr, callee_bye, caller_bye) = dialog_directions("");
+    assert!(rr.ends_with(";lr>"), "{rr}");
+    assert!(
+        matches!(callee_bye, Destination::Flow(ref f) if f.peer.port() == 42100),
+        "{callee_bye:?}"
+    );
+    assert_eq!(caller_bye, Destination::Upstream);
+}
+
+#[test]
+fn a_from_tag_with_characters_a_uri_escapes_is_escaped_in_ftag_and_still_matched() {
+    // `%` and `` ` `` are token characters (a tag) but not a URI
+    // parameter's (RFC 3261 25.1).
+    let (rr, callee_bye, caller_bye) = dialog_directions(";tag=50%off`x");
+    assert!(rr.ends_with(";lr;ftag=50%25off%60x>"), "{rr}");
+    assert!(
+        matches!(callee_bye, Destination::Flow(ref f) if f.peer.port() == 42100),
+        "{callee_bye:?}"
+    );
+    assert_eq!(caller_bye, Destination::Upstream);
+}
+
+#[test]
+fn a_sips_request_gets_sips_uris_on_its_tls_side() {
+    // RFC 3261 16.6 step 4: for a `sips:` request the Record-Route URI
+    // MUST be `sips:`; RFC 5630: no `transport=tls` on it. The agent is
+    // registered over TLS; the registrar offers it a `sips:` call over UDP.
+    let core = Core::new(
+        Config::from_toml_str(
+            CONFIG,
+            Path::new("t.toml"),
+            &Overrides {
+                upstream: Some(DETACHED_UPSTREAM.into()),
+                ..Overrides::default()
+            },
+        )
+        .unwrap(),
+        flow::FlowSigner::new(b"core-unit-tests-secret"),
+        BootId::from_u64(1),
+        [Transport::Udp, Transport::Tcp, Transport::Tls]
+            .into_iter()
+            .map(|t| listening::Listening::at(t, DETACHED_ADDRESS.0))
+            .collect(),
+        Arc::new(Metrics::default()),
+    );
+    let agent: SocketAddr = "127.0.0.1:43000".parse().unwrap();
+    let register = request("REGISTER", "sips:contoso.com", agent, LYNC, "")
+        .replace("SIP/2.0/UDP", "SIP/2.0/TLS");
+    let tls = |bytes: String| Inbound {
+        transport: Transport::Tls,
+        connection: ConnectionId::new(1),
+        ..udp(bytes, agent)
+    };
+    // Toward the UDP registrar a `sips:` REGISTER cannot leave (26.2.2).
+    assert_eq!(status(&handle(&core, &tls(register.clone()))), Some(480));
+    let (_, relayed) = sent(&handle(
+        &core,
+        &tls(register.replace("sips:contoso.com", "sip:contoso.com")),
+    ));
+    // The Path names the registrar's side: UDP.
+    let path = header_values(&relayed, "Path")[0].to_owned();
+    assert!(
+        path.starts_with("<sip:") && path.ends_with(";transport=udp;lr>"),
+        "{path}"
+    );
+
+    let offer = request(
+        "INVITE",
+        &format!("sips:agent-a@{agent}"),
+        upstream(),
+        RGS,
+        &format!("Route: {path}\r\n"),
+    );
+    let (to, delivered) = sent(&handle(&core, &udp(offer, upstream())));
+    assert!(
+        matches!(to, Destination::Flow(ref f) if f.transport == Transport::Tls),
+        "{to:?}"
+    );
+    let rr = header_values(&delivered, "Record-Route");
+    assert_eq!(rr.len(), 2, "{delivered}");
+    assert!(
+        rr[0].starts_with("<sips:") && rr[0].ends_with(";lr;ftag=f1>"),
+        "{}",
+        rr[0]
+    );
+    assert!(!rr[0].contains("transport="), "{}", rr[0]);
+    assert!(
+        rr[1].starts_with("<sip:") && rr[1].ends_with(";transport=udp;lr;ftag=f1>"),
+        "{}",
+        rr[1]
+    );
+}
