@@ -2,12 +2,14 @@
 //! globs (`sip:*@rgs.contoso.com`) and IP networks (`10.0.0.0/8`).
 //! Compiled once from config; matching allocates nothing.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::net::IpAddr;
 
 /// A SIP URI pattern. Only `user@host` is compared (scheme, port,
-/// parameters and headers are ignored), ASCII case-insensitively; `*`
-/// matches any run of characters.
+/// parameters and headers are ignored), ASCII case-insensitively, as the
+/// registrar reads it: without a password and with %-escapes decoded (see
+/// [`comparable`]); `*` matches any run of characters.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UriPattern {
     text: String,
@@ -37,6 +39,59 @@ pub fn uri_key(uri: &[u8]) -> Option<&[u8]> {
     (host_len > 0).then(|| &rest[..host_start + host_len])
 }
 
+/// A `user@host` key as the registrar reads it, so that no other spelling
+/// of an address slips past a pattern: the password after the user's `:`
+/// left out (RFC 3261 19.1.1: `sip:helpdesk:pw@contoso.com` is
+/// helpdesk's), %-escapes decoded (19.1.4: `help%64esk` is `helpdesk`),
+/// and a host's trailing dot dropped (`contoso.com.` is `contoso.com`).
+/// Borrowed, with no work, when there is nothing to change.
+pub fn comparable(key: &[u8]) -> Cow<'_, [u8]> {
+    let at = key.iter().position(|&b| b == b'@');
+    let (user, host) = match at {
+        Some(at) => (&key[..at], &key[at + 1..]),
+        None => (&b""[..], key),
+    };
+    let user = user
+        .iter()
+        .position(|&b| b == b':')
+        .map_or(user, |colon| &user[..colon]);
+    let host = host.strip_suffix(b".").unwrap_or(host);
+    let shortened = user.len() + usize::from(at.is_some()) + host.len() != key.len();
+    if !shortened && memchr::memchr(b'%', key).is_none() {
+        return Cow::Borrowed(key);
+    }
+    let mut out = Vec::with_capacity(key.len());
+    decode_escapes(user, &mut out);
+    if at.is_some() {
+        out.push(b'@');
+    }
+    decode_escapes(host, &mut out);
+    Cow::Owned(out)
+}
+
+/// `%XX` as the byte it stands for; a `%` not followed by two hex digits
+/// stays as it is.
+fn decode_escapes(text: &[u8], out: &mut Vec<u8>) {
+    let hex = |b: u8| char::from(b).to_digit(16);
+    let mut i = 0;
+    while i < text.len() {
+        let escaped = (text[i] == b'%')
+            .then(|| Some((hex(*text.get(i + 1)?)?, hex(*text.get(i + 2)?)?)))
+            .flatten();
+        match escaped {
+            Some((high, low)) => {
+                // Two hex digits make at most 0xFF.
+                out.push(u8::try_from(high * 16 + low).unwrap_or(b'%'));
+                i += 3;
+            }
+            None => {
+                out.push(text[i]);
+                i += 1;
+            }
+        }
+    }
+}
+
 impl UriPattern {
     /// Compile a pattern; `None` if it is not a `sip:`/`sips:` URI with a host.
     pub fn new(text: &str) -> Option<Self> {
@@ -46,13 +101,13 @@ impl UriPattern {
         }
         Some(Self {
             text: text.to_owned(),
-            key: key.to_ascii_lowercase(),
+            key: comparable(key).to_ascii_lowercase(),
         })
     }
 
     /// Whether a URI matches.
     pub fn matches(&self, uri: &[u8]) -> bool {
-        uri_key(uri).is_some_and(|key| glob_match(&self.key, key))
+        uri_key(uri).is_some_and(|key| glob_match(&self.key, &comparable(key)))
     }
 }
 
@@ -151,6 +206,36 @@ mod tests {
         assert!(UriPattern::new("sip:*@*").unwrap().matches(b"sip:a@b"));
         assert!(UriPattern::new("helpdesk").is_none());
         assert!(UriPattern::new("mailto:x@y").is_none());
+    }
+
+    #[test]
+    fn other_spellings_of_the_same_address_match() {
+        // What the registrar reads as helpdesk's address must not pass as
+        // another: a password, escaped characters, a trailing dot.
+        let p = UriPattern::new("sip:helpdesk@contoso.com").unwrap();
+        for other in [
+            &b"sip:helpdesk:pw@contoso.com"[..],
+            b"sip:help%64esk@contoso.com",
+            b"sip:%68%65%6C%70%64%65%73%6b@contoso.com",
+            b"sip:helpdesk@contoso.com.",
+            b"sip:helpdesk@contoso.com.:5060;transport=udp",
+        ] {
+            assert!(p.matches(other), "{}", String::from_utf8_lossy(other));
+        }
+        assert!(!p.matches(b"sip:help%65esk@contoso.com"));
+        assert!(!p.matches(b"sip:helpdesk%@contoso.com"));
+        // Patterns are read the same way.
+        let escaped = UriPattern::new("sip:help%64esk@contoso.com").unwrap();
+        assert!(escaped.matches(b"sip:helpdesk@contoso.com"));
+        assert!(UriPattern::new("sip:*-rg@contoso.com")
+            .unwrap()
+            .matches(b"sip:sales%2Drg:secret@contoso.com"));
+        // Nothing to change: the key itself, unallocated.
+        assert!(matches!(
+            comparable(b"helpdesk@contoso.com"),
+            Cow::Borrowed(_)
+        ));
+        assert_eq!(&*comparable(b"50%@x"), b"50%@x");
     }
 
     #[test]

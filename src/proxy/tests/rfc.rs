@@ -138,3 +138,19 @@ fn a_sips_request_gets_sips_uris_on_its_tls_side() {
         rr[1]
     );
 }
+
+#[test]
+fn a_mobile_caller_cannot_reach_the_workflow_by_another_spelling_of_its_address() {
+    // The registrar reads all of these as the workflow's address.
+    let core = Core::detached(CONFIG).unwrap();
+    for (port, ruri) in [
+        (44000, "sip:helpdesk:pw@contoso.com"),
+        (44001, "sip:help%64esk@contoso.com"),
+        (44002, "sip:%68%65%6c%70%64%65%73%6b@contoso.com"),
+        (44003, "sip:helpdesk@contoso.com."),
+    ] {
+        let caller = SocketAddr::new(client().ip(), port);
+        let invite = udp(request("INVITE", ruri, caller, MOBILE, ""), caller);
+        assert_eq!(status(&handle(&core, &invite)), Some(403), "{ruri}");
+    }
+}
