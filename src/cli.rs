@@ -162,6 +162,13 @@ fn parse_timeout(text: &str) -> Result<std::time::Duration, String> {
     }
 }
 
+/// `--since`, `--until`: an RFC 3339 time with its offset.
+fn parse_time(text: &str) -> Result<jiff::Timestamp, String> {
+    text.parse().map_err(|e| {
+        format!("{text:?}: expected an RFC 3339 time with an offset, e.g. 2026-11-27T00:00:00Z or 2026-11-27T01:00:00+01:00 ({e})")
+    })
+}
+
 /// TARGET: an endpoint as in `--listen`.
 fn parse_target(text: &str) -> Result<crate::config::Endpoint, String> {
     text.parse()
@@ -171,10 +178,10 @@ fn parse_target(text: &str) -> Result<crate::config::Endpoint, String> {
 #[derive(Debug, clap::Args)]
 pub struct ReportArgs {
     /// Count records from this time on (inclusive), RFC 3339, e.g. 2026-11-27T00:00:00Z.
-    #[arg(long, value_name = "TIME")]
+    #[arg(long, value_name = "TIME", value_parser = parse_time)]
     pub since: Option<jiff::Timestamp>,
     /// Count records before this time (exclusive), RFC 3339.
-    #[arg(long, value_name = "TIME")]
+    #[arg(long, value_name = "TIME", value_parser = parse_time)]
     pub until: Option<jiff::Timestamp>,
     /// Print one JSON object instead of tables.
     #[arg(long, conflicts_with = "html")]

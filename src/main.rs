@@ -196,6 +196,16 @@ fn classify(
     Ok(ExitCode::SUCCESS)
 }
 
+/// Write `bytes` to `path`, truncating it; a new file is created `0640`
+/// like the decision log (the report names users and addresses).
+fn write_private(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.create(true).write(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o640);
+    options.open(path)?.write_all(bytes)
+}
+
 /// `sipadmit report`: read every log into one tally, then print or write it.
 fn report(args: cli::ReportArgs) -> anyhow::Result<ExitCode> {
     use sipadmit::report::{self, Tally, TimeRange};
@@ -213,7 +223,7 @@ fn report(args: cli::ReportArgs) -> anyhow::Result<ExitCode> {
     let mut summary = tally.finish();
     summary.logs = names;
     if let Some(path) = &args.html {
-        std::fs::write(path, report::html::render(&summary))
+        write_private(path, report::html::render(&summary).as_bytes())
             .with_context(|| format!("writing {}", path.display()))?;
         return Ok(ExitCode::SUCCESS);
     }

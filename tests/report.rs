@@ -1001,6 +1001,19 @@ fn since_is_inclusive_and_until_exclusive() {
     let out = run(c, None);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("is not after --since"));
+
+    // A time that is not RFC 3339 is refused with the form it should take.
+    let mut c = sipadmit();
+    c.args(["report", "--since", "yesterday", &fixture_arg()]);
+    let out = run(c, None);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(
+            "\"yesterday\": expected an RFC 3339 time with an offset, e.g. 2026-11-27T00:00:00Z"
+        ),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -1547,6 +1560,14 @@ fn html_time_chart_labels_both_axes_and_has_the_time_table() {
         log.to_str().unwrap(),
     ]);
     assert!(run(c, None).status.success());
+    // Created like the decision log: it names users and addresses.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&html).unwrap().permissions().mode();
+    assert_eq!(
+        mode & 0o077 & !0o040,
+        0,
+        "{mode:o}: only the group may read"
+    );
     let page = std::fs::read_to_string(&html).unwrap();
     let json = report_json(&[log.to_str().unwrap()], None);
     assert_eq!(json["over_time"]["bucket"], "minute");

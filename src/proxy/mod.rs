@@ -951,7 +951,7 @@ impl Core {
             from: text(view.from().ok().map(|f| f.uri)),
             to: text(view.to().ok().map(|t| t.uri)),
             request_uri: text(view.request_uri()),
-            user_agent: view.user_agent().map(|u| text(Some(u))),
+            user_agent: view.user_agent().map(unfolded),
             client: subject.client.id.clone(),
             sender_client: sender.id.clone(),
             category: subject.client.category,
@@ -987,22 +987,47 @@ impl Core {
     }
 }
 
+/// A header value as one line: each line fold (CRLF and the white space
+/// after it) read as one space (RFC 3261 7.3.1).
+fn unfolded(value: &[u8]) -> String {
+    let text = String::from_utf8_lossy(value);
+    if !text.contains(['\r', '\n']) {
+        return text.into_owned();
+    }
+    let mut out = String::with_capacity(text.len());
+    for (n, line) in text.split('\n').enumerate() {
+        let line = line.trim_end_matches('\r');
+        if n == 0 {
+            out.push_str(line);
+        } else {
+            out.truncate(out.trim_end_matches([' ', '\t']).len());
+            out.push(' ');
+            out.push_str(line.trim_start_matches([' ', '\t']));
+        }
+    }
+    out
+}
+
 /// Whether a request is a REGISTER that removes bindings (RFC 3261
-/// 10.2.2): `Contact: *`, or Contacts that all expire at once (each one's
-/// `expires` parameter, else the Expires header, is 0). A REGISTER without
-/// Contact (a query) or with an unreadable one is not.
+/// 10.2.2): `Contact: *` alone with `Expires: 0`, or Contacts that all
+/// expire at once (each one's `expires` parameter, else the Expires
+/// header, is 0). A REGISTER without Contact (a query), with an unreadable
+/// one, or with a `*` the registrar must refuse (beside other Contacts, or
+/// with another expiry: 10.3 step 6) is not.
 fn is_unregister(view: &SipView) -> bool {
     if view.method() != Some(crate::sip::Method::Register) {
         return false;
     }
     let header = view.expires().ok().flatten();
     let mut contacts = 0;
+    let mut star = false;
     for contact in view.contacts() {
         let Ok(contact) = contact else {
             return false;
         };
         contacts += 1;
         if contact.uri == b"*" {
+            star = true;
             continue;
         }
         let expires = match contact.params.get(b"expires") {
@@ -1015,6 +1040,9 @@ fn is_unregister(view: &SipView) -> bool {
         if expires != Some(0) {
             return false;
         }
+    }
+    if star {
+        return contacts == 1 && header == Some(0);
     }
     contacts > 0
 }

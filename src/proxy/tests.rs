@@ -991,7 +991,7 @@ fn a_de_register_is_marked_unregister() {
             .unregister
     };
     type Edit<'a> = &'a dyn Fn(String) -> String;
-    let cases: [(&str, Edit<'_>, bool); 6] = [
+    let cases: [(&str, Edit<'_>, bool); 8] = [
         ("no expiry", &|t| t, false),
         (
             "Expires: 0",
@@ -1027,6 +1027,25 @@ fn a_de_register_is_marked_unregister() {
                     &format!("Contact: <sip:alice@{agent}>;expires=0, <sip:alice2@{agent}>"),
                 )
                 .replace("Content-Length", "Expires: 3600\r\nContent-Length")
+            },
+            false,
+        ),
+        (
+            "Contact: * with Expires: 300 (the registrar answers 400)",
+            &|t: String| {
+                t.replace(&format!("Contact: <sip:alice@{agent}>"), "Contact: *")
+                    .replace("Content-Length", "Expires: 300\r\nContent-Length")
+            },
+            false,
+        ),
+        (
+            "Contact: * beside another Contact",
+            &|t: String| {
+                t.replace(
+                    &format!("Contact: <sip:alice@{agent}>"),
+                    &format!("Contact: *, <sip:alice@{agent}>;expires=0"),
+                )
+                .replace("Content-Length", "Expires: 0\r\nContent-Length")
             },
             false,
         ),

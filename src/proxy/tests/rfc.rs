@@ -154,3 +154,21 @@ fn a_mobile_caller_cannot_reach_the_workflow_by_another_spelling_of_its_address(
         assert_eq!(status(&handle(&core, &invite)), Some(403), "{ruri}");
     }
 }
+
+#[test]
+fn a_folded_user_agent_is_recorded_on_one_line() {
+    // RFC 3261 7.3.1: a line fold is one space.
+    let core = Core::detached(CONFIG).unwrap();
+    let folded = "RTCC/7.0.0.0 UCWA/7.0.0.0 \r\n\t AndroidLync/6.25.0.27 (SM-G930U Android 8.0.0)";
+    let invite = request("INVITE", "sip:helpdesk@contoso.com", client(), folded, "");
+    let outcome = handle(&core, &udp(invite, client()));
+    assert_eq!(
+        status(&outcome),
+        Some(403),
+        "classified as the mobile client"
+    );
+    assert_eq!(
+        outcome.into_record().unwrap().user_agent.as_deref(),
+        Some(MOBILE)
+    );
+}
