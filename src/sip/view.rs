@@ -158,7 +158,8 @@ impl ViaSpans {
 pub struct SipView {
     raw: Bytes,
     start_line: StartLine,
-    /// A problem with the Request-URI, version or Content-Length, reported by `check`.
+    /// A problem with the Request-URI, version, a header line or
+    /// Content-Length, reported by `check`.
     problem: Option<SipError>,
     /// Where the start line ends (after its line break).
     start_line_end: u32,
@@ -204,6 +205,9 @@ struct HeaderSection {
     end: usize,
     /// Where the body starts (after that blank line).
     body_start: usize,
+    /// A line that is no header field (skipped, so that a 400 can still
+    /// copy the others; `check` reports it).
+    bad_line: Option<SipError>,
 }
 
 /// Where the start line begins: after the CRLFs stream transports may
@@ -225,6 +229,7 @@ fn index_headers(buf: &[u8], mut pos: usize) -> Result<HeaderSection, SipError> 
     let mut headers: Vec<HeaderField> = Vec::with_capacity(HEADER_CAPACITY);
     let mut seen = 0u64;
     let mut duplicate = None;
+    let mut bad_line = None;
     loop {
         let (stop, next) = line_end(buf, pos).ok_or(SipError::UnterminatedHeaders)?;
         if stop == pos {
@@ -234,19 +239,26 @@ fn index_headers(buf: &[u8], mut pos: usize) -> Result<HeaderSection, SipError> 
                 duplicate,
                 end: pos,
                 body_start: next,
+                bad_line,
             });
         }
         if matches!(buf[pos], b' ' | b'\t') {
-            let last = headers.last_mut().ok_or(SipError::MalformedHeaderLine)?;
-            extend_folded(last, buf, pos, stop, next);
-        } else {
-            let field = parse_header_line(buf, pos, stop, next)?;
-            let bit = name_bit(field.name);
-            if seen & bit != 0 && field.name.is_single() && duplicate.is_none() {
-                duplicate = Some(field.name);
+            match headers.last_mut() {
+                Some(last) => extend_folded(last, buf, pos, stop, next),
+                None => bad_line = Some(SipError::MalformedHeaderLine),
             }
-            seen |= bit;
-            headers.push(field);
+        } else {
+            match parse_header_line(buf, pos, stop, next) {
+                Ok(field) => {
+                    let bit = name_bit(field.name);
+                    if seen & bit != 0 && field.name.is_single() && duplicate.is_none() {
+                        duplicate = Some(field.name);
+                    }
+                    seen |= bit;
+                    headers.push(field);
+                }
+                Err(e) => bad_line = Some(e),
+            }
         }
         pos = next;
     }
@@ -322,10 +334,14 @@ impl SipView {
         let from = addr_spans(buf, &section.headers, HeaderName::From);
         let to = addr_spans(buf, &section.headers, HeaderName::To);
         let body_start = section.body_start;
-        // Content-Length problems keep the view (so a 400 can copy its
-        // headers); `check` reports them.
-        let (body_len, problem) =
-            body_length(buf, &section.headers, body_start, start_line_problem);
+        // Problems with a header line or Content-Length keep the view (so
+        // a 400 can copy its headers); `check` reports them.
+        let (body_len, problem) = body_length(
+            buf,
+            &section.headers,
+            body_start,
+            start_line_problem.or(section.bad_line),
+        );
         let end = body_start + body_len;
         let start_line_end = next_after_start(buf);
         let mut view = Self {

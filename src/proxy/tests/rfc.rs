@@ -172,3 +172,26 @@ fn a_folded_user_agent_is_recorded_on_one_line() {
         Some(MOBILE)
     );
 }
+
+#[test]
+fn a_request_with_a_line_that_is_no_header_is_answered_400_and_recorded() {
+    // RFC 3261 16.3: a request that fails validation is answered with an
+    // error, not dropped, so the client stops retransmitting it.
+    let core = Core::detached(CONFIG).unwrap();
+    let register = request(
+        "REGISTER",
+        "sip:contoso.com",
+        client(),
+        LYNC,
+        "This is not a header\r\n",
+    );
+    let outcome = handle(&core, &udp(register, client()));
+    assert_eq!(status(&outcome), Some(400));
+    let (to, answer) = sent(&outcome);
+    assert_eq!(to, Destination::Source);
+    assert_eq!(
+        header_values(&answer, "Call-ID"),
+        [format!("REGISTER-{}@test", client().port())]
+    );
+    assert_eq!(outcome.into_record().unwrap().rule, "proxy.malformed");
+}
