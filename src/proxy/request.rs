@@ -339,13 +339,17 @@ impl Core {
     }
 
     /// For requests from the registrar without our Route: the registration
-    /// table, else a literal IP Request-URI over UDP.
+    /// table, else a literal IP Request-URI over UDP, unless it names this
+    /// proxy itself (sent there, it would only come back as a loop).
     fn flow_by_request_uri(&self, runtime: &Runtime, view: &SipView, now: Instant) -> Option<Flow> {
         let uri = view.request_uri()?;
         if let Some(r) = self.registrations.lookup(uri, now) {
             return Some(r.flow);
         }
         let (host, port) = sip_uri_host(uri)?;
+        if self.addressed_here(host, port) {
+            return None;
+        }
         let host = std::str::from_utf8(host).ok()?;
         let ip = host
             .trim_start_matches('[')

@@ -195,3 +195,33 @@ fn a_request_with_a_line_that_is_no_header_is_answered_400_and_recorded() {
     );
     assert_eq!(outcome.into_record().unwrap().rule, "proxy.malformed");
 }
+
+#[test]
+fn a_registrar_request_addressed_to_sipadmit_itself_is_answered_not_sent_to_itself() {
+    // Sent to its own address, the request would come back as a loop (482,
+    // answered to itself and relayed to the registrar).
+    let core = Core::detached(CONFIG).unwrap();
+    let notify = request(
+        "NOTIFY",
+        &format!("sip:{DETACHED_ADDRESS}"),
+        upstream(),
+        RGS,
+        "Event: x\r\n",
+    );
+    let outcome = handle(&core, &udp(notify, upstream()));
+    assert_eq!(status(&outcome), Some(404));
+    assert_eq!(sent(&outcome).0, Destination::Source);
+    // Another literal address is still a UDP flow.
+    let other = request(
+        "NOTIFY",
+        "sip:127.0.0.9:5090",
+        upstream(),
+        RGS,
+        "Event: x\r\n",
+    );
+    let (to, _) = sent(&handle(&core, &udp(other, upstream())));
+    assert!(
+        matches!(to, Destination::Flow(ref f) if f.peer.to_string() == "127.0.0.9:5090"),
+        "{to:?}"
+    );
+}
