@@ -317,6 +317,11 @@ impl Core {
             &extra,
             inb.source.0,
         );
+        if ctx.method == Method::Invite {
+            // Its ACK is this proxy's to absorb (RFC 3261 17.2.1), whatever
+            // To tag it carries.
+            self.transactions.note_answered_invite(view, ctx.now);
+        }
         Outcome::Answer {
             bytes,
             record: Some(record),

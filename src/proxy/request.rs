@@ -189,9 +189,7 @@ impl Core {
         if view.header_fields().len() > self.settings.limits.max_headers {
             return Err(Refusal::TooManyHeaders.into());
         }
-        if ctx.method == Method::Ack
-            && view.to().ok().and_then(|t| t.tag()) == Some(self.local_tag(view).as_bytes())
-        {
+        if ctx.method == Method::Ack && self.acknowledges_an_answer(ctx) {
             debug!(source = %ctx.inbound.source, call_id = %Text(view.call_id()), "ACK of a local response absorbed");
             return Err(Halt::Drop {
                 reason: DropReason::AbsorbedAck,
@@ -218,6 +216,18 @@ impl Core {
             }
         }
         Ok(())
+    }
+
+    /// Whether an ACK acknowledges an answer of this proxy's: it carries
+    /// this proxy's To tag, or (an INVITE in a dialog keeps the dialog's
+    /// tag in the answer) its INVITE was answered here.
+    fn acknowledges_an_answer(&self, ctx: &RequestCtx<'_>) -> bool {
+        let view = ctx.view;
+        let Some(to_tag) = view.to().ok().and_then(|t| t.tag()) else {
+            return false;
+        };
+        to_tag == self.local_tag(view).as_bytes()
+            || self.transactions.acknowledges_an_answer(view, ctx.now)
     }
 
     /// While the instance drains, a client's new request (outside a

@@ -34,6 +34,17 @@ pub enum RecordKind {
     Timeout,
 }
 
+/// The method a transaction's key is made with: the request's own, or
+/// INVITE for an INVITE answered here and the ACK of that answer (RFC 3261
+/// 17.1.1.3: same Call-ID, CSeq number, From tag and top Via).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum KeyMethod {
+    /// The request's own method, for a record of `RecordKind`.
+    Record(RecordKind),
+    /// An INVITE answered by this proxy with an error.
+    AnsweredInvite,
+}
+
 /// The transactions recorded in the last [`TRANSACTION_LIFETIME`].
 #[derive(Debug)]
 pub struct Transactions {
@@ -57,7 +68,27 @@ impl Transactions {
     /// transaction of `request`; it is remembered for
     /// [`TRANSACTION_LIFETIME`] from its first sighting.
     pub fn first_sighting(&self, request: &SipView, kind: RecordKind, now: Instant) -> bool {
-        let key = self.key(request, kind);
+        self.note(self.key(request, KeyMethod::Record(kind)), now)
+    }
+
+    /// Remember that this proxy answered the INVITE `request` with an
+    /// error, so that the ACK of that answer is absorbed
+    /// ([`Transactions::acknowledges_an_answer`]) even when it carries the
+    /// dialog's To tag instead of this proxy's.
+    pub fn note_answered_invite(&self, request: &SipView, now: Instant) {
+        self.note(self.key(request, KeyMethod::AnsweredInvite), now);
+    }
+
+    /// Whether the ACK `ack` acknowledges an INVITE this proxy answered
+    /// with an error in the last [`TRANSACTION_LIFETIME`].
+    pub fn acknowledges_an_answer(&self, ack: &SipView, now: Instant) -> bool {
+        let key = self.key(ack, KeyMethod::AnsweredInvite);
+        let mut seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
+        seen.get(key, now).is_some()
+    }
+
+    /// Remember `key`; whether it was new.
+    fn note(&self, key: u64, now: Instant) -> bool {
         let mut seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
         if seen.get(key, now).is_some() {
             return false;
@@ -89,18 +120,22 @@ impl Transactions {
             .bytes()
     }
 
-    fn key(&self, request: &SipView, kind: RecordKind) -> u64 {
+    fn key(&self, request: &SipView, method: KeyMethod) -> u64 {
         let mut h = self.keys.build_hasher();
         let mut field = |bytes: &[u8]| {
             h.write(bytes);
             h.write_usize(bytes.len());
         };
-        field(match kind {
-            RecordKind::Decision => b"d",
-            RecordKind::UpstreamUnavailable => b"u",
-            RecordKind::Timeout => b"t",
+        field(match method {
+            KeyMethod::Record(RecordKind::Decision) => b"d",
+            KeyMethod::Record(RecordKind::UpstreamUnavailable) => b"u",
+            KeyMethod::Record(RecordKind::Timeout) => b"t",
+            KeyMethod::AnsweredInvite => b"a",
         });
-        field(request.method_bytes().unwrap_or_default());
+        field(match method {
+            KeyMethod::Record(_) => request.method_bytes().unwrap_or_default(),
+            KeyMethod::AnsweredInvite => b"INVITE",
+        });
         field(request.call_id().unwrap_or_default());
         field(&request.cseq().map_or(0, |c| c.number).to_be_bytes());
         field(

@@ -225,3 +225,37 @@ fn a_registrar_request_addressed_to_sipadmit_itself_is_answered_not_sent_to_itse
         "{to:?}"
     );
 }
+
+#[test]
+fn the_ack_of_an_answer_to_a_re_invite_is_absorbed_though_it_keeps_the_dialogs_tag() {
+    // RFC 3261 17.2.1: the element that answered a non-2xx absorbs its ACK.
+    // Answering an INVITE inside a dialog, sipadmit keeps the dialog's To
+    // tag, so the ACK carries that tag, not sipadmit's.
+    let core = Core::detached(CONFIG).unwrap();
+    let in_dialog = |method: &str, branch: &str| {
+        request(method, "sip:bob@contoso.com", client(), LYNC, "")
+            .replace(
+                "To: <sip:bob@contoso.com>",
+                "To: <sip:bob@contoso.com>;tag=abc",
+            )
+            .replace(&format!("z9hG4bK-{method}-40000"), branch)
+            .replace(&format!("CSeq: 1 {method}"), &format!("CSeq: 7 {method}"))
+            .replace(
+                &format!("Call-ID: {method}-40000@test"),
+                "Call-ID: dialog@test",
+            )
+    };
+    let reinvite = in_dialog("INVITE", "z9hG4bK-re").replace("Max-Forwards: 70", "Max-Forwards: 0");
+    assert_eq!(status(&handle(&core, &udp(reinvite, client()))), Some(483));
+    let ack = in_dialog("ACK", "z9hG4bK-re");
+    let absorbed = handle(&core, &udp(ack, client()));
+    assert!(absorbed.outbound().is_none(), "absorbed, not relayed");
+    assert!(absorbed.into_record().is_none());
+    // The ACK of another transaction in the dialog (a 2xx's, with a new
+    // branch) is relayed.
+    let other = in_dialog("ACK", "z9hG4bK-other");
+    assert_eq!(
+        sent(&handle(&core, &udp(other, client()))).0,
+        Destination::Upstream
+    );
+}
