@@ -944,7 +944,8 @@ impl Core {
         DecisionRecord {
             ts: record_time(),
             transport: inb.transport,
-            source: inb.source.0,
+            // An IPv4 client of a dual-stack listener as its IPv4 address.
+            source: SocketAddr::new(inb.source.ip().to_canonical(), inb.source.port()),
             leg: Some(inb.leg),
             method: text(view.method_bytes()),
             call_id: text(view.call_id()),

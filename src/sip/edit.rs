@@ -151,9 +151,12 @@ pub fn mark_received(view: &SipView, via: &Via<'_>, source: SocketAddr, edits: &
             edits.insert_fmt(end, format_args!("={}", source.port()));
         }
     }
+    // An IPv4 client of a dual-stack listener arrives as `::ffff:a.b.c.d`:
+    // it sent, and is told, its IPv4 address.
+    let ip = source.ip().to_canonical();
     let rport = via.rport().is_some();
-    if (rport || !host_is_ip(via.host, source.ip())) && via.received().is_none() {
-        edits.insert_fmt(range.end, format_args!(";received={}", source.ip()));
+    if (rport || !host_is_ip(via.host, ip)) && via.received().is_none() {
+        edits.insert_fmt(range.end, format_args!(";received={ip}"));
     }
 }
 
@@ -353,6 +356,26 @@ mod tests {
         // Same host, no rport: nothing to say.
         let raw = b"A sip:x SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.7:5062\r\n\r\n";
         assert_eq!(&marked_from_192_0_2_7_port_5062(raw)[..], &raw[..]);
+    }
+
+    #[test]
+    fn an_ipv4_client_of_a_dual_stack_listener_is_told_its_ipv4_address() {
+        let mark = |raw: &[u8]| {
+            edited(raw, |v, e| {
+                let source = "[::ffff:192.0.2.7]:5062".parse().unwrap();
+                mark_received(v, &v.top_via().unwrap(), source, e);
+            })
+            .1
+        };
+        // Its own address in the Via: nothing to say.
+        let raw = b"A sip:x SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.7:5062;branch=z9hG4bK1\r\n\r\n";
+        assert_eq!(&mark(raw)[..], &raw[..]);
+        let raw =
+            b"A sip:x SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.9:5062;branch=z9hG4bK1;rport\r\n\r\n";
+        assert_eq!(
+            &mark(raw)[..],
+            &b"A sip:x SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.9:5062;branch=z9hG4bK1;rport=5062;received=192.0.2.7\r\n\r\n"[..]
+        );
     }
 
     #[test]
