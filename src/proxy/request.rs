@@ -534,8 +534,10 @@ impl Core {
             )
         });
         let bytes = edits.apply(view.raw());
-        // RFC 3261 18.1.1: what no longer fits in a datagram after our
-        // edits gets 513 (the send would fail with EMSGSIZE).
+        // What no longer fits in a datagram after our edits gets 513 (the
+        // send would fail with EMSGSIZE). Below that it goes over UDP even
+        // above 1300 bytes, where RFC 3261 18.1.1 asks for TCP: the
+        // registrar's transport is the admin's (docs/architecture.md).
         if hop.transport == Transport::Udp && bytes.len() > max_udp_payload(hop.ip) {
             return Err(Refusal::TooLargeForUdp.into());
         }
