@@ -437,6 +437,11 @@ pub struct Metrics {
     /// `udp_upstream_unreachable` holds a reason (read without its lock:
     /// every message to and from the UDP upstream asks).
     udp_upstream_down: std::sync::atomic::AtomicBool,
+    /// Until when the link to a stream upstream fails fast after a failed
+    /// connect (`None`: it does not).
+    stream_upstream_down_until: Mutex<Option<Instant>>,
+    /// `stream_upstream_down_until` holds a time (read without its lock).
+    stream_upstream_down: std::sync::atomic::AtomicBool,
     reloads: [AtomicU64; 2],
     /// HEP packets sent to the collector, per [`HepPayload`].
     hep_exported: [AtomicU64; HepPayload::ALL.len()],
@@ -769,6 +774,34 @@ impl Metrics {
             *unreachable = None;
             self.udp_upstream_down.store(false, Ordering::Relaxed);
         }
+    }
+
+    /// Whether the UDP upstream looks unreachable (what
+    /// [`Metrics::udp_upstream_unreachable`] says, without its reason).
+    pub fn udp_upstream_down(&self) -> bool {
+        self.udp_upstream_down.load(Ordering::Relaxed)
+    }
+
+    /// The link to a stream upstream failed to connect: it fails fast
+    /// until `until`, when the next message tries again.
+    pub fn note_stream_upstream_down(&self, until: Instant) {
+        *lock(&self.stream_upstream_down_until) = Some(until);
+        self.stream_upstream_down.store(true, Ordering::Relaxed);
+    }
+
+    /// The link to a stream upstream connected.
+    pub fn note_stream_upstream_connected(&self) {
+        if self.stream_upstream_down.load(Ordering::Relaxed) {
+            *lock(&self.stream_upstream_down_until) = None;
+            self.stream_upstream_down.store(false, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether the link to a stream upstream fails fast at `now`. Asked
+    /// for every message to the upstream: no lock unless a connect failed.
+    pub fn stream_upstream_failing_fast(&self, now: Instant) -> bool {
+        self.stream_upstream_down.load(Ordering::Relaxed)
+            && lock(&self.stream_upstream_down_until).is_some_and(|until| now < until)
     }
 
     /// Whether a UDP upstream has sent any message since start.

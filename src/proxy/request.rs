@@ -571,6 +571,9 @@ impl Core {
                 self.check_flow(flow, open).map_err(Refusal::FlowFailed)?;
                 flow.transport
             }
+            None if self.upstream_known_down(ctx.now) => {
+                return Err(Refusal::UpstreamUnavailable.into());
+            }
             None => self.upstream_transport(),
         };
         let sips = is_sips_request(ctx.view, routing);
@@ -594,6 +597,21 @@ impl Core {
             own,
             sips,
         })
+    }
+
+    /// Whether the registrar is known to be unreachable now: a UDP one
+    /// after an ICMP error or its silence, while the probes are on (they
+    /// find out that it is back), or a stream link failing fast after a
+    /// failed connect. A request for it is then answered `503` here, with
+    /// one record, instead of relayed into nothing and answered later.
+    fn upstream_known_down(&self, now: Instant) -> bool {
+        match self.settings.upstream {
+            Some(u) if u.transport == Transport::Udp => {
+                self.settings.upstream_probe.is_some() && self.metrics.udp_upstream_down()
+            }
+            Some(_) => self.metrics.stream_upstream_failing_fast(now),
+            None => false,
+        }
     }
 
     /// This proxy's Via on top (RFC 3261 16.6 step 8); toward the

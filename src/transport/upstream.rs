@@ -392,6 +392,7 @@ impl LinkTask {
         match self.connect().await {
             Ok(spawned) => {
                 self.down = None;
+                self.ctx.metrics.note_stream_upstream_connected();
                 info!(upstream = %self.addr, connection = %spawned.id, "connected to upstream");
                 self.connection = Some(Open {
                     id: spawned.id,
@@ -405,7 +406,10 @@ impl LinkTask {
             Err(cause) => {
                 Fault::UpstreamConnect.report(&self.ctx.metrics, Some(self.addr), &cause);
                 let cause: Arc<dyn std::error::Error + Send + Sync> = Arc::new(cause);
-                self.down = Some((Instant::now() + self.settings.retry_delay, cause.clone()));
+                let until = Instant::now() + self.settings.retry_delay;
+                self.down = Some((until, cause.clone()));
+                // The core answers requests 503 itself until then.
+                self.ctx.metrics.note_stream_upstream_down(until.into_std());
                 Err(unreachable(cause))
             }
         }

@@ -259,3 +259,64 @@ fn the_ack_of_an_answer_to_a_re_invite_is_absorbed_though_it_keeps_the_dialogs_t
         Destination::Upstream
     );
 }
+
+#[test]
+fn a_request_for_a_registrar_known_to_be_down_gets_one_record_the_503() {
+    // Not a policy allow and then a 503 from the I/O layer: the 503 alone.
+    let register = |core: &Core, port: u16| {
+        let agent = SocketAddr::new(client().ip(), port);
+        handle(
+            core,
+            &udp(
+                request("REGISTER", "sip:contoso.com", agent, LYNC, ""),
+                agent,
+            ),
+        )
+    };
+    let core = Core::detached(CONFIG).unwrap();
+    core.metrics()
+        .note_udp_upstream_unreachable("ICMP port unreachable".into());
+    let outcome = register(&core, 45000);
+    assert_eq!(status(&outcome), Some(503));
+    let record = outcome.into_record().unwrap();
+    assert_eq!(
+        (record.action, &*record.rule),
+        (Action::Reject, "proxy.upstream-unavailable")
+    );
+    core.metrics().note_udp_upstream_heard();
+    assert_eq!(sent(&register(&core, 45001)).0, Destination::Upstream);
+
+    // A stream registrar: while its link fails fast after a failed connect.
+    let tcp_upstream = Core::new(
+        Config::from_toml_str(
+            CONFIG,
+            Path::new("t.toml"),
+            &Overrides {
+                upstream: Some("tcp:127.0.0.1:5070".into()),
+                ..Overrides::default()
+            },
+        )
+        .unwrap(),
+        flow::FlowSigner::new(b"core-unit-tests-secret"),
+        BootId::from_u64(1),
+        [Transport::Udp, Transport::Tcp]
+            .into_iter()
+            .map(|t| listening::Listening::at(t, DETACHED_ADDRESS.0))
+            .collect(),
+        Arc::new(Metrics::default()),
+    );
+    let metrics = tcp_upstream.metrics();
+    metrics.note_stream_upstream_down(Instant::now() + std::time::Duration::from_secs(60));
+    assert_eq!(status(&register(&tcp_upstream, 45002)), Some(503));
+    metrics.note_stream_upstream_connected();
+    assert_eq!(
+        sent(&register(&tcp_upstream, 45003)).0,
+        Destination::Upstream
+    );
+    // The window over, the next request tries again.
+    metrics.note_stream_upstream_down(Instant::now());
+    assert_eq!(
+        sent(&register(&tcp_upstream, 45004)).0,
+        Destination::Upstream
+    );
+}
