@@ -512,6 +512,13 @@ fn a_source_over_its_rate_gets_503_then_a_ban_and_others_do_not() {
     assert!(records
         .iter()
         .any(|r| r["rule"] == "rate_limit.requests" && r["status"] == 503));
+    // What was dropped unparsed (banned) was received too: every request
+    // of both sources is counted as received.
+    let metrics = proxy.stop();
+    use sipadmit::observe::metrics::{DropReason, MessageKind};
+    use sipadmit::transport::Transport;
+    assert_eq!(metrics.received(Transport::Udp, MessageKind::Request), 41);
+    assert!(metrics.drops(DropReason::Banned) > 0);
 }
 
 /// The Retry-After of a 503 for a source over its limit.

@@ -256,6 +256,7 @@ pub fn admit(ctx: &TransportContext, inbound: Inbound) -> Admitted {
     ) {
         Verdict::Pass => Admitted::Event(Event::Received(inbound), true),
         Verdict::Banned => {
+            count_received(ctx, &inbound);
             ctx.metrics.count_drop(DropReason::Banned);
             Admitted::Banned
         }
@@ -273,10 +274,18 @@ pub fn admit(ctx: &TransportContext, inbound: Inbound) -> Admitted {
             Admitted::Event(Event::Refused { inbound, refusal }, true)
         }
         Verdict::OverLimit { .. } => {
+            count_received(ctx, &inbound);
             ctx.metrics.count_drop(DropReason::RateLimited);
             Admitted::Dropped
         }
     }
+}
+
+/// Count a message dropped here, before the core (which counts the rest),
+/// as received: so that what is dropped is a part of what was received.
+fn count_received(ctx: &TransportContext, inbound: &Inbound) {
+    let kind = crate::observe::metrics::MessageKind::of(&inbound.bytes);
+    ctx.metrics.count_received(inbound.transport, kind);
 }
 
 #[cfg(test)]
