@@ -106,8 +106,8 @@ pub enum Verified {
     Older,
 }
 
-/// Signs and checks flow tokens: the first secret signs (and keys the
-/// branch and To-tag hashes), every secret verifies.
+/// Signs and checks flow tokens: the first secret signs, every secret
+/// verifies.
 #[derive(Clone)]
 pub struct FlowSigner {
     /// Never empty: the signing key first, then the older ones.
@@ -212,17 +212,6 @@ impl FlowSigner {
                 Verified::Older
             })
         })
-    }
-
-    /// A 64-bit keyed hash (for branches and To-tags).
-    pub fn hash64(&self, parts: &[&[u8]]) -> u64 {
-        let mut mac = self.signing().clone();
-        for p in parts {
-            mac.update(&(p.len() as u32).to_be_bytes());
-            mac.update(p);
-        }
-        let full = mac.finalize().into_bytes();
-        u64::from_be_bytes(full[..8].try_into().expect("8 bytes"))
     }
 
     /// Encode a flow for `purpose` as a lowercase hex token.
@@ -546,9 +535,6 @@ mod tests {
             new.decode(old_token.as_bytes()),
             Err(TokenError::BadSignature)
         );
-        // Branch and tag hashes are the signing secret's.
-        assert_eq!(rotating.hash64(&[b"x"]), new.hash64(&[b"x"]));
-        assert_ne!(rotating.hash64(&[b"x"]), old.hash64(&[b"x"]));
     }
 
     #[test]

@@ -857,11 +857,9 @@ impl Core {
         let transaction = match top_via.as_ref().and_then(|v| Some((v, v.branch()?))) {
             Some((via, b)) if b.len() > 7 && b.starts_with(b"z9hG4bK") => {
                 let port = via.port.unwrap_or(5060).to_be_bytes();
-                self.signer().hash64(&[b"t", b, via.host, &port])
+                transaction_hash(&[b"t", b, via.host, &port])
             }
-            _ => self
-                .signer()
-                .hash64(&[b"o", request_uri, to_tag, from_tag, call_id, &cseq]),
+            _ => transaction_hash(&[b"o", request_uri, to_tag, from_tag, call_id, &cseq]),
         };
         Branch {
             transaction,
@@ -876,7 +874,7 @@ impl Core {
     /// a non-2xx keeps its INVITE's whole branch.
     fn loop_mark(&self, view: &SipView, consumed_route: Option<&[u8]>) -> u32 {
         let cseq = view.cseq().map(|c| c.number).unwrap_or(0).to_be_bytes();
-        let hash = self.signer().hash64(&[
+        let hash = transaction_hash(&[
             b"l",
             view.request_uri().unwrap_or_default(),
             view.from().ok().and_then(|f| f.tag()).unwrap_or_default(),
@@ -910,7 +908,7 @@ impl Core {
             .ok()
             .and_then(|v| v.branch())
             .unwrap_or_default();
-        let hash = self.signer().hash64(&[
+        let hash = transaction_hash(&[
             b"t",
             view.call_id().unwrap_or_default(),
             view.from().ok().and_then(|f| f.tag()).unwrap_or_default(),
@@ -986,6 +984,26 @@ impl Core {
                     )
             })
     }
+}
+
+/// A 64-bit hash of `parts` (each length-prefixed) for branches, loop
+/// marks and local To-tags: SHA-256, unkeyed, so that every instance of a
+/// pool, and this one after its flow secrets rotate, gives a transaction
+/// the same branch (a CANCEL, or the ACK of a non-2xx, relayed after a
+/// rotation or by another instance must match its INVITE's at the next
+/// hop). None of them needs to be secret: what proves that a message went
+/// through this proxy is the signed flow token beside them.
+fn transaction_hash(parts: &[&[u8]]) -> u64 {
+    use sha2::{Digest, Sha256};
+    let mut hasher = Sha256::new();
+    for part in parts {
+        hasher.update(u32::try_from(part.len()).unwrap_or(u32::MAX).to_be_bytes());
+        hasher.update(part);
+    }
+    let digest = hasher.finalize();
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest[..8]);
+    u64::from_be_bytes(first)
 }
 
 /// A header value as one line: each line fold (CRLF and the white space

@@ -386,3 +386,35 @@ fn a_rotated_signer_verifies_old_tokens_until_the_old_secret_goes() {
     assert_eq!(status(&offer(&old_path, 3)), Some(403));
     assert!(matches!(sent(&offer(&new_path, 4)).0, Destination::Flow(_)));
 }
+
+#[test]
+fn a_cancel_after_a_rotation_or_through_another_instance_gets_its_invites_branch() {
+    // The next hop matches a CANCEL to its INVITE by the branch of the top
+    // Via (RFC 3261 9.2): this proxy's, the same whatever secret signs.
+    let branch_of = |core: &Core, method: &str| {
+        let text = request(method, "sip:bob@contoso.com", client(), LYNC, "")
+            .replace(&format!("z9hG4bK-{method}-"), "z9hG4bK-call-")
+            .replace(&format!("Call-ID: {method}-"), "Call-ID: call-");
+        let (_, relayed) = sent(&handle(core, &udp(text, client())));
+        header_values(&relayed, "Via")[0]
+            .split(";branch=")
+            .nth(1)
+            .unwrap()
+            .split(';')
+            .next()
+            .unwrap()
+            .to_owned()
+    };
+    let core = Core::detached(CONFIG).unwrap();
+    let invite = branch_of(&core, "INVITE");
+    assert!(core.set_flow_signer(flow::FlowSigner::new(b"the-new-secret-0123456789")));
+    assert_eq!(branch_of(&core, "CANCEL"), invite, "after a rotation");
+    let other_instance =
+        Core::detached(&CONFIG.replace("core-unit-tests-secret", "another-instances-secret"))
+            .unwrap();
+    assert_eq!(
+        branch_of(&other_instance, "CANCEL"),
+        invite,
+        "on another instance"
+    );
+}
