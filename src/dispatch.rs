@@ -485,7 +485,10 @@ async fn received(
         }
         Err((to, e)) => {
             let fault = match (&to, &e) {
-                (Destination::Upstream, SendError::Io { .. }) => Fault::UpstreamSend,
+                (
+                    Destination::Upstream,
+                    SendError::Io { .. } | SendError::UpstreamUnreachable { .. },
+                ) => Fault::UpstreamSend,
                 _ => Fault::of_send(&e),
             };
             fault.report(core.metrics(), None, &e);
@@ -494,10 +497,11 @@ async fn received(
     }
 }
 
-/// A message could not be sent to `to` (`error` says why): counted; for
-/// the registrar, also counted by the upstream's transport and remembered
-/// for `/readyz` until a message is delivered to it, and a request is
-/// answered `503` with Retry-After (logged and recorded by the core).
+/// A message could not be sent to `to` (`error` says why): for the
+/// registrar, counted by the upstream's transport and remembered for
+/// `/readyz` until a message is delivered to it, and a request is answered
+/// `503` with Retry-After (logged, recorded and counted by the core);
+/// whatever is not answered is counted as dropped (`send_failed`).
 async fn not_delivered(
     core: &Core,
     senders: &Senders,
@@ -506,8 +510,8 @@ async fn not_delivered(
     to: &Destination,
     error: &SendError,
 ) {
-    core.metrics().count_drop(DropReason::SendFailed);
     if *to != Destination::Upstream {
+        core.metrics().count_drop(DropReason::SendFailed);
         return;
     }
     // A full queue is no sign of a registrar that is down.
@@ -516,9 +520,14 @@ async fn not_delivered(
         core.metrics()
             .count_upstream_send_failure(senders.upstream.transport(), error.to_string());
     }
-    // A response has no one to answer it; nor has sipadmit's own probe
-    // (the only message "from the registrar" that goes to the registrar).
-    if inbound.is_response() || inbound.from_registrar() {
+    // A response has no one to answer it: dropped. Nor has sipadmit's own
+    // probe (the only message "from the registrar" that goes to the
+    // registrar), which is no message received: only the failure counts.
+    if inbound.from_registrar() {
+        return;
+    }
+    if inbound.is_response() {
+        core.metrics().count_drop(DropReason::SendFailed);
         return;
     }
     let answer = core.upstream_unavailable(inbound, Instant::now(), busy);

@@ -1200,6 +1200,12 @@ fn a_stalled_upstream_connect_blocks_no_one() {
         .unwrap_or_else(|| panic!("{records:#?}"));
     assert_eq!(r["rule"], "proxy.upstream-unavailable");
     assert_eq!(r["method"], "REGISTER");
+    // Not delivered, and answered: a send failure, not a drop.
+    let metrics = proxy.stop();
+    use sipadmit::observe::metrics::DropReason;
+    assert_eq!(metrics.drops(DropReason::SendFailed), 0);
+    // The REGISTER, and the registrar's OPTIONS probes queued beside it.
+    assert!(metrics.upstream_send_failures(sipadmit::transport::Transport::Tcp) >= 1);
 }
 
 /// An INVITE from a registrar node at `from`, for the client at `target`,

@@ -469,7 +469,17 @@ impl Core {
             Ok(view) if view.is_request() => {
                 let runtime = self.runtime.load();
                 let outcome = self.request(inbound, &view, &runtime, now, open, ban);
-                self.record_once(&view, RecordKind::Decision, outcome, now)
+                // The scanner ban a request earned is recorded even when the
+                // request repeats one decided before (a retransmission).
+                let kind = if outcome
+                    .record()
+                    .is_some_and(|r| r.rule == BanCause::Scanner.rule())
+                {
+                    RecordKind::Ban
+                } else {
+                    RecordKind::Decision
+                };
+                self.record_once(&view, kind, outcome, now)
             }
             Ok(view) => self.response(inbound, &view, now, open),
             Err(e) => self.unparsable(inbound, e, now),
@@ -507,6 +517,7 @@ impl Core {
     /// `proxy.upstream-busy`, Retry-After [`UPSTREAM_BUSY_RETRY_AFTER_SECS`]).
     pub fn upstream_unavailable(&self, inbound: &Inbound, now: Instant, busy: bool) -> Outcome {
         let Ok(view) = SipView::parse(inbound.bytes.clone()) else {
+            self.metrics.count_drop(DropReason::SendFailed);
             return Outcome::drop(DropReason::SendFailed);
         };
         let runtime = self.runtime.load();
@@ -643,16 +654,18 @@ impl Core {
         now: Instant,
         refusal: SourceRefusal,
     ) -> Outcome {
-        let (refusal, reason) = match refusal {
+        let (refusal, reason, record_kind) = match refusal {
             SourceRefusal::OverLimit { retry_after_secs } => (
                 Refusal::OverLimit { retry_after_secs },
                 DropReason::RateLimited,
+                RecordKind::OverLimit,
             ),
             SourceRefusal::Banned => (
                 Refusal::Banned {
                     rule: BanCause::Requests.rule(),
                 },
                 DropReason::Banned,
+                RecordKind::Ban,
             ),
         };
         let kind = MessageKind::of(&inbound.bytes);
@@ -667,6 +680,7 @@ impl Core {
         let runtime = self.runtime.load();
         let ctx = request::RequestCtx::new(inbound, &view, &runtime, now);
         let outcome = self.refuse(&ctx, None, refusal);
+        let outcome = self.record_once(&view, record_kind, outcome, now);
         self.count_outcome(&outcome);
         outcome
     }

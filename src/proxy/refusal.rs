@@ -218,6 +218,8 @@ impl Refusal<'_> {
             Self::Policy { .. } => DropReason::Policy,
             Self::OverLimit { .. } => DropReason::RateLimited,
             Self::Banned { .. } => DropReason::Banned,
+            // An ACK for a registrar that cannot take it.
+            Self::UpstreamUnavailable | Self::UpstreamBusy => DropReason::SendFailed,
             _ => DropReason::Unanswerable,
         }
     }

@@ -1100,6 +1100,36 @@ fn a_scanner_banned_by_its_message_is_a_protocol_record() {
     assert_eq!(metrics.drops(DropReason::Policy), 0);
 }
 
+/// A UDP scanner is banned once its traffic has gone on for a while, often
+/// by a retransmission of a request already decided: the ban is recorded
+/// all the same (not taken for the retransmission's repeated record).
+#[test]
+fn a_scanner_banned_by_a_retransmission_gets_its_ban_record() {
+    let core = Core::detached(CONFIG).unwrap();
+    let scanner: SocketAddr = "203.0.113.67:5060".parse().unwrap();
+    let scan = request(
+        "REGISTER",
+        "sip:contoso.com",
+        scanner,
+        "friendly-scanner",
+        "",
+    );
+    let send = |proven: bool| {
+        core.handle_banning(
+            &udp(scan.clone(), scanner),
+            Instant::now(),
+            &|_, _| true,
+            &mut |_| proven,
+        )
+    };
+    let first = send(false).into_record().unwrap();
+    assert_eq!(first.action, Action::Drop, "dropped by the policy");
+    assert!(send(false).into_record().is_none(), "a retransmission");
+    let banned = send(true).into_record().expect("the ban's record");
+    assert_eq!(banned.rule.as_ref(), "ban.scanner");
+    assert_eq!(core.metrics().protocol_answers("ban.scanner", None), 1);
+}
+
 /// A TCP client's request leaving over UDP keeps a client transaction
 /// (retransmitted until answered); a scanner's, relayed because the policy
 /// lets scanners through, does not take a place in that table.

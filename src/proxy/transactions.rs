@@ -32,6 +32,11 @@ pub enum RecordKind {
     UpstreamUnavailable,
     /// The 408 answered when nothing answered it over UDP (RFC 3261 17.1).
     Timeout,
+    /// The ban its source earned with it (`ban.*`): recorded even when the
+    /// request is a retransmission of one decided before.
+    Ban,
+    /// The 503 of a source over its rate limit.
+    OverLimit,
 }
 
 /// The method a transaction's key is made with: the request's own, or
@@ -130,6 +135,8 @@ impl Transactions {
             KeyMethod::Record(RecordKind::Decision) => b"d",
             KeyMethod::Record(RecordKind::UpstreamUnavailable) => b"u",
             KeyMethod::Record(RecordKind::Timeout) => b"t",
+            KeyMethod::Record(RecordKind::Ban) => b"b",
+            KeyMethod::Record(RecordKind::OverLimit) => b"r",
             KeyMethod::AnsweredInvite => b"a",
         });
         field(match method {
