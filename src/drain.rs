@@ -35,6 +35,18 @@ const POLL: Duration = Duration::from_millis(100);
 /// How often a drain that goes on is logged.
 const PROGRESS: Duration = Duration::from_secs(5);
 
+/// At the end of a drain that ran out of time: how long the client
+/// transactions given up have to be answered `408` (the first worker's
+/// loop looks at their timers at least once a second), and how long the
+/// answers then have to be written before the connections close.
+const GIVE_UP: Duration = Duration::from_secs(2);
+const FLUSH: Duration = Duration::from_millis(200);
+
+/// The longest a drain lasts beyond `limits.drain_secs`: answering what
+/// was given up ([`GIVE_UP`] and [`FLUSH`]). A service manager's stop
+/// timeout must outlast both.
+pub const BEYOND_THE_LIMIT: Duration = GIVE_UP.saturating_add(FLUSH);
+
 /// What a draining instance still waits for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Pending {
@@ -97,15 +109,37 @@ pub async fn run(
     let elapsed_ms = started.elapsed().as_millis() as u64;
     match outcome {
         Ok(()) => info!(elapsed_ms, "drained: nothing pending; shutting down"),
-        Err(left) => warn!(
-            elapsed_ms,
-            client_transactions = left.client_transactions,
-            registers = left.registers,
-            upstream_queue_bytes = left.upstream_queue_bytes,
-            "limits.drain_secs ran out with work pending; shutting down"
-        ),
+        Err(left) => {
+            warn!(
+                elapsed_ms,
+                client_transactions = left.client_transactions,
+                registers = left.registers,
+                upstream_queue_bytes = left.upstream_queue_bytes,
+                "limits.drain_secs ran out with work pending; shutting down"
+            );
+            if left.client_transactions > 0 {
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    () = answer_given_up(&core) => {}
+                }
+            }
+        }
     }
     shutdown.cancel();
+}
+
+/// Give up the client transactions still kept, so that each TCP/TLS
+/// client is answered `408` (and recorded, rule `proxy.request-timeout`)
+/// instead of losing its connection without a final response; wait
+/// (bounded by [`GIVE_UP`]) until they are, then [`FLUSH`].
+async fn answer_given_up(core: &Core) {
+    let transactions = core.client_transactions();
+    transactions.give_up_all(std::time::Instant::now());
+    let deadline = Instant::now() + GIVE_UP;
+    while !transactions.is_empty() && Instant::now() < deadline {
+        tokio::time::sleep(POLL).await;
+    }
+    tokio::time::sleep(FLUSH).await;
 }
 
 /// Wait until nothing has been pending for [`QUIET`] (`Ok`), or until

@@ -275,3 +275,29 @@ fn sigterm_waits_for_a_request_under_way_then_stops_and_a_second_stops_at_once()
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+#[test]
+fn a_drain_that_runs_out_answers_408_to_the_stream_clients_still_waiting() {
+    // A registrar that never answers, and a drain of 1 s: the TCP client's
+    // REGISTER (relayed over UDP, its client transaction kept) gets a final
+    // answer and a record before the connection closes, not just the close.
+    let silent = Registrar::start_with(Behaviour::Silent);
+    let dir = tempfile::tempdir().unwrap();
+    let (mut sipadmit, tcp) = start(dir.path(), &silent, 1);
+    let mut conn = TcpStream::connect(tcp).unwrap();
+    conn.set_read_timeout(Some(BOUND)).unwrap();
+    let mut reader = BufReader::new(conn.try_clone().unwrap());
+    let me = conn.local_addr().unwrap();
+    conn.write_all(request("REGISTER", "TCP", me, 1, "").as_bytes())
+        .unwrap();
+    while silent.received.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    sipadmit.signal("TERM");
+    let status = read_status(&mut reader);
+    assert!(status.starts_with("SIP/2.0 408"), "{status}");
+    let stderr = sipadmit.exited();
+    assert!(stderr.contains("limits.drain_secs ran out"), "{stderr}");
+    let log = std::fs::read_to_string(dir.path().join("decisions.log")).unwrap();
+    assert!(log.contains("\"rule\":\"proxy.request-timeout\""), "{log}");
+}

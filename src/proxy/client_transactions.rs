@@ -322,6 +322,22 @@ impl ClientTransactions {
         due
     }
 
+    /// Give every kept transaction up at `now`: their next timers time
+    /// them out, so that each client is answered (`408`) rather than left
+    /// without a final response when the instance stops (the end of a drain
+    /// that ran out of time).
+    pub fn give_up_all(&self, now: Instant) {
+        let mut table = self.lock();
+        let keys: Vec<TransactionKey> = table.entries.keys().copied().collect();
+        for key in keys {
+            let timer = table.schedule(key, now);
+            if let Some(entry) = table.entries.get_mut(&key) {
+                entry.gives_up = now;
+                entry.timer = timer;
+            }
+        }
+    }
+
     /// When the next timer fires, if any is set.
     pub fn next_due(&self) -> Option<Instant> {
         if self.is_empty() {
@@ -384,6 +400,26 @@ mod tests {
 
     /// The offsets from the start (in ms) at which the request is resent,
     /// and when it times out, with no response at all.
+    #[test]
+    fn given_up_transactions_time_out_at_their_next_timer() {
+        let table = ClientTransactions::new(Timers::RFC3261, 1 << 20);
+        let t0 = Instant::now();
+        for n in 1..=3 {
+            table.start(transaction(key(n, TransactionMethod::Other), 100), t0);
+        }
+        let later = t0 + Duration::from_millis(100);
+        table.give_up_all(later);
+        assert_eq!(table.next_due(), Some(t0 + T1).min(Some(later)));
+        let due = table.due(later);
+        assert_eq!(due.len(), 3);
+        assert!(due.iter().all(|d| matches!(d, Due::TimedOut(_))), "{due:?}");
+        assert!(table.is_empty());
+        assert!(
+            table.due(t0 + Duration::from_secs(60)).is_empty(),
+            "no stale timer left"
+        );
+    }
+
     fn schedule(method: TransactionMethod) -> (Vec<u128>, Option<u128>) {
         let table = ClientTransactions::new(Timers::RFC3261, 1 << 20);
         let t0 = Instant::now();
