@@ -26,7 +26,7 @@ use crate::observe::DecisionLog;
 use crate::proxy::{Core, Destination, Inbound, Outbound, Outcome};
 use crate::transport::admission::{Admission, BanCause, BanScope};
 use crate::transport::udp::{self, Datagrams};
-use crate::transport::upstream::DatagramWatch;
+use crate::transport::upstream::UpstreamWatch;
 use crate::transport::{BootId, Event, Fault, SendError, Senders, Transport, UpstreamSender};
 use crate::vocabulary::{Leg, LocalAddr, PeerAddr};
 
@@ -68,6 +68,7 @@ impl Dispatcher {
         admission: Arc<Admission>,
         probes: Option<(Duration, crate::config::Endpoint, std::net::SocketAddr)>,
     ) -> Self {
+        let upstream_watch = Arc::new(UpstreamWatch::new(senders.upstream.transport()));
         let probe_inbound = probes.map(|(_, upstream, local)| Inbound {
             bytes: bytes::Bytes::new(),
             transport: upstream.transport,
@@ -82,7 +83,7 @@ impl Dispatcher {
             log,
             edge: Edge {
                 admission,
-                upstream_watch: Arc::new(DatagramWatch::default()),
+                upstream_watch,
                 ticks: 0,
             },
             probes: Probes {
@@ -97,7 +98,7 @@ impl Dispatcher {
 
     /// A dispatcher for another worker: it shares this one's core,
     /// senders (until [`Dispatcher::sending_datagrams_from`] gives it its
-    /// worker's UDP sockets), decision log, admission and watch on the UDP
+    /// worker's UDP sockets), decision log, admission and watch on the
     /// upstream, and handles its worker's events and the client
     /// transactions' timers; the probes and the housekeeping stay with
     /// this one.
@@ -289,8 +290,8 @@ impl Probes {
             Ok(()) => {
                 if let UpstreamSender::Datagram(_) = senders.upstream {
                     core.metrics().note_upstream_sent();
-                    edge.upstream_watch.relayed(Instant::now());
                 }
+                edge.upstream_watch.relayed(Instant::now());
             }
             Err(e) => {
                 Fault::UpstreamSend.report(core.metrics(), None, &e);
@@ -351,14 +352,14 @@ async fn retransmit(core: &Core, senders: &Senders, log: &DecisionLog) {
 /// upstream that stays silent.
 struct Edge {
     admission: Arc<Admission>,
-    upstream_watch: Arc<DatagramWatch>,
+    upstream_watch: Arc<UpstreamWatch>,
     /// Housekeeping ticks so far.
     ticks: u64,
 }
 
 impl Edge {
     /// Every second: lift bans that ran out, forget idle rate-limit state,
-    /// close summary windows; every 10 s: check the UDP upstream.
+    /// close summary windows; every 10 s: check the upstream's silence.
     fn housekeeping(&mut self, core: &Core, now: Instant) {
         self.ticks += 1;
         self.admission.sweep(now);
@@ -424,7 +425,7 @@ async fn received(
     inbound: Inbound,
 ) {
     let started = Instant::now();
-    if inbound.from_registrar() && inbound.transport == Transport::Udp {
+    if inbound.from_registrar() {
         edge.upstream_watch.heard(core.metrics());
     }
     // A scanner banned by this message is dropped, and its record says why
@@ -445,6 +446,8 @@ async fn received(
         },
     );
     let (leaves_over, to_udp_upstream) = relayed_over(senders, &outcome);
+    let to_upstream =
+        matches!(&outcome, Outcome::Relay { send, .. } if send.to == Destination::Upstream);
     // A stream client's request leaving over UDP: its client transaction
     // is kept before it is sent (its answer may come back on another
     // worker's socket at once), and forgotten if it could not be sent.
@@ -477,10 +480,10 @@ async fn received(
             // than ACK gets something back.
             if to_udp_upstream {
                 core.metrics().note_upstream_sent();
-                let answered = kind == MessageKind::Request && !inbound.bytes.starts_with(b"ACK ");
-                if answered {
-                    edge.upstream_watch.relayed(started);
-                }
+            }
+            let answered = kind == MessageKind::Request && !inbound.bytes.starts_with(b"ACK ");
+            if to_upstream && answered {
+                edge.upstream_watch.relayed(started);
             }
         }
         Err((to, e)) => {

@@ -22,6 +22,8 @@ mod common {
 use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::admin_client::{self, assert_promtool_accepts};
@@ -81,7 +83,11 @@ impl Running {
 
     /// Wait (bounded) until `/readyz` answers `status`; its body then.
     fn wait_for_readyz(&mut self, status: u16) -> String {
-        let deadline = Instant::now() + BOUND;
+        self.wait_for_readyz_within(status, BOUND)
+    }
+
+    fn wait_for_readyz_within(&mut self, status: u16, bound: Duration) -> String {
+        let deadline = Instant::now() + bound;
         loop {
             let (got, body) = self.get("/readyz");
             if got == status {
@@ -700,6 +706,68 @@ fn readyz_follows_a_udp_registrar_through_its_options_probes() {
         "the first REGISTER's 503 alone (the registrar was known to be down: one record), \
          then the second's decision; probes are not decisions"
     );
+}
+
+/// A TCP registrar on 127.0.0.1 that reads requests and answers each
+/// `200 OK` while `answering` is set, and nothing while it is not (a
+/// stalled registrar: connected, silent).
+fn tcp_registrar(answering: Arc<AtomicBool>) -> SocketAddr {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(conn) = conn else { return };
+            let answering = answering.clone();
+            std::thread::spawn(move || {
+                let mut writer = conn.try_clone().unwrap();
+                let mut reader = BufReader::new(conn);
+                loop {
+                    let mut head = String::new();
+                    loop {
+                        let mut line = String::new();
+                        match reader.read_line(&mut line) {
+                            Ok(0) | Err(_) => return,
+                            Ok(_) if line == "\r\n" && head.is_empty() => continue,
+                            Ok(_) if line == "\r\n" => break,
+                            Ok(_) => head.push_str(&line),
+                        }
+                    }
+                    if answering.load(Ordering::Relaxed) {
+                        let answer = common::sip_stream::uas_response(&head, "200 OK", "reg", "");
+                        let _ = writer.write_all(answer.as_bytes());
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// `/readyz` and a TCP registrar that stalls: its connection stays up and
+/// takes the probes, but nothing comes back. After 10 to 20 s of silence
+/// (`SILENCE`, checked every 10 s) the instance is not ready, with the
+/// reason; the registrar's next answer makes it ready again.
+#[test]
+fn readyz_fails_while_a_connected_tcp_registrar_answers_nothing() {
+    let answering = Arc::new(AtomicBool::new(true));
+    let registrar = tcp_registrar(answering.clone());
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!("{CONFIG}[proxy]\nupstream_probe_secs = 1\n");
+    let mut sipadmit = Running::start(
+        &config_file(dir.path(), &config),
+        &format!("tcp:{registrar}"),
+    );
+    assert_eq!(sipadmit.wait_for_readyz(200), "ready\n");
+    answering.store(false, Ordering::Relaxed);
+    let reason = sipadmit.wait_for_readyz_within(503, Duration::from_secs(35));
+    assert!(
+        reason.contains("no message from it for"),
+        "{reason}\n{}",
+        sipadmit.process.stderr_so_far()
+    );
+    answering.store(true, Ordering::Relaxed);
+    assert_eq!(sipadmit.wait_for_readyz(200), "ready\n");
 }
 
 // === rate-limited warnings ===

@@ -442,6 +442,11 @@ pub struct Metrics {
     stream_upstream_down_until: Mutex<Option<Instant>>,
     /// `stream_upstream_down_until` holds a time (read without its lock).
     stream_upstream_down: std::sync::atomic::AtomicBool,
+    /// Why a stream upstream counts as silent (requests relayed, nothing
+    /// heard for a while), until it sends a message again.
+    stream_upstream_silent: Mutex<Option<UpstreamFailure>>,
+    /// `stream_upstream_silent` holds a reason (read without its lock).
+    stream_upstream_quiet: std::sync::atomic::AtomicBool,
     reloads: [AtomicU64; 2],
     /// HEP packets sent to the collector, per [`HepPayload`].
     hep_exported: [AtomicU64; HepPayload::ALL.len()],
@@ -795,6 +800,34 @@ impl Metrics {
             *lock(&self.stream_upstream_down_until) = None;
             self.stream_upstream_down.store(false, Ordering::Relaxed);
         }
+    }
+
+    /// A stream upstream sent nothing back for a while with requests
+    /// relayed to it (`reason`): remembered for `/readyz` until
+    /// [`Metrics::note_stream_upstream_heard`].
+    pub fn note_stream_upstream_silent(&self, reason: String) {
+        *lock(&self.stream_upstream_silent) = Some(UpstreamFailure {
+            at: Instant::now(),
+            error: reason,
+        });
+        self.stream_upstream_quiet.store(true, Ordering::Relaxed);
+    }
+
+    /// A message arrived from a stream upstream. Called for every message
+    /// from it: no lock unless it was silent.
+    pub fn note_stream_upstream_heard(&self) {
+        if self.stream_upstream_quiet.load(Ordering::Relaxed) {
+            *lock(&self.stream_upstream_silent) = None;
+            self.stream_upstream_quiet.store(false, Ordering::Relaxed);
+        }
+    }
+
+    /// Why a stream upstream looks silent, unless it sent a message since.
+    pub fn stream_upstream_silent(&self) -> Option<UpstreamFailure> {
+        if !self.stream_upstream_quiet.load(Ordering::Relaxed) {
+            return None;
+        }
+        lock(&self.stream_upstream_silent).clone()
     }
 
     /// Whether the link to a stream upstream fails fast at `now`. Asked
@@ -1215,7 +1248,7 @@ const FAMILIES: [Family; 55] = [
     ),
     counter(
         "sipadmit_upstream_silent_requests_total",
-        "Requests relayed to a UDP upstream that then sent nothing back for 10 s or more (a registrar that is down).",
+        "Requests relayed to the upstream that then sent nothing back for 10 s or more (a UDP registrar that is down, a TCP or TLS one that stalls).",
         Samples::Atomic(|m| &m.upstream_silent_requests),
     ),
     counter(

@@ -149,7 +149,11 @@ impl Core {
             }
         }
         if upstream.transport.is_stream() {
-            return None;
+            // Connected, but answering nothing (a stalled registrar).
+            return self
+                .metrics
+                .stream_upstream_silent()
+                .map(|failure| NotReady::UpstreamUnreachable { upstream, failure });
         }
         if let Some(failure) = self.metrics.udp_upstream_unreachable() {
             return Some(NotReady::UpstreamUnreachable { upstream, failure });

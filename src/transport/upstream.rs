@@ -473,22 +473,29 @@ impl LinkTask {
     }
 }
 
-/// A UDP upstream that receives requests and sends nothing back for this
+/// An upstream that receives requests and sends nothing back for this
 /// long is reported silent.
 pub const SILENCE: Duration = Duration::from_secs(10);
 
-/// The watch on a UDP upstream: a registrar that is down answers nothing
-/// (an ICMP error, where one comes back, is counted by the UDP receive
-/// loop as `upstream_unreachable`), so requests relayed to it with no
-/// message from it for [`SILENCE`] are counted
-/// (`sipadmit_upstream_silent_requests_total`) and warned about, at most
-/// once per [`SILENCE`]; `/readyz` then fails until it sends a message.
+/// The watch on the upstream's silence. A UDP registrar that is down
+/// answers nothing (an ICMP error, where one comes back, is counted by the
+/// UDP receive loop as `upstream_unreachable`); a stream registrar that
+/// stalls keeps its connection and answers nothing either. So requests
+/// relayed to it (the OPTIONS probes included) with no message from it for
+/// [`SILENCE`] are counted (`sipadmit_upstream_silent_requests_total`) and
+/// warned about, at most once per [`SILENCE`]; `/readyz` then fails until
+/// it sends a message. A silent UDP registrar also counts as unreachable
+/// (its requests are answered 503 at once while the probes are on); a
+/// silent stream registrar does not: its link still delivers, and what it
+/// queued is answered once the registrar wakes.
 ///
 /// Shared by every worker's dispatcher (a request relayed by one worker is
 /// answered on another's socket), so it is atomics, no lock: each message
 /// to or from the registrar costs one or two atomic operations.
 #[derive(Debug)]
-pub struct DatagramWatch {
+pub struct UpstreamWatch {
+    /// The upstream is a stream (TCP/TLS) registrar.
+    stream: bool,
     /// What the instants below count from.
     epoch: std::time::Instant,
     /// When the first request relayed since the upstream was last heard
@@ -500,18 +507,18 @@ pub struct DatagramWatch {
     silent: AtomicBool,
 }
 
-impl Default for DatagramWatch {
-    fn default() -> Self {
+impl UpstreamWatch {
+    /// The watch on an upstream over `transport`.
+    pub fn new(transport: Transport) -> Self {
         Self {
+            stream: transport.is_stream(),
             epoch: std::time::Instant::now(),
             unanswered_since: AtomicU64::new(0),
             pending: AtomicU64::new(0),
             silent: AtomicBool::new(false),
         }
     }
-}
 
-impl DatagramWatch {
     /// A request was sent to the upstream at `now`.
     pub fn relayed(&self, now: std::time::Instant) {
         if self.unanswered_since.load(Ordering::Relaxed) == 0 {
@@ -527,9 +534,13 @@ impl DatagramWatch {
     /// longer reports it unreachable (silent, or ICMP errors).
     pub fn heard(&self, metrics: &crate::observe::metrics::Metrics) {
         if self.silent.load(Ordering::Relaxed) && self.silent.swap(false, Ordering::Relaxed) {
-            info!("the UDP upstream answers again");
+            info!("the upstream answers again");
         }
-        metrics.note_udp_upstream_heard();
+        if self.stream {
+            metrics.note_stream_upstream_heard();
+        } else {
+            metrics.note_udp_upstream_heard();
+        }
         if self.unanswered_since.load(Ordering::Relaxed) != 0 {
             self.unanswered_since.store(0, Ordering::Relaxed);
             self.pending.store(0, Ordering::Relaxed);
@@ -557,12 +568,17 @@ impl DatagramWatch {
             requests = pending,
             silent_secs = silent_for.as_secs(),
             total = metrics.upstream_silent_requests.load(Ordering::Relaxed),
-            "the UDP upstream sent nothing back: is the registrar down?"
+            "the upstream sent nothing back: is the registrar down or stalled?"
         );
-        metrics.note_udp_upstream_unreachable(format!(
+        let reason = format!(
             "no message from it for {} s with requests relayed to it",
             silent_for.as_secs()
-        ));
+        );
+        if self.stream {
+            metrics.note_stream_upstream_silent(reason);
+        } else {
+            metrics.note_udp_upstream_unreachable(reason);
+        }
         self.silent.store(true, Ordering::Relaxed);
         true
     }
@@ -622,7 +638,7 @@ mod tests {
     #[test]
     fn a_silent_udp_upstream_is_counted_and_an_answer_ends_it() {
         let metrics = crate::observe::metrics::Metrics::default();
-        let watch = DatagramWatch::default();
+        let watch = UpstreamWatch::new(Transport::Udp);
         let t0 = std::time::Instant::now();
         assert!(!watch.check(t0 + SILENCE, &metrics), "nothing relayed");
         watch.relayed(t0);
@@ -645,6 +661,24 @@ mod tests {
         watch.heard(&metrics);
         assert!(metrics.udp_upstream_unreachable().is_none());
         assert!(!watch.check(t0 + 3 * SILENCE, &metrics));
+    }
+
+    #[test]
+    fn a_stalled_stream_upstream_is_silent_for_readyz_but_not_refused() {
+        let metrics = crate::observe::metrics::Metrics::default();
+        let watch = UpstreamWatch::new(Transport::Tcp);
+        let t0 = std::time::Instant::now();
+        watch.relayed(t0);
+        assert!(watch.check(t0 + SILENCE, &metrics));
+        let silent = metrics.stream_upstream_silent().expect("for /readyz");
+        assert!(
+            silent.error.contains("no message from it for 10 s"),
+            "{}",
+            silent.error
+        );
+        assert!(!metrics.udp_upstream_down(), "its link still delivers");
+        watch.heard(&metrics);
+        assert!(metrics.stream_upstream_silent().is_none());
     }
 
     fn spawn_link(
