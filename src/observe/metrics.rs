@@ -381,7 +381,7 @@ pub struct Metrics {
     /// Datagrams the kernel dropped on the UDP listeners (receive buffer
     /// full), as last read from `/proc/net/udp` and `/proc/net/udp6`.
     pub udp_kernel_drops: AtomicU64,
-    /// Requests relayed to a UDP upstream that then stayed silent (no
+    /// Requests relayed to the upstream that then stayed silent (no
     /// message from it) for 10 s or more.
     pub upstream_silent_requests: AtomicU64,
     /// Stream connections accepted and not yet served (their TLS handshake,
