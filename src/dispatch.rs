@@ -287,11 +287,14 @@ impl Probes {
         };
         mirror_sent(senders, &inbound, &Destination::Upstream, &bytes);
         match senders.send_upstream_probe(bytes, &inbound).await {
+            // A UDP registrar must answer the probes (they are how its
+            // return is found); a stream registrar need not, so an
+            // unanswered probe counts toward its silence only over UDP.
             Ok(()) => {
                 if let UpstreamSender::Datagram(_) = senders.upstream {
                     core.metrics().note_upstream_sent();
+                    edge.upstream_watch.relayed(Instant::now());
                 }
-                edge.upstream_watch.relayed(Instant::now());
             }
             Err(e) => {
                 Fault::UpstreamSend.report(core.metrics(), None, &e);
@@ -416,7 +419,7 @@ async fn dispatch(
 
 /// A message arrived: the core decides (banning a scanner that proved its
 /// address), the outcome is carried out, and what was sent is counted,
-/// kept for retransmission, or noted for the UDP upstream's watch.
+/// kept for retransmission, or noted for the upstream's watch.
 async fn received(
     core: &Core,
     senders: &Senders,

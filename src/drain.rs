@@ -37,9 +37,11 @@ const PROGRESS: Duration = Duration::from_secs(5);
 
 /// At the end of a drain that ran out of time: how long the client
 /// transactions given up have to be answered `408` (the first worker's
-/// loop looks at their timers at least once a second), and how long the
-/// answers then have to be written before the connections close.
+/// loop looks at their timers at least once a second).
 const GIVE_UP: Duration = Duration::from_secs(2);
+
+/// Then how long those answers have to be written before the connections
+/// close.
 const FLUSH: Duration = Duration::from_millis(200);
 
 /// The longest a drain lasts beyond `limits.drain_secs`: answering what

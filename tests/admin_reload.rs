@@ -745,12 +745,14 @@ fn tcp_registrar(answering: Arc<AtomicBool>) -> SocketAddr {
 }
 
 /// `/readyz` and a TCP registrar that stalls: its connection stays up and
-/// takes the probes, but nothing comes back. After 10 to 20 s of silence
-/// (`SILENCE`, checked every 10 s) the instance is not ready, with the
-/// reason; the registrar's next answer makes it ready again.
+/// takes a client's REGISTER, but nothing comes back. After 10 to 20 s of
+/// silence (`SILENCE`, checked every 10 s) the instance is not ready, with
+/// the reason; the registrar's next answer makes it ready again. Its
+/// unanswered probes alone do not count: a stream registrar need not
+/// answer them.
 #[test]
 fn readyz_fails_while_a_connected_tcp_registrar_answers_nothing() {
-    let answering = Arc::new(AtomicBool::new(true));
+    let answering = Arc::new(AtomicBool::new(false));
     let registrar = tcp_registrar(answering.clone());
     let dir = tempfile::tempdir().unwrap();
     let config = format!("{CONFIG}[proxy]\nupstream_probe_secs = 1\n");
@@ -759,7 +761,11 @@ fn readyz_fails_while_a_connected_tcp_registrar_answers_nothing() {
         &format!("tcp:{registrar}"),
     );
     assert_eq!(sipadmit.wait_for_readyz(200), "ready\n");
-    answering.store(false, Ordering::Relaxed);
+    let client = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let from = client.local_addr().unwrap();
+    client
+        .send_to(register(from, 1).as_bytes(), sipadmit.udp)
+        .unwrap();
     let reason = sipadmit.wait_for_readyz_within(503, Duration::from_secs(35));
     assert!(
         reason.contains("no message from it for"),

@@ -790,14 +790,16 @@ impl Metrics {
     /// The link to a stream upstream failed to connect: it fails fast
     /// until `until`, when the next message tries again.
     pub fn note_stream_upstream_down(&self, until: Instant) {
-        *lock(&self.stream_upstream_down_until) = Some(until);
+        let mut down_until = lock(&self.stream_upstream_down_until);
+        *down_until = Some(until);
         self.stream_upstream_down.store(true, Ordering::Relaxed);
     }
 
     /// The link to a stream upstream connected.
     pub fn note_stream_upstream_connected(&self) {
         if self.stream_upstream_down.load(Ordering::Relaxed) {
-            *lock(&self.stream_upstream_down_until) = None;
+            let mut down_until = lock(&self.stream_upstream_down_until);
+            *down_until = None;
             self.stream_upstream_down.store(false, Ordering::Relaxed);
         }
     }
@@ -831,10 +833,20 @@ impl Metrics {
     }
 
     /// Whether the link to a stream upstream fails fast at `now`. Asked
-    /// for every message to the upstream: no lock unless a connect failed.
+    /// for every message to the upstream: no lock unless a connect failed
+    /// within the last window (the first question after it ends clears
+    /// the flag).
     pub fn stream_upstream_failing_fast(&self, now: Instant) -> bool {
-        self.stream_upstream_down.load(Ordering::Relaxed)
-            && lock(&self.stream_upstream_down_until).is_some_and(|until| now < until)
+        if !self.stream_upstream_down.load(Ordering::Relaxed) {
+            return false;
+        }
+        let mut down_until = lock(&self.stream_upstream_down_until);
+        let failing = down_until.is_some_and(|until| now < until);
+        if !failing {
+            *down_until = None;
+            self.stream_upstream_down.store(false, Ordering::Relaxed);
+        }
+        failing
     }
 
     /// Whether a UDP upstream has sent any message since start.

@@ -299,10 +299,7 @@ impl SessionMatchers {
             self.application_user_agents
                 .iter()
                 .any(|needle| contains_ignore_case(ua, needle.as_bytes()))
-        }) || self
-            .application_from_uris
-            .iter()
-            .any(|p| p.matches(facts.from_uri))
+        }) || UriPattern::any_matches(&self.application_from_uris, facts.from_uri)
             || self
                 .application_sources
                 .iter()
@@ -312,11 +309,11 @@ impl SessionMatchers {
     /// The role of a request.
     pub fn role_of(&self, facts: &SessionFacts<'_>) -> SessionRole {
         match facts.method {
-            Method::Invite if self.workflows.iter().any(|p| p.matches(facts.request_uri)) => {
+            Method::Invite if UriPattern::any_matches(&self.workflows, facts.request_uri) => {
                 SessionRole::Caller
             }
             Method::Invite if self.is_application(facts) => SessionRole::AgentOffer,
-            Method::Register if self.agents.iter().any(|p| p.matches(facts.to_uri)) => {
+            Method::Register if UriPattern::any_matches(&self.agents, facts.to_uri) => {
                 SessionRole::AgentRegistration
             }
             _ => SessionRole::None,

@@ -1,10 +1,14 @@
 //! Address patterns used to recognise Response Group sessions: SIP URI
 //! globs (`sip:*@rgs.contoso.com`) and IP networks (`10.0.0.0/8`).
-//! Compiled once from config; matching allocates nothing.
+//! Compiled once from config; matching allocates nothing, except once
+//! per URI spelled with a password, %-escapes or a trailing dot
+//! ([`comparable`]).
 
 use std::borrow::Cow;
 use std::fmt;
 use std::net::IpAddr;
+
+use crate::sip::fields::percent_decoded;
 
 /// A SIP URI pattern. Only `user@host` is compared (scheme, port,
 /// parameters and headers are ignored), ASCII case-insensitively, as the
@@ -61,35 +65,12 @@ pub fn comparable(key: &[u8]) -> Cow<'_, [u8]> {
         return Cow::Borrowed(key);
     }
     let mut out = Vec::with_capacity(key.len());
-    decode_escapes(user, &mut out);
+    out.extend(percent_decoded(user));
     if at.is_some() {
         out.push(b'@');
     }
-    decode_escapes(host, &mut out);
+    out.extend(percent_decoded(host));
     Cow::Owned(out)
-}
-
-/// `%XX` as the byte it stands for; a `%` not followed by two hex digits
-/// stays as it is.
-fn decode_escapes(text: &[u8], out: &mut Vec<u8>) {
-    let hex = |b: u8| char::from(b).to_digit(16);
-    let mut i = 0;
-    while i < text.len() {
-        let escaped = (text[i] == b'%')
-            .then(|| Some((hex(*text.get(i + 1)?)?, hex(*text.get(i + 2)?)?)))
-            .flatten();
-        match escaped {
-            Some((high, low)) => {
-                // Two hex digits make at most 0xFF.
-                out.push(u8::try_from(high * 16 + low).unwrap_or(b'%'));
-                i += 3;
-            }
-            None => {
-                out.push(text[i]);
-                i += 1;
-            }
-        }
-    }
 }
 
 impl UriPattern {
@@ -107,7 +88,35 @@ impl UriPattern {
 
     /// Whether a URI matches.
     pub fn matches(&self, uri: &[u8]) -> bool {
-        uri_key(uri).is_some_and(|key| glob_match(&self.key, &comparable(key)))
+        self.matches_key(&MatchKey::of(uri))
+    }
+
+    /// Whether a URI, read once for several patterns, matches.
+    pub fn matches_key(&self, key: &MatchKey<'_>) -> bool {
+        key.0
+            .as_deref()
+            .is_some_and(|key| glob_match(&self.key, key))
+    }
+
+    /// Whether a URI matches any of `patterns` (it is read once).
+    pub fn any_matches(patterns: &[Self], uri: &[u8]) -> bool {
+        if patterns.is_empty() {
+            return false;
+        }
+        let key = MatchKey::of(uri);
+        patterns.iter().any(|p| p.matches_key(&key))
+    }
+}
+
+/// A URI as patterns compare it: its [`comparable`] `user@host`; `None`
+/// when it is no `sip:`/`sips:` URI with a host.
+#[derive(Debug)]
+pub struct MatchKey<'a>(Option<Cow<'a, [u8]>>);
+
+impl<'a> MatchKey<'a> {
+    /// Read `uri` for matching.
+    pub fn of(uri: &'a [u8]) -> Self {
+        Self(uri_key(uri).map(comparable))
     }
 }
 

@@ -133,7 +133,8 @@ impl Core {
     /// for a UDP registrar, an ICMP error for a datagram sent to it or its
     /// silence with requests relayed ([`crate::transport::upstream::SILENCE`]),
     /// until it sends a message again, and with probes on, no message from
-    /// it at all yet. Reads a few atomics (and a lock only while the
+    /// it at all yet; for a stream registrar, its silence with clients'
+    /// requests relayed (a stalled one), until it sends a message again. Reads a few atomics (and a lock only while the
     /// registrar is failing): cheap enough for every health probe.
     pub fn not_ready(&self) -> Option<NotReady> {
         if self.is_draining() {

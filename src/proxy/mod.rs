@@ -923,7 +923,7 @@ impl Core {
             .and_then(|v| v.branch())
             .unwrap_or_default();
         let hash = transaction_hash(&[
-            b"t",
+            b"g",
             view.call_id().unwrap_or_default(),
             view.from().ok().and_then(|f| f.tag()).unwrap_or_default(),
             &cseq,

@@ -319,9 +319,10 @@ impl Core {
             &extra,
             inb.source.0,
         );
-        if ctx.method == Method::Invite {
-            // Its ACK is this proxy's to absorb (RFC 3261 17.2.1), whatever
-            // To tag it carries.
+        if ctx.method == Method::Invite && view.to().ok().and_then(|t| t.tag()).is_some() {
+            // Inside a dialog the answer keeps the dialog's To tag, and so
+            // does its ACK: remembered, so that this proxy absorbs it (RFC
+            // 3261 17.2.1). Outside one, the ACK carries this proxy's tag.
             self.transactions.note_answered_invite(view, ctx.now);
         }
         Outcome::Answer {

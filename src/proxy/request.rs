@@ -42,7 +42,7 @@ use crate::classify::{Classification, Support};
 use crate::observe::metrics::DropReason;
 use crate::policy::{decide, Decision, SessionFacts, SessionRole, Verdict};
 use crate::sip::edit::{before_first, mark_received, remove_leading_values, remove_named, Edits};
-use crate::sip::fields::sip_uri_host;
+use crate::sip::fields::{percent_decoded, sip_uri_host};
 use crate::sip::{HeaderName, Method, Params, SipError, SipView};
 use crate::transport::admission::BanCause;
 use crate::transport::Transport;
@@ -662,9 +662,15 @@ impl Core {
                 after_vias(view, HeaderName::Path),
                 format_args!(
                     "Path: <{}{token}@{}{};lr>\r\n",
-                    Scheme(hop.sips, hop.transport),
+                    Scheme {
+                        sips: hop.sips,
+                        transport: hop.transport
+                    },
                     hop.own.uri_host(),
-                    TransportParam(hop.sips, hop.transport),
+                    TransportParam {
+                        sips: hop.sips,
+                        transport: hop.transport
+                    },
                 ),
             );
             self.expect_registration(ctx, inbound_flow);
@@ -685,8 +691,14 @@ impl Core {
                     at,
                     format_args!(
                         "Record-Route: <{}{token}@{host}{};lr{ftag}>\r\n",
-                        Scheme(hop.sips, transport),
-                        TransportParam(hop.sips, transport),
+                        Scheme {
+                            sips: hop.sips,
+                            transport
+                        },
+                        TransportParam {
+                            sips: hop.sips,
+                            transport
+                        },
                     ),
                 );
             };
@@ -899,11 +911,16 @@ fn is_sips_request(view: &SipView, routing: &Routing<'_>) -> bool {
 /// request over TLS (RFC 3261 16.6 step 4), else `sip:`. A side of a
 /// `sips:` request that is not TLS (a client that sent one over another
 /// transport) can only be reached by `sip:`.
-struct Scheme(bool, Transport);
+struct Scheme {
+    /// The request is for a `sips:` URI.
+    sips: bool,
+    /// The transport of the side the URI names.
+    transport: Transport,
+}
 
 impl std::fmt::Display for Scheme {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(if self.0 && self.1 == Transport::Tls {
+        f.write_str(if self.sips && self.transport == Transport::Tls {
             "sips:"
         } else {
             "sip:"
@@ -913,14 +930,19 @@ impl std::fmt::Display for Scheme {
 
 /// The `;transport=` parameter of such a URI; none on a `sips:` one (RFC
 /// 5630 3.1.3: `transport=tls` is deprecated; `sips:` says TLS over TCP).
-struct TransportParam(bool, Transport);
+struct TransportParam {
+    /// The request is for a `sips:` URI.
+    sips: bool,
+    /// The transport of the side the URI names.
+    transport: Transport,
+}
 
 impl std::fmt::Display for TransportParam {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if self.0 && self.1 == Transport::Tls {
+        if self.sips && self.transport == Transport::Tls {
             Ok(())
         } else {
-            write!(f, ";transport={}", self.1.as_str())
+            write!(f, ";transport={}", self.transport.as_str())
         }
     }
 }
@@ -954,16 +976,15 @@ fn escaped_ftag(tag: &[u8]) -> impl Iterator<Item = &str> {
 }
 
 /// Whether a Route's `ftag` names `from_tag`: both absent (or empty), or
-/// the tag as [`FtagParam`] wrote it.
+/// the tag itself once its escapes are decoded (however the route set was
+/// written back: `%25` or `%60` in either case, or not escaped at all).
 fn ftag_names(ftag: Option<&[u8]>, from_tag: Option<&[u8]>) -> bool {
     match (
         ftag.filter(|t| !t.is_empty()),
         from_tag.filter(|t| !t.is_empty()),
     ) {
         (None, None) => true,
-        (Some(ftag), Some(tag)) => escaped_ftag(tag)
-            .flat_map(str::bytes)
-            .eq(ftag.iter().copied()),
+        (Some(ftag), Some(tag)) => percent_decoded(ftag).eq(tag.iter().copied()),
         _ => false,
     }
 }
@@ -972,4 +993,27 @@ fn ftag_names(ftag: Option<&[u8]>, from_tag: Option<&[u8]>) -> bool {
 fn is_dialog_creating(view: &SipView) -> bool {
     matches!(view.method(), Some(Method::Invite))
         || matches!(view.method_bytes(), Some(b"SUBSCRIBE" | b"REFER"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ftag_names_the_tag_however_its_escapes_were_written_back() {
+        let tag = Some(&b"50%off`x"[..]);
+        for ftag in [&b"50%25off%60x"[..], b"50%off%60x", b"50%off`x"] {
+            assert!(
+                ftag_names(Some(ftag), tag),
+                "{}",
+                String::from_utf8_lossy(ftag)
+            );
+        }
+        assert!(!ftag_names(Some(b"50%25off"), tag));
+        assert!(ftag_names(None, None) && ftag_names(Some(b""), None));
+        assert!(!ftag_names(None, tag) && !ftag_names(Some(b"x"), None));
+        let written = FtagParam(tag).to_string();
+        assert_eq!(written, ";ftag=50%25off%60x");
+        assert_eq!(FtagParam(Some(b"")).to_string(), "");
+    }
 }

@@ -42,11 +42,13 @@ impl Core {
             warn!(source = %inb.source, bytes = inb.bytes.len(), "response over limits.max_message_bytes dropped");
             return discard(DropReason::Malformed);
         }
-        self.answer_client_transaction(inb, view);
         if let Err(e) = view.check() {
+            // Not relayed, so it answers no client transaction either: one
+            // kept for a stream client goes on to its 408.
             debug!(source = %inb.source, error = %e, "malformed response dropped");
             return discard(DropReason::MalformedResponse);
         }
+        self.answer_client_transaction(inb, view);
         let Ok(via) = view.top_via() else {
             return discard(DropReason::MalformedResponse);
         };

@@ -8,8 +8,10 @@
 //! RFC 3261 17.2.3 match). The table holds one 64-bit keyed hash per
 //! transaction in an [`ExpiringMap`]: O(1) per request, bounded in bytes;
 //! when full the oldest transaction is forgotten (its late retransmission
-//! would then be recorded once more, nothing worse). Pure: the clock is
-//! passed in.
+//! would then be recorded once more, nothing worse). Each kind of record
+//! of a transaction ([`RecordKind`]) is remembered apart, and so are the
+//! INVITEs inside a dialog this proxy answered with an error, whose ACK it
+//! absorbs. Pure: the clock is passed in.
 
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
@@ -22,8 +24,9 @@ use crate::sip::SipView;
 /// How long a transaction's requests count as retransmissions (64 * T1).
 pub const TRANSACTION_LIFETIME: Duration = Duration::from_secs(32);
 
-/// Which record of a transaction: the one of handling the request, or the
-/// 503 when the registrar proved unreachable afterwards.
+/// Which record of a transaction: the one of handling the request, or one
+/// of what may follow it (a 503 when the registrar proved unreachable, a
+/// 408, a ban, a rate limit's 503), each recorded once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RecordKind {
     /// The request's decision (relay, reject, drop).
@@ -39,11 +42,12 @@ pub enum RecordKind {
     OverLimit,
 }
 
-/// The method a transaction's key is made with: the request's own, or
-/// INVITE for an INVITE answered here and the ACK of that answer (RFC 3261
-/// 17.1.1.3: same Call-ID, CSeq number, From tag and top Via).
+/// What a key in the table stands for: a record of the request's
+/// transaction (keyed with its own method), or an INVITE answered here
+/// with an error (keyed with INVITE, so that the ACK of that answer finds
+/// it: RFC 3261 17.1.1.3, same Call-ID, CSeq number, From tag and top Via).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum KeyMethod {
+enum KeyKind {
     /// The request's own method, for a record of `RecordKind`.
     Record(RecordKind),
     /// An INVITE answered by this proxy with an error.
@@ -73,7 +77,7 @@ impl Transactions {
     /// transaction of `request`; it is remembered for
     /// [`TRANSACTION_LIFETIME`] from its first sighting.
     pub fn first_sighting(&self, request: &SipView, kind: RecordKind, now: Instant) -> bool {
-        self.note(self.key(request, KeyMethod::Record(kind)), now)
+        self.note(self.key(request, KeyKind::Record(kind)), now)
     }
 
     /// Remember that this proxy answered the INVITE `request` with an
@@ -81,13 +85,13 @@ impl Transactions {
     /// ([`Transactions::acknowledges_an_answer`]) even when it carries the
     /// dialog's To tag instead of this proxy's.
     pub fn note_answered_invite(&self, request: &SipView, now: Instant) {
-        self.note(self.key(request, KeyMethod::AnsweredInvite), now);
+        self.note(self.key(request, KeyKind::AnsweredInvite), now);
     }
 
     /// Whether the ACK `ack` acknowledges an INVITE this proxy answered
     /// with an error in the last [`TRANSACTION_LIFETIME`].
     pub fn acknowledges_an_answer(&self, ack: &SipView, now: Instant) -> bool {
-        let key = self.key(ack, KeyMethod::AnsweredInvite);
+        let key = self.key(ack, KeyKind::AnsweredInvite);
         let mut seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
         seen.get(key, now).is_some()
     }
@@ -125,23 +129,23 @@ impl Transactions {
             .bytes()
     }
 
-    fn key(&self, request: &SipView, method: KeyMethod) -> u64 {
+    fn key(&self, request: &SipView, method: KeyKind) -> u64 {
         let mut h = self.keys.build_hasher();
         let mut field = |bytes: &[u8]| {
             h.write(bytes);
             h.write_usize(bytes.len());
         };
         field(match method {
-            KeyMethod::Record(RecordKind::Decision) => b"d",
-            KeyMethod::Record(RecordKind::UpstreamUnavailable) => b"u",
-            KeyMethod::Record(RecordKind::Timeout) => b"t",
-            KeyMethod::Record(RecordKind::Ban) => b"b",
-            KeyMethod::Record(RecordKind::OverLimit) => b"r",
-            KeyMethod::AnsweredInvite => b"a",
+            KeyKind::Record(RecordKind::Decision) => b"d",
+            KeyKind::Record(RecordKind::UpstreamUnavailable) => b"u",
+            KeyKind::Record(RecordKind::Timeout) => b"t",
+            KeyKind::Record(RecordKind::Ban) => b"b",
+            KeyKind::Record(RecordKind::OverLimit) => b"r",
+            KeyKind::AnsweredInvite => b"a",
         });
         field(match method {
-            KeyMethod::Record(_) => request.method_bytes().unwrap_or_default(),
-            KeyMethod::AnsweredInvite => b"INVITE",
+            KeyKind::Record(_) => request.method_bytes().unwrap_or_default(),
+            KeyKind::AnsweredInvite => b"INVITE",
         });
         field(request.call_id().unwrap_or_default());
         field(&request.cseq().map_or(0, |c| c.number).to_be_bytes());

@@ -447,6 +447,31 @@ pub(crate) fn parse_decimal(digits: &[u8]) -> Option<u64> {
     )
 }
 
+/// The bytes `text` stands for, `%XX` escapes decoded (RFC 3261 19.1.4:
+/// an escaped character is that character); a `%` not followed by two hex
+/// digits stands for itself.
+pub fn percent_decoded(text: &[u8]) -> impl Iterator<Item = u8> + '_ {
+    let hex = |b: Option<&u8>| b.and_then(|&b| char::from(b).to_digit(16));
+    let mut i = 0;
+    std::iter::from_fn(move || {
+        let b = *text.get(i)?;
+        let escaped = (b == b'%')
+            .then(|| Some((hex(text.get(i + 1))?, hex(text.get(i + 2))?)))
+            .flatten();
+        Some(match escaped {
+            Some((high, low)) => {
+                i += 3;
+                // Two hex digits make at most 0xFF.
+                u8::try_from(high * 16 + low).unwrap_or(b'%')
+            }
+            None => {
+                i += 1;
+                b
+            }
+        })
+    })
+}
+
 /// A `name-addr` or `addr-spec` with its header parameters (From, To,
 /// Contact, Route, Record-Route, Path).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -464,6 +489,11 @@ impl<'a> NameAddr<'a> {
     pub fn parse(value: &'a [u8], header: HeaderName) -> Result<Self, SipError> {
         let bad = SipError::MalformedHeader(header);
         let s = trim_lws(value);
+        // One value: a comma outside quotes and `<>` starts another (a list
+        // is split before its values get here; From and To take one).
+        if find_unquoted(s, b',').is_some() {
+            return Err(bad);
+        }
         let (display, rest) = if s.first() == Some(&b'"') {
             let mut escaped = false;
             let close = s[1..]
@@ -485,13 +515,12 @@ impl<'a> NameAddr<'a> {
             ((!display.is_empty()).then_some(display), &s[lt..])
         } else {
             // addr-spec: the URI runs to the first ';', the rest are header
-            // params. A URI with a comma or `?` must be in `<>` (RFC 3261
-            // 20.10): here one is a second value, or junk.
+            // params. A URI with `?` must be in `<>` (RFC 3261 20.10).
             let end = s.iter().position(|&b| b == b';').unwrap_or(s.len());
             let uri = trim_lws(&s[..end]);
             if uri.is_empty()
                 || (uri != b"*" && !uri.contains(&b':'))
-                || uri.iter().any(|&b| matches!(b, b',' | b'?') || is_lws(b))
+                || uri.iter().any(|&b| b == b'?' || is_lws(b))
             {
                 return Err(bad);
             }

@@ -230,6 +230,8 @@ fn index_headers(buf: &[u8], mut pos: usize) -> Result<HeaderSection, SipError> 
     let mut seen = 0u64;
     let mut duplicate = None;
     let mut bad_line = None;
+    // Inside a skipped line: its continuation lines go with it.
+    let mut skipping = false;
     loop {
         let (stop, next) = line_end(buf, pos).ok_or(SipError::UnterminatedHeaders)?;
         if stop == pos {
@@ -244,10 +246,11 @@ fn index_headers(buf: &[u8], mut pos: usize) -> Result<HeaderSection, SipError> 
         }
         if matches!(buf[pos], b' ' | b'\t') {
             match headers.last_mut() {
-                Some(last) => extend_folded(last, buf, pos, stop, next),
-                None => bad_line = Some(SipError::MalformedHeaderLine),
+                Some(last) if !skipping => extend_folded(last, buf, pos, stop, next),
+                _ => bad_line = Some(SipError::MalformedHeaderLine),
             }
         } else {
+            skipping = false;
             match parse_header_line(buf, pos, stop, next) {
                 Ok(field) => {
                     let bit = name_bit(field.name);
@@ -257,7 +260,10 @@ fn index_headers(buf: &[u8], mut pos: usize) -> Result<HeaderSection, SipError> 
                     seen |= bit;
                     headers.push(field);
                 }
-                Err(e) => bad_line = Some(e),
+                Err(e) => {
+                    bad_line = Some(e);
+                    skipping = true;
+                }
             }
         }
         pos = next;
@@ -938,6 +944,21 @@ mod tests {
                 SipError::MalformedHeader(HeaderName::From),
             ),
             (
+                "t: <sip:alice@example.com>",
+                "t: <sip:alice@example.com>;x=1, <sip:bob@example.net>",
+                SipError::MalformedHeader(HeaderName::To),
+            ),
+            (
+                "t: <sip:alice@example.com>",
+                "t: sip:alice@example.com;x=1, sip:bob@example.net",
+                SipError::MalformedHeader(HeaderName::To),
+            ),
+            (
+                "f: <sip:alice@example.com>;tag=1",
+                "f: <sip:alice@example.com>;tag=1;x=1, <sip:bob@example.net>",
+                SipError::MalformedHeader(HeaderName::From),
+            ),
+            (
                 "i: abc@10.0.0.5",
                 "i: abc@10.0.0.5,def",
                 SipError::MalformedHeader(HeaderName::CallId),
@@ -964,6 +985,18 @@ mod tests {
         assert!(view(&ok.replace("200", "4294967301")).is_err());
         assert!(view(&ok.replace("200", "099")).is_err());
         assert!(view("SIP/2.0 100\r\nVia: SIP/2.0/UDP h\r\nFrom: <sip:a@b>\r\nTo: <sip:a@b>\r\nCall-ID: x\r\nCSeq: 1 INVITE\r\n\r\n").is_ok());
+    }
+
+    #[test]
+    fn a_line_that_is_no_header_goes_with_its_continuation_and_spoils_no_other() {
+        let text = REGISTER.replace("bodyEXTRA", "body").replacen(
+            "Max-Forwards: 70\r\n",
+            "Max-Forwards: 70\r\nThis is no header\r\n continued\r\n",
+            1,
+        );
+        let v = SipView::parse(Bytes::from(text)).unwrap();
+        assert_eq!(v.max_forwards(), Ok(Some(70)), "the line before is whole");
+        assert_eq!(v.check(), Err(SipError::MalformedHeaderLine));
     }
 
     #[test]

@@ -281,8 +281,9 @@ pub fn admit(ctx: &TransportContext, inbound: Inbound) -> Admitted {
     }
 }
 
-/// Count a message dropped here, before the core (which counts the rest),
-/// as received: so that what is dropped is a part of what was received.
+/// Count a message dropped here (a banned source's, one over its rate
+/// limit), before the core (which counts what reaches it), as received:
+/// so that those drops are a part of what was received.
 fn count_received(ctx: &TransportContext, inbound: &Inbound) {
     let kind = crate::observe::metrics::MessageKind::of(&inbound.bytes);
     ctx.metrics.count_received(inbound.transport, kind);

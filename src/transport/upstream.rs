@@ -481,7 +481,7 @@ pub const SILENCE: Duration = Duration::from_secs(10);
 /// answers nothing (an ICMP error, where one comes back, is counted by the
 /// UDP receive loop as `upstream_unreachable`); a stream registrar that
 /// stalls keeps its connection and answers nothing either. So requests
-/// relayed to it (the OPTIONS probes included) with no message from it for
+/// relayed to it (over UDP the OPTIONS probes too) with no message from it for
 /// [`SILENCE`] are counted (`sipadmit_upstream_silent_requests_total`) and
 /// warned about, at most once per [`SILENCE`]; `/readyz` then fails until
 /// it sends a message. A silent UDP registrar also counts as unreachable

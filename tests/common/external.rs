@@ -147,14 +147,20 @@ pub fn free_tcp_port() -> u16 {
 
 /// A port free for both UDP and TCP on 127.0.0.1 (what Kamailio listens on).
 pub fn free_udp_tcp_port() -> u16 {
+    free_udp_tcp_port_on(LOOPBACK)
+}
+
+/// A port free for both UDP and TCP on the loopback address `ip`.
+pub fn free_udp_tcp_port_on(ip: IpAddr) -> u16 {
+    assert!(ip.is_loopback(), "e2e tests use loopback only, not {ip}");
     for _ in 0..50 {
-        let tcp = TcpListener::bind((LOOPBACK, 0)).expect("bind TCP port 0 on loopback");
+        let tcp = TcpListener::bind((ip, 0)).expect("bind TCP port 0 on loopback");
         let port = tcp.local_addr().expect("local_addr").port();
-        if UdpSocket::bind((LOOPBACK, port)).is_ok() {
+        if UdpSocket::bind((ip, port)).is_ok() {
             return port;
         }
     }
-    panic!("no port free for both UDP and TCP on 127.0.0.1 after 50 tries");
+    panic!("no port free for both UDP and TCP on {ip} after 50 tries");
 }
 
 /// Sends `kill -<sig> -- -<pgid>` to a process group this harness started.
@@ -1016,7 +1022,12 @@ impl Sipp {
     /// The local port this run will use (picks one now if none was set).
     pub fn port(&mut self) -> u16 {
         if self.local_port.is_none() {
-            self.local_port = Some(free_udp_port_on(self.local_ip));
+            // Over TCP SIPp binds its main socket on TCP: the port must be
+            // free there too (a UDP-free port once collided, errno 98).
+            self.local_port = Some(match self.transport {
+                Transport::Udp => free_udp_port_on(self.local_ip),
+                Transport::Tcp => free_udp_tcp_port_on(self.local_ip),
+            });
         }
         self.local_port.unwrap_or_default()
     }
