@@ -373,19 +373,54 @@ impl Edge {
     }
 }
 
-/// The transport a message an outcome sends is counted as relayed over
-/// once sent (`None`: a local answer, nothing, or the stream upstream,
-/// whose link counts what it writes itself), and whether it is a datagram
-/// to the UDP upstream.
-fn relayed_over(senders: &Senders, outcome: &Outcome) -> (Option<Transport>, bool) {
-    let to_udp_upstream = matches!(senders.upstream, UpstreamSender::Datagram(_));
-    let Outcome::Relay { send, .. } = outcome else {
-        return (None, false);
-    };
-    match &send.to {
-        Destination::Flow(flow) => (Some(flow.transport), false),
-        Destination::Upstream if to_udp_upstream => (Some(Transport::Udp), true),
-        _ => (None, false),
+/// Where the message an outcome sends leaves, for what is counted once
+/// it is sent.
+struct Leaving {
+    /// The transport it counts as relayed over (`None`: a local answer,
+    /// nothing, or the stream upstream, whose link counts what it writes
+    /// itself).
+    over: Option<Transport>,
+    /// It goes to the upstream.
+    upstream: bool,
+    /// It goes to the upstream as a datagram.
+    upstream_datagram: bool,
+}
+
+impl Leaving {
+    fn of(senders: &Senders, outcome: &Outcome) -> Self {
+        let datagrams = matches!(senders.upstream, UpstreamSender::Datagram(_));
+        let to = match outcome {
+            Outcome::Relay { send, .. } => Some(&send.to),
+            _ => None,
+        };
+        let upstream = to == Some(&Destination::Upstream);
+        Self {
+            over: match to {
+                Some(Destination::Flow(flow)) => Some(flow.transport),
+                Some(Destination::Upstream) if datagrams => Some(Transport::Udp),
+                _ => None,
+            },
+            upstream,
+            upstream_datagram: upstream && datagrams,
+        }
+    }
+
+    /// Count what was sent from `inbound`; a request to the upstream is
+    /// noted for its watch (only a request other than ACK gets something
+    /// back). A datagram sent is delivered as far as UDP can tell (the
+    /// stream link notes its own deliveries).
+    fn sent(&self, core: &Core, watch: &UpstreamWatch, inbound: &Inbound, started: Instant) {
+        let kind = MessageKind::of(&inbound.bytes);
+        if let Some(transport) = self.over {
+            core.metrics().count_relayed(transport, kind);
+        }
+        if self.upstream_datagram {
+            core.metrics().note_upstream_sent();
+        }
+        let answered = kind == MessageKind::Request && !inbound.bytes.starts_with(b"ACK ");
+        if self.upstream && answered {
+            watch.relayed(started);
+        }
     }
 }
 
@@ -448,9 +483,7 @@ async fn received(
                 && admission.ban(source, BanCause::Scanner, scope, started)
         },
     );
-    let (leaves_over, to_udp_upstream) = relayed_over(senders, &outcome);
-    let to_upstream =
-        matches!(&outcome, Outcome::Relay { send, .. } if send.to == Destination::Upstream);
+    let leaving = Leaving::of(senders, &outcome);
     // A stream client's request leaving over UDP: its client transaction
     // is kept before it is sent (its answer may come back on another
     // worker's socket at once), and forgotten if it could not be sent.
@@ -473,22 +506,7 @@ async fn received(
         core.forget_transaction(key);
     }
     match carried_out {
-        Ok(()) => {
-            let kind = MessageKind::of(&inbound.bytes);
-            if let Some(transport) = leaves_over {
-                core.metrics().count_relayed(transport, kind);
-            }
-            // A datagram sent is delivered as far as UDP can tell (the
-            // stream link notes its own deliveries); only a request other
-            // than ACK gets something back.
-            if to_udp_upstream {
-                core.metrics().note_upstream_sent();
-            }
-            let answered = kind == MessageKind::Request && !inbound.bytes.starts_with(b"ACK ");
-            if to_upstream && answered {
-                edge.upstream_watch.relayed(started);
-            }
-        }
+        Ok(()) => leaving.sent(core, &edge.upstream_watch, &inbound, started),
         Err((to, e)) => {
             let fault = match (&to, &e) {
                 (
