@@ -215,17 +215,12 @@ fn start(dir: &std::path::Path, registrar: &Registrar, drain_secs: u64) -> (Sipa
     (sipadmit, tcp)
 }
 
-#[test]
-fn sigterm_waits_for_a_request_under_way_then_stops_and_a_second_stops_at_once() {
-    // The registrar loses the first copy of each request: the REGISTER is
-    // still pending (its client transaction retransmits after T1) when
-    // SIGTERM comes.
-    let registrar = Registrar::start_with(Behaviour::IgnoreFirstCopy);
-    let dir = tempfile::tempdir().unwrap();
-    let (mut sipadmit, tcp) = start(dir.path(), &registrar, 20);
+/// A REGISTER sent over a new TCP connection to `tcp`, once `registrar`
+/// has received it (relayed over UDP): the connection, for its answers.
+fn register_over_tcp(tcp: SocketAddr, registrar: &Registrar) -> BufReader<TcpStream> {
     let mut conn = TcpStream::connect(tcp).unwrap();
     conn.set_read_timeout(Some(BOUND)).unwrap();
-    let mut reader = BufReader::new(conn.try_clone().unwrap());
+    let reader = BufReader::new(conn.try_clone().unwrap());
     let me = conn.local_addr().unwrap();
     conn.write_all(request("REGISTER", "TCP", me, 1, "").as_bytes())
         .unwrap();
@@ -236,6 +231,18 @@ fn sigterm_waits_for_a_request_under_way_then_stops_and_a_second_stops_at_once()
     {
         std::thread::sleep(Duration::from_millis(5));
     }
+    reader
+}
+
+#[test]
+fn sigterm_waits_for_a_request_under_way_then_stops_and_a_second_stops_at_once() {
+    // The registrar loses the first copy of each request: the REGISTER is
+    // still pending (its client transaction retransmits after T1) when
+    // SIGTERM comes.
+    let registrar = Registrar::start_with(Behaviour::IgnoreFirstCopy);
+    let dir = tempfile::tempdir().unwrap();
+    let (mut sipadmit, tcp) = start(dir.path(), &registrar, 20);
+    let mut reader = register_over_tcp(tcp, &registrar);
     let signalled = Instant::now();
     sipadmit.signal("TERM");
     sipadmit.wait_for("draining");
@@ -284,15 +291,7 @@ fn a_drain_that_runs_out_answers_408_to_the_stream_clients_still_waiting() {
     let silent = Registrar::start_with(Behaviour::Silent);
     let dir = tempfile::tempdir().unwrap();
     let (mut sipadmit, tcp) = start(dir.path(), &silent, 1);
-    let mut conn = TcpStream::connect(tcp).unwrap();
-    conn.set_read_timeout(Some(BOUND)).unwrap();
-    let mut reader = BufReader::new(conn.try_clone().unwrap());
-    let me = conn.local_addr().unwrap();
-    conn.write_all(request("REGISTER", "TCP", me, 1, "").as_bytes())
-        .unwrap();
-    while silent.received.load(std::sync::atomic::Ordering::Relaxed) == 0 {
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    let mut reader = register_over_tcp(tcp, &silent);
     sipadmit.signal("TERM");
     let status = read_status(&mut reader);
     assert!(status.starts_with("SIP/2.0 408"), "{status}");

@@ -96,6 +96,30 @@ fn header_values<'a>(message: &'a str, name: &str) -> Vec<&'a str> {
         .collect()
 }
 
+/// A core of the unit tests' config relaying to `upstream`, listening at
+/// [`DETACHED_ADDRESS`] on `transports`, with boot id `boot`.
+fn core_on(upstream: &str, transports: &[Transport], boot: BootId) -> Core {
+    let config = Config::from_toml_str(
+        CONFIG,
+        Path::new("t.toml"),
+        &Overrides {
+            upstream: Some(upstream.into()),
+            ..Overrides::default()
+        },
+    )
+    .unwrap();
+    Core::new(
+        config,
+        flow::FlowSigner::new(b"core-unit-tests-secret"),
+        boot,
+        transports
+            .iter()
+            .map(|&t| listening::Listening::at(t, DETACHED_ADDRESS.0))
+            .collect(),
+        Arc::new(Metrics::default()),
+    )
+}
+
 fn runtime_from(toml: &str) -> RuntimeConfig {
     Config::from_toml_str(toml, Path::new("t.toml"), &Overrides::default())
         .unwrap()
@@ -282,23 +306,10 @@ fn a_token_naming_another_instances_connection_gets_430_and_nothing_is_written()
     let path = register_over_tcp(&a, x);
     // Instance B shares the secret but not the boot id; its connection 1
     // (another client) is open.
-    let b = Core::new(
-        Config::from_toml_str(
-            CONFIG,
-            Path::new("b.toml"),
-            &Overrides {
-                upstream: Some(DETACHED_UPSTREAM.into()),
-                ..Overrides::default()
-            },
-        )
-        .unwrap(),
-        flow::FlowSigner::new(b"core-unit-tests-secret"),
+    let b = core_on(
+        DETACHED_UPSTREAM,
+        &[Transport::Udp, Transport::Tcp],
         BootId::from_u64(2),
-        vec![
-            listening::Listening::at(Transport::Udp, DETACHED_ADDRESS.0),
-            listening::Listening::at(Transport::Tcp, DETACHED_ADDRESS.0),
-        ],
-        Arc::new(Metrics::default()),
     );
     let out = b.handle(
         &offer_along(&path, "agent-a", x),

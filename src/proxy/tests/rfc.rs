@@ -73,23 +73,10 @@ fn a_sips_request_gets_sips_uris_on_its_tls_side() {
     // RFC 3261 16.6 step 4: for a `sips:` request the Record-Route URI
     // MUST be `sips:`; RFC 5630: no `transport=tls` on it. The agent is
     // registered over TLS; the registrar offers it a `sips:` call over UDP.
-    let core = Core::new(
-        Config::from_toml_str(
-            CONFIG,
-            Path::new("t.toml"),
-            &Overrides {
-                upstream: Some(DETACHED_UPSTREAM.into()),
-                ..Overrides::default()
-            },
-        )
-        .unwrap(),
-        flow::FlowSigner::new(b"core-unit-tests-secret"),
+    let core = core_on(
+        DETACHED_UPSTREAM,
+        &[Transport::Udp, Transport::Tcp, Transport::Tls],
         BootId::from_u64(1),
-        [Transport::Udp, Transport::Tcp, Transport::Tls]
-            .into_iter()
-            .map(|t| listening::Listening::at(t, DETACHED_ADDRESS.0))
-            .collect(),
-        Arc::new(Metrics::default()),
     );
     let agent: SocketAddr = "127.0.0.1:43000".parse().unwrap();
     let register = request("REGISTER", "sips:contoso.com", agent, LYNC, "")
@@ -287,23 +274,10 @@ fn a_request_for_a_registrar_known_to_be_down_gets_one_record_the_503() {
     assert_eq!(sent(&register(&core, 45001)).0, Destination::Upstream);
 
     // A stream registrar: while its link fails fast after a failed connect.
-    let tcp_upstream = Core::new(
-        Config::from_toml_str(
-            CONFIG,
-            Path::new("t.toml"),
-            &Overrides {
-                upstream: Some("tcp:127.0.0.1:5070".into()),
-                ..Overrides::default()
-            },
-        )
-        .unwrap(),
-        flow::FlowSigner::new(b"core-unit-tests-secret"),
+    let tcp_upstream = core_on(
+        "tcp:127.0.0.1:5070",
+        &[Transport::Udp, Transport::Tcp],
         BootId::from_u64(1),
-        [Transport::Udp, Transport::Tcp]
-            .into_iter()
-            .map(|t| listening::Listening::at(t, DETACHED_ADDRESS.0))
-            .collect(),
-        Arc::new(Metrics::default()),
     );
     let metrics = tcp_upstream.metrics();
     metrics.note_stream_upstream_down(Instant::now() + std::time::Duration::from_secs(60));
