@@ -425,28 +425,21 @@ pub struct Metrics {
     local_responses: Mutex<BTreeMap<u16, u64>>,
     /// Failed sends to the upstream registrar, by its transport.
     upstream_send_failures: [AtomicU64; TRANSPORTS.len()],
-    upstream_failure: Mutex<Option<UpstreamFailure>>,
-    /// `upstream_failure` holds a failure (read without its lock: every
-    /// message delivered to the upstream asks).
-    upstream_failed: std::sync::atomic::AtomicBool,
+    /// The last message not delivered to the upstream, until one is
+    /// (every message delivered asks).
+    upstream_failure: Noted<UpstreamFailure>,
     /// Why a UDP upstream counts as unreachable (an ICMP error for a
-    /// datagram sent to it, or silence), until it sends a message again.
-    udp_upstream_unreachable: Mutex<Option<UpstreamFailure>>,
+    /// datagram sent to it, or silence), until it sends a message again
+    /// (every message to and from it asks).
+    udp_upstream_unreachable: Noted<UpstreamFailure>,
     /// A UDP upstream has sent a message since start.
     udp_upstream_heard: std::sync::atomic::AtomicBool,
-    /// `udp_upstream_unreachable` holds a reason (read without its lock:
-    /// every message to and from the UDP upstream asks).
-    udp_upstream_down: std::sync::atomic::AtomicBool,
     /// Until when the link to a stream upstream fails fast after a failed
-    /// connect (`None`: it does not).
-    stream_upstream_down_until: Mutex<Option<Instant>>,
-    /// `stream_upstream_down_until` holds a time (read without its lock).
-    stream_upstream_down: std::sync::atomic::AtomicBool,
+    /// connect (every message to it asks).
+    stream_upstream_down_until: Noted<Instant>,
     /// Why a stream upstream counts as silent (requests relayed, nothing
     /// heard for a while), until it sends a message again.
-    stream_upstream_silent: Mutex<Option<UpstreamFailure>>,
-    /// `stream_upstream_silent` holds a reason (read without its lock).
-    stream_upstream_quiet: std::sync::atomic::AtomicBool,
+    stream_upstream_silent: Noted<UpstreamFailure>,
     reloads: [AtomicU64; 2],
     /// HEP packets sent to the collector, per [`HepPayload`].
     hep_exported: [AtomicU64; HepPayload::ALL.len()],
@@ -529,6 +522,63 @@ fn decision_cells(table: &DecisionCounts) -> impl Iterator<Item = ([&'static str
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// A value noted now and then and asked for on every message: while none
+/// is noted, asking (and clearing) reads one atomic flag and takes no lock.
+#[derive(Debug)]
+struct Noted<T> {
+    value: Mutex<Option<T>>,
+    /// `value` holds something (the flag is written under its lock).
+    noted: std::sync::atomic::AtomicBool,
+}
+
+impl<T> Default for Noted<T> {
+    fn default() -> Self {
+        Self {
+            value: Mutex::new(None),
+            noted: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+}
+
+impl<T: Clone> Noted<T> {
+    fn note(&self, value: T) {
+        let mut slot = lock(&self.value);
+        *slot = Some(value);
+        self.noted.store(true, Ordering::Relaxed);
+    }
+
+    fn clear(&self) {
+        if self.is_noted() {
+            let mut slot = lock(&self.value);
+            *slot = None;
+            self.noted.store(false, Ordering::Relaxed);
+        }
+    }
+
+    fn is_noted(&self) -> bool {
+        self.noted.load(Ordering::Relaxed)
+    }
+
+    fn get(&self) -> Option<T> {
+        if !self.is_noted() {
+            return None;
+        }
+        lock(&self.value).clone()
+    }
+
+    /// The value if `keep` holds for it; else it is forgotten.
+    fn keep_if(&self, keep: impl FnOnce(&T) -> bool) -> Option<T> {
+        if !self.is_noted() {
+            return None;
+        }
+        let mut slot = lock(&self.value);
+        let kept = slot.take().filter(|v| keep(v));
+        slot.clone_from(&kept);
+        self.noted.store(kept.is_some(), Ordering::Relaxed);
+        kept
+    }
 }
 
 /// A fault's slot in the per-fault arrays (its place in [`Fault::ALL`]).
@@ -733,120 +783,49 @@ impl Metrics {
     /// remember why for `/readyz` until the next delivery.
     pub fn count_upstream_send_failure(&self, transport: Transport, error: String) {
         Self::inc(&self.upstream_send_failures[transport_slot(transport)]);
-        let mut failure = lock(&self.upstream_failure);
-        *failure = Some(UpstreamFailure {
+        self.upstream_failure.note(UpstreamFailure {
             at: Instant::now(),
             error,
         });
-        self.upstream_failed.store(true, Ordering::Relaxed);
     }
 
     /// A message was delivered to the upstream (a UDP send, or a write
     /// queued on the stream link's connection): forget the last failure.
-    /// Called for every message delivered: no lock unless one failed.
     pub fn note_upstream_sent(&self) {
-        if self.upstream_failed.load(Ordering::Relaxed) {
-            let mut failure = lock(&self.upstream_failure);
-            *failure = None;
-            self.upstream_failed.store(false, Ordering::Relaxed);
-        }
+        self.upstream_failure.clear();
     }
 
     /// The last message not delivered to the upstream, unless one was
     /// delivered since.
     pub fn upstream_failure(&self) -> Option<UpstreamFailure> {
-        lock(&self.upstream_failure).clone()
+        self.upstream_failure.get()
     }
 
     /// A UDP upstream looks unreachable (`reason`: an ICMP error for a
     /// datagram sent to it, or its silence): remembered for `/readyz` until
     /// [`Metrics::note_udp_upstream_heard`].
     pub fn note_udp_upstream_unreachable(&self, reason: String) {
-        let mut unreachable = lock(&self.udp_upstream_unreachable);
-        *unreachable = Some(UpstreamFailure {
+        self.udp_upstream_unreachable.note(UpstreamFailure {
             at: Instant::now(),
             error: reason,
         });
-        self.udp_upstream_down.store(true, Ordering::Relaxed);
     }
 
     /// A message arrived from the UDP upstream: it is reachable again.
-    /// Called for every message from it: no lock unless it was down.
     pub fn note_udp_upstream_heard(&self) {
         self.udp_upstream_heard.store(true, Ordering::Relaxed);
-        if self.udp_upstream_down.load(Ordering::Relaxed) {
-            let mut unreachable = lock(&self.udp_upstream_unreachable);
-            *unreachable = None;
-            self.udp_upstream_down.store(false, Ordering::Relaxed);
-        }
+        self.udp_upstream_unreachable.clear();
     }
 
     /// Whether the UDP upstream looks unreachable (what
     /// [`Metrics::udp_upstream_unreachable`] says, without its reason).
     pub fn udp_upstream_down(&self) -> bool {
-        self.udp_upstream_down.load(Ordering::Relaxed)
+        self.udp_upstream_unreachable.is_noted()
     }
 
-    /// The link to a stream upstream failed to connect: it fails fast
-    /// until `until`, when the next message tries again.
-    pub fn note_stream_upstream_down(&self, until: Instant) {
-        let mut down_until = lock(&self.stream_upstream_down_until);
-        *down_until = Some(until);
-        self.stream_upstream_down.store(true, Ordering::Relaxed);
-    }
-
-    /// The link to a stream upstream connected.
-    pub fn note_stream_upstream_connected(&self) {
-        if self.stream_upstream_down.load(Ordering::Relaxed) {
-            let mut down_until = lock(&self.stream_upstream_down_until);
-            *down_until = None;
-            self.stream_upstream_down.store(false, Ordering::Relaxed);
-        }
-    }
-
-    /// A stream upstream sent nothing back for a while with requests
-    /// relayed to it (`reason`): remembered for `/readyz` until
-    /// [`Metrics::note_stream_upstream_heard`].
-    pub fn note_stream_upstream_silent(&self, reason: String) {
-        *lock(&self.stream_upstream_silent) = Some(UpstreamFailure {
-            at: Instant::now(),
-            error: reason,
-        });
-        self.stream_upstream_quiet.store(true, Ordering::Relaxed);
-    }
-
-    /// A message arrived from a stream upstream. Called for every message
-    /// from it: no lock unless it was silent.
-    pub fn note_stream_upstream_heard(&self) {
-        if self.stream_upstream_quiet.load(Ordering::Relaxed) {
-            *lock(&self.stream_upstream_silent) = None;
-            self.stream_upstream_quiet.store(false, Ordering::Relaxed);
-        }
-    }
-
-    /// Why a stream upstream looks silent, unless it sent a message since.
-    pub fn stream_upstream_silent(&self) -> Option<UpstreamFailure> {
-        if !self.stream_upstream_quiet.load(Ordering::Relaxed) {
-            return None;
-        }
-        lock(&self.stream_upstream_silent).clone()
-    }
-
-    /// Whether the link to a stream upstream fails fast at `now`. Asked
-    /// for every message to the upstream: no lock unless a connect failed
-    /// within the last window (the first question after it ends clears
-    /// the flag).
-    pub fn stream_upstream_failing_fast(&self, now: Instant) -> bool {
-        if !self.stream_upstream_down.load(Ordering::Relaxed) {
-            return false;
-        }
-        let mut down_until = lock(&self.stream_upstream_down_until);
-        let failing = down_until.is_some_and(|until| now < until);
-        if !failing {
-            *down_until = None;
-            self.stream_upstream_down.store(false, Ordering::Relaxed);
-        }
-        failing
+    /// Why the UDP upstream looks unreachable, unless it sent a message since.
+    pub fn udp_upstream_unreachable(&self) -> Option<UpstreamFailure> {
+        self.udp_upstream_unreachable.get()
     }
 
     /// Whether a UDP upstream has sent any message since start.
@@ -854,12 +833,43 @@ impl Metrics {
         self.udp_upstream_heard.load(Ordering::Relaxed)
     }
 
-    /// Why the UDP upstream looks unreachable, unless it sent a message since.
-    pub fn udp_upstream_unreachable(&self) -> Option<UpstreamFailure> {
-        if !self.udp_upstream_down.load(Ordering::Relaxed) {
-            return None;
-        }
-        lock(&self.udp_upstream_unreachable).clone()
+    /// The link to a stream upstream failed to connect: it fails fast
+    /// until `until`, when the next message tries again.
+    pub fn note_stream_upstream_down(&self, until: Instant) {
+        self.stream_upstream_down_until.note(until);
+    }
+
+    /// The link to a stream upstream connected.
+    pub fn note_stream_upstream_connected(&self) {
+        self.stream_upstream_down_until.clear();
+    }
+
+    /// Whether the link to a stream upstream fails fast at `now` (the
+    /// first question after the window ends forgets it).
+    pub fn stream_upstream_failing_fast(&self, now: Instant) -> bool {
+        self.stream_upstream_down_until
+            .keep_if(|until| now < *until)
+            .is_some()
+    }
+
+    /// A stream upstream sent nothing back for a while with requests
+    /// relayed to it (`reason`): remembered for `/readyz` until
+    /// [`Metrics::note_stream_upstream_heard`].
+    pub fn note_stream_upstream_silent(&self, reason: String) {
+        self.stream_upstream_silent.note(UpstreamFailure {
+            at: Instant::now(),
+            error: reason,
+        });
+    }
+
+    /// A message arrived from a stream upstream.
+    pub fn note_stream_upstream_heard(&self) {
+        self.stream_upstream_silent.clear();
+    }
+
+    /// Why a stream upstream looks silent, unless it sent a message since.
+    pub fn stream_upstream_silent(&self) -> Option<UpstreamFailure> {
+        self.stream_upstream_silent.get()
     }
 
     /// A connection over `transport` was accepted and is opening (its
