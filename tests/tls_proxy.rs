@@ -584,6 +584,21 @@ async fn rfc4475_torture_messages_over_tls_behave_as_over_tcp_and_must_rows_hold
 /// next one closed unhandshaken (the open ones keep working, and a close
 /// frees the place); a banned source (here for a scanner User-Agent over
 /// UDP) gets its TLS connections closed the same way.
+/// A TLS connection, admitted once the proxy has seen the close that
+/// freed its place (bounded retries: a close reaches it a moment later).
+async fn admitted_after_a_close(
+    client: &TestClient,
+    proxy: &TestProxy,
+) -> SipStream<tokio_openssl::SslStream<TcpStream>> {
+    for _ in 0..50 {
+        if let Ok(conn) = tls_client(client, proxy).await {
+            return conn;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("no connection admitted after a close");
+}
+
 #[tokio::test]
 async fn a_tls_listener_caps_connections_per_source_and_refuses_banned_sources_before_the_handshake(
 ) {
@@ -609,17 +624,9 @@ async fn a_tls_listener_caps_connections_per_source_and_refuses_banned_sources_b
         .await
         .message("REGISTER answer");
     assert_eq!(status(&answer), 200, "{answer}");
-    // A close frees a place (once the proxy has seen it: bounded retries).
+    // A close frees a place (once the proxy has seen it).
     drop(second);
-    let mut again = None;
-    for _ in 0..50 {
-        if let Ok(conn) = tls_client(&client, &proxy).await {
-            again = Some(conn);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let mut again = again.expect("a connection admitted after a close");
+    let mut again = admitted_after_a_close(&client, &proxy).await;
     let answer = register(&mut again, "bob", LYNC)
         .await
         .message("REGISTER answer");
@@ -630,7 +637,7 @@ async fn a_tls_listener_caps_connections_per_source_and_refuses_banned_sources_b
     // blocks only UDP): banned, then its TLS connections are closed at
     // accept (the ban is checked before the cap).
     drop((first, again));
-    let mut scanner = tls_client(&client, &proxy).await.unwrap();
+    let mut scanner = admitted_after_a_close(&client, &proxy).await;
     let probe = agent_on(&scanner.stream, "100", "friendly-scanner").register("scan-1", 1);
     scanner.send(&probe).await.unwrap();
     // The ban is in force before its record is written.
