@@ -174,7 +174,12 @@ fn close_invite(
 
 /// Why a transaction ended without a final answer.
 enum Wait {
-    Timeout { sent: u32, provisional: Vec<u16> },
+    /// `unreachable`: how many ICMP port unreachable reports came back.
+    Timeout {
+        sent: u32,
+        unreachable: u32,
+        provisional: Vec<u16>,
+    },
     Closed,
     Io(io::Error),
 }
@@ -182,13 +187,23 @@ enum Wait {
 impl Wait {
     fn into_error(self, target: Endpoint, method: ProbeMethod, timeout: Duration) -> ProbeError {
         match self {
-            Self::Timeout { sent, provisional } => ProbeError::Timeout {
+            Self::Timeout {
+                sent,
+                unreachable,
+                provisional,
+            } => ProbeError::Timeout {
                 target,
                 method,
                 timeout,
-                detail: match provisional.last() {
-                    Some(code) => format!("sent {sent} time(s), last provisional answer {code}"),
-                    None => format!("sent {sent} time(s), nothing came back"),
+                detail: match (provisional.last(), unreachable) {
+                    (Some(code), _) => {
+                        format!("sent {sent} time(s), last provisional answer {code}")
+                    }
+                    (None, 0) => format!("sent {sent} time(s), nothing came back"),
+                    (None, n) => format!(
+                        "sent {sent} time(s), {n} answered by ICMP port unreachable: \
+                         nothing listens there"
+                    ),
                 },
             },
             Self::Closed => ProbeError::Closed { target, method },
@@ -212,11 +227,16 @@ fn transaction(
     let mut sent = 1;
     let mut interval = T1;
     let mut resend_at = (target.transport == Transport::Udp).then(|| start + interval);
+    let mut unreachable = 0;
     let mut provisional = Vec::new();
     loop {
         let wake = resend_at.map_or(deadline, |at| at.min(deadline));
         match conn.recv(wake)? {
-            Some(message) => {
+            // Nobody listens there (yet): wait for the next resend as after
+            // silence, never resend at once (each resend would draw another
+            // report, a flood).
+            Heard::Unreachable => unreachable += 1,
+            Heard::Message(message) => {
                 let Ok(view) = SipView::parse(message) else {
                     continue;
                 };
@@ -231,8 +251,14 @@ fn transaction(
                     _ => return Ok((view, provisional, start.elapsed())),
                 }
             }
-            None if Instant::now() >= deadline => return Err(Wait::Timeout { sent, provisional }),
-            None => {
+            Heard::Nothing if Instant::now() >= deadline => {
+                return Err(Wait::Timeout {
+                    sent,
+                    unreachable,
+                    provisional,
+                })
+            }
+            Heard::Nothing => {
                 conn.send(bytes).map_err(Wait::Io)?;
                 sent += 1;
                 interval = (interval * 2).min(T2);
@@ -243,6 +269,15 @@ fn transaction(
 }
 
 // === connections ===
+
+/// What a wait for the next message ended with.
+enum Heard {
+    Message(Bytes),
+    /// The wait's end came first.
+    Nothing,
+    /// An ICMP port unreachable of an earlier datagram (UDP).
+    Unreachable,
+}
 
 /// An open socket toward the target.
 enum Conn {
@@ -311,26 +346,27 @@ impl Conn {
         }
     }
 
-    /// The next message, or `None` when `until` passed first.
-    fn recv(&mut self, until: Instant) -> Result<Option<Bytes>, Wait> {
+    /// The next message, or what came instead before `until`.
+    fn recv(&mut self, until: Instant) -> Result<Heard, Wait> {
+        let message = |m: Option<Bytes>| m.map_or(Heard::Nothing, Heard::Message);
         match self {
             Self::Udp(socket) => {
                 let Some(left) = remaining(until) else {
-                    return Ok(None);
+                    return Ok(Heard::Nothing);
                 };
                 socket.set_read_timeout(Some(left)).map_err(Wait::Io)?;
                 let mut buf = vec![0u8; MAX_MESSAGE_BYTES];
                 match socket.recv(&mut buf) {
-                    Ok(n) => Ok(Some(Bytes::copy_from_slice(&buf[..n]))),
-                    Err(e) if is_timeout(&e) => Ok(None),
-                    // An ICMP port unreachable of an earlier datagram: nobody
-                    // listens there (yet); keep waiting until the deadline.
-                    Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => Ok(None),
+                    Ok(n) => Ok(Heard::Message(Bytes::copy_from_slice(&buf[..n]))),
+                    Err(e) if is_timeout(&e) => Ok(Heard::Nothing),
+                    Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+                        Ok(Heard::Unreachable)
+                    }
                     Err(e) => Err(Wait::Io(e)),
                 }
             }
-            Self::Tcp(s) => s.recv(until),
-            Self::Tls(s) => s.recv(until),
+            Self::Tcp(s) => s.recv(until).map(message),
+            Self::Tls(s) => s.recv(until).map(message),
         }
     }
 }
