@@ -536,7 +536,7 @@ fn overrides_replace_file_values() {
         "",
         &config_dir().join("x.toml"),
         &Overrides {
-            listen: vec!["udp:[::1]:0".into()],
+            listen: vec!["udp:[::1]:0".into(), "tcp:127.0.0.1:0".into()],
             upstream: Some("tcp:127.0.0.1:5070".into()),
             mode: Some(sipadmit::policy::Mode::Monitor),
             decision_log: Some("/tmp/d.jsonl".into()),
@@ -545,7 +545,7 @@ fn overrides_replace_file_values() {
     )
     .unwrap();
     assert_eq!(c.settings.admin, Some("[::1]:0".parse().unwrap()));
-    assert_eq!(c.settings.listen.len(), 1);
+    assert_eq!(c.settings.listen.len(), 2);
     assert!(c.settings.listen[0].addr.is_ipv6());
     assert_eq!(
         c.settings.upstream.unwrap().to_string(),
@@ -678,7 +678,7 @@ private_key = "server.key"
 fn a_tls_listener_without_certificate_is_a_problem_naming_the_listener() {
     let overrides = |listen: &[&str]| Overrides {
         listen: listen.iter().map(|l| l.to_string()).collect(),
-        upstream: Some("tls:[::1]:5061".into()),
+        upstream: Some("tls:[::1]:5071".into()),
         ..Overrides::default()
     };
     let err = Config::from_toml_str(
@@ -692,14 +692,15 @@ fn a_tls_listener_without_certificate_is_a_problem_naming_the_listener() {
         err.to_string().contains("--listen[1] is a tls: listener"),
         "{err}"
     );
-    // Without a tls: listener, a tls: upstream needs no certificate of its own.
-    let c = Config::from_toml_str(
+    // A tls: upstream without a tls: listener: the registrar's requests
+    // could not come back.
+    let err = Config::from_toml_str(
         "",
         &config_dir().join("x.toml"),
         &overrides(&["udp:127.0.0.1:5060"]),
     )
-    .unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(c.settings.upstream.unwrap().to_string(), "tls:[::1]:5061");
+    .unwrap_err();
+    assert_eq!(problem_keys(&err), ["--upstream"]);
 }
 
 #[test]
@@ -715,7 +716,7 @@ fn a_reload_names_the_restart_only_settings_that_changed() {
         "the mode is applied by a reload"
     );
     let changed = load(
-        "[proxy]\nupstream = \"tcp:127.0.0.1:5070\"\nlisten = [\"udp:127.0.0.1:5062\"]\n\
+        "[proxy]\nupstream = \"tcp:127.0.0.1:5070\"\nlisten = [\"tcp:127.0.0.1:5062\"]\n\
          flow_secret = \"0123456789abcdef0123\"\nadvertise = \"pool.example.com\"\n\
          [limits]\nmax_headers = 100\n\
          [admin]\nlisten = \"127.0.0.1:9464\"\nallow_remote = true\n",
@@ -831,6 +832,80 @@ fn listeners_of_the_other_address_family_than_the_registrar_are_refused() {
         "[proxy]\nlisten = [\"udp:[::]:5062\", \"udp:0.0.0.0:5060\"]\nupstream = \"udp:127.0.0.1:5070\"\n",
     )
     .unwrap();
+}
+
+/// What `run` would refuse, or run and fail at, `check-config` refuses
+/// first, naming the key: an upstream with no listener of its transport, an
+/// upstream that is sipadmit's own listener (every request would loop
+/// back, while the probes sipadmit answers itself would call it healthy),
+/// a decision log that is a directory. The family check names `--listen`
+/// when the listeners came from flags.
+#[test]
+fn an_upstream_sipadmit_cannot_use_and_a_directory_as_decision_log_are_refused() {
+    let refused = |text: &str, key: &str, message: &str| {
+        let err = load_str(text).unwrap_err();
+        assert_eq!(problem_keys(&err), [key], "{err}");
+        assert!(err.to_string().contains(message), "{err}");
+    };
+    refused(
+        "[proxy]\nlisten = [\"udp:127.0.0.1:5060\"]\nupstream = \"tcp:127.0.0.1:5070\"\n",
+        "proxy.upstream",
+        "tcp:127.0.0.1:5070 needs a tcp listener in proxy.listen",
+    );
+    for (listen, upstream) in [
+        ("udp:127.0.0.1:5060", "udp:127.0.0.1:5060"),
+        ("udp:0.0.0.0:5060", "udp:127.0.0.1:5060"),
+        ("udp:[::]:5060", "udp:[::1]:5060"),
+    ] {
+        refused(
+            &format!("[proxy]\nlisten = [\"{listen}\"]\nupstream = \"{upstream}\"\n"),
+            "proxy.upstream",
+            &format!("{upstream} is sipadmit's own listener"),
+        );
+    }
+    // Another address or port, or another transport on the same port, is
+    // someone else.
+    for (listen, upstream) in [
+        ("udp:127.0.0.1:5060", "udp:127.0.0.2:5060"),
+        ("udp:0.0.0.0:5060", "udp:127.0.0.1:5070"),
+        ("udp:0.0.0.0:5060", "udp:192.0.2.1:5060"),
+        ("udp:0.0.0.0:5060", "udp:[::1]:5060"),
+    ] {
+        let text = format!(
+            "[proxy]\nlisten = [\"{listen}\", \"udp:[::1]:5062\"]\nupstream = \"{upstream}\"\n"
+        );
+        load_str(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    }
+    load_str(
+        "[proxy]\nlisten = [\"udp:127.0.0.1:5060\", \"tcp:127.0.0.1:5070\"]\nupstream = \"udp:127.0.0.1:5070\"\n",
+    )
+    .unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    refused(
+        &format!(
+            "[proxy]\nlisten = [\"udp:127.0.0.1:5060\"]\nupstream = \"udp:127.0.0.1:5070\"\ndecision_log = {:?}\n",
+            dir.path()
+        ),
+        "proxy.decision_log",
+        "is a directory: name a file in it",
+    );
+    // A directory the service manager creates at start is not checked.
+    load_str(
+        "[proxy]\nlisten = [\"udp:127.0.0.1:5060\"]\nupstream = \"udp:127.0.0.1:5070\"\ndecision_log = \"/nonexistent/sipadmit/d.log\"\n",
+    )
+    .unwrap();
+
+    let err = Config::from_toml_str(
+        "[proxy]\nupstream = \"udp:127.0.0.1:5070\"\n",
+        &config_dir().join("x.toml"),
+        &Overrides {
+            listen: vec!["udp:[::1]:5060".into()],
+            ..Overrides::default()
+        },
+    )
+    .unwrap_err();
+    assert_eq!(problem_keys(&err), ["--listen"], "{err}");
 }
 
 /// `[limits] reserved_connections` defaults to a tenth of

@@ -534,6 +534,11 @@ fn proxy_section(
         .map(|(key, _)| key.clone());
     let listen: Vec<Endpoint> = listeners.into_iter().map(|(_, e)| e).collect();
 
+    let listen_key = if overrides.listen.is_empty() {
+        "proxy.listen"
+    } else {
+        "--listen"
+    };
     let upstream = Given::pick(
         "--upstream",
         overrides.upstream.as_deref(),
@@ -541,15 +546,15 @@ fn proxy_section(
         raw.upstream.as_deref(),
     )
     .and_then(|given| match given.value.parse::<Endpoint>() {
-        Ok(e) => Some(e),
+        Ok(up) => {
+            check_upstream_reachable(&up, &given.key, &listen, listen_key, problem);
+            Some(up)
+        }
         Err(m) => {
             problem(given.key, m);
             None
         }
     });
-    if let Some(up) = upstream {
-        check_upstream_reachable(&up, &listen, problem);
-    }
     let upstream_sources = upstream_sources(raw.upstream_sources.as_deref(), upstream, problem);
     let decision_log = decision_log(&raw.decision_log, overrides, problem);
     let flow_secrets = flow_secrets(raw, base, problem);
@@ -618,25 +623,48 @@ fn listeners(
 /// The registrar is reached from a listener of its transport and address
 /// family: its socket sends the requests, and its address goes in Via,
 /// Path and Record-Route (an IPv6 listener cannot reach an IPv4
-/// registrar, and every request would get 503). Reports listeners of that
-/// transport that are all of the other family.
+/// registrar, and every request would get 503). Reports an upstream with
+/// no listener of its transport, listeners of that transport that are all
+/// of the other family, and an upstream that is one of the listeners
+/// (every request would loop back and get 482, while the upstream probes,
+/// answered by sipadmit itself, would call the registrar healthy).
 fn check_upstream_reachable(
     up: &Endpoint,
+    up_key: &str,
     listen: &[Endpoint],
+    listen_key: &str,
     problem: &mut dyn FnMut(String, String),
 ) {
     let of_transport: Vec<&Endpoint> = listen
         .iter()
         .filter(|e| e.transport == up.transport)
         .collect();
-    if !of_transport.is_empty()
-        && !of_transport
-            .iter()
-            .any(|e| e.addr.is_ipv4() == up.addr.is_ipv4())
+    if of_transport.is_empty() {
+        if !listen.is_empty() {
+            problem(
+                up_key.into(),
+                format!(
+                    "{up} needs a {} listener in {listen_key}: the registrar's requests \
+                     come back to it",
+                    up.transport
+                ),
+            );
+        }
+        return;
+    }
+    if let Some(own) = of_transport.iter().find(|e| is_listener_address(e, up)) {
+        problem(
+            up_key.into(),
+            format!("{up} is sipadmit's own listener {own}: every request would loop back to it"),
+        );
+    }
+    if !of_transport
+        .iter()
+        .any(|e| e.addr.is_ipv4() == up.addr.is_ipv4())
     {
         let family = if up.addr.is_ipv4() { "IPv4" } else { "IPv6" };
         problem(
-            "proxy.listen".into(),
+            listen_key.into(),
             format!(
                 "no {} listener of the upstream's address family ({family}, {up}): add one such as {}:{}:{}",
                 up.transport,
@@ -646,6 +674,24 @@ fn check_upstream_reachable(
             ),
         );
     }
+}
+
+/// Whether `listener` receives what is sent to `to`: the same port, and
+/// the same address, or an unspecified listener address and a loopback or
+/// unspecified destination of a family it takes. (Another address of this
+/// host behind an unspecified listener cannot be told from a remote one
+/// here.)
+fn is_listener_address(listener: &Endpoint, to: &Endpoint) -> bool {
+    let (l, t) = (listener.addr, to.addr);
+    if l.port() != t.port() || l.port() == 0 {
+        return false;
+    }
+    let (l, t) = (l.ip(), t.ip().to_canonical());
+    if l.to_canonical() == t {
+        return true;
+    }
+    let local = t.is_loopback() || t.is_unspecified();
+    local && l.is_unspecified() && (l.is_ipv6() || t.is_ipv4())
 }
 
 /// `proxy.upstream_sources`, or by default exactly the upstream's address
@@ -695,6 +741,13 @@ fn decision_log(
         problem(
             decision_log.key,
             "empty; use a file path or \"-\" for stdout".into(),
+        );
+    } else if decision_log.value != "-" && Path::new(decision_log.value).is_dir() {
+        // (A directory that does not exist yet is no problem here: the
+        // service manager may create it at start, LogsDirectory=.)
+        problem(
+            decision_log.key,
+            format!("{:?} is a directory: name a file in it", decision_log.value),
         );
     }
     decision_log.value.to_owned()
