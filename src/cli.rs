@@ -186,7 +186,8 @@ pub struct ReportArgs {
     /// Print one JSON object instead of tables.
     #[arg(long, conflicts_with = "html")]
     pub json: bool,
-    /// Write a self-contained HTML page to FILE instead of printing tables.
+    /// Write a self-contained HTML page to FILE (created 0640; `-`:
+    /// stdout) instead of printing tables.
     #[arg(long, value_name = "FILE")]
     pub html: Option<PathBuf>,
     /// Config file whose catalog reads client versions from User-Agents
@@ -228,10 +229,10 @@ pub struct RunArgs {
     /// Config file.
     #[arg(long, short)]
     pub config: PathBuf,
-    /// Listener `udp:IP:PORT` or `tcp:IP:PORT` (repeatable; replaces `proxy.listen`).
+    /// Listener `udp:IP:PORT`, `tcp:IP:PORT` or `tls:IP:PORT` (repeatable; replaces `proxy.listen`).
     #[arg(long)]
     pub listen: Vec<String>,
-    /// Registrar `udp:IP:PORT` or `tcp:IP:PORT` (replaces `proxy.upstream`).
+    /// Registrar `udp:IP:PORT`, `tcp:IP:PORT` or `tls:IP:PORT` (replaces `proxy.upstream`).
     #[arg(long)]
     pub upstream: Option<String>,
     /// `enforce` or `monitor` (replaces `proxy.mode`).

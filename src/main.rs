@@ -218,16 +218,19 @@ fn report(args: cli::ReportArgs) -> anyhow::Result<ExitCode> {
     let names: Vec<String> = logs.iter().map(|l| l.name().to_owned()).collect();
     let mut tally = Tally::new(&catalog, range).counting(args.legs.into());
     for log in logs {
-        report::read_log(log, &mut tally)?;
+        if let Some(damage) = report::read_log(log, &mut tally)? {
+            eprintln!("sipadmit: report: warning: {damage}");
+        }
     }
     let mut summary = tally.finish();
     summary.logs = names;
-    if let Some(path) = &args.html {
+    let text = if let Some(path) = args.html.as_ref().filter(|p| p.as_os_str() != "-") {
         write_private(path, report::html::render(&summary).as_bytes())
             .with_context(|| format!("writing {}", path.display()))?;
         return Ok(ExitCode::SUCCESS);
-    }
-    let text = if args.json {
+    } else if args.html.is_some() {
+        report::html::render(&summary)
+    } else if args.json {
         let mut json = serde_json::to_string_pretty(&summary)?;
         json.push('\n');
         json

@@ -1161,3 +1161,27 @@ fn a_tls_listener_advertises_a_name_of_its_certificate() {
         ["proxy.advertise.\"tls:127.0.0.1:5061\""]
     );
 }
+
+/// A reject's Warning must be one RFC 3261 Warning value (20.43): code,
+/// agent, quoted text; anything else would put a malformed header on the
+/// wire.
+#[test]
+fn a_warning_that_is_no_warning_value_is_refused() {
+    for (value, why) in [
+        ("not a warning", "three-digit code"),
+        ("399", "an agent"),
+        ("399 sipadmit", "double quotes"),
+        ("399 sipadmit text", "double quotes"),
+        ("399 \"text\"", "an agent"),
+    ] {
+        let err = load_str(&format!("[policy.caller]\nwarning = {value:?}\n")).unwrap_err();
+        assert_eq!(problem_keys(&err), ["policy.caller.warning"], "{value}");
+        assert!(err.to_string().contains(why), "{value}: {err}");
+    }
+    load_str(
+        "[policy.agent_offer]\nunknown_warning = '399 pool.example.com:5061 \"{client} is not known\"'\n",
+    )
+    .unwrap();
+    // Empty: no Warning header at all.
+    load_str("[policy.caller]\nwarning = \"\"\n").unwrap();
+}

@@ -337,3 +337,44 @@ fn the_checker_reads_markdown_as_github_does() {
     assert_eq!(cells("| a | `b \\| c` | d |"), 3);
     assert_eq!(cells("|---|---|"), 2);
 }
+
+/// Every protocol rule the proxy writes in decision records and in
+/// `sipadmit_protocol_answers_total{rule}` (a `"proxy.…"`, `"rate_limit.…"`
+/// or `"ban.…"` literal under src/proxy, src/transport or src/drain.rs) is
+/// named in operations.md, so that an admin who meets one can look it up.
+#[test]
+fn every_protocol_rule_is_documented() {
+    let mut sources = vec![root().join("src/drain.rs")];
+    for dir in ["src/proxy", "src/transport"] {
+        for entry in std::fs::read_dir(root().join(dir)).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "rs") {
+                sources.push(path);
+            }
+        }
+    }
+    let mut rules = BTreeSet::new();
+    for path in sources {
+        let text = std::fs::read_to_string(&path).unwrap();
+        for piece in text.split('"').skip(1).step_by(2) {
+            let named = ["proxy.", "rate_limit.", "ban."].iter().any(|p| {
+                piece.strip_prefix(p).is_some_and(|rest| {
+                    !rest.is_empty()
+                        && rest
+                            .bytes()
+                            .all(|b| b.is_ascii_lowercase() || b == b'-' || b == b'_')
+                })
+            });
+            if named {
+                rules.insert(piece.to_owned());
+            }
+        }
+    }
+    assert!(rules.len() >= 20, "{rules:?}");
+    let operations = std::fs::read_to_string(root().join("docs/operations.md")).unwrap();
+    let missing: Vec<&String> = rules
+        .iter()
+        .filter(|rule| !operations.contains(&format!("`{rule}`")))
+        .collect();
+    assert!(missing.is_empty(), "not in docs/operations.md: {missing:?}");
+}

@@ -1043,6 +1043,27 @@ fn gzip_logs_and_plain_logs_add_up() {
     // Compressed input on stdin too.
     let piped = report_json(&[], Some(&std::fs::read(&gz).unwrap()));
     assert_eq!(piped["records_read"], n);
+
+    // One rotated file cut short (`head -c`) among the others: read up to
+    // the cut with a warning naming it, as zcat does, and the rest reported.
+    let whole = std::fs::read(&gz).unwrap();
+    let cut = dir.path().join("decisions.log.2.gz");
+    std::fs::write(&cut, &whole[..whole.len() / 2]).unwrap();
+    let mut c = sipadmit();
+    c.args(["report", "--json", &fixture_arg(), cut.to_str().unwrap()]);
+    let out = run(c, None);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.starts_with(&format!(
+            "sipadmit: report: warning: {}: damaged gzip stream (",
+            cut.display()
+        )),
+        "{stderr}"
+    );
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let read = r["records_read"].as_u64().unwrap();
+    assert!((n..2 * n).contains(&read), "{read} of {n} + a part");
 }
 
 #[test]
@@ -1223,6 +1244,23 @@ fn a_missing_log_is_an_error_naming_it() {
         "{err}"
     );
     assert!(err.contains("No such file or directory"), "{err}");
+}
+
+/// `--html -` prints the page, as `-` means stdin for the logs.
+#[test]
+fn html_to_stdout_with_a_dash() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = sipadmit();
+    c.current_dir(dir.path())
+        .args(["report", "--html", "-", &fixture_arg()]);
+    let out = run(c, None);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.stdout.starts_with(b"<!DOCTYPE html>"));
+    assert!(!dir.path().join("-").exists(), "no file named -");
 }
 
 #[test]

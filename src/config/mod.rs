@@ -1493,6 +1493,12 @@ fn role_policy(
             .clone()
             .unwrap_or_else(|| d.unknown_warning.into()),
     );
+    for (name, value) in [("warning", &warning), ("unknown_warning", &unknown_warning)] {
+        if let Some(why) = value.as_deref().and_then(not_a_warning_value) {
+            ok = false;
+            problem(format!("{key}.{name}"), format!("{value:?}: {why}"));
+        }
+    }
     let defaults = |lines: &[&str]| lines.iter().map(|h| (*h).to_owned()).collect::<Vec<_>>();
     let headers = header_lines(
         key,
@@ -1527,6 +1533,23 @@ fn role_policy(
 }
 
 /// `"Name: value"` lines of `{key}.headers`, or `None` (each problem reported).
+/// Why `value` is not a Warning header value (RFC 3261 20.43: `warn-code
+/// SP warn-agent SP warn-text`, e.g. `399 sipadmit "text"`), or `None`.
+fn not_a_warning_value(value: &str) -> Option<&'static str> {
+    let mut parts = value.splitn(3, ' ');
+    let (code, agent, text) = (parts.next()?, parts.next(), parts.next());
+    if code.len() != 3 || !code.bytes().all(|b| b.is_ascii_digit()) {
+        return Some("expected a three-digit code first, as in 399 sipadmit \"text\"");
+    }
+    if agent.is_none_or(|a| a.is_empty() || a.contains('"')) {
+        return Some("expected the code, a space and an agent (a host or a name), as in 399 sipadmit \"text\"");
+    }
+    match text {
+        Some(t) if t.len() >= 2 && t.starts_with('"') && t.ends_with('"') => None,
+        _ => Some("expected the text last, in double quotes, as in 399 sipadmit \"text\""),
+    }
+}
+
 fn header_lines(
     key: &str,
     lines: &[String],

@@ -73,6 +73,11 @@ pub fn escape(text: &str) -> String {
             c if c.is_control() && !matches!(c, '\n' | '\t') => {
                 let _ = write!(out, "\u{fffd}");
             }
+            // Shown as its code, as the plain report does: rendered, it
+            // would reorder the text around it.
+            c if super::snippet::is_bidi_control(c) => {
+                let _ = write!(out, "\\u{{{:x}}}", u32::from(c));
+            }
             c => out.push(c),
         }
     }
@@ -928,5 +933,6 @@ mod tests {
             "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt; &amp; &quot;y&quot;"
         );
         assert_eq!(escape("a\u{0}b"), "a\u{fffd}b");
+        assert_eq!(escape("x\u{202e}y\u{2066}"), "x\\u{202e}y\\u{2066}");
     }
 }

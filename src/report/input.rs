@@ -83,8 +83,21 @@ fn open_file(path: &Path) -> Result<OpenLog, ReportError> {
     })
 }
 
-/// Read `log` to its end into `tally`; a gzip stream is decompressed.
-pub fn read_log(log: OpenLog, tally: &mut Tally<'_>) -> Result<(), ReportError> {
+/// A gzip log that could be read only up to a damage (a file cut short, a
+/// corrupt block): what came before it is counted, the rest is skipped.
+#[derive(Debug, thiserror::Error)]
+#[error("{name}: damaged gzip stream ({source}): counted up to the damage, the rest skipped")]
+pub struct Damaged {
+    /// The path, or `stdin`.
+    pub name: String,
+    /// What the decompressor said.
+    pub source: io::Error,
+}
+
+/// Read `log` to its end into `tally`; a gzip stream is decompressed. A
+/// damaged gzip stream is read up to the damage (as `zcat` does), so one
+/// bad file among rotated logs does not stop the report.
+pub fn read_log(log: OpenLog, tally: &mut Tally<'_>) -> Result<Option<Damaged>, ReportError> {
     let name = log.name;
     let error = |source| ReportError::Read {
         name: name.clone(),
@@ -98,13 +111,26 @@ pub fn read_log(log: OpenLog, tally: &mut Tally<'_>) -> Result<(), ReportError> 
             Err(e) => return Err(error(e)),
         }
     };
-    if gzip {
-        let decoder = MultiGzDecoder::new(reader);
-        read_lines(BufReader::with_capacity(READ_BUFFER_BYTES, decoder), tally)
-    } else {
-        read_lines(reader, tally)
+    if !gzip {
+        return read_lines(reader, tally).map(|()| None).map_err(error);
     }
-    .map_err(error)
+    let decoder = MultiGzDecoder::new(reader);
+    match read_lines(BufReader::with_capacity(READ_BUFFER_BYTES, decoder), tally) {
+        Ok(()) => Ok(None),
+        // What the decompressor reports (the file's own read errors keep
+        // their kinds and stay fatal).
+        Err(source)
+            if matches!(
+                source.kind(),
+                io::ErrorKind::InvalidInput
+                    | io::ErrorKind::InvalidData
+                    | io::ErrorKind::UnexpectedEof
+            ) =>
+        {
+            Ok(Some(Damaged { name, source }))
+        }
+        Err(e) => Err(error(e)),
+    }
 }
 
 /// Feed every line of `reader` to `tally`. Lines are handed over straight
@@ -116,7 +142,13 @@ pub fn read_lines(mut reader: impl BufRead, tally: &mut Tally<'_>) -> io::Result
         let buf = match reader.fill_buf() {
             Ok(buf) => buf,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
+            Err(e) => {
+                // The line read so far is cut: not a record.
+                if oversized || !carry.is_empty() {
+                    tally.add_malformed();
+                }
+                return Err(e);
+            }
         };
         if buf.is_empty() {
             if oversized {
@@ -227,16 +259,37 @@ mod tests {
     }
 
     #[test]
-    fn a_corrupt_gzip_stream_is_an_error_naming_the_log() {
+    fn a_damaged_gzip_stream_is_counted_up_to_the_damage_and_named() {
+        use flate2::write::GzEncoder;
+        use std::io::Write;
         let catalog = Catalog::from_toml_str(SHIPPED_CATALOG).unwrap();
-        let mut tally = Tally::new(&catalog, TimeRange::default());
-        let log = OpenLog {
-            name: "broken.gz".into(),
-            source: Box::new(io::Cursor::new(vec![
-                0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 3, 0xff,
-            ])),
+        let read_damaged = |bytes: Vec<u8>| {
+            let mut tally = Tally::new(&catalog, TimeRange::default());
+            let log = OpenLog {
+                name: "broken.gz".into(),
+                source: Box::new(io::Cursor::new(bytes)),
+            };
+            let damage = read_log(log, &mut tally).unwrap().expect("damaged");
+            let s = tally.finish();
+            (s.records, s.malformed_lines, damage.to_string())
         };
-        let e = read_log(log, &mut tally).unwrap_err();
-        assert!(e.to_string().contains("broken.gz"), "{e}");
+        // A corrupt block right after the header.
+        let (records, malformed, message) =
+            read_damaged(vec![0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 3, 0xff]);
+        assert_eq!((records, malformed), (0, 0));
+        assert!(
+            message.starts_with("broken.gz: damaged gzip stream ("),
+            "{message}"
+        );
+        // A file cut short (`head -c`): the records before the cut count,
+        // the line it cut is malformed.
+        let mut e = GzEncoder::new(Vec::new(), flate2::Compression::none());
+        for _ in 0..200 {
+            e.write_all(format!("{RECORD}\n").as_bytes()).unwrap();
+        }
+        let whole = e.finish().unwrap();
+        let (records, malformed, _) = read_damaged(whole[..whole.len() / 2].to_vec());
+        assert!((90..110).contains(&records), "{records}");
+        assert_eq!(malformed, 1);
     }
 }
