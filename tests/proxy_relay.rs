@@ -797,6 +797,44 @@ fn tcp_upstream_carries_requests_responses_and_registrar_requests() {
     assert!(quiet(&agent));
 }
 
+/// A TCP or TLS registrar sends its own requests on connections it opens
+/// from ports it picks, which count as a client's: its host is still never
+/// rate-limited or banned, even with tight limits and nothing trusted (a
+/// trial saw Kamailio's requests answered 503, then its IP banned).
+#[test]
+fn a_tcp_registrars_own_connections_are_never_limited_or_banned() {
+    let registrar = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let reg_addr = registrar.local_addr().unwrap();
+    let config = format!(
+        "{CONFIG}[rate_limit]\ntrusted = []\nrequests_per_second = 5\nburst = 10\nban_secs = 60\n"
+    );
+    let proxy = TestProxy::start(&config, "127.0.0.1", &format!("tcp:{reg_addr}"));
+    let mut own = TcpStream::connect(proxy.tcp).unwrap();
+    let from = own.local_addr().unwrap();
+    for n in 0..40 {
+        let message = format!(
+            "MESSAGE sip:alice@contoso.com SIP/2.0\r\nVia: SIP/2.0/TCP {from};branch=z9hG4bK-own-{n}\r\nMax-Forwards: 70\r\nFrom: <sip:helpdesk@contoso.com>;tag=reg\r\nTo: <sip:alice@contoso.com>\r\nCall-ID: own-{n}\r\nCSeq: 1 MESSAGE\r\nContent-Length: 0\r\n\r\n"
+        );
+        own.write_all(message.as_bytes()).unwrap();
+    }
+    let (mut link, _) = registrar.accept().unwrap();
+    link.set_read_timeout(Some(WAIT)).unwrap();
+    for n in 0..40 {
+        let relayed = read_message(&mut link);
+        assert_eq!(
+            header(&relayed, "Call-ID"),
+            [format!("own-{n}")],
+            "{relayed}"
+        );
+    }
+    own.set_read_timeout(Some(QUIET)).unwrap();
+    assert_eq!(
+        try_read_message(&mut own),
+        None,
+        "nothing answered on the registrar's own connection"
+    );
+}
+
 #[test]
 fn a_gone_tcp_flow_gets_430() {
     let upstream = udp("127.0.0.1");

@@ -70,6 +70,18 @@ impl UpstreamSources {
         self.0.iter().any(|p| p.matches(source))
     }
 
+    /// Whether `ip` is a host of the registrar: matched by a network, or
+    /// the IP of an `IP:PORT` on any port. A registrar reached over TCP or
+    /// TLS sends its own requests on connections it opens from ports it
+    /// picks; they count as a client's (only `IP:PORT` is the registrar
+    /// for the leg), but its host is never rate-limited or banned.
+    pub fn matches_host(&self, ip: IpAddr) -> bool {
+        self.0.iter().any(|p| match p {
+            SourcePattern::Network(network) => network.contains(ip),
+            SourcePattern::Address(addr) => addr.ip().to_canonical() == ip.to_canonical(),
+        })
+    }
+
     /// The leg of a message from `source`: the registrar's when it
     /// [`matches`](Self::matches), else a client's.
     pub fn leg_of(&self, source: SocketAddr) -> Leg {
