@@ -447,6 +447,11 @@ async fn dispatch(
         // counted and, if a request, answered here.
         Event::Undelivered { inbound, error } => {
             debug!(source = %inbound.source, error = %error, "not delivered to the upstream");
+            if matches!(error, SendError::UpstreamClosedUnanswered(_)) {
+                // Answered 503 here: not requests the registrar leaves
+                // unanswered on a connection it keeps (a stall).
+                edge.upstream_watch.connection_closed(core.metrics());
+            }
             not_delivered(core, senders, log, &inbound, &Destination::Upstream, &error).await;
         }
     }

@@ -862,7 +862,8 @@ impl Metrics {
         });
     }
 
-    /// A message arrived from a stream upstream.
+    /// A message arrived from a stream upstream (or the connection it was
+    /// silent on closed, and what it left unanswered was answered 503).
     pub fn note_stream_upstream_heard(&self) {
         self.stream_upstream_silent.clear();
     }

@@ -113,10 +113,11 @@ pub enum SendError {
     /// does not keep up): answered `503` with rule `proxy.upstream-busy`.
     #[error("the queue to upstream {0} is full (limits.upstream_queue_bytes)")]
     UpstreamQueueFull(SocketAddr),
-    /// The connection to the stream upstream closed before the registrar
-    /// sent anything on it (it refused sipadmit's client certificate after
-    /// a TLS 1.3 handshake, say): a request written on it gets no answer.
-    #[error("the connection to upstream {0} closed before the registrar answered anything")]
+    /// The connection to the stream upstream closed with the request
+    /// written on it and nothing sent back since (before anything at all
+    /// when the registrar refused sipadmit's client certificate after a
+    /// TLS 1.3 handshake, say): it gets no answer on that connection.
+    #[error("the connection to upstream {0} closed before the registrar answered the request")]
     UpstreamClosedUnanswered(SocketAddr),
     /// The link to the stream upstream has stopped (shutting down).
     #[error("the link to upstream {0} has stopped")]

@@ -40,7 +40,7 @@
 use std::fmt;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -244,9 +244,9 @@ pub async fn serve<S>(
 enum Hearing<'a> {
     /// Nobody.
     Nobody,
-    /// The opener of a connection to the upstream: set at its first
-    /// message (keep-alives do not count).
-    Flag(&'a AtomicBool),
+    /// The opener of a connection to the upstream: counts its messages
+    /// (keep-alives do not count).
+    Count(&'a AtomicU64),
     /// An accepted connection's slot: it is no longer half-open, and its
     /// source a known flow (refreshed by later messages and keep-alives).
     Slot(&'a mut Slot),
@@ -260,8 +260,8 @@ pub struct Spawned {
     pub id: ConnectionId,
     /// Cancelled once the connection has ended (reader and writer).
     pub ended: CancellationToken,
-    /// Set when the peer sent its first message (keep-alives do not count).
-    pub heard: Arc<AtomicBool>,
+    /// How many messages the peer sent on it (keep-alives do not count).
+    pub heard: Arc<AtomicU64>,
     /// Its writer queue.
     pub queue: Arc<WriteQueue>,
 }
@@ -282,7 +282,7 @@ where
     );
     let ctx = ctx.clone();
     let ended = CancellationToken::new();
-    let heard = Arc::new(AtomicBool::new(false));
+    let heard = Arc::new(AtomicU64::new(0));
     let spawned = Spawned {
         id,
         ended: ended.clone(),
@@ -292,7 +292,7 @@ where
     tokio::spawn(
         async move {
             let _ended = ended.drop_guard();
-            let hearing = Hearing::Flag(&heard);
+            let hearing = Hearing::Count(&heard);
             read_messages(read, id, info, &ctx, closing, queue, hearing).await;
         }
         .instrument(span),
@@ -574,8 +574,8 @@ impl ReadState {
                 Ok(Some(frame)) => {
                     let now = Instant::now();
                     self.last_message = Some(now);
-                    if let (Hearing::Flag(heard), Frame::Message(_)) = (&*hearing, &frame) {
-                        heard.store(true, Ordering::Relaxed);
+                    if let (Hearing::Count(heard), Frame::Message(_)) = (&*hearing, &frame) {
+                        heard.fetch_add(1, Ordering::Relaxed);
                     }
                     let handled = handle_frame(frame, id, info, ctx).await;
                     if let Hearing::Slot(slot) = hearing {

@@ -16,10 +16,16 @@
 //! not deliver goes back to the dispatcher as [`Event::Undelivered`], which
 //! answers a request `503` through `Core::upstream_unavailable`.
 //!
-//! A connection that closes before the registrar sent anything on it (a
-//! registrar refusing sipadmit's client certificate after a TLS 1.3
-//! handshake, say) fails every request written on it at once, as
-//! undelivered (`503`); the next message opens a new connection.
+//! A connection that closes fails at once, as undelivered (`503`), the
+//! requests written on it since the registrar last sent anything on it: no
+//! answer to them can have come (a registrar answers on the connection a
+//! request came on), and none can come now. That covers a registrar that
+//! refuses sipadmit's client certificate after a TLS 1.3 handshake (it
+//! sends nothing at all), one that is killed or restarted under load, and
+//! one that drops a connection on a request it cannot read. A request
+//! still unanswered when the registrar sent something else after it is not
+//! known to be lost, and is left to the client's timer. The next message
+//! opens a new connection.
 //!
 //! The connection it opens is served by [`stream::spawn`] like any other
 //! (same framing, writer, keep-alives), and everything arriving on it
@@ -223,10 +229,9 @@ impl UpstreamLink {
     }
 }
 
-/// Requests a new connection remembers until the registrar sends anything
-/// on it (to fail them at once if it closes first); past this many, the
-/// rest are not remembered (a registrar that takes thousands of requests
-/// and never answers is not refusing a certificate).
+/// Requests a connection remembers until the registrar sends anything on
+/// it (to fail them at once if it closes first); past this many, the rest
+/// are not remembered.
 const MAX_UNANSWERED: usize = 10_000;
 
 /// The open connection of the link.
@@ -234,13 +239,14 @@ struct Open {
     id: ConnectionId,
     /// Cancelled when the connection has ended.
     ended: CancellationToken,
-    /// The registrar has sent a message on it.
-    heard: Arc<AtomicBool>,
+    /// How many messages the registrar has sent on it.
+    heard: Arc<AtomicU64>,
     /// Its writer queue (the link waits while it is backed up).
     queue: Arc<WriteQueue>,
-    /// Requests written on it before the registrar sent anything: failed
-    /// at once if it ends before it does.
+    /// Requests written on it since `heard` was `heard_before`: failed at
+    /// once if it ends before the registrar sends anything more.
     unanswered: Vec<Inbound>,
+    heard_before: u64,
 }
 
 /// The link task's state.
@@ -308,9 +314,14 @@ impl LinkTask {
                     self.ctx.metrics.count_relayed(self.transport, kind);
                 }
                 if let Some(open) = self.connection.as_mut() {
-                    if open.heard.load(Ordering::Relaxed) {
-                        open.unanswered = Vec::new();
-                    } else if !inbound.is_response() && open.unanswered.len() < MAX_UNANSWERED {
+                    // Read before the bytes reach the socket: an answer to
+                    // this request is counted after it.
+                    let heard = open.heard.load(Ordering::Relaxed);
+                    if heard != open.heard_before {
+                        open.unanswered.clear();
+                        open.heard_before = heard;
+                    }
+                    if !inbound.is_response() && open.unanswered.len() < MAX_UNANSWERED {
                         open.unanswered.push(inbound);
                     }
                 }
@@ -342,24 +353,34 @@ impl LinkTask {
         self.ctx.events.send(undelivered).await.is_ok()
     }
 
-    /// The connection ended. If the registrar sent nothing on it, the
-    /// requests written on it are failed now (they would get no answer);
-    /// the next message opens a new connection. `false`: the dispatcher is
-    /// gone.
+    /// The connection ended. The requests written on it since the
+    /// registrar last sent anything are failed now (they would get no
+    /// answer); the next message opens a new connection. `false`: the
+    /// dispatcher is gone.
     async fn connection_ended(&mut self) -> bool {
         let Some(open) = self.connection.take() else {
             return true;
         };
-        if open.heard.load(Ordering::Relaxed) || open.unanswered.is_empty() {
+        let heard = open.heard.load(Ordering::Relaxed);
+        if heard != open.heard_before || open.unanswered.is_empty() {
             info!(upstream = %self.addr, connection = %open.id, "upstream connection closed");
             return true;
         }
-        warn!(
-            upstream = %self.addr,
-            connection = %open.id,
-            requests = open.unanswered.len(),
-            "upstream connection closed before the registrar sent anything (client certificate refused?): its requests are answered 503"
-        );
+        if heard == 0 {
+            warn!(
+                upstream = %self.addr,
+                connection = %open.id,
+                requests = open.unanswered.len(),
+                "upstream connection closed before the registrar sent anything (client certificate refused?): its requests are answered 503"
+            );
+        } else {
+            warn!(
+                upstream = %self.addr,
+                connection = %open.id,
+                requests = open.unanswered.len(),
+                "upstream connection closed with requests the registrar had not answered: they are answered 503"
+            );
+        }
         for inbound in open.unanswered {
             let error = SendError::UpstreamClosedUnanswered(self.addr);
             if !self.undelivered(inbound, error).await {
@@ -400,6 +421,7 @@ impl LinkTask {
                     heard: spawned.heard,
                     queue: spawned.queue,
                     unanswered: Vec::new(),
+                    heard_before: 0,
                 });
                 Ok(())
             }
@@ -547,6 +569,21 @@ impl UpstreamWatch {
         }
     }
 
+    /// A connection to the stream upstream closed, and the requests it left
+    /// unanswered are answered 503: they no longer count towards a silence
+    /// (with the probes off, `/readyz` stayed failed after such a close
+    /// until a client's request happened to be answered).
+    /// A silence already reported ends with them.
+    pub fn connection_closed(&self, metrics: &crate::observe::metrics::Metrics) {
+        if self.silent.swap(false, Ordering::Relaxed) {
+            metrics.note_stream_upstream_heard();
+        }
+        if self.unanswered_since.load(Ordering::Relaxed) != 0 {
+            self.unanswered_since.store(0, Ordering::Relaxed);
+            self.pending.store(0, Ordering::Relaxed);
+        }
+    }
+
     /// Whether the upstream has been silent for [`SILENCE`] with requests
     /// relayed: counts them and warns (called every [`SILENCE`]).
     pub fn check(
@@ -679,6 +716,15 @@ mod tests {
         assert!(!metrics.udp_upstream_down(), "its link still delivers");
         watch.heard(&metrics);
         assert!(metrics.stream_upstream_silent().is_none());
+
+        // A connection that closes with requests unanswered (answered 503
+        // by sipadmit) ends the silence it caused and forgets its requests.
+        watch.relayed(t0 + SILENCE);
+        assert!(watch.check(t0 + SILENCE * 2, &metrics));
+        assert!(metrics.stream_upstream_silent().is_some());
+        watch.connection_closed(&metrics);
+        assert!(metrics.stream_upstream_silent().is_none());
+        assert!(!watch.check(t0 + SILENCE * 4, &metrics), "nothing pending");
     }
 
     fn spawn_link(
@@ -819,6 +865,50 @@ mod tests {
         drop(second);
         let quiet = tokio::time::timeout(Duration::from_millis(500), events.recv()).await;
         assert!(quiet.is_err(), "nothing failed: {quiet:?}");
+        ctx.shutdown.cancel();
+    }
+
+    /// A registrar that answers a request and then closes the connection on
+    /// the next one (as Kamailio does on a request it cannot read, or when
+    /// it is killed under load): the next one is failed at once, not left
+    /// without an answer (a client on TCP or TLS never retransmits).
+    #[tokio::test]
+    async fn a_request_written_after_the_last_answer_is_failed_when_the_connection_closes() {
+        let registrar = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = registrar.local_addr().unwrap();
+        let (tx, mut events) = mpsc::channel(16);
+        let ctx = context(tx);
+        let link = spawn_link(addr, LinkSettings::DEFAULT, 1 << 20, &ctx);
+        link.offer(outgoing(1)).unwrap();
+        let (mut conn, _) = registrar.accept().await.unwrap();
+        let mut byte = [0u8; 1];
+        tokio::io::AsyncReadExt::read_exact(&mut conn, &mut byte)
+            .await
+            .unwrap();
+        tokio::io::AsyncWriteExt::write_all(
+            &mut conn,
+            b"SIP/2.0 200 OK\r\nContent-Length: 0\r\n\r\n",
+        )
+        .await
+        .unwrap();
+        assert!(matches!(events.recv().await, Some(Event::Received(_))));
+        // Two more requests; the registrar reads them and closes.
+        link.offer(outgoing(2)).unwrap();
+        link.offer(outgoing(3)).unwrap();
+        let mut two = [0u8; 2];
+        tokio::io::AsyncReadExt::read_exact(&mut conn, &mut two)
+            .await
+            .unwrap();
+        drop(conn);
+        let failed = undelivered(&mut events, 2).await;
+        assert_eq!(
+            failed.iter().map(|(n, _)| *n).collect::<Vec<_>>(),
+            [2, 3],
+            "the requests written after the answer, not the answered one"
+        );
+        assert!(failed
+            .iter()
+            .all(|(_, e)| matches!(e, SendError::UpstreamClosedUnanswered(a) if *a == addr)));
         ctx.shutdown.cancel();
     }
 
