@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::admin::{self, AdminState};
-use crate::config::{Config, Endpoint, Settings};
+use crate::config::{Config, Endpoint, Settings, UpstreamSources};
 use crate::dispatch::{self, Dispatcher};
 use crate::drain;
 use crate::observe::decision_log::{DecisionLogError, SHUTDOWN_DEADLINE};
@@ -338,6 +338,7 @@ pub async fn serve_reloading(
     let (senders, hep_exporter) = senders(&settings, &listeners, &ctx, &tls_contexts)?;
     let mut tasks = JoinSet::new();
     log_listening(&listeners.listening, upstream, mode, boot);
+    warn_of_registrar_connections(upstream, &settings.upstream_sources);
     if let Some(listener) = bound.admin.take() {
         let state = AdminState {
             metrics: metrics.clone(),
@@ -517,6 +518,20 @@ async fn join_siblings(siblings: Vec<std::thread::JoinHandle<()>>) {
     .await;
     if !matches!(joined, Ok(0)) {
         warn!("a worker thread ended with a panic");
+    }
+}
+
+/// A TCP or TLS registrar such as Kamailio sends its requests towards
+/// clients on connections it opens itself, from ports it picks: with only
+/// its `IP:PORT` as the registrar, those count as a client's (their own
+/// decision records, on the `from_client` leg). Said once at start.
+fn warn_of_registrar_connections(upstream: Endpoint, sources: &UpstreamSources) {
+    if upstream.transport.is_stream() && *sources == UpstreamSources::exactly(upstream.addr) {
+        warn!(
+            %upstream,
+            "proxy.upstream_sources is only the upstream's IP:PORT: requests the registrar sends on connections it opens itself (from other ports) count as a client's; list its IP (\"{}\") there to make them the registrar's",
+            upstream.addr.ip()
+        );
     }
 }
 

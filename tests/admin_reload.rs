@@ -774,6 +774,13 @@ fn readyz_fails_while_a_connected_tcp_registrar_answers_nothing() {
     );
     answering.store(true, Ordering::Relaxed);
     assert_eq!(sipadmit.wait_for_readyz(200), "ready\n");
+    // Said once at start: the registrar's own connections count as a
+    // client's unless its IP is in upstream_sources.
+    let stderr = sipadmit.process.stderr_so_far();
+    assert!(
+        stderr.contains("proxy.upstream_sources is only the upstream's IP:PORT: requests the registrar sends on connections it opens itself (from other ports) count as a client's; list its IP (\"127.0.0.1\")"),
+        "{stderr}"
+    );
 }
 
 // === rate-limited warnings ===
