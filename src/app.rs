@@ -400,9 +400,15 @@ fn admission_and_reloader(
     metrics: &Arc<Metrics>,
 ) -> (Arc<Admission>, Reloader) {
     let settings = &config.settings;
+    // A TCP or TLS registrar opens connections of its own towards clients
+    // from ports it picks: its hosts are never limited or banned.
+    let registrar = match settings.upstream {
+        Some(upstream) if upstream.transport.is_stream() => settings.upstream_sources.hosts(),
+        _ => settings.upstream_sources.clone(),
+    };
     let admission = Arc::new(Admission::new(
         settings.rate_limit.clone(),
-        settings.upstream_sources.clone(),
+        registrar,
         metrics.clone(),
     ));
     let reloader = Reloader {

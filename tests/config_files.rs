@@ -472,6 +472,12 @@ fn upstream_sources_default_to_the_upstream_address_and_are_checked() {
     let sources = &c.settings.upstream_sources;
     assert!(sources.matches("127.0.0.1:5070".parse().unwrap()));
     assert!(!sources.matches("127.0.0.1:40000".parse().unwrap()));
+    // Its hosts (exempt from rate limits and bans with a tcp:/tls:
+    // registrar, whose own connections come from ports it picks).
+    let hosts = sources.hosts();
+    assert!(hosts.matches("127.0.0.1:40000".parse().unwrap()));
+    assert!(hosts.matches("[::ffff:127.0.0.1]:40000".parse().unwrap()));
+    assert!(!hosts.matches("127.0.0.2:5070".parse().unwrap()));
     assert!(load_str("")
         .unwrap()
         .settings

@@ -70,16 +70,27 @@ impl UpstreamSources {
         self.0.iter().any(|p| p.matches(source))
     }
 
-    /// Whether `ip` is a host of the registrar: matched by a network, or
-    /// the IP of an `IP:PORT` on any port. A registrar reached over TCP or
-    /// TLS sends its own requests on connections it opens from ports it
-    /// picks; they count as a client's (only `IP:PORT` is the registrar
-    /// for the leg), but its host is never rate-limited or banned.
-    pub fn matches_host(&self, ip: IpAddr) -> bool {
-        self.0.iter().any(|p| match p {
-            SourcePattern::Network(network) => network.contains(ip),
-            SourcePattern::Address(addr) => addr.ip().to_canonical() == ip.to_canonical(),
-        })
+    /// The same sources, each `IP:PORT` widened to its IP on any port: the
+    /// registrar's hosts. A registrar reached over TCP or TLS sends its own
+    /// requests on connections it opens from ports it picks; they count as
+    /// a client's (only `IP:PORT` is the registrar for the leg), but its
+    /// host is never rate-limited or banned.
+    pub fn hosts(&self) -> Self {
+        let host = |addr: SocketAddr| {
+            let ip = addr.ip().to_canonical();
+            let prefix = if ip.is_ipv4() { 32 } else { 128 };
+            Network::parse(&format!("{ip}/{prefix}"))
+                .map_or(SourcePattern::Address(addr), SourcePattern::Network)
+        };
+        Self(
+            self.0
+                .iter()
+                .map(|p| match *p {
+                    SourcePattern::Address(addr) => host(addr),
+                    network => network,
+                })
+                .collect(),
+        )
     }
 
     /// The leg of a message from `source`: the registrar's when it

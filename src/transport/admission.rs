@@ -13,8 +13,9 @@
 //!
 //! Trusted networks (`rate_limit.trusted`, default loopback), the Response
 //! Group application (`response_group.application_sources`) and the
-//! registrar's hosts (`proxy.upstream_sources`, an `IP:PORT` there on any
-//! port) are never limited or banned.
+//! registrar (`proxy.upstream_sources`; with a TCP or TLS registrar, an
+//! `IP:PORT` there on any port: it opens connections of its own) are never
+//! limited or banned.
 //!
 //! A live reload (`SIGHUP`) applies a changed `[rate_limit]` at once
 //! ([`Admission::reconfigure`]): new buckets at the new rates (every source
@@ -360,12 +361,10 @@ impl Admission {
         true
     }
 
-    /// Whether `source` is never limited or banned under `settings`: a
-    /// trusted network, or a host of the registrar on any port (a TCP or
-    /// TLS registrar's own connections come from ports it picks).
+    /// Whether `source` is never limited or banned under `settings`.
     fn is_exempt_under(&self, settings: &RateLimit, source: SocketAddr) -> bool {
         settings.trusted.iter().any(|n| n.contains(source.ip()))
-            || self.upstream_sources.matches_host(source.ip())
+            || self.upstream_sources.matches(source)
     }
 
     /// The Retry-After of a `503` to a source over its limit: the seconds
@@ -733,9 +732,7 @@ mod tests {
             a.message(addr("192.0.2.2:5060"), Transport::Udp, now),
             Verdict::Pass
         );
-        // The registrar's host on any port too: a TCP or TLS registrar's
-        // own connections come from ports it picks.
-        for exempt in ["127.0.0.9:1", "127.0.0.8:5070", "127.0.0.8:41234"] {
+        for exempt in ["127.0.0.9:1", "127.0.0.8:5070"] {
             for _ in 0..50 {
                 assert_eq!(a.message(addr(exempt), Transport::Udp, now), Verdict::Pass);
             }
