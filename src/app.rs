@@ -338,7 +338,6 @@ pub async fn serve_reloading(
     let (senders, hep_exporter) = senders(&settings, &listeners, &ctx, &tls_contexts)?;
     let mut tasks = JoinSet::new();
     log_listening(&listeners.listening, upstream, mode, boot);
-    warn_of_registrar_connections(upstream, &settings.upstream_sources);
     if let Some(listener) = bound.admin.take() {
         let state = AdminState {
             metrics: metrics.clone(),
@@ -403,7 +402,10 @@ fn admission_and_reloader(
     // A TCP or TLS registrar opens connections of its own towards clients
     // from ports it picks: its hosts are never limited or banned.
     let registrar = match settings.upstream {
-        Some(upstream) if upstream.transport.is_stream() => settings.upstream_sources.hosts(),
+        Some(upstream) if upstream.transport.is_stream() => {
+            warn_of_registrar_connections(upstream, &settings.upstream_sources);
+            settings.upstream_sources.hosts()
+        }
         _ => settings.upstream_sources.clone(),
     };
     let admission = Arc::new(Admission::new(
@@ -530,9 +532,10 @@ async fn join_siblings(siblings: Vec<std::thread::JoinHandle<()>>) {
 /// A TCP or TLS registrar such as Kamailio sends its requests towards
 /// clients on connections it opens itself, from ports it picks: with only
 /// its `IP:PORT` as the registrar, those count as a client's (their own
-/// decision records, on the `from_client` leg). Said once at start.
+/// decision records, on the `from_client` leg). Said once at start, for a
+/// `tcp:` or `tls:` upstream.
 fn warn_of_registrar_connections(upstream: Endpoint, sources: &UpstreamSources) {
-    if upstream.transport.is_stream() && *sources == UpstreamSources::exactly(upstream.addr) {
+    if *sources == UpstreamSources::exactly(upstream.addr) {
         warn!(
             %upstream,
             "proxy.upstream_sources is only the upstream's IP:PORT: requests the registrar sends on connections it opens itself (from other ports) count as a client's; list its IP (\"{}\") there to make them the registrar's",

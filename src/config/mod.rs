@@ -1473,32 +1473,24 @@ fn role_policy(
             "line breaks are not allowed".into(),
         );
     }
-    let mut one_line = |name: &str, value: String| {
-        if value.bytes().any(|b| b == b'\r' || b == b'\n') {
+    // A Warning header's value, or none when empty.
+    let mut warning_value = |name: &str, value: String| {
+        if let Some(why) = warning_problem(&value) {
             ok = false;
-            problem(
-                format!("{key}.{name}"),
-                "line breaks are not allowed".into(),
-            );
+            problem(format!("{key}.{name}"), why);
         }
         (!value.is_empty()).then_some(value)
     };
-    let warning = one_line(
+    let warning = warning_value(
         "warning",
         raw.warning.clone().unwrap_or_else(|| d.warning.into()),
     );
-    let unknown_warning = one_line(
+    let unknown_warning = warning_value(
         "unknown_warning",
         raw.unknown_warning
             .clone()
             .unwrap_or_else(|| d.unknown_warning.into()),
     );
-    for (name, value) in [("warning", &warning), ("unknown_warning", &unknown_warning)] {
-        if let Some(why) = value.as_deref().and_then(not_a_warning_value) {
-            ok = false;
-            problem(format!("{key}.{name}"), format!("{value:?}: {why}"));
-        }
-    }
     let defaults = |lines: &[&str]| lines.iter().map(|h| (*h).to_owned()).collect::<Vec<_>>();
     let headers = header_lines(
         key,
@@ -1533,6 +1525,15 @@ fn role_policy(
 }
 
 /// `"Name: value"` lines of `{key}.headers`, or `None` (each problem reported).
+/// What is wrong with a configured Warning value (empty: none is sent).
+fn warning_problem(value: &str) -> Option<String> {
+    if value.bytes().any(|b| b == b'\r' || b == b'\n') {
+        return Some("line breaks are not allowed".into());
+    }
+    let why = not_a_warning_value(value).filter(|_| !value.is_empty())?;
+    Some(format!("{value:?}: {why}"))
+}
+
 /// Why `value` is not a Warning header value (RFC 3261 20.43: `warn-code
 /// SP warn-agent SP warn-text`, e.g. `399 sipadmit "text"`), or `None`.
 fn not_a_warning_value(value: &str) -> Option<&'static str> {

@@ -746,6 +746,24 @@ mod tests {
         )
     }
 
+    /// A TCP listener standing for the registrar, and a link to it with
+    /// the default settings: the listener, its address, the transports'
+    /// context, the events the link reports, the link.
+    async fn link_to_a_listener() -> (
+        tokio::net::TcpListener,
+        SocketAddr,
+        Arc<TransportContext>,
+        mpsc::Receiver<Event>,
+        UpstreamLink,
+    ) {
+        let registrar = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = registrar.local_addr().unwrap();
+        let (tx, events) = mpsc::channel(16);
+        let ctx = context(tx);
+        let link = spawn_link(addr, LinkSettings::DEFAULT, 1 << 20, &ctx);
+        (registrar, addr, ctx, events, link)
+    }
+
     #[tokio::test]
     async fn a_full_queue_refuses_at_once_and_a_stalled_connect_returns_what_waited() {
         let (listener, _filler) = stalled_listener().await;
@@ -817,11 +835,7 @@ mod tests {
 
     #[tokio::test]
     async fn requests_on_a_connection_closed_before_any_answer_are_failed_at_once() {
-        let registrar = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = registrar.local_addr().unwrap();
-        let (tx, mut events) = mpsc::channel(16);
-        let ctx = context(tx);
-        let link = spawn_link(addr, LinkSettings::DEFAULT, 1 << 20, &ctx);
+        let (registrar, addr, ctx, mut events, link) = link_to_a_listener().await;
         // A request and a response (nobody to answer) are written; the
         // registrar reads them and closes without a word (as one refusing
         // sipadmit's certificate after a TLS 1.3 handshake does).
@@ -874,11 +888,7 @@ mod tests {
     /// without an answer (a client on TCP or TLS never retransmits).
     #[tokio::test]
     async fn a_request_written_after_the_last_answer_is_failed_when_the_connection_closes() {
-        let registrar = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = registrar.local_addr().unwrap();
-        let (tx, mut events) = mpsc::channel(16);
-        let ctx = context(tx);
-        let link = spawn_link(addr, LinkSettings::DEFAULT, 1 << 20, &ctx);
+        let (registrar, addr, ctx, mut events, link) = link_to_a_listener().await;
         link.offer(outgoing(1)).unwrap();
         let (mut conn, _) = registrar.accept().await.unwrap();
         let mut byte = [0u8; 1];
