@@ -400,19 +400,22 @@ fn admission_and_reloader(
 ) -> (Arc<Admission>, Reloader) {
     let settings = &config.settings;
     // A TCP or TLS registrar opens connections of its own towards clients
-    // from ports it picks: its hosts are never limited or banned.
-    let registrar = match settings.upstream {
+    // from ports it picks: its hosts are never limited or banned over them.
+    let registrar_hosts = match settings.upstream {
         Some(upstream) if upstream.transport.is_stream() => {
             warn_of_registrar_connections(upstream, &settings.upstream_sources);
             settings.upstream_sources.hosts()
         }
-        _ => settings.upstream_sources.clone(),
+        _ => UpstreamSources::default(),
     };
-    let admission = Arc::new(Admission::new(
-        settings.rate_limit.clone(),
-        registrar,
-        metrics.clone(),
-    ));
+    let admission = Arc::new(
+        Admission::new(
+            settings.rate_limit.clone(),
+            settings.upstream_sources.clone(),
+            metrics.clone(),
+        )
+        .exempting_over_connections(registrar_hosts),
+    );
     let reloader = Reloader {
         path: config.path.clone(),
         overrides: config.overrides.clone(),

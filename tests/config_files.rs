@@ -1179,13 +1179,15 @@ fn a_warning_that_is_no_warning_value_is_refused() {
         ("399 sipadmit", "double quotes"),
         ("399 sipadmit text", "double quotes"),
         ("399 \"text\"", "an agent"),
+        ("399 sipadmit \"x\"y\"", "double quotes"),
+        ("399 sipadmit \"x\\\"", "double quotes"),
     ] {
         let err = load_str(&format!("[policy.caller]\nwarning = {value:?}\n")).unwrap_err();
         assert_eq!(problem_keys(&err), ["policy.caller.warning"], "{value}");
         assert!(err.to_string().contains(why), "{value}: {err}");
     }
     load_str(
-        "[policy.agent_offer]\nunknown_warning = '399 pool.example.com:5061 \"{client} is not known\"'\n",
+        "[policy.agent_offer]\nunknown_warning = '399 pool.example.com:5061 \"{client} is not \\\"known\\\"\"'\n",
     )
     .unwrap();
     // Empty: no Warning header at all.

@@ -282,18 +282,18 @@ fn no_answer_nothing_listening_and_untrusted_certificates_fail_clearly() {
 
     // Nothing listening on a UDP port: each datagram draws an ICMP port
     // unreachable, and the probe still resends on RFC 3261 timers only (at
-    // 0, 0.5 and 1.5 s within 1.6 s), never once per report (a flood).
+    // 0, 0.5 and 1.5 s within 2 s), never once per report (a flood).
     let port = std::net::UdpSocket::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
         .port();
     let target = format!("udp:127.0.0.1:{port}");
-    let out = probe(&["--timeout", "1.6", &target]);
+    let out = probe(&["--timeout", "2", &target]);
     assert_eq!(out.status.code(), Some(1), "{}", show(&out));
     assert!(
         text(&out.stderr).starts_with(&format!(
-            "sipadmit: probe: {target}: no final answer to the REGISTER within 1600 ms (sent 3 time(s), 3 answered by ICMP port unreachable: nothing listens there)"
+            "sipadmit: probe: {target}: no final answer to the REGISTER within 2000 ms (sent 3 time(s), 3 answered by ICMP port unreachable: nothing listens there)"
         )),
         "{}",
         show(&out)

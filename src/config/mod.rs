@@ -1545,10 +1545,25 @@ fn not_a_warning_value(value: &str) -> Option<&'static str> {
     if agent.is_none_or(|a| a.is_empty() || a.contains('"')) {
         return Some("expected the code, a space and an agent (a host or a name), as in 399 sipadmit \"text\"");
     }
-    match text {
-        Some(t) if t.len() >= 2 && t.starts_with('"') && t.ends_with('"') => None,
-        _ => Some("expected the text last, in double quotes, as in 399 sipadmit \"text\""),
+    match text.and_then(|t| t.strip_prefix('"')) {
+        Some(rest) if is_quoted_string_rest(rest) => None,
+        _ => Some("expected the text last, in double quotes (a quote inside escaped as \\\"), as in 399 sipadmit \"text\""),
     }
+}
+
+/// Whether `rest` is what follows the opening quote of one RFC 3261
+/// quoted-string: `\` escapes the next character, and the only unescaped
+/// `"` ends it, last.
+fn is_quoted_string_rest(rest: &str) -> bool {
+    let mut chars = rest.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' if chars.next().is_none() => return false,
+            '"' => return chars.next().is_none(),
+            _ => {}
+        }
+    }
+    false
 }
 
 fn header_lines(

@@ -115,9 +115,12 @@ pub struct Reply {
 impl Reply {
     /// The Warning value with the client's name filled in.
     pub fn warning_for(&self, client_name: &str) -> Option<String> {
+        // Inside the Warning's quoted text: a catalog name's `"` and `\`
+        // escaped (RFC 3261 quoted-pair).
+        let escaped = client_name.replace('\\', "\\\\").replace('"', "\\\"");
         self.warning
             .as_ref()
-            .map(|w| w.replace("{client}", client_name))
+            .map(|w| w.replace("{client}", &escaped))
     }
 }
 
@@ -332,6 +335,14 @@ mod tests {
             warning: Some("399 sipadmit \"{client} not supported\"".into()),
             headers: vec![],
         }
+    }
+
+    #[test]
+    fn a_client_name_is_escaped_inside_the_warning_text() {
+        assert_eq!(
+            reply(403).warning_for(r#"Phone "X" \ 2"#).unwrap(),
+            r#"399 sipadmit "Phone \"X\" \\ 2 not supported""#
+        );
     }
 
     fn policy(mode: Mode) -> Policy {

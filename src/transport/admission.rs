@@ -290,6 +290,10 @@ impl Limits {
 pub struct Admission {
     limits: ArcSwap<Limits>,
     upstream_sources: UpstreamSources,
+    /// The hosts of a TCP or TLS registrar, exempt on any port over
+    /// connections (its own connections come from ports it picks; a
+    /// datagram's source is too easily forged to earn that).
+    registrar_hosts: UpstreamSources,
     open: Mutex<HashMap<SourceKey, u32>>,
     bans: Mutex<Bans>,
     /// When each source's first scanner datagram was seen (recent ones).
@@ -324,6 +328,7 @@ impl Admission {
         Self {
             limits: ArcSwap::from_pointee(Limits::new(settings)),
             upstream_sources,
+            registrar_hosts: UpstreamSources::default(),
             open: Mutex::new(HashMap::new()),
             bans: Mutex::new(Bans::default()),
             scanner_sightings: Mutex::new(HashMap::new()),
@@ -332,6 +337,14 @@ impl Admission {
             warnings: Mutex::new(WarningWindow::default()),
             metrics,
         }
+    }
+
+    /// Exempt `hosts` (a TCP or TLS registrar's) on any port over
+    /// connections: their connections, and what arrives on them, are never
+    /// limited or banned.
+    pub fn exempting_over_connections(mut self, hosts: UpstreamSources) -> Self {
+        self.registrar_hosts = hosts;
+        self
     }
 
     /// The settings in force.
@@ -361,10 +374,17 @@ impl Admission {
         true
     }
 
-    /// Whether `source` is never limited or banned under `settings`.
-    fn is_exempt_under(&self, settings: &RateLimit, source: SocketAddr) -> bool {
+    /// Whether `source` is never limited or banned under `settings`
+    /// (`over_connections`: for its connections and what arrives on them).
+    fn is_exempt_under(
+        &self,
+        settings: &RateLimit,
+        source: SocketAddr,
+        over_connections: bool,
+    ) -> bool {
         settings.trusted.iter().any(|n| n.contains(source.ip()))
             || self.upstream_sources.matches(source)
+            || (over_connections && self.registrar_hosts.matches(source))
     }
 
     /// The Retry-After of a `503` to a source over its limit: the seconds
@@ -388,7 +408,7 @@ impl Admission {
         now: Instant,
     ) -> Verdict {
         let limits = self.limits.load();
-        if self.is_exempt_under(&limits.settings, source) {
+        if self.is_exempt_under(&limits.settings, source, transport.is_stream()) {
             return Verdict::Pass;
         }
         let key = SourceKey::of(source.ip());
@@ -421,7 +441,7 @@ impl Admission {
         now: Instant,
     ) -> Result<SourceConnection, ConnectionRefusal> {
         let limits = self.limits.load();
-        if self.is_exempt_under(&limits.settings, peer) {
+        if self.is_exempt_under(&limits.settings, peer, true) {
             return Ok(SourceConnection {
                 admission: self.clone(),
                 key: None,
@@ -492,7 +512,7 @@ impl Admission {
         let Some(duration) = limits.settings.ban else {
             return false;
         };
-        if self.is_exempt_under(&limits.settings, source) {
+        if self.is_exempt_under(&limits.settings, source, scope == BanScope::Everything) {
             return false;
         }
         let key = SourceKey::of(source.ip());
@@ -684,6 +704,34 @@ mod tests {
 
     fn addr(s: &str) -> SocketAddr {
         s.parse().unwrap()
+    }
+
+    /// A TCP or TLS registrar's hosts are exempt on any port over
+    /// connections (its own, towards clients), never for datagrams, whose
+    /// source is easily forged.
+    #[test]
+    fn a_stream_registrars_hosts_are_exempt_over_connections_only() {
+        let sources = UpstreamSources::exactly(addr("127.0.0.8:5070"));
+        let a = Arc::new(
+            Admission::new(
+                settings(1, 2),
+                sources.clone(),
+                Arc::new(Metrics::default()),
+            )
+            .exempting_over_connections(sources.hosts()),
+        );
+        let now = Instant::now();
+        let own = addr("127.0.0.8:41234");
+        for _ in 0..20 {
+            assert_eq!(a.message(own, Transport::Tcp, now), Verdict::Pass);
+            assert!(a.connection(own, now).is_ok());
+        }
+        assert!(!a.ban(own, BanCause::Scanner, BanScope::Everything, now));
+        let limited = (0..20)
+            .map(|_| a.message(own, Transport::Udp, now))
+            .filter(|v| *v != Verdict::Pass)
+            .count();
+        assert!(limited > 0, "datagrams from another port are limited");
     }
 
     #[test]

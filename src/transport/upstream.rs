@@ -17,15 +17,17 @@
 //! answers a request `503` through `Core::upstream_unavailable`.
 //!
 //! A connection that closes fails at once, as undelivered (`503`), the
-//! requests written on it since the registrar last sent anything on it: no
-//! answer to them can have come (a registrar answers on the connection a
-//! request came on), and none can come now. That covers a registrar that
+//! requests (not ACKs) written on it since the registrar last sent anything
+//! on it: no answer to them has come on it. That covers a registrar that
 //! refuses sipadmit's client certificate after a TLS 1.3 handshake (it
-//! sends nothing at all), one that is killed or restarted under load, and
-//! one that drops a connection on a request it cannot read. A request
-//! still unanswered when the registrar sent something else after it is not
-//! known to be lost, and is left to the client's timer. The next message
-//! opens a new connection.
+//! sends nothing at all), and one that closes while nothing it sent
+//! follows the last request (killed or restarted between two requests, or
+//! dropping the connection on a request it cannot read). Once the registrar
+//! has sent anything after a request, that request is not known to be lost
+//! and is left to the client's own timer: under load, most requests in
+//! flight at a close are. A registrar that answers a failed request later
+//! on a new connection (RFC 3261 18.2.2) gets its answer relayed after the
+//! 503. The next message opens a new connection.
 //!
 //! The connection it opens is served by [`stream::spawn`] like any other
 //! (same framing, writer, keep-alives), and everything arriving on it
@@ -231,8 +233,13 @@ impl UpstreamLink {
 
 /// Requests a connection remembers until the registrar sends anything on
 /// it (to fail them at once if it closes first); past this many, the rest
-/// are not remembered.
-const MAX_UNANSWERED: usize = 10_000;
+/// are not remembered. Each is a copy (not a slice pinning a client's
+/// read buffer).
+const MAX_UNANSWERED: usize = 1_000;
+
+/// How long a closed connection's reader is waited for before its
+/// unanswered requests are counted.
+const READER_END_WAIT: Duration = Duration::from_secs(1);
 
 /// The open connection of the link.
 struct Open {
@@ -321,8 +328,13 @@ impl LinkTask {
                         open.unanswered.clear();
                         open.heard_before = heard;
                     }
-                    if !inbound.is_response() && open.unanswered.len() < MAX_UNANSWERED {
-                        open.unanswered.push(inbound);
+                    // An ACK is never answered.
+                    let answerable = !inbound.is_response() && !inbound.bytes.starts_with(b"ACK ");
+                    if answerable && open.unanswered.len() < MAX_UNANSWERED {
+                        open.unanswered.push(Inbound {
+                            bytes: Bytes::copy_from_slice(&inbound.bytes),
+                            ..inbound
+                        });
                     }
                 }
                 true
@@ -361,6 +373,9 @@ impl LinkTask {
         let Some(open) = self.connection.take() else {
             return true;
         };
+        // Its reader counts every message still buffered before it ends
+        // (the writer may have seen the close first).
+        let _ = tokio::time::timeout(READER_END_WAIT, open.ended.cancelled()).await;
         let heard = open.heard.load(Ordering::Relaxed);
         if heard != open.heard_before || open.unanswered.is_empty() {
             info!(upstream = %self.addr, connection = %open.id, "upstream connection closed");
@@ -902,11 +917,15 @@ mod tests {
         .await
         .unwrap();
         assert!(matches!(events.recv().await, Some(Event::Received(_))));
-        // Two more requests; the registrar reads them and closes.
+        // Two more requests and an ACK (never answered); the registrar
+        // reads them and closes.
         link.offer(outgoing(2)).unwrap();
         link.offer(outgoing(3)).unwrap();
-        let mut two = [0u8; 2];
-        tokio::io::AsyncReadExt::read_exact(&mut conn, &mut two)
+        let mut ack = outgoing(4);
+        ack.inbound.bytes = Bytes::from_static(b"ACK sip:x SIP/2.0\r\n\r\n");
+        link.offer(ack).unwrap();
+        let mut three = [0u8; 3];
+        tokio::io::AsyncReadExt::read_exact(&mut conn, &mut three)
             .await
             .unwrap();
         drop(conn);
@@ -919,6 +938,8 @@ mod tests {
         assert!(failed
             .iter()
             .all(|(_, e)| matches!(e, SendError::UpstreamClosedUnanswered(a) if *a == addr)));
+        let quiet = tokio::time::timeout(Duration::from_millis(500), events.recv()).await;
+        assert!(quiet.is_err(), "the ACK is not failed: {quiet:?}");
         ctx.shutdown.cancel();
     }
 
