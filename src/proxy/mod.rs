@@ -522,6 +522,7 @@ impl Core {
         };
         let runtime = self.runtime.load();
         let ctx = request::RequestCtx::new(inbound, &view, &runtime, now);
+        self.register_answered_here(&ctx);
         let refusal = if busy {
             Refusal::UpstreamBusy
         } else {

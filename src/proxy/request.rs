@@ -255,15 +255,37 @@ impl Core {
         else {
             return false;
         };
-        // The pending key names the flow by transport, peer and connection.
-        let flow = Flow {
+        self.registrations
+            .is_pending(call_id, cseq.number, &self.pending_flow(inb), ctx.now)
+    }
+
+    /// A REGISTER relayed and then answered here (503: it could not be
+    /// delivered) awaits nothing more: no draining instance waits for it.
+    pub(super) fn register_answered_here(&self, ctx: &RequestCtx<'_>) {
+        let view = ctx.view;
+        let (Method::Register, Some(call_id), Ok(cseq)) = (ctx.method, view.call_id(), view.cseq())
+        else {
+            return;
+        };
+        let flow = self.pending_flow(ctx.inbound);
+        self.registrations.complete(
+            call_id,
+            cseq.number,
+            &flow,
+            super::registrations::RegisterAnswer::Refused,
+            ctx.now,
+        );
+    }
+
+    /// The flow a pending REGISTER is noted under: transport, peer and
+    /// connection.
+    fn pending_flow(&self, inb: &Inbound) -> Flow {
+        Flow {
             transport: inb.transport,
             peer: inb.source.0,
             connection: inb.connection.map(|c| self.flow_id(c)),
             client: String::new(),
-        };
-        self.registrations
-            .is_pending(call_id, cseq.number, &flow, ctx.now)
+        }
     }
 
     // === phase 2: route ===

@@ -545,6 +545,21 @@ fn count(counter: &std::sync::atomic::AtomicU64) -> u64 {
     counter.load(std::sync::atomic::Ordering::Relaxed)
 }
 
+/// A REGISTER relayed, then answered 503 here because the link could not
+/// deliver it (or its connection closed), awaits nothing more: a draining
+/// instance would otherwise wait for it until it is overdue.
+#[test]
+fn a_register_answered_503_as_undelivered_is_no_longer_pending() {
+    let core = Core::detached(CONFIG).unwrap();
+    let agent: SocketAddr = "127.0.0.1:47100".parse().unwrap();
+    let register = register_with_contacts(agent, 1);
+    assert_eq!(sent(&handle(&core, &register)).0, Destination::Upstream);
+    assert_eq!(core.registrations().pending(), 1);
+    let outcome = core.upstream_unavailable(&register, Instant::now(), false);
+    assert!(sent(&outcome).1.starts_with("SIP/2.0 503 "));
+    assert_eq!(core.registrations().pending(), 0);
+}
+
 #[test]
 fn a_register_over_the_contact_cap_is_answered_403_counted_and_recorded() {
     let config = format!("{CONFIG}[limits]\nmax_contacts_per_register = 16\n");
