@@ -76,17 +76,13 @@ impl UpstreamSources {
     /// a client's (only `IP:PORT` is the registrar for the leg), but its
     /// host is never rate-limited or banned.
     pub fn hosts(&self) -> Self {
-        let host = |addr: SocketAddr| {
-            let ip = addr.ip().to_canonical();
-            let prefix = if ip.is_ipv4() { 32 } else { 128 };
-            Network::parse(&format!("{ip}/{prefix}"))
-                .map_or(SourcePattern::Address(addr), SourcePattern::Network)
-        };
         Self(
             self.0
                 .iter()
                 .map(|p| match *p {
-                    SourcePattern::Address(addr) => host(addr),
+                    SourcePattern::Address(addr) => {
+                        SourcePattern::Network(Network::host(addr.ip()))
+                    }
                     network => network,
                 })
                 .collect(),

@@ -156,6 +156,13 @@ pub struct Network {
 }
 
 impl Network {
+    /// The one address `ip` (a /32 or /128; IPv4-mapped IPv6 as IPv4).
+    pub fn host(ip: IpAddr) -> Self {
+        let addr = ip.to_canonical();
+        let prefix = if addr.is_ipv4() { 32 } else { 128 };
+        Self { addr, prefix }
+    }
+
     /// Parse `10.0.0.0/8`, `::1`, `2001:db8::/32`; `None` if invalid.
     pub fn parse(text: &str) -> Option<Self> {
         let (addr, prefix) = match text.split_once('/') {

@@ -779,6 +779,24 @@ mod tests {
         (registrar, addr, ctx, events, link)
     }
 
+    /// As the registrar on `conn`: read the one byte the link wrote, send
+    /// `message`, and see it reach the dispatcher. Returns the byte.
+    async fn read_then_send(
+        conn: &mut TcpStream,
+        message: &[u8],
+        events: &mut mpsc::Receiver<Event>,
+    ) -> u8 {
+        let mut byte = [0u8; 1];
+        tokio::io::AsyncReadExt::read_exact(conn, &mut byte)
+            .await
+            .unwrap();
+        tokio::io::AsyncWriteExt::write_all(conn, message)
+            .await
+            .unwrap();
+        assert!(matches!(events.recv().await, Some(Event::Received(_))));
+        byte[0]
+    }
+
     #[tokio::test]
     async fn a_full_queue_refuses_at_once_and_a_stalled_connect_returns_what_waited() {
         let (listener, _filler) = stalled_listener().await;
@@ -879,18 +897,13 @@ mod tests {
         // it after that fails nothing.
         link.offer(outgoing(3)).unwrap();
         let (mut second, _) = registrar.accept().await.unwrap();
-        let mut byte = [0u8; 1];
-        tokio::io::AsyncReadExt::read_exact(&mut second, &mut byte)
-            .await
-            .unwrap();
-        assert_eq!(byte, [3]);
-        tokio::io::AsyncWriteExt::write_all(
+        let byte = read_then_send(
             &mut second,
             b"OPTIONS sip:x SIP/2.0\r\nContent-Length: 0\r\n\r\n",
+            &mut events,
         )
-        .await
-        .unwrap();
-        assert!(matches!(events.recv().await, Some(Event::Received(_))));
+        .await;
+        assert_eq!(byte, 3);
         drop(second);
         let quiet = tokio::time::timeout(Duration::from_millis(500), events.recv()).await;
         assert!(quiet.is_err(), "nothing failed: {quiet:?}");
@@ -906,17 +919,13 @@ mod tests {
         let (registrar, addr, ctx, mut events, link) = link_to_a_listener().await;
         link.offer(outgoing(1)).unwrap();
         let (mut conn, _) = registrar.accept().await.unwrap();
-        let mut byte = [0u8; 1];
-        tokio::io::AsyncReadExt::read_exact(&mut conn, &mut byte)
-            .await
-            .unwrap();
-        tokio::io::AsyncWriteExt::write_all(
+        let byte = read_then_send(
             &mut conn,
             b"SIP/2.0 200 OK\r\nContent-Length: 0\r\n\r\n",
+            &mut events,
         )
-        .await
-        .unwrap();
-        assert!(matches!(events.recv().await, Some(Event::Received(_))));
+        .await;
+        assert_eq!(byte, 1);
         // Two more requests and an ACK (never answered); the registrar
         // reads them and closes.
         link.offer(outgoing(2)).unwrap();
