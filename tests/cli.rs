@@ -1,6 +1,8 @@
 //! The `sipadmit` binary as operators' scripts use it: exit codes, output
 //! formats, and `run` stopping cleanly on SIGTERM and SIGINT.
 
+mod common;
+
 use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -130,14 +132,6 @@ fn classify_json_from_arguments_and_stdin() {
     assert!(text.contains("lync-2013"), "{text}");
 }
 
-fn free_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn run_and_signal(signal: &str) {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("min.toml");
@@ -147,7 +141,9 @@ fn run_and_signal(signal: &str) {
         "[response_group]\nworkflows = [\"sip:helpdesk@contoso.com\"]\napplication_user_agents = [\"Response_Group_Service\"]\n",
     )
     .unwrap();
-    let port = free_port();
+    // Free for TCP too: run listens on both (a CI run once found the TCP
+    // side of a free UDP port taken).
+    let port = common::external::free_udp_tcp_port_on([127, 0, 0, 1].into());
     let log = dir.path().join("decisions.jsonl");
     let mut child = sipadmit()
         .args(["run", "--config", config.to_str().unwrap()])
