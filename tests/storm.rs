@@ -9,7 +9,9 @@
 //! - 3,000 REGISTERs pipelined on one TCP connection to a UDP registrar;
 //! - the TCP storms and the pipelined REGISTERs again while the registrar
 //!   stalls for a second (SIGSTOP / SIGCONT of Kamailio's process group,
-//!   100 ms into the storm).
+//!   100 ms into the storm);
+//! - 3,000 pipelined REGISTERs to a TCP registrar killed once 300 are
+//!   answered: every other one gets `503`, none is left unanswered.
 //!
 //! Toward a UDP registrar, a REGISTER lost in Kamailio's full receive
 //! buffer (its default size is kept on purpose) must be covered by
@@ -838,15 +840,33 @@ fn tls_storm_to_a_tcp_registrar() {
 /// 3,000 answered 200.
 #[test]
 fn pipelined_registers_on_one_tcp_connection_to_a_udp_registrar() {
-    pipelined(None);
+    pipelined(Upstream::Udp, Disturbance::None);
 }
 
-fn pipelined(stall: Option<StallAt>) {
+/// What happens to the registrar during the pipelined burst.
+#[derive(Clone, Copy, Debug)]
+enum Disturbance {
+    None,
+    Stall(StallAt),
+    /// Killed (SIGKILL to its process group) once this many REGISTERs
+    /// have their final answer.
+    KilledAfter(usize),
+}
+
+fn pipelined(upstream: Upstream, disturbance: Disturbance) {
     let _one = ONE_STORM_AT_A_TIME
         .lock()
         .unwrap_or_else(PoisonError::into_inner);
-    let Some(rig) = Rig::start(Upstream::Udp, false) else {
+    let Some(rig) = Rig::start(upstream, false) else {
         return;
+    };
+    let stall = match disturbance {
+        Disturbance::Stall(at) => Some(at),
+        _ => None,
+    };
+    let kill_after = match disturbance {
+        Disturbance::KilledAfter(n) => Some((n, rig.kam.pid())),
+        _ => None,
     };
     let target = rig.proxy.tcp;
     let rt = runtime();
@@ -885,6 +905,10 @@ fn pipelined(stall: Option<StallAt>) {
                             duplicates += 1;
                         } else {
                             finals.insert(call_id.to_owned(), (code, start.elapsed()));
+                            if kill_after.is_some_and(|(n, _)| finals.len() == n) {
+                                let (_, pgid) = kill_after.unwrap();
+                                assert!(signal_group(pgid, "KILL"), "kill -KILL -- -{pgid}");
+                            }
                         }
                     }
                     Read::Closed => {
@@ -921,12 +945,17 @@ fn pipelined(stall: Option<StallAt>) {
             }
         }
         drop(writer);
+        let to = match upstream {
+            Upstream::Udp => "udp",
+            Upstream::Tcp => "tcp",
+        };
+        let after = match disturbance {
+            Disturbance::None => "",
+            Disturbance::Stall(_) => "-stalled",
+            Disturbance::KilledAfter(_) => "-killed",
+        };
         Tally {
-            label: if stall.is_some() {
-                "pipelined-tcp-to-udp-stalled".into()
-            } else {
-                "pipelined-tcp-to-udp".into()
-            },
+            label: format!("pipelined-tcp-to-{to}{after}"),
             total: PIPELINED,
             outcomes,
             // from the start of the burst, not from each REGISTER's send
@@ -938,15 +967,48 @@ fn pipelined(stall: Option<StallAt>) {
     });
     let report = rig.report(peaks.finish());
     eprintln!("{}\n{report}", tally.summary());
-    assert!(
-        tally.ok() == PIPELINED,
-        "{}: {} of {PIPELINED} answered 200\n{report}",
-        tally.label,
-        tally.ok()
-    );
+    match disturbance {
+        Disturbance::KilledAfter(n) => assert_every_one_answered_after_a_kill(&tally, n, &report),
+        _ => assert!(
+            tally.ok() == PIPELINED,
+            "{}: {} of {PIPELINED} answered 200\n{report}",
+            tally.label,
+            tally.ok()
+        ),
+    }
     if stall.is_some() {
         assert_the_stall_overflowed(&rig, &report);
     }
+}
+
+/// The registrar was killed after `n` answers: every REGISTER still has a
+/// final answer (`200` from the registrar before, `503` from sipadmit for
+/// those it never answered), none is left to a client timer.
+fn assert_every_one_answered_after_a_kill(tally: &Tally, n: usize, report: &str) {
+    let count = |code| {
+        tally
+            .outcomes
+            .iter()
+            .filter(|o| **o == Outcome::Final(code))
+            .count()
+    };
+    let (ok, unavailable) = (count(200), count(503));
+    assert_eq!(
+        ok + unavailable,
+        PIPELINED,
+        "{}: every REGISTER answered 200 or 503\n{report}",
+        tally.summary()
+    );
+    assert!(
+        ok >= n,
+        "{}: {n} answered before the kill\n{report}",
+        tally.summary()
+    );
+    assert!(
+        unavailable > 0,
+        "{}: the kill came after the last answer, nothing proven\n{report}",
+        tally.summary()
+    );
 }
 
 /// The TCP storm while the UDP registrar stalls for a second, 100 ms into
@@ -968,5 +1030,15 @@ fn tcp_storm_to_a_tcp_registrar_while_the_registrar_stalls() {
 /// second: all 3,000 answered 200.
 #[test]
 fn pipelined_registers_to_a_udp_registrar_while_the_registrar_stalls() {
-    pipelined(Some(STALL));
+    pipelined(Upstream::Udp, Disturbance::Stall(STALL));
+}
+
+/// 3,000 REGISTERs pipelined on one TCP connection to a TCP registrar that
+/// is killed once 300 are answered: the requests in flight on sipadmit's
+/// connection to it (written, not answered, whatever it answered after
+/// them) and every one after are answered `503` at once; none is left
+/// without an answer (a TCP client never retransmits).
+#[test]
+fn pipelined_registers_to_a_tcp_registrar_killed_mid_burst() {
+    pipelined(Upstream::Tcp, Disturbance::KilledAfter(300));
 }

@@ -24,6 +24,7 @@
 //! socket error does.
 
 pub mod admission;
+pub mod answers;
 pub mod connections;
 pub mod slots;
 pub mod spread;

@@ -40,7 +40,6 @@
 use std::fmt;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -53,6 +52,7 @@ use tokio_util::codec::Decoder;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, info_span, Instrument, Span};
 
+use super::answers::Heard;
 use super::connections::WriteQueue;
 pub use super::connections::WRITE_TIMEOUT;
 use super::slots::Slot;
@@ -244,9 +244,9 @@ pub async fn serve<S>(
 enum Hearing<'a> {
     /// Nobody.
     Nobody,
-    /// The opener of a connection to the upstream: counts its messages
-    /// (keep-alives do not count).
-    Count(&'a AtomicU64),
+    /// The opener of a connection to the upstream: notes its messages
+    /// (keep-alives do not count) and the final responses among them.
+    Count(&'a Heard),
     /// An accepted connection's slot: it is no longer half-open, and its
     /// source a known flow (refreshed by later messages and keep-alives).
     Slot(&'a mut Slot),
@@ -260,8 +260,9 @@ pub struct Spawned {
     pub id: ConnectionId,
     /// Cancelled once the connection has ended (reader and writer).
     pub ended: CancellationToken,
-    /// How many messages the peer sent on it (keep-alives do not count).
-    pub heard: Arc<AtomicU64>,
+    /// What the peer sent on it: its messages, and the transactions its
+    /// final responses ended.
+    pub heard: Arc<Heard>,
     /// Its writer queue.
     pub queue: Arc<WriteQueue>,
 }
@@ -282,7 +283,7 @@ where
     );
     let ctx = ctx.clone();
     let ended = CancellationToken::new();
-    let heard = Arc::new(AtomicU64::new(0));
+    let heard = Arc::new(Heard::default());
     let spawned = Spawned {
         id,
         ended: ended.clone(),
@@ -514,7 +515,7 @@ async fn read_messages<S>(
         };
         match read {
             Ok(0) => {
-                state.frame_at_eof(id, info, ctx).await;
+                state.frame_at_eof(id, info, ctx, &hearing).await;
                 break Stop::Closed;
             }
             Ok(_) => {}
@@ -574,8 +575,8 @@ impl ReadState {
                 Ok(Some(frame)) => {
                     let now = Instant::now();
                     self.last_message = Some(now);
-                    if let (Hearing::Count(heard), Frame::Message(_)) = (&*hearing, &frame) {
-                        heard.fetch_add(1, Ordering::Relaxed);
+                    if let (Hearing::Count(heard), Frame::Message(message)) = (&*hearing, &frame) {
+                        heard.message(message);
                     }
                     let handled = handle_frame(frame, id, info, ctx).await;
                     if let Hearing::Slot(slot) = hearing {
@@ -608,9 +609,13 @@ impl ReadState {
         id: ConnectionId,
         info: ConnectionInfo,
         ctx: &TransportContext,
+        hearing: &Hearing<'_>,
     ) {
         match self.codec.decode_eof(&mut self.buf) {
             Ok(Some(frame)) => {
+                if let (Hearing::Count(heard), Frame::Message(message)) = (hearing, &frame) {
+                    heard.message(message);
+                }
                 handle_frame(frame, id, info, ctx).await;
             }
             Ok(None) => {}
@@ -991,7 +996,12 @@ mod tests {
         let mut rest = Vec::new();
         let _ = second.read_to_end(&mut rest).await;
         assert!(rest.is_empty());
-        assert_eq!(ctx.metrics.connections_evicted.load(Ordering::Relaxed), 1);
+        assert_eq!(
+            ctx.metrics
+                .connections_evicted
+                .load(std::sync::atomic::Ordering::Relaxed),
+            1
+        );
         third.write_all(MESSAGE).await.unwrap();
         received(&mut events).await;
         // Nothing half-open now: the fourth is closed unread.

@@ -17,17 +17,16 @@
 //! answers a request `503` through `Core::upstream_unavailable`.
 //!
 //! A connection that closes fails at once, as undelivered (`503`), the
-//! requests (not ACKs) written on it since the registrar last sent anything
-//! on it: no answer to them has come on it. That covers a registrar that
-//! refuses sipadmit's client certificate after a TLS 1.3 handshake (it
-//! sends nothing at all), and one that closes while nothing it sent
-//! follows the last request (killed or restarted between two requests, or
-//! dropping the connection on a request it cannot read). Once the registrar
-//! has sent anything after a request, that request is not known to be lost
-//! and is left to the client's own timer: under load, most requests in
-//! flight at a close are. A registrar that answers a failed request later
-//! on a new connection (RFC 3261 18.2.2) gets its answer relayed after the
-//! 503. The next message opens a new connection.
+//! requests (not ACKs) written on it that have no final response on it
+//! and are younger than Timer F ([`answers`](super::answers): its reader
+//! notes the final responses, the link keeps a copy of each request until
+//! its answer comes). That covers a registrar that refuses sipadmit's
+//! client certificate after a TLS 1.3 handshake (it sends nothing at
+//! all), one killed or restarted with requests in flight, and one
+//! dropping the connection on a request it cannot read. A registrar that
+//! answers a failed request later on a new connection (RFC 3261 18.2.2)
+//! gets its answer relayed after the 503. The next message opens a new
+//! connection.
 //!
 //! The connection it opens is served by [`stream::spawn`] like any other
 //! (same framing, writer, keep-alives), and everything arriving on it
@@ -51,6 +50,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use super::answers::{Heard, TransactionKey, Unanswered};
 use super::connections::WriteQueue;
 use super::stream::{self, ConnectionInfo, Spawned};
 use super::tls::{ClientTls, HandshakeError};
@@ -231,12 +231,6 @@ impl UpstreamLink {
     }
 }
 
-/// Requests a connection remembers until the registrar sends anything on
-/// it (to fail them at once if it closes first); past this many, the rest
-/// are not remembered. Each is a copy (not a slice pinning a client's
-/// read buffer).
-const MAX_UNANSWERED: usize = 1_000;
-
 /// How long a closed connection's reader is waited for before its
 /// unanswered requests are counted.
 const READER_END_WAIT: Duration = Duration::from_secs(1);
@@ -246,14 +240,13 @@ struct Open {
     id: ConnectionId,
     /// Cancelled when the connection has ended.
     ended: CancellationToken,
-    /// How many messages the registrar has sent on it.
-    heard: Arc<AtomicU64>,
+    /// What the registrar has sent on it.
+    heard: Arc<Heard>,
     /// Its writer queue (the link waits while it is backed up).
     queue: Arc<WriteQueue>,
-    /// Requests written on it since `heard` was `heard_before`: failed at
-    /// once if it ends before the registrar sends anything more.
-    unanswered: Vec<Inbound>,
-    heard_before: u64,
+    /// Requests written on it with no final response yet: failed at once
+    /// if it ends.
+    unanswered: Unanswered,
 }
 
 /// The link task's state.
@@ -306,8 +299,28 @@ impl LinkTask {
     /// dispatcher. `false`: the dispatcher is gone.
     async fn deliver(&mut self, outgoing: Outgoing) -> bool {
         let Outgoing { bytes, inbound } = outgoing;
+        // The transaction a request opens at the registrar (none for an
+        // ACK or a response), named before the bytes are handed on.
+        let opens = (!inbound.is_response())
+            .then(|| TransactionKey::opened_by(&bytes))
+            .flatten();
         let sent = match self.connection().await {
-            Ok(()) => self.write(bytes).await,
+            Ok(()) => {
+                // Remembered before the bytes can reach the registrar: its
+                // answer may be read before the write returns.
+                let open = self.connection.as_mut();
+                let remembered = open.zip(opens).map(|(open, key)| {
+                    open.unanswered.answered(&open.heard);
+                    open.unanswered.written(key, &inbound, Instant::now());
+                    key
+                });
+                let sent = self.write(bytes).await;
+                if let (Err(_), Some(open), Some(key)) = (&sent, &mut self.connection, remembered) {
+                    // It comes back as undelivered below, failed once.
+                    open.unanswered.forget(key);
+                }
+                sent
+            }
             Err(e) => Err(e),
         };
         match sent {
@@ -319,23 +332,6 @@ impl LinkTask {
                 if !inbound.from_registrar() {
                     let kind = crate::observe::metrics::MessageKind::of(&inbound.bytes);
                     self.ctx.metrics.count_relayed(self.transport, kind);
-                }
-                if let Some(open) = self.connection.as_mut() {
-                    // Read before the bytes reach the socket: an answer to
-                    // this request is counted after it.
-                    let heard = open.heard.load(Ordering::Relaxed);
-                    if heard != open.heard_before {
-                        open.unanswered.clear();
-                        open.heard_before = heard;
-                    }
-                    // An ACK is never answered.
-                    let answerable = !inbound.is_response() && !inbound.bytes.starts_with(b"ACK ");
-                    if answerable && open.unanswered.len() < MAX_UNANSWERED {
-                        open.unanswered.push(Inbound {
-                            bytes: Bytes::copy_from_slice(&inbound.bytes),
-                            ..inbound
-                        });
-                    }
                 }
                 true
             }
@@ -365,38 +361,39 @@ impl LinkTask {
         self.ctx.events.send(undelivered).await.is_ok()
     }
 
-    /// The connection ended. The requests written on it since the
-    /// registrar last sent anything are failed now (they would get no
-    /// answer); the next message opens a new connection. `false`: the
-    /// dispatcher is gone.
+    /// The connection ended. The requests written on it that have no
+    /// final response are failed now (no answer to them will come on it);
+    /// the next message opens a new connection. `false`: the dispatcher is
+    /// gone.
     async fn connection_ended(&mut self) -> bool {
-        let Some(open) = self.connection.take() else {
+        let Some(mut open) = self.connection.take() else {
             return true;
         };
-        // Its reader counts every message still buffered before it ends
+        // Its reader notes every message still buffered before it ends
         // (the writer may have seen the close first).
         let _ = tokio::time::timeout(READER_END_WAIT, open.ended.cancelled()).await;
-        let heard = open.heard.load(Ordering::Relaxed);
-        if heard != open.heard_before || open.unanswered.is_empty() {
+        open.unanswered.answered(&open.heard);
+        let failed = open.unanswered.into_failed(Instant::now());
+        if failed.is_empty() {
             info!(upstream = %self.addr, connection = %open.id, "upstream connection closed");
             return true;
         }
-        if heard == 0 {
+        if open.heard.messages() == 0 {
             warn!(
                 upstream = %self.addr,
                 connection = %open.id,
-                requests = open.unanswered.len(),
+                requests = failed.len(),
                 "upstream connection closed before the registrar sent anything (client certificate refused?): its requests are answered 503"
             );
         } else {
             warn!(
                 upstream = %self.addr,
                 connection = %open.id,
-                requests = open.unanswered.len(),
+                requests = failed.len(),
                 "upstream connection closed with requests the registrar had not answered: they are answered 503"
             );
         }
-        for inbound in open.unanswered {
+        for inbound in failed {
             let error = SendError::UpstreamClosedUnanswered(self.addr);
             if !self.undelivered(inbound, error).await {
                 return false;
@@ -435,8 +432,7 @@ impl LinkTask {
                     ended: spawned.ended,
                     heard: spawned.heard,
                     queue: spawned.queue,
-                    unanswered: Vec::new(),
-                    heard_before: 0,
+                    unanswered: Unanswered::default(),
                 });
                 Ok(())
             }
@@ -779,22 +775,51 @@ mod tests {
         (registrar, addr, ctx, events, link)
     }
 
-    /// As the registrar on `conn`: read the one byte the link wrote, send
-    /// `message`, and see it reach the dispatcher. Returns the byte.
-    async fn read_then_send(
-        conn: &mut TcpStream,
-        message: &[u8],
-        events: &mut mpsc::Receiver<Event>,
-    ) -> u8 {
-        let mut byte = [0u8; 1];
-        tokio::io::AsyncReadExt::read_exact(conn, &mut byte)
-            .await
-            .unwrap();
+    /// A request the core would relay: a REGISTER with branch
+    /// `z9hG4bK{n}` in sipadmit's Via, for the client's request `[n]`.
+    fn request(n: u8) -> Outgoing {
+        let mut request = outgoing(n);
+        request.bytes = Bytes::from(format!(
+            "REGISTER sip:example.com SIP/2.0\r\n\
+             Via: SIP/2.0/TCP 127.0.0.1:5060;branch=z9hG4bK{n}\r\n\
+             CSeq: {n} REGISTER\r\nContent-Length: 0\r\n\r\n"
+        ));
+        request
+    }
+
+    /// The registrar's answer `status` to `request(n)`.
+    fn answer(status: u16, n: u8) -> Vec<u8> {
+        format!(
+            "SIP/2.0 {status} Whatever\r\n\
+             Via: SIP/2.0/TCP 127.0.0.1:5060;branch=z9hG4bK{n}\r\n\
+             CSeq: {n} REGISTER\r\nContent-Length: 0\r\n\r\n"
+        )
+        .into_bytes()
+    }
+
+    /// As the registrar on `conn`: read one request the link wrote (up to
+    /// its blank line). Returns its CSeq number.
+    async fn read_request(conn: &mut TcpStream) -> u8 {
+        let mut request = Vec::new();
+        while !request.ends_with(b"\r\n\r\n") {
+            let mut byte = [0u8; 1];
+            tokio::io::AsyncReadExt::read_exact(conn, &mut byte)
+                .await
+                .unwrap();
+            request.push(byte[0]);
+        }
+        let request = String::from_utf8(request).unwrap();
+        let cseq = request.split("CSeq: ").nth(1).expect("a CSeq");
+        cseq.split(' ').next().unwrap().parse().unwrap()
+    }
+
+    /// As the registrar on `conn`: send `message` and see it reach the
+    /// dispatcher.
+    async fn send(conn: &mut TcpStream, message: &[u8], events: &mut mpsc::Receiver<Event>) {
         tokio::io::AsyncWriteExt::write_all(conn, message)
             .await
             .unwrap();
         assert!(matches!(events.recv().await, Some(Event::Received(_))));
-        byte[0]
     }
 
     #[tokio::test]
@@ -872,13 +897,14 @@ mod tests {
         // A request and a response (nobody to answer) are written; the
         // registrar reads them and closes without a word (as one refusing
         // sipadmit's certificate after a TLS 1.3 handshake does).
-        link.offer(outgoing(1)).unwrap();
+        link.offer(request(1)).unwrap();
         let mut response = outgoing(2);
         response.inbound.bytes = Bytes::from_static(b"SIP/2.0 200 OK\r\n\r\n");
         link.offer(response).unwrap();
         let (mut conn, _) = registrar.accept().await.unwrap();
-        let mut got = [0u8; 2];
-        tokio::io::AsyncReadExt::read_exact(&mut conn, &mut got)
+        assert_eq!(read_request(&mut conn).await, 1);
+        let mut byte = [0u8; 1];
+        tokio::io::AsyncReadExt::read_exact(&mut conn, &mut byte)
             .await
             .unwrap();
         let started = std::time::Instant::now();
@@ -893,56 +919,55 @@ mod tests {
             failed[0].1,
             SendError::UpstreamClosedUnanswered(a) if a == addr
         ));
-        // The next request opens a new connection, which answers: closing
-        // it after that fails nothing.
-        link.offer(outgoing(3)).unwrap();
+        // The next request opens a new connection, which answers it:
+        // closing it after that fails nothing.
+        link.offer(request(3)).unwrap();
         let (mut second, _) = registrar.accept().await.unwrap();
-        let byte = read_then_send(
-            &mut second,
-            b"OPTIONS sip:x SIP/2.0\r\nContent-Length: 0\r\n\r\n",
-            &mut events,
-        )
-        .await;
-        assert_eq!(byte, 3);
+        assert_eq!(read_request(&mut second).await, 3);
+        send(&mut second, &answer(200, 3), &mut events).await;
         drop(second);
         let quiet = tokio::time::timeout(Duration::from_millis(500), events.recv()).await;
         assert!(quiet.is_err(), "nothing failed: {quiet:?}");
         ctx.shutdown.cancel();
     }
 
-    /// A registrar that answers a request and then closes the connection on
-    /// the next one (as Kamailio does on a request it cannot read, or when
-    /// it is killed under load): the next one is failed at once, not left
-    /// without an answer (a client on TCP or TLS never retransmits).
+    /// A registrar that answers some requests and then closes the
+    /// connection (as Kamailio does on a request it cannot read, or when
+    /// it is killed under load): every request it wrote no final answer
+    /// to is failed at once, not left without an answer (a client on TCP
+    /// or TLS never retransmits), whatever it answered after it.
     #[tokio::test]
-    async fn a_request_written_after_the_last_answer_is_failed_when_the_connection_closes() {
+    async fn requests_without_a_final_answer_are_failed_when_the_connection_closes() {
         let (registrar, addr, ctx, mut events, link) = link_to_a_listener().await;
-        link.offer(outgoing(1)).unwrap();
+        for n in 1..=4 {
+            link.offer(request(n)).unwrap();
+        }
         let (mut conn, _) = registrar.accept().await.unwrap();
-        let byte = read_then_send(
-            &mut conn,
-            b"SIP/2.0 200 OK\r\nContent-Length: 0\r\n\r\n",
-            &mut events,
-        )
-        .await;
-        assert_eq!(byte, 1);
-        // Two more requests and an ACK (never answered); the registrar
-        // reads them and closes.
-        link.offer(outgoing(2)).unwrap();
-        link.offer(outgoing(3)).unwrap();
-        let mut ack = outgoing(4);
-        ack.inbound.bytes = Bytes::from_static(b"ACK sip:x SIP/2.0\r\n\r\n");
+        for n in 1..=4 {
+            assert_eq!(read_request(&mut conn).await, n);
+        }
+        // The second and the fourth are answered, the third only
+        // provisionally; the first not at all.
+        send(&mut conn, &answer(200, 2), &mut events).await;
+        send(&mut conn, &answer(100, 3), &mut events).await;
+        send(&mut conn, &answer(401, 4), &mut events).await;
+        // A fifth request and an ACK (never answered); the registrar reads
+        // them and closes.
+        link.offer(request(5)).unwrap();
+        let mut ack = request(6);
+        ack.bytes = Bytes::from_static(
+            b"ACK sip:x SIP/2.0\r\nVia: SIP/2.0/TCP 127.0.0.1:5060;branch=z9hG4bK6\r\n\
+              CSeq: 6 ACK\r\n\r\n",
+        );
         link.offer(ack).unwrap();
-        let mut three = [0u8; 3];
-        tokio::io::AsyncReadExt::read_exact(&mut conn, &mut three)
-            .await
-            .unwrap();
+        assert_eq!(read_request(&mut conn).await, 5);
+        assert_eq!(read_request(&mut conn).await, 6);
         drop(conn);
-        let failed = undelivered(&mut events, 2).await;
+        let failed = undelivered(&mut events, 3).await;
         assert_eq!(
             failed.iter().map(|(n, _)| *n).collect::<Vec<_>>(),
-            [2, 3],
-            "the requests written after the answer, not the answered one"
+            [1, 3, 5],
+            "the requests with no final answer, in the order written"
         );
         assert!(failed
             .iter()
