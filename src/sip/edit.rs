@@ -156,8 +156,32 @@ pub fn mark_received(view: &SipView, via: &Via<'_>, source: SocketAddr, edits: &
     let ip = source.ip().to_canonical();
     let rport = via.rport().is_some();
     if (rport || !host_is_ip(via.host, ip)) && via.received().is_none() {
-        edits.insert_fmt(range.end, format_args!(";received={ip}"));
+        edits.insert_fmt(
+            params_end(view, via, &range),
+            format_args!(";received={ip}"),
+        );
     }
+}
+
+/// Where the top Via's parameters end: the end of its value, or before an
+/// RFC 2543 comment that follows them (a parameter after the comment would
+/// not be read as one).
+fn params_end(view: &SipView, via: &Via<'_>, value: &Range<usize>) -> usize {
+    let params = via.params.as_bytes();
+    let Some(mut end) = (params.as_ptr() as usize)
+        .checked_sub(view.raw().as_ptr() as usize)
+        .map(|at| at + params.len())
+        .filter(|end| value.contains(end))
+    else {
+        return value.end;
+    };
+    // No parameters: their empty slice stands at the comment, after the
+    // white space that ends sent-by.
+    let raw = view.raw();
+    while end > value.start && matches!(raw[end - 1], b' ' | b'\t') {
+        end -= 1;
+    }
+    end
 }
 
 /// Remove the first `n` comma-separated values of the `name` headers (in
@@ -356,6 +380,25 @@ mod tests {
         // Same host, no rport: nothing to say.
         let raw = b"A sip:x SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.7:5062\r\n\r\n";
         assert_eq!(&marked_from_192_0_2_7_port_5062(raw)[..], &raw[..]);
+    }
+
+    #[test]
+    fn received_goes_before_an_rfc_2543_comment() {
+        let raw =
+            b"A sip:x SIP/2.0\r\nVia: SIP/2.0/UDP host.example;branch=z9hG4bK1 (old phone)\r\n\r\n";
+        let out = marked_from_192_0_2_7_port_5062(raw);
+        assert_eq!(
+            &out[..],
+            &b"A sip:x SIP/2.0\r\nVia: SIP/2.0/UDP host.example;branch=z9hG4bK1;received=192.0.2.7 (old phone)\r\n\r\n"[..]
+        );
+        let view = SipView::parse(out).unwrap();
+        assert_eq!(view.top_via().unwrap().received(), Some(&b"192.0.2.7"[..]));
+        // With no parameter at all, right after sent-by.
+        let raw = b"A sip:x SIP/2.0\r\nVia: SIP/2.0/UDP host.example (old)\r\n\r\n";
+        assert_eq!(
+            &marked_from_192_0_2_7_port_5062(raw)[..],
+            &b"A sip:x SIP/2.0\r\nVia: SIP/2.0/UDP host.example;received=192.0.2.7 (old)\r\n\r\n"[..]
+        );
     }
 
     #[test]
