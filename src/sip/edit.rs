@@ -176,9 +176,9 @@ fn params_end(view: &SipView, via: &Via<'_>, value: &Range<usize>) -> usize {
         return value.end;
     };
     // No parameters: their empty slice stands at the comment, after the
-    // white space that ends sent-by.
+    // white space (a fold too) that ends sent-by.
     let raw = view.raw();
-    while end > value.start && matches!(raw[end - 1], b' ' | b'\t') {
+    while end > value.start && matches!(raw[end - 1], b' ' | b'\t' | b'\r' | b'\n') {
         end -= 1;
     }
     end
@@ -393,6 +393,12 @@ mod tests {
         );
         let view = SipView::parse(out).unwrap();
         assert_eq!(view.top_via().unwrap().received(), Some(&b"192.0.2.7"[..]));
+        // Folded before the comment: on the first line, not the fold's.
+        let raw = b"A sip:x SIP/2.0\r\nVia: SIP/2.0/UDP host.example\r\n (folded)\r\n\r\n";
+        assert_eq!(
+            &marked_from_192_0_2_7_port_5062(raw)[..],
+            &b"A sip:x SIP/2.0\r\nVia: SIP/2.0/UDP host.example;received=192.0.2.7\r\n (folded)\r\n\r\n"[..]
+        );
         // With no parameter at all, right after sent-by.
         let raw = b"A sip:x SIP/2.0\r\nVia: SIP/2.0/UDP host.example (old)\r\n\r\n";
         assert_eq!(

@@ -3,13 +3,14 @@
 //!
 //! The connection's reader notes every message the registrar sends and the
 //! transactions its final responses end ([`Heard`]); the upstream link
-//! keeps a copy of each request it writes ([`Unanswered`]) until a final
-//! response to it is heard. When the connection closes, what is left, and
-//! younger than Timer F, gets `503` (a client on TCP or TLS never
-//! retransmits, so nothing else would answer it). A transaction is named
-//! by sipadmit's own branch, which the registrar echoes in its top Via
-//! (RFC 3261 17.2.3), and by whether the request is a CANCEL, which shares
-//! its INVITE's branch (RFC 3261 9.1).
+//! keeps a copy of each client request it writes ([`Unanswered`]) until a
+//! final response to it is heard. When the connection closes, what is
+//! left and still within its client's transaction time gets `503`, as a
+//! request the transport failed to deliver does (RFC 3261 16.9): no answer
+//! to it will come on that connection, and a client on TCP or TLS never
+//! retransmits. A transaction is named by sipadmit's own branch, which the
+//! registrar echoes in its top Via (RFC 3261 17.2.3), and by whether the
+//! request is a CANCEL, which shares its INVITE's branch (RFC 3261 9.1).
 
 use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
@@ -21,12 +22,16 @@ use bytes::Bytes;
 use tokio::time::Instant;
 
 use crate::sip::view::{Method, SipView};
-use crate::vocabulary::Inbound;
+use crate::vocabulary::{starts_as_response, Inbound};
 
-/// How long a written request is remembered: Timer F (64 × T1, 32 s), after
-/// which the client's own transaction has timed out and a `503` would help
-/// nobody.
+/// How long a written request other than an INVITE is remembered: Timer F
+/// (64 × T1, 32 s), after which the client's own transaction has timed out
+/// and a `503` would help nobody.
 pub const REMEMBERED_FOR: Duration = Duration::from_secs(32);
+
+/// How long a written INVITE is remembered: Timer C (at least 3 min, RFC
+/// 3261 16.6), as an INVITE may ring that long after its `1xx`.
+pub const INVITE_REMEMBERED_FOR: Duration = Duration::from_secs(180);
 
 /// At most this many requests are remembered per connection (after the
 /// expired are forgotten); past it, the rest are left to their clients'
@@ -56,29 +61,34 @@ impl TransactionKey {
         Some(Self(hasher.finish()))
     }
 
-    /// The transaction a request written to the registrar opens. `None`:
-    /// an ACK (never answered), a response, or no branch in a top Via.
-    pub fn opened_by(message: &Bytes) -> Option<Self> {
+    /// The transaction a request written to the registrar opens, and how
+    /// long it is remembered. `None`: an ACK (never answered), a
+    /// response, or no branch in a top Via.
+    pub fn opened_by(message: &Bytes) -> Option<(Self, Duration)> {
         let view = SipView::parse(message.clone()).ok()?;
-        match view.method()? {
-            Method::Ack => None,
-            method => Self::of(&view, method == Method::Cancel),
-        }
+        let remembered_for = match view.method()? {
+            Method::Ack => return None,
+            Method::Invite => INVITE_REMEMBERED_FOR,
+            _ => REMEMBERED_FOR,
+        };
+        let key = Self::of(&view, view.method()? == Method::Cancel)?;
+        Some((key, remembered_for))
     }
 
     /// The transaction a final response (`200` to `699`) from the
     /// registrar ends. `None`: a provisional response, a request, or no
     /// branch in its top Via.
     pub fn ended_by(message: &Bytes) -> Option<Self> {
-        if !message.starts_with(b"SIP/2.0 ") {
+        if !starts_as_response(message) {
             return None;
         }
         let view = SipView::parse(message.clone()).ok()?;
         if view.status()? < 200 {
             return None;
         }
+        // Methods are case-sensitive (RFC 3261 7.1), as `Method` reads them.
         let cseq = view.cseq().ok()?;
-        Self::of(&view, cseq.method.eq_ignore_ascii_case(b"CANCEL"))
+        Self::of(&view, Method::from_bytes(cseq.method) == Method::Cancel)
     }
 }
 
@@ -120,7 +130,8 @@ impl Heard {
 struct Written {
     /// Its place in the order of writing.
     order: u64,
-    at: Instant,
+    /// When its client's transaction is over.
+    until: Instant,
     /// The client's request, copied (not a slice pinning a read buffer).
     inbound: Inbound,
 }
@@ -132,33 +143,45 @@ pub struct Unanswered {
     written: HashMap<TransactionKey, Written>,
     bytes: usize,
     next_order: u64,
+    /// Requests not remembered for want of room.
+    not_kept: u64,
 }
 
 impl Unanswered {
-    /// `inbound`'s request was written at `now` as transaction `key`; a
-    /// copy is kept. `false`: not remembered (full).
-    pub fn written(&mut self, key: TransactionKey, inbound: &Inbound, now: Instant) -> bool {
+    /// `inbound`'s request is written at `now` as transaction `key`, to
+    /// be remembered for `remembered_for`; a copy is kept. `false`: not
+    /// remembered now (full, or the transaction's first copy is kept: a
+    /// retransmission).
+    pub fn written(
+        &mut self,
+        (key, remembered_for): (TransactionKey, Duration),
+        inbound: &Inbound,
+        now: Instant,
+    ) -> bool {
+        if self.written.contains_key(&key) {
+            return false;
+        }
         let size = inbound.bytes.len();
-        if self.written.len() >= MAX_REMEMBERED || self.bytes + size > MAX_REMEMBERED_BYTES {
+        let full =
+            |u: &Self| u.written.len() >= MAX_REMEMBERED || u.bytes + size > MAX_REMEMBERED_BYTES;
+        if full(self) {
             self.forget_expired(now);
-            if self.written.len() >= MAX_REMEMBERED || self.bytes + size > MAX_REMEMBERED_BYTES {
+            if full(self) {
+                self.not_kept += 1;
                 return false;
             }
         }
-        let inbound = Inbound {
-            bytes: Bytes::copy_from_slice(&inbound.bytes),
-            ..inbound.clone()
-        };
         self.bytes += size;
         self.next_order += 1;
         let written = Written {
             order: self.next_order,
-            at: now,
-            inbound,
+            until: now + remembered_for,
+            inbound: Inbound {
+                bytes: Bytes::copy_from_slice(&inbound.bytes),
+                ..inbound.clone()
+            },
         };
-        if let Some(old) = self.written.insert(key, written) {
-            self.bytes -= old.inbound.bytes.len();
-        }
+        self.written.insert(key, written);
         true
     }
 
@@ -182,13 +205,19 @@ impl Unanswered {
         self.written.len()
     }
 
+    /// How many requests were not remembered for want of room (left to
+    /// their clients' timers).
+    pub fn not_kept(&self) -> u64 {
+        self.not_kept
+    }
+
     /// Whether none is.
     pub fn is_empty(&self) -> bool {
         self.written.is_empty()
     }
 
-    /// The connection closed at `now`: the requests still unanswered and
-    /// younger than [`REMEMBERED_FOR`], in the order they were written.
+    /// The connection closed at `now`: the requests still unanswered
+    /// whose clients still wait, in the order they were written.
     pub fn into_failed(mut self, now: Instant) -> Vec<Inbound> {
         self.forget_expired(now);
         let mut left: Vec<Written> = self.written.into_values().collect();
@@ -199,7 +228,7 @@ impl Unanswered {
     fn forget_expired(&mut self, now: Instant) {
         let bytes = &mut self.bytes;
         self.written.retain(|_, w| {
-            let keep = now.saturating_duration_since(w.at) < REMEMBERED_FOR;
+            let keep = now < w.until;
             if !keep {
                 *bytes -= w.inbound.bytes.len();
             }
@@ -247,13 +276,14 @@ mod tests {
 
     /// Write `message` (as the client's request too) into `unanswered`.
     fn write(unanswered: &mut Unanswered, message: Bytes, now: Instant) {
-        let key = TransactionKey::opened_by(&message).expect("a transaction");
-        assert!(unanswered.written(key, &inbound(message), now));
+        let opened = TransactionKey::opened_by(&message).expect("a transaction");
+        assert!(unanswered.written(opened, &inbound(message), now));
     }
 
     #[test]
     fn keys_match_a_request_and_its_final_response_only() {
-        let register = TransactionKey::opened_by(&request("REGISTER", "z9hG4bKa"));
+        let key = |m: Bytes| TransactionKey::opened_by(&m).map(|(key, _)| key);
+        let register = key(request("REGISTER", "z9hG4bKa"));
         assert!(register.is_some());
         assert_eq!(
             TransactionKey::ended_by(&response(200, "REGISTER", "z9hG4bKa")),
@@ -269,8 +299,8 @@ mod tests {
             register
         );
         // A CANCEL shares its INVITE's branch but is a transaction of its own.
-        let invite = TransactionKey::opened_by(&request("INVITE", "z9hG4bKi"));
-        let cancel = TransactionKey::opened_by(&request("CANCEL", "z9hG4bKi"));
+        let invite = key(request("INVITE", "z9hG4bKi"));
+        let cancel = key(request("CANCEL", "z9hG4bKi"));
         assert_ne!(invite, cancel);
         assert_eq!(
             TransactionKey::ended_by(&response(200, "CANCEL", "z9hG4bKi")),
@@ -280,7 +310,13 @@ mod tests {
             TransactionKey::ended_by(&response(487, "INVITE", "z9hG4bKi")),
             invite
         );
-        assert_eq!(TransactionKey::opened_by(&request("ACK", "z9hG4bKi")), None);
+        assert_eq!(key(request("ACK", "z9hG4bKi")), None);
+        // Methods are case-sensitive: `cancel` is no CANCEL, on either side.
+        assert_eq!(key(request("cancel", "z9hG4bKi")), invite);
+        assert_eq!(
+            TransactionKey::ended_by(&response(200, "cancel", "z9hG4bKi")),
+            invite
+        );
         assert_eq!(
             TransactionKey::ended_by(&request("OPTIONS", "z9hG4bKo")),
             None,
@@ -328,43 +364,49 @@ mod tests {
     }
 
     #[test]
-    fn requests_older_than_timer_f_are_forgotten_and_the_count_is_bounded() {
+    fn requests_are_forgotten_when_their_clients_gave_up_and_the_count_is_bounded() {
         let start = Instant::now();
         let mut unanswered = Unanswered::default();
         write(&mut unanswered, request("REGISTER", "z9hG4bKold"), start);
+        write(&mut unanswered, request("INVITE", "z9hG4bKringing"), start);
         let later = start + REMEMBERED_FOR;
+        let failed = unanswered.into_failed(later);
+        assert_eq!(failed.len(), 1, "the REGISTER's client gave up (Timer F)");
         assert!(
-            unanswered.into_failed(later).is_empty(),
-            "its client gave up"
+            failed[0].bytes.starts_with(b"INVITE"),
+            "an INVITE may ring for 3 min (Timer C)"
         );
 
         let mut unanswered = Unanswered::default();
         for n in 0..MAX_REMEMBERED {
-            write(
-                &mut unanswered,
-                request("REGISTER", &format!("z9hG4bK{n}")),
-                start,
-            );
+            let branch = format!("z9hG4bK{n}");
+            write(&mut unanswered, request("REGISTER", &branch), start);
         }
         let one_more = request("REGISTER", "z9hG4bKmore");
-        let key = TransactionKey::opened_by(&one_more).unwrap();
-        assert!(!unanswered.written(key, &inbound(one_more.clone()), start));
+        let opened = TransactionKey::opened_by(&one_more).unwrap();
+        assert!(!unanswered.written(opened, &inbound(one_more.clone()), start));
+        assert_eq!(unanswered.not_kept(), 1);
         // Once the first ones expire, there is room again.
-        assert!(unanswered.written(key, &inbound(one_more), later));
+        assert!(unanswered.written(opened, &inbound(one_more), later));
         assert_eq!(unanswered.len(), 1);
     }
 
     #[test]
-    fn the_bytes_remembered_are_bounded() {
+    fn a_retransmission_keeps_the_first_copy_and_the_bytes_are_bounded() {
         let now = Instant::now();
         let mut unanswered = Unanswered::default();
         let big = Bytes::from(vec![b'x'; MAX_REMEMBERED_BYTES / 2 + 1]);
-        let key = |n: &str| TransactionKey::opened_by(&request("REGISTER", n)).unwrap();
-        assert!(unanswered.written(key("z9hG4bK1"), &inbound(big.clone()), now));
-        assert!(!unanswered.written(key("z9hG4bK2"), &inbound(big.clone()), now));
-        // Rewritten under the same key (a retransmission), it replaces.
-        assert!(unanswered.written(key("z9hG4bK1"), &inbound(request("REGISTER", "x")), now));
-        assert!(unanswered.written(key("z9hG4bK2"), &inbound(big), now));
-        assert_eq!(unanswered.len(), 2);
+        let opened = |n: &str| TransactionKey::opened_by(&request("REGISTER", n)).unwrap();
+        assert!(unanswered.written(opened("z9hG4bK1"), &inbound(big.clone()), now));
+        assert!(!unanswered.written(opened("z9hG4bK2"), &inbound(big.clone()), now));
+        assert_eq!(unanswered.not_kept(), 1);
+        // Written again under the same key (a retransmission): not newly
+        // remembered, so a failed write of it forgets nothing.
+        let again = inbound(request("REGISTER", "x"));
+        assert!(!unanswered.written(opened("z9hG4bK1"), &again, now));
+        assert_eq!(unanswered.not_kept(), 1, "not for want of room");
+        let failed = unanswered.into_failed(now);
+        assert_eq!(failed.len(), 1);
+        assert_eq!(failed[0].bytes, big, "the first copy");
     }
 }

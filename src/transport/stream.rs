@@ -246,7 +246,7 @@ enum Hearing<'a> {
     Nobody,
     /// The opener of a connection to the upstream: notes its messages
     /// (keep-alives do not count) and the final responses among them.
-    Count(&'a Heard),
+    Registrar(&'a Heard),
     /// An accepted connection's slot: it is no longer half-open, and its
     /// source a known flow (refreshed by later messages and keep-alives).
     Slot(&'a mut Slot),
@@ -293,7 +293,7 @@ where
     tokio::spawn(
         async move {
             let _ended = ended.drop_guard();
-            let hearing = Hearing::Count(&heard);
+            let hearing = Hearing::Registrar(&heard);
             read_messages(read, id, info, &ctx, closing, queue, hearing).await;
         }
         .instrument(span),
@@ -575,7 +575,9 @@ impl ReadState {
                 Ok(Some(frame)) => {
                     let now = Instant::now();
                     self.last_message = Some(now);
-                    if let (Hearing::Count(heard), Frame::Message(message)) = (&*hearing, &frame) {
+                    if let (Hearing::Registrar(heard), Frame::Message(message)) =
+                        (&*hearing, &frame)
+                    {
                         heard.message(message);
                     }
                     let handled = handle_frame(frame, id, info, ctx).await;
@@ -613,7 +615,7 @@ impl ReadState {
     ) {
         match self.codec.decode_eof(&mut self.buf) {
             Ok(Some(frame)) => {
-                if let (Hearing::Count(heard), Frame::Message(message)) = (hearing, &frame) {
+                if let (Hearing::Registrar(heard), Frame::Message(message)) = (hearing, &frame) {
                     heard.message(message);
                 }
                 handle_frame(frame, id, info, ctx).await;

@@ -231,10 +231,6 @@ impl UpstreamLink {
     }
 }
 
-/// How long a closed connection's reader is waited for before its
-/// unanswered requests are counted.
-const READER_END_WAIT: Duration = Duration::from_secs(1);
-
 /// The open connection of the link.
 struct Open {
     id: ConnectionId,
@@ -299,21 +295,26 @@ impl LinkTask {
     /// dispatcher. `false`: the dispatcher is gone.
     async fn deliver(&mut self, outgoing: Outgoing) -> bool {
         let Outgoing { bytes, inbound } = outgoing;
-        // The transaction a request opens at the registrar (none for an
-        // ACK or a response), named before the bytes are handed on.
-        let opens = (!inbound.is_response())
+        // The transaction a client's request opens at the registrar (none
+        // for an ACK, a response, or sipadmit's own probe, which no client
+        // waits for), named before the bytes are handed on.
+        let opens = (!inbound.is_response() && !inbound.from_registrar())
             .then(|| TransactionKey::opened_by(&bytes))
             .flatten();
         let sent = match self.connection().await {
             Ok(()) => {
                 // Remembered before the bytes can reach the registrar: its
                 // answer may be read before the write returns.
-                let open = self.connection.as_mut();
-                let remembered = open.zip(opens).map(|(open, key)| {
-                    open.unanswered.answered(&open.heard);
-                    open.unanswered.written(key, &inbound, Instant::now());
-                    key
-                });
+                let remembered = match (self.connection.as_mut(), opens) {
+                    (Some(open), Some(opened)) => {
+                        open.unanswered.answered(&open.heard);
+                        let now = Instant::now();
+                        open.unanswered
+                            .written(opened, &inbound, now)
+                            .then_some(opened.0)
+                    }
+                    _ => None,
+                };
                 let sent = self.write(bytes).await;
                 if let (Err(_), Some(open), Some(key)) = (&sent, &mut self.connection, remembered) {
                     // It comes back as undelivered below, failed once.
@@ -370,9 +371,22 @@ impl LinkTask {
             return true;
         };
         // Its reader notes every message still buffered before it ends
-        // (the writer may have seen the close first).
-        let _ = tokio::time::timeout(READER_END_WAIT, open.ended.cancelled()).await;
+        // (the writer may have seen the close first). It may wait for room
+        // in the dispatcher's queue, which always drains: waited for as
+        // long as it takes, or answered requests would get a 503 first.
+        tokio::select! {
+            () = open.ended.cancelled() => {}
+            () = self.ctx.shutdown.cancelled() => {}
+        }
         open.unanswered.answered(&open.heard);
+        if open.unanswered.not_kept() > 0 {
+            warn!(
+                upstream = %self.addr,
+                connection = %open.id,
+                requests = open.unanswered.not_kept(),
+                "requests written on a closed upstream connection were not remembered (1,000 requests or 4 MiB unanswered on it): they are left to their clients' timers"
+            );
+        }
         let failed = open.unanswered.into_failed(Instant::now());
         if failed.is_empty() {
             info!(upstream = %self.addr, connection = %open.id, "upstream connection closed");
@@ -960,8 +974,13 @@ mod tests {
               CSeq: 6 ACK\r\n\r\n",
         );
         link.offer(ack).unwrap();
-        assert_eq!(read_request(&mut conn).await, 5);
-        assert_eq!(read_request(&mut conn).await, 6);
+        // And sipadmit's own probe, which no client waits for.
+        let mut probe = request(7);
+        probe.inbound.leg = Leg::FromRegistrar;
+        link.offer(probe).unwrap();
+        for n in 5..=7 {
+            assert_eq!(read_request(&mut conn).await, n);
+        }
         drop(conn);
         let failed = undelivered(&mut events, 3).await;
         assert_eq!(
@@ -973,7 +992,7 @@ mod tests {
             .iter()
             .all(|(_, e)| matches!(e, SendError::UpstreamClosedUnanswered(a) if *a == addr)));
         let quiet = tokio::time::timeout(Duration::from_millis(500), events.recv()).await;
-        assert!(quiet.is_err(), "the ACK is not failed: {quiet:?}");
+        assert!(quiet.is_err(), "neither the ACK nor the probe: {quiet:?}");
         ctx.shutdown.cancel();
     }
 
