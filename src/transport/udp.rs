@@ -15,8 +15,9 @@
 //! upstream) or [`Fault::ClientUnreachable`]. The option also makes the
 //! kernel hand the error once to the next `recvfrom` or `sendto` on the
 //! socket (whatever its destination): [`Datagrams`] takes it for what it
-//! is, and [`send_to`] sends again once, so no datagram is lost to an error
-//! that was about another one.
+//! is, and [`send_to`] sends again (up to [`SEND_ATTEMPTS`] times, as
+//! errors may keep coming during a flood from closed ports), so no datagram
+//! is lost to an error that was about another one.
 
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -235,21 +236,31 @@ pub async fn watch_errors(
     }
 }
 
+/// How many times [`send_to`] tries a datagram whose sends fail with ICMP
+/// errors about earlier datagrams. Each failed send takes one pending
+/// error; more can arrive between two sends when many clients' ports are
+/// closed (a flood from forged sources answered with ICMP).
+pub const SEND_ATTEMPTS: usize = 8;
+
 /// Send `bytes` to `to`. An ICMP error for an EARLIER datagram (any
 /// destination) is handed once to the next send on the socket and fails
-/// it; such a failure is followed by one more try, so this datagram is not
-/// lost to it (the error itself is counted from the error queue).
+/// it; such a failure is followed by another try (at most
+/// [`SEND_ATTEMPTS`] in all), so this datagram is not lost to it (the
+/// error itself is counted from the error queue).
 pub async fn send_to(
     socket: &UdpSocket,
     bytes: &[u8],
     to: std::net::SocketAddr,
 ) -> std::io::Result<()> {
-    match socket.send_to(bytes, to).await {
-        Err(e) if is_icmp_echo(&e) => {
-            debug!(destination = %to, error = %e, "send failed with an ICMP error for an earlier datagram; sending again");
-            socket.send_to(bytes, to).await.map(|_| ())
+    let mut attempt = 1;
+    loop {
+        match socket.send_to(bytes, to).await {
+            Err(e) if is_icmp_echo(&e) && attempt < SEND_ATTEMPTS => {
+                debug!(destination = %to, error = %e, attempt, "send failed with an ICMP error for an earlier datagram; sending again");
+                attempt += 1;
+            }
+            sent => return sent.map(|_| ()),
         }
-        sent => sent.map(|_| ()),
     }
 }
 
@@ -742,6 +753,60 @@ mod tests {
         // Nothing pending any more: sends and receives just work.
         socket.send_to(b"fine", peer_addr).await.unwrap();
         assert_eq!(peer.recv_from(&mut buf).await.unwrap().0, 4);
+    }
+
+    /// Many clients' ports closed at once (a flood from forged sources
+    /// that sipadmit answers): ICMP errors keep coming, and a datagram to a
+    /// live peer (the registrar) must still go out every time.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stream_of_icmp_errors_costs_no_datagram_to_a_live_peer() {
+        let socket = bind("127.0.0.1:0".parse().unwrap(), 1, 1 << 16, 1 << 16)
+            .unwrap()
+            .remove(0);
+        let hammer = socket.try_clone().unwrap();
+        let socket = UdpSocket::from_std(socket).unwrap();
+        report_icmp_errors(&socket).unwrap();
+        let closed = closed_port();
+        let peer = bind("127.0.0.1:0".parse().unwrap(), 1, 1 << 22, 1 << 16)
+            .unwrap()
+            .remove(0);
+        let peer_addr = peer.local_addr().unwrap();
+        const SENT: usize = 20_000;
+        let receiving = std::thread::spawn(move || {
+            peer.set_nonblocking(false).unwrap();
+            peer.set_read_timeout(Some(std::time::Duration::from_secs(2)))
+                .unwrap();
+            let mut buf = [0u8; 64];
+            (0..SENT)
+                .take_while(|_| peer.recv_from(&mut buf).is_ok())
+                .count()
+        });
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let hammering = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    // Each is refused by ICMP; its own failures are the
+                    // earlier ones' echoes.
+                    let _ = hammer.send_to(b"x", closed);
+                }
+            })
+        };
+        let mut failed = 0;
+        for _ in 0..SENT {
+            if send_to(&socket, b"to the registrar", peer_addr)
+                .await
+                .is_err()
+            {
+                failed += 1;
+            }
+            // Leave the receiving thread time to keep up.
+            tokio::task::yield_now().await;
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        hammering.join().unwrap();
+        assert_eq!(failed, 0, "sends to the live peer failed");
+        assert_eq!(receiving.join().unwrap(), SENT, "received by the peer");
     }
 
     #[tokio::test]
