@@ -158,7 +158,11 @@ impl Dispatcher {
                 () = &mut cancelled => break,
                 () = retransmit_timer.fired() => retransmit(core, senders, log).await,
                 () = probes.due() => probes.send(core, senders, log, edge).await,
-                _ = housekeeping.tick(), if *keeps_house => edge.housekeeping(core, Instant::now()),
+                _ = housekeeping.tick(), if *keeps_house => {
+                    let now = Instant::now();
+                    edge.housekeeping(core, now);
+                    log.warn_of_drops(now);
+                }
                 event = datagrams.next(), if datagrams.is_open() => {
                     let more = || datagrams.try_next();
                     dispatch_in_a_row(core, senders, log, edge, worker, event, more).await;

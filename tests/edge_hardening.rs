@@ -740,20 +740,24 @@ fn the_documented_fail2ban_filter_matches_the_ban_line() {
     // fail2ban's <HOST> (simplified: an IPv4 or IPv6 address).
     let pattern = failregex.replace("<HOST>", r"(?P<host>[0-9A-Fa-f:.]+)");
     let re = regex::Regex::new(&pattern).unwrap();
-    let line = ban_line();
+    let line = ban_line(sipadmit::transport::admission::BanScope::Everything);
     let caps = re
         .captures(&line)
         .unwrap_or_else(|| panic!("{pattern} does not match {line}"));
     assert_eq!(&caps["host"], "198.51.100.23");
     // The unban line is not a ban.
     assert!(!re.is_match(&line.replace("source banned", "source unbanned")));
+    // A ban of datagrams only may name a forged source: not for a firewall.
+    let udp_only = ban_line(sipadmit::transport::admission::BanScope::Datagrams);
+    assert!(udp_only.contains("blocks=\"udp\""), "{udp_only}");
+    assert!(!re.is_match(&udp_only), "{pattern} matches {udp_only}");
 }
 
-/// The console line of a ban, as `sipadmit run` writes it (default format,
-/// no colours).
-fn ban_line() -> String {
+/// The console line of a ban of `scope`, as `sipadmit run` writes it
+/// (default format, no colours).
+fn ban_line(scope: sipadmit::transport::admission::BanScope) -> String {
     use sipadmit::config::{OverLimit, RateLimit, UpstreamSources};
-    use sipadmit::transport::admission::{per_second, Admission, BanCause, BanScope};
+    use sipadmit::transport::admission::{per_second, Admission, BanCause};
     #[derive(Clone, Default)]
     struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
     impl Write for Captured {
@@ -788,7 +792,7 @@ fn ban_line() -> String {
         assert!(admission.ban(
             "198.51.100.23:5060".parse().unwrap(),
             BanCause::Scanner,
-            BanScope::Everything,
+            scope,
             Instant::now()
         ));
     });

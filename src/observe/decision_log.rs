@@ -407,6 +407,18 @@ enum Request {
     Reopen(oneshot::Sender<Result<(), DecisionLogError>>),
 }
 
+/// The drops to warn about now (taken, and the warning's time noted), if
+/// [`WARNING_INTERVAL`] has passed since the last warning; `None` if not.
+fn take_drops_due(state: &mut State, now: Instant) -> Option<u64> {
+    let due = state
+        .last_drop_warning
+        .is_none_or(|at| now.saturating_duration_since(at) >= WARNING_INTERVAL);
+    due.then(|| {
+        state.last_drop_warning = Some(now);
+        std::mem::take(&mut state.drops_since_warning)
+    })
+}
+
 fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
     state.lock().unwrap_or_else(PoisonError::into_inner)
 }
@@ -453,23 +465,11 @@ impl DecisionLog {
         if state.closed || state.queue.len() >= shared.capacity {
             shared.dropped.fetch_add(1, Ordering::Relaxed);
             state.drops_since_warning += 1;
-            let now = Instant::now();
-            let due = state
-                .last_drop_warning
-                .is_none_or(|at| now.duration_since(at) >= WARNING_INTERVAL);
-            let warning = due.then(|| {
-                state.last_drop_warning = Some(now);
-                std::mem::take(&mut state.drops_since_warning)
-            });
+            let warning = take_drops_due(&mut state, Instant::now());
             drop(state);
             drop(record);
             if let Some(dropped) = warning {
-                warn!(
-                    dropped,
-                    dropped_total = shared.dropped.load(Ordering::Relaxed),
-                    queue_capacity = shared.capacity,
-                    "decision log queue full (the log is not keeping up): records dropped since the last warning"
-                );
+                self.warn_dropped(dropped);
             }
             return;
         }
@@ -483,6 +483,31 @@ impl DecisionLog {
         if wake {
             shared.wake.notify_one();
         }
+    }
+
+    /// Warn about records dropped since the last warning, if any were and
+    /// [`WARNING_INTERVAL`] has passed since it (called every second, so a
+    /// burst of drops that ended is reported too, not only at shutdown).
+    /// Returns how many it warned about.
+    pub fn warn_of_drops(&self, now: Instant) -> Option<u64> {
+        let dropped = {
+            let mut state = lock(&self.shared.state);
+            if state.drops_since_warning == 0 {
+                return None;
+            }
+            take_drops_due(&mut state, now)?
+        };
+        self.warn_dropped(dropped);
+        Some(dropped)
+    }
+
+    fn warn_dropped(&self, dropped: u64) {
+        warn!(
+            dropped,
+            dropped_total = self.shared.dropped.load(Ordering::Relaxed),
+            queue_capacity = self.shared.capacity,
+            "decision log queue full (the log is not keeping up): records dropped since the last warning"
+        );
     }
 
     /// Records dropped so far because the queue was full.

@@ -328,6 +328,16 @@ fn a_fifo_without_reader_neither_blocks_open_nor_submit() {
     done.recv_timeout(BOUND)
         .expect("submit returned every time");
     assert_eq!(log.dropped(), 100);
+    // The first drop was warned about at once; the other 99 once the
+    // interval has passed, though no drop follows (the burst is over).
+    let now = std::time::Instant::now();
+    assert_eq!(log.warn_of_drops(now), None, "within the interval");
+    assert_eq!(log.warn_of_drops(now + WARNING_INTERVAL), Some(99));
+    assert_eq!(
+        log.warn_of_drops(now + 3 * WARNING_INTERVAL),
+        None,
+        "none since"
+    );
     let report = writer.shutdown(Duration::from_millis(50));
     assert!(!report.finished);
     assert_eq!(report.written, 0);
