@@ -479,7 +479,7 @@ impl Core {
                 } else {
                     RecordKind::Decision
                 };
-                self.record_once(&view, kind, outcome, now)
+                self.record_once(&view, inbound, kind, outcome, now)
             }
             Ok(view) => self.response(inbound, &view, now, open),
             Err(e) => self.unparsable(inbound, e, now),
@@ -529,7 +529,13 @@ impl Core {
             Refusal::UpstreamUnavailable
         };
         let outcome = self.refuse(&ctx, None, refusal);
-        let outcome = self.record_once(&view, RecordKind::UpstreamUnavailable, outcome, now);
+        let outcome = self.record_once(
+            &view,
+            inbound,
+            RecordKind::UpstreamUnavailable,
+            outcome,
+            now,
+        );
         self.count_outcome(&outcome);
         outcome
     }
@@ -641,7 +647,7 @@ impl Core {
         let runtime = self.runtime.load();
         let ctx = request::RequestCtx::new(inbound, &view, &runtime, now);
         let outcome = self.refuse(&ctx, None, Refusal::RequestTimeout);
-        let outcome = self.record_once(&view, RecordKind::Timeout, outcome, now);
+        let outcome = self.record_once(&view, inbound, RecordKind::Timeout, outcome, now);
         self.count_outcome(&outcome);
         outcome
     }
@@ -681,7 +687,7 @@ impl Core {
         let runtime = self.runtime.load();
         let ctx = request::RequestCtx::new(inbound, &view, &runtime, now);
         let outcome = self.refuse(&ctx, None, refusal);
-        let outcome = self.record_once(&view, record_kind, outcome, now);
+        let outcome = self.record_once(&view, inbound, record_kind, outcome, now);
         self.count_outcome(&outcome);
         outcome
     }
@@ -708,16 +714,21 @@ impl Core {
     }
 
     /// Keep the outcome's record only for the first sighting of the
-    /// request's transaction: a retransmission is handled the same way
-    /// (relayed again, answered again) but counted instead of recorded.
+    /// request's transaction from its source: a retransmission is handled
+    /// the same way (relayed again, answered again) but counted instead of
+    /// recorded.
     fn record_once(
         &self,
         request: &SipView,
+        inbound: &Inbound,
         kind: RecordKind,
         mut outcome: Outcome,
         now: Instant,
     ) -> Outcome {
-        if outcome.record().is_some() && !self.transactions.first_sighting(request, kind, now) {
+        let source = inbound.source.0;
+        if outcome.record().is_some()
+            && !self.transactions.first_sighting(request, source, kind, now)
+        {
             outcome.take_record();
             Metrics::inc(&self.metrics.retransmissions);
             tracing::debug!(

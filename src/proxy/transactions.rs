@@ -5,7 +5,10 @@
 //! A request is a retransmission of one seen within the transaction
 //! lifetime (64*T1 = 32 s, RFC 3261 Timer B/F) when it has the same method,
 //! Call-ID, CSeq number, From tag and top Via (branch and sent-by, the
-//! RFC 3261 17.2.3 match). The table holds one 64-bit keyed hash per
+//! RFC 3261 17.2.3 match), and came from the same address and port: a
+//! client retransmits from where it sent, while the same bytes from
+//! another source (a replay, a flood of one message from many forged
+//! addresses) are another source's request, recorded as such. The table holds one 64-bit keyed hash per
 //! transaction in an [`ExpiringMap`]: O(1) per request, bounded in bytes;
 //! when full the oldest transaction is forgotten (its late retransmission
 //! would then be recorded once more, nothing worse). Each kind of record
@@ -15,6 +18,7 @@
 
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
+use std::net::SocketAddr;
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -76,8 +80,14 @@ impl Transactions {
     /// Whether this is the first time a record of `kind` is due for the
     /// transaction of `request`; it is remembered for
     /// [`TRANSACTION_LIFETIME`] from its first sighting.
-    pub fn first_sighting(&self, request: &SipView, kind: RecordKind, now: Instant) -> bool {
-        self.note(self.key(request, KeyKind::Record(kind)), now)
+    pub fn first_sighting(
+        &self,
+        request: &SipView,
+        source: SocketAddr,
+        kind: RecordKind,
+        now: Instant,
+    ) -> bool {
+        self.note(self.key(request, KeyKind::Record(kind), Some(source)), now)
     }
 
     /// Remember that this proxy answered the INVITE `request` with an
@@ -85,13 +95,13 @@ impl Transactions {
     /// ([`Transactions::acknowledges_an_answer`]) even when it carries the
     /// dialog's To tag instead of this proxy's.
     pub fn note_answered_invite(&self, request: &SipView, now: Instant) {
-        self.note(self.key(request, KeyKind::AnsweredInvite), now);
+        self.note(self.key(request, KeyKind::AnsweredInvite, None), now);
     }
 
     /// Whether the ACK `ack` acknowledges an INVITE this proxy answered
     /// with an error in the last [`TRANSACTION_LIFETIME`].
     pub fn acknowledges_an_answer(&self, ack: &SipView, now: Instant) -> bool {
-        let key = self.key(ack, KeyKind::AnsweredInvite);
+        let key = self.key(ack, KeyKind::AnsweredInvite, None);
         let mut seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
         seen.get(key, now).is_some()
     }
@@ -129,8 +139,11 @@ impl Transactions {
             .bytes()
     }
 
-    fn key(&self, request: &SipView, method: KeyKind) -> u64 {
+    fn key(&self, request: &SipView, method: KeyKind, source: Option<SocketAddr>) -> u64 {
         let mut h = self.keys.build_hasher();
+        if let Some(source) = source {
+            std::hash::Hash::hash(&source, &mut h);
+        }
         let mut field = |bytes: &[u8]| {
             h.write(bytes);
             h.write_usize(bytes.len());
@@ -174,6 +187,10 @@ mod tests {
 
     use super::*;
 
+    /// Where the requests come from.
+    const CLIENT: SocketAddr =
+        SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 5062);
+
     fn invite(branch: &str, via_port: u16) -> SipView {
         SipView::parse(Bytes::from(format!(
             "INVITE sip:bob@h SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:{via_port};branch={branch}\r\n\
@@ -188,20 +205,41 @@ mod tests {
         let t = Transactions::new(1 << 20);
         let now = Instant::now();
         let first = invite("z9hG4bK-1", 5062);
-        assert!(t.first_sighting(&first, RecordKind::Decision, now));
-        assert!(!t.first_sighting(&invite("z9hG4bK-1", 5062), RecordKind::Decision, now));
+        assert!(t.first_sighting(&first, CLIENT, RecordKind::Decision, now));
+        assert!(!t.first_sighting(
+            &invite("z9hG4bK-1", 5062),
+            CLIENT,
+            RecordKind::Decision,
+            now
+        ));
         assert!(
-            t.first_sighting(&first, RecordKind::UpstreamUnavailable, now),
+            t.first_sighting(&first, CLIENT, RecordKind::UpstreamUnavailable, now),
             "another record of the same transaction"
         );
-        assert!(t.first_sighting(&invite("z9hG4bK-2", 5062), RecordKind::Decision, now));
+        assert!(t.first_sighting(
+            &invite("z9hG4bK-2", 5062),
+            CLIENT,
+            RecordKind::Decision,
+            now
+        ));
         assert!(
-            t.first_sighting(&invite("z9hG4bK-1", 5070), RecordKind::Decision, now),
+            t.first_sighting(
+                &invite("z9hG4bK-1", 5070),
+                CLIENT,
+                RecordKind::Decision,
+                now
+            ),
             "another sent-by: another transaction (the registrar's leg)"
         );
+        let elsewhere = "127.0.0.9:5062".parse().unwrap();
+        assert!(
+            t.first_sighting(&first, elsewhere, RecordKind::Decision, now),
+            "the same bytes from another source: its own request"
+        );
+        assert!(!t.first_sighting(&first, elsewhere, RecordKind::Decision, now));
         let later = now + TRANSACTION_LIFETIME;
         assert!(
-            t.first_sighting(&first, RecordKind::Decision, later),
+            t.first_sighting(&first, CLIENT, RecordKind::Decision, later),
             "expired"
         );
     }
@@ -222,6 +260,7 @@ mod tests {
         for i in 0..5_000 {
             assert!(t.first_sighting(
                 &invite(&format!("z9hG4bK-{i}"), 5062),
+                CLIENT,
                 RecordKind::Decision,
                 now
             ));
@@ -229,9 +268,19 @@ mod tests {
         }
         assert!(t.len() > 1000 && t.len() < 5000, "{}", t.len());
         assert!(
-            t.first_sighting(&invite("z9hG4bK-0", 5062), RecordKind::Decision, now),
+            t.first_sighting(
+                &invite("z9hG4bK-0", 5062),
+                CLIENT,
+                RecordKind::Decision,
+                now
+            ),
             "forgotten"
         );
-        assert!(!t.first_sighting(&invite("z9hG4bK-4999", 5062), RecordKind::Decision, now));
+        assert!(!t.first_sighting(
+            &invite("z9hG4bK-4999", 5062),
+            CLIENT,
+            RecordKind::Decision,
+            now
+        ));
     }
 }
