@@ -32,6 +32,10 @@
 //!
 //! Ban and unban lines are written for fail2ban (README, Operations):
 //! `source banned source=<IP> ...` and `source unbanned source=<IP> ...`.
+//! Those of bans that block everything are written one by one; those of
+//! datagram-only bans (whose sources may be forged: a flood from forged
+//! addresses would write one each) at most once per 10 s each, with how
+//! many were not written (every ban is still in the decision log).
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
@@ -305,7 +309,17 @@ pub struct Admission {
     /// Checks since the tables' sizes were last looked at.
     checks: AtomicU32,
     warnings: Mutex<WarningWindow>,
+    /// The ban and unban lines of datagram-only bans: at most one of each
+    /// per [`WARNING_INTERVAL`].
+    datagram_ban_lines: Mutex<[WarningWindow; 2]>,
     metrics: Arc<Metrics>,
+}
+
+/// Which line of a ban.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BanLine {
+    Banned = 0,
+    Unbanned = 1,
 }
 
 impl fmt::Debug for Admission {
@@ -335,6 +349,7 @@ impl Admission {
             bans_held: AtomicUsize::new(0),
             checks: AtomicU32::new(0),
             warnings: Mutex::new(WarningWindow::default()),
+            datagram_ban_lines: Mutex::new(Default::default()),
             metrics,
         }
     }
@@ -365,8 +380,9 @@ impl Admission {
         self.limits.store(Arc::new(Limits::new(settings)));
         if bans_off {
             let mut bans = self.lock_bans();
+            let now = Instant::now();
             for (key, ban) in bans.by_source.drain() {
-                unbanned(key, &ban, "bans turned off (rate_limit.ban_secs = 0)");
+                self.unbanned(key, &ban, "bans turned off (rate_limit.ban_secs = 0)", now);
             }
             bans.order.clear();
             self.bans_held.store(0, Ordering::Relaxed);
@@ -530,7 +546,7 @@ impl Admission {
                     .is_some_and(|b| b.until == until)
                 {
                     let ban = bans.by_source.remove(&oldest).expect("present");
-                    unbanned(oldest, &ban, "evicted: too many bans");
+                    self.unbanned(oldest, &ban, "evicted: too many bans", now);
                     break;
                 }
             }
@@ -552,15 +568,45 @@ impl Admission {
             .store(bans.by_source.len(), Ordering::Relaxed);
         drop(bans);
         Metrics::inc(&self.metrics.bans);
-        warn!(
-            source = %source.ip(),
-            banned = %key,
-            rule = cause.rule(),
-            blocks = scope.as_str(),
-            ban_secs = duration.as_secs(),
-            "source banned"
-        );
+        if let Some(not_logged) = self.ban_line_due(scope, BanLine::Banned, now) {
+            warn!(
+                source = %source.ip(),
+                banned = %key,
+                rule = cause.rule(),
+                blocks = scope.as_str(),
+                ban_secs = duration.as_secs(),
+                not_logged,
+                "source banned"
+            );
+        }
         true
+    }
+
+    /// Whether the `line` of a ban of `scope` is written at `now`:
+    /// `Some(n)` with the `n` lines of its kind held back before it.
+    fn ban_line_due(&self, scope: BanScope, line: BanLine, now: Instant) -> Option<u64> {
+        if scope == BanScope::Everything {
+            return Some(0);
+        }
+        let mut windows = self
+            .datagram_ban_lines
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        windows[line as usize].admit(now, WARNING_INTERVAL)
+    }
+
+    /// Log the end of a ban.
+    fn unbanned(&self, key: SourceKey, ban: &Ban, why: &'static str, now: Instant) {
+        if let Some(not_logged) = self.ban_line_due(ban.scope, BanLine::Unbanned, now) {
+            info!(
+                source = %ban.source,
+                banned = %key,
+                rule = ban.cause.rule(),
+                why,
+                not_logged,
+                "source unbanned"
+            );
+        }
     }
 
     /// Whether the source of `ip` is banned at `now` from what `scope`
@@ -581,7 +627,7 @@ impl Admission {
                 bans.order.pop_front();
                 if bans.by_source.get(&key).is_some_and(|b| b.until == until) {
                     let ban = bans.by_source.remove(&key).expect("present");
-                    unbanned(key, &ban, "expired");
+                    self.unbanned(key, &ban, "expired", now);
                 }
             }
             self.bans_held
@@ -658,17 +704,6 @@ impl Admission {
     fn lock_bans(&self) -> std::sync::MutexGuard<'_, Bans> {
         self.bans.lock().unwrap_or_else(PoisonError::into_inner)
     }
-}
-
-/// Log the end of a ban.
-fn unbanned(key: SourceKey, ban: &Ban, why: &'static str) {
-    info!(
-        source = %ban.source,
-        banned = %key,
-        rule = ban.cause.rule(),
-        why,
-        "source unbanned"
-    );
 }
 
 /// A limit of `n` per second, for tests and callers that have a plain number.
@@ -892,6 +927,29 @@ mod tests {
             );
         }
         assert_eq!(a.bans(), MAX_BANS);
+    }
+
+    /// A flood from forged addresses writes one line of its datagram bans
+    /// per 10 s (saying how many it held back), not one per address; bans
+    /// that block everything keep a line each, for fail2ban.
+    #[test]
+    fn datagram_ban_lines_are_limited_and_full_ban_lines_are_not() {
+        let a = admission(100, 100);
+        let now = Instant::now();
+        let lines = |scope, line, at| {
+            (0..100)
+                .filter_map(|_| a.ban_line_due(scope, line, at))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(lines(BanScope::Datagrams, BanLine::Banned, now), [0]);
+        assert_eq!(lines(BanScope::Datagrams, BanLine::Unbanned, now), [0]);
+        let later = now + WARNING_INTERVAL;
+        assert_eq!(lines(BanScope::Datagrams, BanLine::Banned, later), [99]);
+        assert_eq!(lines(BanScope::Everything, BanLine::Banned, now), [0; 100]);
+        assert_eq!(
+            lines(BanScope::Everything, BanLine::Unbanned, now),
+            [0; 100]
+        );
     }
 
     /// A forged datagram cannot lock its "source" out of TCP and TLS: a
