@@ -6,15 +6,15 @@
 //! lifetime (64*T1 = 32 s, RFC 3261 Timer B/F) when it has the same method,
 //! Call-ID, CSeq number, From tag and top Via (branch and sent-by, the
 //! RFC 3261 17.2.3 match), and came from the same address and port: a
-//! client retransmits from where it sent, while the same bytes from
-//! another source (a replay, a flood of one message from many forged
-//! addresses) are another source's request, recorded as such. The table holds one 64-bit keyed hash per
-//! transaction in an [`ExpiringMap`]: O(1) per request, bounded in bytes;
-//! when full the oldest transaction is forgotten (its late retransmission
-//! would then be recorded once more, nothing worse). Each kind of record
-//! of a transaction ([`RecordKind`]) is remembered apart, and so are the
-//! INVITEs inside a dialog this proxy answered with an error, whose ACK it
-//! absorbs. Pure: the clock is passed in.
+//! client retransmits from where it sent, while the same bytes from another
+//! source (a replay, a flood of one message from many forged addresses) are
+//! another source's request, recorded as such. The table holds one 64-bit
+//! keyed hash per transaction in an [`ExpiringMap`]: O(1) per request,
+//! bounded in bytes; when full the oldest transaction is forgotten (its late
+//! retransmission would then be recorded once more, nothing worse). Each
+//! kind of record of a transaction ([`RecordKind`]) is remembered apart, and
+//! so are the INVITEs inside a dialog this proxy answered with an error,
+//! whose ACK it absorbs. Pure: the clock is passed in.
 
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};

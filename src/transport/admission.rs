@@ -568,45 +568,90 @@ impl Admission {
             .store(bans.by_source.len(), Ordering::Relaxed);
         drop(bans);
         Metrics::inc(&self.metrics.bans);
-        if let Some(not_logged) = self.ban_line_due(scope, BanLine::Banned, now) {
-            warn!(
+        match scope {
+            BanScope::Everything => warn!(
                 source = %source.ip(),
                 banned = %key,
                 rule = cause.rule(),
                 blocks = scope.as_str(),
                 ban_secs = duration.as_secs(),
-                not_logged,
                 "source banned"
-            );
+            ),
+            BanScope::Datagrams => {
+                if let Some(not_logged) = self.datagram_ban_line(BanLine::Banned, now) {
+                    warn!(
+                        source = %source.ip(),
+                        banned = %key,
+                        rule = cause.rule(),
+                        blocks = scope.as_str(),
+                        ban_secs = duration.as_secs(),
+                        not_logged,
+                        "source banned"
+                    );
+                }
+            }
         }
         true
     }
 
-    /// Whether the `line` of a ban of `scope` is written at `now`:
+    /// Whether a `line` of a datagram-only ban is written at `now`:
     /// `Some(n)` with the `n` lines of its kind held back before it.
-    fn ban_line_due(&self, scope: BanScope, line: BanLine, now: Instant) -> Option<u64> {
-        if scope == BanScope::Everything {
-            return Some(0);
-        }
-        let mut windows = self
-            .datagram_ban_lines
+    fn datagram_ban_line(&self, line: BanLine, now: Instant) -> Option<u64> {
+        self.lock_datagram_ban_lines()[line as usize].admit(now, WARNING_INTERVAL)
+    }
+
+    fn lock_datagram_ban_lines(&self) -> std::sync::MutexGuard<'_, [WarningWindow; 2]> {
+        self.datagram_ban_lines
             .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        windows[line as usize].admit(now, WARNING_INTERVAL)
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Log the end of a ban.
     fn unbanned(&self, key: SourceKey, ban: &Ban, why: &'static str, now: Instant) {
-        if let Some(not_logged) = self.ban_line_due(ban.scope, BanLine::Unbanned, now) {
-            info!(
+        match ban.scope {
+            BanScope::Everything => info!(
                 source = %ban.source,
                 banned = %key,
                 rule = ban.cause.rule(),
                 why,
-                not_logged,
                 "source unbanned"
+            ),
+            BanScope::Datagrams => {
+                if let Some(not_logged) = self.datagram_ban_line(BanLine::Unbanned, now) {
+                    info!(
+                        source = %ban.source,
+                        banned = %key,
+                        rule = ban.cause.rule(),
+                        why,
+                        not_logged,
+                        "source unbanned"
+                    );
+                }
+            }
+        }
+    }
+
+    /// Report the lines of datagram-only bans held back, once 10 s have
+    /// passed since the last one written: a flood that ended is told too.
+    /// Returns how many ban and unban lines it reported.
+    fn report_held_ban_lines(&self, now: Instant) -> [u64; 2] {
+        let mut windows = self.lock_datagram_ban_lines();
+        let held = [BanLine::Banned, BanLine::Unbanned]
+            .map(|line| windows[line as usize].take_held_back(now, WARNING_INTERVAL));
+        drop(windows);
+        if let Some(not_logged) = held[BanLine::Banned as usize] {
+            warn!(
+                not_logged,
+                "sources banned from datagrams whose lines were held back (at most one a 10 s; every ban is in the decision log)"
             );
         }
+        if let Some(not_logged) = held[BanLine::Unbanned as usize] {
+            info!(
+                not_logged,
+                "datagram bans lifted whose lines were held back (at most one a 10 s)"
+            );
+        }
+        held.map(Option::unwrap_or_default)
     }
 
     /// Whether the source of `ip` is banned at `now` from what `scope`
@@ -645,6 +690,7 @@ impl Admission {
             limiter.retain_recent();
             limiter.shrink_to_fit();
         }
+        self.report_held_ban_lines(now);
     }
 
     /// Sources whose bucket state is held (the message limiter's).
@@ -930,26 +976,48 @@ mod tests {
     }
 
     /// A flood from forged addresses writes one line of its datagram bans
-    /// per 10 s (saying how many it held back), not one per address; bans
-    /// that block everything keep a line each, for fail2ban.
+    /// per 10 s (saying how many it held back, also once the flood is
+    /// over), not one per address; bans that block everything keep a line
+    /// each, for fail2ban.
     #[test]
     fn datagram_ban_lines_are_limited_and_full_ban_lines_are_not() {
         let a = admission(100, 100);
         let now = Instant::now();
-        let lines = |scope, line, at| {
-            (0..100)
-                .filter_map(|_| a.ban_line_due(scope, line, at))
-                .collect::<Vec<_>>()
-        };
-        assert_eq!(lines(BanScope::Datagrams, BanLine::Banned, now), [0]);
-        assert_eq!(lines(BanScope::Datagrams, BanLine::Unbanned, now), [0]);
-        let later = now + WARNING_INTERVAL;
-        assert_eq!(lines(BanScope::Datagrams, BanLine::Banned, later), [99]);
-        assert_eq!(lines(BanScope::Everything, BanLine::Banned, now), [0; 100]);
+        let ban_secs = a.settings().ban.expect("bans on");
+        for i in 0..100u32 {
+            let forged = SocketAddr::new(std::net::Ipv4Addr::from(0x0a00_0000 + i).into(), 5060);
+            assert!(a.ban(forged, BanCause::Scanner, BanScope::Datagrams, now));
+            let proven = SocketAddr::new(std::net::Ipv4Addr::from(0x0b00_0000 + i).into(), 5060);
+            assert!(a.ban(proven, BanCause::Scanner, BanScope::Everything, now));
+        }
+        // The first datagram ban's line was written; 99 held back, told
+        // by the sweep once 10 s have passed (nothing of the full bans).
+        a.sweep(now + WARNING_INTERVAL / 2);
+        assert_eq!(a.report_held_ban_lines(now + WARNING_INTERVAL / 2), [0, 0]);
+        a.sweep(now + WARNING_INTERVAL);
         assert_eq!(
-            lines(BanScope::Everything, BanLine::Unbanned, now),
-            [0; 100]
+            a.report_held_ban_lines(now + WARNING_INTERVAL),
+            [0, 0],
+            "told once"
         );
+        let mut b = admission(100, 100);
+        for i in 0..100u32 {
+            let forged = SocketAddr::new(std::net::Ipv4Addr::from(0x0a00_0000 + i).into(), 5060);
+            b.ban(forged, BanCause::Scanner, BanScope::Datagrams, now);
+        }
+        assert_eq!(b.report_held_ban_lines(now + WARNING_INTERVAL), [99, 0]);
+        // They all run out together: one unban line, 99 held back.
+        let over = now + ban_secs;
+        b.sweep(over);
+        assert_eq!(b.bans(), 0);
+        assert_eq!(b.report_held_ban_lines(over + WARNING_INTERVAL), [0, 99]);
+        b = admission(100, 100);
+        for i in 0..100u32 {
+            let proven = SocketAddr::new(std::net::Ipv4Addr::from(0x0b00_0000 + i).into(), 5060);
+            b.ban(proven, BanCause::Scanner, BanScope::Everything, now);
+        }
+        b.sweep(over);
+        assert_eq!(b.report_held_ban_lines(over + WARNING_INTERVAL), [0, 0]);
     }
 
     /// A forged datagram cannot lock its "source" out of TCP and TLS: a

@@ -15,9 +15,9 @@
 //! upstream) or [`Fault::ClientUnreachable`]. The option also makes the
 //! kernel hand the error once to the next `recvfrom` or `sendto` on the
 //! socket (whatever its destination): [`Datagrams`] takes it for what it
-//! is, and [`send_to`] sends again (up to [`SEND_ATTEMPTS`] times, as
-//! errors may keep coming during a flood from closed ports), so no datagram
-//! is lost to an error that was about another one.
+//! is, and [`send_to`] sends again (up to 8 tries in all for a refused
+//! send, as errors may keep coming during a flood from closed ports), so no
+//! datagram is lost to an error that was about another one.
 
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -236,17 +236,21 @@ pub async fn watch_errors(
     }
 }
 
-/// How many times [`send_to`] tries a datagram whose sends fail with ICMP
-/// errors about earlier datagrams. Each failed send takes one pending
-/// error; more can arrive between two sends when many clients' ports are
-/// closed (a flood from forged sources answered with ICMP).
-pub const SEND_ATTEMPTS: usize = 8;
+/// How many times in all [`send_to`] tries a datagram whose sends are
+/// refused by the ICMP port-unreachable errors of earlier datagrams. Each
+/// failed send takes one pending error; more can arrive between two sends
+/// when many clients' ports are closed (a flood from forged sources that
+/// sipadmit answers).
+const REFUSED_SEND_ATTEMPTS: usize = 8;
 
 /// Send `bytes` to `to`. An ICMP error for an EARLIER datagram (any
 /// destination) is handed once to the next send on the socket and fails
-/// it; such a failure is followed by another try (at most
-/// [`SEND_ATTEMPTS`] in all), so this datagram is not lost to it (the
-/// error itself is counted from the error queue).
+/// it; such a failure is followed by another try, so this datagram is not
+/// lost to it (the error itself is counted from the error queue). A
+/// refused send (port unreachable, which an unconnected socket never gets
+/// for the datagram it sends) is tried up to [`REFUSED_SEND_ATTEMPTS`]
+/// times in all; a host or network unreachable twice, since the kernel
+/// also gives those at once for a destination it has no route to.
 pub async fn send_to(
     socket: &UdpSocket,
     bytes: &[u8],
@@ -255,12 +259,20 @@ pub async fn send_to(
     let mut attempt = 1;
     loop {
         match socket.send_to(bytes, to).await {
-            Err(e) if is_icmp_echo(&e) && attempt < SEND_ATTEMPTS => {
+            Err(e) if is_icmp_echo(&e) && attempt < attempts_after(&e) => {
                 debug!(destination = %to, error = %e, attempt, "send failed with an ICMP error for an earlier datagram; sending again");
                 attempt += 1;
             }
             sent => return sent.map(|_| ()),
         }
+    }
+}
+
+/// How many sends in all a datagram gets when they fail with `error`.
+fn attempts_after(error: &std::io::Error) -> usize {
+    match error.kind() {
+        std::io::ErrorKind::ConnectionRefused => REFUSED_SEND_ATTEMPTS,
+        _ => 2,
     }
 }
 

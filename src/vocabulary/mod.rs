@@ -361,6 +361,24 @@ impl WarningWindow {
             None
         }
     }
+
+    /// The warnings held back, once `interval` has passed since the last
+    /// one logged (taken: a summary at `now` stands for them); `None` while
+    /// none is held back or the interval has not passed. For the periodic
+    /// check that reports a burst that ended.
+    pub fn take_held_back(
+        &mut self,
+        now: std::time::Instant,
+        interval: std::time::Duration,
+    ) -> Option<u64> {
+        let due = self
+            .last
+            .is_none_or(|last| now.saturating_duration_since(last) >= interval);
+        (self.not_logged > 0 && due).then(|| {
+            self.last = Some(now);
+            std::mem::take(&mut self.not_logged)
+        })
+    }
 }
 
 /// Why a handshake failed, as a bounded label for metrics and logs.
