@@ -1349,7 +1349,7 @@ const FAMILIES: [Family; 55] = [
     ),
     gauge(
         "sipadmit_open_connections",
-        "Open stream connections (clients and the upstream link), by transport, including those accepted and still in their TLS handshake or waiting for their first byte (they hold a connection slot), and those evicted and not yet closed (briefly above limits.max_connections during an eviction flood).",
+        "Open stream connections (clients and the upstream link), by transport, including those accepted and still in their TLS handshake or waiting for their first byte (they hold a connection slot), and those evicted and not yet closed (at most 64 above limits.max_connections during an eviction flood).",
         Samples::PerLabel("transport", |_, g| {
             g.connections
                 .iter()

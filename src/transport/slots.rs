@@ -28,7 +28,8 @@
 //! after connecting, so its connection is rarely half-open for long, while
 //! a trickling or silent connection is half-open until the message
 //! deadline closes it. An evicted connection is closed at once (its slot
-//! counted until it has closed: a moment).
+//! counted until it has closed: a moment); at most [`MAX_CLOSING`] are on
+//! their way out at once, past which a new connection is refused.
 //!
 //! Everything is O(1) per accept, close and first message, with no scan of
 //! the connections: half-open connections are kept per source in a queue
@@ -102,7 +103,7 @@ impl fmt::Display for Full {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "limits.max_connections = {} (limits.reserved_connections = {} of them for trusted sources and known flows) in use, no half-open connection to close; source {}",
+            "limits.max_connections = {} (limits.reserved_connections = {} of them for trusted sources and known flows) in use, no half-open connection to close (or 64 closing already); source {}",
             self.max_connections,
             self.reserved,
             self.standing.as_str()
@@ -179,11 +180,11 @@ impl HalfOpen {
     }
 
     /// Take out the oldest half-open connection of the busiest source.
-    fn pop_oldest_of_busiest(&mut self) -> Option<(SourceKey, CancellationToken)> {
+    fn pop_oldest_of_busiest(&mut self) -> Option<(SourceKey, u64, CancellationToken)> {
         let key = *self.by_count.get(self.busiest.checked_sub(1)?)?.last()?;
         let (id, closing) = self.sources.get(&key)?.queue.front()?.clone();
         self.remove(key, id);
-        Some((key, closing))
+        Some((key, id, closing))
     }
 
     fn unbucket(&mut self, count: usize, at: usize) {
@@ -219,7 +220,18 @@ struct State {
     known_in_reserve: HashSet<SourceKey>,
     next_id: u64,
     half_open: HalfOpen,
+    /// Connections closed for another and not closed yet (their slots
+    /// still counted): at most [`MAX_CLOSING`].
+    closing: HashSet<u64>,
 }
+
+/// At most this many connections closed for others may be on their way
+/// out at once; past it, a new connection is refused instead. Each slot
+/// closed for another is counted until its connection has gone (the
+/// runtime runs its task, usually within a millisecond), so this bounds
+/// how far open connections and file descriptors can stand above
+/// `limits.max_connections` during a flood of evictions.
+pub const MAX_CLOSING: usize = 64;
 
 /// The connection slots of every TCP and TLS listener; see the module doc.
 pub struct ConnectionSlots {
@@ -304,9 +316,13 @@ impl ConnectionSlots {
                 }
                 Metrics::inc(&self.metrics.reserved_admissions);
                 Share::Reserved
-            } else if let Some((evicted, token)) = state.half_open.pop_oldest_of_busiest() {
+            } else if let Some((evicted, evicted_id, token)) = (state.closing.len() < MAX_CLOSING)
+                .then(|| state.half_open.pop_oldest_of_busiest())
+                .flatten()
+            {
                 // Closed at once; its slot is counted until it has closed.
                 token.cancel();
+                state.closing.insert(evicted_id);
                 state.unreserved_used += 1;
                 Metrics::inc(&self.metrics.connections_evicted);
                 self.warn_evicted(evicted, peer, standing);
@@ -482,6 +498,7 @@ impl Drop for Slot {
         if self.evictable {
             state.half_open.remove(self.key, self.id);
         }
+        state.closing.remove(&self.id);
         self.slots.publish(&state);
     }
 }
@@ -519,6 +536,33 @@ mod tests {
         let token = CancellationToken::new();
         let slot = slots.acquire(peer(from), trusted, token.clone(), Instant::now())?;
         Ok((slot, token))
+    }
+
+    /// A flood of evictions: the connections closed for others count
+    /// until they are gone, and at most MAX_CLOSING are on their way out,
+    /// so the pool stands at most that far above max_connections.
+    #[test]
+    fn at_most_max_closing_connections_are_on_their_way_out() {
+        let slots = pool(4, 0);
+        let mut held = Vec::new();
+        for port in 1..=4 {
+            held.push(take(&slots, &format!("192.0.2.1:{port}"), false).unwrap());
+        }
+        // Every new one closes an older half-open one, whose task has not
+        // run yet (its slot is still held here).
+        for port in 0..MAX_CLOSING {
+            held.push(take(&slots, &format!("192.0.2.2:{port}"), false).unwrap());
+        }
+        assert_eq!(
+            held.iter().filter(|(_, t)| t.is_cancelled()).count(),
+            MAX_CLOSING
+        );
+        assert!(take(&slots, "192.0.2.3:1", false).is_err(), "refused");
+        // One of them goes: room for one more eviction.
+        let gone = held.iter().position(|(_, t)| t.is_cancelled()).unwrap();
+        held.remove(gone);
+        held.push(take(&slots, "192.0.2.3:2", false).unwrap());
+        assert!(take(&slots, "192.0.2.3:3", false).is_err());
     }
 
     #[test]
