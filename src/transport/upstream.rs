@@ -17,10 +17,11 @@
 //! answers a request `503` through `Core::upstream_unavailable`.
 //!
 //! A connection that closes fails at once, as undelivered (`503`), the
-//! requests (not ACKs) written on it that have no final response on it
-//! and are younger than Timer F ([`answers`](super::answers): its reader
-//! notes the final responses, the link keeps a copy of each request until
-//! its answer comes). That covers a registrar that refuses sipadmit's
+//! client requests (not ACKs, not sipadmit's own probes) written on it
+//! that have no final response on it and whose clients still wait (Timer
+//! F, Timer C for an INVITE: [`answers`](super::answers); its reader notes
+//! the final responses, the link keeps a copy of each request until its
+//! answer comes). That covers a registrar that refuses sipadmit's
 //! client certificate after a TLS 1.3 handshake (it sends nothing at
 //! all), one killed or restarted with requests in flight, and one
 //! dropping the connection on a request it cannot read. A registrar that
