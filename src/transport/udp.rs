@@ -248,7 +248,7 @@ const REFUSED_SEND_ATTEMPTS: usize = 8;
 /// it; such a failure is followed by another try, so this datagram is not
 /// lost to it (the error itself is counted from the error queue). A
 /// refused send (port unreachable, which an unconnected socket never gets
-/// for the datagram it sends) is tried up to [`REFUSED_SEND_ATTEMPTS`]
+/// for the datagram it sends) is tried up to `REFUSED_SEND_ATTEMPTS` (8)
 /// times in all; a host or network unreachable twice, since the kernel
 /// also gives those at once for a destination it has no route to.
 pub async fn send_to(
