@@ -1524,7 +1524,6 @@ fn role_policy(
     })
 }
 
-/// `"Name: value"` lines of `{key}.headers`, or `None` (each problem reported).
 /// What is wrong with a configured Warning value (empty: none is sent).
 fn warning_problem(value: &str) -> Option<String> {
     if value.bytes().any(|b| b == b'\r' || b == b'\n') {
@@ -1566,6 +1565,7 @@ fn is_quoted_string_rest(rest: &str) -> bool {
     false
 }
 
+/// `"Name: value"` lines of `{key}.headers`, or `None` (each problem reported).
 fn header_lines(
     key: &str,
     lines: &[String],

@@ -568,36 +568,30 @@ impl Admission {
             .store(bans.by_source.len(), Ordering::Relaxed);
         drop(bans);
         Metrics::inc(&self.metrics.bans);
-        match scope {
-            BanScope::Everything => warn!(
+        if let Some(not_logged) = self.ban_line_due(scope, BanLine::Banned, now) {
+            warn!(
                 source = %source.ip(),
                 banned = %key,
                 rule = cause.rule(),
                 blocks = scope.as_str(),
                 ban_secs = duration.as_secs(),
+                not_logged,
                 "source banned"
-            ),
-            BanScope::Datagrams => {
-                if let Some(not_logged) = self.datagram_ban_line(BanLine::Banned, now) {
-                    warn!(
-                        source = %source.ip(),
-                        banned = %key,
-                        rule = cause.rule(),
-                        blocks = scope.as_str(),
-                        ban_secs = duration.as_secs(),
-                        not_logged,
-                        "source banned"
-                    );
-                }
-            }
+            );
         }
         true
     }
 
-    /// Whether a `line` of a datagram-only ban is written at `now`:
-    /// `Some(n)` with the `n` lines of its kind held back before it.
-    fn datagram_ban_line(&self, line: BanLine, now: Instant) -> Option<u64> {
-        self.lock_datagram_ban_lines()[line as usize].admit(now, WARNING_INTERVAL)
+    /// Whether the `line` of a ban of `scope` is written at `now`:
+    /// `Some(n)` with the `n` lines of its kind held back before it (always
+    /// `Some(0)` for a ban that blocks everything).
+    fn ban_line_due(&self, scope: BanScope, line: BanLine, now: Instant) -> Option<u64> {
+        match scope {
+            BanScope::Everything => Some(0),
+            BanScope::Datagrams => {
+                self.lock_datagram_ban_lines()[line as usize].admit(now, WARNING_INTERVAL)
+            }
+        }
     }
 
     fn lock_datagram_ban_lines(&self) -> std::sync::MutexGuard<'_, [WarningWindow; 2]> {
@@ -608,26 +602,15 @@ impl Admission {
 
     /// Log the end of a ban.
     fn unbanned(&self, key: SourceKey, ban: &Ban, why: &'static str, now: Instant) {
-        match ban.scope {
-            BanScope::Everything => info!(
+        if let Some(not_logged) = self.ban_line_due(ban.scope, BanLine::Unbanned, now) {
+            info!(
                 source = %ban.source,
                 banned = %key,
                 rule = ban.cause.rule(),
                 why,
+                not_logged,
                 "source unbanned"
-            ),
-            BanScope::Datagrams => {
-                if let Some(not_logged) = self.datagram_ban_line(BanLine::Unbanned, now) {
-                    info!(
-                        source = %ban.source,
-                        banned = %key,
-                        rule = ban.cause.rule(),
-                        why,
-                        not_logged,
-                        "source unbanned"
-                    );
-                }
-            }
+            );
         }
     }
 

@@ -224,7 +224,8 @@ impl Unanswered {
     }
 
     /// How many requests are remembered.
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.written.len()
     }
 
@@ -232,11 +233,6 @@ impl Unanswered {
     /// their clients' timers).
     pub fn not_kept(&self) -> u64 {
         self.not_kept
-    }
-
-    /// Whether none is.
-    pub fn is_empty(&self) -> bool {
-        self.written.is_empty()
     }
 
     /// The connection closed at `now`: the requests still unanswered

@@ -103,7 +103,7 @@ impl fmt::Display for Full {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "limits.max_connections = {} (limits.reserved_connections = {} of them for trusted sources and known flows) in use, no half-open connection to close (or 64 closing already); source {}",
+            "limits.max_connections = {} (limits.reserved_connections = {} of them for trusted sources and known flows) in use, no half-open connection to close (or {MAX_CLOSING} closing already); source {}",
             self.max_connections,
             self.reserved,
             self.standing.as_str()

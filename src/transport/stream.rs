@@ -252,6 +252,15 @@ enum Hearing<'a> {
     Slot(&'a mut Slot),
 }
 
+impl Hearing<'_> {
+    /// The registrar's link notes each message it sent (not keep-alives).
+    fn note(&self, frame: &Frame) {
+        if let (Self::Registrar(heard), Frame::Message(message)) = (self, frame) {
+            heard.message(message);
+        }
+    }
+}
+
 /// A connection started by [`spawn`], as its opener (the upstream link)
 /// watches it.
 #[derive(Debug)]
@@ -575,11 +584,7 @@ impl ReadState {
                 Ok(Some(frame)) => {
                     let now = Instant::now();
                     self.last_message = Some(now);
-                    if let (Hearing::Registrar(heard), Frame::Message(message)) =
-                        (&*hearing, &frame)
-                    {
-                        heard.message(message);
-                    }
+                    hearing.note(&frame);
                     let handled = handle_frame(frame, id, info, ctx).await;
                     if let Hearing::Slot(slot) = hearing {
                         // A keep-alive refreshes a known flow, never makes one.
@@ -615,9 +620,7 @@ impl ReadState {
     ) {
         match self.codec.decode_eof(&mut self.buf) {
             Ok(Some(frame)) => {
-                if let (Hearing::Registrar(heard), Frame::Message(message)) = (hearing, &frame) {
-                    heard.message(message);
-                }
+                hearing.note(&frame);
                 handle_frame(frame, id, info, ctx).await;
             }
             Ok(None) => {}
