@@ -944,9 +944,9 @@ fn reserved_connections_and_known_flows_are_read_and_checked() {
     assert_eq!(
         problem_keys(&err),
         [
+            "limits.known_flow_bytes",
             "limits.reserved_connections",
-            "limits.known_flow_secs",
-            "limits.known_flow_bytes"
+            "limits.known_flow_secs"
         ]
     );
     assert!(
@@ -1192,4 +1192,48 @@ fn a_warning_that_is_no_warning_value_is_refused() {
     .unwrap();
     // Empty: no Warning header at all.
     load_str("[policy.caller]\nwarning = \"\"\n").unwrap();
+}
+
+/// Every number out of its range is told the same way: the file, the key,
+/// the value with its unit, the bound it crossed, and the default.
+#[test]
+fn every_range_error_names_the_value_its_bound_and_the_default() {
+    let err = load_str(
+        r#"
+[proxy]
+listen = ["udp:127.0.0.1:5060"]
+upstream = "udp:127.0.0.1:5070"
+workers = 0
+upstream_probe_secs = 301
+
+[limits]
+max_message_bytes = 100
+udp_receive_buffer_bytes = 2147483648
+timer_t1_ms = 20
+drain_secs = 4000
+known_flow_secs = 30
+
+[rate_limit]
+ban_secs = 700000
+
+[tls]
+handshake_timeout_secs = 0
+"#,
+    )
+    .unwrap_err();
+    let text = err.to_string();
+    for expected in [
+        "proxy.workers: 0 is below the minimum 1 (default: one per core)",
+        "proxy.upstream_probe_secs: 301 s is above the maximum 300 s (0 turns the probes off; default 5 s)",
+        "limits.max_message_bytes: 100 bytes is below the minimum 1024 bytes (default 65535 bytes)",
+        "limits.udp_receive_buffer_bytes: 2147483648 bytes is above the maximum 1073741824 bytes (default 4194304 bytes)",
+        "limits.timer_t1_ms: 20 ms is below the minimum 50 ms (RFC 3261 T1; default 500 ms)",
+        "limits.drain_secs: 4000 s is above the maximum 3600 s (0 stops at once on SIGTERM; default 30 s)",
+        "limits.known_flow_secs: 30 s is below the minimum 60 s (0: no known flows; default 3600 s)",
+        "rate_limit.ban_secs: 700000 s is above the maximum 604800 s (7 days; 0: never ban; default 300 s)",
+        "tls.handshake_timeout_secs: 0 s is below the minimum 1 s (default 10 s)",
+    ] {
+        assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
+    }
+    assert!(text.contains("test.toml"), "the file is named: {text}");
 }

@@ -12,6 +12,7 @@
 //! `config/sipadmit.toml` documents every key and its default.
 
 pub mod advertise;
+mod bounds;
 pub mod endpoint;
 pub mod flow_secrets;
 pub mod hep;
@@ -28,6 +29,7 @@ use crate::policy::pattern::{Network, UriPattern};
 use crate::policy::{Action, Mode, Policy, Reply, RolePolicy, SessionMatchers};
 use crate::problem::Problem;
 pub use advertise::{Advertise, AdvertisedHost};
+use bounds::{Bounds, Unit};
 pub use endpoint::{Endpoint, SourcePattern, UpstreamSources};
 pub use flow_secrets::FlowSecrets;
 pub use hep::{HepSettings, Mirror};
@@ -886,29 +888,23 @@ fn advertised_tls_names(
 
 /// `proxy.workers` (1..=256) and `proxy.upstream_probe_secs` (at most 300).
 fn check_workers_and_probe(raw: &raw::RawProxy, problem: &mut dyn FnMut(String, String)) {
-    if let Some(workers) = raw.workers.filter(|w| !(1..=MAX_WORKERS).contains(w)) {
-        problem(
-            "proxy.workers".into(),
-            format!("{workers} is not in 1..={MAX_WORKERS} (default: one per core)"),
-        );
+    let workers = Bounds::new(1, MAX_WORKERS as u64, Unit::Count).noting("default: one per core");
+    if let Some(message) = raw.workers.and_then(|w| workers.check(w)) {
+        problem("proxy.workers".into(), message);
     }
-    if raw.upstream_probe_secs > 300 {
-        problem(
-            "proxy.upstream_probe_secs".into(),
-            format!(
-                "{} s is above 300 s (0 turns the probes off; default 5)",
-                raw.upstream_probe_secs
-            ),
-        );
+    let probe = Bounds::new(0, 300, Unit::Seconds)
+        .noting("0 turns the probes off")
+        .defaulting_to(raw::RawProxy::default().upstream_probe_secs);
+    if let Some(message) = probe.check(raw.upstream_probe_secs) {
+        problem("proxy.upstream_probe_secs".into(), message);
     }
 }
 
 /// Validate `[limits]`: report every value out of its range (the checks
 /// run in this order), then the [`Limits`] with their defaults applied.
 fn limits(l: &raw::RawLimits, problem: &mut dyn FnMut(String, String)) -> Limits {
-    check_limit_minimums_and_maximums(l, problem);
-    check_limit_connections_and_durations(l, problem);
-    check_limit_byte_ranges(l, problem);
+    check_limit_ranges(l, problem);
+    check_limits_that_depend_on_others(l, problem);
     check_limit_backlog_and_timers(l, problem);
     Limits {
         max_message_bytes: l.max_message_bytes,
@@ -937,69 +933,95 @@ fn limits(l: &raw::RawLimits, problem: &mut dyn FnMut(String, String)) -> Limits
     }
 }
 
-/// The `[limits]` counts and table sizes with a plain minimum, then those
-/// with a plain maximum.
-fn check_limit_minimums_and_maximums(l: &raw::RawLimits, problem: &mut dyn FnMut(String, String)) {
-    for (key, value, min) in [
-        ("limits.max_message_bytes", l.max_message_bytes, 1024),
-        ("limits.max_headers", l.max_headers, 16),
-        ("limits.max_connections", l.max_connections, 1),
-        ("limits.max_registrations", l.max_registrations, 1),
+/// The `[limits]` counts, table sizes and buffers that must lie in a
+/// range of their own.
+fn check_limit_ranges(l: &raw::RawLimits, problem: &mut dyn FnMut(String, String)) {
+    const TIB: u64 = 1 << 40;
+    let d = raw::RawLimits::default();
+    let bytes = |min: u64, max: u64, default: usize| {
+        Bounds::new(min, max, Unit::Bytes).defaulting_to(default)
+    };
+    let count = |min: u64, max: u64, default: usize| {
+        Bounds::new(min, max, Unit::Count).defaulting_to(default)
+    };
+    for (key, value, bounds) in [
+        (
+            "limits.max_message_bytes",
+            l.max_message_bytes,
+            bytes(1024, 1 << 20, d.max_message_bytes),
+        ),
+        (
+            "limits.max_headers",
+            l.max_headers,
+            count(16, u64::MAX, d.max_headers),
+        ),
+        (
+            "limits.max_connections",
+            l.max_connections,
+            count(1, 1_000_000, d.max_connections),
+        ),
+        (
+            "limits.max_registrations",
+            l.max_registrations,
+            count(1, u64::MAX, d.max_registrations),
+        ),
         (
             "limits.max_contacts_per_register",
             l.max_contacts_per_register,
-            1,
+            count(1, 1024, d.max_contacts_per_register),
         ),
         (
             "limits.registration_table_bytes",
             l.registration_table_bytes,
-            1 << 20,
+            bytes(1 << 20, TIB, d.registration_table_bytes),
         ),
         (
             "limits.transaction_table_bytes",
             l.transaction_table_bytes,
-            64 << 10,
+            bytes(64 << 10, TIB, d.transaction_table_bytes),
+        ),
+        (
+            "limits.write_queue_bytes",
+            l.write_queue_bytes,
+            bytes(64 << 10, 64 << 20, d.write_queue_bytes),
+        ),
+        (
+            "limits.udp_receive_buffer_bytes",
+            l.udp_receive_buffer_bytes,
+            bytes(64 << 10, 1 << 30, d.udp_receive_buffer_bytes),
+        ),
+        (
+            "limits.udp_send_buffer_bytes",
+            l.udp_send_buffer_bytes,
+            bytes(64 << 10, 1 << 30, d.udp_send_buffer_bytes),
+        ),
+        (
+            "limits.client_transaction_bytes",
+            l.client_transaction_bytes,
+            bytes(64 << 10, TIB, d.client_transaction_bytes),
+        ),
+        (
+            "limits.upstream_queue_bytes",
+            l.upstream_queue_bytes,
+            bytes(64 << 10, TIB, d.upstream_queue_bytes),
+        ),
+        (
+            "limits.known_flow_bytes",
+            l.known_flow_bytes,
+            bytes(64 << 10, TIB, d.known_flow_bytes),
         ),
     ] {
-        if value < min {
-            problem(key.into(), format!("{value} is below the minimum {min}"));
-        }
-    }
-    for (key, value, max) in [
-        (
-            "limits.max_contacts_per_register",
-            l.max_contacts_per_register,
-            1024,
-        ),
-        (
-            "limits.registration_table_bytes",
-            l.registration_table_bytes,
-            1 << 40,
-        ),
-        (
-            "limits.transaction_table_bytes",
-            l.transaction_table_bytes,
-            1 << 40,
-        ),
-    ] {
-        if value > max {
-            problem(key.into(), format!("{value} is above the maximum {max}"));
+        if let Some(message) = bounds.check(value) {
+            problem(key.into(), message);
         }
     }
 }
 
-/// `limits.max_connections` (its maximum) and `reserved_connections`,
-/// `known_flow_secs`, the largest message, and the TCP idle timeout.
-fn check_limit_connections_and_durations(
-    l: &raw::RawLimits,
-    problem: &mut dyn FnMut(String, String),
-) {
-    if l.max_connections > 1_000_000 {
-        problem(
-            "limits.max_connections".into(),
-            format!("{} is above the maximum 1000000", l.max_connections),
-        );
-    }
+/// `limits.reserved_connections` (below `max_connections`), the read
+/// buffer budget (at least two of the largest message), `known_flow_secs`
+/// and the TCP idle timeout.
+fn check_limits_that_depend_on_others(l: &raw::RawLimits, problem: &mut dyn FnMut(String, String)) {
+    let d = raw::RawLimits::default();
     if let Some(reserved) = l.reserved_connections {
         if reserved >= l.max_connections.max(1) {
             problem(
@@ -1011,135 +1033,72 @@ fn check_limit_connections_and_durations(
             );
         }
     }
-    if l.known_flow_secs != 0 && !(60..=604_800).contains(&l.known_flow_secs) {
-        problem(
-            "limits.known_flow_secs".into(),
-            format!(
-                "{} s is outside 60..=604800 s (0: no known flows; default 3600)",
-                l.known_flow_secs
-            ),
-        );
+    let budget = Bounds::new(2 * l.max_message_bytes as u64, 1 << 40, Unit::Bytes)
+        .noting("at least twice limits.max_message_bytes")
+        .defaulting_to(d.read_buffer_budget_bytes);
+    if let Some(message) = budget.check(l.read_buffer_budget_bytes) {
+        problem("limits.read_buffer_budget_bytes".into(), message);
     }
-    if l.max_message_bytes > 1 << 20 {
-        problem(
-            "limits.max_message_bytes".into(),
-            format!("{} is above the maximum 1048576", l.max_message_bytes),
-        );
-    }
-    if l.tcp_idle_timeout_secs < 30 {
-        problem(
-            "limits.tcp_idle_timeout_secs".into(),
-            format!(
-                "{} s is below 30 s; Lync clients keep connections alive every 300 s",
-                l.tcp_idle_timeout_secs
-            ),
-        );
-    }
-}
-
-/// The `[limits]` buffer, queue and table sizes that must lie in a range
-/// of bytes.
-fn check_limit_byte_ranges(l: &raw::RawLimits, problem: &mut dyn FnMut(String, String)) {
-    for (key, value, min, max) in [
-        (
-            "limits.read_buffer_budget_bytes",
-            l.read_buffer_budget_bytes,
-            2 * l.max_message_bytes,
-            1 << 40,
-        ),
-        (
-            "limits.write_queue_bytes",
-            l.write_queue_bytes,
-            64 << 10,
-            64 << 20,
-        ),
-        (
-            "limits.udp_receive_buffer_bytes",
-            l.udp_receive_buffer_bytes,
-            64 << 10,
-            1 << 30,
-        ),
-        (
-            "limits.udp_send_buffer_bytes",
-            l.udp_send_buffer_bytes,
-            64 << 10,
-            1 << 30,
-        ),
-        (
-            "limits.client_transaction_bytes",
-            l.client_transaction_bytes,
-            64 << 10,
-            1 << 40,
-        ),
-        (
-            "limits.upstream_queue_bytes",
-            l.upstream_queue_bytes,
-            64 << 10,
-            1 << 40,
-        ),
-        (
-            "limits.known_flow_bytes",
-            l.known_flow_bytes,
-            64 << 10,
-            1 << 40,
-        ),
-    ] {
-        if !(min..=max).contains(&value) {
-            problem(
-                key.into(),
-                format!("{value} is outside {min}..={max} (bytes)"),
-            );
+    if l.known_flow_secs != 0 {
+        let known_flow = Bounds::new(60, 604_800, Unit::Seconds)
+            .noting("0: no known flows")
+            .defaulting_to(d.known_flow_secs);
+        if let Some(message) = known_flow.check(l.known_flow_secs) {
+            problem("limits.known_flow_secs".into(), message);
         }
+    }
+    let idle = Bounds::new(30, u64::MAX, Unit::Seconds)
+        .noting("Lync clients keep connections alive every 300 s")
+        .defaulting_to(d.tcp_idle_timeout_secs);
+    if let Some(message) = idle.check(l.tcp_idle_timeout_secs) {
+        problem("limits.tcp_idle_timeout_secs".into(), message);
     }
 }
 
 /// `limits.listen_backlog`, the RFC 3261 timers T1 and T2, and the
 /// deadline of a stream message.
 fn check_limit_backlog_and_timers(l: &raw::RawLimits, problem: &mut dyn FnMut(String, String)) {
-    if !(1..=65_535).contains(&l.listen_backlog) {
-        problem(
-            "limits.listen_backlog".into(),
-            format!(
-                "{} is outside 1..=65535 connections (default 4096; the kernel caps it at net.core.somaxconn)",
-                l.listen_backlog
-            ),
-        );
-    }
-    if !(50..=10_000).contains(&l.timer_t1_ms) {
-        problem(
-            "limits.timer_t1_ms".into(),
-            format!(
-                "{} ms is outside 50..=10000 ms (RFC 3261 T1, default 500)",
-                l.timer_t1_ms
-            ),
-        );
-    }
-    if !(l.timer_t1_ms..=60_000).contains(&l.timer_t2_ms) {
-        problem(
-            "limits.timer_t2_ms".into(),
-            format!(
-                "{} ms is outside limits.timer_t1_ms ({})..=60000 ms (RFC 3261 T2, default 4000)",
-                l.timer_t2_ms, l.timer_t1_ms
-            ),
-        );
-    }
-    if l.drain_secs > 3600 {
-        problem(
-            "limits.drain_secs".into(),
-            format!(
-                "{} s is above 3600 s (0 stops at once on SIGTERM; default 30)",
-                l.drain_secs
-            ),
-        );
-    }
-    if !(1..=300).contains(&l.message_deadline_secs) {
-        problem(
-            "limits.message_deadline_secs".into(),
-            format!(
-                "{} s is outside 1..=300 s (a complete message, headers and body)",
-                l.message_deadline_secs
-            ),
-        );
+    let d = raw::RawLimits::default();
+    for (key, value, bounds) in [
+        (
+            "limits.listen_backlog",
+            u64::from(l.listen_backlog),
+            Bounds::new(1, 65_535, Unit::Count)
+                .noting("connections; the kernel caps it at net.core.somaxconn")
+                .defaulting_to(d.listen_backlog),
+        ),
+        (
+            "limits.timer_t1_ms",
+            l.timer_t1_ms,
+            Bounds::new(50, 10_000, Unit::Milliseconds)
+                .noting("RFC 3261 T1")
+                .defaulting_to(d.timer_t1_ms),
+        ),
+        (
+            "limits.timer_t2_ms",
+            l.timer_t2_ms,
+            Bounds::new(l.timer_t1_ms, 60_000, Unit::Milliseconds)
+                .noting("RFC 3261 T2, at least limits.timer_t1_ms")
+                .defaulting_to(d.timer_t2_ms),
+        ),
+        (
+            "limits.drain_secs",
+            l.drain_secs,
+            Bounds::new(0, 3600, Unit::Seconds)
+                .noting("0 stops at once on SIGTERM")
+                .defaulting_to(d.drain_secs),
+        ),
+        (
+            "limits.message_deadline_secs",
+            l.message_deadline_secs,
+            Bounds::new(1, 300, Unit::Seconds)
+                .noting("a complete message, headers and body")
+                .defaulting_to(d.message_deadline_secs),
+        ),
+    ] {
+        if let Some(message) = bounds.check(value) {
+            problem(key.into(), message);
+        }
     }
 }
 
@@ -1171,11 +1130,11 @@ fn rate_limit(r: &raw::RawRateLimit, problem: &mut dyn FnMut(String, String)) ->
     let connections_per_second = positive("connections_per_second", r.connections_per_second);
     let max_connections_per_source =
         positive("max_connections_per_source", r.max_connections_per_source);
-    if r.ban_secs > 7 * 86_400 {
-        problem(
-            "rate_limit.ban_secs".into(),
-            format!("{} s is above the maximum 604800 s (7 days)", r.ban_secs),
-        );
+    let ban = Bounds::new(0, 7 * 86_400, Unit::Seconds)
+        .noting("7 days; 0: never ban")
+        .defaulting_to(raw::RawRateLimit::default().ban_secs);
+    if let Some(message) = ban.check(r.ban_secs) {
+        problem("rate_limit.ban_secs".into(), message);
     }
     let over_limit = match r.over_limit.as_str() {
         "reject" => OverLimit::Reject,
@@ -1453,17 +1412,17 @@ fn role_policy(
 ) -> Option<RolePolicy> {
     let mut ok = true;
     let status = raw.status.unwrap_or(d.status);
-    if !(400..=d.max_status).contains(&status) {
+    let why = if d.max_status < 600 {
+        "a 6xx would cancel every fork of the Response Group call (RFC 3261 16.7)"
+    } else {
+        "a status of the 4xx, 5xx or 6xx class"
+    };
+    let statuses = Bounds::new(400, u64::from(d.max_status), Unit::Count)
+        .noting(why)
+        .defaulting_to(d.status);
+    if let Some(message) = statuses.check(status) {
         ok = false;
-        let why = if d.max_status < 600 {
-            "; a 6xx would cancel every fork of the Response Group call (RFC 3261 16.7)"
-        } else {
-            ""
-        };
-        problem(
-            format!("{key}.status"),
-            format!("{status} is not between 400 and {}{why}", d.max_status),
-        );
+        problem(format!("{key}.status"), message);
     }
     let reason = raw.reason.clone().unwrap_or_else(|| d.reason.into());
     if reason.bytes().any(|b| b == b'\r' || b == b'\n') {

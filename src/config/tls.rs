@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
+use super::bounds::{Bounds, Unit};
 use super::raw::RawTls;
 use crate::problem::Problem;
 
@@ -253,11 +254,10 @@ fn check_values(raw: &RawTls, problems: &mut Vec<Problem>) {
         }
     }
     let timeout = raw.handshake_timeout_secs;
-    if !(1..=MAX_HANDSHAKE_TIMEOUT_SECS).contains(&timeout) {
-        problems.push(Problem::new(
-            "tls.handshake_timeout_secs",
-            format!("{timeout} s is not between 1 and {MAX_HANDSHAKE_TIMEOUT_SECS} s"),
-        ));
+    let bounds = Bounds::new(1, MAX_HANDSHAKE_TIMEOUT_SECS, Unit::Seconds)
+        .defaulting_to(RawTls::default().handshake_timeout_secs);
+    if let Some(message) = bounds.check(timeout) {
+        problems.push(Problem::new("tls.handshake_timeout_secs", message));
     }
 }
 
