@@ -419,6 +419,12 @@ fn take_drops_due(state: &mut State, now: Instant) -> Option<u64> {
     })
 }
 
+/// A record that yields the last quarter of the queue to the others: a
+/// drop, or a protocol or capacity answer (see [`DecisionLog::submit`]).
+fn yields_to_others(record: &DecisionRecord) -> bool {
+    record.action == Action::Drop || record.kind() == DecisionKind::Protocol
+}
+
 fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
     state.lock().unwrap_or_else(PoisonError::into_inner)
 }
@@ -459,10 +465,22 @@ impl DecisionLog {
     /// the queue is full the record is dropped and counted, and a warning
     /// (at most one per [`WARNING_INTERVAL`]) says how many were dropped
     /// since the last one.
+    ///
+    /// The last quarter of the queue is kept for records of messages that
+    /// were relayed or answered by policy: a record of a drop (a scanner, an
+    /// ACK nothing can answer) or of a protocol answer (malformed, over a
+    /// rate limit, banned) is dropped once the queue is three quarters full,
+    /// so that a flood of those does not crowd out the legitimate clients'
+    /// records.
     pub fn submit(&self, record: DecisionRecord) {
         let shared = &*self.shared;
         let mut state = lock(&shared.state);
-        if state.closed || state.queue.len() >= shared.capacity {
+        let room = if yields_to_others(&record) {
+            shared.capacity - shared.capacity / 4
+        } else {
+            shared.capacity
+        };
+        if state.closed || state.queue.len() >= room {
             shared.dropped.fetch_add(1, Ordering::Relaxed);
             state.drops_since_warning += 1;
             let warning = take_drops_due(&mut state, Instant::now());

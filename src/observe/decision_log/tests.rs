@@ -547,3 +547,62 @@ fn chunks_end_on_line_ends() {
     assert_eq!(chunk_end(&lines, 5), 10, "a long first line goes alone");
     assert_eq!(chunk_end(&lines[1..], 100), 30);
 }
+
+#[test]
+fn drops_and_protocol_answers_leave_the_last_quarter_of_the_queue_to_the_others() {
+    const CAPACITY: usize = 8;
+    let (stalled_tx, stalled) = mpsc::channel();
+    let (release, release_rx) = mpsc::channel();
+    let sink = StallingSink {
+        writes: 0,
+        before_stall: 0,
+        stalled: stalled_tx,
+        release: release_rx,
+    };
+    let (log, writer) = start(
+        Target::Stdout,
+        Some(Box::new(sink)),
+        CAPACITY,
+        FLUSH_INTERVAL,
+    )
+    .unwrap();
+    log.submit(record(0));
+    stalled.recv_timeout(BOUND).expect("the writer stalled");
+    let scanner = |n| DecisionRecord {
+        action: Action::Drop,
+        rule: Cow::Borrowed("scanner"),
+        ..record(n)
+    };
+    let over_its_rate = |n| DecisionRecord {
+        kind: Some(DecisionKind::Protocol),
+        action: Action::Reject,
+        rule: Cow::Borrowed("rate_limit.requests"),
+        status: Some(503),
+        ..record(n)
+    };
+    for n in 1..=4 {
+        log.submit(scanner(n));
+    }
+    // Three quarters of the queue (6) hold the first two of these.
+    for n in 5..=8 {
+        log.submit(over_its_rate(n));
+    }
+    assert_eq!(log.dropped(), 2);
+    // The last quarter is there for records of relayed messages.
+    for n in 9..=11 {
+        log.submit(record(n));
+    }
+    assert_eq!(log.dropped(), 3);
+    release.send(()).unwrap();
+    let report = writer.shutdown(BOUND);
+    assert_eq!(
+        report,
+        ShutdownReport {
+            written: 1 + 6 + 2,
+            dropped: 3,
+            lost: 0,
+            unwritten: 0,
+            finished: true,
+        }
+    );
+}
