@@ -1017,9 +1017,10 @@ fn check_limit_ranges(l: &raw::RawLimits, problem: &mut dyn FnMut(String, String
     }
 }
 
-/// `limits.reserved_connections` (below `max_connections`), the read
-/// buffer budget (at least two of the largest message), `known_flow_secs`
-/// and the TCP idle timeout.
+/// The `[limits]` keys whose bounds come from another key, or that allow a
+/// 0 outside their range: `reserved_connections` (below `max_connections`),
+/// the read buffer budget (at least two of the largest message) and
+/// `known_flow_secs`.
 fn check_limits_that_depend_on_others(l: &raw::RawLimits, problem: &mut dyn FnMut(String, String)) {
     let d = raw::RawLimits::default();
     if let Some(reserved) = l.reserved_connections {
@@ -1047,16 +1048,10 @@ fn check_limits_that_depend_on_others(l: &raw::RawLimits, problem: &mut dyn FnMu
             problem("limits.known_flow_secs".into(), message);
         }
     }
-    let idle = Bounds::new(30, u64::MAX, Unit::Seconds)
-        .noting("Lync clients keep connections alive every 300 s")
-        .defaulting_to(d.tcp_idle_timeout_secs);
-    if let Some(message) = idle.check(l.tcp_idle_timeout_secs) {
-        problem("limits.tcp_idle_timeout_secs".into(), message);
-    }
 }
 
-/// `limits.listen_backlog`, the RFC 3261 timers T1 and T2, and the
-/// deadline of a stream message.
+/// `limits.listen_backlog`, the TCP idle timeout, the RFC 3261 timers T1
+/// and T2, the drain and the deadline of a stream message.
 fn check_limit_backlog_and_timers(l: &raw::RawLimits, problem: &mut dyn FnMut(String, String)) {
     let d = raw::RawLimits::default();
     for (key, value, bounds) in [
@@ -1066,6 +1061,13 @@ fn check_limit_backlog_and_timers(l: &raw::RawLimits, problem: &mut dyn FnMut(St
             Bounds::new(1, 65_535, Unit::Count)
                 .noting("connections; the kernel caps it at net.core.somaxconn")
                 .defaulting_to(d.listen_backlog),
+        ),
+        (
+            "limits.tcp_idle_timeout_secs",
+            l.tcp_idle_timeout_secs,
+            Bounds::new(30, u64::MAX, Unit::Seconds)
+                .noting("Lync clients keep connections alive every 300 s")
+                .defaulting_to(d.tcp_idle_timeout_secs),
         ),
         (
             "limits.timer_t1_ms",
