@@ -470,14 +470,15 @@ impl Core {
                 let runtime = self.runtime.load();
                 let outcome = self.request(inbound, &view, &runtime, now, open, ban);
                 // The scanner ban a request earned is recorded even when the
-                // request repeats one decided before (a retransmission).
-                let kind = if outcome
-                    .record()
-                    .is_some_and(|r| r.rule == BanCause::Scanner.rule())
-                {
-                    RecordKind::Ban
-                } else {
-                    RecordKind::Decision
+                // request repeats one decided before (a retransmission), and
+                // so is the 503 of a registrar known to be down, which may
+                // follow the relay of the request's first copy.
+                let kind = match outcome.record().map(|r| &*r.rule) {
+                    Some(rule) if rule == BanCause::Scanner.rule() => RecordKind::Ban,
+                    Some(rule) if rule == Refusal::UpstreamUnavailable.rule() => {
+                        RecordKind::UpstreamUnavailable
+                    }
+                    _ => RecordKind::Decision,
                 };
                 self.record_once(&view, inbound, kind, outcome, now)
             }

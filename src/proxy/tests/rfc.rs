@@ -294,3 +294,28 @@ fn a_request_for_a_registrar_known_to_be_down_gets_one_record_the_503() {
         Destination::Upstream
     );
 }
+
+#[test]
+fn a_resend_answered_503_after_its_first_copy_was_relayed_has_the_503_recorded() {
+    // A UDP client's REGISTER relayed (its allow record), then its
+    // retransmission while the registrar is known to be down: the 503 is
+    // a second thing that happened to the transaction, recorded once.
+    let core = Core::detached(CONFIG).unwrap();
+    let register = udp(
+        request("REGISTER", "sip:contoso.com", client(), LYNC, ""),
+        client(),
+    );
+    let relayed = handle(&core, &register);
+    assert_eq!(sent(&relayed).0, Destination::Upstream);
+    assert_eq!(relayed.into_record().unwrap().action, Action::Allow);
+    core.metrics()
+        .note_udp_upstream_unreachable("ICMP port unreachable".into());
+    let answered = handle(&core, &register);
+    assert_eq!(status(&answered), Some(503));
+    let record = answered.into_record().expect("the 503 is recorded");
+    assert_eq!(&*record.rule, "proxy.upstream-unavailable");
+    // A further copy is a retransmission of both: not recorded again.
+    let again = handle(&core, &register);
+    assert_eq!(status(&again), Some(503));
+    assert!(again.into_record().is_none());
+}
