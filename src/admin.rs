@@ -101,7 +101,7 @@ pub struct AdminState {
     /// Per-source rate limits and bans (bans in force, sources tracked).
     pub admission: Arc<Admission>,
     /// The queue to a stream upstream, for its gauge (`None` for UDP).
-    pub upstream_queue: Option<Arc<crate::transport::upstream::QueueBudget>>,
+    pub upstream_queue: Option<Arc<crate::transport::upstream::UpstreamBacklog>>,
     /// Cancelled when the instance stops serving.
     pub shutdown: CancellationToken,
 }

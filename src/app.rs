@@ -38,7 +38,7 @@ use crate::proxy::Core;
 use crate::reload::Reloader;
 use crate::transport::admission::Admission;
 use crate::transport::tls::{TlsContexts, TlsError};
-use crate::transport::upstream::{LinkSettings, QueueBudget, UpstreamLink};
+use crate::transport::upstream::{LinkSettings, UpstreamBacklog, UpstreamLink};
 use crate::transport::{udp, BootId, Connections, Senders, TransportContext, UdpListener};
 use crate::transport::{Event, Transport, UpstreamSender};
 use crate::vocabulary::LocalAddr;
@@ -692,7 +692,7 @@ fn transport_context(
     let upstream = settings.upstream;
     let upstream_queue = upstream
         .filter(|u| u.transport.is_stream())
-        .map(|_| Arc::new(QueueBudget::new(settings.limits.upstream_queue_bytes)));
+        .map(|_| Arc::new(UpstreamBacklog::new(settings.limits.upstream_queue_bytes)));
     Arc::new(TransportContext {
         connections: Arc::new(Connections::default()),
         events,

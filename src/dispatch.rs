@@ -451,6 +451,14 @@ async fn dispatch(
         // counted and, if a request, answered here.
         Event::Undelivered { inbound, error } => {
             debug!(source = %inbound.source, error = %error, "not delivered to the upstream");
+            if matches!(error, SendError::UpstreamGivenUp(_)) {
+                // Delivered, but the drain ran out before its answer came.
+                let answer = core.given_up(&inbound, Instant::now());
+                if let Err((_, e)) = carry_out(senders, log, &inbound, answer, core.boot()).await {
+                    Fault::of_send(&e).report(core.metrics(), Some(inbound.source.0), &e);
+                }
+                return;
+            }
             if matches!(error, SendError::UpstreamClosedUnanswered(_)) {
                 // Answered 503 here: not requests the registrar leaves
                 // unanswered on a connection it keeps (a stall).

@@ -10,9 +10,12 @@
 //! `limits.drain_secs` runs out. A second SIGTERM, or SIGINT, stops at
 //! once.
 //!
-//! Not pending, so not waited for: calls that are ringing (an INVITE with
-//! a provisional answer holds no client transaction, and a UDP client's
-//! INVITE is relayed without state); see docs/pool.md.
+//! Not pending, so not waited for: calls that are ringing toward a UDP
+//! registrar (an INVITE with a provisional answer holds no client
+//! transaction, and a UDP client's INVITE is relayed without state). The
+//! link to a TCP/TLS registrar remembers every request until its final
+//! answer, INVITEs included: those are pending, and given up with `408`
+//! when the drain runs out; see docs/pool.md.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::proxy::Core;
-use crate::transport::upstream::QueueBudget;
+use crate::transport::upstream::UpstreamBacklog;
 
 /// How long nothing must be pending before a draining instance stops: the
 /// answers of requests relayed statelessly (which no table holds) have
@@ -59,18 +62,22 @@ pub struct Pending {
     pub registers: usize,
     /// Bytes queued for a stream registrar and not yet written.
     pub upstream_queue_bytes: usize,
+    /// Requests written to a stream registrar that has not answered them
+    /// yet (any method).
+    pub upstream_unanswered: usize,
 }
 
 impl Pending {
     /// What `core` and the queue to the registrar hold now (REGISTERs
     /// whose answer is overdue are swept first: they are not pending any
     /// more).
-    pub fn of(core: &Core, upstream_queue: Option<&QueueBudget>) -> Self {
+    pub fn of(core: &Core, upstream_queue: Option<&UpstreamBacklog>) -> Self {
         core.registrations().sweep(std::time::Instant::now());
         Self {
             client_transactions: core.client_transactions().len(),
             registers: core.registrations().pending(),
-            upstream_queue_bytes: upstream_queue.map_or(0, QueueBudget::queued),
+            upstream_queue_bytes: upstream_queue.map_or(0, UpstreamBacklog::queued),
+            upstream_unanswered: upstream_queue.map_or(0, UpstreamBacklog::unanswered),
         }
     }
 
@@ -85,7 +92,7 @@ impl Pending {
 pub async fn run(
     requested: CancellationToken,
     core: Arc<Core>,
-    upstream_queue: Option<Arc<QueueBudget>>,
+    upstream_queue: Option<Arc<UpstreamBacklog>>,
     limit: Duration,
     shutdown: CancellationToken,
 ) {
@@ -102,6 +109,7 @@ pub async fn run(
         client_transactions = at_start.client_transactions,
         registers = at_start.registers,
         upstream_queue_bytes = at_start.upstream_queue_bytes,
+        upstream_unanswered = at_start.upstream_unanswered,
         "draining: new requests from clients get 503 with Retry-After; stopping once nothing is pending (a second SIGTERM stops at once)"
     );
     let outcome = tokio::select! {
@@ -117,12 +125,13 @@ pub async fn run(
                 client_transactions = left.client_transactions,
                 registers = left.registers,
                 upstream_queue_bytes = left.upstream_queue_bytes,
+                upstream_unanswered = left.upstream_unanswered,
                 "limits.drain_secs ran out with work pending; shutting down"
             );
-            if left.client_transactions > 0 {
+            if left.client_transactions > 0 || left.upstream_unanswered > 0 {
                 tokio::select! {
                     () = shutdown.cancelled() => return,
-                    () = answer_given_up(&core) => {}
+                    () = answer_given_up(&core, upstream_queue.as_deref()) => {}
                 }
             }
         }
@@ -130,15 +139,20 @@ pub async fn run(
     shutdown.cancel();
 }
 
-/// Give up the client transactions still kept, so that each TCP/TLS
-/// client is answered `408` (and recorded, rule `proxy.request-timeout`)
-/// instead of losing its connection without a final response; wait
-/// (bounded by [`GIVE_UP`]) until they are, then [`FLUSH`].
-async fn answer_given_up(core: &Core) {
+/// Give up the client transactions still kept and the requests a stream
+/// registrar has not answered, so that each client still waiting is
+/// answered `408` (and recorded, rule `proxy.request-timeout`) instead of
+/// losing its connection without a final response; wait (bounded by
+/// [`GIVE_UP`]) until they are, then [`FLUSH`].
+async fn answer_given_up(core: &Core, upstream: Option<&UpstreamBacklog>) {
     let transactions = core.client_transactions();
     transactions.give_up_all(std::time::Instant::now());
+    if let Some(upstream) = upstream {
+        upstream.give_up();
+    }
+    let answered = || transactions.is_empty() && upstream.is_none_or(|u| u.unanswered() == 0);
     let deadline = Instant::now() + GIVE_UP;
-    while !transactions.is_empty() && Instant::now() < deadline {
+    while !answered() && Instant::now() < deadline {
         tokio::time::sleep(POLL).await;
     }
     tokio::time::sleep(FLUSH).await;
@@ -170,6 +184,7 @@ async fn settle(
                     client_transactions = left.client_transactions,
                     registers = left.registers,
                     upstream_queue_bytes = left.upstream_queue_bytes,
+                    upstream_unanswered = left.upstream_unanswered,
                     "draining: still pending"
                 );
             }

@@ -187,6 +187,19 @@ fn a_register_retransmitted_while_under_way_is_relayed_during_the_drain() {
 /// `sipadmit run` with a `tcp:` and a `udp:` listener on free ports of
 /// 127.0.0.1, relaying to `registrar`; the TCP listener's address.
 fn start(dir: &std::path::Path, registrar: &Registrar, drain_secs: u64) -> (Sipadmit, SocketAddr) {
+    let (sipadmit, listeners) = start_toward(dir, &format!("udp:{}", registrar.addr), drain_secs);
+    (sipadmit, listeners.tcp)
+}
+
+/// The addresses of sipadmit's two listeners.
+struct Listeners {
+    tcp: SocketAddr,
+    udp: SocketAddr,
+}
+
+/// [`start`], relaying to `upstream` (`udp:` or `tcp:` and an address);
+/// both listeners' addresses.
+fn start_toward(dir: &std::path::Path, upstream: &str, drain_secs: u64) -> (Sipadmit, Listeners) {
     let config = dir.join("drain.toml");
     std::fs::write(
         &config,
@@ -197,22 +210,25 @@ fn start(dir: &std::path::Path, registrar: &Registrar, drain_secs: u64) -> (Sipa
         Command::new(env!("CARGO_BIN_EXE_sipadmit"))
             .args(["run", "--config", config.to_str().unwrap()])
             .args(["--listen", "udp:127.0.0.1:0", "--listen", "tcp:127.0.0.1:0"])
-            .args(["--upstream", &format!("udp:{}", registrar.addr)])
+            .args(["--upstream", upstream])
             .args([
                 "--decision-log",
                 dir.join("decisions.log").to_str().unwrap(),
             ])
             .env("RUST_LOG", "info"),
     );
-    let tcp = loop {
+    let (mut tcp, mut udp) = (None, None);
+    while tcp.is_none() || udp.is_none() {
         let line = sipadmit.wait_for("listening");
-        if field(&line, "transport") == "tcp" {
-            break field(&line, "addr").parse().unwrap();
+        let addr: SocketAddr = field(&line, "addr").parse().unwrap();
+        match field(&line, "transport") {
+            "tcp" => tcp = Some(addr),
+            _ => udp = Some(addr),
         }
-        let addr = field(&line, "addr").to_owned();
-        sipadmit.lines.retain(|l| !l.contains(&addr));
-    };
-    (sipadmit, tcp)
+        sipadmit.lines.retain(|l| l != &line);
+    }
+    let (tcp, udp) = (tcp.unwrap(), udp.unwrap());
+    (sipadmit, Listeners { tcp, udp })
 }
 
 /// A REGISTER sent over a new TCP connection to `tcp`, once `registrar`
@@ -299,4 +315,79 @@ fn a_drain_that_runs_out_answers_408_to_the_stream_clients_still_waiting() {
     assert!(stderr.contains("limits.drain_secs ran out"), "{stderr}");
     let log = std::fs::read_to_string(dir.path().join("decisions.log")).unwrap();
     assert!(log.contains("\"rule\":\"proxy.request-timeout\""), "{log}");
+}
+
+/// A TCP registrar that accepts one connection and reads everything sent
+/// on it without ever answering (a stalled registrar); the bytes read so
+/// far.
+fn silent_tcp_registrar() -> (SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::io::Read;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let read = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = read.clone();
+    std::thread::spawn(move || {
+        let Ok((mut conn, _)) = listener.accept() else {
+            return;
+        };
+        let mut buf = [0u8; 4096];
+        while let Ok(n @ 1..) = conn.read(&mut buf) {
+            counted.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+        }
+    });
+    (addr, read)
+}
+
+#[test]
+fn a_drain_that_runs_out_answers_408_to_what_a_stalled_tcp_registrar_left_unanswered() {
+    // A registrar over TCP that reads and never answers: a TCP client's
+    // MESSAGE and REGISTER and a UDP client's REGISTER are written to it
+    // and wait. The drain waits for them (not "nothing pending"), and when
+    // it runs out each client gets a 408, recorded, before sipadmit exits.
+    let (registrar, read) = silent_tcp_registrar();
+    let dir = tempfile::tempdir().unwrap();
+    let (mut sipadmit, Listeners { tcp, udp }) =
+        start_toward(dir.path(), &format!("tcp:{registrar}"), 2);
+    let mut conn = TcpStream::connect(tcp).unwrap();
+    conn.set_read_timeout(Some(BOUND)).unwrap();
+    let mut reader = BufReader::new(conn.try_clone().unwrap());
+    let me = conn.local_addr().unwrap();
+    let message = request("MESSAGE", "TCP", me, 1, "");
+    let register = request("REGISTER", "TCP", me, 2, "");
+    conn.write_all(format!("{message}{register}").as_bytes())
+        .unwrap();
+    let client = UdpSocket::bind("127.0.0.1:0").unwrap();
+    client.set_read_timeout(Some(BOUND)).unwrap();
+    let from_udp = request("REGISTER", "UDP", client.local_addr().unwrap(), 3, "");
+    client.send_to(from_udp.as_bytes(), udp).unwrap();
+    let until = Instant::now() + BOUND;
+    let written = message.len() + register.len() + from_udp.len();
+    while read.load(std::sync::atomic::Ordering::Relaxed) < written {
+        assert!(
+            Instant::now() < until,
+            "the requests did not reach the registrar"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    sipadmit.signal("TERM");
+    for _ in 0..2 {
+        let status = read_status(&mut reader);
+        assert!(status.starts_with("SIP/2.0 408"), "{status}");
+    }
+    let answered = answer(&client);
+    assert!(answered.starts_with("SIP/2.0 408"), "{answered}");
+    let stderr = sipadmit.exited();
+    assert!(!stderr.contains("nothing pending"), "{stderr}");
+    assert!(stderr.contains("limits.drain_secs ran out"), "{stderr}");
+    assert!(
+        stderr.contains("the registrar had not answered: they are answered 408"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("answered 503"), "{stderr}");
+    let log = std::fs::read_to_string(dir.path().join("decisions.log")).unwrap();
+    assert_eq!(
+        log.matches("\"rule\":\"proxy.request-timeout\"").count(),
+        3,
+        "{log}"
+    );
 }

@@ -639,6 +639,14 @@ impl Core {
             .collect()
     }
 
+    /// The `408 Request Timeout` of a request relayed to a stream registrar
+    /// that had not answered it when a drain ran out (see
+    /// [`crate::drain`]), with its log line and record.
+    /// Counted in `sipadmit_protocol_answers_total` with that rule.
+    pub fn given_up(&self, inbound: &Inbound, now: Instant) -> Outcome {
+        self.request_timeout(inbound, now)
+    }
+
     /// The `408 Request Timeout` of a request nothing answered within
     /// 64*T1, with its log line and record.
     fn request_timeout(&self, inbound: &Inbound, now: Instant) -> Outcome {

@@ -35,11 +35,13 @@ pub const INVITE_REMEMBERED_FOR: Duration = Duration::from_secs(180);
 
 /// At most this many requests are remembered per connection (after the
 /// expired are forgotten); past it, the rest are left to their clients'
-/// timers.
-pub const MAX_REMEMBERED: usize = 1_000;
+/// timers. 10,000: 20 s of a registrar that stalls under 500 requests a
+/// second.
+pub const MAX_REMEMBERED: usize = 10_000;
 
-/// At most this many bytes of requests are remembered per connection.
-pub const MAX_REMEMBERED_BYTES: usize = 4 * 1024 * 1024;
+/// At most this many bytes of requests are remembered per connection
+/// (16 MiB).
+pub const MAX_REMEMBERED_BYTES: usize = 16 * 1024 * 1024;
 
 /// At most this many ended transactions wait for the link to take them;
 /// past it (a registrar sending responses to nothing), the rest are not
@@ -224,9 +226,13 @@ impl Unanswered {
     }
 
     /// How many requests are remembered.
-    #[cfg(test)]
-    fn len(&self) -> usize {
+    pub fn len(&self) -> usize {
         self.written.len()
+    }
+
+    /// No request is remembered.
+    pub fn is_empty(&self) -> bool {
+        self.written.is_empty()
     }
 
     /// How many requests were not remembered for want of room (left to
@@ -235,16 +241,19 @@ impl Unanswered {
         self.not_kept
     }
 
-    /// The connection closed at `now`: the requests still unanswered
-    /// whose clients still wait, in the order they were written.
-    pub fn into_failed(mut self, now: Instant) -> Vec<Inbound> {
+    /// The requests still unanswered at `now` whose clients still wait,
+    /// in the order they were written, taken (the connection closed, or a
+    /// drain gives them up): none is remembered after.
+    pub fn take_waiting(&mut self, now: Instant) -> Vec<Inbound> {
         self.forget_expired(now);
-        let mut left: Vec<Written> = self.written.into_values().collect();
+        self.bytes = 0;
+        let mut left: Vec<Written> = self.written.drain().map(|(_, w)| w).collect();
         left.sort_unstable_by_key(|w| w.order);
         left.into_iter().map(|w| w.inbound).collect()
     }
 
-    fn forget_expired(&mut self, now: Instant) {
+    /// Forget the requests whose clients have stopped waiting by `now`.
+    pub fn forget_expired(&mut self, now: Instant) {
         let bytes = &mut self.bytes;
         self.written.retain(|_, w| {
             let keep = now < w.until;
@@ -376,7 +385,7 @@ mod tests {
         assert_eq!(heard.messages(), 4);
         unanswered.answered(&heard);
         assert_eq!(unanswered.len(), 3);
-        let failed = unanswered.into_failed(now);
+        let failed = unanswered.take_waiting(now);
         let branches: Vec<_> = failed
             .iter()
             .map(|i| {
@@ -401,7 +410,7 @@ mod tests {
         write(&mut unanswered, request("REGISTER", "z9hG4bKold"), start);
         write(&mut unanswered, request("INVITE", "z9hG4bKringing"), start);
         let later = start + REMEMBERED_FOR;
-        let failed = unanswered.into_failed(later);
+        let failed = unanswered.take_waiting(later);
         assert_eq!(failed.len(), 1, "the REGISTER's client gave up (Timer F)");
         assert!(
             failed[0].bytes.starts_with(b"INVITE"),
@@ -436,7 +445,7 @@ mod tests {
         let again = inbound(request("REGISTER", "x"));
         assert!(!unanswered.written(opened("z9hG4bK1"), &again, now));
         assert_eq!(unanswered.not_kept(), 1, "not for want of room");
-        let failed = unanswered.into_failed(now);
+        let failed = unanswered.take_waiting(now);
         assert_eq!(failed.len(), 1);
         assert_eq!(failed[0].bytes, big, "the first copy");
     }

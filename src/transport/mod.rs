@@ -120,6 +120,11 @@ pub enum SendError {
     /// TLS 1.3 handshake, say): it gets no answer on that connection.
     #[error("the connection to upstream {0} closed before the registrar answered the request")]
     UpstreamClosedUnanswered(SocketAddr),
+    /// A drain ran out of time with the request written to the stream
+    /// upstream and not answered: answered `408 Request Timeout` (rule
+    /// `proxy.request-timeout`).
+    #[error("sipadmit stopped waiting for upstream {0} to answer the request (the drain ran out)")]
+    UpstreamGivenUp(SocketAddr),
     /// The link to the stream upstream has stopped (shutting down).
     #[error("the link to upstream {0} has stopped")]
     UpstreamStopped(SocketAddr),
@@ -229,7 +234,7 @@ pub struct TransportContext {
     /// The byte bound of the queue to a stream upstream (`None` for a UDP
     /// upstream): client connections wait for room in it before handing a
     /// message on.
-    pub upstream_queue: Option<Arc<upstream::QueueBudget>>,
+    pub upstream_queue: Option<Arc<upstream::UpstreamBacklog>>,
 }
 
 /// What became of one message after its source's rate limit.

@@ -1,7 +1,7 @@
 //! Stage 1, the link to a stream upstream: a task with a bounded queue.
 //!
 //! The dispatcher only offers messages to the queue ([`UpstreamLink::offer`]
-//! never waits). The queue is bounded in bytes ([`QueueBudget`],
+//! never waits). The queue is bounded in bytes ([`UpstreamBacklog`],
 //! `limits.upstream_queue_bytes`): client connections stop reading while
 //! less than a quarter of it is free (backpressure: a reconnect storm waits
 //! in the clients' TCP windows), so only what cannot wait (UDP) can fill it,
@@ -60,26 +60,54 @@ use crate::observe::metrics::TlsSide;
 use crate::vocabulary::Leg;
 use crate::vocabulary::{Inbound, LocalAddr};
 
-/// The byte bound of the queue to a stream upstream
-/// (`limits.upstream_queue_bytes`), shared by the dispatcher (which
-/// queues), the link task (which takes) and the client connections' readers
-/// (which wait for room: [`QueueBudget::room_for_clients`]).
+/// How often the link looks at the answers its connection's reader noted
+/// while it remembers requests (so that a drain sees them answered).
+const ANSWERS_LOOKED_AT: Duration = Duration::from_millis(100);
+
+/// What waits on the link to a stream upstream: the bytes queued for it,
+/// bounded by `limits.upstream_queue_bytes` and shared by the dispatcher
+/// (which queues), the link task (which takes) and the client connections'
+/// readers (which wait for room: [`UpstreamBacklog::room_for_clients`]);
+/// and the requests written on its connection and not answered yet, which
+/// a drain waits for and, when it runs out, has the link give up
+/// ([`UpstreamBacklog::give_up`]).
 #[derive(Debug)]
-pub struct QueueBudget {
+pub struct UpstreamBacklog {
     queued: AtomicUsize,
     capacity: usize,
     /// Wakes the readers waiting for room.
     taken: Notify,
+    /// Requests written and not answered, as of the link's last look
+    /// (at most [`ANSWERS_LOOKED_AT`] old while there are any).
+    unanswered: AtomicUsize,
+    /// Tells the link to answer its unanswered requests `408` now.
+    give_up: Notify,
 }
 
-impl QueueBudget {
+impl UpstreamBacklog {
     /// An empty queue of at most `capacity` bytes.
     pub fn new(capacity: usize) -> Self {
         Self {
             queued: AtomicUsize::new(0),
             capacity,
             taken: Notify::new(),
+            unanswered: AtomicUsize::new(0),
+            give_up: Notify::new(),
         }
+    }
+
+    /// Requests written to the upstream whose clients still wait for its
+    /// answer (retransmissions counted once).
+    pub fn unanswered(&self) -> usize {
+        self.unanswered.load(Ordering::Relaxed)
+    }
+
+    /// Have the link answer every request it wrote and saw no answer to
+    /// with `408 Request Timeout` (recorded, rule `proxy.request-timeout`):
+    /// the end of a drain that ran out of time. [`Self::unanswered`] is 0
+    /// once they are handed to the dispatcher.
+    pub fn give_up(&self) {
+        self.give_up.notify_one();
     }
 
     /// Bytes queued now.
@@ -168,7 +196,7 @@ pub struct UpstreamLink {
     transport: Transport,
     addr: SocketAddr,
     queue: mpsc::UnboundedSender<Outgoing>,
-    budget: Arc<QueueBudget>,
+    budget: Arc<UpstreamBacklog>,
 }
 
 impl UpstreamLink {
@@ -184,7 +212,7 @@ impl UpstreamLink {
         local: SocketAddr,
         tls: Option<Arc<ClientTls>>,
         settings: LinkSettings,
-        budget: Arc<QueueBudget>,
+        budget: Arc<UpstreamBacklog>,
         ctx: Arc<TransportContext>,
     ) -> Self {
         let (queue, waiting) = mpsc::unbounded_channel();
@@ -254,7 +282,7 @@ struct LinkTask {
     addr: SocketAddr,
     local: SocketAddr,
     settings: LinkSettings,
-    budget: Arc<QueueBudget>,
+    budget: Arc<UpstreamBacklog>,
     ctx: Arc<TransportContext>,
     /// The open connection to the upstream, if any.
     connection: Option<Open>,
@@ -264,10 +292,26 @@ struct LinkTask {
 
 impl LinkTask {
     async fn run(mut self, mut waiting: mpsc::UnboundedReceiver<Outgoing>) {
+        let mut look = tokio::time::interval(ANSWERS_LOOKED_AT);
+        look.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let ended = self.connection.as_ref().map(|open| open.ended.clone());
+            let remembers = self
+                .connection
+                .as_ref()
+                .is_some_and(|open| !open.unanswered.is_empty());
             let outgoing = tokio::select! {
                 () = self.ctx.shutdown.cancelled() => return,
+                _ = look.tick(), if remembers => {
+                    self.look_at_answers();
+                    continue;
+                }
+                () = self.budget.give_up.notified() => {
+                    if !self.give_up_unanswered().await {
+                        return;
+                    }
+                    continue;
+                }
                 () = async {
                     match &ended {
                         Some(ended) => ended.cancelled().await,
@@ -289,6 +333,50 @@ impl LinkTask {
                 return;
             }
         }
+    }
+
+    /// Forget the requests the registrar answered, or whose clients have
+    /// stopped waiting, and tell the backlog how many are left.
+    fn look_at_answers(&mut self) {
+        let left = match self.connection.as_mut() {
+            Some(open) => {
+                open.unanswered.answered(&open.heard);
+                open.unanswered.forget_expired(Instant::now());
+                open.unanswered.len()
+            }
+            None => 0,
+        };
+        self.budget.unanswered.store(left, Ordering::Relaxed);
+    }
+
+    /// A drain ran out: answer `408` to every request still unanswered
+    /// (after taking the answers heard so far). `false`: the dispatcher is
+    /// gone.
+    async fn give_up_unanswered(&mut self) -> bool {
+        let given_up = match self.connection.as_mut() {
+            Some(open) => {
+                open.unanswered.answered(&open.heard);
+                open.unanswered.take_waiting(Instant::now())
+            }
+            None => Vec::new(),
+        };
+        if !given_up.is_empty() {
+            warn!(
+                upstream = %self.addr,
+                requests = given_up.len(),
+                "the drain ran out with requests the registrar had not answered: they are answered 408"
+            );
+        }
+        let mut handed_on = true;
+        for inbound in given_up {
+            let error = SendError::UpstreamGivenUp(self.addr);
+            if !self.undelivered(inbound, error).await {
+                handed_on = false;
+                break;
+            }
+        }
+        self.budget.unanswered.store(0, Ordering::Relaxed);
+        handed_on
     }
 
     /// Write one message to the connection (opened if need be), waiting for
@@ -320,6 +408,10 @@ impl LinkTask {
                 if let (Err(_), Some(open), Some(key)) = (&sent, &mut self.connection, remembered) {
                     // It comes back as undelivered below, failed once.
                     open.unanswered.forget(key);
+                }
+                if let Some(open) = &self.connection {
+                    let left = open.unanswered.len();
+                    self.budget.unanswered.store(left, Ordering::Relaxed);
                 }
                 sent
             }
@@ -384,21 +476,41 @@ impl LinkTask {
             warn!(
                 upstream = %self.addr,
                 connection = %open.id,
-                requests = open.unanswered.not_kept(),
-                "requests written on a closed upstream connection were not remembered (1,000 requests or 4 MiB unanswered on it): they are left to their clients' timers"
+                writes = open.unanswered.not_kept(),
+                "requests written on a closed upstream connection were not remembered (10,000 requests or 16 MiB unanswered on it; a UDP client's retransmissions count as writes): they are left to their clients' timers"
             );
         }
-        let failed = open.unanswered.into_failed(Instant::now());
+        let failed = open.unanswered.take_waiting(Instant::now());
+        self.budget.unanswered.store(0, Ordering::Relaxed);
+        if self.ctx.shutdown.is_cancelled() {
+            // Nothing is answered any more: say so, not that 503s go out.
+            if !failed.is_empty() {
+                warn!(
+                    upstream = %self.addr,
+                    connection = %open.id,
+                    requests = failed.len(),
+                    "stopping with requests the registrar had not answered: they are left to their clients' timers"
+                );
+            }
+            return false;
+        }
         if failed.is_empty() {
             info!(upstream = %self.addr, connection = %open.id, "upstream connection closed");
             return true;
         }
-        if open.heard.messages() == 0 {
+        if open.heard.messages() == 0 && self.transport == Transport::Tls {
             warn!(
                 upstream = %self.addr,
                 connection = %open.id,
                 requests = failed.len(),
                 "upstream connection closed before the registrar sent anything (client certificate refused?): its requests are answered 503"
+            );
+        } else if open.heard.messages() == 0 {
+            warn!(
+                upstream = %self.addr,
+                connection = %open.id,
+                requests = failed.len(),
+                "upstream connection closed before the registrar sent anything: its requests are answered 503"
             );
         } else {
             warn!(
@@ -627,12 +739,16 @@ impl UpstreamWatch {
         }
         let pending = self.pending.swap(0, Ordering::Relaxed);
         crate::observe::metrics::Metrics::add(&metrics.upstream_silent_requests, pending as usize);
-        tracing::warn!(
-            requests = pending,
-            silent_secs = silent_for.as_secs(),
-            total = metrics.upstream_silent_requests.load(Ordering::Relaxed),
-            "the upstream sent nothing back: is the registrar down or stalled?"
-        );
+        // Told again only with new requests gone unanswered (not every
+        // 10 s of a registrar that refuses connections and gets none).
+        if pending > 0 || !self.silent.load(Ordering::Relaxed) {
+            tracing::warn!(
+                requests = pending,
+                silent_secs = silent_for.as_secs(),
+                total = metrics.upstream_silent_requests.load(Ordering::Relaxed),
+                "the upstream sent nothing back: is the registrar down or stalled?"
+            );
+        }
         let reason = format!(
             "no message from it for {} s with requests relayed to it",
             silent_for.as_secs()
@@ -726,6 +842,50 @@ mod tests {
         assert!(!watch.check(t0 + 3 * SILENCE, &metrics));
     }
 
+    /// A writer of log lines into a shared buffer, for tests that read
+    /// what was logged.
+    #[derive(Clone, Default)]
+    struct Lines(Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Lines {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_silence_is_told_again_only_with_new_requests_unanswered() {
+        let lines = Lines::default();
+        let writer = lines.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish();
+        let metrics = crate::observe::metrics::Metrics::default();
+        let watch = UpstreamWatch::new(Transport::Tcp);
+        let t0 = std::time::Instant::now();
+        tracing::subscriber::with_default(subscriber, || {
+            watch.relayed(t0);
+            assert!(watch.check(t0 + SILENCE, &metrics));
+            // A registrar that refuses connections: no request relayed.
+            assert!(watch.check(t0 + 2 * SILENCE, &metrics), "still silent");
+            assert!(watch.check(t0 + 3 * SILENCE, &metrics), "still silent");
+            watch.relayed(t0 + 3 * SILENCE);
+            assert!(watch.check(t0 + 4 * SILENCE, &metrics));
+        });
+        let text = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
+        let told: Vec<&str> = text
+            .lines()
+            .filter(|l| l.contains("the upstream sent nothing back"))
+            .collect();
+        assert_eq!(told.len(), 2, "{text}");
+        assert!(told.iter().all(|l| l.contains("requests=1")), "{text}");
+    }
+
     #[test]
     fn a_stalled_stream_upstream_is_silent_for_readyz_but_not_refused() {
         let metrics = crate::observe::metrics::Metrics::default();
@@ -760,7 +920,7 @@ mod tests {
         ctx: &Arc<TransportContext>,
     ) -> UpstreamLink {
         let local = "127.0.0.1:5060".parse().unwrap();
-        let budget = Arc::new(QueueBudget::new(budget));
+        let budget = Arc::new(UpstreamBacklog::new(budget));
         UpstreamLink::spawn(
             Transport::Tcp,
             addr,
@@ -886,7 +1046,7 @@ mod tests {
 
     #[tokio::test]
     async fn client_readers_wait_while_less_than_a_quarter_of_the_queue_is_free() {
-        let budget = Arc::new(QueueBudget::new(1000));
+        let budget = Arc::new(UpstreamBacklog::new(1000));
         assert!(budget.try_add(700));
         // 700 + 100 + 250 (the reserve) > 1000: a client message waits ...
         let waiting = tokio::spawn({
@@ -951,6 +1111,39 @@ mod tests {
     /// it is killed under load): every request it wrote no final answer
     /// to is failed at once, not left without an answer (a client on TCP
     /// or TLS never retransmits), whatever it answered after it.
+    #[tokio::test]
+    async fn a_drain_sees_what_is_unanswered_and_its_give_up_hands_it_back_once() {
+        let (registrar, addr, ctx, mut events, link) = link_to_a_listener().await;
+        for n in 1..=3 {
+            link.offer(request(n)).unwrap();
+        }
+        let (mut conn, _) = registrar.accept().await.unwrap();
+        for n in 1..=3 {
+            assert_eq!(read_request(&mut conn).await, n);
+        }
+        send(&mut conn, &answer(200, 2), &mut events).await;
+        // The link looks at the answers while it remembers requests: the
+        // answered one stops counting without another request written.
+        let backlog = link.budget.clone();
+        let until = Instant::now() + Duration::from_secs(5);
+        while backlog.unanswered() != 2 {
+            assert!(Instant::now() < until, "{}", backlog.unanswered());
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        backlog.give_up();
+        let given_up = undelivered(&mut events, 2).await;
+        assert_eq!(given_up.iter().map(|(n, _)| *n).collect::<Vec<_>>(), [1, 3]);
+        assert!(given_up
+            .iter()
+            .all(|(_, e)| matches!(e, SendError::UpstreamGivenUp(a) if *a == addr)));
+        assert_eq!(backlog.unanswered(), 0);
+        // Given up once: the connection closing later fails nothing more.
+        drop(conn);
+        let quiet = tokio::time::timeout(Duration::from_millis(500), events.recv()).await;
+        assert!(quiet.is_err(), "nothing failed twice: {quiet:?}");
+        ctx.shutdown.cancel();
+    }
+
     #[tokio::test]
     async fn requests_without_a_final_answer_are_failed_when_the_connection_closes() {
         let (registrar, addr, ctx, mut events, link) = link_to_a_listener().await;
