@@ -359,6 +359,7 @@ pub async fn serve_reloading(
     let probes = settings
         .upstream_probe
         .map(|every| (every, upstream, listeners.upstream_local));
+    let summaries = core.clone();
     let dispatcher = Dispatcher::new(core, senders, decision_log.clone(), admission, probes);
     let (first, siblings) = start_workers(
         &mut bound,
@@ -386,6 +387,7 @@ pub async fn serve_reloading(
     shutdown.cancel();
     wind_down(siblings, hep_exporter).await;
     tasks.shutdown().await;
+    summaries.close_summaries_at_stop();
     let dropped = decision_log.dropped();
     info!(counters = %metrics.summary(), decision_records_dropped = dropped, "stopped");
     Ok(metrics)
@@ -541,7 +543,7 @@ fn warn_of_registrar_connections(upstream: Endpoint, sources: &UpstreamSources) 
     if *sources == UpstreamSources::exactly(upstream.addr) {
         warn!(
             %upstream,
-            "proxy.upstream_sources is only the upstream's IP:PORT: requests the registrar sends on connections it opens itself (from other ports) count as a client's; list its IP (\"{}\") there to make them the registrar's",
+            "proxy.upstream_sources is only the upstream's IP:PORT: requests the registrar sends on connections it opens itself (from other ports) count as a client's; list its IP (\"{}\") there to make them the registrar's, unless clients connect from that IP too (everything from it would then count as the registrar's)",
             upstream.addr.ip()
         );
     }

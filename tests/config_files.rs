@@ -740,6 +740,19 @@ fn a_reload_names_the_restart_only_settings_that_changed() {
             "admin.allow_remote"
         ]
     );
+    // A new upstream address moves the default sources with it: only the
+    // upstream is named. Sources set in the file are named when they change.
+    let moved = load("[proxy]\nupstream = \"udp:127.0.0.1:5080\"\n");
+    assert_eq!(
+        running.settings.needing_restart(&moved.settings),
+        ["proxy.upstream"]
+    );
+    let sources =
+        load("[proxy]\nupstream = \"udp:127.0.0.1:5070\"\nupstream_sources = [\"192.0.2.10\"]\n");
+    assert_eq!(
+        running.settings.needing_restart(&sources.settings),
+        ["proxy.upstream_sources"]
+    );
     // [rate_limit] is applied by the reload itself (to the admission).
     let limited = load(
         "[proxy]\nupstream = \"udp:127.0.0.1:5070\"\n[rate_limit]\nrequests_per_second = 5\n\

@@ -391,3 +391,48 @@ fn a_drain_that_runs_out_answers_408_to_what_a_stalled_tcp_registrar_left_unansw
         "{log}"
     );
 }
+
+#[test]
+fn refusals_in_the_seconds_before_a_stop_are_summarised_at_the_stop() {
+    // A source over its rate limit: the first refusals are logged one by
+    // one, the rest only in the 10-s summary, which a stop within those
+    // 10 s must still write.
+    let registrar = Registrar::start();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("limits.toml");
+    std::fs::write(
+        &config,
+        "[limits]\ndrain_secs = 0\n\n[rate_limit]\ntrusted = []\nrequests_per_second = 1\nburst = 2\nban_secs = 0\n",
+    )
+    .unwrap();
+    let mut sipadmit = Sipadmit::spawn(
+        Command::new(env!("CARGO_BIN_EXE_sipadmit"))
+            .args(["run", "--config", config.to_str().unwrap()])
+            .args(["--listen", "udp:127.0.0.1:0"])
+            .args(["--upstream", &format!("udp:{}", registrar.addr)])
+            .env("RUST_LOG", "info"),
+    );
+    let udp: SocketAddr = field(&sipadmit.wait_for("listening"), "addr")
+        .parse()
+        .unwrap();
+    let client = UdpSocket::bind("127.0.0.1:0").unwrap();
+    client.set_read_timeout(Some(BOUND)).unwrap();
+    let me = client.local_addr().unwrap();
+    let mut refused = 0;
+    for n in 1..=30 {
+        client
+            .send_to(request("REGISTER", "UDP", me, n, "").as_bytes(), udp)
+            .unwrap();
+        if answer(&client).starts_with("SIP/2.0 503") {
+            refused += 1;
+        }
+    }
+    assert!(refused >= 20, "{refused} refused");
+    sipadmit.signal("TERM");
+    let stderr = sipadmit.exited();
+    let summary = stderr
+        .lines()
+        .find(|l| l.contains("requests refused in the last 10 s"))
+        .unwrap_or_else(|| panic!("no summary at the stop:\n{stderr}"));
+    assert_eq!(field(summary, "refused"), refused.to_string(), "{summary}");
+}

@@ -273,9 +273,11 @@ impl Settings {
         };
         check("proxy.listen", self.listen != new.listen);
         check("proxy.upstream", self.upstream != new.upstream);
+        // Left unset, the sources follow the upstream's address: a new
+        // upstream alone is not also named as new sources.
         check(
             "proxy.upstream_sources",
-            self.upstream_sources != new.upstream_sources,
+            self.upstream == new.upstream && self.upstream_sources != new.upstream_sources,
         );
         check("proxy.decision_log", self.decision_log != new.decision_log);
         check("proxy.advertise", self.advertise != new.advertise);

@@ -722,6 +722,13 @@ impl Core {
         }
     }
 
+    /// Log the summaries at a stop, windows not yet over included: a flood
+    /// in the last seconds before a stop is told too, not only in the
+    /// stop's totals.
+    pub fn close_summaries_at_stop(&self) {
+        self.close_summaries(Instant::now() + SUMMARY_WINDOW);
+    }
+
     /// Keep the outcome's record only for the first sighting of the
     /// request's transaction from its source: a retransmission is handled
     /// the same way (relayed again, answered again) but counted instead of
