@@ -196,7 +196,7 @@ pub struct UpstreamLink {
     transport: Transport,
     addr: SocketAddr,
     queue: mpsc::UnboundedSender<Outgoing>,
-    budget: Arc<UpstreamBacklog>,
+    backlog: Arc<UpstreamBacklog>,
 }
 
 impl UpstreamLink {
@@ -204,7 +204,7 @@ impl UpstreamLink {
     /// `transport`; `local` is the advertised listener address of that
     /// transport (messages on the link arrive "at" it); `tls` runs the
     /// client handshake of a `tls:` upstream; the queue is bounded by
-    /// `budget` (the context's [`TransportContext::upstream_queue`]). The
+    /// `backlog` (the context's [`TransportContext::upstream_queue`]). The
     /// task stops on the context's shutdown.
     pub fn spawn(
         transport: Transport,
@@ -212,7 +212,7 @@ impl UpstreamLink {
         local: SocketAddr,
         tls: Option<Arc<ClientTls>>,
         settings: LinkSettings,
-        budget: Arc<UpstreamBacklog>,
+        backlog: Arc<UpstreamBacklog>,
         ctx: Arc<TransportContext>,
     ) -> Self {
         let (queue, waiting) = mpsc::unbounded_channel();
@@ -222,7 +222,7 @@ impl UpstreamLink {
             addr,
             local,
             settings,
-            budget: budget.clone(),
+            backlog: backlog.clone(),
             ctx,
             connection: None,
             down: None,
@@ -232,7 +232,7 @@ impl UpstreamLink {
             transport,
             addr,
             queue,
-            budget,
+            backlog,
         }
     }
 
@@ -250,11 +250,11 @@ impl UpstreamLink {
     /// queue is at its byte bound or the link has stopped.
     pub fn offer(&self, outgoing: Outgoing) -> Result<(), SendError> {
         let bytes = outgoing.bytes.len();
-        if !self.budget.try_add(bytes) {
+        if !self.backlog.try_add(bytes) {
             return Err(SendError::UpstreamQueueFull(self.addr));
         }
         self.queue.send(outgoing).map_err(|_| {
-            self.budget.remove(bytes);
+            self.backlog.remove(bytes);
             SendError::UpstreamStopped(self.addr)
         })
     }
@@ -282,7 +282,7 @@ struct LinkTask {
     addr: SocketAddr,
     local: SocketAddr,
     settings: LinkSettings,
-    budget: Arc<UpstreamBacklog>,
+    backlog: Arc<UpstreamBacklog>,
     ctx: Arc<TransportContext>,
     /// The open connection to the upstream, if any.
     connection: Option<Open>,
@@ -306,7 +306,7 @@ impl LinkTask {
                     self.look_at_answers();
                     continue;
                 }
-                () = self.budget.give_up.notified() => {
+                () = self.backlog.give_up.notified() => {
                     if !self.give_up_unanswered().await {
                         return;
                     }
@@ -328,7 +328,7 @@ impl LinkTask {
                     None => return,
                 },
             };
-            self.budget.remove(outgoing.bytes.len());
+            self.backlog.remove(outgoing.bytes.len());
             if !self.deliver(outgoing).await {
                 return;
             }
@@ -346,7 +346,7 @@ impl LinkTask {
             }
             None => 0,
         };
-        self.budget.unanswered.store(left, Ordering::Relaxed);
+        self.backlog.unanswered.store(left, Ordering::Relaxed);
     }
 
     /// A drain ran out: answer `408` to every request still unanswered
@@ -375,7 +375,7 @@ impl LinkTask {
                 break;
             }
         }
-        self.budget.unanswered.store(0, Ordering::Relaxed);
+        self.backlog.unanswered.store(0, Ordering::Relaxed);
         handed_on
     }
 
@@ -411,7 +411,7 @@ impl LinkTask {
                 }
                 if let Some(open) = &self.connection {
                     let left = open.unanswered.len();
-                    self.budget.unanswered.store(left, Ordering::Relaxed);
+                    self.backlog.unanswered.store(left, Ordering::Relaxed);
                 }
                 sent
             }
@@ -481,7 +481,7 @@ impl LinkTask {
             );
         }
         let failed = open.unanswered.take_waiting(Instant::now());
-        self.budget.unanswered.store(0, Ordering::Relaxed);
+        self.backlog.unanswered.store(0, Ordering::Relaxed);
         if self.ctx.shutdown.is_cancelled() {
             // Nothing is answered any more: say so, not that 503s go out.
             if !failed.is_empty() {
@@ -498,28 +498,17 @@ impl LinkTask {
             info!(upstream = %self.addr, connection = %open.id, "upstream connection closed");
             return true;
         }
-        if open.heard.messages() == 0 && self.transport == Transport::Tls {
-            warn!(
-                upstream = %self.addr,
-                connection = %open.id,
-                requests = failed.len(),
-                "upstream connection closed before the registrar sent anything (client certificate refused?): its requests are answered 503"
-            );
-        } else if open.heard.messages() == 0 {
-            warn!(
-                upstream = %self.addr,
-                connection = %open.id,
-                requests = failed.len(),
-                "upstream connection closed before the registrar sent anything: its requests are answered 503"
-            );
-        } else {
-            warn!(
-                upstream = %self.addr,
-                connection = %open.id,
-                requests = failed.len(),
-                "upstream connection closed with requests the registrar had not answered: they are answered 503"
-            );
-        }
+        let what = match (open.heard.messages(), self.transport) {
+            (0, Transport::Tls) => "upstream connection closed before the registrar sent anything (client certificate refused?): its requests are answered 503",
+            (0, _) => "upstream connection closed before the registrar sent anything: its requests are answered 503",
+            _ => "upstream connection closed with requests the registrar had not answered: they are answered 503",
+        };
+        warn!(
+            upstream = %self.addr,
+            connection = %open.id,
+            requests = failed.len(),
+            "{what}"
+        );
         for inbound in failed {
             let error = SendError::UpstreamClosedUnanswered(self.addr);
             if !self.undelivered(inbound, error).await {
@@ -1015,7 +1004,7 @@ mod tests {
         link.offer(outgoing(1)).unwrap();
         let mut taken = false;
         for _ in 0..1000 {
-            if link.budget.queued() == 0 {
+            if link.backlog.queued() == 0 {
                 taken = true;
                 break;
             }
@@ -1025,7 +1014,7 @@ mod tests {
         // ... the next two wait in the queue, the fourth finds it full.
         link.offer(outgoing(2)).unwrap();
         link.offer(outgoing(3)).unwrap();
-        assert_eq!(link.budget.queued(), 2);
+        assert_eq!(link.backlog.queued(), 2);
         assert!(matches!(
             link.offer(outgoing(4)),
             Err(SendError::UpstreamQueueFull(a)) if a == addr
@@ -1040,7 +1029,7 @@ mod tests {
             );
         }
         assert_eq!(ctx.metrics.faults(Fault::UpstreamConnect), 1);
-        assert_eq!(link.budget.queued(), 0);
+        assert_eq!(link.backlog.queued(), 0);
         ctx.shutdown.cancel();
     }
 
@@ -1124,7 +1113,7 @@ mod tests {
         send(&mut conn, &answer(200, 2), &mut events).await;
         // The link looks at the answers while it remembers requests: the
         // answered one stops counting without another request written.
-        let backlog = link.budget.clone();
+        let backlog = link.backlog.clone();
         let until = Instant::now() + Duration::from_secs(5);
         while backlog.unanswered() != 2 {
             assert!(Instant::now() < until, "{}", backlog.unanswered());
