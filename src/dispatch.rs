@@ -453,7 +453,7 @@ async fn dispatch(
             debug!(source = %inbound.source, error = %error, "not delivered to the upstream");
             if matches!(error, SendError::UpstreamGivenUp(_)) {
                 // Delivered, but the drain ran out before its answer came.
-                let answer = core.given_up(&inbound, Instant::now());
+                let answer = core.request_timeout(&inbound, Instant::now());
                 if let Err((_, e)) = carry_out(senders, log, &inbound, answer, core.boot()).await {
                     Fault::of_send(&e).report(core.metrics(), Some(inbound.source.0), &e);
                 }

@@ -639,17 +639,12 @@ impl Core {
             .collect()
     }
 
-    /// The `408 Request Timeout` of a request relayed to a stream registrar
-    /// that had not answered it when a drain ran out (see
-    /// [`crate::drain`]), with its log line and record.
-    /// Counted in `sipadmit_protocol_answers_total` with that rule.
-    pub fn given_up(&self, inbound: &Inbound, now: Instant) -> Outcome {
-        self.request_timeout(inbound, now)
-    }
-
-    /// The `408 Request Timeout` of a request nothing answered within
-    /// 64*T1, with its log line and record.
-    fn request_timeout(&self, inbound: &Inbound, now: Instant) -> Outcome {
+    /// The `408 Request Timeout` of a request nothing answered: within
+    /// 64*T1 over UDP, or from a stream registrar by the end of a drain
+    /// that ran out (see [`crate::drain`]); with its log line and record
+    /// (rule `proxy.request-timeout`, counted with it in
+    /// `sipadmit_protocol_answers_total`).
+    pub fn request_timeout(&self, inbound: &Inbound, now: Instant) -> Outcome {
         let Ok(view) = SipView::parse(inbound.bytes.clone()) else {
             return Outcome::drop(DropReason::Unanswerable);
         };
