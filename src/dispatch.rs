@@ -453,20 +453,30 @@ async fn dispatch(
             debug!(source = %inbound.source, error = %error, "not delivered to the upstream");
             if matches!(error, SendError::UpstreamGivenUp(_)) {
                 // Delivered, but the drain ran out before its answer came.
-                let answer = core.request_timeout(&inbound, Instant::now());
+                let answer = core.drain_ran_out(&inbound, Instant::now());
                 if let Err((_, e)) = carry_out(senders, log, &inbound, answer, core.boot()).await {
                     Fault::of_send(&e).report(core.metrics(), Some(inbound.source.0), &e);
                 }
                 return;
             }
-            if matches!(error, SendError::UpstreamClosedUnanswered(_)) {
-                // Answered 503 here: not requests the registrar leaves
-                // unanswered on a connection it keeps (a stall).
+            if ends_the_silence(&error) {
                 edge.upstream_watch.connection_closed(core.metrics());
             }
             not_delivered(core, senders, log, &inbound, &Destination::Upstream, &error).await;
         }
     }
+}
+
+/// Whether a message handed back by the link ends the count of requests
+/// the upstream left unanswered: its connection closed, or none could be
+/// opened. What the link held is answered 503 here; it is not a request
+/// the registrar keeps unanswered on a connection it holds open (a stall,
+/// which the silence watch is for), nor one it never got.
+fn ends_the_silence(error: &SendError) -> bool {
+    matches!(
+        error,
+        SendError::UpstreamClosedUnanswered(_) | SendError::UpstreamUnreachable { .. }
+    )
 }
 
 /// A message arrived: the core decides (banning a scanner that proved its
@@ -637,4 +647,22 @@ async fn carry_out(
         Destination::Upstream => senders.send_upstream(bytes, inbound).await,
     };
     result.map_err(|e| (to, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refused_connect_or_a_close_ends_the_silence_a_full_queue_does_not() {
+        let addr: std::net::SocketAddr = "127.0.0.1:5070".parse().unwrap();
+        let refused = SendError::UpstreamUnreachable {
+            addr,
+            cause: std::sync::Arc::new(std::io::Error::from(std::io::ErrorKind::ConnectionRefused)),
+        };
+        assert!(ends_the_silence(&refused));
+        assert!(ends_the_silence(&SendError::UpstreamClosedUnanswered(addr)));
+        assert!(!ends_the_silence(&SendError::UpstreamQueueFull(addr)));
+        assert!(!ends_the_silence(&SendError::UpstreamGivenUp(addr)));
+    }
 }

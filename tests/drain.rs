@@ -384,6 +384,11 @@ fn a_drain_that_runs_out_answers_408_to_what_a_stalled_tcp_registrar_left_unansw
         "{stderr}"
     );
     assert!(!stderr.contains("answered 503"), "{stderr}");
+    assert!(
+        stderr.contains("no response from the registrar when limits.drain_secs ran out"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("within 64*T1"), "{stderr}");
     let log = std::fs::read_to_string(dir.path().join("decisions.log")).unwrap();
     assert_eq!(
         log.matches("\"rule\":\"proxy.request-timeout\"").count(),

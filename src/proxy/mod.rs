@@ -639,18 +639,28 @@ impl Core {
             .collect()
     }
 
-    /// The `408 Request Timeout` of a request nothing answered: within
-    /// 64*T1 over UDP, or from a stream registrar by the end of a drain
-    /// that ran out (see [`crate::drain`]); with its log line and record
-    /// (rule `proxy.request-timeout`, counted with it in
+    /// The `408 Request Timeout` of a request a stream registrar had not
+    /// answered when a drain ran out (see [`crate::drain`]), with its log
+    /// line and record (rule `proxy.request-timeout`, counted with it in
     /// `sipadmit_protocol_answers_total`).
-    pub fn request_timeout(&self, inbound: &Inbound, now: Instant) -> Outcome {
+    pub fn drain_ran_out(&self, inbound: &Inbound, now: Instant) -> Outcome {
+        self.timed_out(inbound, now, Refusal::DrainRanOut)
+    }
+
+    /// The `408 Request Timeout` of a request nothing answered within
+    /// 64*T1, with its log line and record.
+    fn request_timeout(&self, inbound: &Inbound, now: Instant) -> Outcome {
+        self.timed_out(inbound, now, Refusal::RequestTimeout)
+    }
+
+    /// The `408` of `refusal` (a timeout), logged, recorded and counted.
+    fn timed_out(&self, inbound: &Inbound, now: Instant, refusal: Refusal<'_>) -> Outcome {
         let Ok(view) = SipView::parse(inbound.bytes.clone()) else {
             return Outcome::drop(DropReason::Unanswerable);
         };
         let runtime = self.runtime.load();
         let ctx = request::RequestCtx::new(inbound, &view, &runtime, now);
-        let outcome = self.refuse(&ctx, None, Refusal::RequestTimeout);
+        let outcome = self.refuse(&ctx, None, refusal);
         let outcome = self.record_once(&view, inbound, RecordKind::Timeout, outcome, now);
         self.count_outcome(&outcome);
         outcome

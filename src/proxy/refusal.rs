@@ -114,6 +114,10 @@ pub enum Refusal<'p> {
     /// within 64*T1 though this proxy retransmitted it (RFC 3261 17.1.1.2
     /// Timer B, 17.1.2.2 Timer F): `408 Request Timeout`.
     RequestTimeout,
+    /// It was written to a TCP/TLS registrar, which had not answered it when
+    /// `limits.drain_secs` ran out (`crate::drain`): `408 Request Timeout`,
+    /// recorded with the same rule as [`Self::RequestTimeout`].
+    DrainRanOut,
     /// An OPTIONS addressed to sipadmit itself (a load balancer's health
     /// probe) while it is not ready (`super::health`): `503` with a
     /// `Warning` saying why, and `Retry-After` when the registrar is the
@@ -154,7 +158,7 @@ impl Refusal<'_> {
             // Never sent: a ban is not answered.
             Self::Banned { .. } => 403,
             Self::SipsWithoutTls(_) => 480,
-            Self::RequestTimeout => 408,
+            Self::RequestTimeout | Self::DrainRanOut => 408,
             Self::NotReady { .. } | Self::Draining => 503,
         }
     }
@@ -179,7 +183,7 @@ impl Refusal<'_> {
             Self::OverLimit { .. } => "Service Unavailable",
             Self::Banned { .. } => "Banned",
             Self::SipsWithoutTls(_) => "Temporarily Unavailable",
-            Self::RequestTimeout => "Request Timeout",
+            Self::RequestTimeout | Self::DrainRanOut => "Request Timeout",
             Self::NotReady { .. } | Self::Draining => "Service Unavailable",
         })
     }
@@ -205,7 +209,7 @@ impl Refusal<'_> {
             Self::OverLimit { .. } => "rate_limit.requests",
             Self::Banned { rule } => rule,
             Self::SipsWithoutTls(_) => "proxy.sips-without-tls",
-            Self::RequestTimeout => "proxy.request-timeout",
+            Self::RequestTimeout | Self::DrainRanOut => "proxy.request-timeout",
             Self::NotReady { .. } => super::health::HEALTH_RULE,
             Self::Draining => "proxy.draining",
         }
@@ -249,6 +253,9 @@ impl Refusal<'_> {
             Self::OverLimit { .. } => Some("over rate_limit.requests_per_second"),
             Self::RequestTimeout => {
                 Some("no response over UDP within 64*T1, retransmissions included")
+            }
+            Self::DrainRanOut => {
+                Some("no response from the registrar when limits.drain_secs ran out")
             }
             Self::UpstreamBusy => {
                 Some("the queue to the registrar is full (limits.upstream_queue_bytes)")

@@ -186,6 +186,7 @@ fn every_refusal_has_its_own_status_and_rule() {
         Refusal::UpstreamUnavailable,
         Refusal::UpstreamBusy,
         Refusal::RequestTimeout,
+        Refusal::DrainRanOut,
         Refusal::NotReady {
             detail: "draining",
             upstream: false,
@@ -208,6 +209,7 @@ fn every_refusal_has_its_own_status_and_rule() {
             (480, "agent-offer.unsupported"),
             (503, "proxy.upstream-unavailable"),
             (503, "proxy.upstream-busy"),
+            (408, "proxy.request-timeout"),
             (408, "proxy.request-timeout"),
             (503, "proxy.health"),
         ]
