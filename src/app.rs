@@ -387,10 +387,16 @@ pub async fn serve_reloading(
     shutdown.cancel();
     wind_down(siblings, hep_exporter).await;
     tasks.shutdown().await;
-    summaries.close_summaries_at_stop();
+    report_stop(&summaries, &metrics, &decision_log);
+    Ok(metrics)
+}
+
+/// The last lines of a run: the summaries whose windows were not over, and
+/// the totals.
+fn report_stop(core: &Core, metrics: &Metrics, decision_log: &DecisionLog) {
+    core.close_summaries_at_stop();
     let dropped = decision_log.dropped();
     info!(counters = %metrics.summary(), decision_records_dropped = dropped, "stopped");
-    Ok(metrics)
 }
 
 /// The admission (rate limits and bans) of `config`, and the reloader

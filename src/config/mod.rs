@@ -905,7 +905,8 @@ fn check_workers_and_probe(raw: &raw::RawProxy, problem: &mut dyn FnMut(String, 
 /// Validate `[limits]`: report every value out of its range (the checks
 /// run in this order), then the [`Limits`] with their defaults applied.
 fn limits(l: &raw::RawLimits, problem: &mut dyn FnMut(String, String)) -> Limits {
-    check_limit_ranges(l, problem);
+    check_limit_counts(l, problem);
+    check_limit_sizes(l, problem);
     check_limits_that_depend_on_others(l, problem);
     check_limit_backlog_and_timers(l, problem);
     Limits {
@@ -935,23 +936,13 @@ fn limits(l: &raw::RawLimits, problem: &mut dyn FnMut(String, String)) -> Limits
     }
 }
 
-/// The `[limits]` counts, table sizes and buffers that must lie in a
-/// range of their own.
-fn check_limit_ranges(l: &raw::RawLimits, problem: &mut dyn FnMut(String, String)) {
-    const TIB: u64 = 1 << 40;
+/// The `[limits]` counts that must lie in a range of their own.
+fn check_limit_counts(l: &raw::RawLimits, problem: &mut dyn FnMut(String, String)) {
     let d = raw::RawLimits::default();
-    let bytes = |min: u64, max: u64, default: usize| {
-        Bounds::new(min, max, Unit::Bytes).defaulting_to(default)
-    };
     let count = |min: u64, max: u64, default: usize| {
         Bounds::new(min, max, Unit::Count).defaulting_to(default)
     };
     for (key, value, bounds) in [
-        (
-            "limits.max_message_bytes",
-            l.max_message_bytes,
-            bytes(1024, 1 << 20, d.max_message_bytes),
-        ),
         (
             "limits.max_headers",
             l.max_headers,
@@ -971,6 +962,27 @@ fn check_limit_ranges(l: &raw::RawLimits, problem: &mut dyn FnMut(String, String
             "limits.max_contacts_per_register",
             l.max_contacts_per_register,
             count(1, 1024, d.max_contacts_per_register),
+        ),
+    ] {
+        if let Some(message) = bounds.check(value) {
+            problem(key.into(), message);
+        }
+    }
+}
+
+/// The `[limits]` sizes, of messages, tables and buffers, that must lie
+/// in a range of their own.
+fn check_limit_sizes(l: &raw::RawLimits, problem: &mut dyn FnMut(String, String)) {
+    const TIB: u64 = 1 << 40;
+    let d = raw::RawLimits::default();
+    let bytes = |min: u64, max: u64, default: usize| {
+        Bounds::new(min, max, Unit::Bytes).defaulting_to(default)
+    };
+    for (key, value, bounds) in [
+        (
+            "limits.max_message_bytes",
+            l.max_message_bytes,
+            bytes(1024, 1 << 20, d.max_message_bytes),
         ),
         (
             "limits.registration_table_bytes",
