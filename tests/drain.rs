@@ -410,16 +410,8 @@ fn refusals_in_the_seconds_before_a_stop_are_summarised_at_the_stop() {
         "[limits]\ndrain_secs = 0\n\n[rate_limit]\ntrusted = []\nrequests_per_second = 1\nburst = 2\nban_secs = 0\n",
     )
     .unwrap();
-    let mut sipadmit = Sipadmit::spawn(
-        Command::new(env!("CARGO_BIN_EXE_sipadmit"))
-            .args(["run", "--config", config.to_str().unwrap()])
-            .args(["--listen", "udp:127.0.0.1:0"])
-            .args(["--upstream", &format!("udp:{}", registrar.addr)])
-            .env("RUST_LOG", "info"),
-    );
-    let udp: SocketAddr = field(&sipadmit.wait_for("listening"), "addr")
-        .parse()
-        .unwrap();
+    let (mut sipadmit, udp) =
+        common::binary::sipadmit_on_udp(&config, &format!("udp:{}", registrar.addr), &[]);
     let client = UdpSocket::bind("127.0.0.1:0").unwrap();
     client.set_read_timeout(Some(BOUND)).unwrap();
     let me = client.local_addr().unwrap();

@@ -18,10 +18,10 @@ use std::io::Read;
 use std::net::{SocketAddr, UdpSocket};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use common::binary::{field, Sipadmit, BOUND};
+use common::binary::{Sipadmit, BOUND};
 use common::udp_registrar::Registrar;
 use sipadmit::config::{Config, Overrides};
 
@@ -357,18 +357,11 @@ fn start(dir: &Path, registrar: &Registrar, decision_log: &Path) -> (Sipadmit, S
         "[response_group]\nworkflows = [\"sip:helpdesk@contoso.com\"]\n",
     )
     .unwrap();
-    let mut sipadmit = Sipadmit::spawn(
-        Command::new(env!("CARGO_BIN_EXE_sipadmit"))
-            .args(["run", "--config", config.to_str().unwrap()])
-            .args(["--listen", "udp:127.0.0.1:0"])
-            .args(["--upstream", &format!("udp:{}", registrar.addr)])
-            .args(["--decision-log", decision_log.to_str().unwrap()])
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null()),
-    );
-    let listening = sipadmit.wait_for("listening");
-    let udp = field(&listening, "addr").parse().unwrap();
-    (sipadmit, udp)
+    common::binary::sipadmit_on_udp(
+        &config,
+        &format!("udp:{}", registrar.addr),
+        &["--decision-log", decision_log.to_str().unwrap()],
+    )
 }
 
 fn register(n: usize, client: SocketAddr) -> String {

@@ -181,3 +181,26 @@ pub fn free_port() -> u16 {
         .unwrap()
         .port()
 }
+
+/// `sipadmit run --config config` (the binary, a child process) on UDP
+/// port 0 of 127.0.0.1, relaying to `upstream` (`udp:IP:PORT`), with
+/// `extra` arguments, its stdout discarded and `RUST_LOG=info`; its UDP
+/// listener's address, from its `listening` line.
+#[cfg(test)] // CARGO_BIN_EXE_* exists for tests only, not the examples that use this file
+pub fn sipadmit_on_udp(
+    config: &std::path::Path,
+    upstream: &str,
+    extra: &[&str],
+) -> (Sipadmit, std::net::SocketAddr) {
+    let mut sipadmit = Sipadmit::spawn(
+        std::process::Command::new(env!("CARGO_BIN_EXE_sipadmit"))
+            .args(["run", "--config", config.to_str().unwrap()])
+            .args(["--listen", "udp:127.0.0.1:0", "--upstream", upstream])
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stdout(std::process::Stdio::null()),
+    );
+    let listening = sipadmit.wait_for("listening");
+    let udp = field(&listening, "addr").parse().unwrap();
+    (sipadmit, udp)
+}

@@ -495,24 +495,49 @@ impl Sink for StallingSink {
     }
 }
 
-#[test]
-fn a_stalled_reader_stalls_only_the_writer_and_shutdown_gives_up() {
-    const CAPACITY: usize = 8;
+/// A log of `capacity` records whose sink stalls after `before_stall`
+/// writes: the log, its writer, the sink's signal that it stalled, and the
+/// sender that releases it.
+struct Stalling {
+    log: DecisionLog,
+    writer: LogWriter,
+    stalled: mpsc::Receiver<()>,
+    release: mpsc::Sender<()>,
+}
+
+fn stalling(capacity: usize, before_stall: usize) -> Stalling {
     let (stalled_tx, stalled) = mpsc::channel();
     let (release, release_rx) = mpsc::channel();
     let sink = StallingSink {
         writes: 0,
-        before_stall: 3,
+        before_stall,
         stalled: stalled_tx,
         release: release_rx,
     };
     let (log, writer) = start(
         Target::Stdout,
         Some(Box::new(sink)),
-        CAPACITY,
+        capacity,
         FLUSH_INTERVAL,
     )
     .unwrap();
+    Stalling {
+        log,
+        writer,
+        stalled,
+        release,
+    }
+}
+
+#[test]
+fn a_stalled_reader_stalls_only_the_writer_and_shutdown_gives_up() {
+    const CAPACITY: usize = 8;
+    let Stalling {
+        log,
+        writer,
+        stalled,
+        release,
+    } = stalling(CAPACITY, 3);
     for n in 0..3 {
         log.submit(record(n));
     }
@@ -551,21 +576,12 @@ fn chunks_end_on_line_ends() {
 #[test]
 fn drops_and_protocol_answers_leave_the_last_quarter_of_the_queue_to_the_others() {
     const CAPACITY: usize = 8;
-    let (stalled_tx, stalled) = mpsc::channel();
-    let (release, release_rx) = mpsc::channel();
-    let sink = StallingSink {
-        writes: 0,
-        before_stall: 0,
-        stalled: stalled_tx,
-        release: release_rx,
-    };
-    let (log, writer) = start(
-        Target::Stdout,
-        Some(Box::new(sink)),
-        CAPACITY,
-        FLUSH_INTERVAL,
-    )
-    .unwrap();
+    let Stalling {
+        log,
+        writer,
+        stalled,
+        release,
+    } = stalling(CAPACITY, 0);
     log.submit(record(0));
     stalled.recv_timeout(BOUND).expect("the writer stalled");
     let scanner = |n| DecisionRecord {
