@@ -101,7 +101,7 @@ pub struct AdminState {
     /// Per-source rate limits and bans (bans in force, sources tracked).
     pub admission: Arc<Admission>,
     /// The queue to a stream upstream, for its gauge (`None` for UDP).
-    pub upstream_queue: Option<Arc<crate::transport::upstream::UpstreamBacklog>>,
+    pub upstream_backlog: Option<Arc<crate::transport::upstream::UpstreamBacklog>>,
     /// Cancelled when the instance stops serving.
     pub shutdown: CancellationToken,
 }
@@ -518,7 +518,7 @@ pub fn metrics_text(state: &AdminState) -> String {
         transaction_table_bytes: state.core.transactions().accounted_bytes(),
         client_transactions: state.core.client_transactions().len(),
         client_transaction_bytes: state.core.client_transactions().accounted_bytes(),
-        upstream_queue_bytes: state.upstream_queue.as_ref().map_or(0, |q| q.queued()),
+        upstream_queue_bytes: state.upstream_backlog.as_ref().map_or(0, |q| q.queued()),
         decision_records_dropped: state.decision_log.dropped(),
         decision_records_lost: state.decision_log.lost(),
         config_generation: state.core.generation(),

@@ -347,7 +347,7 @@ pub async fn serve_reloading(
             upstream,
             upstream_tls: tls_contexts.upstream.as_ref().map(|(c, _)| c.clone()),
             admission: admission.clone(),
-            upstream_queue: ctx.upstream_queue.clone(),
+            upstream_backlog: ctx.upstream_backlog.clone(),
             shutdown: shutdown.clone(),
         };
         tasks.spawn(admin::serve(listener, state));
@@ -449,7 +449,7 @@ fn spawn_control(
         tasks.spawn(reloader.run(reloads, core.clone(), metrics.clone(), shutdown.clone()));
     }
     if let Some(requested) = control.drain {
-        let queue = ctx.upstream_queue.clone();
+        let queue = ctx.upstream_backlog.clone();
         tasks.spawn(drain::run(
             requested,
             core.clone(),
@@ -698,7 +698,7 @@ fn transport_context(
     shutdown: &CancellationToken,
 ) -> Arc<TransportContext> {
     let upstream = settings.upstream;
-    let upstream_queue = upstream
+    let upstream_backlog = upstream
         .filter(|u| u.transport.is_stream())
         .map(|_| Arc::new(UpstreamBacklog::new(settings.limits.upstream_queue_bytes)));
     Arc::new(TransportContext {
@@ -719,7 +719,7 @@ fn transport_context(
         udp_upstream: upstream
             .filter(|u| u.transport == Transport::Udp)
             .map(|u| u.addr),
-        upstream_queue,
+        upstream_backlog,
     })
 }
 
@@ -736,7 +736,7 @@ fn senders(
     let locals = listeners.listening.iter().map(|l| (l.transport, l.addr));
     let (hep, exporter) = Hep::start(&settings.hep, locals.collect(), ctx.metrics.clone())?;
     let upstream = settings.upstream.expect("checked by serve_reloading");
-    let upstream_sender = match ctx.upstream_queue.clone() {
+    let upstream_sender = match ctx.upstream_backlog.clone() {
         Some(budget) => UpstreamSender::Stream(UpstreamLink::spawn(
             upstream.transport,
             upstream.addr,

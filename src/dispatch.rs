@@ -451,8 +451,9 @@ async fn dispatch(
         // counted and, if a request, answered here.
         Event::Undelivered { inbound, error } => {
             debug!(source = %inbound.source, error = %error, "not delivered to the upstream");
-            if matches!(error, SendError::UpstreamGivenUp(_)) {
-                // Delivered, but the drain ran out before its answer came.
+            let request = !inbound.is_response() && !inbound.from_registrar();
+            if request && matches!(error, SendError::UpstreamGivenUp(_)) {
+                // The drain ran out before its answer came.
                 let answer = core.drain_ran_out(&inbound, Instant::now());
                 if let Err((_, e)) = carry_out(senders, log, &inbound, answer, core.boot()).await {
                     Fault::of_send(&e).report(core.metrics(), Some(inbound.source.0), &e);

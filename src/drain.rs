@@ -10,12 +10,11 @@
 //! `limits.drain_secs` runs out. A second SIGTERM, or SIGINT, stops at
 //! once.
 //!
-//! Not pending, so not waited for: calls that are ringing toward a UDP
-//! registrar (an INVITE with a provisional answer holds no client
-//! transaction, and a UDP client's INVITE is relayed without state). The
-//! link to a TCP/TLS registrar remembers every request until its final
-//! answer, INVITEs included: those are pending, and given up with `408`
-//! when the drain runs out; see docs/pool.md.
+//! Not pending, so not waited for: calls that are ringing (an INVITE with
+//! a provisional answer holds no client transaction, and a UDP client's
+//! INVITE is relayed without state; the link to a TCP/TLS registrar
+//! remembers it, but a drain neither waits for it nor gives it up, which
+//! would need a CANCEL toward the callee); see docs/pool.md.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -62,8 +61,8 @@ pub struct Pending {
     pub registers: usize,
     /// Bytes queued for a stream registrar and not yet written.
     pub upstream_queue_bytes: usize,
-    /// Requests written to a stream registrar that has not answered them
-    /// yet (any method).
+    /// Requests other than INVITEs written to a stream registrar that has
+    /// not answered them yet.
     pub upstream_unanswered: usize,
 }
 
@@ -71,13 +70,13 @@ impl Pending {
     /// What `core` and the queue to the registrar hold now (REGISTERs
     /// whose answer is overdue are swept first: they are not pending any
     /// more).
-    pub fn of(core: &Core, upstream_queue: Option<&UpstreamBacklog>) -> Self {
+    pub fn of(core: &Core, upstream_backlog: Option<&UpstreamBacklog>) -> Self {
         core.registrations().sweep(std::time::Instant::now());
         Self {
             client_transactions: core.client_transactions().len(),
             registers: core.registrations().pending(),
-            upstream_queue_bytes: upstream_queue.map_or(0, UpstreamBacklog::queued),
-            upstream_unanswered: upstream_queue.map_or(0, UpstreamBacklog::unanswered),
+            upstream_queue_bytes: upstream_backlog.map_or(0, UpstreamBacklog::queued),
+            upstream_unanswered: upstream_backlog.map_or(0, UpstreamBacklog::unanswered),
         }
     }
 
@@ -92,7 +91,7 @@ impl Pending {
 pub async fn run(
     requested: CancellationToken,
     core: Arc<Core>,
-    upstream_queue: Option<Arc<UpstreamBacklog>>,
+    upstream_backlog: Option<Arc<UpstreamBacklog>>,
     limit: Duration,
     shutdown: CancellationToken,
 ) {
@@ -101,7 +100,7 @@ pub async fn run(
         () = requested.cancelled() => {}
     }
     let started = Instant::now();
-    let pending = || Pending::of(&core, upstream_queue.as_deref());
+    let pending = || Pending::of(&core, upstream_backlog.as_deref());
     core.start_draining();
     let at_start = pending();
     info!(
@@ -131,7 +130,7 @@ pub async fn run(
             if left.client_transactions > 0 || left.upstream_unanswered > 0 {
                 tokio::select! {
                     () = shutdown.cancelled() => return,
-                    () = answer_given_up(&core, upstream_queue.as_deref()) => {}
+                    () = answer_given_up(&core, upstream_backlog.as_deref()) => {}
                 }
             }
         }

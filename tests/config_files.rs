@@ -753,6 +753,12 @@ fn a_reload_names_the_restart_only_settings_that_changed() {
         running.settings.needing_restart(&sources.settings),
         ["proxy.upstream_sources"]
     );
+    let both =
+        load("[proxy]\nupstream = \"udp:127.0.0.1:5080\"\nupstream_sources = [\"192.0.2.10\"]\n");
+    assert_eq!(
+        running.settings.needing_restart(&both.settings),
+        ["proxy.upstream", "proxy.upstream_sources"]
+    );
     // [rate_limit] is applied by the reload itself (to the admission).
     let limited = load(
         "[proxy]\nupstream = \"udp:127.0.0.1:5070\"\n[rate_limit]\nrequests_per_second = 5\n\

@@ -255,6 +255,12 @@ pub struct Settings {
 }
 
 impl Settings {
+    /// The upstream sources are the upstream's own address, the default.
+    fn sources_follow_upstream(&self) -> bool {
+        self.upstream
+            .is_some_and(|u| self.upstream_sources == UpstreamSources::exactly(u.addr))
+    }
+
     /// The keys of the settings that differ between `self` (running) and
     /// `new`: what a reload cannot apply without a restart. Of `[tls]`,
     /// only `tls.handshake_timeout_secs` is here: the reload rebuilds the
@@ -277,7 +283,8 @@ impl Settings {
         // upstream alone is not also named as new sources.
         check(
             "proxy.upstream_sources",
-            self.upstream == new.upstream && self.upstream_sources != new.upstream_sources,
+            self.upstream_sources != new.upstream_sources
+                && !(self.sources_follow_upstream() && new.sources_follow_upstream()),
         );
         check("proxy.decision_log", self.decision_log != new.decision_log);
         check("proxy.advertise", self.advertise != new.advertise);

@@ -421,10 +421,26 @@ fn take_drops_due(state: &mut State, now: Instant) -> Option<u64> {
     })
 }
 
-/// A record that yields the last quarter of the queue to the others: a
-/// drop, or a protocol or capacity answer (see [`DecisionLog::submit`]).
+/// The rules of answers to what a flood sends: over a rate limit, banned,
+/// or refused unread (see [`yields_to_others`]).
+const FLOOD_RULES: [&str; 6] = [
+    "rate_limit.requests",
+    "proxy.malformed",
+    "proxy.too-large",
+    "proxy.too-many-headers",
+    "proxy.invalid-flow-token",
+    "proxy.bad-extension",
+];
+
+/// A record that yields the last quarter of the queue to the others (see
+/// [`DecisionLog::submit`]): a drop (a scanner, a ban, an ACK nothing can
+/// answer), or the answer to what a flood sends ([`FLOOD_RULES`]). The
+/// answers to legitimate clients that sipadmit gives itself (the
+/// registrar unavailable, a timeout, draining) do not yield.
 fn yields_to_others(record: &DecisionRecord) -> bool {
-    record.action == Action::Drop || record.kind() == DecisionKind::Protocol
+    record.action == Action::Drop
+        || record.rule.starts_with("ban.")
+        || FLOOD_RULES.contains(&&*record.rule)
 }
 
 fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
@@ -468,12 +484,11 @@ impl DecisionLog {
     /// (at most one per [`WARNING_INTERVAL`]) says how many were dropped
     /// since the last one.
     ///
-    /// The last quarter of the queue is kept for records of messages that
-    /// were relayed or answered by policy: a record of a drop (a scanner, an
-    /// ACK nothing can answer) or of a protocol answer (malformed, over a
-    /// rate limit, banned) is dropped once the queue is three quarters full,
-    /// so that a flood of those does not crowd out the legitimate clients'
-    /// records.
+    /// The last quarter of the queue is kept for the legitimate clients'
+    /// records: a record of a drop (a scanner, a ban, an ACK nothing can
+    /// answer) or of an answer to what a flood sends (malformed, too large,
+    /// over a rate limit) is dropped once the queue is three quarters full,
+    /// so that a flood does not crowd them out.
     pub fn submit(&self, record: DecisionRecord) {
         let shared = &*self.shared;
         let mut state = lock(&shared.state);

@@ -1419,7 +1419,7 @@ const FAMILIES: [Family; 55] = [
     ),
     counter(
         "sipadmit_decision_records_dropped_total",
-        "Decision records dropped because the decision log writer's queue was full (three quarters full for records of drops and protocol answers).",
+        "Decision records dropped because the decision log writer's queue was full (three quarters full for records of drops and of answers to a flood).",
         Samples::Scraped(|g| g.decision_records_dropped),
     ),
     counter(

@@ -660,6 +660,7 @@ impl Core {
         };
         let runtime = self.runtime.load();
         let ctx = request::RequestCtx::new(inbound, &view, &runtime, now);
+        self.register_answered_here(&ctx);
         let outcome = self.refuse(&ctx, None, refusal);
         let outcome = self.record_once(&view, inbound, RecordKind::Timeout, outcome, now);
         self.count_outcome(&outcome);

@@ -241,10 +241,44 @@ impl Core {
             || matches!(ctx.method, Method::Ack | Method::Cancel)
             || ctx.view.to().ok().and_then(|t| t.tag()).is_some()
             || self.register_under_way(ctx)
+            || self.decided_before(ctx)
         {
             return Ok(());
         }
         Err(Refusal::Draining.into())
+    }
+
+    /// Whether the request is a copy of one from the same source decided
+    /// in the last 32 s: a UDP client's retransmission, whose first copy
+    /// may wait at a stream registrar (a drain waits for it), so it is
+    /// handled as the first was, not refused as new.
+    fn decided_before(&self, ctx: &RequestCtx<'_>) -> bool {
+        self.transactions.seen_before(
+            ctx.view,
+            ctx.inbound.source.0,
+            super::transactions::RecordKind::Decision,
+            ctx.now,
+        )
+    }
+
+    /// A UDP client's request outside a dialog relayed without a record
+    /// (not a REGISTER or an INVITE, whose records note their
+    /// transactions): its transaction is noted, so that a copy of it
+    /// during a drain is relayed as it was ([`Self::decided_before`]).
+    fn note_unrecorded_relay(&self, ctx: &RequestCtx<'_>) {
+        let inb = ctx.inbound;
+        if inb.transport == Transport::Udp
+            && !inb.from_registrar()
+            && !matches!(ctx.method, Method::Ack | Method::Cancel)
+            && ctx.view.to().ok().and_then(|t| t.tag()).is_none()
+        {
+            self.transactions.first_sighting(
+                ctx.view,
+                inb.source.0,
+                super::transactions::RecordKind::Decision,
+                ctx.now,
+            );
+        }
     }
 
     /// Whether the request is a copy of a REGISTER this instance relayed
@@ -555,6 +589,9 @@ impl Core {
                 decision.verdict.would_reject(),
             )
         });
+        if record.is_none() {
+            self.note_unrecorded_relay(ctx);
+        }
         let bytes = edits.apply(view.raw());
         // What no longer fits in a datagram after our edits gets 513 (the
         // send would fail with EMSGSIZE). Below that it goes over UDP even

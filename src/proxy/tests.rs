@@ -161,7 +161,7 @@ fn a_published_runtime_decides_the_next_message_and_names_its_generation() {
 }
 
 #[test]
-fn every_refusal_has_its_own_status_and_rule() {
+fn every_refusal_has_its_status_and_rule() {
     let reply = crate::policy::Reply {
         status: 480,
         reason: "Temporarily Unavailable".into(),

@@ -90,6 +90,21 @@ impl Transactions {
         self.note(self.key(request, KeyKind::Record(kind), Some(source)), now)
     }
 
+    /// Whether a record of `kind` was already due for the transaction of
+    /// `request` from `source` in the last [`TRANSACTION_LIFETIME`] (this
+    /// is a copy of it), without noting anything.
+    pub fn seen_before(
+        &self,
+        request: &SipView,
+        source: SocketAddr,
+        kind: RecordKind,
+        now: Instant,
+    ) -> bool {
+        let key = self.key(request, KeyKind::Record(kind), Some(source));
+        let mut seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
+        seen.get(key, now).is_some()
+    }
+
     /// Remember that this proxy answered the INVITE `request` with an
     /// error, so that the ACK of that answer is absorbed
     /// ([`Transactions::acknowledges_an_answer`]) even when it carries the

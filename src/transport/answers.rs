@@ -159,6 +159,9 @@ struct Written {
     until: Instant,
     /// The client's request, copied (not a slice pinning a read buffer).
     inbound: Inbound,
+    /// It is an INVITE (a call may ring for minutes: a drain neither waits
+    /// for it nor gives it up).
+    invite: bool,
 }
 
 /// The requests the link wrote on one connection and has not yet seen a
@@ -167,6 +170,8 @@ struct Written {
 pub struct Unanswered {
     written: HashMap<TransactionKey, Written>,
     bytes: usize,
+    /// How many of those are INVITEs.
+    invites: usize,
     next_order: u64,
     /// Requests not remembered for want of room.
     not_kept: u64,
@@ -198,6 +203,8 @@ impl Unanswered {
         }
         self.bytes += size;
         self.next_order += 1;
+        let invite = remembered_for == INVITE_REMEMBERED_FOR;
+        self.invites += usize::from(invite);
         let written = Written {
             order: self.next_order,
             until: now + remembered_for,
@@ -205,6 +212,7 @@ impl Unanswered {
                 bytes: Bytes::copy_from_slice(&inbound.bytes),
                 ..inbound.clone()
             },
+            invite,
         };
         self.written.insert(key, written);
         true
@@ -222,6 +230,7 @@ impl Unanswered {
     pub fn forget(&mut self, key: TransactionKey) {
         if let Some(old) = self.written.remove(&key) {
             self.bytes -= old.inbound.bytes.len();
+            self.invites -= usize::from(old.invite);
         }
     }
 
@@ -235,6 +244,12 @@ impl Unanswered {
         self.written.is_empty()
     }
 
+    /// How many requests other than INVITEs are remembered: what a drain
+    /// waits for.
+    pub fn awaited(&self) -> usize {
+        self.written.len() - self.invites
+    }
+
     /// How many requests were not remembered for want of room (left to
     /// their clients' timers).
     pub fn not_kept(&self) -> u64 {
@@ -245,20 +260,42 @@ impl Unanswered {
     /// in the order they were written, taken (the connection closed, or a
     /// drain gives them up): none is remembered after.
     pub fn take_waiting(&mut self, now: Instant) -> Vec<Inbound> {
+        self.take(now, |_| true)
+    }
+
+    /// The requests other than INVITEs still unanswered at `now` whose
+    /// clients still wait, in the order they were written, taken (a drain
+    /// gives them up); INVITEs stay remembered.
+    pub fn take_awaited(&mut self, now: Instant) -> Vec<Inbound> {
+        self.take(now, |w| !w.invite)
+    }
+
+    fn take(&mut self, now: Instant, taken: impl Fn(&Written) -> bool) -> Vec<Inbound> {
         self.forget_expired(now);
-        self.bytes = 0;
-        let mut left: Vec<Written> = self.written.drain().map(|(_, w)| w).collect();
+        let keys: Vec<TransactionKey> = (self.written.iter())
+            .filter(|(_, w)| taken(w))
+            .map(|(key, _)| *key)
+            .collect();
+        let mut left: Vec<Written> = keys
+            .into_iter()
+            .filter_map(|key| self.written.remove(&key))
+            .collect();
+        for w in &left {
+            self.bytes -= w.inbound.bytes.len();
+            self.invites -= usize::from(w.invite);
+        }
         left.sort_unstable_by_key(|w| w.order);
         left.into_iter().map(|w| w.inbound).collect()
     }
 
     /// Forget the requests whose clients have stopped waiting by `now`.
     pub fn forget_expired(&mut self, now: Instant) {
-        let bytes = &mut self.bytes;
+        let (bytes, invites) = (&mut self.bytes, &mut self.invites);
         self.written.retain(|_, w| {
             let keep = now < w.until;
             if !keep {
                 *bytes -= w.inbound.bytes.len();
+                *invites -= usize::from(w.invite);
             }
             keep
         });
@@ -448,5 +485,23 @@ mod tests {
         let failed = unanswered.take_waiting(now);
         assert_eq!(failed.len(), 1);
         assert_eq!(failed[0].bytes, big, "the first copy");
+    }
+
+    #[test]
+    fn a_drain_awaits_and_gives_up_all_but_the_invites() {
+        let mut unanswered = Unanswered::default();
+        let now = Instant::now();
+        write(&mut unanswered, request("REGISTER", "z9hG4bKa"), now);
+        write(&mut unanswered, request("INVITE", "z9hG4bKb"), now);
+        write(&mut unanswered, request("MESSAGE", "z9hG4bKc"), now);
+        assert_eq!((unanswered.len(), unanswered.awaited()), (3, 2));
+        let given_up = unanswered.take_awaited(now);
+        let methods: Vec<&[u8]> = given_up.iter().map(|i| &i.bytes[..8]).collect();
+        assert_eq!(methods, [&b"REGISTER"[..], &b"MESSAGE "[..]]);
+        assert_eq!((unanswered.len(), unanswered.awaited()), (1, 0));
+        // The INVITE is still failed if the connection closes.
+        let failed = unanswered.take_waiting(now);
+        assert!(failed[0].bytes.starts_with(b"INVITE "));
+        assert!(unanswered.is_empty());
     }
 }

@@ -231,10 +231,10 @@ pub struct TransportContext {
     /// The registrar's address when it is a UDP upstream: ICMP errors for
     /// datagrams sent there count as [`Fault::UpstreamUnreachable`].
     pub udp_upstream: Option<SocketAddr>,
-    /// The byte bound of the queue to a stream upstream (`None` for a UDP
-    /// upstream): client connections wait for room in it before handing a
-    /// message on.
-    pub upstream_queue: Option<Arc<upstream::UpstreamBacklog>>,
+    /// What waits on the link to a stream upstream (`None` for a UDP
+    /// upstream): client connections wait for room in its queue before
+    /// handing a message on; a drain waits for its unanswered requests.
+    pub upstream_backlog: Option<Arc<upstream::UpstreamBacklog>>,
 }
 
 /// What became of one message after its source's rate limit.
@@ -326,7 +326,7 @@ impl TransportContext {
             upstream_sources: UpstreamSources::default(),
             read_budget: Arc::new(Semaphore::new(1 << 20)),
             udp_upstream: None,
-            upstream_queue: None,
+            upstream_backlog: None,
         })
     }
 

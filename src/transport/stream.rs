@@ -735,7 +735,7 @@ async fn handle_frame(
                     // connection is read no further) while the queue to a
                     // stream upstream is nearly full.
                     let received = matches!(event, Event::Received(_));
-                    if let (Some(budget), Leg::FromClient) = (&ctx.upstream_queue, info.leg) {
+                    if let (Some(budget), Leg::FromClient) = (&ctx.upstream_backlog, info.leg) {
                         if let Event::Received(inbound) = &event {
                             budget.room_for_clients(inbound.bytes.len()).await;
                         }

@@ -77,10 +77,11 @@ pub struct UpstreamBacklog {
     capacity: usize,
     /// Wakes the readers waiting for room.
     taken: Notify,
-    /// Requests written and not answered, as of the link's last look
-    /// (at most [`ANSWERS_LOOKED_AT`] old while there are any).
+    /// Requests other than INVITEs written and not answered, as of the
+    /// link's last look (at most [`ANSWERS_LOOKED_AT`] old while there are
+    /// any).
     unanswered: AtomicUsize,
-    /// Tells the link to answer its unanswered requests `408` now.
+    /// Tells the link to answer those, and what is queued, `408` now.
     give_up: Notify,
 }
 
@@ -96,16 +97,18 @@ impl UpstreamBacklog {
         }
     }
 
-    /// Requests written to the upstream whose clients still wait for its
-    /// answer (retransmissions counted once).
+    /// Requests other than INVITEs written to the upstream whose clients
+    /// still wait for its answer (retransmissions counted once): what a
+    /// drain waits for (a ringing call may take minutes).
     pub fn unanswered(&self) -> usize {
         self.unanswered.load(Ordering::Relaxed)
     }
 
-    /// Have the link answer every request it wrote and saw no answer to
-    /// with `408 Request Timeout` (recorded, rule `proxy.request-timeout`):
-    /// the end of a drain that ran out of time. [`Self::unanswered`] is 0
-    /// once they are handed to the dispatcher.
+    /// Have the link answer `408 Request Timeout` (recorded, rule
+    /// `proxy.request-timeout`) to every request other than an INVITE it
+    /// wrote and saw no answer to, and to every request still queued: the
+    /// end of a drain that ran out of time. [`Self::unanswered`] is 0 once
+    /// they are handed to the dispatcher.
     pub fn give_up(&self) {
         self.give_up.notify_one();
     }
@@ -204,7 +207,7 @@ impl UpstreamLink {
     /// `transport`; `local` is the advertised listener address of that
     /// transport (messages on the link arrive "at" it); `tls` runs the
     /// client handshake of a `tls:` upstream; the queue is bounded by
-    /// `backlog` (the context's [`TransportContext::upstream_queue`]). The
+    /// `backlog` (the context's [`TransportContext::upstream_backlog`]). The
     /// task stops on the context's shutdown.
     pub fn spawn(
         transport: Transport,
@@ -226,6 +229,7 @@ impl UpstreamLink {
             ctx,
             connection: None,
             down: None,
+            give_up_due: false,
         };
         tokio::spawn(task.run(waiting));
         Self {
@@ -288,6 +292,8 @@ struct LinkTask {
     connection: Option<Open>,
     /// After a failed connect: until when to fail fast, and why.
     down: Option<(Instant, Arc<dyn std::error::Error + Send + Sync>)>,
+    /// A drain asked, while a write waited, to give up what is unanswered.
+    give_up_due: bool,
 }
 
 impl LinkTask {
@@ -295,21 +301,25 @@ impl LinkTask {
         let mut look = tokio::time::interval(ANSWERS_LOOKED_AT);
         look.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            if std::mem::take(&mut self.give_up_due) && !self.give_up(&mut waiting).await {
+                return;
+            }
             let ended = self.connection.as_ref().map(|open| open.ended.clone());
             let remembers = self
                 .connection
                 .as_ref()
                 .is_some_and(|open| !open.unanswered.is_empty());
             let outgoing = tokio::select! {
-                () = self.ctx.shutdown.cancelled() => return,
+                () = self.ctx.shutdown.cancelled() => {
+                    self.left_at_stop();
+                    return;
+                }
                 _ = look.tick(), if remembers => {
                     self.look_at_answers();
                     continue;
                 }
                 () = self.backlog.give_up.notified() => {
-                    if !self.give_up_unanswered().await {
-                        return;
-                    }
+                    self.give_up_due = true;
                     continue;
                 }
                 () = async {
@@ -335,31 +345,59 @@ impl LinkTask {
         }
     }
 
+    /// Tell the backlog how many requests a drain waits for: those written
+    /// on the open connection, unanswered, other than INVITEs.
+    fn publish_awaited(&self) {
+        let awaited = self
+            .connection
+            .as_ref()
+            .map_or(0, |open| open.unanswered.awaited());
+        self.backlog.unanswered.store(awaited, Ordering::Relaxed);
+    }
+
     /// Forget the requests the registrar answered, or whose clients have
     /// stopped waiting, and tell the backlog how many are left.
     fn look_at_answers(&mut self) {
-        let left = match self.connection.as_mut() {
-            Some(open) => {
-                open.unanswered.answered(&open.heard);
-                open.unanswered.forget_expired(Instant::now());
-                open.unanswered.len()
-            }
-            None => 0,
-        };
-        self.backlog.unanswered.store(left, Ordering::Relaxed);
+        if let Some(open) = self.connection.as_mut() {
+            open.unanswered.answered(&open.heard);
+            open.unanswered.forget_expired(Instant::now());
+        }
+        self.publish_awaited();
+    }
+
+    /// sipadmit stops at once: what is still unanswered gets no answer
+    /// from it. Said, not claimed as answered.
+    fn left_at_stop(&self) {
+        let left = self
+            .connection
+            .as_ref()
+            .map_or(0, |open| open.unanswered.len());
+        if left > 0 {
+            warn!(
+                upstream = %self.addr,
+                requests = left,
+                "stopping with requests the registrar had not answered: they are left to their clients' timers"
+            );
+        }
     }
 
     /// A drain ran out: answer `408` to every request still unanswered
-    /// (after taking the answers heard so far). `false`: the dispatcher is
-    /// gone.
-    async fn give_up_unanswered(&mut self) -> bool {
-        let given_up = match self.connection.as_mut() {
+    /// other than an INVITE (after taking the answers heard so far), and to
+    /// every request still queued for the registrar. `false`: the
+    /// dispatcher is gone.
+    async fn give_up(&mut self, waiting: &mut mpsc::UnboundedReceiver<Outgoing>) -> bool {
+        let mut given_up = match self.connection.as_mut() {
             Some(open) => {
                 open.unanswered.answered(&open.heard);
-                open.unanswered.take_waiting(Instant::now())
+                open.unanswered.take_awaited(Instant::now())
             }
             None => Vec::new(),
         };
+        while let Ok(queued) = waiting.try_recv() {
+            self.backlog.remove(queued.bytes.len());
+            given_up.push(queued.inbound);
+        }
+        self.publish_awaited();
         if !given_up.is_empty() {
             warn!(
                 upstream = %self.addr,
@@ -367,16 +405,20 @@ impl LinkTask {
                 "the drain ran out with requests the registrar had not answered: they are answered 408"
             );
         }
-        let mut handed_on = true;
-        for inbound in given_up {
-            let error = SendError::UpstreamGivenUp(self.addr);
-            if !self.undelivered(inbound, error).await {
-                handed_on = false;
-                break;
+        let upstream = self.addr;
+        self.hand_back(given_up, || SendError::UpstreamGivenUp(upstream))
+            .await
+    }
+
+    /// Hand `messages` back to the dispatcher, each with the error `why`
+    /// makes. `false`: the dispatcher is gone.
+    async fn hand_back(&self, messages: Vec<Inbound>, why: impl Fn() -> SendError) -> bool {
+        for inbound in messages {
+            if !self.undelivered(inbound, why()).await {
+                return false;
             }
         }
-        self.backlog.unanswered.store(0, Ordering::Relaxed);
-        handed_on
+        true
     }
 
     /// Write one message to the connection (opened if need be), waiting for
@@ -409,10 +451,7 @@ impl LinkTask {
                     // It comes back as undelivered below, failed once.
                     open.unanswered.forget(key);
                 }
-                if let Some(open) = &self.connection {
-                    let left = open.unanswered.len();
-                    self.backlog.unanswered.store(left, Ordering::Relaxed);
-                }
+                self.publish_awaited();
                 sent
             }
             Err(e) => Err(e),
@@ -439,14 +478,20 @@ impl LinkTask {
         let Some(open) = self.connection.as_ref() else {
             return Err(SendError::UpstreamStopped(self.addr));
         };
+        let mut give_up_due = false;
         if open.queue.is_backed_up() {
             tokio::select! {
                 () = open.queue.drained() => {}
                 () = open.ended.cancelled() => {}
                 () = tokio::time::sleep(stream::WRITE_TIMEOUT) => {}
+                // Not held up by a registrar that stopped reading: given up
+                // as soon as this write is done.
+                () = self.backlog.give_up.notified() => give_up_due = true,
             }
         }
-        self.ctx.connections.send(open.id, self.addr, bytes)
+        let sent = self.ctx.connections.send(open.id, self.addr, bytes);
+        self.give_up_due |= give_up_due;
+        sent
     }
 
     /// Hand a message back to the dispatcher. `false`: it is gone.
@@ -481,7 +526,7 @@ impl LinkTask {
             );
         }
         let failed = open.unanswered.take_waiting(Instant::now());
-        self.backlog.unanswered.store(0, Ordering::Relaxed);
+        self.publish_awaited();
         if self.ctx.shutdown.is_cancelled() {
             // Nothing is answered any more: say so, not that 503s go out.
             if !failed.is_empty() {
@@ -509,13 +554,9 @@ impl LinkTask {
             requests = failed.len(),
             "{what}"
         );
-        for inbound in failed {
-            let error = SendError::UpstreamClosedUnanswered(self.addr);
-            if !self.undelivered(inbound, error).await {
-                return false;
-            }
-        }
-        true
+        let upstream = self.addr;
+        self.hand_back(failed, || SendError::UpstreamClosedUnanswered(upstream))
+            .await
     }
 
     /// Make sure a connection is open: the open one, or a new one.
@@ -1095,11 +1136,8 @@ mod tests {
         ctx.shutdown.cancel();
     }
 
-    /// A registrar that answers some requests and then closes the
-    /// connection (as Kamailio does on a request it cannot read, or when
-    /// it is killed under load): every request it wrote no final answer
-    /// to is failed at once, not left without an answer (a client on TCP
-    /// or TLS never retransmits), whatever it answered after it.
+    /// A drain that runs out: the requests the registrar left unanswered
+    /// (INVITEs excepted) go back to the dispatcher once, as given up.
     #[tokio::test]
     async fn a_drain_sees_what_is_unanswered_and_its_give_up_hands_it_back_once() {
         let (registrar, addr, ctx, mut events, link) = link_to_a_listener().await;
@@ -1133,6 +1171,11 @@ mod tests {
         ctx.shutdown.cancel();
     }
 
+    /// A registrar that answers some requests and then closes the
+    /// connection (as Kamailio does on a request it cannot read, or when
+    /// it is killed under load): every request it wrote no final answer
+    /// to is failed at once, not left without an answer (a client on TCP
+    /// or TLS never retransmits), whatever it answered after it.
     #[tokio::test]
     async fn requests_without_a_final_answer_are_failed_when_the_connection_closes() {
         let (registrar, addr, ctx, mut events, link) = link_to_a_listener().await;

@@ -604,8 +604,17 @@ fn drops_and_protocol_answers_leave_the_last_quarter_of_the_queue_to_the_others(
         log.submit(over_its_rate(n));
     }
     assert_eq!(log.dropped(), 2);
-    // The last quarter is there for records of relayed messages.
-    for n in 9..=11 {
+    // The last quarter is there for the legitimate clients' records: a
+    // relayed message's, and sipadmit's own answer to one (a 503 for the
+    // registrar unavailable).
+    log.submit(DecisionRecord {
+        kind: Some(DecisionKind::Protocol),
+        action: Action::Reject,
+        rule: Cow::Borrowed("proxy.upstream-unavailable"),
+        status: Some(503),
+        ..record(9)
+    });
+    for n in 10..=11 {
         log.submit(record(n));
     }
     assert_eq!(log.dropped(), 3);

@@ -418,3 +418,37 @@ fn a_cancel_after_a_rotation_or_through_another_instance_gets_its_invites_branch
         "on another instance"
     );
 }
+
+#[test]
+fn a_draining_instance_relays_a_copy_of_a_request_it_relayed_and_refuses_a_new_one() {
+    // A UDP client's MESSAGE relayed before the drain, then retransmitted
+    // during it: handled as the first copy was (its first copy may wait at a
+    // stream registrar, which the drain waits for), not answered 503 as new.
+    let core = Core::detached(CONFIG).unwrap();
+    let message = |branch: &str| {
+        udp(
+            request("MESSAGE", "sip:bob@contoso.com", client(), LYNC, "")
+                .replace("z9hG4bK", &format!("z9hG4bK{branch}")),
+            client(),
+        )
+    };
+    let first = message("first");
+    assert_eq!(sent(&handle(&core, &first)).0, Destination::Upstream);
+    core.start_draining();
+    let copy = handle(&core, &first);
+    assert_eq!(
+        sent(&copy).0,
+        Destination::Upstream,
+        "the copy is relayed: {}",
+        sent(&copy).1
+    );
+    assert!(copy.into_record().is_none(), "and not recorded again");
+    let new = handle(
+        &core,
+        &udp(
+            request("MESSAGE", "sip:carol@contoso.com", client(), LYNC, ""),
+            client(),
+        ),
+    );
+    assert_eq!(status(&new), Some(503));
+}
