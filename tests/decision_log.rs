@@ -129,7 +129,9 @@ fn records(text: &str) -> usize {
 /// writer is stuck; what the pipe holds is exactly what was reported written.
 #[test]
 fn an_unread_stdout_pipe_stalls_nothing_but_the_log() {
-    const REGISTERS: usize = 3000;
+    // More than the queue (QUEUE_CAPACITY, 4,096) and the writer's batch
+    // (as many) hold, with the pipe unread.
+    const REGISTERS: usize = 9000;
     let dir = tempfile::tempdir().unwrap();
     let registrar = Registrar::start();
     let (mut sipadmit, udp) = start(dir.path(), &registrar, "-", Stdio::piped());

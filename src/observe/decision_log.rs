@@ -38,11 +38,12 @@ use crate::policy::{Action, Mode, SessionRole};
 use crate::vocabulary::Transport;
 
 /// Records the queue holds before [`DecisionLog::submit`] drops them: about
-/// 160 ms of decisions at 50,000 per second, or the 503s of a registrar
-/// connection that closes with thousands of requests unanswered (about
-/// 1 KB each, so 8 MB at most). The writer is woken early when the queue is
-/// half full, so it drains long before the flush interval ends.
-pub const QUEUE_CAPACITY: usize = 8192;
+/// 80 ms of decisions at 50,000 per second, or with the batch the writer
+/// holds (as many again) the 503s of a registrar connection that closes
+/// with thousands of requests unanswered (about 1 KB each, so 8 MB at most
+/// with the batch). The writer is woken early when the queue is half full,
+/// so it drains long before the flush interval ends.
+pub const QUEUE_CAPACITY: usize = 4096;
 /// The longest a submitted record waits before the writer writes it: 100 ms.
 pub const FLUSH_INTERVAL: Duration = Duration::from_millis(100);
 /// At most one "records dropped" (or "records lost") warning per 10 s.
