@@ -943,38 +943,49 @@ fn limits(l: &raw::RawLimits, problem: &mut dyn FnMut(String, String)) -> Limits
     }
 }
 
+/// Report each `(key, value, bounds)` whose value lies outside its bounds.
+fn report_out_of_bounds<V: TryInto<u64>, const N: usize>(
+    problem: &mut dyn FnMut(String, String),
+    checks: [(&str, V, Bounds); N],
+) {
+    for (key, value, bounds) in checks {
+        if let Some(message) = bounds.check(value) {
+            problem(key.into(), message);
+        }
+    }
+}
+
 /// The `[limits]` counts that must lie in a range of their own.
 fn check_limit_counts(l: &raw::RawLimits, problem: &mut dyn FnMut(String, String)) {
     let d = raw::RawLimits::default();
     let count = |min: u64, max: u64, default: usize| {
         Bounds::new(min, max, Unit::Count).defaulting_to(default)
     };
-    for (key, value, bounds) in [
-        (
-            "limits.max_headers",
-            l.max_headers,
-            count(16, u64::MAX, d.max_headers),
-        ),
-        (
-            "limits.max_connections",
-            l.max_connections,
-            count(1, 1_000_000, d.max_connections),
-        ),
-        (
-            "limits.max_registrations",
-            l.max_registrations,
-            count(1, u64::MAX, d.max_registrations),
-        ),
-        (
-            "limits.max_contacts_per_register",
-            l.max_contacts_per_register,
-            count(1, 1024, d.max_contacts_per_register),
-        ),
-    ] {
-        if let Some(message) = bounds.check(value) {
-            problem(key.into(), message);
-        }
-    }
+    report_out_of_bounds(
+        problem,
+        [
+            (
+                "limits.max_headers",
+                l.max_headers,
+                count(16, u64::MAX, d.max_headers),
+            ),
+            (
+                "limits.max_connections",
+                l.max_connections,
+                count(1, 1_000_000, d.max_connections),
+            ),
+            (
+                "limits.max_registrations",
+                l.max_registrations,
+                count(1, u64::MAX, d.max_registrations),
+            ),
+            (
+                "limits.max_contacts_per_register",
+                l.max_contacts_per_register,
+                count(1, 1024, d.max_contacts_per_register),
+            ),
+        ],
+    );
 }
 
 /// The `[limits]` sizes, of messages, tables and buffers, that must lie
@@ -985,57 +996,56 @@ fn check_limit_sizes(l: &raw::RawLimits, problem: &mut dyn FnMut(String, String)
     let bytes = |min: u64, max: u64, default: usize| {
         Bounds::new(min, max, Unit::Bytes).defaulting_to(default)
     };
-    for (key, value, bounds) in [
-        (
-            "limits.max_message_bytes",
-            l.max_message_bytes,
-            bytes(1024, 1 << 20, d.max_message_bytes),
-        ),
-        (
-            "limits.registration_table_bytes",
-            l.registration_table_bytes,
-            bytes(1 << 20, TIB, d.registration_table_bytes),
-        ),
-        (
-            "limits.transaction_table_bytes",
-            l.transaction_table_bytes,
-            bytes(64 << 10, TIB, d.transaction_table_bytes),
-        ),
-        (
-            "limits.write_queue_bytes",
-            l.write_queue_bytes,
-            bytes(64 << 10, 64 << 20, d.write_queue_bytes),
-        ),
-        (
-            "limits.udp_receive_buffer_bytes",
-            l.udp_receive_buffer_bytes,
-            bytes(64 << 10, 1 << 30, d.udp_receive_buffer_bytes),
-        ),
-        (
-            "limits.udp_send_buffer_bytes",
-            l.udp_send_buffer_bytes,
-            bytes(64 << 10, 1 << 30, d.udp_send_buffer_bytes),
-        ),
-        (
-            "limits.client_transaction_bytes",
-            l.client_transaction_bytes,
-            bytes(64 << 10, TIB, d.client_transaction_bytes),
-        ),
-        (
-            "limits.upstream_queue_bytes",
-            l.upstream_queue_bytes,
-            bytes(64 << 10, TIB, d.upstream_queue_bytes),
-        ),
-        (
-            "limits.known_flow_bytes",
-            l.known_flow_bytes,
-            bytes(64 << 10, TIB, d.known_flow_bytes),
-        ),
-    ] {
-        if let Some(message) = bounds.check(value) {
-            problem(key.into(), message);
-        }
-    }
+    report_out_of_bounds(
+        problem,
+        [
+            (
+                "limits.max_message_bytes",
+                l.max_message_bytes,
+                bytes(1024, 1 << 20, d.max_message_bytes),
+            ),
+            (
+                "limits.registration_table_bytes",
+                l.registration_table_bytes,
+                bytes(1 << 20, TIB, d.registration_table_bytes),
+            ),
+            (
+                "limits.transaction_table_bytes",
+                l.transaction_table_bytes,
+                bytes(64 << 10, TIB, d.transaction_table_bytes),
+            ),
+            (
+                "limits.write_queue_bytes",
+                l.write_queue_bytes,
+                bytes(64 << 10, 64 << 20, d.write_queue_bytes),
+            ),
+            (
+                "limits.udp_receive_buffer_bytes",
+                l.udp_receive_buffer_bytes,
+                bytes(64 << 10, 1 << 30, d.udp_receive_buffer_bytes),
+            ),
+            (
+                "limits.udp_send_buffer_bytes",
+                l.udp_send_buffer_bytes,
+                bytes(64 << 10, 1 << 30, d.udp_send_buffer_bytes),
+            ),
+            (
+                "limits.client_transaction_bytes",
+                l.client_transaction_bytes,
+                bytes(64 << 10, TIB, d.client_transaction_bytes),
+            ),
+            (
+                "limits.upstream_queue_bytes",
+                l.upstream_queue_bytes,
+                bytes(64 << 10, TIB, d.upstream_queue_bytes),
+            ),
+            (
+                "limits.known_flow_bytes",
+                l.known_flow_bytes,
+                bytes(64 << 10, TIB, d.known_flow_bytes),
+            ),
+        ],
+    );
 }
 
 /// The `[limits]` keys whose bounds come from another key, or that allow a
@@ -1075,54 +1085,53 @@ fn check_limits_that_depend_on_others(l: &raw::RawLimits, problem: &mut dyn FnMu
 /// and T2, the drain and the deadline of a stream message.
 fn check_limit_backlog_and_timers(l: &raw::RawLimits, problem: &mut dyn FnMut(String, String)) {
     let d = raw::RawLimits::default();
-    for (key, value, bounds) in [
-        (
-            "limits.listen_backlog",
-            u64::from(l.listen_backlog),
-            Bounds::new(1, 65_535, Unit::Count)
-                .noting("connections; the kernel caps it at net.core.somaxconn")
-                .defaulting_to(d.listen_backlog),
-        ),
-        (
-            "limits.tcp_idle_timeout_secs",
-            l.tcp_idle_timeout_secs,
-            Bounds::new(30, u64::MAX, Unit::Seconds)
-                .noting("Lync clients keep connections alive every 300 s")
-                .defaulting_to(d.tcp_idle_timeout_secs),
-        ),
-        (
-            "limits.timer_t1_ms",
-            l.timer_t1_ms,
-            Bounds::new(50, 10_000, Unit::Milliseconds)
-                .noting("RFC 3261 T1")
-                .defaulting_to(d.timer_t1_ms),
-        ),
-        (
-            "limits.timer_t2_ms",
-            l.timer_t2_ms,
-            Bounds::new(l.timer_t1_ms, 60_000, Unit::Milliseconds)
-                .noting("RFC 3261 T2, at least limits.timer_t1_ms")
-                .defaulting_to(d.timer_t2_ms),
-        ),
-        (
-            "limits.drain_secs",
-            l.drain_secs,
-            Bounds::new(0, 3600, Unit::Seconds)
-                .noting("0 stops at once on SIGTERM")
-                .defaulting_to(d.drain_secs),
-        ),
-        (
-            "limits.message_deadline_secs",
-            l.message_deadline_secs,
-            Bounds::new(1, 300, Unit::Seconds)
-                .noting("a complete message, headers and body")
-                .defaulting_to(d.message_deadline_secs),
-        ),
-    ] {
-        if let Some(message) = bounds.check(value) {
-            problem(key.into(), message);
-        }
-    }
+    report_out_of_bounds(
+        problem,
+        [
+            (
+                "limits.listen_backlog",
+                u64::from(l.listen_backlog),
+                Bounds::new(1, 65_535, Unit::Count)
+                    .noting("connections; the kernel caps it at net.core.somaxconn")
+                    .defaulting_to(d.listen_backlog),
+            ),
+            (
+                "limits.tcp_idle_timeout_secs",
+                l.tcp_idle_timeout_secs,
+                Bounds::new(30, u64::MAX, Unit::Seconds)
+                    .noting("Lync clients keep connections alive every 300 s")
+                    .defaulting_to(d.tcp_idle_timeout_secs),
+            ),
+            (
+                "limits.timer_t1_ms",
+                l.timer_t1_ms,
+                Bounds::new(50, 10_000, Unit::Milliseconds)
+                    .noting("RFC 3261 T1")
+                    .defaulting_to(d.timer_t1_ms),
+            ),
+            (
+                "limits.timer_t2_ms",
+                l.timer_t2_ms,
+                Bounds::new(l.timer_t1_ms, 60_000, Unit::Milliseconds)
+                    .noting("RFC 3261 T2, at least limits.timer_t1_ms")
+                    .defaulting_to(d.timer_t2_ms),
+            ),
+            (
+                "limits.drain_secs",
+                l.drain_secs,
+                Bounds::new(0, 3600, Unit::Seconds)
+                    .noting("0 stops at once on SIGTERM")
+                    .defaulting_to(d.drain_secs),
+            ),
+            (
+                "limits.message_deadline_secs",
+                l.message_deadline_secs,
+                Bounds::new(1, 300, Unit::Seconds)
+                    .noting("a complete message, headers and body")
+                    .defaulting_to(d.message_deadline_secs),
+            ),
+        ],
+    );
 }
 
 /// Validate `[rate_limit]`. Its `trusted` networks are only

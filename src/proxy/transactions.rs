@@ -100,9 +100,7 @@ impl Transactions {
         kind: RecordKind,
         now: Instant,
     ) -> bool {
-        let key = self.key(request, KeyKind::Record(kind), Some(source));
-        let mut seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
-        seen.get(key, now).is_some()
+        self.holds(self.key(request, KeyKind::Record(kind), Some(source)), now)
     }
 
     /// Remember that this proxy answered the INVITE `request` with an
@@ -116,7 +114,11 @@ impl Transactions {
     /// Whether the ACK `ack` acknowledges an INVITE this proxy answered
     /// with an error in the last [`TRANSACTION_LIFETIME`].
     pub fn acknowledges_an_answer(&self, ack: &SipView, now: Instant) -> bool {
-        let key = self.key(ack, KeyKind::AnsweredInvite, None);
+        self.holds(self.key(ack, KeyKind::AnsweredInvite, None), now)
+    }
+
+    /// Whether `key` is remembered (and not expired) at `now`.
+    fn holds(&self, key: u64, now: Instant) -> bool {
         let mut seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
         seen.get(key, now).is_some()
     }
