@@ -562,6 +562,28 @@ fn a_register_answered_503_as_undelivered_is_no_longer_pending() {
     assert_eq!(core.registrations().pending(), 0);
 }
 
+/// The same for a REGISTER a draining instance answers `408` because its
+/// stream registrar left it unanswered when the drain ran out: recorded
+/// as the timeout it is, and pending no more.
+#[test]
+fn a_register_answered_408_when_a_drain_ran_out_is_no_longer_pending() {
+    let core = Core::detached(CONFIG).unwrap();
+    let agent: SocketAddr = "127.0.0.1:47150".parse().unwrap();
+    let register = register_with_contacts(agent, 1);
+    assert_eq!(sent(&handle(&core, &register)).0, Destination::Upstream);
+    assert_eq!(core.registrations().pending(), 1);
+    let outcome = core.drain_ran_out(&register, Instant::now());
+    let (to, answer) = sent(&outcome);
+    assert_eq!(to, Destination::Source);
+    assert!(answer.starts_with("SIP/2.0 408 "), "{answer}");
+    let record = outcome.into_record().expect("recorded");
+    assert_eq!(
+        (record.rule.as_ref(), record.status),
+        ("proxy.request-timeout", Some(408))
+    );
+    assert_eq!(core.registrations().pending(), 0);
+}
+
 #[test]
 fn a_register_over_the_contact_cap_is_answered_403_counted_and_recorded() {
     let config = format!("{CONFIG}[limits]\nmax_contacts_per_register = 16\n");

@@ -1171,6 +1171,64 @@ mod tests {
         ctx.shutdown.cancel();
     }
 
+    /// A drain that runs out while the link waits to write to a registrar
+    /// that stopped reading: the give-up is not held up by the write's
+    /// timeout, and hands back, once each, what was written unanswered and
+    /// what was still queued for the registrar.
+    #[tokio::test]
+    async fn a_give_up_while_a_write_waits_hands_back_the_written_and_the_queued() {
+        let registrar = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = registrar.local_addr().unwrap();
+        let (tx, mut events) = mpsc::channel(16);
+        let ctx = context(tx);
+        let link = spawn_link(addr, LinkSettings::DEFAULT, 32 << 20, &ctx);
+        // Requests of 64 KiB each, far more than the sockets' buffers and
+        // the writer queue's 1 MiB hold: the registrar accepts and never
+        // reads.
+        const REQUESTS: u8 = 200;
+        let padding = "x".repeat(64 * 1024);
+        for n in 1..=REQUESTS {
+            let mut big = request(n);
+            let text = std::str::from_utf8(&big.bytes).unwrap().to_owned();
+            big.bytes = Bytes::from(text.replace("CSeq:", &format!("X-Pad: {padding}\r\nCSeq:")));
+            link.offer(big).unwrap();
+        }
+        let (_conn, _) = registrar.accept().await.unwrap();
+        // The link stops taking from its queue: a write waits for room.
+        let backlog = link.backlog.clone();
+        let mut last = backlog.queued();
+        let until = Instant::now() + Duration::from_secs(5);
+        loop {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let now = backlog.queued();
+            if now == last && now > 0 {
+                break;
+            }
+            assert!(Instant::now() < until, "the link kept writing: {now}");
+            last = now;
+        }
+        assert!(backlog.unanswered() > 0, "some were written");
+        let started = std::time::Instant::now();
+        backlog.give_up();
+        let back = undelivered(&mut events, usize::from(REQUESTS)).await;
+        assert!(
+            started.elapsed() < stream::WRITE_TIMEOUT / 2,
+            "not held up by the waiting write: {:?}",
+            started.elapsed()
+        );
+        let mut numbers: Vec<u8> = back.iter().map(|(n, _)| *n).collect();
+        numbers.sort_unstable();
+        assert_eq!(numbers, (1..=REQUESTS).collect::<Vec<_>>(), "each once");
+        let given_up = back
+            .iter()
+            .filter(|(_, e)| matches!(e, SendError::UpstreamGivenUp(a) if *a == addr))
+            .count();
+        // The write that waited may find the writer queue full instead.
+        assert!(given_up + 1 >= usize::from(REQUESTS), "{back:?}");
+        assert_eq!((backlog.unanswered(), backlog.queued()), (0, 0));
+        ctx.shutdown.cancel();
+    }
+
     /// A registrar that answers some requests and then closes the
     /// connection (as Kamailio does on a request it cannot read, or when
     /// it is killed under load): every request it wrote no final answer
