@@ -452,11 +452,22 @@ async fn dispatch(
         Event::Undelivered { inbound, error } => {
             debug!(source = %inbound.source, error = %error, "not delivered to the upstream");
             let request = !inbound.is_response() && !inbound.from_registrar();
-            if request && matches!(error, SendError::UpstreamGivenUp(_)) {
-                // The drain ran out before its answer came.
-                let answer = core.drain_ran_out(&inbound, Instant::now());
-                if let Err((_, e)) = carry_out(senders, log, &inbound, answer, core.boot()).await {
-                    Fault::of_send(&e).report(core.metrics(), Some(inbound.source.0), &e);
+            if let SendError::UpstreamGivenUp(_) = error {
+                if request {
+                    // The drain ran out before its answer came.
+                    let answer = core.drain_ran_out(&inbound, Instant::now());
+                    if let Err((_, e)) =
+                        carry_out(senders, log, &inbound, answer, core.boot()).await
+                    {
+                        Fault::of_send(&e).report(core.metrics(), Some(inbound.source.0), &e);
+                    }
+                } else {
+                    not_delivered(core, senders, log, &inbound, &Destination::Upstream, &error)
+                        .await;
+                }
+                // The drain's end waits for this before the connections close.
+                if let Some(backlog) = senders.upstream.backlog() {
+                    backlog.given_up_answered();
                 }
                 return;
             }

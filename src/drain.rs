@@ -149,7 +149,10 @@ async fn answer_given_up(core: &Core, upstream: Option<&UpstreamBacklog>) {
     if let Some(upstream) = upstream {
         upstream.give_up();
     }
-    let answered = || transactions.is_empty() && upstream.is_none_or(|u| u.unanswered() == 0);
+    let answered = || {
+        transactions.is_empty()
+            && upstream.is_none_or(|u| u.unanswered() == 0 && u.given_up_unanswered() == 0)
+    };
     let deadline = Instant::now() + GIVE_UP;
     while !answered() && Instant::now() < deadline {
         tokio::time::sleep(POLL).await;
@@ -229,5 +232,35 @@ mod tests {
         let left = settle(started, Duration::from_secs(3), &pending).await;
         assert_eq!(left.unwrap_err().client_transactions, 2);
         assert!(started.elapsed() >= Duration::from_secs(3));
+    }
+
+    /// At a drain's end the connections stay open until the dispatcher has
+    /// sent the `408`s of what the link gave up, not only until the link
+    /// has handed them over.
+    #[tokio::test(start_paused = true)]
+    async fn the_end_of_a_drain_waits_for_the_408s_of_what_was_given_up() {
+        let core = Core::detached("").unwrap();
+        let backlog = Arc::new(UpstreamBacklog::new(1 << 20));
+        // Two handed back by the link (as its give-up does), not answered.
+        backlog.handing_back(2);
+        let answering = tokio::spawn({
+            let backlog = backlog.clone();
+            async move {
+                tokio::time::sleep(Duration::from_millis(700)).await;
+                backlog.given_up_answered();
+                tokio::time::sleep(Duration::from_millis(700)).await;
+                backlog.given_up_answered();
+            }
+        });
+        let started = Instant::now();
+        answer_given_up(&core, Some(&backlog)).await;
+        let took = started.elapsed();
+        assert_eq!(backlog.given_up_unanswered(), 0);
+        assert!(
+            took >= Duration::from_millis(1400) + FLUSH
+                && took < Duration::from_millis(1400) + FLUSH + 2 * POLL,
+            "{took:?}"
+        );
+        answering.await.unwrap();
     }
 }

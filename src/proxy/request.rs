@@ -234,18 +234,35 @@ impl Core {
     /// dialog; ACK and CANCEL belong to transactions under way) is refused
     /// so that it goes to another instance; requests in dialogs and from
     /// the registrar keep flowing, and so does the retransmission of a
-    /// REGISTER relayed before and still awaiting its final response.
+    /// REGISTER relayed before and still awaiting its final response. A
+    /// copy of a request answered `408` when the drain ran out gets that
+    /// answer again (RFC 3261 17.2.2), not a second trip to the registrar.
     fn drain_gate<'m>(&self, ctx: &RequestCtx<'m>) -> Result<(), Halt<'m>> {
         if !self.is_draining()
             || ctx.inbound.from_registrar()
             || matches!(ctx.method, Method::Ack | Method::Cancel)
             || ctx.view.to().ok().and_then(|t| t.tag()).is_some()
-            || self.register_under_way(ctx)
-            || self.decided_before(ctx)
         {
             return Ok(());
         }
+        if self.timed_out_before(ctx) {
+            return Err(Refusal::DrainRanOut.into());
+        }
+        if self.register_under_way(ctx) || self.decided_before(ctx) {
+            return Ok(());
+        }
         Err(Refusal::Draining.into())
+    }
+
+    /// Whether the request is a copy of one from the same source answered
+    /// `408` in the last 32 s.
+    fn timed_out_before(&self, ctx: &RequestCtx<'_>) -> bool {
+        self.transactions.seen_before(
+            ctx.view,
+            ctx.inbound.source.0,
+            super::transactions::RecordKind::Timeout,
+            ctx.now,
+        )
     }
 
     /// Whether the request is a copy of one from the same source decided

@@ -53,7 +53,7 @@ pub use crate::vocabulary::{
 use crate::vocabulary::{Inbound, LocalAddr, SourceRefusal};
 use admission::{Admission, Verdict};
 pub use connections::Connections;
-use upstream::{Outgoing, UpstreamLink};
+use upstream::{Outgoing, UpstreamBacklog, UpstreamLink};
 
 /// Why a message could not be sent.
 #[derive(Debug, thiserror::Error)]
@@ -393,6 +393,14 @@ impl UpstreamSender {
         match self {
             Self::Datagram(addr) => *addr,
             Self::Stream(link) => link.addr(),
+        }
+    }
+
+    /// The queue and the unanswered requests of a stream registrar's link.
+    pub fn backlog(&self) -> Option<&UpstreamBacklog> {
+        match self {
+            Self::Datagram(_) => None,
+            Self::Stream(link) => Some(link.backlog()),
         }
     }
 }

@@ -83,6 +83,9 @@ pub struct UpstreamBacklog {
     unanswered: AtomicUsize,
     /// Tells the link to answer those, and what is queued, `408` now.
     give_up: Notify,
+    /// Messages the link handed back as given up that the dispatcher has
+    /// not answered (or counted) yet.
+    given_up: AtomicUsize,
 }
 
 impl UpstreamBacklog {
@@ -94,6 +97,7 @@ impl UpstreamBacklog {
             taken: Notify::new(),
             unanswered: AtomicUsize::new(0),
             give_up: Notify::new(),
+            given_up: AtomicUsize::new(0),
         }
     }
 
@@ -108,9 +112,30 @@ impl UpstreamBacklog {
     /// `proxy.request-timeout`) to every request other than an INVITE it
     /// wrote and saw no answer to, and to every request still queued: the
     /// end of a drain that ran out of time. [`Self::unanswered`] is 0 once
-    /// they are handed to the dispatcher.
+    /// they are handed to the dispatcher, [`Self::given_up_unanswered`]
+    /// once it has sent their answers.
     pub fn give_up(&self) {
         self.give_up.notify_one();
+    }
+
+    /// Messages given up ([`Self::give_up`]) whose answer the dispatcher
+    /// has not sent yet: what the end of a drain waits for before the
+    /// connections close.
+    pub fn given_up_unanswered(&self) -> usize {
+        self.given_up.load(Ordering::Relaxed)
+    }
+
+    /// The link hands `n` messages back to the dispatcher as given up.
+    pub(crate) fn handing_back(&self, n: usize) {
+        self.given_up.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// The dispatcher carried out one message the link handed back as
+    /// given up (its `408` sent, or the failure to send it counted).
+    pub fn given_up_answered(&self) {
+        let _ = self
+            .given_up
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
     }
 
     /// Bytes queued now.
@@ -248,6 +273,11 @@ impl UpstreamLink {
     /// The upstream's address.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Its queue and the requests it waits answers to.
+    pub fn backlog(&self) -> &UpstreamBacklog {
+        &self.backlog
     }
 
     /// Queue a message for the upstream, without waiting: refused when the
@@ -406,6 +436,7 @@ impl LinkTask {
             );
         }
         let upstream = self.addr;
+        self.backlog.handing_back(given_up.len());
         self.hand_back(given_up, || SendError::UpstreamGivenUp(upstream))
             .await
     }
@@ -1164,6 +1195,11 @@ mod tests {
             .iter()
             .all(|(_, e)| matches!(e, SendError::UpstreamGivenUp(a) if *a == addr)));
         assert_eq!(backlog.unanswered(), 0);
+        // The dispatcher has yet to answer them: the drain waits for that.
+        assert_eq!(backlog.given_up_unanswered(), 2);
+        backlog.given_up_answered();
+        backlog.given_up_answered();
+        assert_eq!(backlog.given_up_unanswered(), 0);
         // Given up once: the connection closing later fails nothing more.
         drop(conn);
         let quiet = tokio::time::timeout(Duration::from_millis(500), events.recv()).await;

@@ -452,3 +452,25 @@ fn a_draining_instance_relays_a_copy_of_a_request_it_relayed_and_refuses_a_new_o
     );
     assert_eq!(status(&new), Some(503));
 }
+
+#[test]
+fn a_copy_of_a_request_answered_408_when_the_drain_ran_out_gets_the_408_again() {
+    // A UDP client's REGISTER relayed to a stream registrar that left it
+    // unanswered; the drain ran out and answered it 408. A copy of it that
+    // crossed that answer is answered the same, not relayed a second time
+    // (which would leave it unanswered at the stop).
+    let core = Core::detached(CONFIG).unwrap();
+    let register = udp(
+        request("REGISTER", "sip:contoso.com", client(), LYNC, ""),
+        client(),
+    );
+    assert_eq!(sent(&handle(&core, &register)).0, Destination::Upstream);
+    core.start_draining();
+    let timeout = core.drain_ran_out(&register, Instant::now());
+    assert_eq!(status(&timeout), Some(408));
+    assert!(timeout.into_record().is_some(), "the 408 is recorded");
+    let copy = handle(&core, &register);
+    assert_eq!(sent(&copy).0, Destination::Source);
+    assert_eq!(status(&copy), Some(408), "{}", sent(&copy).1);
+    assert!(copy.into_record().is_none(), "and not recorded again");
+}
