@@ -63,6 +63,21 @@ pub enum AppError {
         #[source]
         source: std::io::Error,
     },
+    /// The upstream is one of this host's addresses, on the port of a
+    /// listener of its transport that takes every address: sipadmit
+    /// itself.
+    #[error(
+        "proxy.upstream {upstream} is an address of this host, and the listener {listener} \
+         takes it: every request would loop back to sipadmit (482 Loop Detected), and its \
+         upstream probes, answered by itself, would call the registrar healthy; set \
+         proxy.upstream to the registrar"
+    )]
+    UpstreamIsOwnListener {
+        /// `proxy.upstream` or `--upstream`.
+        upstream: Endpoint,
+        /// The listener that would receive what is relayed to it.
+        listener: Endpoint,
+    },
     /// The upstream's transport has no listener, so the registrar could
     /// not reach the proxy's Path.
     #[error("upstream {0} needs a {1} listener (requests from the registrar come back to it)")]
@@ -143,6 +158,7 @@ impl Bound {
 /// `[tls]` files) that `tls:` listeners and a `tls:` upstream need.
 pub async fn bind(config: &Config) -> Result<Bound, AppError> {
     let settings = &config.settings;
+    check_upstream_is_elsewhere(settings)?;
     let listens_tls = settings
         .listen
         .iter()
@@ -234,6 +250,32 @@ fn no_socket() -> std::io::Error {
 
 /// The kernel's cap on accept queues (`net.core.somaxconn`), where it can
 /// be read.
+/// Refuse an upstream that is sipadmit itself: an address of this host
+/// on the port of a listener of its transport that takes every address
+/// (loopback addresses are refused by the configuration's validation; this
+/// asks the host about the others). `run` and `check-config` call it.
+pub fn check_upstream_is_elsewhere(settings: &Settings) -> Result<(), AppError> {
+    let Some(upstream) = settings.upstream else {
+        return Ok(());
+    };
+    match crate::config::own_listener_behind(&upstream, &settings.listen, is_this_hosts) {
+        Some(listener) => Err(AppError::UpstreamIsOwnListener { upstream, listener }),
+        None => Ok(()),
+    }
+}
+
+/// Whether `ip` is an address of this host: a socket can be bound to it.
+/// Not known (`false`) where the host lets sockets bind to any address
+/// (`net.ipv4.ip_nonlocal_bind`, `net.ipv6.ip_nonlocal_bind`).
+fn is_this_hosts(ip: IpAddr) -> bool {
+    let family = if ip.is_ipv4() { "ipv4" } else { "ipv6" };
+    let nonlocal = std::fs::read_to_string(format!("/proc/sys/net/{family}/ip_nonlocal_bind"));
+    if nonlocal.is_ok_and(|v| v.trim() != "0") {
+        return false;
+    }
+    std::net::UdpSocket::bind(SocketAddr::new(ip, 0)).is_ok()
+}
+
 fn somaxconn() -> Option<u32> {
     std::fs::read_to_string("/proc/sys/net/core/somaxconn")
         .ok()?

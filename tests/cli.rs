@@ -342,3 +342,66 @@ fn readme_catalog_count_matches_check_config() {
         "{stdout}"
     );
 }
+
+/// An address of this host other than a loopback one, or none when the
+/// host has no route out (found without sending anything: a UDP socket's
+/// connect only picks the source address).
+fn a_non_loopback_address_of_this_host() -> Option<std::net::IpAddr> {
+    let socket = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
+    socket.connect("192.0.2.1:9").ok()?;
+    let ip = socket.local_addr().ok()?.ip();
+    (!ip.is_loopback() && !ip.is_unspecified()).then_some(ip)
+}
+
+/// An upstream at this host's own (non-loopback) address, on the port of
+/// a `0.0.0.0` listener, is sipadmit itself: `check-config` and `run`
+/// refuse it and say why, instead of looping every request back to
+/// itself while its probes call the registrar healthy.
+#[test]
+fn an_upstream_at_this_hosts_own_address_is_refused_by_check_config_and_run() {
+    let Some(ip) = a_non_loopback_address_of_this_host() else {
+        eprintln!("skipped: this host has no address other than loopback");
+        return;
+    };
+    let port = common::external::free_udp_port();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("self.toml");
+    std::fs::write(
+        &config,
+        format!("[proxy]\nlisten = [\"udp:0.0.0.0:{port}\"]\nupstream = \"udp:{ip}:{port}\"\n"),
+    )
+    .unwrap();
+    let config = config.to_str().unwrap();
+    for args in [
+        vec!["check-config", "--config", config],
+        vec!["run", "--config", config],
+    ] {
+        let out = sipadmit().args(&args).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert!(
+            err.contains(&format!(
+                "proxy.upstream udp:{ip}:{port} is an address of this host, and the listener udp:0.0.0.0:{port} takes it"
+            )),
+            "{args:?}: {err}"
+        );
+    }
+    // The same port on an address this host does not have is a registrar.
+    std::fs::write(
+        dir.path().join("other.toml"),
+        format!(
+            "[proxy]\nlisten = [\"udp:0.0.0.0:{port}\"]\nupstream = \"udp:203.0.113.254:{port}\"\n"
+        ),
+    )
+    .unwrap();
+    let out = sipadmit()
+        .args(["check-config", "--config"])
+        .arg(dir.path().join("other.toml"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -1256,3 +1256,43 @@ handshake_timeout_secs = 0
     }
     assert!(text.contains("test.toml"), "the file is named: {text}");
 }
+
+/// An upstream at an address of this host that is not a loopback address,
+/// on the port of a listener of its transport bound to every address, is
+/// sipadmit itself: the start asks the host (`this_host` here) and refuses
+/// it. A listener on one address, another port or another transport, or
+/// an address the host does not have, is not.
+#[test]
+fn an_upstream_at_this_hosts_address_behind_an_any_address_listener_is_sipadmit_itself() {
+    use sipadmit::config::{own_listener_behind, Endpoint};
+    let e = |text: &str| text.parse::<Endpoint>().unwrap();
+    let lan: std::net::IpAddr = "10.1.2.3".parse().unwrap();
+    let ours = |ip: std::net::IpAddr| ip == lan;
+    let own = |listen: &[&str], up: &str| {
+        let listen: Vec<Endpoint> = listen.iter().map(|l| e(l)).collect();
+        own_listener_behind(&e(up), &listen, ours).map(|l| l.to_string())
+    };
+    assert_eq!(
+        own(&["udp:0.0.0.0:5060"], "udp:10.1.2.3:5060").as_deref(),
+        Some("udp:0.0.0.0:5060")
+    );
+    // `[::]` takes IPv4 too; an IPv4-mapped upstream is the same address.
+    assert_eq!(
+        own(
+            &["tcp:[::]:5061", "udp:[::]:5060"],
+            "udp:[::ffff:10.1.2.3]:5060"
+        )
+        .as_deref(),
+        Some("udp:[::]:5060")
+    );
+    assert_eq!(own(&["udp:0.0.0.0:5060"], "udp:10.1.2.4:5060"), None);
+    assert_eq!(own(&["udp:0.0.0.0:5060"], "udp:10.1.2.3:5070"), None);
+    assert_eq!(
+        own(
+            &["tcp:0.0.0.0:5060", "udp:0.0.0.0:5061"],
+            "tcp:10.1.2.3:5061"
+        ),
+        None
+    );
+    assert_eq!(own(&["udp:192.0.2.7:5060"], "udp:10.1.2.3:5060"), None);
+}

@@ -705,6 +705,27 @@ fn is_listener_address(listener: &Endpoint, to: &Endpoint) -> bool {
     local && l.is_unspecified() && (l.is_ipv6() || t.is_ipv4())
 }
 
+/// The listener the upstream `up` would reach when its address is one of
+/// this host's (`this_host`, asked of the host at start: validation cannot
+/// tell such an address from a remote one): a listener of its transport on
+/// its port whose address is unspecified (`0.0.0.0`, or `[::]`, which takes
+/// IPv4 too) receives what is sent to any address of the host.
+pub fn own_listener_behind(
+    up: &Endpoint,
+    listen: &[Endpoint],
+    this_host: impl Fn(std::net::IpAddr) -> bool,
+) -> Option<Endpoint> {
+    let to = up.addr.ip().to_canonical();
+    let own = listen.iter().find(|l| {
+        let ip = l.addr.ip();
+        l.transport == up.transport
+            && l.addr.port() == up.addr.port()
+            && ip.is_unspecified()
+            && (ip.is_ipv6() || to.is_ipv4())
+    })?;
+    this_host(to).then_some(*own)
+}
+
 /// `proxy.upstream_sources`, or by default exactly the upstream's address
 /// (nothing without an upstream).
 fn upstream_sources(
