@@ -34,6 +34,7 @@ use super::client_transactions::{TransactionKey, TransactionMethod};
 use super::flow::{Flow, Purpose, TokenError};
 use super::listening::{uri_parts, Listening};
 use super::refusal::Refusal;
+use super::transactions::RecordKind;
 use super::{
     Core, Destination, Inbound, OpenConnection, Outbound, Outcome, Runtime, Subject, Text,
     FLOW_PARAM,
@@ -245,43 +246,29 @@ impl Core {
         {
             return Ok(());
         }
-        if self.timed_out_before(ctx) {
+        if self.seen_before(ctx, RecordKind::Timeout) {
             return Err(Refusal::DrainRanOut.into());
         }
-        if self.register_under_way(ctx) || self.decided_before(ctx) {
+        if self.register_under_way(ctx) || self.seen_before(ctx, RecordKind::Decision) {
             return Ok(());
         }
         Err(Refusal::Draining.into())
     }
 
-    /// Whether the request is a copy of one from the same source answered
-    /// `408` in the last 32 s.
-    fn timed_out_before(&self, ctx: &RequestCtx<'_>) -> bool {
-        self.transactions.seen_before(
-            ctx.view,
-            ctx.inbound.source.0,
-            super::transactions::RecordKind::Timeout,
-            ctx.now,
-        )
-    }
-
-    /// Whether the request is a copy of one from the same source decided
-    /// in the last 32 s: a UDP client's retransmission, whose first copy
-    /// may wait at a stream registrar (a drain waits for it), so it is
-    /// handled as the first was, not refused as new.
-    fn decided_before(&self, ctx: &RequestCtx<'_>) -> bool {
-        self.transactions.seen_before(
-            ctx.view,
-            ctx.inbound.source.0,
-            super::transactions::RecordKind::Decision,
-            ctx.now,
-        )
+    /// Whether the request is a copy of one from the same source recorded
+    /// as `kind` in the last 32 s: a UDP client's retransmission. Decided
+    /// before, its first copy may wait at a stream registrar (a drain waits
+    /// for it), so it is handled as the first was, not refused as new;
+    /// answered `408` before, it gets that answer again.
+    fn seen_before(&self, ctx: &RequestCtx<'_>, kind: RecordKind) -> bool {
+        self.transactions
+            .seen_before(ctx.view, ctx.inbound.source.0, kind, ctx.now)
     }
 
     /// A UDP client's request outside a dialog relayed without a record
     /// (not a REGISTER or an INVITE, whose records note their
     /// transactions): its transaction is noted, so that a copy of it
-    /// during a drain is relayed as it was ([`Self::decided_before`]).
+    /// during a drain is relayed as it was ([`Self::seen_before`]).
     fn note_unrecorded_relay(&self, ctx: &RequestCtx<'_>) {
         let inb = ctx.inbound;
         if inb.transport == Transport::Udp
@@ -289,12 +276,8 @@ impl Core {
             && !matches!(ctx.method, Method::Ack | Method::Cancel)
             && ctx.view.to().ok().and_then(|t| t.tag()).is_none()
         {
-            self.transactions.first_sighting(
-                ctx.view,
-                inb.source.0,
-                super::transactions::RecordKind::Decision,
-                ctx.now,
-            );
+            self.transactions
+                .first_sighting(ctx.view, inb.source.0, RecordKind::Decision, ctx.now);
         }
     }
 
