@@ -248,8 +248,6 @@ fn no_socket() -> std::io::Error {
     std::io::Error::other("no socket bound")
 }
 
-/// The kernel's cap on accept queues (`net.core.somaxconn`), where it can
-/// be read.
 /// Refuse an upstream that is sipadmit itself: an address of this host
 /// on the port of a listener of its transport that takes every address
 /// (loopback addresses are refused by the configuration's validation; this
@@ -276,6 +274,8 @@ fn is_this_hosts(ip: IpAddr) -> bool {
     std::net::UdpSocket::bind(SocketAddr::new(ip, 0)).is_ok()
 }
 
+/// The kernel's cap on accept queues (`net.core.somaxconn`), where it can
+/// be read.
 fn somaxconn() -> Option<u32> {
     std::fs::read_to_string("/proc/sys/net/core/somaxconn")
         .ok()?
