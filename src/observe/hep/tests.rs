@@ -253,6 +253,57 @@ async fn a_udp_collector_that_is_down_costs_a_counter() {
     assert!(failed > 0, "the ICMP errors count as failures");
 }
 
+/// A HEP packet that arrives at a SIP listener (another agent's
+/// collector is that port) is not mirrored: mirrored, it could come back
+/// to be mirrored again, for ever.
+#[tokio::test]
+async fn a_hep_packet_received_on_a_sip_listener_is_not_mirrored() {
+    let collector = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let at = collector.local_addr().unwrap();
+    let metrics = Arc::new(Metrics::default());
+    let (hep, exporter) = start_udp(at, Mirror::All, &metrics);
+    hep.received(&inbound(REGISTER));
+    let packet = next_datagram(&collector).await;
+    assert!(is_hep_packet(&packet));
+
+    // That packet back at the SIP listener, then a SIP message.
+    let mut echoed = inbound(REGISTER);
+    echoed.bytes = Bytes::from(packet);
+    hep.received(&echoed);
+    hep.received(&inbound("OPTIONS sip:after@test SIP/2.0\r\n\r\n"));
+    drop(hep);
+    exporter.finish(BOUND).await;
+    let next = chunks(&next_datagram(&collector).await);
+    assert_eq!(
+        value(&next, 15),
+        b"OPTIONS sip:after@test SIP/2.0\r\n\r\n",
+        "the HEP packet was skipped"
+    );
+    assert_eq!(metrics.hep_exported(HepPayload::Sip), 2);
+}
+
+#[test]
+fn a_hep_packet_is_told_from_a_sip_request_of_a_method_named_hep3() {
+    let mut packet = Vec::new();
+    let header = encode::Header {
+        payload_type: encode::PayloadType::Sip,
+        transport: Transport::Udp,
+        source: "192.0.2.7:5062".parse().unwrap(),
+        destination: "127.0.0.1:5060".parse().unwrap(),
+        seconds: 1,
+        microseconds: 2,
+        capture_id: 2001,
+        auth_key: None,
+        correlation_id: None,
+    };
+    encode::encode(&header, REGISTER.as_bytes(), &mut packet).unwrap();
+    assert!(is_hep_packet(&packet));
+    assert!(!is_hep_packet(b"HEP3 sip:x@test SIP/2.0\r\n\r\n"));
+    assert!(!is_hep_packet(b"HEP3X sip:x@test SIP/2.0\r\n\r\n"));
+    assert!(!is_hep_packet(REGISTER.as_bytes()));
+    assert!(!is_hep_packet(b"HEP3"));
+}
+
 /// Packets read from a TCP collector's connection until one whose payload
 /// holds `marker` has arrived (within [`BOUND`]).
 fn read_until(stream: &mut std::net::TcpStream, marker: &[u8]) -> Vec<Vec<(u16, u16, Vec<u8>)>> {
