@@ -78,6 +78,20 @@ pub enum AppError {
         /// The listener that would receive what is relayed to it.
         listener: Endpoint,
     },
+    /// The HEP collector is one of this host's addresses, on the port of a
+    /// SIP listener of its transport that takes every address: sipadmit
+    /// itself.
+    #[error(
+        "hep.collector {collector} is an address of this host, and the SIP listener {listener} \
+         takes it: the HEP copies would come back to sipadmit as SIP messages and be mirrored \
+         again, a loop; set hep.collector to the HEP collector"
+    )]
+    CollectorIsOwnListener {
+        /// `hep.collector`.
+        collector: Endpoint,
+        /// The listener that would receive what is exported to it.
+        listener: Endpoint,
+    },
     /// The upstream's transport has no listener, so the registrar could
     /// not reach the proxy's Path.
     #[error("upstream {0} needs a {1} listener (requests from the registrar come back to it)")]
@@ -159,6 +173,7 @@ impl Bound {
 pub async fn bind(config: &Config) -> Result<Bound, AppError> {
     let settings = &config.settings;
     check_upstream_is_elsewhere(settings)?;
+    check_collector_is_elsewhere(settings)?;
     let listens_tls = settings
         .listen
         .iter()
@@ -258,6 +273,23 @@ pub fn check_upstream_is_elsewhere(settings: &Settings) -> Result<(), AppError> 
     };
     match crate::config::own_listener_behind(&upstream, &settings.listen, is_this_hosts) {
         Some(listener) => Err(AppError::UpstreamIsOwnListener { upstream, listener }),
+        None => Ok(()),
+    }
+}
+
+/// Refuse a HEP collector that is sipadmit itself, as an upstream is
+/// refused ([`check_upstream_is_elsewhere`]): an address of this host on
+/// the port of a SIP listener of its transport that takes every address.
+/// `run` and `check-config` call it.
+pub fn check_collector_is_elsewhere(settings: &Settings) -> Result<(), AppError> {
+    let Some(collector) = settings.hep.collector else {
+        return Ok(());
+    };
+    match crate::config::own_listener_behind(&collector, &settings.listen, is_this_hosts) {
+        Some(listener) => Err(AppError::CollectorIsOwnListener {
+            collector,
+            listener,
+        }),
         None => Ok(()),
     }
 }

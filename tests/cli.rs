@@ -405,3 +405,57 @@ fn an_upstream_at_this_hosts_own_address_is_refused_by_check_config_and_run() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// A HEP collector at this host's own (non-loopback) address, on the port
+/// of a `0.0.0.0` SIP listener, is sipadmit itself: `check-config` and
+/// `run` refuse it and say why, instead of mirroring the copies that come
+/// back as SIP messages again and again.
+#[test]
+fn a_hep_collector_at_this_hosts_own_address_is_refused_by_check_config_and_run() {
+    let Some(ip) = a_non_loopback_address_of_this_host() else {
+        eprintln!("skipped: this host has no address other than loopback");
+        return;
+    };
+    let port = common::external::free_udp_port();
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, collector_port: u16| {
+        let path = dir.path().join(name);
+        std::fs::write(
+            &path,
+            format!(
+                "[proxy]\nlisten = [\"udp:0.0.0.0:{port}\"]\nupstream = \"udp:203.0.113.254:5060\"\n\
+                 [hep]\ncollector = \"udp:{ip}:{collector_port}\"\n"
+            ),
+        )
+        .unwrap();
+        path
+    };
+    let config = write("self.toml", port);
+    let config = config.to_str().unwrap();
+    for args in [
+        vec!["check-config", "--config", config],
+        vec!["run", "--config", config],
+    ] {
+        let out = sipadmit().args(&args).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert!(
+            err.contains(&format!(
+                "hep.collector udp:{ip}:{port} is an address of this host, and the SIP listener udp:0.0.0.0:{port} takes it"
+            )),
+            "{args:?}: {err}"
+        );
+    }
+    // Another port of this host is a collector.
+    let other = write("other.toml", 9060);
+    let out = sipadmit()
+        .args(["check-config", "--config"])
+        .arg(other)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -520,3 +520,57 @@ fn kamailios_dispatcher_follows_sipadmit_in_and_out_of_the_pool() {
     assert!(metrics.protocol_answers("proxy.health", Some(200)) >= 1);
     assert!(metrics.protocol_answers("proxy.health", Some(503)) >= 2);
 }
+
+/// Two instances whose HEP collectors are each other's SIP port (a slip
+/// in a pool's configs, which neither `check-config` can see: the other's
+/// port is not its own): each drops what the other mirrors to it as the
+/// HEP packets they are, and mirrors none back, instead of the two passing
+/// them to and fro for ever.
+#[test]
+fn instances_whose_hep_collectors_are_each_others_sip_ports_mirror_nothing_back() {
+    use common::external::{free_tcp_port, free_udp_port};
+    let loopback = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
+    let udp_a = free_udp_port();
+    let udp_b = std::iter::repeat_with(free_udp_port)
+        .find(|&p| p != udp_a)
+        .unwrap();
+    let config = |collector: u16| {
+        format!(
+            "[proxy]\nupstream_probe_secs = 0\n{RESPONSE_GROUP}\
+             [admin]\nlisten = \"127.0.0.1:0\"\n\
+             [hep]\ncollector = \"udp:127.0.0.1:{collector}\"\n"
+        )
+    };
+    let upstream = udp();
+    let registrar = format!("udp:{}", upstream.local_addr().unwrap());
+    let a = TestProxy::start_on(
+        &config(udp_b),
+        loopback(udp_a),
+        loopback(free_tcp_port()),
+        &registrar,
+    );
+    let b = TestProxy::start_on(
+        &config(udp_a),
+        loopback(udp_b),
+        loopback(free_tcp_port()),
+        &registrar,
+    );
+    let client = udp();
+    register(&client, a.udp, &upstream, "agent-h", LYNC, 1);
+
+    const MALFORMED: &str = "sipadmit_dropped_total{reason=\"malformed\"}";
+    const SIP: &str = "sipadmit_hep_exported_total{type=\"sip\"}";
+    const DECISIONS: &str = "sipadmit_hep_exported_total{type=\"decision\"}";
+    // A mirrors the REGISTER, its relay, the 200 and its relay, and the
+    // decision: five HEP packets to B's SIP port.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while a.metric(SIP) + a.metric(DECISIONS) < 5.0 || b.metric(MALFORMED) < 5.0 {
+        assert!(Instant::now() < deadline, "A's HEP packets did not reach B");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(QUIET);
+    assert_eq!(b.metric(MALFORMED), 5.0, "B dropped A's five packets");
+    assert_eq!(b.metric(SIP), 0.0, "B mirrored none of them");
+    assert_eq!(a.metric(MALFORMED), 0.0, "nothing came back to A");
+    assert_eq!(a.metric(SIP) + a.metric(DECISIONS), 5.0);
+}

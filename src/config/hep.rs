@@ -4,6 +4,7 @@
 //! `hep.collector` is set. `config/sipadmit.toml` documents every key.
 
 use std::fmt;
+use std::net::{IpAddr, Ipv4Addr};
 
 use super::endpoint::Endpoint;
 use super::raw::RawHep;
@@ -93,19 +94,27 @@ impl HepSettings {
     }
 }
 
-/// Validate `[hep]`: the collector, the auth key and the mirror, in that
-/// order; every problem names its key and value.
-pub fn validate(raw: &RawHep, problems: &mut Vec<Problem>) -> HepSettings {
-    let collector = raw
-        .collector
-        .as_deref()
-        .and_then(|value| match parse_collector(value) {
+/// Validate `[hep]`: the collector (which must be neither one of
+/// sipadmit's SIP listeners `listen` nor the `upstream` registrar), the
+/// auth key and the mirror, in that order; every problem names its key and
+/// value.
+pub fn validate(
+    raw: &RawHep,
+    listen: &[Endpoint],
+    upstream: Option<&Endpoint>,
+    problems: &mut Vec<Problem>,
+) -> HepSettings {
+    let collector = raw.collector.as_deref().and_then(|value| {
+        let checked = parse_collector(value)
+            .and_then(|endpoint| collector_elsewhere(value, endpoint, listen, upstream));
+        match checked {
             Ok(endpoint) => Some(endpoint),
             Err(message) => {
                 problems.push(Problem::new("hep.collector", message));
                 None
             }
-        });
+        }
+    });
     let auth_key = raw.auth_key.clone().filter(|key| {
         let message = if key.is_empty() {
             "an empty key: leave hep.auth_key out to send none".to_owned()
@@ -173,7 +182,65 @@ fn parse_collector(value: &str) -> Result<Endpoint, String> {
             "{value:?}: port 0 is not a port to send to (heplify-server listens on 9060)"
         ));
     }
+    if let Some(kind) = not_unicast(endpoint.addr.ip()) {
+        return Err(format!(
+            "{value:?}: {} is a {kind} address: a HEP collector is one host, \
+             name its unicast IP",
+            endpoint.addr.ip()
+        ));
+    }
     Ok(endpoint)
+}
+
+/// What kind of address `ip` is when it is not one host's: `"broadcast"`
+/// (the limited broadcast 255.255.255.255; a directed broadcast cannot be
+/// told from a host's address without the network's mask) or
+/// `"multicast"`.
+fn not_unicast(ip: IpAddr) -> Option<&'static str> {
+    let ip = ip.to_canonical();
+    if ip.is_multicast() {
+        Some("multicast")
+    } else if ip == IpAddr::V4(Ipv4Addr::BROADCAST) {
+        Some("broadcast")
+    } else {
+        None
+    }
+}
+
+/// The collector, unless it is sipadmit itself or its registrar: one of
+/// the SIP `listen`ers of its transport (the rule that refuses such an
+/// upstream: the same port, and the same address or a `0.0.0.0`/`[::]`
+/// listener and a loopback destination), or the `upstream`'s address.
+/// Either way the copies would not reach a collector; sent to a listener
+/// they would come back as SIP messages to be mirrored again, a loop.
+fn collector_elsewhere(
+    value: &str,
+    collector: Endpoint,
+    listen: &[Endpoint],
+    upstream: Option<&Endpoint>,
+) -> Result<Endpoint, String> {
+    let own = listen
+        .iter()
+        .filter(|l| l.transport == collector.transport)
+        .find(|l| super::is_listener_address(l, &collector));
+    if let Some(own) = own {
+        return Err(format!(
+            "{value:?} is sipadmit's own SIP listener {own}: the HEP copies would come back \
+             to it as SIP messages and be mirrored again, a loop; name the collector's \
+             address (heplify-server listens on 9060)"
+        ));
+    }
+    let same_address = |up: &&Endpoint| {
+        up.addr.port() == collector.addr.port()
+            && up.addr.ip().to_canonical() == collector.addr.ip().to_canonical()
+    };
+    if let Some(up) = upstream.filter(same_address) {
+        return Err(format!(
+            "{value:?} is the upstream registrar's address ({up}): the HEP copies would go \
+             to the registrar, not to a collector; name the collector's address"
+        ));
+    }
+    Ok(collector)
 }
 
 #[cfg(test)]
@@ -192,8 +259,24 @@ mod tests {
             mirror: mirror.map(Into::into),
         };
         let mut problems = Vec::new();
-        let settings = validate(&raw, &mut problems);
+        let settings = validate(&raw, &[], None, &mut problems);
         (settings, problems.iter().map(ToString::to_string).collect())
+    }
+
+    /// The problems of `hep.collector = collector` with these SIP
+    /// listeners and upstream (none: accepted).
+    fn collector_problems(collector: &str, listen: &[&str], upstream: &str) -> Vec<String> {
+        let raw = RawHep {
+            collector: Some(collector.into()),
+            capture_id: DEFAULT_CAPTURE_ID,
+            auth_key: None,
+            mirror: None,
+        };
+        let endpoint = |text: &&str| text.parse::<Endpoint>().unwrap();
+        let listen: Vec<Endpoint> = listen.iter().map(endpoint).collect();
+        let mut problems = Vec::new();
+        validate(&raw, &listen, Some(&endpoint(&upstream)), &mut problems);
+        problems.iter().map(ToString::to_string).collect()
     }
 
     #[test]
@@ -249,6 +332,85 @@ mod tests {
             problems,
             ["hep.collector: \"192.0.2.9:9060\" is not udp:IP:PORT or tcp:IP:PORT (IPv6 as udp:[2001:db8::9]:9060)"]
         );
+    }
+
+    /// A collector that is one of sipadmit's own SIP listeners (the rule
+    /// that refuses such an upstream) would get the copies back as SIP
+    /// messages, mirrored again: a loop. The registrar is no collector
+    /// either.
+    #[test]
+    fn a_collector_at_an_own_listener_or_at_the_registrar_is_refused() {
+        let listen = ["udp:127.0.0.1:5060", "tcp:0.0.0.0:5061", "udp:[::]:5062"];
+        let up = "udp:192.0.2.10:5070";
+        let own = |collector: &str, listener: &str| {
+            vec![format!(
+                "hep.collector: \"{collector}\" is sipadmit's own SIP listener {listener}: the HEP \
+                 copies would come back to it as SIP messages and be mirrored again, a loop; \
+                 name the collector's address (heplify-server listens on 9060)"
+            )]
+        };
+        for (collector, listener) in [
+            ("udp:127.0.0.1:5060", "udp:127.0.0.1:5060"),
+            ("tcp:127.0.0.1:5061", "tcp:0.0.0.0:5061"),
+            ("tcp:127.0.0.9:5061", "tcp:0.0.0.0:5061"),
+            ("udp:[::1]:5062", "udp:[::]:5062"),
+            ("udp:127.0.0.1:5062", "udp:[::]:5062"),
+        ] {
+            assert_eq!(
+                collector_problems(collector, &listen, up),
+                own(collector, listener)
+            );
+        }
+        for collector in ["udp:192.0.2.10:5070", "tcp:[::ffff:192.0.2.10]:5070"] {
+            assert_eq!(
+                collector_problems(collector, &listen, up),
+                [format!(
+                    "hep.collector: \"{collector}\" is the upstream registrar's address \
+                     (udp:192.0.2.10:5070): the HEP copies would go to the registrar, not to a \
+                     collector; name the collector's address"
+                )]
+            );
+        }
+        // Another transport, another port or another host is a collector.
+        for collector in [
+            "tcp:127.0.0.1:5060",
+            "udp:127.0.0.1:5061",
+            "udp:192.0.2.9:5060",
+            "udp:192.0.2.10:9060",
+            "udp:127.0.0.1:9060",
+        ] {
+            let problems = collector_problems(collector, &listen, up);
+            assert!(problems.is_empty(), "{collector}: {problems:?}");
+        }
+    }
+
+    /// HEP collectors are unicast: a broadcast or multicast collector is
+    /// refused (a directed broadcast cannot be told without the mask).
+    #[test]
+    fn a_broadcast_or_multicast_collector_is_refused() {
+        for (collector, ip, kind) in [
+            ("udp:255.255.255.255:9060", "255.255.255.255", "broadcast"),
+            ("udp:224.0.0.1:9060", "224.0.0.1", "multicast"),
+            ("udp:239.1.2.3:9060", "239.1.2.3", "multicast"),
+            ("tcp:[ff02::1]:9061", "ff02::1", "multicast"),
+            (
+                "udp:[::ffff:224.0.0.1]:9060",
+                "::ffff:224.0.0.1",
+                "multicast",
+            ),
+        ] {
+            let (settings, problems) = check(Some(collector), None, None);
+            assert_eq!(
+                problems,
+                [format!(
+                    "hep.collector: \"{collector}\": {ip} is a {kind} address: a HEP collector \
+                     is one host, name its unicast IP"
+                )]
+            );
+            assert_eq!(settings.collector, None);
+        }
+        let (_, problems) = check(Some("udp:192.0.2.255:9060"), None, None);
+        assert!(problems.is_empty(), "{problems:?}");
     }
 
     #[test]

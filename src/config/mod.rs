@@ -472,7 +472,12 @@ fn validate(
         problems.extend(advertised_tls_names(&proxy.advertise, every_listener, &tls));
     }
     let admin = admin_listener(raw.admin.listen.as_deref(), overrides, &mut problems);
-    let hep = hep::validate(&raw.hep, &mut problems);
+    let hep = hep::validate(
+        &raw.hep,
+        &proxy.listen,
+        proxy.upstream.as_ref(),
+        &mut problems,
+    );
 
     match (catalog, problems.is_empty()) {
         (Some(catalog), true) => Ok(Config {
@@ -705,8 +710,8 @@ fn is_listener_address(listener: &Endpoint, to: &Endpoint) -> bool {
     local && l.is_unspecified() && (l.is_ipv6() || t.is_ipv4())
 }
 
-/// The listener the upstream `up` would reach when its address is one of
-/// this host's (`this_host`, asked of the host at start: validation cannot
+/// The listener the upstream (or the HEP collector) `up` would reach when
+/// its address is one of this host's (`this_host`, asked of the host at start: validation cannot
 /// tell such an address from a remote one): a listener of its transport on
 /// its port whose address is unspecified (`0.0.0.0`, or `[::]`, which takes
 /// IPv4 too) receives what is sent to any address of the host.

@@ -445,8 +445,9 @@ pub struct Metrics {
     hep_exported: [AtomicU64; HepPayload::ALL.len()],
     /// HEP packets dropped before they were sent, per [`HepDrop`].
     hep_dropped: [AtomicU64; HepDrop::ALL.len()],
-    /// HEP packets the collector did not get: a send failed, or the TCP
-    /// collector was down or stalled.
+    /// HEP send failures: each failed send to a UDP collector (mostly its
+    /// refusal of an earlier datagram; the packet is tried again once), and
+    /// each packet not written to a TCP collector that was down or stalled.
     pub hep_send_failures: AtomicU64,
     /// TLS context reloads, per [`TlsSide`] and [`ReloadResult`].
     tls_reloads: [[AtomicU64; 2]; TlsSide::ALL.len()],
@@ -913,8 +914,8 @@ impl Metrics {
         self.hep_dropped[reason.slot()].load(Ordering::Relaxed)
     }
 
-    /// HEP packets the collector did not get (send failed, collector down
-    /// or stalled).
+    /// HEP send failures (see the `hep_send_failures` field): failed sends
+    /// to a UDP collector, packets not written to a TCP one.
     pub fn hep_send_failures(&self) -> u64 {
         self.hep_send_failures.load(Ordering::Relaxed)
     }
@@ -1457,7 +1458,7 @@ const FAMILIES: [Family; 55] = [
     ),
     counter(
         "sipadmit_hep_send_failures_total",
-        "HEPv3 packets the collector did not get: the send failed, or the TCP collector was down (reconnected with backoff) or stalled.",
+        "HEPv3 send failures: udp: each send that failed, mostly the collector's refusal of datagrams sent before (ICMP port unreachable: reported once per send however many came back; the packet that got it is sent again once); tcp: each packet not written, the collector down (reconnected with backoff), closing or stalled.",
         Samples::Atomic(|m| &m.hep_send_failures),
     ),
     gauge(

@@ -490,23 +490,51 @@ impl Core {
     }
 
     /// A message that does not parse: dropped, counted, and noted for the
-    /// malformed-message summary (the first few of every 10 s logged).
+    /// malformed-message summary (the first few of every 10 s logged), or,
+    /// for a HEP packet, for the summary of those (the first of every 10 s
+    /// logged as a warning: a capture agent's collector is this SIP port).
+    /// A HEP packet is counted as any malformed message is.
     fn unparsable(&self, inbound: &Inbound, error: SipError, now: Instant) -> Outcome {
         let reason = if inbound.is_response() {
             DropReason::MalformedResponse
         } else {
             DropReason::Malformed
         };
-        let noted = self.summaries.note_malformed(inbound.source.ip(), now);
-        if let Some(t) = noted.closed {
-            malformed_summary(t);
-        }
-        if noted.example {
-            tracing::debug!(source = %inbound.source, %error, "unparsable message dropped");
+        if crate::observe::hep::is_hep_packet(&inbound.bytes) {
+            self.hep_packet_dropped(inbound, now);
+        } else {
+            let noted = self.summaries.note_malformed(inbound.source.ip(), now);
+            if let Some(t) = noted.closed {
+                malformed_summary(t);
+            }
+            if noted.example {
+                tracing::debug!(source = %inbound.source, %error, "unparsable message dropped");
+            }
         }
         self.metrics.count_drop(reason);
         self.metrics.count_parse_error(error.label());
         Outcome::drop(reason)
+    }
+
+    /// Note a HEP packet that arrived at a SIP listener for its summary,
+    /// and log the first of its window (it is not mirrored: see
+    /// [`crate::observe::hep::Hep::received`]).
+    fn hep_packet_dropped(&self, inbound: &Inbound, now: Instant) {
+        let noted = self.summaries.note_hep_packet(inbound.source.ip(), now);
+        if let Some(t) = noted.closed {
+            hep_packets_summary(t);
+        }
+        if noted.example {
+            tracing::warn!(
+                source = %inbound.source,
+                listener = %inbound.local,
+                transport = %inbound.transport,
+                bytes = inbound.bytes.len(),
+                "HEP packet sent to a SIP listener: dropped as malformed, not mirrored (a capture \
+                 agent's HEP collector, another sipadmit's hep.collector perhaps, is this SIP \
+                 port; point it at the HEP collector)"
+            );
+        }
     }
 
     /// The `503 Service Unavailable` (with Retry-After) for a request that
@@ -710,9 +738,12 @@ impl Core {
     /// Log the summaries of windows that have ended (the last window of a
     /// flood closes here, not on a next event). Called every second.
     pub fn close_summaries(&self, now: Instant) {
-        let (malformed, refused, flagged) = self.summaries.close_if_due(now);
+        let (malformed, refused, flagged, hep_packets) = self.summaries.close_if_due(now);
         if let Some(t) = malformed {
             malformed_summary(t);
+        }
+        if let Some(t) = hep_packets {
+            hep_packets_summary(t);
         }
         if let Some(t) = refused.filter(|t| t.events > t.examples) {
             tracing::warn!(
@@ -1131,6 +1162,22 @@ fn malformed_summary(t: WindowTotals) {
     );
 }
 
+/// Log the summary of a window of HEP packets that arrived at SIP
+/// listeners, when there were more than the one logged as it came.
+fn hep_packets_summary(t: WindowTotals) {
+    if t.events <= t.examples {
+        return;
+    }
+    tracing::warn!(
+        hep_packets = t.events,
+        sources = t.sources,
+        logged = t.examples,
+        window_secs = SUMMARY_WINDOW.as_secs(),
+        "HEP packets sent to a SIP listener in the last 10 s: dropped as malformed, not \
+         mirrored (a capture agent's HEP collector is this SIP port; the first was logged)"
+    );
+}
+
 /// Log the summary of a window of flagged requests whose warnings were
 /// not all logged one by one.
 pub(crate) fn flagged_summary(t: WindowTotals) {
@@ -1149,6 +1196,8 @@ const MALFORMED_EXAMPLES: u64 = 3;
 const REFUSED_EXAMPLES: u64 = 10;
 /// Flagged requests: logged one by one per window (warnings).
 const FLAGGED_EXAMPLES: u64 = 10;
+/// HEP packets at a SIP listener: logged one by one per window (warnings).
+const HEP_PACKET_EXAMPLES: u64 = 1;
 
 /// The summaries of what a peer can make the core log often.
 #[derive(Debug)]
@@ -1156,6 +1205,7 @@ struct Summaries {
     malformed: Mutex<EventSummary>,
     refused: Mutex<EventSummary>,
     flagged: Mutex<EventSummary>,
+    hep_packets: Mutex<EventSummary>,
 }
 
 impl Default for Summaries {
@@ -1164,6 +1214,7 @@ impl Default for Summaries {
             malformed: Mutex::new(EventSummary::new(MALFORMED_EXAMPLES)),
             refused: Mutex::new(EventSummary::new(REFUSED_EXAMPLES)),
             flagged: Mutex::new(EventSummary::new(FLAGGED_EXAMPLES)),
+            hep_packets: Mutex::new(EventSummary::new(HEP_PACKET_EXAMPLES)),
         }
     }
 }
@@ -1181,11 +1232,16 @@ impl Summaries {
         lock(&self.flagged).note(source, now)
     }
 
-    /// The windows closed now: (malformed, refused, flagged).
+    fn note_hep_packet(&self, source: std::net::IpAddr, now: Instant) -> Noted {
+        lock(&self.hep_packets).note(source, now)
+    }
+
+    /// The windows closed now: (malformed, refused, flagged, HEP packets).
     fn close_if_due(
         &self,
         now: Instant,
     ) -> (
+        Option<WindowTotals>,
         Option<WindowTotals>,
         Option<WindowTotals>,
         Option<WindowTotals>,
@@ -1194,6 +1250,7 @@ impl Summaries {
             lock(&self.malformed).close_if_due(now),
             lock(&self.refused).close_if_due(now),
             lock(&self.flagged).close_if_due(now),
+            lock(&self.hep_packets).close_if_due(now),
         )
     }
 }

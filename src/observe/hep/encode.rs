@@ -27,6 +27,9 @@ use std::time::{Duration, SystemTime};
 
 use crate::vocabulary::Transport;
 
+/// The id every HEPv3 packet starts with.
+pub const MAGIC: [u8; 4] = *b"HEP3";
+
 /// Largest packet the 16-bit length field can describe, bytes.
 pub const MAX_PACKET_BYTES: usize = u16::MAX as usize;
 
@@ -136,7 +139,7 @@ pub fn encode(header: &Header<'_>, payload: &[u8], out: &mut Vec<u8>) -> Result<
         return Err(EncodeError::TooLarge(len));
     }
     out.reserve(len);
-    out.extend_from_slice(b"HEP3");
+    out.extend_from_slice(&MAGIC);
     out.extend_from_slice(&(len as u16).to_be_bytes());
     let (source, destination) = addresses(header.source.ip(), header.destination.ip());
     let family = match source {

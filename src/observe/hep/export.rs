@@ -3,8 +3,10 @@
 //! batch at a time. The I/O edge of HEP export.
 //!
 //! - `udp:` one datagram per packet on a connected socket, a batch per
-//!   `sendmmsg` call; a failed send (an ICMP error for an earlier one:
-//!   nothing listens) costs that packet.
+//!   `sendmmsg` call. A send failed by the refusal of an earlier datagram
+//!   (an ICMP port unreachable: nothing listened) is counted and tried
+//!   again once, so that the packet is not lost to it; any other failed
+//!   send costs that packet.
 //! - `tcp:` one connection, packets written back to back, a batch per
 //!   write. A collector that refuses, resets, closes or stops reading
 //!   (nothing written for [`TcpTiming::write_timeout`]) is dropped, logged,
@@ -300,7 +302,12 @@ impl Export {
                         .warnings
                         .admit(std::time::Instant::now(), WARNING_INTERVAL);
                     if let Some(not_logged) = due {
-                        warn!(collector = %self.collector, error = %e, not_logged, "HEP packets not sent to the collector");
+                        let what = if is_refusal(&e) {
+                            "HEP collector refused packets sent to it (nothing listens at its address): they were lost"
+                        } else {
+                            "HEP packets not sent to the collector"
+                        };
+                        warn!(collector = %self.collector, error = %e, not_logged, "{what}");
                     }
                 }
             }
@@ -319,9 +326,18 @@ impl Export {
 
 /// Send each packet of `packets` (ending at `ends`) as a datagram on the
 /// connected `socket`, as many per system call as it takes
-/// (`sendmmsg`); count what went out and what did not. A packet the
-/// socket refuses (an ICMP error for an earlier one: nothing listens; too
-/// large for UDP) is skipped and counted; the last such error is returned.
+/// (`sendmmsg`); count what went out and every send that failed; the last
+/// error is returned.
+///
+/// An ICMP port unreachable for a datagram sent earlier leaves one error
+/// pending on the socket (several collapse into one), which fails the next
+/// send and is consumed by it ([`is_refusal`]): that packet was not sent,
+/// and is tried once more, so that a collector that is up again never
+/// loses a packet to an earlier one's refusal. (Met after the first packet
+/// of a call, the error is consumed without being reported: `sendmmsg`
+/// returns the count sent, and the next call sends the rest.) A packet
+/// whose send fails otherwise (too large for UDP, no route), or fails
+/// again, is skipped.
 async fn send_datagrams(
     socket: &UdpSocket,
     packets: &[u8],
@@ -335,6 +351,8 @@ async fn send_datagrams(
         })
         .collect();
     let mut next = 0;
+    // The packet sent again after a refusal of an earlier one.
+    let mut retried = None;
     let mut failed = None;
     while next < bounds.len() {
         let sent = match socket.writable().await {
@@ -353,12 +371,23 @@ async fn send_datagrams(
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
             Err(e) => {
                 Metrics::inc(&metrics.hep_send_failures);
+                if is_refusal(&e) && retried != Some(next) {
+                    retried = Some(next);
+                } else {
+                    next += 1;
+                }
                 failed = Some(e);
-                next += 1;
             }
         }
     }
     failed
+}
+
+/// Whether a failed send on a connected UDP socket reports that the
+/// collector refused a datagram sent before (an ICMP port unreachable came
+/// back: nothing listened), not a failure of the packet being sent.
+fn is_refusal(error: &std::io::Error) -> bool {
+    error.kind() == std::io::ErrorKind::ConnectionRefused
 }
 
 /// One `sendmmsg` of the packets at `bounds` (offsets into `packets`):

@@ -18,7 +18,11 @@
 //! `sipadmit_hep_dropped_total{reason="queue_full"}` when the queue
 //! fills), never a wait. Messages from sources the transports dropped
 //! unparsed (banned, or over their rate limit with `over_limit = "drop"`)
-//! never reach the dispatcher and are not mirrored either.
+//! never reach the dispatcher and are not mirrored either. Nor is a HEP
+//! packet that arrives at a SIP listener ([`is_hep_packet`]: a capture
+//! agent, such as another sipadmit, whose collector is this SIP port):
+//! mirrored, it would go back to a collector that may be that agent's SIP
+//! port, and the two would pass it to and fro for ever.
 
 pub mod encode;
 mod export;
@@ -208,11 +212,16 @@ impl Hep {
         self.inner.as_ref().is_some_and(|i| i.mirror.messages())
     }
 
-    /// Mirror a message as it arrived.
+    /// Mirror a message as it arrived; never a HEP packet
+    /// ([`is_hep_packet`]), which is no SIP message and whose copy could
+    /// come back to be mirrored again (see the module's documentation).
     pub fn received(&self, inbound: &Inbound) {
         let Some(inner) = self.inner.as_ref().filter(|i| i.mirror.messages()) else {
             return;
         };
+        if is_hep_packet(&inbound.bytes) {
+            return;
+        }
         inner.offer(Item {
             at: SystemTime::now(),
             transport: inbound.transport,
@@ -265,6 +274,17 @@ impl Hep {
             body: Body::Decision { text, call_id },
         });
     }
+}
+
+/// Whether `bytes` start as a HEPv3 packet does: [`encode::MAGIC`]
+/// (`HEP3`), then binary (its length, and the vendor id of its first
+/// chunk, 0 for the generic chunks agents write first), where a SIP
+/// request of a method named `HEP3` would go on in text.
+pub fn is_hep_packet(bytes: &[u8]) -> bool {
+    bytes.starts_with(&encode::MAGIC)
+        && bytes
+            .get(encode::MAGIC.len()..8)
+            .is_some_and(|next| next.iter().any(u8::is_ascii_control))
 }
 
 impl Inner {
