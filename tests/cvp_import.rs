@@ -315,3 +315,43 @@ fn stdin_and_utf16_exports_are_read() {
     assert_eq!(body(&out), body(&from_file));
     assert!(Path::new(&fixture("redmond.csv")).exists());
 }
+
+#[test]
+fn encoding_problems_name_the_file_line_and_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = std::fs::read_to_string(fixture("redmond.csv")).unwrap();
+    let nobom = dir.path().join("nobom.csv");
+    std::fs::write(
+        &nobom,
+        csv.encode_utf16()
+            .flat_map(u16::to_le_bytes)
+            .collect::<Vec<u8>>(),
+    )
+    .unwrap();
+    let out = import_cvp(&[nobom.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).ends_with(
+            "nobom.csv: UTF-16 without a byte order mark: save as UTF-8 or UTF-16 with BOM\n"
+        ),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(!out.stderr.contains(&0), "no NUL byte echoed");
+    let cp1252 = dir.path().join("cp1252.csv");
+    let bytes = csv.replacen("Lync 2013 and later", "Lync 2013 \u{2013} caf\u{E9}", 1);
+    let at = bytes.find('\u{2013}').unwrap();
+    let mut raw = bytes.as_bytes()[..at].to_vec();
+    raw.push(0x96); // cp1252's en dash
+    raw.extend_from_slice(bytes[at..].replacen('\u{2013}', "", 1).as_bytes());
+    std::fs::write(&cp1252, raw).unwrap();
+    let out = import_cvp(&[cp1252.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "cp1252.csv: line 4, UserAgentFullName: invalid UTF-8: byte 0x96 (file offset {at})"
+        )),
+        "{stderr}"
+    );
+}

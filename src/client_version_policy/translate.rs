@@ -30,6 +30,7 @@ use std::fmt::{self, Write as _};
 use super::version_set::{self, Key, VersionSet, MAX};
 use super::{ClientVersionPolicy, PolicyAction, PolicyRule};
 use crate::classify::CompareOp;
+use crate::sip::fields::is_token_char;
 
 /// The entries made from a policy, and what they leave out.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -168,13 +169,11 @@ fn condition(rule: &PolicyRule, taken: &VersionSet) -> Result<Condition, String>
     if !rule.enabled {
         return Err("disabled (Enabled is False): the policy does not evaluate it".into());
     }
-    if let Some(bad) = rule
-        .user_agent
-        .chars()
-        .find(|&c| c.is_whitespace() || c.is_control() || matches!(c, '/' | '(' | ')' | '*'))
-    {
+    if let Some(bad) = rule.user_agent.chars().find(|&c| !product_name_char(c)) {
         return Err(format!(
-            "UserAgent {:?} holds {bad:?}, which no product name of a User-Agent holds",
+            "UserAgent {:?} holds {bad:?}, which no product name of a User-Agent holds \
+             (RFC 3261 token: letters, digits and - . ! % _ + ` ' ~; and * is the catalog's \
+             wildcard)",
             rule.user_agent
         ));
     }
@@ -207,6 +206,13 @@ fn condition(rule: &PolicyRule, taken: &VersionSet) -> Result<Condition, String>
     } else {
         prefix(rule, lo, past, taken)
     }
+}
+
+/// Whether `c` may be part of a product name that a catalog `token` rule
+/// compares: an RFC 3261 `token` character (ASCII letters, digits and
+/// `-.!%_+`'~`), but `*`, which a catalog token reads as a wildcard.
+fn product_name_char(c: char) -> bool {
+    c != '*' && u8::try_from(c).is_ok_and(is_token_char)
 }
 
 /// A four-part version: the catalog compares the same way.

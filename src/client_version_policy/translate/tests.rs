@@ -254,3 +254,41 @@ fn the_fixture_policy_imports_whole_but_for_the_named_parts() {
         ],
     );
 }
+
+#[test]
+fn user_agents_outside_the_token_grammar_are_not_imported() {
+    // `Lync\2013"` is what a lenient reading of a malformed quoted CSV
+    // field gives; none of these can be a product name of a User-Agent.
+    let refused = [
+        "Lync\\2013\"",
+        "Lync\"2013",
+        "\u{D6}C",
+        "OC;1",
+        "OC@x",
+        "OC,",
+        "OC[1]",
+        "O*C",
+    ];
+    let mut rules: Vec<PolicyRule> = refused
+        .iter()
+        .zip(0..)
+        .map(|(ua, p)| rule(p, ua, CompareOp::Geq, "1", PolicyAction::Block))
+        .collect();
+    let accepted = ["Call_Park_Service_1.0", "a-b.c!d%e+f`g'h~i"];
+    rules.extend(
+        accepted
+            .iter()
+            .zip(20..)
+            .map(|(ua, p)| rule(p, ua, CompareOp::Geq, "1", PolicyAction::Block)),
+    );
+    let (_, import, _) = imported(rules);
+    assert_eq!((import.imported, import.not_imported), (2, refused.len()));
+    for (note, ua) in import.notes.iter().zip(refused) {
+        assert_eq!(note.kind, NoteKind::NotImported);
+        assert!(
+            note.message
+                .starts_with(&format!("UserAgent {ua:?} holds ")),
+            "{note}"
+        );
+    }
+}
