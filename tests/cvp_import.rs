@@ -355,3 +355,30 @@ fn encoding_problems_name_the_file_line_and_field() {
         "{stderr}"
     );
 }
+
+#[test]
+fn a_priority_given_twice_is_refused_naming_both_lines() {
+    // What the trial's dup_priority.csv holds: the rule of line 4 again,
+    // Block instead of Allow, appended by hand.
+    let dir = tempfile::tempdir().unwrap();
+    let csv = std::fs::read_to_string(fixture("redmond.csv")).unwrap();
+    let line4 = csv.split("\r\n").nth(3).unwrap();
+    let path = dir.path().join("dup.csv");
+    std::fs::write(
+        &path,
+        format!("{csv}{}\r\n", line4.replace("\"Allow\"", "\"Block\"")),
+    )
+    .unwrap();
+    let out = import_cvp(&[path.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(out.stdout.is_empty());
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("dup.csv: 1 rule(s) with the priority of an earlier rule"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.ends_with("\n  line 14, Priority: 1, as on line 4\n"),
+        "{stderr}"
+    );
+}

@@ -107,61 +107,128 @@ enum Condition {
 
 /// Entries for `policy`; `source` names the export in the header.
 pub fn translate(policy: &ClientVersionPolicy, source: &str) -> CatalogImport {
-    let mut body = String::new();
-    let mut notes = Vec::new();
-    let mut taken: HashMap<String, VersionSet> = HashMap::new();
-    let mut ids = HashSet::new();
-    let mut imported = 0;
+    let mut t = Translation::default();
     for rule in &policy.rules {
+        t.rule(rule);
+    }
+    let not_imported = policy.rules.len() - t.imported;
+    let mut toml = header(policy, source, t.imported, not_imported);
+    toml.push_str(&t.body);
+    CatalogImport {
+        toml,
+        notes: t.notes,
+        imported: t.imported,
+        not_imported,
+    }
+}
+
+/// What the imported rules on one token (`UserAgent`, case-insensitively)
+/// take, in policy order.
+#[derive(Default)]
+struct TokenRules {
+    /// The token versions taken.
+    taken: VersionSet,
+    /// The rule that takes the token without a version, if one does.
+    versionless: Option<String>,
+    /// Each imported rule and the versions it was written to take.
+    rules: Vec<(String, VersionSet)>,
+}
+
+/// The entries and notes written so far.
+#[derive(Default)]
+struct Translation {
+    body: String,
+    notes: Vec<Note>,
+    tokens: HashMap<String, TokenRules>,
+    ids: HashSet<String>,
+    imported: usize,
+}
+
+impl Translation {
+    /// Writes the entry of one rule, or why there is none.
+    fn rule(&mut self, rule: &PolicyRule) {
         let label = format!(
             "priority {} ({}: {})",
             rule.priority,
             rule.origin,
             rule.summary()
         );
-        let token_taken = taken
+        let token = self
+            .tokens
             .entry(rule.user_agent.to_ascii_lowercase())
             .or_default();
-        match condition(rule, token_taken) {
-            Err(reason) => {
-                let note = Note {
-                    rule: label,
-                    kind: NoteKind::NotImported,
-                    message: reason,
-                };
-                body.push('\n');
-                comment(
-                    &mut body,
-                    &format!("NOT IMPORTED: {}: {}", note.rule, note.message),
-                );
-                notes.push(note);
+        let cond = condition(rule, &token.taken)
+            .and_then(|cond| shadowed(rule, &cond, token).map_or(Ok(cond), Err));
+        let cond = match cond {
+            Ok(cond) => cond,
+            Err(reason) => return self.not_imported(label, reason),
+        };
+        let set = match &cond {
+            Condition::AnyVersion => {
+                token.versionless = Some(label.clone());
+                let mut all = VersionSet::default();
+                all.add(0, MAX);
+                all
             }
-            Ok(cond) => {
-                let lost = lost_parts(rule, &label);
-                match &cond {
-                    Condition::AnyVersion => token_taken.add(0, MAX),
-                    Condition::Compare { taken: set, .. } => token_taken.extend(set),
-                }
-                let id = free_id(
-                    &format!("cvp-{}-{}", rule.priority, slug(&rule.user_agent)),
-                    &mut ids,
-                );
-                body.push('\n');
-                entry(&mut body, rule, &id, &cond, &lost);
-                notes.extend(lost);
-                imported += 1;
-            }
+            Condition::Compare { taken: set, .. } => set.clone(),
+        };
+        token.taken.extend(&set);
+        token.rules.push((label.clone(), set));
+        let lost = lost_parts(rule, &label);
+        let id = free_id(
+            &format!("cvp-{}-{}", rule.priority, slug(&rule.user_agent)),
+            &mut self.ids,
+        );
+        self.body.push('\n');
+        entry(&mut self.body, rule, &id, &cond, &lost);
+        self.notes.extend(lost);
+        self.imported += 1;
+    }
+
+    /// Names a rule that is not imported, in the output and the notes.
+    fn not_imported(&mut self, label: String, reason: String) {
+        let note = Note {
+            rule: label,
+            kind: NoteKind::NotImported,
+            message: reason,
+        };
+        self.body.push('\n');
+        comment(
+            &mut self.body,
+            &format!("NOT IMPORTED: {}: {}", note.rule, note.message),
+        );
+        self.notes.push(note);
+    }
+}
+
+/// Why a rule never decides, if it does not: earlier imported rules on its
+/// token take every version it matches (an exact duplicate, or a rule
+/// inside a broader one), and the token without a version when it matches
+/// that too.
+fn shadowed(rule: &PolicyRule, cond: &Condition, token: &TokenRules) -> Option<String> {
+    let set = match cond {
+        Condition::AnyVersion => {
+            token.versionless.as_ref()?;
+            let mut all = VersionSet::default();
+            all.add(0, MAX);
+            all
         }
+        Condition::Compare { taken, .. } => taken.clone(),
+    };
+    if !token.taken.contains(&set) {
+        return None;
     }
-    let not_imported = policy.rules.len() - imported;
-    let mut toml = header(policy, source, imported, not_imported);
-    toml.push_str(&body);
-    CatalogImport {
-        toml,
-        notes,
-        imported,
-        not_imported,
-    }
+    let earlier: Vec<&str> = token
+        .rules
+        .iter()
+        .filter(|(_, taken)| taken.intersects(&set))
+        .map(|(label, _)| label.as_str())
+        .collect();
+    Some(format!(
+        "never decides: every {} version it matches is taken by an earlier rule ({})",
+        rule.user_agent,
+        earlier.join("; ")
+    ))
 }
 
 /// The catalog condition of an enabled rule, or why there is none.

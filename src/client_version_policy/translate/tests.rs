@@ -191,7 +191,7 @@ fn entries_say_support_roles_category_and_ids() {
     let rules = vec![
         rule(0, "iPhoneLync", CompareOp::Eql, "*", PolicyAction::Block),
         rule(1, "OC", CompareOp::Neq, "15.*", PolicyAction::Allow),
-        rule(1, "OC", CompareOp::Geq, "2.*", PolicyAction::Allow),
+        rule(2, "OC", CompareOp::Geq, "2.*", PolicyAction::Allow),
     ];
     let (_, import, catalog) = imported(rules);
     let toml = &import.toml;
@@ -204,10 +204,7 @@ fn entries_say_support_roles_category_and_ids() {
         toml.contains("id = \"cvp-1-oc.1\"") && toml.contains("id = \"cvp-1-oc.2\""),
         "{toml}"
     );
-    assert!(
-        toml.contains("id = \"cvp-1-oc-2\""),
-        "a second rule of the same priority: {toml}"
-    );
+    assert!(toml.contains("id = \"cvp-2-oc\""), "{toml}");
     assert!(toml.contains("roles = [\"caller\", \"informal-agent\", \"formal-agent\"]"));
     let mobile = catalog.classify(Some(
         b"RTCC/5.0.0.0 UCWA/5.0.0.0 iPhoneLync/5.0.0.0 (iPhone iOS 7.0)",
@@ -291,4 +288,45 @@ fn user_agents_outside_the_token_grammar_are_not_imported() {
             "{note}"
         );
     }
+}
+
+#[test]
+fn rules_that_never_decide_are_named_not_imported() {
+    let rules = vec![
+        rule(0, "OC", CompareOp::Geq, "4.*", PolicyAction::Allow),
+        // An exact duplicate (but for the action), and a rule inside it.
+        rule(1, "oc", CompareOp::Geq, "4.*", PolicyAction::Block),
+        rule(
+            2,
+            "OC",
+            CompareOp::Eql,
+            "15.0.4420.1017",
+            PolicyAction::Block,
+        ),
+        // Not inside: versions below 4 are left.
+        rule(3, "OC", CompareOp::Lss, "5.*", PolicyAction::Block),
+        // Every version is taken now, but not the token without one.
+        rule(4, "OC", CompareOp::Eql, "*", PolicyAction::Allow),
+        rule(5, "OC", CompareOp::Geq, "*", PolicyAction::Block),
+        // Another token is another story.
+        rule(6, "UCCAPI", CompareOp::Geq, "4.*", PolicyAction::Block),
+    ];
+    let (policy, import, catalog) = imported(rules);
+    let notes: Vec<String> = import.notes.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        notes,
+        [
+            "priority 1 ([1]: oc GEQ 4.* -> Block): not imported: never decides: every oc version \
+             it matches is taken by an earlier rule (priority 0 ([0]: OC GEQ 4.* -> Allow))",
+            "priority 2 ([2]: OC EQL 15.0.4420.1017 -> Block): not imported: never decides: every \
+             OC version it matches is taken by an earlier rule (priority 0 ([0]: OC GEQ 4.* -> \
+             Allow))",
+            "priority 5 ([5]: OC GEQ * -> Block): not imported: never decides: every OC version \
+             it matches is taken by an earlier rule (priority 0 ([0]: OC GEQ 4.* -> Allow); \
+             priority 3 ([3]: OC LSS 5.* -> Block); priority 4 ([4]: OC EQL * -> Allow))",
+        ]
+    );
+    assert_eq!((import.imported, import.not_imported), (4, 3));
+    assert_same(&policy, &catalog, &OC);
+    assert_same(&policy, &catalog, &["OC", "UCCAPI/4.0.7577.0"]);
 }
