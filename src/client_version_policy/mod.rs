@@ -7,12 +7,17 @@
 //!
 //! - [`read`]: bytes (UTF-8, UTF-8 with BOM, UTF-16 with BOM) → JSON or
 //!   CSV → [`PolicyRule`]s, every problem named with its record and field.
-//! - [`ClientVersionPolicy`]: the rules of one policy in priority order;
+//! - [`ClientVersionPolicy`]: the rules of one policy in priority order
+//!   (two rules of one priority are refused);
 //!   [`ClientVersionPolicy::first_match`] evaluates a User-Agent the way the
 //!   policy does (first enabled rule by priority wins), the reference the
 //!   import is tested against.
 //! - [`translate`]: the policy → `[[clients]]` TOML with the same
 //!   precedence, and [`Note`]s naming whatever the catalog cannot express.
+//!   An `Allow` lets a client sign in; the entries say `supported` only for
+//!   the clients the Response Group application supports (`support.rs`),
+//!   and no rule takes a server component of the shipped catalog
+//!   (`known.rs`: User-Agents of the known Microsoft clients and servers).
 //!
 //! How a rule matches (Microsoft documents the fields, not the parser; this
 //! is the reading sipadmit uses, shared with its catalog): `UserAgent` is a
@@ -27,7 +32,9 @@
 //! its version, with EQL, GEQ and LEQ, and never with NEQ, GTR and LSS).
 
 mod csv;
+mod known;
 pub mod read;
+mod support;
 pub mod translate;
 mod version_set;
 

@@ -75,6 +75,17 @@ impl VersionSet {
         lo > hi || self.ranges.iter().any(|&(a, b)| a <= lo && hi <= b)
     }
 
+    /// The versions of the set within `lo..=hi`.
+    pub(super) fn within(&self, lo: Key, hi: Key) -> Self {
+        let ranges = self
+            .ranges
+            .iter()
+            .filter(|&&(a, b)| a <= hi && lo <= b)
+            .map(|&(a, b)| (a.max(lo), b.min(hi)))
+            .collect();
+        Self { ranges }
+    }
+
     /// Whether every version of `other` is in the set.
     pub(super) fn contains(&self, other: &Self) -> bool {
         other.ranges.iter().all(|&(lo, hi)| self.covers(lo, hi))
@@ -132,5 +143,7 @@ mod tests {
         assert!(wide.intersects(&set(&[(20, 25)])));
         assert!(!wide.intersects(&set(&[(21, 29)])));
         assert!(!wide.intersects(&VersionSet::default()));
+        assert_eq!(wide.within(15, 35), set(&[(15, 20), (30, 35)]));
+        assert_eq!(wide.within(21, 29), VersionSet::default());
     }
 }
