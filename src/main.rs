@@ -139,14 +139,19 @@ fn import_cvp(args: &cli::ImportCvpArgs) -> anyhow::Result<ExitCode> {
     let rules = cvp::read_rules(&bytes).with_context(|| name.clone())?;
     let policy =
         ClientVersionPolicy::new(rules, args.scope.as_deref()).with_context(|| name.clone())?;
-    let import = cvp::translate(&policy, &name);
+    let shipped = Catalog::from_toml_str(SHIPPED_CATALOG).context("built-in catalog")?;
+    let import = cvp::translate(&policy, &name, &shipped);
     let mut out = std::io::stdout().lock();
     out.write_all(import.toml.as_bytes())
         .and_then(|()| out.flush())
         .context("writing the catalog entries")?;
     let mut err = std::io::stderr().lock();
     for note in &import.notes {
-        writeln!(err, "sipadmit: {name}: {note}")?;
+        let warning = match note.kind {
+            cvp::NoteKind::NotSupported => "warning: ",
+            _ => "",
+        };
+        writeln!(err, "sipadmit: {name}: {warning}{note}")?;
     }
     writeln!(
         err,

@@ -74,9 +74,15 @@ fn boundaries(policy: &ClientVersionPolicy) -> Vec<Vec<u8>> {
     all
 }
 
-/// What the policy says: allow (true), block (false), or no rule.
-fn policy_answer(policy: &ClientVersionPolicy, ua: &[u8]) -> Option<bool> {
-    policy.first_match(ua).map(|rule| rule.action.allows())
+/// What the import should say: block (false) when the policy blocks;
+/// when it allows (the client may sign in), supported (true) unless the
+/// shipped catalog knows the client as one the Response Group application
+/// does not support (a mobile client, Communicator 2007 R2, ...); no rule:
+/// no answer.
+fn policy_answer(policy: &ClientVersionPolicy, shipped: &Catalog, ua: &[u8]) -> Option<bool> {
+    policy.first_match(ua).map(|rule| {
+        rule.action.allows() && shipped.classify(Some(ua)).client.support != Support::Unsupported
+    })
 }
 
 /// What an imported entry says, if the client is one of them.
@@ -127,7 +133,7 @@ fn round_trip(file: &str) -> (usize, usize) {
     let (mut decided, mut undecided) = (0, 0);
     for ua in corpus().into_iter().chain(boundaries(&policy)) {
         let shown = String::from_utf8_lossy(&ua);
-        let want = policy_answer(&policy, &ua);
+        let want = policy_answer(&policy, &shipped, &ua);
         assert_eq!(catalog_answer(&alone, &ua), want, "{file}: {shown}");
         assert_eq!(
             catalog_answer(&combined, &ua),
@@ -314,4 +320,136 @@ fn stdin_and_utf16_exports_are_read() {
     };
     assert_eq!(body(&out), body(&from_file));
     assert!(Path::new(&fixture("redmond.csv")).exists());
+}
+
+#[test]
+fn encoding_problems_name_the_file_line_and_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = std::fs::read_to_string(fixture("redmond.csv")).unwrap();
+    let nobom = dir.path().join("nobom.csv");
+    std::fs::write(
+        &nobom,
+        csv.encode_utf16()
+            .flat_map(u16::to_le_bytes)
+            .collect::<Vec<u8>>(),
+    )
+    .unwrap();
+    let out = import_cvp(&[nobom.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).ends_with(
+            "nobom.csv: UTF-16 without a byte order mark: save as UTF-8 or UTF-16 with BOM\n"
+        ),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(!out.stderr.contains(&0), "no NUL byte echoed");
+    let cp1252 = dir.path().join("cp1252.csv");
+    let bytes = csv.replacen("Lync 2013 and later", "Lync 2013 \u{2013} caf\u{E9}", 1);
+    let at = bytes.find('\u{2013}').unwrap();
+    let mut raw = bytes.as_bytes()[..at].to_vec();
+    raw.push(0x96); // cp1252's en dash
+    raw.extend_from_slice(bytes[at..].replacen('\u{2013}', "", 1).as_bytes());
+    std::fs::write(&cp1252, raw).unwrap();
+    let out = import_cvp(&[cp1252.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "cp1252.csv: line 4, UserAgentFullName: invalid UTF-8: byte 0x96 (file offset {at})"
+        )),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_priority_given_twice_is_refused_naming_both_lines() {
+    // What the trial's dup_priority.csv holds: the rule of line 4 again,
+    // Block instead of Allow, appended by hand.
+    let dir = tempfile::tempdir().unwrap();
+    let csv = std::fs::read_to_string(fixture("redmond.csv")).unwrap();
+    let line4 = csv.split("\r\n").nth(3).unwrap();
+    let path = dir.path().join("dup.csv");
+    std::fs::write(
+        &path,
+        format!("{csv}{}\r\n", line4.replace("\"Allow\"", "\"Block\"")),
+    )
+    .unwrap();
+    let out = import_cvp(&[path.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(out.stdout.is_empty());
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("dup.csv: 1 rule(s) with the priority of an earlier rule"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.ends_with("\n  line 14, Priority: 1, as on line 4\n"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn an_allow_makes_no_client_supported_that_the_response_group_application_does_not_support() {
+    let out = import_cvp(&["tests/fixtures/cvp/mobile-allow.csv"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let (entries, stderr) = (text(&out.stdout), text(&out.stderr));
+    let file = "sipadmit: tests/fixtures/cvp/mobile-allow.csv: ";
+    for expected in [
+        "warning: priority 0 (line 3: AndroidLync GEQ 5.* -> Allow): not supported for Response \
+         Group: Allow lets these clients sign in, and the Response Group application does not \
+         support mobile clients",
+        "priority 1 (line 4: RTCC GEQ * -> Allow): not imported: it would take Lync Response \
+         Group application",
+        "warning: priority 2 (line 5: OC GEQ 2.* -> Allow): not supported for Response Group: OC \
+         below 4 (Office Communicator 2007 R2 and earlier) gets support \"unsupported\"",
+    ] {
+        assert!(
+            stderr.contains(&format!("{file}{expected}")),
+            "{expected}\nnot in:\n{stderr}"
+        );
+    }
+    // Above the shipped catalog, as the output says to place the entries.
+    let shipped_text = std::fs::read_to_string(root().join("config/clients.toml")).unwrap();
+    let combined = Catalog::from_toml_str(&format!("{entries}\n{shipped_text}")).unwrap();
+    let said = |ua: &str| {
+        let c = combined.classify(Some(ua.as_bytes()));
+        (c.client.id.clone(), c.client.support)
+    };
+    for (ua, id, support) in [
+        (
+            "RTCC/7.0.0.0 UCWA/7.0.0.0 AndroidLync/6.25.0.27 (SM-G930U Android 8.0.0)",
+            "cvp-0-androidlync",
+            Support::Unsupported,
+        ),
+        (
+            "RTCC/5.0.0.0 UCWA/5.0.0.0 iPhoneLync/5.0.0.0 (iPhone iOS 7.0)",
+            "cvp-3-iphonelync",
+            Support::Unsupported,
+        ),
+        (
+            "RTCC/5.0.0.0 Response_Group_Service/5.0.0.0",
+            "response-group-service",
+            Support::Service,
+        ),
+        (
+            "RTCC/5.0.0.0 MediationServer",
+            "microsoft-server",
+            Support::Service,
+        ),
+        (
+            "UCCAPI/3.5.6907.0 OC/3.5.6907.0 (Microsoft Office Communicator 2007 R2)",
+            "cvp-2-oc-before-4",
+            Support::Unsupported,
+        ),
+        (
+            "UCCAPI/15.0.4481.1000 OC/15.0.4481.1000 (Microsoft Lync)",
+            "cvp-2-oc",
+            Support::Supported,
+        ),
+    ] {
+        assert_eq!(said(ua), (id.to_owned(), support), "{ua}");
+    }
+    let (decided, _) = round_trip("mobile-allow.csv");
+    assert!(decided >= 30, "{decided}");
 }

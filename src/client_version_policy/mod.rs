@@ -7,12 +7,17 @@
 //!
 //! - [`read`]: bytes (UTF-8, UTF-8 with BOM, UTF-16 with BOM) → JSON or
 //!   CSV → [`PolicyRule`]s, every problem named with its record and field.
-//! - [`ClientVersionPolicy`]: the rules of one policy in priority order;
+//! - [`ClientVersionPolicy`]: the rules of one policy in priority order
+//!   (two rules of one priority are refused);
 //!   [`ClientVersionPolicy::first_match`] evaluates a User-Agent the way the
 //!   policy does (first enabled rule by priority wins), the reference the
 //!   import is tested against.
 //! - [`translate`]: the policy → `[[clients]]` TOML with the same
 //!   precedence, and [`Note`]s naming whatever the catalog cannot express.
+//!   An `Allow` lets a client sign in; the entries say `supported` only for
+//!   the clients the Response Group application supports (`support.rs`),
+//!   and no rule takes a server component of the shipped catalog
+//!   (`known.rs`: User-Agents of the known Microsoft clients and servers).
 //!
 //! How a rule matches (Microsoft documents the fields, not the parser; this
 //! is the reading sipadmit uses, shared with its catalog): `UserAgent` is a
@@ -27,13 +32,16 @@
 //! its version, with EQL, GEQ and LEQ, and never with NEQ, GTR and LSS).
 
 mod csv;
+mod known;
 pub mod read;
+mod support;
 pub mod translate;
 mod version_set;
 
 use std::fmt;
 
 use crate::classify::{tokenize, CompareOp, Item, Version};
+use crate::problem::Problem;
 
 pub use read::{read_rules, ReadError};
 pub use translate::{translate, CatalogImport, Note, NoteKind};
@@ -205,6 +213,16 @@ impl PolicyRule {
     }
 }
 
+/// The key of a field of the rule read at `origin`: `[2].Priority` (JSON)
+/// or `line 7, Priority` (CSV), as the reader names problems.
+fn field_key(origin: &str, field: &str) -> String {
+    if origin.starts_with('[') {
+        format!("{origin}.{field}")
+    } else {
+        format!("{origin}, {field}")
+    }
+}
+
 /// `actual <op> wanted` on the compared parts, in order.
 fn prefix_holds(op: CompareOp, actual: &[u32], wanted: &[u16]) -> bool {
     let ord = actual
@@ -224,8 +242,8 @@ fn prefix_holds(op: CompareOp, actual: &[u32], wanted: &[u16]) -> bool {
 /// The rules of one client version policy, in evaluation order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClientVersionPolicy {
-    /// Every rule read (disabled ones included), sorted by priority; rules
-    /// of equal priority keep their order in the file.
+    /// Every rule read (disabled ones included), sorted by priority; no two
+    /// share a priority.
     pub rules: Vec<PolicyRule>,
 }
 
@@ -251,6 +269,22 @@ pub enum ScopeError {
         /// The scopes found.
         found: Vec<String>,
     },
+    /// Rules of the policy share a priority. Lync keeps the priorities of
+    /// one policy unique, so the export was edited or merged, and which of
+    /// such rules the policy evaluates first is unknown: refused rather
+    /// than guessed from the file order.
+    #[error(
+        "{} rule(s) with the priority of an earlier rule of the same policy; Lync keeps the \
+         priorities of a policy unique, so the export was edited or merged, and which rule \
+         comes first is unknown: give each rule its own Priority{}",
+        problems.len(),
+        problems.iter().map(|p| format!("\n  {p}")).collect::<String>()
+    )]
+    DuplicatePriority {
+        /// One per rule after the first of a priority:
+        /// `line 14, Priority: 1, as on line 4`.
+        problems: Vec<Problem>,
+    },
 }
 
 /// How rules without an Identity are listed among scopes.
@@ -259,7 +293,8 @@ const NO_SCOPE: &str = "(no Identity)";
 impl ClientVersionPolicy {
     /// The policy made of `rules`: those of `scope` when given (compared
     /// case-insensitively), else all of them, which must then be of one
-    /// scope. Sorted by priority, stable.
+    /// scope. Sorted by priority; two rules of one priority are refused
+    /// ([`ScopeError::DuplicatePriority`]).
     pub fn new(rules: Vec<PolicyRule>, scope: Option<&str>) -> Result<Self, ScopeError> {
         let mut scopes: Vec<String> = Vec::new();
         for rule in &rules {
@@ -286,6 +321,20 @@ impl ClientVersionPolicy {
             None => rules,
         };
         rules.sort_by_key(|r| r.priority);
+        let problems: Vec<Problem> = rules
+            .chunk_by(|a, b| a.priority == b.priority)
+            .flat_map(|same| {
+                same[1..].iter().map(|r| {
+                    Problem::new(
+                        field_key(&r.origin, "Priority"),
+                        format!("{}, as on {}", r.priority, same[0].origin),
+                    )
+                })
+            })
+            .collect();
+        if !problems.is_empty() {
+            return Err(ScopeError::DuplicatePriority { problems });
+        }
         Ok(Self { rules })
     }
 
@@ -401,6 +450,47 @@ mod tests {
         assert_eq!(site.rules, [b.clone()]);
         let err = ClientVersionPolicy::new(vec![a, b], Some("site:Paris")).unwrap_err();
         assert!(err.to_string().contains("\"site:Paris\""), "{err}");
+    }
+
+    #[test]
+    fn duplicate_priorities_of_one_policy_are_refused_naming_both_rules() {
+        let at = |priority, origin: &str, action| PolicyRule {
+            priority,
+            origin: origin.into(),
+            identity: Some(format!("Global/{origin}")),
+            ..rule("OC", CompareOp::Geq, "15", action)
+        };
+        let rules = vec![
+            at(1, "line 4", PolicyAction::Allow),
+            at(0, "line 3", PolicyAction::Allow),
+            at(1, "line 14", PolicyAction::Block),
+            at(1, "line 15", PolicyAction::Block),
+        ];
+        let err = ClientVersionPolicy::new(rules.clone(), None).unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.starts_with("2 rule(s) with the priority of an earlier rule of the same policy"),
+            "{text}"
+        );
+        assert!(
+            text.ends_with(
+                "give each rule its own Priority\n  line 14, Priority: 1, as on line 4\n  \
+                 line 15, Priority: 1, as on line 4"
+            ),
+            "{text}"
+        );
+        // JSON records are named by index; other scopes do not count.
+        let mut json = rules[..3].to_vec();
+        json[2].origin = "[7]".into();
+        json[2].identity = Some("site:Paris/x".into());
+        assert!(ClientVersionPolicy::new(json.clone(), Some("Global")).is_ok());
+        json[2].identity = Some("Global/x".into());
+        let err = ClientVersionPolicy::new(json, None).unwrap_err();
+        assert!(
+            err.to_string()
+                .ends_with("\n  [7].Priority: 1, as on line 4"),
+            "{err}"
+        );
     }
 
     #[test]

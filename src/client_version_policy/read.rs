@@ -9,7 +9,9 @@
 //! - CSV (`Export-Csv`): see [`super::csv`].
 //!
 //! Text may be UTF-8 (with or without BOM) or UTF-16 with a BOM (what
-//! Windows PowerShell's `Out-File` and `>` write). Property names compare
+//! Windows PowerShell's `Out-File` and `>` write). UTF-16 without a BOM is
+//! refused as such (not guessed), and a byte that is not UTF-8 (a cp1252
+//! export) is named with the record and field that hold it. Property names compare
 //! case-insensitively, as in PowerShell. Read: `Priority`, `UserAgent`,
 //! `MajorVersion`, `MinorVersion`, `BuildNumber`, `QfeNumber`, `CompareOp`
 //! and `Action` (required), `Enabled` (default true), `Identity`,
@@ -29,11 +31,29 @@ use crate::problem::Problem;
 /// Why an export could not be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ReadError {
-    /// Not UTF-8, nor UTF-16 with a byte order mark.
+    /// UTF-16 with a byte order mark that does not decode.
     #[error("not UTF-8 text, nor UTF-16 with a byte order mark ({detail})")]
     Encoding {
-        /// What failed, with the byte offset.
+        /// What failed.
         detail: String,
+    },
+    /// UTF-16 without a byte order mark: NUL bytes in every other position.
+    #[error("UTF-16 without a byte order mark: save as UTF-8 or UTF-16 with BOM")]
+    Utf16WithoutBom,
+    /// A byte that is not UTF-8 (an export in a Windows code page such as
+    /// cp1252), located like every other problem.
+    #[error(
+        "{place}: invalid UTF-8: byte 0x{byte:02X} (file offset {offset}); save the export as \
+         UTF-8 or UTF-16 with BOM (a Windows code page such as cp1252 is not read)"
+    )]
+    InvalidUtf8 {
+        /// `line 7, Description` (CSV), `line 7, column 12` (JSON), or
+        /// `line 2 (the header row)`.
+        place: String,
+        /// The first byte that is not UTF-8.
+        byte: u8,
+        /// Its offset in the file (0-based, byte order mark included).
+        offset: usize,
     },
     /// Starts like JSON but is not valid JSON.
     #[error("not valid JSON: line {line}, column {column}: {message}")]
@@ -82,9 +102,13 @@ const REQUIRED: [&str; 8] = [
 
 /// Reads every rule of an export (JSON or CSV, see the module docs).
 pub fn read_rules(bytes: &[u8]) -> Result<Vec<PolicyRule>, ReadError> {
-    let text = decode(bytes)?;
+    let (text, invalid) = decode(bytes)?;
     let trimmed = text.trim_start();
-    let rules = if trimmed.starts_with('[') || trimmed.starts_with('{') {
+    let json = trimmed.starts_with('[') || trimmed.starts_with('{');
+    if let Some(invalid) = invalid {
+        return Err(locate_invalid_utf8(&text, json, invalid));
+    }
+    let rules = if json {
         read_json(&text)?
     } else {
         read_csv(&text)?
@@ -95,8 +119,21 @@ pub fn read_rules(bytes: &[u8]) -> Result<Vec<PolicyRule>, ReadError> {
     Ok(rules)
 }
 
-/// UTF-8 (a BOM skipped) or UTF-16 LE/BE with a BOM, as text.
-fn decode(bytes: &[u8]) -> Result<String, ReadError> {
+/// The first byte of a UTF-8 text that is not UTF-8.
+#[derive(Debug, Clone, Copy)]
+struct InvalidByte {
+    /// Its offset in the decoded text (the BOM skipped), where the lossy
+    /// decoding put a U+FFFD.
+    at: usize,
+    /// Its offset in the file.
+    offset: usize,
+    byte: u8,
+}
+
+/// UTF-8 (a BOM skipped) or UTF-16 LE/BE with a BOM, as text. Text that is
+/// not UTF-8 comes back decoded lossily, with its first bad byte, so that
+/// the caller can name the record and field that hold it.
+fn decode(bytes: &[u8]) -> Result<(String, Option<InvalidByte>), ReadError> {
     let utf16 = |rest: &[u8], from: fn([u8; 2]) -> u16| {
         if rest.len() % 2 != 0 {
             return Err(ReadError::Encoding {
@@ -104,19 +141,87 @@ fn decode(bytes: &[u8]) -> Result<String, ReadError> {
             });
         }
         let units: Vec<u16> = rest.chunks_exact(2).map(|c| from([c[0], c[1]])).collect();
-        String::from_utf16(&units).map_err(|e| ReadError::Encoding {
-            detail: format!("invalid UTF-16: {e}"),
-        })
+        String::from_utf16(&units)
+            .map(|text| (text, None))
+            .map_err(|e| ReadError::Encoding {
+                detail: format!("invalid UTF-16: {e}"),
+            })
     };
     match bytes {
         [0xFF, 0xFE, rest @ ..] => utf16(rest, u16::from_le_bytes),
         [0xFE, 0xFF, rest @ ..] => utf16(rest, u16::from_be_bytes),
+        _ if utf16_without_bom(bytes) => Err(ReadError::Utf16WithoutBom),
         _ => {
             let rest = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
-            String::from_utf8(rest.to_vec()).map_err(|e| ReadError::Encoding {
-                detail: format!("invalid UTF-8 at byte {}", e.utf8_error().valid_up_to()),
-            })
+            match std::str::from_utf8(rest) {
+                Ok(text) => Ok((text.to_owned(), None)),
+                Err(e) => {
+                    let at = e.valid_up_to();
+                    let invalid = InvalidByte {
+                        at,
+                        offset: at + (bytes.len() - rest.len()),
+                        byte: rest[at],
+                    };
+                    Ok((String::from_utf8_lossy(rest).into_owned(), Some(invalid)))
+                }
+            }
         }
+    }
+}
+
+/// Whether `bytes` look like UTF-16 without a byte order mark: within the
+/// first 256 bytes, a NUL in every odd position (little-endian) or every
+/// even one (big-endian), and not in the others. An export is text: UTF-8
+/// text holds no NUL, let alone every other byte.
+fn utf16_without_bom(bytes: &[u8]) -> bool {
+    let head = &bytes[..bytes.len().min(256) & !1];
+    if head.len() < 4 {
+        return false;
+    }
+    let nul_at = |parity: usize| head.iter().skip(parity).step_by(2).all(|&b| b == 0);
+    let some_text_at = |parity: usize| head.iter().skip(parity).step_by(2).any(|&b| b != 0);
+    (nul_at(1) && some_text_at(0)) || (nul_at(0) && some_text_at(1))
+}
+
+/// Where the first byte that is not UTF-8 is: the CSV record and field
+/// that hold it, else its line and column.
+fn locate_invalid_utf8(text: &str, json: bool, invalid: InvalidByte) -> ReadError {
+    // The lossy text is the file up to the bad byte, then a U+FFFD for it:
+    // it is the (n+1)-th U+FFFD of the text when n come before it.
+    let before = text[..invalid.at].matches('\u{FFFD}').count();
+    let in_csv = (!json)
+        .then(|| csv_table(text).ok())
+        .flatten()
+        .and_then(|(header, rows)| {
+            let mut seen = 0;
+            std::iter::once(&header).chain(&rows).find_map(|row| {
+                row.fields.iter().enumerate().find_map(|(i, field)| {
+                    seen += field.matches('\u{FFFD}').count();
+                    (seen > before).then(|| {
+                        if row.line == header.line {
+                            format!("line {} (the header row)", row.line)
+                        } else if let Some(name) = header.fields.get(i) {
+                            format!("line {}, {name}", row.line)
+                        } else {
+                            format!("line {}", row.line)
+                        }
+                    })
+                })
+            })
+        });
+    let place = in_csv.unwrap_or_else(|| {
+        let prefix = &text[..invalid.at];
+        let line_start = prefix.rfind('\n').map_or(0, |i| i + 1);
+        format!(
+            "line {}, column {}",
+            prefix.matches('\n').count() + 1,
+            prefix[line_start..].chars().count() + 1
+        )
+    });
+    ReadError::InvalidUtf8 {
+        place,
+        byte: invalid.byte,
+        offset: invalid.offset,
     }
 }
 
@@ -187,7 +292,8 @@ fn json_kind(value: &Value) -> &'static str {
 
 // === CSV ===
 
-fn read_csv(text: &str) -> Result<Vec<PolicyRule>, ReadError> {
+/// The header row and the records of a CSV export.
+fn csv_table(text: &str) -> Result<(csv::Row, Vec<csv::Row>), ReadError> {
     // `#TYPE Microsoft.Rtc.Management...` (Windows PowerShell's default).
     let (body, first_line) = match text.trim_start_matches(['\r', '\n']).strip_prefix("#TYPE") {
         Some(rest) => {
@@ -205,14 +311,20 @@ fn read_csv(text: &str) -> Result<Vec<PolicyRule>, ReadError> {
         .lines()
         .next()
         .unwrap_or("");
-    let rows =
+    let mut rows =
         csv::rows(body, csv::delimiter(header_line), first_line).map_err(|e| ReadError::Csv {
             line: e.line,
             message: e.message,
         })?;
-    let Some((header, rows)) = rows.split_first() else {
+    if rows.is_empty() {
         return Err(ReadError::Empty);
-    };
+    }
+    let header = rows.remove(0);
+    Ok((header, rows))
+}
+
+fn read_csv(text: &str) -> Result<Vec<PolicyRule>, ReadError> {
+    let (header, rows) = csv_table(text)?;
     let missing: Vec<&str> = REQUIRED
         .into_iter()
         .filter(|name| !header.fields.iter().any(|h| h.eq_ignore_ascii_case(name)))
@@ -229,7 +341,7 @@ fn read_csv(text: &str) -> Result<Vec<PolicyRule>, ReadError> {
     }
     let mut problems = Vec::new();
     let mut rules = Vec::new();
-    for row in rows {
+    for row in &rows {
         let origin = format!("line {}", row.line);
         if row.fields.len() != header.fields.len() {
             problems.push(Problem::new(

@@ -8,8 +8,10 @@
 //! | rule, in priority order | one `[[clients]]` entry, in the same order |
 //! | `UserAgent` | `token` (and `version_token`) |
 //! | version and `CompareOp` | `op` + `version`; see below for wildcards |
-//! | `Allow`, `AllowWithUrl`, `AllowAndUpgrade` | `support = "supported"`, every role |
+//! | `Allow`, `AllowWithUrl`, `AllowAndUpgrade` | `support = "supported"` for the clients the Response Group application supports, `"unsupported"` for the others (`support.rs`; `OC` and `UCCAPI` parted at 4) |
 //! | `Block`, `BlockWithUrl`, `BlockAndUpgrade` | `support = "unsupported"`, no role |
+//! | a rule that takes a known server component (`known.rs`) | nothing: named in a note |
+//! | an allow of a code sipadmit does not know that takes only unsupported known clients | `support = "unsupported"` |
 //! | `ActionUrl`, the upgrade | nothing: named in a note |
 //! | `Enabled = False` | nothing: named in a note |
 //!
@@ -27,9 +29,15 @@
 use std::collections::{HashMap, HashSet};
 use std::fmt::{self, Write as _};
 
+use super::known::{known_clients, Known};
 use super::version_set::{self, Key, VersionSet, MAX};
 use super::{ClientVersionPolicy, PolicyAction, PolicyRule};
-use crate::classify::CompareOp;
+use crate::classify::{Catalog, CompareOp};
+use crate::sip::fields::is_token_char;
+
+mod plan;
+
+use plan::{check_known, plan, Check, Entry, Plan};
 
 /// The entries made from a policy, and what they leave out.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,6 +60,10 @@ pub enum NoteKind {
     NotImported,
     /// The rule is in the entries, without part of its action.
     PartLost,
+    /// The rule is in the entries, but (some of) the clients it allows get
+    /// support `unsupported`: the Response Group application does not
+    /// support them (a warning: the policy says otherwise).
+    NotSupported,
 }
 
 /// Something of one rule the catalog cannot express.
@@ -70,29 +82,32 @@ impl fmt::Display for Note {
         let what = match self.kind {
             NoteKind::NotImported => "not imported",
             NoteKind::PartLost => "imported in part",
+            NoteKind::NotSupported => "not supported for Response Group",
         };
         write!(f, "{}: {what}: {}", self.rule, self.message)
     }
 }
 
-/// Roles an allowed client gets (every Response Group role).
-const ALLOWED_ROLES: &str = r#"["caller", "informal-agent", "formal-agent"]"#;
-
 /// What the catalog header says about the mapping (also on stderr).
 pub const MAPPING_NOTE: &str = "Block, BlockWithUrl and BlockAndUpgrade become support \
 \"unsupported\": sipadmit refuses such clients in Response Group sessions as [policy.*] says \
 (callers 403, agent offers 480, agent registrations flagged by default), not at every sign-in \
-as Lync does; Allow, AllowWithUrl and AllowAndUpgrade become support \"supported\" (every role)";
+as Lync does. Allow, AllowWithUrl and AllowAndUpgrade let a client sign in, which does not make \
+it a Response Group client: they become support \"supported\" only for the clients the Response \
+Group application supports (OC and UCCAPI from 4, the Attendants, Lync Phone Edition, and codes \
+sipadmit does not know); mobile and web clients, Office Communicator before 4 and the other \
+codes get \"unsupported\" (named as not supported for Response Group). A rule that would take \
+the Response Group application or another Lync server component is not imported.";
 
 /// One catalog comparison: `token <op> version`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Comparison {
+pub(super) struct Comparison {
     op: CompareOp,
     version: Key,
 }
 
 /// The match rules of one entry, and the token versions they take.
-enum Condition {
+pub(super) enum Condition {
     /// `token` alone: any version, or none.
     AnyVersion,
     /// One entry, one or two rules (either matches).
@@ -105,62 +120,167 @@ enum Condition {
 }
 
 /// Entries for `policy`; `source` names the export in the header.
-pub fn translate(policy: &ClientVersionPolicy, source: &str) -> CatalogImport {
-    let mut body = String::new();
-    let mut notes = Vec::new();
-    let mut taken: HashMap<String, VersionSet> = HashMap::new();
-    let mut ids = HashSet::new();
-    let mut imported = 0;
+/// `shipped` is the catalog sipadmit ships: what it says of the known
+/// Microsoft clients (`known.rs`) an imported rule may not overrule
+/// upwards (an `Allow` that would make a client it holds unsupported
+/// `supported`), nor take from a server component.
+pub fn translate(policy: &ClientVersionPolicy, source: &str, shipped: &Catalog) -> CatalogImport {
+    let mut t = Translation {
+        known: known_clients(shipped),
+        ..Translation::default()
+    };
     for rule in &policy.rules {
+        t.rule(rule);
+    }
+    let not_imported = policy.rules.len() - t.imported;
+    let mut toml = header(policy, source, t.imported, not_imported);
+    toml.push_str(&t.body);
+    CatalogImport {
+        toml,
+        notes: t.notes,
+        imported: t.imported,
+        not_imported,
+    }
+}
+
+/// What the imported rules on one token (`UserAgent`, case-insensitively)
+/// take, in policy order.
+#[derive(Default)]
+pub(super) struct TokenRules {
+    /// The token versions taken.
+    taken: VersionSet,
+    /// The rule that takes the token without a version, if one does.
+    versionless: Option<String>,
+    /// Each imported rule and the versions it was written to take.
+    rules: Vec<(String, VersionSet)>,
+}
+
+/// The entries and notes written so far.
+#[derive(Default)]
+struct Translation {
+    body: String,
+    notes: Vec<Note>,
+    tokens: HashMap<String, TokenRules>,
+    ids: HashSet<String>,
+    imported: usize,
+    /// The known clients, and whether an imported rule takes each.
+    known: Vec<Known>,
+}
+
+impl Translation {
+    /// Writes the entries of one rule, or why there are none.
+    fn rule(&mut self, rule: &PolicyRule) {
         let label = format!(
             "priority {} ({}: {})",
             rule.priority,
             rule.origin,
             rule.summary()
         );
-        let token_taken = taken
+        let token = self
+            .tokens
             .entry(rule.user_agent.to_ascii_lowercase())
             .or_default();
-        match condition(rule, token_taken) {
-            Err(reason) => {
-                let note = Note {
-                    rule: label,
-                    kind: NoteKind::NotImported,
-                    message: reason,
-                };
-                body.push('\n');
-                comment(
-                    &mut body,
-                    &format!("NOT IMPORTED: {}: {}", note.rule, note.message),
-                );
-                notes.push(note);
-            }
-            Ok(cond) => {
-                let lost = lost_parts(rule, &label);
-                match &cond {
-                    Condition::AnyVersion => token_taken.add(0, MAX),
-                    Condition::Compare { taken: set, .. } => token_taken.extend(set),
+        let planned = condition(rule, &token.taken)
+            .and_then(|cond| shadowed(rule, &cond, token).map_or(Ok(cond), Err))
+            .map(|cond| {
+                let plan = plan(rule, &cond, token);
+                (cond, plan)
+            });
+        let (cond, mut plan) = match planned {
+            Ok(planned) => planned,
+            Err(reason) => return self.not_imported(label, reason),
+        };
+        let decided: Vec<usize> = (0..self.known.len())
+            .filter(|&i| !self.known[i].taken)
+            .filter(|&i| rule.matches(self.known[i].user_agent.as_bytes()))
+            .collect();
+        if !decided.is_empty() {
+            let mut text = String::new();
+            write_rule(&mut text, rule, &mut HashSet::new(), &cond, &[], &plan);
+            let known: Vec<&Known> = decided.iter().map(|&i| &self.known[i]).collect();
+            match check_known(rule, &text, &known) {
+                Check::Keep => {}
+                Check::Unsupported(why) => {
+                    for entry in &mut plan.entries {
+                        *entry = entry.clone().unsupported(why.clone());
+                    }
+                    plan.not_supported = Some(why);
                 }
-                let id = free_id(
-                    &format!("cvp-{}-{}", rule.priority, slug(&rule.user_agent)),
-                    &mut ids,
-                );
-                body.push('\n');
-                entry(&mut body, rule, &id, &cond, &lost);
-                notes.extend(lost);
-                imported += 1;
+                Check::Refuse(why) => return self.not_imported(label, why),
             }
         }
+        let set = match &cond {
+            Condition::AnyVersion => {
+                token.versionless = Some(label.clone());
+                let mut all = VersionSet::default();
+                all.add(0, MAX);
+                all
+            }
+            Condition::Compare { taken: set, .. } => set.clone(),
+        };
+        token.taken.extend(&set);
+        token.rules.push((label.clone(), set));
+        for i in decided {
+            self.known[i].taken = true;
+        }
+        let lost = lost_parts(rule, &label);
+        self.body.push('\n');
+        write_rule(&mut self.body, rule, &mut self.ids, &cond, &lost, &plan);
+        self.notes.extend(lost);
+        if let Some(message) = plan.not_supported {
+            self.notes.push(Note {
+                rule: label,
+                kind: NoteKind::NotSupported,
+                message,
+            });
+        }
+        self.imported += 1;
     }
-    let not_imported = policy.rules.len() - imported;
-    let mut toml = header(policy, source, imported, not_imported);
-    toml.push_str(&body);
-    CatalogImport {
-        toml,
-        notes,
-        imported,
-        not_imported,
+
+    /// Names a rule that is not imported, in the output and the notes.
+    fn not_imported(&mut self, label: String, reason: String) {
+        let note = Note {
+            rule: label,
+            kind: NoteKind::NotImported,
+            message: reason,
+        };
+        self.body.push('\n');
+        comment(
+            &mut self.body,
+            &format!("NOT IMPORTED: {}: {}", note.rule, note.message),
+        );
+        self.notes.push(note);
     }
+}
+
+/// Why a rule never decides, if it does not: earlier imported rules on its
+/// token take every version it matches (an exact duplicate, or a rule
+/// inside a broader one), and the token without a version when it matches
+/// that too.
+fn shadowed(rule: &PolicyRule, cond: &Condition, token: &TokenRules) -> Option<String> {
+    let set = match cond {
+        Condition::AnyVersion => {
+            token.versionless.as_ref()?;
+            let mut all = VersionSet::default();
+            all.add(0, MAX);
+            all
+        }
+        Condition::Compare { taken, .. } => taken.clone(),
+    };
+    if !token.taken.contains(&set) {
+        return None;
+    }
+    let earlier: Vec<&str> = token
+        .rules
+        .iter()
+        .filter(|(_, taken)| taken.intersects(&set))
+        .map(|(label, _)| label.as_str())
+        .collect();
+    Some(format!(
+        "never decides: every {} version it matches is taken by an earlier rule ({})",
+        rule.user_agent,
+        earlier.join("; ")
+    ))
 }
 
 /// The catalog condition of an enabled rule, or why there is none.
@@ -168,13 +288,11 @@ fn condition(rule: &PolicyRule, taken: &VersionSet) -> Result<Condition, String>
     if !rule.enabled {
         return Err("disabled (Enabled is False): the policy does not evaluate it".into());
     }
-    if let Some(bad) = rule
-        .user_agent
-        .chars()
-        .find(|&c| c.is_whitespace() || c.is_control() || matches!(c, '/' | '(' | ')' | '*'))
-    {
+    if let Some(bad) = rule.user_agent.chars().find(|&c| !product_name_char(c)) {
         return Err(format!(
-            "UserAgent {:?} holds {bad:?}, which no product name of a User-Agent holds",
+            "UserAgent {:?} holds {bad:?}, which no product name of a User-Agent holds \
+             (RFC 3261 token: letters, digits and - . ! % _ + ` ' ~; and * is the catalog's \
+             wildcard)",
             rule.user_agent
         ));
     }
@@ -207,6 +325,13 @@ fn condition(rule: &PolicyRule, taken: &VersionSet) -> Result<Condition, String>
     } else {
         prefix(rule, lo, past, taken)
     }
+}
+
+/// Whether `c` may be part of a product name that a catalog `token` rule
+/// compares: an RFC 3261 `token` character (ASCII letters, digits and
+/// `-.!%_+`'~`), but `*`, which a catalog token reads as a wildcard.
+fn product_name_char(c: char) -> bool {
+    c != '*' && u8::try_from(c).is_ok_and(is_token_char)
 }
 
 /// A four-part version: the catalog compares the same way.
@@ -331,8 +456,17 @@ fn lost_parts(rule: &PolicyRule, label: &str) -> Vec<Note> {
     notes
 }
 
-/// Writes one `[[clients]]` entry.
-fn entry(out: &mut String, rule: &PolicyRule, id: &str, cond: &Condition, lost: &[Note]) {
+/// Writes the entries of one rule: the rule as comments (what is not
+/// carried over included), then each entry, with ids from
+/// `cvp-<priority>-<useragent>` not in `ids`.
+fn write_rule(
+    out: &mut String,
+    rule: &PolicyRule,
+    ids: &mut HashSet<String>,
+    cond: &Condition,
+    lost: &[Note],
+    plan: &Plan,
+) {
     comment(
         out,
         &format!(
@@ -357,11 +491,28 @@ fn entry(out: &mut String, rule: &PolicyRule, id: &str, cond: &Condition, lost: 
     for note in lost {
         comment(out, &format!("NOT CARRIED OVER: {}", note.message));
     }
-    let allows = rule.action.allows();
-    let label = rule
-        .user_agent_full_name
-        .clone()
-        .unwrap_or_else(|| rule.user_agent.clone());
+    let base = format!("cvp-{}-{}", rule.priority, slug(&rule.user_agent));
+    for (i, entry) in plan.entries.iter().enumerate() {
+        let part = entry.part.map(|p| format!("{} {p}", rule.user_agent));
+        match (&part, &entry.why) {
+            (Some(part), Some(why)) => comment(out, &format!("{part}: {why}")),
+            (Some(part), None) if i > 0 => comment(out, part),
+            (None, Some(why)) => comment(out, why),
+            _ => {}
+        }
+        let id = free_id(&format!("{base}{}", entry.id_suffix), ids);
+        write_entry(out, rule, &id, part.as_deref(), entry);
+    }
+}
+
+/// Writes one `[[clients]]` entry of `rule`.
+fn write_entry(out: &mut String, rule: &PolicyRule, id: &str, part: Option<&str>, entry: &Entry) {
+    let label = match (&rule.user_agent_full_name, part) {
+        (Some(full), Some(part)) => format!("{full}, {part}"),
+        (Some(full), None) => full.clone(),
+        (None, Some(part)) => part.to_owned(),
+        (None, None) => rule.user_agent.clone(),
+    };
     let _ = writeln!(out, "[[clients]]");
     let _ = writeln!(out, "id = {}", quote(id));
     let name = format!(
@@ -370,40 +521,44 @@ fn entry(out: &mut String, rule: &PolicyRule, id: &str, cond: &Condition, lost: 
         rule.summary()
     );
     let _ = writeln!(out, "name = {}", quote(&name));
-    let _ = writeln!(out, "category = {}", quote(category(&rule.user_agent)));
-    let (support, roles) = if allows {
-        ("supported", ALLOWED_ROLES)
-    } else {
-        ("unsupported", "[]")
-    };
-    let _ = writeln!(out, "support = {}\nroles = {roles}", quote(support));
+    let category = entry.category.unwrap_or_else(|| category(&rule.user_agent));
+    let _ = writeln!(out, "category = {}", quote(category));
+    let _ = writeln!(
+        out,
+        "support = {}\nroles = {}",
+        quote(entry.support),
+        entry.roles
+    );
     let _ = writeln!(out, "version_token = {}", quote(&rule.user_agent));
-    match cond {
-        Condition::AnyVersion => {
-            let _ = writeln!(
-                out,
-                "[[clients.match]]\nid = {}\ntoken = {}",
-                quote(id),
-                quote(&rule.user_agent)
-            );
+    let with_comment = |out: &mut String| {
+        if let Some(c) = entry.comment {
+            let _ = writeln!(out, "comment = {}", quote(c));
         }
-        Condition::Compare { rules, .. } => {
-            for (i, c) in rules.iter().enumerate() {
-                let rule_id = if rules.len() == 1 {
-                    id.to_owned()
-                } else {
-                    format!("{id}.{}", i + 1)
-                };
-                let _ = writeln!(
-                    out,
-                    "[[clients.match]]\nid = {}\ntoken = {}\nop = {}\nversion = {}",
-                    quote(&rule_id),
-                    quote(&rule.user_agent),
-                    quote(c.op.as_str()),
-                    quote(&version_set::display(c.version))
-                );
-            }
-        }
+    };
+    if entry.compare.is_empty() {
+        let _ = writeln!(
+            out,
+            "[[clients.match]]\nid = {}\ntoken = {}",
+            quote(id),
+            quote(&rule.user_agent)
+        );
+        with_comment(out);
+    }
+    for (i, c) in entry.compare.iter().enumerate() {
+        let rule_id = if entry.compare.len() == 1 {
+            id.to_owned()
+        } else {
+            format!("{id}.{}", i + 1)
+        };
+        let _ = writeln!(
+            out,
+            "[[clients.match]]\nid = {}\ntoken = {}\nop = {}\nversion = {}",
+            quote(&rule_id),
+            quote(&rule.user_agent),
+            quote(c.op.as_str()),
+            quote(&version_set::display(c.version))
+        );
+        with_comment(out);
     }
 }
 
@@ -447,7 +602,7 @@ fn header(
 /// The catalog category of a client version policy user agent code
 /// (the codes of the Lync Server Control Panel); `third-party` otherwise.
 fn category(user_agent: &str) -> &'static str {
-    const CODES: [(&str, &str); 20] = [
+    const CODES: [(&str, &str); 21] = [
         ("OC", "desktop"),
         ("UCCP", "desktop"),
         ("UCCAPI", "desktop"),
@@ -466,6 +621,7 @@ fn category(user_agent: &str) -> &'static str {
         ("NokiaLync", "mobile"),
         ("AndroidLync", "mobile"),
         ("McxService", "mobile"),
+        ("COMO", "mobile"),
         ("CWA", "web"),
         ("LWA", "web"),
     ];

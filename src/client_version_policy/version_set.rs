@@ -74,6 +74,29 @@ impl VersionSet {
     pub(super) fn covers(&self, lo: Key, hi: Key) -> bool {
         lo > hi || self.ranges.iter().any(|&(a, b)| a <= lo && hi <= b)
     }
+
+    /// The versions of the set within `lo..=hi`.
+    pub(super) fn within(&self, lo: Key, hi: Key) -> Self {
+        let ranges = self
+            .ranges
+            .iter()
+            .filter(|&&(a, b)| a <= hi && lo <= b)
+            .map(|&(a, b)| (a.max(lo), b.min(hi)))
+            .collect();
+        Self { ranges }
+    }
+
+    /// Whether every version of `other` is in the set.
+    pub(super) fn contains(&self, other: &Self) -> bool {
+        other.ranges.iter().all(|&(lo, hi)| self.covers(lo, hi))
+    }
+
+    /// Whether a version is in both sets.
+    pub(super) fn intersects(&self, other: &Self) -> bool {
+        self.ranges
+            .iter()
+            .any(|&(a, b)| other.ranges.iter().any(|&(c, d)| a <= d && c <= b))
+    }
 }
 
 #[cfg(test)]
@@ -102,5 +125,25 @@ mod tests {
         set.add(key([4, 0, 0, 0]), key([5, 0, 0, 0]) - 1);
         assert!(set.covers(0, MAX));
         assert!(VersionSet::default().covers(1, 0), "the empty range");
+    }
+
+    #[test]
+    fn containment_and_intersection_of_sets() {
+        let set = |ranges: &[(Key, Key)]| {
+            let mut s = VersionSet::default();
+            for &(lo, hi) in ranges {
+                s.add(lo, hi);
+            }
+            s
+        };
+        let wide = set(&[(10, 20), (30, MAX)]);
+        assert!(wide.contains(&set(&[(12, 20), (40, 50)])));
+        assert!(!wide.contains(&set(&[(12, 25)])));
+        assert!(wide.contains(&VersionSet::default()));
+        assert!(wide.intersects(&set(&[(20, 25)])));
+        assert!(!wide.intersects(&set(&[(21, 29)])));
+        assert!(!wide.intersects(&VersionSet::default()));
+        assert_eq!(wide.within(15, 35), set(&[(15, 20), (30, 35)]));
+        assert_eq!(wide.within(21, 29), VersionSet::default());
     }
 }

@@ -64,7 +64,75 @@ fn utf16_with_bom_and_utf8_with_bom_decode() {
     assert_eq!(read_rules(&utf8).unwrap(), read_rules(JSON).unwrap());
     let err = read_rules(b"\"Priority\"\n\"\xFF\"").unwrap_err();
     assert!(
-        err.to_string().contains("invalid UTF-8 at byte 12"),
+        err.to_string()
+            .starts_with("line 2, Priority: invalid UTF-8: byte 0xFF (file offset 12)"),
+        "{err}"
+    );
+}
+
+#[test]
+fn utf16_without_a_byte_order_mark_is_named_not_read_as_garbage() {
+    let text = std::str::from_utf8(CSV).unwrap();
+    let le: Vec<u8> = text.encode_utf16().flat_map(u16::to_le_bytes).collect();
+    let be: Vec<u8> = text.encode_utf16().flat_map(u16::to_be_bytes).collect();
+    for bytes in [le, be] {
+        let err = read_rules(&bytes).unwrap_err();
+        assert_eq!(err, ReadError::Utf16WithoutBom);
+        assert_eq!(
+            err.to_string(),
+            "UTF-16 without a byte order mark: save as UTF-8 or UTF-16 with BOM"
+        );
+    }
+    // Short or plain text is not taken for UTF-16.
+    assert!(!utf16_without_bom(b"[{}]"));
+    assert!(!utf16_without_bom(b"\"Priority\",\"UserAgent\""));
+    assert!(!utf16_without_bom(&[0, 0, 0, 0]));
+}
+
+#[test]
+fn a_byte_that_is_not_utf8_is_named_with_its_record_and_field() {
+    // A cp1252 export: "caf\xE9" in the Description of the rule on line 5.
+    let text = std::str::from_utf8(CSV).unwrap();
+    let line5 = text.split("\r\n").nth(4).unwrap();
+    assert!(line5.contains("\"Office Communicator"), "{line5}");
+    let mut bytes = Vec::new();
+    let at = text.find("\"Office Communicator").unwrap() + 1;
+    bytes.extend_from_slice(&CSV[..at]);
+    bytes.extend_from_slice(b"caf\xE9 ");
+    bytes.extend_from_slice(&CSV[at..]);
+    let err = read_rules(&bytes).unwrap_err().to_string();
+    assert_eq!(
+        err,
+        format!(
+            "line 5, UserAgentFullName: invalid UTF-8: byte 0xE9 (file offset {}); save the \
+             export as UTF-8 or UTF-16 with BOM (a Windows code page such as cp1252 is not read)",
+            at + 3
+        )
+    );
+    // With a BOM the offset counts it; a U+FFFD written as UTF-8 before
+    // the bad byte is not taken for it.
+    let mut bom = b"\xEF\xBB\xBF".to_vec();
+    bom.extend_from_slice("\"Priority\",\"Description\"\r\n\"0\",\"\u{FFFD}\"\r\n".as_bytes());
+    bom.extend_from_slice(b"\"1\",\"\x96\"\r\n");
+    let err = read_rules(&bom).unwrap_err().to_string();
+    assert!(
+        err.starts_with("line 3, Description: invalid UTF-8: byte 0x96 (file offset 45)"),
+        "{err}"
+    );
+    // JSON: line and column.
+    let err = read_rules(b"[\n  {\"Description\": \"caf\xE9\"}]")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.starts_with("line 2, column 23: invalid UTF-8: byte 0xE9"),
+        "{err}"
+    );
+    // In the header row.
+    let err = read_rules(b"\"Prio\xE9rity\"\n\"0\"\n")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.starts_with("line 1 (the header row): invalid UTF-8"),
         "{err}"
     );
 }

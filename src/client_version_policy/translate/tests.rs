@@ -1,5 +1,6 @@
+use super::plan::{check_known, Check};
 use super::*;
-use crate::classify::Catalog;
+use crate::classify::{Catalog, Support};
 use crate::client_version_policy::read_rules;
 
 /// The shared test rule, at `priority` (its origin names it).
@@ -11,18 +12,38 @@ fn rule(priority: i32, ua: &str, op: CompareOp, version: &str, action: PolicyAct
     }
 }
 
+/// The shipped catalog, compiled once for every test.
+fn shipped() -> &'static Catalog {
+    static SHIPPED: std::sync::LazyLock<Catalog> = std::sync::LazyLock::new(|| {
+        Catalog::from_toml_str(crate::config::SHIPPED_CATALOG).unwrap()
+    });
+    &SHIPPED
+}
+
 fn imported(rules: Vec<PolicyRule>) -> (ClientVersionPolicy, CatalogImport, Catalog) {
     let policy = ClientVersionPolicy::new(rules, None).unwrap();
-    let import = translate(&policy, "test.json");
+    let import = translate(&policy, "test.json", shipped());
     let catalog =
         Catalog::from_toml_str(&import.toml).unwrap_or_else(|e| panic!("{e}\n{}", import.toml));
     (policy, import, catalog)
 }
 
-/// The policy's answer and the catalog's agree: allowed, blocked, or no rule.
+/// What the import should say of a User-Agent: blocked (false) when the
+/// policy blocks it; when the policy allows it, supported (true) unless the
+/// shipped catalog knows it as a client the Response Group application does
+/// not support; no answer when no rule holds.
+fn want(policy: &ClientVersionPolicy, shipped: &Catalog, ua: &[u8]) -> Option<bool> {
+    policy.first_match(ua).map(|r| {
+        r.action.allows()
+            && shipped.classify(Some(ua)).client.support != crate::classify::Support::Unsupported
+    })
+}
+
+/// The policy's answer and the catalog's agree (see [`want`]).
 fn assert_same(policy: &ClientVersionPolicy, catalog: &Catalog, user_agents: &[&str]) {
+    let shipped = shipped();
     for ua in user_agents {
-        let want = policy.first_match(ua.as_bytes()).map(|r| r.action.allows());
+        let want = want(policy, shipped, ua.as_bytes());
         let got = catalog.classify(Some(ua.as_bytes()));
         let got = match got.client.support.as_str() {
             "supported" => Some(true),
@@ -167,6 +188,7 @@ fn what_the_catalog_cannot_say_is_named() {
         "priority 0 ([0]: WPLync EQL * -> Block): not imported: disabled (Enabled is False)",
         "priority 1 ([1]: OC GEQ 4.* -> BlockWithUrl): imported in part: the ActionUrl \"https://example.com/update\"",
         "priority 2 ([2]: AOC EQL 4.0.7577.0 -> AllowAndUpgrade): imported in part: the upgrade through Windows Update",
+        "priority 2 ([2]: AOC EQL 4.0.7577.0 -> AllowAndUpgrade): not supported for Response Group: AllowAndUpgrade lets these clients sign in, and the Response Group application does not support clients that are not on its client list",
         "priority 3 ([3]: CPE EQL 4.*.7577.* -> Block): not imported: version 4.*.7577.*: a part after a wildcard",
         "priority 4 ([4]: LMC GTR * -> Block): not imported: GTR with every version part a wildcard matches no client",
         "priority 5 ([5]: Acme Phone GEQ 1.* -> Block): not imported: UserAgent \"Acme Phone\" holds ' '",
@@ -191,7 +213,7 @@ fn entries_say_support_roles_category_and_ids() {
     let rules = vec![
         rule(0, "iPhoneLync", CompareOp::Eql, "*", PolicyAction::Block),
         rule(1, "OC", CompareOp::Neq, "15.*", PolicyAction::Allow),
-        rule(1, "OC", CompareOp::Geq, "2.*", PolicyAction::Allow),
+        rule(2, "OC", CompareOp::Geq, "2.*", PolicyAction::Allow),
     ];
     let (_, import, catalog) = imported(rules);
     let toml = &import.toml;
@@ -204,10 +226,7 @@ fn entries_say_support_roles_category_and_ids() {
         toml.contains("id = \"cvp-1-oc.1\"") && toml.contains("id = \"cvp-1-oc.2\""),
         "{toml}"
     );
-    assert!(
-        toml.contains("id = \"cvp-1-oc-2\""),
-        "a second rule of the same priority: {toml}"
-    );
+    assert!(toml.contains("id = \"cvp-2-oc\""), "{toml}");
     assert!(toml.contains("roles = [\"caller\", \"informal-agent\", \"formal-agent\"]"));
     let mobile = catalog.classify(Some(
         b"RTCC/5.0.0.0 UCWA/5.0.0.0 iPhoneLync/5.0.0.0 (iPhone iOS 7.0)",
@@ -253,4 +272,391 @@ fn the_fixture_policy_imports_whole_but_for_the_named_parts() {
             "RTCC/5.0.0.0 UCWA/5.0.0.0 WPLync/5.0.0.0 (Windows Phone 8.0)",
         ],
     );
+}
+
+#[test]
+fn user_agents_outside_the_token_grammar_are_not_imported() {
+    // `Lync\2013"` is what a lenient reading of a malformed quoted CSV
+    // field gives; none of these can be a product name of a User-Agent.
+    let refused = [
+        "Lync\\2013\"",
+        "Lync\"2013",
+        "\u{D6}C",
+        "OC;1",
+        "OC@x",
+        "OC,",
+        "OC[1]",
+        "O*C",
+    ];
+    let mut rules: Vec<PolicyRule> = refused
+        .iter()
+        .zip(0..)
+        .map(|(ua, p)| rule(p, ua, CompareOp::Geq, "1", PolicyAction::Block))
+        .collect();
+    let accepted = ["Call_Park_Service_1.0", "a-b.c!d%e+f`g'h~i"];
+    rules.extend(
+        accepted
+            .iter()
+            .zip(20..)
+            .map(|(ua, p)| rule(p, ua, CompareOp::Geq, "1", PolicyAction::Block)),
+    );
+    let (_, import, _) = imported(rules);
+    assert_eq!((import.imported, import.not_imported), (2, refused.len()));
+    for (note, ua) in import.notes.iter().zip(refused) {
+        assert_eq!(note.kind, NoteKind::NotImported);
+        assert!(
+            note.message
+                .starts_with(&format!("UserAgent {ua:?} holds ")),
+            "{note}"
+        );
+    }
+}
+
+#[test]
+fn rules_that_never_decide_are_named_not_imported() {
+    let rules = vec![
+        rule(0, "OC", CompareOp::Geq, "4.*", PolicyAction::Allow),
+        // An exact duplicate (but for the action), and a rule inside it.
+        rule(1, "oc", CompareOp::Geq, "4.*", PolicyAction::Block),
+        rule(
+            2,
+            "OC",
+            CompareOp::Eql,
+            "15.0.4420.1017",
+            PolicyAction::Block,
+        ),
+        // Not inside: versions below 4 are left.
+        rule(3, "OC", CompareOp::Lss, "5.*", PolicyAction::Block),
+        // Every version is taken now, but not the token without one.
+        rule(4, "OC", CompareOp::Eql, "*", PolicyAction::Allow),
+        rule(5, "OC", CompareOp::Geq, "*", PolicyAction::Block),
+        // Another token is another story.
+        rule(6, "UCCAPI", CompareOp::Geq, "4.*", PolicyAction::Block),
+    ];
+    let (policy, import, catalog) = imported(rules);
+    let notes: Vec<String> = import.notes.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        notes,
+        [
+            "priority 1 ([1]: oc GEQ 4.* -> Block): not imported: never decides: every oc version \
+             it matches is taken by an earlier rule (priority 0 ([0]: OC GEQ 4.* -> Allow))",
+            "priority 2 ([2]: OC EQL 15.0.4420.1017 -> Block): not imported: never decides: every \
+             OC version it matches is taken by an earlier rule (priority 0 ([0]: OC GEQ 4.* -> \
+             Allow))",
+            // Every version is taken: the token without a version is what
+            // it takes, below 4 as far as Response Group goes.
+            "priority 4 ([4]: OC EQL * -> Allow): not supported for Response Group: OC below 4 \
+             (Office Communicator 2007 R2 and earlier) gets support \"unsupported\": Allow lets \
+             them sign in; the Response Group application supports OC clients from 4 on (Lync \
+             2010 and later) and, below 4, only the OCS 2007 R2 Attendant (comment \"Attendant\")",
+            "priority 5 ([5]: OC GEQ * -> Block): not imported: never decides: every OC version \
+             it matches is taken by an earlier rule (priority 0 ([0]: OC GEQ 4.* -> Allow); \
+             priority 3 ([3]: OC LSS 5.* -> Block); priority 4 ([4]: OC EQL * -> Allow))",
+        ]
+    );
+    assert_eq!((import.imported, import.not_imported), (4, 3));
+    assert_same(&policy, &catalog, &OC);
+    assert_same(&policy, &catalog, &["OC", "UCCAPI/4.0.7577.0"]);
+}
+
+/// The client, support and roles `catalog` gives a User-Agent.
+fn says(catalog: &Catalog, ua: &str) -> (String, String, usize) {
+    let c = catalog.classify(Some(ua.as_bytes()));
+    (
+        c.client.id.clone(),
+        c.client.support.as_str().to_owned(),
+        c.client.roles.len(),
+    )
+}
+
+const ANDROID: &str = "RTCC/7.0.0.0 UCWA/7.0.0.0 AndroidLync/6.25.0.27 (Nexus 5 Android 6.0.1)";
+const IPHONE: &str = "RTCC/5.0.0.0 UCWA/5.0.0.0 iPhoneLync/5.0.0.0 (iPhone iOS 7.0)";
+const RGS: &str = "RTCC/5.0.0.0 Response_Group_Service/5.0.0.0";
+
+#[test]
+fn an_allow_of_mobile_or_web_clients_is_no_response_group_support() {
+    let rules = vec![
+        rule(0, "AndroidLync", CompareOp::Geq, "5.*", PolicyAction::Allow),
+        rule(1, "LWA", CompareOp::Eql, "*", PolicyAction::AllowWithUrl),
+        rule(2, "iPhoneLync", CompareOp::Eql, "*", PolicyAction::Block),
+    ];
+    let (policy, import, catalog) = imported(rules);
+    assert!(
+        import.toml.contains(
+            "# Allow lets these clients sign in, and the Response Group application does not support\n\
+             # mobile clients: support \"unsupported\"\n[[clients]]\n\
+             id = \"cvp-0-androidlync\"\nname = \"AndroidLync (client version policy, priority 0: \
+             AndroidLync GEQ 5.* -> Allow)\"\ncategory = \"mobile\"\nsupport = \"unsupported\"\n\
+             roles = []\n"
+        ),
+        "{}",
+        import.toml
+    );
+    assert_eq!(
+        says(&catalog, ANDROID),
+        ("cvp-0-androidlync".into(), "unsupported".into(), 0)
+    );
+    assert_eq!(says(&catalog, "RTCC/5.0.0.0 LWA/5.0.0.0").1, "unsupported");
+    let warnings: Vec<String> = import
+        .notes
+        .iter()
+        .filter(|n| n.kind == NoteKind::NotSupported)
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(warnings.len(), 2, "{warnings:#?}");
+    assert!(
+        warnings[0].starts_with(
+            "priority 0 ([0]: AndroidLync GEQ 5.* -> Allow): not supported for Response Group: \
+             Allow lets these clients sign in"
+        ),
+        "{}",
+        warnings[0]
+    );
+    assert!(
+        warnings[1].contains("support web clients"),
+        "{}",
+        warnings[1]
+    );
+    assert_same(&policy, &catalog, &[ANDROID, IPHONE]);
+}
+
+const OCS_ATTENDANT: &str = "UCCAPI/3.5.6907.0 OC/3.5.6907.0 (Microsoft Office \
+                             Communications Server 2007 R2 Attendant)";
+const COMMUNICATOR_R2: &str =
+    "UCCAPI/3.5.6907.0 OC/3.5.6907.0 (Microsoft Office Communicator 2007 R2)";
+const LYNC_2010: &str = "UCCAPI/4.0.7577.314 OC/4.0.7577.314 (Microsoft Lync 2010)";
+const LYNC_2013: &str = "UCCAPI/15.0.4481.1000 OC/15.0.4481.1000 (Microsoft Lync)";
+
+#[test]
+fn an_allow_of_oc_is_supported_from_lync_2010_and_for_the_attendants_only() {
+    // Versions from 2: `GEQ 4` first, then the Attendant, then the rest.
+    let rules = vec![
+        rule(0, "OC", CompareOp::Geq, "2.*", PolicyAction::Allow),
+        rule(1, "OC", CompareOp::Lss, "2.*", PolicyAction::Block),
+    ];
+    let (policy, import, catalog) = imported(rules);
+    let ids = |toml: &str| -> Vec<String> {
+        toml.lines()
+            .filter(|l| l.starts_with("id = ") && !l.contains('.'))
+            .map(|l| l[6..l.len() - 1].to_owned())
+            .collect()
+    };
+    assert_eq!(
+        ids(&import.toml),
+        [
+            "cvp-0-oc",
+            "cvp-0-oc",
+            "cvp-0-oc-attendant",
+            "cvp-0-oc-attendant",
+            "cvp-0-oc-before-4",
+            "cvp-0-oc-before-4",
+            "cvp-1-oc",
+            "cvp-1-oc"
+        ]
+    );
+    assert_eq!(
+        says(&catalog, LYNC_2013),
+        ("cvp-0-oc".into(), "supported".into(), 3)
+    );
+    assert_eq!(says(&catalog, LYNC_2010).0, "cvp-0-oc");
+    assert_eq!(
+        says(&catalog, OCS_ATTENDANT),
+        ("cvp-0-oc-attendant".into(), "supported".into(), 3)
+    );
+    assert_eq!(
+        says(&catalog, COMMUNICATOR_R2),
+        ("cvp-0-oc-before-4".into(), "unsupported".into(), 0)
+    );
+    assert_eq!(
+        says(&catalog, "UCCP/2.0.6362.111 OC/2.0.6362.111").0,
+        "cvp-0-oc-before-4"
+    );
+    assert_eq!(
+        says(&catalog, "OC/1.9").0,
+        "cvp-1-oc",
+        "below 2: the next rule"
+    );
+    let note = import
+        .notes
+        .iter()
+        .find(|n| n.kind == NoteKind::NotSupported)
+        .unwrap();
+    assert!(
+        note.to_string().starts_with(
+            "priority 0 ([0]: OC GEQ 2.* -> Allow): not supported for Response Group: OC below 4 \
+             (Office Communicator 2007 R2 and earlier) gets support \"unsupported\""
+        ),
+        "{note}"
+    );
+    let mut all = OC.to_vec();
+    all.extend([OCS_ATTENDANT, COMMUNICATOR_R2, LYNC_2010, LYNC_2013, "OC/1"]);
+    assert_same(&policy, &catalog, &all);
+}
+
+#[test]
+fn an_allow_of_oc_below_a_version_is_parted_with_lss_4_first() {
+    let mut all = OC.to_vec();
+    all.extend([OCS_ATTENDANT, COMMUNICATOR_R2, LYNC_2010, LYNC_2013]);
+    // Versions below 16: `LSS 4` first, and Lync 2013 and later are left
+    // to the next rule.
+    let rules = vec![
+        rule(0, "UCCAPI", CompareOp::Lss, "16.*", PolicyAction::Allow),
+        rule(1, "UCCAPI", CompareOp::Geq, "*", PolicyAction::Block),
+    ];
+    let (policy, import, catalog) = imported(rules);
+    assert_eq!(
+        says(&catalog, COMMUNICATOR_R2),
+        ("cvp-0-uccapi-before-4".into(), "unsupported".into(), 0)
+    );
+    assert_eq!(says(&catalog, OCS_ATTENDANT).0, "cvp-0-uccapi-attendant");
+    assert_eq!(says(&catalog, LYNC_2013).0, "cvp-0-uccapi");
+    assert_eq!(
+        says(&catalog, "UCCAPI/16.0.4417.1000 OC/16.0.4417.1000").0,
+        "cvp-1-uccapi"
+    );
+    assert!(import
+        .toml
+        .contains("op = \"LSS\"\nversion = \"4\"\ncomment = \"Attendant\""));
+    assert_same(&policy, &catalog, &all);
+
+    // From 4 only: one entry, as before; below 4 only: no supported entry
+    // but the Attendant's.
+    let (_, import, _) = imported(vec![rule(
+        0,
+        "OC",
+        CompareOp::Geq,
+        "4.*",
+        PolicyAction::Allow,
+    )]);
+    assert_eq!(import.toml.matches("[[clients]]").count(), 1);
+    assert!(import.notes.is_empty());
+    let (_, import, catalog) = imported(vec![rule(
+        0,
+        "OC",
+        CompareOp::Lss,
+        "4.*",
+        PolicyAction::Allow,
+    )]);
+    assert_eq!(import.toml.matches("[[clients]]").count(), 2);
+    assert_eq!(says(&catalog, COMMUNICATOR_R2).1, "unsupported");
+    assert_eq!(says(&catalog, OCS_ATTENDANT).1, "supported");
+}
+
+#[test]
+fn a_rule_that_would_take_the_response_group_application_is_not_imported() {
+    // The trial's export: `Allow RTCC GEQ *` took the Response Group
+    // application, the servers and the mobile clients, as supported.
+    let rules = vec![
+        rule(0, "RTCC", CompareOp::Geq, "*", PolicyAction::Allow),
+        rule(
+            1,
+            "Response_Group_Service",
+            CompareOp::Eql,
+            "*",
+            PolicyAction::Block,
+        ),
+        rule(
+            2,
+            "MediationServer",
+            CompareOp::Eql,
+            "*",
+            PolicyAction::Block,
+        ),
+        rule(3, "AndroidLync", CompareOp::Eql, "*", PolicyAction::Allow),
+    ];
+    let (_, import, catalog) = imported(rules);
+    assert_eq!((import.imported, import.not_imported), (1, 3));
+    let refused = &import.notes[0];
+    assert_eq!(refused.kind, NoteKind::NotImported);
+    assert!(
+        refused.message.starts_with(
+            "it would take Lync Response Group application (\"RTCC/5.0.0.0 \
+             Response_Group_Service/5.0.0.0\", support service)"
+        ),
+        "{refused}"
+    );
+    assert!(
+        refused.message.contains("Microsoft server component"),
+        "{refused}"
+    );
+    assert!(import.notes[1].message.contains("Response_Group_Service"));
+    assert!(import.notes[2].message.contains("MediationServer"));
+    // Above the shipped catalog, the known clients keep what it says.
+    let combined = Catalog::from_toml_str(&format!(
+        "{}\n{}",
+        import.toml,
+        crate::config::SHIPPED_CATALOG
+    ))
+    .unwrap();
+    assert_eq!(says(&combined, RGS).0, "response-group-service");
+    assert_eq!(
+        says(&combined, IPHONE),
+        ("lync-mobile".into(), "unsupported".into(), 0)
+    );
+    assert_eq!(says(&combined, ANDROID).1, "unsupported");
+    assert_eq!(says(&catalog, ANDROID).0, "cvp-3-androidlync");
+}
+
+#[test]
+fn an_allow_on_another_token_that_takes_only_unsupported_known_clients_is_unsupported() {
+    let (_, import, catalog) = imported(vec![rule(
+        0,
+        "UCWA",
+        CompareOp::Geq,
+        "*",
+        PolicyAction::Allow,
+    )]);
+    assert_eq!(
+        says(&catalog, IPHONE),
+        ("cvp-0-ucwa".into(), "unsupported".into(), 0)
+    );
+    assert_eq!(import.notes.len(), 1, "{:#?}", import.notes);
+    let note = import.notes[0].to_string();
+    assert!(
+        note.starts_with(
+            "priority 0 ([0]: UCWA GEQ * -> Allow): not supported for Response Group: Allow lets \
+             them sign in, and the Response Group application does not support the known clients \
+             it takes: Lync / Skype for Business mobile (\"RTCC/5.0.0.0 UCWA/5.0.0.0 iPhoneLync"
+        ),
+        "{note}"
+    );
+    // A code sipadmit does not know, and no known client: the Allow stands.
+    let (_, import, catalog) = imported(vec![rule(
+        0,
+        "InHouse",
+        CompareOp::Geq,
+        "1",
+        PolicyAction::Allow,
+    )]);
+    assert!(import.notes.is_empty());
+    assert_eq!(says(&catalog, "InHouse/2.0").1, "supported");
+}
+
+#[test]
+fn known_supported_and_unsupported_clients_in_one_allow_are_refused() {
+    let known = |user_agent, support| Known {
+        user_agent,
+        name: format!("{user_agent} client"),
+        support,
+        taken: false,
+    };
+    let a = known("Probe/1 (a)", Support::Supported);
+    let b = known("Probe/2 (b)", Support::Unsupported);
+    let r = rule(0, "Probe", CompareOp::Geq, "1", PolicyAction::Allow);
+    let entries = "[[clients]]\nid = \"p\"\nname = \"p\"\ncategory = \"third-party\"\n\
+                   support = \"supported\"\nroles = []\n[[clients.match]]\ntoken = \"Probe\"\n";
+    let Check::Refuse(why) = check_known(&r, entries, &[&a, &b]) else {
+        panic!("not refused");
+    };
+    assert!(
+        why.starts_with(
+            "it would make supported Probe/2 (b) client (\"Probe/2 (b)\", support unsupported)"
+        ),
+        "{why}"
+    );
+    assert!(matches!(check_known(&r, entries, &[&a]), Check::Keep));
+    assert!(matches!(
+        check_known(&r, entries, &[&b]),
+        Check::Unsupported(_)
+    ));
 }
