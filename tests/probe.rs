@@ -334,3 +334,77 @@ fn no_answer_nothing_listening_and_untrusted_certificates_fail_clearly() {
         show(&out)
     );
 }
+
+#[test]
+fn tls_files_are_checked_before_connecting_and_tls_flags_need_a_tls_target() {
+    // A listener the probe must not connect to when a file is bad.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let tls = format!("tls:{addr}");
+    let dir = tempfile::tempdir().unwrap();
+    let junk = dir.path().join("junk.pem");
+    std::fs::write(&junk, "not a pem\n").unwrap();
+    let missing = dir.path().join("missing.pem");
+    for (args, stderr) in [
+        (
+            vec!["--ca", missing.to_str().unwrap()],
+            format!(
+                "sipadmit: --ca {}: cannot read it: No such file or directory (os error 2)\n",
+                missing.display()
+            ),
+        ),
+        (
+            vec!["--ca", junk.to_str().unwrap()],
+            format!(
+                "sipadmit: --ca {}: no PEM certificate in it (it is not a PEM file)\n",
+                junk.display()
+            ),
+        ),
+        (
+            vec![
+                "--cert",
+                junk.to_str().unwrap(),
+                "--key",
+                missing.to_str().unwrap(),
+            ],
+            format!(
+                "sipadmit: --cert {}: no PEM certificate in it (it is not a PEM file)\n",
+                junk.display()
+            ),
+        ),
+    ] {
+        let mut args = args;
+        args.extend(["--json", &tls]);
+        let out = probe(&args);
+        assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+        assert_eq!(text(&out.stderr), stderr, "{}", show(&out));
+        assert!(out.stdout.is_empty(), "{}", show(&out));
+    }
+    assert_eq!(
+        listener.accept().unwrap_err().kind(),
+        std::io::ErrorKind::WouldBlock,
+        "the probe connected before reading its files"
+    );
+
+    // TLS flags with a udp: or tcp: target: a usage error (exit 2), never ignored.
+    for (flag, value, target) in [
+        ("--ca", junk.to_str().unwrap(), format!("udp:{addr}")),
+        ("--tls-name", "sip.contoso.com", format!("tcp:{addr}")),
+    ] {
+        let out = probe(&[flag, value, &target]);
+        assert_eq!(out.status.code(), Some(2), "{}", show(&out));
+        assert!(
+            text(&out.stderr).starts_with(&format!(
+                "error: {flag} applies to tls: targets only, not to {target}"
+            )),
+            "{}",
+            show(&out)
+        );
+        assert!(out.stdout.is_empty(), "{}", show(&out));
+    }
+    assert_eq!(
+        listener.accept().unwrap_err().kind(),
+        std::io::ErrorKind::WouldBlock
+    );
+}

@@ -5,19 +5,18 @@
 //! doubling, at most T2 = 4 s apart) until a response comes. TCP and TLS:
 //! one connection, framed by Content-Length ([`StreamFramer`]). TLS: the
 //! server certificate is verified against `--ca` (or the system's roots)
-//! and the target's IP address (or `--tls-name`).
+//! and the target's IP address (or `--tls-name`), with the context
+//! [`TlsClient`] made before anything is sent.
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
-use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use openssl::ssl::{HandshakeError, SslConnector, SslFiletype, SslMethod, SslStream};
-use openssl::x509::store::X509StoreBuilder;
-use openssl::x509::X509;
+use openssl::ssl::{HandshakeError, SslStream};
 
 use super::message::{Answer, ProbeMethod, ProbeRequest};
+use super::tls::{reasons, TlsClient, TlsOptions};
 use crate::config::endpoint::Endpoint;
 use crate::sip::framing::{Frame, StreamFramer};
 use crate::sip::SipView;
@@ -30,20 +29,6 @@ const T2: Duration = Duration::from_secs(4);
 /// Largest message accepted (bytes).
 const MAX_MESSAGE_BYTES: usize = 65_535;
 
-/// TLS settings of a `tls:` probe.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct TlsOptions {
-    /// PEM roots the server's certificate must chain to (`--ca`); `None`:
-    /// the system's roots.
-    pub ca: Option<PathBuf>,
-    /// The name the certificate must carry (`--tls-name`, also sent as
-    /// SNI); `None`: the target's IP address.
-    pub server_name: Option<String>,
-    /// PEM certificate chain and key presented to a listener that asks for
-    /// one (`--cert`, `--key`).
-    pub identity: Option<(PathBuf, PathBuf)>,
-}
-
 /// Why a probe got no answer.
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeError {
@@ -54,16 +39,6 @@ pub enum ProbeError {
         target: Endpoint,
         /// The OS error.
         source: io::Error,
-    },
-    /// A TLS file could not be used.
-    #[error("{}: {what}: {detail}", path.display())]
-    TlsFile {
-        /// The file.
-        path: PathBuf,
-        /// What it was for (`--ca`, `--cert`, `--key`).
-        what: &'static str,
-        /// Why it cannot be used.
-        detail: String,
     },
     /// The TLS handshake failed (certificate not trusted, wrong name, ...).
     #[error("{target}: TLS handshake failed: {detail}")]
@@ -105,10 +80,11 @@ pub enum ProbeError {
 
 /// Sends `request` to `target` and returns its final answer; an INVITE's
 /// answer is acknowledged (and a 2xx's call ended with a BYE) before
-/// returning. Gives up `timeout` after starting.
+/// returning. Gives up `timeout` after starting. `tls` is the context of a
+/// `tls:` target (`None`: the system's roots, no client certificate).
 pub fn exchange(
     target: Endpoint,
-    tls: &TlsOptions,
+    tls: Option<&TlsClient>,
     request: &ProbeRequest,
     timeout: Duration,
 ) -> Result<Answer, ProbeError> {
@@ -296,7 +272,11 @@ struct Stream<S> {
 }
 
 impl Conn {
-    fn open(target: Endpoint, tls: &TlsOptions, deadline: Instant) -> Result<Self, ProbeError> {
+    fn open(
+        target: Endpoint,
+        tls: Option<&TlsClient>,
+        deadline: Instant,
+    ) -> Result<Self, ProbeError> {
         let connect = |source| ProbeError::Connect { target, source };
         if target.transport == Transport::Udp {
             let any: SocketAddr = match target.addr {
@@ -314,13 +294,25 @@ impl Conn {
         if target.transport == Transport::Tcp {
             return Ok(Self::Tcp(Stream::new(io, socket)));
         }
-        let connector = connector(tls)?;
+        let default;
+        let tls = match tls {
+            Some(tls) => tls,
+            None => {
+                default =
+                    TlsClient::new(&TlsOptions::default()).map_err(|e| ProbeError::Handshake {
+                        target,
+                        detail: e.to_string(),
+                    })?;
+                &default
+            }
+        };
         let name = tls
             .server_name
             .clone()
             .unwrap_or_else(|| target.addr.ip().to_string());
         set_timeouts(&socket, deadline).map_err(connect)?;
-        let io = connector
+        let io = tls
+            .connector
             .connect(&name, io)
             .map_err(|e| handshake_error(target, e))?;
         Ok(Self::Tls(Box::new(Stream::new(io, socket))))
@@ -424,65 +416,20 @@ fn set_timeouts(socket: &TcpStream, deadline: Instant) -> io::Result<()> {
     socket.set_write_timeout(Some(left))
 }
 
-// === TLS ===
-
-/// A client context: peer verification on, `--ca` as the only roots when
-/// given, `--cert`/`--key` presented when given.
-fn connector(tls: &TlsOptions) -> Result<SslConnector, ProbeError> {
-    let openssl = |path: &Path, what, e: openssl::error::ErrorStack| ProbeError::TlsFile {
-        path: path.to_owned(),
-        what,
-        detail: e.to_string(),
-    };
-    let mut builder = SslConnector::builder(SslMethod::tls_client())
-        .map_err(|e| openssl(Path::new("(OpenSSL)"), "client context", e))?;
-    if let Some(ca) = &tls.ca {
-        let pem = std::fs::read(ca).map_err(|e| ProbeError::TlsFile {
-            path: ca.clone(),
-            what: "--ca",
-            detail: e.to_string(),
-        })?;
-        let certificates = X509::stack_from_pem(&pem).map_err(|e| openssl(ca, "--ca", e))?;
-        if certificates.is_empty() {
-            return Err(ProbeError::TlsFile {
-                path: ca.clone(),
-                what: "--ca",
-                detail: "no PEM certificate in the file".into(),
-            });
-        }
-        let mut store = X509StoreBuilder::new().map_err(|e| openssl(ca, "--ca", e))?;
-        for certificate in certificates {
-            store
-                .add_cert(certificate)
-                .map_err(|e| openssl(ca, "--ca", e))?;
-        }
-        builder.set_cert_store(store.build());
-    }
-    if let Some((certificate, key)) = &tls.identity {
-        builder
-            .set_certificate_chain_file(certificate)
-            .map_err(|e| openssl(certificate, "--cert", e))?;
-        builder
-            .set_private_key_file(key, SslFiletype::PEM)
-            .map_err(|e| openssl(key, "--key", e))?;
-        builder
-            .check_private_key()
-            .map_err(|e| openssl(key, "--key", e))?;
-    }
-    Ok(builder.build())
-}
-
+/// Why the handshake failed, in OpenSSL's words without its error codes
+/// and source files.
 fn handshake_error(target: Endpoint, e: HandshakeError<TcpStream>) -> ProbeError {
     let detail = match e {
-        HandshakeError::SetupFailure(stack) => stack.to_string(),
+        HandshakeError::SetupFailure(stack) => reasons(&stack),
         HandshakeError::Failure(mid) | HandshakeError::WouldBlock(mid) => {
             let verify = mid.ssl().verify_result();
             let error = mid.error();
             let timed_out = error.io_error().is_some_and(is_timeout);
-            match (timed_out, verify.as_raw()) {
-                (true, _) => "no answer in time".to_owned(),
-                (false, 0) => error.to_string(),
-                (false, _) => format!("certificate not accepted: {}", verify.error_string()),
+            match (timed_out, verify.as_raw(), error.ssl_error()) {
+                (true, _, _) => "no answer in time".to_owned(),
+                (false, 0, Some(stack)) => reasons(stack),
+                (false, 0, None) => error.to_string(),
+                (false, _, _) => format!("certificate not accepted: {}", verify.error_string()),
             }
         }
     };

@@ -5,19 +5,23 @@
 //! - [`message`] (pure): the request (REGISTER, INVITE or OPTIONS, with the
 //!   User-Agent to test), the ACK and BYE that close an INVITE, and the
 //!   [`Answer`] read from the final response.
+//! - [`tls`]: the TLS client context (`--ca`, `--cert`, `--key`), its
+//!   files checked before anything is sent.
 //! - [`exchange`] (I/O, blocking, every wait bounded by one deadline): UDP
 //!   with RFC 3261 retransmissions, TCP, or TLS verified against `--ca`.
 //! - [`Outcome`]: the answer against `--expect`, as text or one JSON object.
 
 pub mod exchange;
 pub mod message;
+pub mod tls;
 
 use std::fmt::Write as _;
 
 use crate::config::endpoint::Endpoint;
 
-pub use exchange::{exchange, ProbeError, TlsOptions};
+pub use exchange::{exchange, ProbeError};
 pub use message::{Answer, ProbeMethod, ProbeRequest, RequestError};
+pub use tls::{TlsClient, TlsOptions, TlsSetupError};
 
 /// What a probe found, and what was expected.
 #[derive(Debug, Clone, PartialEq, Eq)]
