@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use openssl::ssl::{HandshakeError, SslStream};
 
-use super::message::{Answer, ProbeMethod, ProbeRequest};
+use super::message::{remote_target, Answer, ProbeMethod, ProbeRequest};
 use super::tls::{reasons, TlsClient, TlsOptions};
 use crate::config::endpoint::Endpoint;
 use crate::sip::framing::{Frame, FramingError, StreamFramer};
@@ -127,6 +127,15 @@ pub fn exchange(
     })?;
     if request.method == ProbeMethod::Invite {
         answer.note = close_invite(&mut conn, target, request, &view, local, deadline);
+        if answer.status < 300 {
+            answer.fault = remote_target(&view).err().map(|bad| {
+                format!(
+                    "{bad} (RFC 3261 12.1.2: the ACK and BYE go to the Contact's URI); \
+                     they went to the INVITE's Request-URI {} instead",
+                    request.request_uri
+                )
+            });
+        }
     }
     Ok(answer)
 }

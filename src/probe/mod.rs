@@ -24,7 +24,7 @@ use crate::config::endpoint::Endpoint;
 use crate::report::snippet::is_bidi_control;
 
 pub use exchange::{exchange, ProbeError};
-pub use message::{Answer, ProbeMethod, ProbeRequest, RequestError};
+pub use message::{Answer, BadContact, ProbeMethod, ProbeRequest, RequestError};
 pub use tls::{TlsClient, TlsOptions, TlsSetupError};
 
 /// `text` fit for a terminal: control characters (NUL, ESC, BEL, CR, ...)
@@ -62,10 +62,11 @@ pub struct Outcome {
 }
 
 impl Outcome {
-    /// Whether the probe succeeded: a final answer, with the expected
-    /// status when one was given.
+    /// Whether the probe succeeded: a final answer without a protocol
+    /// error, with the expected status when one was given.
     pub fn matched(&self) -> bool {
         match (&self.answer, self.expected) {
+            (Ok(answer), _) if answer.fault.is_some() => false,
             (Ok(answer), Some(code)) => answer.status == code,
             (Ok(_), None) => true,
             (Err(_), _) => false,
@@ -77,11 +78,22 @@ impl Outcome {
     pub fn failure(&self) -> Option<String> {
         let failure = match (&self.answer, self.expected) {
             (Err(e), _) => e.clone(),
-            (Ok(a), Some(code)) if a.status != code => format!(
-                "expected {code}, {} answered {} {}",
-                self.target, a.status, a.reason
-            ),
-            _ => return None,
+            (Ok(a), expected) => {
+                let unexpected = expected.filter(|&code| code != a.status);
+                if unexpected.is_none() && a.fault.is_none() {
+                    return None;
+                }
+                format!(
+                    "{}{} answered {} {}{}",
+                    unexpected.map_or_else(String::new, |code| format!("expected {code}, ")),
+                    self.target,
+                    a.status,
+                    a.reason,
+                    a.fault.as_ref().map_or_else(String::new, |fault| format!(
+                        " with a protocol error: {fault}"
+                    )),
+                )
+            }
         };
         Some(terminal_safe(&failure).into_owned())
     }
@@ -118,6 +130,9 @@ impl Outcome {
                 if let Some(note) = &a.note {
                     line(&format!("note: {note}"));
                 }
+                if let Some(fault) = &a.fault {
+                    line(&format!("protocol error: {fault}"));
+                }
             }
             Err(e) => line(&format!("no answer: {e}")),
         }
@@ -125,10 +140,15 @@ impl Outcome {
     }
 
     /// The report for scripts: one JSON object (`status` and `reason` null
-    /// when there was no answer, with `error` saying why). The target's
-    /// text as it came (JSON escapes control characters).
+    /// when there was no answer, with `error` saying why; `error` also
+    /// names an answer's protocol error). The target's text as it came
+    /// (JSON escapes control characters).
     pub fn json(&self) -> String {
         let answer = self.answer.as_ref().ok();
+        let error = match &self.answer {
+            Err(e) => Some(e.clone()),
+            Ok(a) => a.fault.as_ref().map(|f| format!("protocol error: {f}")),
+        };
         serde_json::json!({
             "target": self.target.to_string(),
             "method": self.method.as_str(),
@@ -142,7 +162,7 @@ impl Outcome {
             "note": answer.and_then(|a| a.note.clone()),
             "expected": self.expected,
             "matched": self.matched(),
-            "error": self.answer.as_ref().err(),
+            "error": error,
         })
         .to_string()
     }
@@ -178,6 +198,7 @@ mod tests {
             provisional: vec![100],
             elapsed: Duration::from_millis(3),
             note: None,
+            fault: None,
         }
     }
 
@@ -258,5 +279,41 @@ mod tests {
         assert_eq!(json["reason"], hostile.reason.as_str());
         assert_eq!(json["warning"][0], hostile.warnings[0].as_str());
         assert!(!o.json().contains('\x1b'));
+    }
+
+    #[test]
+    fn a_protocol_error_fails_the_probe_whatever_the_status() {
+        let ok = Answer {
+            status: 200,
+            reason: "OK".into(),
+            warnings: vec![],
+            ms_diagnostics: vec![],
+            fault: Some("it has no Contact".into()),
+            ..forbidden()
+        };
+        for expected in [None, Some(200)] {
+            let o = outcome(Ok(ok.clone()), expected);
+            assert!(!o.matched());
+            assert_eq!(
+                o.failure().unwrap(),
+                "udp:127.0.0.1:5060 answered 200 OK with a protocol error: it has no Contact"
+            );
+            assert!(
+                o.text().ends_with("\nprotocol error: it has no Contact\n"),
+                "{}",
+                o.text()
+            );
+            let json: serde_json::Value = serde_json::from_str(&o.json()).unwrap();
+            assert_eq!(
+                (json["matched"].clone(), json["status"].clone()),
+                (false.into(), 200.into())
+            );
+            assert_eq!(json["error"], "protocol error: it has no Contact");
+        }
+        assert_eq!(
+            outcome(Ok(ok), Some(486)).failure().unwrap(),
+            "expected 486, udp:127.0.0.1:5060 answered 200 OK with a protocol error: \
+             it has no Contact"
+        );
     }
 }

@@ -1,11 +1,12 @@
 //! The exchange against in-process loopback fakes (std threads, ephemeral
-//! ports): what comes back that is not SIP is named.
+//! ports): what comes back that is not SIP is named, and a 2xx without a
+//! usable Contact is still acknowledged and ended, at the Request-URI.
 
 use super::*;
 use std::net::TcpListener;
 use std::thread;
 
-/// A probe of `sip:helpdesk@contoso.com`.
+/// An INVITE (or REGISTER) probe of `sip:helpdesk@contoso.com`.
 fn request(method: ProbeMethod) -> ProbeRequest {
     ProbeRequest::new(
         method,
@@ -152,4 +153,102 @@ fn a_tcp_peer_that_answers_http_and_closes_is_named_with_what_it_sent() {
         )
     );
     server.join().unwrap();
+}
+
+#[test]
+fn a_2xx_with_contact_star_is_acknowledged_and_ended_at_the_request_uri() {
+    for (contact, described) in [
+        (
+            "Contact: *\r\n",
+            "its `Contact: *` is not a SIP or SIPS URI",
+        ),
+        ("", "it has no Contact"),
+        (
+            "Contact: <notauri>\r\n",
+            "its `Contact: <notauri>` is not a SIP or SIPS URI",
+        ),
+    ] {
+        let (fake, target) = udp_fake();
+        let server = thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            let mut seen = Vec::new();
+            while seen.len() < 3 {
+                let (n, from) = fake.recv_from(&mut buf).unwrap();
+                let message = buf[..n].to_vec();
+                let first = message.split(|&b| b == b'\r').next().unwrap().to_vec();
+                if message.starts_with(b"INVITE") {
+                    fake.send_to(&reply(&message, "SIP/2.0 200 OK", contact), from)
+                        .unwrap();
+                } else if message.starts_with(b"BYE") {
+                    fake.send_to(&reply(&message, "SIP/2.0 200 OK", ""), from)
+                        .unwrap();
+                }
+                seen.push(String::from_utf8(first).unwrap());
+            }
+            seen
+        });
+        let answer = exchange(
+            target,
+            None,
+            &request(ProbeMethod::Invite),
+            Duration::from_secs(5),
+        )
+        .unwrap();
+        assert_eq!(
+            server.join().unwrap(),
+            [
+                "INVITE sip:helpdesk@contoso.com SIP/2.0",
+                "ACK sip:helpdesk@contoso.com SIP/2.0",
+                "BYE sip:helpdesk@contoso.com SIP/2.0",
+            ]
+        );
+        assert_eq!((answer.status, answer.note.as_deref()), (200, None));
+        assert_eq!(
+            answer.fault.unwrap(),
+            format!(
+                "{described} (RFC 3261 12.1.2: the ACK and BYE go to the Contact's URI); \
+                 they went to the INVITE's Request-URI sip:helpdesk@contoso.com instead"
+            )
+        );
+    }
+}
+
+#[test]
+fn a_2xx_with_a_sip_contact_has_no_fault() {
+    let (fake, target) = udp_fake();
+    let server = thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        let mut lines = Vec::new();
+        for _ in 0..3 {
+            let (n, from) = fake.recv_from(&mut buf).unwrap();
+            let message = buf[..n].to_vec();
+            let contact = "Contact: <sip:agent@127.0.0.1:41000>\r\n";
+            match &message[..3] {
+                b"INV" => fake.send_to(&reply(&message, "SIP/2.0 200 OK", contact), from),
+                b"BYE" => fake.send_to(&reply(&message, "SIP/2.0 200 OK", ""), from),
+                _ => Ok(0),
+            }
+            .unwrap();
+            lines.push(
+                String::from_utf8_lossy(message.split(|&b| b == b'\r').next().unwrap())
+                    .into_owned(),
+            );
+        }
+        lines
+    });
+    let answer = exchange(
+        target,
+        None,
+        &request(ProbeMethod::Invite),
+        Duration::from_secs(5),
+    )
+    .unwrap();
+    assert_eq!(
+        server.join().unwrap()[1..],
+        [
+            "ACK sip:agent@127.0.0.1:41000 SIP/2.0",
+            "BYE sip:agent@127.0.0.1:41000 SIP/2.0"
+        ]
+    );
+    assert_eq!((answer.fault, answer.note), (None, None));
 }
