@@ -130,6 +130,34 @@ pub struct ProbeArgs {
     pub target: crate::config::Endpoint,
 }
 
+impl ProbeArgs {
+    /// The first of `--ca`, `--tls-name`, `--cert`, `--key` given with a
+    /// TARGET that is not `tls:` (they apply to `tls:` targets only: a
+    /// usage error, not an option to ignore).
+    pub fn tls_option_without_tls(&self) -> Option<&'static str> {
+        if self.target.transport == crate::vocabulary::Transport::Tls {
+            return None;
+        }
+        [
+            ("--ca", self.ca.is_some()),
+            ("--tls-name", self.tls_name.is_some()),
+            ("--cert", self.cert.is_some()),
+            ("--key", self.key.is_some()),
+        ]
+        .into_iter()
+        .find_map(|(flag, given)| given.then_some(flag))
+    }
+
+    /// The TLS settings the flags give.
+    pub fn tls_options(&self) -> crate::probe::TlsOptions {
+        crate::probe::TlsOptions {
+            ca: self.ca.clone(),
+            server_name: self.tls_name.clone(),
+            identity: self.cert.clone().zip(self.key.clone()),
+        }
+    }
+}
+
 /// `probe --method` values.
 #[derive(Debug, Clone, Copy, ValueEnum)]
 #[value(rename_all = "UPPER")]

@@ -79,10 +79,28 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 /// `sipadmit probe`: one request, its answer on stdout; exit 0 when it
-/// answered as expected, 1 (with the reason on stderr) otherwise.
+/// answered as expected, 1 (with the reason on stderr) otherwise, 2 for a
+/// TLS flag with a TARGET that is not `tls:` (as for clap's usage errors).
+/// The command line and the TLS files are checked before anything is sent.
 fn probe(args: &cli::ProbeArgs) -> anyhow::Result<ExitCode> {
-    use sipadmit::probe::{self, Outcome, ProbeRequest, TlsOptions};
+    use sipadmit::probe::{self, Outcome, ProbeRequest, TlsClient};
+    use sipadmit::vocabulary::Transport;
     let target = args.target;
+    if let Some(flag) = args.tls_option_without_tls() {
+        use clap::CommandFactory;
+        let mut command = Cli::command();
+        command.build();
+        let message = format!(
+            "{flag} applies to tls: targets only, not to {target} (give a tls:IP:PORT TARGET, \
+             or leave {flag} out)"
+        );
+        let error = match command.find_subcommand_mut("probe") {
+            Some(probe) => probe.error(clap::error::ErrorKind::ArgumentConflict, message),
+            None => command.error(clap::error::ErrorKind::ArgumentConflict, message),
+        };
+        error.print()?;
+        return Ok(ExitCode::from(2));
+    }
     let host = match target.addr {
         std::net::SocketAddr::V4(a) => a.to_string(),
         std::net::SocketAddr::V6(a) => format!("[{}]:{}", a.ip(), a.port()),
@@ -96,16 +114,16 @@ fn probe(args: &cli::ProbeArgs) -> anyhow::Result<ExitCode> {
         args.expires,
         rand::random(),
     )?;
-    let tls = TlsOptions {
-        ca: args.ca.clone(),
-        server_name: args.tls_name.clone(),
-        identity: args.cert.clone().zip(args.key.clone()),
+    let tls = match target.transport {
+        Transport::Tls => Some(TlsClient::new(&args.tls_options())?),
+        Transport::Udp | Transport::Tcp => None,
     };
     let outcome = Outcome {
         target,
         method: request.method,
         user_agent: request.user_agent.clone(),
-        answer: probe::exchange(target, &tls, &request, args.timeout).map_err(|e| e.to_string()),
+        answer: probe::exchange(target, tls.as_ref(), &request, args.timeout)
+            .map_err(|e| e.to_string()),
         expected: args.expect,
     };
     let report = if args.json {

@@ -334,3 +334,162 @@ fn no_answer_nothing_listening_and_untrusted_certificates_fail_clearly() {
         show(&out)
     );
 }
+
+/// A UDP fake target (no Kamailio needed): each request it receives is
+/// answered with the next of `answers`, built from the request's
+/// Via/From/To/Call-ID/CSeq by `answer(request, n)`.
+fn udp_fake(
+    answers: usize,
+    answer: impl Fn(&[u8], usize) -> Vec<Vec<u8>> + Send + 'static,
+) -> (String, std::thread::JoinHandle<()>) {
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let target = format!("udp:{}", socket.local_addr().unwrap());
+    let server = std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        for n in 0..answers {
+            let (len, from) = socket.recv_from(&mut buf).unwrap();
+            for datagram in answer(&buf[..len], n) {
+                socket.send_to(&datagram, from).unwrap();
+            }
+        }
+    });
+    (target, server)
+}
+
+/// `SIP/2.0 <status>` answering `request`, with `extra` header lines.
+fn sip_reply(request: &[u8], status: &[u8], extra: &[u8]) -> Vec<u8> {
+    let mut out = [b"SIP/2.0 ", status, b"\r\n"].concat();
+    for line in request.split(|&b| b == b'\n') {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if ["Via:", "From:", "To:", "Call-ID:", "CSeq:"]
+            .iter()
+            .any(|name| line.starts_with(name.as_bytes()))
+        {
+            out.extend_from_slice(line);
+            out.extend_from_slice(b"\r\n");
+        }
+    }
+    [&out[..], extra, b"Content-Length: 0\r\n\r\n"].concat()
+}
+
+#[test]
+fn the_targets_control_characters_and_non_sip_answers_are_shown_escaped() {
+    let (target, server) = udp_fake(2, |request, n| match n {
+        0 => vec![sip_reply(
+            request,
+            b"403 Forb\0idden\x1b[31m",
+            b"Warning: 399 fake \"\x1b]0;pwned\x07\x1b[2J\"\r\n",
+        )],
+        _ => vec![b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n".to_vec()],
+    });
+    let terminal_safe = |bytes: &[u8]| !bytes.iter().any(|&b| b < 0x20 && b != b'\n');
+    let out = probe(&["--expect", "200", "--timeout", "3", &target]);
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    assert!(
+        terminal_safe(&out.stdout) && terminal_safe(&out.stderr),
+        "{}",
+        show(&out)
+    );
+    assert!(
+        text(&out.stdout).starts_with("403 Forb\\u{0}idden\\u{1b}[31m (REGISTER")
+            && text(&out.stdout)
+                .contains("\nWarning: 399 fake \"\\u{1b}]0;pwned\\u{7}\\u{1b}[2J\"\n"),
+        "{}",
+        show(&out)
+    );
+    assert_eq!(
+        text(&out.stderr),
+        format!(
+            "sipadmit: probe: expected 200, {target} answered 403 Forb\\u{{0}}idden\\u{{1b}}[31m\n"
+        )
+    );
+    // An HTTP answer is named, not "nothing came back".
+    let out = probe(&["--timeout", "0.3", &target]);
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    assert_eq!(
+        text(&out.stderr),
+        format!(
+            "sipadmit: probe: {target}: no final answer to the REGISTER within 300 ms (sent 1 \
+             time(s), received 1 message that is not a SIP response (38 bytes \
+             \"HTTP/1.1 200 OK\\r\\nContent-Length:...\"))\n"
+        )
+    );
+    server.join().unwrap();
+}
+
+#[test]
+fn tls_files_are_checked_before_connecting_and_tls_flags_need_a_tls_target() {
+    // A listener the probe must not connect to when a file is bad.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let tls = format!("tls:{addr}");
+    let dir = tempfile::tempdir().unwrap();
+    let junk = dir.path().join("junk.pem");
+    std::fs::write(&junk, "not a pem\n").unwrap();
+    let missing = dir.path().join("missing.pem");
+    for (args, stderr) in [
+        (
+            vec!["--ca", missing.to_str().unwrap()],
+            format!(
+                "sipadmit: --ca {}: cannot read it: No such file or directory (os error 2)\n",
+                missing.display()
+            ),
+        ),
+        (
+            vec!["--ca", junk.to_str().unwrap()],
+            format!(
+                "sipadmit: --ca {}: no PEM certificate in it (it is not a PEM file)\n",
+                junk.display()
+            ),
+        ),
+        (
+            vec![
+                "--cert",
+                junk.to_str().unwrap(),
+                "--key",
+                missing.to_str().unwrap(),
+            ],
+            format!(
+                "sipadmit: --cert {}: no PEM certificate in it (it is not a PEM file)\n",
+                junk.display()
+            ),
+        ),
+    ] {
+        let mut args = args;
+        args.extend(["--json", &tls]);
+        let out = probe(&args);
+        assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+        assert_eq!(text(&out.stderr), stderr, "{}", show(&out));
+        assert!(out.stdout.is_empty(), "{}", show(&out));
+    }
+    assert_eq!(
+        listener.accept().unwrap_err().kind(),
+        std::io::ErrorKind::WouldBlock,
+        "the probe connected before reading its files"
+    );
+
+    // TLS flags with a udp: or tcp: target: a usage error (exit 2), never ignored.
+    for (flag, value, target) in [
+        ("--ca", junk.to_str().unwrap(), format!("udp:{addr}")),
+        ("--tls-name", "sip.contoso.com", format!("tcp:{addr}")),
+    ] {
+        let out = probe(&[flag, value, &target]);
+        assert_eq!(out.status.code(), Some(2), "{}", show(&out));
+        assert!(
+            text(&out.stderr).starts_with(&format!(
+                "error: {flag} applies to tls: targets only, not to {target}"
+            )),
+            "{}",
+            show(&out)
+        );
+        assert!(out.stdout.is_empty(), "{}", show(&out));
+    }
+    assert_eq!(
+        listener.accept().unwrap_err().kind(),
+        std::io::ErrorKind::WouldBlock
+    );
+}

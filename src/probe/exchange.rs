@@ -5,21 +5,23 @@
 //! doubling, at most T2 = 4 s apart) until a response comes. TCP and TLS:
 //! one connection, framed by Content-Length ([`StreamFramer`]). TLS: the
 //! server certificate is verified against `--ca` (or the system's roots)
-//! and the target's IP address (or `--tls-name`).
+//! and the target's IP address (or `--tls-name`), with the context
+//! [`TlsClient`] made before anything is sent.
+//!
+//! What came back that is not an answer (not SIP, another transaction's,
+//! an unfinished message) is counted, and named when no answer came.
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
-use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use openssl::ssl::{HandshakeError, SslConnector, SslFiletype, SslMethod, SslStream};
-use openssl::x509::store::X509StoreBuilder;
-use openssl::x509::X509;
+use openssl::ssl::{HandshakeError, SslStream};
 
-use super::message::{Answer, ProbeMethod, ProbeRequest};
+use super::message::{remote_target, Answer, ProbeMethod, ProbeRequest};
+use super::tls::{reasons, TlsClient, TlsOptions};
 use crate::config::endpoint::Endpoint;
-use crate::sip::framing::{Frame, StreamFramer};
+use crate::sip::framing::{Frame, FramingError, StreamFramer};
 use crate::sip::SipView;
 use crate::vocabulary::Transport;
 
@@ -29,20 +31,8 @@ const T1: Duration = Duration::from_millis(500);
 const T2: Duration = Duration::from_secs(4);
 /// Largest message accepted (bytes).
 const MAX_MESSAGE_BYTES: usize = 65_535;
-
-/// TLS settings of a `tls:` probe.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct TlsOptions {
-    /// PEM roots the server's certificate must chain to (`--ca`); `None`:
-    /// the system's roots.
-    pub ca: Option<PathBuf>,
-    /// The name the certificate must carry (`--tls-name`, also sent as
-    /// SNI); `None`: the target's IP address.
-    pub server_name: Option<String>,
-    /// PEM certificate chain and key presented to a listener that asks for
-    /// one (`--cert`, `--key`).
-    pub identity: Option<(PathBuf, PathBuf)>,
-}
+/// How many bytes of something that is not SIP an error message shows.
+const SAMPLE_BYTES: usize = 32;
 
 /// Why a probe got no answer.
 #[derive(Debug, thiserror::Error)]
@@ -54,16 +44,6 @@ pub enum ProbeError {
         target: Endpoint,
         /// The OS error.
         source: io::Error,
-    },
-    /// A TLS file could not be used.
-    #[error("{}: {what}: {detail}", path.display())]
-    TlsFile {
-        /// The file.
-        path: PathBuf,
-        /// What it was for (`--ca`, `--cert`, `--key`).
-        what: &'static str,
-        /// Why it cannot be used.
-        detail: String,
     },
     /// The TLS handshake failed (certificate not trusted, wrong name, ...).
     #[error("{target}: TLS handshake failed: {detail}")]
@@ -86,12 +66,27 @@ pub enum ProbeError {
         detail: String,
     },
     /// The peer closed the connection before a final answer.
-    #[error("{target}: the connection was closed before a final answer to the {method}")]
+    #[error(
+        "{target}: the connection was closed before a final answer to the {method}{}",
+        received.as_ref().map(|r| format!(" ({r})")).unwrap_or_default()
+    )]
     Closed {
         /// The target.
         target: Endpoint,
         /// The request's method.
         method: ProbeMethod,
+        /// What came back instead of an answer, if anything.
+        received: Option<String>,
+    },
+    /// What came back over TCP or TLS cannot be framed as SIP.
+    #[error("{target}: the answer to the {method} is not SIP: {detail}")]
+    NotSip {
+        /// The target.
+        target: Endpoint,
+        /// The request's method.
+        method: ProbeMethod,
+        /// Why it cannot be framed, and its first bytes.
+        detail: String,
     },
     /// Sending or receiving failed.
     #[error("{target}: {source}")]
@@ -105,10 +100,11 @@ pub enum ProbeError {
 
 /// Sends `request` to `target` and returns its final answer; an INVITE's
 /// answer is acknowledged (and a 2xx's call ended with a BYE) before
-/// returning. Gives up `timeout` after starting.
+/// returning. Gives up `timeout` after starting. `tls` is the context of a
+/// `tls:` target (`None`: the system's roots, no client certificate).
 pub fn exchange(
     target: Endpoint,
-    tls: &TlsOptions,
+    tls: Option<&TlsClient>,
     request: &ProbeRequest,
     timeout: Duration,
 ) -> Result<Answer, ProbeError> {
@@ -127,9 +123,19 @@ pub fn exchange(
     let mut answer = Answer::read(&view, provisional, elapsed).ok_or(ProbeError::Closed {
         target,
         method: request.method,
+        received: None,
     })?;
     if request.method == ProbeMethod::Invite {
         answer.note = close_invite(&mut conn, target, request, &view, local, deadline);
+        if answer.status < 300 {
+            answer.fault = remote_target(&view).err().map(|bad| {
+                format!(
+                    "{bad} (RFC 3261 12.1.2: the ACK and BYE go to the Contact's URI); \
+                     they went to the INVITE's Request-URI {} instead",
+                    request.request_uri
+                )
+            });
+        }
     }
     Ok(answer)
 }
@@ -172,6 +178,75 @@ fn close_invite(
     }
 }
 
+/// What came back that does not answer the request.
+#[derive(Debug, Default)]
+struct Strays {
+    /// Messages that are not SIP (HTTP, binary, a status outside 100 to
+    /// 699), and the first of them.
+    not_sip: u32,
+    first_not_sip: Option<Bytes>,
+    /// SIP messages of another transaction (or requests).
+    other: u32,
+    /// Over TCP or TLS, the start of an unfinished message (what the
+    /// stream held when the wait ended).
+    unfinished: Bytes,
+}
+
+impl Strays {
+    /// `message` as SIP, or `None` (counted) when it is not; CR/LF-only
+    /// keep-alives are neither.
+    fn sip(&mut self, message: Bytes) -> Option<SipView> {
+        if message.iter().all(|b| matches!(b, b'\r' | b'\n')) {
+            return None;
+        }
+        match SipView::parse(message.clone()) {
+            Ok(view) => Some(view),
+            Err(_) => {
+                self.not_sip += 1;
+                self.first_not_sip.get_or_insert(message);
+                None
+            }
+        }
+    }
+
+    /// What came back, for an error message (empty: nothing).
+    fn describe(&self) -> Vec<String> {
+        let mut parts = Vec::new();
+        if let Some(first) = &self.first_not_sip {
+            parts.push(match self.not_sip {
+                1 => format!(
+                    "received 1 message that is not a SIP response ({})",
+                    sample(first)
+                ),
+                n => format!(
+                    "received {n} messages that are not SIP responses (first: {})",
+                    sample(first)
+                ),
+            });
+        }
+        match self.other {
+            0 => {}
+            1 => parts.push("received 1 SIP message that does not answer it".into()),
+            n => parts.push(format!("received {n} SIP messages that do not answer it")),
+        }
+        if !self.unfinished.is_empty() {
+            parts.push(format!(
+                "received an unfinished message ({})",
+                sample(&self.unfinished)
+            ));
+        }
+        parts
+    }
+}
+
+/// `bytes` for a message: their length and the first [`SAMPLE_BYTES`],
+/// escaped (`\r`, `\n`, `\x1b`): `38 bytes "HTTP/1.1 200 OK\r\nContent-Le..."`.
+fn sample(bytes: &[u8]) -> String {
+    let shown = &bytes[..bytes.len().min(SAMPLE_BYTES)];
+    let more = if shown.len() < bytes.len() { "..." } else { "" };
+    format!("{} bytes \"{}{more}\"", bytes.len(), shown.escape_ascii())
+}
+
 /// Why a transaction ended without a final answer.
 enum Wait {
     /// `unreachable`: how many ICMP port unreachable reports came back.
@@ -179,8 +254,11 @@ enum Wait {
         sent: u32,
         unreachable: u32,
         provisional: Vec<u16>,
+        strays: Strays,
     },
-    Closed,
+    Closed(Strays),
+    /// The stream's bytes cannot be framed (and what they start with).
+    NotSip(FramingError, Bytes),
     Io(io::Error),
 }
 
@@ -191,22 +269,38 @@ impl Wait {
                 sent,
                 unreachable,
                 provisional,
-            } => ProbeError::Timeout {
+                strays,
+            } => {
+                let mut parts = vec![format!("sent {sent} time(s)")];
+                if let Some(code) = provisional.last() {
+                    parts.push(format!("last provisional answer {code}"));
+                }
+                parts.extend(strays.describe());
+                if unreachable > 0 {
+                    parts.push(format!(
+                        "{unreachable} answered by ICMP port unreachable: nothing listens there"
+                    ));
+                }
+                if parts.len() == 1 {
+                    parts.push("nothing came back".into());
+                }
+                ProbeError::Timeout {
+                    target,
+                    method,
+                    timeout,
+                    detail: parts.join(", "),
+                }
+            }
+            Self::Closed(strays) => ProbeError::Closed {
                 target,
                 method,
-                timeout,
-                detail: match (provisional.last(), unreachable) {
-                    (Some(code), _) => {
-                        format!("sent {sent} time(s), last provisional answer {code}")
-                    }
-                    (None, 0) => format!("sent {sent} time(s), nothing came back"),
-                    (None, n) => format!(
-                        "sent {sent} time(s), {n} answered by ICMP port unreachable: \
-                         nothing listens there"
-                    ),
-                },
+                received: Some(strays.describe().join(", ")).filter(|r| !r.is_empty()),
             },
-            Self::Closed => ProbeError::Closed { target, method },
+            Self::NotSip(error, start) => ProbeError::NotSip {
+                target,
+                method,
+                detail: format!("{error} ({})", sample(&start)),
+            },
             Self::Io(source) => ProbeError::Io { target, source },
         }
     }
@@ -229,6 +323,7 @@ fn transaction(
     let mut resend_at = (target.transport == Transport::Udp).then(|| start + interval);
     let mut unreachable = 0;
     let mut provisional = Vec::new();
+    let mut strays = Strays::default();
     loop {
         let wake = resend_at.map_or(deadline, |at| at.min(deadline));
         match conn.recv(wake)? {
@@ -237,10 +332,11 @@ fn transaction(
             // report, a flood).
             Heard::Unreachable => unreachable += 1,
             Heard::Message(message) => {
-                let Ok(view) = SipView::parse(message) else {
+                let Some(view) = strays.sip(message) else {
                     continue;
                 };
                 if !is_answer(&view) {
+                    strays.other += 1;
                     continue;
                 }
                 match view.status() {
@@ -251,12 +347,18 @@ fn transaction(
                     _ => return Ok((view, provisional, start.elapsed())),
                 }
             }
+            Heard::Closed => {
+                strays.unfinished = conn.unfinished();
+                return Err(Wait::Closed(strays));
+            }
             Heard::Nothing if Instant::now() >= deadline => {
+                strays.unfinished = conn.unfinished();
                 return Err(Wait::Timeout {
                     sent,
                     unreachable,
                     provisional,
-                })
+                    strays,
+                });
             }
             Heard::Nothing => {
                 conn.send(bytes).map_err(Wait::Io)?;
@@ -277,6 +379,8 @@ enum Heard {
     Nothing,
     /// An ICMP port unreachable of an earlier datagram (UDP).
     Unreachable,
+    /// The peer closed the connection (TCP, TLS).
+    Closed,
 }
 
 /// An open socket toward the target.
@@ -296,7 +400,11 @@ struct Stream<S> {
 }
 
 impl Conn {
-    fn open(target: Endpoint, tls: &TlsOptions, deadline: Instant) -> Result<Self, ProbeError> {
+    fn open(
+        target: Endpoint,
+        tls: Option<&TlsClient>,
+        deadline: Instant,
+    ) -> Result<Self, ProbeError> {
         let connect = |source| ProbeError::Connect { target, source };
         if target.transport == Transport::Udp {
             let any: SocketAddr = match target.addr {
@@ -314,13 +422,25 @@ impl Conn {
         if target.transport == Transport::Tcp {
             return Ok(Self::Tcp(Stream::new(io, socket)));
         }
-        let connector = connector(tls)?;
+        let default;
+        let tls = match tls {
+            Some(tls) => tls,
+            None => {
+                default =
+                    TlsClient::new(&TlsOptions::default()).map_err(|e| ProbeError::Handshake {
+                        target,
+                        detail: e.to_string(),
+                    })?;
+                &default
+            }
+        };
         let name = tls
             .server_name
             .clone()
             .unwrap_or_else(|| target.addr.ip().to_string());
         set_timeouts(&socket, deadline).map_err(connect)?;
-        let io = connector
+        let io = tls
+            .connector
             .connect(&name, io)
             .map_err(|e| handshake_error(target, e))?;
         Ok(Self::Tls(Box::new(Stream::new(io, socket))))
@@ -346,9 +466,18 @@ impl Conn {
         }
     }
 
+    /// What a stream holds of a message it has not finished (empty for
+    /// UDP).
+    fn unfinished(&self) -> Bytes {
+        match self {
+            Self::Udp(_) => Bytes::new(),
+            Self::Tcp(s) => Bytes::copy_from_slice(&s.buf),
+            Self::Tls(s) => Bytes::copy_from_slice(&s.buf),
+        }
+    }
+
     /// The next message, or what came instead before `until`.
     fn recv(&mut self, until: Instant) -> Result<Heard, Wait> {
-        let message = |m: Option<Bytes>| m.map_or(Heard::Nothing, Heard::Message);
         match self {
             Self::Udp(socket) => {
                 let Some(left) = remaining(until) else {
@@ -365,8 +494,8 @@ impl Conn {
                     Err(e) => Err(Wait::Io(e)),
                 }
             }
-            Self::Tcp(s) => s.recv(until).map(message),
-            Self::Tls(s) => s.recv(until).map(message),
+            Self::Tcp(s) => s.recv(until),
+            Self::Tls(s) => s.recv(until),
         }
     }
 }
@@ -381,23 +510,23 @@ impl<S: Read> Stream<S> {
         }
     }
 
-    fn recv(&mut self, until: Instant) -> Result<Option<Bytes>, Wait> {
+    fn recv(&mut self, until: Instant) -> Result<Heard, Wait> {
         loop {
             match self.framer.decode(&mut self.buf) {
-                Ok(Some(Frame::Message(m))) => return Ok(Some(m)),
+                Ok(Some(Frame::Message(m))) => return Ok(Heard::Message(m)),
                 Ok(Some(Frame::Ping)) => continue,
                 Ok(None) => {}
-                Err(e) => return Err(Wait::Io(io::Error::new(io::ErrorKind::InvalidData, e))),
+                Err(e) => return Err(Wait::NotSip(e, Bytes::copy_from_slice(&self.buf))),
             }
             let Some(left) = remaining(until) else {
-                return Ok(None);
+                return Ok(Heard::Nothing);
             };
             self.socket.set_read_timeout(Some(left)).map_err(Wait::Io)?;
             let mut chunk = [0u8; 8192];
             match self.io.read(&mut chunk) {
-                Ok(0) => return Err(Wait::Closed),
+                Ok(0) => return Ok(Heard::Closed),
                 Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
-                Err(e) if is_timeout(&e) => return Ok(None),
+                Err(e) if is_timeout(&e) => return Ok(Heard::Nothing),
                 Err(e) => return Err(Wait::Io(e)),
             }
         }
@@ -424,67 +553,25 @@ fn set_timeouts(socket: &TcpStream, deadline: Instant) -> io::Result<()> {
     socket.set_write_timeout(Some(left))
 }
 
-// === TLS ===
-
-/// A client context: peer verification on, `--ca` as the only roots when
-/// given, `--cert`/`--key` presented when given.
-fn connector(tls: &TlsOptions) -> Result<SslConnector, ProbeError> {
-    let openssl = |path: &Path, what, e: openssl::error::ErrorStack| ProbeError::TlsFile {
-        path: path.to_owned(),
-        what,
-        detail: e.to_string(),
-    };
-    let mut builder = SslConnector::builder(SslMethod::tls_client())
-        .map_err(|e| openssl(Path::new("(OpenSSL)"), "client context", e))?;
-    if let Some(ca) = &tls.ca {
-        let pem = std::fs::read(ca).map_err(|e| ProbeError::TlsFile {
-            path: ca.clone(),
-            what: "--ca",
-            detail: e.to_string(),
-        })?;
-        let certificates = X509::stack_from_pem(&pem).map_err(|e| openssl(ca, "--ca", e))?;
-        if certificates.is_empty() {
-            return Err(ProbeError::TlsFile {
-                path: ca.clone(),
-                what: "--ca",
-                detail: "no PEM certificate in the file".into(),
-            });
-        }
-        let mut store = X509StoreBuilder::new().map_err(|e| openssl(ca, "--ca", e))?;
-        for certificate in certificates {
-            store
-                .add_cert(certificate)
-                .map_err(|e| openssl(ca, "--ca", e))?;
-        }
-        builder.set_cert_store(store.build());
-    }
-    if let Some((certificate, key)) = &tls.identity {
-        builder
-            .set_certificate_chain_file(certificate)
-            .map_err(|e| openssl(certificate, "--cert", e))?;
-        builder
-            .set_private_key_file(key, SslFiletype::PEM)
-            .map_err(|e| openssl(key, "--key", e))?;
-        builder
-            .check_private_key()
-            .map_err(|e| openssl(key, "--key", e))?;
-    }
-    Ok(builder.build())
-}
-
+/// Why the handshake failed, in OpenSSL's words without its error codes
+/// and source files.
 fn handshake_error(target: Endpoint, e: HandshakeError<TcpStream>) -> ProbeError {
     let detail = match e {
-        HandshakeError::SetupFailure(stack) => stack.to_string(),
+        HandshakeError::SetupFailure(stack) => reasons(&stack),
         HandshakeError::Failure(mid) | HandshakeError::WouldBlock(mid) => {
             let verify = mid.ssl().verify_result();
             let error = mid.error();
             let timed_out = error.io_error().is_some_and(is_timeout);
-            match (timed_out, verify.as_raw()) {
-                (true, _) => "no answer in time".to_owned(),
-                (false, 0) => error.to_string(),
-                (false, _) => format!("certificate not accepted: {}", verify.error_string()),
+            match (timed_out, verify.as_raw(), error.ssl_error()) {
+                (true, _, _) => "no answer in time".to_owned(),
+                (false, 0, Some(stack)) => reasons(stack),
+                (false, 0, None) => error.to_string(),
+                (false, _, _) => format!("certificate not accepted: {}", verify.error_string()),
             }
         }
     };
     ProbeError::Handshake { target, detail }
 }
+
+#[cfg(test)]
+mod tests;

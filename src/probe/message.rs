@@ -173,7 +173,9 @@ impl ProbeRequest {
     }
 
     /// The ACK and BYE that end the call a 2xx to the INVITE set up (RFC
-    /// 3261 13.2.2.4, 15.1.1): to the answer's Contact, along its
+    /// 3261 13.2.2.4, 15.1.1): to the answer's Contact (its
+    /// [`remote_target`]; without a usable one, the INVITE's Request-URI,
+    /// so that the 2xx is still acknowledged and the call ended), along its
     /// Record-Route reversed, each in a new transaction.
     pub fn ack_and_bye(
         &self,
@@ -181,10 +183,7 @@ impl ProbeRequest {
         transport: Transport,
         local: SocketAddr,
     ) -> (Vec<u8>, Vec<u8>) {
-        let target = answer.contacts().find_map(Result::ok).map_or_else(
-            || self.to.clone(),
-            |c| String::from_utf8_lossy(c.uri).into_owned(),
-        );
+        let target = remote_target(answer).unwrap_or_else(|_| self.request_uri.clone());
         let mut routes: Vec<String> = answer
             .headers(HeaderName::RecordRoute)
             .flat_map(crate::sip::fields::split_list)
@@ -276,6 +275,41 @@ impl ProbeRequest {
     }
 }
 
+/// Why a 2xx to the INVITE names no remote target (RFC 3261 12.1.2: the
+/// URI of its Contact, where the dialog's requests go).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BadContact {
+    /// The 2xx has no Contact.
+    #[error("it has no Contact")]
+    Missing,
+    /// Its Contact is `*`, unreadable, or not a `sip:`/`sips:` URI usable
+    /// as a Request-URI.
+    #[error("its `Contact: {0}` is not a SIP or SIPS URI")]
+    NotSipUri(String),
+}
+
+/// The remote target of the dialog a 2xx to the INVITE set up: the URI of
+/// its (first) Contact, when it is a `sip:` or `sips:` URI usable as a
+/// Request-URI.
+pub fn remote_target(answer: &SipView) -> Result<String, BadContact> {
+    let raw = answer
+        .header(HeaderName::Contact)
+        .ok_or(BadContact::Missing)?;
+    let bad = || BadContact::NotSipUri(String::from_utf8_lossy(raw).trim().to_owned());
+    let contact = answer
+        .contacts()
+        .next()
+        .and_then(Result::ok)
+        .ok_or_else(bad)?;
+    let uri = contact.uri;
+    let scheme = uri.split(|&b| b == b':').next().unwrap_or_default();
+    let sip = scheme.eq_ignore_ascii_case(b"sip") || scheme.eq_ignore_ascii_case(b"sips");
+    if !sip || check_request_uri(uri).is_err() {
+        return Err(bad());
+    }
+    Ok(String::from_utf8_lossy(uri).into_owned())
+}
+
 /// The Contact URI of the probe at `local`.
 fn contact(transport: Transport, local: SocketAddr) -> String {
     match transport {
@@ -334,6 +368,9 @@ pub struct Answer {
     /// What went wrong closing the call after a 2xx to an INVITE, if
     /// anything (the answer stands).
     pub note: Option<String>,
+    /// How the answer breaks the protocol, if it does (a 2xx to the INVITE
+    /// without a usable Contact): the probe fails whatever the status.
+    pub fault: Option<String>,
 }
 
 impl Answer {
@@ -355,6 +392,7 @@ impl Answer {
             provisional,
             elapsed,
             note: None,
+            fault: None,
         })
     }
 }

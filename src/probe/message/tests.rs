@@ -230,3 +230,57 @@ fn a_2xx_is_acknowledged_and_the_call_ended_along_the_record_route() {
     );
     assert!(bye.contains(";tag=srv1\r\n"), "{bye}");
 }
+
+#[test]
+fn a_2xx_without_a_usable_contact_is_acknowledged_and_ended_at_the_request_uri() {
+    let r = ProbeRequest::new(
+        ProbeMethod::Invite,
+        "127.0.0.1:5060",
+        Some("sip:helpdesk@contoso.com"),
+        None,
+        None,
+        0,
+        7,
+    )
+    .unwrap();
+    let sent = r.render(Transport::Udp, local());
+    for (contact, bad) in [
+        ("Contact: *\r\n", BadContact::NotSipUri("*".into())),
+        ("", BadContact::Missing),
+        (
+            "Contact: <notauri>\r\n",
+            BadContact::NotSipUri("<notauri>".into()),
+        ),
+        (
+            "Contact: <mailto:agent@contoso.com>\r\n",
+            BadContact::NotSipUri("<mailto:agent@contoso.com>".into()),
+        ),
+        (
+            "Contact: <sip:agent@>\r\n",
+            BadContact::NotSipUri("<sip:agent@>".into()),
+        ),
+    ] {
+        let ok = response(&sent, "200 OK", contact);
+        assert_eq!(remote_target(&ok), Err(bad), "{contact}");
+        let (ack, bye) = r.ack_and_bye(&ok, Transport::Udp, local());
+        let (ack, bye) = (text(&ack), text(&bye));
+        assert!(
+            ack.starts_with("ACK sip:helpdesk@contoso.com SIP/2.0\r\n"),
+            "{ack}"
+        );
+        assert!(
+            bye.starts_with("BYE sip:helpdesk@contoso.com SIP/2.0\r\n"),
+            "{bye}"
+        );
+    }
+    assert_eq!(
+        BadContact::NotSipUri("*".into()).to_string(),
+        "its `Contact: *` is not a SIP or SIPS URI"
+    );
+    // A SIPS Contact is a usable remote target.
+    let ok = response(&sent, "200 OK", "Contact: <sips:agent@127.0.0.1:41001>\r\n");
+    assert_eq!(
+        remote_target(&ok).as_deref(),
+        Ok("sips:agent@127.0.0.1:41001")
+    );
+}

@@ -1,0 +1,254 @@
+//! The exchange against in-process loopback fakes (std threads, ephemeral
+//! ports): what comes back that is not SIP is named, and a 2xx without a
+//! usable Contact is still acknowledged and ended, at the Request-URI.
+
+use super::*;
+use std::net::TcpListener;
+use std::thread;
+
+/// An INVITE (or REGISTER) probe of `sip:helpdesk@contoso.com`.
+fn request(method: ProbeMethod) -> ProbeRequest {
+    ProbeRequest::new(
+        method,
+        "127.0.0.1:5060",
+        Some("sip:helpdesk@contoso.com"),
+        None,
+        None,
+        0,
+        0x1234,
+    )
+    .unwrap()
+}
+
+/// The request's line `name: value` (CRLF not included).
+fn line<'a>(request: &'a [u8], name: &str) -> &'a [u8] {
+    let prefix = format!("{name}:");
+    request
+        .split(|&b| b == b'\n')
+        .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
+        .find(|l| l.starts_with(prefix.as_bytes()))
+        .unwrap()
+}
+
+/// A response to `request` with `status` (`SIP/2.0 200 OK`) and `extra`
+/// header lines.
+fn reply(request: &[u8], status: &str, extra: &str) -> Vec<u8> {
+    let mut out = format!("{status}\r\n").into_bytes();
+    for name in ["Via", "From", "To", "Call-ID", "CSeq"] {
+        out.extend_from_slice(line(request, name));
+        if name == "To" {
+            out.extend_from_slice(b";tag=fake");
+        }
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(format!("{extra}Content-Length: 0\r\n\r\n").as_bytes());
+    out
+}
+
+fn udp_fake() -> (UdpSocket, Endpoint) {
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let target = Endpoint {
+        transport: Transport::Udp,
+        addr: socket.local_addr().unwrap(),
+    };
+    (socket, target)
+}
+
+fn tcp_fake() -> (TcpListener, Endpoint) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let target = Endpoint {
+        transport: Transport::Tcp,
+        addr: listener.local_addr().unwrap(),
+    };
+    (listener, target)
+}
+
+/// Reads one request's header section from `stream`.
+fn read_request(stream: &mut TcpStream) -> Vec<u8> {
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut request = Vec::new();
+    let mut byte = [0u8; 1];
+    while !request.ends_with(b"\r\n\r\n") && stream.read(&mut byte).unwrap() == 1 {
+        request.push(byte[0]);
+    }
+    request
+}
+
+#[test]
+fn udp_answers_that_are_not_sip_are_counted_and_the_first_shown_escaped() {
+    let (fake, target) = udp_fake();
+    let server = thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        let (n, from) = fake.recv_from(&mut buf).unwrap();
+        let invalid_status =
+            String::from_utf8(reply(&buf[..n], "SIP/2.0 700 Too High", "")).unwrap();
+        for answer in [
+            &b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"[..],
+            b"\x00\x1b[2J\xff binary",
+            b"\r\n\r\n",
+            invalid_status.as_bytes(),
+        ] {
+            fake.send_to(answer, from).unwrap();
+        }
+    });
+    let error = exchange(
+        target,
+        None,
+        &request(ProbeMethod::Register),
+        Duration::from_millis(300),
+    )
+    .unwrap_err();
+    server.join().unwrap();
+    assert_eq!(
+        error.to_string(),
+        format!(
+            "{target}: no final answer to the REGISTER within 300 ms (sent 1 time(s), \
+             received 3 messages that are not SIP responses \
+             (first: 38 bytes \"HTTP/1.1 200 OK\\r\\nContent-Length:...\"))"
+        )
+    );
+}
+
+#[test]
+fn a_tcp_peer_that_answers_http_and_closes_is_named_with_what_it_sent() {
+    let (listener, target) = tcp_fake();
+    let server = thread::spawn(move || {
+        for answer in [
+            &b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n"[..],
+            b"SIP/2.0 2\x1b",
+        ] {
+            let (mut stream, _) = listener.accept().unwrap();
+            read_request(&mut stream);
+            stream.write_all(answer).unwrap();
+        }
+    });
+    let probe = || {
+        exchange(
+            target,
+            None,
+            &request(ProbeMethod::Register),
+            Duration::from_secs(5),
+        )
+        .unwrap_err()
+        .to_string()
+    };
+    assert_eq!(
+        probe(),
+        format!(
+            "{target}: the connection was closed before a final answer to the REGISTER \
+             (received 1 message that is not a SIP response \
+             (47 bytes \"HTTP/1.1 400 Bad Request\\r\\nConten...\"))"
+        )
+    );
+    assert_eq!(
+        probe(),
+        format!(
+            "{target}: the connection was closed before a final answer to the REGISTER \
+             (received an unfinished message (10 bytes \"SIP/2.0 2\\x1b\"))"
+        )
+    );
+    server.join().unwrap();
+}
+
+#[test]
+fn a_2xx_with_contact_star_is_acknowledged_and_ended_at_the_request_uri() {
+    for (contact, described) in [
+        (
+            "Contact: *\r\n",
+            "its `Contact: *` is not a SIP or SIPS URI",
+        ),
+        ("", "it has no Contact"),
+        (
+            "Contact: <notauri>\r\n",
+            "its `Contact: <notauri>` is not a SIP or SIPS URI",
+        ),
+    ] {
+        let (fake, target) = udp_fake();
+        let server = thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            let mut seen = Vec::new();
+            while seen.len() < 3 {
+                let (n, from) = fake.recv_from(&mut buf).unwrap();
+                let message = buf[..n].to_vec();
+                let first = message.split(|&b| b == b'\r').next().unwrap().to_vec();
+                if message.starts_with(b"INVITE") {
+                    fake.send_to(&reply(&message, "SIP/2.0 200 OK", contact), from)
+                        .unwrap();
+                } else if message.starts_with(b"BYE") {
+                    fake.send_to(&reply(&message, "SIP/2.0 200 OK", ""), from)
+                        .unwrap();
+                }
+                seen.push(String::from_utf8(first).unwrap());
+            }
+            seen
+        });
+        let answer = exchange(
+            target,
+            None,
+            &request(ProbeMethod::Invite),
+            Duration::from_secs(5),
+        )
+        .unwrap();
+        assert_eq!(
+            server.join().unwrap(),
+            [
+                "INVITE sip:helpdesk@contoso.com SIP/2.0",
+                "ACK sip:helpdesk@contoso.com SIP/2.0",
+                "BYE sip:helpdesk@contoso.com SIP/2.0",
+            ]
+        );
+        assert_eq!((answer.status, answer.note.as_deref()), (200, None));
+        assert_eq!(
+            answer.fault.unwrap(),
+            format!(
+                "{described} (RFC 3261 12.1.2: the ACK and BYE go to the Contact's URI); \
+                 they went to the INVITE's Request-URI sip:helpdesk@contoso.com instead"
+            )
+        );
+    }
+}
+
+#[test]
+fn a_2xx_with_a_sip_contact_has_no_fault() {
+    let (fake, target) = udp_fake();
+    let server = thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        let mut lines = Vec::new();
+        for _ in 0..3 {
+            let (n, from) = fake.recv_from(&mut buf).unwrap();
+            let message = buf[..n].to_vec();
+            let contact = "Contact: <sip:agent@127.0.0.1:41000>\r\n";
+            match &message[..3] {
+                b"INV" => fake.send_to(&reply(&message, "SIP/2.0 200 OK", contact), from),
+                b"BYE" => fake.send_to(&reply(&message, "SIP/2.0 200 OK", ""), from),
+                _ => Ok(0),
+            }
+            .unwrap();
+            lines.push(
+                String::from_utf8_lossy(message.split(|&b| b == b'\r').next().unwrap())
+                    .into_owned(),
+            );
+        }
+        lines
+    });
+    let answer = exchange(
+        target,
+        None,
+        &request(ProbeMethod::Invite),
+        Duration::from_secs(5),
+    )
+    .unwrap();
+    assert_eq!(
+        server.join().unwrap()[1..],
+        [
+            "ACK sip:agent@127.0.0.1:41000 SIP/2.0",
+            "BYE sip:agent@127.0.0.1:41000 SIP/2.0"
+        ]
+    );
+    assert_eq!((answer.fault, answer.note), (None, None));
+}
