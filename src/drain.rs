@@ -127,7 +127,10 @@ pub async fn run(
                 upstream_unanswered = left.upstream_unanswered,
                 "limits.drain_secs ran out with work pending; shutting down"
             );
-            if left.client_transactions > 0 || left.upstream_unanswered > 0 {
+            if left.client_transactions > 0
+                || left.upstream_unanswered > 0
+                || left.upstream_queue_bytes > 0
+            {
                 tokio::select! {
                     () = shutdown.cancelled() => return,
                     () = answer_given_up(&core, upstream_backlog.as_deref()) => {}
@@ -151,7 +154,9 @@ async fn answer_given_up(core: &Core, upstream: Option<&UpstreamBacklog>) {
     }
     let answered = || {
         transactions.is_empty()
-            && upstream.is_none_or(|u| u.unanswered() == 0 && u.given_up_unanswered() == 0)
+            && upstream.is_none_or(|u| {
+                u.unanswered() == 0 && u.queued() == 0 && u.given_up_unanswered() == 0
+            })
     };
     let deadline = Instant::now() + GIVE_UP;
     while !answered() && Instant::now() < deadline {

@@ -11,6 +11,29 @@ fn sipadmit() -> Command {
     Command::new(env!("CARGO_BIN_EXE_sipadmit"))
 }
 
+/// Run `sipadmit args` expecting it to stop by itself (a `run` refused at
+/// start): its output, or a panic (the process killed) if it still runs
+/// after 10 s, so that a refusal that regressed fails the test instead of
+/// hanging it.
+fn refused_within_10_s(args: &[&str]) -> std::process::Output {
+    let mut child = sipadmit()
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("sipadmit {args:?} still ran after 10 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
+
 #[test]
 fn check_config_exit_codes_and_key_paths() {
     let ok = sipadmit()
@@ -255,7 +278,7 @@ fn a_missing_config_file_gives_the_os_message_once() {
         vec!["classify", "--config", missing, "x"],
         vec!["run", "--config", missing],
     ] {
-        let out = sipadmit().args(&args).output().unwrap();
+        let out = refused_within_10_s(&args);
         assert_eq!(out.status.code(), Some(1), "{args:?}");
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains("missing.toml: cannot read"), "{args:?}: {err}");
@@ -376,7 +399,7 @@ fn an_upstream_at_this_hosts_own_address_is_refused_by_check_config_and_run() {
         vec!["check-config", "--config", config],
         vec!["run", "--config", config],
     ] {
-        let out = sipadmit().args(&args).output().unwrap();
+        let out = refused_within_10_s(&args);
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
         assert!(
@@ -436,7 +459,7 @@ fn a_hep_collector_at_this_hosts_own_address_is_refused_by_check_config_and_run(
         vec!["check-config", "--config", config],
         vec!["run", "--config", config],
     ] {
-        let out = sipadmit().args(&args).output().unwrap();
+        let out = refused_within_10_s(&args);
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
         assert!(

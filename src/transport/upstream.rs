@@ -341,7 +341,7 @@ impl LinkTask {
                 .is_some_and(|open| !open.unanswered.is_empty());
             let outgoing = tokio::select! {
                 () = self.ctx.shutdown.cancelled() => {
-                    self.left_at_stop();
+                    self.left_at_stop(waiting.len());
                     return;
                 }
                 _ = look.tick(), if remembers => {
@@ -397,16 +397,18 @@ impl LinkTask {
 
     /// sipadmit stops at once: what is still unanswered gets no answer
     /// from it. Said, not claimed as answered.
-    fn left_at_stop(&self) {
+    /// `queued`: messages still waiting to be written.
+    fn left_at_stop(&self, queued: usize) {
         let left = self
             .connection
             .as_ref()
             .map_or(0, |open| open.unanswered.len());
-        if left > 0 {
+        if left > 0 || queued > 0 {
             warn!(
                 upstream = %self.addr,
                 requests = left,
-                "stopping with requests the registrar had not answered: they are left to their clients' timers"
+                queued,
+                "stopping with requests the registrar had not answered, or not been sent: they are left to their clients' timers"
             );
         }
     }
@@ -1213,16 +1215,21 @@ mod tests {
     /// what was still queued for the registrar.
     #[tokio::test]
     async fn a_give_up_while_a_write_waits_hands_back_the_written_and_the_queued() {
-        let registrar = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        // The registrar's receive buffer is fixed small (no autotuning), so
+        // what the sockets hold stays far below what is written.
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(64 * 1024).unwrap();
+        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let registrar = socket.listen(16).unwrap();
         let addr = registrar.local_addr().unwrap();
         let (tx, mut events) = mpsc::channel(16);
         let ctx = context(tx);
-        let link = spawn_link(addr, LinkSettings::DEFAULT, 32 << 20, &ctx);
-        // Requests of 64 KiB each, far more than the sockets' buffers and
-        // the writer queue's 1 MiB hold: the registrar accepts and never
-        // reads.
-        const REQUESTS: u8 = 200;
-        let padding = "x".repeat(64 * 1024);
+        let link = spawn_link(addr, LinkSettings::DEFAULT, 64 << 20, &ctx);
+        // Requests of 128 KiB each, 32 MiB in all: more than the sending
+        // socket's largest buffer and the writer queue's 1 MiB hold. The
+        // registrar accepts and never reads.
+        const REQUESTS: u8 = 255;
+        let padding = "x".repeat(128 * 1024);
         for n in 1..=REQUESTS {
             let mut big = request(n);
             let text = std::str::from_utf8(&big.bytes).unwrap().to_owned();
