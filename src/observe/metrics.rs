@@ -445,10 +445,14 @@ pub struct Metrics {
     hep_exported: [AtomicU64; HepPayload::ALL.len()],
     /// HEP packets dropped before they were sent, per [`HepDrop`].
     hep_dropped: [AtomicU64; HepDrop::ALL.len()],
-    /// HEP send failures: each failed send to a UDP collector (mostly its
-    /// refusal of an earlier datagram; the packet is tried again once), and
-    /// each packet not written to a TCP collector that was down or stalled.
+    /// HEP packets not sent: to a UDP collector, each whose send failed
+    /// other than by a refusal of an earlier datagram, or failed again; to
+    /// a TCP collector, each not written (down, closing or stalled).
     pub hep_send_failures: AtomicU64,
+    /// Refusals a UDP collector's socket reported: ICMP port unreachable
+    /// came back for datagrams sent before (nothing listened), one or
+    /// several per report. Each fails the next send, which is tried again.
+    pub hep_collector_refusals: AtomicU64,
     /// TLS context reloads, per [`TlsSide`] and [`ReloadResult`].
     tls_reloads: [[AtomicU64; 2]; TlsSide::ALL.len()],
     handling_buckets: [AtomicU64; HANDLING_BUCKETS.len()],
@@ -914,10 +918,15 @@ impl Metrics {
         self.hep_dropped[reason.slot()].load(Ordering::Relaxed)
     }
 
-    /// HEP send failures (see the `hep_send_failures` field): failed sends
-    /// to a UDP collector, packets not written to a TCP one.
+    /// HEP packets not sent (see the `hep_send_failures` field).
     pub fn hep_send_failures(&self) -> u64 {
         self.hep_send_failures.load(Ordering::Relaxed)
+    }
+
+    /// Refusals a UDP collector's socket reported (see the
+    /// `hep_collector_refusals` field).
+    pub fn hep_collector_refusals(&self) -> u64 {
+        self.hep_collector_refusals.load(Ordering::Relaxed)
     }
 
     /// Count one config reload.
@@ -1155,7 +1164,7 @@ const fn gauge(name: &'static str, help: &'static str, samples: Samples) -> Fami
 }
 
 /// Every family, in render order.
-const FAMILIES: [Family; 55] = [
+const FAMILIES: [Family; 56] = [
     gauge(
         "sipadmit_build_info",
         "Always 1; the label names the sipadmit version.",
@@ -1458,8 +1467,13 @@ const FAMILIES: [Family; 55] = [
     ),
     counter(
         "sipadmit_hep_send_failures_total",
-        "HEPv3 send failures: udp: each send that failed, mostly the collector's refusal of datagrams sent before (ICMP port unreachable: reported once per send however many came back; the packet that got it is sent again once); tcp: each packet not written, the collector down (reconnected with backoff), closing or stalled.",
+        "HEPv3 packets not sent: udp: each whose send failed other than by the collector's refusal of an earlier datagram, or failed again after one; tcp: each not written, the collector down (reconnected with backoff), closing or stalled.",
         Samples::Atomic(|m| &m.hep_send_failures),
+    ),
+    counter(
+        "sipadmit_hep_collector_refusals_total",
+        "Refusals a UDP HEP collector's address sent back (ICMP port unreachable: nothing listened), each reported on a later send, which is tried again once; one report may stand for several refused datagrams. Non-zero while the collector is down: the packets sent then were lost.",
+        Samples::Atomic(|m| &m.hep_collector_refusals),
     ),
     gauge(
         "sipadmit_config_generation",
@@ -1566,6 +1580,7 @@ mod tests {
         metrics.count_hep_exported(HepPayload::Decision, 3);
         metrics.count_hep_dropped(HepDrop::QueueFull);
         Metrics::add(&metrics.hep_send_failures, 2);
+        Metrics::add(&metrics.hep_collector_refusals, 4);
         let text = metrics.render(&Gauges {
             connections: vec![(Transport::Tcp, 2), (Transport::Tls, 1)],
             registrations: 5,
@@ -1660,6 +1675,7 @@ mod tests {
             "sipadmit_hep_dropped_total{reason=\"queue_full\"} 1",
             "sipadmit_hep_dropped_total{reason=\"too_large\"} 0",
             "sipadmit_hep_send_failures_total 2",
+            "sipadmit_hep_collector_refusals_total 4",
         ] {
             assert!(text.contains(wanted), "{wanted} missing from\n{text}");
         }

@@ -326,8 +326,8 @@ impl Export {
 
 /// Send each packet of `packets` (ending at `ends`) as a datagram on the
 /// connected `socket`, as many per system call as it takes
-/// (`sendmmsg`); count what went out and every send that failed; the last
-/// error is returned.
+/// (`sendmmsg`); count what went out, the collector's refusals reported,
+/// and the packets not sent; the last error is returned.
 ///
 /// An ICMP port unreachable for a datagram sent earlier leaves one error
 /// pending on the socket (several collapse into one), which fails the next
@@ -370,10 +370,13 @@ async fn send_datagrams(
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
             Err(e) => {
-                Metrics::inc(&metrics.hep_send_failures);
+                if is_refusal(&e) {
+                    Metrics::inc(&metrics.hep_collector_refusals);
+                }
                 if is_refusal(&e) && retried != Some(next) {
                     retried = Some(next);
                 } else {
+                    Metrics::inc(&metrics.hep_send_failures);
                     next += 1;
                 }
                 failed = Some(e);
