@@ -132,8 +132,8 @@ pub struct ProbeArgs {
 
 impl ProbeArgs {
     /// The first of `--ca`, `--tls-name`, `--cert`, `--key` given with a
-    /// TARGET that is not `tls:` (they apply to `tls:` targets only: a
-    /// usage error, not an option to ignore).
+    /// TARGET that is not `tls:` (they apply to `tls:` targets only: the
+    /// probe ignores them and warns).
     pub fn tls_option_without_tls(&self) -> Option<&'static str> {
         if self.target.transport == crate::vocabulary::Transport::Tls {
             return None;

@@ -79,27 +79,16 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 /// `sipadmit probe`: one request, its answer on stdout; exit 0 when it
-/// answered as expected, 1 (with the reason on stderr) otherwise, 2 for a
-/// TLS flag with a TARGET that is not `tls:` (as for clap's usage errors).
-/// The command line and the TLS files are checked before anything is sent.
+/// answered as expected, 1 (with the reason on stderr) otherwise. The TLS
+/// files of a `tls:` TARGET are checked before anything is sent; TLS flags
+/// with another TARGET are ignored with a warning (a monitoring template
+/// may pass them to every target).
 fn probe(args: &cli::ProbeArgs) -> anyhow::Result<ExitCode> {
     use sipadmit::probe::{self, Outcome, ProbeRequest, TlsClient};
     use sipadmit::vocabulary::Transport;
     let target = args.target;
     if let Some(flag) = args.tls_option_without_tls() {
-        use clap::CommandFactory;
-        let mut command = Cli::command();
-        command.build();
-        let message = format!(
-            "{flag} applies to tls: targets only, not to {target} (give a tls:IP:PORT TARGET, \
-             or leave {flag} out)"
-        );
-        let error = match command.find_subcommand_mut("probe") {
-            Some(probe) => probe.error(clap::error::ErrorKind::ArgumentConflict, message),
-            None => command.error(clap::error::ErrorKind::ArgumentConflict, message),
-        };
-        error.print()?;
-        return Ok(ExitCode::from(2));
+        eprintln!("sipadmit: warning: {flag} applies to tls: targets only: ignored for {target}");
     }
     let host = match target.addr {
         std::net::SocketAddr::V4(a) => a.to_string(),

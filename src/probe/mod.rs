@@ -140,15 +140,12 @@ impl Outcome {
     }
 
     /// The report for scripts: one JSON object (`status` and `reason` null
-    /// when there was no answer, with `error` saying why; `error` also
-    /// names an answer's protocol error). The target's text as it came
-    /// (JSON escapes control characters).
+    /// when there was no answer, with `error` saying why; an answer's
+    /// protocol error in `protocol_error`, `error` staying null). The
+    /// target's text as it came (JSON escapes control characters).
     pub fn json(&self) -> String {
         let answer = self.answer.as_ref().ok();
-        let error = match &self.answer {
-            Err(e) => Some(e.clone()),
-            Ok(a) => a.fault.as_ref().map(|f| format!("protocol error: {f}")),
-        };
+        let error = self.answer.as_ref().err();
         serde_json::json!({
             "target": self.target.to_string(),
             "method": self.method.as_str(),
@@ -163,6 +160,7 @@ impl Outcome {
             "expected": self.expected,
             "matched": self.matched(),
             "error": error,
+            "protocol_error": answer.and_then(|a| a.fault.clone()),
         })
         .to_string()
     }
@@ -308,7 +306,9 @@ mod tests {
                 (json["matched"].clone(), json["status"].clone()),
                 (false.into(), 200.into())
             );
-            assert_eq!(json["error"], "protocol error: it has no Contact");
+            // `error` stays what it was, "no answer" (scripts read it so).
+            assert_eq!(json["error"], serde_json::Value::Null);
+            assert_eq!(json["protocol_error"], "it has no Contact");
         }
         assert_eq!(
             outcome(Ok(ok), Some(486)).failure().unwrap(),
