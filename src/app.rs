@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::admin::{self, AdminState};
-use crate::config::{Config, Endpoint, Settings, UpstreamSources};
+use crate::config::{Config, ConfigError, Endpoint, Settings, UpstreamSources};
 use crate::dispatch::{self, Dispatcher};
 use crate::drain;
 use crate::observe::decision_log::{DecisionLogError, SHUTDOWN_DEADLINE};
@@ -63,35 +63,11 @@ pub enum AppError {
         #[source]
         source: std::io::Error,
     },
-    /// The upstream is one of this host's addresses, on the port of a
-    /// listener of its transport that takes every address: sipadmit
-    /// itself.
-    #[error(
-        "proxy.upstream {upstream} is an address of this host, and the listener {listener} \
-         takes it: every request would loop back to sipadmit (482 Loop Detected), and its \
-         upstream probes, answered by itself, would call the registrar healthy; set \
-         proxy.upstream to the registrar"
-    )]
-    UpstreamIsOwnListener {
-        /// `proxy.upstream` or `--upstream`.
-        upstream: Endpoint,
-        /// The listener that would receive what is relayed to it.
-        listener: Endpoint,
-    },
-    /// The HEP collector is one of this host's addresses, on the port of a
-    /// SIP listener of its transport that takes every address: sipadmit
-    /// itself.
-    #[error(
-        "hep.collector {collector} is an address of this host, and the SIP listener {listener} \
-         takes it: the HEP copies would come back to sipadmit as SIP messages and be mirrored \
-         again, a loop; set hep.collector to the HEP collector"
-    )]
-    CollectorIsOwnListener {
-        /// `hep.collector`.
-        collector: Endpoint,
-        /// The listener that would receive what is exported to it.
-        listener: Endpoint,
-    },
+    /// What only this host can tell is sipadmit itself: an upstream or a
+    /// HEP collector at one of its addresses behind a listener on its port
+    /// ([`check_on_this_host`]).
+    #[error(transparent)]
+    OnThisHost(#[from] ConfigError),
     /// The upstream's transport has no listener, so the registrar could
     /// not reach the proxy's Path.
     #[error("upstream {0} needs a {1} listener (requests from the registrar come back to it)")]
@@ -172,8 +148,7 @@ impl Bound {
 /// `[tls]` files) that `tls:` listeners and a `tls:` upstream need.
 pub async fn bind(config: &Config) -> Result<Bound, AppError> {
     let settings = &config.settings;
-    check_upstream_is_elsewhere(settings)?;
-    check_collector_is_elsewhere(settings)?;
+    check_on_this_host(config)?;
     let listens_tls = settings
         .listen
         .iter()
@@ -263,35 +238,18 @@ fn no_socket() -> std::io::Error {
     std::io::Error::other("no socket bound")
 }
 
-/// Refuse an upstream that is sipadmit itself: an address of this host
-/// on the port of a listener of its transport that takes every address
-/// (loopback addresses are refused by the configuration's validation; this
-/// asks the host about the others). `run` and `check-config` call it.
-pub fn check_upstream_is_elsewhere(settings: &Settings) -> Result<(), AppError> {
-    let Some(upstream) = settings.upstream else {
+/// Refuse what only this host can tell is sipadmit itself (see
+/// [`crate::config::problems_on_this_host`]) as a load refuses a file: its
+/// path and each problem with its key. `run` and `check-config` call it.
+pub fn check_on_this_host(config: &Config) -> Result<(), ConfigError> {
+    let problems = crate::config::problems_on_this_host(config, is_this_hosts);
+    if problems.is_empty() {
         return Ok(());
-    };
-    match crate::config::own_listener_behind(&upstream, &settings.listen, is_this_hosts) {
-        Some(listener) => Err(AppError::UpstreamIsOwnListener { upstream, listener }),
-        None => Ok(()),
     }
-}
-
-/// Refuse a HEP collector that is sipadmit itself, as an upstream is
-/// refused ([`check_upstream_is_elsewhere`]): an address of this host on
-/// the port of a SIP listener of its transport that takes every address.
-/// `run` and `check-config` call it.
-pub fn check_collector_is_elsewhere(settings: &Settings) -> Result<(), AppError> {
-    let Some(collector) = settings.hep.collector else {
-        return Ok(());
-    };
-    match crate::config::own_listener_behind(&collector, &settings.listen, is_this_hosts) {
-        Some(listener) => Err(AppError::CollectorIsOwnListener {
-            collector,
-            listener,
-        }),
-        None => Ok(()),
-    }
+    Err(ConfigError::Invalid {
+        path: config.path.clone(),
+        problems,
+    })
 }
 
 /// Whether `ip` is an address of this host: a socket can be bound to it.

@@ -53,8 +53,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::CheckConfig { config } => {
             // An error goes up to main, which prints it with its causes once and exits 1.
             let c = Config::load(&config, &Overrides::default())?;
-            sipadmit::app::check_upstream_is_elsewhere(&c.settings)?;
-            sipadmit::app::check_collector_is_elsewhere(&c.settings)?;
+            sipadmit::app::check_on_this_host(&c)?;
             println!(
                 "{}: ok ({} products in catalog {}, {} workflows, mode {})",
                 config.display(),

@@ -404,7 +404,7 @@ fn an_upstream_at_this_hosts_own_address_is_refused_by_check_config_and_run() {
         assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
         assert!(
             err.contains(&format!(
-                "proxy.upstream udp:{ip}:{port} is an address of this host, and the listener udp:0.0.0.0:{port} takes it"
+                "self.toml: 1 problem(s):\n  proxy.upstream: udp:{ip}:{port} is an address of this host, and the listener udp:0.0.0.0:{port} takes it"
             )),
             "{args:?}: {err}"
         );
@@ -464,11 +464,29 @@ fn a_hep_collector_at_this_hosts_own_address_is_refused_by_check_config_and_run(
         assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
         assert!(
             err.contains(&format!(
-                "hep.collector udp:{ip}:{port} is an address of this host, and the SIP listener udp:0.0.0.0:{port} takes it"
+                "self.toml: 1 problem(s):\n  hep.collector: udp:{ip}:{port} is an address of this host, and the SIP listener udp:0.0.0.0:{port} takes it"
             )),
             "{args:?}: {err}"
         );
     }
+    // With the upstream there too, both are listed, each with its key.
+    let both = dir.path().join("both.toml");
+    let second = common::external::free_udp_port();
+    std::fs::write(
+        &both,
+        format!(
+            "[proxy]\nlisten = [\"udp:0.0.0.0:{port}\", \"udp:0.0.0.0:{second}\"]\n\
+             upstream = \"udp:{ip}:{second}\"\n[hep]\ncollector = \"udp:{ip}:{port}\"\n"
+        ),
+    )
+    .unwrap();
+    let out = refused_within_10_s(&["check-config", "--config", both.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("both.toml: 2 problem(s):\n  proxy.upstream: "),
+        "{err}"
+    );
+    assert!(err.contains("\n  hep.collector: "), "{err}");
     // Another port of this host is a collector.
     let other = write("other.toml", 9060);
     let out = sipadmit()

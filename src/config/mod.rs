@@ -696,18 +696,24 @@ fn check_upstream_reachable(
 /// the same address, or an unspecified listener address and a loopback or
 /// unspecified destination of a family it takes. (Another address of this
 /// host behind an unspecified listener cannot be told from a remote one
-/// here.)
+/// here: [`own_listener_behind`] asks the host.)
 fn is_listener_address(listener: &Endpoint, to: &Endpoint) -> bool {
     let (l, t) = (listener.addr, to.addr);
     if l.port() != t.port() || l.port() == 0 {
         return false;
     }
-    let (l, t) = (l.ip(), t.ip().to_canonical());
-    if l.to_canonical() == t {
+    let t = t.ip().to_canonical();
+    if l.ip().to_canonical() == t {
         return true;
     }
-    let local = t.is_loopback() || t.is_unspecified();
-    local && l.is_unspecified() && (l.is_ipv6() || t.is_ipv4())
+    (t.is_loopback() || t.is_unspecified()) && takes_every_address_of(listener, t)
+}
+
+/// Whether `listener` is bound to every address (`0.0.0.0`, or `[::]`,
+/// which takes IPv4 too) of `to`'s family.
+fn takes_every_address_of(listener: &Endpoint, to: std::net::IpAddr) -> bool {
+    let l = listener.addr.ip();
+    l.is_unspecified() && (l.is_ipv6() || to.is_ipv4())
 }
 
 /// The listener the upstream (or the HEP collector) `up` would reach when
@@ -722,13 +728,54 @@ pub fn own_listener_behind(
 ) -> Option<Endpoint> {
     let to = up.addr.ip().to_canonical();
     let own = listen.iter().find(|l| {
-        let ip = l.addr.ip();
         l.transport == up.transport
             && l.addr.port() == up.addr.port()
-            && ip.is_unspecified()
-            && (ip.is_ipv6() || to.is_ipv4())
+            && takes_every_address_of(l, to)
     })?;
     this_host(to).then_some(*own)
+}
+
+/// What only this host can tell of `config`: an upstream or a HEP collector
+/// at one of its addresses (`this_host`) behind a listener of its
+/// transport on its port that takes every address
+/// ([`own_listener_behind`]), that is sipadmit itself. Each is a problem
+/// with its key (the flag, when the upstream came from one).
+pub fn problems_on_this_host(
+    config: &Config,
+    this_host: impl Fn(std::net::IpAddr) -> bool,
+) -> Vec<Problem> {
+    let settings = &config.settings;
+    let mut problems = Vec::new();
+    if let Some(up) = settings.upstream {
+        if let Some(own) = own_listener_behind(&up, &settings.listen, &this_host) {
+            let key = match config.overrides.upstream {
+                Some(_) => "--upstream",
+                None => "proxy.upstream",
+            };
+            problems.push(Problem::new(
+                key,
+                format!(
+                    "{up} is an address of this host, and the listener {own} takes it: every \
+                     request would loop back to sipadmit (482 Loop Detected), and its upstream \
+                     probes, answered by itself, would call the registrar healthy; give the \
+                     registrar's address"
+                ),
+            ));
+        }
+    }
+    if let Some(collector) = settings.hep.collector {
+        if let Some(own) = own_listener_behind(&collector, &settings.listen, &this_host) {
+            problems.push(Problem::new(
+                "hep.collector",
+                format!(
+                    "{collector} is an address of this host, and the SIP listener {own} takes \
+                     it: the HEP copies would come back to sipadmit as SIP messages and be \
+                     mirrored again, a loop; give the HEP collector's address"
+                ),
+            ));
+        }
+    }
+    problems
 }
 
 /// `proxy.upstream_sources`, or by default exactly the upstream's address
