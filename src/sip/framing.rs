@@ -73,6 +73,21 @@ pub enum FramingError {
     },
 }
 
+/// The length of the HEPv3 packet `bytes` start with, if they start as
+/// one does: `HEP3`, then binary (its 16-bit total length, and the vendor
+/// id of its first chunk, 0 for the generic chunks agents write first),
+/// where a SIP request of a method named `HEP3` would go on in text. A
+/// capture agent whose collector is a SIP port sends those; over a stream
+/// they are framed by that length, so that each reaches the core whole (to
+/// be dropped as what it is) and the stream stays in step.
+pub fn hep_packet_length(bytes: &[u8]) -> Option<usize> {
+    let header = bytes.get(..8).filter(|h| h.starts_with(b"HEP3"))?;
+    header[4..]
+        .iter()
+        .any(u8::is_ascii_control)
+        .then(|| usize::from(u16::from_be_bytes([header[4], header[5]])))
+}
+
 /// Incremental framer for stream transports (TCP, TLS).
 ///
 /// Keeps how far it already searched for the end of the header section, so
@@ -122,6 +137,9 @@ impl StreamFramer {
                 continue;
             }
             break;
+        }
+        if let Some(total) = hep_packet_length(buf).filter(|&total| total >= 8) {
+            return Ok(self.take(buf, total));
         }
         let from = self.scanned.min(buf.len()).saturating_sub(3);
         let Some(end) = header_end(buf, from) else {
@@ -248,6 +266,49 @@ mod tests {
 
     fn framer() -> StreamFramer {
         StreamFramer::new(65_535)
+    }
+
+    /// A HEPv3 packet carrying `payload` in one chunk (vendor 0, type 15).
+    fn hep_packet(payload: &[u8]) -> Vec<u8> {
+        let chunk_len = u16::try_from(6 + payload.len()).unwrap();
+        let total = u16::try_from(6 + 6 + payload.len()).unwrap();
+        let mut packet = b"HEP3".to_vec();
+        packet.extend_from_slice(&total.to_be_bytes());
+        packet.extend_from_slice(&[0, 0, 0, 15]);
+        packet.extend_from_slice(&chunk_len.to_be_bytes());
+        packet.extend_from_slice(payload);
+        packet
+    }
+
+    /// HEP packets sent to a SIP stream listener (a capture agent's
+    /// collector set to it) are framed by their length, each whole, though
+    /// the SIP message inside holds a blank line; the stream stays in step
+    /// for what follows. A request of a method named `HEP3` is SIP.
+    #[test]
+    fn hep_packets_on_a_stream_are_framed_by_their_length() {
+        let first = hep_packet(MSG);
+        let second = hep_packet(b"{\"action\":\"allow\"}");
+        let mut stream = [first.as_slice(), &second, MSG].concat();
+        let mut framer = framer();
+        // Arriving a byte at a time, then whole.
+        let mut buf = BytesMut::new();
+        let mut frames = Vec::new();
+        for byte in stream.drain(..) {
+            buf.extend_from_slice(&[byte]);
+            while let Some(frame) = framer.decode(&mut buf).unwrap() {
+                frames.push(frame);
+            }
+        }
+        assert_eq!(
+            frames,
+            [
+                Frame::Message(Bytes::from(first)),
+                Frame::Message(Bytes::from(second)),
+                Frame::Message(Bytes::from_static(MSG)),
+            ]
+        );
+        assert_eq!(hep_packet_length(b"HEP3 sip:x@b SIP/2.0\r\n\r\n"), None);
+        assert_eq!(hep_packet_length(b"HEP3"), None);
     }
 
     #[test]

@@ -276,15 +276,10 @@ impl Hep {
     }
 }
 
-/// Whether `bytes` start as a HEPv3 packet does: [`encode::MAGIC`]
-/// (`HEP3`), then binary (its length, and the vendor id of its first
-/// chunk, 0 for the generic chunks agents write first), where a SIP
-/// request of a method named `HEP3` would go on in text.
+/// Whether `bytes` start as a HEPv3 packet does
+/// ([`crate::sip::framing::hep_packet_length`]).
 pub fn is_hep_packet(bytes: &[u8]) -> bool {
-    bytes.starts_with(&encode::MAGIC)
-        && bytes
-            .get(encode::MAGIC.len()..8)
-            .is_some_and(|next| next.iter().any(u8::is_ascii_control))
+    crate::sip::framing::hep_packet_length(bytes).is_some()
 }
 
 impl Inner {
