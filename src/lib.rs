@@ -22,6 +22,7 @@ pub mod proxy;
 pub mod reload;
 pub mod report;
 pub mod sip;
+pub mod terminal_text;
 pub mod transport;
 pub mod vocabulary;
 pub mod workers;

@@ -11,40 +11,18 @@
 //!   with RFC 3261 retransmissions, TCP, or TLS verified against `--ca`.
 //! - [`Outcome`]: the answer against `--expect`, as text or one JSON object.
 //!   The text never passes the target's control characters to the
-//!   terminal ([`terminal_safe`]).
+//!   terminal ([`crate::terminal_text::terminal_safe`]).
 
 pub mod exchange;
 pub mod message;
 pub mod tls;
 
-use std::borrow::Cow;
-use std::fmt::Write as _;
-
 use crate::config::endpoint::Endpoint;
-use crate::report::snippet::is_bidi_control;
+use crate::terminal_text::terminal_safe;
 
 pub use exchange::{exchange, ProbeError};
 pub use message::{Answer, BadContact, ProbeMethod, ProbeRequest, RequestError};
 pub use tls::{TlsClient, TlsOptions, TlsSetupError};
-
-/// `text` fit for a terminal: control characters (NUL, ESC, BEL, CR, ...)
-/// and bidirectional overrides, which a target can put in a reason phrase
-/// or a header value, shown escaped as `\u{1b}`, the way `sipadmit report`
-/// shows them.
-pub fn terminal_safe(text: &str) -> Cow<'_, str> {
-    if !text.chars().any(|c| c.is_control() || is_bidi_control(c)) {
-        return Cow::Borrowed(text);
-    }
-    let mut out = String::with_capacity(text.len() + 8);
-    for c in text.chars() {
-        if c.is_control() || is_bidi_control(c) {
-            let _ = write!(out, "\\u{{{:x}}}", c as u32);
-        } else {
-            out.push(c);
-        }
-    }
-    Cow::Owned(out)
-}
 
 /// What a probe found, and what was expected.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -100,7 +78,7 @@ impl Outcome {
 
     /// The report for people: the status line, then the Warning and
     /// ms-diagnostics values, one per line (what the target sent made safe
-    /// for a terminal: [`terminal_safe`]).
+    /// for a terminal: [`crate::terminal_text::terminal_safe`]).
     pub fn text(&self) -> String {
         let mut out = String::new();
         let mut line = |text: &str| {

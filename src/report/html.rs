@@ -75,7 +75,7 @@ pub fn escape(text: &str) -> String {
             }
             // Shown as its code, as the plain report does: rendered, it
             // would reorder the text around it.
-            c if super::snippet::is_bidi_control(c) => {
+            c if crate::terminal_text::is_bidi_control(c) => {
                 let _ = write!(out, "\\u{{{:x}}}", u32::from(c));
             }
             c => out.push(c),

@@ -5,6 +5,7 @@
 use std::fmt::Write as _;
 
 use super::summary::{KeyCount, NamedCounts, Summary};
+use crate::terminal_text::terminal_safe;
 
 /// Rows shown in a "top" table (sources, users, workflows, rules, clients
 /// of would-be rejects): 10.
@@ -79,19 +80,13 @@ impl Table {
     }
 }
 
-/// A value from the log made safe and short for a terminal cell.
+/// A value from the log made safe ([`terminal_safe`]) and short for a
+/// terminal cell.
 fn cell(text: &str) -> String {
-    let mut out = String::new();
-    for (i, c) in text.chars().enumerate() {
-        if i == MAX_CELL_CHARS {
-            out.push('…');
-            break;
-        }
-        if c.is_control() || super::snippet::is_bidi_control(c) {
-            let _ = write!(out, "\\u{{{:x}}}", c as u32);
-        } else {
-            out.push(c);
-        }
+    let shown: String = text.chars().take(MAX_CELL_CHARS).collect();
+    let mut out = terminal_safe(&shown).into_owned();
+    if text.chars().nth(MAX_CELL_CHARS).is_some() {
+        out.push('…');
     }
     out
 }

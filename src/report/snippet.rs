@@ -9,6 +9,7 @@
 //! of a catalog, the entry changes no earlier decision: rules are tried in
 //! order, and no earlier rule matched these User-Agents.
 
+use crate::terminal_text::is_bidi_control;
 use std::fmt::Write as _;
 
 use crate::classify::{tokenize, Item, CLIENT_MISSING, CLIENT_UNKNOWN};
@@ -154,11 +155,6 @@ fn quote(text: &str) -> String {
         }
     }
     out
-}
-
-/// Characters that reorder how a terminal shows the text around them.
-pub fn is_bidi_control(c: char) -> bool {
-    matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
 }
 
 /// An id the catalog accepts: lowercase letters, digits, `-`, `_`, `.`.
