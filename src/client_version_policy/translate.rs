@@ -30,6 +30,7 @@ use std::collections::{HashMap, HashSet};
 use std::fmt::{self, Write as _};
 
 use super::known::{known_clients, Known};
+use super::support::code_category;
 use super::version_set::{self, Key, VersionSet, MAX};
 use super::{ClientVersionPolicy, PolicyAction, PolicyRule};
 use crate::classify::{Catalog, CompareOp};
@@ -521,7 +522,9 @@ fn write_entry(out: &mut String, rule: &PolicyRule, id: &str, part: Option<&str>
         rule.summary()
     );
     let _ = writeln!(out, "name = {}", quote(&name));
-    let category = entry.category.unwrap_or_else(|| category(&rule.user_agent));
+    let category = entry
+        .category
+        .unwrap_or_else(|| code_category(&rule.user_agent));
     let _ = writeln!(out, "category = {}", quote(category));
     let _ = writeln!(
         out,
@@ -597,38 +600,6 @@ fn header(
     out.push_str("#\n");
     comment(&mut out, MAPPING_NOTE);
     out
-}
-
-/// The catalog category of a client version policy user agent code
-/// (the codes of the Lync Server Control Panel); `third-party` otherwise.
-fn category(user_agent: &str) -> &'static str {
-    const CODES: [(&str, &str); 21] = [
-        ("OC", "desktop"),
-        ("UCCP", "desktop"),
-        ("UCCAPI", "desktop"),
-        ("AOC", "desktop"),
-        ("LMC", "desktop"),
-        ("LiveMeetingAddins", "desktop"),
-        ("WM", "desktop"),
-        ("RTC", "desktop"),
-        ("LCC", "desktop"),
-        ("MC", "desktop"),
-        ("OCPhone", "phone"),
-        ("CPE", "phone"),
-        ("iPadLync", "mobile"),
-        ("iPhoneLync", "mobile"),
-        ("WPLync", "mobile"),
-        ("NokiaLync", "mobile"),
-        ("AndroidLync", "mobile"),
-        ("McxService", "mobile"),
-        ("COMO", "mobile"),
-        ("CWA", "web"),
-        ("LWA", "web"),
-    ];
-    CODES
-        .iter()
-        .find(|(code, _)| code.eq_ignore_ascii_case(user_agent))
-        .map_or("third-party", |(_, category)| category)
 }
 
 /// `base`, or `base-2`, `base-3`, ... : the first id not used yet.
