@@ -214,7 +214,8 @@ impl PolicyRule {
 }
 
 /// The key of a field of the rule read at `origin`: `[2].Priority` (JSON)
-/// or `line 7, Priority` (CSV), as the reader names problems.
+/// or `line 7, Priority` (CSV). The reader names its problems with it, and
+/// [`ClientVersionPolicy::new`] the duplicate priorities.
 fn field_key(origin: &str, field: &str) -> String {
     if origin.starts_with('[') {
         format!("{origin}.{field}")
