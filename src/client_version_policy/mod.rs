@@ -250,7 +250,7 @@ pub struct ClientVersionPolicy {
 
 /// Why the rules read cannot be taken as one policy.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ScopeError {
+pub enum PolicyError {
     /// Rules of several policies, and no scope chosen.
     #[error(
         "the export holds the rules of {} policies ({}): each is evaluated on its own; \
@@ -295,8 +295,8 @@ impl ClientVersionPolicy {
     /// The policy made of `rules`: those of `scope` when given (compared
     /// case-insensitively), else all of them, which must then be of one
     /// scope. Sorted by priority; two rules of one priority are refused
-    /// ([`ScopeError::DuplicatePriority`]).
-    pub fn new(rules: Vec<PolicyRule>, scope: Option<&str>) -> Result<Self, ScopeError> {
+    /// ([`PolicyError::DuplicatePriority`]).
+    pub fn new(rules: Vec<PolicyRule>, scope: Option<&str>) -> Result<Self, PolicyError> {
         let mut scopes: Vec<String> = Vec::new();
         for rule in &rules {
             let s = rule.scope().unwrap_or(NO_SCOPE);
@@ -311,14 +311,14 @@ impl ClientVersionPolicy {
                     .filter(|r| r.scope().unwrap_or(NO_SCOPE).eq_ignore_ascii_case(wanted))
                     .collect();
                 if kept.is_empty() {
-                    return Err(ScopeError::NotFound {
+                    return Err(PolicyError::NotFound {
                         wanted: wanted.to_owned(),
                         found: scopes,
                     });
                 }
                 kept
             }
-            None if scopes.len() > 1 => return Err(ScopeError::Several { scopes }),
+            None if scopes.len() > 1 => return Err(PolicyError::Several { scopes }),
             None => rules,
         };
         rules.sort_by_key(|r| r.priority);
@@ -334,7 +334,7 @@ impl ClientVersionPolicy {
             })
             .collect();
         if !problems.is_empty() {
-            return Err(ScopeError::DuplicatePriority { problems });
+            return Err(PolicyError::DuplicatePriority { problems });
         }
         Ok(Self { rules })
     }
