@@ -188,7 +188,9 @@ pub(super) enum Check {
 }
 
 /// Checks `entries` (the TOML of one rule's entries) against the known
-/// clients the rule decides: none may be a server component, and an entry
+/// clients the rule decides: the entries must compile (else the rule is
+/// refused: unchecked entries are not written), none may take a server
+/// component, and an entry
 /// may not make a known client `supported` that the shipped catalog does
 /// not, unless, for a code sipadmit does not know, every known client it
 /// takes is such a client (then the entry becomes `unsupported`).
@@ -219,8 +221,16 @@ pub(super) fn check_known(rule: &PolicyRule, entries: &str, decided: &[&Known]) 
             list(&services)
         ));
     }
-    let Ok(catalog) = Catalog::from_toml_str(entries) else {
-        return Check::Keep;
+    // The entries are sipadmit's own: an error is a bug of the import, and
+    // without the catalog the guard cannot tell what they would do.
+    let catalog = match Catalog::from_toml_str(entries) {
+        Ok(catalog) => catalog,
+        Err(e) => {
+            return Check::Refuse(format!(
+                "its entries do not compile, so what they would make of the known clients \
+                 cannot be checked (a bug of sipadmit's import, please report it): {e}"
+            ))
+        }
     };
     let raised: Vec<&&Known> = decided
         .iter()

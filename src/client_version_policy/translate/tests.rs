@@ -660,3 +660,25 @@ fn known_supported_and_unsupported_clients_in_one_allow_are_refused() {
         Check::Unsupported(_)
     ));
 }
+
+#[test]
+fn entries_the_guard_cannot_compile_are_refused_not_kept() {
+    let known = Known {
+        user_agent: LYNC_2010,
+        name: "Lync 2010".into(),
+        support: Support::Supported,
+        taken: false,
+    };
+    let r = rule(0, "OC", CompareOp::Geq, "4", PolicyAction::Allow);
+    // What a bug of write_rule could give: no `name`.
+    let broken = "[[clients]]\nid = \"p\"\ncategory = \"desktop\"\nsupport = \"supported\"\n\
+                  [[clients.match]]\ntoken = \"OC\"\n";
+    let Check::Refuse(why) = check_known(&r, broken, &[&known]) else {
+        panic!("an entry the guard could not read was kept");
+    };
+    assert!(
+        why.starts_with("its entries do not compile, so what they would make of the known clients cannot be checked"),
+        "{why}"
+    );
+    assert!(why.contains("name"), "the error is named: {why}");
+}
