@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use sipadmit::classify::{Catalog, Support};
+use sipadmit::classify::{Catalog, Role, Support};
 use sipadmit::client_version_policy::{read_rules, ClientVersionPolicy};
 
 fn root() -> PathBuf {
@@ -74,28 +74,43 @@ fn boundaries(policy: &ClientVersionPolicy) -> Vec<Vec<u8>> {
     all
 }
 
-/// What the import should say: block (false) when the policy blocks;
-/// when it allows (the client may sign in), supported (true) unless the
-/// shipped catalog knows the client as one the Response Group application
-/// does not support (a mobile client, Communicator 2007 R2, ...); no rule:
-/// no answer.
-fn policy_answer(policy: &ClientVersionPolicy, shipped: &Catalog, ua: &[u8]) -> Option<bool> {
+/// What the import should say: block (false, no role) when the policy
+/// blocks; when it allows (the client may sign in), supported (true)
+/// unless the shipped catalog knows the client as one the Response Group
+/// application does not support (a mobile client, Communicator 2007 R2,
+/// ...), in the roles the shipped catalog gives a client it supports
+/// (Lync 2010: caller and informal agent) and every role otherwise; no
+/// rule: no answer.
+fn policy_answer(
+    policy: &ClientVersionPolicy,
+    shipped: &Catalog,
+    ua: &[u8],
+) -> Option<(bool, Vec<Role>)> {
     policy.first_match(ua).map(|rule| {
-        rule.action.allows() && shipped.classify(Some(ua)).client.support != Support::Unsupported
+        let c = shipped.classify(Some(ua));
+        match c.client.support {
+            _ if !rule.action.allows() => (false, Vec::new()),
+            Support::Unsupported => (false, Vec::new()),
+            Support::Supported => (true, c.client.roles.clone()),
+            _ => (
+                true,
+                vec![Role::Caller, Role::InformalAgent, Role::FormalAgent],
+            ),
+        }
     })
 }
 
 /// What an imported entry says, if the client is one of them.
-fn catalog_answer(catalog: &Catalog, ua: &[u8]) -> Option<bool> {
+fn catalog_answer(catalog: &Catalog, ua: &[u8]) -> Option<(bool, Vec<Role>)> {
     let c = catalog.classify(Some(ua));
-    c.client
-        .id
-        .starts_with("cvp-")
-        .then(|| match c.client.support {
+    c.client.id.starts_with("cvp-").then(|| {
+        let supported = match c.client.support {
             Support::Supported => true,
             Support::Unsupported => false,
             other => panic!("an imported entry of support {other}"),
-        })
+        };
+        (supported, c.client.roles.clone())
+    })
 }
 
 /// Imports `file` and checks the entries against the policy for every
@@ -443,8 +458,13 @@ fn an_allow_makes_no_client_supported_that_the_response_group_application_does_n
             Support::Unsupported,
         ),
         (
+            "UCCAPI/4.0.7577.314 OC/4.0.7577.314 (Microsoft Lync 2010)",
+            "cvp-2-oc-lync-2010",
+            Support::Supported,
+        ),
+        (
             "UCCAPI/15.0.4481.1000 OC/15.0.4481.1000 (Microsoft Lync)",
-            "cvp-2-oc",
+            "cvp-2-oc-lync-2013",
             Support::Supported,
         ),
     ] {

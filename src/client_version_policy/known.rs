@@ -3,7 +3,7 @@
 //! `tests/corpus/user-agents.tsv`), used to tell which known clients an
 //! imported rule would take, and what the shipped catalog says of them.
 
-use crate::classify::{Catalog, Support};
+use crate::classify::{Catalog, Role, Support};
 
 /// One of each Microsoft client and server component (and a few builds
 /// where a policy's version comparisons part them).
@@ -43,6 +43,12 @@ pub(super) const KNOWN_USER_AGENTS: [&str; 33] = [
     "RTC/6.0",
 ];
 
+/// The roles as a TOML array: `["caller", "informal-agent"]`.
+pub(super) fn roles_text(roles: &[Role]) -> String {
+    let quoted: Vec<String> = roles.iter().map(|r| format!("{:?}", r.as_str())).collect();
+    format!("[{}]", quoted.join(", "))
+}
+
 /// A known User-Agent and what the shipped catalog says of it.
 #[derive(Debug, Clone)]
 pub(super) struct Known {
@@ -52,6 +58,8 @@ pub(super) struct Known {
     pub(super) name: String,
     /// The shipped client's Response Group support.
     pub(super) support: Support,
+    /// The shipped client's Response Group roles.
+    pub(super) roles: Vec<Role>,
     /// Whether an imported rule before the current one decides it.
     pub(super) taken: bool,
 }
@@ -76,6 +84,7 @@ pub(super) fn known_clients(shipped: &Catalog) -> Vec<Known> {
                 user_agent,
                 name: c.client.name.clone(),
                 support: c.client.support,
+                roles: c.client.roles.clone(),
                 taken: false,
             }
         })

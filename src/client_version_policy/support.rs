@@ -6,8 +6,10 @@
 //! the Lync 2010 and OCS 2007 R2 Attendants, Lync Phone Edition, and, with
 //! Skype for Business Server, Skype for Business desktop; not the mobile
 //! clients). So an imported `Allow` is `supported` only for the clients of
-//! its `UserAgent` code that the Response Group application supports;
-//! `Block` is `unsupported` whatever the client.
+//! its `UserAgent` code that the Response Group application supports, in
+//! the roles it supports them in (Lync 2010 desktop and Lync Phone Edition:
+//! callers and informal agents; formal agents need Lync 2013 or an
+//! Attendant); `Block` is `unsupported` whatever the client.
 
 /// Response Group support of the clients a `UserAgent` code names (the
 /// codes of the Lync Server Control Panel, and the OCS 2007 ones).
@@ -26,10 +28,13 @@ pub(super) enum CodeSupport {
         /// Which clients, for the note (`mobile clients`).
         clients: &'static str,
     },
-    /// `OC` and `UCCAPI`: supported from major version 4 (Lync 2010, Lync
-    /// 2013, Skype for Business); below 4 (Office Communicator 2007 R2 and
-    /// earlier) only a client whose comment names the Attendant (the OCS
-    /// 2007 R2 Attendant).
+    /// `OC` and `UCCAPI`: supported from major version 4, in the roles of
+    /// the client: from 15 (Lync 2013, Skype for Business) every role; 4 to
+    /// 14 (Lync 2010) caller and informal agent, but every role for a
+    /// client whose comment names the Attendant (the Lync 2010 Attendant);
+    /// 3.x (Office Communicator 2007 R2) unsupported but for the Attendant
+    /// (the OCS 2007 R2 Attendant, every role); below 3 unsupported. The
+    /// bands are in `translate/plan.rs`.
     FromLync2010,
 }
 
@@ -39,6 +44,9 @@ pub(super) const ALL_ROLES: &str = r#"["caller", "informal-agent", "formal-agent
 /// The first major version of the `OC` / `UCCAPI` clients the Response
 /// Group application supports (Lync 2010 is `OC/4.0.7577`).
 pub(super) const LYNC_2010_MAJOR: u32 = 4;
+
+/// The first major version of Lync 2013 (`OC/15.0.4481`): every role.
+pub(super) const LYNC_2013_MAJOR: u32 = 15;
 
 /// The comment that marks an Attendant (`(Microsoft Office Communications
 /// Server 2007 R2 Attendant)`), as the shipped catalog matches it.

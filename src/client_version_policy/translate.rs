@@ -8,7 +8,7 @@
 //! | rule, in priority order | one `[[clients]]` entry, in the same order |
 //! | `UserAgent` | `token` (and `version_token`) |
 //! | version and `CompareOp` | `op` + `version`; see below for wildcards |
-//! | `Allow`, `AllowWithUrl`, `AllowAndUpgrade` | `support = "supported"` for the clients the Response Group application supports, `"unsupported"` for the others (`support.rs`; `OC` and `UCCAPI` parted at 4) |
+//! | `Allow`, `AllowWithUrl`, `AllowAndUpgrade` | `support = "supported"` for the clients the Response Group application supports, `"unsupported"` for the others, in the roles the application supports each in (`support.rs`; `OC` and `UCCAPI` parted at 3, 4 and 15 and by the Attendant's comment, `plan.rs`) |
 //! | `Block`, `BlockWithUrl`, `BlockAndUpgrade` | `support = "unsupported"`, no role |
 //! | a rule that takes a known server component (`known.rs`) | nothing: named in a note |
 //! | an allow of a code sipadmit does not know that takes only unsupported known clients | `support = "unsupported"` |
@@ -95,10 +95,12 @@ pub const MAPPING_NOTE: &str = "Block, BlockWithUrl and BlockAndUpgrade become s
 (callers 403, agent offers 480, agent registrations flagged by default), not at every sign-in \
 as Lync does. Allow, AllowWithUrl and AllowAndUpgrade let a client sign in, which does not make \
 it a Response Group client: they become support \"supported\" only for the clients the Response \
-Group application supports (OC and UCCAPI from 4, the Attendants, Lync Phone Edition, and codes \
-sipadmit does not know); mobile and web clients, Office Communicator before 4 and the other \
-codes get \"unsupported\" (named as not supported for Response Group). A rule that would take \
-the Response Group application or another Lync server component is not imported.";
+Group application supports, in the roles it supports them in (OC and UCCAPI from 15 and the \
+Attendants every role, OC and UCCAPI 4 to 14 (Lync 2010) and Lync Phone Edition caller and \
+informal agent, codes sipadmit does not know every role); mobile and web clients, Office \
+Communicator before 4 and the other codes get \"unsupported\" (named as not supported for \
+Response Group). A rule that would take the Response Group application or another Lync server \
+component is not imported.";
 
 /// One catalog comparison: `token <op> version`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -183,10 +185,7 @@ impl Translation {
             .or_default();
         let planned = condition(rule, &token.taken)
             .and_then(|cond| shadowed(rule, &cond, token).map_or(Ok(cond), Err))
-            .map(|cond| {
-                let plan = plan(rule, &cond, token);
-                (cond, plan)
-            });
+            .and_then(|cond| plan(rule, &cond, token).map(|plan| (cond, plan)));
         let (cond, mut plan) = match planned {
             Ok(planned) => planned,
             Err(reason) => return self.not_imported(label, reason),
