@@ -404,6 +404,56 @@ fn a_priority_given_twice_is_refused_naming_both_lines() {
     );
 }
 
+/// What `mobile-allow.csv`'s entries placed above the shipped catalog say
+/// of some clients: (User-Agent, client id, support).
+const MOBILE_ALLOW_ABOVE_SHIPPED: [(&str, &str, Support); 9] = [
+    (
+        "RTCC/7.0.0.0 UCWA/7.0.0.0 AndroidLync/6.25.0.27 (SM-G930U Android 8.0.0)",
+        "cvp-0-androidlync",
+        Support::Unsupported,
+    ),
+    (
+        "RTCC/5.0.0.0 UCWA/5.0.0.0 iPhoneLync/5.0.0.0 (iPhone iOS 7.0)",
+        "cvp-3-iphonelync",
+        Support::Unsupported,
+    ),
+    (
+        "RTCC/5.0.0.0 Response_Group_Service/5.0.0.0",
+        "response-group-service",
+        Support::Service,
+    ),
+    (
+        "RTCC/5.0.0.0 MediationServer",
+        "microsoft-server",
+        Support::Service,
+    ),
+    (
+        "UCCAPI/3.5.6907.0 OC/3.5.6907.0 (Microsoft Office Communicator 2007 R2)",
+        "cvp-2-oc-before-4",
+        Support::Unsupported,
+    ),
+    (
+        "UCCAPI/4.0.7577.314 OC/4.0.7577.314 (Microsoft Lync 2010)",
+        "cvp-2-oc-lync-2010",
+        Support::Supported,
+    ),
+    (
+        "LinphoneiOS/4.3.0 (Bob's iPhone) LinphoneSDK/4.4.0",
+        "cvp-4-linphoneios",
+        Support::Unsupported,
+    ),
+    (
+        "Bria iOS release 3.9.5 stamp 38501.38502",
+        "bria-mobile",
+        Support::Unsupported,
+    ),
+    (
+        "UCCAPI/15.0.4481.1000 OC/15.0.4481.1000 (Microsoft Lync)",
+        "cvp-2-oc-lync-2013",
+        Support::Supported,
+    ),
+];
+
 #[test]
 fn an_allow_makes_no_client_supported_that_the_response_group_application_does_not_support() {
     let out = import_cvp(&["tests/fixtures/cvp/mobile-allow.csv"]);
@@ -418,6 +468,11 @@ fn an_allow_makes_no_client_supported_that_the_response_group_application_does_n
          Group application",
         "warning: priority 2 (line 5: OC GEQ 2.* -> Allow): not supported for Response Group: OC \
          below 4 (Office Communicator 2007 R2 and earlier) gets support \"unsupported\"",
+        "warning: priority 4 (line 7: LinphoneiOS GEQ * -> Allow): not supported for Response \
+         Group: Allow lets them sign in, and the Response Group application does not support the \
+         known clients it takes: Linphone for iOS / Android",
+        "priority 5 (line 8: Bria EQL * -> Allow): not imported: it would make supported Bria \
+         (CounterPath) for iOS / Android",
     ] {
         assert!(
             stderr.contains(&format!("{file}{expected}")),
@@ -431,43 +486,7 @@ fn an_allow_makes_no_client_supported_that_the_response_group_application_does_n
         let c = combined.classify(Some(ua.as_bytes()));
         (c.client.id.clone(), c.client.support)
     };
-    for (ua, id, support) in [
-        (
-            "RTCC/7.0.0.0 UCWA/7.0.0.0 AndroidLync/6.25.0.27 (SM-G930U Android 8.0.0)",
-            "cvp-0-androidlync",
-            Support::Unsupported,
-        ),
-        (
-            "RTCC/5.0.0.0 UCWA/5.0.0.0 iPhoneLync/5.0.0.0 (iPhone iOS 7.0)",
-            "cvp-3-iphonelync",
-            Support::Unsupported,
-        ),
-        (
-            "RTCC/5.0.0.0 Response_Group_Service/5.0.0.0",
-            "response-group-service",
-            Support::Service,
-        ),
-        (
-            "RTCC/5.0.0.0 MediationServer",
-            "microsoft-server",
-            Support::Service,
-        ),
-        (
-            "UCCAPI/3.5.6907.0 OC/3.5.6907.0 (Microsoft Office Communicator 2007 R2)",
-            "cvp-2-oc-before-4",
-            Support::Unsupported,
-        ),
-        (
-            "UCCAPI/4.0.7577.314 OC/4.0.7577.314 (Microsoft Lync 2010)",
-            "cvp-2-oc-lync-2010",
-            Support::Supported,
-        ),
-        (
-            "UCCAPI/15.0.4481.1000 OC/15.0.4481.1000 (Microsoft Lync)",
-            "cvp-2-oc-lync-2013",
-            Support::Supported,
-        ),
-    ] {
+    for (ua, id, support) in MOBILE_ALLOW_ABOVE_SHIPPED {
         assert_eq!(said(ua), (id.to_owned(), support), "{ua}");
     }
     let (decided, _) = round_trip("mobile-allow.csv");

@@ -16,8 +16,10 @@
 //!   precedence, and [`Note`]s naming whatever the catalog cannot express.
 //!   An `Allow` lets a client sign in; the entries say `supported` only for
 //!   the clients the Response Group application supports (`support.rs`),
-//!   and no rule takes a server component of the shipped catalog
-//!   (`known.rs`: User-Agents of the known Microsoft clients and servers).
+//!   and no rule takes a server component of the shipped catalog or makes
+//!   supported a client it holds unsupported (`known.rs`: User-Agents of
+//!   the Microsoft clients and servers and of the corpus's third-party
+//!   mobile softphones).
 //!
 //! How a rule matches (Microsoft documents the fields, not the parser; this
 //! is the reading sipadmit uses, shared with its catalog): `UserAgent` is a

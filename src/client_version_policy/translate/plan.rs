@@ -355,26 +355,18 @@ pub(super) enum Check {
 /// refused: unchecked entries are not written), none may take a server
 /// component, an allowed rule must give each known client the shipped
 /// catalog supports its shipped support and roles (else the rule is
-/// refused: the code table is wrong), and an entry
-/// may not make a known client `supported` that the shipped catalog does
-/// not, unless, for a code sipadmit does not know, every known client it
-/// takes is such a client (then the entry becomes `unsupported`).
+/// refused: the code table is wrong), and an entry may not make a known
+/// client `supported` that the shipped catalog holds `unsupported` (a
+/// Microsoft mobile client, a third-party mobile softphone), unless, for a
+/// code sipadmit does not know, every known client it takes is such a
+/// client (then the entry becomes `unsupported`); a rule that takes such
+/// clients and others (`Allow Bria`: Bria for iOS and Bria desktop) is
+/// refused. Known clients of support `third-party` may be made supported:
+/// that is what an allow of their code says.
 pub(super) fn check_known(rule: &PolicyRule, entries: &str, decided: &[&Known]) -> Check {
-    // At most four named, the count of the others.
-    let list = |known: &[&&Known]| {
-        let mut text = known
-            .iter()
-            .take(4)
-            .map(|k| k.describe())
-            .collect::<Vec<_>>()
-            .join("; ");
-        if known.len() > 4 {
-            text.push_str(&format!(" and {} more", known.len() - 4));
-        }
-        text
-    };
-    let services: Vec<&&Known> = decided
+    let services: Vec<&Known> = decided
         .iter()
+        .copied()
         .filter(|k| k.support == Support::Service)
         .collect();
     if !services.is_empty() {
@@ -398,31 +390,37 @@ pub(super) fn check_known(rule: &PolicyRule, entries: &str, decided: &[&Known]) 
         }
     };
     if rule.action.allows() {
-        let differ: Vec<String> = decided
-            .iter()
-            .filter_map(|k| differs(&catalog, k))
-            .collect();
-        if !differ.is_empty() {
-            return Check::Refuse(format!(
-                "its entries would give {}: the Response Group support of its code \
-                 (support.rs) disagrees with the shipped catalog (a bug of sipadmit's import, \
-                 please report it)",
-                differ.join("; ")
-            ));
-        }
+        check_allowed(rule, &catalog, decided)
+    } else {
+        Check::Keep
     }
-    let raised: Vec<&&Known> = decided
+}
+
+/// [`check_known`] for an allowed rule whose entries are `catalog`.
+fn check_allowed(rule: &PolicyRule, catalog: &Catalog, decided: &[&Known]) -> Check {
+    let differ: Vec<String> = decided.iter().filter_map(|k| differs(catalog, k)).collect();
+    if !differ.is_empty() {
+        return Check::Refuse(format!(
+            "its entries would give {}: the Response Group support of its code (support.rs) \
+             disagrees with the shipped catalog (a bug of sipadmit's import, please report it)",
+            differ.join("; ")
+        ));
+    }
+    let (raised, others): (Vec<&Known>, Vec<&Known>) = decided
         .iter()
+        .copied()
+        .partition(|k| k.support == Support::Unsupported);
+    let raised: Vec<&Known> = raised
+        .into_iter()
         .filter(|k| {
             let c = catalog.classify(Some(k.user_agent.as_bytes()));
-            c.client.support == Support::Supported && k.support != Support::Supported
+            c.client.support == Support::Supported
         })
         .collect();
     if raised.is_empty() {
         return Check::Keep;
     }
-    let any_supported = decided.iter().any(|k| k.support == Support::Supported);
-    if code_support(&rule.user_agent) == CodeSupport::NotKnown && !any_supported {
+    if code_support(&rule.user_agent) == CodeSupport::NotKnown && others.is_empty() {
         return Check::Unsupported(format!(
             "{} lets them sign in, and the Response Group application does not support the \
              known clients it takes: {}: support \"unsupported\"",
@@ -430,12 +428,37 @@ pub(super) fn check_known(rule: &PolicyRule, entries: &str, decided: &[&Known]) 
             list(&raised)
         ));
     }
+    if others.is_empty() {
+        return Check::Refuse(format!(
+            "it would make supported {}, which the Response Group application does not \
+             support: the entry of {} in support.rs says otherwise (a bug of sipadmit's import, \
+             please report it)",
+            list(&raised),
+            rule.user_agent
+        ));
+    }
     Check::Refuse(format!(
         "it would make supported {}, which the Response Group application does not support, \
-         and takes supported clients as well: one entry cannot say both; write the rule per \
-         client token",
-        list(&raised)
+         and takes {} as well, which the shipped catalog does not hold unsupported: one entry \
+         cannot say both (write the rule on a token only one of them holds, or a catalog \
+         entry by hand)",
+        list(&raised),
+        list(&others)
     ))
+}
+
+/// The known clients, at most four named, and the count of the others.
+fn list(known: &[&Known]) -> String {
+    let mut text = known
+        .iter()
+        .take(4)
+        .map(|k| k.describe())
+        .collect::<Vec<_>>()
+        .join("; ");
+    if known.len() > 4 {
+        text.push_str(&format!(" and {} more", known.len() - 4));
+    }
+    text
 }
 
 /// What `entries` give a known client the shipped catalog supports, when

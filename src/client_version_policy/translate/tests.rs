@@ -449,15 +449,19 @@ fn ids(toml: &str) -> Vec<String> {
         .collect()
 }
 
-#[test]
-fn an_allow_of_oc_is_supported_from_lync_2010_and_for_the_attendants_only() {
-    // Versions from 2: `GEQ 15`, `GEQ 4` (the Attendant first), `GEQ 3`
-    // (the Attendant), then the rest.
-    let rules = vec![
+/// `Allow OC GEQ 2.*`, then `Block OC LSS 2.*`: versions from 2 are
+/// written `GEQ 15`, `GEQ 4` (the Attendant first), `GEQ 3` (the
+/// Attendant), then the rest.
+fn oc_from_2() -> (ClientVersionPolicy, CatalogImport, Catalog) {
+    imported(vec![
         rule(0, "OC", CompareOp::Geq, "2.*", PolicyAction::Allow),
         rule(1, "OC", CompareOp::Lss, "2.*", PolicyAction::Block),
-    ];
-    let (policy, import, catalog) = imported(rules);
+    ])
+}
+
+#[test]
+fn an_allow_of_oc_is_supported_from_lync_2010_and_for_the_attendants_only() {
+    let (policy, import, catalog) = oc_from_2();
     let twice = |ids: &[&str]| -> Vec<String> {
         ids.iter()
             .flat_map(|id| [id.to_string(), id.to_string()])
@@ -517,6 +521,22 @@ fn an_allow_of_oc_is_supported_from_lync_2010_and_for_the_attendants_only() {
         "cvp-1-oc",
         "below 2: the next rule"
     );
+    let mut all = OC.to_vec();
+    all.extend([
+        OCS_ATTENDANT,
+        COMMUNICATOR_R2,
+        LYNC_2010,
+        LYNC_2010_ATTENDANT,
+        LYNC_2013,
+        "OC/1",
+        "OC/2.0 (Attendant)",
+    ]);
+    assert_same(&policy, &catalog, &all);
+}
+
+#[test]
+fn an_allow_of_oc_says_why_in_comments_and_notes() {
+    let (_, import, _) = oc_from_2();
     assert!(
         import.toml.contains(
             "# OC 4 to 14.x: Lync 2010: Lync 2010 takes Response Group calls as a caller or an\n\
@@ -537,17 +557,6 @@ fn an_allow_of_oc_is_supported_from_lync_2010_and_for_the_attendants_only() {
         ),
         "{note}"
     );
-    let mut all = OC.to_vec();
-    all.extend([
-        OCS_ATTENDANT,
-        COMMUNICATOR_R2,
-        LYNC_2010,
-        LYNC_2010_ATTENDANT,
-        LYNC_2013,
-        "OC/1",
-        "OC/2.0 (Attendant)",
-    ]);
-    assert_same(&policy, &catalog, &all);
 }
 
 #[test]
@@ -592,7 +601,10 @@ fn an_allow_of_oc_below_a_version_is_parted_with_lss_first() {
         .toml
         .contains("op = \"LSS\"\nversion = \"4\"\ncomment = \"Attendant\""));
     assert_same(&policy, &catalog, &all);
+}
 
+#[test]
+fn an_allow_of_oc_on_one_side_of_a_band_takes_only_its_clients() {
     // From 4 only: Lync 2013, the Lync 2010 Attendant, Lync 2010, and no
     // note; below 4 only: no supported entry but the Attendant's.
     let (_, import, catalog) = imported(vec![rule(
@@ -641,9 +653,8 @@ fn an_allow_of_oc_below_a_version_is_parted_with_lss_first() {
 /// part, with and without the Attendant's comment, and the known
 /// User-Agents.
 fn oc_user_agents() -> Vec<String> {
-    let mut all: Vec<String> = crate::client_version_policy::known::KNOWN_USER_AGENTS
-        .iter()
-        .map(|s| s.to_string())
+    let mut all: Vec<String> = crate::client_version_policy::known::known_user_agents()
+        .map(str::to_owned)
         .collect();
     for v in [
         "1",
@@ -906,4 +917,66 @@ fn entries_giving_a_known_client_other_roles_than_the_shipped_ones_are_refused()
         check_known(&block, &all, &[&lync_2010]),
         Check::Keep
     ));
+}
+
+const LINPHONE_IOS: &str = "LinphoneiOS/4.3.0 (Bob's iPhone) LinphoneSDK/4.4.0";
+
+#[test]
+fn an_allow_of_a_third_party_mobile_softphone_is_not_made_supported() {
+    // A code sipadmit does not know, whose only known client is Linphone
+    // for iOS (the shipped `linphone-mobile`: unsupported).
+    let (policy, import, catalog) = imported(vec![rule(
+        0,
+        "LinphoneiOS",
+        CompareOp::Geq,
+        "*",
+        PolicyAction::Allow,
+    )]);
+    assert_eq!(
+        says(&catalog, LINPHONE_IOS),
+        ("cvp-0-linphoneios".into(), "unsupported".into(), 0)
+    );
+    assert_eq!(import.notes.len(), 1, "{:#?}", import.notes);
+    assert_eq!(import.notes[0].kind, NoteKind::NotSupported);
+    assert!(
+        import.notes[0]
+            .message
+            .contains("Linphone for iOS / Android (\"LinphoneiOS/4.3.0"),
+        "{}",
+        import.notes[0]
+    );
+    assert_same(&policy, &catalog, &[LINPHONE_IOS, "LinphoneiOS/5.0"]);
+
+    // `Bria` is the token of Bria for iOS (unsupported) and of Bria desktop
+    // (third-party): one entry cannot say both.
+    let (_, import, _) = imported(vec![rule(
+        0,
+        "Bria",
+        CompareOp::Eql,
+        "*",
+        PolicyAction::Allow,
+    )]);
+    assert_eq!((import.imported, import.not_imported), (0, 1));
+    let why = &import.notes[0].message;
+    assert!(
+        why.starts_with(
+            "it would make supported Bria (CounterPath) for iOS / Android (\"Bria iOS release"
+        ) && why.contains("and takes Bria / X-Lite (CounterPath, desktop) (\"Bria 3 release"),
+        "{why}"
+    );
+
+    // A third-party desktop product alone: the allow stands (support
+    // third-party is no Response Group verdict to keep).
+    let (_, import, catalog) = imported(vec![rule(
+        0,
+        "X-Lite",
+        CompareOp::Eql,
+        "*",
+        PolicyAction::Allow,
+    )]);
+    assert!(import.notes.is_empty(), "{:#?}", import.notes);
+    assert_eq!(
+        says(&catalog, "X-Lite release 5.7.1 stamp 100933").1,
+        "supported"
+    );
 }
