@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use sipadmit::classify::{Catalog, Support};
+use sipadmit::classify::{Catalog, Role, Support};
 use sipadmit::client_version_policy::{read_rules, ClientVersionPolicy};
 
 fn root() -> PathBuf {
@@ -74,28 +74,43 @@ fn boundaries(policy: &ClientVersionPolicy) -> Vec<Vec<u8>> {
     all
 }
 
-/// What the import should say: block (false) when the policy blocks;
-/// when it allows (the client may sign in), supported (true) unless the
-/// shipped catalog knows the client as one the Response Group application
-/// does not support (a mobile client, Communicator 2007 R2, ...); no rule:
-/// no answer.
-fn policy_answer(policy: &ClientVersionPolicy, shipped: &Catalog, ua: &[u8]) -> Option<bool> {
+/// What the import should say: block (false, no role) when the policy
+/// blocks; when it allows (the client may sign in), supported (true)
+/// unless the shipped catalog knows the client as one the Response Group
+/// application does not support (a mobile client, Communicator 2007 R2,
+/// ...), in the roles the shipped catalog gives a client it supports
+/// (Lync 2010: caller and informal agent) and every role otherwise; no
+/// rule: no answer.
+fn policy_answer(
+    policy: &ClientVersionPolicy,
+    shipped: &Catalog,
+    ua: &[u8],
+) -> Option<(bool, Vec<Role>)> {
     policy.first_match(ua).map(|rule| {
-        rule.action.allows() && shipped.classify(Some(ua)).client.support != Support::Unsupported
+        let c = shipped.classify(Some(ua));
+        match c.client.support {
+            _ if !rule.action.allows() => (false, Vec::new()),
+            Support::Unsupported => (false, Vec::new()),
+            Support::Supported => (true, c.client.roles.clone()),
+            _ => (
+                true,
+                vec![Role::Caller, Role::InformalAgent, Role::FormalAgent],
+            ),
+        }
     })
 }
 
 /// What an imported entry says, if the client is one of them.
-fn catalog_answer(catalog: &Catalog, ua: &[u8]) -> Option<bool> {
+fn catalog_answer(catalog: &Catalog, ua: &[u8]) -> Option<(bool, Vec<Role>)> {
     let c = catalog.classify(Some(ua));
-    c.client
-        .id
-        .starts_with("cvp-")
-        .then(|| match c.client.support {
+    c.client.id.starts_with("cvp-").then(|| {
+        let supported = match c.client.support {
             Support::Supported => true,
             Support::Unsupported => false,
             other => panic!("an imported entry of support {other}"),
-        })
+        };
+        (supported, c.client.roles.clone())
+    })
 }
 
 /// Imports `file` and checks the entries against the policy for every
@@ -389,6 +404,56 @@ fn a_priority_given_twice_is_refused_naming_both_lines() {
     );
 }
 
+/// What `mobile-allow.csv`'s entries placed above the shipped catalog say
+/// of some clients: (User-Agent, client id, support).
+const MOBILE_ALLOW_ABOVE_SHIPPED: [(&str, &str, Support); 9] = [
+    (
+        "RTCC/7.0.0.0 UCWA/7.0.0.0 AndroidLync/6.25.0.27 (SM-G930U Android 8.0.0)",
+        "cvp-0-androidlync",
+        Support::Unsupported,
+    ),
+    (
+        "RTCC/5.0.0.0 UCWA/5.0.0.0 iPhoneLync/5.0.0.0 (iPhone iOS 7.0)",
+        "cvp-3-iphonelync",
+        Support::Unsupported,
+    ),
+    (
+        "RTCC/5.0.0.0 Response_Group_Service/5.0.0.0",
+        "response-group-service",
+        Support::Service,
+    ),
+    (
+        "RTCC/5.0.0.0 MediationServer",
+        "microsoft-server",
+        Support::Service,
+    ),
+    (
+        "UCCAPI/3.5.6907.0 OC/3.5.6907.0 (Microsoft Office Communicator 2007 R2)",
+        "cvp-2-oc-before-4",
+        Support::Unsupported,
+    ),
+    (
+        "UCCAPI/4.0.7577.314 OC/4.0.7577.314 (Microsoft Lync 2010)",
+        "cvp-2-oc-lync-2010",
+        Support::Supported,
+    ),
+    (
+        "LinphoneiOS/4.3.0 (Bob's iPhone) LinphoneSDK/4.4.0",
+        "cvp-4-linphoneios",
+        Support::Unsupported,
+    ),
+    (
+        "Bria iOS release 3.9.5 stamp 38501.38502",
+        "bria-mobile",
+        Support::Unsupported,
+    ),
+    (
+        "UCCAPI/15.0.4481.1000 OC/15.0.4481.1000 (Microsoft Lync)",
+        "cvp-2-oc-lync-2013",
+        Support::Supported,
+    ),
+];
+
 #[test]
 fn an_allow_makes_no_client_supported_that_the_response_group_application_does_not_support() {
     let out = import_cvp(&["tests/fixtures/cvp/mobile-allow.csv"]);
@@ -403,6 +468,11 @@ fn an_allow_makes_no_client_supported_that_the_response_group_application_does_n
          Group application",
         "warning: priority 2 (line 5: OC GEQ 2.* -> Allow): not supported for Response Group: OC \
          below 4 (Office Communicator 2007 R2 and earlier) gets support \"unsupported\"",
+        "warning: priority 4 (line 7: LinphoneiOS GEQ * -> Allow): not supported for Response \
+         Group: Allow lets them sign in, and the Response Group application does not support the \
+         known clients it takes: Linphone for iOS / Android",
+        "priority 5 (line 8: Bria EQL * -> Allow): not imported: it would make supported Bria \
+         (CounterPath) for iOS / Android",
     ] {
         assert!(
             stderr.contains(&format!("{file}{expected}")),
@@ -416,38 +486,7 @@ fn an_allow_makes_no_client_supported_that_the_response_group_application_does_n
         let c = combined.classify(Some(ua.as_bytes()));
         (c.client.id.clone(), c.client.support)
     };
-    for (ua, id, support) in [
-        (
-            "RTCC/7.0.0.0 UCWA/7.0.0.0 AndroidLync/6.25.0.27 (SM-G930U Android 8.0.0)",
-            "cvp-0-androidlync",
-            Support::Unsupported,
-        ),
-        (
-            "RTCC/5.0.0.0 UCWA/5.0.0.0 iPhoneLync/5.0.0.0 (iPhone iOS 7.0)",
-            "cvp-3-iphonelync",
-            Support::Unsupported,
-        ),
-        (
-            "RTCC/5.0.0.0 Response_Group_Service/5.0.0.0",
-            "response-group-service",
-            Support::Service,
-        ),
-        (
-            "RTCC/5.0.0.0 MediationServer",
-            "microsoft-server",
-            Support::Service,
-        ),
-        (
-            "UCCAPI/3.5.6907.0 OC/3.5.6907.0 (Microsoft Office Communicator 2007 R2)",
-            "cvp-2-oc-before-4",
-            Support::Unsupported,
-        ),
-        (
-            "UCCAPI/15.0.4481.1000 OC/15.0.4481.1000 (Microsoft Lync)",
-            "cvp-2-oc",
-            Support::Supported,
-        ),
-    ] {
+    for (ua, id, support) in MOBILE_ALLOW_ABOVE_SHIPPED {
         assert_eq!(said(ua), (id.to_owned(), support), "{ua}");
     }
     let (decided, _) = round_trip("mobile-allow.csv");

@@ -1,13 +1,16 @@
-//! User-Agents of the Microsoft products sipadmit's shipped catalog knows
-//! (the grammar of the design's domain facts; the strings are rows of
-//! `tests/corpus/user-agents.tsv`), used to tell which known clients an
-//! imported rule would take, and what the shipped catalog says of them.
+//! User-Agents of the clients sipadmit's shipped catalog knows, used to
+//! tell which known clients an imported rule would take, and what the
+//! shipped catalog says of them: the Microsoft clients and servers (the
+//! grammar of the design's domain facts), and the third-party mobile
+//! softphones of the test corpus with the third-party products that share
+//! a product token with them. The strings are rows of
+//! `tests/corpus/user-agents.tsv` and `user-agents-extra.tsv`.
 
-use crate::classify::{Catalog, Support};
+use crate::classify::{Catalog, Role, Support};
 
 /// One of each Microsoft client and server component (and a few builds
 /// where a policy's version comparisons part them).
-pub(super) const KNOWN_USER_AGENTS: [&str; 33] = [
+const MICROSOFT: [&str; 33] = [
     "UCCAPI/16.0.4417.1000 OC/16.0.4417.1000 (Skype for Business)",
     "UCCAPI/15.0.4971.1000 OC/15.0.4971.1000 (Skype for Business)",
     "UCCAPI/15.0.4481.1000 OC/15.0.4481.1000 (Microsoft Lync)",
@@ -43,6 +46,35 @@ pub(super) const KNOWN_USER_AGENTS: [&str; 33] = [
     "RTC/6.0",
 ];
 
+/// The third-party mobile softphones of the corpus (the shipped catalog:
+/// category mobile, support unsupported), and the corpus's other products
+/// that share a product token with them (Bria desktop and X-Lite: `Bria`,
+/// `release`, `stamp`), so that an allow of such a token is seen to take
+/// both.
+const THIRD_PARTY: [&str; 10] = [
+    "LinphoneiOS/4.3.0 (Bob's iPhone) LinphoneSDK/4.4.0",
+    "demo_simulator.64bits_iOS11.2/3.16.5-46-324141 (belle-sip/1.6.3)",
+    "Bria iOS release 3.9.5 stamp 38501.38502",
+    "Bria iOS 3.1.1",
+    "CSipSimple_mako-22/r2457",
+    "Bria 3 release 3.5.5 stamp 71243",
+    "X-Lite release 5.7.1 stamp 100933",
+    "X-Lite release 4.9.8 stamp 84253",
+    "X-Lite 4 release 4.0 stamp 58832",
+    "X-Lite release 1104o stamp 56125",
+];
+
+/// Every known User-Agent.
+pub(super) fn known_user_agents() -> impl Iterator<Item = &'static str> {
+    MICROSOFT.into_iter().chain(THIRD_PARTY)
+}
+
+/// The roles as a TOML array: `["caller", "informal-agent"]`.
+pub(super) fn roles_text(roles: &[Role]) -> String {
+    let quoted: Vec<String> = roles.iter().map(|r| format!("{:?}", r.as_str())).collect();
+    format!("[{}]", quoted.join(", "))
+}
+
 /// A known User-Agent and what the shipped catalog says of it.
 #[derive(Debug, Clone)]
 pub(super) struct Known {
@@ -52,6 +84,8 @@ pub(super) struct Known {
     pub(super) name: String,
     /// The shipped client's Response Group support.
     pub(super) support: Support,
+    /// The shipped client's Response Group roles.
+    pub(super) roles: Vec<Role>,
     /// Whether an imported rule before the current one decides it.
     pub(super) taken: bool,
 }
@@ -68,14 +102,14 @@ impl Known {
 
 /// The known User-Agents as `shipped` classifies them.
 pub(super) fn known_clients(shipped: &Catalog) -> Vec<Known> {
-    KNOWN_USER_AGENTS
-        .iter()
-        .map(|&user_agent| {
+    known_user_agents()
+        .map(|user_agent| {
             let c = shipped.classify(Some(user_agent.as_bytes()));
             Known {
                 user_agent,
                 name: c.client.name.clone(),
                 support: c.client.support,
+                roles: c.client.roles.clone(),
                 taken: false,
             }
         })
@@ -95,13 +129,68 @@ mod tests {
         &SHIPPED
     }
 
+    /// The User-Agents of the corpus tables (first column).
+    fn corpus() -> Vec<&'static str> {
+        [
+            include_str!("../../tests/corpus/user-agents.tsv"),
+            include_str!("../../tests/corpus/user-agents-extra.tsv"),
+        ]
+        .into_iter()
+        .flat_map(|table| table.lines().skip(1))
+        .filter_map(|l| l.split('\t').next())
+        .filter(|ua| !ua.is_empty())
+        .collect()
+    }
+
+    /// The product names of a User-Agent, lowercase.
+    fn products(user_agent: &str) -> Vec<String> {
+        tokenize(user_agent.as_bytes())
+            .filter_map(|item| match item {
+                Item::Product { name, .. } => Some(String::from_utf8_lossy(name).to_lowercase()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_third_party_rows_are_the_corpus_mobile_softphones_and_their_token_sharers() {
+        let shipped = shipped();
+        let mobile: Vec<&str> = corpus()
+            .into_iter()
+            .filter(|ua| !MICROSOFT.contains(ua))
+            .filter(|ua| {
+                let c = shipped.classify(Some(ua.as_bytes()));
+                c.client.category.as_str() == "mobile"
+            })
+            .collect();
+        for ua in &mobile {
+            assert!(THIRD_PARTY.contains(ua), "{ua} is not a known User-Agent");
+        }
+        // An allow of a token a mobile softphone shares with another
+        // product takes both: the other is known too.
+        let tokens: Vec<String> = mobile.iter().flat_map(|ua| products(ua)).collect();
+        for ua in corpus() {
+            if products(ua).iter().any(|p| tokens.contains(p)) {
+                assert!(
+                    known_user_agents().any(|k| k == ua),
+                    "{ua} shares a product token with a mobile softphone and is not known"
+                );
+            }
+        }
+        for known in known_clients(shipped) {
+            if THIRD_PARTY.contains(&known.user_agent) {
+                assert!(
+                    matches!(known.support, Support::Unsupported | Support::ThirdParty),
+                    "{}",
+                    known.describe()
+                );
+            }
+        }
+    }
+
     #[test]
     fn the_shipped_catalog_knows_every_known_user_agent_and_the_corpus_has_it() {
-        let corpus = include_str!("../../tests/corpus/user-agents.tsv");
-        let rows: Vec<&str> = corpus
-            .lines()
-            .filter_map(|l| l.split('\t').next())
-            .collect();
+        let rows = corpus();
         for known in known_clients(shipped()) {
             assert!(
                 !matches!(known.support, Support::Unknown),

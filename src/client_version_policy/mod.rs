@@ -16,8 +16,10 @@
 //!   precedence, and [`Note`]s naming whatever the catalog cannot express.
 //!   An `Allow` lets a client sign in; the entries say `supported` only for
 //!   the clients the Response Group application supports (`support.rs`),
-//!   and no rule takes a server component of the shipped catalog
-//!   (`known.rs`: User-Agents of the known Microsoft clients and servers).
+//!   and no rule takes a server component of the shipped catalog or makes
+//!   supported a client it holds unsupported (`known.rs`: User-Agents of
+//!   the Microsoft clients and servers and of the corpus's third-party
+//!   mobile softphones).
 //!
 //! How a rule matches (Microsoft documents the fields, not the parser; this
 //! is the reading sipadmit uses, shared with its catalog): `UserAgent` is a
@@ -214,7 +216,8 @@ impl PolicyRule {
 }
 
 /// The key of a field of the rule read at `origin`: `[2].Priority` (JSON)
-/// or `line 7, Priority` (CSV), as the reader names problems.
+/// or `line 7, Priority` (CSV). The reader names its problems with it, and
+/// [`ClientVersionPolicy::new`] the duplicate priorities.
 fn field_key(origin: &str, field: &str) -> String {
     if origin.starts_with('[') {
         format!("{origin}.{field}")
@@ -249,7 +252,7 @@ pub struct ClientVersionPolicy {
 
 /// Why the rules read cannot be taken as one policy.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ScopeError {
+pub enum PolicyError {
     /// Rules of several policies, and no scope chosen.
     #[error(
         "the export holds the rules of {} policies ({}): each is evaluated on its own; \
@@ -294,8 +297,8 @@ impl ClientVersionPolicy {
     /// The policy made of `rules`: those of `scope` when given (compared
     /// case-insensitively), else all of them, which must then be of one
     /// scope. Sorted by priority; two rules of one priority are refused
-    /// ([`ScopeError::DuplicatePriority`]).
-    pub fn new(rules: Vec<PolicyRule>, scope: Option<&str>) -> Result<Self, ScopeError> {
+    /// ([`PolicyError::DuplicatePriority`]).
+    pub fn new(rules: Vec<PolicyRule>, scope: Option<&str>) -> Result<Self, PolicyError> {
         let mut scopes: Vec<String> = Vec::new();
         for rule in &rules {
             let s = rule.scope().unwrap_or(NO_SCOPE);
@@ -310,14 +313,14 @@ impl ClientVersionPolicy {
                     .filter(|r| r.scope().unwrap_or(NO_SCOPE).eq_ignore_ascii_case(wanted))
                     .collect();
                 if kept.is_empty() {
-                    return Err(ScopeError::NotFound {
+                    return Err(PolicyError::NotFound {
                         wanted: wanted.to_owned(),
                         found: scopes,
                     });
                 }
                 kept
             }
-            None if scopes.len() > 1 => return Err(ScopeError::Several { scopes }),
+            None if scopes.len() > 1 => return Err(PolicyError::Several { scopes }),
             None => rules,
         };
         rules.sort_by_key(|r| r.priority);
@@ -333,7 +336,7 @@ impl ClientVersionPolicy {
             })
             .collect();
         if !problems.is_empty() {
-            return Err(ScopeError::DuplicatePriority { problems });
+            return Err(PolicyError::DuplicatePriority { problems });
         }
         Ok(Self { rules })
     }

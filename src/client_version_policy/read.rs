@@ -392,13 +392,7 @@ fn rule<'a>(
     problems: &mut Vec<Problem>,
 ) -> Option<PolicyRule> {
     let before = problems.len();
-    let key = |name: &str| {
-        if origin.starts_with('[') {
-            format!("{origin}.{name}")
-        } else {
-            format!("{origin}, {name}")
-        }
-    };
+    let key = |name: &str| super::field_key(origin, name);
     let mut take =
         |name: &str, parse: &dyn Fn(Field<'a>) -> Result<Parsed, String>| match field(name) {
             None if REQUIRED.contains(&name) => {

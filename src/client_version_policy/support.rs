@@ -6,8 +6,10 @@
 //! the Lync 2010 and OCS 2007 R2 Attendants, Lync Phone Edition, and, with
 //! Skype for Business Server, Skype for Business desktop; not the mobile
 //! clients). So an imported `Allow` is `supported` only for the clients of
-//! its `UserAgent` code that the Response Group application supports;
-//! `Block` is `unsupported` whatever the client.
+//! its `UserAgent` code that the Response Group application supports, in
+//! the roles it supports them in (Lync 2010 desktop and Lync Phone Edition:
+//! callers and informal agents; formal agents need Lync 2013 or an
+//! Attendant); `Block` is `unsupported` whatever the client.
 
 /// Response Group support of the clients a `UserAgent` code names (the
 /// codes of the Lync Server Control Panel, and the OCS 2007 ones).
@@ -26,10 +28,13 @@ pub(super) enum CodeSupport {
         /// Which clients, for the note (`mobile clients`).
         clients: &'static str,
     },
-    /// `OC` and `UCCAPI`: supported from major version 4 (Lync 2010, Lync
-    /// 2013, Skype for Business); below 4 (Office Communicator 2007 R2 and
-    /// earlier) only a client whose comment names the Attendant (the OCS
-    /// 2007 R2 Attendant).
+    /// `OC` and `UCCAPI`: supported from major version 4, in the roles of
+    /// the client: from 15 (Lync 2013, Skype for Business) every role; 4 to
+    /// 14 (Lync 2010) caller and informal agent, but every role for a
+    /// client whose comment names the Attendant (the Lync 2010 Attendant);
+    /// 3.x (Office Communicator 2007 R2) unsupported but for the Attendant
+    /// (the OCS 2007 R2 Attendant, every role); below 3 unsupported. The
+    /// bands are in `translate/plan.rs`.
     FromLync2010,
 }
 
@@ -40,6 +45,9 @@ pub(super) const ALL_ROLES: &str = r#"["caller", "informal-agent", "formal-agent
 /// Group application supports (Lync 2010 is `OC/4.0.7577`).
 pub(super) const LYNC_2010_MAJOR: u32 = 4;
 
+/// The first major version of Lync 2013 (`OC/15.0.4481`): every role.
+pub(super) const LYNC_2013_MAJOR: u32 = 15;
+
 /// The comment that marks an Attendant (`(Microsoft Office Communications
 /// Server 2007 R2 Attendant)`), as the shipped catalog matches it.
 pub(super) const ATTENDANT_COMMENT: &str = "Attendant";
@@ -47,102 +55,155 @@ pub(super) const ATTENDANT_COMMENT: &str = "Attendant";
 /// Which clients a note names.
 const MOBILE: &str = "mobile clients";
 /// Which clients a note names.
+const WEB: &str = "web clients";
+/// Which clients a note names.
 const NOT_LISTED: &str = "clients that are not on its client list";
-/// The codes sipadmit knows, and the support of their clients.
-const CODES: [(&str, CodeSupport); 21] = [
-    ("OC", CodeSupport::FromLync2010),
-    ("UCCAPI", CodeSupport::FromLync2010),
-    // Lync Phone Edition: callers and informal agents; formal agents
-    // need Lync 2013 or an Attendant.
-    (
-        "OCPhone",
-        CodeSupport::Supported {
-            roles: r#"["caller", "informal-agent"]"#,
-        },
+
+/// Lync Phone Edition: callers and informal agents; formal agents need
+/// Lync 2013 or an Attendant.
+const PHONE: CodeSupport = CodeSupport::Supported {
+    roles: r#"["caller", "informal-agent"]"#,
+};
+
+/// A code sipadmit knows: its catalog category, and the Response Group
+/// support of its clients.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Code {
+    /// The `UserAgent` code (compared case-insensitively).
+    pub(super) name: &'static str,
+    /// The catalog `category` of its clients.
+    pub(super) category: &'static str,
+    /// The Response Group support of its clients.
+    pub(super) support: CodeSupport,
+}
+
+/// A row of [`CODES`].
+const fn code(name: &'static str, category: &'static str, support: CodeSupport) -> Code {
+    Code {
+        name,
+        category,
+        support,
+    }
+}
+
+/// The codes sipadmit knows (those of the Lync Server Control Panel, and
+/// the OCS 2007 ones): category and support.
+const CODES: [Code; 21] = [
+    code("OC", "desktop", CodeSupport::FromLync2010),
+    code("UCCAPI", "desktop", CodeSupport::FromLync2010),
+    code("OCPhone", "phone", PHONE),
+    code("CPE", "phone", PHONE),
+    code(
+        "iPhoneLync",
+        "mobile",
+        CodeSupport::Unsupported { clients: MOBILE },
     ),
-    (
-        "CPE",
-        CodeSupport::Supported {
-            roles: r#"["caller", "informal-agent"]"#,
-        },
+    code(
+        "iPadLync",
+        "mobile",
+        CodeSupport::Unsupported { clients: MOBILE },
     ),
-    ("iPhoneLync", CodeSupport::Unsupported { clients: MOBILE }),
-    ("iPadLync", CodeSupport::Unsupported { clients: MOBILE }),
-    ("WPLync", CodeSupport::Unsupported { clients: MOBILE }),
-    ("NokiaLync", CodeSupport::Unsupported { clients: MOBILE }),
-    ("AndroidLync", CodeSupport::Unsupported { clients: MOBILE }),
-    ("McxService", CodeSupport::Unsupported { clients: MOBILE }),
-    ("COMO", CodeSupport::Unsupported { clients: MOBILE }),
-    (
-        "CWA",
-        CodeSupport::Unsupported {
-            clients: "web clients",
-        },
+    code(
+        "WPLync",
+        "mobile",
+        CodeSupport::Unsupported { clients: MOBILE },
     ),
-    (
-        "LWA",
-        CodeSupport::Unsupported {
-            clients: "web clients",
-        },
+    code(
+        "NokiaLync",
+        "mobile",
+        CodeSupport::Unsupported { clients: MOBILE },
     ),
+    code(
+        "AndroidLync",
+        "mobile",
+        CodeSupport::Unsupported { clients: MOBILE },
+    ),
+    code(
+        "McxService",
+        "mobile",
+        CodeSupport::Unsupported { clients: MOBILE },
+    ),
+    code(
+        "COMO",
+        "mobile",
+        CodeSupport::Unsupported { clients: MOBILE },
+    ),
+    code("CWA", "web", CodeSupport::Unsupported { clients: WEB }),
+    code("LWA", "web", CodeSupport::Unsupported { clients: WEB }),
     // Communicator 2007, the Lync 2010 Attendee, Live Meeting, Windows
     // Messenger / RTC clients, Communicator 2005, Lync for Mac.
-    (
+    code(
         "UCCP",
+        "desktop",
         CodeSupport::Unsupported {
             clients: NOT_LISTED,
         },
     ),
-    (
+    code(
         "AOC",
+        "desktop",
         CodeSupport::Unsupported {
             clients: NOT_LISTED,
         },
     ),
-    (
+    code(
         "LMC",
+        "desktop",
         CodeSupport::Unsupported {
             clients: NOT_LISTED,
         },
     ),
-    (
+    code(
         "LiveMeetingAddins",
+        "desktop",
         CodeSupport::Unsupported {
             clients: NOT_LISTED,
         },
     ),
-    (
+    code(
         "WM",
+        "desktop",
         CodeSupport::Unsupported {
             clients: NOT_LISTED,
         },
     ),
-    (
+    code(
         "RTC",
+        "desktop",
         CodeSupport::Unsupported {
             clients: NOT_LISTED,
         },
     ),
-    (
+    code(
         "LCC",
+        "desktop",
         CodeSupport::Unsupported {
             clients: NOT_LISTED,
         },
     ),
-    (
+    code(
         "MC",
+        "desktop",
         CodeSupport::Unsupported {
             clients: NOT_LISTED,
         },
     ),
 ];
 
+/// The row of `code` (case-insensitive), if sipadmit knows it.
+fn find(code: &str) -> Option<&'static Code> {
+    CODES.iter().find(|c| c.name.eq_ignore_ascii_case(code))
+}
+
 /// The Response Group support of the clients of `code` (case-insensitive).
 pub(super) fn code_support(code: &str) -> CodeSupport {
-    CODES
-        .iter()
-        .find(|(name, _)| name.eq_ignore_ascii_case(code))
-        .map_or(CodeSupport::NotKnown, |&(_, support)| support)
+    find(code).map_or(CodeSupport::NotKnown, |c| c.support)
+}
+
+/// The catalog category of the clients of `code` (case-insensitive);
+/// `third-party` for a code sipadmit does not know.
+pub(super) fn code_category(code: &str) -> &'static str {
+    find(code).map_or("third-party", |c| c.category)
 }
 
 #[cfg(test)]
@@ -159,5 +220,7 @@ mod tests {
             }
         );
         assert_eq!(code_support("InHouse"), CodeSupport::NotKnown);
+        assert_eq!(code_category("cpe"), "phone");
+        assert_eq!(code_category("InHouse"), "third-party");
     }
 }

@@ -8,7 +8,7 @@
 //! | rule, in priority order | one `[[clients]]` entry, in the same order |
 //! | `UserAgent` | `token` (and `version_token`) |
 //! | version and `CompareOp` | `op` + `version`; see below for wildcards |
-//! | `Allow`, `AllowWithUrl`, `AllowAndUpgrade` | `support = "supported"` for the clients the Response Group application supports, `"unsupported"` for the others (`support.rs`; `OC` and `UCCAPI` parted at 4) |
+//! | `Allow`, `AllowWithUrl`, `AllowAndUpgrade` | `support = "supported"` for the clients the Response Group application supports, `"unsupported"` for the others, in the roles the application supports each in (`support.rs`; `OC` and `UCCAPI` parted at 3, 4 and 15 and by the Attendant's comment, `plan.rs`) |
 //! | `Block`, `BlockWithUrl`, `BlockAndUpgrade` | `support = "unsupported"`, no role |
 //! | a rule that takes a known server component (`known.rs`) | nothing: named in a note |
 //! | an allow of a code sipadmit does not know that takes only unsupported known clients | `support = "unsupported"` |
@@ -30,6 +30,7 @@ use std::collections::{HashMap, HashSet};
 use std::fmt::{self, Write as _};
 
 use super::known::{known_clients, Known};
+use super::support::code_category;
 use super::version_set::{self, Key, VersionSet, MAX};
 use super::{ClientVersionPolicy, PolicyAction, PolicyRule};
 use crate::classify::{Catalog, CompareOp};
@@ -94,10 +95,12 @@ pub const MAPPING_NOTE: &str = "Block, BlockWithUrl and BlockAndUpgrade become s
 (callers 403, agent offers 480, agent registrations flagged by default), not at every sign-in \
 as Lync does. Allow, AllowWithUrl and AllowAndUpgrade let a client sign in, which does not make \
 it a Response Group client: they become support \"supported\" only for the clients the Response \
-Group application supports (OC and UCCAPI from 4, the Attendants, Lync Phone Edition, and codes \
-sipadmit does not know); mobile and web clients, Office Communicator before 4 and the other \
-codes get \"unsupported\" (named as not supported for Response Group). A rule that would take \
-the Response Group application or another Lync server component is not imported.";
+Group application supports, in the roles it supports them in (OC and UCCAPI from 15 and the \
+Attendants every role, OC and UCCAPI 4 to 14 (Lync 2010) and Lync Phone Edition caller and \
+informal agent, codes sipadmit does not know every role); mobile and web clients, Office \
+Communicator before 4 and the other codes get \"unsupported\" (named as not supported for \
+Response Group). A rule that would take the Response Group application or another Lync server \
+component is not imported.";
 
 /// One catalog comparison: `token <op> version`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -182,10 +185,7 @@ impl Translation {
             .or_default();
         let planned = condition(rule, &token.taken)
             .and_then(|cond| shadowed(rule, &cond, token).map_or(Ok(cond), Err))
-            .map(|cond| {
-                let plan = plan(rule, &cond, token);
-                (cond, plan)
-            });
+            .and_then(|cond| plan(rule, &cond, token).map(|plan| (cond, plan)));
         let (cond, mut plan) = match planned {
             Ok(planned) => planned,
             Err(reason) => return self.not_imported(label, reason),
@@ -521,7 +521,9 @@ fn write_entry(out: &mut String, rule: &PolicyRule, id: &str, part: Option<&str>
         rule.summary()
     );
     let _ = writeln!(out, "name = {}", quote(&name));
-    let category = entry.category.unwrap_or_else(|| category(&rule.user_agent));
+    let category = entry
+        .category
+        .unwrap_or_else(|| code_category(&rule.user_agent));
     let _ = writeln!(out, "category = {}", quote(category));
     let _ = writeln!(
         out,
@@ -597,38 +599,6 @@ fn header(
     out.push_str("#\n");
     comment(&mut out, MAPPING_NOTE);
     out
-}
-
-/// The catalog category of a client version policy user agent code
-/// (the codes of the Lync Server Control Panel); `third-party` otherwise.
-fn category(user_agent: &str) -> &'static str {
-    const CODES: [(&str, &str); 21] = [
-        ("OC", "desktop"),
-        ("UCCP", "desktop"),
-        ("UCCAPI", "desktop"),
-        ("AOC", "desktop"),
-        ("LMC", "desktop"),
-        ("LiveMeetingAddins", "desktop"),
-        ("WM", "desktop"),
-        ("RTC", "desktop"),
-        ("LCC", "desktop"),
-        ("MC", "desktop"),
-        ("OCPhone", "phone"),
-        ("CPE", "phone"),
-        ("iPadLync", "mobile"),
-        ("iPhoneLync", "mobile"),
-        ("WPLync", "mobile"),
-        ("NokiaLync", "mobile"),
-        ("AndroidLync", "mobile"),
-        ("McxService", "mobile"),
-        ("COMO", "mobile"),
-        ("CWA", "web"),
-        ("LWA", "web"),
-    ];
-    CODES
-        .iter()
-        .find(|(code, _)| code.eq_ignore_ascii_case(user_agent))
-        .map_or("third-party", |(_, category)| category)
 }
 
 /// `base`, or `base-2`, `base-3`, ... : the first id not used yet.

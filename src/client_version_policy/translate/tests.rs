@@ -1,6 +1,6 @@
 use super::plan::{check_known, Check};
 use super::*;
-use crate::classify::{Catalog, Support};
+use crate::classify::{Catalog, Role, Support};
 use crate::client_version_policy::read_rules;
 
 /// The shared test rule, at `priority` (its origin names it).
@@ -31,23 +31,33 @@ fn imported(rules: Vec<PolicyRule>) -> (ClientVersionPolicy, CatalogImport, Cata
 /// What the import should say of a User-Agent: blocked (false) when the
 /// policy blocks it; when the policy allows it, supported (true) unless the
 /// shipped catalog knows it as a client the Response Group application does
-/// not support; no answer when no rule holds.
-fn want(policy: &ClientVersionPolicy, shipped: &Catalog, ua: &[u8]) -> Option<bool> {
+/// not support, and in the shipped roles when the shipped catalog supports
+/// it (Lync 2010: caller and informal agent); no answer when no rule holds.
+fn want(policy: &ClientVersionPolicy, shipped: &Catalog, ua: &[u8]) -> Option<(bool, Vec<Role>)> {
     policy.first_match(ua).map(|r| {
-        r.action.allows()
-            && shipped.classify(Some(ua)).client.support != crate::classify::Support::Unsupported
+        let c = shipped.classify(Some(ua));
+        if !r.action.allows() || c.client.support == Support::Unsupported {
+            (false, Vec::new())
+        } else if c.client.support == Support::Supported {
+            (true, c.client.roles.clone())
+        } else {
+            (true, ALL.to_vec())
+        }
     })
 }
+
+/// Every role: what an allow of a code sipadmit does not know gives.
+const ALL: [Role; 3] = [Role::Caller, Role::InformalAgent, Role::FormalAgent];
 
 /// The policy's answer and the catalog's agree (see [`want`]).
 fn assert_same(policy: &ClientVersionPolicy, catalog: &Catalog, user_agents: &[&str]) {
     let shipped = shipped();
     for ua in user_agents {
         let want = want(policy, shipped, ua.as_bytes());
-        let got = catalog.classify(Some(ua.as_bytes()));
-        let got = match got.client.support.as_str() {
-            "supported" => Some(true),
-            "unsupported" => Some(false),
+        let c = catalog.classify(Some(ua.as_bytes()));
+        let got = match c.client.support {
+            Support::Supported => Some((true, c.client.roles.clone())),
+            Support::Unsupported => Some((false, c.client.roles.clone())),
             _ => None,
         };
         assert_eq!(got, want, "{ua}");
@@ -223,7 +233,8 @@ fn entries_say_support_roles_category_and_ids() {
          version_token = \"iPhoneLync\"\n[[clients.match]]\nid = \"cvp-0-iphonelync\"\ntoken = \"iPhoneLync\"\n"
     ), "{toml}");
     assert!(
-        toml.contains("id = \"cvp-1-oc.1\"") && toml.contains("id = \"cvp-1-oc.2\""),
+        toml.contains("id = \"cvp-1-oc-lync-2013.1\"")
+            && toml.contains("id = \"cvp-1-oc-lync-2013.2\""),
         "{toml}"
     );
     assert!(toml.contains("id = \"cvp-2-oc\""), "{toml}");
@@ -348,7 +359,8 @@ fn rules_that_never_decide_are_named_not_imported() {
             "priority 4 ([4]: OC EQL * -> Allow): not supported for Response Group: OC below 4 \
              (Office Communicator 2007 R2 and earlier) gets support \"unsupported\": Allow lets \
              them sign in; the Response Group application supports OC clients from 4 on (Lync \
-             2010 and later) and, below 4, only the OCS 2007 R2 Attendant (comment \"Attendant\")",
+             2010 and later) and, below 4, only the OCS 2007 R2 Attendant (3.x, comment \
+             \"Attendant\")",
             "priority 5 ([5]: OC GEQ * -> Block): not imported: never decides: every OC version \
              it matches is taken by an earlier rule (priority 0 ([0]: OC GEQ 4.* -> Allow); \
              priority 3 ([3]: OC LSS 5.* -> Block); priority 4 ([4]: OC EQL * -> Allow))",
@@ -427,41 +439,69 @@ const COMMUNICATOR_R2: &str =
 const LYNC_2010: &str = "UCCAPI/4.0.7577.314 OC/4.0.7577.314 (Microsoft Lync 2010)";
 const LYNC_2013: &str = "UCCAPI/15.0.4481.1000 OC/15.0.4481.1000 (Microsoft Lync)";
 
-#[test]
-fn an_allow_of_oc_is_supported_from_lync_2010_and_for_the_attendants_only() {
-    // Versions from 2: `GEQ 4` first, then the Attendant, then the rest.
-    let rules = vec![
+const LYNC_2010_ATTENDANT: &str = "UCCAPI/4.0.7577.0 OC/4.0.7577.0 (Microsoft Lync 2010 Attendant)";
+
+/// The ids of the `[[clients]]` entries and their match rules.
+fn ids(toml: &str) -> Vec<String> {
+    toml.lines()
+        .filter(|l| l.starts_with("id = ") && !l.contains('.'))
+        .map(|l| l[6..l.len() - 1].to_owned())
+        .collect()
+}
+
+/// `Allow OC GEQ 2.*`, then `Block OC LSS 2.*`: versions from 2 are
+/// written `GEQ 15`, `GEQ 4` (the Attendant first), `GEQ 3` (the
+/// Attendant), then the rest.
+fn oc_from_2() -> (ClientVersionPolicy, CatalogImport, Catalog) {
+    imported(vec![
         rule(0, "OC", CompareOp::Geq, "2.*", PolicyAction::Allow),
         rule(1, "OC", CompareOp::Lss, "2.*", PolicyAction::Block),
-    ];
-    let (policy, import, catalog) = imported(rules);
-    let ids = |toml: &str| -> Vec<String> {
-        toml.lines()
-            .filter(|l| l.starts_with("id = ") && !l.contains('.'))
-            .map(|l| l[6..l.len() - 1].to_owned())
+    ])
+}
+
+#[test]
+fn an_allow_of_oc_is_supported_from_lync_2010_and_for_the_attendants_only() {
+    let (policy, import, catalog) = oc_from_2();
+    let twice = |ids: &[&str]| -> Vec<String> {
+        ids.iter()
+            .flat_map(|id| [id.to_string(), id.to_string()])
             .collect()
     };
     assert_eq!(
         ids(&import.toml),
-        [
-            "cvp-0-oc",
-            "cvp-0-oc",
-            "cvp-0-oc-attendant",
-            "cvp-0-oc-attendant",
-            "cvp-0-oc-before-4",
+        twice(&[
+            "cvp-0-oc-lync-2013",
+            "cvp-0-oc-lync-2010-attendant",
+            "cvp-0-oc-lync-2010",
+            "cvp-0-oc-ocs-2007r2-attendant",
             "cvp-0-oc-before-4",
             "cvp-1-oc",
-            "cvp-1-oc"
-        ]
+        ])
     );
     assert_eq!(
         says(&catalog, LYNC_2013),
-        ("cvp-0-oc".into(), "supported".into(), 3)
+        ("cvp-0-oc-lync-2013".into(), "supported".into(), 3)
     );
-    assert_eq!(says(&catalog, LYNC_2010).0, "cvp-0-oc");
+    // Lync 2010: caller and informal agent, not formal agent.
+    assert_eq!(
+        says(&catalog, LYNC_2010),
+        ("cvp-0-oc-lync-2010".into(), "supported".into(), 2)
+    );
+    assert_eq!(
+        catalog.classify(Some(LYNC_2010.as_bytes())).client.roles,
+        [Role::Caller, Role::InformalAgent]
+    );
+    assert_eq!(
+        says(&catalog, LYNC_2010_ATTENDANT),
+        ("cvp-0-oc-lync-2010-attendant".into(), "supported".into(), 3)
+    );
     assert_eq!(
         says(&catalog, OCS_ATTENDANT),
-        ("cvp-0-oc-attendant".into(), "supported".into(), 3)
+        (
+            "cvp-0-oc-ocs-2007r2-attendant".into(),
+            "supported".into(),
+            3
+        )
     );
     assert_eq!(
         says(&catalog, COMMUNICATOR_R2),
@@ -472,9 +512,38 @@ fn an_allow_of_oc_is_supported_from_lync_2010_and_for_the_attendants_only() {
         "cvp-0-oc-before-4"
     );
     assert_eq!(
+        says(&catalog, "OC/2.0 (Attendant)").0,
+        "cvp-0-oc-before-4",
+        "an Attendant comment below 3 is no Attendant the shipped catalog knows"
+    );
+    assert_eq!(
         says(&catalog, "OC/1.9").0,
         "cvp-1-oc",
         "below 2: the next rule"
+    );
+    let mut all = OC.to_vec();
+    all.extend([
+        OCS_ATTENDANT,
+        COMMUNICATOR_R2,
+        LYNC_2010,
+        LYNC_2010_ATTENDANT,
+        LYNC_2013,
+        "OC/1",
+        "OC/2.0 (Attendant)",
+    ]);
+    assert_same(&policy, &catalog, &all);
+}
+
+#[test]
+fn an_allow_of_oc_says_why_in_comments_and_notes() {
+    let (_, import, _) = oc_from_2();
+    assert!(
+        import.toml.contains(
+            "# OC 4 to 14.x: Lync 2010: Lync 2010 takes Response Group calls as a caller or an\n\
+             # informal agent; formal agents need Lync 2013 or an Attendant\n"
+        ),
+        "{}",
+        import.toml
     );
     let note = import
         .notes
@@ -488,17 +557,20 @@ fn an_allow_of_oc_is_supported_from_lync_2010_and_for_the_attendants_only() {
         ),
         "{note}"
     );
-    let mut all = OC.to_vec();
-    all.extend([OCS_ATTENDANT, COMMUNICATOR_R2, LYNC_2010, LYNC_2013, "OC/1"]);
-    assert_same(&policy, &catalog, &all);
 }
 
 #[test]
-fn an_allow_of_oc_below_a_version_is_parted_with_lss_4_first() {
+fn an_allow_of_oc_below_a_version_is_parted_with_lss_first() {
     let mut all = OC.to_vec();
-    all.extend([OCS_ATTENDANT, COMMUNICATOR_R2, LYNC_2010, LYNC_2013]);
-    // Versions below 16: `LSS 4` first, and Lync 2013 and later are left
-    // to the next rule.
+    all.extend([
+        OCS_ATTENDANT,
+        COMMUNICATOR_R2,
+        LYNC_2010,
+        LYNC_2010_ATTENDANT,
+        LYNC_2013,
+    ]);
+    // Versions below 16: `LSS 3`, `LSS 4`, `LSS 15` first, and Skype for
+    // Business 2016 is left to the next rule.
     let rules = vec![
         rule(0, "UCCAPI", CompareOp::Lss, "16.*", PolicyAction::Allow),
         rule(1, "UCCAPI", CompareOp::Geq, "*", PolicyAction::Block),
@@ -506,10 +578,21 @@ fn an_allow_of_oc_below_a_version_is_parted_with_lss_4_first() {
     let (policy, import, catalog) = imported(rules);
     assert_eq!(
         says(&catalog, COMMUNICATOR_R2),
-        ("cvp-0-uccapi-before-4".into(), "unsupported".into(), 0)
+        (
+            "cvp-0-uccapi-communicator-2007r2".into(),
+            "unsupported".into(),
+            0
+        )
     );
-    assert_eq!(says(&catalog, OCS_ATTENDANT).0, "cvp-0-uccapi-attendant");
-    assert_eq!(says(&catalog, LYNC_2013).0, "cvp-0-uccapi");
+    assert_eq!(
+        says(&catalog, OCS_ATTENDANT).0,
+        "cvp-0-uccapi-ocs-2007r2-attendant"
+    );
+    assert_eq!(
+        says(&catalog, LYNC_2010),
+        ("cvp-0-uccapi-lync-2010".into(), "supported".into(), 2)
+    );
+    assert_eq!(says(&catalog, LYNC_2013).0, "cvp-0-uccapi-lync-2013");
     assert_eq!(
         says(&catalog, "UCCAPI/16.0.4417.1000 OC/16.0.4417.1000").0,
         "cvp-1-uccapi"
@@ -518,18 +601,32 @@ fn an_allow_of_oc_below_a_version_is_parted_with_lss_4_first() {
         .toml
         .contains("op = \"LSS\"\nversion = \"4\"\ncomment = \"Attendant\""));
     assert_same(&policy, &catalog, &all);
+}
 
-    // From 4 only: one entry, as before; below 4 only: no supported entry
-    // but the Attendant's.
-    let (_, import, _) = imported(vec![rule(
+#[test]
+fn an_allow_of_oc_on_one_side_of_a_band_takes_only_its_clients() {
+    // From 4 only: Lync 2013, the Lync 2010 Attendant, Lync 2010, and no
+    // note; below 4 only: no supported entry but the Attendant's.
+    let (_, import, catalog) = imported(vec![rule(
         0,
         "OC",
         CompareOp::Geq,
         "4.*",
         PolicyAction::Allow,
     )]);
-    assert_eq!(import.toml.matches("[[clients]]").count(), 1);
+    assert_eq!(
+        ids(&import.toml),
+        [
+            "cvp-0-oc-lync-2013",
+            "cvp-0-oc-lync-2013",
+            "cvp-0-oc-lync-2010-attendant",
+            "cvp-0-oc-lync-2010-attendant",
+            "cvp-0-oc-lync-2010",
+            "cvp-0-oc-lync-2010"
+        ]
+    );
     assert!(import.notes.is_empty());
+    assert_eq!(says(&catalog, LYNC_2010).2, 2);
     let (_, import, catalog) = imported(vec![rule(
         0,
         "OC",
@@ -537,9 +634,102 @@ fn an_allow_of_oc_below_a_version_is_parted_with_lss_4_first() {
         "4.*",
         PolicyAction::Allow,
     )]);
-    assert_eq!(import.toml.matches("[[clients]]").count(), 2);
+    assert_eq!(import.toml.matches("[[clients]]").count(), 3);
     assert_eq!(says(&catalog, COMMUNICATOR_R2).1, "unsupported");
     assert_eq!(says(&catalog, OCS_ATTENDANT).1, "supported");
+    // Lync 2013 and later only: one entry, every role.
+    let (_, import, catalog) = imported(vec![rule(
+        0,
+        "OC",
+        CompareOp::Geq,
+        "15.*",
+        PolicyAction::Allow,
+    )]);
+    assert_eq!(ids(&import.toml), ["cvp-0-oc", "cvp-0-oc"]);
+    assert_eq!(says(&catalog, LYNC_2013).2, 3);
+}
+
+/// `OC` (alone and after `UCCAPI`) at every version a policy's comparisons
+/// part, with and without the Attendant's comment, and the known
+/// User-Agents.
+fn oc_user_agents() -> Vec<String> {
+    let mut all: Vec<String> = crate::client_version_policy::known::known_user_agents()
+        .map(str::to_owned)
+        .collect();
+    for v in [
+        "1",
+        "2.0",
+        "2.9",
+        "3",
+        "3.5.6907.0",
+        "3.9",
+        "4",
+        "4.0.7577.314",
+        "4.9",
+        "5",
+        "14.9",
+        "15",
+        "15.0.4420.1017",
+        "15.1",
+        "16",
+        "16.0.4417.1000",
+    ] {
+        // Clients send UCCAPI with OC, which the shipped catalog reads.
+        for ua in [format!("OC/{v}"), format!("UCCAPI/{v} OC/{v}")] {
+            all.push(format!("{ua} (Microsoft Attendant)"));
+            all.push(ua);
+        }
+    }
+    all.extend(["OC".into(), "OC (Attendant)".into(), "UCCAPI OC".into()]);
+    all
+}
+
+#[test]
+fn an_allow_of_oc_or_uccapi_gives_every_client_the_shipped_support_and_roles() {
+    use CompareOp::{Eql, Geq, Gtr, Leq, Lss, Neq};
+    let rules: [&[(CompareOp, &str)]; 13] = [
+        &[(Geq, "*")],
+        &[(Geq, "2.*")],
+        &[(Geq, "3.*")],
+        &[(Geq, "4.*")],
+        &[(Gtr, "4.0.7577.314")],
+        &[(Lss, "16.*")],
+        &[(Leq, "15.*")],
+        &[(Neq, "4.*")],
+        &[(Neq, "15.*")],
+        &[(Neq, "3.*")],
+        &[(Neq, "4.0.7577.314")],
+        // EQL 4.* after a rule taking everything below 4: `LSS 5`.
+        &[(Lss, "4.*"), (Eql, "4.*")],
+        // An allow after a block of one Lync 2013 build.
+        &[(Eql, "15.0.4420.1017"), (Geq, "2.*")],
+    ];
+    let uas = oc_user_agents();
+    let uas: Vec<&str> = uas.iter().map(String::as_str).collect();
+    for token in ["OC", "UCCAPI"] {
+        for comparisons in rules {
+            let n = comparisons.len();
+            let policy: Vec<PolicyRule> = comparisons
+                .iter()
+                .enumerate()
+                .map(|(i, &(op, version))| {
+                    let action = if i + 1 == n {
+                        PolicyAction::Allow
+                    } else {
+                        PolicyAction::Block
+                    };
+                    rule(i as i32, token, op, version, action)
+                })
+                .collect();
+            let (policy, import, catalog) = imported(policy);
+            assert_eq!(
+                import.not_imported, 0,
+                "{token} {comparisons:?}: {:#?}",
+                import.notes
+            );
+            assert_same(&policy, &catalog, &uas);
+        }
+    }
 }
 
 #[test]
@@ -638,13 +828,18 @@ fn known_supported_and_unsupported_clients_in_one_allow_are_refused() {
         user_agent,
         name: format!("{user_agent} client"),
         support,
+        roles: if support == Support::Supported {
+            vec![Role::Caller]
+        } else {
+            Vec::new()
+        },
         taken: false,
     };
     let a = known("Probe/1 (a)", Support::Supported);
     let b = known("Probe/2 (b)", Support::Unsupported);
     let r = rule(0, "Probe", CompareOp::Geq, "1", PolicyAction::Allow);
     let entries = "[[clients]]\nid = \"p\"\nname = \"p\"\ncategory = \"third-party\"\n\
-                   support = \"supported\"\nroles = []\n[[clients.match]]\ntoken = \"Probe\"\n";
+                   support = \"supported\"\nroles = [\"caller\"]\n[[clients.match]]\ntoken = \"Probe\"\n";
     let Check::Refuse(why) = check_known(&r, entries, &[&a, &b]) else {
         panic!("not refused");
     };
@@ -659,4 +854,129 @@ fn known_supported_and_unsupported_clients_in_one_allow_are_refused() {
         check_known(&r, entries, &[&b]),
         Check::Unsupported(_)
     ));
+}
+
+#[test]
+fn entries_the_guard_cannot_compile_are_refused_not_kept() {
+    let known = Known {
+        user_agent: LYNC_2010,
+        name: "Lync 2010".into(),
+        support: Support::Supported,
+        roles: vec![Role::Caller, Role::InformalAgent],
+        taken: false,
+    };
+    let r = rule(0, "OC", CompareOp::Geq, "4", PolicyAction::Allow);
+    // What a bug of write_rule could give: no `name`.
+    let broken = "[[clients]]\nid = \"p\"\ncategory = \"desktop\"\nsupport = \"supported\"\n\
+                  [[clients.match]]\ntoken = \"OC\"\n";
+    let Check::Refuse(why) = check_known(&r, broken, &[&known]) else {
+        panic!("an entry the guard could not read was kept");
+    };
+    assert!(
+        why.starts_with("its entries do not compile, so what they would make of the known clients cannot be checked"),
+        "{why}"
+    );
+    assert!(why.contains("name"), "the error is named: {why}");
+}
+
+#[test]
+fn entries_giving_a_known_client_other_roles_than_the_shipped_ones_are_refused() {
+    let lync_2010 = Known {
+        user_agent: LYNC_2010,
+        name: "Lync 2010".into(),
+        support: Support::Supported,
+        roles: vec![Role::Caller, Role::InformalAgent],
+        taken: false,
+    };
+    let r = rule(0, "OC", CompareOp::Geq, "4", PolicyAction::Allow);
+    let entry = |roles: &str| {
+        format!(
+            "[[clients]]\nid = \"p\"\nname = \"p\"\ncategory = \"desktop\"\n\
+             support = \"supported\"\nroles = {roles}\n[[clients.match]]\ntoken = \"OC\"\n"
+        )
+    };
+    // What the import wrote before: every role for OC from 4.
+    let all = entry(r#"["caller", "informal-agent", "formal-agent"]"#);
+    let Check::Refuse(why) = check_known(&r, &all, &[&lync_2010]) else {
+        panic!("formal-agent for Lync 2010 was kept");
+    };
+    assert!(
+        why.starts_with(
+            "its entries would give Lync 2010 (\"UCCAPI/4.0.7577.314 OC/4.0.7577.314 (Microsoft \
+             Lync 2010)\") support supported, roles [\"caller\", \"informal-agent\", \
+             \"formal-agent\"], where the shipped catalog says support supported, roles \
+             [\"caller\", \"informal-agent\"]"
+        ),
+        "{why}"
+    );
+    let same = entry(r#"["caller", "informal-agent"]"#);
+    assert!(matches!(check_known(&r, &same, &[&lync_2010]), Check::Keep));
+    // A block takes the client out of every role: nothing to compare.
+    let block = rule(0, "OC", CompareOp::Geq, "4", PolicyAction::Block);
+    assert!(matches!(
+        check_known(&block, &all, &[&lync_2010]),
+        Check::Keep
+    ));
+}
+
+const LINPHONE_IOS: &str = "LinphoneiOS/4.3.0 (Bob's iPhone) LinphoneSDK/4.4.0";
+
+#[test]
+fn an_allow_of_a_third_party_mobile_softphone_is_not_made_supported() {
+    // A code sipadmit does not know, whose only known client is Linphone
+    // for iOS (the shipped `linphone-mobile`: unsupported).
+    let (policy, import, catalog) = imported(vec![rule(
+        0,
+        "LinphoneiOS",
+        CompareOp::Geq,
+        "*",
+        PolicyAction::Allow,
+    )]);
+    assert_eq!(
+        says(&catalog, LINPHONE_IOS),
+        ("cvp-0-linphoneios".into(), "unsupported".into(), 0)
+    );
+    assert_eq!(import.notes.len(), 1, "{:#?}", import.notes);
+    assert_eq!(import.notes[0].kind, NoteKind::NotSupported);
+    assert!(
+        import.notes[0]
+            .message
+            .contains("Linphone for iOS / Android (\"LinphoneiOS/4.3.0"),
+        "{}",
+        import.notes[0]
+    );
+    assert_same(&policy, &catalog, &[LINPHONE_IOS, "LinphoneiOS/5.0"]);
+
+    // `Bria` is the token of Bria for iOS (unsupported) and of Bria desktop
+    // (third-party): one entry cannot say both.
+    let (_, import, _) = imported(vec![rule(
+        0,
+        "Bria",
+        CompareOp::Eql,
+        "*",
+        PolicyAction::Allow,
+    )]);
+    assert_eq!((import.imported, import.not_imported), (0, 1));
+    let why = &import.notes[0].message;
+    assert!(
+        why.starts_with(
+            "it would make supported Bria (CounterPath) for iOS / Android (\"Bria iOS release"
+        ) && why.contains("and takes Bria / X-Lite (CounterPath, desktop) (\"Bria 3 release"),
+        "{why}"
+    );
+
+    // A third-party desktop product alone: the allow stands (support
+    // third-party is no Response Group verdict to keep).
+    let (_, import, catalog) = imported(vec![rule(
+        0,
+        "X-Lite",
+        CompareOp::Eql,
+        "*",
+        PolicyAction::Allow,
+    )]);
+    assert!(import.notes.is_empty(), "{:#?}", import.notes);
+    assert_eq!(
+        says(&catalog, "X-Lite release 5.7.1 stamp 100933").1,
+        "supported"
+    );
 }
