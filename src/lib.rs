@@ -7,6 +7,8 @@
 
 pub mod admin;
 pub mod app;
+#[cfg(test)]
+mod captured_log;
 pub mod classify;
 pub mod cli;
 pub mod client_version_policy;

@@ -65,6 +65,14 @@ const PHONE: CodeSupport = CodeSupport::Supported {
     roles: r#"["caller", "informal-agent"]"#,
 };
 
+/// The support of a mobile client's code.
+const MOBILE_CLIENTS: CodeSupport = CodeSupport::Unsupported { clients: MOBILE };
+
+/// The support of a code of clients not on Response Group's client list.
+const NOT_LISTED_CLIENTS: CodeSupport = CodeSupport::Unsupported {
+    clients: NOT_LISTED,
+};
+
 /// A code sipadmit knows: its catalog category, and the Response Group
 /// support of its clients.
 #[derive(Debug, Clone, Copy)]
@@ -93,101 +101,25 @@ const CODES: [Code; 21] = [
     code("UCCAPI", "desktop", CodeSupport::FromLync2010),
     code("OCPhone", "phone", PHONE),
     code("CPE", "phone", PHONE),
-    code(
-        "iPhoneLync",
-        "mobile",
-        CodeSupport::Unsupported { clients: MOBILE },
-    ),
-    code(
-        "iPadLync",
-        "mobile",
-        CodeSupport::Unsupported { clients: MOBILE },
-    ),
-    code(
-        "WPLync",
-        "mobile",
-        CodeSupport::Unsupported { clients: MOBILE },
-    ),
-    code(
-        "NokiaLync",
-        "mobile",
-        CodeSupport::Unsupported { clients: MOBILE },
-    ),
-    code(
-        "AndroidLync",
-        "mobile",
-        CodeSupport::Unsupported { clients: MOBILE },
-    ),
-    code(
-        "McxService",
-        "mobile",
-        CodeSupport::Unsupported { clients: MOBILE },
-    ),
-    code(
-        "COMO",
-        "mobile",
-        CodeSupport::Unsupported { clients: MOBILE },
-    ),
+    code("iPhoneLync", "mobile", MOBILE_CLIENTS),
+    code("iPadLync", "mobile", MOBILE_CLIENTS),
+    code("WPLync", "mobile", MOBILE_CLIENTS),
+    code("NokiaLync", "mobile", MOBILE_CLIENTS),
+    code("AndroidLync", "mobile", MOBILE_CLIENTS),
+    code("McxService", "mobile", MOBILE_CLIENTS),
+    code("COMO", "mobile", MOBILE_CLIENTS),
     code("CWA", "web", CodeSupport::Unsupported { clients: WEB }),
     code("LWA", "web", CodeSupport::Unsupported { clients: WEB }),
     // Communicator 2007, the Lync 2010 Attendee, Live Meeting, Windows
     // Messenger / RTC clients, Communicator 2005, Lync for Mac.
-    code(
-        "UCCP",
-        "desktop",
-        CodeSupport::Unsupported {
-            clients: NOT_LISTED,
-        },
-    ),
-    code(
-        "AOC",
-        "desktop",
-        CodeSupport::Unsupported {
-            clients: NOT_LISTED,
-        },
-    ),
-    code(
-        "LMC",
-        "desktop",
-        CodeSupport::Unsupported {
-            clients: NOT_LISTED,
-        },
-    ),
-    code(
-        "LiveMeetingAddins",
-        "desktop",
-        CodeSupport::Unsupported {
-            clients: NOT_LISTED,
-        },
-    ),
-    code(
-        "WM",
-        "desktop",
-        CodeSupport::Unsupported {
-            clients: NOT_LISTED,
-        },
-    ),
-    code(
-        "RTC",
-        "desktop",
-        CodeSupport::Unsupported {
-            clients: NOT_LISTED,
-        },
-    ),
-    code(
-        "LCC",
-        "desktop",
-        CodeSupport::Unsupported {
-            clients: NOT_LISTED,
-        },
-    ),
-    code(
-        "MC",
-        "desktop",
-        CodeSupport::Unsupported {
-            clients: NOT_LISTED,
-        },
-    ),
+    code("UCCP", "desktop", NOT_LISTED_CLIENTS),
+    code("AOC", "desktop", NOT_LISTED_CLIENTS),
+    code("LMC", "desktop", NOT_LISTED_CLIENTS),
+    code("LiveMeetingAddins", "desktop", NOT_LISTED_CLIENTS),
+    code("WM", "desktop", NOT_LISTED_CLIENTS),
+    code("RTC", "desktop", NOT_LISTED_CLIENTS),
+    code("LCC", "desktop", NOT_LISTED_CLIENTS),
+    code("MC", "desktop", NOT_LISTED_CLIENTS),
 ];
 
 /// The row of `code` (case-insensitive), if sipadmit knows it.

@@ -1201,21 +1201,6 @@ fn a_relayed_scanner_request_gets_no_client_transaction() {
     assert_eq!(relay("friendly-scanner", 2), (Destination::Upstream, false));
 }
 
-/// Log lines written into a shared buffer, for tests that read what was
-/// logged.
-#[derive(Clone, Default)]
-struct LoggedLines(Arc<std::sync::Mutex<Vec<u8>>>);
-
-impl std::io::Write for LoggedLines {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(bytes);
-        Ok(bytes.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 /// A HEP packet sent to a SIP listener (a capture agent whose collector
 /// is this SIP port) is dropped and counted as any malformed message is,
 /// and told for what it is: the first of every 10 s as a warning naming
@@ -1238,15 +1223,8 @@ fn a_hep_packet_at_a_sip_listener_is_dropped_as_malformed_and_told_as_hep() {
     let register = request("REGISTER", "sip:contoso.com", client(), LYNC, "");
     crate::observe::hep::encode::encode(&header, register.as_bytes(), &mut packet).unwrap();
     let core = Core::detached(CONFIG).unwrap();
-    let lines = LoggedLines::default();
-    let writer = lines.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(move || writer.clone())
-        .with_max_level(tracing::Level::DEBUG)
-        .with_ansi(false)
-        .finish();
     let t0 = Instant::now();
-    tracing::subscriber::with_default(subscriber, || {
+    let ((), text) = crate::captured_log::captured_log(tracing::Level::DEBUG, || {
         for _ in 0..3 {
             let hep = Inbound {
                 bytes: Bytes::from(packet.clone()),
@@ -1266,7 +1244,6 @@ fn a_hep_packet_at_a_sip_listener_is_dropped_as_malformed_and_told_as_hep() {
     let metrics = core.metrics();
     assert_eq!(metrics.drops(DropReason::Malformed), 3);
     assert_eq!(metrics.parse_errors("malformed_start_line"), 3);
-    let text = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
     let warned: Vec<&str> = text
         .lines()
         .filter(|l| l.contains("WARN") && l.contains("HEP packet sent to a SIP listener"))

@@ -905,33 +905,12 @@ mod tests {
         assert!(!watch.check(t0 + 3 * SILENCE, &metrics));
     }
 
-    /// A writer of log lines into a shared buffer, for tests that read
-    /// what was logged.
-    #[derive(Clone, Default)]
-    struct Lines(Arc<std::sync::Mutex<Vec<u8>>>);
-
-    impl std::io::Write for Lines {
-        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(bytes);
-            Ok(bytes.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-
     #[test]
     fn a_silence_is_told_again_only_with_new_requests_unanswered() {
-        let lines = Lines::default();
-        let writer = lines.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_writer(move || writer.clone())
-            .with_ansi(false)
-            .finish();
         let metrics = crate::observe::metrics::Metrics::default();
         let watch = UpstreamWatch::new(Transport::Tcp);
         let t0 = std::time::Instant::now();
-        tracing::subscriber::with_default(subscriber, || {
+        let ((), text) = crate::captured_log::captured_log(tracing::Level::INFO, || {
             watch.relayed(t0);
             assert!(watch.check(t0 + SILENCE, &metrics));
             // A registrar that refuses connections: no request relayed.
@@ -940,7 +919,6 @@ mod tests {
             watch.relayed(t0 + 3 * SILENCE);
             assert!(watch.check(t0 + 4 * SILENCE, &metrics));
         });
-        let text = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
         let told: Vec<&str> = text
             .lines()
             .filter(|l| l.contains("the upstream sent nothing back"))
