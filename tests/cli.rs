@@ -366,6 +366,17 @@ fn readme_catalog_count_matches_check_config() {
     );
 }
 
+/// `check-config` and `run` of `config` both exit 1, saying `expected`.
+fn check_config_and_run_refuse(config: &std::path::Path, expected: &str) {
+    let config = config.to_str().unwrap();
+    for command in ["check-config", "run"] {
+        let out = refused_within_10_s(&[command, "--config", config]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{command}: {err}");
+        assert!(err.contains(expected), "{command}: {err}");
+    }
+}
+
 /// An address of this host other than a loopback one, or none when the
 /// host has no route out (found without sending anything: a UDP socket's
 /// connect only picks the source address).
@@ -394,21 +405,12 @@ fn an_upstream_at_this_hosts_own_address_is_refused_by_check_config_and_run() {
         format!("[proxy]\nlisten = [\"udp:0.0.0.0:{port}\"]\nupstream = \"udp:{ip}:{port}\"\n"),
     )
     .unwrap();
-    let config = config.to_str().unwrap();
-    for args in [
-        vec!["check-config", "--config", config],
-        vec!["run", "--config", config],
-    ] {
-        let out = refused_within_10_s(&args);
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
-        assert!(
-            err.contains(&format!(
-                "self.toml: 1 problem(s):\n  proxy.upstream: udp:{ip}:{port} is an address of this host, and the listener udp:0.0.0.0:{port} takes it"
-            )),
-            "{args:?}: {err}"
-        );
-    }
+    check_config_and_run_refuse(
+        &config,
+        &format!(
+            "self.toml: 1 problem(s):\n  proxy.upstream: udp:{ip}:{port} is an address of this host, and the listener udp:0.0.0.0:{port} takes it"
+        ),
+    );
     // The same port on an address this host does not have is a registrar.
     std::fs::write(
         dir.path().join("other.toml"),
@@ -453,22 +455,12 @@ fn a_hep_collector_at_this_hosts_own_address_is_refused_by_check_config_and_run(
         .unwrap();
         path
     };
-    let config = write("self.toml", port);
-    let config = config.to_str().unwrap();
-    for args in [
-        vec!["check-config", "--config", config],
-        vec!["run", "--config", config],
-    ] {
-        let out = refused_within_10_s(&args);
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
-        assert!(
-            err.contains(&format!(
-                "self.toml: 1 problem(s):\n  hep.collector: udp:{ip}:{port} is an address of this host, and the SIP listener udp:0.0.0.0:{port} takes it"
-            )),
-            "{args:?}: {err}"
-        );
-    }
+    check_config_and_run_refuse(
+        &write("self.toml", port),
+        &format!(
+            "self.toml: 1 problem(s):\n  hep.collector: udp:{ip}:{port} is an address of this host, and the SIP listener udp:0.0.0.0:{port} takes it"
+        ),
+    );
     // With the upstream there too, both are listed, each with its key.
     let both = dir.path().join("both.toml");
     let second = common::external::free_udp_port();

@@ -745,32 +745,35 @@ pub fn problems_on_this_host(
     this_host: impl Fn(std::net::IpAddr) -> bool,
 ) -> Vec<Problem> {
     let settings = &config.settings;
+    let upstream_key = match config.overrides.upstream {
+        Some(_) => "--upstream",
+        None => "proxy.upstream",
+    };
+    let candidates = [
+        (
+            settings.upstream,
+            upstream_key,
+            "listener",
+            "every request would loop back to sipadmit (482 Loop Detected), and its upstream \
+             probes, answered by itself, would call the registrar healthy; give the registrar's \
+             address",
+        ),
+        (
+            settings.hep.collector,
+            "hep.collector",
+            "SIP listener",
+            "the HEP copies would come back to sipadmit as SIP messages and be mirrored again, \
+             a loop; give the HEP collector's address",
+        ),
+    ];
     let mut problems = Vec::new();
-    if let Some(up) = settings.upstream {
-        if let Some(own) = own_listener_behind(&up, &settings.listen, &this_host) {
-            let key = match config.overrides.upstream {
-                Some(_) => "--upstream",
-                None => "proxy.upstream",
-            };
+    for (to, key, listener, why) in candidates {
+        let Some(to) = to else { continue };
+        if let Some(own) = own_listener_behind(&to, &settings.listen, &this_host) {
             problems.push(Problem::new(
                 key,
                 format!(
-                    "{up} is an address of this host, and the listener {own} takes it: every \
-                     request would loop back to sipadmit (482 Loop Detected), and its upstream \
-                     probes, answered by itself, would call the registrar healthy; give the \
-                     registrar's address"
-                ),
-            ));
-        }
-    }
-    if let Some(collector) = settings.hep.collector {
-        if let Some(own) = own_listener_behind(&collector, &settings.listen, &this_host) {
-            problems.push(Problem::new(
-                "hep.collector",
-                format!(
-                    "{collector} is an address of this host, and the SIP listener {own} takes \
-                     it: the HEP copies would come back to sipadmit as SIP messages and be \
-                     mirrored again, a loop; give the HEP collector's address"
+                    "{to} is an address of this host, and the {listener} {own} takes it: {why}"
                 ),
             ));
         }
