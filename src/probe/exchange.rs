@@ -117,6 +117,7 @@ pub fn exchange(
         target,
         &request.render(target.transport, local),
         |view| request.is_answer(view, method, &request.branch),
+        None,
         deadline,
     )
     .map_err(|e| e.into_error(target, request.method, timeout))?;
@@ -162,11 +163,21 @@ fn close_invite(
         return Some(format!("the ACK could not be sent: {e}"));
     }
     let branch = format!("{}-bye", request.branch);
+    // The callee sends its 2xx again until the ACK reaches it (RFC 3261
+    // 13.3.1.4); each copy gets the ACK again (13.2.2.4).
+    let acknowledged = Acknowledged {
+        is_copy: &|v: &SipView| {
+            request.is_answer(v, "INVITE", &request.branch)
+                && v.status().is_some_and(|s| (200..300).contains(&s))
+        },
+        ack: &ack,
+    };
     match transaction(
         conn,
         target,
         &bye,
         |v| request.is_answer(v, "BYE", &branch),
+        Some(&acknowledged),
         deadline,
     ) {
         Ok((v, _, _)) if v.status().is_some_and(|s| s < 300) => None,
@@ -306,14 +317,24 @@ impl Wait {
     }
 }
 
+/// A 2xx the probe has acknowledged, while it waits for another answer.
+struct Acknowledged<'a> {
+    /// Whether a message is a copy of that 2xx.
+    is_copy: &'a dyn Fn(&SipView) -> bool,
+    /// The ACK, sent again for each copy.
+    ack: &'a [u8],
+}
+
 /// Sends `bytes` (again over UDP, on RFC 3261 timers, until an answer
 /// comes) and waits for the final response that `is_answer`: it, the
-/// provisional statuses before it, the time it took.
+/// provisional statuses before it, the time it took. A copy of the 2xx
+/// `acknowledged` names gets its ACK again.
 fn transaction(
     conn: &mut Conn,
     target: Endpoint,
     bytes: &[u8],
     is_answer: impl Fn(&SipView) -> bool,
+    acknowledged: Option<&Acknowledged<'_>>,
     deadline: Instant,
 ) -> Result<(SipView, Vec<u16>, Duration), Wait> {
     let start = Instant::now();
@@ -336,7 +357,10 @@ fn transaction(
                     continue;
                 };
                 if !is_answer(&view) {
-                    strays.other += 1;
+                    match acknowledged {
+                        Some(a) if (a.is_copy)(&view) => conn.send(a.ack).map_err(Wait::Io)?,
+                        _ => strays.other += 1,
+                    }
                     continue;
                 }
                 match view.status() {

@@ -252,3 +252,51 @@ fn a_2xx_with_a_sip_contact_has_no_fault() {
     );
     assert_eq!((answer.fault, answer.note), (None, None));
 }
+
+#[test]
+fn a_2xx_sent_again_gets_the_ack_again_before_the_bye() {
+    let (fake, target) = udp_fake();
+    let server = thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        let contact = "Contact: <sip:agent@127.0.0.1:41000>\r\n";
+        let (n, from) = fake.recv_from(&mut buf).unwrap();
+        let ok = reply(&buf[..n], "SIP/2.0 200 OK", contact);
+        fake.send_to(&ok, from).unwrap();
+        // The first ACK "is lost": the 200 goes again, as a callee resends
+        // it until its ACK arrives (RFC 3261 13.3.1.4). The BYE is answered
+        // once the second ACK has come.
+        let (mut lines, mut bye) = (Vec::<String>::new(), None);
+        while lines.iter().filter(|l| l.starts_with("ACK ")).count() < 2 || bye.is_none() {
+            let (n, _) = fake.recv_from(&mut buf).unwrap();
+            let message = buf[..n].to_vec();
+            let first = message.split(|&b| b == b'\r').next().unwrap();
+            lines.push(String::from_utf8_lossy(first).into_owned());
+            if lines.len() == 1 {
+                fake.send_to(&ok, from).unwrap();
+            }
+            if message.starts_with(b"BYE") {
+                bye = Some(message);
+            }
+        }
+        let answer = reply(&bye.unwrap(), "SIP/2.0 200 OK", "");
+        fake.send_to(&answer, from).unwrap();
+        lines
+    });
+    let answer = exchange(
+        target,
+        None,
+        &request(ProbeMethod::Invite),
+        Duration::from_secs(5),
+    )
+    .unwrap();
+    let lines = server.join().unwrap();
+    assert_eq!(
+        lines.iter().filter(|l| l.starts_with("ACK ")).count(),
+        2,
+        "{lines:?}"
+    );
+    assert_eq!(
+        (answer.status, answer.fault, answer.note),
+        (200, None, None)
+    );
+}
