@@ -129,13 +129,31 @@ pub fn exchange(
     if request.method == ProbeMethod::Invite {
         answer.note = close_invite(&mut conn, target, request, &view, local, deadline);
         if answer.status < 300 {
-            answer.fault = remote_target(&view).err().map(|bad| {
-                format!(
-                    "{bad} (RFC 3261 12.1.2: the ACK and BYE go to the Contact's URI); \
-                     they went to the INVITE's Request-URI {} instead",
-                    request.request_uri
-                )
-            });
+            match remote_target(&view) {
+                Ok(uri) => {
+                    let secure = uri
+                        .get(..5)
+                        .is_some_and(|s| s.eq_ignore_ascii_case("sips:"));
+                    if secure && target.transport != Transport::Tls {
+                        let sips = format!(
+                            "the 2xx's Contact {uri} is a sips: URI, to be reached over TLS \
+                             (RFC 3261 26.2); the ACK and BYE went to {target}, as every \
+                             request of the probe does"
+                        );
+                        answer.note = Some(match answer.note.take() {
+                            Some(note) => format!("{note}; {sips}"),
+                            None => sips,
+                        });
+                    }
+                }
+                Err(bad) => {
+                    answer.fault = Some(format!(
+                        "{bad} (RFC 3261 12.1.2: the ACK and BYE go to the Contact's URI); \
+                         they went to the INVITE's Request-URI {} instead",
+                        request.request_uri
+                    ));
+                }
+            }
         }
     }
     Ok(answer)

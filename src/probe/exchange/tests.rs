@@ -300,3 +300,39 @@ fn a_2xx_sent_again_gets_the_ack_again_before_the_bye() {
         (200, None, None)
     );
 }
+
+#[test]
+fn a_sips_contact_reached_over_udp_is_noted() {
+    let (fake, target) = udp_fake();
+    let server = thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        for _ in 0..3 {
+            let (n, from) = fake.recv_from(&mut buf).unwrap();
+            let message = buf[..n].to_vec();
+            let contact = "Contact: <sips:agent@127.0.0.1:41001>\r\n";
+            match &message[..3] {
+                b"INV" => fake.send_to(&reply(&message, "SIP/2.0 200 OK", contact), from),
+                b"BYE" => fake.send_to(&reply(&message, "SIP/2.0 200 OK", ""), from),
+                _ => Ok(0),
+            }
+            .unwrap();
+        }
+    });
+    let answer = exchange(
+        target,
+        None,
+        &request(ProbeMethod::Invite),
+        Duration::from_secs(5),
+    )
+    .unwrap();
+    server.join().unwrap();
+    assert_eq!(answer.fault, None);
+    assert_eq!(
+        answer.note.unwrap(),
+        format!(
+            "the 2xx's Contact sips:agent@127.0.0.1:41001 is a sips: URI, to be reached over \
+             TLS (RFC 3261 26.2); the ACK and BYE went to {target}, as every request of the \
+             probe does"
+        )
+    );
+}
