@@ -333,7 +333,8 @@ impl Export {
 /// pending on the socket (several collapse into one), which fails the next
 /// send and is consumed by it ([`is_refusal`]): that packet was not sent,
 /// and is tried once more, so that a collector that is up again never
-/// loses a packet to an earlier one's refusal. (Met after the first packet
+/// loses a packet to an earlier one's refusal (the same for a host or
+/// network unreachable, [`may_report_an_earlier_datagram`]). (Met after the first packet
 /// of a call, the error is consumed without being reported: `sendmmsg`
 /// returns the count sent, and the next call sends the rest.) A packet
 /// whose send fails otherwise (too large for UDP, no route), or fails
@@ -373,7 +374,7 @@ async fn send_datagrams(
                 if is_refusal(&e) {
                     Metrics::inc(&metrics.hep_collector_refusals);
                 }
-                if is_refusal(&e) && retried != Some(next) {
+                if may_report_an_earlier_datagram(&e) && retried != Some(next) {
                     retried = Some(next);
                 } else {
                     Metrics::inc(&metrics.hep_send_failures);
@@ -391,6 +392,18 @@ async fn send_datagrams(
 /// back: nothing listened), not a failure of the packet being sent.
 fn is_refusal(error: &std::io::Error) -> bool {
     error.kind() == std::io::ErrorKind::ConnectionRefused
+}
+
+/// Whether a failed send may report an ICMP error that came back for a
+/// datagram sent before (port, host or network unreachable), left pending
+/// on the socket, rather than a failure of the packet being sent: such a
+/// packet is tried once more.
+pub(super) fn may_report_an_earlier_datagram(error: &std::io::Error) -> bool {
+    use std::io::ErrorKind::{ConnectionRefused, HostUnreachable, NetworkUnreachable};
+    matches!(
+        error.kind(),
+        ConnectionRefused | HostUnreachable | NetworkUnreachable
+    )
 }
 
 /// One `sendmmsg` of the packets at `bounds` (offsets into `packets`):

@@ -485,3 +485,16 @@ async fn a_tcp_collector_down_comes_back_and_one_that_stalls_is_replaced() {
     drop(hep);
     exporter.finish(BOUND).await;
 }
+
+#[test]
+fn a_send_failed_by_an_earlier_datagrams_icmp_error_is_tried_again_others_are_not() {
+    use super::export::may_report_an_earlier_datagram;
+    use nix::errno::Errno;
+    let error = |errno: Errno| std::io::Error::from_raw_os_error(errno as i32);
+    for errno in [Errno::ECONNREFUSED, Errno::EHOSTUNREACH, Errno::ENETUNREACH] {
+        assert!(may_report_an_earlier_datagram(&error(errno)), "{errno}");
+    }
+    for errno in [Errno::EMSGSIZE, Errno::EACCES, Errno::EPERM] {
+        assert!(!may_report_an_earlier_datagram(&error(errno)), "{errno}");
+    }
+}
