@@ -79,6 +79,44 @@ fn read_request(stream: &mut TcpStream) -> Vec<u8> {
     request
 }
 
+/// A callee on UDP that answers an INVITE `200 OK` with `contact` (a
+/// header line, or nothing) and the BYE `200 OK`; returns the first line of
+/// each of the three requests it got (INVITE, ACK, BYE).
+fn udp_callee(contact: &'static str) -> (thread::JoinHandle<Vec<String>>, Endpoint) {
+    let (fake, target) = udp_fake();
+    let server = thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        let mut lines = Vec::new();
+        for _ in 0..3 {
+            let (n, from) = fake.recv_from(&mut buf).unwrap();
+            let message = buf[..n].to_vec();
+            match &message[..3] {
+                b"INV" => fake.send_to(&reply(&message, "SIP/2.0 200 OK", contact), from),
+                b"BYE" => fake.send_to(&reply(&message, "SIP/2.0 200 OK", ""), from),
+                _ => Ok(0),
+            }
+            .unwrap();
+            lines.push(
+                String::from_utf8_lossy(message.split(|&b| b == b'\r').next().unwrap())
+                    .into_owned(),
+            );
+        }
+        lines
+    });
+    (server, target)
+}
+
+/// The answer to an INVITE probe of `target` (5 s at most).
+fn invite(target: Endpoint) -> Answer {
+    exchange(
+        target,
+        None,
+        &request(ProbeMethod::Invite),
+        Duration::from_secs(5),
+    )
+    .unwrap()
+}
+
 #[test]
 fn udp_answers_that_are_not_sip_are_counted_and_the_first_shown_escaped() {
     let (fake, target) = udp_fake();
@@ -168,32 +206,8 @@ fn a_2xx_with_contact_star_is_acknowledged_and_ended_at_the_request_uri() {
             "its `Contact: <notauri>` is not a SIP or SIPS URI",
         ),
     ] {
-        let (fake, target) = udp_fake();
-        let server = thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            let mut seen = Vec::new();
-            while seen.len() < 3 {
-                let (n, from) = fake.recv_from(&mut buf).unwrap();
-                let message = buf[..n].to_vec();
-                let first = message.split(|&b| b == b'\r').next().unwrap().to_vec();
-                if message.starts_with(b"INVITE") {
-                    fake.send_to(&reply(&message, "SIP/2.0 200 OK", contact), from)
-                        .unwrap();
-                } else if message.starts_with(b"BYE") {
-                    fake.send_to(&reply(&message, "SIP/2.0 200 OK", ""), from)
-                        .unwrap();
-                }
-                seen.push(String::from_utf8(first).unwrap());
-            }
-            seen
-        });
-        let answer = exchange(
-            target,
-            None,
-            &request(ProbeMethod::Invite),
-            Duration::from_secs(5),
-        )
-        .unwrap();
+        let (server, target) = udp_callee(contact);
+        let answer = invite(target);
         assert_eq!(
             server.join().unwrap(),
             [
@@ -215,34 +229,8 @@ fn a_2xx_with_contact_star_is_acknowledged_and_ended_at_the_request_uri() {
 
 #[test]
 fn a_2xx_with_a_sip_contact_has_no_fault() {
-    let (fake, target) = udp_fake();
-    let server = thread::spawn(move || {
-        let mut buf = [0u8; 4096];
-        let mut lines = Vec::new();
-        for _ in 0..3 {
-            let (n, from) = fake.recv_from(&mut buf).unwrap();
-            let message = buf[..n].to_vec();
-            let contact = "Contact: <sip:agent@127.0.0.1:41000>\r\n";
-            match &message[..3] {
-                b"INV" => fake.send_to(&reply(&message, "SIP/2.0 200 OK", contact), from),
-                b"BYE" => fake.send_to(&reply(&message, "SIP/2.0 200 OK", ""), from),
-                _ => Ok(0),
-            }
-            .unwrap();
-            lines.push(
-                String::from_utf8_lossy(message.split(|&b| b == b'\r').next().unwrap())
-                    .into_owned(),
-            );
-        }
-        lines
-    });
-    let answer = exchange(
-        target,
-        None,
-        &request(ProbeMethod::Invite),
-        Duration::from_secs(5),
-    )
-    .unwrap();
+    let (server, target) = udp_callee("Contact: <sip:agent@127.0.0.1:41000>\r\n");
+    let answer = invite(target);
     assert_eq!(
         server.join().unwrap()[1..],
         [
@@ -282,13 +270,7 @@ fn a_2xx_sent_again_gets_the_ack_again_before_the_bye() {
         fake.send_to(&answer, from).unwrap();
         lines
     });
-    let answer = exchange(
-        target,
-        None,
-        &request(ProbeMethod::Invite),
-        Duration::from_secs(5),
-    )
-    .unwrap();
+    let answer = invite(target);
     let lines = server.join().unwrap();
     assert_eq!(
         lines.iter().filter(|l| l.starts_with("ACK ")).count(),
@@ -303,28 +285,8 @@ fn a_2xx_sent_again_gets_the_ack_again_before_the_bye() {
 
 #[test]
 fn a_sips_contact_reached_over_udp_is_noted() {
-    let (fake, target) = udp_fake();
-    let server = thread::spawn(move || {
-        let mut buf = [0u8; 4096];
-        for _ in 0..3 {
-            let (n, from) = fake.recv_from(&mut buf).unwrap();
-            let message = buf[..n].to_vec();
-            let contact = "Contact: <sips:agent@127.0.0.1:41001>\r\n";
-            match &message[..3] {
-                b"INV" => fake.send_to(&reply(&message, "SIP/2.0 200 OK", contact), from),
-                b"BYE" => fake.send_to(&reply(&message, "SIP/2.0 200 OK", ""), from),
-                _ => Ok(0),
-            }
-            .unwrap();
-        }
-    });
-    let answer = exchange(
-        target,
-        None,
-        &request(ProbeMethod::Invite),
-        Duration::from_secs(5),
-    )
-    .unwrap();
+    let (server, target) = udp_callee("Contact: <sips:agent@127.0.0.1:41001>\r\n");
+    let answer = invite(target);
     server.join().unwrap();
     assert_eq!(answer.fault, None);
     assert_eq!(
