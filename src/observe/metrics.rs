@@ -82,11 +82,15 @@ pub enum DropReason {
     RateLimited,
     /// From a banned source (dropped unparsed, or the message that got it banned).
     Banned,
+    /// A copy of a request whose first copy was handled otherwise (a
+    /// reload changed the verdict in between): the first copy's fate
+    /// stands.
+    DecidedBefore,
 }
 
 impl DropReason {
     /// Every reason, in render order.
-    pub const ALL: [Self; 11] = [
+    pub const ALL: [Self; 12] = [
         Self::Malformed,
         Self::ForeignResponse,
         Self::MalformedResponse,
@@ -98,6 +102,7 @@ impl DropReason {
         Self::Stun,
         Self::RateLimited,
         Self::Banned,
+        Self::DecidedBefore,
     ];
 
     /// Label value.
@@ -114,6 +119,7 @@ impl DropReason {
             Self::Stun => "stun",
             Self::RateLimited => "rate_limited",
             Self::Banned => "banned",
+            Self::DecidedBefore => "decided_before",
         }
     }
 }

@@ -69,7 +69,7 @@ use flow::{Flow, FlowSigner, Purpose, TokenError, Verified};
 use listening::Listening;
 pub use refusal::{FlowFailure, Refusal};
 use registrations::{RegistrationLimits, Registrations};
-use transactions::{RecordKind, Transactions};
+use transactions::{Decided, RecordKind, Transactions, Treatment};
 
 /// Via parameter of the proxy's own Via that carries the client flow token.
 const FLOW_PARAM: &str = "sipadmit-flow";
@@ -195,6 +195,19 @@ impl Outcome {
             Self::Relay { record, .. }
             | Self::Answer { record, .. }
             | Self::Drop { record, .. } => record.take(),
+            Self::Consumed => None,
+        }
+    }
+
+    /// How it handles a request: relayed, answered (with its status) or
+    /// dropped; `None` when consumed.
+    pub fn treatment(&self) -> Option<Treatment> {
+        match self {
+            Self::Relay { .. } => Some(Treatment::Relayed),
+            Self::Answer { bytes, .. } => {
+                Some(Treatment::Answered(response_status(bytes).unwrap_or(0)))
+            }
+            Self::Drop { .. } => Some(Treatment::Dropped),
             Self::Consumed => None,
         }
     }
@@ -727,6 +740,23 @@ impl Core {
                 return Outcome::drop(reason);
             }
         };
+        // A copy of a request decided before (relayed, or answered) is not
+        // answered 503 now: that would contradict the first copy's fate.
+        // It is dropped, as the limit's `drop` does (RFC 3261 16.11).
+        if record_kind == RecordKind::OverLimit
+            && self
+                .transactions
+                .seen_before(&view, inbound.source.0, RecordKind::Decision, now)
+        {
+            Metrics::inc(&self.metrics.retransmissions);
+            tracing::debug!(
+                source = %inbound.source,
+                call_id = %Text(view.call_id()),
+                "retransmission over its source's rate limit: dropped, not answered 503"
+            );
+            self.metrics.count_drop(reason);
+            return Outcome::drop(reason);
+        }
         let runtime = self.runtime.load();
         let ctx = request::RequestCtx::new(inbound, &view, &runtime, now);
         let outcome = self.refuse(&ctx, None, refusal);
@@ -769,7 +799,9 @@ impl Core {
     /// Keep the outcome's record only for the first sighting of the
     /// request's transaction from its source: a retransmission is handled
     /// the same way (relayed again, answered again) but counted instead of
-    /// recorded.
+    /// recorded. A copy whose decision now differs from its first copy's
+    /// (a reload changed the verdict in between) is dropped: the first
+    /// copy's fate stands (RFC 3261 16.11).
     fn record_once(
         &self,
         request: &SipView,
@@ -779,16 +811,49 @@ impl Core {
         now: Instant,
     ) -> Outcome {
         let source = inbound.source.0;
-        if outcome.record().is_some()
-            && !self.transactions.first_sighting(request, source, kind, now)
-        {
-            outcome.take_record();
-            Metrics::inc(&self.metrics.retransmissions);
-            tracing::debug!(
-                call_id = %Text(request.call_id()),
-                method = %Text(request.method_bytes()),
-                "retransmission: handled again, not recorded again"
-            );
+        let treatment = outcome.treatment();
+        // `Err`: a copy, with the first copy's decision when it is known.
+        let first = match (outcome.record(), kind, treatment) {
+            (None, ..) => return outcome,
+            (Some(record), RecordKind::Decision, Some(treatment)) => {
+                let decided = Decided {
+                    treatment,
+                    generation: record.generation as u32,
+                };
+                self.transactions
+                    .decided(request, source, decided, now)
+                    .map_err(|first| first.filter(|first| first.contradicts(&decided)))
+            }
+            (Some(_), ..) => self
+                .transactions
+                .first_sighting(request, source, kind, now)
+                .then_some(())
+                .ok_or(None),
+        };
+        match first {
+            Ok(()) => {}
+            Err(Some(first)) => {
+                Metrics::inc(&self.metrics.retransmissions);
+                tracing::info!(
+                    source = %inbound.source,
+                    call_id = %Text(request.call_id()),
+                    method = %Text(request.method_bytes()),
+                    first = ?first.treatment,
+                    now = ?treatment,
+                    "a copy of a request decided otherwise before a reload: dropped, the first copy's fate stands"
+                );
+                self.metrics.count_drop(DropReason::DecidedBefore);
+                return Outcome::drop(DropReason::DecidedBefore);
+            }
+            Err(None) => {
+                outcome.take_record();
+                Metrics::inc(&self.metrics.retransmissions);
+                tracing::debug!(
+                    call_id = %Text(request.call_id()),
+                    method = %Text(request.method_bytes()),
+                    "retransmission: handled again, not recorded again"
+                );
+            }
         }
         outcome
     }

@@ -34,7 +34,7 @@ use super::client_transactions::{TransactionKey, TransactionMethod};
 use super::flow::{Flow, Purpose, TokenError};
 use super::listening::{uri_parts, Listening};
 use super::refusal::Refusal;
-use super::transactions::RecordKind;
+use super::transactions::{Decided, RecordKind, Treatment};
 use super::{
     Core, Destination, Inbound, OpenConnection, Outbound, Outcome, Runtime, Subject, Text,
     FLOW_PARAM,
@@ -276,8 +276,13 @@ impl Core {
             && !matches!(ctx.method, Method::Ack | Method::Cancel)
             && ctx.view.to().ok().and_then(|t| t.tag()).is_none()
         {
-            self.transactions
-                .first_sighting(ctx.view, inb.source.0, RecordKind::Decision, ctx.now);
+            let relayed = Decided {
+                treatment: Treatment::Relayed,
+                generation: ctx.runtime.generation as u32,
+            };
+            let _ = self
+                .transactions
+                .decided(ctx.view, inb.source.0, relayed, ctx.now);
         }
     }
 

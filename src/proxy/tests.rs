@@ -161,6 +161,81 @@ fn a_published_runtime_decides_the_next_message_and_names_its_generation() {
 }
 
 #[test]
+fn a_copy_decided_otherwise_after_a_reload_is_dropped_and_the_first_copys_fate_stands() {
+    let core = Core::detached(CONFIG).unwrap();
+    let caller: SocketAddr = "127.0.0.1:45010".parse().unwrap();
+    let mobile = udp(
+        request("INVITE", "sip:helpdesk@contoso.com", caller, MOBILE, ""),
+        caller,
+    );
+    let first = handle(&core, &mobile);
+    assert_eq!(status(&first), Some(403));
+    assert!(first.record().is_some());
+    let monitor = CONFIG.replace("[proxy]", "[proxy]\nmode = \"monitor\"");
+    core.publish(runtime_from(&monitor));
+
+    // Its 403 was lost: the copy is not relayed into the Response Group
+    // because monitor mode would relay a new one (RFC 3261 16.11).
+    let copy = handle(&core, &mobile);
+    assert_eq!(copy.drop_reason(), Some(DropReason::DecidedBefore));
+    assert!(copy.record().is_none() && copy.outbound().is_none());
+    // A new transaction is decided by the new configuration.
+    let next = udp(
+        request("INVITE", "sip:helpdesk@contoso.com", caller, MOBILE, "")
+            .replace("z9hG4bK-INVITE", "z9hG4bK-next"),
+        caller,
+    );
+    let next = handle(&core, &next);
+    assert_eq!(sent(&next).0, Destination::Upstream);
+    assert_eq!(next.record().unwrap().generation, 2);
+
+    // And the other way: relayed (flagged) under monitor, rejected after
+    // the switch back to enforce: the copy is dropped, not answered 403.
+    core.publish(runtime_from(CONFIG));
+    let flagged = udp(
+        request("INVITE", "sip:helpdesk@contoso.com", caller, MOBILE, "")
+            .replace("z9hG4bK-INVITE", "z9hG4bK-next"),
+        caller,
+    );
+    let copy = handle(&core, &flagged);
+    assert_eq!(copy.drop_reason(), Some(DropReason::DecidedBefore));
+    assert_eq!(core.metrics().drops(DropReason::DecidedBefore), 2);
+    // A copy that a later configuration decides as the first was is
+    // handled again, not recorded again.
+    let again = handle(&core, &mobile);
+    assert_eq!(
+        (status(&again), again.record().is_none()),
+        (Some(403), true)
+    );
+}
+
+#[test]
+fn a_copy_of_a_relayed_request_over_its_sources_limit_is_dropped_not_answered_503() {
+    let core = Core::detached(CONFIG).unwrap();
+    let caller: SocketAddr = "127.0.0.1:45020".parse().unwrap();
+    let register = udp(
+        request("REGISTER", "sip:contoso.com", caller, LYNC, ""),
+        caller,
+    );
+    assert_eq!(sent(&handle(&core, &register)).0, Destination::Upstream);
+    let over = SourceRefusal::OverLimit {
+        retry_after_secs: 1,
+    };
+    let copy = core.refuse_source(&register, Instant::now(), over);
+    assert_eq!(copy.drop_reason(), Some(DropReason::RateLimited));
+    assert!(copy.record().is_none() && copy.outbound().is_none());
+    // A new request over the limit is answered 503.
+    let other = udp(
+        request("REGISTER", "sip:contoso.com", caller, LYNC, "")
+            .replace("z9hG4bK-REGISTER", "z9hG4bK-other"),
+        caller,
+    );
+    let refused = core.refuse_source(&other, Instant::now(), over);
+    assert_eq!(status(&refused), Some(503));
+    assert!(refused.record().is_some());
+}
+
+#[test]
 fn every_refusal_has_its_status_and_rule() {
     let reply = crate::policy::Reply {
         status: 480,

@@ -1,6 +1,9 @@
 //! The transactions already recorded, so that a retransmitted request gets
 //! the same treatment (relayed again, or answered again with the same
-//! response) but no second decision record.
+//! response) but no second decision record. A decision is remembered with
+//! how it handled the request and the configuration that decided
+//! ([`Decided`]): a copy that a reload since would decide otherwise is not
+//! given that second, contradicting fate (RFC 3261 16.11).
 //!
 //! A request is a retransmission of one seen within the transaction
 //! lifetime (64*T1 = 32 s, RFC 3261 Timer B/F) when it has the same method,
@@ -22,7 +25,7 @@ use std::net::SocketAddr;
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use crate::expiring::{Bounds, ExpiringMap};
+use crate::expiring::{Bounds, ExpiringMap, HeapBytes};
 use crate::sip::SipView;
 
 /// How long a transaction's requests count as retransmissions (64 * T1).
@@ -46,6 +49,49 @@ pub enum RecordKind {
     OverLimit,
 }
 
+/// How the first copy of a request was handled, remembered with its
+/// decision: a copy is handled the same way, even after a reload changed
+/// the verdict (RFC 3261 16.11: a retransmitted request is forwarded to
+/// the same destination each time).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Treatment {
+    /// Sent on, toward the registrar or a client flow.
+    Relayed,
+    /// Answered here, with this status.
+    Answered(u16),
+    /// Dropped.
+    Dropped,
+}
+
+/// A decision remembered: how the first copy was handled, and by which
+/// generation of the runtime configuration (its low 32 bits).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Decided {
+    /// How.
+    pub treatment: Treatment,
+    /// By which configuration (one more per reload).
+    pub generation: u32,
+}
+
+impl Decided {
+    /// Whether a copy decided as `copy` would contradict this first copy's
+    /// fate: another configuration decided it otherwise, and not as a drop
+    /// (which contradicts nothing). Under one configuration a copy is
+    /// handled afresh: what changed is the network (a flow gone, the
+    /// registrar down), and the new answer says so.
+    pub fn contradicts(&self, copy: &Decided) -> bool {
+        self.generation != copy.generation
+            && self.treatment != copy.treatment
+            && copy.treatment != Treatment::Dropped
+    }
+}
+
+impl HeapBytes for Option<Decided> {
+    fn heap_bytes(&self) -> usize {
+        0
+    }
+}
+
 /// What a key in the table stands for: a record of the request's
 /// transaction (keyed with its own method), or an INVITE answered here
 /// with an error (keyed with INVITE, so that the ACK of that answer finds
@@ -61,7 +107,8 @@ enum KeyKind {
 /// The transactions recorded in the last [`TRANSACTION_LIFETIME`].
 #[derive(Debug)]
 pub struct Transactions {
-    seen: Mutex<ExpiringMap<()>>,
+    /// The first copy's treatment, for a decision.
+    seen: Mutex<ExpiringMap<Option<Decided>>>,
     keys: RandomState,
 }
 
@@ -87,7 +134,23 @@ impl Transactions {
         kind: RecordKind,
         now: Instant,
     ) -> bool {
-        self.note(self.key(request, KeyKind::Record(kind), Some(source)), now)
+        let key = self.key(request, KeyKind::Record(kind), Some(source));
+        self.note(key, None, now).is_ok()
+    }
+
+    /// The decision of `request` from `source` is `decided`: `Ok` when it
+    /// is the transaction's first (remembered for [`TRANSACTION_LIFETIME`]),
+    /// or the first copy's decision when this is a copy of it (`None`: not
+    /// known).
+    pub fn decided(
+        &self,
+        request: &SipView,
+        source: SocketAddr,
+        decided: Decided,
+        now: Instant,
+    ) -> Result<(), Option<Decided>> {
+        let key = self.key(request, KeyKind::Record(RecordKind::Decision), Some(source));
+        self.note(key, Some(decided), now)
     }
 
     /// Whether a record of `kind` was already due for the transaction of
@@ -108,7 +171,7 @@ impl Transactions {
     /// ([`Transactions::acknowledges_an_answer`]) even when it carries the
     /// dialog's To tag instead of this proxy's.
     pub fn note_answered_invite(&self, request: &SipView, now: Instant) {
-        self.note(self.key(request, KeyKind::AnsweredInvite, None), now);
+        let _ = self.note(self.key(request, KeyKind::AnsweredInvite, None), None, now);
     }
 
     /// Whether the ACK `ack` acknowledges an INVITE this proxy answered
@@ -123,16 +186,22 @@ impl Transactions {
         seen.get(key, now).is_some()
     }
 
-    /// Remember `key`; whether it was new.
-    fn note(&self, key: u64, now: Instant) -> bool {
+    /// Remember `key` with `decided`: `Ok` when it is new, else the
+    /// decision remembered with it.
+    fn note(
+        &self,
+        key: u64,
+        decided: Option<Decided>,
+        now: Instant,
+    ) -> Result<(), Option<Decided>> {
         let mut seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
-        if seen.get(key, now).is_some() {
-            return false;
+        if let Some((first, _)) = seen.get(key, now) {
+            return Err(*first);
         }
-        // Only a value larger than the whole bound is refused, and `()` is
-        // not: the insert evicts the oldest instead.
-        let _ = seen.insert(key, (), now + TRANSACTION_LIFETIME, now);
-        true
+        // Only a value larger than the whole bound is refused, and a
+        // decision is not: the insert evicts the oldest instead.
+        let _ = seen.insert(key, decided, now + TRANSACTION_LIFETIME, now);
+        Ok(())
     }
 
     /// Transactions remembered.
@@ -266,7 +335,10 @@ mod tests {
     #[cfg(target_pointer_width = "64")]
     fn a_transaction_costs_the_documented_48_bytes() {
         use crate::expiring::{slot_bytes, MAX_INDEX_BYTES_PER_SLOT};
-        assert_eq!(slot_bytes::<()>() + MAX_INDEX_BYTES_PER_SLOT, 48);
+        assert_eq!(
+            slot_bytes::<Option<Decided>>() + MAX_INDEX_BYTES_PER_SLOT,
+            48
+        );
     }
 
     #[test]
