@@ -86,11 +86,14 @@ pub enum DropReason {
     /// reload changed the verdict in between): the first copy's fate
     /// stands.
     DecidedBefore,
+    /// A response to a request of a TCP/TLS client relayed over UDP whose
+    /// client transaction timed out: sipadmit answered it `408` already.
+    AfterTimeout,
 }
 
 impl DropReason {
     /// Every reason, in render order.
-    pub const ALL: [Self; 12] = [
+    pub const ALL: [Self; 13] = [
         Self::Malformed,
         Self::ForeignResponse,
         Self::MalformedResponse,
@@ -103,6 +106,7 @@ impl DropReason {
         Self::RateLimited,
         Self::Banned,
         Self::DecidedBefore,
+        Self::AfterTimeout,
     ];
 
     /// Label value.
@@ -120,6 +124,7 @@ impl DropReason {
             Self::RateLimited => "rate_limited",
             Self::Banned => "banned",
             Self::DecidedBefore => "decided_before",
+            Self::AfterTimeout => "after_timeout",
         }
     }
 }

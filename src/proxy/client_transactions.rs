@@ -15,7 +15,10 @@
 //!   longer resends); a final response ends a non-INVITE's.
 //! - Timer B / F: with no response (INVITE) or no final response
 //!   (non-INVITE) 64*T1 after the first send, the client is answered
-//!   `408 Request Timeout` by sipadmit ([`Due::TimedOut`]).
+//!   `408 Request Timeout` by sipadmit ([`Due::TimedOut`]). The transaction
+//!   is remembered for another 64*T1: a late response to it is not relayed
+//!   after that final answer ([`Answered::AfterTimeout`]; RFC 3261 16.7
+//!   step 5), except a 2xx to an INVITE, which always is.
 //! - ACK is never a transaction (17.1.1.3); CANCEL is a non-INVITE
 //!   transaction of its own with the INVITE's branch, told apart by its
 //!   CSeq method (17.1.3).
@@ -26,7 +29,7 @@
 //! without a transaction and counted ([`Start::NoRoom`]).
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
@@ -115,6 +118,19 @@ pub enum Start {
     NoRoom,
 }
 
+/// What a response was to the kept transactions
+/// ([`ClientTransactions::answered`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answered {
+    /// It answers a kept transaction.
+    Kept,
+    /// It answers one that timed out in the last 64*T1: its client was
+    /// answered `408` by sipadmit already.
+    AfterTimeout,
+    /// It answers none.
+    Unknown,
+}
+
 /// What a timer that fired asks for.
 #[derive(Debug)]
 pub enum Due {
@@ -151,6 +167,10 @@ const ENTRY_OVERHEAD: usize =
     2 * (std::mem::size_of::<Entry>() + std::mem::size_of::<TransactionKey>());
 /// Bytes a timer in the heap costs (stale ones included, until they fire).
 const TIMER_BYTES: usize = std::mem::size_of::<Timer>();
+/// Bytes a transaction that timed out costs while it is remembered: its
+/// entry in the map (with the map's slack) and in the queue (96, 64-bit).
+const TIMED_OUT_BYTES: usize = 2 * std::mem::size_of::<(TransactionKey, Instant)>()
+    + std::mem::size_of::<(Instant, TransactionKey)>();
 
 #[derive(Debug, Default)]
 struct Table {
@@ -159,11 +179,31 @@ struct Table {
     /// Bytes of the entries (messages and overhead).
     entry_bytes: usize,
     next_timer: u64,
+    /// The transactions that timed out, until when each is remembered...
+    timed_out: HashMap<TransactionKey, Instant>,
+    /// ...in that order (the oldest first).
+    timed_out_order: VecDeque<(Instant, TransactionKey)>,
 }
 
 impl Table {
     fn bytes(&self) -> usize {
-        self.entry_bytes + self.timers.len() * TIMER_BYTES
+        self.entry_bytes
+            + self.timers.len() * TIMER_BYTES
+            + self.timed_out_order.len() * TIMED_OUT_BYTES
+    }
+
+    /// Forget the transactions that timed out longer ago than they are
+    /// remembered for.
+    fn forget_timed_out(&mut self, now: Instant) {
+        while let Some(&(until, key)) = self.timed_out_order.front() {
+            if until > now {
+                break;
+            }
+            self.timed_out_order.pop_front();
+            if self.timed_out.get(&key) == Some(&until) {
+                self.timed_out.remove(&key);
+            }
+        }
     }
 
     fn schedule(&mut self, key: TransactionKey, at: Instant) -> u64 {
@@ -187,6 +227,9 @@ pub struct ClientTransactions {
     table: Mutex<Table>,
     /// Transactions kept (read without the lock).
     kept: AtomicUsize,
+    /// Transactions that timed out and are remembered (read without the
+    /// lock).
+    timed_out: AtomicUsize,
     timers: Timers,
     max_bytes: usize,
 }
@@ -197,6 +240,7 @@ impl ClientTransactions {
         Self {
             table: Mutex::new(Table::default()),
             kept: AtomicUsize::new(0),
+            timed_out: AtomicUsize::new(0),
             timers,
             max_bytes,
         }
@@ -249,17 +293,24 @@ impl ClientTransactions {
         self.kept.store(table.entries.len(), Ordering::Relaxed);
     }
 
-    /// A response with `status` arrived for `key`: a final one ends the
-    /// transaction; a provisional one ends an INVITE's retransmissions
-    /// and slows a non-INVITE's to every T2. Returns whether it matched a
-    /// kept transaction.
-    pub fn answered(&self, key: &TransactionKey, status: u16) -> bool {
-        if self.is_empty() {
-            return false;
+    /// A response with `status` arrived for `key` at `now`: a final one
+    /// ends the transaction; a provisional one ends an INVITE's
+    /// retransmissions and slows a non-INVITE's to every T2. Returns what
+    /// it matched.
+    pub fn answered(&self, key: &TransactionKey, status: u16, now: Instant) -> Answered {
+        if self.is_idle() {
+            return Answered::Unknown;
         }
         let mut table = self.lock();
+        table.forget_timed_out(now);
+        self.timed_out
+            .store(table.timed_out.len(), Ordering::Relaxed);
         let Some(entry) = table.entries.get_mut(key) else {
-            return false;
+            return if table.timed_out.contains_key(key) {
+                Answered::AfterTimeout
+            } else {
+                Answered::Unknown
+            };
         };
         if status < 200 && key.method != TransactionMethod::Invite {
             entry.proceeding = true;
@@ -267,7 +318,7 @@ impl ClientTransactions {
             table.remove(key);
         }
         self.kept.store(table.entries.len(), Ordering::Relaxed);
-        true
+        Answered::Kept
     }
 
     /// The timers that fired by `now`: requests to send again, and
@@ -314,12 +365,27 @@ impl ClientTransactions {
                     if let Some(entry) = table.entries.remove(&key) {
                         table.entry_bytes -= entry.bytes;
                         due.push(Due::TimedOut(entry.transaction.inbound));
+                        self.remember_timed_out(&mut table, key, now);
                     }
                 }
             }
         }
+        table.forget_timed_out(now);
         self.kept.store(table.entries.len(), Ordering::Relaxed);
+        self.timed_out
+            .store(table.timed_out.len(), Ordering::Relaxed);
         due
+    }
+
+    /// Remember for 64*T1 that `key` timed out at `now`, when there is
+    /// room (without it, a late response to it is relayed).
+    fn remember_timed_out(&self, table: &mut Table, key: TransactionKey, now: Instant) {
+        if table.bytes() + TIMED_OUT_BYTES > self.max_bytes {
+            return;
+        }
+        let until = now + self.timers.timeout();
+        table.timed_out.insert(key, until);
+        table.timed_out_order.push_back((until, key));
     }
 
     /// Give every kept transaction up at `now`: their next timers time
@@ -354,6 +420,12 @@ impl ClientTransactions {
     /// Whether none is kept.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Whether none is kept and none that timed out is remembered: no
+    /// response can match (checked without the lock).
+    pub fn is_idle(&self) -> bool {
+        self.is_empty() && self.timed_out.load(Ordering::Relaxed) == 0
     }
 
     /// Bytes the table accounts for (never above its bound).
@@ -469,17 +541,29 @@ mod tests {
         }
         assert_eq!(table.start(transaction(invite, 10), t0), Start::Known);
         assert_eq!(table.len(), 3, "CANCEL and INVITE are two transactions");
-        assert!(table.answered(&invite, 180), "100/180 stops an INVITE");
-        assert!(!table.answered(&invite, 200), "already gone");
-        assert!(table.answered(&register, 100), "a non-INVITE proceeds");
+        assert_eq!(
+            table.answered(&invite, 180, t0),
+            Answered::Kept,
+            "100/180 stops an INVITE"
+        );
+        assert_eq!(
+            table.answered(&invite, 200, t0),
+            Answered::Unknown,
+            "already gone"
+        );
+        assert_eq!(
+            table.answered(&register, 100, t0),
+            Answered::Kept,
+            "a non-INVITE proceeds"
+        );
         assert_eq!(table.len(), 2);
         // The REGISTER goes on every T2 from now on; the CANCEL doubles.
         let due = table.due(t0 + T1);
         assert_eq!(due.len(), 2);
-        assert!(table.answered(&cancel, 200));
+        assert_eq!(table.answered(&cancel, 200, t0), Answered::Kept);
         let next = table.due(t0 + T1 + Duration::from_secs(4));
         assert_eq!(next.len(), 1, "only the proceeding REGISTER, after T2");
-        assert!(table.answered(&register, 200));
+        assert_eq!(table.answered(&register, 200, t0), Answered::Kept);
         assert!(table.is_empty());
         assert!(table.due(t0 + Duration::from_secs(60)).is_empty());
         assert_eq!(
@@ -504,11 +588,38 @@ mod tests {
         }
         assert!((5..10).contains(&started), "{started}");
         // An answer makes room again.
-        assert!(table.answered(&key(0, TransactionMethod::Other), 200));
+        assert_eq!(
+            table.answered(&key(0, TransactionMethod::Other), 200, t0),
+            Answered::Kept
+        );
         assert_eq!(
             table.start(transaction(key(500, TransactionMethod::Other), 1000), t0),
             Start::Started
         );
+    }
+
+    #[test]
+    fn a_response_after_the_timeout_is_told_apart_for_64_t1() {
+        let table = ClientTransactions::new(Timers::RFC3261, 1 << 20);
+        let t0 = Instant::now();
+        let register = key(1, TransactionMethod::Other);
+        table.start(transaction(register, 100), t0);
+        let timeout = Timers::RFC3261.timeout();
+        let due = table.due(t0 + timeout);
+        assert!(due.iter().any(|d| matches!(d, Due::TimedOut(_))), "{due:?}");
+        assert!(table.is_empty() && !table.is_idle());
+        assert!(table.accounted_bytes() >= TIMED_OUT_BYTES);
+        let late = t0 + timeout + Duration::from_secs(1);
+        assert_eq!(table.answered(&register, 200, late), Answered::AfterTimeout);
+        assert_eq!(
+            table.answered(&key(2, TransactionMethod::Other), 200, late),
+            Answered::Unknown
+        );
+        // Forgotten 64*T1 after the timeout.
+        let gone = t0 + timeout * 2;
+        assert_eq!(table.answered(&register, 200, gone), Answered::Unknown);
+        assert!(table.is_idle());
+        assert_eq!(table.accounted_bytes(), 0);
     }
 
     /// The per-transaction overhead the config reference gives ("about

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use tracing::{debug, warn};
 
-use super::client_transactions::{TransactionKey, TransactionMethod};
+use super::client_transactions::{Answered, TransactionKey, TransactionMethod};
 use super::flow::{Flow, Purpose};
 use super::registrations::RegisterAnswer;
 use super::{
@@ -19,6 +19,12 @@ use super::{
 use crate::observe::metrics::{DropReason, Metrics};
 use crate::sip::edit::{first_value, Edits};
 use crate::sip::{HeaderName, SipView};
+
+/// Whether `view` is a 2xx response to an INVITE.
+fn is_2xx_to_invite(view: &SipView) -> bool {
+    view.status().is_some_and(|s| (200..300).contains(&s))
+        && view.cseq().is_ok_and(|c| c.method == b"INVITE")
+}
 
 /// Registration expiry when neither the Contact nor Expires says (RFC 3261 10.2.1.1).
 const DEFAULT_EXPIRES_SECS: u64 = 3600;
@@ -48,7 +54,14 @@ impl Core {
             debug!(source = %inb.source, error = %e, "malformed response dropped");
             return discard(DropReason::MalformedResponse);
         }
-        self.answer_client_transaction(inb, view);
+        if self.answer_client_transaction(inb, view, now) == Answered::AfterTimeout
+            && !is_2xx_to_invite(view)
+        {
+            // Its client was answered 408 already: only a 2xx to an
+            // INVITE goes on after a final response (RFC 3261 16.7 step 5).
+            debug!(source = %inb.source, status = view.status(), call_id = %super::Text(view.call_id()), "response to a request answered 408 already discarded");
+            return discard(DropReason::AfterTimeout);
+        }
         let Ok(via) = view.top_via() else {
             return discard(DropReason::MalformedResponse);
         };
@@ -134,12 +147,12 @@ impl Core {
     /// in the top Via, and the CSeq method). Matched before the response is
     /// checked: a malformed answer still shows the request arrived, and
     /// sending it again would not make the answer relayable.
-    fn answer_client_transaction(&self, inb: &Inbound, view: &SipView) {
-        if inb.transport.is_stream() || self.client_transactions.is_empty() {
-            return;
+    fn answer_client_transaction(&self, inb: &Inbound, view: &SipView, now: Instant) -> Answered {
+        if inb.transport.is_stream() || self.client_transactions.is_idle() {
+            return Answered::Unknown;
         }
         let Ok(via) = view.top_via() else {
-            return;
+            return Answered::Unknown;
         };
         let branch = via.branch().and_then(Branch::parse);
         let method = view
@@ -152,9 +165,10 @@ impl Core {
                     branch: (branch.transaction, branch.loop_mark),
                     method,
                 };
-                self.client_transactions.answered(&key, status);
+                return self.client_transactions.answered(&key, status, now);
             }
         }
+        Answered::Unknown
     }
 
     /// A final response to a REGISTER relayed from `flow` settles its

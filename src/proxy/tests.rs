@@ -1338,3 +1338,56 @@ fn a_hep_packet_at_a_sip_listener_is_dropped_as_malformed_and_told_as_hep() {
     assert!(!text.contains("unparsable message dropped"), "{text}");
     assert!(!text.contains("malformed messages dropped"), "{text}");
 }
+
+/// A TCP client's request relayed over UDP that timed out was answered
+/// `408` by sipadmit: a late response to it is not relayed after that
+/// final answer (RFC 3261 16.7 step 5), except a 2xx to an INVITE.
+#[test]
+fn a_late_answer_after_the_408_of_a_timeout_is_discarded_unless_a_2xx_to_an_invite() {
+    let core = Core::detached(CONFIG).unwrap();
+    let t0 = Instant::now();
+    let relay = |method: &str, connection: u64| {
+        let text = request(method, "sip:bob@contoso.com", client(), LYNC, "")
+            .replace("SIP/2.0/UDP", "SIP/2.0/TCP");
+        let inbound = tcp(text, client(), connection);
+        match core.handle(&inbound, t0, &|_, _| true) {
+            Outcome::Relay {
+                send,
+                retransmit: Some(key),
+                ..
+            } => {
+                let relayed = String::from_utf8_lossy(&send.bytes).into_owned();
+                assert!(core.keep_transaction(key, send, inbound, t0));
+                relayed
+            }
+            other => panic!("{method}: not relayed with a client transaction: {other:?}"),
+        }
+    };
+    let options = relay("OPTIONS", 1);
+    let invite = relay("INVITE", 2);
+    let timeout = core.client_transactions().timers().timeout();
+    let timed_out: Vec<Option<u16>> = core
+        .client_transactions_due(t0 + timeout)
+        .iter()
+        .map(|(_, outcome)| status(outcome))
+        .collect();
+    assert_eq!(timed_out, [Some(408), Some(408)]);
+
+    let late = t0 + timeout + Duration::from_secs(1);
+    let answer = |relayed: &str, status_line: &str| {
+        core.handle(
+            &udp(registrar_answer(relayed, status_line, ""), upstream()),
+            late,
+            &|_, _| true,
+        )
+    };
+    let discarded = answer(&options, "200 OK");
+    assert_eq!(discarded.drop_reason(), Some(DropReason::AfterTimeout));
+    assert_eq!(
+        answer(&invite, "486 Busy Here").drop_reason(),
+        Some(DropReason::AfterTimeout)
+    );
+    let ok = answer(&invite, "200 OK");
+    assert!(matches!(ok, Outcome::Relay { .. }), "{ok:?}");
+    assert_eq!(core.metrics().drops(DropReason::AfterTimeout), 2);
+}
