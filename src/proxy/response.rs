@@ -20,6 +20,21 @@ use crate::observe::metrics::{DropReason, Metrics};
 use crate::sip::edit::{first_value, Edits};
 use crate::sip::{HeaderName, SipView};
 
+/// The response without its top Via (this proxy's), with a
+/// Content-Length when it had none; `None` when it has no Via.
+fn without_top_via(view: &SipView) -> Option<bytes::Bytes> {
+    let (_, removal) = first_value(view, HeaderName::Via)?;
+    let mut edits = Edits::new();
+    edits.remove(removal);
+    if view.content_length().is_none() {
+        edits.insert_fmt(
+            view.headers_end(),
+            format_args!("Content-Length: {}\r\n", view.body().len()),
+        );
+    }
+    Some(edits.apply(view.raw()))
+}
+
 /// Whether `view` is a 2xx response to an INVITE.
 fn is_2xx_to_invite(view: &SipView) -> bool {
     view.status().is_some_and(|s| (200..300).contains(&s))
@@ -96,21 +111,13 @@ impl Core {
                 return discard(DropReason::FlowGone);
             }
         }
-        let Some((_, removal)) = first_value(view, HeaderName::Via) else {
+        let Some(bytes) = without_top_via(view) else {
             return discard(DropReason::MalformedResponse);
         };
-        let mut edits = Edits::new();
-        edits.remove(removal);
-        if view.content_length().is_none() {
-            edits.insert_fmt(
-                view.headers_end(),
-                format_args!("Content-Length: {}\r\n", view.body().len()),
-            );
-        }
         Outcome::Relay {
             send: Outbound {
                 to: destination,
-                bytes: edits.apply(view.raw()),
+                bytes,
             },
             record: None,
             retransmit: None,
