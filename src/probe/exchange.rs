@@ -182,11 +182,16 @@ fn close_invite(
     }
     let branch = format!("{}-bye", request.branch);
     // The callee sends its 2xx again until the ACK reaches it (RFC 3261
-    // 13.3.1.4); each copy gets the ACK again (13.2.2.4).
+    // 13.3.1.4); each copy gets the ACK again (13.2.2.4). A 2xx of another
+    // fork (another To tag) is another dialog, which this ACK does not
+    // acknowledge.
+    let to_tag = |v: &SipView| v.to().ok().and_then(|t| t.tag()).map(<[u8]>::to_vec);
+    let dialog = to_tag(view);
     let acknowledged = Acknowledged {
         is_copy: &|v: &SipView| {
             request.is_answer(v, "INVITE", &request.branch)
                 && v.status().is_some_and(|s| (200..300).contains(&s))
+                && to_tag(v) == dialog
         },
         ack: &ack,
     };

@@ -168,9 +168,10 @@ const ENTRY_OVERHEAD: usize =
 /// Bytes a timer in the heap costs (stale ones included, until they fire).
 const TIMER_BYTES: usize = std::mem::size_of::<Timer>();
 /// Bytes a transaction that timed out costs while it is remembered: its
-/// entry in the map (with the map's slack) and in the queue (96, 64-bit).
+/// entry in the map and in the queue, each with its container's slack
+/// (160 on a 64-bit machine).
 const TIMED_OUT_BYTES: usize = 2 * std::mem::size_of::<(TransactionKey, Instant)>()
-    + std::mem::size_of::<(Instant, TransactionKey)>();
+    + 2 * std::mem::size_of::<(Instant, TransactionKey)>();
 
 #[derive(Debug, Default)]
 struct Table {
@@ -193,7 +194,8 @@ impl Table {
     }
 
     /// Forget the transactions that timed out longer ago than they are
-    /// remembered for.
+    /// remembered for (the memory of a burst of them goes back once all
+    /// are forgotten).
     fn forget_timed_out(&mut self, now: Instant) {
         while let Some(&(until, key)) = self.timed_out_order.front() {
             if until > now {
@@ -203,6 +205,10 @@ impl Table {
             if self.timed_out.get(&key) == Some(&until) {
                 self.timed_out.remove(&key);
             }
+        }
+        if self.timed_out_order.is_empty() && self.timed_out_order.capacity() > 0 {
+            self.timed_out = HashMap::new();
+            self.timed_out_order = VecDeque::new();
         }
     }
 
@@ -306,11 +312,13 @@ impl ClientTransactions {
         self.timed_out
             .store(table.timed_out.len(), Ordering::Relaxed);
         let Some(entry) = table.entries.get_mut(key) else {
-            return if table.timed_out.contains_key(key) {
-                Answered::AfterTimeout
-            } else {
-                Answered::Unknown
-            };
+            if !table.timed_out.contains_key(key) {
+                return Answered::Unknown;
+            }
+            // The registrar resends a final answer nobody acknowledges
+            // (Timer G, up to 64*T1): its copies are told apart as long.
+            self.remember_timed_out(&mut table, *key, now);
+            return Answered::AfterTimeout;
         };
         if status < 200 && key.method != TransactionMethod::Invite {
             entry.proceeding = true;
@@ -377,7 +385,7 @@ impl ClientTransactions {
         due
     }
 
-    /// Remember for 64*T1 that `key` timed out at `now`, when there is
+    /// Remember for 64*T1 from `now` that `key` timed out, when there is
     /// room (without it, a late response to it is relayed).
     fn remember_timed_out(&self, table: &mut Table, key: TransactionKey, now: Instant) {
         if table.bytes() + TIMED_OUT_BYTES > self.max_bytes {
@@ -615,8 +623,13 @@ mod tests {
             table.answered(&key(2, TransactionMethod::Other), 200, late),
             Answered::Unknown
         );
-        // Forgotten 64*T1 after the timeout.
-        let gone = t0 + timeout * 2;
+        // Remembered 64*T1 after the last late answer, then forgotten.
+        let still = t0 + timeout * 2;
+        assert_eq!(
+            table.answered(&register, 200, still),
+            Answered::AfterTimeout
+        );
+        let gone = late + timeout * 2;
         assert_eq!(table.answered(&register, 200, gone), Answered::Unknown);
         assert!(table.is_idle());
         assert_eq!(table.accounted_bytes(), 0);

@@ -818,7 +818,8 @@ impl Core {
             (Some(record), RecordKind::Decision, Some(treatment)) => {
                 let decided = Decided {
                     treatment,
-                    generation: record.generation as u32,
+                    generation: record.generation as u16,
+                    by_policy: record.kind() == DecisionKind::Policy,
                 };
                 self.transactions
                     .decided(request, source, decided, now)
@@ -834,7 +835,7 @@ impl Core {
             Ok(()) => {}
             Err(Some(first)) => {
                 Metrics::inc(&self.metrics.retransmissions);
-                tracing::info!(
+                tracing::debug!(
                     source = %inbound.source,
                     call_id = %Text(request.call_id()),
                     method = %Text(request.method_bytes()),

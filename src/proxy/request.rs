@@ -276,9 +276,11 @@ impl Core {
             && !matches!(ctx.method, Method::Ack | Method::Cancel)
             && ctx.view.to().ok().and_then(|t| t.tag()).is_none()
         {
+            // Not a policy verdict: a copy is handled afresh.
             let relayed = Decided {
                 treatment: Treatment::Relayed,
-                generation: ctx.runtime.generation as u32,
+                generation: ctx.runtime.generation as u16,
+                by_policy: false,
             };
             let _ = self
                 .transactions
@@ -594,9 +596,6 @@ impl Core {
                 decision.verdict.would_reject(),
             )
         });
-        if record.is_none() {
-            self.note_unrecorded_relay(ctx);
-        }
         let bytes = edits.apply(view.raw());
         // What no longer fits in a datagram after our edits gets 513 (the
         // send would fail with EMSGSIZE). Below that it goes over UDP even
@@ -613,6 +612,9 @@ impl Core {
             Some(flow) => Destination::Flow(flow),
             None => Destination::Upstream,
         };
+        if record.is_none() {
+            self.note_unrecorded_relay(ctx);
+        }
         Ok(Outcome::Relay {
             send: Outbound { to, bytes },
             record,

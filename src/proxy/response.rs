@@ -151,9 +151,10 @@ impl Core {
 
     /// A response over UDP may answer a client transaction this proxy keeps
     /// for a request that came over a stream (RFC 3261 17.1.3: our branch
-    /// in the top Via, and the CSeq method). Matched before the response is
-    /// checked: a malformed answer still shows the request arrived, and
-    /// sending it again would not make the answer relayable.
+    /// in the top Via, and the CSeq method), or one that timed out
+    /// ([`Answered::AfterTimeout`]). Matched before its Via is checked as
+    /// this proxy's and its destination is found: an answer that cannot be
+    /// relayed still shows the request arrived.
     fn answer_client_transaction(&self, inb: &Inbound, view: &SipView, now: Instant) -> Answered {
         if inb.transport.is_stream() || self.client_transactions.is_idle() {
             return Answered::Unknown;

@@ -63,24 +63,32 @@ pub enum Treatment {
     Dropped,
 }
 
-/// A decision remembered: how the first copy was handled, and by which
-/// generation of the runtime configuration (its low 32 bits).
+/// A decision remembered: how the first copy was handled, by which
+/// generation of the runtime configuration (its low 16 bits: a copy comes
+/// within 32 s, and 65,536 reloads never do; 8 bytes in all keep a
+/// transaction at 48), and whether that was the policy's verdict.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Decided {
     /// How.
     pub treatment: Treatment,
     /// By which configuration (one more per reload).
-    pub generation: u32,
+    pub generation: u16,
+    /// The policy's verdict (a record of kind `policy`: relayed, flagged,
+    /// rejected or dropped by a rule), not a protocol answer (`proxy.*`).
+    pub by_policy: bool,
 }
 
 impl Decided {
     /// Whether a copy decided as `copy` would contradict this first copy's
-    /// fate: another configuration decided it otherwise, and not as a drop
-    /// (which contradicts nothing). Under one configuration a copy is
-    /// handled afresh: what changed is the network (a flow gone, the
-    /// registrar down), and the new answer says so.
+    /// fate: both are the policy's verdicts, another configuration gave it,
+    /// and it handles the request otherwise, not as a drop (which
+    /// contradicts nothing). A protocol answer is never held back: what
+    /// changed is the network (a flow gone, a message that no longer
+    /// fits), and the new answer says so.
     pub fn contradicts(&self, copy: &Decided) -> bool {
-        self.generation != copy.generation
+        self.by_policy
+            && copy.by_policy
+            && self.generation != copy.generation
             && self.treatment != copy.treatment
             && copy.treatment != Treatment::Dropped
     }
@@ -284,6 +292,35 @@ mod tests {
              Max-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
         )))
         .unwrap()
+    }
+
+    #[test]
+    fn only_a_policy_verdict_of_another_generation_that_handles_it_otherwise_contradicts() {
+        let decided = |treatment, generation, by_policy| Decided {
+            treatment,
+            generation,
+            by_policy,
+        };
+        let first = decided(Treatment::Answered(403), 1, true);
+        assert!(first.contradicts(&decided(Treatment::Relayed, 2, true)));
+        assert!(
+            !first.contradicts(&decided(Treatment::Relayed, 1, true)),
+            "same config"
+        );
+        assert!(
+            !first.contradicts(&decided(Treatment::Answered(403), 2, true)),
+            "same fate"
+        );
+        assert!(
+            !first.contradicts(&decided(Treatment::Dropped, 2, true)),
+            "a drop"
+        );
+        assert!(
+            !first.contradicts(&decided(Treatment::Answered(430), 2, false)),
+            "a protocol answer (a flow gone)"
+        );
+        let relayed_unrecorded = decided(Treatment::Relayed, 1, false);
+        assert!(!relayed_unrecorded.contradicts(&decided(Treatment::Answered(403), 2, true)));
     }
 
     #[test]

@@ -337,8 +337,9 @@ impl Export {
 /// network unreachable, [`may_report_an_earlier_datagram`]). (Met after the first packet
 /// of a call, the error is consumed without being reported: `sendmmsg`
 /// returns the count sent, and the next call sends the rest.) A packet
-/// whose send fails otherwise (too large for UDP, no route), or fails
-/// again, is skipped.
+/// whose send fails otherwise (too large for UDP, refused by a firewall),
+/// or fails again (a route missing here, not an earlier datagram's
+/// error), is skipped.
 async fn send_datagrams(
     socket: &UdpSocket,
     packets: &[u8],

@@ -298,3 +298,49 @@ fn a_sips_contact_reached_over_udp_is_noted() {
         )
     );
 }
+
+#[test]
+fn a_2xx_of_another_fork_gets_no_second_ack() {
+    let (fake, target) = udp_fake();
+    let server = thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        let contact = "Contact: <sip:agent@127.0.0.1:41000>\r\n";
+        let (n, from) = fake.recv_from(&mut buf).unwrap();
+        let ok = reply(&buf[..n], "SIP/2.0 200 OK", contact);
+        fake.send_to(&ok, from).unwrap();
+        let mut lines = Vec::<String>::new();
+        loop {
+            let (n, _) = fake.recv_from(&mut buf).unwrap();
+            let message = buf[..n].to_vec();
+            let first = message.split(|&b| b == b'\r').next().unwrap();
+            lines.push(String::from_utf8_lossy(first).into_owned());
+            if lines.len() == 1 {
+                // Another fork's 2xx: another dialog.
+                let fork = String::from_utf8(ok.clone()).unwrap();
+                fake.send_to(fork.replace(";tag=fake", ";tag=fork2").as_bytes(), from)
+                    .unwrap();
+            }
+            if message.starts_with(b"BYE") {
+                // Answered once the fork's 2xx has had time to draw an ACK.
+                thread::sleep(Duration::from_millis(200));
+                let answer = reply(&message, "SIP/2.0 200 OK", "");
+                fake.send_to(&answer, from).unwrap();
+                fake.set_read_timeout(Some(Duration::from_millis(300)))
+                    .unwrap();
+                while let Ok((n, _)) = fake.recv_from(&mut buf) {
+                    let first = buf[..n].split(|&b| b == b'\r').next().unwrap();
+                    lines.push(String::from_utf8_lossy(first).into_owned());
+                }
+                return lines;
+            }
+        }
+    });
+    let answer = invite(target);
+    let lines = server.join().unwrap();
+    assert_eq!(
+        lines.iter().filter(|l| l.starts_with("ACK ")).count(),
+        1,
+        "{lines:?}"
+    );
+    assert_eq!(answer.status, 200);
+}
