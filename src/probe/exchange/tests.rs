@@ -241,15 +241,23 @@ fn a_2xx_with_a_sip_contact_has_no_fault() {
     assert_eq!((answer.fault, answer.note), (None, None));
 }
 
+/// Receives the INVITE on `fake` and answers it `200 OK` with a SIP
+/// Contact: the answer and where it went.
+fn answer_the_invite_200(fake: &UdpSocket) -> (Vec<u8>, SocketAddr) {
+    let mut buf = [0u8; 4096];
+    let (n, from) = fake.recv_from(&mut buf).unwrap();
+    let contact = "Contact: <sip:agent@127.0.0.1:41000>\r\n";
+    let ok = reply(&buf[..n], "SIP/2.0 200 OK", contact);
+    fake.send_to(&ok, from).unwrap();
+    (ok, from)
+}
+
 #[test]
 fn a_2xx_sent_again_gets_the_ack_again_before_the_bye() {
     let (fake, target) = udp_fake();
     let server = thread::spawn(move || {
         let mut buf = [0u8; 4096];
-        let contact = "Contact: <sip:agent@127.0.0.1:41000>\r\n";
-        let (n, from) = fake.recv_from(&mut buf).unwrap();
-        let ok = reply(&buf[..n], "SIP/2.0 200 OK", contact);
-        fake.send_to(&ok, from).unwrap();
+        let (ok, from) = answer_the_invite_200(&fake);
         // The first ACK "is lost": the 200 goes again, as a callee resends
         // it until its ACK arrives (RFC 3261 13.3.1.4). The BYE is answered
         // once the second ACK has come.
@@ -304,10 +312,7 @@ fn a_2xx_of_another_fork_gets_no_second_ack() {
     let (fake, target) = udp_fake();
     let server = thread::spawn(move || {
         let mut buf = [0u8; 4096];
-        let contact = "Contact: <sip:agent@127.0.0.1:41000>\r\n";
-        let (n, from) = fake.recv_from(&mut buf).unwrap();
-        let ok = reply(&buf[..n], "SIP/2.0 200 OK", contact);
-        fake.send_to(&ok, from).unwrap();
+        let (ok, from) = answer_the_invite_200(&fake);
         let mut lines = Vec::<String>::new();
         loop {
             let (n, _) = fake.recv_from(&mut buf).unwrap();
