@@ -856,15 +856,21 @@ fn known_supported_and_unsupported_clients_in_one_allow_are_refused() {
     ));
 }
 
-#[test]
-fn entries_the_guard_cannot_compile_are_refused_not_kept() {
-    let known = Known {
+/// Lync 2010 as the shipped catalog has it: supported, caller and
+/// informal agent.
+fn shipped_lync_2010() -> Known {
+    Known {
         user_agent: LYNC_2010,
         name: "Lync 2010".into(),
         support: Support::Supported,
         roles: vec![Role::Caller, Role::InformalAgent],
         taken: false,
-    };
+    }
+}
+
+#[test]
+fn entries_the_guard_cannot_compile_are_refused_not_kept() {
+    let known = shipped_lync_2010();
     let r = rule(0, "OC", CompareOp::Geq, "4", PolicyAction::Allow);
     // What a bug of write_rule could give: no `name`.
     let broken = "[[clients]]\nid = \"p\"\ncategory = \"desktop\"\nsupport = \"supported\"\n\
@@ -881,13 +887,7 @@ fn entries_the_guard_cannot_compile_are_refused_not_kept() {
 
 #[test]
 fn entries_giving_a_known_client_other_roles_than_the_shipped_ones_are_refused() {
-    let lync_2010 = Known {
-        user_agent: LYNC_2010,
-        name: "Lync 2010".into(),
-        support: Support::Supported,
-        roles: vec![Role::Caller, Role::InformalAgent],
-        taken: false,
-    };
+    let lync_2010 = shipped_lync_2010();
     let r = rule(0, "OC", CompareOp::Geq, "4", PolicyAction::Allow);
     let entry = |roles: &str| {
         format!(
