@@ -1227,7 +1227,7 @@ const FAMILIES: [Family; 56] = [
     ),
     counter(
         "sipadmit_retransmissions_total",
-        "Requests recognised as retransmissions of a transaction already recorded (handled again and not recorded again, or dropped: a copy a reload would decide otherwise, or one over its source's rate limit).",
+        "Requests recognised as retransmissions of a transaction already recorded (handled again and not recorded again, or dropped: a copy a reload would decide otherwise, or one over its source's rate limit; a copy of a request answered 503 over its source's rate limit gets that 503 again).",
         Samples::Atomic(|m| &m.retransmissions),
     ),
     counter(

@@ -69,7 +69,7 @@ use flow::{Flow, FlowSigner, Purpose, TokenError, Verified};
 use listening::Listening;
 pub use refusal::{FlowFailure, Refusal};
 use registrations::{RegistrationLimits, Registrations};
-use transactions::{Decided, RecordKind, Transactions, Treatment};
+use transactions::{CopyFate, Decided, RecordKind, Transactions, Treatment};
 
 /// Via parameter of the proxy's own Via that carries the client flow token.
 const FLOW_PARAM: &str = "sipadmit-flow";
@@ -717,19 +717,9 @@ impl Core {
         now: Instant,
         refusal: SourceRefusal,
     ) -> Outcome {
-        let (refusal, reason, record_kind) = match refusal {
-            SourceRefusal::OverLimit { retry_after_secs } => (
-                Refusal::OverLimit { retry_after_secs },
-                DropReason::RateLimited,
-                RecordKind::OverLimit,
-            ),
-            SourceRefusal::Banned => (
-                Refusal::Banned {
-                    rule: BanCause::Requests.rule(),
-                },
-                DropReason::Banned,
-                RecordKind::Ban,
-            ),
+        let reason = match refusal {
+            SourceRefusal::OverLimit { .. } => DropReason::RateLimited,
+            SourceRefusal::Banned => DropReason::Banned,
         };
         let kind = MessageKind::of(&inbound.bytes);
         self.metrics.count_received(inbound.transport, kind);
@@ -740,28 +730,70 @@ impl Core {
                 return Outcome::drop(reason);
             }
         };
-        // A copy of a request decided before (relayed, or answered) is not
-        // answered 503 now: that would contradict the first copy's fate.
-        // It is dropped, as the limit's `drop` does (RFC 3261 16.11).
-        if record_kind == RecordKind::OverLimit
-            && self
-                .transactions
-                .seen_before(&view, inbound.source.0, RecordKind::Decision, now)
-        {
-            Metrics::inc(&self.metrics.retransmissions);
-            tracing::debug!(
-                source = %inbound.source,
-                call_id = %Text(view.call_id()),
-                "retransmission over its source's rate limit: dropped, not answered 503"
-            );
-            self.metrics.count_drop(reason);
-            return Outcome::drop(reason);
-        }
         let runtime = self.runtime.load();
         let ctx = request::RequestCtx::new(inbound, &view, &runtime, now);
-        let outcome = self.refuse(&ctx, None, refusal);
-        let outcome = self.record_once(&view, inbound, record_kind, outcome, now);
+        let outcome = match refusal {
+            SourceRefusal::OverLimit { retry_after_secs } => {
+                self.over_limit(&ctx, retry_after_secs)
+            }
+            SourceRefusal::Banned => {
+                let rule = BanCause::Requests.rule();
+                let outcome = self.refuse(&ctx, None, Refusal::Banned { rule });
+                self.record_once(&view, inbound, RecordKind::Ban, outcome, now)
+            }
+        };
         self.count_outcome(&outcome);
+        outcome
+    }
+
+    /// The `503` of a request over its source's rate limit, remembered as
+    /// its transaction's decision: a copy of it gets the `503` again,
+    /// unrecorded, over the limit or (see [`Core::record_once`]) within it.
+    /// A copy of a request decided before (relayed, or answered) is dropped
+    /// instead, as the limit's `drop` does: a `503` now would contradict
+    /// the first copy's fate (RFC 3261 16.11).
+    fn over_limit(&self, ctx: &request::RequestCtx<'_>, retry_after_secs: u32) -> Outcome {
+        let (view, inbound) = (ctx.view, ctx.inbound);
+        let limited = Decided {
+            treatment: Treatment::OverLimit {
+                retry_after_secs: u16::try_from(retry_after_secs).unwrap_or(u16::MAX),
+            },
+            generation: ctx.runtime.generation as u16,
+            by_policy: false,
+        };
+        match self
+            .transactions
+            .decided(view, inbound.source.0, limited, ctx.now)
+        {
+            Ok(()) => self.refuse(ctx, None, Refusal::OverLimit { retry_after_secs }),
+            Err(Some(Decided {
+                treatment: Treatment::OverLimit { retry_after_secs },
+                ..
+            })) => self.over_limit_again(ctx, retry_after_secs.into()),
+            Err(_) => {
+                Metrics::inc(&self.metrics.retransmissions);
+                tracing::debug!(
+                    source = %inbound.source,
+                    call_id = %Text(view.call_id()),
+                    "retransmission over its source's rate limit: dropped, not answered 503"
+                );
+                self.metrics.count_drop(DropReason::RateLimited);
+                Outcome::drop(DropReason::RateLimited)
+            }
+        }
+    }
+
+    /// A copy of a request its source's rate limit answered `503`: the
+    /// same answer, counted as a retransmission, not recorded again.
+    fn over_limit_again(&self, ctx: &request::RequestCtx<'_>, retry_after_secs: u32) -> Outcome {
+        Metrics::inc(&self.metrics.retransmissions);
+        tracing::debug!(
+            source = %ctx.inbound.source,
+            call_id = %Text(ctx.view.call_id()),
+            "retransmission of a request answered 503 over its source's rate limit: answered 503 again"
+        );
+        let mut outcome = self.refuse(ctx, None, Refusal::OverLimit { retry_after_secs });
+        outcome.take_record();
         outcome
     }
 
@@ -800,8 +832,9 @@ impl Core {
     /// request's transaction from its source: a retransmission is handled
     /// the same way (relayed again, answered again) but counted instead of
     /// recorded. A copy whose decision now differs from its first copy's
-    /// (a reload changed the verdict in between) is dropped: the first
-    /// copy's fate stands (RFC 3261 16.11).
+    /// (a reload changed the verdict in between) is dropped, and a copy of
+    /// one its source's rate limit answered `503` gets that `503` again:
+    /// the first copy's fate stands (RFC 3261 16.11).
     fn record_once(
         &self,
         request: &SipView,
@@ -811,9 +844,7 @@ impl Core {
         now: Instant,
     ) -> Outcome {
         let source = inbound.source.0;
-        let treatment = outcome.treatment();
-        // `Err`: a copy, with the first copy's decision when it is known.
-        let first = match (outcome.record(), kind, treatment) {
+        let fate = match (outcome.record(), kind, outcome.treatment()) {
             (None, ..) => return outcome,
             (Some(record), RecordKind::Decision, Some(treatment)) => {
                 let decided = Decided {
@@ -821,42 +852,59 @@ impl Core {
                     generation: record.generation as u16,
                     by_policy: record.kind() == DecisionKind::Policy,
                 };
-                self.transactions
-                    .decided(request, source, decided, now)
-                    .map_err(|first| first.filter(|first| first.contradicts(&decided)))
+                match self.transactions.decided(request, source, decided, now) {
+                    Ok(()) => return outcome,
+                    Err(first) => first.map_or(CopyFate::Again, |first| first.copy(&decided)),
+                }
             }
-            (Some(_), ..) => self
-                .transactions
-                .first_sighting(request, source, kind, now)
-                .then_some(())
-                .ok_or(None),
+            (Some(_), ..) if self.transactions.first_sighting(request, source, kind, now) => {
+                return outcome;
+            }
+            (Some(_), ..) => CopyFate::Again,
         };
-        match first {
-            Ok(()) => {}
-            Err(Some(first)) => {
+        if fate == CopyFate::Again {
+            outcome.take_record();
+            Metrics::inc(&self.metrics.retransmissions);
+            tracing::debug!(
+                call_id = %Text(request.call_id()),
+                method = %Text(request.method_bytes()),
+                "retransmission: handled again, not recorded again"
+            );
+            return outcome;
+        }
+        let runtime = self.runtime.load();
+        let ctx = request::RequestCtx::new(inbound, request, &runtime, now);
+        self.copy_decided_before(&ctx, fate, outcome.treatment())
+            .unwrap_or(outcome)
+    }
+
+    /// A copy of a request whose first copy's fate the current decision
+    /// (`now`) would contradict: dropped (`decided_before`), or answered
+    /// the rate limit's `503` again. `None` for [`CopyFate::Again`].
+    fn copy_decided_before(
+        &self,
+        ctx: &request::RequestCtx<'_>,
+        fate: CopyFate,
+        now: Option<Treatment>,
+    ) -> Option<Outcome> {
+        match fate {
+            CopyFate::Again => None,
+            CopyFate::OverLimit { retry_after_secs } => {
+                Some(self.over_limit_again(ctx, retry_after_secs))
+            }
+            CopyFate::Dropped => {
                 Metrics::inc(&self.metrics.retransmissions);
                 tracing::debug!(
-                    source = %inbound.source,
-                    call_id = %Text(request.call_id()),
-                    method = %Text(request.method_bytes()),
-                    first = ?first.treatment,
-                    now = ?treatment,
+                    source = %ctx.inbound.source,
+                    call_id = %Text(ctx.view.call_id()),
+                    method = %Text(ctx.view.method_bytes()),
+                    ?now,
                     "a copy of a request decided otherwise before a reload: dropped, the first copy's fate stands"
                 );
                 self.metrics.count_drop(DropReason::DecidedBefore);
-                return Outcome::drop(DropReason::DecidedBefore);
-            }
-            Err(None) => {
-                outcome.take_record();
-                Metrics::inc(&self.metrics.retransmissions);
-                tracing::debug!(
-                    call_id = %Text(request.call_id()),
-                    method = %Text(request.method_bytes()),
-                    "retransmission: handled again, not recorded again"
-                );
+                Some(Outcome::drop(DropReason::DecidedBefore))
             }
         }
-        outcome
     }
 
     // === registration table warnings ===

@@ -40,6 +40,7 @@ use super::{
     FLOW_PARAM,
 };
 use crate::classify::{Classification, Support};
+use crate::observe::decision_log::DecisionKind;
 use crate::observe::metrics::DropReason;
 use crate::policy::{decide, Decision, SessionFacts, SessionRole, Verdict};
 use crate::sip::edit::{before_first, mark_received, remove_leading_values, remove_named, Edits};
@@ -118,9 +119,10 @@ pub(super) enum Halt<'m> {
     },
     /// Answer it with this response, unrecorded (a health check's `200`).
     Answer(Bytes),
-    /// A refusal the phase had answered and recorded already, through
-    /// [`Core::refuse`] (its text lives no longer than the phase: the
-    /// health check's `503`). Boxed: rare, and an outcome is large.
+    /// An outcome the phase had made whole already: a refusal answered
+    /// and recorded through [`Core::refuse`] (its text lives no longer
+    /// than the phase: the health check's `503`), or a copy's outcome held
+    /// to its first copy's fate. Boxed: rare, and an outcome is large.
     Refused(Box<Outcome>),
 }
 
@@ -265,26 +267,38 @@ impl Core {
             .seen_before(ctx.view, ctx.inbound.source.0, kind, ctx.now)
     }
 
-    /// A UDP client's request outside a dialog relayed without a record
-    /// (not a REGISTER or an INVITE, whose records note their
-    /// transactions): its transaction is noted, so that a copy of it
-    /// during a drain is relayed as it was ([`Self::seen_before`]).
-    fn note_unrecorded_relay(&self, ctx: &RequestCtx<'_>) {
+    /// A UDP client's request relayed without a record (not a REGISTER or
+    /// an INVITE, whose records note their transactions; not an ACK, which
+    /// has no answer): its transaction is noted, so that a copy of it
+    /// during a drain is relayed as it was ([`Self::seen_before`]), and a
+    /// copy over its source's rate limit is dropped, not answered `503`
+    /// ([`Core::refuse_source`]). A copy whose first copy's fate the
+    /// current decision would contradict is not relayed
+    /// ([`Decided::copy`]): it is dropped after a reload turned the
+    /// policy's verdict, or answered the rate limit's `503` again.
+    fn note_unrecorded_relay<'m>(
+        &self,
+        ctx: &RequestCtx<'m>,
+        admission: &Admission<'_>,
+    ) -> Result<(), Halt<'m>> {
         let inb = ctx.inbound;
-        if inb.transport == Transport::Udp
-            && !inb.from_registrar()
-            && !matches!(ctx.method, Method::Ack | Method::Cancel)
-            && ctx.view.to().ok().and_then(|t| t.tag()).is_none()
-        {
-            // Not a policy verdict: a copy is handled afresh.
-            let relayed = Decided {
-                treatment: Treatment::Relayed,
-                generation: ctx.runtime.generation as u16,
-                by_policy: false,
-            };
-            let _ = self
-                .transactions
-                .decided(ctx.view, inb.source.0, relayed, ctx.now);
+        if inb.transport != Transport::Udp || inb.from_registrar() || ctx.method == Method::Ack {
+            return Ok(());
+        }
+        let relayed = Decided {
+            treatment: Treatment::Relayed,
+            generation: ctx.runtime.generation as u16,
+            by_policy: DecisionKind::of_rule(admission.decision.rule) == DecisionKind::Policy,
+        };
+        let Err(Some(first)) = self
+            .transactions
+            .decided(ctx.view, inb.source.0, relayed, ctx.now)
+        else {
+            return Ok(());
+        };
+        match self.copy_decided_before(ctx, first.copy(&relayed), Some(Treatment::Relayed)) {
+            Some(outcome) => Err(Halt::Refused(Box::new(outcome))),
+            None => Ok(()),
         }
     }
 
@@ -613,7 +627,7 @@ impl Core {
             None => Destination::Upstream,
         };
         if record.is_none() {
-            self.note_unrecorded_relay(ctx);
+            self.note_unrecorded_relay(ctx, admission)?;
         }
         Ok(Outcome::Relay {
             send: Outbound { to, bytes },

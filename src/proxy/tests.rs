@@ -236,6 +236,105 @@ fn a_copy_of_a_relayed_request_over_its_sources_limit_is_dropped_not_answered_50
 }
 
 #[test]
+fn a_copy_of_a_request_answered_503_over_its_limit_gets_the_503_again_within_it() {
+    let core = Core::detached(CONFIG).unwrap();
+    let caller: SocketAddr = "127.0.0.1:45030".parse().unwrap();
+    let over = SourceRefusal::OverLimit {
+        retry_after_secs: 7,
+    };
+    let retry_after = |outcome: &Outcome| header_values(&sent(outcome).1, "Retry-After").concat();
+    for method in ["REGISTER", "OPTIONS"] {
+        let request = udp(request(method, "sip:contoso.com", caller, LYNC, ""), caller);
+        let refused = core.refuse_source(&request, Instant::now(), over);
+        assert_eq!(
+            (status(&refused), retry_after(&refused)),
+            (Some(503), "7".into())
+        );
+        assert!(refused.record().is_some());
+        // The 503 was lost and the source is within its limit again: the
+        // copy is not relayed to the registrar after that 503.
+        let copy = handle(&core, &request);
+        assert_eq!(
+            (status(&copy), retry_after(&copy)),
+            (Some(503), "7".into()),
+            "{method}"
+        );
+        assert!(copy.record().is_none());
+        // Over the limit again: the same 503, unrecorded.
+        let again = core.refuse_source(&request, Instant::now(), over);
+        assert_eq!(status(&again), Some(503));
+        assert!(again.record().is_none());
+    }
+    assert_eq!(
+        core.metrics()
+            .retransmissions
+            .load(std::sync::atomic::Ordering::Relaxed),
+        4
+    );
+}
+
+#[test]
+fn a_copy_of_a_relayed_request_in_a_dialog_over_its_sources_limit_is_dropped() {
+    let core = Core::detached(CONFIG).unwrap();
+    let caller: SocketAddr = "127.0.0.1:45040".parse().unwrap();
+    let bye = request("BYE", "sip:bob@contoso.com", caller, LYNC, "").replace(
+        "To: <sip:bob@contoso.com>",
+        "To: <sip:bob@contoso.com>;tag=t1",
+    );
+    let bye = udp(bye, caller);
+    assert_eq!(sent(&handle(&core, &bye)).0, Destination::Upstream);
+    let over = SourceRefusal::OverLimit {
+        retry_after_secs: 1,
+    };
+    let copy = core.refuse_source(&bye, Instant::now(), over);
+    assert_eq!(copy.drop_reason(), Some(DropReason::RateLimited));
+    assert!(copy.outbound().is_none());
+    // Within the limit the copy is relayed again, as the first was.
+    assert_eq!(sent(&handle(&core, &bye)).0, Destination::Upstream);
+}
+
+#[test]
+fn an_unrecorded_relay_keeps_its_first_copys_fate_after_a_reload() {
+    let core = Core::detached(CONFIG).unwrap();
+    let scanner: SocketAddr = "127.0.0.1:45050".parse().unwrap();
+    let allow = CONFIG.replace(
+        "[response_group]",
+        "[policy]\nscanner = \"allow\"\n[response_group]",
+    );
+    let reject = allow.replace("scanner = \"allow\"", "scanner = \"reject\"");
+    let options = |branch: &str| {
+        let options = request(
+            "OPTIONS",
+            "sip:contoso.com",
+            scanner,
+            "friendly-scanner",
+            "",
+        );
+        udp(options.replace("z9hG4bK-OPTIONS", branch), scanner)
+    };
+    core.publish(runtime_from(&allow));
+    let first = options("z9hG4bK-a");
+    assert_eq!(sent(&handle(&core, &first)).0, Destination::Upstream);
+    core.publish(runtime_from(&reject));
+    // Relayed by the policy, then rejected by it: the copy is dropped.
+    let copy = handle(&core, &first);
+    assert_eq!(copy.drop_reason(), Some(DropReason::DecidedBefore));
+    // Rejected, then allowed: the copy is not relayed after the reject.
+    let second = options("z9hG4bK-b");
+    assert_eq!(status(&handle(&core, &second)), Some(403));
+    core.publish(runtime_from(&allow));
+    let copy = handle(&core, &second);
+    assert_eq!(copy.drop_reason(), Some(DropReason::DecidedBefore));
+    assert!(copy.outbound().is_none() && copy.record().is_none());
+    assert_eq!(core.metrics().drops(DropReason::DecidedBefore), 2);
+    // A new transaction is decided afresh.
+    assert_eq!(
+        sent(&handle(&core, &options("z9hG4bK-c"))).0,
+        Destination::Upstream
+    );
+}
+
+#[test]
 fn every_refusal_has_its_status_and_rule() {
     let reply = crate::policy::Reply {
         status: 480,

@@ -31,9 +31,10 @@ use crate::sip::SipView;
 /// How long a transaction's requests count as retransmissions (64 * T1).
 pub const TRANSACTION_LIFETIME: Duration = Duration::from_secs(32);
 
-/// Which record of a transaction: the one of handling the request, or one
-/// of what may follow it (a 503 when the registrar proved unreachable, a
-/// 408, a ban, a rate limit's 503), each recorded once.
+/// Which record of a transaction: the one of handling the request (or of
+/// refusing it over its source's rate limit), or one of what may follow it
+/// (a 503 when the registrar proved unreachable, a 408, a ban), each
+/// recorded once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RecordKind {
     /// The request's decision (relay, reject, drop).
@@ -45,8 +46,6 @@ pub enum RecordKind {
     /// The ban its source earned with it (`ban.*`): recorded even when the
     /// request is a retransmission of one decided before.
     Ban,
-    /// The 503 of a source over its rate limit.
-    OverLimit,
 }
 
 /// How the first copy of a request was handled, remembered with its
@@ -61,6 +60,29 @@ pub enum Treatment {
     Answered(u16),
     /// Dropped.
     Dropped,
+    /// Answered `503` with this Retry-After (seconds, at most 65,535):
+    /// its source was over its rate limit (`rate_limit.requests`).
+    OverLimit {
+        /// The Retry-After sent.
+        retry_after_secs: u16,
+    },
+}
+
+/// What becomes of a copy of a request decided before ([`Decided::copy`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CopyFate {
+    /// Handled as the configuration now decides it, which does not
+    /// contradict the first copy's fate; not recorded again.
+    Again,
+    /// Dropped: the first copy's policy verdict stands.
+    Dropped,
+    /// Answered `503` again, with this Retry-After: the first copy was over
+    /// its source's rate limit, and a copy within the limit is not relayed
+    /// after that answer (a stateless answer is the same for every copy).
+    OverLimit {
+        /// The first copy's Retry-After, seconds.
+        retry_after_secs: u32,
+    },
 }
 
 /// A decision remembered: how the first copy was handled, by which
@@ -91,6 +113,22 @@ impl Decided {
             && self.generation != copy.generation
             && self.treatment != copy.treatment
             && copy.treatment != Treatment::Dropped
+    }
+
+    /// What becomes of a copy that is decided as `copy` now, when this is
+    /// its first copy's decision: answered `503` again after a rate limit's
+    /// `503` (unless dropped now), dropped when it [contradicts](Self::contradicts),
+    /// else handled again.
+    pub fn copy(&self, copy: &Decided) -> CopyFate {
+        match self.treatment {
+            Treatment::OverLimit { retry_after_secs } if copy.treatment != Treatment::Dropped => {
+                CopyFate::OverLimit {
+                    retry_after_secs: retry_after_secs.into(),
+                }
+            }
+            _ if self.contradicts(copy) => CopyFate::Dropped,
+            _ => CopyFate::Again,
+        }
     }
 }
 
@@ -247,7 +285,6 @@ impl Transactions {
             KeyKind::Record(RecordKind::UpstreamUnavailable) => b"u",
             KeyKind::Record(RecordKind::Timeout) => b"t",
             KeyKind::Record(RecordKind::Ban) => b"b",
-            KeyKind::Record(RecordKind::OverLimit) => b"r",
             KeyKind::AnsweredInvite => b"a",
         });
         field(match method {
@@ -321,6 +358,38 @@ mod tests {
         );
         let relayed_unrecorded = decided(Treatment::Relayed, 1, false);
         assert!(!relayed_unrecorded.contradicts(&decided(Treatment::Answered(403), 2, true)));
+    }
+
+    #[test]
+    fn a_copy_after_a_rate_limits_503_gets_it_again_unless_dropped_now() {
+        let decided = |treatment, by_policy| Decided {
+            treatment,
+            generation: 1,
+            by_policy,
+        };
+        let limited = decided(
+            Treatment::OverLimit {
+                retry_after_secs: 9,
+            },
+            false,
+        );
+        let again = CopyFate::OverLimit {
+            retry_after_secs: 9,
+        };
+        assert_eq!(limited.copy(&decided(Treatment::Relayed, true)), again);
+        assert_eq!(limited.copy(&limited), again);
+        assert_eq!(
+            limited.copy(&decided(Treatment::Dropped, true)),
+            CopyFate::Again,
+            "a drop contradicts nothing"
+        );
+        let rejected = decided(Treatment::Answered(403), true);
+        let relayed_after_a_reload = Decided {
+            generation: 2,
+            ..decided(Treatment::Relayed, true)
+        };
+        assert_eq!(rejected.copy(&relayed_after_a_reload), CopyFate::Dropped);
+        assert_eq!(rejected.copy(&rejected), CopyFate::Again);
     }
 
     #[test]
