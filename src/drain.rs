@@ -10,11 +10,15 @@
 //! `limits.drain_secs` runs out. A second SIGTERM, or SIGINT, stops at
 //! once.
 //!
-//! Not pending, so not waited for: calls that are ringing (an INVITE with
-//! a provisional answer holds no client transaction, and a UDP client's
-//! INVITE is relayed without state; the link to a TCP/TLS registrar
-//! remembers it, but a drain neither waits for it nor gives it up, which
-//! would need a CANCEL toward the callee); see docs/pool.md.
+//! Calls ringing at a TCP/TLS registrar are pending too: the link
+//! remembers each INVITE until its final answer. When the drain runs out,
+//! the link sends the registrar a CANCEL for each one that may be ringing
+//! (RFC 3261 16.8, as Timer C would), relays the callee's `487`, and
+//! answers `408` to a caller whose `487` has not come within
+//! [`CANCELLED_ANSWERED_WITHIN`]. Not pending, so not waited for: calls
+//! ringing at a UDP registrar (an INVITE with a provisional answer holds no
+//! client transaction, and a UDP client's INVITE is relayed without
+//! state); see docs/pool.md.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,6 +28,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::proxy::Core;
+use crate::transport::answers::CANCELLED_ANSWERED_WITHIN;
 use crate::transport::upstream::UpstreamBacklog;
 
 /// How long nothing must be pending before a draining instance stops: the
@@ -41,6 +46,10 @@ const PROGRESS: Duration = Duration::from_secs(5);
 /// transactions given up have to be answered `408` (the first worker's
 /// loop looks at their timers at least once a second).
 const GIVE_UP: Duration = Duration::from_secs(2);
+
+// A cancelled call's `408` (after CANCELLED_ANSWERED_WITHIN, seen within
+// the link's 100 ms look) must go out within GIVE_UP.
+const _: () = assert!(GIVE_UP.as_millis() >= CANCELLED_ANSWERED_WITHIN.as_millis() + 500);
 
 /// Then how long those answers have to be written before the connections
 /// close.
@@ -61,8 +70,8 @@ pub struct Pending {
     pub registers: usize,
     /// Bytes queued for a stream registrar and not yet written.
     pub upstream_queue_bytes: usize,
-    /// Requests other than INVITEs written to a stream registrar that has
-    /// not answered them yet.
+    /// Requests written to a stream registrar that has not answered them
+    /// yet (calls ringing included).
     pub upstream_unanswered: usize,
 }
 
@@ -144,8 +153,9 @@ pub async fn run(
 /// Give up the client transactions still kept and the requests a stream
 /// registrar has not answered, so that each client still waiting is
 /// answered `408` (and recorded, rule `proxy.request-timeout`) instead of
-/// losing its connection without a final response; wait (bounded by
-/// [`GIVE_UP`]) until they are, then [`FLUSH`].
+/// losing its connection without a final response, and the calls ringing
+/// there are cancelled (their callers get the `487`, or `408`); wait
+/// (bounded by [`GIVE_UP`]) until they are, then [`FLUSH`].
 async fn answer_given_up(core: &Core, upstream: Option<&UpstreamBacklog>) {
     let transactions = core.client_transactions();
     transactions.give_up_all(std::time::Instant::now());

@@ -397,6 +397,145 @@ fn a_drain_that_runs_out_answers_408_to_what_a_stalled_tcp_registrar_left_unansw
     );
 }
 
+/// A TCP registrar whose callee rings: it answers an INVITE `180`, and
+/// when `answers_cancel` a CANCEL `200` and then the INVITE `487` (RFC
+/// 3261 9.2). Every message it reads (but sipadmit's OPTIONS probes) is
+/// sent on the channel.
+fn ringing_tcp_registrar(answers_cancel: bool) -> (SocketAddr, std::sync::mpsc::Receiver<String>) {
+    use common::sip_stream::{take_message, uas_response};
+    use std::io::Read;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (seen, received) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let Ok((mut conn, _)) = listener.accept() else {
+            return;
+        };
+        let (mut buffer, mut chunk, mut invite) = (Vec::new(), [0u8; 16 * 1024], None);
+        loop {
+            while let Some(message) = take_message(&mut buffer) {
+                let mut answer = |request: &str, status: &str| {
+                    let response = uas_response(request, status, "callee", "");
+                    let _ = conn.write_all(response.as_bytes());
+                };
+                if message.starts_with("INVITE ") {
+                    answer(&message, "180 Ringing");
+                    invite = Some(message.clone());
+                } else if message.starts_with("CANCEL ") && answers_cancel {
+                    answer(&message, "200 OK");
+                    if let Some(invite) = &invite {
+                        answer(invite, "487 Request Terminated");
+                    }
+                }
+                if !message.starts_with("OPTIONS ") {
+                    let _ = seen.send(message);
+                }
+            }
+            match conn.read(&mut chunk) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buffer.extend_from_slice(&chunk[..n]),
+            }
+        }
+    });
+    (addr, received)
+}
+
+/// A UDP client's INVITE relayed to a ringing TCP registrar, then SIGTERM
+/// (`drain_secs = 1`): the process, the INVITE as the registrar read it
+/// and the client.
+fn a_call_ringing_at_a_drain(
+    dir: &std::path::Path,
+    answers_cancel: bool,
+) -> (
+    Sipadmit,
+    String,
+    std::sync::mpsc::Receiver<String>,
+    UdpSocket,
+) {
+    let (registrar, seen) = ringing_tcp_registrar(answers_cancel);
+    let (mut sipadmit, Listeners { udp, .. }) = start_toward(dir, &format!("tcp:{registrar}"), 1);
+    let client = UdpSocket::bind("127.0.0.1:0").unwrap();
+    client.set_read_timeout(Some(BOUND)).unwrap();
+    let me = client.local_addr().unwrap();
+    client
+        .send_to(request("INVITE", "UDP", me, 1, "").as_bytes(), udp)
+        .unwrap();
+    let ringing = answer(&client);
+    assert!(ringing.starts_with("SIP/2.0 180"), "{ringing}");
+    let invite = seen.recv_timeout(BOUND).unwrap();
+    assert!(invite.starts_with("INVITE "), "{invite}");
+    sipadmit.signal("TERM");
+    sipadmit.wait_for("draining:");
+    (sipadmit, invite, seen, client)
+}
+
+#[test]
+fn a_drain_waits_for_a_call_ringing_at_a_tcp_registrar_then_cancels_it_and_relays_the_487() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut sipadmit, invite, seen, client) = a_call_ringing_at_a_drain(dir.path(), true);
+    let started = Instant::now();
+    // The call is pending: the drain waits its second, then cancels it.
+    let cancel = seen.recv_timeout(BOUND).unwrap();
+    assert!(
+        started.elapsed() >= Duration::from_millis(800),
+        "{:?}",
+        started.elapsed()
+    );
+    // RFC 3261 9.1: what the INVITE had, with its top Via alone.
+    use common::sip_stream::header;
+    assert!(
+        cancel.starts_with("CANCEL sip:alice@contoso.com SIP/2.0\r\n"),
+        "{cancel}"
+    );
+    let top_via = header(&invite, "Via")[0].split(',').next().unwrap().trim();
+    assert_eq!(header(&cancel, "Via"), [top_via], "{cancel}");
+    for name in ["From", "To", "Call-ID"] {
+        assert_eq!(header(&cancel, name), header(&invite, name), "{name}");
+    }
+    assert_eq!(header(&cancel, "CSeq"), ["1 CANCEL"]);
+    // The callee's 487 reaches the caller; the 200 to the CANCEL does not.
+    let terminated = answer(&client);
+    assert!(terminated.starts_with("SIP/2.0 487"), "{terminated}");
+    let stderr = sipadmit.exited();
+    assert!(stderr.contains("limits.drain_secs ran out"), "{stderr}");
+    assert!(stderr.contains("CANCEL sent to the registrar"), "{stderr}");
+    assert!(!stderr.contains("answered 408"), "{stderr}");
+    let mut buf = [0u8; 2048];
+    client
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    assert!(client.recv_from(&mut buf).is_err(), "nothing after the 487");
+    let log = std::fs::read_to_string(dir.path().join("decisions.log")).unwrap();
+    assert!(!log.contains("proxy.request-timeout"), "{log}");
+}
+
+#[test]
+fn a_call_cancelled_at_a_drain_whose_487_does_not_come_is_answered_408() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut sipadmit, _invite, seen, client) = a_call_ringing_at_a_drain(dir.path(), false);
+    let cancel = seen.recv_timeout(BOUND).unwrap();
+    assert!(cancel.starts_with("CANCEL "), "{cancel}");
+    let sent = Instant::now();
+    let timeout = answer(&client);
+    assert!(timeout.starts_with("SIP/2.0 408"), "{timeout}");
+    assert!(
+        sent.elapsed() >= Duration::from_millis(800),
+        "{:?}",
+        sent.elapsed()
+    );
+    let stderr = sipadmit.exited();
+    assert!(
+        stderr.contains("no final answer from the registrar in time"),
+        "{stderr}"
+    );
+    let log = std::fs::read_to_string(dir.path().join("decisions.log")).unwrap();
+    assert_eq!(
+        log.matches("\"rule\":\"proxy.request-timeout\"").count(),
+        1,
+        "{log}"
+    );
+}
+
 #[test]
 fn refusals_in_the_seconds_before_a_stop_are_summarised_at_the_stop() {
     // A source over its rate limit: the first refusals are logged one by

@@ -453,3 +453,64 @@ fn a_tcp_client_on_the_registrars_host_registers_through_a_tcp_upstream() {
     assert_eq!(r["transport"], "tcp", "{r}");
     assert!(r["status"].is_null(), "relayed, not answered: {r}");
 }
+
+/// A drain that runs out with a call ringing at a TCP Kamailio (the callee
+/// registered through sipadmit, rings and never answers): sipadmit sends
+/// Kamailio a CANCEL for the call (RFC 3261 16.8, as Timer C would),
+/// Kamailio cancels the callee's branch, and the callee's `487` reaches the
+/// caller through sipadmit before it stops. Nothing is left ringing.
+#[test]
+fn a_call_ringing_at_a_tcp_kamailio_is_cancelled_when_the_drain_runs_out() {
+    let Some(kam) = Kamailio::try_start(KamailioOptions::default()) else {
+        return;
+    };
+    let config = format!("{CONFIG}\n[limits]\ndrain_secs = 1\n");
+    let proxy = TestProxy::start(&config, "127.0.0.1", &kam.upstream_tcp());
+    let callee = Sipp::agent("bob", UA_LYNC_2013)
+        .ooc("agent_ring.xml")
+        .remote(proxy.udp)
+        .wait(Duration::from_secs(15))
+        .label("ringing-callee")
+        .spawn();
+    wait_for_registers(&kam, 1);
+    let caller = Sipp::call("sip:bob@contoso.com", UA_LYNC_2013, 487)
+        .remote(proxy.udp)
+        .label("cancelled-caller")
+        .spawn();
+    assert!(
+        kam.wait_for_log("REQ INVITE", Duration::from_secs(8)),
+        "{}",
+        kam.log()
+    );
+    // The callee rings (its 180 went back through sipadmit and Kamailio).
+    std::thread::sleep(Duration::from_millis(500));
+    proxy.start_drain();
+    let caller = caller.join_timeout(RUN);
+    caller.assert_success();
+    let callee = callee.join_timeout(RUN);
+    callee.assert_success();
+    assert_eq!(callee.received("CANCEL ").len(), 1, "{}", callee.report());
+    assert!(proxy.stopped_within(Duration::from_secs(10)));
+    // Stopped: the writer wrote every record out at its stop.
+    let records = std::fs::read_to_string(&proxy.decision_log).unwrap();
+    assert!(!records.contains("proxy.request-timeout"), "{records}");
+    assert_eq!(
+        records.lines().count(),
+        3,
+        "REGISTER, INVITE, its offer: {records}"
+    );
+    let metrics = proxy.stop();
+    assert_eq!(
+        metrics
+            .upstream_cancels
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+    assert_eq!(
+        metrics
+            .upstream_cancel_answers
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1,
+        "Kamailio's 200 to the CANCEL, consumed"
+    );
+}

@@ -364,6 +364,11 @@ pub struct Metrics {
     pub upstream_probes: AtomicU64,
     /// Answers of the registrar to those probes.
     pub upstream_probe_answers: AtomicU64,
+    /// CANCELs written to a TCP/TLS registrar for calls still ringing when
+    /// a drain ran out (`limits.drain_secs`), and its answers to them.
+    pub upstream_cancels: AtomicU64,
+    /// The registrar's answers to those CANCELs (consumed here).
+    pub upstream_cancel_answers: AtomicU64,
     /// Flow tokens verified by a secret other than the signing one (a
     /// rotation in progress: `proxy.flow_secret_file` lines after the first).
     pub flow_tokens_older_secret: AtomicU64,
@@ -805,6 +810,11 @@ impl Metrics {
         });
     }
 
+    /// A CANCEL was written to the registrar at a drain's end.
+    pub fn note_upstream_cancel(&self) {
+        Self::inc(&self.upstream_cancels);
+    }
+
     /// A message was delivered to the upstream (a UDP send, or a write
     /// queued on the stream link's connection): forget the last failure.
     pub fn note_upstream_sent(&self) {
@@ -1175,7 +1185,7 @@ const fn gauge(name: &'static str, help: &'static str, samples: Samples) -> Fami
 }
 
 /// Every family, in render order.
-const FAMILIES: [Family; 56] = [
+const FAMILIES: [Family; 58] = [
     gauge(
         "sipadmit_build_info",
         "Always 1; the label names the sipadmit version.",
@@ -1259,6 +1269,16 @@ const FAMILIES: [Family; 56] = [
         "sipadmit_upstream_probe_answers_total",
         "Answers of the registrar to sipadmit's OPTIONS probes.",
         Samples::Atomic(|m| &m.upstream_probe_answers),
+    ),
+    counter(
+        "sipadmit_upstream_cancels_total",
+        "CANCELs sipadmit sent a TCP/TLS registrar for calls still ringing when a drain ran out (limits.drain_secs): their callers get the callee's 487, or 408.",
+        Samples::Atomic(|m| &m.upstream_cancels),
+    ),
+    counter(
+        "sipadmit_upstream_cancel_answers_total",
+        "Answers of the registrar to sipadmit's CANCELs at a drain's end.",
+        Samples::Atomic(|m| &m.upstream_cancel_answers),
     ),
     counter(
         "sipadmit_flow_tokens_older_secret_total",

@@ -99,6 +99,13 @@ impl Core {
             return discard(DropReason::ForeignResponse);
         };
         if view.values(HeaderName::Via).nth(1).is_none() {
+            if inb.from_registrar() && view.cseq().is_ok_and(|c| c.method == b"CANCEL") {
+                // The answer to a CANCEL this proxy sent at a drain's end
+                // (crate::drain): for no one else.
+                Metrics::inc(&self.metrics.upstream_cancel_answers);
+                debug!(source = %inb.source, status = view.status(), "the registrar answered a CANCEL sent at the drain's end");
+                return Outcome::Consumed;
+            }
             // RFC 3261 16.7 step 3: nothing left to send it to.
             debug!(source = %inb.source, "response with only our Via discarded");
             return discard(DropReason::ForeignResponse);

@@ -3,6 +3,7 @@
 //! No I/O and no policy here. Raw bytes stay authoritative: the view only
 //! indexes them, and edits splice them.
 
+pub mod cancel;
 pub mod edit;
 pub mod error;
 pub mod fields;

@@ -11,6 +11,12 @@
 //! retransmits. A transaction is named by sipadmit's own branch, which the
 //! registrar echoes in its top Via (RFC 3261 17.2.3), and by whether the
 //! request is a CANCEL, which shares its INVITE's branch (RFC 3261 9.1).
+//!
+//! An INVITE is remembered with its CANCEL, and the reader notes the
+//! provisional answers to INVITEs too: when a drain runs out, a call the
+//! callee's side is ringing is cancelled ([`Unanswered::cancel_ringing`])
+//! rather than left ringing at a registrar that can no longer reach its
+//! caller through this instance (RFC 3261 16.8, as Timer C would).
 
 use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
@@ -32,6 +38,12 @@ pub const REMEMBERED_FOR: Duration = Duration::from_secs(32);
 /// How long a written INVITE is remembered: Timer C (at least 3 min, RFC
 /// 3261 16.6), as an INVITE may ring that long after its `1xx`.
 pub const INVITE_REMEMBERED_FOR: Duration = Duration::from_secs(180);
+
+/// How long a call cancelled at a drain's end has for the registrar's
+/// final answer (the callee's `487`, RFC 3261 9.2) to come and be relayed
+/// before its caller is answered `408` instead; within the drain's
+/// [`GIVE_UP`](crate::drain::BEYOND_THE_LIMIT) time.
+pub const CANCELLED_ANSWERED_WITHIN: Duration = Duration::from_secs(1);
 
 /// At most this many requests are remembered per connection (after the
 /// expired are forgotten); past it, the rest are left to their clients'
@@ -61,32 +73,73 @@ impl TransactionKey {
         Self(hasher.finish())
     }
 
-    /// The transaction a request written to the registrar opens, and how
-    /// long it is remembered. `None`: an ACK (never answered), a
-    /// response, or no branch in a top Via.
-    pub fn opened_by(message: &Bytes) -> Option<(Self, Duration)> {
+    /// The transaction a request written to the registrar opens, how
+    /// long it is remembered, and for an INVITE its CANCEL. `None`: an ACK
+    /// (never answered), a response, or no branch in a top Via.
+    pub fn opened_by(message: &Bytes) -> Option<Opened> {
         if starts_as_response(message) {
             return None;
         }
-        let named = Named::parsed(message)?;
-        let remembered_for = match named.method {
+        let view = SipView::parse(message.clone()).ok()?;
+        let named = Named::of(&view)?;
+        let (remembered_for, cancel) = match named.method {
             Method::Ack => return None,
-            Method::Invite => INVITE_REMEMBERED_FOR,
-            _ => REMEMBERED_FOR,
+            Method::Invite => (INVITE_REMEMBERED_FOR, crate::sip::cancel::of_invite(&view)),
+            _ => (REMEMBERED_FOR, None),
         };
-        Some((named.key, remembered_for))
+        Some(Opened {
+            key: named.key,
+            remembered_for,
+            cancel,
+        })
     }
 
     /// The transaction a final response (`200` to `699`) from the
     /// registrar ends. `None`: a provisional response, a request, or no
     /// branch in its top Via.
     pub fn ended_by(message: &Bytes) -> Option<Self> {
+        match Self::answered_by(message)? {
+            (key, Answer::Final) => Some(key),
+            (_, Answer::Ringing) => None,
+        }
+    }
+
+    /// The transaction a response from the registrar answers, and how: a
+    /// final answer, or a provisional one to an INVITE. `None`: a
+    /// provisional answer to another method, a request, or no branch.
+    fn answered_by(message: &Bytes) -> Option<(Self, Answer)> {
         if !starts_as_response(message) {
             return None;
         }
-        let named = Named::parsed(message)?;
-        (named.status? >= 200).then_some(named.key)
+        let view = SipView::parse(message.clone()).ok()?;
+        let named = Named::of(&view)?;
+        match named.status? {
+            200.. => Some((named.key, Answer::Final)),
+            _ if named.method == Method::Invite => Some((named.key, Answer::Ringing)),
+            _ => None,
+        }
     }
+}
+
+/// How a response answers its transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Answer {
+    /// A final response: the transaction ended.
+    Final,
+    /// A provisional response to an INVITE: the call may be ringing, and
+    /// may be cancelled (RFC 3261 9.1).
+    Ringing,
+}
+
+/// What a request written to the registrar opens ([`TransactionKey::opened_by`]).
+#[derive(Debug, Clone)]
+pub struct Opened {
+    /// Its transaction.
+    pub key: TransactionKey,
+    /// How long it is remembered.
+    pub remembered_for: Duration,
+    /// For an INVITE, the CANCEL of what was written.
+    pub cancel: Option<Bytes>,
 }
 
 /// What names a message's transaction: the key, the method (a response's
@@ -101,9 +154,8 @@ struct Named {
 }
 
 impl Named {
-    /// Read from the message, parsed.
-    fn parsed(message: &Bytes) -> Option<Self> {
-        let view = SipView::parse(message.clone()).ok()?;
+    /// Read from the message's view.
+    fn of(view: &SipView) -> Option<Self> {
         let branch = view.top_via().ok()?.branch()?;
         let (method, status) = match view.status() {
             Some(status) => (Method::from_bytes(view.cseq().ok()?.method), Some(status)),
@@ -123,19 +175,19 @@ impl Named {
 pub struct Heard {
     /// Complete messages (keep-alives do not count).
     messages: AtomicU64,
-    /// Transactions ended by a final response since the link last took
-    /// them.
-    ended: Mutex<Vec<TransactionKey>>,
+    /// Transactions answered (ended by a final response, or an INVITE
+    /// answered provisionally) since the link last took them.
+    answered: Mutex<Vec<(TransactionKey, Answer)>>,
 }
 
 impl Heard {
     /// The registrar sent `message`.
     pub fn message(&self, message: &Bytes) {
         self.messages.fetch_add(1, Ordering::Relaxed);
-        if let Some(key) = TransactionKey::ended_by(message) {
-            let mut ended = self.ended.lock().unwrap_or_else(|e| e.into_inner());
-            if ended.len() < MAX_ENDED_WAITING {
-                ended.push(key);
+        if let Some(answered) = TransactionKey::answered_by(message) {
+            let mut noted = self.answered.lock().unwrap_or_else(|e| e.into_inner());
+            if noted.len() < MAX_ENDED_WAITING {
+                noted.push(answered);
             }
         }
     }
@@ -145,8 +197,8 @@ impl Heard {
         self.messages.load(Ordering::Relaxed)
     }
 
-    fn take_ended(&self) -> Vec<TransactionKey> {
-        std::mem::take(&mut *self.ended.lock().unwrap_or_else(|e| e.into_inner()))
+    fn take_answered(&self) -> Vec<(TransactionKey, Answer)> {
+        std::mem::take(&mut *self.answered.lock().unwrap_or_else(|e| e.into_inner()))
     }
 }
 
@@ -159,9 +211,40 @@ struct Written {
     until: Instant,
     /// The client's request, copied (not a slice pinning a read buffer).
     inbound: Inbound,
-    /// It is an INVITE (a call may ring for minutes: a drain neither waits
-    /// for it nor gives it up).
-    invite: bool,
+    /// For an INVITE, its CANCEL (a call may ring for minutes: a drain
+    /// that runs out cancels it).
+    cancel: Option<Bytes>,
+    /// An INVITE the registrar answered provisionally: it may ring.
+    ringing: bool,
+    /// A ringing INVITE cancelled at a drain's end: by when its final
+    /// answer must come ([`CANCELLED_ANSWERED_WITHIN`]).
+    cancelled_until: Option<Instant>,
+}
+
+impl Written {
+    fn bytes(&self) -> usize {
+        self.inbound.bytes.len() + self.cancel.as_ref().map_or(0, Bytes::len)
+    }
+}
+
+/// The running totals of what [`Unanswered`] remembers.
+#[derive(Debug, Default)]
+struct Tally {
+    bytes: usize,
+    /// How many are INVITEs cancelled at a drain's end.
+    cancelled: usize,
+}
+
+impl Tally {
+    fn add(&mut self, w: &Written) {
+        self.bytes += w.bytes();
+        self.cancelled += usize::from(w.cancelled_until.is_some());
+    }
+
+    fn remove(&mut self, w: &Written) {
+        self.bytes -= w.bytes();
+        self.cancelled -= usize::from(w.cancelled_until.is_some());
+    }
 }
 
 /// The requests the link wrote on one connection and has not yet seen a
@@ -169,31 +252,35 @@ struct Written {
 #[derive(Debug, Default)]
 pub struct Unanswered {
     written: HashMap<TransactionKey, Written>,
-    bytes: usize,
-    /// How many of those are INVITEs.
-    invites: usize,
+    tally: Tally,
     next_order: u64,
     /// Requests not remembered for want of room.
     not_kept: u64,
 }
 
 impl Unanswered {
-    /// `inbound`'s request is written at `now` as transaction `key`, to
-    /// be remembered for `remembered_for`; a copy is kept. `false`: not
-    /// remembered now (full, or the transaction's first copy is kept: a
-    /// retransmission).
-    pub fn written(
-        &mut self,
-        (key, remembered_for): (TransactionKey, Duration),
-        inbound: &Inbound,
-        now: Instant,
-    ) -> bool {
-        if self.written.contains_key(&key) {
+    /// `inbound`'s request is written at `now`, opening `opened`; a copy
+    /// is kept. `false`: not remembered now (full, or the transaction's
+    /// first copy is kept: a retransmission).
+    pub fn written(&mut self, opened: Opened, inbound: &Inbound, now: Instant) -> bool {
+        if self.written.contains_key(&opened.key) {
             return false;
         }
-        let size = inbound.bytes.len();
-        let full =
-            |u: &Self| u.written.len() >= MAX_REMEMBERED || u.bytes + size > MAX_REMEMBERED_BYTES;
+        let written = Written {
+            order: self.next_order + 1,
+            until: now + opened.remembered_for,
+            inbound: Inbound {
+                bytes: Bytes::copy_from_slice(&inbound.bytes),
+                ..inbound.clone()
+            },
+            cancel: opened.cancel,
+            ringing: false,
+            cancelled_until: None,
+        };
+        let size = written.bytes();
+        let full = |u: &Self| {
+            u.written.len() >= MAX_REMEMBERED || u.tally.bytes + size > MAX_REMEMBERED_BYTES
+        };
         if full(self) {
             self.forget_expired(now);
             if full(self) {
@@ -201,27 +288,24 @@ impl Unanswered {
                 return false;
             }
         }
-        self.bytes += size;
         self.next_order += 1;
-        let invite = remembered_for == INVITE_REMEMBERED_FOR;
-        self.invites += usize::from(invite);
-        let written = Written {
-            order: self.next_order,
-            until: now + remembered_for,
-            inbound: Inbound {
-                bytes: Bytes::copy_from_slice(&inbound.bytes),
-                ..inbound.clone()
-            },
-            invite,
-        };
-        self.written.insert(key, written);
+        self.tally.add(&written);
+        self.written.insert(opened.key, written);
         true
     }
 
-    /// Forget the requests `heard` says the registrar answered.
+    /// Forget the requests `heard` says the registrar answered, and note
+    /// the INVITEs it answered provisionally.
     pub fn answered(&mut self, heard: &Heard) {
-        for key in heard.take_ended() {
-            self.forget(key);
+        for (key, answer) in heard.take_answered() {
+            match answer {
+                Answer::Final => self.forget(key),
+                Answer::Ringing => {
+                    if let Some(w) = self.written.get_mut(&key) {
+                        w.ringing = true;
+                    }
+                }
+            }
         }
     }
 
@@ -229,8 +313,7 @@ impl Unanswered {
     /// all).
     pub fn forget(&mut self, key: TransactionKey) {
         if let Some(old) = self.written.remove(&key) {
-            self.bytes -= old.inbound.bytes.len();
-            self.invites -= usize::from(old.invite);
+            self.tally.remove(&old);
         }
     }
 
@@ -244,12 +327,6 @@ impl Unanswered {
         self.written.is_empty()
     }
 
-    /// How many requests other than INVITEs are remembered: what a drain
-    /// waits for.
-    pub fn awaited(&self) -> usize {
-        self.written.len() - self.invites
-    }
-
     /// How many requests were not remembered for want of room (left to
     /// their clients' timers).
     pub fn not_kept(&self) -> u64 {
@@ -257,17 +334,52 @@ impl Unanswered {
     }
 
     /// The requests still unanswered at `now` whose clients still wait,
-    /// in the order they were written, taken (the connection closed, or a
-    /// drain gives them up): none is remembered after.
+    /// in the order they were written, taken (the connection closed): none
+    /// is remembered after.
     pub fn take_waiting(&mut self, now: Instant) -> Vec<Inbound> {
         self.take(now, |_| true)
     }
 
-    /// The requests other than INVITEs still unanswered at `now` whose
-    /// clients still wait, in the order they were written, taken (a drain
-    /// gives them up); INVITEs stay remembered.
-    pub fn take_awaited(&mut self, now: Instant) -> Vec<Inbound> {
-        self.take(now, |w| !w.invite)
+    /// What a drain that ran out gives up at `now`: the requests still
+    /// unanswered whose clients still wait, in the order they were
+    /// written, taken, but for the INVITEs that may be ringing (answered
+    /// provisionally, with a CANCEL), which stay remembered: see
+    /// [`Self::cancel_ringing`]. An INVITE the registrar never answered at
+    /// all is given up: it may not be cancelled (RFC 3261 9.1).
+    pub fn take_given_up(&mut self, now: Instant) -> Vec<Inbound> {
+        self.take(now, |w| !(w.ringing && w.cancel.is_some()))
+    }
+
+    /// The CANCELs of the INVITEs that may be ringing, in the order they
+    /// were written, for a drain that ran out at `now`: each is marked
+    /// cancelled, and remembered until its final answer, or until
+    /// [`CANCELLED_ANSWERED_WITHIN`] from `now`, when
+    /// [`Self::take_cancelled_overdue`] gives it up.
+    pub fn cancel_ringing(&mut self, now: Instant) -> Vec<Bytes> {
+        let mut ringing: Vec<&mut Written> = (self.written.values_mut())
+            .filter(|w| w.ringing && w.cancelled_until.is_none())
+            .collect();
+        ringing.sort_unstable_by_key(|w| w.order);
+        let until = now + CANCELLED_ANSWERED_WITHIN;
+        let cancels: Vec<Bytes> = ringing
+            .into_iter()
+            .filter_map(|w| {
+                let cancel = w.cancel.clone()?;
+                w.cancelled_until = Some(until);
+                Some(cancel)
+            })
+            .collect();
+        self.tally.cancelled += cancels.len();
+        cancels
+    }
+
+    /// The INVITEs cancelled at a drain's end whose final answer has not
+    /// come by `now`, in the order they were written, taken.
+    pub fn take_cancelled_overdue(&mut self, now: Instant) -> Vec<Inbound> {
+        if self.tally.cancelled == 0 {
+            return Vec::new();
+        }
+        self.take(now, |w| w.cancelled_until.is_some_and(|until| now >= until))
     }
 
     fn take(&mut self, now: Instant, taken: impl Fn(&Written) -> bool) -> Vec<Inbound> {
@@ -281,8 +393,7 @@ impl Unanswered {
             .filter_map(|key| self.written.remove(&key))
             .collect();
         for w in &left {
-            self.bytes -= w.inbound.bytes.len();
-            self.invites -= usize::from(w.invite);
+            self.tally.remove(w);
         }
         left.sort_unstable_by_key(|w| w.order);
         left.into_iter().map(|w| w.inbound).collect()
@@ -290,12 +401,11 @@ impl Unanswered {
 
     /// Forget the requests whose clients have stopped waiting by `now`.
     pub fn forget_expired(&mut self, now: Instant) {
-        let (bytes, invites) = (&mut self.bytes, &mut self.invites);
+        let tally = &mut self.tally;
         self.written.retain(|_, w| {
             let keep = now < w.until;
             if !keep {
-                *bytes -= w.inbound.bytes.len();
-                *invites -= usize::from(w.invite);
+                tally.remove(w);
             }
             keep
         });
@@ -347,7 +457,7 @@ mod tests {
 
     #[test]
     fn keys_match_a_request_and_its_final_response_only() {
-        let key = |m: Bytes| TransactionKey::opened_by(&m).map(|(key, _)| key);
+        let key = |m: Bytes| TransactionKey::opened_by(&m).map(|o| o.key);
         let register = key(request("REGISTER", "z9hG4bKa"));
         assert!(register.is_some());
         assert_eq!(
@@ -387,10 +497,7 @@ mod tests {
             None,
             "a request from the registrar ends nothing"
         );
-        assert_eq!(
-            TransactionKey::opened_by(&Bytes::from_static(b"\x01")),
-            None
-        );
+        assert!(TransactionKey::opened_by(&Bytes::from_static(b"\x01")).is_none());
     }
 
     #[test]
@@ -399,10 +506,7 @@ mod tests {
             b"SIP/2.0 200 OK\r\nCSeq: 1 REGISTER\r\nv: SIP/2.0/TCP 192.0.2.1\r\n ;branch=z9hG4bKf, SIP/2.0/UDP b\r\nContent-Length: 0\r\n\r\n",
         );
         let register = TransactionKey::opened_by(&request("REGISTER", "z9hG4bKf"));
-        assert_eq!(
-            TransactionKey::ended_by(&folded),
-            register.map(|(key, _)| key)
-        );
+        assert_eq!(TransactionKey::ended_by(&folded), register.map(|o| o.key));
     }
 
     #[test]
@@ -461,7 +565,7 @@ mod tests {
         }
         let one_more = request("REGISTER", "z9hG4bKmore");
         let opened = TransactionKey::opened_by(&one_more).unwrap();
-        assert!(!unanswered.written(opened, &inbound(one_more.clone()), start));
+        assert!(!unanswered.written(opened.clone(), &inbound(one_more.clone()), start));
         assert_eq!(unanswered.not_kept(), 1);
         // Once the first ones expire, there is room again.
         assert!(unanswered.written(opened, &inbound(one_more), later));
@@ -488,20 +592,67 @@ mod tests {
     }
 
     #[test]
-    fn a_drain_awaits_and_gives_up_all_but_the_invites() {
+    fn a_drain_that_runs_out_gives_up_all_but_the_ringing_invites() {
         let mut unanswered = Unanswered::default();
+        let heard = Heard::default();
         let now = Instant::now();
         write(&mut unanswered, request("REGISTER", "z9hG4bKa"), now);
         write(&mut unanswered, request("INVITE", "z9hG4bKb"), now);
         write(&mut unanswered, request("MESSAGE", "z9hG4bKc"), now);
-        assert_eq!((unanswered.len(), unanswered.awaited()), (3, 2));
-        let given_up = unanswered.take_awaited(now);
+        write(&mut unanswered, request("INVITE", "z9hG4bKd"), now);
+        heard.message(&response(180, "INVITE", "z9hG4bKb"));
+        heard.message(&response(100, "MESSAGE", "z9hG4bKc"));
+        unanswered.answered(&heard);
+        // The INVITE never answered at all may not be cancelled (RFC 3261
+        // 9.1): given up with the others.
+        let given_up = unanswered.take_given_up(now);
         let methods: Vec<&[u8]> = given_up.iter().map(|i| &i.bytes[..8]).collect();
-        assert_eq!(methods, [&b"REGISTER"[..], &b"MESSAGE "[..]]);
-        assert_eq!((unanswered.len(), unanswered.awaited()), (1, 0));
+        assert_eq!(
+            methods,
+            [&b"REGISTER"[..], &b"MESSAGE "[..], &b"INVITE s"[..]]
+        );
+        assert_eq!(unanswered.len(), 1);
         // The INVITE is still failed if the connection closes.
         let failed = unanswered.take_waiting(now);
         assert!(failed[0].bytes.starts_with(b"INVITE "));
         assert!(unanswered.is_empty());
+    }
+
+    #[test]
+    fn a_ringing_invite_is_cancelled_then_answered_or_given_up() {
+        let mut unanswered = Unanswered::default();
+        let heard = Heard::default();
+        let now = Instant::now();
+        for branch in ["z9hG4bKr1", "z9hG4bKr2"] {
+            write(&mut unanswered, request("INVITE", branch), now);
+            heard.message(&response(180, "INVITE", branch));
+        }
+        unanswered.answered(&heard);
+        assert!(unanswered.take_given_up(now).is_empty());
+        let cancels = unanswered.cancel_ringing(now);
+        let branches: Vec<Vec<u8>> = cancels
+            .iter()
+            .map(|c| {
+                let view = SipView::parse(c.clone()).unwrap();
+                assert_eq!(view.method(), Some(Method::Cancel));
+                assert_eq!(view.values(crate::sip::HeaderName::Via).count(), 1);
+                view.top_via().unwrap().branch().unwrap().to_vec()
+            })
+            .collect();
+        assert_eq!(branches, [b"z9hG4bKr1".to_vec(), b"z9hG4bKr2".to_vec()]);
+        assert!(unanswered.cancel_ringing(now).is_empty(), "once");
+        assert_eq!(unanswered.len(), 2, "remembered until answered");
+        // The first gets the callee's 487 (and the CANCEL its 200): ended.
+        heard.message(&response(200, "CANCEL", "z9hG4bKr1"));
+        heard.message(&response(487, "INVITE", "z9hG4bKr1"));
+        unanswered.answered(&heard);
+        assert_eq!(unanswered.len(), 1);
+        let soon = now + CANCELLED_ANSWERED_WITHIN / 2;
+        assert!(unanswered.take_cancelled_overdue(soon).is_empty());
+        let overdue = unanswered.take_cancelled_overdue(now + CANCELLED_ANSWERED_WITHIN);
+        assert_eq!(overdue.len(), 1);
+        assert!(overdue[0].bytes.starts_with(b"INVITE "));
+        assert!(unanswered.is_empty());
+        assert_eq!(unanswered.tally.bytes, 0);
     }
 }

@@ -77,9 +77,9 @@ pub struct UpstreamBacklog {
     capacity: usize,
     /// Wakes the readers waiting for room.
     taken: Notify,
-    /// Requests other than INVITEs written and not answered, as of the
-    /// link's last look (at most [`ANSWERS_LOOKED_AT`] old while there are
-    /// any).
+    /// Requests written and not answered (calls ringing included), as of
+    /// the link's last look (at most [`ANSWERS_LOOKED_AT`] old while there
+    /// are any).
     unanswered: AtomicUsize,
     /// Tells the link to answer those, and what is queued, `408` now.
     give_up: Notify,
@@ -101,19 +101,21 @@ impl UpstreamBacklog {
         }
     }
 
-    /// Requests other than INVITEs written to the upstream whose clients
-    /// still wait for its answer (retransmissions counted once): what a
-    /// drain waits for (a ringing call may take minutes).
+    /// Requests written to the upstream whose clients still wait for its
+    /// final answer (retransmissions counted once; calls ringing
+    /// included): what a drain waits for, at most `limits.drain_secs`.
     pub fn unanswered(&self) -> usize {
         self.unanswered.load(Ordering::Relaxed)
     }
 
     /// Have the link answer `408 Request Timeout` (recorded, rule
-    /// `proxy.request-timeout`) to every request other than an INVITE it
-    /// wrote and saw no answer to, and to every request still queued: the
-    /// end of a drain that ran out of time. [`Self::unanswered`] is 0 once
-    /// they are handed to the dispatcher, [`Self::given_up_unanswered`]
-    /// once it has sent their answers.
+    /// `proxy.request-timeout`) to every request it wrote and saw no answer
+    /// to, and to every request still queued, and cancel the calls that
+    /// may be ringing (their callers get the registrar's `487`, or `408`
+    /// after [`CANCELLED_ANSWERED_WITHIN`](super::answers::CANCELLED_ANSWERED_WITHIN)):
+    /// the end of a drain that ran out of time. [`Self::unanswered`] is 0
+    /// once they are all answered or handed to the dispatcher,
+    /// [`Self::given_up_unanswered`] once it has sent their answers.
     pub fn give_up(&self) {
         self.give_up.notify_one();
     }
@@ -345,7 +347,9 @@ impl LinkTask {
                     return;
                 }
                 _ = look.tick(), if remembers => {
-                    self.look_at_answers();
+                    if !self.look_at_answers().await {
+                        return;
+                    }
                     continue;
                 }
                 () = self.backlog.give_up.notified() => {
@@ -376,23 +380,40 @@ impl LinkTask {
     }
 
     /// Tell the backlog how many requests a drain waits for: those written
-    /// on the open connection, unanswered, other than INVITEs.
+    /// on the open connection and not answered yet.
     fn publish_awaited(&self) {
         let awaited = self
             .connection
             .as_ref()
-            .map_or(0, |open| open.unanswered.awaited());
+            .map_or(0, |open| open.unanswered.len());
         self.backlog.unanswered.store(awaited, Ordering::Relaxed);
     }
 
     /// Forget the requests the registrar answered, or whose clients have
-    /// stopped waiting, and tell the backlog how many are left.
-    fn look_at_answers(&mut self) {
+    /// stopped waiting, and tell the backlog how many are left; the calls
+    /// cancelled at a drain's end that the registrar has not answered in
+    /// time are given up (`408`). `false`: the dispatcher is gone.
+    async fn look_at_answers(&mut self) -> bool {
+        let mut overdue = Vec::new();
         if let Some(open) = self.connection.as_mut() {
             open.unanswered.answered(&open.heard);
-            open.unanswered.forget_expired(Instant::now());
+            let now = Instant::now();
+            open.unanswered.forget_expired(now);
+            overdue = open.unanswered.take_cancelled_overdue(now);
         }
         self.publish_awaited();
+        if overdue.is_empty() {
+            return true;
+        }
+        warn!(
+            upstream = %self.addr,
+            calls = overdue.len(),
+            "calls cancelled at the drain's end got no final answer from the registrar in time: they are answered 408"
+        );
+        let upstream = self.addr;
+        self.backlog.handing_back(overdue.len());
+        self.hand_back(overdue, || SendError::UpstreamGivenUp(upstream))
+            .await
     }
 
     /// sipadmit stops at once: what is still unanswered gets no answer
@@ -414,17 +435,23 @@ impl LinkTask {
     }
 
     /// A drain ran out: answer `408` to every request still unanswered
-    /// other than an INVITE (after taking the answers heard so far), and to
-    /// every request still queued for the registrar. `false`: the
-    /// dispatcher is gone.
+    /// (after taking the answers heard so far) but the calls that may be
+    /// ringing, and to every request still queued for the registrar; send
+    /// the registrar a CANCEL for each call that may be ringing (RFC 3261
+    /// 16.8, as Timer C would), whose final answer (`487`) is then
+    /// relayed to its caller, or given up ([`Self::look_at_answers`]).
+    /// `false`: the dispatcher is gone.
     async fn give_up(&mut self, waiting: &mut mpsc::UnboundedReceiver<Outgoing>) -> bool {
-        let mut given_up = match self.connection.as_mut() {
+        let (mut given_up, cancels) = match self.connection.as_mut() {
             Some(open) => {
                 open.unanswered.answered(&open.heard);
-                open.unanswered.take_awaited(Instant::now())
+                let now = Instant::now();
+                let given_up = open.unanswered.take_given_up(now);
+                (given_up, open.unanswered.cancel_ringing(now))
             }
-            None => Vec::new(),
+            None => (Vec::new(), Vec::new()),
         };
+        self.cancel(cancels);
         while let Ok(queued) = waiting.try_recv() {
             self.backlog.remove(queued.bytes.len());
             given_up.push(queued.inbound);
@@ -441,6 +468,28 @@ impl LinkTask {
         self.backlog.handing_back(given_up.len());
         self.hand_back(given_up, || SendError::UpstreamGivenUp(upstream))
             .await
+    }
+
+    /// Write the CANCELs of the calls a drain's end gives up on the open
+    /// connection, counted (`sipadmit_upstream_cancels_total`). One that
+    /// cannot be written leaves its call to the `408` that follows.
+    fn cancel(&self, cancels: Vec<Bytes>) {
+        let Some(open) = self.connection.as_ref().filter(|_| !cancels.is_empty()) else {
+            return;
+        };
+        warn!(
+            upstream = %self.addr,
+            calls = cancels.len(),
+            "the drain ran out with calls ringing: CANCEL sent to the registrar for each; their callers get its final answer, or 408"
+        );
+        for cancel in cancels {
+            match self.ctx.connections.send(open.id, self.addr, cancel) {
+                Ok(()) => self.ctx.metrics.note_upstream_cancel(),
+                Err(error) => {
+                    warn!(upstream = %self.addr, %error, "a CANCEL at the drain's end could not be written");
+                }
+            }
+        }
     }
 
     /// Hand `messages` back to the dispatcher, each with the error `why`
@@ -472,10 +521,10 @@ impl LinkTask {
                 let remembered = match (self.connection.as_mut(), opens) {
                     (Some(open), Some(opened)) => {
                         open.unanswered.answered(&open.heard);
-                        let now = Instant::now();
-                        open.unanswered
-                            .written(opened, &inbound, now)
-                            .then_some(opened.0)
+                        let key = opened.key;
+                        (open.unanswered)
+                            .written(opened, &inbound, Instant::now())
+                            .then_some(key)
                     }
                     _ => None,
                 };
@@ -1148,7 +1197,7 @@ mod tests {
     }
 
     /// A drain that runs out: the requests the registrar left unanswered
-    /// (INVITEs excepted) go back to the dispatcher once, as given up.
+    /// go back to the dispatcher once, as given up.
     #[tokio::test]
     async fn a_drain_sees_what_is_unanswered_and_its_give_up_hands_it_back_once() {
         let (registrar, addr, ctx, mut events, link) = link_to_a_listener().await;
