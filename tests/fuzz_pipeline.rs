@@ -2,7 +2,8 @@
 //! message view (parse, check, every accessor) and the proxy core. Inputs
 //! are the RFC 4475 / RFC 5118 corpora and the Lync fixtures, mutated by a
 //! seeded generator, so a failure reproduces. Nothing may panic, and
-//! whatever the core relays must parse and check cleanly again.
+//! whatever the core relays (and the CANCEL of a relayed INVITE) must
+//! parse and check cleanly again.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -166,6 +167,7 @@ fn proxy_core_never_panics_and_relays_only_valid_messages() {
     let seeds = seeds();
     let mut rng = Rng(0x5eed_0002);
     let now = Instant::now();
+    let mut cancels = 0;
     for i in 0..iterations() {
         let input = mutate(&mut rng, &seeds[i % seeds.len()]);
         let inbound = Inbound {
@@ -208,8 +210,20 @@ fn proxy_core_never_panics_and_relays_only_valid_messages() {
                             String::from_utf8_lossy(&out.bytes)
                         )
                     });
+                    // The CANCEL a drain would send for a relayed INVITE
+                    // must be as valid.
+                    if let Some(cancel) = sipadmit::sip::cancel::of_invite(&view) {
+                        cancels += 1;
+                        let checked = SipView::parse(cancel.clone()).and_then(|c| c.check());
+                        assert!(
+                            checked.is_ok(),
+                            "a CANCEL failing check ({checked:?}): {:?}",
+                            String::from_utf8_lossy(&cancel)
+                        );
+                    }
                 }
             }
         }
     }
+    assert!(cancels > 0, "no relayed INVITE had its CANCEL built");
 }
