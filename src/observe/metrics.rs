@@ -86,8 +86,9 @@ pub enum DropReason {
     /// reload changed the verdict in between): the first copy's fate
     /// stands.
     DecidedBefore,
-    /// A response to a request of a TCP/TLS client relayed over UDP whose
-    /// client transaction timed out: sipadmit answered it `408` already.
+    /// A response to a request sipadmit answered `408` already: a TCP/TLS
+    /// client's request relayed over UDP whose client transaction timed
+    /// out, or one a stream registrar left unanswered when a drain ran out.
     AfterTimeout,
 }
 
@@ -365,9 +366,10 @@ pub struct Metrics {
     /// Answers of the registrar to those probes.
     pub upstream_probe_answers: AtomicU64,
     /// CANCELs written to a TCP/TLS registrar for calls still ringing when
-    /// a drain ran out (`limits.drain_secs`), and its answers to them.
+    /// a drain ran out (`limits.drain_secs`).
     pub upstream_cancels: AtomicU64,
-    /// The registrar's answers to those CANCELs (consumed here).
+    /// The registrar's answers to those CANCELs, any status (consumed
+    /// here: a response to a CANCEL with sipadmit's Via alone).
     pub upstream_cancel_answers: AtomicU64,
     /// Flow tokens verified by a secret other than the signing one (a
     /// rotation in progress: `proxy.flow_secret_file` lines after the first).
@@ -1277,7 +1279,7 @@ const FAMILIES: [Family; 58] = [
     ),
     counter(
         "sipadmit_upstream_cancel_answers_total",
-        "Answers of the registrar to sipadmit's CANCELs at a drain's end.",
+        "Answers of the registrar (any status) to sipadmit's CANCELs at a drain's end.",
         Samples::Atomic(|m| &m.upstream_cancel_answers),
     ),
     counter(

@@ -163,7 +163,10 @@ impl Network {
         Self { addr, prefix }
     }
 
-    /// Parse `10.0.0.0/8`, `::1`, `2001:db8::/32`; `None` if invalid.
+    /// Parse `10.0.0.0/8`, `::1`, `2001:db8::/32`; `None` if invalid. An
+    /// IPv4-mapped network (`::ffff:10.0.0.0/104`) is the IPv4 network it
+    /// maps (`10.0.0.0/8`), as [`Self::contains`] reads a mapped address as
+    /// IPv4.
     pub fn parse(text: &str) -> Option<Self> {
         let (addr, prefix) = match text.split_once('/') {
             Some((a, p)) => (a.parse::<IpAddr>().ok()?, Some(p.parse::<u8>().ok()?)),
@@ -171,7 +174,19 @@ impl Network {
         };
         let max = if addr.is_ipv4() { 32 } else { 128 };
         let prefix = prefix.unwrap_or(max);
-        (prefix <= max).then_some(Self { addr, prefix })
+        if prefix > max {
+            return None;
+        }
+        Some(match addr {
+            IpAddr::V6(v6) if prefix >= 96 => match v6.to_ipv4_mapped() {
+                Some(v4) => Self {
+                    addr: IpAddr::V4(v4),
+                    prefix: prefix - 96,
+                },
+                None => Self { addr, prefix },
+            },
+            _ => Self { addr, prefix },
+        })
     }
 
     /// Whether `ip` is inside this network (IPv4-mapped IPv6 counts as IPv4).
@@ -207,6 +222,18 @@ impl fmt::Display for Network {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_ipv4_mapped_network_is_the_ipv4_network_it_maps() {
+        let mapped = Network::parse("::ffff:127.0.0.2/128").unwrap();
+        assert_eq!(mapped.to_string(), "127.0.0.2/32");
+        assert!(mapped.contains("127.0.0.2".parse().unwrap()));
+        assert!(mapped.contains("::ffff:127.0.0.2".parse().unwrap()));
+        let wide = Network::parse("::ffff:10.0.0.0/104").unwrap();
+        assert!(wide.contains("10.9.8.7".parse().unwrap()));
+        assert!(!wide.contains("11.0.0.1".parse().unwrap()));
+        assert_eq!(Network::parse("::ffff:10.0.0.0/129"), None);
+    }
 
     #[test]
     fn uri_patterns_ignore_scheme_port_params_and_case() {

@@ -32,6 +32,7 @@ use tracing::info;
 use super::listening::uri_parts;
 use super::refusal::Refusal;
 use super::request::{Halt, RequestCtx};
+use super::transactions::Treatment;
 use super::Core;
 use crate::classify::Support;
 use crate::config::Endpoint;
@@ -198,18 +199,24 @@ impl Core {
             return Ok(());
         }
         let outcome = match self.not_ready() {
-            None => {
-                self.metrics.count_protocol_answer(HEALTH_RULE, Some(200));
-                let bytes = response::build(
-                    ctx.view,
-                    200,
-                    "",
-                    &self.local_tag(ctx.view),
-                    &[],
-                    ctx.inbound.source.0,
-                );
-                return Err(Halt::Answer(bytes));
-            }
+            // Noted, so that a copy over the rate limit is dropped, not
+            // answered 503; a copy of one the rate limit answered 503 gets
+            // that 503 again.
+            None => match self.note_unrecorded(ctx, Treatment::Answered(200), false) {
+                Some(copy) => copy,
+                None => {
+                    self.metrics.count_protocol_answer(HEALTH_RULE, Some(200));
+                    let bytes = response::build(
+                        ctx.view,
+                        200,
+                        "",
+                        &self.local_tag(ctx.view),
+                        &[],
+                        ctx.inbound.source.0,
+                    );
+                    return Err(Halt::Answer(bytes));
+                }
+            },
             Some(not_ready) => {
                 let detail = warning_text(&not_ready.to_string());
                 let refusal = Refusal::NotReady {

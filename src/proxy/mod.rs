@@ -887,6 +887,10 @@ impl Core {
         fate: CopyFate,
         now: Option<Treatment>,
     ) -> Option<Outcome> {
+        if fate != CopyFate::Again && now == Some(Treatment::Relayed) {
+            // Its relay noted a REGISTER as pending, and it does not go out.
+            self.register_answered_here(ctx);
+        }
         match fate {
             CopyFate::Again => None,
             CopyFate::OverLimit { retry_after_secs } => {

@@ -267,39 +267,38 @@ impl Core {
             .seen_before(ctx.view, ctx.inbound.source.0, kind, ctx.now)
     }
 
-    /// A UDP client's request relayed without a record (not a REGISTER or
-    /// an INVITE, whose records note their transactions; not an ACK, which
-    /// has no answer): its transaction is noted, so that a copy of it
-    /// during a drain is relayed as it was ([`Self::seen_before`]), and a
-    /// copy over its source's rate limit is dropped, not answered `503`
-    /// ([`Core::refuse_source`]). A copy whose first copy's fate the
-    /// current decision would contradict is not relayed
-    /// ([`Decided::copy`]): it is dropped after a reload turned the
-    /// policy's verdict, or answered the rate limit's `503` again.
-    fn note_unrecorded_relay<'m>(
+    /// A UDP client's request handled as `treatment` without a record (a
+    /// relay of a request other than a REGISTER or an INVITE, whose
+    /// records note their transactions; a health check's `200`; not an
+    /// ACK, which has no answer): its transaction is noted, so that a copy
+    /// of it during a drain is relayed as it was ([`Self::seen_before`]),
+    /// and a copy over its source's rate limit is dropped, not answered
+    /// `503` ([`Core::refuse_source`]). For a copy whose first copy's fate
+    /// the current decision would contradict ([`Decided::copy`]), the
+    /// outcome it gets instead: dropped after a reload turned the policy's
+    /// verdict, or answered the rate limit's `503` again.
+    pub(super) fn note_unrecorded(
         &self,
-        ctx: &RequestCtx<'m>,
-        admission: &Admission<'_>,
-    ) -> Result<(), Halt<'m>> {
+        ctx: &RequestCtx<'_>,
+        treatment: Treatment,
+        by_policy: bool,
+    ) -> Option<Outcome> {
         let inb = ctx.inbound;
         if inb.transport != Transport::Udp || inb.from_registrar() || ctx.method == Method::Ack {
-            return Ok(());
+            return None;
         }
-        let relayed = Decided {
-            treatment: Treatment::Relayed,
+        let decided = Decided {
+            treatment,
             generation: ctx.runtime.generation as u16,
-            by_policy: DecisionKind::of_rule(admission.decision.rule) == DecisionKind::Policy,
+            by_policy,
         };
         let Err(Some(first)) = self
             .transactions
-            .decided(ctx.view, inb.source.0, relayed, ctx.now)
+            .decided(ctx.view, inb.source.0, decided, ctx.now)
         else {
-            return Ok(());
+            return None;
         };
-        match self.copy_decided_before(ctx, first.copy(&relayed), Some(Treatment::Relayed)) {
-            Some(outcome) => Err(Halt::Refused(Box::new(outcome))),
-            None => Ok(()),
-        }
+        self.copy_decided_before(ctx, first.copy(&decided), Some(treatment))
     }
 
     /// Whether the request is a copy of a REGISTER this instance relayed
@@ -627,7 +626,10 @@ impl Core {
             None => Destination::Upstream,
         };
         if record.is_none() {
-            self.note_unrecorded_relay(ctx, admission)?;
+            let by_policy = DecisionKind::of_rule(decision.rule) == DecisionKind::Policy;
+            if let Some(copy) = self.note_unrecorded(ctx, Treatment::Relayed, by_policy) {
+                return Err(Halt::Refused(Box::new(copy)));
+            }
         }
         Ok(Outcome::Relay {
             send: Outbound { to, bytes },

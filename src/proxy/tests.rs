@@ -264,6 +264,8 @@ fn a_copy_of_a_request_answered_503_over_its_limit_gets_the_503_again_within_it(
         let again = core.refuse_source(&request, Instant::now(), over);
         assert_eq!(status(&again), Some(503));
         assert!(again.record().is_none());
+        // Never relayed, so not awaited (a drain would wait for it).
+        assert_eq!(core.registrations().pending(), 0, "{method}");
     }
     assert_eq!(
         core.metrics()

@@ -18,7 +18,7 @@
 //! rather than left ringing at a registrar that can no longer reach its
 //! caller through this instance (RFC 3261 16.8, as Timer C would).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -41,8 +41,9 @@ pub const INVITE_REMEMBERED_FOR: Duration = Duration::from_secs(180);
 
 /// How long a call cancelled at a drain's end has for the registrar's
 /// final answer (the callee's `487`, RFC 3261 9.2) to come and be relayed
-/// before its caller is answered `408` instead; within the drain's
-/// [`GIVE_UP`](crate::drain::BEYOND_THE_LIMIT) time.
+/// before its caller is answered `408` instead; well within the two
+/// seconds a drain's end gives its last answers
+/// ([`BEYOND_THE_LIMIT`](crate::drain::BEYOND_THE_LIMIT)).
 pub const CANCELLED_ANSWERED_WITHIN: Duration = Duration::from_secs(1);
 
 /// At most this many requests are remembered per connection (after the
@@ -82,16 +83,24 @@ impl TransactionKey {
         }
         let view = SipView::parse(message.clone()).ok()?;
         let named = Named::of(&view)?;
-        let (remembered_for, cancel) = match named.method {
-            Method::Ack => return None,
-            Method::Invite => (INVITE_REMEMBERED_FOR, crate::sip::cancel::of_invite(&view)),
-            _ => (REMEMBERED_FOR, None),
-        };
-        Some(Opened {
+        let mut opened = Opened {
             key: named.key,
-            remembered_for,
-            cancel,
-        })
+            remembered_for: REMEMBERED_FOR,
+            invite: None,
+        };
+        match named.method {
+            Method::Ack => return None,
+            Method::Invite => {
+                opened.remembered_for = INVITE_REMEMBERED_FOR;
+                opened.invite = Some(Call::Invite(crate::sip::cancel::of_invite(&view)));
+            }
+            Method::Cancel => {
+                let branch = view.top_via().ok()?.branch()?;
+                opened.invite = Some(Call::Cancel(Self::of(branch, Method::Invite)));
+            }
+            _ => {}
+        }
+        Some(opened)
     }
 
     /// The transaction a final response (`200` to `699`) from the
@@ -99,25 +108,27 @@ impl TransactionKey {
     /// branch in its top Via.
     pub fn ended_by(message: &Bytes) -> Option<Self> {
         match Self::answered_by(message)? {
-            (key, Answer::Final) => Some(key),
-            (_, Answer::Ringing) => None,
+            (key, Answer::Final { .. }) => Some(key),
+            (_, Answer::Provisional { .. }) => None,
         }
     }
 
-    /// The transaction a response from the registrar answers, and how: a
-    /// final answer, or a provisional one to an INVITE. `None`: a
-    /// provisional answer to another method, a request, or no branch.
+    /// The transaction a response from the registrar answers, and how.
+    /// `None`: a request, or no branch in its top Via.
     fn answered_by(message: &Bytes) -> Option<(Self, Answer)> {
         if !starts_as_response(message) {
             return None;
         }
         let view = SipView::parse(message.clone()).ok()?;
         let named = Named::of(&view)?;
-        match named.status? {
-            200.. => Some((named.key, Answer::Final)),
-            _ if named.method == Method::Invite => Some((named.key, Answer::Ringing)),
-            _ => None,
-        }
+        let invite = named.method == Method::Invite;
+        let answer = match named.status? {
+            status @ 200.. => Answer::Final {
+                invite_2xx: invite && status < 300,
+            },
+            _ => Answer::Provisional { invite },
+        };
+        Some((named.key, answer))
     }
 }
 
@@ -125,10 +136,17 @@ impl TransactionKey {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Answer {
     /// A final response: the transaction ended.
-    Final,
-    /// A provisional response to an INVITE: the call may be ringing, and
-    /// may be cancelled (RFC 3261 9.1).
-    Ringing,
+    Final {
+        /// A 2xx to an INVITE: forwarded even after another final
+        /// response (RFC 3261 16.7 step 5).
+        invite_2xx: bool,
+    },
+    /// A provisional response.
+    Provisional {
+        /// To an INVITE: the call may be ringing, and may be cancelled
+        /// (RFC 3261 9.1).
+        invite: bool,
+    },
 }
 
 /// What a request written to the registrar opens ([`TransactionKey::opened_by`]).
@@ -138,8 +156,19 @@ pub struct Opened {
     pub key: TransactionKey,
     /// How long it is remembered.
     pub remembered_for: Duration,
-    /// For an INVITE, the CANCEL of what was written.
-    pub cancel: Option<Bytes>,
+    /// What it is to a call: an INVITE, or a CANCEL of one.
+    pub invite: Option<Call>,
+}
+
+/// What a request is to a call.
+#[derive(Debug, Clone)]
+pub enum Call {
+    /// An INVITE, with the CANCEL of what was written (`None` when it
+    /// lacks what a CANCEL copies).
+    Invite(Option<Bytes>),
+    /// The client's CANCEL of the INVITE of this transaction (same branch,
+    /// RFC 3261 9.1).
+    Cancel(TransactionKey),
 }
 
 /// What names a message's transaction: the key, the method (a response's
@@ -175,21 +204,44 @@ impl Named {
 pub struct Heard {
     /// Complete messages (keep-alives do not count).
     messages: AtomicU64,
+    /// What the link has yet to take, and what it gave up: one lock, so
+    /// that a transaction is either answered by the registrar or given up
+    /// (answered by sipadmit), never both.
+    noted: Mutex<Noted>,
+}
+
+#[derive(Debug, Default)]
+struct Noted {
     /// Transactions answered (ended by a final response, or an INVITE
     /// answered provisionally) since the link last took them.
-    answered: Mutex<Vec<(TransactionKey, Answer)>>,
+    answered: Vec<(TransactionKey, bool)>,
+    /// Transactions the link gave up, whose clients sipadmit answered.
+    given_up: HashSet<TransactionKey>,
 }
 
 impl Heard {
-    /// The registrar sent `message`.
-    pub fn message(&self, message: &Bytes) {
+    /// The registrar sent `message`: noted. `false`: a response to a
+    /// transaction the link gave up (its client was answered `408` at a
+    /// drain's end), not to be relayed: after a final response only a 2xx
+    /// to an INVITE goes on (RFC 3261 16.7 step 5).
+    pub fn message(&self, message: &Bytes) -> bool {
         self.messages.fetch_add(1, Ordering::Relaxed);
-        if let Some(answered) = TransactionKey::answered_by(message) {
-            let mut noted = self.answered.lock().unwrap_or_else(|e| e.into_inner());
-            if noted.len() < MAX_ENDED_WAITING {
-                noted.push(answered);
-            }
+        let Some((key, answer)) = TransactionKey::answered_by(message) else {
+            return true;
+        };
+        let mut noted = self.noted.lock().unwrap_or_else(|e| e.into_inner());
+        if noted.given_up.contains(&key) {
+            return answer == Answer::Final { invite_2xx: true };
         }
+        let ended = match answer {
+            Answer::Final { .. } => true,
+            Answer::Provisional { invite: true } => false,
+            Answer::Provisional { invite: false } => return true,
+        };
+        if noted.answered.len() < MAX_ENDED_WAITING {
+            noted.answered.push((key, ended));
+        }
+        true
     }
 
     /// How many complete messages the registrar sent.
@@ -197,8 +249,8 @@ impl Heard {
         self.messages.load(Ordering::Relaxed)
     }
 
-    fn take_answered(&self) -> Vec<(TransactionKey, Answer)> {
-        std::mem::take(&mut *self.answered.lock().unwrap_or_else(|e| e.into_inner()))
+    fn lock(&self) -> std::sync::MutexGuard<'_, Noted> {
+        self.noted.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -211,12 +263,15 @@ struct Written {
     until: Instant,
     /// The client's request, copied (not a slice pinning a read buffer).
     inbound: Inbound,
-    /// For an INVITE, its CANCEL (a call may ring for minutes: a drain
-    /// that runs out cancels it).
+    /// It is an INVITE (a call may ring for minutes: when a drain runs
+    /// out, it is cancelled rather than given up at once).
+    invite: bool,
+    /// For an INVITE, the CANCEL sipadmit would send: taken once sent,
+    /// and dropped when the client's own CANCEL is written.
     cancel: Option<Bytes>,
     /// An INVITE the registrar answered provisionally: it may ring.
     ringing: bool,
-    /// A ringing INVITE cancelled at a drain's end: by when its final
+    /// An INVITE being cancelled at a drain's end: by when its final
     /// answer must come ([`CANCELLED_ANSWERED_WITHIN`]).
     cancelled_until: Option<Instant>,
 }
@@ -225,13 +280,21 @@ impl Written {
     fn bytes(&self) -> usize {
         self.inbound.bytes.len() + self.cancel.as_ref().map_or(0, Bytes::len)
     }
+
+    /// Take its CANCEL (sent, or no longer sipadmit's to send), counting
+    /// the bytes out of `tally`.
+    fn take_cancel(&mut self, tally: &mut Tally) -> Option<Bytes> {
+        let cancel = self.cancel.take()?;
+        tally.bytes -= cancel.len();
+        Some(cancel)
+    }
 }
 
 /// The running totals of what [`Unanswered`] remembers.
 #[derive(Debug, Default)]
 struct Tally {
     bytes: usize,
-    /// How many are INVITEs cancelled at a drain's end.
+    /// How many are INVITEs being cancelled at a drain's end.
     cancelled: usize,
 }
 
@@ -261,11 +324,22 @@ pub struct Unanswered {
 impl Unanswered {
     /// `inbound`'s request is written at `now`, opening `opened`; a copy
     /// is kept. `false`: not remembered now (full, or the transaction's
-    /// first copy is kept: a retransmission).
+    /// first copy is kept: a retransmission). The client's CANCEL of a
+    /// remembered INVITE leaves the cancelling to it.
     pub fn written(&mut self, opened: Opened, inbound: &Inbound, now: Instant) -> bool {
         if self.written.contains_key(&opened.key) {
             return false;
         }
+        let (invite, cancel) = match opened.invite {
+            Some(Call::Invite(cancel)) => (true, cancel),
+            Some(Call::Cancel(invite)) => {
+                if let Some(w) = self.written.get_mut(&invite) {
+                    w.take_cancel(&mut self.tally);
+                }
+                (false, None)
+            }
+            None => (false, None),
+        };
         let written = Written {
             order: self.next_order + 1,
             until: now + opened.remembered_for,
@@ -273,7 +347,8 @@ impl Unanswered {
                 bytes: Bytes::copy_from_slice(&inbound.bytes),
                 ..inbound.clone()
             },
-            cancel: opened.cancel,
+            invite,
+            cancel,
             ringing: false,
             cancelled_until: None,
         };
@@ -297,14 +372,16 @@ impl Unanswered {
     /// Forget the requests `heard` says the registrar answered, and note
     /// the INVITEs it answered provisionally.
     pub fn answered(&mut self, heard: &Heard) {
-        for (key, answer) in heard.take_answered() {
-            match answer {
-                Answer::Final => self.forget(key),
-                Answer::Ringing => {
-                    if let Some(w) = self.written.get_mut(&key) {
-                        w.ringing = true;
-                    }
-                }
+        let answered = std::mem::take(&mut heard.lock().answered);
+        self.take_answers(answered);
+    }
+
+    fn take_answers(&mut self, answered: Vec<(TransactionKey, bool)>) {
+        for (key, ended) in answered {
+            if ended {
+                self.forget(key);
+            } else if let Some(w) = self.written.get_mut(&key) {
+                w.ringing = true;
             }
         }
     }
@@ -340,63 +417,103 @@ impl Unanswered {
         self.take(now, |_| true)
     }
 
-    /// What a drain that ran out gives up at `now`: the requests still
-    /// unanswered whose clients still wait, in the order they were
-    /// written, taken, but for the INVITEs that may be ringing (answered
-    /// provisionally, with a CANCEL), which stay remembered: see
-    /// [`Self::cancel_ringing`]. An INVITE the registrar never answered at
-    /// all is given up: it may not be cancelled (RFC 3261 9.1).
-    pub fn take_given_up(&mut self, now: Instant) -> Vec<Inbound> {
-        self.take(now, |w| !(w.ringing && w.cancel.is_some()))
+    /// What a drain that ran out gives up at `now`: the requests other
+    /// than INVITEs still unanswered whose clients still wait, in the
+    /// order they were written, taken after the answers `heard` holds, and
+    /// marked there as given up (a late answer is not relayed after the
+    /// `408`). The INVITEs are cancelled instead ([`Self::cancel_calls`]).
+    pub fn give_up_all_but_calls(&mut self, heard: &Heard, now: Instant) -> Vec<Inbound> {
+        self.give_up(heard, now, |w| !w.invite)
     }
 
-    /// The CANCELs of the INVITEs that may be ringing, in the order they
-    /// were written, for a drain that ran out at `now`: each is marked
-    /// cancelled, and remembered until its final answer, or until
-    /// [`CANCELLED_ANSWERED_WITHIN`] from `now`, when
-    /// [`Self::take_cancelled_overdue`] gives it up.
-    pub fn cancel_ringing(&mut self, now: Instant) -> Vec<Bytes> {
-        let mut ringing: Vec<&mut Written> = (self.written.values_mut())
-            .filter(|w| w.ringing && w.cancelled_until.is_none())
-            .collect();
-        ringing.sort_unstable_by_key(|w| w.order);
+    /// At a drain that ran out at `now`: every INVITE remembered is being
+    /// cancelled, its final answer awaited until
+    /// [`CANCELLED_ANSWERED_WITHIN`] from `now`
+    /// ([`Self::give_up_overdue_calls`]); the CANCELs to send now, of the
+    /// ones ringing, in the order written. One not answered at all yet may
+    /// not be cancelled (RFC 3261 9.1): its CANCEL waits for a provisional
+    /// answer ([`Self::cancels_due`]).
+    pub fn cancel_calls(&mut self, now: Instant) -> Vec<Bytes> {
         let until = now + CANCELLED_ANSWERED_WITHIN;
-        let cancels: Vec<Bytes> = ringing
-            .into_iter()
-            .filter_map(|w| {
-                let cancel = w.cancel.clone()?;
+        for w in self.written.values_mut() {
+            if w.invite && w.cancelled_until.is_none() {
                 w.cancelled_until = Some(until);
-                Some(cancel)
-            })
-            .collect();
-        self.tally.cancelled += cancels.len();
-        cancels
+                self.tally.cancelled += 1;
+            }
+        }
+        self.cancels_due()
     }
 
-    /// The INVITEs cancelled at a drain's end whose final answer has not
-    /// come by `now`, in the order they were written, taken.
-    pub fn take_cancelled_overdue(&mut self, now: Instant) -> Vec<Inbound> {
+    /// The CANCELs due now, in the order written: of the INVITEs being
+    /// cancelled that are ringing (a provisional answer came), sipadmit's
+    /// to send (the client has not cancelled), not sent yet.
+    pub fn cancels_due(&mut self) -> Vec<Bytes> {
         if self.tally.cancelled == 0 {
             return Vec::new();
         }
-        self.take(now, |w| w.cancelled_until.is_some_and(|until| now >= until))
+        let tally = &mut self.tally;
+        let mut due: Vec<(u64, Bytes)> = (self.written.values_mut())
+            .filter(|w| w.cancelled_until.is_some() && w.ringing)
+            .filter_map(|w| Some((w.order, w.take_cancel(tally)?)))
+            .collect();
+        due.sort_unstable_by_key(|(order, _)| *order);
+        due.into_iter().map(|(_, cancel)| cancel).collect()
+    }
+
+    /// The INVITEs being cancelled whose final answer has not come by
+    /// `now`, in the order they were written, taken after the answers
+    /// `heard` holds, and marked there as given up.
+    pub fn give_up_overdue_calls(&mut self, heard: &Heard, now: Instant) -> Vec<Inbound> {
+        if self.tally.cancelled == 0 {
+            return Vec::new();
+        }
+        self.give_up(heard, now, |w| {
+            w.cancelled_until.is_some_and(|until| now >= until)
+        })
+    }
+
+    /// Take what `taken` picks after the answers `heard` holds, and mark
+    /// it given up there, under one lock: an answer the reader notes is
+    /// either taken here (and the request not given up) or comes after the
+    /// mark (and is not relayed).
+    fn give_up(
+        &mut self,
+        heard: &Heard,
+        now: Instant,
+        taken: impl Fn(&Written) -> bool,
+    ) -> Vec<Inbound> {
+        let mut noted = heard.lock();
+        let answered = std::mem::take(&mut noted.answered);
+        self.take_answers(answered);
+        let (keys, given_up) = self.take_keyed(now, taken);
+        noted.given_up.extend(keys);
+        given_up
     }
 
     fn take(&mut self, now: Instant, taken: impl Fn(&Written) -> bool) -> Vec<Inbound> {
+        self.take_keyed(now, taken).1
+    }
+
+    /// What `taken` picks at `now`, in the order written, with its keys.
+    fn take_keyed(
+        &mut self,
+        now: Instant,
+        taken: impl Fn(&Written) -> bool,
+    ) -> (Vec<TransactionKey>, Vec<Inbound>) {
         self.forget_expired(now);
         let keys: Vec<TransactionKey> = (self.written.iter())
             .filter(|(_, w)| taken(w))
             .map(|(key, _)| *key)
             .collect();
         let mut left: Vec<Written> = keys
-            .into_iter()
-            .filter_map(|key| self.written.remove(&key))
+            .iter()
+            .filter_map(|key| self.written.remove(key))
             .collect();
         for w in &left {
             self.tally.remove(w);
         }
         left.sort_unstable_by_key(|w| w.order);
-        left.into_iter().map(|w| w.inbound).collect()
+        (keys, left.into_iter().map(|w| w.inbound).collect())
     }
 
     /// Forget the requests whose clients have stopped waiting by `now`.
@@ -592,26 +709,25 @@ mod tests {
     }
 
     #[test]
-    fn a_drain_that_runs_out_gives_up_all_but_the_ringing_invites() {
+    fn a_drain_that_runs_out_gives_up_all_but_the_calls_and_drops_their_late_answers() {
         let mut unanswered = Unanswered::default();
         let heard = Heard::default();
         let now = Instant::now();
         write(&mut unanswered, request("REGISTER", "z9hG4bKa"), now);
         write(&mut unanswered, request("INVITE", "z9hG4bKb"), now);
         write(&mut unanswered, request("MESSAGE", "z9hG4bKc"), now);
-        write(&mut unanswered, request("INVITE", "z9hG4bKd"), now);
-        heard.message(&response(180, "INVITE", "z9hG4bKb"));
-        heard.message(&response(100, "MESSAGE", "z9hG4bKc"));
-        unanswered.answered(&heard);
-        // The INVITE never answered at all may not be cancelled (RFC 3261
-        // 9.1): given up with the others.
-        let given_up = unanswered.take_given_up(now);
+        assert!(heard.message(&response(100, "MESSAGE", "z9hG4bKc")));
+        let given_up = unanswered.give_up_all_but_calls(&heard, now);
         let methods: Vec<&[u8]> = given_up.iter().map(|i| &i.bytes[..8]).collect();
-        assert_eq!(
-            methods,
-            [&b"REGISTER"[..], &b"MESSAGE "[..], &b"INVITE s"[..]]
-        );
+        assert_eq!(methods, [&b"REGISTER"[..], &b"MESSAGE "[..]]);
         assert_eq!(unanswered.len(), 1);
+        // Their clients get 408: a late answer is not relayed after it.
+        assert!(!heard.message(&response(200, "REGISTER", "z9hG4bKa")));
+        assert!(!heard.message(&response(100, "MESSAGE", "z9hG4bKc")));
+        // An answer the reader noted before the give-up is taken, not given up.
+        write(&mut unanswered, request("OPTIONS", "z9hG4bKd"), now);
+        assert!(heard.message(&response(200, "OPTIONS", "z9hG4bKd")));
+        assert!(unanswered.give_up_all_but_calls(&heard, now).is_empty());
         // The INVITE is still failed if the connection closes.
         let failed = unanswered.take_waiting(now);
         assert!(failed[0].bytes.starts_with(b"INVITE "));
@@ -619,40 +735,48 @@ mod tests {
     }
 
     #[test]
-    fn a_ringing_invite_is_cancelled_then_answered_or_given_up() {
+    fn a_call_is_cancelled_once_ringing_and_answered_or_given_up() {
         let mut unanswered = Unanswered::default();
         let heard = Heard::default();
         let now = Instant::now();
-        for branch in ["z9hG4bKr1", "z9hG4bKr2"] {
+        for branch in ["z9hG4bKr1", "z9hG4bKr2", "z9hG4bKr3", "z9hG4bKr4"] {
             write(&mut unanswered, request("INVITE", branch), now);
-            heard.message(&response(180, "INVITE", branch));
         }
+        for branch in ["z9hG4bKr1", "z9hG4bKr2", "z9hG4bKr4"] {
+            assert!(heard.message(&response(180, "INVITE", branch)));
+        }
+        // The caller of the fourth cancelled it already: its CANCEL is its own.
+        write(&mut unanswered, request("CANCEL", "z9hG4bKr4"), now);
         unanswered.answered(&heard);
-        assert!(unanswered.take_given_up(now).is_empty());
-        let cancels = unanswered.cancel_ringing(now);
-        let branches: Vec<Vec<u8>> = cancels
-            .iter()
-            .map(|c| {
-                let view = SipView::parse(c.clone()).unwrap();
-                assert_eq!(view.method(), Some(Method::Cancel));
-                assert_eq!(view.values(crate::sip::HeaderName::Via).count(), 1);
-                view.top_via().unwrap().branch().unwrap().to_vec()
-            })
-            .collect();
-        assert_eq!(branches, [b"z9hG4bKr1".to_vec(), b"z9hG4bKr2".to_vec()]);
-        assert!(unanswered.cancel_ringing(now).is_empty(), "once");
-        assert_eq!(unanswered.len(), 2, "remembered until answered");
-        // The first gets the callee's 487 (and the CANCEL its 200): ended.
-        heard.message(&response(200, "CANCEL", "z9hG4bKr1"));
-        heard.message(&response(487, "INVITE", "z9hG4bKr1"));
+        let branch_of = |c: &Bytes| {
+            let view = SipView::parse(c.clone()).unwrap();
+            assert_eq!(view.method(), Some(Method::Cancel));
+            assert_eq!(view.values(crate::sip::HeaderName::Via).count(), 1);
+            view.top_via().unwrap().branch().unwrap().to_vec()
+        };
+        let cancels: Vec<Vec<u8>> = unanswered.cancel_calls(now).iter().map(branch_of).collect();
+        assert_eq!(cancels, [b"z9hG4bKr1".to_vec(), b"z9hG4bKr2".to_vec()]);
+        assert!(unanswered.cancel_calls(now).is_empty(), "once");
+        // The third rings only now: its CANCEL is due now (RFC 3261 9.1).
+        assert!(unanswered.cancels_due().is_empty());
+        assert!(heard.message(&response(183, "INVITE", "z9hG4bKr3")));
         unanswered.answered(&heard);
-        assert_eq!(unanswered.len(), 1);
+        let due: Vec<Vec<u8>> = unanswered.cancels_due().iter().map(branch_of).collect();
+        assert_eq!(due, [b"z9hG4bKr3".to_vec()]);
+        // The first gets the callee's 487 (and its CANCEL the 200): ended.
+        assert!(heard.message(&response(200, "CANCEL", "z9hG4bKr1")));
+        assert!(heard.message(&response(487, "INVITE", "z9hG4bKr1")));
         let soon = now + CANCELLED_ANSWERED_WITHIN / 2;
-        assert!(unanswered.take_cancelled_overdue(soon).is_empty());
-        let overdue = unanswered.take_cancelled_overdue(now + CANCELLED_ANSWERED_WITHIN);
-        assert_eq!(overdue.len(), 1);
-        assert!(overdue[0].bytes.starts_with(b"INVITE "));
+        assert!(unanswered.give_up_overdue_calls(&heard, soon).is_empty());
+        let later = now + CANCELLED_ANSWERED_WITHIN;
+        let overdue = unanswered.give_up_overdue_calls(&heard, later);
+        assert_eq!(overdue.len(), 3, "the second, third and fourth");
+        // After their 408, a 487 is not relayed; a 2xx to an INVITE is.
+        assert!(!heard.message(&response(487, "INVITE", "z9hG4bKr2")));
+        assert!(heard.message(&response(200, "INVITE", "z9hG4bKr3")));
+        assert_eq!(unanswered.len(), 1, "the client's CANCEL");
+        unanswered.forget_expired(now + REMEMBERED_FOR);
         assert!(unanswered.is_empty());
-        assert_eq!(unanswered.tally.bytes, 0);
+        assert_eq!((unanswered.tally.bytes, unanswered.tally.cancelled), (0, 0));
     }
 }

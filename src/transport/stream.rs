@@ -254,10 +254,22 @@ enum Hearing<'a> {
 
 impl Hearing<'_> {
     /// The registrar's link notes each message it sent (not keep-alives).
-    fn note(&self, frame: &Frame) {
-        if let (Self::Registrar(heard), Frame::Message(message)) = (self, frame) {
-            heard.message(message);
+    /// `false`: a late answer to a request the link gave up (answered
+    /// `408` at a drain's end), dropped here, logged and counted
+    /// (`after_timeout`): after a final response only a 2xx to an INVITE
+    /// goes on (RFC 3261 16.7 step 5).
+    fn note(&self, frame: &Frame, ctx: &TransportContext, info: ConnectionInfo) -> bool {
+        let (Self::Registrar(heard), Frame::Message(message)) = (self, frame) else {
+            return true;
+        };
+        if heard.message(message) {
+            return true;
         }
+        debug!(peer = %info.peer, "the registrar's answer to a request given up at the drain's end discarded");
+        let kind = crate::observe::metrics::MessageKind::of(message);
+        ctx.metrics.count_received(info.transport, kind);
+        ctx.metrics.count_drop(DropReason::AfterTimeout);
+        false
     }
 }
 
@@ -584,7 +596,9 @@ impl ReadState {
                 Ok(Some(frame)) => {
                     let now = Instant::now();
                     self.last_message = Some(now);
-                    hearing.note(&frame);
+                    if !hearing.note(&frame, ctx, info) {
+                        continue;
+                    }
                     let handled = handle_frame(frame, id, info, ctx).await;
                     if let Hearing::Slot(slot) = hearing {
                         // A keep-alive refreshes a known flow, never makes one.
@@ -620,8 +634,9 @@ impl ReadState {
     ) {
         match self.codec.decode_eof(&mut self.buf) {
             Ok(Some(frame)) => {
-                hearing.note(&frame);
-                handle_frame(frame, id, info, ctx).await;
+                if hearing.note(&frame, ctx, info) {
+                    handle_frame(frame, id, info, ctx).await;
+                }
             }
             Ok(None) => {}
             Err(e) => framing_failed(e, info, ctx),

@@ -105,7 +105,7 @@ impl UpstreamBacklog {
     /// final answer (retransmissions counted once; calls ringing
     /// included): what a drain waits for, at most `limits.drain_secs`.
     pub fn unanswered(&self) -> usize {
-        self.unanswered.load(Ordering::Relaxed)
+        self.unanswered.load(Ordering::Acquire)
     }
 
     /// Have the link answer `408 Request Timeout` (recorded, rule
@@ -386,23 +386,27 @@ impl LinkTask {
             .connection
             .as_ref()
             .map_or(0, |open| open.unanswered.len());
-        self.backlog.unanswered.store(awaited, Ordering::Relaxed);
+        // Release: a drain that reads it sees the handing back before.
+        self.backlog.unanswered.store(awaited, Ordering::Release);
     }
 
     /// Forget the requests the registrar answered, or whose clients have
-    /// stopped waiting, and tell the backlog how many are left; the calls
-    /// cancelled at a drain's end that the registrar has not answered in
-    /// time are given up (`408`). `false`: the dispatcher is gone.
+    /// stopped waiting, and tell the backlog how many are left. At a
+    /// drain's end, the calls being cancelled that became ringing get their
+    /// CANCEL, and those the registrar has not answered in time are given
+    /// up (`408`). `false`: the dispatcher is gone.
     async fn look_at_answers(&mut self) -> bool {
-        let mut overdue = Vec::new();
+        let (mut cancels, mut overdue) = (Vec::new(), Vec::new());
         if let Some(open) = self.connection.as_mut() {
             open.unanswered.answered(&open.heard);
             let now = Instant::now();
             open.unanswered.forget_expired(now);
-            overdue = open.unanswered.take_cancelled_overdue(now);
+            cancels = open.unanswered.cancels_due();
+            overdue = open.unanswered.give_up_overdue_calls(&open.heard, now);
         }
-        self.publish_awaited();
+        self.cancel(cancels);
         if overdue.is_empty() {
+            self.publish_awaited();
             return true;
         }
         warn!(
@@ -411,7 +415,10 @@ impl LinkTask {
             "calls cancelled at the drain's end got no final answer from the registrar in time: they are answered 408"
         );
         let upstream = self.addr;
+        // Counted as handed back before they stop counting as unanswered:
+        // the drain never sees both at zero in between.
         self.backlog.handing_back(overdue.len());
+        self.publish_awaited();
         self.hand_back(overdue, || SendError::UpstreamGivenUp(upstream))
             .await
     }
@@ -444,10 +451,9 @@ impl LinkTask {
     async fn give_up(&mut self, waiting: &mut mpsc::UnboundedReceiver<Outgoing>) -> bool {
         let (mut given_up, cancels) = match self.connection.as_mut() {
             Some(open) => {
-                open.unanswered.answered(&open.heard);
                 let now = Instant::now();
-                let given_up = open.unanswered.take_given_up(now);
-                (given_up, open.unanswered.cancel_ringing(now))
+                let given_up = open.unanswered.give_up_all_but_calls(&open.heard, now);
+                (given_up, open.unanswered.cancel_calls(now))
             }
             None => (Vec::new(), Vec::new()),
         };
@@ -456,7 +462,6 @@ impl LinkTask {
             self.backlog.remove(queued.bytes.len());
             given_up.push(queued.inbound);
         }
-        self.publish_awaited();
         if !given_up.is_empty() {
             warn!(
                 upstream = %self.addr,
@@ -465,12 +470,15 @@ impl LinkTask {
             );
         }
         let upstream = self.addr;
+        // Counted as handed back before they stop counting as unanswered:
+        // the drain never sees both at zero in between.
         self.backlog.handing_back(given_up.len());
+        self.publish_awaited();
         self.hand_back(given_up, || SendError::UpstreamGivenUp(upstream))
             .await
     }
 
-    /// Write the CANCELs of the calls a drain's end gives up on the open
+    /// Write the CANCELs of calls ringing at a drain's end on the open
     /// connection, counted (`sipadmit_upstream_cancels_total`). One that
     /// cannot be written leaves its call to the `408` that follows.
     fn cancel(&self, cancels: Vec<Bytes>) {

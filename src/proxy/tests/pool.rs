@@ -111,6 +111,35 @@ fn options_to_itself_get_200_when_ready_counted_not_recorded() {
 }
 
 #[test]
+fn a_copy_of_an_options_to_itself_keeps_its_answer_where_it_meets_the_rate_limit() {
+    let core = advertising("pool.example.com");
+    core.metrics().note_udp_upstream_heard();
+    let over = SourceRefusal::OverLimit {
+        retry_after_secs: 2,
+    };
+    let status_of = |outcome: &Outcome| sent(outcome).1[..11].to_owned();
+    // Answered 200, then a copy over the limit: dropped, not answered 503.
+    let first = udp(options("sip:127.0.0.1:5060", ""), client());
+    assert_eq!(status_of(&handle(&core, &first)), "SIP/2.0 200");
+    let copy = core.refuse_source(&first, Instant::now(), over);
+    assert_eq!(copy.drop_reason(), Some(DropReason::RateLimited));
+    // Answered 503 over the limit, then a copy within it: the 503 again.
+    let second = options("sip:127.0.0.1:5060", "").replace("z9hG4bK-OPTIONS", "z9hG4bK-two");
+    let second = udp(second, client());
+    assert_eq!(
+        status_of(&core.refuse_source(&second, Instant::now(), over)),
+        "SIP/2.0 503"
+    );
+    let copy = handle(&core, &second);
+    assert_eq!(status_of(&copy), "SIP/2.0 503");
+    assert!(copy.record().is_none());
+    assert_eq!(
+        core.metrics().protocol_answers("proxy.health", Some(200)),
+        1
+    );
+}
+
+#[test]
 fn options_to_itself_get_503_saying_why_while_not_ready() {
     let core = Core::detached(CONFIG).unwrap();
     let probe = |n: u16| {
