@@ -633,10 +633,7 @@ impl Advertised {
             .iter()
             .filter_map(|socket| {
                 let local = advertise(socket.local_addr().ok())?;
-                Some(UdpListener {
-                    socket: socket.clone(),
-                    local: LocalAddr(local),
-                })
+                Some(UdpListener::new(socket.clone(), LocalAddr(local)))
             })
             .collect();
         let streams: Vec<(Transport, TcpListener, LocalAddr)> = std::mem::take(&mut bound.tcp)

@@ -144,10 +144,10 @@ fn on_this_runtime(
         .into_iter()
         .zip(udp_locals)
         .map(|(socket, local)| {
-            Ok(UdpListener {
-                socket: Arc::new(UdpSocket::from_std(socket)?),
-                local: *local,
-            })
+            Ok(UdpListener::new(
+                Arc::new(UdpSocket::from_std(socket)?),
+                *local,
+            ))
         })
         .collect::<std::io::Result<Vec<_>>>()?;
     let streams = sockets

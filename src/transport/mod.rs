@@ -367,7 +367,55 @@ pub struct UdpListener {
     /// The socket.
     pub socket: Arc<UdpSocket>,
     /// Its advertised address (the `Inbound::local` of what it receives).
+    /// A wildcard `[::]` listener advertises the address facing the
+    /// registrar, which may be IPv4: what it reaches is [`Reach`].
     pub local: LocalAddr,
+    reach: Reach,
+}
+
+/// Which destinations a UDP socket can send to, by how it was bound.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reach {
+    /// IPv4 (an IPv4-mapped IPv6 destination unmapped).
+    V4,
+    /// IPv6 only.
+    V6,
+    /// IPv6 and IPv4 (a dual-stack `[::]`: IPv4 destinations mapped).
+    Both,
+}
+
+impl UdpListener {
+    /// `socket`, advertised at `local`; what it reaches is read from the
+    /// socket (its family, and for IPv6 whether it is dual-stack).
+    pub fn new(socket: Arc<UdpSocket>, local: LocalAddr) -> Self {
+        let v6only = || socket2::SockRef::from(&*socket).only_v6().unwrap_or(true);
+        let reach = match socket.local_addr() {
+            Ok(SocketAddr::V4(_)) => Reach::V4,
+            Ok(SocketAddr::V6(_)) if v6only() => Reach::V6,
+            Ok(SocketAddr::V6(_)) => Reach::Both,
+            Err(_) if local.is_ipv4() => Reach::V4,
+            Err(_) => Reach::V6,
+        };
+        Self {
+            socket,
+            local,
+            reach,
+        }
+    }
+
+    /// `to` as this socket sends to it, if it reaches it at all.
+    fn address_for(&self, to: SocketAddr) -> Option<SocketAddr> {
+        let unmapped = SocketAddr::new(to.ip().to_canonical(), to.port());
+        match (self.reach, unmapped) {
+            (Reach::V4, SocketAddr::V4(_)) => Some(unmapped),
+            (Reach::V6 | Reach::Both, SocketAddr::V6(_)) => Some(to),
+            (Reach::Both, SocketAddr::V4(v4)) => Some(SocketAddr::new(
+                std::net::IpAddr::V6(v4.ip().to_ipv6_mapped()),
+                v4.port(),
+            )),
+            _ => None,
+        }
+    }
 }
 
 /// Where messages for the registrar go.
@@ -429,23 +477,27 @@ pub struct Senders {
 impl Senders {
     /// Send a datagram to `to` from the UDP listener advertised at `from`
     /// (the one a request arrived on, so that its answer leaves from the
-    /// address the client sent to); without `from`, or when no listener has
-    /// it, from the first listener of the destination's address family.
+    /// address the client sent to); without `from`, or when that listener
+    /// cannot reach `to`, from the first listener that can (an IPv4
+    /// socket reaches IPv4 destinations, a dual-stack `[::]` both).
     pub async fn send_datagram(
         &self,
         from: Option<LocalAddr>,
         to: SocketAddr,
         bytes: &[u8],
     ) -> Result<(), SendError> {
-        let listener = from
+        fn reaching(l: &UdpListener, to: SocketAddr) -> Option<(&UdpListener, SocketAddr)> {
+            Some((l, l.address_for(to)?))
+        }
+        let (listener, addressed) = from
             .and_then(|local| self.udp.iter().find(|l| l.local == local))
-            .filter(|l| l.local.is_ipv4() == to.is_ipv4())
-            .or_else(|| self.udp.iter().find(|l| l.local.is_ipv4() == to.is_ipv4()))
+            .and_then(|l| reaching(l, to))
+            .or_else(|| self.udp.iter().find_map(|l| reaching(l, to)))
             .ok_or(SendError::NoSocket {
                 transport: Transport::Udp,
                 addr: to,
             })?;
-        udp::send_to(&listener.socket, bytes, to)
+        udp::send_to(&listener.socket, bytes, addressed)
             .await
             .map_err(|source| SendError::Io { addr: to, source })
     }
@@ -488,6 +540,59 @@ impl Senders {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A `[::]` listener advertised at an IPv4 address (the one facing an
+    /// IPv4 registrar) still answers its IPv6 clients and its IPv4 ones
+    /// (which arrive IPv4-mapped); an IPv4 listener unmaps.
+    #[tokio::test]
+    async fn a_dual_stack_listener_reaches_both_families_whatever_it_advertises() {
+        let socket =
+            socket2::Socket::new(socket2::Domain::IPV6, socket2::Type::DGRAM, None).unwrap();
+        socket.set_only_v6(false).unwrap();
+        socket.set_nonblocking(true).unwrap();
+        socket
+            .bind(&"[::]:0".parse::<SocketAddr>().unwrap().into())
+            .unwrap();
+        let socket = Arc::new(UdpSocket::from_std(socket.into()).unwrap());
+        let port = socket.local_addr().unwrap().port();
+        let listener =
+            UdpListener::new(socket, LocalAddr(SocketAddr::from(([127, 0, 0, 1], port))));
+        for client in ["127.0.0.1:0", "[::1]:0"] {
+            let client = UdpSocket::bind(client).await.unwrap();
+            let at = client.local_addr().unwrap();
+            // As the core names a mapped source, and as an IPv4 one.
+            let mapped = SocketAddr::new(
+                match at.ip() {
+                    std::net::IpAddr::V4(v4) => std::net::IpAddr::V6(v4.to_ipv6_mapped()),
+                    v6 => v6,
+                },
+                at.port(),
+            );
+            for to in [at, mapped] {
+                let addressed = listener.address_for(to).expect("reached");
+                udp::send_to(&listener.socket, b"answer", addressed)
+                    .await
+                    .unwrap();
+                let mut buf = [0u8; 16];
+                let n =
+                    tokio::time::timeout(std::time::Duration::from_secs(5), client.recv(&mut buf))
+                        .await
+                        .unwrap()
+                        .unwrap();
+                assert_eq!(&buf[..n], b"answer");
+            }
+        }
+        let v4 = UdpListener::new(
+            Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap()),
+            LocalAddr("127.0.0.1:5060".parse().unwrap()),
+        );
+        let mapped: SocketAddr = "[::ffff:127.0.0.2]:5062".parse().unwrap();
+        assert_eq!(
+            v4.address_for(mapped),
+            Some("127.0.0.2:5062".parse().unwrap())
+        );
+        assert_eq!(v4.address_for("[::1]:5062".parse().unwrap()), None);
+    }
 
     #[test]
     fn transport_names_and_serde_form() {

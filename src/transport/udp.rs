@@ -554,10 +554,7 @@ mod tests {
     async fn loopback_listener() -> UdpListener {
         let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let local = crate::vocabulary::LocalAddr(socket.local_addr().unwrap());
-        UdpListener {
-            socket: Arc::new(socket),
-            local,
-        }
+        UdpListener::new(Arc::new(socket), local)
     }
 
     /// The datagrams of one loopback listener, its address, and a client
