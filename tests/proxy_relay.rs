@@ -1375,3 +1375,67 @@ fn dual_stack_names_the_listener_of_the_family_facing_the_registrar() {
     assert!(path.contains(&format!("@{v4};")), "{path}");
     assert!(!relayed.contains("[::1]"), "{relayed}");
 }
+
+/// A dual-stack `[::]` listener beside an IPv4 one, in front of an IPv4
+/// registrar: it advertises the IPv4 address facing the registrar, and
+/// still answers its IPv6 clients and its IPv4 ones (which reach it
+/// IPv4-mapped). Before, neither got anything back ("no udp socket").
+#[test]
+fn a_dual_stack_listener_answers_clients_of_both_families() {
+    if UdpSocket::bind("[::1]:0").is_err() {
+        eprintln!("skipping: no IPv6 loopback");
+        return;
+    }
+    let upstream = udp("127.0.0.1");
+    let registrar = upstream.local_addr().unwrap();
+    let proxy = TestProxy::start_listening(
+        CONFIG,
+        vec![
+            "udp:127.0.0.1:0".into(),
+            "udp:[::]:0".into(),
+            "tcp:127.0.0.1:0".into(),
+        ],
+        &format!("udp:{registrar}"),
+    );
+    let wildcard_port = proxy
+        .addresses
+        .iter()
+        .filter(|(t, _)| *t == sipadmit::transport::Transport::Udp)
+        .nth(1)
+        .map(|(_, a)| a.port())
+        .unwrap();
+    for (ip, listener) in [
+        (
+            "127.0.0.1",
+            SocketAddr::from(([127, 0, 0, 1], wildcard_port)),
+        ),
+        (
+            "::1",
+            SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, wildcard_port)),
+        ),
+    ] {
+        let client = udp(ip);
+        let me = client.local_addr().unwrap();
+        // A mobile caller to the workflow: answered 403 here.
+        client
+            .send_to(
+                format!(
+                    "INVITE sip:helpdesk@contoso.com SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bK-dual-{p};rport\r\n\
+                     Max-Forwards: 70\r\nFrom: <sip:m@contoso.com>;tag=1\r\nTo: <sip:helpdesk@contoso.com>\r\n\
+                     Call-ID: dual-{p}@test\r\nCSeq: 1 INVITE\r\nContact: <sip:m@{me}>\r\n\
+                     User-Agent: {MOBILE}\r\nContent-Length: 0\r\n\r\n",
+                    p = me.port()
+                )
+                .as_bytes(),
+                listener,
+            )
+            .unwrap();
+        let (answer, from) = recv(&client);
+        assert!(answer.starts_with("SIP/2.0 403"), "{ip}: {answer}");
+        assert_eq!(
+            from.port(),
+            wildcard_port,
+            "{ip}: from the socket it was sent to"
+        );
+    }
+}
