@@ -405,21 +405,25 @@ impl LinkTask {
             overdue = open.unanswered.give_up_overdue_calls(&open.heard, now);
         }
         self.cancel(cancels);
-        if overdue.is_empty() {
-            self.publish_awaited();
-            return true;
+        if !overdue.is_empty() {
+            warn!(
+                upstream = %self.addr,
+                calls = overdue.len(),
+                "calls cancelled at the drain's end got no final answer from the registrar in time: they are answered 408"
+            );
         }
-        warn!(
-            upstream = %self.addr,
-            calls = overdue.len(),
-            "calls cancelled at the drain's end got no final answer from the registrar in time: they are answered 408"
-        );
-        let upstream = self.addr;
+        self.hand_back_given_up(overdue).await
+    }
+
+    /// Hand the requests a drain's end gave up back to the dispatcher,
+    /// which answers each `408`. `false`: the dispatcher is gone.
+    async fn hand_back_given_up(&self, given_up: Vec<Inbound>) -> bool {
         // Counted as handed back before they stop counting as unanswered:
         // the drain never sees both at zero in between.
-        self.backlog.handing_back(overdue.len());
+        self.backlog.handing_back(given_up.len());
         self.publish_awaited();
-        self.hand_back(overdue, || SendError::UpstreamGivenUp(upstream))
+        let upstream = self.addr;
+        self.hand_back(given_up, || SendError::UpstreamGivenUp(upstream))
             .await
     }
 
@@ -469,13 +473,7 @@ impl LinkTask {
                 "the drain ran out with requests the registrar had not answered: they are answered 408"
             );
         }
-        let upstream = self.addr;
-        // Counted as handed back before they stop counting as unanswered:
-        // the drain never sees both at zero in between.
-        self.backlog.handing_back(given_up.len());
-        self.publish_awaited();
-        self.hand_back(given_up, || SendError::UpstreamGivenUp(upstream))
-            .await
+        self.hand_back_given_up(given_up).await
     }
 
     /// Write the CANCELs of calls ringing at a drain's end on the open
