@@ -301,6 +301,17 @@ impl Core {
         self.copy_decided_before(ctx, first.copy(&decided), Some(treatment))
     }
 
+    /// A request relayed without a record, by the verdict of `rule`: noted
+    /// ([`Self::note_unrecorded`]); a copy held to its first copy's
+    /// fate halts here.
+    fn relayed_unrecorded<'m>(&self, ctx: &RequestCtx<'m>, rule: &str) -> Result<(), Halt<'m>> {
+        let by_policy = DecisionKind::of_rule(rule) == DecisionKind::Policy;
+        match self.note_unrecorded(ctx, Treatment::Relayed, by_policy) {
+            Some(copy) => Err(Halt::Refused(Box::new(copy))),
+            None => Ok(()),
+        }
+    }
+
     /// Whether the request is a copy of a REGISTER this instance relayed
     /// from the same flow and that still awaits its final response.
     fn register_under_way(&self, ctx: &RequestCtx<'_>) -> bool {
@@ -626,10 +637,7 @@ impl Core {
             None => Destination::Upstream,
         };
         if record.is_none() {
-            let by_policy = DecisionKind::of_rule(decision.rule) == DecisionKind::Policy;
-            if let Some(copy) = self.note_unrecorded(ctx, Treatment::Relayed, by_policy) {
-                return Err(Halt::Refused(Box::new(copy)));
-            }
+            self.relayed_unrecorded(ctx, decision.rule)?;
         }
         Ok(Outcome::Relay {
             send: Outbound { to, bytes },

@@ -99,16 +99,7 @@ impl Core {
             return discard(DropReason::ForeignResponse);
         };
         if view.values(HeaderName::Via).nth(1).is_none() {
-            if inb.from_registrar() && view.cseq().is_ok_and(|c| c.method == b"CANCEL") {
-                // The answer to a CANCEL this proxy sent at a drain's end
-                // (crate::drain): for no one else.
-                Metrics::inc(&self.metrics.upstream_cancel_answers);
-                debug!(source = %inb.source, status = view.status(), "the registrar answered a CANCEL sent at the drain's end");
-                return Outcome::Consumed;
-            }
-            // RFC 3261 16.7 step 3: nothing left to send it to.
-            debug!(source = %inb.source, "response with only our Via discarded");
-            return discard(DropReason::ForeignResponse);
+            return self.with_only_our_via(inb, view);
         }
         if let Destination::Flow(flow) = &destination {
             let writable = self.check_flow(flow, open);
@@ -129,6 +120,21 @@ impl Core {
             record: None,
             retransmit: None,
         }
+    }
+
+    /// A response whose only Via is ours: the registrar's answer to a
+    /// CANCEL this proxy sent at a drain's end (see `crate::drain`),
+    /// consumed; else nothing is left to send it to (RFC 3261 16.7 step
+    /// 3): discarded.
+    fn with_only_our_via(&self, inb: &Inbound, view: &SipView) -> Outcome {
+        if inb.from_registrar() && view.cseq().is_ok_and(|c| c.method == b"CANCEL") {
+            Metrics::inc(&self.metrics.upstream_cancel_answers);
+            debug!(source = %inb.source, status = view.status(), "the registrar answered a CANCEL sent at the drain's end");
+            return Outcome::Consumed;
+        }
+        debug!(source = %inb.source, "response with only our Via discarded");
+        self.metrics.count_drop(DropReason::ForeignResponse);
+        Outcome::drop(DropReason::ForeignResponse)
     }
 
     /// Where a response whose top Via is ours goes: the flow named by the
