@@ -313,6 +313,12 @@ fn a_drain_that_runs_out_answers_408_to_the_stream_clients_still_waiting() {
     assert!(status.starts_with("SIP/2.0 408"), "{status}");
     let stderr = sipadmit.exited();
     assert!(stderr.contains("limits.drain_secs ran out"), "{stderr}");
+    // The drain's 408, not a timeout's: 1 s is no 64*T1.
+    assert!(
+        stderr.contains("no response from the registrar when limits.drain_secs ran out"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("within 64*T1"), "{stderr}");
     let log = std::fs::read_to_string(dir.path().join("decisions.log")).unwrap();
     assert!(log.contains("\"rule\":\"proxy.request-timeout\""), "{log}");
 }

@@ -138,6 +138,9 @@ pub enum Due {
     Retransmit(Outbound, Inbound),
     /// No (final) response within 64*T1: answer the client `408`.
     TimedOut(Inbound),
+    /// Given up when a drain ran out ([`ClientTransactions::give_up_all`]):
+    /// answer the client the drain's `408`.
+    GivenUp(Inbound),
 }
 
 /// One kept transaction.
@@ -150,6 +153,8 @@ struct Entry {
     interval: Duration,
     /// A non-INVITE got a provisional response: resent every T2.
     proceeding: bool,
+    /// Given up by a drain that ran out, not timed out.
+    given_up: bool,
     /// The timer of this entry that is live in the heap (older ones are
     /// stale and skipped).
     timer: u64,
@@ -282,6 +287,7 @@ impl ClientTransactions {
                 gives_up: now + self.timers.timeout(),
                 interval: t1,
                 proceeding: false,
+                given_up: false,
                 timer,
                 bytes,
             },
@@ -372,7 +378,11 @@ impl ClientTransactions {
                 None => {
                     if let Some(entry) = table.entries.remove(&key) {
                         table.entry_bytes -= entry.bytes;
-                        due.push(Due::TimedOut(entry.transaction.inbound));
+                        let inbound = entry.transaction.inbound;
+                        due.push(match entry.given_up {
+                            true => Due::GivenUp(inbound),
+                            false => Due::TimedOut(inbound),
+                        });
                         self.remember_timed_out(&mut table, key, now);
                     }
                 }
@@ -407,6 +417,7 @@ impl ClientTransactions {
             let timer = table.schedule(key, now);
             if let Some(entry) = table.entries.get_mut(&key) {
                 entry.gives_up = now;
+                entry.given_up = true;
                 entry.timer = timer;
             }
         }
@@ -479,7 +490,7 @@ mod tests {
     }
 
     #[test]
-    fn given_up_transactions_time_out_at_their_next_timer() {
+    fn given_up_transactions_are_due_at_their_next_timer_as_given_up() {
         let table = ClientTransactions::new(Timers::RFC3261, 1 << 20);
         let t0 = Instant::now();
         for n in 1..=3 {
@@ -490,7 +501,7 @@ mod tests {
         assert_eq!(table.next_due(), Some(later), "before T1");
         let due = table.due(later);
         assert_eq!(due.len(), 3);
-        assert!(due.iter().all(|d| matches!(d, Due::TimedOut(_))), "{due:?}");
+        assert!(due.iter().all(|d| matches!(d, Due::GivenUp(_))), "{due:?}");
         assert!(table.is_empty());
         assert!(
             table.due(t0 + Duration::from_secs(60)).is_empty(),
@@ -514,6 +525,7 @@ mod tests {
                 match due {
                     Due::Retransmit(..) => resent.push(ms),
                     Due::TimedOut(_) => timed_out = Some(ms),
+                    Due::GivenUp(_) => panic!("nothing was given up"),
                 }
             }
         }

@@ -655,8 +655,9 @@ impl Core {
 
     /// The client transactions whose timers fired by `now`, each with the
     /// request it was relayed from: a request to send again (counted), or
-    /// for one that timed out the `408 Request Timeout` to its client
-    /// (logged, counted and recorded with rule `proxy.request-timeout`).
+    /// for one that timed out (or that a drain gave up) the `408 Request
+    /// Timeout` to its client (logged, counted and recorded with rule
+    /// `proxy.request-timeout`).
     pub fn client_transactions_due(&self, now: Instant) -> Vec<(Inbound, Outcome)> {
         self.client_transactions
             .due(now)
@@ -674,6 +675,10 @@ impl Core {
                 client_transactions::Due::TimedOut(inbound) => {
                     Metrics::inc(&self.metrics.client_transaction_timeouts);
                     let outcome = self.request_timeout(&inbound, now);
+                    (inbound, outcome)
+                }
+                client_transactions::Due::GivenUp(inbound) => {
+                    let outcome = self.drain_ran_out(&inbound, now);
                     (inbound, outcome)
                 }
             })

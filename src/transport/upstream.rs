@@ -257,6 +257,7 @@ impl UpstreamLink {
             connection: None,
             down: None,
             give_up_due: false,
+            gave_up: false,
         };
         tokio::spawn(task.run(waiting));
         Self {
@@ -326,6 +327,10 @@ struct LinkTask {
     down: Option<(Instant, Arc<dyn std::error::Error + Send + Sync>)>,
     /// A drain asked, while a write waited, to give up what is unanswered.
     give_up_due: bool,
+    /// A drain ran out and the link gave up: what a closing connection
+    /// leaves unanswered gets the drain's `408`, not a `503` inviting a
+    /// retry elsewhere while a callee may still ring.
+    gave_up: bool,
 }
 
 impl LinkTask {
@@ -445,14 +450,31 @@ impl LinkTask {
         }
     }
 
-    /// A drain ran out: answer `408` to every request still unanswered
-    /// (after taking the answers heard so far) but the calls that may be
-    /// ringing, and to every request still queued for the registrar; send
+    /// A drain ran out: write the responses and ACKs still queued for the
+    /// registrar; answer `408` to every request still unanswered (after
+    /// taking the answers heard so far) but the calls that may be ringing,
+    /// and to every request still queued; send
     /// the registrar a CANCEL for each call that may be ringing (RFC 3261
     /// 16.8, as Timer C would), whose final answer (`487`) is then
     /// relayed to its caller, or given up ([`Self::look_at_answers`]).
     /// `false`: the dispatcher is gone.
     async fn give_up(&mut self, waiting: &mut mpsc::UnboundedReceiver<Outgoing>) -> bool {
+        // What is queued goes first: a response (a callee's 2xx, which a
+        // proxy always forwards, RFC 3261 16.7 step 5) or an ACK is
+        // written, and before the CANCELs below, so that a call answered
+        // meanwhile is not cancelled; a request still queued is given up.
+        self.gave_up = true;
+        let mut queued_requests = Vec::new();
+        while let Ok(queued) = waiting.try_recv() {
+            self.backlog.remove(queued.bytes.len());
+            if queued.inbound.is_response() || queued.bytes.starts_with(b"ACK ") {
+                if !self.write_now(queued).await {
+                    return false;
+                }
+            } else {
+                queued_requests.push(queued.inbound);
+            }
+        }
         let (mut given_up, cancels) = match self.connection.as_mut() {
             Some(open) => {
                 let now = Instant::now();
@@ -462,10 +484,7 @@ impl LinkTask {
             None => (Vec::new(), Vec::new()),
         };
         self.cancel(cancels);
-        while let Ok(queued) = waiting.try_recv() {
-            self.backlog.remove(queued.bytes.len());
-            given_up.push(queued.inbound);
-        }
+        given_up.extend(queued_requests);
         if !given_up.is_empty() {
             warn!(
                 upstream = %self.addr,
@@ -544,10 +563,27 @@ impl LinkTask {
             }
             Err(e) => Err(e),
         };
+        self.sent(inbound, sent).await
+    }
+
+    /// Write `queued` on the open connection at once, without waiting for
+    /// room in its writer queue (a drain's end has no time to wait for a
+    /// registrar that stopped reading); what cannot be written goes back
+    /// to the dispatcher. `false`: the dispatcher is gone.
+    async fn write_now(&mut self, queued: Outgoing) -> bool {
+        let sent = match &self.connection {
+            Some(open) => (self.ctx.connections).send(open.id, self.addr, queued.bytes),
+            None => Err(SendError::UpstreamStopped(self.addr)),
+        };
+        self.sent(queued.inbound, sent).await
+    }
+
+    /// Count what `inbound` became: written to the connection's queue
+    /// (what `/readyz` counts as delivered, and `sipadmit_relayed_total`),
+    /// or back to the dispatcher as undelivered. `false`: the dispatcher
+    /// is gone.
+    async fn sent(&self, inbound: Inbound, sent: Result<(), SendError>) -> bool {
         match sent {
-            // Written to the connection's queue: what `/readyz` counts
-            // as delivered (a connect failure comes back below, as the
-            // undelivered messages).
             Ok(()) => {
                 self.ctx.metrics.note_upstream_sent();
                 if !inbound.from_registrar() {
@@ -630,6 +666,15 @@ impl LinkTask {
         if failed.is_empty() {
             info!(upstream = %self.addr, connection = %open.id, "upstream connection closed");
             return true;
+        }
+        if self.gave_up {
+            warn!(
+                upstream = %self.addr,
+                connection = %open.id,
+                requests = failed.len(),
+                "upstream connection closed after the drain ran out, with requests the registrar had not answered: they are answered 408"
+            );
+            return self.hand_back_given_up(failed).await;
         }
         let what = match (open.heard.messages(), self.transport) {
             (0, Transport::Tls) => "upstream connection closed before the registrar sent anything (client certificate refused?): its requests are answered 503",
@@ -1302,6 +1347,73 @@ mod tests {
         // The write that waited may find the writer queue full instead.
         assert!(given_up + 1 >= usize::from(REQUESTS), "{back:?}");
         assert_eq!((backlog.unanswered(), backlog.queued()), (0, 0));
+        ctx.shutdown.cancel();
+    }
+
+    /// At a drain's end, a response or an ACK still queued for the
+    /// registrar (a callee's 200) is written, not given up; a request
+    /// still queued is given up (408); and what a connection that closes
+    /// afterwards leaves unanswered is given up too, not failed with 503.
+    #[tokio::test]
+    async fn a_give_up_writes_the_queued_responses_and_gives_up_the_queued_requests() {
+        let registrar = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = registrar.local_addr().unwrap();
+        let (tx, mut events) = mpsc::channel(16);
+        let ctx = context(tx);
+        let mut task = LinkTask {
+            transport: Transport::Tcp,
+            tls: None,
+            addr,
+            local: "127.0.0.1:5060".parse().unwrap(),
+            settings: LinkSettings::DEFAULT,
+            backlog: Arc::new(UpstreamBacklog::new(1 << 20)),
+            ctx: ctx.clone(),
+            connection: None,
+            down: None,
+            give_up_due: false,
+            gave_up: false,
+        };
+        assert!(task.deliver(request(1)).await);
+        let (mut conn, _) = registrar.accept().await.unwrap();
+        assert_eq!(read_request(&mut conn).await, 1);
+        let (queue, mut waiting) = mpsc::unbounded_channel();
+        let mut callee_200 = outgoing(2);
+        callee_200.bytes = Bytes::from_static(
+            b"SIP/2.0 200 OK\r\nVia: SIP/2.0/TCP 127.0.0.1:5070;branch=z9hG4bKk\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n",
+        );
+        callee_200.inbound.bytes = callee_200.bytes.clone();
+        queue.send(callee_200).unwrap();
+        queue.send(request(3)).unwrap();
+        assert!(task.give_up(&mut waiting).await);
+        // Request 1 (written, unanswered) and 3 (queued) are given up.
+        let back = undelivered(&mut events, 2).await;
+        assert_eq!(back.iter().map(|(n, _)| *n).collect::<Vec<_>>(), [1, 3]);
+        assert!(back
+            .iter()
+            .all(|(_, e)| matches!(e, SendError::UpstreamGivenUp(_))));
+        // The 200 went to the registrar.
+        let mut written = vec![0u8; 4096];
+        let read = tokio::io::AsyncReadExt::read(&mut conn, &mut written);
+        let n = tokio::time::timeout(Duration::from_secs(5), read)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            written[..n].starts_with(b"SIP/2.0 200 OK"),
+            "{:?}",
+            &written[..n]
+        );
+        // A request written after (in dialog) and left unanswered by a
+        // connection that closes: given up, not failed with 503.
+        assert!(task.deliver(request(4)).await);
+        assert_eq!(read_request(&mut conn).await, 4);
+        drop(conn);
+        assert!(task.connection_ended().await);
+        let back = undelivered(&mut events, 1).await;
+        assert!(
+            matches!(back[..], [(4, SendError::UpstreamGivenUp(_))]),
+            "{back:?}"
+        );
         ctx.shutdown.cancel();
     }
 
