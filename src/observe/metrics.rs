@@ -365,8 +365,9 @@ pub struct Metrics {
     pub upstream_probes: AtomicU64,
     /// Answers of the registrar to those probes.
     pub upstream_probe_answers: AtomicU64,
-    /// CANCELs written to a TCP/TLS registrar for calls still ringing when
-    /// a drain ran out (`limits.drain_secs`).
+    /// CANCELs written to a TCP/TLS registrar for calls ringing when a
+    /// drain ran out (`limits.drain_secs`), or that start ringing in the
+    /// second after.
     pub upstream_cancels: AtomicU64,
     /// The registrar's answers to those CANCELs, any status (consumed
     /// here: a response to a CANCEL with sipadmit's Via alone).
@@ -1274,7 +1275,7 @@ const FAMILIES: [Family; 58] = [
     ),
     counter(
         "sipadmit_upstream_cancels_total",
-        "CANCELs sipadmit sent a TCP/TLS registrar for calls still ringing when a drain ran out (limits.drain_secs): their callers get the callee's 487, or 408.",
+        "CANCELs sipadmit sent a TCP/TLS registrar for calls ringing when a drain ran out (limits.drain_secs), or that start ringing in the second after: their callers get the callee's 487, or 408.",
         Samples::Atomic(|m| &m.upstream_cancels),
     ),
     counter(

@@ -14,7 +14,7 @@
 //!
 //! An INVITE is remembered with its CANCEL, and the reader notes the
 //! provisional answers to INVITEs too: when a drain runs out, a call the
-//! callee's side is ringing is cancelled ([`Unanswered::cancel_ringing`])
+//! callee's side is ringing is cancelled ([`Unanswered::cancel_calls`])
 //! rather than left ringing at a registrar that can no longer reach its
 //! caller through this instance (RFC 3261 16.8, as Timer C would).
 
@@ -147,6 +147,16 @@ enum Answer {
         /// (RFC 3261 9.1).
         invite: bool,
     },
+}
+
+impl Opened {
+    /// For a client's CANCEL, the INVITE it cancels.
+    pub fn cancels(&self) -> Option<TransactionKey> {
+        match self.invite {
+            Some(Call::Cancel(invite)) => Some(invite),
+            _ => None,
+        }
+    }
 }
 
 /// What a request written to the registrar opens ([`TransactionKey::opened_by`]).
@@ -324,21 +334,14 @@ pub struct Unanswered {
 impl Unanswered {
     /// `inbound`'s request is written at `now`, opening `opened`; a copy
     /// is kept. `false`: not remembered now (full, or the transaction's
-    /// first copy is kept: a retransmission). The client's CANCEL of a
-    /// remembered INVITE leaves the cancelling to it.
+    /// first copy is kept: a retransmission).
     pub fn written(&mut self, opened: Opened, inbound: &Inbound, now: Instant) -> bool {
         if self.written.contains_key(&opened.key) {
             return false;
         }
         let (invite, cancel) = match opened.invite {
             Some(Call::Invite(cancel)) => (true, cancel),
-            Some(Call::Cancel(invite)) => {
-                if let Some(w) = self.written.get_mut(&invite) {
-                    w.take_cancel(&mut self.tally);
-                }
-                (false, None)
-            }
-            None => (false, None),
+            Some(Call::Cancel(_)) | None => (false, None),
         };
         let written = Written {
             order: self.next_order + 1,
@@ -367,6 +370,15 @@ impl Unanswered {
         self.tally.add(&written);
         self.written.insert(opened.key, written);
         true
+    }
+
+    /// The client's CANCEL of the INVITE written as `invite` was written:
+    /// that call is the client's to cancel, and sipadmit sends no CANCEL
+    /// of its own (it would match the client's, RFC 3261 9.1).
+    pub fn cancelled_by_client(&mut self, invite: TransactionKey) {
+        if let Some(w) = self.written.get_mut(&invite) {
+            w.take_cancel(&mut self.tally);
+        }
     }
 
     /// Forget the requests `heard` says the registrar answered, and note
@@ -746,7 +758,11 @@ mod tests {
             assert!(heard.message(&response(180, "INVITE", branch)));
         }
         // The caller of the fourth cancelled it already: its CANCEL is its own.
-        write(&mut unanswered, request("CANCEL", "z9hG4bKr4"), now);
+        let cancel = request("CANCEL", "z9hG4bKr4");
+        let opened = TransactionKey::opened_by(&cancel).unwrap();
+        let invite = opened.cancels().expect("a CANCEL names its INVITE");
+        assert!(unanswered.written(opened, &inbound(cancel), now));
+        unanswered.cancelled_by_client(invite);
         unanswered.answered(&heard);
         let branch_of = |c: &Bytes| {
             let view = SipView::parse(c.clone()).unwrap();

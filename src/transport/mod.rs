@@ -386,13 +386,15 @@ enum Reach {
 
 impl UdpListener {
     /// `socket`, advertised at `local`; what it reaches is read from the
-    /// socket (its family, and for IPv6 whether it is dual-stack).
+    /// socket: its family, and for one bound to `[::]` whether it is
+    /// dual-stack (one bound to a given IPv6 address reaches IPv6 only,
+    /// whatever IPV6_V6ONLY says).
     pub fn new(socket: Arc<UdpSocket>, local: LocalAddr) -> Self {
         let v6only = || socket2::SockRef::from(&*socket).only_v6().unwrap_or(true);
         let reach = match socket.local_addr() {
             Ok(SocketAddr::V4(_)) => Reach::V4,
-            Ok(SocketAddr::V6(_)) if v6only() => Reach::V6,
-            Ok(SocketAddr::V6(_)) => Reach::Both,
+            Ok(SocketAddr::V6(v6)) if v6.ip().is_unspecified() && !v6only() => Reach::Both,
+            Ok(SocketAddr::V6(_)) => Reach::V6,
             Err(_) if local.is_ipv4() => Reach::V4,
             Err(_) => Reach::V6,
         };
@@ -592,6 +594,23 @@ mod tests {
             Some("127.0.0.2:5062".parse().unwrap())
         );
         assert_eq!(v4.address_for("[::1]:5062".parse().unwrap()), None);
+        // A socket bound to a given IPv6 address reaches IPv6 only, even
+        // with IPV6_V6ONLY off (as sipadmit binds every IPv6 socket).
+        let socket =
+            socket2::Socket::new(socket2::Domain::IPV6, socket2::Type::DGRAM, None).unwrap();
+        socket.set_only_v6(false).unwrap();
+        socket.set_nonblocking(true).unwrap();
+        socket
+            .bind(&"[::1]:0".parse::<SocketAddr>().unwrap().into())
+            .unwrap();
+        let local = LocalAddr(socket.local_addr().unwrap().as_socket().unwrap());
+        let loopback6 =
+            UdpListener::new(Arc::new(UdpSocket::from_std(socket.into()).unwrap()), local);
+        assert_eq!(
+            loopback6.address_for("127.0.0.2:5062".parse().unwrap()),
+            None
+        );
+        assert_eq!(loopback6.address_for(mapped), None);
     }
 
     #[test]

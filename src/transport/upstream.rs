@@ -51,7 +51,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::answers::{Heard, TransactionKey, Unanswered};
+use super::answers::{Heard, Opened, TransactionKey, Unanswered};
 use super::connections::WriteQueue;
 use super::stream::{self, ConnectionInfo, Spawned};
 use super::tls::{ClientTls, HandshakeError};
@@ -466,16 +466,20 @@ impl LinkTask {
         self.gave_up = true;
         let mut queued_requests = Vec::new();
         while let Ok(queued) = waiting.try_recv() {
+            let is_request = !(queued.inbound.is_response() || queued.bytes.starts_with(b"ACK "));
+            if is_request {
+                // Counted as handed back before it leaves the queue (see
+                // `hand_back_given_up`).
+                self.backlog.handing_back(1);
+            }
             self.backlog.remove(queued.bytes.len());
-            if queued.inbound.is_response() || queued.bytes.starts_with(b"ACK ") {
-                if !self.write_now(queued).await {
-                    return false;
-                }
-            } else {
+            if is_request {
                 queued_requests.push(queued.inbound);
+            } else if !self.write_now(queued).await {
+                return false;
             }
         }
-        let (mut given_up, cancels) = match self.connection.as_mut() {
+        let (given_up, cancels) = match self.connection.as_mut() {
             Some(open) => {
                 let now = Instant::now();
                 let given_up = open.unanswered.give_up_all_but_calls(&open.heard, now);
@@ -484,15 +488,18 @@ impl LinkTask {
             None => (Vec::new(), Vec::new()),
         };
         self.cancel(cancels);
-        given_up.extend(queued_requests);
-        if !given_up.is_empty() {
+        if !given_up.is_empty() || !queued_requests.is_empty() {
             warn!(
                 upstream = %self.addr,
-                requests = given_up.len(),
+                requests = given_up.len() + queued_requests.len(),
                 "the drain ran out with requests the registrar had not answered: they are answered 408"
             );
         }
-        self.hand_back_given_up(given_up).await
+        self.hand_back_given_up(given_up).await && {
+            let upstream = self.addr;
+            self.hand_back(queued_requests, || SendError::UpstreamGivenUp(upstream))
+                .await
+        }
     }
 
     /// Write the CANCELs of calls ringing at a drain's end on the open
@@ -543,6 +550,7 @@ impl LinkTask {
             Ok(()) => {
                 // Remembered before the bytes can reach the registrar: its
                 // answer may be read before the write returns.
+                let cancels = opens.as_ref().and_then(Opened::cancels);
                 let remembered = match (self.connection.as_mut(), opens) {
                     (Some(open), Some(opened)) => {
                         open.unanswered.answered(&open.heard);
@@ -554,9 +562,15 @@ impl LinkTask {
                     _ => None,
                 };
                 let sent = self.write(bytes).await;
-                if let (Err(_), Some(open), Some(key)) = (&sent, &mut self.connection, remembered) {
-                    // It comes back as undelivered below, failed once.
-                    open.unanswered.forget(key);
+                if let Some(open) = self.connection.as_mut() {
+                    match (&sent, remembered, cancels) {
+                        // It comes back as undelivered below, failed once.
+                        (Err(_), Some(key), _) => open.unanswered.forget(key),
+                        // The client's CANCEL is on its way: its call is
+                        // its own to cancel.
+                        (Ok(()), _, Some(invite)) => open.unanswered.cancelled_by_client(invite),
+                        _ => {}
+                    }
                 }
                 self.publish_awaited();
                 sent
@@ -650,6 +664,11 @@ impl LinkTask {
             );
         }
         let failed = open.unanswered.take_waiting(Instant::now());
+        if self.gave_up {
+            // Counted as handed back before they stop counting as
+            // unanswered (see `hand_back_given_up`).
+            self.backlog.handing_back(failed.len());
+        }
         self.publish_awaited();
         if self.ctx.shutdown.is_cancelled() {
             // Nothing is answered any more: say so, not that 503s go out.
@@ -674,7 +693,10 @@ impl LinkTask {
                 requests = failed.len(),
                 "upstream connection closed after the drain ran out, with requests the registrar had not answered: they are answered 408"
             );
-            return self.hand_back_given_up(failed).await;
+            let upstream = self.addr;
+            return self
+                .hand_back(failed, || SendError::UpstreamGivenUp(upstream))
+                .await;
         }
         let what = match (open.heard.messages(), self.transport) {
             (0, Transport::Tls) => "upstream connection closed before the registrar sent anything (client certificate refused?): its requests are answered 503",
