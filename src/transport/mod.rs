@@ -543,19 +543,25 @@ impl Senders {
 mod tests {
     use super::*;
 
-    /// A `[::]` listener advertised at an IPv4 address (the one facing an
-    /// IPv4 registrar) still answers its IPv6 clients and its IPv4 ones
-    /// (which arrive IPv4-mapped); an IPv4 listener unmaps.
-    #[tokio::test]
-    async fn a_dual_stack_listener_reaches_both_families_whatever_it_advertises() {
+    /// An IPv6 UDP socket bound to `addr` as sipadmit binds one
+    /// (IPV6_V6ONLY off).
+    fn ipv6_socket(addr: &str) -> Arc<UdpSocket> {
         let socket =
             socket2::Socket::new(socket2::Domain::IPV6, socket2::Type::DGRAM, None).unwrap();
         socket.set_only_v6(false).unwrap();
         socket.set_nonblocking(true).unwrap();
         socket
-            .bind(&"[::]:0".parse::<SocketAddr>().unwrap().into())
+            .bind(&addr.parse::<SocketAddr>().unwrap().into())
             .unwrap();
-        let socket = Arc::new(UdpSocket::from_std(socket.into()).unwrap());
+        Arc::new(UdpSocket::from_std(socket.into()).unwrap())
+    }
+
+    /// A `[::]` listener advertised at an IPv4 address (the one facing an
+    /// IPv4 registrar) still answers its IPv6 clients and its IPv4 ones
+    /// (which arrive IPv4-mapped); an IPv4 listener unmaps.
+    #[tokio::test]
+    async fn a_dual_stack_listener_reaches_both_families_whatever_it_advertises() {
+        let socket = ipv6_socket("[::]:0");
         let port = socket.local_addr().unwrap().port();
         let listener =
             UdpListener::new(socket, LocalAddr(SocketAddr::from(([127, 0, 0, 1], port))));
@@ -596,20 +602,9 @@ mod tests {
         assert_eq!(v4.address_for("[::1]:5062".parse().unwrap()), None);
         // A socket bound to a given IPv6 address reaches IPv6 only, even
         // with IPV6_V6ONLY off (as sipadmit binds every IPv6 socket).
-        let socket =
-            socket2::Socket::new(socket2::Domain::IPV6, socket2::Type::DGRAM, None).unwrap();
-        socket.set_only_v6(false).unwrap();
-        socket.set_nonblocking(true).unwrap();
-        socket
-            .bind(&"[::1]:0".parse::<SocketAddr>().unwrap().into())
-            .unwrap();
-        let local = LocalAddr(socket.local_addr().unwrap().as_socket().unwrap());
-        let loopback6 =
-            UdpListener::new(Arc::new(UdpSocket::from_std(socket.into()).unwrap()), local);
-        assert_eq!(
-            loopback6.address_for("127.0.0.2:5062".parse().unwrap()),
-            None
-        );
+        let socket = ipv6_socket("[::1]:0");
+        let local = LocalAddr(socket.local_addr().unwrap());
+        let loopback6 = UdpListener::new(socket, local);
         assert_eq!(loopback6.address_for(mapped), None);
     }
 

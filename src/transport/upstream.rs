@@ -686,22 +686,11 @@ impl LinkTask {
             info!(upstream = %self.addr, connection = %open.id, "upstream connection closed");
             return true;
         }
-        if self.gave_up {
-            warn!(
-                upstream = %self.addr,
-                connection = %open.id,
-                requests = failed.len(),
-                "upstream connection closed after the drain ran out, with requests the registrar had not answered: they are answered 408"
-            );
-            let upstream = self.addr;
-            return self
-                .hand_back(failed, || SendError::UpstreamGivenUp(upstream))
-                .await;
-        }
-        let what = match (open.heard.messages(), self.transport) {
-            (0, Transport::Tls) => "upstream connection closed before the registrar sent anything (client certificate refused?): its requests are answered 503",
-            (0, _) => "upstream connection closed before the registrar sent anything: its requests are answered 503",
-            _ => "upstream connection closed with requests the registrar had not answered: they are answered 503",
+        let what = match (self.gave_up, open.heard.messages(), self.transport) {
+            (true, ..) => "upstream connection closed after the drain ran out, with requests the registrar had not answered: they are answered 408",
+            (false, 0, Transport::Tls) => "upstream connection closed before the registrar sent anything (client certificate refused?): its requests are answered 503",
+            (false, 0, _) => "upstream connection closed before the registrar sent anything: its requests are answered 503",
+            (false, ..) => "upstream connection closed with requests the registrar had not answered: they are answered 503",
         };
         warn!(
             upstream = %self.addr,
@@ -709,9 +698,12 @@ impl LinkTask {
             requests = failed.len(),
             "{what}"
         );
-        let upstream = self.addr;
-        self.hand_back(failed, || SendError::UpstreamClosedUnanswered(upstream))
-            .await
+        let (upstream, gave_up) = (self.addr, self.gave_up);
+        self.hand_back(failed, || match gave_up {
+            true => SendError::UpstreamGivenUp(upstream),
+            false => SendError::UpstreamClosedUnanswered(upstream),
+        })
+        .await
     }
 
     /// Make sure a connection is open: the open one, or a new one.
