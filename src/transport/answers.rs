@@ -103,16 +103,6 @@ impl TransactionKey {
         Some(opened)
     }
 
-    /// The transaction a final response (`200` to `699`) from the
-    /// registrar ends. `None`: a provisional response, a request, or no
-    /// branch in its top Via.
-    pub fn ended_by(message: &Bytes) -> Option<Self> {
-        match Self::answered_by(message)? {
-            (key, Answer::Final { .. }) => Some(key),
-            (_, Answer::Provisional { .. }) => None,
-        }
-    }
-
     /// The transaction a response from the registrar answers, and how.
     /// `None`: a request, or no branch in its top Via.
     fn answered_by(message: &Bytes) -> Option<(Self, Answer)> {
@@ -544,6 +534,16 @@ impl Unanswered {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The transaction a final response (`200` to `699`) from the
+    /// registrar ends. `None`: a provisional response, a request, or no
+    /// branch in its top Via.
+    fn ended_by(message: &Bytes) -> Option<TransactionKey> {
+        match TransactionKey::answered_by(message)? {
+            (key, Answer::Final { .. }) => Some(key),
+            (_, Answer::Provisional { .. }) => None,
+        }
+    }
     use crate::transport::Transport;
     use crate::vocabulary::{Leg, LocalAddr, PeerAddr};
 
@@ -589,40 +589,25 @@ mod tests {
         let key = |m: Bytes| TransactionKey::opened_by(&m).map(|o| o.key);
         let register = key(request("REGISTER", "z9hG4bKa"));
         assert!(register.is_some());
+        assert_eq!(ended_by(&response(200, "REGISTER", "z9hG4bKa")), register);
         assert_eq!(
-            TransactionKey::ended_by(&response(200, "REGISTER", "z9hG4bKa")),
-            register
-        );
-        assert_eq!(
-            TransactionKey::ended_by(&response(100, "REGISTER", "z9hG4bKa")),
+            ended_by(&response(100, "REGISTER", "z9hG4bKa")),
             None,
             "a provisional response ends nothing"
         );
-        assert_ne!(
-            TransactionKey::ended_by(&response(200, "REGISTER", "z9hG4bKb")),
-            register
-        );
+        assert_ne!(ended_by(&response(200, "REGISTER", "z9hG4bKb")), register);
         // A CANCEL shares its INVITE's branch but is a transaction of its own.
         let invite = key(request("INVITE", "z9hG4bKi"));
         let cancel = key(request("CANCEL", "z9hG4bKi"));
         assert_ne!(invite, cancel);
-        assert_eq!(
-            TransactionKey::ended_by(&response(200, "CANCEL", "z9hG4bKi")),
-            cancel
-        );
-        assert_eq!(
-            TransactionKey::ended_by(&response(487, "INVITE", "z9hG4bKi")),
-            invite
-        );
+        assert_eq!(ended_by(&response(200, "CANCEL", "z9hG4bKi")), cancel);
+        assert_eq!(ended_by(&response(487, "INVITE", "z9hG4bKi")), invite);
         assert_eq!(key(request("ACK", "z9hG4bKi")), None);
         // Methods are case-sensitive: `cancel` is no CANCEL, on either side.
         assert_eq!(key(request("cancel", "z9hG4bKi")), invite);
+        assert_eq!(ended_by(&response(200, "cancel", "z9hG4bKi")), invite);
         assert_eq!(
-            TransactionKey::ended_by(&response(200, "cancel", "z9hG4bKi")),
-            invite
-        );
-        assert_eq!(
-            TransactionKey::ended_by(&request("OPTIONS", "z9hG4bKo")),
+            ended_by(&request("OPTIONS", "z9hG4bKo")),
             None,
             "a request from the registrar ends nothing"
         );
@@ -635,7 +620,7 @@ mod tests {
             b"SIP/2.0 200 OK\r\nCSeq: 1 REGISTER\r\nv: SIP/2.0/TCP 192.0.2.1\r\n ;branch=z9hG4bKf, SIP/2.0/UDP b\r\nContent-Length: 0\r\n\r\n",
         );
         let register = TransactionKey::opened_by(&request("REGISTER", "z9hG4bKf"));
-        assert_eq!(TransactionKey::ended_by(&folded), register.map(|o| o.key));
+        assert_eq!(ended_by(&folded), register.map(|o| o.key));
     }
 
     #[test]
