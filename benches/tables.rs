@@ -69,6 +69,7 @@ fn flow() -> Flow {
         transport: Transport::Udp,
         peer: "127.0.0.1:40000".parse().expect("literal"),
         connection: None,
+        local: Some(DETACHED_ADDRESS),
         client: "lync-2013".into(),
     }
 }

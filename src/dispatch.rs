@@ -600,14 +600,19 @@ async fn not_delivered(
 }
 
 /// Mirror (HEP) a message handed to the transport for `to`: from the
-/// address it arrived at when it goes back to its source, else from the
-/// address sipadmit advertises for the transport it leaves on.
+/// address it arrived at when it goes back to its source, from the UDP
+/// listener it leaves from toward a UDP flow, else from the address
+/// sipadmit advertises for the transport it leaves on.
 fn mirror_sent(senders: &Senders, inbound: &Inbound, to: &Destination, bytes: &bytes::Bytes) {
     if !senders.hep.mirrors_messages() {
         return;
     }
     let (transport, local, peer) = match to {
         Destination::Source => (inbound.transport, Some(inbound.local), inbound.source.0),
+        Destination::Flow(flow) if flow.transport == Transport::Udp => {
+            let listener = senders.udp_listener_for(flow.local, flow.peer);
+            (flow.transport, listener.map(|(l, _)| l.local), flow.peer)
+        }
         Destination::Flow(flow) => (flow.transport, None, flow.peer),
         Destination::Upstream => (senders.upstream.transport(), None, senders.upstream.addr()),
     };
@@ -655,7 +660,8 @@ async fn carry_out(
             // write another instance's flow onto a connection of ours.
             _ => Err(SendError::ForeignFlow(flow.peer)),
         },
-        Destination::Flow(flow) => senders.send_datagram(None, flow.peer, &bytes).await,
+        // From the listener the client sent to, when the flow names it.
+        Destination::Flow(flow) => senders.send_datagram(flow.local, flow.peer, &bytes).await,
         Destination::Upstream => senders.send_upstream(bytes, inbound).await,
     };
     result.map_err(|e| (to, e))

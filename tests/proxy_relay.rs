@@ -392,8 +392,10 @@ fn offer(
         .map(|r| format!("Route: <{r}>\r\n"))
         .unwrap_or_default();
     let me = upstream.local_addr().unwrap();
+    // Routed by Path or by registration: two transactions.
+    let by = if route.is_empty() { "reg" } else { "path" };
     let invite = format!(
-        "INVITE sip:{user}@{contact} SIP/2.0\r\n{route}Via: SIP/2.0/UDP {me};branch=z9hG4bK-kam-{user}\r\nVia: SIP/2.0/UDP 127.0.0.1:5071;branch=z9hG4bK-rgs\r\nMax-Forwards: 69\r\nFrom: <sip:helpdesk@contoso.com>;tag=rgs\r\nTo: <sip:{user}@contoso.com>\r\nCall-ID: offer-{user}\r\nCSeq: 1 INVITE\r\nContact: <sip:rgs@127.0.0.1:5071>\r\nUser-Agent: {RGS}\r\nContent-Length: 0\r\n\r\n"
+        "INVITE sip:{user}@{contact} SIP/2.0\r\n{route}Via: SIP/2.0/UDP {me};branch=z9hG4bK-kam-{user}-{by}\r\nVia: SIP/2.0/UDP 127.0.0.1:5071;branch=z9hG4bK-rgs\r\nMax-Forwards: 69\r\nFrom: <sip:helpdesk@contoso.com>;tag=rgs\r\nTo: <sip:{user}@contoso.com>\r\nCall-ID: offer-{user}\r\nCSeq: 1 INVITE\r\nContact: <sip:rgs@127.0.0.1:5071>\r\nUser-Agent: {RGS}\r\nContent-Length: 0\r\n\r\n"
     );
     upstream.send_to(invite.as_bytes(), to).unwrap();
 }
@@ -1329,6 +1331,73 @@ fn local_answers_leave_from_the_udp_socket_the_request_arrived_on() {
         assert!(resp.starts_with("SIP/2.0 483 "), "{resp}");
         assert_eq!(from, *listener, "answered from the socket it was sent to");
     }
+}
+
+/// RFC 3581 4: what is relayed to a UDP client (the registrar's answer to
+/// its REGISTER, the registrar's requests along its Path or found by its
+/// registration) leaves from the listener the client sent to, not from the
+/// first listener: a client behind NAT takes nothing else.
+#[test]
+fn relayed_messages_leave_from_the_udp_listener_the_client_sent_to() {
+    let upstream = udp("127.0.0.1");
+    let up = upstream.local_addr().unwrap();
+    let proxy = TestProxy::start_listening(
+        CONFIG,
+        vec![
+            "udp:127.0.0.1:0".into(),
+            "udp:127.0.0.1:0".into(),
+            "tcp:127.0.0.1:0".into(),
+        ],
+        &format!("udp:{up}"),
+    );
+    let listeners: Vec<SocketAddr> = proxy.addresses.iter().map(|(_, a)| *a).collect();
+    let (first, second) = (listeners[0], listeners[1]);
+    assert_eq!(proxy.udp, first);
+    let agent = udp("127.0.0.1");
+    let me = agent.local_addr().unwrap();
+    let register = Msg::new("REGISTER", "sip:contoso.com", "agent-nat", LYNC).render(me);
+    agent.send_to(register.as_bytes(), second).unwrap();
+    let (relayed, _) = recv(&upstream);
+    answer(
+        &upstream,
+        &relayed,
+        first,
+        "200 OK",
+        &format!("Contact: <sip:agent-nat@{me}>;expires=300\r\n"),
+    );
+    let (ok, from) = recv(&agent);
+    assert!(ok.starts_with("SIP/2.0 200"), "{ok}");
+    assert_eq!(
+        from, second,
+        "the 200 left from the listener the REGISTER came in on"
+    );
+
+    let path = header(&relayed, "Path")[0]
+        .trim_matches(|c| c == '<' || c == '>')
+        .to_owned();
+    offer(&upstream, first, "agent-nat", me, Some(&path));
+    let (invite, from) = recv(&agent);
+    assert!(invite.starts_with("INVITE sip:agent-nat@"), "{invite}");
+    assert_eq!(
+        from, second,
+        "the offer along the Path left from the client's listener"
+    );
+    // Found by the registration (no Path route): the same listener.
+    let mut again = common::sip_stream::uas_response(&invite, "486 Busy Here", "agent", "");
+    agent.send_to(again.as_bytes(), second).unwrap();
+    let (busy, _) = recv(&upstream);
+    assert!(busy.starts_with("SIP/2.0 486 "), "{busy}");
+    offer(&upstream, first, "agent-nat", me, None);
+    let (invite, from) = recv(&agent);
+    assert!(invite.starts_with("INVITE sip:agent-nat@"), "{invite}");
+    assert_eq!(
+        from, second,
+        "the offer by registration left from the client's listener"
+    );
+    again = common::sip_stream::uas_response(&invite, "486 Busy Here", "agent", "");
+    agent.send_to(again.as_bytes(), second).unwrap();
+    let (busy, _) = recv(&upstream);
+    assert!(busy.starts_with("SIP/2.0 486 "), "{busy}");
 }
 
 /// Issue 18, item 4: with the IPv6 listener listed first and an IPv4

@@ -27,6 +27,9 @@ fn twenty_thousand_registers_of_600_contacts_are_accounted_for_and_bounded() {
         transport: Transport::Udp,
         peer: "127.0.0.1:5062".parse().unwrap(),
         connection: None,
+        local: Some(sipadmit::proxy::LocalAddr(
+            "127.0.0.1:5060".parse().unwrap(),
+        )),
         client: "lync-2013".into(),
     };
     let contacts: Vec<String> = (0..600)

@@ -204,7 +204,7 @@ pub struct RawLimits {
     pub udp_send_buffer_bytes: usize,
     /// Bytes the client transactions of requests that arrive over TCP/TLS
     /// and leave over UDP may hold (both copies of each request and about
-    /// 700 bytes more), at least 65536; a request that finds no room is
+    /// 770 bytes more), at least 65536; a request that finds no room is
     /// relayed once without retransmissions (counted). Default 67108864
     /// (64 MiB).
     pub client_transaction_bytes: usize,

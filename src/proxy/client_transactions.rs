@@ -648,12 +648,12 @@ mod tests {
     }
 
     /// The per-transaction overhead the config reference gives ("about
-    /// 700 bytes" beyond the two copies of the request, 64-bit).
+    /// 770 bytes" beyond the two copies of the request, 64-bit).
     #[test]
     #[cfg(target_pointer_width = "64")]
     fn a_transaction_costs_its_two_messages_and_about_700_bytes() {
         let overhead = ENTRY_OVERHEAD + TIMER_BYTES;
-        assert!((650..=750).contains(&overhead), "{overhead}");
+        assert!((720..=820).contains(&overhead), "{overhead}");
         let table = ClientTransactions::new(Timers::RFC3261, 1 << 20);
         table.start(
             transaction(key(1, TransactionMethod::Other), 600),

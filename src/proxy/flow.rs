@@ -17,8 +17,10 @@
 //! A stream flow is named by its [`FlowId`]: the boot id of the instance
 //! holding the connection and the connection's id there, so that a token
 //! outliving its process (a restart) or read by another instance of a pool
-//! never names someone else's connection. A UDP flow is its address alone:
-//! any instance can send to it.
+//! never names someone else's connection. A UDP flow is its address and
+//! the listener the client sent to: any instance can send to it, and the
+//! one holding that listener sends from it (RFC 3581 4: a client behind
+//! NAT takes only datagrams from the address it sent to).
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -26,6 +28,7 @@ use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 
 use crate::transport::{BootId, ConnectionId, FlowId, Transport};
+use crate::vocabulary::LocalAddr;
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -81,6 +84,13 @@ pub struct Flow {
     /// instance holding it. `None` for UDP (and only for UDP: a decoded
     /// stream flow always has one).
     pub connection: Option<FlowId>,
+    /// For UDP: the listener the client's datagrams arrive at, as
+    /// advertised; what goes to the client leaves from it. `None` for
+    /// stream flows (the connection says it), and for a UDP flow whose
+    /// listener is unknown (a token of a version before 2026-12-06, a
+    /// flow found by the Request-URI's address): it then leaves from the
+    /// first listener that reaches the client.
+    pub local: Option<LocalAddr>,
     /// Catalog id of the client that used this flow.
     pub client: String,
 }
@@ -218,16 +228,17 @@ impl FlowSigner {
     pub fn encode(&self, purpose: Purpose, flow: &Flow) -> Token {
         let mut payload = Payload::default();
         payload.put(&[purpose.byte()]);
-        payload.put(&[match flow.transport {
-            Transport::Udp => b'u',
-            Transport::Tcp => b't',
-            Transport::Tls => b's',
+        let local = flow.local.filter(|_| flow.transport == Transport::Udp);
+        payload.put(&[match (flow.transport, local) {
+            (Transport::Udp, None) => b'u',
+            (Transport::Udp, Some(_)) => b'U',
+            (Transport::Tcp, _) => b't',
+            (Transport::Tls, _) => b's',
         }]);
-        match flow.peer.ip() {
-            IpAddr::V4(v4) => payload.put(&[4]).put(&v4.octets()),
-            IpAddr::V6(v6) => payload.put(&[6]).put(&v6.octets()),
-        };
-        payload.put(&flow.peer.port().to_be_bytes());
+        payload.put_addr(flow.peer);
+        if let Some(local) = local {
+            payload.put_addr(local.0);
+        }
         if flow.transport.is_stream() {
             // A stream flow without an id encodes connection 0, which no
             // decoder accepts.
@@ -262,18 +273,19 @@ impl FlowSigner {
         let verified = self.verify(payload, mac).ok_or(TokenError::BadSignature)?;
         let mut reader = Reader(payload);
         let purpose = Purpose::from_byte(reader.byte()?).ok_or(TokenError::Malformed)?;
-        let transport = match reader.byte()? {
-            b'u' => Transport::Udp,
-            b't' => Transport::Tcp,
-            b's' => Transport::Tls,
+        let (transport, with_local) = match reader.byte()? {
+            b'u' => (Transport::Udp, false),
+            b'U' => (Transport::Udp, true),
+            b't' => (Transport::Tcp, false),
+            b's' => (Transport::Tls, false),
             _ => return Err(TokenError::Malformed),
         };
-        let ip: IpAddr = match reader.byte()? {
-            4 => IpAddr::from(reader.array::<4>()?),
-            6 => IpAddr::from(reader.array::<16>()?),
-            _ => return Err(TokenError::Malformed),
+        let peer = reader.addr()?;
+        let local = if with_local {
+            Some(LocalAddr(reader.addr()?))
+        } else {
+            None
         };
-        let port = u16::from_be_bytes(reader.array()?);
         let connection = if transport.is_stream() {
             let boot = BootId::from_u64(u64::from_be_bytes(reader.array()?));
             let connection = ConnectionId::new(u64::from_be_bytes(reader.array()?))
@@ -285,8 +297,9 @@ impl FlowSigner {
         let client = std::str::from_utf8(reader.0).map_err(|_| TokenError::Malformed)?;
         let flow = Flow {
             transport,
-            peer: SocketAddr::new(ip, port),
+            peer,
             connection,
+            local,
             client: client.to_owned(),
         };
         Ok((purpose, flow, verified))
@@ -295,10 +308,11 @@ impl FlowSigner {
 
 /// Smallest token: purpose, transport, IPv4 family and address, port, MAC.
 const MIN_TOKEN_BYTES: usize = 1 + 1 + 1 + 4 + 2 + MAC_BYTES;
-/// Largest token: purpose, transport, IPv6 family and address, port, boot
-/// and connection ids, the longest client id, MAC (111 bytes, 222 hex
-/// digits). A longer text is no token of ours.
-const MAX_TOKEN_BYTES: usize = 1 + 1 + 1 + 16 + 2 + 8 + 8 + MAX_CLIENT_ID_BYTES + MAC_BYTES;
+/// Largest token: purpose, transport, IPv6 family, address and port of
+/// the client and of the listener (a UDP flow; a stream flow's boot and
+/// connection ids take 16 bytes, less), the longest client id, MAC (114
+/// bytes, 228 hex digits). A longer text is no token of ours.
+const MAX_TOKEN_BYTES: usize = 1 + 1 + 2 * (1 + 16 + 2) + MAX_CLIENT_ID_BYTES + MAC_BYTES;
 
 /// Reads a token payload front to back.
 struct Reader<'a>(&'a [u8]);
@@ -308,6 +322,16 @@ impl Reader<'_> {
         let (&first, rest) = self.0.split_first().ok_or(TokenError::Malformed)?;
         self.0 = rest;
         Ok(first)
+    }
+
+    /// An address as [`Payload::put_addr`] wrote it.
+    fn addr(&mut self) -> Result<SocketAddr, TokenError> {
+        let ip: IpAddr = match self.byte()? {
+            4 => IpAddr::from(self.array::<4>()?),
+            6 => IpAddr::from(self.array::<16>()?),
+            _ => return Err(TokenError::Malformed),
+        };
+        Ok(SocketAddr::new(ip, u16::from_be_bytes(self.array()?)))
     }
 
     fn array<const N: usize>(&mut self) -> Result<[u8; N], TokenError> {
@@ -343,6 +367,15 @@ impl Payload {
         self.bytes[self.len..end].copy_from_slice(bytes);
         self.len = end;
         self
+    }
+
+    /// Append an address: its family (4 or 6), its octets, its port.
+    fn put_addr(&mut self, addr: SocketAddr) -> &mut Self {
+        match addr.ip() {
+            IpAddr::V4(v4) => self.put(&[4]).put(&v4.octets()),
+            IpAddr::V6(v6) => self.put(&[6]).put(&v6.octets()),
+        };
+        self.put(&addr.port().to_be_bytes())
     }
 
     fn bytes(&self) -> &[u8] {
@@ -423,6 +456,7 @@ mod tests {
                 boot: BootId::from_u64(0x0123_4567_89ab_cdef),
                 connection: ConnectionId::new(42).unwrap(),
             }),
+            local: None,
             client: "lync-mobile".into(),
         }
     }
@@ -440,7 +474,18 @@ mod tests {
                 ..f
             };
             let token = s.encode(Purpose::Via, &udp);
-            assert_eq!(s.decode(token.as_bytes()), Ok((Purpose::Via, udp)));
+            assert_eq!(s.decode(token.as_bytes()), Ok((Purpose::Via, udp.clone())));
+            for local in ["192.0.2.9:5060", "[2001:db8::9]:5062"] {
+                let with_listener = Flow {
+                    local: Some(LocalAddr(local.parse().unwrap())),
+                    ..udp.clone()
+                };
+                let token = s.encode(Purpose::Path, &with_listener);
+                assert_eq!(
+                    s.decode(token.as_bytes()),
+                    Ok((Purpose::Path, with_listener))
+                );
+            }
             let tls = Flow {
                 transport: Transport::Tls,
                 ..flow(peer)
@@ -454,9 +499,50 @@ mod tests {
     }
 
     #[test]
+    fn a_stream_flow_names_no_listener_and_a_token_without_one_still_decodes() {
+        let s = FlowSigner::new(b"0123456789abcdef");
+        // A stream flow's connection says where it goes: a listener given
+        // to one is not written.
+        let stream = Flow {
+            local: Some(LocalAddr("192.0.2.9:5060".parse().unwrap())),
+            ..flow("192.0.2.1:5060")
+        };
+        let token = s.encode(Purpose::Path, &stream);
+        assert_eq!(s.encode(Purpose::Path, &flow("192.0.2.1:5060")), token);
+        assert_eq!(s.decode(token.as_bytes()).unwrap().1.local, None);
+        // A UDP token of the form before the listener was named (the
+        // transport byte 'u'; a REGISTER's Path lives at the registrar for
+        // as long as the binding) decodes, without a listener.
+        let mut payload = Payload::default();
+        payload
+            .put(b"pu")
+            .put_addr("192.0.2.1:5060".parse().unwrap())
+            .put(b"lync-2013");
+        let mac = s.mac(payload.bytes());
+        payload.put(&mac);
+        let (purpose, old) = s.decode(Token::hex(payload.bytes()).as_bytes()).unwrap();
+        assert_eq!(purpose, Purpose::Path);
+        assert_eq!(
+            old,
+            Flow {
+                transport: Transport::Udp,
+                peer: "192.0.2.1:5060".parse().unwrap(),
+                connection: None,
+                local: None,
+                client: "lync-2013".into(),
+            }
+        );
+    }
+
+    #[test]
     fn the_longest_token_round_trips_and_a_longer_text_is_no_token() {
         let s = FlowSigner::new(b"0123456789abcdef");
-        let mut f = flow("[2001:db8::1]:5061");
+        let mut f = Flow {
+            transport: Transport::Udp,
+            connection: None,
+            local: Some(LocalAddr("[2001:db8::9]:5062".parse().unwrap())),
+            ..flow("[2001:db8::1]:5061")
+        };
         f.client = "c".repeat(MAX_CLIENT_ID_BYTES);
         let token = s.encode(Purpose::Path, &f);
         assert_eq!(token.as_bytes().len(), 2 * MAX_TOKEN_BYTES);

@@ -14,7 +14,8 @@
 //! - **bindings**: contact → client flow, keyed by a keyed hash of the
 //!   contact (`scheme:user@host:port`, lowercased), holding the flow
 //!   without strings (the client id is an index into a small list of the
-//!   ids seen). The rest of the byte bound.
+//!   ids seen, the UDP listener one into the listeners seen). The rest of
+//!   the byte bound.
 //!
 //! Keys are 64-bit SipHash values under a per-process random key: no
 //! contact or Call-ID bytes are kept, a peer cannot make keys collide, and
@@ -34,6 +35,7 @@ use crate::expiring::{
     MAX_INDEX_BYTES_PER_SLOT,
 };
 use crate::transport::{FlowId, Transport};
+use crate::vocabulary::LocalAddr;
 
 /// How long a relayed REGISTER waits for its final response (64 * T1,
 /// RFC 3261 Timer F).
@@ -48,6 +50,11 @@ const CLIENT_ID_OVERHEAD_BYTES: usize = 128;
 /// Bytes charged once the first client id is held: the list's and the
 /// lookup's first allocations.
 const CLIENT_IDS_BASE_BYTES: usize = 256;
+/// Most distinct UDP listeners the bindings refer to (listeners are
+/// configured: a handful). A binding through a listener beyond them is
+/// stored without it, and what goes to its client leaves from the first
+/// listener that reaches it.
+const MAX_LISTENERS: usize = 64;
 
 /// The bounds of the registration tables.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -116,6 +123,8 @@ struct Binding {
     connection: Option<FlowId>,
     transport: Transport,
     client: u16,
+    /// The UDP listener, an index into [`Tables::listeners`].
+    listener: Option<u8>,
 }
 
 impl HeapBytes for Binding {
@@ -162,6 +171,8 @@ struct Tables {
     pending: ExpiringMap<Box<[u64]>>,
     bindings: ExpiringMap<Binding>,
     clients: ClientIds,
+    /// The UDP listeners bindings refer to (at most [`MAX_LISTENERS`]).
+    listeners: Vec<LocalAddr>,
 }
 
 /// The registration tables; see the module doc.
@@ -188,6 +199,7 @@ impl Registrations {
                     max_bytes: limits.table_bytes - pending_bytes,
                 }),
                 clients: ClientIds::default(),
+                listeners: Vec::new(),
             }),
             keys: RandomState::new(),
             limits,
@@ -316,6 +328,7 @@ impl Registrations {
                 transport: binding.transport,
                 peer: binding.peer,
                 connection: binding.connection,
+                local: binding.listener.map(|i| tables.listeners[usize::from(i)]),
                 client: tables.clients.name(binding.client).to_owned(),
             },
             expires_at,
@@ -400,6 +413,19 @@ enum Bound {
 }
 
 impl Tables {
+    /// The index of the UDP listener `local`, adding it when there is room.
+    fn listener_index(&mut self, local: LocalAddr) -> Option<u8> {
+        let i = match self.listeners.iter().position(|&l| l == local) {
+            Some(i) => i,
+            None if self.listeners.len() < MAX_LISTENERS => {
+                self.listeners.push(local);
+                self.listeners.len() - 1
+            }
+            None => return None,
+        };
+        u8::try_from(i).ok()
+    }
+
     fn bind(&mut self, key: u64, flow: &Flow, expires: Duration, now: Instant) -> Bound {
         if expires.is_zero() {
             self.bindings.remove(key, now);
@@ -415,6 +441,7 @@ impl Tables {
             connection: flow.connection,
             transport: flow.transport,
             client,
+            listener: flow.local.and_then(|local| self.listener_index(local)),
         };
         match self.bindings.insert(key, binding, deadline, now) {
             Ok(inserted) => Bound::Stored {
@@ -461,6 +488,7 @@ mod tests {
             transport: Transport::Udp,
             peer: "127.0.0.1:5062".parse().unwrap(),
             connection: None,
+            local: Some(LocalAddr("127.0.0.1:5060".parse().unwrap())),
             client: client.into(),
         }
     }
@@ -556,6 +584,40 @@ mod tests {
             Completed::default(),
             "answered once"
         );
+    }
+
+    #[test]
+    fn a_binding_keeps_its_udp_listener_as_far_as_there_is_room_for_listeners() {
+        let t = Registrations::new(limits(200));
+        let now = Instant::now();
+        let through = |port: u16| Flow {
+            local: Some(LocalAddr(SocketAddr::from(([127, 0, 0, 2], port)))),
+            ..flow("x")
+        };
+        for port in 0..=MAX_LISTENERS as u16 {
+            let contact = format!("sip:u{port}@h");
+            assert!(t.learn(contact.as_bytes(), &through(port), HOUR, now));
+        }
+        for port in 0..MAX_LISTENERS as u16 {
+            let contact = format!("sip:u{port}@h");
+            assert_eq!(
+                t.lookup(contact.as_bytes(), now).unwrap().flow,
+                through(port)
+            );
+        }
+        // One listener too many: bound without it.
+        let contact = format!("sip:u{}@h", MAX_LISTENERS);
+        let beyond = t.lookup(contact.as_bytes(), now).unwrap().flow;
+        assert_eq!(beyond.local, None);
+        // A flow without a listener is bound without one.
+        let unknown = Flow {
+            local: None,
+            ..flow("x")
+        };
+        assert!(t.learn(b"sip:v@h", &unknown, HOUR, now));
+        assert_eq!(t.lookup(b"sip:v@h", now).unwrap().flow, unknown);
+        // The listener costs a binding no bytes.
+        assert!(size_of::<Binding>() <= 56, "{}", size_of::<Binding>());
     }
 
     #[test]

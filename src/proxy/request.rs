@@ -346,9 +346,20 @@ impl Core {
     /// connection.
     fn pending_flow(&self, inb: &Inbound) -> Flow {
         Flow {
+            client: String::new(),
+            ..self.inbound_flow(inb)
+        }
+    }
+
+    /// The flow `inb` came in on, without its client: a stream's
+    /// connection, or a UDP client's address and the listener it sent to
+    /// (what goes back to it leaves from there, RFC 3581 4).
+    fn inbound_flow(&self, inb: &Inbound) -> Flow {
+        Flow {
             transport: inb.transport,
             peer: inb.source.0,
             connection: inb.connection.map(|c| self.flow_id(c)),
+            local: (inb.transport == Transport::Udp).then_some(inb.local),
             client: String::new(),
         }
     }
@@ -457,6 +468,7 @@ impl Core {
             transport: Transport::Udp,
             peer: SocketAddr::new(ip, port.unwrap_or(5060)),
             connection: None,
+            local: None,
             client: runtime.unknown_client().id.clone(),
         })
     }
@@ -581,10 +593,8 @@ impl Core {
             .map_err(|_| Refusal::Malformed(SipError::MalformedHeader(HeaderName::Via)))?;
         // The flow this request came in on, named for the way back.
         let inbound_flow = Flow {
-            transport: inb.transport,
-            peer: inb.source.0,
-            connection: inb.connection.map(|c| self.flow_id(c)),
             client: admission.sender.client.id.clone(),
+            ..self.inbound_flow(inb)
         };
         let branch = self.branch(view, routing.loop_mark);
         let mut edits = Edits::new();

@@ -488,20 +488,28 @@ impl Senders {
         to: SocketAddr,
         bytes: &[u8],
     ) -> Result<(), SendError> {
-        fn reaching(l: &UdpListener, to: SocketAddr) -> Option<(&UdpListener, SocketAddr)> {
-            Some((l, l.address_for(to)?))
-        }
-        let (listener, addressed) = from
-            .and_then(|local| self.udp.iter().find(|l| l.local == local))
-            .and_then(|l| reaching(l, to))
-            .or_else(|| self.udp.iter().find_map(|l| reaching(l, to)))
-            .ok_or(SendError::NoSocket {
-                transport: Transport::Udp,
-                addr: to,
-            })?;
+        let (listener, addressed) = self.udp_listener_for(from, to).ok_or(SendError::NoSocket {
+            transport: Transport::Udp,
+            addr: to,
+        })?;
         udp::send_to(&listener.socket, bytes, addressed)
             .await
             .map_err(|source| SendError::Io { addr: to, source })
+    }
+
+    /// The UDP listener [`Senders::send_datagram`] sends to `to` from, and
+    /// `to` as that socket addresses it; `None` when no listener reaches it.
+    pub fn udp_listener_for(
+        &self,
+        from: Option<LocalAddr>,
+        to: SocketAddr,
+    ) -> Option<(&UdpListener, SocketAddr)> {
+        fn reaching(l: &UdpListener, to: SocketAddr) -> Option<(&UdpListener, SocketAddr)> {
+            Some((l, l.address_for(to)?))
+        }
+        from.and_then(|local| self.udp.iter().find(|l| l.local == local))
+            .and_then(|l| reaching(l, to))
+            .or_else(|| self.udp.iter().find_map(|l| reaching(l, to)))
     }
 
     /// Send to the upstream registrar: a datagram, or a message queued for
