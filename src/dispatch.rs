@@ -613,7 +613,7 @@ fn mirror_sent(senders: &Senders, inbound: &Inbound, to: &Destination, bytes: &b
             let listener = senders.udp_listener_for(flow.local, flow.peer);
             (flow.transport, listener.map(|(l, _)| l.local), flow.peer)
         }
-        Destination::Flow(flow) => (flow.transport, None, flow.peer),
+        Destination::Flow(flow) => (flow.transport, flow.local, flow.peer),
         Destination::Upstream => (senders.upstream.transport(), None, senders.upstream.addr()),
     };
     senders.hep.sent(transport, local, peer, bytes);

@@ -1336,7 +1336,8 @@ fn local_answers_leave_from_the_udp_socket_the_request_arrived_on() {
 /// RFC 3581 4: what is relayed to a UDP client (the registrar's answer to
 /// its REGISTER, the registrar's requests along its Path or found by its
 /// registration) leaves from the listener the client sent to, not from the
-/// first listener: a client behind NAT takes nothing else.
+/// first listener: a client behind NAT takes nothing else. The Via and
+/// Record-Route toward it name that listener (RFC 3261 18.2.2, RFC 5658).
 #[test]
 fn relayed_messages_leave_from_the_udp_listener_the_client_sent_to() {
     let upstream = udp("127.0.0.1");
@@ -1382,6 +1383,17 @@ fn relayed_messages_leave_from_the_udp_listener_the_client_sent_to() {
         from, second,
         "the offer along the Path left from the client's listener"
     );
+    // Its Via and Record-Route name that listener too (the client's answers
+    // and later requests go there), and, since it came in on another
+    // listener, Record-Route is doubled (RFC 5658): the client's side on top.
+    assert!(
+        header(&invite, "Via")[0].starts_with(&format!("SIP/2.0/UDP {second};")),
+        "{invite}"
+    );
+    let record_route = header(&invite, "Record-Route");
+    assert_eq!(record_route.len(), 2, "{invite}");
+    assert!(record_route[0].contains(&format!("@{second};")), "{invite}");
+    assert!(record_route[1].contains(&format!("@{first};")), "{invite}");
     // Found by the registration (no Path route): the same listener.
     let mut again = common::sip_stream::uas_response(&invite, "486 Busy Here", "agent", "");
     agent.send_to(again.as_bytes(), second).unwrap();
@@ -1393,6 +1405,10 @@ fn relayed_messages_leave_from_the_udp_listener_the_client_sent_to() {
     assert_eq!(
         from, second,
         "the offer by registration left from the client's listener"
+    );
+    assert!(
+        header(&invite, "Via")[0].starts_with(&format!("SIP/2.0/UDP {second};")),
+        "{invite}"
     );
     again = common::sip_stream::uas_response(&invite, "486 Busy Here", "agent", "");
     agent.send_to(again.as_bytes(), second).unwrap();

@@ -17,10 +17,11 @@
 //! A stream flow is named by its [`FlowId`]: the boot id of the instance
 //! holding the connection and the connection's id there, so that a token
 //! outliving its process (a restart) or read by another instance of a pool
-//! never names someone else's connection. A UDP flow is its address and
-//! the listener the client sent to: any instance can send to it, and the
-//! one holding that listener sends from it (RFC 3581 4: a client behind
-//! NAT takes only datagrams from the address it sent to).
+//! never names someone else's connection. A UDP flow is its address: any
+//! instance can send to it. Either names the listener the client reached
+//! too: the instance holding it sends a UDP client's datagrams from it
+//! (RFC 3581 4: a client behind NAT takes only datagrams from the address
+//! it sent to), and names it in the Via and Record-Route toward the client.
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -84,12 +85,11 @@ pub struct Flow {
     /// instance holding it. `None` for UDP (and only for UDP: a decoded
     /// stream flow always has one).
     pub connection: Option<FlowId>,
-    /// For UDP: the listener the client's datagrams arrive at, as
-    /// advertised; what goes to the client leaves from it. `None` for
-    /// stream flows (the connection says it), and for a UDP flow whose
-    /// listener is unknown (a token of a version before 2026-12-06, a
-    /// flow found by the Request-URI's address): it then leaves from the
-    /// first listener that reaches the client.
+    /// The listener the client reached (its address as advertised): a
+    /// UDP client's datagrams leave from it, and the Via and Record-Route
+    /// toward the client name it. `None` when unknown (a token of a version
+    /// before 2026-12-06, a flow found by the Request-URI's address): the
+    /// first listener of the transport that reaches the client then does.
     pub local: Option<LocalAddr>,
     /// Catalog id of the client that used this flow.
     pub client: String,
@@ -228,15 +228,19 @@ impl FlowSigner {
     pub fn encode(&self, purpose: Purpose, flow: &Flow) -> Token {
         let mut payload = Payload::default();
         payload.put(&[purpose.byte()]);
-        let local = flow.local.filter(|_| flow.transport == Transport::Udp);
-        payload.put(&[match (flow.transport, local) {
-            (Transport::Udp, None) => b'u',
-            (Transport::Udp, Some(_)) => b'U',
-            (Transport::Tcp, _) => b't',
-            (Transport::Tls, _) => b's',
+        // Lowercase without the listener (the form before it was named),
+        // uppercase with it.
+        let transport = match flow.transport {
+            Transport::Udp => b'u',
+            Transport::Tcp => b't',
+            Transport::Tls => b's',
+        };
+        payload.put(&[match flow.local {
+            Some(_) => transport.to_ascii_uppercase(),
+            None => transport,
         }]);
         payload.put_addr(flow.peer);
-        if let Some(local) = local {
+        if let Some(local) = flow.local {
             payload.put_addr(local.0);
         }
         if flow.transport.is_stream() {
@@ -273,13 +277,14 @@ impl FlowSigner {
         let verified = self.verify(payload, mac).ok_or(TokenError::BadSignature)?;
         let mut reader = Reader(payload);
         let purpose = Purpose::from_byte(reader.byte()?).ok_or(TokenError::Malformed)?;
-        let (transport, with_local) = match reader.byte()? {
-            b'u' => (Transport::Udp, false),
-            b'U' => (Transport::Udp, true),
-            b't' => (Transport::Tcp, false),
-            b's' => (Transport::Tls, false),
+        let byte = reader.byte()?;
+        let transport = match byte.to_ascii_lowercase() {
+            b'u' => Transport::Udp,
+            b't' => Transport::Tcp,
+            b's' => Transport::Tls,
             _ => return Err(TokenError::Malformed),
         };
+        let with_local = byte.is_ascii_uppercase();
         let peer = reader.addr()?;
         let local = if with_local {
             Some(LocalAddr(reader.addr()?))
@@ -309,10 +314,10 @@ impl FlowSigner {
 /// Smallest token: purpose, transport, IPv4 family and address, port, MAC.
 const MIN_TOKEN_BYTES: usize = 1 + 1 + 1 + 4 + 2 + MAC_BYTES;
 /// Largest token: purpose, transport, IPv6 family, address and port of
-/// the client and of the listener (a UDP flow; a stream flow's boot and
-/// connection ids take 16 bytes, less), the longest client id, MAC (114
-/// bytes, 228 hex digits). A longer text is no token of ours.
-const MAX_TOKEN_BYTES: usize = 1 + 1 + 2 * (1 + 16 + 2) + MAX_CLIENT_ID_BYTES + MAC_BYTES;
+/// the client and of the listener, boot and connection ids, the longest
+/// client id, MAC (130 bytes, 260 hex digits). A longer text is no token
+/// of ours.
+const MAX_TOKEN_BYTES: usize = 1 + 1 + 2 * (1 + 16 + 2) + 8 + 8 + MAX_CLIENT_ID_BYTES + MAC_BYTES;
 
 /// Reads a token payload front to back.
 struct Reader<'a>(&'a [u8]);
@@ -499,17 +504,19 @@ mod tests {
     }
 
     #[test]
-    fn a_stream_flow_names_no_listener_and_a_token_without_one_still_decodes() {
+    fn a_stream_flow_names_its_listener_and_a_token_without_one_still_decodes() {
         let s = FlowSigner::new(b"0123456789abcdef");
-        // A stream flow's connection says where it goes: a listener given
-        // to one is not written.
-        let stream = Flow {
-            local: Some(LocalAddr("192.0.2.9:5060".parse().unwrap())),
-            ..flow("192.0.2.1:5060")
-        };
-        let token = s.encode(Purpose::Path, &stream);
-        assert_eq!(s.encode(Purpose::Path, &flow("192.0.2.1:5060")), token);
-        assert_eq!(s.decode(token.as_bytes()).unwrap().1.local, None);
+        for local in ["192.0.2.9:5060", "[2001:db8::9]:5061"] {
+            let stream = Flow {
+                local: Some(LocalAddr(local.parse().unwrap())),
+                ..flow("192.0.2.1:5060")
+            };
+            let token = s.encode(Purpose::DialogFromClient, &stream);
+            assert_eq!(
+                s.decode(token.as_bytes()),
+                Ok((Purpose::DialogFromClient, stream))
+            );
+        }
         // A UDP token of the form before the listener was named (the
         // transport byte 'u'; a REGISTER's Path lives at the registrar for
         // as long as the binding) decodes, without a listener.
@@ -538,8 +545,6 @@ mod tests {
     fn the_longest_token_round_trips_and_a_longer_text_is_no_token() {
         let s = FlowSigner::new(b"0123456789abcdef");
         let mut f = Flow {
-            transport: Transport::Udp,
-            connection: None,
             local: Some(LocalAddr("[2001:db8::9]:5062".parse().unwrap())),
             ..flow("[2001:db8::1]:5061")
         };

@@ -352,14 +352,14 @@ impl Core {
     }
 
     /// The flow `inb` came in on, without its client: a stream's
-    /// connection, or a UDP client's address and the listener it sent to
-    /// (what goes back to it leaves from there, RFC 3581 4).
+    /// connection or a UDP client's address, and the listener the client
+    /// reached (what goes back to it leaves from there, RFC 3581 4).
     fn inbound_flow(&self, inb: &Inbound) -> Flow {
         Flow {
             transport: inb.transport,
             peer: inb.source.0,
             connection: inb.connection.map(|c| self.flow_id(c)),
-            local: (inb.transport == Transport::Udp).then_some(inb.local),
+            local: Some(inb.local),
             client: String::new(),
         }
     }
@@ -688,8 +688,14 @@ impl Core {
                 .upstream
                 .map_or(ctx.inbound.local.ip(), |u| u.addr.ip()),
         };
-        let own = self
-            .address_for(transport, ip)
+        // Toward a client, the listener it reached (its way back to this
+        // proxy, RFC 3261 18.2.2 and 16.6 step 4), where that is ours.
+        let reached = routing
+            .toward
+            .as_ref()
+            .and_then(|flow| self.listener_at(transport, flow.local?.0));
+        let own = reached
+            .or_else(|| self.address_for(transport, ip))
             .ok_or(Refusal::NoListener(transport))?;
         Ok(NextHop {
             transport,
