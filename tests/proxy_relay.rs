@@ -1289,14 +1289,43 @@ fn upstream_sources_networks_make_their_requests_registrar_requests() {
     let (at_agent, _) = recv(&agent);
     assert!(at_agent.starts_with("INVITE sip:agent-x@"), "{at_agent}");
     assert_eq!(header(&at_agent, "Call-ID"), ["as-registrar-udp"]);
-    // The same over a TCP connection from that network.
+    // The agent's answers go back to the node that sent the INVITE, not to
+    // `upstream` (RFC 3261 18.2.2): a Lync pool's Front Ends each send.
+    for status in ["180 Ringing", "486 Busy Here"] {
+        let answer = common::sip_stream::uas_response(&at_agent, status, "agent", "");
+        agent.send_to(answer.as_bytes(), pooled.udp).unwrap();
+        let (at_node, _) = recv(&node);
+        assert!(
+            at_node.starts_with(&format!("SIP/2.0 {status}\r\n")),
+            "{at_node}"
+        );
+        assert_eq!(header(&at_node, "Via").len(), 1, "sipadmit's Via removed");
+    }
+    // The same over a TCP connection from that network: the answers come
+    // back on that connection.
     let mut conn = TcpStream::connect(pooled.tcp).unwrap();
+    conn.set_read_timeout(Some(WAIT)).unwrap();
     let from_tcp = conn.local_addr().unwrap();
     let invite = registrar_invite(from_tcp, target, "TCP", "as-registrar-tcp");
     conn.write_all(invite.as_bytes()).unwrap();
     let (at_agent, _) = recv(&agent);
     assert_eq!(header(&at_agent, "Call-ID"), ["as-registrar-tcp"]);
+    let answer = common::sip_stream::uas_response(&at_agent, "486 Busy Here", "agent", "");
+    agent.send_to(answer.as_bytes(), pooled.udp).unwrap();
+    let on_conn = read_message(&mut conn);
+    assert!(on_conn.starts_with("SIP/2.0 486 "), "{on_conn}");
     assert!(quiet(&upstream), "nothing went to the registrar");
+    // Once that connection is gone, an answer goes upstream as before.
+    let invite = registrar_invite(from_tcp, target, "TCP", "as-registrar-gone");
+    conn.write_all(invite.as_bytes()).unwrap();
+    let (at_agent, _) = recv(&agent);
+    drop(conn);
+    std::thread::sleep(QUIET);
+    let answer = common::sip_stream::uas_response(&at_agent, "486 Busy Here", "agent", "");
+    agent.send_to(answer.as_bytes(), pooled.udp).unwrap();
+    let (upstream_got, _) = recv(&upstream);
+    assert!(upstream_got.starts_with("SIP/2.0 486 "), "{upstream_got}");
+    assert_eq!(header(&upstream_got, "Call-ID"), ["as-registrar-gone"]);
 }
 
 #[test]

@@ -51,6 +51,10 @@ pub enum Purpose {
     DialogFromClient,
     /// In Record-Route of a dialog the registrar side started toward this flow.
     DialogFromUpstream,
+    /// In the proxy's own Via on a request relayed toward a client: the
+    /// client's response goes back to this flow, where the request came
+    /// from (a registrar node or connection other than `upstream` itself).
+    ViaBack,
 }
 
 impl Purpose {
@@ -60,6 +64,7 @@ impl Purpose {
             Self::Path => b'p',
             Self::DialogFromClient => b'c',
             Self::DialogFromUpstream => b'r',
+            Self::ViaBack => b'b',
         }
     }
 
@@ -69,6 +74,7 @@ impl Purpose {
             b'p' => Self::Path,
             b'c' => Self::DialogFromClient,
             b'r' => Self::DialogFromUpstream,
+            b'b' => Self::ViaBack,
             _ => return None,
         })
     }

@@ -73,6 +73,12 @@ use transactions::{CopyFate, Decided, RecordKind, Transactions, Treatment};
 
 /// Via parameter of the proxy's own Via that carries the client flow token.
 const FLOW_PARAM: &str = "sipadmit-flow";
+/// Via parameter of the proxy's own Via on a request relayed toward a
+/// client that carries the token of the flow the request came from
+/// ([`flow::Purpose::ViaBack`]): the client's response goes back there. A
+/// parameter of its own, so that an instance of an earlier version, which
+/// does not know it, sends that response upstream as it always did.
+const BACK_PARAM: &str = "sipadmit-back";
 /// Prefix of the branches this proxy generates.
 const BRANCH_PREFIX: &str = "z9hG4bKsa";
 /// Prefix of the branches of the OPTIONS probes this proxy sends the

@@ -37,7 +37,7 @@ use super::refusal::Refusal;
 use super::transactions::{Decided, RecordKind, Treatment};
 use super::{
     Core, Destination, Inbound, OpenConnection, Outbound, Outcome, Runtime, Subject, Text,
-    FLOW_PARAM,
+    BACK_PARAM, FLOW_PARAM,
 };
 use crate::classify::{Classification, Support};
 use crate::observe::decision_log::DecisionKind;
@@ -411,7 +411,7 @@ impl Core {
         let addressed_here = self.addressed_here(host, port);
         let ftag = || uri_param(top.uri, b"ftag");
         match user.map(|u| (u, self.decode_token(u))) {
-            Some((_, Ok((Purpose::Via, _)))) => Err(TokenError::Malformed),
+            Some((_, Ok((Purpose::Via | Purpose::ViaBack, _)))) => Err(TokenError::Malformed),
             Some((token, Ok(decoded))) => {
                 let pair = routes
                     .next()
@@ -705,6 +705,14 @@ impl Core {
         })
     }
 
+    /// Whether `flow` is the configured registrar itself: its transport,
+    /// address and port (a UDP datagram from it, or sipadmit's own link).
+    fn is_upstream_itself(&self, flow: &Flow) -> bool {
+        self.settings
+            .upstream
+            .is_some_and(|u| u.transport == flow.transport && u.addr == flow.peer)
+    }
+
     /// Whether the registrar is known to be unreachable now: a UDP one
     /// after an ICMP error or its silence, while the probes are on (they
     /// find out that it is back), or a stream link failing fast after a
@@ -720,8 +728,11 @@ impl Core {
         }
     }
 
-    /// This proxy's Via on top (RFC 3261 16.6 step 8); toward the
-    /// registrar it carries the token of the flow the answer goes back to.
+    /// This proxy's Via on top (RFC 3261 16.6 step 8); it carries the
+    /// token of the flow the answer goes back to: toward the registrar
+    /// always, toward a client unless the request came from `upstream`
+    /// itself (the registrar's own connection, another of its nodes, or a
+    /// client, whose response goes back to them and not to `upstream`).
     fn add_via(
         &self,
         view: &SipView,
@@ -731,17 +742,21 @@ impl Core {
         inbound_flow: &Flow,
         edits: &mut Edits,
     ) {
-        let token = routing
-            .toward
-            .is_none()
-            .then(|| self.signer().encode(Purpose::Via, inbound_flow));
+        let token = match &routing.toward {
+            None => Some((FLOW_PARAM, Purpose::Via)),
+            // RFC 3261 18.2.2: the response goes back where the request
+            // came from; from `upstream` itself, upstream it goes anyway.
+            Some(_) if self.is_upstream_itself(inbound_flow) => None,
+            Some(_) => Some((BACK_PARAM, Purpose::ViaBack)),
+        }
+        .map(|(param, purpose)| (param, self.signer().encode(purpose, inbound_flow)));
         edits.insert_fmt(
             before_first(view, HeaderName::Via),
             format_args!(
                 "Via: SIP/2.0/{} {};branch={branch}{}\r\n",
                 hop.transport.via_name(),
                 hop.own.sent_by(),
-                FlowParam(token.as_ref())
+                FlowParam(token.as_ref().map(|(param, token)| (*param, token)))
             ),
         );
     }
@@ -873,7 +888,7 @@ impl OwnRoute<'_> {
             Purpose::Path => true,
             Purpose::DialogFromClient => !from_initiator,
             Purpose::DialogFromUpstream => from_initiator,
-            Purpose::Via => false,
+            Purpose::Via | Purpose::ViaBack => false,
         };
         to_client.then_some(flow)
     }
@@ -989,14 +1004,15 @@ fn max_udp_payload(ip: std::net::IpAddr) -> usize {
     }
 }
 
-/// The flow parameter of the proxy's Via, `;sipadmit-flow=TOKEN`, when
-/// there is a token (written nothing otherwise).
-struct FlowParam<'a>(Option<&'a super::flow::Token>);
+/// The token parameter of the proxy's Via, `;sipadmit-flow=TOKEN` or
+/// `;sipadmit-back=TOKEN`, when there is a token (written nothing
+/// otherwise).
+struct FlowParam<'a>(Option<(&'static str, &'a super::flow::Token)>);
 
 impl std::fmt::Display for FlowParam<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self.0 {
-            Some(token) => write!(f, ";{FLOW_PARAM}={token}"),
+            Some((param, token)) => write!(f, ";{param}={token}"),
             None => Ok(()),
         }
     }

@@ -1,7 +1,9 @@
 //! The response path (RFC 3261 16.7, stateless): a response whose top Via
 //! is this proxy's loses that Via and goes to the flow named by the token
 //! in it (only the registrar answers requests sent upstream with one); a
-//! response to a request relayed toward a client (no token) goes upstream.
+//! client's response to a request relayed toward it goes back to the flow
+//! its `sipadmit-back` token names (where the request came from), else
+//! upstream.
 //! Foreign, malformed or undeliverable responses are discarded and counted;
 //! nothing here is ever answered.
 
@@ -13,7 +15,7 @@ use super::client_transactions::{Answered, TransactionKey, TransactionMethod};
 use super::flow::{Flow, Purpose};
 use super::registrations::RegisterAnswer;
 use super::{
-    Branch, Core, Destination, Inbound, OpenConnection, Outbound, Outcome, FLOW_PARAM,
+    Branch, Core, Destination, Inbound, OpenConnection, Outbound, Outcome, BACK_PARAM, FLOW_PARAM,
     PROBE_BRANCH_PREFIX,
 };
 use crate::observe::metrics::{DropReason, Metrics};
@@ -95,13 +97,14 @@ impl Core {
             debug!(source = %inb.source, status = view.status(), "the registrar answered the OPTIONS probe");
             return Outcome::Consumed;
         }
-        let Some(destination) = self.response_destination(inb, &via) else {
+        let Some(destination) = self.response_destination(inb, &via, open) else {
             return discard(DropReason::ForeignResponse);
         };
         if view.values(HeaderName::Via).nth(1).is_none() {
             return self.with_only_our_via(inb, view);
         }
-        if let Destination::Flow(flow) = &destination {
+        let to_client = via.params.get(BACK_PARAM.as_bytes()).is_none();
+        if let (Destination::Flow(flow), true) = (&destination, to_client) {
             let writable = self.check_flow(flow, open);
             self.settle_registration(view, flow, writable.is_ok(), now);
             if let Err(failure) = writable {
@@ -139,13 +142,33 @@ impl Core {
 
     /// Where a response whose top Via is ours goes: the flow named by the
     /// token in that Via (only the registrar answers requests sent upstream
-    /// with one), or upstream (a request relayed toward a client carries no
-    /// token). `None`: a bad token, or a token not from the registrar.
+    /// with one); for a response to a request relayed toward a client, the
+    /// flow its back token names while this instance can write to it (RFC
+    /// 3261 18.2.2: where the request came from), else upstream. `None`: a
+    /// bad flow token, or a flow token not from the registrar.
     fn response_destination(
         &self,
         inb: &Inbound,
         via: &crate::sip::Via<'_>,
+        open: OpenConnection<'_>,
     ) -> Option<Destination> {
+        // From whoever answers: it can only send the response where the
+        // request came from, or upstream.
+        if let Some(Some(token)) = via.params.get(BACK_PARAM.as_bytes()) {
+            return Some(match self.decode_token(token) {
+                Ok((Purpose::ViaBack, flow)) if self.check_flow(&flow, open).is_ok() => {
+                    Destination::Flow(flow)
+                }
+                Ok((Purpose::ViaBack, flow)) => {
+                    debug!(source = %inb.source, peer = %flow.peer, "the connection a request toward a client came on is gone: its response goes upstream");
+                    Destination::Upstream
+                }
+                Ok(_) | Err(_) => {
+                    warn!(source = %inb.source, "response with a bad back token sent upstream");
+                    Destination::Upstream
+                }
+            });
+        }
         match via.params.get(FLOW_PARAM.as_bytes()) {
             Some(Some(token)) if inb.from_registrar() => match self.decode_token(token) {
                 Ok((Purpose::Via, flow)) => Some(Destination::Flow(flow)),
