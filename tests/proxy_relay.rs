@@ -1328,11 +1328,11 @@ fn upstream_sources_networks_make_their_requests_registrar_requests() {
     assert_eq!(header(&upstream_got, "Call-ID"), ["as-registrar-gone"]);
 }
 
-#[test]
-fn local_answers_leave_from_the_udp_socket_the_request_arrived_on() {
-    let upstream = udp("127.0.0.1");
+/// A proxy in front of `upstream` with two UDP listeners on 127.0.0.1 (and
+/// a TCP one).
+fn start_with_two_udp_listeners(upstream: &UdpSocket) -> TestProxy {
     let up = upstream.local_addr().unwrap();
-    let proxy = TestProxy::start_listening(
+    TestProxy::start_listening(
         CONFIG,
         vec![
             "udp:127.0.0.1:0".into(),
@@ -1340,7 +1340,13 @@ fn local_answers_leave_from_the_udp_socket_the_request_arrived_on() {
             "tcp:127.0.0.1:0".into(),
         ],
         &format!("udp:{up}"),
-    );
+    )
+}
+
+#[test]
+fn local_answers_leave_from_the_udp_socket_the_request_arrived_on() {
+    let upstream = udp("127.0.0.1");
+    let proxy = start_with_two_udp_listeners(&upstream);
     let listeners: Vec<SocketAddr> = proxy
         .addresses
         .iter()
@@ -1370,16 +1376,7 @@ fn local_answers_leave_from_the_udp_socket_the_request_arrived_on() {
 #[test]
 fn relayed_messages_leave_from_the_udp_listener_the_client_sent_to() {
     let upstream = udp("127.0.0.1");
-    let up = upstream.local_addr().unwrap();
-    let proxy = TestProxy::start_listening(
-        CONFIG,
-        vec![
-            "udp:127.0.0.1:0".into(),
-            "udp:127.0.0.1:0".into(),
-            "tcp:127.0.0.1:0".into(),
-        ],
-        &format!("udp:{up}"),
-    );
+    let proxy = start_with_two_udp_listeners(&upstream);
     let listeners: Vec<SocketAddr> = proxy.addresses.iter().map(|(_, a)| *a).collect();
     let (first, second) = (listeners[0], listeners[1]);
     assert_eq!(proxy.udp, first);
@@ -1405,44 +1402,35 @@ fn relayed_messages_leave_from_the_udp_listener_the_client_sent_to() {
     let path = header(&relayed, "Path")[0]
         .trim_matches(|c| c == '<' || c == '>')
         .to_owned();
-    offer(&upstream, first, "agent-nat", me, Some(&path));
-    let (invite, from) = recv(&agent);
-    assert!(invite.starts_with("INVITE sip:agent-nat@"), "{invite}");
-    assert_eq!(
-        from, second,
-        "the offer along the Path left from the client's listener"
-    );
-    // Its Via and Record-Route name that listener too (the client's answers
-    // and later requests go there), and, since it came in on another
-    // listener, Record-Route is doubled (RFC 5658): the client's side on top.
-    assert!(
-        header(&invite, "Via")[0].starts_with(&format!("SIP/2.0/UDP {second};")),
-        "{invite}"
-    );
-    let record_route = header(&invite, "Record-Route");
-    assert_eq!(record_route.len(), 2, "{invite}");
-    assert!(record_route[0].contains(&format!("@{second};")), "{invite}");
-    assert!(record_route[1].contains(&format!("@{first};")), "{invite}");
-    // Found by the registration (no Path route): the same listener.
-    let mut again = common::sip_stream::uas_response(&invite, "486 Busy Here", "agent", "");
-    agent.send_to(again.as_bytes(), second).unwrap();
-    let (busy, _) = recv(&upstream);
-    assert!(busy.starts_with("SIP/2.0 486 "), "{busy}");
-    offer(&upstream, first, "agent-nat", me, None);
-    let (invite, from) = recv(&agent);
-    assert!(invite.starts_with("INVITE sip:agent-nat@"), "{invite}");
-    assert_eq!(
-        from, second,
-        "the offer by registration left from the client's listener"
-    );
-    assert!(
-        header(&invite, "Via")[0].starts_with(&format!("SIP/2.0/UDP {second};")),
-        "{invite}"
-    );
-    again = common::sip_stream::uas_response(&invite, "486 Busy Here", "agent", "");
-    agent.send_to(again.as_bytes(), second).unwrap();
-    let (busy, _) = recv(&upstream);
-    assert!(busy.starts_with("SIP/2.0 486 "), "{busy}");
+    // Along the Path, and found by the registration (no Path route).
+    for (route, how) in [
+        (Some(path.as_str()), "along the Path"),
+        (None, "by registration"),
+    ] {
+        offer(&upstream, first, "agent-nat", me, route);
+        let (invite, from) = recv(&agent);
+        assert!(invite.starts_with("INVITE sip:agent-nat@"), "{invite}");
+        assert_eq!(
+            from, second,
+            "the offer {how} left from the client's listener"
+        );
+        // Its Via and Record-Route name that listener too (the client's
+        // answers and later requests go there), and, since it came in on
+        // another listener, Record-Route is doubled (RFC 5658): the
+        // client's side on top.
+        assert!(
+            header(&invite, "Via")[0].starts_with(&format!("SIP/2.0/UDP {second};")),
+            "{invite}"
+        );
+        let record_route = header(&invite, "Record-Route");
+        assert_eq!(record_route.len(), 2, "{invite}");
+        assert!(record_route[0].contains(&format!("@{second};")), "{invite}");
+        assert!(record_route[1].contains(&format!("@{first};")), "{invite}");
+        let busy = common::sip_stream::uas_response(&invite, "486 Busy Here", "agent", "");
+        agent.send_to(busy.as_bytes(), second).unwrap();
+        let (busy, _) = recv(&upstream);
+        assert!(busy.starts_with("SIP/2.0 486 "), "{busy}");
+    }
 }
 
 /// Issue 18, item 4: with the IPv6 listener listed first and an IPv4
