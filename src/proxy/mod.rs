@@ -1389,7 +1389,8 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// The rate limits of the warnings a peer can set off through the
-/// registration and client transaction tables.
+/// registration and client transaction tables, and the tokens of
+/// responses.
 #[derive(Debug, Default)]
 struct TableWarnings {
     /// Contacts not learned (over the cap, or no room).
@@ -1398,6 +1399,8 @@ struct TableWarnings {
     evictions: Mutex<WarningWindow>,
     /// Client transactions not kept: no room.
     client_transactions: Mutex<WarningWindow>,
+    /// Responses with a bad token, or a flow token not from the registrar.
+    response_tokens: Mutex<WarningWindow>,
 }
 
 /// The branch this proxy puts in its Via: `z9hG4bKsa`, 16 hex digits of

@@ -713,6 +713,14 @@ impl Core {
             .is_some_and(|u| u.transport == flow.transport && u.addr == flow.peer)
     }
 
+    /// Whether `flow` is on the configured registrar's host (its address,
+    /// any port: a connection the registrar opened, say).
+    pub(super) fn is_upstream_host(&self, flow: &Flow) -> bool {
+        self.settings
+            .upstream
+            .is_some_and(|u| u.addr.ip() == flow.peer.ip())
+    }
+
     /// Whether the registrar is known to be unreachable now: a UDP one
     /// after an ICMP error or its silence, while the probes are on (they
     /// find out that it is back), or a stream link failing fast after a

@@ -97,8 +97,9 @@ impl Core {
             debug!(source = %inb.source, status = view.status(), "the registrar answered the OPTIONS probe");
             return Outcome::Consumed;
         }
-        let Some(destination) = self.response_destination(inb, &via, open) else {
-            return discard(DropReason::ForeignResponse);
+        let destination = match self.response_destination(inb, &via, open, now) {
+            Ok(destination) => destination,
+            Err(reason) => return discard(reason),
         };
         if view.values(HeaderName::Via).nth(1).is_none() {
             return self.with_only_our_via(inb, view);
@@ -144,44 +145,72 @@ impl Core {
     /// token in that Via (only the registrar answers requests sent upstream
     /// with one); for a response to a request relayed toward a client, the
     /// flow its back token names while this instance can write to it (RFC
-    /// 3261 18.2.2: where the request came from), else upstream. `None`: a
-    /// bad flow token, or a flow token not from the registrar.
+    /// 3261 18.2.2: where the request came from) or, that connection gone,
+    /// upstream when it was the registrar host's (its new connection, or
+    /// sipadmit's own, reaches the same registrar). `Err`: why it is
+    /// dropped: a bad flow token, or a flow token not from the registrar
+    /// (foreign); the gone connection of another host, such as a second
+    /// node of the registrar's pool, whose transaction `upstream` does not
+    /// have (flow gone).
     fn response_destination(
         &self,
         inb: &Inbound,
         via: &crate::sip::Via<'_>,
         open: OpenConnection<'_>,
-    ) -> Option<Destination> {
+        now: Instant,
+    ) -> Result<Destination, DropReason> {
         // From whoever answers: it can only send the response where the
         // request came from, or upstream.
         if let Some(Some(token)) = via.params.get(BACK_PARAM.as_bytes()) {
-            return Some(match self.decode_token(token) {
-                Ok((Purpose::ViaBack, flow)) if self.check_flow(&flow, open).is_ok() => {
-                    Destination::Flow(flow)
-                }
-                Ok((Purpose::ViaBack, flow)) => {
-                    debug!(source = %inb.source, peer = %flow.peer, "the connection a request toward a client came on is gone: its response goes upstream");
-                    Destination::Upstream
-                }
+            return match self.decode_token(token) {
+                Ok((Purpose::ViaBack, flow)) => match self.check_flow(&flow, open) {
+                    Ok(()) => Ok(Destination::Flow(flow)),
+                    Err(_) if self.is_upstream_host(&flow) => {
+                        debug!(source = %inb.source, peer = %flow.peer, "the registrar's connection a request toward a client came on is gone: its response goes upstream");
+                        Ok(Destination::Upstream)
+                    }
+                    Err(failure) => {
+                        debug!(source = %inb.source, peer = %flow.peer, reason = failure.as_str(), "the connection of another registrar node a request toward a client came on is gone: its response dropped");
+                        Err(DropReason::FlowGone)
+                    }
+                },
                 Ok(_) | Err(_) => {
-                    warn!(source = %inb.source, "response with a bad back token sent upstream");
-                    Destination::Upstream
+                    self.bad_response_token(
+                        inb,
+                        now,
+                        "response with a bad back token sent upstream",
+                    );
+                    Ok(Destination::Upstream)
                 }
-            });
+            };
         }
         match via.params.get(FLOW_PARAM.as_bytes()) {
             Some(Some(token)) if inb.from_registrar() => match self.decode_token(token) {
-                Ok((Purpose::Via, flow)) => Some(Destination::Flow(flow)),
+                Ok((Purpose::Via, flow)) => Ok(Destination::Flow(flow)),
                 Ok(_) | Err(_) => {
-                    warn!(source = %inb.source, "response with a bad flow token discarded");
-                    None
+                    self.bad_response_token(inb, now, "response with a bad flow token discarded");
+                    Err(DropReason::ForeignResponse)
                 }
             },
             Some(_) => {
-                warn!(source = %inb.source, "flow-token response not from the registrar discarded");
-                None
+                self.bad_response_token(
+                    inb,
+                    now,
+                    "flow-token response not from the registrar discarded",
+                );
+                Err(DropReason::ForeignResponse)
             }
-            None => Some(Destination::Upstream),
+            None => Ok(Destination::Upstream),
+        }
+    }
+
+    /// Warn of a response whose token a peer got wrong (rate-limited: a
+    /// peer sets these off at will).
+    fn bad_response_token(&self, inb: &Inbound, now: Instant, what: &'static str) {
+        if let Some(held_back) =
+            super::lock(&self.warnings.response_tokens).admit(now, super::WARNING_INTERVAL)
+        {
+            warn!(source = %inb.source, warnings_held_back = held_back, "{what}");
         }
     }
 

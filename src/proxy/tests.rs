@@ -1492,3 +1492,103 @@ fn a_late_answer_after_the_408_of_a_timeout_is_discarded_unless_a_2xx_to_an_invi
     assert!(matches!(ok, Outcome::Relay { .. }), "{ok:?}");
     assert_eq!(core.metrics().drops(DropReason::AfterTimeout), 2);
 }
+
+/// An INVITE the registrar's side sent over its own TCP connection
+/// (`node`, connection 7), relayed by `core` toward the UDP client
+/// `agent`; returns the relayed text, whose Via carries the back token.
+fn relay_offer_from_node(core: &Core, node: SocketAddr, agent: SocketAddr) -> String {
+    let invite = request("INVITE", &format!("sip:agent-a@{agent}"), node, RGS, "")
+        .replace("SIP/2.0/UDP", "SIP/2.0/TCP");
+    let from_node = Inbound {
+        leg: Leg::FromRegistrar,
+        ..tcp(invite, node, 7)
+    };
+    let (to, relayed) = sent(&handle(core, &from_node));
+    assert!(
+        matches!(to, Destination::Flow(ref f) if f.peer == agent),
+        "{to:?}"
+    );
+    assert!(relayed.contains(";sipadmit-back="), "{relayed}");
+    relayed
+}
+
+/// A client's answer to a request relayed toward it goes back where the
+/// request came from (RFC 3261 18.2.2): over the registrar's connection
+/// while it is open; that connection gone, upstream when it was the
+/// registrar host's, dropped (flow gone, counted) when another host's (a
+/// second node, whose transaction `upstream` does not have). A forged back
+/// token sends it upstream, and the warnings bad tokens set off are
+/// rate-limited.
+#[test]
+fn a_clients_answer_goes_back_over_the_connection_the_request_came_on() {
+    let core = Core::detached(CONFIG).unwrap();
+    let agent: SocketAddr = "127.0.0.1:41000".parse().unwrap();
+    let open_7 = |node: SocketAddr| {
+        move |id: ConnectionId, peer: SocketAddr| {
+            id == ConnectionId::new(7).unwrap() && peer == node
+        }
+    };
+    for (node, gone_to) in [
+        ("127.0.0.1:45000", Some(Destination::Upstream)),
+        ("127.0.0.2:45000", None),
+    ] {
+        let node: SocketAddr = node.parse().unwrap();
+        let relayed = relay_offer_from_node(&core, node, agent);
+        let ringing = udp(registrar_answer(&relayed, "180 Ringing", ""), agent);
+        let (to, answer) = sent(&core.handle(&ringing, Instant::now(), &open_7(node)));
+        assert!(
+            matches!(to, Destination::Flow(ref f) if f.peer == node && f.transport == Transport::Tcp),
+            "{to:?}"
+        );
+        assert_eq!(header_values(&answer, "Via").len(), 1, "{answer}");
+        let gone = core.handle(&ringing, Instant::now(), &|_, _| false);
+        match gone_to {
+            Some(destination) => assert_eq!(sent(&gone).0, destination),
+            None => assert!(matches!(
+                gone,
+                Outcome::Drop {
+                    reason: DropReason::FlowGone,
+                    ..
+                }
+            )),
+        }
+    }
+    assert_eq!(core.metrics().drops(DropReason::FlowGone), 1);
+
+    let node: SocketAddr = "127.0.0.2:45000".parse().unwrap();
+    let relayed = relay_offer_from_node(&core, node, agent);
+    let forged = relayed.replace(";sipadmit-back=", ";sipadmit-back=00");
+    let flow_token = relayed.replace(";sipadmit-back=", ";sipadmit-flow=");
+    let t0 = Instant::now();
+    let ((), text) = crate::captured_log::captured_log(tracing::Level::WARN, || {
+        for _ in 0..5 {
+            let out = core.handle(
+                &udp(registrar_answer(&forged, "200 OK", ""), agent),
+                t0,
+                &open_7(node),
+            );
+            assert_eq!(sent(&out).0, Destination::Upstream);
+            let out = core.handle(
+                &udp(registrar_answer(&flow_token, "200 OK", ""), agent),
+                t0,
+                &open_7(node),
+            );
+            assert!(matches!(
+                out,
+                Outcome::Drop {
+                    reason: DropReason::ForeignResponse,
+                    ..
+                }
+            ));
+        }
+    });
+    assert_eq!(
+        text.lines().filter(|l| l.contains("WARN")).count(),
+        1,
+        "{text}"
+    );
+    assert!(
+        text.contains("response with a bad back token sent upstream"),
+        "{text}"
+    );
+}
