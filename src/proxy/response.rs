@@ -97,15 +97,16 @@ impl Core {
             debug!(source = %inb.source, status = view.status(), "the registrar answered the OPTIONS probe");
             return Outcome::Consumed;
         }
-        let destination = match self.response_destination(inb, &via, open, now) {
+        // The back token of a request relayed toward a client, if any.
+        let back = via.params.get(BACK_PARAM.as_bytes());
+        let destination = match self.response_destination(inb, &via, back, open, now) {
             Ok(destination) => destination,
             Err(reason) => return discard(reason),
         };
         if view.values(HeaderName::Via).nth(1).is_none() {
             return self.with_only_our_via(inb, view);
         }
-        let to_client = via.params.get(BACK_PARAM.as_bytes()).is_none();
-        if let (Destination::Flow(flow), true) = (&destination, to_client) {
+        if let (Destination::Flow(flow), None) = (&destination, back) {
             let writable = self.check_flow(flow, open);
             self.settle_registration(view, flow, writable.is_ok(), now);
             if let Err(failure) = writable {
@@ -156,12 +157,13 @@ impl Core {
         &self,
         inb: &Inbound,
         via: &crate::sip::Via<'_>,
+        back: Option<Option<&[u8]>>,
         open: OpenConnection<'_>,
         now: Instant,
     ) -> Result<Destination, DropReason> {
         // From whoever answers: it can only send the response where the
         // request came from, or upstream.
-        if let Some(Some(token)) = via.params.get(BACK_PARAM.as_bytes()) {
+        if let Some(Some(token)) = back {
             return match self.decode_token(token) {
                 Ok((Purpose::ViaBack, flow)) => match self.check_flow(&flow, open) {
                     Ok(()) => Ok(Destination::Flow(flow)),
