@@ -56,6 +56,7 @@ fn record(n: u64) -> DecisionRecord {
         ts: Timestamp::now(),
         transport: Transport::Udp,
         source: "192.0.2.7:5062".parse().unwrap(),
+        local: Some("192.0.2.1:5060".parse().unwrap()),
         leg: Some(Leg::FromClient),
         method: "REGISTER".into(),
         call_id: format!("{n}-a84b4c76e66710@192.0.2.7"),

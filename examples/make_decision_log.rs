@@ -258,6 +258,7 @@ impl Generator<'_> {
                 Transport::Udp
             },
             source: self.source(far),
+            local: None,
             leg: Some(Leg::default_for(role)),
             method: method.to_owned(),
             call_id: format!("{:016x}@{}", self.rng.gen::<u64>(), "contoso.com"),

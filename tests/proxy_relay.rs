@@ -1398,6 +1398,10 @@ fn relayed_messages_leave_from_the_udp_listener_the_client_sent_to() {
         from, second,
         "the 200 left from the listener the REGISTER came in on"
     );
+    // Its record names that listener too.
+    let records = proxy.records();
+    assert_eq!(records.len(), 1, "{records:?}");
+    assert_eq!(records[0]["local"], second.to_string(), "{records:?}");
 
     let path = header(&relayed, "Path")[0]
         .trim_matches(|c| c == '<' || c == '>')

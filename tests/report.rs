@@ -548,6 +548,7 @@ fn fixture_records() -> Vec<DecisionRecord> {
                     Transport::Tcp
                 },
                 source: e.source.parse().unwrap(),
+                local: None,
                 leg: Some(e.leg),
                 method: if e.request_uri == REG {
                     "REGISTER".into()

@@ -174,6 +174,13 @@ pub struct DecisionRecord {
     pub transport: Transport,
     /// Source `IP:port` of the message (`[::1]:5060` for IPv6).
     pub source: SocketAddr,
+    /// The listener of sipadmit's the message arrived at, as advertised
+    /// (`IP:port`; for sipadmit's own connection to a TCP/TLS registrar,
+    /// the listener of that transport facing it): which address a client
+    /// used, on a host with several. Not one of the contract's fields:
+    /// `None` when read from a line without it, and not written then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub local: Option<SocketAddr>,
     /// Which leg: the request came from a client or from the registrar.
     /// `None` only when read from a line without it; [`Self::leg`] then
     /// gives the default ([`Leg::default_for`]).

@@ -1152,6 +1152,7 @@ impl Core {
             transport: inb.transport,
             // An IPv4 client of a dual-stack listener as its IPv4 address.
             source: SocketAddr::new(inb.source.ip().to_canonical(), inb.source.port()),
+            local: Some(inb.local.0),
             leg: Some(inb.leg),
             method: text(view.method_bytes()),
             call_id: text(view.call_id()),

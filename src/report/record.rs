@@ -34,6 +34,9 @@ pub struct RecordView<'a> {
     pub transport: Transport,
     /// Source `IP:port`.
     pub source: SocketAddr,
+    /// The listener it arrived at (`None` when missing).
+    #[serde(default)]
+    pub local: Option<SocketAddr>,
     /// Which leg (`None` when missing: see [`RecordView::leg`]).
     #[serde(default)]
     pub leg: Option<Leg>,
@@ -129,6 +132,7 @@ impl<'a> RecordView<'a> {
             ts: self.ts,
             transport: self.transport,
             source: self.source,
+            local: self.local,
             leg: self.leg,
             method: self.method.to_string(),
             call_id: self.call_id.to_string(),
@@ -219,6 +223,7 @@ mod tests {
             ts: "2026-11-27T00:57:40.653Z".parse().unwrap(),
             transport: Transport::Tcp,
             source: "[::1]:5062".parse().unwrap(),
+            local: Some("[::1]:5060".parse().unwrap()),
             leg: Some(Leg::FromClient),
             method: "INVITE".into(),
             call_id: "a84b4c76e66710@pc33".into(),
@@ -324,6 +329,7 @@ mod tests {
     /// out: those defaulted.
     fn defaulted(r: &DecisionRecord) -> DecisionRecord {
         DecisionRecord {
+            local: None,
             leg: None,
             sender_client: String::new(),
             kind: None,

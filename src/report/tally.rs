@@ -727,6 +727,7 @@ mod tests {
             ts: at.parse().unwrap(),
             transport: Transport::Udp,
             source: "192.0.2.10:5060".parse().unwrap(),
+            local: None,
             leg: Some(Leg::default_for(role)),
             method: if role == SessionRole::AgentRegistration {
                 "REGISTER".into()

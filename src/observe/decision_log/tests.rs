@@ -15,6 +15,7 @@ fn record(n: usize) -> DecisionRecord {
         ts: Timestamp::from_millisecond(1_795_740_000_000 + n as i64).unwrap(),
         transport: Transport::Udp,
         source: "192.0.2.7:5060".parse().unwrap(),
+        local: Some("192.0.2.1:5060".parse().unwrap()),
         leg: Some(Leg::FromClient),
         method: "REGISTER".into(),
         call_id: format!("call-{n}@test"),

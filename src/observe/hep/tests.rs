@@ -58,6 +58,7 @@ fn record(call_id: &str) -> DecisionRecord {
         ts: Timestamp::from_millisecond(1_795_740_000_000).unwrap(),
         transport: Transport::Udp,
         source: "192.0.2.7:5062".parse().unwrap(),
+        local: None,
         leg: Some(Leg::FromClient),
         method: "INVITE".into(),
         call_id: call_id.into(),
