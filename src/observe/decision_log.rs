@@ -174,10 +174,11 @@ pub struct DecisionRecord {
     pub transport: Transport,
     /// Source `IP:port` of the message (`[::1]:5060` for IPv6).
     pub source: SocketAddr,
-    /// The listener of sipadmit's the message arrived at, as advertised
-    /// (`IP:port`; for sipadmit's own connection to a TCP/TLS registrar,
-    /// the listener of that transport facing it): which address a client
-    /// used, on a host with several. Not one of the contract's fields:
+    /// The listener of sipadmit's the message arrived at, by its address
+    /// (`IP:port`; for an unspecified bind address, the local address
+    /// facing the registrar; for sipadmit's own connection to a TCP/TLS
+    /// registrar, the listener of that transport facing it): which of
+    /// several listeners a client used. Not one of the contract's fields:
     /// `None` when read from a line without it, and not written then.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub local: Option<SocketAddr>,

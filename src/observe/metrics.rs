@@ -375,6 +375,10 @@ pub struct Metrics {
     /// Flow tokens verified by a secret other than the signing one (a
     /// rotation in progress: `proxy.flow_secret_file` lines after the first).
     pub flow_tokens_older_secret: AtomicU64,
+    /// Responses whose `sipadmit-back` token did not verify for their
+    /// branch (forged, damaged, replayed for another transaction, or made
+    /// with a secret since dropped): sent upstream.
+    pub bad_back_tokens: AtomicU64,
     /// REGISTERs answered 403 for naming more contacts than
     /// `limits.max_contacts_per_register`.
     pub too_many_contacts: AtomicU64,
@@ -1188,7 +1192,7 @@ const fn gauge(name: &'static str, help: &'static str, samples: Samples) -> Fami
 }
 
 /// Every family, in render order.
-const FAMILIES: [Family; 58] = [
+const FAMILIES: [Family; 59] = [
     gauge(
         "sipadmit_build_info",
         "Always 1; the label names the sipadmit version.",
@@ -1287,6 +1291,11 @@ const FAMILIES: [Family; 58] = [
         "sipadmit_flow_tokens_older_secret_total",
         "Flow tokens (Path, Record-Route, Via) verified by an older secret of proxy.flow_secret_file, not the signing one: while it grows, clients still use tokens of the old secret; drop that secret once it has stopped growing for the longest registration and dialog.",
         Samples::Atomic(|m| &m.flow_tokens_older_secret),
+    ),
+    counter(
+        "sipadmit_bad_back_tokens_total",
+        "Responses whose sipadmit-back Via token did not verify for their branch (forged, damaged, replayed for another transaction, or made with a secret since dropped): sent upstream, as a response without one.",
+        Samples::Atomic(|m| &m.bad_back_tokens),
     ),
     counter(
         "sipadmit_registers_too_many_contacts_total",

@@ -651,7 +651,7 @@ mod tests {
     /// 770 bytes" beyond the two copies of the request, 64-bit).
     #[test]
     #[cfg(target_pointer_width = "64")]
-    fn a_transaction_costs_its_two_messages_and_about_700_bytes() {
+    fn a_transaction_costs_its_two_messages_and_about_770_bytes() {
         let overhead = ENTRY_OVERHEAD + TIMER_BYTES;
         assert!((720..=820).contains(&overhead), "{overhead}");
         let table = ClientTransactions::new(Timers::RFC3261, 1 << 20);

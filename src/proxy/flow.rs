@@ -206,10 +206,11 @@ impl FlowSigner {
         Self::new(&secret)
     }
 
-    fn mac(&self, payload: &[u8]) -> [u8; MAC_BYTES] {
+    fn mac(&self, payload: &[u8], binding: &[u8]) -> [u8; MAC_BYTES] {
         // Only encoding needs the tag itself; decoding verifies in constant time.
         let mut mac = self.signing().clone();
         mac.update(payload);
+        mac.update(binding);
         let full = mac.finalize().into_bytes();
         let mut out = [0; MAC_BYTES];
         out.copy_from_slice(&full[..MAC_BYTES]);
@@ -218,10 +219,11 @@ impl FlowSigner {
 
     /// Constant-time check of a truncated MAC against each secret, the
     /// signing one first: which one verified it, if any.
-    fn verify(&self, payload: &[u8], tag: &[u8]) -> Option<Verified> {
+    fn verify(&self, payload: &[u8], binding: &[u8], tag: &[u8]) -> Option<Verified> {
         self.keys.iter().enumerate().find_map(|(i, key)| {
             let mut mac = key.clone();
             mac.update(payload);
+            mac.update(binding);
             mac.verify_truncated_left(tag).is_ok().then_some(if i == 0 {
                 Verified::Signing
             } else {
@@ -232,6 +234,15 @@ impl FlowSigner {
 
     /// Encode a flow for `purpose` as a lowercase hex token.
     pub fn encode(&self, purpose: Purpose, flow: &Flow) -> Token {
+        self.encode_bound(purpose, flow, &[])
+    }
+
+    /// Encode a flow for `purpose`, bound to `binding`: the MAC covers
+    /// `binding` too (not written in the token), so the token verifies only
+    /// with the same `binding` ([`FlowSigner::decode_bound`]). A back token
+    /// is bound to its transaction's branch. Bound to nothing, it is
+    /// [`FlowSigner::encode`]'s.
+    pub fn encode_bound(&self, purpose: Purpose, flow: &Flow, binding: &[u8]) -> Token {
         let mut payload = Payload::default();
         payload.put(&[purpose.byte()]);
         // Lowercase without the listener (the form before it was named),
@@ -261,7 +272,7 @@ impl FlowSigner {
         }
         let client = &flow.client.as_bytes()[..flow.client.len().min(MAX_CLIENT_ID_BYTES)];
         payload.put(client);
-        let mac = self.mac(payload.bytes());
+        let mac = self.mac(payload.bytes(), binding);
         payload.put(&mac);
         Token::hex(payload.bytes())
     }
@@ -274,13 +285,25 @@ impl FlowSigner {
 
     /// Decode and verify a token, and say which secret verified it.
     pub fn decode_verified(&self, token: &[u8]) -> Result<(Purpose, Flow, Verified), TokenError> {
+        self.decode_bound(token, &[])
+    }
+
+    /// Decode and verify a token made by [`FlowSigner::encode_bound`] with
+    /// `binding`, and say which secret verified it.
+    pub fn decode_bound(
+        &self,
+        token: &[u8],
+        binding: &[u8],
+    ) -> Result<(Purpose, Flow, Verified), TokenError> {
         let mut decoded = [0; MAX_TOKEN_BYTES];
         let bytes = hex_decode(token, &mut decoded).ok_or(TokenError::Malformed)?;
         if bytes.len() < MIN_TOKEN_BYTES {
             return Err(TokenError::Malformed);
         }
         let (payload, mac) = bytes.split_at(bytes.len() - MAC_BYTES);
-        let verified = self.verify(payload, mac).ok_or(TokenError::BadSignature)?;
+        let verified = self
+            .verify(payload, binding, mac)
+            .ok_or(TokenError::BadSignature)?;
         let mut reader = Reader(payload);
         let purpose = Purpose::from_byte(reader.byte()?).ok_or(TokenError::Malformed)?;
         let byte = reader.byte()?;
@@ -531,7 +554,7 @@ mod tests {
             .put(b"pu")
             .put_addr("192.0.2.1:5060".parse().unwrap())
             .put(b"lync-2013");
-        let mac = s.mac(payload.bytes());
+        let mac = s.mac(payload.bytes(), &[]);
         payload.put(&mac);
         let (purpose, old) = s.decode(Token::hex(payload.bytes()).as_bytes()).unwrap();
         assert_eq!(purpose, Purpose::Path);

@@ -425,7 +425,16 @@ impl Core {
     /// Decode and verify a flow token; one verified by an older secret
     /// (a rotation in progress) is counted.
     fn decode_token(&self, token: &[u8]) -> Result<(Purpose, Flow), TokenError> {
-        let (purpose, flow, verified) = self.signer().decode_verified(token)?;
+        self.decode_bound_token(token, &[])
+    }
+
+    /// [`Core::decode_token`] for a token bound to `binding`.
+    fn decode_bound_token(
+        &self,
+        token: &[u8],
+        binding: &[u8],
+    ) -> Result<(Purpose, Flow), TokenError> {
+        let (purpose, flow, verified) = self.signer().decode_bound(token, binding)?;
         if verified == Verified::Older {
             Metrics::inc(&self.metrics.flow_tokens_older_secret);
         }
@@ -1400,8 +1409,11 @@ struct TableWarnings {
     evictions: Mutex<WarningWindow>,
     /// Client transactions not kept: no room.
     client_transactions: Mutex<WarningWindow>,
-    /// Responses with a bad token, or a flow token not from the registrar.
+    /// Responses with a bad flow token, or a flow token not from the
+    /// registrar (a pool's flow secrets that differ, as a rule).
     response_tokens: Mutex<WarningWindow>,
+    /// Responses with a bad back token (a client's doing).
+    back_tokens: Mutex<WarningWindow>,
 }
 
 /// The branch this proxy puts in its Via: `z9hG4bKsa`, 16 hex digits of
@@ -1413,6 +1425,16 @@ struct Branch {
 }
 
 impl Branch {
+    /// What a back token is bound to ([`flow::FlowSigner::encode_bound`]):
+    /// the branch's two parts, so that the token serves the responses of
+    /// this transaction alone.
+    fn binding(&self) -> [u8; 12] {
+        let mut bytes = [0; 12];
+        bytes[..8].copy_from_slice(&self.transaction.to_be_bytes());
+        bytes[8..].copy_from_slice(&self.loop_mark.to_be_bytes());
+        bytes
+    }
+
     /// The parts of a branch this proxy generated (`z9hG4bKsa` + 16 + 8 hex
     /// digits); `None` for any other.
     fn parse(branch: &[u8]) -> Option<Self> {

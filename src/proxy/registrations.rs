@@ -14,8 +14,8 @@
 //! - **bindings**: contact → client flow, keyed by a keyed hash of the
 //!   contact (`scheme:user@host:port`, lowercased), holding the flow
 //!   without strings (the client id is an index into a small list of the
-//!   ids seen, the UDP listener one into the listeners seen). The rest of
-//!   the byte bound.
+//!   ids seen, the listener one into the listeners seen). The rest of the
+//!   byte bound.
 //!
 //! Keys are 64-bit SipHash values under a per-process random key: no
 //! contact or Call-ID bytes are kept, a peer cannot make keys collide, and
@@ -50,10 +50,10 @@ const CLIENT_ID_OVERHEAD_BYTES: usize = 128;
 /// Bytes charged once the first client id is held: the list's and the
 /// lookup's first allocations.
 const CLIENT_IDS_BASE_BYTES: usize = 256;
-/// Most distinct UDP listeners the bindings refer to (listeners are
+/// Most distinct listeners the bindings refer to (listeners are
 /// configured: a handful). A binding through a listener beyond them is
 /// stored without it, and what goes to its client leaves from the first
-/// listener that reaches it.
+/// listener of its transport that reaches it.
 const MAX_LISTENERS: usize = 64;
 
 /// The bounds of the registration tables.
@@ -123,7 +123,7 @@ struct Binding {
     connection: Option<FlowId>,
     transport: Transport,
     client: u16,
-    /// The UDP listener, an index into [`Tables::listeners`].
+    /// The listener the client reached, an index into [`Tables::listeners`].
     listener: Option<u8>,
 }
 
@@ -171,7 +171,7 @@ struct Tables {
     pending: ExpiringMap<Box<[u64]>>,
     bindings: ExpiringMap<Binding>,
     clients: ClientIds,
-    /// The UDP listeners bindings refer to (at most [`MAX_LISTENERS`]).
+    /// The listeners bindings refer to (at most [`MAX_LISTENERS`]).
     listeners: Vec<LocalAddr>,
 }
 
@@ -413,7 +413,7 @@ enum Bound {
 }
 
 impl Tables {
-    /// The index of the UDP listener `local`, adding it when there is room.
+    /// The index of the listener `local`, adding it when there is room.
     fn listener_index(&mut self, local: LocalAddr) -> Option<u8> {
         let i = match self.listeners.iter().position(|&l| l == local) {
             Some(i) => i,

@@ -353,13 +353,23 @@ impl Core {
 
     /// The flow `inb` came in on, without its client: a stream's
     /// connection or a UDP client's address, and the listener the client
-    /// reached (what goes back to it leaves from there, RFC 3581 4).
+    /// reached (what goes back to it leaves from there, RFC 3581 4) where
+    /// this proxy has several of that transport. With one, the flow names
+    /// none: the listener found without it is that one, and its tokens
+    /// keep the form every earlier version reads (a pool's rolling upgrade
+    /// and its rollback).
     fn inbound_flow(&self, inb: &Inbound) -> Flow {
+        let several = self
+            .listeners
+            .iter()
+            .filter(|l| l.transport == inb.transport)
+            .nth(1)
+            .is_some();
         Flow {
             transport: inb.transport,
             peer: inb.source.0,
             connection: inb.connection.map(|c| self.flow_id(c)),
-            local: Some(inb.local),
+            local: several.then_some(inb.local),
             client: String::new(),
         }
     }
@@ -706,19 +716,14 @@ impl Core {
     }
 
     /// Whether `flow` is the configured registrar itself: its transport,
-    /// address and port (a UDP datagram from it, or sipadmit's own link).
+    /// address and port (a UDP datagram from it, or sipadmit's own link;
+    /// an IPv4 registrar seen through a dual-stack listener as well).
     fn is_upstream_itself(&self, flow: &Flow) -> bool {
-        self.settings
-            .upstream
-            .is_some_and(|u| u.transport == flow.transport && u.addr == flow.peer)
-    }
-
-    /// Whether `flow` is on the configured registrar's host (its address,
-    /// any port: a connection the registrar opened, say).
-    pub(super) fn is_upstream_host(&self, flow: &Flow) -> bool {
-        self.settings
-            .upstream
-            .is_some_and(|u| u.addr.ip() == flow.peer.ip())
+        self.settings.upstream.is_some_and(|u| {
+            u.transport == flow.transport
+                && u.addr.ip().to_canonical() == flow.peer.ip().to_canonical()
+                && u.addr.port() == flow.peer.port()
+        })
     }
 
     /// Whether the registrar is known to be unreachable now: a UDP one
@@ -738,9 +743,11 @@ impl Core {
 
     /// This proxy's Via on top (RFC 3261 16.6 step 8); it carries the
     /// token of the flow the answer goes back to: toward the registrar
-    /// always, toward a client unless the request came from `upstream`
-    /// itself (the registrar's own connection, another of its nodes, or a
-    /// client, whose response goes back to them and not to `upstream`).
+    /// always; toward a client unless the request came from `upstream`
+    /// itself (its address and port, or sipadmit's own link to it). A
+    /// request toward a client from anywhere else (a connection the
+    /// registrar opened, another of its nodes, another client) gets a back
+    /// token bound to this branch, so that the answer goes back there.
     fn add_via(
         &self,
         view: &SipView,
@@ -751,20 +758,29 @@ impl Core {
         edits: &mut Edits,
     ) {
         let token = match &routing.toward {
-            None => Some((FLOW_PARAM, Purpose::Via)),
+            None => Some((FLOW_PARAM, self.signer().encode(Purpose::Via, inbound_flow))),
             // RFC 3261 18.2.2: the response goes back where the request
             // came from; from `upstream` itself, upstream it goes anyway.
             Some(_) if self.is_upstream_itself(inbound_flow) => None,
-            Some(_) => Some((BACK_PARAM, Purpose::ViaBack)),
-        }
-        .map(|(param, purpose)| (param, self.signer().encode(purpose, inbound_flow)));
+            Some(_) => {
+                // The client id is of no use on the way back.
+                let back = Flow {
+                    client: String::new(),
+                    ..inbound_flow.clone()
+                };
+                let token = self
+                    .signer()
+                    .encode_bound(Purpose::ViaBack, &back, &branch.binding());
+                Some((BACK_PARAM, token))
+            }
+        };
         edits.insert_fmt(
             before_first(view, HeaderName::Via),
             format_args!(
                 "Via: SIP/2.0/{} {};branch={branch}{}\r\n",
                 hop.transport.via_name(),
                 hop.own.sent_by(),
-                FlowParam(token.as_ref().map(|(param, token)| (*param, token)))
+                ViaTokenParam(token.as_ref().map(|(param, token)| (*param, token)))
             ),
         );
     }
@@ -1015,9 +1031,9 @@ fn max_udp_payload(ip: std::net::IpAddr) -> usize {
 /// The token parameter of the proxy's Via, `;sipadmit-flow=TOKEN` or
 /// `;sipadmit-back=TOKEN`, when there is a token (written nothing
 /// otherwise).
-struct FlowParam<'a>(Option<(&'static str, &'a super::flow::Token)>);
+struct ViaTokenParam<'a>(Option<(&'static str, &'a super::flow::Token)>);
 
-impl std::fmt::Display for FlowParam<'_> {
+impl std::fmt::Display for ViaTokenParam<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self.0 {
             Some((param, token)) => write!(f, ";{param}={token}"),

@@ -146,13 +146,10 @@ impl Core {
     /// token in that Via (only the registrar answers requests sent upstream
     /// with one); for a response to a request relayed toward a client, the
     /// flow its back token names while this instance can write to it (RFC
-    /// 3261 18.2.2: where the request came from) or, that connection gone,
-    /// upstream when it was the registrar host's (its new connection, or
-    /// sipadmit's own, reaches the same registrar). `Err`: why it is
-    /// dropped: a bad flow token, or a flow token not from the registrar
-    /// (foreign); the gone connection of another host, such as a second
-    /// node of the registrar's pool, whose transaction `upstream` does not
-    /// have (flow gone).
+    /// 3261 18.2.2: where the request came from), else upstream as a
+    /// response without one (that connection gone: the registrar relays or
+    /// discards it). `Err`: why it is dropped: a bad flow token, or a flow
+    /// token not from the registrar.
     fn response_destination(
         &self,
         inb: &Inbound,
@@ -164,27 +161,28 @@ impl Core {
         // From whoever answers: it can only send the response where the
         // request came from, or upstream.
         if let Some(Some(token)) = back {
-            return match self.decode_token(token) {
-                Ok((Purpose::ViaBack, flow)) => match self.check_flow(&flow, open) {
-                    Ok(()) => Ok(Destination::Flow(flow)),
-                    Err(_) if self.is_upstream_host(&flow) => {
-                        debug!(source = %inb.source, peer = %flow.peer, "the registrar's connection a request toward a client came on is gone: its response goes upstream");
-                        Ok(Destination::Upstream)
-                    }
+            // Bound to the branch it was made for: the responses of that
+            // transaction alone.
+            let binding = via.branch().and_then(Branch::parse).map(|b| b.binding());
+            let decoded = binding.map(|b| self.decode_bound_token(token, &b));
+            return Ok(match decoded {
+                Some(Ok((Purpose::ViaBack, flow))) => match self.check_flow(&flow, open) {
+                    Ok(()) => Destination::Flow(flow),
                     Err(failure) => {
-                        debug!(source = %inb.source, peer = %flow.peer, reason = failure.as_str(), "the connection of another registrar node a request toward a client came on is gone: its response dropped");
-                        Err(DropReason::FlowGone)
+                        debug!(source = %inb.source, peer = %flow.peer, reason = failure.as_str(), "the connection a request toward a client came on is gone: its response goes upstream");
+                        Destination::Upstream
                     }
                 },
-                Ok(_) | Err(_) => {
-                    self.bad_response_token(
-                        inb,
-                        now,
-                        "response with a bad back token sent upstream",
-                    );
-                    Ok(Destination::Upstream)
+                _ => {
+                    Metrics::inc(&self.metrics.bad_back_tokens);
+                    if let Some(held_back) =
+                        super::lock(&self.warnings.back_tokens).admit(now, super::WARNING_INTERVAL)
+                    {
+                        warn!(source = %inb.source, warnings_held_back = held_back, "response with a bad back token sent upstream");
+                    }
+                    Destination::Upstream
                 }
-            };
+            });
         }
         match via.params.get(FLOW_PARAM.as_bytes()) {
             Some(Some(token)) if inb.from_registrar() => match self.decode_token(token) {

@@ -1514,11 +1514,10 @@ fn relay_offer_from_node(core: &Core, node: SocketAddr, agent: SocketAddr) -> St
 
 /// A client's answer to a request relayed toward it goes back where the
 /// request came from (RFC 3261 18.2.2): over the registrar's connection
-/// while it is open; that connection gone, upstream when it was the
-/// registrar host's, dropped (flow gone, counted) when another host's (a
-/// second node, whose transaction `upstream` does not have). A forged back
-/// token sends it upstream, and the warnings bad tokens set off are
-/// rate-limited.
+/// (or another node's) while it is open, upstream once it is gone. The
+/// back token serves its own transaction alone: forged, or replayed with
+/// another branch, it sends the answer upstream, counted, and the warnings
+/// it sets off are rate-limited apart from those of bad flow tokens.
 #[test]
 fn a_clients_answer_goes_back_over_the_connection_the_request_came_on() {
     let core = Core::detached(CONFIG).unwrap();
@@ -1528,10 +1527,7 @@ fn a_clients_answer_goes_back_over_the_connection_the_request_came_on() {
             id == ConnectionId::new(7).unwrap() && peer == node
         }
     };
-    for (node, gone_to) in [
-        ("127.0.0.1:45000", Some(Destination::Upstream)),
-        ("127.0.0.2:45000", None),
-    ] {
+    for node in ["127.0.0.1:45000", "127.0.0.2:45000"] {
         let node: SocketAddr = node.parse().unwrap();
         let relayed = relay_offer_from_node(&core, node, agent);
         let ringing = udp(registrar_answer(&relayed, "180 Ringing", ""), agent);
@@ -1542,32 +1538,34 @@ fn a_clients_answer_goes_back_over_the_connection_the_request_came_on() {
         );
         assert_eq!(header_values(&answer, "Via").len(), 1, "{answer}");
         let gone = core.handle(&ringing, Instant::now(), &|_, _| false);
-        match gone_to {
-            Some(destination) => assert_eq!(sent(&gone).0, destination),
-            None => assert!(matches!(
-                gone,
-                Outcome::Drop {
-                    reason: DropReason::FlowGone,
-                    ..
-                }
-            )),
-        }
+        assert_eq!(sent(&gone).0, Destination::Upstream);
     }
-    assert_eq!(core.metrics().drops(DropReason::FlowGone), 1);
+    assert_eq!(count(&core.metrics().bad_back_tokens), 0);
 
     let node: SocketAddr = "127.0.0.2:45000".parse().unwrap();
     let relayed = relay_offer_from_node(&core, node, agent);
     let forged = relayed.replace(";sipadmit-back=", ";sipadmit-back=00");
     let flow_token = relayed.replace(";sipadmit-back=", ";sipadmit-flow=");
+    // The token of this transaction with the branch of another.
+    let other_branch = relay_offer_from_node(&core, node, "127.0.0.1:41001".parse().unwrap());
+    let branch_of = |text: &str| {
+        let via = header_values(text, "Via")[0];
+        let start = via.find(";branch=").unwrap() + ";branch=".len();
+        via[start..start + via[start..].find(';').unwrap()].to_owned()
+    };
+    let replayed = relayed.replace(&branch_of(&relayed), &branch_of(&other_branch));
+    assert_ne!(replayed, relayed);
     let t0 = Instant::now();
     let ((), text) = crate::captured_log::captured_log(tracing::Level::WARN, || {
         for _ in 0..5 {
-            let out = core.handle(
-                &udp(registrar_answer(&forged, "200 OK", ""), agent),
-                t0,
-                &open_7(node),
-            );
-            assert_eq!(sent(&out).0, Destination::Upstream);
+            for bad in [&forged, &replayed] {
+                let out = core.handle(
+                    &udp(registrar_answer(bad, "200 OK", ""), agent),
+                    t0,
+                    &open_7(node),
+                );
+                assert_eq!(sent(&out).0, Destination::Upstream);
+            }
             let out = core.handle(
                 &udp(registrar_answer(&flow_token, "200 OK", ""), agent),
                 t0,
@@ -1582,13 +1580,47 @@ fn a_clients_answer_goes_back_over_the_connection_the_request_came_on() {
             ));
         }
     });
+    assert_eq!(count(&core.metrics().bad_back_tokens), 10);
+    let warned = |what: &str| {
+        text.lines()
+            .filter(|l| l.contains("WARN") && l.contains(what))
+            .count()
+    };
     assert_eq!(
-        text.lines().filter(|l| l.contains("WARN")).count(),
+        warned("response with a bad back token sent upstream"),
         1,
         "{text}"
     );
-    assert!(
-        text.contains("response with a bad back token sent upstream"),
+    assert_eq!(
+        warned("flow-token response not from the registrar"),
+        1,
         "{text}"
     );
+    assert_eq!(
+        text.lines().filter(|l| l.contains("WARN")).count(),
+        2,
+        "{text}"
+    );
+}
+
+/// A flow names the listener its client reached only where the instance
+/// has several of its transport: with one, the tokens keep the form every
+/// earlier version reads (a pool's rolling upgrade).
+#[test]
+fn a_token_names_the_listener_only_where_there_are_several_of_its_transport() {
+    let agent: SocketAddr = "127.0.0.1:44000".parse().unwrap();
+    for (transports, named) in [
+        (&[Transport::Udp, Transport::Tcp][..], None),
+        (
+            &[Transport::Udp, Transport::Udp, Transport::Tcp][..],
+            Some(DETACHED_ADDRESS),
+        ),
+    ] {
+        let core = core_on(DETACHED_UPSTREAM, transports, BootId::from_u64(1));
+        let relayed = relay_register(&core, agent, 1);
+        let path = header_values(&relayed, "Path")[0];
+        let token = &path[path.find("sip:").unwrap() + 4..path.find('@').unwrap()];
+        let (purpose, flow) = core.decode_token(token.as_bytes()).unwrap();
+        assert_eq!((purpose, flow.local), (Purpose::Path, named), "{relayed}");
+    }
 }
