@@ -267,12 +267,7 @@ fn a_copy_of_a_request_answered_503_over_its_limit_gets_the_503_again_within_it(
         // Never relayed, so not awaited (a drain would wait for it).
         assert_eq!(core.registrations().pending(), 0, "{method}");
     }
-    assert_eq!(
-        core.metrics()
-            .retransmissions
-            .load(std::sync::atomic::Ordering::Relaxed),
-        4
-    );
+    assert_eq!(count(&core.metrics().retransmissions), 4);
 }
 
 #[test]
@@ -949,12 +944,7 @@ fn both_legs_of_an_agent_offer_are_recorded_and_the_registrars_retransmissions_a
         roles,
         [Some(SessionRole::AgentOffer), None, None, None, None]
     );
-    assert_eq!(
-        core.metrics()
-            .retransmissions
-            .load(std::sync::atomic::Ordering::Relaxed),
-        4
-    );
+    assert_eq!(count(&core.metrics().retransmissions), 4);
 }
 
 #[test]
