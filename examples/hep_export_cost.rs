@@ -79,6 +79,7 @@ fn record(n: u64) -> DecisionRecord {
         generation: 1,
         spiral: false,
         unregister: false,
+        undelivered: false,
     }
 }
 

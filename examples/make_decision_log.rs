@@ -281,6 +281,7 @@ impl Generator<'_> {
             generation: 1,
             spiral: false,
             unregister: false,
+            undelivered: false,
         }
     }
 }

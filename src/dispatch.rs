@@ -619,9 +619,9 @@ fn mirror_sent(senders: &Senders, inbound: &Inbound, to: &Destination, bytes: &b
     senders.hep.sent(transport, local, peer, bytes);
 }
 
-/// Submit an outcome's record and send what it says (never waiting for a
-/// connection). `boot` is this instance's: only its stream flows are
-/// written to.
+/// Send what an outcome says (never waiting for a connection), then submit
+/// its record, marked `undelivered` when the send failed. `boot` is this
+/// instance's: only its stream flows are written to.
 async fn carry_out(
     senders: &Senders,
     log: &DecisionLog,
@@ -629,10 +629,24 @@ async fn carry_out(
     mut outcome: Outcome,
     boot: BootId,
 ) -> Result<(), (Destination, SendError)> {
-    if let Some(record) = outcome.take_record() {
+    let record = outcome.take_record();
+    let sent = send(senders, inbound, outcome, boot).await;
+    if let Some(mut record) = record {
+        record.undelivered = sent.is_err();
         senders.hep.decision(&record, inbound.local);
         log.submit(record);
     }
+    sent
+}
+
+/// Send what `outcome` (its record taken) says: to `inbound`'s source, a
+/// flow or the registrar.
+async fn send(
+    senders: &Senders,
+    inbound: &Inbound,
+    outcome: Outcome,
+    boot: BootId,
+) -> Result<(), (Destination, SendError)> {
     let (to, bytes) = match outcome {
         Outcome::Relay {
             send: Outbound { to, bytes },

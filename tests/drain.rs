@@ -321,6 +321,31 @@ fn a_drain_that_runs_out_answers_408_to_the_stream_clients_still_waiting() {
     assert!(!stderr.contains("within 64*T1"), "{stderr}");
     let log = std::fs::read_to_string(dir.path().join("decisions.log")).unwrap();
     assert!(log.contains("\"rule\":\"proxy.request-timeout\""), "{log}");
+    assert!(!log.contains("undelivered"), "{log}");
+}
+
+#[test]
+fn a_408_for_a_stream_client_that_has_gone_is_recorded_as_undelivered() {
+    // As above, but the TCP client closes its connection while its
+    // REGISTER waits: the drain's 408 has nowhere to go, and its record
+    // says so rather than that the client was answered.
+    let silent = Registrar::start_with(Behaviour::Silent);
+    let dir = tempfile::tempdir().unwrap();
+    let (mut sipadmit, tcp) = start(dir.path(), &silent, 1);
+    drop(register_over_tcp(tcp, &silent));
+    sipadmit.signal("TERM");
+    let stderr = sipadmit.exited();
+    assert!(stderr.contains("limits.drain_secs ran out"), "{stderr}");
+    let log = std::fs::read_to_string(dir.path().join("decisions.log")).unwrap();
+    let timeout = log
+        .lines()
+        .find(|l| l.contains("\"rule\":\"proxy.request-timeout\""))
+        .unwrap_or_else(|| panic!("no 408 record:\n{log}"));
+    assert!(timeout.contains("\"status\":408"), "{timeout}");
+    assert!(timeout.contains("\"undelivered\":true"), "{timeout}");
+    // The REGISTER's own record (relayed) was delivered.
+    let relayed = log.lines().find(|l| l.contains("\"rule\":\"supported\""));
+    assert!(relayed.is_some_and(|l| !l.contains("undelivered")), "{log}");
 }
 
 /// A TCP registrar that accepts one connection and reads everything sent

@@ -596,6 +596,7 @@ fn fixture_records() -> Vec<DecisionRecord> {
                 generation: 1,
                 spiral: e.spiral,
                 unregister: e.unregister,
+                undelivered: false,
             }
         })
         .collect()

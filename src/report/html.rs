@@ -165,6 +165,9 @@ fn overview(out: &mut String, s: &Summary) {
     }
     card("would reject", s.would_reject.total);
     card("protocol answers", s.protocol_answers.total);
+    if s.undelivered > 0 {
+        card("undelivered", s.undelivered);
+    }
     card("unknown User-Agents", s.unknown_user_agents.len() as u64);
     card("malformed lines", s.malformed_lines);
     out.push_str("</div>\n");

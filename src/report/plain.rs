@@ -184,6 +184,13 @@ fn overview(out: &mut String, s: &Summary) {
         "Protocol:     {} protocol and capacity answers, counted apart (not policy decisions)",
         s.protocol_answers.total
     );
+    if s.undelivered > 0 {
+        let _ = writeln!(
+            out,
+            "Undelivered:  {} records whose answer or relayed message never reached its peer (connection closed, send failed)",
+            s.undelivered
+        );
+    }
     let leg = |l: &super::summary::LegCounts| {
         format!(
             "{} ({} policy, {} protocol)",

@@ -100,6 +100,9 @@ pub struct RecordView<'a> {
     /// A de-REGISTER (`false` when missing).
     #[serde(default)]
     pub unregister: bool,
+    /// What the decision sent never reached its peer (`false` when missing).
+    #[serde(default)]
+    pub undelivered: bool,
 }
 
 impl<'a> RecordView<'a> {
@@ -155,6 +158,7 @@ impl<'a> RecordView<'a> {
             generation: self.generation,
             spiral: self.spiral,
             unregister: self.unregister,
+            undelivered: self.undelivered,
         }
     }
 }
@@ -246,6 +250,7 @@ mod tests {
             generation: 3,
             spiral: false,
             unregister: false,
+            undelivered: false,
         }
     }
 
@@ -286,6 +291,10 @@ mod tests {
         let mut r = record();
         r.method = "REGISTER".into();
         r.unregister = true;
+        variants.push(r);
+        // An answer the client's closed connection never got.
+        let mut r = record();
+        r.undelivered = true;
         variants.push(r);
         for r in variants {
             let text = line(&r);
@@ -396,12 +405,15 @@ mod tests {
             // Old logs count every record: nothing is a spiral.
             assert!(view.counted_once() && owned.counted_once());
         }
-        // Written: leg and kind as they are, spiral and unregister only when true.
+        // Written: leg and kind as they are, spiral, unregister and
+        // undelivered only when true.
         let object: Object = serde_json::from_str(&line(&record())).unwrap();
         assert_eq!(object["leg"], "from_client");
         assert_eq!(object["kind"], "policy");
         assert_eq!(object["sender_client"], "lync-mobile");
-        assert!(!object.contains_key("spiral") && !object.contains_key("unregister"));
+        for only_when_true in ["spiral", "unregister", "undelivered"] {
+            assert!(!object.contains_key(only_when_true), "{only_when_true}");
+        }
     }
 
     #[test]

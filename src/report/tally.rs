@@ -166,6 +166,8 @@ pub struct Tally<'c> {
     legs: Legs,
     /// Valid records inside the time range, of every kind and leg.
     records_read: u64,
+    /// Of those, the records marked `undelivered`.
+    undelivered: u64,
     /// Policy records counted in the decision tables.
     records: u64,
     by_leg: [LegCounts; 2],
@@ -207,6 +209,7 @@ impl<'c> Tally<'c> {
             range,
             legs: Legs::Once,
             records_read: 0,
+            undelivered: 0,
             records: 0,
             by_leg: [LegCounts::default(); 2],
             registers: [0; 2],
@@ -265,6 +268,7 @@ impl<'c> Tally<'c> {
             return;
         }
         self.records_read += 1;
+        self.undelivered += u64::from(r.undelivered);
         self.first = Some(self.first.map_or(r.ts, |f| f.min(r.ts)));
         self.last = Some(self.last.map_or(r.ts, |l| l.max(r.ts)));
         let leg = leg_index(r.leg());
@@ -377,6 +381,7 @@ impl<'c> Tally<'c> {
             logs: Vec::new(),
             legs: self.legs.as_str(),
             records_read: self.records_read,
+            undelivered: self.undelivered,
             records: self.records,
             by_leg: ByLeg {
                 from_client: self.by_leg[0],
@@ -754,6 +759,7 @@ mod tests {
             generation: 1,
             spiral: false,
             unregister: false,
+            undelivered: false,
         }
     }
 
@@ -969,6 +975,37 @@ mod tests {
             (2, vec![("from_client", 1), ("from_registrar", 1)])
         );
         assert_eq!(both.protocol_answers.total, 1);
+    }
+
+    #[test]
+    fn undelivered_records_are_counted_whatever_their_kind() {
+        let mut refused = allowed("2026-11-27T10:00:00Z", LYNC_2013);
+        refused.action = Action::Reject;
+        refused.undelivered = true;
+        let mut timed_out = allowed("2026-11-27T10:00:01Z", LYNC_2013);
+        timed_out.kind = Some(DecisionKind::Protocol);
+        timed_out.rule = Cow::Borrowed("proxy.request-timeout");
+        timed_out.status = Some(408);
+        timed_out.undelivered = true;
+        let delivered = allowed("2026-11-27T10:00:02Z", LYNC_2013);
+        let s = summarise(&[refused, timed_out, delivered], TimeRange::default());
+        assert_eq!((s.records_read, s.undelivered), (3, 2));
+        let text = crate::report::plain::render(&s);
+        assert!(
+            text.contains(
+                "Undelivered:  2 records whose answer or relayed message never reached its peer"
+            ),
+            "{text}"
+        );
+        let html = crate::report::html::render(&s);
+        assert!(html.contains("<b>2</b>undelivered"), "{html}");
+        // None undelivered: no line, no card.
+        let s = summarise(
+            &[allowed("2026-11-27T10:00:00Z", LYNC_2013)],
+            TimeRange::default(),
+        );
+        assert!(!crate::report::plain::render(&s).contains("Undelivered"));
+        assert!(!crate::report::html::render(&s).contains("undelivered"));
     }
 
     #[test]

@@ -38,6 +38,7 @@ fn record(n: usize) -> DecisionRecord {
         generation: 1,
         spiral: false,
         unregister: false,
+        undelivered: false,
     }
 }
 

@@ -81,6 +81,7 @@ fn record(call_id: &str) -> DecisionRecord {
         generation: 1,
         spiral: false,
         unregister: false,
+        undelivered: false,
     }
 }
 
