@@ -619,8 +619,10 @@ fn mirror_sent(senders: &Senders, inbound: &Inbound, to: &Destination, bytes: &b
     senders.hep.sent(transport, local, peer, bytes);
 }
 
-/// Send what an outcome says (never waiting for a connection), then submit
-/// its record, marked `undelivered` when the send failed. `boot` is this
+/// Submit an outcome's record and send what it says (never waiting for a
+/// connection). The record goes first: whoever reads the answer finds it
+/// in the log once the log is flushed. It is marked `undelivered` when the
+/// answer is for a connection that has closed already. `boot` is this
 /// instance's: only its stream flows are written to.
 async fn carry_out(
     senders: &Senders,
@@ -629,14 +631,34 @@ async fn carry_out(
     mut outcome: Outcome,
     boot: BootId,
 ) -> Result<(), (Destination, SendError)> {
-    let record = outcome.take_record();
-    let sent = send(senders, inbound, outcome, boot).await;
-    if let Some(mut record) = record {
-        record.undelivered = sent.is_err();
+    if let Some(mut record) = outcome.take_record() {
+        record.undelivered = connection_gone(senders, inbound, &outcome, boot);
         senders.hep.decision(&record, inbound.local);
         log.submit(record);
     }
-    sent
+    send(senders, inbound, outcome, boot).await
+}
+
+/// Whether what `outcome` sends is for a stream connection that is no
+/// longer open (or is not this instance's): it cannot be delivered.
+fn connection_gone(senders: &Senders, inbound: &Inbound, outcome: &Outcome, boot: BootId) -> bool {
+    let to = match outcome {
+        Outcome::Relay { send, .. } => &send.to,
+        Outcome::Answer { .. } => &Destination::Source,
+        Outcome::Drop { .. } | Outcome::Consumed => return false,
+    };
+    match to {
+        Destination::Source => inbound
+            .connection
+            .is_some_and(|id| !senders.connections.is_open_to(id, inbound.source.0)),
+        Destination::Flow(flow) if flow.transport.is_stream() => match flow.connection {
+            Some(id) if id.boot == boot => {
+                !senders.connections.is_open_to(id.connection, flow.peer)
+            }
+            _ => true,
+        },
+        Destination::Flow(_) | Destination::Upstream => false,
+    }
 }
 
 /// Send what `outcome` (its record taken) says: to `inbound`'s source, a

@@ -231,8 +231,13 @@ impl Reloader {
     /// config, the running signer stays.
     fn apply_flow_secrets(&self, core: &Core, settings: &Settings) -> Option<&'static str> {
         let secrets = settings.flow_secrets.as_ref()?;
-        let signer = FlowSigner::with_secrets(secrets.secrets())?;
+        // The tokens signed with the random secret of a start without one
+        // (Path of every registration, Record-Route of every dialog) keep
+        // verifying until a restart.
+        let signer =
+            FlowSigner::with_secrets(secrets.secrets())?.carrying_random_of(&core.flow_signer());
         let (count, fingerprint) = (signer.secrets(), signer.fingerprint());
+        let random_secret_verifies = signer.verifies_a_random_secret();
         if !core.set_flow_signer(signer) {
             return None;
         }
@@ -240,8 +245,9 @@ impl Reloader {
             config = %self.path.display(),
             source = secrets.key(),
             secrets = count,
+            random_secret_verifies,
             signing_fingerprint = %fingerprint,
-            "config reload: flow secrets changed: the first signs, every one verifies"
+            "config reload: flow secrets changed: the first signs, every one verifies (with random_secret_verifies, also the random secret this run started with, until a restart)"
         );
         Some(secrets.key())
     }

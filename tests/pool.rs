@@ -241,6 +241,63 @@ fn a_secret_rotation_across_two_instances_keeps_a_registered_client_reachable() 
 }
 
 #[test]
+fn the_first_secret_brought_by_a_reload_keeps_the_tokens_of_the_random_one() {
+    // Started without a secret (a random one, warned about), then given
+    // one by a reload, as an admin joining an instance to a pool does:
+    // the registrations made before keep routing until they refresh.
+    let files = Files::new(RESPONSE_GROUP, "");
+    let upstream = udp();
+    let proxy = start_reloading(&files.config(), &upstream);
+    let client = udp();
+    let contact = client.local_addr().unwrap();
+    let random_path = register(&client, proxy.udp, &upstream, "agent-x", LYNC, 1);
+    std::fs::write(
+        files.config(),
+        format!("[proxy]\nflow_secret = \"{OLD_SECRET}\"\n{RESPONSE_GROUP}"),
+    )
+    .unwrap();
+    assert!(proxy.reload());
+    offer(
+        &upstream,
+        proxy.udp,
+        "agent-x",
+        contact,
+        &random_path,
+        "after-reload",
+    );
+    rings(&client, proxy.udp, "after-reload");
+    // New registrations get tokens of the configured secret, which a
+    // second instance of the pool routes.
+    let configured_path = register(&client, proxy.udp, &upstream, "agent-x", LYNC, 2);
+    assert_ne!(configured_path, random_path);
+    let other = TestProxy::start(
+        &format!("[proxy]\nflow_secret = \"{OLD_SECRET}\"\n{RESPONSE_GROUP}"),
+        "127.0.0.1",
+        &format!("udp:{}", upstream.local_addr().unwrap()),
+    );
+    offer(
+        &upstream,
+        other.udp,
+        "agent-x",
+        contact,
+        &configured_path,
+        "other",
+    );
+    rings(&client, other.udp, "other");
+    // A reload of the same file changes nothing: the old tokens still route.
+    assert!(proxy.reload());
+    offer(
+        &upstream,
+        proxy.udp,
+        "agent-x",
+        contact,
+        &random_path,
+        "reloaded-again",
+    );
+    rings(&client, proxy.udp, "reloaded-again");
+}
+
+#[test]
 fn a_call_through_the_advertised_name_is_taken_by_either_instance_and_decided_the_same() {
     let upstream = udp();
     let config = format!(

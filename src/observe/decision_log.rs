@@ -254,12 +254,11 @@ pub struct DecisionRecord {
     /// header). Written only when true.
     #[serde(default, skip_serializing_if = "is_false")]
     pub unregister: bool,
-    /// What the decision sent (the answer, or the message relayed) could
-    /// not be sent: the client's connection had closed, or the send
-    /// failed (counted in `sipadmit_dropped_total{reason="send_failed"}`,
-    /// or, toward the registrar, answered `503` in a record of its own).
-    /// The decision stands; this says the peer never got it. Written only
-    /// when true.
+    /// What the decision sent (the answer, or the message relayed) was for
+    /// a TCP/TLS connection that had closed by then (a client that hung up
+    /// while its request waited): it was not delivered (counted in
+    /// `sipadmit_dropped_total{reason="send_failed"}`). The decision
+    /// stands; this says the peer never got it. Written only when true.
     #[serde(default, skip_serializing_if = "is_false")]
     pub undelivered: bool,
 }

@@ -129,8 +129,13 @@ pub struct FlowSigner {
     /// Never empty: the signing key first, then the older ones.
     keys: Vec<HmacSha256>,
     /// SHA-256 over the secrets in order: tells two signers apart without
-    /// keeping the secrets.
+    /// keeping the secrets. A random secret carried over
+    /// ([`FlowSigner::carrying_random_of`]) is not in it.
     digest: [u8; 32],
+    /// The last key is this run's random secret: the only one of a signer
+    /// made at start without a configured secret, or kept for verifying
+    /// once a reload brought configured ones.
+    random_last: bool,
 }
 
 impl std::fmt::Debug for FlowSigner {
@@ -175,7 +180,25 @@ impl FlowSigner {
         Some(Self {
             keys,
             digest: digest.finalize().into(),
+            random_last: false,
         })
+    }
+
+    /// This signer, also verifying (last) with the random secret `running`
+    /// was made with, if it was: a reload that brings the first configured
+    /// secrets keeps the tokens of this run's registrations and dialogs
+    /// valid (until a restart, which loses the random secret anyway).
+    pub fn carrying_random_of(mut self, running: &FlowSigner) -> Self {
+        if let (true, Some(random)) = (running.random_last, running.keys.last()) {
+            self.keys.push(random.clone());
+            self.random_last = true;
+        }
+        self
+    }
+
+    /// Whether this signer verifies with a random secret of this run.
+    pub fn verifies_a_random_secret(&self) -> bool {
+        self.random_last
     }
 
     /// How many secrets verify (the signing one included).
@@ -203,7 +226,10 @@ impl FlowSigner {
     /// A signer with a random secret (tokens die with the process).
     pub fn random() -> Self {
         let secret: [u8; 32] = rand::random();
-        Self::new(&secret)
+        Self {
+            random_last: true,
+            ..Self::new(&secret)
+        }
     }
 
     fn mac(&self, payload: &[u8], binding: &[u8]) -> [u8; MAC_BYTES] {
@@ -655,6 +681,47 @@ mod tests {
             new.decode(old_token.as_bytes()),
             Err(TokenError::BadSignature)
         );
+    }
+
+    #[test]
+    fn the_first_configured_secret_keeps_verifying_the_random_one_of_this_run() {
+        let random = FlowSigner::random();
+        let f = flow("192.0.2.1:5060");
+        let before = random.encode(Purpose::Path, &f);
+        let configured = FlowSigner::with_secrets(&["configured-secret-0123"]).unwrap();
+        let reloaded = configured.clone().carrying_random_of(&random);
+        assert!(reloaded.verifies_a_random_secret() && random.verifies_a_random_secret());
+        assert_eq!(
+            reloaded.decode_verified(before.as_bytes()),
+            Ok((Purpose::Path, f.clone(), Verified::Older))
+        );
+        // It signs with the configured secret, and compares as it does: a
+        // reload of the same file changes nothing, and keeps carrying.
+        assert_eq!(
+            reloaded.encode(Purpose::Path, &f),
+            configured.encode(Purpose::Path, &f)
+        );
+        assert_eq!(reloaded, configured);
+        let again = configured.clone().carrying_random_of(&reloaded);
+        assert_eq!(
+            again.decode(before.as_bytes()).map(|(p, _)| p),
+            Ok(Purpose::Path)
+        );
+        // A rotation of the configured secrets still carries it.
+        let rotated =
+            FlowSigner::with_secrets(&["rotated-secret-012345", "configured-secret-0123"])
+                .unwrap()
+                .carrying_random_of(&again);
+        assert_eq!(
+            (rotated.secrets(), rotated.decode(before.as_bytes()).is_ok()),
+            (3, true)
+        );
+        // Configured from the start: nothing random to carry.
+        let plain = FlowSigner::with_secrets(&["rotated-secret-012345"])
+            .unwrap()
+            .carrying_random_of(&configured);
+        assert!(!plain.verifies_a_random_secret());
+        assert_eq!(plain.secrets(), 1);
     }
 
     #[test]

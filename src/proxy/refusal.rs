@@ -326,7 +326,7 @@ impl Core {
             &extra,
             inb.source.0,
         );
-        if ctx.method == Method::Invite && view.to().ok().and_then(|t| t.tag()).is_some() {
+        if ctx.method == Method::Invite && ctx.in_dialog() {
             // Inside a dialog the answer keeps the dialog's To tag, and so
             // does its ACK: remembered, so that this proxy absorbs it (RFC
             // 3261 17.2.1). Outside one, the ACK carries this proxy's tag.

@@ -81,6 +81,12 @@ impl<'m> RequestCtx<'m> {
             method: view.method().unwrap_or(Method::Other),
         }
     }
+
+    /// The request belongs to a dialog: its To carries a tag (RFC 3261
+    /// 12.2). An initial request has none.
+    pub(super) fn in_dialog(&self) -> bool {
+        self.view.to().ok().and_then(|t| t.tag()).is_some()
+    }
 }
 
 /// Where the `route` phase sends a request.
@@ -244,7 +250,7 @@ impl Core {
         if !self.is_draining()
             || ctx.inbound.from_registrar()
             || matches!(ctx.method, Method::Ack | Method::Cancel)
-            || ctx.view.to().ok().and_then(|t| t.tag()).is_some()
+            || ctx.in_dialog()
         {
             return Ok(());
         }
@@ -498,7 +504,17 @@ impl Core {
             source: ctx.inbound.source.ip(),
         };
         let sender = config.catalog.classify(user_agent);
-        let (role, subject) = match (config.sessions.role_of(&facts), &routing.toward) {
+        // A Response Group session is decided by the request that starts
+        // it; an INVITE inside a dialog (a re-INVITE: hold, resume, a
+        // session refresh) belongs to a session decided already, perhaps
+        // by an earlier configuration (a call answered in monitor mode goes
+        // on after a reload to enforce).
+        let role = if ctx.in_dialog() {
+            SessionRole::None
+        } else {
+            config.sessions.role_of(&facts)
+        };
+        let (role, subject) = match (role, &routing.toward) {
             // An agent offer is decided on the leg toward the agent, by the
             // client that registered the target.
             (SessionRole::AgentOffer, Some(flow)) => (
@@ -626,7 +642,14 @@ impl Core {
         }
         flag_edits(ctx, admission, &mut edits);
         let decision = admission.decision;
-        let record = matches!(ctx.method, Method::Register | Method::Invite).then(|| {
+        // Recorded: each REGISTER and each INVITE that starts a dialog; a
+        // re-INVITE is no new admission decision.
+        let decided = match ctx.method {
+            Method::Register => true,
+            Method::Invite => !ctx.in_dialog(),
+            _ => false,
+        };
+        let record = decided.then(|| {
             self.record(
                 ctx.runtime,
                 inb,
@@ -800,7 +823,7 @@ impl Core {
         edits: &mut Edits,
     ) {
         let (view, inb) = (ctx.view, ctx.inbound);
-        let in_dialog = view.to().ok().and_then(|t| t.tag()).is_some();
+        let in_dialog = ctx.in_dialog();
         if ctx.method == Method::Register && routing.toward.is_none() {
             let token = self.signer().encode(Purpose::Path, inbound_flow);
             edits.insert_fmt(

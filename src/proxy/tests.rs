@@ -1002,6 +1002,62 @@ fn a_rejected_unknown_client_is_told_sipadmit_does_not_recognise_it() {
     assert!(invite(MOBILE, 40002).contains("The Response Group does not support this client"));
 }
 
+#[test]
+fn an_invite_inside_a_dialog_is_relayed_undecided_and_unrecorded() {
+    // Enforce mode. A mobile agent registers over TCP; the application's
+    // offer to it (no To tag) gets 480. A re-INVITE inside a dialog (a To
+    // tag: a call answered while the instance was in monitor mode, before
+    // a reload to enforce) is no new offer: relayed to the agent, no
+    // decision, no record, no flag. Likewise a mobile caller's re-INVITE
+    // to the workflow.
+    let core = Core::detached(CONFIG).unwrap();
+    let agent: SocketAddr = "127.0.0.1:48100".parse().unwrap();
+    let register = request("REGISTER", "sip:contoso.com", agent, MOBILE, "")
+        .replace("SIP/2.0/UDP", "SIP/2.0/TCP");
+    let (_, relayed) = sent(&handle(&core, &tcp(register, agent, 1)));
+    let path = header_values(&relayed, "Path")[0]
+        .trim_matches(|c| c == '<' || c == '>')
+        .to_owned();
+    let offer = offer_along(&path, "agent-a", agent);
+    let refused = handle(&core, &offer);
+    assert_eq!(status(&refused), Some(480));
+    let in_dialog = |inbound: &Inbound| {
+        let text = String::from_utf8_lossy(&inbound.bytes)
+            .replace("CSeq: 1 INVITE", "CSeq: 2 INVITE")
+            .replace(";branch=z9hG4bK-", ";branch=z9hG4bK-reinvite-");
+        let (to_start, _) = text.split_once("\r\nTo: ").unwrap();
+        let to_end = text[to_start.len() + 2..].find("\r\n").unwrap() + to_start.len() + 2;
+        let tagged = format!("{};tag=callee{}", &text[..to_end], &text[to_end..]);
+        Inbound {
+            bytes: bytes::Bytes::from(tagged),
+            ..inbound.clone()
+        }
+    };
+    let reinvite = handle(&core, &in_dialog(&offer));
+    let (to, relayed) = sent(&reinvite);
+    assert!(matches!(to, Destination::Flow(_)), "{to:?}");
+    assert!(relayed.starts_with("INVITE "), "{relayed}");
+    assert!(
+        header_values(&relayed, "X-Sipadmit").is_empty(),
+        "{relayed}"
+    );
+    assert!(reinvite.record().is_none());
+
+    let caller = udp(
+        request("INVITE", "sip:helpdesk@contoso.com", client(), MOBILE, ""),
+        client(),
+    );
+    assert_eq!(status(&handle(&core, &caller)), Some(403));
+    let reinvite = handle(&core, &in_dialog(&caller));
+    let (to, relayed) = sent(&reinvite);
+    assert_eq!(to, Destination::Upstream);
+    assert!(
+        header_values(&relayed, "X-Sipadmit").is_empty(),
+        "{relayed}"
+    );
+    assert!(reinvite.record().is_none());
+}
+
 // === legs, protocol answers, de-REGISTERs: what records and metrics say ===
 
 const BARESIP: &str = "baresip v1.0.0 (x86_64/linux)";

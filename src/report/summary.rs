@@ -68,8 +68,8 @@ pub struct Summary {
     /// registrar-leg repeats `--legs once` leaves out.
     pub records_read: u64,
     /// Of `records_read`, the records whose answer or relayed message never
-    /// reached its peer (`undelivered`: the client's connection had closed,
-    /// or the send failed), of every kind and leg.
+    /// reached its peer (`undelivered`: for a connection that had closed),
+    /// of every kind and leg.
     pub undelivered: u64,
     /// Policy decision records counted in the decision tables (`by_action`,
     /// `by_client`, ...): inside the time range, not protocol answers, and

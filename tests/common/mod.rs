@@ -67,9 +67,8 @@ impl TestProxy {
     pub fn start_on(toml: &str, udp: SocketAddr, tcp: SocketAddr, upstream: &str) -> Self {
         // Another test's process may hold a port for a moment (a harness
         // probing for a free port): wait, bounded, until both are free.
-        let free = || {
-            std::net::UdpSocket::bind(udp).is_ok() && std::net::TcpListener::bind(tcp).is_ok()
-        };
+        let free =
+            || std::net::UdpSocket::bind(udp).is_ok() && std::net::TcpListener::bind(tcp).is_ok();
         let until = Instant::now() + Duration::from_secs(5);
         while !free() && Instant::now() < until {
             std::thread::sleep(Duration::from_millis(50));
