@@ -82,9 +82,9 @@ pub enum DropReason {
     RateLimited,
     /// From a banned source (dropped unparsed, or the message that got it banned).
     Banned,
-    /// A copy of a request whose first copy was handled otherwise (a
-    /// reload changed the verdict in between): the first copy's fate
-    /// stands.
+    /// A copy of a request whose first copy was relayed and which a
+    /// reload since would reject: the first copy's fate stands (a copy of
+    /// one rejected before gets that reject again instead).
     DecidedBefore,
     /// A response to a request sipadmit answered `408` already: a TCP/TLS
     /// client's request relayed over UDP whose client transaction timed

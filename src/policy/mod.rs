@@ -206,20 +206,10 @@ pub fn decide(policy: &Policy, role: SessionRole, support: Support) -> Decision<
         (Support::Scanner, _) => (policy.scanner, "scanner", None),
         (Support::Service, _) => (Action::Allow, "service", None),
         (Support::Supported, _) => (Action::Allow, "supported", None),
-        (_, SessionRole::None) => (Action::Allow, "no-session", None),
-        (support, role) => {
-            let rp = match role {
-                SessionRole::Caller => &policy.caller,
-                SessionRole::AgentOffer => &policy.agent_offer,
-                _ => &policy.agent_registration,
-            };
-            let (action, class, reply) = match support {
-                Support::Unsupported => (rp.unsupported, 0, &rp.reply),
-                Support::ThirdParty => (rp.third_party, 1, &rp.reply),
-                _ => (rp.unknown, 2, &rp.unknown_reply),
-            };
-            (action, RULES[role_index(role)][class], Some(reply))
-        }
+        _ => match role_rule(policy, role, support) {
+            Some((action, rule, reply)) => (action, rule, Some(reply)),
+            None => (Action::Allow, "no-session", None),
+        },
     };
     let verdict = match (action, policy.mode) {
         (Action::Allow, _) => Verdict::Allow,
@@ -232,6 +222,42 @@ pub fn decide(policy: &Policy, role: SessionRole, support: Support) -> Decision<
         (Action::Reject, Mode::Enforce) => Verdict::Reject(role_policy.unwrap_or(&SCANNER_REPLY)),
     };
     Decision { verdict, rule }
+}
+
+/// The reply a reject by the policy of `role` gives a client of
+/// `support`, and its rule, whatever action is configured now: what a copy
+/// of a request rejected before a reload is answered again with. `None`
+/// where no role policy applies (scanners, services, supported clients,
+/// requests of no role).
+pub fn reject_reply(
+    policy: &Policy,
+    role: SessionRole,
+    support: Support,
+) -> Option<(&Reply, &'static str)> {
+    role_rule(policy, role, support).map(|(_, rule, reply)| (reply, rule))
+}
+
+/// What the policy of `role` says for a client of `support`: its action,
+/// rule and reject reply; `None` where no role policy applies.
+fn role_rule(
+    policy: &Policy,
+    role: SessionRole,
+    support: Support,
+) -> Option<(Action, &'static str, &Reply)> {
+    let rp = match (support, role) {
+        (Support::Scanner | Support::Service | Support::Supported, _) | (_, SessionRole::None) => {
+            return None
+        }
+        (_, SessionRole::Caller) => &policy.caller,
+        (_, SessionRole::AgentOffer) => &policy.agent_offer,
+        (_, SessionRole::AgentRegistration) => &policy.agent_registration,
+    };
+    let (action, class, reply) = match support {
+        Support::Unsupported => (rp.unsupported, 0, &rp.reply),
+        Support::ThirdParty => (rp.third_party, 1, &rp.reply),
+        _ => (rp.unknown, 2, &rp.unknown_reply),
+    };
+    Some((action, RULES[role_index(role)][class], reply))
 }
 
 static SCANNER_REPLY: Reply = Reply {

@@ -894,18 +894,20 @@ impl Core {
         }
         let runtime = self.runtime.load();
         let ctx = request::RequestCtx::new(inbound, request, &runtime, now);
-        self.copy_decided_before(&ctx, fate, outcome.treatment())
+        self.copy_decided_before(&ctx, fate, outcome.treatment(), outcome.record())
             .unwrap_or(outcome)
     }
 
     /// A copy of a request whose first copy's fate the current decision
-    /// (`now`) would contradict: dropped (`decided_before`), or answered
-    /// the rate limit's `503` again. `None` for [`CopyFate::Again`].
+    /// (`now`, recorded as `decided`) would contradict: answered the
+    /// policy's reject again, or the rate limit's `503`, or dropped
+    /// (`decided_before`). `None` for [`CopyFate::Again`].
     fn copy_decided_before(
         &self,
         ctx: &request::RequestCtx<'_>,
         fate: CopyFate,
         now: Option<Treatment>,
+        decided: Option<&DecisionRecord>,
     ) -> Option<Outcome> {
         if fate != CopyFate::Again && now == Some(Treatment::Relayed) {
             // Its relay noted a REGISTER as pending, and it does not go out.
@@ -916,19 +918,62 @@ impl Core {
             CopyFate::OverLimit { retry_after_secs } => {
                 Some(self.over_limit_again(ctx, retry_after_secs))
             }
-            CopyFate::Dropped => {
-                Metrics::inc(&self.metrics.retransmissions);
-                tracing::debug!(
-                    source = %ctx.inbound.source,
-                    call_id = %Text(ctx.view.call_id()),
-                    method = %Text(ctx.view.method_bytes()),
-                    ?now,
-                    "a copy of a request decided otherwise before a reload: dropped, the first copy's fate stands"
-                );
-                self.metrics.count_drop(DropReason::DecidedBefore);
-                Some(Outcome::drop(DropReason::DecidedBefore))
-            }
+            CopyFate::AnsweredBefore { status } => Some(
+                decided
+                    .and_then(|decided| self.reject_again(ctx, decided, status))
+                    .unwrap_or_else(|| self.decided_before(ctx, now)),
+            ),
+            CopyFate::Dropped => Some(self.decided_before(ctx, now)),
         }
+    }
+
+    /// A copy of a request the policy rejected with `status` before a
+    /// reload, answered that reject again (not recorded again: counted as
+    /// a retransmission), when the policy still has a reply of that status
+    /// for the role and client `decided` names.
+    fn reject_again(
+        &self,
+        ctx: &request::RequestCtx<'_>,
+        decided: &DecisionRecord,
+        status: u16,
+    ) -> Option<Outcome> {
+        let config = &ctx.runtime.config;
+        let (reply, rule) =
+            crate::policy::reject_reply(&config.policy, decided.role, decided.support)
+                .filter(|(reply, _)| reply.status == status)?;
+        let subject = Subject {
+            client: config
+                .catalog
+                .client(&decided.client)
+                .unwrap_or_else(|| ctx.runtime.unknown_client()),
+            rule: Cow::Borrowed(decided.client_rule.as_str()),
+        };
+        Metrics::inc(&self.metrics.retransmissions);
+        tracing::debug!(
+            source = %ctx.inbound.source,
+            call_id = %Text(ctx.view.call_id()),
+            status,
+            "a copy of a request rejected before a reload: answered again, the first copy's fate stands"
+        );
+        let bytes = self.answer(ctx, &refusal::Refusal::Policy { reply, rule }, &subject);
+        Some(Outcome::Answer {
+            bytes,
+            record: None,
+        })
+    }
+
+    /// A copy of a request decided otherwise before a reload, dropped.
+    fn decided_before(&self, ctx: &request::RequestCtx<'_>, now: Option<Treatment>) -> Outcome {
+        Metrics::inc(&self.metrics.retransmissions);
+        tracing::debug!(
+            source = %ctx.inbound.source,
+            call_id = %Text(ctx.view.call_id()),
+            method = %Text(ctx.view.method_bytes()),
+            ?now,
+            "a copy of a request decided otherwise before a reload: dropped, the first copy's fate stands"
+        );
+        self.metrics.count_drop(DropReason::DecidedBefore);
+        Outcome::drop(DropReason::DecidedBefore)
     }
 
     // === registration table warnings ===

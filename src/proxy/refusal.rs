@@ -313,18 +313,32 @@ impl Core {
                 record: Some(record),
             };
         }
-        let extra = self.extra_headers(view, &refusal, subject);
+        Outcome::Answer {
+            bytes: self.answer(ctx, &refusal, subject),
+            record: Some(record),
+        }
+    }
+
+    /// The response of `refusal` to the request of `ctx`, about `subject`.
+    pub(super) fn answer(
+        &self,
+        ctx: &RequestCtx<'_>,
+        refusal: &Refusal<'_>,
+        subject: &Subject<'_>,
+    ) -> bytes::Bytes {
+        let view = ctx.view;
+        let extra = self.extra_headers(view, refusal, subject);
         let extra: Vec<(&str, &str)> = extra
             .iter()
             .map(|(n, v)| (n.as_str(), v.as_str()))
             .collect();
         let bytes = response::build(
             view,
-            status,
+            refusal.status(),
             &refusal.reason(),
             &self.local_tag(view),
             &extra,
-            inb.source.0,
+            ctx.inbound.source.0,
         );
         if ctx.method == Method::Invite && ctx.in_dialog() {
             // Inside a dialog the answer keeps the dialog's To tag, and so
@@ -332,10 +346,7 @@ impl Core {
             // 3261 17.2.1). Outside one, the ACK carries this proxy's tag.
             self.transactions.note_answered_invite(view, ctx.now);
         }
-        Outcome::Answer {
-            bytes,
-            record: Some(record),
-        }
+        bytes
     }
 
     /// The record of a request dropped under `rule` (a policy drop, a

@@ -304,7 +304,7 @@ impl Core {
         else {
             return None;
         };
-        self.copy_decided_before(ctx, first.copy(&decided), Some(treatment))
+        self.copy_decided_before(ctx, first.copy(&decided), Some(treatment), None)
     }
 
     /// A request relayed without a record, by the verdict of `rule`: noted

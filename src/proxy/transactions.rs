@@ -76,6 +76,13 @@ pub enum CopyFate {
     Again,
     /// Dropped: the first copy's policy verdict stands.
     Dropped,
+    /// The first copy's policy reject stands: answered again with this
+    /// status (RFC 3261 17.2.1: a completed transaction answers a copy
+    /// with its final response), where the policy still has the reply.
+    AnsweredBefore {
+        /// The first copy's status.
+        status: u16,
+    },
     /// Answered `503` again, with this Retry-After: the first copy was over
     /// its source's rate limit, and a copy within the limit is not relayed
     /// after that answer (a stateless answer is the same for every copy).
@@ -125,6 +132,9 @@ impl Decided {
                 CopyFate::OverLimit {
                     retry_after_secs: retry_after_secs.into(),
                 }
+            }
+            Treatment::Answered(status) if self.contradicts(copy) => {
+                CopyFate::AnsweredBefore { status }
             }
             _ if self.contradicts(copy) => CopyFate::Dropped,
             _ => CopyFate::Again,
@@ -388,8 +398,17 @@ mod tests {
             generation: 2,
             ..decided(Treatment::Relayed, true)
         };
-        assert_eq!(rejected.copy(&relayed_after_a_reload), CopyFate::Dropped);
+        assert_eq!(
+            rejected.copy(&relayed_after_a_reload),
+            CopyFate::AnsweredBefore { status: 403 }
+        );
         assert_eq!(rejected.copy(&rejected), CopyFate::Again);
+        let relayed = decided(Treatment::Relayed, true);
+        let rejected_after_a_reload = Decided {
+            generation: 2,
+            ..rejected
+        };
+        assert_eq!(relayed.copy(&rejected_after_a_reload), CopyFate::Dropped);
     }
 
     #[test]
