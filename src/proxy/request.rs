@@ -99,6 +99,22 @@ struct Routing<'m> {
     loop_mark: u32,
 }
 
+impl Routing<'_> {
+    /// The request continues a dialog this proxy record-routed: a To tag,
+    /// and this proxy's Route with a dialog's flow token at the top (RFC
+    /// 3261 12.2: a request within a dialog follows its route set). A To
+    /// tag alone, which any client can write, makes no dialog.
+    fn continues_a_dialog(&self, ctx: &RequestCtx<'_>) -> bool {
+        ctx.in_dialog()
+            && self.own_route.as_ref().is_some_and(|route| {
+                matches!(
+                    route.token,
+                    Some((Purpose::DialogFromClient | Purpose::DialogFromUpstream, _))
+                )
+            })
+    }
+}
+
 /// What the `admit` phase found out about a request.
 pub(super) struct Admission<'m> {
     /// The sender's classification.
@@ -505,11 +521,11 @@ impl Core {
         };
         let sender = config.catalog.classify(user_agent);
         // A Response Group session is decided by the request that starts
-        // it; an INVITE inside a dialog (a re-INVITE: hold, resume, a
-        // session refresh) belongs to a session decided already, perhaps
-        // by an earlier configuration (a call answered in monitor mode goes
-        // on after a reload to enforce).
-        let role = if ctx.in_dialog() {
+        // it; an INVITE inside a dialog this proxy record-routed (a
+        // re-INVITE: hold, resume, a session refresh) belongs to a session
+        // decided already, perhaps by an earlier configuration (a call
+        // answered in monitor mode goes on after a reload to enforce).
+        let role = if routing.continues_a_dialog(ctx) {
             SessionRole::None
         } else {
             config.sessions.role_of(&facts)
@@ -642,11 +658,11 @@ impl Core {
         }
         flag_edits(ctx, admission, &mut edits);
         let decision = admission.decision;
-        // Recorded: each REGISTER and each INVITE that starts a dialog; a
-        // re-INVITE is no new admission decision.
+        // Recorded: each REGISTER and each INVITE but a re-INVITE, which
+        // is no new admission decision.
         let decided = match ctx.method {
             Method::Register => true,
-            Method::Invite => !ctx.in_dialog(),
+            Method::Invite => !routing.continues_a_dialog(ctx),
             _ => false,
         };
         let record = decided.then(|| {

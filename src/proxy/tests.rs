@@ -1016,15 +1016,44 @@ fn a_rejected_unknown_client_is_told_sipadmit_does_not_recognise_it() {
     assert!(invite(MOBILE, 40002).contains("The Response Group does not support this client"));
 }
 
+/// `inbound` as a request inside the dialog its first copy started: CSeq
+/// 2, a branch of its own, a To tag, and `route` (the dialog's route set)
+/// instead of its Route.
+fn in_dialog(inbound: &Inbound, route: &[&str]) -> Inbound {
+    let mut text = String::new();
+    for line in String::from_utf8_lossy(&inbound.bytes).split_inclusive("\r\n") {
+        if line.starts_with("Route:") {
+            continue;
+        }
+        if line.starts_with("To:") {
+            text.push_str(&line.replace("\r\n", ";tag=callee\r\n"));
+            for value in route {
+                text.push_str(&format!("Route: {value}\r\n"));
+            }
+            continue;
+        }
+        text.push_str(
+            &line
+                .replace("CSeq: 1 INVITE", "CSeq: 2 INVITE")
+                .replace(";branch=z9hG4bK-", ";branch=z9hG4bK-reinvite-"),
+        );
+    }
+    Inbound {
+        bytes: bytes::Bytes::from(text),
+        ..inbound.clone()
+    }
+}
+
 #[test]
 fn an_invite_inside_a_dialog_is_relayed_undecided_and_unrecorded() {
-    // Enforce mode. A mobile agent registers over TCP; the application's
-    // offer to it (no To tag) gets 480. A re-INVITE inside a dialog (a To
-    // tag: a call answered while the instance was in monitor mode, before
-    // a reload to enforce) is no new offer: relayed to the agent, no
-    // decision, no record, no flag. Likewise a mobile caller's re-INVITE
-    // to the workflow.
-    let core = Core::detached(CONFIG).unwrap();
+    // Monitor mode: a mobile agent's offer and a mobile caller's INVITE to
+    // the workflow are relayed, flagged, and record-routed. Then a reload
+    // to enforce. A re-INVITE inside either dialog (a To tag, and the
+    // dialog's route set through sipadmit) is no new session: relayed, no
+    // decision, no record, no flag. A To tag without that route is no
+    // dialog: decided as a new request, 480 and 403.
+    let monitor = CONFIG.replace("[proxy]", "[proxy]\nmode = \"monitor\"");
+    let core = Core::detached(&monitor).unwrap();
     let agent: SocketAddr = "127.0.0.1:48100".parse().unwrap();
     let register = request("REGISTER", "sip:contoso.com", agent, MOBILE, "")
         .replace("SIP/2.0/UDP", "SIP/2.0/TCP");
@@ -1033,21 +1062,18 @@ fn an_invite_inside_a_dialog_is_relayed_undecided_and_unrecorded() {
         .trim_matches(|c| c == '<' || c == '>')
         .to_owned();
     let offer = offer_along(&path, "agent-a", agent);
-    let refused = handle(&core, &offer);
-    assert_eq!(status(&refused), Some(480));
-    let in_dialog = |inbound: &Inbound| {
-        let text = String::from_utf8_lossy(&inbound.bytes)
-            .replace("CSeq: 1 INVITE", "CSeq: 2 INVITE")
-            .replace(";branch=z9hG4bK-", ";branch=z9hG4bK-reinvite-");
-        let (to_start, _) = text.split_once("\r\nTo: ").unwrap();
-        let to_end = text[to_start.len() + 2..].find("\r\n").unwrap() + to_start.len() + 2;
-        let tagged = format!("{};tag=callee{}", &text[..to_end], &text[to_end..]);
-        Inbound {
-            bytes: bytes::Bytes::from(tagged),
-            ..inbound.clone()
-        }
-    };
-    let reinvite = handle(&core, &in_dialog(&offer));
+    let (_, offered) = sent(&handle(&core, &offer));
+    let offer_route = header_values(&offered, "Record-Route");
+    let caller = udp(
+        request("INVITE", "sip:helpdesk@contoso.com", client(), MOBILE, ""),
+        client(),
+    );
+    let (_, called) = sent(&handle(&core, &caller));
+    let caller_route = header_values(&called, "Record-Route");
+    assert!(!offer_route.is_empty() && !caller_route.is_empty());
+    core.publish(runtime_from(CONFIG));
+
+    let reinvite = handle(&core, &in_dialog(&offer, &offer_route));
     let (to, relayed) = sent(&reinvite);
     assert!(matches!(to, Destination::Flow(_)), "{to:?}");
     assert!(relayed.starts_with("INVITE "), "{relayed}");
@@ -1056,13 +1082,7 @@ fn an_invite_inside_a_dialog_is_relayed_undecided_and_unrecorded() {
         "{relayed}"
     );
     assert!(reinvite.record().is_none());
-
-    let caller = udp(
-        request("INVITE", "sip:helpdesk@contoso.com", client(), MOBILE, ""),
-        client(),
-    );
-    assert_eq!(status(&handle(&core, &caller)), Some(403));
-    let reinvite = handle(&core, &in_dialog(&caller));
+    let reinvite = handle(&core, &in_dialog(&caller, &caller_route));
     let (to, relayed) = sent(&reinvite);
     assert_eq!(to, Destination::Upstream);
     assert!(
@@ -1070,6 +1090,23 @@ fn an_invite_inside_a_dialog_is_relayed_undecided_and_unrecorded() {
         "{relayed}"
     );
     assert!(reinvite.record().is_none());
+
+    // A forged To tag (a transaction of its own): the offer along its
+    // Path, the caller without a route.
+    let forge = |inbound: &Inbound, route: &[&str]| {
+        let request = in_dialog(inbound, route);
+        let text = String::from_utf8_lossy(&request.bytes).replace("reinvite-", "forged-");
+        Inbound {
+            bytes: bytes::Bytes::from(text),
+            ..request
+        }
+    };
+    let forged = handle(&core, &forge(&offer, &[&format!("<{path}>")]));
+    assert_eq!(status(&forged), Some(480));
+    assert_eq!(forged.record().unwrap().rule, "agent-offer.unsupported");
+    let forged = handle(&core, &forge(&caller, &[]));
+    assert_eq!(status(&forged), Some(403));
+    assert_eq!(forged.record().unwrap().rule, "caller.unsupported");
 }
 
 // === legs, protocol answers, de-REGISTERs: what records and metrics say ===
