@@ -349,7 +349,7 @@ impl RetransmitTimer {
 async fn retransmit(core: &Core, senders: &Senders, log: &DecisionLog) {
     for (inbound, outcome) in core.client_transactions_due(Instant::now()) {
         if let Err((_, e)) = carry_out(senders, log, &inbound, outcome, core.boot()).await {
-            Fault::of_send(&e).report(core.metrics(), None, &e);
+            not_sent(core, None, &e);
         }
     }
 }
@@ -444,7 +444,7 @@ async fn dispatch(
         Event::Refused { inbound, refusal } => {
             let outcome = core.refuse_source(&inbound, Instant::now(), refusal);
             if let Err((_, e)) = carry_out(senders, log, &inbound, outcome, core.boot()).await {
-                Fault::of_send(&e).report(core.metrics(), Some(inbound.source.0), &e);
+                not_sent(core, Some(inbound.source.0), &e);
             }
         }
         // The link reported its connect failure once; each message is
@@ -459,7 +459,7 @@ async fn dispatch(
                     if let Err((_, e)) =
                         carry_out(senders, log, &inbound, answer, core.boot()).await
                     {
-                        Fault::of_send(&e).report(core.metrics(), Some(inbound.source.0), &e);
+                        not_sent(core, Some(inbound.source.0), &e);
                     }
                 } else {
                     not_delivered(core, senders, log, &inbound, &Destination::Upstream, &error)
@@ -595,8 +595,16 @@ async fn not_delivered(
     }
     let answer = core.upstream_unavailable(inbound, Instant::now(), busy);
     if let Err((_, e)) = carry_out(senders, log, inbound, answer, core.boot()).await {
-        Fault::of_send(&e).report(core.metrics(), Some(inbound.source.0), &e);
+        not_sent(core, Some(inbound.source.0), &e);
     }
+}
+
+/// A local answer (or a retransmission) could not be sent (`error`):
+/// reported as a transport fault (with the client's address when known)
+/// and counted as dropped (`send_failed`).
+fn not_sent(core: &Core, peer: Option<std::net::SocketAddr>, error: &SendError) {
+    Fault::of_send(error).report(core.metrics(), peer, error);
+    core.metrics().count_drop(DropReason::SendFailed);
 }
 
 /// Mirror (HEP) a message handed to the transport for `to`: from the

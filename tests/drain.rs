@@ -343,6 +343,12 @@ fn a_408_for_a_stream_client_that_has_gone_is_recorded_as_undelivered() {
         .unwrap_or_else(|| panic!("no 408 record:\n{log}"));
     assert!(timeout.contains("\"status\":408"), "{timeout}");
     assert!(timeout.contains("\"undelivered\":true"), "{timeout}");
+    // Counted as a message not sent.
+    let stopped = stderr
+        .lines()
+        .find(|l| l.contains("stopped") && l.contains("counters="))
+        .unwrap_or_else(|| panic!("no stop line:\n{stderr}"));
+    assert!(stopped.contains("dropped 1,"), "{stopped}");
     // The REGISTER's own record (relayed) was delivered.
     let relayed = log.lines().find(|l| l.contains("\"rule\":\"supported\""));
     assert!(relayed.is_some_and(|l| !l.contains("undelivered")), "{log}");

@@ -73,7 +73,8 @@ pub enum DropReason {
     Unanswerable,
     /// The flow a message should go to is gone.
     FlowGone,
-    /// Sending failed.
+    /// Sending failed: a message relayed or answered here that could not
+    /// be sent (a TCP/TLS connection closed or stalled, a failed UDP send).
     SendFailed,
     /// STUN datagram (not handled).
     Stun,

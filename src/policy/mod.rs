@@ -216,8 +216,14 @@ pub fn decide(policy: &Policy, role: SessionRole, support: Support) -> Decision<
         (Action::Flag, _) => Verdict::Flag {
             would_reject: false,
         },
-        (Action::Drop, _) => Verdict::Drop,
+        // Monitor mode refuses nothing the policy of a role would refuse,
+        // by a reject or a drop: it relays it, flagged. Scanners are
+        // dropped in either mode.
         (Action::Reject, Mode::Monitor) => Verdict::Flag { would_reject: true },
+        (Action::Drop, Mode::Monitor) if role_policy.is_some() => {
+            Verdict::Flag { would_reject: true }
+        }
+        (Action::Drop, _) => Verdict::Drop,
         // A scanner rule set to reject has no role reply: answer 403.
         (Action::Reject, Mode::Enforce) => Verdict::Reject(role_policy.unwrap_or(&SCANNER_REPLY)),
     };
@@ -549,6 +555,25 @@ mod tests {
             );
             assert_eq!(status(m), None, "monitor mode answers nothing");
         }
+    }
+
+    #[test]
+    fn monitor_mode_relays_what_a_roles_drop_would_refuse_and_still_drops_scanners() {
+        let mut enforce = policy(Mode::Enforce);
+        enforce.caller.unsupported = Action::Drop;
+        let monitor = Policy {
+            mode: Mode::Monitor,
+            ..enforce.clone()
+        };
+        let d = decide(&enforce, SessionRole::Caller, Support::Unsupported);
+        assert_eq!((d.verdict, d.rule), (Verdict::Drop, "caller.unsupported"));
+        let m = decide(&monitor, SessionRole::Caller, Support::Unsupported);
+        assert_eq!(
+            (m.verdict, m.rule),
+            (Verdict::Flag { would_reject: true }, "caller.unsupported")
+        );
+        let scanner = decide(&monitor, SessionRole::Caller, Support::Scanner);
+        assert_eq!(scanner.verdict, Verdict::Drop);
     }
 
     #[test]

@@ -525,7 +525,7 @@ impl Core {
         // re-INVITE: hold, resume, a session refresh) belongs to a session
         // decided already, perhaps by an earlier configuration (a call
         // answered in monitor mode goes on after a reload to enforce).
-        let role = if routing.continues_a_dialog(ctx) {
+        let role = if ctx.method == Method::Invite && routing.continues_a_dialog(ctx) {
             SessionRole::None
         } else {
             config.sessions.role_of(&facts)

@@ -1107,6 +1107,21 @@ fn an_invite_inside_a_dialog_is_relayed_undecided_and_unrecorded() {
     let forged = handle(&core, &forge(&caller, &[]));
     assert_eq!(status(&forged), Some(403));
     assert_eq!(forged.record().unwrap().rule, "caller.unsupported");
+    // Only an INVITE continues a session: a REGISTER with a To tag and a
+    // dialog's route is an agent registration like any other.
+    core.publish(runtime_from(
+        &(CONFIG.to_owned() + "[policy.agent_registration]\nunsupported = \"reject\"\n"),
+    ));
+    let register = udp(
+        request("REGISTER", "sip:contoso.com", agent, MOBILE, ""),
+        agent,
+    );
+    let tagged = handle(&core, &forge(&register, &caller_route));
+    assert_eq!(status(&tagged), Some(403));
+    assert_eq!(
+        tagged.record().unwrap().rule,
+        "agent-registration.unsupported"
+    );
 }
 
 // === legs, protocol answers, de-REGISTERs: what records and metrics say ===

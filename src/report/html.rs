@@ -727,7 +727,7 @@ fn would_reject_tables(out: &mut String, s: &Summary) {
     let w = &s.would_reject;
     let _ = writeln!(
         out,
-        "<p>{} records relayed in monitor mode would have been rejected in enforce mode.</p>",
+        "<p>{} records relayed in monitor mode would have been refused (rejected or dropped) in enforce mode.</p>",
         w.total
     );
     if w.total > 0 {

@@ -327,7 +327,7 @@ fn would_reject(out: &mut String, s: &Summary) {
     }
     let _ = writeln!(
         out,
-        "  {} records relayed in monitor mode would have been rejected in enforce mode.",
+        "  {} records relayed in monitor mode would have been refused (rejected or dropped) in enforce mode.",
         w.total
     );
     let _ = writeln!(out, "  By role: {}", counts_line(&w.by_role));
