@@ -143,7 +143,7 @@ impl Reloader {
             Err(e) => return self.keep(core, metrics, &e),
         };
         let flow_secrets_applied = self.apply_flow_secrets(core, &config.settings);
-        let needs_restart = self.needing_restart(&config.settings);
+        let needs_restart = self.needing_restart(core, &config.settings);
         let rate_limit_applied = self
             .admission
             .reconfigure(config.settings.rate_limit.clone());
@@ -210,10 +210,11 @@ impl Reloader {
 
     /// The restart-only keys a loaded config changes (each logged): those
     /// of [`Settings::needing_restart`], and the flow secrets when the
-    /// config no longer names any (the running ones stay).
-    fn needing_restart(&self, settings: &Settings) -> Vec<&'static str> {
+    /// config no longer names any while configured ones sign (from the
+    /// start, or from a reload): the running ones stay.
+    fn needing_restart(&self, core: &Core, settings: &Settings) -> Vec<&'static str> {
         let mut needs_restart = self.running.needing_restart(settings);
-        if settings.flow_secrets.is_none() && self.running.flow_secrets.is_some() {
+        if settings.flow_secrets.is_none() && core.flow_signer().signs_with_a_configured_secret() {
             needs_restart.push("proxy.flow_secret");
         }
         for key in &needs_restart {

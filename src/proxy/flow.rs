@@ -201,6 +201,12 @@ impl FlowSigner {
         self.random_last
     }
 
+    /// Whether a configured secret signs (not the random one of a start
+    /// without any).
+    pub fn signs_with_a_configured_secret(&self) -> bool {
+        !(self.random_last && self.keys.len() == 1)
+    }
+
     /// How many secrets verify (the signing one included).
     pub fn secrets(&self) -> usize {
         self.keys.len()
@@ -691,6 +697,10 @@ mod tests {
         let configured = FlowSigner::with_secrets(&["configured-secret-0123"]).unwrap();
         let reloaded = configured.clone().carrying_random_of(&random);
         assert!(reloaded.verifies_a_random_secret() && random.verifies_a_random_secret());
+        assert!(
+            reloaded.signs_with_a_configured_secret() && !random.signs_with_a_configured_secret()
+        );
+        assert!(configured.signs_with_a_configured_secret());
         assert_eq!(
             reloaded.decode_verified(before.as_bytes()),
             Ok((Purpose::Path, f.clone(), Verified::Older))
