@@ -611,7 +611,7 @@ fn in_dialog_requests_follow_the_record_route_direction() {
         .unwrap();
     let (relayed, _) = recv(&upstream);
     let rr = header(&relayed, "Record-Route")[0].to_owned();
-    assert!(rr.contains(";ftag=f-caller>"), "{rr}");
+    assert!(rr.contains(";ftag=f-caller;sipadmit-dlg="), "{rr}");
     // Record-Route sits after the Via lines, not between them.
     let lines: Vec<&str> = relayed.split("\r\n").collect();
     let rr_at = lines

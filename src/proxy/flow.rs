@@ -38,6 +38,10 @@ const MAC_BYTES: usize = 10;
 /// Longest client id carried in a token, bytes.
 const MAX_CLIENT_ID_BYTES: usize = 64;
 
+/// The Record-Route URI parameter that binds a dialog token to its dialog
+/// ([`FlowSigner::dialog_binding`]). Versions without it ignore it.
+pub const DIALOG_PARAM: &str = "sipadmit-dlg";
+
 /// What a token is for: each use gets its own token, so one cannot be
 /// replayed as another (a Record-Route token a client sees is not a valid
 /// Via token, for example).
@@ -318,6 +322,23 @@ impl FlowSigner {
     /// Decode and verify a token, and say which secret verified it.
     pub fn decode_verified(&self, token: &[u8]) -> Result<(Purpose, Flow, Verified), TokenError> {
         self.decode_bound(token, &[])
+    }
+
+    /// The dialog binding of a Record-Route `token` (its hex text) for the
+    /// dialog of `call_id`: a MAC over both, written beside the token
+    /// ([`DIALOG_PARAM`]) so that a request within that dialog can be
+    /// told from one that merely carries a token of some other dialog.
+    pub fn dialog_binding(&self, token: &[u8], call_id: &[u8]) -> Token {
+        Token::hex(&self.mac(token, call_id))
+    }
+
+    /// Whether `binding` (hex) is the dialog binding of `token` for
+    /// `call_id`, under any of the secrets.
+    pub fn binds_dialog(&self, token: &[u8], call_id: &[u8], binding: &[u8]) -> bool {
+        let mut decoded = [0; MAX_TOKEN_BYTES];
+        hex_decode(binding, &mut decoded)
+            .filter(|mac| mac.len() == MAC_BYTES)
+            .is_some_and(|mac| self.verify(token, call_id, mac).is_some())
     }
 
     /// Decode and verify a token made by [`FlowSigner::encode_bound`] with

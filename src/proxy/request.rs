@@ -99,22 +99,6 @@ struct Routing<'m> {
     loop_mark: u32,
 }
 
-impl Routing<'_> {
-    /// The request continues a dialog this proxy record-routed: a To tag,
-    /// and this proxy's Route with a dialog's flow token at the top (RFC
-    /// 3261 12.2: a request within a dialog follows its route set). A To
-    /// tag alone, which any client can write, makes no dialog.
-    fn continues_a_dialog(&self, ctx: &RequestCtx<'_>) -> bool {
-        ctx.in_dialog()
-            && self.own_route.as_ref().is_some_and(|route| {
-                matches!(
-                    route.token,
-                    Some((Purpose::DialogFromClient | Purpose::DialogFromUpstream, _))
-                )
-            })
-    }
-}
-
 /// What the `admit` phase found out about a request.
 pub(super) struct Admission<'m> {
     /// The sender's classification.
@@ -396,6 +380,27 @@ impl Core {
         }
     }
 
+    /// The request continues a dialog this proxy record-routed: a To tag,
+    /// and this proxy's Route at the top with a dialog's flow token bound
+    /// to this Call-ID ([`super::flow::DIALOG_PARAM`]; RFC 3261 12.2: a request
+    /// within a dialog follows its route set). A To tag alone, which any
+    /// client can write, makes no dialog, nor does a token of another
+    /// dialog a client kept.
+    fn continues_a_dialog(&self, ctx: &RequestCtx<'_>, routing: &Routing<'_>) -> bool {
+        let Some(call_id) = ctx.view.call_id().filter(|_| ctx.in_dialog()) else {
+            return false;
+        };
+        routing.own_route.as_ref().is_some_and(|route| {
+            matches!(
+                route.token,
+                Some((Purpose::DialogFromClient | Purpose::DialogFromUpstream, _))
+            ) && route.dialog_binding.is_some_and(|binding| {
+                self.signer()
+                    .binds_dialog(route.token_text, call_id, binding)
+            })
+        })
+    }
+
     // === phase 2: route ===
 
     /// Where does it go? This proxy's Route (a flow token) decides; else the
@@ -452,6 +457,8 @@ impl Core {
                     .is_some_and(|(next_user, _, _)| next_user == Some(token));
                 Ok(Some(OwnRoute {
                     token: Some(decoded),
+                    token_text: token,
+                    dialog_binding: uri_param(top.uri, super::flow::DIALOG_PARAM.as_bytes()),
                     ftag: ftag(),
                     value: top.uri,
                     values: if pair { 2 } else { 1 },
@@ -462,6 +469,8 @@ impl Core {
             // and the request is routed as if it had none (RFC 3261 16.4).
             None if addressed_here => Ok(Some(OwnRoute {
                 token: None,
+                token_text: b"",
+                dialog_binding: None,
                 ftag: None,
                 value: top.uri,
                 values: 1,
@@ -525,7 +534,7 @@ impl Core {
         // re-INVITE: hold, resume, a session refresh) belongs to a session
         // decided already, perhaps by an earlier configuration (a call
         // answered in monitor mode goes on after a reload to enforce).
-        let role = if ctx.method == Method::Invite && routing.continues_a_dialog(ctx) {
+        let role = if ctx.method == Method::Invite && self.continues_a_dialog(ctx, routing) {
             SessionRole::None
         } else {
             config.sessions.role_of(&facts)
@@ -662,7 +671,7 @@ impl Core {
         // is no new admission decision.
         let decided = match ctx.method {
             Method::Register => true,
-            Method::Invite => !routing.continues_a_dialog(ctx),
+            Method::Invite => !self.continues_a_dialog(ctx, &routing),
             _ => false,
         };
         let record = decided.then(|| {
@@ -863,7 +872,10 @@ impl Core {
                 None => (Purpose::DialogFromClient, inbound_flow),
                 Some(flow) => (Purpose::DialogFromUpstream, flow),
             };
-            let token = self.signer().encode(purpose, flow);
+            let signer = self.signer();
+            let token = signer.encode(purpose, flow);
+            let binding =
+                signer.dialog_binding(token.as_bytes(), view.call_id().unwrap_or_default());
             let ftag = FtagParam(view.from().ok().and_then(|f| f.tag()));
             // RFC 5658: when the request leaves on another transport or
             // address than it came in on, one value per side: the outbound
@@ -874,7 +886,7 @@ impl Core {
                 edits.insert_fmt(
                     at,
                     format_args!(
-                        "Record-Route: <{}{token}@{host}{};lr{ftag}>\r\n",
+                        "Record-Route: <{}{token}@{host}{};lr{ftag};{}={binding}>\r\n",
                         Scheme {
                             sips: hop.sips,
                             transport
@@ -883,6 +895,7 @@ impl Core {
                             sips: hop.sips,
                             transport
                         },
+                        super::flow::DIALOG_PARAM,
                     ),
                 );
             };
@@ -932,6 +945,10 @@ impl<'c> Subject<'c> {
 struct OwnRoute<'m> {
     /// The flow token in the top value's user part, if it has one.
     token: Option<(Purpose, Flow)>,
+    /// That token as written (empty without one).
+    token_text: &'m [u8],
+    /// The top value's dialog binding ([`super::flow::DIALOG_PARAM`]), if any.
+    dialog_binding: Option<&'m [u8]>,
     /// `ftag` of a Record-Route: the From-tag of the dialog's initiator.
     ftag: Option<&'m [u8]>,
     /// The top Route URI (it tells the passes of a spiral apart).

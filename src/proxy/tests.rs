@@ -540,8 +540,12 @@ fn a_dialog_changing_transport_gets_two_record_routes_and_both_are_consumed() {
     assert_eq!(to, Destination::Upstream);
     let rr = header_values(&relayed, "Record-Route");
     assert_eq!(rr.len(), 2, "{relayed}");
-    assert!(rr[0].ends_with(&format!("@{DETACHED_ADDRESS};transport=udp;lr;ftag=f1>")));
-    assert!(rr[1].ends_with(&format!("@{DETACHED_ADDRESS};transport=tcp;lr;ftag=f1>")));
+    assert!(rr[0].contains(&format!(
+        "@{DETACHED_ADDRESS};transport=udp;lr;ftag=f1;sipadmit-dlg="
+    )));
+    assert!(rr[1].contains(&format!(
+        "@{DETACHED_ADDRESS};transport=tcp;lr;ftag=f1;sipadmit-dlg="
+    )));
     let token = |v: &str| v.split('@').next().unwrap().to_owned();
     assert_eq!(token(rr[0]), token(rr[1]), "one token, two sides");
 
@@ -1071,6 +1075,12 @@ fn an_invite_inside_a_dialog_is_relayed_undecided_and_unrecorded() {
     let (_, called) = sent(&handle(&core, &caller));
     let caller_route = header_values(&called, "Record-Route");
     assert!(!offer_route.is_empty() && !caller_route.is_empty());
+    // The same client's call to someone else: a dialog of its own.
+    let to_bob = request("INVITE", "sip:bob@contoso.com", client(), MOBILE, "")
+        .replace("Call-ID: INVITE-", "Call-ID: bob-")
+        .replace("z9hG4bK-INVITE-", "z9hG4bK-bob-");
+    let (_, to_bob) = sent(&handle(&core, &udp(to_bob, client())));
+    let bob_route = header_values(&to_bob, "Record-Route");
     core.publish(runtime_from(CONFIG));
 
     let reinvite = handle(&core, &in_dialog(&offer, &offer_route));
@@ -1107,6 +1117,19 @@ fn an_invite_inside_a_dialog_is_relayed_undecided_and_unrecorded() {
     let forged = handle(&core, &forge(&caller, &[]));
     assert_eq!(status(&forged), Some(403));
     assert_eq!(forged.record().unwrap().rule, "caller.unsupported");
+    // Nor does the route of the client's other dialog make this one: its
+    // token is bound to that dialog's Call-ID. (The token itself is valid:
+    // the request is routed, and decided.)
+    let reused = forge(&caller, &bob_route);
+    let reused = Inbound {
+        bytes: bytes::Bytes::from(
+            String::from_utf8_lossy(&reused.bytes).replace("forged-", "reused-"),
+        ),
+        ..reused
+    };
+    let reused = handle(&core, &reused);
+    assert_eq!(status(&reused), Some(403));
+    assert_eq!(reused.record().unwrap().rule, "caller.unsupported");
     // Only an INVITE continues a session: a REGISTER with a To tag and a
     // dialog's route is an agent registration like any other.
     core.publish(runtime_from(

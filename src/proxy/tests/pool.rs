@@ -273,12 +273,12 @@ fn the_advertised_name_goes_in_path_record_route_and_via() {
     let rr = header_values(&relayed, "Record-Route");
     assert_eq!(rr.len(), 2, "{relayed}");
     assert!(
-        rr[0].contains("@pool.example.com;transport=udp;lr;ftag=f1>"),
+        rr[0].contains("@pool.example.com;transport=udp;lr;ftag=f1;sipadmit-dlg="),
         "{}",
         rr[0]
     );
     assert!(
-        rr[1].contains("@pool.example.com;transport=tcp;lr;ftag=f1>"),
+        rr[1].contains("@pool.example.com;transport=tcp;lr;ftag=f1;sipadmit-dlg="),
         "{}",
         rr[1]
     );
