@@ -415,10 +415,16 @@ impl Core {
             return Err(Refusal::LoopDetected.into());
         }
         let toward = match own_route.as_ref().filter(|r| r.token.is_some()) {
-            Some(route) => route
+            Some(route) if self.is_on_the_registrars_side(inb) => route
                 .toward_client(view)
                 .filter(|flow| !self.came_from(flow, inb))
                 .cloned(),
+            // A client's request goes upstream, whatever flow a token in
+            // its Route names: in a dialog its own side's value comes first
+            // and leads to the registrar, which sends it on (RFC 3261
+            // 16.12). A value naming another client's flow, kept from an
+            // earlier call, is no way around the registrar.
+            Some(_) => None,
             None if inb.from_registrar() => Some(
                 self.flow_by_request_uri(ctx.runtime, view, ctx.now)
                     .ok_or(Refusal::NotFound)?,
@@ -766,6 +772,20 @@ impl Core {
     /// Whether `flow` is the configured registrar itself: its transport,
     /// address and port (a UDP datagram from it, or sipadmit's own link;
     /// an IPv4 registrar seen through a dual-stack listener as well).
+    /// Whether a request comes from the registrar's side: a source of
+    /// `upstream_sources`, or any port of the registrar's host (a TCP/TLS
+    /// registrar's own connections to sipadmit's listener, which count as
+    /// a client's for everything else until `upstream_sources` lists
+    /// them). Only such a request is sent to the client flow a token in
+    /// its Route names.
+    fn is_on_the_registrars_side(&self, inb: &Inbound) -> bool {
+        inb.from_registrar()
+            || self
+                .settings
+                .upstream
+                .is_some_and(|u| u.addr.ip().to_canonical() == inb.source.ip().to_canonical())
+    }
+
     fn is_upstream_itself(&self, flow: &Flow) -> bool {
         self.settings.upstream.is_some_and(|u| {
             u.transport == flow.transport

@@ -1020,6 +1020,60 @@ fn a_rejected_unknown_client_is_told_sipadmit_does_not_recognise_it() {
     assert!(invite(MOBILE, 40002).contains("The Response Group does not support this client"));
 }
 
+#[test]
+fn a_clients_request_goes_upstream_whatever_client_flow_its_route_names() {
+    // The registrar's INVITE to agent B is record-routed with a token
+    // naming B's flow (ftag f1). A client keeps that value and sends a new
+    // request along it, From tag f1: it goes to the registrar, not
+    // straight to B, and is decided there like any new INVITE. (From the
+    // registrar's host, on any port, it would go to B: a TCP registrar's
+    // own connections.)
+    let core = Core::detached(CONFIG).unwrap();
+    let elsewhere: SocketAddr = "127.0.0.2:40000".parse().unwrap();
+    let agent: SocketAddr = "127.0.0.1:48200".parse().unwrap();
+    let register = request("REGISTER", "sip:contoso.com", agent, LYNC, "");
+    let (_, relayed) = sent(&handle(&core, &udp(register, agent)));
+    let path = header_values(&relayed, "Path")[0]
+        .trim_matches(|c| c == '<' || c == '>')
+        .to_owned();
+    let (to, offered) = sent(&handle(&core, &offer_along(&path, "agent-a", agent)));
+    assert!(
+        matches!(to, Destination::Flow(ref f) if f.peer == agent),
+        "{to:?}"
+    );
+    let toward_b = header_values(&offered, "Record-Route")[0].to_owned();
+    for (method, route) in [
+        ("INVITE", &toward_b),
+        ("MESSAGE", &toward_b),
+        ("MESSAGE", &format!("<{path}>")),
+    ] {
+        let forged = request(
+            method,
+            "sip:agent-a@contoso.com",
+            elsewhere,
+            MOBILE,
+            &format!("Route: {route}\r\n"),
+        );
+        let out = handle(&core, &udp(forged, elsewhere));
+        let (to, relayed) = sent(&out);
+        assert_eq!(to, Destination::Upstream, "{method} along {route}");
+        assert!(header_values(&relayed, "Route").is_empty(), "{relayed}");
+    }
+    let registrar_host: SocketAddr = "127.0.0.1:45999".parse().unwrap();
+    let along = request(
+        "BYE",
+        "sip:agent-a@contoso.com",
+        registrar_host,
+        RGS,
+        &format!("Route: {toward_b}\r\n"),
+    );
+    let (to, _) = sent(&handle(&core, &udp(along, registrar_host)));
+    assert!(
+        matches!(to, Destination::Flow(ref f) if f.peer == agent),
+        "{to:?}"
+    );
+}
+
 /// `inbound` as a request inside the dialog its first copy started: CSeq
 /// 2, a branch of its own, a To tag, and `route` (the dialog's route set)
 /// instead of its Route.
