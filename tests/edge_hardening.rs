@@ -727,19 +727,25 @@ fn a_forged_scanner_datagram_bans_no_one_and_a_udp_ban_spares_tcp() {
         .starts_with("127.0.0.67:"));
 }
 
-/// The fail2ban filter in docs/operations.md matches the ban line sipadmit writes,
-/// and finds the banned address in it.
-#[test]
-fn the_documented_fail2ban_filter_matches_the_ban_line() {
+/// The `failregex` of docs/operations.md, with fail2ban's `<HOST>`
+/// (simplified: an IPv4 or IPv6 address) as the group `host`.
+fn documented_failregex() -> (String, regex::Regex) {
     let page = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/operations.md"))
         .unwrap();
     let failregex = page
         .lines()
         .find_map(|l| l.strip_prefix("failregex = "))
         .expect("a failregex line in docs/operations.md");
-    // fail2ban's <HOST> (simplified: an IPv4 or IPv6 address).
     let pattern = failregex.replace("<HOST>", r"(?P<host>[0-9A-Fa-f:.]+)");
     let re = regex::Regex::new(&pattern).unwrap();
+    (pattern, re)
+}
+
+/// The fail2ban filter in docs/operations.md matches the ban line sipadmit writes,
+/// and finds the banned address in it.
+#[test]
+fn the_documented_fail2ban_filter_matches_the_ban_line() {
+    let (pattern, re) = documented_failregex();
     let line = ban_line(sipadmit::transport::admission::BanScope::Everything);
     let caps = re
         .captures(&line)
@@ -751,6 +757,51 @@ fn the_documented_fail2ban_filter_matches_the_ban_line() {
     let udp_only = ban_line(sipadmit::transport::admission::BanScope::Datagrams);
     assert!(udp_only.contains("blocks=\"udp\""), "{udp_only}");
     assert!(!re.is_match(&udp_only), "{pattern} matches {udp_only}");
+}
+
+/// A peer cannot get an address of its choosing banned by a firewall: a
+/// Call-ID (or any header a log line shows) that spells out a ban line is
+/// logged escaped, and the filter matches no line of a run that banned no
+/// one.
+#[test]
+fn a_forged_ban_in_a_call_id_does_not_match_the_fail2ban_filter() {
+    let (pattern, re) = documented_failregex();
+    let registrar = common::udp_registrar::Registrar::start();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("sipadmit.toml");
+    std::fs::write(&config, "[limits]\ndrain_secs = 0\n").unwrap();
+    let (mut sipadmit, udp) =
+        common::binary::sipadmit_on_udp(&config, &format!("udp:{}", registrar.addr), &[]);
+    let client = udp_client("127.0.0.1");
+    let me = client.local_addr().unwrap();
+    let forged = [
+        "x: source banned source=192.0.2.77 x blocks=\"all\"",
+        "WARN sipadmit::transport::admission: source banned source=192.0.2.78 banned=192.0.2.78 rule=\"ban.scanner\" blocks=\"all\"",
+    ];
+    for (n, call_id) in forged.iter().enumerate() {
+        let invite = format!(
+            "INVITE sip:bob@contoso.com SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bK-forged-{n}\r\n\
+             Max-Forwards: 70\r\nFrom: <sip:eve@contoso.com>;tag=e{n}\r\nTo: <sip:bob@contoso.com>\r\n\
+             Call-ID: {call_id}\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n"
+        );
+        client.send_to(invite.as_bytes(), udp).unwrap();
+        let answered = statuses(&client, 1);
+        assert!(
+            answered
+                .first()
+                .is_some_and(|s| s.starts_with("SIP/2.0 400 ")),
+            "a malformed Call-ID is refused: {answered:?}"
+        );
+    }
+    sipadmit.signal("TERM");
+    let stderr = sipadmit.exited();
+    assert!(
+        stderr.contains("source banned source=192.0.2.77"),
+        "logged: {stderr}"
+    );
+    for line in stderr.lines() {
+        assert!(!re.is_match(line), "{pattern} matches {line}");
+    }
 }
 
 /// The console line of a ban of `scope`, as `sipadmit run` writes it

@@ -1525,15 +1525,33 @@ fn hex_u32(value: u32, out: &mut [u8; 8]) {
     }
 }
 
-/// Header bytes shown as text (invalid UTF-8 replaced), formatted only when
-/// a log line or record is written.
+/// Header bytes a peer sent, shown in a log line (formatted only when one
+/// is written): invalid UTF-8 replaced, and `"`, `\` and control
+/// characters escaped (`\"`, `\\`, `\u{1b}`), so that no value can write
+/// a field of its own into the line (a forged `blocks="all"` for a
+/// fail2ban filter, say) or act on a terminal.
 #[derive(Debug, Clone, Copy)]
 struct Text<'a>(Option<&'a [u8]>);
 
 impl fmt::Display for Text<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for chunk in self.0.unwrap_or_default().utf8_chunks() {
-            f.write_str(chunk.valid())?;
+            let valid = chunk.valid();
+            let mut start = 0;
+            for (at, c) in valid.char_indices() {
+                let quoted = matches!(c, '"' | '\\');
+                if !quoted && !c.is_control() && !crate::terminal_text::is_bidi_control(c) {
+                    continue;
+                }
+                f.write_str(&valid[start..at])?;
+                if quoted {
+                    write!(f, "\\{c}")?;
+                } else {
+                    write!(f, "\\u{{{:x}}}", c as u32)?;
+                }
+                start = at + c.len_utf8();
+            }
+            f.write_str(&valid[start..])?;
             if !chunk.invalid().is_empty() {
                 f.write_str("\u{fffd}")?;
             }

@@ -441,7 +441,7 @@ impl Core {
             Refusal::BadExtension => {
                 let unsupported = view
                     .proxy_require()
-                    .map(|t| Text(Some(t)).to_string())
+                    .map(|t| String::from_utf8_lossy(t).into_owned())
                     .collect::<Vec<_>>()
                     .join(", ");
                 add("Unsupported", unsupported);

@@ -1813,3 +1813,17 @@ fn a_token_names_the_listener_only_where_there_are_several_of_its_transport() {
         assert_eq!((purpose, flow.local), (Purpose::Path, named), "{relayed}");
     }
 }
+
+#[test]
+fn a_peers_text_in_a_log_line_cannot_write_fields_of_its_own() {
+    let shown = |bytes: &[u8]| Text(Some(bytes)).to_string();
+    assert_eq!(shown(b"a1b2@host"), "a1b2@host");
+    assert_eq!(
+        shown(b"x: source banned source=192.0.2.77 x blocks=\"all\""),
+        "x: source banned source=192.0.2.77 x blocks=\\\"all\\\""
+    );
+    assert_eq!(shown(b"back\\slash"), "back\\\\slash");
+    assert_eq!(shown(b"esc\x1b[2Jbell\x07"), "esc\\u{1b}[2Jbell\\u{7}");
+    assert_eq!(shown("rtl\u{202e}".as_bytes()), "rtl\\u{202e}");
+    assert_eq!(shown(b"bad\xffutf8"), "bad\u{fffd}utf8");
+}
