@@ -230,6 +230,9 @@ fn the_unit_holds_the_operators_settings() {
         ("ExecReload", "/bin/kill -HUP $MAINPID"),
         ("Restart", "on-failure"),
         ("DynamicUser", "yes"),
+        // The static group of the install that may read the flow secret
+        // file: the transient user cannot own it.
+        ("SupplementaryGroups", "sipadmit"),
         ("AmbientCapabilities", "CAP_NET_BIND_SERVICE"),
         ("CapabilityBoundingSet", "CAP_NET_BIND_SERVICE"),
         ("NoNewPrivileges", "yes"),
