@@ -794,6 +794,9 @@ struct Writer {
     lines: Vec<(usize, bool)>,
     lost_since_warning: u64,
     last_lost_warning: Option<Instant>,
+    /// Why the last of those records was lost: a write's error, the log
+    /// not open, a record that could not be serialized.
+    loss_cause: String,
 }
 
 impl Writer {
@@ -808,6 +811,7 @@ impl Writer {
             lines: Vec::new(),
             lost_since_warning: 0,
             last_lost_warning: None,
+            loss_cause: String::new(),
         }
     }
 
@@ -829,9 +833,7 @@ impl Writer {
                 }
             }
             if last {
-                if self.lost_since_warning > 0 {
-                    self.warn_lost(None, true);
-                }
+                self.warn_lost(true);
                 return;
             }
         }
@@ -893,8 +895,8 @@ impl Writer {
         self.serialize_batch();
         let records = self.lines.iter().filter(|(_, r)| *r).count() as u64;
         let Some(sink) = self.sink.as_mut() else {
-            self.count_lost(records);
-            self.warn_lost(None, false);
+            self.count_lost(records, "the log is not open");
+            self.warn_lost(false);
             return;
         };
         let Progress {
@@ -906,6 +908,9 @@ impl Writer {
             self.torn = false;
         }
         let Some(error) = failure else {
+            // Writing again: what was lost before and held back is told
+            // now (once its interval is over), not only at the stop.
+            self.warn_lost(false);
             return;
         };
         let complete = next_line.checked_sub(1).map_or(0, |i| self.lines[i].0);
@@ -914,8 +919,8 @@ impl Writer {
             self.torn = true;
         }
         let lost = self.lines[next_line..].iter().filter(|(_, r)| *r).count() as u64;
-        self.count_lost(lost);
-        self.warn_lost(Some(&error), false);
+        self.count_lost(lost, error.to_string());
+        self.warn_lost(false);
     }
 
     /// Turn the taken records into JSON lines in `bytes` (after a line
@@ -940,12 +945,13 @@ impl Writer {
             self.lines.push((self.bytes.len(), true));
         }
         if unserializable > 0 {
-            self.count_lost(unserializable);
-            self.warn_lost(None, false);
+            self.count_lost(unserializable, "a record could not be serialized");
+            self.warn_lost(false);
         }
     }
 
-    fn count_lost(&mut self, n: u64) {
+    fn count_lost(&mut self, n: u64, cause: impl Into<String>) {
+        self.loss_cause = cause.into();
         self.shared.lost.fetch_add(n, Ordering::Relaxed);
         self.shared.in_flight.fetch_sub(
             n.min(self.shared.in_flight.load(Ordering::Relaxed)),
@@ -954,9 +960,10 @@ impl Writer {
         self.lost_since_warning += n;
     }
 
-    /// Warn about lost records, at most once per [`WARNING_INTERVAL`]
-    /// unless `now` (the last word before stopping).
-    fn warn_lost(&mut self, error: Option<&io::Error>, now: bool) {
+    /// Warn about the records lost since the last warning, with the cause
+    /// of the last loss, at most once per [`WARNING_INTERVAL`] unless
+    /// `now` (the last word before stopping).
+    fn warn_lost(&mut self, now: bool) {
         let at = Instant::now();
         let due = now
             || self
@@ -968,19 +975,12 @@ impl Writer {
         self.last_lost_warning = Some(at);
         let lost = std::mem::take(&mut self.lost_since_warning);
         let lost_total = self.shared.lost.load(Ordering::Relaxed);
-        match error {
-            Some(e) => warn!(
-                lost,
-                lost_total,
-                error = %e,
-                "decision records could not be written: lost since the last warning"
-            ),
-            None => warn!(
-                lost,
-                lost_total,
-                "decision records could not be written (the log is not open): lost since the last warning"
-            ),
-        }
+        warn!(
+            lost,
+            lost_total,
+            cause = %self.loss_cause,
+            "decision records could not be written: lost since the last warning"
+        );
     }
 
     /// Open the configured target in this thread (a FIFO at start, or a

@@ -633,3 +633,47 @@ fn drops_and_protocol_answers_leave_the_last_quarter_of_the_queue_to_the_others(
         }
     );
 }
+
+#[test]
+fn records_lost_on_a_full_disk_are_told_again_once_writing_resumes() {
+    let len = line(0).len() + 1;
+    let disk = Disk::default();
+    disk.room.store(2 * len, Ordering::SeqCst);
+    let shared = Arc::new(Shared {
+        target: Target::Path("fault".into()),
+        capacity: 64,
+        flush_interval: FLUSH_INTERVAL,
+        state: Mutex::new(State::default()),
+        wake: Condvar::new(),
+        written: AtomicU64::new(0),
+        dropped: AtomicU64::new(0),
+        lost: AtomicU64::new(0),
+        in_flight: AtomicU64::new(0),
+    });
+    let sink = FaultSink {
+        disk: disk.clone(),
+        regular: true,
+    };
+    let mut writer = Writer::new(shared.clone(), Some(Box::new(sink)));
+    let write = |writer: &mut Writer, records: std::ops::Range<usize>| {
+        writer.batch.extend(records.map(record));
+        crate::captured_log::captured_log(tracing::Level::WARN, || writer.write_batch()).1
+    };
+    // The disk fills: 3 of 5 lost, told at once with the cause.
+    let first = write(&mut writer, 0..5);
+    assert!(first.contains("lost=3 lost_total=3"), "{first}");
+    assert!(first.contains("cause="), "{first}");
+    assert!(!first.contains("not open"), "{first}");
+    // Within the interval, 2 more are lost and held back.
+    assert_eq!(write(&mut writer, 5..7), "");
+    // Room again, the interval over: the next write tells the 2 held back,
+    // not only a stop long after.
+    disk.room.store(usize::MAX, Ordering::SeqCst);
+    writer.last_lost_warning = Some(Instant::now() - WARNING_INTERVAL);
+    let resumed = write(&mut writer, 7..9);
+    assert!(resumed.contains("lost=2 lost_total=5"), "{resumed}");
+    assert_eq!(call_ids(&contents(&disk)), ids([0, 1, 7, 8]));
+    // Nothing lost since: nothing more to tell.
+    writer.last_lost_warning = Some(Instant::now() - WARNING_INTERVAL);
+    assert_eq!(write(&mut writer, 9..10), "");
+}
