@@ -257,15 +257,11 @@ fn the_first_secret_brought_by_a_reload_keeps_the_tokens_of_the_random_one() {
     )
     .unwrap();
     assert!(proxy.reload());
-    offer(
-        &upstream,
-        proxy.udp,
-        "agent-x",
-        contact,
-        &random_path,
-        "after-reload",
-    );
-    rings(&client, proxy.udp, "after-reload");
+    let call = |through: &TestProxy, path: &str, call: &str| {
+        offer(&upstream, through.udp, "agent-x", contact, path, call);
+        rings(&client, through.udp, call);
+    };
+    call(&proxy, &random_path, "after-reload");
     // New registrations get tokens of the configured secret, which a
     // second instance of the pool routes.
     let configured_path = register(&client, proxy.udp, &upstream, "agent-x", LYNC, 2);
@@ -275,26 +271,10 @@ fn the_first_secret_brought_by_a_reload_keeps_the_tokens_of_the_random_one() {
         "127.0.0.1",
         &format!("udp:{}", upstream.local_addr().unwrap()),
     );
-    offer(
-        &upstream,
-        other.udp,
-        "agent-x",
-        contact,
-        &configured_path,
-        "other",
-    );
-    rings(&client, other.udp, "other");
+    call(&other, &configured_path, "other");
     // A reload of the same file changes nothing: the old tokens still route.
     assert!(proxy.reload());
-    offer(
-        &upstream,
-        proxy.udp,
-        "agent-x",
-        contact,
-        &random_path,
-        "reloaded-again",
-    );
-    rings(&client, proxy.udp, "reloaded-again");
+    call(&proxy, &random_path, "reloaded-again");
 }
 
 #[test]

@@ -404,6 +404,25 @@ struct Shared {
     in_flight: AtomicU64,
 }
 
+impl Shared {
+    /// What a log of `target` and its writer share: an empty queue of
+    /// `capacity` records (at least 2), written at least every
+    /// `flush_interval`.
+    fn new(target: Target, capacity: usize, flush_interval: Duration) -> Arc<Self> {
+        Arc::new(Self {
+            target,
+            capacity: capacity.max(2),
+            flush_interval,
+            state: Mutex::new(State::default()),
+            wake: Condvar::new(),
+            written: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
+            lost: AtomicU64::new(0),
+            in_flight: AtomicU64::new(0),
+        })
+    }
+}
+
 #[derive(Debug, Default)]
 struct State {
     queue: Vec<DecisionRecord>,
@@ -658,17 +677,7 @@ fn start(
     capacity: usize,
     flush_interval: Duration,
 ) -> Result<(DecisionLog, LogWriter), DecisionLogError> {
-    let shared = Arc::new(Shared {
-        target,
-        capacity: capacity.max(2),
-        flush_interval,
-        state: Mutex::new(State::default()),
-        wake: Condvar::new(),
-        written: AtomicU64::new(0),
-        dropped: AtomicU64::new(0),
-        lost: AtomicU64::new(0),
-        in_flight: AtomicU64::new(0),
-    });
+    let shared = Shared::new(target, capacity, flush_interval);
     let (finished_tx, finished) = mpsc::channel::<()>();
     let thread_shared = shared.clone();
     let thread = std::thread::Builder::new()

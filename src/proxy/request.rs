@@ -673,27 +673,7 @@ impl Core {
         }
         flag_edits(ctx, admission, &mut edits);
         let decision = admission.decision;
-        // Recorded: each REGISTER and each INVITE but a re-INVITE, which
-        // is no new admission decision.
-        let decided = match ctx.method {
-            Method::Register => true,
-            Method::Invite => !self.continues_a_dialog(ctx, &routing),
-            _ => false,
-        };
-        let record = decided.then(|| {
-            self.record(
-                ctx.runtime,
-                inb,
-                view,
-                &admission.subject,
-                admission.sender.client,
-                admission.role,
-                decision.verdict.action(),
-                decision.rule,
-                None,
-                decision.verdict.would_reject(),
-            )
-        });
+        let record = self.relay_record(ctx, &routing, admission);
         let bytes = edits.apply(view.raw());
         // What no longer fits in a datagram after our edits gets 513 (the
         // send would fail with EMSGSIZE). Below that it goes over UDP even
@@ -717,6 +697,36 @@ impl Core {
             send: Outbound { to, bytes },
             record,
             retransmit,
+        })
+    }
+
+    /// The record of a request relayed by `admission`: each REGISTER's and
+    /// each INVITE's but a re-INVITE's, which is no new admission decision.
+    fn relay_record(
+        &self,
+        ctx: &RequestCtx<'_>,
+        routing: &Routing<'_>,
+        admission: &Admission<'_>,
+    ) -> Option<crate::observe::DecisionRecord> {
+        let decided = match ctx.method {
+            Method::Register => true,
+            Method::Invite => !self.continues_a_dialog(ctx, routing),
+            _ => false,
+        };
+        let decision = admission.decision;
+        decided.then(|| {
+            self.record(
+                ctx.runtime,
+                ctx.inbound,
+                ctx.view,
+                &admission.subject,
+                admission.sender.client,
+                admission.role,
+                decision.verdict.action(),
+                decision.rule,
+                None,
+                decision.verdict.would_reject(),
+            )
         })
     }
 

@@ -639,17 +639,7 @@ fn records_lost_on_a_full_disk_are_told_again_once_writing_resumes() {
     let len = line(0).len() + 1;
     let disk = Disk::default();
     disk.room.store(2 * len, Ordering::SeqCst);
-    let shared = Arc::new(Shared {
-        target: Target::Path("fault".into()),
-        capacity: 64,
-        flush_interval: FLUSH_INTERVAL,
-        state: Mutex::new(State::default()),
-        wake: Condvar::new(),
-        written: AtomicU64::new(0),
-        dropped: AtomicU64::new(0),
-        lost: AtomicU64::new(0),
-        in_flight: AtomicU64::new(0),
-    });
+    let shared = Shared::new(Target::Path("fault".into()), 64, FLUSH_INTERVAL);
     let sink = FaultSink {
         disk: disk.clone(),
         regular: true,
