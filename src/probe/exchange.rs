@@ -574,6 +574,9 @@ impl<S: Read> Stream<S> {
                 Ok(0) => return Ok(Heard::Closed),
                 Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
                 Err(e) if is_timeout(&e) => return Ok(Heard::Nothing),
+                // A reset (a ban, a limit, a listener going away) closes
+                // the connection as much as a FIN does.
+                Err(e) if is_reset(&e) => return Ok(Heard::Closed),
                 Err(e) => return Err(Wait::Io(e)),
             }
         }
@@ -585,6 +588,13 @@ fn remaining(deadline: Instant) -> Option<Duration> {
     deadline
         .checked_duration_since(Instant::now())
         .filter(|d| !d.is_zero())
+}
+
+fn is_reset(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted
+    )
 }
 
 fn is_timeout(e: &io::Error) -> bool {

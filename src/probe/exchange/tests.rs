@@ -194,6 +194,33 @@ fn a_tcp_peer_that_answers_http_and_closes_is_named_with_what_it_sent() {
 }
 
 #[test]
+fn a_tcp_peer_that_resets_after_the_request_closed_the_connection() {
+    // As a banned or over-limit prober sees it: the request is read, then
+    // the connection is reset (RST, not FIN).
+    let (listener, target) = tcp_fake();
+    let server = thread::spawn(move || {
+        let (mut stream, _) = listener.accept().unwrap();
+        read_request(&mut stream);
+        socket2::SockRef::from(&stream)
+            .set_linger(Some(Duration::ZERO))
+            .unwrap();
+    });
+    let error = exchange(
+        target,
+        None,
+        &request(ProbeMethod::Register),
+        Duration::from_secs(5),
+    )
+    .unwrap_err()
+    .to_string();
+    server.join().unwrap();
+    assert_eq!(
+        error,
+        format!("{target}: the connection was closed before a final answer to the REGISTER")
+    );
+}
+
+#[test]
 fn a_2xx_with_contact_star_is_acknowledged_and_ended_at_the_request_uri() {
     for (contact, described) in [
         (
