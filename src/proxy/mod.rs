@@ -1229,7 +1229,8 @@ impl Core {
             generation: runtime.generation,
             spiral: inb.from_registrar() && self.came_through_from_client(view),
             unregister: is_unregister(view),
-            // Known once the transport has tried (`dispatch::carry_out`).
+            // Set by the dispatcher as it carries the outcome out
+            // (`dispatch::carry_out`).
             undelivered: false,
         }
     }

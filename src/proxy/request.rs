@@ -109,6 +109,9 @@ pub(super) struct Admission<'m> {
     pub(super) subject: Subject<'m>,
     /// The policy's decision.
     pub(super) decision: Decision<'m>,
+    /// An INVITE continuing a dialog this proxy record-routed (a
+    /// re-INVITE): no new decision, and no record.
+    pub(super) reinvite: bool,
 }
 
 /// Why a phase stopped a request.
@@ -540,7 +543,8 @@ impl Core {
         // re-INVITE: hold, resume, a session refresh) belongs to a session
         // decided already, perhaps by an earlier configuration (a call
         // answered in monitor mode goes on after a reload to enforce).
-        let role = if ctx.method == Method::Invite && self.continues_a_dialog(ctx, routing) {
+        let reinvite = ctx.method == Method::Invite && self.continues_a_dialog(ctx, routing);
+        let role = if reinvite {
             SessionRole::None
         } else {
             config.sessions.role_of(&facts)
@@ -569,6 +573,7 @@ impl Core {
             role,
             subject,
             decision,
+            reinvite,
         }
     }
 
@@ -673,7 +678,7 @@ impl Core {
         }
         flag_edits(ctx, admission, &mut edits);
         let decision = admission.decision;
-        let record = self.relay_record(ctx, &routing, admission);
+        let record = self.relay_record(ctx, admission);
         let bytes = edits.apply(view.raw());
         // What no longer fits in a datagram after our edits gets 513 (the
         // send would fail with EMSGSIZE). Below that it goes over UDP even
@@ -705,12 +710,11 @@ impl Core {
     fn relay_record(
         &self,
         ctx: &RequestCtx<'_>,
-        routing: &Routing<'_>,
         admission: &Admission<'_>,
     ) -> Option<crate::observe::DecisionRecord> {
         let decided = match ctx.method {
             Method::Register => true,
-            Method::Invite => !self.continues_a_dialog(ctx, routing),
+            Method::Invite => !admission.reinvite,
             _ => false,
         };
         let decision = admission.decision;
