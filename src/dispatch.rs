@@ -630,8 +630,9 @@ fn mirror_sent(senders: &Senders, inbound: &Inbound, to: &Destination, bytes: &b
 /// Submit an outcome's record and send what it says (never waiting for a
 /// connection). The record goes first: whoever reads the answer finds it
 /// in the log once the log is flushed. It is marked `undelivered` when the
-/// answer is for a connection that has closed already. `boot` is this
-/// instance's: only its stream flows are written to.
+/// answer is for a connection that has closed already, or whose write
+/// queue has no room for it. `boot` is this instance's: only its stream
+/// flows are written to.
 async fn carry_out(
     senders: &Senders,
     log: &DecisionLog,
@@ -640,32 +641,35 @@ async fn carry_out(
     boot: BootId,
 ) -> Result<(), (Destination, SendError)> {
     if let Some(mut record) = outcome.take_record() {
-        record.undelivered = connection_gone(senders, inbound, &outcome, boot);
+        record.undelivered = !stream_takes(senders, inbound, &outcome, boot);
         senders.hep.decision(&record, inbound.local);
         log.submit(record);
     }
     send(senders, inbound, outcome, boot).await
 }
 
-/// Whether what `outcome` sends is for a stream connection that is no
-/// longer open (or is not this instance's): it cannot be delivered.
-fn connection_gone(senders: &Senders, inbound: &Inbound, outcome: &Outcome, boot: BootId) -> bool {
-    let to = match outcome {
-        Outcome::Relay { send, .. } => &send.to,
-        Outcome::Answer { .. } => &Destination::Source,
-        Outcome::Drop { .. } | Outcome::Consumed => return false,
+/// Whether the stream connection `outcome` sends on would take what it
+/// sends now: open (and this instance's), with room in its write queue.
+/// True for what leaves over UDP, goes upstream or sends nothing.
+fn stream_takes(senders: &Senders, inbound: &Inbound, outcome: &Outcome, boot: BootId) -> bool {
+    let (to, len) = match outcome {
+        Outcome::Relay { send, .. } => (&send.to, send.bytes.len()),
+        Outcome::Answer { bytes, .. } => (&Destination::Source, bytes.len()),
+        Outcome::Drop { .. } | Outcome::Consumed => return true,
     };
     match to {
         Destination::Source => inbound
             .connection
-            .is_some_and(|id| !senders.connections.is_open_to(id, inbound.source.0)),
+            .is_none_or(|id| senders.connections.would_take(id, inbound.source.0, len)),
         Destination::Flow(flow) if flow.transport.is_stream() => match flow.connection {
             Some(id) if id.boot == boot => {
-                !senders.connections.is_open_to(id.connection, flow.peer)
+                senders
+                    .connections
+                    .would_take(id.connection, flow.peer, len)
             }
-            _ => true,
+            _ => false,
         },
-        Destination::Flow(_) | Destination::Upstream => false,
+        Destination::Flow(_) | Destination::Upstream => true,
     }
 }
 
@@ -726,5 +730,71 @@ mod tests {
         assert!(ends_the_silence(&SendError::UpstreamClosedUnanswered(addr)));
         assert!(!ends_the_silence(&SendError::UpstreamQueueFull(addr)));
         assert!(!ends_the_silence(&SendError::UpstreamGivenUp(addr)));
+    }
+
+    /// What `undelivered` is marked from: a stream connection that has
+    /// closed, or whose write queue has no room for the message; anything
+    /// else is taken.
+    #[test]
+    fn a_stream_answer_is_taken_while_its_connection_is_open_with_room() {
+        use crate::transport::connections::WriteQueue;
+        let connections = Arc::new(crate::transport::Connections::default());
+        let senders = Senders {
+            udp: Vec::new(),
+            connections: connections.clone(),
+            upstream: UpstreamSender::Datagram("127.0.0.1:5070".parse().unwrap()),
+            udp_upstream_health: None,
+            hep: crate::observe::Hep::off(),
+        };
+        let peer: std::net::SocketAddr = "127.0.0.1:40001".parse().unwrap();
+        let id = connections.next_id();
+        let (writer, _written) = mpsc::unbounded_channel();
+        connections.insert(
+            id,
+            peer,
+            Transport::Tcp,
+            writer,
+            Arc::new(WriteQueue::new(100)),
+        );
+        let inbound = Inbound {
+            bytes: bytes::Bytes::from_static(b"INVITE sip:x SIP/2.0\r\n\r\n"),
+            transport: Transport::Tcp,
+            source: PeerAddr(peer),
+            local: LocalAddr("127.0.0.1:5060".parse().unwrap()),
+            connection: Some(id),
+            leg: Leg::FromClient,
+        };
+        let boot = BootId::from_u64(7);
+        let answer = |len: usize| Outcome::Answer {
+            bytes: bytes::Bytes::from(vec![b'x'; len]),
+            record: None,
+        };
+        // Any message fits an empty queue.
+        assert!(stream_takes(&senders, &inbound, &answer(500), boot));
+        connections
+            .send(id, peer, bytes::Bytes::from(vec![b'q'; 80]))
+            .unwrap();
+        assert!(stream_takes(&senders, &inbound, &answer(20), boot));
+        assert!(
+            !stream_takes(&senders, &inbound, &answer(21), boot),
+            "no room"
+        );
+        // What leaves over UDP or upstream, or sends nothing, is taken.
+        let udp = Inbound {
+            connection: None,
+            transport: Transport::Udp,
+            ..inbound.clone()
+        };
+        assert!(stream_takes(&senders, &udp, &answer(500), boot));
+        let dropped = Outcome::Drop {
+            reason: DropReason::SendFailed,
+            record: None,
+        };
+        assert!(stream_takes(&senders, &inbound, &dropped, boot));
+        connections.remove(id);
+        assert!(
+            !stream_takes(&senders, &inbound, &answer(1), boot),
+            "closed"
+        );
     }
 }

@@ -256,7 +256,8 @@ pub struct DecisionRecord {
     pub unregister: bool,
     /// What the decision sent (the answer, or the message relayed) was for
     /// a TCP/TLS connection that had closed by then (a client that hung up
-    /// while its request waited): it was not delivered (counted in
+    /// while its request waited), or whose write queue had no room for it
+    /// (a client that reads nothing): it was not delivered (counted in
     /// `sipadmit_dropped_total{reason="send_failed"}`). The decision
     /// stands; this says the peer never got it. Written only when true.
     #[serde(default, skip_serializing_if = "is_false")]

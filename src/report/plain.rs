@@ -187,7 +187,7 @@ fn overview(out: &mut String, s: &Summary) {
     if s.undelivered > 0 {
         let _ = writeln!(
             out,
-            "Undelivered:  {} records whose answer or relayed message never reached its peer (its connection had closed)",
+            "Undelivered:  {} records whose answer or relayed message never reached its peer (its connection had closed, or its write queue was full)",
             s.undelivered
         );
     }

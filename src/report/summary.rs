@@ -68,7 +68,8 @@ pub struct Summary {
     /// registrar-leg repeats `--legs once` leaves out.
     pub records_read: u64,
     /// Of `records_read`, the records whose answer or relayed message never
-    /// reached its peer (`undelivered`: for a connection that had closed),
+    /// reached its peer (`undelivered`: for a connection that had closed or
+    /// whose write queue was full),
     /// of every kind and leg.
     pub undelivered: u64,
     /// Policy decision records counted in the decision tables (`by_action`,

@@ -993,7 +993,7 @@ mod tests {
         let text = crate::report::plain::render(&s);
         assert!(
             text.contains(
-                "Undelivered:  2 records whose answer or relayed message never reached its peer (its connection had closed)"
+                "Undelivered:  2 records whose answer or relayed message never reached its peer (its connection had closed, or its write queue was full)"
             ),
             "{text}"
         );

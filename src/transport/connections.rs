@@ -88,6 +88,13 @@ impl WriteQueue {
         }
     }
 
+    /// Whether `len` more bytes fit within the bound (any message fits an
+    /// empty queue).
+    fn has_room_for(&self, len: usize) -> bool {
+        let queued = self.queued();
+        queued == 0 || queued + len <= self.bound
+    }
+
     /// Whether the writer has written nothing for [`WRITE_TIMEOUT`].
     fn is_stalled(&self) -> bool {
         let last = Duration::from_millis(self.progress_ms.load(Ordering::Relaxed));
@@ -154,6 +161,18 @@ impl Connections {
             .is_some_and(|c| c.peer == peer && !c.writer.is_closed())
     }
 
+    /// Whether a message of `len` bytes for `peer` would be taken on
+    /// connection `id` now: it is open, to `peer`, and its write queue has
+    /// room for it ([`Connections::send`] would queue it). What another
+    /// worker queues in between can still fill the queue first.
+    pub fn would_take(&self, id: ConnectionId, peer: SocketAddr, len: usize) -> bool {
+        self.open
+            .lock()
+            .expect("connections lock")
+            .get(&id)
+            .is_some_and(|c| c.peer == peer && !c.writer.is_closed() && c.queue.has_room_for(len))
+    }
+
     /// The transport of an open connection.
     pub fn transport(&self, id: ConnectionId) -> Option<Transport> {
         self.open
@@ -197,7 +216,7 @@ impl Connections {
         }
         let queue = &connection.queue;
         let queued = queue.queued();
-        if queued > 0 && queued + bytes.len() > queue.bound {
+        if !queue.has_room_for(bytes.len()) {
             if queue.is_stalled() {
                 // Dropping the sender ends the writer task, which closes the
                 // connection (and its reader with it).
