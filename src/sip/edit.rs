@@ -121,45 +121,72 @@ impl Edits {
 }
 
 /// RFC 3261 18.2.1 `received` and RFC 3581 `rport` on the top Via (`via`,
-/// parsed from `view`) of a request that came from `source`: a valueless
-/// `rport` gets the source port, and `received` is added when the sent-by
-/// host is not the source IP, or whenever `rport` is present (RFC 3581 4),
-/// unless it is there already. The relay path and the proxy's own
-/// responses (RFC 3581 section 4) both use this.
+/// parsed from `view`) of a request that came from `source`: `rport` gets
+/// the source port, and `received` the source IP when the sent-by host is
+/// not the source IP, or whenever `rport` is present (RFC 3581 4). Values
+/// the request brought (stale or forged: only the hop that receives a
+/// request sets them) are set to the source's. The relay path and the
+/// proxy's own responses (RFC 3581 section 4) both use this.
 pub fn mark_received(view: &SipView, via: &Via<'_>, source: SocketAddr, edits: &mut Edits) {
     let Some((range, _)) = first_value(view, HeaderName::Via) else {
         return;
     };
     // The rport value goes in first: when `rport` ends the value, both
     // edits insert at the same offset and keep this order.
-    if via.rport() == Some(None) {
-        // Right after the valueless `rport` flag's name, wherever white
-        // space around the `;` puts it (the parameters are slices of the
-        // message, so their offsets are the message's).
-        let base = view.raw().as_ptr() as usize;
-        let flag_end = via
-            .params
-            .iter()
-            .find(|(name, value)| value.is_none() && name.eq_ignore_ascii_case(b"rport"))
-            .and_then(|(name, _)| {
-                (name.as_ptr() as usize)
-                    .checked_sub(base)
-                    .map(|at| at + name.len())
-            })
-            .filter(|end| range.contains(end) || *end == range.end);
-        if let Some(end) = flag_end {
-            edits.insert_fmt(end, format_args!("={}", source.port()));
+    if let Some(value) = via.params.get(b"rport") {
+        if via.rport() != Some(Some(source.port())) {
+            set_param(view, via, &range, b"rport", value, &source.port(), edits);
         }
     }
     // An IPv4 client of a dual-stack listener arrives as `::ffff:a.b.c.d`:
     // it sent, and is told, its IPv4 address.
     let ip = source.ip().to_canonical();
-    let rport = via.rport().is_some();
-    if (rport || !host_is_ip(via.host, ip)) && via.received().is_none() {
-        edits.insert_fmt(
-            params_end(view, via, &range),
-            format_args!(";received={ip}"),
-        );
+    match via.params.get(b"received") {
+        Some(Some(value)) if host_is_ip(value, ip) => {}
+        Some(value) => set_param(view, via, &range, b"received", value, &ip, edits),
+        None if via.rport().is_some() || !host_is_ip(via.host, ip) => {
+            edits.insert_fmt(
+                params_end(view, via, &range),
+                format_args!(";received={ip}"),
+            );
+        }
+        None => {}
+    }
+}
+
+/// Give the top Via's parameter `name`, present with `value` (`None`: no
+/// value), the value `to`: its value replaced, or `=to` after a flag's
+/// name (the parameters are slices of the message, so their offsets are
+/// the message's; `value_range` is the Via value's).
+fn set_param(
+    view: &SipView,
+    via: &Via<'_>,
+    value_range: &Range<usize>,
+    name: &[u8],
+    value: Option<&[u8]>,
+    to: &dyn std::fmt::Display,
+    edits: &mut Edits,
+) {
+    let base = view.raw().as_ptr() as usize;
+    let at = |slice: &[u8]| (slice.as_ptr() as usize).checked_sub(base);
+    let inside = |r: &Range<usize>| value_range.start <= r.start && r.end <= value_range.end;
+    match value {
+        Some(value) => {
+            let replaced = at(value).map(|start| start..start + value.len());
+            if let Some(r) = replaced.filter(inside) {
+                edits.replace_fmt(r, format_args!("{to}"));
+            }
+        }
+        None => {
+            let flag_end = via
+                .params
+                .iter()
+                .find(|(n, v)| v.is_none() && n.eq_ignore_ascii_case(name))
+                .and_then(|(n, _)| at(n).map(|start| start + n.len()));
+            if let Some(end) = flag_end.filter(|end| inside(&(*end..*end))) {
+                edits.insert_fmt(end, format_args!("={to}"));
+            }
+        }
     }
 }
 
@@ -379,6 +406,35 @@ mod tests {
         );
         // Same host, no rport: nothing to say.
         let raw = b"A sip:x SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.7:5062\r\n\r\n";
+        assert_eq!(&marked_from_192_0_2_7_port_5062(raw)[..], &raw[..]);
+    }
+
+    #[test]
+    fn a_received_or_rport_the_request_brought_is_set_to_the_source() {
+        // RFC 3261 18.2.1: `received` MUST hold the source address; RFC 3581
+        // 4: `rport` the source port. Only the receiving hop sets them, so a
+        // value already there is stale or forged (RFC 5118 4.5's IPv6 ones too).
+        let raw = b"A sip:x SIP/2.0\r\nVia: SIP/2.0/UDP [2001:db8::9];received=[2001:db8::9];rport=5;branch=z9hG4bK1\r\n\r\n";
+        assert_eq!(
+            &marked_from_192_0_2_7_port_5062(raw)[..],
+            &b"A sip:x SIP/2.0\r\nVia: SIP/2.0/UDP [2001:db8::9];received=192.0.2.7;rport=5062;branch=z9hG4bK1\r\n\r\n"[..]
+        );
+        // A forged `received` beside a valueless rport; a valueless `received`.
+        let raw =
+            b"A sip:x SIP/2.0\r\nVia: SIP/2.0/UDP a.example;received=192.0.2.99;rport\r\n\r\n";
+        assert_eq!(
+            &marked_from_192_0_2_7_port_5062(raw)[..],
+            &b"A sip:x SIP/2.0\r\nVia: SIP/2.0/UDP a.example;received=192.0.2.7;rport=5062\r\n\r\n"
+                [..]
+        );
+        let raw = b"A sip:x SIP/2.0\r\nVia: SIP/2.0/UDP a.example;received;branch=z9hG4bK1\r\n\r\n";
+        assert_eq!(
+            &marked_from_192_0_2_7_port_5062(raw)[..],
+            &b"A sip:x SIP/2.0\r\nVia: SIP/2.0/UDP a.example;received=192.0.2.7;branch=z9hG4bK1\r\n\r\n"[..]
+        );
+        // Values that are the source's already are left as they are.
+        let raw =
+            b"A sip:x SIP/2.0\r\nVia: SIP/2.0/UDP a.example;received=192.0.2.7;rport=5062\r\n\r\n";
         assert_eq!(&marked_from_192_0_2_7_port_5062(raw)[..], &raw[..]);
     }
 
