@@ -5,7 +5,7 @@ use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::str::FromStr;
 
-use crate::policy::pattern::Network;
+use crate::policy::pattern::{Network, NetworkError};
 use crate::vocabulary::Leg;
 use crate::vocabulary::Transport;
 
@@ -35,9 +35,12 @@ impl FromStr for Endpoint {
                 ))
             }
         };
-        let addr = rest
+        let addr: SocketAddr = rest
             .parse()
             .map_err(|_| format!("{rest:?} is not IP:PORT (IPv6 as [::1]:5060) in {s:?}"))?;
+        // An IPv4-mapped IPv6 address (`[::ffff:192.0.2.7]`) is its IPv4
+        // address: the one sockets use and Via and Path must name.
+        let addr = SocketAddr::new(addr.ip().to_canonical(), addr.port());
         Ok(Self { transport, addr })
     }
 }
@@ -146,13 +149,15 @@ impl FromStr for SourcePattern {
                 Ok(Self::Address(addr))
             };
         }
-        Network::parse(s).map(Self::Network).ok_or_else(|| {
-            format!(
+        match Network::parse(s) {
+            Ok(network) => Ok(Self::Network(network)),
+            Err(e @ NetworkError::MappedBelow96 { .. }) => Err(e.to_string()),
+            Err(_) => Err(format!(
                 "not an address or network: {s:?} (expected an IP such as 192.0.2.7, \
                  a network such as 10.0.0.0/24, or IP:PORT such as 192.0.2.7:5060 \
                  or [2001:db8::7]:5060)"
-            )
-        })
+            )),
+        }
     }
 }
 
@@ -191,6 +196,16 @@ mod tests {
 
     fn addr(s: &str) -> SocketAddr {
         s.parse().unwrap()
+    }
+
+    #[test]
+    fn an_ipv4_mapped_endpoint_is_its_ipv4_address() {
+        // What sockets use and Via and Path name: never `[::ffff:...]`.
+        let e: Endpoint = "udp:[::ffff:127.0.0.1]:5070".parse().unwrap();
+        assert_eq!(e.to_string(), "udp:127.0.0.1:5070");
+        // A mapped network below /96 is refused as a source, with the fix.
+        let e = "::ffff:10.0.0.0/8".parse::<SourcePattern>().unwrap_err();
+        assert!(e.contains("10.0.0.0/8 for IPv4 clients"), "{e}");
     }
 
     #[test]

@@ -393,11 +393,8 @@ mod tests {
             ("udp:224.0.0.1:9060", "224.0.0.1", "multicast"),
             ("udp:239.1.2.3:9060", "239.1.2.3", "multicast"),
             ("tcp:[ff02::1]:9061", "ff02::1", "multicast"),
-            (
-                "udp:[::ffff:224.0.0.1]:9060",
-                "::ffff:224.0.0.1",
-                "multicast",
-            ),
+            // Named as the IPv4 address it maps.
+            ("udp:[::ffff:224.0.0.1]:9060", "224.0.0.1", "multicast"),
         ] {
             let (settings, problems) = check(Some(collector), None, None);
             assert_eq!(

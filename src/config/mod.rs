@@ -1216,11 +1216,8 @@ fn rate_limit(r: &raw::RawRateLimit, problem: &mut dyn FnMut(String, String)) ->
     let mut trusted = Vec::new();
     for (i, net) in r.trusted.iter().enumerate() {
         match Network::parse(net) {
-            Some(n) => trusted.push(n),
-            None => problem(
-                format!("rate_limit.trusted[{i}]"),
-                format!("not an IP network: {net:?} (expected e.g. 10.0.0.0/8, 192.0.2.7 or ::1)"),
-            ),
+            Ok(n) => trusted.push(n),
+            Err(e) => problem(format!("rate_limit.trusted[{i}]"), e.to_string()),
         }
     }
     let mut positive = |key: &str, value: u32| {
@@ -1294,10 +1291,10 @@ fn session_matchers(
     let mut application_sources = Vec::new();
     for (i, net) in rg.application_sources.iter().enumerate() {
         match Network::parse(net) {
-            Some(n) => application_sources.push(n),
-            None => problem(
+            Ok(n) => application_sources.push(n),
+            Err(e) => problem(
                 format!("response_group.application_sources[{i}]"),
-                format!("not an IP network: {net:?} (expected e.g. 10.0.0.0/8 or 192.0.2.7)"),
+                e.to_string(),
             ),
         }
     }

@@ -148,6 +148,30 @@ fn glob_match(pattern: &[u8], text: &[u8]) -> bool {
     pattern[p..].iter().all(|&b| b == b'*')
 }
 
+/// Why a text is not an IP network ([`Network::parse`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NetworkError {
+    /// Not an address or CIDR network at all, or a prefix too long.
+    #[error("not an IP network: {0:?} (expected e.g. 10.0.0.0/8, 192.0.2.7 or ::1)")]
+    Invalid(String),
+    /// An IPv4-mapped address with a prefix below /96: a network of IPv6
+    /// addresses (`::ffff:127.0.0.0/8` is `::/8`), surely not what was meant.
+    #[error(
+        "{text:?} is an IPv4-mapped address with a prefix below /96, a network of IPv6 \
+         addresses: write the IPv4 network ({v4}/{prefix} for IPv4 clients) or a mapped \
+         prefix of /96 or more (::ffff:{v4}/{})",
+        u16::from(*prefix) + 96
+    )]
+    MappedBelow96 {
+        /// The text as written.
+        text: String,
+        /// The IPv4 address it maps.
+        v4: std::net::Ipv4Addr,
+        /// Its prefix length.
+        prefix: u8,
+    },
+}
+
 /// An IP network in CIDR notation (a bare address is a /32 or /128).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Network {
@@ -163,30 +187,41 @@ impl Network {
         Self { addr, prefix }
     }
 
-    /// Parse `10.0.0.0/8`, `::1`, `2001:db8::/32`; `None` if invalid. An
-    /// IPv4-mapped network (`::ffff:10.0.0.0/104`) is the IPv4 network it
-    /// maps (`10.0.0.0/8`), as [`Self::contains`] reads a mapped address as
-    /// IPv4.
-    pub fn parse(text: &str) -> Option<Self> {
+    /// Parse `10.0.0.0/8`, `::1`, `2001:db8::/32`; what is wrong if
+    /// invalid. An IPv4-mapped network (`::ffff:10.0.0.0/104`) is the IPv4
+    /// network it maps (`10.0.0.0/8`), as [`Self::contains`] reads a mapped
+    /// address as IPv4; one with a prefix below /96 (`::ffff:10.0.0.0/8`)
+    /// would cover IPv6 addresses instead and is refused.
+    pub fn parse(text: &str) -> Result<Self, NetworkError> {
+        let invalid = || NetworkError::Invalid(text.to_owned());
         let (addr, prefix) = match text.split_once('/') {
-            Some((a, p)) => (a.parse::<IpAddr>().ok()?, Some(p.parse::<u8>().ok()?)),
-            None => (text.parse::<IpAddr>().ok()?, None),
+            Some((a, p)) => (
+                a.parse::<IpAddr>().map_err(|_| invalid())?,
+                Some(p.parse::<u8>().map_err(|_| invalid())?),
+            ),
+            None => (text.parse::<IpAddr>().map_err(|_| invalid())?, None),
         };
         let max = if addr.is_ipv4() { 32 } else { 128 };
         let prefix = prefix.unwrap_or(max);
         if prefix > max {
-            return None;
+            return Err(invalid());
         }
-        Some(match addr {
-            IpAddr::V6(v6) if prefix >= 96 => match v6.to_ipv4_mapped() {
-                Some(v4) => Self {
-                    addr: IpAddr::V4(v4),
-                    prefix: prefix - 96,
-                },
-                None => Self { addr, prefix },
-            },
-            _ => Self { addr, prefix },
-        })
+        let mapped = match addr {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped(),
+            IpAddr::V4(_) => None,
+        };
+        match mapped {
+            Some(v4) if prefix >= 96 => Ok(Self {
+                addr: IpAddr::V4(v4),
+                prefix: prefix - 96,
+            }),
+            Some(v4) => Err(NetworkError::MappedBelow96 {
+                text: text.to_owned(),
+                v4,
+                prefix,
+            }),
+            None => Ok(Self { addr, prefix }),
+        }
     }
 
     /// Whether `ip` is inside this network (IPv4-mapped IPv6 counts as IPv4).
@@ -232,7 +267,15 @@ mod tests {
         let wide = Network::parse("::ffff:10.0.0.0/104").unwrap();
         assert!(wide.contains("10.9.8.7".parse().unwrap()));
         assert!(!wide.contains("11.0.0.1".parse().unwrap()));
-        assert_eq!(Network::parse("::ffff:10.0.0.0/129"), None);
+        assert!(Network::parse("::ffff:10.0.0.0/129").is_err());
+        // Below /96 it would be a network of IPv6 addresses (::/8): refused.
+        let e = Network::parse("::ffff:127.0.0.0/8")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("127.0.0.0/8") && e.contains("::ffff:127.0.0.0/104"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -293,11 +336,11 @@ mod tests {
         assert!(Network::parse("0.0.0.0/0")
             .unwrap()
             .contains("8.8.8.8".parse().unwrap()));
-        assert!(Network::parse("10.0.0.0/33").is_none());
+        assert!(Network::parse("10.0.0.0/33").is_err());
         assert_eq!(
             Network::parse("192.0.2.7").unwrap().to_string(),
             "192.0.2.7/32"
         );
-        assert!(Network::parse("nonsense").is_none());
+        assert!(Network::parse("nonsense").is_err());
     }
 }
