@@ -300,7 +300,9 @@ fn stream_listener(
 /// The address to advertise for a listener: its own, or, when bound to the
 /// unspecified address, the local address the kernel uses toward `upstream`.
 fn advertised(local: SocketAddr, upstream: SocketAddr) -> SocketAddr {
-    if !local.ip().is_unspecified() {
+    // An IPv4 socket faces no IPv6 registrar (the configuration asks such
+    // a listener for `proxy.advertise`): it keeps its own address.
+    if !local.ip().is_unspecified() || (local.is_ipv4() && upstream.is_ipv6()) {
         return local;
     }
     let probe_bind: SocketAddr = match upstream.ip() {
@@ -669,8 +671,10 @@ impl Advertised {
 
 /// The listeners bound (`addresses`, in the order `bind` bound them: each
 /// transport's in `proxy.listen` order), each with what its configured
-/// listener advertises.
+/// listener advertises, and, bound to an unspecified address, the host's
+/// addresses it receives at.
 fn listening(addresses: &[(Transport, SocketAddr)], settings: &Settings) -> Vec<Listening> {
+    let host = std::cell::OnceCell::new();
     let mut configured = [Transport::Udp, Transport::Tcp, Transport::Tls].map(|transport| {
         settings
             .listen
@@ -685,17 +689,56 @@ fn listening(addresses: &[(Transport, SocketAddr)], settings: &Settings) -> Vec<
                 Transport::Tcp => 1,
                 Transport::Tls => 2,
             };
-            let advertise = configured[slot]
-                .next()
+            let endpoint = configured[slot].next();
+            let advertise = endpoint
                 .and_then(|endpoint| settings.advertise.for_listener(endpoint))
                 .cloned();
+            let receives_at = match endpoint.map(|e| e.addr.ip()) {
+                Some(bound) if bound.is_unspecified() => host
+                    .get_or_init(host_addresses)
+                    .iter()
+                    // `[::]` takes IPv4 too (sipadmit binds IPv6 dual-stack).
+                    .filter(|ip| bound.is_ipv6() || ip.is_ipv4())
+                    .copied()
+                    .collect(),
+                _ => Vec::new(),
+            };
             Listening {
                 transport,
                 addr,
                 advertise,
+                receives_at,
             }
         })
         .collect()
+}
+
+/// This host's interface addresses (IPv4-mapped ones as IPv4), read once
+/// at start for the listeners bound to an unspecified address: a Route or
+/// Request-URI naming one of them on such a listener's port names
+/// sipadmit. None when the host cannot be asked (a warning says so).
+fn host_addresses() -> Vec<IpAddr> {
+    let interfaces = match nix::ifaddrs::getifaddrs() {
+        Ok(interfaces) => interfaces,
+        Err(e) => {
+            warn!(error = %e, "cannot read this host's addresses: a Route or Request-URI naming sipadmit by an address other than the one a 0.0.0.0 or [::] listener advertises will not be taken as sipadmit's");
+            return Vec::new();
+        }
+    };
+    let mut addresses: Vec<IpAddr> = interfaces
+        .filter_map(|interface| {
+            let address = interface.address?;
+            let ip = match (address.as_sockaddr_in(), address.as_sockaddr_in6()) {
+                (Some(v4), _) => IpAddr::V4(v4.ip()),
+                (None, Some(v6)) => IpAddr::V6(v6.ip()),
+                (None, None) => return None,
+            };
+            Some(ip.to_canonical())
+        })
+        .collect();
+    addresses.sort_unstable();
+    addresses.dedup();
+    addresses
 }
 
 /// The signer of flow tokens: the configured secrets (`proxy.flow_secret`

@@ -852,11 +852,43 @@ fn listeners_of_the_other_address_family_than_the_registrar_are_refused() {
         err.contains("no udp listener of the upstream's address family (IPv4"),
         "{err}"
     );
-    // Dual stack is fine, in either order.
+    // Dual stack is fine, in either order; a `[::]` listener alone takes
+    // IPv4 too (trial 15: it was refused, with a fix that overlapped it).
     load_str(
         "[proxy]\nlisten = [\"udp:[::]:5062\", \"udp:0.0.0.0:5060\"]\nupstream = \"udp:127.0.0.1:5070\"\n",
     )
     .unwrap();
+    load_str("[proxy]\nlisten = [\"udp:[::]:5062\"]\nupstream = \"udp:127.0.0.1:5070\"\n").unwrap();
+    // IPv4 listeners only and an IPv6 registrar: the fix does not overlap.
+    let err = load_str("[proxy]\nlisten = [\"udp:0.0.0.0:5060\"]\nupstream = \"udp:[::1]:5070\"\n")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("put udp:[::]:5060 (which takes IPv4 clients too) in place of the IPv4 listeners on port 5060"),
+        "{err}"
+    );
+}
+
+/// A `0.0.0.0` listener beside an IPv6 one, with an IPv6 registrar: it
+/// would advertise the IPv6 address facing the registrar toward its IPv4
+/// clients (trial 15 r7). Refused unless it is given `proxy.advertise`.
+#[test]
+fn an_ipv4_wildcard_listener_with_an_ipv6_registrar_needs_advertise() {
+    let base = "[proxy]\nlisten = [\"udp:0.0.0.0:5060\", \"udp:[::1]:5060\", \"tcp:0.0.0.0:5060\"]\nupstream = \"udp:[::1]:5070\"\n";
+    let err = load_str(base).unwrap_err().to_string();
+    for (key, listener) in [
+        ("proxy.listen[0]", "udp:0.0.0.0:5060"),
+        ("proxy.listen[2]", "tcp:0.0.0.0:5060"),
+    ] {
+        assert!(
+            err.contains(&format!(
+                "{key}: {listener} would advertise the address of this host facing the registrar, and the registrar (udp:[::1]:5070) is IPv6"
+            )),
+            "{err}"
+        );
+    }
+    assert!(err.contains("or give it proxy.advertise"), "{err}");
+    load_str(&format!("{base}advertise = \"sip.example.com\"\n")).unwrap();
 }
 
 /// What `run` would refuse, or run and fail at, `check-config` refuses
@@ -896,8 +928,9 @@ fn an_upstream_sipadmit_cannot_use_and_a_directory_as_decision_log_are_refused()
         ("udp:0.0.0.0:5060", "udp:192.0.2.1:5060"),
         ("udp:0.0.0.0:5060", "udp:[::1]:5060"),
     ] {
+        // (advertise: a 0.0.0.0 listener faces no IPv6 registrar.)
         let text = format!(
-            "[proxy]\nlisten = [\"{listen}\", \"udp:[::1]:5062\"]\nupstream = \"{upstream}\"\n"
+            "[proxy]\nlisten = [\"{listen}\", \"udp:[::1]:5062\"]\nupstream = \"{upstream}\"\nadvertise = \"sip.example.com\"\n"
         );
         load_str(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
     }

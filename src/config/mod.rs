@@ -548,7 +548,7 @@ fn proxy_section(
         .iter()
         .find(|(_, e)| e.transport == crate::vocabulary::Transport::Tls)
         .map(|(key, _)| key.clone());
-    let listen: Vec<Endpoint> = listeners.into_iter().map(|(_, e)| e).collect();
+    let listen: Vec<Endpoint> = listeners.iter().map(|(_, e)| *e).collect();
 
     let listen_key = if overrides.listen.is_empty() {
         "proxy.listen"
@@ -564,6 +564,7 @@ fn proxy_section(
     .and_then(|given| match given.value.parse::<Endpoint>() {
         Ok(up) => {
             check_upstream_reachable(&up, &given.key, &listen, listen_key, problem);
+            check_wildcards_face(&up, &listeners, &advertise, problem);
             Some(up)
         }
         Err(m) => {
@@ -674,19 +675,55 @@ fn check_upstream_reachable(
             format!("{up} is sipadmit's own listener {own}: every request would loop back to it"),
         );
     }
-    if !of_transport
-        .iter()
-        .any(|e| e.addr.is_ipv4() == up.addr.is_ipv4())
-    {
-        let family = if up.addr.is_ipv4() { "IPv4" } else { "IPv6" };
+    // A `[::]` listener is dual-stack: it reaches an IPv4 registrar too.
+    let reaches = |e: &&Endpoint| {
+        e.addr.is_ipv4() == up.addr.is_ipv4() || (up.addr.is_ipv4() && e.addr.ip().is_unspecified())
+    };
+    if !of_transport.iter().any(reaches) {
+        let (t, port) = (up.transport, of_transport[0].addr.port());
+        let (family, fix) = if up.addr.is_ipv4() {
+            ("IPv4", format!("add one such as {t}:0.0.0.0:{port}"))
+        } else {
+            (
+                "IPv6",
+                format!(
+                    "add one of an IPv6 address of this host, or put {t}:[::]:{port} (which takes \
+                     IPv4 clients too) in place of the IPv4 listeners on port {port}"
+                ),
+            )
+        };
         problem(
             listen_key.into(),
+            format!("no {t} listener of the upstream's address family ({family}, {up}): {fix}"),
+        );
+    }
+}
+
+/// A `0.0.0.0` listener advertises the address of this host facing the
+/// registrar (`up`); with an IPv6 registrar no IPv4 address faces it, and
+/// an IPv6 one would be written toward IPv4 clients: such a listener needs
+/// `proxy.advertise`, or its own address.
+fn check_wildcards_face(
+    up: &Endpoint,
+    listeners: &[(String, Endpoint)],
+    advertise: &Advertise,
+    problem: &mut dyn FnMut(String, String),
+) {
+    if up.addr.is_ipv4() {
+        return;
+    }
+    let unadvertised = listeners.iter().filter(|(_, e)| {
+        e.addr.is_ipv4() && e.addr.ip().is_unspecified() && advertise.for_listener(e).is_none()
+    });
+    for (key, e) in unadvertised {
+        problem(
+            key.clone(),
             format!(
-                "no {} listener of the upstream's address family ({family}, {up}): add one such as {}:{}:{}",
-                up.transport,
-                up.transport,
-                if up.addr.is_ipv4() { "0.0.0.0" } else { "[::]" },
-                of_transport[0].addr.port()
+                "{e} would advertise the address of this host facing the registrar, and the \
+                 registrar ({up}) is IPv6: no IPv4 address faces it. List the IPv4 address its \
+                 clients reach ({t}:192.0.2.10:{port}), or give it proxy.advertise",
+                t = e.transport,
+                port = e.addr.port()
             ),
         );
     }

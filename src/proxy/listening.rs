@@ -4,10 +4,10 @@
 //! it reads Route, Request-URI and Via.
 
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use crate::config::AdvertisedHost;
-use crate::sip::fields::{host_is_ip, parse_hostport, trim_lws};
+use crate::sip::fields::{host_ip, host_is_ip, parse_hostport, trim_lws};
 use crate::vocabulary::Transport;
 
 /// A listener of this proxy.
@@ -20,6 +20,11 @@ pub struct Listening {
     pub addr: SocketAddr,
     /// What it advertises instead of `addr`, if anything.
     pub advertise: Option<AdvertisedHost>,
+    /// For a listener bound to an unspecified address (`0.0.0.0`, `[::]`),
+    /// the other addresses of this host it receives at: the host's
+    /// addresses of the families it takes, as they were at start (IPv4
+    /// ones as IPv4). Empty for a listener bound to one address.
+    pub receives_at: Vec<IpAddr>,
 }
 
 impl Listening {
@@ -29,6 +34,7 @@ impl Listening {
             transport,
             addr,
             advertise: None,
+            receives_at: Vec::new(),
         }
     }
 
@@ -47,10 +53,16 @@ impl Listening {
     }
 
     /// Whether `host[:port]` (as written; no port means 5060) names this
-    /// listener: its address, or what it advertises (see
+    /// listener: its address (or, bound to an unspecified one, another
+    /// address of this host it receives at), or what it advertises (see
     /// [`AdvertisedHost::names`]).
     pub fn names(&self, host: &[u8], port: Option<u16>) -> bool {
-        (port.unwrap_or(5060) == self.addr.port() && host_is_ip(host, self.addr.ip()))
+        let receives_at = |host: &[u8]| {
+            !self.receives_at.is_empty()
+                && host_ip(host).is_some_and(|ip| self.receives_at.contains(&ip.to_canonical()))
+        };
+        (port.unwrap_or(5060) == self.addr.port()
+            && (host_is_ip(host, self.addr.ip()) || receives_at(host)))
             || self
                 .advertise
                 .as_ref()
@@ -117,7 +129,25 @@ mod tests {
             transport,
             addr: addr.parse().unwrap(),
             advertise: advertise.map(|a| a.parse().unwrap()),
+            receives_at: Vec::new(),
         }
+    }
+
+    /// A `[::]` listener advertised at the address facing an IPv6
+    /// registrar is named by the host's other addresses on its port too,
+    /// IPv4 ones in any spelling (trial 15: an IPv4 client's outbound-proxy
+    /// Route was kept, and the registrar's loop came back as 482).
+    #[test]
+    fn a_wildcard_listener_is_named_by_the_addresses_it_receives_at() {
+        let mut wildcard = listening(Transport::Udp, "[::1]:5062", None);
+        wildcard.receives_at = vec!["127.0.0.1".parse().unwrap(), "2001:db8::5".parse().unwrap()];
+        assert!(wildcard.names(b"[::1]", Some(5062)));
+        assert!(wildcard.names(b"127.0.0.1", Some(5062)));
+        assert!(wildcard.names(b"[::ffff:127.0.0.1]", Some(5062)));
+        assert!(wildcard.names(b"[2001:DB8::5]", Some(5062)));
+        assert!(!wildcard.names(b"127.0.0.1", None), "5060 is not its port");
+        assert!(!wildcard.names(b"127.0.0.2", Some(5062)));
+        assert!(!wildcard.names(b"host.example", Some(5062)));
     }
 
     #[test]

@@ -393,14 +393,17 @@ pub fn sip_uri_host(uri: &[u8]) -> Option<(&[u8], Option<u16>)> {
 /// Whether a host as written (a sent-by, a URI host; IPv6 in brackets or
 /// not) is the IP address `ip`. Hostnames never are.
 pub fn host_is_ip(host: &[u8], ip: IpAddr) -> bool {
+    host_ip(host).is_some_and(|h| h == ip)
+}
+
+/// The IP address a URI or Via host is (IPv6 bracketed or not); `None`
+/// for a name.
+pub fn host_ip(host: &[u8]) -> Option<IpAddr> {
     let host = host
         .strip_prefix(b"[")
         .and_then(|h| h.strip_suffix(b"]"))
         .unwrap_or(host);
-    std::str::from_utf8(host)
-        .ok()
-        .and_then(|h| h.parse::<IpAddr>().ok())
-        .is_some_and(|h| h == ip)
+    std::str::from_utf8(host).ok()?.parse().ok()
 }
 
 /// The parsed CSeq value.
