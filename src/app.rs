@@ -157,7 +157,13 @@ pub async fn bind(config: &Config) -> Result<Bound, AppError> {
         .upstream
         .filter(|u| u.transport == Transport::Tls)
         .map(|u| u.addr.ip());
-    let tls_contexts = TlsContexts::new(&settings.tls, listens_tls, upstream_tls)?;
+    let advertised_tls = settings
+        .advertise
+        .iter()
+        .filter(|(e, _)| e.transport == Transport::Tls)
+        .map(|(_, host)| host.clone())
+        .collect();
+    let tls_contexts = TlsContexts::new(&settings.tls, listens_tls, advertised_tls, upstream_tls)?;
     let mut bound = Bound {
         udp: Vec::new(),
         tcp: Vec::new(),

@@ -307,3 +307,94 @@ async fn sighup_reloads_certificates_and_a_client_hello_on_the_tcp_port_is_close
     running.signal("-TERM");
     running.wait_for_log("stopped", 1);
 }
+
+/// A renewal sipadmit would refuse at start is refused by a reload too,
+/// and the running certificate stays (trial 17): one that does not name
+/// the advertised host (the config reload fails on it, and the listener
+/// used to take it all the same), and one that has expired. A start with
+/// an expired certificate warns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewal_that_would_lock_clients_out_is_refused_and_the_old_certificate_stays() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = Pki::get().write(dir.path());
+    let live = (dir.path().join("live.pem"), dir.path().join("live.key"));
+    let renew = |(pem, key): &(std::path::PathBuf, std::path::PathBuf)| {
+        std::fs::copy(pem, &live.0).unwrap();
+        std::fs::copy(key, &live.1).unwrap();
+    };
+    renew(&files.server);
+    let (udp, tls) = (free_port(), free_port());
+    let config = dir.path().join("sipadmit.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[proxy]\nadvertise = {{ \"tls:127.0.0.1:{tls}\" = \"localhost\" }}\n\
+             [tls]\ncertificate = \"live.pem\"\nprivate_key = \"live.key\"\n"
+        ),
+    )
+    .unwrap();
+    let registrar = udp_registrar().await;
+    let stderr = dir.path().join("stderr.log");
+    let start = |stderr: &std::path::Path| {
+        Command::new(env!("CARGO_BIN_EXE_sipadmit"))
+            .args(["run", "--config", config.to_str().unwrap()])
+            .args(["--listen", &format!("udp:127.0.0.1:{udp}")])
+            .args(["--listen", &format!("tls:127.0.0.1:{tls}")])
+            .args(["--upstream", &format!("udp:{registrar}")])
+            .args(["--decision-log", "-"])
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(std::fs::File::create(stderr).unwrap()))
+            .spawn()
+            .unwrap()
+    };
+    let running = Running {
+        child: start(&stderr),
+        stderr,
+    };
+    running.wait_for_log("listening", 2);
+    let tls_addr: SocketAddr = format!("127.0.0.1:{tls}").parse().unwrap();
+
+    // Not a name of the advertised host: refused, named, the old one kept.
+    renew(&files.wrong_name);
+    running.signal("-HUP");
+    let log = running.wait_for_log("not reloaded; keeping the old one", 1);
+    let line = log.lines().find(|l| l.contains("not reloaded")).unwrap();
+    assert!(
+        line.contains("tls.certificate") && line.contains("live.pem"),
+        "{line}"
+    );
+    assert!(line.contains("does not name localhost"), "{line}");
+    let after = connect(&files.ca, tls_addr).await;
+    assert_eq!(certificate_name(&after), "sipadmit test server");
+
+    // Expired: refused with its dates, the old one kept.
+    renew(&files.expired);
+    running.signal("-HUP");
+    let log = running.wait_for_log("not reloaded; keeping the old one", 2);
+    let line = log
+        .lines()
+        .filter(|l| l.contains("not reloaded"))
+        .nth(1)
+        .unwrap();
+    assert!(line.contains("is not valid now"), "{line}");
+    let after = connect(&files.ca, tls_addr).await;
+    assert_eq!(certificate_name(&after), "sipadmit test server");
+    assert!(
+        !log.contains("TLS listener certificate and settings reloaded"),
+        "{log}"
+    );
+    drop(running);
+
+    // Started with the expired one: it serves, and says so.
+    let stderr = dir.path().join("stderr-expired.log");
+    let expired = Running {
+        child: start(&stderr),
+        stderr,
+    };
+    let log = expired.wait_for_log("listening", 2);
+    assert!(
+        log.contains("the TLS listener's certificate is not valid now"),
+        "{log}"
+    );
+}

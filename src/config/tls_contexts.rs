@@ -96,6 +96,27 @@ pub enum TlsProblem {
         "the private key is encrypted; store it unencrypted, readable only by sipadmit's user"
     )]
     EncryptedKey,
+    /// The certificate does not name a host `proxy.advertise` gives the
+    /// `tls:` listeners (refused by a reload, as a start refuses it).
+    #[error(
+        "does not name {host}, which proxy.advertise gives the tls: listeners (it names \
+         {names}): the registrar and clients reaching sipadmit by it would refuse it"
+    )]
+    NotNamed {
+        /// The advertised host.
+        host: String,
+        /// The names the certificate has.
+        names: String,
+    },
+    /// The certificate is outside its validity period (refused by a
+    /// reload: the running one is kept).
+    #[error("is not valid now (valid from {not_before} until {not_after}): clients that check it refuse it")]
+    NotValidNow {
+        /// Its notBefore.
+        not_before: String,
+        /// Its notAfter.
+        not_after: String,
+    },
     /// The private key is not the key of the certificate.
     #[error("does not belong to the certificate in {certificate_key} ({})", certificate.display())]
     KeyMismatch {
@@ -131,7 +152,7 @@ pub enum TlsProblem {
 }
 
 impl TlsError {
-    fn new(key: &'static str, path: Option<&Path>, problem: TlsProblem) -> Self {
+    pub(crate) fn new(key: &'static str, path: Option<&Path>, problem: TlsProblem) -> Self {
         Self {
             key,
             path: path.map(Path::to_owned),
@@ -210,7 +231,12 @@ pub(crate) fn certificate_names(
     path: &Path,
 ) -> Result<super::advertise::CertificateNames, TlsError> {
     let chain = certificates(key, path, "certificate")?;
-    let first = &chain[0];
+    Ok(names_of(&chain[0]))
+}
+
+/// The names a certificate is for: its DNS and IP subjectAltNames, or,
+/// without DNS ones, its common names.
+pub(crate) fn names_of(first: &openssl::x509::X509Ref) -> super::advertise::CertificateNames {
     let mut names = super::advertise::CertificateNames::default();
     for name in first.subject_alt_names().iter().flatten() {
         if let Some(dns) = name.dnsname() {
@@ -234,7 +260,7 @@ pub(crate) fn certificate_names(
             .dns
             .extend(common_names.filter_map(|e| e.data().to_string().ok()));
     }
-    Ok(names)
+    names
 }
 
 /// A trust store of every certificate in a PEM file.

@@ -41,10 +41,11 @@ use tokio::time::Instant;
 use tokio_openssl::SslStream;
 
 use super::Fault;
-use crate::config::tls_contexts::{build_acceptor, build_upstream, Upstream};
+use crate::config::tls_contexts::{build_acceptor, build_upstream, names_of, Upstream};
 pub use crate::config::tls_contexts::{
     check, TlsError, TlsProblem, SESSION_CACHE_ENTRIES, TLS13_TICKETS,
 };
+use crate::config::AdvertisedHost;
 use crate::config::TlsSettings;
 use crate::observe::metrics::{Metrics, ReloadResult, TlsSide};
 pub use crate::vocabulary::HandshakeReason;
@@ -210,12 +211,43 @@ pub fn looks_like_tls_client_hello(first_bytes: &[u8]) -> bool {
     }
 }
 
+/// Whether the certificate `acceptor` presents is within its validity
+/// period now.
+fn valid_now(acceptor: &SslAcceptor, settings: &TlsSettings) -> Result<(), TlsError> {
+    let Some(certificate) = acceptor.context().certificate() else {
+        return Ok(());
+    };
+    let Ok(now) = openssl::asn1::Asn1Time::days_from_now(0) else {
+        return Ok(());
+    };
+    let (not_before, not_after) = (certificate.not_before(), certificate.not_after());
+    if not_before <= now && not_after >= now {
+        return Ok(());
+    }
+    Err(TlsError::new(
+        "tls.certificate",
+        certificate_path(settings),
+        TlsProblem::NotValidNow {
+            not_before: not_before.to_string(),
+            not_after: not_after.to_string(),
+        },
+    ))
+}
+
+/// The `tls.certificate` file of `settings`.
+fn certificate_path(settings: &TlsSettings) -> Option<&std::path::Path> {
+    settings.identity.as_ref().map(|i| i.certificate.as_path())
+}
+
 // === impl ServerTls ===
 
 /// The TLS side of `tls:` listeners: an OpenSSL acceptor built from
 /// [`TlsSettings`], replaced whole by [`ServerTls::reload`].
 pub struct ServerTls {
     acceptor: ArcSwap<SslAcceptor>,
+    /// The hosts `proxy.advertise` gives the `tls:` listeners (fixed until
+    /// a restart): a reloaded certificate must name each.
+    advertised: Vec<AdvertisedHost>,
 }
 
 impl fmt::Debug for ServerTls {
@@ -229,18 +261,57 @@ impl ServerTls {
     /// `tls.min_version`, `tls.ciphers`, and client certificate verification
     /// when `tls.client_ca` is set.
     pub fn new(settings: &TlsSettings) -> Result<Self, TlsError> {
+        let acceptor = build_acceptor(settings)?;
+        if let Err(e) = valid_now(&acceptor, settings) {
+            tracing::warn!(key = e.key(), problem = %e.to_problem().message, "the TLS listener's certificate is not valid now: clients that check it will refuse it");
+        }
         Ok(Self {
-            acceptor: ArcSwap::from_pointee(build_acceptor(settings)?),
+            acceptor: ArcSwap::from_pointee(acceptor),
+            advertised: Vec::new(),
         })
     }
 
+    /// The same, with the hosts a reloaded certificate must name (those
+    /// `proxy.advertise` gives the `tls:` listeners; the configuration
+    /// checks the certificate of the start).
+    pub fn naming(mut self, advertised: Vec<AdvertisedHost>) -> Self {
+        self.advertised = advertised;
+        self
+    }
+
     /// Re-read the files and rebuild the acceptor; swap it in only when the
-    /// new one is complete. Handshakes after the swap use the new
-    /// certificate; open connections keep theirs. On error nothing changes.
+    /// new one is complete, names every advertised host and is valid now
+    /// (a renewal that fails either would lock every client out). Handshakes
+    /// after the swap use the new certificate; open connections keep theirs.
+    /// On error nothing changes.
     pub fn reload(&self, settings: &TlsSettings) -> Result<(), TlsError> {
         let acceptor = build_acceptor(settings)?;
+        self.names_every_advertised_host(&acceptor, settings)?;
+        valid_now(&acceptor, settings)?;
         self.acceptor.store(Arc::new(acceptor));
         Ok(())
+    }
+
+    fn names_every_advertised_host(
+        &self,
+        acceptor: &SslAcceptor,
+        settings: &TlsSettings,
+    ) -> Result<(), TlsError> {
+        let Some(certificate) = acceptor.context().certificate() else {
+            return Ok(());
+        };
+        let names = names_of(certificate);
+        match self.advertised.iter().find(|host| !host.is_in(&names)) {
+            None => Ok(()),
+            Some(host) => Err(TlsError::new(
+                "tls.certificate",
+                certificate_path(settings),
+                TlsProblem::NotNamed {
+                    host: host.host().to_owned(),
+                    names: names.to_string(),
+                },
+            )),
+        }
     }
 
     /// Run the server side of a handshake on `stream`, giving up at
@@ -449,15 +520,18 @@ struct Applied {
 }
 
 impl TlsContexts {
-    /// Build what is needed: an acceptor when `listeners` is true, a
-    /// connector when `upstream` (a `tls:` upstream's IP) is given.
+    /// Build what is needed: an acceptor when `listeners` is true (whose
+    /// reloaded certificates must name `advertised`, the hosts
+    /// `proxy.advertise` gives the `tls:` listeners), a connector when
+    /// `upstream` (a `tls:` upstream's IP) is given.
     pub fn new(
         settings: &TlsSettings,
         listeners: bool,
+        advertised: Vec<AdvertisedHost>,
         upstream: Option<IpAddr>,
     ) -> Result<Self, TlsError> {
         let server = listeners
-            .then(|| ServerTls::new(settings).map(Arc::new))
+            .then(|| ServerTls::new(settings).map(|s| Arc::new(s.naming(advertised))))
             .transpose()?;
         let upstream = upstream
             .map(|ip| ClientTls::new(settings, ip).map(|c| (Arc::new(c), ip)))
@@ -509,7 +583,7 @@ impl TlsContexts {
                     count(TlsSide::Listener, true);
                 }
                 Err(e) => {
-                    tracing::warn!(key = e.key(), file = ?e.path(), error = %e, "TLS listener certificate not reloaded; keeping the old one");
+                    tracing::warn!(key = e.key(), problem = %e.to_problem().message, "TLS listener certificate not reloaded; keeping the old one");
                     count(TlsSide::Listener, false);
                 }
             }
@@ -527,7 +601,7 @@ impl TlsContexts {
                     count(TlsSide::Upstream, true);
                 }
                 Err(e) => {
-                    tracing::warn!(key = e.key(), file = ?e.path(), error = %e, "TLS upstream files not reloaded; keeping the old ones");
+                    tracing::warn!(key = e.key(), problem = %e.to_problem().message, "TLS upstream files not reloaded; keeping the old ones");
                     count(TlsSide::Upstream, false);
                 }
             }
