@@ -160,6 +160,9 @@ impl Reloader {
         if let Some(key) = flow_secrets_applied {
             changed.push(key);
         }
+        // Applied by the TLS reload that follows (its own line says whether
+        // it took).
+        changed.extend(self.tls.changed_keys(&config.settings.tls));
         let changed = if changed.is_empty() {
             "nothing".to_owned()
         } else {

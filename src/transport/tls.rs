@@ -546,6 +546,21 @@ impl TlsContexts {
         })
     }
 
+    /// The `[tls]` keys whose value in `settings` differs from what the
+    /// contexts were last built from (the listener's side, else the
+    /// upstream's; none without TLS).
+    pub fn changed_keys(&self, settings: &TlsSettings) -> Vec<&'static str> {
+        let applied = self
+            .applied
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match (&self.server, &self.upstream) {
+            (Some(_), _) => applied.server.changed_keys(settings),
+            (None, Some(_)) => applied.upstream.changed_keys(settings),
+            (None, None) => Vec::new(),
+        }
+    }
+
     /// Rebuild each context from `settings` (the `[tls]` section of a
     /// config that loaded), or, when `None` (the config did not load),
     /// from the settings it was last built from: either way every
