@@ -513,13 +513,15 @@ async fn received(
     // policy.
     let admission = &mut edge.admission;
     let scope = BanScope::earned_over(inbound.transport);
+    let mut banned = false;
     let outcome = core.handle_banning(
         &inbound,
         started,
         &|id, peer| senders.connections.is_open_to(id, peer),
         &mut |source| {
-            (scope == BanScope::Everything || admission.scanner_datagram(source, started))
-                && admission.ban(source, BanCause::Scanner, scope, started)
+            banned = (scope == BanScope::Everything || admission.scanner_datagram(source, started))
+                && admission.ban(source, BanCause::Scanner, scope, started);
+            banned
         },
     );
     let leaving = Leaving::of(senders, &outcome);
@@ -540,6 +542,11 @@ async fn received(
         _ => None,
     };
     let carried_out = carry_out(senders, log, &inbound, outcome, core.boot()).await;
+    if let (true, Some(id)) = (banned, inbound.connection) {
+        // The connection that earned its source a ban closes once what was
+        // queued for it is written (the ban refuses its next message).
+        senders.connections.remove(id);
+    }
     core.metrics().observe_handling(started.elapsed());
     if let (Some(key), Err(_)) = (&kept, &carried_out) {
         core.forget_transaction(key);

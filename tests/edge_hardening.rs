@@ -727,6 +727,49 @@ fn a_forged_scanner_datagram_bans_no_one_and_a_udp_ban_spares_tcp() {
         .starts_with("127.0.0.67:"));
 }
 
+/// A scanner's message over TCP bans its address from everything at once,
+/// and the connection that carried it closes (trial 17: it stayed open,
+/// holding a connection slot until its idle timeout, and was served again
+/// once the ban ran out).
+#[test]
+fn the_connection_that_earns_a_scanner_ban_is_closed() {
+    let registrar = Registrar::start();
+    let proxy = TestProxy::start(&untrusted(""), "127.0.0.1", &registrar.upstream());
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    let local: SocketAddr = "127.0.0.68:0".parse().unwrap();
+    socket.bind(&local.into()).unwrap();
+    socket.connect(&proxy.tcp.into()).unwrap();
+    let mut tcp: TcpStream = socket.into();
+    tcp.set_read_timeout(Some(WAIT)).unwrap();
+    let from = tcp.local_addr().unwrap();
+    tcp.write_all(
+        format!(
+            "OPTIONS sip:100@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/TCP {from};branch=z9hG4bK-scan-tcp\r\n\
+             Max-Forwards: 70\r\nFrom: <sip:100@1.1.1.1>;tag=s\r\nTo: <sip:100@1.1.1.1>\r\n\
+             Call-ID: scan-tcp@x\r\nCSeq: 1 OPTIONS\r\nUser-Agent: friendly-scanner\r\n\
+             Content-Length: 0\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    // Closed (EOF or reset) well before the idle timeout, with no answer.
+    let mut rest = Vec::new();
+    let read = tcp.read_to_end(&mut rest);
+    assert!(
+        read.is_ok()
+            || read
+                .as_ref()
+                .is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset),
+        "still open: {read:?}"
+    );
+    assert!(rest.is_empty(), "{}", String::from_utf8_lossy(&rest));
+    let records = proxy.records();
+    assert!(
+        records.iter().any(|r| r["rule"] == "ban.scanner"),
+        "{records:#?}"
+    );
+}
+
 /// The `failregex` of docs/operations.md, with fail2ban's `<HOST>`
 /// (simplified: an IPv4 or IPv6 address) as the group `host`.
 fn documented_failregex() -> (String, regex::Regex) {
