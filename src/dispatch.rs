@@ -345,11 +345,23 @@ impl RetransmitTimer {
 }
 
 /// Carry out what the client transactions' timers ask for: requests sent
-/// again over UDP, `408`s to the clients of those that timed out.
+/// again over UDP, `408`s to the clients of those that timed out. A
+/// request that can no longer be sent because the registrar is known to be
+/// unreachable (an ICMP error, or its silence, with probes on) ends its
+/// transaction with the `503` a new request would get (RFC 3261 17.1.4),
+/// instead of waiting out 64*T1 for a `408`.
 async fn retransmit(core: &Core, senders: &Senders, log: &DecisionLog) {
-    for (inbound, outcome) in core.client_transactions_due(Instant::now()) {
-        if let Err((_, e)) = carry_out(senders, log, &inbound, outcome, core.boot()).await {
-            not_sent(core, None, &e);
+    for (inbound, outcome, key) in core.client_transactions_due(Instant::now()) {
+        match carry_out(senders, log, &inbound, outcome, core.boot()).await {
+            Ok(()) => {}
+            Err((to, e @ SendError::UpstreamUnreachable { .. })) if key.is_some() => {
+                if let Some(key) = &key {
+                    core.forget_transaction(key);
+                }
+                Fault::UpstreamSend.report(core.metrics(), None, &e);
+                not_delivered(core, senders, log, &inbound, &to, &e).await;
+            }
+            Err((_, e)) => not_sent(core, None, &e),
         }
     }
 }

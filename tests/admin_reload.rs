@@ -624,6 +624,63 @@ fn icmp_errors_from_a_down_udp_registrar_are_counted_and_make_readyz_fail_until_
     sipadmit.process.wait_for("fault=\"client_unreachable\"");
 }
 
+/// A TCP client's REGISTER relayed over UDP to a registrar that dies
+/// before answering: once an ICMP error tells the registrar is gone, the
+/// retransmission that cannot be sent ends the client transaction with a
+/// `503` and Retry-After at once (RFC 3261 17.1.4), as a new request
+/// would get, not a `408` after 64*T1 = 32 s (trial 17).
+#[test]
+fn a_stream_clients_request_ends_503_when_the_udp_registrar_dies_under_it() {
+    let registrar = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let registrar_addr = registrar.local_addr().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!("{CONFIG}[proxy]\nupstream_probe_secs = 1\n");
+    let mut sipadmit = Running::start(
+        &config_file(dir.path(), &config),
+        &format!("udp:{registrar_addr}"),
+    );
+    let tcp: SocketAddr = field(&sipadmit.process.wait_for("transport=tcp"), "addr")
+        .parse()
+        .unwrap();
+    let mut buf = [0u8; 65_536];
+    registrar.set_read_timeout(Some(BOUND)).unwrap();
+    // Up: it answers a probe.
+    let (n, proxy) = registrar.recv_from(&mut buf).unwrap();
+    let probe = String::from_utf8_lossy(&buf[..n]).into_owned();
+    registrar
+        .send_to(registrar_ok(&probe).as_bytes(), proxy)
+        .unwrap();
+    assert_eq!(sipadmit.wait_for_readyz(200), "ready\n");
+    // The REGISTER reaches it, unanswered; then it is gone.
+    let mut client = std::net::TcpStream::connect(tcp).unwrap();
+    client.set_read_timeout(Some(BOUND)).unwrap();
+    let from = client.local_addr().unwrap();
+    let request = register(from, 7).replace("SIP/2.0/UDP", "SIP/2.0/TCP");
+    std::io::Write::write_all(&mut client, request.as_bytes()).unwrap();
+    loop {
+        let (n, _) = registrar.recv_from(&mut buf).unwrap();
+        if buf[..n].starts_with(b"REGISTER ") {
+            break;
+        }
+    }
+    drop(registrar);
+    let sent = Instant::now();
+    let n = std::io::Read::read(&mut client, &mut buf).unwrap();
+    let answer = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert!(answer.starts_with("SIP/2.0 503 "), "{answer}");
+    assert!(answer.contains("Retry-After: "), "{answer}");
+    assert!(answer.contains("Call-ID: rl-7@test"), "{answer}");
+    assert!(
+        sent.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        sent.elapsed()
+    );
+    assert_eq!(
+        sipadmit.metric("sipadmit_client_transaction_timeouts_total"),
+        0.0
+    );
+}
+
 /// `/readyz` and a UDP registrar, with OPTIONS probes every second: unknown
 /// (503) until the registrar answers one; ready at its first answer; not
 /// ready once it is down (the probes' ICMP errors); ready again within one

@@ -134,8 +134,9 @@ pub enum Answered {
 /// What a timer that fired asks for.
 #[derive(Debug)]
 pub enum Due {
-    /// Send the request again (relayed from the request it carries).
-    Retransmit(Outbound, Inbound),
+    /// Send the request again (relayed from the request it carries; the
+    /// transaction's key, to end it when the send fails).
+    Retransmit(Outbound, Inbound, TransactionKey),
     /// No (final) response within 64*T1: answer the client `408`.
     TimedOut(Inbound),
     /// Given up when a drain ran out ([`ClientTransactions::give_up_all`]):
@@ -354,6 +355,7 @@ impl ClientTransactions {
                         due.push(Due::Retransmit(
                             entry.transaction.send.clone(),
                             entry.transaction.inbound.clone(),
+                            key,
                         ));
                         entry.interval = if entry.proceeding {
                             t2

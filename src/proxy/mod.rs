@@ -674,28 +674,31 @@ impl Core {
     /// for one that timed out (or that a drain gave up) the `408 Request
     /// Timeout` to its client (logged, counted and recorded with rule
     /// `proxy.request-timeout`).
-    pub fn client_transactions_due(&self, now: Instant) -> Vec<(Inbound, Outcome)> {
+    pub fn client_transactions_due(
+        &self,
+        now: Instant,
+    ) -> Vec<(Inbound, Outcome, Option<TransactionKey>)> {
         self.client_transactions
             .due(now)
             .into_iter()
             .map(|due| match due {
-                client_transactions::Due::Retransmit(send, inbound) => {
+                client_transactions::Due::Retransmit(send, inbound, key) => {
                     Metrics::inc(&self.metrics.client_retransmissions);
                     let outcome = Outcome::Relay {
                         send,
                         record: None,
                         retransmit: None,
                     };
-                    (inbound, outcome)
+                    (inbound, outcome, Some(key))
                 }
                 client_transactions::Due::TimedOut(inbound) => {
                     Metrics::inc(&self.metrics.client_transaction_timeouts);
                     let outcome = self.request_timeout(&inbound, now);
-                    (inbound, outcome)
+                    (inbound, outcome, None)
                 }
                 client_transactions::Due::GivenUp(inbound) => {
                     let outcome = self.drain_ran_out(&inbound, now);
-                    (inbound, outcome)
+                    (inbound, outcome, None)
                 }
             })
             .collect()

@@ -1659,7 +1659,7 @@ fn a_late_answer_after_the_408_of_a_timeout_is_discarded_unless_a_2xx_to_an_invi
     let timed_out: Vec<Option<u16>> = core
         .client_transactions_due(t0 + timeout)
         .iter()
-        .map(|(_, outcome)| status(outcome))
+        .map(|(_, outcome, _)| status(outcome))
         .collect();
     assert_eq!(timed_out, [Some(408), Some(408)]);
 
