@@ -596,7 +596,9 @@ fn warn_of_registrar_connections(upstream: Endpoint, sources: &UpstreamSources) 
 }
 
 /// One `listening` line per listener (operators' scripts wait for them),
-/// naming what it advertises when `proxy.advertise` gives it a name.
+/// naming what it advertises when `proxy.advertise` gives it a name, and
+/// the address it is bound to when that is not `addr` (a `0.0.0.0` or
+/// `[::]` listener's `addr` is the address facing the registrar).
 fn log_listening(
     listening: &[Listening],
     upstream: Endpoint,
@@ -605,14 +607,9 @@ fn log_listening(
 ) {
     for l in listening {
         let (transport, addr) = (l.transport, l.addr);
-        match &l.advertise {
-            Some(advertised) => {
-                info!(%transport, %addr, advertise = %advertised, upstream = %upstream, mode = mode.as_str(), boot = %boot, "listening")
-            }
-            None => {
-                info!(%transport, %addr, upstream = %upstream, mode = mode.as_str(), boot = %boot, "listening")
-            }
-        }
+        let bound = (l.bound != addr).then_some(l.bound);
+        let advertise = l.advertise.as_ref().map(tracing::field::display);
+        info!(%transport, %addr, bound = bound.map(tracing::field::display), advertise, upstream = %upstream, mode = mode.as_str(), boot = %boot, "listening");
     }
 }
 
@@ -713,6 +710,7 @@ fn listening(addresses: &[(Transport, SocketAddr)], settings: &Settings) -> Vec<
                 transport,
                 addr,
                 advertise,
+                bound: endpoint.map_or(addr, |e| SocketAddr::new(e.addr.ip(), addr.port())),
                 receives_at,
             }
         })

@@ -1545,3 +1545,49 @@ fn a_dual_stack_listener_answers_clients_of_both_families() {
         );
     }
 }
+
+/// A `[::]` listener in front of an IPv6 registrar advertises `[::1]`, the
+/// address facing it; an IPv4 client that reached it at 127.0.0.1 and sets
+/// sipadmit as its outbound proxy (a Route naming that address: pjsua,
+/// baresip) has that Route taken as sipadmit's and removed (RFC 3261 16.4),
+/// not relayed for the registrar to send back as a loop (trial 15: 482).
+#[test]
+fn an_outbound_proxy_route_of_the_other_family_on_a_wildcard_listener_is_consumed() {
+    if UdpSocket::bind("[::1]:0").is_err() {
+        eprintln!("skipping: no IPv6 loopback");
+        return;
+    }
+    let upstream = udp("::1");
+    let registrar = upstream.local_addr().unwrap();
+    let proxy = TestProxy::start_listening(
+        CONFIG,
+        vec!["udp:[::]:0".into(), "tcp:[::]:0".into()],
+        &format!("udp:{registrar}"),
+    );
+    let port = proxy.udp.port();
+    let client = udp("127.0.0.1");
+    let me = client.local_addr().unwrap();
+    let route = format!("Route: <sip:127.0.0.1:{port};transport=udp;lr>\r\n");
+    let mut request = Msg::new("REGISTER", "sip:contoso.com", "ob-v4", LYNC);
+    request.extra = route;
+    let request = request.render(me);
+    client
+        .send_to(request.as_bytes(), SocketAddr::from(([127, 0, 0, 1], port)))
+        .unwrap();
+    let (relayed, _) = recv(&upstream);
+    assert!(relayed.starts_with("REGISTER "), "{relayed}");
+    assert!(header(&relayed, "Route").is_empty(), "{relayed}");
+    // Another host's address on that port is someone else's Route.
+    let other = format!("Route: <sip:192.0.2.1:{port};lr>\r\n");
+    let mut request = Msg::new("REGISTER", "sip:contoso.com", "ob-other", LYNC);
+    request.extra = other;
+    let request = request.render(me);
+    client
+        .send_to(request.as_bytes(), SocketAddr::from(([127, 0, 0, 1], port)))
+        .unwrap();
+    let (relayed, _) = recv(&upstream);
+    assert_eq!(
+        header(&relayed, "Route"),
+        [format!("<sip:192.0.2.1:{port};lr>")]
+    );
+}

@@ -20,6 +20,9 @@ pub struct Listening {
     pub addr: SocketAddr,
     /// What it advertises instead of `addr`, if anything.
     pub advertise: Option<AdvertisedHost>,
+    /// The address its socket is bound to: `addr`, or the unspecified
+    /// address (`0.0.0.0`, `[::]`) on its port.
+    pub bound: SocketAddr,
     /// For a listener bound to an unspecified address (`0.0.0.0`, `[::]`),
     /// the other addresses of this host it receives at: the host's
     /// addresses of the families it takes, as they were at start (IPv4
@@ -34,6 +37,7 @@ impl Listening {
             transport,
             addr,
             advertise: None,
+            bound: addr,
             receives_at: Vec::new(),
         }
     }
@@ -129,6 +133,7 @@ mod tests {
             transport,
             addr: addr.parse().unwrap(),
             advertise: advertise.map(|a| a.parse().unwrap()),
+            bound: addr.parse().unwrap(),
             receives_at: Vec::new(),
         }
     }

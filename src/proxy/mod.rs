@@ -366,6 +366,7 @@ impl Core {
                 transport,
                 addr: DETACHED_ADDRESS.0,
                 advertise: settings.advertise.for_transport(transport).cloned(),
+                bound: DETACHED_ADDRESS.0,
                 receives_at: Vec::new(),
             })
             .collect();
