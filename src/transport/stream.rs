@@ -147,6 +147,10 @@ pub async fn accept<O, F, S>(
             }
         };
         backoff = ACCEPT_BACKOFF.0;
+        // An IPv4 client of a dual-stack `[::]` listener arrives as
+        // `::ffff:a.b.c.d`: it is known (logged, limited, recorded, mirrored)
+        // by its IPv4 address, as it knows itself.
+        let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
         // Refused sources are counted and warned about (rate-limited) by
         // the admission; their connections are closed unread.
         let Ok(source) = ctx.admission.connection(peer, std::time::Instant::now()) else {

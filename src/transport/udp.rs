@@ -188,6 +188,10 @@ fn admitted(
         }
         Datagram::Sip => {}
     }
+    // An IPv4 client of a dual-stack `[::]` listener arrives as
+    // `::ffff:a.b.c.d`: it is known (logged, limited, recorded, mirrored) by
+    // its IPv4 address; the listener maps it back when it answers.
+    let source = std::net::SocketAddr::new(source.ip().to_canonical(), source.port());
     let message = Inbound {
         bytes: Bytes::copy_from_slice(data),
         transport: Transport::Udp,
