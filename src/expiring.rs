@@ -3,7 +3,7 @@
 //! kept oldest first in a doubly linked list threaded through a slab, so
 //! that insert, refresh, remove, expiry of the oldest and eviction of the
 //! oldest are all O(1) (amortised: an entry is expired or evicted at most
-//! once per insertion). Nothing here ever scans the table.
+//! once per insertion). Nothing on the message path scans the table.
 //!
 //! The index is an open-addressing table of slab positions (linear probing
 //! on the key's low bits, deletion by backward shift, so no tombstones),
@@ -20,7 +20,8 @@
 //! For a table whose entries all live equally long that is also the order
 //! of expiry; for one with varied lifetimes (bindings) an expired entry
 //! behind a younger-expiring one leaves when it is looked up, reaches the
-//! front, or is evicted. Pure: the clock is passed in.
+//! front, is evicted, or is found by [`ExpiringMap::sweep`], the one walk
+//! of the whole table (a periodic chore's). Pure: the clock is passed in.
 
 use std::mem::size_of;
 use std::time::Instant;
@@ -219,6 +220,25 @@ impl<V: HeapBytes> ExpiringMap<V> {
         let alive = self.slots[at as usize].deadline_ms > self.millis(now);
         let value = self.unlink_and_free(at);
         value.filter(|_| alive)
+    }
+
+    /// Remove every expired entry, wherever it stands (one behind a
+    /// longer-lived entry too); returns how many. The one operation that
+    /// walks the whole table: for a periodic chore, off the message path.
+    pub(crate) fn sweep(&mut self, now: Instant) -> usize {
+        let now_ms = self.millis(now);
+        let mut removed = 0;
+        let mut at = self.oldest;
+        while at != NIL {
+            let slot = &self.slots[at as usize];
+            let next = slot.newer;
+            if slot.deadline_ms <= now_ms {
+                self.unlink_and_free(at);
+                removed += 1;
+            }
+            at = next;
+        }
+        removed
     }
 
     /// Remove the expired entries at the front; returns how many.
@@ -442,6 +462,31 @@ mod tests {
         assert_eq!(t.get(0, now + secs(11)).unwrap().0[..], [7]);
         assert_eq!(t.expire(now + secs(40)), 2);
         assert_eq!((t.len(), t.value_bytes), (0, 0));
+    }
+
+    #[test]
+    fn a_sweep_removes_expired_entries_behind_a_longer_lived_one() {
+        // One long-lived entry first, then nine short ones: expiry at the
+        // front stops at the first, the sweep finds the nine (trial 16: a
+        // full table then evicted the live one and kept the dead).
+        let mut t = table(10, 1 << 20);
+        let now = Instant::now();
+        t.insert(0, Box::new([0]), now + secs(3600), now).unwrap();
+        for k in 1..10 {
+            t.insert(k, Box::new([k]), now + secs(1), now).unwrap();
+        }
+        let later = now + secs(2);
+        assert_eq!(t.expire(later), 0);
+        assert_eq!(t.len(), 10);
+        assert_eq!(t.sweep(later), 9);
+        assert_eq!(t.len(), 1);
+        assert!(t.get(0, later).is_some());
+        // Room again: the next insert evicts nothing.
+        let inserted = t
+            .insert(10, Box::new([10]), later + secs(60), later)
+            .unwrap();
+        assert_eq!(inserted.evicted, 0);
+        assert!(t.get(0, later).is_some());
     }
 
     #[test]

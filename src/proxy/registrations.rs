@@ -335,12 +335,13 @@ impl Registrations {
         })
     }
 
-    /// Drop the expired entries at the front of both tables; returns how
-    /// many went. (Expired entries also go when looked up, and whenever an
-    /// insert passes them: this only returns memory sooner.)
+    /// Drop every expired entry of both tables (one behind a longer-lived
+    /// binding too, so the gauge and a full table count live bindings
+    /// only); returns how many went. Walks the tables: for the periodic
+    /// chore, off the event loop.
     pub fn sweep(&self, now: Instant) -> usize {
         let mut tables = self.lock();
-        tables.bindings.expire(now) + tables.pending.expire(now)
+        tables.bindings.sweep(now) + tables.pending.sweep(now)
     }
 
     /// Bindings held (expired ones not yet removed included).
