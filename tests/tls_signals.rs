@@ -56,6 +56,25 @@ impl Running {
         }
     }
 
+    /// SIGHUP with a `tls.certificate` (`live.pem`) the listener must
+    /// refuse: the `nth` (from 1) line saying it kept the old one, which
+    /// names the key and the file.
+    fn refused_certificate_reload(&self, nth: usize) -> String {
+        self.signal("-HUP");
+        let log = self.wait_for_log("not reloaded; keeping the old one", nth);
+        let line = log
+            .lines()
+            .filter(|l| l.contains("not reloaded"))
+            .nth(nth - 1)
+            .unwrap()
+            .to_owned();
+        assert!(
+            line.contains("tls.certificate") && line.contains("live.pem"),
+            "{line}"
+        );
+        line
+    }
+
     fn signal(&self, signal: &str) {
         let status = Command::new("kill")
             .args([signal, &self.child.id().to_string()])
@@ -192,13 +211,7 @@ async fn sighup_reloads_certificates_and_a_client_hello_on_the_tcp_port_is_close
 
     // A broken file: the renewed certificate stays, the log says why.
     std::fs::write(&live.0, "not a certificate\n").unwrap();
-    running.signal("-HUP");
-    let log = running.wait_for_log("not reloaded; keeping the old one", 1);
-    let line = log.lines().find(|l| l.contains("not reloaded")).unwrap();
-    assert!(
-        line.contains("tls.certificate") && line.contains("live.pem"),
-        "{line}"
-    );
+    running.refused_certificate_reload(1);
     let after = connect(&files.ca, tls_addr).await;
     assert_eq!(certificate_name(&after), "sipadmit test server (renewed)");
 
@@ -357,29 +370,18 @@ async fn a_renewal_that_would_lock_clients_out_is_refused_and_the_old_certificat
 
     // Not a name of the advertised host: refused, named, the old one kept.
     renew(&files.wrong_name);
-    running.signal("-HUP");
-    let log = running.wait_for_log("not reloaded; keeping the old one", 1);
-    let line = log.lines().find(|l| l.contains("not reloaded")).unwrap();
-    assert!(
-        line.contains("tls.certificate") && line.contains("live.pem"),
-        "{line}"
-    );
+    let line = running.refused_certificate_reload(1);
     assert!(line.contains("does not name localhost"), "{line}");
     let after = connect(&files.ca, tls_addr).await;
     assert_eq!(certificate_name(&after), "sipadmit test server");
 
     // Expired: refused with its dates, the old one kept.
     renew(&files.expired);
-    running.signal("-HUP");
-    let log = running.wait_for_log("not reloaded; keeping the old one", 2);
-    let line = log
-        .lines()
-        .filter(|l| l.contains("not reloaded"))
-        .nth(1)
-        .unwrap();
+    let line = running.refused_certificate_reload(2);
     assert!(line.contains("is not valid now"), "{line}");
     let after = connect(&files.ca, tls_addr).await;
     assert_eq!(certificate_name(&after), "sipadmit test server");
+    let log = running.log();
     assert!(
         !log.contains("TLS listener certificate and settings reloaded"),
         "{log}"
