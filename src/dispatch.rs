@@ -354,16 +354,20 @@ impl RetransmitTimer {
 /// instead of waiting out 64*T1 for a `408`.
 async fn retransmit(core: &Core, senders: &Senders, log: &DecisionLog) {
     for (inbound, outcome, key) in core.client_transactions_due(Instant::now()) {
-        match carry_out(senders, log, &inbound, outcome, core.boot()).await {
-            Ok(()) => {}
-            Err((to, e @ SendError::UpstreamUnreachable { .. })) if key.is_some() => {
-                if let Some(key) = &key {
-                    core.forget_transaction(key);
-                }
+        match (
+            carry_out(senders, log, &inbound, outcome, core.boot()).await,
+            key,
+        ) {
+            (Ok(()), _) => {}
+            (Err((to, e @ SendError::UpstreamUnreachable { .. })), Some(key)) => {
                 Fault::UpstreamSend.report(core.metrics(), None, &e);
-                not_delivered(core, senders, log, &inbound, &to, &e).await;
+                // Answered only while still kept: the registrar's own final
+                // answer may have been relayed by another worker since.
+                if core.fail_transaction(&key, Instant::now()) {
+                    not_delivered(core, senders, log, &inbound, &to, &e).await;
+                }
             }
-            Err((_, e)) => not_sent(core, None, &e),
+            (Err((_, e)), _) => not_sent(core, None, &e),
         }
     }
 }

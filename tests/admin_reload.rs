@@ -657,12 +657,12 @@ fn a_stream_clients_request_ends_503_when_the_udp_registrar_dies_under_it() {
     let from = client.local_addr().unwrap();
     let request = register(from, 7).replace("SIP/2.0/UDP", "SIP/2.0/TCP");
     std::io::Write::write_all(&mut client, request.as_bytes()).unwrap();
-    loop {
-        let (n, _) = registrar.recv_from(&mut buf).unwrap();
+    let (relayed, proxy) = loop {
+        let (n, proxy) = registrar.recv_from(&mut buf).unwrap();
         if buf[..n].starts_with(b"REGISTER ") {
-            break;
+            break (String::from_utf8_lossy(&buf[..n]).into_owned(), proxy);
         }
-    }
+    };
     drop(registrar);
     let sent = Instant::now();
     let n = std::io::Read::read(&mut client, &mut buf).unwrap();
@@ -679,6 +679,17 @@ fn a_stream_clients_request_ends_503_when_the_udp_registrar_dies_under_it() {
         sipadmit.metric("sipadmit_client_transaction_timeouts_total"),
         0.0
     );
+    // A registrar that was slow, not dead: its late 200 is discarded, as
+    // after a 408 (review: the client got a second final answer).
+    let late = UdpSocket::bind(registrar_addr).unwrap();
+    late.send_to(registrar_ok(&relayed).as_bytes(), proxy)
+        .unwrap();
+    sipadmit.wait_for_metric(r#"sipadmit_dropped_total{reason="after_timeout"}"#, 1.0);
+    client
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let second = std::io::Read::read(&mut client, &mut buf);
+    assert!(second.is_err(), "a second final answer: {second:?}");
 }
 
 /// `/readyz` and a UDP registrar, with OPTIONS probes every second: unknown

@@ -306,6 +306,25 @@ impl ClientTransactions {
         self.kept.store(table.entries.len(), Ordering::Relaxed);
     }
 
+    /// End `key` at `now` because its request can no longer be sent (the
+    /// registrar is known to be unreachable): removed, and remembered as a
+    /// timed-out one is, so that a late answer is discarded as after a
+    /// `408` (a 2xx to an INVITE excepted). Whether it was still kept: only
+    /// then is its client owed the final answer (another worker may have
+    /// relayed the registrar's in between).
+    pub fn fail(&self, key: &TransactionKey, now: Instant) -> bool {
+        let mut table = self.lock();
+        let kept = table.entries.contains_key(key);
+        if kept {
+            table.remove(key);
+            self.remember_timed_out(&mut table, *key, now);
+        }
+        self.kept.store(table.entries.len(), Ordering::Relaxed);
+        self.timed_out
+            .store(table.timed_out.len(), Ordering::Relaxed);
+        kept
+    }
+
     /// A response with `status` arrived for `key` at `now`: a final one
     /// ends the transaction; a provisional one ends an INVITE's
     /// retransmissions and slows a non-INVITE's to every T2. Returns what

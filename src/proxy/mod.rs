@@ -634,6 +634,13 @@ impl Core {
         self.client_transactions.forget(key);
     }
 
+    /// End the client transaction `key`, whose request can no longer be
+    /// sent (see [`ClientTransactions::fail`]); whether its client is owed
+    /// the final answer.
+    pub fn fail_transaction(&self, key: &TransactionKey, now: Instant) -> bool {
+        self.client_transactions.fail(key, now)
+    }
+
     /// Keep the client transaction of a request about to be sent
     /// (retransmitted until answered, `408` after 64*T1); kept before it
     /// is sent: with several workers, its response may arrive on another
@@ -1308,7 +1315,18 @@ fn is_unregister(view: &SipView) -> bool {
     if view.method() != Some(crate::sip::Method::Register) {
         return false;
     }
-    let header = view.expires().ok().flatten();
+    // One Expires header, read as the registrar reads it; a second one
+    // could be the one it takes.
+    let expires_headers = view
+        .header_fields()
+        .iter()
+        .filter(|h| h.name == HeaderName::Expires)
+        .count();
+    let header = match expires_headers {
+        0 => None,
+        1 => view.expires().ok().flatten(),
+        _ => return false,
+    };
     let mut contacts = 0;
     let mut star = false;
     for contact in view.contacts() {
@@ -1320,14 +1338,23 @@ fn is_unregister(view: &SipView) -> bool {
             star = true;
             continue;
         }
-        let expires = match contact.params.get(b"expires") {
-            Some(Some(v)) => std::str::from_utf8(v)
-                .ok()
-                .and_then(|v| v.trim().parse::<u64>().ok()),
-            Some(None) => None,
-            None => header.map(u64::from),
+        // Exactly one `expires`, plain digits, zero: a repeated one (a
+        // registrar may take the last), `+0` or anything a registrar may
+        // read otherwise is no de-registration (it would pass the agent
+        // policy and bind).
+        let mut values = contact
+            .params
+            .iter()
+            .filter(|(name, _)| name.eq_ignore_ascii_case(b"expires"));
+        let zero = match (values.next(), values.next()) {
+            (None, _) => header == Some(0),
+            (Some((_, Some(v))), None) => {
+                let v = crate::sip::fields::trim_lws(v);
+                !v.is_empty() && v.iter().all(|&b| b == b'0')
+            }
+            _ => false,
         };
-        if expires != Some(0) {
+        if !zero {
             return false;
         }
     }

@@ -1431,7 +1431,7 @@ fn a_de_register_is_marked_unregister() {
             .unregister
     };
     type Edit<'a> = &'a dyn Fn(String) -> String;
-    let cases: [(&str, Edit<'_>, bool); 8] = [
+    let cases: [(&str, Edit<'_>, bool); 12] = [
         ("no expiry", &|t| t, false),
         (
             "Expires: 0",
@@ -1493,6 +1493,50 @@ fn a_de_register_is_marked_unregister() {
             "a query (no Contact)",
             &|t: String| t.replace(&format!("Contact: <sip:alice@{agent}>\r\n"), ""),
             false,
+        ),
+        // What a registrar may read as a binding is none: a repeated
+        // `expires` (Kamailio takes the last), `+0` (not digits: the
+        // default expiry), a second Expires header (review: each passed
+        // the agent policy as a de-registration and bound).
+        (
+            "expires=0;expires=3600",
+            &|t: String| {
+                t.replace(
+                    &format!("Contact: <sip:alice@{agent}>"),
+                    &format!("Contact: <sip:alice@{agent}>;expires=0;expires=3600"),
+                )
+            },
+            false,
+        ),
+        (
+            "expires=+0",
+            &|t: String| {
+                t.replace(
+                    &format!("Contact: <sip:alice@{agent}>"),
+                    &format!("Contact: <sip:alice@{agent}>;expires=+0"),
+                )
+            },
+            false,
+        ),
+        (
+            "Expires: 0 twice over",
+            &|t: String| {
+                t.replace(
+                    "Content-Length",
+                    "Expires: 0\r\nExpires: 3600\r\nContent-Length",
+                )
+            },
+            false,
+        ),
+        (
+            "expires=00",
+            &|t: String| {
+                t.replace(
+                    &format!("Contact: <sip:alice@{agent}>"),
+                    &format!("Contact: <sip:alice@{agent}>;expires=00"),
+                )
+            },
+            true,
         ),
     ];
     for (n, (name, edit, unregister)) in cases.into_iter().enumerate() {
