@@ -80,7 +80,8 @@ impl Pending {
     /// whose answer is overdue are swept first: they are not pending any
     /// more).
     pub fn of(core: &Core, upstream_backlog: Option<&UpstreamBacklog>) -> Self {
-        core.registrations().sweep(std::time::Instant::now());
+        core.registrations()
+            .expire_pending(std::time::Instant::now());
         Self {
             client_transactions: core.client_transactions().len(),
             registers: core.registrations().pending(),

@@ -20,8 +20,9 @@
 //! For a table whose entries all live equally long that is also the order
 //! of expiry; for one with varied lifetimes (bindings) an expired entry
 //! behind a younger-expiring one leaves when it is looked up, reaches the
-//! front, is evicted, or is found by [`ExpiringMap::sweep`], the one walk
-//! of the whole table (a periodic chore's). Pure: the clock is passed in.
+//! front, is evicted, or is found by [`ExpiringMap::sweep_chunk`], the one
+//! walk of the table (a periodic chore's, a chunk at a time). Pure: the
+//! clock is passed in.
 
 use std::mem::size_of;
 use std::time::Instant;
@@ -222,23 +223,29 @@ impl<V: HeapBytes> ExpiringMap<V> {
         value.filter(|_| alive)
     }
 
-    /// Remove every expired entry, wherever it stands (one behind a
-    /// longer-lived entry too); returns how many. The one operation that
-    /// walks the whole table: for a periodic chore, off the message path.
-    pub(crate) fn sweep(&mut self, now: Instant) -> usize {
+    /// Remove the expired entries among the slab positions `from..` up to
+    /// `count` of them, wherever they stand in the order (one behind a
+    /// longer-lived entry too); returns how many went and where the next
+    /// call should start (`None`: the slab's end was reached). Positions
+    /// do not move when entries go, so a periodic chore walks the whole
+    /// table a chunk at a time, letting go of its lock in between.
+    pub(crate) fn sweep_chunk(
+        &mut self,
+        now: Instant,
+        from: usize,
+        count: usize,
+    ) -> (usize, Option<usize>) {
         let now_ms = self.millis(now);
+        let end = from.saturating_add(count).min(self.slots.len());
         let mut removed = 0;
-        let mut at = self.oldest;
-        while at != NIL {
-            let slot = &self.slots[at as usize];
-            let next = slot.newer;
-            if slot.deadline_ms <= now_ms {
-                self.unlink_and_free(at);
+        for at in from..end {
+            let slot = &self.slots[at];
+            if slot.value.is_some() && slot.deadline_ms <= now_ms {
+                self.unlink_and_free(at as u32);
                 removed += 1;
             }
-            at = next;
         }
-        removed
+        (removed, (end < self.slots.len()).then_some(end))
     }
 
     /// Remove the expired entries at the front; returns how many.
@@ -478,7 +485,11 @@ mod tests {
         let later = now + secs(2);
         assert_eq!(t.expire(later), 0);
         assert_eq!(t.len(), 10);
-        assert_eq!(t.sweep(later), 9);
+        // In chunks of 4 positions: 3 of the first (the live one stays),
+        // 4, then the last 2 and the end.
+        assert_eq!(t.sweep_chunk(later, 0, 4), (3, Some(4)));
+        assert_eq!(t.sweep_chunk(later, 4, 4), (4, Some(8)));
+        assert_eq!(t.sweep_chunk(later, 8, 4), (2, None));
         assert_eq!(t.len(), 1);
         assert!(t.get(0, later).is_some());
         // Room again: the next insert evicts nothing.

@@ -638,11 +638,12 @@ fn listeners(
 }
 
 /// The registrar is reached from a listener of its transport and address
-/// family: its socket sends the requests, and its address goes in Via,
-/// Path and Record-Route (an IPv6 listener cannot reach an IPv4
-/// registrar, and every request would get 503). Reports an upstream with
-/// no listener of its transport, listeners of that transport that are all
-/// of the other family, and an upstream that is one of the listeners
+/// family (or a dual-stack `[::]` one for an IPv4 registrar): its socket
+/// sends the requests, and its address goes in Via, Path and Record-Route
+/// (an IPv6 listener bound to one address cannot reach an IPv4 registrar,
+/// and every request would get 503). Reports an upstream with no listener
+/// of its transport, listeners of that transport none of which reaches
+/// its family, and an upstream that is one of the listeners
 /// (every request would loop back and get 482, while the upstream probes,
 /// answered by sipadmit itself, would call the registrar healthy).
 fn check_upstream_reachable(

@@ -158,9 +158,9 @@ pub enum NetworkError {
     /// addresses (`::ffff:127.0.0.0/8` is `::/8`), surely not what was meant.
     #[error(
         "{text:?} is an IPv4-mapped address with a prefix below /96, a network of IPv6 \
-         addresses: write the IPv4 network ({v4}/{prefix} for IPv4 clients) or a mapped \
-         prefix of /96 or more (::ffff:{v4}/{})",
-        u16::from(*prefix) + 96
+         addresses: write the IPv4 network ({}) or a mapped prefix of /96 or more ({})",
+        suggested_ipv4(*v4, *prefix),
+        suggested_mapped(*v4, *prefix)
     )]
     MappedBelow96 {
         /// The text as written.
@@ -170,6 +170,24 @@ pub enum NetworkError {
         /// Its prefix length.
         prefix: u8,
     },
+}
+
+/// The IPv4 network an IPv4-mapped network below /96 likely meant.
+fn suggested_ipv4(v4: std::net::Ipv4Addr, prefix: u8) -> String {
+    if prefix <= 32 {
+        format!("{v4}/{prefix} for IPv4 clients")
+    } else {
+        format!("such as {v4}/24")
+    }
+}
+
+/// The same as a mapped network of /96 or more.
+fn suggested_mapped(v4: std::net::Ipv4Addr, prefix: u8) -> String {
+    if prefix <= 32 {
+        format!("::ffff:{v4}/{}", u16::from(prefix) + 96)
+    } else {
+        format!("such as ::ffff:{v4}/120")
+    }
 }
 
 /// An IP network in CIDR notation (a bare address is a /32 or /128).
@@ -274,6 +292,14 @@ mod tests {
             .to_string();
         assert!(
             e.contains("127.0.0.0/8") && e.contains("::ffff:127.0.0.0/104"),
+            "{e}"
+        );
+        // Above /32 no IPv4 prefix is meant as written: an example instead.
+        let e = Network::parse("::ffff:10.0.0.0/64")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("such as 10.0.0.0/24") && !e.contains("/64 for"),
             "{e}"
         );
     }

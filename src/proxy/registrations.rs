@@ -165,6 +165,10 @@ impl ClientIds {
     }
 }
 
+/// Slab positions of the bindings table one step of [`Registrations::sweep`]
+/// looks at under the lock (about 0.1 ms).
+const SWEEP_CHUNK: usize = 4096;
+
 /// Both tables, under one lock.
 #[derive(Debug)]
 struct Tables {
@@ -337,11 +341,25 @@ impl Registrations {
 
     /// Drop every expired entry of both tables (one behind a longer-lived
     /// binding too, so the gauge and a full table count live bindings
-    /// only); returns how many went. Walks the tables: for the periodic
-    /// chore, off the event loop.
+    /// only); returns how many went. Walks the tables [`SWEEP_CHUNK`]
+    /// positions at a time, letting go of the lock in between (a worker
+    /// waits for one chunk at most): for the periodic chore, off the event
+    /// loop.
     pub fn sweep(&self, now: Instant) -> usize {
-        let mut tables = self.lock();
-        tables.bindings.sweep(now) + tables.pending.sweep(now)
+        let mut removed = 0;
+        let mut next = Some(0);
+        while let Some(from) = next {
+            let (gone, after) = self.lock().bindings.sweep_chunk(now, from, SWEEP_CHUNK);
+            removed += gone;
+            next = after;
+        }
+        removed + self.expire_pending(now)
+    }
+
+    /// Drop the pending REGISTERs whose answer is overdue (they all wait
+    /// equally long: from the front, cheap); returns how many went.
+    pub fn expire_pending(&self, now: Instant) -> usize {
+        self.lock().pending.expire(now)
     }
 
     /// Bindings held (expired ones not yet removed included).

@@ -131,36 +131,47 @@ pub fn mark_received(view: &SipView, via: &Via<'_>, source: SocketAddr, edits: &
     let Some((range, _)) = first_value(view, HeaderName::Via) else {
         return;
     };
-    // The rport value goes in first: when `rport` ends the value, both
-    // edits insert at the same offset and keep this order.
-    if let Some(value) = via.params.get(b"rport") {
-        if via.rport() != Some(Some(source.port())) {
-            set_param(view, via, &range, b"rport", value, &source.port(), edits);
+    // Every occurrence is set (a next hop may read the last of a repeated
+    // parameter). The rport values go in first: when `rport` ends the
+    // value, both edits insert at the same offset and keep this order.
+    let named = |wanted: &'static [u8]| {
+        via.params
+            .iter()
+            .filter(move |(name, _)| name.eq_ignore_ascii_case(wanted))
+    };
+    let port = source.port();
+    for (name, value) in named(b"rport") {
+        let current = value
+            .and_then(|v| std::str::from_utf8(v).ok()?.parse::<u16>().ok())
+            .is_some_and(|v| v == port);
+        if !current {
+            set_param(view, &range, name, value, &port, edits);
         }
     }
     // An IPv4 client of a dual-stack listener arrives as `::ffff:a.b.c.d`:
     // it sent, and is told, its IPv4 address.
     let ip = source.ip().to_canonical();
-    match via.params.get(b"received") {
-        Some(Some(value)) if host_is_ip(value, ip) => {}
-        Some(value) => set_param(view, via, &range, b"received", value, &ip, edits),
-        None if via.rport().is_some() || !host_is_ip(via.host, ip) => {
-            edits.insert_fmt(
-                params_end(view, via, &range),
-                format_args!(";received={ip}"),
-            );
+    let mut received = false;
+    for (name, value) in named(b"received") {
+        received = true;
+        if !value.is_some_and(|v| host_is_ip(v, ip)) {
+            set_param(view, &range, name, value, &ip, edits);
         }
-        None => {}
+    }
+    if !received && (via.rport().is_some() || !host_is_ip(via.host, ip)) {
+        edits.insert_fmt(
+            params_end(view, via, &range),
+            format_args!(";received={ip}"),
+        );
     }
 }
 
-/// Give the top Via's parameter `name`, present with `value` (`None`: no
-/// value), the value `to`: its value replaced, or `=to` after a flag's
-/// name (the parameters are slices of the message, so their offsets are
-/// the message's; `value_range` is the Via value's).
+/// Give a parameter of the top Via (`name`, with `value`; `None`: a flag)
+/// the value `to`: its value replaced, or `=to` after a flag's name. Both
+/// are slices of the message, so their offsets are the message's;
+/// `value_range` is the Via value's (nothing outside it is edited).
 fn set_param(
     view: &SipView,
-    via: &Via<'_>,
     value_range: &Range<usize>,
     name: &[u8],
     value: Option<&[u8]>,
@@ -178,11 +189,7 @@ fn set_param(
             }
         }
         None => {
-            let flag_end = via
-                .params
-                .iter()
-                .find(|(n, v)| v.is_none() && n.eq_ignore_ascii_case(name))
-                .and_then(|(n, _)| at(n).map(|start| start + n.len()));
+            let flag_end = at(name).map(|start| start + name.len());
             if let Some(end) = flag_end.filter(|end| inside(&(*end..*end))) {
                 edits.insert_fmt(end, format_args!("={to}"));
             }
@@ -431,6 +438,12 @@ mod tests {
         assert_eq!(
             &marked_from_192_0_2_7_port_5062(raw)[..],
             &b"A sip:x SIP/2.0\r\nVia: SIP/2.0/UDP a.example;received=192.0.2.7;branch=z9hG4bK1\r\n\r\n"[..]
+        );
+        // Every copy of a repeated one (a next hop may read the last).
+        let raw = b"A sip:x SIP/2.0\r\nVia: SIP/2.0/UDP a.example;received=192.0.2.7;received=203.0.113.66;rport=5062;rport=9\r\n\r\n";
+        assert_eq!(
+            &marked_from_192_0_2_7_port_5062(raw)[..],
+            &b"A sip:x SIP/2.0\r\nVia: SIP/2.0/UDP a.example;received=192.0.2.7;received=192.0.2.7;rport=5062;rport=5062\r\n\r\n"[..]
         );
         // Values that are the source's already are left as they are.
         let raw =

@@ -547,18 +547,28 @@ impl TlsContexts {
     }
 
     /// The `[tls]` keys whose value in `settings` differs from what the
-    /// contexts were last built from (the listener's side, else the
-    /// upstream's; none without TLS).
+    /// contexts were last built from (either side's; none without TLS). A
+    /// key a refused reload did not apply is named again by the next.
     pub fn changed_keys(&self, settings: &TlsSettings) -> Vec<&'static str> {
         let applied = self
             .applied
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        match (&self.server, &self.upstream) {
-            (Some(_), _) => applied.server.changed_keys(settings),
-            (None, Some(_)) => applied.upstream.changed_keys(settings),
-            (None, None) => Vec::new(),
+        let mut keys = Vec::new();
+        let sides = [
+            self.server.as_ref().map(|_| &applied.server),
+            self.upstream.as_ref().map(|_| &applied.upstream),
+        ];
+        for key in sides
+            .into_iter()
+            .flatten()
+            .flat_map(|a| a.changed_keys(settings))
+        {
+            if !keys.contains(&key) {
+                keys.push(key);
+            }
         }
+        keys
     }
 
     /// Rebuild each context from `settings` (the `[tls]` section of a
