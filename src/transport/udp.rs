@@ -622,6 +622,43 @@ mod tests {
         assert!(datagrams.is_open());
     }
 
+    /// An IPv4 client of a dual-stack `[::]` socket is known by its IPv4
+    /// address from the receive on (trial 15: log lines spelled it
+    /// `::ffff:a.b.c.d` while records said `a.b.c.d`).
+    #[tokio::test]
+    async fn an_ipv4_client_of_a_dual_stack_socket_is_known_by_its_ipv4_address() {
+        let socket = socket2::Socket::new(socket2::Domain::IPV6, socket2::Type::DGRAM, None);
+        let Ok(socket) = socket else {
+            eprintln!("skipping: no IPv6");
+            return;
+        };
+        socket.set_only_v6(false).unwrap();
+        socket.set_nonblocking(true).unwrap();
+        let any: std::net::SocketAddr = "[::]:0".parse().unwrap();
+        if socket.bind(&any.into()).is_err() {
+            eprintln!("skipping: no IPv6");
+            return;
+        }
+        let socket = UdpSocket::from_std(socket.into()).unwrap();
+        let port = socket.local_addr().unwrap().port();
+        let local =
+            crate::vocabulary::LocalAddr(std::net::SocketAddr::from(([127, 0, 0, 1], port)));
+        let (events, _queue) = tokio::sync::mpsc::channel(1);
+        let listener = UdpListener::new(Arc::new(socket), local);
+        let mut datagrams = Datagrams::new(vec![listener], TransportContext::for_tests(events, 4));
+        let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        client
+            .send_to(b"OPTIONS sip:x@example.com SIP/2.0\r\n\r\n", local.0)
+            .await
+            .unwrap();
+        let within = std::time::Duration::from_secs(5);
+        let event = tokio::time::timeout(within, datagrams.next())
+            .await
+            .expect("a datagram");
+        let (source, _) = addresses(event);
+        assert_eq!(source, client.local_addr().unwrap());
+    }
+
     #[tokio::test]
     async fn what_is_queued_is_taken_without_waiting() {
         let (mut datagrams, local, client) = one_listener().await;
