@@ -544,11 +544,9 @@ impl Core {
         // decided already, perhaps by an earlier configuration (a call
         // answered in monitor mode goes on after a reload to enforce).
         let reinvite = ctx.method == Method::Invite && self.continues_a_dialog(ctx, routing);
-        // A de-registration grants nothing: an agent's is relayed whatever
-        // its client (refused, it would keep alive the very binding a
-        // stricter policy no longer wants).
-        let unregister = ctx.method == Method::Register && super::is_unregister(view);
-        let role = if reinvite || unregister {
+        // A REGISTER is decided the same whatever its expiry (docs/probe.md:
+        // `sipadmit probe` tests the policy with `Expires: 0`).
+        let role = if reinvite {
             SessionRole::None
         } else {
             config.sessions.role_of(&facts)

@@ -1390,31 +1390,6 @@ fn an_agent_offer_on_the_registrars_leg_is_counted_and_names_its_sender() {
     );
 }
 
-/// A de-registration grants nothing: an unsupported agent client's is
-/// relayed, not refused by `[policy.agent_registration]` (trial 16: a
-/// binding made before a reload that tightened the policy could not be
-/// removed by its client).
-#[test]
-fn an_agents_de_registration_is_relayed_whatever_its_client() {
-    let core = Core::detached(
-        &(CONFIG.to_owned() + "[policy.agent_registration]\nunsupported = \"reject\"\n"),
-    )
-    .unwrap();
-    let agent: SocketAddr = "127.0.0.1:44200".parse().unwrap();
-    let register = request("REGISTER", "sip:contoso.com", agent, MOBILE, "");
-    let refused = handle(&core, &udp(register.clone(), agent));
-    assert_eq!(status(&refused), Some(403));
-    let unregister = register
-        .replace("z9hG4bK-", "z9hG4bK-un-")
-        .replace("CSeq: 1 ", "CSeq: 2 ")
-        .replace("Content-Length", "Expires: 0\r\nContent-Length");
-    let relayed = handle(&core, &udp(unregister, agent));
-    assert!(matches!(relayed, Outcome::Relay { .. }), "{relayed:?}");
-    let record = relayed.record().unwrap();
-    assert!(record.unregister, "{record:?}");
-    assert_eq!(record.role, SessionRole::None, "{record:?}");
-}
-
 #[test]
 fn a_de_register_is_marked_unregister() {
     let core = Core::detached(CONFIG).unwrap();
