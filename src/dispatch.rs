@@ -204,10 +204,10 @@ async fn dispatch_in_a_row(
 }
 
 /// Start the chores that must not hold up the dispatcher: the sweep of
-/// expired registrations and transactions (every 30 s) and the read of the kernel's UDP drop
-/// counters of the UDP sockets of `udp_inodes` (every 10 s; every
-/// worker's, see [`udp::socket_inode`]), each off the event loop's thread
-/// (`spawn_blocking`). They stop on `shutdown`.
+/// expired registrations and transactions (every 30 s) and the read of the
+/// kernel's UDP drop counters of the UDP sockets of `udp_inodes` (every
+/// 10 s; every worker's, see [`udp::socket_inode`]), each off the event
+/// loop's thread (`spawn_blocking`). They stop on `shutdown`.
 pub fn spawn_chores(core: Arc<Core>, udp_inodes: Vec<u64>, shutdown: CancellationToken) {
     let sweeping = core.clone();
     tokio::spawn(every(SWEEP_INTERVAL, shutdown.clone(), move || {

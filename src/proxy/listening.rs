@@ -7,7 +7,7 @@ use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 
 use crate::config::AdvertisedHost;
-use crate::sip::fields::{host_ip, host_is_ip, parse_hostport, trim_lws};
+use crate::sip::fields::{host_ip, parse_hostport, trim_lws};
 use crate::vocabulary::Transport;
 
 /// A listener of this proxy.
@@ -61,12 +61,12 @@ impl Listening {
     /// address of this host it receives at), or what it advertises (see
     /// [`AdvertisedHost::names`]).
     pub fn names(&self, host: &[u8], port: Option<u16>) -> bool {
-        let receives_at = |host: &[u8]| {
-            !self.receives_at.is_empty()
-                && host_ip(host).is_some_and(|ip| self.receives_at.contains(&ip.to_canonical()))
+        let at_an_address_of_ours = || {
+            host_ip(host).is_some_and(|ip| {
+                ip == self.addr.ip() || self.receives_at.contains(&ip.to_canonical())
+            })
         };
-        (port.unwrap_or(5060) == self.addr.port()
-            && (host_is_ip(host, self.addr.ip()) || receives_at(host)))
+        (port.unwrap_or(5060) == self.addr.port() && at_an_address_of_ours())
             || self
                 .advertise
                 .as_ref()
