@@ -23,7 +23,7 @@ use tracing::{debug, info, warn};
 
 use crate::observe::metrics::{DropReason, MessageKind, Metrics};
 use crate::observe::DecisionLog;
-use crate::proxy::{Core, Destination, Inbound, Outbound, Outcome};
+use crate::proxy::{Core, Destination, FlowFailure, Inbound, Outbound, Outcome};
 use crate::transport::admission::{Admission, BanCause, BanScope};
 use crate::transport::udp::{self, Datagrams};
 use crate::transport::upstream::UpstreamWatch;
@@ -588,8 +588,10 @@ async fn received(
 /// A message could not be sent to `to` (`error` says why): for the
 /// registrar, counted by the upstream's transport and remembered for
 /// `/readyz` until a message is delivered to it, and a request is answered
-/// `503` with Retry-After (logged, recorded and counted by the core);
-/// whatever is not answered is counted as dropped (`send_failed`).
+/// `503` with Retry-After (logged, recorded and counted by the core); a
+/// request of the registrar's side for a client flow is answered `430 Flow
+/// Failed` (RFC 5626 5.3); whatever is not answered is counted as dropped
+/// (`send_failed`).
 async fn not_delivered(
     core: &Core,
     senders: &Senders,
@@ -598,6 +600,16 @@ async fn not_delivered(
     to: &Destination,
     error: &SendError,
 ) {
+    if let Destination::Flow(_) = to {
+        // Only a request of the registrar's side goes to a client flow.
+        if !inbound.is_response() {
+            let answer = core.flow_failed(inbound, Instant::now(), flow_failure(error));
+            if let Err((_, e)) = carry_out(senders, log, inbound, answer, core.boot()).await {
+                not_sent(core, Some(inbound.source.0), &e);
+            }
+            return;
+        }
+    }
     if *to != Destination::Upstream {
         core.metrics().count_drop(DropReason::SendFailed);
         return;
@@ -621,6 +633,17 @@ async fn not_delivered(
     let answer = core.upstream_unavailable(inbound, Instant::now(), busy);
     if let Err((_, e)) = carry_out(senders, log, inbound, answer, core.boot()).await {
         not_sent(core, Some(inbound.source.0), &e);
+    }
+}
+
+/// Why a message could not be sent on a client flow, as its `430` says.
+fn flow_failure(error: &SendError) -> FlowFailure {
+    match error {
+        SendError::ConnectionGone(_) | SendError::OtherPeer { .. } | SendError::QueueFull(_) => {
+            FlowFailure::Closed
+        }
+        SendError::ForeignFlow(_) => FlowFailure::OtherInstance,
+        _ => FlowFailure::Unsendable,
     }
 }
 
@@ -755,6 +778,103 @@ mod tests {
         assert!(ends_the_silence(&SendError::UpstreamClosedUnanswered(addr)));
         assert!(!ends_the_silence(&SendError::UpstreamQueueFull(addr)));
         assert!(!ends_the_silence(&SendError::UpstreamGivenUp(addr)));
+    }
+
+    /// A request of the registrar's side relayed toward a client
+    /// connection that closed between the decision and the send is
+    /// answered `430 Flow Failed` (RFC 5626 5.3) on the registrar's own
+    /// connection at once, not left to the registrar's transaction timeout.
+    #[tokio::test]
+    async fn a_request_for_a_client_connection_gone_after_its_decision_is_answered_430() {
+        use crate::transport::connections::WriteQueue;
+        let core = Core::detached(
+            "[response_group]\nworkflows = [\"sip:helpdesk@contoso.com\"]\nagents = [\"sip:agent-*@contoso.com\"]\n",
+        )
+        .unwrap();
+        let connections = Arc::new(crate::transport::Connections::default());
+        let senders = Senders {
+            udp: Vec::new(),
+            connections: connections.clone(),
+            upstream: UpstreamSender::Datagram("127.0.0.1:5070".parse().unwrap()),
+            udp_upstream_health: None,
+            hep: crate::observe::Hep::off(),
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let (log, _writer) = DecisionLog::open(dir.path().join("d.log").to_str().unwrap()).unwrap();
+        let open = |peer, transport| {
+            let id = connections.next_id();
+            let (writer, written) = mpsc::unbounded_channel();
+            let queue = Arc::new(WriteQueue::new(65_536));
+            connections.insert(id, peer, transport, writer, queue);
+            (id, written)
+        };
+        let inbound = |bytes: String, peer, id, leg| Inbound {
+            bytes: bytes::Bytes::from(bytes),
+            transport: Transport::Tcp,
+            source: PeerAddr(peer),
+            local: crate::proxy::DETACHED_ADDRESS,
+            connection: Some(id),
+            leg,
+        };
+        // An agent registers over TCP; the registrar gets the Path to it.
+        let agent: std::net::SocketAddr = "127.0.0.1:41000".parse().unwrap();
+        let (agent_id, _agent_written) = open(agent, Transport::Tcp);
+        let register = include_str!("../tests/fixtures/lync2013-register-tls.sip")
+            .replace("SIP/2.0/TLS", "SIP/2.0/TCP");
+        let relayed = core.handle(
+            &inbound(register, agent, agent_id, Leg::FromClient),
+            Instant::now(),
+            &|id, peer| connections.is_open_to(id, peer),
+        );
+        let Outcome::Relay { send, .. } = relayed else {
+            panic!("the REGISTER is relayed: {relayed:?}");
+        };
+        let relayed = String::from_utf8_lossy(&send.bytes).into_owned();
+        let path = relayed
+            .lines()
+            .find_map(|l| l.strip_prefix("Path: "))
+            .expect("a Path");
+        // The registrar offers a call along it on its own TCP connection.
+        let registrar: std::net::SocketAddr = "127.0.0.1:5070".parse().unwrap();
+        let (registrar_id, mut registrar_written) = open(registrar, Transport::Tcp);
+        let offer = inbound(
+            format!(
+                "INVITE sip:agent-a@{agent};transport=tcp SIP/2.0\r\n\
+                 Via: SIP/2.0/TCP {registrar};branch=z9hG4bK-offer\r\n\
+                 Route: {path}\r\nMax-Forwards: 70\r\n\
+                 From: <sip:helpdesk@contoso.com>;tag=rgs\r\nTo: <sip:agent-a@contoso.com>\r\n\
+                 Call-ID: offer-1\r\nCSeq: 1 INVITE\r\n\
+                 User-Agent: RTCC/5.0.0.0 Response_Group_Service/5.0.0.0\r\n\
+                 Content-Length: 0\r\n\r\n"
+            ),
+            registrar,
+            registrar_id,
+            Leg::FromRegistrar,
+        );
+        let outcome = core.handle(&offer, Instant::now(), &|id, peer| {
+            connections.is_open_to(id, peer)
+        });
+        assert!(
+            matches!(&outcome, Outcome::Relay { send, .. }
+                if matches!(&send.to, Destination::Flow(f) if f.peer == agent)),
+            "relayed toward the agent's connection: {outcome:?}"
+        );
+        // The agent's connection closes before the offer is written.
+        connections.remove(agent_id);
+        let Err((to, error)) = carry_out(&senders, &log, &offer, outcome, core.boot()).await else {
+            panic!("the send fails");
+        };
+        not_delivered(&core, &senders, &log, &offer, &to, &error).await;
+        let answer = registrar_written
+            .try_recv()
+            .expect("answered on the registrar's connection");
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(
+            answer.starts_with("SIP/2.0 430 Flow Failed\r\n"),
+            "{answer}"
+        );
+        assert!(answer.contains("branch=z9hG4bK-offer"), "{answer}");
+        assert_eq!(core.metrics().drops(DropReason::SendFailed), 0);
     }
 
     /// What `undelivered` is marked from: a stream connection that has

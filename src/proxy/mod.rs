@@ -575,6 +575,38 @@ impl Core {
     /// a stream registrar is full (`busy: true`, rule
     /// `proxy.upstream-busy`, Retry-After [`UPSTREAM_BUSY_RETRY_AFTER_SECS`]).
     pub fn upstream_unavailable(&self, inbound: &Inbound, now: Instant, busy: bool) -> Outcome {
+        let refusal = if busy {
+            Refusal::UpstreamBusy
+        } else {
+            Refusal::UpstreamUnavailable
+        };
+        self.answer_unsent(inbound, now, refusal, RecordKind::UpstreamUnavailable)
+    }
+
+    /// The `430 Flow Failed` (RFC 5626 5.3) for a request of the
+    /// registrar's side that was relayed toward a client flow and could
+    /// not be sent on it (`failure`: its connection closed, or its write
+    /// queue filled, between the decision and the send), with its log line
+    /// and record; nothing for an ACK. The I/O layer calls this, so that
+    /// the registrar learns at once, not at its transaction's timeout.
+    pub fn flow_failed(&self, inbound: &Inbound, now: Instant, failure: FlowFailure) -> Outcome {
+        self.answer_unsent(
+            inbound,
+            now,
+            Refusal::FlowFailed(failure),
+            RecordKind::FlowFailed,
+        )
+    }
+
+    /// Answer a request that was decided and relayed but could not be sent
+    /// (`refusal` says where and why): once per transaction (`kind`).
+    fn answer_unsent(
+        &self,
+        inbound: &Inbound,
+        now: Instant,
+        refusal: Refusal<'_>,
+        kind: RecordKind,
+    ) -> Outcome {
         let Ok(view) = SipView::parse(inbound.bytes.clone()) else {
             self.metrics.count_drop(DropReason::SendFailed);
             return Outcome::drop(DropReason::SendFailed);
@@ -582,19 +614,8 @@ impl Core {
         let runtime = self.runtime.load();
         let ctx = request::RequestCtx::new(inbound, &view, &runtime, now);
         self.register_answered_here(&ctx);
-        let refusal = if busy {
-            Refusal::UpstreamBusy
-        } else {
-            Refusal::UpstreamUnavailable
-        };
         let outcome = self.refuse(&ctx, None, refusal);
-        let outcome = self.record_once(
-            &view,
-            inbound,
-            RecordKind::UpstreamUnavailable,
-            outcome,
-            now,
-        );
+        let outcome = self.record_once(&view, inbound, kind, outcome, now);
         self.count_outcome(&outcome);
         outcome
     }

@@ -41,6 +41,8 @@ pub enum RecordKind {
     Decision,
     /// The 503 answered when it could not be sent upstream.
     UpstreamUnavailable,
+    /// The 430 answered when it could not be sent on its client flow.
+    FlowFailed,
     /// The 408 answered when nothing answered it over UDP (RFC 3261 17.1).
     Timeout,
     /// The ban its source earned with it (`ban.*`): recorded even when the
@@ -303,6 +305,7 @@ impl Transactions {
         field(match method {
             KeyKind::Record(RecordKind::Decision) => b"d",
             KeyKind::Record(RecordKind::UpstreamUnavailable) => b"u",
+            KeyKind::Record(RecordKind::FlowFailed) => b"f",
             KeyKind::Record(RecordKind::Timeout) => b"t",
             KeyKind::Record(RecordKind::Ban) => b"b",
             KeyKind::AnsweredInvite => b"a",
