@@ -985,6 +985,13 @@ struct Signals {
     terminate: tokio::signal::unix::Signal,
     #[cfg(unix)]
     interrupt: tokio::signal::unix::Signal,
+    /// SIGXFSZ, held and never acted on: its default action would end the
+    /// process when the decision log reaches the file size limit
+    /// (`ulimit -f`, systemd's `LimitFSIZE=`). With a handler the write
+    /// fails with EFBIG instead, and the decision log counts the record
+    /// lost.
+    #[cfg(unix)]
+    _file_too_large: tokio::signal::unix::Signal,
 }
 
 impl Signals {
@@ -996,6 +1003,7 @@ impl Signals {
                 hangup: signal(SignalKind::hangup())?,
                 terminate: signal(SignalKind::terminate())?,
                 interrupt: signal(SignalKind::interrupt())?,
+                _file_too_large: signal(SignalKind::from_raw(nix::libc::SIGXFSZ))?,
             })
         }
         #[cfg(not(unix))]

@@ -194,6 +194,48 @@ fn sighup_after_rename_reopens_the_log_and_loses_nothing() {
     assert_eq!(records(&std::fs::read_to_string(&log).unwrap()), 25);
 }
 
+/// The decision log reaches the file size limit (`ulimit -f`, systemd's
+/// `LimitFSIZE=`): SIGXFSZ used to end the process on that write, with every
+/// transport. Now the write fails, every REGISTER is still answered, the
+/// records past the limit are counted lost, and the file ends with a whole
+/// record.
+#[test]
+fn the_file_size_limit_loses_records_not_the_proxy() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("decisions.jsonl");
+    let config = dir.path().join("min.toml");
+    std::fs::write(&config, CONFIG).unwrap();
+    let registrar = Registrar::start();
+    // `ulimit -f` counts blocks of 512 bytes in sh: 16 KiB, some 30 records.
+    let mut sipadmit = Sipadmit::spawn(
+        Command::new("sh")
+            .args(["-c", "ulimit -f 32 && exec \"$0\" \"$@\""])
+            .arg(env!("CARGO_BIN_EXE_sipadmit"))
+            .args(["run", "--config", config.to_str().unwrap()])
+            .args(["--listen", "udp:127.0.0.1:0"])
+            .args(["--upstream", &format!("udp:{}", registrar.addr)])
+            .args(["--decision-log", log.to_str().unwrap()])
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null()),
+    );
+    let listening = sipadmit.wait_for("listening");
+    let udp = field(&listening, "addr").parse().unwrap();
+    register_all(udp, 0..60, 10);
+    register_all(udp, 60..100, 10);
+    let stderr = sipadmit.terminate();
+    let closed = stderr
+        .lines()
+        .find(|l| l.contains("decision log closed"))
+        .unwrap_or_else(|| panic!("{stderr}"));
+    let written = count(closed, "written");
+    assert!(count(closed, "lost") > 0, "{closed}");
+    assert_eq!(written + count(closed, "lost"), 100, "{closed}");
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.len() <= 16 * 1024, "{} bytes", text.len());
+    assert!(text.ends_with('\n'), "a torn record at the end");
+    assert_eq!(records(&text) as u64, written);
+}
+
 /// A FIFO whose reader opened it and stopped reading: the writer blocks in
 /// a write; SIGTERM still stops the process, and says what was unwritten.
 #[test]
