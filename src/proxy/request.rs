@@ -444,47 +444,74 @@ impl Core {
     /// The top Route values that are this proxy's: its host and port are
     /// one of ours, or its user part is a valid flow token; with a token,
     /// the next value too when it carries the same token (the other half of
-    /// an RFC 5658 double Record-Route). A Route to this proxy whose token
-    /// does not verify is an error (RFC 5626 5.3: 403).
+    /// an RFC 5658 double Record-Route). A plain value of ours (a client's
+    /// outbound-proxy setting) may precede them: a dialog's route set
+    /// behind it is followed, both removed. A Route to this proxy whose
+    /// token does not verify is an error (RFC 5626 5.3: 403).
     fn own_route<'m>(&self, view: &'m SipView) -> Result<Option<OwnRoute<'m>>, TokenError> {
         let mut routes = view.routes();
-        let Some(Ok(top)) = routes.next() else {
+        let mut next = || routes.next().and_then(Result::ok).map(|r| r.uri);
+        let (Some(top), second) = (next(), next()) else {
             return Ok(None);
         };
-        let Some((user, host, port)) = uri_parts(top.uri) else {
+        let Some((user, host, port)) = uri_parts(top) else {
             return Ok(None);
         };
         let addressed_here = self.addressed_here(host, port);
-        let ftag = || uri_param(top.uri, b"ftag");
-        match user.map(|u| (u, self.decode_token(u))) {
-            Some((_, Ok((Purpose::Via | Purpose::ViaBack, _)))) => Err(TokenError::Malformed),
-            Some((token, Ok(decoded))) => {
-                let pair = routes
-                    .next()
-                    .and_then(Result::ok)
-                    .and_then(|next| uri_parts(next.uri))
+        match user {
+            Some(token) => self.token_route(top, token, addressed_here, second, 0),
+            None if addressed_here => {
+                // This proxy's token value right behind it: the route set
+                // of a dialog it record-routed, written after the client's
+                // outbound-proxy Route (RFC 3261 12.2.1.1).
+                let behind = second
+                    .and_then(|uri| Some((uri, uri_parts(uri)?.0?)))
+                    .and_then(|(uri, token)| self.token_route(uri, token, false, next(), 1).ok())
+                    .flatten();
+                // Else removed, and the request is routed as if it had no
+                // Route (RFC 3261 16.4).
+                Ok(behind.or(Some(OwnRoute {
+                    token: None,
+                    token_text: b"",
+                    dialog_binding: None,
+                    ftag: None,
+                    value: top,
+                    values: 1,
+                })))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// The Route value `uri` whose user part is `token`, when the token
+    /// verifies (with the next value, `next`, when it carries the same
+    /// token), after `before` plain values of this proxy; an error for one
+    /// `addressed_here` that does not verify.
+    fn token_route<'m>(
+        &self,
+        uri: &'m [u8],
+        token: &'m [u8],
+        addressed_here: bool,
+        next: Option<&[u8]>,
+        before: usize,
+    ) -> Result<Option<OwnRoute<'m>>, TokenError> {
+        match self.decode_token(token) {
+            Ok((Purpose::Via | Purpose::ViaBack, _)) => Err(TokenError::Malformed),
+            Ok(decoded) => {
+                let pair = next
+                    .and_then(uri_parts)
                     .is_some_and(|(next_user, _, _)| next_user == Some(token));
                 Ok(Some(OwnRoute {
                     token: Some(decoded),
                     token_text: token,
-                    dialog_binding: uri_param(top.uri, super::flow::DIALOG_PARAM.as_bytes()),
-                    ftag: ftag(),
-                    value: top.uri,
-                    values: if pair { 2 } else { 1 },
+                    dialog_binding: uri_param(uri, super::flow::DIALOG_PARAM.as_bytes()),
+                    ftag: uri_param(uri, b"ftag"),
+                    value: uri,
+                    values: before + 1 + usize::from(pair),
                 }))
             }
-            Some((_, Err(e))) if addressed_here => Err(e),
-            // A plain Route to this proxy (an outbound-proxy setting): removed,
-            // and the request is routed as if it had none (RFC 3261 16.4).
-            None if addressed_here => Ok(Some(OwnRoute {
-                token: None,
-                token_text: b"",
-                dialog_binding: None,
-                ftag: None,
-                value: top.uri,
-                values: 1,
-            })),
-            _ => Ok(None),
+            Err(e) if addressed_here => Err(e),
+            Err(_) => Ok(None),
         }
     }
 
@@ -987,10 +1014,12 @@ struct OwnRoute<'m> {
     dialog_binding: Option<&'m [u8]>,
     /// `ftag` of a Record-Route: the From-tag of the dialog's initiator.
     ftag: Option<&'m [u8]>,
-    /// The top Route URI (it tells the passes of a spiral apart).
+    /// The Route URI that decides (the token's, else the top one; it tells
+    /// the passes of a spiral apart).
     value: &'m [u8],
     /// How many Route values are this proxy's: 1, or 2 for the two values
-    /// of an RFC 5658 double Record-Route (the same token).
+    /// of an RFC 5658 double Record-Route (the same token), one more for a
+    /// plain value of this proxy before them.
     values: usize,
 }
 

@@ -1154,6 +1154,28 @@ fn an_invite_inside_a_dialog_is_relayed_undecided_and_unrecorded() {
         "{relayed}"
     );
     assert!(reinvite.record().is_none());
+    // Behind the client's outbound-proxy Route (a plain value of this
+    // proxy) the dialog's route set is followed all the same: both values
+    // go, no new decision (it used to be decided again: 403).
+    let outbound_proxy = format!("<sip:{DETACHED_ADDRESS};lr>");
+    let preloaded: Vec<&str> = std::iter::once(outbound_proxy.as_str())
+        .chain(caller_route.iter().copied())
+        .collect();
+    let preloaded = in_dialog(&caller, &preloaded);
+    let text = String::from_utf8_lossy(&preloaded.bytes)
+        .replace("reinvite-", "preloaded-")
+        .replace("CSeq: 2 INVITE", "CSeq: 3 INVITE");
+    let reinvite = handle(
+        &core,
+        &Inbound {
+            bytes: bytes::Bytes::from(text),
+            ..preloaded
+        },
+    );
+    let (to, relayed) = sent(&reinvite);
+    assert_eq!(to, Destination::Upstream);
+    assert!(header_values(&relayed, "Route").is_empty(), "{relayed}");
+    assert!(reinvite.record().is_none());
 
     // A forged To tag (a transaction of its own): the offer along its
     // Path, the caller without a route.
