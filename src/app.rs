@@ -854,6 +854,7 @@ fn core_address(addresses: &[(Transport, SocketAddr)], upstream: Endpoint) -> Op
 /// close the decision log within [`SHUTDOWN_DEADLINE`].
 pub async fn run(config: Config) -> Result<(), AppError> {
     let signals = Signals::install().map_err(AppError::Signals)?;
+    raise_open_file_limit(config.settings.limits.max_connections);
     let (decision_log, log_writer) = DecisionLog::open(&config.settings.decision_log)?;
     let bound = bind(&config).await?;
     let shutdown = CancellationToken::new();
@@ -965,6 +966,57 @@ async fn handle_signals(
                 }
             }
         }
+    }
+}
+
+/// Descriptors sipadmit holds besides its client connections: listeners of
+/// every worker, the registrar links, the decision log, HEP, the admin
+/// listener and its connections, `/proc` reads.
+const OWN_DESCRIPTORS: u64 = 256;
+
+/// Raise the soft limit of open files (RLIMIT_NOFILE) toward the hard one,
+/// as far as `max_connections` client connections and sipadmit's own
+/// descriptors need: each TCP or TLS connection holds one, and a connection
+/// that finds none left fails in `accept()`, before the connection slots
+/// (with their share reserved for trusted sources) can decide. Logs what it
+/// did; warns, naming the key, when the hard limit is too low.
+fn raise_open_file_limit(max_connections: usize) {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let needed = (max_connections as u64).saturating_add(OWN_DESCRIPTORS);
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return;
+    };
+    let wanted = needed.min(hard);
+    let soft = if soft < wanted {
+        match setrlimit(Resource::RLIMIT_NOFILE, wanted, hard) {
+            Ok(()) => {
+                info!(
+                    from = soft,
+                    to = wanted,
+                    hard,
+                    "open-file limit (RLIMIT_NOFILE) raised"
+                );
+                wanted
+            }
+            Err(e) => {
+                warn!(error = %e, soft, wanted, "open-file limit (RLIMIT_NOFILE) could not be raised");
+                soft
+            }
+        }
+    } else {
+        soft
+    };
+    if soft < needed {
+        warn!(
+            limit = soft,
+            hard,
+            needed,
+            max_connections,
+            "the open-file limit (RLIMIT_NOFILE) is below limits.max_connections plus {OWN_DESCRIPTORS} \
+             for sipadmit's own: past it, connections fail in accept() before the slots reserved \
+             for trusted sources are used; raise it (systemd LimitNOFILE=) or lower \
+             limits.max_connections"
+        );
     }
 }
 

@@ -1175,3 +1175,57 @@ fn a_new_client_evicts_a_trickler_when_every_slot_is_taken() {
     assert_eq!(served, 20, "a new client found no slot");
     assert_eq!(metrics.reserved_admissions.load(Ordering::Relaxed), 0);
 }
+
+/// The open-file limit (trial 18): a soft limit below what
+/// `limits.max_connections` needs (a shell's `ulimit -Sn`, systemd's default
+/// 1024) is raised to it within the hard limit, so that connections meet the
+/// connection slots, not EMFILE in `accept()`; a hard limit too low for it
+/// is warned about, naming the key.
+#[test]
+fn the_open_file_limit_is_raised_for_max_connections_or_warned_about() {
+    use common::binary::{field, Sipadmit};
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("c.toml");
+    std::fs::write(
+        &config,
+        "[response_group]\nworkflows = [\"sip:helpdesk@contoso.com\"]\n[limits]\nmax_connections = 1000\n",
+    )
+    .unwrap();
+    // 1000 connections and 256 descriptors of sipadmit's own.
+    for (hard, raised_to, warned) in [(8192, 1256, false), (1100, 1100, true)] {
+        let mut sipadmit = Sipadmit::spawn(
+            std::process::Command::new("sh")
+                .args([
+                    "-c",
+                    &format!("ulimit -Sn 128 && ulimit -Hn {hard} && exec \"$0\" \"$@\""),
+                ])
+                .arg(env!("CARGO_BIN_EXE_sipadmit"))
+                .args(["run", "--config", config.to_str().unwrap()])
+                .args(["--listen", "udp:127.0.0.1:0"])
+                .args(["--upstream", "udp:127.0.0.1:5070"])
+                .env("RUST_LOG", "info")
+                .stdout(std::process::Stdio::null()),
+        );
+        let raised = sipadmit.wait_for("open-file limit (RLIMIT_NOFILE) raised");
+        assert_eq!(field(&raised, "from"), "128", "{raised}");
+        assert_eq!(field(&raised, "to"), raised_to.to_string(), "{raised}");
+        let limits =
+            std::fs::read_to_string(format!("/proc/{}/limits", sipadmit.child.id())).unwrap();
+        let open_files = limits
+            .lines()
+            .find(|l| l.starts_with("Max open files"))
+            .unwrap();
+        assert_eq!(
+            open_files.split_whitespace().nth(3),
+            Some(raised_to.to_string().as_str()),
+            "{open_files}"
+        );
+        sipadmit.wait_for("listening");
+        let stderr = sipadmit.terminate();
+        assert_eq!(
+            stderr.contains("is below limits.max_connections"),
+            warned,
+            "{stderr}"
+        );
+    }
+}
