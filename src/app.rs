@@ -850,6 +850,29 @@ fn core_address(addresses: &[(Transport, SocketAddr)], upstream: Endpoint) -> Op
         .map(|(_, a)| *a)
 }
 
+/// How long an idle thread of the event loop's blocking pool waits for
+/// work before it ends: for ever, in effect.
+const BLOCKING_THREAD_KEEP_ALIVE: std::time::Duration =
+    std::time::Duration::from_secs(u32::MAX as u64);
+
+/// The event loop `run` runs on (the reloads, the admin listener, the
+/// chores; each worker has its own): one thread, with one thread for
+/// blocking work (config loads, `/metrics` renders, `/proc` reads) started
+/// now and kept. When creating a thread later fails for a while (a cgroup's
+/// `pids.max`, systemd's `TasksMax=`), that work waits for the kept thread;
+/// with none, tokio panics in `spawn_blocking` and the task that asked (the
+/// reload task, a chore) would be gone for good.
+pub fn event_loop() -> std::io::Result<tokio::runtime::Runtime> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .thread_keep_alive(BLOCKING_THREAD_KEEP_ALIVE)
+        .build()?;
+    runtime
+        .block_on(runtime.spawn_blocking(|| ()))
+        .map_err(std::io::Error::other)?;
+    Ok(runtime)
+}
+
 /// Open the decision log, bind, then serve until SIGINT or SIGTERM; then
 /// close the decision log within [`SHUTDOWN_DEADLINE`].
 pub async fn run(config: Config) -> Result<(), AppError> {

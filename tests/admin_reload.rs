@@ -890,3 +890,92 @@ fn flagged_warnings_are_limited_per_window_and_summarised() {
     let flagged: u32 = field(&summary, "flagged").parse().unwrap();
     assert!(flagged > 10 && flagged <= SENT, "{summary}");
 }
+
+/// A cgroup of the pids controller holding one process, for as long as it
+/// lives: v1 (`/sys/fs/cgroup/pids`) or v2 with the controller enabled.
+struct PidsCgroup {
+    dir: PathBuf,
+    parent_procs: PathBuf,
+    pid: u32,
+}
+
+impl PidsCgroup {
+    /// Move `pid` into a new one; the reason where this machine offers none.
+    fn around(pid: u32) -> Result<Self, String> {
+        let v1 = Path::new("/sys/fs/cgroup/pids");
+        let v2 = Path::new("/sys/fs/cgroup");
+        let root = if v1.join("cgroup.procs").exists() {
+            v1
+        } else if std::fs::read_to_string(v2.join("cgroup.subtree_control"))
+            .is_ok_and(|c| c.split_whitespace().any(|c| c == "pids"))
+        {
+            v2
+        } else {
+            return Err("no cgroup with the pids controller".into());
+        };
+        let dir = root.join(format!("sipadmit-test-{pid}"));
+        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let cgroup = Self {
+            dir,
+            parent_procs: root.join("cgroup.procs"),
+            pid,
+        };
+        std::fs::write(cgroup.dir.join("cgroup.procs"), pid.to_string())
+            .map_err(|e| format!("moving {pid}: {e}"))?;
+        Ok(cgroup)
+    }
+
+    /// No new thread or process beyond those it has now (`pids.max`).
+    fn freeze_thread_count(&self) {
+        let current = std::fs::read_to_string(self.dir.join("pids.current")).unwrap();
+        std::fs::write(self.dir.join("pids.max"), current.trim()).unwrap();
+    }
+}
+
+impl Drop for PidsCgroup {
+    fn drop(&mut self) {
+        let _ = std::fs::write(self.dir.join("pids.max"), "max");
+        let _ = std::fs::write(&self.parent_procs, self.pid.to_string());
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}
+
+/// Trial 18: while no thread can be created (a cgroup's `pids.max`,
+/// systemd's `TasksMax=`), a SIGHUP used to make tokio panic in
+/// `spawn_blocking` and kill the reload task: no reload ever again. Now
+/// the event loop keeps a thread for blocking work, and the reload runs on
+/// it, limited or not.
+#[test]
+fn a_reload_while_no_thread_can_be_created_still_reloads() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("sipadmit.toml");
+    std::fs::write(&config, CONFIG).unwrap();
+    let mut sipadmit = Sipadmit::spawn(
+        Command::new(env!("CARGO_BIN_EXE_sipadmit"))
+            .args(["run", "--config", config.to_str().unwrap()])
+            .args(["--listen", "udp:127.0.0.1:0"])
+            .args(["--upstream", "udp:127.0.0.1:5070"])
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null()),
+    );
+    sipadmit.wait_for("listening");
+    let cgroup = match PidsCgroup::around(sipadmit.child.id()) {
+        Ok(cgroup) => cgroup,
+        Err(why) => {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "CI needs a pids cgroup for this test: {why}"
+            );
+            eprintln!("skipped: {why}");
+            return;
+        }
+    };
+    cgroup.freeze_thread_count();
+    std::fs::write(&config, format!("{CONFIG}[proxy]\nmode = \"monitor\"\n")).unwrap();
+    sipadmit.signal("HUP");
+    let reloaded = sipadmit.wait_for("config reloaded");
+    assert!(reloaded.contains("generation=2"), "{reloaded}");
+    drop(cgroup);
+    let stderr = sipadmit.terminate();
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
