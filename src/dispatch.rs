@@ -222,10 +222,11 @@ pub fn spawn_chores(core: Arc<Core>, udp_inodes: Vec<u64>, shutdown: Cancellatio
         let Some(total) = udp::kernel_drops(&udp_inodes) else {
             return;
         };
+        // A counter: it never goes back, whatever one read gave.
         let before = core
             .metrics()
             .udp_kernel_drops
-            .swap(total, Ordering::Relaxed);
+            .fetch_max(total, Ordering::Relaxed);
         if total > before {
             warn!(
                 dropped = total - before,

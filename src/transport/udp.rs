@@ -497,19 +497,34 @@ pub fn bind(
 
 /// Datagrams the kernel dropped on the sockets of these inodes (receive
 /// buffer full; see [`socket_inode`]), summed from the `drops` column of
-/// `/proc/net/udp` and `/proc/net/udp6`. `None` where /proc is not there.
+/// `/proc/net/udp` and `/proc/net/udp6`. `None` where /proc is not there,
+/// or when a table could not be read this time (out of descriptors): a sum
+/// without it would be too low.
 pub fn kernel_drops(inodes: &[u64]) -> Option<u64> {
     if inodes.is_empty() {
         return None;
     }
+    drops_in_tables(
+        ["/proc/net/udp", "/proc/net/udp6"].map(std::fs::read_to_string),
+        inodes,
+    )
+}
+
+/// The sum of [`drops_in_table`] over the tables read; a table that does
+/// not exist (no IPv6) counts nothing, one that could not be read makes
+/// the sum unknown.
+fn drops_in_tables(tables: [std::io::Result<String>; 2], inodes: &[u64]) -> Option<u64> {
     let mut total = 0;
     let mut read_any = false;
-    for table in ["/proc/net/udp", "/proc/net/udp6"] {
-        let Ok(text) = std::fs::read_to_string(table) else {
-            continue;
-        };
-        read_any = true;
-        total += drops_in_table(&text, inodes);
+    for table in tables {
+        match table {
+            Ok(text) => {
+                read_any = true;
+                total += drops_in_table(&text, inodes);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(_) => return None,
+        }
     }
     read_any.then_some(total)
 }
@@ -857,6 +872,23 @@ mod tests {
         hammering.join().unwrap();
         assert_eq!(failed, 0, "sends to the live peer failed");
         assert_eq!(receiving.join().unwrap(), SENT, "received by the peer");
+    }
+
+    #[test]
+    fn a_table_that_cannot_be_read_makes_the_sum_unknown_not_smaller() {
+        let table = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode ref pointer drops\n\
+                     1: 0100007F:13C4 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 4242 2 0000000000000000 17\n";
+        let gone = || std::io::Error::from(std::io::ErrorKind::NotFound);
+        let out_of_descriptors = || std::io::Error::from_raw_os_error(24);
+        assert_eq!(
+            drops_in_tables([Ok(table.into()), Err(gone())], &[4242]),
+            Some(17)
+        );
+        assert_eq!(
+            drops_in_tables([Err(out_of_descriptors()), Ok(table.into())], &[4242]),
+            None
+        );
+        assert_eq!(drops_in_tables([Err(gone()), Err(gone())], &[4242]), None);
     }
 
     #[tokio::test]
