@@ -234,6 +234,7 @@ struct AdminCounters {
     header_timeouts: AtomicU64,
     lifetime_ends: AtomicU64,
     metrics_busy: AtomicU64,
+    accept_failures: AtomicU64,
 }
 
 /// The last `/readyz` verdict and when its probe finished.
@@ -256,6 +257,8 @@ struct Shared {
     readiness: tokio::sync::Mutex<Option<Probed>>,
     /// When a refused connection was last logged as a warning.
     refusal_warned: Mutex<Option<Instant>>,
+    /// When a failed accept was last logged, and the failures counted then.
+    accept_warned: Mutex<Option<(Instant, u64)>>,
 }
 
 impl Shared {
@@ -267,7 +270,35 @@ impl Shared {
             render: Arc::new(Semaphore::new(1)),
             readiness: tokio::sync::Mutex::new(None),
             refusal_warned: Mutex::new(None),
+            accept_warned: Mutex::new(None),
         }
+    }
+
+    /// Accepting a connection failed (out of descriptors, say: nothing a
+    /// peer decides): counted; a warning at most every
+    /// [`REFUSAL_WARNING_EVERY`], with the failures since the last one.
+    fn accept_failed(&self, error: &std::io::Error) {
+        let total = self
+            .counters
+            .accept_failures
+            .fetch_add(1, Ordering::Relaxed)
+            + 1;
+        let now = Instant::now();
+        let mut warned = self
+            .accept_warned
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if warned.is_some_and(|(at, _)| now.duration_since(at) < REFUSAL_WARNING_EVERY) {
+            return;
+        }
+        let failed = total - warned.map_or(0, |(_, counted)| counted);
+        *warned = Some((now, total));
+        warn!(
+            error = %error,
+            failed,
+            failed_total = total,
+            "admin accept failed (logged at most every 10 s; sipadmit_admin_accept_failures_total counts them all)"
+        );
     }
 
     /// Count a connection closed at accept; a warning at most every
@@ -347,6 +378,12 @@ impl Shared {
             ],
         );
         family(
+            "sipadmit_admin_accept_failures_total",
+            "counter",
+            "Connections the admin listener failed to accept (out of file descriptors, say).",
+            &[("", load(&c.accept_failures))],
+        );
+        family(
             "sipadmit_admin_metrics_busy_total",
             "counter",
             "/metrics requests answered 503 because earlier renders kept them waiting 1 s.",
@@ -375,8 +412,7 @@ pub async fn serve(listener: TcpListener, state: AdminState) {
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
                 Err(e) => {
-                    // Out of file descriptors, say: nothing a peer decides.
-                    warn!(error = %e, "admin accept failed");
+                    shared.accept_failed(&e);
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }

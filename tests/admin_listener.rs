@@ -462,3 +462,61 @@ fn an_admin_listener_on_a_non_loopback_address_is_warned_about_unless_allowed() 
     assert!(!stderr.contains("no authentication"), "{stderr}");
     process.terminate();
 }
+
+/// Out of file descriptors (trial 18): the admin listener's failed accepts
+/// are counted (`sipadmit_admin_accept_failures_total`) and logged at most
+/// once in 10 s, where a line came every 100 ms for as long as a scrape
+/// waited; once descriptors are free again the scrape is answered.
+#[test]
+fn failed_admin_accepts_are_counted_and_logged_once_in_ten_seconds() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_file(
+        dir.path(),
+        &format!("{CONFIG}[rate_limit]\ntrusted = [\"127.0.0.0/8\"]\n"),
+    );
+    let upstream = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let mut process = Sipadmit::spawn(
+        Command::new("sh")
+            .args(["-c", "ulimit -n 64 && exec \"$0\" \"$@\""])
+            .arg(env!("CARGO_BIN_EXE_sipadmit"))
+            .args(["run", "--config", config.to_str().unwrap()])
+            .args(["--listen", "udp:127.0.0.1:0", "--listen", "tcp:127.0.0.1:0"])
+            .args([
+                "--upstream",
+                &format!("udp:{}", upstream.local_addr().unwrap()),
+            ])
+            .args(["--admin", "127.0.0.1:0"])
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null()),
+    );
+    let admin: SocketAddr = field(&process.wait_for("admin listening"), "addr")
+        .parse()
+        .unwrap();
+    let tcp = process.wait_for("transport=tcp");
+    let tcp: SocketAddr = field(&tcp, "addr").parse().unwrap();
+    // More connections than descriptors: sipadmit takes them until accept()
+    // fails; the rest wait in the backlog.
+    let hogs: Vec<std::net::TcpStream> = (0..80)
+        .filter_map(|_| std::net::TcpStream::connect(tcp).ok())
+        .collect();
+    process.wait_for("fault=\"accept\"");
+    // A scrape waits in the admin listener's backlog meanwhile.
+    let mut scrape = std::net::TcpStream::connect(admin).unwrap();
+    scrape
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(2500));
+    drop(hogs);
+    scrape
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut response = String::new();
+    scrape.read_to_string(&mut response).unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    let failures = sample(&response, "sipadmit_admin_accept_failures_total");
+    assert!(failures >= 5.0, "{failures} failed accepts counted");
+    let stderr = process.terminate();
+    let lines = stderr.matches("admin accept failed").count();
+    assert_eq!(lines, 1, "{stderr}");
+}
