@@ -552,6 +552,7 @@ pub fn metrics_text(state: &AdminState) -> String {
         registration_table_bytes: state.core.registrations().accounted_bytes(),
         transactions: state.core.transactions().len(),
         transaction_table_bytes: state.core.transactions().accounted_bytes(),
+        transactions_evicted: state.core.transactions().evicted(),
         client_transactions: state.core.client_transactions().len(),
         client_transaction_bytes: state.core.client_transactions().accounted_bytes(),
         upstream_queue_bytes: state.upstream_backlog.as_ref().map_or(0, |q| q.queued()),

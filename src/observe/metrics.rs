@@ -514,6 +514,8 @@ pub struct Gauges {
     pub transactions: usize,
     /// Bytes the transaction table accounts for.
     pub transaction_table_bytes: usize,
+    /// Transactions forgotten before their time because the table was full.
+    pub transactions_evicted: u64,
     /// Client transactions kept for requests from TCP/TLS clients relayed over UDP.
     pub client_transactions: usize,
     /// Bytes the client transaction table accounts for.
@@ -1193,7 +1195,7 @@ const fn gauge(name: &'static str, help: &'static str, samples: Samples) -> Fami
 }
 
 /// Every family, in render order.
-const FAMILIES: [Family; 59] = [
+const FAMILIES: [Family; 60] = [
     gauge(
         "sipadmit_build_info",
         "Always 1; the label names the sipadmit version.",
@@ -1436,6 +1438,11 @@ const FAMILIES: [Family; 59] = [
         "Bytes the transaction table accounts for (bounded by limits.transaction_table_bytes).",
         Samples::Scraped(|g| g.transaction_table_bytes as u64),
     ),
+    counter(
+        "sipadmit_transactions_evicted_total",
+        "Transactions forgotten before their 32 s because the transaction table was full (limits.transaction_table_bytes): a retransmission of one is decided and recorded again.",
+        Samples::Scraped(|g| g.transactions_evicted),
+    ),
     gauge(
         "sipadmit_client_transactions",
         "Requests from TCP/TLS clients relayed over UDP and awaiting a (final) response, retransmitted by sipadmit.",
@@ -1632,6 +1639,7 @@ mod tests {
             registration_table_bytes: 7,
             transactions: 8,
             transaction_table_bytes: 9,
+            transactions_evicted: 11,
             decision_records_dropped: 0,
             decision_records_lost: 0,
             config_generation: 3,
@@ -1677,6 +1685,7 @@ mod tests {
             "sipadmit_registration_table_bytes 7",
             "sipadmit_transactions 8",
             "sipadmit_transaction_table_bytes 9",
+            "sipadmit_transactions_evicted_total 11",
             "sipadmit_transport_faults_total{kind=\"upstream_connect\"} 1",
             "sipadmit_transport_faults_total{kind=\"accept\"} 0",
             "sipadmit_retransmissions_total 1",

@@ -22,14 +22,18 @@
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use crate::expiring::{Bounds, ExpiringMap, HeapBytes};
 use crate::sip::SipView;
+use crate::vocabulary::WarningWindow;
 
 /// How long a transaction's requests count as retransmissions (64 * T1).
 pub const TRANSACTION_LIFETIME: Duration = Duration::from_secs(32);
+/// At most one warning about evicted transactions in this time.
+const EVICTION_WARNING_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Which record of a transaction: the one of handling the request (or of
 /// refusing it over its source's rate limit), or one of what may follow it
@@ -168,6 +172,13 @@ pub struct Transactions {
     /// The first copy's treatment, for a decision.
     seen: Mutex<ExpiringMap<Option<Decided>>>,
     keys: RandomState,
+    /// Transactions forgotten before their time because the table was
+    /// full (a copy of one is then handled, and recorded, as new).
+    evicted: AtomicU64,
+    /// The rate limit of the warning about them.
+    eviction_warning: Mutex<WarningWindow>,
+    /// The table's bound, bytes (`limits.transaction_table_bytes`).
+    max_bytes: usize,
 }
 
 impl Transactions {
@@ -179,6 +190,9 @@ impl Transactions {
                 max_bytes,
             })),
             keys: RandomState::new(),
+            evicted: AtomicU64::new(0),
+            eviction_warning: Mutex::new(WarningWindow::default()),
+            max_bytes,
         }
     }
 
@@ -258,8 +272,33 @@ impl Transactions {
         }
         // Only a value larger than the whole bound is refused, and a
         // decision is not: the insert evicts the oldest instead.
-        let _ = seen.insert(key, decided, now + TRANSACTION_LIFETIME, now);
+        let evicted = seen
+            .insert(key, decided, now + TRANSACTION_LIFETIME, now)
+            .map_or(0, |inserted| inserted.evicted);
+        drop(seen);
+        if evicted > 0 {
+            self.evicted.fetch_add(evicted as u64, Ordering::Relaxed);
+            let mut warning = self
+                .eviction_warning
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if let Some(held_back) = warning.admit(now, EVICTION_WARNING_INTERVAL) {
+                tracing::warn!(
+                    evicted,
+                    transaction_table_bytes = self.max_bytes,
+                    warnings_held_back = held_back,
+                    "transaction table full: oldest transactions forgotten before their 32 s (a \
+                     retransmission of one is decided and recorded again); raise \
+                     limits.transaction_table_bytes"
+                );
+            }
+        }
         Ok(())
+    }
+
+    /// Transactions forgotten before their time because the table was full.
+    pub fn evicted(&self) -> u64 {
+        self.evicted.load(Ordering::Relaxed)
     }
 
     /// Forget the transactions whose time is over (all live equally long:
@@ -356,6 +395,25 @@ mod tests {
 
     /// The gauges read the table: its expiry is swept while no request
     /// comes (trial 16: they stayed at their last value).
+    #[test]
+    fn transactions_evicted_from_a_full_table_are_counted() {
+        let t = Transactions::new(4096);
+        let now = Instant::now();
+        let first = invite("z9hG4bK-first", 5062);
+        assert!(t.first_sighting(&first, CLIENT, RecordKind::Decision, now));
+        let mut n = 0;
+        while t.evicted() == 0 {
+            n += 1;
+            assert!(n < 10_000, "a 4 KiB table never full");
+            let other = invite(&format!("z9hG4bK-{n}"), 5062);
+            assert!(t.first_sighting(&other, CLIENT, RecordKind::Decision, now));
+        }
+        assert!(t.accounted_bytes() <= 4096);
+        // The oldest went first: a copy of it is new again, and counted.
+        assert!(t.first_sighting(&first, CLIENT, RecordKind::Decision, now));
+        assert_eq!(t.evicted(), 2);
+    }
+
     #[test]
     fn remembered_transactions_expire_without_a_new_request() {
         let t = Transactions::new(1 << 20);
