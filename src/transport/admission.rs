@@ -206,27 +206,26 @@ impl ConnectionRefusal {
 #[derive(Debug)]
 pub struct SourceConnection {
     admission: Arc<Admission>,
-    key: Option<SourceKey>,
+    key: SourceKey,
+    exempt: bool,
 }
 
 impl SourceConnection {
-    /// Whether its source is exempt from the limits (`rate_limit.trusted`,
-    /// the Response Group application, the registrar): a trusted source
-    /// for the connection slots too.
+    /// Whether its source was exempt from the limits when it connected
+    /// (`rate_limit.trusted`, the Response Group application, the
+    /// registrar): a trusted source for the connection slots too.
     pub fn is_exempt(&self) -> bool {
-        self.key.is_none()
+        self.exempt
     }
 }
 
 impl Drop for SourceConnection {
     fn drop(&mut self) {
-        if let Some(key) = self.key {
-            let mut open = self.admission.lock_open();
-            if let Some(n) = open.get_mut(&key) {
-                *n -= 1;
-                if *n == 0 {
-                    open.remove(&key);
-                }
+        let mut open = self.admission.lock_open();
+        if let Some(n) = open.get_mut(&self.key) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.key);
             }
         }
     }
@@ -457,13 +456,17 @@ impl Admission {
         now: Instant,
     ) -> Result<SourceConnection, ConnectionRefusal> {
         let limits = self.limits.load();
+        let key = SourceKey::of(peer.ip());
         if self.is_exempt_under(&limits.settings, peer, true) {
+            // Counted all the same, not limited: a reload that ends the
+            // source's trust counts them against its new limit.
+            *self.lock_open().entry(key).or_insert(0) += 1;
             return Ok(SourceConnection {
                 admission: self.clone(),
-                key: None,
+                key,
+                exempt: true,
             });
         }
-        let key = SourceKey::of(peer.ip());
         if self.is_banned(key, BanScope::Everything, now) {
             Metrics::inc(&self.metrics.banned_connections);
             return Err(ConnectionRefusal::Banned);
@@ -490,7 +493,8 @@ impl Admission {
         *n += 1;
         Ok(SourceConnection {
             admission: self.clone(),
-            key: Some(key),
+            key,
+            exempt: false,
         })
     }
 
@@ -877,6 +881,18 @@ mod tests {
             .map(|_| a.connection(addr("127.0.0.9:1"), now).unwrap())
             .collect();
         assert_eq!(trusted.len(), 10);
+        // Counted all the same: a reload that ends its trust (trial 18)
+        // finds ten open, over its cap of two, and refuses the next.
+        let mut untrusted = settings(100, 100);
+        untrusted.trusted.clear();
+        assert!(a.reconfigure(untrusted));
+        assert!(matches!(
+            a.connection(addr("127.0.0.9:2"), now),
+            Err(ConnectionRefusal::TooMany)
+        ));
+        drop(trusted);
+        assert!(a.lock_open().is_empty(), "released on drop");
+        assert!(a.connection(addr("127.0.0.9:3"), now).is_ok());
     }
 
     #[test]
