@@ -514,3 +514,66 @@ fn a_call_ringing_at_a_tcp_kamailio_is_cancelled_when_the_drain_runs_out() {
         "Kamailio's 200 to the CANCEL, consumed"
     );
 }
+
+/// An RFC 5626 outbound client over UDP (reg-id, +sip.instance, `ob`)
+/// through sipadmit to a registrar that requires outbound support of the
+/// first hop (trial 19: it answered 439, sipadmit's Path had no `ob`):
+/// registered, the registrar's `Require: outbound` reaches the client, and
+/// the STUN keep-alive it then sends on the flow (RFC 5626 8) is answered
+/// with its address.
+#[test]
+fn an_outbound_client_registers_and_its_stun_keep_alives_are_answered() {
+    let Some(kam) = Kamailio::try_start(KamailioOptions {
+        outbound: true,
+        ..KamailioOptions::default()
+    }) else {
+        return;
+    };
+    let proxy = TestProxy::start(CONFIG, "127.0.0.1", &kam.upstream_udp());
+    let client = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    client
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let me = client.local_addr().unwrap();
+    let register = format!(
+        "REGISTER sip:contoso.com SIP/2.0\r\n\
+         Via: SIP/2.0/UDP {me};branch=z9hG4bK-ob-1;rport\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:obuser@contoso.com>;tag=ob1\r\n\
+         To: <sip:obuser@contoso.com>\r\nCall-ID: outbound-1@test\r\nCSeq: 1 REGISTER\r\n\
+         Contact: <sip:obuser@{me};ob>;reg-id=1;+sip.instance=\"<urn:uuid:00000000-0000-1000-8000-0000000000b1>\"\r\n\
+         Supported: outbound, path\r\nExpires: 60\r\n\
+         User-Agent: {UA_LYNC_2013}\r\nContent-Length: 0\r\n\r\n"
+    );
+    client.send_to(register.as_bytes(), proxy.udp).unwrap();
+    let mut buf = [0u8; 65536];
+    let answer = loop {
+        let (n, _) = client
+            .recv_from(&mut buf)
+            .expect("an answer to the REGISTER");
+        let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+        if !text.starts_with("SIP/2.0 1") {
+            break text;
+        }
+    };
+    assert!(
+        answer.starts_with("SIP/2.0 200 "),
+        "{answer}\n{}",
+        kam.log()
+    );
+    assert!(
+        answer
+            .lines()
+            .any(|l| l.to_ascii_lowercase().starts_with("require:") && l.contains("outbound")),
+        "{answer}"
+    );
+    let stun = [
+        0, 1, 0, 0, 0x21, 0x12, 0xa4, 0x42, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0, 1, 2,
+    ];
+    client.send_to(&stun, proxy.udp).unwrap();
+    let (n, from) = client.recv_from(&mut buf).expect("a STUN answer");
+    assert_eq!(from, proxy.udp);
+    assert_eq!(
+        &buf[..n],
+        &sipadmit::transport::stun::binding_response(&stun, me).unwrap()[..]
+    );
+}

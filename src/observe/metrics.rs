@@ -1213,7 +1213,7 @@ const FAMILIES: [Family; 60] = [
     ),
     counter(
         "sipadmit_keepalives_total",
-        "Keep-alives received (CRLF pings), all transports.",
+        "Keep-alives received, all transports: CRLF pings, and STUN Binding requests on UDP (answered, RFC 5626 8).",
         Samples::Atomic(|m| &m.keepalives),
     ),
     counter(

@@ -914,10 +914,13 @@ impl Core {
         let in_dialog = ctx.in_dialog();
         if ctx.method == Method::Register && routing.toward.is_none() {
             let token = self.signer().encode(Purpose::Path, inbound_flow);
+            // RFC 5626 5.1: the first hop of an outbound client says that
+            // it keeps the flow (it answers the client's keep-alives).
+            let ob = if asks_for_outbound(view) { ";ob" } else { "" };
             edits.insert_fmt(
                 after_vias(view, HeaderName::Path),
                 format_args!(
-                    "Path: <{}{token}@{}{};lr>\r\n",
+                    "Path: <{}{token}@{}{};lr{ob}>\r\n",
                     Scheme {
                         sips: hop.sips,
                         transport: hop.transport
@@ -1093,6 +1096,18 @@ fn retransmit_key(
 
 /// RFC 3261 16.6 step 3: Max-Forwards one less, or added when absent
 /// (with 70, as the step recommends).
+/// Whether a REGISTER asks for outbound, with this proxy its first hop
+/// (RFC 5626 5.1): a Contact with a `reg-id`, and no Via but the client's.
+fn asks_for_outbound(view: &SipView) -> bool {
+    view.values(HeaderName::Via).nth(1).is_none()
+        && view.contacts().filter_map(Result::ok).any(|contact| {
+            contact
+                .params
+                .iter()
+                .any(|(name, _)| name.eq_ignore_ascii_case(b"reg-id"))
+        })
+}
+
 fn decrement_max_forwards(view: &SipView, edits: &mut Edits) {
     match view
         .header_fields()

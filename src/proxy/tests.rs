@@ -475,6 +475,33 @@ fn register_over_tcp(core: &Core, peer: SocketAddr) -> String {
         .to_owned()
 }
 
+#[test]
+fn the_path_of_an_outbound_clients_first_hop_carries_ob() {
+    let core = Core::detached(CONFIG).unwrap();
+    let peer: SocketAddr = "127.0.0.1:41500".parse().unwrap();
+    let outbound = "Contact: <sip:alice@127.0.0.1:41500;transport=tcp;ob>;reg-id=1;+sip.instance=\"<urn:uuid:00000000-0000-1000-8000-000000000001>\"";
+    let path_of = |register: String| {
+        let (_, relayed) = sent(&handle(&core, &tcp(register, peer, 1)));
+        header_values(&relayed, "Path")[0].to_owned()
+    };
+    let register = request("REGISTER", "sip:contoso.com", peer, LYNC, "")
+        .replace("SIP/2.0/UDP", "SIP/2.0/TCP")
+        .replace("Contact: <sip:alice@127.0.0.1:41500>", outbound);
+    // RFC 5626 5.1: a reg-id, and this proxy the first hop.
+    assert!(path_of(register.clone()).ends_with(";lr;ob>"));
+    // Behind another proxy, or without a reg-id: no promise made.
+    let behind = register.replacen(
+        "Via: ",
+        "Via: SIP/2.0/TCP 192.0.2.9;branch=z9hG4bK-edge\r\nVia: ",
+        1,
+    );
+    assert!(path_of(behind.replace("CSeq: 1 ", "CSeq: 2 ")).ends_with(";lr>"));
+    let plain = register
+        .replace(";reg-id=1", "")
+        .replace("CSeq: 1 ", "CSeq: 3 ");
+    assert!(path_of(plain).ends_with(";lr>"));
+}
+
 fn offer_along(route: &str, user: &str, contact: SocketAddr) -> Inbound {
     let invite = request(
         "INVITE",

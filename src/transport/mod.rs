@@ -29,6 +29,7 @@ pub mod connections;
 pub mod slots;
 pub mod spread;
 pub mod stream;
+pub mod stun;
 pub mod tls;
 pub mod udp;
 pub mod upstream;

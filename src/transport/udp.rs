@@ -182,8 +182,7 @@ fn admitted(
             return None;
         }
         Datagram::Stun => {
-            debug!(local = %listener.local, %source, "STUN datagram ignored");
-            ctx.metrics.count_drop(DropReason::Stun);
+            answer_stun(ctx, listener, source, data);
             return None;
         }
         Datagram::Sip => {}
@@ -203,6 +202,44 @@ fn admitted(
     match admit(ctx, message) {
         Admitted::Event(event, _) => Some(event),
         _ => None,
+    }
+}
+
+/// A STUN Binding request (an RFC 5626 client's keep-alive, RFC 5626
+/// section 8) is answered from the listener it reached with the source's
+/// address, and counted as a keep-alive; any other STUN message, or one
+/// from a banned source, is counted as dropped (`stun`, `banned`). Not
+/// held to the rate limit, as CRLF keep-alives are not: the answer (at
+/// most 44 bytes) is about twice the request (at least 20).
+fn answer_stun(
+    ctx: &TransportContext,
+    listener: &UdpListener,
+    source: std::net::SocketAddr,
+    data: &[u8],
+) {
+    let canonical = std::net::SocketAddr::new(source.ip().to_canonical(), source.port());
+    let response = match super::stun::binding_response(data, canonical) {
+        Ok(response) => response,
+        Err(e) => {
+            debug!(local = %listener.local, source = %canonical, error = %e, "STUN datagram not answered");
+            ctx.metrics.count_drop(DropReason::Stun);
+            return;
+        }
+    };
+    let now = std::time::Instant::now();
+    if ctx
+        .admission
+        .is_banned_ip(canonical.ip(), super::admission::BanScope::Datagrams, now)
+    {
+        ctx.metrics.count_drop(DropReason::Banned);
+        return;
+    }
+    match listener.socket.try_send_to(&response, source) {
+        Ok(_) => Metrics::inc(&ctx.metrics.keepalives),
+        Err(e) => {
+            Fault::Send.report(&ctx.metrics, Some(canonical), &e);
+            ctx.metrics.count_drop(DropReason::SendFailed);
+        }
     }
 }
 
@@ -596,7 +633,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn datagrams_come_from_every_listener_and_keepalives_and_stun_are_only_counted() {
+    async fn datagrams_come_from_every_listener_keepalives_are_counted_and_stun_answered() {
         let (events, _queue) = tokio::sync::mpsc::channel(1);
         let ctx = TransportContext::for_tests(events, 4);
         let (a, b) = (loopback_listener().await, loopback_listener().await);
@@ -608,8 +645,12 @@ mod tests {
         let stun = [
             0, 1, 0, 0, 0x21, 0x12, 0xa4, 0x42, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12,
         ];
+        // A Binding success response: nothing to answer.
+        let mut stun_response = stun;
+        stun_response[0] = 1;
         client.send_to(b"\r\n\r\n", a_local).await.unwrap();
         client.send_to(&stun, a_local).await.unwrap();
+        client.send_to(&stun_response, a_local).await.unwrap();
         client.send_to(options, a_local).await.unwrap();
         client.send_to(options, b_local).await.unwrap();
         let within = std::time::Duration::from_secs(5);
@@ -630,11 +671,23 @@ mod tests {
             ctx.metrics
                 .keepalives
                 .load(std::sync::atomic::Ordering::Relaxed),
-            1
+            2,
+            "the CRLF and the Binding request"
         );
-        assert_eq!(ctx.metrics.drops(DropReason::Stun), 1);
+        assert_eq!(ctx.metrics.drops(DropReason::Stun), 1, "the response");
         assert!(datagrams.try_next().is_none(), "nothing else queued");
         assert!(datagrams.is_open());
+        // The Binding request was answered from the listener it reached,
+        // with the client's address (RFC 5626 8, RFC 5389 15.2).
+        let mut answer = [0u8; 64];
+        let (n, from) = tokio::time::timeout(within, client.recv_from(&mut answer))
+            .await
+            .expect("a STUN answer")
+            .unwrap();
+        assert_eq!(from, a_local);
+        let expected =
+            crate::transport::stun::binding_response(&stun, client.local_addr().unwrap());
+        assert_eq!(&answer[..n], &expected.unwrap()[..]);
     }
 
     /// An IPv4 client of a dual-stack `[::]` socket is known by its IPv4

@@ -252,6 +252,10 @@ pub struct KamailioOptions {
     pub startup_timeout: Duration,
     /// Also listen for TLS (module `tls`, `-A WITH_TLS`); `None` by default.
     pub tls: Option<KamailioTls>,
+    /// Require RFC 5626 outbound support of the first hop for clients that
+    /// ask for it (registrar `outbound_mode = 1`, `-A WITH_OUTBOUND`: 439
+    /// without `ob` in the Path); off by default.
+    pub outbound: bool,
 }
 
 /// Kamailio's TLS listener on 127.0.0.1 (Debian `kamailio-tls-modules`), written into its
@@ -330,6 +334,7 @@ impl Default for KamailioOptions {
             ipv6: false,
             startup_timeout: Duration::from_secs(10),
             tls: None,
+            outbound: false,
         }
     }
 }
@@ -477,6 +482,9 @@ impl Kamailio {
         }
         if opts.sanity {
             cmd.args(["-A", "WITH_SANITY"]);
+        }
+        if opts.outbound {
+            cmd.args(["-A", "WITH_OUTBOUND"]);
         }
         if opts.tls.is_some() {
             cmd.args(["-A", "WITH_TLS"]);
