@@ -161,6 +161,42 @@ fn framer_and_view_never_panic() {
     }
 }
 
+/// STUN on the UDP ports: mutated Binding requests (with optional and
+/// required attributes) never panic, and what is answered is a Binding
+/// success response of the request's transaction, as long as it says.
+#[test]
+fn stun_binding_requests_never_panic_and_answers_are_well_formed() {
+    use sipadmit::transport::stun::binding_response;
+    let seeds: [&[u8]; 2] = [
+        &[
+            0, 1, 0, 0, 0x21, 0x12, 0xa4, 0x42, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12,
+        ],
+        &[
+            0, 1, 0, 16, 0x21, 0x12, 0xa4, 0x42, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 0x80, 0x22,
+            0, 2, b'p', b'j', 0, 0, 0x80, 0x28, 0, 4, 1, 2, 3, 4,
+        ],
+    ];
+    let sources = [
+        "192.0.2.1:5060",
+        "[2001:db8::1]:5060",
+        "[::ffff:192.0.2.1]:1",
+    ];
+    let mut rng = Rng(0x5eed_0003);
+    for i in 0..iterations() {
+        let input = mutate(&mut rng, seeds[i % seeds.len()]);
+        let source = sources[i % sources.len()].parse().unwrap();
+        let Ok(answer) = binding_response(&input, source) else {
+            continue;
+        };
+        assert_eq!(&answer[..2], &[0x01, 0x01], "{input:?}");
+        assert_eq!(
+            usize::from(u16::from_be_bytes([answer[2], answer[3]])),
+            answer.len() - 20
+        );
+        assert_eq!(&answer[4..20], &input[4..20], "cookie and transaction");
+    }
+}
+
 #[test]
 fn proxy_core_never_panics_and_relays_only_valid_messages() {
     let core = Core::detached(FUZZ_CONFIG).unwrap();
