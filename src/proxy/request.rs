@@ -43,7 +43,9 @@ use crate::classify::{Classification, Support};
 use crate::observe::decision_log::DecisionKind;
 use crate::observe::metrics::DropReason;
 use crate::policy::{decide, Decision, SessionFacts, SessionRole, Verdict};
-use crate::sip::edit::{before_first, mark_received, remove_leading_values, remove_named, Edits};
+use crate::sip::edit::{
+    before_first, loosen_strict_route, mark_received, remove_leading_values, remove_named, Edits,
+};
 use crate::sip::fields::{percent_decoded, sip_uri_host};
 use crate::sip::{HeaderName, Method, Params, SipError, SipView};
 use crate::transport::admission::BanCause;
@@ -142,8 +144,33 @@ impl<'m> From<Refusal<'m>> for Halt<'m> {
 }
 
 impl Core {
-    /// Run a request through the phases.
+    /// Run a request through the phases; one a strict router sent first
+    /// becomes the request a loose router would have sent.
     pub(super) fn request(
+        &self,
+        inbound: &Inbound,
+        view: &SipView,
+        runtime: &Runtime,
+        now: Instant,
+        open: OpenConnection<'_>,
+        ban: &mut dyn FnMut(SocketAddr) -> bool,
+    ) -> Outcome {
+        if self.is_own_record_route(view.request_uri()) {
+            if let Some(bytes) = loosen_strict_route(view) {
+                let loosened = Inbound {
+                    bytes,
+                    ..inbound.clone()
+                };
+                if let Ok(view) = SipView::parse(loosened.bytes.clone()) {
+                    return self.phases(&loosened, &view, runtime, now, open, ban);
+                }
+            }
+        }
+        self.phases(inbound, view, runtime, now, open, ban)
+    }
+
+    /// Validate, route, admit, enforce and relay.
+    fn phases(
         &self,
         inbound: &Inbound,
         view: &SipView,
@@ -513,6 +540,23 @@ impl Core {
             Err(e) if addressed_here => Err(e),
             Err(_) => Ok(None),
         }
+    }
+
+    /// Whether a Request-URI is a value this proxy put in a Record-Route
+    /// (or a Path): addressed here, with a flow token of a route set. A
+    /// strict router (RFC 2543) sends requests so (RFC 3261 16.4).
+    fn is_own_record_route(&self, uri: Option<&[u8]>) -> bool {
+        let Some((Some(user), host, port)) = uri.and_then(uri_parts) else {
+            return false;
+        };
+        self.addressed_here(host, port)
+            && matches!(
+                self.decode_token(user),
+                Ok((
+                    Purpose::Path | Purpose::DialogFromClient | Purpose::DialogFromUpstream,
+                    _
+                ))
+            )
     }
 
     /// Whether `inb` arrived on `flow` (a request going back the way it came).

@@ -599,6 +599,38 @@ fn a_dialog_changing_transport_gets_two_record_routes_and_both_are_consumed() {
 }
 
 #[test]
+fn a_strict_routed_request_in_a_dialog_is_routed_as_a_loose_one() {
+    let core = Core::detached(CONFIG).unwrap();
+    let caller: SocketAddr = "127.0.0.1:42100".parse().unwrap();
+    let invite = request("INVITE", "sip:bob@contoso.com", caller, LYNC, "")
+        .replace("SIP/2.0/UDP", "SIP/2.0/TCP");
+    let (_, relayed) = sent(&handle(&core, &tcp(invite, caller, 1)));
+    let rr = header_values(&relayed, "Record-Route");
+    assert_eq!(rr.len(), 2, "{relayed}");
+    // The callee's side routes strictly (RFC 2543): the Request-URI is the
+    // route set's first value, the remote target the last Route value.
+    let target = format!("sip:alice@{caller};transport=tcp");
+    let bye = format!(
+        "BYE {} SIP/2.0\r\nRoute: {}, <{target}>\r\nVia: SIP/2.0/UDP {};branch=z9hG4bK-strict\r\nMax-Forwards: 70\r\nFrom: <sip:bob@contoso.com>;tag=callee\r\nTo: <sip:alice@contoso.com>;tag=f1\r\nCall-ID: INVITE-42100@test\r\nCSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n",
+        rr[0].trim_matches(|c| c == '<' || c == '>'),
+        rr[1],
+        upstream()
+    );
+    let (to, delivered) = sent(&handle(&core, &udp(bye, upstream())));
+    assert!(
+        matches!(to, Destination::Flow(ref f) if f.peer == caller && f.transport == Transport::Tcp),
+        "{to:?}"
+    );
+    // RFC 3261 16.4: the remote target is the Request-URI again, and
+    // nothing of this proxy's is left.
+    assert!(
+        delivered.starts_with(&format!("BYE {target} SIP/2.0\r\n")),
+        "{delivered}"
+    );
+    assert!(header_values(&delivered, "Route").is_empty(), "{delivered}");
+}
+
+#[test]
 fn the_flag_header_is_sipadmits_alone() {
     let monitor = CONFIG.replace("[proxy]", "[proxy]\nmode = \"monitor\"");
     let core = Core::detached(&monitor).unwrap();

@@ -7,7 +7,7 @@ use std::ops::Range;
 
 use bytes::{Bytes, BytesMut};
 
-use super::fields::{host_is_ip, split_list, Via};
+use super::fields::{host_is_ip, split_list, NameAddr, Via};
 use super::header::HeaderName;
 use super::view::SipView;
 
@@ -277,6 +277,51 @@ pub fn before_first(view: &SipView, name: HeaderName) -> usize {
         .map_or(view.start_line_end(), |h| h.line_span.start as usize)
 }
 
+/// RFC 3261 16.4 for a request a strict router sent (its Request-URI is a
+/// value this proxy put in a Record-Route; the caller knows): the last Route
+/// value becomes the Request-URI and leaves the Route, and the old
+/// Request-URI becomes the top Route, so that the request reads as a loose
+/// router's would. `None` without a Route value to take.
+pub fn loosen_strict_route(view: &SipView) -> Option<Bytes> {
+    let ruri = view.request_uri()?;
+    let ruri_start = ruri.as_ptr() as usize - view.raw().as_ptr() as usize;
+    let (last, removal) = last_value(view, HeaderName::Route)?;
+    let target = NameAddr::parse(&view.raw()[last], HeaderName::Route)
+        .ok()?
+        .uri;
+    let mut edits = Edits::new();
+    edits.replace(ruri_start..ruri_start + ruri.len(), target);
+    edits.insert(
+        before_first(view, HeaderName::Route),
+        [&b"Route: <"[..], ruri, b">\r\n"].concat(),
+    );
+    edits.remove(removal);
+    Some(edits.apply(view.raw()))
+}
+
+/// The byte range of the last comma-separated value of the last `name`
+/// header, and the range to remove to drop just that value (from the comma
+/// before it; the whole line when it is the only value).
+pub fn last_value(view: &SipView, name: HeaderName) -> Option<(Range<usize>, Range<usize>)> {
+    let h = view.header_fields().iter().rfind(|h| h.name == name)?;
+    let base = view.raw().as_ptr() as usize;
+    let mut values = split_list(view.slice(h.value_span));
+    let first = values.next()?;
+    let last = values.last();
+    let value = last.unwrap_or(first);
+    let start = value.as_ptr() as usize - base;
+    let range = start..start + value.len();
+    let removal = match last {
+        None => h.line_span.range(),
+        Some(_) => {
+            let before = &view.raw()[h.value_span.start as usize..start];
+            let comma = before.iter().rposition(|&b| b == b',')?;
+            h.value_span.start as usize + comma..range.end
+        }
+    };
+    Some((range, removal))
+}
+
 /// The byte range of the first comma-separated value of the first `name`
 /// header, and the range to remove to drop just that value (the whole line
 /// when it is the only value).
@@ -308,6 +353,36 @@ mod tests {
 
     fn view(s: &[u8]) -> SipView {
         SipView::parse(Bytes::copy_from_slice(s)).unwrap()
+    }
+
+    #[test]
+    fn a_strict_routed_request_reads_as_a_loose_routers() {
+        let head = "Via: SIP/2.0/UDP 192.0.2.2;branch=z9hG4bK-s\r\nMax-Forwards: 70\r\nFrom: <sip:b@x>;tag=b\r\nTo: <sip:a@x>;tag=a\r\nCall-ID: c\r\nCSeq: 2 BYE\r\n";
+        // The remote target last, after another proxy's value on one line.
+        let strict = format!(
+            "BYE sip:tok@192.0.2.1;lr SIP/2.0\r\n{head}Route: <sip:192.0.2.7;lr>, <sip:alice@192.0.2.9:5062>\r\nContent-Length: 0\r\n\r\n"
+        );
+        let loose = loosen_strict_route(&view(strict.as_bytes())).unwrap();
+        assert_eq!(
+            std::str::from_utf8(&loose).unwrap(),
+            format!(
+                "BYE sip:alice@192.0.2.9:5062 SIP/2.0\r\n{head}Route: <sip:tok@192.0.2.1;lr>\r\nRoute: <sip:192.0.2.7;lr>\r\nContent-Length: 0\r\n\r\n"
+            )
+        );
+        // The remote target the only value, on a line of its own.
+        let strict = format!(
+            "BYE sip:tok@192.0.2.1;lr SIP/2.0\r\n{head}Route: <sip:alice@192.0.2.9>\r\nContent-Length: 0\r\n\r\n"
+        );
+        let loose = loosen_strict_route(&view(strict.as_bytes())).unwrap();
+        assert_eq!(
+            std::str::from_utf8(&loose).unwrap(),
+            format!(
+                "BYE sip:alice@192.0.2.9 SIP/2.0\r\n{head}Route: <sip:tok@192.0.2.1;lr>\r\nContent-Length: 0\r\n\r\n"
+            )
+        );
+        // No Route: nothing to take the Request-URI from.
+        let bare = format!("BYE sip:tok@192.0.2.1;lr SIP/2.0\r\n{head}Content-Length: 0\r\n\r\n");
+        assert!(loosen_strict_route(&view(bare.as_bytes())).is_none());
     }
 
     /// What `edit` returns on the view of `raw`, and `raw` with its edits applied.
