@@ -768,6 +768,17 @@ async fn send(
 mod tests {
     use super::*;
 
+    /// Senders with `connections`, no UDP listener, and a UDP registrar.
+    fn udp_upstream_senders(connections: &Arc<crate::transport::Connections>) -> Senders {
+        Senders {
+            udp: Vec::new(),
+            connections: connections.clone(),
+            upstream: UpstreamSender::Datagram("127.0.0.1:5070".parse().unwrap()),
+            udp_upstream_health: None,
+            hep: crate::observe::Hep::off(),
+        }
+    }
+
     #[test]
     fn a_refused_connect_or_a_close_ends_the_silence_a_full_queue_does_not() {
         let addr: std::net::SocketAddr = "127.0.0.1:5070".parse().unwrap();
@@ -793,13 +804,7 @@ mod tests {
         )
         .unwrap();
         let connections = Arc::new(crate::transport::Connections::default());
-        let senders = Senders {
-            udp: Vec::new(),
-            connections: connections.clone(),
-            upstream: UpstreamSender::Datagram("127.0.0.1:5070".parse().unwrap()),
-            udp_upstream_health: None,
-            hep: crate::observe::Hep::off(),
-        };
+        let senders = udp_upstream_senders(&connections);
         let dir = tempfile::tempdir().unwrap();
         let (log, _writer) = DecisionLog::open(dir.path().join("d.log").to_str().unwrap()).unwrap();
         let open = |peer, transport| {
@@ -885,13 +890,7 @@ mod tests {
     fn a_stream_answer_is_taken_while_its_connection_is_open_with_room() {
         use crate::transport::connections::WriteQueue;
         let connections = Arc::new(crate::transport::Connections::default());
-        let senders = Senders {
-            udp: Vec::new(),
-            connections: connections.clone(),
-            upstream: UpstreamSender::Datagram("127.0.0.1:5070".parse().unwrap()),
-            udp_upstream_health: None,
-            hep: crate::observe::Hep::off(),
-        };
+        let senders = udp_upstream_senders(&connections);
         let peer: std::net::SocketAddr = "127.0.0.1:40001".parse().unwrap();
         let id = connections.next_id();
         let (writer, _written) = mpsc::unbounded_channel();

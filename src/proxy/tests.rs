@@ -557,16 +557,27 @@ fn a_token_naming_another_instances_connection_gets_430_and_nothing_is_written()
     assert_eq!(status(&other_peer), Some(430));
 }
 
+/// A Lync caller's INVITE over TCP connection 1 from `caller`, relayed
+/// upstream over UDP: the relayed text (two Record-Route values, RFC 5658).
+fn invite_over_tcp(core: &Core, caller: SocketAddr) -> String {
+    let invite = request("INVITE", "sip:bob@contoso.com", caller, LYNC, "")
+        .replace("SIP/2.0/UDP", "SIP/2.0/TCP");
+    let (to, relayed) = sent(&handle(core, &tcp(invite, caller, 1)));
+    assert_eq!(to, Destination::Upstream);
+    assert_eq!(
+        header_values(&relayed, "Record-Route").len(),
+        2,
+        "{relayed}"
+    );
+    relayed
+}
+
 #[test]
 fn a_dialog_changing_transport_gets_two_record_routes_and_both_are_consumed() {
     let core = Core::detached(CONFIG).unwrap();
     let caller: SocketAddr = "127.0.0.1:42000".parse().unwrap();
-    let invite = request("INVITE", "sip:bob@contoso.com", caller, LYNC, "")
-        .replace("SIP/2.0/UDP", "SIP/2.0/TCP");
-    let (to, relayed) = sent(&handle(&core, &tcp(invite, caller, 1)));
-    assert_eq!(to, Destination::Upstream);
+    let relayed = invite_over_tcp(&core, caller);
     let rr = header_values(&relayed, "Record-Route");
-    assert_eq!(rr.len(), 2, "{relayed}");
     assert!(rr[0].contains(&format!(
         "@{DETACHED_ADDRESS};transport=udp;lr;ftag=f1;sipadmit-dlg="
     )));
@@ -602,11 +613,8 @@ fn a_dialog_changing_transport_gets_two_record_routes_and_both_are_consumed() {
 fn a_strict_routed_request_in_a_dialog_is_routed_as_a_loose_one() {
     let core = Core::detached(CONFIG).unwrap();
     let caller: SocketAddr = "127.0.0.1:42100".parse().unwrap();
-    let invite = request("INVITE", "sip:bob@contoso.com", caller, LYNC, "")
-        .replace("SIP/2.0/UDP", "SIP/2.0/TCP");
-    let (_, relayed) = sent(&handle(&core, &tcp(invite, caller, 1)));
+    let relayed = invite_over_tcp(&core, caller);
     let rr = header_values(&relayed, "Record-Route");
-    assert_eq!(rr.len(), 2, "{relayed}");
     // The callee's side routes strictly (RFC 2543): the Request-URI is the
     // route set's first value, the remote target the last Route value.
     let target = format!("sip:alice@{caller};transport=tcp");
