@@ -856,12 +856,14 @@ const BLOCKING_THREAD_KEEP_ALIVE: std::time::Duration =
     std::time::Duration::from_secs(u32::MAX as u64);
 
 /// The event loop `run` runs on (the reloads, the admin listener, the
-/// chores; each worker has its own): one thread, with one thread for
+/// chores; each worker has its own): one thread, with a thread for
 /// blocking work (config loads, `/metrics` renders, `/proc` reads) started
-/// now and kept. When creating a thread later fails for a while (a cgroup's
-/// `pids.max`, systemd's `TasksMax=`), that work waits for the kept thread;
-/// with none, tokio panics in `spawn_blocking` and the task that asked (the
-/// reload task, a chore) would be gone for good.
+/// now. Its blocking threads are kept once started (as many as that work
+/// ever ran at once: a handful). When creating a thread later fails for a
+/// while (a cgroup's `pids.max`, systemd's `TasksMax=`), the work waits for
+/// a kept one, one job after another; with none, tokio panics in
+/// `spawn_blocking` and the task that asked (the reload task, a chore)
+/// would be gone for good.
 pub fn event_loop() -> std::io::Result<tokio::runtime::Runtime> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

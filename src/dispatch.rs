@@ -590,9 +590,9 @@ async fn received(
 /// registrar, counted by the upstream's transport and remembered for
 /// `/readyz` until a message is delivered to it, and a request is answered
 /// `503` with Retry-After (logged, recorded and counted by the core); a
-/// request of the registrar's side for a client flow is answered `430 Flow
-/// Failed` (RFC 5626 5.3); whatever is not answered is counted as dropped
-/// (`send_failed`).
+/// request of the registrar's side for a client flow found dead is answered
+/// `430 Flow Failed` (RFC 5626 5.3); whatever is not answered is counted as
+/// dropped (`send_failed`).
 async fn not_delivered(
     core: &Core,
     senders: &Senders,
@@ -601,15 +601,16 @@ async fn not_delivered(
     to: &Destination,
     error: &SendError,
 ) {
-    if let Destination::Flow(_) = to {
-        // Only a request of the registrar's side goes to a client flow.
-        if !inbound.is_response() {
-            let answer = core.flow_failed(inbound, Instant::now(), flow_failure(error));
-            if let Err((_, e)) = carry_out(senders, log, inbound, answer, core.boot()).await {
-                not_sent(core, Some(inbound.source.0), &e);
-            }
-            return;
+    // Only a request of the registrar's side goes to a client flow; a flow
+    // found dead (RFC 5626 5.3) is answered so, at once.
+    if let (Destination::Flow(_), false, Some(failure)) =
+        (to, inbound.is_response(), flow_failure(error))
+    {
+        let answer = core.flow_failed(inbound, Instant::now(), failure);
+        if let Err((_, e)) = carry_out(senders, log, inbound, answer, core.boot()).await {
+            not_sent(core, Some(inbound.source.0), &e);
         }
+        return;
     }
     if *to != Destination::Upstream {
         core.metrics().count_drop(DropReason::SendFailed);
@@ -637,14 +638,19 @@ async fn not_delivered(
     }
 }
 
-/// Why a message could not be sent on a client flow, as its `430` says.
-fn flow_failure(error: &SendError) -> FlowFailure {
+/// The dead flow a send failure shows, for its `430`: a connection closed
+/// (or now to another peer, or closed for not reading) or another
+/// instance's. `None` for what does not kill a flow (a full write queue of
+/// a peer that reads, a socket error of a UDP send): counted, not answered,
+/// so that the registrar's retransmission or timeout decides, not a `430`
+/// that would make it drop the binding.
+fn flow_failure(error: &SendError) -> Option<FlowFailure> {
     match error {
         SendError::ConnectionGone(_) | SendError::OtherPeer { .. } | SendError::QueueFull(_) => {
-            FlowFailure::Closed
+            Some(FlowFailure::Closed)
         }
-        SendError::ForeignFlow(_) => FlowFailure::OtherInstance,
-        _ => FlowFailure::Unsendable,
+        SendError::ForeignFlow(_) => Some(FlowFailure::OtherInstance),
+        _ => None,
     }
 }
 

@@ -430,6 +430,18 @@ impl Core {
         self.decode_bound_token(token, &[])
     }
 
+    /// Whether `token` is a valid flow token of a route set (a Path or a
+    /// Record-Route's), counting nothing.
+    fn is_route_token(&self, token: &[u8]) -> bool {
+        matches!(
+            self.signer().decode_bound(token, &[]),
+            Ok((
+                Purpose::Path | Purpose::DialogFromClient | Purpose::DialogFromUpstream,
+                ..
+            ))
+        )
+    }
+
     /// [`Core::decode_token`] for a token bound to `binding`.
     fn decode_bound_token(
         &self,
@@ -584,11 +596,11 @@ impl Core {
     }
 
     /// The `430 Flow Failed` (RFC 5626 5.3) for a request of the
-    /// registrar's side that was relayed toward a client flow and could
-    /// not be sent on it (`failure`: its connection closed, or its write
-    /// queue filled, between the decision and the send), with its log line
-    /// and record; nothing for an ACK. The I/O layer calls this, so that
-    /// the registrar learns at once, not at its transaction's timeout.
+    /// registrar's side that was relayed toward a client flow found dead
+    /// when it was sent (`failure`: its connection closed between the
+    /// decision and the send), with its log line and record; nothing for
+    /// an ACK. The I/O layer calls this, so that the registrar learns at
+    /// once, not at its transaction's timeout.
     pub fn flow_failed(&self, inbound: &Inbound, now: Instant, failure: FlowFailure) -> Outcome {
         self.answer_unsent(
             inbound,

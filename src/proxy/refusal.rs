@@ -33,9 +33,6 @@ pub enum FlowFailure {
     OtherInstance,
     /// The connection is closed, or now open to another peer.
     Closed,
-    /// The request could not be sent on it after its decision: its write
-    /// queue is full, or the socket refused it.
-    Unsendable,
 }
 
 impl FlowFailure {
@@ -44,7 +41,6 @@ impl FlowFailure {
         match self {
             Self::OtherInstance => "flow of another instance or an earlier run",
             Self::Closed => "connection closed or now to another peer",
-            Self::Unsendable => "could not be sent on it (write queue full or socket error)",
         }
     }
 }

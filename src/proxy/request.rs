@@ -549,14 +549,7 @@ impl Core {
         let Some((Some(user), host, port)) = uri.and_then(uri_parts) else {
             return false;
         };
-        self.addressed_here(host, port)
-            && matches!(
-                self.decode_token(user),
-                Ok((
-                    Purpose::Path | Purpose::DialogFromClient | Purpose::DialogFromUpstream,
-                    _
-                ))
-            )
+        self.addressed_here(host, port) && self.is_route_token(user)
     }
 
     /// Whether `inb` arrived on `flow` (a request going back the way it came).
@@ -1138,8 +1131,6 @@ fn retransmit_key(
     })
 }
 
-/// RFC 3261 16.6 step 3: Max-Forwards one less, or added when absent
-/// (with 70, as the step recommends).
 /// Whether a REGISTER asks for outbound, with this proxy its first hop
 /// (RFC 5626 5.1): a Contact with a `reg-id`, and no Via but the client's.
 fn asks_for_outbound(view: &SipView) -> bool {
@@ -1152,6 +1143,8 @@ fn asks_for_outbound(view: &SipView) -> bool {
         })
 }
 
+/// RFC 3261 16.6 step 3: Max-Forwards one less, or added when absent
+/// (with 70, as the step recommends).
 fn decrement_max_forwards(view: &SipView, edits: &mut Edits) {
     match view
         .header_fields()

@@ -393,8 +393,8 @@ mod tests {
         .unwrap()
     }
 
-    /// The gauges read the table: its expiry is swept while no request
-    /// comes (trial 16: they stayed at their last value).
+    /// A full table forgets its oldest transactions, and counts them
+    /// (trial 18: silently).
     #[test]
     fn transactions_evicted_from_a_full_table_are_counted() {
         let t = Transactions::new(4096);
@@ -414,6 +414,8 @@ mod tests {
         assert_eq!(t.evicted(), 2);
     }
 
+    /// The gauges read the table: its expiry is swept while no request
+    /// comes (trial 16: they stayed at their last value).
     #[test]
     fn remembered_transactions_expire_without_a_new_request() {
         let t = Transactions::new(1 << 20);

@@ -206,8 +206,17 @@ impl ConnectionRefusal {
 #[derive(Debug)]
 pub struct SourceConnection {
     admission: Arc<Admission>,
-    key: SourceKey,
-    exempt: bool,
+    held: Held,
+}
+
+/// Whom a connection counts for.
+#[derive(Debug, Clone, Copy)]
+enum Held {
+    /// A limited source's: its source key.
+    Limited(SourceKey),
+    /// An exempt source's: its address (not its IPv6 /64, whose other
+    /// hosts it must not count against).
+    Exempt(IpAddr),
 }
 
 impl SourceConnection {
@@ -215,19 +224,44 @@ impl SourceConnection {
     /// (`rate_limit.trusted`, the Response Group application, the
     /// registrar): a trusted source for the connection slots too.
     pub fn is_exempt(&self) -> bool {
-        self.exempt
+        matches!(self.held, Held::Exempt(_))
     }
 }
 
 impl Drop for SourceConnection {
     fn drop(&mut self) {
         let mut open = self.admission.lock_open();
-        if let Some(n) = open.get_mut(&self.key) {
-            *n -= 1;
-            if *n == 0 {
-                open.remove(&self.key);
-            }
+        match self.held {
+            Held::Limited(key) => release(&mut open.limited, key),
+            Held::Exempt(ip) => release(&mut open.exempt, ip),
         }
+    }
+}
+
+/// One connection fewer for `key`; the entry goes at zero.
+fn release<K: std::hash::Hash + Eq>(counts: &mut HashMap<K, u32>, key: K) {
+    if let Some(n) = counts.get_mut(&key) {
+        *n -= 1;
+        if *n == 0 {
+            counts.remove(&key);
+        }
+    }
+}
+
+/// Open stream connections by source.
+#[derive(Debug, Default)]
+struct OpenConnections {
+    /// Limited sources', by source key.
+    limited: HashMap<SourceKey, u32>,
+    /// Exempt sources', by address: counted, not limited, so that a reload
+    /// that ends an address's trust counts them against its new limit.
+    exempt: HashMap<IpAddr, u32>,
+}
+
+impl OpenConnections {
+    #[cfg(test)]
+    fn is_empty(&self) -> bool {
+        self.limited.is_empty() && self.exempt.is_empty()
     }
 }
 
@@ -297,7 +331,7 @@ pub struct Admission {
     /// connections (its own connections come from ports it picks; a
     /// datagram's source is too easily forged to earn that).
     registrar_hosts: UpstreamSources,
-    open: Mutex<HashMap<SourceKey, u32>>,
+    open: Mutex<OpenConnections>,
     bans: Mutex<Bans>,
     /// When each source's first scanner datagram was seen (recent ones).
     scanner_sightings: Mutex<HashMap<SourceKey, Instant>>,
@@ -342,7 +376,7 @@ impl Admission {
             limits: ArcSwap::from_pointee(Limits::new(settings)),
             upstream_sources,
             registrar_hosts: UpstreamSources::default(),
-            open: Mutex::new(HashMap::new()),
+            open: Mutex::new(OpenConnections::default()),
             bans: Mutex::new(Bans::default()),
             scanner_sightings: Mutex::new(HashMap::new()),
             bans_held: AtomicUsize::new(0),
@@ -448,6 +482,29 @@ impl Admission {
         }
     }
 
+    /// Whether a datagram keep-alive that is answered (a STUN Binding
+    /// request) from `source` may be: not banned, and within the source's
+    /// message rate (`rate_limit.requests_per_second`), which it spends. One
+    /// over the rate is not answered and earns no strike or ban: a source
+    /// address that is answered may be forged.
+    pub fn answered_keep_alive(&self, source: SocketAddr, now: Instant) -> bool {
+        let limits = self.limits.load();
+        if self.is_exempt_under(&limits.settings, source, false) {
+            return true;
+        }
+        let key = SourceKey::of(source.ip());
+        if self.is_banned(key, BanScope::Datagrams, now) {
+            Metrics::inc(&self.metrics.banned_messages);
+            return false;
+        }
+        self.bound_tables(&limits);
+        let within = limits.requests.check_key(&key).is_ok();
+        if !within {
+            Metrics::inc(&self.metrics.rate_limited_messages);
+        }
+        within
+    }
+
     /// Check a new stream connection from `peer`: its guard counts it among
     /// the source's open connections until dropped.
     pub fn connection(
@@ -456,17 +513,14 @@ impl Admission {
         now: Instant,
     ) -> Result<SourceConnection, ConnectionRefusal> {
         let limits = self.limits.load();
-        let key = SourceKey::of(peer.ip());
         if self.is_exempt_under(&limits.settings, peer, true) {
-            // Counted all the same, not limited: a reload that ends the
-            // source's trust counts them against its new limit.
-            *self.lock_open().entry(key).or_insert(0) += 1;
+            *self.lock_open().exempt.entry(peer.ip()).or_insert(0) += 1;
             return Ok(SourceConnection {
                 admission: self.clone(),
-                key,
-                exempt: true,
+                held: Held::Exempt(peer.ip()),
             });
         }
+        let key = SourceKey::of(peer.ip());
         if self.is_banned(key, BanScope::Everything, now) {
             Metrics::inc(&self.metrics.banned_connections);
             return Err(ConnectionRefusal::Banned);
@@ -483,18 +537,19 @@ impl Admission {
             return Err(ConnectionRefusal::OverRate);
         }
         let mut open = self.lock_open();
-        let n = open.entry(key).or_insert(0);
-        if *n >= limits.settings.max_connections_per_source.get() {
+        // What it opened while it was exempt counts too.
+        let opened_exempt = open.exempt.get(&peer.ip()).copied().unwrap_or(0);
+        let opened = open.limited.get(&key).copied().unwrap_or(0);
+        if opened + opened_exempt >= limits.settings.max_connections_per_source.get() {
             drop(open);
             Metrics::inc(&self.metrics.connections_per_source_refused);
             self.warn_over_limit(peer, ConnectionRefusal::TooMany.as_str());
             return Err(ConnectionRefusal::TooMany);
         }
-        *n += 1;
+        *open.limited.entry(key).or_insert(0) += 1;
         Ok(SourceConnection {
             admission: self.clone(),
-            key,
-            exempt: false,
+            held: Held::Limited(key),
         })
     }
 
@@ -730,7 +785,7 @@ impl Admission {
         }
     }
 
-    fn lock_open(&self) -> std::sync::MutexGuard<'_, HashMap<SourceKey, u32>> {
+    fn lock_open(&self) -> std::sync::MutexGuard<'_, OpenConnections> {
         self.open.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
@@ -865,6 +920,26 @@ mod tests {
     }
 
     #[test]
+    fn answered_keep_alives_spend_the_message_rate_and_never_ban() {
+        let a = admission(1, 2);
+        let now = Instant::now();
+        let source = addr("192.0.2.8:5060");
+        assert!(a.answered_keep_alive(source, now));
+        assert!(a.answered_keep_alive(source, now));
+        // The burst of two is spent: the rest are not answered (a forged
+        // source must not make the port a reflector), and no one is banned.
+        for _ in 0..50 {
+            assert!(!a.answered_keep_alive(source, now));
+        }
+        assert_eq!(a.bans(), 0);
+        // A trusted source is answered whatever its rate.
+        assert!((0..50).all(|_| a.answered_keep_alive(addr("127.0.0.9:1"), now)));
+        // A banned one is not.
+        assert!(a.ban(source, BanCause::Scanner, BanScope::Datagrams, now));
+        assert!(!a.answered_keep_alive(source, now + Duration::from_secs(5)));
+    }
+
+    #[test]
     fn connections_are_capped_per_source_and_released_on_drop() {
         let a = admission(100, 100);
         let now = Instant::now();
@@ -893,6 +968,29 @@ mod tests {
         drop(trusted);
         assert!(a.lock_open().is_empty(), "released on drop");
         assert!(a.connection(addr("127.0.0.9:3"), now).is_ok());
+    }
+
+    /// A trusted IPv6 host's connections count against no other host of
+    /// its /64 (the key limited sources share).
+    #[test]
+    fn a_trusted_hosts_connections_leave_its_ipv6_neighbours_their_cap() {
+        let mut trusting = settings(100, 100);
+        trusting.trusted = vec![Network::parse("2001:db8:1::10").unwrap()];
+        let a = Arc::new(Admission::new(
+            trusting,
+            UpstreamSources::exactly("127.0.0.8:5070".parse().unwrap()),
+            Arc::new(Metrics::default()),
+        ));
+        let now = Instant::now();
+        let trusted: Vec<_> = (0..10)
+            .map(|p| a.connection(addr(&format!("[2001:db8:1::10]:{}", 4000 + p)), now))
+            .collect();
+        assert!(trusted.iter().all(Result::is_ok));
+        let neighbour = |port| a.connection(addr(&format!("[2001:db8:1::20]:{port}")), now);
+        let (first, second) = (neighbour(1), neighbour(2));
+        assert!(first.is_ok() && second.is_ok(), "its cap of two is its own");
+        // Two open (its cap) and its burst of two spent.
+        assert!(neighbour(3).is_err());
     }
 
     #[test]

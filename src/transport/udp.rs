@@ -207,10 +207,11 @@ fn admitted(
 
 /// A STUN Binding request (an RFC 5626 client's keep-alive, RFC 5626
 /// section 8) is answered from the listener it reached with the source's
-/// address, and counted as a keep-alive; any other STUN message, or one
-/// from a banned source, is counted as dropped (`stun`, `banned`). Not
-/// held to the rate limit, as CRLF keep-alives are not: the answer (at
-/// most 44 bytes) is about twice the request (at least 20).
+/// address, and counted as a keep-alive, when its source is not banned and
+/// within its message rate (the answer, at most 44 bytes, is about twice
+/// the request: a forged source must not make this port a reflector). Any
+/// other STUN message is counted as dropped (`stun`), one over the limit
+/// as `rate_limited` or `banned`.
 fn answer_stun(
     ctx: &TransportContext,
     listener: &UdpListener,
@@ -227,14 +228,27 @@ fn answer_stun(
         }
     };
     let now = std::time::Instant::now();
-    if ctx
-        .admission
-        .is_banned_ip(canonical.ip(), super::admission::BanScope::Datagrams, now)
-    {
-        ctx.metrics.count_drop(DropReason::Banned);
+    if !ctx.admission.answered_keep_alive(canonical, now) {
+        let banned =
+            ctx.admission
+                .is_banned_ip(canonical.ip(), super::admission::BanScope::Datagrams, now);
+        ctx.metrics.count_drop(if banned {
+            DropReason::Banned
+        } else {
+            DropReason::RateLimited
+        });
         return;
     }
-    match listener.socket.try_send_to(&response, source) {
+    // The socket's copy of an ICMP error for an earlier datagram (to
+    // someone else) fails a send once: sent again, as `send_to` does.
+    let mut attempt = 1;
+    let sent = loop {
+        match listener.socket.try_send_to(&response, source) {
+            Err(e) if is_icmp_echo(&e) && attempt < attempts_after(&e) => attempt += 1,
+            sent => break sent,
+        }
+    };
+    match sent {
         Ok(_) => Metrics::inc(&ctx.metrics.keepalives),
         Err(e) => {
             Fault::Send.report(&ctx.metrics, Some(canonical), &e);
