@@ -1134,7 +1134,18 @@ fn retransmit_key(
 /// Whether a REGISTER asks for outbound, with this proxy its first hop
 /// (RFC 5626 5.1): a Contact with a `reg-id`, and no Via but the client's.
 fn asks_for_outbound(view: &SipView) -> bool {
+    // A glance for `reg-id` at each `-` first: most REGISTERs have none,
+    // and are not parsed again for it.
+    let mentions_reg_id = |value: &[u8]| {
+        memchr::memchr_iter(b'-', value).any(|i| {
+            i >= 3
+                && value
+                    .get(i - 3..i + 3)
+                    .is_some_and(|w| w.eq_ignore_ascii_case(b"reg-id"))
+        })
+    };
     view.values(HeaderName::Via).nth(1).is_none()
+        && view.headers(HeaderName::Contact).any(mentions_reg_id)
         && view.contacts().filter_map(Result::ok).any(|contact| {
             contact
                 .params
