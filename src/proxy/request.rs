@@ -155,30 +155,8 @@ impl Core {
         open: OpenConnection<'_>,
         ban: &mut dyn FnMut(SocketAddr) -> bool,
     ) -> Outcome {
-        if self.is_own_record_route(view.request_uri()) {
-            if let Some(bytes) = loosen_strict_route(view) {
-                let loosened = Inbound {
-                    bytes,
-                    ..inbound.clone()
-                };
-                if let Ok(view) = SipView::parse(loosened.bytes.clone()) {
-                    return self.phases(&loosened, &view, runtime, now, open, ban);
-                }
-            }
-        }
-        self.phases(inbound, view, runtime, now, open, ban)
-    }
-
-    /// Validate, route, admit, enforce and relay.
-    fn phases(
-        &self,
-        inbound: &Inbound,
-        view: &SipView,
-        runtime: &Runtime,
-        now: Instant,
-        open: OpenConnection<'_>,
-        ban: &mut dyn FnMut(SocketAddr) -> bool,
-    ) -> Outcome {
+        let loosened = self.loosened(inbound, view);
+        let (inbound, view) = loosened.as_ref().map_or((inbound, view), |(i, v)| (i, v));
         let ctx = RequestCtx::new(inbound, view, runtime, now);
         let routing = match self
             .validate(&ctx)
@@ -540,6 +518,20 @@ impl Core {
             Err(e) if addressed_here => Err(e),
             Err(_) => Ok(None),
         }
+    }
+
+    /// A strict router's request (RFC 3261 16.4) as a loose router would
+    /// have sent it, with its view; `None` for any other.
+    fn loosened(&self, inbound: &Inbound, view: &SipView) -> Option<(Inbound, SipView)> {
+        if !self.is_own_record_route(view.request_uri()) {
+            return None;
+        }
+        let loosened = Inbound {
+            bytes: loosen_strict_route(view)?,
+            ..inbound.clone()
+        };
+        let view = SipView::parse(loosened.bytes.clone()).ok()?;
+        Some((loosened, view))
     }
 
     /// Whether a Request-URI is a value this proxy put in a Record-Route
