@@ -78,6 +78,7 @@ fn record(n: u64) -> DecisionRecord {
         would_reject: false,
         generation: 1,
         spiral: false,
+        after_challenge: false,
         unregister: false,
         undelivered: false,
     }

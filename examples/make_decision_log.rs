@@ -280,6 +280,7 @@ impl Generator<'_> {
             would_reject,
             generation: 1,
             spiral: false,
+            after_challenge: false,
             unregister: false,
             undelivered: false,
         }

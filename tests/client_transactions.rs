@@ -97,6 +97,36 @@ fn every_tcp_request_is_answered_when_the_udp_registrar_loses_each_first_copy() 
 }
 
 #[test]
+fn copies_of_a_final_response_reach_the_tcp_client_once() {
+    let registrar = Registrar::start_with(Behaviour::AnswerThrice);
+    let proxy = TestProxy::start("", "127.0.0.1", &format!("udp:{}", registrar.addr));
+    let (mut conn, mut reader) = tcp_client(&proxy, Duration::from_secs(10));
+    let from = conn.local_addr().unwrap();
+    const REQUESTS: usize = 3;
+    for n in 1..=REQUESTS {
+        conn.write_all(register("TCP", from, "carol", n).as_bytes())
+            .unwrap();
+        let answer = read_response(&mut reader);
+        assert!(answer.starts_with("SIP/2.0 200"), "{answer}");
+    }
+    // The copies came right behind each answer: none follows.
+    conn.set_read_timeout(Some(Duration::from_millis(1500)))
+        .unwrap();
+    let mut rest = Vec::new();
+    let _ = reader.read_to_end(&mut rest);
+    assert!(
+        rest.is_empty(),
+        "copies of a final response relayed to a TCP client: {}",
+        String::from_utf8_lossy(&rest)
+    );
+    let metrics = proxy.stop();
+    assert_eq!(
+        metrics.drops(sipadmit::observe::metrics::DropReason::AfterFinal),
+        2 * REQUESTS as u64
+    );
+}
+
+#[test]
 fn a_registrar_that_never_answers_gets_the_tcp_client_a_recorded_408_after_64_t1() {
     let registrar = Registrar::start_with(Behaviour::Silent);
     // T1 = 50 ms: 64*T1 = 3.2 s; retransmissions at 50, 150, 350, 750,

@@ -595,6 +595,7 @@ fn fixture_records() -> Vec<DecisionRecord> {
                 would_reject,
                 generation: 1,
                 spiral: e.spiral,
+                after_challenge: false,
                 unregister: e.unregister,
                 undelivered: false,
             }

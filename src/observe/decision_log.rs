@@ -149,9 +149,12 @@ impl DecisionKind {
 /// - a record of the registrar's leg of a request sipadmit already relayed
 ///   from a client (`spiral`: sipadmit's own Via, with its signed flow
 ///   token, is in it) is a repeat: it names the same client (the registrar
-///   relays the caller's User-Agent) and the client's leg was counted.
-pub fn counted_once(leg: Leg, role: SessionRole, spiral: bool) -> bool {
-    leg == Leg::FromClient || role == SessionRole::AgentOffer || !spiral
+///   relays the caller's User-Agent) and the client's leg was counted;
+/// - a retry after a challenge (`after_challenge`: the same source sends
+///   the request again with credentials, after a `401` or `407` to it) is
+///   a repeat: the same sign-in or call, its first attempt counted.
+pub fn counted_once(leg: Leg, role: SessionRole, spiral: bool, after_challenge: bool) -> bool {
+    (leg == Leg::FromClient || role == SessionRole::AgentOffer || !spiral) && !after_challenge
 }
 
 /// One admission decision. Serializes to exactly the JSON line `run`
@@ -249,6 +252,14 @@ pub struct DecisionRecord {
     /// its client's leg is recorded too. Written only when true.
     #[serde(default, skip_serializing_if = "is_false")]
     pub spiral: bool,
+    /// The request retries one its source sent with the same method,
+    /// Call-ID and From tag, which was answered `401` or `407` (a digest,
+    /// NTLM or Kerberos challenge) in the last 32 s: it carries the
+    /// credentials (`Authorization` or `Proxy-Authorization`). The same
+    /// sign-in or call as that first attempt, so counted with it, once.
+    /// Written only when true.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub after_challenge: bool,
     /// A REGISTER that removes bindings: `Contact: *`, or every Contact
     /// with an expiry of 0 (its `expires` parameter, else the Expires
     /// header). Written only when true.
@@ -283,7 +294,7 @@ impl DecisionRecord {
     /// Whether this policy record counts once per call and client (see
     /// [`counted_once`]).
     pub fn counted_once(&self) -> bool {
-        counted_once(self.leg(), self.role, self.spiral)
+        counted_once(self.leg(), self.role, self.spiral, self.after_challenge)
     }
 }
 

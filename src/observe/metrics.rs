@@ -91,11 +91,15 @@ pub enum DropReason {
     /// client's request relayed over UDP whose client transaction timed
     /// out, or one a stream registrar left unanswered when a drain ran out.
     AfterTimeout,
+    /// A copy of a final response already relayed to a TCP/TLS client
+    /// whose request went on over UDP, or a response after it: the client
+    /// transaction sipadmit keeps for it is completed.
+    AfterFinal,
 }
 
 impl DropReason {
     /// Every reason, in render order.
-    pub const ALL: [Self; 13] = [
+    pub const ALL: [Self; 14] = [
         Self::Malformed,
         Self::ForeignResponse,
         Self::MalformedResponse,
@@ -109,6 +113,7 @@ impl DropReason {
         Self::Banned,
         Self::DecidedBefore,
         Self::AfterTimeout,
+        Self::AfterFinal,
     ];
 
     /// Label value.
@@ -127,6 +132,7 @@ impl DropReason {
             Self::Banned => "banned",
             Self::DecidedBefore => "decided_before",
             Self::AfterTimeout => "after_timeout",
+            Self::AfterFinal => "after_final",
         }
     }
 }
@@ -1223,7 +1229,7 @@ const FAMILIES: [Family; 60] = [
     ),
     counter(
         "sipadmit_decisions_repeated_total",
-        "Admission policy decisions on the registrar's leg of a request sipadmit already relayed from a client (a spiral: the same caller's client, counted on its client's leg), by action, Response Group role and client support class.",
+        "Admission policy decisions that repeat one counted in sipadmit_decisions_total: on the registrar's leg of a request sipadmit already relayed from a client (a spiral: the same caller's client, counted on its client's leg), or of a retry with credentials after a 401/407 challenge (the same sign-in or call), by action, Response Group role and client support class.",
         Samples::Written(Metrics::write_repeated_decisions),
     ),
     counter(

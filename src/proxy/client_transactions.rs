@@ -19,6 +19,12 @@
 //!   is remembered for another 64*T1: a late response to it is not relayed
 //!   after that final answer ([`Answered::AfterTimeout`]; RFC 3261 16.7
 //!   step 5), except a 2xx to an INVITE, which always is.
+//! - Copies of a final response (the registrar resends one for each copy
+//!   of the request it got, and a non-2xx to an INVITE until it is
+//!   acknowledged), and anything after it, are not relayed to the client
+//!   for 64*T1 after the final one was ([`Answered::AfterFinal`]; 17.1.1.2,
+//!   17.1.2.2: a completed client transaction absorbs them), except a 2xx
+//!   to an INVITE, which always is.
 //! - ACK is never a transaction (17.1.1.3); CANCEL is a non-INVITE
 //!   transaction of its own with the INVITE's branch, told apart by its
 //!   CSeq method (17.1.3).
@@ -127,6 +133,11 @@ pub enum Answered {
     /// It answers one that timed out in the last 64*T1: its client was
     /// answered `408` by sipadmit already.
     AfterTimeout,
+    /// It answers one whose final response was relayed in the last 64*T1:
+    /// a copy of it (the registrar resends a final response until it is
+    /// acknowledged, or for each copy of the request it got), or one that
+    /// comes after it.
+    AfterFinal,
     /// It answers none.
     Unknown,
 }
@@ -173,11 +184,23 @@ const ENTRY_OVERHEAD: usize =
     2 * (std::mem::size_of::<Entry>() + std::mem::size_of::<TransactionKey>());
 /// Bytes a timer in the heap costs (stale ones included, until they fire).
 const TIMER_BYTES: usize = std::mem::size_of::<Timer>();
-/// Bytes a transaction that timed out costs while it is remembered: its
-/// entry in the map and in the queue, each with its container's slack
-/// (160 on a 64-bit machine).
-const TIMED_OUT_BYTES: usize = 2 * std::mem::size_of::<(TransactionKey, Instant)>()
+/// Bytes a transaction that ended costs while it is remembered: its entry
+/// in the map and in the queue, each with its container's slack.
+const ENDED_BYTES: usize = 2 * std::mem::size_of::<(TransactionKey, (Instant, Ending))>()
     + 2 * std::mem::size_of::<(Instant, TransactionKey)>();
+
+/// How a transaction that is no longer kept ended, remembered for 64*T1
+/// (from its last response) so that what comes after is told apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ending {
+    /// Timed out (or failed): its client was answered `408`.
+    TimedOut,
+    /// An INVITE's provisional response ended its retransmissions; its
+    /// final response is still to come.
+    Proceeding,
+    /// Its final response was relayed.
+    Answered,
+}
 
 #[derive(Debug, Default)]
 struct Table {
@@ -186,35 +209,34 @@ struct Table {
     /// Bytes of the entries (messages and overhead).
     entry_bytes: usize,
     next_timer: u64,
-    /// The transactions that timed out, until when each is remembered...
-    timed_out: HashMap<TransactionKey, Instant>,
+    /// The transactions that ended, until when each is remembered and how
+    /// it ended...
+    ended: HashMap<TransactionKey, (Instant, Ending)>,
     /// ...in that order (the oldest first).
-    timed_out_order: VecDeque<(Instant, TransactionKey)>,
+    ended_order: VecDeque<(Instant, TransactionKey)>,
 }
 
 impl Table {
     fn bytes(&self) -> usize {
-        self.entry_bytes
-            + self.timers.len() * TIMER_BYTES
-            + self.timed_out_order.len() * TIMED_OUT_BYTES
+        self.entry_bytes + self.timers.len() * TIMER_BYTES + self.ended_order.len() * ENDED_BYTES
     }
 
-    /// Forget the transactions that timed out longer ago than they are
+    /// Forget the transactions that ended longer ago than they are
     /// remembered for (the memory of a burst of them goes back once all
     /// are forgotten).
-    fn forget_timed_out(&mut self, now: Instant) {
-        while let Some(&(until, key)) = self.timed_out_order.front() {
+    fn forget_ended(&mut self, now: Instant) {
+        while let Some(&(until, key)) = self.ended_order.front() {
             if until > now {
                 break;
             }
-            self.timed_out_order.pop_front();
-            if self.timed_out.get(&key) == Some(&until) {
-                self.timed_out.remove(&key);
+            self.ended_order.pop_front();
+            if self.ended.get(&key).is_some_and(|&(at, _)| at == until) {
+                self.ended.remove(&key);
             }
         }
-        if self.timed_out_order.is_empty() && self.timed_out_order.capacity() > 0 {
-            self.timed_out = HashMap::new();
-            self.timed_out_order = VecDeque::new();
+        if self.ended_order.is_empty() && self.ended_order.capacity() > 0 {
+            self.ended = HashMap::new();
+            self.ended_order = VecDeque::new();
         }
     }
 
@@ -239,9 +261,8 @@ pub struct ClientTransactions {
     table: Mutex<Table>,
     /// Transactions kept (read without the lock).
     kept: AtomicUsize,
-    /// Transactions that timed out and are remembered (read without the
-    /// lock).
-    timed_out: AtomicUsize,
+    /// Transactions that ended and are remembered (read without the lock).
+    ended: AtomicUsize,
     timers: Timers,
     max_bytes: usize,
 }
@@ -252,7 +273,7 @@ impl ClientTransactions {
         Self {
             table: Mutex::new(Table::default()),
             kept: AtomicUsize::new(0),
-            timed_out: AtomicUsize::new(0),
+            ended: AtomicUsize::new(0),
             timers,
             max_bytes,
         }
@@ -317,11 +338,10 @@ impl ClientTransactions {
         let kept = table.entries.contains_key(key);
         if kept {
             table.remove(key);
-            self.remember_timed_out(&mut table, *key, now);
+            self.remember(&mut table, *key, now, Ending::TimedOut);
         }
         self.kept.store(table.entries.len(), Ordering::Relaxed);
-        self.timed_out
-            .store(table.timed_out.len(), Ordering::Relaxed);
+        self.ended.store(table.ended.len(), Ordering::Relaxed);
         kept
     }
 
@@ -334,24 +354,59 @@ impl ClientTransactions {
             return Answered::Unknown;
         }
         let mut table = self.lock();
-        table.forget_timed_out(now);
-        self.timed_out
-            .store(table.timed_out.len(), Ordering::Relaxed);
+        table.forget_ended(now);
+        let answered = self.answer(&mut table, key, status, now);
+        self.kept.store(table.entries.len(), Ordering::Relaxed);
+        self.ended.store(table.ended.len(), Ordering::Relaxed);
+        answered
+    }
+
+    /// [`answered`](Self::answered), under the lock.
+    fn answer(
+        &self,
+        table: &mut Table,
+        key: &TransactionKey,
+        status: u16,
+        now: Instant,
+    ) -> Answered {
+        let final_response = status >= 200;
         let Some(entry) = table.entries.get_mut(key) else {
-            if !table.timed_out.contains_key(key) {
+            let Some(&(_, ending)) = table.ended.get(key) else {
                 return Answered::Unknown;
-            }
+            };
             // The registrar resends a final answer nobody acknowledges
             // (Timer G, up to 64*T1): its copies are told apart as long.
-            self.remember_timed_out(&mut table, *key, now);
-            return Answered::AfterTimeout;
+            return match ending {
+                Ending::TimedOut => {
+                    self.remember(table, *key, now, ending);
+                    Answered::AfterTimeout
+                }
+                Ending::Answered => {
+                    self.remember(table, *key, now, ending);
+                    Answered::AfterFinal
+                }
+                Ending::Proceeding => {
+                    let ending = if final_response {
+                        Ending::Answered
+                    } else {
+                        ending
+                    };
+                    self.remember(table, *key, now, ending);
+                    Answered::Kept
+                }
+            };
         };
-        if status < 200 && key.method != TransactionMethod::Invite {
+        if !final_response && key.method != TransactionMethod::Invite {
             entry.proceeding = true;
-        } else {
-            table.remove(key);
+            return Answered::Kept;
         }
-        self.kept.store(table.entries.len(), Ordering::Relaxed);
+        table.remove(key);
+        let ending = if final_response {
+            Ending::Answered
+        } else {
+            Ending::Proceeding
+        };
+        self.remember(table, *key, now, ending);
         Answered::Kept
     }
 
@@ -404,27 +459,26 @@ impl ClientTransactions {
                             true => Due::GivenUp(inbound),
                             false => Due::TimedOut(inbound),
                         });
-                        self.remember_timed_out(&mut table, key, now);
+                        self.remember(&mut table, key, now, Ending::TimedOut);
                     }
                 }
             }
         }
-        table.forget_timed_out(now);
+        table.forget_ended(now);
         self.kept.store(table.entries.len(), Ordering::Relaxed);
-        self.timed_out
-            .store(table.timed_out.len(), Ordering::Relaxed);
+        self.ended.store(table.ended.len(), Ordering::Relaxed);
         due
     }
 
-    /// Remember for 64*T1 from `now` that `key` timed out, when there is
-    /// room (without it, a late response to it is relayed).
-    fn remember_timed_out(&self, table: &mut Table, key: TransactionKey, now: Instant) {
-        if table.bytes() + TIMED_OUT_BYTES > self.max_bytes {
+    /// Remember for 64*T1 from `now` how `key` ended, when there is room
+    /// (without it, what comes after is relayed as any response is).
+    fn remember(&self, table: &mut Table, key: TransactionKey, now: Instant, ending: Ending) {
+        if table.bytes() + ENDED_BYTES > self.max_bytes {
             return;
         }
         let until = now + self.timers.timeout();
-        table.timed_out.insert(key, until);
-        table.timed_out_order.push_back((until, key));
+        table.ended.insert(key, (until, ending));
+        table.ended_order.push_back((until, key));
     }
 
     /// Give every kept transaction up at `now`: their next timers time
@@ -462,10 +516,10 @@ impl ClientTransactions {
         self.len() == 0
     }
 
-    /// Whether none is kept and none that timed out is remembered: no
+    /// Whether none is kept and none that ended is remembered: no
     /// response can match (checked without the lock).
     pub fn is_idle(&self) -> bool {
-        self.is_empty() && self.timed_out.load(Ordering::Relaxed) == 0
+        self.is_empty() && self.ended.load(Ordering::Relaxed) == 0
     }
 
     /// Bytes the table accounts for (never above its bound).
@@ -588,10 +642,11 @@ mod tests {
             "100/180 stops an INVITE"
         );
         assert_eq!(
-            table.answered(&invite, 200, t0),
-            Answered::Unknown,
-            "already gone"
+            table.answered(&invite, 486, t0),
+            Answered::Kept,
+            "no longer resent, its final response still relayed"
         );
+        assert_eq!(table.answered(&invite, 486, t0), Answered::AfterFinal);
         assert_eq!(
             table.answered(&register, 100, t0),
             Answered::Kept,
@@ -649,7 +704,7 @@ mod tests {
         let due = table.due(t0 + timeout);
         assert!(due.iter().any(|d| matches!(d, Due::TimedOut(_))), "{due:?}");
         assert!(table.is_empty() && !table.is_idle());
-        assert!(table.accounted_bytes() >= TIMED_OUT_BYTES);
+        assert!(table.accounted_bytes() >= ENDED_BYTES);
         let late = t0 + timeout + Duration::from_secs(1);
         assert_eq!(table.answered(&register, 200, late), Answered::AfterTimeout);
         assert_eq!(
@@ -665,6 +720,40 @@ mod tests {
         let gone = late + timeout * 2;
         assert_eq!(table.answered(&register, 200, gone), Answered::Unknown);
         assert!(table.is_idle());
+        assert_eq!(table.accounted_bytes(), 0);
+    }
+
+    #[test]
+    fn copies_of_a_final_response_and_what_follows_it_are_told_apart_for_64_t1() {
+        let table = ClientTransactions::new(Timers::RFC3261, 1 << 20);
+        let t0 = Instant::now();
+        let register = key(1, TransactionMethod::Other);
+        let invite = key(2, TransactionMethod::Invite);
+        table.start(transaction(register, 100), t0);
+        table.start(transaction(invite, 100), t0);
+        assert_eq!(table.answered(&register, 401, t0), Answered::Kept);
+        assert!(table.len() == 1 && !table.is_idle());
+        let copy = t0 + Duration::from_millis(500);
+        assert_eq!(table.answered(&register, 401, copy), Answered::AfterFinal);
+        assert_eq!(table.answered(&register, 100, copy), Answered::AfterFinal);
+        // An INVITE's provisional responses go on until its final one.
+        assert_eq!(table.answered(&invite, 100, t0), Answered::Kept);
+        assert_eq!(table.answered(&invite, 180, copy), Answered::Kept);
+        assert_eq!(table.answered(&invite, 486, copy), Answered::Kept);
+        assert_eq!(table.answered(&invite, 486, copy), Answered::AfterFinal);
+        assert_eq!(table.answered(&invite, 200, copy), Answered::AfterFinal);
+        assert!(table.is_empty());
+        // Remembered 64*T1 after the last copy, then forgotten.
+        let timeout = Timers::RFC3261.timeout();
+        assert_eq!(
+            table.answered(&register, 401, copy + timeout - Duration::from_millis(1)),
+            Answered::AfterFinal
+        );
+        let gone = copy + timeout * 3;
+        assert_eq!(table.answered(&register, 401, gone), Answered::Unknown);
+        assert_eq!(table.answered(&invite, 486, gone), Answered::Unknown);
+        assert!(table.is_idle());
+        assert!(table.due(gone).is_empty(), "their timers are stale");
         assert_eq!(table.accounted_bytes(), 0);
     }
 

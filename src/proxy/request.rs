@@ -202,7 +202,8 @@ impl Core {
         if ctx.inbound.bytes.len() > self.settings.limits.max_message_bytes {
             return Err(Refusal::TooLarge.into());
         }
-        view.check().map_err(Refusal::Malformed)?;
+        view.check_for_transport(ctx.inbound.transport.is_stream())
+            .map_err(Refusal::Malformed)?;
         if view.header_fields().len() > self.settings.limits.max_headers {
             return Err(Refusal::TooManyHeaders.into());
         }

@@ -65,19 +65,24 @@ impl Core {
             warn!(source = %inb.source, bytes = inb.bytes.len(), "response over limits.max_message_bytes dropped");
             return discard(DropReason::Malformed);
         }
-        if let Err(e) = view.check() {
+        if let Err(e) = view.check_for_transport(inb.transport.is_stream()) {
             // Not relayed, so it answers no client transaction either: one
             // kept for a stream client goes on to its 408.
             debug!(source = %inb.source, error = %e, "malformed response dropped");
             return discard(DropReason::MalformedResponse);
         }
-        if self.answer_client_transaction(inb, view, now) == Answered::AfterTimeout
-            && !is_2xx_to_invite(view)
-        {
-            // Its client was answered 408 already: only a 2xx to an
-            // INVITE goes on after a final response (RFC 3261 16.7 step 5).
-            debug!(source = %inb.source, status = view.status(), call_id = %super::Text(view.call_id()), "response to a request answered 408 already discarded");
-            return discard(DropReason::AfterTimeout);
+        // After a final response only a 2xx to an INVITE goes on (RFC
+        // 3261 16.7 step 5).
+        match self.answer_client_transaction(inb, view, now) {
+            Answered::AfterTimeout if !is_2xx_to_invite(view) => {
+                debug!(source = %inb.source, status = view.status(), call_id = %super::Text(view.call_id()), "response to a request answered 408 already discarded");
+                return discard(DropReason::AfterTimeout);
+            }
+            Answered::AfterFinal if !is_2xx_to_invite(view) => {
+                debug!(source = %inb.source, status = view.status(), call_id = %super::Text(view.call_id()), "copy of a final response relayed already discarded");
+                return discard(DropReason::AfterFinal);
+            }
+            _ => {}
         }
         let Ok(via) = view.top_via() else {
             return discard(DropReason::MalformedResponse);
@@ -109,6 +114,9 @@ impl Core {
         if let (Destination::Flow(flow), None) = (&destination, back) {
             let writable = self.check_flow(flow, open);
             self.settle_registration(view, flow, writable.is_ok(), now);
+            if matches!(view.status(), Some(401 | 407)) {
+                self.transactions.note_challenge(view, flow.peer, now);
+            }
             if let Err(failure) = writable {
                 debug!(source = %inb.source, peer = %flow.peer, reason = failure.as_str(), "response for a flow this instance cannot write to dropped");
                 return discard(DropReason::FlowGone);

@@ -787,6 +787,71 @@ fn any_final_response_clears_a_pending_register_and_a_2xx_after_a_401_binds() {
     assert_eq!(table.len(), 1);
 }
 
+#[test]
+fn a_sign_in_through_a_challenge_counts_once_and_its_retries_are_marked() {
+    let core = Core::detached(CONFIG).unwrap();
+    let metrics = core.metrics();
+    let client: SocketAddr = "127.0.0.1:44100".parse().unwrap();
+    let other: SocketAddr = "127.0.0.1:44101".parse().unwrap();
+    let attempt = |source: SocketAddr, cseq: u32, credentials: &str| {
+        let register = request("REGISTER", "sip:contoso.com", source, LYNC, credentials)
+            .replace("CSeq: 1 ", &format!("CSeq: {cseq} "))
+            .replace(";branch=z9hG4bK-", &format!(";branch=z9hG4bK-{cseq}-"))
+            .replace("REGISTER-44101@test", "REGISTER-44100@test");
+        let outcome = handle(&core, &udp(register, source));
+        let record = outcome.record().cloned().unwrap();
+        (sent(&outcome).1, record)
+    };
+    const NTLM: &str = "Authorization: NTLM qop=\"auth\", realm=\"SIP Communications Service\", targetname=\"pool.contoso.com\", gssapi-data=\"\"\r\n";
+    let challenge = |relayed: &str| {
+        let answer = registrar_answer(
+            relayed,
+            "401 Unauthorized",
+            "WWW-Authenticate: NTLM realm=\"SIP Communications Service\"\r\n",
+        );
+        handle(&core, &udp(answer, upstream()));
+    };
+    // Lync's NTLM sign-in: no credentials, 401; a first Authorization,
+    // 401 again; a second, 200.
+    let (relayed, first) = attempt(client, 1, "");
+    challenge(&relayed);
+    let (relayed, second) = attempt(client, 2, NTLM);
+    challenge(&relayed);
+    let (relayed, third) = attempt(client, 3, NTLM);
+    handle(
+        &core,
+        &udp(registrar_answer(&relayed, "200 OK", ""), upstream()),
+    );
+    assert_eq!(
+        [
+            first.after_challenge,
+            second.after_challenge,
+            third.after_challenge
+        ],
+        [false, true, true]
+    );
+    assert!(first.counted_once() && !second.counted_once() && !third.counted_once());
+    assert_eq!(
+        metrics.decisions("allow", "agent-registration", "supported"),
+        1
+    );
+    assert_eq!(
+        metrics.repeated_decisions("allow", "agent-registration", "supported"),
+        2
+    );
+    // The same Call-ID with credentials from another source, or without
+    // credentials from the client, is no retry.
+    let (_, elsewhere) = attempt(other, 4, NTLM);
+    let (_, bare) = attempt(client, 5, "");
+    assert!(!elsewhere.after_challenge && !bare.after_challenge);
+    // A written record says so; one that is no retry does not mention it.
+    let line = serde_json::to_string(&second).unwrap();
+    assert!(line.contains("\"after_challenge\":true"), "{line}");
+    assert!(!serde_json::to_string(&first)
+        .unwrap()
+        .contains("after_challenge"));
+}
+
 /// A REGISTER from `agent` naming `contacts` contacts (in one Contact
 /// header line), and nothing else.
 fn register_with_contacts(agent: SocketAddr, contacts: usize) -> Inbound {

@@ -17,12 +17,14 @@
 //! retransmission would then be recorded once more, nothing worse). Each
 //! kind of record of a transaction ([`RecordKind`]) is remembered apart, and
 //! so are the INVITEs inside a dialog this proxy answered with an error,
-//! whose ACK it absorbs. Pure: the clock is passed in.
+//! whose ACK it absorbs, and the requests a server challenged (`401`,
+//! `407`), whose retry with credentials is the same sign-in or call. Pure:
+//! the clock is passed in.
 
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -166,6 +168,10 @@ enum KeyKind {
     AnsweredInvite,
 }
 
+/// The two header fields that carry credentials answering a challenge
+/// (RFC 3261 22.2, 22.3).
+const CREDENTIALS: [&str; 2] = ["authorization", "proxy-authorization"];
+
 /// The transactions recorded in the last [`TRANSACTION_LIFETIME`].
 #[derive(Debug)]
 pub struct Transactions {
@@ -177,6 +183,10 @@ pub struct Transactions {
     evicted: AtomicU64,
     /// The rate limit of the warning about them.
     eviction_warning: Mutex<WarningWindow>,
+    /// A challenge was ever noted: until then, no request is looked up as
+    /// a retry after one (most registrars behind sipadmit challenge every
+    /// sign-in, or none).
+    challenged: AtomicBool,
     /// The table's bound, bytes (`limits.transaction_table_bytes`).
     max_bytes: usize,
 }
@@ -192,6 +202,7 @@ impl Transactions {
             keys: RandomState::new(),
             evicted: AtomicU64::new(0),
             eviction_warning: Mutex::new(WarningWindow::default()),
+            challenged: AtomicBool::new(false),
             max_bytes,
         }
     }
@@ -250,6 +261,58 @@ impl Transactions {
     /// with an error in the last [`TRANSACTION_LIFETIME`].
     pub fn acknowledges_an_answer(&self, ack: &SipView, now: Instant) -> bool {
         self.holds(self.key(ack, KeyKind::AnsweredInvite, None), now)
+    }
+
+    /// Remember that `response` (a `401` or `407`) challenged the request
+    /// of the client at `client`, so that its retry with credentials is
+    /// known as one ([`Transactions::follows_challenge`]).
+    pub fn note_challenge(&self, response: &SipView, client: SocketAddr, now: Instant) {
+        let Ok(cseq) = response.cseq() else {
+            return;
+        };
+        self.challenged.store(true, Ordering::Relaxed);
+        let _ = self.note(self.challenge_key(response, cseq.method, client), None, now);
+    }
+
+    /// Whether `request` from `source` retries, with credentials, a request
+    /// of the same source, method, Call-ID and From tag that was challenged
+    /// in the last [`TRANSACTION_LIFETIME`].
+    pub fn follows_challenge(&self, request: &SipView, source: SocketAddr, now: Instant) -> bool {
+        if !self.challenged.load(Ordering::Relaxed)
+            || !CREDENTIALS
+                .iter()
+                .any(|name| request.header_named(name).is_some())
+        {
+            return false;
+        }
+        let method = request.method_bytes().unwrap_or_default();
+        self.holds(self.challenge_key(request, method, source), now)
+    }
+
+    /// The key of a challenged request of `client`: its method (a
+    /// response's CSeq method), Call-ID and From tag, which its retry
+    /// keeps (RFC 3261 22.2: a new CSeq number, a new branch).
+    fn challenge_key(&self, message: &SipView, method: &[u8], client: SocketAddr) -> u64 {
+        let mut h = self.keys.build_hasher();
+        std::hash::Hash::hash(
+            &SocketAddr::new(client.ip().to_canonical(), client.port()),
+            &mut h,
+        );
+        let from_tag = message
+            .from()
+            .ok()
+            .and_then(|f| f.tag())
+            .unwrap_or_default();
+        for field in [
+            &b"c"[..],
+            method,
+            message.call_id().unwrap_or_default(),
+            from_tag,
+        ] {
+            h.write(field);
+            h.write_usize(field.len());
+        }
+        h.finish()
     }
 
     /// Whether `key` is remembered (and not expired) at `now`.

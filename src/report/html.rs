@@ -149,7 +149,11 @@ fn overview(out: &mut String, s: &Summary) {
         if s.legs == "both" {
             "both legs of each call, <code>--legs both</code>".to_owned()
         } else {
-            format!("each call once per client; {repeats} registrar-leg repeats left out, <code>--legs both</code> counts them")
+            format!(
+                "each call once per client; {repeats} repeats left out ({} registrar-leg passes, {} retries after a 401/407 challenge), <code>--legs both</code> counts them",
+                repeats - s.after_challenge.min(repeats),
+                s.after_challenge.min(repeats),
+            )
         },
         s.protocol_answers.total,
         s.by_leg.from_client.records,

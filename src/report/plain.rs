@@ -175,7 +175,9 @@ fn overview(out: &mut String, s: &Summary) {
             "both legs of each call (--legs both)".to_owned()
         } else {
             format!(
-                "each call once per client ({repeats} registrar-leg repeats left out; --legs both counts them)"
+                "each call once per client ({repeats} repeats left out: {} registrar-leg passes, {} retries after a 401/407 challenge; --legs both counts them)",
+                repeats - s.after_challenge.min(repeats),
+                s.after_challenge.min(repeats),
             )
         }
     );

@@ -97,6 +97,10 @@ pub struct RecordView<'a> {
     /// before (`false` when missing).
     #[serde(default)]
     pub spiral: bool,
+    /// A retry with credentials after a `401` or `407` (`false` when
+    /// missing).
+    #[serde(default)]
+    pub after_challenge: bool,
     /// A de-REGISTER (`false` when missing).
     #[serde(default)]
     pub unregister: bool,
@@ -126,7 +130,7 @@ impl<'a> RecordView<'a> {
     /// Whether this policy record counts once per call and client
     /// ([`counted_once`]).
     pub fn counted_once(&self) -> bool {
-        counted_once(self.leg(), self.role, self.spiral)
+        counted_once(self.leg(), self.role, self.spiral, self.after_challenge)
     }
 
     /// The owned [`DecisionRecord`] with the same values.
@@ -157,6 +161,7 @@ impl<'a> RecordView<'a> {
             would_reject: self.would_reject,
             generation: self.generation,
             spiral: self.spiral,
+            after_challenge: self.after_challenge,
             unregister: self.unregister,
             undelivered: self.undelivered,
         }
@@ -249,6 +254,7 @@ mod tests {
             would_reject: false,
             generation: 3,
             spiral: false,
+            after_challenge: false,
             unregister: false,
             undelivered: false,
         }

@@ -64,14 +64,20 @@ pub struct Summary {
     /// both`: every policy record).
     pub legs: &'static str,
     /// Valid decision records inside the time range, of every kind and
-    /// leg: `records`, plus `protocol_answers.total`, plus the
-    /// registrar-leg repeats `--legs once` leaves out.
+    /// leg: `records`, plus `protocol_answers.total`, plus the repeats
+    /// `--legs once` leaves out (registrar-leg passes of a call, retries
+    /// after a challenge).
     pub records_read: u64,
     /// Of `records_read`, the records whose answer or relayed message never
     /// reached its peer (`undelivered`: for a connection that had closed or
     /// whose write queue was full),
     /// of every kind and leg.
     pub undelivered: u64,
+    /// Of `records_read`, the policy records of retries after a challenge
+    /// (`after_challenge`: a request sent again with credentials after a
+    /// `401` or `407`), of either leg: `--legs once` counts each sign-in or
+    /// call once, at its first attempt, and leaves them out.
+    pub after_challenge: u64,
     /// Policy decision records counted in the decision tables (`by_action`,
     /// `by_client`, ...): inside the time range, not protocol answers, and
     /// as `legs` says.

@@ -168,6 +168,8 @@ pub struct Tally<'c> {
     records_read: u64,
     /// Of those, the records marked `undelivered`.
     undelivered: u64,
+    /// Of those, the policy records marked `after_challenge`.
+    after_challenge: u64,
     /// Policy records counted in the decision tables.
     records: u64,
     by_leg: [LegCounts; 2],
@@ -210,6 +212,7 @@ impl<'c> Tally<'c> {
             legs: Legs::Once,
             records_read: 0,
             undelivered: 0,
+            after_challenge: 0,
             records: 0,
             by_leg: [LegCounts::default(); 2],
             registers: [0; 2],
@@ -279,6 +282,7 @@ impl<'c> Tally<'c> {
             return;
         }
         self.by_leg[leg].policy += 1;
+        self.after_challenge += u64::from(r.after_challenge);
         if self.legs == Legs::Once && !r.counted_once() {
             return;
         }
@@ -382,6 +386,7 @@ impl<'c> Tally<'c> {
             legs: self.legs.as_str(),
             records_read: self.records_read,
             undelivered: self.undelivered,
+            after_challenge: self.after_challenge,
             records: self.records,
             by_leg: ByLeg {
                 from_client: self.by_leg[0],
@@ -758,6 +763,7 @@ mod tests {
             would_reject: false,
             generation: 1,
             spiral: false,
+            after_challenge: false,
             unregister: false,
             undelivered: false,
         }

@@ -49,6 +49,24 @@ pub enum SipError {
     /// The CSeq method differs from the request method.
     #[error("CSeq method does not match the request method")]
     CSeqMethodMismatch,
+    /// A control character (other than HT, or CR in a CRLF) in the start
+    /// line or a header field, outside a quoted-pair (RFC 3261 25.1); the
+    /// header is named, `None` for the start line.
+    #[error("Control character in {}", control_character_place(*.0))]
+    ControlCharacter(Option<HeaderName>),
+    /// A line of the start line or header section ends in a bare LF
+    /// (RFC 3261 7: lines end in CRLF).
+    #[error("Line not ended by CRLF")]
+    BareLineFeed,
+}
+
+/// Where [`SipError::ControlCharacter`] found its byte, for the reason phrase.
+fn control_character_place(header: Option<HeaderName>) -> String {
+    match header {
+        None => "the start line".to_owned(),
+        Some(HeaderName::Other) => "a header".to_owned(),
+        Some(name) => format!("{name} header"),
+    }
 }
 
 impl SipError {
@@ -70,6 +88,8 @@ impl SipError {
             Self::SeveralContentLengths => "several_content_lengths",
             Self::BodyTruncated => "body_truncated",
             Self::CSeqMethodMismatch => "cseq_method_mismatch",
+            Self::ControlCharacter(_) => "control_character",
+            Self::BareLineFeed => "bare_line_feed",
         }
     }
 

@@ -194,6 +194,53 @@ fn line_end(raw: &[u8], from: usize) -> Option<(usize, usize)> {
     Some((end, nl + 1))
 }
 
+/// Whether the line whose content ends at `stop`, with the next line at
+/// `next` (from [`line_end`]), ends in a bare LF instead of CRLF.
+#[inline]
+fn ends_in_bare_lf(stop: usize, next: usize) -> bool {
+    next - stop == 1
+}
+
+/// A control character in the start line or header section (from `start`
+/// to the section's blank line), as the problem that names where it is.
+#[inline]
+fn control_character(buf: &[u8], start: usize, section: &HeaderSection) -> Option<SipError> {
+    let at = start + first_control_character(&buf[start..section.end])?;
+    let header = section
+        .headers
+        .iter()
+        .find(|h| h.line_span.range().contains(&at))
+        .map(|h| h.name);
+    Some(SipError::ControlCharacter(header))
+}
+
+/// Where the first control character of `text` (lines with their CRLFs)
+/// sits, if any: a byte of %x00-1F other than HT, or DEL (RFC 3261 25.1
+/// admits none in a header field), and a CR not followed by LF. One
+/// escaped by a backslash (a quoted-pair, 25.1) is allowed, other than CR
+/// and LF; so is LF itself, which ends the lines.
+fn first_control_character(text: &[u8]) -> Option<usize> {
+    const CHUNK: usize = 32;
+    let is_control = |b: u8| (b < 0x20 && !matches!(b, b'\t' | b'\r' | b'\n')) || b == 0x7f;
+    // Almost every message has none: one pass, a chunk at a time and
+    // without a branch per byte, before looking closer.
+    let suspect = text
+        .chunks(CHUNK)
+        .any(|chunk| chunk.iter().fold(false, |found, &b| found | is_control(b)));
+    let escaped = |at: usize| {
+        let backslashes = text[..at].iter().rev().take_while(|&&b| b == b'\\').count();
+        backslashes % 2 == 1
+    };
+    let control = suspect
+        .then(|| (0..text.len()).find(|&i| is_control(text[i]) && !escaped(i)))
+        .flatten();
+    let bare_cr = memchr::memchr_iter(b'\r', text).find(|&i| text.get(i + 1) != Some(&b'\n'));
+    match (control, bare_cr) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
 /// The header section of a message, indexed by [`index_headers`].
 struct HeaderSection {
     headers: Vec<HeaderField>,
@@ -234,6 +281,9 @@ fn index_headers(buf: &[u8], mut pos: usize) -> Result<HeaderSection, SipError> 
     let mut skipping = false;
     loop {
         let (stop, next) = line_end(buf, pos).ok_or(SipError::UnterminatedHeaders)?;
+        if ends_in_bare_lf(stop, next) && bad_line.is_none() {
+            bad_line = Some(SipError::BareLineFeed);
+        }
         if stop == pos {
             return Ok(HeaderSection {
                 headers,
@@ -336,6 +386,8 @@ impl SipView {
         let pos = skip_leading_crlfs(buf);
         let (line_stop, next) = line_end(buf, pos).ok_or(SipError::UnterminatedHeaders)?;
         let (start_line, start_line_problem) = parse_start_line(buf, pos, line_stop)?;
+        let start_line_problem = start_line_problem
+            .or(ends_in_bare_lf(line_stop, next).then_some(SipError::BareLineFeed));
         let section = index_headers(buf, next)?;
         let from = addr_spans(buf, &section.headers, HeaderName::From);
         let to = addr_spans(buf, &section.headers, HeaderName::To);
@@ -346,7 +398,9 @@ impl SipView {
             buf,
             &section.headers,
             body_start,
-            start_line_problem.or(section.bad_line),
+            start_line_problem
+                .or(section.bad_line)
+                .or_else(|| control_character(buf, pos, &section)),
         );
         let end = body_start + body_len;
         let start_line_end = next_after_start(buf);
@@ -438,6 +492,17 @@ impl SipView {
         // it cannot read is refused, never relayed as it is.
         for route in self.routes() {
             route?;
+        }
+        Ok(())
+    }
+
+    /// [`check`](Self::check), and for a message that came over a stream
+    /// transport (TCP, TLS, `stream`) the Content-Length that frames it
+    /// there, which it must carry (RFC 3261 18.3, 20.14).
+    pub fn check_for_transport(&self, stream: bool) -> Result<(), SipError> {
+        self.check()?;
+        if stream && self.seen & name_bit(HeaderName::ContentLength) == 0 {
+            return Err(SipError::MissingHeader(HeaderName::ContentLength));
         }
         Ok(())
     }
@@ -974,6 +1039,105 @@ mod tests {
             let msg = base.replacen(from, to, 1);
             assert_ne!(msg, base, "case {to:?} did not apply");
             assert_eq!(view(&msg).unwrap_err(), *want, "case {to:?}");
+        }
+    }
+
+    #[test]
+    fn control_characters_and_bare_line_feeds_are_refused_where_they_are() {
+        let base = REGISTER.replace("bodyEXTRA", "body");
+        let cases: &[(&str, &str, SipError)] = &[
+            (
+                "i: abc@10.0.0.5",
+                "i: abc\0@10.0.0.5",
+                SipError::ControlCharacter(Some(HeaderName::CallId)),
+            ),
+            (
+                "(Microsoft Lync)",
+                "(Microsoft\x1b[31m Lync)",
+                SipError::ControlCharacter(Some(HeaderName::UserAgent)),
+            ),
+            (
+                "Supported : gruu-10",
+                "Supported : gruu-10\x7f",
+                SipError::ControlCharacter(Some(HeaderName::Supported)),
+            ),
+            (
+                "Expires: 3600\r\n",
+                "Expires: 3600\r\nX-Lync: a\x01b\r\n",
+                SipError::ControlCharacter(Some(HeaderName::Other)),
+            ),
+            // A CR that ends no line, with or without a byte after it.
+            (
+                "Expires: 3600\r\n",
+                "Expires: 3600\r\nX-Injected: 1\rX-Other: 2\r\n",
+                SipError::ControlCharacter(Some(HeaderName::Other)),
+            ),
+            (
+                "i: abc@10.0.0.5\r\n",
+                "i: abc@10.0.0.5\r\0\r\n",
+                SipError::ControlCharacter(Some(HeaderName::CallId)),
+            ),
+            (
+                "REGISTER sip:example.com",
+                "REGISTER sip:exam\x07ple.com",
+                SipError::ControlCharacter(None),
+            ),
+            // An escaped backslash escapes no control character after it.
+            (
+                "Supported : gruu-10",
+                "Supported : \"gruu\\\\\0\"",
+                SipError::ControlCharacter(Some(HeaderName::Supported)),
+            ),
+            (
+                "Expires: 3600\r\n",
+                "Expires: 3600\n",
+                SipError::BareLineFeed,
+            ),
+            ("SIP/2.0\r\n", "SIP/2.0\n", SipError::BareLineFeed),
+            ("l: 4\r\n\r\n", "l: 4\r\n\n", SipError::BareLineFeed),
+        ];
+        for (from, to, want) in cases {
+            let msg = base.replacen(from, to, 1);
+            assert_ne!(msg, base, "case {to:?} did not apply");
+            assert_eq!(view(&msg).unwrap_err(), *want, "case {to:?}");
+        }
+        assert_eq!(
+            SipError::ControlCharacter(Some(HeaderName::CallId)).to_string(),
+            "Control character in Call-ID header"
+        );
+        assert_eq!(
+            SipError::ControlCharacter(None).to_string(),
+            "Control character in the start line"
+        );
+        // A quoted-pair may escape one (RFC 3261 25.1; RFC 4475 3.1.1.3),
+        // and the body is no header field.
+        let quoted = base
+            .replacen("t: <sip:", "t: \"BEL:\\\x07 NUL:\\\0 DEL:\\\x7f\" <sip:", 1)
+            .replacen("l: 4\r\n\r\nbody", "l: 4\r\n\r\nb\0\ny", 1);
+        assert!(view(&quoted).is_ok());
+        // Everything in one LF-only message is refused, not just its first line.
+        assert_eq!(
+            view(&base.replace("\r\n", "\n")).unwrap_err(),
+            SipError::BareLineFeed
+        );
+    }
+
+    #[test]
+    fn a_message_over_a_stream_must_carry_content_length() {
+        let base = REGISTER.replace("bodyEXTRA", "");
+        let without = base.replacen("l: 4\r\n", "", 1);
+        let with = base.replacen("l: 4\r\n", "l: 0\r\n", 1);
+        for (text, stream, want) in [
+            (
+                &without,
+                true,
+                Err(SipError::MissingHeader(HeaderName::ContentLength)),
+            ),
+            (&without, false, Ok(())),
+            (&with, true, Ok(())),
+        ] {
+            let v = SipView::parse(Bytes::copy_from_slice(text.as_bytes())).unwrap();
+            assert_eq!(v.check_for_transport(stream), want, "stream {stream}");
         }
     }
 

@@ -21,6 +21,10 @@ pub enum Behaviour {
     IgnoreFirstCopy,
     /// Nothing, ever.
     Silent,
+    /// `200 OK` to every copy, sent three times (as a registrar resends a
+    /// final response: for each copy of the request it gets, or an INVITE's
+    /// until it is acknowledged).
+    AnswerThrice,
 }
 
 /// The stub; stops its thread on drop.
@@ -86,12 +90,13 @@ impl Registrar {
                     *n += 1;
                     *n
                 };
-                let answer = match behaviour {
-                    Behaviour::AnswerAll => true,
-                    Behaviour::IgnoreFirstCopy => copy > 1,
-                    Behaviour::Silent => false,
+                let answers = match behaviour {
+                    Behaviour::AnswerAll => 1,
+                    Behaviour::IgnoreFirstCopy => usize::from(copy > 1),
+                    Behaviour::Silent => 0,
+                    Behaviour::AnswerThrice => 3,
                 };
-                if answer {
+                for _ in 0..answers {
                     socket.send_to(ok(&request).as_bytes(), from).unwrap();
                 }
             }

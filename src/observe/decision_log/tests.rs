@@ -37,6 +37,7 @@ fn record(n: usize) -> DecisionRecord {
         would_reject: false,
         generation: 1,
         spiral: false,
+        after_challenge: false,
         unregister: false,
         undelivered: false,
     }

@@ -80,6 +80,7 @@ fn record(call_id: &str) -> DecisionRecord {
         would_reject: false,
         generation: 1,
         spiral: false,
+        after_challenge: false,
         unregister: false,
         undelivered: false,
     }
