@@ -1236,3 +1236,55 @@ fn the_open_file_limit_is_raised_for_max_connections_or_warned_about() {
         );
     }
 }
+
+/// sipadmit itself frozen (a paused VM, SIGSTOP) past a TCP message's
+/// deadline, while the rest of the message reached its socket in time
+/// (trial 20): the message is read and answered, not closed for its
+/// deadline. After SIGCONT the event loop's wait fails with EINTR and
+/// finds the deadline before the bytes.
+#[test]
+fn a_message_complete_in_time_survives_a_freeze_of_sipadmit_past_its_deadline() {
+    use common::binary::{free_port, Sipadmit};
+    let registrar = Registrar::start();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("c.toml");
+    std::fs::write(
+        &config,
+        "[response_group]\nworkflows = [\"sip:helpdesk@contoso.com\"]\n[limits]\nmessage_deadline_secs = 1\n",
+    )
+    .unwrap();
+    let port = free_port();
+    let mut sipadmit = Sipadmit::spawn(
+        std::process::Command::new(env!("CARGO_BIN_EXE_sipadmit"))
+            .args(["run", "--config", config.to_str().unwrap()])
+            .args(["--listen", &format!("tcp:127.0.0.1:{port}")])
+            .args(["--listen", "udp:127.0.0.1:0"])
+            .args(["--upstream", &registrar.upstream()])
+            .env("RUST_LOG", "info")
+            .stdout(std::process::Stdio::null()),
+    );
+    sipadmit.wait_for("listening");
+    let mut client = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    client
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let from = client.local_addr().unwrap();
+    let message = register(from, "frozen", 0, "TCP", "");
+    client.write_all(&message.as_bytes()[..100]).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    sipadmit.signal("STOP");
+    client.write_all(&message.as_bytes()[100..]).unwrap();
+    // Frozen past the 1 s deadline, the message complete 0.3 s after its
+    // first byte.
+    std::thread::sleep(Duration::from_millis(2500));
+    sipadmit.signal("CONT");
+    let mut answer = [0u8; 12];
+    let read = client.read_exact(&mut answer);
+    let stderr = sipadmit.terminate();
+    assert!(
+        read.is_ok() && &answer == b"SIP/2.0 200 ",
+        "{read:?} {:?}\n{stderr}",
+        String::from_utf8_lossy(&answer)
+    );
+    assert!(!stderr.contains("message_deadline"), "{stderr}");
+}

@@ -509,16 +509,23 @@ async fn read_messages<S>(
                 () = queue.drained() => {}
             }
         }
+        // What is in the socket is read before the deadline counts: read
+        // first (`biased`) when both are ready, and a last look when the
+        // deadline comes alone (see `last_look`). After a freeze of this
+        // process (a paused VM, a SIGSTOP), bytes that came in time count.
         let buf = &mut state.buf;
         let read = if buf.is_empty() {
             let mut first = [0u8; IDLE_READ_BYTES];
-            tokio::select! {
+            let read = tokio::select! {
+                biased;
                 () = closing.cancelled() => break Stop::Closed,
-                () = &mut timeout => break on_timeout,
-                read = read.read(&mut first) => read.inspect(|&n| {
-                    buf.extend_from_slice(&first[..n]);
-                }),
-            }
+                read = read.read(&mut first) => read,
+                () = &mut timeout => match last_look(read.read(&mut first)).await {
+                    Some(read) => read,
+                    None => break on_timeout,
+                },
+            };
+            read.inspect(|&n| buf.extend_from_slice(&first[..n]))
         } else {
             // Never more than a whole message (one past the limit, to see
             // it is over): the budget is at least twice that, so one
@@ -527,15 +534,20 @@ async fn read_messages<S>(
                 .min(ctx.limits.max_message_bytes + 1)
                 .max(buf.len() + 1);
             tokio::select! {
+                biased;
                 () = closing.cancelled() => break Stop::Closed,
-                () = &mut timeout => break on_timeout,
                 () = state.share.hold(want, &ctx.metrics) => {}
+                () = &mut timeout => break on_timeout,
             }
             buf.reserve(want - buf.len());
             tokio::select! {
+                biased;
                 () = closing.cancelled() => break Stop::Closed,
-                () = &mut timeout => break on_timeout,
                 read = read.read_buf(buf) => read,
+                () = &mut timeout => match last_look(read.read_buf(buf)).await {
+                    Some(read) => read,
+                    None => break on_timeout,
+                },
             }
         };
         match read {
@@ -553,6 +565,18 @@ async fn read_messages<S>(
     stop.report(ctx, info, state.buf.len());
     ctx.connections.remove(id);
     debug!("connection closed");
+}
+
+/// A read tried once more when a deadline came without it: `None` when
+/// nothing is there. The event loop first gets one turn, so that it takes
+/// in what its last wait missed: when this process was stopped (SIGSTOP,
+/// a paused VM) and resumed, that wait fails with EINTR and the deadline
+/// fires before the readiness of the bytes that came in the meantime.
+async fn last_look<F: Future<Output = std::io::Result<usize>>>(
+    read: F,
+) -> Option<std::io::Result<usize>> {
+    tokio::task::yield_now().await;
+    futures_util::FutureExt::now_or_never(read)
 }
 
 /// What the reader of one connection keeps between reads.
@@ -955,6 +979,41 @@ mod tests {
         }
         assert!(ctx.connections.is_empty());
         assert_eq!(ctx.metrics.faults(Fault::MessageDeadline), 1);
+    }
+
+    /// A freeze of sipadmit itself (a paused VM, SIGSTOP) that ends past
+    /// a message's deadline: the rest of the message, in the socket since
+    /// before the deadline, is read and the message goes on.
+    #[tokio::test]
+    async fn a_message_complete_in_the_socket_before_its_deadline_survives_a_freeze() {
+        let (tx, mut events) = mpsc::channel(64);
+        let mut ctx = TransportContext::for_tests(tx, 64);
+        Arc::get_mut(&mut ctx).unwrap().limits.message_deadline = Duration::from_millis(200);
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        // Each reader that the freeze finds with both its rest and its
+        // deadline ready would have closed at even odds without `biased`.
+        const CONNECTIONS: usize = 12;
+        let mut clients = Vec::new();
+        for _ in 0..CONNECTIONS {
+            let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+            let (server, peer) = listener.accept().await.unwrap();
+            let (ctx, info) = (ctx.clone(), info(&peer.to_string()));
+            tokio::spawn(async move { serve(server, info, &ctx, None).await });
+            clients.push(client);
+        }
+        for client in &mut clients {
+            std::io::Write::write_all(client, &MESSAGE[..30]).unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        for client in &mut clients {
+            std::io::Write::write_all(client, &MESSAGE[30..]).unwrap();
+        }
+        // The freeze: the event loop runs nothing until every deadline passed.
+        std::thread::sleep(Duration::from_millis(400));
+        for _ in 0..CONNECTIONS {
+            assert_eq!(&received(&mut events).await.bytes[..], MESSAGE);
+        }
+        assert_eq!(ctx.metrics.faults(Fault::MessageDeadline), 0);
     }
 
     #[tokio::test(start_paused = true)]
