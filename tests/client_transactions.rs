@@ -126,6 +126,56 @@ fn copies_of_a_final_response_reach_the_tcp_client_once() {
     );
 }
 
+/// sipadmit frozen (SIGSTOP, a paused VM) while the registrar's answer to a
+/// TCP client's request comes back in time, and resumed after 64*T1
+/// (trial 20): the answer is relayed, not a `408`. On resume the timers
+/// are due at once, and the event loop's wait fails with EINTR before it
+/// reports the answer's socket ready.
+#[test]
+fn an_answer_that_came_during_a_freeze_of_sipadmit_beats_its_timeout() {
+    use common::binary::{free_port, Sipadmit};
+    let registrar = Registrar::start_with(Behaviour::AnswerFirstAfter(Duration::from_millis(300)));
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("c.toml");
+    // 64*T1 = 3.2 s; sent again at 50, 150, 350 ms... (no second answer).
+    std::fs::write(
+        &config,
+        "[response_group]\nworkflows = [\"sip:helpdesk@contoso.com\"]\n[limits]\ntimer_t1_ms = 50\ntimer_t2_ms = 400\n",
+    )
+    .unwrap();
+    let port = free_port();
+    let mut sipadmit = Sipadmit::spawn(
+        std::process::Command::new(env!("CARGO_BIN_EXE_sipadmit"))
+            .args(["run", "--config", config.to_str().unwrap()])
+            .args(["--listen", &format!("tcp:127.0.0.1:{port}")])
+            .args(["--listen", "udp:127.0.0.1:0"])
+            .args(["--upstream", &format!("udp:{}", registrar.addr)])
+            .env("RUST_LOG", "info")
+            .stdout(std::process::Stdio::null()),
+    );
+    sipadmit.wait_for("listening");
+    let mut conn = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut reader = BufReader::new(conn.try_clone().unwrap());
+    let from = conn.local_addr().unwrap();
+    conn.write_all(register("TCP", from, "frozen", 1).as_bytes())
+        .unwrap();
+    // Relayed (the registrar has it), then frozen before its answer comes.
+    let relayed = std::time::Instant::now();
+    while registrar.received.load(Ordering::Relaxed) == 0 {
+        assert!(relayed.elapsed() < Duration::from_secs(5), "not relayed");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    sipadmit.signal("STOP");
+    std::thread::sleep(Duration::from_secs(4));
+    sipadmit.signal("CONT");
+    let answer = read_response(&mut reader);
+    let stderr = sipadmit.terminate();
+    assert!(answer.starts_with("SIP/2.0 200"), "{answer}\n{stderr}");
+    assert!(!stderr.contains("proxy.request-timeout"), "{stderr}");
+}
+
 #[test]
 fn a_registrar_that_never_answers_gets_the_tcp_client_a_recorded_408_after_64_t1() {
     let registrar = Registrar::start_with(Behaviour::Silent);

@@ -25,6 +25,9 @@ pub enum Behaviour {
     /// final response: for each copy of the request it gets, or an INVITE's
     /// until it is acknowledged).
     AnswerThrice,
+    /// `200 OK` to the first copy of each request, this long after it came
+    /// (later copies are not answered).
+    AnswerFirstAfter(Duration),
 }
 
 /// The stub; stops its thread on drop.
@@ -95,6 +98,12 @@ impl Registrar {
                     Behaviour::IgnoreFirstCopy => usize::from(copy > 1),
                     Behaviour::Silent => 0,
                     Behaviour::AnswerThrice => 3,
+                    Behaviour::AnswerFirstAfter(delay) => {
+                        if copy == 1 {
+                            std::thread::sleep(delay);
+                        }
+                        usize::from(copy == 1)
+                    }
                 };
                 for _ in 0..answers {
                     socket.send_to(ok(&request).as_bytes(), from).unwrap();
