@@ -419,6 +419,7 @@ impl Edge {
     /// close summary windows; every 10 s: check the upstream's silence.
     fn housekeeping(&mut self, core: &Core, now: Instant) {
         self.ticks += 1;
+        self.admission.heartbeat(now);
         self.admission.sweep(now);
         core.close_summaries(now);
         if self.ticks % 10 == 0 {

@@ -1288,3 +1288,49 @@ fn a_message_complete_in_time_survives_a_freeze_of_sipadmit_past_its_deadline() 
     );
     assert!(!stderr.contains("message_deadline"), "{stderr}");
 }
+
+/// sipadmit frozen (a paused VM, SIGSTOP) while an untrusted client keeps
+/// registering within its rate (trial 20): what queued meanwhile is read
+/// at once on resume, a burst no client sent. It is charged to the
+/// client's rate over the freeze: every REGISTER is answered 200, none 503,
+/// no ban.
+#[test]
+fn a_freeze_of_sipadmit_is_not_charged_to_its_clients_rate_limits() {
+    use common::binary::{sipadmit_on_udp, Sipadmit};
+    let registrar = Registrar::start();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("c.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[response_group]\nworkflows = [\"sip:helpdesk@contoso.com\"]\n{}",
+            untrusted("requests_per_second = 5\nburst = 5\n")
+        ),
+    )
+    .unwrap();
+    let (mut sipadmit, udp): (Sipadmit, SocketAddr) =
+        sipadmit_on_udp(&config, &registrar.upstream(), &[]);
+    let client = udp_client("127.0.0.2");
+    let from = client.local_addr().unwrap();
+    // Beats of the housekeeping before the freeze.
+    std::thread::sleep(Duration::from_millis(1500));
+    sipadmit.signal("STOP");
+    // 4 a second for 6 s: within 5 a second, queued while it is frozen.
+    const SENT: usize = 24;
+    for n in 0..SENT {
+        client
+            .send_to(register(from, "frozen", n, "UDP", "").as_bytes(), udp)
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    sipadmit.signal("CONT");
+    let answers = statuses(&client, SENT);
+    let stderr = sipadmit.terminate();
+    assert_eq!(answers.len(), SENT, "{answers:?}\n{stderr}");
+    assert!(
+        answers.iter().all(|s| s.starts_with("SIP/2.0 200")),
+        "{answers:?}\n{stderr}"
+    );
+    assert!(stderr.contains("sipadmit was frozen"), "{stderr}");
+    assert!(!stderr.contains("source banned"), "{stderr}");
+}

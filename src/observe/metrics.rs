@@ -397,6 +397,10 @@ pub struct Metrics {
     pub registrations_evicted: AtomicU64,
     /// Messages over their source's rate limit (`rate_limit.requests_per_second`, `burst`).
     pub rate_limited_messages: AtomicU64,
+    /// Messages over their source's bucket let through after a freeze of
+    /// sipadmit itself: they queued while it ran nothing, and are charged
+    /// to their source's rate over that time.
+    pub freeze_credited_messages: AtomicU64,
     /// Connections over their source's rate limit (`rate_limit.connections_per_second`).
     pub rate_limited_connections: AtomicU64,
     /// Connections refused because their source had
@@ -1201,7 +1205,7 @@ const fn gauge(name: &'static str, help: &'static str, samples: Samples) -> Fami
 }
 
 /// Every family, in render order.
-const FAMILIES: [Family; 60] = [
+const FAMILIES: [Family; 61] = [
     gauge(
         "sipadmit_build_info",
         "Always 1; the label names the sipadmit version.",
@@ -1350,6 +1354,11 @@ const FAMILIES: [Family; 60] = [
         "sipadmit_connections_reserved_total",
         "TCP/TLS connections given one of the limits.reserved_connections slots (trusted sources and known flows, once the unreserved slots are in use).",
         Samples::Atomic(|m| &m.reserved_admissions),
+    ),
+    counter(
+        "sipadmit_rate_limit_freeze_credits_total",
+        "SIP messages over their source's token bucket let through after a freeze of sipadmit itself (a paused VM, SIGSTOP, an event loop held up for 3 s or more): they queued in the socket while it ran nothing, and each source may send requests_per_second for every second of the freeze on top of its burst.",
+        Samples::Atomic(|m| &m.freeze_credited_messages),
     ),
     counter(
         "sipadmit_rate_limit_refused_messages_total",

@@ -30,6 +30,16 @@
 //! queue, never a scan; after a reload shortened `ban_secs`, a new ban is
 //! inserted at its place by a binary search).
 //!
+//! A freeze of sipadmit itself (a paused VM, SIGSTOP, an event loop held
+//! up) leaves what clients sent meanwhile queued in the sockets, read at
+//! once when it runs again: charged as it is read, that would be a burst
+//! no client sent, refused and banned. The housekeeping's beat every
+//! second tells a freeze ([`Admission::heartbeat`]); for one of `F`
+//! seconds, a source's messages over its bucket in the catch-up after it
+//! pass as long as it sent no more than `requests_per_second * F` of them
+//! ([`FreezeCredit`]): what it could have sent over those seconds. A flood
+//! gets no more than it would have without the freeze.
+//!
 //! Ban and unban lines are written for fail2ban (README, Operations):
 //! `source banned source=<IP> ...` and `source unbanned source=<IP> ...`.
 //! Those of bans that block everything are written one by one; those of
@@ -58,6 +68,63 @@ use crate::observe::metrics::Metrics;
 pub const MAX_TRACKED_SOURCES: usize = 200_000;
 /// Bans held at most; a new ban beyond this evicts the oldest.
 pub const MAX_BANS: usize = 65_536;
+/// A gap this long between two housekeeping beats (one a second) is a
+/// freeze of sipadmit itself.
+pub const FREEZE_THRESHOLD: Duration = Duration::from_secs(3);
+/// How long after a freeze its backlog is credited (it drains in well
+/// under a second: a full 4 MiB receive buffer is some thousands of
+/// messages).
+pub const FREEZE_CATCH_UP: Duration = Duration::from_secs(5);
+/// Sources credited per freeze at most (the rest are limited as usual).
+const MAX_FREEZE_CREDITED_SOURCES: usize = 65_536;
+
+/// The credit of the last freeze of sipadmit itself: how long it was, when
+/// it was seen to end, and the messages each source was let through on it.
+#[derive(Debug, Default)]
+struct FreezeCredit {
+    /// The last housekeeping beat.
+    last_beat: Option<Instant>,
+    /// The last freeze: when its end was seen, and its length.
+    freeze: Option<(Instant, Duration)>,
+    /// Messages credited per source since that freeze.
+    used: HashMap<SourceKey, u64>,
+}
+
+impl FreezeCredit {
+    /// The freeze whose catch-up `now` is in, if any: one still going on
+    /// as far as the beats tell (none for [`FREEZE_THRESHOLD`]), or one
+    /// that ended in the last [`FREEZE_CATCH_UP`].
+    fn current(&mut self, now: Instant) -> Option<Duration> {
+        let last_beat = self.last_beat?;
+        let silence = now.saturating_duration_since(last_beat);
+        if silence >= FREEZE_THRESHOLD {
+            // A freeze since the last beat: a new one, unless its record is
+            // already this one's.
+            if self.freeze.is_none_or(|(ended, _)| ended < last_beat) {
+                self.used.clear();
+            }
+            self.freeze = Some((now, silence));
+            return Some(silence);
+        }
+        let (ended, length) = self.freeze?;
+        (now.saturating_duration_since(ended) < FREEZE_CATCH_UP).then_some(length)
+    }
+
+    /// Spend one of `source`'s credit for a freeze of `length` at
+    /// `per_second`: whether it had one left.
+    fn spend(&mut self, source: SourceKey, length: Duration, per_second: NonZeroU32) -> bool {
+        let allowance = u64::from(per_second.get()) * length.as_secs();
+        if self.used.len() >= MAX_FREEZE_CREDITED_SOURCES && !self.used.contains_key(&source) {
+            return false;
+        }
+        let used = self.used.entry(source).or_insert(0);
+        if *used >= allowance {
+            return false;
+        }
+        *used += 1;
+        true
+    }
+}
 /// Over-limit warnings are logged at most once per this interval.
 const WARNING_INTERVAL: Duration = Duration::from_secs(10);
 
@@ -345,6 +412,8 @@ pub struct Admission {
     /// The ban and unban lines of datagram-only bans: at most one of each
     /// per [`WARNING_INTERVAL`].
     datagram_ban_lines: Mutex<[WarningWindow; 2]>,
+    /// The credit of a freeze of sipadmit itself (see the module doc).
+    freeze_credit: Mutex<FreezeCredit>,
     metrics: Arc<Metrics>,
 }
 
@@ -383,8 +452,47 @@ impl Admission {
             checks: AtomicU32::new(0),
             warnings: Mutex::new(WarningWindow::default()),
             datagram_ban_lines: Mutex::new(Default::default()),
+            freeze_credit: Mutex::new(FreezeCredit::default()),
             metrics,
         }
+    }
+
+    /// The housekeeping's beat (every second): a gap of
+    /// [`FREEZE_THRESHOLD`] or more since the last one was a freeze of
+    /// sipadmit itself, logged; its backlog is credited
+    /// ([`FreezeCredit`]).
+    pub fn heartbeat(&self, now: Instant) {
+        let mut credit = self
+            .freeze_credit
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let frozen = credit.current(now);
+        credit.last_beat = Some(now);
+        let Some(length) = frozen else {
+            return;
+        };
+        if credit.freeze.is_some_and(|(ended, _)| ended == now) {
+            warn!(
+                frozen_secs = length.as_secs(),
+                "sipadmit was frozen (a paused VM, SIGSTOP, or its event loop held up): what clients sent meanwhile is charged to their rate limit over that time"
+            );
+        }
+    }
+
+    /// Whether a message from `key` over its bucket is let through on the
+    /// credit of a freeze whose catch-up `now` is in.
+    fn credited(&self, key: SourceKey, per_second: NonZeroU32, now: Instant) -> bool {
+        let mut credit = self
+            .freeze_credit
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let credited = credit
+            .current(now)
+            .is_some_and(|length| credit.spend(key, length, per_second));
+        if credited {
+            Metrics::inc(&self.metrics.freeze_credited_messages);
+        }
+        credited
     }
 
     /// Exempt `hosts` (a TCP or TLS registrar's) on any port over
@@ -467,7 +575,9 @@ impl Admission {
             return Verdict::Banned;
         }
         self.bound_tables(&limits);
-        if limits.requests.check_key(&key).is_ok() {
+        if limits.requests.check_key(&key).is_ok()
+            || self.credited(key, limits.settings.requests_per_second, now)
+        {
             return Verdict::Pass;
         }
         Metrics::inc(&self.metrics.rate_limited_messages);
@@ -855,6 +965,51 @@ mod tests {
             .filter(|v| *v != Verdict::Pass)
             .count();
         assert!(limited > 0, "datagrams from another port are limited");
+    }
+
+    /// Trial 20: a freeze of sipadmit itself (no beat for 10 s) leaves a
+    /// client's messages of those seconds queued; read at once, they pass
+    /// up to the rate over the freeze on top of the burst, before and after
+    /// the next beat, each source on its own; after the catch-up, none.
+    #[test]
+    fn a_freeze_of_sipadmit_credits_its_backlog_at_the_rate_over_its_length() {
+        let a = admission(2, 3);
+        let over = |source, now| !matches!(a.message(source, Transport::Udp, now), Verdict::Pass);
+        let t0 = Instant::now();
+        a.heartbeat(t0);
+        let client = addr("192.0.2.10:5060");
+        for _ in 0..3 {
+            assert!(!over(client, t0));
+        }
+        assert!(over(client, t0), "no freeze: the burst is all");
+        // 10 s without a beat: 2/s * 10 s = 20 more, the beat's line or not.
+        let resumed = t0 + Duration::from_secs(10);
+        for _ in 0..10 {
+            assert!(!over(client, resumed));
+        }
+        a.heartbeat(resumed);
+        let draining = resumed + Duration::from_millis(100);
+        for _ in 0..10 {
+            assert!(!over(client, draining));
+        }
+        assert!(
+            over(client, draining),
+            "the credit is the rate over the freeze"
+        );
+        let other = addr("192.0.2.11:5060");
+        assert_eq!((0..30).filter(|_| !over(other, draining)).count(), 3 + 20);
+        assert_eq!(
+            a.metrics.freeze_credited_messages.load(Ordering::Relaxed),
+            40
+        );
+        // Beats every second again: after the catch-up no credit is left.
+        let later = (1..=6).fold(resumed, |at, _| {
+            let next = at + Duration::from_secs(1);
+            a.heartbeat(next);
+            next
+        });
+        let third = addr("192.0.2.12:5060");
+        assert_eq!((0..10).filter(|_| !over(third, later)).count(), 3);
     }
 
     #[test]
