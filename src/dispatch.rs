@@ -156,10 +156,7 @@ impl Dispatcher {
             retransmit_timer.arm(core.client_transactions().next_due());
             tokio::select! {
                 () = &mut cancelled => break,
-                () = retransmit_timer.fired() => {
-                    take_in_what_came(core, senders, log, edge, worker, &mut datagrams, &mut events).await;
-                    retransmit(core, senders, log).await;
-                }
+                () = retransmit_timer.fired() => retransmit(core, senders, log).await,
                 () = probes.due() => probes.send(core, senders, log, edge).await,
                 _ = housekeeping.tick(), if *keeps_house => {
                     let now = Instant::now();
@@ -179,34 +176,6 @@ impl Dispatcher {
                 },
             }
         }
-    }
-}
-
-/// Before the client transaction timers act (a copy sent again, a `408`):
-/// one turn of the event loop, then what it took in is handled, so that a
-/// response that came before its timer fired answers it. After a freeze
-/// of this process (SIGSTOP, a paused VM) the timers come due at once, and
-/// the wait that ends the freeze fails with EINTR before it reports the
-/// sockets ready: without this, a registrar's answer that came in time
-/// would find its client answered `408` already. At most `EVENT_BATCH` of
-/// each.
-async fn take_in_what_came(
-    core: &Core,
-    senders: &Senders,
-    log: &DecisionLog,
-    edge: &mut Edge,
-    worker: usize,
-    datagrams: &mut Datagrams,
-    events: &mut mpsc::Receiver<Event>,
-) {
-    tokio::task::yield_now().await;
-    if let Some(first) = datagrams.try_next() {
-        let more = || datagrams.try_next();
-        dispatch_in_a_row(core, senders, log, edge, worker, first, more).await;
-    }
-    if let Ok(first) = events.try_recv() {
-        let more = || events.try_recv().ok();
-        dispatch_in_a_row(core, senders, log, edge, worker, first, more).await;
     }
 }
 

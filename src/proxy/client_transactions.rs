@@ -167,12 +167,23 @@ struct Entry {
     proceeding: bool,
     /// Given up by a drain that ran out, not timed out.
     given_up: bool,
+    /// Its timeout came late and was put off by [`LATE_TIMEOUT_GRACE`]
+    /// (once).
+    graced: bool,
     /// The timer of this entry that is live in the heap (older ones are
     /// stale and skipped).
     timer: u64,
     /// Bytes this entry accounts for.
     bytes: usize,
 }
+
+/// A timeout that comes this late (Timer B/F fired this long after its
+/// time) tells that this process was frozen (a paused VM, SIGSTOP) or held
+/// up, with what came meanwhile not read yet.
+const LATE_TIMEOUT: Duration = Duration::from_millis(250);
+/// How long a late timeout is put off (once), so that every worker reads
+/// the answers queued on its sockets first.
+const LATE_TIMEOUT_GRACE: Duration = Duration::from_millis(200);
 
 /// A timer in the heap: (when, timer id, key).
 type Timer = Reverse<(Instant, u64, TransactionKey)>;
@@ -310,6 +321,7 @@ impl ClientTransactions {
                 interval: t1,
                 proceeding: false,
                 given_up: false,
+                graced: false,
                 timer,
                 bytes,
             },
@@ -423,7 +435,19 @@ impl ClientTransactions {
             let t2 = self.timers.t2;
             let next = match table.entries.get_mut(&key) {
                 Some(entry) if entry.timer == id => {
-                    if now >= entry.gives_up {
+                    if now >= entry.gives_up + LATE_TIMEOUT {
+                        // Late: this process was frozen or held up, and
+                        // the answer may be queued on a socket (any
+                        // worker's) since before its time. Put off once,
+                        // so that every worker reads what came first.
+                        if entry.graced || entry.given_up {
+                            None
+                        } else {
+                            entry.graced = true;
+                            entry.gives_up = now + LATE_TIMEOUT_GRACE;
+                            Some(entry.gives_up)
+                        }
+                    } else if now >= entry.gives_up {
                         None
                     } else {
                         due.push(Due::Retransmit(
@@ -755,6 +779,38 @@ mod tests {
         assert!(table.is_idle());
         assert!(table.due(gone).is_empty(), "their timers are stale");
         assert_eq!(table.accounted_bytes(), 0);
+    }
+
+    /// A timeout that fires late (this process was frozen) is put off once
+    /// for a moment, so that an answer queued since before its time (on any
+    /// worker's socket) is read first; one on time, or put off already,
+    /// times out.
+    #[test]
+    fn a_late_timeout_is_put_off_once_for_the_answers_queued_meanwhile() {
+        let table = ClientTransactions::new(Timers::RFC3261, 1 << 20);
+        let t0 = Instant::now();
+        let answered = key(1, TransactionMethod::Other);
+        let silent = key(2, TransactionMethod::Other);
+        table.start(transaction(answered, 100), t0);
+        table.start(transaction(silent, 100), t0);
+        let resumed = t0 + Timers::RFC3261.timeout() + Duration::from_secs(3);
+        let due = table.due(resumed);
+        assert!(
+            due.iter().all(|d| matches!(d, Due::Retransmit(..))),
+            "{due:?}"
+        );
+        assert_eq!(table.answered(&answered, 200, resumed), Answered::Kept);
+        let due = table.due(resumed + LATE_TIMEOUT_GRACE);
+        assert!(
+            matches!(due[..], [Due::TimedOut(_)]),
+            "the silent one times out after the grace: {due:?}"
+        );
+        assert!(table.is_empty());
+        // On time (a drain's give-up included): no grace.
+        let on_time = key(3, TransactionMethod::Other);
+        table.start(transaction(on_time, 100), t0);
+        let due = table.due(t0 + Timers::RFC3261.timeout());
+        assert!(due.iter().any(|d| matches!(d, Due::TimedOut(_))), "{due:?}");
     }
 
     /// The per-transaction overhead the config reference gives ("about

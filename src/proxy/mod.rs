@@ -1273,11 +1273,10 @@ impl Core {
             would_reject,
             generation: runtime.generation,
             spiral: inb.from_registrar() && self.came_through_from_client(view),
-            after_challenge: self.transactions.follows_challenge(
-                view,
-                inb.source.0,
-                Instant::now(),
-            ),
+            after_challenge: self.transactions.any_challenge()
+                && self
+                    .transactions
+                    .follows_challenge(view, inb.source.0, Instant::now()),
             unregister: is_unregister(view),
             // Set by the dispatcher as it carries the outcome out
             // (`dispatch::carry_out`).

@@ -278,7 +278,7 @@ impl Transactions {
     /// of the same source, method, Call-ID and From tag that was challenged
     /// in the last [`TRANSACTION_LIFETIME`].
     pub fn follows_challenge(&self, request: &SipView, source: SocketAddr, now: Instant) -> bool {
-        if !self.challenged.load(Ordering::Relaxed)
+        if !self.any_challenge()
             || !CREDENTIALS
                 .iter()
                 .any(|name| request.header_named(name).is_some())
@@ -287,6 +287,12 @@ impl Transactions {
         }
         let method = request.method_bytes().unwrap_or_default();
         self.holds(self.challenge_key(request, method, source), now)
+    }
+
+    /// Whether a challenge was ever noted: until then no request follows
+    /// one (checked without a lock, and without reading the clock first).
+    pub fn any_challenge(&self) -> bool {
+        self.challenged.load(Ordering::Relaxed)
     }
 
     /// The key of a challenged request of `client`: its method (a
