@@ -18,7 +18,10 @@
 //!   `408 Request Timeout` by sipadmit ([`Due::TimedOut`]). The transaction
 //!   is remembered for another 64*T1: a late response to it is not relayed
 //!   after that final answer ([`Answered::AfterTimeout`]; RFC 3261 16.7
-//!   step 5), except a 2xx to an INVITE, which always is.
+//!   step 5), except a 2xx to an INVITE, which always is. A timeout that
+//!   fires late (this process was frozen, a paused VM or SIGSTOP) is put
+//!   off once for a moment, so that an answer queued on a socket since
+//!   before its time is read first.
 //! - Copies of a final response (the registrar resends one for each copy
 //!   of the request it got, and a non-2xx to an INVITE until it is
 //!   acknowledged), and anything after it, are not relayed to the client
