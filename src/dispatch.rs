@@ -158,10 +158,14 @@ impl Dispatcher {
                 () = &mut cancelled => break,
                 () = retransmit_timer.fired() => retransmit(core, senders, log).await,
                 () = probes.due() => probes.send(core, senders, log, edge).await,
-                _ = housekeeping.tick(), if *keeps_house => {
+                _ = housekeeping.tick() => {
                     let now = Instant::now();
-                    edge.housekeeping(core, now);
-                    log.warn_of_drops(now);
+                    // Every worker's: a freeze is no beat from any.
+                    edge.admission.heartbeat(now);
+                    if *keeps_house {
+                        edge.housekeeping(core, now);
+                        log.warn_of_drops(now);
+                    }
                 }
                 event = datagrams.next(), if datagrams.is_open() => {
                     let more = || datagrams.try_next();
@@ -388,7 +392,6 @@ impl Edge {
     /// close summary windows; every 10 s: check the upstream's silence.
     fn housekeeping(&mut self, core: &Core, now: Instant) {
         self.ticks += 1;
-        self.admission.heartbeat(now);
         self.admission.sweep(now);
         core.close_summaries(now);
         if self.ticks % 10 == 0 {

@@ -25,9 +25,12 @@
 //! - Copies of a final response (the registrar resends one for each copy
 //!   of the request it got, and a non-2xx to an INVITE until it is
 //!   acknowledged), and anything after it, are not relayed to the client
-//!   for 64*T1 after the final one was ([`Answered::AfterFinal`]; 17.1.1.2,
-//!   17.1.2.2: a completed client transaction absorbs them), except a 2xx
-//!   to an INVITE, which always is.
+//!   for 64*T1 after the final one was ([`Answered::AfterFinal`]; RFC 3261
+//!   16.7 step 5: after a final response only a 2xx to an INVITE goes on).
+//!   The client's ACK of a non-2xx was relayed once: a copy of the final
+//!   response that says it was lost makes no ACK again (RFC 3261 17.1.1.2
+//!   would; the client on its stream, with Timer D at 0, would not either),
+//!   and the registrar gives up after its Timer H.
 //! - ACK is never a transaction (17.1.1.3); CANCEL is a non-INVITE
 //!   transaction of its own with the INVITE's branch, told apart by its
 //!   CSeq method (17.1.3).

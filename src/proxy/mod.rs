@@ -1531,6 +1531,9 @@ struct TableWarnings {
     response_tokens: Mutex<WarningWindow>,
     /// Responses with a bad back token (a client's doing).
     back_tokens: Mutex<WarningWindow>,
+    /// Malformed responses from the registrar (no Content-Length over a
+    /// stream, a control character, ...): its clients get no answer.
+    registrar_responses: Mutex<WarningWindow>,
 }
 
 /// The branch this proxy puts in its Via: `z9hG4bKsa`, 16 hex digits of

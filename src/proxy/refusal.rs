@@ -282,7 +282,8 @@ impl Core {
         let subject = &subject;
         let answered = is_formable(view)
             && ctx.method != Method::Ack
-            && !matches!(refusal, Refusal::Banned { .. });
+            && !matches!(refusal, Refusal::Banned { .. })
+            && !matches!(refusal, Refusal::Malformed(e) if e.taints_an_answer());
         if let Some(reason) = refusal.parse_error() {
             self.metrics.count_parse_error(reason);
         }

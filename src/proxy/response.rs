@@ -67,8 +67,17 @@ impl Core {
         }
         if let Err(e) = view.check_for_transport(inb.transport.is_stream()) {
             // Not relayed, so it answers no client transaction either: one
-            // kept for a stream client goes on to its 408.
-            debug!(source = %inb.source, error = %e, "malformed response dropped");
+            // kept for a stream client goes on to its 408. The registrar's
+            // is worth a warning (rate-limited): all its clients wait.
+            let warning = inb.from_registrar().then(|| {
+                super::lock(&self.warnings.registrar_responses).admit(now, super::WARNING_INTERVAL)
+            });
+            match warning.flatten() {
+                Some(held_back) => {
+                    warn!(source = %inb.source, error = %e, status = view.status(), warnings_held_back = held_back, "malformed response from the registrar dropped (RFC 3261: nothing malformed is relayed)")
+                }
+                None => debug!(source = %inb.source, error = %e, "malformed response dropped"),
+            }
             return discard(DropReason::MalformedResponse);
         }
         // After a final response only a 2xx to an INVITE goes on (RFC

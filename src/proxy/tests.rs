@@ -405,6 +405,40 @@ fn every_refusal_has_its_status_and_rule() {
     );
 }
 
+/// Control characters and bare LFs are refused, never relayed; the 400
+/// goes out only when it would not carry them back (a response copies Via,
+/// From, To, Call-ID and CSeq byte for byte): otherwise a counted drop.
+#[test]
+fn control_characters_are_answered_400_only_where_the_answer_stays_clean() {
+    let core = Core::detached(CONFIG).unwrap();
+    let client = client();
+    let register = request("REGISTER", "sip:contoso.com", client, LYNC, "");
+    let in_user_agent = register.replace("(Microsoft Lync)", "(Microsoft\x1b[31m Lync)");
+    let outcome = handle(&core, &udp(in_user_agent, client));
+    assert_eq!(status(&outcome), Some(400));
+    let (_, answer) = sent(&outcome);
+    assert!(
+        answer.starts_with("SIP/2.0 400 Control character in User-Agent header\r\n"),
+        "{answer}"
+    );
+    assert!(!answer.bytes().any(|b| b == 0x1b), "{answer:?}");
+    // Each a transaction of its own (no copy of the first).
+    let register = register.replace("Call-ID: ", "Call-ID: tainted-");
+    for tainted in [
+        register.replace("Call-ID: ", "Call-ID: \0"),
+        register.replace("\r\n", "\n"),
+    ] {
+        let outcome = handle(&core, &udp(tainted, client));
+        assert_eq!(outcome.drop_reason(), Some(DropReason::Malformed));
+        assert_eq!(
+            outcome.record().map(|r| (r.action, r.status)),
+            Some((Action::Drop, None))
+        );
+    }
+    assert_eq!(core.metrics().parse_errors("control_character"), 2);
+    assert_eq!(core.metrics().parse_errors("bare_line_feed"), 1);
+}
+
 #[test]
 fn local_answers_are_recorded_and_an_unanswerable_ack_is_recorded_as_a_drop() {
     let core = Core::detached(CONFIG).unwrap();

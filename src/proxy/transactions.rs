@@ -271,12 +271,17 @@ impl Transactions {
             return;
         };
         self.challenged.store(true, Ordering::Relaxed);
-        let _ = self.note(self.challenge_key(response, cseq.method, client), None, now);
+        let key = self.challenge_key(response, cseq.method, client);
+        // Each challenge counts from its own time (NTLM takes two).
+        self.take(key, now);
+        let _ = self.note(key, None, now);
     }
 
     /// Whether `request` from `source` retries, with credentials, a request
     /// of the same source, method, Call-ID and From tag that was challenged
-    /// in the last [`TRANSACTION_LIFETIME`].
+    /// in the last [`TRANSACTION_LIFETIME`]. A challenge is answered by one
+    /// retry: it is forgotten then (a later request of the dialog or the
+    /// registration is none).
     pub fn follows_challenge(&self, request: &SipView, source: SocketAddr, now: Instant) -> bool {
         if !self.any_challenge()
             || !CREDENTIALS
@@ -286,7 +291,13 @@ impl Transactions {
             return false;
         }
         let method = request.method_bytes().unwrap_or_default();
-        self.holds(self.challenge_key(request, method, source), now)
+        self.take(self.challenge_key(request, method, source), now)
+    }
+
+    /// Forget `key`: whether it was remembered (and not expired) at `now`.
+    fn take(&self, key: u64, now: Instant) -> bool {
+        let mut seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
+        seen.remove(key, now).is_some()
     }
 
     /// Whether a challenge was ever noted: until then no request follows

@@ -93,6 +93,26 @@ impl SipError {
         }
     }
 
+    /// Whether an answer to the message would carry the fault back: a
+    /// response copies the Via, From, To, Call-ID and CSeq lines byte for
+    /// byte (RFC 3261 8.2.6), so one with a control character in those, or
+    /// a line ended by a bare LF anywhere, is dropped rather than answered
+    /// with the bytes it was refused for.
+    pub fn taints_an_answer(self) -> bool {
+        match self {
+            Self::BareLineFeed => true,
+            Self::ControlCharacter(Some(header)) => matches!(
+                header,
+                HeaderName::Via
+                    | HeaderName::From
+                    | HeaderName::To
+                    | HeaderName::CallId
+                    | HeaderName::CSeq
+            ),
+            _ => false,
+        }
+    }
+
     /// The status code a request refused for this reason is answered with.
     pub fn status_code(self) -> u16 {
         match self {

@@ -214,8 +214,10 @@ fn control_character(buf: &[u8], start: usize, section: &HeaderSection) -> Optio
     Some(SipError::ControlCharacter(header))
 }
 
-/// Bytes [`first_control_character`] checks at a time.
+/// Bytes [`first_control_character`] checks at a time (its per-block
+/// counters are bytes).
 const CONTROL_BLOCK: usize = 128;
+const _: () = assert!(CONTROL_BLOCK <= u8::MAX as usize);
 
 /// A control character of a header field: %x00-1F but HT (and LF and CR,
 /// which end lines), and DEL. Without a branch (`&`, `|`), so that a block
@@ -261,11 +263,12 @@ impl LineBytes {
     }
 }
 
-/// Where the first control character of `text` (lines, each ended by a
-/// line break) sits, if any: a byte of %x00-1F other than HT, or DEL (RFC
-/// 3261 25.1 admits none in a header field), and a CR not followed by LF.
-/// One escaped by a backslash (a quoted-pair, 25.1) is allowed, other than
-/// CR and LF; so is LF itself, which ends the lines.
+/// Where the first control character of `text` (the start line, then
+/// header lines, each ended by a line break) sits, if any: a byte of
+/// %x00-1F other than HT, or DEL (RFC 3261 25.1 admits none in a header
+/// field), and a CR not followed by LF. One escaped by a backslash inside
+/// a quoted string or a comment of a header field (a quoted-pair, 25.1) is
+/// allowed, other than CR and LF; so is LF itself, which ends the lines.
 fn first_control_character(text: &[u8]) -> Option<usize> {
     // Almost every message has none: one pass that counts, before looking
     // closer. Without a bare LF (refused apart), a CR that ends no line
@@ -274,14 +277,54 @@ fn first_control_character(text: &[u8]) -> Option<usize> {
     if !counted.controls && counted.crs <= counted.lfs {
         return None;
     }
-    let escaped = |at: usize| {
-        let backslashes = text[..at].iter().rev().take_while(|&&b| b == b'\\').count();
-        backslashes % 2 == 1
-    };
-    (0..text.len()).find(|&i| {
-        let b = text[i];
-        (is_control(b) && !escaped(i)) || (b == b'\r' && text.get(i + 1) != Some(&b'\n'))
-    })
+    let mut quoted = QuotedPairs::default();
+    let mut start_line = true;
+    for (i, &b) in text.iter().enumerate() {
+        let escapable = !start_line && quoted.escapes_next();
+        quoted.step(b);
+        match b {
+            b'\r' if text.get(i + 1) != Some(&b'\n') => return Some(i),
+            b'\n' => {
+                start_line = false;
+                quoted = QuotedPairs::default();
+            }
+            _ if is_control(b) && !escapable => return Some(i),
+            _ => {}
+        }
+    }
+    None
+}
+
+/// Where a header line stands for quoted-pairs (RFC 3261 25.1): inside a
+/// quoted string or a comment, a backslash escapes the byte after it.
+#[derive(Default)]
+struct QuotedPairs {
+    in_quotes: bool,
+    /// Comments nest.
+    comments: u32,
+    /// The byte before was an escaping backslash.
+    backslash: bool,
+}
+
+impl QuotedPairs {
+    /// Whether the next byte is escaped.
+    fn escapes_next(&self) -> bool {
+        self.backslash
+    }
+
+    fn step(&mut self, b: u8) {
+        if self.backslash {
+            self.backslash = false;
+            return;
+        }
+        match b {
+            b'\\' if self.in_quotes || self.comments > 0 => self.backslash = true,
+            b'"' if self.comments == 0 => self.in_quotes = !self.in_quotes,
+            b'(' if !self.in_quotes => self.comments += 1,
+            b')' if !self.in_quotes => self.comments = self.comments.saturating_sub(1),
+            _ => {}
+        }
+    }
 }
 
 /// The header section of a message, indexed by [`index_headers`].
@@ -1131,6 +1174,18 @@ mod tests {
                 "Supported : \"gruu\\\\\0\"",
                 SipError::ControlCharacter(Some(HeaderName::Supported)),
             ),
+            // A backslash escapes only inside a quoted string or a comment,
+            // and never in the start line.
+            (
+                "i: abc@10.0.0.5",
+                "i: abc\\\0@10.0.0.5",
+                SipError::ControlCharacter(Some(HeaderName::CallId)),
+            ),
+            (
+                "REGISTER sip:example.com",
+                "REGISTER sip:exam\\\x07ple.com",
+                SipError::ControlCharacter(None),
+            ),
             (
                 "Expires: 3600\r\n",
                 "Expires: 3600\n",
@@ -1152,10 +1207,11 @@ mod tests {
             SipError::ControlCharacter(None).to_string(),
             "Control character in the start line"
         );
-        // A quoted-pair may escape one (RFC 3261 25.1; RFC 4475 3.1.1.3),
-        // and the body is no header field.
+        // A quoted-pair may escape one, in a quoted string (RFC 3261 25.1;
+        // RFC 4475 3.1.1.2) or a comment, and the body is no header field.
         let quoted = base
             .replacen("t: <sip:", "t: \"BEL:\\\x07 NUL:\\\0 DEL:\\\x7f\" <sip:", 1)
+            .replacen("(Microsoft Lync)", "(Microsoft \\\x1b Lync)", 1)
             .replacen("l: 4\r\n\r\nbody", "l: 4\r\n\r\nb\0\ny", 1);
         assert!(view(&quoted).is_ok());
         // Everything in one LF-only message is refused, not just its first line.

@@ -30,15 +30,17 @@
 //! queue, never a scan; after a reload shortened `ban_secs`, a new ban is
 //! inserted at its place by a binary search).
 //!
-//! A freeze of sipadmit itself (a paused VM, SIGSTOP, an event loop held
-//! up) leaves what clients sent meanwhile queued in the sockets, read at
-//! once when it runs again: charged as it is read, that would be a burst
-//! no client sent, refused and banned. The housekeeping's beat every
-//! second tells a freeze ([`Admission::heartbeat`]); for one of `F`
-//! seconds, a source's messages over its bucket in the catch-up after it
-//! pass as long as it sent no more than `requests_per_second * F` of them
-//! ([`FreezeCredit`]): what it could have sent over those seconds. A flood
-//! gets no more than it would have without the freeze.
+//! A freeze of sipadmit itself (a paused VM, SIGSTOP, every event loop
+//! held up) leaves what clients sent meanwhile queued in the sockets, read
+//! at once when it runs again: charged as it is read, that would be a burst
+//! no client sent, refused and banned. Every worker beats once a second
+//! ([`Admission::heartbeat`]); no beat from any of them for
+//! [`FREEZE_THRESHOLD`] is a freeze of `F` seconds (at most
+//! [`MAX_FREEZE`]). A source's messages over its bucket then pass, until
+//! [`FREEZE_CATCH_UP`] after the beats come back, as long as it sent no
+//! more than `requests_per_second * F` of them ([`FreezeCredit`]): what
+//! it could have sent over those seconds. One slow worker, with the others
+//! beating, is no freeze; a flood gets no more than without the freeze.
 //!
 //! Ban and unban lines are written for fail2ban (README, Operations):
 //! `source banned source=<IP> ...` and `source unbanned source=<IP> ...`.
@@ -51,7 +53,7 @@ use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -68,56 +70,109 @@ use crate::observe::metrics::Metrics;
 pub const MAX_TRACKED_SOURCES: usize = 200_000;
 /// Bans held at most; a new ban beyond this evicts the oldest.
 pub const MAX_BANS: usize = 65_536;
-/// A gap this long between two housekeeping beats (one a second) is a
-/// freeze of sipadmit itself.
+/// No housekeeping beat (every worker beats once a second) for this long
+/// is a freeze of sipadmit itself.
 pub const FREEZE_THRESHOLD: Duration = Duration::from_secs(3);
-/// How long after a freeze its backlog is credited (it drains in well
-/// under a second: a full 4 MiB receive buffer is some thousands of
-/// messages).
-pub const FREEZE_CATCH_UP: Duration = Duration::from_secs(5);
+/// How long after the beats come back a freeze's backlog is credited (it
+/// drains in well under a second: a full 4 MiB receive buffer is some
+/// thousands of messages).
+pub const FREEZE_CATCH_UP: Duration = Duration::from_secs(2);
+/// The longest freeze credited: a source is let through at most
+/// `requests_per_second` times this many seconds on one.
+pub const MAX_FREEZE: Duration = Duration::from_secs(30);
 /// Sources credited per freeze at most (the rest are limited as usual).
 const MAX_FREEZE_CREDITED_SOURCES: usize = 65_536;
 
-/// The credit of the last freeze of sipadmit itself: how long it was, when
-/// it was seen to end, and the messages each source was let through on it.
-#[derive(Debug, Default)]
+/// The credit of a freeze of sipadmit itself (see the module doc). The
+/// beats and the end of the catch-up are atomics (milliseconds since
+/// `epoch`): a message over its bucket takes the lock only in a freeze or
+/// its catch-up.
+#[derive(Debug)]
 struct FreezeCredit {
-    /// The last housekeeping beat.
-    last_beat: Option<Instant>,
-    /// The last freeze: when its end was seen, and its length.
-    freeze: Option<(Instant, Duration)>,
-    /// Messages credited per source since that freeze.
+    epoch: Instant,
+    /// The latest beat of any worker (0: none yet).
+    latest_beat_ms: AtomicU64,
+    /// Until when a freeze's backlog is credited.
+    catch_up_until_ms: AtomicU64,
+    freeze: Mutex<Freeze>,
+}
+
+/// The last freeze: its length, the beat before it, and what each source
+/// was let through on it.
+#[derive(Debug, Default)]
+struct Freeze {
+    length: Duration,
+    /// The last beat before it (`latest_beat_ms`): one freeze per silence.
+    after_beat_ms: u64,
     used: HashMap<SourceKey, u64>,
 }
 
 impl FreezeCredit {
-    /// The freeze whose catch-up `now` is in, if any: one still going on
-    /// as far as the beats tell (none for [`FREEZE_THRESHOLD`]), or one
-    /// that ended in the last [`FREEZE_CATCH_UP`].
-    fn current(&mut self, now: Instant) -> Option<Duration> {
-        let last_beat = self.last_beat?;
-        let silence = now.saturating_duration_since(last_beat);
-        if silence >= FREEZE_THRESHOLD {
-            // A freeze since the last beat: a new one, unless its record is
-            // already this one's.
-            if self.freeze.is_none_or(|(ended, _)| ended < last_beat) {
-                self.used.clear();
-            }
-            self.freeze = Some((now, silence));
-            return Some(silence);
+    fn new() -> Self {
+        Self {
+            epoch: Instant::now(),
+            latest_beat_ms: AtomicU64::new(0),
+            catch_up_until_ms: AtomicU64::new(0),
+            freeze: Mutex::new(Freeze::default()),
         }
-        let (ended, length) = self.freeze?;
-        (now.saturating_duration_since(ended) < FREEZE_CATCH_UP).then_some(length)
     }
 
-    /// Spend one of `source`'s credit for a freeze of `length` at
-    /// `per_second`: whether it had one left.
-    fn spend(&mut self, source: SourceKey, length: Duration, per_second: NonZeroU32) -> bool {
-        let allowance = u64::from(per_second.get()) * length.as_secs();
-        if self.used.len() >= MAX_FREEZE_CREDITED_SOURCES && !self.used.contains_key(&source) {
+    /// `at` in milliseconds since the epoch, from 1 (0 stands for none).
+    fn ms(&self, at: Instant) -> u64 {
+        let since = at.saturating_duration_since(self.epoch).as_millis();
+        u64::try_from(since).map_or(u64::MAX, |ms| ms.saturating_add(1))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Freeze> {
+        self.freeze.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A worker's beat at `now`: the length of the freeze it ends, when the
+    /// last beat of any worker is [`FREEZE_THRESHOLD`] old or more.
+    fn beat(&self, now: Instant) -> Option<Duration> {
+        let at = self.ms(now);
+        let before = self.latest_beat_ms.fetch_max(at, Ordering::Relaxed);
+        let silence = Duration::from_millis(at.saturating_sub(before));
+        (before != 0 && silence >= FREEZE_THRESHOLD).then(|| self.seen(before, silence, at))
+    }
+
+    /// A freeze since the beat at `before_ms`, `silence` long so far, seen
+    /// at `at_ms`: its length, capped at [`MAX_FREEZE`] (one freeze per
+    /// silence: its credit is not spent twice), and its catch-up extended.
+    fn seen(&self, before_ms: u64, silence: Duration, at_ms: u64) -> Duration {
+        let mut freeze = self.lock();
+        if freeze.after_beat_ms != before_ms {
+            *freeze = Freeze {
+                after_beat_ms: before_ms,
+                ..Freeze::default()
+            };
+        }
+        freeze.length = freeze.length.max(silence.min(MAX_FREEZE));
+        let until = at_ms + u64::try_from(FREEZE_CATCH_UP.as_millis()).unwrap_or(u64::MAX);
+        self.catch_up_until_ms.fetch_max(until, Ordering::Relaxed);
+        freeze.length
+    }
+
+    /// Spend one of `source`'s credit at `per_second`, if `now` is in a
+    /// freeze (no beat for [`FREEZE_THRESHOLD`]) or its catch-up: whether
+    /// it had one left.
+    fn spend(&self, source: SourceKey, per_second: NonZeroU32, now: Instant) -> bool {
+        let at = self.ms(now);
+        let latest = self.latest_beat_ms.load(Ordering::Relaxed);
+        let silence = Duration::from_millis(at.saturating_sub(latest));
+        let frozen = latest != 0 && silence >= FREEZE_THRESHOLD;
+        if !frozen && at >= self.catch_up_until_ms.load(Ordering::Relaxed) {
             return false;
         }
-        let used = self.used.entry(source).or_insert(0);
+        if frozen {
+            self.seen(latest, silence, at);
+        }
+        let mut freeze = self.lock();
+        let allowance = u64::from(per_second.get()) * freeze.length.as_secs();
+        if freeze.used.len() >= MAX_FREEZE_CREDITED_SOURCES && !freeze.used.contains_key(&source) {
+            return false;
+        }
+        let used = freeze.used.entry(source).or_insert(0);
         if *used >= allowance {
             return false;
         }
@@ -125,6 +180,7 @@ impl FreezeCredit {
         true
     }
 }
+
 /// Over-limit warnings are logged at most once per this interval.
 const WARNING_INTERVAL: Duration = Duration::from_secs(10);
 
@@ -413,7 +469,7 @@ pub struct Admission {
     /// per [`WARNING_INTERVAL`].
     datagram_ban_lines: Mutex<[WarningWindow; 2]>,
     /// The credit of a freeze of sipadmit itself (see the module doc).
-    freeze_credit: Mutex<FreezeCredit>,
+    freeze_credit: FreezeCredit,
     metrics: Arc<Metrics>,
 }
 
@@ -452,43 +508,27 @@ impl Admission {
             checks: AtomicU32::new(0),
             warnings: Mutex::new(WarningWindow::default()),
             datagram_ban_lines: Mutex::new(Default::default()),
-            freeze_credit: Mutex::new(FreezeCredit::default()),
+            freeze_credit: FreezeCredit::new(),
             metrics,
         }
     }
 
-    /// The housekeeping's beat (every second): a gap of
-    /// [`FREEZE_THRESHOLD`] or more since the last one was a freeze of
-    /// sipadmit itself, logged; its backlog is credited
-    /// ([`FreezeCredit`]).
+    /// A worker's beat (each worker's, every second): the first after no
+    /// beat of any worker for [`FREEZE_THRESHOLD`] ends a freeze of
+    /// sipadmit itself, logged; its backlog is credited ([`FreezeCredit`]).
     pub fn heartbeat(&self, now: Instant) {
-        let mut credit = self
-            .freeze_credit
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        let frozen = credit.current(now);
-        credit.last_beat = Some(now);
-        let Some(length) = frozen else {
-            return;
-        };
-        if credit.freeze.is_some_and(|(ended, _)| ended == now) {
+        if let Some(length) = self.freeze_credit.beat(now) {
             warn!(
                 frozen_secs = length.as_secs(),
-                "sipadmit was frozen (a paused VM, SIGSTOP, or its event loop held up): what clients sent meanwhile is charged to their rate limit over that time"
+                "sipadmit was frozen (a paused VM, SIGSTOP, or every event loop held up): what clients sent meanwhile is charged to their rate limit over that time"
             );
         }
     }
 
     /// Whether a message from `key` over its bucket is let through on the
-    /// credit of a freeze whose catch-up `now` is in.
+    /// credit of a freeze, in it or in its catch-up at `now`.
     fn credited(&self, key: SourceKey, per_second: NonZeroU32, now: Instant) -> bool {
-        let mut credit = self
-            .freeze_credit
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        let credited = credit
-            .current(now)
-            .is_some_and(|length| credit.spend(key, length, per_second));
+        let credited = self.freeze_credit.spend(key, per_second, now);
         if credited {
             Metrics::inc(&self.metrics.freeze_credited_messages);
         }
@@ -1003,13 +1043,23 @@ mod tests {
             40
         );
         // Beats every second again: after the catch-up no credit is left.
-        let later = (1..=6).fold(resumed, |at, _| {
+        let later = (1..=3).fold(resumed, |at, _| {
             let next = at + Duration::from_secs(1);
             a.heartbeat(next);
             next
         });
         let third = addr("192.0.2.12:5060");
         assert_eq!((0..10).filter(|_| !over(third, later)).count(), 3);
+        // One worker beating while another is held up: no freeze.
+        a.heartbeat(later + Duration::from_secs(2));
+        let fourth = addr("192.0.2.13:5060");
+        let held_up = later + Duration::from_secs(4);
+        assert_eq!((0..10).filter(|_| !over(fourth, held_up)).count(), 3);
+        // A long freeze is credited as MAX_FREEZE at most.
+        let long = held_up + Duration::from_secs(120);
+        a.heartbeat(long);
+        let fifth = addr("192.0.2.14:5060");
+        assert_eq!((0..200).filter(|_| !over(fifth, long)).count(), 3 + 2 * 30);
     }
 
     #[test]
