@@ -133,27 +133,14 @@ fn copies_of_a_final_response_reach_the_tcp_client_once() {
 /// reports the answer's socket ready.
 #[test]
 fn an_answer_that_came_during_a_freeze_of_sipadmit_beats_its_timeout() {
-    use common::binary::{free_port, Sipadmit};
     let registrar = Registrar::start_with(Behaviour::AnswerFirstAfter(Duration::from_millis(300)));
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("c.toml");
     // 64*T1 = 3.2 s; sent again at 50, 150, 350 ms... (no second answer).
-    std::fs::write(
-        &config,
-        "[response_group]\nworkflows = [\"sip:helpdesk@contoso.com\"]\n[limits]\ntimer_t1_ms = 50\ntimer_t2_ms = 400\n",
-    )
-    .unwrap();
-    let port = free_port();
-    let mut sipadmit = Sipadmit::spawn(
-        std::process::Command::new(env!("CARGO_BIN_EXE_sipadmit"))
-            .args(["run", "--config", config.to_str().unwrap()])
-            .args(["--listen", &format!("tcp:127.0.0.1:{port}")])
-            .args(["--listen", "udp:127.0.0.1:0"])
-            .args(["--upstream", &format!("udp:{}", registrar.addr)])
-            .env("RUST_LOG", "info")
-            .stdout(std::process::Stdio::null()),
+    let (mut sipadmit, port) = common::binary::sipadmit_on_tcp(
+        dir.path(),
+        "timer_t1_ms = 50\ntimer_t2_ms = 400\n",
+        &format!("udp:{}", registrar.addr),
     );
-    sipadmit.wait_for("listening");
     let mut conn = TcpStream::connect(("127.0.0.1", port)).unwrap();
     conn.set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();

@@ -1244,26 +1244,13 @@ fn the_open_file_limit_is_raised_for_max_connections_or_warned_about() {
 /// finds the deadline before the bytes.
 #[test]
 fn a_message_complete_in_time_survives_a_freeze_of_sipadmit_past_its_deadline() {
-    use common::binary::{free_port, Sipadmit};
     let registrar = Registrar::start();
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("c.toml");
-    std::fs::write(
-        &config,
-        "[response_group]\nworkflows = [\"sip:helpdesk@contoso.com\"]\n[limits]\nmessage_deadline_secs = 1\n",
-    )
-    .unwrap();
-    let port = free_port();
-    let mut sipadmit = Sipadmit::spawn(
-        std::process::Command::new(env!("CARGO_BIN_EXE_sipadmit"))
-            .args(["run", "--config", config.to_str().unwrap()])
-            .args(["--listen", &format!("tcp:127.0.0.1:{port}")])
-            .args(["--listen", "udp:127.0.0.1:0"])
-            .args(["--upstream", &registrar.upstream()])
-            .env("RUST_LOG", "info")
-            .stdout(std::process::Stdio::null()),
+    let (mut sipadmit, port) = common::binary::sipadmit_on_tcp(
+        dir.path(),
+        "message_deadline_secs = 1\n",
+        &registrar.upstream(),
     );
-    sipadmit.wait_for("listening");
     let mut client = TcpStream::connect(("127.0.0.1", port)).unwrap();
     client
         .set_read_timeout(Some(Duration::from_secs(10)))

@@ -182,6 +182,32 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// `sipadmit run --config config` (the binary, a child process) with a
+/// `[limits]` table of `limits`, listening on a free TCP port and UDP port 0
+/// of 127.0.0.1, relaying to `upstream`, its stdout discarded and
+/// `RUST_LOG=info`, once it listens; its TCP port. The config file lives
+/// in `dir`.
+#[cfg(test)]
+pub fn sipadmit_on_tcp(dir: &std::path::Path, limits: &str, upstream: &str) -> (Sipadmit, u16) {
+    let config = dir.join("sipadmit.toml");
+    std::fs::write(
+        &config,
+        format!("[response_group]\nworkflows = [\"sip:helpdesk@contoso.com\"]\n[limits]\n{limits}"),
+    )
+    .unwrap();
+    let port = free_port();
+    let mut sipadmit = Sipadmit::spawn(
+        std::process::Command::new(env!("CARGO_BIN_EXE_sipadmit"))
+            .args(["run", "--config", config.to_str().unwrap()])
+            .args(["--listen", &format!("tcp:127.0.0.1:{port}")])
+            .args(["--listen", "udp:127.0.0.1:0", "--upstream", upstream])
+            .env("RUST_LOG", "info")
+            .stdout(std::process::Stdio::null()),
+    );
+    sipadmit.wait_for("listening");
+    (sipadmit, port)
+}
+
 /// `sipadmit run --config config` (the binary, a child process) on UDP
 /// port 0 of 127.0.0.1, relaying to `upstream` (`udp:IP:PORT`), with
 /// `extra` arguments, its stdout discarded and `RUST_LOG=info`; its UDP
