@@ -20,7 +20,7 @@ use super::{
 };
 use crate::observe::metrics::{DropReason, Metrics};
 use crate::sip::edit::{first_value, Edits};
-use crate::sip::{HeaderName, SipView};
+use crate::sip::{HeaderName, SipError, SipView};
 
 /// The response without its top Via (this proxy's), with a
 /// Content-Length when it had none; `None` when it has no Via.
@@ -66,32 +66,11 @@ impl Core {
             return discard(DropReason::Malformed);
         }
         if let Err(e) = view.check_for_transport(inb.transport.is_stream()) {
-            // Not relayed, so it answers no client transaction either: one
-            // kept for a stream client goes on to its 408. The registrar's
-            // is worth a warning (rate-limited): all its clients wait.
-            let warning = inb.from_registrar().then(|| {
-                super::lock(&self.warnings.registrar_responses).admit(now, super::WARNING_INTERVAL)
-            });
-            match warning.flatten() {
-                Some(held_back) => {
-                    warn!(source = %inb.source, error = %e, status = view.status(), warnings_held_back = held_back, "malformed response from the registrar dropped (RFC 3261: nothing malformed is relayed)")
-                }
-                None => debug!(source = %inb.source, error = %e, "malformed response dropped"),
-            }
+            self.malformed_response(inb, view, e, now);
             return discard(DropReason::MalformedResponse);
         }
-        // After a final response only a 2xx to an INVITE goes on (RFC
-        // 3261 16.7 step 5).
-        match self.answer_client_transaction(inb, view, now) {
-            Answered::AfterTimeout if !is_2xx_to_invite(view) => {
-                debug!(source = %inb.source, status = view.status(), call_id = %super::Text(view.call_id()), "response to a request answered 408 already discarded");
-                return discard(DropReason::AfterTimeout);
-            }
-            Answered::AfterFinal if !is_2xx_to_invite(view) => {
-                debug!(source = %inb.source, status = view.status(), call_id = %super::Text(view.call_id()), "copy of a final response relayed already discarded");
-                return discard(DropReason::AfterFinal);
-            }
-            _ => {}
+        if let Some(reason) = self.after_a_final_answer(inb, view, now) {
+            return discard(reason);
         }
         let Ok(via) = view.top_via() else {
             return discard(DropReason::MalformedResponse);
@@ -142,6 +121,50 @@ impl Core {
             record: None,
             retransmit: None,
         }
+    }
+
+    /// A malformed response, about to be dropped: not relayed, so it
+    /// answers no client transaction either (one kept for a stream client
+    /// goes on to its 408). The registrar's is worth a warning
+    /// (rate-limited): all its clients wait.
+    fn malformed_response(&self, inb: &Inbound, view: &SipView, e: SipError, now: Instant) {
+        let warning = inb.from_registrar().then(|| {
+            super::lock(&self.warnings.registrar_responses).admit(now, super::WARNING_INTERVAL)
+        });
+        match warning.flatten() {
+            Some(held_back) => {
+                warn!(source = %inb.source, error = %e, status = view.status(), warnings_held_back = held_back, "malformed response from the registrar dropped (RFC 3261: nothing malformed is relayed)")
+            }
+            None => debug!(source = %inb.source, error = %e, "malformed response dropped"),
+        }
+    }
+
+    /// Why a response is discarded for coming after its client
+    /// transaction's final answer (a `408` of sipadmit's, or the final
+    /// response relayed already), if it does: after a final response only
+    /// a 2xx to an INVITE goes on (RFC 3261 16.7 step 5).
+    fn after_a_final_answer(
+        &self,
+        inb: &Inbound,
+        view: &SipView,
+        now: Instant,
+    ) -> Option<DropReason> {
+        let (reason, what) = match self.answer_client_transaction(inb, view, now) {
+            Answered::AfterTimeout => (
+                DropReason::AfterTimeout,
+                "response to a request answered 408 already discarded",
+            ),
+            Answered::AfterFinal => (
+                DropReason::AfterFinal,
+                "copy of a final response relayed already discarded",
+            ),
+            Answered::Kept | Answered::Unknown => return None,
+        };
+        if is_2xx_to_invite(view) {
+            return None;
+        }
+        debug!(source = %inb.source, status = view.status(), call_id = %super::Text(view.call_id()), "{what}");
+        Some(reason)
     }
 
     /// A response whose only Via is ours: the registrar's answer to a

@@ -515,17 +515,10 @@ async fn read_messages<S>(
         // process (a paused VM, a SIGSTOP), bytes that came in time count.
         let buf = &mut state.buf;
         let read = if buf.is_empty() {
-            let mut first = [0u8; IDLE_READ_BYTES];
-            let read = tokio::select! {
-                biased;
-                () = closing.cancelled() => break Stop::Closed,
-                read = read.read(&mut first) => read,
-                () = &mut timeout => match last_look(read.read(&mut first)).await {
-                    Some(read) => read,
-                    None => break on_timeout,
-                },
-            };
-            read.inspect(|&n| buf.extend_from_slice(&first[..n]))
+            match read_first(&mut read, buf, timeout.as_mut(), &closing, on_timeout).await {
+                Ok(read) => read,
+                Err(stop) => break stop,
+            }
         } else {
             // Never more than a whole message (one past the limit, to see
             // it is over): the budget is at least twice that, so one
@@ -565,6 +558,30 @@ async fn read_messages<S>(
     stop.report(ctx, info, state.buf.len());
     ctx.connections.remove(id);
     debug!("connection closed");
+}
+
+/// The first read into an empty buffer (at most [`IDLE_READ_BYTES`]: an
+/// idle connection holds little), reading what is in the socket before the
+/// deadline counts, as [`read_messages`] does: what it read, or why the
+/// connection stops.
+async fn read_first<R: AsyncRead + Unpin>(
+    read: &mut R,
+    buf: &mut BytesMut,
+    timeout: std::pin::Pin<&mut tokio::time::Sleep>,
+    closing: &CancellationToken,
+    on_timeout: Stop,
+) -> Result<std::io::Result<usize>, Stop> {
+    let mut first = [0u8; IDLE_READ_BYTES];
+    let read = tokio::select! {
+        biased;
+        () = closing.cancelled() => return Err(Stop::Closed),
+        read = read.read(&mut first) => read,
+        () = timeout => match last_look(read.read(&mut first)).await {
+            Some(read) => read,
+            None => return Err(on_timeout),
+        },
+    };
+    Ok(read.inspect(|&n| buf.extend_from_slice(&first[..n])))
 }
 
 /// A read tried once more when a deadline came without it: `None` when
