@@ -394,25 +394,14 @@ impl ClientTransactions {
             };
             // The registrar resends a final answer nobody acknowledges
             // (Timer G, up to 64*T1): its copies are told apart as long.
-            return match ending {
-                Ending::TimedOut => {
-                    self.remember(table, *key, now, ending);
-                    Answered::AfterTimeout
-                }
-                Ending::Answered => {
-                    self.remember(table, *key, now, ending);
-                    Answered::AfterFinal
-                }
-                Ending::Proceeding => {
-                    let ending = if final_response {
-                        Ending::Answered
-                    } else {
-                        ending
-                    };
-                    self.remember(table, *key, now, ending);
-                    Answered::Kept
-                }
+            let (ending, answered) = match ending {
+                Ending::TimedOut => (ending, Answered::AfterTimeout),
+                Ending::Answered => (ending, Answered::AfterFinal),
+                Ending::Proceeding if final_response => (Ending::Answered, Answered::Kept),
+                Ending::Proceeding => (ending, Answered::Kept),
             };
+            self.remember(table, *key, now, ending);
+            return answered;
         };
         if !final_response && key.method != TransactionMethod::Invite {
             entry.proceeding = true;

@@ -172,6 +172,13 @@ enum KeyKind {
 /// (RFC 3261 22.2, 22.3).
 const CREDENTIALS: [&str; 2] = ["authorization", "proxy-authorization"];
 
+/// Hash `bytes` as one field of a key: with its length, so that two
+/// fields never run into each other.
+fn write_field(h: &mut impl Hasher, bytes: &[u8]) {
+    h.write(bytes);
+    h.write_usize(bytes.len());
+}
+
 /// The transactions recorded in the last [`TRANSACTION_LIFETIME`].
 #[derive(Debug)]
 pub struct Transactions {
@@ -326,8 +333,7 @@ impl Transactions {
             message.call_id().unwrap_or_default(),
             from_tag,
         ] {
-            h.write(field);
-            h.write_usize(field.len());
+            write_field(&mut h, field);
         }
         h.finish()
     }
@@ -417,10 +423,7 @@ impl Transactions {
         if let Some(source) = source {
             std::hash::Hash::hash(&source, &mut h);
         }
-        let mut field = |bytes: &[u8]| {
-            h.write(bytes);
-            h.write_usize(bytes.len());
-        };
+        let mut field = |bytes: &[u8]| write_field(&mut h, bytes);
         field(match method {
             KeyKind::Record(RecordKind::Decision) => b"d",
             KeyKind::Record(RecordKind::UpstreamUnavailable) => b"u",
