@@ -411,14 +411,17 @@ struct Leaving {
     upstream: bool,
     /// It goes to the upstream as a datagram.
     upstream_datagram: bool,
+    /// What it is: mostly what arrived, but a copy of a final response can
+    /// send an ACK again.
+    kind: MessageKind,
 }
 
 impl Leaving {
     fn of(senders: &Senders, outcome: &Outcome) -> Self {
         let datagrams = matches!(senders.upstream, UpstreamSender::Datagram(_));
-        let to = match outcome {
-            Outcome::Relay { send, .. } => Some(&send.to),
-            _ => None,
+        let (to, kind) = match outcome {
+            Outcome::Relay { send, .. } => (Some(&send.to), MessageKind::of(&send.bytes)),
+            _ => (None, MessageKind::Request),
         };
         let upstream = to == Some(&Destination::Upstream);
         Self {
@@ -429,22 +432,25 @@ impl Leaving {
             },
             upstream,
             upstream_datagram: upstream && datagrams,
+            kind,
         }
     }
 
-    /// Count what was sent from `inbound`; a request to the upstream is
-    /// noted for its watch (only a request other than ACK gets something
-    /// back). A datagram sent is delivered as far as UDP can tell (the
-    /// stream link notes its own deliveries).
+    /// Count what was sent; a request to the upstream is noted for its
+    /// watch (only a request other than ACK gets something back). A
+    /// datagram sent is delivered as far as UDP can tell (the stream link
+    /// notes its own deliveries).
     fn sent(&self, core: &Core, watch: &UpstreamWatch, inbound: &Inbound, started: Instant) {
-        let kind = MessageKind::of(&inbound.bytes);
+        let kind = self.kind;
         if let Some(transport) = self.over {
             core.metrics().count_relayed(transport, kind);
         }
         if self.upstream_datagram {
             core.metrics().note_upstream_sent();
         }
-        let answered = kind == MessageKind::Request && !inbound.bytes.starts_with(b"ACK ");
+        let answered = kind == MessageKind::Request
+            && !inbound.is_response()
+            && !inbound.bytes.starts_with(b"ACK ");
         if self.upstream && answered {
             watch.relayed(started);
         }

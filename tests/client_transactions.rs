@@ -239,3 +239,61 @@ fn requests_between_udp_peers_stay_stateless() {
     let metrics = proxy.stop();
     assert_eq!(metrics.client_retransmissions.load(Ordering::Relaxed), 0);
 }
+
+/// A TCP client's call refused `486` by a UDP registrar that did not get
+/// the ACK (RFC 3261 17.1.1.2): the copy of the 486 it sends for that gets
+/// the ACK sent again by sipadmit, not relayed to the client (who sent its
+/// ACK once, over its stream, and would not send it again).
+#[test]
+fn a_copy_of_a_486_that_says_its_ack_was_lost_gets_the_ack_sent_again() {
+    let registrar = Registrar::start_with(Behaviour::BusyAndLoseFirstAck);
+    let proxy = TestProxy::start("", "127.0.0.1", &format!("udp:{}", registrar.addr));
+    let (mut conn, mut reader) = tcp_client(&proxy, Duration::from_secs(10));
+    let from = conn.local_addr().unwrap();
+    let dialog = |method: &str, to_tag: &str| {
+        format!(
+            "{method} sip:bob@contoso.com SIP/2.0\r\nVia: SIP/2.0/TCP {from};branch=z9hG4bK-busy-1\r\n\
+             Max-Forwards: 70\r\nFrom: <sip:alice@contoso.com>;tag=a1\r\nTo: <sip:bob@contoso.com>{to_tag}\r\n\
+             Call-ID: busy-1@test\r\nCSeq: 1 {method}\r\nContact: <sip:alice@{from};transport=tcp>\r\n\
+             User-Agent: {LYNC}\r\nContent-Length: 0\r\n\r\n"
+        )
+    };
+    conn.write_all(dialog("INVITE", "").as_bytes()).unwrap();
+    let answer = read_response(&mut reader);
+    assert!(answer.starts_with("SIP/2.0 486"), "{answer}");
+    conn.write_all(dialog("ACK", ";tag=reg").as_bytes())
+        .unwrap();
+    let acks = |registrar: &Registrar| {
+        registrar
+            .copies
+            .lock()
+            .unwrap()
+            .get("Call-ID: busy-1@test|CSeq: 1 ACK")
+            .copied()
+            .unwrap_or(0)
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while acks(&registrar) < 2 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        acks(&registrar),
+        2,
+        "the ACK, then again for the 486's copy"
+    );
+    conn.set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let mut rest = Vec::new();
+    let _ = reader.read_to_end(&mut rest);
+    assert!(
+        rest.is_empty(),
+        "the 486's copy relayed to the TCP client: {}",
+        String::from_utf8_lossy(&rest)
+    );
+    let metrics = proxy.stop();
+    assert_eq!(metrics.client_retransmissions.load(Ordering::Relaxed), 1);
+    assert_eq!(
+        metrics.drops(sipadmit::observe::metrics::DropReason::AfterFinal),
+        0
+    );
+}

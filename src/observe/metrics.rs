@@ -357,7 +357,8 @@ pub struct Metrics {
     /// recorded (handled the same way again, not recorded again).
     pub retransmissions: AtomicU64,
     /// Requests from TCP/TLS clients that sipadmit sent again over UDP
-    /// (RFC 3261 Timer A/E) because no response had come.
+    /// (RFC 3261 Timer A/E) because no response had come, and their ACKs
+    /// of a non-2xx sent again for a copy of that response (17.1.1.2).
     pub client_retransmissions: AtomicU64,
     /// Requests from TCP/TLS clients relayed over UDP that nothing answered
     /// within 64*T1: answered `408` by sipadmit.
@@ -1262,7 +1263,7 @@ const FAMILIES: [Family; 61] = [
     ),
     counter(
         "sipadmit_client_retransmissions_total",
-        "Requests from TCP/TLS clients sent again over UDP because no response had come (RFC 3261 Timer A/E, limits.timer_t1_ms, limits.timer_t2_ms).",
+        "Requests from TCP/TLS clients sent again over UDP because no response had come (RFC 3261 Timer A/E, limits.timer_t1_ms, limits.timer_t2_ms), and their ACKs of a non-2xx sent again for each copy of that response (RFC 3261 17.1.1.2).",
         Samples::Atomic(|m| &m.client_retransmissions),
     ),
     counter(

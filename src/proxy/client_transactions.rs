@@ -27,10 +27,11 @@
 //!   acknowledged), and anything after it, are not relayed to the client
 //!   for 64*T1 after the final one was ([`Answered::AfterFinal`]; RFC 3261
 //!   16.7 step 5: after a final response only a 2xx to an INVITE goes on).
-//!   The client's ACK of a non-2xx was relayed once: a copy of the final
-//!   response that says it was lost makes no ACK again (RFC 3261 17.1.1.2
-//!   would; the client on its stream, with Timer D at 0, would not either),
-//!   and the registrar gives up after its Timer H.
+//!   The client's ACK of a non-2xx to an INVITE is remembered with it
+//!   ([`ClientTransactions::acknowledged`]): a copy of that final response,
+//!   which says the ACK was lost, sends the ACK again instead
+//!   ([`Answered::AckAgain`]; RFC 3261 17.1.1.2, Completed state: the
+//!   client on its stream, with Timer D at 0, would not).
 //! - ACK is never a transaction (17.1.1.3); CANCEL is a non-INVITE
 //!   transaction of its own with the INVITE's branch, told apart by its
 //!   CSeq method (17.1.3).
@@ -132,7 +133,7 @@ pub enum Start {
 
 /// What a response was to the kept transactions
 /// ([`ClientTransactions::answered`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Answered {
     /// It answers a kept transaction.
     Kept,
@@ -144,6 +145,9 @@ pub enum Answered {
     /// acknowledged, or for each copy of the request it got), or one that
     /// comes after it.
     AfterFinal,
+    /// A copy of a non-2xx final response to an INVITE whose ACK went out
+    /// (RFC 3261 17.1.1.2): the registrar did not get it. Send it again.
+    AckAgain(Outbound),
     /// It answers none.
     Unknown,
 }
@@ -205,6 +209,9 @@ const TIMER_BYTES: usize = std::mem::size_of::<Timer>();
 /// in the map and in the queue, each with its container's slack.
 const ENDED_BYTES: usize = 2 * std::mem::size_of::<(TransactionKey, (Instant, Ending))>()
     + 2 * std::mem::size_of::<(Instant, TransactionKey)>();
+/// Bytes an ACK remembered with its INVITE costs beyond its own: its entry
+/// in the map, with the map's slack.
+const ACK_OVERHEAD: usize = 2 * std::mem::size_of::<(TransactionKey, Outbound)>();
 
 /// How a transaction that is no longer kept ended, remembered for 64*T1
 /// (from its last response) so that what comes after is told apart.
@@ -231,11 +238,19 @@ struct Table {
     ended: HashMap<TransactionKey, (Instant, Ending)>,
     /// ...in that order (the oldest first).
     ended_order: VecDeque<(Instant, TransactionKey)>,
+    /// The ACK sent for an INVITE that ended with a non-2xx, as long as
+    /// the INVITE's ending is remembered.
+    acks: HashMap<TransactionKey, Outbound>,
+    /// Bytes of those ACKs (messages and overhead).
+    ack_bytes: usize,
 }
 
 impl Table {
     fn bytes(&self) -> usize {
-        self.entry_bytes + self.timers.len() * TIMER_BYTES + self.ended_order.len() * ENDED_BYTES
+        self.entry_bytes
+            + self.timers.len() * TIMER_BYTES
+            + self.ended_order.len() * ENDED_BYTES
+            + self.ack_bytes
     }
 
     /// Forget the transactions that ended longer ago than they are
@@ -249,11 +264,15 @@ impl Table {
             self.ended_order.pop_front();
             if self.ended.get(&key).is_some_and(|&(at, _)| at == until) {
                 self.ended.remove(&key);
+                if let Some(ack) = self.acks.remove(&key) {
+                    self.ack_bytes -= ack.bytes.len() + ACK_OVERHEAD;
+                }
             }
         }
         if self.ended_order.is_empty() && self.ended_order.capacity() > 0 {
             self.ended = HashMap::new();
             self.ended_order = VecDeque::new();
+            self.acks = HashMap::new();
         }
     }
 
@@ -396,7 +415,10 @@ impl ClientTransactions {
             // (Timer G, up to 64*T1): its copies are told apart as long.
             let (ending, answered) = match ending {
                 Ending::TimedOut => (ending, Answered::AfterTimeout),
-                Ending::Answered => (ending, Answered::AfterFinal),
+                Ending::Answered => match table.acks.get(key) {
+                    Some(ack) if status >= 300 => (ending, Answered::AckAgain(ack.clone())),
+                    _ => (ending, Answered::AfterFinal),
+                },
                 Ending::Proceeding if final_response => (Ending::Answered, Answered::Kept),
                 Ending::Proceeding => (ending, Answered::Kept),
             };
@@ -415,6 +437,28 @@ impl ClientTransactions {
         };
         self.remember(table, *key, now, ending);
         Answered::Kept
+    }
+
+    /// The client's ACK of the INVITE `key` went out as `ack`: if that
+    /// INVITE ended with its final response (a non-2xx: the ACK of a 2xx
+    /// has a branch of its own), the ACK is remembered with it, while there
+    /// is room, to be sent again for each copy of that response
+    /// ([`Answered::AckAgain`]).
+    pub fn acknowledged(&self, key: &TransactionKey, ack: &Outbound) {
+        if key.method != TransactionMethod::Invite || self.is_idle() {
+            return;
+        }
+        let mut table = self.lock();
+        let answered = table
+            .ended
+            .get(key)
+            .is_some_and(|&(_, ending)| ending == Ending::Answered);
+        let bytes = ack.bytes.len() + ACK_OVERHEAD;
+        if !answered || table.acks.contains_key(key) || table.bytes() + bytes > self.max_bytes {
+            return;
+        }
+        table.ack_bytes += bytes;
+        table.acks.insert(*key, ack.clone());
     }
 
     /// The timers that fired by `now`: requests to send again, and
@@ -774,6 +818,49 @@ mod tests {
         assert!(table.is_idle());
         assert!(table.due(gone).is_empty(), "their timers are stale");
         assert_eq!(table.accounted_bytes(), 0);
+    }
+
+    /// The ACK of an INVITE that ended with a non-2xx is remembered with
+    /// it: each copy of that response asks for the ACK again, as long as
+    /// the INVITE is remembered; an ACK for an INVITE not answered, or for
+    /// another method's key, is not kept.
+    #[test]
+    fn the_ack_of_a_non_2xx_is_sent_again_for_each_copy_of_it_for_64_t1() {
+        let table = ClientTransactions::new(Timers::RFC3261, 1 << 20);
+        let t0 = Instant::now();
+        let busy = key(1, TransactionMethod::Invite);
+        let ringing = key(2, TransactionMethod::Invite);
+        table.start(transaction(busy, 100), t0);
+        table.start(transaction(ringing, 100), t0);
+        let ack = |n: u8| Outbound {
+            to: Destination::Upstream,
+            bytes: Bytes::from(vec![n; 300]),
+        };
+        // Before the final response, or for a provisional one, no ACK.
+        table.acknowledged(&busy, &ack(1));
+        assert_eq!(table.answered(&busy, 486, t0), Answered::Kept);
+        assert_eq!(table.answered(&busy, 486, t0), Answered::AfterFinal);
+        assert_eq!(table.answered(&ringing, 180, t0), Answered::Kept);
+        table.acknowledged(&ringing, &ack(2));
+        table.acknowledged(&key(1, TransactionMethod::Other), &ack(3));
+        let before = table.accounted_bytes();
+        table.acknowledged(&busy, &ack(4));
+        assert_eq!(table.accounted_bytes(), before + 300 + ACK_OVERHEAD);
+        assert!(
+            (250..=400).contains(&ACK_OVERHEAD),
+            "about 340: {ACK_OVERHEAD}"
+        );
+        let copy = t0 + Duration::from_millis(500);
+        for _ in 0..2 {
+            assert_eq!(table.answered(&busy, 486, copy), Answered::AckAgain(ack(4)));
+        }
+        assert_eq!(table.answered(&busy, 100, copy), Answered::AfterFinal);
+        assert_eq!(table.answered(&ringing, 486, copy), Answered::Kept);
+        assert_eq!(table.answered(&ringing, 486, copy), Answered::AfterFinal);
+        let gone = copy + Timers::RFC3261.timeout() * 3;
+        assert_eq!(table.answered(&busy, 486, gone), Answered::Unknown);
+        assert!(table.due(gone).is_empty());
+        assert_eq!(table.accounted_bytes(), 0, "the ACK is forgotten with it");
     }
 
     /// A timeout that fires late (this process was frozen) is put off once

@@ -757,8 +757,12 @@ impl Core {
         if record.is_none() {
             self.relayed_unrecorded(ctx, decision.rule)?;
         }
+        let send = Outbound { to, bytes };
+        if let Some(invite) = acknowledged_invite(ctx, &hop, branch) {
+            self.client_transactions.acknowledged(&invite, &send);
+        }
         Ok(Outcome::Relay {
-            send: Outbound { to, bytes },
+            send,
             record,
             retransmit,
         })
@@ -1122,6 +1126,23 @@ fn retransmit_key(
         branch: (branch.transaction, branch.loop_mark),
         method,
     })
+}
+
+/// The INVITE transaction an ACK from a stream client to a UDP hop may
+/// acknowledge: the ACK of a non-2xx has its INVITE's branch (RFC 3261
+/// 17.1.1.3), and this proxy's branch for it is the INVITE's too.
+fn acknowledged_invite(
+    ctx: &RequestCtx<'_>,
+    hop: &NextHop<'_>,
+    branch: super::Branch,
+) -> Option<TransactionKey> {
+    (ctx.method == Method::Ack
+        && ctx.inbound.transport.is_stream()
+        && hop.transport == Transport::Udp)
+        .then_some(TransactionKey {
+            branch: (branch.transaction, branch.loop_mark),
+            method: TransactionMethod::Invite,
+        })
 }
 
 /// Whether a REGISTER asks for outbound, with this proxy its first hop

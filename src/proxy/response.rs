@@ -69,8 +69,8 @@ impl Core {
             self.malformed_response(inb, view, e, now);
             return discard(DropReason::MalformedResponse);
         }
-        if let Some(reason) = self.after_a_final_answer(inb, view, now) {
-            return discard(reason);
+        if let Some(outcome) = self.after_a_final_answer(inb, view, now) {
+            return outcome;
         }
         let Ok(via) = view.top_via() else {
             return discard(DropReason::MalformedResponse);
@@ -139,17 +139,23 @@ impl Core {
         }
     }
 
-    /// Why a response is discarded for coming after its client
+    /// What becomes of a response that comes after its client
     /// transaction's final answer (a `408` of sipadmit's, or the final
     /// response relayed already), if it does: after a final response only
-    /// a 2xx to an INVITE goes on (RFC 3261 16.7 step 5).
-    fn after_a_final_answer(
-        &self,
-        inb: &Inbound,
-        view: &SipView,
-        now: Instant,
-    ) -> Option<DropReason> {
+    /// a 2xx to an INVITE goes on (RFC 3261 16.7 step 5); the rest is
+    /// dropped, but a copy of a non-2xx to an INVITE that was acknowledged
+    /// sends that ACK again (RFC 3261 17.1.1.2).
+    fn after_a_final_answer(&self, inb: &Inbound, view: &SipView, now: Instant) -> Option<Outcome> {
         let (reason, what) = match self.answer_client_transaction(inb, view, now) {
+            Answered::AckAgain(ack) => {
+                Metrics::inc(&self.metrics.client_retransmissions);
+                debug!(source = %inb.source, status = view.status(), call_id = %super::Text(view.call_id()), "copy of a final response acknowledged already: its ACK sent again");
+                return Some(Outcome::Relay {
+                    send: ack,
+                    record: None,
+                    retransmit: None,
+                });
+            }
             Answered::AfterTimeout => (
                 DropReason::AfterTimeout,
                 "response to a request answered 408 already discarded",
@@ -164,7 +170,8 @@ impl Core {
             return None;
         }
         debug!(source = %inb.source, status = view.status(), call_id = %super::Text(view.call_id()), "{what}");
-        Some(reason)
+        self.metrics.count_drop(reason);
+        Some(Outcome::drop(reason))
     }
 
     /// A response whose only Via is ours: the registrar's answer to a

@@ -28,6 +28,10 @@ pub enum Behaviour {
     /// `200 OK` to the first copy of each request, this long after it came
     /// (later copies are not answered).
     AnswerFirstAfter(Duration),
+    /// `486 Busy Here` to an INVITE, `200 OK` to the rest; the first ACK
+    /// of each 486 is taken for lost: the 486 is sent again (RFC 3261
+    /// 17.2.1, Timer G).
+    BusyAndLoseFirstAck,
 }
 
 /// The stub; stops its thread on drop.
@@ -71,6 +75,8 @@ impl Registrar {
         let (count, stopped, seen) = (received.clone(), stop.clone(), copies.clone());
         let thread = std::thread::spawn(move || {
             let mut buf = vec![0u8; 65536];
+            // The 486 of each Call-ID, to send again for a lost ACK.
+            let mut busy: HashMap<String, String> = HashMap::new();
             while !stopped.load(Ordering::Relaxed) {
                 let Ok((n, from)) = socket.recv_from(&mut buf) else {
                     continue;
@@ -93,7 +99,25 @@ impl Registrar {
                     *n += 1;
                     *n
                 };
+                if behaviour == Behaviour::BusyAndLoseFirstAck {
+                    let call_id = transaction_of(&request);
+                    let call_id = call_id.split('|').next().unwrap_or_default();
+                    let answer = if request.starts_with("ACK ") {
+                        busy.get(call_id).filter(|_| copy == 1).cloned()
+                    } else if request.starts_with("INVITE ") {
+                        let answer = respond(&request, "486 Busy Here");
+                        busy.insert(call_id.to_owned(), answer.clone());
+                        Some(answer)
+                    } else {
+                        Some(ok(&request))
+                    };
+                    if let Some(answer) = answer {
+                        socket.send_to(answer.as_bytes(), from).unwrap();
+                    }
+                    continue;
+                }
                 let answers = match behaviour {
+                    Behaviour::BusyAndLoseFirstAck => 0,
                     Behaviour::AnswerAll => 1,
                     Behaviour::IgnoreFirstCopy => usize::from(copy > 1),
                     Behaviour::Silent => 0,
@@ -131,7 +155,12 @@ impl Drop for Registrar {
 
 /// `200 OK` to `request`: its Vias, From, To (tagged), Call-ID, CSeq, Contact.
 pub fn ok(request: &str) -> String {
-    let mut out = String::from("SIP/2.0 200 OK\r\n");
+    respond(request, "200 OK")
+}
+
+/// A response with `status` (code and reason) to `request`, as [`ok`].
+fn respond(request: &str, status: &str) -> String {
+    let mut out = format!("SIP/2.0 {status}\r\n");
     for line in request.split("\r\n").skip(1) {
         let name = line.split(':').next().unwrap_or("").trim();
         let name = name.to_ascii_lowercase();
