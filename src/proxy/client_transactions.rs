@@ -38,8 +38,9 @@
 //!
 //! Requests between two UDP peers are relayed statelessly, as before: the
 //! client retransmits them itself. The table is pure (the clock is passed
-//! in) and bounded in bytes: a request that finds no room is relayed once
-//! without a transaction and counted ([`Start::NoRoom`]).
+//! in) and bounded in bytes: the memory of ended transactions gives way to
+//! a new one, oldest first; a request that still finds no room is relayed
+//! once without a transaction and counted ([`Start::NoRoom`]).
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
@@ -257,18 +258,34 @@ impl Table {
     /// remembered for (the memory of a burst of them goes back once all
     /// are forgotten).
     fn forget_ended(&mut self, now: Instant) {
-        while let Some(&(until, key)) = self.ended_order.front() {
-            if until > now {
-                break;
-            }
-            self.ended_order.pop_front();
-            if self.ended.get(&key).is_some_and(|&(at, _)| at == until) {
-                self.ended.remove(&key);
-                if let Some(ack) = self.acks.remove(&key) {
-                    self.ack_bytes -= ack.bytes.len() + ACK_OVERHEAD;
-                }
+        while self
+            .ended_order
+            .front()
+            .is_some_and(|&(until, _)| until <= now)
+        {
+            self.forget_oldest_ended();
+        }
+        self.release_ended();
+    }
+
+    /// Forget the transaction that ended first (its place in the order; the
+    /// transaction itself unless it was remembered again since). Whether
+    /// there was one.
+    fn forget_oldest_ended(&mut self) -> bool {
+        let Some((until, key)) = self.ended_order.pop_front() else {
+            return false;
+        };
+        if self.ended.get(&key).is_some_and(|&(at, _)| at == until) {
+            self.ended.remove(&key);
+            if let Some(ack) = self.acks.remove(&key) {
+                self.ack_bytes -= ack.bytes.len() + ACK_OVERHEAD;
             }
         }
+        true
+    }
+
+    /// Once none that ended is remembered, give their maps' memory back.
+    fn release_ended(&mut self) {
         if self.ended_order.is_empty() && self.ended_order.capacity() > 0 {
             self.ended = HashMap::new();
             self.ended_order = VecDeque::new();
@@ -332,9 +349,16 @@ impl ClientTransactions {
             return Start::Known;
         }
         let bytes = transaction.send.bytes.len() + transaction.inbound.bytes.len() + ENTRY_OVERHEAD;
-        if table.bytes() + bytes > self.max_bytes {
-            return Start::NoRoom;
+        // A transaction under way goes before the memory of ended ones,
+        // oldest first: without it, only copies of their answers would be
+        // relayed as any response is.
+        while table.bytes() + bytes > self.max_bytes {
+            if bytes > self.max_bytes || !table.forget_oldest_ended() {
+                return Start::NoRoom;
+            }
         }
+        table.release_ended();
+        self.ended.store(table.ended.len(), Ordering::Relaxed);
         let t1 = self.timers.t1;
         let timer = table.schedule(key, now + t1);
         table.entry_bytes += bytes;
@@ -755,6 +779,37 @@ mod tests {
             table.start(transaction(key(500, TransactionMethod::Other), 1000), t0),
             Start::Started
         );
+    }
+
+    /// The memory of ended transactions gives way to a new one, oldest
+    /// first, when the table is at its bound.
+    #[test]
+    fn transactions_that_ended_make_room_for_new_ones_oldest_first() {
+        let table = ClientTransactions::new(Timers::RFC3261, 16 << 10);
+        let t0 = Instant::now();
+        let mut ended = 0;
+        while table.accounted_bytes() + 2_000 < 16 << 10 {
+            let key = key(ended, TransactionMethod::Other);
+            assert_eq!(table.start(transaction(key, 10), t0), Start::Started);
+            assert_eq!(table.answered(&key, 200, t0), Answered::Kept);
+            ended += 1;
+        }
+        // Their stale timers go; their memory stays.
+        assert!(table.due(t0 + T1).is_empty());
+        assert!(table.accounted_bytes() > 10 << 10);
+        let newest = key(ended - 1, TransactionMethod::Other);
+        let new = key(10_000, TransactionMethod::Other);
+        assert_eq!(table.start(transaction(new, 3000), t0), Start::Started);
+        assert!(table.accounted_bytes() <= 16 << 10);
+        let oldest = key(0, TransactionMethod::Other);
+        assert_eq!(table.answered(&oldest, 200, t0), Answered::Unknown);
+        assert_eq!(table.answered(&newest, 200, t0), Answered::AfterFinal);
+        assert_eq!(table.answered(&new, 200, t0), Answered::Kept);
+        // A request larger than the whole bound finds no room, and the
+        // memory of the rest stays.
+        let huge = key(20_000, TransactionMethod::Other);
+        assert_eq!(table.start(transaction(huge, 9000), t0), Start::NoRoom);
+        assert_eq!(table.answered(&newest, 200, t0), Answered::AfterFinal);
     }
 
     #[test]
