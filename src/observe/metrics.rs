@@ -402,6 +402,10 @@ pub struct Metrics {
     /// sipadmit itself: they queued while it ran nothing, and are charged
     /// to their source's rate over that time.
     pub freeze_credited_messages: AtomicU64,
+    /// New TCP/TLS connections over their source's connection rate let
+    /// through after a freeze of sipadmit itself (queued in the accept
+    /// backlog meanwhile).
+    pub freeze_credited_connections: AtomicU64,
     /// Connections over their source's rate limit (`rate_limit.connections_per_second`).
     pub rate_limited_connections: AtomicU64,
     /// Connections refused because their source had
@@ -1206,7 +1210,7 @@ const fn gauge(name: &'static str, help: &'static str, samples: Samples) -> Fami
 }
 
 /// Every family, in render order.
-const FAMILIES: [Family; 61] = [
+const FAMILIES: [Family; 62] = [
     gauge(
         "sipadmit_build_info",
         "Always 1; the label names the sipadmit version.",
@@ -1360,6 +1364,11 @@ const FAMILIES: [Family; 61] = [
         "sipadmit_rate_limit_freeze_credits_total",
         "SIP messages over their source's token bucket let through after a freeze of sipadmit itself (a paused VM, SIGSTOP, an event loop held up for 3 s or more): they queued in the socket while it ran nothing, and each source may send requests_per_second for every second of the freeze on top of its burst.",
         Samples::Atomic(|m| &m.freeze_credited_messages),
+    ),
+    counter(
+        "sipadmit_rate_limit_freeze_credited_connections_total",
+        "New TCP/TLS connections over their source's connection rate let through after a freeze of sipadmit itself: they queued in the accept backlog while it ran nothing, and each source may open connections_per_second for every second of the freeze on top of max_connections_per_source.",
+        Samples::Atomic(|m| &m.freeze_credited_connections),
     ),
     counter(
         "sipadmit_rate_limit_refused_messages_total",

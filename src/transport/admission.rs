@@ -39,8 +39,9 @@
 //! [`MAX_FREEZE`]). A source's messages over its bucket then pass, until
 //! [`FREEZE_CATCH_UP`] after the beats come back, as long as it sent no
 //! more than `requests_per_second * F` of them ([`FreezeCredit`]): what
-//! it could have sent over those seconds. One slow worker, with the others
-//! beating, is no freeze; a flood gets no more than without the freeze.
+//! it could have sent over those seconds; so do its new connections, up to
+//! `connections_per_second * F`. One slow worker, with the others beating,
+//! is no freeze; a flood gets no more than without the freeze.
 //!
 //! Ban and unban lines are written for fail2ban (README, Operations):
 //! `source banned source=<IP> ...` and `source unbanned source=<IP> ...`.
@@ -104,7 +105,16 @@ struct Freeze {
     length: Duration,
     /// The last beat before it (`latest_beat_ms`): one freeze per silence.
     after_beat_ms: u64,
-    used: HashMap<SourceKey, u64>,
+    used: HashMap<(SourceKey, Charge), u64>,
+}
+
+/// What a source spends a freeze's credit on, each at its own rate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Charge {
+    /// SIP messages (`requests_per_second`).
+    Messages,
+    /// New stream connections (`connections_per_second`).
+    Connections,
 }
 
 impl FreezeCredit {
@@ -153,10 +163,16 @@ impl FreezeCredit {
         freeze.length
     }
 
-    /// Spend one of `source`'s credit at `per_second`, if `now` is in a
-    /// freeze (no beat for [`FREEZE_THRESHOLD`]) or its catch-up: whether
-    /// it had one left.
-    fn spend(&self, source: SourceKey, per_second: NonZeroU32, now: Instant) -> bool {
+    /// Spend one of `source`'s credit for `charge` at `per_second`, if
+    /// `now` is in a freeze (no beat for [`FREEZE_THRESHOLD`]) or its
+    /// catch-up: whether it had one left.
+    fn spend(
+        &self,
+        source: SourceKey,
+        charge: Charge,
+        per_second: NonZeroU32,
+        now: Instant,
+    ) -> bool {
         let at = self.ms(now);
         let latest = self.latest_beat_ms.load(Ordering::Relaxed);
         let silence = Duration::from_millis(at.saturating_sub(latest));
@@ -169,10 +185,11 @@ impl FreezeCredit {
         }
         let mut freeze = self.lock();
         let allowance = u64::from(per_second.get()) * freeze.length.as_secs();
-        if freeze.used.len() >= MAX_FREEZE_CREDITED_SOURCES && !freeze.used.contains_key(&source) {
+        let key = (source, charge);
+        if freeze.used.len() >= MAX_FREEZE_CREDITED_SOURCES && !freeze.used.contains_key(&key) {
             return false;
         }
-        let used = freeze.used.entry(source).or_insert(0);
+        let used = freeze.used.entry(key).or_insert(0);
         if *used >= allowance {
             return false;
         }
@@ -525,12 +542,22 @@ impl Admission {
         }
     }
 
-    /// Whether a message from `key` over its bucket is let through on the
-    /// credit of a freeze, in it or in its catch-up at `now`.
-    fn credited(&self, key: SourceKey, per_second: NonZeroU32, now: Instant) -> bool {
-        let credited = self.freeze_credit.spend(key, per_second, now);
+    /// Whether a message (or a connection, for `charge`) from `key` over
+    /// its bucket is let through on the credit of a freeze, in it or in its
+    /// catch-up at `now`.
+    fn credited(
+        &self,
+        key: SourceKey,
+        charge: Charge,
+        per_second: NonZeroU32,
+        now: Instant,
+    ) -> bool {
+        let credited = self.freeze_credit.spend(key, charge, per_second, now);
         if credited {
-            Metrics::inc(&self.metrics.freeze_credited_messages);
+            Metrics::inc(match charge {
+                Charge::Messages => &self.metrics.freeze_credited_messages,
+                Charge::Connections => &self.metrics.freeze_credited_connections,
+            });
         }
         credited
     }
@@ -616,7 +643,12 @@ impl Admission {
         }
         self.bound_tables(&limits);
         if limits.requests.check_key(&key).is_ok()
-            || self.credited(key, limits.settings.requests_per_second, now)
+            || self.credited(
+                key,
+                Charge::Messages,
+                limits.settings.requests_per_second,
+                now,
+            )
         {
             return Verdict::Pass;
         }
@@ -676,7 +708,14 @@ impl Admission {
             return Err(ConnectionRefusal::Banned);
         }
         self.bound_tables(&limits);
-        if limits.connections.check_key(&key).is_err() {
+        if limits.connections.check_key(&key).is_err()
+            && !self.credited(
+                key,
+                Charge::Connections,
+                limits.settings.connections_per_second,
+                now,
+            )
+        {
             Metrics::inc(&self.metrics.rate_limited_connections);
             if limits.connection_strikes.check_key(&key).is_err()
                 && self.ban(peer, BanCause::Connections, BanScope::Everything, now)
@@ -1011,6 +1050,39 @@ mod tests {
     /// client's messages of those seconds queued; read at once, they pass
     /// up to the rate over the freeze on top of the burst, before and after
     /// the next beat, each source on its own; after the catch-up, none.
+    /// The connections a freeze left in the accept backlog are credited at
+    /// `connections_per_second` over its length, as messages are at theirs.
+    #[test]
+    fn a_freeze_of_sipadmit_credits_the_connections_it_held_back() {
+        let a = admission(2, 3);
+        let opened = |source, now, tries| {
+            (0..tries)
+                .filter(|_| a.connection(source, now).is_ok())
+                .count()
+        };
+        let t0 = Instant::now();
+        a.heartbeat(t0);
+        let client = addr("192.0.2.20:5060");
+        assert_eq!(opened(client, t0, 3), 2, "no freeze: the burst is all");
+        // 10 s without a beat: 1/s * 10 s more (the bucket runs on the
+        // limiter's own clock, for which no time passed).
+        let resumed = t0 + Duration::from_secs(10);
+        a.heartbeat(resumed);
+        assert_eq!(opened(client, resumed, 10), 10);
+        assert_eq!(
+            a.metrics
+                .freeze_credited_connections
+                .load(Ordering::Relaxed),
+            10
+        );
+        assert_eq!(
+            a.metrics.freeze_credited_messages.load(Ordering::Relaxed),
+            0,
+            "messages have a credit of their own"
+        );
+        assert_eq!(opened(client, resumed, 1), 0, "the credit is spent");
+    }
+
     #[test]
     fn a_freeze_of_sipadmit_credits_its_backlog_at_the_rate_over_its_length() {
         let a = admission(2, 3);
