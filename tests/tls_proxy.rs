@@ -755,3 +755,50 @@ async fn a_registrar_refusing_our_certificate_after_a_tls13_handshake_gets_the_c
         .count();
     assert_eq!(refusals, 2, "{records:#?}");
 }
+
+/// sipadmit frozen (SIGSTOP, a paused VM) while a TLS client's handshake is
+/// under way, past `tls.handshake_timeout_secs`: the ClientHello reached
+/// its socket in time, so on resume the handshake completes. The deadline
+/// is seen late and put off once (after SIGCONT the event loop's wait fails
+/// with EINTR and finds the timer before the bytes).
+#[test]
+fn a_tls_handshake_under_way_survives_a_freeze_of_sipadmit_past_its_deadline() {
+    use common::binary::{free_port, Sipadmit};
+    use openssl::ssl::{SslConnector, SslMethod, SslVerifyMode};
+    let (dir, files) = pki();
+    let registrar = common::udp_registrar::Registrar::start();
+    let config = dir.path().join("sipadmit.toml");
+    std::fs::write(&config, tls_config(&files, "handshake_timeout_secs = 1")).unwrap();
+    let port = free_port();
+    let mut sipadmit = Sipadmit::spawn(
+        std::process::Command::new(env!("CARGO_BIN_EXE_sipadmit"))
+            .args(["run", "--config", config.to_str().unwrap()])
+            .args(["--listen", &format!("tls:127.0.0.1:{port}")])
+            .args(["--listen", "udp:127.0.0.1:0"])
+            .args(["--upstream", &format!("udp:{}", registrar.addr)])
+            .env("RUST_LOG", "info")
+            .stdout(std::process::Stdio::null()),
+    );
+    sipadmit.wait_for("listening");
+    let tcp = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    // Accepted, its handshake deadline running; then frozen past it.
+    std::thread::sleep(Duration::from_millis(300));
+    sipadmit.signal("STOP");
+    let mut connector = SslConnector::builder(SslMethod::tls_client()).unwrap();
+    connector.set_ca_file(&files.ca).unwrap();
+    connector.set_verify(SslVerifyMode::PEER);
+    let connector = connector.build();
+    let handshake = std::thread::spawn(move || {
+        connector
+            .connect("127.0.0.1", tcp)
+            .map(drop)
+            .map_err(|e| e.to_string())
+    });
+    std::thread::sleep(Duration::from_millis(2500));
+    sipadmit.signal("CONT");
+    let done = handshake.join().unwrap();
+    let stderr = sipadmit.terminate();
+    assert!(done.is_ok(), "{done:?}\n{stderr}");
+    assert!(!stderr.contains("handshake failed"), "{stderr}");
+}
