@@ -806,12 +806,19 @@ mod tests {
         assert!(!datagrams.is_open());
     }
 
-    /// A loopback UDP port nobody listens on (bound, then closed).
+    /// A loopback UDP port nobody listens on (bound, then closed), below
+    /// the kernel's ephemeral range: no socket bound to port 0 (another
+    /// test's running beside it) is given it while its errors are awaited.
     fn closed_port() -> std::net::SocketAddr {
-        std::net::UdpSocket::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
+        static NEXT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
+        let base = 20_000 + (std::process::id() % 500) as u16 * 20;
+        loop {
+            let offset = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 10_000;
+            let candidate = std::net::SocketAddr::from(([127, 0, 0, 1], base + offset));
+            if let Ok(socket) = std::net::UdpSocket::bind(candidate) {
+                return socket.local_addr().unwrap();
+            }
+        }
     }
 
     /// Wait (at most 10 s) until the kernel reports a new error for
@@ -904,14 +911,23 @@ mod tests {
             .remove(0);
         let peer_addr = peer.local_addr().unwrap();
         const SENT: usize = 20_000;
-        let receiving = std::thread::spawn(move || {
-            peer.set_nonblocking(false).unwrap();
-            peer.set_read_timeout(Some(std::time::Duration::from_secs(2)))
-                .unwrap();
-            let mut buf = [0u8; 64];
-            (0..SENT)
-                .take_while(|_| peer.recv_from(&mut buf).is_ok())
-                .count()
+        // How many the peer has read: the sender waits for it to keep up,
+        // so that a slow machine loses none to the peer's full buffer.
+        let read = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let receiving = std::thread::spawn({
+            let read = read.clone();
+            move || {
+                peer.set_nonblocking(false).unwrap();
+                peer.set_read_timeout(Some(std::time::Duration::from_secs(2)))
+                    .unwrap();
+                let mut buf = [0u8; 64];
+                (0..SENT)
+                    .take_while(|_| peer.recv_from(&mut buf).is_ok())
+                    .inspect(|_| {
+                        read.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    })
+                    .count()
+            }
         });
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let hammering = {
@@ -925,15 +941,21 @@ mod tests {
             })
         };
         let mut failed = 0;
-        for _ in 0..SENT {
+        for sent in 0..SENT {
             if send_to(&socket, b"to the registrar", peer_addr)
                 .await
                 .is_err()
             {
                 failed += 1;
             }
-            // Leave the receiving thread time to keep up.
-            tokio::task::yield_now().await;
+            // Leave the receiving thread time to keep up (bounded: a peer
+            // that lost some stops reading after 2 s).
+            let behind = std::time::Instant::now() + std::time::Duration::from_secs(3);
+            while sent - failed >= read.load(std::sync::atomic::Ordering::Relaxed) + 256
+                && std::time::Instant::now() < behind
+            {
+                tokio::task::yield_now().await;
+            }
         }
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         hammering.join().unwrap();
