@@ -12,7 +12,10 @@
 //!   after a provisional response it is resent every T2.
 //! - The first response ends an INVITE's retransmissions (17.1.1.2: a
 //!   provisional moves it to Proceeding, where the transaction layer no
-//!   longer resends); a final response ends a non-INVITE's.
+//!   longer resends); a final response ends a non-INVITE's. A ringing
+//!   INVITE is remembered for Timer C (3 minutes, 16.6 step 11) after its
+//!   last provisional response, so that its final response and the copies
+//!   of it are told apart however long it rang.
 //! - Timer B / F: with no response (INVITE) or no final response
 //!   (non-INVITE) 64*T1 after the first send, the client is answered
 //!   `408 Request Timeout` by sipadmit ([`Due::TimedOut`]). The transaction
@@ -196,6 +199,11 @@ const LATE_TIMEOUT: Duration = Duration::from_millis(250);
 /// the answers queued on its sockets first.
 const LATE_TIMEOUT_GRACE: Duration = Duration::from_millis(200);
 
+/// How long an INVITE that got a provisional response may go on without
+/// another (RFC 3261 16.6 step 11: Timer C, more than 3 minutes; a UAS
+/// sends a provisional response at least every minute, 13.3.1.1).
+const TIMER_C: Duration = Duration::from_secs(3 * 60);
+
 /// A timer in the heap: (when, timer id, key).
 type Timer = Reverse<(Instant, u64, TransactionKey)>;
 
@@ -215,14 +223,19 @@ const ENDED_BYTES: usize = 2 * std::mem::size_of::<(TransactionKey, (Instant, En
 const ACK_OVERHEAD: usize = 2 * std::mem::size_of::<(TransactionKey, Outbound)>();
 
 /// How a transaction that is no longer kept ended, remembered for 64*T1
-/// (from its last response) so that what comes after is told apart.
+/// (from its last response; an INVITE still ringing, for Timer C more) so
+/// that what comes after is told apart.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Ending {
     /// Timed out (or failed): its client was answered `408`.
     TimedOut,
     /// An INVITE's provisional response ended its retransmissions; its
-    /// final response is still to come.
-    Proceeding,
+    /// final response is still to come, remembered until Timer C after
+    /// the last provisional one.
+    Proceeding {
+        /// When Timer C runs out.
+        timer_c: Instant,
+    },
     /// Its final response was relayed.
     Answered,
 }
@@ -237,7 +250,8 @@ struct Table {
     /// The transactions that ended, until when each is remembered and how
     /// it ended...
     ended: HashMap<TransactionKey, (Instant, Ending)>,
-    /// ...in that order (the oldest first).
+    /// ...in that order (the first to run out first: each is remembered
+    /// for 64*T1 at a time).
     ended_order: VecDeque<(Instant, TransactionKey)>,
     /// The ACK sent for an INVITE that ended with a non-2xx, as long as
     /// the INVITE's ending is remembered.
@@ -257,20 +271,31 @@ impl Table {
     /// Forget the transactions that ended longer ago than they are
     /// remembered for (the memory of a burst of them goes back once all
     /// are forgotten).
-    fn forget_ended(&mut self, now: Instant) {
-        while self
-            .ended_order
-            .front()
-            .is_some_and(|&(until, _)| until <= now)
-        {
-            self.forget_oldest_ended();
+    fn forget_ended(&mut self, now: Instant, timeout: Duration) {
+        while let Some(&(until, key)) = self.ended_order.front() {
+            if until > now {
+                break;
+            }
+            match self.ended.get_mut(&key) {
+                // Still ringing (Timer C not run out): remembered on, for
+                // another 64*T1 at a time, which keeps the order.
+                Some((at, Ending::Proceeding { timer_c })) if *at == until && *timer_c > now => {
+                    *at = now + timeout;
+                    let renewed = (*at, key);
+                    self.ended_order.pop_front();
+                    self.ended_order.push_back(renewed);
+                }
+                _ => {
+                    self.forget_oldest_ended();
+                }
+            }
         }
         self.release_ended();
     }
 
-    /// Forget the transaction that ended first (its place in the order; the
-    /// transaction itself unless it was remembered again since). Whether
-    /// there was one.
+    /// Forget the transaction whose memory runs out first (its place in the
+    /// order; the transaction itself unless it was remembered again since).
+    /// Whether there was one.
     fn forget_oldest_ended(&mut self) -> bool {
         let Some((until, key)) = self.ended_order.pop_front() else {
             return false;
@@ -415,7 +440,7 @@ impl ClientTransactions {
             return Answered::Unknown;
         }
         let mut table = self.lock();
-        table.forget_ended(now);
+        table.forget_ended(now, self.timers.timeout());
         let answered = self.answer(&mut table, key, status, now);
         self.kept.store(table.entries.len(), Ordering::Relaxed);
         self.ended.store(table.ended.len(), Ordering::Relaxed);
@@ -432,9 +457,12 @@ impl ClientTransactions {
     ) -> Answered {
         let final_response = status >= 200;
         let Some(entry) = table.entries.get_mut(key) else {
-            let Some(&(_, ending)) = table.ended.get(key) else {
+            let Some(&(until, ending)) = table.ended.get(key) else {
                 return Answered::Unknown;
             };
+            if until <= now {
+                return Answered::Unknown;
+            }
             // The registrar resends a final answer nobody acknowledges
             // (Timer G, up to 64*T1): its copies are told apart as long.
             let (ending, answered) = match ending {
@@ -443,8 +471,13 @@ impl ClientTransactions {
                     Some(ack) if status >= 300 => (ending, Answered::AckAgain(ack.clone())),
                     _ => (ending, Answered::AfterFinal),
                 },
-                Ending::Proceeding if final_response => (Ending::Answered, Answered::Kept),
-                Ending::Proceeding => (ending, Answered::Kept),
+                Ending::Proceeding { .. } if final_response => (Ending::Answered, Answered::Kept),
+                Ending::Proceeding { .. } => (
+                    Ending::Proceeding {
+                        timer_c: now + TIMER_C,
+                    },
+                    Answered::Kept,
+                ),
             };
             self.remember(table, *key, now, ending);
             return answered;
@@ -457,7 +490,9 @@ impl ClientTransactions {
         let ending = if final_response {
             Ending::Answered
         } else {
-            Ending::Proceeding
+            Ending::Proceeding {
+                timer_c: now + TIMER_C,
+            }
         };
         self.remember(table, *key, now, ending);
         Answered::Kept
@@ -551,21 +586,22 @@ impl ClientTransactions {
                 }
             }
         }
-        table.forget_ended(now);
+        table.forget_ended(now, self.timers.timeout());
         self.kept.store(table.entries.len(), Ordering::Relaxed);
         self.ended.store(table.ended.len(), Ordering::Relaxed);
         due
     }
 
-    /// Remember for 64*T1 from `now` how `key` ended, when there is room
-    /// (without it, what comes after is relayed as any response is).
+    /// Remember for 64*T1 from `now` how `key` ended (a ringing INVITE is
+    /// remembered on, 64*T1 at a time, until its Timer C), when there is
+    /// room (without it, what comes after is relayed as any response is).
     fn remember(&self, table: &mut Table, key: TransactionKey, now: Instant, ending: Ending) {
         if table.bytes() + ENDED_BYTES > self.max_bytes {
             return;
         }
         let until = now + self.timers.timeout();
-        table.ended.insert(key, (until, ending));
         table.ended_order.push_back((until, key));
+        table.ended.insert(key, (until, ending));
     }
 
     /// Give every kept transaction up at `now`: their next timers time
@@ -916,6 +952,29 @@ mod tests {
         assert_eq!(table.answered(&busy, 486, gone), Answered::Unknown);
         assert!(table.due(gone).is_empty());
         assert_eq!(table.accounted_bytes(), 0, "the ACK is forgotten with it");
+    }
+
+    /// A call that rings longer than 64*T1: its final response still ends
+    /// it, and the copies of that response are told apart.
+    #[test]
+    fn a_call_that_rings_for_minutes_still_has_its_final_response_told_apart() {
+        let table = ClientTransactions::new(Timers::RFC3261, 1 << 20);
+        let t0 = Instant::now();
+        let invite = key(1, TransactionMethod::Invite);
+        table.start(transaction(invite, 100), t0);
+        assert_eq!(table.answered(&invite, 180, t0), Answered::Kept);
+        let answered = t0 + Duration::from_secs(150);
+        assert!(table.due(answered).is_empty());
+        assert_eq!(table.answered(&invite, 486, answered), Answered::Kept);
+        assert_eq!(table.answered(&invite, 486, answered), Answered::AfterFinal);
+        assert_eq!(table.answered(&invite, 180, answered), Answered::AfterFinal);
+        // Rung out without a word past Timer C: forgotten.
+        let silent = key(2, TransactionMethod::Invite);
+        table.start(transaction(silent, 100), t0);
+        assert_eq!(table.answered(&silent, 180, t0), Answered::Kept);
+        let gone = t0 + TIMER_C + Timers::RFC3261.timeout() + Duration::from_secs(1);
+        assert!(table.due(gone).is_empty());
+        assert_eq!(table.answered(&silent, 486, gone), Answered::Unknown);
     }
 
     /// A timeout that fires late (this process was frozen) is put off once

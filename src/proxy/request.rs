@@ -214,6 +214,11 @@ impl Core {
                 rule: None,
             });
         }
+        if ctx.method == Method::Cancel
+            && self.transactions.cancels_an_answered_invite(view, ctx.now)
+        {
+            return Err(Halt::Answer(self.cancel_of_an_answer(ctx)));
+        }
         if view.max_forwards() == Ok(Some(0)) {
             return Err(Refusal::TooManyHops.into());
         }
@@ -234,6 +239,25 @@ impl Core {
             }
         }
         Ok(())
+    }
+
+    /// The `200` to a CANCEL of an INVITE this proxy answered itself (a
+    /// policy reject that crossed the CANCEL, or whose answer was lost):
+    /// the INVITE is complete, so the CANCEL has no effect and is answered
+    /// here (RFC 3261 9.2), not sent on to a registrar or an agent that
+    /// never saw the INVITE. Counted under `proxy.cancel-answered`.
+    fn cancel_of_an_answer(&self, ctx: &RequestCtx<'_>) -> Bytes {
+        debug!(source = %ctx.inbound.source, call_id = %Text(ctx.view.call_id()), "CANCEL of an INVITE answered here: answered 200");
+        self.metrics
+            .count_protocol_answer(CANCEL_ANSWERED_RULE, Some(200));
+        crate::sip::response::build(
+            ctx.view,
+            200,
+            "",
+            &self.local_tag(ctx.view),
+            &[],
+            ctx.inbound.source.0,
+        )
     }
 
     /// Whether an ACK acknowledges an answer of this proxy's: it carries
@@ -1127,6 +1151,10 @@ fn retransmit_key(
         method,
     })
 }
+
+/// The rule of the `200` to a CANCEL of an INVITE this proxy answered, in
+/// `sipadmit_protocol_answers_total` (not recorded).
+pub const CANCEL_ANSWERED_RULE: &str = "proxy.cancel-answered";
 
 /// The INVITE transaction an ACK from a stream client to a UDP hop may
 /// acknowledge: the ACK of a non-2xx has its INVITE's branch (RFC 3261

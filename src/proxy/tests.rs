@@ -2059,3 +2059,52 @@ fn a_peers_text_in_a_log_line_cannot_write_fields_of_its_own() {
     assert_eq!(shown("rtl\u{202e}".as_bytes()), "rtl\\u{202e}");
     assert_eq!(shown(b"bad\xffutf8"), "bad\u{fffd}utf8");
 }
+
+/// A CANCEL of an INVITE this proxy answered itself (a policy reject that
+/// crossed it, or whose answer was lost) is answered `200` here (RFC 3261
+/// 9.2: the CANCEL has no effect on a completed INVITE), unrecorded, and
+/// goes nowhere; a CANCEL of a relayed INVITE goes on.
+#[test]
+fn a_cancel_of_an_invite_answered_here_is_answered_200_and_not_sent_on() {
+    let core = Core::detached(CONFIG).unwrap();
+    let caller: SocketAddr = "127.0.0.1:45100".parse().unwrap();
+    let cancel_of = |invite: &str| {
+        udp(
+            invite
+                .replacen("INVITE sip:", "CANCEL sip:", 1)
+                .replace("CSeq: 1 INVITE", "CSeq: 1 CANCEL"),
+            caller,
+        )
+    };
+    let rejected = request("INVITE", "sip:helpdesk@contoso.com", caller, MOBILE, "");
+    assert_eq!(
+        status(&handle(&core, &udp(rejected.clone(), caller))),
+        Some(403)
+    );
+    let cancel = handle(&core, &cancel_of(&rejected));
+    let (to, answer) = sent(&cancel);
+    assert_eq!(to, Destination::Source);
+    assert!(answer.starts_with("SIP/2.0 200 OK\r\n"), "{answer}");
+    assert!(answer.contains("CSeq: 1 CANCEL\r\n"), "{answer}");
+    assert!(cancel.record().is_none());
+    assert_eq!(
+        core.metrics()
+            .protocol_answers(super::request::CANCEL_ANSWERED_RULE, Some(200)),
+        1
+    );
+
+    let relayed = rejected
+        .replace("z9hG4bK-INVITE", "z9hG4bK-allowed")
+        .replace(MOBILE, LYNC);
+    assert_eq!(
+        sent(&handle(&core, &udp(relayed.clone(), caller))).0,
+        Destination::Upstream
+    );
+    let cancel = handle(&core, &cancel_of(&relayed));
+    let (to, cancel) = sent(&cancel);
+    assert_eq!(to, Destination::Upstream);
+    assert!(
+        cancel.starts_with("CANCEL sip:helpdesk@contoso.com"),
+        "{cancel}"
+    );
+}

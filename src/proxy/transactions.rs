@@ -259,7 +259,8 @@ impl Transactions {
     /// Remember that this proxy answered the INVITE `request` with an
     /// error, so that the ACK of that answer is absorbed
     /// ([`Transactions::acknowledges_an_answer`]) even when it carries the
-    /// dialog's To tag instead of this proxy's.
+    /// dialog's To tag instead of this proxy's, and a CANCEL of it is
+    /// answered here ([`Transactions::cancels_an_answered_invite`]).
     pub fn note_answered_invite(&self, request: &SipView, now: Instant) {
         let _ = self.note(self.key(request, KeyKind::AnsweredInvite, None), None, now);
     }
@@ -268,6 +269,13 @@ impl Transactions {
     /// with an error in the last [`TRANSACTION_LIFETIME`].
     pub fn acknowledges_an_answer(&self, ack: &SipView, now: Instant) -> bool {
         self.holds(self.key(ack, KeyKind::AnsweredInvite, None), now)
+    }
+
+    /// Whether `cancel` cancels an INVITE this proxy answered with an
+    /// error in the last [`TRANSACTION_LIFETIME`]: the CANCEL has the
+    /// INVITE's Call-ID, CSeq number, From tag and top Via (RFC 3261 9.1).
+    pub fn cancels_an_answered_invite(&self, cancel: &SipView, now: Instant) -> bool {
+        self.holds(self.key(cancel, KeyKind::AnsweredInvite, None), now)
     }
 
     /// Remember that `response` (a `401` or `407`) challenged the request
