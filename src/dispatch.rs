@@ -28,7 +28,7 @@ use crate::transport::admission::{Admission, BanCause, BanScope};
 use crate::transport::udp::{self, Datagrams};
 use crate::transport::upstream::UpstreamWatch;
 use crate::transport::{BootId, Event, Fault, SendError, Senders, Transport, UpstreamSender};
-use crate::vocabulary::{Leg, LocalAddr, PeerAddr};
+use crate::vocabulary::{starts_as_response, Leg, LocalAddr, PeerAddr};
 
 /// Events handled in a row when more are queued, before the timers and
 /// the shutdown signal get their turn.
@@ -411,17 +411,26 @@ struct Leaving {
     upstream: bool,
     /// It goes to the upstream as a datagram.
     upstream_datagram: bool,
-    /// What it is: mostly what arrived, but a copy of a final response can
-    /// send an ACK again.
-    kind: MessageKind,
 }
 
 impl Leaving {
-    fn of(senders: &Senders, outcome: &Outcome) -> Self {
+    fn of(senders: &Senders, inbound: &Inbound, outcome: &Outcome) -> Self {
         let datagrams = matches!(senders.upstream, UpstreamSender::Datagram(_));
-        let (to, kind) = match outcome {
-            Outcome::Relay { send, .. } => (Some(&send.to), MessageKind::of(&send.bytes)),
-            _ => (None, MessageKind::Request),
+        let to = match outcome {
+            // A response whose outcome is a request: the ACK a copy of a
+            // final response sends again, counted by the core as its client
+            // transaction's retransmission, not as relayed.
+            Outcome::Relay { send, .. }
+                if inbound.is_response() && !starts_as_response(&send.bytes) =>
+            {
+                return Self {
+                    over: None,
+                    upstream: false,
+                    upstream_datagram: datagrams,
+                };
+            }
+            Outcome::Relay { send, .. } => Some(&send.to),
+            _ => None,
         };
         let upstream = to == Some(&Destination::Upstream);
         Self {
@@ -432,25 +441,22 @@ impl Leaving {
             },
             upstream,
             upstream_datagram: upstream && datagrams,
-            kind,
         }
     }
 
-    /// Count what was sent; a request to the upstream is noted for its
-    /// watch (only a request other than ACK gets something back). A
-    /// datagram sent is delivered as far as UDP can tell (the stream link
-    /// notes its own deliveries).
+    /// Count what was sent from `inbound`; a request to the upstream is
+    /// noted for its watch (only a request other than ACK gets something
+    /// back). A datagram sent is delivered as far as UDP can tell (the
+    /// stream link notes its own deliveries).
     fn sent(&self, core: &Core, watch: &UpstreamWatch, inbound: &Inbound, started: Instant) {
-        let kind = self.kind;
+        let kind = MessageKind::of(&inbound.bytes);
         if let Some(transport) = self.over {
             core.metrics().count_relayed(transport, kind);
         }
         if self.upstream_datagram {
             core.metrics().note_upstream_sent();
         }
-        let answered = kind == MessageKind::Request
-            && !inbound.is_response()
-            && !inbound.bytes.starts_with(b"ACK ");
+        let answered = kind == MessageKind::Request && !inbound.bytes.starts_with(b"ACK ");
         if self.upstream && answered {
             watch.relayed(started);
         }
@@ -553,7 +559,7 @@ async fn received(
             banned
         },
     );
-    let leaving = Leaving::of(senders, &outcome);
+    let leaving = Leaving::of(senders, &inbound, &outcome);
     // A stream client's request leaving over UDP: its client transaction
     // is kept before it is sent (its answer may come back on another
     // worker's socket at once), and forgotten if it could not be sent.

@@ -296,4 +296,13 @@ fn a_copy_of_a_486_that_says_its_ack_was_lost_gets_the_ack_sent_again() {
         metrics.drops(sipadmit::observe::metrics::DropReason::AfterFinal),
         0
     );
+    // Relayed over UDP: the INVITE and the client's ACK; the ACK sent again
+    // is sipadmit's own retransmission, counted apart.
+    assert_eq!(
+        metrics.relayed(
+            sipadmit::transport::Transport::Udp,
+            sipadmit::observe::metrics::MessageKind::Request
+        ),
+        2
+    );
 }

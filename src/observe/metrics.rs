@@ -1367,7 +1367,7 @@ const FAMILIES: [Family; 62] = [
     ),
     counter(
         "sipadmit_rate_limit_freeze_credited_connections_total",
-        "New TCP/TLS connections over their source's connection rate let through after a freeze of sipadmit itself: they queued in the accept backlog while it ran nothing, and each source may open connections_per_second for every second of the freeze on top of max_connections_per_source.",
+        "New TCP/TLS connections over their source's connection rate let through after a freeze of sipadmit itself: they queued in the accept backlog while it ran nothing, and each source may open connections_per_second for every second of the freeze beyond the rate's burst (max_connections_per_source still caps the connections open at once).",
         Samples::Atomic(|m| &m.freeze_credited_connections),
     ),
     counter(

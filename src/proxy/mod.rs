@@ -522,7 +522,9 @@ impl Core {
                     }
                     _ => RecordKind::Decision,
                 };
-                self.record_once(&view, inbound, kind, outcome, now)
+                let outcome = self.record_once(&view, inbound, kind, outcome, now);
+                self.note_invite_fate(&view, &outcome, now);
+                outcome
             }
             Ok(view) => self.response(inbound, &view, now, open),
             Err(e) => self.unparsable(inbound, e, now),
@@ -628,6 +630,7 @@ impl Core {
         self.register_answered_here(&ctx);
         let outcome = self.refuse(&ctx, None, refusal);
         let outcome = self.record_once(&view, inbound, kind, outcome, now);
+        self.note_invite_fate(&view, &outcome, now);
         self.count_outcome(&outcome);
         outcome
     }
@@ -769,6 +772,7 @@ impl Core {
         self.register_answered_here(&ctx);
         let outcome = self.refuse(&ctx, None, refusal);
         let outcome = self.record_once(&view, inbound, RecordKind::Timeout, outcome, now);
+        self.note_invite_fate(&view, &outcome, now);
         self.count_outcome(&outcome);
         outcome
     }
@@ -807,6 +811,7 @@ impl Core {
                 self.record_once(&view, inbound, RecordKind::Ban, outcome, now)
             }
         };
+        self.note_invite_fate(&view, &outcome, now);
         self.count_outcome(&outcome);
         outcome
     }
@@ -891,6 +896,22 @@ impl Core {
     /// stop's totals.
     pub fn close_summaries_at_stop(&self) {
         self.close_summaries(Instant::now() + SUMMARY_WINDOW);
+    }
+
+    /// What became of an INVITE, for what may follow it: answered here,
+    /// it is remembered, so that its ACK is absorbed and a CANCEL of it is
+    /// answered here ([`Transactions::note_answered_invite`]); sent on
+    /// (a copy, after one answered here was lost), it is no longer, and
+    /// its CANCEL and ACK go on to whoever answers it.
+    fn note_invite_fate(&self, request: &SipView, outcome: &Outcome, now: Instant) {
+        if request.method_bytes() != Some(b"INVITE".as_slice()) {
+            return;
+        }
+        match outcome {
+            Outcome::Answer { .. } => self.transactions.note_answered_invite(request, now),
+            Outcome::Relay { .. } => self.transactions.forget_answered_invite(request, now),
+            Outcome::Drop { .. } | Outcome::Consumed => {}
+        }
     }
 
     /// Keep the outcome's record only for the first sighting of the

@@ -341,13 +341,6 @@ impl Core {
             &extra,
             ctx.inbound.source.0,
         );
-        if ctx.method == Method::Invite {
-            // Remembered: a CANCEL of it is answered here (RFC 3261 9.2),
-            // and inside a dialog, where the answer keeps the dialog's To
-            // tag and so does its ACK, that ACK is absorbed (17.2.1; outside
-            // one, the ACK carries this proxy's tag).
-            self.transactions.note_answered_invite(view, ctx.now);
-        }
         bytes
     }
 

@@ -2107,4 +2107,22 @@ fn a_cancel_of_an_invite_answered_here_is_answered_200_and_not_sent_on() {
         cancel.starts_with("CANCEL sip:helpdesk@contoso.com"),
         "{cancel}"
     );
+
+    // Answered 503 when its send failed, that answer lost, and a copy sent
+    // on once the registrar is back: its CANCEL goes on too.
+    let resent = relayed.replace("z9hG4bK-allowed", "z9hG4bK-resent");
+    let first = udp(resent.clone(), caller);
+    assert_eq!(
+        status(&core.upstream_unavailable(&first, Instant::now(), false)),
+        Some(503)
+    );
+    assert_eq!(
+        sent(&handle(&core, &cancel_of(&resent))).0,
+        Destination::Source
+    );
+    assert_eq!(sent(&handle(&core, &first)).0, Destination::Upstream);
+    assert_eq!(
+        sent(&handle(&core, &cancel_of(&resent))).0,
+        Destination::Upstream
+    );
 }

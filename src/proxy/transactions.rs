@@ -16,8 +16,9 @@
 //! bounded in bytes; when full the oldest transaction is forgotten (its late
 //! retransmission would then be recorded once more, nothing worse). Each
 //! kind of record of a transaction ([`RecordKind`]) is remembered apart, and
-//! so are the INVITEs inside a dialog this proxy answered with an error,
-//! whose ACK it absorbs, and the requests a server challenged (`401`,
+//! so are the INVITEs this proxy answered with an error, whose ACK it
+//! absorbs (inside a dialog it carries the dialog's To tag, not this
+//! proxy's) and whose CANCEL it answers, and the requests a server challenged (`401`,
 //! `407`), whose retry with credentials is the same sign-in or call. Pure:
 //! the clock is passed in.
 
@@ -164,7 +165,8 @@ impl HeapBytes for Option<Decided> {
 enum KeyKind {
     /// The request's own method, for a record of `RecordKind`.
     Record(RecordKind),
-    /// An INVITE answered by this proxy with an error.
+    /// An INVITE answered by this proxy with an error (its ACK and CANCEL
+    /// match it).
     AnsweredInvite,
 }
 
@@ -263,6 +265,14 @@ impl Transactions {
     /// answered here ([`Transactions::cancels_an_answered_invite`]).
     pub fn note_answered_invite(&self, request: &SipView, now: Instant) {
         let _ = self.note(self.key(request, KeyKind::AnsweredInvite, None), None, now);
+    }
+
+    /// Forget that this proxy answered the INVITE `request`: a copy of it
+    /// was sent on since (its answer was lost, and the copy found the
+    /// registrar back), so that whoever answers it now gets its CANCEL and
+    /// ACK.
+    pub fn forget_answered_invite(&self, request: &SipView, now: Instant) {
+        self.take(self.key(request, KeyKind::AnsweredInvite, None), now);
     }
 
     /// Whether the ACK `ack` acknowledges an INVITE this proxy answered

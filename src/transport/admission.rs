@@ -81,7 +81,8 @@ pub const FREEZE_CATCH_UP: Duration = Duration::from_secs(2);
 /// The longest freeze credited: a source is let through at most
 /// `requests_per_second` times this many seconds on one.
 pub const MAX_FREEZE: Duration = Duration::from_secs(30);
-/// Sources credited per freeze at most (the rest are limited as usual).
+/// Sources credited per freeze at most, for messages and for connections
+/// each (the rest are limited as usual).
 const MAX_FREEZE_CREDITED_SOURCES: usize = 65_536;
 
 /// The credit of a freeze of sipadmit itself (see the module doc). The
@@ -708,13 +709,16 @@ impl Admission {
             return Err(ConnectionRefusal::Banned);
         }
         self.bound_tables(&limits);
+        // A freeze's credit is spent only on a connection the cap on open
+        // ones would take.
         if limits.connections.check_key(&key).is_err()
-            && !self.credited(
-                key,
-                Charge::Connections,
-                limits.settings.connections_per_second,
-                now,
-            )
+            && !(self.opened(peer, key) < limits.settings.max_connections_per_source.get()
+                && self.credited(
+                    key,
+                    Charge::Connections,
+                    limits.settings.connections_per_second,
+                    now,
+                ))
         {
             Metrics::inc(&self.metrics.rate_limited_connections);
             if limits.connection_strikes.check_key(&key).is_err()
@@ -726,10 +730,7 @@ impl Admission {
             return Err(ConnectionRefusal::OverRate);
         }
         let mut open = self.lock_open();
-        // What it opened while it was exempt counts too.
-        let opened_exempt = open.exempt.get(&peer.ip()).copied().unwrap_or(0);
-        let opened = open.limited.get(&key).copied().unwrap_or(0);
-        if opened + opened_exempt >= limits.settings.max_connections_per_source.get() {
+        if Self::opened_in(&open, peer, key) >= limits.settings.max_connections_per_source.get() {
             drop(open);
             Metrics::inc(&self.metrics.connections_per_source_refused);
             self.warn_over_limit(peer, ConnectionRefusal::TooMany.as_str());
@@ -740,6 +741,17 @@ impl Admission {
             admission: self.clone(),
             held: Held::Limited(key),
         })
+    }
+
+    /// The connections open from `peer` (of source `key`), those it opened
+    /// while it was exempt included.
+    fn opened(&self, peer: SocketAddr, key: SourceKey) -> u32 {
+        Self::opened_in(&self.lock_open(), peer, key)
+    }
+
+    fn opened_in(open: &OpenConnections, peer: SocketAddr, key: SourceKey) -> u32 {
+        let opened_exempt = open.exempt.get(&peer.ip()).copied().unwrap_or(0);
+        open.limited.get(&key).copied().unwrap_or(0) + opened_exempt
     }
 
     /// A scanner datagram from `source` at `now`: whether its source has
@@ -1046,10 +1058,6 @@ mod tests {
         assert!(limited > 0, "datagrams from another port are limited");
     }
 
-    /// Trial 20: a freeze of sipadmit itself (no beat for 10 s) leaves a
-    /// client's messages of those seconds queued; read at once, they pass
-    /// up to the rate over the freeze on top of the burst, before and after
-    /// the next beat, each source on its own; after the catch-up, none.
     /// The connections a freeze left in the accept backlog are credited at
     /// `connections_per_second` over its length, as messages are at theirs.
     #[test]
@@ -1081,8 +1089,24 @@ mod tests {
             "messages have a credit of their own"
         );
         assert_eq!(opened(client, resumed, 1), 0, "the credit is spent");
+        // The cap on open connections holds, and a connection it refuses
+        // spends no credit.
+        let held = addr("192.0.2.21:5060");
+        let frozen = resumed + Duration::from_secs(10);
+        a.heartbeat(frozen);
+        let open: Vec<_> = (0..3)
+            .filter_map(|_| a.connection(held, frozen).ok())
+            .collect();
+        assert_eq!(open.len(), 2, "max_connections_per_source");
+        assert!(a.connection(held, frozen).is_err());
+        drop(open);
+        assert_eq!(opened(held, frozen, 10), 10, "the whole credit is left");
     }
 
+    /// Trial 20: a freeze of sipadmit itself (no beat for 10 s) leaves a
+    /// client's messages of those seconds queued; read at once, they pass
+    /// up to the rate over the freeze on top of the burst, before and after
+    /// the next beat, each source on its own; after the catch-up, none.
     #[test]
     fn a_freeze_of_sipadmit_credits_its_backlog_at_the_rate_over_its_length() {
         let a = admission(2, 3);

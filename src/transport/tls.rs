@@ -40,6 +40,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_openssl::SslStream;
 
+use super::admission::FREEZE_THRESHOLD;
 use super::Fault;
 use crate::config::tls_contexts::{build_acceptor, build_upstream, names_of, Upstream};
 pub use crate::config::tls_contexts::{
@@ -103,9 +104,6 @@ impl HandshakeError {
 // releases), for the errors of library `ERR_LIB_SSL`.
 const ERR_LIB_SSL: i32 = 20;
 
-/// A handshake deadline seen this long after it passed tells that this
-/// process was frozen (a paused VM, SIGSTOP) or held up meanwhile.
-const LATE_DEADLINE: Duration = Duration::from_millis(250);
 const SSL_R_CERTIFICATE_VERIFY_FAILED: i32 = 134;
 const SSL_R_HTTPS_PROXY_REQUEST: i32 = 155;
 const SSL_R_HTTP_REQUEST: i32 = 156;
@@ -319,10 +317,11 @@ impl ServerTls {
     }
 
     /// Run the server side of a handshake on `stream`, giving up at
-    /// `deadline` ([`HandshakeReason::Timeout`]). A deadline that passes
-    /// [`LATE_DEADLINE`] or more before it is seen (this process was
-    /// frozen: a paused VM, SIGSTOP) is put off once, by as long as it
-    /// gave at first: the time sipadmit ran nothing is not the client's.
+    /// `deadline` ([`HandshakeReason::Timeout`]). A deadline seen
+    /// [`FREEZE_THRESHOLD`] or more after it passed (this process was
+    /// frozen: a paused VM, SIGSTOP; a busy one is not that late) is put
+    /// off once, by as long as it gave at first: the time sipadmit ran
+    /// nothing is not the client's.
     pub async fn accept<S>(
         &self,
         stream: S,
@@ -340,7 +339,7 @@ impl ServerTls {
             return match tokio::time::timeout_at(deadline, Pin::new(&mut tls).accept()).await {
                 Err(_elapsed) => {
                     let now = Instant::now();
-                    if !put_off && now.saturating_duration_since(deadline) >= LATE_DEADLINE {
+                    if !put_off && now.saturating_duration_since(deadline) >= FREEZE_THRESHOLD {
                         put_off = true;
                         deadline = now + allowed;
                         continue;
