@@ -240,6 +240,15 @@ enum Ending {
     Answered,
 }
 
+impl Ending {
+    /// An INVITE that got a provisional response at `now`.
+    fn ringing(now: Instant) -> Self {
+        Self::Proceeding {
+            timer_c: now + TIMER_C,
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 struct Table {
     entries: HashMap<TransactionKey, Entry>,
@@ -473,12 +482,7 @@ impl ClientTransactions {
                     _ => (ending, Answered::AfterFinal),
                 },
                 Ending::Proceeding { .. } if final_response => (Ending::Answered, Answered::Kept),
-                Ending::Proceeding { .. } => (
-                    Ending::Proceeding {
-                        timer_c: now + TIMER_C,
-                    },
-                    Answered::Kept,
-                ),
+                Ending::Proceeding { .. } => (Ending::ringing(now), Answered::Kept),
             };
             self.remember(table, *key, now, ending);
             return answered;
@@ -491,9 +495,7 @@ impl ClientTransactions {
         let ending = if final_response {
             Ending::Answered
         } else {
-            Ending::Proceeding {
-                timer_c: now + TIMER_C,
-            }
+            Ending::ringing(now)
         };
         self.remember(table, *key, now, ending);
         Answered::Kept
@@ -598,6 +600,11 @@ impl ClientTransactions {
     /// room (without it, what comes after is relayed as any response is).
     fn remember(&self, table: &mut Table, key: TransactionKey, now: Instant, ending: Ending) {
         if table.bytes() + ENDED_BYTES > self.max_bytes {
+            // No room to remember it longer: how it ended still changes
+            // (a ringing INVITE's final response came).
+            if let Some((_, known)) = table.ended.get_mut(&key) {
+                *known = ending;
+            }
             return;
         }
         let until = now + self.timers.timeout();

@@ -37,7 +37,7 @@ use super::Core;
 use crate::classify::Support;
 use crate::config::Endpoint;
 use crate::observe::metrics::UpstreamFailure;
-use crate::sip::{response, Method, SipView};
+use crate::sip::{Method, SipView};
 
 /// A message not delivered to the registrar (a failed UDP send, a connect
 /// of the stream link that failed) makes the instance not ready for this
@@ -204,18 +204,7 @@ impl Core {
             // that 503 again.
             None => match self.note_unrecorded(ctx, Treatment::Answered(200), false) {
                 Some(copy) => copy,
-                None => {
-                    self.metrics.count_protocol_answer(HEALTH_RULE, Some(200));
-                    let bytes = response::build(
-                        ctx.view,
-                        200,
-                        "",
-                        &self.local_tag(ctx.view),
-                        &[],
-                        ctx.inbound.source.0,
-                    );
-                    return Err(Halt::Answer(bytes));
-                }
+                None => return Err(Halt::Answer(self.unrecorded_200(ctx, HEALTH_RULE))),
             },
             Some(not_ready) => {
                 let detail = warning_text(&not_ready.to_string());

@@ -248,8 +248,13 @@ impl Core {
     /// never saw the INVITE. Counted under `proxy.cancel-answered`.
     fn cancel_of_an_answer(&self, ctx: &RequestCtx<'_>) -> Bytes {
         debug!(source = %ctx.inbound.source, call_id = %Text(ctx.view.call_id()), "CANCEL of an INVITE answered here: answered 200");
-        self.metrics
-            .count_protocol_answer(CANCEL_ANSWERED_RULE, Some(200));
+        self.unrecorded_200(ctx, CANCEL_ANSWERED_RULE)
+    }
+
+    /// A `200` of this proxy's to the request of `ctx`, not recorded,
+    /// counted in `sipadmit_protocol_answers_total` under `rule`.
+    pub(super) fn unrecorded_200(&self, ctx: &RequestCtx<'_>, rule: &'static str) -> Bytes {
+        self.metrics.count_protocol_answer(rule, Some(200));
         crate::sip::response::build(
             ctx.view,
             200,
