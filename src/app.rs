@@ -84,9 +84,6 @@ pub enum AppError {
         #[source]
         source: std::io::Error,
     },
-    /// The signal handlers could not be installed.
-    #[error("cannot install signal handlers: {0}")]
-    Signals(std::io::Error),
     /// A `[tls]` file or setting OpenSSL cannot use.
     #[error(transparent)]
     Tls(#[from] TlsError),
@@ -875,10 +872,10 @@ pub fn event_loop() -> std::io::Result<tokio::runtime::Runtime> {
     Ok(runtime)
 }
 
-/// Open the decision log, bind, then serve until SIGINT or SIGTERM; then
-/// close the decision log within [`SHUTDOWN_DEADLINE`].
-pub async fn run(config: Config) -> Result<(), AppError> {
-    let signals = Signals::install().map_err(AppError::Signals)?;
+/// Open the decision log, bind, then serve until SIGINT or SIGTERM (their
+/// handlers installed as `signals`); then close the decision log within
+/// [`SHUTDOWN_DEADLINE`].
+pub async fn run(config: Config, signals: Signals) -> Result<(), AppError> {
     raise_open_file_limit(config.settings.limits.max_connections);
     let (decision_log, log_writer) = DecisionLog::open(&config.settings.decision_log)?;
     let bound = bind(&config).await?;
@@ -1053,9 +1050,11 @@ enum Signal {
     Stop(&'static str),
 }
 
-/// The signal handlers, installed before anything is bound so that no
-/// signal finds the default action (which ends the process).
-struct Signals {
+/// The signal handlers (SIGHUP, SIGTERM, SIGINT, SIGXFSZ), installed first
+/// thing, before the configuration is read, so that no signal finds the
+/// default action (which ends the process): a SIGHUP from logrotate that
+/// races a start is a reload once the instance runs.
+pub struct Signals {
     #[cfg(unix)]
     hangup: tokio::signal::unix::Signal,
     #[cfg(unix)]
@@ -1072,7 +1071,9 @@ struct Signals {
 }
 
 impl Signals {
-    fn install() -> std::io::Result<Self> {
+    /// Install the handlers; within the event loop's context (see
+    /// [`event_loop`] and `Runtime::enter`).
+    pub fn install() -> std::io::Result<Self> {
         #[cfg(unix)]
         {
             use tokio::signal::unix::{signal, SignalKind};

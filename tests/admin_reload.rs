@@ -979,3 +979,58 @@ fn a_reload_while_no_thread_can_be_created_still_reloads() {
     let stderr = sipadmit.terminate();
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+/// Trial 22: a SIGHUP that races the start (logrotate's postrotate reload
+/// of a unit just restarted) is a reload once sipadmit runs, not the
+/// default action that ends the process: it waits, blocked, from the first
+/// thing `run` does.
+#[test]
+fn a_sighup_during_the_start_is_a_reload_not_the_end() {
+    let dir = tempfile::tempdir().unwrap();
+    // The configuration is a FIFO: the start waits in reading it, with
+    // the SIGHUP delivered meanwhile, until it is written.
+    let config = dir.path().join("sipadmit.toml");
+    let made = Command::new("mkfifo").arg(&config).status().unwrap();
+    assert!(made.success());
+    let mut sipadmit = Sipadmit::spawn(
+        Command::new(env!("CARGO_BIN_EXE_sipadmit"))
+            .args(["run", "--config", config.to_str().unwrap()])
+            .args(["--listen", "udp:127.0.0.1:0"])
+            .args(["--upstream", "udp:127.0.0.1:5070"])
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null()),
+    );
+    // Written once sipadmit opens it to read (an open for writing fails
+    // at once while no one reads: tried again, for a bounded time).
+    let feed = || {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let deadline = Instant::now() + BOUND;
+        let mut fifo = loop {
+            match std::fs::OpenOptions::new()
+                .write(true)
+                .custom_flags(nix::libc::O_NONBLOCK)
+                .open(&config)
+            {
+                Ok(fifo) => break fifo,
+                Err(e) if Instant::now() < deadline => {
+                    assert_eq!(e.raw_os_error(), Some(nix::libc::ENXIO), "{e}");
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(e) => panic!("sipadmit never read its configuration: {e}"),
+            }
+        };
+        fifo.write_all(CONFIG.as_bytes()).unwrap();
+    };
+    sipadmit.wait_for("sipadmit starting");
+    sipadmit.signal("HUP");
+    std::thread::sleep(Duration::from_millis(100));
+    feed();
+    sipadmit.wait_for("listening");
+    // The reload reads the FIFO again.
+    feed();
+    let reloaded = sipadmit.wait_for("config reloaded");
+    assert!(reloaded.contains("generation=2"), "{reloaded}");
+    let stderr = sipadmit.terminate();
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
