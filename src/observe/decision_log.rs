@@ -20,7 +20,7 @@
 
 use std::borrow::Cow;
 use std::fs::{File, OpenOptions};
-use std::io::{self, Seek, Write};
+use std::io::{self, Read, Seek, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -723,12 +723,20 @@ trait Sink: Send {
     /// Remove the last `tail` bytes written (a torn line). `Ok(false)` when
     /// this sink cannot (pipes, terminals).
     fn cut_tail(&mut self, tail: u64) -> io::Result<bool>;
+    /// Whether what is already there ends in an unfinished line (a file
+    /// left so by a crash in the middle of a write): the first record then
+    /// starts on a new line.
+    fn ends_unfinished(&self) -> bool {
+        false
+    }
 }
 
 /// A file, pipe, FIFO or terminal.
 struct FileSink {
     file: File,
     regular: bool,
+    /// It was opened ending in an unfinished line.
+    unfinished: bool,
 }
 
 impl Sink for FileSink {
@@ -751,11 +759,32 @@ impl Sink for FileSink {
         self.file.seek(io::SeekFrom::End(0))?;
         Ok(true)
     }
+
+    fn ends_unfinished(&self) -> bool {
+        self.unfinished
+    }
 }
 
 fn file_sink(file: File) -> io::Result<Box<dyn Sink>> {
     let regular = file.metadata()?.is_file();
-    Ok(Box::new(FileSink { file, regular }))
+    Ok(Box::new(FileSink {
+        file,
+        regular,
+        unfinished: false,
+    }))
+}
+
+/// Whether the regular file at `path` ends in an unfinished line (its last
+/// byte is no line feed); `false` when that cannot be read.
+fn ends_unfinished(path: &Path) -> bool {
+    let Ok(mut file) = File::open(path) else {
+        return false;
+    };
+    let mut last = [0u8; 1];
+    file.metadata().is_ok_and(|m| m.is_file() && m.len() > 0)
+        && file.seek(io::SeekFrom::End(-1)).is_ok()
+        && file.read_exact(&mut last).is_ok()
+        && last[0] != b'\n'
 }
 
 /// Open (append) the log file; a new one is created `0640` (owner
@@ -766,7 +795,13 @@ fn open_file(path: &Path) -> io::Result<Box<dyn Sink>> {
     options.create(true).append(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o640);
-    file_sink(options.open(path)?)
+    let file = options.open(path)?;
+    let regular = file.metadata()?.is_file();
+    Ok(Box::new(FileSink {
+        file,
+        regular,
+        unfinished: regular && ends_unfinished(path),
+    }))
 }
 
 /// A descriptor of its own for stdout, so that the writer neither takes
@@ -822,10 +857,10 @@ struct Writer {
 
 impl Writer {
     fn new(shared: Arc<Shared>, sink: Option<Box<dyn Sink>>) -> Self {
-        Self {
-            next_open: sink.is_none().then(Instant::now),
+        let mut writer = Self {
+            next_open: Some(Instant::now()),
             shared,
-            sink,
+            sink: None,
             torn: false,
             batch: Vec::new(),
             bytes: Vec::new(),
@@ -833,7 +868,29 @@ impl Writer {
             lost_since_warning: 0,
             last_lost_warning: None,
             loss_cause: String::new(),
+        };
+        if let Some(sink) = sink {
+            writer.install(sink);
         }
+        writer
+    }
+
+    /// Write to `sink` from now on: after a line break when it ends in an
+    /// unfinished line (told once, as a warning).
+    fn install(&mut self, sink: Box<dyn Sink>) {
+        self.torn = sink.ends_unfinished();
+        if self.torn {
+            let path = match &self.shared.target {
+                Target::Path(path) => path.display().to_string(),
+                Target::Stdout => "-".into(),
+            };
+            warn!(
+                path,
+                "decision log ends in an unfinished line (left by a crash?): new records start on a line of their own"
+            );
+        }
+        self.sink = Some(sink);
+        self.next_open = None;
     }
 
     fn run(mut self) {
@@ -1008,11 +1065,7 @@ impl Writer {
     /// retry after a failed open).
     fn open_target(&mut self) {
         match self.open_configured() {
-            Ok(sink) => {
-                self.sink = Some(sink);
-                self.next_open = None;
-                self.torn = false;
-            }
+            Ok(sink) => self.install(sink),
             Err(e) => {
                 self.next_open = Some(Instant::now() + OPEN_RETRY_INTERVAL);
                 warn!(error = %e, retry_in_s = OPEN_RETRY_INTERVAL.as_secs(), "decision log not open");
@@ -1039,9 +1092,7 @@ impl Writer {
             return Ok(());
         }
         let sink = self.open_configured()?;
-        self.sink = Some(sink);
-        self.next_open = None;
-        self.torn = false;
+        self.install(sink);
         Ok(())
     }
 }

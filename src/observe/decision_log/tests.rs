@@ -228,6 +228,36 @@ fn everything_submitted_is_in_the_file_after_shutdown() {
     ));
 }
 
+/// Trial 22: a file left ending in an unfinished line (a crash in the
+/// middle of a write) gets its next record on a line of its own, not glued
+/// to that line: only the torn record is lost, at open and at a reopen.
+#[test]
+fn a_file_left_ending_in_an_unfinished_line_gets_records_on_lines_of_their_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("decisions.jsonl");
+    let torn = &line(9998)[..40];
+    std::fs::write(&path, format!("{}\n{torn}", line(9999))).unwrap();
+    let (log, writer) = DecisionLog::open(path.to_str().unwrap()).unwrap();
+    log.submit(record(0));
+    answered(log.flush());
+    // Torn again before a reopen (another writer's crash): the same.
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&path)
+        .unwrap();
+    std::io::Write::write_all(&mut file, torn.as_bytes()).unwrap();
+    answered(log.reopen()).unwrap();
+    log.submit(record(1));
+    let report = writer.shutdown(BOUND);
+    assert_eq!(report.written, 2);
+    let text = std::fs::read_to_string(&path).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 5, "{text}");
+    assert_eq!((lines[1], lines[3]), (torn, torn));
+    let whole = [lines[0], lines[2], lines[4]].join("\n");
+    assert_eq!(call_ids(&whole), ids([9999, 0, 1]));
+}
+
 #[test]
 fn flush_answers_once_earlier_records_are_written() {
     let dir = tempfile::tempdir().unwrap();
