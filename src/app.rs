@@ -84,6 +84,9 @@ pub enum AppError {
         #[source]
         source: std::io::Error,
     },
+    /// The signal handlers could not be installed.
+    #[error("cannot install signal handlers: {0}")]
+    Signals(std::io::Error),
     /// A `[tls]` file or setting OpenSSL cannot use.
     #[error(transparent)]
     Tls(#[from] TlsError),
@@ -872,10 +875,11 @@ pub fn event_loop() -> std::io::Result<tokio::runtime::Runtime> {
     Ok(runtime)
 }
 
-/// Open the decision log, bind, then serve until SIGINT or SIGTERM (their
-/// handlers installed as `signals`); then close the decision log within
-/// [`SHUTDOWN_DEADLINE`].
-pub async fn run(config: Config, signals: Signals) -> Result<(), AppError> {
+/// Open the decision log, bind, then serve until SIGINT or SIGTERM (SIGHUP
+/// reloads: its handler installed as `reload`); then close the decision log
+/// within [`SHUTDOWN_DEADLINE`].
+pub async fn run(config: Config, reload: ReloadSignals) -> Result<(), AppError> {
+    let signals = Signals::install(reload).map_err(AppError::Signals)?;
     raise_open_file_limit(config.settings.limits.max_connections);
     let (decision_log, log_writer) = DecisionLog::open(&config.settings.decision_log)?;
     let bound = bind(&config).await?;
@@ -1050,17 +1054,14 @@ enum Signal {
     Stop(&'static str),
 }
 
-/// The signal handlers (SIGHUP, SIGTERM, SIGINT, SIGXFSZ), installed first
-/// thing, before the configuration is read, so that no signal finds the
-/// default action (which ends the process): a SIGHUP from logrotate that
-/// races a start is a reload once the instance runs.
-pub struct Signals {
+/// The handlers of the signals that must not end a start (SIGHUP,
+/// SIGXFSZ), installed first thing, before the configuration is read: a
+/// SIGHUP from logrotate that races a start is a reload once the instance
+/// runs. SIGTERM and SIGINT keep their default action (the end of the
+/// process) until `run` begins ([`Signals`]).
+pub struct ReloadSignals {
     #[cfg(unix)]
     hangup: tokio::signal::unix::Signal,
-    #[cfg(unix)]
-    terminate: tokio::signal::unix::Signal,
-    #[cfg(unix)]
-    interrupt: tokio::signal::unix::Signal,
     /// SIGXFSZ, held and never acted on: its default action would end the
     /// process when the decision log reaches the file size limit
     /// (`ulimit -f`, systemd's `LimitFSIZE=`). With a handler the write
@@ -1070,7 +1071,7 @@ pub struct Signals {
     _file_too_large: tokio::signal::unix::Signal,
 }
 
-impl Signals {
+impl ReloadSignals {
     /// Install the handlers; within the event loop's context (see
     /// [`event_loop`] and `Runtime::enter`).
     pub fn install() -> std::io::Result<Self> {
@@ -1079,8 +1080,6 @@ impl Signals {
             use tokio::signal::unix::{signal, SignalKind};
             Ok(Self {
                 hangup: signal(SignalKind::hangup())?,
-                terminate: signal(SignalKind::terminate())?,
-                interrupt: signal(SignalKind::interrupt())?,
                 _file_too_large: signal(SignalKind::from_raw(nix::libc::SIGXFSZ))?,
             })
         }
@@ -1089,12 +1088,40 @@ impl Signals {
             Ok(Self {})
         }
     }
+}
+
+/// Every signal `run` handles: [`ReloadSignals`], then SIGTERM and SIGINT,
+/// installed before anything is bound.
+struct Signals {
+    reload: ReloadSignals,
+    #[cfg(unix)]
+    terminate: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    interrupt: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install(reload: ReloadSignals) -> std::io::Result<Self> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            Ok(Self {
+                reload,
+                terminate: signal(SignalKind::terminate())?,
+                interrupt: signal(SignalKind::interrupt())?,
+            })
+        }
+        #[cfg(not(unix))]
+        {
+            Ok(Self { reload })
+        }
+    }
 
     async fn next(&mut self) -> Signal {
         #[cfg(unix)]
         {
             tokio::select! {
-                Some(()) = self.hangup.recv() => Signal::Hangup,
+                Some(()) = self.reload.hangup.recv() => Signal::Hangup,
                 Some(()) = self.terminate.recv() => Signal::Stop("SIGTERM"),
                 Some(()) = self.interrupt.recv() => Signal::Stop("SIGINT"),
                 else => Signal::Stop("none (the signal driver stopped)"),

@@ -28,48 +28,52 @@ fn hangup_mask(how: SigmaskHow) -> anyhow::Result<()> {
     pthread_sigmask(how, Some(&hangup), None).context("masking SIGHUP")
 }
 
+/// `sipadmit run`: start the filter and serve until it is stopped.
+fn run_command(args: cli::RunArgs) -> anyhow::Result<ExitCode> {
+    // SIGHUP waits, blocked, from here until its handler is in place: its
+    // default action would end the process (logrotate's reload racing a
+    // restart).
+    hangup_mask(SigmaskHow::SIG_BLOCK)?;
+    // Held until this returns, after the runtime has stopped: buffered
+    // console lines are written then.
+    let _console = sipadmit::observe::console::init();
+    let overrides = Overrides {
+        listen: args.listen,
+        upstream: args.upstream,
+        mode: args.mode.map(Into::into),
+        decision_log: args.decision_log,
+        admin: args.admin,
+    };
+    // One event loop: the proxy core is a few microseconds per message,
+    // and a single thread avoids cross-thread wake-ups between the
+    // socket tasks and the dispatcher (measured with scripts/load: 82 to 63 µs
+    // of CPU per relayed REGISTER).
+    let runtime = sipadmit::app::event_loop().context("starting the async runtime")?;
+    // Before the configuration is read: a SIGHUP during the start is a
+    // reload once it runs. SIGTERM and SIGINT still end a start at once.
+    let reload = {
+        let _context = runtime.enter();
+        sipadmit::app::ReloadSignals::install().context("installing the signal handlers")?
+    };
+    hangup_mask(SigmaskHow::SIG_UNBLOCK)?;
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        config = %args.config.display(),
+        "sipadmit starting"
+    );
+    let config = Config::load(&args.config, &overrides)?;
+    tracing::info!(
+        config = %args.config.display(),
+        catalog = %config.runtime.catalog_source,
+        "configuration loaded"
+    );
+    runtime.block_on(sipadmit::app::run(config, reload))?;
+    Ok(ExitCode::SUCCESS)
+}
+
 fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Run(args) => {
-            hangup_mask(SigmaskHow::SIG_BLOCK)?;
-            // Held until `dispatch` returns, after the runtime has stopped:
-            // buffered console lines are written then.
-            let _console = sipadmit::observe::console::init();
-            let overrides = Overrides {
-                listen: args.listen,
-                upstream: args.upstream,
-                mode: args.mode.map(Into::into),
-                decision_log: args.decision_log,
-                admin: args.admin,
-            };
-            // One event loop: the proxy core is a few microseconds per message,
-            // and a single thread avoids cross-thread wake-ups between the
-            // socket tasks and the dispatcher (measured with scripts/load: 82 to 63 µs
-            // of CPU per relayed REGISTER).
-            let runtime = sipadmit::app::event_loop().context("starting the async runtime")?;
-            // Before the configuration is read: a SIGHUP (logrotate) or
-            // SIGTERM that races the start is handled once it runs. SIGHUP
-            // waits, blocked, from the first thing `run` does until then:
-            // its default action would end the process.
-            let signals = {
-                let _context = runtime.enter();
-                sipadmit::app::Signals::install().context("installing the signal handlers")?
-            };
-            hangup_mask(SigmaskHow::SIG_UNBLOCK)?;
-            tracing::info!(
-                version = env!("CARGO_PKG_VERSION"),
-                config = %args.config.display(),
-                "sipadmit starting"
-            );
-            let config = Config::load(&args.config, &overrides)?;
-            tracing::info!(
-                config = %args.config.display(),
-                catalog = %config.runtime.catalog_source,
-                "configuration loaded"
-            );
-            runtime.block_on(sipadmit::app::run(config, signals))?;
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Run(args) => run_command(args),
         Command::CheckConfig { config } => {
             // An error goes up to main, which prints it with its causes once and exits 1.
             let c = Config::load(&config, &Overrides::default())?;

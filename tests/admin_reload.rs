@@ -940,6 +940,19 @@ impl Drop for PidsCgroup {
     }
 }
 
+/// `sipadmit run --config config` (the binary) on UDP port 0, relaying to
+/// a registrar port nothing listens on, `RUST_LOG=info`.
+fn on_udp(config: &Path) -> Sipadmit {
+    Sipadmit::spawn(
+        Command::new(env!("CARGO_BIN_EXE_sipadmit"))
+            .args(["run", "--config", config.to_str().unwrap()])
+            .args(["--listen", "udp:127.0.0.1:0"])
+            .args(["--upstream", "udp:127.0.0.1:5070"])
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null()),
+    )
+}
+
 /// Trial 18: while no thread can be created (a cgroup's `pids.max`,
 /// systemd's `TasksMax=`), a SIGHUP used to make tokio panic in
 /// `spawn_blocking` and kill the reload task: no reload ever again. Now
@@ -950,14 +963,7 @@ fn a_reload_while_no_thread_can_be_created_still_reloads() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("sipadmit.toml");
     std::fs::write(&config, CONFIG).unwrap();
-    let mut sipadmit = Sipadmit::spawn(
-        Command::new(env!("CARGO_BIN_EXE_sipadmit"))
-            .args(["run", "--config", config.to_str().unwrap()])
-            .args(["--listen", "udp:127.0.0.1:0"])
-            .args(["--upstream", "udp:127.0.0.1:5070"])
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null()),
-    );
+    let mut sipadmit = on_udp(&config);
     sipadmit.wait_for("listening");
     let cgroup = match PidsCgroup::around(sipadmit.child.id()) {
         Ok(cgroup) => cgroup,
@@ -992,14 +998,7 @@ fn a_sighup_during_the_start_is_a_reload_not_the_end() {
     let config = dir.path().join("sipadmit.toml");
     let made = Command::new("mkfifo").arg(&config).status().unwrap();
     assert!(made.success());
-    let mut sipadmit = Sipadmit::spawn(
-        Command::new(env!("CARGO_BIN_EXE_sipadmit"))
-            .args(["run", "--config", config.to_str().unwrap()])
-            .args(["--listen", "udp:127.0.0.1:0"])
-            .args(["--upstream", "udp:127.0.0.1:5070"])
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null()),
-    );
+    let mut sipadmit = on_udp(&config);
     // Written once sipadmit opens it to read (an open for writing fails
     // at once while no one reads: tried again, for a bounded time).
     let feed = || {

@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
-use tracing::warn;
+use tracing::{debug, warn};
 
 use crate::classify::{Category, Support};
 use crate::policy::{Action, Mode, SessionRole};
@@ -774,14 +774,36 @@ fn file_sink(file: File) -> io::Result<Box<dyn Sink>> {
     }))
 }
 
-/// Whether the regular file at `path` ends in an unfinished line (its last
-/// byte is no line feed); `false` when that cannot be read.
-fn ends_unfinished(path: &Path) -> bool {
-    let Ok(mut file) = File::open(path) else {
-        return false;
+/// Whether the regular file at `path`, the one `opened` (not another one
+/// renamed into its place since), ends in an unfinished line: its last byte
+/// is no line feed. `false` when that cannot be read (logged).
+fn ends_unfinished(path: &Path, opened: &std::fs::Metadata) -> bool {
+    let mut options = OpenOptions::new();
+    options.read(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::custom_flags(&mut options, nix::libc::O_NONBLOCK);
+    let mut file = match options.open(path) {
+        Ok(file) => file,
+        Err(error) => {
+            debug!(path = %path.display(), %error, "decision log not readable: whether it ends in an unfinished line is not known");
+            return false;
+        }
+    };
+    let same = |m: &std::fs::Metadata| {
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::MetadataExt;
+            m.dev() == opened.dev() && m.ino() == opened.ino()
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = (m, opened);
+            true
+        }
     };
     let mut last = [0u8; 1];
-    file.metadata().is_ok_and(|m| m.is_file() && m.len() > 0)
+    file.metadata()
+        .is_ok_and(|m| same(&m) && m.is_file() && m.len() > 0)
         && file.seek(io::SeekFrom::End(-1)).is_ok()
         && file.read_exact(&mut last).is_ok()
         && last[0] != b'\n'
@@ -796,11 +818,12 @@ fn open_file(path: &Path) -> io::Result<Box<dyn Sink>> {
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o640);
     let file = options.open(path)?;
-    let regular = file.metadata()?.is_file();
+    let metadata = file.metadata()?;
+    let regular = metadata.is_file();
     Ok(Box::new(FileSink {
         file,
         regular,
-        unfinished: regular && ends_unfinished(path),
+        unfinished: regular && ends_unfinished(path, &metadata),
     }))
 }
 
@@ -878,8 +901,11 @@ impl Writer {
     /// Write to `sink` from now on: after a line break when it ends in an
     /// unfinished line (told once, as a warning).
     fn install(&mut self, sink: Box<dyn Sink>) {
-        self.torn = sink.ends_unfinished();
-        if self.torn {
+        // A pipe or FIFO at the same path still carries the torn line
+        // the last write left on it; a regular file says itself.
+        let torn_before = self.torn && !sink.takes_many_lines();
+        self.torn = sink.ends_unfinished() || torn_before;
+        if sink.ends_unfinished() {
             let path = match &self.shared.target {
                 Target::Path(path) => path.display().to_string(),
                 Target::Stdout => "-".into(),
