@@ -214,9 +214,7 @@ impl Core {
                 rule: None,
             });
         }
-        if ctx.method == Method::Cancel
-            && self.transactions.cancels_an_answered_invite(view, ctx.now)
-        {
+        if ctx.method == Method::Cancel && self.transactions.answered_invite(view, ctx.now) {
             return Err(Halt::Answer(self.cancel_of_an_answer(ctx)));
         }
         if view.max_forwards() == Ok(Some(0)) {
@@ -274,7 +272,7 @@ impl Core {
             return false;
         };
         to_tag == self.local_tag(view).as_bytes()
-            || self.transactions.acknowledges_an_answer(view, ctx.now)
+            || self.transactions.answered_invite(view, ctx.now)
     }
 
     /// While the instance drains, a client's new request (outside a

@@ -259,10 +259,9 @@ impl Transactions {
     }
 
     /// Remember that this proxy answered the INVITE `request` with an
-    /// error, so that the ACK of that answer is absorbed
-    /// ([`Transactions::acknowledges_an_answer`]) even when it carries the
-    /// dialog's To tag instead of this proxy's, and a CANCEL of it is
-    /// answered here ([`Transactions::cancels_an_answered_invite`]).
+    /// error ([`Transactions::answered_invite`]), so that the ACK of that
+    /// answer is absorbed even when it carries the dialog's To tag instead
+    /// of this proxy's, and a CANCEL of it is answered here.
     pub fn note_answered_invite(&self, request: &SipView, now: Instant) {
         let _ = self.note(self.key(request, KeyKind::AnsweredInvite, None), None, now);
     }
@@ -275,17 +274,12 @@ impl Transactions {
         self.take(self.key(request, KeyKind::AnsweredInvite, None), now);
     }
 
-    /// Whether the ACK `ack` acknowledges an INVITE this proxy answered
-    /// with an error in the last [`TRANSACTION_LIFETIME`].
-    pub fn acknowledges_an_answer(&self, ack: &SipView, now: Instant) -> bool {
-        self.holds(self.key(ack, KeyKind::AnsweredInvite, None), now)
-    }
-
-    /// Whether `cancel` cancels an INVITE this proxy answered with an
-    /// error in the last [`TRANSACTION_LIFETIME`]: the CANCEL has the
-    /// INVITE's Call-ID, CSeq number, From tag and top Via (RFC 3261 9.1).
-    pub fn cancels_an_answered_invite(&self, cancel: &SipView, now: Instant) -> bool {
-        self.holds(self.key(cancel, KeyKind::AnsweredInvite, None), now)
+    /// Whether the INVITE that `request` belongs to, an ACK or a CANCEL
+    /// of it (the same Call-ID, CSeq number, From tag and top Via: RFC
+    /// 3261 9.1, 17.1.1.3), was answered by this proxy with an error in the
+    /// last [`TRANSACTION_LIFETIME`].
+    pub fn answered_invite(&self, request: &SipView, now: Instant) -> bool {
+        self.holds(self.key(request, KeyKind::AnsweredInvite, None), now)
     }
 
     /// Remember that `response` (a `401` or `407`) challenged the request
