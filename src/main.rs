@@ -11,8 +11,17 @@ use sipadmit::cli::{self, Cli, Command};
 use sipadmit::config::{Config, Overrides, SHIPPED_CATALOG};
 
 fn main() -> ExitCode {
+    // SIGHUP waits, blocked, from the first line until `run` has its
+    // handler in place (its default action would end the process:
+    // logrotate's reload racing a restart); other commands take it as
+    // they always did, once the command line is read.
+    let masked = hangup_mask(SigmaskHow::SIG_BLOCK);
     let cli = Cli::parse();
-    match dispatch(cli) {
+    let masked = masked.and_then(|()| match cli.command {
+        Command::Run(_) => Ok(()),
+        _ => hangup_mask(SigmaskHow::SIG_UNBLOCK),
+    });
+    match masked.and_then(|()| dispatch(cli)) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("sipadmit: {e:#}");
@@ -29,11 +38,8 @@ fn hangup_mask(how: SigmaskHow) -> anyhow::Result<()> {
 }
 
 /// `sipadmit run`: start the filter and serve until it is stopped.
+/// SIGHUP is blocked when this begins (`main`).
 fn run_command(args: cli::RunArgs) -> anyhow::Result<ExitCode> {
-    // SIGHUP waits, blocked, from here until its handler is in place: its
-    // default action would end the process (logrotate's reload racing a
-    // restart).
-    hangup_mask(SigmaskHow::SIG_BLOCK)?;
     // Held until this returns, after the runtime has stopped: buffered
     // console lines are written then.
     let _console = sipadmit::observe::console::init();
