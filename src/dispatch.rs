@@ -475,7 +475,16 @@ async fn dispatch(
         senders.hep.received(inbound);
     }
     match event {
-        Event::Received(inbound) => received(core, senders, log, edge, inbound).await,
+        Event::Received(inbound) => {
+            if let (UpstreamSender::Stream(link), Some(_), Leg::FromClient) =
+                (&senders.upstream, inbound.connection, inbound.leg)
+            {
+                // Let through by the connection's reader (see
+                // `UpstreamBacklog::room_for_clients`).
+                link.backlog().taken_by_dispatcher(inbound.bytes.len());
+            }
+            received(core, senders, log, edge, inbound).await;
+        }
         Event::Refused { inbound, refusal } => {
             let outcome = core.refuse_source(&inbound, Instant::now(), refusal);
             if let Err((_, e)) = carry_out(senders, log, &inbound, outcome, core.boot()).await {

@@ -74,6 +74,11 @@ const ANSWERS_LOOKED_AT: Duration = Duration::from_millis(100);
 #[derive(Debug)]
 pub struct UpstreamBacklog {
     queued: AtomicUsize,
+    /// Bytes of client messages [`Self::room_for_clients`] let through
+    /// that the dispatcher has not taken yet ([`Self::taken_by_dispatcher`]):
+    /// counted as queued by the readers, so that connections reading on
+    /// meanwhile do not all find the same room.
+    promised: AtomicUsize,
     capacity: usize,
     /// Wakes the readers waiting for room.
     taken: Notify,
@@ -93,6 +98,7 @@ impl UpstreamBacklog {
     pub fn new(capacity: usize) -> Self {
         Self {
             queued: AtomicUsize::new(0),
+            promised: AtomicUsize::new(0),
             capacity,
             taken: Notify::new(),
             unanswered: AtomicUsize::new(0),
@@ -162,18 +168,41 @@ impl UpstreamBacklog {
 
     /// Wait until a client message of `bytes` fits with a quarter of the
     /// queue still free (kept for what cannot wait: UDP, the registrar's
-    /// own traffic).
+    /// own traffic), counting the client messages let through before it
+    /// and not queued yet; then count it among them until the dispatcher
+    /// takes it ([`Self::taken_by_dispatcher`]). A message too large ever
+    /// to leave that quarter free goes once nothing is ahead of it (a
+    /// message larger than the whole queue is then answered `503`).
     pub async fn room_for_clients(&self, bytes: usize) {
         let reserve = self.capacity / 4;
         loop {
             let taken = self.taken.notified();
             tokio::pin!(taken);
             taken.as_mut().enable();
-            if self.queued() + bytes + reserve <= self.capacity {
+            let let_through =
+                self.promised
+                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |promised| {
+                        let ahead = self.queued() + promised;
+                        (ahead == 0 || ahead + bytes + reserve <= self.capacity)
+                            .then_some(promised + bytes)
+                    });
+            if let_through.is_ok() {
                 return;
             }
             taken.await;
         }
+    }
+
+    /// The dispatcher took a client message of `bytes` that
+    /// [`Self::room_for_clients`] let through (it is queued now, or was
+    /// answered or dropped without being queued).
+    pub fn taken_by_dispatcher(&self, bytes: usize) {
+        let _ = self
+            .promised
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |promised| {
+                Some(promised.saturating_sub(bytes))
+            });
+        self.taken.notify_waiters();
     }
 }
 
@@ -1219,6 +1248,53 @@ mod tests {
             .await
             .expect("woken")
             .unwrap();
+    }
+
+    #[tokio::test]
+    async fn client_messages_let_through_count_until_the_dispatcher_takes_them() {
+        let budget = Arc::new(UpstreamBacklog::new(1000));
+        let through = |bytes| {
+            let budget = budget.clone();
+            tokio::spawn(async move { budget.room_for_clients(bytes).await })
+        };
+        let wait = |task: tokio::task::JoinHandle<()>| async move {
+            tokio::time::timeout(Duration::from_secs(5), task)
+                .await
+                .expect("let through")
+                .unwrap();
+        };
+        // Nothing queued yet: two of 300 bytes fit beside the reserve ...
+        wait(through(300)).await;
+        wait(through(300)).await;
+        // ... a third would leave less than a quarter free once all three
+        // are queued: it waits, though nothing is queued yet.
+        let third = through(300);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!third.is_finished());
+        // The dispatcher answered the first itself: room again.
+        budget.taken_by_dispatcher(300);
+        wait(third).await;
+    }
+
+    #[tokio::test]
+    async fn a_client_message_too_large_for_the_reserve_goes_once_nothing_is_ahead() {
+        let budget = Arc::new(UpstreamBacklog::new(1000));
+        assert!(budget.try_add(100));
+        // 800 + 250 (the reserve) never fits: it waits while anything is
+        // ahead of it ...
+        let large = tokio::spawn({
+            let budget = budget.clone();
+            async move { budget.room_for_clients(800).await }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!large.is_finished());
+        // ... and goes once the queue is empty, instead of waiting forever.
+        budget.remove(100);
+        tokio::time::timeout(Duration::from_secs(5), large)
+            .await
+            .expect("let through")
+            .unwrap();
+        assert!(budget.try_add(800));
     }
 
     #[tokio::test]
