@@ -83,9 +83,18 @@ impl FlowSecrets {
 
 /// The secrets of a secret file's text: one per line, surrounding
 /// whitespace trimmed; blank lines and lines starting with `#` are
-/// skipped (so a secret cannot start with `#`). Every problem is returned,
+/// skipped (so a secret cannot start with `#`). A UTF-8 byte order mark
+/// at the start (Windows Notepad, PowerShell's `Out-File`) is not part of
+/// the first line; a UTF-16 file is refused. Every problem is returned,
 /// each as `line N: what` (`file` prefixes them).
 pub fn parse(text: &[u8], file: &Path) -> Result<Vec<Vec<u8>>, Vec<String>> {
+    if text.starts_with(&[0xFF, 0xFE]) || text.starts_with(&[0xFE, 0xFF]) {
+        return Err(vec![format!(
+            "{}: UTF-16 text (a byte order mark FF FE or FE FF); save it as UTF-8 or ASCII",
+            file.display()
+        )]);
+    }
+    let text = text.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(text);
     let mut secrets = Vec::new();
     let mut problems = Vec::new();
     let at = |n: usize| format!("{} line {n}", file.display());
@@ -193,6 +202,24 @@ mod tests {
         let text = format!("# rotated 2024-05-01\n{B}\r\n\n   {A}  \n");
         let secrets = parse(text.as_bytes(), file()).unwrap();
         assert_eq!(secrets, [B.as_bytes(), A.as_bytes()]);
+    }
+
+    #[test]
+    fn a_utf8_byte_order_mark_is_not_part_of_the_secret_and_utf16_is_refused() {
+        let plain = format!("{A}\r\n{B}\r\n");
+        let marked = [b"\xEF\xBB\xBF".as_slice(), plain.as_bytes()].concat();
+        assert_eq!(
+            parse(&marked, file()).unwrap(),
+            parse(plain.as_bytes(), file()).unwrap()
+        );
+        let utf16: Vec<u8> = [0xFF, 0xFE]
+            .into_iter()
+            .chain(A.bytes().flat_map(|b| [b, 0]))
+            .collect();
+        assert_eq!(
+            parse(&utf16, file()).unwrap_err(),
+            ["/etc/sipadmit/flow-secrets: UTF-16 text (a byte order mark FF FE or FE FF); save it as UTF-8 or ASCII"]
+        );
     }
 
     #[test]
