@@ -304,7 +304,7 @@ impl Probes {
             Ok(()) => {
                 if let UpstreamSender::Datagram(_) = senders.upstream {
                     core.metrics().note_upstream_sent();
-                    edge.upstream_watch.relayed(Instant::now());
+                    edge.upstream_watch.probed(Instant::now());
                 }
             }
             Err(e) => {
@@ -546,9 +546,6 @@ async fn received(
     inbound: Inbound,
 ) {
     let started = Instant::now();
-    if inbound.from_registrar() {
-        edge.upstream_watch.heard(core.metrics());
-    }
     // A scanner banned by this message is dropped, and its record says why
     // (see `Core::handle_banning`). Over a connection the handshake proved
     // its address: banned at once, from everything. A datagram's source
@@ -568,6 +565,16 @@ async fn received(
             banned
         },
     );
+    // The registrar answers when what it sent is SIP: bytes that do not
+    // parse (a wrong service at the upstream's address) do not make it
+    // ready.
+    let malformed = matches!(
+        outcome.drop_reason(),
+        Some(DropReason::Malformed | DropReason::MalformedResponse)
+    );
+    if inbound.from_registrar() && !malformed {
+        edge.upstream_watch.heard(core.metrics());
+    }
     let leaving = Leaving::of(senders, &inbound, &outcome);
     // A stream client's request leaving over UDP: its client transaction
     // is kept before it is sent (its answer may come back on another

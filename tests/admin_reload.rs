@@ -776,6 +776,46 @@ fn readyz_follows_a_udp_registrar_through_its_options_probes() {
     );
 }
 
+/// `/readyz` and a UDP "registrar" that answers with bytes that are not
+/// SIP (another service at its address): what it sends does not make the
+/// instance ready; its first SIP answer does.
+#[test]
+fn a_udp_registrar_answering_what_is_not_sip_does_not_make_it_ready() {
+    let registrar = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let upstream = format!("udp:{}", registrar.local_addr().unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!("{CONFIG}[proxy]\nupstream_probe_secs = 1\n");
+    let mut sipadmit = Running::start(&config_file(dir.path(), &config), &upstream);
+    let mut buf = [0u8; 65_536];
+    registrar.set_read_timeout(Some(BOUND)).unwrap();
+    let mut next_probe = |registrar: &UdpSocket| loop {
+        let (n, proxy) = registrar.recv_from(&mut buf).unwrap();
+        let request = String::from_utf8_lossy(&buf[..n]).into_owned();
+        if request.starts_with("OPTIONS ") {
+            break (request, proxy);
+        }
+    };
+    for _ in 0..3 {
+        let (_, proxy) = next_probe(&registrar);
+        registrar
+            .send_to(b"HTTP/1.1 400 Bad Request\r\n\r\n", proxy)
+            .unwrap();
+    }
+    let (status, body) = sipadmit.get("/readyz");
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("unknown"), "{body}");
+    assert_eq!(
+        sipadmit.metric("sipadmit_upstream_probe_answers_total"),
+        0.0
+    );
+    let (probe, proxy) = next_probe(&registrar);
+    registrar
+        .send_to(registrar_ok(&probe).as_bytes(), proxy)
+        .unwrap();
+    assert_eq!(sipadmit.wait_for_readyz(200), "ready\n");
+    sipadmit.stop();
+}
+
 /// A TCP registrar on 127.0.0.1 that reads requests and answers each
 /// `200 OK` while `answering` is set, and nothing while it is not (a
 /// stalled registrar: connected, silent).

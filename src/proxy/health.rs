@@ -25,7 +25,7 @@
 
 use std::fmt;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tracing::info;
 
@@ -137,7 +137,18 @@ impl Core {
     /// it at all yet; for a stream registrar, its silence with clients'
     /// requests relayed (a stalled one), until it sends a message again. Reads a few atomics (and a lock only while the
     /// registrar is failing): cheap enough for every health probe.
+    ///
+    /// With the probes off (`proxy.upstream_probe_secs = 0`), client
+    /// traffic is all that can tell the registrar is back, and a balancer
+    /// that took the instance out sends none: an ICMP error or a silence
+    /// then makes it not ready for [`UPSTREAM_FAILURE_WINDOW`] after the
+    /// last such evidence, not until a message comes.
     pub fn not_ready(&self) -> Option<NotReady> {
+        self.not_ready_at(Instant::now())
+    }
+
+    /// [`Core::not_ready`] as of `now`.
+    pub(crate) fn not_ready_at(&self, now: Instant) -> Option<NotReady> {
         if self.is_draining() {
             return Some(NotReady::Draining);
         }
@@ -145,19 +156,25 @@ impl Core {
             return Some(NotReady::NoListener);
         }
         let upstream = self.settings.upstream?;
-        if let Some(failure) = self.metrics.upstream_failure() {
-            if failure.at.elapsed() < UPSTREAM_FAILURE_WINDOW {
-                return Some(NotReady::UpstreamFailed { upstream, failure });
-            }
+        let recent = |failure: &UpstreamFailure| {
+            now.saturating_duration_since(failure.at) < UPSTREAM_FAILURE_WINDOW
+        };
+        if let Some(failure) = self.metrics.upstream_failure().filter(recent) {
+            return Some(NotReady::UpstreamFailed { upstream, failure });
         }
+        // Held until the registrar sends a message, or with the probes off
+        // for the window after the last evidence.
+        let held =
+            |failure: &UpstreamFailure| self.settings.upstream_probe.is_some() || recent(failure);
         if upstream.transport.is_stream() {
             // Connected, but answering nothing (a stalled registrar).
             return self
                 .metrics
                 .stream_upstream_silent()
+                .filter(held)
                 .map(|failure| NotReady::UpstreamUnreachable { upstream, failure });
         }
-        if let Some(failure) = self.metrics.udp_upstream_unreachable() {
+        if let Some(failure) = self.metrics.udp_upstream_unreachable().filter(held) {
             return Some(NotReady::UpstreamUnreachable { upstream, failure });
         }
         if self.settings.upstream_probe.is_some() && !self.metrics.udp_upstream_heard() {

@@ -869,6 +869,10 @@ pub struct UpstreamWatch {
     unanswered_since: AtomicU64,
     /// Requests relayed since then and not yet counted as silent.
     pending: AtomicU64,
+    /// Probes (`OPTIONS` to a UDP registrar, which must answer them) sent
+    /// since then and not yet counted as silent: they make a silence as
+    /// requests do, but are not counted or told as requests.
+    probes: AtomicU64,
     /// A silence was reported and has not ended.
     silent: AtomicBool,
 }
@@ -881,19 +885,39 @@ impl UpstreamWatch {
             epoch: std::time::Instant::now(),
             unanswered_since: AtomicU64::new(0),
             pending: AtomicU64::new(0),
+            probes: AtomicU64::new(0),
             silent: AtomicBool::new(false),
         }
     }
 
     /// A request was sent to the upstream at `now`.
     pub fn relayed(&self, now: std::time::Instant) {
+        self.awaits_answer(now);
+        self.pending.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A probe was sent to a UDP upstream at `now`.
+    pub fn probed(&self, now: std::time::Instant) {
+        self.awaits_answer(now);
+        self.probes.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn awaits_answer(&self, now: std::time::Instant) {
         if self.unanswered_since.load(Ordering::Relaxed) == 0 {
             let at = now.saturating_duration_since(self.epoch).as_nanos() as u64 + 1;
             let _ =
                 self.unanswered_since
                     .compare_exchange(0, at, Ordering::Relaxed, Ordering::Relaxed);
         }
-        self.pending.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Forget what was sent and not answered.
+    fn forget_unanswered(&self) {
+        if self.unanswered_since.load(Ordering::Relaxed) != 0 {
+            self.unanswered_since.store(0, Ordering::Relaxed);
+            self.pending.store(0, Ordering::Relaxed);
+            self.probes.store(0, Ordering::Relaxed);
+        }
     }
 
     /// A message arrived from the upstream: it answers, and `/readyz` no
@@ -907,10 +931,7 @@ impl UpstreamWatch {
         } else {
             metrics.note_udp_upstream_heard();
         }
-        if self.unanswered_since.load(Ordering::Relaxed) != 0 {
-            self.unanswered_since.store(0, Ordering::Relaxed);
-            self.pending.store(0, Ordering::Relaxed);
-        }
+        self.forget_unanswered();
     }
 
     /// A connection to the stream upstream closed, and the requests it left
@@ -922,14 +943,15 @@ impl UpstreamWatch {
         if self.silent.swap(false, Ordering::Relaxed) {
             metrics.note_stream_upstream_heard();
         }
-        if self.unanswered_since.load(Ordering::Relaxed) != 0 {
-            self.unanswered_since.store(0, Ordering::Relaxed);
-            self.pending.store(0, Ordering::Relaxed);
-        }
+        self.forget_unanswered();
     }
 
     /// Whether the upstream has been silent for [`SILENCE`] with requests
-    /// relayed: counts them and warns (called every [`SILENCE`]).
+    /// (or probes) sent to it: counts the requests and warns (called every
+    /// [`SILENCE`]). The silence is noted for `/readyz` when it begins and
+    /// again only with new requests or probes gone unanswered, so its
+    /// reason and time tell the last evidence (not every 10 s of a
+    /// registrar that refuses connections and gets none).
     pub fn check(
         &self,
         now: std::time::Instant,
@@ -943,20 +965,26 @@ impl UpstreamWatch {
         if silent_for < SILENCE {
             return false;
         }
-        let pending = self.pending.swap(0, Ordering::Relaxed);
-        crate::observe::metrics::Metrics::add(&metrics.upstream_silent_requests, pending as usize);
-        // Told again only with new requests gone unanswered (not every
-        // 10 s of a registrar that refuses connections and gets none).
-        if pending > 0 || !self.silent.load(Ordering::Relaxed) {
-            tracing::warn!(
-                requests = pending,
-                silent_secs = silent_for.as_secs(),
-                total = metrics.upstream_silent_requests.load(Ordering::Relaxed),
-                "the upstream sent nothing back: is the registrar down or stalled?"
-            );
+        let requests = self.pending.swap(0, Ordering::Relaxed);
+        let probes = self.probes.swap(0, Ordering::Relaxed);
+        crate::observe::metrics::Metrics::add(&metrics.upstream_silent_requests, requests as usize);
+        if requests + probes == 0 && self.silent.load(Ordering::Relaxed) {
+            return true;
         }
+        tracing::warn!(
+            requests,
+            probes,
+            silent_secs = silent_for.as_secs(),
+            total = metrics.upstream_silent_requests.load(Ordering::Relaxed),
+            "the upstream sent nothing back: is the registrar down or stalled?"
+        );
+        let sent = if requests == 0 && probes > 0 {
+            "its OPTIONS probes unanswered"
+        } else {
+            "requests relayed to it"
+        };
         let reason = format!(
-            "no message from it for {} s with requests relayed to it",
+            "no message from it for {} s with {sent}",
             silent_for.as_secs()
         );
         if self.stream {
@@ -1068,6 +1096,38 @@ mod tests {
             .collect();
         assert_eq!(told.len(), 2, "{text}");
         assert!(told.iter().all(|l| l.contains("requests=1")), "{text}");
+    }
+
+    #[test]
+    fn unanswered_probes_make_a_silence_but_are_not_counted_as_requests() {
+        let metrics = crate::observe::metrics::Metrics::default();
+        let watch = UpstreamWatch::new(Transport::Udp);
+        let t0 = std::time::Instant::now();
+        watch.probed(t0);
+        assert!(watch.check(t0 + SILENCE, &metrics));
+        let silent_requests = || {
+            metrics
+                .upstream_silent_requests
+                .load(std::sync::atomic::Ordering::Relaxed)
+        };
+        assert_eq!(silent_requests(), 0, "a probe is not a request");
+        let first = metrics.udp_upstream_unreachable().expect("for /readyz");
+        assert_eq!(
+            first.error,
+            "no message from it for 10 s with its OPTIONS probes unanswered"
+        );
+        // Nothing new sent: the silence holds, but its evidence is not
+        // told again as if new (its time and reason stay).
+        assert!(watch.check(t0 + 2 * SILENCE, &metrics));
+        assert_eq!(metrics.udp_upstream_unreachable().unwrap().at, first.at);
+        // A request gone unanswered is new evidence.
+        watch.relayed(t0 + 2 * SILENCE);
+        assert!(watch.check(t0 + 3 * SILENCE, &metrics));
+        assert_eq!(silent_requests(), 1);
+        assert_eq!(
+            metrics.udp_upstream_unreachable().unwrap().error,
+            "no message from it for 30 s with requests relayed to it"
+        );
     }
 
     #[test]

@@ -216,6 +216,27 @@ fn options_to_itself_get_503_saying_why_while_not_ready() {
     );
 }
 
+/// A registrar found unreachable (an ICMP error, a silence) is held so
+/// until it sends a message while probes can tell that it is back; with
+/// the probes off, nothing would, so it is held for the failure window
+/// after the last evidence (a balancer then sends traffic that tests it).
+#[test]
+fn with_the_probes_off_an_unreachable_registrar_is_held_for_the_failure_window_only() {
+    let probes_off = CONFIG.replacen("[proxy]\n", "[proxy]\nupstream_probe_secs = 0\n", 1);
+    for (config, held_later) in [(CONFIG, true), (probes_off.as_str(), false)] {
+        let core = Core::detached(config).unwrap();
+        core.metrics().note_udp_upstream_heard();
+        core.metrics()
+            .note_udp_upstream_unreachable("no message from it for 10 s".into());
+        let now = Instant::now();
+        assert!(core.not_ready_at(now).is_some(), "{config}");
+        let later = now + crate::proxy::health::UPSTREAM_FAILURE_WINDOW + Duration::from_secs(1);
+        assert_eq!(core.not_ready_at(later).is_some(), held_later, "{config}");
+        core.metrics().note_udp_upstream_heard();
+        assert!(core.not_ready_at(now).is_none(), "{config}");
+    }
+}
+
 #[test]
 fn other_options_are_relayed_and_a_scanners_is_not_answered() {
     let core = advertising("pool.example.com");
