@@ -926,6 +926,9 @@ impl Writer {
         loop {
             let (requests, last) = self.take_batch();
             self.write_batch();
+            // Losses held back are told once their interval is over, also
+            // when nothing more comes to write.
+            self.warn_lost(false);
             for request in requests {
                 match request {
                     Request::Flush(tx) => {
@@ -950,12 +953,27 @@ impl Writer {
     fn take_batch(&mut self) -> (Vec<Request>, bool) {
         let shared = &*self.shared;
         let mut state = lock(&shared.state);
+        let told_at = self.lost_warning_due();
         while state.queue.is_empty() && state.requests.is_empty() && !state.stopping {
             state.writer_idle = true;
-            state = shared
-                .wake
-                .wait(state)
-                .unwrap_or_else(PoisonError::into_inner);
+            let Some(told_at) = told_at else {
+                state = shared
+                    .wake
+                    .wait(state)
+                    .unwrap_or_else(PoisonError::into_inner);
+                continue;
+            };
+            // Idle with losses held back: up when they are due.
+            match told_at.checked_duration_since(Instant::now()) {
+                Some(wait) if !wait.is_zero() => {
+                    state = shared
+                        .wake
+                        .wait_timeout(state, wait)
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .0;
+                }
+                _ => break,
+            }
         }
         state.writer_idle = false;
         let due = state.oldest.map(|t| t + shared.flush_interval);
@@ -1062,6 +1080,14 @@ impl Writer {
             Ordering::Relaxed,
         );
         self.lost_since_warning += n;
+    }
+
+    /// When the losses held back are to be told, if any are.
+    fn lost_warning_due(&self) -> Option<Instant> {
+        (self.lost_since_warning > 0).then(|| {
+            self.last_lost_warning
+                .map_or_else(Instant::now, |t| t + WARNING_INTERVAL)
+        })
     }
 
     /// Warn about the records lost since the last warning, with the cause

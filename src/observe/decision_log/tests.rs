@@ -698,3 +698,35 @@ fn records_lost_on_a_full_disk_are_told_again_once_writing_resumes() {
     writer.last_lost_warning = Some(Instant::now() - WARNING_INTERVAL);
     assert_eq!(write(&mut writer, 9..10), "");
 }
+
+#[test]
+fn records_lost_and_held_back_are_told_when_due_though_nothing_more_comes() {
+    let disk = Disk::default();
+    let shared = Shared::new(Target::Path("fault".into()), 64, FLUSH_INTERVAL);
+    let sink = FaultSink {
+        disk: disk.clone(),
+        regular: true,
+    };
+    let mut writer = Writer::new(shared.clone(), Some(Box::new(sink)));
+    // Told once, then 4 more lost within the interval: held back.
+    writer.batch.extend((0..2).map(record));
+    writer.write_batch();
+    writer.batch.extend((2..6).map(record));
+    let held = crate::captured_log::captured_log(tracing::Level::WARN, || writer.write_batch()).1;
+    assert_eq!(held, "");
+    // Due in 100 ms; nothing more is submitted.
+    writer.last_lost_warning = Some(Instant::now() - WARNING_INTERVAL + Duration::from_millis(100));
+    let (told_tx, told) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let text = crate::captured_log::captured_log(tracing::Level::WARN, || {
+            let (requests, last) = writer.take_batch();
+            assert!(requests.is_empty() && !last);
+            writer.write_batch();
+            writer.warn_lost(false);
+        })
+        .1;
+        let _ = told_tx.send(text);
+    });
+    let text = told.recv_timeout(BOUND).expect("told while idle");
+    assert!(text.contains("lost=4 lost_total=6"), "{text}");
+}
