@@ -101,7 +101,7 @@ pub enum Refusal<'p> {
     /// Its source is banned (by this request, or for sending a scanner
     /// User-Agent): dropped, never answered; the rule names the ban.
     Banned {
-        /// `ban.requests`, `ban.connections` or `ban.scanner`.
+        /// `ban.requests` or `ban.scanner` (a ban earned by connections has no message).
         rule: &'static str,
     },
     /// A `sips:` Request-URI whose next hop is not over TLS (RFC 3261
