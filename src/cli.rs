@@ -323,7 +323,9 @@ pub const TABLE_HEADER: [&str; 6] = [
     "USER-AGENT",
 ];
 
-/// One row of the `classify` table.
+/// One row of the `classify` table; the User-Agent with its control
+/// characters shown escaped (a TAB would break the columns, an ESC would
+/// drive the terminal).
 pub fn classification_row(user_agent: &str, c: &Classification<'_>) -> [String; 6] {
     [
         c.client.id.clone(),
@@ -331,7 +333,7 @@ pub fn classification_row(user_agent: &str, c: &Classification<'_>) -> [String; 
         c.client.category.as_str().to_owned(),
         c.client.support.as_str().to_owned(),
         c.rule.to_owned(),
-        user_agent.to_owned(),
+        crate::terminal_text::terminal_safe(user_agent).into_owned(),
     ]
 }
 

@@ -153,6 +153,15 @@ fn classify_json_from_arguments_and_stdin() {
     let text = String::from_utf8_lossy(&table.stdout);
     assert!(text.starts_with("CLIENT"), "{text}");
     assert!(text.contains("lync-2013"), "{text}");
+
+    // A User-Agent's control characters are shown, not acted on.
+    let table = sipadmit()
+        .args(["classify", "Odd\tPhone\x1b[31m/1.0"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&table.stdout);
+    assert!(text.contains("Odd\\u{9}Phone\\u{1b}[31m/1.0"), "{text}");
+    assert!(!text.contains(['\t', '\x1b']), "{text}");
 }
 
 fn run_and_signal(signal: &str) {
