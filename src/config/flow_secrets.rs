@@ -158,18 +158,22 @@ pub fn read(path: &str, base: &Path) -> Result<FlowSecrets, Vec<String>> {
             metadata.len()
         )]);
     }
-    if let Some(mode) = world_readable(&metadata) {
-        return Err(vec![format!(
+    // Every problem at once: its mode and what it holds.
+    let mode = world_readable(&metadata).map(|mode| {
+        format!(
             "{shown}: every user may read it (mode {mode:04o}); \
              make it readable by sipadmit only (chmod 0600 or 0640)"
-        )]);
-    }
+        )
+    });
     let text = std::fs::read(&file).map_err(|e| vec![format!("{shown}: cannot read: {e}")])?;
-    let secrets = parse(&text, &file)?;
-    Ok(FlowSecrets {
-        source: SecretSource::File(file),
-        secrets,
-    })
+    match (mode, parse(&text, &file)) {
+        (None, Ok(secrets)) => Ok(FlowSecrets {
+            source: SecretSource::File(file),
+            secrets,
+        }),
+        (mode, Err(problems)) => Err(mode.into_iter().chain(problems).collect()),
+        (Some(mode), Ok(_)) => Err(vec![mode]),
+    }
 }
 
 /// The file's permission bits when every user may read it.
@@ -287,6 +291,20 @@ mod tests {
                 "{}: every user may read it (mode 0644); make it readable by sipadmit only (chmod 0600 or 0640)",
                 path.display()
             )]
+        );
+        // Both its mode and what it holds are told at once.
+        let short = dir.path().join("short");
+        std::fs::write(&short, "tiny\n").unwrap();
+        std::fs::set_permissions(&short, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let problems = read("short", dir.path()).unwrap_err();
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(
+            problems[0].contains("every user may read it"),
+            "{problems:?}"
+        );
+        assert!(
+            problems[1].contains("line 1: a secret of 4 bytes"),
+            "{problems:?}"
         );
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
         let secrets = read("secrets", dir.path()).unwrap();
