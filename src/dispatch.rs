@@ -471,18 +471,17 @@ async fn dispatch(
     edge: &mut Edge,
     event: Event,
 ) {
-    if let Event::Received(inbound) | Event::Refused { inbound, .. } = &event {
+    if let Event::Received(inbound)
+    | Event::HoldingRoom { inbound, .. }
+    | Event::Refused { inbound, .. } = &event
+    {
         senders.hep.received(inbound);
     }
     match event {
-        Event::Received(inbound) => {
-            if let (UpstreamSender::Stream(link), Some(_), Leg::FromClient) =
-                (&senders.upstream, inbound.connection, inbound.leg)
-            {
-                // Let through by the connection's reader (see
-                // `UpstreamBacklog::room_for_clients`).
-                link.backlog().taken_by_dispatcher(inbound.bytes.len());
-            }
+        Event::Received(inbound) => received(core, senders, log, edge, inbound).await,
+        Event::HoldingRoom { inbound, room } => {
+            // Taken: queued for the registrar below, or answered here.
+            drop(room);
             received(core, senders, log, edge, inbound).await;
         }
         Event::Refused { inbound, refusal } => {

@@ -136,6 +136,16 @@ pub enum SendError {
 pub enum Event {
     /// A message arrived.
     Received(Inbound),
+    /// A stream client's message arrived while the registrar is reached
+    /// over a stream: it holds its room in the queue to the registrar
+    /// until the dispatcher takes it (see
+    /// [`upstream::UpstreamBacklog::room_for_clients`]).
+    HoldingRoom {
+        /// The message.
+        inbound: Inbound,
+        /// Its room, given back when dropped.
+        room: upstream::UpstreamRoom,
+    },
     /// A message arrived from a source over its rate limit: answered `503`
     /// (a request) or, when it got its source banned, dropped and recorded.
     Refused {

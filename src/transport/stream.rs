@@ -791,15 +791,17 @@ async fn handle_frame(
             };
             match admit(ctx, message) {
                 Admitted::Event(event, keep_reading) => {
+                    let received = matches!(event, Event::Received(_));
                     // Backpressure: a client's message waits (and its
                     // connection is read no further) while the queue to a
                     // stream upstream is nearly full.
-                    let received = matches!(event, Event::Received(_));
-                    if let (Some(budget), Leg::FromClient) = (&ctx.upstream_backlog, info.leg) {
-                        if let Event::Received(inbound) = &event {
-                            budget.room_for_clients(inbound.bytes.len()).await;
+                    let event = match (event, &ctx.upstream_backlog, info.leg) {
+                        (Event::Received(inbound), Some(backlog), Leg::FromClient) => {
+                            let room = backlog.room_for_clients(inbound.bytes.len()).await;
+                            Event::HoldingRoom { inbound, room }
                         }
-                    }
+                        (event, ..) => event,
+                    };
                     match (
                         ctx.events.send(event).await.is_ok() && keep_reading,
                         received,

@@ -75,7 +75,7 @@ const ANSWERS_LOOKED_AT: Duration = Duration::from_millis(100);
 pub struct UpstreamBacklog {
     queued: AtomicUsize,
     /// Bytes of client messages [`Self::room_for_clients`] let through
-    /// that the dispatcher has not taken yet ([`Self::taken_by_dispatcher`]):
+    /// whose [`UpstreamRoom`] is held (until the dispatcher takes them):
     /// counted as queued by the readers, so that connections reading on
     /// meanwhile do not all find the same room.
     promised: AtomicUsize,
@@ -169,11 +169,12 @@ impl UpstreamBacklog {
     /// Wait until a client message of `bytes` fits with a quarter of the
     /// queue still free (kept for what cannot wait: UDP, the registrar's
     /// own traffic), counting the client messages let through before it
-    /// and not queued yet; then count it among them until the dispatcher
-    /// takes it ([`Self::taken_by_dispatcher`]). A message too large ever
-    /// to leave that quarter free goes once nothing is ahead of it (a
+    /// and not queued yet; the room it is given is counted among those
+    /// until it is dropped (by the dispatcher, when it takes the message;
+    /// or with the message, wherever it is dropped). A message too large
+    /// ever to leave that quarter free goes once nothing is ahead of it (a
     /// message larger than the whole queue is then answered `503`).
-    pub async fn room_for_clients(&self, bytes: usize) {
+    pub async fn room_for_clients(self: &Arc<Self>, bytes: usize) -> UpstreamRoom {
         let reserve = self.capacity / 4;
         loop {
             let taken = self.taken.notified();
@@ -187,22 +188,35 @@ impl UpstreamBacklog {
                             .then_some(promised + bytes)
                     });
             if let_through.is_ok() {
-                return;
+                return UpstreamRoom {
+                    backlog: self.clone(),
+                    bytes,
+                };
             }
             taken.await;
         }
     }
+}
 
-    /// The dispatcher took a client message of `bytes` that
-    /// [`Self::room_for_clients`] let through (it is queued now, or was
-    /// answered or dropped without being queued).
-    pub fn taken_by_dispatcher(&self, bytes: usize) {
-        let _ = self
-            .promised
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |promised| {
-                Some(promised.saturating_sub(bytes))
-            });
-        self.taken.notify_waiters();
+/// Room a stream client's message holds in the queue to a stream upstream
+/// from its connection's reader to the dispatcher
+/// ([`UpstreamBacklog::room_for_clients`]); given back when dropped.
+#[derive(Debug)]
+pub struct UpstreamRoom {
+    backlog: Arc<UpstreamBacklog>,
+    bytes: usize,
+}
+
+impl Drop for UpstreamRoom {
+    fn drop(&mut self) {
+        let bytes = self.bytes;
+        let _ =
+            self.backlog
+                .promised
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |promised| {
+                    Some(promised.saturating_sub(bytes))
+                });
+        self.backlog.taken.notify_waiters();
     }
 }
 
@@ -1317,22 +1331,22 @@ mod tests {
             let budget = budget.clone();
             tokio::spawn(async move { budget.room_for_clients(bytes).await })
         };
-        let wait = |task: tokio::task::JoinHandle<()>| async move {
+        let wait = |task: tokio::task::JoinHandle<UpstreamRoom>| async move {
             tokio::time::timeout(Duration::from_secs(5), task)
                 .await
                 .expect("let through")
-                .unwrap();
+                .unwrap()
         };
         // Nothing queued yet: two of 300 bytes fit beside the reserve ...
-        wait(through(300)).await;
-        wait(through(300)).await;
+        let first = wait(through(300)).await;
+        let _second = wait(through(300)).await;
         // ... a third would leave less than a quarter free once all three
         // are queued: it waits, though nothing is queued yet.
         let third = through(300);
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert!(!third.is_finished());
-        // The dispatcher answered the first itself: room again.
-        budget.taken_by_dispatcher(300);
+        // The dispatcher took the first and answered it itself: room again.
+        drop(first);
         wait(third).await;
     }
 
@@ -1350,10 +1364,11 @@ mod tests {
         assert!(!large.is_finished());
         // ... and goes once the queue is empty, instead of waiting forever.
         budget.remove(100);
-        tokio::time::timeout(Duration::from_secs(5), large)
+        let room = tokio::time::timeout(Duration::from_secs(5), large)
             .await
             .expect("let through")
             .unwrap();
+        drop(room);
         assert!(budget.try_add(800));
     }
 
