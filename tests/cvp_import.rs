@@ -404,6 +404,54 @@ fn a_priority_given_twice_is_refused_naming_both_lines() {
     );
 }
 
+#[test]
+fn a_property_given_twice_is_refused_naming_the_file_rule_field_and_values() {
+    // The trial's four files: an Allow rule that also says Block, a
+    // Priority given twice; in JSON and in CSV.
+    let dir = tempfile::tempdir().unwrap();
+    let rule = r#""UserAgent":"OC","MajorVersion":"15","MinorVersion":"*","BuildNumber":"*","QfeNumber":"*","CompareOp":"GEQ""#;
+    let header =
+        "Priority,UserAgent,MajorVersion,MinorVersion,BuildNumber,QfeNumber,CompareOp,Action";
+    let cases = [
+        (
+            "case.json",
+            format!(r#"[{{"Priority":0,{rule},"Action":"Allow","action":"Block"}}]"#),
+            "case.json: 1 problem(s) in the rules:\n  [0].Action: given twice (\"Action\": \
+             \"Allow\", \"action\": \"Block\"): which value the rule has is unknown; give the \
+             property once\n",
+        ),
+        (
+            "dupkey.json",
+            format!(r#"[{{"Priority":0,"Priority":5,{rule},"Action":"Allow"}}]"#),
+            "dupkey.json: 1 problem(s) in the rules:\n  [0].Priority: given twice (\"Priority\": \
+             0, \"Priority\": 5): which value the rule has is unknown; give the property once\n",
+        ),
+        (
+            "dupcol.csv",
+            format!("{header},Action\n1,OC,15,*,*,*,GEQ,Allow,Block\n"),
+            "dupcol.csv: CSV line 1: the header row has the column Action twice (columns 8 \
+             (\"Action\"), 9 (\"Action\")): which of them holds a rule's value is unknown; keep \
+             one\n",
+        ),
+        (
+            "duppri.csv",
+            format!("{header},Priority\n1,OC,15,*,*,*,GEQ,Allow,7\n"),
+            "duppri.csv: CSV line 1: the header row has the column Priority twice (columns 1 \
+             (\"Priority\"), 9 (\"Priority\")): which of them holds a rule's value is unknown; \
+             keep one\n",
+        ),
+    ];
+    for (name, content, error) in cases {
+        let path = dir.path().join(name);
+        std::fs::write(&path, content).unwrap();
+        let out = import_cvp(&[path.to_str().unwrap()]);
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{name}: {stderr}");
+        assert!(out.stdout.is_empty(), "{name}: {}", text(&out.stdout));
+        assert!(stderr.ends_with(error), "{name}: {stderr}");
+    }
+}
+
 /// What `mobile-allow.csv`'s entries placed above the shipped catalog say
 /// of some clients: (User-Agent, client id, support).
 const MOBILE_ALLOW_ABOVE_SHIPPED: [(&str, &str, Support); 9] = [

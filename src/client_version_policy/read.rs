@@ -16,13 +16,20 @@
 //! `MajorVersion`, `MinorVersion`, `BuildNumber`, `QfeNumber`, `CompareOp`
 //! and `Action` (required), `Enabled` (default true), `Identity`,
 //! `UserAgentFullName`, `ActionUrl` and `Description` (optional); other
-//! properties (`RuleId`, `Element`, ...) are ignored. A version part may be
+//! properties (`RuleId`, `Element`, ...) are ignored. A property read that
+//! a rule gives twice (a JSON key repeated, or written in two cases; a CSV
+//! column repeated) is refused, naming every copy: no export has one (the
+//! file was edited or merged), which copy is meant is unknown, and picking
+//! one silently could turn a `Block` into an `Allow`. A version part may be
 //! a wildcard: null, empty or `*`. `CompareOp` and `Action` must be names
 //! (`GEQ`, `BlockWithUrl`): Windows PowerShell's `ConvertTo-Json` writes
 //! enumerations as numbers, whose meaning sipadmit does not guess.
 
+mod json;
+
 use serde_json::Value;
 
+use self::json::{lookup, Json, Lookup};
 use super::csv;
 use super::{PolicyAction, PolicyRule, VersionPattern};
 use crate::classify::CompareOp;
@@ -98,6 +105,15 @@ const REQUIRED: [&str; 8] = [
     "QfeNumber",
     "CompareOp",
     "Action",
+];
+
+/// The fields a rule may have besides [`REQUIRED`].
+const OPTIONAL: [&str; 5] = [
+    "Enabled",
+    "Identity",
+    "UserAgentFullName",
+    "ActionUrl",
+    "Description",
 ];
 
 /// Reads every rule of an export (JSON or CSV, see the module docs).
@@ -228,18 +244,33 @@ fn locate_invalid_utf8(text: &str, json: bool, invalid: InvalidByte) -> ReadErro
 // === JSON ===
 
 fn read_json(text: &str) -> Result<Vec<PolicyRule>, ReadError> {
-    let value: Value = serde_json::from_str(text).map_err(|e| ReadError::Json {
+    let value: Json = serde_json::from_str(text).map_err(|e| ReadError::Json {
         line: e.line(),
         column: e.column(),
         message: e.to_string(),
     })?;
-    let items: Vec<&Value> = match &value {
-        Value::Array(items) => items.iter().collect(),
-        Value::Object(map) => match get(map, "value") {
-            Some(Value::Array(items)) if get(map, "UserAgent").is_none() => items.iter().collect(),
-            _ => vec![&value],
-        },
-        other => {
+    let items: Vec<&Json> = match &value {
+        Json::Array(items) => items.iter().collect(),
+        Json::Object(members) if lookup(members, "UserAgent").is_absent() => {
+            match lookup(members, "value") {
+                Lookup::Once(Json::Array(items)) => items.iter().collect(),
+                Lookup::Repeated(copies) => {
+                    return Err(ReadError::Shape(format!(
+                        "the object has the property \"value\" {} ({}): which of them holds \
+                         the rules is unknown; give it once",
+                        times(copies.len()),
+                        copies
+                            .iter()
+                            .map(|(k, v)| format!("{k:?}: {}", v.kind()))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )))
+                }
+                _ => vec![&value],
+            }
+        }
+        Json::Object(_) => vec![&value],
+        Json::Scalar(other) => {
             return Err(ReadError::Shape(format!(
             "expected an array of rule objects (Get-CsClientVersionPolicyRule | ConvertTo-Json), \
                  found {}",
@@ -251,20 +282,36 @@ fn read_json(text: &str) -> Result<Vec<PolicyRule>, ReadError> {
     let mut rules = Vec::new();
     for (i, item) in items.into_iter().enumerate() {
         let origin = format!("[{i}]");
-        let Value::Object(map) = item else {
+        let Json::Object(members) = item else {
             problems.push(Problem::new(
                 &origin,
-                format!("expected a rule object, found {}", json_kind(item)),
+                format!("expected a rule object, found {}", item.kind()),
             ));
             continue;
         };
-        if get(map, "Rules").is_some() && get(map, "UserAgent").is_none() {
+        if !lookup(members, "Rules").is_absent() && lookup(members, "UserAgent").is_absent() {
             return Err(ReadError::Shape(format!(
                 "{origin} is a client version policy (it has Rules), not a rule: export the rules \
                  with Get-CsClientVersionPolicyRule -Filter \"<scope>/*\" | ConvertTo-Json"
             )));
         }
-        let field = |name: &str| get(map, name).map(Field::Json);
+        let members: Vec<(String, Value)> = members
+            .iter()
+            .map(|(k, v)| (k.clone(), v.to_value()))
+            .collect();
+        let field = |name: &str| match lookup(&members, name) {
+            Lookup::Absent => Ok(None),
+            Lookup::Once(v) => Ok(Some(Field::Json(v))),
+            Lookup::Repeated(copies) => Err(format!(
+                "given {} ({}): which value the rule has is unknown; give the property once",
+                times(copies.len()),
+                copies
+                    .iter()
+                    .map(|(k, v)| format!("{k:?}: {v}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )),
+        };
         if let Some(rule) = rule(&origin, &field, &mut problems) {
             rules.push(rule);
         }
@@ -272,11 +319,13 @@ fn read_json(text: &str) -> Result<Vec<PolicyRule>, ReadError> {
     finish(rules, problems)
 }
 
-/// A property by its name, case-insensitively.
-fn get<'v>(map: &'v serde_json::Map<String, Value>, name: &str) -> Option<&'v Value> {
-    map.iter()
-        .find(|(k, _)| k.eq_ignore_ascii_case(name))
-        .map(|(_, v)| v)
+/// `twice`, `3 times`.
+fn times(n: usize) -> String {
+    if n == 2 {
+        "twice".to_owned()
+    } else {
+        format!("{n} times")
+    }
 }
 
 fn json_kind(value: &Value) -> &'static str {
@@ -339,6 +388,12 @@ fn read_csv(text: &str) -> Result<Vec<PolicyRule>, ReadError> {
             ),
         });
     }
+    if let Some(message) = repeated_columns(&header.fields) {
+        return Err(ReadError::Csv {
+            line: header.line,
+            message,
+        });
+    }
     let mut problems = Vec::new();
     let mut rules = Vec::new();
     for row in &rows {
@@ -361,11 +416,45 @@ fn read_csv(text: &str) -> Result<Vec<PolicyRule>, ReadError> {
                 .position(|h| h.eq_ignore_ascii_case(name))
                 .map(|i| Field::Csv(&row.fields[i]))
         };
+        let field = |name: &str| Ok::<_, String>(field(name));
         if let Some(rule) = rule(&origin, &field, &mut problems) {
             rules.push(rule);
         }
     }
     finish(rules, problems)
+}
+
+/// The columns of the header row that name a property read
+/// ([`REQUIRED`], [`OPTIONAL`]) more than once, case-insensitively: which
+/// of them holds a rule's value is unknown. Other columns may repeat (they
+/// are ignored).
+fn repeated_columns(header: &[String]) -> Option<String> {
+    let repeated: Vec<String> = REQUIRED
+        .iter()
+        .chain(&OPTIONAL)
+        .filter_map(|name| {
+            let columns: Vec<String> = header
+                .iter()
+                .enumerate()
+                .filter(|(_, h)| h.eq_ignore_ascii_case(name))
+                .map(|(i, h)| format!("{} ({h:?})", i + 1))
+                .collect();
+            (columns.len() > 1).then(|| {
+                format!(
+                    "{name} {} (columns {})",
+                    times(columns.len()),
+                    columns.join(", ")
+                )
+            })
+        })
+        .collect();
+    (!repeated.is_empty()).then(|| {
+        format!(
+            "the header row has the column {}: which of them holds a rule's value is unknown; \
+             keep one",
+            repeated.join(", the column ")
+        )
+    })
 }
 
 fn finish(rules: Vec<PolicyRule>, problems: Vec<Problem>) -> Result<Vec<PolicyRule>, ReadError> {
@@ -386,23 +475,29 @@ enum Field<'a> {
 }
 
 /// Reads one rule; its problems go to `problems` (keyed `origin.Field`).
+/// `field` gives a field's value by name, or why it has none to read (a
+/// property given twice).
 fn rule<'a>(
     origin: &str,
-    field: &dyn Fn(&str) -> Option<Field<'a>>,
+    field: &dyn Fn(&str) -> Result<Option<Field<'a>>, String>,
     problems: &mut Vec<Problem>,
 ) -> Option<PolicyRule> {
     let before = problems.len();
     let key = |name: &str| super::field_key(origin, name);
     let mut take =
         |name: &str, parse: &dyn Fn(Field<'a>) -> Result<Parsed, String>| match field(name) {
-            None if REQUIRED.contains(&name) => {
+            Ok(None) if REQUIRED.contains(&name) => {
                 problems.push(Problem::new(key(name), "missing"));
                 None
             }
-            None => Some(Parsed::Absent),
-            Some(value) => parse(value)
+            Ok(None) => Some(Parsed::Absent),
+            Ok(Some(value)) => parse(value)
                 .map_err(|m| problems.push(Problem::new(key(name), m)))
                 .ok(),
+            Err(m) => {
+                problems.push(Problem::new(key(name), m));
+                None
+            }
         };
     let priority = take("Priority", &|f| {
         integer(f, i64::from(i32::MIN), i64::from(i32::MAX))

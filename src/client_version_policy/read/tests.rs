@@ -229,3 +229,127 @@ fn other_shapes_are_named() {
         Err(ReadError::Csv { line: 1, .. })
     ));
 }
+
+/// A JSON rule of the repro, its properties after `OC GEQ 15.*`.
+fn json_rule(tail: &str) -> String {
+    format!(
+        r#"[{{"Priority": 0, "UserAgent": "OC", "MajorVersion": "15", "MinorVersion": "*",
+            "BuildNumber": "*", "QfeNumber": "*", "CompareOp": "GEQ", {tail}}}]"#
+    )
+}
+
+#[test]
+fn a_json_property_given_in_two_cases_is_refused_naming_both_values() {
+    let err =
+        read_rules(json_rule(r#""Action": "Allow", "action": "Block""#).as_bytes()).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "1 problem(s) in the rules:\n  [0].Action: given twice (\"Action\": \"Allow\", \
+         \"action\": \"Block\"): which value the rule has is unknown; give the property once"
+    );
+    // Optional properties too, in any case; a property read only once is
+    // still read, and every problem is listed.
+    let err = read_rules(
+        json_rule(
+            r#""Action": "Allow", "ENABLED": true, "enabled": "False", "Enabled": null,
+               "CompareOp": "LSS""#,
+        )
+        .as_bytes(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.starts_with("2 problem(s) in the rules:\n  [0].CompareOp: given twice"),
+        "{err}"
+    );
+    assert!(
+        err.contains(
+            "[0].Enabled: given 3 times (\"ENABLED\": true, \"enabled\": \"False\", \
+             \"Enabled\": null)"
+        ),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_json_key_given_twice_is_refused_naming_both_values() {
+    let json = r#"[{"Priority": 0, "Priority": 5, "UserAgent": "OC", "MajorVersion": "15",
+        "MinorVersion": "*", "BuildNumber": "*", "QfeNumber": "*", "CompareOp": "GEQ",
+        "Action": "Allow"}]"#;
+    let err = read_rules(json.as_bytes()).unwrap_err().to_string();
+    assert_eq!(
+        err,
+        "1 problem(s) in the rules:\n  [0].Priority: given twice (\"Priority\": 0, \
+         \"Priority\": 5): which value the rule has is unknown; give the property once"
+    );
+    // Equal values are refused as well: the file was edited, and the
+    // rule is named wherever it is, in the value wrapper too.
+    let same = json.replace(r#""Priority": 5"#, r#""Priority": 0"#);
+    let wrapped = format!(r#"{{"value": {same}, "Count": 1}}"#);
+    let err = read_rules(wrapped.as_bytes()).unwrap_err().to_string();
+    assert!(
+        err.contains("[0].Priority: given twice (\"Priority\": 0, \"Priority\": 0)"),
+        "{err}"
+    );
+    let twice = format!(
+        r#"{{"value": [], "Value": {}, "Count": 1}}"#,
+        json_rule(r#""Action": "Allow""#)
+    );
+    let err = read_rules(twice.as_bytes()).unwrap_err();
+    assert!(matches!(err, ReadError::Shape(_)), "{err:?}");
+    assert_eq!(
+        err.to_string(),
+        "the object has the property \"value\" twice (\"value\": an array, \"Value\": an \
+         array): which of them holds the rules is unknown; give it once"
+    );
+}
+
+#[test]
+fn other_properties_may_repeat() {
+    let rules = read_rules(
+        json_rule(r#""Action": "Block", "RuleId": "a", "ruleid": "b", "RuleId": 3"#).as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(rules[0].action, PolicyAction::Block);
+    let csv = "Priority,UserAgent,MajorVersion,MinorVersion,BuildNumber,QfeNumber,CompareOp,\
+               Action,RuleId,ruleid\n1,OC,15,*,*,*,GEQ,Block,a,b\n";
+    assert_eq!(
+        read_rules(csv.as_bytes()).unwrap()[0].action,
+        PolicyAction::Block
+    );
+}
+
+#[test]
+fn a_csv_column_given_twice_is_refused_naming_it() {
+    let header = "Priority,UserAgent,MajorVersion,MinorVersion,BuildNumber,QfeNumber,CompareOp,\
+                  Action";
+    let action = format!("{header},Action\n1,OC,15,*,*,*,GEQ,Allow,Block\n");
+    let err = read_rules(action.as_bytes()).unwrap_err();
+    assert_eq!(
+        err,
+        ReadError::Csv {
+            line: 1,
+            message: "the header row has the column Action twice (columns 8 (\"Action\"), 9 \
+                  (\"Action\")): which of them holds a rule's value is unknown; keep one"
+                .into(),
+        }
+    );
+    let priority = format!("#TYPE x\n{header},priority\n1,OC,15,*,*,*,GEQ,Allow,7\n");
+    let err = read_rules(priority.as_bytes()).unwrap_err().to_string();
+    assert_eq!(
+        err,
+        "CSV line 2: the header row has the column Priority twice (columns 1 (\"Priority\"), 9 \
+         (\"priority\")): which of them holds a rule's value is unknown; keep one"
+    );
+    // Every repeated column is named, optional ones too.
+    let both = format!("{header},ACTION,Description,description\n");
+    let err = read_rules(both.as_bytes()).unwrap_err().to_string();
+    assert!(
+        err.ends_with(
+            "the column Action twice (columns 8 (\"Action\"), 9 (\"ACTION\")), the column \
+             Description twice (columns 10 (\"Description\"), 11 (\"description\")): which of \
+             them holds a rule's value is unknown; keep one"
+        ),
+        "{err}"
+    );
+}
