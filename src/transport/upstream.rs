@@ -889,6 +889,8 @@ pub struct UpstreamWatch {
     probes: AtomicU64,
     /// A silence was reported and has not ended.
     silent: AtomicBool,
+    /// Requests (not only probes) went unanswered in this silence.
+    requests_unanswered: AtomicBool,
 }
 
 impl UpstreamWatch {
@@ -901,6 +903,7 @@ impl UpstreamWatch {
             pending: AtomicU64::new(0),
             probes: AtomicU64::new(0),
             silent: AtomicBool::new(false),
+            requests_unanswered: AtomicBool::new(false),
         }
     }
 
@@ -931,6 +934,7 @@ impl UpstreamWatch {
             self.unanswered_since.store(0, Ordering::Relaxed);
             self.pending.store(0, Ordering::Relaxed);
             self.probes.store(0, Ordering::Relaxed);
+            self.requests_unanswered.store(false, Ordering::Relaxed);
         }
     }
 
@@ -992,10 +996,13 @@ impl UpstreamWatch {
             total = metrics.upstream_silent_requests.load(Ordering::Relaxed),
             "the upstream sent nothing back: is the registrar down or stalled?"
         );
-        let sent = if requests == 0 && probes > 0 {
-            "its OPTIONS probes unanswered"
-        } else {
+        if requests > 0 {
+            self.requests_unanswered.store(true, Ordering::Relaxed);
+        }
+        let sent = if self.requests_unanswered.load(Ordering::Relaxed) || probes == 0 {
             "requests relayed to it"
+        } else {
+            "its OPTIONS probes unanswered"
         };
         let reason = format!(
             "no message from it for {} s with {sent}",
@@ -1141,6 +1148,13 @@ mod tests {
         assert_eq!(
             metrics.udp_upstream_unreachable().unwrap().error,
             "no message from it for 30 s with requests relayed to it"
+        );
+        // Probes alone after it: the silence still had requests in it.
+        watch.probed(t0 + 3 * SILENCE);
+        assert!(watch.check(t0 + 4 * SILENCE, &metrics));
+        assert_eq!(
+            metrics.udp_upstream_unreachable().unwrap().error,
+            "no message from it for 40 s with requests relayed to it"
         );
     }
 
