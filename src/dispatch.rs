@@ -24,6 +24,7 @@ use tracing::{debug, info, warn};
 use crate::observe::metrics::{DropReason, MessageKind, Metrics};
 use crate::observe::DecisionLog;
 use crate::proxy::{Core, Destination, FlowFailure, Inbound, Outbound, Outcome};
+use crate::sip::framing::has_sip_start_line;
 use crate::transport::admission::{Admission, BanCause, BanScope};
 use crate::transport::udp::{self, Datagrams};
 use crate::transport::upstream::UpstreamWatch;
@@ -480,9 +481,10 @@ async fn dispatch(
     match event {
         Event::Received(inbound) => received(core, senders, log, edge, inbound).await,
         Event::HoldingRoom { inbound, room } => {
-            // Taken: queued for the registrar below, or answered here.
-            drop(room);
             received(core, senders, log, edge, inbound).await;
+            // Queued for the registrar now (counted in the queue), or
+            // answered here.
+            drop(room);
         }
         Event::Refused { inbound, refusal } => {
             let outcome = core.refuse_source(&inbound, Instant::now(), refusal);
@@ -545,6 +547,12 @@ async fn received(
     inbound: Inbound,
 ) {
     let started = Instant::now();
+    // The registrar answers when what it sends is SIP: bytes of another
+    // protocol (a wrong service at the upstream's address) do not make it
+    // ready.
+    if inbound.from_registrar() && has_sip_start_line(&inbound.bytes) {
+        edge.upstream_watch.heard(core.metrics());
+    }
     // A scanner banned by this message is dropped, and its record says why
     // (see `Core::handle_banning`). Over a connection the handshake proved
     // its address: banned at once, from everything. A datagram's source
@@ -564,16 +572,6 @@ async fn received(
             banned
         },
     );
-    // The registrar answers when what it sent is SIP: bytes that do not
-    // parse (a wrong service at the upstream's address) do not make it
-    // ready.
-    let malformed = matches!(
-        outcome.drop_reason(),
-        Some(DropReason::Malformed | DropReason::MalformedResponse)
-    );
-    if inbound.from_registrar() && !malformed {
-        edge.upstream_watch.heard(core.metrics());
-    }
     let leaving = Leaving::of(senders, &inbound, &outcome);
     // A stream client's request leaving over UDP: its client transaction
     // is kept before it is sent (its answer may come back on another

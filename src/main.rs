@@ -17,10 +17,13 @@ fn main() -> ExitCode {
     // they always did, once the command line is read.
     let masked = hangup_mask(SigmaskHow::SIG_BLOCK);
     let cli = Cli::parse();
-    let masked = masked.and_then(|()| match cli.command {
-        Command::Run(_) => Ok(()),
-        _ => hangup_mask(SigmaskHow::SIG_UNBLOCK),
-    });
+    let masked = match cli.command {
+        Command::Run(_) => masked,
+        // Whether the mask could be set or not, these go on as before.
+        _ => masked
+            .and_then(|()| hangup_mask(SigmaskHow::SIG_UNBLOCK))
+            .or(Ok(())),
+    };
     match masked.and_then(|()| dispatch(cli)) {
         Ok(code) => code,
         Err(e) => {

@@ -1,7 +1,7 @@
 //! Text from the outside world made fit for a terminal: the control
 //! characters (NUL, ESC, BEL, CR, ...) and bidirectional overrides a peer
 //! or a log line can carry, shown escaped as `\u{1b}` instead of acted on.
-//! Used by `sipadmit probe` and `sipadmit report`. Imports nothing of the
+//! Used by `sipadmit probe`, `sipadmit report` and `sipadmit classify`. Imports nothing of the
 //! crate.
 
 use std::borrow::Cow;

@@ -103,6 +103,14 @@ pub fn parse(text: &[u8], file: &Path) -> Result<Vec<Vec<u8>>, Vec<String>> {
         if secret.is_empty() || secret.starts_with(b"#") {
             continue;
         }
+        if secret.iter().any(|&b| b.is_ascii_control()) {
+            problems.push(format!(
+                "{}: holds control characters (NUL, tab, ...): not a secret as written \
+                 (a UTF-16 file, or binary bytes? one printable secret per line)",
+                at(i + 1)
+            ));
+            continue;
+        }
         if secret.len() < MIN_SECRET_BYTES {
             problems.push(format!(
                 "{}: a secret of {} bytes; at least {MIN_SECRET_BYTES} are needed \
@@ -223,6 +231,11 @@ mod tests {
         assert_eq!(
             parse(&utf16, file()).unwrap_err(),
             ["/etc/sipadmit/flow-secrets: UTF-16 text (a byte order mark FF FE or FE FF); save it as UTF-8 or ASCII"]
+        );
+        // Without its mark, UTF-16 is a line of NULs: refused too.
+        assert_eq!(
+            parse(&utf16[2..], file()).unwrap_err(),
+            ["/etc/sipadmit/flow-secrets line 1: holds control characters (NUL, tab, ...): not a secret as written (a UTF-16 file, or binary bytes? one printable secret per line)"]
         );
     }
 

@@ -923,27 +923,31 @@ impl Writer {
         if self.sink.is_none() {
             self.open_target();
         }
-        loop {
-            let (requests, last) = self.take_batch();
-            self.write_batch();
-            // Losses held back are told once their interval is over, also
-            // when nothing more comes to write.
-            self.warn_lost(false);
-            for request in requests {
-                match request {
-                    Request::Flush(tx) => {
-                        let _ = tx.send(());
-                    }
-                    Request::Reopen(tx) => {
-                        let _ = tx.send(self.reopen());
-                    }
+        while self.turn() {}
+    }
+
+    /// One turn of the writer: wait for records, write them, answer the
+    /// requests; `false` once the log has stopped.
+    fn turn(&mut self) -> bool {
+        let (requests, last) = self.take_batch();
+        self.write_batch();
+        // Losses held back are told once their interval is over, also
+        // when nothing more comes to write.
+        self.warn_lost(false);
+        for request in requests {
+            match request {
+                Request::Flush(tx) => {
+                    let _ = tx.send(());
+                }
+                Request::Reopen(tx) => {
+                    let _ = tx.send(self.reopen());
                 }
             }
-            if last {
-                self.warn_lost(true);
-                return;
-            }
         }
+        if last {
+            self.warn_lost(true);
+        }
+        !last
     }
 
     /// Wait for records (at most until the oldest is `flush_interval` old,

@@ -41,6 +41,29 @@ pub fn classify_datagram(data: &[u8]) -> Datagram {
     }
 }
 
+/// Longest start line [`has_sip_start_line`] looks for, bytes.
+const MAX_START_LINE_BYTES: usize = 8192;
+
+/// Whether `bytes` begin with a SIP start line: a status line
+/// (`SIP/2.0 ...`) or a request line ending in ` SIP/2.0` (RFC 3261 7.1,
+/// 7.2). Says what a peer is speaking before anything is parsed (another
+/// service at a registrar's address does not speak SIP); it does not say
+/// the message is valid.
+pub fn has_sip_start_line(bytes: &[u8]) -> bool {
+    let head = &bytes[..bytes.len().min(MAX_START_LINE_BYTES)];
+    let Some(end) = memchr::memchr(b'\n', head) else {
+        return false;
+    };
+    let line = head[..end].strip_suffix(b"\r").unwrap_or(&head[..end]);
+    let is_version = |v: &[u8]| v.eq_ignore_ascii_case(b"SIP/2.0");
+    line.get(..8)
+        .is_some_and(|start| is_version(&start[..7]) && start[7] == b' ')
+        || line
+            .len()
+            .checked_sub(8)
+            .is_some_and(|at| line[at] == b' ' && is_version(&line[at + 1..]))
+}
+
 /// One item cut from a stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Frame {
@@ -261,6 +284,36 @@ fn content_length(head: &[u8]) -> Result<usize, FramingError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_sip_start_line_is_told_from_another_protocol() {
+        for sip in [
+            &b"SIP/2.0 200 OK\r\nVia: x\r\n\r\n"[..],
+            b"sip/2.0 503 Busy\r\n",
+            b"OPTIONS sip:127.0.0.1 SIP/2.0\r\nVia: x\r\n",
+            b"REGISTER sip:example.com SIP/2.0\n",
+        ] {
+            assert!(
+                has_sip_start_line(sip),
+                "{:?}",
+                String::from_utf8_lossy(sip)
+            );
+        }
+        for other in [
+            &b"HTTP/1.1 400 Bad Request\r\n\r\n"[..],
+            b"GET / HTTP/1.1\r\n",
+            b"SIP/2.0 200 OK",
+            b"SIP/2.0\r\n",
+            b"\x16\x03\x01\x02\x00\x01",
+            b"",
+        ] {
+            assert!(
+                !has_sip_start_line(other),
+                "{:?}",
+                String::from_utf8_lossy(other)
+            );
+        }
+    }
 
     const MSG: &[u8] = b"OPTIONS sip:a@b SIP/2.0\r\nl: 5\r\nCall-ID: x\r\n\r\nhello";
 

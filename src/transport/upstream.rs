@@ -3,11 +3,13 @@
 //! The dispatcher only offers messages to the queue ([`UpstreamLink::offer`]
 //! never waits). The queue is bounded in bytes ([`UpstreamBacklog`],
 //! `limits.upstream_queue_bytes`): client connections stop reading while
-//! less than a quarter of it is free (backpressure: a reconnect storm waits
-//! in the clients' TCP windows), so only what cannot wait (UDP) can fill it,
-//! and a message that finds it full is refused at once (answered `503`
-//! with rule `proxy.upstream-busy`: the registrar is up, the queue is
-//! full). The link task waits for room in its connection's writer queue
+//! less than a quarter of it would be free once the messages they read
+//! are queued (backpressure: a reconnect storm waits in the clients' TCP
+//! windows; [`UpstreamBacklog::room_for_clients`]), so only what cannot
+//! wait (UDP, the registrar's own traffic) can fill it, and a message that
+//! finds it full is refused at once (answered `503` with rule
+//! `proxy.upstream-busy`: the registrar is up, the queue is full), as is a
+//! client message larger than the whole queue. The link task waits for room in its connection's writer queue
 //! instead of failing a message. The link task connects when
 //! it has a message and no open connection (within
 //! [`LinkSettings::connect_timeout`]), and after a failed connect fails
@@ -75,10 +77,14 @@ const ANSWERS_LOOKED_AT: Duration = Duration::from_millis(100);
 pub struct UpstreamBacklog {
     queued: AtomicUsize,
     /// Bytes of client messages [`Self::room_for_clients`] let through
-    /// whose [`UpstreamRoom`] is held (until the dispatcher takes them):
-    /// counted as queued by the readers, so that connections reading on
-    /// meanwhile do not all find the same room.
+    /// whose [`UpstreamRoom`] is held (until the dispatcher has taken
+    /// them): counted as queued by the readers, so that connections reading
+    /// on meanwhile do not all find the same room.
     promised: AtomicUsize,
+    /// Client messages too large to leave a quarter of the queue free that
+    /// wait for it to empty: other client messages wait behind them, so
+    /// that steady small traffic cannot starve them.
+    large_waiting: AtomicUsize,
     capacity: usize,
     /// Wakes the readers waiting for room.
     taken: Notify,
@@ -99,6 +105,7 @@ impl UpstreamBacklog {
         Self {
             queued: AtomicUsize::new(0),
             promised: AtomicUsize::new(0),
+            large_waiting: AtomicUsize::new(0),
             capacity,
             taken: Notify::new(),
             unanswered: AtomicUsize::new(0),
@@ -170,12 +177,15 @@ impl UpstreamBacklog {
     /// queue still free (kept for what cannot wait: UDP, the registrar's
     /// own traffic), counting the client messages let through before it
     /// and not queued yet; the room it is given is counted among those
-    /// until it is dropped (by the dispatcher, when it takes the message;
-    /// or with the message, wherever it is dropped). A message too large
-    /// ever to leave that quarter free goes once nothing is ahead of it (a
-    /// message larger than the whole queue is then answered `503`).
+    /// until it is dropped (by the dispatcher once it has queued or
+    /// answered the message; or with the message, wherever it is dropped).
+    /// A message too large ever to leave that quarter free goes once
+    /// nothing is ahead of it, and the messages after it wait behind it; one
+    /// larger than the whole queue goes at once (to be answered `503`).
     pub async fn room_for_clients(self: &Arc<Self>, bytes: usize) -> UpstreamRoom {
         let reserve = self.capacity / 4;
+        let large = bytes + reserve > self.capacity;
+        let mut waiting_large = None;
         loop {
             let taken = self.taken.notified();
             tokio::pin!(taken);
@@ -184,14 +194,24 @@ impl UpstreamBacklog {
                 self.promised
                     .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |promised| {
                         let ahead = self.queued() + promised;
-                        (ahead == 0 || ahead + bytes + reserve <= self.capacity)
-                            .then_some(promised + bytes)
+                        let fits = if bytes > self.capacity {
+                            true
+                        } else if large {
+                            ahead == 0
+                        } else {
+                            ahead + bytes + reserve <= self.capacity
+                                && self.large_waiting.load(Ordering::Relaxed) == 0
+                        };
+                        fits.then_some(promised + bytes)
                     });
             if let_through.is_ok() {
                 return UpstreamRoom {
                     backlog: self.clone(),
                     bytes,
                 };
+            }
+            if large && waiting_large.is_none() {
+                waiting_large = Some(LargeWaiting::new(self));
             }
             taken.await;
         }
@@ -217,6 +237,24 @@ impl Drop for UpstreamRoom {
                     Some(promised.saturating_sub(bytes))
                 });
         self.backlog.taken.notify_waiters();
+    }
+}
+
+/// A large client message waiting in [`UpstreamBacklog::room_for_clients`]
+/// (counted in `large_waiting` while it waits, however its wait ends).
+struct LargeWaiting<'b>(&'b UpstreamBacklog);
+
+impl<'b> LargeWaiting<'b> {
+    fn new(backlog: &'b UpstreamBacklog) -> Self {
+        backlog.large_waiting.fetch_add(1, Ordering::Relaxed);
+        Self(backlog)
+    }
+}
+
+impl Drop for LargeWaiting<'_> {
+    fn drop(&mut self) {
+        self.0.large_waiting.fetch_sub(1, Ordering::Relaxed);
+        self.0.taken.notify_waiters();
     }
 }
 
@@ -861,10 +899,13 @@ pub const SILENCE: Duration = Duration::from_secs(10);
 /// answers nothing (an ICMP error, where one comes back, is counted by the
 /// UDP receive loop as `upstream_unreachable`); a stream registrar that
 /// stalls keeps its connection and answers nothing either. So requests
-/// relayed to it (over UDP the OPTIONS probes too) with no message from it for
-/// [`SILENCE`] are counted (`sipadmit_upstream_silent_requests_total`) and
-/// warned about, at most once per [`SILENCE`]; `/readyz` then fails until
-/// it sends a message. A silent UDP registrar also counts as unreachable
+/// relayed to it with no message from it for [`SILENCE`] are counted
+/// (`sipadmit_upstream_silent_requests_total`) and warned about, at most
+/// once per [`SILENCE`]; over UDP its unanswered OPTIONS probes make a
+/// silence too, but are not counted or warned about again. `/readyz` then
+/// fails until it sends a message (with the probes off, for
+/// [`UPSTREAM_FAILURE_WINDOW`](crate::proxy::health::UPSTREAM_FAILURE_WINDOW)
+/// after the silence was last noted). A silent UDP registrar also counts as unreachable
 /// (its requests are answered 503 at once while the probes are on); a
 /// silent stream registrar does not: its link still delivers, and what it
 /// queued is answered once the registrar wakes.
@@ -891,6 +932,9 @@ pub struct UpstreamWatch {
     silent: AtomicBool,
     /// Requests (not only probes) went unanswered in this silence.
     requests_unanswered: AtomicBool,
+    /// When the first request or probe of the silence noted went out, as
+    /// `unanswered_since`; 0: no silence noted.
+    silence_began: AtomicU64,
 }
 
 impl UpstreamWatch {
@@ -904,6 +948,7 @@ impl UpstreamWatch {
             probes: AtomicU64::new(0),
             silent: AtomicBool::new(false),
             requests_unanswered: AtomicBool::new(false),
+            silence_began: AtomicU64::new(0),
         }
     }
 
@@ -919,6 +964,11 @@ impl UpstreamWatch {
         self.probes.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// The instant a stored time (nanoseconds since `epoch` plus one) stands for.
+    fn instant(&self, stored: u64) -> std::time::Instant {
+        self.epoch + Duration::from_nanos(stored - 1)
+    }
+
     fn awaits_answer(&self, now: std::time::Instant) {
         if self.unanswered_since.load(Ordering::Relaxed) == 0 {
             let at = now.saturating_duration_since(self.epoch).as_nanos() as u64 + 1;
@@ -930,8 +980,12 @@ impl UpstreamWatch {
 
     /// Forget what was sent and not answered.
     fn forget_unanswered(&self) {
-        if self.unanswered_since.load(Ordering::Relaxed) != 0 {
+        // Loads first: on the path of every message from the upstream.
+        if self.unanswered_since.load(Ordering::Relaxed) != 0
+            || self.silence_began.load(Ordering::Relaxed) != 0
+        {
             self.unanswered_since.store(0, Ordering::Relaxed);
+            self.silence_began.store(0, Ordering::Relaxed);
             self.pending.store(0, Ordering::Relaxed);
             self.probes.store(0, Ordering::Relaxed);
             self.requests_unanswered.store(false, Ordering::Relaxed);
@@ -975,27 +1029,43 @@ impl UpstreamWatch {
         now: std::time::Instant,
         metrics: &crate::observe::metrics::Metrics,
     ) -> bool {
+        let silent = self.silent.load(Ordering::Relaxed);
         let since = match self.unanswered_since.load(Ordering::Relaxed) {
-            0 => return false,
-            at => self.epoch + Duration::from_nanos(at - 1),
+            0 => return silent,
+            at => at,
         };
-        let silent_for = now.saturating_duration_since(since);
-        if silent_for < SILENCE {
-            return false;
+        if now.saturating_duration_since(self.instant(since)) < SILENCE {
+            return silent;
         }
+        // What is sent from now on is judged by its own SILENCE (a
+        // registrar back since the last evidence gets its chance); the
+        // silence as a whole is timed from its first request or probe.
+        self.unanswered_since.store(0, Ordering::Relaxed);
+        let began = match self.silence_began.load(Ordering::Relaxed) {
+            0 => {
+                self.silence_began.store(since, Ordering::Relaxed);
+                since
+            }
+            began => began,
+        };
+        let silent_for = now.saturating_duration_since(self.instant(began));
         let requests = self.pending.swap(0, Ordering::Relaxed);
         let probes = self.probes.swap(0, Ordering::Relaxed);
         crate::observe::metrics::Metrics::add(&metrics.upstream_silent_requests, requests as usize);
-        if requests + probes == 0 && self.silent.load(Ordering::Relaxed) {
+        if requests + probes == 0 && silent {
             return true;
         }
-        tracing::warn!(
-            requests,
-            probes,
-            silent_secs = silent_for.as_secs(),
-            total = metrics.upstream_silent_requests.load(Ordering::Relaxed),
-            "the upstream sent nothing back: is the registrar down or stalled?"
-        );
+        // Told when it begins and with each request gone unanswered since,
+        // not for every probe of a registrar that stays down.
+        if !silent || requests > 0 {
+            tracing::warn!(
+                requests,
+                probes,
+                silent_secs = silent_for.as_secs(),
+                total = metrics.upstream_silent_requests.load(Ordering::Relaxed),
+                "the upstream sent nothing back: is the registrar down or stalled?"
+            );
+        }
         if requests > 0 {
             self.requests_unanswered.store(true, Ordering::Relaxed);
         }
@@ -1149,12 +1219,31 @@ mod tests {
             metrics.udp_upstream_unreachable().unwrap().error,
             "no message from it for 30 s with requests relayed to it"
         );
+        // A request sent just before a check is not judged by it: it gets
+        // its own SILENCE.
+        watch.relayed(t0 + 4 * SILENCE - Duration::from_millis(1));
+        let noted = metrics.udp_upstream_unreachable().unwrap().at;
+        assert!(watch.check(t0 + 4 * SILENCE, &metrics), "still silent");
+        assert_eq!(metrics.udp_upstream_unreachable().unwrap().at, noted);
+        assert_eq!(silent_requests(), 1, "not yet counted");
+        assert!(watch.check(t0 + 5 * SILENCE, &metrics));
+        assert_eq!(silent_requests(), 2);
         // Probes alone after it: the silence still had requests in it.
-        watch.probed(t0 + 3 * SILENCE);
-        assert!(watch.check(t0 + 4 * SILENCE, &metrics));
+        watch.probed(t0 + 5 * SILENCE);
+        assert!(watch.check(t0 + 6 * SILENCE, &metrics));
         assert_eq!(
             metrics.udp_upstream_unreachable().unwrap().error,
-            "no message from it for 40 s with requests relayed to it"
+            "no message from it for 60 s with requests relayed to it"
+        );
+        // An answer ends it all.
+        watch.heard(&metrics);
+        assert!(metrics.udp_upstream_unreachable().is_none());
+        assert!(!watch.check(t0 + 7 * SILENCE, &metrics));
+        watch.probed(t0 + 7 * SILENCE);
+        assert!(watch.check(t0 + 8 * SILENCE, &metrics));
+        assert_eq!(
+            metrics.udp_upstream_unreachable().unwrap().error,
+            "no message from it for 10 s with its OPTIONS probes unanswered"
         );
     }
 
@@ -1376,14 +1465,35 @@ mod tests {
         });
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert!(!large.is_finished());
-        // ... and goes once the queue is empty, instead of waiting forever.
+        // ... and a small one that would fit waits behind it (steady small
+        // traffic must not starve it) ...
+        let small = tokio::spawn({
+            let budget = budget.clone();
+            async move { budget.room_for_clients(100).await }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!small.is_finished());
+        // ... it goes once the queue is empty, instead of waiting forever,
         budget.remove(100);
         let room = tokio::time::timeout(Duration::from_secs(5), large)
             .await
             .expect("let through")
             .unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!small.is_finished());
+        // and the small one once it is queued.
         drop(room);
         assert!(budget.try_add(800));
+        budget.remove(800);
+        tokio::time::timeout(Duration::from_secs(5), small)
+            .await
+            .expect("let through")
+            .unwrap();
+        // One larger than the whole queue goes at once (to be answered 503).
+        assert!(budget.try_add(100));
+        tokio::time::timeout(Duration::from_secs(5), budget.room_for_clients(1500))
+            .await
+            .expect("at once");
     }
 
     #[tokio::test]

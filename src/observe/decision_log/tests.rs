@@ -718,13 +718,8 @@ fn records_lost_and_held_back_are_told_when_due_though_nothing_more_comes() {
     writer.last_lost_warning = Some(Instant::now() - WARNING_INTERVAL + Duration::from_millis(100));
     let (told_tx, told) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        let text = crate::captured_log::captured_log(tracing::Level::WARN, || {
-            let (requests, last) = writer.take_batch();
-            assert!(requests.is_empty() && !last);
-            writer.write_batch();
-            writer.warn_lost(false);
-        })
-        .1;
+        let text =
+            crate::captured_log::captured_log(tracing::Level::WARN, || assert!(writer.turn())).1;
         let _ = told_tx.send(text);
     });
     let text = told.recv_timeout(BOUND).expect("told while idle");
