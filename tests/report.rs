@@ -1069,6 +1069,72 @@ fn gzip_logs_and_plain_logs_add_up() {
     assert!((n..2 * n).contains(&read), "{read} of {n} + a part");
 }
 
+/// Trial 25: a log with 10,000 one-off User-Agents (a scan), then the real
+/// unknown client 50,000 times. A table that kept the first 10,000 keys
+/// seen listed only the scan, and proposed catalog entries for it.
+#[test]
+fn a_flood_of_one_off_user_agents_does_not_hide_the_most_frequent_one() {
+    let base = fixture_records()
+        .into_iter()
+        .find(|r| r.client == "unknown" && r.role == SessionRole::None && counted(r))
+        .unwrap();
+    let line = |ua: &str| {
+        let mut r = base.clone();
+        r.user_agent = Some(ua.to_owned());
+        serde_json::to_string(&r).unwrap() + "\n"
+    };
+    let mut text: String = (0..10_000).map(|i| line(&format!("Junk{i}/1.0"))).collect();
+    text.push_str(&line("RealTopPhone/3.1").repeat(50_000));
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ua.log");
+    std::fs::write(&path, text).unwrap();
+    let path = path.to_str().unwrap();
+
+    let r = report_json(&[path], None);
+    let top = &r["unknown_user_agents"][0];
+    assert_eq!(
+        (&top["user_agent"], &top["count"]),
+        (&Value::from("RealTopPhone/3.1"), &Value::from(50_000))
+    );
+    assert_eq!(top["catalog_entry"], "realtopphone");
+    assert_eq!(r["catalog_snippets"][0]["user_agent"], "RealTopPhone/3.1");
+    assert_eq!(r["catalog_snippets"][0]["records"], 50_000);
+    assert_eq!(r["unknown_user_agents"].as_array().unwrap().len(), 10_000);
+    // One one-off User-Agent made room for it: its one record is not
+    // itemised, and no User-Agent left out had more than 1.
+    assert_eq!(r["not_itemised"]["unknown_user_agents"], 1);
+    assert_eq!(r["not_itemised_per_key_max"]["unknown_user_agents"], 1);
+    assert_eq!(r["records"], 60_000);
+
+    let mut c = sipadmit();
+    c.args(["report", path]);
+    let out = run(c, None);
+    let plain = String::from_utf8(out.stdout).unwrap();
+    let section = &plain[plain
+        .find("User-Agents the catalog did not recognise")
+        .unwrap()..];
+    let rows: Vec<&str> = section.lines().skip(2).take(4).collect();
+    assert_eq!(
+        rows[0], "  10000 listed, 59999 records, and 1 records not itemised (the table was full:",
+        "{section}"
+    );
+    assert!(rows[3].starts_with("  RECORDS"), "{rows:?}");
+    assert!(
+        section
+            .lines()
+            .nth(6)
+            .unwrap()
+            .ends_with("  RealTopPhone/3.1"),
+        "{section}"
+    );
+    assert!(plain.contains("id = \"realtopphone\""), "{plain}");
+    let not_itemised = &plain[plain.find("\nNot itemised\n").expect("the section")..];
+    assert!(
+        not_itemised.contains("  unknown_user_agents        1                1\n"),
+        "{not_itemised}"
+    );
+}
+
 #[test]
 fn stdin_when_no_log_is_named_or_dash() {
     let text = fixture_text();

@@ -796,6 +796,16 @@ fn rejected_and_flagged_tables(out: &mut String, s: &Summary) {
 /// counts and when they were first and last seen.
 fn unknown_user_agent_table(out: &mut String, s: &Summary) {
     out.push_str("<h2>User-Agents the catalog did not recognise</h2>\n");
+    let left_out = s.not_itemised.get("unknown_user_agents");
+    if left_out > 0 {
+        let most = s.not_itemised_per_key_max.get("unknown_user_agents");
+        let _ = writeln!(
+            out,
+            "<p>{} listed, {} records not itemised: the table was full, the most frequent are listed; no User-Agent left out had more than {most} records, and a listed one at most {most} more than shown.</p>",
+            s.unknown_user_agents.len(),
+            left_out
+        );
+    }
     let rows: Vec<Vec<String>> = s
         .unknown_user_agents
         .iter()
@@ -830,23 +840,32 @@ fn catalog_snippets(out: &mut String, s: &Summary) {
 }
 
 /// The records counted but not itemised because a table was full, when
-/// there are any.
+/// there are any, with the most records one key can have among them.
 fn not_itemised_note(out: &mut String, s: &Summary) {
-    if s.not_itemised.total() > 0 {
-        let _ = writeln!(
-            out,
-            "<p>Records counted but not itemised (a table was full): {}</p>",
-            escape(
-                &s.not_itemised
-                    .0
-                    .iter()
-                    .filter(|(_, c)| *c > 0)
-                    .map(|(n, c)| format!("{n} {c}"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )
-        );
+    if s.not_itemised.total() == 0 {
+        return;
     }
+    out.push_str("<h2>Not itemised</h2>\n<p>A table lists at most 10,000 keys (and 4&nbsp;MiB of keys; 100 versions per client). A full table keeps the most frequent: a new key takes the place of the one with the fewest records, whose records stay in every total but are no longer listed. Per table, those records, and the most one key can have among them: a key not listed had at most that many records (a key with more is listed), a listed key at most that many more than its count.</p>\n");
+    let rows: Vec<Vec<String>> = s
+        .not_itemised
+        .0
+        .iter()
+        .filter(|(_, c)| *c > 0)
+        .map(|&(name, c)| {
+            vec![
+                name.to_owned(),
+                c.to_string(),
+                s.not_itemised_per_key_max.get(name).to_string(),
+            ]
+        })
+        .collect();
+    table(
+        out,
+        "not-itemised",
+        &["Table", "Records", "Per key at most"],
+        &[false, true, true],
+        &rows,
+    );
 }
 
 fn protocol_tables(out: &mut String, s: &Summary) {

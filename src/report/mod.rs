@@ -11,7 +11,9 @@
 //!   of distinct keys (clients, User-Agents, sources, users, workflows,
 //!   rules, versions, time buckets), never with the number of records, and
 //!   every table of keys is bounded ([`capped`]: 10,000 keys and 4 MiB of
-//!   key bytes each; records past that are counted as `not_itemised`).
+//!   key bytes each). A full table keeps the most frequent keys
+//!   (Space-Saving): the records of the keys it drops are counted as
+//!   `not_itemised`, with the most any one key can have among them.
 //! - A line that is not a decision record (as [`crate::observe::DecisionRecord`]
 //!   reads it) is counted in `malformed_lines` and skipped.
 //! - Policy decisions are counted each call once per client ([`Legs::Once`]:

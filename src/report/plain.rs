@@ -400,11 +400,21 @@ fn unknown_user_agents(out: &mut String, s: &Summary) {
         out.push_str("  none\n");
         return;
     }
-    let _ = writeln!(
-        out,
-        "  {} distinct, {records} records",
-        s.unknown_user_agents.len()
-    );
+    let left_out = s.not_itemised.get("unknown_user_agents");
+    if left_out == 0 {
+        let _ = writeln!(
+            out,
+            "  {} distinct, {records} records",
+            s.unknown_user_agents.len()
+        );
+    } else {
+        let most = s.not_itemised_per_key_max.get("unknown_user_agents");
+        let _ = writeln!(
+            out,
+            "  {} listed, {records} records, and {left_out} records not itemised (the table was full:\n  the most frequent are listed; no User-Agent left out had more than {most} records,\n  and a listed one had at most {most} more than shown)",
+            s.unknown_user_agents.len()
+        );
+    }
     let mut t = Table::new(&[
         ("RECORDS", Align::Right),
         ("FIRST SEEN", Align::Left),
@@ -478,20 +488,27 @@ fn not_itemised(out: &mut String, s: &Summary) {
         return;
     }
     heading(out, "Not itemised");
-    out.push_str("  Records counted in the totals but not listed by key: the table was full\n");
-    out.push_str("  (10,000 distinct keys or 4 MiB of keys per table; 100 versions per client).\n");
-    let _ = writeln!(
-        out,
-        "  {}",
-        counts_line(&NamedCounts(
-            s.not_itemised
-                .0
-                .iter()
-                .copied()
-                .filter(|(_, c)| *c > 0)
-                .collect()
-        ))
-    );
+    out.push_str("  A table lists at most 10,000 keys (and 4 MiB of keys; 100 versions per\n");
+    out.push_str("  client). A full table keeps the most frequent: a new key takes the place of\n");
+    out.push_str("  the one with the fewest records, whose records stay in every total but are\n");
+    out.push_str("  no longer listed. Per table, those records, and the most one key can have\n");
+    out.push_str("  among them: a key not listed had at most that many records (a key with more\n");
+    out.push_str("  is listed), a listed key at most that many more than its count.\n");
+    let mut t = Table::new(&[
+        ("TABLE", Align::Left),
+        ("RECORDS", Align::Right),
+        ("PER KEY AT MOST", Align::Right),
+    ]);
+    for &(name, records) in &s.not_itemised.0 {
+        if records > 0 {
+            t.row(vec![
+                name.to_owned(),
+                records.to_string(),
+                s.not_itemised_per_key_max.get(name).to_string(),
+            ]);
+        }
+    }
+    t.render(out);
 }
 
 #[cfg(test)]

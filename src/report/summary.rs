@@ -123,13 +123,21 @@ pub struct Summary {
     pub would_reject: WouldReject,
     /// Rejected and flagged records: where they came from.
     pub rejected_and_flagged: RejectedAndFlagged,
-    /// User-Agents the catalog did not recognise (client `unknown`).
+    /// User-Agents the catalog did not recognise (client `unknown`); when
+    /// the table was full, the most frequent ones (see `not_itemised`).
     pub unknown_user_agents: Vec<UnknownUserAgent>,
     /// Catalog entries for the products with the most unknown records.
     pub catalog_snippets: Vec<CatalogSnippet>,
-    /// Records counted in the totals but not listed under a key because
-    /// that table was full (see [`super::capped`]).
+    /// Per table: records counted in the totals but not under a listed
+    /// key because the table was full (see [`super::capped`]): the records
+    /// of the keys it dropped for more frequent ones, and those a listed key
+    /// had before it was listed.
     pub not_itemised: NamedCounts,
+    /// Per table: the most records one key can have among its
+    /// `not_itemised`: a key not listed had at most this many records, a
+    /// listed key at most this many more than its count (0: the table
+    /// dropped no key, every count is exact).
+    pub not_itemised_per_key_max: NamedCounts,
     /// Decisions over time.
     pub over_time: OverTime,
 }
@@ -290,7 +298,8 @@ pub struct RejectedAndFlagged {
 pub struct UnknownUserAgent {
     /// The User-Agent as sent.
     pub user_agent: String,
-    /// Records with it.
+    /// Records with it (when the table was full, since it was last listed:
+    /// up to `not_itemised_per_key_max.unknown_user_agents` more).
     pub count: u64,
     /// Earliest of those records.
     pub first_seen: Millis,

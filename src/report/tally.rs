@@ -22,7 +22,7 @@ use super::summary::{
 use super::timeline::Timeline;
 use super::{Legs, TimeRange};
 
-/// Versions tracked per client: 100 (more are counted as not itemised).
+/// Versions listed per client: 100 (the most frequent; see [`CappedTable`]).
 pub const MAX_VERSIONS_PER_CLIENT: usize = 100;
 /// How many of the top unknown User-Agents get a catalog snippet: 10.
 pub const SNIPPET_USER_AGENTS: usize = 10;
@@ -114,15 +114,15 @@ struct UserAgentClass<'c> {
     version: Option<Version>,
 }
 
-/// One client's counters.
+/// One client's counters, since it was listed (its records are the
+/// table's).
 #[derive(Debug, Clone)]
 struct ClientTally {
-    count: u64,
     by_action: [u64; 4],
     by_leg: [u64; 2],
     /// Category and support of the latest record, and its time.
     latest: Option<(Timestamp, Category, Support)>,
-    versions: CappedTable<Version, u64>,
+    versions: CappedTable<Version>,
     without_version: u64,
     reclassified: u64,
 }
@@ -130,7 +130,6 @@ struct ClientTally {
 impl Default for ClientTally {
     fn default() -> Self {
         Self {
-            count: 0,
             by_action: [0; 4],
             by_leg: [0; 2],
             latest: None,
@@ -141,17 +140,15 @@ impl Default for ClientTally {
     }
 }
 
-/// When a User-Agent was seen, and how often.
+/// When a User-Agent was seen (since it was listed).
 #[derive(Debug, Clone, Copy, Default)]
 struct Seen {
-    count: u64,
     first: Option<Timestamp>,
     last: Option<Timestamp>,
 }
 
 impl Seen {
     fn add(&mut self, ts: Timestamp) {
-        self.count += 1;
         self.first = Some(self.first.map_or(ts, |f| f.min(ts)));
         self.last = Some(self.last.map_or(ts, |l| l.max(ts)));
     }
@@ -177,8 +174,8 @@ pub struct Tally<'c> {
     registers: [u64; 2],
     protocol_by_leg: [u64; 2],
     /// Protocol answers by `rule status` (status `none` for drops).
-    protocol_rules: CappedTable<String, u64>,
-    protocol_sources: CappedTable<IpAddr, u64>,
+    protocol_rules: CappedTable<String>,
+    protocol_sources: CappedTable<IpAddr>,
     malformed_lines: u64,
     outside_time_range: u64,
     first: Option<Timestamp>,
@@ -188,16 +185,16 @@ pub struct Tally<'c> {
     by_support: [u64; 6],
     by_category: [u64; 10],
     clients: CappedTable<String, ClientTally>,
-    rules: CappedTable<String, u64>,
+    rules: CappedTable<String>,
     would_reject_by_role: [u64; 4],
-    would_reject_clients: CappedTable<String, u64>,
-    would_reject_rules: CappedTable<String, u64>,
-    refused_sources: CappedTable<IpAddr, u64>,
-    refused_users: CappedTable<String, u64>,
-    refused_workflows: CappedTable<String, u64>,
+    would_reject_clients: CappedTable<String>,
+    would_reject_rules: CappedTable<String>,
+    refused_sources: CappedTable<IpAddr>,
+    refused_users: CappedTable<String>,
+    refused_workflows: CappedTable<String>,
     unknown_user_agents: CappedTable<String, Seen>,
-    /// The catalog's verdict per User-Agent, so that each distinct value
-    /// is classified once (values past the bound are classified each time).
+    /// The catalog's verdict per User-Agent, so that each frequent value is
+    /// classified once (a value dropped from the table is classified again).
     user_agent_classes: CappedTable<String, Option<UserAgentClass<'c>>>,
     timeline: Timeline,
 }
@@ -342,7 +339,6 @@ impl<'c> Tally<'c> {
         let Some(client) = self.clients.slot(r.client.as_str()) else {
             return;
         };
-        client.count += 1;
         client.by_action[action] += 1;
         client.by_leg[leg] += 1;
         if client.latest.is_none_or(|(t, _, _)| r.ts >= t) {
@@ -377,7 +373,7 @@ impl<'c> Tally<'c> {
     pub fn finish(self) -> Summary {
         let by_action = self.action_totals();
         let role_totals = self.role_totals();
-        let not_itemised = self.not_itemised();
+        let (not_itemised, not_itemised_per_key_max) = self.not_itemised();
         let (unknown_user_agents, catalog_snippets) = self.unknown_summary();
         let by_role = role_counts(&role_totals);
         let by_role_and_action = role_action_rows(&self.by_role_action, &role_totals);
@@ -429,6 +425,7 @@ impl<'c> Tally<'c> {
             unknown_user_agents,
             catalog_snippets,
             not_itemised,
+            not_itemised_per_key_max,
             over_time: self.timeline.finish(),
         }
     }
@@ -449,34 +446,35 @@ impl<'c> Tally<'c> {
         self.by_role_action.iter().map(|a| a.iter().sum()).collect()
     }
 
-    /// Records counted but left out of each bounded table (it was full).
-    fn not_itemised(&self) -> NamedCounts {
-        NamedCounts(vec![
-            ("clients", self.clients.not_itemised()),
-            ("rules", self.rules.not_itemised()),
+    /// Per bounded table, by its name: the records counted but not under
+    /// a listed key, and the most records one key can have among them
+    /// (see [`CappedTable`]).
+    fn not_itemised(&self) -> (NamedCounts, NamedCounts) {
+        let versions = || self.clients.iter().map(|c| &c.value.versions);
+        let tables: [(&'static str, u64, u64); 11] = [
+            bounds("clients", &self.clients),
+            bounds("rules", &self.rules),
             (
                 "versions",
-                self.clients
-                    .entries()
-                    .iter()
-                    .map(|(_, c)| c.versions.not_itemised())
-                    .sum(),
+                versions().map(CappedTable::not_itemised).sum(),
+                versions()
+                    .map(CappedTable::not_itemised_per_key_max)
+                    .max()
+                    .unwrap_or(0),
             ),
-            (
-                "would_reject_clients",
-                self.would_reject_clients.not_itemised(),
-            ),
-            ("would_reject_rules", self.would_reject_rules.not_itemised()),
-            ("sources", self.refused_sources.not_itemised()),
-            ("users", self.refused_users.not_itemised()),
-            ("workflows", self.refused_workflows.not_itemised()),
-            (
-                "unknown_user_agents",
-                self.unknown_user_agents.not_itemised(),
-            ),
-            ("protocol_rules", self.protocol_rules.not_itemised()),
-            ("protocol_sources", self.protocol_sources.not_itemised()),
-        ])
+            bounds("would_reject_clients", &self.would_reject_clients),
+            bounds("would_reject_rules", &self.would_reject_rules),
+            bounds("sources", &self.refused_sources),
+            bounds("users", &self.refused_users),
+            bounds("workflows", &self.refused_workflows),
+            bounds("unknown_user_agents", &self.unknown_user_agents),
+            bounds("protocol_rules", &self.protocol_rules),
+            bounds("protocol_sources", &self.protocol_sources),
+        ];
+        (
+            NamedCounts(tables.iter().map(|&(n, c, _)| (n, c)).collect()),
+            NamedCounts(tables.iter().map(|&(n, _, m)| (n, m)).collect()),
+        )
     }
 
     /// Unknown User-Agents by count, with catalog snippets for the top
@@ -487,9 +485,8 @@ impl<'c> Tally<'c> {
     fn unknown_summary(&self) -> (Vec<UnknownUserAgent>, Vec<CatalogSnippet>) {
         let mut entries: Vec<(&str, u64, Timestamp, Timestamp)> = self
             .unknown_user_agents
-            .entries()
             .iter()
-            .filter_map(|(ua, seen)| Some((ua.as_str(), seen.count, seen.first?, seen.last?)))
+            .filter_map(|l| Some((l.key.as_str(), l.records, l.value.first?, l.value.last?)))
             .collect();
         entries.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(b.0)));
         // Group by rule; a group's first member is its most frequent.
@@ -557,11 +554,25 @@ impl<'c> Tally<'c> {
     }
 }
 
-/// Sorted by count, descending, then key, ascending.
-fn key_counts(table: CappedTable<String, u64>, field: &'static str) -> Vec<KeyCount> {
-    let mut entries = table.into_entries();
+/// A table's name, records not itemised and most records per key among them.
+fn bounds<K, V>(name: &'static str, table: &CappedTable<K, V>) -> (&'static str, u64, u64) {
+    (name, table.not_itemised(), table.not_itemised_per_key_max())
+}
+
+/// A table's keys and records, by records, descending, then key, ascending.
+fn ranked<K: Ord>(table: CappedTable<K>) -> Vec<(K, u64)> {
+    let mut entries: Vec<(K, u64)> = table
+        .into_entries()
+        .into_iter()
+        .map(|l| (l.key, l.records))
+        .collect();
     entries.sort_by(|(a, x), (b, y)| y.cmp(x).then_with(|| a.cmp(b)));
     entries
+}
+
+/// Sorted by count, descending, then key, ascending.
+fn key_counts(table: CappedTable<String>, field: &'static str) -> Vec<KeyCount> {
+    ranked(table)
         .into_iter()
         .map(|(key, count)| KeyCount { field, key, count })
         .collect()
@@ -595,8 +606,8 @@ fn role_action_rows(by_role_action: &[[u64; 4]; 4], role_totals: &[u64]) -> Vec<
 /// The protocol and capacity answers: per leg, per `rule status`, per source.
 fn protocol_answers(
     by_leg: &[u64; 2],
-    rules: CappedTable<String, u64>,
-    sources: CappedTable<IpAddr, u64>,
+    rules: CappedTable<String>,
+    sources: CappedTable<IpAddr>,
 ) -> ProtocolAnswers {
     ProtocolAnswers {
         total: by_leg.iter().sum(),
@@ -610,8 +621,8 @@ fn protocol_answers(
 /// role, client and rule.
 fn would_reject(
     by_role: &[u64; 4],
-    clients: CappedTable<String, u64>,
-    rules: CappedTable<String, u64>,
+    clients: CappedTable<String>,
+    rules: CappedTable<String>,
 ) -> WouldReject {
     WouldReject {
         total: by_role.iter().sum(),
@@ -625,9 +636,9 @@ fn would_reject(
 /// their top sources, users and workflows.
 fn rejected_and_flagged(
     by_action: &[u64; 4],
-    sources: CappedTable<IpAddr, u64>,
-    users: CappedTable<String, u64>,
-    workflows: CappedTable<String, u64>,
+    sources: CappedTable<IpAddr>,
+    users: CappedTable<String>,
+    workflows: CappedTable<String>,
 ) -> RejectedAndFlagged {
     RejectedAndFlagged {
         reject: by_action[action_index(Action::Reject)],
@@ -640,9 +651,8 @@ fn rejected_and_flagged(
 
 /// `rule status` keys as rules with their status, by count descending,
 /// then rule and status ascending (no status: a drop, first).
-fn protocol_rules(table: CappedTable<String, u64>) -> Vec<ProtocolRule> {
-    let mut rules: Vec<ProtocolRule> = table
-        .into_entries()
+fn protocol_rules(table: CappedTable<String>) -> Vec<ProtocolRule> {
+    let mut rules: Vec<ProtocolRule> = ranked(table)
         .into_iter()
         .map(|(key, count)| {
             let (rule, status) = key.rsplit_once(' ').unwrap_or((key.as_str(), "none"));
@@ -662,10 +672,8 @@ fn protocol_rules(table: CappedTable<String, u64>) -> Vec<ProtocolRule> {
     rules
 }
 
-fn address_counts(table: CappedTable<IpAddr, u64>) -> Vec<KeyCount> {
-    let mut entries = table.into_entries();
-    entries.sort_by(|(a, x), (b, y)| y.cmp(x).then_with(|| a.cmp(b)));
-    entries
+fn address_counts(table: CappedTable<IpAddr>) -> Vec<KeyCount> {
+    ranked(table)
         .into_iter()
         .map(|(ip, count)| KeyCount {
             field: "source",
@@ -677,23 +685,22 @@ fn address_counts(table: CappedTable<IpAddr, u64>) -> Vec<KeyCount> {
 
 fn clients_summary(table: CappedTable<String, ClientTally>) -> Vec<ClientSummary> {
     let mut clients = table.into_entries();
-    clients.sort_by(|(a, x), (b, y)| y.count.cmp(&x.count).then_with(|| a.cmp(b)));
+    clients.sort_by(|a, b| b.records.cmp(&a.records).then_with(|| a.key.cmp(&b.key)));
     clients
         .into_iter()
-        .map(|(client, t)| {
-            let mut versions = t.versions.into_entries();
-            versions.sort_by(|(a, x), (b, y)| y.cmp(x).then_with(|| a.cmp(b)));
+        .map(|c| {
+            let t = c.value;
             let (category, support) = t
                 .latest
                 .map_or((Category::Unknown, Support::Unknown), |(_, c, s)| (c, s));
             ClientSummary {
-                client,
-                count: t.count,
+                client: c.key,
+                count: c.records,
                 category: category.as_str(),
                 support: support.as_str(),
                 by_action: named(ACTIONS, Action::as_str, &t.by_action),
                 by_leg: named(Leg::ALL, Leg::as_str, &t.by_leg),
-                versions: versions
+                versions: ranked(t.versions)
                     .into_iter()
                     .map(|(v, count)| VersionCount {
                         version: v.to_string(),
@@ -1205,8 +1212,49 @@ mod tests {
             s.unknown_user_agents.len(),
             super::super::capped::MAX_TRACKED_KEYS
         );
+        // Five one-off User-Agents dropped (each for the next).
         assert_eq!(s.not_itemised.get("unknown_user_agents"), 5);
+        assert_eq!(s.not_itemised_per_key_max.get("unknown_user_agents"), 1);
+        assert_eq!(s.not_itemised_per_key_max.get("clients"), 0);
         assert_eq!(s.by_client[0].count, n as u64);
+    }
+
+    /// Trial 25's case: 10,000 one-off User-Agents (a scan), then the real
+    /// unknown client 50,000 times. A table that kept the first keys seen
+    /// listed only the scan, and proposed catalog entries for it.
+    #[test]
+    fn the_most_frequent_unknown_user_agent_is_listed_after_the_table_filled() {
+        let catalog = catalog();
+        let mut tally = Tally::new(catalog, TimeRange::default());
+        let junk = super::super::capped::MAX_TRACKED_KEYS;
+        let line = |ua: &str| {
+            let r = record(
+                "2026-12-07T00:00:00Z",
+                Some(ua),
+                SessionRole::None,
+                Action::Allow,
+            );
+            serde_json::to_string(&r).unwrap()
+        };
+        for i in 0..junk {
+            tally.add_line(line(&format!("Junk{i}/1.0")).as_bytes());
+        }
+        let top = line("RealTopPhone/3.1");
+        for _ in 0..50_000 {
+            tally.add_line(top.as_bytes());
+        }
+        let s = tally.finish();
+        let top = &s.unknown_user_agents[0];
+        assert_eq!(
+            (top.user_agent.as_str(), top.count),
+            ("RealTopPhone/3.1", 50_000)
+        );
+        assert_eq!(top.catalog_entry.as_deref(), Some("realtopphone"));
+        assert_eq!(s.catalog_snippets[0].user_agent, "RealTopPhone/3.1");
+        assert_eq!(s.catalog_snippets[0].records, 50_000);
+        assert_eq!(s.unknown_user_agents.len(), junk);
+        assert_eq!(s.not_itemised.get("unknown_user_agents"), 1);
+        assert_eq!(s.not_itemised_per_key_max.get("unknown_user_agents"), 1);
     }
 
     #[test]
