@@ -1069,6 +1069,111 @@ fn gzip_logs_and_plain_logs_add_up() {
     assert!((n..2 * n).contains(&read), "{read} of {n} + a part");
 }
 
+/// Trial 25: a gzip member's CRC is checked only at its end, so a flipped
+/// bit inside the compressed data decodes into altered lines that are
+/// counted before the damage shows; and a log cut short was named only on
+/// stderr. The JSON, the HTML page (which gets mailed) and the text name
+/// each damaged log and how many of its lines were counted before the
+/// damage was detected.
+#[test]
+fn a_damaged_gzip_log_is_named_in_the_json_html_and_text_reports() {
+    use flate2::write::GzEncoder;
+    use std::io::Read;
+    let text = fixture_text().repeat(5);
+    let lines = text.lines().count() as u64;
+    let mut enc = GzEncoder::new(Vec::new(), flate2::Compression::default());
+    enc.write_all(text.as_bytes()).unwrap();
+    let whole = enc.finish().unwrap();
+    // A flipped bit that still decodes to the end, into other lines.
+    let flipped = (10..whole.len() - 8)
+        .flat_map(|at| (0..8).map(move |bit| (at, 1u8 << bit)))
+        .map(|(at, mask)| {
+            let mut bytes = whole.clone();
+            bytes[at] ^= mask;
+            bytes
+        })
+        .find(|bytes| {
+            let mut out = Vec::new();
+            let result = flate2::read::GzDecoder::new(&bytes[..]).read_to_end(&mut out);
+            result.is_err()
+                && out.len() == text.len()
+                && out != text.as_bytes()
+                && out.iter().filter(|&&b| b == b'\n').count() as u64 == lines
+        })
+        .expect("a flip the CRC alone catches");
+    let dir = tempfile::tempdir().unwrap();
+    let flipped_path = dir.path().join("decisions.log.2.gz");
+    std::fs::write(&flipped_path, flipped).unwrap();
+    let cut_path = dir.path().join("decisions.log.3.gz");
+    std::fs::write(&cut_path, &whole[..whole.len() / 2]).unwrap();
+    let (flipped_arg, cut_arg) = (flipped_path.to_str().unwrap(), cut_path.to_str().unwrap());
+    let args = [fixture_arg(), flipped_arg.to_owned(), cut_arg.to_owned()];
+
+    let r = report_json(&[&args[0], &args[1], &args[2]], None);
+    let damaged = r["damaged_logs"].as_array().expect("damaged_logs");
+    assert_eq!(damaged.len(), 2, "{damaged:?}");
+    assert_eq!(damaged[0]["log"], flipped_arg);
+    assert_eq!(damaged[0]["gzip_member"], 1);
+    assert_eq!(
+        damaged[0]["lines_counted"], lines,
+        "every altered line counted"
+    );
+    assert_eq!(damaged[1]["log"], cut_arg);
+    let cut_lines = damaged[1]["lines_counted"].as_u64().unwrap();
+    assert!((1..lines).contains(&cut_lines), "{cut_lines}");
+    // Only the checksum at the member's end caught the flip.
+    let flip_error = damaged[0]["error"].as_str().unwrap();
+    assert!(flip_error.contains("checksum"), "{flip_error}");
+    assert!(
+        damaged[1]["error"].as_str().unwrap().len() > 3,
+        "{damaged:?}"
+    );
+    let whole_log = report_json(&[&args[0]], None);
+    assert!(whole_log["damaged_logs"].as_array().unwrap().is_empty());
+
+    // The HTML page says it at the top, before the figures.
+    let mut c = sipadmit();
+    c.args(["report", "--html", "-"]).args(&args);
+    let out = run(c, None);
+    assert!(out.status.success());
+    let html = String::from_utf8(out.stdout).unwrap();
+    let note = html
+        .find("id=\"damaged-logs\"")
+        .expect("a note on the damaged logs");
+    assert!(note < html.find("<h2>Figures</h2>").unwrap());
+    let note = &html[note..html[note..].find("</div>").unwrap() + note];
+    assert!(note.contains("may be altered"), "{note}");
+    assert!(
+        note.contains(&format!(
+            "{flipped_arg}: damaged gzip stream ({flip_error}): {lines} lines of its gzip member 1 counted before the damage was detected"
+        )),
+        "{note}"
+    );
+    assert!(note.contains(cut_arg), "{note}");
+
+    // The text, under Logs, and the warning.
+    let mut c = sipadmit();
+    c.arg("report").args(&args);
+    let out = run(c, None);
+    assert!(out.status.success());
+    let plain = String::from_utf8(out.stdout).unwrap();
+    let expected = format!(
+        "Damaged:      {flipped_arg}: damaged gzip stream ({flip_error}): {lines} lines of its gzip member 1 were read before the damage was detected; they were counted and may be altered; the rest of the file was skipped\n"
+    );
+    assert!(plain.contains(&expected), "{plain}");
+    assert!(
+        plain.contains(&format!("Damaged:      {cut_arg}: damaged gzip stream (")),
+        "{plain}"
+    );
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        stderr.contains(&format!(
+            "sipadmit: report: warning: {flipped_arg}: damaged gzip stream ({flip_error}): {lines} lines of its gzip member 1 were read before the damage was detected; they were counted and may be altered"
+        )),
+        "{stderr}"
+    );
+}
+
 /// Trial 25: a log with 10,000 one-off User-Agents (a scan), then the real
 /// unknown client 50,000 times. A table that kept the first 10,000 keys
 /// seen listed only the scan, and proposed catalog entries for it.

@@ -58,6 +58,7 @@ svg text{font:13px system-ui,sans-serif;fill:#333}\
 .wide{display:flex;flex-wrap:wrap;gap:0 3em;align-items:flex-start}\
 pre{background:#f7f7f7;border:1px solid #ddd;padding:.7em;overflow-x:auto}\
 .legend span{display:inline-block;margin-right:1.2em}.swatch{display:inline-block;width:.9em;height:.9em;margin-right:.35em;vertical-align:middle}\
+.damaged{border:2px solid #b3261e;border-radius:6px;padding:0 1em;margin:1em 0}\
 .note{color:#555}.empty{color:#777;font-style:italic}";
 
 /// Escape text for HTML content and attribute values (and SVG in HTML).
@@ -122,6 +123,26 @@ pub fn render(s: &Summary) -> String {
     out
 }
 
+/// The logs read only up to a damage, when there are any: said at the top,
+/// where a reader of a mailed page sees it.
+fn damaged_logs(out: &mut String, s: &Summary) {
+    if s.damaged_logs.is_empty() {
+        return;
+    }
+    out.push_str("<div class=\"damaged\" id=\"damaged-logs\"><p><b>Damaged logs: counted up to the damage only.</b> gzip checks a member's checksum only at its end, so the lines read before the damage was detected were counted and may be altered; the rest of each file was skipped.</p><ul>");
+    for d in &s.damaged_logs {
+        let _ = write!(
+            out,
+            "<li>{}: damaged gzip stream ({}): {} lines of its gzip member {} counted before the damage was detected</li>",
+            escape(&d.log),
+            escape(&d.error),
+            d.lines_counted,
+            d.gzip_member
+        );
+    }
+    out.push_str("</ul></div>\n");
+}
+
 fn overview(out: &mut String, s: &Summary) {
     let bound = |b: Option<super::summary::Millis>| b.map_or("-".to_owned(), |t| t.to_string());
     let _ = writeln!(
@@ -140,6 +161,7 @@ fn overview(out: &mut String, s: &Summary) {
             String::new()
         }
     );
+    damaged_logs(out, s);
     let repeats = s.records_read - s.records - s.protocol_answers.total;
     let _ = writeln!(
         out,

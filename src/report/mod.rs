@@ -112,8 +112,8 @@ pub enum ReportError {
         #[source]
         source: io::Error,
     },
-    /// A log could not be read to its end (an I/O error, a corrupt or
-    /// truncated gzip stream).
+    /// A log could not be read to its end: an I/O error (a damaged gzip
+    /// stream is no error: it is read up to the damage, see [`Damaged`]).
     #[error("cannot read decision log {name}")]
     Read {
         /// The path, or `stdin`.

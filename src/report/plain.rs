@@ -161,6 +161,16 @@ fn overview(out: &mut String, s: &Summary) {
     out.push_str("sipadmit decision report\n");
     out.push_str("========================\n");
     let _ = writeln!(out, "Logs:         {}", cell(&s.logs.join(", ")));
+    for d in &s.damaged_logs {
+        let _ = writeln!(
+            out,
+            "Damaged:      {}: damaged gzip stream ({}): {} lines of its gzip member {} were read before the damage was detected; they were counted and may be altered; the rest of the file was skipped",
+            terminal_safe(&d.log),
+            terminal_safe(&d.error),
+            d.lines_counted,
+            d.gzip_member,
+        );
+    }
     let _ = writeln!(
         out,
         "Records:      {} read ({} malformed lines skipped, {} records outside the time range)",

@@ -58,6 +58,12 @@ impl Serialize for NamedCounts {
 pub struct Summary {
     /// The logs read, as named on the command line (`stdin` for stdin).
     pub logs: Vec<String>,
+    /// The gzip logs that could be read only up to a damage (cut short, a
+    /// corrupt block, a checksum that does not match), in reading order;
+    /// empty when every log was read whole. Each was counted up to the
+    /// damage, and the lines of its damaged member read before the damage
+    /// was detected may be altered.
+    pub damaged_logs: Vec<DamagedLog>,
     /// Which records the decision tables count: `once` (each call once
     /// per client: the client's leg, and the registrar's leg only when it
     /// carries a decision the client's leg did not) or `both` (`--legs
@@ -140,6 +146,26 @@ pub struct Summary {
     pub not_itemised_per_key_max: NamedCounts,
     /// Decisions over time.
     pub over_time: OverTime,
+}
+
+/// A gzip log read only up to a damage.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DamagedLog {
+    /// The log, as named on the command line (`stdin` for stdin).
+    pub log: String,
+    /// What the decompressor said, e.g. `corrupt gzip stream does not have
+    /// a matching checksum` (altered data, caught at the member's end),
+    /// `corrupt deflate stream`, or `incomplete deflate stream` (a file cut
+    /// short).
+    pub error: String,
+    /// The gzip member the damage is in, from 1 (a logrotate file has one;
+    /// the members before it were intact).
+    pub gzip_member: u64,
+    /// Lines of that member read before the damage was detected: counted
+    /// (as records, records outside the time range, or malformed lines),
+    /// and they may be altered (gzip checks a member's checksum only at its
+    /// end). The rest of the log was skipped.
+    pub lines_counted: u64,
 }
 
 /// One role's records by action.

@@ -15,7 +15,7 @@ use super::capped::CappedTable;
 use super::record::RecordView;
 use super::snippet::{catalog_snippet, match_rule, Covered, MatchRule};
 use super::summary::{
-    ByLeg, CatalogSnippet, ClientSummary, KeyCount, LegCounts, Millis, NamedCounts,
+    ByLeg, CatalogSnippet, ClientSummary, DamagedLog, KeyCount, LegCounts, Millis, NamedCounts,
     ProtocolAnswers, ProtocolRule, Registers, RejectedAndFlagged, RoleActions, Summary,
     UnknownUserAgent, VersionCount, WouldReject,
 };
@@ -197,6 +197,8 @@ pub struct Tally<'c> {
     /// classified once (a value dropped from the table is classified again).
     user_agent_classes: CappedTable<String, Option<UserAgentClass<'c>>>,
     timeline: Timeline,
+    /// Gzip logs read only up to a damage, in reading order.
+    damaged: Vec<DamagedLog>,
 }
 
 impl<'c> Tally<'c> {
@@ -235,6 +237,7 @@ impl<'c> Tally<'c> {
             unknown_user_agents: CappedTable::default(),
             user_agent_classes: CappedTable::default(),
             timeline: Timeline::default(),
+            damaged: Vec::new(),
         }
     }
 
@@ -257,6 +260,17 @@ impl<'c> Tally<'c> {
     /// Count one line that was too long to be a record.
     pub fn add_malformed(&mut self) {
         self.malformed_lines += 1;
+    }
+
+    /// Lines counted so far: records (inside the time range or not) and
+    /// malformed lines.
+    pub fn lines(&self) -> u64 {
+        self.records_read + self.outside_time_range + self.malformed_lines
+    }
+
+    /// Note a log that could be read only up to a damage, for the report.
+    pub fn add_damaged(&mut self, damaged: DamagedLog) {
+        self.damaged.push(damaged);
     }
 
     /// Count one record: a protocol answer in its own tables; a policy
@@ -379,6 +393,7 @@ impl<'c> Tally<'c> {
         let by_role_and_action = role_action_rows(&self.by_role_action, &role_totals);
         Summary {
             logs: Vec::new(),
+            damaged_logs: self.damaged,
             legs: self.legs.as_str(),
             records_read: self.records_read,
             undelivered: self.undelivered,
