@@ -46,10 +46,15 @@ const MAX_START_LINE_BYTES: usize = 8192;
 
 /// Whether `bytes` begin with a SIP start line: a status line
 /// (`SIP/2.0 ...`) or a request line ending in ` SIP/2.0` (RFC 3261 7.1,
-/// 7.2). Says what a peer is speaking before anything is parsed (another
-/// service at a registrar's address does not speak SIP); it does not say
-/// the message is valid.
+/// 7.2), after any CRLFs before it (RFC 3261 7.5). Says what a peer is
+/// speaking before anything is parsed (another service at a registrar's
+/// address does not speak SIP); it does not say the message is valid.
 pub fn has_sip_start_line(bytes: &[u8]) -> bool {
+    let start = bytes
+        .iter()
+        .position(|&b| b != b'\r' && b != b'\n')
+        .unwrap_or(bytes.len());
+    let bytes = &bytes[start..];
     let head = &bytes[..bytes.len().min(MAX_START_LINE_BYTES)];
     let Some(end) = memchr::memchr(b'\n', head) else {
         return false;
@@ -292,6 +297,7 @@ mod tests {
             b"sip/2.0 503 Busy\r\n",
             b"OPTIONS sip:127.0.0.1 SIP/2.0\r\nVia: x\r\n",
             b"REGISTER sip:example.com SIP/2.0\n",
+            b"\r\n\r\nSIP/2.0 200 OK\r\n",
         ] {
             assert!(
                 has_sip_start_line(sip),
