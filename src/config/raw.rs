@@ -220,9 +220,9 @@ pub struct RawLimits {
     pub drain_secs: u64,
     /// Bytes of messages the queue to a TCP/TLS upstream may hold (65536..=
     /// 1099511627776); client connections stop reading while less than a
-    /// quarter would be free once what they read is queued (a message larger
-    /// than three quarters waits for it to empty), and a message that finds
-    /// it full, or is larger than all of it, is answered `503` (rule
+    /// quarter would be free once what they read is queued (waiting ones go
+    /// in turn; one larger than three quarters once it fits at all), and a
+    /// message that finds it full, or is larger than all of it, is answered `503` (rule
     /// `proxy.upstream-busy`). Default 33554432 (32 MiB, about 50000
     /// REGISTERs).
     pub upstream_queue_bytes: usize,

@@ -864,7 +864,9 @@ impl Metrics {
 
     /// A message arrived from the UDP upstream: it is reachable again.
     pub fn note_udp_upstream_heard(&self) {
-        self.udp_upstream_heard.store(true, Ordering::Relaxed);
+        if !self.udp_upstream_heard.load(Ordering::Relaxed) {
+            self.udp_upstream_heard.store(true, Ordering::Relaxed);
+        }
         self.udp_upstream_unreachable.clear();
     }
 

@@ -81,10 +81,12 @@ pub struct UpstreamBacklog {
     /// them): counted as queued by the readers, so that connections reading
     /// on meanwhile do not all find the same room.
     promised: AtomicUsize,
-    /// Client messages too large to leave a quarter of the queue free that
-    /// wait for it to empty: other client messages wait behind them, so
-    /// that steady small traffic cannot starve them.
-    large_waiting: AtomicUsize,
+    /// Client messages waiting for room: while there are any, new ones
+    /// wait their turn behind them (through `turn`), so that steady small
+    /// traffic cannot starve a large one.
+    waiting: AtomicUsize,
+    /// The turns of the waiting client messages (a fair mutex).
+    turn: tokio::sync::Mutex<()>,
     capacity: usize,
     /// Wakes the readers waiting for room.
     taken: Notify,
@@ -105,7 +107,8 @@ impl UpstreamBacklog {
         Self {
             queued: AtomicUsize::new(0),
             promised: AtomicUsize::new(0),
-            large_waiting: AtomicUsize::new(0),
+            waiting: AtomicUsize::new(0),
+            turn: tokio::sync::Mutex::new(()),
             capacity,
             taken: Notify::new(),
             unanswered: AtomicUsize::new(0),
@@ -179,44 +182,56 @@ impl UpstreamBacklog {
     /// and not queued yet; the room it is given is counted among those
     /// until it is dropped (by the dispatcher once it has queued or
     /// answered the message; or with the message, wherever it is dropped).
-    /// A message too large ever to leave that quarter free goes once
-    /// nothing is ahead of it, and the messages after it wait behind it; one
-    /// larger than the whole queue goes at once (to be answered `503`).
+    /// Messages that wait go first come, first served (a large one is not
+    /// overtaken by a stream of small ones); one too large ever to leave
+    /// that quarter free goes once it fits at all; one larger than the
+    /// whole queue goes at once (to be answered `503`). `bytes` is the
+    /// message as received, with [`EDIT_ALLOWANCE`] for what the proxy adds.
     pub async fn room_for_clients(self: &Arc<Self>, bytes: usize) -> UpstreamRoom {
-        let reserve = self.capacity / 4;
-        let large = bytes + reserve > self.capacity;
-        let mut waiting_large = None;
+        let bytes = bytes + EDIT_ALLOWANCE;
+        if self.waiting.load(Ordering::Relaxed) == 0 && self.try_promise(bytes) {
+            return self.room(bytes);
+        }
+        let _waiting = Waiting::new(self);
+        // Tokio's mutex is fair: the waiters take their turns in order.
+        let _turn = self.turn.lock().await;
         loop {
             let taken = self.taken.notified();
             tokio::pin!(taken);
             taken.as_mut().enable();
-            let let_through =
-                self.promised
-                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |promised| {
-                        let ahead = self.queued() + promised;
-                        let fits = if bytes > self.capacity {
-                            true
-                        } else if large {
-                            ahead == 0
-                        } else {
-                            ahead + bytes + reserve <= self.capacity
-                                && self.large_waiting.load(Ordering::Relaxed) == 0
-                        };
-                        fits.then_some(promised + bytes)
-                    });
-            if let_through.is_ok() {
-                return UpstreamRoom {
-                    backlog: self.clone(),
-                    bytes,
-                };
-            }
-            if large && waiting_large.is_none() {
-                waiting_large = Some(LargeWaiting::new(self));
+            if self.try_promise(bytes) {
+                return self.room(bytes);
             }
             taken.await;
         }
     }
+
+    /// Count `bytes` as promised if a client message of that size fits now.
+    fn try_promise(&self, bytes: usize) -> bool {
+        let reserve = self.capacity / 4;
+        self.promised
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |promised| {
+                let ahead = self.queued() + promised;
+                let fits = ahead + bytes + reserve <= self.capacity
+                    || (bytes + reserve > self.capacity && ahead + bytes <= self.capacity)
+                    || bytes > self.capacity;
+                fits.then_some(promised + bytes)
+            })
+            .is_ok()
+    }
+
+    fn room(self: &Arc<Self>, bytes: usize) -> UpstreamRoom {
+        UpstreamRoom {
+            backlog: self.clone(),
+            bytes,
+        }
+    }
 }
+
+/// Bytes counted for what the proxy adds to a client's request on its way
+/// to the registrar (its Via, a Path or Record-Route with a flow token), on
+/// top of the message as received.
+pub const EDIT_ALLOWANCE: usize = 1024;
 
 /// Room a stream client's message holds in the queue to a stream upstream
 /// from its connection's reader to the dispatcher
@@ -240,21 +255,21 @@ impl Drop for UpstreamRoom {
     }
 }
 
-/// A large client message waiting in [`UpstreamBacklog::room_for_clients`]
-/// (counted in `large_waiting` while it waits, however its wait ends).
-struct LargeWaiting<'b>(&'b UpstreamBacklog);
+/// A client message waiting in [`UpstreamBacklog::room_for_clients`]
+/// (counted in `waiting` while it waits, however its wait ends: messages
+/// that arrive meanwhile wait their turn behind it).
+struct Waiting<'b>(&'b UpstreamBacklog);
 
-impl<'b> LargeWaiting<'b> {
+impl<'b> Waiting<'b> {
     fn new(backlog: &'b UpstreamBacklog) -> Self {
-        backlog.large_waiting.fetch_add(1, Ordering::Relaxed);
+        backlog.waiting.fetch_add(1, Ordering::Relaxed);
         Self(backlog)
     }
 }
 
-impl Drop for LargeWaiting<'_> {
+impl Drop for Waiting<'_> {
     fn drop(&mut self) {
-        self.0.large_waiting.fetch_sub(1, Ordering::Relaxed);
-        self.0.taken.notify_waiters();
+        self.0.waiting.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -980,14 +995,19 @@ impl UpstreamWatch {
 
     /// Forget what was sent and not answered.
     fn forget_unanswered(&self) {
-        // Loads first: on the path of every message from the upstream.
-        if self.unanswered_since.load(Ordering::Relaxed) != 0
-            || self.silence_began.load(Ordering::Relaxed) != 0
-        {
-            self.unanswered_since.store(0, Ordering::Relaxed);
-            self.silence_began.store(0, Ordering::Relaxed);
-            self.pending.store(0, Ordering::Relaxed);
-            self.probes.store(0, Ordering::Relaxed);
+        // On the path of every message from the upstream: each field is
+        // loaded, and stored only when set (the last three only in a
+        // silence).
+        let clear = |field: &AtomicU64| {
+            if field.load(Ordering::Relaxed) != 0 {
+                field.store(0, Ordering::Relaxed);
+            }
+        };
+        clear(&self.unanswered_since);
+        clear(&self.pending);
+        clear(&self.probes);
+        clear(&self.silence_began);
+        if self.requests_unanswered.load(Ordering::Relaxed) {
             self.requests_unanswered.store(false, Ordering::Relaxed);
         }
     }
@@ -1031,30 +1051,41 @@ impl UpstreamWatch {
     ) -> bool {
         let silent = self.silent.load(Ordering::Relaxed);
         let since = match self.unanswered_since.load(Ordering::Relaxed) {
-            0 => return silent,
+            0 => {
+                // A request counted just as a silence was noted (on another
+                // worker) is timed from now.
+                if self.pending.load(Ordering::Relaxed) + self.probes.load(Ordering::Relaxed) > 0 {
+                    self.awaits_answer(now);
+                }
+                return silent;
+            }
             at => at,
         };
         if now.saturating_duration_since(self.instant(since)) < SILENCE {
             return silent;
         }
-        // What is sent from now on is judged by its own SILENCE (a
-        // registrar back since the last evidence gets its chance); the
-        // silence as a whole is timed from its first request or probe.
+        // What is sent from now on is timed anew, from the first request
+        // or probe after this check (a registrar back since the last
+        // evidence gets its chance); the silence as a whole is timed from
+        // its first request or probe.
         self.unanswered_since.store(0, Ordering::Relaxed);
-        let began = match self.silence_began.load(Ordering::Relaxed) {
-            0 => {
-                self.silence_began.store(since, Ordering::Relaxed);
-                since
-            }
-            began => began,
-        };
-        let silent_for = now.saturating_duration_since(self.instant(began));
         let requests = self.pending.swap(0, Ordering::Relaxed);
         let probes = self.probes.swap(0, Ordering::Relaxed);
         crate::observe::metrics::Metrics::add(&metrics.upstream_silent_requests, requests as usize);
-        if requests + probes == 0 && silent {
-            return true;
+        if requests + probes == 0 {
+            // Nothing new (or the upstream was just heard from).
+            return silent;
         }
+        let began = match self.silence_began.compare_exchange(
+            0,
+            since,
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        ) {
+            Ok(_) => since,
+            Err(began) => began,
+        };
+        let silent_for = now.saturating_duration_since(self.instant(began));
         // Told when it begins and with each request gone unanswered since,
         // not for every probe of a registrar that stays down.
         if !silent || requests > 0 {
@@ -1405,93 +1436,85 @@ mod tests {
         ctx.shutdown.cancel();
     }
 
+    /// A client message of this size as received counts `n` bytes.
+    fn received(n: usize) -> usize {
+        n - EDIT_ALLOWANCE
+    }
+
+    async fn let_through(task: tokio::task::JoinHandle<UpstreamRoom>) -> UpstreamRoom {
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .expect("let through")
+            .unwrap()
+    }
+
+    fn wait_for_room(
+        budget: &Arc<UpstreamBacklog>,
+        n: usize,
+    ) -> tokio::task::JoinHandle<UpstreamRoom> {
+        let budget = budget.clone();
+        tokio::spawn(async move { budget.room_for_clients(received(n)).await })
+    }
+
+    async fn still_waits(task: &tokio::task::JoinHandle<UpstreamRoom>) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!task.is_finished());
+    }
+
     #[tokio::test]
     async fn client_readers_wait_while_less_than_a_quarter_of_the_queue_is_free() {
-        let budget = Arc::new(UpstreamBacklog::new(1000));
-        assert!(budget.try_add(700));
-        // 700 + 100 + 250 (the reserve) > 1000: a client message waits ...
-        let waiting = tokio::spawn({
-            let budget = budget.clone();
-            async move { budget.room_for_clients(100).await }
-        });
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        assert!(!waiting.is_finished());
+        let budget = Arc::new(UpstreamBacklog::new(10_000));
+        assert!(budget.try_add(7000));
+        // 7000 + 1100 + 2500 (the reserve) > 10000: a client message waits ...
+        let waiting = wait_for_room(&budget, 1100);
+        still_waits(&waiting).await;
         // ... while what cannot wait still fits, up to the bound.
-        assert!(budget.try_add(300));
+        assert!(budget.try_add(3000));
         assert!(!budget.try_add(1), "full");
         // The link takes messages: room again.
-        budget.remove(700);
-        tokio::time::timeout(Duration::from_secs(5), waiting)
-            .await
-            .expect("woken")
-            .unwrap();
+        budget.remove(7000);
+        let_through(waiting).await;
     }
 
     #[tokio::test]
     async fn client_messages_let_through_count_until_the_dispatcher_takes_them() {
-        let budget = Arc::new(UpstreamBacklog::new(1000));
-        let through = |bytes| {
-            let budget = budget.clone();
-            tokio::spawn(async move { budget.room_for_clients(bytes).await })
-        };
-        let wait = |task: tokio::task::JoinHandle<UpstreamRoom>| async move {
-            tokio::time::timeout(Duration::from_secs(5), task)
-                .await
-                .expect("let through")
-                .unwrap()
-        };
-        // Nothing queued yet: two of 300 bytes fit beside the reserve ...
-        let first = wait(through(300)).await;
-        let _second = wait(through(300)).await;
+        let budget = Arc::new(UpstreamBacklog::new(10_000));
+        // Nothing queued yet: two of 3000 bytes fit beside the reserve ...
+        let first = let_through(wait_for_room(&budget, 3000)).await;
+        let _second = let_through(wait_for_room(&budget, 3000)).await;
         // ... a third would leave less than a quarter free once all three
         // are queued: it waits, though nothing is queued yet.
-        let third = through(300);
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        assert!(!third.is_finished());
+        let third = wait_for_room(&budget, 3000);
+        still_waits(&third).await;
         // The dispatcher took the first and answered it itself: room again.
         drop(first);
-        wait(third).await;
+        let_through(third).await;
     }
 
     #[tokio::test]
-    async fn a_client_message_too_large_for_the_reserve_goes_once_nothing_is_ahead() {
-        let budget = Arc::new(UpstreamBacklog::new(1000));
-        assert!(budget.try_add(100));
-        // 800 + 250 (the reserve) never fits: it waits while anything is
-        // ahead of it ...
-        let large = tokio::spawn({
-            let budget = budget.clone();
-            async move { budget.room_for_clients(800).await }
-        });
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        assert!(!large.is_finished());
-        // ... and a small one that would fit waits behind it (steady small
-        // traffic must not starve it) ...
-        let small = tokio::spawn({
-            let budget = budget.clone();
-            async move { budget.room_for_clients(100).await }
-        });
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        assert!(!small.is_finished());
-        // ... it goes once the queue is empty, instead of waiting forever,
-        budget.remove(100);
-        let room = tokio::time::timeout(Duration::from_secs(5), large)
-            .await
-            .expect("let through")
-            .unwrap();
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        assert!(!small.is_finished());
-        // and the small one once it is queued.
+    async fn waiting_client_messages_go_in_turn_a_large_one_when_it_fits() {
+        let budget = Arc::new(UpstreamBacklog::new(10_000));
+        assert!(budget.try_add(2500));
+        // 8000 + 2500 (the reserve) never fits: it waits for room for
+        // itself alone (2500 + 8000 > 10000) ...
+        let large = wait_for_room(&budget, 8000);
+        still_waits(&large).await;
+        // ... and a small one that would fit waits its turn behind it
+        // (steady small traffic must not starve it) ...
+        let small = wait_for_room(&budget, 1100);
+        still_waits(&small).await;
+        // ... it goes once it fits, instead of waiting for an empty queue,
+        budget.remove(500);
+        let room = let_through(large).await;
+        still_waits(&small).await;
+        // and the small one after it, once the room is there.
         drop(room);
-        assert!(budget.try_add(800));
-        budget.remove(800);
-        tokio::time::timeout(Duration::from_secs(5), small)
-            .await
-            .expect("let through")
-            .unwrap();
+        assert!(budget.try_add(8000));
+        still_waits(&small).await;
+        budget.remove(8000);
+        let_through(small).await;
         // One larger than the whole queue goes at once (to be answered 503).
-        assert!(budget.try_add(100));
-        tokio::time::timeout(Duration::from_secs(5), budget.room_for_clients(1500))
+        tokio::time::timeout(Duration::from_secs(5), budget.room_for_clients(20_000))
             .await
             .expect("at once");
     }
