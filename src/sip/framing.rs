@@ -50,11 +50,8 @@ const MAX_START_LINE_BYTES: usize = 8192;
 /// speaking before anything is parsed (another service at a registrar's
 /// address does not speak SIP); it does not say the message is valid.
 pub fn has_sip_start_line(bytes: &[u8]) -> bool {
-    let start = bytes
-        .iter()
-        .position(|&b| b != b'\r' && b != b'\n')
-        .unwrap_or(bytes.len());
-    let bytes = &bytes[start..];
+    // The CRLFs the parser skips, as it skips them.
+    let bytes = &bytes[super::view::skip_leading_crlfs(bytes)..];
     let head = &bytes[..bytes.len().min(MAX_START_LINE_BYTES)];
     let Some(end) = memchr::memchr(b'\n', head) else {
         return false;

@@ -346,7 +346,7 @@ struct HeaderSection {
 /// Where the start line begins: after the CRLFs stream transports may
 /// carry before it (RFC 3261 7.5).
 #[inline]
-fn skip_leading_crlfs(buf: &[u8]) -> usize {
+pub(super) fn skip_leading_crlfs(buf: &[u8]) -> usize {
     let mut pos = 0;
     while buf[pos..].starts_with(b"\r\n") {
         pos += 2;
