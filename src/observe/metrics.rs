@@ -95,11 +95,15 @@ pub enum DropReason {
     /// whose request went on over UDP, or a response after it: the client
     /// transaction sipadmit keeps for it is completed.
     AfterFinal,
+    /// A TCP/TLS client's message read in full whose connection was closed
+    /// (evicted, or sipadmit stopping) while the message waited for room
+    /// in the queue to a stream registrar: no answer can reach its client.
+    ConnectionClosed,
 }
 
 impl DropReason {
     /// Every reason, in render order.
-    pub const ALL: [Self; 14] = [
+    pub const ALL: [Self; 15] = [
         Self::Malformed,
         Self::ForeignResponse,
         Self::MalformedResponse,
@@ -114,6 +118,7 @@ impl DropReason {
         Self::DecidedBefore,
         Self::AfterTimeout,
         Self::AfterFinal,
+        Self::ConnectionClosed,
     ];
 
     /// Label value.
@@ -133,6 +138,7 @@ impl DropReason {
             Self::DecidedBefore => "decided_before",
             Self::AfterTimeout => "after_timeout",
             Self::AfterFinal => "after_final",
+            Self::ConnectionClosed => "connection_closed",
         }
     }
 }

@@ -494,7 +494,10 @@ async fn read_messages<S>(
     debug!(leg = info.leg.as_str(), "connection open");
     let mut state = ReadState::new(ctx);
     let stop = loop {
-        if state.frame_buffered(id, info, ctx, &mut hearing).await {
+        if state
+            .frame_buffered(id, info, ctx, &mut hearing, &closing)
+            .await
+        {
             break Stop::Closed;
         }
         state.settle();
@@ -545,7 +548,7 @@ async fn read_messages<S>(
         };
         match read {
             Ok(0) => {
-                state.frame_at_eof(id, info, ctx, &hearing).await;
+                state.frame_at_eof(id, info, ctx, &hearing, &closing).await;
                 break Stop::Closed;
             }
             Ok(_) => {}
@@ -635,6 +638,7 @@ impl ReadState {
         info: ConnectionInfo,
         ctx: &TransportContext,
         hearing: &mut Hearing<'_>,
+        closing: &CancellationToken,
     ) -> bool {
         loop {
             match self.codec.decode(&mut self.buf) {
@@ -644,7 +648,7 @@ impl ReadState {
                     if !hearing.note(&frame, ctx, info) {
                         continue;
                     }
-                    let handled = handle_frame(frame, id, info, ctx).await;
+                    let handled = handle_frame(frame, id, info, ctx, closing).await;
                     if let Hearing::Slot(slot) = hearing {
                         // A keep-alive refreshes a known flow, never makes one.
                         let proven = match handled {
@@ -676,11 +680,12 @@ impl ReadState {
         info: ConnectionInfo,
         ctx: &TransportContext,
         hearing: &Hearing<'_>,
+        closing: &CancellationToken,
     ) {
         match self.codec.decode_eof(&mut self.buf) {
             Ok(Some(frame)) => {
                 if hearing.note(&frame, ctx, info) {
-                    handle_frame(frame, id, info, ctx).await;
+                    handle_frame(frame, id, info, ctx, closing).await;
                 }
             }
             Ok(None) => {}
@@ -764,12 +769,15 @@ enum Handled {
 }
 
 /// Handle one frame: answer a ping, hand a message to the dispatcher (after
-/// its source's rate limit).
+/// its source's rate limit). A client's message that waits for room in the
+/// queue to a stream upstream stops waiting when its connection is closed
+/// (evicted, or sipadmit stopping): it is dropped, logged and counted.
 async fn handle_frame(
     frame: Frame,
     id: ConnectionId,
     info: ConnectionInfo,
     ctx: &TransportContext,
+    closing: &CancellationToken,
 ) -> Handled {
     match frame {
         Frame::Ping => {
@@ -797,8 +805,20 @@ async fn handle_frame(
                     // stream upstream is nearly full.
                     let event = match (event, &ctx.upstream_backlog, info.leg) {
                         (Event::Received(inbound), Some(backlog), Leg::FromClient) => {
-                            let room = backlog.room_for_clients(inbound.bytes.len()).await;
-                            Event::HoldingRoom { inbound, room }
+                            tokio::select! {
+                                room = backlog.room_for_clients(inbound.bytes.len()) => {
+                                    Event::HoldingRoom { inbound, room }
+                                }
+                                () = closing.cancelled() => {
+                                    ctx.metrics.count_drop(DropReason::ConnectionClosed);
+                                    info!(
+                                        bytes = inbound.bytes.len(),
+                                        queued = backlog.queued(),
+                                        "connection closed while its message waited for room in the queue to the registrar; message dropped"
+                                    );
+                                    return Handled::Stop;
+                                }
+                            }
                         }
                         (event, ..) => event,
                     };
@@ -1117,6 +1137,54 @@ mod tests {
             conn.read_exact(&mut pong).await.unwrap();
         }
         assert_eq!(ctx.slots.in_use(), (2, 0));
+        ctx.shutdown.cancel();
+    }
+
+    #[tokio::test]
+    async fn a_message_waiting_for_upstream_room_does_not_keep_an_evicted_connection() {
+        use crate::transport::upstream::{UpstreamBacklog, EDIT_ALLOWANCE};
+        let (tx, mut events) = mpsc::channel(16);
+        let mut ctx = TransportContext::for_tests(tx, 2);
+        let backlog = Arc::new(UpstreamBacklog::new(10_000));
+        Arc::get_mut(&mut ctx).unwrap().upstream_backlog = Some(backlog.clone());
+        // The queue to the registrar is full: held by a message let through.
+        let _full = backlog.room_for_clients(10_000 - EDIT_ALLOWANCE).await;
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let at = Listener {
+            transport: Transport::Tcp,
+            local: addr.into(),
+        };
+        tokio::spawn(accept(listener, at, ctx.clone(), |tcp| {
+            std::future::ready(Some(tcp))
+        }));
+        // Its first message waits for room: the connection is half-open.
+        let mut waiting = TcpStream::connect(addr).await.unwrap();
+        waiting.write_all(MESSAGE).await.unwrap();
+        let mut pong = [0u8; 2];
+        let mut other = TcpStream::connect(addr).await.unwrap();
+        other.write_all(b"\r\n\r\n").await.unwrap();
+        other.read_exact(&mut pong).await.unwrap();
+        // The pool is full: a third connection evicts the oldest half-open
+        // one, whose message stops waiting and whose slot comes free.
+        let _third = TcpStream::connect(addr).await.unwrap();
+        let mut rest = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), waiting.read_to_end(&mut rest))
+            .await
+            .expect("the evicted connection closes though its message waits")
+            .unwrap();
+        assert!(rest.is_empty());
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while ctx.metrics.drops(DropReason::ConnectionClosed) == 0
+                || ctx.slots.in_use() != (2, 0)
+            {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .expect("the message counted as dropped, the slot given back");
+        assert_eq!(ctx.metrics.drops(DropReason::ConnectionClosed), 1);
+        assert!(events.try_recv().is_err(), "nothing reached the dispatcher");
         ctx.shutdown.cancel();
     }
 }
