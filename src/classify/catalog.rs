@@ -128,15 +128,6 @@ impl fmt::Display for ProblemList<'_> {
 
 // === raw (serde) form ===
 
-/// The file: only the `[[clients]]` array. Entries stay TOML values so that
-/// each one is deserialized on its own and its errors get a key path.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawCatalog {
-    #[serde(default)]
-    clients: Vec<toml::Value>,
-}
-
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawClient {
@@ -408,10 +399,32 @@ impl Catalog {
 
     /// Parses, validates and compiles a catalog from TOML text.
     pub fn from_toml_str(text: &str) -> Result<Self, CatalogError> {
-        let raw: RawCatalog = toml::from_str(text).map_err(|e| parse_error(text, &e))?;
+        // The file holds only the `[[clients]]` array. It is read as a
+        // table, each entry checked on its own, so that every problem is
+        // told with its key path, an unknown key beside the rest.
+        let table: std::collections::BTreeMap<toml::Spanned<String>, toml::Value> =
+            toml::from_str(text).map_err(|e| parse_error(text, &e))?;
         let mut builder = Builder::default();
-        for (i, value) in raw.clients.into_iter().enumerate() {
-            builder.client(i, value);
+        for (key, value) in table {
+            let line = line_of(text, key.span().start);
+            match (key.get_ref().as_str(), value) {
+                ("clients", toml::Value::Array(clients)) => {
+                    for (i, value) in clients.into_iter().enumerate() {
+                        builder.client(i, value);
+                    }
+                }
+                ("clients", other) => builder.problem(
+                    "clients",
+                    format!(
+                        "expected an array of tables ([[clients]]), found {}",
+                        other.type_str()
+                    ),
+                ),
+                (key, _) => builder.problem(
+                    key,
+                    format!("line {line}: unknown field `{key}`, expected `clients`"),
+                ),
+            }
         }
         let mut catalog = builder.finish()?;
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
@@ -592,11 +605,17 @@ fn builtin(id: &str, name: &str) -> ClientProduct {
     }
 }
 
+/// The 1-based line of byte `offset` of `text`.
+fn line_of(text: &str, offset: usize) -> usize {
+    let before = text.get(..offset.min(text.len())).unwrap_or(text);
+    before.matches('\n').count() + 1
+}
+
 /// Maps a TOML/serde error to line and column.
 fn parse_error(text: &str, error: &toml::de::Error) -> CatalogError {
     let offset = error.span().map_or(0, |s| s.start).min(text.len());
     let before = text.get(..offset).unwrap_or(text);
-    let line = before.matches('\n').count() + 1;
+    let line = line_of(text, offset);
     let line_start = before.rfind('\n').map_or(0, |i| i + 1);
     let column = before[line_start..].chars().count() + 1;
     CatalogError::Parse {
@@ -1522,6 +1541,37 @@ support = "unsupported"
     }
 
     #[test]
+    fn an_unknown_top_level_key_is_told_beside_the_entries_problems() {
+        let text = r#"
+schema = 2
+[[clients]]
+id = "a"
+name = "A"
+category = "nonsense"
+support = "supported"
+[[clients.match]]
+token = "OC"
+"#;
+        let got = problems(text);
+        assert_eq!(got.len(), 2, "{got:#?}");
+        assert!(
+            got.iter()
+                .any(|p| p == "schema: line 2: unknown field `schema`, expected `clients`"),
+            "{got:#?}"
+        );
+        assert!(
+            got.iter()
+                .any(|p| p.starts_with("clients[0].category: unknown category")),
+            "{got:#?}"
+        );
+        let got = problems("[clients]\nid = \"x\"\n");
+        assert_eq!(
+            got,
+            ["clients: expected an array of tables ([[clients]]), found table"]
+        );
+    }
+
+    #[test]
     fn unknown_keys_are_refused_with_their_path() {
         let rule_key = r#"
 [[clients]]
@@ -1592,14 +1642,11 @@ version = 1.5
             ]
         );
 
-        // Top level: serde refuses it with its line.
-        match Catalog::from_toml_str("\n\n[settings]\nx = 1\n") {
-            Err(CatalogError::Parse { line, message, .. }) => {
-                assert_eq!(line, 3, "{message}");
-                assert!(message.contains("unknown field `settings`"), "{message}");
-            }
-            other => panic!("expected a parse error, got {other:?}"),
-        }
+        // Top level: refused with its line.
+        assert_eq!(
+            problems("\n\n[settings]\nx = 1\n"),
+            ["settings: line 3: unknown field `settings`, expected `clients`"]
+        );
     }
 
     #[test]
