@@ -268,6 +268,14 @@ fn report(args: cli::ReportArgs) -> anyhow::Result<ExitCode> {
             eprintln!("sipadmit: report: warning: {damage}");
         }
     }
+    for m in tally.malformed_logs() {
+        eprintln!(
+            "sipadmit: report: warning: {}: {} malformed line(s) skipped (not decision records), the first at line {}",
+            sipadmit::terminal_text::terminal_safe(&m.log),
+            m.lines,
+            m.first_line
+        );
+    }
     let mut summary = tally.finish();
     summary.logs = names;
     let text = if let Some(path) = args.html.as_ref().filter(|p| p.as_os_str() != "-") {

@@ -2060,3 +2060,72 @@ fn html_report_renders_in_headless_chromium_with_its_figures() {
         blank.len()
     );
 }
+
+/// Malformed lines are counted and their place told: which log, how many,
+/// the first one's line, in the JSON, the text (and its warning) and the
+/// HTML; a log without any is not listed.
+#[test]
+fn malformed_lines_are_told_with_their_log_and_first_line() {
+    use flate2::write::GzEncoder;
+    let text = fixture_text();
+    let lines = text.lines().count();
+    let dir = tempfile::tempdir().unwrap();
+    // A plain log cut by an editor at lines 3 and 5; a rotated one whose
+    // third line lost its end.
+    let mut damaged: Vec<&str> = text.lines().collect();
+    damaged[2] = "{\"ts\":\"2026-11-27T00:57:40.653Z\",\"transp";
+    damaged[4] = "garbage";
+    let plain_path = dir.path().join("decisions.log");
+    std::fs::write(&plain_path, damaged.join("\n") + "\n").unwrap();
+    let mut rotated: Vec<&str> = text.lines().collect();
+    rotated[2] = "not json";
+    let mut enc = GzEncoder::new(Vec::new(), flate2::Compression::default());
+    enc.write_all((rotated.join("\n") + "\n").as_bytes())
+        .unwrap();
+    let gz_path = dir.path().join("decisions.log.2.gz");
+    std::fs::write(&gz_path, enc.finish().unwrap()).unwrap();
+    let (plain_arg, gz_arg) = (plain_path.to_str().unwrap(), gz_path.to_str().unwrap());
+    let args = [fixture_arg(), plain_arg.to_owned(), gz_arg.to_owned()];
+
+    let r = report_json(&[&args[0], &args[1], &args[2]], None);
+    assert_eq!(r["malformed_lines"], 3);
+    assert_eq!(
+        r["malformed_logs"],
+        serde_json::json!([
+            {"log": plain_arg, "lines": 2, "first_line": 3},
+            {"log": gz_arg, "lines": 1, "first_line": 3},
+        ])
+    );
+    assert_eq!(r["records_read"].as_u64().unwrap(), 3 * lines as u64 - 3);
+
+    let mut c = sipadmit();
+    c.arg("report").args(&args);
+    let out = run(c, None);
+    assert!(out.status.success());
+    let plain = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        plain.contains(&format!(
+            "Malformed:    {plain_arg}: 2 skipped, the first at line 3\nMalformed:    {gz_arg}: 1 skipped, the first at line 3\n"
+        )),
+        "{plain}"
+    );
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        stderr.contains(&format!(
+            "sipadmit: report: warning: {plain_arg}: 2 malformed line(s) skipped (not decision records), the first at line 3\n"
+        )),
+        "{stderr}"
+    );
+    assert!(!stderr.contains(&format!("{}:", args[0])), "{stderr}");
+
+    let mut c = sipadmit();
+    c.args(["report", "--html", "-"]).args(&args);
+    let out = run(c, None);
+    let html = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        html.contains(&format!(
+            "id=\"malformed-lines\">Lines that are not decision records, skipped:<br>{plain_arg}: 2, the first at line 3<br>{gz_arg}: 1, the first at line 3</p>"
+        )),
+        "{html}"
+    );
+}

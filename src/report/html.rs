@@ -143,6 +143,26 @@ fn damaged_logs(out: &mut String, s: &Summary) {
     out.push_str("</ul></div>\n");
 }
 
+/// Where the malformed lines are, when there are any.
+fn malformed_logs(out: &mut String, s: &Summary) {
+    if s.malformed_logs.is_empty() {
+        return;
+    }
+    out.push_str(
+        "<p class=\"meta\" id=\"malformed-lines\">Lines that are not decision records, skipped:",
+    );
+    for m in &s.malformed_logs {
+        let _ = write!(
+            out,
+            "<br>{}: {}, the first at line {}",
+            escape(&m.log),
+            m.lines,
+            m.first_line
+        );
+    }
+    out.push_str("</p>\n");
+}
+
 fn overview(out: &mut String, s: &Summary) {
     let bound = |b: Option<super::summary::Millis>| b.map_or("-".to_owned(), |t| t.to_string());
     let _ = writeln!(
@@ -162,6 +182,7 @@ fn overview(out: &mut String, s: &Summary) {
         }
     );
     damaged_logs(out, s);
+    malformed_logs(out, s);
     let repeats = s.records_read - s.records - s.protocol_answers.total;
     let _ = writeln!(
         out,

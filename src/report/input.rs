@@ -128,6 +128,7 @@ impl Damaged {
 /// added to `tally` (the report shows it) and returned (for a warning).
 pub fn read_log(log: OpenLog, tally: &mut Tally<'_>) -> Result<Option<Damaged>, ReportError> {
     let name = log.name;
+    tally.begin_log(&name);
     let error = |source| ReportError::Read {
         name: name.clone(),
         source,

@@ -176,6 +176,15 @@ fn overview(out: &mut String, s: &Summary) {
         "Records:      {} read ({} malformed lines skipped, {} records outside the time range)",
         s.records_read, s.malformed_lines, s.outside_time_range
     );
+    for m in &s.malformed_logs {
+        let _ = writeln!(
+            out,
+            "Malformed:    {}: {} skipped, the first at line {}",
+            terminal_safe(&m.log),
+            m.lines,
+            m.first_line
+        );
+    }
     let repeats = s.records_read - s.records - s.protocol_answers.total;
     let _ = writeln!(
         out,

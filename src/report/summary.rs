@@ -64,6 +64,9 @@ pub struct Summary {
     /// damage, and the lines of its damaged member read before the damage
     /// was detected may be altered.
     pub damaged_logs: Vec<DamagedLog>,
+    /// The logs with malformed lines (counted in `malformed_lines`), in
+    /// reading order: where to look.
+    pub malformed_logs: Vec<MalformedLines>,
     /// Which records the decision tables count: `once` (each call once
     /// per client: the client's leg, and the registrar's leg only when it
     /// carries a decision the client's leg did not) or `both` (`--legs
@@ -166,6 +169,18 @@ pub struct DamagedLog {
     /// and they may be altered (gzip checks a member's checksum only at its
     /// end). The rest of the log was skipped.
     pub lines_counted: u64,
+}
+
+/// A log with lines that are not decision records.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MalformedLines {
+    /// The log, as named on the command line (`stdin` for stdin).
+    pub log: String,
+    /// How many of its lines were skipped: not a decision record (not
+    /// JSON, or without the fields a record has), or longer than 4 MiB.
+    pub lines: u64,
+    /// The first of them, 1-based (in the decompressed text of a `.gz`).
+    pub first_line: u64,
 }
 
 /// One role's records by action.

@@ -15,9 +15,9 @@ use super::capped::CappedTable;
 use super::record::RecordView;
 use super::snippet::{catalog_snippet, match_rule, Covered, MatchRule};
 use super::summary::{
-    ByLeg, CatalogSnippet, ClientSummary, DamagedLog, KeyCount, LegCounts, Millis, NamedCounts,
-    ProtocolAnswers, ProtocolRule, Registers, RejectedAndFlagged, RoleActions, Summary,
-    UnknownUserAgent, VersionCount, WouldReject,
+    ByLeg, CatalogSnippet, ClientSummary, DamagedLog, KeyCount, LegCounts, MalformedLines, Millis,
+    NamedCounts, ProtocolAnswers, ProtocolRule, Registers, RejectedAndFlagged, RoleActions,
+    Summary, UnknownUserAgent, VersionCount, WouldReject,
 };
 use super::timeline::Timeline;
 use super::{Legs, TimeRange};
@@ -199,6 +199,10 @@ pub struct Tally<'c> {
     timeline: Timeline,
     /// Gzip logs read only up to a damage, in reading order.
     damaged: Vec<DamagedLog>,
+    /// The log being read, and [`Self::lines`] when it began.
+    log: Option<(String, u64)>,
+    /// The logs with malformed lines, in reading order.
+    malformed_logs: Vec<MalformedLines>,
 }
 
 impl<'c> Tally<'c> {
@@ -238,6 +242,8 @@ impl<'c> Tally<'c> {
             user_agent_classes: CappedTable::default(),
             timeline: Timeline::default(),
             damaged: Vec::new(),
+            log: None,
+            malformed_logs: Vec::new(),
         }
     }
 
@@ -253,13 +259,37 @@ impl<'c> Tally<'c> {
     pub fn add_line(&mut self, line: &[u8]) {
         match RecordView::parse(line) {
             Some(record) => self.add(&record),
-            None => self.malformed_lines += 1,
+            None => self.add_malformed(),
         }
     }
 
-    /// Count one line that was too long to be a record.
+    /// Count one line that is not a record (or too long to be one), and
+    /// note where it is when its log is named ([`Self::begin_log`]).
     pub fn add_malformed(&mut self) {
         self.malformed_lines += 1;
+        let Some((log, began)) = &self.log else {
+            return;
+        };
+        let line = self.lines() - began;
+        match self.malformed_logs.last_mut() {
+            Some(last) if last.log == *log => last.lines += 1,
+            _ => self.malformed_logs.push(MalformedLines {
+                log: log.clone(),
+                lines: 1,
+                first_line: line,
+            }),
+        }
+    }
+
+    /// The lines that follow are those of the log `name` (see
+    /// [`Summary::malformed_logs`]).
+    pub fn begin_log(&mut self, name: &str) {
+        self.log = Some((name.to_owned(), self.lines()));
+    }
+
+    /// The logs with malformed lines so far (for a warning per log).
+    pub fn malformed_logs(&self) -> &[MalformedLines] {
+        &self.malformed_logs
     }
 
     /// Lines counted so far: records (inside the time range or not) and
@@ -394,6 +424,7 @@ impl<'c> Tally<'c> {
         Summary {
             logs: Vec::new(),
             damaged_logs: self.damaged,
+            malformed_logs: self.malformed_logs,
             legs: self.legs.as_str(),
             records_read: self.records_read,
             undelivered: self.undelivered,
