@@ -20,7 +20,9 @@ use std::time::Duration;
 use common::external::{Kamailio, KamailioOptions, KamailioTls};
 use common::tls::{common_name, Pki, PkiFiles, TestClient};
 use sipadmit::config::{Identity, TlsSettings, TlsVersion};
-use sipadmit::transport::tls::{ClientTls, HandshakeError, HandshakeReason, ServerTls, TlsProblem};
+use sipadmit::transport::tls::{
+    check, ClientTls, HandshakeError, HandshakeReason, ServerTls, TlsProblem,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
@@ -697,4 +699,65 @@ fn every_server_certificate_file_loads() {
         ServerTls::new(&server_settings(pair)).unwrap_or_else(|e| panic!("{e}"));
     }
     assert!(Path::new(&files.ca).is_file());
+}
+
+/// A cipher list with no suite for the certificate's key type leaves TLS
+/// 1.2 (and older) clients nothing to agree on: the check refuses it,
+/// naming `tls.ciphers` and the key type, and a list that has suites for
+/// the key passes. A TLS 1.3-only listener does not depend on the list.
+#[tokio::test]
+async fn a_cipher_list_without_a_suite_for_the_key_type_is_refused() {
+    let (_dir, files) = pki();
+    let ecdsa_only = "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384";
+    let rsa_with_ecdsa_list = TlsSettings {
+        ciphers: ecdsa_only.into(),
+        ..server_settings(&files.server)
+    };
+    let errors = check(&rsa_with_ecdsa_list);
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(errors[0].key(), "tls.ciphers");
+    let text = errors[0].to_string();
+    assert!(
+        text.contains(&format!(
+            "no cipher in {ecdsa_only:?} can be used with the RSA key of tls.certificate"
+        )) && text.contains("ECDHE-RSA-AES256-GCM-SHA384"),
+        "{text}"
+    );
+    // What the check refuses, a client of TLS 1.2 meets: no shared cipher.
+    let server = ServerTls::new(&rsa_with_ecdsa_list).unwrap();
+    let (server, _) = handshake(&server, &TestClient::windows7_schannel(&files.ca)).await;
+    assert_eq!(refused(server).reason(), HandshakeReason::NoSharedCipher);
+    // The same list with an EC key, the defaults with either, pass.
+    let ec = TlsSettings {
+        ciphers: ecdsa_only.into(),
+        ..server_settings(&files.server_ecdsa)
+    };
+    assert!(check(&ec).is_empty(), "{:?}", check(&ec));
+    for pair in [&files.server, &files.server_ecdsa] {
+        let defaults = server_settings(pair);
+        assert!(check(&defaults).is_empty(), "{:?}", check(&defaults));
+        let lync = lync_compatible(server_settings(pair));
+        assert!(check(&lync).is_empty(), "{:?}", check(&lync));
+    }
+    // An RSA list with an EC key is named too, with the suites to add.
+    let errors = check(&TlsSettings {
+        ciphers: "ECDHE-RSA-AES128-GCM-SHA256".into(),
+        ..server_settings(&files.server_ecdsa)
+    });
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(
+        errors[0]
+            .to_string()
+            .contains("with the EC key of tls.certificate")
+            && errors[0]
+                .to_string()
+                .contains("ECDHE-ECDSA-AES256-GCM-SHA384"),
+        "{}",
+        errors[0]
+    );
+    let tls13_only = TlsSettings {
+        min_version: TlsVersion::Tls1_3,
+        ..rsa_with_ecdsa_list
+    };
+    assert!(check(&tls13_only).is_empty());
 }

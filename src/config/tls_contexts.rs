@@ -37,6 +37,17 @@ pub const TLS13_TICKETS: usize = 1;
 /// session of a context that verifies client certificates without one.
 pub(crate) const SESSION_ID_CONTEXT: &[u8] = b"sipadmit";
 
+// OpenSSL's `SSL_R_*` reason codes (include/openssl/sslerr.h; stable across
+// releases) of a handshake that found no cipher, for the errors of library
+// `ERR_LIB_SSL`; the transport tells handshake failures by them too.
+pub(crate) const ERR_LIB_SSL: i32 = 20;
+pub(crate) const SSL_R_NO_SUITABLE_SIGNATURE_ALGORITHM: i32 = 118;
+pub(crate) const SSL_R_NO_CIPHERS_AVAILABLE: i32 = 181;
+pub(crate) const SSL_R_NO_SHARED_CIPHER: i32 = 193;
+
+/// How long the handshake [`check`] runs against itself may take.
+const SELF_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 // === errors ===
 
 /// The config keys of a certificate chain and of its private key.
@@ -133,6 +144,22 @@ pub enum TlsProblem {
         /// OpenSSL's reason.
         #[source]
         source: ErrorStack,
+    },
+    /// No cipher of the list goes with the certificate's key, so no client
+    /// of TLS 1.2 or older can connect (TLS 1.3 suites do not depend on it).
+    #[error(
+        "no cipher in {list:?} can be used with the {key_type} key of tls.certificate: \
+         clients of TLS 1.2 and older (Lync 2010/2013, Windows 7) would be refused; add \
+         suites for that key (e.g. ECDHE-{suite}-AES256-GCM-SHA384) or use a certificate \
+         of a key the list has suites for"
+    )]
+    NoSuiteForKey {
+        /// The list as configured.
+        list: String,
+        /// The certificate key's type (`RSA`, `EC`, ...).
+        key_type: &'static str,
+        /// The authentication in the names of its suites (`RSA`, `ECDSA`).
+        suite: &'static str,
     },
     /// TLS 1.0/1.1 asked for at a security level that refuses them.
     #[error(
@@ -421,6 +448,11 @@ pub fn check(settings: &TlsSettings) -> Vec<TlsError> {
             check_security_level(&builder.build(), settings)
         });
     errors.extend(protocol.err());
+    if errors.is_empty() && settings.min_version < TlsVersion::Tls1_3 {
+        if let Some(identity) = &settings.identity {
+            errors.extend(suites_for_key(settings, identity).err());
+        }
+    }
     for (identity, keys) in [
         (&settings.identity, SERVER_IDENTITY),
         (&settings.upstream_identity, UPSTREAM_IDENTITY),
@@ -443,6 +475,83 @@ pub fn check(settings: &TlsSettings) -> Vec<TlsError> {
         }
     }
     errors
+}
+
+/// Whether a client of TLS 1.2 or older can agree on a cipher with the
+/// listener `settings` make: a handshake over a socket pair, against a
+/// client that offers every cipher OpenSSL has. A list with no suite for
+/// the certificate's key type (ECDSA suites only, an RSA certificate) fails
+/// it. Files that cannot be loaded are told by the caller.
+fn suites_for_key(settings: &TlsSettings, identity: &Identity) -> Result<(), TlsError> {
+    let Ok(acceptor) = build_acceptor(settings) else {
+        return Ok(());
+    };
+    let Some(refused) = self_handshake(acceptor, settings) else {
+        return Ok(());
+    };
+    let no_cipher = refused.errors().iter().any(|e| {
+        e.library_code() == ERR_LIB_SSL
+            && matches!(
+                e.reason_code(),
+                SSL_R_NO_SHARED_CIPHER
+                    | SSL_R_NO_CIPHERS_AVAILABLE
+                    | SSL_R_NO_SUITABLE_SIGNATURE_ALGORITHM
+            )
+    });
+    if !no_cipher {
+        return Ok(());
+    }
+    let (key_type, suite) =
+        match private_key(SERVER_IDENTITY.private_key, &identity.private_key).map(|key| key.id()) {
+            Ok(openssl::pkey::Id::RSA) => ("RSA", "RSA"),
+            Ok(openssl::pkey::Id::EC) => ("EC", "ECDSA"),
+            Ok(_) => ("other", "ECDSA"),
+            Err(e) => return Err(e),
+        };
+    Err(TlsError::new(
+        "tls.ciphers",
+        None,
+        TlsProblem::NoSuiteForKey {
+            list: settings.ciphers.clone(),
+            key_type,
+            suite,
+        },
+    ))
+}
+
+/// Run a TLS 1.2-or-older handshake against `acceptor` over a socket pair;
+/// the listener's errors if it refused the client. `None` when it went
+/// through, or failed for a reason of the pair itself.
+fn self_handshake(acceptor: SslAcceptor, settings: &TlsSettings) -> Option<ErrorStack> {
+    use std::os::unix::net::UnixStream;
+    let (server, client) = UnixStream::pair().ok()?;
+    for end in [&server, &client] {
+        end.set_read_timeout(Some(SELF_HANDSHAKE_TIMEOUT)).ok()?;
+        end.set_write_timeout(Some(SELF_HANDSHAKE_TIMEOUT)).ok()?;
+    }
+    let listener = std::thread::spawn(move || match acceptor.accept(server) {
+        Err(openssl::ssl::HandshakeError::Failure(mid)) => mid.error().ssl_error().cloned(),
+        _ => None,
+    });
+    let mut connector = SslConnector::builder(SslMethod::tls_client()).ok()?;
+    connector.set_verify(SslVerifyMode::NONE);
+    connector
+        .set_min_proto_version(Some(ssl_version(settings.min_version)))
+        .ok()?;
+    connector
+        .set_max_proto_version(Some(SslVersion::TLS1_2))
+        .ok()?;
+    connector.set_cipher_list("ALL:@SECLEVEL=0").ok()?;
+    let connecting = connector
+        .build()
+        .configure()
+        .ok()?
+        .verify_hostname(false)
+        .use_server_name_indication(false)
+        .connect("sipadmit", client);
+    // The client's end closes here, so the listener is not left waiting.
+    drop(connecting);
+    listener.join().ok().flatten()
 }
 
 /// A connector and the name it verifies.

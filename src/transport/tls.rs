@@ -42,7 +42,10 @@ use tokio_openssl::SslStream;
 
 use super::admission::FREEZE_THRESHOLD;
 use super::Fault;
-use crate::config::tls_contexts::{build_acceptor, build_upstream, names_of, Upstream};
+use crate::config::tls_contexts::{
+    build_acceptor, build_upstream, names_of, Upstream, ERR_LIB_SSL, SSL_R_NO_CIPHERS_AVAILABLE,
+    SSL_R_NO_SHARED_CIPHER, SSL_R_NO_SUITABLE_SIGNATURE_ALGORITHM,
+};
 pub use crate::config::tls_contexts::{
     check, TlsError, TlsProblem, SESSION_CACHE_ENTRIES, TLS13_TICKETS,
 };
@@ -102,15 +105,11 @@ impl HandshakeError {
 
 // OpenSSL's `SSL_R_*` reason codes (include/openssl/sslerr.h; stable across
 // releases), for the errors of library `ERR_LIB_SSL`.
-const ERR_LIB_SSL: i32 = 20;
 
 const SSL_R_CERTIFICATE_VERIFY_FAILED: i32 = 134;
 const SSL_R_HTTPS_PROXY_REQUEST: i32 = 155;
 const SSL_R_HTTP_REQUEST: i32 = 156;
-const SSL_R_NO_SUITABLE_SIGNATURE_ALGORITHM: i32 = 118;
-const SSL_R_NO_CIPHERS_AVAILABLE: i32 = 181;
 const SSL_R_NO_PROTOCOLS_AVAILABLE: i32 = 191;
-const SSL_R_NO_SHARED_CIPHER: i32 = 193;
 const SSL_R_PEER_DID_NOT_RETURN_A_CERTIFICATE: i32 = 199;
 const SSL_R_UNKNOWN_PROTOCOL: i32 = 252;
 const SSL_R_UNSUPPORTED_PROTOCOL: i32 = 258;
