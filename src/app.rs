@@ -36,6 +36,7 @@ use crate::proxy::flow::FlowSigner;
 use crate::proxy::listening::Listening;
 use crate::proxy::Core;
 use crate::reload::Reloader;
+use crate::systemd::Notifier;
 use crate::transport::admission::Admission;
 use crate::transport::tls::{TlsContexts, TlsError};
 use crate::transport::upstream::{LinkSettings, UpstreamBacklog, UpstreamLink};
@@ -342,6 +343,9 @@ pub struct Control {
     /// cancels its `shutdown` itself once nothing is pending, or when
     /// `limits.drain_secs` runs out.
     pub drain: Option<CancellationToken>,
+    /// Told when the instance serves and around each reload (a systemd
+    /// unit of `Type=notify`, see [`crate::systemd`]).
+    pub notifier: Option<Arc<Notifier>>,
 }
 
 /// [`serve`], reloading the config file and draining as `control` asks.
@@ -392,6 +396,7 @@ pub async fn serve_reloading(
         };
         tasks.spawn(admin::serve(listener, state));
     }
+    let notifier = control.notifier.clone();
     spawn_control(
         &mut tasks, control, reloader, &core, &metrics, &ctx, &shutdown,
     );
@@ -412,6 +417,15 @@ pub async fn serve_reloading(
     );
     // Those started stop with it; the tasks end with `tasks`.
     let siblings = siblings.inspect_err(|_| shutdown.cancel())?;
+    if let Some(notifier) = notifier {
+        let listening: Vec<String> = listeners
+            .listening
+            .iter()
+            .map(|l| format!("{}:{}", l.transport, l.bound))
+            .collect();
+        let status = format!("serving {} relaying to {upstream}", listening.join(", "));
+        notifier.notify("READY=1", &status);
+    }
     workers::serve(
         first,
         ctx,
@@ -486,7 +500,13 @@ fn spawn_control(
 ) {
     let limit = reloader.running.limits.drain;
     if let Some(reloads) = control.reloads {
-        tasks.spawn(reloader.run(reloads, core.clone(), metrics.clone(), shutdown.clone()));
+        tasks.spawn(reloader.run(
+            reloads,
+            core.clone(),
+            metrics.clone(),
+            shutdown.clone(),
+            control.notifier,
+        ));
     }
     if let Some(requested) = control.drain {
         let queue = ctx.upstream_backlog.clone();
@@ -887,6 +907,7 @@ pub async fn run(config: Config, reload: ReloadSignals) -> Result<(), AppError> 
     // One pending reload is enough: SIGHUPs during a reload fold into it.
     let (reload_tx, reloads) = mpsc::channel(1);
     let drain = (!config.settings.limits.drain.is_zero()).then(CancellationToken::new);
+    let notifier = Notifier::from_env().map(Arc::new);
     tokio::spawn(handle_signals(
         signals,
         decision_log.clone(),
@@ -894,11 +915,13 @@ pub async fn run(config: Config, reload: ReloadSignals) -> Result<(), AppError> 
         Stopping {
             drain: drain.clone(),
             shutdown: shutdown.clone(),
+            notifier: notifier.clone(),
         },
     ));
     let control = Control {
         reloads: Some(reloads),
         drain,
+        notifier,
     };
     let served = serve_reloading(config, bound, decision_log, shutdown, control).await;
     close_decision_log(log_writer).await;
@@ -934,11 +957,20 @@ async fn close_decision_log(writer: LogWriter) {
 struct Stopping {
     drain: Option<CancellationToken>,
     shutdown: CancellationToken,
+    /// Told that the service is stopping (systemd).
+    notifier: Option<Arc<Notifier>>,
 }
 
 impl Stopping {
     /// Act on SIGTERM or SIGINT (`name`); `true`: nothing is left to do.
     fn on(&self, name: &'static str) -> bool {
+        if let Some(notifier) = &self.notifier {
+            let status = match &self.drain {
+                Some(drain) if name == "SIGTERM" && !drain.is_cancelled() => "draining",
+                _ => "stopping",
+            };
+            notifier.notify("STOPPING=1", status);
+        }
         match &self.drain {
             Some(drain) if name == "SIGTERM" && !drain.is_cancelled() => {
                 info!(

@@ -24,6 +24,7 @@ pub mod proxy;
 pub mod reload;
 pub mod report;
 pub mod sip;
+pub mod systemd;
 pub mod terminal_text;
 pub mod transport;
 pub mod vocabulary;

@@ -44,6 +44,7 @@ use crate::observe::metrics::ReloadResult;
 use crate::observe::Metrics;
 use crate::proxy::flow::FlowSigner;
 use crate::proxy::Core;
+use crate::systemd::Notifier;
 use crate::transport::admission::Admission;
 use crate::transport::tls::TlsContexts;
 
@@ -63,6 +64,11 @@ pub struct Reloader {
     /// The TLS contexts to rebuild (empty without TLS).
     pub tls: TlsContexts,
 }
+
+/// What `systemctl status` says after a reload that kept the running
+/// configuration.
+const KEPT_STATUS: &str =
+    "serving; the last reload failed and the running configuration is kept (see the journal)";
 
 /// What one reload did.
 #[derive(Debug, PartialEq, Eq)]
@@ -84,13 +90,15 @@ pub enum Reloaded {
 }
 
 impl Reloader {
-    /// Reload once per request on `requests` until `shutdown`.
+    /// Reload once per request on `requests` until `shutdown`, telling
+    /// systemd (`notifier`) when each begins and ends.
     pub async fn run(
         self,
         mut requests: mpsc::Receiver<()>,
         core: Arc<Core>,
         metrics: Arc<Metrics>,
         shutdown: CancellationToken,
+        notifier: Option<Arc<Notifier>>,
     ) {
         let reloader = Arc::new(self);
         loop {
@@ -100,6 +108,9 @@ impl Reloader {
                     if request.is_none() {
                         return;
                     }
+                    if let Some(notifier) = &notifier {
+                        notifier.reloading();
+                    }
                     let loading = reloader.clone();
                     // Files and the catalog's patterns: not on the event loop.
                     let loaded = tokio::task::spawn_blocking(move || {
@@ -107,16 +118,22 @@ impl Reloader {
                     })
                     .await;
                     let mut tls_settings = None;
-                    match loaded {
+                    let status = match loaded {
                         Ok(loaded) => {
                             tls_settings = loaded.as_ref().ok().map(|c| c.settings.tls.clone());
-                            reloader.apply(&core, &metrics, loaded);
+                            match reloader.apply(&core, &metrics, loaded) {
+                                Reloaded::Published { generation, .. } => {
+                                    format!("serving; configuration generation {generation}")
+                                }
+                                Reloaded::Kept => KEPT_STATUS.to_owned(),
+                            }
                         }
                         Err(e) => {
                             warn!(error = %e, "config reload did not finish; running configuration kept");
                             metrics.count_reload(ReloadResult::Failure);
+                            KEPT_STATUS.to_owned()
                         }
-                    }
+                    };
                     let (tls, tls_metrics) = (reloader.tls.clone(), metrics.clone());
                     let rebuilt = tokio::task::spawn_blocking(move || {
                         tls.reload(tls_settings.as_ref(), &tls_metrics)
@@ -124,6 +141,9 @@ impl Reloader {
                     .await;
                     if let Err(e) = rebuilt {
                         warn!(error = %e, "TLS reload did not finish; running TLS contexts kept");
+                    }
+                    if let Some(notifier) = &notifier {
+                        notifier.notify("READY=1", &status);
                     }
                 }
             }

@@ -1073,3 +1073,78 @@ fn a_sighup_during_the_start_is_a_reload_not_the_end() {
     let stderr = sipadmit.terminate();
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+/// Under a systemd unit of `Type=notify` (`config/sipadmit.service`),
+/// sipadmit tells systemd through `$NOTIFY_SOCKET` that it serves (once its
+/// listener is bound: a REGISTER sent then is relayed), that a reload
+/// begins and ends (with what it did in `STATUS=`), and that it stops.
+#[test]
+fn systemd_is_told_ready_reloading_and_stopping() {
+    use std::os::unix::net::UnixDatagram;
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_file(dir.path(), CONFIG);
+    let notify = dir.path().join("notify");
+    let systemd = UnixDatagram::bind(&notify).unwrap();
+    systemd.set_read_timeout(Some(BOUND)).unwrap();
+    let next = || {
+        let mut buf = [0u8; 1024];
+        let n = systemd.recv(&mut buf).expect("a notification in time");
+        String::from_utf8(buf[..n].to_vec()).unwrap()
+    };
+    let registrar = UdpSocket::bind("127.0.0.1:0").unwrap();
+    registrar.set_read_timeout(Some(BOUND)).unwrap();
+    let upstream = format!("udp:{}", registrar.local_addr().unwrap());
+    let mut sipadmit = Sipadmit::spawn(
+        Command::new(env!("CARGO_BIN_EXE_sipadmit"))
+            .args(["run", "--config", config.to_str().unwrap()])
+            .args(["--listen", "udp:127.0.0.1:0", "--upstream", &upstream])
+            .env("NOTIFY_SOCKET", &notify)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null()),
+    );
+    let ready = next();
+    let listening = sipadmit.wait_for("listening");
+    let udp: SocketAddr = field(&listening, "addr").parse().unwrap();
+    assert_eq!(
+        ready,
+        format!("READY=1\nSTATUS=serving udp:{udp} relaying to {upstream}\n")
+    );
+    // Ready means serving: a REGISTER sent now reaches the registrar.
+    let client = UdpSocket::bind("127.0.0.1:0").unwrap();
+    client
+        .send_to(register(client.local_addr().unwrap(), 1).as_bytes(), udp)
+        .unwrap();
+    let mut buf = [0u8; 4096];
+    // (The registrar's OPTIONS probes come too.)
+    while !{
+        let (n, _) = registrar.recv_from(&mut buf).expect("relayed");
+        buf[..n].starts_with(b"REGISTER ")
+    } {}
+
+    sipadmit.signal("HUP");
+    let reloading = next();
+    assert!(
+        reloading.starts_with("RELOADING=1\nMONOTONIC_USEC="),
+        "{reloading}"
+    );
+    assert!(
+        reloading.ends_with("\nSTATUS=reloading the configuration\n"),
+        "{reloading}"
+    );
+    assert_eq!(
+        next(),
+        "READY=1\nSTATUS=serving; configuration generation 2\n"
+    );
+
+    replace_file(&config, "[response_group\n");
+    sipadmit.signal("HUP");
+    assert!(next().starts_with("RELOADING=1\n"));
+    assert_eq!(
+        next(),
+        "READY=1\nSTATUS=serving; the last reload failed and the running configuration is kept (see the journal)\n"
+    );
+
+    // SIGTERM drains (the REGISTER is still unanswered); a second stops.
+    sipadmit.stop();
+    assert_eq!(next(), "STOPPING=1\nSTATUS=draining\n");
+}

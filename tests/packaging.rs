@@ -222,7 +222,7 @@ fn the_unit_holds_the_operators_settings() {
             .collect()
     };
     for (key, expected) in [
-        ("Type", "exec"),
+        ("Type", "notify"),
         (
             "ExecStart",
             "/usr/local/bin/sipadmit run --config /etc/sipadmit/sipadmit.toml",

@@ -141,6 +141,7 @@ impl TestProxy {
         let control = app::Control {
             reloads,
             drain: Some(drain.clone()),
+            notifier: None,
         };
         let (log, writer) = DecisionLog::open(&decision_log.display().to_string()).unwrap();
         let serve_log = log.clone();
