@@ -14,7 +14,7 @@
 //! [`Core`] (whose tables are concurrent) and the senders with the others.
 
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
@@ -223,18 +223,23 @@ pub fn spawn_chores(core: Arc<Core>, udp_inodes: Vec<u64>, shutdown: Cancellatio
             info!(removed, "expired registrations swept");
         }
     }));
+    let tally = Arc::new(Mutex::new(udp::KernelDrops::default()));
     tokio::spawn(every(KERNEL_DROPS_INTERVAL, shutdown, move || {
-        let Some(total) = udp::kernel_drops(&udp_inodes) else {
+        let Some(now) = udp::kernel_drops(&udp_inodes) else {
             return;
         };
-        // A counter: it never goes back, whatever one read gave.
-        let before = core
-            .metrics()
-            .udp_kernel_drops
-            .fetch_max(total, Ordering::Relaxed);
-        if total > before {
+        let new = tally
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .new_since_last(&now);
+        if new > 0 {
+            let total = core
+                .metrics()
+                .udp_kernel_drops
+                .fetch_add(new, Ordering::Relaxed)
+                + new;
             warn!(
-                dropped = total - before,
+                dropped = new,
                 total,
                 "the kernel dropped UDP datagrams (receive buffer full): raise limits.udp_receive_buffer_bytes and net.core.rmem_max"
             );

@@ -546,12 +546,12 @@ pub fn bind(
     Ok(group.into_iter().map(Into::into).collect())
 }
 
-/// Datagrams the kernel dropped on the sockets of these inodes (receive
-/// buffer full; see [`socket_inode`]), summed from the `drops` column of
-/// `/proc/net/udp` and `/proc/net/udp6`. `None` where /proc is not there,
-/// or when a table could not be read this time (out of descriptors): a sum
-/// without it would be too low.
-pub fn kernel_drops(inodes: &[u64]) -> Option<u64> {
+/// Datagrams the kernel dropped on each socket of these inodes (receive
+/// buffer full; see [`socket_inode`]), as `(inode, drops)` from the `drops`
+/// column of `/proc/net/udp` and `/proc/net/udp6`; a socket that is closed
+/// is not listed. `None` where /proc is not there, or when a table could
+/// not be read this time (out of descriptors).
+pub fn kernel_drops(inodes: &[u64]) -> Option<Vec<(u64, u64)>> {
     if inodes.is_empty() {
         return None;
     }
@@ -561,23 +561,47 @@ pub fn kernel_drops(inodes: &[u64]) -> Option<u64> {
     )
 }
 
-/// The sum of [`drops_in_table`] over the tables read; a table that does
-/// not exist (no IPv6) counts nothing, one that could not be read makes
-/// the sum unknown.
-fn drops_in_tables(tables: [std::io::Result<String>; 2], inodes: &[u64]) -> Option<u64> {
-    let mut total = 0;
+/// [`drops_in_table`] of the tables read; a table that does not exist (no
+/// IPv6) lists nothing, one that could not be read makes the whole unknown.
+fn drops_in_tables(
+    tables: [std::io::Result<String>; 2],
+    inodes: &[u64],
+) -> Option<Vec<(u64, u64)>> {
+    let mut drops = Vec::new();
     let mut read_any = false;
     for table in tables {
         match table {
             Ok(text) => {
                 read_any = true;
-                total += drops_in_table(&text, inodes);
+                drops.extend(drops_in_table(&text, inodes));
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(_) => return None,
         }
     }
-    read_any.then_some(total)
+    read_any.then_some(drops)
+}
+
+/// What the kernel's per-socket drop counters said at the last read, so
+/// that each read adds only what is new: the drops of a socket that closes
+/// (a worker that stopped) stay counted, and do not hide the new drops of
+/// the others.
+#[derive(Debug, Default)]
+pub struct KernelDrops {
+    last: std::collections::HashMap<u64, u64>,
+}
+
+impl KernelDrops {
+    /// The drops since the last read, given each socket's counter now
+    /// (from [`kernel_drops`]).
+    pub fn new_since_last(&mut self, now: &[(u64, u64)]) -> u64 {
+        now.iter()
+            .map(|&(inode, drops)| {
+                let last = self.last.insert(inode, drops).unwrap_or(0);
+                drops.saturating_sub(last)
+            })
+            .sum()
+    }
 }
 
 /// The inode of a socket, from `/proc/self/fd/N` (`socket:[INODE]`);
@@ -592,18 +616,18 @@ pub fn socket_inode(socket: &impl std::os::fd::AsRawFd) -> Option<u64> {
         .ok()
 }
 
-/// Sum the `drops` column (the last) of the rows of a `/proc/net/udp`
-/// table whose `inode` (the tenth column) is one of `inodes`.
-fn drops_in_table(text: &str, inodes: &[u64]) -> u64 {
+/// The `drops` column (the last) of the rows of a `/proc/net/udp` table
+/// whose `inode` (the tenth column) is one of `inodes`, with their inode.
+fn drops_in_table(text: &str, inodes: &[u64]) -> Vec<(u64, u64)> {
     text.lines()
         .skip(1)
         .filter_map(|row| {
             let columns: Vec<&str> = row.split_whitespace().collect();
             let inode: u64 = columns.get(9)?.parse().ok()?;
             let drops: u64 = columns.last()?.parse().ok()?;
-            inodes.contains(&inode).then_some(drops)
+            inodes.contains(&inode).then_some((inode, drops))
         })
-        .sum()
+        .collect()
 }
 
 #[cfg(test)]
@@ -615,9 +639,19 @@ mod tests {
         let table = "   sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode ref pointer drops\n\
   1: 0100007F:13C4 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 4242 2 0000000000000000 17\n\
   2: 0100007F:13C5 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 99 2 0000000000000000 5\n";
-        assert_eq!(drops_in_table(table, &[4242]), 17);
-        assert_eq!(drops_in_table(table, &[4242, 99]), 22);
-        assert_eq!(drops_in_table(table, &[1]), 0);
+        assert_eq!(drops_in_table(table, &[4242]), [(4242, 17)]);
+        assert_eq!(drops_in_table(table, &[4242, 99]), [(4242, 17), (99, 5)]);
+        assert_eq!(drops_in_table(table, &[1]), []);
+    }
+
+    #[test]
+    fn drops_of_a_socket_that_closed_stay_counted_and_hide_no_new_ones() {
+        let mut tally = KernelDrops::default();
+        assert_eq!(tally.new_since_last(&[(1, 10), (2, 5)]), 15);
+        assert_eq!(tally.new_since_last(&[(1, 10), (2, 7)]), 2);
+        // Socket 1 closed (its worker stopped): socket 2's new drops count.
+        assert_eq!(tally.new_since_last(&[(2, 8)]), 1);
+        assert_eq!(tally.new_since_last(&[(2, 8)]), 0);
     }
 
     /// A listener on a loopback port of its own.
@@ -973,7 +1007,7 @@ mod tests {
         let out_of_descriptors = || std::io::Error::from_raw_os_error(24);
         assert_eq!(
             drops_in_tables([Ok(table.into()), Err(gone())], &[4242]),
-            Some(17)
+            Some(vec![(4242, 17)])
         );
         assert_eq!(
             drops_in_tables([Err(out_of_descriptors()), Ok(table.into())], &[4242]),
@@ -1003,7 +1037,7 @@ mod tests {
         }
         let inode = |s: &std::net::UdpSocket| socket_inode(s).expect("/proc/self/fd");
         let drops = kernel_drops(&[inode(&small)]).expect("/proc/net/udp");
-        assert!(drops > 0, "{drops}");
-        assert_eq!(kernel_drops(&[inode(&big)]), Some(0));
+        assert!(drops[0].1 > 0, "{drops:?}");
+        assert_eq!(kernel_drops(&[inode(&big)]), Some(vec![(inode(&big), 0)]));
     }
 }
