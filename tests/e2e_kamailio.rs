@@ -574,6 +574,8 @@ fn an_outbound_client_registers_and_its_stun_keep_alives_are_answered() {
     assert_eq!(from, proxy.udp);
     assert_eq!(
         &buf[..n],
-        &sipadmit::transport::stun::binding_response(&stun, me).unwrap()[..]
+        &sipadmit::transport::stun::binding_response(&stun, me)
+            .unwrap()
+            .bytes[..]
     );
 }

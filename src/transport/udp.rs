@@ -208,8 +208,10 @@ fn admitted(
 /// A STUN Binding request (an RFC 5626 client's keep-alive, RFC 5626
 /// section 8) is answered from the listener it reached with the source's
 /// address, and counted as a keep-alive, when its source is not banned and
-/// within its message rate (the answer, at most 44 bytes, is about twice
-/// the request: a forged source must not make this port a reflector). Any
+/// within its message rate (the answer is at most about twice the request:
+/// a forged source must not make this port a reflector); one with
+/// attributes that must be understood is answered `420` (RFC 5389 7.3.1),
+/// and counted as a keep-alive too. Any
 /// other STUN message is counted as dropped (`stun`), one over the limit
 /// as `rate_limited` or `banned`.
 fn answer_stun(
@@ -220,7 +222,12 @@ fn answer_stun(
 ) {
     let canonical = std::net::SocketAddr::new(source.ip().to_canonical(), source.port());
     let response = match super::stun::binding_response(data, canonical) {
-        Ok(response) => response,
+        Ok(answer) => {
+            if !answer.unknown.is_empty() {
+                debug!(local = %listener.local, source = %canonical, unknown = ?answer.unknown, "STUN Binding request with attributes that must be understood: answered 420");
+            }
+            answer.bytes
+        }
         Err(e) => {
             debug!(local = %listener.local, source = %canonical, error = %e, "STUN datagram not answered");
             ctx.metrics.count_drop(DropReason::Stun);
@@ -735,7 +742,7 @@ mod tests {
         assert_eq!(from, a_local);
         let expected =
             crate::transport::stun::binding_response(&stun, client.local_addr().unwrap());
-        assert_eq!(&answer[..n], &expected.unwrap()[..]);
+        assert_eq!(&answer[..n], &expected.unwrap().bytes[..]);
     }
 
     /// An IPv4 client of a dual-stack `[::]` socket is known by its IPv4
