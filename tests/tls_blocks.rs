@@ -628,6 +628,35 @@ async fn reload_with_a_broken_file_keeps_the_old_certificate_and_names_the_file(
     assert_eq!(peer_name(&c.unwrap()), Pki::get().server.common_name);
 }
 
+/// A renewal that changes the key type (RSA to EC) under a cipher list of
+/// RSA suites only is refused by the reload, naming `tls.ciphers`: TLS 1.2
+/// clients keep the RSA certificate they can use.
+#[tokio::test]
+async fn a_reload_to_a_key_the_cipher_list_has_no_suite_for_keeps_the_old_certificate() {
+    let (_dir, files) = pki();
+    let settings = TlsSettings {
+        // RSA key exchange only, as Windows 7 SChannel offers it.
+        ciphers: "AES128-GCM-SHA256:AES256-GCM-SHA384:AES128-SHA:@SECLEVEL=0".into(),
+        ..live_files(&files, &files.server)
+    };
+    let server = ServerTls::new(&settings).unwrap();
+    replace_live(&settings, &files.server_ecdsa);
+    let e = server.reload(&settings).unwrap_err();
+    assert_eq!(e.key(), "tls.ciphers");
+    assert!(
+        e.to_string().contains("with the EC key of tls.certificate"),
+        "{e}"
+    );
+    let (s, c) = handshake(&server, &TestClient::windows7_schannel(&files.ca)).await;
+    s.unwrap();
+    let c = c.unwrap();
+    assert_eq!(c.ssl().version_str(), "TLSv1.2");
+    assert_eq!(peer_name(&c), Pki::get().server.common_name);
+    // Back to an RSA certificate: reloaded.
+    replace_live(&settings, &files.server_renewed);
+    server.reload(&settings).unwrap();
+}
+
 // === what is not a TLS client ===
 
 #[tokio::test]

@@ -150,16 +150,16 @@ pub enum TlsProblem {
     #[error(
         "no cipher in {list:?} can be used with the {key_type} key of tls.certificate: \
          clients of TLS 1.2 and older (Lync 2010/2013, Windows 7) would be refused; add \
-         suites for that key (e.g. ECDHE-{suite}-AES256-GCM-SHA384) or use a certificate \
-         of a key the list has suites for"
+         suites for that key (e.g. {example}) or use a certificate of a key the list has \
+         suites for"
     )]
     NoSuiteForKey {
         /// The list as configured.
         list: String,
-        /// The certificate key's type (`RSA`, `EC`, ...).
+        /// The certificate key's type (`RSA`, `EC`, `Ed25519`, ...).
         key_type: &'static str,
-        /// The authentication in the names of its suites (`RSA`, `ECDSA`).
-        suite: &'static str,
+        /// A suite for that key type.
+        example: &'static str,
     },
     /// TLS 1.0/1.1 asked for at a security level that refuses them.
     #[error(
@@ -448,9 +448,10 @@ pub fn check(settings: &TlsSettings) -> Vec<TlsError> {
             check_security_level(&builder.build(), settings)
         });
     errors.extend(protocol.err());
-    if errors.is_empty() && settings.min_version < TlsVersion::Tls1_3 {
-        if let Some(identity) = &settings.identity {
-            errors.extend(suites_for_key(settings, identity).err());
+    if errors.is_empty() && settings.identity.is_some() {
+        // Files that cannot be loaded are told below.
+        if let Ok(acceptor) = build_acceptor(settings) {
+            errors.extend(suites_for_key(&acceptor, settings).err());
         }
     }
     for (identity, keys) in [
@@ -477,16 +478,20 @@ pub fn check(settings: &TlsSettings) -> Vec<TlsError> {
     errors
 }
 
-/// Whether a client of TLS 1.2 or older can agree on a cipher with the
-/// listener `settings` make: a handshake over a socket pair, against a
-/// client that offers every cipher OpenSSL has. A list with no suite for
-/// the certificate's key type (ECDSA suites only, an RSA certificate) fails
-/// it. Files that cannot be loaded are told by the caller.
-fn suites_for_key(settings: &TlsSettings, identity: &Identity) -> Result<(), TlsError> {
-    let Ok(acceptor) = build_acceptor(settings) else {
+/// Whether a client of TLS 1.2 or older can agree on a cipher with
+/// `acceptor` (when `settings` admit one): a handshake over a socket pair,
+/// against a client that offers every cipher OpenSSL has. A list with no
+/// suite for the certificate's key type (ECDSA suites only, an RSA
+/// certificate) fails it. Run by the configuration check and by every
+/// reload of the listener's certificate (a renewal may change its key type).
+pub(crate) fn suites_for_key(
+    acceptor: &SslAcceptor,
+    settings: &TlsSettings,
+) -> Result<(), TlsError> {
+    if settings.min_version >= TlsVersion::Tls1_3 {
         return Ok(());
-    };
-    let Some(refused) = self_handshake(acceptor, settings) else {
+    }
+    let Some(refused) = self_handshake(acceptor.clone(), settings) else {
         return Ok(());
     };
     let no_cipher = refused.errors().iter().any(|e| {
@@ -501,20 +506,27 @@ fn suites_for_key(settings: &TlsSettings, identity: &Identity) -> Result<(), Tls
     if !no_cipher {
         return Ok(());
     }
-    let (key_type, suite) =
-        match private_key(SERVER_IDENTITY.private_key, &identity.private_key).map(|key| key.id()) {
-            Ok(openssl::pkey::Id::RSA) => ("RSA", "RSA"),
-            Ok(openssl::pkey::Id::EC) => ("EC", "ECDSA"),
-            Ok(_) => ("other", "ECDSA"),
-            Err(e) => return Err(e),
-        };
+    use openssl::pkey::Id;
+    let key = acceptor
+        .context()
+        .certificate()
+        .and_then(|c| c.public_key().ok())
+        .map(|k| k.id());
+    let (key_type, example) = match key {
+        Some(Id::RSA | Id::RSA_PSS) => ("RSA", "ECDHE-RSA-AES256-GCM-SHA384"),
+        Some(Id::EC) => ("EC", "ECDHE-ECDSA-AES256-GCM-SHA384"),
+        Some(Id::ED25519) => ("Ed25519", "ECDHE-ECDSA-AES256-GCM-SHA384"),
+        Some(Id::ED448) => ("Ed448", "ECDHE-ECDSA-AES256-GCM-SHA384"),
+        Some(Id::DSA) => ("DSA", "DHE-DSS-AES256-GCM-SHA384"),
+        _ => ("certificate's", "one whose authentication is the key's"),
+    };
     Err(TlsError::new(
         "tls.ciphers",
         None,
         TlsProblem::NoSuiteForKey {
             list: settings.ciphers.clone(),
             key_type,
-            suite,
+            example,
         },
     ))
 }
@@ -529,10 +541,14 @@ fn self_handshake(acceptor: SslAcceptor, settings: &TlsSettings) -> Option<Error
         end.set_read_timeout(Some(SELF_HANDSHAKE_TIMEOUT)).ok()?;
         end.set_write_timeout(Some(SELF_HANDSHAKE_TIMEOUT)).ok()?;
     }
-    let listener = std::thread::spawn(move || match acceptor.accept(server) {
-        Err(openssl::ssl::HandshakeError::Failure(mid)) => mid.error().ssl_error().cloned(),
-        _ => None,
-    });
+    // No thread to spare (a cgroup's pids.max): the check is skipped.
+    let listener = std::thread::Builder::new()
+        .name("tls-check".into())
+        .spawn(move || match acceptor.accept(server) {
+            Err(openssl::ssl::HandshakeError::Failure(mid)) => mid.error().ssl_error().cloned(),
+            _ => None,
+        })
+        .ok()?;
     let mut connector = SslConnector::builder(SslMethod::tls_client()).ok()?;
     connector.set_verify(SslVerifyMode::NONE);
     connector

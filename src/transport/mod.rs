@@ -166,6 +166,18 @@ pub enum Event {
     },
 }
 
+impl Event {
+    /// The message the event is about.
+    pub fn inbound(&self) -> &Inbound {
+        match self {
+            Self::Received(inbound)
+            | Self::HoldingRoom { inbound, .. }
+            | Self::Refused { inbound, .. }
+            | Self::Undelivered { inbound, .. } => inbound,
+        }
+    }
+}
+
 impl Fault {
     /// The fault a failed send counts as: a full queue to the upstream is
     /// its own kind; every other failure is [`Fault::Send`].
@@ -274,7 +286,7 @@ pub fn admit(ctx: &TransportContext, inbound: Inbound) -> Admitted {
     ) {
         Verdict::Pass => Admitted::Event(Event::Received(inbound), true),
         Verdict::Banned => {
-            count_received(ctx, &inbound);
+            count_received(ctx, inbound.transport, &inbound.bytes);
             ctx.metrics.count_drop(DropReason::Banned);
             Admitted::Banned
         }
@@ -292,7 +304,7 @@ pub fn admit(ctx: &TransportContext, inbound: Inbound) -> Admitted {
             Admitted::Event(Event::Refused { inbound, refusal }, true)
         }
         Verdict::OverLimit { .. } => {
-            count_received(ctx, &inbound);
+            count_received(ctx, inbound.transport, &inbound.bytes);
             ctx.metrics.count_drop(DropReason::RateLimited);
             Admitted::Dropped
         }
@@ -302,9 +314,9 @@ pub fn admit(ctx: &TransportContext, inbound: Inbound) -> Admitted {
 /// Count a message dropped here (a banned source's, one over its rate
 /// limit), before the core (which counts what reaches it), as received:
 /// so that those drops are a part of what was received.
-fn count_received(ctx: &TransportContext, inbound: &Inbound) {
-    let kind = crate::observe::metrics::MessageKind::of(&inbound.bytes);
-    ctx.metrics.count_received(inbound.transport, kind);
+fn count_received(ctx: &TransportContext, transport: Transport, bytes: &[u8]) {
+    let kind = crate::observe::metrics::MessageKind::of(bytes);
+    ctx.metrics.count_received(transport, kind);
 }
 
 #[cfg(test)]

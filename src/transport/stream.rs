@@ -654,13 +654,16 @@ impl ReadState {
                         let proven = match handled {
                             Handled::Admitted => true,
                             Handled::Pinged => slot.is_heard(),
-                            Handled::Refused | Handled::Stop => false,
+                            Handled::Refused | Handled::Stop(_) => false,
                         };
                         if proven {
                             slot.heard(now.into_std());
                         }
                     }
-                    if handled == Handled::Stop {
+                    if let Handled::Stop(reason) = handled {
+                        if let Some(reason) = reason {
+                            self.drop_buffered(info, ctx, reason);
+                        }
                         return true;
                     }
                 }
@@ -670,6 +673,28 @@ impl ReadState {
                     return true;
                 }
             }
+        }
+    }
+
+    /// The reader stops for `reason`: the complete messages still buffered
+    /// are counted as received and dropped for it, and logged (a partial
+    /// one is not a message).
+    fn drop_buffered(&mut self, info: ConnectionInfo, ctx: &TransportContext, reason: DropReason) {
+        let mut dropped = 0;
+        while let Ok(Some(frame)) = self.codec.decode(&mut self.buf) {
+            let Frame::Message(bytes) = frame else {
+                continue;
+            };
+            super::count_received(ctx, info.transport, &bytes);
+            ctx.metrics.count_drop(reason);
+            dropped += 1;
+        }
+        if dropped > 0 {
+            info!(
+                dropped,
+                reason = reason.as_str(),
+                "connection closed with complete messages unread; dropped"
+            );
         }
     }
 
@@ -764,14 +789,15 @@ enum Handled {
     Pinged,
     /// A message over its source's limit (answered 503 or dropped).
     Refused,
-    /// Stop reading: the source is banned, or the dispatcher is gone.
-    Stop,
+    /// Stop reading: the source is banned, the connection is closing, or
+    /// the dispatcher is gone. The complete messages still buffered are
+    /// counted as dropped for the reason given (none when the dispatcher
+    /// is gone: sipadmit stops).
+    Stop(Option<DropReason>),
 }
 
 /// Handle one frame: answer a ping, hand a message to the dispatcher (after
-/// its source's rate limit). A client's message that waits for room in the
-/// queue to a stream upstream stops waiting when its connection is closed
-/// (evicted, or sipadmit stopping): it is dropped, logged and counted.
+/// its source's rate limit).
 async fn handle_frame(
     frame: Frame,
     id: ConnectionId,
@@ -799,43 +825,67 @@ async fn handle_frame(
             };
             match admit(ctx, message) {
                 Admitted::Event(event, keep_reading) => {
-                    let received = matches!(event, Event::Received(_));
-                    // Backpressure: a client's message waits (and its
-                    // connection is read no further) while the queue to a
-                    // stream upstream is nearly full.
-                    let event = match (event, &ctx.upstream_backlog, info.leg) {
-                        (Event::Received(inbound), Some(backlog), Leg::FromClient) => {
-                            tokio::select! {
-                                room = backlog.room_for_clients(inbound.bytes.len()) => {
-                                    Event::HoldingRoom { inbound, room }
-                                }
-                                () = closing.cancelled() => {
-                                    ctx.metrics.count_drop(DropReason::ConnectionClosed);
-                                    info!(
-                                        bytes = inbound.bytes.len(),
-                                        queued = backlog.queued(),
-                                        "connection closed while its message waited for room in the queue to the registrar; message dropped"
-                                    );
-                                    return Handled::Stop;
-                                }
-                            }
-                        }
-                        (event, ..) => event,
-                    };
-                    match (
-                        ctx.events.send(event).await.is_ok() && keep_reading,
-                        received,
-                    ) {
-                        (false, _) => Handled::Stop,
-                        (true, true) => Handled::Admitted,
-                        (true, false) => Handled::Refused,
-                    }
+                    hand_on(event, keep_reading, info, ctx, closing).await
                 }
                 Admitted::Dropped => Handled::Refused,
-                Admitted::Banned => Handled::Stop,
+                Admitted::Banned => Handled::Stop(Some(DropReason::Banned)),
             }
         }
     }
+}
+
+/// Hand an admitted message's event to the dispatcher. A client's message
+/// waits first (and its connection is read no further) while the queue to a
+/// stream upstream is nearly full. Waiting for that room or for the
+/// dispatcher ends when the connection is closed (evicted, or sipadmit
+/// stopping): the message is then dropped, logged and counted.
+async fn hand_on(
+    event: Event,
+    keep_reading: bool,
+    info: ConnectionInfo,
+    ctx: &TransportContext,
+    closing: &CancellationToken,
+) -> Handled {
+    let received = matches!(event, Event::Received(_));
+    let event = match (event, &ctx.upstream_backlog, info.leg) {
+        (Event::Received(inbound), Some(backlog), Leg::FromClient) => tokio::select! {
+            room = backlog.room_for_clients(inbound.bytes.len()) => {
+                Event::HoldingRoom { inbound, room }
+            }
+            () = closing.cancelled() => {
+                return closed_while_waiting(ctx, &inbound, "room in the queue to the registrar");
+            }
+        },
+        (event, ..) => event,
+    };
+    let permit = tokio::select! {
+        permit = ctx.events.reserve() => permit,
+        () = closing.cancelled() => {
+            return closed_while_waiting(ctx, event.inbound(), "the dispatcher");
+        }
+    };
+    let Ok(permit) = permit else {
+        return Handled::Stop(None);
+    };
+    permit.send(event);
+    match (keep_reading, received) {
+        (false, _) => Handled::Stop(Some(DropReason::Banned)),
+        (true, true) => Handled::Admitted,
+        (true, false) => Handled::Refused,
+    }
+}
+
+/// A message read in full whose connection closed while it waited for
+/// `what`: counted as received and dropped (`connection_closed`), and logged.
+fn closed_while_waiting(ctx: &TransportContext, inbound: &Inbound, what: &str) -> Handled {
+    super::count_received(ctx, inbound.transport, &inbound.bytes);
+    ctx.metrics.count_drop(DropReason::ConnectionClosed);
+    info!(
+        bytes = inbound.bytes.len(),
+        waited_for = what,
+        "connection closed while its message waited; message dropped"
+    );
+    Handled::Stop(Some(DropReason::ConnectionClosed))
 }
 
 /// Count and log a stream that cannot be framed any further.
@@ -1158,9 +1208,10 @@ mod tests {
         tokio::spawn(accept(listener, at, ctx.clone(), |tcp| {
             std::future::ready(Some(tcp))
         }));
-        // Its first message waits for room: the connection is half-open.
+        // Its first message waits for room, two more behind it: the
+        // connection is half-open.
         let mut waiting = TcpStream::connect(addr).await.unwrap();
-        waiting.write_all(MESSAGE).await.unwrap();
+        waiting.write_all(&MESSAGE.repeat(3)).await.unwrap();
         let mut pong = [0u8; 2];
         let mut other = TcpStream::connect(addr).await.unwrap();
         other.write_all(b"\r\n\r\n").await.unwrap();
@@ -1175,7 +1226,7 @@ mod tests {
             .unwrap();
         assert!(rest.is_empty());
         tokio::time::timeout(Duration::from_secs(5), async {
-            while ctx.metrics.drops(DropReason::ConnectionClosed) == 0
+            while ctx.metrics.drops(DropReason::ConnectionClosed) < 3
                 || ctx.slots.in_use() != (2, 0)
             {
                 tokio::time::sleep(Duration::from_millis(10)).await;
@@ -1183,7 +1234,10 @@ mod tests {
         })
         .await
         .expect("the message counted as dropped, the slot given back");
-        assert_eq!(ctx.metrics.drops(DropReason::ConnectionClosed), 1);
+        // Each of the three is counted received and dropped.
+        assert_eq!(ctx.metrics.drops(DropReason::ConnectionClosed), 3);
+        let options = crate::observe::metrics::MessageKind::of(MESSAGE);
+        assert_eq!(ctx.metrics.received(Transport::Tcp, options), 3);
         assert!(events.try_recv().is_err(), "nothing reached the dispatcher");
         ctx.shutdown.cancel();
     }

@@ -43,8 +43,8 @@ use tokio_openssl::SslStream;
 use super::admission::FREEZE_THRESHOLD;
 use super::Fault;
 use crate::config::tls_contexts::{
-    build_acceptor, build_upstream, names_of, Upstream, ERR_LIB_SSL, SSL_R_NO_CIPHERS_AVAILABLE,
-    SSL_R_NO_SHARED_CIPHER, SSL_R_NO_SUITABLE_SIGNATURE_ALGORITHM,
+    build_acceptor, build_upstream, names_of, suites_for_key, Upstream, ERR_LIB_SSL,
+    SSL_R_NO_CIPHERS_AVAILABLE, SSL_R_NO_SHARED_CIPHER, SSL_R_NO_SUITABLE_SIGNATURE_ALGORITHM,
 };
 pub use crate::config::tls_contexts::{
     check, TlsError, TlsProblem, SESSION_CACHE_ENTRIES, TLS13_TICKETS,
@@ -104,8 +104,8 @@ impl HandshakeError {
 }
 
 // OpenSSL's `SSL_R_*` reason codes (include/openssl/sslerr.h; stable across
-// releases), for the errors of library `ERR_LIB_SSL`.
-
+// releases), for the errors of library `ERR_LIB_SSL` (those of a handshake
+// that found no cipher are in `config::tls_contexts`).
 const SSL_R_CERTIFICATE_VERIFY_FAILED: i32 = 134;
 const SSL_R_HTTPS_PROXY_REQUEST: i32 = 155;
 const SSL_R_HTTP_REQUEST: i32 = 156;
@@ -281,14 +281,16 @@ impl ServerTls {
     }
 
     /// Re-read the files and rebuild the acceptor; swap it in only when the
-    /// new one is complete, names every advertised host and is valid now
-    /// (a renewal that fails either would lock every client out). Handshakes
+    /// new one is complete, names every advertised host, is valid now and
+    /// has a cipher for clients of TLS 1.2 and older when `tls.min_version`
+    /// admits them (a renewal that fails any would lock clients out). Handshakes
     /// after the swap use the new certificate; open connections keep theirs.
     /// On error nothing changes.
     pub fn reload(&self, settings: &TlsSettings) -> Result<(), TlsError> {
         let acceptor = build_acceptor(settings)?;
         self.names_every_advertised_host(&acceptor, settings)?;
         valid_now(&acceptor, settings)?;
+        suites_for_key(&acceptor, settings)?;
         self.acceptor.store(Arc::new(acceptor));
         Ok(())
     }
