@@ -418,13 +418,7 @@ pub async fn serve_reloading(
     // Those started stop with it; the tasks end with `tasks`.
     let siblings = siblings.inspect_err(|_| shutdown.cancel())?;
     if let Some(notifier) = notifier {
-        let listening: Vec<String> = listeners
-            .listening
-            .iter()
-            .map(|l| format!("{}:{}", l.transport, l.bound))
-            .collect();
-        let status = format!("serving {} relaying to {upstream}", listening.join(", "));
-        notifier.notify("READY=1", &status);
+        notifier.ready(&serving(&listeners.listening, upstream));
     }
     workers::serve(
         first,
@@ -443,6 +437,16 @@ pub async fn serve_reloading(
     tasks.shutdown().await;
     report_stop(&summaries, &metrics, &decision_log);
     Ok(metrics)
+}
+
+/// What an instance serves, for systemd's status: `serving udp:0.0.0.0:5060,
+/// tcp:0.0.0.0:5060 relaying to udp:10.0.0.5:5060`.
+fn serving(listening: &[Listening], upstream: Endpoint) -> String {
+    let listeners: Vec<String> = listening
+        .iter()
+        .map(|l| format!("{}:{}", l.transport, l.bound))
+        .collect();
+    format!("serving {} relaying to {upstream}", listeners.join(", "))
 }
 
 /// The last lines of a run: the summaries whose windows were not over, and
@@ -969,7 +973,7 @@ impl Stopping {
                 Some(drain) if name == "SIGTERM" && !drain.is_cancelled() => "draining",
                 _ => "stopping",
             };
-            notifier.notify("STOPPING=1", status);
+            notifier.stopping(status);
         }
         match &self.drain {
             Some(drain) if name == "SIGTERM" && !drain.is_cancelled() => {

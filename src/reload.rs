@@ -139,11 +139,20 @@ impl Reloader {
                         tls.reload(tls_settings.as_ref(), &tls_metrics)
                     })
                     .await;
-                    if let Err(e) = rebuilt {
-                        warn!(error = %e, "TLS reload did not finish; running TLS contexts kept");
-                    }
+                    let tls_reloaded = match rebuilt {
+                        Ok(reloaded) => reloaded,
+                        Err(e) => {
+                            warn!(error = %e, "TLS reload did not finish; running TLS contexts kept");
+                            false
+                        }
+                    };
                     if let Some(notifier) = &notifier {
-                        notifier.notify("READY=1", &status);
+                        let tls = if tls_reloaded {
+                            ""
+                        } else {
+                            "; the TLS certificates were not reloaded (see the journal)"
+                        };
+                        notifier.ready(&format!("{status}{tls}"));
                     }
                 }
             }

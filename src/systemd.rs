@@ -14,6 +14,7 @@
 
 use std::io;
 use std::os::unix::net::{SocketAddr, UnixDatagram};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use tracing::warn;
 
@@ -27,6 +28,9 @@ pub struct Notifier {
     to: SocketAddr,
     /// How the address was given, for the warning of a failed send.
     named: String,
+    /// `STOPPING=1` was sent: no `READY=1` or `RELOADING=1` after it (a
+    /// reload during a drain, a start interrupted), only `STATUS=`.
+    stopping: AtomicBool,
 }
 
 impl Notifier {
@@ -60,32 +64,54 @@ impl Notifier {
                 ))
             }
         };
+        // Never blocks the event loop: a full queue at systemd loses the
+        // notification (warned about), not time.
+        let socket = UnixDatagram::unbound()?;
+        socket.set_nonblocking(true)?;
         Ok(Self {
-            socket: UnixDatagram::unbound()?,
+            socket,
             to,
             named: named.to_owned(),
+            stopping: AtomicBool::new(false),
         })
     }
 
-    /// Send `state` (assignments such as `READY=1`, one per line) and a
-    /// `STATUS=` line of `status`. A failure is warned about: systemd then
-    /// does not learn the state, and sipadmit serves on.
-    pub fn notify(&self, state: &str, status: &str) {
-        let message = format!("{state}\nSTATUS={}\n", status.replace('\n', " "));
-        if let Err(e) = self.socket.send_to_addr(message.as_bytes(), &self.to) {
-            warn!(socket = %self.named, state, error = %e, "cannot notify systemd");
-        }
+    /// `READY=1`: the service serves (after the start, or a reload), and
+    /// how in `status`. After [`Self::stopping`], the status only.
+    pub fn ready(&self, status: &str) {
+        let state = (!self.stopping.load(Ordering::Relaxed)).then_some("READY=1");
+        self.send(state, status);
     }
 
-    /// `RELOADING=1`, with the time systemd 253 and later ask for.
+    /// `RELOADING=1`, with the time systemd 253 and later ask for. After
+    /// [`Self::stopping`], the status only.
     pub fn reloading(&self) {
         let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
             .map(|t| t.tv_sec() as u64 * 1_000_000 + t.tv_nsec() as u64 / 1000)
             .unwrap_or(0);
-        self.notify(
-            &format!("RELOADING=1\nMONOTONIC_USEC={now}"),
-            "reloading the configuration",
-        );
+        let state = format!("RELOADING=1\nMONOTONIC_USEC={now}");
+        let state = (!self.stopping.load(Ordering::Relaxed)).then_some(state.as_str());
+        self.send(state, "reloading the configuration");
+    }
+
+    /// `STOPPING=1`: a drain or a stop began, as `status` says.
+    pub fn stopping(&self, status: &str) {
+        self.stopping.store(true, Ordering::Relaxed);
+        self.send(Some("STOPPING=1"), status);
+    }
+
+    /// Send `state` (assignments, one per line) if any, and a `STATUS=`
+    /// line of `status`. A failure is warned about: systemd then does not
+    /// learn the state, and sipadmit serves on.
+    fn send(&self, state: Option<&str>, status: &str) {
+        let status = status.replace('\n', " ");
+        let message = match state {
+            Some(state) => format!("{state}\nSTATUS={status}\n"),
+            None => format!("STATUS={status}\n"),
+        };
+        if let Err(e) = self.socket.send_to_addr(message.as_bytes(), &self.to) {
+            warn!(socket = %self.named, state, error = %e, "cannot notify systemd");
+        }
     }
 }
 
@@ -99,7 +125,7 @@ mod tests {
         let path = dir.path().join("notify");
         let systemd = UnixDatagram::bind(&path).unwrap();
         let notifier = Notifier::to(path.to_str().unwrap()).unwrap();
-        notifier.notify("READY=1", "serving\nudp:127.0.0.1:5060");
+        notifier.ready("serving\nudp:127.0.0.1:5060");
         let mut buf = [0u8; 256];
         let n = systemd.recv(&mut buf).unwrap();
         assert_eq!(
@@ -115,11 +141,17 @@ mod tests {
         let name = format!("sipadmit-test-{}", std::process::id());
         let abstract_socket =
             UnixDatagram::bind_addr(&SocketAddr::from_abstract_name(&name).unwrap()).unwrap();
-        Notifier::to(&format!("@{name}"))
-            .unwrap()
-            .notify("STOPPING=1", "draining");
+        let notifier = Notifier::to(&format!("@{name}")).unwrap();
+        notifier.stopping("draining");
         let n = abstract_socket.recv(&mut buf).unwrap();
         assert_eq!(&buf[..n], b"STOPPING=1\nSTATUS=draining\n");
+        // Once stopping, a reload or a late start tells its status only.
+        notifier.reloading();
+        let n = abstract_socket.recv(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"STATUS=reloading the configuration\n");
+        notifier.ready("serving");
+        let n = abstract_socket.recv(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"STATUS=serving\n");
 
         let err = Notifier::to("relative/notify").unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::InvalidInput);

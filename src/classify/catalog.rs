@@ -416,7 +416,7 @@ impl Catalog {
                 ("clients", other) => builder.problem(
                     "clients",
                     format!(
-                        "expected an array of tables ([[clients]]), found {}",
+                        "line {line}: expected an array of tables ([[clients]]), found {}",
                         other.type_str()
                     ),
                 ),
@@ -1567,7 +1567,7 @@ token = "OC"
         let got = problems("[clients]\nid = \"x\"\n");
         assert_eq!(
             got,
-            ["clients: expected an array of tables ([[clients]]), found table"]
+            ["clients: line 1: expected an array of tables ([[clients]]), found table"]
         );
     }
 

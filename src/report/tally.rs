@@ -199,10 +199,13 @@ pub struct Tally<'c> {
     timeline: Timeline,
     /// Gzip logs read only up to a damage, in reading order.
     damaged: Vec<DamagedLog>,
-    /// The log being read, and [`Self::lines`] when it began.
-    log: Option<(String, u64)>,
+    /// The log being read, [`Self::lines`] when it began, and its place
+    /// among the logs read (a log named twice is read twice).
+    log: Option<(String, u64, usize)>,
     /// The logs with malformed lines, in reading order.
     malformed_logs: Vec<MalformedLines>,
+    /// The place of the log the last of `malformed_logs` is about.
+    malformed_in_last: Option<usize>,
 }
 
 impl<'c> Tally<'c> {
@@ -244,6 +247,7 @@ impl<'c> Tally<'c> {
             damaged: Vec::new(),
             log: None,
             malformed_logs: Vec::new(),
+            malformed_in_last: None,
         }
     }
 
@@ -267,24 +271,28 @@ impl<'c> Tally<'c> {
     /// note where it is when its log is named ([`Self::begin_log`]).
     pub fn add_malformed(&mut self) {
         self.malformed_lines += 1;
-        let Some((log, began)) = &self.log else {
+        let Some((log, began, place)) = &self.log else {
             return;
         };
         let line = self.lines() - began;
         match self.malformed_logs.last_mut() {
-            Some(last) if last.log == *log => last.lines += 1,
-            _ => self.malformed_logs.push(MalformedLines {
-                log: log.clone(),
-                lines: 1,
-                first_line: line,
-            }),
+            Some(last) if self.malformed_in_last == Some(*place) => last.lines += 1,
+            _ => {
+                self.malformed_logs.push(MalformedLines {
+                    log: log.clone(),
+                    lines: 1,
+                    first_line: line,
+                });
+                self.malformed_in_last = Some(*place);
+            }
         }
     }
 
     /// The lines that follow are those of the log `name` (see
     /// [`Summary::malformed_logs`]).
     pub fn begin_log(&mut self, name: &str) {
-        self.log = Some((name.to_owned(), self.lines()));
+        let place = self.log.as_ref().map_or(0, |(_, _, place)| place + 1);
+        self.log = Some((name.to_owned(), self.lines(), place));
     }
 
     /// The logs with malformed lines so far (for a warning per log).
