@@ -267,12 +267,22 @@ impl Reloader {
         // The tokens signed with the random secret of a start without one
         // (Path of every registration, Record-Route of every dialog) keep
         // verifying until a restart.
-        let signer =
-            FlowSigner::with_secrets(secrets.secrets())?.carrying_random_of(&core.flow_signer());
+        let running = core.flow_signer();
+        let (signer, replaced) =
+            FlowSigner::with_secrets(secrets.secrets())?.carrying_replaced_of(&running);
+        let signer = signer.carrying_random_of(&running);
         let (count, fingerprint) = (signer.secrets(), signer.fingerprint());
         let random_secret_verifies = signer.verifies_a_random_secret();
         if !core.set_flow_signer(signer) {
             return None;
+        }
+        if replaced {
+            warn!(
+                config = %self.path.display(),
+                source = secrets.key(),
+                signing_fingerprint = %fingerprint,
+                "config reload: the flow secret was replaced outright: the one it replaced still verifies the tokens in use (registrations' Path, dialogs' Record-Route) until a restart; to retire a secret without a restart, rotate through flow_secret_file (the new secret first, the old second, then the old removed once every client has registered again)"
+            );
         }
         info!(
             config = %self.path.display(),

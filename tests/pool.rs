@@ -278,6 +278,60 @@ fn the_first_secret_brought_by_a_reload_keeps_the_tokens_of_the_random_one() {
 }
 
 #[test]
+fn a_secret_replaced_outright_keeps_the_tokens_in_use_and_a_rotated_one_is_retired() {
+    // Trial 26: one flow_secret replaced by another in the file and
+    // reloaded refused every registration and call under way (403 Invalid
+    // Flow Token) until each client registered again.
+    let files = Files::new(
+        &format!("[proxy]\nflow_secret = \"{OLD_SECRET}\"\n{RESPONSE_GROUP}"),
+        "",
+    );
+    let upstream = udp();
+    let proxy = start_reloading(&files.config(), &upstream);
+    let client = udp();
+    let contact = client.local_addr().unwrap();
+    let old_path = register(&client, proxy.udp, &upstream, "agent-x", LYNC, 1);
+    std::fs::write(
+        files.config(),
+        format!("[proxy]\nflow_secret = \"{NEW_SECRET}\"\n{RESPONSE_GROUP}"),
+    )
+    .unwrap();
+    assert!(proxy.reload());
+    let call = |path: &str, call: &str| {
+        offer(&upstream, proxy.udp, "agent-x", contact, path, call);
+        rings(&client, proxy.udp, call);
+    };
+    call(&old_path, "after-replacement");
+    let new_path = register(&client, proxy.udp, &upstream, "agent-x", LYNC, 2);
+    assert_ne!(new_path, old_path);
+    call(&new_path, "new-token");
+    // Rotated through the file (the new first, the old second, then the
+    // old dropped), the old secret is retired at once.
+    let files = Files::new(
+        &format!("[proxy]\nflow_secret_file = \"flow-secrets\"\n{RESPONSE_GROUP}"),
+        &format!("{OLD_SECRET}\n"),
+    );
+    let proxy = start_reloading(&files.config(), &upstream);
+    let old_path = register(&client, proxy.udp, &upstream, "agent-x", LYNC, 3);
+    files.write_secrets(&format!("{NEW_SECRET}\n{OLD_SECRET}\n"), 0o600);
+    assert!(proxy.reload());
+    offer(
+        &upstream, proxy.udp, "agent-x", contact, &old_path, "rotating",
+    );
+    rings(&client, proxy.udp, "rotating");
+    files.write_secrets(&format!("{NEW_SECRET}\n"), 0o600);
+    assert!(proxy.reload());
+    offer(
+        &upstream, proxy.udp, "agent-x", contact, &old_path, "retired",
+    );
+    let (refused, _) = recv(&upstream);
+    assert!(
+        refused.starts_with("SIP/2.0 403 Invalid Flow Token\r\n"),
+        "{refused}"
+    );
+}
+
+#[test]
 fn a_call_through_the_advertised_name_is_taken_by_either_instance_and_decided_the_same() {
     let upstream = udp();
     let config = format!(

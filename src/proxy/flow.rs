@@ -140,6 +140,10 @@ pub struct FlowSigner {
     /// made at start without a configured secret, or kept for verifying
     /// once a reload brought configured ones.
     random_last: bool,
+    /// How many keys, from the first, are the configured secrets; those
+    /// after them were carried over by a reload
+    /// ([`FlowSigner::carrying_replaced_of`], [`FlowSigner::carrying_random_of`]).
+    configured: usize,
 }
 
 impl std::fmt::Debug for FlowSigner {
@@ -156,6 +160,14 @@ impl PartialEq for FlowSigner {
 }
 
 impl Eq for FlowSigner {}
+
+/// What tells two HMAC keys apart without their secrets: the MAC of a
+/// fixed text.
+fn key_id(key: &HmacSha256) -> [u8; 32] {
+    let mut mac = key.clone();
+    mac.update(b"sipadmit flow secret identity");
+    mac.finalize().into_bytes().into()
+}
 
 impl FlowSigner {
     /// A signer for `secret` alone.
@@ -182,10 +194,30 @@ impl FlowSigner {
             })
             .collect();
         Some(Self {
+            configured: secrets.len(),
             keys,
             digest: digest.finalize().into(),
             random_last: false,
         })
+    }
+
+    /// This signer, also verifying with the signing secret of `running`
+    /// when none of `running`'s configured secrets is among this one's: a
+    /// reload that replaces `proxy.flow_secret` outright keeps the tokens
+    /// in use (the Path of every registration, the Record-Route of every
+    /// dialog) valid until a restart, where listing the old secret second
+    /// (`flow_secret_file`) would have rotated it. `true` in the second
+    /// place when it carried one.
+    pub fn carrying_replaced_of(mut self, running: &FlowSigner) -> (Self, bool) {
+        let ours: Vec<[u8; 32]> = self.keys.iter().map(key_id).collect();
+        let kept = running.keys[..running.configured]
+            .iter()
+            .any(|key| ours.contains(&key_id(key)));
+        if kept || running.configured == 0 {
+            return (self, false);
+        }
+        self.keys.push(running.keys[0].clone());
+        (self, true)
     }
 
     /// This signer, also verifying (last) with the random secret `running`
@@ -238,6 +270,7 @@ impl FlowSigner {
         let secret: [u8; 32] = rand::random();
         Self {
             random_last: true,
+            configured: 0,
             ..Self::new(&secret)
         }
     }
