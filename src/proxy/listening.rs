@@ -62,8 +62,9 @@ impl Listening {
     /// [`AdvertisedHost::names`]).
     pub fn names(&self, host: &[u8], port: Option<u16>) -> bool {
         let at_an_address_of_ours = || {
-            host_ip(host).is_some_and(|ip| {
-                ip == self.addr.ip() || self.receives_at.contains(&ip.to_canonical())
+            // An IPv4 address in any spelling, `[::ffff:a.b.c.d]` included.
+            host_ip(host).map(|ip| ip.to_canonical()).is_some_and(|ip| {
+                ip == self.addr.ip().to_canonical() || self.receives_at.contains(&ip)
             })
         };
         (port.unwrap_or(5060) == self.addr.port() && at_an_address_of_ours())
@@ -153,6 +154,18 @@ mod tests {
         assert!(!wildcard.names(b"127.0.0.1", None), "5060 is not its port");
         assert!(!wildcard.names(b"127.0.0.2", Some(5062)));
         assert!(!wildcard.names(b"host.example", Some(5062)));
+    }
+
+    /// Trial 26: a Route to `[::ffff:127.0.0.1]:P`, the IPv4 listener's
+    /// address mapped, was not popped (and an OPTIONS to it went to the
+    /// registrar).
+    #[test]
+    fn an_ipv4_listener_is_named_by_its_address_mapped_to_ipv6() {
+        let own = listening(Transport::Udp, "127.0.0.1:5062", None);
+        assert!(own.names(b"[::ffff:127.0.0.1]", Some(5062)));
+        assert!(own.names(b"[::FFFF:7f00:1]", Some(5062)));
+        assert!(!own.names(b"[::ffff:127.0.0.2]", Some(5062)));
+        assert!(!own.names(b"[::1]", Some(5062)));
     }
 
     #[test]
