@@ -980,6 +980,55 @@ fn a_register_over_the_contact_cap_is_answered_403_counted_and_recorded() {
     assert_eq!(sent(&handle(&core, &unregister)).0, Destination::Upstream);
 }
 
+/// Trial 26: a Contact with an IPv6 zone id was registered (`200`), and
+/// then every request the registrar sent to it was refused here `400
+/// Malformed Request-URI`. A contact this proxy could never route to is
+/// refused when it is registered; the forms it routes pass.
+#[test]
+fn a_register_with_a_contact_no_request_could_reach_is_refused() {
+    let core = Core::detached(CONFIG).unwrap();
+    let agent: SocketAddr = "[::1]:47200".parse().unwrap();
+    // Each its own transaction (a copy would be answered as the first).
+    let sent_so_far = std::cell::Cell::new(0);
+    let register = |contact: &str| {
+        sent_so_far.set(sent_so_far.get() + 1);
+        let n = sent_so_far.get();
+        let text = request("REGISTER", "sip:contoso.com", agent, LYNC, "")
+            .replace(&format!("<sip:alice@{agent}>"), contact)
+            .replace("z9hG4bK-REGISTER", &format!("z9hG4bK-{n}-REGISTER"))
+            .replace("Call-ID: ", &format!("Call-ID: {n}"));
+        handle(&core, &udp(text, agent))
+    };
+    for zone in [
+        "<sip:u@[fe80::1%25eth0]:5060>",
+        "<sip:u@[fe80::1%eth0]:5060>",
+        "<sip:u@[::1%25lo]:5060;transport=udp>",
+    ] {
+        let outcome = register(zone);
+        let (to, answer) = sent(&outcome);
+        assert_eq!(to, Destination::Source, "{zone}");
+        assert!(
+            answer.starts_with("SIP/2.0 400 Malformed Contact header\r\n"),
+            "{zone}: {answer}"
+        );
+        let record = outcome.into_record().expect("recorded");
+        assert_eq!(record.rule.as_ref(), "proxy.malformed");
+    }
+    for routable in [
+        "<sip:u@[::ffff:127.0.0.1]:5060>",
+        "<sip:u@[0:0:0:0:0:0:0:1]:5060>",
+        "<sip:u@host.example;transport=tcp>",
+        "<tel:+15551234>",
+        "*",
+    ] {
+        assert_eq!(
+            sent(&register(routable)).0,
+            Destination::Upstream,
+            "{routable}"
+        );
+    }
+}
+
 #[test]
 fn unanswered_registers_with_600_contacts_stay_within_the_byte_bound() {
     // The cap raised to let 600 through: the byte bound alone holds them.
