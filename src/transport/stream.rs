@@ -1141,10 +1141,9 @@ mod tests {
         assert_eq!(ctx.metrics.faults(Fault::MessageDeadline), 1);
     }
 
-    #[tokio::test]
-    async fn a_full_pool_closes_a_half_open_connection_for_a_new_one_or_refuses_it() {
-        let (tx, mut events) = mpsc::channel(16);
-        let ctx = TransportContext::for_tests(tx, 2);
+    /// A TCP listener on a loopback port, its connections accepted and
+    /// served with `ctx`: its address.
+    async fn accepting(ctx: &Arc<TransportContext>) -> std::net::SocketAddr {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let at = Listener {
@@ -1154,6 +1153,14 @@ mod tests {
         tokio::spawn(accept(listener, at, ctx.clone(), |tcp| {
             std::future::ready(Some(tcp))
         }));
+        addr
+    }
+
+    #[tokio::test]
+    async fn a_full_pool_closes_a_half_open_connection_for_a_new_one_or_refuses_it() {
+        let (tx, mut events) = mpsc::channel(16);
+        let ctx = TransportContext::for_tests(tx, 2);
+        let addr = accepting(&ctx).await;
         let mut pong = [0u8; 2];
         // The first sends a message: no longer half-open.
         let mut first = TcpStream::connect(addr).await.unwrap();
@@ -1199,15 +1206,7 @@ mod tests {
         Arc::get_mut(&mut ctx).unwrap().upstream_backlog = Some(backlog.clone());
         // The queue to the registrar is full: held by a message let through.
         let _full = backlog.room_for_clients(10_000 - EDIT_ALLOWANCE).await;
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let at = Listener {
-            transport: Transport::Tcp,
-            local: addr.into(),
-        };
-        tokio::spawn(accept(listener, at, ctx.clone(), |tcp| {
-            std::future::ready(Some(tcp))
-        }));
+        let addr = accepting(&ctx).await;
         // Its first message waits for room, two more behind it: the
         // connection is half-open.
         let mut waiting = TcpStream::connect(addr).await.unwrap();
