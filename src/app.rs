@@ -377,8 +377,7 @@ pub async fn serve_reloading(
         listeners.listening.clone(),
         metrics.clone(),
     ));
-    let (events_tx, events) = mpsc::channel::<Event>(EVENT_QUEUE);
-    let ctx = transport_context(&settings, events_tx, &metrics, &admission, &shutdown);
+    let (ctx, events) = transport_context(&settings, &metrics, &admission, &shutdown);
     let (senders, hep_exporter) = senders(&settings, &listeners, &ctx, &tls_contexts)?;
     let mut tasks = JoinSet::new();
     log_listening(&listeners.listening, upstream, mode, boot);
@@ -396,8 +395,7 @@ pub async fn serve_reloading(
         };
         tasks.spawn(admin::serve(listener, state));
     }
-    let notifier = control.notifier.clone();
-    spawn_control(
+    let notifier = spawn_control(
         &mut tasks, control, reloader, &core, &metrics, &ctx, &shutdown,
     );
     dispatch::spawn_chores(core.clone(), udp_inodes(&bound), shutdown.clone());
@@ -417,9 +415,7 @@ pub async fn serve_reloading(
     );
     // Those started stop with it; the tasks end with `tasks`.
     let siblings = siblings.inspect_err(|_| shutdown.cancel())?;
-    if let Some(notifier) = notifier {
-        notifier.ready(&serving(&listeners.listening, upstream));
-    }
+    tell_ready(notifier.as_deref(), &listeners.listening, upstream);
     workers::serve(
         first,
         ctx,
@@ -439,14 +435,20 @@ pub async fn serve_reloading(
     Ok(metrics)
 }
 
-/// What an instance serves, for systemd's status: `serving udp:0.0.0.0:5060,
-/// tcp:0.0.0.0:5060 relaying to udp:10.0.0.5:5060`.
-fn serving(listening: &[Listening], upstream: Endpoint) -> String {
+/// Tell systemd (if it asked) that the instance serves, and what: `serving
+/// udp:0.0.0.0:5060, tcp:0.0.0.0:5060 relaying to udp:10.0.0.5:5060`.
+fn tell_ready(notifier: Option<&Notifier>, listening: &[Listening], upstream: Endpoint) {
+    let Some(notifier) = notifier else {
+        return;
+    };
     let listeners: Vec<String> = listening
         .iter()
         .map(|l| format!("{}:{}", l.transport, l.bound))
         .collect();
-    format!("serving {} relaying to {upstream}", listeners.join(", "))
+    notifier.ready(&format!(
+        "serving {} relaying to {upstream}",
+        listeners.join(", ")
+    ));
 }
 
 /// The last lines of a run: the summaries whose windows were not over, and
@@ -492,7 +494,8 @@ fn admission_and_reloader(
     (admission, reloader)
 }
 
-/// Start what `control` asks for: the reloader, the drain.
+/// Start what `control` asks for: the reloader, the drain; its notifier
+/// (systemd's), to tell when the instance serves.
 fn spawn_control(
     tasks: &mut JoinSet<()>,
     control: Control,
@@ -501,7 +504,7 @@ fn spawn_control(
     metrics: &Arc<Metrics>,
     ctx: &TransportContext,
     shutdown: &CancellationToken,
-) {
+) -> Option<Arc<Notifier>> {
     let limit = reloader.running.limits.drain;
     if let Some(reloads) = control.reloads {
         tasks.spawn(reloader.run(
@@ -509,7 +512,7 @@ fn spawn_control(
             core.clone(),
             metrics.clone(),
             shutdown.clone(),
-            control.notifier,
+            control.notifier.clone(),
         ));
     }
     if let Some(requested) = control.drain {
@@ -522,6 +525,7 @@ fn spawn_control(
             shutdown.clone(),
         ));
     }
+    control.notifier
 }
 
 /// Start the workers beyond the first (each a thread, with a sibling of
@@ -789,19 +793,20 @@ fn flow_signer(settings: &Settings) -> FlowSigner {
     })
 }
 
-/// What every transport task shares.
+/// What every transport task shares, and the queue of the events they hand
+/// the dispatcher.
 fn transport_context(
     settings: &Settings,
-    events: mpsc::Sender<Event>,
     metrics: &Arc<Metrics>,
     admission: &Arc<Admission>,
     shutdown: &CancellationToken,
-) -> Arc<TransportContext> {
+) -> (Arc<TransportContext>, mpsc::Receiver<Event>) {
+    let (events, received) = mpsc::channel::<Event>(EVENT_QUEUE);
     let upstream = settings.upstream;
     let upstream_backlog = upstream
         .filter(|u| u.transport.is_stream())
         .map(|_| Arc::new(UpstreamBacklog::new(settings.limits.upstream_queue_bytes)));
-    Arc::new(TransportContext {
+    let ctx = Arc::new(TransportContext {
         connections: Arc::new(Connections::default()),
         events,
         limits: settings.limits,
@@ -820,7 +825,8 @@ fn transport_context(
             .filter(|u| u.transport == Transport::Udp)
             .map(|u| u.addr),
         upstream_backlog,
-    })
+    });
+    (ctx, received)
 }
 
 /// Everything that sends: the UDP listeners, the connections, and the

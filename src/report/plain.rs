@@ -160,6 +160,13 @@ pub fn render(s: &Summary) -> String {
 fn overview(out: &mut String, s: &Summary) {
     out.push_str("sipadmit decision report\n");
     out.push_str("========================\n");
+    logs_read(out, s);
+    counted(out, s);
+}
+
+/// The overview's lines on the logs read: which, what was damaged, how
+/// many records and malformed lines, and where those are.
+fn logs_read(out: &mut String, s: &Summary) {
     let _ = writeln!(out, "Logs:         {}", cell(&s.logs.join(", ")));
     for d in &s.damaged_logs {
         let _ = writeln!(
@@ -185,6 +192,10 @@ fn overview(out: &mut String, s: &Summary) {
             m.first_line
         );
     }
+}
+
+/// The overview's counts of what the report counted.
+fn counted(out: &mut String, s: &Summary) {
     let repeats = s.records_read - s.records - s.protocol_answers.total;
     let _ = writeln!(
         out,

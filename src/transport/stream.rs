@@ -492,12 +492,9 @@ async fn read_messages<S>(
     S: AsyncRead + AsyncWrite + Unpin,
 {
     debug!(leg = info.leg.as_str(), "connection open");
-    let mut state = ReadState::new(ctx);
+    let mut state = ReadState::new(ctx, closing.clone());
     let stop = loop {
-        if state
-            .frame_buffered(id, info, ctx, &mut hearing, &closing)
-            .await
-        {
+        if state.frame_buffered(id, info, ctx, &mut hearing).await {
             break Stop::Closed;
         }
         state.settle();
@@ -548,7 +545,7 @@ async fn read_messages<S>(
         };
         match read {
             Ok(0) => {
-                state.frame_at_eof(id, info, ctx, &hearing, &closing).await;
+                state.frame_at_eof(id, info, ctx, &hearing).await;
                 break Stop::Closed;
             }
             Ok(_) => {}
@@ -612,11 +609,15 @@ struct ReadState {
     opened: Instant,
     /// When the last message (or keep-alive) arrived; `None` before the first.
     last_message: Option<Instant>,
+    /// Cancelled when the connection closes (evicted, or sipadmit
+    /// stopping): a message waiting to be handed on stops waiting.
+    closing: CancellationToken,
 }
 
 impl ReadState {
-    fn new(ctx: &TransportContext) -> Self {
+    fn new(ctx: &TransportContext, closing: CancellationToken) -> Self {
         Self {
+            closing,
             codec: SipCodec::new(ctx.limits.max_message_bytes),
             buf: BytesMut::new(),
             share: BudgetShare {
@@ -638,7 +639,6 @@ impl ReadState {
         info: ConnectionInfo,
         ctx: &TransportContext,
         hearing: &mut Hearing<'_>,
-        closing: &CancellationToken,
     ) -> bool {
         loop {
             match self.codec.decode(&mut self.buf) {
@@ -648,7 +648,7 @@ impl ReadState {
                     if !hearing.note(&frame, ctx, info) {
                         continue;
                     }
-                    let handled = handle_frame(frame, id, info, ctx, closing).await;
+                    let handled = handle_frame(frame, id, info, ctx, &self.closing).await;
                     if let Hearing::Slot(slot) = hearing {
                         // A keep-alive refreshes a known flow, never makes one.
                         let proven = match handled {
@@ -705,12 +705,11 @@ impl ReadState {
         info: ConnectionInfo,
         ctx: &TransportContext,
         hearing: &Hearing<'_>,
-        closing: &CancellationToken,
     ) {
         match self.codec.decode_eof(&mut self.buf) {
             Ok(Some(frame)) => {
                 if hearing.note(&frame, ctx, info) {
-                    handle_frame(frame, id, info, ctx, closing).await;
+                    handle_frame(frame, id, info, ctx, &self.closing).await;
                 }
             }
             Ok(None) => {}
