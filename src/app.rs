@@ -445,7 +445,7 @@ fn tell_ready(notifier: Option<&Notifier>, listening: &[Listening], upstream: En
         .iter()
         .map(|l| format!("{}:{}", l.transport, l.bound))
         .collect();
-    notifier.ready(&format!(
+    notifier.serving(&format!(
         "serving {} relaying to {upstream}",
         listeners.join(", ")
     ));

@@ -68,7 +68,7 @@ pub struct Reloader {
 /// What `systemctl status` says after a reload that kept the running
 /// configuration.
 const KEPT_STATUS: &str =
-    "serving; the last reload failed and the running configuration is kept (see the journal)";
+    "the last reload failed and the running configuration is kept (see the journal)";
 
 /// What one reload did.
 #[derive(Debug, PartialEq, Eq)]
@@ -123,7 +123,7 @@ impl Reloader {
                             tls_settings = loaded.as_ref().ok().map(|c| c.settings.tls.clone());
                             match reloader.apply(&core, &metrics, loaded) {
                                 Reloaded::Published { generation, .. } => {
-                                    format!("serving; configuration generation {generation}")
+                                    format!("configuration generation {generation}")
                                 }
                                 Reloaded::Kept => KEPT_STATUS.to_owned(),
                             }
@@ -152,7 +152,7 @@ impl Reloader {
                         } else {
                             "; the TLS certificates were not reloaded (see the journal)"
                         };
-                        notifier.ready(&format!("{status}{tls}"));
+                        notifier.reloaded(&format!("{status}{tls}"));
                     }
                 }
             }

@@ -1127,13 +1127,16 @@ fn systemd_is_told_ready_reloading_and_stopping() {
         reloading.starts_with("RELOADING=1\nMONOTONIC_USEC="),
         "{reloading}"
     );
+    let serving = format!("serving udp:{udp} relaying to {upstream}");
     assert!(
-        reloading.ends_with("\nSTATUS=reloading the configuration\n"),
+        reloading.ends_with(&format!(
+            "\nSTATUS={serving}; reloading the configuration\n"
+        )),
         "{reloading}"
     );
     assert_eq!(
         next(),
-        "READY=1\nSTATUS=serving; configuration generation 2\n"
+        format!("READY=1\nSTATUS={serving}; configuration generation 2\n")
     );
 
     replace_file(&config, "[response_group\n");
@@ -1141,7 +1144,7 @@ fn systemd_is_told_ready_reloading_and_stopping() {
     assert!(next().starts_with("RELOADING=1\n"));
     assert_eq!(
         next(),
-        "READY=1\nSTATUS=serving; the last reload failed and the running configuration is kept (see the journal)\n"
+        format!("READY=1\nSTATUS={serving}; the last reload failed and the running configuration is kept (see the journal)\n")
     );
 
     // SIGTERM drains (the REGISTER is still unanswered); a second stops.

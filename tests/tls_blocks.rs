@@ -789,4 +789,11 @@ async fn a_cipher_list_without_a_suite_for_the_key_type_is_refused() {
         ..rsa_with_ecdsa_list
     };
     assert!(check(&tls13_only).is_empty());
+    // Trial 27: suites without encryption are suites too (the listener
+    // negotiates them): not refused.
+    let null = TlsSettings {
+        ciphers: "NULL-SHA256:@SECLEVEL=0".into(),
+        ..server_settings(&files.server)
+    };
+    assert!(check(&null).is_empty(), "{:?}", check(&null));
 }

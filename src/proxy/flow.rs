@@ -161,6 +161,11 @@ impl PartialEq for FlowSigner {
 
 impl Eq for FlowSigner {}
 
+/// Secrets replaced outright by reloads that keep verifying until a
+/// restart ([`FlowSigner::carrying_replaced_of`]): each costs an HMAC for
+/// every token the secrets before it do not verify.
+pub const MAX_CARRIED: usize = 4;
+
 /// What tells two HMAC keys apart without their secrets: the MAC of a
 /// fixed text.
 fn key_id(key: &HmacSha256) -> [u8; 32] {
@@ -201,23 +206,33 @@ impl FlowSigner {
         })
     }
 
-    /// This signer, also verifying with the signing secret of `running`
-    /// when none of `running`'s configured secrets is among this one's: a
-    /// reload that replaces `proxy.flow_secret` outright keeps the tokens
-    /// in use (the Path of every registration, the Record-Route of every
-    /// dialog) valid until a restart, where listing the old secret second
-    /// (`flow_secret_file`) would have rotated it. `true` in the second
-    /// place when it carried one.
+    /// This signer, also verifying with the secrets `running` verified
+    /// with that are not among its own, when none of `running`'s
+    /// configured secrets is: a reload that replaces `proxy.flow_secret`
+    /// outright keeps the tokens in use (the Path of every registration,
+    /// the Record-Route of every dialog) valid until a restart, where
+    /// listing the old secret second (`flow_secret_file`) would have rotated
+    /// it. Secrets carried by earlier replacements stay carried (at most
+    /// [`MAX_CARRIED`], the latest kept) whatever the reload; a secret
+    /// retired by a rotation (configured, then no longer listed) is not.
+    /// `true` in the second place when it carried a secret anew.
     pub fn carrying_replaced_of(mut self, running: &FlowSigner) -> (Self, bool) {
         let ours: Vec<[u8; 32]> = self.keys.iter().map(key_id).collect();
         let kept = running.keys[..running.configured]
             .iter()
             .any(|key| ours.contains(&key_id(key)));
-        if kept || running.configured == 0 {
-            return (self, false);
-        }
-        self.keys.push(running.keys[0].clone());
-        (self, true)
+        let replaced = !kept && running.configured > 0;
+        let carried_before = &running.keys
+            [running.configured..running.keys.len() - usize::from(running.random_last)];
+        let carried: Vec<HmacSha256> = replaced
+            .then(|| running.keys[0].clone())
+            .into_iter()
+            .chain(carried_before.iter().cloned())
+            .filter(|key| !ours.contains(&key_id(key)))
+            .take(MAX_CARRIED)
+            .collect();
+        self.keys.extend(carried);
+        (self, replaced)
     }
 
     /// This signer, also verifying (last) with the random secret `running`
@@ -786,6 +801,50 @@ mod tests {
             .carrying_random_of(&configured);
         assert!(!plain.verifies_a_random_secret());
         assert_eq!(plain.secrets(), 1);
+    }
+
+    /// Trial 27: a secret replaced twice (A, then B, then C) stopped
+    /// verifying at the second replacement, though each reload said it
+    /// would verify until a restart.
+    #[test]
+    fn secrets_replaced_outright_keep_verifying_and_rotated_ones_are_retired() {
+        let f = flow("192.0.2.1:5060");
+        let signer = |secrets: &[&str], running: &FlowSigner| {
+            FlowSigner::with_secrets(secrets)
+                .unwrap()
+                .carrying_replaced_of(running)
+        };
+        let a = FlowSigner::with_secrets(&["secret-a-0123456789"]).unwrap();
+        let token_a = a.encode(Purpose::Path, &f);
+        let verifies = |s: &FlowSigner, token: &Token| s.decode(token.as_bytes()).is_ok();
+        let (b, replaced) = signer(&["secret-b-0123456789"], &a);
+        assert!(replaced && verifies(&b, &token_a));
+        let token_b = b.encode(Purpose::Path, &f);
+        let (c, replaced) = signer(&["secret-c-0123456789"], &b);
+        assert!(replaced && verifies(&c, &token_a) && verifies(&c, &token_b));
+        assert_eq!(c.secrets(), 3);
+        // The same file again: nothing replaced, everything still carried.
+        let (same, replaced) = signer(&["secret-c-0123456789"], &c);
+        assert!(!replaced && verifies(&same, &token_a) && same == c);
+        // A rotation through the file (D first, C second) keeps what was
+        // carried; dropping C then retires C, not the carried A and B.
+        let (rotating, replaced) = signer(&["secret-d-0123456789", "secret-c-0123456789"], &c);
+        assert!(!replaced && verifies(&rotating, &token_a));
+        let token_c = c.encode(Purpose::Path, &f);
+        let (rotated, _) = signer(&["secret-d-0123456789"], &rotating);
+        assert!(!verifies(&rotated, &token_c));
+        assert!(verifies(&rotated, &token_a) && verifies(&rotated, &token_b));
+        // A secret carried and then configured again is not listed twice.
+        let (back, _) = signer(&["secret-a-0123456789"], &rotated);
+        assert!(verifies(&back, &token_a));
+        assert_eq!(back.secrets(), 3, "A, then D and B carried");
+        // At most MAX_CARRIED are carried, the latest first.
+        let mut running = back;
+        for i in 0..10 {
+            let secret = format!("secret-many-{i:08}");
+            running = signer(&[secret.as_str()], &running).0;
+        }
+        assert_eq!(running.secrets(), 1 + MAX_CARRIED);
     }
 
     #[test]
