@@ -23,6 +23,7 @@ use tracing::{debug, info, warn};
 
 use crate::observe::metrics::{DropReason, MessageKind, Metrics};
 use crate::observe::DecisionLog;
+use crate::proxy::transactions::Treatment;
 use crate::proxy::{Core, Destination, FlowFailure, Inbound, Outbound, Outcome};
 use crate::sip::framing::has_sip_start_line;
 use crate::transport::admission::{Admission, BanCause, BanScope};
@@ -365,10 +366,7 @@ impl RetransmitTimer {
 /// instead of waiting out 64*T1 for a `408`.
 async fn retransmit(core: &Core, senders: &Senders, log: &DecisionLog) {
     for (inbound, outcome, key) in core.client_transactions_due(Instant::now()) {
-        match (
-            carry_out(senders, log, &inbound, outcome, core.boot()).await,
-            key,
-        ) {
+        match (carry_out(core, senders, log, &inbound, outcome).await, key) {
             (Ok(()), _) => {}
             (Err((to, e @ SendError::UpstreamUnreachable { .. })), Some(key)) => {
                 Fault::UpstreamSend.report(core.metrics(), None, &e);
@@ -493,7 +491,7 @@ async fn dispatch(
         }
         Event::Refused { inbound, refusal } => {
             let outcome = core.refuse_source(&inbound, Instant::now(), refusal);
-            if let Err((_, e)) = carry_out(senders, log, &inbound, outcome, core.boot()).await {
+            if let Err((_, e)) = carry_out(core, senders, log, &inbound, outcome).await {
                 not_sent(core, Some(inbound.source.0), &e);
             }
         }
@@ -506,9 +504,7 @@ async fn dispatch(
                 if request {
                     // The drain ran out before its answer came.
                     let answer = core.drain_ran_out(&inbound, Instant::now());
-                    if let Err((_, e)) =
-                        carry_out(senders, log, &inbound, answer, core.boot()).await
-                    {
+                    if let Err((_, e)) = carry_out(core, senders, log, &inbound, answer).await {
                         not_sent(core, Some(inbound.source.0), &e);
                     }
                 } else {
@@ -594,7 +590,7 @@ async fn received(
         }
         _ => None,
     };
-    let carried_out = carry_out(senders, log, &inbound, outcome, core.boot()).await;
+    let carried_out = carry_out(core, senders, log, &inbound, outcome).await;
     if let (true, Some(id)) = (banned, inbound.connection) {
         // The connection that earned its source a ban closes once what was
         // queued for it is written (the ban refuses its next message).
@@ -641,7 +637,7 @@ async fn not_delivered(
         (to, inbound.is_response(), flow_failure(error))
     {
         let answer = core.flow_failed(inbound, Instant::now(), failure);
-        if let Err((_, e)) = carry_out(senders, log, inbound, answer, core.boot()).await {
+        if let Err((_, e)) = carry_out(core, senders, log, inbound, answer).await {
             not_sent(core, Some(inbound.source.0), &e);
         }
         return;
@@ -667,7 +663,7 @@ async fn not_delivered(
         return;
     }
     let answer = core.upstream_unavailable(inbound, Instant::now(), busy);
-    if let Err((_, e)) = carry_out(senders, log, inbound, answer, core.boot()).await {
+    if let Err((_, e)) = carry_out(core, senders, log, inbound, answer).await {
         not_sent(core, Some(inbound.source.0), &e);
     }
 }
@@ -723,18 +719,29 @@ fn mirror_sent(senders: &Senders, inbound: &Inbound, to: &Destination, bytes: &b
 /// queue has no room for it. `boot` is this instance's: only its stream
 /// flows are written to.
 async fn carry_out(
+    core: &Core,
     senders: &Senders,
     log: &DecisionLog,
     inbound: &Inbound,
     mut outcome: Outcome,
-    boot: BootId,
 ) -> Result<(), (Destination, SendError)> {
+    let boot = core.boot();
     if let Some(mut record) = outcome.take_record() {
         record.undelivered = !stream_takes(senders, inbound, &outcome, boot);
         senders.hep.decision(&record, inbound.local);
         log.submit(record);
     }
-    send(senders, inbound, outcome, boot).await
+    // A local answer is counted once sent, as a relayed message is: one
+    // that could not be sent is a `send_failed` drop only.
+    let answered = match outcome.treatment() {
+        Some(Treatment::Answered(status)) if status > 0 => Some(status),
+        _ => None,
+    };
+    let sent = send(senders, inbound, outcome, boot).await;
+    if let (Some(status), Ok(())) = (answered, &sent) {
+        core.metrics().count_local_response(status);
+    }
+    sent
 }
 
 /// Whether the stream connection `outcome` sends on would take what it
@@ -907,7 +914,7 @@ mod tests {
         );
         // The agent's connection closes before the offer is written.
         connections.remove(agent_id);
-        let Err((to, error)) = carry_out(&senders, &log, &offer, outcome, core.boot()).await else {
+        let Err((to, error)) = carry_out(&core, &senders, &log, &offer, outcome).await else {
             panic!("the send fails");
         };
         not_delivered(&core, &senders, &log, &offer, &to, &error).await;
@@ -921,6 +928,57 @@ mod tests {
         );
         assert!(answer.contains("branch=z9hG4bK-offer"), "{answer}");
         assert_eq!(core.metrics().drops(DropReason::SendFailed), 0);
+    }
+
+    /// A local answer counts in `sipadmit_local_responses_total` once it
+    /// is sent; one whose connection closed first is not sent, and is not
+    /// counted there (its drop is counted `send_failed` by `not_delivered`).
+    #[tokio::test]
+    async fn a_local_answer_is_counted_once_sent_and_not_when_its_send_fails() {
+        use crate::transport::connections::WriteQueue;
+        let core = Core::detached("").unwrap();
+        let connections = Arc::new(crate::transport::Connections::default());
+        let senders = udp_upstream_senders(&connections);
+        let dir = tempfile::tempdir().unwrap();
+        let (log, _writer) = DecisionLog::open(dir.path().join("d.log").to_str().unwrap()).unwrap();
+        let peer: std::net::SocketAddr = "127.0.0.1:40001".parse().unwrap();
+        let id = connections.next_id();
+        let (writer, mut written) = mpsc::unbounded_channel();
+        connections.insert(
+            id,
+            peer,
+            Transport::Tcp,
+            writer,
+            Arc::new(WriteQueue::new(65_536)),
+        );
+        let inbound = Inbound {
+            bytes: bytes::Bytes::from_static(b"INVITE sip:x SIP/2.0\r\n\r\n"),
+            transport: Transport::Tcp,
+            source: PeerAddr(peer),
+            local: LocalAddr("127.0.0.1:5060".parse().unwrap()),
+            connection: Some(id),
+            leg: Leg::FromClient,
+        };
+        let answer = || Outcome::Answer {
+            bytes: bytes::Bytes::from_static(b"SIP/2.0 403 Forbidden\r\nContent-Length: 0\r\n\r\n"),
+            record: None,
+        };
+        carry_out(&core, &senders, &log, &inbound, answer())
+            .await
+            .expect("sent on the open connection");
+        assert!(written.try_recv().is_ok(), "written to the connection");
+        assert_eq!(core.metrics().local_responses(403), 1);
+        connections.remove(id);
+        let Err((to, error)) = carry_out(&core, &senders, &log, &inbound, answer()).await else {
+            panic!("the connection is gone: the send fails");
+        };
+        not_delivered(&core, &senders, &log, &inbound, &to, &error).await;
+        assert_eq!(
+            core.metrics().local_responses(403),
+            1,
+            "not sent, not counted"
+        );
+        assert_eq!(core.metrics().drops(DropReason::SendFailed), 1);
     }
 
     /// What `undelivered` is marked from: a stream connection that has

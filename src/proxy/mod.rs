@@ -1084,17 +1084,13 @@ impl Core {
         }
     }
 
-    /// Count what an outcome does: its decision, or the local response (by
-    /// status). A message relayed is counted by the I/O layer once it is
-    /// sent (`sipadmit_relayed_total` counts no failed send).
+    /// Count what an outcome decides: its record's decision. What is sent
+    /// (a message relayed, a local answer) is counted by the I/O layer once
+    /// it is sent (`sipadmit_relayed_total` and
+    /// `sipadmit_local_responses_total` count no failed send).
     fn count_outcome(&self, outcome: &Outcome) {
         if let Some(r) = outcome.record() {
             self.metrics.count_record(r);
-        }
-        if let Outcome::Answer { bytes, .. } = outcome {
-            if let Some(status) = response_status(bytes) {
-                self.metrics.count_local_response(status);
-            }
         }
     }
 

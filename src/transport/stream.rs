@@ -669,7 +669,7 @@ impl ReadState {
                 }
                 Ok(None) => return false,
                 Err(e) => {
-                    framing_failed(e, info, ctx);
+                    framing_failed(e, info, ctx, &self.buf);
                     return true;
                 }
             }
@@ -713,7 +713,7 @@ impl ReadState {
                 }
             }
             Ok(None) => {}
-            Err(e) => framing_failed(e, info, ctx),
+            Err(e) => framing_failed(e, info, ctx, &self.buf),
         }
     }
 
@@ -887,8 +887,10 @@ fn closed_while_waiting(ctx: &TransportContext, inbound: &Inbound, what: &str) -
     Handled::Stop(Some(DropReason::ConnectionClosed))
 }
 
-/// Count and log a stream that cannot be framed any further.
-fn framing_failed(e: StreamError, info: ConnectionInfo, ctx: &TransportContext) {
+/// Count and log a stream that cannot be framed any further. The message
+/// it stopped in (`unframed`, its first bytes) is received and dropped as
+/// malformed, so that the drop is a part of what was received.
+fn framing_failed(e: StreamError, info: ConnectionInfo, ctx: &TransportContext, unframed: &[u8]) {
     match e {
         StreamError::Io(e) => Fault::Read.report(&ctx.metrics, Some(info.peer), &e),
         StreamError::Framing(e) => {
@@ -897,6 +899,7 @@ fn framing_failed(e: StreamError, info: ConnectionInfo, ctx: &TransportContext) 
                 _ => Fault::Unframeable,
             };
             fault.report(&ctx.metrics, Some(info.peer), &e);
+            super::count_received(ctx, info.transport, unframed);
             ctx.metrics.count_drop(DropReason::Malformed);
         }
     }
@@ -905,6 +908,7 @@ fn framing_failed(e: StreamError, info: ConnectionInfo, ctx: &TransportContext) 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::observe::metrics::MessageKind;
     use crate::transport::Event;
     use tokio::io::{AsyncReadExt, DuplexStream};
 
@@ -983,6 +987,12 @@ mod tests {
         assert!(ctx.connections.is_empty(), "closed and forgotten");
         assert_eq!(ctx.metrics.faults(Fault::Truncated), 1);
         assert_eq!(ctx.metrics.drops(DropReason::Malformed), 1);
+        // The one cut off is received too (the core, not running here,
+        // counts those framed).
+        assert_eq!(
+            ctx.metrics.received(Transport::Tcp, MessageKind::Request),
+            1
+        );
     }
 
     #[tokio::test]
@@ -998,6 +1008,13 @@ mod tests {
         client.read_to_end(&mut rest).await.unwrap();
         assert!(rest.is_empty(), "closed without an answer");
         assert_eq!(ctx.metrics.faults(Fault::Unframeable), 1);
+        // Dropped as malformed, and so received: every drop is a part of
+        // what was received.
+        assert_eq!(ctx.metrics.drops(DropReason::Malformed), 1);
+        assert_eq!(
+            ctx.metrics.received(Transport::Tcp, MessageKind::Request),
+            1
+        );
     }
 
     #[tokio::test]
