@@ -716,8 +716,8 @@ fn mirror_sent(senders: &Senders, inbound: &Inbound, to: &Destination, bytes: &b
 /// connection). The record goes first: whoever reads the answer finds it
 /// in the log once the log is flushed. It is marked `undelivered` when the
 /// answer is for a connection that has closed already, or whose write
-/// queue has no room for it. `boot` is this instance's: only its stream
-/// flows are written to.
+/// queue has no room for it. Only the stream flows of `core`'s instance
+/// (its boot id) are written to. A local answer is counted once sent.
 async fn carry_out(
     core: &Core,
     senders: &Senders,
