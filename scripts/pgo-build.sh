@@ -18,8 +18,7 @@
 #   3. Merges the counts (llvm-profdata from rustup's llvm-tools component, installed
 #      when missing) into target/pgo/sipadmit.profdata.
 #   4. Builds the release binary with them, the cold blocks of hot functions split off
-#      (LLVM's machine function splitting) and the hot functions linked together, apart
-#      from the rest: target/pgo/use/release/sipadmit.
+#      (LLVM's machine function splitting): target/pgo/use/release/sipadmit.
 #
 # Code that the load does not run (TLS handshakes, `probe`, the admin pages) is built
 # for size; OpenSSL, which does the TLS work, is C and built as usual.
@@ -84,12 +83,7 @@ step "3. merging the counts (target/pgo/sipadmit.profdata)"
 
 step "4. optimised build (target/pgo/use)"
 # With the counts, LLVM also moves the never-run blocks of each hot function out of it
-# (machine function splitting): the code a message runs is denser still. It puts each
-# function in a section named by how hot the counts say it is (.text.hot, .text.unlikely,
-# .text.split for the blocks split off); the linker keeps those apart
-# (-z keep-text-section-prefix), so the code of every message lies in one stretch of
-# about 0.6 MB. Without it, rust-lld (Rust's linker on Linux since 1.90) merges them into
-# one .text, the message path's functions among startup, report and cold code.
-RUSTFLAGS="-Cprofile-use=$PGO/sipadmit.profdata -Cllvm-args=-enable-split-machine-functions -Clink-arg=-Wl,-z,keep-text-section-prefix" \
+# (machine function splitting): the code a message runs is denser still.
+RUSTFLAGS="-Cprofile-use=$PGO/sipadmit.profdata -Cllvm-args=-enable-split-machine-functions" \
   cargo build --release --locked --bin sipadmit --target-dir "$PGO/use" >&2
 echo "$PGO/use/release/sipadmit"
