@@ -306,3 +306,69 @@ fn a_copy_of_a_486_that_says_its_ack_was_lost_gets_the_ack_sent_again() {
         2
     );
 }
+
+/// A TCP client's call relayed over UDP rings, and the registrar dies:
+/// once Timer C (`limits.timer_c_secs`) runs out with no further word,
+/// sipadmit sends the registrar the call's CANCEL and answers the caller
+/// `408`, recorded (RFC 3261 16.6 step 11, 16.8), instead of leaving the
+/// caller waiting on a call nobody will answer.
+#[test]
+fn a_call_that_rings_through_timer_c_is_cancelled_and_its_caller_answered_408() {
+    let registrar = Registrar::start_with(Behaviour::RingThenDie);
+    let proxy = TestProxy::start(
+        "[limits]\ntimer_c_secs = 2\n",
+        "127.0.0.1",
+        &format!("udp:{}", registrar.addr),
+    );
+    let (mut conn, mut reader) = tcp_client(&proxy, Duration::from_secs(10));
+    let from = conn.local_addr().unwrap();
+    let invite = format!(
+        "INVITE sip:bob@contoso.com SIP/2.0\r\nVia: SIP/2.0/TCP {from};branch=z9hG4bK-ring-1\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:alice@contoso.com>;tag=a1\r\nTo: <sip:bob@contoso.com>\r\n\
+         Call-ID: ring-1@test\r\nCSeq: 1 INVITE\r\nContact: <sip:alice@{from};transport=tcp>\r\n\
+         User-Agent: {LYNC}\r\nContent-Length: 0\r\n\r\n"
+    );
+    let sent = std::time::Instant::now();
+    conn.write_all(invite.as_bytes()).unwrap();
+    let ringing = read_response(&mut reader);
+    assert!(ringing.starts_with("SIP/2.0 180 Ringing\r\n"), "{ringing}");
+    let timeout = read_response(&mut reader);
+    let waited = sent.elapsed();
+    assert!(
+        timeout.starts_with("SIP/2.0 408 Request Timeout\r\n"),
+        "{timeout}"
+    );
+    assert!(timeout.contains("Call-ID: ring-1@test"), "{timeout}");
+    assert!(timeout.contains("CSeq: 1 INVITE"), "{timeout}");
+    assert!(
+        waited >= Duration::from_secs(2),
+        "Timer C runs from the 180: {waited:?}"
+    );
+    let cancels = registrar
+        .copies
+        .lock()
+        .unwrap()
+        .get("Call-ID: ring-1@test|CSeq: 1 CANCEL")
+        .copied()
+        .unwrap_or(0);
+    assert_eq!(cancels, 1, "the registrar is sent the call's CANCEL once");
+    let records = proxy.records();
+    let timed_out = records
+        .iter()
+        .find(|r| r["status"] == 408)
+        .unwrap_or_else(|| panic!("no 408 record in {records:#?}"));
+    assert_eq!(timed_out["rule"], "proxy.request-timeout");
+    assert_eq!(timed_out["method"], "INVITE");
+    assert_eq!(timed_out["call_id"], "ring-1@test");
+    // Nothing more comes on the connection (no second answer).
+    conn.set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let mut more = [0u8; 1];
+    assert!(reader.read(&mut more).is_err(), "a second answer");
+    let metrics = proxy.stop();
+    assert_eq!(
+        metrics.client_transaction_timeouts.load(Ordering::Relaxed),
+        1
+    );
+    assert_eq!(metrics.upstream_cancels.load(Ordering::Relaxed), 1);
+}

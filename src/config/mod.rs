@@ -152,6 +152,10 @@ pub struct Limits {
     pub drain: Duration,
     /// RFC 3261 T2 (longest non-INVITE retransmission interval).
     pub timer_t2: Duration,
+    /// RFC 3261 Timer C: how long a TCP/TLS client's INVITE relayed over
+    /// UDP may ring without a further provisional answer before sipadmit
+    /// cancels it and answers the caller `408` (`timer_c_secs`).
+    pub timer_c: Duration,
     /// Bytes of messages the queue to a TCP/TLS upstream may hold.
     pub upstream_queue_bytes: usize,
     /// Accept queue of each `tcp:` and `tls:` listener, connections.
@@ -1049,6 +1053,7 @@ fn limits(l: &raw::RawLimits, problem: &mut dyn FnMut(String, String)) -> Limits
         client_transaction_bytes: l.client_transaction_bytes,
         timer_t1: Duration::from_millis(l.timer_t1_ms),
         timer_t2: Duration::from_millis(l.timer_t2_ms),
+        timer_c: Duration::from_secs(l.timer_c_secs),
         drain: Duration::from_secs(l.drain_secs),
         upstream_queue_bytes: l.upstream_queue_bytes,
         listen_backlog: l.listen_backlog,
@@ -1229,6 +1234,13 @@ fn check_limit_backlog_and_timers(l: &raw::RawLimits, problem: &mut dyn FnMut(St
                 Bounds::new(l.timer_t1_ms, 60_000, Unit::Milliseconds)
                     .noting("RFC 3261 T2, at least limits.timer_t1_ms")
                     .defaulting_to(d.timer_t2_ms),
+            ),
+            (
+                "limits.timer_c_secs",
+                l.timer_c_secs,
+                Bounds::new(1, 3600, Unit::Seconds)
+                    .noting("RFC 3261 Timer C, more than 3 minutes")
+                    .defaulting_to(d.timer_c_secs),
             ),
             (
                 "limits.drain_secs",

@@ -215,6 +215,12 @@ pub struct RawLimits {
     /// RFC 3261 T2, milliseconds (T1..=60000): the longest retransmission
     /// interval of a non-INVITE request. Default 4000.
     pub timer_t2_ms: u64,
+    /// RFC 3261 Timer C, seconds (1..=3600): how long an INVITE from a
+    /// TCP/TLS client relayed over UDP may ring (after a provisional
+    /// answer) without another provisional or a final answer; then
+    /// sipadmit sends the registrar its CANCEL and answers the caller
+    /// `408`. Default 180.
+    pub timer_c_secs: u64,
     /// Seconds a drain (the first SIGTERM) may last at most (0..=3600; 0:
     /// SIGTERM stops at once). Default 30.
     pub drain_secs: u64,
@@ -254,6 +260,7 @@ impl Default for RawLimits {
             client_transaction_bytes: 64 << 20,
             timer_t1_ms: 500,
             timer_t2_ms: 4000,
+            timer_c_secs: 180,
             drain_secs: 30,
             upstream_queue_bytes: 32 << 20,
             listen_backlog: 4096,
@@ -518,6 +525,7 @@ read_by_field_name!(RawLimits {
     client_transaction_bytes: or_default,
     timer_t1_ms: or_default,
     timer_t2_ms: or_default,
+    timer_c_secs: or_default,
     drain_secs: or_default,
     upstream_queue_bytes: or_default,
     listen_backlog: or_default,

@@ -841,7 +841,8 @@ impl Metrics {
         });
     }
 
-    /// A CANCEL was written to the registrar at a drain's end.
+    /// A CANCEL of sipadmit's own was sent: to the registrar at a drain's
+    /// end, or for a call that rang through Timer C.
     pub fn note_upstream_cancel(&self) {
         Self::inc(&self.upstream_cancels);
     }
@@ -1280,7 +1281,7 @@ const FAMILIES: [Family; 62] = [
     ),
     counter(
         "sipadmit_client_transaction_timeouts_total",
-        "Requests from TCP/TLS clients relayed over UDP that nothing answered within 64*T1: answered 408 Request Timeout by sipadmit.",
+        "Requests from TCP/TLS clients relayed over UDP that nothing answered within 64*T1, or INVITEs of theirs that rang through Timer C (limits.timer_c_secs; each also cancelled): answered 408 Request Timeout by sipadmit.",
         Samples::Atomic(|m| &m.client_transaction_timeouts),
     ),
     counter(
@@ -1305,7 +1306,7 @@ const FAMILIES: [Family; 62] = [
     ),
     counter(
         "sipadmit_upstream_cancels_total",
-        "CANCELs sipadmit sent a TCP/TLS registrar for calls ringing when a drain ran out (limits.drain_secs), or that start ringing in the second after: their callers get the callee's 487, or 408.",
+        "CANCELs sipadmit sent itself: to a TCP/TLS registrar for calls ringing when a drain ran out (limits.drain_secs), or that start ringing in the second after (their callers get the callee's 487, or 408); and for a TCP/TLS client's call relayed over UDP that rang through Timer C (limits.timer_c_secs) without an answer (its caller gets 408).",
         Samples::Atomic(|m| &m.upstream_cancels),
     ),
     counter(

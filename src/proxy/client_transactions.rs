@@ -13,9 +13,13 @@
 //! - The first response ends an INVITE's retransmissions (17.1.1.2: a
 //!   provisional moves it to Proceeding, where the transaction layer no
 //!   longer resends); a final response ends a non-INVITE's. A ringing
-//!   INVITE is remembered for Timer C (3 minutes, 16.6 step 11) after its
-//!   last provisional response, so that its final response and the copies
-//!   of it are told apart however long it rang.
+//!   INVITE is remembered until Timer C (`limits.timer_c_secs`, 3 minutes
+//!   by default, 16.6 step 11) after its last provisional response, so
+//!   that its final response and the copies of it are told apart however
+//!   long it rang. If Timer C runs out first (a registrar that died while
+//!   it rang), the registrar is sent its CANCEL and the client answered
+//!   `408` ([`Due::RangOut`], 16.8), so that no caller waits on a call
+//!   nobody will answer.
 //! - Timer B / F: with no response (INVITE) or no final response
 //!   (non-INVITE) 64*T1 after the first send, the client is answered
 //!   `408 Request Timeout` by sipadmit ([`Due::TimedOut`]). The transaction
@@ -61,13 +65,20 @@ pub struct Timers {
     pub t1: Duration,
     /// T2, the cap of a non-INVITE's retransmission interval. RFC default 4 s.
     pub t2: Duration,
+    /// Timer C (16.6 step 11): how long an INVITE that got a provisional
+    /// response may go on without another; then it is cancelled and its
+    /// client answered `408` ([`Due::RangOut`]). More than 3 minutes by
+    /// the RFC (a UAS sends a provisional response at least every minute,
+    /// 13.3.1.1); 180 s here.
+    pub timer_c: Duration,
 }
 
 impl Timers {
-    /// The RFC 3261 defaults: T1 = 500 ms, T2 = 4 s.
+    /// The RFC 3261 defaults: T1 = 500 ms, T2 = 4 s, Timer C 180 s.
     pub const RFC3261: Self = Self {
         t1: Duration::from_millis(500),
         t2: Duration::from_secs(4),
+        timer_c: Duration::from_secs(180),
     };
 
     /// Timer B / F: 64*T1.
@@ -167,6 +178,13 @@ pub enum Due {
     /// Given up when a drain ran out ([`ClientTransactions::give_up_all`]):
     /// answer the client the drain's `408`.
     GivenUp(Inbound),
+    /// An INVITE rang through Timer C without another provisional or a
+    /// final response (16.8: a registrar that died while it rang): send
+    /// the registrar the CANCEL of the request as relayed (the
+    /// transaction's `send`), and answer the client `408`. The CANCEL's
+    /// own answer, and the INVITE's `487` after it, are discarded as after
+    /// a timeout (a 2xx to the INVITE still goes on).
+    RangOut(Transaction),
 }
 
 /// One kept transaction.
@@ -199,11 +217,6 @@ const LATE_TIMEOUT: Duration = Duration::from_millis(250);
 /// the answers queued on its sockets first.
 const LATE_TIMEOUT_GRACE: Duration = Duration::from_millis(200);
 
-/// How long an INVITE that got a provisional response may go on without
-/// another (RFC 3261 16.6 step 11: Timer C, more than 3 minutes; a UAS
-/// sends a provisional response at least every minute, 13.3.1.1).
-const TIMER_C: Duration = Duration::from_secs(3 * 60);
-
 /// A timer in the heap: (when, timer id, key).
 type Timer = Reverse<(Instant, u64, TransactionKey)>;
 
@@ -221,6 +234,24 @@ const ENDED_BYTES: usize = 2 * std::mem::size_of::<(TransactionKey, (Instant, En
 /// Bytes an ACK remembered with its INVITE costs beyond its own: its entry
 /// in the map, with the map's slack.
 const ACK_OVERHEAD: usize = 2 * std::mem::size_of::<(TransactionKey, Outbound)>();
+
+/// A ringing INVITE's request, kept for its Timer C.
+#[derive(Debug)]
+struct Ringing {
+    transaction: Transaction,
+    /// When its one timer in the heap fires: Timer C as it was then (a
+    /// later provisional response moves Timer C on, and the timer is set
+    /// again when it fires early).
+    armed: Instant,
+}
+
+/// Bytes a ringing INVITE's request costs while it rings: its two messages
+/// and its entry in the map, with the map's slack.
+fn ringing_bytes(transaction: &Transaction) -> usize {
+    transaction.send.bytes.len()
+        + transaction.inbound.bytes.len()
+        + 2 * std::mem::size_of::<(TransactionKey, Ringing)>()
+}
 
 /// How a transaction that is no longer kept ended, remembered for 64*T1
 /// (from its last response; an INVITE still ringing, for Timer C more) so
@@ -242,9 +273,9 @@ enum Ending {
 
 impl Ending {
     /// An INVITE that got a provisional response at `now`.
-    fn ringing(now: Instant) -> Self {
+    fn ringing(now: Instant, timers: Timers) -> Self {
         Self::Proceeding {
-            timer_c: now + TIMER_C,
+            timer_c: now + timers.timer_c,
         }
     }
 }
@@ -267,6 +298,12 @@ struct Table {
     acks: HashMap<TransactionKey, Outbound>,
     /// Bytes of those ACKs (messages and overhead).
     ack_bytes: usize,
+    /// The INVITEs still ringing (their ending `Proceeding`), with their
+    /// requests, to cancel and answer when Timer C runs out, as long as
+    /// there is room.
+    ringing: HashMap<TransactionKey, Ringing>,
+    /// Bytes of those INVITEs (messages and overhead).
+    ringing_bytes: usize,
 }
 
 impl Table {
@@ -275,6 +312,7 @@ impl Table {
             + self.timers.len() * TIMER_BYTES
             + self.ended_order.len() * ENDED_BYTES
             + self.ack_bytes
+            + self.ringing_bytes
     }
 
     /// Forget the transactions that ended longer ago than they are
@@ -286,9 +324,12 @@ impl Table {
                 break;
             }
             match self.ended.get_mut(&key) {
-                // Still ringing (Timer C not run out): remembered on, for
-                // another 64*T1 at a time, which keeps the order.
-                Some((at, Ending::Proceeding { timer_c })) if *at == until && *timer_c > now => {
+                // Still ringing (Timer C not run out, or run out and not
+                // yet rung out by `due`): remembered on, for another 64*T1
+                // at a time, which keeps the order.
+                Some((at, Ending::Proceeding { timer_c }))
+                    if *at == until && (*timer_c > now || self.ringing.contains_key(&key)) =>
+                {
                     *at = now + timeout;
                     let renewed = (*at, key);
                     self.ended_order.pop_front();
@@ -314,8 +355,17 @@ impl Table {
             if let Some(ack) = self.acks.remove(&key) {
                 self.ack_bytes -= ack.bytes.len() + ACK_OVERHEAD;
             }
+            self.stop_ringing(&key);
         }
         true
+    }
+
+    /// Forget the request of a ringing INVITE (answered, rung out, or
+    /// forgotten); returns it.
+    fn stop_ringing(&mut self, key: &TransactionKey) -> Option<Transaction> {
+        let ringing = self.ringing.remove(key)?;
+        self.ringing_bytes -= ringing_bytes(&ringing.transaction);
+        Some(ringing.transaction)
     }
 
     /// Once none that ended is remembered, give their maps' memory back.
@@ -324,6 +374,7 @@ impl Table {
             self.ended = HashMap::new();
             self.ended_order = VecDeque::new();
             self.acks = HashMap::new();
+            self.ringing = HashMap::new();
         }
     }
 
@@ -387,7 +438,8 @@ impl ClientTransactions {
         // oldest first: without it, only copies of their answers would be
         // relayed as any response is. None is forgotten for a request that
         // would not fit without all of it.
-        let ended_bytes = table.ended_order.len() * ENDED_BYTES + table.ack_bytes;
+        let ended_bytes =
+            table.ended_order.len() * ENDED_BYTES + table.ack_bytes + table.ringing_bytes;
         if table.bytes() - ended_bytes + bytes > self.max_bytes {
             return Start::NoRoom;
         }
@@ -481,8 +533,13 @@ impl ClientTransactions {
                     Some(ack) if status >= 300 => (ending, Answered::AckAgain(ack.clone())),
                     _ => (ending, Answered::AfterFinal),
                 },
-                Ending::Proceeding { .. } if final_response => (Ending::Answered, Answered::Kept),
-                Ending::Proceeding { .. } => (Ending::ringing(now), Answered::Kept),
+                Ending::Proceeding { .. } if final_response => {
+                    table.stop_ringing(key);
+                    (Ending::Answered, Answered::Kept)
+                }
+                // Timer C starts again (16.7 step 2); its timer is set
+                // again when it fires.
+                Ending::Proceeding { .. } => (Ending::ringing(now, self.timers), Answered::Kept),
             };
             self.remember(table, *key, now, ending);
             return answered;
@@ -491,14 +548,67 @@ impl ClientTransactions {
             entry.proceeding = true;
             return Answered::Kept;
         }
-        table.remove(key);
-        let ending = if final_response {
-            Ending::Answered
-        } else {
-            Ending::ringing(now)
+        let Some(entry) = table.entries.remove(key) else {
+            return Answered::Kept;
         };
-        self.remember(table, *key, now, ending);
+        table.entry_bytes -= entry.bytes;
+        if final_response {
+            self.remember(table, *key, now, Ending::Answered);
+        } else {
+            self.remember(table, *key, now, Ending::ringing(now, self.timers));
+            self.ring(table, *key, entry.transaction, now);
+        }
         Answered::Kept
+    }
+
+    /// Keep the request of the INVITE `key`, which rings from `now`, until
+    /// its final response or its Timer C (then [`Due::RangOut`]), when
+    /// there is room; without it, it rings on without Timer C.
+    fn ring(&self, table: &mut Table, key: TransactionKey, transaction: Transaction, now: Instant) {
+        let bytes = ringing_bytes(&transaction);
+        if !table.ended.contains_key(&key) || table.bytes() + bytes + TIMER_BYTES > self.max_bytes {
+            return;
+        }
+        let armed = now + self.timers.timer_c;
+        table.ringing_bytes += bytes;
+        table.ringing.insert(key, Ringing { transaction, armed });
+        table.schedule(key, armed);
+    }
+
+    /// The timer of `key` set for `at` fired at `now` with no transaction
+    /// kept for it: if it is a ringing INVITE's Timer C that has run out,
+    /// it is rung out ([`Due::RangOut`]) and remembered as timed out, with
+    /// its CANCEL (whose answer is then discarded too); one that a later
+    /// provisional response moved on is set again.
+    fn ring_out_if_due(
+        &self,
+        table: &mut Table,
+        key: TransactionKey,
+        at: Instant,
+        now: Instant,
+        due: &mut Vec<Due>,
+    ) {
+        let Some(&(_, Ending::Proceeding { timer_c })) = table.ended.get(&key) else {
+            return;
+        };
+        let Some(ringing) = table.ringing.get_mut(&key).filter(|r| r.armed == at) else {
+            return;
+        };
+        if timer_c > now {
+            ringing.armed = timer_c;
+            table.schedule(key, timer_c);
+            return;
+        }
+        let Some(transaction) = table.stop_ringing(&key) else {
+            return;
+        };
+        due.push(Due::RangOut(transaction));
+        self.remember(table, key, now, Ending::TimedOut);
+        let cancel = TransactionKey {
+            method: TransactionMethod::Cancel,
+            ..key
+        };
+        self.remember(table, cancel, now, Ending::TimedOut);
     }
 
     /// The client's ACK of the INVITE `key` went out as `ack`: if that
@@ -566,8 +676,12 @@ impl ClientTransactions {
                         Some((now + entry.interval).min(entry.gives_up))
                     }
                 }
-                // Answered since, or rescheduled: a stale timer.
-                _ => continue,
+                // Answered since, or rescheduled: a stale timer, or the
+                // Timer C of a ringing INVITE.
+                _ => {
+                    self.ring_out_if_due(&mut table, key, at, now, &mut due);
+                    continue;
+                }
             };
             match next {
                 Some(at) => {
@@ -629,9 +743,10 @@ impl ClientTransactions {
         }
     }
 
-    /// When the next timer fires, if any is set.
+    /// When the next timer fires, if any is set (a ringing INVITE's Timer
+    /// C among them).
     pub fn next_due(&self) -> Option<Instant> {
-        if self.is_empty() {
+        if self.is_idle() {
             return None;
         }
         self.lock().timers.peek().map(|Reverse((at, _, _))| *at)
@@ -732,6 +847,7 @@ mod tests {
                     Due::Retransmit(..) => resent.push(ms),
                     Due::TimedOut(_) => timed_out = Some(ms),
                     Due::GivenUp(_) => panic!("nothing was given up"),
+                    Due::RangOut(_) => panic!("nothing rang"),
                 }
             }
         }
@@ -792,7 +908,9 @@ mod tests {
         assert_eq!(next.len(), 1, "only the proceeding REGISTER, after T2");
         assert_eq!(table.answered(&register, 200, t0), Answered::Kept);
         assert!(table.is_empty());
-        assert!(table.due(t0 + Duration::from_secs(60)).is_empty());
+        // The last stale timer is the one the INVITE's Timer C was set
+        // for when it rang.
+        assert!(table.due(t0 + Timers::RFC3261.timer_c).is_empty());
         assert_eq!(
             table.accounted_bytes(),
             0,
@@ -914,7 +1032,9 @@ mod tests {
         assert_eq!(table.answered(&register, 401, gone), Answered::Unknown);
         assert_eq!(table.answered(&invite, 486, gone), Answered::Unknown);
         assert!(table.is_idle());
-        assert!(table.due(gone).is_empty(), "their timers are stale");
+        // Their timers are stale, the INVITE's Timer C (set when it rang)
+        // the last.
+        assert!(table.due(t0 + Timers::RFC3261.timer_c).is_empty());
         assert_eq!(table.accounted_bytes(), 0);
     }
 
@@ -953,7 +1073,8 @@ mod tests {
         assert_eq!(table.answered(&ringing, 486, copy), Answered::AfterFinal);
         let gone = copy + Timers::RFC3261.timeout() * 3;
         assert_eq!(table.answered(&busy, 486, gone), Answered::Unknown);
-        assert!(table.due(gone).is_empty());
+        // The ringing INVITE's Timer C timer (stale) fires last.
+        assert!(table.due(t0 + Timers::RFC3261.timer_c).is_empty());
         assert_eq!(table.accounted_bytes(), 0, "the ACK is forgotten with it");
     }
 
@@ -971,13 +1092,79 @@ mod tests {
         assert_eq!(table.answered(&invite, 486, answered), Answered::Kept);
         assert_eq!(table.answered(&invite, 486, answered), Answered::AfterFinal);
         assert_eq!(table.answered(&invite, 180, answered), Answered::AfterFinal);
-        // Rung out without a word past Timer C: forgotten.
+    }
+
+    /// An INVITE that rang through Timer C without another word (a
+    /// registrar that died while it rang) is rung out: its request comes
+    /// back to be cancelled and its client answered `408`; the callee's
+    /// `487` and the answer to that CANCEL are then discarded, and all of
+    /// it is forgotten 64*T1 later. Each provisional response starts Timer
+    /// C again.
+    #[test]
+    fn an_invite_that_rings_through_timer_c_is_rung_out_once() {
+        let timers = Timers::RFC3261;
+        let table = ClientTransactions::new(timers, 1 << 20);
+        let t0 = Instant::now();
         let silent = key(2, TransactionMethod::Invite);
         table.start(transaction(silent, 100), t0);
-        assert_eq!(table.answered(&silent, 180, t0), Answered::Kept);
-        let gone = t0 + TIMER_C + Timers::RFC3261.timeout() + Duration::from_secs(1);
+        assert_eq!(table.answered(&silent, 100, t0), Answered::Kept);
+        // Another provisional a minute on: Timer C from then.
+        let again = t0 + Duration::from_secs(60);
+        assert_eq!(table.answered(&silent, 180, again), Answered::Kept);
+        assert_eq!(
+            table.next_due(),
+            Some(t0 + timers.t1),
+            "a stale timer first"
+        );
+        let first_timer_c = t0 + timers.timer_c;
+        assert!(
+            table.due(first_timer_c).is_empty(),
+            "the 180 started Timer C again"
+        );
+        let runs_out = again + timers.timer_c;
+        assert_eq!(table.next_due(), Some(runs_out));
+        let due = table.due(runs_out);
+        let [Due::RangOut(rung)] = &due[..] else {
+            panic!("rung out once: {due:?}");
+        };
+        assert_eq!(rung.key, silent);
+        assert_eq!(rung.send.bytes, transaction(silent, 100).send.bytes);
+        assert!(table.due(runs_out + Duration::from_secs(1)).is_empty());
+        let cancel = TransactionKey {
+            method: TransactionMethod::Cancel,
+            ..silent
+        };
+        assert_eq!(
+            table.answered(&silent, 487, runs_out),
+            Answered::AfterTimeout
+        );
+        assert_eq!(
+            table.answered(&cancel, 200, runs_out),
+            Answered::AfterTimeout
+        );
+        let gone = runs_out + timers.timeout() + Duration::from_secs(1);
         assert!(table.due(gone).is_empty());
-        assert_eq!(table.answered(&silent, 486, gone), Answered::Unknown);
+        assert_eq!(table.answered(&silent, 487, gone), Answered::Unknown);
+        assert_eq!(table.accounted_bytes(), 0, "nothing is left of it");
+        assert!(table.is_idle());
+    }
+
+    /// Without room for its request, a ringing INVITE rings on without
+    /// Timer C (remembered as before, then forgotten).
+    #[test]
+    fn a_ringing_invite_without_room_rings_on_without_timer_c() {
+        let timers = Timers::RFC3261;
+        let t0 = Instant::now();
+        let invite = key(1, TransactionMethod::Invite);
+        let needs = transaction(invite, 4000);
+        // Room for the transaction, not for its request beside the memory
+        // of how it ended.
+        let table = ClientTransactions::new(timers, 8000 + ENTRY_OVERHEAD);
+        assert_eq!(table.start(needs, t0), Start::Started);
+        assert_eq!(table.answered(&invite, 180, t0), Answered::Kept);
+        let gone = t0 + timers.timer_c + timers.timeout() + Duration::from_secs(1);
+        assert!(table.due(gone).is_empty(), "no Timer C without its request");
+        assert_eq!(table.answered(&invite, 486, gone), Answered::Unknown);
     }
 
     /// A timeout that fires late (this process was frozen) is put off once

@@ -319,6 +319,7 @@ impl Core {
                 Timers {
                     t1: settings.limits.timer_t1,
                     t2: settings.limits.timer_t2,
+                    timer_c: settings.limits.timer_c,
                 },
                 settings.limits.client_transaction_bytes,
             ),
@@ -722,10 +723,9 @@ impl Core {
         &self,
         now: Instant,
     ) -> Vec<(Inbound, Outcome, Option<TransactionKey>)> {
-        self.client_transactions
-            .due(now)
-            .into_iter()
-            .map(|due| match due {
+        let mut carried = Vec::new();
+        for due in self.client_transactions.due(now) {
+            match due {
                 client_transactions::Due::Retransmit(send, inbound, key) => {
                     Metrics::inc(&self.metrics.client_retransmissions);
                     let outcome = Outcome::Relay {
@@ -733,19 +733,62 @@ impl Core {
                         record: None,
                         retransmit: None,
                     };
-                    (inbound, outcome, Some(key))
+                    carried.push((inbound, outcome, Some(key)));
                 }
                 client_transactions::Due::TimedOut(inbound) => {
                     Metrics::inc(&self.metrics.client_transaction_timeouts);
                     let outcome = self.request_timeout(&inbound, now);
-                    (inbound, outcome, None)
+                    carried.push((inbound, outcome, None));
                 }
                 client_transactions::Due::GivenUp(inbound) => {
                     let outcome = self.drain_ran_out(&inbound, now);
-                    (inbound, outcome, None)
+                    carried.push((inbound, outcome, None));
                 }
-            })
-            .collect()
+                client_transactions::Due::RangOut(rung) => {
+                    carried.extend(self.ring_out(rung, now));
+                }
+            }
+        }
+        carried
+    }
+
+    /// An INVITE that rang through Timer C (RFC 3261 16.8): the CANCEL of
+    /// the request as relayed goes to where the request went, then its
+    /// client gets the `408` of a timeout (logged, recorded, counted).
+    fn ring_out(
+        &self,
+        rung: client_transactions::Transaction,
+        now: Instant,
+    ) -> Vec<(Inbound, Outcome, Option<TransactionKey>)> {
+        Metrics::inc(&self.metrics.client_transaction_timeouts);
+        let inbound = rung.inbound;
+        let cancel = SipView::parse(rung.send.bytes.clone())
+            .ok()
+            .and_then(|relayed| crate::sip::cancel::of_invite(&relayed));
+        tracing::info!(
+            source = %inbound.source,
+            call_id = %Text(SipView::parse(inbound.bytes.clone()).ok().as_ref().and_then(SipView::call_id)),
+            timer_c_secs = self.client_transactions.timers().timer_c.as_secs(),
+            cancelled = cancel.is_some(),
+            "a call rang through Timer C without an answer: cancelled, its caller answered 408"
+        );
+        let mut carried = Vec::with_capacity(2);
+        if let Some(bytes) = cancel {
+            self.metrics.note_upstream_cancel();
+            let send = Outbound {
+                to: rung.send.to,
+                bytes,
+            };
+            let outcome = Outcome::Relay {
+                send,
+                record: None,
+                retransmit: None,
+            };
+            carried.push((inbound.clone(), outcome, None));
+        }
+        let answer = self.request_timeout(&inbound, now);
+        carried.push((inbound, answer, None));
+        carried
     }
 
     /// The `408 Request Timeout` of a request a stream registrar had not

@@ -369,6 +369,7 @@ impl TransportContext {
             client_transaction_bytes: 1 << 20,
             timer_t1: std::time::Duration::from_millis(500),
             timer_t2: std::time::Duration::from_secs(4),
+            timer_c: std::time::Duration::from_secs(180),
             drain: std::time::Duration::from_secs(30),
             upstream_queue_bytes: 1 << 20,
             listen_backlog: 128,

@@ -28,6 +28,9 @@ pub enum Behaviour {
     /// `200 OK` to the first copy of each request, this long after it came
     /// (later copies are not answered).
     AnswerFirstAfter(Duration),
+    /// `180 Ringing` to an INVITE, then nothing more, to it or anything
+    /// else (a registrar that died while the call rang).
+    RingThenDie,
     /// `486 Busy Here` to an INVITE, `200 OK` to the rest; the first ACK
     /// of each 486 is taken for lost: the 486 is sent again (RFC 3261
     /// 17.2.1, Timer G).
@@ -116,8 +119,15 @@ impl Registrar {
                     }
                     continue;
                 }
+                if behaviour == Behaviour::RingThenDie {
+                    if request.starts_with("INVITE ") && copy == 1 {
+                        let ringing = respond(&request, "180 Ringing");
+                        socket.send_to(ringing.as_bytes(), from).unwrap();
+                    }
+                    continue;
+                }
                 let answers = match behaviour {
-                    Behaviour::BusyAndLoseFirstAck => 0,
+                    Behaviour::BusyAndLoseFirstAck | Behaviour::RingThenDie => 0,
                     Behaviour::AnswerAll => 1,
                     Behaviour::IgnoreFirstCopy => usize::from(copy > 1),
                     Behaviour::Silent => 0,
