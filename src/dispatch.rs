@@ -815,6 +815,35 @@ async fn send(
 mod tests {
     use super::*;
 
+    /// A TCP client's connection in `connections`, with a write queue of
+    /// `queue_bytes`: an INVITE of its (naming it), and what is written
+    /// to it.
+    fn client_connection(
+        connections: &crate::transport::Connections,
+        queue_bytes: usize,
+    ) -> (Inbound, mpsc::UnboundedReceiver<bytes::Bytes>) {
+        use crate::transport::connections::WriteQueue;
+        let peer: std::net::SocketAddr = "127.0.0.1:40001".parse().unwrap();
+        let id = connections.next_id();
+        let (writer, written) = mpsc::unbounded_channel();
+        connections.insert(
+            id,
+            peer,
+            Transport::Tcp,
+            writer,
+            Arc::new(WriteQueue::new(queue_bytes)),
+        );
+        let inbound = Inbound {
+            bytes: bytes::Bytes::from_static(b"INVITE sip:x SIP/2.0\r\n\r\n"),
+            transport: Transport::Tcp,
+            source: PeerAddr(peer),
+            local: LocalAddr("127.0.0.1:5060".parse().unwrap()),
+            connection: Some(id),
+            leg: Leg::FromClient,
+        };
+        (inbound, written)
+    }
+
     /// Senders with `connections`, no UDP listener, and a UDP registrar.
     fn udp_upstream_senders(connections: &Arc<crate::transport::Connections>) -> Senders {
         Senders {
@@ -935,30 +964,13 @@ mod tests {
     /// counted there (its drop is counted `send_failed` by `not_delivered`).
     #[tokio::test]
     async fn a_local_answer_is_counted_once_sent_and_not_when_its_send_fails() {
-        use crate::transport::connections::WriteQueue;
         let core = Core::detached("").unwrap();
         let connections = Arc::new(crate::transport::Connections::default());
         let senders = udp_upstream_senders(&connections);
         let dir = tempfile::tempdir().unwrap();
         let (log, _writer) = DecisionLog::open(dir.path().join("d.log").to_str().unwrap()).unwrap();
-        let peer: std::net::SocketAddr = "127.0.0.1:40001".parse().unwrap();
-        let id = connections.next_id();
-        let (writer, mut written) = mpsc::unbounded_channel();
-        connections.insert(
-            id,
-            peer,
-            Transport::Tcp,
-            writer,
-            Arc::new(WriteQueue::new(65_536)),
-        );
-        let inbound = Inbound {
-            bytes: bytes::Bytes::from_static(b"INVITE sip:x SIP/2.0\r\n\r\n"),
-            transport: Transport::Tcp,
-            source: PeerAddr(peer),
-            local: LocalAddr("127.0.0.1:5060".parse().unwrap()),
-            connection: Some(id),
-            leg: Leg::FromClient,
-        };
+        let (inbound, mut written) = client_connection(&connections, 65_536);
+        let id = inbound.connection.unwrap();
         let answer = || Outcome::Answer {
             bytes: bytes::Bytes::from_static(b"SIP/2.0 403 Forbidden\r\nContent-Length: 0\r\n\r\n"),
             record: None,
@@ -986,27 +998,10 @@ mod tests {
     /// else is taken.
     #[test]
     fn a_stream_answer_is_taken_while_its_connection_is_open_with_room() {
-        use crate::transport::connections::WriteQueue;
         let connections = Arc::new(crate::transport::Connections::default());
         let senders = udp_upstream_senders(&connections);
-        let peer: std::net::SocketAddr = "127.0.0.1:40001".parse().unwrap();
-        let id = connections.next_id();
-        let (writer, _written) = mpsc::unbounded_channel();
-        connections.insert(
-            id,
-            peer,
-            Transport::Tcp,
-            writer,
-            Arc::new(WriteQueue::new(100)),
-        );
-        let inbound = Inbound {
-            bytes: bytes::Bytes::from_static(b"INVITE sip:x SIP/2.0\r\n\r\n"),
-            transport: Transport::Tcp,
-            source: PeerAddr(peer),
-            local: LocalAddr("127.0.0.1:5060".parse().unwrap()),
-            connection: Some(id),
-            leg: Leg::FromClient,
-        };
+        let (inbound, _written) = client_connection(&connections, 100);
+        let (id, peer) = (inbound.connection.unwrap(), inbound.source.0);
         let boot = BootId::from_u64(7);
         let answer = |len: usize| Outcome::Answer {
             bytes: bytes::Bytes::from(vec![b'x'; len]),
