@@ -157,7 +157,7 @@ pub async fn bind(config: &Config) -> Result<Bound, AppError> {
     let upstream_tls = settings
         .upstream
         .filter(|u| u.transport == Transport::Tls)
-        .map(|u| u.addr.ip());
+        .map(|u| u.addr);
     let advertised_tls = settings
         .advertise
         .iter()

@@ -565,6 +565,9 @@ impl ClientTransactions {
     /// its final response or its Timer C (then [`Due::RangOut`]), when
     /// there is room; without it, it rings on without Timer C.
     fn ring(&self, table: &mut Table, key: TransactionKey, transaction: Transaction, now: Instant) {
+        // A copy of the INVITE its client sent again rang again: it takes
+        // the place of the first, bytes and timer.
+        table.stop_ringing(&key);
         let bytes = ringing_bytes(&transaction);
         if !table.ended.contains_key(&key) || table.bytes() + bytes + TIMER_BYTES > self.max_bytes {
             return;
@@ -591,6 +594,10 @@ impl ClientTransactions {
         let Some(&(_, Ending::Proceeding { timer_c })) = table.ended.get(&key) else {
             return;
         };
+        if table.entries.contains_key(&key) {
+            // Its client sent it again: a transaction under way, not ringing.
+            return;
+        }
         let Some(ringing) = table.ringing.get_mut(&key).filter(|r| r.armed == at) else {
             return;
         };
@@ -1147,6 +1154,44 @@ mod tests {
         assert_eq!(table.answered(&silent, 487, gone), Answered::Unknown);
         assert_eq!(table.accounted_bytes(), 0, "nothing is left of it");
         assert!(table.is_idle());
+    }
+
+    /// A copy of a ringing INVITE that its client sent again, and that
+    /// rang again, takes the first one's place: its bytes are counted
+    /// once, and it rings out once, on its own Timer C.
+    #[test]
+    fn a_copy_of_a_ringing_invite_that_rings_again_takes_its_place() {
+        let timers = Timers::RFC3261;
+        let table = ClientTransactions::new(timers, 1 << 20);
+        let t0 = Instant::now();
+        let invite = key(3, TransactionMethod::Invite);
+        table.start(transaction(invite, 100), t0);
+        assert_eq!(table.answered(&invite, 100, t0), Answered::Kept);
+        let ringing = table.accounted_bytes();
+        let copy = t0 + Duration::from_secs(1);
+        assert_eq!(table.start(transaction(invite, 100), copy), Start::Started);
+        let rang_again = copy + Duration::from_secs(1);
+        assert_eq!(table.answered(&invite, 180, rang_again), Answered::Kept);
+        assert_eq!(
+            table.accounted_bytes(),
+            ringing + ENDED_BYTES + 2 * TIMER_BYTES
+        );
+        // The first one's Timer C passes: nothing.
+        assert!(table.due(t0 + timers.timer_c).is_empty());
+        let due = table.due(rang_again + timers.timer_c);
+        assert!(
+            matches!(&due[..], [Due::RangOut(_)]),
+            "rung out once, on the copy's Timer C: {due:?}"
+        );
+        let gone = t0 + timers.timer_c * 3;
+        table.due(gone);
+        assert_eq!(table.answered(&invite, 487, gone), Answered::Unknown);
+        assert!(table.due(gone + timers.timeout()).is_empty());
+        assert_eq!(
+            table.accounted_bytes(),
+            0,
+            "nothing counted twice: {ringing}"
+        );
     }
 
     /// Without room for its request, a ringing INVITE rings on without

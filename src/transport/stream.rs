@@ -706,6 +706,11 @@ impl ReadState {
         ctx: &TransportContext,
         hearing: &Hearing<'_>,
     ) {
+        // The start of what is left, to tell a request cut off from a
+        // response (decoding at the end takes the bytes).
+        let mut start = [0u8; 8];
+        let started = self.buf.len().min(start.len());
+        start[..started].copy_from_slice(&self.buf[..started]);
         match self.codec.decode_eof(&mut self.buf) {
             Ok(Some(frame)) => {
                 if hearing.note(&frame, ctx, info) {
@@ -713,7 +718,7 @@ impl ReadState {
                 }
             }
             Ok(None) => {}
-            Err(e) => framing_failed(e, info, ctx, &self.buf),
+            Err(e) => framing_failed(e, info, ctx, &start[..started]),
         }
     }
 
@@ -888,8 +893,9 @@ fn closed_while_waiting(ctx: &TransportContext, inbound: &Inbound, what: &str) -
 }
 
 /// Count and log a stream that cannot be framed any further. The message
-/// it stopped in (`unframed`, its first bytes) is received and dropped as
-/// malformed, so that the drop is a part of what was received.
+/// it stopped in (`unframed`: its first bytes, at least the first 8) is
+/// received and dropped as malformed, so that the drop is a part of what
+/// was received.
 fn framing_failed(e: StreamError, info: ConnectionInfo, ctx: &TransportContext, unframed: &[u8]) {
     match e {
         StreamError::Io(e) => Fault::Read.report(&ctx.metrics, Some(info.peer), &e),
@@ -992,6 +998,36 @@ mod tests {
         assert_eq!(
             ctx.metrics.received(Transport::Tcp, MessageKind::Request),
             1
+        );
+    }
+
+    /// A response cut off by its peer's close is received as a response,
+    /// and dropped as malformed.
+    #[tokio::test]
+    async fn a_response_cut_off_is_received_as_a_response() {
+        let (tx, _events) = mpsc::channel(16);
+        let ctx = TransportContext::for_tests(tx, 4);
+        let mut client = served(&ctx, "127.0.0.1:40003");
+        client
+            .write_all(b"SIP/2.0 200 OK\r\nVia: SIP/2.0/TCP a")
+            .await
+            .unwrap();
+        drop(client);
+        for _ in 0..1000 {
+            if ctx.metrics.drops(DropReason::Malformed) == 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(ctx.metrics.faults(Fault::Truncated), 1);
+        assert_eq!(ctx.metrics.drops(DropReason::Malformed), 1);
+        assert_eq!(
+            ctx.metrics.received(Transport::Tcp, MessageKind::Response),
+            1
+        );
+        assert_eq!(
+            ctx.metrics.received(Transport::Tcp, MessageKind::Request),
+            0
         );
     }
 

@@ -26,7 +26,7 @@
 
 use std::fmt;
 use std::io;
-use std::net::IpAddr;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -382,13 +382,24 @@ impl ClientTls {
         })
     }
 
-    /// Re-read the files and rebuild the connector; swap only on success.
+    /// Re-read the files and rebuild the connector; swap only on success,
+    /// and not when it would lock the registrar at `upstream` out: a
+    /// handshake with it fails with the new connector and succeeds with
+    /// the one in use (a CA or server name that does not match its
+    /// certificate). A registrar that cannot be reached, or fails both,
+    /// tells nothing: the new connector is taken. Connects and reads:
+    /// call it off the event loop.
     pub fn reload(
         &self,
         settings: &TlsSettings,
-        upstream: std::net::IpAddr,
-    ) -> Result<(), TlsError> {
-        let built = build_upstream(settings, upstream)?;
+        upstream: SocketAddr,
+    ) -> Result<(), UpstreamReloadError> {
+        let built = build_upstream(settings, upstream.ip()).map_err(UpstreamReloadError::Files)?;
+        if let Err(detail) = handshake_with(&built, upstream) {
+            if handshake_with(&self.upstream.load(), upstream).is_ok() {
+                return Err(UpstreamReloadError::LocksOut { detail });
+            }
+        }
         self.upstream.store(Arc::new(built));
         Ok(())
     }
@@ -423,6 +434,53 @@ impl ClientTls {
             Ok(Err(e)) => Err(HandshakeError::from_ssl(&e, tls.ssl())),
             Ok(Ok(())) => Ok(tls),
         }
+    }
+}
+
+/// Why [`ClientTls::reload`] kept the connector in use.
+#[derive(Debug)]
+pub enum UpstreamReloadError {
+    /// A file or setting is wrong (named by the error).
+    Files(TlsError),
+    /// The registrar's handshake fails with the new settings, and succeeds
+    /// with those in use: `detail` says how it failed.
+    LocksOut {
+        /// The handshake's failure, with the certificate's verify error.
+        detail: String,
+    },
+}
+
+/// How long the check of a reload's upstream settings waits for the
+/// registrar (each of its connect and handshake).
+const RELOAD_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A blocking handshake with the registrar at `addr` through `upstream`
+/// (closed at once); `Err` with how it failed, when it connected and the
+/// handshake failed. One that cannot connect counts as done: it tells
+/// nothing of the settings.
+fn handshake_with(
+    upstream: &crate::config::tls_contexts::Upstream,
+    addr: SocketAddr,
+) -> Result<(), String> {
+    let Ok(tcp) = std::net::TcpStream::connect_timeout(&addr, RELOAD_CHECK_TIMEOUT) else {
+        return Ok(());
+    };
+    if tcp.set_read_timeout(Some(RELOAD_CHECK_TIMEOUT)).is_err()
+        || tcp.set_write_timeout(Some(RELOAD_CHECK_TIMEOUT)).is_err()
+    {
+        return Ok(());
+    }
+    let configured = upstream.connector.configure().map_err(|e| e.to_string())?;
+    match configured.connect(&upstream.server_name, tcp) {
+        Ok(mut tls) => {
+            let _ = tls.shutdown();
+            Ok(())
+        }
+        Err(openssl::ssl::HandshakeError::Failure(mid)) => {
+            let failed = HandshakeError::from_ssl(mid.error(), mid.ssl());
+            Err(failed.to_string())
+        }
+        Err(e) => Err(e.to_string()),
     }
 }
 
@@ -529,7 +587,7 @@ pub struct TlsContexts {
     /// The listeners' acceptor, when there is a `tls:` listener.
     pub server: Option<Arc<ServerTls>>,
     /// The upstream's connector and address, when the upstream is `tls:`.
-    pub upstream: Option<(Arc<ClientTls>, IpAddr)>,
+    pub upstream: Option<(Arc<ClientTls>, SocketAddr)>,
 }
 
 /// The `[tls]` settings in use, per side.
@@ -543,18 +601,18 @@ impl TlsContexts {
     /// Build what is needed: an acceptor when `listeners` is true (whose
     /// reloaded certificates must name `advertised`, the hosts
     /// `proxy.advertise` gives the `tls:` listeners), a connector when
-    /// `upstream` (a `tls:` upstream's IP) is given.
+    /// `upstream` (a `tls:` upstream's address) is given.
     pub fn new(
         settings: &TlsSettings,
         listeners: bool,
         advertised: Vec<AdvertisedHost>,
-        upstream: Option<IpAddr>,
+        upstream: Option<SocketAddr>,
     ) -> Result<Self, TlsError> {
         let server = listeners
             .then(|| ServerTls::new(settings).map(|s| Arc::new(s.naming(advertised))))
             .transpose()?;
         let upstream = upstream
-            .map(|ip| ClientTls::new(settings, ip).map(|c| (Arc::new(c), ip)))
+            .map(|addr| ClientTls::new(settings, addr.ip()).map(|c| (Arc::new(c), addr)))
             .transpose()?;
         Ok(Self {
             applied: Arc::new(Mutex::new(Applied {
@@ -633,20 +691,24 @@ impl TlsContexts {
                 }
             }
         }
-        if let Some((client, ip)) = &self.upstream {
+        if let Some((client, addr)) = &self.upstream {
             let wanted = settings.unwrap_or(&applied.upstream).clone();
-            match client.reload(&wanted, *ip) {
+            match client.reload(&wanted, *addr) {
                 Ok(()) => {
                     tracing::info!(
-                        server_name = %wanted.upstream_name(*ip),
+                        server_name = %wanted.upstream_name(addr.ip()),
                         min_version = %wanted.min_version,
                         "TLS upstream files and settings reloaded"
                     );
                     applied.upstream = wanted;
                     count(TlsSide::Upstream, true);
                 }
-                Err(e) => {
+                Err(UpstreamReloadError::Files(e)) => {
                     tracing::warn!(key = e.key(), problem = %e.to_problem().message, "TLS upstream files not reloaded; keeping the old ones");
+                    count(TlsSide::Upstream, false);
+                }
+                Err(UpstreamReloadError::LocksOut { detail }) => {
+                    tracing::warn!(upstream = %addr, server_name = %wanted.upstream_name(addr.ip()), problem = %detail, "TLS upstream settings not reloaded: the registrar's handshake fails with them and succeeds with the ones in use (its next connection would fail); keeping the old ones");
                     count(TlsSide::Upstream, false);
                 }
             }
