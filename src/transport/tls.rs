@@ -724,6 +724,113 @@ mod tests {
     use super::*;
     use crate::config::{Identity, TlsVersion};
 
+    /// A self-signed certificate for `reg.test` (a subjectAltName) and its
+    /// key, as PEM: its own CA.
+    fn self_signed_registrar() -> (Vec<u8>, Vec<u8>) {
+        use openssl::asn1::Asn1Time;
+        use openssl::ec::{EcGroup, EcKey};
+        use openssl::hash::MessageDigest;
+        use openssl::nid::Nid;
+        use openssl::pkey::PKey;
+        use openssl::x509::extension::SubjectAlternativeName;
+        use openssl::x509::{X509NameBuilder, X509};
+        let group = EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).unwrap();
+        let key = PKey::from_ec_key(EcKey::generate(&group).unwrap()).unwrap();
+        let mut name = X509NameBuilder::new().unwrap();
+        name.append_entry_by_text("CN", "reg.test").unwrap();
+        let name = name.build();
+        let mut cert = X509::builder().unwrap();
+        cert.set_version(2).unwrap();
+        cert.set_subject_name(&name).unwrap();
+        cert.set_issuer_name(&name).unwrap();
+        cert.set_pubkey(&key).unwrap();
+        cert.set_not_before(&Asn1Time::days_from_now(0).unwrap())
+            .unwrap();
+        cert.set_not_after(&Asn1Time::days_from_now(1).unwrap())
+            .unwrap();
+        let san = SubjectAlternativeName::new()
+            .dns("reg.test")
+            .build(&cert.x509v3_context(None, None))
+            .unwrap();
+        cert.append_extension(san).unwrap();
+        cert.sign(&key, MessageDigest::sha256()).unwrap();
+        (
+            cert.build().to_pem().unwrap(),
+            key.private_key_to_pem_pkcs8().unwrap(),
+        )
+    }
+
+    /// A TLS registrar on 127.0.0.1 that completes every handshake with
+    /// the certificate `cert` (and `key`): its address.
+    fn tls_registrar(cert: &[u8], key: &[u8]) -> SocketAddr {
+        use openssl::pkey::PKey;
+        use openssl::ssl::{SslAcceptor, SslMethod};
+        use openssl::x509::X509;
+        let mut acceptor = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls_server()).unwrap();
+        acceptor
+            .set_certificate(&X509::from_pem(cert).unwrap())
+            .unwrap();
+        acceptor
+            .set_private_key(&PKey::private_key_from_pem(key).unwrap())
+            .unwrap();
+        let acceptor = acceptor.build();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            for tcp in listener.incoming().flatten() {
+                let _ = tcp.set_read_timeout(Some(Duration::from_secs(5)));
+                if let Ok(mut tls) = acceptor.accept(tcp) {
+                    let _ = tls.shutdown();
+                }
+            }
+        });
+        addr
+    }
+
+    /// A reload whose upstream CA the registrar's certificate does not
+    /// chain to, while the one in use does, would fail the link's next
+    /// connection: refused, the old connector kept. The right CA again is
+    /// taken; so is any CA while the registrar cannot be reached (nothing
+    /// to judge by).
+    #[test]
+    fn an_upstream_reload_that_would_lock_the_registrar_out_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = self_signed_registrar();
+        let (other_ca, _) = self_signed_registrar();
+        let (right, wrong) = (dir.path().join("ca.pem"), dir.path().join("other.pem"));
+        std::fs::write(&right, &cert).unwrap();
+        std::fs::write(&wrong, &other_ca).unwrap();
+        let settings = |ca: &Path| TlsSettings {
+            upstream_ca: Some(ca.to_path_buf()),
+            upstream_server_name: Some("reg.test".into()),
+            ..TlsSettings::default()
+        };
+        let registrar = tls_registrar(&cert, &key);
+        let client = ClientTls::new(&settings(&right), registrar.ip()).unwrap();
+        match client.reload(&settings(&wrong), registrar) {
+            Err(UpstreamReloadError::LocksOut { detail }) => {
+                assert!(detail.contains("certificate"), "{detail}");
+            }
+            other => panic!("a CA the registrar does not chain to was taken: {other:?}"),
+        }
+        assert!(
+            handshake_with(&client.upstream.load(), registrar).is_ok(),
+            "the connector in use is kept"
+        );
+        client
+            .reload(&settings(&right), registrar)
+            .expect("the right CA is taken");
+        // Nothing listens here: the reload is taken (no judge).
+        let gone = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        client
+            .reload(&settings(&wrong), gone)
+            .expect("taken without a registrar to judge by");
+        assert!(handshake_with(&client.upstream.load(), registrar).is_err());
+    }
+
     #[test]
     fn client_hellos_are_recognised() {
         // TLS 1.2 ClientHello record header + handshake header.
