@@ -368,13 +368,19 @@ impl Table {
         Some(ringing.transaction)
     }
 
-    /// Once none that ended is remembered, give their maps' memory back.
+    /// Once none that ended is remembered, give their maps' memory back;
+    /// once none is kept either, every timer left is stale (a ringing
+    /// INVITE's Timer C, answered since): gone too, so that the table
+    /// accounts for nothing while idle.
     fn release_ended(&mut self) {
         if self.ended_order.is_empty() && self.ended_order.capacity() > 0 {
             self.ended = HashMap::new();
             self.ended_order = VecDeque::new();
             self.acks = HashMap::new();
             self.ringing = HashMap::new();
+        }
+        if self.ended_order.is_empty() && self.entries.is_empty() && !self.timers.is_empty() {
+            self.timers = BinaryHeap::new();
         }
     }
 
@@ -1192,6 +1198,27 @@ mod tests {
             0,
             "nothing counted twice: {ringing}"
         );
+    }
+
+    /// A call that rang and was answered leaves its Timer C timer in the
+    /// heap; once nothing of it is remembered, an idle table accounts for
+    /// nothing (the gauge of its bytes goes back to 0), long before that
+    /// timer would have fired.
+    #[test]
+    fn an_idle_table_keeps_no_stale_timer_of_a_call_that_rang() {
+        let timers = Timers::RFC3261;
+        let table = ClientTransactions::new(timers, 1 << 20);
+        let t0 = Instant::now();
+        let invite = key(4, TransactionMethod::Invite);
+        table.start(transaction(invite, 100), t0);
+        assert_eq!(table.answered(&invite, 180, t0), Answered::Kept);
+        assert_eq!(table.answered(&invite, 200, t0), Answered::Kept);
+        let forgotten = t0 + timers.timeout() + Duration::from_secs(1);
+        assert!(forgotten < t0 + timers.timer_c);
+        assert!(table.due(forgotten).is_empty());
+        assert!(table.is_idle());
+        assert_eq!(table.accounted_bytes(), 0);
+        assert_eq!(table.next_due(), None);
     }
 
     /// Without room for its request, a ringing INVITE rings on without
