@@ -757,12 +757,21 @@ impl ClientTransactions {
     }
 
     /// When the next timer fires, if any is set (a ringing INVITE's Timer
-    /// C among them).
+    /// C among them), or the memory of an ended transaction runs out
+    /// first: [`Self::due`] then forgets it, so that an idle instance gives
+    /// that memory back (and its gauge says so) without waiting for a
+    /// message.
     pub fn next_due(&self) -> Option<Instant> {
         if self.is_idle() {
             return None;
         }
-        self.lock().timers.peek().map(|Reverse((at, _, _))| *at)
+        let table = self.lock();
+        let timer = table.timers.peek().map(|Reverse((at, _, _))| *at);
+        let forgotten = table.ended_order.front().map(|&(until, _)| until);
+        match (timer, forgotten) {
+            (Some(timer), Some(forgotten)) => Some(timer.min(forgotten)),
+            (timer, forgotten) => timer.or(forgotten),
+        }
     }
 
     /// Transactions kept.
@@ -1135,7 +1144,9 @@ mod tests {
             "the 180 started Timer C again"
         );
         let runs_out = again + timers.timer_c;
-        assert_eq!(table.next_due(), Some(runs_out));
+        // Due next: Timer C, or before it the memory of how the INVITE
+        // ended, to be remembered on.
+        assert!(table.next_due().is_some_and(|at| at <= runs_out));
         let due = table.due(runs_out);
         let [Due::RangOut(rung)] = &due[..] else {
             panic!("rung out once: {due:?}");
@@ -1213,8 +1224,17 @@ mod tests {
         table.start(transaction(invite, 100), t0);
         assert_eq!(table.answered(&invite, 180, t0), Answered::Kept);
         assert_eq!(table.answered(&invite, 200, t0), Answered::Kept);
-        let forgotten = t0 + timers.timeout() + Duration::from_secs(1);
+        // Its memory runs out 64*T1 on: the next thing due, though no
+        // timer is (so that an idle instance's dispatcher wakes for it).
+        let forgotten = t0 + timers.timeout();
         assert!(forgotten < t0 + timers.timer_c);
+        assert_eq!(
+            table.next_due(),
+            Some(t0 + timers.t1),
+            "a stale timer first"
+        );
+        assert!(table.due(t0 + timers.t1).is_empty());
+        assert_eq!(table.next_due(), Some(forgotten));
         assert!(table.due(forgotten).is_empty());
         assert!(table.is_idle());
         assert_eq!(table.accounted_bytes(), 0);

@@ -770,7 +770,7 @@ impl Core {
             call_id = %Text(SipView::parse(inbound.bytes.clone()).ok().as_ref().and_then(SipView::call_id)),
             timer_c_secs = self.client_transactions.timers().timer_c.as_secs(),
             cancelled = cancel.is_some(),
-            "a call rang through Timer C without an answer: cancelled, its caller answered 408"
+            "a call rang through Timer C without a final answer: cancelled, and a 408 for its caller"
         );
         let mut carried = Vec::with_capacity(2);
         if let Some(bytes) = cancel {
@@ -786,7 +786,7 @@ impl Core {
             };
             carried.push((inbound.clone(), outcome, None));
         }
-        let answer = self.request_timeout(&inbound, now);
+        let answer = self.timed_out(&inbound, now, Refusal::RangOut);
         carried.push((inbound, answer, None));
         carried
     }

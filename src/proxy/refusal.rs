@@ -114,6 +114,12 @@ pub enum Refusal<'p> {
     /// within 64*T1 though this proxy retransmitted it (RFC 3261 17.1.1.2
     /// Timer B, 17.1.2.2 Timer F): `408 Request Timeout`.
     RequestTimeout,
+    /// An INVITE of that kind rang (a provisional response came) through
+    /// Timer C (`limits.timer_c_secs`) without another provisional or a
+    /// final response; this proxy cancelled it (RFC 3261 16.8): `408
+    /// Request Timeout`, recorded with the same rule as
+    /// [`Self::RequestTimeout`].
+    RangOut,
     /// It was written to a TCP/TLS registrar, which had not answered it when
     /// `limits.drain_secs` ran out (`crate::drain`): `408 Request Timeout`,
     /// recorded with the same rule as [`Self::RequestTimeout`].
@@ -158,7 +164,7 @@ impl Refusal<'_> {
             // Never sent: a ban is not answered.
             Self::Banned { .. } => 403,
             Self::SipsWithoutTls(_) => 480,
-            Self::RequestTimeout | Self::DrainRanOut => 408,
+            Self::RequestTimeout | Self::RangOut | Self::DrainRanOut => 408,
             Self::NotReady { .. } | Self::Draining => 503,
         }
     }
@@ -183,7 +189,7 @@ impl Refusal<'_> {
             Self::OverLimit { .. } => "Service Unavailable",
             Self::Banned { .. } => "Banned",
             Self::SipsWithoutTls(_) => "Temporarily Unavailable",
-            Self::RequestTimeout | Self::DrainRanOut => "Request Timeout",
+            Self::RequestTimeout | Self::RangOut | Self::DrainRanOut => "Request Timeout",
             Self::NotReady { .. } | Self::Draining => "Service Unavailable",
         })
     }
@@ -209,7 +215,7 @@ impl Refusal<'_> {
             Self::OverLimit { .. } => "rate_limit.requests",
             Self::Banned { rule } => rule,
             Self::SipsWithoutTls(_) => "proxy.sips-without-tls",
-            Self::RequestTimeout | Self::DrainRanOut => "proxy.request-timeout",
+            Self::RequestTimeout | Self::RangOut | Self::DrainRanOut => "proxy.request-timeout",
             Self::NotReady { .. } => super::health::HEALTH_RULE,
             Self::Draining => "proxy.draining",
         }
@@ -254,6 +260,9 @@ impl Refusal<'_> {
             Self::RequestTimeout => {
                 Some("no response over UDP within 64*T1, retransmissions included")
             }
+            Self::RangOut => Some(
+                "rang through Timer C (limits.timer_c_secs) without a final response: cancelled",
+            ),
             Self::DrainRanOut => {
                 Some("no response from the registrar when limits.drain_secs ran out")
             }

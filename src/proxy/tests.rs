@@ -371,6 +371,7 @@ fn every_refusal_has_its_status_and_rule() {
         Refusal::UpstreamUnavailable,
         Refusal::UpstreamBusy,
         Refusal::RequestTimeout,
+        Refusal::RangOut,
         Refusal::DrainRanOut,
         Refusal::NotReady {
             detail: "draining",
@@ -394,6 +395,7 @@ fn every_refusal_has_its_status_and_rule() {
             (480, "agent-offer.unsupported"),
             (503, "proxy.upstream-unavailable"),
             (503, "proxy.upstream-busy"),
+            (408, "proxy.request-timeout"),
             (408, "proxy.request-timeout"),
             (408, "proxy.request-timeout"),
             (503, "proxy.health"),

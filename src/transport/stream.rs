@@ -551,6 +551,7 @@ async fn read_messages<S>(
             Ok(_) => {}
             Err(e) => {
                 Fault::Read.report(&ctx.metrics, Some(info.peer), &e);
+                state.cut_off(info, ctx);
                 break Stop::Closed;
             }
         }
@@ -695,6 +696,16 @@ impl ReadState {
                 reason = reason.as_str(),
                 "connection closed with complete messages unread; dropped"
             );
+        }
+    }
+
+    /// The read failed (a reset: the peer closed with data unread, or
+    /// aborted): a message begun in the buffer is received and dropped as
+    /// malformed, as one cut off by a close is at EOF.
+    fn cut_off(&self, info: ConnectionInfo, ctx: &TransportContext) {
+        if self.buf.iter().any(|b| !matches!(b, b'\r' | b'\n')) {
+            super::count_received(ctx, info.transport, &self.buf);
+            ctx.metrics.count_drop(DropReason::Malformed);
         }
     }
 
@@ -995,6 +1006,58 @@ mod tests {
         assert_eq!(ctx.metrics.drops(DropReason::Malformed), 1);
         // The one cut off is received too (the core, not running here,
         // counts those framed).
+        assert_eq!(
+            ctx.metrics.received(Transport::Tcp, MessageKind::Request),
+            1
+        );
+    }
+
+    /// A message cut off by its peer's reset (a close with data unread, or
+    /// an abort) is received and dropped as malformed, as one cut off by a
+    /// close is.
+    #[tokio::test]
+    async fn a_message_cut_off_by_a_reset_is_received_and_dropped() {
+        let (tx, _events) = mpsc::channel(16);
+        let ctx = TransportContext::for_tests(tx, 4);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, peer) = listener.accept().await.unwrap();
+        let info = ConnectionInfo {
+            peer,
+            ..info("127.0.0.1:40004")
+        };
+        let served = {
+            let ctx = ctx.clone();
+            tokio::spawn(async move { serve(server, info, &ctx, None).await })
+        };
+        let mut client = client;
+        client
+            .write_all(b"REGISTER sip:a@b SIP/2.0\r\nContent-Length: 100\r\n\r\nabc")
+            .await
+            .unwrap();
+        for _ in 0..100 {
+            tokio::task::yield_now().await;
+        }
+        // SO_LINGER 0: the close is a reset.
+        let client = client.into_std().unwrap();
+        nix::sys::socket::setsockopt(
+            &client,
+            nix::sys::socket::sockopt::Linger,
+            &nix::libc::linger {
+                l_onoff: 1,
+                l_linger: 0,
+            },
+        )
+        .unwrap();
+        drop(client);
+        tokio::time::timeout(Duration::from_secs(10), served)
+            .await
+            .expect("the connection closes")
+            .unwrap();
+        assert_eq!(ctx.metrics.faults(Fault::Read), 1);
+        assert_eq!(ctx.metrics.drops(DropReason::Malformed), 1);
         assert_eq!(
             ctx.metrics.received(Transport::Tcp, MessageKind::Request),
             1
