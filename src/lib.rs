@@ -26,6 +26,8 @@ pub mod report;
 pub mod sip;
 pub mod systemd;
 pub mod terminal_text;
+#[cfg(test)]
+mod test_certificates;
 pub mod transport;
 pub mod vocabulary;
 pub mod workers;

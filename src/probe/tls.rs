@@ -213,33 +213,11 @@ pub(super) fn reasons(stack: &ErrorStack) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use openssl::asn1::Asn1Time;
     use openssl::ec::{EcGroup, EcKey};
-    use openssl::hash::MessageDigest;
     use openssl::nid::Nid;
-    use openssl::x509::X509NameBuilder;
 
-    /// A self-signed P-256 certificate and its key, as PEM.
     fn self_signed() -> (Vec<u8>, Vec<u8>) {
-        let group = EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).unwrap();
-        let key = PKey::from_ec_key(EcKey::generate(&group).unwrap()).unwrap();
-        let mut name = X509NameBuilder::new().unwrap();
-        name.append_entry_by_text("CN", "probe-test").unwrap();
-        let name = name.build();
-        let mut cert = X509::builder().unwrap();
-        cert.set_version(2).unwrap();
-        cert.set_subject_name(&name).unwrap();
-        cert.set_issuer_name(&name).unwrap();
-        cert.set_pubkey(&key).unwrap();
-        cert.set_not_before(&Asn1Time::days_from_now(0).unwrap())
-            .unwrap();
-        cert.set_not_after(&Asn1Time::days_from_now(1).unwrap())
-            .unwrap();
-        cert.sign(&key, MessageDigest::sha256()).unwrap();
-        (
-            cert.build().to_pem().unwrap(),
-            key.private_key_to_pem_pkcs8().unwrap(),
-        )
+        crate::test_certificates::self_signed("probe-test")
     }
 
     fn error(options: &TlsOptions) -> String {

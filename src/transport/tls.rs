@@ -724,42 +724,6 @@ mod tests {
     use super::*;
     use crate::config::{Identity, TlsVersion};
 
-    /// A self-signed certificate for `reg.test` (a subjectAltName) and its
-    /// key, as PEM: its own CA.
-    fn self_signed_registrar() -> (Vec<u8>, Vec<u8>) {
-        use openssl::asn1::Asn1Time;
-        use openssl::ec::{EcGroup, EcKey};
-        use openssl::hash::MessageDigest;
-        use openssl::nid::Nid;
-        use openssl::pkey::PKey;
-        use openssl::x509::extension::SubjectAlternativeName;
-        use openssl::x509::{X509NameBuilder, X509};
-        let group = EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).unwrap();
-        let key = PKey::from_ec_key(EcKey::generate(&group).unwrap()).unwrap();
-        let mut name = X509NameBuilder::new().unwrap();
-        name.append_entry_by_text("CN", "reg.test").unwrap();
-        let name = name.build();
-        let mut cert = X509::builder().unwrap();
-        cert.set_version(2).unwrap();
-        cert.set_subject_name(&name).unwrap();
-        cert.set_issuer_name(&name).unwrap();
-        cert.set_pubkey(&key).unwrap();
-        cert.set_not_before(&Asn1Time::days_from_now(0).unwrap())
-            .unwrap();
-        cert.set_not_after(&Asn1Time::days_from_now(1).unwrap())
-            .unwrap();
-        let san = SubjectAlternativeName::new()
-            .dns("reg.test")
-            .build(&cert.x509v3_context(None, None))
-            .unwrap();
-        cert.append_extension(san).unwrap();
-        cert.sign(&key, MessageDigest::sha256()).unwrap();
-        (
-            cert.build().to_pem().unwrap(),
-            key.private_key_to_pem_pkcs8().unwrap(),
-        )
-    }
-
     /// A TLS registrar on 127.0.0.1 that completes every handshake with
     /// the certificate `cert` (and `key`): its address.
     fn tls_registrar(cert: &[u8], key: &[u8]) -> SocketAddr {
@@ -795,8 +759,8 @@ mod tests {
     #[test]
     fn an_upstream_reload_that_would_lock_the_registrar_out_is_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let (cert, key) = self_signed_registrar();
-        let (other_ca, _) = self_signed_registrar();
+        let (cert, key) = crate::test_certificates::self_signed("reg.test");
+        let (other_ca, _) = crate::test_certificates::self_signed("reg.test");
         let (right, wrong) = (dir.path().join("ca.pem"), dir.path().join("other.pem"));
         std::fs::write(&right, &cert).unwrap();
         std::fs::write(&wrong, &other_ca).unwrap();
