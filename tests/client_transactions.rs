@@ -307,14 +307,14 @@ fn a_copy_of_a_486_that_says_its_ack_was_lost_gets_the_ack_sent_again() {
     );
 }
 
-/// A TCP client's call relayed over UDP rings, and the registrar dies:
-/// once Timer C (`limits.timer_c_secs`) runs out with no further word,
-/// sipadmit sends the registrar the call's CANCEL and answers the caller
-/// `408`, recorded (RFC 3261 16.6 step 11, 16.8), instead of leaving the
-/// caller waiting on a call nobody will answer.
-#[test]
-fn a_call_that_rings_through_timer_c_is_cancelled_and_its_caller_answered_408() {
-    let registrar = Registrar::start_with(Behaviour::RingThenDie);
+/// A call from a TCP client relayed over UDP to `registrar`, which rings
+/// it: once Timer C (`limits.timer_c_secs = 2`) runs out with no further
+/// word, its caller reads the `408` of it, recorded. Returns the proxy,
+/// the caller's connection and reader (nothing read after the 408).
+fn ring_through_timer_c(
+    registrar: &Registrar,
+    call_id: &str,
+) -> (TestProxy, TcpStream, BufReader<TcpStream>) {
     let proxy = TestProxy::start(
         "[limits]\ntimer_c_secs = 2\n",
         "127.0.0.1",
@@ -323,9 +323,9 @@ fn a_call_that_rings_through_timer_c_is_cancelled_and_its_caller_answered_408() 
     let (mut conn, mut reader) = tcp_client(&proxy, Duration::from_secs(10));
     let from = conn.local_addr().unwrap();
     let invite = format!(
-        "INVITE sip:bob@contoso.com SIP/2.0\r\nVia: SIP/2.0/TCP {from};branch=z9hG4bK-ring-1\r\n\
+        "INVITE sip:bob@contoso.com SIP/2.0\r\nVia: SIP/2.0/TCP {from};branch=z9hG4bK-{call_id}\r\n\
          Max-Forwards: 70\r\nFrom: <sip:alice@contoso.com>;tag=a1\r\nTo: <sip:bob@contoso.com>\r\n\
-         Call-ID: ring-1@test\r\nCSeq: 1 INVITE\r\nContact: <sip:alice@{from};transport=tcp>\r\n\
+         Call-ID: {call_id}\r\nCSeq: 1 INVITE\r\nContact: <sip:alice@{from};transport=tcp>\r\n\
          User-Agent: {LYNC}\r\nContent-Length: 0\r\n\r\n"
     );
     let sent = std::time::Instant::now();
@@ -338,29 +338,15 @@ fn a_call_that_rings_through_timer_c_is_cancelled_and_its_caller_answered_408() 
         timeout.starts_with("SIP/2.0 408 Request Timeout\r\n"),
         "{timeout}"
     );
-    assert!(timeout.contains("Call-ID: ring-1@test"), "{timeout}");
+    assert!(
+        timeout.contains(&format!("Call-ID: {call_id}")),
+        "{timeout}"
+    );
     assert!(timeout.contains("CSeq: 1 INVITE"), "{timeout}");
     assert!(
         waited >= Duration::from_secs(2),
         "Timer C runs from the 180: {waited:?}"
     );
-    // The CANCEL went out before the 408; the registrar's thread notes it
-    // in its own time.
-    let cancels = || {
-        registrar
-            .copies
-            .lock()
-            .unwrap()
-            .get("Call-ID: ring-1@test|CSeq: 1 CANCEL")
-            .copied()
-            .unwrap_or(0)
-    };
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while cancels() == 0 && std::time::Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    std::thread::sleep(Duration::from_millis(200));
-    assert_eq!(cancels(), 1, "the registrar is sent the call's CANCEL once");
     let records = proxy.records();
     let timed_out = records
         .iter()
@@ -368,7 +354,49 @@ fn a_call_that_rings_through_timer_c_is_cancelled_and_its_caller_answered_408() 
         .unwrap_or_else(|| panic!("no 408 record in {records:#?}"));
     assert_eq!(timed_out["rule"], "proxy.request-timeout");
     assert_eq!(timed_out["method"], "INVITE");
-    assert_eq!(timed_out["call_id"], "ring-1@test");
+    assert_eq!(timed_out["call_id"], call_id);
+    (proxy, conn, reader)
+}
+
+/// How many copies of `transaction` (its Call-ID and CSeq lines, as the
+/// stub keys them) the registrar got, once there are `enough` or 5 s
+/// passed, and `settle` later.
+fn copies_of(registrar: &Registrar, transaction: &str, enough: usize, settle: Duration) -> usize {
+    let copies = || {
+        registrar
+            .copies
+            .lock()
+            .unwrap()
+            .get(transaction)
+            .copied()
+            .unwrap_or(0)
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while copies() < enough && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(settle);
+    copies()
+}
+
+/// A TCP client's call relayed over UDP rings, and the registrar dies:
+/// once Timer C (`limits.timer_c_secs`) runs out with no further word,
+/// sipadmit sends the registrar the call's CANCEL, again after T1 as a
+/// CANCEL client transaction does while unanswered, and answers the caller
+/// `408`, recorded (RFC 3261 16.6 step 11, 16.8, 9.1), instead of leaving
+/// the caller waiting on a call nobody will answer.
+#[test]
+fn a_call_that_rings_through_timer_c_is_cancelled_and_its_caller_answered_408() {
+    let registrar = Registrar::start_with(Behaviour::RingThenDie);
+    let (proxy, conn, mut reader) = ring_through_timer_c(&registrar, "ring-1@test");
+    // The CANCEL went out before the 408, and again T1 (500 ms) later.
+    let cancels = copies_of(
+        &registrar,
+        "Call-ID: ring-1@test|CSeq: 1 CANCEL",
+        2,
+        Duration::ZERO,
+    );
+    assert!(cancels >= 2, "the unanswered CANCEL is resent: {cancels}");
     // Nothing more comes on the connection (no second answer).
     conn.set_read_timeout(Some(Duration::from_millis(500)))
         .unwrap();
@@ -380,4 +408,66 @@ fn a_call_that_rings_through_timer_c_is_cancelled_and_its_caller_answered_408() 
         1
     );
     assert_eq!(metrics.upstream_cancels.load(Ordering::Relaxed), 1);
+    assert!(metrics.client_retransmissions.load(Ordering::Relaxed) >= 1);
+}
+
+/// The registrar of a call that rang through Timer C answers its CANCEL
+/// after all, with `200` to it and `487` to the INVITE: sipadmit consumes
+/// both (its caller had the 408), stops resending the CANCEL, and
+/// acknowledges the 487 as the INVITE's client transaction does (RFC 3261
+/// 17.1.1.3: the INVITE's Request-URI, From, Call-ID and top Via, the
+/// 487's To with its tag, CSeq ACK), so the registrar stops resending it.
+#[test]
+fn the_487_of_a_call_rung_out_by_timer_c_is_acknowledged_by_sipadmit() {
+    let registrar = Registrar::start_with(Behaviour::RingThenAnswerCancel);
+    let (proxy, conn, mut reader) = ring_through_timer_c(&registrar, "ring-2@test");
+    let acks = copies_of(
+        &registrar,
+        "Call-ID: ring-2@test|CSeq: 1 ACK",
+        1,
+        Duration::from_millis(1200),
+    );
+    assert_eq!(acks, 1, "the 487 is acknowledged once");
+    let cancels = copies_of(
+        &registrar,
+        "Call-ID: ring-2@test|CSeq: 1 CANCEL",
+        1,
+        Duration::ZERO,
+    );
+    assert_eq!(cancels, 1, "an answered CANCEL is not resent");
+    let requests = registrar.requests.lock().unwrap().clone();
+    let invite = requests.iter().find(|r| r.starts_with("INVITE ")).unwrap();
+    let ack = requests.iter().find(|r| r.starts_with("ACK ")).unwrap();
+    let top_via = |r: &str| {
+        r.lines()
+            .find(|l| l.starts_with("Via: "))
+            .unwrap()
+            .to_owned()
+    };
+    assert!(
+        ack.starts_with("ACK sip:bob@contoso.com SIP/2.0\r\n"),
+        "{ack}"
+    );
+    assert_eq!(top_via(ack), top_via(invite), "{ack}");
+    assert_eq!(ack.matches("Via: ").count(), 1, "{ack}");
+    assert!(
+        ack.contains("To: <sip:bob@contoso.com>;tag=reg\r\n"),
+        "{ack}"
+    );
+    assert!(
+        ack.contains("From: <sip:alice@contoso.com>;tag=a1\r\n"),
+        "{ack}"
+    );
+    // Neither answer reaches the caller.
+    conn.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let mut more = [0u8; 1];
+    assert!(reader.read(&mut more).is_err(), "an answer after the 408");
+    let metrics = proxy.stop();
+    assert_eq!(metrics.upstream_cancels.load(Ordering::Relaxed), 1);
+    assert_eq!(metrics.upstream_cancel_answers.load(Ordering::Relaxed), 2);
+    assert_eq!(
+        metrics.drops(sipadmit::observe::metrics::DropReason::AfterTimeout),
+        0
+    );
 }

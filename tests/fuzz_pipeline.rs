@@ -255,7 +255,7 @@ fn proxy_core_never_panics_and_relays_only_valid_messages() {
                     });
                     // The CANCEL a drain would send for a relayed INVITE
                     // must be as valid.
-                    if let Some(cancel) = sipadmit::sip::cancel::of_invite(&view) {
+                    if let Some(cancel) = sipadmit::sip::of_invite::cancel(&view) {
                         cancels += 1;
                         let checked = SipView::parse(cancel.clone()).and_then(|c| c.check());
                         assert!(

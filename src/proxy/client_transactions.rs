@@ -19,7 +19,13 @@
 //!   long it rang. If Timer C runs out first (a registrar that died while
 //!   it rang), the registrar is sent its CANCEL and the client answered
 //!   `408` ([`Due::RangOut`], 16.8), so that no caller waits on a call
-//!   nobody will answer.
+//!   nobody will answer. That CANCEL is a client transaction of sipadmit's
+//!   own ([`ClientTransactions::start_own`]): resent as any until its final
+//!   answer or 64*T1, its answers consumed ([`Answered::Own`]) and its
+//!   timeout answered to nobody. The INVITE's non-2xx final answer (the
+//!   `487` the CANCEL brings), and each copy of it, is acknowledged by
+//!   sipadmit ([`Answered::RungOut`]; 17.1.1.3), as the client transaction
+//!   that sent the INVITE does.
 //! - Timer B / F: with no response (INVITE) or no final response
 //!   (non-INVITE) 64*T1 after the first send, the client is answered
 //!   `408 Request Timeout` by sipadmit ([`Due::TimedOut`]). The transaction
@@ -155,6 +161,15 @@ pub enum Answered {
     /// It answers one that timed out in the last 64*T1: its client was
     /// answered `408` by sipadmit already.
     AfterTimeout,
+    /// It answers a request of sipadmit's own (the CANCEL of an INVITE
+    /// that rang through Timer C), kept or ended in the last 64*T1:
+    /// consumed, it concerns no client.
+    Own,
+    /// A non-2xx final response (or a copy of it) to an INVITE that rang
+    /// through Timer C in the last 64*T1 and whose client was answered
+    /// `408`: acknowledge it (RFC 3261 17.1.1.3) with the ACK built from
+    /// this request, the INVITE as relayed.
+    RungOut(Outbound),
     /// It answers one whose final response was relayed in the last 64*T1:
     /// a copy of it (the registrar resends a final response until it is
     /// acknowledged, or for each copy of the request it got), or one that
@@ -181,8 +196,10 @@ pub enum Due {
     /// An INVITE rang through Timer C without another provisional or a
     /// final response (16.8: a registrar that died while it rang): send
     /// the registrar the CANCEL of the request as relayed (the
-    /// transaction's `send`), and answer the client `408`. The CANCEL's
-    /// own answer, and the INVITE's `487` after it, are discarded as after
+    /// transaction's `send`; kept with [`ClientTransactions::start_own`]),
+    /// and answer the client `408`. The CANCEL's answers are then
+    /// [`Answered::Own`], the INVITE's non-2xx final answer (its `487`)
+    /// [`Answered::RungOut`], and its provisional ones discarded as after
     /// a timeout (a 2xx to the INVITE still goes on).
     RangOut(Transaction),
 }
@@ -202,6 +219,9 @@ struct Entry {
     /// Its timeout came late and was put off by [`LATE_TIMEOUT_GRACE`]
     /// (once).
     graced: bool,
+    /// A request of sipadmit's own ([`ClientTransactions::start_own`]):
+    /// its answers and its timeout concern no client.
+    own: bool,
     /// The timer of this entry that is live in the heap (older ones are
     /// stale and skipped).
     timer: u64,
@@ -269,6 +289,11 @@ enum Ending {
     },
     /// Its final response was relayed.
     Answered,
+    /// An INVITE that rang through Timer C: its client was answered `408`,
+    /// and its final non-2xx response is acknowledged by sipadmit.
+    RungOut,
+    /// A request of sipadmit's own that ended (answered or timed out).
+    Own,
 }
 
 impl Ending {
@@ -293,8 +318,10 @@ struct Table {
     /// ...in that order (the first to run out first: each is remembered
     /// for 64*T1 at a time).
     ended_order: VecDeque<(Instant, TransactionKey)>,
-    /// The ACK sent for an INVITE that ended with a non-2xx, as long as
-    /// the INVITE's ending is remembered.
+    /// The ACK sent for an INVITE that ended with a non-2xx; for one rung
+    /// out ([`Ending::RungOut`]), the INVITE as relayed, from which the ACK
+    /// of its final response is built (its To tag is the response's). As
+    /// long as the INVITE's ending is remembered.
     acks: HashMap<TransactionKey, Outbound>,
     /// Bytes of those ACKs (messages and overhead).
     ack_bytes: usize,
@@ -434,6 +461,19 @@ impl ClientTransactions {
 
     /// Keep `transaction`, first sent at `now`.
     pub fn start(&self, transaction: Transaction, now: Instant) -> Start {
+        self.start_entry(transaction, now, false)
+    }
+
+    /// Keep `transaction`, a request of sipadmit's own first sent at `now`
+    /// (the CANCEL of [`Due::RangOut`]): resent as any, but its answers are
+    /// [`Answered::Own`] and its timeout is due to nobody (its `inbound`,
+    /// the client's request it was made for, is not answered again).
+    pub fn start_own(&self, transaction: Transaction, now: Instant) -> Start {
+        self.start_entry(transaction, now, true)
+    }
+
+    /// [`start`](Self::start), or of a request of sipadmit's own.
+    fn start_entry(&self, transaction: Transaction, now: Instant, own: bool) -> Start {
         let mut table = self.lock();
         let key = transaction.key;
         if table.entries.contains_key(&key) {
@@ -464,6 +504,7 @@ impl ClientTransactions {
                 proceeding: false,
                 given_up: false,
                 graced: false,
+                own,
                 timer,
                 bytes,
             },
@@ -489,14 +530,15 @@ impl ClientTransactions {
     /// relayed the registrar's in between).
     pub fn fail(&self, key: &TransactionKey, now: Instant) -> bool {
         let mut table = self.lock();
-        let kept = table.entries.contains_key(key);
-        if kept {
+        let kept = table.entries.get(key).map(|entry| entry.own);
+        if let Some(own) = kept {
             table.remove(key);
-            self.remember(&mut table, *key, now, Ending::TimedOut);
+            let ending = if own { Ending::Own } else { Ending::TimedOut };
+            self.remember(&mut table, *key, now, ending);
         }
         self.kept.store(table.entries.len(), Ordering::Relaxed);
         self.ended.store(table.ended.len(), Ordering::Relaxed);
-        kept
+        kept == Some(false)
     }
 
     /// A response with `status` arrived for `key` at `now`: a final one
@@ -535,6 +577,11 @@ impl ClientTransactions {
             // (Timer G, up to 64*T1): its copies are told apart as long.
             let (ending, answered) = match ending {
                 Ending::TimedOut => (ending, Answered::AfterTimeout),
+                Ending::Own => (ending, Answered::Own),
+                Ending::RungOut => match table.acks.get(key) {
+                    Some(invite) if status >= 300 => (ending, Answered::RungOut(invite.clone())),
+                    _ => (ending, Answered::AfterTimeout),
+                },
                 Ending::Answered => match table.acks.get(key) {
                     Some(ack) if status >= 300 => (ending, Answered::AckAgain(ack.clone())),
                     _ => (ending, Answered::AfterFinal),
@@ -552,12 +599,20 @@ impl ClientTransactions {
         };
         if !final_response && key.method != TransactionMethod::Invite {
             entry.proceeding = true;
-            return Answered::Kept;
+            return if entry.own {
+                Answered::Own
+            } else {
+                Answered::Kept
+            };
         }
         let Some(entry) = table.entries.remove(key) else {
             return Answered::Kept;
         };
         table.entry_bytes -= entry.bytes;
+        if entry.own {
+            self.remember(table, *key, now, Ending::Own);
+            return Answered::Own;
+        }
         if final_response {
             self.remember(table, *key, now, Ending::Answered);
         } else {
@@ -615,13 +670,22 @@ impl ClientTransactions {
         let Some(transaction) = table.stop_ringing(&key) else {
             return;
         };
-        due.push(Due::RangOut(transaction));
-        self.remember(table, key, now, Ending::TimedOut);
+        // Its final non-2xx is acknowledged from the INVITE as relayed,
+        // while there is room to keep it.
+        let bytes = transaction.send.bytes.len() + ACK_OVERHEAD;
+        if table.bytes() + bytes + ENDED_BYTES <= self.max_bytes {
+            table.ack_bytes += bytes;
+            table.acks.insert(key, transaction.send.clone());
+        }
+        self.remember(table, key, now, Ending::RungOut);
+        // Its CANCEL's answers are consumed, even when the CANCEL finds
+        // no room for its own transaction.
         let cancel = TransactionKey {
             method: TransactionMethod::Cancel,
             ..key
         };
-        self.remember(table, cancel, now, Ending::TimedOut);
+        self.remember(table, cancel, now, Ending::Own);
+        due.push(Due::RangOut(transaction));
     }
 
     /// The client's ACK of the INVITE `key` went out as `ack`: if that
@@ -706,6 +770,10 @@ impl ClientTransactions {
                 None => {
                     if let Some(entry) = table.entries.remove(&key) {
                         table.entry_bytes -= entry.bytes;
+                        if entry.own {
+                            self.remember(&mut table, key, now, Ending::Own);
+                            continue;
+                        }
                         let inbound = entry.transaction.inbound;
                         due.push(match entry.given_up {
                             true => Due::GivenUp(inbound),
@@ -1119,9 +1187,10 @@ mod tests {
     /// An INVITE that rang through Timer C without another word (a
     /// registrar that died while it rang) is rung out: its request comes
     /// back to be cancelled and its client answered `408`; the callee's
-    /// `487` and the answer to that CANCEL are then discarded, and all of
-    /// it is forgotten 64*T1 later. Each provisional response starts Timer
-    /// C again.
+    /// `487` (each copy) is to be acknowledged from the INVITE as relayed,
+    /// the CANCEL, kept as sipadmit's own, is resent until answered and
+    /// its answers consumed, and all of it is forgotten 64*T1 later. Each
+    /// provisional response starts Timer C again.
     #[test]
     fn an_invite_that_rings_through_timer_c_is_rung_out_once() {
         let timers = Timers::RFC3261;
@@ -1158,19 +1227,72 @@ mod tests {
             method: TransactionMethod::Cancel,
             ..silent
         };
+        // The core keeps the CANCEL it sent as a transaction of its own.
         assert_eq!(
-            table.answered(&silent, 487, runs_out),
+            table.start_own(transaction(cancel, 50), runs_out),
+            Start::Started
+        );
+        let resent = table.due(runs_out + timers.t1);
+        assert!(
+            matches!(&resent[..], [Due::Retransmit(_, _, k)] if *k == cancel),
+            "the CANCEL is resent: {resent:?}"
+        );
+        assert!(!table.fail(&key(9, TransactionMethod::Cancel), runs_out));
+        let relayed = Answered::RungOut(transaction(silent, 100).send);
+        assert_eq!(table.answered(&silent, 487, runs_out), relayed);
+        assert_eq!(table.answered(&silent, 487, runs_out), relayed, "a copy");
+        assert_eq!(
+            table.answered(&silent, 180, runs_out),
             Answered::AfterTimeout
         );
+        assert_eq!(table.answered(&cancel, 200, runs_out), Answered::Own);
         assert_eq!(
             table.answered(&cancel, 200, runs_out),
-            Answered::AfterTimeout
+            Answered::Own,
+            "a copy"
+        );
+        assert!(
+            table.due(runs_out + timers.t1 * 3).is_empty(),
+            "answered, the CANCEL is no longer resent"
         );
         let gone = runs_out + timers.timeout() + Duration::from_secs(1);
         assert!(table.due(gone).is_empty());
         assert_eq!(table.answered(&silent, 487, gone), Answered::Unknown);
         assert_eq!(table.accounted_bytes(), 0, "nothing is left of it");
         assert!(table.is_idle());
+    }
+
+    /// sipadmit's own CANCEL that nothing answers is resent until 64*T1,
+    /// then ends owing no client an answer; one whose send fails for good
+    /// owes none either.
+    #[test]
+    fn an_own_request_times_out_to_nobody() {
+        let timers = Timers::RFC3261;
+        let table = ClientTransactions::new(timers, 1 << 20);
+        let t0 = Instant::now();
+        let unanswered = key(4, TransactionMethod::Cancel);
+        let failed = key(5, TransactionMethod::Cancel);
+        table.start_own(transaction(unanswered, 50), t0);
+        table.start_own(transaction(failed, 50), t0);
+        assert!(!table.fail(&failed, t0), "no client is owed an answer");
+        assert_eq!(table.answered(&failed, 200, t0), Answered::Own);
+        let mut resent = 0;
+        let mut at = t0;
+        while at <= t0 + timers.timeout() + Duration::from_secs(1) {
+            for due in table.due(at) {
+                match due {
+                    Due::Retransmit(_, _, k) => {
+                        assert_eq!(k, unanswered);
+                        resent += 1;
+                    }
+                    other => panic!("only resent: {other:?}"),
+                }
+            }
+            at += Duration::from_millis(100);
+        }
+        assert_eq!(resent, 10, "T1, 2T1, 4T1, then every T2 until 64*T1");
+        assert!(table.is_empty());
+        assert_eq!(table.answered(&unanswered, 200, at), Answered::Own);
     }
 
     /// A copy of a ringing INVITE that its client sent again, and that

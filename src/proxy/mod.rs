@@ -753,8 +753,9 @@ impl Core {
     }
 
     /// An INVITE that rang through Timer C (RFC 3261 16.8): the CANCEL of
-    /// the request as relayed goes to where the request went, then its
-    /// client gets the `408` of a timeout (logged, recorded, counted).
+    /// the request as relayed goes to where the request went, kept as a
+    /// client transaction of sipadmit's own (resent until answered), then
+    /// its client gets the `408` of a timeout (logged, recorded, counted).
     fn ring_out(
         &self,
         rung: client_transactions::Transaction,
@@ -764,7 +765,7 @@ impl Core {
         let inbound = rung.inbound;
         let cancel = SipView::parse(rung.send.bytes.clone())
             .ok()
-            .and_then(|relayed| crate::sip::cancel::of_invite(&relayed));
+            .and_then(|relayed| crate::sip::of_invite::cancel(&relayed));
         tracing::info!(
             source = %inbound.source,
             call_id = %Text(SipView::parse(inbound.bytes.clone()).ok().as_ref().and_then(SipView::call_id)),
@@ -779,12 +780,25 @@ impl Core {
                 to: rung.send.to,
                 bytes,
             };
+            // Resent until answered, as a CANCEL client transaction is
+            // (RFC 3261 9.1); its answers are consumed.
+            let key = TransactionKey {
+                method: client_transactions::TransactionMethod::Cancel,
+                ..rung.key
+            };
+            let own = client_transactions::Transaction {
+                key,
+                send: send.clone(),
+                inbound: inbound.clone(),
+            };
+            let kept =
+                self.client_transactions.start_own(own, now) == client_transactions::Start::Started;
             let outcome = Outcome::Relay {
                 send,
                 record: None,
                 retransmit: None,
             };
-            carried.push((inbound.clone(), outcome, None));
+            carried.push((inbound.clone(), outcome, kept.then_some(key)));
         }
         let answer = self.timed_out(&inbound, now, Refusal::RangOut);
         carried.push((inbound, answer, None));

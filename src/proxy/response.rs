@@ -156,6 +156,26 @@ impl Core {
                     retransmit: None,
                 });
             }
+            Answered::Own => {
+                Metrics::inc(&self.metrics.upstream_cancel_answers);
+                debug!(source = %inb.source, status = view.status(), call_id = %super::Text(view.call_id()), "the answer to a CANCEL of Timer C consumed");
+                return Some(Outcome::Consumed);
+            }
+            Answered::RungOut(invite) => {
+                if let Some(ack) = Self::ack_of_rung_out(&invite, view) {
+                    Metrics::inc(&self.metrics.upstream_cancel_answers);
+                    debug!(source = %inb.source, status = view.status(), call_id = %super::Text(view.call_id()), "the final answer to a call that rang through Timer C acknowledged");
+                    return Some(Outcome::Relay {
+                        send: ack,
+                        record: None,
+                        retransmit: None,
+                    });
+                }
+                (
+                    DropReason::AfterTimeout,
+                    "response to a request answered 408 already discarded",
+                )
+            }
             Answered::AfterTimeout => (
                 DropReason::AfterTimeout,
                 "response to a request answered 408 already discarded",
@@ -172,6 +192,17 @@ impl Core {
         debug!(source = %inb.source, status = view.status(), call_id = %super::Text(view.call_id()), "{what}");
         self.metrics.count_drop(reason);
         Some(Outcome::drop(reason))
+    }
+
+    /// The ACK of `response`, a non-2xx final answer to `invite` (as
+    /// relayed, a call rung out by Timer C), to where the INVITE went.
+    fn ack_of_rung_out(invite: &Outbound, response: &SipView) -> Option<Outbound> {
+        let relayed = SipView::parse(invite.bytes.clone()).ok()?;
+        let bytes = crate::sip::of_invite::ack(&relayed, response)?;
+        Some(Outbound {
+            to: invite.to.clone(),
+            bytes,
+        })
     }
 
     /// A response whose only Via is ours: the registrar's answer to a

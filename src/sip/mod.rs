@@ -3,12 +3,12 @@
 //! No I/O and no policy here. Raw bytes stay authoritative: the view only
 //! indexes them, and edits splice them.
 
-pub mod cancel;
 pub mod edit;
 pub mod error;
 pub mod fields;
 pub mod framing;
 pub mod header;
+pub mod of_invite;
 pub mod response;
 pub mod view;
 

@@ -92,7 +92,7 @@ impl TransactionKey {
             Method::Ack => return None,
             Method::Invite => {
                 opened.remembered_for = INVITE_REMEMBERED_FOR;
-                opened.invite = Some(Call::Invite(crate::sip::cancel::of_invite(&view)));
+                opened.invite = Some(Call::Invite(crate::sip::of_invite::cancel(&view)));
             }
             Method::Cancel => {
                 let branch = view.top_via().ok()?.branch()?;

@@ -31,6 +31,10 @@ pub enum Behaviour {
     /// `180 Ringing` to an INVITE, then nothing more, to it or anything
     /// else (a registrar that died while the call rang).
     RingThenDie,
+    /// `180 Ringing` to an INVITE, then nothing until its CANCEL: then
+    /// `200 OK` to the CANCEL and `487 Request Terminated` to the INVITE,
+    /// once per copy of the CANCEL (a registrar that came back).
+    RingThenAnswerCancel,
     /// `486 Busy Here` to an INVITE, `200 OK` to the rest; the first ACK
     /// of each 486 is taken for lost: the 486 is sent again (RFC 3261
     /// 17.2.1, Timer G).
@@ -45,6 +49,8 @@ pub struct Registrar {
     pub received: Arc<AtomicUsize>,
     /// Copies received per request (Call-ID and CSeq line).
     pub copies: Arc<Mutex<HashMap<String, usize>>>,
+    /// Every request received (probes excepted), as text, in order.
+    pub requests: Arc<Mutex<Vec<String>>>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
@@ -75,7 +81,9 @@ impl Registrar {
         let received = Arc::new(AtomicUsize::new(0));
         let stop = Arc::new(AtomicBool::new(false));
         let copies = Arc::new(Mutex::new(HashMap::new()));
+        let requests = Arc::new(Mutex::new(Vec::new()));
         let (count, stopped, seen) = (received.clone(), stop.clone(), copies.clone());
+        let kept = requests.clone();
         let thread = std::thread::spawn(move || {
             let mut buf = vec![0u8; 65536];
             // The 486 of each Call-ID, to send again for a lost ACK.
@@ -96,6 +104,7 @@ impl Registrar {
                     continue;
                 }
                 count.fetch_add(1, Ordering::Relaxed);
+                kept.lock().unwrap().push(request.to_string());
                 let copy = {
                     let mut seen = seen.lock().unwrap();
                     let n = seen.entry(transaction_of(&request)).or_insert(0);
@@ -119,15 +128,28 @@ impl Registrar {
                     }
                     continue;
                 }
-                if behaviour == Behaviour::RingThenDie {
+                if matches!(
+                    behaviour,
+                    Behaviour::RingThenDie | Behaviour::RingThenAnswerCancel
+                ) {
                     if request.starts_with("INVITE ") && copy == 1 {
                         let ringing = respond(&request, "180 Ringing");
                         socket.send_to(ringing.as_bytes(), from).unwrap();
                     }
+                    if behaviour == Behaviour::RingThenAnswerCancel
+                        && request.starts_with("CANCEL ")
+                    {
+                        socket.send_to(ok(&request).as_bytes(), from).unwrap();
+                        let invite = request.replace(" CANCEL\r\n", " INVITE\r\n");
+                        let terminated = respond(&invite, "487 Request Terminated");
+                        socket.send_to(terminated.as_bytes(), from).unwrap();
+                    }
                     continue;
                 }
                 let answers = match behaviour {
-                    Behaviour::BusyAndLoseFirstAck | Behaviour::RingThenDie => 0,
+                    Behaviour::BusyAndLoseFirstAck
+                    | Behaviour::RingThenDie
+                    | Behaviour::RingThenAnswerCancel => 0,
                     Behaviour::AnswerAll => 1,
                     Behaviour::IgnoreFirstCopy => usize::from(copy > 1),
                     Behaviour::Silent => 0,
@@ -148,6 +170,7 @@ impl Registrar {
             addr,
             received,
             copies,
+            requests,
             stop,
             thread: Some(thread),
         }
