@@ -189,14 +189,14 @@ impl Reloader {
         if let Some(key) = flow_secrets_applied {
             changed.push(key);
         }
-        // Applied by the TLS reload that follows (its own line says whether
-        // it took).
-        changed.extend(self.tls.changed_keys(&config.settings.tls));
-        let changed = if changed.is_empty() {
-            "nothing".to_owned()
-        } else {
-            changed.join(", ")
+        let listed = |keys: Vec<&str>| match keys.is_empty() {
+            true => "nothing".to_owned(),
+            false => keys.join(", "),
         };
+        let changed = listed(changed);
+        // Applied by the TLS reload that follows, which may refuse them
+        // (its own line says whether they took).
+        let tls_changed = listed(self.tls.changed_keys(&config.settings.tls));
         let generation = core.publish(config.runtime);
         metrics.count_reload(ReloadResult::Success);
         info!(
@@ -205,6 +205,7 @@ impl Reloader {
             mode = mode.as_str(),
             generation,
             changed = %changed,
+            tls_changed = %tls_changed,
             needs_restart = needs_restart.len(),
             rate_limit_applied,
             flow_secrets_applied = flow_secrets_applied.is_some(),

@@ -387,21 +387,26 @@ impl ClientTls {
     /// handshake with it fails with the new connector and succeeds with
     /// the one in use (a CA or server name that does not match its
     /// certificate). A registrar that cannot be reached, or fails both,
-    /// tells nothing: the new connector is taken. Connects and reads:
-    /// call it off the event loop.
+    /// tells nothing: the new connector is taken, and the result says so.
+    /// Connects and reads: call it off the event loop.
     pub fn reload(
         &self,
         settings: &TlsSettings,
         upstream: SocketAddr,
-    ) -> Result<(), UpstreamReloadError> {
+    ) -> Result<UpstreamCheck, UpstreamReloadError> {
         let built = build_upstream(settings, upstream.ip()).map_err(UpstreamReloadError::Files)?;
-        if let Err(detail) = handshake_with(&built, upstream) {
-            if handshake_with(&self.upstream.load(), upstream).is_ok() {
-                return Err(UpstreamReloadError::LocksOut { detail });
-            }
-        }
+        let check = match handshake_with(&built, upstream) {
+            Handshake::Done => UpstreamCheck::Passed,
+            Handshake::Unreached => UpstreamCheck::Unreached,
+            Handshake::Failed(detail) => match handshake_with(&self.upstream.load(), upstream) {
+                Handshake::Done => return Err(UpstreamReloadError::LocksOut { detail }),
+                Handshake::Unreached | Handshake::Failed(_) => {
+                    UpstreamCheck::FailsAsBefore { detail }
+                }
+            },
+        };
         self.upstream.store(Arc::new(built));
-        Ok(())
+        Ok(check)
     }
 
     /// The name the registrar's certificate must carry.
@@ -437,6 +442,22 @@ impl ClientTls {
     }
 }
 
+/// How [`ClientTls::reload`] checked the settings it took against the
+/// registrar.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UpstreamCheck {
+    /// The registrar's handshake succeeds with them.
+    Passed,
+    /// The registrar could not be reached (nothing to judge by).
+    Unreached,
+    /// The registrar's handshake fails with them, and with those in use
+    /// too (taken: they lock out nobody the old ones let in).
+    FailsAsBefore {
+        /// How the handshake with the new settings failed.
+        detail: String,
+    },
+}
+
 /// Why [`ClientTls::reload`] kept the connector in use.
 #[derive(Debug)]
 pub enum UpstreamReloadError {
@@ -454,33 +475,42 @@ pub enum UpstreamReloadError {
 /// registrar (each of its connect and handshake).
 const RELOAD_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// How a check's handshake with the registrar went.
+#[derive(Debug)]
+enum Handshake {
+    /// Completed.
+    Done,
+    /// Connected, and the handshake failed: how.
+    Failed(String),
+    /// No connection (it tells nothing of the settings).
+    Unreached,
+}
+
 /// A blocking handshake with the registrar at `addr` through `upstream`
-/// (closed at once); `Err` with how it failed, when it connected and the
-/// handshake failed. One that cannot connect counts as done: it tells
-/// nothing of the settings.
-fn handshake_with(
-    upstream: &crate::config::tls_contexts::Upstream,
-    addr: SocketAddr,
-) -> Result<(), String> {
+/// (closed at once).
+fn handshake_with(upstream: &crate::config::tls_contexts::Upstream, addr: SocketAddr) -> Handshake {
     let Ok(tcp) = std::net::TcpStream::connect_timeout(&addr, RELOAD_CHECK_TIMEOUT) else {
-        return Ok(());
+        return Handshake::Unreached;
     };
     if tcp.set_read_timeout(Some(RELOAD_CHECK_TIMEOUT)).is_err()
         || tcp.set_write_timeout(Some(RELOAD_CHECK_TIMEOUT)).is_err()
     {
-        return Ok(());
+        return Handshake::Unreached;
     }
-    let configured = upstream.connector.configure().map_err(|e| e.to_string())?;
+    let configured = match upstream.connector.configure() {
+        Ok(configured) => configured,
+        Err(e) => return Handshake::Failed(e.to_string()),
+    };
     match configured.connect(&upstream.server_name, tcp) {
         Ok(mut tls) => {
             let _ = tls.shutdown();
-            Ok(())
+            Handshake::Done
         }
         Err(openssl::ssl::HandshakeError::Failure(mid)) => {
             let failed = HandshakeError::from_ssl(mid.error(), mid.ssl());
-            Err(failed.to_string())
+            Handshake::Failed(failed.to_string())
         }
-        Err(e) => Err(e.to_string()),
+        Err(e) => Handshake::Failed(e.to_string()),
     }
 }
 
@@ -694,12 +724,19 @@ impl TlsContexts {
         if let Some((client, addr)) = &self.upstream {
             let wanted = settings.unwrap_or(&applied.upstream).clone();
             match client.reload(&wanted, *addr) {
-                Ok(()) => {
-                    tracing::info!(
-                        server_name = %wanted.upstream_name(addr.ip()),
-                        min_version = %wanted.min_version,
-                        "TLS upstream files and settings reloaded"
-                    );
+                Ok(check) => {
+                    let server_name = wanted.upstream_name(addr.ip());
+                    match check {
+                        UpstreamCheck::Passed => {
+                            tracing::info!(upstream = %addr, server_name = %server_name, min_version = %wanted.min_version, "TLS upstream files and settings reloaded; the registrar's handshake succeeds with them")
+                        }
+                        UpstreamCheck::Unreached => {
+                            tracing::info!(upstream = %addr, server_name = %server_name, min_version = %wanted.min_version, "TLS upstream files and settings reloaded, unchecked: the registrar could not be reached")
+                        }
+                        UpstreamCheck::FailsAsBefore { detail } => {
+                            tracing::warn!(upstream = %addr, server_name = %server_name, problem = %detail, "TLS upstream files and settings reloaded, but the registrar's handshake fails with them, as with the ones before")
+                        }
+                    }
                     applied.upstream = wanted;
                     count(TlsSide::Upstream, true);
                 }
@@ -778,21 +815,36 @@ mod tests {
             other => panic!("a CA the registrar does not chain to was taken: {other:?}"),
         }
         assert!(
-            handshake_with(&client.upstream.load(), registrar).is_ok(),
+            matches!(
+                handshake_with(&client.upstream.load(), registrar),
+                Handshake::Done
+            ),
             "the connector in use is kept"
         );
-        client
-            .reload(&settings(&right), registrar)
-            .expect("the right CA is taken");
+        let taken = client.reload(&settings(&right), registrar);
+        assert_eq!(
+            taken.unwrap(),
+            UpstreamCheck::Passed,
+            "the right CA is taken"
+        );
         // Nothing listens here: the reload is taken (no judge).
         let gone = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
             .unwrap();
-        client
-            .reload(&settings(&wrong), gone)
-            .expect("taken without a registrar to judge by");
-        assert!(handshake_with(&client.upstream.load(), registrar).is_err());
+        let unchecked = client.reload(&settings(&wrong), gone);
+        assert_eq!(unchecked.unwrap(), UpstreamCheck::Unreached);
+        assert!(matches!(
+            handshake_with(&client.upstream.load(), registrar),
+            Handshake::Failed(_)
+        ));
+        // Wrong before and after: taken, and said so.
+        match client.reload(&settings(&wrong), registrar) {
+            Ok(UpstreamCheck::FailsAsBefore { detail }) => {
+                assert!(detail.contains("certificate"), "{detail}");
+            }
+            other => panic!("not told as failing as before: {other:?}"),
+        }
     }
 
     #[test]
