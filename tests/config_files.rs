@@ -1303,7 +1303,7 @@ fn an_upstream_at_this_hosts_address_behind_an_any_address_listener_is_sipadmit_
     let ours = |ip: std::net::IpAddr| ip == lan;
     let own = |listen: &[&str], up: &str| {
         let listen: Vec<Endpoint> = listen.iter().map(|l| e(l)).collect();
-        own_listener_behind(&e(up), &listen, ours).map(|l| l.to_string())
+        own_listener_behind(&e(up), &listen, false, ours).map(|l| l.to_string())
     };
     assert_eq!(
         own(&["udp:0.0.0.0:5060"], "udp:10.1.2.3:5060").as_deref(),
@@ -1328,4 +1328,13 @@ fn an_upstream_at_this_hosts_address_behind_an_any_address_listener_is_sipadmit_
         None
     );
     assert_eq!(own(&["udp:192.0.2.7:5060"], "udp:10.1.2.3:5060"), None);
+    // A HEP collector over TCP is taken by a `tls:` listener as well (its
+    // bytes reach whatever accepts the connection); an upstream is not.
+    let listen = [e("tls:0.0.0.0:5061")];
+    let hep = own_listener_behind(&e("tcp:10.1.2.3:5061"), &listen, true, ours);
+    assert_eq!(
+        hep.map(|l| l.to_string()).as_deref(),
+        Some("tls:0.0.0.0:5061")
+    );
+    assert_eq!(own(&["tls:0.0.0.0:5061"], "tcp:10.1.2.3:5061"), None);
 }

@@ -208,7 +208,8 @@ fn not_unicast(ip: IpAddr) -> Option<&'static str> {
 }
 
 /// The collector, unless it is sipadmit itself or its registrar: one of
-/// the SIP `listen`ers of its transport (the rule that refuses such an
+/// the SIP `listen`ers of its kind of socket (a `tcp:` collector reaches a
+/// `tls:` listener too; the rule that refuses such an
 /// upstream: the same port, and the same address or a `0.0.0.0`/`[::]`
 /// listener and a loopback destination), or the `upstream`'s address.
 /// Either way the copies would not reach a collector; sent to a listener
@@ -219,14 +220,24 @@ fn collector_elsewhere(
     listen: &[Endpoint],
     upstream: Option<&Endpoint>,
 ) -> Result<Endpoint, String> {
+    // A `tcp:` collector connects to a `tls:` listener's port as well.
     let own = listen
         .iter()
-        .filter(|l| l.transport == collector.transport)
+        .filter(|l| l.transport.is_stream() == collector.transport.is_stream())
         .find(|l| super::is_listener_address(l, &collector));
     if let Some(own) = own {
+        let fate = match own.transport == collector.transport {
+            true => {
+                "the HEP copies would come back to it as SIP messages and be mirrored \
+                     again, a loop"
+            }
+            false => {
+                "the HEP copies would reach sipadmit, not a collector, and fail its TLS \
+                      handshake"
+            }
+        };
         return Err(format!(
-            "{value:?} is sipadmit's own SIP listener {own}: the HEP copies would come back \
-             to it as SIP messages and be mirrored again, a loop; name the collector's \
+            "{value:?} is sipadmit's own SIP listener {own}: {fate}; name the collector's \
              address (heplify-server listens on 9060)"
         ));
     }
@@ -336,8 +347,8 @@ mod tests {
 
     /// A collector that is one of sipadmit's own SIP listeners (the rule
     /// that refuses such an upstream) would get the copies back as SIP
-    /// messages, mirrored again: a loop. The registrar is no collector
-    /// either.
+    /// messages, mirrored again: a loop (or, at a `tls:` listener, fail
+    /// its handshake). The registrar is no collector either.
     #[test]
     fn a_collector_at_an_own_listener_or_at_the_registrar_is_refused() {
         let listen = ["udp:127.0.0.1:5060", "tcp:0.0.0.0:5061", "udp:[::]:5062"];
@@ -361,6 +372,16 @@ mod tests {
                 own(collector, listener)
             );
         }
+        // A `tcp:` collector at a `tls:` listener reaches sipadmit too.
+        let with_tls = ["tls:0.0.0.0:5063"];
+        assert_eq!(
+            collector_problems("tcp:127.0.0.1:5063", &with_tls, up),
+            [
+                "hep.collector: \"tcp:127.0.0.1:5063\" is sipadmit's own SIP listener \
+              tls:0.0.0.0:5063: the HEP copies would reach sipadmit, not a collector, and fail \
+              its TLS handshake; name the collector's address (heplify-server listens on 9060)"
+            ]
+        );
         for collector in ["udp:192.0.2.10:5070", "tcp:[::ffff:192.0.2.10]:5070"] {
             assert_eq!(
                 collector_problems(collector, &listen, up),

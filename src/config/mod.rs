@@ -763,16 +763,22 @@ fn takes_every_address_of(listener: &Endpoint, to: std::net::IpAddr) -> bool {
 /// tell such an address from a remote one): a listener of its transport on
 /// its port whose address is unspecified (`0.0.0.0`, or `[::]`, which takes
 /// IPv4 too) receives what is sent to any address of the host.
+///
+/// `any_stream`: a `tcp:` destination is taken by a `tls:` listener too (a
+/// HEP collector, whose bytes reach whatever accepts the connection).
 pub fn own_listener_behind(
     up: &Endpoint,
     listen: &[Endpoint],
+    any_stream: bool,
     this_host: impl Fn(std::net::IpAddr) -> bool,
 ) -> Option<Endpoint> {
     let to = up.addr.ip().to_canonical();
     let own = listen.iter().find(|l| {
-        l.transport == up.transport
-            && l.addr.port() == up.addr.port()
-            && takes_every_address_of(l, to)
+        let same = match any_stream {
+            true => l.transport.is_stream() == up.transport.is_stream(),
+            false => l.transport == up.transport,
+        };
+        same && l.addr.port() == up.addr.port() && takes_every_address_of(l, to)
     })?;
     this_host(to).then_some(*own)
 }
@@ -794,6 +800,7 @@ pub fn problems_on_this_host(
     let candidates = [
         (
             settings.upstream,
+            false,
             upstream_key,
             "listener",
             "every request would loop back to sipadmit (482 Loop Detected), and its upstream \
@@ -802,16 +809,18 @@ pub fn problems_on_this_host(
         ),
         (
             settings.hep.collector,
+            true,
             "hep.collector",
             "SIP listener",
-            "the HEP copies would come back to sipadmit as SIP messages and be mirrored again, \
-             a loop; give the HEP collector's address",
+            "the HEP copies would reach sipadmit, not a collector (over the listener's own \
+             transport they would come back as SIP messages and be mirrored again, a loop); \
+             give the HEP collector's address",
         ),
     ];
     let mut problems = Vec::new();
-    for (to, key, listener, why) in candidates {
+    for (to, any_stream, key, listener, why) in candidates {
         let Some(to) = to else { continue };
-        if let Some(own) = own_listener_behind(&to, &settings.listen, &this_host) {
+        if let Some(own) = own_listener_behind(&to, &settings.listen, any_stream, &this_host) {
             problems.push(Problem::new(
                 key,
                 format!(
