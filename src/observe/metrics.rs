@@ -1311,7 +1311,7 @@ const FAMILIES: [Family; 62] = [
     ),
     counter(
         "sipadmit_upstream_cancel_answers_total",
-        "Answers of the registrar (any status) to sipadmit's CANCELs at a drain's end.",
+        "Answers of the registrar (any status, each copy) to the CANCELs sipadmit sent itself (at a drain's end, and for Timer C), and each copy of the non-2xx final answer of a call rung out by Timer C, which sipadmit acknowledges.",
         Samples::Atomic(|m| &m.upstream_cancel_answers),
     ),
     counter(

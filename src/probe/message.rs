@@ -318,9 +318,13 @@ fn contact(transport: Transport, local: SocketAddr) -> String {
     }
 }
 
-/// A `sip:` or `sips:` URI, checked as a Request-URI would be.
+/// A `sip:` or `sips:` URI (the scheme in any case, RFC 3261 19.1.4),
+/// checked as a Request-URI would be.
 fn checked_uri(flag: &'static str, uri: &str) -> Result<String, RequestError> {
-    let reason = if !(uri.starts_with("sip:") || uri.starts_with("sips:")) {
+    let scheme = uri.split_once(':').map(|(scheme, _)| scheme);
+    let sip =
+        scheme.is_some_and(|s| s.eq_ignore_ascii_case("sip") || s.eq_ignore_ascii_case("sips"));
+    let reason = if !sip {
         Some("expected a sip: or sips: URI, e.g. sip:helpdesk@contoso.com")
     } else if check_request_uri(uri.as_bytes()).is_err() {
         Some("not a well-formed SIP URI (no spaces or <>; IPv6 hosts in brackets)")

@@ -419,7 +419,8 @@ impl Core {
                 source = %inb.source,
                 method = %Text(view.method_bytes()),
                 call_id = %Text(view.call_id()),
-                status = refusal.status(),
+                // Nothing was sent for one not answered (a ban's drop).
+                status = answered.then(|| refusal.status()),
                 reason = %refusal.reason(),
                 rule = refusal.rule(),
                 detail = refusal.detail(),

@@ -118,6 +118,17 @@ fn options_without_user_agent_and_bad_values() {
         err(Some("helpdesk@contoso.com"), None, None),
         "--to \"helpdesk@contoso.com\": expected a sip: or sips: URI, e.g. sip:helpdesk@contoso.com"
     );
+    // The scheme is case-insensitive (RFC 3261 19.1.4).
+    assert!(ProbeRequest::new(
+        ProbeMethod::Invite,
+        "127.0.0.1:5060",
+        Some("SIP:helpdesk@contoso.com"),
+        Some("Sips:alice@contoso.com"),
+        None,
+        0,
+        1
+    )
+    .is_ok());
     assert!(err(None, Some("sip:a b@c"), None)
         .starts_with("--from \"sip:a b@c\": not a well-formed SIP URI"));
     assert!(err(None, None, Some("OC/15\r\nX: y"))
