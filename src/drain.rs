@@ -15,10 +15,14 @@
 //! the link sends the registrar a CANCEL for each one that may be ringing
 //! (RFC 3261 16.8, as Timer C would), relays the callee's `487`, and
 //! answers `408` to a caller whose `487` has not come within
-//! [`CANCELLED_ANSWERED_WITHIN`]. Not pending, so not waited for: calls
-//! ringing at a UDP registrar (an INVITE with a provisional answer holds no
-//! client transaction, and a UDP client's INVITE is relayed without
-//! state); see docs/pool.md.
+//! [`CANCELLED_ANSWERED_WITHIN`]. So are the calls of TCP/TLS clients
+//! ringing at a UDP registrar (their client transactions keep each INVITE
+//! until its final answer, for Timer C): when the drain runs out, each is
+//! cancelled and its caller answered `408` at once, as Timer C would. Not
+//! pending, so not waited for: a UDP client's calls ringing at a UDP
+//! registrar (relayed without state), and the registrar's calls to this
+//! instance's clients, but those relayed over UDP from a TCP/TLS registrar
+//! (kept, as the calls above); see docs/pool.md.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -64,7 +68,7 @@ pub const BEYOND_THE_LIMIT: Duration = GIVE_UP.saturating_add(FLUSH);
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Pending {
     /// Requests from TCP/TLS clients relayed over UDP and not answered
-    /// (their client transactions).
+    /// (their client transactions), calls ringing included.
     pub client_transactions: usize,
     /// REGISTERs relayed and awaiting their final response.
     pub registers: usize,
@@ -83,7 +87,7 @@ impl Pending {
         core.registrations()
             .expire_pending(std::time::Instant::now());
         Self {
-            client_transactions: core.client_transactions().len(),
+            client_transactions: core.client_transactions().owed(),
             registers: core.registrations().pending(),
             upstream_queue_bytes: upstream_backlog.map_or(0, UpstreamBacklog::queued),
             upstream_unanswered: upstream_backlog.map_or(0, UpstreamBacklog::unanswered),
@@ -164,7 +168,7 @@ async fn answer_given_up(core: &Core, upstream: Option<&UpstreamBacklog>) {
         upstream.give_up();
     }
     let answered = || {
-        transactions.is_empty()
+        transactions.owed() == 0
             && upstream.is_none_or(|u| {
                 u.unanswered() == 0 && u.queued() == 0 && u.given_up_unanswered() == 0
             })

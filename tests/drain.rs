@@ -315,13 +315,55 @@ fn a_drain_that_runs_out_answers_408_to_the_stream_clients_still_waiting() {
     assert!(stderr.contains("limits.drain_secs ran out"), "{stderr}");
     // The drain's 408, not a timeout's: 1 s is no 64*T1.
     assert!(
-        stderr.contains("no response from the registrar when limits.drain_secs ran out"),
+        stderr.contains("no final response from the registrar when limits.drain_secs ran out"),
         "{stderr}"
     );
     assert!(!stderr.contains("within 64*T1"), "{stderr}");
     let log = std::fs::read_to_string(dir.path().join("decisions.log")).unwrap();
     assert!(log.contains("\"rule\":\"proxy.request-timeout\""), "{log}");
     assert!(!log.contains("undelivered"), "{log}");
+}
+
+/// A TCP client's call ringing at a UDP registrar is pending: the drain
+/// waits for it, and when `limits.drain_secs` runs out the registrar gets
+/// its CANCEL and the caller a `408` before its connection closes (not
+/// just the close, with the callee left ringing). The registrar's `200` to
+/// the CANCEL and its `487` are consumed (the 487 acknowledged).
+#[test]
+fn a_drain_that_runs_out_cancels_a_stream_clients_call_ringing_at_a_udp_registrar() {
+    let registrar = Registrar::start_with(Behaviour::RingThenAnswerCancel);
+    let dir = tempfile::tempdir().unwrap();
+    let (mut sipadmit, tcp) = start(dir.path(), &registrar, 2);
+    let mut conn = TcpStream::connect(tcp).unwrap();
+    conn.set_read_timeout(Some(BOUND)).unwrap();
+    let mut reader = BufReader::new(conn.try_clone().unwrap());
+    let me = conn.local_addr().unwrap();
+    conn.write_all(request("INVITE", "TCP", me, 1, "").as_bytes())
+        .unwrap();
+    let ringing = read_status(&mut reader);
+    assert!(ringing.starts_with("SIP/2.0 180"), "{ringing}");
+    let signalled = Instant::now();
+    sipadmit.signal("TERM");
+    let draining = sipadmit.wait_for("draining: new requests");
+    assert_eq!(field(&draining, "client_transactions"), "1", "{draining}");
+    let status = read_status(&mut reader);
+    let took = signalled.elapsed();
+    assert!(status.starts_with("SIP/2.0 408"), "{status}");
+    assert!(took >= Duration::from_secs(2), "waited for: {took:?}");
+    let stderr = sipadmit.exited();
+    assert!(
+        stderr.contains("a call still rang when limits.drain_secs ran out"),
+        "{stderr}"
+    );
+    let requests = registrar.requests.lock().unwrap().clone();
+    let cancels = requests.iter().filter(|r| r.starts_with("CANCEL ")).count();
+    assert_eq!(cancels, 1, "{requests:#?}");
+    // The 487 comes back within the drain's last 200 ms on loopback, but
+    // a loaded machine may stop first: at most one ACK, never a second.
+    let acks = requests.iter().filter(|r| r.starts_with("ACK ")).count();
+    assert!(acks <= 1, "{requests:#?}");
+    let log = std::fs::read_to_string(dir.path().join("decisions.log")).unwrap();
+    assert!(log.contains("\"rule\":\"proxy.request-timeout\""), "{log}");
 }
 
 #[test]
@@ -422,7 +464,7 @@ fn a_drain_that_runs_out_answers_408_to_what_a_stalled_tcp_registrar_left_unansw
     );
     assert!(!stderr.contains("answered 503"), "{stderr}");
     assert!(
-        stderr.contains("no response from the registrar when limits.drain_secs ran out"),
+        stderr.contains("no final response from the registrar when limits.drain_secs ran out"),
         "{stderr}"
     );
     assert!(!stderr.contains("within 64*T1"), "{stderr}");

@@ -1306,7 +1306,7 @@ const FAMILIES: [Family; 62] = [
     ),
     counter(
         "sipadmit_upstream_cancels_total",
-        "CANCELs sipadmit sent itself: to a TCP/TLS registrar for calls ringing when a drain ran out (limits.drain_secs), or that start ringing in the second after (their callers get the callee's 487, or 408); and for a TCP/TLS client's call relayed over UDP that rang through Timer C (limits.timer_c_secs) without an answer (its caller gets 408).",
+        "CANCELs sipadmit sent itself: to a TCP/TLS registrar for calls ringing when a drain ran out (limits.drain_secs), or that start ringing in the second after (their callers get the callee's 487, or 408); and for a TCP/TLS client's call relayed over UDP that rang through Timer C (limits.timer_c_secs) without an answer, or still rang when a drain ran out (its caller gets 408).",
         Samples::Atomic(|m| &m.upstream_cancels),
     ),
     counter(

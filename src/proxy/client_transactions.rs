@@ -202,6 +202,10 @@ pub enum Due {
     /// [`Answered::RungOut`], and its provisional ones discarded as after
     /// a timeout (a 2xx to the INVITE still goes on).
     RangOut(Transaction),
+    /// An INVITE still ringing when a drain ran out
+    /// ([`ClientTransactions::give_up_all`]): as [`Due::RangOut`], its
+    /// client answered the drain's `408`.
+    RingingGivenUp(Transaction),
 }
 
 /// One kept transaction.
@@ -263,6 +267,9 @@ struct Ringing {
     /// later provisional response moves Timer C on, and the timer is set
     /// again when it fires early).
     armed: Instant,
+    /// Given up when a drain ran out ([`ClientTransactions::give_up_all`]):
+    /// rung out at once, whatever comes.
+    given_up: bool,
 }
 
 /// Bytes a ringing INVITE's request costs while it rings: its two messages
@@ -331,6 +338,8 @@ struct Table {
     ringing: HashMap<TransactionKey, Ringing>,
     /// Bytes of those INVITEs (messages and overhead).
     ringing_bytes: usize,
+    /// How many of the entries are requests of sipadmit's own.
+    own_entries: usize,
 }
 
 impl Table {
@@ -418,10 +427,18 @@ impl Table {
         id
     }
 
-    fn remove(&mut self, key: &TransactionKey) {
-        if let Some(entry) = self.entries.remove(key) {
-            self.entry_bytes -= entry.bytes;
-        }
+    /// Remove the entry of `key`, with its bytes; returns it.
+    fn remove(&mut self, key: &TransactionKey) -> Option<Entry> {
+        let entry = self.entries.remove(key)?;
+        self.entry_bytes -= entry.bytes;
+        self.own_entries -= usize::from(entry.own);
+        Some(entry)
+    }
+
+    /// Clients owed a final answer: the transactions kept for them, and
+    /// the INVITEs ringing.
+    fn owed(&self) -> usize {
+        self.entries.len() - self.own_entries + self.ringing.len()
     }
 }
 
@@ -434,6 +451,9 @@ pub struct ClientTransactions {
     kept: AtomicUsize,
     /// Transactions that ended and are remembered (read without the lock).
     ended: AtomicUsize,
+    /// Clients owed a final answer (read without the lock): see
+    /// [`Self::owed`].
+    owed: AtomicUsize,
     timers: Timers,
     max_bytes: usize,
 }
@@ -445,6 +465,7 @@ impl ClientTransactions {
             table: Mutex::new(Table::default()),
             kept: AtomicUsize::new(0),
             ended: AtomicUsize::new(0),
+            owed: AtomicUsize::new(0),
             timers,
             max_bytes,
         }
@@ -457,6 +478,13 @@ impl ClientTransactions {
 
     fn lock(&self) -> MutexGuard<'_, Table> {
         self.table.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Publish what is read without the lock.
+    fn publish(&self, table: &Table) {
+        self.kept.store(table.entries.len(), Ordering::Relaxed);
+        self.ended.store(table.ended.len(), Ordering::Relaxed);
+        self.owed.store(table.owed(), Ordering::Relaxed);
     }
 
     /// Keep `transaction`, first sent at `now`.
@@ -491,10 +519,10 @@ impl ClientTransactions {
         }
         while table.bytes() + bytes > self.max_bytes && table.forget_oldest_ended() {}
         table.release_ended();
-        self.ended.store(table.ended.len(), Ordering::Relaxed);
         let t1 = self.timers.t1;
         let timer = table.schedule(key, now + t1);
         table.entry_bytes += bytes;
+        table.own_entries += usize::from(own);
         table.entries.insert(
             key,
             Entry {
@@ -509,7 +537,7 @@ impl ClientTransactions {
                 bytes,
             },
         );
-        self.kept.store(table.entries.len(), Ordering::Relaxed);
+        self.publish(&table);
         Start::Started
     }
 
@@ -519,7 +547,7 @@ impl ClientTransactions {
         if table.entries.contains_key(key) {
             table.remove(key);
         }
-        self.kept.store(table.entries.len(), Ordering::Relaxed);
+        self.publish(&table);
     }
 
     /// End `key` at `now` because its request can no longer be sent (the
@@ -536,8 +564,7 @@ impl ClientTransactions {
             let ending = if own { Ending::Own } else { Ending::TimedOut };
             self.remember(&mut table, *key, now, ending);
         }
-        self.kept.store(table.entries.len(), Ordering::Relaxed);
-        self.ended.store(table.ended.len(), Ordering::Relaxed);
+        self.publish(&table);
         kept == Some(false)
     }
 
@@ -552,8 +579,7 @@ impl ClientTransactions {
         let mut table = self.lock();
         table.forget_ended(now, self.timers.timeout());
         let answered = self.answer(&mut table, key, status, now);
-        self.kept.store(table.entries.len(), Ordering::Relaxed);
-        self.ended.store(table.ended.len(), Ordering::Relaxed);
+        self.publish(&table);
         answered
     }
 
@@ -605,10 +631,9 @@ impl ClientTransactions {
                 Answered::Kept
             };
         }
-        let Some(entry) = table.entries.remove(key) else {
+        let Some(entry) = table.remove(key) else {
             return Answered::Kept;
         };
-        table.entry_bytes -= entry.bytes;
         if entry.own {
             self.remember(table, *key, now, Ending::Own);
             return Answered::Own;
@@ -635,7 +660,14 @@ impl ClientTransactions {
         }
         let armed = now + self.timers.timer_c;
         table.ringing_bytes += bytes;
-        table.ringing.insert(key, Ringing { transaction, armed });
+        table.ringing.insert(
+            key,
+            Ringing {
+                transaction,
+                armed,
+                given_up: false,
+            },
+        );
         table.schedule(key, armed);
     }
 
@@ -662,7 +694,8 @@ impl ClientTransactions {
         let Some(ringing) = table.ringing.get_mut(&key).filter(|r| r.armed == at) else {
             return;
         };
-        if timer_c > now {
+        let given_up = ringing.given_up;
+        if timer_c > now && !given_up {
             ringing.armed = timer_c;
             table.schedule(key, timer_c);
             return;
@@ -685,7 +718,10 @@ impl ClientTransactions {
             ..key
         };
         self.remember(table, cancel, now, Ending::Own);
-        due.push(Due::RangOut(transaction));
+        due.push(match given_up {
+            true => Due::RingingGivenUp(transaction),
+            false => Due::RangOut(transaction),
+        });
     }
 
     /// The client's ACK of the INVITE `key` went out as `ack`: if that
@@ -768,8 +804,7 @@ impl ClientTransactions {
                     }
                 }
                 None => {
-                    if let Some(entry) = table.entries.remove(&key) {
-                        table.entry_bytes -= entry.bytes;
+                    if let Some(entry) = table.remove(&key) {
                         if entry.own {
                             self.remember(&mut table, key, now, Ending::Own);
                             continue;
@@ -785,8 +820,7 @@ impl ClientTransactions {
             }
         }
         table.forget_ended(now, self.timers.timeout());
-        self.kept.store(table.entries.len(), Ordering::Relaxed);
-        self.ended.store(table.ended.len(), Ordering::Relaxed);
+        self.publish(&table);
         due
     }
 
@@ -810,7 +844,8 @@ impl ClientTransactions {
     /// Give every kept transaction up at `now`: their next timers time
     /// them out, so that each client is answered (`408`) rather than left
     /// without a final response when the instance stops (the end of a drain
-    /// that ran out of time).
+    /// that ran out of time). Every INVITE ringing is rung out at its next
+    /// timer ([`Due::RingingGivenUp`]: cancelled, its client answered).
     pub fn give_up_all(&self, now: Instant) {
         let mut table = self.lock();
         let keys: Vec<TransactionKey> = table.entries.keys().copied().collect();
@@ -821,6 +856,14 @@ impl ClientTransactions {
                 entry.given_up = true;
                 entry.timer = timer;
             }
+        }
+        let ringing: Vec<TransactionKey> = table.ringing.keys().copied().collect();
+        for key in ringing {
+            if let Some(r) = table.ringing.get_mut(&key) {
+                r.armed = now;
+                r.given_up = true;
+            }
+            table.schedule(key, now);
         }
     }
 
@@ -845,6 +888,12 @@ impl ClientTransactions {
     /// Transactions kept.
     pub fn len(&self) -> usize {
         self.kept.load(Ordering::Relaxed)
+    }
+
+    /// Clients owed a final answer: the requests kept for them (not those
+    /// of sipadmit's own) and the INVITEs ringing. A drain waits for them.
+    pub fn owed(&self) -> usize {
+        self.owed.load(Ordering::Relaxed)
     }
 
     /// Whether none is kept.
@@ -907,12 +956,31 @@ mod tests {
         for n in 1..=3 {
             table.start(transaction(key(n, TransactionMethod::Other), 100), t0);
         }
+        // A call that rings, and a CANCEL of sipadmit's own: the clients
+        // owed an answer are the three and the caller.
+        let ringing = key(4, TransactionMethod::Invite);
+        table.start(transaction(ringing, 100), t0);
+        assert_eq!(table.answered(&ringing, 180, t0), Answered::Kept);
+        table.start_own(transaction(key(5, TransactionMethod::Cancel), 50), t0);
+        assert_eq!(table.owed(), 4);
         let later = t0 + Duration::from_millis(100);
+        // A provisional answer after the give-up does not keep it ringing.
         table.give_up_all(later);
+        assert_eq!(table.answered(&ringing, 180, later), Answered::Kept);
         assert_eq!(table.next_due(), Some(later), "before T1");
         let due = table.due(later);
-        assert_eq!(due.len(), 3);
-        assert!(due.iter().all(|d| matches!(d, Due::GivenUp(_))), "{due:?}");
+        assert_eq!(due.len(), 4, "{due:?}");
+        assert_eq!(
+            due.iter().filter(|d| matches!(d, Due::GivenUp(_))).count(),
+            3,
+            "{due:?}"
+        );
+        assert!(
+            due.iter()
+                .any(|d| matches!(d, Due::RingingGivenUp(t) if t.key == ringing)),
+            "{due:?}"
+        );
+        assert_eq!(table.owed(), 0);
         assert!(table.is_empty());
         assert!(
             table.due(t0 + Duration::from_secs(60)).is_empty(),
@@ -937,7 +1005,7 @@ mod tests {
                     Due::Retransmit(..) => resent.push(ms),
                     Due::TimedOut(_) => timed_out = Some(ms),
                     Due::GivenUp(_) => panic!("nothing was given up"),
-                    Due::RangOut(_) => panic!("nothing rang"),
+                    Due::RangOut(_) | Due::RingingGivenUp(_) => panic!("nothing rang"),
                 }
             }
         }

@@ -745,34 +745,42 @@ impl Core {
                     carried.push((inbound, outcome, None));
                 }
                 client_transactions::Due::RangOut(rung) => {
-                    carried.extend(self.ring_out(rung, now));
+                    carried.extend(self.ring_out(rung, Refusal::RangOut, now));
+                }
+                client_transactions::Due::RingingGivenUp(rung) => {
+                    carried.extend(self.ring_out(rung, Refusal::DrainRanOut, now));
                 }
             }
         }
         carried
     }
 
-    /// An INVITE that rang through Timer C (RFC 3261 16.8): the CANCEL of
-    /// the request as relayed goes to where the request went, kept as a
-    /// client transaction of sipadmit's own (resent until answered), then
-    /// its client gets the `408` of a timeout (logged, recorded, counted).
+    /// An INVITE that rang through Timer C (RFC 3261 16.8, `refusal`
+    /// [`Refusal::RangOut`]), or still rang when a drain ran out
+    /// ([`Refusal::DrainRanOut`]): the CANCEL of the request as relayed
+    /// goes to where the request went, kept as a client transaction of
+    /// sipadmit's own (resent until answered), then its client gets the
+    /// `408` of `refusal` (logged, recorded, counted).
     fn ring_out(
         &self,
         rung: client_transactions::Transaction,
+        refusal: Refusal<'static>,
         now: Instant,
     ) -> Vec<(Inbound, Outcome, Option<TransactionKey>)> {
-        Metrics::inc(&self.metrics.client_transaction_timeouts);
         let inbound = rung.inbound;
         let cancel = SipView::parse(rung.send.bytes.clone())
             .ok()
             .and_then(|relayed| crate::sip::of_invite::cancel(&relayed));
-        tracing::info!(
-            source = %inbound.source,
-            call_id = %Text(SipView::parse(inbound.bytes.clone()).ok().as_ref().and_then(SipView::call_id)),
-            timer_c_secs = self.client_transactions.timers().timer_c.as_secs(),
-            cancelled = cancel.is_some(),
-            "a call rang through Timer C without a final answer: cancelled, and a 408 for its caller"
-        );
+        let call_id = SipView::parse(inbound.bytes.clone()).ok();
+        let call_id = Text(call_id.as_ref().and_then(SipView::call_id));
+        let cancelled = cancel.is_some();
+        if matches!(refusal, Refusal::RangOut) {
+            Metrics::inc(&self.metrics.client_transaction_timeouts);
+            let timer_c_secs = self.client_transactions.timers().timer_c.as_secs();
+            tracing::info!(source = %inbound.source, %call_id, timer_c_secs, cancelled, "a call rang through Timer C without a final answer: cancelled, and a 408 for its caller");
+        } else {
+            tracing::info!(source = %inbound.source, %call_id, cancelled, "a call still rang when limits.drain_secs ran out: cancelled, and a 408 for its caller");
+        }
         let mut carried = Vec::with_capacity(2);
         if let Some(bytes) = cancel {
             self.metrics.note_upstream_cancel();
@@ -800,7 +808,7 @@ impl Core {
             };
             carried.push((inbound.clone(), outcome, kept.then_some(key)));
         }
-        let answer = self.timed_out(&inbound, now, Refusal::RangOut);
+        let answer = self.timed_out(&inbound, now, refusal);
         carried.push((inbound, answer, None));
         carried
     }

@@ -264,7 +264,7 @@ impl Refusal<'_> {
                 "rang through Timer C (limits.timer_c_secs) without a final response: cancelled",
             ),
             Self::DrainRanOut => {
-                Some("no response from the registrar when limits.drain_secs ran out")
+                Some("no final response from the registrar when limits.drain_secs ran out")
             }
             Self::UpstreamBusy => {
                 Some("the queue to the registrar is full (limits.upstream_queue_bytes)")
