@@ -313,7 +313,9 @@ impl Core {
             action,
             refusal.rule(),
             answered.then_some(status),
-            false,
+            // Monitor mode flagged it (enforce would have rejected it)
+            // before this refusal came: `report` counts it there too.
+            admission.is_some_and(|a| a.decision.verdict.would_reject()),
         );
         if !answered {
             let reason = refusal.drop_reason();

@@ -593,6 +593,38 @@ fn a_token_naming_another_instances_connection_gets_430_and_nothing_is_written()
     assert_eq!(status(&other_peer), Some(430));
 }
 
+/// In monitor mode an offer to a mobile agent whose connection is gone is
+/// flagged (enforce would reject it, 480), then answered `430`: its record
+/// is the 430's, and still says `would_reject`, so that `report`'s "what
+/// enforcing would change" counts it (it used to lose that).
+#[test]
+fn a_would_reject_offer_to_a_closed_flow_keeps_would_reject_on_its_430_record() {
+    let monitor = CONFIG.replace("[proxy]", "[proxy]\nmode = \"monitor\"");
+    let core = Core::detached(&monitor).unwrap();
+    let agent: SocketAddr = "127.0.0.1:41600".parse().unwrap();
+    let register = request("REGISTER", "sip:contoso.com", agent, MOBILE, "")
+        .replace("SIP/2.0/UDP", "SIP/2.0/TCP");
+    let (_, relayed) = sent(&handle(&core, &tcp(register, agent, 1)));
+    let path = header_values(&relayed, "Path")[0]
+        .trim_matches(|c| c == '<' || c == '>')
+        .to_owned();
+    let offer = offer_along(&path, "agent-a", agent);
+    let out = core.handle(&offer, Instant::now(), &|_, _| false);
+    assert_eq!(status(&out), Some(430));
+    let record = out.into_record().unwrap();
+    assert_eq!(record.rule, "proxy.flow-failed");
+    assert!(record.would_reject, "{record:?}");
+    // A Lync 2013 agent's offer to a closed flow: nothing enforce would
+    // have rejected.
+    let core = Core::detached(&monitor).unwrap();
+    let lync = "127.0.0.1:41601".parse().unwrap();
+    let path = register_over_tcp(&core, lync);
+    let offer = offer_along(&path, "agent-b", lync);
+    let out = core.handle(&offer, Instant::now(), &|_, _| false);
+    assert_eq!(status(&out), Some(430));
+    assert!(!out.into_record().unwrap().would_reject);
+}
+
 /// A Lync caller's INVITE over TCP connection 1 from `caller`, relayed
 /// upstream over UDP: the relayed text (two Record-Route values, RFC 5658).
 fn invite_over_tcp(core: &Core, caller: SocketAddr) -> String {

@@ -328,6 +328,12 @@ impl<'c> Tally<'c> {
         if r.kind() == DecisionKind::Protocol {
             self.by_leg[leg].protocol += 1;
             self.add_protocol(r, leg);
+            // Flagged by monitor mode, then refused on the way (a 430 to
+            // an agent whose connection closed): enforce would still have
+            // rejected it.
+            if r.would_reject {
+                self.add_would_reject(r);
+            }
             return;
         }
         self.by_leg[leg].policy += 1;
@@ -350,9 +356,7 @@ impl<'c> Tally<'c> {
         self.timeline.add(r.ts, action, r.would_reject);
         self.add_client(r, action, leg);
         if r.would_reject {
-            self.would_reject_by_role[role] += 1;
-            self.would_reject_clients.count(r.client.as_str());
-            self.would_reject_rules.count(r.rule.as_str());
+            self.add_would_reject(r);
         }
         if matches!(r.action, Action::Reject | Action::Flag) {
             self.refused_sources.count(&r.source.ip());
@@ -370,6 +374,13 @@ impl<'c> Tally<'c> {
                 }
             }
         }
+    }
+
+    /// A record of what enforce mode would have rejected.
+    fn add_would_reject(&mut self, r: &RecordView<'_>) {
+        self.would_reject_by_role[role_index(r.role)] += 1;
+        self.would_reject_clients.count(r.client.as_str());
+        self.would_reject_rules.count(r.rule.as_str());
     }
 
     fn add_protocol(&mut self, r: &RecordView<'_>, leg: usize) {
@@ -932,6 +943,29 @@ mod tests {
         assert_eq!(s.would_reject.by_client[0].key, "lync-mobile");
         assert_eq!(s.over_time.bucket, "minute");
         assert_eq!(s.over_time.buckets.len(), 6);
+    }
+
+    /// A protocol record of a message monitor mode flagged as one enforce
+    /// would reject (an offer to a mobile agent whose connection closed,
+    /// answered 430) counts under would_reject, and as a protocol answer.
+    #[test]
+    fn a_would_reject_protocol_record_counts_under_would_reject() {
+        let mut gone = record(
+            "2026-11-27T10:05:00Z",
+            Some(MOBILE),
+            SessionRole::AgentOffer,
+            Action::Reject,
+        );
+        gone.kind = Some(DecisionKind::Protocol);
+        gone.rule = Cow::Borrowed("proxy.flow-failed");
+        gone.status = Some(430);
+        gone.mode = Mode::Monitor;
+        gone.would_reject = true;
+        let s = summarise(&[gone], TimeRange::default());
+        assert_eq!(s.records, 0, "no policy decision");
+        assert_eq!(s.would_reject.total, 1);
+        assert_eq!(s.would_reject.by_role.get("agent-offer"), 1);
+        assert_eq!(s.would_reject.by_client[0].key, "lync-mobile");
     }
 
     const BARESIP: &str = "baresip v1.0.0 (x86_64/linux)";
