@@ -153,8 +153,9 @@ pub struct Limits {
     /// RFC 3261 T2 (longest non-INVITE retransmission interval).
     pub timer_t2: Duration,
     /// RFC 3261 Timer C: how long a TCP/TLS client's INVITE relayed over
-    /// UDP may ring without a further provisional answer before sipadmit
-    /// cancels it and answers the caller `408` (`timer_c_secs`).
+    /// UDP may ring without a further provisional answer (101 to 199)
+    /// before sipadmit cancels it and answers the caller `408`
+    /// (`timer_c_secs`).
     pub timer_c: Duration,
     /// Bytes of messages the queue to a TCP/TLS upstream may hold.
     pub upstream_queue_bytes: usize,

@@ -217,7 +217,7 @@ pub struct RawLimits {
     pub timer_t2_ms: u64,
     /// RFC 3261 Timer C, seconds (1..=3600): how long an INVITE from a
     /// TCP/TLS client relayed over UDP may ring (after a provisional
-    /// answer) without another provisional or a final answer; then
+    /// answer) without another provisional (101 to 199) or a final answer; then
     /// sipadmit sends the registrar its CANCEL and answers the caller
     /// `408`. Default 180.
     pub timer_c_secs: u64,

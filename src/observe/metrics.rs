@@ -1286,7 +1286,7 @@ const FAMILIES: [Family; 62] = [
     ),
     counter(
         "sipadmit_client_transactions_untracked_total",
-        "Requests from TCP/TLS clients relayed over UDP once, without retransmissions, because the client transaction table was at limits.client_transaction_bytes.",
+        "Requests from TCP/TLS clients relayed over UDP once, without retransmissions, and their calls that ring without Timer C, because the client transaction table was at limits.client_transaction_bytes.",
         Samples::Atomic(|m| &m.client_transactions_untracked),
     ),
     counter(

@@ -178,6 +178,10 @@ pub enum Answered {
     /// A copy of a non-2xx final response to an INVITE whose ACK went out
     /// (RFC 3261 17.1.1.2): the registrar did not get it. Send it again.
     AckAgain(Outbound),
+    /// A provisional response to a kept INVITE, which now rings without
+    /// Timer C: no room to keep its request (`limits.client_transaction_bytes`).
+    /// Relayed as [`Answered::Kept`] is.
+    RingsWithoutTimerC,
     /// It answers none.
     Unknown,
 }
@@ -616,8 +620,11 @@ impl ClientTransactions {
                     table.stop_ringing(key);
                     (Ending::Answered, Answered::Kept)
                 }
-                // Timer C starts again (16.7 step 2); its timer is set
-                // again when it fires.
+                // A 100 changes nothing (16.7 step 2: 101 to 199 reset
+                // Timer C).
+                Ending::Proceeding { .. } if status == 100 => (ending, Answered::Kept),
+                // Timer C starts again; its timer is set again when it
+                // fires.
                 Ending::Proceeding { .. } => (Ending::ringing(now, self.timers), Answered::Kept),
             };
             self.remember(table, *key, now, ending);
@@ -642,21 +649,29 @@ impl ClientTransactions {
             self.remember(table, *key, now, Ending::Answered);
         } else {
             self.remember(table, *key, now, Ending::ringing(now, self.timers));
-            self.ring(table, *key, entry.transaction, now);
+            if !self.ring(table, *key, entry.transaction, now) {
+                return Answered::RingsWithoutTimerC;
+            }
         }
         Answered::Kept
     }
 
     /// Keep the request of the INVITE `key`, which rings from `now`, until
     /// its final response or its Timer C (then [`Due::RangOut`]), when
-    /// there is room; without it, it rings on without Timer C.
-    fn ring(&self, table: &mut Table, key: TransactionKey, transaction: Transaction, now: Instant) {
+    /// there is room; without it (`false`), it rings on without Timer C.
+    fn ring(
+        &self,
+        table: &mut Table,
+        key: TransactionKey,
+        transaction: Transaction,
+        now: Instant,
+    ) -> bool {
         // A copy of the INVITE its client sent again rang again: it takes
         // the place of the first, bytes and timer.
         table.stop_ringing(&key);
         let bytes = ringing_bytes(&transaction);
         if !table.ended.contains_key(&key) || table.bytes() + bytes + TIMER_BYTES > self.max_bytes {
-            return;
+            return false;
         }
         let armed = now + self.timers.timer_c;
         table.ringing_bytes += bytes;
@@ -669,6 +684,7 @@ impl ClientTransactions {
             },
         );
         table.schedule(key, armed);
+        true
     }
 
     /// The timer of `key` set for `at` fired at `now` with no transaction
@@ -1443,10 +1459,42 @@ mod tests {
         // of how it ended.
         let table = ClientTransactions::new(timers, 8000 + ENTRY_OVERHEAD);
         assert_eq!(table.start(needs, t0), Start::Started);
-        assert_eq!(table.answered(&invite, 180, t0), Answered::Kept);
+        assert_eq!(
+            table.answered(&invite, 180, t0),
+            Answered::RingsWithoutTimerC,
+            "said, to be counted"
+        );
         let gone = t0 + timers.timer_c + timers.timeout() + Duration::from_secs(1);
         assert!(table.due(gone).is_empty(), "no Timer C without its request");
         assert_eq!(table.answered(&invite, 486, gone), Answered::Unknown);
+    }
+
+    /// A `100 Trying` to a ringing INVITE does not start Timer C again
+    /// (RFC 3261 16.7 step 2: 101 to 199 do); a 183 does.
+    #[test]
+    fn a_100_does_not_start_timer_c_again() {
+        let timers = Timers::RFC3261;
+        let table = ClientTransactions::new(timers, 1 << 20);
+        let t0 = Instant::now();
+        let trying = key(1, TransactionMethod::Invite);
+        let progress = key(2, TransactionMethod::Invite);
+        for invite in [trying, progress] {
+            table.start(transaction(invite, 100), t0);
+            assert_eq!(table.answered(&invite, 180, t0), Answered::Kept);
+        }
+        let later = t0 + Duration::from_secs(60);
+        assert_eq!(table.answered(&trying, 100, later), Answered::Kept);
+        assert_eq!(table.answered(&progress, 183, later), Answered::Kept);
+        let due = table.due(t0 + timers.timer_c);
+        assert!(
+            matches!(&due[..], [Due::RangOut(t)] if t.key == trying),
+            "{due:?}"
+        );
+        let due = table.due(later + timers.timer_c);
+        assert!(
+            matches!(&due[..], [Due::RangOut(t)] if t.key == progress),
+            "{due:?}"
+        );
     }
 
     /// A timeout that fires late (this process was frozen) is put off once

@@ -700,18 +700,29 @@ impl Core {
         let transaction = client_transactions::Transaction { key, send, inbound };
         let start = self.client_transactions.start(transaction, now);
         if start == client_transactions::Start::NoRoom {
-            Metrics::inc(&self.metrics.client_transactions_untracked);
-            if let Some(held_back) =
-                lock(&self.warnings.client_transactions).admit(now, WARNING_INTERVAL)
-            {
-                tracing::warn!(
-                    client_transaction_bytes = self.settings.limits.client_transaction_bytes,
-                    warnings_held_back = held_back,
-                    "client transaction table full: a request from a TCP/TLS client went out over UDP once, without retransmissions"
-                );
-            }
+            self.untracked(
+                now,
+                "client transaction table full: a request from a TCP/TLS client went out over UDP once, without retransmissions",
+            );
         }
         start == client_transactions::Start::Started
+    }
+
+    /// What the client transaction table had no room for (`what`): counted
+    /// in `sipadmit_client_transactions_untracked_total`, and warned about
+    /// (rate-limited).
+    fn untracked(&self, now: Instant, what: &'static str) {
+        Metrics::inc(&self.metrics.client_transactions_untracked);
+        if let Some(held_back) =
+            lock(&self.warnings.client_transactions).admit(now, WARNING_INTERVAL)
+        {
+            let bytes = self.settings.limits.client_transaction_bytes;
+            tracing::warn!(
+                client_transaction_bytes = bytes,
+                warnings_held_back = held_back,
+                "{what}"
+            );
+        }
     }
 
     /// The client transactions whose timers fired by `now`, each with the

@@ -184,6 +184,10 @@ impl Core {
                 DropReason::AfterFinal,
                 "copy of a final response relayed already discarded",
             ),
+            Answered::RingsWithoutTimerC => {
+                self.untracked(now, "client transaction table full: a call from a TCP/TLS client rings without Timer C (a registrar that dies while it rings leaves the caller waiting)");
+                return None;
+            }
             Answered::Kept | Answered::Unknown => return None,
         };
         if is_2xx_to_invite(view) {
