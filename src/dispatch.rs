@@ -631,6 +631,9 @@ async fn not_delivered(
     to: &Destination,
     error: &SendError,
 ) {
+    if let (Destination::Flow(_), false) = (to, inbound.is_response()) {
+        core.not_sent_toward_client(inbound, Instant::now());
+    }
     // Only a request of the registrar's side goes to a client flow; a flow
     // found dead (RFC 5626 5.3) is answered so, at once.
     if let (Destination::Flow(_), false, Some(failure)) =

@@ -19,10 +19,12 @@
 //! ringing at a UDP registrar (their client transactions keep each INVITE
 //! until its final answer, for Timer C): when the drain runs out, each is
 //! cancelled and its caller answered `408` at once, as Timer C would. Not
-//! pending, so not waited for: a UDP client's calls ringing at a UDP
-//! registrar (relayed without state), and the registrar's calls to this
-//! instance's clients, but those relayed over UDP from a TCP/TLS registrar
-//! (kept, as the calls above); see docs/pool.md.
+//! pending too: the registrar's requests relayed toward this instance's
+//! clients until their final answers (the callee side,
+//! [`crate::proxy::toward_clients`]), so a callee's answer finds its
+//! connection open; when the drain runs out they are left to the
+//! registrar. Not pending, so not waited for: a UDP client's calls ringing
+//! at a UDP registrar (relayed without state); see docs/pool.md.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -77,6 +79,9 @@ pub struct Pending {
     /// Requests written to a stream registrar that has not answered them
     /// yet (calls ringing included).
     pub upstream_unanswered: usize,
+    /// The registrar's requests relayed toward this instance's clients
+    /// and not answered yet (calls ringing at them included).
+    pub toward_clients: usize,
 }
 
 impl Pending {
@@ -91,6 +96,7 @@ impl Pending {
             registers: core.registrations().pending(),
             upstream_queue_bytes: upstream_backlog.map_or(0, UpstreamBacklog::queued),
             upstream_unanswered: upstream_backlog.map_or(0, UpstreamBacklog::unanswered),
+            toward_clients: core.toward_clients().pending(std::time::Instant::now()),
         }
     }
 
@@ -123,6 +129,7 @@ pub async fn run(
         registers = at_start.registers,
         upstream_queue_bytes = at_start.upstream_queue_bytes,
         upstream_unanswered = at_start.upstream_unanswered,
+        toward_clients = at_start.toward_clients,
         "draining: new requests from clients get 503 with Retry-After; stopping once nothing is pending (a second SIGTERM stops at once)"
     );
     let outcome = tokio::select! {
@@ -139,6 +146,7 @@ pub async fn run(
                 registers = left.registers,
                 upstream_queue_bytes = left.upstream_queue_bytes,
                 upstream_unanswered = left.upstream_unanswered,
+                toward_clients = left.toward_clients,
                 "limits.drain_secs ran out with work pending; shutting down"
             );
             if left.client_transactions > 0
@@ -207,6 +215,7 @@ async fn settle(
                     registers = left.registers,
                     upstream_queue_bytes = left.upstream_queue_bytes,
                     upstream_unanswered = left.upstream_unanswered,
+                    toward_clients = left.toward_clients,
                     "draining: still pending"
                 );
             }

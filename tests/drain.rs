@@ -366,6 +366,86 @@ fn a_drain_that_runs_out_cancels_a_stream_clients_call_ringing_at_a_udp_registra
     assert!(log.contains("\"rule\":\"proxy.request-timeout\""), "{log}");
 }
 
+/// The callee side: a call relayed toward an agent connected over TCP is
+/// pending while the agent rings, so a drain does not close its
+/// connection under it; the agent's final answer, sent after SIGTERM, goes
+/// back to the caller, and then the drain ends.
+#[test]
+fn a_drain_waits_for_the_answer_of_a_call_ringing_at_one_of_its_clients() {
+    use common::sip_stream::{header_values, take_message, uas_response};
+    use std::io::Read;
+    let registrar = Registrar::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (mut sipadmit, listeners) =
+        start_toward(dir.path(), &format!("udp:{}", registrar.addr), 20);
+    // The agent registers over TCP; the registrar stub saw its Path.
+    let mut agent = TcpStream::connect(listeners.tcp).unwrap();
+    agent.set_read_timeout(Some(BOUND)).unwrap();
+    let mut reader = BufReader::new(agent.try_clone().unwrap());
+    let me = agent.local_addr().unwrap();
+    agent
+        .write_all(request("REGISTER", "TCP", me, 1, "").as_bytes())
+        .unwrap();
+    assert!(read_status(&mut reader).starts_with("SIP/2.0 200"));
+    let path = {
+        let requests = registrar.requests.lock().unwrap();
+        let register = requests
+            .iter()
+            .find(|r| r.starts_with("REGISTER "))
+            .unwrap();
+        header_values(register, "Path")[0].to_owned()
+    };
+    // A caller elsewhere (another node of the pool) calls the agent along
+    // that Path; the agent rings.
+    let caller = UdpSocket::bind("127.0.0.1:0").unwrap();
+    caller.set_read_timeout(Some(BOUND)).unwrap();
+    let from = caller.local_addr().unwrap();
+    let invite = request("INVITE", "UDP", from, 7, "")
+        .replacen(
+            "sip:alice@contoso.com",
+            &format!("sip:alice@{me};transport=tcp"),
+            1,
+        )
+        .replace(
+            "Max-Forwards: 70\r\n",
+            &format!("Max-Forwards: 70\r\nRoute: {path}\r\n"),
+        );
+    caller.send_to(invite.as_bytes(), listeners.udp).unwrap();
+    let mut buffer = Vec::new();
+    let offered = loop {
+        if let Some(message) = take_message(&mut buffer) {
+            break message;
+        }
+        let mut chunk = [0u8; 16 * 1024];
+        let n = reader
+            .read(&mut chunk)
+            .expect("the INVITE toward the agent");
+        assert!(n > 0, "closed before the INVITE");
+        buffer.extend_from_slice(&chunk[..n]);
+    };
+    assert!(offered.starts_with("INVITE "), "{offered}");
+    agent
+        .write_all(uas_response(&offered, "180 Ringing", "agent", "").as_bytes())
+        .unwrap();
+    assert!(answer(&caller).starts_with("SIP/2.0 180"));
+    sipadmit.signal("TERM");
+    let draining = sipadmit.wait_for("draining: new requests");
+    assert_eq!(field(&draining, "toward_clients"), "1", "{draining}");
+    // Well past the quiet second a drain with nothing pending ends after.
+    std::thread::sleep(Duration::from_millis(1800));
+    assert!(
+        sipadmit.child.try_wait().unwrap().is_none(),
+        "the drain ended with the agent ringing"
+    );
+    agent
+        .write_all(uas_response(&offered, "486 Busy Here", "agent", "").as_bytes())
+        .unwrap();
+    let busy = answer(&caller);
+    assert!(busy.starts_with("SIP/2.0 486"), "{busy}");
+    let stderr = sipadmit.exited();
+    assert!(stderr.contains("drained: nothing pending"), "{stderr}");
+}
+
 #[test]
 fn a_408_for_a_stream_client_that_has_gone_is_recorded_as_undelivered() {
     // As above, but the TCP client closes its connection while its

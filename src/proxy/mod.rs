@@ -41,6 +41,7 @@ mod refusal;
 pub mod registrations;
 mod request;
 mod response;
+pub mod toward_clients;
 pub mod transactions;
 
 use std::borrow::Cow;
@@ -284,6 +285,9 @@ pub struct Core {
     transactions: Transactions,
     /// The client transactions of stream-to-UDP requests.
     client_transactions: ClientTransactions,
+    /// The registrar's requests relayed toward clients, until their final
+    /// answers (what a drain waits for on the callee side).
+    toward_clients: toward_clients::TowardClients,
     /// Rate limits of the warnings about the registration tables.
     warnings: TableWarnings,
     /// Summaries of malformed messages and refused requests.
@@ -322,6 +326,10 @@ impl Core {
                     timer_c: settings.limits.timer_c,
                 },
                 settings.limits.client_transaction_bytes,
+            ),
+            toward_clients: toward_clients::TowardClients::new(
+                settings.limits.timer_c,
+                settings.limits.timer_t1 * 64,
             ),
             warnings: TableWarnings::default(),
             summaries: Summaries::default(),
@@ -479,6 +487,29 @@ impl Core {
     /// The client transactions kept for stream-to-UDP requests.
     pub fn client_transactions(&self) -> &ClientTransactions {
         &self.client_transactions
+    }
+
+    /// The registrar's requests relayed toward clients and not answered
+    /// yet.
+    pub fn toward_clients(&self) -> &toward_clients::TowardClients {
+        &self.toward_clients
+    }
+
+    /// A request of the registrar's side could not be sent to its client
+    /// flow: no answer to wait for.
+    pub fn not_sent_toward_client(&self, inbound: &Inbound, now: Instant) {
+        let Ok(view) = SipView::parse(inbound.bytes.clone()) else {
+            return;
+        };
+        let method = view
+            .cseq()
+            .ok()
+            .and_then(|c| client_transactions::TransactionMethod::of(c.method));
+        if let (Ok(via), Some(method)) = (view.top_via(), method) {
+            if let Some(branch) = via.branch() {
+                self.toward_clients.forget(branch, method, now);
+            }
+        }
     }
 
     /// The metrics.

@@ -774,6 +774,12 @@ impl Core {
         if record.is_none() {
             self.relayed_unrecorded(ctx, decision.rule)?;
         }
+        if let (Destination::Flow(_), Some(branch), Some(method)) =
+            (&to, top_via.branch(), cseq_method(ctx))
+        {
+            // The callee's answer is awaited (a drain waits for it).
+            self.toward_clients.relayed(branch, method, ctx.now);
+        }
         let send = Outbound { to, bytes };
         if let Some(invite) = acknowledged_invite(ctx, &hop, branch) {
             self.client_transactions.acknowledged(&invite, &send);
@@ -1165,11 +1171,15 @@ fn retransmit_key(
     if !ctx.inbound.transport.is_stream() || hop.transport != Transport::Udp {
         return None;
     }
-    let method = TransactionMethod::of(ctx.view.cseq().ok()?.method)?;
     Some(TransactionKey {
         branch: (branch.transaction, branch.loop_mark),
-        method,
+        method: cseq_method(ctx)?,
     })
+}
+
+/// The transaction class of a request's CSeq method; `None` for ACK.
+fn cseq_method(ctx: &RequestCtx<'_>) -> Option<TransactionMethod> {
+    TransactionMethod::of(ctx.view.cseq().ok()?.method)
 }
 
 /// The rule of the `200` to a CANCEL of an INVITE this proxy answered, in

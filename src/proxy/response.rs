@@ -96,8 +96,14 @@ impl Core {
             Ok(destination) => destination,
             Err(reason) => return discard(reason),
         };
-        if view.values(HeaderName::Via).nth(1).is_none() {
+        let Some(next_via) = view.values(HeaderName::Via).nth(1) else {
             return self.with_only_our_via(inb, view);
+        };
+        // A callee's answer to a request the registrar sent it: one with
+        // a back token, or with no token at all (from the registrar
+        // itself, the request's Via had none).
+        if back.is_some() || destination == Destination::Upstream {
+            self.callee_answered(view, next_via, now);
         }
         if let (Destination::Flow(flow), None) = (&destination, back) {
             let writable = self.check_flow(flow, open);
@@ -207,6 +213,22 @@ impl Core {
             to: invite.to.clone(),
             bytes,
         })
+    }
+
+    /// A client's answer to a request relayed toward it (whose Via,
+    /// `next_via`, is under this proxy's): what [`super::toward_clients`]
+    /// awaits.
+    fn callee_answered(&self, view: &SipView, next_via: &[u8], now: Instant) {
+        let method = view
+            .cseq()
+            .ok()
+            .and_then(|c| TransactionMethod::of(c.method));
+        let via = crate::sip::Via::parse(next_via).ok();
+        if let (Some(branch), Some(method), Some(status)) =
+            (via.as_ref().and_then(|v| v.branch()), method, view.status())
+        {
+            self.toward_clients.answered(branch, method, status, now);
+        }
     }
 
     /// A response whose only Via is ours: the registrar's answer to a

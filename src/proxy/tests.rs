@@ -785,6 +785,44 @@ fn registrar_answer(relayed: &str, status_line: &str, extra: &str) -> String {
     answer
 }
 
+/// The registrar's offer relayed toward a TCP agent awaits the agent's
+/// final answer (what a drain waits for on the callee side): its 180 keeps
+/// it pending, its 486 ends it; an offer that could not be sent is not
+/// awaited.
+#[test]
+fn an_offer_relayed_toward_an_agent_is_pending_until_its_final_answer() {
+    let core = Core::detached(CONFIG).unwrap();
+    let agent: SocketAddr = "127.0.0.1:41700".parse().unwrap();
+    let path = register_over_tcp(&core, agent);
+    let now = Instant::now();
+    let (to, offered) =
+        sent(&core.handle(&offer_along(&path, "agent-a", agent), now, &|_, _| true));
+    assert!(matches!(to, Destination::Flow(_)), "{to:?}");
+    assert_eq!(core.toward_clients().pending(now), 1);
+    for (status, pending) in [("180 Ringing", 1), ("486 Busy Here", 0)] {
+        let answer = tcp(registrar_answer(&offered, status, ""), agent, 1);
+        let (to, relayed) = sent(&core.handle(&answer, now, &|_, _| true));
+        assert_eq!(to, Destination::Upstream, "{relayed}");
+        assert_eq!(
+            core.toward_clients().pending(now),
+            pending,
+            "after {status}"
+        );
+    }
+    let offer = offer_along(&path, "agent-a", agent);
+    let again = offer.bytes.clone();
+    let offer = Inbound {
+        bytes: bytes::Bytes::from(
+            String::from_utf8_lossy(&again).replace("z9hG4bK-INVITE-", "z9hG4bK-second-"),
+        ),
+        ..offer
+    };
+    let _ = core.handle(&offer, now, &|_, _| true);
+    assert_eq!(core.toward_clients().pending(now), 1);
+    core.not_sent_toward_client(&offer, now);
+    assert_eq!(core.toward_clients().pending(now), 0);
+}
+
 /// A REGISTER from `agent` with CSeq `cseq` (and a branch of its own),
 /// relayed upstream by `core`; returns the relayed text.
 fn relay_register(core: &Core, agent: SocketAddr, cseq: u32) -> String {
