@@ -521,6 +521,7 @@ fn spawn_control(
             requested,
             core.clone(),
             queue,
+            ctx.connections.clone(),
             limit,
             shutdown.clone(),
         ));

@@ -18,9 +18,9 @@
 //! [`CANCELLED_ANSWERED_WITHIN`]. So are the calls of TCP/TLS clients
 //! ringing at a UDP registrar (their client transactions keep each INVITE
 //! until its final answer, for Timer C): when the drain runs out, each is
-//! cancelled and its caller answered `408` at once, as Timer C would. Not
-//! pending too: the registrar's requests relayed toward this instance's
-//! clients until their final answers (the callee side,
+//! cancelled and its caller answered `408` at once, as Timer C would. The
+//! registrar's INVITEs relayed toward this instance's clients are pending
+//! too, until their final answers (the callee side,
 //! [`crate::proxy::toward_clients`]), so a callee's answer finds its
 //! connection open; when the drain runs out they are left to the
 //! registrar. Not pending, so not waited for: a UDP client's calls ringing
@@ -35,6 +35,7 @@ use tracing::{info, warn};
 
 use crate::proxy::Core;
 use crate::transport::answers::CANCELLED_ANSWERED_WITHIN;
+use crate::transport::connections::Connections;
 use crate::transport::upstream::UpstreamBacklog;
 
 /// How long nothing must be pending before a draining instance stops: the
@@ -87,8 +88,13 @@ pub struct Pending {
 impl Pending {
     /// What `core` and the queue to the registrar hold now (REGISTERs
     /// whose answer is overdue are swept first: they are not pending any
-    /// more).
-    pub fn of(core: &Core, upstream_backlog: Option<&UpstreamBacklog>) -> Self {
+    /// more; so are INVITEs toward clients whose connection, in
+    /// `connections`, closed).
+    pub fn of(
+        core: &Core,
+        upstream_backlog: Option<&UpstreamBacklog>,
+        connections: &Connections,
+    ) -> Self {
         core.registrations()
             .expire_pending(std::time::Instant::now());
         Self {
@@ -96,7 +102,11 @@ impl Pending {
             registers: core.registrations().pending(),
             upstream_queue_bytes: upstream_backlog.map_or(0, UpstreamBacklog::queued),
             upstream_unanswered: upstream_backlog.map_or(0, UpstreamBacklog::unanswered),
-            toward_clients: core.toward_clients().pending(std::time::Instant::now()),
+            toward_clients: core
+                .toward_clients()
+                .pending(std::time::Instant::now(), &|id, peer| {
+                    connections.is_open_to(id, peer)
+                }),
         }
     }
 
@@ -112,6 +122,7 @@ pub async fn run(
     requested: CancellationToken,
     core: Arc<Core>,
     upstream_backlog: Option<Arc<UpstreamBacklog>>,
+    connections: Arc<Connections>,
     limit: Duration,
     shutdown: CancellationToken,
 ) {
@@ -120,7 +131,7 @@ pub async fn run(
         () = requested.cancelled() => {}
     }
     let started = Instant::now();
-    let pending = || Pending::of(&core, upstream_backlog.as_deref());
+    let pending = || Pending::of(&core, upstream_backlog.as_deref(), &connections);
     core.start_draining();
     let at_start = pending();
     info!(

@@ -235,12 +235,28 @@ impl<V: HeapBytes> ExpiringMap<V> {
         from: usize,
         count: usize,
     ) -> (usize, Option<usize>) {
+        self.retain_chunk(now, from, count, |_| true)
+    }
+
+    /// [`sweep_chunk`](Self::sweep_chunk), removing as well the live
+    /// entries whose value `keep` refuses.
+    pub(crate) fn retain_chunk(
+        &mut self,
+        now: Instant,
+        from: usize,
+        count: usize,
+        keep: impl Fn(&V) -> bool,
+    ) -> (usize, Option<usize>) {
         let now_ms = self.millis(now);
         let end = from.saturating_add(count).min(self.slots.len());
         let mut removed = 0;
         for at in from..end {
             let slot = &self.slots[at];
-            if slot.value.is_some() && slot.deadline_ms <= now_ms {
+            let gone = match &slot.value {
+                Some(value) => slot.deadline_ms <= now_ms || !keep(value),
+                None => false,
+            };
+            if gone {
                 self.unlink_and_free(at as u32);
                 removed += 1;
             }

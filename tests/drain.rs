@@ -366,84 +366,126 @@ fn a_drain_that_runs_out_cancels_a_stream_clients_call_ringing_at_a_udp_registra
     assert!(log.contains("\"rule\":\"proxy.request-timeout\""), "{log}");
 }
 
+/// An agent registered over TCP through a sipadmit (`drain_secs = 20`)
+/// relaying to a UDP registrar stub, ringing with a call a caller
+/// elsewhere (another node of the pool) sent along its Path; then SIGTERM.
+struct RingingAgent {
+    sipadmit: Sipadmit,
+    agent: TcpStream,
+    caller: UdpSocket,
+    /// The INVITE as the agent read it.
+    offered: String,
+    _registrar: Registrar,
+    _dir: tempfile::TempDir,
+}
+
+impl RingingAgent {
+    fn start() -> Self {
+        use common::sip_stream::{header_values, take_message, uas_response};
+        use std::io::Read;
+        let registrar = Registrar::start();
+        let dir = tempfile::tempdir().unwrap();
+        let (mut sipadmit, listeners) =
+            start_toward(dir.path(), &format!("udp:{}", registrar.addr), 20);
+        // The agent registers over TCP; the registrar stub saw its Path.
+        let mut agent = TcpStream::connect(listeners.tcp).unwrap();
+        agent.set_read_timeout(Some(BOUND)).unwrap();
+        let mut reader = BufReader::new(agent.try_clone().unwrap());
+        let me = agent.local_addr().unwrap();
+        agent
+            .write_all(request("REGISTER", "TCP", me, 1, "").as_bytes())
+            .unwrap();
+        assert!(read_status(&mut reader).starts_with("SIP/2.0 200"));
+        let path = {
+            let requests = registrar.requests.lock().unwrap();
+            let register = requests
+                .iter()
+                .find(|r| r.starts_with("REGISTER "))
+                .unwrap();
+            header_values(register, "Path")[0].to_owned()
+        };
+        let caller = UdpSocket::bind("127.0.0.1:0").unwrap();
+        caller.set_read_timeout(Some(BOUND)).unwrap();
+        let from = caller.local_addr().unwrap();
+        let invite = request("INVITE", "UDP", from, 7, "")
+            .replacen(
+                "sip:alice@contoso.com",
+                &format!("sip:alice@{me};transport=tcp"),
+                1,
+            )
+            .replace(
+                "Max-Forwards: 70\r\n",
+                &format!("Max-Forwards: 70\r\nRoute: {path}\r\n"),
+            );
+        caller.send_to(invite.as_bytes(), listeners.udp).unwrap();
+        let mut buffer = Vec::new();
+        let offered = loop {
+            if let Some(message) = take_message(&mut buffer) {
+                break message;
+            }
+            let mut chunk = [0u8; 16 * 1024];
+            let n = reader
+                .read(&mut chunk)
+                .expect("the INVITE toward the agent");
+            assert!(n > 0, "closed before the INVITE");
+            buffer.extend_from_slice(&chunk[..n]);
+        };
+        assert!(offered.starts_with("INVITE "), "{offered}");
+        agent
+            .write_all(uas_response(&offered, "180 Ringing", "agent", "").as_bytes())
+            .unwrap();
+        assert!(answer(&caller).starts_with("SIP/2.0 180"));
+        sipadmit.signal("TERM");
+        let draining = sipadmit.wait_for("draining: new requests");
+        assert_eq!(field(&draining, "toward_clients"), "1", "{draining}");
+        Self {
+            sipadmit,
+            agent,
+            caller,
+            offered,
+            _registrar: registrar,
+            _dir: dir,
+        }
+    }
+}
+
 /// The callee side: a call relayed toward an agent connected over TCP is
 /// pending while the agent rings, so a drain does not close its
 /// connection under it; the agent's final answer, sent after SIGTERM, goes
 /// back to the caller, and then the drain ends.
 #[test]
 fn a_drain_waits_for_the_answer_of_a_call_ringing_at_one_of_its_clients() {
-    use common::sip_stream::{header_values, take_message, uas_response};
-    use std::io::Read;
-    let registrar = Registrar::start();
-    let dir = tempfile::tempdir().unwrap();
-    let (mut sipadmit, listeners) =
-        start_toward(dir.path(), &format!("udp:{}", registrar.addr), 20);
-    // The agent registers over TCP; the registrar stub saw its Path.
-    let mut agent = TcpStream::connect(listeners.tcp).unwrap();
-    agent.set_read_timeout(Some(BOUND)).unwrap();
-    let mut reader = BufReader::new(agent.try_clone().unwrap());
-    let me = agent.local_addr().unwrap();
-    agent
-        .write_all(request("REGISTER", "TCP", me, 1, "").as_bytes())
-        .unwrap();
-    assert!(read_status(&mut reader).starts_with("SIP/2.0 200"));
-    let path = {
-        let requests = registrar.requests.lock().unwrap();
-        let register = requests
-            .iter()
-            .find(|r| r.starts_with("REGISTER "))
-            .unwrap();
-        header_values(register, "Path")[0].to_owned()
-    };
-    // A caller elsewhere (another node of the pool) calls the agent along
-    // that Path; the agent rings.
-    let caller = UdpSocket::bind("127.0.0.1:0").unwrap();
-    caller.set_read_timeout(Some(BOUND)).unwrap();
-    let from = caller.local_addr().unwrap();
-    let invite = request("INVITE", "UDP", from, 7, "")
-        .replacen(
-            "sip:alice@contoso.com",
-            &format!("sip:alice@{me};transport=tcp"),
-            1,
-        )
-        .replace(
-            "Max-Forwards: 70\r\n",
-            &format!("Max-Forwards: 70\r\nRoute: {path}\r\n"),
-        );
-    caller.send_to(invite.as_bytes(), listeners.udp).unwrap();
-    let mut buffer = Vec::new();
-    let offered = loop {
-        if let Some(message) = take_message(&mut buffer) {
-            break message;
-        }
-        let mut chunk = [0u8; 16 * 1024];
-        let n = reader
-            .read(&mut chunk)
-            .expect("the INVITE toward the agent");
-        assert!(n > 0, "closed before the INVITE");
-        buffer.extend_from_slice(&chunk[..n]);
-    };
-    assert!(offered.starts_with("INVITE "), "{offered}");
-    agent
-        .write_all(uas_response(&offered, "180 Ringing", "agent", "").as_bytes())
-        .unwrap();
-    assert!(answer(&caller).starts_with("SIP/2.0 180"));
-    sipadmit.signal("TERM");
-    let draining = sipadmit.wait_for("draining: new requests");
-    assert_eq!(field(&draining, "toward_clients"), "1", "{draining}");
+    use common::sip_stream::uas_response;
+    let mut ringing = RingingAgent::start();
     // Well past the quiet second a drain with nothing pending ends after.
     std::thread::sleep(Duration::from_millis(1800));
     assert!(
-        sipadmit.child.try_wait().unwrap().is_none(),
+        ringing.sipadmit.child.try_wait().unwrap().is_none(),
         "the drain ended with the agent ringing"
     );
-    agent
-        .write_all(uas_response(&offered, "486 Busy Here", "agent", "").as_bytes())
-        .unwrap();
-    let busy = answer(&caller);
+    let busy = uas_response(&ringing.offered, "486 Busy Here", "agent", "");
+    ringing.agent.write_all(busy.as_bytes()).unwrap();
+    let busy = answer(&ringing.caller);
     assert!(busy.starts_with("SIP/2.0 486"), "{busy}");
+    let stderr = ringing.sipadmit.exited();
+    assert!(stderr.contains("drained: nothing pending"), "{stderr}");
+}
+
+/// A ringing agent whose connection closes cannot answer on it: the drain
+/// stops waiting for it (trial 33: it waited out `drain_secs`).
+#[test]
+fn a_drain_does_not_wait_for_an_agent_whose_connection_closed() {
+    let ringing = RingingAgent::start();
+    let closed = Instant::now();
+    drop(ringing.agent);
+    let mut sipadmit = ringing.sipadmit;
     let stderr = sipadmit.exited();
     assert!(stderr.contains("drained: nothing pending"), "{stderr}");
+    assert!(
+        closed.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        closed.elapsed()
+    );
 }
 
 #[test]

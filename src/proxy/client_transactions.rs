@@ -116,6 +116,12 @@ impl TransactionMethod {
             _ => Some(Self::Other),
         }
     }
+
+    /// The method class of `message`'s CSeq; `None` for ACK, or without
+    /// a CSeq.
+    pub fn of_view(message: &crate::sip::SipView) -> Option<Self> {
+        Self::of(message.cseq().ok()?.method)
+    }
 }
 
 /// What identifies a client transaction (RFC 3261 17.1.3): the branch of
@@ -418,6 +424,9 @@ impl Table {
             self.ended_order = VecDeque::new();
             self.acks = HashMap::new();
             self.ringing = HashMap::new();
+            // Their bytes went with them (each forgotten with its ending).
+            debug_assert_eq!((self.ack_bytes, self.ringing_bytes), (0, 0));
+            (self.ack_bytes, self.ringing_bytes) = (0, 0);
         }
         if self.ended_order.is_empty() && self.entries.is_empty() && !self.timers.is_empty() {
             self.timers = BinaryHeap::new();
@@ -724,7 +733,10 @@ impl ClientTransactions {
         let bytes = transaction.send.bytes.len() + ACK_OVERHEAD;
         if table.bytes() + bytes + ENDED_BYTES <= self.max_bytes {
             table.ack_bytes += bytes;
-            table.acks.insert(key, transaction.send.clone());
+            // One of an earlier transaction of the same branch goes.
+            if let Some(old) = table.acks.insert(key, transaction.send.clone()) {
+                table.ack_bytes -= old.bytes.len() + ACK_OVERHEAD;
+            }
         }
         self.remember(table, key, now, Ending::RungOut);
         // Its CANCEL's answers are consumed, even when the CANCEL finds
@@ -860,8 +872,12 @@ impl ClientTransactions {
     /// Give every kept transaction up at `now`: their next timers time
     /// them out, so that each client is answered (`408`) rather than left
     /// without a final response when the instance stops (the end of a drain
-    /// that ran out of time). Every INVITE ringing is rung out at its next
-    /// timer ([`Due::RingingGivenUp`]: cancelled, its client answered).
+    /// that ran out of time). Every INVITE ringing at the registrar is rung
+    /// out at its next timer ([`Due::RingingGivenUp`]: cancelled, its
+    /// client answered); those ringing at clients (the registrar's, sent
+    /// toward them) are left to the registrar, which ends its calls itself
+    /// (with a CANCEL of its own, once the drain has cancelled the callers'
+    /// side at a stream registrar).
     pub fn give_up_all(&self, now: Instant) {
         let mut table = self.lock();
         let keys: Vec<TransactionKey> = table.entries.keys().copied().collect();
@@ -873,7 +889,10 @@ impl ClientTransactions {
                 entry.timer = timer;
             }
         }
-        let ringing: Vec<TransactionKey> = table.ringing.keys().copied().collect();
+        let ringing: Vec<TransactionKey> = (table.ringing.iter())
+            .filter(|(_, r)| r.transaction.send.to == super::Destination::Upstream)
+            .map(|(key, _)| *key)
+            .collect();
         for key in ringing {
             if let Some(r) = table.ringing.get_mut(&key) {
                 r.armed = now;
@@ -979,6 +998,20 @@ mod tests {
         assert_eq!(table.answered(&ringing, 180, t0), Answered::Kept);
         table.start_own(transaction(key(5, TransactionMethod::Cancel), 50), t0);
         assert_eq!(table.owed(), 4);
+        // The registrar's call ringing at a UDP client: left to the
+        // registrar (owed, not rung out).
+        let callee = key(6, TransactionMethod::Invite);
+        let mut toward = transaction(callee, 100);
+        toward.send.to = Destination::Flow(super::super::flow::Flow {
+            transport: Transport::Udp,
+            peer: "127.0.0.1:40001".parse().unwrap(),
+            connection: None,
+            local: None,
+            client: String::new(),
+        });
+        table.start(toward, t0);
+        assert_eq!(table.answered(&callee, 180, t0), Answered::Kept);
+        assert_eq!(table.owed(), 5);
         let later = t0 + Duration::from_millis(100);
         // A provisional answer after the give-up does not keep it ringing.
         table.give_up_all(later);
@@ -996,7 +1029,7 @@ mod tests {
                 .any(|d| matches!(d, Due::RingingGivenUp(t) if t.key == ringing)),
             "{due:?}"
         );
-        assert_eq!(table.owed(), 0);
+        assert_eq!(table.owed(), 1, "the callee's call rings on");
         assert!(table.is_empty());
         assert!(
             table.due(t0 + Duration::from_secs(60)).is_empty(),

@@ -496,19 +496,16 @@ impl Core {
     }
 
     /// A request of the registrar's side could not be sent to its client
-    /// flow: no answer to wait for.
+    /// flow: an INVITE's answer is not to be waited for.
     pub fn not_sent_toward_client(&self, inbound: &Inbound, now: Instant) {
+        if !inbound.bytes.starts_with(b"INVITE ") {
+            return;
+        }
         let Ok(view) = SipView::parse(inbound.bytes.clone()) else {
             return;
         };
-        let method = view
-            .cseq()
-            .ok()
-            .and_then(|c| client_transactions::TransactionMethod::of(c.method));
-        if let (Ok(via), Some(method)) = (view.top_via(), method) {
-            if let Some(branch) = via.branch() {
-                self.toward_clients.forget(branch, method, now);
-            }
+        if let Some(branch) = view.top_via().ok().and_then(|via| via.branch()) {
+            self.toward_clients.forget(branch, now);
         }
     }
 
@@ -841,8 +838,14 @@ impl Core {
                 send: send.clone(),
                 inbound: inbound.clone(),
             };
-            let kept =
-                self.client_transactions.start_own(own, now) == client_transactions::Start::Started;
+            let start = self.client_transactions.start_own(own, now);
+            if start == client_transactions::Start::NoRoom {
+                self.untracked(
+                    now,
+                    "client transaction table full: a CANCEL of sipadmit's own went out once, without retransmissions",
+                );
+            }
+            let kept = start == client_transactions::Start::Started;
             let outcome = Outcome::Relay {
                 send,
                 record: None,

@@ -774,11 +774,12 @@ impl Core {
         if record.is_none() {
             self.relayed_unrecorded(ctx, decision.rule)?;
         }
-        if let (Destination::Flow(_), Some(branch), Some(method)) =
-            (&to, top_via.branch(), cseq_method(ctx))
+        if let (Destination::Flow(flow), Method::Invite, Some(branch)) =
+            (&to, ctx.method, top_via.branch())
         {
             // The callee's answer is awaited (a drain waits for it).
-            self.toward_clients.relayed(branch, method, ctx.now);
+            let callee = flow.connection.map(|id| (id.connection, flow.peer));
+            self.toward_clients.relayed(branch, callee, ctx.now);
         }
         let send = Outbound { to, bytes };
         if let Some(invite) = acknowledged_invite(ctx, &hop, branch) {
@@ -1173,13 +1174,8 @@ fn retransmit_key(
     }
     Some(TransactionKey {
         branch: (branch.transaction, branch.loop_mark),
-        method: cseq_method(ctx)?,
+        method: TransactionMethod::of_view(ctx.view)?,
     })
-}
-
-/// The transaction class of a request's CSeq method; `None` for ACK.
-fn cseq_method(ctx: &RequestCtx<'_>) -> Option<TransactionMethod> {
-    TransactionMethod::of(ctx.view.cseq().ok()?.method)
 }
 
 /// The rule of the `200` to a CANCEL of an INVITE this proxy answered, in

@@ -70,6 +70,11 @@ impl Core {
             return discard(DropReason::MalformedResponse);
         }
         if let Some(outcome) = self.after_a_final_answer(inb, view, now) {
+            // A callee's answer consumed here (a TCP/TLS registrar's call
+            // over UDP, rung out) still ends the wait for it.
+            if let Some(next_via) = view.values(HeaderName::Via).nth(1) {
+                self.callee_answered(view, next_via, now);
+            }
             return outcome;
         }
         let Ok(via) = view.top_via() else {
@@ -216,18 +221,16 @@ impl Core {
     }
 
     /// A client's answer to a request relayed toward it (whose Via,
-    /// `next_via`, is under this proxy's): what [`super::toward_clients`]
-    /// awaits.
+    /// `next_via`, is under this proxy's): an INVITE's is what
+    /// [`super::toward_clients`] awaits.
     fn callee_answered(&self, view: &SipView, next_via: &[u8], now: Instant) {
-        let method = view
-            .cseq()
-            .ok()
-            .and_then(|c| TransactionMethod::of(c.method));
+        if !view.cseq().is_ok_and(|c| c.method == b"INVITE") {
+            return;
+        }
         let via = crate::sip::Via::parse(next_via).ok();
-        if let (Some(branch), Some(method), Some(status)) =
-            (via.as_ref().and_then(|v| v.branch()), method, view.status())
+        if let (Some(branch), Some(status)) = (via.as_ref().and_then(|v| v.branch()), view.status())
         {
-            self.toward_clients.answered(branch, method, status, now);
+            self.toward_clients.answered(branch, status, now);
         }
     }
 
@@ -332,10 +335,7 @@ impl Core {
             return Answered::Unknown;
         };
         let branch = via.branch().and_then(Branch::parse);
-        let method = view
-            .cseq()
-            .ok()
-            .and_then(|c| TransactionMethod::of(c.method));
+        let method = TransactionMethod::of_view(view);
         if let (Some(branch), Some(method), Some(status)) = (branch, method, view.status()) {
             if self.is_own(&via) {
                 let key = TransactionKey {

@@ -798,13 +798,13 @@ fn an_offer_relayed_toward_an_agent_is_pending_until_its_final_answer() {
     let (to, offered) =
         sent(&core.handle(&offer_along(&path, "agent-a", agent), now, &|_, _| true));
     assert!(matches!(to, Destination::Flow(_)), "{to:?}");
-    assert_eq!(core.toward_clients().pending(now), 1);
+    assert_eq!(core.toward_clients().pending(now, &|_, _| true), 1);
     for (status, pending) in [("180 Ringing", 1), ("486 Busy Here", 0)] {
         let answer = tcp(registrar_answer(&offered, status, ""), agent, 1);
         let (to, relayed) = sent(&core.handle(&answer, now, &|_, _| true));
         assert_eq!(to, Destination::Upstream, "{relayed}");
         assert_eq!(
-            core.toward_clients().pending(now),
+            core.toward_clients().pending(now, &|_, _| true),
             pending,
             "after {status}"
         );
@@ -818,9 +818,9 @@ fn an_offer_relayed_toward_an_agent_is_pending_until_its_final_answer() {
         ..offer
     };
     let _ = core.handle(&offer, now, &|_, _| true);
-    assert_eq!(core.toward_clients().pending(now), 1);
+    assert_eq!(core.toward_clients().pending(now, &|_, _| true), 1);
     core.not_sent_toward_client(&offer, now);
-    assert_eq!(core.toward_clients().pending(now), 0);
+    assert_eq!(core.toward_clients().pending(now, &|_, _| true), 0);
 }
 
 /// A REGISTER from `agent` with CSeq `cseq` (and a branch of its own),

@@ -400,9 +400,8 @@ impl ClientTls {
             Handshake::Unreached => UpstreamCheck::Unreached,
             Handshake::Failed(detail) => match handshake_with(&self.upstream.load(), upstream) {
                 Handshake::Done => return Err(UpstreamReloadError::LocksOut { detail }),
-                Handshake::Unreached | Handshake::Failed(_) => {
-                    UpstreamCheck::FailsAsBefore { detail }
-                }
+                Handshake::Failed(_) => UpstreamCheck::FailsAsBefore { detail },
+                Handshake::Unreached => UpstreamCheck::FailsUncompared { detail },
             },
         };
         self.upstream.store(Arc::new(built));
@@ -453,6 +452,12 @@ pub enum UpstreamCheck {
     /// The registrar's handshake fails with them, and with those in use
     /// too (taken: they lock out nobody the old ones let in).
     FailsAsBefore {
+        /// How the handshake with the new settings failed.
+        detail: String,
+    },
+    /// The registrar's handshake fails with them, and it could not be
+    /// reached again to try those in use (taken: nothing to judge by).
+    FailsUncompared {
         /// How the handshake with the new settings failed.
         detail: String,
     },
@@ -735,6 +740,9 @@ impl TlsContexts {
                         }
                         UpstreamCheck::FailsAsBefore { detail } => {
                             tracing::warn!(upstream = %addr, server_name = %server_name, problem = %detail, "TLS upstream files and settings reloaded, but the registrar's handshake fails with them, as with the ones before")
+                        }
+                        UpstreamCheck::FailsUncompared { detail } => {
+                            tracing::warn!(upstream = %addr, server_name = %server_name, problem = %detail, "TLS upstream files and settings reloaded, but the registrar's handshake fails with them (the ones before could not be tried: the registrar was not reached again)")
                         }
                     }
                     applied.upstream = wanted;
