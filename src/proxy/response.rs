@@ -84,16 +84,8 @@ impl Core {
             debug!(source = %inb.source, "response not addressed to this proxy discarded");
             return discard(DropReason::ForeignResponse);
         }
-        // The registrar's answer to this proxy's own OPTIONS probe: its
-        // arrival is what the probe is for (`/readyz`); nothing to relay.
-        if inb.from_registrar()
-            && via
-                .branch()
-                .is_some_and(|b| b.starts_with(PROBE_BRANCH_PREFIX.as_bytes()))
-        {
-            Metrics::inc(&self.metrics.upstream_probe_answers);
-            debug!(source = %inb.source, status = view.status(), "the registrar answered the OPTIONS probe");
-            return Outcome::Consumed;
+        if let Some(consumed) = self.probe_answered(inb, &via, view) {
+            return consumed;
         }
         // The back token of a request relayed toward a client, if any.
         let back = via.params.get(BACK_PARAM.as_bytes());
@@ -132,6 +124,26 @@ impl Core {
             record: None,
             retransmit: None,
         }
+    }
+
+    /// The registrar's answer to this proxy's own OPTIONS probe (top Via
+    /// `via`): its arrival is what the probe is for (`/readyz`), so it is
+    /// consumed, nothing to relay.
+    fn probe_answered(
+        &self,
+        inb: &Inbound,
+        via: &crate::sip::Via<'_>,
+        view: &SipView,
+    ) -> Option<Outcome> {
+        let probe = via
+            .branch()
+            .is_some_and(|b| b.starts_with(PROBE_BRANCH_PREFIX.as_bytes()));
+        if !(inb.from_registrar() && probe) {
+            return None;
+        }
+        Metrics::inc(&self.metrics.upstream_probe_answers);
+        debug!(source = %inb.source, status = view.status(), "the registrar answered the OPTIONS probe");
+        Some(Outcome::Consumed)
     }
 
     /// A malformed response, about to be dropped: not relayed, so it

@@ -493,19 +493,17 @@ fn local_answers_are_recorded_and_an_unanswerable_ack_is_recorded_as_a_drop() {
     assert_eq!((r.action, r.status), (Action::Drop, None));
 }
 
-/// Register `user` over TCP connection 1 from `peer` through `core`;
+/// Register a Lync 2013 client over TCP connection 1 from `peer` through `core`;
 /// returns the Path URI the registrar would use.
 fn register_over_tcp(core: &Core, peer: SocketAddr) -> String {
-    let out = handle(
-        core,
-        &tcp(
-            request("REGISTER", "sip:contoso.com", peer, LYNC, "")
-                .replace("SIP/2.0/UDP", "SIP/2.0/TCP"),
-            peer,
-            1,
-        ),
-    );
-    let (_, relayed) = sent(&out);
+    register_over_tcp_as(core, peer, LYNC)
+}
+
+/// [`register_over_tcp`] with User-Agent `ua`.
+fn register_over_tcp_as(core: &Core, peer: SocketAddr, ua: &str) -> String {
+    let register =
+        request("REGISTER", "sip:contoso.com", peer, ua, "").replace("SIP/2.0/UDP", "SIP/2.0/TCP");
+    let (_, relayed) = sent(&handle(core, &tcp(register, peer, 1)));
     header_values(&relayed, "Path")[0]
         .trim_matches(|c| c == '<' || c == '>')
         .to_owned()
@@ -602,12 +600,7 @@ fn a_would_reject_offer_to_a_closed_flow_keeps_would_reject_on_its_430_record() 
     let monitor = CONFIG.replace("[proxy]", "[proxy]\nmode = \"monitor\"");
     let core = Core::detached(&monitor).unwrap();
     let agent: SocketAddr = "127.0.0.1:41600".parse().unwrap();
-    let register = request("REGISTER", "sip:contoso.com", agent, MOBILE, "")
-        .replace("SIP/2.0/UDP", "SIP/2.0/TCP");
-    let (_, relayed) = sent(&handle(&core, &tcp(register, agent, 1)));
-    let path = header_values(&relayed, "Path")[0]
-        .trim_matches(|c| c == '<' || c == '>')
-        .to_owned();
+    let path = register_over_tcp_as(&core, agent, MOBILE);
     let offer = offer_along(&path, "agent-a", agent);
     let out = core.handle(&offer, Instant::now(), &|_, _| false);
     assert_eq!(status(&out), Some(430));
@@ -1400,12 +1393,7 @@ fn an_invite_inside_a_dialog_is_relayed_undecided_and_unrecorded() {
     let monitor = CONFIG.replace("[proxy]", "[proxy]\nmode = \"monitor\"");
     let core = Core::detached(&monitor).unwrap();
     let agent: SocketAddr = "127.0.0.1:48100".parse().unwrap();
-    let register = request("REGISTER", "sip:contoso.com", agent, MOBILE, "")
-        .replace("SIP/2.0/UDP", "SIP/2.0/TCP");
-    let (_, relayed) = sent(&handle(&core, &tcp(register, agent, 1)));
-    let path = header_values(&relayed, "Path")[0]
-        .trim_matches(|c| c == '<' || c == '>')
-        .to_owned();
+    let path = register_over_tcp_as(&core, agent, MOBILE);
     let offer = offer_along(&path, "agent-a", agent);
     let (_, offered) = sent(&handle(&core, &offer));
     let offer_route = header_values(&offered, "Record-Route");
