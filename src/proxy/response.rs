@@ -181,7 +181,7 @@ impl Core {
             }
             Answered::Own => {
                 Metrics::inc(&self.metrics.upstream_cancel_answers);
-                debug!(source = %inb.source, status = view.status(), call_id = %super::Text(view.call_id()), "the answer to a CANCEL of Timer C consumed");
+                debug!(source = %inb.source, status = view.status(), call_id = %super::Text(view.call_id()), "the answer to a CANCEL of sipadmit's own (Timer C, or a drain's end) consumed");
                 return Some(Outcome::Consumed);
             }
             Answered::RungOut(invite) => {
