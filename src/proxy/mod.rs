@@ -169,6 +169,17 @@ impl Outcome {
         }
     }
 
+    /// `send` goes out without a record or a client transaction of its
+    /// own: a response relayed, an ACK sent again, a retransmission, a
+    /// request of sipadmit's own.
+    fn send(send: Outbound) -> Self {
+        Self::Relay {
+            send,
+            record: None,
+            retransmit: None,
+        }
+    }
+
     /// What is sent and where (an answer goes to [`Destination::Source`]).
     pub fn outbound(&self) -> Option<Outbound> {
         match self {
@@ -767,11 +778,7 @@ impl Core {
             match due {
                 client_transactions::Due::Retransmit(send, inbound, key) => {
                     Metrics::inc(&self.metrics.client_retransmissions);
-                    let outcome = Outcome::Relay {
-                        send,
-                        record: None,
-                        retransmit: None,
-                    };
+                    let outcome = Outcome::send(send);
                     carried.push((inbound, outcome, Some(key)));
                 }
                 client_transactions::Due::TimedOut(inbound) => {
@@ -846,11 +853,7 @@ impl Core {
                 );
             }
             let kept = start == client_transactions::Start::Started;
-            let outcome = Outcome::Relay {
-                send,
-                record: None,
-                retransmit: None,
-            };
+            let outcome = Outcome::send(send);
             carried.push((inbound.clone(), outcome, kept.then_some(key)));
         }
         let answer = self.timed_out(&inbound, now, refusal);

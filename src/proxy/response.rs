@@ -116,14 +116,10 @@ impl Core {
         let Some(bytes) = without_top_via(view) else {
             return discard(DropReason::MalformedResponse);
         };
-        Outcome::Relay {
-            send: Outbound {
-                to: destination,
-                bytes,
-            },
-            record: None,
-            retransmit: None,
-        }
+        Outcome::send(Outbound {
+            to: destination,
+            bytes,
+        })
     }
 
     /// The registrar's answer to this proxy's own OPTIONS probe (top Via
@@ -173,11 +169,7 @@ impl Core {
             Answered::AckAgain(ack) => {
                 Metrics::inc(&self.metrics.client_retransmissions);
                 debug!(source = %inb.source, status = view.status(), call_id = %super::Text(view.call_id()), "copy of a final response acknowledged already: its ACK sent again");
-                return Some(Outcome::Relay {
-                    send: ack,
-                    record: None,
-                    retransmit: None,
-                });
+                return Some(Outcome::send(ack));
             }
             Answered::Own => {
                 Metrics::inc(&self.metrics.upstream_cancel_answers);
@@ -188,11 +180,7 @@ impl Core {
                 if let Some(ack) = Self::ack_of_rung_out(&invite, view) {
                     Metrics::inc(&self.metrics.upstream_cancel_answers);
                     debug!(source = %inb.source, status = view.status(), call_id = %super::Text(view.call_id()), "the final answer to a call that rang through Timer C acknowledged");
-                    return Some(Outcome::Relay {
-                        send: ack,
-                        record: None,
-                        retransmit: None,
-                    });
+                    return Some(Outcome::send(ack));
                 }
                 (
                     DropReason::AfterTimeout,
