@@ -492,7 +492,11 @@ async fn read_messages<S>(
     S: AsyncRead + AsyncWrite + Unpin,
 {
     debug!(leg = info.leg.as_str(), "connection open");
-    let mut state = ReadState::new(ctx, closing.clone());
+    let hand_on_until = match hearing {
+        Hearing::Registrar(_) => ctx.shutdown.clone(),
+        Hearing::Nobody | Hearing::Slot(_) => closing.clone(),
+    };
+    let mut state = ReadState::new(ctx, hand_on_until);
     let stop = loop {
         if state.frame_buffered(id, info, ctx, &mut hearing).await {
             break Stop::Closed;
@@ -610,15 +614,18 @@ struct ReadState {
     opened: Instant,
     /// When the last message (or keep-alive) arrived; `None` before the first.
     last_message: Option<Instant>,
-    /// Cancelled when the connection closes (evicted, or sipadmit
-    /// stopping): a message waiting to be handed on stops waiting.
-    closing: CancellationToken,
+    /// Cancelled when a message waiting to be handed on stops waiting: a
+    /// client's when its connection closes (evicted, or sipadmit stopping);
+    /// the registrar's only when sipadmit stops. A response read in full is
+    /// its request's answer (the link counts it as answered): it goes to its
+    /// client even when the registrar's connection has just failed.
+    hand_on_until: CancellationToken,
 }
 
 impl ReadState {
-    fn new(ctx: &TransportContext, closing: CancellationToken) -> Self {
+    fn new(ctx: &TransportContext, hand_on_until: CancellationToken) -> Self {
         Self {
-            closing,
+            hand_on_until,
             codec: SipCodec::new(ctx.limits.max_message_bytes),
             buf: BytesMut::new(),
             share: BudgetShare {
@@ -649,7 +656,7 @@ impl ReadState {
                     if !hearing.note(&frame, ctx, info) {
                         continue;
                     }
-                    let handled = handle_frame(frame, id, info, ctx, &self.closing).await;
+                    let handled = handle_frame(frame, id, info, ctx, &self.hand_on_until).await;
                     if let Hearing::Slot(slot) = hearing {
                         // A keep-alive refreshes a known flow, never makes one.
                         let proven = match handled {
@@ -725,7 +732,7 @@ impl ReadState {
         match self.codec.decode_eof(&mut self.buf) {
             Ok(Some(frame)) => {
                 if hearing.note(&frame, ctx, info) {
-                    handle_frame(frame, id, info, ctx, &self.closing).await;
+                    handle_frame(frame, id, info, ctx, &self.hand_on_until).await;
                 }
             }
             Ok(None) => {}
@@ -852,8 +859,9 @@ async fn handle_frame(
 /// Hand an admitted message's event to the dispatcher. A client's message
 /// waits first (and its connection is read no further) while the queue to a
 /// stream upstream is nearly full. Waiting for that room or for the
-/// dispatcher ends when the connection is closed (evicted, or sipadmit
-/// stopping): the message is then dropped, logged and counted.
+/// dispatcher ends when `closing` is cancelled (see
+/// [`ReadState::hand_on_until`]): the message is then dropped, logged and
+/// counted.
 async fn hand_on(
     event: Event,
     keep_reading: bool,
@@ -1353,6 +1361,73 @@ mod tests {
         let options = crate::observe::metrics::MessageKind::of(MESSAGE);
         assert_eq!(ctx.metrics.received(Transport::Tcp, options), 3);
         assert!(events.try_recv().is_err(), "nothing reached the dispatcher");
+        ctx.shutdown.cancel();
+    }
+
+    /// The registrar's answers read in full reach the dispatcher though its
+    /// connection fails while they wait for room there: the link counts
+    /// them as answered, so a dropped one would leave its client with no
+    /// answer at all (neither the registrar's nor sipadmit's `503`).
+    #[tokio::test]
+    async fn answers_read_from_a_failed_registrar_connection_are_handed_on() {
+        let (tx, mut events) = mpsc::channel(1);
+        let ctx = TransportContext::for_tests(tx.clone(), 4);
+        let (registrar, server) = tokio::io::duplex(64 * 1024);
+        let info = ConnectionInfo {
+            leg: Leg::FromRegistrar,
+            ..info("127.0.0.1:5080")
+        };
+        // The dispatcher's queue is full.
+        let earlier = Inbound {
+            bytes: Bytes::from_static(MESSAGE),
+            transport: Transport::Tcp,
+            source: PeerAddr(info.peer),
+            local: info.local,
+            connection: None,
+            leg: Leg::FromClient,
+        };
+        tx.send(Event::Received(earlier)).await.unwrap();
+        let spawned = spawn(server, info, &ctx);
+        let answer = |n: u32| {
+            format!(
+                "SIP/2.0 200 OK\r\nVia: SIP/2.0/TCP 127.0.0.1:5060;branch=z9hG4bK-{n}\r\n\
+                 Call-ID: c{n}\r\nCSeq: {n} REGISTER\r\nContent-Length: 0\r\n\r\n"
+            )
+        };
+        let mut registrar = registrar;
+        registrar
+            .write_all(format!("{}{}", answer(1), answer(2)).as_bytes())
+            .await
+            .unwrap();
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while spawned.heard.messages() == 0 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .expect("the first answer is read and waits for the dispatcher");
+        // The registrar is gone: the next write to it fails, which closes
+        // the connection while the first answer waits.
+        drop(registrar);
+        ctx.connections
+            .send(spawned.id, info.peer, Bytes::from_static(MESSAGE))
+            .unwrap();
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while ctx.metrics.faults(Fault::Write) == 0 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .expect("the write fails");
+        // The reader sees its connection closing while the answer waits.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let first = received(&mut events).await;
+        assert_eq!(first.leg, Leg::FromClient, "the earlier message");
+        for n in 1..=2 {
+            let answer_n = received(&mut events).await;
+            assert_eq!(&answer_n.bytes[..], answer(n).as_bytes());
+        }
+        assert_eq!(ctx.metrics.drops(DropReason::ConnectionClosed), 0);
         ctx.shutdown.cancel();
     }
 }
