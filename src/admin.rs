@@ -555,6 +555,12 @@ pub fn metrics_text(state: &AdminState) -> String {
         transactions_evicted: state.core.transactions().evicted(),
         client_transactions: state.core.client_transactions().len(),
         client_transaction_bytes: state.core.client_transactions().accounted_bytes(),
+        invites_toward_clients: state
+            .core
+            .toward_clients()
+            .pending(std::time::Instant::now(), &|id, peer| {
+                state.connections.is_open_to(id, peer)
+            }),
         upstream_queue_bytes: state.upstream_backlog.as_ref().map_or(0, |q| q.queued()),
         decision_records_dropped: state.decision_log.dropped(),
         decision_records_lost: state.decision_log.lost(),

@@ -191,14 +191,15 @@ fn start(dir: &std::path::Path, registrar: &Registrar, drain_secs: u64) -> (Sipa
     (sipadmit, listeners.tcp)
 }
 
-/// The addresses of sipadmit's two listeners.
+/// The addresses of sipadmit's two listeners and its admin listener.
 struct Listeners {
     tcp: SocketAddr,
     udp: SocketAddr,
+    admin: SocketAddr,
 }
 
 /// [`start`], relaying to `upstream` (`udp:` or `tcp:` and an address);
-/// both listeners' addresses.
+/// the listeners' addresses.
 fn start_toward(dir: &std::path::Path, upstream: &str, drain_secs: u64) -> (Sipadmit, Listeners) {
     let config = dir.join("drain.toml");
     std::fs::write(
@@ -211,24 +212,28 @@ fn start_toward(dir: &std::path::Path, upstream: &str, drain_secs: u64) -> (Sipa
             .args(["run", "--config", config.to_str().unwrap()])
             .args(["--listen", "udp:127.0.0.1:0", "--listen", "tcp:127.0.0.1:0"])
             .args(["--upstream", upstream])
+            .args(["--admin", "127.0.0.1:0"])
             .args([
                 "--decision-log",
                 dir.join("decisions.log").to_str().unwrap(),
             ])
             .env("RUST_LOG", "info"),
     );
-    let (mut tcp, mut udp) = (None, None);
-    while tcp.is_none() || udp.is_none() {
+    let (mut tcp, mut udp, mut admin) = (None, None, None);
+    while tcp.is_none() || udp.is_none() || admin.is_none() {
         let line = sipadmit.wait_for("listening");
         let addr: SocketAddr = field(&line, "addr").parse().unwrap();
-        match field(&line, "transport") {
-            "tcp" => tcp = Some(addr),
-            _ => udp = Some(addr),
+        if line.contains("admin listening") {
+            admin = Some(addr);
+        } else if field(&line, "transport") == "tcp" {
+            tcp = Some(addr);
+        } else {
+            udp = Some(addr);
         }
         sipadmit.lines.retain(|l| l != &line);
     }
-    let (tcp, udp) = (tcp.unwrap(), udp.unwrap());
-    (sipadmit, Listeners { tcp, udp })
+    let (tcp, udp, admin) = (tcp.unwrap(), udp.unwrap(), admin.unwrap());
+    (sipadmit, Listeners { tcp, udp, admin })
 }
 
 /// A REGISTER sent over a new TCP connection to `tcp`, once `registrar`
@@ -435,6 +440,14 @@ impl RingingAgent {
             .write_all(uas_response(&offered, "180 Ringing", "agent", "").as_bytes())
             .unwrap();
         assert!(answer(&caller).starts_with("SIP/2.0 180"));
+        let (status, metrics) =
+            common::admin_client::http(listeners.admin, "GET", "/metrics", BOUND);
+        assert_eq!(status, 200, "{metrics}");
+        assert_eq!(
+            common::admin_client::sample(&metrics, "sipadmit_invites_toward_clients"),
+            Some(1.0),
+            "the call ringing at the agent"
+        );
         sipadmit.signal("TERM");
         let draining = sipadmit.wait_for("draining: new requests");
         assert_eq!(field(&draining, "toward_clients"), "1", "{draining}");
@@ -547,7 +560,7 @@ fn a_drain_that_runs_out_answers_408_to_what_a_stalled_tcp_registrar_left_unansw
     // it runs out each client gets a 408, recorded, before sipadmit exits.
     let (registrar, read) = silent_tcp_registrar();
     let dir = tempfile::tempdir().unwrap();
-    let (mut sipadmit, Listeners { tcp, udp }) =
+    let (mut sipadmit, Listeners { tcp, udp, .. }) =
         start_toward(dir.path(), &format!("tcp:{registrar}"), 2);
     let mut conn = TcpStream::connect(tcp).unwrap();
     conn.set_read_timeout(Some(BOUND)).unwrap();

@@ -541,6 +541,9 @@ pub struct Gauges {
     pub client_transactions: usize,
     /// Bytes the client transaction table accounts for.
     pub client_transaction_bytes: usize,
+    /// INVITEs the registrar sent toward this instance's clients that have
+    /// no final answer yet (a drain waits for them).
+    pub invites_toward_clients: usize,
     /// Bytes waiting in the queue of the link to a TCP/TLS upstream.
     pub upstream_queue_bytes: usize,
     /// Decision records dropped because the log writer's queue was full.
@@ -1219,7 +1222,7 @@ const fn gauge(name: &'static str, help: &'static str, samples: Samples) -> Fami
 }
 
 /// Every family, in render order.
-const FAMILIES: [Family; 62] = [
+const FAMILIES: [Family; 63] = [
     gauge(
         "sipadmit_build_info",
         "Always 1; the label names the sipadmit version.",
@@ -1488,6 +1491,11 @@ const FAMILIES: [Family; 62] = [
         Samples::Scraped(|g| g.client_transaction_bytes as u64),
     ),
     gauge(
+        "sipadmit_invites_toward_clients",
+        "INVITEs the registrar sent toward this instance's clients and not answered finally yet (forgotten 64*T1 after the relay without a provisional answer, Timer C after the last one, or when the client's connection closes); a drain waits for them.",
+        Samples::Scraped(|g| g.invites_toward_clients as u64),
+    ),
+    gauge(
         "sipadmit_upstream_queue_bytes",
         "Bytes of messages waiting for the link to a TCP/TLS upstream (bounded by limits.upstream_queue_bytes).",
         Samples::Scraped(|g| g.upstream_queue_bytes as u64),
@@ -1681,6 +1689,7 @@ mod tests {
             rate_limited_sources: 11,
             client_transactions: 12,
             client_transaction_bytes: 13,
+            invites_toward_clients: 15,
             upstream_queue_bytes: 14,
         });
         let mut typed = Vec::new();
@@ -1710,6 +1719,7 @@ mod tests {
             "sipadmit_protocol_answers_total{rule=\"ban.scanner\",status=\"none\"} 1",
             "# TYPE sipadmit_decisions_repeated_total counter",
             "sipadmit_parse_errors_total{reason=\"malformed_start_line\"} 1",
+            "sipadmit_invites_toward_clients 15",
             "sipadmit_local_responses_total{status=\"403\"} 1",
             "sipadmit_config_reloads_total{result=\"failure\"} 1",
             "sipadmit_config_generation 3",
