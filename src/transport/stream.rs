@@ -257,6 +257,20 @@ enum Hearing<'a> {
 }
 
 impl Hearing<'_> {
+    /// Until when a message read in full waits to be handed on (see
+    /// [`ReadState::hand_on_until`]): the registrar's until sipadmit stops,
+    /// a client's until its connection is `closing`.
+    fn hand_on_until(
+        &self,
+        ctx: &TransportContext,
+        closing: &CancellationToken,
+    ) -> CancellationToken {
+        match self {
+            Self::Registrar(_) => ctx.shutdown.clone(),
+            Self::Nobody | Self::Slot(_) => closing.clone(),
+        }
+    }
+
     /// The registrar's link notes each message it sent (not keep-alives).
     /// `false`: a late answer to a request the link gave up (answered
     /// `408` at a drain's end), dropped here, logged and counted
@@ -492,11 +506,7 @@ async fn read_messages<S>(
     S: AsyncRead + AsyncWrite + Unpin,
 {
     debug!(leg = info.leg.as_str(), "connection open");
-    let hand_on_until = match hearing {
-        Hearing::Registrar(_) => ctx.shutdown.clone(),
-        Hearing::Nobody | Hearing::Slot(_) => closing.clone(),
-    };
-    let mut state = ReadState::new(ctx, hand_on_until);
+    let mut state = ReadState::new(ctx, hearing.hand_on_until(ctx, &closing));
     let stop = loop {
         if state.frame_buffered(id, info, ctx, &mut hearing).await {
             break Stop::Closed;
