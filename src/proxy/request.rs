@@ -181,7 +181,13 @@ impl Core {
         halt: Halt<'_>,
     ) -> Outcome {
         match halt {
-            Halt::Refuse(refusal) => self.refuse(ctx, admission, refusal),
+            Halt::Refuse(refusal) => {
+                // A copy of a REGISTER under way answered here (a 503 for
+                // a registrar known down since its first copy went out)
+                // awaits nothing more.
+                self.register_answered_here(ctx);
+                self.refuse(ctx, admission, refusal)
+            }
             Halt::Drop { reason, rule } => {
                 self.metrics.count_drop(reason);
                 let record = rule.map(|rule| self.drop_record(ctx, admission, rule));
@@ -357,7 +363,8 @@ impl Core {
     }
 
     /// A REGISTER relayed and then answered here (503: it could not be
-    /// delivered) awaits nothing more: no draining instance waits for it.
+    /// delivered, or its copy found the registrar known down) awaits
+    /// nothing more: no draining instance waits for it.
     pub(super) fn register_answered_here(&self, ctx: &RequestCtx<'_>) {
         let view = ctx.view;
         let (Method::Register, Some(call_id), Ok(cseq)) = (ctx.method, view.call_id(), view.cseq())

@@ -311,12 +311,16 @@ fn a_resend_answered_503_after_its_first_copy_was_relayed_has_the_503_recorded()
     let relayed = handle(&core, &register);
     assert_eq!(sent(&relayed).0, Destination::Upstream);
     assert_eq!(relayed.into_record().unwrap().action, Action::Allow);
+    assert_eq!(core.registrations().pending(), 1);
     core.metrics()
         .note_udp_upstream_unreachable("ICMP port unreachable".into());
     let answered = handle(&core, &register);
     assert_eq!(status(&answered), Some(503));
     let record = answered.into_record().expect("the 503 is recorded");
     assert_eq!(&*record.rule, "proxy.upstream-unavailable");
+    // Answered here, it awaits nothing more: a drain does not wait for it
+    // (trial 34: a stop after a registrar outage waited out drain_secs).
+    assert_eq!(core.registrations().pending(), 0);
     // A further copy is a retransmission of both: not recorded again.
     let again = handle(&core, &register);
     assert_eq!(status(&again), Some(503));
