@@ -360,8 +360,15 @@ fn would_reject(out: &mut String, s: &Summary) {
     let _ = writeln!(
         out,
         "  {} records relayed in monitor mode would have been refused (rejected or dropped) in enforce mode.",
-        w.total
+        w.total - w.answered_on_the_way
     );
+    if w.answered_on_the_way > 0 {
+        let _ = writeln!(
+            out,
+            "  {} more that monitor mode let through were answered on the way, not relayed (each counted under its protocol rule, such as proxy.upstream-unavailable).",
+            w.answered_on_the_way
+        );
+    }
     let _ = writeln!(out, "  By role: {}", counts_line(&w.by_role));
     top_table(out, "CLIENT", &w.by_client, w.total);
     top_table(out, "RULE", &w.by_rule, w.total);
@@ -374,7 +381,9 @@ fn rejected_and_flagged(out: &mut String, s: &Summary) {
     let _ = writeln!(
         out,
         "  {} rejected, {} flagged ({} of them would_reject)",
-        r.reject, r.flag, s.would_reject.total
+        r.reject,
+        r.flag,
+        s.would_reject.total - s.would_reject.answered_on_the_way
     );
     if whole == 0 {
         return;

@@ -311,6 +311,11 @@ impl Serialize for KeyCount {
 pub struct WouldReject {
     /// Records marked `would_reject`.
     pub total: u64,
+    /// Those of them that are protocol records: requests monitor mode
+    /// flagged that were then answered on the way (a `503` while the
+    /// registrar was known down, a `430`), not relayed; counted under
+    /// their protocol rule.
+    pub answered_on_the_way: u64,
     /// Those records by role.
     pub by_role: NamedCounts,
     /// Those records by client.

@@ -189,6 +189,8 @@ pub struct Tally<'c> {
     would_reject_by_role: [u64; 4],
     would_reject_clients: CappedTable<String>,
     would_reject_rules: CappedTable<String>,
+    /// Protocol records among the would_reject ones.
+    would_reject_answered: u64,
     refused_sources: CappedTable<IpAddr>,
     refused_users: CappedTable<String>,
     refused_workflows: CappedTable<String>,
@@ -238,6 +240,7 @@ impl<'c> Tally<'c> {
             would_reject_by_role: [0; 4],
             would_reject_clients: CappedTable::default(),
             would_reject_rules: CappedTable::default(),
+            would_reject_answered: 0,
             refused_sources: CappedTable::default(),
             refused_users: CappedTable::default(),
             refused_workflows: CappedTable::default(),
@@ -332,6 +335,7 @@ impl<'c> Tally<'c> {
             // an agent whose connection closed): enforce would still have
             // rejected it.
             if r.would_reject {
+                self.would_reject_answered += 1;
                 self.add_would_reject(r);
             }
             return;
@@ -478,6 +482,7 @@ impl<'c> Tally<'c> {
             by_rule: key_counts(self.rules, "rule"),
             would_reject: would_reject(
                 &self.would_reject_by_role,
+                self.would_reject_answered,
                 self.would_reject_clients,
                 self.would_reject_rules,
             ),
@@ -682,15 +687,18 @@ fn protocol_answers(
     }
 }
 
-/// What monitor mode relayed that enforce mode would have rejected: per
-/// role, client and rule.
+/// What monitor mode let through that enforce mode would have rejected:
+/// per role, client and rule; `answered_on_the_way` of them are protocol
+/// records.
 fn would_reject(
     by_role: &[u64; 4],
+    answered_on_the_way: u64,
     clients: CappedTable<String>,
     rules: CappedTable<String>,
 ) -> WouldReject {
     WouldReject {
         total: by_role.iter().sum(),
+        answered_on_the_way,
         by_role: named(ROLES, SessionRole::as_str, by_role),
         by_client: key_counts(clients, "client"),
         by_rule: key_counts(rules, "rule"),
@@ -964,8 +972,17 @@ mod tests {
         let s = summarise(&[gone], TimeRange::default());
         assert_eq!(s.records, 0, "no policy decision");
         assert_eq!(s.would_reject.total, 1);
+        assert_eq!(s.would_reject.answered_on_the_way, 1);
         assert_eq!(s.would_reject.by_role.get("agent-offer"), 1);
         assert_eq!(s.would_reject.by_client[0].key, "lync-mobile");
+        // Not said to be relayed, nor among the flagged (trial 34).
+        let text = crate::report::plain::render(&s);
+        assert!(
+            text.contains("  0 records relayed in monitor mode would have been refused")
+                && text.contains("  1 more that monitor mode let through were answered on the way")
+                && text.contains("  0 rejected, 0 flagged (0 of them would_reject)"),
+            "{text}"
+        );
     }
 
     const BARESIP: &str = "baresip v1.0.0 (x86_64/linux)";
