@@ -605,7 +605,8 @@ fn the_documented_dispatcher_snippet_is_the_tested_config() {
         "if (!ds_select_dst(\"1\", \"4\")) {",
         "t_on_failure(\"POOL_FAILOVER\");",
         "failure_route[POOL_FAILOVER] {",
-        "if (t_check_status(\"503|408\") || (t_branch_timeout() && !t_branch_replied())) {",
+        "if ((t_branch_timeout() && !t_branch_replied())",
+        "|| (t_check_status(\"503\") && $T_rpl($hdr(Server)) =~ \"^sipadmit/\")) {",
         "ds_mark_dst(\"ip\");",
         "if (ds_next_dst()) {",
     ] {

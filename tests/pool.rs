@@ -612,6 +612,78 @@ fn kamailios_dispatcher_follows_sipadmit_in_and_out_of_the_pool() {
     assert!(metrics.protocol_answers("proxy.health", Some(503)) >= 2);
 }
 
+/// A `408` or `503` that sipadmit relays from the registrar (or from a
+/// callee behind it) says nothing about sipadmit (RFC 3261 16.7): the
+/// dispatcher's failure route in docs/pool.md takes an instance out only
+/// when it answered nothing, or answered `503` itself (its `Server:
+/// sipadmit/...`), so it neither marks a healthy instance inactive nor
+/// rings the callee again through another one (trial 35).
+#[test]
+fn kamailios_dispatcher_keeps_an_instance_that_relays_the_registrars_408_or_503() {
+    use common::external::{require_kamailio_module, Kamailio, KamailioOptions};
+    if require_kamailio_module("dispatcher").is_none() {
+        return;
+    }
+    let registrar = udp();
+    let proxy = TestProxy::start(
+        &format!("[proxy]\nupstream_probe_secs = 0\n{RESPONSE_GROUP}"),
+        "127.0.0.1",
+        &format!("udp:{}", registrar.local_addr().unwrap()),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let list = dir.path().join("dispatcher.list");
+    let destination = format!("sip:{}", proxy.udp);
+    std::fs::write(&list, format!("1 {destination} 0 0\n")).unwrap();
+    let Some(kamailio) = Kamailio::try_start(KamailioOptions {
+        template: "kamailio-dispatcher.cfg",
+        substitutions: vec![("DISPATCHER_LIST".into(), list.display().to_string())],
+        ..KamailioOptions::default()
+    }) else {
+        return;
+    };
+    let caller = udp();
+    let me = caller.local_addr().unwrap();
+    for (n, status) in [(1, "408 Request Timeout"), (2, "503 Service Unavailable")] {
+        let invite = format!(
+            "INVITE sip:helpdesk@contoso.com SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bK-ds-{n};rport\r\n\
+             Max-Forwards: 70\r\nFrom: <sip:alice@contoso.com>;tag=ds-{n}\r\nTo: <sip:helpdesk@contoso.com>\r\n\
+             Call-ID: ds-{n}@test\r\nCSeq: 1 INVITE\r\nContact: <sip:alice@{me}>\r\nUser-Agent: {LYNC}\r\n\
+             Content-Length: 0\r\n\r\n"
+        );
+        caller
+            .send_to(invite.as_bytes(), kamailio.udp_addr())
+            .unwrap();
+        let (relayed, from) = recv(&registrar);
+        assert!(relayed.starts_with("INVITE "), "{relayed}");
+        registrar
+            .send_to(response(&relayed, status).as_bytes(), from)
+            .unwrap();
+        let answer = loop {
+            let (answer, _) = recv(&caller);
+            if !answer.starts_with("SIP/2.0 1") {
+                break answer;
+            }
+        };
+        // Kamailio's tm turns a 503 it relays into a 500 (RFC 3261 16.7 step 6).
+        let code = &status[..3];
+        assert!(
+            answer.starts_with(&format!("SIP/2.0 {code}"))
+                || code == "503" && answer.starts_with("SIP/2.0 500"),
+            "{answer}"
+        );
+        // Not tried again through the (only) instance: the registrar got
+        // the INVITE once, and its ACK.
+        let (ack, _) = recv(&registrar);
+        assert!(ack.starts_with("ACK "), "{ack}");
+        assert!(quiet(&registrar), "the INVITE came again");
+    }
+    let log = kamailio.log();
+    assert!(
+        !log.contains("DS-DOWN") && !log.contains("DS-EXHAUSTED") && !log.contains("DS-FAILOVER"),
+        "the instance was taken out for an answer it relayed\n{log}"
+    );
+}
+
 /// Two instances whose HEP collectors are each other's SIP port (a slip
 /// in a pool's configs, which neither `check-config` can see: the other's
 /// port is not its own): each drops what the other mirrors to it as the
