@@ -552,16 +552,33 @@ fn options_to_sipadmit_itself_are_answered_by_its_readiness() {
         .all(|r| r["status"] == 503 && r["action"] == "reject"));
 }
 
+/// Kamailio with `tests/e2e/kamailio-dispatcher.cfg`, `proxy`'s UDP
+/// listener its one destination: the dispatcher, the destination's URI
+/// and the directory of the list file (kept while it runs). `None`: skip
+/// (Kamailio or its dispatcher module missing, outside CI).
+fn dispatcher_in_front_of(
+    proxy: &TestProxy,
+) -> Option<(common::external::Kamailio, String, tempfile::TempDir)> {
+    use common::external::{require_kamailio_module, Kamailio, KamailioOptions};
+    require_kamailio_module("dispatcher")?;
+    let dir = tempfile::tempdir().unwrap();
+    let list = dir.path().join("dispatcher.list");
+    let destination = format!("sip:{}", proxy.udp);
+    std::fs::write(&list, format!("1 {destination} 0 0\n")).unwrap();
+    let kamailio = Kamailio::try_start(KamailioOptions {
+        template: "kamailio-dispatcher.cfg",
+        substitutions: vec![("DISPATCHER_LIST".into(), list.display().to_string())],
+        ..KamailioOptions::default()
+    })?;
+    Some((kamailio, destination, dir))
+}
+
 /// Kamailio's dispatcher module, as the load balancer in front of
 /// sipadmit, probes it with OPTIONS every second (`ds_ping_interval`): it
 /// marks sipadmit inactive while sipadmit answers 503 (its registrar
 /// unknown, then gone) and active again once it answers 200.
 #[test]
 fn kamailios_dispatcher_follows_sipadmit_in_and_out_of_the_pool() {
-    use common::external::{require_kamailio_module, Kamailio, KamailioOptions};
-    if require_kamailio_module("dispatcher").is_none() {
-        return;
-    }
     let silent = udp();
     let registrar_addr = silent.local_addr().unwrap();
     let proxy = TestProxy::start(
@@ -571,15 +588,7 @@ fn kamailios_dispatcher_follows_sipadmit_in_and_out_of_the_pool() {
         "127.0.0.1",
         &format!("udp:{registrar_addr}"),
     );
-    let dir = tempfile::tempdir().unwrap();
-    let list = dir.path().join("dispatcher.list");
-    let destination = format!("sip:{}", proxy.udp);
-    std::fs::write(&list, format!("1 {destination} 0 0\n")).unwrap();
-    let Some(kamailio) = Kamailio::try_start(KamailioOptions {
-        template: "kamailio-dispatcher.cfg",
-        substitutions: vec![("DISPATCHER_LIST".into(), list.display().to_string())],
-        ..KamailioOptions::default()
-    }) else {
+    let Some((kamailio, destination, _dir)) = dispatcher_in_front_of(&proxy) else {
         return;
     };
     let bound = Duration::from_secs(15);
@@ -620,25 +629,13 @@ fn kamailios_dispatcher_follows_sipadmit_in_and_out_of_the_pool() {
 /// rings the callee again through another one (trial 35).
 #[test]
 fn kamailios_dispatcher_keeps_an_instance_that_relays_the_registrars_408_or_503() {
-    use common::external::{require_kamailio_module, Kamailio, KamailioOptions};
-    if require_kamailio_module("dispatcher").is_none() {
-        return;
-    }
     let registrar = udp();
     let proxy = TestProxy::start(
         &format!("[proxy]\nupstream_probe_secs = 0\n{RESPONSE_GROUP}"),
         "127.0.0.1",
         &format!("udp:{}", registrar.local_addr().unwrap()),
     );
-    let dir = tempfile::tempdir().unwrap();
-    let list = dir.path().join("dispatcher.list");
-    let destination = format!("sip:{}", proxy.udp);
-    std::fs::write(&list, format!("1 {destination} 0 0\n")).unwrap();
-    let Some(kamailio) = Kamailio::try_start(KamailioOptions {
-        template: "kamailio-dispatcher.cfg",
-        substitutions: vec![("DISPATCHER_LIST".into(), list.display().to_string())],
-        ..KamailioOptions::default()
-    }) else {
+    let Some((kamailio, _, _dir)) = dispatcher_in_front_of(&proxy) else {
         return;
     };
     let caller = udp();

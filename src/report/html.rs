@@ -772,17 +772,8 @@ fn client_table(out: &mut String, s: &Summary) {
 fn would_reject_tables(out: &mut String, s: &Summary) {
     out.push_str("<h2>Monitor mode: what enforcing would change</h2>\n");
     let w = &s.would_reject;
-    let _ = writeln!(
-        out,
-        "<p>{} records relayed in monitor mode would have been refused (rejected or dropped) in enforce mode.</p>",
-        w.total - w.answered_on_the_way
-    );
-    if w.answered_on_the_way > 0 {
-        let _ = writeln!(
-            out,
-            "<p>{} more that monitor mode let through were answered on the way, not relayed (each counted under its protocol rule, such as proxy.upstream-unavailable).</p>",
-            w.answered_on_the_way
-        );
+    for sentence in w.sentences() {
+        let _ = writeln!(out, "<p>{sentence}</p>");
     }
     if w.total > 0 {
         out.push_str("<div class=\"wide\">");

@@ -357,17 +357,8 @@ fn would_reject(out: &mut String, s: &Summary) {
         );
         return;
     }
-    let _ = writeln!(
-        out,
-        "  {} records relayed in monitor mode would have been refused (rejected or dropped) in enforce mode.",
-        w.total - w.answered_on_the_way
-    );
-    if w.answered_on_the_way > 0 {
-        let _ = writeln!(
-            out,
-            "  {} more that monitor mode let through were answered on the way, not relayed (each counted under its protocol rule, such as proxy.upstream-unavailable).",
-            w.answered_on_the_way
-        );
+    for sentence in w.sentences() {
+        let _ = writeln!(out, "  {sentence}");
     }
     let _ = writeln!(out, "  By role: {}", counts_line(&w.by_role));
     top_table(out, "CLIENT", &w.by_client, w.total);

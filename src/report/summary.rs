@@ -324,6 +324,24 @@ pub struct WouldReject {
     pub by_rule: Vec<KeyCount>,
 }
 
+impl WouldReject {
+    /// What the text and HTML reports say of the `would_reject` records:
+    /// those relayed, then those answered on the way (when there are).
+    pub fn sentences(&self) -> impl Iterator<Item = String> {
+        let relayed = format!(
+            "{} records relayed in monitor mode would have been refused (rejected or dropped) in enforce mode.",
+            self.total - self.answered_on_the_way
+        );
+        let answered = (self.answered_on_the_way > 0).then(|| {
+            format!(
+                "{} more that monitor mode let through were answered on the way, not relayed (each counted under its protocol rule, such as proxy.upstream-unavailable).",
+                self.answered_on_the_way
+            )
+        });
+        std::iter::once(relayed).chain(answered)
+    }
+}
+
 /// Records rejected or flagged.
 #[derive(Debug, Clone, Serialize)]
 pub struct RejectedAndFlagged {
