@@ -1,7 +1,8 @@
 //! A sipadmit pool failing over, with the engines admins run:
 //!
 //! - Kamailio's dispatcher (tests/e2e/kamailio-dispatcher.cfg: stateful,
-//!   probing every second, failing over on 503, 408 and timeouts) in front of
+//!   probing every second, failing over on sipadmit's own 503 and on
+//!   timeouts without any answer) in front of
 //!   two `sipadmit run` processes in front of the Kamailio registrar, SIPp
 //!   registering 200 users a second for 30 s through the dispatcher, while
 //!   one instance is drained (SIGTERM) and started again on its port, then
