@@ -182,7 +182,8 @@ pub struct RateLimit {
     /// `response_group.application_sources` (the registrar, named by
     /// `proxy.upstream_sources`, is exempt too).
     pub trusted: Vec<Network>,
-    /// SIP messages per second from one source, sustained.
+    /// SIP messages per second from one source, sustained: over UDP, and
+    /// apart from that over TCP/TLS connections.
     pub requests_per_second: NonZeroU32,
     /// SIP messages one source may send at once above that rate.
     pub burst: NonZeroU32,

@@ -278,7 +278,8 @@ pub struct RawRateLimit {
     /// and the Response Group application (`response_group.application_sources`)
     /// are exempt too.
     pub trusted: Vec<String>,
-    /// SIP messages per second one source may send, sustained. Default 50.
+    /// SIP messages per second one source may send, sustained: over UDP,
+    /// and apart from that over TCP/TLS connections. Default 50.
     pub requests_per_second: u32,
     /// SIP messages one source may send at once above that rate. Default 200.
     pub burst: u32,

@@ -555,7 +555,8 @@ pub struct Gauges {
     /// Sources banned now (expired bans not swept yet included; at most
     /// `transport::admission::MAX_BANS`).
     pub bans_in_force: usize,
-    /// Sources whose rate-limit buckets are held (not full).
+    /// Message rate-limit buckets held (not full): a source's UDP and
+    /// TCP/TLS buckets each count.
     pub rate_limited_sources: usize,
 }
 
@@ -1507,7 +1508,7 @@ const FAMILIES: [Family; 63] = [
     ),
     gauge(
         "sipadmit_rate_limit_tracked_sources",
-        "Sources whose message rate-limit bucket is held (not full); swept every second.",
+        "Message rate-limit buckets held (not full), a source's UDP bucket and its TCP/TLS bucket each counted; swept every second.",
         Samples::Scraped(|g| g.rate_limited_sources as u64),
     ),
     gauge(

@@ -3,7 +3,9 @@
 //!
 //! A source is an IPv4 address or an IPv6 /64 ([`SourceKey`]). Token
 //! buckets (the `governor` crate, keyed) limit each source's SIP messages
-//! (`rate_limit.requests_per_second`, `burst`) and new stream connections
+//! (`rate_limit.requests_per_second`, `burst`; UDP datagrams and messages
+//! over TCP/TLS connections each have that budget, so that datagrams in a
+//! forged source's name cannot spend its connections') and new stream connections
 //! (`connections_per_second`, bursts up to `max_connections_per_source`);
 //! open connections per source are capped (`max_connections_per_source`).
 //! A source that stays over its limit (its refused messages or connections
@@ -112,8 +114,11 @@ struct Freeze {
 /// What a source spends a freeze's credit on, each at its own rate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum Charge {
-    /// SIP messages (`requests_per_second`).
+    /// SIP messages in UDP datagrams (`requests_per_second`).
     Messages,
+    /// SIP messages over TCP/TLS connections (`requests_per_second`, a
+    /// budget of their own).
+    StreamMessages,
     /// New stream connections (`connections_per_second`).
     Connections,
 }
@@ -430,10 +435,18 @@ struct Bans {
 /// as a whole by a reload).
 struct Limits {
     settings: RateLimit,
+    /// SIP messages in UDP datagrams (and answered keep-alives).
     requests: DefaultKeyedRateLimiter<SourceKey>,
     /// Messages refused by `requests` go through this one; refused here too
     /// means the source stays over its limit: banned.
     request_strikes: DefaultKeyedRateLimiter<SourceKey>,
+    /// SIP messages over TCP/TLS connections, a budget apart from the
+    /// datagrams': a flood of datagrams, whose source may be forged, does
+    /// not spend what the address's connections (a handshake proves an
+    /// address) may send.
+    stream_requests: DefaultKeyedRateLimiter<SourceKey>,
+    /// The strikes of `stream_requests`.
+    stream_request_strikes: DefaultKeyedRateLimiter<SourceKey>,
     connections: DefaultKeyedRateLimiter<SourceKey>,
     connection_strikes: DefaultKeyedRateLimiter<SourceKey>,
 }
@@ -446,16 +459,20 @@ impl Limits {
         Self {
             requests: RateLimiter::keyed(requests),
             request_strikes: RateLimiter::keyed(requests),
+            stream_requests: RateLimiter::keyed(requests),
+            stream_request_strikes: RateLimiter::keyed(requests),
             connections: RateLimiter::keyed(connections),
             connection_strikes: RateLimiter::keyed(connections),
             settings,
         }
     }
 
-    fn limiters(&self) -> [&DefaultKeyedRateLimiter<SourceKey>; 4] {
+    fn limiters(&self) -> [&DefaultKeyedRateLimiter<SourceKey>; 6] {
         [
             &self.requests,
             &self.request_strikes,
+            &self.stream_requests,
+            &self.stream_request_strikes,
             &self.connections,
             &self.connection_strikes,
         ]
@@ -503,7 +520,7 @@ impl fmt::Debug for Admission {
         let limits = self.limits.load();
         f.debug_struct("Admission")
             .field("settings", &limits.settings)
-            .field("tracked_sources", &limits.requests.len())
+            .field("tracked_sources", &self.tracked_sources())
             .finish_non_exhaustive()
     }
 }
@@ -556,7 +573,7 @@ impl Admission {
         let credited = self.freeze_credit.spend(key, charge, per_second, now);
         if credited {
             Metrics::inc(match charge {
-                Charge::Messages => &self.metrics.freeze_credited_messages,
+                Charge::Messages | Charge::StreamMessages => &self.metrics.freeze_credited_messages,
                 Charge::Connections => &self.metrics.freeze_credited_connections,
             });
         }
@@ -643,19 +660,22 @@ impl Admission {
             return Verdict::Banned;
         }
         self.bound_tables(&limits);
-        if limits.requests.check_key(&key).is_ok()
-            || self.credited(
-                key,
-                Charge::Messages,
-                limits.settings.requests_per_second,
-                now,
-            )
+        let (requests, strikes, charge) = match transport.is_stream() {
+            true => (
+                &limits.stream_requests,
+                &limits.stream_request_strikes,
+                Charge::StreamMessages,
+            ),
+            false => (&limits.requests, &limits.request_strikes, Charge::Messages),
+        };
+        if requests.check_key(&key).is_ok()
+            || self.credited(key, charge, limits.settings.requests_per_second, now)
         {
             return Verdict::Pass;
         }
         Metrics::inc(&self.metrics.rate_limited_messages);
-        let banned = limits.request_strikes.check_key(&key).is_err()
-            && self.ban(source, BanCause::Requests, scope, now);
+        let banned =
+            strikes.check_key(&key).is_err() && self.ban(source, BanCause::Requests, scope, now);
         if !banned {
             self.warn_over_limit(source, "messages over rate_limit.requests_per_second");
         }
@@ -936,9 +956,11 @@ impl Admission {
         self.report_held_ban_lines(now);
     }
 
-    /// Sources whose bucket state is held (the message limiter's).
+    /// Sources whose bucket state is held (the message limiters': a source
+    /// that sends both over UDP and over connections counts twice).
     pub fn tracked_sources(&self) -> usize {
-        self.limits.load().requests.len()
+        let limits = self.limits.load();
+        limits.requests.len() + limits.stream_requests.len()
     }
 
     /// Bans in force (expired ones not swept yet included).
@@ -1442,6 +1464,35 @@ mod tests {
             !a.ban(victim, BanCause::Requests, BanScope::Datagrams, now),
             "already banned as widely"
         );
+    }
+
+    /// A datagram's source may be forged: a flood of datagrams kept under
+    /// the ban (not twice over the limit) spends the address's datagram
+    /// budget only, never what its connections may send (trial 36: a TCP
+    /// client got 503s from a UDP flood in its address's name).
+    #[test]
+    fn datagrams_and_connections_each_have_their_own_message_budget() {
+        let a = admission(1, 10);
+        let now = Instant::now();
+        let source = addr("198.51.100.30:5060");
+        for _ in 0..10 {
+            assert_eq!(a.message(source, Transport::Udp, now), Verdict::Pass);
+        }
+        assert!(matches!(
+            a.message(source, Transport::Udp, now),
+            Verdict::OverLimit { banned: false, .. }
+        ));
+        for transport in [Transport::Tcp, Transport::Tls] {
+            for _ in 0..5 {
+                assert_eq!(a.message(source, transport, now), Verdict::Pass);
+            }
+        }
+        // The connections' budget is the address's, whatever the transport.
+        assert!(matches!(
+            a.message(source, Transport::Tcp, now),
+            Verdict::OverLimit { banned: false, .. }
+        ));
+        assert_eq!(a.tracked_sources(), 2);
     }
 
     /// One scanner datagram proves nothing about its source; a scan that
