@@ -912,6 +912,9 @@ pub fn event_loop() -> std::io::Result<tokio::runtime::Runtime> {
 pub async fn run(config: Config, reload: ReloadSignals) -> Result<(), AppError> {
     let signals = Signals::install(reload).map_err(AppError::Signals)?;
     raise_open_file_limit(config.settings.limits.max_connections);
+    // Before the decision log is opened: a directory there is named as
+    // check-config names it.
+    check_on_this_host(&config)?;
     let (decision_log, log_writer) = DecisionLog::open(&config.settings.decision_log)?;
     let bound = bind(&config).await?;
     let shutdown = CancellationToken::new();

@@ -529,6 +529,33 @@ fn a_reload_applies_rate_limit_and_metrics_count_what_it_refuses() {
     assert!(!stderr.contains("needs restart"), "{stderr}");
 }
 
+/// A log rotation that went wrong (a directory left where the decision log
+/// was) keeps no reload from applying the rest: the log is not reopened,
+/// which the journal says, and the new `[rate_limit]` applies (trial 36:
+/// the whole reload failed on `proxy.decision_log`, a restart-only key).
+#[test]
+fn a_directory_where_the_decision_log_was_does_not_fail_a_reload() {
+    let registrar = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let upstream = format!("udp:{}", registrar.local_addr().unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_file(dir.path(), CONFIG);
+    let mut sipadmit = Running::start(&config, &upstream);
+    std::fs::rename(&sipadmit.decision_log, dir.path().join("rotated.jsonl")).unwrap();
+    std::fs::create_dir(&sipadmit.decision_log).unwrap();
+    replace_file(
+        &config,
+        &format!("{CONFIG}\n[rate_limit]\nrequests_per_second = 7\n"),
+    );
+    sipadmit.process.signal("HUP");
+    let reloaded = sipadmit.process.wait_for("config reload");
+    assert!(
+        reloaded.contains("config reloaded") && reloaded.contains("changed=rate_limit"),
+        "{reloaded}"
+    );
+    let (_, stderr) = sipadmit.stop();
+    assert!(stderr.contains("decision log not reopened"), "{stderr}");
+}
+
 // === a UDP registrar that is down (issue 8 item 9) ===
 
 /// A 200 OK for `request` as the registrar sends it (the proxy's Via and

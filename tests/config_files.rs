@@ -939,14 +939,21 @@ fn an_upstream_sipadmit_cannot_use_and_a_directory_as_decision_log_are_refused()
     )
     .unwrap();
 
+    // A directory as the decision log is this host's state: refused at
+    // start and by check-config, not by a load (a reload, which does not
+    // reopen the log, goes on).
     let dir = tempfile::tempdir().unwrap();
-    refused(
-        &format!(
-            "[proxy]\nlisten = [\"udp:127.0.0.1:5060\"]\nupstream = \"udp:127.0.0.1:5070\"\ndecision_log = {:?}\n",
-            dir.path()
-        ),
-        "proxy.decision_log",
-        "is a directory: name a file in it",
+    let in_a_directory = load_str(&format!(
+        "[proxy]\nlisten = [\"udp:127.0.0.1:5060\"]\nupstream = \"udp:127.0.0.1:5070\"\ndecision_log = {:?}\n",
+        dir.path()
+    ))
+    .unwrap();
+    let err = sipadmit::app::check_on_this_host(&in_a_directory).unwrap_err();
+    assert_eq!(problem_keys(&err), ["proxy.decision_log"], "{err}");
+    assert!(
+        err.to_string()
+            .contains("is a directory: name a file in it"),
+        "{err}"
     );
     // A directory the service manager creates at start is not checked.
     load_str(

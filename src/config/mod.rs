@@ -785,11 +785,11 @@ pub fn own_listener_behind(
     this_host(to).then_some(*own)
 }
 
-/// What only this host can tell of `config`: an upstream or a HEP collector
-/// at one of its addresses (`this_host`) behind a listener of its
-/// transport on its port that takes every address
-/// ([`own_listener_behind`]), that is sipadmit itself. Each is a problem
-/// with its key (the flag, when the upstream came from one).
+/// What only this host can tell of `config`: a decision log path that is a
+/// directory; an upstream or a HEP collector at one of its addresses
+/// (`this_host`) behind a listener of its transport on its port that takes
+/// every address ([`own_listener_behind`]), that is sipadmit itself. Each
+/// is a problem with its key (the flag, when the value came from one).
 pub fn problems_on_this_host(
     config: &Config,
     this_host: impl Fn(std::net::IpAddr) -> bool,
@@ -820,6 +820,21 @@ pub fn problems_on_this_host(
         ),
     ];
     let mut problems = Vec::new();
+    // (A directory that does not exist yet is no problem here: the
+    // service manager may create it at start, LogsDirectory=.)
+    if settings.decision_log != "-" && Path::new(&settings.decision_log).is_dir() {
+        let key = match config.overrides.decision_log {
+            Some(_) => "--decision-log",
+            None => "proxy.decision_log",
+        };
+        problems.push(Problem::new(
+            key,
+            format!(
+                "{:?} is a directory: name a file in it",
+                settings.decision_log
+            ),
+        ));
+    }
     for (to, any_stream, key, listener, why) in candidates {
         let Some(to) = to else { continue };
         if let Some(own) = own_listener_behind(&to, &settings.listen, any_stream, &this_host) {
@@ -867,7 +882,9 @@ fn upstream_sources(
 }
 
 /// The decision log destination (`--decision-log` when given, else
-/// `proxy.decision_log`); it must not be empty.
+/// `proxy.decision_log`); it must not be empty. Whether it names a
+/// directory is this host's state, checked at start and by `check-config`
+/// ([`problems_on_this_host`]), not at a reload, which does not reopen it.
 fn decision_log(
     file: &str,
     overrides: &Overrides,
@@ -881,13 +898,6 @@ fn decision_log(
         problem(
             decision_log.key,
             "empty; use a file path or \"-\" for stdout".into(),
-        );
-    } else if decision_log.value != "-" && Path::new(decision_log.value).is_dir() {
-        // (A directory that does not exist yet is no problem here: the
-        // service manager may create it at start, LogsDirectory=.)
-        problem(
-            decision_log.key,
-            format!("{:?} is a directory: name a file in it", decision_log.value),
         );
     }
     decision_log.value.to_owned()
