@@ -64,9 +64,10 @@ pub enum AppError {
         #[source]
         source: std::io::Error,
     },
-    /// What only this host can tell is sipadmit itself: an upstream or a
-    /// HEP collector at one of its addresses behind a listener on its port
-    /// ([`check_on_this_host`]).
+    /// What only this host can tell: an upstream or a HEP collector that is
+    /// sipadmit itself (at one of its addresses, behind a listener on its
+    /// port), a decision log path that is a directory
+    /// ([`check_on_this_host`], called by `run` before anything opens).
     #[error(transparent)]
     OnThisHost(#[from] ConfigError),
     /// The upstream's transport has no listener, so the registrar could
@@ -149,7 +150,6 @@ impl Bound {
 /// `[tls]` files) that `tls:` listeners and a `tls:` upstream need.
 pub async fn bind(config: &Config) -> Result<Bound, AppError> {
     let settings = &config.settings;
-    check_on_this_host(config)?;
     let listens_tls = settings
         .listen
         .iter()

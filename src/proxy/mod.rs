@@ -563,6 +563,13 @@ impl Core {
                     _ => RecordKind::Decision,
                 };
                 let outcome = self.record_once(&view, inbound, kind, outcome, now);
+                if matches!(outcome, Outcome::Answer { .. }) {
+                    // A copy of a REGISTER under way answered here (a 503
+                    // for a registrar known down since its first copy went
+                    // out) awaits nothing more; one dropped does.
+                    let ctx = request::RequestCtx::new(inbound, &view, &runtime, now);
+                    self.register_answered_here(&ctx);
+                }
                 self.note_invite_fate(&view, &outcome, now);
                 outcome
             }

@@ -181,13 +181,7 @@ impl Core {
         halt: Halt<'_>,
     ) -> Outcome {
         match halt {
-            Halt::Refuse(refusal) => {
-                // A copy of a REGISTER under way answered here (a 503 for
-                // a registrar known down since its first copy went out)
-                // awaits nothing more.
-                self.register_answered_here(ctx);
-                self.refuse(ctx, admission, refusal)
-            }
+            Halt::Refuse(refusal) => self.refuse(ctx, admission, refusal),
             Halt::Drop { reason, rule } => {
                 self.metrics.count_drop(reason);
                 let record = rule.map(|rule| self.drop_record(ctx, admission, rule));

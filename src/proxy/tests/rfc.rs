@@ -326,3 +326,32 @@ fn a_resend_answered_503_after_its_first_copy_was_relayed_has_the_503_recorded()
     assert_eq!(status(&again), Some(503));
     assert!(again.into_record().is_none());
 }
+
+#[test]
+fn a_register_copy_dropped_after_a_reload_leaves_its_first_copy_pending() {
+    // Relayed, then a reload turns the policy's verdict: the copy is
+    // dropped (its first copy's fate stands), not answered, so the first
+    // copy still awaits the registrar's answer (review of stop 44).
+    let allow = CONFIG.replace(
+        "[response_group]",
+        "[policy]\nscanner = \"allow\"\n[response_group]",
+    );
+    let reject = allow.replace("scanner = \"allow\"", "scanner = \"reject\"");
+    let core = Core::detached(&allow).unwrap();
+    let register = udp(
+        request(
+            "REGISTER",
+            "sip:contoso.com",
+            client(),
+            "friendly-scanner",
+            "",
+        ),
+        client(),
+    );
+    assert_eq!(sent(&handle(&core, &register)).0, Destination::Upstream);
+    assert_eq!(core.registrations().pending(), 1);
+    core.publish(runtime_from(&reject));
+    let copy = handle(&core, &register);
+    assert_eq!(copy.drop_reason(), Some(DropReason::DecidedBefore));
+    assert_eq!(core.registrations().pending(), 1);
+}
