@@ -479,6 +479,9 @@ impl Drop for BudgetShare {
 enum Stop {
     /// EOF, an error (reported), a ban, or the dispatcher is gone.
     Closed,
+    /// The connection is closing: its writer failed, it was evicted, or
+    /// sipadmit stops.
+    Closing,
     /// No message began for `limits.tcp_idle_timeout_secs`.
     Idle,
     /// A message was not complete `limits.message_deadline_secs` after its
@@ -518,7 +521,7 @@ async fn read_messages<S>(
         // A peer that does not read its answers is read no further.
         if queue.is_backed_up() {
             tokio::select! {
-                () = closing.cancelled() => break Stop::Closed,
+                () = closing.cancelled() => break Stop::Closing,
                 () = &mut timeout => break on_timeout,
                 () = queue.drained() => {}
             }
@@ -542,14 +545,14 @@ async fn read_messages<S>(
                 .max(buf.len() + 1);
             tokio::select! {
                 biased;
-                () = closing.cancelled() => break Stop::Closed,
+                () = closing.cancelled() => break Stop::Closing,
                 () = state.share.hold(want, &ctx.metrics) => {}
                 () = &mut timeout => break on_timeout,
             }
             buf.reserve(want - buf.len());
             tokio::select! {
                 biased;
-                () = closing.cancelled() => break Stop::Closed,
+                () = closing.cancelled() => break Stop::Closing,
                 read = read.read_buf(buf) => read,
                 () = &mut timeout => match last_look(read.read_buf(buf)).await {
                     Some(read) => read,
@@ -570,6 +573,11 @@ async fn read_messages<S>(
             }
         }
     };
+    if matches!(stop, Stop::Closing) {
+        state
+            .read_what_is_left(&mut read, id, info, ctx, &mut hearing)
+            .await;
+    }
     stop.report(ctx, info, state.buf.len());
     ctx.connections.remove(id);
     debug!("connection closed");
@@ -589,7 +597,7 @@ async fn read_first<R: AsyncRead + Unpin>(
     let mut first = [0u8; IDLE_READ_BYTES];
     let read = tokio::select! {
         biased;
-        () = closing.cancelled() => return Err(Stop::Closed),
+        () = closing.cancelled() => return Err(Stop::Closing),
         read = read.read(&mut first) => read,
         () = timeout => match last_look(read.read(&mut first)).await {
             Some(read) => read,
@@ -726,6 +734,53 @@ impl ReadState {
         }
     }
 
+    /// The connection is closing: what its peer sent before, still in the
+    /// socket, is read without waiting and handed on while messages read
+    /// in full may be (see [`Self::hand_on_until`]). When the registrar's
+    /// connection fails (its writer sees the reset of a registrar that
+    /// died), the answers it sent before it died go to their clients, and
+    /// the link counts them as answered instead of answering `503`. A
+    /// client's connection stops at once.
+    async fn read_what_is_left<S>(
+        &mut self,
+        read: &mut ReadHalf<S>,
+        id: ConnectionId,
+        info: ConnectionInfo,
+        ctx: &TransportContext,
+        hearing: &mut Hearing<'_>,
+    ) where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        if self.hand_on_until.is_cancelled() {
+            return;
+        }
+        // One turn of the event loop first, to take in what its last wait
+        // missed (as `last_look` does).
+        tokio::task::yield_now().await;
+        while !self.hand_on_until.is_cancelled() {
+            let want = (self.buf.len() + READ_CHUNK_BYTES)
+                .min(ctx.limits.max_message_bytes + 1)
+                .max(self.buf.len() + 1);
+            tokio::select! {
+                biased;
+                () = self.hand_on_until.cancelled() => return,
+                () = self.share.hold(want, &ctx.metrics) => {}
+            }
+            self.buf.reserve(want - self.buf.len());
+            match futures_util::FutureExt::now_or_never(read.read_buf(&mut self.buf)) {
+                Some(Ok(0)) => return self.frame_at_eof(id, info, ctx, hearing).await,
+                Some(Ok(_)) => {
+                    if self.frame_buffered(id, info, ctx, hearing).await {
+                        return;
+                    }
+                    self.settle();
+                }
+                Some(Err(_)) => return self.cut_off(info, ctx),
+                None => return,
+            }
+        }
+    }
+
     /// What is left at EOF: a last message, or a truncated one (reported).
     async fn frame_at_eof(
         &mut self,
@@ -787,7 +842,7 @@ impl Stop {
     fn report(self, ctx: &TransportContext, info: ConnectionInfo, buffered: usize) {
         let deadline_secs = ctx.limits.message_deadline.as_secs();
         match self {
-            Self::Closed => {}
+            Self::Closed | Self::Closing => {}
             Self::Idle => {
                 info!(
                     idle_secs = ctx.limits.tcp_idle_timeout.as_secs(),
@@ -1380,9 +1435,22 @@ mod tests {
     /// answer at all (neither the registrar's nor sipadmit's `503`).
     #[tokio::test]
     async fn answers_read_from_a_failed_registrar_connection_are_handed_on() {
+        registrar_dies_after_answering(false).await;
+    }
+
+    #[tokio::test]
+    async fn answers_left_in_a_failed_registrar_connection_are_read_and_handed_on() {
+        registrar_dies_after_answering(true).await;
+    }
+
+    /// The registrar answers two requests and dies; sipadmit's next write to
+    /// it fails while its first answer waits for the dispatcher (whose
+    /// queue is full). `second_unread`: its second answer is still in the
+    /// socket then, not read yet. Both answers go to the dispatcher.
+    async fn registrar_dies_after_answering(second_unread: bool) {
         let (tx, mut events) = mpsc::channel(1);
         let ctx = TransportContext::for_tests(tx.clone(), 4);
-        let (registrar, server) = tokio::io::duplex(64 * 1024);
+        let (mut registrar, server) = tokio::io::duplex(64 * 1024);
         let info = ConnectionInfo {
             leg: Leg::FromRegistrar,
             ..info("127.0.0.1:5080")
@@ -1404,11 +1472,12 @@ mod tests {
                  Call-ID: c{n}\r\nCSeq: {n} REGISTER\r\nContent-Length: 0\r\n\r\n"
             )
         };
-        let mut registrar = registrar;
-        registrar
-            .write_all(format!("{}{}", answer(1), answer(2)).as_bytes())
-            .await
-            .unwrap();
+        let sent_first = if second_unread {
+            answer(1)
+        } else {
+            format!("{}{}", answer(1), answer(2))
+        };
+        registrar.write_all(sent_first.as_bytes()).await.unwrap();
         tokio::time::timeout(Duration::from_secs(5), async {
             while spawned.heard.messages() == 0 {
                 tokio::time::sleep(Duration::from_millis(5)).await;
@@ -1416,6 +1485,9 @@ mod tests {
         })
         .await
         .expect("the first answer is read and waits for the dispatcher");
+        if second_unread {
+            registrar.write_all(answer(2).as_bytes()).await.unwrap();
+        }
         // The registrar is gone: the next write to it fails, which closes
         // the connection while the first answer waits.
         drop(registrar);
@@ -1437,6 +1509,7 @@ mod tests {
             let answer_n = received(&mut events).await;
             assert_eq!(&answer_n.bytes[..], answer(n).as_bytes());
         }
+        assert_eq!(spawned.heard.messages(), 2);
         assert_eq!(ctx.metrics.drops(DropReason::ConnectionClosed), 0);
         ctx.shutdown.cancel();
     }
