@@ -54,7 +54,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -63,6 +63,8 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use tracing::{info, warn};
+
+use crate::policy::pattern::Network;
 
 use super::WarningWindow;
 use crate::config::{OverLimit, RateLimit, UpstreamSources};
@@ -227,6 +229,26 @@ impl SourceKey {
                 None => Self::V6((u128::from(v6) >> 64) as u64),
             },
         }
+    }
+}
+
+impl SourceKey {
+    /// Whether every address of this key is in one of `networks` (an IPv6
+    /// key stands for its whole /64).
+    fn is_within(self, networks: &[Network]) -> bool {
+        let (first, last): (IpAddr, IpAddr) = match self {
+            Self::V4(v4) => (Ipv4Addr::from(v4).into(), Ipv4Addr::from(v4).into()),
+            Self::V6(prefix) => {
+                let first = u128::from(prefix) << 64;
+                (
+                    Ipv6Addr::from(first).into(),
+                    Ipv6Addr::from(first | u128::from(u64::MAX)).into(),
+                )
+            }
+        };
+        networks
+            .iter()
+            .any(|n| n.contains(first) && n.contains(last))
     }
 }
 
@@ -603,17 +625,36 @@ impl Admission {
             return false;
         }
         let bans_off = settings.ban.is_none();
+        let trusted = settings.trusted.clone();
         self.limits.store(Arc::new(Limits::new(settings)));
-        if bans_off {
-            let mut bans = self.lock_bans();
-            let now = Instant::now();
-            for (key, ban) in bans.by_source.drain() {
-                self.unbanned(key, &ban, "bans turned off (rate_limit.ban_secs = 0)", now);
+        self.lift_bans(|key| {
+            if bans_off {
+                Some("bans turned off (rate_limit.ban_secs = 0)")
+            } else {
+                key.is_within(&trusted)
+                    .then_some("its addresses are trusted now (rate_limit.trusted)")
             }
-            bans.order.clear();
-            self.bans_held.store(0, Ordering::Relaxed);
-        }
+        });
         true
+    }
+
+    /// Lift (and log) each ban for which `why` gives a reason.
+    fn lift_bans(&self, why: impl Fn(SourceKey) -> Option<&'static str>) {
+        let mut bans = self.lock_bans();
+        let now = Instant::now();
+        bans.by_source.retain(|&key, ban| match why(key) {
+            Some(why) => {
+                self.unbanned(key, ban, why, now);
+                false
+            }
+            None => true,
+        });
+        // What is left in the expiry queue for a lifted ban is stale.
+        if bans.by_source.is_empty() {
+            bans.order.clear();
+        }
+        self.bans_held
+            .store(bans.by_source.len(), Ordering::Relaxed);
     }
 
     /// Whether `source` is never limited or banned under `settings`
@@ -1025,7 +1066,6 @@ pub fn per_second(n: u32) -> NonZeroU32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::pattern::Network;
     use crate::transport::Transport;
 
     fn settings(rps: u32, burst: u32) -> RateLimit {
@@ -1362,6 +1402,42 @@ mod tests {
         assert!(a.reconfigure(no_bans));
         assert_eq!(a.bans(), 0);
         assert!(!a.is_banned_ip("198.51.100.9".parse().unwrap(), BanScope::Everything, now));
+    }
+
+    /// A reload that trusts a banned source lifts its ban (and the bans
+    /// gauge stops counting it); an IPv6 ban, kept for its whole /64, only
+    /// when the trusted network covers the /64.
+    #[test]
+    fn a_reconfigure_that_trusts_a_banned_source_lifts_its_ban() {
+        let a = admission(1000, 1000);
+        let now = Instant::now();
+        for source in [
+            "198.51.100.9:5060",
+            "198.51.100.10:5060",
+            "[2001:db8:1::9]:5060",
+        ] {
+            assert!(a.ban(addr(source), BanCause::Scanner, BanScope::Everything, now));
+        }
+        assert_eq!(a.bans(), 3);
+        let mut trusting = settings(1000, 1000);
+        trusting.trusted = ["198.51.100.9", "2001:db8:1::9/128"]
+            .map(|n| Network::parse(n).unwrap())
+            .into();
+        assert!(a.reconfigure(trusting.clone()));
+        assert_eq!(a.bans(), 2, "the trusted IPv4 address's ban is lifted");
+        let banned = |ip: &str| a.is_banned_ip(ip.parse().unwrap(), BanScope::Everything, now);
+        assert!(!banned("198.51.100.9"));
+        assert!(banned("198.51.100.10"));
+        assert!(banned("2001:db8:1::7"), "the rest of the /64 stays banned");
+        trusting
+            .trusted
+            .push(Network::parse("2001:db8:1::/48").unwrap());
+        assert!(a.reconfigure(trusting));
+        assert_eq!(a.bans(), 1);
+        assert!(!banned("2001:db8:1::7"));
+        // The stale expiry entries of the lifted bans are skipped.
+        a.sweep(now + Duration::from_secs(301));
+        assert_eq!(a.bans(), 0);
     }
 
     #[test]

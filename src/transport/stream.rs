@@ -530,6 +530,7 @@ async fn read_messages<S>(
         // first (`biased`) when both are ready, and a last look when the
         // deadline comes alone (see `last_look`). After a freeze of this
         // process (a paused VM, a SIGSTOP), bytes that came in time count.
+        let want = state.wanted(ctx);
         let buf = &mut state.buf;
         let read = if buf.is_empty() {
             match read_first(&mut read, buf, timeout.as_mut(), &closing, on_timeout).await {
@@ -537,12 +538,6 @@ async fn read_messages<S>(
                 Err(stop) => break stop,
             }
         } else {
-            // Never more than a whole message (one past the limit, to see
-            // it is over): the budget is at least twice that, so one
-            // connection can always finish its message.
-            let want = (buf.len() + READ_CHUNK_BYTES)
-                .min(ctx.limits.max_message_bytes + 1)
-                .max(buf.len() + 1);
             tokio::select! {
                 biased;
                 () = closing.cancelled() => break Stop::Closing,
@@ -758,9 +753,7 @@ impl ReadState {
         // missed (as `last_look` does).
         tokio::task::yield_now().await;
         while !self.hand_on_until.is_cancelled() {
-            let want = (self.buf.len() + READ_CHUNK_BYTES)
-                .min(ctx.limits.max_message_bytes + 1)
-                .max(self.buf.len() + 1);
+            let want = self.wanted(ctx);
             tokio::select! {
                 biased;
                 () = self.hand_on_until.cancelled() => return,
@@ -779,6 +772,16 @@ impl ReadState {
                 None => return,
             }
         }
+    }
+
+    /// How many bytes the buffer may hold after the next read: never more
+    /// than a whole message (one past the limit, to see it is over); the
+    /// budget is at least twice that, so one connection can always finish
+    /// its message.
+    fn wanted(&self, ctx: &TransportContext) -> usize {
+        (self.buf.len() + READ_CHUNK_BYTES)
+            .min(ctx.limits.max_message_bytes + 1)
+            .max(self.buf.len() + 1)
     }
 
     /// What is left at EOF: a last message, or a truncated one (reported).
