@@ -242,6 +242,13 @@ impl Network {
         }
     }
 
+    /// Whether every address of the network `addr`/`prefix_len` is inside
+    /// this one (`addr` an IPv4 address or an IPv6 one that is not
+    /// IPv4-mapped, `prefix_len` up to its family's length).
+    pub fn covers(&self, addr: IpAddr, prefix_len: u8) -> bool {
+        self.prefix <= prefix_len && self.addr.is_ipv4() == addr.is_ipv4() && self.contains(addr)
+    }
+
     /// Whether `ip` is inside this network (IPv4-mapped IPv6 counts as IPv4).
     pub fn contains(&self, ip: IpAddr) -> bool {
         let ip = match ip {

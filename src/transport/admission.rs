@@ -23,7 +23,7 @@
 //! ([`Admission::reconfigure`]): new buckets at the new rates (every source
 //! starts again with a full bucket), bans in force kept until they run out,
 //! open connections still counted; with `ban_secs = 0` the bans in force
-//! are lifted.
+//! are lifted, and so is a ban all of whose addresses are now trusted.
 //!
 //! Memory is bounded: bucket state is kept only while it differs from a
 //! full bucket (swept every second, and at once when a table passes
@@ -236,19 +236,11 @@ impl SourceKey {
     /// Whether every address of this key is in one of `networks` (an IPv6
     /// key stands for its whole /64).
     fn is_within(self, networks: &[Network]) -> bool {
-        let (first, last): (IpAddr, IpAddr) = match self {
-            Self::V4(v4) => (Ipv4Addr::from(v4).into(), Ipv4Addr::from(v4).into()),
-            Self::V6(prefix) => {
-                let first = u128::from(prefix) << 64;
-                (
-                    Ipv6Addr::from(first).into(),
-                    Ipv6Addr::from(first | u128::from(u64::MAX)).into(),
-                )
-            }
+        let (first, prefix_len): (IpAddr, u8) = match self {
+            Self::V4(v4) => (Ipv4Addr::from(v4).into(), 32),
+            Self::V6(prefix) => (Ipv6Addr::from(u128::from(prefix) << 64).into(), 64),
         };
-        networks
-            .iter()
-            .any(|n| n.contains(first) && n.contains(last))
+        networks.iter().any(|n| n.covers(first, prefix_len))
     }
 }
 
@@ -618,8 +610,9 @@ impl Admission {
     /// Apply new settings (a live reload): nothing happens when they are
     /// the ones in force. Otherwise every source starts again with a full
     /// bucket at the new rates, the bans in force run out as they were set
-    /// (all lifted at once when bans are now off), and open connections
-    /// stay counted against the new `max_connections_per_source`.
+    /// (all lifted at once when bans are now off, and those of addresses
+    /// now trusted), and open connections stay counted against the new
+    /// `max_connections_per_source`.
     pub fn reconfigure(&self, settings: RateLimit) -> bool {
         if self.limits.load().settings == settings {
             return false;
@@ -638,23 +631,31 @@ impl Admission {
         true
     }
 
-    /// Lift (and log) each ban for which `why` gives a reason.
+    /// Lift each ban for which `why` gives a reason, and log it once the
+    /// bans are unlocked (a reload may lift thousands).
     fn lift_bans(&self, why: impl Fn(SourceKey) -> Option<&'static str>) {
-        let mut bans = self.lock_bans();
-        let now = Instant::now();
-        bans.by_source.retain(|&key, ban| match why(key) {
-            Some(why) => {
-                self.unbanned(key, ban, why, now);
-                false
+        let mut lifted = Vec::new();
+        {
+            let mut bans = self.lock_bans();
+            bans.by_source.retain(|&key, ban| match why(key) {
+                Some(why) => {
+                    lifted.push((key, *ban, why));
+                    false
+                }
+                None => true,
+            });
+            // What is left in the expiry queue for a lifted ban is stale:
+            // `sweep` skips an entry whose time is not its ban's.
+            if bans.by_source.is_empty() {
+                bans.order.clear();
             }
-            None => true,
-        });
-        // What is left in the expiry queue for a lifted ban is stale.
-        if bans.by_source.is_empty() {
-            bans.order.clear();
+            self.bans_held
+                .store(bans.by_source.len(), Ordering::Relaxed);
         }
-        self.bans_held
-            .store(bans.by_source.len(), Ordering::Relaxed);
+        let now = Instant::now();
+        for (key, ban, why) in lifted {
+            self.unbanned(key, &ban, why, now);
+        }
     }
 
     /// Whether `source` is never limited or banned under `settings`
@@ -845,6 +846,10 @@ impl Admission {
     /// are off; a datagram ban is widened by a later one over a
     /// connection). Returns whether it was banned now.
     pub fn ban(&self, source: SocketAddr, cause: BanCause, scope: BanScope, now: Instant) -> bool {
+        // The settings are read under the bans' lock: a reload stores new
+        // ones before it lifts the bans they end (see `reconfigure`), so a
+        // ban made on the old ones is lifted with the rest.
+        let mut bans = self.lock_bans();
         let limits = self.limits.load();
         let Some(duration) = limits.settings.ban else {
             return false;
@@ -853,7 +858,6 @@ impl Admission {
             return false;
         }
         let key = SourceKey::of(source.ip());
-        let mut bans = self.lock_bans();
         if bans.by_source.get(&key).is_some_and(|b| {
             b.until > now && (b.scope == BanScope::Everything || scope == BanScope::Datagrams)
         }) {
@@ -1406,37 +1410,61 @@ mod tests {
 
     /// A reload that trusts a banned source lifts its ban (and the bans
     /// gauge stops counting it); an IPv6 ban, kept for its whole /64, only
-    /// when the trusted network covers the /64.
+    /// when a trusted network covers the /64. A ban earned again after it
+    /// was lifted lasts its own `ban_secs`.
     #[test]
     fn a_reconfigure_that_trusts_a_banned_source_lifts_its_ban() {
         let a = admission(1000, 1000);
         let now = Instant::now();
-        for source in [
+        let sources = [
             "198.51.100.9:5060",
             "198.51.100.10:5060",
             "[2001:db8:1::9]:5060",
-        ] {
+            "[::5]:5060",
+        ];
+        for source in sources {
             assert!(a.ban(addr(source), BanCause::Scanner, BanScope::Everything, now));
         }
-        assert_eq!(a.bans(), 3);
-        let mut trusting = settings(1000, 1000);
-        trusting.trusted = ["198.51.100.9", "2001:db8:1::9/128"]
-            .map(|n| Network::parse(n).unwrap())
-            .into();
-        assert!(a.reconfigure(trusting.clone()));
-        assert_eq!(a.bans(), 2, "the trusted IPv4 address's ban is lifted");
+        assert_eq!(a.bans(), 4);
         let banned = |ip: &str| a.is_banned_ip(ip.parse().unwrap(), BanScope::Everything, now);
+        let trusting = |networks: &[&str]| {
+            let mut settings = settings(1000, 1000);
+            settings.trusted = networks
+                .iter()
+                .map(|n| Network::parse(n).unwrap())
+                .collect();
+            settings
+        };
+        assert!(a.reconfigure(trusting(&["198.51.100.9", "2001:db8:1::9/128"])));
+        assert_eq!(a.bans(), 3, "the trusted IPv4 address's ban is lifted");
         assert!(!banned("198.51.100.9"));
         assert!(banned("198.51.100.10"));
         assert!(banned("2001:db8:1::7"), "the rest of the /64 stays banned");
-        trusting
-            .trusted
-            .push(Network::parse("2001:db8:1::/48").unwrap());
-        assert!(a.reconfigure(trusting));
-        assert_eq!(a.bans(), 1);
+        assert!(a.reconfigure(trusting(&["2001:db8:1::/48", "::/0"])));
+        assert_eq!(a.bans(), 1, "every IPv6 ban is lifted, ::/64 too");
         assert!(!banned("2001:db8:1::7"));
-        // The stale expiry entries of the lifted bans are skipped.
+        // Trusted no more: banned again, later; the first ban's expiry
+        // entry, stale, does not end the new one.
+        let later = now + Duration::from_secs(10);
+        assert!(a.reconfigure(settings(1000, 1000)));
+        assert!(a.ban(
+            addr(sources[0]),
+            BanCause::Scanner,
+            BanScope::Everything,
+            later
+        ));
         a.sweep(now + Duration::from_secs(301));
+        assert_eq!(
+            a.bans(),
+            1,
+            "the 198.51.100.10 ban ran out, the new one did not"
+        );
+        assert!(a.is_banned_ip(
+            "198.51.100.9".parse().unwrap(),
+            BanScope::Everything,
+            now + Duration::from_secs(301)
+        ));
+        a.sweep(now + Duration::from_secs(311));
         assert_eq!(a.bans(), 0);
     }
 

@@ -731,7 +731,9 @@ impl ReadState {
 
     /// The connection is closing: what its peer sent before, still in the
     /// socket, is read without waiting and handed on while messages read
-    /// in full may be (see [`Self::hand_on_until`]). When the registrar's
+    /// in full may be (see [`Self::hand_on_until`]), for at most
+    /// `limits.message_deadline_secs` (a peer still sending, whose writer
+    /// stalled, is read no longer than that). When the registrar's
     /// connection fails (its writer sees the reset of a registrar that
     /// died), the answers it sent before it died go to their clients, and
     /// the link counts them as answered instead of answering `503`. A
@@ -749,27 +751,33 @@ impl ReadState {
         if self.hand_on_until.is_cancelled() {
             return;
         }
+        let deadline = tokio::time::sleep(ctx.limits.message_deadline);
+        tokio::pin!(deadline);
         // One turn of the event loop first, to take in what its last wait
         // missed (as `last_look` does).
         tokio::task::yield_now().await;
-        while !self.hand_on_until.is_cancelled() {
+        loop {
             let want = self.wanted(ctx);
             tokio::select! {
                 biased;
                 () = self.hand_on_until.cancelled() => return,
+                () = &mut deadline => return,
                 () = self.share.hold(want, &ctx.metrics) => {}
             }
             self.buf.reserve(want - self.buf.len());
             match futures_util::FutureExt::now_or_never(read.read_buf(&mut self.buf)) {
                 Some(Ok(0)) => return self.frame_at_eof(id, info, ctx, hearing).await,
+                // A message read in full waits for the dispatcher (it may
+                // be heard already), never cut off by the deadline.
                 Some(Ok(_)) => {
                     if self.frame_buffered(id, info, ctx, hearing).await {
                         return;
                     }
                     self.settle();
                 }
-                Some(Err(_)) => return self.cut_off(info, ctx),
-                None => return,
+                // The reset that failed the writer, or nothing more now: a
+                // message begun is cut off (the writer reported the fault).
+                Some(Err(_)) | None => return self.cut_off(info, ctx),
             }
         }
     }
