@@ -64,11 +64,10 @@ use arc_swap::ArcSwap;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use tracing::{info, warn};
 
-use crate::policy::pattern::Network;
-
 use super::WarningWindow;
 use crate::config::{OverLimit, RateLimit, UpstreamSources};
 use crate::observe::metrics::Metrics;
+use crate::policy::pattern::Network;
 
 /// Sources tracked per limiter before its idle state is swept at once
 /// (besides the sweep every second): about 64 bytes each.
@@ -230,9 +229,7 @@ impl SourceKey {
             },
         }
     }
-}
 
-impl SourceKey {
     /// Whether every address of this key is in one of `networks` (an IPv6
     /// key stands for its whole /64).
     fn is_within(self, networks: &[Network]) -> bool {
