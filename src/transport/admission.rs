@@ -447,45 +447,60 @@ struct Bans {
 struct Limits {
     settings: RateLimit,
     /// SIP messages in UDP datagrams (and answered keep-alives).
-    requests: DefaultKeyedRateLimiter<SourceKey>,
-    /// Messages refused by `requests` go through this one; refused here too
-    /// means the source stays over its limit: banned.
-    request_strikes: DefaultKeyedRateLimiter<SourceKey>,
+    datagrams: Budget,
     /// SIP messages over TCP/TLS connections, a budget apart from the
     /// datagrams': a flood of datagrams, whose source may be forged, does
     /// not spend what the address's connections (a handshake proves an
     /// address) may send.
-    stream_requests: DefaultKeyedRateLimiter<SourceKey>,
-    /// The strikes of `stream_requests`.
-    stream_request_strikes: DefaultKeyedRateLimiter<SourceKey>,
-    connections: DefaultKeyedRateLimiter<SourceKey>,
-    connection_strikes: DefaultKeyedRateLimiter<SourceKey>,
+    stream_messages: Budget,
+    /// New TCP/TLS connections.
+    connections: Budget,
+}
+
+/// One rate per source, and its strikes: what `allowed` refuses goes
+/// through `strikes`; refused there too means the source stays over its
+/// limit (more than twice the rate): banned.
+struct Budget {
+    allowed: DefaultKeyedRateLimiter<SourceKey>,
+    strikes: DefaultKeyedRateLimiter<SourceKey>,
+}
+
+impl Budget {
+    fn new(quota: Quota) -> Self {
+        Self {
+            allowed: RateLimiter::keyed(quota),
+            strikes: RateLimiter::keyed(quota),
+        }
+    }
 }
 
 impl Limits {
     fn new(settings: RateLimit) -> Self {
-        let requests = Quota::per_second(settings.requests_per_second).allow_burst(settings.burst);
+        let messages = Quota::per_second(settings.requests_per_second).allow_burst(settings.burst);
         let connections = Quota::per_second(settings.connections_per_second)
             .allow_burst(settings.max_connections_per_source);
         Self {
-            requests: RateLimiter::keyed(requests),
-            request_strikes: RateLimiter::keyed(requests),
-            stream_requests: RateLimiter::keyed(requests),
-            stream_request_strikes: RateLimiter::keyed(requests),
-            connections: RateLimiter::keyed(connections),
-            connection_strikes: RateLimiter::keyed(connections),
+            datagrams: Budget::new(messages),
+            stream_messages: Budget::new(messages),
+            connections: Budget::new(connections),
             settings,
         }
     }
 
+    /// The budget of the messages that arrive over `transport`, and what a
+    /// freeze credits them as.
+    fn messages(&self, transport: crate::transport::Transport) -> (&Budget, Charge) {
+        if transport.is_stream() {
+            (&self.stream_messages, Charge::StreamMessages)
+        } else {
+            (&self.datagrams, Charge::Messages)
+        }
+    }
+
     fn limiters(&self) -> [&DefaultKeyedRateLimiter<SourceKey>; 6] {
+        let [d, s, c] = [&self.datagrams, &self.stream_messages, &self.connections];
         [
-            &self.requests,
-            &self.request_strikes,
-            &self.stream_requests,
-            &self.stream_request_strikes,
-            &self.connections,
-            &self.connection_strikes,
+            &d.allowed, &d.strikes, &s.allowed, &s.strikes, &c.allowed, &c.strikes,
         ]
     }
 }
@@ -699,22 +714,15 @@ impl Admission {
             return Verdict::Banned;
         }
         self.bound_tables(&limits);
-        let (requests, strikes, charge) = match transport.is_stream() {
-            true => (
-                &limits.stream_requests,
-                &limits.stream_request_strikes,
-                Charge::StreamMessages,
-            ),
-            false => (&limits.requests, &limits.request_strikes, Charge::Messages),
-        };
-        if requests.check_key(&key).is_ok()
+        let (budget, charge) = limits.messages(transport);
+        if budget.allowed.check_key(&key).is_ok()
             || self.credited(key, charge, limits.settings.requests_per_second, now)
         {
             return Verdict::Pass;
         }
         Metrics::inc(&self.metrics.rate_limited_messages);
-        let banned =
-            strikes.check_key(&key).is_err() && self.ban(source, BanCause::Requests, scope, now);
+        let banned = budget.strikes.check_key(&key).is_err()
+            && self.ban(source, BanCause::Requests, scope, now);
         if !banned {
             self.warn_over_limit(source, "messages over rate_limit.requests_per_second");
         }
@@ -740,7 +748,7 @@ impl Admission {
             return false;
         }
         self.bound_tables(&limits);
-        let within = limits.requests.check_key(&key).is_ok();
+        let within = limits.datagrams.allowed.check_key(&key).is_ok();
         if !within {
             Metrics::inc(&self.metrics.rate_limited_messages);
         }
@@ -770,7 +778,7 @@ impl Admission {
         self.bound_tables(&limits);
         // A freeze's credit is spent only on a connection the cap on open
         // ones would take.
-        if limits.connections.check_key(&key).is_err()
+        if limits.connections.allowed.check_key(&key).is_err()
             && !(self.opened(peer, key) < limits.settings.max_connections_per_source.get()
                 && self.credited(
                     key,
@@ -780,7 +788,7 @@ impl Admission {
                 ))
         {
             Metrics::inc(&self.metrics.rate_limited_connections);
-            if limits.connection_strikes.check_key(&key).is_err()
+            if limits.connections.strikes.check_key(&key).is_err()
                 && self.ban(peer, BanCause::Connections, BanScope::Everything, now)
             {
                 return Err(ConnectionRefusal::Banned);
@@ -1002,7 +1010,7 @@ impl Admission {
     /// that sends both over UDP and over connections counts twice).
     pub fn tracked_sources(&self) -> usize {
         let limits = self.limits.load();
-        limits.requests.len() + limits.stream_requests.len()
+        limits.datagrams.allowed.len() + limits.stream_messages.allowed.len()
     }
 
     /// Bans in force (expired ones not swept yet included).
