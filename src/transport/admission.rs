@@ -116,7 +116,7 @@ struct Freeze {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum Charge {
     /// SIP messages in UDP datagrams (`requests_per_second`).
-    Messages,
+    DatagramMessages,
     /// SIP messages over TCP/TLS connections (`requests_per_second`, a
     /// budget of their own).
     StreamMessages,
@@ -493,7 +493,7 @@ impl Limits {
         if transport.is_stream() {
             (&self.stream_messages, Charge::StreamMessages)
         } else {
-            (&self.datagrams, Charge::Messages)
+            (&self.datagrams, Charge::DatagramMessages)
         }
     }
 
@@ -599,7 +599,9 @@ impl Admission {
         let credited = self.freeze_credit.spend(key, charge, per_second, now);
         if credited {
             Metrics::inc(match charge {
-                Charge::Messages | Charge::StreamMessages => &self.metrics.freeze_credited_messages,
+                Charge::DatagramMessages | Charge::StreamMessages => {
+                    &self.metrics.freeze_credited_messages
+                }
                 Charge::Connections => &self.metrics.freeze_credited_connections,
             });
         }
