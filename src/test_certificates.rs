@@ -12,10 +12,22 @@ use openssl::x509::{X509NameBuilder, X509};
 /// subjectAltName), valid for a day, and its key (PKCS#8), as PEM: its own
 /// CA.
 pub(crate) fn self_signed(name: &str) -> (Vec<u8>, Vec<u8>) {
+    self_signed_with(name, |san| {
+        san.dns(name);
+    })
+}
+
+/// A self-signed P-256 certificate with the common name `common_name` and
+/// the subjectAltNames `names` adds, valid for a day, and its key (PKCS#8),
+/// as PEM: its own CA.
+pub(crate) fn self_signed_with(
+    common_name: &str,
+    names: impl FnOnce(&mut SubjectAlternativeName),
+) -> (Vec<u8>, Vec<u8>) {
     let group = EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).unwrap();
     let key = PKey::from_ec_key(EcKey::generate(&group).unwrap()).unwrap();
     let mut subject = X509NameBuilder::new().unwrap();
-    subject.append_entry_by_text("CN", name).unwrap();
+    subject.append_entry_by_text("CN", common_name).unwrap();
     let subject = subject.build();
     let mut cert = X509::builder().unwrap();
     cert.set_version(2).unwrap();
@@ -26,10 +38,9 @@ pub(crate) fn self_signed(name: &str) -> (Vec<u8>, Vec<u8>) {
         .unwrap();
     cert.set_not_after(&Asn1Time::days_from_now(1).unwrap())
         .unwrap();
-    let san = SubjectAlternativeName::new()
-        .dns(name)
-        .build(&cert.x509v3_context(None, None))
-        .unwrap();
+    let mut san = SubjectAlternativeName::new();
+    names(&mut san);
+    let san = san.build(&cert.x509v3_context(None, None)).unwrap();
     cert.append_extension(san).unwrap();
     cert.sign(&key, MessageDigest::sha256()).unwrap();
     (

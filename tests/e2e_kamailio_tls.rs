@@ -373,3 +373,27 @@ async fn sipadmit_presents_its_client_certificate_to_a_registrar_that_requires_o
     let registers = kam.log_lines("REQ REGISTER");
     assert!(registers[0].contains("src=tls:"), "{registers:#?}");
 }
+
+/// A registrar whose certificate names its SIP domain only as a `sip:` URI
+/// subjectAltName (RFC 5922 7.1) is verified against that domain: the
+/// REGISTER goes through to Kamailio over TLS and is answered `200`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registrar_certificate_naming_its_sip_domain_as_a_uri_is_taken() {
+    let (_dir, files) = pki();
+    let registrar_tls = KamailioTls::new(&files.sip_domain.0, &files.sip_domain.1, &files.ca);
+    let Some(kam) = kamailio(registrar_tls) else {
+        return;
+    };
+    let upstream = kam.upstream_tls().unwrap();
+    let proxy = TestProxy::start_with_tls(
+        &config(&files, "upstream_server_name = \"contoso.com\""),
+        &upstream,
+    );
+    let mut conn = connect(&files, &proxy).await;
+    let alice = agent(&conn, "alice", UA_LYNC_2013);
+    let answer = register(&mut conn, &alice).await;
+    assert_eq!(status(&answer), 200, "{answer}");
+    wait_for_registers(&kam, 1);
+    let registers = kam.log_lines("REQ REGISTER");
+    assert!(registers[0].contains("src=tls:"), "{registers:#?}");
+}

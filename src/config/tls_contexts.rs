@@ -17,7 +17,7 @@ use openssl::ssl::{
     SslSessionCacheMode, SslVerifyMode, SslVersion,
 };
 use openssl::x509::store::{X509Store, X509StoreBuilder};
-use openssl::x509::X509;
+use openssl::x509::{X509StoreContextRef, X509VerifyResult, X509};
 
 use super::{Identity, TlsSettings, TlsVersion};
 use crate::problem::Problem;
@@ -44,6 +44,11 @@ pub(crate) const ERR_LIB_SSL: i32 = 20;
 pub(crate) const SSL_R_NO_SUITABLE_SIGNATURE_ALGORITHM: i32 = 118;
 pub(crate) const SSL_R_NO_CIPHERS_AVAILABLE: i32 = 181;
 pub(crate) const SSL_R_NO_SHARED_CIPHER: i32 = 193;
+
+/// OpenSSL's `X509_V_ERR_HOSTNAME_MISMATCH` (include/openssl/x509_vfy.h;
+/// stable across releases): the certificate carries the name asked for
+/// neither as a DNS subjectAltName nor, without those, as its common name.
+const X509_V_ERR_HOSTNAME_MISMATCH: i32 = 62;
 
 /// How long the handshake [`check`] runs against itself may take.
 const SELF_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
@@ -630,9 +635,15 @@ pub(crate) fn build_upstream(
         .as_ref()
         .map(|identity| LoadedIdentity::load(identity, UPSTREAM_IDENTITY).map_err(first_error))
         .transpose()?;
-    // Verification on (peer), the system's roots, SNI and name checks per session.
+    let server_name = settings.upstream_name(upstream);
+    // Verification on (peer), the system's roots, SNI and name checks per
+    // session; a name carried as a SIP domain identity passes too.
     let mut builder = SslConnector::builder(SslMethod::tls_client())
         .map_err(|e| TlsError::new("tls", None, TlsProblem::OpenSsl(e)))?;
+    let domain = server_name.clone();
+    builder.set_verify_callback(SslVerifyMode::PEER, move |verified, ctx| {
+        verified || carries_sip_domain(ctx, &domain)
+    });
     apply_versions_and_ciphers(&mut builder, settings)?;
     if let Some(path) = &settings.upstream_ca {
         let (store, _) = trust_store("tls.upstream_ca", path)?;
@@ -645,6 +656,44 @@ pub(crate) fn build_upstream(
     check_security_level(connector.context(), settings)?;
     Ok(Upstream {
         connector,
-        server_name: settings.upstream_name(upstream),
+        server_name,
     })
+}
+
+/// Whether the registrar's certificate, which OpenSSL found not to carry
+/// `domain` as a DNS name, carries it as a SIP domain identity: a
+/// subjectAltName URI `sip:domain` without a user part (RFC 5922 7.1).
+/// Only that error of the registrar's own certificate is forgiven (and
+/// cleared); its chain, signatures and dates are checked as before, and an
+/// IP address is checked as an IP subjectAltName only.
+fn carries_sip_domain(ctx: &mut X509StoreContextRef, domain: &str) -> bool {
+    if ctx.error().as_raw() != X509_V_ERR_HOSTNAME_MISMATCH || ctx.error_depth() != 0 {
+        return false;
+    }
+    let carried = ctx
+        .current_cert()
+        .and_then(|cert| cert.subject_alt_names())
+        .is_some_and(|names| {
+            names
+                .iter()
+                .filter_map(|name| name.uri())
+                .filter_map(sip_domain_of)
+                .any(|host| host.eq_ignore_ascii_case(domain))
+        });
+    if carried {
+        ctx.set_error(X509VerifyResult::OK);
+    }
+    carried
+}
+
+/// The SIP domain identity a subjectAltName URI carries (RFC 5922 7.1): the
+/// host of a `sip:` URI (the scheme in any case) without a user part. None
+/// for another scheme (`sips:` too) or a URI with an `@` (it names a user).
+fn sip_domain_of(uri: &str) -> Option<&str> {
+    let (scheme, rest) = uri.split_once(':')?;
+    if !scheme.eq_ignore_ascii_case("sip") || rest.contains('@') {
+        return None;
+    }
+    let host = rest.split([':', ';', '?']).next().unwrap_or_default();
+    (!host.is_empty()).then_some(host)
 }

@@ -7,7 +7,8 @@
 //!   whole by [`ServerTls::reload`] (new connections get the new
 //!   certificate, open ones keep theirs);
 //! - [`ClientTls`]: the connector towards the registrar, whose certificate is
-//!   always verified against `tls.upstream_server_name`;
+//!   always verified against `tls.upstream_server_name` (a DNS or IP name,
+//!   or the SIP domain of a `sip:` URI, RFC 5922 7.1);
 //! - [`HandshakeError`]: why a handshake failed, as a bounded
 //!   [`HandshakeReason`] for metrics plus OpenSSL's detail for the log;
 //! - [`TlsListener`] and [`refuse_tls_client_hello`]: the open steps of
@@ -359,8 +360,8 @@ impl ServerTls {
 /// The TLS side of the link to a `tls:` upstream: an OpenSSL connector that
 /// always verifies the registrar's certificate (chain to `tls.upstream_ca`
 /// or the system's roots, name `tls.upstream_server_name` or the upstream's
-/// IP), sends SNI for a name, and presents `tls.upstream_certificate` when
-/// set.
+/// IP, carried as a DNS or IP subjectAltName or as a `sip:` URI one), sends
+/// SNI for a name, and presents `tls.upstream_certificate` when set.
 pub struct ClientTls {
     upstream: ArcSwap<Upstream>,
 }
@@ -853,6 +854,96 @@ mod tests {
             }
             other => panic!("not told as failing as before: {other:?}"),
         }
+    }
+
+    /// A handshake with a registrar whose self-signed certificate has the
+    /// common name `Contoso registrar` (no name, so OpenSSL's fallback to
+    /// it does not pass) and the subjectAltNames `names` (`dns:` a DNS
+    /// name, else a URI), verified against the name `contoso.com` and, as
+    /// its CA, that certificate (`trusted`) or another one.
+    fn handshake_naming(names: &[&str], trusted: bool) -> Handshake {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) =
+            crate::test_certificates::self_signed_with("Contoso registrar", |alt_names| {
+                for name in names {
+                    match name.strip_prefix("dns:") {
+                        Some(dns) => alt_names.dns(dns),
+                        None => alt_names.uri(name),
+                    };
+                }
+            });
+        let ca = dir.path().join("ca.pem");
+        if trusted {
+            std::fs::write(&ca, &cert).unwrap();
+        } else {
+            std::fs::write(&ca, crate::test_certificates::self_signed("contoso.com").0).unwrap();
+        }
+        let settings = TlsSettings {
+            upstream_ca: Some(ca),
+            upstream_server_name: Some("contoso.com".into()),
+            ..TlsSettings::default()
+        };
+        let registrar = tls_registrar(&cert, &key);
+        handshake_with(
+            &build_upstream(&settings, registrar.ip()).unwrap(),
+            registrar,
+        )
+    }
+
+    /// RFC 5922 7.1: a registrar certificate that names its SIP domain
+    /// only as a `sip:` URI subjectAltName without a user part carries it
+    /// (scheme and host in any case, a port or parameters after it); a URI
+    /// naming a user, of another scheme or of another domain does not, and
+    /// the chain is still checked. A DNS name still passes.
+    #[test]
+    fn a_sip_uri_subject_alt_name_names_the_registrar() {
+        let passes = |names: &[&str], trusted: bool| match handshake_naming(names, trusted) {
+            Handshake::Done => true,
+            Handshake::Failed(detail) => {
+                assert!(detail.contains("certificate"), "{detail}");
+                false
+            }
+            Handshake::Unreached => panic!("the registrar was not reached"),
+        };
+        assert!(passes(&["sip:contoso.com"], true));
+        assert!(passes(&["SIP:Contoso.COM:5061;transport=tls"], true));
+        assert!(passes(&["sip:fabrikam.com", "sip:contoso.com"], true));
+        assert!(passes(&["dns:contoso.com"], true));
+        assert!(passes(&["dns:fabrikam.com", "sip:contoso.com"], true));
+        for refused in [
+            "sip:alice@contoso.com",
+            "sips:contoso.com",
+            "sip:fabrikam.com",
+            "sip:contoso.com.evil.example",
+            "dns:fabrikam.com",
+        ] {
+            assert!(!passes(&[refused], true), "{refused}");
+        }
+        assert!(!passes(&["sip:contoso.com"], false), "an untrusted chain");
+    }
+
+    /// The link's own handshake ([`ClientTls::connect`]) takes such a
+    /// certificate too, and leaves no verify error behind.
+    #[tokio::test]
+    async fn the_link_connects_to_a_registrar_named_by_a_sip_uri() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) =
+            crate::test_certificates::self_signed_with("Contoso registrar", |alt_names| {
+                alt_names.uri("sip:contoso.com");
+            });
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, &cert).unwrap();
+        let settings = TlsSettings {
+            upstream_ca: Some(ca),
+            upstream_server_name: Some("contoso.com".into()),
+            ..TlsSettings::default()
+        };
+        let registrar = tls_registrar(&cert, &key);
+        let client = ClientTls::new(&settings, registrar.ip()).unwrap();
+        let tcp = TcpStream::connect(registrar).await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let tls = client.connect(tcp, deadline).await.unwrap();
+        assert_eq!(tls.ssl().verify_result(), X509VerifyResult::OK);
     }
 
     #[test]

@@ -26,6 +26,7 @@
 //! | `server_renewed` | `intermediate`| the same names, new key (certificate reload)         |
 //! | `server_ecdsa`   | `intermediate`| the same names, ECDSA P-256 key                      |
 //! | `wrong_name`     | `intermediate`| `wrong.example` only                                 |
+//! | `sip_domain`     | `intermediate`| the SIP domain `sip:contoso.com` only (a URI; ECDSA) |
 //! | `expired`        | `intermediate`| the right names, expired a year ago                  |
 //! | `client`         | `ca`          | a client certificate (`alice@contoso.com`)           |
 //! | `other_ca`       | itself        | a second root nobody trusts                          |
@@ -92,6 +93,8 @@ pub struct Pki {
     pub server_ecdsa: Issued,
     /// Only `wrong.example`.
     pub wrong_name: Issued,
+    /// Only the URI `sip:contoso.com` (RFC 5922), ECDSA P-256.
+    pub sip_domain: Issued,
     /// The right names, expired.
     pub expired: Issued,
     /// Client certificate from `ca`.
@@ -120,6 +123,8 @@ pub struct PkiFiles {
     pub server_ecdsa: (PathBuf, PathBuf),
     /// `wrong-name.pem` (chain) / `wrong-name.key`.
     pub wrong_name: (PathBuf, PathBuf),
+    /// `sip-domain.pem` (chain) / `sip-domain.key`.
+    pub sip_domain: (PathBuf, PathBuf),
     /// `expired.pem` (chain) / `expired.key`.
     pub expired: (PathBuf, PathBuf),
     /// `client.pem` / `client.key`.
@@ -143,11 +148,13 @@ const SERVER_NAMES: Names<'static> = Names {
         IpAddr::V4(Ipv4Addr::LOCALHOST),
         IpAddr::V6(Ipv6Addr::LOCALHOST),
     ],
+    uris: &[],
 };
 
 struct Names<'a> {
     dns: &'a [&'a str],
     ips: &'a [IpAddr],
+    uris: &'a [&'a str],
 }
 
 fn rsa_key() -> PKey<Private> {
@@ -242,13 +249,16 @@ fn issue(
             .unwrap();
         b.append_extension(aki).unwrap();
     }
-    if !names.dns.is_empty() || !names.ips.is_empty() {
+    if !names.dns.is_empty() || !names.ips.is_empty() || !names.uris.is_empty() {
         let mut san = SubjectAlternativeName::new();
         for dns in names.dns {
             san.dns(dns);
         }
         for ip in names.ips {
             san.ip(&ip.to_string());
+        }
+        for uri in names.uris {
+            san.uri(uri);
         }
         let san = san
             .build(&b.x509v3_context(issuer.map(|i| i.certificate.as_ref()), None))
@@ -265,7 +275,11 @@ fn issue(
 }
 
 const DAY_SECS: i64 = 86_400;
-const NO_NAMES: Names<'static> = Names { dns: &[], ips: &[] };
+const NO_NAMES: Names<'static> = Names {
+    dns: &[],
+    ips: &[],
+    uris: &[],
+};
 
 impl Pki {
     /// The PKI of this test process, generated on first use (about a second
@@ -315,6 +329,17 @@ impl Pki {
             &Names {
                 dns: &["wrong.example"],
                 ips: &[],
+                uris: &[],
+            },
+            valid,
+        );
+        let sip_domain = server_cert(
+            "Contoso registrar",
+            ecdsa_key(),
+            &Names {
+                dns: &[],
+                ips: &[],
+                uris: &["sip:contoso.com"],
             },
             valid,
         );
@@ -355,6 +380,7 @@ impl Pki {
             server_renewed,
             server_ecdsa,
             wrong_name,
+            sip_domain,
             expired,
             client,
             other_ca,
@@ -395,6 +421,7 @@ impl Pki {
             server_renewed: server_pair("server-renewed", &self.server_renewed),
             server_ecdsa: server_pair("server-ecdsa", &self.server_ecdsa),
             wrong_name: server_pair("wrong-name", &self.wrong_name),
+            sip_domain: server_pair("sip-domain", &self.sip_domain),
             expired: server_pair("expired", &self.expired),
             client: client_pair("client", &self.client),
             other_client: client_pair("other-client", &self.other_client),
