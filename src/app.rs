@@ -819,8 +819,9 @@ fn transport_context(
         )),
         upstream_sources: settings.upstream_sources.clone(),
         admission: admission.clone(),
-        read_budget: Arc::new(tokio::sync::Semaphore::new(
+        read_budget: Arc::new(crate::transport::stream::ReadBudget::new(
             settings.limits.read_buffer_budget_bytes,
+            settings.limits.max_message_bytes,
         )),
         udp_upstream: upstream
             .filter(|u| u.transport == Transport::Udp)

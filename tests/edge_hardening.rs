@@ -385,6 +385,115 @@ fn partial_messages_spend_the_budget_but_small_messages_pass() {
     drop(hogs);
 }
 
+/// A TCP connection to the proxy from `ip` (a loopback address).
+fn tcp_from(ip: &str, target: SocketAddr) -> TcpStream {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    let local: SocketAddr = format!("{ip}:0").parse().unwrap();
+    socket.bind(&local.into()).unwrap();
+    socket
+        .connect_timeout(&target.into(), Duration::from_secs(1))
+        .unwrap();
+    let tcp: TcpStream = socket.into();
+    tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    tcp
+}
+
+/// One message read from `conn` (its body is empty).
+fn read_head(conn: &mut TcpStream) -> String {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        conn.read_exact(&mut byte).expect("a whole message");
+        head.push(byte[0]);
+    }
+    String::from_utf8(head).unwrap()
+}
+
+/// The next request relayed on sipadmit's connection to a TCP registrar,
+/// its health probes (OPTIONS) answered `200 OK` on the way.
+fn next_relayed(link: &mut TcpStream) -> String {
+    loop {
+        let request = read_head(link);
+        if !request.contains("\r\nCall-ID: sipadmit-probe-") {
+            return request;
+        }
+        let answer = common::sip_stream::uas_response(&request, "200 OK", "reg", "");
+        link.write_all(answer.as_bytes()).unwrap();
+    }
+}
+
+/// Untrusted sources that hold the whole shared read buffer budget with
+/// messages they never finish hold up neither the answers of a TCP
+/// registrar on sipadmit's own connection to it (a Lync pool's `200 OK` to
+/// a REGISTER runs to a few kilobytes, more than a first read takes) nor a
+/// trusted client's large request (the budget's reserve); an untrusted
+/// client's large request waits until the hogs' messages run out of time
+/// (`limits.message_deadline_secs`).
+#[test]
+fn a_spent_read_budget_holds_up_neither_the_registrar_nor_a_trusted_client() {
+    let registrar = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let upstream = registrar.local_addr().unwrap();
+    let config = "[limits]\nmax_message_bytes = 16384\nread_buffer_budget_bytes = 65536\n\
+                  message_deadline_secs = 5\n[rate_limit]\ntrusted = [\"127.0.0.21\"]\n\
+                  [admin]\nlisten = \"127.0.0.1:0\"\n";
+    let proxy = TestProxy::start(config, "127.0.0.1", &format!("tcp:{upstream}"));
+    let hogs: Vec<TcpStream> = (0..8)
+        .map(|_| {
+            let mut hog = tcp_from("127.0.0.20", proxy.tcp);
+            let pad = "x".repeat(12_000);
+            hog.write_all(format!("REGISTER sip:contoso.com SIP/2.0\r\nX-Pad: {pad}").as_bytes())
+                .unwrap();
+            hog
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let waits = || proxy.metric("sipadmit_read_budget_waits_total");
+    assert!(waits() >= 1.0, "the hogs spent the shared budget");
+    let pad = format!("X-Pad: {}\r\n", "p".repeat(3000));
+    // A client's REGISTER over UDP; the registrar answers it with 3 KB.
+    let client = udp_client("127.0.0.22");
+    let from = client.local_addr().unwrap();
+    client
+        .send_to(register(from, "alice", 0, "UDP", "").as_bytes(), proxy.udp)
+        .unwrap();
+    let (mut link, _) = registrar.accept().unwrap();
+    link.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let relayed = next_relayed(&mut link);
+    let answer = common::sip_stream::uas_response(&relayed, "200 OK", "reg", &pad);
+    link.write_all(answer.as_bytes()).unwrap();
+    assert_eq!(
+        statuses(&client, 1),
+        ["SIP/2.0 200 OK"],
+        "the registrar's answer was read"
+    );
+    // A trusted client's 3 KB REGISTER over TCP goes through.
+    let mut trusted = tcp_from("127.0.0.21", proxy.tcp);
+    let from = trusted.local_addr().unwrap();
+    trusted
+        .write_all(register(from, "bob", 0, "TCP", &pad).as_bytes())
+        .unwrap();
+    let relayed = next_relayed(&mut link);
+    assert!(relayed.contains("Call-ID: bob-1@test"), "{relayed}");
+    let answer = common::sip_stream::uas_response(&relayed, "200 OK", "reg", "");
+    link.write_all(answer.as_bytes()).unwrap();
+    assert!(read_head(&mut trusted).starts_with("SIP/2.0 200 OK"));
+    // An untrusted client's waits for the shared part.
+    let before = waits();
+    let mut other = tcp_from("127.0.0.22", proxy.tcp);
+    let from = other.local_addr().unwrap();
+    other
+        .write_all(register(from, "carol", 0, "TCP", &pad).as_bytes())
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(waits(), before + 1.0, "the untrusted client's read waits");
+    // Once the hogs' messages run out of time, it goes through.
+    link.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let relayed = next_relayed(&mut link);
+    assert!(relayed.contains("Call-ID: carol-1@test"), "{relayed}");
+    drop(hogs);
+}
+
 /// Item 6: 3,000 REGISTERs pipelined on one connection by a client that
 /// reads get 3,000 answers; a burst of 2,000 keep-alives gets 2,000 pongs.
 #[test]

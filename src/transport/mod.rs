@@ -40,7 +40,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use tokio::net::UdpSocket;
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
@@ -249,8 +249,8 @@ pub struct TransportContext {
     /// Per-source rate limits and bans.
     pub admission: Arc<Admission>,
     /// Bytes stream connections may buffer together
-    /// (`limits.read_buffer_budget_bytes`), one permit a byte.
-    pub read_budget: Arc<Semaphore>,
+    /// (`limits.read_buffer_budget_bytes`).
+    pub read_budget: Arc<stream::ReadBudget>,
     /// The registrar's address when it is a UDP upstream: ICMP errors for
     /// datagrams sent there count as [`Fault::UpstreamUnreachable`].
     pub udp_upstream: Option<SocketAddr>,
@@ -347,7 +347,7 @@ impl TransportContext {
             metrics,
             shutdown: CancellationToken::new(),
             upstream_sources: UpstreamSources::default(),
-            read_budget: Arc::new(Semaphore::new(1 << 20)),
+            read_budget: Arc::new(stream::ReadBudget::new(1 << 20, 65_535)),
             udp_upstream: None,
             upstream_backlog: None,
         })

@@ -27,9 +27,11 @@
 //!   longer), and between messages the connection may be idle
 //!   `limits.tcp_idle_timeout_secs`;
 //! - read memory: what all connections buffer together is charged to one
-//!   budget (`limits.read_buffer_budget_bytes`): a read that finds it spent
-//!   waits (within the message deadline); an idle connection holds no
-//!   buffer at all (released after every complete message);
+//!   budget (`limits.read_buffer_budget_bytes`, [`ReadBudget`]): a read
+//!   that finds it spent waits (within the message deadline), except a
+//!   trusted source's while the budget's reserve lasts; sipadmit's own
+//!   connection to the registrar is not charged; an idle connection holds
+//!   no buffer at all (released after every complete message);
 //! - write memory: the writer queue is bounded in bytes
 //!   (`limits.write_queue_bytes`); the reader pauses while it is over half
 //!   full, and a peer is closed only when nothing could be written to it
@@ -429,42 +431,125 @@ impl fmt::Display for Stalled {
     }
 }
 
+/// What all stream connections may buffer together
+/// (`limits.read_buffer_budget_bytes`), one permit a byte: a reserve kept
+/// for the connections of trusted sources (`rate_limit.trusted`, the
+/// registrar's `proxy.upstream_sources`, the Response Group application),
+/// which take it once the rest is spent, as they take reserved connection
+/// slots; the rest shared by every connection. The reserve is a tenth of
+/// the budget, and at least what one connection reads a message with
+/// (`limits.max_message_bytes` and one byte), at most half the budget.
+/// sipadmit's own connection to the registrar is not charged (see
+/// [`BudgetShare`]).
+#[derive(Debug)]
+pub struct ReadBudget {
+    shared: Semaphore,
+    reserve: Semaphore,
+}
+
+impl ReadBudget {
+    /// A budget of `bytes` in all for messages of at most
+    /// `max_message_bytes`, its reserve kept for trusted sources.
+    pub fn new(bytes: usize, max_message_bytes: usize) -> Self {
+        let reserve = (bytes / 10).max(max_message_bytes + 1).min(bytes / 2);
+        Self {
+            shared: Semaphore::new(bytes - reserve),
+            reserve: Semaphore::new(reserve),
+        }
+    }
+
+    /// Bytes not held now: (shared, kept for trusted sources).
+    pub fn available(&self) -> (usize, usize) {
+        (
+            self.shared.available_permits(),
+            self.reserve.available_permits(),
+        )
+    }
+}
+
 /// The share of the read buffer budget one connection holds: bytes taken
-/// from the shared semaphore, given back when its buffer shrinks and when
-/// it closes.
+/// from the [`ReadBudget`], given back when its buffer shrinks and when it
+/// closes. The link's own connection to the registrar holds none: its one
+/// message at a time is bounded by `limits.max_message_bytes`, and sources
+/// that hold the budget with messages they never finish must not stall
+/// the registrar's answers to everyone.
 struct BudgetShare {
-    budget: Arc<Semaphore>,
-    held: usize,
+    /// `None`: not charged (the link's connection to the registrar).
+    budget: Option<Arc<ReadBudget>>,
+    /// A trusted source's connection: it may take the reserve.
+    trusted: bool,
+    /// Held of the shared part.
+    shared: usize,
+    /// Held of the reserve.
+    reserved: usize,
 }
 
 impl BudgetShare {
     /// Hold at least `bytes`, waiting for the budget when it is spent.
     async fn hold(&mut self, bytes: usize, metrics: &Metrics) {
-        if bytes <= self.held {
+        let Self {
+            budget: Some(budget),
+            trusted,
+            shared,
+            reserved,
+        } = self
+        else {
+            return;
+        };
+        let held = *shared + *reserved;
+        if bytes <= held {
             return;
         }
-        let more = u32::try_from(bytes - self.held).unwrap_or(u32::MAX);
-        let permits = match self.budget.try_acquire_many(more) {
-            Ok(permits) => permits,
-            Err(_) => {
-                Metrics::inc(&metrics.read_budget_waits);
-                debug!(bytes, "read buffer budget spent; waiting");
-                match self.budget.acquire_many(more).await {
-                    Ok(permits) => permits,
-                    // Never closed; nothing to hold then.
-                    Err(_) => return,
-                }
+        let more = u32::try_from(bytes - held).unwrap_or(u32::MAX);
+        if let Ok(permits) = budget.shared.try_acquire_many(more) {
+            permits.forget();
+            *shared += more as usize;
+            return;
+        }
+        if *trusted {
+            if let Ok(permits) = budget.reserve.try_acquire_many(more) {
+                permits.forget();
+                *reserved += more as usize;
+                return;
             }
+        }
+        Metrics::inc(&metrics.read_budget_waits);
+        debug!(bytes, "read buffer budget spent; waiting");
+        let (acquired, from_reserve) = if *trusted {
+            tokio::select! {
+                permits = budget.shared.acquire_many(more) => (permits, false),
+                permits = budget.reserve.acquire_many(more) => (permits, true),
+            }
+        } else {
+            (budget.shared.acquire_many(more).await, false)
+        };
+        // Never closed; nothing to hold then.
+        let Ok(permits) = acquired else {
+            return;
         };
         permits.forget();
-        self.held += more as usize;
+        if from_reserve {
+            *reserved += more as usize;
+        } else {
+            *shared += more as usize;
+        }
     }
 
-    /// Give back what is held beyond `bytes`.
+    /// Give back what is held beyond `bytes`, the reserve's first.
     fn release_to(&mut self, bytes: usize) {
-        if self.held > bytes {
-            self.budget.add_permits(self.held - bytes);
-            self.held = bytes;
+        let Some(budget) = &self.budget else {
+            return;
+        };
+        let mut excess = (self.shared + self.reserved).saturating_sub(bytes);
+        let to_reserve = excess.min(self.reserved);
+        if to_reserve > 0 {
+            budget.reserve.add_permits(to_reserve);
+            self.reserved -= to_reserve;
+            excess -= to_reserve;
+        }
+        if excess > 0 {
+            budget.shared.add_permits(excess);
+            self.shared -= excess;
         }
     }
 }
@@ -509,7 +594,7 @@ async fn read_messages<S>(
     S: AsyncRead + AsyncWrite + Unpin,
 {
     debug!(leg = info.leg.as_str(), "connection open");
-    let mut state = ReadState::new(ctx, hearing.hand_on_until(ctx, &closing));
+    let mut state = ReadState::new(ctx, &hearing, &closing);
     let stop = loop {
         if state.frame_buffered(id, info, ctx, &mut hearing).await {
             break Stop::Closed;
@@ -636,14 +721,17 @@ struct ReadState {
 }
 
 impl ReadState {
-    fn new(ctx: &TransportContext, hand_on_until: CancellationToken) -> Self {
+    fn new(ctx: &TransportContext, hearing: &Hearing<'_>, closing: &CancellationToken) -> Self {
         Self {
-            hand_on_until,
+            hand_on_until: hearing.hand_on_until(ctx, closing),
             codec: SipCodec::new(ctx.limits.max_message_bytes),
             buf: BytesMut::new(),
             share: BudgetShare {
-                budget: ctx.read_budget.clone(),
-                held: 0,
+                budget: (!matches!(hearing, Hearing::Registrar(_)))
+                    .then(|| ctx.read_budget.clone()),
+                trusted: matches!(hearing, Hearing::Slot(slot) if slot.is_trusted()),
+                shared: 0,
+                reserved: 0,
             },
             message_began: None,
             opened: Instant::now(),
@@ -1204,7 +1292,11 @@ mod tests {
     async fn partial_messages_hold_the_read_budget_until_they_complete_or_close() {
         let (tx, mut events) = mpsc::channel(16);
         let ctx = TransportContext::for_tests(tx, 4);
-        let full = ctx.read_budget.available_permits();
+        let available = || {
+            let (shared, reserve) = ctx.read_budget.available();
+            shared + reserve
+        };
+        let full = available();
         let settle = || async {
             for _ in 0..200 {
                 tokio::task::yield_now().await;
@@ -1215,13 +1307,13 @@ mod tests {
         client.write_all(MESSAGE).await.unwrap();
         received(&mut events).await;
         settle().await;
-        assert_eq!(ctx.read_budget.available_permits(), full);
+        assert_eq!(available(), full);
         // 40 KB of a message's headers: held from the budget ...
         let partial = format!("OPTIONS sip:a@b SIP/2.0\r\nX-Pad: {}", "p".repeat(40_000));
         client.write_all(partial.as_bytes()).await.unwrap();
         let mut held = false;
         for _ in 0..1000 {
-            if ctx.read_budget.available_permits() <= full - 40_000 {
+            if available() <= full - 40_000 {
                 held = true;
                 break;
             }
@@ -1232,17 +1324,96 @@ mod tests {
         drop(client);
         let mut released = false;
         for _ in 0..1000 {
-            if ctx.read_budget.available_permits() == full && ctx.connections.is_empty() {
+            if available() == full && ctx.connections.is_empty() {
                 released = true;
                 break;
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        assert!(
-            released,
-            "{} of {full}",
-            ctx.read_budget.available_permits()
+        assert!(released, "{} of {full}", available());
+    }
+
+    /// Sources holding the shared read buffer budget with messages they
+    /// never finish stall neither the registrar's messages on sipadmit's
+    /// own connection to it (not charged) nor a trusted source's (the
+    /// reserve); another source's message larger than the first read waits
+    /// for the budget.
+    #[tokio::test]
+    async fn a_spent_read_budget_holds_up_neither_the_registrar_nor_trusted_sources() {
+        let (tx, mut events) = mpsc::channel(16);
+        let ctx = TransportContext::for_tests(tx, 4);
+        let (shared, reserve) = ctx.read_budget.available();
+        assert!(reserve >= 64 * 1024, "a tenth of 1 MiB");
+        // What the unfinished messages of other sources would hold.
+        let held = u32::try_from(shared).unwrap();
+        ctx.read_budget
+            .shared
+            .try_acquire_many(held)
+            .unwrap()
+            .forget();
+        let large = format!(
+            "OPTIONS sip:a@b SIP/2.0\r\nX-Pad: {}\r\nContent-Length: 0\r\n\r\n",
+            "p".repeat(4 * IDLE_READ_BYTES)
         );
+        // sipadmit's own connection to the registrar.
+        let (mut registrar, server) = tokio::io::duplex(64 * 1024);
+        let registrar_info = ConnectionInfo {
+            leg: Leg::FromRegistrar,
+            ..info("127.0.0.1:5080")
+        };
+        let _link = spawn(server, registrar_info, &ctx);
+        registrar.write_all(large.as_bytes()).await.unwrap();
+        let from_registrar = received(&mut events).await;
+        assert_eq!(&from_registrar.bytes[..], large.as_bytes());
+        // A trusted source's connection takes the reserve, and gives it back.
+        let (mut trusted, server) = tokio::io::duplex(64 * 1024);
+        let trusted_info = info("127.0.0.1:40020");
+        let mut slot = ctx
+            .slots
+            .acquire(
+                trusted_info.peer,
+                true,
+                CancellationToken::new(),
+                std::time::Instant::now(),
+            )
+            .unwrap();
+        let serving = ctx.clone();
+        tokio::spawn(async move { serve(server, trusted_info, &serving, Some(&mut slot)).await });
+        trusted.write_all(large.as_bytes()).await.unwrap();
+        let from_trusted = received(&mut events).await;
+        assert_eq!(from_trusted.source, PeerAddr(trusted_info.peer));
+        // Any other source's waits for the shared part.
+        let mut other = served(&ctx, "127.0.0.1:40021");
+        other.write_all(large.as_bytes()).await.unwrap();
+        let waits = || {
+            ctx.metrics
+                .read_budget_waits
+                .load(std::sync::atomic::Ordering::Relaxed)
+        };
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while waits() == 0 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .expect("the other source's read waits for the budget");
+        assert_eq!(
+            waits(),
+            1,
+            "neither the registrar nor the trusted source waited"
+        );
+        assert!(
+            tokio::time::timeout(Duration::from_millis(200), events.recv())
+                .await
+                .is_err(),
+            "the other source's message is not read in full"
+        );
+        assert_eq!(ctx.read_budget.available(), (0, reserve));
+        // Once the shared part is back, it is read.
+        ctx.read_budget.shared.add_permits(shared);
+        let from_other = received(&mut events).await;
+        assert_eq!(&from_other.bytes[..], large.as_bytes());
+        ctx.shutdown.cancel();
     }
 
     #[tokio::test(start_paused = true)]
