@@ -427,14 +427,13 @@ fn next_relayed(link: &mut TcpStream) -> String {
 /// registrar on sipadmit's own connection to it (a Lync pool's `200 OK` to
 /// a REGISTER runs to a few kilobytes, more than a first read takes) nor a
 /// trusted client's large request (the budget's reserve); an untrusted
-/// client's large request waits until the hogs' messages run out of time
-/// (`limits.message_deadline_secs`).
+/// client's large request waits until the hogs disconnect.
 #[test]
 fn a_spent_read_budget_holds_up_neither_the_registrar_nor_a_trusted_client() {
     let registrar = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let upstream = registrar.local_addr().unwrap();
     let config = "[limits]\nmax_message_bytes = 16384\nread_buffer_budget_bytes = 65536\n\
-                  message_deadline_secs = 5\n[rate_limit]\ntrusted = [\"127.0.0.21\"]\n\
+                  message_deadline_secs = 30\n[rate_limit]\ntrusted = [\"127.0.0.21\"]\n\
                   [admin]\nlisten = \"127.0.0.1:0\"\n";
     let proxy = TestProxy::start(config, "127.0.0.1", &format!("tcp:{upstream}"));
     let hogs: Vec<TcpStream> = (0..8)
@@ -486,12 +485,22 @@ fn a_spent_read_budget_holds_up_neither_the_registrar_nor_a_trusted_client() {
         .unwrap();
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(waits(), before + 1.0, "the untrusted client's read waits");
-    // Once the hogs' messages run out of time, it goes through.
-    link.set_read_timeout(Some(Duration::from_secs(10)))
+    link.set_read_timeout(Some(Duration::from_millis(300)))
         .unwrap();
+    let mut byte = [0u8; 1];
+    assert!(link.read(&mut byte).is_err(), "nothing relayed meanwhile");
+    // Once the hogs are gone (their waiting connections see them close),
+    // it goes through, long before their messages' deadline (30 s).
+    link.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let gone = Instant::now();
+    drop(hogs);
     let relayed = next_relayed(&mut link);
     assert!(relayed.contains("Call-ID: carol-1@test"), "{relayed}");
-    drop(hogs);
+    assert!(
+        gone.elapsed() < Duration::from_secs(10),
+        "relayed {:?} after the hogs left",
+        gone.elapsed()
+    );
 }
 
 /// Item 6: 3,000 REGISTERs pipelined on one connection by a client that

@@ -28,8 +28,9 @@
 //!   `limits.tcp_idle_timeout_secs`;
 //! - read memory: what all connections buffer together is charged to one
 //!   budget (`limits.read_buffer_budget_bytes`, [`ReadBudget`]): a read
-//!   that finds it spent waits (within the message deadline), except a
-//!   trusted source's while the budget's reserve lasts; sipadmit's own
+//!   that finds it spent waits (within the message deadline; it reads one
+//!   byte meanwhile, to see its peer close), except a trusted source's
+//!   while the budget's reserve lasts; sipadmit's own
 //!   connection to the registrar is not charged; an idle connection holds
 //!   no buffer at all (released after every complete message);
 //! - write memory: the writer queue is bounded in bytes
@@ -482,6 +483,9 @@ struct BudgetShare {
     shared: usize,
     /// Held of the reserve.
     reserved: usize,
+    /// It waits for the budget (counted once, though a look at the peer
+    /// may interrupt the wait).
+    waiting: bool,
 }
 
 impl BudgetShare {
@@ -492,6 +496,7 @@ impl BudgetShare {
             trusted,
             shared,
             reserved,
+            waiting,
         } = self
         else {
             return;
@@ -504,17 +509,22 @@ impl BudgetShare {
         if let Ok(permits) = budget.shared.try_acquire_many(more) {
             permits.forget();
             *shared += more as usize;
+            *waiting = false;
             return;
         }
         if *trusted {
             if let Ok(permits) = budget.reserve.try_acquire_many(more) {
                 permits.forget();
                 *reserved += more as usize;
+                *waiting = false;
                 return;
             }
         }
-        Metrics::inc(&metrics.read_budget_waits);
-        debug!(bytes, "read buffer budget spent; waiting");
+        if !*waiting {
+            *waiting = true;
+            Metrics::inc(&metrics.read_budget_waits);
+            debug!(bytes, "read buffer budget spent; waiting");
+        }
         let (acquired, from_reserve) = if *trusted {
             tokio::select! {
                 permits = budget.shared.acquire_many(more) => (permits, false),
@@ -533,6 +543,12 @@ impl BudgetShare {
         } else {
             *shared += more as usize;
         }
+        *waiting = false;
+    }
+
+    /// Bytes held (0 when not charged).
+    fn held(&self) -> usize {
+        self.shared + self.reserved
     }
 
     /// Give back what is held beyond `bytes`, the reserve's first.
@@ -540,7 +556,7 @@ impl BudgetShare {
         let Some(budget) = &self.budget else {
             return;
         };
-        let mut excess = (self.shared + self.reserved).saturating_sub(bytes);
+        let mut excess = self.held().saturating_sub(bytes);
         let to_reserve = excess.min(self.reserved);
         if to_reserve > 0 {
             budget.reserve.add_permits(to_reserve);
@@ -623,21 +639,33 @@ async fn read_messages<S>(
                 Err(stop) => break stop,
             }
         } else {
-            tokio::select! {
+            // While it waits for the budget, one byte may be read past what
+            // it holds (or past the first read's, which is not charged):
+            // enough to see its peer close, so that what it holds goes
+            // back then, not at its deadline.
+            let mut byte = [0u8; 1];
+            let may_look = buf.len() <= state.share.held().max(IDLE_READ_BYTES);
+            let looked = tokio::select! {
                 biased;
                 () = closing.cancelled() => break Stop::Closing,
-                () = state.share.hold(want, &ctx.metrics) => {}
+                () = state.share.hold(want, &ctx.metrics) => None,
                 () = &mut timeout => break on_timeout,
-            }
-            buf.reserve(want - buf.len());
-            tokio::select! {
-                biased;
-                () = closing.cancelled() => break Stop::Closing,
-                read = read.read_buf(buf) => read,
-                () = &mut timeout => match last_look(read.read_buf(buf)).await {
-                    Some(read) => read,
-                    None => break on_timeout,
-                },
+                looked = read.read(&mut byte), if may_look => Some(looked),
+            };
+            match looked {
+                Some(looked) => looked.inspect(|&n| buf.extend_from_slice(&byte[..n])),
+                None => {
+                    buf.reserve(want - buf.len());
+                    tokio::select! {
+                        biased;
+                        () = closing.cancelled() => break Stop::Closing,
+                        read = read.read_buf(buf) => read,
+                        () = &mut timeout => match last_look(read.read_buf(buf)).await {
+                            Some(read) => read,
+                            None => break on_timeout,
+                        },
+                    }
+                }
             }
         };
         match read {
@@ -732,6 +760,7 @@ impl ReadState {
                 trusted: matches!(hearing, Hearing::Slot(slot) if slot.is_trusted()),
                 shared: 0,
                 reserved: 0,
+                waiting: false,
             },
             message_began: None,
             opened: Instant::now(),
