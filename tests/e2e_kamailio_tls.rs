@@ -397,3 +397,58 @@ async fn a_registrar_certificate_naming_its_sip_domain_as_a_uri_is_taken() {
     let registers = kam.log_lines("REQ REGISTER");
     assert!(registers[0].contains("src=tls:"), "{registers:#?}");
 }
+
+/// Under the system's roots (here `SSL_CERT_FILE` names the test root, and
+/// `tls.upstream_ca` is not set), a `sip:` URI subjectAltName does not name
+/// the registrar: public CAs certify DNS names, and name constraints that
+/// limit a CA to DNS names do not limit its URIs. The chain verifies, the
+/// name does not: the REGISTER is answered `503` and the log says why.
+#[test]
+fn a_sip_uri_names_the_registrar_only_under_the_configured_ca() {
+    let (dir, files) = pki();
+    let registrar_tls = KamailioTls::new(&files.sip_domain.0, &files.sip_domain.1, &files.ca);
+    let Some(kam) = kamailio(registrar_tls) else {
+        return;
+    };
+    let config = dir.path().join("system-roots.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[response_group]\nworkflows = [\"sip:helpdesk@contoso.com\"]\n\
+             [tls]\ncertificate = \"{}\"\nprivate_key = \"{}\"\n\
+             upstream_server_name = \"contoso.com\"\n",
+            files.server.0.display(),
+            files.server.1.display(),
+        ),
+    )
+    .unwrap();
+    let mut sipadmit = common::binary::Sipadmit::spawn(
+        std::process::Command::new(env!("CARGO_BIN_EXE_sipadmit"))
+            .args(["run", "--config", config.to_str().unwrap()])
+            .args(["--listen", "udp:127.0.0.1:0", "--listen", "tls:127.0.0.1:0"])
+            .args(["--upstream", &kam.upstream_tls().unwrap()])
+            .env("RUST_LOG", "info")
+            .env("SSL_CERT_FILE", &files.ca)
+            .env("SSL_CERT_DIR", dir.path())
+            .stdout(std::process::Stdio::null()),
+    );
+    let listening = sipadmit.wait_for("listening");
+    let udp: std::net::SocketAddr = common::binary::field(&listening, "addr").parse().unwrap();
+    let client = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    client.set_read_timeout(Some(WAIT)).unwrap();
+    let me = client.local_addr().unwrap();
+    let register = format!(
+        "REGISTER sip:contoso.com SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bK-roots-1;rport\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:alice@contoso.com>;tag=r1\r\nTo: <sip:alice@contoso.com>\r\n\
+         Call-ID: system-roots@test\r\nCSeq: 1 REGISTER\r\nContact: <sip:alice@{me}>\r\n\
+         User-Agent: {UA_LYNC_2013}\r\nContent-Length: 0\r\n\r\n"
+    );
+    client.send_to(register.as_bytes(), udp).unwrap();
+    let mut answer = [0u8; 4096];
+    let (n, _) = client.recv_from(&mut answer).unwrap();
+    let answer = String::from_utf8_lossy(&answer[..n]);
+    assert!(answer.starts_with("SIP/2.0 503 "), "{answer}");
+    sipadmit.wait_for("hostname mismatch");
+    sipadmit.stop();
+    assert!(kam.log_lines("REQ REGISTER").is_empty());
+}

@@ -465,7 +465,8 @@ fn a_spent_read_budget_holds_up_neither_the_registrar_nor_a_trusted_client() {
         ["SIP/2.0 200 OK"],
         "the registrar's answer was read"
     );
-    // A trusted client's 3 KB REGISTER over TCP goes through.
+    // A trusted client's 3 KB REGISTER over TCP goes through, unwaited.
+    let before = waits();
     let mut trusted = tcp_from("127.0.0.21", proxy.tcp);
     let from = trusted.local_addr().unwrap();
     trusted
@@ -476,8 +477,8 @@ fn a_spent_read_budget_holds_up_neither_the_registrar_nor_a_trusted_client() {
     let answer = common::sip_stream::uas_response(&relayed, "200 OK", "reg", "");
     link.write_all(answer.as_bytes()).unwrap();
     assert!(read_head(&mut trusted).starts_with("SIP/2.0 200 OK"));
+    assert_eq!(waits(), before, "the trusted client's read did not wait");
     // An untrusted client's waits for the shared part.
-    let before = waits();
     let mut other = tcp_from("127.0.0.22", proxy.tcp);
     let from = other.local_addr().unwrap();
     other

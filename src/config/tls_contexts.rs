@@ -637,13 +637,19 @@ pub(crate) fn build_upstream(
         .transpose()?;
     let server_name = settings.upstream_name(upstream);
     // Verification on (peer), the system's roots, SNI and name checks per
-    // session; a name carried as a SIP domain identity passes too.
+    // session; a name carried as a SIP domain identity passes too, under
+    // `tls.upstream_ca`.
     let mut builder = SslConnector::builder(SslMethod::tls_client())
         .map_err(|e| TlsError::new("tls", None, TlsProblem::OpenSsl(e)))?;
-    let domain = server_name.clone();
-    builder.set_verify_callback(SslVerifyMode::PEER, move |verified, ctx| {
-        verified || carries_sip_domain(ctx, &domain)
-    });
+    // Only under a CA the admin chose: the system's public CAs certify DNS
+    // names, and a CA that name constraints limit to DNS names is not
+    // limited in URIs (OpenSSL checks each kind of name on its own).
+    if settings.upstream_ca.is_some() {
+        let domain = server_name.clone();
+        builder.set_verify_callback(SslVerifyMode::PEER, move |verified, ctx| {
+            verified || carries_sip_domain(ctx, &domain)
+        });
+    }
     apply_versions_and_ciphers(&mut builder, settings)?;
     if let Some(path) = &settings.upstream_ca {
         let (store, _) = trust_store("tls.upstream_ca", path)?;
@@ -663,6 +669,7 @@ pub(crate) fn build_upstream(
 /// Whether the registrar's certificate, which OpenSSL found not to carry
 /// `domain` as a DNS name, carries it as a SIP domain identity: a
 /// subjectAltName URI `sip:domain` without a user part (RFC 5922 7.1).
+/// Asked only when the chain ends at `tls.upstream_ca`.
 /// Only that error of the registrar's own certificate is forgiven (and
 /// cleared); its chain, signatures and dates are checked as before, and an
 /// IP address is checked as an IP subjectAltName only.

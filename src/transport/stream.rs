@@ -434,12 +434,13 @@ impl fmt::Display for Stalled {
 
 /// What all stream connections may buffer together
 /// (`limits.read_buffer_budget_bytes`), one permit a byte: a reserve kept
-/// for the connections of trusted sources (`rate_limit.trusted`, the
-/// registrar's `proxy.upstream_sources`, the Response Group application),
+/// for the connections of the sources never rate-limited
+/// (`rate_limit.trusted`, the registrar, the Response Group application),
 /// which take it once the rest is spent, as they take reserved connection
 /// slots; the rest shared by every connection. The reserve is a tenth of
 /// the budget, and at least what one connection reads a message with
-/// (`limits.max_message_bytes` and one byte), at most half the budget.
+/// (`limits.max_message_bytes` and one byte), as long as the shared part
+/// keeps that much too (the budget is at least twice the largest message).
 /// sipadmit's own connection to the registrar is not charged (see
 /// [`BudgetShare`]).
 #[derive(Debug)]
@@ -452,7 +453,8 @@ impl ReadBudget {
     /// A budget of `bytes` in all for messages of at most
     /// `max_message_bytes`, its reserve kept for trusted sources.
     pub fn new(bytes: usize, max_message_bytes: usize) -> Self {
-        let reserve = (bytes / 10).max(max_message_bytes + 1).min(bytes / 2);
+        let message = max_message_bytes + 1;
+        let reserve = (bytes / 10).max(message).min(bytes.saturating_sub(message));
         Self {
             shared: Semaphore::new(bytes - reserve),
             reserve: Semaphore::new(reserve),
@@ -654,18 +656,15 @@ async fn read_messages<S>(
             };
             match looked {
                 Some(looked) => looked.inspect(|&n| buf.extend_from_slice(&byte[..n])),
-                None => {
-                    buf.reserve(want - buf.len());
-                    tokio::select! {
-                        biased;
-                        () = closing.cancelled() => break Stop::Closing,
-                        read = read.read_buf(buf) => read,
-                        () = &mut timeout => match last_look(read.read_buf(buf)).await {
-                            Some(read) => read,
-                            None => break on_timeout,
-                        },
-                    }
-                }
+                None => tokio::select! {
+                    biased;
+                    () = closing.cancelled() => break Stop::Closing,
+                    read = read_up_to(&mut read, buf, want) => read,
+                    () = &mut timeout => match last_look(read_up_to(&mut read, buf, want)).await {
+                        Some(read) => read,
+                        None => break on_timeout,
+                    },
+                },
             }
         };
         match read {
@@ -713,6 +712,19 @@ async fn read_first<R: AsyncRead + Unpin>(
         },
     };
     Ok(read.inspect(|&n| buf.extend_from_slice(&first[..n])))
+}
+
+/// Read into `buf` until it holds at most `want` bytes (more than it
+/// holds now): what the connection holds of the read budget. (Its spare
+/// capacity may be larger: `BytesMut` grows by doubling.)
+async fn read_up_to<R: AsyncRead + Unpin>(
+    read: &mut R,
+    buf: &mut BytesMut,
+    want: usize,
+) -> std::io::Result<usize> {
+    let room = want - buf.len();
+    buf.reserve(room);
+    (&mut *read).take(room as u64).read_buf(buf).await
 }
 
 /// A read tried once more when a deadline came without it: `None` when
@@ -881,8 +893,7 @@ impl ReadState {
                 () = &mut deadline => return,
                 () = self.share.hold(want, &ctx.metrics) => {}
             }
-            self.buf.reserve(want - self.buf.len());
-            match futures_util::FutureExt::now_or_never(read.read_buf(&mut self.buf)) {
+            match futures_util::FutureExt::now_or_never(read_up_to(read, &mut self.buf, want)) {
                 Some(Ok(0)) => return self.frame_at_eof(id, info, ctx, hearing).await,
                 // A message read in full waits for the dispatcher (it may
                 // be heard already), never cut off by the deadline.
@@ -901,8 +912,8 @@ impl ReadState {
 
     /// How many bytes the buffer may hold after the next read: never more
     /// than a whole message (one past the limit, to see it is over); the
-    /// budget is at least twice that, so one connection can always finish
-    /// its message.
+    /// shared part of the budget is at least that (see [`ReadBudget`]), so
+    /// one connection can always finish its message.
     fn wanted(&self, ctx: &TransportContext) -> usize {
         (self.buf.len() + READ_CHUNK_BYTES)
             .min(ctx.limits.max_message_bytes + 1)
@@ -1360,6 +1371,60 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         assert!(released, "{} of {full}", available());
+    }
+
+    /// The shared part of the budget always holds what one connection
+    /// reads a whole message with, at the smallest budget the
+    /// configuration takes too (twice `max_message_bytes`); the reserve is
+    /// a tenth, at least that much where the budget has room for both.
+    #[test]
+    fn the_shared_part_of_the_budget_holds_a_whole_message() {
+        for (bytes, max) in [
+            (2 * 65_535, 65_535),
+            (2 * 16_384, 16_384),
+            (65_536, 16_384),
+            (1 << 20, 65_535),
+            (64 << 20, 65_535),
+        ] {
+            let (shared, reserve) = ReadBudget::new(bytes, max).available();
+            assert_eq!(shared + reserve, bytes, "{bytes} {max}");
+            assert!(shared > max, "{bytes} {max}: shared {shared}");
+            assert!(
+                reserve >= (bytes / 10).min(bytes - max - 1),
+                "{bytes} {max}"
+            );
+        }
+        assert_eq!(
+            ReadBudget::new(64 << 20, 65_535).available().1,
+            (64 << 20) / 10
+        );
+        assert_eq!(ReadBudget::new(65_536, 16_384).available().1, 16_385);
+    }
+
+    /// At the smallest budget, a message near the size limit that comes in
+    /// pieces is read in full (its connection asks for the whole message's
+    /// room at the end).
+    #[tokio::test]
+    async fn a_large_message_in_pieces_is_read_at_the_smallest_budget() {
+        let (tx, mut events) = mpsc::channel(16);
+        let ctx = Arc::try_unwrap(TransportContext::for_tests(tx, 4)).unwrap();
+        let max = ctx.limits.max_message_bytes;
+        let ctx = Arc::new(TransportContext {
+            read_budget: Arc::new(ReadBudget::new(2 * max, max)),
+            ..ctx
+        });
+        let message = format!(
+            "OPTIONS sip:a@b SIP/2.0\r\nX-Pad: {}\r\nContent-Length: 0\r\n\r\n",
+            "p".repeat(60_000)
+        );
+        let mut client = served(&ctx, "127.0.0.1:40030");
+        for piece in message.as_bytes().chunks(4096) {
+            client.write_all(piece).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let read = received(&mut events).await;
+        assert_eq!(read.bytes.len(), message.len());
+        ctx.shutdown.cancel();
     }
 
     /// Sources holding the shared read buffer budget with messages they

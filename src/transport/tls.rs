@@ -8,7 +8,8 @@
 //!   certificate, open ones keep theirs);
 //! - [`ClientTls`]: the connector towards the registrar, whose certificate is
 //!   always verified against `tls.upstream_server_name` (a DNS or IP name,
-//!   or the SIP domain of a `sip:` URI, RFC 5922 7.1);
+//!   or, under `tls.upstream_ca`, the SIP domain of a `sip:` URI, RFC 5922
+//!   7.1);
 //! - [`HandshakeError`]: why a handshake failed, as a bounded
 //!   [`HandshakeReason`] for metrics plus OpenSSL's detail for the log;
 //! - [`TlsListener`] and [`refuse_tls_client_hello`]: the open steps of
@@ -360,8 +361,9 @@ impl ServerTls {
 /// The TLS side of the link to a `tls:` upstream: an OpenSSL connector that
 /// always verifies the registrar's certificate (chain to `tls.upstream_ca`
 /// or the system's roots, name `tls.upstream_server_name` or the upstream's
-/// IP, carried as a DNS or IP subjectAltName or as a `sip:` URI one), sends
-/// SNI for a name, and presents `tls.upstream_certificate` when set.
+/// IP, carried as a DNS or IP subjectAltName or, under `tls.upstream_ca`, as
+/// a `sip:` URI one), sends SNI for a name, and presents
+/// `tls.upstream_certificate` when set.
 pub struct ClientTls {
     upstream: ArcSwap<Upstream>,
 }
