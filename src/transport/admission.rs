@@ -685,6 +685,16 @@ impl Admission {
             || (over_connections && self.registrar_hosts.matches(source))
     }
 
+    /// Whether a TCP/TLS connection from `source` is exempt from the limits
+    /// under the settings in force now (it may take the read buffer
+    /// budget's reserve): a trusted network, the registrar (its
+    /// `upstream_sources`, and a TCP/TLS upstream's host), the Response
+    /// Group application.
+    pub fn exempts_connection(&self, source: SocketAddr) -> bool {
+        let limits = self.limits.load();
+        self.is_exempt_under(&limits.settings, source, true)
+    }
+
     /// The Retry-After of a `503` to a source over its limit: the seconds
     /// its bucket takes to refill a burst (at least 1).
     pub fn retry_after_secs(&self) -> u32 {

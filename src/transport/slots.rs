@@ -455,11 +455,6 @@ impl Slot {
         &self.closing
     }
 
-    /// Whether its source was trusted when it was accepted.
-    pub fn is_trusted(&self) -> bool {
-        self.trusted
-    }
-
     /// Whether a complete message was heard on it.
     pub fn is_heard(&self) -> bool {
         self.heard_at.is_some()

@@ -479,8 +479,6 @@ impl ReadBudget {
 struct BudgetShare {
     /// `None`: not charged (the link's connection to the registrar).
     budget: Option<Arc<ReadBudget>>,
-    /// A trusted source's connection: it may take the reserve.
-    trusted: bool,
     /// Held of the shared part.
     shared: usize,
     /// Held of the reserve.
@@ -492,10 +490,12 @@ struct BudgetShare {
 
 impl BudgetShare {
     /// Hold at least `bytes`, waiting for the budget when it is spent.
-    async fn hold(&mut self, bytes: usize, metrics: &Metrics) {
+    /// `exempt` says whether the connection's source is exempt from rate
+    /// limits now (asked only when the shared part is spent): it may then
+    /// take the reserve.
+    async fn hold(&mut self, bytes: usize, metrics: &Metrics, exempt: impl FnOnce() -> bool) {
         let Self {
             budget: Some(budget),
-            trusted,
             shared,
             reserved,
             waiting,
@@ -514,7 +514,8 @@ impl BudgetShare {
             *waiting = false;
             return;
         }
-        if *trusted {
+        let trusted = exempt();
+        if trusted {
             if let Ok(permits) = budget.reserve.try_acquire_many(more) {
                 permits.forget();
                 *reserved += more as usize;
@@ -527,7 +528,7 @@ impl BudgetShare {
             Metrics::inc(&metrics.read_budget_waits);
             debug!(bytes, "read buffer budget spent; waiting");
         }
-        let (acquired, from_reserve) = if *trusted {
+        let (acquired, from_reserve) = if trusted {
             tokio::select! {
                 permits = budget.shared.acquire_many(more) => (permits, false),
                 permits = budget.reserve.acquire_many(more) => (permits, true),
@@ -634,6 +635,7 @@ async fn read_messages<S>(
         // deadline comes alone (see `last_look`). After a freeze of this
         // process (a paused VM, a SIGSTOP), bytes that came in time count.
         let want = state.wanted(ctx);
+        let exempt = || ctx.admission.exempts_connection(info.peer);
         let buf = &mut state.buf;
         let read = if buf.is_empty() {
             match read_first(&mut read, buf, timeout.as_mut(), &closing, on_timeout).await {
@@ -650,7 +652,7 @@ async fn read_messages<S>(
             let looked = tokio::select! {
                 biased;
                 () = closing.cancelled() => break Stop::Closing,
-                () = state.share.hold(want, &ctx.metrics) => None,
+                () = state.share.hold(want, &ctx.metrics, exempt) => None,
                 () = &mut timeout => break on_timeout,
                 looked = read.read(&mut byte), if may_look => Some(looked),
             };
@@ -769,7 +771,6 @@ impl ReadState {
             share: BudgetShare {
                 budget: (!matches!(hearing, Hearing::Registrar(_)))
                     .then(|| ctx.read_budget.clone()),
-                trusted: matches!(hearing, Hearing::Slot(slot) if slot.is_trusted()),
                 shared: 0,
                 reserved: 0,
                 waiting: false,
@@ -891,7 +892,7 @@ impl ReadState {
                 biased;
                 () = self.hand_on_until.cancelled() => return,
                 () = &mut deadline => return,
-                () = self.share.hold(want, &ctx.metrics) => {}
+                () = self.share.hold(want, &ctx.metrics, || ctx.admission.exempts_connection(info.peer)) => {}
             }
             match futures_util::FutureExt::now_or_never(read_up_to(read, &mut self.buf, want)) {
                 Some(Ok(0)) => return self.frame_at_eof(id, info, ctx, hearing).await,
@@ -1459,25 +1460,36 @@ mod tests {
         registrar.write_all(large.as_bytes()).await.unwrap();
         let from_registrar = received(&mut events).await;
         assert_eq!(&from_registrar.bytes[..], large.as_bytes());
-        // A trusted source's connection takes the reserve, and gives it back.
-        let (mut trusted, server) = tokio::io::duplex(64 * 1024);
-        let trusted_info = info("127.0.0.1:40020");
-        let mut slot = ctx
-            .slots
-            .acquire(
-                trusted_info.peer,
-                true,
-                CancellationToken::new(),
-                std::time::Instant::now(),
-            )
-            .unwrap();
-        let serving = ctx.clone();
-        tokio::spawn(async move { serve(server, trusted_info, &serving, Some(&mut slot)).await });
+        // A trusted source's connection takes the reserve, and gives it back;
+        // so does one whose source a reload has made trusted since it opened.
+        let trust = |addresses: &[&str]| {
+            let trusted = addresses
+                .iter()
+                .map(|a| crate::policy::pattern::Network::parse(a).unwrap())
+                .collect();
+            let settings = crate::config::RateLimit {
+                trusted,
+                ..ctx.admission.settings()
+            };
+            assert!(ctx.admission.reconfigure(settings));
+        };
+        trust(&["127.0.0.2"]);
+        let mut trusted = served(&ctx, "127.0.0.2:40020");
+        let mut trusted_since = served(&ctx, "127.0.0.4:40022");
         trusted.write_all(large.as_bytes()).await.unwrap();
         let from_trusted = received(&mut events).await;
-        assert_eq!(from_trusted.source, PeerAddr(trusted_info.peer));
+        assert_eq!(
+            from_trusted.source,
+            PeerAddr("127.0.0.2:40020".parse().unwrap())
+        );
+        trusted_since.write_all(MESSAGE).await.unwrap();
+        received(&mut events).await;
+        trust(&["127.0.0.2", "127.0.0.4"]);
+        trusted_since.write_all(large.as_bytes()).await.unwrap();
+        let from_trusted_since = received(&mut events).await;
+        assert_eq!(&from_trusted_since.bytes[..], large.as_bytes());
         // Any other source's waits for the shared part.
-        let mut other = served(&ctx, "127.0.0.1:40021");
+        let mut other = served(&ctx, "127.0.0.3:40021");
         other.write_all(large.as_bytes()).await.unwrap();
         let waits = || {
             ctx.metrics
@@ -1494,7 +1506,7 @@ mod tests {
         assert_eq!(
             waits(),
             1,
-            "neither the registrar nor the trusted source waited"
+            "neither the registrar nor the trusted sources waited"
         );
         assert!(
             tokio::time::timeout(Duration::from_millis(200), events.recv())
