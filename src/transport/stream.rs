@@ -28,8 +28,9 @@
 //!   `limits.tcp_idle_timeout_secs`;
 //! - read memory: what all connections buffer together is charged to one
 //!   budget (`limits.read_buffer_budget_bytes`, [`ReadBudget`]): a read
-//!   that finds it spent waits (within the message deadline; it reads one
-//!   byte meanwhile, to see its peer close), except a trusted source's
+//!   that finds it spent waits (within the message deadline; it reads on
+//!   up to one byte past what it holds meanwhile, to see its peer close),
+//!   except a trusted source's
 //!   while the budget's reserve lasts; sipadmit's own
 //!   connection to the registrar is not charged; an idle connection holds
 //!   no buffer at all (released after every complete message);
@@ -643,21 +644,24 @@ async fn read_messages<S>(
                 Err(stop) => break stop,
             }
         } else {
-            // While it waits for the budget, one byte may be read past what
-            // it holds (or past the first read's, which is not charged):
-            // enough to see its peer close, so that what it holds goes
-            // back then, not at its deadline.
-            let mut byte = [0u8; 1];
-            let may_look = buf.len() <= state.share.held().max(IDLE_READ_BYTES);
+            // While it waits for the budget, it reads on up to one byte past
+            // what it holds (or past its first KiB, which is not charged):
+            // a short message is finished, and a peer that closed after all
+            // it sent is seen then, so that what it held goes back at once,
+            // not at its deadline.
+            let mut small = [0u8; IDLE_READ_BYTES + 1];
+            let room = (state.share.held().max(IDLE_READ_BYTES) + 1).saturating_sub(buf.len());
             let looked = tokio::select! {
                 biased;
                 () = closing.cancelled() => break Stop::Closing,
                 () = state.share.hold(want, &ctx.metrics, exempt) => None,
+                looked = read.read(&mut small[..room.min(IDLE_READ_BYTES + 1)]), if room > 0 => {
+                    Some(looked)
+                }
                 () = &mut timeout => break on_timeout,
-                looked = read.read(&mut byte), if may_look => Some(looked),
             };
             match looked {
-                Some(looked) => looked.inspect(|&n| buf.extend_from_slice(&byte[..n])),
+                Some(looked) => looked.inspect(|&n| buf.extend_from_slice(&small[..n])),
                 None => tokio::select! {
                     biased;
                     () = closing.cancelled() => break Stop::Closing,
@@ -949,6 +953,8 @@ impl ReadState {
     /// budget; a partial message starts its deadline at its first byte.
     fn settle(&mut self) {
         if self.buf.is_empty() {
+            // A message finished while it waited: the next wait is counted.
+            self.share.waiting = false;
             self.message_began = None;
             if self.buf.capacity() > 0 {
                 self.buf = BytesMut::new();
@@ -1400,6 +1406,47 @@ mod tests {
             (64 << 20) / 10
         );
         assert_eq!(ReadBudget::new(65_536, 16_384).available().1, 16_385);
+    }
+
+    /// While the budget is spent, a short message that comes in pieces is
+    /// still finished (read on past the first KiB's room, which is not
+    /// charged), and each message that waited counts as one wait.
+    #[tokio::test]
+    async fn a_short_message_in_pieces_is_read_while_the_budget_is_spent() {
+        let (tx, mut events) = mpsc::channel(16);
+        let ctx = TransportContext::for_tests(tx, 4);
+        let (shared, _) = ctx.read_budget.available();
+        let held = u32::try_from(shared).unwrap();
+        ctx.read_budget
+            .shared
+            .try_acquire_many(held)
+            .unwrap()
+            .forget();
+        let waits = || {
+            ctx.metrics
+                .read_budget_waits
+                .load(std::sync::atomic::Ordering::Relaxed)
+        };
+        let message = format!(
+            "OPTIONS sip:a@b SIP/2.0\r\nX-Pad: {}\r\nContent-Length: 0\r\n\r\n",
+            "p".repeat(540)
+        );
+        let mut client = served(&ctx, "127.0.0.3:40040");
+        for n in 1..=2 {
+            client.write_all(&message.as_bytes()[..500]).await.unwrap();
+            tokio::time::timeout(Duration::from_secs(5), async {
+                while waits() < n {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            })
+            .await
+            .expect("the read waits for the budget");
+            client.write_all(&message.as_bytes()[500..]).await.unwrap();
+            let read = received(&mut events).await;
+            assert_eq!(&read.bytes[..], message.as_bytes());
+            assert_eq!(waits(), n, "one wait for message {n}");
+        }
+        ctx.shutdown.cancel();
     }
 
     /// At the smallest budget, a message near the size limit that comes in
