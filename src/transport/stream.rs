@@ -635,43 +635,23 @@ async fn read_messages<S>(
         // first (`biased`) when both are ready, and a last look when the
         // deadline comes alone (see `last_look`). After a freeze of this
         // process (a paused VM, a SIGSTOP), bytes that came in time count.
-        let want = state.wanted(ctx);
-        let exempt = || ctx.admission.exempts_connection(info.peer);
-        let buf = &mut state.buf;
-        let read = if buf.is_empty() {
-            match read_first(&mut read, buf, timeout.as_mut(), &closing, on_timeout).await {
-                Ok(read) => read,
-                Err(stop) => break stop,
-            }
+        let read = if state.buf.is_empty() {
+            read_first(
+                &mut read,
+                &mut state.buf,
+                timeout.as_mut(),
+                &closing,
+                on_timeout,
+            )
+            .await
         } else {
-            // While it waits for the budget, it reads on up to one byte past
-            // what it holds (or past its first KiB, which is not charged):
-            // a short message is finished, and a peer that closed after all
-            // it sent is seen then, so that what it held goes back at once,
-            // not at its deadline.
-            let mut small = [0u8; IDLE_READ_BYTES + 1];
-            let room = (state.share.held().max(IDLE_READ_BYTES) + 1).saturating_sub(buf.len());
-            let looked = tokio::select! {
-                biased;
-                () = closing.cancelled() => break Stop::Closing,
-                () = state.share.hold(want, &ctx.metrics, exempt) => None,
-                looked = read.read(&mut small[..room.min(IDLE_READ_BYTES + 1)]), if room > 0 => {
-                    Some(looked)
-                }
-                () = &mut timeout => break on_timeout,
-            };
-            match looked {
-                Some(looked) => looked.inspect(|&n| buf.extend_from_slice(&small[..n])),
-                None => tokio::select! {
-                    biased;
-                    () = closing.cancelled() => break Stop::Closing,
-                    read = read_up_to(&mut read, buf, want) => read,
-                    () = &mut timeout => match last_look(read_up_to(&mut read, buf, want)).await {
-                        Some(read) => read,
-                        None => break on_timeout,
-                    },
-                },
-            }
+            state
+                .read_more(&mut read, ctx, info, timeout.as_mut(), &closing, on_timeout)
+                .await
+        };
+        let read = match read {
+            Ok(read) => read,
+            Err(stop) => break stop,
         };
         match read {
             Ok(0) => {
@@ -913,6 +893,50 @@ impl ReadState {
                 Some(Err(_)) | None => return self.cut_off(info, ctx),
             }
         }
+    }
+
+    /// A read into a buffer that holds part of a message, once the
+    /// connection holds the budget for it (see [`read_messages`] on the
+    /// deadline): what it read, or why the connection stops. While it waits
+    /// for the budget, it reads on up to one byte past what it holds (or
+    /// past its first KiB, which is not charged): a short message is
+    /// finished, and a peer that closed after all it sent is seen then, so
+    /// that what it held goes back at once, not at its deadline.
+    async fn read_more<R: AsyncRead + Unpin>(
+        &mut self,
+        read: &mut R,
+        ctx: &TransportContext,
+        info: ConnectionInfo,
+        mut timeout: std::pin::Pin<&mut tokio::time::Sleep>,
+        closing: &CancellationToken,
+        on_timeout: Stop,
+    ) -> Result<std::io::Result<usize>, Stop> {
+        let want = self.wanted(ctx);
+        let exempt = || ctx.admission.exempts_connection(info.peer);
+        let mut small = [0u8; IDLE_READ_BYTES + 1];
+        let room = (self.share.held().max(IDLE_READ_BYTES) + 1).saturating_sub(self.buf.len());
+        let looked = tokio::select! {
+            biased;
+            () = closing.cancelled() => return Err(Stop::Closing),
+            () = self.share.hold(want, &ctx.metrics, exempt) => None,
+            looked = read.read(&mut small[..room.min(IDLE_READ_BYTES + 1)]), if room > 0 => {
+                Some(looked)
+            }
+            () = &mut timeout => return Err(on_timeout),
+        };
+        if let Some(looked) = looked {
+            return Ok(looked.inspect(|&n| self.buf.extend_from_slice(&small[..n])));
+        }
+        let buf = &mut self.buf;
+        Ok(tokio::select! {
+            biased;
+            () = closing.cancelled() => return Err(Stop::Closing),
+            read = read_up_to(read, buf, want) => read,
+            () = timeout => match last_look(read_up_to(read, buf, want)).await {
+                Some(read) => read,
+                None => return Err(on_timeout),
+            },
+        })
     }
 
     /// How many bytes the buffer may hold after the next read: never more
