@@ -352,6 +352,18 @@ async fn a_tls_caller_and_a_tls_callee_finish_a_call_through_a_udp_registrar() {
     }
 }
 
+/// Alice registers over TLS through `proxy`: `200`, and Kamailio got her
+/// REGISTER over TLS.
+async fn alice_registers_over_tls(files: &PkiFiles, proxy: &TestProxy, kam: &Kamailio) {
+    let mut conn = connect(files, proxy).await;
+    let alice = agent(&conn, "alice", UA_LYNC_2013);
+    let answer = register(&mut conn, &alice).await;
+    assert_eq!(status(&answer), 200, "{answer}");
+    wait_for_registers(kam, 1);
+    let registers = kam.log_lines("REQ REGISTER");
+    assert!(registers[0].contains("src=tls:"), "{registers:#?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sipadmit_presents_its_client_certificate_to_a_registrar_that_requires_one() {
     let (_dir, files) = pki();
@@ -365,13 +377,7 @@ async fn sipadmit_presents_its_client_certificate_to_a_registrar_that_requires_o
         files.client.1.display()
     );
     let proxy = TestProxy::start_with_tls(&config(&files, &with_certificate), &upstream);
-    let mut conn = connect(&files, &proxy).await;
-    let alice = agent(&conn, "alice", UA_LYNC_2013);
-    let answer = register(&mut conn, &alice).await;
-    assert_eq!(status(&answer), 200, "{answer}");
-    wait_for_registers(&kam, 1);
-    let registers = kam.log_lines("REQ REGISTER");
-    assert!(registers[0].contains("src=tls:"), "{registers:#?}");
+    alice_registers_over_tls(&files, &proxy, &kam).await;
 }
 
 /// A registrar whose certificate names its SIP domain only as a `sip:` URI
@@ -389,13 +395,7 @@ async fn a_registrar_certificate_naming_its_sip_domain_as_a_uri_is_taken() {
         &config(&files, "upstream_server_name = \"contoso.com\""),
         &upstream,
     );
-    let mut conn = connect(&files, &proxy).await;
-    let alice = agent(&conn, "alice", UA_LYNC_2013);
-    let answer = register(&mut conn, &alice).await;
-    assert_eq!(status(&answer), 200, "{answer}");
-    wait_for_registers(&kam, 1);
-    let registers = kam.log_lines("REQ REGISTER");
-    assert!(registers[0].contains("src=tls:"), "{registers:#?}");
+    alice_registers_over_tls(&files, &proxy, &kam).await;
 }
 
 /// Under the system's roots (here `SSL_CERT_FILE` names the test root, and

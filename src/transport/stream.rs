@@ -1432,13 +1432,9 @@ mod tests {
         assert_eq!(ReadBudget::new(65_536, 16_384).available().1, 16_385);
     }
 
-    /// While the budget is spent, a short message that comes in pieces is
-    /// still finished (read on past the first KiB's room, which is not
-    /// charged), and each message that waited counts as one wait.
-    #[tokio::test]
-    async fn a_short_message_in_pieces_is_read_while_the_budget_is_spent() {
-        let (tx, mut events) = mpsc::channel(16);
-        let ctx = TransportContext::for_tests(tx, 4);
+    /// Take every byte of the shared part of `ctx`'s read budget, as the
+    /// unfinished messages of other sources would hold it: how many.
+    fn spend_the_shared_budget(ctx: &TransportContext) -> usize {
         let (shared, _) = ctx.read_budget.available();
         let held = u32::try_from(shared).unwrap();
         ctx.read_budget
@@ -1446,11 +1442,25 @@ mod tests {
             .try_acquire_many(held)
             .unwrap()
             .forget();
-        let waits = || {
-            ctx.metrics
-                .read_budget_waits
-                .load(std::sync::atomic::Ordering::Relaxed)
-        };
+        shared
+    }
+
+    /// `sipadmit_read_budget_waits_total` of `ctx`.
+    fn budget_waits(ctx: &TransportContext) -> u64 {
+        ctx.metrics
+            .read_budget_waits
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// While the budget is spent, a short message that comes in pieces is
+    /// still finished (read on past the first KiB's room, which is not
+    /// charged), and each message that waited counts as one wait.
+    #[tokio::test]
+    async fn a_short_message_in_pieces_is_read_while_the_budget_is_spent() {
+        let (tx, mut events) = mpsc::channel(16);
+        let ctx = TransportContext::for_tests(tx, 4);
+        spend_the_shared_budget(&ctx);
+        let waits = || budget_waits(&ctx);
         let message = format!(
             "OPTIONS sip:a@b SIP/2.0\r\nX-Pad: {}\r\nContent-Length: 0\r\n\r\n",
             "p".repeat(540)
@@ -1511,12 +1521,7 @@ mod tests {
         let (shared, reserve) = ctx.read_budget.available();
         assert!(reserve >= 64 * 1024, "a tenth of 1 MiB");
         // What the unfinished messages of other sources would hold.
-        let held = u32::try_from(shared).unwrap();
-        ctx.read_budget
-            .shared
-            .try_acquire_many(held)
-            .unwrap()
-            .forget();
+        assert_eq!(spend_the_shared_budget(&ctx), shared);
         let large = format!(
             "OPTIONS sip:a@b SIP/2.0\r\nX-Pad: {}\r\nContent-Length: 0\r\n\r\n",
             "p".repeat(4 * IDLE_READ_BYTES)
@@ -1562,11 +1567,7 @@ mod tests {
         // Any other source's waits for the shared part.
         let mut other = served(&ctx, "127.0.0.3:40021");
         other.write_all(large.as_bytes()).await.unwrap();
-        let waits = || {
-            ctx.metrics
-                .read_budget_waits
-                .load(std::sync::atomic::Ordering::Relaxed)
-        };
+        let waits = || budget_waits(&ctx);
         tokio::time::timeout(Duration::from_secs(5), async {
             while waits() == 0 {
                 tokio::time::sleep(Duration::from_millis(5)).await;
