@@ -485,8 +485,8 @@ struct BudgetShare {
     shared: usize,
     /// Held of the reserve.
     reserved: usize,
-    /// It waits for the budget (counted once, though a look at the peer
-    /// may interrupt the wait).
+    /// It waited for the budget during the message being read (counted
+    /// once a message, however often it waits).
     waiting: bool,
 }
 
@@ -531,7 +531,6 @@ impl BudgetShare {
             }
             let room = room(*shared + *reserved);
             if room > buffered {
-                *waiting = false;
                 return room;
             }
             if !*waiting {
@@ -547,9 +546,9 @@ impl BudgetShare {
             } else {
                 (budget.shared.acquire().await, false)
             };
-            // Never closed; nothing to hold then.
+            // Never closed; nothing to hold then (read as if not charged).
             let Ok(permit) = acquired else {
-                return room;
+                return want;
             };
             permit.forget();
             if from_reserve {
@@ -927,10 +926,16 @@ impl ReadState {
     /// A read into a buffer that holds part of a message, as far as the
     /// connection holds the budget for it (see [`BudgetShare::hold`]; and
     /// [`read_messages`] on the deadline): what it read, or why the
-    /// connection stops. While it waits for the budget (none is free), it
-    /// reads on one byte past what it holds (or past its first KiB, which
-    /// is not charged), so that a peer that closed after all it sent is
-    /// seen then, and what it held goes back at once, not at its deadline.
+    /// connection stops. What it holds for the read stays held while the
+    /// read waits for its peer (at most a chunk more than it has buffered;
+    /// `settle` gives back the rest after the read): so a connection whose
+    /// message is coming in finishes it before others take the bytes, and
+    /// connections that share too small a budget get through one after
+    /// another instead of all stopping half-way. While it waits for the
+    /// budget (none is free), it reads one byte past what it holds (or past
+    /// its first KiB, which is not charged), so that a peer that closed
+    /// after all it sent is seen then, and what it held goes back at once,
+    /// not at its deadline.
     async fn read_more<R: AsyncRead + Unpin>(
         &mut self,
         read: &mut R,
@@ -1511,6 +1516,10 @@ mod tests {
         let (tx, mut events) = mpsc::channel(64);
         let ctx = Arc::try_unwrap(TransportContext::for_tests(tx, 16)).unwrap();
         let ctx = Arc::new(TransportContext {
+            limits: crate::config::Limits {
+                max_message_bytes: 16_384,
+                ..ctx.limits
+            },
             read_budget: Arc::new(ReadBudget::new(32_768, 16_384)),
             ..ctx
         });
