@@ -31,8 +31,7 @@
 //!   takes what is free (up to a chunk), and one that finds nothing free
 //!   waits, one byte at a time (within the message deadline; it reads one
 //!   byte past what it holds meanwhile, to see its peer close), except a
-//!   trusted source's
-//!   while the budget's reserve lasts; sipadmit's own
+//!   trusted source's while the budget's reserve lasts; sipadmit's own
 //!   connection to the registrar is not charged; an idle connection holds
 //!   no buffer at all (released after every complete message);
 //! - write memory: the writer queue is bounded in bytes
