@@ -463,7 +463,8 @@ impl ReadBudget {
     }
 
     /// Bytes not held now: (shared, kept for trusted sources).
-    pub fn available(&self) -> (usize, usize) {
+    #[cfg(test)]
+    pub(crate) fn available(&self) -> (usize, usize) {
         (
             self.shared.available_permits(),
             self.reserve.available_permits(),
@@ -516,7 +517,7 @@ impl BudgetShare {
         else {
             return want;
         };
-        let room = |held: usize| held.max(IDLE_READ_BYTES).min(want);
+        let room_with = |held: usize| held.max(IDLE_READ_BYTES).min(want);
         let mut exempt = Some(exempt);
         let mut trusted = None;
         loop {
@@ -528,7 +529,7 @@ impl BudgetShare {
             {
                 *reserved += take_free(&budget.reserve, need - from_shared);
             }
-            let room = room(*shared + *reserved);
+            let room = room_with(*shared + *reserved);
             if room > buffered {
                 return room;
             }
