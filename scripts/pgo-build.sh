@@ -27,7 +27,7 @@
 #   scripts/pgo-build.sh [--calls N]     (REGISTERs per training run, default 10000)
 #   needs: a Rust toolchain from rustup, kamailio and sipp (Debian: kamailio, sip-tester)
 # Output: the binary's path on the last line. Exit code: 0 when built; 1 when a step
-# failed (a training run with a failed call fails the build).
+# failed (a training run with fewer than 99 % of its calls answered fails the build).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT=$PWD
@@ -65,11 +65,23 @@ step "2. training: $CALLS REGISTERs over UDP and over TCP, $((CALLS / 2)) INVITE
 TRAINED="$PGO/generate/release/sipadmit"
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/pgo-build.XXXXXX")
 trap 'rm -rf "$WORK"' EXIT
+# A training run only gathers counts: a few calls lost to a busy machine (a SIPp
+# retransmission timer, a late answer) do not spoil them, so it passes with at least 99 %
+# of its calls answered. Anything worse, or a run that never reached the load, fails the
+# build. The strict check comes after: .ci/run loads the built binary with no call lost.
 train() { # transport scenario calls
+  local result ok
   scripts/load/register_latency.sh --transport "$1" --scenario "$2" --calls "$3" --rate 2000 \
       --sipadmit "$TRAINED" --workers 1 --decision-log "$WORK/decisions.log" > "$WORK/train.txt" 2>&1 \
-    || { tail -n 20 "$WORK/train.txt" >&2; echo "pgo-build: training run ($1 $2) failed" >&2; exit 1; }
-  grep 'RESULT phase=proxy' "$WORK/train.txt" >&2
+    || echo "pgo-build: training run ($1 $2) lost calls; checking how many" >&2
+  result=$(grep 'RESULT phase=proxy' "$WORK/train.txt" || true)
+  ok=$(sed -n 's/.* ok=\([0-9]*\) .*/\1/p' <<< "$result")
+  if [ -z "$ok" ] || [ $((ok * 100)) -lt $(($3 * 99)) ]; then
+    tail -n 20 "$WORK/train.txt" >&2
+    echo "pgo-build: training run ($1 $2) failed: ${ok:-no} of $3 calls answered (99 % needed)" >&2
+    exit 1
+  fi
+  echo "$result" >&2
 }
 train udp register "$CALLS"
 train tcp register "$CALLS"
