@@ -24,6 +24,18 @@ pub(crate) fn self_signed_with(
     common_name: &str,
     names: impl FnOnce(&mut SubjectAlternativeName),
 ) -> (Vec<u8>, Vec<u8>) {
+    let mut alt_names = SubjectAlternativeName::new();
+    names(&mut alt_names);
+    certificate(common_name, Some(alt_names))
+}
+
+/// A self-signed P-256 certificate with the common name `common_name` and
+/// no subjectAltName extension, as [`self_signed_with`] makes them.
+pub(crate) fn self_signed_without_alt_names(common_name: &str) -> (Vec<u8>, Vec<u8>) {
+    certificate(common_name, None)
+}
+
+fn certificate(common_name: &str, alt_names: Option<SubjectAlternativeName>) -> (Vec<u8>, Vec<u8>) {
     let group = EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).unwrap();
     let key = PKey::from_ec_key(EcKey::generate(&group).unwrap()).unwrap();
     let mut subject = X509NameBuilder::new().unwrap();
@@ -38,10 +50,10 @@ pub(crate) fn self_signed_with(
         .unwrap();
     cert.set_not_after(&Asn1Time::days_from_now(1).unwrap())
         .unwrap();
-    let mut san = SubjectAlternativeName::new();
-    names(&mut san);
-    let san = san.build(&cert.x509v3_context(None, None)).unwrap();
-    cert.append_extension(san).unwrap();
+    if let Some(alt_names) = alt_names {
+        let extension = alt_names.build(&cert.x509v3_context(None, None)).unwrap();
+        cert.append_extension(extension).unwrap();
+    }
     cert.sign(&key, MessageDigest::sha256()).unwrap();
     (
         cert.build().to_pem().unwrap(),

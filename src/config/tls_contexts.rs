@@ -637,19 +637,19 @@ pub(crate) fn build_upstream(
         .transpose()?;
     let server_name = settings.upstream_name(upstream);
     // Verification on (peer), the system's roots, SNI and name checks per
-    // session; a name carried as a SIP domain identity passes too, under
-    // `tls.upstream_ca`.
+    // session, with the names RFC 5922 7.1 takes ([`names_the_registrar`]).
     let mut builder = SslConnector::builder(SslMethod::tls_client())
         .map_err(|e| TlsError::new("tls", None, TlsProblem::OpenSsl(e)))?;
-    // Only under a CA the admin chose: the system's public CAs certify DNS
-    // names, and a CA that name constraints limit to DNS names is not
-    // limited in URIs (OpenSSL checks each kind of name on its own).
-    if settings.upstream_ca.is_some() {
-        let domain = server_name.clone();
-        builder.set_verify_callback(SslVerifyMode::PEER, move |verified, ctx| {
-            verified || carries_sip_domain(ctx, &domain)
-        });
-    }
+    let names = RegistrarNames {
+        domain: server_name.clone(),
+        // Only under a CA the admin chose: the system's public CAs certify
+        // DNS names, and a CA that name constraints limit to DNS names is
+        // not limited in URIs (OpenSSL checks each kind of name on its own).
+        sip_uri: settings.upstream_ca.is_some(),
+    };
+    builder.set_verify_callback(SslVerifyMode::PEER, move |verified, ctx| {
+        names_the_registrar(verified, ctx, &names)
+    });
     apply_versions_and_ciphers(&mut builder, settings)?;
     if let Some(path) = &settings.upstream_ca {
         let (store, _) = trust_store("tls.upstream_ca", path)?;
@@ -666,31 +666,72 @@ pub(crate) fn build_upstream(
     })
 }
 
-/// Whether the registrar's certificate, which OpenSSL found not to carry
-/// `domain` as a DNS name, carries it as a SIP domain identity: a
-/// subjectAltName URI `sip:domain` without a user part (RFC 5922 7.1).
-/// Asked only when the chain ends at `tls.upstream_ca`.
-/// Only that error of the registrar's own certificate is forgiven (and
-/// cleared); its chain, signatures and dates are checked as before, and an
-/// IP address is checked as an IP subjectAltName only.
-fn carries_sip_domain(ctx: &mut X509StoreContextRef, domain: &str) -> bool {
-    if ctx.error().as_raw() != X509_V_ERR_HOSTNAME_MISMATCH || ctx.error_depth() != 0 {
+/// The name the registrar's certificate must carry, and how.
+struct RegistrarNames {
+    /// `tls.upstream_server_name`, or the upstream's address.
+    domain: String,
+    /// Whether a `sip:` URI subjectAltName carries it (under `tls.upstream_ca`).
+    sip_uri: bool,
+}
+
+/// OpenSSL's verdict on a certificate of the registrar's chain, held to the
+/// names RFC 5922 7.1 takes for a SIP domain:
+///
+/// - A subjectAltName URI `sip:domain` without a user part carries it,
+///   when `names.sip_uri`: OpenSSL's hostname mismatch of the registrar's own
+///   certificate is then forgiven (and cleared); its chain, signatures and
+///   dates are checked as before.
+/// - The common name counts only in a certificate with no subjectAltName at
+///   all. OpenSSL takes it whenever no DNS subjectAltName is present (one
+///   with only a URI, an IP address or an e-mail address too): such a
+///   match is refused, with OpenSSL's error for a refusal of the
+///   application's ([`verify_reason`] words it).
+///
+/// An IP address is checked by OpenSSL as an IP subjectAltName only.
+fn names_the_registrar(
+    verified: bool,
+    ctx: &mut X509StoreContextRef,
+    names: &RegistrarNames,
+) -> bool {
+    if ctx.error_depth() != 0 {
+        return verified;
+    }
+    if !verified && ctx.error().as_raw() != X509_V_ERR_HOSTNAME_MISMATCH {
         return false;
     }
-    let carried = ctx
-        .current_cert()
-        .and_then(|cert| cert.subject_alt_names())
-        .is_some_and(|names| {
-            names
-                .iter()
-                .filter_map(|name| name.uri())
-                .filter_map(sip_domain_of)
-                .any(|host| host.eq_ignore_ascii_case(domain))
-        });
-    if carried {
+    let Some(alt_names) = ctx.current_cert().and_then(|cert| cert.subject_alt_names()) else {
+        // No subjectAltName: OpenSSL's verdict (the common name) stands.
+        return verified;
+    };
+    let carried_as_uri = names.sip_uri
+        && alt_names
+            .iter()
+            .filter_map(|name| name.uri())
+            .filter_map(sip_domain_of)
+            .any(|host| host.eq_ignore_ascii_case(&names.domain));
+    let common_name_alone = verified
+        && names.domain.parse::<std::net::IpAddr>().is_err()
+        && alt_names.iter().all(|name| name.dnsname().is_none());
+    if carried_as_uri {
         ctx.set_error(X509VerifyResult::OK);
+        true
+    } else if common_name_alone {
+        ctx.set_error(X509VerifyResult::APPLICATION_VERIFICATION);
+        false
+    } else {
+        verified
     }
-    carried
+}
+
+/// Why the registrar's certificate was refused, in OpenSSL's words except
+/// for the refusal of [`names_the_registrar`]'s own.
+pub(crate) fn verify_reason(result: X509VerifyResult) -> &'static str {
+    if result == X509VerifyResult::APPLICATION_VERIFICATION {
+        "hostname mismatch (only the common name carries it, and a certificate with \
+         subjectAltNames is named by them alone: RFC 5922 7.1)"
+    } else {
+        result.error_string()
+    }
 }
 
 /// The SIP domain identity a subjectAltName URI carries (RFC 5922 7.1): the

@@ -45,7 +45,7 @@ use tokio_openssl::SslStream;
 use super::admission::FREEZE_THRESHOLD;
 use super::Fault;
 use crate::config::tls_contexts::{
-    build_acceptor, build_upstream, names_of, suites_for_key, Upstream, ERR_LIB_SSL,
+    build_acceptor, build_upstream, names_of, suites_for_key, verify_reason, Upstream, ERR_LIB_SSL,
     SSL_R_NO_CIPHERS_AVAILABLE, SSL_R_NO_SHARED_CIPHER, SSL_R_NO_SUITABLE_SIGNATURE_ALGORITHM,
 };
 pub use crate::config::tls_contexts::{
@@ -96,7 +96,7 @@ impl HandshakeError {
         let mut detail = error.to_string();
         let verify = session.verify_result();
         if verify != X509VerifyResult::OK {
-            detail = format!("{detail} (certificate: {})", verify.error_string());
+            detail = format!("{detail} (certificate: {})", verify_reason(verify));
         }
         Self {
             reason: reason_of(error),
@@ -864,16 +864,28 @@ mod tests {
     /// name, else a URI), verified against the name `contoso.com` and, as
     /// its CA, that certificate (`trusted`) or another one.
     fn handshake_naming(names: &[&str], trusted: bool) -> Handshake {
+        handshake_presenting("Contoso registrar", Some(names), trusted)
+    }
+
+    /// A handshake with a registrar presenting a certificate of
+    /// `common_name` and, when given, the subjectAltNames `names` (`dns:`,
+    /// `ip:` and `email:` names, URIs otherwise), trusted as
+    /// `tls.upstream_ca` or not, expecting `contoso.com`.
+    fn handshake_presenting(common_name: &str, names: Option<&[&str]>, trusted: bool) -> Handshake {
         let dir = tempfile::tempdir().unwrap();
-        let (cert, key) =
-            crate::test_certificates::self_signed_with("Contoso registrar", |alt_names| {
+        let (cert, key) = match names {
+            None => crate::test_certificates::self_signed_without_alt_names(common_name),
+            Some(names) => crate::test_certificates::self_signed_with(common_name, |alt_names| {
                 for name in names {
-                    match name.strip_prefix("dns:") {
-                        Some(dns) => alt_names.dns(dns),
-                        None => alt_names.uri(name),
+                    match name.split_once(':') {
+                        Some(("dns", dns)) => alt_names.dns(dns),
+                        Some(("ip", ip)) => alt_names.ip(ip),
+                        Some(("email", email)) => alt_names.email(email),
+                        _ => alt_names.uri(name),
                     };
                 }
-            });
+            }),
+        };
         let ca = dir.path().join("ca.pem");
         if trusted {
             std::fs::write(&ca, &cert).unwrap();
@@ -922,6 +934,38 @@ mod tests {
             assert!(!passes(&[refused], true), "{refused}");
         }
         assert!(!passes(&["sip:contoso.com"], false), "an untrusted chain");
+    }
+
+    /// RFC 5922 7.1: the common name names the registrar only in a
+    /// certificate without subjectAltNames. OpenSSL alone takes it whenever
+    /// no DNS name is among them (beside a URI, an IP address, an e-mail
+    /// address); such a certificate is refused, in words that say why.
+    #[test]
+    fn the_common_name_counts_only_without_subject_alt_names() {
+        let outcome =
+            |names: Option<&[&str]>| match handshake_presenting("contoso.com", names, true) {
+                Handshake::Done => None,
+                Handshake::Failed(detail) => Some(detail),
+                Handshake::Unreached => panic!("the registrar was not reached"),
+            };
+        assert_eq!(outcome(None), None, "no subjectAltName: the common name");
+        assert_eq!(outcome(Some(&["dns:contoso.com"])), None);
+        assert_eq!(outcome(Some(&["sip:contoso.com"])), None);
+        for beside in [
+            "sip:fabrikam.com",
+            "ip:192.0.2.1",
+            "email:admin@contoso.com",
+        ] {
+            let detail = outcome(Some(&[beside])).unwrap_or_else(|| panic!("{beside}: taken"));
+            assert!(
+                detail.contains("only the common name carries it"),
+                "{beside}: {detail}"
+            );
+        }
+        assert!(
+            outcome(Some(&["dns:fabrikam.com"])).is_some_and(|d| d.contains("hostname mismatch")),
+            "a DNS name of another domain: OpenSSL's own refusal"
+        );
     }
 
     /// The link's own handshake ([`ClientTls::connect`]) takes such a
