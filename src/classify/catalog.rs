@@ -676,6 +676,17 @@ impl Builder {
         self.check_id(&base, &raw.id);
         if raw.name.trim().is_empty() {
             self.problem(format!("{base}.name"), "must not be empty");
+        } else if let Some(c) = raw.name.chars().find(|c| c.is_control()) {
+            // The name goes into the Warning of a reject: a line break
+            // would start a header of its own there.
+            self.problem(
+                format!("{base}.name"),
+                format!(
+                    "{:?} holds the control character {:?}: names are shown in the \
+                     Warning header of rejects and in reports, one line of text",
+                    raw.name, c
+                ),
+            );
         }
         let category = match parse_category(&raw.category) {
             Ok(c) => c,
@@ -1538,6 +1549,25 @@ support = "unsupported"
             );
         }
         assert_eq!(got.len(), expected.len(), "{got:#?}");
+    }
+
+    #[test]
+    fn a_name_with_a_control_character_is_refused() {
+        let text = r#"
+[[clients]]
+id = "evil"
+name = "Evil\r\nX-Injected: yes"
+category = "mobile"
+support = "unsupported"
+[[clients.match]]
+token = "Evil"
+"#;
+        assert_eq!(
+            problems(text),
+            [
+                r#"clients[0].name: "Evil\r\nX-Injected: yes" holds the control character '\r': names are shown in the Warning header of rejects and in reports, one line of text"#
+            ]
+        );
     }
 
     #[test]

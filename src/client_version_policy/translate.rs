@@ -520,7 +520,7 @@ fn write_entry(out: &mut String, rule: &PolicyRule, id: &str, part: Option<&str>
         rule.priority,
         rule.summary()
     );
-    let _ = writeln!(out, "name = {}", quote(&name));
+    let _ = writeln!(out, "name = {}", quote(&one_line(&name)));
     let category = entry
         .category
         .unwrap_or_else(|| code_category(&rule.user_agent));
@@ -632,13 +632,18 @@ fn quote(text: &str) -> String {
     toml::Value::String(text.to_owned()).to_string()
 }
 
+/// `text` with its control characters (line breaks included) as spaces: a
+/// catalog name and a comment are one line of text.
+fn one_line(text: &str) -> String {
+    text.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
+}
+
 /// Writes `text` as `#` comment lines of at most [`COMMENT_WIDTH`]
 /// characters (control characters, line breaks included, as spaces).
 fn comment(out: &mut String, text: &str) {
-    let text: String = text
-        .chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect();
+    let text = one_line(text);
     let mut line = String::new();
     for word in text.split_whitespace() {
         if !line.is_empty() && line.chars().count() + 1 + word.chars().count() > COMMENT_WIDTH {

@@ -115,9 +115,22 @@ pub struct Reply {
 impl Reply {
     /// The Warning value with the client's name filled in.
     pub fn warning_for(&self, client_name: &str) -> Option<String> {
-        // Inside the Warning's quoted text: a catalog name's `"` and `\`
-        // escaped (RFC 3261 quoted-pair).
-        let escaped = client_name.replace('\\', "\\\\").replace('"', "\\\"");
+        // Inside the Warning's quoted text (RFC 3261 25.1 quoted-string): a
+        // catalog name's `"` and `\` escaped (quoted-pair), and control
+        // characters, which neither qdtext nor quoted-pair may carry (a line
+        // break would start a header of its own), as spaces. The catalog
+        // refuses them; this holds whatever the name.
+        let mut escaped = String::with_capacity(client_name.len());
+        for c in client_name.chars() {
+            match c {
+                '\\' | '"' => {
+                    escaped.push('\\');
+                    escaped.push(c);
+                }
+                c if c.is_control() => escaped.push(' '),
+                c => escaped.push(c),
+            }
+        }
         self.warning
             .as_ref()
             .map(|w| w.replace("{client}", &escaped))
@@ -374,6 +387,17 @@ mod tests {
         assert_eq!(
             reply(403).warning_for(r#"Phone "X" \ 2"#).unwrap(),
             r#"399 sipadmit "Phone \"X\" \\ 2 not supported""#
+        );
+    }
+
+    #[test]
+    fn no_control_character_of_a_client_name_reaches_the_warning() {
+        let warning = reply(403)
+            .warning_for("Evil\r\nX-Injected: yes\r\n\u{1}\u{7f}\u{85}")
+            .unwrap();
+        assert_eq!(
+            warning,
+            "399 sipadmit \"Evil  X-Injected: yes      not supported\""
         );
     }
 

@@ -256,6 +256,32 @@ fn entries_say_support_roles_category_and_ids() {
     );
 }
 
+/// A full name with line breaks and control characters (an export's
+/// `UserAgentFullName` is free text) becomes a one-line catalog name: the
+/// catalog refuses control characters, which would break the Warning of a
+/// reject that names the client.
+#[test]
+fn a_full_name_with_line_breaks_becomes_one_line() {
+    let mut blocked = rule(0, "OC", CompareOp::Geq, "15.*", PolicyAction::Block);
+    blocked.user_agent_full_name = Some("Evil\r\nX-Injected: yes\r\n\u{1}".into());
+    let (_, import, catalog) = imported(vec![blocked]);
+    assert!(
+        import
+            .toml
+            .contains("name = \"Evil  X-Injected: yes    (client version policy, priority 0:"),
+        "{}",
+        import.toml
+    );
+    let c = catalog.classify(Some(
+        b"UCCAPI/15.0.4420.1017 OC/15.0.4420.1017 (Microsoft Lync)",
+    ));
+    assert!(
+        !c.client.name.contains(|c: char| c.is_control()),
+        "{}",
+        c.client.name
+    );
+}
+
 #[test]
 fn the_fixture_policy_imports_whole_but_for_the_named_parts() {
     let rules = read_rules(include_bytes!("../../../tests/fixtures/cvp/redmond.csv")).unwrap();
