@@ -2,7 +2,8 @@
 //! bounded by one deadline: the probe never hangs).
 //!
 //! UDP: the request is retransmitted as RFC 3261 17.1 says (T1 = 500 ms,
-//! doubling, at most T2 = 4 s apart) until a response comes. TCP and TLS:
+//! doubling, at most T2 = 4 s apart): an INVITE until a response comes,
+//! another request until its final response. TCP and TLS:
 //! one connection, framed by Content-Length ([`StreamFramer`]). TLS: the
 //! server certificate is verified against `--ca` (or the system's roots)
 //! and the target's IP address (or `--tls-name`), with the context
@@ -387,9 +388,17 @@ fn transaction(
                     continue;
                 }
                 match view.status() {
+                    // RFC 3261 17.1.1.2 and 17.1.2.2: a provisional answer
+                    // ends an INVITE's resends (Timer A); another request
+                    // is still sent again, every T2 from now on (Timer E in
+                    // Proceeding), since its final answer may be lost.
                     Some(code) if code < 200 => {
                         provisional.push(code);
-                        resend_at = None;
+                        if bytes.starts_with(b"INVITE ") {
+                            resend_at = None;
+                        } else {
+                            interval = T2;
+                        }
                     }
                     _ => return Ok((view, provisional, start.elapsed())),
                 }
@@ -434,16 +443,63 @@ enum Heard {
 enum Conn {
     /// Connected to the target: only its datagrams are received.
     Udp(UdpSocket),
-    Tcp(Stream<TcpStream>),
-    Tls(Box<Stream<SslStream<TcpStream>>>),
+    Tcp(Stream<Deadlined>),
+    Tls(Box<Stream<SslStream<Deadlined>>>),
 }
 
-/// A byte stream, its socket (for timeouts) and what was read of it.
+/// A byte stream, the probe's deadline, and what was read of it.
 struct Stream<S> {
     io: S,
-    socket: TcpStream,
+    deadline: Instant,
     buf: BytesMut,
     framer: StreamFramer,
+}
+
+/// A TCP socket whose every read and write gives up at `until`. A timeout
+/// set once before a read would not do: OpenSSL reads a TLS record in as
+/// many socket reads as its bytes arrive in, and each would get the whole
+/// timeout again (a peer sending a byte a second would hold the probe
+/// forever).
+struct Deadlined {
+    tcp: TcpStream,
+    until: Instant,
+}
+
+impl Read for Deadlined {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let left = remaining(self.until).ok_or(io::ErrorKind::TimedOut)?;
+        self.tcp.set_read_timeout(Some(left))?;
+        self.tcp.read(buf)
+    }
+}
+
+impl Write for Deadlined {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let left = remaining(self.until).ok_or(io::ErrorKind::TimedOut)?;
+        self.tcp.set_write_timeout(Some(left))?;
+        self.tcp.write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.tcp.flush()
+    }
+}
+
+/// The [`Deadlined`] socket under a stream, plain or in TLS.
+trait OverSocket: Read + Write {
+    fn socket(&mut self) -> &mut Deadlined;
+}
+
+impl OverSocket for Deadlined {
+    fn socket(&mut self) -> &mut Deadlined {
+        self
+    }
+}
+
+impl OverSocket for SslStream<Deadlined> {
+    fn socket(&mut self) -> &mut Deadlined {
+        self.get_mut()
+    }
 }
 
 impl Conn {
@@ -465,9 +521,12 @@ impl Conn {
         let left = remaining(deadline).ok_or_else(|| connect(io::ErrorKind::TimedOut.into()))?;
         let socket = TcpStream::connect_timeout(&target.addr, left).map_err(connect)?;
         socket.set_nodelay(true).map_err(connect)?;
-        let io = socket.try_clone().map_err(connect)?;
+        let io = Deadlined {
+            tcp: socket,
+            until: deadline,
+        };
         if target.transport == Transport::Tcp {
-            return Ok(Self::Tcp(Stream::new(io, socket)));
+            return Ok(Self::Tcp(Stream::new(io, deadline)));
         }
         let default;
         let tls = match tls {
@@ -485,31 +544,30 @@ impl Conn {
             .server_name
             .clone()
             .unwrap_or_else(|| target.addr.ip().to_string());
-        set_timeouts(&socket, deadline).map_err(connect)?;
         let io = tls
             .connector
             .connect(&name, io)
             .map_err(|e| handshake_error(target, e))?;
-        Ok(Self::Tls(Box::new(Stream::new(io, socket))))
+        Ok(Self::Tls(Box::new(Stream::new(io, deadline))))
     }
 
     /// The local address, as the request's Via and Contact name it (the
     /// unspecified address of a UDP socket replaced by the one the kernel
     /// routes from).
-    fn local_addr(&self, target: Endpoint) -> Result<SocketAddr, ProbeError> {
+    fn local_addr(&mut self, target: Endpoint) -> Result<SocketAddr, ProbeError> {
         let io = |source| ProbeError::Io { target, source };
         match self {
             Self::Udp(socket) => socket.local_addr().map_err(io),
-            Self::Tcp(s) => s.socket.local_addr().map_err(io),
-            Self::Tls(s) => s.socket.local_addr().map_err(io),
+            Self::Tcp(s) => s.io.socket().tcp.local_addr().map_err(io),
+            Self::Tls(s) => s.io.socket().tcp.local_addr().map_err(io),
         }
     }
 
     fn send(&mut self, bytes: &[u8]) -> io::Result<()> {
         match self {
             Self::Udp(socket) => socket.send(bytes).map(drop),
-            Self::Tcp(s) => s.io.write_all(bytes).and_then(|()| s.io.flush()),
-            Self::Tls(s) => s.io.write_all(bytes).and_then(|()| s.io.flush()),
+            Self::Tcp(s) => s.send(bytes),
+            Self::Tls(s) => s.send(bytes),
         }
     }
 
@@ -547,14 +605,21 @@ impl Conn {
     }
 }
 
-impl<S: Read> Stream<S> {
-    fn new(io: S, socket: TcpStream) -> Self {
+impl<S: OverSocket> Stream<S> {
+    fn new(io: S, deadline: Instant) -> Self {
         Self {
             io,
-            socket,
+            deadline,
             buf: BytesMut::new(),
             framer: StreamFramer::new(MAX_MESSAGE_BYTES),
         }
+    }
+
+    /// Writes all of `bytes` before the probe's deadline.
+    fn send(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.io.socket().until = self.deadline;
+        self.io.write_all(bytes)?;
+        self.io.flush()
     }
 
     fn recv(&mut self, until: Instant) -> Result<Heard, Wait> {
@@ -565,10 +630,10 @@ impl<S: Read> Stream<S> {
                 Ok(None) => {}
                 Err(e) => return Err(Wait::NotSip(e, Bytes::copy_from_slice(&self.buf))),
             }
-            let Some(left) = remaining(until) else {
+            if remaining(until).is_none() {
                 return Ok(Heard::Nothing);
-            };
-            self.socket.set_read_timeout(Some(left)).map_err(Wait::Io)?;
+            }
+            self.io.socket().until = until;
             let mut chunk = [0u8; 8192];
             match self.io.read(&mut chunk) {
                 Ok(0) => return Ok(Heard::Closed),
@@ -604,15 +669,9 @@ fn is_timeout(e: &io::Error) -> bool {
     )
 }
 
-fn set_timeouts(socket: &TcpStream, deadline: Instant) -> io::Result<()> {
-    let left = remaining(deadline).ok_or(io::ErrorKind::TimedOut)?;
-    socket.set_read_timeout(Some(left))?;
-    socket.set_write_timeout(Some(left))
-}
-
 /// Why the handshake failed, in OpenSSL's words without its error codes
 /// and source files.
-fn handshake_error(target: Endpoint, e: HandshakeError<TcpStream>) -> ProbeError {
+fn handshake_error(target: Endpoint, e: HandshakeError<Deadlined>) -> ProbeError {
     let detail = match e {
         HandshakeError::SetupFailure(stack) => reasons(&stack),
         HandshakeError::Failure(mid) | HandshakeError::WouldBlock(mid) => {

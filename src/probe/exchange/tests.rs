@@ -376,3 +376,65 @@ fn a_2xx_of_another_fork_gets_no_second_ack() {
     );
     assert_eq!(answer.status, 200);
 }
+
+/// RFC 3261 17.1.2.2: a REGISTER answered `100 Trying` over UDP is still
+/// sent again (Timer E in Proceeding), so a final answer that was lost is
+/// sent again by the registrar; the probe does not report a false failure.
+#[test]
+fn a_register_answered_100_over_udp_is_sent_again_until_its_final_answer() {
+    let (fake, target) = udp_fake();
+    let server = thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        let (n, from) = fake.recv_from(&mut buf).unwrap();
+        fake.send_to(&reply(&buf[..n], "SIP/2.0 100 Trying", ""), from)
+            .unwrap();
+        // Its 200 lost: only the copy Timer E sends gets one.
+        let (n, from) = fake.recv_from(&mut buf).unwrap();
+        fake.send_to(&reply(&buf[..n], "SIP/2.0 200 OK", ""), from)
+            .unwrap();
+    });
+    let answer = exchange(
+        target,
+        None,
+        &request(ProbeMethod::Register),
+        Duration::from_secs(3),
+    )
+    .unwrap();
+    server.join().unwrap();
+    assert_eq!(
+        (answer.status, answer.provisional.as_slice()),
+        (200, &[100][..])
+    );
+}
+
+/// `--timeout` bounds a `tls:` probe whose peer sends its handshake a byte
+/// at a time: OpenSSL's many socket reads share the one deadline.
+#[test]
+fn a_tls_peer_trickling_its_handshake_is_given_up_at_the_deadline() {
+    let (listener, mut target) = tcp_fake();
+    target.transport = Transport::Tls;
+    let server = thread::spawn(move || {
+        let (mut stream, _) = listener.accept().unwrap();
+        // A TLS 1.2 handshake record of 16 KiB announced, then a byte every
+        // 100 ms for at most 5 s.
+        let _ = stream.write_all(&[0x16, 0x03, 0x03, 0x40, 0x00]);
+        for _ in 0..50 {
+            if stream.write_all(&[0x02]).is_err() {
+                break;
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+    });
+    let started = Instant::now();
+    let error = exchange(
+        target,
+        None,
+        &request(ProbeMethod::Options),
+        Duration::from_millis(700),
+    )
+    .unwrap_err();
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(3), "gave up after {took:?}");
+    assert!(error.to_string().contains("no answer in time"), "{error}");
+    server.join().unwrap();
+}
