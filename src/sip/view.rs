@@ -553,10 +553,11 @@ impl SipView {
             self.max_forwards()?;
             self.expires()?;
         }
-        // callid = word ["@" word] (RFC 3261 25.1): no white space, no comma.
+        // callid = word ["@" word] (RFC 3261 25.1): not empty, no white
+        // space, no comma.
         if self
             .call_id()
-            .is_none_or(|id| id.iter().any(|&b| is_lws(b) || b == b','))
+            .is_none_or(|id| id.is_empty() || id.iter().any(|&b| is_lws(b) || b == b','))
         {
             return Err(SipError::MalformedHeader(HeaderName::CallId));
         }
@@ -1066,6 +1067,11 @@ mod tests {
                 "i: abc@10.0.0.5\r\n",
                 "i: abc@10.0.0.5\r\ni: other\r\n",
                 SipError::DuplicateHeader(HeaderName::CallId),
+            ),
+            (
+                "i: abc@10.0.0.5\r\n",
+                "i: \r\n",
+                SipError::MalformedHeader(HeaderName::CallId),
             ),
             (
                 "Max-Forwards: 70\r\n",
