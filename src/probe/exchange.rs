@@ -89,6 +89,21 @@ pub enum ProbeError {
         /// Why it cannot be framed, and its first bytes.
         detail: String,
     },
+    /// The request does not fit in one UDP datagram.
+    #[error(
+        "{target}: the {method} is {bytes} bytes, more than one UDP datagram carries \
+         ({most}): shorten --ua, --to or --from, or probe over tcp:"
+    )]
+    TooLargeForUdp {
+        /// The target.
+        target: Endpoint,
+        /// The request's method.
+        method: ProbeMethod,
+        /// The request's length, bytes.
+        bytes: usize,
+        /// The largest UDP payload to the target's address family, bytes.
+        most: usize,
+    },
     /// Sending or receiving failed.
     #[error("{target}: {source}")]
     Io {
@@ -113,10 +128,27 @@ pub fn exchange(
     let mut conn = Conn::open(target, tls, deadline)?;
     let local = conn.local_addr(target)?;
     let method = request.method.as_str();
+    let rendered = request.render(target.transport, local);
+    if target.transport == Transport::Udp {
+        // 65,535 less the UDP header, and the IPv4 header for IPv4.
+        let most = if target.addr.is_ipv4() {
+            65_507
+        } else {
+            65_527
+        };
+        if rendered.len() > most {
+            return Err(ProbeError::TooLargeForUdp {
+                target,
+                method: request.method,
+                bytes: rendered.len(),
+                most,
+            });
+        }
+    }
     let (view, provisional, elapsed) = transaction(
         &mut conn,
         target,
-        &request.render(target.transport, local),
+        &rendered,
         |view| request.is_answer(view, method, &request.branch),
         None,
         deadline,

@@ -438,3 +438,27 @@ fn a_tls_peer_trickling_its_handshake_is_given_up_at_the_deadline() {
     assert!(error.to_string().contains("no answer in time"), "{error}");
     server.join().unwrap();
 }
+
+/// A request longer than a UDP datagram carries is refused before it is
+/// sent, naming what to shorten (the OS said only "Message too long").
+#[test]
+fn a_request_too_long_for_a_datagram_names_what_to_shorten() {
+    let (_fake, target) = udp_fake();
+    let ua = "x".repeat(70_000);
+    let request = ProbeRequest::new(
+        ProbeMethod::Register,
+        "127.0.0.1:5060",
+        None,
+        None,
+        Some(&ua),
+        0,
+        1,
+    )
+    .unwrap();
+    let error = exchange(target, None, &request, Duration::from_secs(1)).unwrap_err();
+    let text = error.to_string();
+    assert!(
+        text.contains("more than one UDP datagram carries (65507): shorten --ua"),
+        "{text}"
+    );
+}
