@@ -165,7 +165,7 @@ impl Exporter {
                 udp_socket(collector.addr)
                     .map_err(|source| ExportError::Socket { collector, source })?,
             ),
-            _ => Sink::Tcp(TcpLink::new(collector.addr, timing)),
+            _ => Sink::Tcp(TcpLink::new(collector, timing)),
         };
         info!(collector = %collector, "exporting HEPv3 to the collector");
         let export = Export {
@@ -435,7 +435,8 @@ fn send_many(
 /// The connection to a TCP collector, made again after a failure once its
 /// backoff has passed.
 struct TcpLink {
-    collector: SocketAddr,
+    /// The collector (`tcp:` address), as its log lines name it.
+    collector: Endpoint,
     timing: TcpTiming,
     stream: Option<TcpStream>,
     /// The wait after the next failure.
@@ -445,7 +446,7 @@ struct TcpLink {
 }
 
 impl TcpLink {
-    fn new(collector: SocketAddr, timing: TcpTiming) -> Self {
+    fn new(collector: Endpoint, timing: TcpTiming) -> Self {
         Self {
             collector,
             timing,
@@ -511,7 +512,7 @@ impl TcpLink {
         }
         let connect = tokio::time::timeout(
             self.timing.connect_timeout,
-            TcpStream::connect(self.collector),
+            TcpStream::connect(self.collector.addr),
         );
         let error = match connect.await {
             Ok(Ok(stream)) => {
