@@ -38,8 +38,8 @@ use crate::problem::Problem;
 /// Why an export could not be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ReadError {
-    /// UTF-16 with a byte order mark that does not decode.
-    #[error("not UTF-8 text, nor UTF-16 with a byte order mark ({detail})")]
+    /// UTF-16 (it starts with a byte order mark) that does not decode.
+    #[error("UTF-16 text (it starts with a byte order mark) that does not decode: {detail}")]
     Encoding {
         /// What failed.
         detail: String,
@@ -153,15 +153,30 @@ fn decode(bytes: &[u8]) -> Result<(String, Option<InvalidByte>), ReadError> {
     let utf16 = |rest: &[u8], from: fn([u8; 2]) -> u16| {
         if rest.len() % 2 != 0 {
             return Err(ReadError::Encoding {
-                detail: "UTF-16 text of an odd number of bytes".into(),
+                detail: format!("an odd number of bytes ({})", bytes.len()),
             });
         }
-        let units: Vec<u16> = rest.chunks_exact(2).map(|c| from([c[0], c[1]])).collect();
-        String::from_utf16(&units)
-            .map(|text| (text, None))
-            .map_err(|e| ReadError::Encoding {
-                detail: format!("invalid UTF-16: {e}"),
-            })
+        let units = rest.chunks_exact(2).map(|c| from([c[0], c[1]]));
+        let mut text = String::with_capacity(rest.len() / 2);
+        let mut offset = 2;
+        for decoded in char::decode_utf16(units) {
+            match decoded {
+                Ok(c) => {
+                    text.push(c);
+                    offset += 2 * c.len_utf16();
+                }
+                Err(e) => {
+                    return Err(ReadError::Encoding {
+                        detail: format!(
+                            "a lone surrogate 0x{:04X} at byte offset {offset}: save the \
+                             export again as UTF-8 or UTF-16",
+                            e.unpaired_surrogate()
+                        ),
+                    })
+                }
+            }
+        }
+        Ok((text, None))
     };
     match bytes {
         [0xFF, 0xFE, rest @ ..] => utf16(rest, u16::from_le_bytes),

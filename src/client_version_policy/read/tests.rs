@@ -71,6 +71,24 @@ fn utf16_with_bom_and_utf8_with_bom_decode() {
 }
 
 #[test]
+fn utf16_that_does_not_decode_is_named_with_where() {
+    // "[{" then a lone high surrogate, little-endian, after the BOM.
+    let lone = [0xFF, 0xFE, b'[', 0, b'{', 0, 0x00, 0xD8, b'}', 0];
+    assert_eq!(
+        read_rules(&lone).unwrap_err().to_string(),
+        "UTF-16 text (it starts with a byte order mark) that does not decode: a lone \
+         surrogate 0xD800 at byte offset 6: save the export again as UTF-8 or UTF-16"
+    );
+    assert_eq!(
+        read_rules(&[0xFE, 0xFF, 0, b'[', 0])
+            .unwrap_err()
+            .to_string(),
+        "UTF-16 text (it starts with a byte order mark) that does not decode: an odd number \
+         of bytes (5)"
+    );
+}
+
+#[test]
 fn utf16_without_a_byte_order_mark_is_named_not_read_as_garbage() {
     let text = std::str::from_utf8(CSV).unwrap();
     let le: Vec<u8> = text.encode_utf16().flat_map(u16::to_le_bytes).collect();
