@@ -241,6 +241,21 @@ async fn with_client_ca_a_certificate_from_it_passes_and_one_from_another_root_i
     assert!(e.detail().contains("certificate"), "{e}");
 }
 
+/// A client that does not trust sipadmit's certificate (a renewal from a
+/// CA its clients lack) refuses it with an alert: counted apart from a
+/// client certificate that fails here, so an admin without mutual TLS
+/// reads it for what it is.
+#[tokio::test]
+async fn a_client_refusing_the_listeners_certificate_is_told_apart() {
+    let (_dir, files) = pki();
+    let server = ServerTls::new(&server_settings(&files.server)).unwrap();
+    let distrustful = TestClient::modern(&files.other_ca);
+    let (s, c) = handshake(&server, &distrustful).await;
+    assert!(c.is_err(), "the client refused the certificate");
+    let e = refused(s);
+    assert_eq!(e.reason(), HandshakeReason::CertificateRefused, "{e}");
+}
+
 // === ClientTls ===
 
 /// Roots `ca`; other settings from `extra`.

@@ -177,13 +177,13 @@ fn reason_of_code(code: i32) -> Option<HandshakeReason> {
         SSL_R_PEER_DID_NOT_RETURN_A_CERTIFICATE | SSL_R_TLSV13_ALERT_CERTIFICATE_REQUIRED => {
             HandshakeReason::NoClientCertificate
         }
-        SSL_R_CERTIFICATE_VERIFY_FAILED
-        | SSL_R_SSLV3_ALERT_BAD_CERTIFICATE
+        SSL_R_CERTIFICATE_VERIFY_FAILED => HandshakeReason::BadCertificate,
+        SSL_R_SSLV3_ALERT_BAD_CERTIFICATE
         | SSL_R_SSLV3_ALERT_UNSUPPORTED_CERTIFICATE
         | SSL_R_SSLV3_ALERT_CERTIFICATE_REVOKED
         | SSL_R_SSLV3_ALERT_CERTIFICATE_EXPIRED
         | SSL_R_SSLV3_ALERT_CERTIFICATE_UNKNOWN
-        | SSL_R_TLSV1_ALERT_UNKNOWN_CA => HandshakeReason::BadCertificate,
+        | SSL_R_TLSV1_ALERT_UNKNOWN_CA => HandshakeReason::CertificateRefused,
         SSL_R_UNEXPECTED_EOF_WHILE_READING => HandshakeReason::Closed,
         _ => return None,
     })
@@ -1042,6 +1042,7 @@ mod tests {
                 "closed",
                 "no_client_certificate",
                 "bad_certificate",
+                "certificate_refused",
                 "protocol_version",
                 "no_shared_cipher",
                 "other"
@@ -1070,6 +1071,10 @@ mod tests {
         assert_eq!(
             reason_of_code(SSL_R_CERTIFICATE_VERIFY_FAILED),
             Some(HandshakeReason::BadCertificate)
+        );
+        assert_eq!(
+            reason_of_code(SSL_R_TLSV1_ALERT_UNKNOWN_CA),
+            Some(HandshakeReason::CertificateRefused)
         );
         assert_eq!(reason_of_code(1), None);
     }

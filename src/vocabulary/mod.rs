@@ -392,9 +392,14 @@ pub enum HandshakeReason {
     Closed,
     /// A client certificate is required and the client sent none.
     NoClientCertificate,
-    /// A certificate did not verify (unknown CA, expired, wrong name), or
-    /// the peer refused ours.
+    /// The peer's certificate did not verify here (unknown CA, expired,
+    /// wrong name).
     BadCertificate,
+    /// The peer refused this side's certificate (its alert: unknown CA,
+    /// expired, bad, unsupported or revoked certificate): on a listener, a
+    /// client that does not trust sipadmit's certificate; toward the
+    /// registrar, one that does not take sipadmit's client certificate.
+    CertificateRefused,
     /// No TLS version both sides speak (e.g. a TLS 1.0 client, minimum 1.2).
     ProtocolVersion,
     /// No cipher suite (or signature algorithm) both sides accept.
@@ -405,12 +410,13 @@ pub enum HandshakeReason {
 
 impl HandshakeReason {
     /// Every reason, for pre-registering metric labels.
-    pub const ALL: [Self; 8] = [
+    pub const ALL: [Self; 9] = [
         Self::Timeout,
         Self::PlainText,
         Self::Closed,
         Self::NoClientCertificate,
         Self::BadCertificate,
+        Self::CertificateRefused,
         Self::ProtocolVersion,
         Self::NoSharedCipher,
         Self::Other,
@@ -424,6 +430,7 @@ impl HandshakeReason {
             Self::Closed => "closed",
             Self::NoClientCertificate => "no_client_certificate",
             Self::BadCertificate => "bad_certificate",
+            Self::CertificateRefused => "certificate_refused",
             Self::ProtocolVersion => "protocol_version",
             Self::NoSharedCipher => "no_shared_cipher",
             Self::Other => "other",
