@@ -196,7 +196,14 @@ impl Reloader {
         let changed = listed(changed);
         // Applied by the TLS reload that follows, which may refuse them
         // (its own line says whether they took).
-        let tls_changed = listed(self.tls.changed_keys(&config.settings.tls));
+        // No key changed is no news of the files: a renewed certificate at
+        // the same path is read again all the same.
+        let tls_changed = match self.tls.changed_keys(&config.settings.tls) {
+            keys if keys.is_empty() => {
+                "no key (the files are read again: the TLS lines say what took)".to_owned()
+            }
+            keys => keys.join(", "),
+        };
         let generation = core.publish(config.runtime);
         metrics.count_reload(ReloadResult::Success);
         info!(
