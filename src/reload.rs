@@ -199,10 +199,11 @@ impl Reloader {
         // No key changed is no news of the files: a renewed certificate at
         // the same path is read again all the same.
         let tls_changed = match self.tls.changed_keys(&config.settings.tls) {
-            keys if keys.is_empty() => {
+            keys if !keys.is_empty() => keys.join(", "),
+            _ if self.tls.is_used() => {
                 "no key (the files are read again: the TLS lines say what took)".to_owned()
             }
-            keys => keys.join(", "),
+            _ => "nothing".to_owned(),
         };
         let generation = core.publish(config.runtime);
         metrics.count_reload(ReloadResult::Success);

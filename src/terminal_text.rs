@@ -1,8 +1,8 @@
 //! Text from the outside world made fit for a terminal: the control
 //! characters (NUL, ESC, BEL, CR, ...) and bidirectional overrides a peer
 //! or a log line can carry, shown escaped as `\u{1b}` instead of acted on.
-//! Used by `sipadmit probe`, `sipadmit report` and `sipadmit classify`. Imports nothing of the
-//! crate.
+//! Used by `sipadmit probe`, `sipadmit report` and `sipadmit classify`; and
+//! text made one line ([`one_line`]). Imports nothing of the crate.
 
 use std::borrow::Cow;
 use std::fmt::Write as _;
@@ -32,6 +32,20 @@ pub fn terminal_safe(text: &str) -> Cow<'_, str> {
         }
     }
     Cow::Owned(out)
+}
+
+/// `text` on one line: each control character (line breaks included) as a
+/// space; borrowed when there is none. For names that go into a header
+/// value or a comment line, where a line break would start another.
+pub fn one_line(text: &str) -> Cow<'_, str> {
+    if !text.chars().any(char::is_control) {
+        return Cow::Borrowed(text);
+    }
+    Cow::Owned(
+        text.chars()
+            .map(|c| if c.is_control() { ' ' } else { c })
+            .collect(),
+    )
 }
 
 #[cfg(test)]

@@ -169,7 +169,7 @@ fn decode(bytes: &[u8]) -> Result<(String, Option<InvalidByte>), ReadError> {
                     return Err(ReadError::Encoding {
                         detail: format!(
                             "a lone surrogate 0x{:04X} at byte offset {offset}: save the \
-                             export again as UTF-8 or UTF-16",
+                             export again as UTF-8",
                             e.unpaired_surrogate()
                         ),
                     })

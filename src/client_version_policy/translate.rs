@@ -35,6 +35,7 @@ use super::version_set::{self, Key, VersionSet, MAX};
 use super::{ClientVersionPolicy, PolicyAction, PolicyRule};
 use crate::classify::{Catalog, CompareOp};
 use crate::sip::fields::is_token_char;
+use crate::terminal_text::one_line;
 
 mod plan;
 
@@ -630,14 +631,6 @@ fn slug(text: &str) -> String {
 /// A TOML basic string.
 fn quote(text: &str) -> String {
     toml::Value::String(text.to_owned()).to_string()
-}
-
-/// `text` with its control characters (line breaks included) as spaces: a
-/// catalog name and a comment are one line of text.
-fn one_line(text: &str) -> String {
-    text.chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect()
 }
 
 /// Writes `text` as `#` comment lines of at most [`COMMENT_WIDTH`]

@@ -727,8 +727,9 @@ fn names_the_registrar(
 /// for the refusal of [`names_the_registrar`]'s own.
 pub(crate) fn verify_reason(result: X509VerifyResult) -> &'static str {
     if result == X509VerifyResult::APPLICATION_VERIFICATION {
-        "hostname mismatch (only the common name carries it, and a certificate with \
-         subjectAltNames is named by them alone: RFC 5922 7.1)"
+        "hostname mismatch: no DNS subjectAltName (nor, under tls.upstream_ca, sip: URI \
+         subjectAltName) carries it, and the common name counts only in a certificate \
+         without subjectAltNames (RFC 5922 7.1)"
     } else {
         result.error_string()
     }

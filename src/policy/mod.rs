@@ -120,17 +120,9 @@ impl Reply {
         // characters, which neither qdtext nor quoted-pair may carry (a line
         // break would start a header of its own), as spaces. The catalog
         // refuses them; this holds whatever the name.
-        let mut escaped = String::with_capacity(client_name.len());
-        for c in client_name.chars() {
-            match c {
-                '\\' | '"' => {
-                    escaped.push('\\');
-                    escaped.push(c);
-                }
-                c if c.is_control() => escaped.push(' '),
-                c => escaped.push(c),
-            }
-        }
+        let escaped = crate::terminal_text::one_line(client_name)
+            .replace('\\', "\\\\")
+            .replace('"', "\\\"");
         self.warning
             .as_ref()
             .map(|w| w.replace("{client}", &escaped))

@@ -422,7 +422,7 @@ fn transaction(
                 match view.status() {
                     // RFC 3261 17.1.1.2 and 17.1.2.2: a provisional answer
                     // ends an INVITE's resends (Timer A); another request
-                    // is still sent again, every T2 from now on (Timer E in
+                    // is still sent again, at most T2 apart (Timer E in
                     // Proceeding), since its final answer may be lost.
                     Some(code) if code < 200 => {
                         provisional.push(code);

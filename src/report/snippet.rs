@@ -9,7 +9,7 @@
 //! of a catalog, the entry changes no earlier decision: rules are tried in
 //! order, and no earlier rule matched these User-Agents.
 
-use crate::terminal_text::is_bidi_control;
+use crate::terminal_text::{is_bidi_control, terminal_safe};
 use std::fmt::Write as _;
 
 use crate::classify::{tokenize, Item, CLIENT_MISSING, CLIENT_UNKNOWN};
@@ -89,9 +89,11 @@ pub fn catalog_snippet(
             let token = first_token(value);
             (token.to_owned(), token.to_owned())
         }
+        // A name is one line of text (it goes into the Warning of a
+        // reject): control characters shown escaped, as report shows them.
         MatchRule::Whole(_) => (
             value.to_owned(),
-            value.chars().take(MAX_NAME_CHARS).collect(),
+            terminal_safe(value).chars().take(MAX_NAME_CHARS).collect(),
         ),
     };
     let id = free_id(&slug(&base), id_taken);

@@ -662,6 +662,12 @@ impl TlsContexts {
         })
     }
 
+    /// Whether TLS is in use (a `tls:` listener or a TLS upstream): its files
+    /// are then read again on every reload.
+    pub fn is_used(&self) -> bool {
+        self.server.is_some() || self.upstream.is_some()
+    }
+
     /// The `[tls]` keys whose value in `settings` differs from what the
     /// contexts were last built from (either side's; none without TLS). A
     /// key a refused reload did not apply is named again by the next.
@@ -958,7 +964,7 @@ mod tests {
         ] {
             let detail = outcome(Some(&[beside])).unwrap_or_else(|| panic!("{beside}: taken"));
             assert!(
-                detail.contains("only the common name carries it"),
+                detail.contains("the common name counts only in a certificate without"),
                 "{beside}: {detail}"
             );
         }

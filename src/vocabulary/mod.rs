@@ -398,7 +398,10 @@ pub enum HandshakeReason {
     /// The peer refused this side's certificate (its alert: unknown CA,
     /// expired, bad, unsupported or revoked certificate): on a listener, a
     /// client that does not trust sipadmit's certificate; toward the
-    /// registrar, one that does not take sipadmit's client certificate.
+    /// registrar, one that does not take sipadmit's client certificate,
+    /// under TLS 1.2 (under TLS 1.3 the client's handshake is over before
+    /// the server checks its certificate: the refusal ends the link's first
+    /// read instead).
     CertificateRefused,
     /// No TLS version both sides speak (e.g. a TLS 1.0 client, minimum 1.2).
     ProtocolVersion,

@@ -26,7 +26,7 @@
 //! | `server_renewed` | `intermediate`| the same names, new key (certificate reload)         |
 //! | `server_ecdsa`   | `intermediate`| the same names, ECDSA P-256 key                      |
 //! | `wrong_name`     | `intermediate`| `wrong.example` only                                 |
-//! | `sip_domain`     | `intermediate`| the SIP domain `sip:contoso.com` only (a URI; ECDSA) |
+//! | `sip_domain`     | `intermediate`| the SIP domain `sip:contoso.com` only (a URI; ECDSA), common name `contoso.com` |
 //! | `expired`        | `intermediate`| the right names, expired a year ago                  |
 //! | `client`         | `ca`          | a client certificate (`alice@contoso.com`)           |
 //! | `other_ca`       | itself        | a second root nobody trusts                          |
@@ -333,8 +333,11 @@ impl Pki {
             },
             valid,
         );
+        // Its common name is the domain too: under the system's roots, where
+        // the URI does not count, the common name must not either (RFC 5922
+        // 7.1: not in a certificate with subjectAltNames).
         let sip_domain = server_cert(
-            "Contoso registrar",
+            "contoso.com",
             ecdsa_key(),
             &Names {
                 dns: &[],

@@ -77,7 +77,7 @@ fn utf16_that_does_not_decode_is_named_with_where() {
     assert_eq!(
         read_rules(&lone).unwrap_err().to_string(),
         "UTF-16 text (it starts with a byte order mark) that does not decode: a lone \
-         surrogate 0xD800 at byte offset 6: save the export again as UTF-8 or UTF-16"
+         surrogate 0xD800 at byte offset 6: save the export again as UTF-8"
     );
     assert_eq!(
         read_rules(&[0xFE, 0xFF, 0, b'[', 0])
