@@ -173,9 +173,6 @@ impl Reloader {
         };
         let flow_secrets_applied = self.apply_flow_secrets(core, &config.settings);
         let needs_restart = self.needing_restart(core, &config.settings);
-        let rate_limit_applied = self
-            .admission
-            .reconfigure(config.settings.rate_limit.clone());
         let RuntimeConfig {
             ref catalog_source,
             ref policy,
@@ -183,6 +180,13 @@ impl Reloader {
         } = config.runtime;
         let (catalog_source, mode) = (catalog_source.clone(), policy.mode);
         let mut changed = core.runtime().config.changed_keys(&config.runtime);
+        // Published first, the rate limits then named by its generation: a
+        // refusal under the limits before is recorded with the snapshot
+        // before ([`Core::refuse_source`]).
+        let generation = core.publish(config.runtime);
+        let rate_limit_applied = self
+            .admission
+            .reconfigure(config.settings.rate_limit.clone(), generation);
         if rate_limit_applied {
             changed.push("rate_limit");
         }
@@ -205,7 +209,6 @@ impl Reloader {
             }
             _ => "nothing".to_owned(),
         };
-        let generation = core.publish(config.runtime);
         metrics.count_reload(ReloadResult::Success);
         info!(
             config = %self.path.display(),

@@ -52,7 +52,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use bytes::Bytes;
 
 use crate::classify::{ClientProduct, CLIENT_UNKNOWN};
@@ -281,6 +281,10 @@ struct Subject<'c> {
 pub struct Core {
     settings: Settings,
     runtime: ArcSwap<Runtime>,
+    /// The snapshot before the one in use (none before the first reload):
+    /// a refusal of a source's rate limit decided under it may reach the
+    /// core after a reload ([`Core::refuse_source`]).
+    previous_runtime: ArcSwapOption<Runtime>,
     /// Held while publishing, so generations are stored in order.
     publishing: Mutex<()>,
     /// Signs and checks flow tokens; swapped when a reload changes the
@@ -349,6 +353,7 @@ impl Core {
                 generation: 1,
                 config: runtime,
             }),
+            previous_runtime: ArcSwapOption::empty(),
             publishing: Mutex::new(()),
             signer: ArcSwap::from_pointee(signer),
             draining: AtomicBool::new(false),
@@ -408,8 +413,22 @@ impl Core {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let generation = self.runtime.load().generation + 1;
-        self.runtime.store(Arc::new(Runtime { generation, config }));
+        let previous = self.runtime.swap(Arc::new(Runtime { generation, config }));
+        self.previous_runtime.store(Some(previous));
         generation
+    }
+
+    /// The snapshot of `generation` when it is the one in use or the one
+    /// before; the one in use otherwise (two reloads in a moment).
+    fn runtime_of(&self, generation: u64) -> Arc<Runtime> {
+        let current = self.runtime.load_full();
+        if current.generation == generation {
+            return current;
+        }
+        match self.previous_runtime.load_full() {
+            Some(previous) if previous.generation == generation => previous,
+            _ => current,
+        }
     }
 
     /// The runtime configuration in use (the snapshot the next message
@@ -908,7 +927,7 @@ impl Core {
     ) -> Outcome {
         let reason = match refusal {
             SourceRefusal::OverLimit { .. } => DropReason::RateLimited,
-            SourceRefusal::Banned => DropReason::Banned,
+            SourceRefusal::Banned { .. } => DropReason::Banned,
         };
         let kind = MessageKind::of(&inbound.bytes);
         self.metrics.count_received(inbound.transport, kind);
@@ -919,13 +938,15 @@ impl Core {
                 return Outcome::drop(reason);
             }
         };
-        let runtime = self.runtime.load();
+        // Recorded with the snapshot whose `[rate_limit]` decided, which a
+        // reload may have replaced since.
+        let runtime = self.runtime_of(refusal.generation());
         let ctx = request::RequestCtx::new(inbound, &view, &runtime, now);
         let outcome = match refusal {
-            SourceRefusal::OverLimit { retry_after_secs } => {
-                self.over_limit(&ctx, retry_after_secs)
-            }
-            SourceRefusal::Banned => {
+            SourceRefusal::OverLimit {
+                retry_after_secs, ..
+            } => self.over_limit(&ctx, retry_after_secs),
+            SourceRefusal::Banned { .. } => {
                 let rule = BanCause::Requests.rule();
                 let outcome = self.refuse(&ctx, None, Refusal::Banned { rule });
                 self.record_once(&view, inbound, RecordKind::Ban, outcome, now)

@@ -160,6 +160,42 @@ fn a_published_runtime_decides_the_next_message_and_names_its_generation() {
     assert_eq!(core.publish(runtime_from(CONFIG)), 3);
 }
 
+/// A source's rate limit refuses a request under one configuration and a
+/// reload publishes another before the core writes the record (trial 42):
+/// the record names the snapshot that decided, its generation and mode,
+/// not the one in use by then; two reloads on, the one in use.
+#[test]
+fn a_rate_limit_refusal_is_recorded_with_the_snapshot_that_decided() {
+    let core = Core::detached(CONFIG).unwrap();
+    let caller: SocketAddr = "127.0.0.1:45015".parse().unwrap();
+    let monitor = CONFIG.replace("[proxy]", "[proxy]\nmode = \"monitor\"");
+    assert_eq!(core.publish(runtime_from(&monitor)), 2);
+    let refused_under = |generation, port: u16| {
+        let register = udp(
+            request("REGISTER", "sip:contoso.com", caller, LYNC, "")
+                .replace("45015", &port.to_string()),
+            caller,
+        );
+        let over = SourceRefusal::OverLimit {
+            retry_after_secs: 1,
+            generation,
+        };
+        let record = core
+            .refuse_source(&register, Instant::now(), over)
+            .into_record()
+            .unwrap();
+        (record.generation, record.mode)
+    };
+    assert_eq!(refused_under(1, 45016), (1, crate::policy::Mode::Enforce));
+    assert_eq!(refused_under(2, 45017), (2, crate::policy::Mode::Monitor));
+    assert_eq!(core.publish(runtime_from(CONFIG)), 3);
+    assert_eq!(
+        refused_under(1, 45018),
+        (3, crate::policy::Mode::Enforce),
+        "no longer held"
+    );
+}
+
 #[test]
 fn a_copy_decided_otherwise_after_a_reload_keeps_the_first_copys_fate() {
     let core = Core::detached(CONFIG).unwrap();
@@ -234,6 +270,7 @@ fn a_copy_of_a_relayed_request_over_its_sources_limit_is_dropped_not_answered_50
     assert_eq!(sent(&handle(&core, &register)).0, Destination::Upstream);
     let over = SourceRefusal::OverLimit {
         retry_after_secs: 1,
+        generation: 1,
     };
     let copy = core.refuse_source(&register, Instant::now(), over);
     assert_eq!(copy.drop_reason(), Some(DropReason::RateLimited));
@@ -255,6 +292,7 @@ fn a_copy_of_a_request_answered_503_over_its_limit_gets_the_503_again_within_it(
     let caller: SocketAddr = "127.0.0.1:45030".parse().unwrap();
     let over = SourceRefusal::OverLimit {
         retry_after_secs: 7,
+        generation: 1,
     };
     let retry_after = |outcome: &Outcome| header_values(&sent(outcome).1, "Retry-After").concat();
     for method in ["REGISTER", "OPTIONS"] {
@@ -296,6 +334,7 @@ fn a_copy_of_a_relayed_request_in_a_dialog_over_its_sources_limit_is_dropped() {
     assert_eq!(sent(&handle(&core, &bye)).0, Destination::Upstream);
     let over = SourceRefusal::OverLimit {
         retry_after_secs: 1,
+        generation: 1,
     };
     let copy = core.refuse_source(&bye, Instant::now(), over);
     assert_eq!(copy.drop_reason(), Some(DropReason::RateLimited));

@@ -334,6 +334,10 @@ pub enum Verdict {
         banned: bool,
         /// `rate_limit.over_limit`.
         action: OverLimit,
+        /// The configuration generation whose `[rate_limit]` decided (see
+        /// [`Admission::reconfigure`]): its record names that snapshot, even
+        /// when a reload has published another by the time it is written.
+        generation: u64,
     },
 }
 
@@ -443,18 +447,21 @@ struct Bans {
 }
 
 /// The settings in force and the token buckets built from them (replaced
-/// as a whole by a reload).
+/// as a whole by a reload that changes them; one that does not keeps the
+/// buckets under its generation).
 struct Limits {
     settings: RateLimit,
+    /// The configuration generation in force (1 at start).
+    generation: u64,
     /// SIP messages in UDP datagrams (and answered keep-alives).
-    datagrams: Budget,
+    datagrams: Arc<Budget>,
     /// SIP messages over TCP/TLS connections, a budget apart from the
     /// datagrams': a flood of datagrams, whose source may be forged, does
     /// not spend what the address's connections (a handshake proves an
     /// address) may send.
-    stream_messages: Budget,
+    stream_messages: Arc<Budget>,
     /// New TCP/TLS connections.
-    connections: Budget,
+    connections: Arc<Budget>,
 }
 
 /// One rate per source, and its strikes: what `allowed` refuses goes
@@ -475,15 +482,27 @@ impl Budget {
 }
 
 impl Limits {
-    fn new(settings: RateLimit) -> Self {
+    fn new(settings: RateLimit, generation: u64) -> Self {
         let messages = Quota::per_second(settings.requests_per_second).allow_burst(settings.burst);
         let connections = Quota::per_second(settings.connections_per_second)
             .allow_burst(settings.max_connections_per_source);
         Self {
-            datagrams: Budget::new(messages),
-            stream_messages: Budget::new(messages),
-            connections: Budget::new(connections),
+            datagrams: Arc::new(Budget::new(messages)),
+            stream_messages: Arc::new(Budget::new(messages)),
+            connections: Arc::new(Budget::new(connections)),
             settings,
+            generation,
+        }
+    }
+
+    /// The same settings and buckets, under `generation`.
+    fn under(&self, generation: u64) -> Self {
+        Self {
+            settings: self.settings.clone(),
+            generation,
+            datagrams: Arc::clone(&self.datagrams),
+            stream_messages: Arc::clone(&self.stream_messages),
+            connections: Arc::clone(&self.connections),
         }
     }
 
@@ -491,14 +510,14 @@ impl Limits {
     /// freeze credits them as.
     fn messages(&self, transport: crate::transport::Transport) -> (&Budget, Charge) {
         if transport.is_stream() {
-            (&self.stream_messages, Charge::StreamMessages)
+            (&*self.stream_messages, Charge::StreamMessages)
         } else {
-            (&self.datagrams, Charge::DatagramMessages)
+            (&*self.datagrams, Charge::DatagramMessages)
         }
     }
 
     fn limiters(&self) -> [&DefaultKeyedRateLimiter<SourceKey>; 6] {
-        let [d, s, c] = [&self.datagrams, &self.stream_messages, &self.connections];
+        let [d, s, c] = [&*self.datagrams, &*self.stream_messages, &*self.connections];
         [
             &d.allowed, &d.strikes, &s.allowed, &s.strikes, &c.allowed, &c.strikes,
         ]
@@ -559,7 +578,7 @@ impl Admission {
         metrics: Arc<Metrics>,
     ) -> Self {
         Self {
-            limits: ArcSwap::from_pointee(Limits::new(settings)),
+            limits: ArcSwap::from_pointee(Limits::new(settings, 1)),
             upstream_sources,
             registrar_hosts: UpstreamSources::default(),
             open: Mutex::new(OpenConnections::default()),
@@ -621,19 +640,27 @@ impl Admission {
         self.limits.load().settings.clone()
     }
 
-    /// Apply new settings (a live reload): nothing happens when they are
-    /// the ones in force. Otherwise every source starts again with a full
+    /// Apply new settings (a live reload): nothing changes but the
+    /// generation when they are the ones in force (and `false` is
+    /// returned). Otherwise every source starts again with a full
     /// bucket at the new rates, the bans in force run out as they were set
     /// (all lifted at once when bans are now off, and those of addresses
     /// now trusted), and open connections stay counted against the new
     /// `max_connections_per_source`.
-    pub fn reconfigure(&self, settings: RateLimit) -> bool {
-        if self.limits.load().settings == settings {
+    ///
+    /// `generation` is that of the configuration the settings come from
+    /// (given after it is published): what the limits refuse from now on
+    /// names it, unchanged settings included.
+    pub fn reconfigure(&self, settings: RateLimit, generation: u64) -> bool {
+        let limits = self.limits.load();
+        if limits.settings == settings {
+            self.limits.store(Arc::new(limits.under(generation)));
             return false;
         }
         let bans_off = settings.ban.is_none();
         let trusted = settings.trusted.clone();
-        self.limits.store(Arc::new(Limits::new(settings)));
+        self.limits
+            .store(Arc::new(Limits::new(settings, generation)));
         self.lift_bans(|key| {
             if bans_off {
                 Some("bans turned off (rate_limit.ban_secs = 0)")
@@ -741,6 +768,7 @@ impl Admission {
         Verdict::OverLimit {
             banned,
             action: limits.settings.over_limit,
+            generation: limits.generation,
         }
     }
 
@@ -1270,6 +1298,7 @@ mod tests {
         let first_over = Verdict::OverLimit {
             banned: false,
             action: OverLimit::Reject,
+            generation: 1,
         };
         assert_eq!(verdicts[5], first_over);
         // Refused messages beyond another burst: banned, then dropped unparsed.
@@ -1344,7 +1373,7 @@ mod tests {
         // finds ten open, over its cap of two, and refuses the next.
         let mut untrusted = settings(100, 100);
         untrusted.trusted.clear();
-        assert!(a.reconfigure(untrusted));
+        assert!(a.reconfigure(untrusted, 2));
         assert!(matches!(
             a.connection(addr("127.0.0.9:2"), now),
             Err(ConnectionRefusal::TooMany)
@@ -1377,12 +1406,32 @@ mod tests {
         assert!(neighbour(3).is_err());
     }
 
+    /// A reload that leaves `[rate_limit]` as it was keeps every source's
+    /// bucket, and names its own generation in what the limits refuse next.
+    #[test]
+    fn an_unchanged_reconfigure_keeps_the_buckets_under_the_new_generation() {
+        let a = admission(1, 2);
+        let now = Instant::now();
+        let client = addr("192.0.2.21:5060");
+        let over = |generation| Verdict::OverLimit {
+            banned: false,
+            action: OverLimit::Reject,
+            generation,
+        };
+        let verdicts: Vec<Verdict> = (0..3)
+            .map(|_| a.message(client, Transport::Udp, now))
+            .collect();
+        assert_eq!(verdicts, [Verdict::Pass, Verdict::Pass, over(1)]);
+        assert!(!a.reconfigure(settings(1, 2), 5), "unchanged");
+        assert_eq!(a.message(client, Transport::Udp, now), over(5));
+    }
+
     #[test]
     fn a_reconfigure_applies_new_rates_keeps_bans_and_ban_secs_0_lifts_them() {
         let a = admission(1000, 1000);
         let now = Instant::now();
         let client = addr("192.0.2.20:5060");
-        assert!(!a.reconfigure(settings(1000, 1000)), "unchanged");
+        assert!(!a.reconfigure(settings(1000, 1000), 2), "unchanged");
         assert!((0..10).all(|_| a.message(client, Transport::Udp, now) == Verdict::Pass));
         assert!(a.ban(
             addr("198.51.100.9:5060"),
@@ -1395,7 +1444,7 @@ mod tests {
         let mut slower = settings(1, 2);
         slower.ban = Some(Duration::from_secs(10));
         slower.over_limit = OverLimit::Drop;
-        assert!(a.reconfigure(slower.clone()));
+        assert!(a.reconfigure(slower.clone(), 3));
         assert_eq!(a.settings(), slower);
         let verdicts: Vec<Verdict> = (0..3)
             .map(|_| a.message(client, Transport::Udp, now))
@@ -1405,7 +1454,8 @@ mod tests {
             verdicts[2],
             Verdict::OverLimit {
                 banned: false,
-                action: OverLimit::Drop
+                action: OverLimit::Drop,
+                generation: 3,
             }
         );
         assert!(a.ban(
@@ -1420,7 +1470,7 @@ mod tests {
         // Bans off: the ones in force are lifted.
         let mut no_bans = slower;
         no_bans.ban = None;
-        assert!(a.reconfigure(no_bans));
+        assert!(a.reconfigure(no_bans, 4));
         assert_eq!(a.bans(), 0);
         assert!(!a.is_banned_ip("198.51.100.9".parse().unwrap(), BanScope::Everything, now));
     }
@@ -1452,18 +1502,18 @@ mod tests {
                 .collect();
             settings
         };
-        assert!(a.reconfigure(trusting(&["198.51.100.9", "2001:db8:1::9/128"])));
+        assert!(a.reconfigure(trusting(&["198.51.100.9", "2001:db8:1::9/128"]), 2));
         assert_eq!(a.bans(), 3, "the trusted IPv4 address's ban is lifted");
         assert!(!banned("198.51.100.9"));
         assert!(banned("198.51.100.10"));
         assert!(banned("2001:db8:1::7"), "the rest of the /64 stays banned");
-        assert!(a.reconfigure(trusting(&["2001:db8:1::/48", "::/0"])));
+        assert!(a.reconfigure(trusting(&["2001:db8:1::/48", "::/0"]), 3));
         assert_eq!(a.bans(), 1, "every IPv6 ban is lifted, ::/64 too");
         assert!(!banned("2001:db8:1::7"));
         // Trusted no more: banned again, later; the first ban's expiry
         // entry, stale, does not end the new one.
         let later = now + Duration::from_secs(10);
-        assert!(a.reconfigure(settings(1000, 1000)));
+        assert!(a.reconfigure(settings(1000, 1000), 4));
         assert!(a.ban(
             addr(sources[0]),
             BanCause::Scanner,

@@ -290,16 +290,22 @@ pub fn admit(ctx: &TransportContext, inbound: Inbound) -> Admitted {
             ctx.metrics.count_drop(DropReason::Banned);
             Admitted::Banned
         }
-        Verdict::OverLimit { banned: true, .. } => {
-            let refusal = SourceRefusal::Banned;
+        Verdict::OverLimit {
+            banned: true,
+            generation,
+            ..
+        } => {
+            let refusal = SourceRefusal::Banned { generation };
             Admitted::Event(Event::Refused { inbound, refusal }, false)
         }
         Verdict::OverLimit {
             action: OverLimit::Reject,
+            generation,
             ..
         } if !inbound.is_response() => {
             let refusal = SourceRefusal::OverLimit {
                 retry_after_secs: ctx.admission.retry_after_secs(),
+                generation,
             };
             Admitted::Event(Event::Refused { inbound, refusal }, true)
         }

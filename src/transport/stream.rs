@@ -1610,7 +1610,7 @@ mod tests {
                 trusted,
                 ..ctx.admission.settings()
             };
-            assert!(ctx.admission.reconfigure(settings));
+            assert!(ctx.admission.reconfigure(settings, 2));
         };
         trust(&["127.0.0.2"]);
         let mut trusted = served(&ctx, "127.0.0.2:40020");

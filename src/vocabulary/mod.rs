@@ -194,10 +194,25 @@ pub enum SourceRefusal {
     OverLimit {
         /// Retry-After, seconds.
         retry_after_secs: u32,
+        /// The configuration generation whose `[rate_limit]` refused it.
+        generation: u64,
     },
     /// The source was banned by this message (it stayed over its limit):
     /// dropped, recorded with action `drop` and rule `ban.requests`.
-    Banned,
+    Banned {
+        /// The configuration generation whose `[rate_limit]` banned it.
+        generation: u64,
+    },
+}
+
+impl SourceRefusal {
+    /// The configuration generation whose `[rate_limit]` decided: the
+    /// record of the refusal is written with that snapshot.
+    pub fn generation(self) -> u64 {
+        match self {
+            Self::OverLimit { generation, .. } | Self::Banned { generation } => generation,
+        }
+    }
 }
 
 /// A fault of one datagram, one connection or one connect attempt: counted

@@ -115,6 +115,7 @@ fn a_copy_of_an_options_to_itself_keeps_its_answer_where_it_meets_the_rate_limit
     core.metrics().note_udp_upstream_heard();
     let over = SourceRefusal::OverLimit {
         retry_after_secs: 2,
+        generation: 1,
     };
     let status_of = |outcome: &Outcome| sent(outcome).1[..11].to_owned();
     // Answered 200, then a copy over the limit: dropped, not answered 503.
