@@ -674,20 +674,7 @@ impl Builder {
         };
 
         self.check_id(&base, &raw.id);
-        if raw.name.trim().is_empty() {
-            self.problem(format!("{base}.name"), "must not be empty");
-        } else if let Some(c) = raw.name.chars().find(|c| c.is_control()) {
-            // The name goes into the Warning of a reject: a line break
-            // would start a header of its own there.
-            self.problem(
-                format!("{base}.name"),
-                format!(
-                    "{:?} holds the control character {:?}: names are shown in the \
-                     Warning header of rejects and in reports, one line of text",
-                    raw.name, c
-                ),
-            );
-        }
+        self.check_name(&base, &raw.name);
         let category = match parse_category(&raw.category) {
             Ok(c) => c,
             Err(message) => {
@@ -785,6 +772,22 @@ impl Builder {
             }
         }
         self.problems.len() == before
+    }
+
+    /// A client's display name: one line of text, not empty. It goes into
+    /// the Warning of a reject, where a line break would start a header of
+    /// its own.
+    fn check_name(&mut self, base: &str, name: &str) {
+        let key = format!("{base}.name");
+        if name.trim().is_empty() {
+            self.problem(key, "must not be empty");
+        } else if let Some(c) = name.chars().find(|c| c.is_control()) {
+            let message = format!(
+                "{name:?} holds the control character {c:?}: names are shown in the \
+                 Warning header of rejects and in reports, one line of text"
+            );
+            self.problem(key, message);
+        }
     }
 
     fn check_id(&mut self, base: &str, id: &str) {
