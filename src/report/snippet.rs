@@ -9,6 +9,7 @@
 //! of a catalog, the entry changes no earlier decision: rules are tried in
 //! order, and no earlier rule matched these User-Agents.
 
+use crate::sip::fields::is_token_char;
 use crate::terminal_text::{is_bidi_control, terminal_safe};
 use std::fmt::Write as _;
 
@@ -44,12 +45,14 @@ pub fn match_rule(user_agent: &str) -> MatchRule {
     }
 }
 
-/// A token the catalog accepts as a plain (not prefix) token condition.
+/// A product name that makes a plain (not prefix) token condition naming
+/// this client alone: an RFC 3261 token (no `*`, which the catalog takes
+/// for a prefix) with a letter or digit. One such as `<` (from
+/// `<script>...`) would match every User-Agent that starts the same way:
+/// those get a whole-value rule.
 fn usable_token(name: &str) -> bool {
-    !name.is_empty()
-        && !name
-            .chars()
-            .any(|c| c.is_whitespace() || c.is_control() || matches!(c, '/' | '(' | ')' | '*'))
+    name.bytes().any(|b| b.is_ascii_alphanumeric())
+        && name.bytes().all(|b| is_token_char(b) && b != b'*')
 }
 
 /// A proposed catalog entry.
@@ -104,7 +107,8 @@ pub fn catalog_snippet(
         first,
         last,
     } = covered;
-    let _ = writeln!(out, "# User-Agent: {}", quote(user_agent));
+    // A comment is one line: the value's control characters shown escaped.
+    let _ = writeln!(out, "# User-Agent: {}", quote(&terminal_safe(user_agent)));
     if user_agents > 1 {
         let _ = writeln!(
             out,
@@ -232,7 +236,13 @@ mod tests {
             ("Odd \"quoted\" \\ UA/1 é", "odd", None),
             ("Star*Phone/3", "star-phone-3", None),
             ("  Spaced/1.0  ", "spaced", Some("1.0")),
-            ("Bidi\u{202e}Phone/2", "bidi-phone", Some("2")),
+            ("Bidi\u{202e}Phone/2", "bidi-phone-2", None),
+            ("<script>alert(1)</script>", "script-alert-1-script", None),
+            (
+                "</style><svg onload=alert(3)>",
+                "style-svg-onload-alert-3",
+                None,
+            ),
         ] {
             let s = catalog_snippet(ua, covered(3, 2), taken).toml;
             assert_eq!(
@@ -249,6 +259,23 @@ mod tests {
             assert_eq!(c.client.id, id, "{s}");
             assert_eq!(c.version.map(|v| v.to_string()).as_deref(), version, "{s}");
         }
+    }
+
+    /// A value with line breaks (a log altered or written by another tool:
+    /// the proxy unfolds headers) stays inside its comment line.
+    #[test]
+    fn a_user_agent_with_line_breaks_stays_in_its_comment() {
+        let ua = "Evil'''/1 \"x\" \n[[clients]]\nid=\"pwn\"";
+        let s = catalog_snippet(ua, covered(1, 1), |_| false).toml;
+        // The entry's own header, and the one in the comment line.
+        assert_eq!(s.matches("[[clients]]").count(), 2, "{s}");
+        assert!(
+            s.lines()
+                .any(|l| l.starts_with("# User-Agent: ") && l.contains("\\u{a}[[clients]]")),
+            "{s}"
+        );
+        let alone = Catalog::from_toml_str(&s).unwrap_or_else(|e| panic!("{s}\n{e}"));
+        assert_eq!(alone.products().count(), 1);
     }
 
     #[test]
