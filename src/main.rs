@@ -260,7 +260,14 @@ fn report(args: cli::ReportArgs) -> anyhow::Result<ExitCode> {
         None => Catalog::from_toml_str(SHIPPED_CATALOG).context("built-in catalog")?,
     };
     let range = TimeRange::new(args.since, args.until)?;
-    let logs = report::open_logs(&args.logs)?;
+    let (paths, repeated) = report::distinct_logs(&args.logs);
+    for path in repeated {
+        eprintln!(
+            "sipadmit: report: warning: {} is named more than once: read once",
+            sipadmit::terminal_text::terminal_safe(&path.display().to_string())
+        );
+    }
+    let logs = report::open_logs(&paths)?;
     let names: Vec<String> = logs.iter().map(|l| l.name().to_owned()).collect();
     let mut tally = Tally::new(&catalog, range).counting(args.legs.into());
     for log in logs {

@@ -43,6 +43,27 @@ impl OpenLog {
     }
 }
 
+/// `paths` with each file once (`-` once), in their order, and the names
+/// given again (the same file by another spelling, `./decisions.log`, or
+/// a shell glob that lists it twice): read twice, every record would count
+/// twice. A path that cannot be resolved is kept, for its open to say why.
+pub fn distinct_logs(paths: &[PathBuf]) -> (Vec<PathBuf>, Vec<PathBuf>) {
+    let mut seen = std::collections::HashSet::new();
+    let (mut distinct, mut repeated) = (Vec::new(), Vec::new());
+    for path in paths {
+        let key = match path.as_os_str() == "-" {
+            true => Some(path.clone()),
+            false => std::fs::canonicalize(path).ok(),
+        };
+        if key.is_some_and(|key| !seen.insert(key)) {
+            repeated.push(path.clone());
+        } else {
+            distinct.push(path.clone());
+        }
+    }
+    (distinct, repeated)
+}
+
 /// Open every log named (`-` is stdin; none at all is stdin), so that a
 /// missing file is reported before anything is read.
 pub fn open_logs(paths: &[PathBuf]) -> Result<Vec<OpenLog>, ReportError> {
@@ -306,6 +327,26 @@ mod tests {
         read_lines(reader, &mut tally).unwrap();
         let s = tally.finish();
         (s.records, s.malformed_lines)
+    }
+
+    #[test]
+    fn a_log_named_twice_is_read_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("decisions.log");
+        std::fs::write(&log, "").unwrap();
+        let again = dir.path().join(".").join("decisions.log");
+        let missing = dir.path().join("missing.log");
+        let paths = [
+            log.clone(),
+            "-".into(),
+            again.clone(),
+            "-".into(),
+            missing.clone(),
+            missing.clone(),
+        ];
+        let (distinct, repeated) = distinct_logs(&paths);
+        assert_eq!(distinct, [log, "-".into(), missing.clone(), missing]);
+        assert_eq!(repeated, [again, PathBuf::from("-")]);
     }
 
     #[test]

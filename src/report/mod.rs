@@ -46,7 +46,7 @@ use std::path::PathBuf;
 
 use jiff::Timestamp;
 
-pub use input::{open_logs, read_log, Damaged, OpenLog};
+pub use input::{distinct_logs, open_logs, read_log, Damaged, OpenLog};
 pub use record::RecordView;
 pub use summary::Summary;
 pub use tally::Tally;
