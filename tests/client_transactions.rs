@@ -471,3 +471,47 @@ fn the_487_of_a_call_rung_out_by_timer_c_is_acknowledged_by_sipadmit() {
         0
     );
 }
+
+/// Lync's BENOTIFY is never answered ([MS-SIP] 3.5, Best Effort NOTIFY):
+/// from a TCP client to a UDP registrar it is relayed once, without a
+/// client transaction, so it is not resent and its sender gets no `408`.
+#[test]
+fn a_benotify_from_a_tcp_client_to_a_udp_registrar_is_sent_once_and_not_timed_out() {
+    let registrar = Registrar::start_with(Behaviour::Silent);
+    // T1 = 50 ms: a client transaction would resend at 50, 150, 350 ms
+    // and answer 408 at 3.2 s.
+    let proxy = TestProxy::start(
+        "[limits]\ntimer_t1_ms = 50\n",
+        "127.0.0.1",
+        &format!("udp:{}", registrar.addr),
+    );
+    let (mut conn, mut reader) = tcp_client(&proxy, Duration::from_secs(4));
+    let from = conn.local_addr().unwrap();
+    let benotify = format!(
+        "BENOTIFY sip:alice@contoso.com SIP/2.0\r\nVia: SIP/2.0/TCP {from};branch=z9hG4bK-be-1\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:bob@contoso.com>;tag=b1\r\nTo: <sip:alice@contoso.com>;tag=a1\r\n\
+         Call-ID: benotify-1@test\r\nCSeq: 2 BENOTIFY\r\nEvent: presence\r\n\
+         User-Agent: {LYNC}\r\nContent-Length: 0\r\n\r\n"
+    );
+    conn.write_all(benotify.as_bytes()).unwrap();
+    // Past 64*T1: nothing comes back on the connection.
+    let mut more = [0u8; 1];
+    assert!(reader.read(&mut more).is_err(), "an answer to a BENOTIFY");
+    assert_eq!(
+        registrar
+            .copies
+            .lock()
+            .unwrap()
+            .values()
+            .copied()
+            .collect::<Vec<_>>(),
+        [1],
+        "relayed once"
+    );
+    let metrics = proxy.stop();
+    assert_eq!(metrics.client_retransmissions.load(Ordering::Relaxed), 0);
+    assert_eq!(
+        metrics.client_transaction_timeouts.load(Ordering::Relaxed),
+        0
+    );
+}

@@ -1164,13 +1164,19 @@ struct NextHop<'s> {
 /// RFC 3261 17.1: a client on a stream never retransmits, so a request
 /// that leaves over UDP is retransmitted by this proxy until answered,
 /// under this key (our branch and the CSeq method); `None` otherwise (and
-/// for an ACK, never a transaction of its own).
+/// for an ACK, never a transaction of its own, and for Lync's BENOTIFY, a
+/// NOTIFY that is never answered ([MS-SIP] 3.5, Best Effort NOTIFY):
+/// resent, it would reach its peer again and again and end in a `408` to
+/// its sender).
 fn retransmit_key(
     ctx: &RequestCtx<'_>,
     hop: &NextHop<'_>,
     branch: super::Branch,
 ) -> Option<TransactionKey> {
-    if !ctx.inbound.transport.is_stream() || hop.transport != Transport::Udp {
+    if !ctx.inbound.transport.is_stream()
+        || hop.transport != Transport::Udp
+        || ctx.view.cseq().ok()?.method == b"BENOTIFY"
+    {
         return None;
     }
     Some(TransactionKey {
