@@ -126,6 +126,14 @@ pub struct StreamFramer {
     pending_total: Option<usize>,
 }
 
+/// Whether `buf` holds no more than the start of a keep-alive (`\r`,
+/// `\r\n`, `\r\n\r`): what [`StreamFramer::decode`] keeps while it waits
+/// to tell a ping from a lone CRLF. No message has begun (RFC 3261 7.5:
+/// CRLFs before a start line are ignored; RFC 5626 4.4.1: keep-alives).
+pub fn is_keep_alive_start(buf: &[u8]) -> bool {
+    !buf.is_empty() && buf.len() < 4 && b"\r\n\r\n".starts_with(buf)
+}
+
 impl StreamFramer {
     /// A framer refusing messages larger than `max_message_bytes`.
     pub fn new(max_message_bytes: usize) -> Self {
@@ -262,20 +270,33 @@ fn header_end(buf: &[u8], from: usize) -> Option<usize> {
         })
 }
 
-/// The Content-Length of a header section (0 when absent).
+/// The Content-Length of a header section (0 when absent). Its value may
+/// go on in folded lines (RFC 3261 7.3.1), as the message view reads it.
 fn content_length(head: &[u8]) -> Result<usize, FramingError> {
     let mut found: Option<u64> = None;
-    for line in head.split(|&b| b == b'\n').skip(1) {
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let mut lines = head
+        .split(|&b| b == b'\n')
+        .skip(1)
+        .map(|line| line.strip_suffix(b"\r").unwrap_or(line))
+        .peekable();
+    while let Some(line) = lines.next() {
         let name_len = line.iter().position(|&b| !is_token_char(b)).unwrap_or(0);
         let name = &line[..name_len];
         if !(name.eq_ignore_ascii_case(b"content-length") || name.eq_ignore_ascii_case(b"l")) {
             continue;
         }
-        let Some(value) = trim_lws(&line[name_len..]).strip_prefix(b":") else {
+        let Some(first) = trim_lws(&line[name_len..]).strip_prefix(b":") else {
             continue;
         };
-        let n = parse_decimal(trim_lws(value)).ok_or(FramingError::MalformedContentLength)?;
+        let mut value = std::borrow::Cow::Borrowed(first);
+        while let Some(folded) =
+            lines.next_if(|l| l.first().is_some_and(|&b| b == b' ' || b == b'\t'))
+        {
+            let joined = value.to_mut();
+            joined.push(b' ');
+            joined.extend_from_slice(folded);
+        }
+        let n = parse_decimal(trim_lws(&value)).ok_or(FramingError::MalformedContentLength)?;
         if found.replace(n).is_some() {
             return Err(FramingError::SeveralContentLengths);
         }
@@ -420,6 +441,31 @@ mod tests {
         };
         assert!(m.ends_with(b"\r\n\r\nhi"));
         assert_eq!(&buf[..], b"NEXT");
+    }
+
+    /// A folded Content-Length (RFC 3261 7.3.1) frames its body as the
+    /// message view reads it over UDP (trial 47: the stream was closed).
+    #[test]
+    fn decode_folded_content_length_header() {
+        for head in [
+            &b"Content-Length:\r\n 4\r\n"[..],
+            b"l:\r\n\t 4 \r\n",
+            b"Content-Length: 4\r\n \r\n",
+        ] {
+            let mut buf = BytesMut::from(&b"BYE sip:a@b SIP/2.0\r\n"[..]);
+            buf.extend_from_slice(head);
+            buf.extend_from_slice(b"Via: x\r\n\r\nabcdNEXT");
+            let Ok(Some(Frame::Message(m))) = framer().decode(&mut buf) else {
+                panic!("no frame: {head:?}")
+            };
+            assert!(m.ends_with(b"\r\n\r\nabcd"), "{head:?}");
+            assert_eq!(&buf[..], b"NEXT");
+        }
+        let mut buf = BytesMut::from(&b"BYE sip:a@b SIP/2.0\r\nl: 1\r\n 2\r\n\r\n"[..]);
+        assert_eq!(
+            framer().decode(&mut buf),
+            Err(FramingError::MalformedContentLength)
+        );
     }
 
     #[test]

@@ -64,7 +64,7 @@ use super::{
     admit, is_unrecoverable, Admitted, ConnectionId, Event, Fault, Transport, TransportContext,
 };
 use crate::observe::metrics::{DropReason, Metrics};
-use crate::sip::framing::{Frame, FramingError, SipCodec, StreamError};
+use crate::sip::framing::{is_keep_alive_start, Frame, FramingError, SipCodec, StreamError};
 use crate::vocabulary::Leg;
 use crate::vocabulary::{Inbound, LocalAddr, PeerAddr};
 
@@ -1005,7 +1005,9 @@ impl ReadState {
     }
 
     /// After framing: an idle connection holds no heap buffer and no
-    /// budget; a partial message starts its deadline at its first byte.
+    /// budget; a partial message starts its deadline at its first byte. A
+    /// keep-alive's first bytes (a lone CRLF after a message, say) are no
+    /// message: the connection stays under its idle timeout.
     fn settle(&mut self) {
         if self.buf.is_empty() {
             // A message finished while it waited: the next wait is counted.
@@ -1014,6 +1016,8 @@ impl ReadState {
             if self.buf.capacity() > 0 {
                 self.buf = BytesMut::new();
             }
+        } else if is_keep_alive_start(&self.buf) {
+            self.message_began = None;
         } else if self.message_began.is_none() {
             self.message_began = Some(Instant::now());
         }
@@ -1730,6 +1734,33 @@ mod tests {
         assert!(rest.is_empty());
         assert!(ctx.connections.is_empty());
         assert!(started.elapsed() >= ctx.limits.tcp_idle_timeout);
+    }
+
+    /// A lone CRLF after a message (a keep-alive of its own, or padding:
+    /// RFC 3261 7.5) starts no message: the connection lives on to its idle
+    /// timeout, not its message deadline (trial 47: a healthy flow was cut
+    /// 10 s after one), and a message after it is read whole.
+    #[tokio::test(start_paused = true)]
+    async fn a_lone_crlf_after_a_message_starts_no_deadline() {
+        let (tx, mut events) = mpsc::channel(16);
+        let ctx = TransportContext::for_tests(tx, 4);
+        let mut client = served(&ctx, "127.0.0.1:40005");
+        for tail in [&b"\r\n"[..], b"\r\n\r\n\r\n", b"\r"] {
+            client.write_all(MESSAGE).await.unwrap();
+            client.write_all(tail).await.unwrap();
+            assert_eq!(&received(&mut events).await.bytes[..], MESSAGE);
+            tokio::time::sleep(ctx.limits.message_deadline * 3).await;
+        }
+        client.write_all(b"\n").await.unwrap();
+        client.write_all(MESSAGE).await.unwrap();
+        assert_eq!(&received(&mut events).await.bytes[..], MESSAGE);
+        assert_eq!(ctx.metrics.faults(Fault::MessageDeadline), 0);
+        assert!(!ctx.connections.is_empty());
+        // Then the idle timeout as ever.
+        let mut rest = Vec::new();
+        client.read_to_end(&mut rest).await.unwrap();
+        assert!(ctx.connections.is_empty());
+        assert_eq!(ctx.metrics.faults(Fault::MessageDeadline), 0);
     }
 
     /// A connection that never sends a byte is closed at the message
