@@ -96,6 +96,19 @@ impl Core {
         let Some(next_via) = view.values(HeaderName::Via).nth(1) else {
             return self.with_only_our_via(inb, view);
         };
+        // Our Via with no token, from the registrar: what this proxy sends
+        // upstream always carries one (and its own requests are answered
+        // above), so this answers nothing it sent. Sent back to the
+        // registrar it would go around, or on to whoever the next Via
+        // names (RFC 3261 18.1.2: discarded).
+        if back.is_none() && destination == Destination::Upstream && inb.from_registrar() {
+            self.bad_response_token(
+                inb,
+                now,
+                "response from the registrar without a flow token discarded",
+            );
+            return discard(DropReason::ForeignResponse);
+        }
         // A callee's answer to a request the registrar sent it: one with
         // a back token, or with no token at all (from the registrar
         // itself, the request's Via had none).

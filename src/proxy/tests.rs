@@ -855,6 +855,38 @@ fn an_offer_relayed_toward_an_agent_is_pending_until_its_final_answer() {
     assert_eq!(core.toward_clients().pending(now, &|_, _| true), 0);
 }
 
+/// A response from the registrar whose top Via is this proxy's but has no
+/// flow token answers nothing sipadmit sent upstream: dropped, not sent
+/// back to the registrar (trial 47). The same from a client (a callee's
+/// answer to a request the registrar sent it) still goes upstream.
+#[test]
+fn a_registrar_response_on_our_via_without_a_token_is_dropped() {
+    let core = Core::detached(CONFIG).unwrap();
+    let agent: SocketAddr = "127.0.0.1:41710".parse().unwrap();
+    let relayed = relay_register(&core, agent, 1);
+    let via = header_values(&relayed, "Via")[0];
+    let start = via.find(";sipadmit-flow=").expect("a flow token");
+    let end = via[start + 1..]
+        .find(';')
+        .map_or(via.len(), |i| start + 1 + i);
+    let untokened = relayed.replace(via, &format!("{}{}", &via[..start], &via[end..]));
+    assert_ne!(untokened, relayed);
+    let answer = registrar_answer(&untokened, "200 OK", "");
+    let from_registrar = handle(&core, &udp(answer.clone(), upstream()));
+    assert!(
+        matches!(
+            from_registrar,
+            Outcome::Drop {
+                reason: DropReason::ForeignResponse,
+                ..
+            }
+        ),
+        "{from_registrar:?}"
+    );
+    let from_client = handle(&core, &udp(answer, agent));
+    assert_eq!(sent(&from_client).0, Destination::Upstream);
+}
+
 /// A REGISTER from `agent` with CSeq `cseq` (and a branch of its own),
 /// relayed upstream by `core`; returns the relayed text.
 fn relay_register(core: &Core, agent: SocketAddr, cseq: u32) -> String {
