@@ -96,17 +96,7 @@ impl Core {
         let Some(next_via) = view.values(HeaderName::Via).nth(1) else {
             return self.with_only_our_via(inb, view);
         };
-        // Our Via with no token, from the registrar: what this proxy sends
-        // upstream always carries one (and its own requests are answered
-        // above), so this answers nothing it sent. Sent back to the
-        // registrar it would go around, or on to whoever the next Via
-        // names (RFC 3261 18.1.2: discarded).
-        if back.is_none() && destination == Destination::Upstream && inb.from_registrar() {
-            self.bad_response_token(
-                inb,
-                now,
-                "response from the registrar without a flow token discarded",
-            );
+        if back.is_none() && self.answers_nothing_sent(inb, &destination, now) {
             return discard(DropReason::ForeignResponse);
         }
         // A callee's answer to a request the registrar sent it: one with
@@ -322,6 +312,24 @@ impl Core {
             }
             None => Ok(Destination::Upstream),
         }
+    }
+
+    /// Whether a response on our Via without a back token, going
+    /// `destination`, is the registrar's with no flow token either: what
+    /// this proxy sends upstream always carries one (and its own requests
+    /// are answered before), so it answers nothing sent. Sent back to the
+    /// registrar it would go around, or on to whoever the next Via names
+    /// (RFC 3261 18.1.2: discarded, with a rate-limited warning).
+    fn answers_nothing_sent(&self, inb: &Inbound, destination: &Destination, now: Instant) -> bool {
+        let stray = *destination == Destination::Upstream && inb.from_registrar();
+        if stray {
+            self.bad_response_token(
+                inb,
+                now,
+                "response from the registrar without a flow token discarded",
+            );
+        }
+        stray
     }
 
     /// Warn of a response whose token a peer got wrong (rate-limited: a
