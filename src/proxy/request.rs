@@ -1173,15 +1173,16 @@ fn retransmit_key(
     hop: &NextHop<'_>,
     branch: super::Branch,
 ) -> Option<TransactionKey> {
-    if !ctx.inbound.transport.is_stream()
-        || hop.transport != Transport::Udp
-        || ctx.view.cseq().ok()?.method == b"BENOTIFY"
-    {
+    if !ctx.inbound.transport.is_stream() || hop.transport != Transport::Udp {
+        return None;
+    }
+    let method = ctx.view.cseq().ok()?.method;
+    if method == b"BENOTIFY" {
         return None;
     }
     Some(TransactionKey {
         branch: (branch.transaction, branch.loop_mark),
-        method: TransactionMethod::of_view(ctx.view)?,
+        method: TransactionMethod::of(method)?,
     })
 }
 

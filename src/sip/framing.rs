@@ -158,7 +158,7 @@ impl StreamFramer {
             // A lone CRLF (a pong, or padding between messages) is skipped;
             // wait if it may be the first half of a ping.
             if buf.starts_with(b"\r\n") {
-                if buf.len() < 4 && b"\r\n\r\n".starts_with(&buf[..]) {
+                if is_keep_alive_start(buf) {
                     return Ok(None);
                 }
                 let _ = buf.split_to(2);
